@@ -1,0 +1,1 @@
+//! framing (work in progress)

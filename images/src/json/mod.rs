@@ -1,0 +1,1 @@
+//! crit-compatible JSON (work in progress)

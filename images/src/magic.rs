@@ -1,0 +1,1 @@
+//! magic (work in progress)

@@ -1,0 +1,1 @@
+//! pagemap (work in progress)

@@ -1,0 +1,1 @@
+//! payload (work in progress)

@@ -1,0 +1,1 @@
+//! dump (work in progress)

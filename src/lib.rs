@@ -1,0 +1,17 @@
+//! stasis: checkpoint/restore of Linux process trees with CRIU-compatible images.
+//!
+//! Layers, bottom up:
+//! - [`sys`]: the only place with raw syscalls, ptrace and `unsafe`;
+//! - [`parasite`]: the embedded no_std blobs (dump parasite, restorer) and their protocols;
+//! - [`dump`] and [`restore`]: the engines;
+//! - [`cli`]: the criu-compatible command line (the `stasis` binary is a thin wrapper).
+//!
+//! The image format lives in its own crate, re-exported as [`images`].
+
+pub use stasis_images as images;
+
+pub mod cli;
+pub mod dump;
+pub mod parasite;
+pub mod restore;
+pub mod sys;

@@ -1,0 +1,1 @@
+//! parasite (work in progress)

@@ -1,0 +1,1 @@
+//! sys (work in progress)
