@@ -1,1 +1,1 @@
-//! pagemap (work in progress)
+//! Pagemap images and page lookup (in progress).
