@@ -34,7 +34,7 @@ pub const PE_LAZY: u32 = 2;
 /// Pages are stored in this directory's pages file.
 pub const PE_PRESENT: u32 = 4;
 
-/// Longest `parent` chain followed (a loop of symlinks ends here, with an error).
+/// Longest `parent` chain followed.
 pub const MAX_PARENT_DEPTH: usize = 64;
 
 /// One run of pages of a pagemap, with CRIU's defaults applied.
@@ -136,9 +136,9 @@ impl Pagemap {
                 offset,
             });
             if flags & PE_PRESENT != 0 {
-                offset = offset.checked_add(len).ok_or_else(|| {
-                    bad(format!("entry {i}: pages file offset overflows"))
-                })?;
+                offset = offset
+                    .checked_add(len)
+                    .ok_or_else(|| bad(format!("entry {i}: pages file offset overflows")))?;
             }
         }
         let sorted = runs.windows(2).all(|w| w[0].end() <= w[1].vaddr);
@@ -241,6 +241,8 @@ pub struct PageSource {
     pages: File,
     pages_path: PathBuf,
     depth: usize,
+    /// Canonical paths of this directory and its descendants (loop detection).
+    chain: Vec<PathBuf>,
     parent: std::cell::OnceCell<Option<Box<PageSource>>>,
 }
 
@@ -258,7 +260,7 @@ impl PageSource {
     /// Opens the pagemap `name` (e.g. `"pagemap-30100.img"`) of image directory `dir`
     /// and its pages file; checks the pages file holds every present page.
     pub fn open(dir: impl AsRef<Path>, name: &str) -> Result<PageSource> {
-        Self::open_at(dir.as_ref(), name, 0)
+        Self::open_at(dir.as_ref(), name, Vec::new())
     }
 
     /// `pagemap-<pid>.img` of `dir`.
@@ -271,7 +273,17 @@ impl PageSource {
         Self::open(dir, &format!("pagemap-shmem-{shmid}.img"))
     }
 
-    fn open_at(dir: &Path, name: &str, depth: usize) -> Result<PageSource> {
+    fn open_at(dir: &Path, name: &str, mut chain: Vec<PathBuf>) -> Result<PageSource> {
+        let depth = chain.len();
+        let canon = std::fs::canonicalize(dir)
+            .map_err(|e| ImageError::io(&FileName::path(dir), "canonicalize", e))?;
+        if chain.contains(&canon) {
+            return Err(ImageError::Pagemap {
+                file: FileName::path(dir),
+                detail: format!("parent chain loops back to {}", canon.display()),
+            });
+        }
+        chain.push(canon);
         let pm_path = dir.join(name);
         let pagemap = Pagemap::read_file(&pm_path)?;
         let pages_path = dir.join(format!("pages-{}.img", pagemap.pages_id));
@@ -298,6 +310,7 @@ impl PageSource {
             pages,
             pages_path,
             depth,
+            chain,
             parent: std::cell::OnceCell::new(),
         })
     }
@@ -322,7 +335,14 @@ impl PageSource {
                     detail: format!("parent chain longer than {MAX_PARENT_DEPTH} (a loop?)"),
                 });
             }
-            Some(Box::new(Self::open_at(&link, &self.name, self.depth + 1)?))
+            // Resolve now so paths stay short and loops are seen as such.
+            let target = std::fs::canonicalize(&link)
+                .map_err(|e| ImageError::io(&FileName::path(&link), "resolve parent link", e))?;
+            Some(Box::new(Self::open_at(
+                &target,
+                &self.name,
+                self.chain.clone(),
+            )?))
         };
         Ok(self.parent.get_or_init(|| p).as_deref())
     }
@@ -343,9 +363,9 @@ impl PageSource {
         };
         if run.is_present() {
             let off = run.offset + (addr - run.vaddr);
-            self.pages.read_exact_at(buf, off).map_err(|e| {
-                ImageError::io(&FileName::path(&self.pages_path), "read", e)
-            })?;
+            self.pages
+                .read_exact_at(buf, off)
+                .map_err(|e| ImageError::io(&FileName::path(&self.pages_path), "read", e))?;
             return Ok(PageStatus::Read { depth: self.depth });
         }
         if run.in_parent() {
