@@ -5,6 +5,7 @@
 #![no_main]
 #![allow(dead_code)]
 
+#[path = "restorer/abi.rs"]
 mod abi;
 mod common;
 
