@@ -330,7 +330,7 @@ pub struct VdsoPatch {
     pub target: Addr,
 }
 
-/// Futex words used by the blob's threads; the engine writes zeros.
+/// Reserved (the blob keeps its futex words in its own .bss); the engine writes zeros.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncArgs {
