@@ -1,1 +1,92 @@
-//! crit-compatible JSON (work in progress)
+//! crit-compatible JSON: image files to and from the JSON that CRIU's `crit decode` /
+//! `crit encode` use, by reflection over the compiled message descriptors
+//! ([`crate::DESCRIPTOR_SET`]) and our field options (`proto/opts.proto`).
+//!
+//! ```text
+//!  image bytes ──decode_image──► {"magic": "MM", "entries": [ {...}, ... ]} ──to_text──► text
+//!       ▲                                                                                 │
+//!       └──────────encode_image◄──── serde_json::Value ◄────────────parse_text────────────┘
+//! ```
+//!
+//! * [`message`]-level rules (presence, field order, bytes, enums, `--pretty` forms) follow
+//!   crit's `pb2dict`/`dict2pb`;
+//! * [`entries`] handles the per-image layouts (extra payloads, pagemap, ghost files);
+//! * [`text`] writes the text exactly like Python's `json.dump` (plain or `indent=4`).
+//!
+//! Encoding accepts both plain and `--pretty` JSON: integers may be numbers or strings
+//! (`"0x.."`, flag names, `"major:minor"`, dictionary names, address text).
+
+pub mod b64;
+mod entries;
+mod error;
+mod image;
+mod ipaddr;
+mod message;
+mod number;
+mod opts;
+pub mod qp;
+mod tables;
+mod text;
+
+use std::sync::OnceLock;
+
+use prost_reflect::DescriptorPool;
+
+pub use error::JsonError;
+pub use image::{
+    head_magic_for, split_magic, ImageKind, MagicTable, HEAD_COMMON, HEAD_SERVICE, INVENTORY_MAGIC,
+};
+pub use opts::FieldOpts;
+pub use text::to_python_json;
+
+/// Converter between images and crit JSON for one descriptor pool.
+#[derive(Debug)]
+pub struct Codec {
+    pool: DescriptorPool,
+    opts: opts::OptsTable,
+}
+
+impl Codec {
+    /// A codec over `pool` (which must contain `criu.*` messages and, for `--pretty`
+    /// rendering, the `criu.hex`... extensions of `opts.proto`).
+    pub fn new(pool: DescriptorPool) -> Self {
+        let opts = opts::OptsTable::build(&pool);
+        Codec { pool, opts }
+    }
+
+    /// The codec over this crate's own message definitions (built once).
+    pub fn criu() -> Result<&'static Codec, JsonError> {
+        static CODEC: OnceLock<Result<Codec, String>> = OnceLock::new();
+        CODEC
+            .get_or_init(|| {
+                DescriptorPool::decode(crate::DESCRIPTOR_SET)
+                    .map(Codec::new)
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| JsonError::Descriptors(e.clone()))
+    }
+
+    /// The descriptor pool.
+    pub fn pool(&self) -> &DescriptorPool {
+        &self.pool
+    }
+
+    /// The crit options of a field, by its full name (`criu.vma_entry.prot`).
+    pub fn field_opts(&self, full_field_name: &str) -> Option<FieldOpts> {
+        let (msg, field) = full_field_name.rsplit_once('.')?;
+        let field = self.pool.get_message_by_name(msg)?.get_field_by_name(field)?;
+        Some(self.opts.get(&field).clone())
+    }
+}
+
+/// Serialises a crit JSON document the way crit prints it: `json.dump` with `indent=4` for
+/// `pretty`, single-line otherwise (no trailing newline).
+pub fn to_text(doc: &serde_json::Value, pretty: bool) -> String {
+    to_python_json(doc, if pretty { Some(4) } else { None })
+}
+
+/// Parses JSON text (plain or pretty), keeping key order.
+pub fn parse_text(text: &str) -> Result<serde_json::Value, JsonError> {
+    Ok(serde_json::from_str(text)?)
+}
