@@ -1,1 +1,6 @@
-//! restore (work in progress)
+//! The restore engine: recreate a process tree from CRIU-compatible images (written by stasis
+//! or by CRIU) with its PIDs, memory, threads, files and signals.
+
+pub mod options;
+
+pub use options::RestoreOptions;

@@ -1,0 +1,35 @@
+//! What `stasis dump` was asked to do (filled by the command line or by the RPC server).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Options of one dump, with CRIU's meaning.
+#[derive(Debug, Clone, Default)]
+pub struct DumpOptions {
+    /// Root of the process tree (`-t/--tree`).
+    pub pid: i32,
+    /// Where images are written (`-D/--images-dir`); must exist.
+    pub images_dir: PathBuf,
+    /// Keep the tree running after a successful dump (`-R/--leave-running`).
+    pub leave_running: bool,
+    /// The tree is a job of a shell: its tty/session may be outside (`-j/--shell-job`).
+    pub shell_job: bool,
+    /// Allow unix sockets whose peer is outside the tree (`--ext-unix-sk`).
+    pub ext_unix_sk: bool,
+    /// Dump file locks (`--file-locks`).
+    pub file_locks: bool,
+    /// Dump established TCP connections with TCP_REPAIR (`--tcp-established`).
+    pub tcp_established: bool,
+    /// Freeze the tree through this cgroup's freezer (`--freeze-cgroup`).
+    pub freeze_cgroup: Option<PathBuf>,
+    /// Write `stats-dump` and print per-phase times (`--stats`; CRIU writes stats-dump always).
+    pub stats: bool,
+    /// Write a Chrome trace of the dump's phases here (`--profile`).
+    pub profile: Option<PathBuf>,
+    /// Give up seizing/freezing after this long (`--timeout`, CRIU's default 10 s).
+    pub timeout: Option<Duration>,
+    /// Directory of a previous (pre-)dump to reference for unchanged pages (`--prev-images-dir`).
+    pub prev_images_dir: Option<PathBuf>,
+    /// Track memory changes for a later incremental dump (`--track-mem`).
+    pub track_mem: bool,
+}

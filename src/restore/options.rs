@@ -1,0 +1,23 @@
+//! What `stasis restore` was asked to do (filled by the command line or by the RPC server).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Options of one restore, with CRIU's meaning.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Where images are read from (`-D/--images-dir`).
+    pub images_dir: PathBuf,
+    /// Return once the tree runs instead of waiting for the root (`-d/--restore-detached`).
+    pub detached: bool,
+    /// Write the root's PID here (`--pidfile`).
+    pub pidfile: Option<PathBuf>,
+    /// Restore a shell job: attach to the current terminal (`-j/--shell-job`).
+    pub shell_job: bool,
+    /// Restore established TCP connections (`--tcp-established`).
+    pub tcp_established: bool,
+    /// Allow external unix socket peers (`--ext-unix-sk`).
+    pub ext_unix_sk: bool,
+    /// Give up after this long (`--timeout`).
+    pub timeout: Option<Duration>,
+}
