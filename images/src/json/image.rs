@@ -22,7 +22,7 @@ pub const INVENTORY_MAGIC: u32 = 0x5831_3116;
 
 /// One kind of image: its magic number, crit's name for it and its entry message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageKind {
+pub struct MagicEntry {
     /// crit's magic name (`"MM"`, `"PAGEMAP"`, ...).
     pub name: String,
     /// The image magic (second word of the file).
@@ -34,9 +34,9 @@ pub struct ImageKind {
 /// Lookup of image kinds by magic number and by crit name.
 pub trait MagicTable {
     /// The kind whose image magic is `magic`.
-    fn by_magic(&self, magic: u32) -> Option<ImageKind>;
+    fn by_magic(&self, magic: u32) -> Option<MagicEntry>;
     /// The kind crit calls `name`.
-    fn by_name(&self, name: &str) -> Option<ImageKind>;
+    fn by_name(&self, name: &str) -> Option<MagicEntry>;
 }
 
 fn word(bytes: &[u8], at: usize) -> Result<u32, JsonError> {
@@ -55,7 +55,7 @@ fn word(bytes: &[u8], at: usize) -> Result<u32, JsonError> {
 pub fn split_magic<'a>(
     table: &dyn MagicTable,
     bytes: &'a [u8],
-) -> Result<(ImageKind, &'a [u8]), JsonError> {
+) -> Result<(MagicEntry, &'a [u8]), JsonError> {
     let mut at = 0;
     let mut magic = word(bytes, at)?;
     at += 4;

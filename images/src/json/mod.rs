@@ -17,6 +17,7 @@
 //! (`"0x.."`, flag names, `"major:minor"`, dictionary names, address text).
 
 pub mod b64;
+mod criu_magic;
 mod entries;
 mod error;
 mod image;
@@ -32,9 +33,10 @@ use std::sync::OnceLock;
 
 use prost_reflect::DescriptorPool;
 
+pub use criu_magic::CriuMagic;
 pub use error::JsonError;
 pub use image::{
-    head_magic_for, split_magic, ImageKind, MagicTable, HEAD_COMMON, HEAD_SERVICE, INVENTORY_MAGIC,
+    head_magic_for, split_magic, MagicEntry, MagicTable, HEAD_COMMON, HEAD_SERVICE, INVENTORY_MAGIC,
 };
 pub use opts::FieldOpts;
 pub use text::to_python_json;
@@ -78,6 +80,16 @@ impl Codec {
         let field = self.pool.get_message_by_name(msg)?.get_field_by_name(field)?;
         Some(self.opts.get(&field).clone())
     }
+}
+
+/// Decodes a whole image file (CRIU's magic table) into crit's document.
+pub fn decode_image(codec: &Codec, bytes: &[u8], pretty: bool) -> Result<serde_json::Value, JsonError> {
+    codec.decode_image_with(&CriuMagic, bytes, pretty)
+}
+
+/// Encodes crit's document (plain or pretty) back into image bytes.
+pub fn encode_image(codec: &Codec, doc: &serde_json::Value) -> Result<Vec<u8>, JsonError> {
+    codec.encode_image_with(&CriuMagic, doc)
 }
 
 /// Serialises a crit JSON document the way crit prints it: `json.dump` with `indent=4` for
