@@ -20,6 +20,7 @@ pub mod b64;
 mod criu_magic;
 mod entries;
 mod error;
+pub mod explore;
 mod image;
 mod ipaddr;
 mod message;
@@ -90,6 +91,21 @@ pub fn decode_image(codec: &Codec, bytes: &[u8], pretty: bool) -> Result<serde_j
 /// Encodes crit's document (plain or pretty) back into image bytes.
 pub fn encode_image(codec: &Codec, doc: &serde_json::Value) -> Result<Vec<u8>, JsonError> {
     codec.encode_image_with(&CriuMagic, doc)
+}
+
+/// crit's `info`: `{"magic": NAME, "count": N}`, N being the number of entries (for
+/// PAGEMAP, not counting the head entry, as crit does).
+pub fn info(codec: &Codec, bytes: &[u8]) -> Result<serde_json::Value, JsonError> {
+    let doc = decode_image(codec, bytes, false)?;
+    let name = doc["magic"].as_str().unwrap_or_default().to_string();
+    let mut count = doc["entries"].as_array().map_or(0, Vec::len);
+    if name == "PAGEMAP" {
+        count = count.saturating_sub(1);
+    }
+    let mut out = serde_json::Map::new();
+    out.insert("magic".into(), serde_json::Value::String(name));
+    out.insert("count".into(), count.into());
+    Ok(serde_json::Value::Object(out))
 }
 
 /// Serialises a crit JSON document the way crit prints it: `json.dump` with `indent=4` for
