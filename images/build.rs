@@ -17,7 +17,8 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|e| e == "proto"))
         .collect();
     files.sort();
-    let mut compiler = protox::Compiler::new([&proto_dir]).unwrap_or_else(|e| panic!("protox: {e:?}"));
+    let mut compiler =
+        protox::Compiler::new([&proto_dir]).unwrap_or_else(|e| panic!("protox: {e:?}"));
     compiler
         .include_imports(true)
         .include_source_info(true)
