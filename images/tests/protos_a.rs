@@ -386,3 +386,235 @@ fn every_kind_of_this_half_has_its_messages() {
         assert!(schema::message(name).is_some(), "{name} not defined");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Cross-check against the descriptors of CRIU 3.17, as shipped compiled (protoc's Python
+// output) in Debian's `criu` package. Every message and enum CRIU 3.17 had must exist
+// here with the same fields: number, name, type, label, packing, default and crit
+// options. Fields added since (4.x) are allowed; the few 4.x changes to 3.17 fields
+// are listed in `CHANGED_SINCE_3_17`. This covers the messages no fixture exercises.
+
+const PYCRIU: &str = "/usr/lib/python3/dist-packages/pycriu";
+
+/// (message, field number): fields CRIU changed after 3.17.
+const CHANGED_SINCE_3_17: &[(&str, u32)] = &[
+    // renamed when the 64-bit nr_pages (field 5) replaced it
+    ("pagemap_entry", 2),
+    // gained `[default = -1]` when images_dir (68) was added
+    ("criu_opts", 1),
+];
+
+/// 3.17 messages this project does not need (image streamer protocol) or that are
+/// replaced by our own option extensions.
+const NOT_NEEDED_FROM_3_17: &[&str] = &[
+    "img_streamer_request_entry",
+    "img_streamer_reply_entry",
+    "CRIU_Opts",
+];
+
+/// The bytes of a Python bytes literal body (the text between `b'` and `'`).
+fn unescape_py_bytes(s: &str) -> Result<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        let c = *b.get(i + 1).context("escape at end")?;
+        i += 2;
+        match c {
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'a' => out.push(7),
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'v' => out.push(11),
+            b'\\' | b'\'' | b'"' => out.push(c),
+            b'x' => {
+                let h = s.get(i..i + 2).context("\\x escape")?;
+                out.push(u8::from_str_radix(h, 16).context("\\x escape")?);
+                i += 2;
+            }
+            b'0'..=b'7' => {
+                let mut v = u32::from(c - b'0');
+                let mut n = 1;
+                while n < 3 && i < b.len() && (b'0'..=b'7').contains(&b[i]) {
+                    v = v * 8 + u32::from(b[i] - b'0');
+                    i += 1;
+                    n += 1;
+                }
+                out.push(u8::try_from(v).context("octal escape")?);
+            }
+            other => bail!("unknown escape \\{}", other as char),
+        }
+    }
+    Ok(out)
+}
+
+/// Serialized FileDescriptorProto embedded in one `*_pb2.py`.
+fn pb2_descriptor(path: &Path) -> Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path).context(path.display())?;
+    let start = text
+        .find("AddSerializedFile(b'")
+        .context("serialized descriptor")?;
+    let body = &text[start + "AddSerializedFile(b'".len()..];
+    // The literal ends at the first unescaped quote.
+    let bytes = body.as_bytes();
+    let mut end = 0;
+    while end < bytes.len() {
+        match bytes[end] {
+            b'\\' => end += 2,
+            b'\'' => break,
+            _ => end += 1,
+        }
+    }
+    unescape_py_bytes(&body[..end])
+}
+
+/// Appends `bytes` as field 1 (a FileDescriptorProto) of a FileDescriptorSet.
+fn push_file(set: &mut Vec<u8>, bytes: &[u8]) {
+    prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, set);
+    prost::encoding::encode_varint(bytes.len() as u64, set);
+    set.extend_from_slice(bytes);
+}
+
+/// CRIU 3.17's descriptors as a pool (with google/protobuf/descriptor.proto, which its
+/// opts.proto imports, taken from our own set).
+fn criu_3_17_pool() -> Result<prost_reflect::DescriptorPool> {
+    let mut set = Vec::new();
+    let desc = schema::pool()
+        .get_file_by_name("google/protobuf/descriptor.proto")
+        .context("descriptor.proto in our descriptor set")?;
+    push_file(&mut set, &desc.file_descriptor_proto().encode_to_vec());
+    let mut files = Vec::new();
+    for dir in [format!("{PYCRIU}/images"), PYCRIU.to_string()] {
+        for e in std::fs::read_dir(&dir).context(format!("{dir} (Debian package criu)"))? {
+            let p = e?.path();
+            if p.to_string_lossy().ends_with("_pb2.py") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    ensure!(files.len() > 60, "too few _pb2.py files under {PYCRIU}");
+    for f in &files {
+        push_file(&mut set, &pb2_descriptor(f)?);
+    }
+    Ok(prost_reflect::DescriptorPool::decode(set.as_slice())?)
+}
+
+/// crit options of a field as (name, value text), from either option encoding.
+fn crit_options(
+    f: &prost_reflect::FieldDescriptor,
+    ext: &[prost_reflect::ExtensionDescriptor],
+) -> Vec<String> {
+    let opts = f.options();
+    let mut out = Vec::new();
+    for e in ext {
+        if !opts.has_extension(e) {
+            continue;
+        }
+        match &*opts.get_extension(e) {
+            prost_reflect::Value::Message(m) => {
+                for (fd, v) in m.fields() {
+                    out.push(format!("{}={v:?}", fd.name()));
+                }
+            }
+            v => out.push(format!("{}={v:?}", e.name())),
+        }
+    }
+    out.sort();
+    out
+}
+
+fn kind_name(k: &prost_reflect::Kind) -> String {
+    match k {
+        prost_reflect::Kind::Message(m) => format!("message {}", strip_pkg(m.full_name())),
+        prost_reflect::Kind::Enum(e) => format!("enum {}", strip_pkg(e.full_name())),
+        other => format!("{other:?}"),
+    }
+}
+
+fn strip_pkg(name: &str) -> &str {
+    name.strip_prefix("criu.").unwrap_or(name)
+}
+
+#[test]
+fn definitions_match_criu_3_17() -> Result<()> {
+    let old = criu_3_17_pool()?;
+    let ours = schema::pool();
+    let old_ext: Vec<_> = old.all_extensions().collect();
+    let our_ext: Vec<_> = ours.all_extensions().collect();
+    let mut problems = Vec::new();
+    for m in old.all_messages() {
+        let name = m.full_name();
+        if name.starts_with("google.") || NOT_NEEDED_FROM_3_17.contains(&name) {
+            continue;
+        }
+        let Some(our) = ours.get_message_by_name(&format!("criu.{name}")) else {
+            problems.push(format!("message {name} missing"));
+            continue;
+        };
+        for f in m.fields() {
+            if CHANGED_SINCE_3_17.contains(&(name, f.number())) {
+                continue;
+            }
+            let Some(g) = our.get_field(f.number()) else {
+                problems.push(format!(
+                    "{name}: field {} ({}) missing",
+                    f.number(),
+                    f.name()
+                ));
+                continue;
+            };
+            let describe = |x: &prost_reflect::FieldDescriptor, e| {
+                format!(
+                    "{} {:?} {} packed={} default={:?} opts={:?}",
+                    x.name(),
+                    x.cardinality(),
+                    kind_name(&x.kind()),
+                    x.is_packed(),
+                    x.field_descriptor_proto().default_value,
+                    crit_options(x, e)
+                )
+            };
+            let (a, b) = (describe(&f, &old_ext), describe(&g, &our_ext));
+            if a != b {
+                problems.push(format!(
+                    "{name} field {}: 3.17 `{a}`, ours `{b}`",
+                    f.number()
+                ));
+            }
+        }
+    }
+    for e in old.all_enums() {
+        let name = e.full_name();
+        if name.starts_with("google.") {
+            continue;
+        }
+        let Some(our) = ours.get_enum_by_name(&format!("criu.{name}")) else {
+            problems.push(format!("enum {name} missing"));
+            continue;
+        };
+        for v in e.values() {
+            match our.get_value(v.number()) {
+                Some(w) if w.name() == v.name() => {}
+                other => problems.push(format!(
+                    "enum {name}: {} = {} is {other:?}",
+                    v.name(),
+                    v.number()
+                )),
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "differences from CRIU 3.17:\n{}",
+        problems.join("\n")
+    );
+    Ok(())
+}
