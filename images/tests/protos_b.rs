@@ -528,3 +528,43 @@ fn base64_decode(s: &str) -> Vec<u8> {
         .decode(clean)
         .expect("valid base64")
 }
+
+/// Fields CRIU added after 3.17 (which the 3.17 cross-check cannot vouch for), at the
+/// numbers and types CRIU 4.2 writes; none of them occurs in the fixtures except `mode`.
+#[test]
+fn criu_4x_additions_have_criu_numbers() {
+    let pool = pool();
+    let expect: &[(&str, &str, u32, &str)] = &[
+        ("ip_opts_entry", "pktinfo", 5, "bool"),
+        ("ip_opts_entry", "tos", 6, "uint32"),
+        ("ip_opts_entry", "ttl", 7, "uint32"),
+        ("inet_sk_entry", "tcp_opts", 20, "criu.tcp_opts_entry"),
+        ("tcp_opts_entry", "cork", 1, "bool"),
+        ("tcp_opts_entry", "nodelay", 2, "bool"),
+        ("tcp_opts_entry", "keepcnt", 3, "uint32"),
+        ("tcp_opts_entry", "keepidle", 4, "uint32"),
+        ("tcp_opts_entry", "keepintvl", 5, "uint32"),
+        ("memfd_inode_entry", "mode", 9, "uint32"),
+        ("pidfd_entry", "id", 1, "uint32"),
+        ("pidfd_entry", "ino", 2, "uint32"),
+        ("pidfd_entry", "flags", 3, "uint32"),
+        ("pidfd_entry", "nspid", 4, "int32"),
+        ("pidfd_entry", "fown", 5, "criu.fown_entry"),
+        ("file_entry", "pidfd", 22, "criu.pidfd_entry"),
+    ];
+    for &(msg, field, number, ty) in expect {
+        let f = message_desc(&pool, msg)
+            .get_field_by_name(field)
+            .unwrap_or_else(|| panic!("{msg}.{field} is defined"));
+        assert_eq!(f.number(), number, "{msg}.{field} number");
+        let kind = match f.kind() {
+            Kind::Message(m) => m.full_name().to_string(),
+            Kind::Bool => "bool".into(),
+            Kind::Uint32 => "uint32".into(),
+            Kind::Int32 => "int32".into(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(kind, ty, "{msg}.{field} type");
+        assert!(!f.is_list(), "{msg}.{field} is not repeated");
+    }
+}
