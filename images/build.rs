@@ -19,15 +19,14 @@ fn main() {
     files.sort();
     let mut compiler =
         protox::Compiler::new([&proto_dir]).unwrap_or_else(|e| panic!("protox: {e:?}"));
+    compiler.include_imports(true).include_source_info(true);
     compiler
-        .include_imports(true)
-        .include_source_info(true)
         .open_files(&files)
         .unwrap_or_else(|e| panic!("protox: {e:?}"));
     let fds = compiler.file_descriptor_set();
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
-    // Encoded by reflection: `prost_types` would drop our custom field options
-    // (`(criu.hex)`...), which are extensions unknown to `FieldOptions`.
+    // Encoded by the compiler itself: prost_types drops extension options such as
+    // `(criu.hex)`, which the crit JSON codec reads back through prost-reflect.
     let bytes = compiler.encode_file_descriptor_set();
     std::fs::write(out.join("descriptors.bin"), bytes).expect("write descriptors.bin");
     prost_build::Config::new()
