@@ -88,7 +88,11 @@ fn show_and_decode_pretty_print_exactly_crits_text() {
     ] {
         let image = fixture(dir, file);
         let expected = std::fs::read(image.with_file_name(format!("{file}.json"))).unwrap();
-        assert_eq!(ok(&["crit", "show", s(&image)], None), expected, "show {dir}/{file}");
+        assert_eq!(
+            ok(&["crit", "show", s(&image)], None),
+            expected,
+            "show {dir}/{file}"
+        );
         let decoded = ok(&["crit", "decode", "--pretty", "-i", s(&image)], None);
         assert_eq!(decoded, expected, "decode --pretty {dir}/{file}");
     }
@@ -115,28 +119,45 @@ fn decode_encode_roundtrip_through_files_and_pipes() {
             assert!(ok(&args, None).is_empty());
             let text = std::fs::read_to_string(&json).unwrap();
             // Like crit: a newline only when printing to standard output.
-            assert!(!text.ends_with('\n'), "{file}: file output has no trailing newline");
+            assert!(
+                !text.ends_with('\n'),
+                "{file}: file output has no trailing newline"
+            );
             assert_eq!(text.contains('\n'), pretty, "{file}: pretty is multi-line");
             let back = tmp.path().join(format!("{file}.{pretty}.img"));
             assert!(ok(&["crit", "encode", "-i", s(&json), "-o", s(&back)], None).is_empty());
-            assert_eq!(std::fs::read(&back).unwrap(), original, "{file} pretty={pretty}");
+            assert_eq!(
+                std::fs::read(&back).unwrap(),
+                original,
+                "{file} pretty={pretty}"
+            );
         }
         // stdin -> stdout both ways
         let json = ok(&["crit", "decode"], Some(&original));
         assert!(json.ends_with(b"}\n"));
-        assert_eq!(ok(&["crit", "encode"], Some(&json)), original, "{file} via pipes");
+        assert_eq!(
+            ok(&["crit", "encode"], Some(&json)),
+            original,
+            "{file} via pipes"
+        );
     }
 }
 
 #[test]
 fn info_prints_magic_and_count() {
-    let out = ok(&["crit", "info", s(&fixture("fx-files", "fdinfo-2.img"))], None);
+    let out = ok(
+        &["crit", "info", s(&fixture("fx-files", "fdinfo-2.img"))],
+        None,
+    );
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "{\n    \"magic\": \"FDINFO\",\n    \"count\": 11\n}\n"
     );
     // pagemap: the head entry is not counted (crit's rule)
-    let out = ok(&["crit", "info", s(&fixture("fx-files", "pagemap-30300.img"))], None);
+    let out = ok(
+        &["crit", "info", s(&fixture("fx-files", "pagemap-30300.img"))],
+        None,
+    );
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "{\n    \"magic\": \"PAGEMAP\",\n    \"count\": 8\n}\n"
@@ -199,8 +220,14 @@ fn explorer_output_formats() {
     assert!(mems.starts_with("30400\n\texe "));
     assert!(!mems.contains("30406"));
     let fds = String::from_utf8(ok(&["crit", "x", s(&files), "fds"], None)).unwrap();
-    assert!(fds.contains("\t     10: /tmp/criu-fixtures/data/fx-files/ro.dat\n"), "{fds}");
-    assert!(fds.contains("\t    cwd: /tmp/criu-fixtures/data/fx-files\n"), "{fds}");
+    assert!(
+        fds.contains("\t     10: /tmp/criu-fixtures/data/fx-files/ro.dat\n"),
+        "{fds}"
+    );
+    assert!(
+        fds.contains("\t    cwd: /tmp/criu-fixtures/data/fx-files\n"),
+        "{fds}"
+    );
 }
 
 #[test]
@@ -228,7 +255,10 @@ fn debian_crit_reads_what_we_encode() {
 fn errors_name_the_file_and_exit_1() {
     let pages = fixture("fx-files", "pages-1.img");
     let err = fails(&["crit", "decode", "-i", s(&pages)], None);
-    assert!(err.contains("pages-1.img") && err.contains("unknown magic"), "{err}");
+    assert!(
+        err.contains("pages-1.img") && err.contains("unknown magic"),
+        "{err}"
+    );
 
     let err = fails(&["crit", "info", "/nonexistent/x.img"], None);
     assert!(err.contains("/nonexistent/x.img"), "{err}");
@@ -239,7 +269,10 @@ fn errors_name_the_file_and_exit_1() {
 
     let bad = br#"{"magic": "MM", "entries": [{"vmas": [{"prot": "PROT_READ | PROT_NOPE"}]}]}"#;
     let err = fails(&["crit", "encode"], Some(bad));
-    assert!(err.contains("vmas[0].prot") && err.contains("PROT_NOPE"), "{err}");
+    assert!(
+        err.contains("vmas[0].prot") && err.contains("PROT_NOPE"),
+        "{err}"
+    );
 
     let image = std::fs::read(fixture("fx-files", "mm-30300.img")).unwrap();
     let err = fails(&["crit", "encode"], Some(&image));

@@ -424,10 +424,20 @@ impl Codec {
         };
         match lay {
             Layout::Plain | Layout::Pagemap | Layout::Ghost => {}
-            Layout::Blob(_) => {
-                if extra.as_str().is_some_and(|s| !s.is_empty()) {
-                    out.extend_from_slice(&blob(extra, "extra")?);
+            Layout::Blob(fields) => {
+                let data = blob(extra, "extra")?;
+                let mut want = 0usize;
+                for f in fields {
+                    want = want.saturating_add(size_field(msg, f, entry)?);
                 }
+                if data.len() != want {
+                    return Err(shape(&format!(
+                        "{want} bytes of payload ({}), got {}",
+                        fields.join(" + "),
+                        data.len()
+                    )));
+                }
+                out.extend_from_slice(&data);
             }
             Layout::TcpStream => {
                 let obj = extra
@@ -437,8 +447,24 @@ impl Codec {
                 let outq = obj
                     .get("outq")
                     .ok_or_else(|| shape("an object with outq"))?;
-                out.extend_from_slice(&blob(inq, "extra.inq")?);
-                out.extend_from_slice(&blob(outq, "extra.outq")?);
+                for (v, path, len_field) in [
+                    (inq, "extra.inq", "inq_len"),
+                    (outq, "extra.outq", "outq_len"),
+                ] {
+                    let data = blob(v, path)?;
+                    let want = size_field(msg, len_field, entry)?;
+                    if data.len() != want {
+                        return Err(JsonError::Field {
+                            entry,
+                            path: path.into(),
+                            reason: format!(
+                                "expected {want} bytes ({len_field}), got {}",
+                                data.len()
+                            ),
+                        });
+                    }
+                    out.extend_from_slice(&data);
+                }
             }
             Layout::IpcShm => {
                 let size = size_field(msg, "size", entry)?;
