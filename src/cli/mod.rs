@@ -5,7 +5,9 @@
 
 use std::ffi::OsString;
 
+pub mod check;
 pub mod crit;
+pub mod dump;
 
 /// Parses `args` (argv including argv[0]) and runs the command; returns the exit status.
 pub fn main_with_args(args: Vec<OsString>) -> i32 {
@@ -20,6 +22,11 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
     if args.get(1).map(|a| a == "crit").unwrap_or(false) {
         args.remove(1);
         return crit::main(args);
+    }
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("dump") => return dump::main(args[1..].to_vec()),
+        Some("check") => return check::main(args[1..].to_vec()),
+        _ => {}
     }
     eprintln!("stasis: no such command (work in progress)");
     1
