@@ -165,9 +165,9 @@ pub const FEATURES: &[Feature] = &[
     Feature { name: "pidfd_getfd", required: false, probe: pidfd_getfd },
 ];
 
-/// `stasis check ARGS` (argv[0] is "check"); returns the exit status.
-pub fn main(args: Vec<OsString>) -> i32 {
-    let a = match CheckArgs::try_parse_from(&args) {
+/// `stasis check ...`: `args[1]` is "check"; returns the exit status.
+pub fn run(args: Vec<OsString>) -> i32 {
+    let a = match CheckArgs::try_parse_from(args.iter().skip(1)) {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
@@ -231,8 +231,8 @@ mod tests {
         assert_eq!((clone3_set_tid)(), Outcome::Ok);
         assert_eq!((pagemap_scan)(), Outcome::Ok);
         assert!(matches!((soft_dirty)(), Outcome::Missing(_)));
-        assert_eq!(main(vec!["check".into()]), 0);
-        assert_eq!(main(vec!["check".into(), "--feature".into(), "bogus".into()]), 1);
-        assert_eq!(main(vec!["check".into(), "--feature".into(), "soft_dirty".into()]), 1);
+        assert_eq!(run(vec!["stasis".into(), "check".into()]), 0);
+        assert_eq!(run(vec!["stasis".into(), "check".into(), "--feature".into(), "bogus".into()]), 1);
+        assert_eq!(run(vec!["stasis".into(), "check".into(), "--feature".into(), "soft_dirty".into()]), 1);
     }
 }

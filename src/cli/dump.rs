@@ -4,12 +4,11 @@
 //! refused by name rather than ignored, so a caller never believes a feature was applied.
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Parser;
 
+use super::common::CommonArgs;
 use crate::dump::{self, DumpOptions};
 
 /// CRIU dump options that stasis knows but does not implement.
@@ -50,18 +49,12 @@ pub const UNSUPPORTED: &[&str] = &[
 #[derive(Debug, Parser)]
 #[command(name = "dump", about = "checkpoint a process tree into an image directory")]
 pub struct DumpArgs {
+    /// Options shared by every verb (`-D`, `-o`, `-v`, `--timeout`, ...).
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// Root of the process tree.
     #[arg(short = 't', long = "tree", value_name = "PID")]
     pub tree: i32,
-    /// Directory to write images to (must exist).
-    #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
-    pub images_dir: PathBuf,
-    /// Log file (relative to the images directory unless absolute).
-    #[arg(short = 'o', long = "log-file", value_name = "FILE")]
-    pub log_file: Option<PathBuf>,
-    /// Verbosity 0..4 (`-v4`; `-v` alone is 2, each extra v adds one).
-    #[arg(short = 'v', long = "verbosity", num_args = 0..=1, default_missing_value = "2", value_name = "N")]
-    pub verbosity: Option<String>,
     /// Keep the tree running after the dump.
     #[arg(short = 'R', long = "leave-running")]
     pub leave_running: bool,
@@ -86,18 +79,6 @@ pub struct DumpArgs {
     /// Write a Chrome trace of the dump phases to FILE.
     #[arg(long = "profile", value_name = "FILE")]
     pub profile: Option<PathBuf>,
-    /// Give up freezing after N seconds.
-    #[arg(long = "timeout", value_name = "N")]
-    pub timeout: Option<u64>,
-}
-
-/// Parses a `-v` value: a digit, or extra `v`s.
-pub fn verbosity(v: &Option<String>) -> Result<u32, String> {
-    match v.as_deref() {
-        None => Ok(2),
-        Some(s) if s.chars().all(|c| c == 'v') => Ok(2 + s.len() as u32),
-        Some(s) => s.parse::<u32>().map_err(|_| format!("bad verbosity {s:?}")),
-    }
 }
 
 /// Refuses a CRIU option stasis does not implement, naming it.
@@ -117,7 +98,7 @@ impl DumpArgs {
     pub fn options(&self) -> DumpOptions {
         DumpOptions {
             pid: self.tree,
-            images_dir: self.images_dir.clone(),
+            images_dir: self.common.images_dir(),
             leave_running: self.leave_running,
             shell_job: self.shell_job,
             ext_unix_sk: self.ext_unix_sk,
@@ -126,69 +107,39 @@ impl DumpArgs {
             freeze_cgroup: self.freeze_cgroup.clone(),
             stats: self.stats,
             profile: self.profile.clone(),
-            timeout: self.timeout.map(Duration::from_secs),
+            timeout: self.common.timeout(),
             prev_images_dir: None,
             track_mem: false,
         }
     }
 }
 
-struct Log {
-    file: Option<std::fs::File>,
-    level: u32,
-}
-
-impl Log {
-    fn line(&mut self, level: u32, msg: &str) {
-        if let Some(f) = &mut self.file {
-            let _ = writeln!(f, "{msg}");
-        }
-        if level <= self.level.min(1) || (self.file.is_none() && level <= self.level) {
-            eprintln!("{msg}");
-        }
-    }
-}
-
-/// `stasis dump ARGS` (argv[0] is "dump"); returns the exit status.
-pub fn main(args: Vec<OsString>) -> i32 {
-    if let Err(e) = refuse_unsupported(args.get(1..).unwrap_or(&[])) {
+/// `stasis dump ...`: `args[1]` is "dump"; returns the exit status.
+pub fn run(args: Vec<OsString>) -> i32 {
+    if let Err(e) = refuse_unsupported(args.get(2..).unwrap_or(&[])) {
         eprintln!("Error: {e}");
         return 1;
     }
-    let a = match DumpArgs::try_parse_from(&args) {
+    let a = match DumpArgs::try_parse_from(args.iter().skip(1)) {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() { 1 } else { 0 };
         }
     };
-    let level = match verbosity(&a.verbosity) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("Error: {e}");
-            return 1;
-        }
-    };
-    let mut log = Log {
-        file: a.log_file.as_ref().and_then(|p| {
-            let p = if p.is_absolute() { p.clone() } else { a.images_dir.join(p) };
-            std::fs::File::create(p).ok()
-        }),
-        level,
-    };
-    run(&a, &mut log)
-}
-
-fn run(a: &DumpArgs, log: &mut Log) -> i32 {
+    if let Err(e) = a.common.init_logging() {
+        eprintln!("Error: {e}");
+        return 1;
+    }
     let opts = a.options();
-    log.line(3, &format!("dumping tree {} into {}", opts.pid, opts.images_dir.display()));
+    tracing::info!("dumping tree {} into {}", opts.pid, opts.images_dir.display());
     let mut backend = dump::freeze::ProcBackend;
     match dump::run(&opts, &mut backend) {
         Ok(rep) => {
             for f in &rep.images {
-                log.line(4, &format!("wrote {}", f.display()));
+                tracing::debug!("wrote {}", f.display());
             }
-            if a.stats {
+            if a.stats || a.common.display_stats {
                 let s = &rep.stats;
                 println!(
                     "freezing {} us, frozen {} us, memdump {} us, memwrite {} us, pages scanned {} written {} (lazy {}), shmem pages {}, {} bytes in {} files",
@@ -200,15 +151,17 @@ fn run(a: &DumpArgs, log: &mut Log) -> i32 {
             if let Some(p) = &a.profile {
                 let json = rep.profile.chrome_trace().to_string();
                 if let Err(e) = std::fs::write(p, json) {
-                    log.line(0, &format!("Error: write profile {}: {e}", p.display()));
+                    tracing::error!("write profile {}: {e}", p.display());
+                    eprintln!("Error: write profile {}: {e}", p.display());
                     return 1;
                 }
             }
-            log.line(2, "Dumping finished successfully");
+            tracing::info!("Dumping finished successfully");
             0
         }
         Err(e) => {
-            log.line(0, &format!("Error: {e}"));
+            tracing::error!("{e}");
+            eprintln!("Error: {e}");
             1
         }
     }
@@ -217,6 +170,7 @@ fn run(a: &DumpArgs, log: &mut Log) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn parse(v: &[&str]) -> Result<DumpArgs, clap::Error> {
         DumpArgs::try_parse_from(std::iter::once("dump").chain(v.iter().copied()))
@@ -227,11 +181,9 @@ mod tests {
         let a = parse(&["-t", "42", "-D", "/tmp", "-o", "d.log", "-v4", "-R", "-j", "--stats"]).unwrap();
         assert_eq!(a.tree, 42);
         assert!(a.leave_running && a.shell_job && a.stats);
-        assert_eq!(verbosity(&a.verbosity).unwrap(), 4);
+        assert_eq!(a.common.verbosity, Some(4));
         let b = parse(&["--tree", "1", "--images-dir", "/x", "--leave-running", "--shell-job", "--timeout", "3"]).unwrap();
         assert_eq!(b.options().timeout, Some(Duration::from_secs(3)));
-        let c = parse(&["-t", "1", "-D", "/x", "-vvv"]).unwrap();
-        assert_eq!(verbosity(&c.verbosity).unwrap(), 4);
     }
 
     #[test]
