@@ -27,10 +27,16 @@ pub use engine::{run, DumpReport};
 pub use error::DumpError;
 pub use options::DumpOptions;
 
-/// The fixtures directory (`$STASIS_FIXTURES`, else `../shared/fixtures` next to the repo).
+/// The fixtures directory: `$STASIS_FIXTURES`, else `shared/fixtures` beside the repository
+/// (or beside the directory of worktrees).
 pub fn fixtures_dir() -> std::path::PathBuf {
-    match std::env::var_os("STASIS_FIXTURES") {
-        Some(p) => p.into(),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
+    if let Some(p) = std::env::var_os("STASIS_FIXTURES") {
+        return p.into();
     }
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let near = repo.join("../shared/fixtures");
+    if near.is_dir() {
+        return near;
+    }
+    repo.join("../../shared/fixtures")
 }
