@@ -163,17 +163,24 @@ fn collect_process(
     })
 }
 
+/// Everything collected from the frozen tree, ready to be written.
+struct Collection {
+    tree: Vec<Process>,
+    collected: Vec<Collected>,
+    files: Files,
+    root_ids: Value,
+}
+
 fn write_images(
     dir: &mut ImageDir,
     opts: &DumpOptions,
-    tree: &[Process],
-    collected: &[Collected],
-    files: &Files,
-    root_ids: Value,
+    c: &Collection,
     frozen: &mut dyn FrozenTree,
     stats: &mut DumpStats,
     prof: &mut Profile,
 ) -> Result<()> {
+    let (tree, collected, files) = (&c.tree, &c.collected, &c.files);
+    let root_ids = c.root_ids.clone();
     let root = opts.pid;
     fault::check("images", root)?;
     let img = |pid: i32| move |e| DumpError::image("images", pid, e);
@@ -323,9 +330,15 @@ fn dump_frozen(
     prof.record("collect", "phase", 0, t);
     let mut dir = ImageDir::new(&opts.images_dir);
     let t = prof.now_us();
-    write_images(&mut dir, opts, &tree, &collected, &files, root_ids, frozen, stats, prof)?;
+    let c = Collection {
+        tree,
+        collected,
+        files,
+        root_ids,
+    };
+    write_images(&mut dir, opts, &c, frozen, stats, prof)?;
     prof.record("write", "phase", 0, t);
     fault::check("fsync", opts.pid)?;
     dir.finish().map_err(|e| DumpError::image("fsync", opts.pid, e))?;
-    Ok((dir, tree.iter().map(|p| p.pid).collect()))
+    Ok((dir, c.tree.iter().map(|p| p.pid).collect()))
 }
