@@ -37,7 +37,11 @@ fn golden_pairs() -> Vec<(PathBuf, PathBuf)> {
         .filter(|p| p.is_dir())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 6, "expected six fixture dirs in {}", root.display());
+    assert!(
+        dirs.len() >= 6,
+        "expected six fixture dirs in {}",
+        root.display()
+    );
     let mut pairs = Vec::new();
     for dir in dirs {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -67,7 +71,10 @@ fn check_one(codec: &Codec, image: &Path, json_path: &Path) -> Result<()> {
 
     let pretty = json::decode_image(codec, &bytes, true).map_err(|e| format!("decode: {e}"))?;
     if pretty != stored {
-        return Err(format!("pretty JSON differs: {}", first_difference(&pretty, &stored, "")));
+        return Err(format!(
+            "pretty JSON differs: {}",
+            first_difference(&pretty, &stored, "")
+        ));
     }
     let text = json::to_text(&pretty, true) + "\n";
     if text != stored_text {
@@ -82,7 +89,8 @@ fn check_one(codec: &Codec, image: &Path, json_path: &Path) -> Result<()> {
             first_byte_difference(&again, &bytes)
         ));
     }
-    let plain = json::decode_image(codec, &bytes, false).map_err(|e| format!("decode plain: {e}"))?;
+    let plain =
+        json::decode_image(codec, &bytes, false).map_err(|e| format!("decode plain: {e}"))?;
     // Through text, as a user would do it.
     let reparsed = json::parse_text(&json::to_text(&plain, false)).map_err(|e| e.to_string())?;
     let again = json::encode_image(codec, &reparsed).map_err(|e| format!("encode plain: {e}"))?;

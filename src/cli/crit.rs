@@ -220,7 +220,10 @@ fn strip_payloads(doc: &mut Value) {
                     e.shift_remove("extra");
                 } else {
                     let size = payload_size(extra);
-                    e.insert("extra".into(), Value::String(format!("... <{}>", human_readable(size))));
+                    e.insert(
+                        "extra".into(),
+                        Value::String(format!("... <{}>", human_readable(size))),
+                    );
                 }
             }
         }
@@ -293,7 +296,11 @@ pub fn main(args: Vec<OsString>) -> i32 {
         .first()
         .and_then(|a| Path::new(a).file_name())
         .is_some_and(|f| f == "crit");
-    let bin_name = if invoked_as_crit { "crit" } else { "stasis crit" };
+    let bin_name = if invoked_as_crit {
+        "crit"
+    } else {
+        "stasis crit"
+    };
     let matches = match Cli::command().bin_name(bin_name).try_get_matches_from(args) {
         Ok(m) => m,
         Err(e) => {

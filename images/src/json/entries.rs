@@ -104,11 +104,13 @@ fn round_up(x: usize, to: usize) -> usize {
 
 /// An unsigned integer field of a decoded message (0 when unset), for payload sizes.
 fn size_field(msg: &DynamicMessage, name: &str, entry: usize) -> Result<usize, JsonError> {
-    let value = msg.get_field_by_name(name).ok_or_else(|| JsonError::Field {
-        entry,
-        path: format!("{}.{name}", msg.descriptor().name()),
-        reason: "payload size field missing from the message definition".into(),
-    })?;
+    let value = msg
+        .get_field_by_name(name)
+        .ok_or_else(|| JsonError::Field {
+            entry,
+            path: format!("{}.{name}", msg.descriptor().name()),
+            reason: "payload size field missing from the message definition".into(),
+        })?;
     let v: Option<u64> = match &*value {
         Value::U32(v) => Some(*v as u64),
         Value::U64(v) => Some(*v),
@@ -168,7 +170,9 @@ impl Codec {
         let root = Path::Root(desc.name());
         match to_json(&self.opts, msg, pretty, false, &root) {
             Ok(Json::Object(map)) => Ok(map),
-            Ok(_) => Err(JsonError::Shape("message did not convert to an object".into())),
+            Ok(_) => Err(JsonError::Shape(
+                "message did not convert to an object".into(),
+            )),
             Err(e) => Err(e.at(entry)),
         }
     }
@@ -420,17 +424,47 @@ impl Codec {
         };
         match lay {
             Layout::Plain | Layout::Pagemap | Layout::Ghost => {}
-            Layout::Blob(_) => {
-                if extra.as_str().is_some_and(|s| !s.is_empty()) {
-                    out.extend_from_slice(&blob(extra, "extra")?);
+            Layout::Blob(fields) => {
+                let data = blob(extra, "extra")?;
+                let mut want = 0usize;
+                for f in fields {
+                    want = want.saturating_add(size_field(msg, f, entry)?);
                 }
+                if data.len() != want {
+                    return Err(shape(&format!(
+                        "{want} bytes of payload ({}), got {}",
+                        fields.join(" + "),
+                        data.len()
+                    )));
+                }
+                out.extend_from_slice(&data);
             }
             Layout::TcpStream => {
-                let obj = extra.as_object().ok_or_else(|| shape("an object with inq and outq"))?;
+                let obj = extra
+                    .as_object()
+                    .ok_or_else(|| shape("an object with inq and outq"))?;
                 let inq = obj.get("inq").ok_or_else(|| shape("an object with inq"))?;
-                let outq = obj.get("outq").ok_or_else(|| shape("an object with outq"))?;
-                out.extend_from_slice(&blob(inq, "extra.inq")?);
-                out.extend_from_slice(&blob(outq, "extra.outq")?);
+                let outq = obj
+                    .get("outq")
+                    .ok_or_else(|| shape("an object with outq"))?;
+                for (v, path, len_field) in [
+                    (inq, "extra.inq", "inq_len"),
+                    (outq, "extra.outq", "outq_len"),
+                ] {
+                    let data = blob(v, path)?;
+                    let want = size_field(msg, len_field, entry)?;
+                    if data.len() != want {
+                        return Err(JsonError::Field {
+                            entry,
+                            path: path.into(),
+                            reason: format!(
+                                "expected {want} bytes ({len_field}), got {}",
+                                data.len()
+                            ),
+                        });
+                    }
+                    out.extend_from_slice(&data);
+                }
             }
             Layout::IpcShm => {
                 let size = size_field(msg, "size", entry)?;
@@ -441,7 +475,9 @@ impl Codec {
             }
             Layout::IpcSem => {
                 let n = size_field(msg, "nsems", entry)?;
-                let list = extra.as_array().ok_or_else(|| shape("an array of semaphore values"))?;
+                let list = extra
+                    .as_array()
+                    .ok_or_else(|| shape("an array of semaphore values"))?;
                 if list.len() != n {
                     return Err(shape(&format!("{n} semaphore values, got {}", list.len())));
                 }
@@ -457,10 +493,14 @@ impl Codec {
                 out.resize(start + round_up(size, 8), 0);
             }
             Layout::IpcMsg => {
-                let list = extra.as_array().ok_or_else(|| shape("an array of messages"))?;
+                let list = extra
+                    .as_array()
+                    .ok_or_else(|| shape("an array of messages"))?;
                 let desc = self.message("ipc_msg")?;
                 for pair in list.chunks(2) {
-                    let obj = pair[0].as_object().ok_or_else(|| shape("a message object"))?;
+                    let obj = pair[0]
+                        .as_object()
+                        .ok_or_else(|| shape("a message object"))?;
                     let m = self.build_message(&desc, obj, entry)?;
                     Self::write_message(out, &m);
                     let msize = size_field(&m, "msize", entry)?;

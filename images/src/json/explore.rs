@@ -96,8 +96,11 @@ impl<'a> Dir<'a> {
             path: path.clone(),
             source,
         })?;
-        let doc = decode_image(self.codec, &bytes, false)
-            .map_err(|source| ExploreError::Decode { path: path.clone(), source })?;
+        let doc =
+            decode_image(self.codec, &bytes, false).map_err(|source| ExploreError::Decode {
+                path: path.clone(),
+                source,
+            })?;
         match doc.get("entries") {
             Some(Json::Array(entries)) => Ok(entries.clone()),
             _ => Err(self.content(name, "no entries")),
@@ -155,7 +158,10 @@ impl<'a> Dir<'a> {
                 .and_then(|f| f.get("name").and_then(Json::as_str).map(str::to_string))
                 .filter(|n| !n.is_empty())
                 .unwrap_or_else(|| "unknown path".to_string()),
-            "PIPE" => match self.file_in_files("pipe", id).and_then(|p| int(&p, "pipe_id")) {
+            "PIPE" => match self
+                .file_in_files("pipe", id)
+                .and_then(|p| int(&p, "pipe_id"))
+            {
                 Some(pipe_id) => format!("pipe[{pipe_id}]"),
                 None => "pipe[?]".to_string(),
             },
@@ -244,10 +250,12 @@ fn ps(d: &mut Dir<'_>) -> Result<String, ExploreError> {
             continue;
         }
         let ppid = tasks[i].ppid;
-        let parent = tasks
-            .iter()
-            .position(|t| t.pid == ppid)
-            .ok_or_else(|| d.content("pstree.img", &format!("parent {ppid} of {} is not in the tree", tasks[i].pid)))?;
+        let parent = tasks.iter().position(|t| t.pid == ppid).ok_or_else(|| {
+            d.content(
+                "pstree.img",
+                &format!("parent {ppid} of {} is not in the tree", tasks[i].pid),
+            )
+        })?;
         tasks[parent].kids.push(i);
     }
     let root = root.ok_or_else(|| d.content("pstree.img", "no root task (ppid 0)"))?;
@@ -285,7 +293,11 @@ fn fds(d: &mut Dir<'_>) -> Result<String, ExploreError> {
         let fdinfo = d.load(&fdinfo_name)?;
         let _ = writeln!(out, "{pid}");
         for fd in fdinfo {
-            let kind = fd.get("type").and_then(Json::as_str).unwrap_or("?").to_string();
+            let kind = fd
+                .get("type")
+                .and_then(Json::as_str)
+                .unwrap_or("?")
+                .to_string();
             let id = d.need(&fd, "id", &fdinfo_name)?;
             let num = d.need(&fd, "fd", &fdinfo_name)?;
             let s = d.file_str(&kind, id);
@@ -331,7 +343,11 @@ fn mems(d: &mut Dir<'_>) -> Result<String, ExploreError> {
         let _ = writeln!(out, "{pid}");
         let exe = d.file_str("REG", int(&mm, "exe_file_id").unwrap_or(0));
         let _ = writeln!(out, "\t{:<36}    {exe}", "exe");
-        let vmas = mm.get("vmas").and_then(Json::as_array).cloned().unwrap_or_default();
+        let vmas = mm
+            .get("vmas")
+            .and_then(Json::as_array)
+            .cloned()
+            .unwrap_or_default();
         for vma in &vmas {
             let st = d.need(vma, "status", &mm_name)?;
             let shmid = int(vma, "shmid").unwrap_or(0);
@@ -372,11 +388,7 @@ fn mems(d: &mut Dir<'_>) -> Result<String, ExploreError> {
                 if prot & 2 != 0 { 'w' } else { '-' },
                 if prot & 4 != 0 { 'x' } else { '-' }
             );
-            let range = format!(
-                "{:08x}-{:08x}",
-                vma_u64(vma, "start"),
-                vma_u64(vma, "end")
-            );
+            let range = format!("{:08x}-{:08x}", vma_u64(vma, "start"), vma_u64(vma, "end"));
             let _ = writeln!(out, "\t{range:<36}{prot}{fname}");
         }
     }
@@ -396,7 +408,11 @@ fn rss(d: &mut Dir<'_>) -> Result<String, ExploreError> {
             continue;
         }
         let mm = d.load_first(&mm_name)?;
-        let vmas = mm.get("vmas").and_then(Json::as_array).cloned().unwrap_or_default();
+        let vmas = mm
+            .get("vmas")
+            .and_then(Json::as_array)
+            .cloned()
+            .unwrap_or_default();
         let pms = d.load(&format!("pagemap-{pid}.img"))?;
         let _ = writeln!(out, "{pid}");
         let mut vmi = 0usize;

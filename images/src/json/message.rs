@@ -71,7 +71,9 @@ pub(crate) fn to_json(
                     let mut out = Vec::with_capacity(items.len());
                     for (i, item) in items.iter().enumerate() {
                         let ipath = Path::Index(&fpath, i);
-                        out.push(value_to_json(opts, &field, fopts, item, pretty, hex_here, &ipath)?);
+                        out.push(value_to_json(
+                            opts, &field, fopts, item, pretty, hex_here, &ipath,
+                        )?);
                     }
                     Json::Array(out)
                 }
@@ -87,9 +89,17 @@ pub(crate) fn to_json(
 fn ipadd_to_json(items: &[Value], path: &Path<'_>) -> Result<Json, FieldError> {
     let words: Option<Vec<u32>> = items.iter().map(Value::as_u32).collect();
     let words = words.ok_or_else(|| err(path, "address field is not uint32"))?;
-    let words = if words.len() > 4 { &words[..4] } else { &words[..] };
-    let text = ipaddr::words_to_text(words)
-        .ok_or_else(|| err(path, format!("address has {} words, not 1 or 4", words.len())))?;
+    let words = if words.len() > 4 {
+        &words[..4]
+    } else {
+        &words[..]
+    };
+    let text = ipaddr::words_to_text(words).ok_or_else(|| {
+        err(
+            path,
+            format!("address has {} words, not 1 or 4", words.len()),
+        )
+    })?;
     Ok(Json::Array(vec![Json::String(text)]))
 }
 
@@ -229,7 +239,11 @@ pub(crate) fn from_json(
     let obj = json.as_object().ok_or_else(|| {
         err(
             path,
-            format!("expected an object for {}, got {}", desc.name(), describe(json)),
+            format!(
+                "expected an object for {}, got {}",
+                desc.name(),
+                describe(json)
+            ),
         )
     })?;
     let mut msg = DynamicMessage::new(desc.clone());
@@ -290,7 +304,12 @@ fn value_from_json(
         Kind::Enum(e) => match json {
             Json::String(name) => match e.get_value_by_name(name) {
                 Some(v) => Value::EnumNumber(v.number()),
-                None => return Err(err(path, format!("{name:?} is not a value of enum {}", e.name()))),
+                None => {
+                    return Err(err(
+                        path,
+                        format!("{name:?} is not a value of enum {}", e.name()),
+                    ))
+                }
             },
             Json::Number(n) => {
                 let v = n
@@ -302,7 +321,11 @@ fn value_from_json(
             _ => return Err(expected("an enum value name")),
         },
         Kind::Bool => Value::Bool(json.as_bool().ok_or_else(|| expected("true or false"))?),
-        Kind::String => Value::String(json.as_str().ok_or_else(|| expected("a string"))?.to_string()),
+        Kind::String => Value::String(
+            json.as_str()
+                .ok_or_else(|| expected("a string"))?
+                .to_string(),
+        ),
         Kind::Double => Value::F64(json.as_f64().ok_or_else(|| expected("a number"))?),
         Kind::Float => Value::F32(json.as_f64().ok_or_else(|| expected("a number"))? as f32),
         kind => {

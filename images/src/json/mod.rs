@@ -78,13 +78,20 @@ impl Codec {
     /// The crit options of a field, by its full name (`criu.vma_entry.prot`).
     pub fn field_opts(&self, full_field_name: &str) -> Option<FieldOpts> {
         let (msg, field) = full_field_name.rsplit_once('.')?;
-        let field = self.pool.get_message_by_name(msg)?.get_field_by_name(field)?;
+        let field = self
+            .pool
+            .get_message_by_name(msg)?
+            .get_field_by_name(field)?;
         Some(self.opts.get(&field).clone())
     }
 }
 
 /// Decodes a whole image file (CRIU's magic table) into crit's document.
-pub fn decode_image(codec: &Codec, bytes: &[u8], pretty: bool) -> Result<serde_json::Value, JsonError> {
+pub fn decode_image(
+    codec: &Codec,
+    bytes: &[u8],
+    pretty: bool,
+) -> Result<serde_json::Value, JsonError> {
     codec.decode_image_with(&CriuMagic, bytes, pretty)
 }
 

@@ -32,8 +32,7 @@ pub fn encode(data: &[u8]) -> String {
         let c = data[i];
         let next = data.get(i + 1).copied();
         let at_end = i + 1 == data.len();
-        let lone_dot =
-            c == b'.' && linelen == 0 && matches!(next, None | Some(b'\n' | b'\r' | 0));
+        let lone_dot = c == b'.' && linelen == 0 && matches!(next, None | Some(b'\n' | b'\r' | 0));
         let needs_quote = c > 126
             || c == b'='
             || lone_dot
