@@ -2,3 +2,5 @@
 pub mod cpu;
 pub mod pod;
 pub mod restorer;
+#[cfg(test)]
+mod restorer_tests;

@@ -330,7 +330,7 @@ pub struct VdsoPatch {
     pub target: Addr,
 }
 
-/// Futex words used by the blob's threads; the engine writes zeros.
+/// Reserved (the blob keeps its futex words in its own .bss); the engine writes zeros.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncArgs {
@@ -503,7 +503,9 @@ const _: () = {
     assert!(core::mem::size_of::<UserRegs>() == 27 * 8);
     assert!(core::mem::size_of::<PosixTimerArgs>() == 64);
     assert!(core::mem::size_of::<CredsArgs>() == 96);
-    assert!(core::mem::size_of::<ThreadArgs>() == 8 + 8 + 216 + 8 + 24 + 16 + 8 + 16 + 8 + 16 + 8 + 8);
+    assert!(
+        core::mem::size_of::<ThreadArgs>() == 8 + 8 + 216 + 8 + 24 + 16 + 8 + 16 + 8 + 16 + 8 + 8
+    );
     assert!(core::mem::size_of::<VmaArgs>() == 56);
     assert!(core::mem::size_of::<StatusRecord>() == 24);
     assert!(core::mem::size_of::<SigInfo>() == 128);
