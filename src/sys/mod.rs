@@ -4,3 +4,5 @@ pub mod pod;
 pub mod restorer;
 #[cfg(test)]
 mod restorer_tests;
+#[cfg(test)]
+mod restorer_fixture_tests;
