@@ -3,6 +3,6 @@ pub mod cpu;
 pub mod pod;
 pub mod restorer;
 #[cfg(test)]
-mod restorer_tests;
-#[cfg(test)]
 mod restorer_fixture_tests;
+#[cfg(test)]
+mod restorer_tests;
