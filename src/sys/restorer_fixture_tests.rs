@@ -275,11 +275,8 @@ fn restore_and_verify(name: &str, pid: i32) {
         revents: 0,
     };
     // SAFETY: one valid pollfd.
-    assert_eq!(
-        unsafe { libc::poll(&mut pfd, 1, 10_000) },
-        1,
-        "no status from the restorer"
-    );
+    let ready = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    assert_eq!(ready, 1, "no status from the restorer");
     let mut buf = [0u8; 24];
     // SAFETY: buf has 24 writable bytes.
     let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), 24) };
