@@ -209,6 +209,11 @@ fn fork_as_pid(
     // SAFETY: the child runs f (which never returns) or exits at once.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0);
+    if pid != 0 {
+        // Move the PID allocator past the fixtures' range so that the thread TIDs the blob
+        // asks for stay free while the child prepares its restore.
+        let _ = std::fs::write("/proc/sys/kernel/ns_last_pid", "31000");
+    }
     if pid == 0 {
         if std::process::id() as i32 == want {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
