@@ -2,3 +2,6 @@
 pub mod cpu;
 pub mod pod;
 pub mod restorer;
+pub mod fdkinds;
+pub mod sock_diag;
+pub mod socket;
