@@ -15,5 +15,6 @@ pub mod cli;
 pub mod dump;
 pub mod files;
 pub mod parasite;
+pub mod proc;
 pub mod restore;
 pub mod sys;

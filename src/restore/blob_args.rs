@@ -35,7 +35,12 @@ pub enum BlobArgsError {
     #[error("vma {index} ({start:#x}-{end:#x}) is empty, unaligned or overlaps the previous one")]
     BadVma { index: usize, start: u64, end: u64 },
     #[error("restorer area {base:#x}+{len:#x} overlaps target range {start:#x}-{end:#x}")]
-    AreaOverlap { base: u64, len: u64, start: u64, end: u64 },
+    AreaOverlap {
+        base: u64,
+        len: u64,
+        start: u64,
+        end: u64,
+    },
     #[error("thread {index}: xsave image of {size} bytes is larger than the stack allows")]
     FpuTooBig { index: usize, size: usize },
 }
@@ -145,7 +150,10 @@ impl TaskSpec {
             dumpable: u32::MAX,
             status_fd: -1,
             go_fd: -1,
-            mm: MmArgs { exe_fd: u32::MAX, ..Default::default() },
+            mm: MmArgs {
+                exe_fd: u32::MAX,
+                ..Default::default()
+            },
             ..Default::default()
         };
         TaskSpec {
@@ -177,7 +185,10 @@ impl TaskSpec {
     /// Lays the arguments out after the blob for `base`.
     fn layout(&self, base: u64) -> (Layout, u64, u64) {
         // Returns (layout, TaskArgs address, leader stack top).
-        let mut l = Layout { bytes: RESTORER.relocated(base), base };
+        let mut l = Layout {
+            bytes: RESTORER.relocated(base),
+            base,
+        };
         debug_assert_eq!(l.bytes.len(), restorer::SIZE);
         let args = l.push(std::slice::from_ref(&self.task), 64);
         let mut threads: Vec<ThreadArgs> = self.threads.iter().map(|t| t.args).collect();
@@ -227,7 +238,10 @@ impl TaskSpec {
         task.area_len = stacks + THREAD_STACK_SIZE * self.threads.len() as u64;
         l.put(args, &task);
         for (i, t) in threads.iter().enumerate() {
-            l.put(threads_addr + (i * std::mem::size_of::<ThreadArgs>()) as u64, t);
+            l.put(
+                threads_addr + (i * std::mem::size_of::<ThreadArgs>()) as u64,
+                t,
+            );
         }
         let leader_top = threads.first().map_or(0, |t| t.stack_top);
         (l, args, leader_top)
@@ -243,13 +257,20 @@ impl TaskSpec {
         }
         for (index, t) in self.threads.iter().enumerate() {
             if t.fpu.len() as u64 > THREAD_STACK_SIZE / 4 {
-                return Err(BlobArgsError::FpuTooBig { index, size: t.fpu.len() });
+                return Err(BlobArgsError::FpuTooBig {
+                    index,
+                    size: t.fpu.len(),
+                });
             }
         }
         let mut prev_end = 0;
         for (index, v) in self.vmas.iter().enumerate() {
             if v.start >= v.end || v.start % PAGE != 0 || v.end % PAGE != 0 || v.start < prev_end {
-                return Err(BlobArgsError::BadVma { index, start: v.start, end: v.end });
+                return Err(BlobArgsError::BadVma {
+                    index,
+                    start: v.start,
+                    end: v.end,
+                });
             }
             prev_end = v.end;
         }
@@ -261,14 +282,29 @@ impl TaskSpec {
             .filter(|v| v.start < 0x8000_0000_0000)
             .map(|v| (v.start, v.end))
             .chain(self.keep.iter().map(|k| (k.start, k.end)))
-            .chain(self.special.iter().flat_map(|s| [(s.from, s.from + s.len), (s.to, s.to + s.len)]));
+            .chain(
+                self.special
+                    .iter()
+                    .flat_map(|s| [(s.from, s.from + s.len), (s.to, s.to + s.len)]),
+            );
         for (start, end) in ranges {
             if overlaps(start, end) {
-                return Err(BlobArgsError::AreaOverlap { base, len, start, end });
+                return Err(BlobArgsError::AreaOverlap {
+                    base,
+                    len,
+                    start,
+                    end,
+                });
             }
         }
         let (l, args, leader_stack_top) = self.layout(base);
-        Ok(Area { bytes: l.bytes, base, entry_offset: restorer::EXPORT_ENTRY as u64, args, leader_stack_top })
+        Ok(Area {
+            bytes: l.bytes,
+            base,
+            entry_offset: restorer::EXPORT_ENTRY as u64,
+            args,
+            leader_stack_top,
+        })
     }
 }
 
@@ -281,13 +317,22 @@ mod tests {
         let mut s = TaskSpec::new();
         for tid in [100, 101] {
             s.threads.push(ThreadSpec {
-                args: ThreadArgs { tid, ..Default::default() },
+                args: ThreadArgs {
+                    tid,
+                    ..Default::default()
+                },
                 fpu: vec![1; 576],
                 signals: vec![SigInfo::default()],
                 creds: Some((CredsArgs::default(), vec![1, 2, 3])),
             });
         }
-        s.vmas.push(VmaArgs { start: 0x10000, end: 0x20000, kind: VMA_MMAP, fd: -1, ..Default::default() });
+        s.vmas.push(VmaArgs {
+            start: 0x10000,
+            end: 0x20000,
+            kind: VMA_MMAP,
+            fd: -1,
+            ..Default::default()
+        });
         s.auxv = vec![6, 4096, 0, 0];
         s
     }
@@ -329,13 +374,26 @@ mod tests {
     #[test]
     fn rejects_overlap_unaligned_and_empty() {
         let s = spec();
-        assert!(matches!(s.build(0x10000), Err(BlobArgsError::AreaOverlap { .. })));
-        assert_eq!(s.build(0x1234).unwrap_err(), BlobArgsError::UnalignedBase(0x1234));
+        assert!(matches!(
+            s.build(0x10000),
+            Err(BlobArgsError::AreaOverlap { .. })
+        ));
+        assert_eq!(
+            s.build(0x1234).unwrap_err(),
+            BlobArgsError::UnalignedBase(0x1234)
+        );
         let mut e = spec();
         e.threads.clear();
         assert_eq!(e.build(0x1000_0000).unwrap_err(), BlobArgsError::NoThreads);
         let mut v = spec();
-        v.vmas.push(VmaArgs { start: 0x18000, end: 0x30000, ..Default::default() });
-        assert!(matches!(v.build(0x1000_0000), Err(BlobArgsError::BadVma { index: 1, .. })));
+        v.vmas.push(VmaArgs {
+            start: 0x18000,
+            end: 0x30000,
+            ..Default::default()
+        });
+        assert!(matches!(
+            v.build(0x1000_0000),
+            Err(BlobArgsError::BadVma { index: 1, .. })
+        ));
     }
 }

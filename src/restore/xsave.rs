@@ -49,7 +49,13 @@ pub struct FpuRegs<'a> {
     pub pkru: Option<u32>,
 }
 
-fn put_words<T: Copy>(dst: &mut [u8], off: usize, words: &[T], max_bytes: usize, to_le: impl Fn(T) -> Vec<u8>) {
+fn put_words<T: Copy>(
+    dst: &mut [u8],
+    off: usize,
+    words: &[T],
+    max_bytes: usize,
+    to_le: impl Fn(T) -> Vec<u8>,
+) {
     let mut at = off;
     for w in words {
         let b = to_le(*w);
@@ -80,7 +86,11 @@ pub fn xsave_image(f: &FpuRegs<'_>) -> Vec<u8> {
     b[6..8].copy_from_slice(&f.fop.to_le_bytes());
     b[8..16].copy_from_slice(&f.rip.to_le_bytes());
     b[16..24].copy_from_slice(&f.rdp.to_le_bytes());
-    let mask = if f.mxcsr_mask != 0 { f.mxcsr_mask } else { 0xffbf };
+    let mask = if f.mxcsr_mask != 0 {
+        f.mxcsr_mask
+    } else {
+        0xffbf
+    };
     b[24..28].copy_from_slice(&(f.mxcsr & mask).to_le_bytes());
     b[28..32].copy_from_slice(&f.mxcsr_mask.to_le_bytes());
     let le32 = |w: u32| w.to_le_bytes().to_vec();
@@ -116,7 +126,13 @@ mod tests {
     fn magics_and_sizes() {
         let st = [7u32; 32];
         let xmm = [9u32; 64];
-        let img = xsave_image(&FpuRegs { cwd: 0x37f, mxcsr: 0x1f80, st_space: &st, xmm_space: &xmm, ..Default::default() });
+        let img = xsave_image(&FpuRegs {
+            cwd: 0x37f,
+            mxcsr: 0x1f80,
+            st_space: &st,
+            xmm_space: &xmm,
+            ..Default::default()
+        });
         let u32_at = |o: usize| u32::from_le_bytes(img[o..o + 4].try_into().unwrap());
         let size = u32_at(480) as usize;
         assert_eq!(img.len(), size + 4);

@@ -5,3 +5,5 @@ pub mod restorer;
 pub mod fdkinds;
 pub mod sock_diag;
 pub mod socket;
+#[cfg(test)]
+mod restorer_tests;

@@ -12,7 +12,11 @@ pub enum RestorerSysError {
     Unaligned { base: u64, len: u64 },
     /// `mmap(MAP_FIXED_NOREPLACE)` of the area failed (e.g. EEXIST: something is mapped there).
     #[error("mmap of the restorer area at {base:#x}+{len:#x}: {errno}")]
-    Map { base: u64, len: u64, errno: nix::errno::Errno },
+    Map {
+        base: u64,
+        len: u64,
+        errno: nix::errno::Errno,
+    },
     /// The bytes to copy do not fit in the area.
     #[error("restorer image of {size} bytes does not fit the {len:#x}-byte area")]
     TooBig { size: usize, len: u64 },
@@ -45,13 +49,21 @@ impl RestorerArea {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(RestorerSysError::Map { base, len, errno: nix::errno::Errno::last() });
+            return Err(RestorerSysError::Map {
+                base,
+                len,
+                errno: nix::errno::Errno::last(),
+            });
         }
         if p as u64 != base {
             // Old kernels without MAP_FIXED_NOREPLACE treat it as a hint.
             // SAFETY: p/len is the mapping just created and not used by anything else.
             unsafe { libc::munmap(p, len as usize) };
-            return Err(RestorerSysError::Map { base, len, errno: nix::errno::Errno::EEXIST });
+            return Err(RestorerSysError::Map {
+                base,
+                len,
+                errno: nix::errno::Errno::EEXIST,
+            });
         }
         Ok(RestorerArea { base, len })
     }
@@ -64,7 +76,10 @@ impl RestorerArea {
     /// Copies `bytes` to the start of the area.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), RestorerSysError> {
         if bytes.len() as u64 > self.len {
-            return Err(RestorerSysError::TooBig { size: bytes.len(), len: self.len });
+            return Err(RestorerSysError::TooBig {
+                size: bytes.len(),
+                len: self.len,
+            });
         }
         // SAFETY: the area [base, base+len) is our own writable mapping and bytes fits in it;
         // the source is a distinct heap/stack object, so the ranges do not overlap.
@@ -79,7 +94,10 @@ impl RestorerArea {
     pub fn enter(self, entry_offset: u64, args: u64, stack_top: u64) -> ! {
         let entry = self.base + entry_offset;
         let in_area = |a: u64| a >= self.base && a <= self.base + self.len;
-        assert!(in_area(entry) && in_area(args) && in_area(stack_top), "restorer entry outside its area");
+        assert!(
+            in_area(entry) && in_area(args) && in_area(stack_top),
+            "restorer entry outside its area"
+        );
         std::mem::forget(self);
         // SAFETY: entry, args and stack_top lie in the area holding the relocated restorer
         // blob and its arguments (checked above, contents written by the caller); the blob
@@ -126,6 +144,12 @@ pub fn current_rseq() -> RseqArgs {
     }
     let tp: u64;
     // SAFETY: on x86-64 glibc the word at fs:0 is the thread pointer (TCB self pointer).
-    unsafe { core::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags)) };
-    RseqArgs { ptr: tp.wrapping_add(offset as u64), len: size.max(32), sig: GLIBC_RSEQ_SIG }
+    unsafe {
+        core::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags))
+    };
+    RseqArgs {
+        ptr: tp.wrapping_add(offset as u64),
+        len: size.max(32),
+        sig: GLIBC_RSEQ_SIG,
+    }
 }

@@ -34,6 +34,8 @@
 //! 2. Unmaps everything in `[0, TASK_SIZE)` except the area, the `keep` ranges (premapped
 //!    private memory) and the `from` ranges of `special` (the running vvar/vdso).
 //! 3. Moves `special` ranges (vvar, vdso) to their image addresses with `mremap`.
+//!    Engine rules: premap ranges overlap no target VMA other than their own (`premap ==
+//!    start` is allowed) and no special range; the area overlaps neither.
 //! 4. For each VMA in address order: `VMA_PREMAPPED` is moved from `premap` with
 //!    `mremap(MREMAP_MAYMOVE|MREMAP_FIXED)` (no-op if `premap == start`); `VMA_MMAP` is
 //!    mapped with `mmap(MAP_FIXED)` from `fd` (or anonymous if `fd < 0`) at `pgoff`; then each
@@ -330,7 +332,7 @@ pub struct VdsoPatch {
     pub target: Addr,
 }
 
-/// Futex words used by the blob's threads; the engine writes zeros.
+/// Reserved (the blob keeps its futex words in its own .bss); the engine writes zeros.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncArgs {
@@ -503,7 +505,9 @@ const _: () = {
     assert!(core::mem::size_of::<UserRegs>() == 27 * 8);
     assert!(core::mem::size_of::<PosixTimerArgs>() == 64);
     assert!(core::mem::size_of::<CredsArgs>() == 96);
-    assert!(core::mem::size_of::<ThreadArgs>() == 8 + 8 + 216 + 8 + 24 + 16 + 8 + 16 + 8 + 16 + 8 + 8);
+    assert!(
+        core::mem::size_of::<ThreadArgs>() == 8 + 8 + 216 + 8 + 24 + 16 + 8 + 16 + 8 + 16 + 8 + 8
+    );
     assert!(core::mem::size_of::<VmaArgs>() == 56);
     assert!(core::mem::size_of::<StatusRecord>() == 24);
     assert!(core::mem::size_of::<SigInfo>() == 128);
