@@ -13,5 +13,6 @@ pub use stasis_images as images;
 pub mod cli;
 pub mod dump;
 pub mod parasite;
+pub mod proc;
 pub mod restore;
 pub mod sys;

@@ -13,8 +13,10 @@
 
 use std::ffi::{OsStr, OsString};
 
+pub mod check;
 pub mod common;
 pub mod crit;
+pub mod dump;
 
 /// A verb of the command line.
 struct Verb {
@@ -24,11 +26,23 @@ struct Verb {
 }
 
 /// Every verb, in the order `--help` lists them.
-const VERBS: &[Verb] = &[Verb {
-    name: "crit",
-    about: "decode, encode and explore image files (like CRIU's crit)",
-    run: crit::main,
-}];
+const VERBS: &[Verb] = &[
+    Verb {
+        name: "crit",
+        about: "decode, encode and explore image files (like CRIU's crit)",
+        run: crit::main,
+    },
+    Verb {
+        name: "dump",
+        about: "checkpoint a process tree into an image directory",
+        run: dump::run,
+    },
+    Verb {
+        name: "check",
+        about: "check which kernel features the engine can use here",
+        run: check::run,
+    },
+];
 
 /// The version line tools parse (`criu --version` prints `Version: X.Y`).
 pub const VERSION_TEXT: &str = concat!(
@@ -92,6 +106,8 @@ const VALUE_OPTIONS: &[&str] = &[
     "--timeout",
     "-t",
     "--tree",
+    "--freeze-cgroup",
+    "--profile",
 ];
 
 fn find_verb(args: &[OsString]) -> Option<usize> {

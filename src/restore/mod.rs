@@ -4,3 +4,5 @@
 pub mod options;
 
 pub use options::RestoreOptions;
+pub mod blob_args;
+pub mod xsave;
