@@ -12,6 +12,9 @@
 //!  files,                                  is a fixed point of decode/encode
 //!  sockets,
 //!  all
+//!  json       image bytes | JSON text      crit JSON decode (plain, pretty) → text → parse →
+//!                                          encode → decode is a fixed point; text encodes
+//!                                          without panic
 //!  pagemap    pagemap body (no magic)      Pagemap::from_image; lookups agree with a linear
 //!                                          scan; offsets inside the present bytes; to_image
 //!                                          reads back to the same runs
@@ -71,10 +74,6 @@ const fn typed(name: &'static str, f: fn(&[u8])) -> Member {
         name,
         typed: Some(f),
     }
-}
-
-const fn dynamic(name: &'static str) -> Member {
-    Member { name, typed: None }
 }
 
 /// prost decode → encode → decode: the second encoding equals the first.
@@ -139,36 +138,45 @@ pub static MM: &[Member] = &[
 
 /// Files and file-like objects.
 pub static FILES: &[Member] = &[
-    dynamic("criu.file_entry"),
-    dynamic("criu.fdinfo_entry"),
-    dynamic("criu.reg_file_entry"),
-    dynamic("criu.pipe_entry"),
-    dynamic("criu.pipe_data_entry"),
-    dynamic("criu.fifo_entry"),
-    dynamic("criu.ghost_file_entry"),
-    dynamic("criu.ghost_chunk_entry"),
-    dynamic("criu.remap_file_path_entry"),
-    dynamic("criu.memfd_inode_entry"),
-    dynamic("criu.eventfd_file_entry"),
-    dynamic("criu.eventpoll_file_entry"),
-    dynamic("criu.signalfd_entry"),
-    dynamic("criu.timerfd_entry"),
-    dynamic("criu.inotify_file_entry"),
-    dynamic("criu.fanotify_file_entry"),
-    dynamic("criu.tty_file_entry"),
-    dynamic("criu.tty_info_entry"),
-    dynamic("criu.ext_file_entry"),
-    dynamic("criu.file_lock_entry"),
+    typed("criu.file_entry", roundtrip::<pb::FileEntry>),
+    typed("criu.fdinfo_entry", roundtrip::<pb::FdinfoEntry>),
+    typed("criu.reg_file_entry", roundtrip::<pb::RegFileEntry>),
+    typed("criu.pipe_entry", roundtrip::<pb::PipeEntry>),
+    typed("criu.pipe_data_entry", roundtrip::<pb::PipeDataEntry>),
+    typed("criu.fifo_entry", roundtrip::<pb::FifoEntry>),
+    typed("criu.ghost_file_entry", roundtrip::<pb::GhostFileEntry>),
+    typed("criu.ghost_chunk_entry", roundtrip::<pb::GhostChunkEntry>),
+    typed(
+        "criu.remap_file_path_entry",
+        roundtrip::<pb::RemapFilePathEntry>,
+    ),
+    typed("criu.memfd_inode_entry", roundtrip::<pb::MemfdInodeEntry>),
+    typed("criu.eventfd_file_entry", roundtrip::<pb::EventfdFileEntry>),
+    typed(
+        "criu.eventpoll_file_entry",
+        roundtrip::<pb::EventpollFileEntry>,
+    ),
+    typed("criu.signalfd_entry", roundtrip::<pb::SignalfdEntry>),
+    typed("criu.timerfd_entry", roundtrip::<pb::TimerfdEntry>),
+    typed("criu.inotify_file_entry", roundtrip::<pb::InotifyFileEntry>),
+    typed(
+        "criu.fanotify_file_entry",
+        roundtrip::<pb::FanotifyFileEntry>,
+    ),
+    typed("criu.tty_file_entry", roundtrip::<pb::TtyFileEntry>),
+    typed("criu.tty_info_entry", roundtrip::<pb::TtyInfoEntry>),
+    typed("criu.ext_file_entry", roundtrip::<pb::ExtFileEntry>),
+    typed("criu.file_lock_entry", roundtrip::<pb::FileLockEntry>),
 ];
 
 /// Sockets.
 pub static SOCKETS: &[Member] = &[
-    dynamic("criu.unix_sk_entry"),
-    dynamic("criu.inet_sk_entry"),
-    dynamic("criu.packet_sock_entry"),
-    dynamic("criu.netlink_sk_entry"),
-    dynamic("criu.sk_packet_entry"),
-    dynamic("criu.tcp_stream_entry"),
+    typed("criu.unix_sk_entry", roundtrip::<pb::UnixSkEntry>),
+    typed("criu.inet_sk_entry", roundtrip::<pb::InetSkEntry>),
+    typed("criu.packet_sock_entry", roundtrip::<pb::PacketSockEntry>),
+    typed("criu.netlink_sk_entry", roundtrip::<pb::NetlinkSkEntry>),
+    typed("criu.sk_packet_entry", roundtrip::<pb::SkPacketEntry>),
+    typed("criu.tcp_stream_entry", roundtrip::<pb::TcpStreamEntry>),
 ];
 
 /// Message family target: first byte selects the member, the rest is its encoded message.
@@ -249,6 +257,35 @@ pub fn pagemap(data: &[u8]) {
     assert_eq!(back, pm);
 }
 
+/// JSON target: the bytes as an image decoded to crit JSON (plain and pretty), printed,
+/// re-parsed, encoded back and decoded again (a fixed point); and, when they are UTF-8, as
+/// JSON text to encode (must not panic).
+pub fn json(data: &[u8]) {
+    use crate::json;
+    let Ok(codec) = json::Codec::criu() else {
+        return;
+    };
+    for pretty in [false, true] {
+        let Ok(doc) = json::decode_image(codec, data, pretty) else {
+            continue;
+        };
+        let text = json::to_text(&doc, pretty);
+        let parsed = json::parse_text(&text).expect("our own JSON text parses");
+        assert_eq!(
+            parsed, doc,
+            "JSON text does not read back to the same document"
+        );
+        let bytes = json::encode_image(codec, &doc).expect("a decoded document encodes");
+        let again = json::decode_image(codec, &bytes, pretty).expect("re-encoded image decodes");
+        assert_eq!(again, doc, "decode(encode(doc)) != doc");
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(doc) = json::parse_text(text) {
+            let _ = json::encode_image(codec, &doc);
+        }
+    }
+}
+
 /// Seeds for every target from an image directory's files: `(target, bytes)`.
 pub fn seeds_from_dir(dir: &std::path::Path) -> Vec<(&'static str, Vec<u8>)> {
     let mut out = Vec::new();
@@ -275,6 +312,14 @@ pub fn seeds_from_dir(dir: &std::path::Path) -> Vec<(&'static str, Vec<u8>)> {
         };
         let head = head_bytes(kind).len();
         out.push(("framing", bytes.clone()));
+        out.push(("json", bytes.clone()));
+        let mut json_text = path.clone().into_os_string();
+        json_text.push(".json");
+        if let Ok(text) = std::fs::read(&json_text) {
+            if text.len() <= 64 * 1024 {
+                out.push(("json", text));
+            }
+        }
         let mut body = vec![kind as u8];
         body.extend_from_slice(&bytes[head..]);
         out.push(("framing", body));
@@ -318,6 +363,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "sockets" => messages(SOCKETS, data),
         "all" => all_messages(data),
         "pagemap" => pagemap(data),
+        "json" => json(data),
         _ => return false,
     }
     true
