@@ -1,1 +1,4 @@
 //! sys (work in progress)
+pub mod clone3;
+pub mod tracee;
+pub mod fds;
