@@ -27,3 +27,5 @@ pub mod json;
 pub mod magic;
 pub mod pagemap;
 pub mod payload;
+pub mod schema;
+pub mod wire;
