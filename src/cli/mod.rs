@@ -15,6 +15,7 @@ use std::ffi::{OsStr, OsString};
 
 pub mod common;
 pub mod crit;
+pub mod restore;
 
 /// A verb of the command line.
 struct Verb {
@@ -24,11 +25,18 @@ struct Verb {
 }
 
 /// Every verb, in the order `--help` lists them.
-const VERBS: &[Verb] = &[Verb {
-    name: "crit",
-    about: "decode, encode and explore image files (like CRIU's crit)",
-    run: crit::main,
-}];
+const VERBS: &[Verb] = &[
+    Verb {
+        name: "crit",
+        about: "decode, encode and explore image files (like CRIU's crit)",
+        run: crit::main,
+    },
+    Verb {
+        name: "restore",
+        about: "restore a process tree from images",
+        run: restore::run,
+    },
+];
 
 /// The version line tools parse (`criu --version` prints `Version: X.Y`).
 pub const VERSION_TEXT: &str = concat!(

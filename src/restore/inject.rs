@@ -83,6 +83,7 @@ impl Thread {
                 });
             }
             let ret = r.rax as i64;
+            tracing::debug!(tid, step, nr, ?args, ret, "injected syscall");
             if (-4095..0).contains(&ret) {
                 return Err(RestoreError::sys(step, tid, nix::errno::Errno::from_raw(-ret as i32)));
             }

@@ -26,10 +26,10 @@ pub mod vma_status {
     pub const VDSO: u32 = 1 << 3;
     /// The heap.
     pub const HEAP: u32 = 1 << 5;
-    /// Shared file mapping.
-    pub const FILE_SHARED: u32 = 1 << 6;
     /// Private file mapping.
-    pub const FILE_PRIVATE: u32 = 1 << 7;
+    pub const FILE_PRIVATE: u32 = 1 << 6;
+    /// Shared file mapping.
+    pub const FILE_SHARED: u32 = 1 << 7;
     /// Shared anonymous mapping.
     pub const ANON_SHARED: u32 = 1 << 8;
     /// Private anonymous mapping.
@@ -258,11 +258,13 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
                     }
                     t.threads.push(ThreadPlan { tid, core });
                 }
-                let ids = core.ids.clone().ok_or_else(|| bad(&dir.join(&core_name), 0, "no ids"))?;
                 let ids = match ImageFile::open_opt(dir, &format!("ids-{pid}.img"), 2)? {
-                    Some(mut f) => f.next::<msg::TaskKobjIds>(0)?.unwrap_or(ids),
-                    None => ids,
+                    Some(mut f) => f.next::<msg::TaskKobjIds>(0)?,
+                    None => None,
                 };
+                let ids = ids.or_else(|| core.ids.clone()).ok_or_else(|| {
+                    bad(&dir.join(format!("ids-{pid}.img")), 0, "no ids (neither ids image nor core.ids)")
+                })?;
                 t.mm = Some(img::one(dir, &format!("mm-{pid}.img"))?);
                 t.pages = read_pages(dir, &format!("pagemap-{pid}.img"))?;
                 t.fs = Some(img::one(dir, &format!("fs-{pid}.img"))?);

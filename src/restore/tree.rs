@@ -86,7 +86,7 @@ fn run_task(plan: &Plan, idx: usize, opened: &Opened, ctl: Ctl) -> Result<(), (&
     if t.sid == t.pid {
         nix::unistd::setsid().map_err(|e| ("setsid", e))?;
     }
-    if t.pgid == t.pid {
+    if t.pgid == t.pid && t.sid != t.pid {
         nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| ("setpgid", e))?;
     }
     for &child in &t.children {
