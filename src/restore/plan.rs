@@ -116,6 +116,9 @@ pub struct TaskPlan {
     pub children: Vec<i32>,
 }
 
+/// A deleted file to recreate: its entry and data chunks (offset, bytes).
+pub type Ghost = (msg::GhostFileEntry, Vec<(u64, Vec<u8>)>);
+
 /// Everything read from the image directory.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -130,7 +133,7 @@ pub struct Plan {
     /// Pipe data by pipe_id: (pipe size, bytes).
     pub pipe_data: HashMap<u32, (u32, Vec<u8>)>,
     /// Ghost files by the orig file id: (entry, data chunks (offset, bytes)).
-    pub ghosts: HashMap<u32, (msg::GhostFileEntry, Vec<(u64, Vec<u8>)>)>,
+    pub ghosts: HashMap<u32, Ghost>,
 }
 
 impl Plan {
@@ -359,7 +362,7 @@ fn check_references(plan: &Plan) -> Result<(), RestoreError> {
         }
         if let Some(fs) = &t.fs {
             for id in [fs.cwd_id, fs.root_id] {
-                if !plan.files.get(&id).is_some_and(|f| f.reg.is_some()) {
+                if plan.files.get(&id).is_none_or(|f| f.reg.is_none()) {
                     return Err(bad(
                         &plan.dir.join(format!("fs-{}.img", t.pid)),
                         0,

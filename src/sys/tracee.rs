@@ -83,7 +83,7 @@ pub fn detach(tid: i32) -> Result<(), Errno> {
 
 /// `PTRACE_GETEVENTMSG` (e.g. the new TID after `PTRACE_EVENT_CLONE`).
 pub fn event_msg(tid: i32) -> Result<i64, Errno> {
-    ptrace::getevent(Pid::from_raw(tid)).map(|v| v as i64)
+    ptrace::getevent(Pid::from_raw(tid))
 }
 
 /// `PTRACE_GETREGSET(NT_X86_XSTATE)`: the task's XSAVE area (its length is the kernel's
