@@ -1,22 +1,21 @@
 //! Wire-format checks for the process-state and namespace messages (`proto/` files
-//! inventory, pstree, core, mm, pagemap, fs, seccomp, timens, stats, ...).
+//! inventory, pstree, core*, creds, sa, timer, rlimit, rseq, siginfo, mm, vma, pagemap,
+//! fs, seccomp, timens, stats, cgroup, namespaces, ipc, mnt, netdev, tty, ...).
 //!
 //! Every entry of every fixture image written by CRIU 4.2 is decoded with our prost
 //! struct and encoded again: the bytes must be identical. A wrong field number, wire
 //! type, label or packing, or a field we lack (prost drops unknown fields), changes
-//! the bytes. The field names are checked against crit 4.2's JSON of the same file.
-//!
-//! ```text
-//!  file   := head-magic u32 | image-magic u32 | entry*      (inventory: image-magic only)
-//!  entry  := len u32 (little endian) | protobuf bytes [len]
-//! ```
+//! the bytes. The field names are checked against crit 4.2's JSON of the same file,
+//! and the message of every image kind of this half must exist in the descriptors.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use prost_reflect::{DescriptorPool, MessageDescriptor};
-use stasis_images::pb;
+use prost_reflect::MessageDescriptor;
+use stasis_images::framing::Image;
+use stasis_images::magic::ImageKind;
+use stasis_images::{pb, schema};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -31,15 +30,11 @@ macro_rules! ensure {
 /// `anyhow::Context` in miniature (the images crate has no anyhow).
 trait Context<T> {
     fn context(self, what: impl std::fmt::Display) -> Result<T>;
-    fn with_context<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T>;
 }
 
 impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
     fn context(self, what: impl std::fmt::Display) -> Result<T> {
         self.map_err(|e| format!("{what}: {e}").into())
-    }
-    fn with_context<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
-        self.map_err(|e| format!("{}: {e}", what()).into())
     }
 }
 
@@ -47,15 +42,7 @@ impl<T> Context<T> for Option<T> {
     fn context(self, what: impl std::fmt::Display) -> Result<T> {
         self.ok_or_else(|| format!("{what} missing").into())
     }
-    fn with_context<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
-        self.ok_or_else(|| format!("{} missing", what()).into())
-    }
 }
-
-const TIMENS_MAGIC: u32 = 0x4311_4433;
-const COMMON_MAGIC: u32 = 0x5456_4319;
-const SERVICE_MAGIC: u32 = 0x5510_5940;
-const INVENTORY_MAGIC: u32 = 0x5831_3116;
 
 /// `$STASIS_FIXTURES`, else `../shared/fixtures` beside the repository (a worktree
 /// under `wt/` looks one level higher).
@@ -74,11 +61,13 @@ fn fixtures() -> PathBuf {
 
 fn image_dirs() -> Result<Vec<PathBuf>> {
     let root = fixtures().join("criu-4.2");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .with_context(|| format!("fixtures not found at {}", root.display()))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()?;
-    dirs.retain(|d| d.is_dir());
+    let mut dirs = Vec::new();
+    for e in std::fs::read_dir(&root).context(format!("fixtures at {}", root.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            dirs.push(p);
+        }
+    }
     dirs.sort();
     ensure!(
         dirs.len() >= 6,
@@ -88,14 +77,17 @@ fn image_dirs() -> Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
-/// Files of every fixture dir whose name starts with `prefix` and ends in `.img`
-/// (or equals `prefix` exactly, for `stats-dump`).
+/// Fixture files named `prefix*.img` (or exactly `prefix`, for `stats-dump`).
 fn images(prefix: &str) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for dir in image_dirs()? {
         for e in std::fs::read_dir(&dir)? {
             let p = e?.path();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let name = p
+                .file_name()
+                .context("file name")?
+                .to_string_lossy()
+                .into_owned();
             if name == prefix || (name.starts_with(prefix) && name.ends_with(".img")) {
                 out.push(p);
             }
@@ -106,46 +98,20 @@ fn images(prefix: &str) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    b.get(off..off + 4)
-        .map(|s| u32::from_le_bytes(s.try_into().unwrap()))
-}
-
-/// Splits an image into its entries after checking both magics.
-fn entries(path: &Path, head: Option<u32>, magic: u32) -> Result<Vec<Vec<u8>>> {
-    let b = std::fs::read(path)?;
-    let mut off = 0;
-    if let Some(h) = head {
-        ensure!(u32_at(&b, 0) == Some(h), "{}: head magic", path.display());
-        off = 4;
-    }
+fn read(path: &Path, kind: ImageKind) -> Result<Image> {
+    let img = Image::read_file(path).context(path.display())?;
     ensure!(
-        u32_at(&b, off) == Some(magic),
-        "{}: image magic",
-        path.display()
+        img.kind == kind,
+        "{}: kind {:?}, expected {kind:?}",
+        path.display(),
+        img.kind
     );
-    off += 4;
-    let mut out = Vec::new();
-    while off < b.len() {
-        let Some(len) = u32_at(&b, off) else {
-            bail!("{}: torn length at {off}", path.display())
-        };
-        let start = off + 4;
-        let end = start + len as usize;
-        ensure!(
-            end <= b.len(),
-            "{}: entry at {off} runs past the end",
-            path.display()
-        );
-        out.push(b[start..end].to_vec());
-        off = end;
-    }
-    Ok(out)
+    Ok(img)
 }
 
 /// Decodes and re-encodes one entry; returns the decoded message.
 fn round_trip<M: Message + Default>(path: &Path, idx: usize, bytes: &[u8]) -> Result<M> {
-    let m = M::decode(bytes).with_context(|| format!("{} entry {idx}: decode", path.display()))?;
+    let m = M::decode(bytes).context(format!("{} entry {idx}", path.display()))?;
     let again = m.encode_to_vec();
     ensure!(
         again == bytes,
@@ -159,64 +125,37 @@ fn round_trip<M: Message + Default>(path: &Path, idx: usize, bytes: &[u8]) -> Re
     Ok(m)
 }
 
-/// Round-trips every entry of every fixture `prefix*` image as message `M`.
-fn check_all<M: Message + Default>(prefix: &str, head: Option<u32>, magic: u32) -> Result<usize> {
-    let mut n = 0;
+/// Round-trips every entry of every fixture `prefix*` image (all of kind `kind`, whose
+/// entries are `M`), checks crit's JSON keys; returns the messages.
+fn check_all<M: Message + Default>(prefix: &str, kind: ImageKind) -> Result<Vec<M>> {
+    let mut out = Vec::new();
     for path in images(prefix)? {
-        for (i, e) in entries(&path, head, magic)?.iter().enumerate() {
-            round_trip::<M>(&path, i, e)?;
-            n += 1;
+        let img = read(&path, kind)?;
+        for (i, e) in img.entries.iter().enumerate() {
+            out.push(round_trip::<M>(&path, i, &e.bytes)?);
         }
-        check_json_names(&path, message_name::<M>())?;
+        check_json_names(&path, kind)?;
     }
-    ensure!(n > 0, "no entries in {prefix}* images");
-    Ok(n)
+    ensure!(!out.is_empty(), "no entries in {prefix}* images");
+    Ok(out)
 }
 
-fn message_name<M>() -> &'static str {
-    // pb::CoreEntry -> core_entry is what the descriptors know; map by type name.
-    let t = std::any::type_name::<M>().rsplit("::").next().unwrap();
-    MESSAGE_NAMES
-        .iter()
-        .find(|(rust, _)| *rust == t)
-        .map(|(_, proto)| *proto)
-        .unwrap_or_else(|| panic!("add {t} to MESSAGE_NAMES"))
-}
-
-const MESSAGE_NAMES: &[(&str, &str)] = &[
-    ("InventoryEntry", "criu.inventory_entry"),
-    ("PstreeEntry", "criu.pstree_entry"),
-    ("CoreEntry", "criu.core_entry"),
-    ("TaskKobjIdsEntry", "criu.task_kobj_ids_entry"),
-    ("MmEntry", "criu.mm_entry"),
-    ("FsEntry", "criu.fs_entry"),
-    ("SeccompEntry", "criu.seccomp_entry"),
-    ("TimensEntry", "criu.timens_entry"),
-    ("StatsEntry", "criu.stats_entry"),
-    ("PagemapEntry", "criu.pagemap_entry"),
-];
-
-fn pool() -> DescriptorPool {
-    DescriptorPool::decode(stasis_images::DESCRIPTOR_SET).expect("descriptor set decodes")
-}
-
-/// Every key of crit's JSON for `img` must be a field name of the message
-/// (recursively through nested messages). Pagemap files mix two messages, so they
-/// are checked against the union of pagemap_head and pagemap_entry.
-fn check_json_names(img: &Path, msg: &str) -> Result<()> {
+/// Every key of crit's JSON for `img` must be a field name of the kind's message
+/// (recursively through nested messages).
+fn check_json_names(img: &Path, kind: ImageKind) -> Result<()> {
     let json_path = PathBuf::from(format!("{}.json", img.display()));
-    let text = std::fs::read_to_string(&json_path)
-        .with_context(|| format!("{} missing", json_path.display()))?;
+    let text = std::fs::read_to_string(&json_path).context(json_path.display())?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
-    let pool = pool();
-    let entries = v["entries"].as_array().context("no entries array")?;
+    ensure!(
+        v["magic"] == kind.name(),
+        "{}: magic {}",
+        json_path.display(),
+        v["magic"]
+    );
+    let entries = v["entries"].as_array().context("entries array")?;
     for (i, e) in entries.iter().enumerate() {
-        let name = if msg == "criu.pagemap_entry" && i == 0 {
-            "criu.pagemap_head"
-        } else {
-            msg
-        };
-        let d = pool.get_message_by_name(name).context(name.to_string())?;
+        let name = kind.info().message_for(i).context("message of kind")?;
+        let d = schema::message(name).context(name)?;
         check_keys(&d, e, &format!("{}[{i}]", json_path.display()))?;
     }
     Ok(())
@@ -249,29 +188,31 @@ fn check_keys(d: &MessageDescriptor, v: &serde_json::Value, at: &str) -> Result<
 
 #[test]
 fn inventory_round_trips() -> Result<()> {
-    let n = check_all::<pb::InventoryEntry>("inventory", None, INVENTORY_MAGIC)?;
-    assert_eq!(n, 6, "one inventory entry per fixture");
-    // Values users rely on: image version 2 (v1.1) and the per-id layouts.
-    for path in images("inventory")? {
-        let e = &entries(&path, None, INVENTORY_MAGIC)?[0];
-        let inv = pb::InventoryEntry::decode(e.as_slice())?;
-        assert_eq!(inv.img_version, 2);
+    let invs = check_all::<pb::InventoryEntry>("inventory", ImageKind::Inventory)?;
+    assert_eq!(invs.len(), 6, "one inventory entry per fixture");
+    for inv in invs {
+        assert_eq!(inv.img_version, 2, "images v1.1");
         assert_eq!(inv.fdinfo_per_id, Some(true));
         assert_eq!(inv.ns_per_id, Some(true));
         assert_eq!(inv.dump_criu_run_id.as_deref().map(str::len), Some(36));
         assert!(inv.plugins_entry.is_some());
+        assert_eq!(inv.root_ids.context("root_ids")?.time_ns_id, Some(5));
     }
     Ok(())
 }
 
 #[test]
 fn pstree_round_trips() -> Result<()> {
-    check_all::<pb::PstreeEntry>("pstree", Some(COMMON_MAGIC), 0x5027_3030)?;
-    let tree = fixtures().join("criu-4.2/fx-tree/pstree.img");
-    let pids: BTreeSet<u32> = entries(&tree, Some(COMMON_MAGIC), 0x5027_3030)?
+    check_all::<pb::PstreeEntry>("pstree", ImageKind::Pstree)?;
+    let tree = read(
+        &fixtures().join("criu-4.2/fx-tree/pstree.img"),
+        ImageKind::Pstree,
+    )?;
+    let pids: BTreeSet<u32> = tree
+        .decode::<pb::PstreeEntry>()?
         .iter()
-        .map(|e| pb::PstreeEntry::decode(e.as_slice()).map(|p| p.pid))
-        .collect::<std::result::Result<_, _>>()?;
+        .map(|p| p.pid)
+        .collect();
     assert_eq!(
         pids,
         BTreeSet::from([30400, 30402, 30403, 30404, 30405, 30406])
@@ -281,13 +222,13 @@ fn pstree_round_trips() -> Result<()> {
 
 #[test]
 fn core_round_trips() -> Result<()> {
-    let n = check_all::<pb::CoreEntry>("core-", Some(COMMON_MAGIC), 0x5505_3847)?;
-    assert!(n >= 17 + 6 + 4, "all core images seen, got {n}");
+    let cores = check_all::<pb::CoreEntry>("core-", ImageKind::Core)?;
+    assert_eq!(cores.len(), 17 + 6 + 4, "every core image seen");
     let path = fixtures().join("criu-4.2/fx-signals/core-30500.img");
-    let core =
-        pb::CoreEntry::decode(entries(&path, Some(COMMON_MAGIC), 0x5505_3847)?[0].as_slice())?;
+    let core: pb::CoreEntry = read(&path, ImageKind::Core)?.single()?;
     assert_eq!(core.mtype(), pb::core_entry::March::X8664);
     let ti = core.thread_info.as_ref().context("thread_info")?;
+    assert_eq!(ti.gpregs.mode(), pb::UserX86RegsMode::Native);
     let xsave = ti.fpregs.xsave.as_ref().context("xsave")?;
     assert_eq!(xsave.hi16_zmm.len(), 128, "AVX-512 zmm16-31 present");
     let tc = core.tc.as_ref().context("tc")?;
@@ -300,18 +241,27 @@ fn core_round_trips() -> Result<()> {
         0x5305_3053
     );
     assert_eq!(th.creds.as_ref().context("creds")?.cap_amb.len(), 2);
+    assert_eq!(th.cg_set, Some(1));
+    // The zombie's core holds only the task part: state TASK_DEAD, exit status 42.
+    let zpath = fixtures().join("criu-4.2/fx-tree/core-30406.img");
+    let z: pb::CoreEntry = read(&zpath, ImageKind::Core)?.single()?;
+    let ztc = z.tc.context("zombie tc")?;
+    assert_eq!((ztc.task_state, ztc.exit_code), (2, 42 << 8));
     Ok(())
 }
 
 #[test]
 fn ids_round_trip() -> Result<()> {
-    check_all::<pb::TaskKobjIdsEntry>("ids-", Some(COMMON_MAGIC), 0x5443_2030)?;
+    check_all::<pb::TaskKobjIdsEntry>("ids-", ImageKind::Ids)?;
     Ok(())
 }
 
 #[test]
 fn mm_round_trips() -> Result<()> {
-    check_all::<pb::MmEntry>("mm-", Some(COMMON_MAGIC), 0x5749_2820)?;
+    let mms = check_all::<pb::MmEntry>("mm-", ImageKind::Mm)?;
+    for mm in &mms {
+        assert!(!mm.vmas.is_empty() && !mm.mm_saved_auxv.is_empty());
+    }
     Ok(())
 }
 
@@ -320,19 +270,19 @@ fn pagemap_round_trips() -> Result<()> {
     // Both per-process and shmem pagemaps: a head, then entries.
     let mut pages = 0u64;
     for path in images("pagemap-")? {
-        let es = entries(&path, Some(COMMON_MAGIC), 0x5608_4025)?;
-        ensure!(!es.is_empty(), "{}: no head", path.display());
-        let head: pb::PagemapHead = round_trip(&path, 0, &es[0])?;
+        let img = read(&path, ImageKind::Pagemap)?;
+        let first = img.entries.first().context("pagemap head")?;
+        let head: pb::PagemapHead = round_trip(&path, 0, &first.bytes)?;
         let mut n = 0;
-        for (i, e) in es.iter().enumerate().skip(1) {
-            let pe: pb::PagemapEntry = round_trip(&path, i, e)?;
+        for (i, e) in img.entries.iter().enumerate().skip(1) {
+            let pe: pb::PagemapEntry = round_trip(&path, i, &e.bytes)?;
             assert_eq!(
                 pe.compat_nr_pages, 0,
                 "CRIU 4.2 writes the count in field 5"
             );
             n += pe.nr_pages.context("nr_pages")?;
         }
-        // The README's invariant: pages of one pagemap fill its pages-N.img.
+        // The README's invariant: the pages of one pagemap fill its pages-N.img.
         let pages_img = path.with_file_name(format!("pages-{}.img", head.pages_id));
         assert_eq!(
             std::fs::metadata(&pages_img)?.len(),
@@ -340,7 +290,7 @@ fn pagemap_round_trips() -> Result<()> {
             "{}",
             path.display()
         );
-        check_json_names(&path, "criu.pagemap_entry")?;
+        check_json_names(&path, ImageKind::Pagemap)?;
         pages += n;
     }
     assert!(pages > 6000);
@@ -349,24 +299,322 @@ fn pagemap_round_trips() -> Result<()> {
 
 #[test]
 fn fs_round_trips() -> Result<()> {
-    check_all::<pb::FsEntry>("fs-", Some(COMMON_MAGIC), 0x5140_3912)?;
+    let fss = check_all::<pb::FsEntry>("fs-", ImageKind::Fs)?;
+    assert!(fss.iter().all(|f| f.umask == Some(0o22)));
     Ok(())
 }
 
 #[test]
 fn seccomp_round_trips() -> Result<()> {
-    check_all::<pb::SeccompEntry>("seccomp", Some(COMMON_MAGIC), 0x6441_3049)?;
+    check_all::<pb::SeccompEntry>("seccomp", ImageKind::Seccomp)?;
     Ok(())
 }
 
 #[test]
 fn timens_round_trips() -> Result<()> {
-    check_all::<pb::TimensEntry>("timens-", Some(COMMON_MAGIC), TIMENS_MAGIC)?;
+    check_all::<pb::TimensEntry>("timens-", ImageKind::Timens)?;
     Ok(())
 }
 
 #[test]
 fn stats_dump_round_trips() -> Result<()> {
-    check_all::<pb::StatsEntry>("stats-dump", Some(SERVICE_MAGIC), 0x5709_3306)?;
+    let st = check_all::<pb::StatsEntry>("stats-dump", ImageKind::Stats)?;
+    assert!(st.iter().all(|s| s.dump.is_some() && s.restore.is_none()));
+    Ok(())
+}
+
+/// Kinds whose messages this half defines: every one must resolve in the descriptors
+/// (crit JSON and `Image::check_messages` look them up by name).
+const OUR_KINDS: &[ImageKind] = &[
+    ImageKind::Inventory,
+    ImageKind::Pstree,
+    ImageKind::Pagemap,
+    ImageKind::Core,
+    ImageKind::Ids,
+    ImageKind::Vmas,
+    ImageKind::Sigact,
+    ImageKind::Itimers,
+    ImageKind::PosixTimers,
+    ImageKind::Utsns,
+    ImageKind::Creds,
+    ImageKind::IpcVar,
+    ImageKind::IpcnsShm,
+    ImageKind::IpcnsMsg,
+    ImageKind::IpcnsSem,
+    ImageKind::Fs,
+    ImageKind::Mm,
+    ImageKind::Mnts,
+    ImageKind::Netdev,
+    ImageKind::Netns,
+    ImageKind::Rlimit,
+    ImageKind::Signal,
+    ImageKind::Cgroup,
+    ImageKind::Cpuinfo,
+    ImageKind::Userns,
+    ImageKind::Seccomp,
+    ImageKind::BinfmtMisc,
+    ImageKind::Autofs,
+    ImageKind::Timens,
+    ImageKind::Pidns,
+    ImageKind::BpfmapData,
+    ImageKind::Apparmor,
+    ImageKind::Stats,
+];
+
+#[test]
+fn every_kind_of_this_half_has_its_messages() {
+    for kind in OUR_KINDS {
+        let info = kind.info();
+        for name in [info.message, info.first_message].into_iter().flatten() {
+            assert!(
+                schema::message(name).is_some(),
+                "{}: {name} not defined",
+                info.name
+            );
+        }
+    }
+    // Messages carried inside others or by payload handlers rather than named by a kind.
+    for name in [
+        "criu.ipc_msg",
+        "criu.tty_info_entry",
+        "criu.tty_data_entry",
+        "criu.cipher_entry",
+        "criu.sysctl_entry",
+        "criu.sit_entry",
+        "criu.macvlan_link_entry",
+    ] {
+        assert!(schema::message(name).is_some(), "{name} not defined");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Cross-check against the descriptors of CRIU 3.17, as shipped compiled (protoc's Python
+// output) in Debian's `criu` package. Every message and enum CRIU 3.17 had must exist
+// here with the same fields: number, name, type, label, packing, default and crit
+// options. Fields added since (4.x) are allowed; the few 4.x changes to 3.17 fields
+// are listed in `CHANGED_SINCE_3_17`. This covers the messages no fixture exercises.
+
+const PYCRIU: &str = "/usr/lib/python3/dist-packages/pycriu";
+
+/// (message, field number): fields CRIU changed after 3.17.
+const CHANGED_SINCE_3_17: &[(&str, u32)] = &[
+    // renamed when the 64-bit nr_pages (field 5) replaced it
+    ("pagemap_entry", 2),
+    // gained `[default = -1]` when images_dir (68) was added
+    ("criu_opts", 1),
+];
+
+/// 3.17 messages this project does not need (image streamer protocol) or that are
+/// replaced by our own option extensions.
+const NOT_NEEDED_FROM_3_17: &[&str] = &[
+    "img_streamer_request_entry",
+    "img_streamer_reply_entry",
+    "CRIU_Opts",
+];
+
+/// The bytes of a Python bytes literal body (the text between `b'` and `'`).
+fn unescape_py_bytes(s: &str) -> Result<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        let c = *b.get(i + 1).context("escape at end")?;
+        i += 2;
+        match c {
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'a' => out.push(7),
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'v' => out.push(11),
+            b'\\' | b'\'' | b'"' => out.push(c),
+            b'x' => {
+                let h = s.get(i..i + 2).context("\\x escape")?;
+                out.push(u8::from_str_radix(h, 16).context("\\x escape")?);
+                i += 2;
+            }
+            b'0'..=b'7' => {
+                let mut v = u32::from(c - b'0');
+                let mut n = 1;
+                while n < 3 && i < b.len() && (b'0'..=b'7').contains(&b[i]) {
+                    v = v * 8 + u32::from(b[i] - b'0');
+                    i += 1;
+                    n += 1;
+                }
+                out.push(u8::try_from(v).context("octal escape")?);
+            }
+            other => bail!("unknown escape \\{}", other as char),
+        }
+    }
+    Ok(out)
+}
+
+/// Serialized FileDescriptorProto embedded in one `*_pb2.py`.
+fn pb2_descriptor(path: &Path) -> Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path).context(path.display())?;
+    let start = text
+        .find("AddSerializedFile(b'")
+        .context("serialized descriptor")?;
+    let body = &text[start + "AddSerializedFile(b'".len()..];
+    // The literal ends at the first unescaped quote.
+    let bytes = body.as_bytes();
+    let mut end = 0;
+    while end < bytes.len() {
+        match bytes[end] {
+            b'\\' => end += 2,
+            b'\'' => break,
+            _ => end += 1,
+        }
+    }
+    unescape_py_bytes(&body[..end])
+}
+
+/// Appends `bytes` as field 1 (a FileDescriptorProto) of a FileDescriptorSet.
+fn push_file(set: &mut Vec<u8>, bytes: &[u8]) {
+    prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, set);
+    prost::encoding::encode_varint(bytes.len() as u64, set);
+    set.extend_from_slice(bytes);
+}
+
+/// CRIU 3.17's descriptors as a pool (with google/protobuf/descriptor.proto, which its
+/// opts.proto imports, taken from our own set).
+fn criu_3_17_pool() -> Result<prost_reflect::DescriptorPool> {
+    let mut set = Vec::new();
+    let desc = schema::pool()
+        .get_file_by_name("google/protobuf/descriptor.proto")
+        .context("descriptor.proto in our descriptor set")?;
+    push_file(&mut set, &desc.file_descriptor_proto().encode_to_vec());
+    let mut files = Vec::new();
+    for dir in [format!("{PYCRIU}/images"), PYCRIU.to_string()] {
+        for e in std::fs::read_dir(&dir).context(format!("{dir} (Debian package criu)"))? {
+            let p = e?.path();
+            if p.to_string_lossy().ends_with("_pb2.py") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    ensure!(files.len() > 60, "too few _pb2.py files under {PYCRIU}");
+    for f in &files {
+        push_file(&mut set, &pb2_descriptor(f)?);
+    }
+    Ok(prost_reflect::DescriptorPool::decode(set.as_slice())?)
+}
+
+/// crit options of a field as (name, value text), from either option encoding.
+fn crit_options(
+    f: &prost_reflect::FieldDescriptor,
+    ext: &[prost_reflect::ExtensionDescriptor],
+) -> Vec<String> {
+    let opts = f.options();
+    let mut out = Vec::new();
+    for e in ext {
+        if !opts.has_extension(e) {
+            continue;
+        }
+        match &*opts.get_extension(e) {
+            prost_reflect::Value::Message(m) => {
+                for (fd, v) in m.fields() {
+                    out.push(format!("{}={v:?}", fd.name()));
+                }
+            }
+            v => out.push(format!("{}={v:?}", e.name())),
+        }
+    }
+    out.sort();
+    out
+}
+
+fn kind_name(k: &prost_reflect::Kind) -> String {
+    match k {
+        prost_reflect::Kind::Message(m) => format!("message {}", strip_pkg(m.full_name())),
+        prost_reflect::Kind::Enum(e) => format!("enum {}", strip_pkg(e.full_name())),
+        other => format!("{other:?}"),
+    }
+}
+
+fn strip_pkg(name: &str) -> &str {
+    name.strip_prefix("criu.").unwrap_or(name)
+}
+
+#[test]
+fn definitions_match_criu_3_17() -> Result<()> {
+    let old = criu_3_17_pool()?;
+    let ours = schema::pool();
+    let old_ext: Vec<_> = old.all_extensions().collect();
+    let our_ext: Vec<_> = ours.all_extensions().collect();
+    let mut problems = Vec::new();
+    for m in old.all_messages() {
+        let name = m.full_name();
+        if name.starts_with("google.") || NOT_NEEDED_FROM_3_17.contains(&name) {
+            continue;
+        }
+        let Some(our) = ours.get_message_by_name(&format!("criu.{name}")) else {
+            problems.push(format!("message {name} missing"));
+            continue;
+        };
+        for f in m.fields() {
+            if CHANGED_SINCE_3_17.contains(&(name, f.number())) {
+                continue;
+            }
+            let Some(g) = our.get_field(f.number()) else {
+                problems.push(format!(
+                    "{name}: field {} ({}) missing",
+                    f.number(),
+                    f.name()
+                ));
+                continue;
+            };
+            let describe = |x: &prost_reflect::FieldDescriptor, e| {
+                format!(
+                    "{} {:?} {} packed={} default={:?} opts={:?}",
+                    x.name(),
+                    x.cardinality(),
+                    kind_name(&x.kind()),
+                    x.is_packed(),
+                    x.field_descriptor_proto().default_value,
+                    crit_options(x, e)
+                )
+            };
+            let (a, b) = (describe(&f, &old_ext), describe(&g, &our_ext));
+            if a != b {
+                problems.push(format!(
+                    "{name} field {}: 3.17 `{a}`, ours `{b}`",
+                    f.number()
+                ));
+            }
+        }
+    }
+    for e in old.all_enums() {
+        let name = e.full_name();
+        if name.starts_with("google.") {
+            continue;
+        }
+        let Some(our) = ours.get_enum_by_name(&format!("criu.{name}")) else {
+            problems.push(format!("enum {name} missing"));
+            continue;
+        };
+        for v in e.values() {
+            match our.get_value(v.number()) {
+                Some(w) if w.name() == v.name() => {}
+                other => problems.push(format!(
+                    "enum {name}: {} = {} is {other:?}",
+                    v.name(),
+                    v.number()
+                )),
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "differences from CRIU 3.17:\n{}",
+        problems.join("\n")
+    );
     Ok(())
 }

@@ -19,15 +19,9 @@ use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
 };
 use serde_json::Value;
+use stasis_images::framing::Image;
+use stasis_images::magic::ImageKind;
 use stasis_images::pb;
-
-const HEAD_MAGIC: u32 = 0x5456_4319;
-const FILES_MAGIC: u32 = 0x5630_3138;
-const FDINFO_MAGIC: u32 = 0x5621_3732;
-const REMAP_FPATH_MAGIC: u32 = 0x5913_3954;
-const GHOST_FILE_MAGIC: u32 = 0x5258_3605;
-const PIPES_DATA_MAGIC: u32 = 0x5645_3709;
-const MEMFD_INODE_MAGIC: u32 = 0x4845_3499;
 
 /// Where the fixtures live: `$STASIS_FIXTURES`, else `shared/fixtures` next to the repo.
 fn fixtures_root() -> PathBuf {
@@ -64,48 +58,19 @@ fn fixture_images(pick: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     out
 }
 
-/// Minimal reader of the image framing (test-local; the crate's framing module is separate).
-struct Frames<'a> {
-    path: &'a Path,
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Frames<'a> {
-    fn open(path: &'a Path, buf: &'a [u8], magic: u32) -> Self {
-        let mut f = Frames { path, buf, pos: 0 };
-        assert_eq!(f.u32(), HEAD_MAGIC, "{}: head magic", path.display());
-        assert_eq!(f.u32(), magic, "{}: image magic", path.display());
-        f
-    }
-
-    fn u32(&mut self) -> u32 {
-        let b = self.take(4);
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-    }
-
-    fn take(&mut self, n: usize) -> &'a [u8] {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
-        let end = end.unwrap_or_else(|| {
-            panic!(
-                "{}: truncated at offset {} (want {n} bytes)",
-                self.path.display(),
-                self.pos
-            )
-        });
-        let s = &self.buf[self.pos..end];
-        self.pos = end;
-        s
-    }
-
-    /// The next entry's protobuf bytes, or None at the end of the image.
-    fn entry(&mut self) -> Option<&'a [u8]> {
-        if self.pos == self.buf.len() {
-            return None;
-        }
-        let len = self.u32() as usize;
-        Some(self.take(len))
-    }
+/// Reads an image with the crate's framing module; the whole file must be rebuilt
+/// byte-identically from the parsed entries and extras.
+fn read_image(path: &Path, kind: ImageKind) -> Image {
+    let img = Image::read_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(img.kind, kind, "{}: image kind", path.display());
+    let raw = std::fs::read(path).expect("read image");
+    assert_eq!(
+        img.to_bytes(),
+        raw,
+        "{}: framing round-trip",
+        path.display()
+    );
+    img
 }
 
 /// Decodes one entry as `M`, re-encodes it and requires identical bytes.
@@ -228,26 +193,56 @@ fn check_json(pool: &DescriptorPool, msg: &DynamicMessage, json: &Value, at: &st
     }
 }
 
-/// Round-trips every entry of a plain image (no payloads) and cross-checks it with the JSON.
-fn check_plain_image<M: Message + Default>(path: &Path, magic: u32, msg_name: &str) -> usize {
-    let buf = std::fs::read(path).expect("read image");
-    let mut frames = Frames::open(path, &buf, magic);
+/// Round-trips every entry of an image and cross-checks it with crit's JSON: entry `i` is
+/// decoded as `M` (as `First` for entry 0), and an extra payload must equal crit's `extra`.
+/// Returns the parsed image.
+fn check_image<First, M>(path: &Path, kind: ImageKind) -> Image
+where
+    First: Message + Default,
+    M: Message + Default,
+{
+    let img = read_image(path, kind);
     let json = crit_json(path);
+    assert_eq!(
+        json["magic"].as_str(),
+        Some(kind.name()),
+        "{}: crit magic",
+        path.display()
+    );
     let entries = json["entries"].as_array().expect("entries array");
+    assert_eq!(
+        img.entries.len(),
+        entries.len(),
+        "{}: entry count vs crit",
+        path.display()
+    );
     let pool = pool();
-    let desc = message_desc(&pool, msg_name);
-    let mut n = 0;
-    while let Some(bytes) = frames.entry() {
-        roundtrip::<M>(path, n, bytes);
-        let dynm = DynamicMessage::decode(desc.clone(), bytes).expect("dynamic decode");
-        let j = entries
-            .get(n)
-            .unwrap_or_else(|| panic!("{}: entry {n} in json", path.display()));
-        check_json(&pool, &dynm, j, &format!("{}[{n}]", path.display()));
-        n += 1;
+    let info = kind.info();
+    for (i, (e, j)) in img.entries.iter().zip(entries).enumerate() {
+        if i == 0 {
+            roundtrip::<First>(path, i, &e.bytes);
+        } else {
+            roundtrip::<M>(path, i, &e.bytes);
+        }
+        let name = info.message_for(i).expect("kind has messages");
+        let desc = message_desc(&pool, name.trim_start_matches("criu."));
+        let dynm = DynamicMessage::decode(desc, e.bytes.as_slice()).expect("dynamic decode");
+        let at = format!("{}[{i}]", path.display());
+        check_json(&pool, &dynm, j, &at);
+        match (&e.extra, j.get("extra")) {
+            (None, None) => {}
+            (Some(x), Some(t)) => {
+                let t = t.as_str().unwrap_or_else(|| panic!("{at}: extra is text"));
+                assert_eq!(&base64_decode(t), x, "{at}: extra payload");
+            }
+            (x, t) => panic!(
+                "{at}: extra payload {} but crit extra {}",
+                x.is_some(),
+                t.is_some()
+            ),
+        }
     }
-    assert_eq!(n, entries.len(), "{}: entry count vs crit", path.display());
-    n
+    img
 }
 
 #[test]
@@ -256,11 +251,8 @@ fn files_img_roundtrips_and_matches_crit() {
     assert_eq!(imgs.len(), 6, "one files.img per fixture");
     let mut kinds = BTreeSet::new();
     for p in &imgs {
-        check_plain_image::<pb::FileEntry>(p, FILES_MAGIC, "file_entry");
-        let buf = std::fs::read(p).expect("read image");
-        let mut frames = Frames::open(p, &buf, FILES_MAGIC);
-        while let Some(bytes) = frames.entry() {
-            let e = pb::FileEntry::decode(bytes).expect("decode");
+        let img = check_image::<pb::FileEntry, pb::FileEntry>(p, ImageKind::Files);
+        for e in img.decode::<pb::FileEntry>().expect("decode") {
             kinds.insert(e.r#type().as_str_name());
         }
     }
@@ -276,11 +268,16 @@ fn files_img_roundtrips_and_matches_crit() {
 #[test]
 fn fx_files_files_img_fields() {
     let p = fixtures_root().join("criu-4.2/fx-files/files.img");
-    let buf = std::fs::read(&p).expect("read image");
-    let mut frames = Frames::open(&p, &buf, FILES_MAGIC);
-    let mut all = Vec::new();
-    while let Some(bytes) = frames.entry() {
-        all.push(pb::FileEntry::decode(bytes).expect("decode"));
+    let all = read_image(&p, ImageKind::Files)
+        .decode::<pb::FileEntry>()
+        .expect("decode");
+    for e in &all {
+        let set = [e.reg.is_some(), e.pipe.is_some(), e.memfd.is_some()];
+        assert_eq!(
+            set.iter().filter(|s| **s).count(),
+            1,
+            "one member per file_entry"
+        );
     }
     let ro = all
         .iter()
@@ -311,8 +308,8 @@ fn fdinfo_imgs_roundtrip_and_match_crit() {
     let imgs = fixture_images(|n| n.starts_with("fdinfo-"));
     assert!(imgs.len() >= 10, "fdinfo images found: {}", imgs.len());
     for p in &imgs {
-        let n = check_plain_image::<pb::FdinfoEntry>(p, FDINFO_MAGIC, "fdinfo_entry");
-        assert!(n >= 3, "{}: at least stdin/stdout/stderr", p.display());
+        let img = check_image::<pb::FdinfoEntry, pb::FdinfoEntry>(p, ImageKind::Fdinfo);
+        assert!(img.entries.len() >= 3, "{}: at least fds 0-2", p.display());
     }
 }
 
@@ -320,14 +317,11 @@ fn fdinfo_imgs_roundtrip_and_match_crit() {
 fn remap_fpath_roundtrips_and_matches_crit() {
     let imgs = fixture_images(|n| n == "remap-fpath.img");
     assert_eq!(imgs.len(), 1);
-    check_plain_image::<pb::RemapFilePathEntry>(
+    let img = check_image::<pb::RemapFilePathEntry, pb::RemapFilePathEntry>(
         &imgs[0],
-        REMAP_FPATH_MAGIC,
-        "remap_file_path_entry",
+        ImageKind::RemapFpath,
     );
-    let buf = std::fs::read(&imgs[0]).expect("read image");
-    let mut frames = Frames::open(&imgs[0], &buf, REMAP_FPATH_MAGIC);
-    let e = pb::RemapFilePathEntry::decode(frames.entry().expect("one entry")).expect("decode");
+    let e: pb::RemapFilePathEntry = img.single().expect("one entry");
     assert_eq!(e.remap_type(), pb::RemapType::Ghost);
 }
 
@@ -336,10 +330,8 @@ fn memfd_inode_roundtrips_and_matches_crit() {
     let imgs = fixture_images(|n| n == "memfd.img");
     assert_eq!(imgs.len(), 2);
     for p in &imgs {
-        check_plain_image::<pb::MemfdInodeEntry>(p, MEMFD_INODE_MAGIC, "memfd_inode_entry");
-        let buf = std::fs::read(p).expect("read image");
-        let mut frames = Frames::open(p, &buf, MEMFD_INODE_MAGIC);
-        let e = pb::MemfdInodeEntry::decode(frames.entry().expect("entry")).expect("decode");
+        let img = check_image::<pb::MemfdInodeEntry, pb::MemfdInodeEntry>(p, ImageKind::MemfdInode);
+        let e: pb::MemfdInodeEntry = img.single().expect("one entry");
         assert_eq!(e.mode, Some(0o100777), "{}: mode (field 9)", p.display());
     }
 }
@@ -348,74 +340,33 @@ fn memfd_inode_roundtrips_and_matches_crit() {
 fn pipes_data_roundtrips_with_payload() {
     let imgs = fixture_images(|n| n == "pipes-data.img");
     assert_eq!(imgs.len(), 1);
-    let p = &imgs[0];
-    let buf = std::fs::read(p).expect("read image");
-    let json = crit_json(p);
-    let entries = json["entries"].as_array().expect("entries");
-    let pool = pool();
-    let desc = message_desc(&pool, "pipe_data_entry");
-    let mut frames = Frames::open(p, &buf, PIPES_DATA_MAGIC);
-    let mut n = 0;
-    while let Some(bytes) = frames.entry() {
-        let e: pb::PipeDataEntry = roundtrip(p, n, bytes);
-        let data = frames.take(e.bytes as usize);
-        let dynm = DynamicMessage::decode(desc.clone(), bytes).expect("dynamic decode");
-        check_json(&pool, &dynm, &entries[n], &format!("{}[{n}]", p.display()));
-        let extra = entries[n]["extra"].as_str().expect("extra payload");
-        assert_eq!(
-            base64_decode(extra),
-            data,
-            "{}: entry {n}: payload",
-            p.display()
-        );
-        n += 1;
-    }
-    assert_eq!(n, entries.len());
-    assert_eq!(n, 1, "fx-files has one pipe with data");
+    let img = check_image::<pb::PipeDataEntry, pb::PipeDataEntry>(&imgs[0], ImageKind::PipesData);
+    assert_eq!(img.entries.len(), 1, "fx-files has one pipe with data");
+    let e: pb::PipeDataEntry = img.single().expect("one entry");
+    assert_eq!(e.bytes, 3000);
+    assert_eq!(img.entries[0].extra.as_ref().map(Vec::len), Some(3000));
 }
 
 #[test]
 fn ghost_file_roundtrips_with_chunks() {
     let imgs = fixture_images(|n| n.starts_with("ghost-file-"));
     assert_eq!(imgs.len(), 1);
-    let p = &imgs[0];
-    let buf = std::fs::read(p).expect("read image");
-    let json = crit_json(p);
-    let entries = json["entries"].as_array().expect("entries");
-    let pool = pool();
-    let mut frames = Frames::open(p, &buf, GHOST_FILE_MAGIC);
-
-    let head_bytes = frames.entry().expect("ghost_file_entry");
-    let head: pb::GhostFileEntry = roundtrip(p, 0, head_bytes);
-    let dynm = DynamicMessage::decode(message_desc(&pool, "ghost_file_entry"), head_bytes)
-        .expect("dynamic decode");
-    check_json(&pool, &dynm, &entries[0], &format!("{}[0]", p.display()));
+    let img =
+        check_image::<pb::GhostFileEntry, pb::GhostChunkEntry>(&imgs[0], ImageKind::GhostFile);
+    let head: pb::GhostFileEntry = img.decode_entry(0).expect("ghost_file_entry");
     assert_eq!(
         head.chunks,
         Some(true),
         "CRIU 4.2 writes chunked ghost files"
     );
     assert_eq!(head.size, Some(20000));
-
-    let chunk_desc = message_desc(&pool, "ghost_chunk_entry");
-    let mut n = 1;
-    let mut total = 0u64;
-    while let Some(bytes) = frames.entry() {
-        let c: pb::GhostChunkEntry = roundtrip(p, n, bytes);
-        let data = frames.take(usize::try_from(c.len).expect("chunk length fits"));
-        let dynm = DynamicMessage::decode(chunk_desc.clone(), bytes).expect("dynamic decode");
-        check_json(&pool, &dynm, &entries[n], &format!("{}[{n}]", p.display()));
-        let extra = entries[n]["extra"].as_str().expect("extra payload");
-        assert_eq!(
-            base64_decode(extra),
-            data,
-            "{}: chunk {n}: payload",
-            p.display()
-        );
+    let mut total = 0;
+    for i in 1..img.entries.len() {
+        let c: pb::GhostChunkEntry = img.decode_entry(i).expect("ghost_chunk_entry");
+        let extra = img.entries[i].extra.as_ref().expect("chunk data");
+        assert_eq!(extra.len() as u64, c.len, "chunk {i}: data length");
         total += c.len;
-        n += 1;
     }
-    assert_eq!(n, entries.len());
     assert_eq!(total, 20000, "chunks cover the whole file");
 }
 
@@ -461,6 +412,51 @@ fn file_image_messages_are_defined() {
     ];
     for n in names {
         message_desc(&pool, n);
+    }
+    // and every file-like image kind of the crate's kind table finds its message(s)
+    let kinds = [
+        ImageKind::Files,
+        ImageKind::Fdinfo,
+        ImageKind::RegFiles,
+        ImageKind::RemapFpath,
+        ImageKind::GhostFile,
+        ImageKind::Pipes,
+        ImageKind::PipesData,
+        ImageKind::Fifo,
+        ImageKind::FifoData,
+        ImageKind::Unixsk,
+        ImageKind::Inetsk,
+        ImageKind::NetlinkSk,
+        ImageKind::Packetsk,
+        ImageKind::SkQueues,
+        ImageKind::TcpStream,
+        ImageKind::EventfdFile,
+        ImageKind::EventpollFile,
+        ImageKind::EventpollTfd,
+        ImageKind::Signalfd,
+        ImageKind::Timerfd,
+        ImageKind::InotifyFile,
+        ImageKind::InotifyWd,
+        ImageKind::FanotifyFile,
+        ImageKind::FanotifyMark,
+        ImageKind::MemfdInode,
+        ImageKind::Tunfile,
+        ImageKind::BpfmapFile,
+        ImageKind::ExtFiles,
+        ImageKind::FileLocks,
+        ImageKind::NsFiles,
+        ImageKind::IrmapCache,
+        ImageKind::TtyFiles,
+    ];
+    for k in kinds {
+        let info = k.info();
+        for m in [info.message, info.first_message].into_iter().flatten() {
+            assert!(
+                pool.get_message_by_name(m).is_some(),
+                "{}: message {m} is defined",
+                k.name()
+            );
+        }
     }
     // file_entry has one member per fd kind, at CRIU's tag numbers
     let fe = message_desc(&pool, "file_entry");
@@ -531,4 +527,44 @@ fn base64_decode(s: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(clean)
         .expect("valid base64")
+}
+
+/// Fields CRIU added after 3.17 (which the 3.17 cross-check cannot vouch for), at the
+/// numbers and types CRIU 4.2 writes; none of them occurs in the fixtures except `mode`.
+#[test]
+fn criu_4x_additions_have_criu_numbers() {
+    let pool = pool();
+    let expect: &[(&str, &str, u32, &str)] = &[
+        ("ip_opts_entry", "pktinfo", 5, "bool"),
+        ("ip_opts_entry", "tos", 6, "uint32"),
+        ("ip_opts_entry", "ttl", 7, "uint32"),
+        ("inet_sk_entry", "tcp_opts", 20, "criu.tcp_opts_entry"),
+        ("tcp_opts_entry", "cork", 1, "bool"),
+        ("tcp_opts_entry", "nodelay", 2, "bool"),
+        ("tcp_opts_entry", "keepcnt", 3, "uint32"),
+        ("tcp_opts_entry", "keepidle", 4, "uint32"),
+        ("tcp_opts_entry", "keepintvl", 5, "uint32"),
+        ("memfd_inode_entry", "mode", 9, "uint32"),
+        ("pidfd_entry", "id", 1, "uint32"),
+        ("pidfd_entry", "ino", 2, "uint32"),
+        ("pidfd_entry", "flags", 3, "uint32"),
+        ("pidfd_entry", "nspid", 4, "int32"),
+        ("pidfd_entry", "fown", 5, "criu.fown_entry"),
+        ("file_entry", "pidfd", 22, "criu.pidfd_entry"),
+    ];
+    for &(msg, field, number, ty) in expect {
+        let f = message_desc(&pool, msg)
+            .get_field_by_name(field)
+            .unwrap_or_else(|| panic!("{msg}.{field} is defined"));
+        assert_eq!(f.number(), number, "{msg}.{field} number");
+        let kind = match f.kind() {
+            Kind::Message(m) => m.full_name().to_string(),
+            Kind::Bool => "bool".into(),
+            Kind::Uint32 => "uint32".into(),
+            Kind::Int32 => "int32".into(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(kind, ty, "{msg}.{field} type");
+        assert!(!f.is_list(), "{msg}.{field} is not repeated");
+    }
 }

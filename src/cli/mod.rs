@@ -13,9 +13,11 @@
 
 use std::ffi::{OsStr, OsString};
 
+pub mod check;
 pub mod common;
 pub mod crit;
 pub mod restore;
+pub mod dump;
 
 /// A verb of the command line.
 struct Verb {
@@ -35,6 +37,16 @@ const VERBS: &[Verb] = &[
         name: "restore",
         about: "restore a process tree from images",
         run: restore::run,
+    },
+    Verb {
+        name: "dump",
+        about: "checkpoint a process tree into an image directory",
+        run: dump::run,
+    },
+    Verb {
+        name: "check",
+        about: "check which kernel features the engine can use here",
+        run: check::run,
     },
 ];
 
@@ -100,6 +112,8 @@ const VALUE_OPTIONS: &[&str] = &[
     "--timeout",
     "-t",
     "--tree",
+    "--freeze-cgroup",
+    "--profile",
 ];
 
 fn find_verb(args: &[OsString]) -> Option<usize> {

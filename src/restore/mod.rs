@@ -13,6 +13,8 @@
 //! ```
 //! Any failure before release kills every task created so far ([`TreeGuard`]).
 
+pub mod blob_args;
+pub mod blob_core;
 pub mod error;
 pub mod files;
 pub mod img;
@@ -21,7 +23,9 @@ pub mod options;
 pub mod plan;
 pub mod switch;
 pub mod tree;
+pub mod vdso;
 pub mod validate;
+pub mod xsave;
 pub mod xstate;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
