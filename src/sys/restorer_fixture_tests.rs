@@ -343,6 +343,8 @@ fn restore_and_verify(name: &str, pid: i32) {
     let task_dir = format!("/proc/{pid}/task");
     let nr_tasks = std::fs::read_dir(&task_dir).map(|d| d.count()).unwrap_or(0);
     assert_eq!(nr_tasks, tids.len(), "threads of the restored {name}");
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert_eq!(comm.trim_end(), name, "comm of the restored task");
     // SAFETY: signals our own restored child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
