@@ -23,7 +23,12 @@ pub const STEPS: &[&str] = &[
 /// Fails with an injected EIO when `STASIS_FAULT` names `step`.
 pub fn check(step: &'static str, pid: i32) -> Result<()> {
     match std::env::var("STASIS_FAULT") {
-        Ok(s) if s == step => Err(DumpError::new(step, pid, Some(libc::EIO), "injected fault (STASIS_FAULT)")),
+        Ok(s) if s == step => Err(DumpError::new(
+            step,
+            pid,
+            Some(libc::EIO),
+            "injected fault (STASIS_FAULT)",
+        )),
         _ => Ok(()),
     }
 }

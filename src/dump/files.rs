@@ -110,19 +110,29 @@ impl Files {
     }
 
     /// A `reg` entry for a file opened at `link` (a /proc path reopening it).
-    fn reg_entry(&mut self, pid: i32, link: &PathBuf, name: &str, flags: u32, pos: u64) -> Result<(u32, File)> {
+    fn reg_entry(
+        &mut self,
+        pid: i32,
+        link: &PathBuf,
+        name: &str,
+        flags: u32,
+        pos: u64,
+    ) -> Result<(u32, File)> {
         let f = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH)
             .open(link)
             .map_err(step_io(pid, format!("open {}", link.display())))?;
-        let md = f.metadata().map_err(step_io(pid, format!("stat {}", link.display())))?;
+        let md = f
+            .metadata()
+            .map_err(step_io(pid, format!("stat {}", link.display())))?;
         let id = self.new_id();
         let mut reg = json!({
             "id": id, "flags": flags, "pos": pos, "fown": fown(), "name": name,
         });
         let is_reg = md.file_type().is_file();
-        let wronly_append = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32 && flags & libc::O_APPEND as u32 != 0;
+        let wronly_append = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32
+            && flags & libc::O_APPEND as u32 != 0;
         if is_reg && !wronly_append {
             reg["size"] = json!(md.size());
         }
@@ -135,14 +145,16 @@ impl Files {
                 }
             }
         }
-        self.entries.push(json!({"type": "REG", "id": id, "reg": reg}));
+        self.entries
+            .push(json!({"type": "REG", "id": id, "reg": reg}));
         Ok((id, f))
     }
 
     /// The file of a file-backed VMA (deduplicated by device and inode).
     pub fn vma_file(&mut self, pid: i32, vma: &proc::maps::Vma) -> Result<u32> {
         let link = proc::path(pid, &format!("map_files/{:x}-{:x}", vma.start, vma.end));
-        let md = std::fs::metadata(&link).map_err(step_io(pid, format!("stat {}", link.display())))?;
+        let md =
+            std::fs::metadata(&link).map_err(step_io(pid, format!("stat {}", link.display())))?;
         if let Some(&id) = self.by_inode.get(&(md.dev(), md.ino())) {
             return Ok(id);
         }
@@ -161,7 +173,10 @@ impl Files {
             return Ok(id);
         }
         let target = proc::read_link(pid, &link).map_err(|e| DumpError::proc("files", pid, e))?;
-        let name = target.to_string_lossy().trim_end_matches(" (deleted)").to_string();
+        let name = target
+            .to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_string();
         let (id, _) = self.reg_entry(pid, &link, &name, 0, 0)?;
         self.by_inode.insert((md.dev(), md.ino()), id);
         Ok(id)
@@ -177,14 +192,17 @@ impl Files {
 
     fn memfd_inode(&mut self, pid: i32, link: &PathBuf, name: &str) -> Result<u32> {
         let f = File::open(link).map_err(step_io(pid, format!("open {}", link.display())))?;
-        let md = f.metadata().map_err(step_io(pid, format!("stat {}", link.display())))?;
+        let md = f
+            .metadata()
+            .map_err(step_io(pid, format!("stat {}", link.display())))?;
         if let Some(&i) = self.memfd_inode_ids.get(&md.ino()) {
             return Ok(i);
         }
         let inode_id = self.memfd_inode_ids.len() as u32 + 1;
         self.memfd_inode_ids.insert(md.ino(), inode_id);
         // Shared anonymous memory has no seals of its own: it is sealed against everything.
-        let seals = nix::fcntl::fcntl(f.as_fd(), nix::fcntl::FcntlArg::F_GET_SEALS).unwrap_or(libc::F_SEAL_SEAL);
+        let seals = nix::fcntl::fcntl(f.as_fd(), nix::fcntl::FcntlArg::F_GET_SEALS)
+            .unwrap_or(libc::F_SEAL_SEAL);
         self.memfd_inodes.push(json!({
             "name": name, "uid": md.uid(), "gid": md.gid(), "size": md.size(),
             "shmid": md.ino(), "seals": seals, "inode_id": inode_id, "mode": md.mode(),
@@ -197,12 +215,20 @@ impl Files {
         Ok(inode_id)
     }
 
-    fn memfd_entry(&mut self, pid: i32, link: &PathBuf, name: &str, flags: u32, pos: u64) -> Result<u32> {
+    fn memfd_entry(
+        &mut self,
+        pid: i32,
+        link: &PathBuf,
+        name: &str,
+        flags: u32,
+        pos: u64,
+    ) -> Result<u32> {
         let inode_id = self.memfd_inode(pid, link, name)?;
         let id = self.new_id();
-        self.entries.push(json!({"type": "MEMFD", "id": id, "memfd": {
-            "id": id, "flags": flags, "pos": pos, "fown": fown(), "inode_id": inode_id,
-        }}));
+        self.entries
+            .push(json!({"type": "MEMFD", "id": id, "memfd": {
+                "id": id, "flags": flags, "pos": pos, "fown": fown(), "inode_id": inode_id,
+            }}));
         Ok(id)
     }
 
@@ -211,7 +237,8 @@ impl Files {
         let link = proc::path(pid, &format!("map_files/{:x}-{:x}", vma.start, vma.end));
         let (p, _) = vma.path_deleted();
         let name = p.strip_prefix("/memfd:").unwrap_or(p).to_string();
-        let md = std::fs::metadata(&link).map_err(step_io(pid, format!("stat {}", link.display())))?;
+        let md =
+            std::fs::metadata(&link).map_err(step_io(pid, format!("stat {}", link.display())))?;
         if let Some(&id) = self.by_inode.get(&(md.dev(), md.ino())) {
             return Ok(id);
         }
@@ -222,13 +249,19 @@ impl Files {
 
     fn ghost(&mut self, pid: i32, orig_id: u32, link: &PathBuf) -> Result<()> {
         let f = File::open(link).map_err(step_io(pid, format!("open {}", link.display())))?;
-        let md = f.metadata().map_err(step_io(pid, format!("stat {}", link.display())))?;
+        let md = f
+            .metadata()
+            .map_err(step_io(pid, format!("stat {}", link.display())))?;
         if md.size() > GHOST_LIMIT {
             return Err(DumpError::new(
                 "files",
                 pid,
                 Some(libc::EFBIG),
-                format!("unlinked file {} is {} bytes, over the ghost limit {GHOST_LIMIT}", link.display(), md.size()),
+                format!(
+                    "unlinked file {} is {} bytes, over the ghost limit {GHOST_LIMIT}",
+                    link.display(),
+                    md.size()
+                ),
             ));
         }
         let id = self.ghosts.len() as u32 + 1;
@@ -238,7 +271,8 @@ impl Files {
             "mtim": {"tv_sec": md.mtime(), "tv_usec": md.mtime_nsec() / 1000},
             "chunks": true, "size": md.size(),
         });
-        self.remaps.push(json!({"orig_id": orig_id, "remap_id": id, "remap_type": "GHOST"}));
+        self.remaps
+            .push(json!({"orig_id": orig_id, "remap_id": id, "remap_type": "GHOST"}));
         self.ghosts.push(Ghost {
             id,
             header,
@@ -255,10 +289,13 @@ impl Files {
         }}));
         if self.pipes_seen.insert(ino) {
             let link = proc::path(pid, &format!("fd/{fd}"));
-            let (size, data) = peek_pipe(&link).map_err(step_io(pid, format!("peek pipe {}", link.display())))?;
+            let (size, data) =
+                peek_pipe(&link).map_err(step_io(pid, format!("peek pipe {}", link.display())))?;
             if !data.is_empty() {
-                self.pipes_data
-                    .push((json!({"pipe_id": ino, "bytes": data.len(), "size": size}), data));
+                self.pipes_data.push((
+                    json!({"pipe_id": ino, "bytes": data.len(), "size": size}),
+                    data,
+                ));
             }
         }
         Ok(id)
@@ -266,13 +303,22 @@ impl Files {
 
     /// Records fd `fd` of `pid`; returns its fdinfo entry.
     pub fn fd(&mut self, pid: i32, fd: i32) -> Result<FdEntry> {
-        let target = proc::fd::read_target(pid, fd).map_err(|e| DumpError::proc("files", pid, e))?;
+        let target =
+            proc::fd::read_target(pid, fd).map_err(|e| DumpError::proc("files", pid, e))?;
         let info = proc::fd::read_fdinfo(pid, fd).map_err(|e| DumpError::proc("files", pid, e))?;
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
-        let key = format!("{target:?}|{}|{}|{}|{}", info.mnt_id, info.ino, flags, info.pos);
+        let key = format!(
+            "{target:?}|{}|{}|{}|{}",
+            info.mnt_id, info.ino, flags, info.pos
+        );
         if let Some(&(id, kind)) = self.by_open.get(&key) {
-            return Ok(FdEntry { fd, id, kind, cloexec });
+            return Ok(FdEntry {
+                fd,
+                id,
+                kind,
+                cloexec,
+            });
         }
         let link = proc::path(pid, &format!("fd/{fd}"));
         let (id, kind) = match &target {
@@ -304,7 +350,12 @@ impl Files {
             }
         };
         self.by_open.insert(key, (id, kind));
-        Ok(FdEntry { fd, id, kind, cloexec })
+        Ok(FdEntry {
+            fd,
+            id,
+            kind,
+            cloexec,
+        })
     }
 }
 
@@ -317,9 +368,15 @@ fn peek_pipe(link: &PathBuf) -> std::io::Result<(u64, Vec<u8>)> {
         .custom_flags(libc::O_NONBLOCK)
         .open(link)?;
     let size = fcntl(src.as_fd(), FcntlArg::F_GETPIPE_SZ).map_err(std::io::Error::from)? as usize;
-    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(std::io::Error::from)?;
+    let (r, w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(std::io::Error::from)?;
     fcntl(w.as_fd(), FcntlArg::F_SETPIPE_SZ(size as i32)).map_err(std::io::Error::from)?;
-    let n = match tee(src.as_fd(), w.as_fd(), size, SpliceFFlags::SPLICE_F_NONBLOCK) {
+    let n = match tee(
+        src.as_fd(),
+        w.as_fd(),
+        size,
+        SpliceFFlags::SPLICE_F_NONBLOCK,
+    ) {
         Ok(n) => n,
         Err(nix::errno::Errno::EAGAIN) => 0,
         Err(e) => return Err(e.into()),
@@ -352,7 +409,9 @@ pub fn data_chunks(path: &PathBuf, size: u64) -> std::io::Result<Vec<(u64, Vec<u
             Err(nix::errno::Errno::ENXIO) => break,
             Err(e) => return Err(e.into()),
         };
-        let end = lseek(f.as_fd(), start, Whence::SeekHole).map_err(std::io::Error::from)?.min(size);
+        let end = lseek(f.as_fd(), start, Whence::SeekHole)
+            .map_err(std::io::Error::from)?
+            .min(size);
         let mut buf = vec![0u8; (end - start) as usize];
         f.read_exact_at(&mut buf, start as u64)?;
         out.push((start as u64, buf));

@@ -19,15 +19,24 @@ pub fn fixtures() -> PathBuf {
 
 /// Installs the fixture binaries at /tmp/criu-fixtures unless they are there already.
 pub fn install_fixtures() {
-    if Path::new("/tmp/criu-fixtures/bin/fx-launch").exists() && Path::new("/tmp/criu-fixtures/bin/fx-tree").exists() {
+    if Path::new("/tmp/criu-fixtures/bin/fx-launch").exists()
+        && Path::new("/tmp/criu-fixtures/bin/fx-tree").exists()
+    {
         return;
     }
-    let st = Command::new("bash").arg(fixtures().join("install.sh")).status().unwrap();
+    let st = Command::new("bash")
+        .arg(fixtures().join("install.sh"))
+        .status()
+        .unwrap();
     assert!(st.success(), "install.sh failed");
 }
 
 /// Runs `f` with a deadline; on timeout `on_timeout` runs (kill the workload) and the test fails.
-pub fn with_deadline<T: Send + 'static>(secs: u64, on_timeout: impl FnOnce(), f: impl FnOnce() -> T + Send + 'static) -> T {
+pub fn with_deadline<T: Send + 'static>(
+    secs: u64,
+    on_timeout: impl FnOnce(),
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
@@ -80,9 +89,16 @@ fn pid_free(pid: i32, span: i32) -> bool {
 /// free pid from `base`, inside a fresh cgroup; waits until it is ready.
 pub fn launch(name: &str, base: i32, args: &[&str]) -> Workload {
     install_fixtures();
-    let cg = PathBuf::from(format!("/sys/fs/cgroup/unified/stasis-dump-test-{name}-{}", std::process::id()));
+    let cg = PathBuf::from(format!(
+        "/sys/fs/cgroup/unified/stasis-dump-test-{name}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::create_dir(&cg);
-    assert!(cg.join("cgroup.freeze").exists(), "no cgroup v2 freezer at {}", cg.display());
+    assert!(
+        cg.join("cgroup.freeze").exists(),
+        "no cgroup v2 freezer at {}",
+        cg.display()
+    );
     let results = PathBuf::from("/tmp/stasis-dump-tests");
     std::fs::create_dir_all(&results).unwrap();
     let result = results.join(format!("{name}-{}.result", std::process::id()));
@@ -268,14 +284,25 @@ pub fn paths_by_kind(dir: &Path, from_json: bool) -> BTreeMap<String, BTreeSet<S
 /// Runs Debian's crit (3.17) on every image: it must decode each one.
 pub fn debian_crit_decodes_all(dir: &Path) {
     let crit = Path::new("/usr/bin/crit");
-    assert!(crit.exists(), "Debian's crit is not installed (apt-get install criu)");
+    assert!(
+        crit.exists(),
+        "Debian's crit is not installed (apt-get install criu)"
+    );
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         let n = p.file_name().unwrap().to_string_lossy().into_owned();
         if n.starts_with("pages-") || n.ends_with(".log") || n.ends_with(".json") {
             continue;
         }
-        let out = Command::new(crit).args(["decode", "-i"]).arg(&p).output().unwrap();
-        assert!(out.status.success(), "crit decode {n}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(crit)
+            .args(["decode", "-i"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "crit decode {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
