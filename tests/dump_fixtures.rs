@@ -22,7 +22,7 @@ const PROBE_ONLY: &[&str] = &[
 ];
 
 fn dump_and_compare(name: &str, base: i32, args: &[&str]) {
-    let cg_name = format!("/sys/fs/cgroup/unified/stasis-dump-test-{name}-{}", std::process::id());
+    let cg_name = cgroup_path(name, base);
     let name2 = name.to_string();
     let args2: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     with_deadline(

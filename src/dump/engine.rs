@@ -110,6 +110,7 @@ fn collect_process(
             sched_prio: tstat.rt_priority,
             creds: creds(&tstatus, tid)?,
         };
+        fault::check("core", tid)?;
         let tprobe = frozen.thread(pid, tid)?;
         let proc_part = if tid == pid { Some((&pf, &pprobe)) } else { None };
         cores.push((tid, core::core_entry(&facts, &tprobe, proc_part)));
@@ -259,6 +260,7 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
             format!("images directory {} does not exist", opts.images_dir.display()),
         ));
     }
+    let _session = fault::Session::begin(opts.fault.clone());
     fault::check("seize", opts.pid)?;
     let t_freeze = prof.now_us();
     let mut frozen = backend.freeze(opts)?;

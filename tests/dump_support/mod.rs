@@ -72,6 +72,38 @@ impl Drop for Workload {
     }
 }
 
+/// The cgroup of a test workload (unique per test process, workload and pid base).
+pub fn cgroup_path(name: &str, base: i32) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/cgroup/unified/stasis-dump-test-{name}-{}-{base}", std::process::id()))
+}
+
+/// Sends SIGUSR2 to the workload and waits (10 s at most) for its verdict file.
+pub fn verify(w: &Workload) -> String {
+    let _ = std::fs::remove_file(&w.result);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.pid), nix::sys::signal::Signal::SIGUSR2).unwrap();
+    let t0 = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&w.result) {
+            return s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{} gave no verdict", w.name);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether every task of the cgroup is alive and not stopped or traced.
+pub fn all_running(w: &Workload) -> bool {
+    let procs = std::fs::read_to_string(w.cgroup.join("cgroup.procs")).unwrap_or_default();
+    let ev = std::fs::read_to_string(w.cgroup.join("cgroup.events")).unwrap_or_default();
+    ev.contains("frozen 0")
+        && !procs.trim().is_empty()
+        && procs.lines().all(|p| {
+            let st = std::fs::read_to_string(format!("/proc/{}/status", p.trim())).unwrap_or_default();
+            st.lines().any(|l| l.starts_with("TracerPid:\t0"))
+                && !st.lines().any(|l| l.starts_with("State:\tT") || l.starts_with("State:\tt"))
+        })
+}
+
 fn pid_free(pid: i32, span: i32) -> bool {
     (pid..pid + span).all(|p| !Path::new(&format!("/proc/{p}")).exists())
 }
@@ -80,12 +112,12 @@ fn pid_free(pid: i32, span: i32) -> bool {
 /// free pid from `base`, inside a fresh cgroup; waits until it is ready.
 pub fn launch(name: &str, base: i32, args: &[&str]) -> Workload {
     install_fixtures();
-    let cg = PathBuf::from(format!("/sys/fs/cgroup/unified/stasis-dump-test-{name}-{}", std::process::id()));
+    let cg = cgroup_path(name, base);
     let _ = std::fs::create_dir(&cg);
     assert!(cg.join("cgroup.freeze").exists(), "no cgroup v2 freezer at {}", cg.display());
     let results = PathBuf::from("/tmp/stasis-dump-tests");
     std::fs::create_dir_all(&results).unwrap();
-    let result = results.join(format!("{name}-{}.result", std::process::id()));
+    let result = results.join(format!("{name}-{}-{base}.result", std::process::id()));
     let ready = PathBuf::from(format!("{}.ready", result.display()));
     let _ = std::fs::remove_file(&ready);
     let mut pid = base;
