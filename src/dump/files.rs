@@ -294,6 +294,31 @@ impl Files {
                     (id, "REG")
                 }
             }
+            FdTarget::AnonInode(kind) => {
+                let (ty, field, build): (&'static str, &str, fn(u32, u32, &proc::fd::FdInfo) -> std::result::Result<Value, super::fdkinds::KindError>) =
+                    match kind.as_str() {
+                        "eventfd" => ("EVENTFD", "efd", super::fdkinds::eventfd),
+                        "eventpoll" => ("EVENTPOLL", "epfd", super::fdkinds::eventpoll),
+                        "timerfd" => ("TIMERFD", "tfd", super::fdkinds::timerfd),
+                        "signalfd" => ("SIGNALFD", "sgfd", super::fdkinds::signalfd),
+                        "inotify" => ("INOTIFY", "ify", super::fdkinds::inotify),
+                        _ => {
+                            return Err(DumpError::new(
+                                "files",
+                                pid,
+                                Some(libc::ENOTSUP),
+                                format!("fd {fd}: unsupported anonymous inode [{kind}]"),
+                            ))
+                        }
+                    };
+                let id = self.new_id();
+                let body = build(id, flags, &info)
+                    .map_err(|e| DumpError::new("files", pid, None, format!("fd {fd}: {e}")))?;
+                let mut entry = json!({"type": ty, "id": id});
+                entry[field] = body;
+                self.entries.push(entry);
+                (id, ty)
+            }
             other => {
                 return Err(DumpError::new(
                     "files",
@@ -392,6 +417,53 @@ mod tests {
         let mut s = String::new();
         rf.read_to_string(&mut s).unwrap();
         assert_eq!(s, "hello pipe");
+    }
+
+    #[test]
+    fn anon_inode_fds_encode() {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        use nix::sys::signal::{SigSet, Signal};
+        use nix::sys::signalfd::SignalFd;
+        use nix::sys::time::TimeSpec;
+        use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+        use std::os::fd::{AsFd, AsRawFd};
+        let efd = EventFd::from_value_and_flags(7, EfdFlags::EFD_NONBLOCK).unwrap();
+        let ep = Epoll::new(EpollCreateFlags::empty()).unwrap();
+        ep.add(efd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 42)).unwrap();
+        let tfd = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::empty()).unwrap();
+        tfd.set(
+            Expiration::IntervalDelayed(TimeSpec::new(100, 0), TimeSpec::new(1, 500)),
+            TimerSetTimeFlags::empty(),
+        )
+        .unwrap();
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGUSR1);
+        let sfd = SignalFd::new(&mask).unwrap();
+        let ino = Inotify::init(InitFlags::empty()).unwrap();
+        ino.add_watch("/tmp", AddWatchFlags::IN_CREATE).unwrap();
+        let me = std::process::id() as i32;
+        let mut files = Files::new();
+        let kinds: Vec<&str> = [
+            efd.as_fd().as_raw_fd(),
+            ep.0.as_raw_fd(),
+            tfd.as_fd().as_raw_fd(),
+            sfd.as_raw_fd(),
+            ino.as_fd().as_raw_fd(),
+        ]
+        .iter()
+        .map(|&fd| files.fd(me, fd).unwrap().kind)
+        .collect();
+        assert_eq!(kinds, ["EVENTFD", "EVENTPOLL", "TIMERFD", "SIGNALFD", "INOTIFY"]);
+        assert_eq!(files.entries[0]["efd"]["counter"], 7);
+        assert_eq!(files.entries[1]["epfd"]["tfd"][0]["data"], 42);
+        assert_eq!(files.entries[2]["tfd"]["isec"], 1);
+        assert_eq!(files.entries[3]["sgfd"]["sigmask"], 1u64 << (libc::SIGUSR1 - 1));
+        assert_eq!(files.entries[4]["ify"]["wd"][0]["mask"], libc::IN_CREATE);
+        for e in &files.entries {
+            crate::dump::images_out::encode("file_entry", e).unwrap_or_else(|x| panic!("{e}: {x}"));
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod elf;
 pub mod engine;
 pub mod error;
 pub mod fault;
+pub mod fdkinds;
 pub mod files;
 pub mod freeze;
 pub mod images_out;
