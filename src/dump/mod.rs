@@ -20,6 +20,7 @@ pub mod misc_images;
 pub mod mm;
 pub mod options;
 pub mod pages;
+pub mod sockets;
 pub mod probe;
 pub mod profile;
 pub mod tree;

@@ -104,6 +104,33 @@ pub fn all_running(w: &Workload) -> bool {
         })
 }
 
+/// Starts `sh -c CMD` inside a fresh cgroup and waits until `ready` exists.
+pub fn launch_cmd(name: &str, base: i32, cmd: &str, ready: &Path) -> Workload {
+    let cg = cgroup_path(name, base);
+    let _ = std::fs::create_dir(&cg);
+    let _ = std::fs::remove_file(ready);
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > {}/cgroup.procs && exec {cmd}", cg.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let w = Workload {
+        name: name.into(),
+        pid: child.id() as i32,
+        cgroup: cg,
+        result: ready.to_path_buf(),
+    };
+    let t0 = Instant::now();
+    while !ready.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{name} not ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    w
+}
+
 fn pid_free(pid: i32, span: i32) -> bool {
     (pid..pid + span).all(|p| !Path::new(&format!("/proc/{p}")).exists())
 }
