@@ -24,6 +24,9 @@ pub struct KindError {
     pub why: String,
 }
 
+/// Builds the entry of one kind from its id, file flags and fdinfo.
+pub type Builder = fn(u32, u32, &FdInfo) -> Result<Value, KindError>;
+
 fn err(kind: &'static str, field: &'static str, why: impl Into<String>) -> KindError {
     KindError {
         kind,

@@ -338,7 +338,7 @@ impl Files {
             }
             FdTarget::Socket(ino) => (self.socket(pid, fd, *ino, flags)?, "INETSK"),
             FdTarget::AnonInode(kind) => {
-                let (ty, field, build): (&'static str, &str, fn(u32, u32, &proc::fd::FdInfo) -> std::result::Result<Value, super::fdkinds::KindError>) =
+                let (ty, field, build): (&'static str, &str, super::fdkinds::Builder) =
                     match kind.as_str() {
                         "eventfd" => ("EVENTFD", "efd", super::fdkinds::eventfd),
                         "eventpoll" => ("EVENTPOLL", "epfd", super::fdkinds::eventpoll),
