@@ -51,6 +51,8 @@ pub struct Workload {
     pub pid: i32,
     pub cgroup: PathBuf,
     pub result: PathBuf,
+    /// The launched child when it is ours to reap.
+    pub child: Option<std::process::Child>,
 }
 
 pub fn kill_cgroup(cg: &Path) {
@@ -69,6 +71,9 @@ pub fn kill_cgroup(cg: &Path) {
 impl Drop for Workload {
     fn drop(&mut self) {
         kill_cgroup(&self.cgroup);
+        if let Some(c) = &mut self.child {
+            let _ = c.wait();
+        }
     }
 }
 
@@ -109,26 +114,31 @@ pub fn launch_cmd(name: &str, base: i32, cmd: &str, ready: &Path) -> Workload {
     let cg = cgroup_path(name, base);
     let _ = std::fs::create_dir(&cg);
     let _ = std::fs::remove_file(ready);
-    let child = Command::new("sh")
+    let mut child = Command::new("sh")
         .arg("-c")
         .arg(format!("echo $$ > {}/cgroup.procs && exec {cmd}", cg.display()))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let w = Workload {
-        name: name.into(),
-        pid: child.id() as i32,
-        cgroup: cg,
-        result: ready.to_path_buf(),
-    };
+    let pid = child.id() as i32;
     let t0 = Instant::now();
     while !ready.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "{name} not ready");
+        if t0.elapsed() > Duration::from_secs(30) {
+            kill_cgroup(&cg);
+            let _ = child.wait();
+            panic!("{name} not ready");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(200));
-    w
+    Workload {
+        name: name.into(),
+        pid,
+        cgroup: cg,
+        result: ready.to_path_buf(),
+        child: Some(child),
+    }
 }
 
 fn pid_free(pid: i32, span: i32) -> bool {
@@ -166,6 +176,7 @@ pub fn launch(name: &str, base: i32, args: &[&str]) -> Workload {
         pid,
         cgroup: cg,
         result,
+        child: None,
     };
     let st = Command::new("sh").arg("-c").arg(&cmd).status().unwrap();
     assert!(st.success(), "fx-launch {name} at {pid} failed");
