@@ -10,7 +10,6 @@
 //! double for the ptrace/parasite part (registers are not fetched).
 
 #[path = "../tests/dump_support/mod.rs"]
-#[allow(dead_code)]
 mod dump_support;
 
 use std::path::{Path, PathBuf};
