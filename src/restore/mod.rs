@@ -5,4 +5,6 @@ pub mod options;
 
 pub use options::RestoreOptions;
 pub mod blob_args;
+pub mod blob_core;
+pub mod vdso;
 pub mod xsave;

@@ -16,6 +16,7 @@
 
 use crate::restore::blob_args::abi::{self, *};
 use crate::restore::blob_args::{TaskSpec, ThreadSpec};
+use crate::restore::vdso::{self, ImageVdso, RuntimeVdso, VdsoPlan};
 use crate::restore::xsave::{xsave_image, FpuRegs};
 use crate::sys::pod::read_pod;
 use std::io::Write;
@@ -92,6 +93,8 @@ const E_LEADER_SAS: usize = 9;
 const E_THREAD_SAS: usize = 10;
 const E_RSEQ: usize = 11;
 const E_SA_HANDLER: usize = 12;
+const E_VDSO_FN: usize = 13;
+const E_PROXY_VDSO: usize = 14;
 /// clear_tid word of the thread: its TID until it exits.
 static CLEAR_TID: AtomicU32 = AtomicU32::new(0);
 static THREAD_RESULT: AtomicU32 = AtomicU32::new(u32::MAX);
@@ -177,6 +180,16 @@ extern "C" fn thread_check() -> ! {
     }
 }
 
+/// Calls clock_gettime through the old (patched) vdso copy: lands in the moved real vdso.
+fn vdso_call_ok() -> bool {
+    let mut ts = [0i64; 2];
+    // SAFETY: E_VDSO_FN is the old vdso copy's __vdso_clock_gettime, patched with a jump to the
+    // running vdso's, which has the C signature below.
+    let f: extern "C" fn(i32, *mut i64) -> i32 =
+        unsafe { std::mem::transmute(e(E_VDSO_FN) as usize) };
+    f(libc::CLOCK_MONOTONIC, ts.as_mut_ptr()) == 0 && (ts[0] > 0 || ts[1] > 0)
+}
+
 extern "C" fn leader_check() -> ! {
     let seen_xmm = [SEEN_LEADER[16].load(SeqCst), SEEN_LEADER[17].load(SeqCst)];
     let want_xmm = [
@@ -230,6 +243,8 @@ extern "C" fn leader_check() -> ! {
         || caps[0] & (1 << 24) != 0
     {
         15
+    } else if !vdso_call_ok() {
+        16
     } else {
         0
     };
@@ -243,8 +258,16 @@ extern "C" fn leader_check() -> ! {
     }
     let t = THREAD_RESULT.load(SeqCst);
     let r = if r == 0 && t != 0 { 100 + t } else { r };
-    let out = [u64::from(r), e(E_AREA), e(E_T), e(E_P), e(E_JUNK), e(E_F)];
-    rsys(1, e(E_VERDICT_FD), out.as_ptr() as u64, 48, 0);
+    let out = [
+        u64::from(r),
+        e(E_AREA),
+        e(E_T),
+        e(E_P),
+        e(E_JUNK),
+        e(E_F),
+        e(E_PROXY_VDSO),
+    ];
+    rsys(1, e(E_VERDICT_FD), out.as_ptr() as u64, 56, 0);
     loop {
         rsys(34, 0, 0, 0, 0); // pause until the parent kills us
     }
@@ -266,9 +289,37 @@ fn mmap(len: u64, prot: i32) -> u64 {
     p as u64
 }
 
-fn free_hole(len: u64) -> u64 {
+/// A free address range for the target layout, held by a shared PROT_NONE mapping (never
+/// merged with neighbours) that the blob unmaps with everything not kept.
+fn reserve(len: u64) -> u64 {
+    // SAFETY: a fresh shared anonymous mapping at an address the kernel picks.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_NONE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    RESERVED.with(|r| r.borrow_mut().push((p as u64, p as u64 + len)));
+    p as u64
+}
+
+fn reserved(a: u64) -> bool {
+    RESERVED.with(|r| r.borrow().iter().any(|&(s, e)| s <= a && a < e))
+}
+
+thread_local! {
+    static RESERVED: std::cell::RefCell<Vec<(u64, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A free range for the restorer area: reserved, then released just before mapping the area.
+fn area_hole(len: u64) -> u64 {
     let p = mmap(len, libc::PROT_NONE);
-    // SAFETY: unmaps the mapping just created.
+    // SAFETY: unmaps the mapping just created; nothing allocates before the area is mapped.
     unsafe { libc::munmap(p as *mut libc::c_void, len as usize) };
     p
 }
@@ -332,6 +383,12 @@ fn child_full(
     verdict_fd: i32,
     file: &std::path::Path,
 ) -> std::convert::Infallible {
+    // Keep malloc from unmapping or trimming memory after the layout was read.
+    // SAFETY: mallopt only changes malloc tunables of this (forked, single-threaded) child.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+    }
     let stacks = mmap(256 * 1024, libc::PROT_READ | libc::PROT_WRITE);
     let leader_sp = stacks + 64 * 1024;
     let thread_sp = stacks + 128 * 1024;
@@ -342,10 +399,49 @@ fn child_full(
     let p = mmap(8192, libc::PROT_READ | libc::PROT_WRITE);
     // SAFETY: p is the 8 KiB mapping just created.
     unsafe { std::ptr::write_bytes(p as *mut u8, PATTERN, 8192) };
-    let t = free_hole(64 * 1024) + 16 * 1024;
-    let f = free_hole(64 * 1024) + 8 * 1024;
+    let t = reserve(64 * 1024) + 16 * 1024;
+    let f = reserve(64 * 1024) + 8 * 1024;
     let fd = std::fs::File::open(file).expect("open test file");
     let fd = std::os::fd::IntoRawFd::into_raw_fd(fd);
+    // vdso proxy: a copy of the running vdso plays the image's vdso (one page larger, so the
+    // layouts differ), the running vdso moves to a hole and the copy gets jumps into it.
+    let rt = RuntimeVdso::current().expect("runtime vdso");
+    let rt_bytes = rt.read_bytes().expect("vdso bytes");
+    let vlen = rt_bytes.len() as u64;
+    // RWX keeps it from merging with a neighbour; its target protection is r-x.
+    let old_vdso = mmap(
+        vlen + 4096,
+        libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+    );
+    // SAFETY: old_vdso has vlen + 4096 writable bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(rt_bytes.as_ptr(), old_vdso as *mut u8, rt_bytes.len())
+    };
+    let proxy_at = reserve(1 << 20);
+    let image = ImageVdso {
+        vdso: (old_vdso, old_vdso + vlen + 4096),
+        vvar: None,
+        bytes: Some(rt_bytes.clone()),
+    };
+    let VdsoPlan::Proxy { special, patches } =
+        vdso::plan(&image, &rt, &rt_bytes, |_, _| true, proxy_at).expect("plan")
+    else {
+        panic!("expected a proxy plan");
+    };
+    let syms = vdso::vdso_symbols(&rt_bytes).expect("symbols");
+    let off = syms
+        .iter()
+        .find(|(n, _)| n == "__vdso_clock_gettime")
+        .map(|s| s.1)
+        .expect("clock_gettime");
+    EXPECT[E_VDSO_FN].store(old_vdso + off, SeqCst);
+    EXPECT[E_PROXY_VDSO].store(
+        special
+            .iter()
+            .find(|s| s.from == rt.vdso.0)
+            .map_or(0, |s| s.to),
+        SeqCst,
+    );
     let mut fs_base = 0u64;
     rsys(158, 0x1003, &mut fs_base as *mut u64 as u64, 0, 0);
     // The kernel's restorer for a glibc handler: install one and read it back.
@@ -381,7 +477,7 @@ fn child_full(
 
     let mut spec = TaskSpec::new();
     for m in self_maps() {
-        if m.start == junk || m.start == p {
+        if m.start == junk || m.start == p || reserved(m.start) {
             continue;
         }
         let special = matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]");
@@ -434,6 +530,8 @@ fn child_full(
         ..Default::default()
     });
     spec.vmas.sort_by_key(|v| v.start);
+    spec.special = special;
+    spec.vdso_patches = patches;
     spec.close_fds.push(fd as u32);
 
     let st = stat_fields();
@@ -600,7 +698,7 @@ fn child_full(
         signals: vec![siginfo(10, -1, 42)],
     });
     let len = spec.area_len();
-    let base = free_hole(len + 64 * 1024);
+    let base = area_hole(len);
     EXPECT[E_AREA].store(base, SeqCst);
     let area = spec.build(base).expect("build area");
     let mut m = crate::sys::restorer::RestorerArea::map(base, len).expect("map area");
@@ -696,6 +794,12 @@ fn blob_restores_layout_threads_signals_and_leaves_nothing_mapped() {
     let (go_r, go_w) = pipe();
     let (verdict_r, verdict_w) = pipe();
     let child = fork_child(|| child_full(status_w, go_r, verdict_w, &path));
+    // SAFETY: closes the parent's copies of the child's pipe ends.
+    unsafe {
+        libc::close(status_w);
+        libc::close(go_r);
+        libc::close(verdict_w);
+    }
     let rec: StatusRecord =
         read_pod(&read_timeout(status_r, 24, Duration::from_secs(10))).expect("status record");
     assert_eq!(rec.magic, abi::STATUS_MAGIC);
@@ -715,7 +819,7 @@ fn blob_restores_layout_threads_signals_and_leaves_nothing_mapped() {
     assert!(status.contains("Threads:\t2"), "{status}");
     // SAFETY: writes one byte to our pipe.
     assert_eq!(unsafe { libc::write(go_w, b"g".as_ptr().cast(), 1) }, 1);
-    let v = read_timeout(verdict_r, 48, Duration::from_secs(10));
+    let v = read_timeout(verdict_r, 56, Duration::from_secs(10));
     let w = |i: usize| u64::from_le_bytes(v[i * 8..i * 8 + 8].try_into().unwrap());
     assert_eq!(
         w(0),
@@ -727,6 +831,14 @@ fn blob_restores_layout_threads_signals_and_leaves_nothing_mapped() {
     let has = |a: u64| maps.lines().any(|l| l.starts_with(&format!("{a:x}-")));
     assert!(!has(w(1)), "restorer area still mapped:\n{maps}");
     assert!(has(w(2)) && !has(w(3)) && !has(w(4)) && has(w(5)), "{maps}");
+    let line_vdso = maps
+        .lines()
+        .find(|l| l.starts_with(&format!("{:x}-", w(6))))
+        .unwrap_or("");
+    assert!(
+        line_vdso.ends_with("[vdso]"),
+        "running vdso not moved to the proxy place: {line_vdso}"
+    );
     let line_t = maps
         .lines()
         .find(|l| l.starts_with(&format!("{:x}-", w(2))))
@@ -757,9 +869,9 @@ fn blob_restores_layout_threads_signals_and_leaves_nothing_mapped() {
 fn blob_reports_a_failed_step_and_exits() {
     assert!(is_root(), "restorer blob tests need root");
     let (status_r, status_w) = pipe();
-    let child = fork_child(|| {
+    let child = fork_child(move || {
         let mut spec = TaskSpec::new();
-        let hole = free_hole(1 << 20);
+        let hole = reserve(1 << 20);
         // A file mapping from a bad fd: mmap fails with EBADF.
         spec.vmas.push(VmaArgs {
             start: hole,
@@ -772,7 +884,7 @@ fn blob_reports_a_failed_step_and_exits() {
         });
         for m in self_maps()
             .into_iter()
-            .filter(|m| m.start < 0x7fff_ffff_f000)
+            .filter(|m| m.start < 0x7fff_ffff_f000 && !reserved(m.start))
         {
             spec.keep.push(KeepRange {
                 start: m.start,
@@ -789,7 +901,7 @@ fn blob_reports_a_failed_step_and_exits() {
             ..Default::default()
         });
         let len = spec.area_len();
-        let base = free_hole(len + 64 * 1024);
+        let base = area_hole(len);
         let area = spec.build(base).expect("build");
         let mut m = crate::sys::restorer::RestorerArea::map(base, len).expect("map");
         m.write(&area.bytes).expect("write");

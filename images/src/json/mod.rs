@@ -8,10 +8,10 @@
 //!       └──────────encode_image◄──── serde_json::Value ◄────────────parse_text────────────┘
 //! ```
 //!
-//! * [`message`]-level rules (presence, field order, bytes, enums, `--pretty` forms) follow
+//! * `message`: message-level rules (presence, field order, bytes, enums, `--pretty` forms) follow
 //!   crit's `pb2dict`/`dict2pb`;
-//! * [`entries`] handles the per-image layouts (extra payloads, pagemap, ghost files);
-//! * [`text`] writes the text exactly like Python's `json.dump` (plain or `indent=4`).
+//! * `entries`: handles the per-image layouts (extra payloads, pagemap, ghost files);
+//! * `text`: writes the text exactly like Python's `json.dump` (plain or `indent=4`).
 //!
 //! Encoding accepts both plain and `--pretty` JSON: integers may be numbers or strings
 //! (`"0x.."`, flag names, `"major:minor"`, dictionary names, address text).
