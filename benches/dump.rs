@@ -49,9 +49,15 @@ struct Run {
 }
 
 fn one(threads: usize, mib: usize, tag: &str) -> Run {
-    let cg = PathBuf::from(format!("/sys/fs/cgroup/unified/stasis-bench-{}-{tag}", std::process::id()));
+    let cg = PathBuf::from(format!(
+        "/sys/fs/cgroup/unified/stasis-bench-{}-{tag}",
+        std::process::id()
+    ));
     let _ = std::fs::create_dir(&cg);
-    let ready = PathBuf::from(format!("/dev/shm/stasis-bench-{}-{tag}.ready", std::process::id()));
+    let ready = PathBuf::from(format!(
+        "/dev/shm/stasis-bench-{}-{tag}.ready",
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&ready);
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new("sh")
@@ -66,10 +72,16 @@ fn one(threads: usize, mib: usize, tag: &str) -> Run {
         .unwrap();
     let t0 = Instant::now();
     while !ready.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(120), "workload not ready");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "workload not ready"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let dir = PathBuf::from(format!("/dev/shm/stasis-bench-{}-{tag}", std::process::id()));
+    let dir = PathBuf::from(format!(
+        "/dev/shm/stasis-bench-{}-{tag}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let opts = stasis::dump::DumpOptions {
@@ -111,7 +123,9 @@ fn main() {
     println!("| threads | anon MiB | dump time (median of {reps}) | frozen | pages written | image bytes |");
     println!("|---:|---:|---:|---:|---:|---:|");
     for (i, (threads, mib)) in configs.into_iter().enumerate() {
-        let mut runs: Vec<Run> = (0..reps).map(|r| one(threads, mib, &format!("{i}-{r}"))).collect();
+        let mut runs: Vec<Run> = (0..reps)
+            .map(|r| one(threads, mib, &format!("{i}-{r}")))
+            .collect();
         runs.sort_by_key(|r| r.total);
         let m = &runs[runs.len() / 2];
         println!(

@@ -18,19 +18,31 @@ fn check_reports_features() {
     assert!(text.contains("Ok    (seize)"), "{text}");
     assert!(text.contains("Warn  (soft_dirty)"), "{text}");
     assert!(text.contains("Ok    (pagemap_scan)"), "{text}");
-    let one = stasis().args(["check", "--feature", "clone3_set_tid"]).output().unwrap();
+    let one = stasis()
+        .args(["check", "--feature", "clone3_set_tid"])
+        .output()
+        .unwrap();
     assert!(one.status.success());
-    let bad = stasis().args(["check", "--feature", "soft_dirty"]).output().unwrap();
+    let bad = stasis()
+        .args(["check", "--feature", "soft_dirty"])
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stdout).contains("soft_dirty is not supported"));
 }
 
 #[test]
 fn unknown_and_unsupported_options_are_refused_by_name() {
-    let out = stasis().args(["dump", "-t", "1", "-D", "/tmp", "--page-server"]).output().unwrap();
+    let out = stasis()
+        .args(["dump", "-t", "1", "-D", "/tmp", "--page-server"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--page-server"));
-    let out = stasis().args(["dump", "-t", "1", "-D", "/tmp", "--no-such-option"]).output().unwrap();
+    let out = stasis()
+        .args(["dump", "-t", "1", "-D", "/tmp", "--no-such-option"])
+        .output()
+        .unwrap();
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-option"));
 }
@@ -56,7 +68,10 @@ fn failed_cli_dump_names_step_task_errno_and_releases_the_tree() {
                 .unwrap();
             assert_eq!(out.status.code(), Some(1));
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains(&format!("collect-tree: task {}", w.pid)) && err.contains("errno 5"), "{err}");
+            assert!(
+                err.contains(&format!("collect-tree: task {}", w.pid)) && err.contains("errno 5"),
+                "{err}"
+            );
             let log = std::fs::read_to_string(dir.path().join("dump.log")).unwrap();
             assert!(log.contains("collect-tree"), "{log}");
             assert!(all_running(&w));

@@ -19,10 +19,16 @@ fn fault_at(step: &'static str, base: i32) {
             let opts = DumpOptions {
                 pid: w.pid,
                 images_dir: dir.path().to_path_buf(),
-                fault: Some(if step == "signal" { "signal:mm".to_string() } else { step.to_string() }),
+                fault: Some(if step == "signal" {
+                    "signal:mm".to_string()
+                } else {
+                    step.to_string()
+                }),
                 ..Default::default()
             };
-            let mut backend = TestBackend { cgroup: w.cgroup.clone() };
+            let mut backend = TestBackend {
+                cgroup: w.cgroup.clone(),
+            };
             let err = stasis::dump::run(&opts, &mut backend).expect_err("dump must fail");
             let msg = err.to_string();
             if step == "signal" {
@@ -87,6 +93,9 @@ fn fault_signal_to_dumper() {
 fn every_step_has_a_test() {
     let src = include_str!("dump_faults.rs");
     for s in stasis::dump::fault::STEPS {
-        assert!(src.contains(&format!("fault_at(\"{s}\"")), "no fault test for step {s}");
+        assert!(
+            src.contains(&format!("fault_at(\"{s}\"")),
+            "no fault test for step {s}"
+        );
     }
 }

@@ -38,8 +38,11 @@ fn dump_and_compare(name: &str, base: i32, args: &[&str]) {
                 leave_running: true,
                 ..Default::default()
             };
-            let mut backend = TestBackend { cgroup: w.cgroup.clone() };
-            let rep = stasis::dump::run(&opts, &mut backend).unwrap_or_else(|e| panic!("dump {name2}: {e}"));
+            let mut backend = TestBackend {
+                cgroup: w.cgroup.clone(),
+            };
+            let rep = stasis::dump::run(&opts, &mut backend)
+                .unwrap_or_else(|e| panic!("dump {name2}: {e}"));
             assert!(rep.pids.contains(&w.pid));
             // The tree still runs (leave-running) and is thawed.
             let ev = std::fs::read_to_string(w.cgroup.join("cgroup.events")).unwrap();
@@ -55,16 +58,26 @@ fn compare(name: &str, ours: &Path) {
     let mut want = image_kinds(&theirs);
     want.remove("dump.log");
     let got = image_kinds(ours);
-    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "image kinds of {name}");
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "image kinds of {name}"
+    );
     assert_eq!(got, want, "image counts of {name}");
     let pw = paths_by_kind(&theirs, true);
     let pg = paths_by_kind(ours, false);
     let probe_only: BTreeSet<String> = PROBE_ONLY.iter().map(|s| s.to_string()).collect();
     for (kind, want_paths) in &pw {
         let got_paths = pg.get(kind).cloned().unwrap_or_default();
-        let missing: Vec<_> = want_paths.difference(&got_paths).filter(|p| !probe_only.contains(*p)).collect();
+        let missing: Vec<_> = want_paths
+            .difference(&got_paths)
+            .filter(|p| !probe_only.contains(*p))
+            .collect();
         let extra: Vec<_> = got_paths.difference(want_paths).collect();
-        assert!(missing.is_empty() && extra.is_empty(), "{name} {kind}: missing {missing:?}, extra {extra:?}");
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{name} {kind}: missing {missing:?}, extra {extra:?}"
+        );
     }
     // VMA classes (as a sorted multiset: mmap placement differs from run to run).
     let classes = |dir: &Path, from_json: bool| -> Vec<String> {
@@ -77,7 +90,10 @@ fn compare(name: &str, ours: &Path) {
             })
             .unwrap();
         let doc: serde_json::Value = if from_json {
-            serde_json::from_str(&std::fs::read_to_string(format!("{}.json", mm.display())).unwrap()).unwrap()
+            serde_json::from_str(
+                &std::fs::read_to_string(format!("{}.json", mm.display())).unwrap(),
+            )
+            .unwrap()
         } else {
             decode(&mm)
         };
@@ -92,7 +108,11 @@ fn compare(name: &str, ours: &Path) {
         v.sort();
         v
     };
-    assert_eq!(sorted(classes(ours, false)), sorted(classes(&theirs, true)), "{name}: VMA classes");
+    assert_eq!(
+        sorted(classes(ours, false)),
+        sorted(classes(&theirs, true)),
+        "{name}: VMA classes"
+    );
 }
 
 #[test]
@@ -122,7 +142,10 @@ fn dump_fx_tree() {
 
 #[test]
 fn dump_fx_files() {
-    let data = std::path::PathBuf::from(format!("/tmp/stasis-dump-tests/fx-files-data-{}", std::process::id()));
+    let data = std::path::PathBuf::from(format!(
+        "/tmp/stasis-dump-tests/fx-files-data-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(data.parent().unwrap()).unwrap();
     install_fixtures();
@@ -151,7 +174,9 @@ fn dump_kills_the_tree_unless_leave_running() {
                 images_dir: dir.path().to_path_buf(),
                 ..Default::default()
             };
-            let mut backend = TestBackend { cgroup: w.cgroup.clone() };
+            let mut backend = TestBackend {
+                cgroup: w.cgroup.clone(),
+            };
             let rep = stasis::dump::run(&opts, &mut backend).unwrap();
             assert_eq!(rep.pids.len(), 6);
             // Every task of the tree got SIGKILL: none is left running.
@@ -170,7 +195,10 @@ fn dump_kills_the_tree_unless_leave_running() {
                 if alive.is_empty() {
                     break;
                 }
-                assert!(t0.elapsed() < std::time::Duration::from_secs(5), "still alive: {alive:?}");
+                assert!(
+                    t0.elapsed() < std::time::Duration::from_secs(5),
+                    "still alive: {alive:?}"
+                );
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         },

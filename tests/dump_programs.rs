@@ -16,15 +16,24 @@ fn dump_workload(w: &Workload) -> (tempfile::TempDir, stasis::dump::DumpReport) 
         leave_running: true,
         ..Default::default()
     };
-    let mut backend = TestBackend { cgroup: w.cgroup.clone() };
-    let rep = stasis::dump::run(&opts, &mut backend).unwrap_or_else(|e| panic!("dump {}: {e}", w.name));
+    let mut backend = TestBackend {
+        cgroup: w.cgroup.clone(),
+    };
+    let rep =
+        stasis::dump::run(&opts, &mut backend).unwrap_or_else(|e| panic!("dump {}: {e}", w.name));
     (dir, rep)
 }
 
 fn count(dir: &Path, prefix: &str) -> usize {
     std::fs::read_dir(dir)
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(prefix))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(prefix)
+        })
         .count()
 }
 
@@ -36,7 +45,10 @@ fn dump_python_threads() {
         60,
         move || kill_cgroup(&cg),
         move || {
-            let ready = PathBuf::from(format!("/tmp/stasis-dump-tests/python-{}.ready", std::process::id()));
+            let ready = PathBuf::from(format!(
+                "/tmp/stasis-dump-tests/python-{}.ready",
+                std::process::id()
+            ));
             std::fs::create_dir_all("/tmp/stasis-dump-tests").unwrap();
             let script = format!(
                 "import threading, time, os\n\
@@ -54,7 +66,11 @@ fn dump_python_threads() {
             std::fs::write(&spath, script).unwrap();
             let w = launch_cmd("python3", base, &format!("python3 {spath}"), &ready);
             let (dir, rep) = dump_workload(&w);
-            assert_eq!(count(dir.path(), "core-"), 9, "python main thread + 8 workers");
+            assert_eq!(
+                count(dir.path(), "core-"),
+                9,
+                "python main thread + 8 workers"
+            );
             assert!(rep.stats.pages.pages_written > 100);
             for e in std::fs::read_dir(dir.path()).unwrap() {
                 let p = e.unwrap().path();
@@ -77,10 +93,20 @@ fn dump_redis_with_data() {
         60,
         move || kill_cgroup(&cg),
         move || {
-            assert!(Path::new("/usr/bin/redis-server").exists(), "redis-server is not installed");
+            assert!(
+                Path::new("/usr/bin/redis-server").exists(),
+                "redis-server is not installed"
+            );
             // A free port from the kernel, released just before redis binds it.
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let ready = PathBuf::from(format!("/tmp/stasis-dump-tests/redis-{}.ready", std::process::id()));
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let ready = PathBuf::from(format!(
+                "/tmp/stasis-dump-tests/redis-{}.ready",
+                std::process::id()
+            ));
             std::fs::create_dir_all("/tmp/stasis-dump-tests").unwrap();
             let _ = std::fs::remove_file(&ready);
             let cmd = format!("redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --daemonize no");
@@ -94,7 +120,11 @@ fn dump_redis_with_data() {
                             let mut cmds = String::new();
                             for i in 0..1000 {
                                 let v = format!("value-{i}-{}", "x".repeat(100));
-                                cmds.push_str(&format!("*3\r\n$3\r\nSET\r\n${}\r\nkey:{i}\r\n${}\r\n{v}\r\n", format!("key:{i}").len(), v.len()));
+                                cmds.push_str(&format!(
+                                    "*3\r\n$3\r\nSET\r\n${}\r\nkey:{i}\r\n${}\r\n{v}\r\n",
+                                    format!("key:{i}").len(),
+                                    v.len()
+                                ));
                             }
                             c.write_all(cmds.as_bytes()).unwrap();
                             let mut got = Vec::new();
@@ -118,16 +148,25 @@ fn dump_redis_with_data() {
             assert!(rep.stats.pages.pages_written > 256, "redis data pages");
             let files = decode(&dir.path().join("files.img"));
             let entries = files["entries"].as_array().unwrap();
-            assert!(entries.iter().any(|e| e["type"] == "INETSK" && e["isk"]["state"] == "LISTEN"), "{files}");
+            assert!(
+                entries
+                    .iter()
+                    .any(|e| e["type"] == "INETSK" && e["isk"]["state"] == "LISTEN"),
+                "{files}"
+            );
             assert!(entries.iter().any(|e| e["type"] == "EVENTPOLL"));
             debian_crit_decodes_all(dir.path());
             assert!(all_running(&w));
             let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
             use std::io::{Read, Write};
-            c.write_all(b"*2\r\n$3\r\nGET\r\n$7\r\nkey:999\r\n").unwrap();
+            c.write_all(b"*2\r\n$3\r\nGET\r\n$7\r\nkey:999\r\n")
+                .unwrap();
             let mut b = [0u8; 256];
             let n = c.read(&mut b).unwrap();
-            assert!(String::from_utf8_lossy(&b[..n]).contains("value-999"), "redis still serves its data");
+            assert!(
+                String::from_utf8_lossy(&b[..n]).contains("value-999"),
+                "redis still serves its data"
+            );
         },
     )
 }

@@ -41,7 +41,9 @@ fn kernel_version() -> (u32, u32) {
     let rel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut it = rel.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
+    let mut it = rel
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
     let maj = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let min = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     (maj, min)
@@ -58,16 +60,26 @@ fn at_least(maj: u32, min: u32, why: &str) -> Outcome {
 
 fn seize() -> Outcome {
     match std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope") {
-        Ok(s) if s.trim() == "3" => Outcome::Missing("yama ptrace_scope is 3: ptrace is disabled, no task can be seized".into()),
-        _ => at_least(3, 4, "PTRACE_SEIZE/PTRACE_INTERRUPT are needed to stop tasks without signals they would see"),
+        Ok(s) if s.trim() == "3" => Outcome::Missing(
+            "yama ptrace_scope is 3: ptrace is disabled, no task can be seized".into(),
+        ),
+        _ => at_least(
+            3,
+            4,
+            "PTRACE_SEIZE/PTRACE_INTERRUPT are needed to stop tasks without signals they would see",
+        ),
     }
 }
 
 fn freezer_v1() -> Outcome {
-    if Path::new("/sys/fs/cgroup/freezer/freezer.state").exists() || Path::new("/sys/fs/cgroup/freezer").is_dir() {
+    if Path::new("/sys/fs/cgroup/freezer/freezer.state").exists()
+        || Path::new("/sys/fs/cgroup/freezer").is_dir()
+    {
         Outcome::Ok
     } else {
-        Outcome::Missing("no cgroup v1 freezer hierarchy: --freeze-cgroup works only with a v2 cgroup".into())
+        Outcome::Missing(
+            "no cgroup v1 freezer hierarchy: --freeze-cgroup works only with a v2 cgroup".into(),
+        )
     }
 }
 
@@ -84,7 +96,9 @@ fn freezer_v2() -> Outcome {
             }
         }
     }
-    Outcome::Missing("no cgroup v2 freezer: trees in v2 cgroups are stopped with ptrace only".into())
+    Outcome::Missing(
+        "no cgroup v2 freezer: trees in v2 cgroups are stopped with ptrace only".into(),
+    )
 }
 
 fn soft_dirty() -> Outcome {
@@ -106,37 +120,63 @@ fn soft_dirty() -> Outcome {
 }
 
 fn pagemap_scan() -> Outcome {
-    at_least(6, 7, "no PAGEMAP_SCAN ioctl: pages are found by reading /proc/PID/pagemap entry by entry")
+    at_least(
+        6,
+        7,
+        "no PAGEMAP_SCAN ioctl: pages are found by reading /proc/PID/pagemap entry by entry",
+    )
 }
 
 fn uffd_wp_async() -> Outcome {
-    if !Path::new("/dev/userfaultfd").exists() && !Path::new("/proc/sys/vm/unprivileged_userfaultfd").exists() {
-        return Outcome::Missing("no userfaultfd: no lazy restore and no write tracking for incremental dumps".into());
+    if !Path::new("/dev/userfaultfd").exists()
+        && !Path::new("/proc/sys/vm/unprivileged_userfaultfd").exists()
+    {
+        return Outcome::Missing(
+            "no userfaultfd: no lazy restore and no write tracking for incremental dumps".into(),
+        );
     }
-    at_least(6, 7, "no UFFD_FEATURE_WP_ASYNC: incremental dumps cannot track written pages without soft-dirty")
+    at_least(
+        6,
+        7,
+        "no UFFD_FEATURE_WP_ASYNC: incremental dumps cannot track written pages without soft-dirty",
+    )
 }
 
 fn clone3_set_tid() -> Outcome {
     if !Path::new("/proc/sys/kernel/ns_last_pid").exists() {
         return Outcome::Missing("no ns_last_pid: restored tasks cannot get their old pids".into());
     }
-    at_least(5, 5, "no clone3 set_tid: pids are restored through ns_last_pid, racy with other forks")
+    at_least(
+        5,
+        5,
+        "no clone3 set_tid: pids are restored through ns_last_pid, racy with other forks",
+    )
 }
 
 fn rseq() -> Outcome {
-    at_least(5, 13, "no PTRACE_GET_RSEQ_CONFIGURATION: threads registered with rseq cannot be dumped")
+    at_least(
+        5,
+        13,
+        "no PTRACE_GET_RSEQ_CONFIGURATION: threads registered with rseq cannot be dumped",
+    )
 }
 
 fn time_ns() -> Outcome {
     if Path::new("/proc/self/ns/time").exists() {
         Outcome::Ok
     } else {
-        Outcome::Missing("no time namespaces: monotonic clocks jump when restored on another boot".into())
+        Outcome::Missing(
+            "no time namespaces: monotonic clocks jump when restored on another boot".into(),
+        )
     }
 }
 
 fn memfd_seals() -> Outcome {
-    at_least(3, 17, "no memfd_create/F_GET_SEALS: memfds and shared anonymous memory cannot be dumped")
+    at_least(
+        3,
+        17,
+        "no memfd_create/F_GET_SEALS: memfds and shared anonymous memory cannot be dumped",
+    )
 }
 
 fn timer_restore_ids() -> Outcome {
@@ -144,33 +184,101 @@ fn timer_restore_ids() -> Outcome {
 }
 
 fn pidfd_getfd() -> Outcome {
-    at_least(5, 6, "no pidfd_getfd: fds are fetched through the parasite only")
+    at_least(
+        5,
+        6,
+        "no pidfd_getfd: fds are fetched through the parasite only",
+    )
 }
 
 fn kcmp() -> Outcome {
-    at_least(3, 5, "no kcmp: files, mm and fs shared between tasks cannot be recognised")
+    at_least(
+        3,
+        5,
+        "no kcmp: files, mm and fs shared between tasks cannot be recognised",
+    )
 }
 
 fn get_robust_list() -> Outcome {
-    at_least(2, 6, "no get_robust_list: robust futexes are lost on restore")
+    at_least(
+        2,
+        6,
+        "no get_robust_list: robust futexes are lost on restore",
+    )
 }
 
 /// Every feature, mandatory ones first.
 pub const FEATURES: &[Feature] = &[
-    Feature { name: "seize", required: true, probe: seize },
-    Feature { name: "kcmp", required: true, probe: kcmp },
-    Feature { name: "memfd", required: true, probe: memfd_seals },
-    Feature { name: "rseq", required: true, probe: rseq },
-    Feature { name: "clone3_set_tid", required: true, probe: clone3_set_tid },
-    Feature { name: "robust_list", required: true, probe: get_robust_list },
-    Feature { name: "freezer_v1", required: false, probe: freezer_v1 },
-    Feature { name: "freezer_v2", required: false, probe: freezer_v2 },
-    Feature { name: "pagemap_scan", required: false, probe: pagemap_scan },
-    Feature { name: "uffd_wp_async", required: false, probe: uffd_wp_async },
-    Feature { name: "soft_dirty", required: false, probe: soft_dirty },
-    Feature { name: "time_ns", required: false, probe: time_ns },
-    Feature { name: "timer_restore_ids", required: false, probe: timer_restore_ids },
-    Feature { name: "pidfd_getfd", required: false, probe: pidfd_getfd },
+    Feature {
+        name: "seize",
+        required: true,
+        probe: seize,
+    },
+    Feature {
+        name: "kcmp",
+        required: true,
+        probe: kcmp,
+    },
+    Feature {
+        name: "memfd",
+        required: true,
+        probe: memfd_seals,
+    },
+    Feature {
+        name: "rseq",
+        required: true,
+        probe: rseq,
+    },
+    Feature {
+        name: "clone3_set_tid",
+        required: true,
+        probe: clone3_set_tid,
+    },
+    Feature {
+        name: "robust_list",
+        required: true,
+        probe: get_robust_list,
+    },
+    Feature {
+        name: "freezer_v1",
+        required: false,
+        probe: freezer_v1,
+    },
+    Feature {
+        name: "freezer_v2",
+        required: false,
+        probe: freezer_v2,
+    },
+    Feature {
+        name: "pagemap_scan",
+        required: false,
+        probe: pagemap_scan,
+    },
+    Feature {
+        name: "uffd_wp_async",
+        required: false,
+        probe: uffd_wp_async,
+    },
+    Feature {
+        name: "soft_dirty",
+        required: false,
+        probe: soft_dirty,
+    },
+    Feature {
+        name: "time_ns",
+        required: false,
+        probe: time_ns,
+    },
+    Feature {
+        name: "timer_restore_ids",
+        required: false,
+        probe: timer_restore_ids,
+    },
+    Feature {
+        name: "pidfd_getfd",
+        required: false,
+        probe: pidfd_getfd,
+    },
 ];
 
 /// `stasis check ...`: `args[1]` is "check"; returns the exit status.
@@ -223,7 +331,14 @@ pub fn run(args: Vec<OsString>) -> i32 {
         println!("Looks bad.");
         1
     } else {
-        println!("{}", if warned { "Looks good but some kernel features are missing\nwhich, depending on your process tree, may cause\ndump or restore failure." } else { "Looks good." });
+        println!(
+            "{}",
+            if warned {
+                "Looks good but some kernel features are missing\nwhich, depending on your process tree, may cause\ndump or restore failure."
+            } else {
+                "Looks good."
+            }
+        );
         0
     }
 }
@@ -240,7 +355,23 @@ mod tests {
         assert_eq!((pagemap_scan)(), Outcome::Ok);
         assert!(matches!((soft_dirty)(), Outcome::Missing(_)));
         assert_eq!(run(vec!["stasis".into(), "check".into()]), 0);
-        assert_eq!(run(vec!["stasis".into(), "check".into(), "--feature".into(), "bogus".into()]), 1);
-        assert_eq!(run(vec!["stasis".into(), "check".into(), "--feature".into(), "soft_dirty".into()]), 1);
+        assert_eq!(
+            run(vec![
+                "stasis".into(),
+                "check".into(),
+                "--feature".into(),
+                "bogus".into()
+            ]),
+            1
+        );
+        assert_eq!(
+            run(vec![
+                "stasis".into(),
+                "check".into(),
+                "--feature".into(),
+                "soft_dirty".into()
+            ]),
+            1
+        );
     }
 }

@@ -47,7 +47,10 @@ pub const UNSUPPORTED: &[&str] = &[
 
 /// `stasis dump` arguments.
 #[derive(Debug, Parser)]
-#[command(name = "dump", about = "checkpoint a process tree into an image directory")]
+#[command(
+    name = "dump",
+    about = "checkpoint a process tree into an image directory"
+)]
 pub struct DumpArgs {
     /// Options shared by every verb (`-D`, `-o`, `-v`, `--timeout`, ...).
     #[command(flatten)]
@@ -133,7 +136,11 @@ pub fn run(args: Vec<OsString>) -> i32 {
         return 1;
     }
     let opts = a.options();
-    tracing::info!("dumping tree {} into {}", opts.pid, opts.images_dir.display());
+    tracing::info!(
+        "dumping tree {} into {}",
+        opts.pid,
+        opts.images_dir.display()
+    );
     let mut backend = dump::freeze::ProcBackend;
     match dump::run(&opts, &mut backend) {
         Ok(rep) => {
@@ -179,17 +186,33 @@ mod tests {
 
     #[test]
     fn criu_spellings() {
-        let a = parse(&["-t", "42", "-D", "/tmp", "-o", "d.log", "-v4", "-R", "-j", "--stats"]).unwrap();
+        let a = parse(&[
+            "-t", "42", "-D", "/tmp", "-o", "d.log", "-v4", "-R", "-j", "--stats",
+        ])
+        .unwrap();
         assert_eq!(a.tree, 42);
         assert!(a.leave_running && a.shell_job && a.stats);
         assert_eq!(a.common.verbosity, Some(4));
-        let b = parse(&["--tree", "1", "--images-dir", "/x", "--leave-running", "--shell-job", "--timeout", "3"]).unwrap();
+        let b = parse(&[
+            "--tree",
+            "1",
+            "--images-dir",
+            "/x",
+            "--leave-running",
+            "--shell-job",
+            "--timeout",
+            "3",
+        ])
+        .unwrap();
         assert_eq!(b.options().timeout, Some(Duration::from_secs(3)));
     }
 
     #[test]
     fn unknown_and_unsupported_refused() {
-        assert!(parse(&["-t", "1", "-D", "/x", "--bogus"]).unwrap_err().to_string().contains("--bogus"));
+        assert!(parse(&["-t", "1", "-D", "/x", "--bogus"])
+            .unwrap_err()
+            .to_string()
+            .contains("--bogus"));
         let e = refuse_unsupported(&["--page-server".into()]).unwrap_err();
         assert!(e.contains("--page-server"), "{e}");
         assert!(parse(&["-D", "/x"]).is_err());

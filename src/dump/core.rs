@@ -194,7 +194,12 @@ pub fn task_core(f: &ProcessFacts, p: &ProcessProbe) -> Value {
             .posix_timers
             .iter()
             .map(|t| {
-                let v = p.posix_timers.iter().find(|x| x.id == t.id).copied().unwrap_or_default();
+                let v = p
+                    .posix_timers
+                    .iter()
+                    .find(|x| x.id == t.id)
+                    .copied()
+                    .unwrap_or_default();
                 let mut e = json!({
                     "it_id": t.id, "clock_id": t.clock_id, "si_signo": t.signo,
                     "it_sigev_notify": t.notify, "sival_ptr": t.sival, "overrun": v.overrun,
@@ -232,7 +237,11 @@ pub fn task_core(f: &ProcessFacts, p: &ProcessProbe) -> Value {
 }
 
 /// The core of a live thread; `process` is `Some` for the thread group leader.
-pub fn core_entry(t: &ThreadFacts, tp: &ThreadProbe, process: Option<(&ProcessFacts, &ProcessProbe)>) -> Value {
+pub fn core_entry(
+    t: &ThreadFacts,
+    tp: &ThreadProbe,
+    process: Option<(&ProcessFacts, &ProcessProbe)>,
+) -> Value {
     let mut v = json!({ "mtype": MARCH_X86_64, "thread_info": thread_info(tp) });
     let leader = process.is_some();
     if let Some((pf, pp)) = process {

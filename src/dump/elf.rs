@@ -58,7 +58,11 @@ pub fn build_id(f: &File) -> Option<Vec<u32>> {
             let next = desc.checked_add(descsz)?.checked_add(3)? & !3;
             if ty == 3 && notes.get(o + 12..name_end) == Some(b"GNU\0") {
                 let d = notes.get(desc..desc + descsz)?;
-                return Some(d.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+                return Some(
+                    d.chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                );
             }
             o = next;
         }

@@ -84,7 +84,11 @@ fn collect_process(
     let status = proc::status::read(pid).map_err(pe)?;
     let pprobe = frozen.process(pid)?;
     let pf = ProcessFacts {
-        state: if p.stat.state == 'T' { core::TASK_STOPPED } else { core::TASK_ALIVE },
+        state: if p.stat.state == 'T' {
+            core::TASK_STOPPED
+        } else {
+            core::TASK_ALIVE
+        },
         exit_code: 0,
         personality: proc::misc::read_personality(pid).map_err(pe)?,
         flags: p.stat.flags,
@@ -112,7 +116,11 @@ fn collect_process(
         };
         fault::check("core", tid)?;
         let tprobe = frozen.thread(pid, tid)?;
-        let proc_part = if tid == pid { Some((&pf, &pprobe)) } else { None };
+        let proc_part = if tid == pid {
+            Some((&pf, &pprobe))
+        } else {
+            None
+        };
         cores.push((tid, core::core_entry(&facts, &tprobe, proc_part)));
         prof.record(&format!("thread {tid}"), "thread", tid, t1);
     }
@@ -125,10 +133,18 @@ fn collect_process(
     let vmas = mm::vmas(pid, &maps, files)?;
     let mm_fields = MmFields {
         stat: p.stat.clone(),
-        brk: if pprobe.brk != 0 { pprobe.brk } else { mm::brk_from_maps(&maps, p.stat.start_brk) },
+        brk: if pprobe.brk != 0 {
+            pprobe.brk
+        } else {
+            mm::brk_from_maps(&maps, p.stat.start_brk)
+        },
         auxv: proc::misc::read_auxv(pid).map_err(|x| DumpError::proc("mm", pid, x))?,
         exe_file_id,
-        dumpable: if pprobe.dumpable != 0 { pprobe.dumpable } else { 1 },
+        dumpable: if pprobe.dumpable != 0 {
+            pprobe.dumpable
+        } else {
+            1
+        },
         thp_disabled: pprobe.thp_disabled,
     };
     let mm_entry = mm::mm_entry(&mm_fields, &vmas);
@@ -185,8 +201,12 @@ fn write_images(
     let root = opts.pid;
     fault::check("images", root)?;
     let img = |pid: i32| move |e| DumpError::image("images", pid, e);
-    dir.write_all("pstree.img", out::PSTREE, &tree.iter().map(tree::pstree_entry).collect::<Vec<_>>())
-        .map_err(img(root))?;
+    dir.write_all(
+        "pstree.img",
+        out::PSTREE,
+        &tree.iter().map(tree::pstree_entry).collect::<Vec<_>>(),
+    )
+    .map_err(img(root))?;
     let mut pages_id = 0u32;
     let t_mem = prof.now_us();
     for shm in &files.shmem {
@@ -194,48 +214,88 @@ fn write_images(
         pages::write_shmem(dir, root, shm, pages_id, &mut stats.pages)?;
     }
     for p in tree.iter().filter(|p| p.zombie) {
-        dir.write_all(&format!("core-{}.img", p.pid), out::CORE, &[core::zombie_core(&p.stat.comm, p.exit_code)])
-            .map_err(img(p.pid))?;
+        dir.write_all(
+            &format!("core-{}.img", p.pid),
+            out::CORE,
+            &[core::zombie_core(&p.stat.comm, p.exit_code)],
+        )
+        .map_err(img(p.pid))?;
     }
     for c in collected {
         let pid = c.pid;
         for (tid, core) in &c.cores {
-            dir.write_all(&format!("core-{tid}.img"), out::CORE, std::slice::from_ref(core))
-                .map_err(img(*tid))?;
+            dir.write_all(
+                &format!("core-{tid}.img"),
+                out::CORE,
+                std::slice::from_ref(core),
+            )
+            .map_err(img(*tid))?;
         }
-        dir.write_all(&format!("mm-{pid}.img"), out::MM, std::slice::from_ref(&c.mm)).map_err(img(pid))?;
+        dir.write_all(
+            &format!("mm-{pid}.img"),
+            out::MM,
+            std::slice::from_ref(&c.mm),
+        )
+        .map_err(img(pid))?;
         pages_id += 1;
         let t = prof.now_us();
         pages::write_private(dir, frozen, pid, pages_id, &c.runs, &mut stats.pages)?;
         prof.record(&format!("pages {pid}"), "pages", pid, t);
-        dir.write_all(&format!("fdinfo-{}.img", c.obj_id), out::FDINFO, &c.fdinfo).map_err(img(pid))?;
-        dir.write_all(&format!("fs-{pid}.img"), out::FS, std::slice::from_ref(&c.fs)).map_err(img(pid))?;
-        dir.write_all(&format!("ids-{pid}.img"), out::IDS, std::slice::from_ref(&c.ids)).map_err(img(pid))?;
+        dir.write_all(&format!("fdinfo-{}.img", c.obj_id), out::FDINFO, &c.fdinfo)
+            .map_err(img(pid))?;
+        dir.write_all(
+            &format!("fs-{pid}.img"),
+            out::FS,
+            std::slice::from_ref(&c.fs),
+        )
+        .map_err(img(pid))?;
+        dir.write_all(
+            &format!("ids-{pid}.img"),
+            out::IDS,
+            std::slice::from_ref(&c.ids),
+        )
+        .map_err(img(pid))?;
     }
     stats.memwrite_time = prof.now_us() - t_mem;
     stats.page_pipes = pages_id as u64;
-    dir.write_all("files.img", out::FILES, &files.entries).map_err(img(root))?;
+    dir.write_all("files.img", out::FILES, &files.entries)
+        .map_err(img(root))?;
     if !files.memfd_inodes.is_empty() {
-        dir.write_all("memfd.img", out::MEMFD_INODE, &files.memfd_inodes).map_err(img(root))?;
+        dir.write_all("memfd.img", out::MEMFD_INODE, &files.memfd_inodes)
+            .map_err(img(root))?;
     }
     if !files.remaps.is_empty() {
-        dir.write_all("remap-fpath.img", out::REMAP_FPATH, &files.remaps).map_err(img(root))?;
+        dir.write_all("remap-fpath.img", out::REMAP_FPATH, &files.remaps)
+            .map_err(img(root))?;
     }
     for g in &files.ghosts {
-        let mut f = dir.create(&format!("ghost-file-{}.img", g.id), out::GHOST_FILE).map_err(img(root))?;
+        let mut f = dir
+            .create(&format!("ghost-file-{}.img", g.id), out::GHOST_FILE)
+            .map_err(img(root))?;
         f.entry(&g.header).map_err(img(root))?;
-        let chunks = files::data_chunks(&g.path, g.size)
-            .map_err(|e| DumpError::io("images", root, &format!("read ghost {}", g.path.display()), e))?;
+        let chunks = files::data_chunks(&g.path, g.size).map_err(|e| {
+            DumpError::io(
+                "images",
+                root,
+                &format!("read ghost {}", g.path.display()),
+                e,
+            )
+        })?;
         for (off, data) in chunks {
-            f.entry_as("ghost_chunk_entry", &serde_json::json!({"len": data.len(), "off": off}))
-                .map_err(img(root))?;
+            f.entry_as(
+                "ghost_chunk_entry",
+                &serde_json::json!({"len": data.len(), "off": off}),
+            )
+            .map_err(img(root))?;
             f.payload(&data).map_err(img(root))?;
         }
         let n = f.finish().map_err(img(root))?;
         dir.add_bytes(n);
     }
     if !files.pipes_data.is_empty() {
-        let mut f = dir.create("pipes-data.img", out::PIPES_DATA).map_err(img(root))?;
+        let mut f = dir
+            .create("pipes-data.img", out::PIPES_DATA)
+            .map_err(img(root))?;
         for (e, data) in &files.pipes_data {
             f.entry(e).map_err(img(root))?;
             f.payload(data).map_err(img(root))?;
@@ -243,9 +303,16 @@ fn write_images(
         let n = f.finish().map_err(img(root))?;
         dir.add_bytes(n);
     }
-    dir.write_all("seccomp.img", out::SECCOMP, &[serde_json::json!({})]).map_err(img(root))?;
-    dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()]).map_err(img(root))?;
-    dir.write_all("inventory.img", out::INVENTORY, &[misc_images::inventory(root_ids)]).map_err(img(root))?;
+    dir.write_all("seccomp.img", out::SECCOMP, &[serde_json::json!({})])
+        .map_err(img(root))?;
+    dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
+        .map_err(img(root))?;
+    dir.write_all(
+        "inventory.img",
+        out::INVENTORY,
+        &[misc_images::inventory(root_ids)],
+    )
+    .map_err(img(root))?;
     Ok(())
 }
 
@@ -257,7 +324,10 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
             "images",
             opts.pid,
             Some(libc::ENOENT),
-            format!("images directory {} does not exist", opts.images_dir.display()),
+            format!(
+                "images directory {} does not exist",
+                opts.images_dir.display()
+            ),
         ));
     }
     let _session = fault::Session::begin(opts.fault.clone());
@@ -287,7 +357,8 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
             let mut st = ImageDir::new(&opts.images_dir);
             st.write_all("stats-dump", out::STATS, &[misc_images::stats(&stats)])
                 .map_err(|e| DumpError::image("fsync", opts.pid, e))?;
-            st.finish().map_err(|e| DumpError::image("fsync", opts.pid, e))?;
+            st.finish()
+                .map_err(|e| DumpError::image("fsync", opts.pid, e))?;
             dir.add_bytes(st.bytes());
             let mut images = dir.files().to_vec();
             images.extend(st.files().iter().cloned());
@@ -326,7 +397,14 @@ fn dump_frozen(
     let t = prof.now_us();
     let mut collected = Vec::new();
     for p in tree.iter().filter(|p| !p.zombie) {
-        collected.push(collect_process(p, frozen, &mut files, &mut ids, &mut stats.pages, prof)?);
+        collected.push(collect_process(
+            p,
+            frozen,
+            &mut files,
+            &mut ids,
+            &mut stats.pages,
+            prof,
+        )?);
     }
     stats.memdump_time = prof.now_us() - t;
     prof.record("collect", "phase", 0, t);
@@ -341,6 +419,7 @@ fn dump_frozen(
     write_images(&mut dir, opts, &c, frozen, stats, prof)?;
     prof.record("write", "phase", 0, t);
     fault::check("fsync", opts.pid)?;
-    dir.finish().map_err(|e| DumpError::image("fsync", opts.pid, e))?;
+    dir.finish()
+        .map_err(|e| DumpError::image("fsync", opts.pid, e))?;
     Ok((dir, c.tree.iter().map(|p| p.pid).collect()))
 }

@@ -33,7 +33,12 @@ impl fmt::Display for DumpError {
 }
 
 impl DumpError {
-    pub fn new(step: &'static str, pid: i32, errno: Option<i32>, detail: impl Into<String>) -> Self {
+    pub fn new(
+        step: &'static str,
+        pid: i32,
+        errno: Option<i32>,
+        detail: impl Into<String>,
+    ) -> Self {
         DumpError {
             step,
             pid,

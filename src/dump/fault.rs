@@ -34,6 +34,7 @@ pub const STEPS: &[&str] = &[
     "kill",
 ];
 
+<<<<<<< HEAD
 struct State {
     fault: Option<String>,
     sigfd: Option<SignalFd>,
@@ -135,5 +136,17 @@ mod tests {
         let _s = Session::begin(Some("signal:files".into()));
         let e = check("files", 3).unwrap_err();
         assert!(e.to_string().contains("interrupted by signal 15"), "{e}");
+=======
+/// Fails with an injected EIO when `STASIS_FAULT` names `step`.
+pub fn check(step: &'static str, pid: i32) -> Result<()> {
+    match std::env::var("STASIS_FAULT") {
+        Ok(s) if s == step => Err(DumpError::new(
+            step,
+            pid,
+            Some(libc::EIO),
+            "injected fault (STASIS_FAULT)",
+        )),
+        _ => Ok(()),
+>>>>>>> main
     }
 }

@@ -40,10 +40,16 @@ fn hex(kind: &'static str, field: &'static str, s: &str) -> Result<u64, KindErro
 }
 
 fn dec(kind: &'static str, field: &'static str, s: &str) -> Result<u64, KindError> {
-    s.trim().parse::<u64>().map_err(|e| err(kind, field, format!("{s:?}: {e}")))
+    s.trim()
+        .parse::<u64>()
+        .map_err(|e| err(kind, field, format!("{s:?}: {e}")))
 }
 
-fn extra<'a>(info: &'a FdInfo, kind: &'static str, key: &'static str) -> Result<&'a str, KindError> {
+fn extra<'a>(
+    info: &'a FdInfo,
+    kind: &'static str,
+    key: &'static str,
+) -> Result<&'a str, KindError> {
     info.extra(key).ok_or_else(|| err(kind, key, "missing"))
 }
 
@@ -60,7 +66,10 @@ fn pairs(line: &str) -> Vec<(String, String)> {
         let t = toks[i];
         if let Some((k, v)) = t.split_once(':') {
             if v.is_empty() {
-                out.push((k.to_string(), toks.get(i + 1).copied().unwrap_or("").to_string()));
+                out.push((
+                    k.to_string(),
+                    toks.get(i + 1).copied().unwrap_or("").to_string(),
+                ));
                 i += 2;
                 continue;
             }
@@ -71,7 +80,11 @@ fn pairs(line: &str) -> Vec<(String, String)> {
     out
 }
 
-fn get<'a>(p: &'a [(String, String)], kind: &'static str, key: &'static str) -> Result<&'a str, KindError> {
+fn get<'a>(
+    p: &'a [(String, String)],
+    kind: &'static str,
+    key: &'static str,
+) -> Result<&'a str, KindError> {
     p.iter()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.as_str())
@@ -80,7 +93,11 @@ fn get<'a>(p: &'a [(String, String)], kind: &'static str, key: &'static str) -> 
 
 /// The `efd` entry.
 pub fn eventfd(id: u32, flags: u32, info: &FdInfo) -> Result<Value, KindError> {
-    let counter = hex("eventfd", "eventfd-count", extra(info, "eventfd", "eventfd-count")?)?;
+    let counter = hex(
+        "eventfd",
+        "eventfd-count",
+        extra(info, "eventfd", "eventfd-count")?,
+    )?;
     Ok(json!({"id": id, "flags": flags, "fown": fown(), "counter": counter}))
 }
 
@@ -115,7 +132,9 @@ fn timespec(kind: &'static str, field: &'static str, s: &str) -> Result<(u64, u6
         .strip_prefix('(')
         .and_then(|x| x.strip_suffix(')'))
         .ok_or_else(|| err(kind, field, format!("{s:?}")))?;
-    let (a, b) = inner.split_once(',').ok_or_else(|| err(kind, field, format!("{s:?}")))?;
+    let (a, b) = inner
+        .split_once(',')
+        .ok_or_else(|| err(kind, field, format!("{s:?}")))?;
     Ok((dec(kind, field, a)?, dec(kind, field, b)?))
 }
 
@@ -148,7 +167,11 @@ pub fn inotify(id: u32, flags: u32, info: &FdInfo) -> Result<Value, KindError> {
         if key != "inotify wd" && key != "inotify" {
             continue;
         }
-        let line = if key == "inotify wd" { format!("wd:{v}") } else { v.clone() };
+        let line = if key == "inotify wd" {
+            format!("wd:{v}")
+        } else {
+            v.clone()
+        };
         let p = pairs(&line);
         let hbytes = hex(k, "fhandle-bytes", get(&p, k, "fhandle-bytes")?)? as usize;
         let raw = get(&p, k, "f_handle")?;
@@ -218,7 +241,15 @@ mod tests {
     fn timerfd_values() {
         let i = info("flags:\t04002\nclockid: 1\nticks: 0\nsettime flags: 01\nit_value: (99, 999432564)\nit_interval: (1, 500)\n");
         let v = timerfd(4, 0o4002, &i).unwrap();
-        assert_eq!((v["vsec"].as_u64(), v["vnsec"].as_u64(), v["isec"].as_u64(), v["insec"].as_u64()), (Some(99), Some(999432564), Some(1), Some(500)));
+        assert_eq!(
+            (
+                v["vsec"].as_u64(),
+                v["vnsec"].as_u64(),
+                v["isec"].as_u64(),
+                v["insec"].as_u64()
+            ),
+            (Some(99), Some(999432564), Some(1), Some(500))
+        );
         assert_eq!(v["settime_flags"], 1);
         assert!(timerfd(4, 0, &info("flags:\t0\nclockid: 1\nticks: 0\nsettime flags: 0\nit_value: 5\nit_interval: (1, 0)\n")).is_err());
     }

@@ -111,19 +111,29 @@ impl Files {
     }
 
     /// A `reg` entry for a file opened at `link` (a /proc path reopening it).
-    fn reg_entry(&mut self, pid: i32, link: &PathBuf, name: &str, flags: u32, pos: u64) -> Result<(u32, File)> {
+    fn reg_entry(
+        &mut self,
+        pid: i32,
+        link: &PathBuf,
+        name: &str,
+        flags: u32,
+        pos: u64,
+    ) -> Result<(u32, File)> {
         let f = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH)
             .open(link)
             .map_err(step_io(pid, format!("open {}", link.display())))?;
-        let md = f.metadata().map_err(step_io(pid, format!("stat {}", link.display())))?;
+        let md = f
+            .metadata()
+            .map_err(step_io(pid, format!("stat {}", link.display())))?;
         let id = self.new_id();
         let mut reg = json!({
             "id": id, "flags": flags, "pos": pos, "fown": fown(), "name": name,
         });
         let is_reg = md.file_type().is_file();
-        let wronly_append = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32 && flags & libc::O_APPEND as u32 != 0;
+        let wronly_append = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32
+            && flags & libc::O_APPEND as u32 != 0;
         if is_reg && !wronly_append {
             reg["size"] = json!(md.size());
         }
@@ -136,14 +146,16 @@ impl Files {
                 }
             }
         }
-        self.entries.push(json!({"type": "REG", "id": id, "reg": reg}));
+        self.entries
+            .push(json!({"type": "REG", "id": id, "reg": reg}));
         Ok((id, f))
     }
 
     /// The file of a file-backed VMA (deduplicated by device and inode).
     pub fn vma_file(&mut self, pid: i32, vma: &proc::maps::Vma) -> Result<u32> {
         let link = proc::path(pid, &format!("map_files/{:x}-{:x}", vma.start, vma.end));
-        let md = std::fs::metadata(&link).map_err(step_io(pid, format!("stat {}", link.display())))?;
+        let md =
+            std::fs::metadata(&link).map_err(step_io(pid, format!("stat {}", link.display())))?;
         if let Some(&id) = self.by_inode.get(&(md.dev(), md.ino())) {
             return Ok(id);
         }
@@ -162,7 +174,10 @@ impl Files {
             return Ok(id);
         }
         let target = proc::read_link(pid, &link).map_err(|e| DumpError::proc("files", pid, e))?;
-        let name = target.to_string_lossy().trim_end_matches(" (deleted)").to_string();
+        let name = target
+            .to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_string();
         let (id, _) = self.reg_entry(pid, &link, &name, 0, 0)?;
         self.by_inode.insert((md.dev(), md.ino()), id);
         Ok(id)
@@ -178,14 +193,17 @@ impl Files {
 
     fn memfd_inode(&mut self, pid: i32, link: &PathBuf, name: &str) -> Result<u32> {
         let f = File::open(link).map_err(step_io(pid, format!("open {}", link.display())))?;
-        let md = f.metadata().map_err(step_io(pid, format!("stat {}", link.display())))?;
+        let md = f
+            .metadata()
+            .map_err(step_io(pid, format!("stat {}", link.display())))?;
         if let Some(&i) = self.memfd_inode_ids.get(&md.ino()) {
             return Ok(i);
         }
         let inode_id = self.memfd_inode_ids.len() as u32 + 1;
         self.memfd_inode_ids.insert(md.ino(), inode_id);
         // Shared anonymous memory has no seals of its own: it is sealed against everything.
-        let seals = nix::fcntl::fcntl(f.as_fd(), nix::fcntl::FcntlArg::F_GET_SEALS).unwrap_or(libc::F_SEAL_SEAL);
+        let seals = nix::fcntl::fcntl(f.as_fd(), nix::fcntl::FcntlArg::F_GET_SEALS)
+            .unwrap_or(libc::F_SEAL_SEAL);
         self.memfd_inodes.push(json!({
             "name": name, "uid": md.uid(), "gid": md.gid(), "size": md.size(),
             "shmid": md.ino(), "seals": seals, "inode_id": inode_id, "mode": md.mode(),
@@ -198,12 +216,20 @@ impl Files {
         Ok(inode_id)
     }
 
-    fn memfd_entry(&mut self, pid: i32, link: &PathBuf, name: &str, flags: u32, pos: u64) -> Result<u32> {
+    fn memfd_entry(
+        &mut self,
+        pid: i32,
+        link: &PathBuf,
+        name: &str,
+        flags: u32,
+        pos: u64,
+    ) -> Result<u32> {
         let inode_id = self.memfd_inode(pid, link, name)?;
         let id = self.new_id();
-        self.entries.push(json!({"type": "MEMFD", "id": id, "memfd": {
-            "id": id, "flags": flags, "pos": pos, "fown": fown(), "inode_id": inode_id,
-        }}));
+        self.entries
+            .push(json!({"type": "MEMFD", "id": id, "memfd": {
+                "id": id, "flags": flags, "pos": pos, "fown": fown(), "inode_id": inode_id,
+            }}));
         Ok(id)
     }
 
@@ -212,7 +238,8 @@ impl Files {
         let link = proc::path(pid, &format!("map_files/{:x}-{:x}", vma.start, vma.end));
         let (p, _) = vma.path_deleted();
         let name = p.strip_prefix("/memfd:").unwrap_or(p).to_string();
-        let md = std::fs::metadata(&link).map_err(step_io(pid, format!("stat {}", link.display())))?;
+        let md =
+            std::fs::metadata(&link).map_err(step_io(pid, format!("stat {}", link.display())))?;
         if let Some(&id) = self.by_inode.get(&(md.dev(), md.ino())) {
             return Ok(id);
         }
@@ -223,13 +250,19 @@ impl Files {
 
     fn ghost(&mut self, pid: i32, orig_id: u32, link: &PathBuf) -> Result<()> {
         let f = File::open(link).map_err(step_io(pid, format!("open {}", link.display())))?;
-        let md = f.metadata().map_err(step_io(pid, format!("stat {}", link.display())))?;
+        let md = f
+            .metadata()
+            .map_err(step_io(pid, format!("stat {}", link.display())))?;
         if md.size() > GHOST_LIMIT {
             return Err(DumpError::new(
                 "files",
                 pid,
                 Some(libc::EFBIG),
-                format!("unlinked file {} is {} bytes, over the ghost limit {GHOST_LIMIT}", link.display(), md.size()),
+                format!(
+                    "unlinked file {} is {} bytes, over the ghost limit {GHOST_LIMIT}",
+                    link.display(),
+                    md.size()
+                ),
             ));
         }
         let id = self.ghosts.len() as u32 + 1;
@@ -239,7 +272,8 @@ impl Files {
             "mtim": {"tv_sec": md.mtime(), "tv_usec": md.mtime_nsec() / 1000},
             "chunks": true, "size": md.size(),
         });
-        self.remaps.push(json!({"orig_id": orig_id, "remap_id": id, "remap_type": "GHOST"}));
+        self.remaps
+            .push(json!({"orig_id": orig_id, "remap_id": id, "remap_type": "GHOST"}));
         self.ghosts.push(Ghost {
             id,
             header,
@@ -256,28 +290,46 @@ impl Files {
         }}));
         if self.pipes_seen.insert(ino) {
             let link = proc::path(pid, &format!("fd/{fd}"));
-            let (size, data) = peek_pipe(&link).map_err(step_io(pid, format!("peek pipe {}", link.display())))?;
+            let (size, data) =
+                peek_pipe(&link).map_err(step_io(pid, format!("peek pipe {}", link.display())))?;
             if !data.is_empty() {
-                self.pipes_data
-                    .push((json!({"pipe_id": ino, "bytes": data.len(), "size": size}), data));
+                self.pipes_data.push((
+                    json!({"pipe_id": ino, "bytes": data.len(), "size": size}),
+                    data,
+                ));
             }
         }
         Ok(id)
     }
 
     fn socket(&mut self, pid: i32, fd: i32, ino: u64, flags: u32) -> Result<u32> {
-        let unsupported = |what: String| DumpError::new("files", pid, Some(libc::ENOTSUP), format!("fd {fd}: {what}"));
-        let mine = proc::ns::read_one(std::process::id() as i32, "net").map_err(|e| DumpError::proc("files", pid, e))?;
-        let theirs = proc::ns::read_one(pid, "net").map_err(|e| DumpError::proc("files", pid, e))?;
+        let unsupported = |what: String| {
+            DumpError::new(
+                "files",
+                pid,
+                Some(libc::ENOTSUP),
+                format!("fd {fd}: {what}"),
+            )
+        };
+        let mine = proc::ns::read_one(std::process::id() as i32, "net")
+            .map_err(|e| DumpError::proc("files", pid, e))?;
+        let theirs =
+            proc::ns::read_one(pid, "net").map_err(|e| DumpError::proc("files", pid, e))?;
         if mine != theirs {
             return Err(unsupported("socket in another network namespace".into()));
         }
         if self.inet.is_none() {
-            let all = super::sockets::all_inet()
-                .map_err(|e| DumpError::new("files", pid, e.raw_os_error(), format!("sock_diag: {e}")))?;
+            let all = super::sockets::all_inet().map_err(|e| {
+                DumpError::new("files", pid, e.raw_os_error(), format!("sock_diag: {e}"))
+            })?;
             self.inet = Some(all);
         }
-        let Some(sk) = self.inet.as_ref().and_then(|m| m.get(&(ino as u32))).cloned() else {
+        let Some(sk) = self
+            .inet
+            .as_ref()
+            .and_then(|m| m.get(&(ino as u32)))
+            .cloned()
+        else {
             return Err(unsupported(format!("socket:[{ino}] is not a TCP or UDP socket (unix, netlink and packet sockets are not supported yet)")));
         };
         let tcp = sk.proto == libc::IPPROTO_TCP as u32;
@@ -302,19 +354,29 @@ impl Files {
         if let Some(v6) = sk.v6only {
             isk["v6only"] = json!(v6);
         }
-        self.entries.push(json!({"type": "INETSK", "id": id, "isk": isk}));
+        self.entries
+            .push(json!({"type": "INETSK", "id": id, "isk": isk}));
         Ok(id)
     }
 
     /// Records fd `fd` of `pid`; returns its fdinfo entry.
     pub fn fd(&mut self, pid: i32, fd: i32) -> Result<FdEntry> {
-        let target = proc::fd::read_target(pid, fd).map_err(|e| DumpError::proc("files", pid, e))?;
+        let target =
+            proc::fd::read_target(pid, fd).map_err(|e| DumpError::proc("files", pid, e))?;
         let info = proc::fd::read_fdinfo(pid, fd).map_err(|e| DumpError::proc("files", pid, e))?;
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
-        let key = format!("{target:?}|{}|{}|{}|{}", info.mnt_id, info.ino, flags, info.pos);
+        let key = format!(
+            "{target:?}|{}|{}|{}|{}",
+            info.mnt_id, info.ino, flags, info.pos
+        );
         if let Some(&(id, kind)) = self.by_open.get(&key) {
-            return Ok(FdEntry { fd, id, kind, cloexec });
+            return Ok(FdEntry {
+                fd,
+                id,
+                kind,
+                cloexec,
+            });
         }
         let link = proc::path(pid, &format!("fd/{fd}"));
         let (id, kind) = match &target {
@@ -372,7 +434,12 @@ impl Files {
             }
         };
         self.by_open.insert(key, (id, kind));
-        Ok(FdEntry { fd, id, kind, cloexec })
+        Ok(FdEntry {
+            fd,
+            id,
+            kind,
+            cloexec,
+        })
     }
 }
 
@@ -385,9 +452,15 @@ fn peek_pipe(link: &PathBuf) -> std::io::Result<(u64, Vec<u8>)> {
         .custom_flags(libc::O_NONBLOCK)
         .open(link)?;
     let size = fcntl(src.as_fd(), FcntlArg::F_GETPIPE_SZ).map_err(std::io::Error::from)? as usize;
-    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(std::io::Error::from)?;
+    let (r, w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(std::io::Error::from)?;
     fcntl(w.as_fd(), FcntlArg::F_SETPIPE_SZ(size as i32)).map_err(std::io::Error::from)?;
-    let n = match tee(src.as_fd(), w.as_fd(), size, SpliceFFlags::SPLICE_F_NONBLOCK) {
+    let n = match tee(
+        src.as_fd(),
+        w.as_fd(),
+        size,
+        SpliceFFlags::SPLICE_F_NONBLOCK,
+    ) {
         Ok(n) => n,
         Err(nix::errno::Errno::EAGAIN) => 0,
         Err(e) => return Err(e.into()),
@@ -420,7 +493,9 @@ pub fn data_chunks(path: &PathBuf, size: u64) -> std::io::Result<Vec<(u64, Vec<u
             Err(nix::errno::Errno::ENXIO) => break,
             Err(e) => return Err(e.into()),
         };
-        let end = lseek(f.as_fd(), start, Whence::SeekHole).map_err(std::io::Error::from)?.min(size);
+        let end = lseek(f.as_fd(), start, Whence::SeekHole)
+            .map_err(std::io::Error::from)?
+            .min(size);
         let mut buf = vec![0u8; (end - start) as usize];
         f.read_exact_at(&mut buf, start as u64)?;
         out.push((start as u64, buf));
@@ -474,7 +549,8 @@ mod tests {
         use std::os::fd::{AsFd, AsRawFd};
         let efd = EventFd::from_value_and_flags(7, EfdFlags::EFD_NONBLOCK).unwrap();
         let ep = Epoll::new(EpollCreateFlags::empty()).unwrap();
-        ep.add(efd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 42)).unwrap();
+        ep.add(efd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 42))
+            .unwrap();
         let tfd = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::empty()).unwrap();
         tfd.set(
             Expiration::IntervalDelayed(TimeSpec::new(100, 0), TimeSpec::new(1, 500)),
@@ -498,11 +574,17 @@ mod tests {
         .iter()
         .map(|&fd| files.fd(me, fd).unwrap().kind)
         .collect();
-        assert_eq!(kinds, ["EVENTFD", "EVENTPOLL", "TIMERFD", "SIGNALFD", "INOTIFY"]);
+        assert_eq!(
+            kinds,
+            ["EVENTFD", "EVENTPOLL", "TIMERFD", "SIGNALFD", "INOTIFY"]
+        );
         assert_eq!(files.entries[0]["efd"]["counter"], 7);
         assert_eq!(files.entries[1]["epfd"]["tfd"][0]["data"], 42);
         assert_eq!(files.entries[2]["tfd"]["isec"], 1);
-        assert_eq!(files.entries[3]["sgfd"]["sigmask"], 1u64 << (libc::SIGUSR1 - 1));
+        assert_eq!(
+            files.entries[3]["sgfd"]["sigmask"],
+            1u64 << (libc::SIGUSR1 - 1)
+        );
         assert_eq!(files.entries[4]["ify"]["wd"][0]["mask"], libc::IN_CREATE);
         for e in &files.entries {
             crate::dump::images_out::encode("file_entry", e).unwrap_or_else(|x| panic!("{e}: {x}"));

@@ -47,8 +47,14 @@ impl CgroupFreeze {
     /// Freezes the cgroup at `path` and waits (up to `timeout`) until it is frozen.
     pub fn freeze(path: &Path, timeout: Duration) -> Result<Self> {
         let v2 = path.join("cgroup.freeze").exists();
-        let io = |what: &str, e: std::io::Error| DumpError::io("seize", 0, &format!("{what} {}", path.display()), e);
-        let ctl = if v2 { path.join("cgroup.freeze") } else { path.join("freezer.state") };
+        let io = |what: &str, e: std::io::Error| {
+            DumpError::io("seize", 0, &format!("{what} {}", path.display()), e)
+        };
+        let ctl = if v2 {
+            path.join("cgroup.freeze")
+        } else {
+            path.join("freezer.state")
+        };
         write_file(&ctl, if v2 { "1" } else { "FROZEN" }).map_err(|e| io("freeze", e))?;
         let me = CgroupFreeze {
             path: path.to_path_buf(),
@@ -63,7 +69,10 @@ impl CgroupFreeze {
                     .lines()
                     .any(|l| l.trim() == "frozen 1")
             } else {
-                std::fs::read_to_string(&ctl).map_err(|e| io("read state of", e))?.trim() == "FROZEN"
+                std::fs::read_to_string(&ctl)
+                    .map_err(|e| io("read state of", e))?
+                    .trim()
+                    == "FROZEN"
             };
             if frozen {
                 return Ok(me);
@@ -90,7 +99,8 @@ impl CgroupFreeze {
         } else {
             (self.path.join("freezer.state"), "THAWED")
         };
-        write_file(&ctl, val).map_err(|e| DumpError::io("thaw", 0, &format!("thaw {}", self.path.display()), e))?;
+        write_file(&ctl, val)
+            .map_err(|e| DumpError::io("thaw", 0, &format!("thaw {}", self.path.display()), e))?;
         self.thawed = true;
         Ok(())
     }
@@ -107,9 +117,16 @@ impl Drop for CgroupFreeze {
 /// Reads task memory through `/proc/PID/mem`.
 pub fn read_proc_mem(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
     let p = crate::proc::path(pid, "mem");
-    let f = std::fs::File::open(&p).map_err(|e| DumpError::io("pages", pid, "open /proc/PID/mem", e))?;
-    f.read_exact_at(buf, addr)
-        .map_err(|e| DumpError::io("pages", pid, &format!("read memory at {addr:#x}+{:#x}", buf.len()), e))
+    let f = std::fs::File::open(&p)
+        .map_err(|e| DumpError::io("pages", pid, "open /proc/PID/mem", e))?;
+    f.read_exact_at(buf, addr).map_err(|e| {
+        DumpError::io(
+            "pages",
+            pid,
+            &format!("read memory at {addr:#x}+{:#x}", buf.len()),
+            e,
+        )
+    })
 }
 
 /// Freezes through a cgroup and reads what /proc offers (see the module doc).
@@ -166,7 +183,10 @@ impl TaskProbe for ProcFrozen {
 /// SIGKILLs every pid (ESRCH is fine: a zombie or an already dead task).
 pub fn kill_all(pids: &[i32]) -> Result<()> {
     for &p in pids {
-        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL) {
+        match nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        ) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
             Err(e) => return Err(DumpError::new("kill", p, Some(e as i32), "kill")),
         }

@@ -19,7 +19,9 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, ReflectMessage, Value as PValue};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, Kind, MessageDescriptor, ReflectMessage, Value as PValue,
+};
 use serde_json::Value;
 
 /// Head magic of ordinary images.
@@ -71,7 +73,11 @@ pub enum ImageError {
         source: std::io::Error,
     },
     #[error("encode {message} for {path}: {why}")]
-    Encode { message: String, path: PathBuf, why: String },
+    Encode {
+        message: String,
+        path: PathBuf,
+        why: String,
+    },
 }
 
 impl ImageError {
@@ -86,9 +92,11 @@ impl ImageError {
 
 fn pool() -> Result<&'static DescriptorPool, String> {
     static POOL: std::sync::OnceLock<Result<DescriptorPool, String>> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(stasis_images::DESCRIPTOR_SET).map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|e| e.clone())
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(stasis_images::DESCRIPTOR_SET).map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| e.clone())
 }
 
 /// The descriptor of message `name` (package `criu`).
@@ -109,7 +117,9 @@ fn num_i64(v: &Value) -> Option<i64> {
 fn scalar(kind: &Kind, v: &Value, field: &str) -> Result<PValue, String> {
     let bad = || format!("field {field}: value {v} does not fit {kind:?}");
     Ok(match kind {
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => PValue::I32(num_i64(v).ok_or_else(bad)? as i32),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            PValue::I32(num_i64(v).ok_or_else(bad)? as i32)
+        }
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => PValue::I64(num_i64(v).ok_or_else(bad)?),
         Kind::Uint32 | Kind::Fixed32 => PValue::U32(num_u64(v).ok_or_else(bad)? as u32),
         Kind::Uint64 | Kind::Fixed64 => PValue::U64(num_u64(v).ok_or_else(bad)?),
@@ -118,15 +128,27 @@ fn scalar(kind: &Kind, v: &Value, field: &str) -> Result<PValue, String> {
         Kind::Double => PValue::F64(v.as_f64().ok_or_else(bad)?),
         Kind::String => PValue::String(v.as_str().ok_or_else(bad)?.to_string()),
         Kind::Bytes => match v {
-            Value::Array(a) => PValue::Bytes(a.iter().map(|b| b.as_u64().unwrap_or(0) as u8).collect::<Vec<u8>>().into()),
+            Value::Array(a) => PValue::Bytes(
+                a.iter()
+                    .map(|b| b.as_u64().unwrap_or(0) as u8)
+                    .collect::<Vec<u8>>()
+                    .into(),
+            ),
             Value::String(s) => {
                 use base64::Engine as _;
-                PValue::Bytes(base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| format!("field {field}: {e}"))?.into())
+                PValue::Bytes(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(s)
+                        .map_err(|e| format!("field {field}: {e}"))?
+                        .into(),
+                )
             }
             _ => return Err(bad()),
         },
         Kind::Enum(e) => match v {
-            Value::String(s) => PValue::EnumNumber(e.get_value_by_name(s).ok_or_else(bad)?.number()),
+            Value::String(s) => {
+                PValue::EnumNumber(e.get_value_by_name(s).ok_or_else(bad)?.number())
+            }
             _ => PValue::EnumNumber(num_i64(v).ok_or_else(bad)? as i32),
         },
         Kind::Message(m) => PValue::Message(to_dynamic(m, v)?),
@@ -148,7 +170,11 @@ pub fn to_dynamic(desc: &MessageDescriptor, v: &Value) -> Result<DynamicMessage,
             let arr = val
                 .as_array()
                 .ok_or_else(|| format!("{}.{k}: expected an array", desc.name()))?;
-            PValue::List(arr.iter().map(|x| scalar(&kind, x, k)).collect::<Result<_, _>>()?)
+            PValue::List(
+                arr.iter()
+                    .map(|x| scalar(&kind, x, k))
+                    .collect::<Result<_, _>>()?,
+            )
         } else {
             scalar(&kind, val, k)?
         };
@@ -212,7 +238,8 @@ impl ImageDir {
         if let Some(h) = kind.head {
             w.write_all(&h.to_le_bytes()).map_err(Self::io(&path))?;
         }
-        w.write_all(&kind.magic.to_le_bytes()).map_err(Self::io(&path))?;
+        w.write_all(&kind.magic.to_le_bytes())
+            .map_err(Self::io(&path))?;
         self.written.push(path.clone());
         Ok(ImageFile {
             path,
@@ -223,7 +250,12 @@ impl ImageDir {
     }
 
     /// Writes a whole image with the given entries.
-    pub fn write_all(&mut self, name: &str, kind: ImageKind, entries: &[Value]) -> Result<(), ImageError> {
+    pub fn write_all(
+        &mut self,
+        name: &str,
+        kind: ImageKind,
+        entries: &[Value],
+    ) -> Result<(), ImageError> {
         let mut f = self.create(name, kind)?;
         for e in entries {
             f.entry(e)?;
@@ -282,7 +314,9 @@ impl ImageFile {
             path: self.path.clone(),
             why: "entry larger than 4 GiB".into(),
         })?;
-        self.w.write_all(&len.to_le_bytes()).map_err(self.io_owned())?;
+        self.w
+            .write_all(&len.to_le_bytes())
+            .map_err(self.io_owned())?;
         self.w.write_all(&bytes).map_err(self.io_owned())?;
         self.bytes += 4 + bytes.len() as u64;
         Ok(())
@@ -359,7 +393,8 @@ impl RawFile {
             path: path.clone(),
             source: e.into_error(),
         })?;
-        f.sync_all().map_err(|source| ImageError::Io { path, source })?;
+        f.sync_all()
+            .map_err(|source| ImageError::Io { path, source })?;
         Ok(self.bytes)
     }
 }

@@ -47,7 +47,8 @@ impl IdAllocator {
 
     /// The `task_kobj_ids_entry` with the namespace ids and object ids `obj`.
     pub fn ids_entry(&mut self, ns: &NsIds, obj: [u32; 4]) -> Value {
-        let mut v = json!({"vm_id": obj[0], "files_id": obj[1], "fs_id": obj[2], "sighand_id": obj[3]});
+        let mut v =
+            json!({"vm_id": obj[0], "files_id": obj[1], "fs_id": obj[2], "sighand_id": obj[3]});
         // CRIU numbers namespaces in this order.
         let order: [(&'static str, Option<u64>, &str); 8] = [
             ("pid", ns.pid, "pid_ns_id"),
@@ -66,8 +67,18 @@ impl IdAllocator {
         }
         // Field order as crit shows it.
         let keys = [
-            "vm_id", "files_id", "fs_id", "sighand_id", "pid_ns_id", "net_ns_id", "ipc_ns_id", "uts_ns_id",
-            "mnt_ns_id", "user_ns_id", "cgroup_ns_id", "time_ns_id",
+            "vm_id",
+            "files_id",
+            "fs_id",
+            "sighand_id",
+            "pid_ns_id",
+            "net_ns_id",
+            "ipc_ns_id",
+            "uts_ns_id",
+            "mnt_ns_id",
+            "user_ns_id",
+            "cgroup_ns_id",
+            "time_ns_id",
         ];
         let mut o = serde_json::Map::new();
         for k in keys {
@@ -95,7 +106,14 @@ pub fn run_id() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// The `inventory_entry`.

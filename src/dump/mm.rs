@@ -111,7 +111,10 @@ pub fn vmas(pid: i32, maps: &[Vma], files: &mut Files) -> Result<Vec<VmaOut>> {
             }
             "[vvar]" | "[vvar_vclock]" => {
                 if let Some(last) = out.last_mut() {
-                    if last.end == v.start && last.entry["status"].as_u64() == Some((VMA_AREA_REGULAR | VMA_ANON_PRIVATE | VMA_AREA_VVAR) as u64) {
+                    if last.end == v.start
+                        && last.entry["status"].as_u64()
+                            == Some((VMA_AREA_REGULAR | VMA_ANON_PRIVATE | VMA_AREA_VVAR) as u64)
+                    {
                         last.end = v.end;
                         last.entry["end"] = json!(v.end);
                         continue;
@@ -128,21 +131,41 @@ pub fn vmas(pid: i32, maps: &[Vma], files: &mut Files) -> Result<Vec<VmaOut>> {
             }
             _ if v.ino == 0 && (path.is_empty() || path.starts_with('[')) => {
                 if v.shared {
-                    return Err(DumpError::new("mm", pid, Some(libc::ENOTSUP), format!("shared anonymous VMA {:x}-{:x} without an inode", v.start, v.end)));
+                    return Err(DumpError::new(
+                        "mm",
+                        pid,
+                        Some(libc::ENOTSUP),
+                        format!(
+                            "shared anonymous VMA {:x}-{:x} without an inode",
+                            v.start, v.end
+                        ),
+                    ));
                 }
                 status = VMA_AREA_REGULAR | VMA_ANON_PRIVATE;
                 flags = anon_flags;
                 class = PageClass::AnonPrivate;
             }
-            _ if path.starts_with("/memfd:") || (v.shared && path == "/dev/zero") || path.starts_with("/SYSV") => {
+            _ if path.starts_with("/memfd:")
+                || (v.shared && path == "/dev/zero")
+                || path.starts_with("/SYSV") =>
+            {
                 if path.starts_with("/SYSV") {
-                    return Err(DumpError::new("mm", pid, Some(libc::ENOTSUP), format!("SysV shared memory VMA {:x}-{:x}", v.start, v.end)));
+                    return Err(DumpError::new(
+                        "mm",
+                        pid,
+                        Some(libc::ENOTSUP),
+                        format!("SysV shared memory VMA {:x}-{:x}", v.start, v.end),
+                    ));
                 }
                 shmid = files.vma_memfd(pid, v)? as u64;
                 if v.shared {
                     status = VMA_AREA_REGULAR | VMA_FILE_SHARED | VMA_AREA_MEMFD;
                     flags = libc::MAP_SHARED as u32;
-                    fdflags = Some(if v.write { libc::O_RDWR as u32 } else { libc::O_RDONLY as u32 });
+                    fdflags = Some(if v.write {
+                        libc::O_RDWR as u32
+                    } else {
+                        libc::O_RDONLY as u32
+                    });
                     class = PageClass::Shared;
                 } else {
                     status = VMA_AREA_REGULAR | VMA_FILE_PRIVATE | VMA_AREA_MEMFD;
@@ -156,7 +179,11 @@ pub fn vmas(pid: i32, maps: &[Vma], files: &mut Files) -> Result<Vec<VmaOut>> {
                 if v.shared {
                     status = VMA_AREA_REGULAR | VMA_FILE_SHARED;
                     flags = libc::MAP_SHARED as u32;
-                    fdflags = Some(if v.write { libc::O_RDWR as u32 } else { libc::O_RDONLY as u32 });
+                    fdflags = Some(if v.write {
+                        libc::O_RDWR as u32
+                    } else {
+                        libc::O_RDONLY as u32
+                    });
                     class = PageClass::Shared;
                 } else {
                     status = VMA_AREA_REGULAR | VMA_FILE_PRIVATE;
@@ -176,7 +203,11 @@ pub fn vmas(pid: i32, maps: &[Vma], files: &mut Files) -> Result<Vec<VmaOut>> {
             flags |= libc::MAP_NORESERVE as u32;
         }
         let madv = madv_bits(v);
-        let class = if madv & (1u64 << libc::MADV_DONTDUMP) != 0 && class != PageClass::Vdso { PageClass::Skip } else { class };
+        let class = if madv & (1u64 << libc::MADV_DONTDUMP) != 0 && class != PageClass::Vdso {
+            PageClass::Skip
+        } else {
+            class
+        };
         let mut e = json!({
             "start": v.start, "end": v.end, "pgoff": v.pgoff, "shmid": shmid,
             "prot": prot(v), "flags": flags, "status": status, "fd": -1,

@@ -69,7 +69,9 @@ pub fn plan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Result<Vec<Run>
             }
             let flags = PE_PRESENT | lazy;
             match runs.last_mut() {
-                Some(r) if r.flags == flags && r.vaddr + r.nr_pages * PAGE_SIZE == addr => r.nr_pages += 1,
+                Some(r) if r.flags == flags && r.vaddr + r.nr_pages * PAGE_SIZE == addr => {
+                    r.nr_pages += 1
+                }
                 _ => runs.push(Run {
                     vaddr: addr,
                     nr_pages: 1,
@@ -97,9 +99,14 @@ pub fn write_private(
     stats: &mut PageStats,
 ) -> Result<()> {
     let img = |e| DumpError::image("pages", pid, e);
-    let mut pm = dir.create(&format!("pagemap-{pid}.img"), images_out::PAGEMAP).map_err(img)?;
-    pm.entry_as("pagemap_head", &json!({"pages_id": pages_id})).map_err(img)?;
-    let mut pages = dir.create_raw(&format!("pages-{pages_id}.img")).map_err(img)?;
+    let mut pm = dir
+        .create(&format!("pagemap-{pid}.img"), images_out::PAGEMAP)
+        .map_err(img)?;
+    pm.entry_as("pagemap_head", &json!({"pages_id": pages_id}))
+        .map_err(img)?;
+    let mut pages = dir
+        .create_raw(&format!("pages-{pages_id}.img"))
+        .map_err(img)?;
     let mut buf = vec![0u8; COPY_PAGES * PAGE_SIZE as usize];
     for r in runs {
         pm.entry(&pagemap_entry(r)).map_err(img)?;
@@ -124,13 +131,33 @@ pub fn write_private(
 
 /// Writes `pagemap-shmem-SHMID.img` and `pages-<pages_id>.img` for one shared memory object:
 /// its data pages (holes skipped), addressed by offset in the object.
-pub fn write_shmem(dir: &mut ImageDir, pid: i32, shm: &Shmem, pages_id: u32, stats: &mut PageStats) -> Result<()> {
+pub fn write_shmem(
+    dir: &mut ImageDir,
+    pid: i32,
+    shm: &Shmem,
+    pages_id: u32,
+    stats: &mut PageStats,
+) -> Result<()> {
     let img = |e| DumpError::image("pages", pid, e);
-    let chunks = super::files::data_chunks(&shm.path, shm.size)
-        .map_err(|e| DumpError::io("pages", pid, &format!("read shmem {}", shm.path.display()), e))?;
-    let mut pm = dir.create(&format!("pagemap-shmem-{}.img", shm.shmid), images_out::PAGEMAP).map_err(img)?;
-    pm.entry_as("pagemap_head", &json!({"pages_id": pages_id})).map_err(img)?;
-    let mut pages = dir.create_raw(&format!("pages-{pages_id}.img")).map_err(img)?;
+    let chunks = super::files::data_chunks(&shm.path, shm.size).map_err(|e| {
+        DumpError::io(
+            "pages",
+            pid,
+            &format!("read shmem {}", shm.path.display()),
+            e,
+        )
+    })?;
+    let mut pm = dir
+        .create(
+            &format!("pagemap-shmem-{}.img", shm.shmid),
+            images_out::PAGEMAP,
+        )
+        .map_err(img)?;
+    pm.entry_as("pagemap_head", &json!({"pages_id": pages_id}))
+        .map_err(img)?;
+    let mut pages = dir
+        .create_raw(&format!("pages-{pages_id}.img"))
+        .map_err(img)?;
     stats.shpages_scanned += shm.size.div_ceil(PAGE_SIZE);
     for (off, data) in chunks {
         let first = off / PAGE_SIZE;

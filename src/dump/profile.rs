@@ -41,7 +41,13 @@ impl Profile {
     }
 
     /// Runs `f` inside a span.
-    pub fn span<T>(&mut self, name: &str, category: &'static str, tid: i32, f: impl FnOnce(&mut Self) -> T) -> T {
+    pub fn span<T>(
+        &mut self,
+        name: &str,
+        category: &'static str,
+        tid: i32,
+        f: impl FnOnce(&mut Self) -> T,
+    ) -> T {
         let start = self.now_us();
         let r = f(self);
         let end = self.now_us();

@@ -59,10 +59,17 @@ pub fn parse_msg(m: &[u8]) -> Option<InetSock> {
     let family = *m.first()? as u32;
     let state = *m.get(1)? as u32;
     let id = 4;
-    let words = if family == libc::AF_INET6 as u32 { 4 } else { 1 };
+    let words = if family == libc::AF_INET6 as u32 {
+        4
+    } else {
+        1
+    };
     let addr = |base: usize| -> Option<Vec<u32>> {
         (0..words)
-            .map(|i| m.get(base + 4 * i..base + 4 * i + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])))
+            .map(|i| {
+                m.get(base + 4 * i..base + 4 * i + 4)
+                    .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            })
             .collect()
     };
     let mut s = InetSock {
@@ -174,7 +181,9 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     fn ino_of(fd: &impl std::os::fd::AsRawFd) -> u32 {
-        std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap().ino() as u32
+        std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .unwrap()
+            .ino() as u32
     }
 
     #[test]
@@ -184,7 +193,10 @@ mod tests {
         let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let all = all_inet().unwrap();
         let s = &all[&ino_of(&l4)];
-        assert_eq!((s.family, s.proto, s.state, s.src_port), (libc::AF_INET as u32, 6, 10, port));
+        assert_eq!(
+            (s.family, s.proto, s.state, s.src_port),
+            (libc::AF_INET as u32, 6, 10, port)
+        );
         assert_eq!(s.src_addr, vec![u32::from_ne_bytes([127, 0, 0, 1])]);
         assert_eq!(s.wqueue, 128, "backlog of std's listen");
         assert!(s.sndbuf > 0 && s.rcvbuf > 0);

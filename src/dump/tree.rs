@@ -43,7 +43,8 @@ pub fn collect(root: i32) -> Result<Vec<Process>> {
         let children = if zombie {
             Vec::new()
         } else {
-            proc::tasks::children(pid, &threads).map_err(|e| DumpError::proc("collect-tree", pid, e))?
+            proc::tasks::children(pid, &threads)
+                .map_err(|e| DumpError::proc("collect-tree", pid, e))?
         };
         out.push(Process {
             pid,
@@ -97,7 +98,9 @@ mod tests {
         assert_eq!(t.len(), 3, "{t:?}");
         assert_eq!(t[0].pid, pid);
         assert_eq!(t[0].ppid, 0);
-        assert!(t[1..].iter().all(|c| c.ppid == pid && c.threads == vec![c.pid]));
+        assert!(t[1..]
+            .iter()
+            .all(|c| c.ppid == pid && c.threads == vec![c.pid]));
         let e = pstree_entry(&t[1]);
         assert_eq!(e["ppid"], pid);
     }

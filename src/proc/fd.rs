@@ -30,7 +30,10 @@ pub struct FdInfo {
 impl FdInfo {
     /// The first extra line with this key.
     pub fn extra(&self, key: &str) -> Option<&str> {
-        self.extra.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.extra
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -39,7 +42,9 @@ pub fn parse_fdinfo(path: &Path, text: &str) -> Result<FdInfo, ProcError> {
     let mut info = FdInfo::default();
     let mut seen_flags = false;
     for (i, line) in text.lines().enumerate() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let (k, v) = (k.trim(), v.trim());
         match k {
             "pos" => info.pos = parse_u64(path, i, "pos", v)?,
@@ -72,7 +77,10 @@ pub fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo, ProcError> {
 pub fn list_fds(pid: i32) -> Result<Vec<i32>, ProcError> {
     let p = super::path(pid, "fd");
     let mut out = Vec::new();
-    for (i, ent) in std::fs::read_dir(&p).map_err(|e| io_err(pid, &p, e))?.enumerate() {
+    for (i, ent) in std::fs::read_dir(&p)
+        .map_err(|e| io_err(pid, &p, e))?
+        .enumerate()
+    {
         let ent = ent.map_err(|e| io_err(pid, &p, e))?;
         if out.len() >= MAX_FDS {
             return Err(ProcError::parse(&p, i, "fd", "too many fds"));
@@ -102,7 +110,11 @@ pub enum FdTarget {
 pub fn classify(target: &Path) -> FdTarget {
     let s = target.to_string_lossy();
     let bracket = |prefix: &str| -> Option<u64> {
-        s.strip_prefix(prefix)?.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
+        s.strip_prefix(prefix)?
+            .strip_prefix('[')?
+            .strip_suffix(']')?
+            .parse()
+            .ok()
     };
     if let Some(i) = bracket("pipe:") {
         return FdTarget::Pipe(i);
@@ -146,16 +158,29 @@ mod tests {
     fn classify_targets() {
         assert_eq!(classify(Path::new("pipe:[865018]")), FdTarget::Pipe(865018));
         assert_eq!(classify(Path::new("socket:[1]")), FdTarget::Socket(1));
-        assert_eq!(classify(Path::new("anon_inode:[eventfd]")), FdTarget::AnonInode("eventfd".into()));
-        assert_eq!(classify(Path::new("anon_inode:inotify")), FdTarget::AnonInode("inotify".into()));
-        assert!(matches!(classify(Path::new("net:[4026531840]")), FdTarget::Other(_)));
+        assert_eq!(
+            classify(Path::new("anon_inode:[eventfd]")),
+            FdTarget::AnonInode("eventfd".into())
+        );
+        assert_eq!(
+            classify(Path::new("anon_inode:inotify")),
+            FdTarget::AnonInode("inotify".into())
+        );
+        assert!(matches!(
+            classify(Path::new("net:[4026531840]")),
+            FdTarget::Other(_)
+        ));
     }
 
     #[test]
     fn fdinfo_needs_flags() {
         assert!(parse_fdinfo(Path::new("fdinfo"), "pos:\t0\n").is_err());
         assert!(parse_fdinfo(Path::new("fdinfo"), "pos:\tx\nflags:\t0\n").is_err());
-        let i = parse_fdinfo(Path::new("fdinfo"), "pos:\t5\nflags:\t02\nmnt_id:\t3\nino:\t9\neventfd-count: 4\n").unwrap();
+        let i = parse_fdinfo(
+            Path::new("fdinfo"),
+            "pos:\t5\nflags:\t02\nmnt_id:\t3\nino:\t9\neventfd-count: 4\n",
+        )
+        .unwrap();
         assert_eq!((i.pos, i.flags, i.mnt_id, i.ino), (5, 2, 3, 9));
         assert_eq!(i.extra("eventfd-count"), Some("4"));
     }

@@ -69,7 +69,9 @@ impl Vma {
 fn is_header(line: &str) -> bool {
     // A header starts with "hex-hex ": key lines start with a capitalised word and a colon.
     match line.split_once(' ') {
-        Some((range, _)) => range.contains('-') && range.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'),
+        Some((range, _)) => {
+            range.contains('-') && range.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        }
         None => false,
     }
 }
@@ -132,7 +134,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Vma>, ProcError> {
         }
         let idx = out.len();
         let Some(cur) = out.last_mut() else {
-            return Err(ProcError::parse(path, 0, "range", format!("key line before any VMA: {line:?}")));
+            return Err(ProcError::parse(
+                path,
+                0,
+                "range",
+                format!("key line before any VMA: {line:?}"),
+            ));
         };
         if let Some(v) = line.strip_prefix("VmFlags:") {
             cur.vm_flags = v.split_whitespace().map(str::to_string).collect();

@@ -36,7 +36,12 @@ pub fn parse_limits(path: &Path, text: &str) -> Result<Vec<Rlimit>, ProcError> {
         out.push(Rlimit { cur, max });
     }
     if out.len() != RLIM_NLIMITS {
-        return Err(ProcError::parse(path, out.len(), "limit", "expected 16 limits"));
+        return Err(ProcError::parse(
+            path,
+            out.len(),
+            "limit",
+            "expected 16 limits",
+        ));
     }
     Ok(out)
 }
@@ -93,7 +98,9 @@ pub fn read_oom_score_adj(pid: i32) -> Result<i32, ProcError> {
 /// Reads `/proc/PID/task/TID/comm` without the newline.
 pub fn read_comm(pid: i32, tid: i32) -> Result<String, ProcError> {
     let p = super::path(pid, &format!("task/{tid}/comm"));
-    Ok(super::read_text(pid, &p)?.trim_end_matches('\n').to_string())
+    Ok(super::read_text(pid, &p)?
+        .trim_end_matches('\n')
+        .to_string())
 }
 
 #[cfg(test)]
@@ -104,7 +111,8 @@ mod tests {
     fn own_values() {
         let me = std::process::id() as i32;
         let l = read_limits(me).unwrap();
-        let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        let nofile =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
         assert_eq!((l[7].cur, l[7].max), nofile);
         let a = read_auxv(me).unwrap();
         assert!(a.len() >= 4 && a.len() % 2 == 0 && a[a.len() - 2] == 0);

@@ -66,7 +66,12 @@ impl ProcError {
         }
     }
 
-    pub(crate) fn parse(path: &Path, entry: usize, field: &'static str, why: impl Into<String>) -> Self {
+    pub(crate) fn parse(
+        path: &Path,
+        entry: usize,
+        field: &'static str,
+        why: impl Into<String>,
+    ) -> Self {
         ProcError::Parse {
             path: path.to_path_buf(),
             entry,
@@ -124,24 +129,46 @@ pub fn read_link(pid: i32, path: &Path) -> Result<PathBuf, ProcError> {
     std::fs::read_link(path).map_err(|e| io_err(pid, path, e))
 }
 
-pub(crate) fn parse_u64(path: &Path, entry: usize, field: &'static str, s: &str) -> Result<u64, ProcError> {
+pub(crate) fn parse_u64(
+    path: &Path,
+    entry: usize,
+    field: &'static str,
+    s: &str,
+) -> Result<u64, ProcError> {
     s.trim()
         .parse::<u64>()
         .map_err(|e| ProcError::parse(path, entry, field, format!("{s:?}: {e}")))
 }
 
-pub(crate) fn parse_i64(path: &Path, entry: usize, field: &'static str, s: &str) -> Result<i64, ProcError> {
+pub(crate) fn parse_i64(
+    path: &Path,
+    entry: usize,
+    field: &'static str,
+    s: &str,
+) -> Result<i64, ProcError> {
     s.trim()
         .parse::<i64>()
         .map_err(|e| ProcError::parse(path, entry, field, format!("{s:?}: {e}")))
 }
 
-pub(crate) fn parse_hex(path: &Path, entry: usize, field: &'static str, s: &str) -> Result<u64, ProcError> {
+pub(crate) fn parse_hex(
+    path: &Path,
+    entry: usize,
+    field: &'static str,
+    s: &str,
+) -> Result<u64, ProcError> {
     let t = s.trim();
     let t = t.strip_prefix("0x").unwrap_or(t);
-    u64::from_str_radix(t, 16).map_err(|e| ProcError::parse(path, entry, field, format!("{s:?}: {e}")))
+    u64::from_str_radix(t, 16)
+        .map_err(|e| ProcError::parse(path, entry, field, format!("{s:?}: {e}")))
 }
 
-pub(crate) fn parse_oct(path: &Path, entry: usize, field: &'static str, s: &str) -> Result<u64, ProcError> {
-    u64::from_str_radix(s.trim(), 8).map_err(|e| ProcError::parse(path, entry, field, format!("{s:?}: {e}")))
+pub(crate) fn parse_oct(
+    path: &Path,
+    entry: usize,
+    field: &'static str,
+    s: &str,
+) -> Result<u64, ProcError> {
+    u64::from_str_radix(s.trim(), 8)
+        .map_err(|e| ProcError::parse(path, entry, field, format!("{s:?}: {e}")))
 }

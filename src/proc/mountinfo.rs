@@ -101,7 +101,9 @@ mod tests {
     #[test]
     fn own_mounts() {
         let m = read(std::process::id() as i32).unwrap();
-        assert!(m.iter().any(|m| m.mountpoint == "/proc" && m.fstype == "proc"));
+        assert!(m
+            .iter()
+            .any(|m| m.mountpoint == "/proc" && m.fstype == "proc"));
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub fn read_one(pid: i32, kind: &str) -> Result<Option<u64>, ProcError> {
             Ok(Some(ino))
         }
         // A kernel without this namespace kind: the link does not exist but the task does.
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) && super::path(pid, "").exists() => Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) && super::path(pid, "").exists() => {
+            Ok(None)
+        }
         Err(e) => Err(super::io_err(pid, &p, e)),
     }
 }

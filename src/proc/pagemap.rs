@@ -38,7 +38,12 @@ impl PagemapReader {
     }
 
     /// Calls `f(vaddr, entry)` for every page of `[start, end)`.
-    pub fn for_each(&self, start: u64, end: u64, mut f: impl FnMut(u64, u64)) -> Result<(), ProcError> {
+    pub fn for_each(
+        &self,
+        start: u64,
+        end: u64,
+        mut f: impl FnMut(u64, u64),
+    ) -> Result<(), ProcError> {
         let mut buf = vec![0u8; (CHUNK * 8) as usize];
         let mut page = start / PAGE_SIZE;
         let last = end.div_ceil(PAGE_SIZE);
@@ -50,7 +55,12 @@ impl PagemapReader {
                 .read_at(&mut buf[..want], page * 8)
                 .map_err(|e| io_err(self.pid, &self.path, e))?;
             if got < 8 {
-                return Err(ProcError::parse(&self.path, page as usize, "entry", "short read"));
+                return Err(ProcError::parse(
+                    &self.path,
+                    page as usize,
+                    "entry",
+                    "short read",
+                ));
             }
             let got_pages = (got / 8) as u64;
             for i in 0..got_pages {
@@ -75,8 +85,12 @@ mod tests {
         let addr = x.as_ptr() as u64;
         let r = PagemapReader::open(std::process::id() as i32).unwrap();
         let mut seen = Vec::new();
-        r.for_each(addr & !(PAGE_SIZE - 1), (addr & !(PAGE_SIZE - 1)) + PAGE_SIZE, |v, e| seen.push((v, e)))
-            .unwrap();
+        r.for_each(
+            addr & !(PAGE_SIZE - 1),
+            (addr & !(PAGE_SIZE - 1)) + PAGE_SIZE,
+            |v, e| seen.push((v, e)),
+        )
+        .unwrap();
         assert_eq!(seen.len(), 1);
         assert_ne!(seen[0].1 & PM_PRESENT, 0);
         assert_eq!(seen[0].1 & PM_FILE, 0);

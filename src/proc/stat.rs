@@ -59,8 +59,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Stat, ProcError> {
             .copied()
             .ok_or_else(|| ProcError::parse(path, 0, name, format!("missing field {n}")))
     };
-    let u = |n: usize, name: &'static str| -> Result<u64, ProcError> { parse_u64(path, 0, name, f(n, name)?) };
-    let i = |n: usize, name: &'static str| -> Result<i64, ProcError> { parse_i64(path, 0, name, f(n, name)?) };
+    let u = |n: usize, name: &'static str| -> Result<u64, ProcError> {
+        parse_u64(path, 0, name, f(n, name)?)
+    };
+    let i = |n: usize, name: &'static str| -> Result<i64, ProcError> {
+        parse_i64(path, 0, name, f(n, name)?)
+    };
     let state = f(3, "state")?.chars().next().unwrap_or('?');
     Ok(Stat {
         pid,

@@ -9,7 +9,10 @@ pub const MAX_THREADS: usize = 1 << 22;
 pub fn threads(pid: i32) -> Result<Vec<i32>, ProcError> {
     let p = super::path(pid, "task");
     let mut out = Vec::new();
-    for (i, ent) in std::fs::read_dir(&p).map_err(|e| io_err(pid, &p, e))?.enumerate() {
+    for (i, ent) in std::fs::read_dir(&p)
+        .map_err(|e| io_err(pid, &p, e))?
+        .enumerate()
+    {
         let ent = ent.map_err(|e| io_err(pid, &p, e))?;
         if out.len() >= MAX_THREADS {
             return Err(super::ProcError::parse(&p, i, "tid", "too many threads"));
@@ -65,7 +68,10 @@ mod tests {
         let me = std::process::id() as i32;
         let t = threads(me).unwrap();
         assert_eq!(t[0], me);
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let c = children(me, &t).unwrap();
         let _ = child.kill();
         let _ = child.wait();

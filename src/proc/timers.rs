@@ -32,7 +32,9 @@ pub struct PosixTimer {
 pub fn parse(path: &Path, text: &str) -> Result<Vec<PosixTimer>, ProcError> {
     let mut out: Vec<PosixTimer> = Vec::new();
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let (k, v) = (k.trim(), v.trim());
         let i = out.len();
         if k == "ID" {
@@ -69,7 +71,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<PosixTimer>, ProcError> {
                 let (tag, n) = who
                     .split_once('.')
                     .ok_or_else(|| ProcError::parse(path, i, "notify", v.to_string()))?;
-                cur.notify = if tag == "tid" { base | libc::SIGEV_THREAD_ID } else { base };
+                cur.notify = if tag == "tid" {
+                    base | libc::SIGEV_THREAD_ID
+                } else {
+                    base
+                };
                 cur.notify_pid = parse_i64(path, i, "notify", n)? as i32;
             }
             "ClockID" => cur.clock_id = parse_i64(path, i, "ClockID", v)? as i32,
@@ -94,7 +100,16 @@ mod tests {
         let t = "ID: 0\nsignal: 35/0000000000000309\nnotify: signal/pid.30500\nClockID: 1\nID: 1\nsignal: 14/0000000000000000\nnotify: thread/tid.7\nClockID: 0\n";
         let v = parse(Path::new("timers"), t).unwrap();
         assert_eq!(v.len(), 2);
-        assert_eq!((v[0].signo, v[0].sival, v[0].notify, v[0].notify_pid, v[0].clock_id), (35, 0x309, 0, 30500, 1));
+        assert_eq!(
+            (
+                v[0].signo,
+                v[0].sival,
+                v[0].notify,
+                v[0].notify_pid,
+                v[0].clock_id
+            ),
+            (35, 0x309, 0, 30500, 1)
+        );
         assert_eq!(v[1].notify, libc::SIGEV_THREAD | libc::SIGEV_THREAD_ID);
         assert!(parse(Path::new("timers"), "signal: 1/0\n").is_err());
         assert!(parse(Path::new("timers"), "ID: 0\nnotify: bogus\n").is_err());

@@ -2,5 +2,10 @@
 pub mod cpu;
 pub mod pod;
 pub mod restorer;
+pub mod fdkinds;
+pub mod sock_diag;
+pub mod socket;
+#[cfg(test)]
+mod restorer_fixture_tests;
 #[cfg(test)]
 mod restorer_tests;

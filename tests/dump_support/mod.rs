@@ -19,15 +19,24 @@ pub fn fixtures() -> PathBuf {
 
 /// Installs the fixture binaries at /tmp/criu-fixtures unless they are there already.
 pub fn install_fixtures() {
-    if Path::new("/tmp/criu-fixtures/bin/fx-launch").exists() && Path::new("/tmp/criu-fixtures/bin/fx-tree").exists() {
+    if Path::new("/tmp/criu-fixtures/bin/fx-launch").exists()
+        && Path::new("/tmp/criu-fixtures/bin/fx-tree").exists()
+    {
         return;
     }
-    let st = Command::new("bash").arg(fixtures().join("install.sh")).status().unwrap();
+    let st = Command::new("bash")
+        .arg(fixtures().join("install.sh"))
+        .status()
+        .unwrap();
     assert!(st.success(), "install.sh failed");
 }
 
 /// Runs `f` with a deadline; on timeout `on_timeout` runs (kill the workload) and the test fails.
-pub fn with_deadline<T: Send + 'static>(secs: u64, on_timeout: impl FnOnce(), f: impl FnOnce() -> T + Send + 'static) -> T {
+pub fn with_deadline<T: Send + 'static>(
+    secs: u64,
+    on_timeout: impl FnOnce(),
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
@@ -79,19 +88,30 @@ impl Drop for Workload {
 
 /// The cgroup of a test workload (unique per test process, workload and pid base).
 pub fn cgroup_path(name: &str, base: i32) -> PathBuf {
-    PathBuf::from(format!("/sys/fs/cgroup/unified/stasis-dump-test-{name}-{}-{base}", std::process::id()))
+    PathBuf::from(format!(
+        "/sys/fs/cgroup/unified/stasis-dump-test-{name}-{}-{base}",
+        std::process::id()
+    ))
 }
 
 /// Sends SIGUSR2 to the workload and waits (10 s at most) for its verdict file.
 pub fn verify(w: &Workload) -> String {
     let _ = std::fs::remove_file(&w.result);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.pid), nix::sys::signal::Signal::SIGUSR2).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(w.pid),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
     let t0 = Instant::now();
     loop {
         if let Ok(s) = std::fs::read_to_string(&w.result) {
             return s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "{} gave no verdict", w.name);
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{} gave no verdict",
+            w.name
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -103,9 +123,12 @@ pub fn all_running(w: &Workload) -> bool {
     ev.contains("frozen 0")
         && !procs.trim().is_empty()
         && procs.lines().all(|p| {
-            let st = std::fs::read_to_string(format!("/proc/{}/status", p.trim())).unwrap_or_default();
+            let st =
+                std::fs::read_to_string(format!("/proc/{}/status", p.trim())).unwrap_or_default();
             st.lines().any(|l| l.starts_with("TracerPid:\t0"))
-                && !st.lines().any(|l| l.starts_with("State:\tT") || l.starts_with("State:\tt"))
+                && !st
+                    .lines()
+                    .any(|l| l.starts_with("State:\tT") || l.starts_with("State:\tt"))
         })
 }
 
@@ -116,7 +139,10 @@ pub fn launch_cmd(name: &str, base: i32, cmd: &str, ready: &Path) -> Workload {
     let _ = std::fs::remove_file(ready);
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(format!("echo $$ > {}/cgroup.procs && exec {cmd}", cg.display()))
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec {cmd}",
+            cg.display()
+        ))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -151,7 +177,11 @@ pub fn launch(name: &str, base: i32, args: &[&str]) -> Workload {
     install_fixtures();
     let cg = cgroup_path(name, base);
     let _ = std::fs::create_dir(&cg);
-    assert!(cg.join("cgroup.freeze").exists(), "no cgroup v2 freezer at {}", cg.display());
+    assert!(
+        cg.join("cgroup.freeze").exists(),
+        "no cgroup v2 freezer at {}",
+        cg.display()
+    );
     let results = PathBuf::from("/tmp/stasis-dump-tests");
     std::fs::create_dir_all(&results).unwrap();
     let result = results.join(format!("{name}-{}-{base}.result", std::process::id()));
@@ -338,14 +368,25 @@ pub fn paths_by_kind(dir: &Path, from_json: bool) -> BTreeMap<String, BTreeSet<S
 /// Runs Debian's crit (3.17) on every image: it must decode each one.
 pub fn debian_crit_decodes_all(dir: &Path) {
     let crit = Path::new("/usr/bin/crit");
-    assert!(crit.exists(), "Debian's crit is not installed (apt-get install criu)");
+    assert!(
+        crit.exists(),
+        "Debian's crit is not installed (apt-get install criu)"
+    );
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         let n = p.file_name().unwrap().to_string_lossy().into_owned();
         if n.starts_with("pages-") || n.ends_with(".log") || n.ends_with(".json") {
             continue;
         }
-        let out = Command::new(crit).args(["decode", "-i"]).arg(&p).output().unwrap();
-        assert!(out.status.success(), "crit decode {n}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(crit)
+            .args(["decode", "-i"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "crit decode {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

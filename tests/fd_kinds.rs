@@ -1,0 +1,390 @@
+//! Round trips of the fd kinds of `stasis::files`, in process: create the object, dump it
+//! to its files.img entry (through the protobuf bytes and the side images on disk), restore
+//! it from there, and check what a program would observe.
+//!
+//! Every test runs under a timeout (a stuck syscall fails the test instead of hanging).
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use prost::Message;
+use stasis::files::{self, DumpFd, DumpOptions, DumpState, Extra, RestoreCtx, RestoreOptions};
+use stasis::images::pb;
+use stasis::sys::{fdkinds, socket};
+
+/// Runs `f` on a thread; fails if it does not finish within `secs`.
+fn with_timeout<F: FnOnce() + Send + 'static>(secs: u64, f: F) {
+    let (tx, rx) = mpsc::channel();
+    let h = std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(()) => h.join().unwrap(),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(e) = h.join() {
+                std::panic::resume_unwind(e)
+            }
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test timed out after {secs} s"),
+    }
+}
+
+/// Dumps one of our own fds the way the dump engine does for a task's fd.
+fn dump_own(fd: &impl AsFd, id: u32, st: &mut DumpState) -> pb::FileEntry {
+    let n = fd.as_fd().as_raw_fd();
+    let link = std::fs::read_link(format!("/proc/self/fd/{n}")).unwrap();
+    let link = link.to_string_lossy().into_owned();
+    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).unwrap();
+    let d = DumpFd {
+        pid: std::process::id() as i32,
+        fd: n,
+        file: fd.as_fd(),
+        link: &link,
+        fdinfo: &fdinfo,
+        id,
+    };
+    let e = files::dump_fd(&d, st).unwrap_or_else(|e| panic!("dump {link}: {e}"));
+    // Through the wire format, as the images would carry it.
+    pb::FileEntry::decode(e.encode_to_vec().as_slice()).unwrap()
+}
+
+/// Writes and reads back the side images.
+fn through_disk(extra: &Extra, tcp_inos: &[u32]) -> Extra {
+    let dir = tempfile::tempdir().unwrap();
+    extra.write_dir(dir.path()).unwrap();
+    Extra::read_dir(dir.path(), tcp_inos).unwrap()
+}
+
+fn no_targets(_: u32) -> Option<RawFd> {
+    None
+}
+
+fn restore(e: &pb::FileEntry, extra: &Extra) -> OwnedFd {
+    let mut ctx = RestoreCtx::new(RestoreOptions::default(), extra);
+    files::restore_fd(e, &mut ctx, &no_targets).unwrap_or_else(|err| panic!("restore: {err}"))
+}
+
+fn fl(fd: &impl AsFd) -> i32 {
+    fdkinds::get_fl(fd).unwrap()
+}
+
+fn read_u64(fd: &impl AsFd) -> u64 {
+    let mut b = [0u8; 8];
+    assert_eq!(fdkinds::read(fd, &mut b).unwrap(), 8);
+    u64::from_ne_bytes(b)
+}
+
+#[test]
+fn eventfd_count_and_flags() {
+    with_timeout(10, || {
+        let fd = fdkinds::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK).unwrap();
+        fdkinds::write(&fd, &42u64.to_ne_bytes()).unwrap();
+        let mut st = DumpState::new(DumpOptions::default());
+        let e = dump_own(&fd, 7, &mut st);
+        assert_eq!(e.r#type, pb::FdTypes::Eventfd as i32);
+        let efd = e.efd.as_ref().unwrap();
+        assert_eq!((efd.id, efd.counter), (7, 42));
+        assert_eq!(
+            efd.flags & libc::O_CLOEXEC as u32,
+            0,
+            "O_CLOEXEC belongs to fdinfo, not the file"
+        );
+        let r = restore(&e, &Extra::default());
+        assert_ne!(fl(&r) & libc::O_NONBLOCK, 0);
+        assert_eq!(read_u64(&r), 42);
+        // The original keeps its count (dumping does not consume).
+        assert_eq!(read_u64(&fd), 42);
+        // Empty now, and non-blocking like the original.
+        assert_eq!(
+            fdkinds::read(&r, &mut [0u8; 8]).unwrap_err(),
+            nix::errno::Errno::EAGAIN
+        );
+    });
+}
+
+#[test]
+fn timerfd_fires_after_restore_with_ticks() {
+    with_timeout(20, || {
+        let fd = fdkinds::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC).unwrap();
+        let ms = |m: i64| libc::timespec {
+            tv_sec: 0,
+            tv_nsec: m * 1_000_000,
+        };
+        let spec = libc::itimerspec {
+            it_interval: ms(20),
+            it_value: ms(1),
+        };
+        fdkinds::timerfd_settime(&fd, 0, &spec).unwrap();
+        // Let it expire a few times without reading.
+        std::thread::sleep(Duration::from_millis(70));
+        let mut st = DumpState::new(DumpOptions::default());
+        let e = dump_own(&fd, 3, &mut st);
+        let t = e.tfd.as_ref().unwrap();
+        assert_eq!(t.clockid, libc::CLOCK_MONOTONIC as u32);
+        assert_eq!((t.isec, t.insec), (0, 20_000_000));
+        // The kernel counts overruns of an unread periodic timer only when it is read.
+        assert!(t.ticks >= 1, "ticks {}", t.ticks);
+        assert!(t.vsec == 0 && t.vnsec <= 20_000_000);
+        let r = restore(&e, &Extra::default());
+        let cur = fdkinds::timerfd_gettime(&r).unwrap();
+        assert_eq!(cur.it_interval.tv_nsec, 20_000_000);
+        // The pending expirations are there at once...
+        assert!(read_u64(&r) >= t.ticks);
+        // ...and it keeps firing (blocking read returns on the next expiration).
+        assert!(read_u64(&r) >= 1);
+    });
+}
+
+#[test]
+fn timerfd_disarmed_and_abstime() {
+    with_timeout(10, || {
+        let fd =
+            fdkinds::timerfd_create(libc::CLOCK_REALTIME, libc::TFD_CLOEXEC | libc::TFD_NONBLOCK)
+                .unwrap();
+        let mut st = DumpState::new(DumpOptions::default());
+        let e = dump_own(&fd, 1, &mut st);
+        let r = restore(&e, &Extra::default());
+        let cur = fdkinds::timerfd_gettime(&r).unwrap();
+        assert_eq!(
+            (cur.it_value.tv_sec, cur.it_value.tv_nsec),
+            (0, 0),
+            "disarmed stays disarmed"
+        );
+        assert_ne!(fl(&r) & libc::O_NONBLOCK, 0);
+
+        let now = fdkinds::clock_gettime(libc::CLOCK_REALTIME).unwrap();
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: now.tv_sec + 100,
+                tv_nsec: 0,
+            },
+        };
+        fdkinds::timerfd_settime(&fd, libc::TFD_TIMER_ABSTIME, &spec).unwrap();
+        let e = dump_own(&fd, 1, &mut st);
+        assert_eq!(
+            e.tfd.as_ref().unwrap().settime_flags,
+            libc::TFD_TIMER_ABSTIME as u32
+        );
+        let r = restore(&e, &Extra::default());
+        let left = fdkinds::timerfd_gettime(&r).unwrap().it_value.tv_sec;
+        assert!((98..=100).contains(&left), "time left {left}");
+    });
+}
+
+fn fdinfo_field(fd: &impl AsFd, key: &str) -> String {
+    let t =
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())).unwrap();
+    t.lines()
+        .find_map(|l| {
+            l.strip_prefix(key)
+                .map(|v| v.trim_start_matches(':').trim().to_string())
+        })
+        .unwrap()
+}
+
+#[test]
+fn signalfd_mask_and_flags() {
+    with_timeout(10, || {
+        let mask: u64 = (1 << (libc::SIGUSR1 - 1)) | (1 << (libc::SIGRTMIN() + 2 - 1));
+        let fd = fdkinds::signalfd(mask, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK).unwrap();
+        let mut st = DumpState::new(DumpOptions::default());
+        let e = dump_own(&fd, 9, &mut st);
+        assert_eq!(e.sgfd.as_ref().unwrap().sigmask, mask);
+        let r = restore(&e, &Extra::default());
+        assert_eq!(fdinfo_field(&r, "sigmask"), fdinfo_field(&fd, "sigmask"));
+        assert_ne!(fl(&r) & libc::O_NONBLOCK, 0);
+        // Nothing pending: a non-blocking read says so.
+        assert_eq!(
+            fdkinds::read(&r, &mut [0u8; 128]).unwrap_err(),
+            nix::errno::Errno::EAGAIN
+        );
+    });
+}
+
+#[test]
+fn epoll_reports_restored_targets() {
+    with_timeout(10, || {
+        let ep = fdkinds::epoll_create(libc::EPOLL_CLOEXEC).unwrap();
+        let ev = fdkinds::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK).unwrap();
+        let (a, b) = socket::socketpair(libc::SOCK_STREAM | libc::SOCK_CLOEXEC).unwrap();
+        fdkinds::epoll_add(&ep, &ev, libc::EPOLLIN as u32, 0xdead_beef_0000_0001).unwrap();
+        fdkinds::epoll_add(&ep, &b, (libc::EPOLLIN | libc::EPOLLET) as u32, 77).unwrap();
+        fdkinds::write(&ev, &1u64.to_ne_bytes()).unwrap();
+
+        let mut st = DumpState::new(DumpOptions::default());
+        let e = dump_own(&ep, 5, &mut st);
+        let tfd = &e.epfd.as_ref().unwrap().tfd;
+        assert_eq!(tfd.len(), 2);
+        let t_ev = tfd.iter().find(|t| t.tfd == ev.as_raw_fd() as u32).unwrap();
+        // The kernel always adds EPOLLERR | EPOLLHUP to the recorded events.
+        let always = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+        assert_eq!(
+            (t_ev.id, t_ev.events & !always, t_ev.data),
+            (5, libc::EPOLLIN as u32, 0xdead_beef_0000_0001)
+        );
+        assert!(t_ev.inode.is_some() && t_ev.dev.is_some() && t_ev.pos.is_some());
+        let t_b = tfd.iter().find(|t| t.tfd == b.as_raw_fd() as u32).unwrap();
+        assert_eq!(t_b.events & !always, (libc::EPOLLIN | libc::EPOLLET) as u32);
+        assert_eq!(files::restore_stage(&e), 1, "epoll after its targets");
+
+        // "Restored" targets: the eventfd reopened with its count, the socket end itself.
+        let ev2 = restore(&dump_own(&ev, 6, &mut st), &Extra::default());
+        let map: HashMap<u32, RawFd> = [
+            (ev.as_raw_fd() as u32, ev2.as_raw_fd()),
+            (b.as_raw_fd() as u32, b.as_raw_fd()),
+        ]
+        .into();
+        let extra = Extra::default();
+        let mut ctx = RestoreCtx::new(RestoreOptions::default(), &extra);
+        let r = files::restore_fd(&e, &mut ctx, &|n| map.get(&n).copied()).unwrap();
+        assert_eq!(
+            fdkinds::epoll_poll(&r, 8).unwrap(),
+            vec![(libc::EPOLLIN as u32, 0xdead_beef_0000_0001)]
+        );
+        socket::send(&a, b"x", 0).unwrap();
+        let mut got = fdkinds::epoll_poll(&r, 8).unwrap();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (libc::EPOLLIN as u32, 77),
+                (libc::EPOLLIN as u32, 0xdead_beef_0000_0001)
+            ]
+        );
+
+        // A target that was not restored is an error naming it.
+        let mut ctx = RestoreCtx::new(RestoreOptions::default(), &extra);
+        let err = files::restore_fd(&e, &mut ctx, &no_targets)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("was not restored"), "{err}");
+    });
+}
+
+#[test]
+fn inotify_watches_keep_wd_and_fire() {
+    with_timeout(10, || {
+        let d1 = tempfile::tempdir().unwrap();
+        let d2 = tempfile::tempdir().unwrap();
+        let fd = fdkinds::inotify_init(libc::IN_CLOEXEC | libc::IN_NONBLOCK).unwrap();
+        let w1 =
+            fdkinds::inotify_add_watch(&fd, d1.path().to_str().unwrap(), libc::IN_CREATE).unwrap();
+        let w2 = fdkinds::inotify_add_watch(
+            &fd,
+            d2.path().to_str().unwrap(),
+            libc::IN_CREATE | libc::IN_DELETE,
+        )
+        .unwrap();
+        let w3 = fdkinds::inotify_add_watch(
+            &fd,
+            d1.path().parent().unwrap().to_str().unwrap(),
+            libc::IN_ATTRIB,
+        )
+        .unwrap();
+        fdkinds::inotify_rm_watch(&fd, w1).unwrap();
+        let mut st = DumpState::new(DumpOptions::default());
+        let e = dump_own(&fd, 4, &mut st);
+        let wds = &e.ify.as_ref().unwrap().wd;
+        assert_eq!(wds.len(), 2);
+        let e2 = wds.iter().find(|w| w.wd == w2 as u32).unwrap();
+        assert_eq!(
+            e2.mask & (libc::IN_CREATE | libc::IN_DELETE),
+            libc::IN_CREATE | libc::IN_DELETE
+        );
+        assert_eq!(e2.f_handle.handle.len(), 16);
+        assert!(e2.f_handle.bytes > 0);
+        let r = restore(&e, &Extra::default());
+        assert_ne!(fl(&r) & libc::O_NONBLOCK, 0);
+        // No leftover events from re-adding watches.
+        assert_eq!(
+            fdkinds::read(&r, &mut [0u8; 4096]).unwrap_err(),
+            nix::errno::Errno::EAGAIN
+        );
+        std::fs::write(d2.path().join("new"), b"x").unwrap();
+        let mut buf = [0u8; 4096];
+        let n = fdkinds::read(&r, &mut buf).unwrap();
+        assert!(n >= 16);
+        let wd = i32::from_ne_bytes(buf[0..4].try_into().unwrap());
+        let mask = u32::from_ne_bytes(buf[4..8].try_into().unwrap());
+        assert_eq!((wd, mask & libc::IN_CREATE), (w2, libc::IN_CREATE));
+        // Both watches exist with their old numbers.
+        let again = dump_own(&r, 4, &mut st);
+        let mut got: Vec<u32> = again.ify.unwrap().wd.iter().map(|w| w.wd).collect();
+        got.sort();
+        assert_eq!(got, vec![w2 as u32, w3 as u32]);
+    });
+}
+
+#[test]
+fn extra_images_round_trip() {
+    let mut x = Extra::default();
+    x.sk_queues.push((
+        pb::SkPacketEntry {
+            id_for: 3,
+            length: 5,
+            scm: vec![],
+        },
+        b"hello".to_vec(),
+    ));
+    x.sk_queues.push((
+        pb::SkPacketEntry {
+            id_for: 4,
+            length: 0,
+            scm: vec![],
+        },
+        vec![],
+    ));
+    let tcp = pb::TcpStreamEntry {
+        inq_len: 2,
+        outq_len: 3,
+        inq_seq: 10,
+        outq_seq: 20,
+        ..Default::default()
+    };
+    x.tcp_streams
+        .insert(0x1234, (tcp, b"in".to_vec(), b"out".to_vec()));
+    x.tty_info.push(pb::TtyInfoEntry {
+        id: 1,
+        rdev: 5,
+        ..Default::default()
+    });
+    let y = through_disk(&x, &[0x1234]);
+    assert_eq!(x, y);
+    assert_eq!(
+        y.queue_for(3).collect::<Vec<_>>(),
+        vec![b"hello".as_slice()]
+    );
+}
+
+#[test]
+fn unknown_links_are_not_ours() {
+    let f = std::fs::File::open("/proc/self/stat").unwrap();
+    assert!(files::kind_of("/proc/1/stat", f.as_fd()).is_none());
+    assert!(files::kind_of("pipe:[5]", f.as_fd()).is_none());
+    let e = pb::FileEntry {
+        r#type: pb::FdTypes::Reg as i32,
+        id: 1,
+        ..Default::default()
+    };
+    assert!(!files::handles(&e));
+    let extra = Extra::default();
+    let mut ctx = RestoreCtx::new(RestoreOptions::default(), &extra);
+    assert!(files::restore_fd(&e, &mut ctx, &no_targets).is_err());
+    // A kind entry without its member is an image error, not a panic.
+    let e = pb::FileEntry {
+        r#type: pb::FdTypes::Eventfd as i32,
+        id: 2,
+        ..Default::default()
+    };
+    let err = files::restore_fd(&e, &mut ctx, &no_targets)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no efd member"), "{err}");
+}
