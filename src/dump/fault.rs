@@ -34,7 +34,6 @@ pub const STEPS: &[&str] = &[
     "kill",
 ];
 
-<<<<<<< HEAD
 struct State {
     fault: Option<String>,
     sigfd: Option<SignalFd>,
@@ -47,7 +46,12 @@ thread_local! {
 
 fn stop_signals() -> SigSet {
     let mut s = SigSet::empty();
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         s.add(sig);
     }
     s
@@ -61,7 +65,9 @@ impl Session {
     pub fn begin(fault: Option<String>) -> Session {
         let set = stop_signals();
         let mut old = SigSet::empty();
-        let blocked = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).is_ok();
+        let blocked =
+            nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))
+                .is_ok();
         let sigfd = if blocked {
             SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).ok()
         } else {
@@ -83,7 +89,11 @@ impl Drop for Session {
         STATE.with(|s| {
             if let Some(st) = s.borrow_mut().take() {
                 // Signals that arrived after the last check stay pending and are delivered now.
-                let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&st.old_mask), None);
+                let _ = nix::sys::signal::pthread_sigmask(
+                    SigmaskHow::SIG_SETMASK,
+                    Some(&st.old_mask),
+                    None,
+                );
             }
         });
     }
@@ -96,7 +106,12 @@ pub fn check(step: &'static str, pid: i32) -> Result<()> {
         let Some(st) = s.as_ref() else { return Ok(()) };
         if let Some(f) = &st.fault {
             if f == step {
-                return Err(DumpError::new(step, pid, Some(libc::EIO), "injected fault (STASIS_FAULT)"));
+                return Err(DumpError::new(
+                    step,
+                    pid,
+                    Some(libc::EIO),
+                    "injected fault (STASIS_FAULT)",
+                ));
             }
             if f.strip_prefix("signal:") == Some(step) {
                 let _ = nix::sys::signal::raise(Signal::SIGTERM);
@@ -136,17 +151,5 @@ mod tests {
         let _s = Session::begin(Some("signal:files".into()));
         let e = check("files", 3).unwrap_err();
         assert!(e.to_string().contains("interrupted by signal 15"), "{e}");
-=======
-/// Fails with an injected EIO when `STASIS_FAULT` names `step`.
-pub fn check(step: &'static str, pid: i32) -> Result<()> {
-    match std::env::var("STASIS_FAULT") {
-        Ok(s) if s == step => Err(DumpError::new(
-            step,
-            pid,
-            Some(libc::EIO),
-            "injected fault (STASIS_FAULT)",
-        )),
-        _ => Ok(()),
->>>>>>> main
     }
 }

@@ -20,9 +20,9 @@ pub mod misc_images;
 pub mod mm;
 pub mod options;
 pub mod pages;
-pub mod sockets;
 pub mod probe;
 pub mod profile;
+pub mod sockets;
 pub mod tree;
 
 pub use engine::{run, DumpReport};
