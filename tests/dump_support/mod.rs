@@ -187,29 +187,41 @@ pub fn launch(name: &str, base: i32, args: &[&str]) -> Workload {
     let result = results.join(format!("{name}-{}-{base}.result", std::process::id()));
     let ready = PathBuf::from(format!("{}.ready", result.display()));
     let _ = std::fs::remove_file(&ready);
+    // Another test (or anything else) may take a pid between the check and fx-launch: retry
+    // with the next range.
     let mut pid = base;
-    while !pid_free(pid, 20) {
+    let mut attempts = 0;
+    let w = loop {
+        while !pid_free(pid, 20) {
+            pid += 20;
+            assert!(pid < base + 2000, "no free pid range near {base}");
+        }
+        let mut cmd = format!(
+            "echo $$ > {}/cgroup.procs && exec /tmp/criu-fixtures/bin/fx-launch {pid} /tmp/criu-fixtures/bin/{name} {}",
+            cg.display(),
+            result.display()
+        );
+        for a in args {
+            cmd.push(' ');
+            cmd.push_str(a);
+        }
+        let st = Command::new("sh").arg("-c").arg(&cmd).status().unwrap();
+        if st.success() {
+            break Workload {
+                name: name.into(),
+                pid,
+                cgroup: cg.clone(),
+                result: result.clone(),
+                child: None,
+            };
+        }
+        attempts += 1;
+        assert!(
+            attempts < 10,
+            "fx-launch {name} failed {attempts} times near {base}"
+        );
         pid += 20;
-        assert!(pid < base + 2000, "no free pid range near {base}");
-    }
-    let mut cmd = format!(
-        "echo $$ > {}/cgroup.procs && exec /tmp/criu-fixtures/bin/fx-launch {pid} /tmp/criu-fixtures/bin/{name} {}",
-        cg.display(),
-        result.display()
-    );
-    for a in args {
-        cmd.push(' ');
-        cmd.push_str(a);
-    }
-    let w = Workload {
-        name: name.into(),
-        pid,
-        cgroup: cg,
-        result,
-        child: None,
     };
-    let st = Command::new("sh").arg("-c").arg(&cmd).status().unwrap();
-    assert!(st.success(), "fx-launch {name} at {pid} failed");
     let t0 = Instant::now();
     while !ready.exists() {
         assert!(t0.elapsed() < Duration::from_secs(20), "{name} not ready");
