@@ -16,6 +16,7 @@ use std::ffi::{OsStr, OsString};
 pub mod check;
 pub mod common;
 pub mod crit;
+pub mod restore;
 pub mod dump;
 
 /// A verb of the command line.
@@ -31,6 +32,11 @@ const VERBS: &[Verb] = &[
         name: "crit",
         about: "decode, encode and explore image files (like CRIU's crit)",
         run: crit::main,
+    },
+    Verb {
+        name: "restore",
+        about: "restore a process tree from images",
+        run: restore::run,
     },
     Verb {
         name: "dump",

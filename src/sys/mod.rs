@@ -1,4 +1,7 @@
 //! sys (work in progress)
+pub mod clone3;
+pub mod tracee;
+pub mod fds;
 pub mod cpu;
 pub mod pod;
 pub mod restorer;
