@@ -172,6 +172,8 @@ extern "C" fn thread_check() -> ! {
         5 // registered already: EBUSY
     } else if rsys(102, 0, 0, 0, 0) != 1000 || rsys(104, 0, 0, 0, 0) != 1000 {
         6
+    } else if rsys(110, 0, 0, 0, 0) != -1 {
+        7 // the seccomp filter makes getppid fail with EPERM
     } else {
         0
     };
@@ -249,6 +251,8 @@ extern "C" fn leader_check() -> ! {
         15
     } else if !vdso_call_ok() {
         16
+    } else if rsys(110, 0, 0, 0, 0) <= 0 {
+        17 // no filter on the leader
     } else {
         0
     };
@@ -364,6 +368,23 @@ fn stat_fields() -> Vec<u64> {
         .split_whitespace()
         .map(|f| f.parse().unwrap_or(0))
         .collect()
+}
+
+/// Classic BPF: getppid (110) fails with EPERM, everything else is allowed.
+fn getppid_eperm_filter() -> Vec<u8> {
+    let insn = |code: u16, jt: u8, jf: u8, k: u32| {
+        let mut b = code.to_le_bytes().to_vec();
+        b.extend_from_slice(&[jt, jf]);
+        b.extend_from_slice(&k.to_le_bytes());
+        b
+    };
+    [
+        insn(0x20, 0, 0, 0),           // ld [0] (seccomp_data.nr)
+        insn(0x15, 0, 1, 110),         // jeq #110
+        insn(0x06, 0, 0, 0x0005_0001), // ret ERRNO(EPERM)
+        insn(0x06, 0, 0, 0x7fff_0000), // ret ALLOW
+    ]
+    .concat()
 }
 
 fn siginfo(sig: i32, code: i32, value: i32) -> SigInfo {
@@ -698,6 +719,7 @@ fn child_full(
         fpu,
         creds: Some((root_caps, vec![0])),
         signals: vec![siginfo(10, -1, 1234)],
+        seccomp: Vec::new(),
     });
     spec.threads.push(ThreadSpec {
         args: ThreadArgs {
@@ -722,6 +744,7 @@ fn child_full(
         fpu: Vec::new(),
         creds: Some((user, vec![1000])),
         signals: vec![siginfo(10, -1, 42)],
+        seccomp: vec![(getppid_eperm_filter(), 0)],
     });
     let len = spec.area_len();
     let base = area_hole(len);
