@@ -30,7 +30,7 @@ impl ImageFile {
             return Err(RestoreError::Io {
                 step: "read image",
                 path,
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                source: std::io::Error::from_raw_os_error(libc::ENOENT),
             });
         }
         let img = Image::read_file(&path).map_err(|e| RestoreError::Image {

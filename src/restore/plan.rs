@@ -204,7 +204,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
         return Err(RestoreError::Io {
             step: "open inventory",
             path: inv,
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
         });
     }
     let mut pst = ImageFile::open(dir, "pstree.img")?;
