@@ -63,7 +63,7 @@ fn no_targets(_: u32) -> Option<RawFd> {
 }
 
 fn restore(e: &pb::FileEntry, extra: &Extra) -> OwnedFd {
-    let mut ctx = RestoreCtx::new(RestoreOptions::default(), extra);
+    let mut ctx = RestoreCtx::new(RestoreOptions::default(), extra, [e]);
     files::restore_fd(e, &mut ctx, &no_targets).unwrap_or_else(|err| panic!("restore: {err}"))
 }
 
@@ -232,7 +232,7 @@ fn epoll_reports_restored_targets() {
         assert!(t_ev.inode.is_some() && t_ev.dev.is_some() && t_ev.pos.is_some());
         let t_b = tfd.iter().find(|t| t.tfd == b.as_raw_fd() as u32).unwrap();
         assert_eq!(t_b.events & !always, (libc::EPOLLIN | libc::EPOLLET) as u32);
-        assert_eq!(files::restore_stage(&e), 1, "epoll after its targets");
+        assert_eq!(files::restore_stage(&e), 2, "epoll after its targets");
 
         // "Restored" targets: the eventfd reopened with its count, the socket end itself.
         let ev2 = restore(&dump_own(&ev, 6, &mut st), &Extra::default());
@@ -242,7 +242,7 @@ fn epoll_reports_restored_targets() {
         ]
         .into();
         let extra = Extra::default();
-        let mut ctx = RestoreCtx::new(RestoreOptions::default(), &extra);
+        let mut ctx = RestoreCtx::new(RestoreOptions::default(), &extra, [&e]);
         let r = files::restore_fd(&e, &mut ctx, &|n| map.get(&n).copied()).unwrap();
         assert_eq!(
             fdkinds::epoll_poll(&r, 8).unwrap(),
@@ -260,7 +260,7 @@ fn epoll_reports_restored_targets() {
         );
 
         // A target that was not restored is an error naming it.
-        let mut ctx = RestoreCtx::new(RestoreOptions::default(), &extra);
+        let mut ctx = RestoreCtx::new(RestoreOptions::default(), &extra, [&e]);
         let err = files::restore_fd(&e, &mut ctx, &no_targets)
             .unwrap_err()
             .to_string();
@@ -375,7 +375,7 @@ fn unknown_links_are_not_ours() {
     };
     assert!(!files::handles(&e));
     let extra = Extra::default();
-    let mut ctx = RestoreCtx::new(RestoreOptions::default(), &extra);
+    let mut ctx = RestoreCtx::new(RestoreOptions::default(), &extra, [&e]);
     assert!(files::restore_fd(&e, &mut ctx, &no_targets).is_err());
     // A kind entry without its member is an image error, not a panic.
     let e = pb::FileEntry {
@@ -387,4 +387,257 @@ fn unknown_links_are_not_ours() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("no efd member"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// unix sockets
+
+fn ino_of(fd: &impl AsFd) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let p = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
+    std::fs::metadata(p).unwrap().ino() as u32
+}
+
+fn unix_addr(name: &[u8]) -> Vec<u8> {
+    let mut a = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+    a.extend_from_slice(name);
+    a
+}
+
+/// Restores `entries` in stage order; returns the descriptors by files.img id.
+fn restore_all(
+    entries: &[pb::FileEntry],
+    extra: &Extra,
+    opts: RestoreOptions,
+) -> HashMap<u32, OwnedFd> {
+    let mut sorted: Vec<&pb::FileEntry> = entries.iter().collect();
+    sorted.sort_by_key(|e| files::restore_stage(e));
+    let mut ctx = RestoreCtx::new(opts, extra, entries);
+    let mut out = HashMap::new();
+    for e in sorted {
+        let fd = files::restore_fd(e, &mut ctx, &no_targets)
+            .unwrap_or_else(|err| panic!("restore: {err}"));
+        out.insert(e.id, fd);
+    }
+    assert!(ctx.unclaimed().is_empty());
+    out
+}
+
+fn recv_all(fd: &impl AsFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match socket::recv(fd, &mut buf, libc::MSG_DONTWAIT) {
+            Ok(0) | Err(nix::errno::Errno::EAGAIN) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+}
+
+#[test]
+fn unix_socketpair_queues_both_ways() {
+    with_timeout(10, || {
+        let (a, b) = socket::socketpair(libc::SOCK_STREAM | libc::SOCK_CLOEXEC).unwrap();
+        socket::send(&a, b"to b: hello", 0).unwrap();
+        socket::send(&a, b" and more", 0).unwrap();
+        socket::send(&b, b"to a", 0).unwrap();
+        fdkinds::set_fl(&b, fl(&b) | libc::O_NONBLOCK).unwrap();
+        socket::setsockopt_int(&a, libc::SOL_SOCKET, libc::SO_SNDBUF, 65536).unwrap();
+        let mut st = DumpState::new(DumpOptions::default());
+        let ea = dump_own(&a, 1, &mut st);
+        let eb = dump_own(&b, 2, &mut st);
+        assert!(files::finish_dump(&mut st, &mut || 100).unwrap().is_empty());
+        let (ua, ub) = (ea.usk.clone().unwrap(), eb.usk.clone().unwrap());
+        assert_eq!((ua.peer, ub.peer), (ino_of(&b), ino_of(&a)));
+        assert_eq!((ua.state, ua.r#type), (1, libc::SOCK_STREAM as u32));
+        assert_eq!(ua.opts.so_sndbuf, 131072);
+        // Peeking left the data in place.
+        assert_eq!(recv_all(&b), b"to b: hello and more");
+        let extra = through_disk(&st.extra, &[]);
+        assert_eq!(
+            extra.queue_for(1).collect::<Vec<_>>(),
+            vec![b"to a".as_slice()]
+        );
+        drop((a, b));
+        let fds = restore_all(&[ea, eb], &extra, RestoreOptions::default());
+        let (ra, rb) = (&fds[&1], &fds[&2]);
+        assert_ne!(fl(rb) & libc::O_NONBLOCK, 0);
+        assert_eq!(fl(ra) & libc::O_NONBLOCK, 0);
+        assert_eq!(
+            socket::getsockopt_int(ra, libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap(),
+            131072
+        );
+        assert_eq!(recv_all(rb), b"to b: hello and more");
+        assert_eq!(recv_all(ra), b"to a");
+        socket::send(ra, b"new", 0).unwrap();
+        assert_eq!(recv_all(rb), b"new");
+    });
+}
+
+#[test]
+fn unix_listener_and_bound_dgram_with_queue() {
+    with_timeout(10, || {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dgram.sock");
+        let l = socket::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        let abs = format!("\0stasis-test-listen-{}", std::process::id());
+        socket::bind(&l, &unix_addr(abs.as_bytes())).unwrap();
+        socket::listen(&l, 5).unwrap();
+        let d = socket::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::bind(&d, &unix_addr(path.to_str().unwrap().as_bytes())).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let c = socket::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::connect(&c, &unix_addr(path.to_str().unwrap().as_bytes())).unwrap();
+        socket::send(&c, b"one", 0).unwrap();
+        socket::send(&c, b"two!", 0).unwrap();
+
+        let mut st = DumpState::new(DumpOptions::default());
+        let el = dump_own(&l, 1, &mut st);
+        let ed = dump_own(&d, 2, &mut st);
+        let ul = el.usk.as_ref().unwrap();
+        assert_eq!((ul.state, ul.backlog), (10, 5));
+        assert_eq!(ul.name, abs.as_bytes());
+        let ud = ed.usk.as_ref().unwrap();
+        assert_eq!(ud.name, path.to_str().unwrap().as_bytes());
+        assert_eq!(ud.file_perms.as_ref().unwrap().mode & 0o777, 0o600);
+        let extra = through_disk(&st.extra, &[]);
+        assert_eq!(
+            extra.queue_for(2).collect::<Vec<_>>(),
+            vec![b"one".as_slice(), b"two!".as_slice()]
+        );
+        drop((l, d, c));
+        let fds = restore_all(&[el, ed], &extra, RestoreOptions::default());
+        let (rl, rd) = (&fds[&1], &fds[&2]);
+        assert_eq!(socket::getsockname(rl).unwrap(), unix_addr(abs.as_bytes()));
+        let diag = stasis::sys::sock_diag::unix_by_ino(ino_of(rl)).unwrap();
+        assert_eq!((diag.state, diag.rqlen.unwrap().1), (10, 5));
+        // The listener accepts connections again.
+        let c2 = socket::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::connect(&c2, &unix_addr(abs.as_bytes())).unwrap();
+        socket::accept(rl, libc::SOCK_CLOEXEC).unwrap();
+        // Datagrams keep their boundaries and order; the file keeps its mode.
+        let mut buf = [0u8; 16];
+        assert_eq!(socket::recv(rd, &mut buf, libc::MSG_DONTWAIT).unwrap(), 3);
+        assert_eq!(&buf[..3], b"one");
+        assert_eq!(socket::recv(rd, &mut buf, libc::MSG_DONTWAIT).unwrap(), 4);
+        assert_eq!(&buf[..4], b"two!");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    });
+}
+
+#[test]
+fn unix_dgram_client_reconnects_to_restored_server() {
+    with_timeout(10, || {
+        let name = format!("\0stasis-test-dgram-{}", std::process::id());
+        let srv = socket::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::bind(&srv, &unix_addr(name.as_bytes())).unwrap();
+        let cli = socket::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::connect(&cli, &unix_addr(name.as_bytes())).unwrap();
+        let mut st = DumpState::new(DumpOptions::default());
+        let ec = dump_own(&cli, 1, &mut st);
+        let es = dump_own(&srv, 2, &mut st);
+        assert_eq!(ec.usk.as_ref().unwrap().peer, ino_of(&srv));
+        assert_eq!(es.usk.as_ref().unwrap().peer, 0);
+        assert!(files::restore_stage(&ec) > files::restore_stage(&es));
+        drop((cli, srv));
+        let fds = restore_all(&[ec, es], &Extra::default(), RestoreOptions::default());
+        socket::send(&fds[&1], b"ping", 0).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            socket::recv(&fds[&2], &mut buf, libc::MSG_DONTWAIT).unwrap(),
+            4
+        );
+    });
+}
+
+#[test]
+fn unix_closed_peer_gives_data_then_eof() {
+    with_timeout(10, || {
+        let (a, b) = socket::socketpair(libc::SOCK_STREAM | libc::SOCK_CLOEXEC).unwrap();
+        socket::send(&b, b"last words", 0).unwrap();
+        drop(b);
+        let mut st = DumpState::new(DumpOptions::default());
+        let e = dump_own(&a, 1, &mut st);
+        assert_eq!(e.usk.as_ref().unwrap().peer, 0);
+        let extra = through_disk(&st.extra, &[]);
+        drop(a);
+        let fds = restore_all(&[e], &extra, RestoreOptions::default());
+        let mut buf = [0u8; 32];
+        let n = socket::recv(&fds[&1], &mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], b"last words");
+        assert_eq!(
+            socket::recv(&fds[&1], &mut buf, 0).unwrap(),
+            0,
+            "EOF after the data"
+        );
+    });
+}
+
+#[test]
+fn unix_external_peers_need_ext_unix_sk() {
+    with_timeout(10, || {
+        let (a, _outside) = socket::socketpair(libc::SOCK_STREAM | libc::SOCK_CLOEXEC).unwrap();
+        let mut st = DumpState::new(DumpOptions::default());
+        dump_own(&a, 1, &mut st);
+        let err = files::finish_dump(&mut st, &mut || 100)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--ext-unix-sk"), "{err}");
+
+        let mut st = DumpState::new(DumpOptions {
+            ext_unix_sk: true,
+            ..Default::default()
+        });
+        dump_own(&a, 1, &mut st);
+        let changed = files::finish_dump(&mut st, &mut || 100).unwrap();
+        assert_eq!(changed.len(), 1);
+        assert_eq!(
+            changed[0].usk.as_ref().unwrap().uflags,
+            stasis::files::unix::USK_EXTERN
+        );
+        let opts = RestoreOptions {
+            ext_unix_sk: true,
+            ..Default::default()
+        };
+        let fds = restore_all(&changed, &Extra::default(), opts);
+        assert_eq!(
+            socket::recv(&fds[&1], &mut [0u8; 4], libc::MSG_DONTWAIT).unwrap(),
+            0
+        );
+
+        // A named external peer becomes its own entry; the socket reconnects to it by name.
+        let name = format!("\0stasis-test-ext-{}", std::process::id());
+        let srv = socket::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::bind(&srv, &unix_addr(name.as_bytes())).unwrap();
+        let cli = socket::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::connect(&cli, &unix_addr(name.as_bytes())).unwrap();
+        let mut st = DumpState::new(DumpOptions {
+            ext_unix_sk: true,
+            ..Default::default()
+        });
+        let ec = dump_own(&cli, 1, &mut st);
+        let added = files::finish_dump(&mut st, &mut || 100).unwrap();
+        assert_eq!(added.len(), 1);
+        let ext = added[0].usk.as_ref().unwrap();
+        assert_eq!(
+            (added[0].id, ext.ino, ext.uflags),
+            (100, ino_of(&srv), stasis::files::unix::USK_EXTERN)
+        );
+        assert_eq!(ext.name, name.as_bytes());
+        drop(cli);
+        let none = Extra::default();
+        let mut ctx = RestoreCtx::new(opts, &none, [&ec, &added[0]]);
+        let rc = files::restore_fd(&ec, &mut ctx, &no_targets).unwrap();
+        socket::send(&rc, b"hi", 0).unwrap();
+        assert_eq!(
+            socket::recv(&srv, &mut [0u8; 4], libc::MSG_DONTWAIT).unwrap(),
+            2
+        );
+    });
 }

@@ -640,12 +640,15 @@ impl Image {
                 needed: 1,
                 available: 0,
             })?;
-        decode_bytes(
-            &e.bytes,
-            &FileName::default(),
-            index,
-            self.entry_offset(index),
-        )
+        // The offset (O(index) to compute) is only needed on failure.
+        M::decode(e.bytes.as_slice()).or_else(|_| {
+            decode_bytes(
+                &e.bytes,
+                &FileName::default(),
+                index,
+                self.entry_offset(index),
+            )
+        })
     }
 
     /// Every entry decoded as `M`.

@@ -23,6 +23,7 @@ pub static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/des
 
 pub mod error;
 pub mod framing;
+pub mod fuzzing;
 pub mod json;
 pub mod magic;
 pub mod pagemap;

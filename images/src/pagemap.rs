@@ -60,7 +60,8 @@ impl PageRun {
     }
     /// First address after the run.
     pub fn end(&self) -> u64 {
-        self.vaddr + self.nr_pages * PAGE_SIZE
+        self.vaddr
+            .saturating_add(self.nr_pages.saturating_mul(PAGE_SIZE))
     }
     pub fn contains(&self, addr: u64) -> bool {
         addr >= self.vaddr && addr < self.end()
@@ -169,7 +170,7 @@ impl Pagemap {
                     offset,
                 };
                 if flags & PE_PRESENT != 0 {
-                    offset += nr_pages * PAGE_SIZE;
+                    offset = offset.saturating_add(nr_pages.saturating_mul(PAGE_SIZE));
                 }
                 r
             })

@@ -35,7 +35,8 @@
 //!    private memory) and the `from` ranges of `special` (the running vvar/vdso).
 //! 3. Moves `special` ranges (vvar, vdso) to their image addresses with `mremap`.
 //!    Engine rules: premap ranges overlap no target VMA other than their own (`premap ==
-//!    start` is allowed) and no special range; the area overlaps neither.
+//!    start` is allowed) and no special range; the area overlaps neither. `mremap` keeps the
+//!    premap's VMA flags: premap a `MAP_GROWSDOWN` stack with `MAP_GROWSDOWN`.
 //! 4. For each VMA in address order: `VMA_PREMAPPED` is moved from `premap` with
 //!    `mremap(MREMAP_MAYMOVE|MREMAP_FIXED)` (no-op if `premap == start`); `VMA_MMAP` is
 //!    mapped with `mmap(MAP_FIXED)` from `fd` (or anonymous if `fd < 0`) at `pgoff`; then each
