@@ -47,7 +47,10 @@ fn truncated_pages_are_rejected() {
     let _l = Leftovers("fx-mem");
     let dir = scratch_copy(&s, "fx-mem");
     let pages = dir.join("pages-2.img");
-    let f = std::fs::OpenOptions::new().write(true).open(&pages).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pages)
+        .unwrap();
     f.set_len(4096 * 100).unwrap();
     let out = stasis_restore(&dir, &["-d"]);
     assert_failed(&out, "fx-mem", &["pages-2.img", "truncated"]);
@@ -73,7 +76,11 @@ fn missing_file_is_rejected() {
     std::fs::remove_file("/tmp/criu-fixtures/data/fx-files/ro.dat").unwrap();
     let out = stasis_restore(&dir, &["-d"]);
     reinstall();
-    assert_failed(&out, "fx-files", &["/tmp/criu-fixtures/data/fx-files/ro.dat", "cannot stat"]);
+    assert_failed(
+        &out,
+        "fx-files",
+        &["/tmp/criu-fixtures/data/fx-files/ro.dat", "cannot stat"],
+    );
 }
 
 #[test]
@@ -82,11 +89,18 @@ fn changed_file_size_is_rejected() {
     pids_ready("fx-files");
     let _l = Leftovers("fx-files");
     let dir = scratch_copy(&s, "fx-files");
-    let f = std::fs::OpenOptions::new().append(true).open("/tmp/criu-fixtures/data/fx-files/rw.dat").unwrap();
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open("/tmp/criu-fixtures/data/fx-files/rw.dat")
+        .unwrap();
     f.set_len(32769).unwrap();
     let out = stasis_restore(&dir, &["-d"]);
     reinstall();
-    assert_failed(&out, "fx-files", &["rw.dat", "size 32769, the images expect 32768"]);
+    assert_failed(
+        &out,
+        "fx-files",
+        &["rw.dat", "size 32769, the images expect 32768"],
+    );
 }
 
 #[test]
@@ -95,10 +109,18 @@ fn changed_file_mode_is_rejected() {
     pids_ready("fx-files");
     let _l = Leftovers("fx-files");
     let dir = scratch_copy(&s, "fx-files");
-    std::fs::set_permissions("/tmp/criu-fixtures/data/fx-files/ro.dat", std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(
+        "/tmp/criu-fixtures/data/fx-files/ro.dat",
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
     let out = stasis_restore(&dir, &["-d"]);
     reinstall();
-    assert_failed(&out, "fx-files", &["ro.dat", "mode 100666, the images expect 100644"]);
+    assert_failed(
+        &out,
+        "fx-files",
+        &["ro.dat", "mode 100666, the images expect 100644"],
+    );
 }
 
 #[test]
@@ -115,13 +137,23 @@ fn taken_pid_is_named_with_its_owner() {
         .spawn()
         .expect("spawn fx-launch");
     let out = wait_child(launcher, Duration::from_secs(10), "fx-launch");
-    assert!(out.status.success(), "fx-launch: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "fx-launch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let restore = stasis_restore(&dir, &["-d"]);
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(30000), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(30000),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     wait_pids_free(&[30000], Duration::from_secs(10));
     let err = String::from_utf8_lossy(&restore.stderr).into_owned();
     assert_eq!(restore.status.code(), Some(1), "stderr: {err}");
-    assert!(err.contains("pid 30000 is taken by sleep (/bin/sleep 60)"), "got: {err}");
+    assert!(
+        err.contains("pid 30000 is taken by sleep (/bin/sleep 60)"),
+        "got: {err}"
+    );
 }
 
 /// A failure after the tree exists (mmap of a grandchild fails during the switch) kills every
@@ -135,9 +167,15 @@ fn failure_after_tree_creation_kills_the_tree() {
     let path = dir.join("mm-30404.img");
     let img = Image::read_file(&path).unwrap();
     let mut mm: pb::MmEntry = img.single().unwrap();
-    let v = mm.vmas.iter_mut().find(|v| v.status & (1 << 6) != 0).expect("a private file vma");
+    let v = mm
+        .vmas
+        .iter_mut()
+        .find(|v| v.status & (1 << 6) != 0)
+        .expect("a private file vma");
     v.pgoff += 1; // not page aligned: mmap fails with EINVAL
-    Image::from_messages(img.kind, &[mm]).write_file(&path).unwrap();
+    Image::from_messages(img.kind, &[mm])
+        .write_file(&path)
+        .unwrap();
     let out = stasis_restore(&dir, &["-d"]);
     assert_failed(&out, "fx-tree", &["mmap", "pid 30404", "EINVAL"]);
 }

@@ -56,11 +56,14 @@ impl ImageFile {
         }
         let index = self.pos;
         self.pos += 1;
-        self.img.decode_entry(index).map(Some).map_err(|e| RestoreError::Image {
-            path: self.path.clone(),
-            index,
-            what: e.to_string(),
-        })
+        self.img
+            .decode_entry(index)
+            .map(Some)
+            .map_err(|e| RestoreError::Image {
+                path: self.path.clone(),
+                index,
+                what: e.to_string(),
+            })
     }
 
     /// Decodes every remaining entry as `M`.
@@ -75,12 +78,20 @@ impl ImageFile {
     /// The extra payload that followed the last decoded entry; it must hold `len` bytes.
     pub fn payload(&self, len: u64) -> Result<&[u8], RestoreError> {
         let index = self.pos.saturating_sub(1);
-        let extra = self.img.entries.get(index).and_then(|e| e.extra.as_deref()).unwrap_or(&[]);
+        let extra = self
+            .img
+            .entries
+            .get(index)
+            .and_then(|e| e.extra.as_deref())
+            .unwrap_or(&[]);
         if extra.len() as u64 != len {
             return Err(RestoreError::Image {
                 path: self.path.clone(),
                 index,
-                what: format!("payload of {} bytes, the entry announces {len}", extra.len()),
+                what: format!(
+                    "payload of {} bytes, the entry announces {len}",
+                    extra.len()
+                ),
             });
         }
         Ok(extra)

@@ -1,9 +1,8 @@
 //! sys (work in progress)
 pub mod clone3;
-pub mod tracee;
-pub mod fds;
 pub mod cpu;
 pub mod fdkinds;
+pub mod fds;
 pub mod pod;
 pub mod restorer;
 #[cfg(test)]
@@ -12,3 +11,4 @@ mod restorer_fixture_tests;
 mod restorer_tests;
 pub mod sock_diag;
 pub mod socket;
+pub mod tracee;

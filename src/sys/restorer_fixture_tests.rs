@@ -235,11 +235,9 @@ fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
     spec.close_fds.push(null as u32);
     // SAFETY: setsid has no preconditions (the image's task is a session leader).
     unsafe { libc::setsid() };
-    let base = 0x5c00_0000_0000;
-    let area = spec.build(base).expect("build");
-    let mut m = crate::sys::restorer::RestorerArea::map(base, spec.area_len()).expect("map area");
-    m.write(&area.bytes).expect("write area");
-    m.enter(area.entry_offset, area.args, area.leader_stack_top)
+    match crate::restore::blob_args::enter(&spec) {
+        Err(e) => panic!("enter the restorer: {e}"),
+    }
 }
 
 /// Forks a child that gets PID 30000 (through ns_last_pid), or None if it is taken.
@@ -343,6 +341,8 @@ fn restore_and_verify(name: &str, pid: i32) {
     let task_dir = format!("/proc/{pid}/task");
     let nr_tasks = std::fs::read_dir(&task_dir).map(|d| d.count()).unwrap_or(0);
     assert_eq!(nr_tasks, tids.len(), "threads of the restored {name}");
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert_eq!(comm.trim_end(), name, "comm of the restored task");
     // SAFETY: signals our own restored child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
