@@ -22,10 +22,7 @@ const PROBE_ONLY: &[&str] = &[
 ];
 
 fn dump_and_compare(name: &str, base: i32, args: &[&str]) {
-    let cg_name = format!(
-        "/sys/fs/cgroup/unified/stasis-dump-test-{name}-{}",
-        std::process::id()
-    );
+    let cg_name = cgroup_path(name, base);
     let name2 = name.to_string();
     let args2: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     with_deadline(
@@ -160,4 +157,50 @@ fn dump_fx_files() {
     assert!(st.success());
     dump_and_compare("fx-files", 31300, &[data.to_str().unwrap()]);
     let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn dump_kills_the_tree_unless_leave_running() {
+    let base = 32200;
+    let cg = cgroup_path("fx-tree", base);
+    with_deadline(
+        60,
+        move || kill_cgroup(&cg),
+        move || {
+            let w = launch("fx-tree", base, &[]);
+            let dir = tempfile::tempdir().unwrap();
+            let opts = DumpOptions {
+                pid: w.pid,
+                images_dir: dir.path().to_path_buf(),
+                ..Default::default()
+            };
+            let mut backend = TestBackend {
+                cgroup: w.cgroup.clone(),
+            };
+            let rep = stasis::dump::run(&opts, &mut backend).unwrap();
+            assert_eq!(rep.pids.len(), 6);
+            // Every task of the tree got SIGKILL: none is left running.
+            let t0 = std::time::Instant::now();
+            loop {
+                let alive: Vec<i32> = rep
+                    .pids
+                    .iter()
+                    .copied()
+                    .filter(|p| {
+                        std::fs::read_to_string(format!("/proc/{p}/stat"))
+                            .map(|s| !s.contains(") Z") && !s.contains(") X"))
+                            .unwrap_or(false)
+                    })
+                    .collect();
+                if alive.is_empty() {
+                    break;
+                }
+                assert!(
+                    t0.elapsed() < std::time::Duration::from_secs(5),
+                    "still alive: {alive:?}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        },
+    )
 }

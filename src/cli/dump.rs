@@ -113,6 +113,7 @@ impl DumpArgs {
             timeout: self.common.timeout(),
             prev_images_dir: None,
             track_mem: false,
+            fault: std::env::var("STASIS_FAULT").ok(),
         }
     }
 }

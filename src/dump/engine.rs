@@ -114,6 +114,7 @@ fn collect_process(
             sched_prio: tstat.rt_priority,
             creds: creds(&tstatus, tid)?,
         };
+        fault::check("core", tid)?;
         let tprobe = frozen.thread(pid, tid)?;
         let proc_part = if tid == pid {
             Some((&pf, &pprobe))
@@ -329,6 +330,7 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
             ),
         ));
     }
+    let _session = fault::Session::begin(opts.fault.clone());
     fault::check("seize", opts.pid)?;
     let t_freeze = prof.now_us();
     let mut frozen = backend.freeze(opts)?;

@@ -83,6 +83,7 @@ pub struct Files {
     /// `pipes-data.img`: entry and data.
     pub pipes_data: Vec<(Value, Vec<u8>)>,
     pipes_seen: HashSet<u64>,
+    inet: Option<HashMap<u32, super::sockets::InetSock>>,
 }
 
 fn fown() -> Value {
@@ -301,6 +302,63 @@ impl Files {
         Ok(id)
     }
 
+    fn socket(&mut self, pid: i32, fd: i32, ino: u64, flags: u32) -> Result<u32> {
+        let unsupported = |what: String| {
+            DumpError::new(
+                "files",
+                pid,
+                Some(libc::ENOTSUP),
+                format!("fd {fd}: {what}"),
+            )
+        };
+        let mine = proc::ns::read_one(std::process::id() as i32, "net")
+            .map_err(|e| DumpError::proc("files", pid, e))?;
+        let theirs =
+            proc::ns::read_one(pid, "net").map_err(|e| DumpError::proc("files", pid, e))?;
+        if mine != theirs {
+            return Err(unsupported("socket in another network namespace".into()));
+        }
+        if self.inet.is_none() {
+            let all = super::sockets::all_inet().map_err(|e| {
+                DumpError::new("files", pid, e.raw_os_error(), format!("sock_diag: {e}"))
+            })?;
+            self.inet = Some(all);
+        }
+        let Some(sk) = self
+            .inet
+            .as_ref()
+            .and_then(|m| m.get(&(ino as u32)))
+            .cloned()
+        else {
+            return Err(unsupported(format!("socket:[{ino}] is not a TCP or UDP socket (unix, netlink and packet sockets are not supported yet)")));
+        };
+        let tcp = sk.proto == libc::IPPROTO_TCP as u32;
+        const TCP_LISTEN: u32 = 10;
+        const TCP_CLOSE: u32 = 7;
+        if tcp && sk.state != TCP_LISTEN && sk.state != TCP_CLOSE {
+            return Err(unsupported(format!(
+                "TCP connection in state {} (established connections need TCP_REPAIR, not supported)",
+                sk.state
+            )));
+        }
+        let id = self.new_id();
+        let mut isk = json!({
+            "id": id, "ino": ino, "family": sk.family,
+            "type": if tcp { libc::SOCK_STREAM } else { libc::SOCK_DGRAM },
+            "proto": sk.proto, "state": sk.state, "src_port": sk.src_port, "dst_port": sk.dst_port,
+            "flags": flags, "backlog": if sk.state == TCP_LISTEN { sk.wqueue } else { 0 },
+            "src_addr": sk.src_addr, "dst_addr": sk.dst_addr, "fown": fown(),
+            "opts": {"so_sndbuf": sk.sndbuf, "so_rcvbuf": sk.rcvbuf, "so_snd_tmo_sec": 0, "so_snd_tmo_usec": 0,
+                     "so_rcv_tmo_sec": 0, "so_rcv_tmo_usec": 0},
+        });
+        if let Some(v6) = sk.v6only {
+            isk["v6only"] = json!(v6);
+        }
+        self.entries
+            .push(json!({"type": "INETSK", "id": id, "isk": isk}));
+        Ok(id)
+    }
+
     /// Records fd `fd` of `pid`; returns its fdinfo entry.
     pub fn fd(&mut self, pid: i32, fd: i32) -> Result<FdEntry> {
         let target =
@@ -339,6 +397,32 @@ impl Files {
                     }
                     (id, "REG")
                 }
+            }
+            FdTarget::Socket(ino) => (self.socket(pid, fd, *ino, flags)?, "INETSK"),
+            FdTarget::AnonInode(kind) => {
+                let (ty, field, build): (&'static str, &str, super::fdkinds::Builder) =
+                    match kind.as_str() {
+                        "eventfd" => ("EVENTFD", "efd", super::fdkinds::eventfd),
+                        "eventpoll" => ("EVENTPOLL", "epfd", super::fdkinds::eventpoll),
+                        "timerfd" => ("TIMERFD", "tfd", super::fdkinds::timerfd),
+                        "signalfd" => ("SIGNALFD", "sgfd", super::fdkinds::signalfd),
+                        "inotify" => ("INOTIFY", "ify", super::fdkinds::inotify),
+                        _ => {
+                            return Err(DumpError::new(
+                                "files",
+                                pid,
+                                Some(libc::ENOTSUP),
+                                format!("fd {fd}: unsupported anonymous inode [{kind}]"),
+                            ))
+                        }
+                    };
+                let id = self.new_id();
+                let body = build(id, flags, &info)
+                    .map_err(|e| DumpError::new("files", pid, None, format!("fd {fd}: {e}")))?;
+                let mut entry = json!({"type": ty, "id": id});
+                entry[field] = body;
+                self.entries.push(entry);
+                (id, ty)
             }
             other => {
                 return Err(DumpError::new(
@@ -451,6 +535,60 @@ mod tests {
         let mut s = String::new();
         rf.read_to_string(&mut s).unwrap();
         assert_eq!(s, "hello pipe");
+    }
+
+    #[test]
+    fn anon_inode_fds_encode() {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        use nix::sys::signal::{SigSet, Signal};
+        use nix::sys::signalfd::SignalFd;
+        use nix::sys::time::TimeSpec;
+        use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+        use std::os::fd::{AsFd, AsRawFd};
+        let efd = EventFd::from_value_and_flags(7, EfdFlags::EFD_NONBLOCK).unwrap();
+        let ep = Epoll::new(EpollCreateFlags::empty()).unwrap();
+        ep.add(efd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 42))
+            .unwrap();
+        let tfd = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::empty()).unwrap();
+        tfd.set(
+            Expiration::IntervalDelayed(TimeSpec::new(100, 0), TimeSpec::new(1, 500)),
+            TimerSetTimeFlags::empty(),
+        )
+        .unwrap();
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGUSR1);
+        let sfd = SignalFd::new(&mask).unwrap();
+        let ino = Inotify::init(InitFlags::empty()).unwrap();
+        ino.add_watch("/tmp", AddWatchFlags::IN_CREATE).unwrap();
+        let me = std::process::id() as i32;
+        let mut files = Files::new();
+        let kinds: Vec<&str> = [
+            efd.as_fd().as_raw_fd(),
+            ep.0.as_raw_fd(),
+            tfd.as_fd().as_raw_fd(),
+            sfd.as_raw_fd(),
+            ino.as_fd().as_raw_fd(),
+        ]
+        .iter()
+        .map(|&fd| files.fd(me, fd).unwrap().kind)
+        .collect();
+        assert_eq!(
+            kinds,
+            ["EVENTFD", "EVENTPOLL", "TIMERFD", "SIGNALFD", "INOTIFY"]
+        );
+        assert_eq!(files.entries[0]["efd"]["counter"], 7);
+        assert_eq!(files.entries[1]["epfd"]["tfd"][0]["data"], 42);
+        assert_eq!(files.entries[2]["tfd"]["isec"], 1);
+        assert_eq!(
+            files.entries[3]["sgfd"]["sigmask"],
+            1u64 << (libc::SIGUSR1 - 1)
+        );
+        assert_eq!(files.entries[4]["ify"]["wd"][0]["mask"], libc::IN_CREATE);
+        for e in &files.entries {
+            crate::dump::images_out::encode("file_entry", e).unwrap_or_else(|x| panic!("{e}: {x}"));
+        }
     }
 
     #[test]

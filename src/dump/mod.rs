@@ -12,6 +12,7 @@ pub mod elf;
 pub mod engine;
 pub mod error;
 pub mod fault;
+pub mod fdkinds;
 pub mod files;
 pub mod freeze;
 pub mod images_out;
@@ -21,6 +22,7 @@ pub mod options;
 pub mod pages;
 pub mod probe;
 pub mod profile;
+pub mod sockets;
 pub mod tree;
 
 pub use engine::{run, DumpReport};

@@ -60,6 +60,8 @@ pub struct Workload {
     pub pid: i32,
     pub cgroup: PathBuf,
     pub result: PathBuf,
+    /// The launched child when it is ours to reap.
+    pub child: Option<std::process::Child>,
 }
 
 pub fn kill_cgroup(cg: &Path) {
@@ -78,6 +80,90 @@ pub fn kill_cgroup(cg: &Path) {
 impl Drop for Workload {
     fn drop(&mut self) {
         kill_cgroup(&self.cgroup);
+        if let Some(c) = &mut self.child {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The cgroup of a test workload (unique per test process, workload and pid base).
+pub fn cgroup_path(name: &str, base: i32) -> PathBuf {
+    PathBuf::from(format!(
+        "/sys/fs/cgroup/unified/stasis-dump-test-{name}-{}-{base}",
+        std::process::id()
+    ))
+}
+
+/// Sends SIGUSR2 to the workload and waits (10 s at most) for its verdict file.
+pub fn verify(w: &Workload) -> String {
+    let _ = std::fs::remove_file(&w.result);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(w.pid),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&w.result) {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{} gave no verdict",
+            w.name
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether every task of the cgroup is alive and not stopped or traced.
+pub fn all_running(w: &Workload) -> bool {
+    let procs = std::fs::read_to_string(w.cgroup.join("cgroup.procs")).unwrap_or_default();
+    let ev = std::fs::read_to_string(w.cgroup.join("cgroup.events")).unwrap_or_default();
+    ev.contains("frozen 0")
+        && !procs.trim().is_empty()
+        && procs.lines().all(|p| {
+            let st =
+                std::fs::read_to_string(format!("/proc/{}/status", p.trim())).unwrap_or_default();
+            st.lines().any(|l| l.starts_with("TracerPid:\t0"))
+                && !st
+                    .lines()
+                    .any(|l| l.starts_with("State:\tT") || l.starts_with("State:\tt"))
+        })
+}
+
+/// Starts `sh -c CMD` inside a fresh cgroup and waits until `ready` exists.
+pub fn launch_cmd(name: &str, base: i32, cmd: &str, ready: &Path) -> Workload {
+    let cg = cgroup_path(name, base);
+    let _ = std::fs::create_dir(&cg);
+    let _ = std::fs::remove_file(ready);
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec {cmd}",
+            cg.display()
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let t0 = Instant::now();
+    while !ready.exists() {
+        if t0.elapsed() > Duration::from_secs(30) {
+            kill_cgroup(&cg);
+            let _ = child.wait();
+            panic!("{name} not ready");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    Workload {
+        name: name.into(),
+        pid,
+        cgroup: cg,
+        result: ready.to_path_buf(),
+        child: Some(child),
     }
 }
 
@@ -89,10 +175,7 @@ fn pid_free(pid: i32, span: i32) -> bool {
 /// free pid from `base`, inside a fresh cgroup; waits until it is ready.
 pub fn launch(name: &str, base: i32, args: &[&str]) -> Workload {
     install_fixtures();
-    let cg = PathBuf::from(format!(
-        "/sys/fs/cgroup/unified/stasis-dump-test-{name}-{}",
-        std::process::id()
-    ));
+    let cg = cgroup_path(name, base);
     let _ = std::fs::create_dir(&cg);
     assert!(
         cg.join("cgroup.freeze").exists(),
@@ -101,31 +184,44 @@ pub fn launch(name: &str, base: i32, args: &[&str]) -> Workload {
     );
     let results = PathBuf::from("/tmp/stasis-dump-tests");
     std::fs::create_dir_all(&results).unwrap();
-    let result = results.join(format!("{name}-{}.result", std::process::id()));
+    let result = results.join(format!("{name}-{}-{base}.result", std::process::id()));
     let ready = PathBuf::from(format!("{}.ready", result.display()));
     let _ = std::fs::remove_file(&ready);
+    // Another test (or anything else) may take a pid between the check and fx-launch: retry
+    // with the next range.
     let mut pid = base;
-    while !pid_free(pid, 20) {
+    let mut attempts = 0;
+    let w = loop {
+        while !pid_free(pid, 20) {
+            pid += 20;
+            assert!(pid < base + 2000, "no free pid range near {base}");
+        }
+        let mut cmd = format!(
+            "echo $$ > {}/cgroup.procs && exec /tmp/criu-fixtures/bin/fx-launch {pid} /tmp/criu-fixtures/bin/{name} {}",
+            cg.display(),
+            result.display()
+        );
+        for a in args {
+            cmd.push(' ');
+            cmd.push_str(a);
+        }
+        let st = Command::new("sh").arg("-c").arg(&cmd).status().unwrap();
+        if st.success() {
+            break Workload {
+                name: name.into(),
+                pid,
+                cgroup: cg.clone(),
+                result: result.clone(),
+                child: None,
+            };
+        }
+        attempts += 1;
+        assert!(
+            attempts < 10,
+            "fx-launch {name} failed {attempts} times near {base}"
+        );
         pid += 20;
-        assert!(pid < base + 2000, "no free pid range near {base}");
-    }
-    let mut cmd = format!(
-        "echo $$ > {}/cgroup.procs && exec /tmp/criu-fixtures/bin/fx-launch {pid} /tmp/criu-fixtures/bin/{name} {}",
-        cg.display(),
-        result.display()
-    );
-    for a in args {
-        cmd.push(' ');
-        cmd.push_str(a);
-    }
-    let w = Workload {
-        name: name.into(),
-        pid,
-        cgroup: cg,
-        result,
     };
-    let st = Command::new("sh").arg("-c").arg(&cmd).status().unwrap();
-    assert!(st.success(), "fx-launch {name} at {pid} failed");
     let t0 = Instant::now();
     while !ready.exists() {
         assert!(t0.elapsed() < Duration::from_secs(20), "{name} not ready");
