@@ -11,7 +11,17 @@ fn restores_and_passes(name: &'static str) {
     let leftovers = Leftovers(name);
     let dir = scratch_copy(&s, name);
     let pidfile = dir.join("root.pid");
-    let out = stasis_restore(&dir, &["-d", "-v4", "-o", "restore.log", "--pidfile", pidfile.to_str().unwrap()]);
+    let out = stasis_restore(
+        &dir,
+        &[
+            "-d",
+            "-v4",
+            "-o",
+            "restore.log",
+            "--pidfile",
+            pidfile.to_str().unwrap(),
+        ],
+    );
     let log = std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default();
     assert!(
         out.status.success(),
@@ -20,12 +30,18 @@ fn restores_and_passes(name: &'static str) {
         log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
     );
     let (root, _) = manifest(name);
-    assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), root.to_string());
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        root.to_string()
+    );
     let (ok, text) = verify(name, &pidfile);
     assert!(ok, "{name}: verify.sh: {text}");
     // The workload exits after its verdict; nothing of the tree may linger.
     let (_, pids) = manifest(name);
-    assert!(wait_pids_free(&pids, std::time::Duration::from_secs(10)), "{name}: tasks left after PASS");
+    assert!(
+        wait_pids_free(&pids, std::time::Duration::from_secs(10)),
+        "{name}: tasks left after PASS"
+    );
     drop(leftovers);
 }
 
@@ -86,6 +102,15 @@ fn attached_restore_exits_with_root_status() {
     assert!(alive(root));
     let (ok, text) = verify(name, &pidfile);
     assert!(ok, "verify: {text}");
-    let out = wait_child(child, std::time::Duration::from_secs(20), "attached restore");
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let out = wait_child(
+        child,
+        std::time::Duration::from_secs(20),
+        "attached restore",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

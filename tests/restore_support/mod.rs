@@ -34,10 +34,21 @@ pub struct Serial {
 pub fn serial() -> Serial {
     assert!(nix::unistd::geteuid().is_root(), "restore tests need root");
     let f = File::create("/tmp/stasis-restore-tests.lock").expect("create lock file");
-    let lock = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| e).expect("flock");
-    let out = Command::new(fixtures().join("install.sh")).output().expect("run install.sh");
-    assert!(out.status.success(), "install.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-    Serial { _lock: lock, scratch: tempfile::tempdir().expect("scratch dir") }
+    let lock = Flock::lock(f, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock");
+    let out = Command::new(fixtures().join("install.sh"))
+        .output()
+        .expect("run install.sh");
+    assert!(
+        out.status.success(),
+        "install.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Serial {
+        _lock: lock,
+        scratch: tempfile::tempdir().expect("scratch dir"),
+    }
 }
 
 /// Root PID and every PID/TID of a fixture, from manifest.tsv.
@@ -47,7 +58,10 @@ pub fn manifest(name: &str) -> (i32, Vec<i32>) {
         let cols: Vec<&str> = line.split('\t').collect();
         if cols.first() == Some(&name) {
             let root = cols[1].parse().expect("root pid");
-            let all = cols[2].split(',').map(|p| p.parse().expect("pid")).collect();
+            let all = cols[2]
+                .split(',')
+                .map(|p| p.parse().expect("pid"))
+                .collect();
             return (root, all);
         }
     }
@@ -57,7 +71,12 @@ pub fn manifest(name: &str) -> (i32, Vec<i32>) {
 /// Whether `pid` exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"),
+        Ok(s) => {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        }
         Err(_) => false,
     }
 }
@@ -78,7 +97,10 @@ impl Leftovers {
         let (_, pids) = manifest(self.0);
         for &p in &pids {
             if is_fixture_task(p) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
         wait_pids_free(&pids, Duration::from_secs(10));
@@ -95,7 +117,10 @@ impl Drop for Leftovers {
 pub fn wait_pids_free(pids: &[i32], max: Duration) -> bool {
     let end = Instant::now() + max;
     while Instant::now() < end {
-        if pids.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+        if pids
+            .iter()
+            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+        {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -128,7 +153,10 @@ pub fn wait_child(mut child: Child, max: Duration, what: &str) -> Output {
         if Instant::now() > end {
             let _ = child.kill();
             let out = child.wait_with_output().expect("collect output");
-            panic!("{what} timed out after {max:?}; stderr: {}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "{what} timed out after {max:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -161,7 +189,11 @@ pub fn verify(name: &str, pidfile: &Path) -> (bool, String) {
         .spawn()
         .expect("spawn verify.sh");
     let out = wait_child(child, Duration::from_secs(20), "verify.sh");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -171,6 +203,8 @@ pub fn pids_ready(name: &str) {
     assert!(
         wait_pids_free(&pids, Duration::from_secs(15)),
         "pids of {name} still taken: {:?}",
-        pids.iter().filter(|p| Path::new(&format!("/proc/{p}")).exists()).collect::<Vec<_>>()
+        pids.iter()
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .collect::<Vec<_>>()
     );
 }
