@@ -16,8 +16,8 @@ use std::ffi::{OsStr, OsString};
 pub mod check;
 pub mod common;
 pub mod crit;
-pub mod restore;
 pub mod dump;
+pub mod restore;
 
 /// A verb of the command line.
 struct Verb {

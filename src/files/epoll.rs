@@ -7,7 +7,7 @@
 //!                       tfd [{id (the epoll's), tfd, events, data, dev, inode, pos}]}}
 //! ```
 //! Targets are recorded by fd number in the owning task, so an epoll is restored after every
-//! other file (stage 1): the engine resolves each `tfd` to the restored descriptor.
+//! other file (stage 2): the engine resolves each `tfd` to the restored descriptor.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
@@ -29,7 +29,7 @@ pub const OPS: KindOps = KindOps {
     matches,
     dump,
     restore,
-    stage: 1,
+    stage: |_| 2,
 };
 
 fn matches(link: &str, _: BorrowedFd<'_>) -> bool {

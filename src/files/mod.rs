@@ -1,5 +1,6 @@
 //! File-descriptor kinds beyond regular files and pipes, shared by the dump and restore
-//! engines: eventfd, epoll, timerfd, signalfd, inotify (unix and inet sockets, ttys: next).
+//! engines: eventfd, epoll, timerfd, signalfd, inotify, unix sockets, inet/inet6 sockets (TCP
+//! listeners, UDP, established TCP with `--tcp-established` via TCP_REPAIR); ttys: next.
 //!
 //! Each kind is one file with a `dump` and a `restore` function, bound together in the table
 //! [`KINDS`] (CRIU's per-fd-type ops). The engines call the generic entry points:
@@ -12,11 +13,12 @@
 //!        entry = files::dump_fd(&DumpFd { pid, fd: N, file, link, fdinfo, id }, &mut state)?
 //!        files.img  <- entry                (file_entry {type, id, <kind member>})
 //!        fdinfo-*.img <- {id, flags FD_CLOEXEC, type: entry.type, fd: N}
-//!  after the last task:  files::finish_dump(&mut state)?      (unix peers, --ext-unix-sk)
+//!  after the last task:  files::finish_dump(&mut state, next_id)?  (unix peers, --ext-unix-sk;
+//!                        returns entries to add to / replace in files.img)
 //!                        state.extra.write_dir(images_dir)?   (sk-queues, tcp-stream-*, tty-*)
 //!
 //!  restore engine:
-//!    extra = Extra::read_dir(images_dir)?;  ctx = RestoreCtx::new(opts, &extra)
+//!    extra = Extra::read_dir(images_dir, tcp_inos)?;  ctx = RestoreCtx::new(opts, &extra, files.img)
 //!    for entry in files.img sorted by files::restore_stage(entry)     (epoll last)
 //!        if files::handles(entry):
 //!            fd = files::restore_fd(entry, &mut ctx, &|tfd| <restored fd now at tfd in the
@@ -33,9 +35,13 @@ pub mod epoll;
 pub mod error;
 pub mod eventfd;
 pub mod extra;
+pub mod inet;
 pub mod inotify;
 pub mod signalfd;
+pub mod sockopts;
+pub mod tcp;
 pub mod timerfd;
+pub mod unix;
 
 use std::collections::HashMap;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
@@ -89,7 +95,6 @@ impl DumpFd<'_> {
 }
 
 /// A unix socket seen during the dump (for the peer check of [`finish_dump`]).
-#[allow(dead_code)] // filled by the unix kind (next step)
 #[derive(Debug, Clone)]
 pub(crate) struct UnixSeen {
     pub id: u32,
@@ -109,6 +114,8 @@ pub struct DumpState {
     pub(crate) unix: Vec<UnixSeen>,
     /// Unix entries whose `uflags` [`finish_dump`] may still change, by id.
     pub(crate) unix_entries: HashMap<u32, pb::UnixSkEntry>,
+    /// Dumped TCP connections, held in repair mode (see [`tcp`]).
+    pub(crate) tcp_repair: tcp::RepairHold,
     /// tty_info ids by terminal rdev.
     pub(crate) ttys: HashMap<u64, u32>,
 }
@@ -131,15 +138,34 @@ pub struct RestoreCtx<'a> {
     pub(crate) pending: HashMap<u32, OwnedFd>,
     /// Pty masters by tty index (slaves are opened through them).
     pub(crate) pty_masters: HashMap<u32, OwnedFd>,
+    /// Unix entries by socket inode, and their files.img ids (peers look each other up).
+    pub(crate) unix: HashMap<u32, pb::UnixSkEntry>,
+    pub(crate) unix_ids: HashMap<u32, u32>,
 }
 
 impl<'a> RestoreCtx<'a> {
-    pub fn new(opts: RestoreOptions, extra: &'a Extra) -> Self {
+    /// A context for restoring the entries of one files.img (all of them: sockets find
+    /// their peers among them).
+    pub fn new<'f>(
+        opts: RestoreOptions,
+        extra: &'a Extra,
+        files: impl IntoIterator<Item = &'f pb::FileEntry>,
+    ) -> Self {
+        let mut unix = HashMap::new();
+        let mut unix_ids = HashMap::new();
+        for f in files {
+            if let Some(u) = &f.usk {
+                unix_ids.insert(u.ino, f.id);
+                unix.insert(u.ino, u.clone());
+            }
+        }
         RestoreCtx {
             opts,
             extra,
             pending: HashMap::new(),
             pty_masters: HashMap::new(),
+            unix,
+            unix_ids,
         }
     }
 
@@ -161,8 +187,8 @@ pub struct KindOps {
     pub matches: fn(&str, BorrowedFd<'_>) -> bool,
     pub dump: fn(&DumpFd<'_>, &mut DumpState) -> Result<pb::FileEntry>,
     pub restore: fn(&pb::FileEntry, &mut RestoreCtx<'_>, Targets<'_>) -> Result<OwnedFd>,
-    /// Restore order: 0 first; epolls (which need their targets) last.
-    pub stage: u8,
+    /// Restore order of an entry: 0 first; epolls (which need their targets) last.
+    pub stage: fn(&pb::FileEntry) -> u8,
 }
 
 /// The kinds this module handles.
@@ -171,6 +197,8 @@ pub static KINDS: &[KindOps] = &[
     timerfd::OPS,
     signalfd::OPS,
     inotify::OPS,
+    unix::OPS,
+    inet::OPS,
     epoll::OPS,
 ];
 
@@ -192,7 +220,7 @@ pub fn handles(entry: &pb::FileEntry) -> bool {
 
 /// Restore order of an entry (sort ascending; entries of other kinds are 0).
 pub fn restore_stage(entry: &pb::FileEntry) -> u8 {
-    kind_for(entry).map_or(0, |k| k.stage)
+    kind_for(entry).map_or(0, |k| (k.stage)(entry))
 }
 
 /// Dumps one fd into its files.img entry (and side images into `st.extra`).
@@ -204,11 +232,13 @@ pub fn dump_fd(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
 }
 
 /// Checks what needs the whole tree: every unix socket's peer is in the dump, or
-/// `--ext-unix-sk` marks it external. Returns the final unix entries by id when some changed
-/// (the engine replaces those files.img entries).
-pub fn finish_dump(st: &mut DumpState) -> Result<Vec<pb::FileEntry>> {
-    let _ = st;
-    Ok(Vec::new())
+/// `--ext-unix-sk` marks it external. Returns files.img entries to add (external named peers,
+/// with ids from `next_id`; no fd refers to them) or to replace (same id, now USK_EXTERN).
+pub fn finish_dump(
+    st: &mut DumpState,
+    next_id: &mut dyn FnMut() -> u32,
+) -> Result<Vec<pb::FileEntry>> {
+    unix::finish(st, next_id)
 }
 
 /// Restores one files.img entry as a new descriptor of the calling task.
@@ -234,6 +264,11 @@ pub(crate) fn file_entry(ty: pb::FdTypes, id: u32) -> pb::FileEntry {
         id,
         ..Default::default()
     }
+}
+
+/// Stage function of kinds without ordering needs.
+pub(crate) fn stage0(_: &pb::FileEntry) -> u8 {
+    0
 }
 
 /// The `anon_inode:` name of a link (`anon_inode:[eventfd]` → `[eventfd]`).

@@ -31,7 +31,7 @@ pub const OPS: KindOps = KindOps {
     matches,
     dump,
     restore,
-    stage: 0,
+    stage: super::stage0,
 };
 
 fn matches(link: &str, _: BorrowedFd<'_>) -> bool {

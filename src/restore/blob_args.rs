@@ -7,8 +7,12 @@
 //!
 //! ```text
 //! let mut spec = TaskSpec::new();          // fill spec.task scalars, spec.threads, spec.vmas...
+//! // (blob_core converts core/mm entries, vdso::plan gives spec.special / vdso_patches)
+//! blob_args::enter(&spec)?;                // picks a base, maps, jumps; returns only on error
+//!
+//! // or step by step:
 //! let len  = spec.area_len();              // size does not depend on the base
-//! let base = /* a page-aligned hole: no target VMA, no premap, free in this process */;
+//! let base = spec.pick_base(&blob_args::self_ranges()?).unwrap();
 //! let area = spec.build(base)?;            // bytes + entry/args/stack addresses
 //! let mut m = sys::restorer::RestorerArea::map(base, len)?;
 //! m.write(&area.bytes)?;
@@ -308,6 +312,78 @@ impl TaskSpec {
     }
 }
 
+/// Errors of [`enter`].
+#[derive(Debug, thiserror::Error)]
+pub enum EnterError {
+    #[error("read /proc/self/maps: {0}")]
+    Maps(std::io::Error),
+    #[error("no free address range of {0:#x} bytes for the restorer area")]
+    NoRoom(u64),
+    #[error(transparent)]
+    Layout(#[from] BlobArgsError),
+    #[error(transparent)]
+    Sys(#[from] crate::sys::restorer::RestorerSysError),
+}
+
+/// The address ranges mapped in the calling process (`/proc/self/maps`).
+pub fn self_ranges() -> std::io::Result<Vec<(u64, u64)>> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    Ok(maps
+        .lines()
+        .filter_map(|l| {
+            let (s, e) = l.split_whitespace().next()?.split_once('-')?;
+            Some((
+                u64::from_str_radix(s, 16).ok()?,
+                u64::from_str_radix(e, 16).ok()?,
+            ))
+        })
+        .collect())
+}
+
+/// Lowest and highest addresses the area may use.
+const AREA_MIN: u64 = 0x1_0000_0000;
+const AREA_MAX: u64 = 0x7fff_0000_0000;
+
+impl TaskSpec {
+    /// The highest page-aligned base (below 0x7fff00000000) where the area overlaps neither
+    /// `current` (the calling process's mappings) nor any target VMA, keep or special range.
+    pub fn pick_base(&self, current: &[(u64, u64)]) -> Option<u64> {
+        let len = self.area_len();
+        let mut busy: Vec<(u64, u64)> = current.to_vec();
+        busy.extend(self.vmas.iter().map(|v| (v.start, v.end)));
+        busy.extend(self.keep.iter().map(|k| (k.start, k.end)));
+        busy.extend(
+            self.special
+                .iter()
+                .flat_map(|s| [(s.from, s.from + s.len), (s.to, s.to + s.len)]),
+        );
+        busy.retain(|&(s, e)| s < AREA_MAX && e > AREA_MIN);
+        busy.sort_unstable();
+        // Walk the gaps from the top down; keep a guard page on both sides.
+        let mut top = AREA_MAX;
+        for &(s, e) in busy.iter().rev() {
+            if e + PAGE <= top && top - (e + PAGE) >= len + PAGE {
+                return Some((top - PAGE - len) & !(PAGE - 1));
+            }
+            top = top.min(s);
+        }
+        (top >= AREA_MIN + len + PAGE).then(|| (top - PAGE - len) & !(PAGE - 1))
+    }
+}
+
+/// Everything after the engine's preparation in one call: picks a base, lays the area out,
+/// maps it and jumps into the blob. Returns only on failure (nothing was changed then, except
+/// for a mapped area that is unmapped again).
+pub fn enter(spec: &TaskSpec) -> Result<std::convert::Infallible, EnterError> {
+    let ranges = self_ranges().map_err(EnterError::Maps)?;
+    let len = spec.area_len();
+    let base = spec.pick_base(&ranges).ok_or(EnterError::NoRoom(len))?;
+    let area = spec.build(base)?;
+    let mut m = crate::sys::restorer::RestorerArea::map(base, len)?;
+    m.write(&area.bytes)?;
+    m.enter(area.entry_offset, area.args, area.leader_stack_top)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +437,27 @@ mod tests {
         assert_eq!(c.nr_groups, 3);
         let g: u32 = read_pod(&a.bytes[(c.groups - base + 8) as usize..]).unwrap();
         assert_eq!(g, 3);
+    }
+
+    #[test]
+    fn picked_base_avoids_every_range() {
+        let s = spec();
+        let len = s.area_len();
+        let current = [
+            (0x7ffe_0000_0000, 0x7fff_0000_0000),
+            (0x7ffd_0000_0000, 0x7ffd_ffff_f000),
+        ];
+        let base = s.pick_base(&current).unwrap();
+        assert_eq!(base % PAGE, 0);
+        for (a, b) in current.iter().copied().chain([(0x10000, 0x20000)]) {
+            assert!(
+                base + len <= a || base >= b,
+                "{base:#x} overlaps {a:#x}-{b:#x}"
+            );
+        }
+        assert!(s.build(base).is_ok());
+        let full = [(AREA_MIN, AREA_MAX)];
+        assert_eq!(s.pick_base(&full), None);
     }
 
     #[test]

@@ -172,12 +172,31 @@ pub fn thread_from_core(
             robust_list: tcore.futex_rla,
             robust_list_len: u64::from(tcore.futex_rla_len),
             pdeath_sig: tcore.pdeath_sig.unwrap_or(0),
+            set_sched: u32::from(tcore.sched_policy.is_some()),
+            sched_policy: tcore.sched_policy.unwrap_or(0),
+            sched_prio: tcore.sched_prio.unwrap_or(0),
+            sched_nice: tcore.sched_nice.unwrap_or(0),
+            comm: comm_bytes(
+                tcore
+                    .comm
+                    .as_deref()
+                    .or(core.tc.as_ref().map(|tc| tc.comm.as_str())),
+            ),
             ..Default::default()
         },
         fpu: fpu_from_pb(&ti.fpregs),
         creds: tcore.creds.as_ref().map(creds_from_pb),
         signals: siginfos(tid, tcore.signals_p.as_ref())?,
     })
+}
+
+/// A thread name as the 16 NUL-padded bytes of `PR_SET_NAME` (at most 15 characters).
+fn comm_bytes(name: Option<&str>) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (o, b) in out.iter_mut().zip(name.unwrap_or("").bytes().take(15)) {
+        *o = b;
+    }
+    out
 }
 
 fn itimer(e: &pb::ItimerEntry) -> ItimerArgs {
@@ -298,6 +317,7 @@ mod tests {
         assert_eq!(t.args.regs.fs_base, 0x1935380);
         assert_eq!(t.args.clear_tid_addr, 0x1935650);
         assert_eq!(t.args.rseq.sig, 0x5305_3053);
+        assert_eq!(&t.args.comm[..8], b"fx-loop\0");
         let fpu = &t.fpu;
         assert_eq!(
             u32::from_le_bytes(fpu[464..468].try_into().unwrap()),

@@ -76,7 +76,11 @@ impl RestoreError {
     pub fn sys(step: impl Into<String>, pid: i32, errno: Errno) -> Self {
         let step = step.into();
         if errno == Errno::ESRCH {
-            return Self::TaskDied { pid, step, status: "no such process".into() };
+            return Self::TaskDied {
+                pid,
+                step,
+                status: "no such process".into(),
+            };
         }
         Self::Sys { step, pid, errno }
     }

@@ -64,7 +64,10 @@ fn sys(step: impl Into<String>, e: nix::errno::Errno) -> RestoreError {
 }
 
 fn mismatch(path: &str, what: impl Into<String>) -> RestoreError {
-    RestoreError::FileMismatch { path: PathBuf::from(path), what: what.into() }
+    RestoreError::FileMismatch {
+        path: PathBuf::from(path),
+        what: what.into(),
+    }
 }
 
 /// Flags we may pass to open(2) from an image's recorded file flags.
@@ -75,13 +78,20 @@ fn open_flags(flags: u32) -> OFlag {
 
 /// Status flags settable with F_SETFL.
 fn status_flags(flags: u32) -> OFlag {
-    let keep = (libc::O_NONBLOCK | libc::O_APPEND | libc::O_ASYNC | libc::O_NOATIME | libc::O_DIRECT) as u32;
+    let keep =
+        (libc::O_NONBLOCK | libc::O_APPEND | libc::O_ASYNC | libc::O_NOATIME | libc::O_DIRECT)
+            as u32;
     OFlag::from_bits_retain((flags & keep) as i32)
 }
 
 /// Opens every file description and mapping the plan needs.
 pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
-    let max_fd = plan.tasks.iter().flat_map(|t| t.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
+    let max_fd = plan
+        .tasks
+        .iter()
+        .flat_map(|t| t.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(2);
     let base = (max_fd as RawFd + 1).max(100);
     let (_, hard) = crate::sys::tracee::get_rlimit(0, libc::RLIMIT_NOFILE)
         .map_err(|e| sys("read RLIMIT_NOFILE", e))?;
@@ -91,7 +101,10 @@ pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
             "descriptor {max_fd} is above this system's RLIMIT_NOFILE {hard}"
         )));
     }
-    let mut o = Opened { base, ..Default::default() };
+    let mut o = Opened {
+        base,
+        ..Default::default()
+    };
 
     // memfd inodes: one memfd each, with its content and seals.
     let mut memfds: BTreeMap<u64, RawFd> = BTreeMap::new();
@@ -101,15 +114,19 @@ pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
         let fd = memfd_create(name.as_c_str(), MFdFlags::MFD_ALLOW_SEALING)
             .map_err(|er| sys(format!("memfd_create {}", e.name), er))?;
         let file = std::fs::File::from(fd);
-        file.set_len(e.size).map_err(|er| io("size memfd", &e.name, er))?;
+        file.set_len(e.size)
+            .map_err(|er| io("size memfd", &e.name, er))?;
         fill_from_pages(&file, pages, e.size).map_err(|er| io("fill memfd", &e.name, er))?;
         if let Some(mode) = e.mode {
             let _ = file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777));
         }
         let fd = OwnedFd::from(file);
         if e.seals != 0 {
-            fcntl(&fd, FcntlArg::F_ADD_SEALS(SealFlag::from_bits_retain(e.seals as i32)))
-                .map_err(|er| sys(format!("seal memfd {}", e.name), er))?;
+            fcntl(
+                &fd,
+                FcntlArg::F_ADD_SEALS(SealFlag::from_bits_retain(e.seals as i32)),
+            )
+            .map_err(|er| sys(format!("seal memfd {}", e.name), er))?;
         }
         let n = o.park(fd)?;
         memfds.insert(*inode, n);
@@ -119,7 +136,9 @@ pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
     let mut mapped: BTreeMap<u32, u32> = BTreeMap::new(); // id -> access mode
     for t in &plan.tasks {
         let Some(mm) = &t.mm else { continue };
-        mapped.entry(mm.exe_file_id).or_insert(libc::O_RDONLY as u32);
+        mapped
+            .entry(mm.exe_file_id)
+            .or_insert(libc::O_RDONLY as u32);
         for v in &mm.vmas {
             if v.status & (vma_status::FILE_PRIVATE | vma_status::FILE_SHARED) != 0 {
                 let acc = if v.status & vma_status::FILE_SHARED != 0 {
@@ -165,7 +184,8 @@ pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
             } else {
                 reopen(src.as_raw_fd(), flags)?
             };
-            fcntl(&fd, FcntlArg::F_SETFL(status_flags(flags))).map_err(|e| sys("set pipe flags", e))?;
+            fcntl(&fd, FcntlArg::F_SETFL(status_flags(flags)))
+                .map_err(|e| sys("set pipe flags", e))?;
             let n = o.park(fd)?;
             o.desc.insert(id, n);
         }
@@ -208,11 +228,13 @@ pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
                 o.maps.insert(id, n);
             }
         } else if let Some(m) = &f.memfd {
-            let &mfd = memfds.get(&u64::from(m.inode_id)).ok_or_else(|| RestoreError::Image {
-                path: plan.dir.join("memfd.img"),
-                index: 0,
-                what: format!("no memfd inode {}", m.inode_id),
-            })?;
+            let &mfd = memfds
+                .get(&u64::from(m.inode_id))
+                .ok_or_else(|| RestoreError::Image {
+                    path: plan.dir.join("memfd.img"),
+                    index: 0,
+                    what: format!("no memfd inode {}", m.inode_id),
+                })?;
             if want_desc {
                 let fd = reopen(mfd, m.flags)?;
                 lseek(&fd, m.pos as i64, Whence::SeekSet).map_err(|e| sys("seek memfd", e))?;
@@ -233,7 +255,11 @@ pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
 }
 
 fn io(step: &'static str, what: &str, e: std::io::Error) -> RestoreError {
-    RestoreError::Io { step, path: PathBuf::from(what), source: e }
+    RestoreError::Io {
+        step,
+        path: PathBuf::from(what),
+        source: e,
+    }
 }
 
 /// A new open file description of the object behind `fd` (via /proc/self/fd).

@@ -39,7 +39,11 @@ impl ImageFile {
         })?;
         let hdr = 4 * magics;
         if data.len() < hdr {
-            return Err(RestoreError::Image { path, index: 0, what: "truncated magic".into() });
+            return Err(RestoreError::Image {
+                path,
+                index: 0,
+                what: "truncated magic".into(),
+            });
         }
         let first = u32::from_le_bytes(data[0..4].try_into().unwrap_or([0; 4]));
         if magics == 2 && first != 0x5456_4319 && first != 0x5510_5940 {
@@ -49,7 +53,11 @@ impl ImageFile {
                 what: format!("bad head magic {first:#x}"),
             });
         }
-        Ok(Self { path, data, pos: hdr })
+        Ok(Self {
+            path,
+            data,
+            pos: hdr,
+        })
     }
 
     /// Opens an image that may be absent (returns `None` then).
@@ -97,8 +105,11 @@ impl ImageFile {
         if self.data.len() - self.pos < 4 {
             return Err(self.truncated(index, "entry length"));
         }
-        let len = u32::from_le_bytes(self.data[self.pos..self.pos + 4].try_into().unwrap_or([0; 4]))
-            as usize;
+        let len = u32::from_le_bytes(
+            self.data[self.pos..self.pos + 4]
+                .try_into()
+                .unwrap_or([0; 4]),
+        ) as usize;
         self.pos += 4;
         if len > MAX_ENTRY || len > self.data.len() - self.pos {
             return Err(self.truncated(index, "entry"));
@@ -109,7 +120,11 @@ impl ImageFile {
     }
 
     fn truncated(&self, index: usize, what: &str) -> RestoreError {
-        RestoreError::Image { path: self.path.clone(), index, what: format!("truncated {what}") }
+        RestoreError::Image {
+            path: self.path.clone(),
+            index,
+            what: format!("truncated {what}"),
+        }
     }
 }
 

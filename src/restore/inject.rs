@@ -77,7 +77,10 @@ impl Thread {
             let r = tracee::get_regs(tid).map_err(err)?;
             if r.rip != self.gadget + 2 {
                 return Err(RestoreError::Sys {
-                    step: format!("{step}: task stopped at {:#x}, not after the syscall", r.rip),
+                    step: format!(
+                        "{step}: task stopped at {:#x}, not after the syscall",
+                        r.rip
+                    ),
                     pid: tid,
                     errno: nix::errno::Errno::EFAULT,
                 });
@@ -85,7 +88,11 @@ impl Thread {
             let ret = r.rax as i64;
             tracing::debug!(tid, step, nr, ?args, ret, "injected syscall");
             if (-4095..0).contains(&ret) {
-                return Err(RestoreError::sys(step, tid, nix::errno::Errno::from_raw(-ret as i32)));
+                return Err(RestoreError::sys(
+                    step,
+                    tid,
+                    nix::errno::Errno::from_raw(-ret as i32),
+                ));
             }
             return Ok(Outcome { ret, new_tid });
         }
@@ -106,27 +113,35 @@ impl Mem {
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| RestoreError::Io { step: "open task memory", path: path.into(), source: e })?;
+            .map_err(|e| RestoreError::Io {
+                step: "open task memory",
+                path: path.into(),
+                source: e,
+            })?;
         Ok(Self { file, pid })
     }
 
     /// Writes `data` at `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), RestoreError> {
-        self.file.write_all_at(data, addr).map_err(|e| RestoreError::Sys {
-            step: format!("write task memory at {addr:#x}"),
-            pid: self.pid,
-            errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        })
+        self.file
+            .write_all_at(data, addr)
+            .map_err(|e| RestoreError::Sys {
+                step: format!("write task memory at {addr:#x}"),
+                pid: self.pid,
+                errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            })
     }
 
     /// Reads `len` bytes at `addr`.
     pub fn read(&self, addr: u64, len: usize) -> Result<Vec<u8>, RestoreError> {
         let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, addr).map_err(|e| RestoreError::Sys {
-            step: format!("read task memory at {addr:#x}"),
-            pid: self.pid,
-            errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        })?;
+        self.file
+            .read_exact_at(&mut buf, addr)
+            .map_err(|e| RestoreError::Sys {
+                step: format!("read task memory at {addr:#x}"),
+                pid: self.pid,
+                errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            })?;
         Ok(buf)
     }
 }
@@ -134,8 +149,11 @@ impl Mem {
 /// One line of /proc/PID/maps: start, end, name.
 pub fn maps(pid: i32) -> Result<Vec<(u64, u64, String)>, RestoreError> {
     let path = format!("/proc/{pid}/maps");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| RestoreError::Io { step: "read maps", path: path.into(), source: e })?;
+    let text = std::fs::read_to_string(&path).map_err(|e| RestoreError::Io {
+        step: "read maps",
+        path: path.into(),
+        source: e,
+    })?;
     let mut out = Vec::new();
     for line in text.lines() {
         let mut it = line.split_whitespace();

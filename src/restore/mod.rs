@@ -23,8 +23,8 @@ pub mod options;
 pub mod plan;
 pub mod switch;
 pub mod tree;
-pub mod vdso;
 pub mod validate;
+pub mod vdso;
 pub mod xsave;
 pub mod xstate;
 
@@ -69,7 +69,11 @@ impl TreeGuard {
         // Wait (bounded) for the others to be gone, so callers see no leftovers.
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline
-            && self.pids.iter().any(|&p| std::path::Path::new(&format!("/proc/{p}")).exists() && p != root && descends_from(p, root, me))
+            && self.pids.iter().any(|&p| {
+                std::path::Path::new(&format!("/proc/{p}")).exists()
+                    && p != root
+                    && descends_from(p, root, me)
+            })
         {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -119,12 +123,25 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let plan = plan::load(&opts.images_dir)?;
     validate::pids_free(&plan)?;
     validate::files_unchanged(&plan)?;
-    tracing::info!(tasks = plan.tasks.len(), "images read and checked in {:?}", t0.elapsed());
+    tracing::info!(
+        tasks = plan.tasks.len(),
+        "images read and checked in {:?}",
+        t0.elapsed()
+    );
     let mut opened = files::open_all(&plan)?;
-    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys0("pipe", e))?;
-    let (hold_r, hold_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys0("pipe", e))?;
-    let ctl = tree::Ctl { ready_w: opened.park(ready_w)?, hold_r: opened.park(hold_r)? };
-    let mut guard = TreeGuard { root: None, pids: plan.all_ids(), armed: true };
+    let (ready_r, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys0("pipe", e))?;
+    let (hold_r, hold_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys0("pipe", e))?;
+    let ctl = tree::Ctl {
+        ready_w: opened.park(ready_w)?,
+        hold_r: opened.park(hold_r)?,
+    };
+    let mut guard = TreeGuard {
+        root: None,
+        pids: plan.all_ids(),
+        armed: true,
+    };
     let root = tree::spawn(&plan, 0, &opened, ctl).map_err(|e| {
         RestoreError::sys(format!("clone3 root with pid {}", plan.tasks[0].pid), 0, e)
     })?;
@@ -132,7 +149,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // Our copies of the task-side ends must go, so EOF means "all tasks gone".
     close_parked(&mut opened, ctl);
     let alive = plan.tasks.iter().filter(|t| t.state != TASK_DEAD).count();
-    wait_ready(&ready_r, alive, root, opts.timeout.unwrap_or(Duration::from_secs(30)))?;
+    wait_ready(
+        &ready_r,
+        alive,
+        root,
+        opts.timeout.unwrap_or(Duration::from_secs(30)),
+    )?;
     tracing::info!("tree created in {:?}", t0.elapsed());
 
     let mut switched = Vec::new();
@@ -141,7 +163,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     for t in plan.tasks.iter().filter(|t| t.state == TASK_DEAD) {
         let st = std::fs::read_to_string(format!("/proc/{}/stat", t.pid)).unwrap_or_default();
-        let state = st.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("?");
+        let state = st
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("?");
         if state != "Z" {
             return Err(RestoreError::TaskDied {
                 pid: t.pid,
@@ -173,17 +199,25 @@ fn close_parked(opened: &mut files::Opened, ctl: tree::Ctl) {
 }
 
 /// Reads `n` READY records (or the first error record) from the tasks.
-fn wait_ready(ready_r: &OwnedFd, n: usize, root: i32, timeout: Duration) -> Result<(), RestoreError> {
+fn wait_ready(
+    ready_r: &OwnedFd,
+    n: usize,
+    root: i32,
+    timeout: Duration,
+) -> Result<(), RestoreError> {
     let deadline = Instant::now() + timeout;
     let mut got = 0;
     let mut buf = Vec::new();
     while got < n {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(RestoreError::Timeout(format!("tree creation ({got} of {n} tasks ready)")));
+            return Err(RestoreError::Timeout(format!(
+                "tree creation ({got} of {n} tasks ready)"
+            )));
         }
         let mut fds = [PollFd::new(ready_r.as_fd(), PollFlags::POLLIN)];
-        let ms = PollTimeout::try_from(left.as_millis().min(100) as i32).unwrap_or(PollTimeout::ZERO);
+        let ms =
+            PollTimeout::try_from(left.as_millis().min(100) as i32).unwrap_or(PollTimeout::ZERO);
         match poll(&mut fds, ms) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => {
                 if let Ok(st @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) =
@@ -194,10 +228,18 @@ fn wait_ready(ready_r: &OwnedFd, n: usize, root: i32, timeout: Duration) -> Resu
                     if let Ok(tree::RECORD) = nix::unistd::read(ready_r.as_raw_fd_ref(), &mut rec) {
                         let (pid, errno, step) = tree::parse_record(&rec);
                         if errno != 0 {
-                            return Err(RestoreError::sys(step, pid, nix::errno::Errno::from_raw(errno)));
+                            return Err(RestoreError::sys(
+                                step,
+                                pid,
+                                nix::errno::Errno::from_raw(errno),
+                            ));
                         }
                     }
-                    return Err(RestoreError::TaskDied { pid: root, step: "tree creation".into(), status: format!("{st:?}") });
+                    return Err(RestoreError::TaskDied {
+                        pid: root,
+                        step: "tree creation".into(),
+                        status: format!("{st:?}"),
+                    });
                 }
                 continue;
             }
@@ -205,17 +247,27 @@ fn wait_ready(ready_r: &OwnedFd, n: usize, root: i32, timeout: Duration) -> Resu
             Err(e) => return Err(sys0("poll ready pipe", e)),
         }
         let mut chunk = [0u8; tree::RECORD * 8];
-        let r = nix::unistd::read(ready_r.as_raw_fd_ref(), &mut chunk).map_err(|e| sys0("read ready pipe", e))?;
+        let r = nix::unistd::read(ready_r.as_raw_fd_ref(), &mut chunk)
+            .map_err(|e| sys0("read ready pipe", e))?;
         if r == 0 {
-            return Err(RestoreError::TaskDied { pid: root, step: "tree creation".into(), status: "all tasks exited".into() });
+            return Err(RestoreError::TaskDied {
+                pid: root,
+                step: "tree creation".into(),
+                status: "all tasks exited".into(),
+            });
         }
         buf.extend_from_slice(&chunk[..r]);
         while buf.len() >= tree::RECORD {
-            let rec: [u8; tree::RECORD] = buf[..tree::RECORD].try_into().unwrap_or([0; tree::RECORD]);
+            let rec: [u8; tree::RECORD] =
+                buf[..tree::RECORD].try_into().unwrap_or([0; tree::RECORD]);
             buf.drain(..tree::RECORD);
             let (pid, errno, step) = tree::parse_record(&rec);
             if errno != 0 {
-                return Err(RestoreError::sys(format!("task {pid}: {step}"), pid, nix::errno::Errno::from_raw(errno)));
+                return Err(RestoreError::sys(
+                    format!("task {pid}: {step}"),
+                    pid,
+                    nix::errno::Errno::from_raw(errno),
+                ));
             }
             got += 1;
         }

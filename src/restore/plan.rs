@@ -154,26 +154,43 @@ impl Plan {
 }
 
 fn bad(path: &Path, index: usize, what: impl Into<String>) -> RestoreError {
-    RestoreError::Image { path: path.to_path_buf(), index, what: what.into() }
+    RestoreError::Image {
+        path: path.to_path_buf(),
+        index,
+        what: what.into(),
+    }
 }
 
 /// Reads a pagemap image and lays out where each present run's data is.
 fn read_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
     let mut f = ImageFile::open(dir, name, 2)?;
-    let head: msg::PagemapHead =
-        f.next(0)?.ok_or_else(|| bad(&f.path, 0, "no pagemap head"))?;
+    let head: msg::PagemapHead = f
+        .next(0)?
+        .ok_or_else(|| bad(&f.path, 0, "no pagemap head"))?;
     let file = dir.join(format!("pages-{}.img", head.pages_id));
     let size = std::fs::metadata(&file)
-        .map_err(|e| RestoreError::Io { step: "stat pages image", path: file.clone(), source: e })?
+        .map_err(|e| RestoreError::Io {
+            step: "stat pages image",
+            path: file.clone(),
+            source: e,
+        })?
         .len();
     let mut runs = Vec::new();
     let mut offset = 0u64;
     let mut index = 1;
     while let Some(e) = f.next::<msg::PagemapEntry>(index)? {
         let nr = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
-        let flags = e.flags.unwrap_or(if e.in_parent == Some(true) { pe::PARENT } else { pe::PRESENT });
+        let flags = e.flags.unwrap_or(if e.in_parent == Some(true) {
+            pe::PARENT
+        } else {
+            pe::PRESENT
+        });
         if e.vaddr % 4096 != 0 || nr > (1 << 36) {
-            return Err(bad(&f.path, index, format!("bad entry vaddr {:#x} nr_pages {nr}", e.vaddr)));
+            return Err(bad(
+                &f.path,
+                index,
+                format!("bad entry vaddr {:#x} nr_pages {nr}", e.vaddr),
+            ));
         }
         if flags & pe::PARENT != 0 {
             return Err(RestoreError::Unsupported(format!(
@@ -182,7 +199,11 @@ fn read_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
             )));
         }
         if flags & pe::PRESENT != 0 {
-            runs.push(PageRun { vaddr: e.vaddr, nr, offset });
+            runs.push(PageRun {
+                vaddr: e.vaddr,
+                nr,
+                offset,
+            });
             offset += nr * 4096;
         }
         index += 1;
@@ -228,7 +249,10 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             .clone()
             .ok_or_else(|| bad(&dir.join(&core_name), 0, "no task core (tc)"))?;
         if core.mtype != 1 {
-            return Err(RestoreError::Unsupported(format!("{core_name}: architecture {}", core.mtype)));
+            return Err(RestoreError::Unsupported(format!(
+                "{core_name}: architecture {}",
+                core.mtype
+            )));
         }
         let mut t = TaskPlan {
             pid,
@@ -255,8 +279,17 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
                         .ok()
                         .filter(|&t| t > 0)
                         .ok_or_else(|| bad(&pst.path, i, format!("thread {k}: bad tid")))?;
-                    let core = if k == 0 { core.clone() } else { img::one(dir, &format!("core-{tid}.img"))? };
-                    if core.thread_info.as_ref().and_then(|ti| ti.gpregs.as_ref()).is_none() {
+                    let core = if k == 0 {
+                        core.clone()
+                    } else {
+                        img::one(dir, &format!("core-{tid}.img"))?
+                    };
+                    if core
+                        .thread_info
+                        .as_ref()
+                        .and_then(|ti| ti.gpregs.as_ref())
+                        .is_none()
+                    {
                         return Err(bad(&dir.join(format!("core-{tid}.img")), 0, "no registers"));
                     }
                     t.threads.push(ThreadPlan { tid, core });
@@ -266,7 +299,11 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
                     None => None,
                 };
                 let ids = ids.or_else(|| core.ids.clone()).ok_or_else(|| {
-                    bad(&dir.join(format!("ids-{pid}.img")), 0, "no ids (neither ids image nor core.ids)")
+                    bad(
+                        &dir.join(format!("ids-{pid}.img")),
+                        0,
+                        "no ids (neither ids image nor core.ids)",
+                    )
                 })?;
                 t.mm = Some(img::one(dir, &format!("mm-{pid}.img"))?);
                 t.pages = read_pages(dir, &format!("pagemap-{pid}.img"))?;
@@ -274,7 +311,9 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
                 t.fds = ImageFile::open(dir, &format!("fdinfo-{}.img", ids.files_id), 2)?.all()?;
             }
             s => {
-                return Err(RestoreError::Unsupported(format!("{core_name}: task state {s}")));
+                return Err(RestoreError::Unsupported(format!(
+                    "{core_name}: task state {s}"
+                )));
             }
         }
         tasks.push(t);
@@ -303,8 +342,11 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
     if let Some(mut f) = ImageFile::open_opt(dir, "memfd.img", 2)? {
         for e in f.all::<msg::MemfdInodeEntry>()? {
             let name = format!("pagemap-shmem-{}.img", e.shmid);
-            let pages =
-                if dir.join(&name).exists() { read_pages(dir, &name)? } else { Pages::default() };
+            let pages = if dir.join(&name).exists() {
+                read_pages(dir, &name)?
+            } else {
+                Pages::default()
+            };
             memfd_inodes.insert(e.inode_id, (e, pages));
         }
     }
@@ -327,8 +369,9 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
                 )));
             }
             let mut g = ImageFile::open(dir, &format!("ghost-file-{}.img", e.remap_id), 2)?;
-            let head: msg::GhostFileEntry =
-                g.next(0)?.ok_or_else(|| bad(&g.path, 0, "no ghost file entry"))?;
+            let head: msg::GhostFileEntry = g
+                .next(0)?
+                .ok_or_else(|| bad(&g.path, 0, "no ghost file entry"))?;
             let mut chunks = Vec::new();
             if head.chunks == Some(true) {
                 let mut k = 1;
@@ -343,7 +386,14 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             ghosts.insert(e.orig_id, (head, chunks));
         }
     }
-    let plan = Plan { dir: dir.to_path_buf(), tasks, files, memfd_inodes, pipe_data, ghosts };
+    let plan = Plan {
+        dir: dir.to_path_buf(),
+        tasks,
+        files,
+        memfd_inodes,
+        pipe_data,
+        ghosts,
+    };
     check_references(&plan)?;
     Ok(plan)
 }
@@ -356,7 +406,10 @@ fn check_references(plan: &Plan) -> Result<(), RestoreError> {
                 return Err(bad(
                     &plan.dir.join("files.img"),
                     i,
-                    format!("task {}: fd {} refers to missing file id {}", t.pid, fd.fd, fd.id),
+                    format!(
+                        "task {}: fd {} refers to missing file id {}",
+                        t.pid, fd.fd, fd.id
+                    ),
                 ));
             }
         }
@@ -381,9 +434,19 @@ fn check_references(plan: &Plan) -> Result<(), RestoreError> {
                 if st & (vma_status::FILE_PRIVATE | vma_status::FILE_SHARED) != 0
                     && !plan.files.contains_key(&(v.shmid as u32))
                 {
-                    return Err(bad(&mmpath, 0, format!("vma {i}: missing file id {}", v.shmid)));
+                    return Err(bad(
+                        &mmpath,
+                        0,
+                        format!("vma {i}: missing file id {}", v.shmid),
+                    ));
                 }
-                if st & (vma_status::SYSVIPC | vma_status::SOCKET | vma_status::AIORING | vma_status::UNSUPP) != 0 {
+                if st
+                    & (vma_status::SYSVIPC
+                        | vma_status::SOCKET
+                        | vma_status::AIORING
+                        | vma_status::UNSUPP)
+                    != 0
+                {
                     return Err(RestoreError::Unsupported(format!(
                         "mm-{}.img: vma {i} at {:#x}: status {st:#x}",
                         t.pid, v.start

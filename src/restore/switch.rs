@@ -74,17 +74,31 @@ fn free_gap(size: u64, avoid: &[(u64, u64)]) -> Option<u64> {
 }
 
 /// Seizes task `t` (prepared by [`super::tree`]) and restores it; it stays stopped.
-pub fn switch_task(plan: &Plan, t: &TaskPlan, opened: &Opened, ctl: Ctl) -> Result<Switched, RestoreError> {
+pub fn switch_task(
+    plan: &Plan,
+    t: &TaskPlan,
+    opened: &Opened,
+    ctl: Ctl,
+) -> Result<Switched, RestoreError> {
     let pid = t.pid;
-    let mm = t.mm.as_ref().ok_or_else(|| RestoreError::Unsupported(format!("task {pid}: no mm")))?;
+    let mm =
+        t.mm.as_ref()
+            .ok_or_else(|| RestoreError::Unsupported(format!("task {pid}: no mm")))?;
     let sys = |step: &str, e| RestoreError::sys(step.to_string(), pid, e);
-    tracee::seize(pid, Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_EXITKILL)
-        .map_err(|e| sys("seize", e))?;
+    tracee::seize(
+        pid,
+        Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_EXITKILL,
+    )
+    .map_err(|e| sys("seize", e))?;
     tracee::interrupt(pid).map_err(|e| sys("interrupt", e))?;
     match tracee::wait(pid).map_err(|e| sys("wait for stop", e))? {
         WaitStatus::PtraceEvent(..) | WaitStatus::Stopped(..) => {}
         st => {
-            return Err(RestoreError::TaskDied { pid, step: "seize".into(), status: format!("{st:?}") })
+            return Err(RestoreError::TaskDied {
+                pid,
+                step: "seize".into(),
+                status: format!("{st:?}"),
+            })
         }
     }
     tracee::set_sigmask(pid, !0).map_err(|e| sys("block signals", e))?;
@@ -103,7 +117,10 @@ pub fn switch_task(plan: &Plan, t: &TaskPlan, opened: &Opened, ctl: Ctl) -> Resu
         .windows(2)
         .position(|w| w == [0x0f, 0x05])
         .ok_or_else(|| RestoreError::Unsupported("no syscall instruction in the vdso".into()))?;
-    let mut main = Thread { tid: pid, gadget: vdso.0 + off as u64 };
+    let mut main = Thread {
+        tid: pid,
+        gadget: vdso.0 + off as u64,
+    };
 
     // The inherited rseq registration points into memory we are about to unmap.
     if let Ok(rc) = tracee::rseq_config(pid) {
@@ -111,7 +128,14 @@ pub fn switch_task(plan: &Plan, t: &TaskPlan, opened: &Opened, ctl: Ctl) -> Resu
             main.syscall(
                 "unregister rseq",
                 libc::SYS_rseq,
-                [rc.abi_pointer, u64::from(rc.abi_size), 1, u64::from(rc.signature), 0, 0],
+                [
+                    rc.abi_pointer,
+                    u64::from(rc.abi_size),
+                    1,
+                    u64::from(rc.signature),
+                    0,
+                    0,
+                ],
             )?;
         }
     }
@@ -125,7 +149,11 @@ pub fn switch_task(plan: &Plan, t: &TaskPlan, opened: &Opened, ctl: Ctl) -> Resu
         }
     }
     for r in &ranges {
-        main.syscall("munmap restorer memory", libc::SYS_munmap, [r.0, r.1 - r.0, 0, 0, 0, 0])?;
+        main.syscall(
+            "munmap restorer memory",
+            libc::SYS_munmap,
+            [r.0, r.1 - r.0, 0, 0, 0, 0],
+        )?;
     }
 
     // Move [vvar]/[vvar_vclock]/[vdso] to where the images had them.
@@ -207,14 +235,24 @@ pub fn switch_task(plan: &Plan, t: &TaskPlan, opened: &Opened, ctl: Ctl) -> Resu
     map_vmas(plan, t, mm, opened, &main, &mem)?;
 
     // mm fields.
-    let auxv: Vec<u8> = mm.mm_saved_auxv.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let auxv: Vec<u8> = mm
+        .mm_saved_auxv
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let auxv_at = scratch + 1024;
     if auxv.len() > 4096 {
-        return Err(RestoreError::Unsupported(format!("mm-{pid}.img: auxv of {} bytes", auxv.len())));
+        return Err(RestoreError::Unsupported(format!(
+            "mm-{pid}.img: auxv of {} bytes",
+            auxv.len()
+        )));
     }
     mem.write(auxv_at, &auxv)?;
     let exe_fd = *opened.maps.get(&mm.exe_file_id).ok_or_else(|| {
-        RestoreError::Unsupported(format!("mm-{pid}.img: exe file {} not opened", mm.exe_file_id))
+        RestoreError::Unsupported(format!(
+            "mm-{pid}.img: exe file {} not opened",
+            mm.exe_file_id
+        ))
     })?;
     let mut map = Vec::new();
     for v in [
@@ -239,10 +277,21 @@ pub fn switch_task(plan: &Plan, t: &TaskPlan, opened: &Opened, ctl: Ctl) -> Resu
     main.syscall(
         "prctl(PR_SET_MM_MAP)",
         libc::SYS_prctl,
-        [libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, scratch, map.len() as u64, 0, 0],
+        [
+            libc::PR_SET_MM as u64,
+            libc::PR_SET_MM_MAP as u64,
+            scratch,
+            map.len() as u64,
+            0,
+            0,
+        ],
     )?;
     if mm.thp_disabled == Some(true) {
-        main.syscall("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, [41, 1, 0, 0, 0, 0])?;
+        main.syscall(
+            "prctl(PR_SET_THP_DISABLE)",
+            libc::SYS_prctl,
+            [41, 1, 0, 0, 0, 0],
+        )?;
     }
 
     // Helper descriptors.
@@ -251,20 +300,35 @@ pub fn switch_task(plan: &Plan, t: &TaskPlan, opened: &Opened, ctl: Ctl) -> Resu
     helpers.sort();
     helpers.dedup();
     for fd in helpers {
-        main.syscall("close helper fd", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
+        main.syscall(
+            "close helper fd",
+            libc::SYS_close,
+            [fd as u64, 0, 0, 0, 0, 0],
+        )?;
     }
 
     let main_core = &t.threads[0].core;
-    let tc = main_core.tc.as_ref().ok_or_else(|| RestoreError::Unsupported("no tc".into()))?;
+    let tc = main_core
+        .tc
+        .as_ref()
+        .ok_or_else(|| RestoreError::Unsupported("no tc".into()))?;
     restore_sigactions(&main, &mem, scratch, &tc.sigactions)?;
-    main.syscall("personality", libc::SYS_personality, [u64::from(tc.personality), 0, 0, 0, 0, 0])?;
+    main.syscall(
+        "personality",
+        libc::SYS_personality,
+        [u64::from(tc.personality), 0, 0, 0, 0, 0],
+    )?;
     if let Some(timers) = &tc.timers {
         for (which, it) in [(0u64, &timers.real), (1, &timers.virt), (2, &timers.prof)] {
             let Some(it) = it else { continue };
             let v = [it.isec, it.iusec, it.vsec, it.vusec];
             let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
             mem.write(scratch, &b)?;
-            main.syscall("setitimer", libc::SYS_setitimer, [which, scratch, 0, 0, 0, 0])?;
+            main.syscall(
+                "setitimer",
+                libc::SYS_setitimer,
+                [which, scratch, 0, 0, 0, 0],
+            )?;
         }
     }
     // Process group joined after the leader exists (every task exists by now).
@@ -303,7 +367,10 @@ pub fn switch_task(plan: &Plan, t: &TaskPlan, opened: &Opened, ctl: Ctl) -> Resu
                 })
             }
         }
-        threads.push(Thread { tid: new, gadget: main.gadget });
+        threads.push(Thread {
+            tid: new,
+            gadget: main.gadget,
+        });
     }
 
     for (th, plan_th) in threads.iter().zip(&t.threads) {
@@ -314,7 +381,12 @@ pub fn switch_task(plan: &Plan, t: &TaskPlan, opened: &Opened, ctl: Ctl) -> Resu
     }
     // Pending signals: per thread, then shared.
     for (th, plan_th) in threads.iter().zip(&t.threads) {
-        if let Some(q) = plan_th.core.thread_core.as_ref().and_then(|c| c.signals_p.as_ref()) {
+        if let Some(q) = plan_th
+            .core
+            .thread_core
+            .as_ref()
+            .and_then(|c| c.signals_p.as_ref())
+        {
             for s in &q.signals {
                 let signo = queue_info(&mem, scratch, &s.siginfo)?;
                 th.syscall(
@@ -328,34 +400,63 @@ pub fn switch_task(plan: &Plan, t: &TaskPlan, opened: &Opened, ctl: Ctl) -> Resu
     if let Some(q) = &tc.signals_s {
         for s in &q.signals {
             let signo = queue_info(&mem, scratch, &s.siginfo)?;
-            main.syscall("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo, [pid as u64, signo, scratch, 0, 0, 0])?;
+            main.syscall(
+                "rt_sigqueueinfo",
+                libc::SYS_rt_sigqueueinfo,
+                [pid as u64, signo, scratch, 0, 0, 0],
+            )?;
         }
     }
     if let Some(r) = &tc.rlimits {
         restore_rlimits(pid, &r.rlimits)?;
     }
-    main.syscall("munmap scratch", libc::SYS_munmap, [scratch, SCRATCH, 0, 0, 0, 0])?;
+    main.syscall(
+        "munmap scratch",
+        libc::SYS_munmap,
+        [scratch, SCRATCH, 0, 0, 0, 0],
+    )?;
 
     // Final registers and masks.
     for (i, (th, plan_th)) in threads.iter().zip(&t.threads).enumerate() {
         let mask = if i == 0 {
             tc.blk_sigset
         } else {
-            plan_th.core.thread_core.as_ref().and_then(|c| c.blk_sigset).unwrap_or(tc.blk_sigset)
+            plan_th
+                .core
+                .thread_core
+                .as_ref()
+                .and_then(|c| c.blk_sigset)
+                .unwrap_or(tc.blk_sigset)
         };
         load_registers(th.tid, &plan_th.core, mask)?;
     }
-    Ok(Switched { pid, tids: threads.iter().map(|t| t.tid).collect(), stopped: t.state == super::plan::TASK_STOPPED })
+    Ok(Switched {
+        pid,
+        tids: threads.iter().map(|t| t.tid).collect(),
+        stopped: t.state == super::plan::TASK_STOPPED,
+    })
 }
 
-fn move_block(main: &Thread, pieces: &[(u64, u64)], from: u64, to: u64) -> Result<(), RestoreError> {
+fn move_block(
+    main: &Thread,
+    pieces: &[(u64, u64)],
+    from: u64,
+    to: u64,
+) -> Result<(), RestoreError> {
     for p in pieces {
         let len = p.1 - p.0;
         let dst = p.0 - from + to;
         main.syscall(
             "mremap vdso",
             libc::SYS_mremap,
-            [p.0, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, dst, 0],
+            [
+                p.0,
+                len,
+                len,
+                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                dst,
+                0,
+            ],
         )?;
     }
     Ok(())
@@ -383,13 +484,24 @@ fn map_vmas(
         let len = v.end - v.start;
         let shared = v.status & vs::FILE_SHARED != 0;
         let file = v.status & (vs::FILE_SHARED | vs::FILE_PRIVATE) != 0;
-        let prot = if shared { v.prot } else { v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32 };
+        let prot = if shared {
+            v.prot
+        } else {
+            v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32
+        };
         let mut flags = libc::MAP_FIXED as u32 | (v.flags & libc::MAP_GROWSDOWN as u32);
         let (fd, off) = if file {
             let fd = *opened.maps.get(&(v.shmid as u32)).ok_or_else(|| {
-                RestoreError::Unsupported(format!("mm-{pid}.img: vma {:#x}: file {} not opened", v.start, v.shmid))
+                RestoreError::Unsupported(format!(
+                    "mm-{pid}.img: vma {:#x}: file {} not opened",
+                    v.start, v.shmid
+                ))
             })?;
-            flags |= if shared { libc::MAP_SHARED as u32 } else { libc::MAP_PRIVATE as u32 };
+            flags |= if shared {
+                libc::MAP_SHARED as u32
+            } else {
+                libc::MAP_PRIVATE as u32
+            };
             (fd as u64, v.pgoff)
         } else {
             flags |= (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
@@ -403,7 +515,8 @@ fn map_vmas(
         if let Some(madv) = v.madv {
             for bit in [14u64, 15, 16, 10, 18, 12] {
                 if madv & (1 << bit) != 0 {
-                    let _ = main.syscall("madvise", libc::SYS_madvise, [v.start, len, bit, 0, 0, 0]);
+                    let _ =
+                        main.syscall("madvise", libc::SYS_madvise, [v.start, len, bit, 0, 0, 0]);
                 }
             }
         }
@@ -415,8 +528,12 @@ fn map_vmas(
             path: t.pages.file.clone(),
             source: e,
         })?;
-        let targets: Vec<(u64, u64)> =
-            mm.vmas.iter().filter(|v| v.status & skip == 0 && v.status & vs::FILE_SHARED == 0).map(|v| (v.start, v.end)).collect();
+        let targets: Vec<(u64, u64)> = mm
+            .vmas
+            .iter()
+            .filter(|v| v.status & skip == 0 && v.status & vs::FILE_SHARED == 0)
+            .map(|v| (v.start, v.end))
+            .collect();
         let mut buf = vec![0u8; 4 << 20];
         for run in &t.pages.runs {
             let (lo, hi) = (run.vaddr, run.vaddr + run.nr * PAGE);
@@ -426,11 +543,12 @@ fn map_vmas(
                 let mut at = a;
                 while at < b {
                     let n = (b - at).min(buf.len() as u64) as usize;
-                    src.read_exact_at(&mut buf[..n], run.offset + (at - lo)).map_err(|e| RestoreError::Io {
-                        step: "read pages image",
-                        path: t.pages.file.clone(),
-                        source: e,
-                    })?;
+                    src.read_exact_at(&mut buf[..n], run.offset + (at - lo))
+                        .map_err(|e| RestoreError::Io {
+                            step: "read pages image",
+                            path: t.pages.file.clone(),
+                            source: e,
+                        })?;
                     mem.write(at, &buf[..n])?;
                     at += n as u64;
                 }
@@ -438,15 +556,28 @@ fn map_vmas(
         }
     }
     let _ = plan;
-    for v in mm.vmas.iter().filter(|v| v.status & skip == 0 && v.status & vs::FILE_SHARED == 0) {
+    for v in mm
+        .vmas
+        .iter()
+        .filter(|v| v.status & skip == 0 && v.status & vs::FILE_SHARED == 0)
+    {
         if v.prot != (v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32) {
-            main.syscall("mprotect", libc::SYS_mprotect, [v.start, v.end - v.start, u64::from(v.prot), 0, 0, 0])?;
+            main.syscall(
+                "mprotect",
+                libc::SYS_mprotect,
+                [v.start, v.end - v.start, u64::from(v.prot), 0, 0, 0],
+            )?;
         }
     }
     Ok(())
 }
 
-fn restore_sigactions(main: &Thread, mem: &Mem, scratch: u64, sa: &[msg::SaEntry]) -> Result<(), RestoreError> {
+fn restore_sigactions(
+    main: &Thread,
+    mem: &Mem,
+    scratch: u64,
+    sa: &[msg::SaEntry],
+) -> Result<(), RestoreError> {
     let mut sig = 0u64;
     for e in sa {
         sig += 1;
@@ -456,9 +587,16 @@ fn restore_sigactions(main: &Thread, mem: &Mem, scratch: u64, sa: &[msg::SaEntry
         if sig > 64 {
             break;
         }
-        let b: Vec<u8> = [e.sigaction, e.flags, e.restorer, e.mask].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let b: Vec<u8> = [e.sigaction, e.flags, e.restorer, e.mask]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         mem.write(scratch, &b)?;
-        main.syscall(&format!("rt_sigaction({sig})"), libc::SYS_rt_sigaction, [sig, scratch, 0, 8, 0, 0])?;
+        main.syscall(
+            &format!("rt_sigaction({sig})"),
+            libc::SYS_rt_sigaction,
+            [sig, scratch, 0, 8, 0, 0],
+        )?;
     }
     Ok(())
 }
@@ -475,7 +613,12 @@ fn clone3_args(tid: i32, set_tid_at: u64) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn per_thread(th: &Thread, mem: &Mem, scratch: u64, core: &msg::CoreEntry) -> Result<(), RestoreError> {
+fn per_thread(
+    th: &Thread,
+    mem: &Mem,
+    scratch: u64,
+    core: &msg::CoreEntry,
+) -> Result<(), RestoreError> {
     let tcore = core.thread_core.as_ref();
     // sigaltstack
     let (sp, size, flags) = tcore
@@ -488,43 +631,81 @@ fn per_thread(th: &Thread, mem: &Mem, scratch: u64, core: &msg::CoreEntry) -> Re
     b.extend_from_slice(&0u32.to_le_bytes());
     b.extend_from_slice(&size.to_le_bytes());
     mem.write(scratch, &b)?;
-    th.syscall("sigaltstack", libc::SYS_sigaltstack, [scratch, 0, 0, 0, 0, 0])?;
+    th.syscall(
+        "sigaltstack",
+        libc::SYS_sigaltstack,
+        [scratch, 0, 0, 0, 0, 0],
+    )?;
     if let Some(r) = tcore.and_then(|c| c.rseq_entry.as_ref()) {
         if r.rseq_abi_pointer != 0 {
             th.syscall(
                 "rseq",
                 libc::SYS_rseq,
-                [r.rseq_abi_pointer, u64::from(r.rseq_abi_size), 0, u64::from(r.signature), 0, 0],
+                [
+                    r.rseq_abi_pointer,
+                    u64::from(r.rseq_abi_size),
+                    0,
+                    u64::from(r.signature),
+                    0,
+                    0,
+                ],
             )?;
         }
     }
     if let Some(ti) = &core.thread_info {
-        th.syscall("set_tid_address", libc::SYS_set_tid_address, [ti.clear_tid_addr, 0, 0, 0, 0, 0])?;
+        th.syscall(
+            "set_tid_address",
+            libc::SYS_set_tid_address,
+            [ti.clear_tid_addr, 0, 0, 0, 0, 0],
+        )?;
     }
-    let comm = tcore.and_then(|c| c.comm.clone()).or_else(|| core.tc.as_ref().map(|t| t.comm.clone()));
+    let comm = tcore
+        .and_then(|c| c.comm.clone())
+        .or_else(|| core.tc.as_ref().map(|t| t.comm.clone()));
     if let Some(comm) = comm {
         let mut b = comm.into_bytes();
         b.truncate(15);
         b.push(0);
         mem.write(scratch, &b)?;
-        th.syscall("prctl(PR_SET_NAME)", libc::SYS_prctl, [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0])?;
+        th.syscall(
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0],
+        )?;
     }
     let pdeath = tcore.and_then(|c| c.pdeath_sig).unwrap_or(0);
-    th.syscall("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, [libc::PR_SET_PDEATHSIG as u64, u64::from(pdeath), 0, 0, 0, 0])?;
+    th.syscall(
+        "prctl(PR_SET_PDEATHSIG)",
+        libc::SYS_prctl,
+        [libc::PR_SET_PDEATHSIG as u64, u64::from(pdeath), 0, 0, 0, 0],
+    )?;
     if let Some(nice) = tcore.and_then(|c| c.sched_nice) {
         if nice != 0 {
-            th.syscall("setpriority", libc::SYS_setpriority, [libc::PRIO_PROCESS as u64, 0, nice as i64 as u64, 0, 0, 0])?;
+            th.syscall(
+                "setpriority",
+                libc::SYS_setpriority,
+                [libc::PRIO_PROCESS as u64, 0, nice as i64 as u64, 0, 0, 0],
+            )?;
         }
     }
     Ok(())
 }
 
-fn restore_posix_timers(main: &Thread, mem: &Mem, scratch: u64, timers: &[msg::PosixTimerEntry]) -> Result<(), RestoreError> {
+fn restore_posix_timers(
+    main: &Thread,
+    mem: &Mem,
+    scratch: u64,
+    timers: &[msg::PosixTimerEntry],
+) -> Result<(), RestoreError> {
     if timers.is_empty() {
         return Ok(());
     }
     const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
-    main.syscall("prctl(PR_TIMER_CREATE_RESTORE_IDS, on)", libc::SYS_prctl, [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0])?;
+    main.syscall(
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS, on)",
+        libc::SYS_prctl,
+        [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0],
+    )?;
     for tm in timers {
         // struct sigevent: value u64, signo i32, notify i32, tid i32, pad.
         let mut ev = vec![0u8; 64];
@@ -552,47 +733,78 @@ fn restore_posix_timers(main: &Thread, mem: &Mem, scratch: u64, timers: &[msg::P
             vn = 1; // armed timer about to fire
             vs_ = 0;
         }
-        let spec: Vec<u8> = [tm.isec, tm.insec, vs_, vn].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let spec: Vec<u8> = [tm.isec, tm.insec, vs_, vn]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         mem.write(scratch, &spec)?;
-        main.syscall("timer_settime", libc::SYS_timer_settime, [u64::from(tm.it_id), 0, scratch, 0, 0, 0])?;
+        main.syscall(
+            "timer_settime",
+            libc::SYS_timer_settime,
+            [u64::from(tm.it_id), 0, scratch, 0, 0, 0],
+        )?;
     }
-    main.syscall("prctl(PR_TIMER_CREATE_RESTORE_IDS, off)", libc::SYS_prctl, [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0])?;
+    main.syscall(
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS, off)",
+        libc::SYS_prctl,
+        [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
+    )?;
     Ok(())
 }
 
 /// Writes a raw siginfo to scratch; returns its signal number.
 fn queue_info(mem: &Mem, scratch: u64, info: &[u8]) -> Result<u64, RestoreError> {
     if info.len() != 128 {
-        return Err(RestoreError::Unsupported(format!("siginfo of {} bytes", info.len())));
+        return Err(RestoreError::Unsupported(format!(
+            "siginfo of {} bytes",
+            info.len()
+        )));
     }
     mem.write(scratch, info)?;
-    Ok(u64::from(u32::from_le_bytes([info[0], info[1], info[2], info[3]])))
+    Ok(u64::from(u32::from_le_bytes([
+        info[0], info[1], info[2], info[3],
+    ])))
 }
 
 fn restore_rlimits(pid: i32, lims: &[msg::RlimitEntry]) -> Result<(), RestoreError> {
     for (res, l) in lims.iter().enumerate() {
         let res = res as u32;
-        let (_, cur_max) = tracee::get_rlimit(pid, res).map_err(|e| RestoreError::sys("prlimit read", pid, e))?;
+        let (_, cur_max) =
+            tracee::get_rlimit(pid, res).map_err(|e| RestoreError::sys("prlimit read", pid, e))?;
         let mut max = l.max;
         if max > cur_max {
-            tracing::warn!(pid, res, want = l.max, have = cur_max, "cannot raise a hard rlimit; keeping the current one");
+            tracing::warn!(
+                pid,
+                res,
+                want = l.max,
+                have = cur_max,
+                "cannot raise a hard rlimit; keeping the current one"
+            );
             max = cur_max;
         }
         let cur = l.cur.min(max);
-        tracee::set_rlimit(pid, res, cur, max).map_err(|e| RestoreError::sys(format!("prlimit({res})"), pid, e))?;
+        tracee::set_rlimit(pid, res, cur, max)
+            .map_err(|e| RestoreError::sys(format!("prlimit({res})"), pid, e))?;
     }
     Ok(())
 }
 
 /// The creds of the images must equal the restorer's (changing them is not implemented).
 fn check_creds(pid: i32, core: &msg::CoreEntry) -> Result<(), RestoreError> {
-    let Some(c) = core.thread_core.as_ref().and_then(|t| t.creds.as_ref()) else { return Ok(()) };
+    let Some(c) = core.thread_core.as_ref().and_then(|t| t.creds.as_ref()) else {
+        return Ok(());
+    };
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| -> Vec<u64> {
         status
             .lines()
             .find(|l| l.starts_with(name))
-            .map(|l| l[name.len()..].split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            .map(|l| {
+                l[name.len()..]
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let caps = |name: &str| -> u64 {
@@ -606,7 +818,10 @@ fn check_creds(pid: i32, core: &msg::CoreEntry) -> Result<(), RestoreError> {
     let gids = field("Gid:");
     let want_u = [c.uid, c.euid, c.suid, c.fsuid].map(u64::from);
     let want_g = [c.gid, c.egid, c.sgid, c.fsgid].map(u64::from);
-    let cap64 = |v: &Vec<u32>| v.first().copied().map(u64::from).unwrap_or(0) | (v.get(1).copied().map(u64::from).unwrap_or(0) << 32);
+    let cap64 = |v: &Vec<u32>| {
+        v.first().copied().map(u64::from).unwrap_or(0)
+            | (v.get(1).copied().map(u64::from).unwrap_or(0) << 32)
+    };
     if uids != want_u || gids != want_g {
         return Err(RestoreError::Unsupported(format!(
             "core-{pid}.img: uids {want_u:?}/gids {want_g:?} differ from the restorer's (changing creds is not implemented)"
@@ -624,10 +839,18 @@ fn check_creds(pid: i32, core: &msg::CoreEntry) -> Result<(), RestoreError> {
 /// Loads a thread's saved registers, FPU/SSE/AVX state and blocked mask.
 fn load_registers(tid: i32, core: &msg::CoreEntry, mask: u64) -> Result<(), RestoreError> {
     let err = |s: &str, e| RestoreError::sys(s.to_string(), tid, e);
-    let ti = core.thread_info.as_ref().ok_or_else(|| RestoreError::Unsupported("no thread_info".into()))?;
-    let g = ti.gpregs.as_ref().ok_or_else(|| RestoreError::Unsupported("no gpregs".into()))?;
+    let ti = core
+        .thread_info
+        .as_ref()
+        .ok_or_else(|| RestoreError::Unsupported("no thread_info".into()))?;
+    let g = ti
+        .gpregs
+        .as_ref()
+        .ok_or_else(|| RestoreError::Unsupported("no gpregs".into()))?;
     if g.mode.unwrap_or(1) != 1 {
-        return Err(RestoreError::Unsupported(format!("thread {tid}: 32-bit (compat) registers")));
+        return Err(RestoreError::Unsupported(format!(
+            "thread {tid}: 32-bit (compat) registers"
+        )));
     }
     let mut r = tracee::get_regs(tid).map_err(|e| err("get registers", e))?;
     r.r15 = g.r15;
@@ -659,7 +882,8 @@ fn load_registers(tid: i32, core: &msg::CoreEntry, mask: u64) -> Result<(), Rest
     r.gs = g.gs;
     if let Some(fp) = &ti.fpregs {
         let mut area = tracee::get_xstate(tid, 16384).map_err(|e| err("get xstate", e))?;
-        super::xstate::fill(&mut area, fp).map_err(|w| RestoreError::Unsupported(format!("thread {tid}: {w}")))?;
+        super::xstate::fill(&mut area, fp)
+            .map_err(|w| RestoreError::Unsupported(format!("thread {tid}: {w}")))?;
         tracee::set_xstate(tid, &area).map_err(|e| err("set xstate", e))?;
     }
     tracee::set_regs(tid, r).map_err(|e| err("set registers", e))?;

@@ -51,7 +51,11 @@ pub fn record(pid: i32, errno: i32, step: &str) -> [u8; RECORD] {
 pub fn parse_record(r: &[u8; RECORD]) -> (i32, i32, String) {
     let pid = i32::from_le_bytes([r[0], r[1], r[2], r[3]]);
     let errno = i32::from_le_bytes([r[4], r[5], r[6], r[7]]);
-    let step = r[8..].iter().take_while(|&&b| b != 0).map(|&b| b as char).collect();
+    let step = r[8..]
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| b as char)
+        .collect();
     (pid, errno, step)
 }
 
@@ -73,13 +77,19 @@ pub fn spawn(plan: &Plan, idx: usize, opened: &Opened, ctl: Ctl) -> Result<i32, 
     }
 }
 
-fn run_task(plan: &Plan, idx: usize, opened: &Opened, ctl: Ctl) -> Result<(), (&'static str, Errno)> {
+fn run_task(
+    plan: &Plan,
+    idx: usize,
+    opened: &Opened,
+    ctl: Ctl,
+) -> Result<(), (&'static str, Errno)> {
     let t = &plan.tasks[idx];
     set_pdeathsig(libc::SIGKILL).map_err(|e| ("set pdeathsig", e))?;
     if t.state == TASK_DEAD {
         let sig = (t.exit_code & 0x7f) as i32;
         if sig != 0 {
-            let _ = nix::sys::signal::kill(Pid::this(), nix::sys::signal::Signal::try_from(sig).ok());
+            let _ =
+                nix::sys::signal::kill(Pid::this(), nix::sys::signal::Signal::try_from(sig).ok());
         }
         exit_now(((t.exit_code >> 8) & 0xff) as i32);
     }
@@ -105,7 +115,12 @@ fn run_task(plan: &Plan, idx: usize, opened: &Opened, ctl: Ctl) -> Result<(), (&
     keep.insert(ctl.hold_r);
     keep_only(&keep).map_err(|e| ("close descriptors", e))?;
     if let Some(fs) = &t.fs {
-        let name = |id: u32| plan.files.get(&id).and_then(|f| f.reg.as_ref()).map(|r| r.name.clone());
+        let name = |id: u32| {
+            plan.files
+                .get(&id)
+                .and_then(|f| f.reg.as_ref())
+                .map(|r| r.name.clone())
+        };
         if let Some(root) = name(fs.root_id) {
             if root != "/" {
                 nix::unistd::chroot(root.as_str()).map_err(|e| ("chroot", e))?;

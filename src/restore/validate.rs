@@ -14,7 +14,10 @@ pub fn pids_free(plan: &Plan) -> Result<(), RestoreError> {
     for id in plan.all_ids() {
         let p = format!("/proc/{id}");
         if Path::new(&p).exists() {
-            return Err(RestoreError::PidTaken { pid: id, owner: owner_of(id) });
+            return Err(RestoreError::PidTaken {
+                pid: id,
+                owner: owner_of(id),
+            });
         }
     }
     Ok(())
@@ -38,7 +41,11 @@ pub fn owner_of(pid: i32) -> String {
                 .and_then(|l| l[5..].trim().parse::<i32>().ok())
         })
         .unwrap_or(pid);
-    let who = if tgid != pid { format!(" (a thread of {tgid})") } else { String::new() };
+    let who = if tgid != pid {
+        format!(" (a thread of {tgid})")
+    } else {
+        String::new()
+    };
     format!("{} ({}){who}", comm.trim(), cmd)
 }
 
@@ -101,12 +108,17 @@ pub fn elf_build_id(path: &Path) -> Option<Vec<u8>> {
     let mut f = std::fs::File::open(path).ok()?;
     let mut data = Vec::new();
     f.by_ref().take(64 << 20).read_to_end(&mut data).ok()?;
-    let rd16 = |o: usize| data.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]) as usize);
+    let rd16 = |o: usize| {
+        data.get(o..o + 2)
+            .map(|s| u16::from_le_bytes([s[0], s[1]]) as usize)
+    };
     let rd32 = |o: usize| {
-        data.get(o..o + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
+        data.get(o..o + 4)
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
     };
     let rd64 = |o: usize| {
-        data.get(o..o + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])) as usize)
+        data.get(o..o + 8)
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])) as usize)
     };
     if data.get(0..4)? != b"\x7fELF" || data.get(4)? != &2 || data.get(5)? != &1 {
         return None;

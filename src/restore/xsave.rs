@@ -11,7 +11,8 @@
 //! ```
 //!
 //! The kernel's rt_sigreturn checks the two magics and `xstate_size` and then `xrstor`s the
-//! components in `xfeatures`, taking those with a clear `xstate_bv` bit from the init state.
+//! components in `xfeatures`, taking those with a clear `xstate_bv` bit, and every user
+//! component outside `xfeatures`, from the init state.
 
 use crate::sys::cpu;
 
@@ -67,9 +68,12 @@ fn put_words<T: Copy>(
     }
 }
 
-/// The xsave image for this CPU (components the OS does not enable are dropped).
+/// The xsave image for this CPU: only the components present in `xstate_bv` (plus x87/SSE)
+/// and enabled by the OS are included, so the image (and the signal frame holding it) stays
+/// small; the kernel puts every other component in its init state.
 pub fn xsave_image(f: &FpuRegs<'_>) -> Vec<u8> {
-    let xfeatures = cpu::xcr0() & KNOWN;
+    let present = if f.xstate_bv == 0 { 3 } else { f.xstate_bv | 3 };
+    let xfeatures = cpu::xcr0() & KNOWN & present;
     let mut size = 576usize;
     let mut comps = Vec::new();
     for i in 2..10u32 {
@@ -102,7 +106,7 @@ pub fn xsave_image(f: &FpuRegs<'_>) -> Vec<u8> {
     b[468..472].copy_from_slice(&((size + 4) as u32).to_le_bytes());
     b[472..480].copy_from_slice(&xfeatures.to_le_bytes());
     b[480..484].copy_from_slice(&(size as u32).to_le_bytes());
-    let bv = if f.xstate_bv == 0 { 3 } else { f.xstate_bv } & xfeatures;
+    let bv = present & xfeatures;
     b[512..520].copy_from_slice(&bv.to_le_bytes());
     for (i, off, len) in comps {
         match i {

@@ -55,7 +55,9 @@ pub fn fill(area: &mut [u8], fp: &UserX86Fpregs) -> Result<(), String> {
         bv = x.xstate_bv;
         let unsupported = bv & !supported;
         if unsupported != 0 {
-            return Err(format!("xstate components {unsupported:#x} not supported by this CPU"));
+            return Err(format!(
+                "xstate components {unsupported:#x} not supported by this CPU"
+            ));
         }
         if bv & (1 << 2) != 0 {
             put(area, 576, &words32(&x.ymmh_space, 64, "ymmh_space")?)?;
@@ -66,13 +68,17 @@ pub fn fill(area: &mut [u8], fp: &UserX86Fpregs) -> Result<(), String> {
             (7, &x.hi16_zmm, 128, "hi16_zmm"),
         ] {
             if bv & (1 << bit) != 0 {
-                let off = xfeature_offset(bit).ok_or_else(|| format!("no xsave offset for component {bit}"))?;
+                let off = xfeature_offset(bit)
+                    .ok_or_else(|| format!("no xsave offset for component {bit}"))?;
                 put(area, off, &words64(data, n, what)?)?;
             }
         }
         let known = 0x3 | (1 << 2) | (0x7 << 5);
         if bv & !known != 0 {
-            return Err(format!("xstate components {:#x} are not restored", bv & !known));
+            return Err(format!(
+                "xstate components {:#x} are not restored",
+                bv & !known
+            ));
         }
     }
     put(area, 512, &bv.to_le_bytes())?;

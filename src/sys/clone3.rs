@@ -36,8 +36,8 @@ pub enum Forked {
 /// in the caller's PID namespace is `pid` (needs `CAP_SYS_ADMIN`/`CAP_CHECKPOINT_RESTORE`).
 /// `flags` must not contain `CLONE_VM`, `CLONE_THREAD`, `CLONE_SIGHAND` or `CLONE_VFORK`.
 pub fn fork_with_pid(pid: i32, flags: u64, exit_signal: u64) -> Result<Forked, Errno> {
-    let forbidden = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND | libc::CLONE_VFORK)
-        as u64;
+    let forbidden =
+        (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND | libc::CLONE_VFORK) as u64;
     if flags & forbidden != 0 || pid <= 0 {
         return Err(Errno::EINVAL);
     }
@@ -54,7 +54,11 @@ pub fn fork_with_pid(pid: i32, flags: u64, exit_signal: u64) -> Result<Forked, E
     // with its own stack copy, like fork(2). No Rust invariant is broken because the restorer
     // is single-threaded (documented precondition), so no lock is held by another thread.
     let ret = unsafe {
-        libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
     };
     match ret {
         r if r < 0 => Err(Errno::last()),

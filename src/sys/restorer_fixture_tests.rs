@@ -1,4 +1,4 @@
-//! Restores single-process CRIU 4.2 fixtures (`fx-loop`, `fx-threads`, `fx-signals`) with the
+//! Restores single-process CRIU 4.2 fixtures (`fx-loop`, `fx-mem`, `fx-threads`, `fx-signals`) with the
 //! restorer blob and a minimal engine written here (premap + fill every VMA from the page
 //! images, vdso plan, core/mm conversion, fds 0-2 on /dev/null), then runs the workload's own
 //! verification (SIGUSR2 → PASS). Needs root, the installed fixtures (/tmp/criu-fixtures, see
@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 const VMA_AREA_VSYSCALL: u32 = 1 << 2;
 const VMA_AREA_VDSO: u32 = 1 << 3;
 const VMA_FILE_PRIVATE: u32 = 1 << 6;
+const VMA_FILE_SHARED: u32 = 1 << 7;
+const VMA_AREA_MEMFD: u32 = 1 << 14;
 const VMA_AREA_VVAR: u32 = 1 << 12;
 
 /// Serializes the fixture restores (they use fixed PIDs and result files).
@@ -31,8 +33,8 @@ fn fixtures() -> PathBuf {
 }
 
 /// Page data of the image: (vaddr, bytes) per present page.
-fn pages(dir: &Path, pid: i32) -> Vec<(u64, Vec<u8>)> {
-    let img = Image::read_file(dir.join(format!("pagemap-{pid}.img"))).expect("pagemap");
+fn pages(dir: &Path, pagemap: &str) -> Vec<(u64, Vec<u8>)> {
+    let img = Image::read_file(dir.join(pagemap)).expect("pagemap");
     let head: pb::PagemapHead = img.decode_entry(0).expect("pagemap head");
     let data = std::fs::read(dir.join(format!("pages-{}.img", head.pages_id))).expect("pages");
     let mut out = Vec::new();
@@ -49,6 +51,35 @@ fn pages(dir: &Path, pid: i32) -> Vec<(u64, Vec<u8>)> {
     out
 }
 
+/// Recreates the memfd behind file `id` (memfd.img inode + its shmem pages).
+fn memfd_for(dir: &Path, files: &[pb::FileEntry], id: u64) -> i32 {
+    let memfd = files
+        .iter()
+        .find(|f| u64::from(f.id) == id)
+        .and_then(|f| f.memfd.as_ref())
+        .expect("memfd file");
+    let inodes: Vec<pb::MemfdInodeEntry> = read_entries(dir.join("memfd.img")).expect("memfd.img");
+    let inode = inodes
+        .iter()
+        .find(|i| i.inode_id == u64::from(memfd.inode_id))
+        .expect("memfd inode");
+    let name = std::ffi::CString::new(inode.name.clone()).expect("name");
+    // SAFETY: name is a valid C string.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_ALLOW_SEALING) };
+    assert!(fd >= 0, "memfd_create");
+    let file = std::mem::ManuallyDrop::new(
+        // SAFETY: fd is the memfd just created; ManuallyDrop keeps it open.
+        unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+    );
+    file.set_len(inode.size).expect("memfd size");
+    for (off, b) in pages(dir, &format!("pagemap-shmem-{}.img", inode.shmid)) {
+        std::os::unix::fs::FileExt::write_all_at(&*file, &b, off).expect("memfd pages");
+    }
+    // SAFETY: fcntl on our own memfd.
+    unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, inode.seals as libc::c_int) };
+    fd
+}
+
 /// The child: builds the spec from the images and enters the blob (never returns).
 fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
     let mm: pb::MmEntry = read_single(dir.join(format!("mm-{pid}.img"))).expect("mm");
@@ -63,7 +94,7 @@ fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
             .map(|r| r.name.clone())
             .expect("file")
     };
-    let pages = pages(dir, pid);
+    let pages = pages(dir, &format!("pagemap-{pid}.img"));
     let mut spec = TaskSpec::new();
     let mut close = Vec::new();
     let mut hint: u64 = 0x5000_0000_0000;
@@ -94,6 +125,22 @@ fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
             });
             continue;
         }
+        if v.status & (VMA_FILE_SHARED | VMA_AREA_MEMFD) == VMA_FILE_SHARED | VMA_AREA_MEMFD {
+            let fd = memfd_for(dir, &files, v.shmid);
+            close.push(fd as u32);
+            spec.vmas.push(VmaArgs {
+                start: v.start,
+                end: v.end,
+                pgoff: v.pgoff,
+                prot: v.prot,
+                flags: libc::MAP_SHARED as u32,
+                madv: v.madv.unwrap_or(0),
+                kind: VMA_MMAP,
+                fd,
+                ..Default::default()
+            });
+            continue;
+        }
         let (fd, flags) = if v.status & VMA_FILE_PRIVATE != 0 {
             let f = std::fs::File::open(path_of(v.shmid))
                 .expect("open mapped file")
@@ -113,7 +160,9 @@ fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
                 hint as *mut libc::c_void,
                 len as usize,
                 libc::PROT_READ | libc::PROT_WRITE,
-                flags | libc::MAP_FIXED_NOREPLACE,
+                // MAP_GROWSDOWN survives the blob's mremap: a stack keeps growing for
+                // signal frames.
+                flags | libc::MAP_FIXED_NOREPLACE | (v.flags as i32 & libc::MAP_GROWSDOWN),
                 fd,
                 v.pgoff as libc::off_t,
             )
@@ -186,11 +235,9 @@ fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
     spec.close_fds.push(null as u32);
     // SAFETY: setsid has no preconditions (the image's task is a session leader).
     unsafe { libc::setsid() };
-    let base = 0x5c00_0000_0000;
-    let area = spec.build(base).expect("build");
-    let mut m = crate::sys::restorer::RestorerArea::map(base, spec.area_len()).expect("map area");
-    m.write(&area.bytes).expect("write area");
-    m.enter(area.entry_offset, area.args, area.leader_stack_top)
+    match crate::restore::blob_args::enter(&spec) {
+        Err(e) => panic!("enter the restorer: {e}"),
+    }
 }
 
 /// Forks a child that gets PID 30000 (through ns_last_pid), or None if it is taken.
@@ -294,11 +341,19 @@ fn restore_and_verify(name: &str, pid: i32) {
     let task_dir = format!("/proc/{pid}/task");
     let nr_tasks = std::fs::read_dir(&task_dir).map(|d| d.count()).unwrap_or(0);
     assert_eq!(nr_tasks, tids.len(), "threads of the restored {name}");
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert_eq!(comm.trim_end(), name, "comm of the restored task");
     // SAFETY: signals our own restored child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !result.exists() {
         assert!(Instant::now() < deadline, "no verdict from {name}");
+        let mut st = 0;
+        // SAFETY: polls our own child without blocking.
+        if unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } == pid {
+            std::mem::forget(restored);
+            panic!("{name} ended without a verdict: wait status {st:#x}");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     let verdict = std::fs::read_to_string(&result).expect("result");
@@ -314,6 +369,11 @@ fn restores_fx_loop_fixture_and_it_passes_its_own_check() {
 #[test]
 fn restores_fx_threads_fixture_with_17_threads_and_it_passes_its_own_check() {
     restore_and_verify("fx-threads", 30200);
+}
+
+#[test]
+fn restores_fx_mem_fixture_and_it_passes_its_own_check() {
+    restore_and_verify("fx-mem", 30100);
 }
 
 #[test]

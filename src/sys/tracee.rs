@@ -90,11 +90,19 @@ pub fn event_msg(tid: i32) -> Result<i64, Errno> {
 /// user xstate size, at most `max` bytes).
 pub fn get_xstate(tid: i32, max: usize) -> Result<Vec<u8>, Errno> {
     let mut buf = vec![0u8; max];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     // SAFETY: iov points at `buf` (valid for iov_len bytes, alive across the call); the
     // kernel writes at most iov_len bytes and updates iov_len.
     let r = unsafe {
-        libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE as usize, &mut iov as *mut libc::iovec)
+        libc::ptrace(
+            libc::PTRACE_GETREGSET,
+            tid,
+            NT_X86_XSTATE as usize,
+            &mut iov as *mut libc::iovec,
+        )
     };
     if r < 0 {
         return Err(Errno::last());
@@ -105,10 +113,18 @@ pub fn get_xstate(tid: i32, max: usize) -> Result<Vec<u8>, Errno> {
 
 /// `PTRACE_SETREGSET(NT_X86_XSTATE)` with a full XSAVE area as returned by [`get_xstate`].
 pub fn set_xstate(tid: i32, area: &[u8]) -> Result<(), Errno> {
-    let mut iov = libc::iovec { iov_base: area.as_ptr() as *mut libc::c_void, iov_len: area.len() };
+    let mut iov = libc::iovec {
+        iov_base: area.as_ptr() as *mut libc::c_void,
+        iov_len: area.len(),
+    };
     // SAFETY: iov describes `area`, alive across the call; the kernel only reads it.
     let r = unsafe {
-        libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE as usize, &mut iov as *mut libc::iovec)
+        libc::ptrace(
+            libc::PTRACE_SETREGSET,
+            tid,
+            NT_X86_XSTATE as usize,
+            &mut iov as *mut libc::iovec,
+        )
     };
     if r < 0 {
         return Err(Errno::last());
@@ -121,7 +137,12 @@ pub fn set_sigmask(tid: i32, mask: u64) -> Result<(), Errno> {
     let m = mask;
     // SAFETY: addr is the mask size (8) and data points at a u64 alive across the call.
     let r = unsafe {
-        libc::ptrace(PTRACE_SETSIGMASK, tid, std::mem::size_of::<u64>(), &m as *const u64)
+        libc::ptrace(
+            PTRACE_SETSIGMASK,
+            tid,
+            std::mem::size_of::<u64>(),
+            &m as *const u64,
+        )
     };
     if r < 0 {
         return Err(Errno::last());
@@ -149,10 +170,18 @@ pub fn rseq_config(tid: i32) -> Result<RseqConfig, Errno> {
 
 /// `prlimit64(pid, resource, &{cur, max}, NULL)`: set another process's limit.
 pub fn set_rlimit(pid: i32, resource: u32, cur: u64, max: u64) -> Result<(), Errno> {
-    let lim = libc::rlimit64 { rlim_cur: cur, rlim_max: max };
+    let lim = libc::rlimit64 {
+        rlim_cur: cur,
+        rlim_max: max,
+    };
     // SAFETY: `lim` is a valid rlimit64 alive across the call; the old-value pointer is NULL.
     let r = unsafe {
-        libc::prlimit64(pid, resource as libc::__rlimit_resource_t, &lim, std::ptr::null_mut())
+        libc::prlimit64(
+            pid,
+            resource as libc::__rlimit_resource_t,
+            &lim,
+            std::ptr::null_mut(),
+        )
     };
     if r < 0 {
         return Err(Errno::last());
@@ -162,10 +191,18 @@ pub fn set_rlimit(pid: i32, resource: u32, cur: u64, max: u64) -> Result<(), Err
 
 /// `prlimit64(pid, resource, NULL, &old)`: read a process's limit as (cur, max).
 pub fn get_rlimit(pid: i32, resource: u32) -> Result<(u64, u64), Errno> {
-    let mut lim = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: the new-value pointer is NULL; `lim` is valid for the kernel to write.
     let r = unsafe {
-        libc::prlimit64(pid, resource as libc::__rlimit_resource_t, std::ptr::null(), &mut lim)
+        libc::prlimit64(
+            pid,
+            resource as libc::__rlimit_resource_t,
+            std::ptr::null(),
+            &mut lim,
+        )
     };
     if r < 0 {
         return Err(Errno::last());

@@ -35,7 +35,8 @@
 //!    private memory) and the `from` ranges of `special` (the running vvar/vdso).
 //! 3. Moves `special` ranges (vvar, vdso) to their image addresses with `mremap`.
 //!    Engine rules: premap ranges overlap no target VMA other than their own (`premap ==
-//!    start` is allowed) and no special range; the area overlaps neither.
+//!    start` is allowed) and no special range; the area overlaps neither. `mremap` keeps the
+//!    premap's VMA flags: premap a `MAP_GROWSDOWN` stack with `MAP_GROWSDOWN`.
 //! 4. For each VMA in address order: `VMA_PREMAPPED` is moved from `premap` with
 //!    `mremap(MREMAP_MAYMOVE|MREMAP_FIXED)` (no-op if `premap == start`); `VMA_MMAP` is
 //!    mapped with `mmap(MAP_FIXED)` from `fd` (or anonymous if `fd < 0`) at `pgoff`; then each
@@ -45,7 +46,7 @@
 //! 6. `prctl(PR_SET_MM, PR_SET_MM_MAP, &mm)`; personality, umask, sigactions, rlimits,
 //!    child subreaper, pdeath signal.
 //! 7. Creates threads 1.. with clone3 (`set_tid`); each thread registers its rseq, robust list,
-//!    clear_tid address, gs/fs base, then restores its creds (leader last).
+//!    clear_tid address, gs/fs base, name, scheduling, then restores its creds (leader last).
 //! 8. Queues pending signals (shared: rt_sigqueueinfo, per thread: rt_tgsigqueueinfo), creates
 //!    POSIX timers with their ids (PR_TIMER_CREATE_RESTORE_IDS), arms itimers.
 //! 9. Writes a `StatusRecord` with `stage = STAGE_READY` to `status_fd`; if `go_fd >= 0`
@@ -66,7 +67,7 @@
 /// `TaskArgs::magic`: "STASISRA".
 pub const ARGS_MAGIC: u64 = 0x4152_5349_5341_5453;
 /// `TaskArgs::version`; bumped on any layout change.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 /// Size of each thread's stack in the area (blob code, frames, the xsave copy).
 pub const THREAD_STACK_SIZE: u64 = 64 * 1024;
 /// Exit code of a task whose restorer failed (after the error record was written).
@@ -283,7 +284,14 @@ pub struct ThreadArgs {
     pub stack_top: Addr,
     /// `PR_SET_PDEATHSIG` value (0: none).
     pub pdeath_sig: u32,
+    /// Apply `sched_policy`/`sched_prio` (sched_setscheduler) and `sched_nice` (setpriority).
+    pub set_sched: u32,
+    pub sched_policy: u32,
+    pub sched_prio: u32,
+    pub sched_nice: i32,
     pub _pad1: u32,
+    /// Thread name for `PR_SET_NAME` (NUL padded; empty: leave).
+    pub comm: [u8; 16],
 }
 
 /// One VMA of the target layout.
@@ -506,7 +514,8 @@ const _: () = {
     assert!(core::mem::size_of::<PosixTimerArgs>() == 64);
     assert!(core::mem::size_of::<CredsArgs>() == 96);
     assert!(
-        core::mem::size_of::<ThreadArgs>() == 8 + 8 + 216 + 8 + 24 + 16 + 8 + 16 + 8 + 16 + 8 + 8
+        core::mem::size_of::<ThreadArgs>()
+            == 8 + 8 + 216 + 8 + 24 + 16 + 8 + 16 + 8 + 16 + 8 + 8 + 16 + 16
     );
     assert!(core::mem::size_of::<VmaArgs>() == 56);
     assert!(core::mem::size_of::<StatusRecord>() == 24);

@@ -78,6 +78,7 @@ pub fn create(a: &TaskArgs, t: &ThreadArgs, index: usize, entry: extern "C" fn(*
 }
 
 const RSEQ_FLAG_UNREGISTER: usize = 1;
+const PR_SET_NAME: usize = 15;
 const ARCH_SET_GS: usize = 0x1001;
 const ARCH_SET_FS: usize = 0x1002;
 const SS_DISABLE: usize = 2;
@@ -96,7 +97,8 @@ pub fn drop_inherited(a: &TaskArgs) {
     let _ = unsafe { sc(sys::SIGALTSTACK, ss.as_ptr() as usize, 0, 0, 0, 0, 0) };
 }
 
-/// The calling thread's own kernel state: robust list, clear_tid address, rseq, fs/gs base.
+/// The calling thread's own kernel state: robust list, clear_tid address, rseq, name,
+/// scheduling, fs/gs base.
 pub fn restore_own_state(a: &TaskArgs, t: &ThreadArgs, index: usize) {
     // SAFETY: the kernel only stores the pointer (read at thread exit).
     let r = unsafe { sc(sys::SET_ROBUST_LIST, t.robust_list as usize, t.robust_list_len.max(24) as usize, 0, 0, 0, 0) };
@@ -107,6 +109,20 @@ pub fn restore_own_state(a: &TaskArgs, t: &ThreadArgs, index: usize) {
         // SAFETY: the rseq area is target memory, restored by now.
         let r = unsafe { sc(sys::RSEQ, t.rseq.ptr as usize, t.rseq.len as usize, 0, t.rseq.sig as usize, 0, 0) };
         check(a, step::RSEQ, index, r);
+    }
+    if t.comm[0] != 0 {
+        // SAFETY: comm is 16 bytes in the area; the kernel reads at most 16 (NUL padded).
+        let r = unsafe { sc(sys::PRCTL, PR_SET_NAME, t.comm.as_ptr() as usize, 0, 0, 0, 0) };
+        check(a, step::THREAD_STATE, index, r);
+    }
+    if t.set_sched != 0 {
+        let param = [t.sched_prio as i32];
+        // SAFETY: param is a struct sched_param; the target is this thread.
+        let r = unsafe { sc(sys::SCHED_SETSCHEDULER, t.tid as usize, t.sched_policy as usize, param.as_ptr() as usize, 0, 0, 0) };
+        check(a, step::THREAD_STATE, index, r);
+        // SAFETY: integer arguments only (PRIO_PROCESS of a TID is that thread).
+        let r = unsafe { sc(sys::SETPRIORITY, 0, t.tid as usize, t.sched_nice as isize as usize, 0, 0, 0) };
+        check(a, step::THREAD_STATE, index, r);
     }
     // SAFETY: the blob does not use fs/gs-relative memory.
     let r = unsafe { sc(sys::ARCH_PRCTL, ARCH_SET_FS, t.regs.fs_base as usize, 0, 0, 0, 0) };
