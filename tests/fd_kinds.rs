@@ -641,3 +641,201 @@ fn unix_external_peers_need_ext_unix_sk() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// inet sockets
+
+fn v4(port: u16) -> Vec<u8> {
+    stasis::files::inet::make_addr(
+        libc::AF_INET,
+        &[u32::from_ne_bytes([127, 0, 0, 1])],
+        u32::from(port),
+    )
+}
+
+fn port_of(fd: &impl AsFd) -> u16 {
+    let a = socket::getsockname(fd).unwrap();
+    u16::from_be_bytes([a[2], a[3]])
+}
+
+fn tcp_info(fd: &impl AsFd) -> Vec<u8> {
+    stasis::files::inet::tcp_info(fd.as_fd()).unwrap()
+}
+
+#[test]
+fn tcp_listener_keeps_port_backlog_and_options() {
+    with_timeout(10, || {
+        let l = socket::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::setsockopt_int(&l, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).unwrap();
+        socket::setsockopt_int(&l, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1).unwrap();
+        socket::setsockopt_int(&l, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 77).unwrap();
+        socket::setsockopt_int(&l, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1).unwrap();
+        socket::bind(&l, &v4(0)).unwrap();
+        socket::listen(&l, 9).unwrap();
+        let port = port_of(&l);
+        let mut st = DumpState::new(DumpOptions::default());
+        let e = dump_own(&l, 1, &mut st);
+        let s = e.isk.as_ref().unwrap();
+        assert_eq!((s.family, s.r#type, s.proto, s.state), (2, 1, 6, 10));
+        assert_eq!((s.src_port, s.backlog), (u32::from(port), 9));
+        assert_eq!(s.src_addr, vec![u32::from_ne_bytes([127, 0, 0, 1])]);
+        assert_eq!(s.opts.reuseaddr, Some(true));
+        assert_eq!(s.tcp_opts.as_ref().unwrap().keepidle, Some(77));
+        drop(l);
+        let r = restore(&e, &Extra::default());
+        assert_eq!(port_of(&r), port);
+        let ti = tcp_info(&r);
+        assert_eq!(ti[0], 10, "LISTEN");
+        assert_eq!(
+            u32::from_ne_bytes(ti[28..32].try_into().unwrap()),
+            9,
+            "backlog"
+        );
+        assert_eq!(
+            socket::getsockopt_int(&r, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE).unwrap(),
+            77
+        );
+        assert_eq!(
+            socket::getsockopt_int(&r, libc::IPPROTO_TCP, libc::TCP_NODELAY).unwrap(),
+            1
+        );
+        assert_eq!(
+            socket::getsockopt_int(&r, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap(),
+            1
+        );
+        let c = socket::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::connect(&c, &v4(port)).unwrap();
+        socket::accept(&r, libc::SOCK_CLOEXEC).unwrap();
+    });
+}
+
+#[test]
+fn tcp6_v6only_listener() {
+    with_timeout(10, || {
+        let l = socket::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::setsockopt_int(&l, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1).unwrap();
+        let any6 = stasis::files::inet::make_addr(libc::AF_INET6, &[0, 0, 0, 0], 0);
+        socket::bind(&l, &any6).unwrap();
+        socket::listen(&l, 3).unwrap();
+        let port = port_of(&l);
+        let mut st = DumpState::new(DumpOptions::default());
+        let e = dump_own(&l, 1, &mut st);
+        assert_eq!(e.isk.as_ref().unwrap().v6only, Some(true));
+        assert_eq!(e.isk.as_ref().unwrap().src_addr.len(), 4);
+        drop(l);
+        let r = restore(&e, &Extra::default());
+        assert_eq!(port_of(&r), port);
+        assert_eq!(
+            socket::getsockopt_int(&r, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).unwrap(),
+            1
+        );
+        assert_eq!(tcp_info(&r)[0], 10);
+    });
+}
+
+#[test]
+fn udp_bound_and_connected() {
+    with_timeout(10, || {
+        let peer = socket::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::bind(&peer, &v4(0)).unwrap();
+        let u = socket::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::bind(&u, &v4(0)).unwrap();
+        socket::connect(&u, &v4(port_of(&peer))).unwrap();
+        let port = port_of(&u);
+        let mut st = DumpState::new(DumpOptions::default());
+        let e = dump_own(&u, 1, &mut st);
+        let s = e.isk.as_ref().unwrap();
+        assert_eq!(
+            (s.proto, s.state, s.dst_port),
+            (17, 1, u32::from(port_of(&peer)))
+        );
+        drop(u);
+        let r = restore(&e, &Extra::default());
+        assert_eq!(port_of(&r), port);
+        socket::send(&r, b"dgram", 0).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(socket::recv(&peer, &mut buf, 0).unwrap(), 5);
+        let reply =
+            socket::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::connect(&reply, &v4(port)).unwrap();
+        assert_eq!(
+            socket::recv(&r, &mut buf, libc::MSG_DONTWAIT).unwrap_err(),
+            nix::errno::Errno::EAGAIN
+        );
+    });
+}
+
+#[test]
+fn tcp_established_via_repair() {
+    with_timeout(20, || {
+        let l = socket::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::bind(&l, &v4(0)).unwrap();
+        socket::listen(&l, 1).unwrap();
+        let c = socket::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::connect(&c, &v4(port_of(&l))).unwrap();
+        let s = socket::accept(&l, libc::SOCK_CLOEXEC).unwrap();
+        socket::send(&c, b"hello server", 0).unwrap();
+        socket::send(&s, b"hello client", 0).unwrap();
+        // Wait until the data has arrived (a blocking peek of the whole message).
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            socket::recv(&s, &mut buf[..12], libc::MSG_PEEK | libc::MSG_WAITALL).unwrap(),
+            12
+        );
+
+        let mut st = DumpState::new(DumpOptions::default());
+        let n = s.as_raw_fd();
+        let link = std::fs::read_link(format!("/proc/self/fd/{n}")).unwrap();
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).unwrap();
+        let d = DumpFd {
+            pid: std::process::id() as i32,
+            fd: n,
+            file: s.as_fd(),
+            link: link.to_str().unwrap(),
+            fdinfo: &fdinfo,
+            id: 1,
+        };
+        let err = files::dump_fd(&d, &mut st).unwrap_err().to_string();
+        assert!(err.contains("--tcp-established"), "{err}");
+
+        let mut st = DumpState::new(DumpOptions {
+            tcp_established: true,
+            ..Default::default()
+        });
+        let e = dump_own(&s, 1, &mut st);
+        let ino = e.isk.as_ref().unwrap().ino;
+        let (t, inq, outq) = st.extra.tcp_streams.get(&ino).unwrap().clone();
+        assert_eq!(
+            (t.inq_len, inq.as_slice()),
+            (12, b"hello server".as_slice())
+        );
+        assert_eq!(t.outq_len as usize, outq.len());
+        assert!(t.mss_clamp > 0);
+        let extra = through_disk(&st.extra, &[ino]);
+        // The task "dies": its socket goes away silently (no FIN/RST to the client).
+        st.close_tcp_in_repair();
+        drop(s);
+        drop(l);
+        let opts = RestoreOptions {
+            tcp_established: true,
+            ..Default::default()
+        };
+        let mut ctx = RestoreCtx::new(opts, &extra, [&e]);
+        let r = files::restore_fd(&e, &mut ctx, &no_targets).unwrap();
+        assert_eq!(tcp_info(&r)[0], 1, "ESTABLISHED");
+        // The receive queue is back, and both directions keep working with the old sequence.
+        let n = socket::recv(&r, &mut buf, libc::MSG_DONTWAIT).unwrap();
+        assert_eq!(&buf[..n], b"hello server");
+        socket::send(&r, b" and more", 0).unwrap();
+        let mut got = Vec::new();
+        while got.len() < 21 {
+            let n = socket::recv(&c, &mut buf, 0).unwrap();
+            assert!(n > 0, "client saw EOF");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"hello client and more");
+        socket::send(&c, b"ping", 0).unwrap();
+        let n = socket::recv(&r, &mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], b"ping");
+    });
+}

@@ -1,5 +1,6 @@
 //! File-descriptor kinds beyond regular files and pipes, shared by the dump and restore
-//! engines: eventfd, epoll, timerfd, signalfd, inotify, unix sockets (inet sockets, ttys: next).
+//! engines: eventfd, epoll, timerfd, signalfd, inotify, unix sockets, inet/inet6 sockets (TCP
+//! listeners, UDP, established TCP with `--tcp-established` via TCP_REPAIR); ttys: next.
 //!
 //! Each kind is one file with a `dump` and a `restore` function, bound together in the table
 //! [`KINDS`] (CRIU's per-fd-type ops). The engines call the generic entry points:
@@ -34,9 +35,11 @@ pub mod epoll;
 pub mod error;
 pub mod eventfd;
 pub mod extra;
+pub mod inet;
 pub mod inotify;
 pub mod signalfd;
 pub mod sockopts;
+pub mod tcp;
 pub mod timerfd;
 pub mod unix;
 
@@ -111,6 +114,8 @@ pub struct DumpState {
     pub(crate) unix: Vec<UnixSeen>,
     /// Unix entries whose `uflags` [`finish_dump`] may still change, by id.
     pub(crate) unix_entries: HashMap<u32, pb::UnixSkEntry>,
+    /// Dumped TCP connections, held in repair mode (see [`tcp`]).
+    pub(crate) tcp_repair: tcp::RepairHold,
     /// tty_info ids by terminal rdev.
     pub(crate) ttys: HashMap<u64, u32>,
 }
@@ -193,6 +198,7 @@ pub static KINDS: &[KindOps] = &[
     signalfd::OPS,
     inotify::OPS,
     unix::OPS,
+    inet::OPS,
     epoll::OPS,
 ];
 

@@ -31,12 +31,13 @@ pub fn dump(kind: &'static str, at: At, fd: BorrowedFd<'_>) -> Result<pb::SkOpts
     let int = |name: i32, what: &'static str| {
         so::getsockopt_int(fd, SOL, name).map_err(sys(kind, at, what))
     };
+    // Options a socket family does not have (SO_PASSCRED on inet sockets) are "not set".
     let flag = |name: i32, what: &'static str| -> Result<Option<bool>> {
-        Ok(if int(name, what)? != 0 {
-            Some(true)
-        } else {
-            None
-        })
+        match so::getsockopt_int(fd, SOL, name) {
+            Ok(v) => Ok((v != 0).then_some(true)),
+            Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOPROTOOPT) => Ok(None),
+            Err(e) => Err(sys(kind, at, what)(e)),
+        }
     };
     let snd = tv(
         &so::getsockopt_bytes(fd, SOL, libc::SO_SNDTIMEO, 16).map_err(sys(
