@@ -182,6 +182,7 @@ fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
             end: v.end,
             premap: hint,
             prot: v.prot,
+            flags: v.flags,
             madv: v.madv.unwrap_or(0),
             kind: VMA_PREMAPPED,
             fd: -1,
