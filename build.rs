@@ -30,15 +30,28 @@ fn main() {
         let (image, relocs, exports) = flatten(name, &data);
         std::fs::write(out.join(format!("blob_{name}.bin")), &image).expect("write blob");
         let mut rs = String::new();
-        writeln!(rs, "/// Size of the flat image in bytes (page aligned, .bss included).").unwrap();
+        writeln!(
+            rs,
+            "/// Size of the flat image in bytes (page aligned, .bss included)."
+        )
+        .unwrap();
         writeln!(rs, "pub const SIZE: usize = {};", image.len()).unwrap();
         writeln!(rs, "/// The flat image (.bss as zeros).").unwrap();
         writeln!(rs, "pub static BYTES: &[u8] = include_bytes!(concat!(env!(\"OUT_DIR\"), \"/blob_{name}.bin\"));").unwrap();
-        writeln!(rs, "/// Offsets of u64 slots to which the load address must be added.").unwrap();
+        writeln!(
+            rs,
+            "/// Offsets of u64 slots to which the load address must be added."
+        )
+        .unwrap();
         writeln!(rs, "pub static RELOCS: &[u32] = &{relocs:?};").unwrap();
         for (sym, off) in exports {
             writeln!(rs, "/// Offset of `__export_{sym}`.").unwrap();
-            writeln!(rs, "pub const EXPORT_{}: usize = {off};", sym.to_uppercase()).unwrap();
+            writeln!(
+                rs,
+                "pub const EXPORT_{}: usize = {off};",
+                sym.to_uppercase()
+            )
+            .unwrap();
         }
         std::fs::write(out.join(format!("blob_{name}.rs")), rs).expect("write blob rs");
     }
@@ -50,11 +63,28 @@ fn compile(rustc: &str, name: &str, elf_path: &Path) {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .args(["--edition", "2021", "--crate-type", "bin", "--crate-name"])
         .arg(format!("stasis_blob_{name}"))
-        .args(["-C", "opt-level=2", "-C", "panic=abort", "-C", "relocation-model=pie"])
+        .args([
+            "-C",
+            "opt-level=2",
+            "-C",
+            "panic=abort",
+            "-C",
+            "relocation-model=pie",
+        ])
         .args(["-C", "debuginfo=0", "-C", "codegen-units=1"])
         .args(["-C", "link-arg=-nostartfiles", "-C", "link-arg=-nostdlib"])
-        .args(["-C", "link-arg=-static-pie", "-C", "link-arg=-Wl,--build-id=none"])
-        .args(["-C", "link-arg=-Wl,--gc-sections", "-C", "link-arg=-Wl,-z,norelro"])
+        .args([
+            "-C",
+            "link-arg=-static-pie",
+            "-C",
+            "link-arg=-Wl,--build-id=none",
+        ])
+        .args([
+            "-C",
+            "link-arg=-Wl,--gc-sections",
+            "-C",
+            "link-arg=-Wl,-z,norelro",
+        ])
         .arg("-C")
         .arg(format!("link-arg=-Wl,-T,{}", lds.display()))
         .arg(format!("parasite/src/{name}.rs"))
@@ -86,11 +116,17 @@ fn flatten(name: &str, data: &[u8]) -> (Vec<u8>, Vec<u32>, Vec<(String, u64)>) {
             continue;
         }
         let sname = section.name().unwrap_or("?");
-        if matches!(sname, ".rela.dyn" | ".dynamic" | ".dynsym" | ".dynstr" | ".hash") {
+        if matches!(
+            sname,
+            ".rela.dyn" | ".dynamic" | ".dynsym" | ".dynstr" | ".hash"
+        ) {
             continue;
         }
         let (addr, size) = (section.address(), section.size());
-        assert!(addr + size <= end, "blob `{name}`: section {sname} lies outside the image");
+        assert!(
+            addr + size <= end,
+            "blob `{name}`: section {sname} lies outside the image"
+        );
         if header.sh_type(file.endian()) == elf::SHT_NOBITS {
             continue;
         }
@@ -109,10 +145,17 @@ fn flatten(name: &str, data: &[u8]) -> (Vec<u8>, Vec<u32>, Vec<(String, u64)>) {
             .expect("rela entries");
         for rela in relas {
             let kind = rela.r_type(endian, false);
-            assert_eq!(kind, elf::R_X86_64_RELATIVE, "blob `{name}`: unexpected relocation type {kind}");
+            assert_eq!(
+                kind,
+                elf::R_X86_64_RELATIVE,
+                "blob `{name}`: unexpected relocation type {kind}"
+            );
             let off = rela.r_offset(endian);
             let addend = rela.r_addend(endian) as u64;
-            assert!(off + 8 <= end, "blob `{name}`: relocation outside the image");
+            assert!(
+                off + 8 <= end,
+                "blob `{name}`: relocation outside the image"
+            );
             image[off as usize..off as usize + 8].copy_from_slice(&addend.to_le_bytes());
             relocs.push(u32::try_from(off).expect("small blob"));
         }
@@ -121,7 +164,8 @@ fn flatten(name: &str, data: &[u8]) -> (Vec<u8>, Vec<u32>, Vec<(String, u64)>) {
         .symbols()
         .filter_map(|s| {
             let n = s.name().ok()?;
-            n.strip_prefix("__export_").map(|e| (e.to_string(), s.address()))
+            n.strip_prefix("__export_")
+                .map(|e| (e.to_string(), s.address()))
         })
         .collect();
     (image, relocs, exports)

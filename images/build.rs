@@ -17,9 +17,17 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|e| e == "proto"))
         .collect();
     files.sort();
-    let fds = protox::compile(&files, [&proto_dir]).unwrap_or_else(|e| panic!("protox: {e:?}"));
+    let mut compiler =
+        protox::Compiler::new([&proto_dir]).unwrap_or_else(|e| panic!("protox: {e:?}"));
+    compiler.include_imports(true).include_source_info(true);
+    compiler
+        .open_files(&files)
+        .unwrap_or_else(|e| panic!("protox: {e:?}"));
+    let fds = compiler.file_descriptor_set();
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
-    let bytes = prost::Message::encode_to_vec(&fds);
+    // Encoded by the compiler itself: prost_types drops extension options such as
+    // `(criu.hex)`, which the crit JSON codec reads back through prost-reflect.
+    let bytes = compiler.encode_file_descriptor_set();
     std::fs::write(out.join("descriptors.bin"), bytes).expect("write descriptors.bin");
     prost_build::Config::new()
         .out_dir(&out)

@@ -3,6 +3,7 @@
 //! Layers, bottom up:
 //! - [`sys`]: the only place with raw syscalls, ptrace and `unsafe`;
 //! - [`parasite`]: the embedded no_std blobs (dump parasite, restorer) and their protocols;
+//! - [`files`]: fd kinds shared by both engines (eventfd, epoll, sockets, ttys, ...);
 //! - [`dump`] and [`restore`]: the engines;
 //! - [`cli`]: the criu-compatible command line (the `stasis` binary is a thin wrapper).
 //!
@@ -12,6 +13,8 @@ pub use stasis_images as images;
 
 pub mod cli;
 pub mod dump;
+pub mod files;
 pub mod parasite;
+pub mod proc;
 pub mod restore;
 pub mod sys;

@@ -23,7 +23,10 @@ pub static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/des
 
 pub mod error;
 pub mod framing;
+pub mod fuzzing;
 pub mod json;
 pub mod magic;
 pub mod pagemap;
 pub mod payload;
+pub mod schema;
+pub mod wire;

@@ -1,26 +1,212 @@
 //! The criu-compatible command line.
 //!
-//! One file per verb (`dump.rs`, `restore.rs`, `check.rs`, `crit.rs`); this file parses the
-//! arguments and dispatches. Exit status: 0 on success, 1 on failure (like CRIU).
+//! One file per verb (`dump.rs`, `restore.rs`, `check.rs`, `crit.rs`, ...). Each verb exposes
+//! `pub fn run(args: Vec<OsString>) -> i32`, receiving argv with the verb as `args[1]`, already
+//! passed through [`common::normalize_args`]; it parses its own clap `Parser` that flattens
+//! [`common::CommonArgs`] (the options every verb shares: `-D`, `-W`, `-o`, `-v`, `--pidfile`,
+//! `--no-default-config`, `--config`, `--timeout`, ...), calls
+//! [`common::CommonArgs::init_logging`], runs the engine and returns the exit status:
+//! 0 on success, 1 on failure (the error goes to the log and to standard error).
+//! Options may come before or after the verb, as with CRIU: [`main_with_args`] moves the verb
+//! to `args[1]`. Invoked as `criu`, the binary behaves the same; invoked as `crit`, it is the
+//! crit tool.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 
+pub mod check;
+pub mod common;
 pub mod crit;
+pub mod dump;
+pub mod restore;
+
+/// A verb of the command line.
+struct Verb {
+    name: &'static str,
+    about: &'static str,
+    run: fn(Vec<OsString>) -> i32,
+}
+
+/// Every verb, in the order `--help` lists them.
+const VERBS: &[Verb] = &[
+    Verb {
+        name: "crit",
+        about: "decode, encode and explore image files (like CRIU's crit)",
+        run: crit::main,
+    },
+    Verb {
+        name: "restore",
+        about: "restore a process tree from images",
+        run: restore::run,
+    },
+    Verb {
+        name: "dump",
+        about: "checkpoint a process tree into an image directory",
+        run: dump::run,
+    },
+    Verb {
+        name: "check",
+        about: "check which kernel features the engine can use here",
+        run: check::run,
+    },
+];
+
+/// The version line tools parse (`criu --version` prints `Version: X.Y`).
+pub const VERSION_TEXT: &str = concat!(
+    "Version: 4.2\nstasis ",
+    env!("CARGO_PKG_VERSION"),
+    " (CRIU-compatible images, format of CRIU 4.2)\n"
+);
 
 /// Parses `args` (argv including argv[0]) and runs the command; returns the exit status.
 pub fn main_with_args(args: Vec<OsString>) -> i32 {
-    let mut args = args;
-    // `stasis crit ...` and a binary invoked as `crit` both reach the crit tool.
-    let argv0 = args
-        .first()
-        .and_then(|a| std::path::Path::new(a).file_name().map(|f| f.to_os_string()));
-    if argv0.as_deref() == Some(std::ffi::OsStr::new("crit")) {
+    let argv0 = args.first().and_then(|a| {
+        std::path::Path::new(a)
+            .file_name()
+            .map(|f| f.to_os_string())
+    });
+    if argv0.as_deref() == Some(OsStr::new("crit")) {
         return crit::main(args);
     }
-    if args.get(1).map(|a| a == "crit").unwrap_or(false) {
+    // The verb is the first argument that is not an option (CRIU accepts options before it);
+    // options that take a separate value must not be mistaken for the verb.
+    let Some(pos) = find_verb(&args) else {
+        return top_level(&args);
+    };
+    let mut args = args;
+    let verb = args.remove(pos);
+    args.insert(1, verb.clone());
+    if verb == "crit" {
         args.remove(1);
         return crit::main(args);
     }
-    eprintln!("stasis: no such command (work in progress)");
-    1
+    let args = match common::normalize_args(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return 1;
+        }
+    };
+    match VERBS.iter().find(|v| verb == v.name) {
+        Some(v) => (v.run)(args),
+        None => {
+            eprintln!(
+                "Error: unknown command {:?}; try `{} --help`",
+                verb,
+                program_name(&args)
+            );
+            1
+        }
+    }
+}
+
+/// Options of [`common::CommonArgs`] that take their value as the next argument.
+const VALUE_OPTIONS: &[&str] = &[
+    "-D",
+    "--images-dir",
+    "-W",
+    "--work-dir",
+    "-o",
+    "--log-file",
+    "--pidfile",
+    "--config",
+    "--timeout",
+    "-t",
+    "--tree",
+    "--freeze-cgroup",
+    "--profile",
+];
+
+fn find_verb(args: &[OsString]) -> Option<usize> {
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if !a.starts_with('-') {
+            return Some(i);
+        }
+        i += if VALUE_OPTIONS.contains(&a.as_ref()) {
+            2
+        } else {
+            1
+        };
+    }
+    None
+}
+
+fn program_name(args: &[OsString]) -> String {
+    args.first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "stasis".into())
+}
+
+/// No verb: `--help`, `--version`, or a usage error.
+fn top_level(args: &[OsString]) -> i32 {
+    let name = program_name(args);
+    let first = args.get(1).map(|a| a.to_string_lossy().into_owned());
+    match first.as_deref() {
+        Some("-V" | "--version") => {
+            print!("{VERSION_TEXT}");
+            0
+        }
+        Some("-h" | "--help") => {
+            print!("{}", help_text(&name));
+            0
+        }
+        _ => {
+            eprint!("{}", help_text(&name));
+            1
+        }
+    }
+}
+
+fn help_text(name: &str) -> String {
+    let mut s = format!(
+        "{name}: checkpoint/restore of Linux process trees, with CRIU's images and options\n\n\
+         Usage: {name} COMMAND [OPTIONS]\n       {name} COMMAND --help\n\nCommands:\n"
+    );
+    for v in VERBS {
+        s.push_str(&format!("  {:<10} {}\n", v.name, v.about));
+    }
+    s.push_str(
+        "\nOptions for every command (CRIU's spellings, before or after the command):\n\
+         \x20 -D, --images-dir DIR   directory of the image files\n\
+         \x20 -W, --work-dir DIR     directory for logs (default: the images directory)\n\
+         \x20 -o, --log-file FILE    log file, relative to the work directory\n\
+         \x20 -v[v...], -vN, --verbosity=N  log level 0..4 (default 2)\n\
+         \x20 --pidfile FILE         write the root task's PID to FILE\n\
+         \x20 --no-default-config    ignore /etc/criu/default.conf and ~/.criu/default.conf\n\
+         \x20 --config FILE          read options from FILE\n\
+         \x20 --timeout N            give up freezing the tree after N seconds\n\
+         \x20 -V, --version          print the version\n",
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn verb_after_options_is_found() {
+        assert_eq!(
+            find_verb(&os(&["criu", "-D", "dir", "-v4", "dump", "-t", "1"])),
+            Some(4)
+        );
+        assert_eq!(find_verb(&os(&["criu", "--version"])), None);
+    }
+
+    #[test]
+    fn unknown_verb_fails() {
+        assert_eq!(main_with_args(os(&["stasis", "frobnicate"])), 1);
+    }
+
+    #[test]
+    fn version_and_help_succeed() {
+        assert_eq!(main_with_args(os(&["criu", "--version"])), 0);
+        assert_eq!(main_with_args(os(&["stasis", "--help"])), 0);
+    }
 }

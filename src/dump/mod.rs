@@ -1,6 +1,45 @@
-//! The dump engine: freeze a process tree, collect its state (with the parasite's help) and
-//! write CRIU-compatible images.
+//! The dump engine: freeze a process tree, collect its state (from /proc, ptrace and the
+//! parasite) and write CRIU-compatible images.
+//!
+//! Modules: [`engine`] drives the phases; [`tree`], [`core`], [`mm`], [`pages`], [`files`],
+//! [`misc_images`] turn collected state into image entries; [`images_out`] is the only place
+//! that knows the file framing; [`freeze`] and [`probe`] are the boundary to the layers that
+//! stop tasks and look inside them; [`fault`] injects failures for tests; [`profile`] times
+//! phases for `--stats` and `--profile`.
 
+pub mod core;
+pub mod elf;
+pub mod engine;
+pub mod error;
+pub mod fault;
+pub mod fdkinds;
+pub mod files;
+pub mod freeze;
+pub mod images_out;
+pub mod misc_images;
+pub mod mm;
 pub mod options;
+pub mod pages;
+pub mod probe;
+pub mod profile;
+pub mod sockets;
+pub mod tree;
+pub mod xsave;
 
+pub use engine::{run, DumpReport};
+pub use error::DumpError;
 pub use options::DumpOptions;
+
+/// The fixtures directory: `$STASIS_FIXTURES`, else `shared/fixtures` beside the repository
+/// (or beside the directory of worktrees).
+pub fn fixtures_dir() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("STASIS_FIXTURES") {
+        return p.into();
+    }
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let near = repo.join("../shared/fixtures");
+    if near.is_dir() {
+        return near;
+    }
+    repo.join("../../shared/fixtures")
+}

@@ -32,4 +32,8 @@ pub struct DumpOptions {
     pub prev_images_dir: Option<PathBuf>,
     /// Track memory changes for a later incremental dump (`--track-mem`).
     pub track_mem: bool,
+    /// Fail at this step as if the kernel returned EIO (fault injection for tests; the command
+    /// line fills it from the `STASIS_FAULT` environment variable). `signal:<step>` instead
+    /// sends SIGTERM to the dumper at that step.
+    pub fault: Option<String>,
 }

@@ -35,9 +35,15 @@ pub mod restorer {
 }
 
 /// The dump parasite.
-pub const DUMP: Blob = Blob { bytes: dump::BYTES, relocs: dump::RELOCS };
+pub const DUMP: Blob = Blob {
+    bytes: dump::BYTES,
+    relocs: dump::RELOCS,
+};
 /// The restorer.
-pub const RESTORER: Blob = Blob { bytes: restorer::BYTES, relocs: restorer::RELOCS };
+pub const RESTORER: Blob = Blob {
+    bytes: restorer::BYTES,
+    relocs: restorer::RELOCS,
+};
 
 #[cfg(test)]
 mod tests {
@@ -45,7 +51,10 @@ mod tests {
 
     #[test]
     fn blobs_are_page_sized_and_start_with_entry() {
-        for (blob, entry) in [(DUMP, dump::EXPORT_ENTRY), (RESTORER, restorer::EXPORT_ENTRY)] {
+        for (blob, entry) in [
+            (DUMP, dump::EXPORT_ENTRY),
+            (RESTORER, restorer::EXPORT_ENTRY),
+        ] {
             assert_eq!(blob.bytes.len() % 4096, 0);
             assert_eq!(entry, 0);
             for &r in blob.relocs {

@@ -30,16 +30,29 @@
 //! ("task N died"). All ptrace calls must come from the thread that seized (the types are
 //! not `Send`).
 
+pub mod clone3;
+pub mod cpu;
 pub mod errno;
 pub mod error;
+pub mod fdkinds;
+pub mod fds;
 pub mod freezer;
 pub mod mem;
+pub mod pod;
 pub mod proc_tasks;
 pub mod ptrace;
 pub mod regs;
 pub mod remote;
+pub mod restorer;
+#[cfg(test)]
+mod restorer_fixture_tests;
+#[cfg(test)]
+mod restorer_tests;
+pub mod sock_diag;
+pub mod socket;
 pub mod task;
 pub mod tkill;
+pub mod tracee;
 pub mod tree;
 pub mod wait;
 

@@ -70,8 +70,8 @@ impl Workload {
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(20));
+                }
                 timed_out.store(true, Ordering::SeqCst);
-                // SAFETY-free: a plain kill(2) of our own child.
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::SIGKILL,

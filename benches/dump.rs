@@ -1,0 +1,140 @@
+//! Dump time of idle threads and of anonymous memory, written to tmpfs.
+//!
+//! `cargo bench --bench dump` runs the full matrix (1, 100, 1000, 4000, 8000 idle threads;
+//! 1 GiB of touched anonymous memory) and prints a markdown table for BENCHMARKS.md; under
+//! `cargo test` it runs one small configuration as a smoke test.
+//!
+//! The workload is this executable itself, re-executed with `--workload THREADS MIB READY`,
+//! inside its own cgroup v2 (frozen by the dump). Images go to /dev/shm (tmpfs). The dump uses
+//! the test backend of the dump tests: cgroup freezer, memory through /proc/PID/mem, and a
+//! double for the ptrace/parasite part (registers are not fetched).
+
+#[path = "../tests/dump_support/mod.rs"]
+mod dump_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use dump_support::{kill_cgroup, TestBackend};
+
+fn workload(threads: usize, mib: usize, ready: &Path) -> ! {
+    let mut mem: Vec<u8> = vec![0; mib << 20];
+    for i in (0..mem.len()).step_by(4096) {
+        mem[i] = (i / 4096) as u8 | 1;
+    }
+    let mut hs = Vec::new();
+    for _ in 1..threads {
+        hs.push(
+            std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(|| loop {
+                    std::thread::park();
+                })
+                .expect("spawn idle thread"),
+        );
+    }
+    std::fs::write(ready, "READY").expect("write ready file");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+        std::hint::black_box(&mem);
+    }
+}
+
+struct Run {
+    total: Duration,
+    frozen_us: u64,
+    pages: u64,
+    bytes: u64,
+}
+
+fn one(threads: usize, mib: usize, tag: &str) -> Run {
+    let cg = PathBuf::from(format!(
+        "/sys/fs/cgroup/unified/stasis-bench-{}-{tag}",
+        std::process::id()
+    ));
+    let _ = std::fs::create_dir(&cg);
+    let ready = PathBuf::from(format!(
+        "/dev/shm/stasis-bench-{}-{tag}.ready",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&ready);
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec {} --workload {threads} {mib} {}",
+            cg.display(),
+            exe.display(),
+            ready.display()
+        ))
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !ready.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "workload not ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let dir = PathBuf::from(format!(
+        "/dev/shm/stasis-bench-{}-{tag}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let opts = stasis::dump::DumpOptions {
+        pid: child.id() as i32,
+        images_dir: dir.clone(),
+        leave_running: true,
+        shell_job: true,
+        ..Default::default()
+    };
+    let mut backend = TestBackend { cgroup: cg.clone() };
+    let t = Instant::now();
+    let rep = stasis::dump::run(&opts, &mut backend).unwrap_or_else(|e| panic!("dump: {e}"));
+    let total = t.elapsed();
+    kill_cgroup(&cg);
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&ready);
+    Run {
+        total,
+        frozen_us: rep.stats.frozen_time,
+        pages: rep.stats.pages.pages_written,
+        bytes: rep.bytes,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--workload") {
+        let t: usize = args[2].parse().unwrap();
+        let m: usize = args[3].parse().unwrap();
+        workload(t, m, Path::new(&args[4]));
+    }
+    let full = args.iter().any(|a| a == "--bench");
+    let configs: Vec<(usize, usize)> = if full {
+        vec![(1, 0), (100, 0), (1000, 0), (4000, 0), (8000, 0), (1, 1024)]
+    } else {
+        vec![(4, 1)]
+    };
+    let reps = if full { 3 } else { 1 };
+    println!("| threads | anon MiB | dump time (median of {reps}) | frozen | pages written | image bytes |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (i, (threads, mib)) in configs.into_iter().enumerate() {
+        let mut runs: Vec<Run> = (0..reps)
+            .map(|r| one(threads, mib, &format!("{i}-{r}")))
+            .collect();
+        runs.sort_by_key(|r| r.total);
+        let m = &runs[runs.len() / 2];
+        println!(
+            "| {threads} | {mib} | {:.1} ms | {:.1} ms | {} | {} |",
+            m.total.as_secs_f64() * 1e3,
+            m.frozen_us as f64 / 1e3,
+            m.pages,
+            m.bytes
+        );
+    }
+}

@@ -1,0 +1,6 @@
+#![no_main]
+//! Fuzz target `all`: see `stasis_images::fuzzing` (the stable replay test calls the same code).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    stasis_images::fuzzing::run("all", data);
+});

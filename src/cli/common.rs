@@ -1,0 +1,258 @@
+//! Options every verb shares, with CRIU's spellings, and the set-up they drive (logging).
+//!
+//! Verbs embed [`CommonArgs`] with `#[command(flatten)]`. Before clap sees the arguments,
+//! [`normalize_args`] turns CRIU idioms clap does not know into plain options:
+//!
+//! ```text
+//! -v / -vv / -vvv        -> --verbosity=3 / 4 / 4   (CRIU: each v raises the default level 2)
+//! config files           -> options inserted after the verb, unless --no-default-config
+//!   /etc/criu/default.conf, $HOME/.criu/default.conf, then --config FILE
+//!   (one option per line, without leading dashes: "tcp-established", "log-file dump.log")
+//! ```
+
+use clap::Args;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Options shared by all verbs.
+#[derive(Debug, Clone, Args, Default)]
+pub struct CommonArgs {
+    /// Directory of the image files
+    #[arg(short = 'D', long = "images-dir", value_name = "DIR", global = true)]
+    pub images_dir: Option<PathBuf>,
+    /// Directory for logs and other output (default: the images directory)
+    #[arg(short = 'W', long = "work-dir", value_name = "DIR", global = true)]
+    pub work_dir: Option<PathBuf>,
+    /// Log file, relative to the work directory (default: standard error)
+    #[arg(short = 'o', long = "log-file", value_name = "FILE", global = true)]
+    pub log_file: Option<PathBuf>,
+    /// Logging level: 0 none, 1 errors, 2 warnings (default), 3 information, 4 debug
+    #[arg(short = 'v', long = "verbosity", value_name = "N", global = true,
+          value_parser = clap::value_parser!(u8).range(0..=4))]
+    pub verbosity: Option<u8>,
+    /// Prefix every log line with the PID of the logging process
+    #[arg(long = "log-pid", global = true)]
+    pub log_pid: bool,
+    /// Write the PID of the root task (restore) to FILE
+    #[arg(long = "pidfile", value_name = "FILE", global = true)]
+    pub pidfile: Option<PathBuf>,
+    /// Do not read /etc/criu/default.conf nor $HOME/.criu/default.conf
+    #[arg(long = "no-default-config", global = true)]
+    pub no_default_config: bool,
+    /// Read options from FILE (one per line, without leading dashes)
+    #[arg(long = "config", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Give up freezing or seizing the tree after N seconds (default 10)
+    #[arg(long = "timeout", value_name = "N", global = true)]
+    pub timeout: Option<u64>,
+    /// Print the dump/restore statistics at the end
+    #[arg(long = "display-stats", global = true)]
+    pub display_stats: bool,
+}
+
+impl CommonArgs {
+    /// The images directory, or the current directory like CRIU.
+    pub fn images_dir(&self) -> PathBuf {
+        self.images_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// The work directory: `-W`, else the images directory.
+    pub fn work_dir(&self) -> PathBuf {
+        self.work_dir.clone().unwrap_or_else(|| self.images_dir())
+    }
+
+    /// `--timeout` as a duration.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout.map(Duration::from_secs)
+    }
+
+    /// The log file path (relative paths are taken from the work directory, like CRIU).
+    pub fn log_path(&self) -> Option<PathBuf> {
+        let file = self.log_file.as_ref()?;
+        if file.as_os_str() == "-" {
+            return None;
+        }
+        Some(if file.is_absolute() {
+            file.clone()
+        } else {
+            self.work_dir().join(file)
+        })
+    }
+
+    /// Sets up `tracing` for this run: to the log file if any, else to standard error.
+    pub fn init_logging(&self) -> std::io::Result<()> {
+        use tracing_subscriber::filter::LevelFilter;
+        let level = match self.verbosity.unwrap_or(2) {
+            0 => LevelFilter::OFF,
+            1 => LevelFilter::ERROR,
+            2 => LevelFilter::WARN,
+            3 => LevelFilter::INFO,
+            _ => LevelFilter::DEBUG,
+        };
+        let builder = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_target(false)
+            .with_ansi(false);
+        let result = match self.log_path() {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| {
+                        std::io::Error::new(
+                            e.kind(),
+                            format!("open log file {}: {e}", path.display()),
+                        )
+                    })?;
+                builder.with_writer(std::sync::Mutex::new(file)).try_init()
+            }
+            None => builder.with_writer(std::io::stderr).try_init(),
+        };
+        // A second initialisation (tests calling the CLI twice in one process) keeps the first.
+        let _ = result;
+        Ok(())
+    }
+}
+
+/// Rewrites CRIU idioms in `args` (argv[0] first, verb next) into options clap parses: `-v`
+/// runs, and options from config files. Returns an error naming an unreadable config file.
+pub fn normalize_args(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
+    let mut out: Vec<OsString> = Vec::with_capacity(args.len());
+    for arg in args {
+        out.push(match arg.to_str() {
+            Some(s) if s.len() >= 2 && s.starts_with("-v") && s[1..].bytes().all(|b| b == b'v') => {
+                let level = (2 + s.len() - 1).min(4);
+                OsString::from(format!("--verbosity={level}"))
+            }
+            _ => arg,
+        });
+    }
+    let no_default = out.iter().any(|a| a == "--no-default-config");
+    let mut files: Vec<PathBuf> = Vec::new();
+    if !no_default {
+        files.push(PathBuf::from("/etc/criu/default.conf"));
+        if let Some(home) = std::env::var_os("HOME") {
+            files.push(Path::new(&home).join(".criu/default.conf"));
+        }
+    }
+    let mut explicit = None;
+    for (i, a) in out.iter().enumerate() {
+        if a == "--config" {
+            explicit = out.get(i + 1).map(PathBuf::from);
+        } else if let Some(v) = a.to_str().and_then(|s| s.strip_prefix("--config=")) {
+            explicit = Some(PathBuf::from(v));
+        }
+    }
+    let mut inserted = Vec::new();
+    for file in &files {
+        if file.exists() {
+            inserted.extend(read_config(file)?);
+        }
+    }
+    if let Some(file) = explicit {
+        inserted.extend(read_config(&file)?);
+    }
+    if !inserted.is_empty() {
+        // After the verb (argv[1]) so verb-specific options parse; the command line comes last
+        // and wins for single-valued options.
+        let at = out.len().min(2);
+        out.splice(at..at, inserted);
+    }
+    Ok(out)
+}
+
+/// Reads one config file: each non-empty, non-comment line is `option [value]`.
+fn read_config(path: &Path) -> Result<Vec<OsString>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let mut args = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (opt, value) = match line.split_once(char::is_whitespace) {
+            Some((o, v)) => (o, Some(v.trim().trim_matches('"'))),
+            None => (line, None),
+        };
+        args.push(OsString::from(format!("--{}", opt.trim_start_matches('-'))));
+        if let Some(v) = value {
+            args.push(OsString::from(v));
+        }
+    }
+    Ok(args)
+}
+
+/// True when `arg` is one of clap's help/version requests (they exit 0).
+pub fn is_info_request(arg: &OsStr) -> bool {
+    matches!(arg.to_str(), Some("-h" | "--help" | "-V" | "--version"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn v_runs_become_levels() {
+        let out = normalize_args(os(&[
+            "criu",
+            "dump",
+            "-v",
+            "-vv",
+            "-vvvv",
+            "--no-default-config",
+        ]))
+        .unwrap();
+        assert_eq!(
+            out,
+            os(&[
+                "criu",
+                "dump",
+                "--verbosity=3",
+                "--verbosity=4",
+                "--verbosity=4",
+                "--no-default-config"
+            ])
+        );
+    }
+
+    #[test]
+    fn explicit_config_is_inserted_after_verb() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("c.conf");
+        std::fs::write(&conf, "# comment\nleave-running\nlog-file dump.log\n").unwrap();
+        let out = normalize_args(os(&[
+            "criu",
+            "dump",
+            "--no-default-config",
+            "--config",
+            conf.to_str().unwrap(),
+        ]))
+        .unwrap();
+        assert_eq!(
+            &out[2..5],
+            &os(&["--leave-running", "--log-file", "dump.log"])[..]
+        );
+    }
+
+    #[test]
+    fn missing_config_names_the_file() {
+        let err = normalize_args(os(&[
+            "criu",
+            "dump",
+            "--no-default-config",
+            "--config",
+            "/nonexistent/x.conf",
+        ]))
+        .unwrap_err();
+        assert!(err.contains("/nonexistent/x.conf"), "{err}");
+    }
+}

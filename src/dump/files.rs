@@ -1,0 +1,653 @@
+//! Open files of the tree: `files.img` (one entry per open file description, shared by every
+//! fd and VMA that refers to it), `fdinfo-N.img` per fd table, and the side images some file
+//! kinds need: ghost files (`remap-fpath.img`, `ghost-file-N.img`), pipe contents
+//! (`pipes-data.img`) and memfd inodes (`memfd.img`, with their pages dumped as shmem).
+//!
+//! ```text
+//!  fd 13 -> /proc/P/fd/13 = "/data/gone.dat (deleted)", nlink 0
+//!        files.img  {type REG, id 7, reg {name "/data/gone.dat", pos, flags, size, mode}}
+//!        remap-fpath.img {orig_id 7, remap_id 1, remap_type GHOST}
+//!        ghost-file-1.img {mode, dev, ino, times, chunks, size} + {len, off} + data...
+//!  fdinfo-<files_id>.img {id 7, fd 13, type REG, flags FD_CLOEXEC?}
+//! ```
+//!
+//! File contents are read from outside the task: `/proc/P/fd/N` and `/proc/P/map_files/A-B`
+//! reopen the same inode (pipes are peeked with `tee`, never consumed).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use super::error::{DumpError, Result};
+use crate::proc;
+use crate::proc::fd::FdTarget;
+
+/// Largest ghost file we copy into the images (CRIU's default `--ghost-limit` is 1 MiB).
+pub const GHOST_LIMIT: u64 = 1 << 20;
+
+/// Kernel dev_t as CRIU stores it (`major << 20 | minor`).
+pub fn kdev(dev: u64) -> u64 {
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    (major << 20) | minor
+}
+
+/// A shmem object (memfd or shared anonymous memory) whose pages must be dumped.
+#[derive(Debug, Clone)]
+pub struct Shmem {
+    /// `shmid` (the inode number).
+    pub shmid: u64,
+    /// Where its content can be read.
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// A ghost file whose content goes to `ghost-file-<id>.img`.
+#[derive(Debug, Clone)]
+pub struct Ghost {
+    pub id: u32,
+    pub header: Value,
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// One fd of one task, as `fdinfo-N.img` records it.
+#[derive(Debug, Clone)]
+pub struct FdEntry {
+    pub fd: i32,
+    pub id: u32,
+    pub kind: &'static str,
+    pub cloexec: bool,
+}
+
+/// Everything file-related collected over the whole tree.
+#[derive(Debug, Default)]
+pub struct Files {
+    next_id: u32,
+    /// `files.img` entries.
+    pub entries: Vec<Value>,
+    by_open: HashMap<String, (u32, &'static str)>,
+    by_inode: HashMap<(u64, u64), u32>,
+    memfd_inode_ids: HashMap<u64, u32>,
+    /// `memfd.img` entries.
+    pub memfd_inodes: Vec<Value>,
+    /// shmem objects to dump as `pagemap-shmem-<shmid>.img`.
+    pub shmem: Vec<Shmem>,
+    /// `remap-fpath.img` entries.
+    pub remaps: Vec<Value>,
+    pub ghosts: Vec<Ghost>,
+    /// `pipes-data.img`: entry and data.
+    pub pipes_data: Vec<(Value, Vec<u8>)>,
+    pipes_seen: HashSet<u64>,
+    inet: Option<HashMap<u32, super::sockets::InetSock>>,
+}
+
+fn fown() -> Value {
+    json!({"uid": 0, "euid": 0, "signum": 0, "pid_type": 0, "pid": 0})
+}
+
+fn step_io(pid: i32, what: String) -> impl FnOnce(std::io::Error) -> DumpError {
+    move |e| {
+        let errno = match e.raw_os_error() {
+            Some(libc::ENOENT) if !proc::path(pid, "").exists() => Some(libc::ESRCH),
+            x => x,
+        };
+        DumpError::new("files", pid, errno, format!("{what}: {e}"))
+    }
+}
+
+impl Files {
+    pub fn new() -> Self {
+        Files::default()
+    }
+
+    fn new_id(&mut self) -> u32 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// A `reg` entry for a file opened at `link` (a /proc path reopening it).
+    fn reg_entry(
+        &mut self,
+        pid: i32,
+        link: &PathBuf,
+        name: &str,
+        flags: u32,
+        pos: u64,
+    ) -> Result<(u32, File)> {
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(link)
+            .map_err(step_io(pid, format!("open {}", link.display())))?;
+        let md = f
+            .metadata()
+            .map_err(step_io(pid, format!("stat {}", link.display())))?;
+        let id = self.new_id();
+        let mut reg = json!({
+            "id": id, "flags": flags, "pos": pos, "fown": fown(), "name": name,
+        });
+        let is_reg = md.file_type().is_file();
+        let wronly_append = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32
+            && flags & libc::O_APPEND as u32 != 0;
+        if is_reg && !wronly_append {
+            reg["size"] = json!(md.size());
+        }
+        reg["mode"] = json!(md.mode());
+        if is_reg && !wronly_append {
+            // O_PATH fds cannot be read: reopen for the build-id.
+            if let Ok(rf) = File::open(link) {
+                if let Some(b) = super::elf::build_id(&rf) {
+                    reg["build_id"] = json!(b);
+                }
+            }
+        }
+        self.entries
+            .push(json!({"type": "REG", "id": id, "reg": reg}));
+        Ok((id, f))
+    }
+
+    /// The file of a file-backed VMA (deduplicated by device and inode).
+    pub fn vma_file(&mut self, pid: i32, vma: &proc::maps::Vma) -> Result<u32> {
+        let link = proc::path(pid, &format!("map_files/{:x}-{:x}", vma.start, vma.end));
+        let md =
+            std::fs::metadata(&link).map_err(step_io(pid, format!("stat {}", link.display())))?;
+        if let Some(&id) = self.by_inode.get(&(md.dev(), md.ino())) {
+            return Ok(id);
+        }
+        let (name, _) = vma.path_deleted();
+        let name = name.to_string();
+        let (id, _) = self.reg_entry(pid, &link, &name, 0, 0)?;
+        self.by_inode.insert((md.dev(), md.ino()), id);
+        Ok(id)
+    }
+
+    /// The executable (`mm.exe_file_id`), shared with its VMAs' file.
+    pub fn exe(&mut self, pid: i32) -> Result<u32> {
+        let link = proc::path(pid, "exe");
+        let md = std::fs::metadata(&link).map_err(step_io(pid, "stat exe".into()))?;
+        if let Some(&id) = self.by_inode.get(&(md.dev(), md.ino())) {
+            return Ok(id);
+        }
+        let target = proc::read_link(pid, &link).map_err(|e| DumpError::proc("files", pid, e))?;
+        let name = target
+            .to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_string();
+        let (id, _) = self.reg_entry(pid, &link, &name, 0, 0)?;
+        self.by_inode.insert((md.dev(), md.ino()), id);
+        Ok(id)
+    }
+
+    /// The directory `cwd` or `root` of a task (always a new entry, like CRIU).
+    pub fn fs_dir(&mut self, pid: i32, which: &str) -> Result<u32> {
+        let link = proc::path(pid, which);
+        let target = proc::read_link(pid, &link).map_err(|e| DumpError::proc("files", pid, e))?;
+        let name = target.to_string_lossy().into_owned();
+        Ok(self.reg_entry(pid, &link, &name, 0, 0)?.0)
+    }
+
+    fn memfd_inode(&mut self, pid: i32, link: &PathBuf, name: &str) -> Result<u32> {
+        let f = File::open(link).map_err(step_io(pid, format!("open {}", link.display())))?;
+        let md = f
+            .metadata()
+            .map_err(step_io(pid, format!("stat {}", link.display())))?;
+        if let Some(&i) = self.memfd_inode_ids.get(&md.ino()) {
+            return Ok(i);
+        }
+        let inode_id = self.memfd_inode_ids.len() as u32 + 1;
+        self.memfd_inode_ids.insert(md.ino(), inode_id);
+        // Shared anonymous memory has no seals of its own: it is sealed against everything.
+        let seals = nix::fcntl::fcntl(f.as_fd(), nix::fcntl::FcntlArg::F_GET_SEALS)
+            .unwrap_or(libc::F_SEAL_SEAL);
+        self.memfd_inodes.push(json!({
+            "name": name, "uid": md.uid(), "gid": md.gid(), "size": md.size(),
+            "shmid": md.ino(), "seals": seals, "inode_id": inode_id, "mode": md.mode(),
+        }));
+        self.shmem.push(Shmem {
+            shmid: md.ino(),
+            path: link.clone(),
+            size: md.size(),
+        });
+        Ok(inode_id)
+    }
+
+    fn memfd_entry(
+        &mut self,
+        pid: i32,
+        link: &PathBuf,
+        name: &str,
+        flags: u32,
+        pos: u64,
+    ) -> Result<u32> {
+        let inode_id = self.memfd_inode(pid, link, name)?;
+        let id = self.new_id();
+        self.entries
+            .push(json!({"type": "MEMFD", "id": id, "memfd": {
+                "id": id, "flags": flags, "pos": pos, "fown": fown(), "inode_id": inode_id,
+            }}));
+        Ok(id)
+    }
+
+    /// The file of a shared memfd or shared anonymous VMA (a MEMFD entry; its pages are shmem).
+    pub fn vma_memfd(&mut self, pid: i32, vma: &proc::maps::Vma) -> Result<u32> {
+        let link = proc::path(pid, &format!("map_files/{:x}-{:x}", vma.start, vma.end));
+        let (p, _) = vma.path_deleted();
+        let name = p.strip_prefix("/memfd:").unwrap_or(p).to_string();
+        let md =
+            std::fs::metadata(&link).map_err(step_io(pid, format!("stat {}", link.display())))?;
+        if let Some(&id) = self.by_inode.get(&(md.dev(), md.ino())) {
+            return Ok(id);
+        }
+        let id = self.memfd_entry(pid, &link, &name, 0, 0)?;
+        self.by_inode.insert((md.dev(), md.ino()), id);
+        Ok(id)
+    }
+
+    fn ghost(&mut self, pid: i32, orig_id: u32, link: &PathBuf) -> Result<()> {
+        let f = File::open(link).map_err(step_io(pid, format!("open {}", link.display())))?;
+        let md = f
+            .metadata()
+            .map_err(step_io(pid, format!("stat {}", link.display())))?;
+        if md.size() > GHOST_LIMIT {
+            return Err(DumpError::new(
+                "files",
+                pid,
+                Some(libc::EFBIG),
+                format!(
+                    "unlinked file {} is {} bytes, over the ghost limit {GHOST_LIMIT}",
+                    link.display(),
+                    md.size()
+                ),
+            ));
+        }
+        let id = self.ghosts.len() as u32 + 1;
+        let header = json!({
+            "uid": md.uid(), "gid": md.gid(), "mode": md.mode(), "dev": kdev(md.dev()), "ino": md.ino(),
+            "atim": {"tv_sec": md.atime(), "tv_usec": md.atime_nsec() / 1000},
+            "mtim": {"tv_sec": md.mtime(), "tv_usec": md.mtime_nsec() / 1000},
+            "chunks": true, "size": md.size(),
+        });
+        self.remaps
+            .push(json!({"orig_id": orig_id, "remap_id": id, "remap_type": "GHOST"}));
+        self.ghosts.push(Ghost {
+            id,
+            header,
+            path: link.clone(),
+            size: md.size(),
+        });
+        Ok(())
+    }
+
+    fn pipe(&mut self, pid: i32, fd: i32, ino: u64, flags: u32) -> Result<u32> {
+        let id = self.new_id();
+        self.entries.push(json!({"type": "PIPE", "id": id, "pipe": {
+            "id": id, "pipe_id": ino, "flags": flags, "fown": fown(),
+        }}));
+        if self.pipes_seen.insert(ino) {
+            let link = proc::path(pid, &format!("fd/{fd}"));
+            let (size, data) =
+                peek_pipe(&link).map_err(step_io(pid, format!("peek pipe {}", link.display())))?;
+            if !data.is_empty() {
+                self.pipes_data.push((
+                    json!({"pipe_id": ino, "bytes": data.len(), "size": size}),
+                    data,
+                ));
+            }
+        }
+        Ok(id)
+    }
+
+    fn socket(&mut self, pid: i32, fd: i32, ino: u64, flags: u32) -> Result<u32> {
+        let unsupported = |what: String| {
+            DumpError::new(
+                "files",
+                pid,
+                Some(libc::ENOTSUP),
+                format!("fd {fd}: {what}"),
+            )
+        };
+        let mine = proc::ns::read_one(std::process::id() as i32, "net")
+            .map_err(|e| DumpError::proc("files", pid, e))?;
+        let theirs =
+            proc::ns::read_one(pid, "net").map_err(|e| DumpError::proc("files", pid, e))?;
+        if mine != theirs {
+            return Err(unsupported("socket in another network namespace".into()));
+        }
+        if self.inet.is_none() {
+            let all = super::sockets::all_inet().map_err(|e| {
+                DumpError::new("files", pid, e.raw_os_error(), format!("sock_diag: {e}"))
+            })?;
+            self.inet = Some(all);
+        }
+        let Some(sk) = self
+            .inet
+            .as_ref()
+            .and_then(|m| m.get(&(ino as u32)))
+            .cloned()
+        else {
+            return Err(unsupported(format!("socket:[{ino}] is not a TCP or UDP socket (unix, netlink and packet sockets are not supported yet)")));
+        };
+        let tcp = sk.proto == libc::IPPROTO_TCP as u32;
+        const TCP_LISTEN: u32 = 10;
+        const TCP_CLOSE: u32 = 7;
+        if tcp && sk.state != TCP_LISTEN && sk.state != TCP_CLOSE {
+            return Err(unsupported(format!(
+                "TCP connection in state {} (established connections need TCP_REPAIR, not supported)",
+                sk.state
+            )));
+        }
+        let id = self.new_id();
+        let mut isk = json!({
+            "id": id, "ino": ino, "family": sk.family,
+            "type": if tcp { libc::SOCK_STREAM } else { libc::SOCK_DGRAM },
+            "proto": sk.proto, "state": sk.state, "src_port": sk.src_port, "dst_port": sk.dst_port,
+            "flags": flags, "backlog": if sk.state == TCP_LISTEN { sk.wqueue } else { 0 },
+            "src_addr": sk.src_addr, "dst_addr": sk.dst_addr, "fown": fown(),
+            "opts": {"so_sndbuf": sk.sndbuf, "so_rcvbuf": sk.rcvbuf, "so_snd_tmo_sec": 0, "so_snd_tmo_usec": 0,
+                     "so_rcv_tmo_sec": 0, "so_rcv_tmo_usec": 0},
+        });
+        if let Some(v6) = sk.v6only {
+            isk["v6only"] = json!(v6);
+        }
+        self.entries
+            .push(json!({"type": "INETSK", "id": id, "isk": isk}));
+        Ok(id)
+    }
+
+    /// Records fd `fd` of `pid`; returns its fdinfo entry.
+    pub fn fd(&mut self, pid: i32, fd: i32) -> Result<FdEntry> {
+        let target =
+            proc::fd::read_target(pid, fd).map_err(|e| DumpError::proc("files", pid, e))?;
+        let info = proc::fd::read_fdinfo(pid, fd).map_err(|e| DumpError::proc("files", pid, e))?;
+        let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
+        let flags = info.flags & !(libc::O_CLOEXEC as u32);
+        let key = format!(
+            "{target:?}|{}|{}|{}|{}",
+            info.mnt_id, info.ino, flags, info.pos
+        );
+        if let Some(&(id, kind)) = self.by_open.get(&key) {
+            return Ok(FdEntry {
+                fd,
+                id,
+                kind,
+                cloexec,
+            });
+        }
+        let link = proc::path(pid, &format!("fd/{fd}"));
+        let (id, kind) = match &target {
+            FdTarget::Pipe(ino) => (self.pipe(pid, fd, *ino, flags)?, "PIPE"),
+            FdTarget::Path(p) => {
+                let s = p.to_string_lossy();
+                let (name, deleted) = match s.strip_suffix(" (deleted)") {
+                    Some(n) => (n.to_string(), true),
+                    None => (s.to_string(), false),
+                };
+                if let Ok(md) = std::fs::metadata(&link) {
+                    use std::os::unix::fs::FileTypeExt;
+                    let major = libc::major(md.rdev());
+                    if md.file_type().is_char_device()
+                        && (major == 4 || major == 5 || (136..=143).contains(&major))
+                    {
+                        return Err(DumpError::new(
+                            "files",
+                            pid,
+                            Some(libc::ENOTSUP),
+                            format!("fd {fd}: terminal {name}: ttys are not supported yet"),
+                        ));
+                    }
+                }
+                if let Some(m) = name.strip_prefix("/memfd:") {
+                    (self.memfd_entry(pid, &link, m, flags, info.pos)?, "MEMFD")
+                } else {
+                    let (id, f) = self.reg_entry(pid, &link, &name, flags, info.pos)?;
+                    let nlink = f.metadata().map(|m| m.nlink()).unwrap_or(1);
+                    if deleted && nlink == 0 {
+                        self.ghost(pid, id, &link)?;
+                    }
+                    (id, "REG")
+                }
+            }
+            FdTarget::Socket(ino) => (self.socket(pid, fd, *ino, flags)?, "INETSK"),
+            FdTarget::AnonInode(kind) => {
+                let (ty, field, build): (&'static str, &str, super::fdkinds::Builder) =
+                    match kind.as_str() {
+                        "eventfd" => ("EVENTFD", "efd", super::fdkinds::eventfd),
+                        "eventpoll" => ("EVENTPOLL", "epfd", super::fdkinds::eventpoll),
+                        "timerfd" => ("TIMERFD", "tfd", super::fdkinds::timerfd),
+                        "signalfd" => ("SIGNALFD", "sgfd", super::fdkinds::signalfd),
+                        "inotify" => ("INOTIFY", "ify", super::fdkinds::inotify),
+                        _ => {
+                            return Err(DumpError::new(
+                                "files",
+                                pid,
+                                Some(libc::ENOTSUP),
+                                format!("fd {fd}: unsupported anonymous inode [{kind}]"),
+                            ))
+                        }
+                    };
+                let id = self.new_id();
+                let body = build(id, flags, &info)
+                    .map_err(|e| DumpError::new("files", pid, None, format!("fd {fd}: {e}")))?;
+                let mut entry = json!({"type": ty, "id": id});
+                entry[field] = body;
+                self.entries.push(entry);
+                (id, ty)
+            }
+            other => {
+                return Err(DumpError::new(
+                    "files",
+                    pid,
+                    Some(libc::ENOTSUP),
+                    format!("fd {fd}: unsupported file kind {other:?}"),
+                ))
+            }
+        };
+        self.by_open.insert(key, (id, kind));
+        Ok(FdEntry {
+            fd,
+            id,
+            kind,
+            cloexec,
+        })
+    }
+}
+
+/// Copies a pipe's queued bytes without consuming them: `tee` into a private pipe as large as
+/// the source, then read that. Returns the source's buffer size and the data.
+fn peek_pipe(link: &PathBuf) -> std::io::Result<(u64, Vec<u8>)> {
+    use nix::fcntl::{fcntl, tee, FcntlArg, OFlag, SpliceFFlags};
+    let src = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(link)?;
+    let size = fcntl(src.as_fd(), FcntlArg::F_GETPIPE_SZ).map_err(std::io::Error::from)? as usize;
+    let (r, w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(std::io::Error::from)?;
+    fcntl(w.as_fd(), FcntlArg::F_SETPIPE_SZ(size as i32)).map_err(std::io::Error::from)?;
+    let n = match tee(
+        src.as_fd(),
+        w.as_fd(),
+        size,
+        SpliceFFlags::SPLICE_F_NONBLOCK,
+    ) {
+        Ok(n) => n,
+        Err(nix::errno::Errno::EAGAIN) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    drop(w);
+    let mut data = vec![0u8; n];
+    let rf = File::from(r);
+    let mut got = 0;
+    while got < n {
+        let k = nix::unistd::read(rf.as_fd(), &mut data[got..]).map_err(std::io::Error::from)?;
+        if k == 0 {
+            break;
+        }
+        got += k;
+    }
+    data.truncate(got);
+    Ok((size as u64, data))
+}
+
+/// The data segments `[start, end)` of a file (holes skipped), up to `size`.
+pub fn data_segments(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use nix::unistd::{lseek, Whence};
+    let mut out = Vec::new();
+    let mut off: i64 = 0;
+    let size = size as i64;
+    while off < size {
+        let start = match lseek(f.as_fd(), off, Whence::SeekData) {
+            Ok(s) => s,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        if start >= size {
+            break;
+        }
+        let end = lseek(f.as_fd(), start, Whence::SeekHole)
+            .map_err(std::io::Error::from)?
+            .min(size);
+        out.push((start as u64, end as u64));
+        off = end;
+    }
+    Ok(out)
+}
+
+/// Reads the data segments of a file (skipping holes) for ghost chunks: (offset, bytes).
+pub fn data_chunks(path: &PathBuf, size: u64) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+    use nix::unistd::{lseek, Whence};
+    let f = File::open(path)?;
+    let mut out = Vec::new();
+    let mut off: i64 = 0;
+    let size = size as i64;
+    while off < size {
+        let start = match lseek(f.as_fd(), off, Whence::SeekData) {
+            Ok(s) => s,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let end = lseek(f.as_fd(), start, Whence::SeekHole)
+            .map_err(std::io::Error::from)?
+            .min(size);
+        let mut buf = vec![0u8; (end - start) as usize];
+        f.read_exact_at(&mut buf, start as u64)?;
+        out.push((start as u64, buf));
+        off = end;
+    }
+    Ok(out)
+}
+
+/// The `fdinfo-N.img` entry of one fd.
+pub fn fdinfo_entry(e: &FdEntry) -> Value {
+    json!({"id": e.id, "flags": if e.cloexec { 1 } else { 0 }, "type": e.kind, "fd": e.fd})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kdev_encoding() {
+        assert_eq!(kdev(libc::makedev(254, 0)), 266338304);
+        assert_eq!(kdev(libc::makedev(8, 17)), (8 << 20) | 17);
+    }
+
+    #[test]
+    fn pipe_peek_does_not_consume() {
+        use std::io::{Read, Write};
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut wf = File::from(w);
+        wf.write_all(b"hello pipe").unwrap();
+        use std::os::fd::AsRawFd;
+        let link = PathBuf::from(format!("/proc/self/fd/{}", r.as_raw_fd()));
+        let (size, data) = peek_pipe(&link).unwrap();
+        assert!(size >= 4096);
+        assert_eq!(data, b"hello pipe");
+        let mut rf = File::from(r);
+        drop(wf);
+        let mut s = String::new();
+        rf.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "hello pipe");
+    }
+
+    #[test]
+    fn anon_inode_fds_encode() {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        use nix::sys::signal::{SigSet, Signal};
+        use nix::sys::signalfd::SignalFd;
+        use nix::sys::time::TimeSpec;
+        use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+        use std::os::fd::{AsFd, AsRawFd};
+        let efd = EventFd::from_value_and_flags(7, EfdFlags::EFD_NONBLOCK).unwrap();
+        let ep = Epoll::new(EpollCreateFlags::empty()).unwrap();
+        ep.add(efd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 42))
+            .unwrap();
+        let tfd = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::empty()).unwrap();
+        tfd.set(
+            Expiration::IntervalDelayed(TimeSpec::new(100, 0), TimeSpec::new(1, 500)),
+            TimerSetTimeFlags::empty(),
+        )
+        .unwrap();
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGUSR1);
+        let sfd = SignalFd::new(&mask).unwrap();
+        let ino = Inotify::init(InitFlags::empty()).unwrap();
+        ino.add_watch("/tmp", AddWatchFlags::IN_CREATE).unwrap();
+        let me = std::process::id() as i32;
+        let mut files = Files::new();
+        let kinds: Vec<&str> = [
+            efd.as_fd().as_raw_fd(),
+            ep.0.as_raw_fd(),
+            tfd.as_fd().as_raw_fd(),
+            sfd.as_raw_fd(),
+            ino.as_fd().as_raw_fd(),
+        ]
+        .iter()
+        .map(|&fd| files.fd(me, fd).unwrap().kind)
+        .collect();
+        assert_eq!(
+            kinds,
+            ["EVENTFD", "EVENTPOLL", "TIMERFD", "SIGNALFD", "INOTIFY"]
+        );
+        assert_eq!(files.entries[0]["efd"]["counter"], 7);
+        assert_eq!(files.entries[1]["epfd"]["tfd"][0]["data"], 42);
+        assert_eq!(files.entries[2]["tfd"]["isec"], 1);
+        assert_eq!(
+            files.entries[3]["sgfd"]["sigmask"],
+            1u64 << (libc::SIGUSR1 - 1)
+        );
+        assert_eq!(files.entries[4]["ify"]["wd"][0]["mask"], libc::IN_CREATE);
+        for e in &files.entries {
+            crate::dump::images_out::encode("file_entry", e).unwrap_or_else(|x| panic!("{e}: {x}"));
+        }
+    }
+
+    #[test]
+    fn own_fds_and_ghost() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.dat");
+        std::fs::write(&p, vec![5u8; 5000]).unwrap();
+        let f = File::open(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        use std::os::fd::AsRawFd;
+        let me = std::process::id() as i32;
+        let mut files = Files::new();
+        let e = files.fd(me, f.as_raw_fd()).unwrap();
+        assert_eq!(e.kind, "REG");
+        assert!(e.cloexec);
+        assert_eq!(files.ghosts.len(), 1);
+        assert_eq!(files.remaps[0]["orig_id"], e.id);
+        let chunks = data_chunks(&files.ghosts[0].path, files.ghosts[0].size).unwrap();
+        assert_eq!(chunks.iter().map(|c| c.1.len()).sum::<usize>(), 5000);
+        // The same open file seen twice keeps one id.
+        assert_eq!(files.fd(me, f.as_raw_fd()).unwrap().id, e.id);
+        assert_eq!(files.entries.len(), 1);
+    }
+}

@@ -1,0 +1,192 @@
+//! Small images: `inventory.img`, `ids-PID.img`, `fs-PID.img`, `seccomp.img`, `timens-0.img`,
+//! `stats-dump`.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use crate::proc::ns::NsIds;
+
+/// `inventory.img` format version CRIU 4.2 writes.
+pub const IMG_VERSION: u32 = 2;
+
+/// Assigns CRIU's small ids to namespaces (first seen, first numbered) and to per-process
+/// kernel objects (mm, files table, fs, sighand: one per process here).
+#[derive(Debug, Default)]
+pub struct IdAllocator {
+    ns: HashMap<(&'static str, u64), u32>,
+    next_ns: u32,
+    next_obj: u32,
+}
+
+impl IdAllocator {
+    pub fn new() -> Self {
+        // Object id 1 is the dumper's own (inventory.root_ids); tasks start at 2.
+        IdAllocator {
+            ns: HashMap::new(),
+            next_ns: 0,
+            next_obj: 1,
+        }
+    }
+
+    fn ns_id(&mut self, kind: &'static str, ino: Option<u64>) -> Option<u32> {
+        let ino = ino?;
+        if let Some(&id) = self.ns.get(&(kind, ino)) {
+            return Some(id);
+        }
+        self.next_ns += 1;
+        self.ns.insert((kind, ino), self.next_ns);
+        Some(self.next_ns)
+    }
+
+    /// A fresh object id (vm/files/fs/sighand of one process).
+    pub fn object(&mut self) -> u32 {
+        self.next_obj += 1;
+        self.next_obj
+    }
+
+    /// The `task_kobj_ids_entry` with the namespace ids and object ids `obj`.
+    pub fn ids_entry(&mut self, ns: &NsIds, obj: [u32; 4]) -> Value {
+        let mut v =
+            json!({"vm_id": obj[0], "files_id": obj[1], "fs_id": obj[2], "sighand_id": obj[3]});
+        // CRIU numbers namespaces in this order.
+        let order: [(&'static str, Option<u64>, &str); 8] = [
+            ("pid", ns.pid, "pid_ns_id"),
+            ("net", ns.net, "net_ns_id"),
+            ("ipc", ns.ipc, "ipc_ns_id"),
+            ("uts", ns.uts, "uts_ns_id"),
+            ("time", ns.time, "time_ns_id"),
+            ("mnt", ns.mnt, "mnt_ns_id"),
+            ("user", ns.user, "user_ns_id"),
+            ("cgroup", ns.cgroup, "cgroup_ns_id"),
+        ];
+        for (kind, ino, key) in order {
+            if let Some(id) = self.ns_id(kind, ino) {
+                v[key] = json!(id);
+            }
+        }
+        // Field order as crit shows it.
+        let keys = [
+            "vm_id",
+            "files_id",
+            "fs_id",
+            "sighand_id",
+            "pid_ns_id",
+            "net_ns_id",
+            "ipc_ns_id",
+            "uts_ns_id",
+            "mnt_ns_id",
+            "user_ns_id",
+            "cgroup_ns_id",
+            "time_ns_id",
+        ];
+        let mut o = serde_json::Map::new();
+        for k in keys {
+            if let Some(x) = v.get(k) {
+                o.insert(k.to_string(), x.clone());
+            }
+        }
+        Value::Object(o)
+    }
+}
+
+/// A random version-4 UUID for `dump_criu_run_id`.
+pub fn run_id() -> String {
+    let mut b = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b = (t ^ (std::process::id() as u128) << 64).to_le_bytes();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// The `inventory_entry`.
+pub fn inventory(root_ids: Value) -> Value {
+    json!({
+        "img_version": IMG_VERSION, "fdinfo_per_id": true, "root_ids": root_ids,
+        "ns_per_id": true, "root_cg_set": 1, "lsmtype": 0, "network_lock_method": 0,
+        "plugins_entry": {}, "dump_criu_run_id": run_id(),
+    })
+}
+
+/// The `fs_entry`.
+pub fn fs_entry(cwd_id: u32, root_id: u32, umask: u32) -> Value {
+    json!({"cwd_id": cwd_id, "root_id": root_id, "umask": umask})
+}
+
+/// The `timens_entry`: the host's monotonic and boottime clocks now.
+pub fn timens() -> Value {
+    use nix::time::{clock_gettime, ClockId};
+    let ts = |c| {
+        clock_gettime(c)
+            .map(|t| json!({"tv_sec": t.tv_sec(), "tv_nsec": t.tv_nsec()}))
+            .unwrap_or_else(|_| json!({"tv_sec": 0, "tv_nsec": 0}))
+    };
+    json!({"monotonic": ts(ClockId::CLOCK_MONOTONIC), "boottime": ts(ClockId::CLOCK_BOOTTIME)})
+}
+
+/// Times and counters of one dump for `stats-dump` (microseconds).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DumpStats {
+    pub freezing_time: u64,
+    pub frozen_time: u64,
+    pub memdump_time: u64,
+    pub memwrite_time: u64,
+    pub pages: super::pages::PageStats,
+    pub page_pipes: u64,
+}
+
+/// The `stats_entry`.
+pub fn stats(s: &DumpStats) -> Value {
+    json!({"dump": {
+        "freezing_time": s.freezing_time, "frozen_time": s.frozen_time,
+        "memdump_time": s.memdump_time, "memwrite_time": s.memwrite_time,
+        "pages_scanned": s.pages.pages_scanned, "pages_skipped_parent": 0,
+        "pages_written": s.pages.pages_written, "irmap_resolve": 0, "pages_lazy": s.pages.pages_lazy,
+        "page_pipes": s.page_pipes, "page_pipe_bufs": s.page_pipes,
+        "shpages_scanned": s.pages.shpages_scanned, "shpages_skipped_parent": 0,
+        "shpages_written": s.pages.shpages_written,
+    }})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ns_ids_first_seen_first_numbered() {
+        let mut a = IdAllocator::new();
+        let ns = crate::proc::ns::read(std::process::id() as i32).unwrap();
+        let o = [a.object(), a.object(), a.object(), a.object()];
+        let e = a.ids_entry(&ns, o);
+        assert_eq!(e["vm_id"], 2);
+        assert_eq!(e["pid_ns_id"], 1);
+        assert_eq!(e["net_ns_id"], 2);
+        assert_eq!(e["mnt_ns_id"], 6);
+        let e2 = a.ids_entry(&ns, o);
+        assert_eq!(e, e2);
+    }
+
+    #[test]
+    fn uuid_shape() {
+        let u = run_id();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+    }
+}

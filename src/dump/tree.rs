@@ -1,0 +1,206 @@
+//! The process tree: who is in it, in CRIU's pstree order (depth-first from the root, children
+//! in the order the kernel lists them), with pgid/sid and threads, zombies included.
+
+use serde_json::{json, Value};
+
+use super::error::{DumpError, Result};
+use crate::proc;
+
+/// Most processes in one tree.
+pub const MAX_TASKS: usize = 1 << 20;
+
+/// One process of the tree.
+#[derive(Debug, Clone)]
+pub struct Process {
+    pub pid: i32,
+    /// 0 for the root.
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// Thread ids, leader first.
+    pub threads: Vec<i32>,
+    pub zombie: bool,
+    /// Wait status of a zombie (exit code << 8 | signal).
+    pub exit_code: i32,
+    pub stat: proc::stat::Stat,
+}
+
+/// Walks the tree rooted at `root` (tasks must already be frozen).
+pub fn collect(root: i32) -> Result<Vec<Process>> {
+    let mut out: Vec<Process> = Vec::new();
+    let mut stack = vec![(root, 0)];
+    while let Some((pid, ppid)) = stack.pop() {
+        if out.len() >= MAX_TASKS {
+            return Err(DumpError::new("collect-tree", pid, None, "too many tasks"));
+        }
+        let stat = proc::stat::read(pid).map_err(|e| DumpError::proc("collect-tree", pid, e))?;
+        let zombie = stat.state == 'Z';
+        let threads = if zombie {
+            vec![pid]
+        } else {
+            proc::tasks::threads(pid).map_err(|e| DumpError::proc("collect-tree", pid, e))?
+        };
+        let children = if zombie {
+            Vec::new()
+        } else {
+            proc::tasks::children(pid, &threads)
+                .map_err(|e| DumpError::proc("collect-tree", pid, e))?
+        };
+        out.push(Process {
+            pid,
+            ppid,
+            pgid: stat.pgid,
+            sid: stat.sid,
+            threads,
+            zombie,
+            exit_code: stat.exit_code,
+            stat,
+        });
+        for c in children.into_iter().rev() {
+            stack.push((c, pid));
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses sessions and process groups led from outside the tree unless `--shell-job`
+/// (like CRIU: restoring them would need the outside leader).
+pub fn check_external(tree: &[Process], shell_job: bool) -> Result<()> {
+    if shell_job {
+        return Ok(());
+    }
+    let inside = |pid: i32| tree.iter().any(|p| p.pid == pid);
+    for p in tree {
+        if p.sid != 0 && !inside(p.sid) {
+            return Err(DumpError::new(
+                "collect-tree",
+                p.pid,
+                Some(libc::EPERM),
+                format!(
+                    "session {} is led from outside the tree (a shell job: use --shell-job)",
+                    p.sid
+                ),
+            ));
+        }
+        if p.pgid != 0 && !inside(p.pgid) {
+            return Err(DumpError::new(
+                "collect-tree",
+                p.pid,
+                Some(libc::EPERM),
+                format!(
+                    "process group {} is led from outside the tree (a shell job: use --shell-job)",
+                    p.pgid
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses trees holding POSIX or flock locks (`/proc/locks`): they are not dumped yet.
+pub fn check_file_locks(tree: &[Process]) -> Result<()> {
+    let text = proc::read_text(0, std::path::Path::new("/proc/locks"))
+        .map_err(|e| DumpError::proc("collect-tree", 0, e))?;
+    for line in text.lines() {
+        // "1: POSIX  ADVISORY  WRITE 8163 fe:00:6004852 0 EOF" ("->" marks blocked waiters).
+        let f: Vec<&str> = line.split_whitespace().filter(|w| *w != "->").collect();
+        let Some(pid) = f.get(4).and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Some(p) = tree.iter().find(|p| p.pid == pid) {
+            return Err(DumpError::new(
+                "collect-tree",
+                p.pid,
+                Some(libc::ENOTSUP),
+                format!(
+                    "task holds a file lock ({}), file locks are not supported",
+                    f[1]
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The pstree.img entry of one process.
+pub fn pstree_entry(p: &Process) -> Value {
+    json!({
+        "pid": p.pid,
+        "ppid": p.ppid,
+        "pgid": p.pgid,
+        "sid": p.sid,
+        "threads": p.threads,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake(pid: i32, pgid: i32, sid: i32) -> Process {
+        Process {
+            pid,
+            ppid: 0,
+            pgid,
+            sid,
+            threads: vec![pid],
+            zombie: false,
+            exit_code: 0,
+            stat: Default::default(),
+        }
+    }
+
+    #[test]
+    fn external_session_needs_shell_job() {
+        let t = vec![fake(10, 10, 10), fake(11, 10, 10)];
+        assert!(check_external(&t, false).is_ok());
+        let t = vec![fake(10, 10, 5), fake(11, 10, 5)];
+        let e = check_external(&t, false).unwrap_err();
+        assert!(e.to_string().contains("--shell-job"), "{e}");
+        assert!(check_external(&t, true).is_ok());
+        let t = vec![fake(10, 7, 10)];
+        assert!(check_external(&t, false)
+            .unwrap_err()
+            .to_string()
+            .contains("process group 7"));
+    }
+
+    #[test]
+    fn file_locks_refused() {
+        let f = tempfile::tempfile().unwrap();
+        let guard = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        let me = std::process::id() as i32;
+        let e = check_file_locks(&[fake(me, me, me)]).unwrap_err();
+        assert!(e.to_string().contains("file lock"), "{e}");
+        drop(guard);
+    }
+
+    #[test]
+    fn tree_of_a_shell_with_children() {
+        let mut ch = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & sleep 5 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = ch.id() as i32;
+        let mut t = Vec::new();
+        for _ in 0..200 {
+            t = collect(pid).unwrap();
+            if t.len() == 3 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = ch.kill();
+        let _ = ch.wait();
+        assert_eq!(t.len(), 3, "{t:?}");
+        assert_eq!(t[0].pid, pid);
+        assert_eq!(t[0].ppid, 0);
+        assert!(t[1..]
+            .iter()
+            .all(|c| c.ppid == pid && c.threads == vec![c.pid]));
+        let e = pstree_entry(&t[1]);
+        assert_eq!(e["ppid"], pid);
+    }
+}

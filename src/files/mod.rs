@@ -1,0 +1,277 @@
+//! File-descriptor kinds beyond regular files and pipes, shared by the dump and restore
+//! engines: eventfd, epoll, timerfd, signalfd, inotify, unix sockets, inet/inet6 sockets (TCP
+//! listeners, UDP, established TCP with `--tcp-established` via TCP_REPAIR); ttys: next.
+//!
+//! Each kind is one file with a `dump` and a `restore` function, bound together in the table
+//! [`KINDS`] (CRIU's per-fd-type ops). The engines call the generic entry points:
+//!
+//! ```text
+//!  dump engine, per fd of a task (fd obtained with pidfd_getfd / parasite SCM_RIGHTS):
+//!    link   = readlink /proc/PID/fd/N        "anon_inode:[eventfd]", "socket:[123]", "/dev/pts/3"
+//!    fdinfo = read /proc/PID/fdinfo/N
+//!    if let Some(ops) = files::kind_of(link, fd.as_fd()):
+//!        entry = files::dump_fd(&DumpFd { pid, fd: N, file, link, fdinfo, id }, &mut state)?
+//!        files.img  <- entry                (file_entry {type, id, <kind member>})
+//!        fdinfo-*.img <- {id, flags FD_CLOEXEC, type: entry.type, fd: N}
+//!  after the last task:  files::finish_dump(&mut state, next_id)?  (unix peers, --ext-unix-sk;
+//!                        returns entries to add to / replace in files.img)
+//!                        state.extra.write_dir(images_dir)?   (sk-queues, tcp-stream-*, tty-*)
+//!
+//!  restore engine:
+//!    extra = Extra::read_dir(images_dir, tcp_inos)?;  ctx = RestoreCtx::new(opts, &extra, files.img)
+//!    for entry in files.img sorted by files::restore_stage(entry)     (epoll last)
+//!        if files::handles(entry):
+//!            fd = files::restore_fd(entry, &mut ctx, &|tfd| <restored fd now at tfd in the
+//!                                   task owning the epoll>)?      -> OwnedFd in this task
+//! ```
+//!
+//! Descriptors come back with the recorded status flags (`O_NONBLOCK`, ...) and owner;
+//! `FD_CLOEXEC` and the final fd number are the engine's business (fdinfo-N.img).
+//! Extra images go through [`Extra`]: `sk-queues.img` (unix receive queues, peeked at dump
+//! time without consuming), `tcp-stream-<ino>.img` (TCP_REPAIR state and queues), `tty-info.img`.
+
+pub mod common;
+pub mod epoll;
+pub mod error;
+pub mod eventfd;
+pub mod extra;
+pub mod inet;
+pub mod inotify;
+pub mod signalfd;
+pub mod sockopts;
+pub mod tcp;
+pub mod timerfd;
+pub mod unix;
+
+use std::collections::HashMap;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+
+use stasis_images::pb;
+
+pub use error::{At, FilesError, Result};
+pub use extra::Extra;
+
+/// Dump-time options (the criu flags that change what is allowed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DumpOptions {
+    /// `--tcp-established`: dump established TCP connections via TCP_REPAIR.
+    pub tcp_established: bool,
+    /// `--ext-unix-sk`: allow unix sockets whose peer is outside the dumped tree.
+    pub ext_unix_sk: bool,
+    /// `--shell-job`: the tree's terminal is outside (its tty is external).
+    pub shell_job: bool,
+}
+
+/// Restore-time options.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    pub tcp_established: bool,
+    pub ext_unix_sk: bool,
+    pub shell_job: bool,
+}
+
+/// One fd to dump. `file` is the task's descriptor, duplicated into the dumper.
+#[derive(Debug, Clone, Copy)]
+pub struct DumpFd<'a> {
+    pub pid: i32,
+    pub fd: i32,
+    pub file: BorrowedFd<'a>,
+    /// `readlink /proc/PID/fd/FD`.
+    pub link: &'a str,
+    /// The text of `/proc/PID/fdinfo/FD`.
+    pub fdinfo: &'a str,
+    /// The files.img id the engine gives this open file description.
+    pub id: u32,
+}
+
+impl DumpFd<'_> {
+    /// Where errors happened.
+    pub fn at(&self) -> At {
+        At::Fd {
+            pid: self.pid,
+            fd: self.fd,
+        }
+    }
+}
+
+/// A unix socket seen during the dump (for the peer check of [`finish_dump`]).
+#[derive(Debug, Clone)]
+pub(crate) struct UnixSeen {
+    pub id: u32,
+    pub ino: u32,
+    pub peer: u32,
+    pub pid: i32,
+    pub fd: i32,
+}
+
+/// Everything collected across all fds of a dump.
+#[allow(dead_code)] // unix/tty fields: filled by those kinds (next step)
+#[derive(Debug, Default)]
+pub struct DumpState {
+    pub opts: DumpOptions,
+    /// Side images to write once the dump is done.
+    pub extra: Extra,
+    pub(crate) unix: Vec<UnixSeen>,
+    /// Unix entries whose `uflags` [`finish_dump`] may still change, by id.
+    pub(crate) unix_entries: HashMap<u32, pb::UnixSkEntry>,
+    /// Dumped TCP connections, held in repair mode (see [`tcp`]).
+    pub(crate) tcp_repair: tcp::RepairHold,
+    /// tty_info ids by terminal rdev.
+    pub(crate) ttys: HashMap<u64, u32>,
+}
+
+impl DumpState {
+    pub fn new(opts: DumpOptions) -> Self {
+        DumpState {
+            opts,
+            ..Default::default()
+        }
+    }
+}
+
+/// State of a restore across entries (socketpair ends waiting for their entry, pty masters).
+#[allow(dead_code)] // pty_masters: used by the tty kind (next step)
+pub struct RestoreCtx<'a> {
+    pub opts: RestoreOptions,
+    pub extra: &'a Extra,
+    /// The other end of a socketpair, by the inode its entry carries.
+    pub(crate) pending: HashMap<u32, OwnedFd>,
+    /// Pty masters by tty index (slaves are opened through them).
+    pub(crate) pty_masters: HashMap<u32, OwnedFd>,
+    /// Unix entries by socket inode, and their files.img ids (peers look each other up).
+    pub(crate) unix: HashMap<u32, pb::UnixSkEntry>,
+    pub(crate) unix_ids: HashMap<u32, u32>,
+}
+
+impl<'a> RestoreCtx<'a> {
+    /// A context for restoring the entries of one files.img (all of them: sockets find
+    /// their peers among them).
+    pub fn new<'f>(
+        opts: RestoreOptions,
+        extra: &'a Extra,
+        files: impl IntoIterator<Item = &'f pb::FileEntry>,
+    ) -> Self {
+        let mut unix = HashMap::new();
+        let mut unix_ids = HashMap::new();
+        for f in files {
+            if let Some(u) = &f.usk {
+                unix_ids.insert(u.ino, f.id);
+                unix.insert(u.ino, u.clone());
+            }
+        }
+        RestoreCtx {
+            opts,
+            extra,
+            pending: HashMap::new(),
+            pty_masters: HashMap::new(),
+            unix,
+            unix_ids,
+        }
+    }
+
+    /// Unix socket inodes whose pair end was created but not yet asked for.
+    pub fn unclaimed(&self) -> Vec<u32> {
+        self.pending.keys().copied().collect()
+    }
+}
+
+/// Looks up the restored descriptor now standing at fd number `tfd` of the task that owns
+/// an epoll (epoll targets are recorded by fd number).
+pub type Targets<'t> = &'t dyn Fn(u32) -> Option<RawFd>;
+
+/// One kind: how to recognise it, dump it and restore it.
+pub struct KindOps {
+    pub name: &'static str,
+    pub fd_type: pb::FdTypes,
+    /// Whether an fd with this `/proc/PID/fd` link (and descriptor) is of this kind.
+    pub matches: fn(&str, BorrowedFd<'_>) -> bool,
+    pub dump: fn(&DumpFd<'_>, &mut DumpState) -> Result<pb::FileEntry>,
+    pub restore: fn(&pb::FileEntry, &mut RestoreCtx<'_>, Targets<'_>) -> Result<OwnedFd>,
+    /// Restore order of an entry: 0 first; epolls (which need their targets) last.
+    pub stage: fn(&pb::FileEntry) -> u8,
+}
+
+/// The kinds this module handles.
+pub static KINDS: &[KindOps] = &[
+    eventfd::OPS,
+    timerfd::OPS,
+    signalfd::OPS,
+    inotify::OPS,
+    unix::OPS,
+    inet::OPS,
+    epoll::OPS,
+];
+
+/// The kind of an fd, from its `/proc/PID/fd/N` link; `None` for kinds the engines handle
+/// themselves (regular files, pipes, memfd, directories) or nobody handles.
+pub fn kind_of(link: &str, file: BorrowedFd<'_>) -> Option<&'static KindOps> {
+    KINDS.iter().find(|k| (k.matches)(link, file))
+}
+
+/// The kind that restores a files.img entry.
+pub fn kind_for(entry: &pb::FileEntry) -> Option<&'static KindOps> {
+    KINDS.iter().find(|k| k.fd_type as i32 == entry.r#type)
+}
+
+/// Whether [`restore_fd`] restores this entry.
+pub fn handles(entry: &pb::FileEntry) -> bool {
+    kind_for(entry).is_some()
+}
+
+/// Restore order of an entry (sort ascending; entries of other kinds are 0).
+pub fn restore_stage(entry: &pb::FileEntry) -> u8 {
+    kind_for(entry).map_or(0, |k| (k.stage)(entry))
+}
+
+/// Dumps one fd into its files.img entry (and side images into `st.extra`).
+pub fn dump_fd(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
+    let k = kind_of(d.link, d.file).ok_or_else(|| {
+        error::unsupported("file", d.at(), format!("no fd kind for {:?}", d.link))
+    })?;
+    (k.dump)(d, st)
+}
+
+/// Checks what needs the whole tree: every unix socket's peer is in the dump, or
+/// `--ext-unix-sk` marks it external. Returns files.img entries to add (external named peers,
+/// with ids from `next_id`; no fd refers to them) or to replace (same id, now USK_EXTERN).
+pub fn finish_dump(
+    st: &mut DumpState,
+    next_id: &mut dyn FnMut() -> u32,
+) -> Result<Vec<pb::FileEntry>> {
+    unix::finish(st, next_id)
+}
+
+/// Restores one files.img entry as a new descriptor of the calling task.
+pub fn restore_fd(
+    entry: &pb::FileEntry,
+    ctx: &mut RestoreCtx<'_>,
+    targets: Targets<'_>,
+) -> Result<OwnedFd> {
+    let k = kind_for(entry).ok_or_else(|| {
+        error::unsupported(
+            "file",
+            At::Id(entry.id),
+            format!("file type {} is not an fd kind of ours", entry.r#type),
+        )
+    })?;
+    (k.restore)(entry, ctx, targets)
+}
+
+/// A files.img entry with just the kind's member set.
+pub(crate) fn file_entry(ty: pb::FdTypes, id: u32) -> pb::FileEntry {
+    pb::FileEntry {
+        r#type: ty as i32,
+        id,
+        ..Default::default()
+    }
+}
+
+/// Stage function of kinds without ordering needs.
+pub(crate) fn stage0(_: &pb::FileEntry) -> u8 {
+    0
+}
+
+/// The `anon_inode:` name of a link (`anon_inode:[eventfd]` → `[eventfd]`).
+pub(crate) fn anon(link: &str) -> Option<&str> {
+    link.strip_prefix("anon_inode:")
+}

@@ -1,0 +1,456 @@
+//! The restore plan: every image of a dump directory read and cross-checked up front, so that
+//! nothing is created before we know the images are complete and consistent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use super::error::RestoreError;
+use super::img::{self, msg, ImageFile};
+
+/// `task_state` of a live task in `core.tc`.
+pub const TASK_ALIVE: u32 = 1;
+/// `task_state` of a zombie.
+pub const TASK_DEAD: u32 = 2;
+/// `task_state` of a stopped task.
+pub const TASK_STOPPED: u32 = 3;
+
+/// VMA status bits (CRIU's `VMA_*`).
+pub mod vma_status {
+    /// Usable area.
+    pub const REGULAR: u32 = 1 << 0;
+    /// The stack.
+    pub const STACK: u32 = 1 << 1;
+    /// `[vsyscall]`.
+    pub const VSYSCALL: u32 = 1 << 2;
+    /// `[vdso]`.
+    pub const VDSO: u32 = 1 << 3;
+    /// The heap.
+    pub const HEAP: u32 = 1 << 5;
+    /// Private file mapping.
+    pub const FILE_PRIVATE: u32 = 1 << 6;
+    /// Shared file mapping.
+    pub const FILE_SHARED: u32 = 1 << 7;
+    /// Shared anonymous mapping.
+    pub const ANON_SHARED: u32 = 1 << 8;
+    /// Private anonymous mapping.
+    pub const ANON_PRIVATE: u32 = 1 << 9;
+    /// SysV shm.
+    pub const SYSVIPC: u32 = 1 << 10;
+    /// A socket mapping.
+    pub const SOCKET: u32 = 1 << 11;
+    /// `[vvar]`.
+    pub const VVAR: u32 = 1 << 12;
+    /// AIO ring.
+    pub const AIORING: u32 = 1 << 13;
+    /// Backed by a memfd.
+    pub const MEMFD: u32 = 1 << 14;
+    /// Unsupported area marker.
+    pub const UNSUPP: u32 = 1 << 31;
+}
+
+/// Pagemap entry flags.
+pub mod pe {
+    /// Data lives in the parent image.
+    pub const PARENT: u32 = 1;
+    /// Lazy (still present in the pages image).
+    pub const LAZY: u32 = 2;
+    /// Data is in this pages image.
+    pub const PRESENT: u32 = 4;
+}
+
+/// One run of pages to write: `nr` pages at `vaddr`, from byte `offset` of `pages-<id>.img`.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRun {
+    /// First address (for shmem: byte offset in the object).
+    pub vaddr: u64,
+    /// Number of pages.
+    pub nr: u64,
+    /// Offset in the pages file.
+    pub offset: u64,
+}
+
+/// A pagemap with its pages file.
+#[derive(Debug, Clone, Default)]
+pub struct Pages {
+    /// `pages-<id>.img`.
+    pub file: PathBuf,
+    /// Runs with data.
+    pub runs: Vec<PageRun>,
+}
+
+/// One thread's image.
+#[derive(Debug, Clone)]
+pub struct ThreadPlan {
+    /// TID.
+    pub tid: i32,
+    /// Its core image.
+    pub core: msg::CoreEntry,
+}
+
+/// One task of the tree.
+#[derive(Debug, Clone)]
+pub struct TaskPlan {
+    /// PID.
+    pub pid: i32,
+    /// Parent PID in the images (0: the root).
+    pub ppid: i32,
+    /// Process group.
+    pub pgid: i32,
+    /// Session.
+    pub sid: i32,
+    /// `task_state` of the main thread.
+    pub state: u32,
+    /// Exit code (zombies).
+    pub exit_code: u32,
+    /// Threads, main thread first (empty for zombies).
+    pub threads: Vec<ThreadPlan>,
+    /// Memory layout (live tasks).
+    pub mm: Option<msg::MmEntry>,
+    /// Private pages.
+    pub pages: Pages,
+    /// Descriptors.
+    pub fds: Vec<msg::FdinfoEntry>,
+    /// cwd, root, umask.
+    pub fs: Option<msg::FsEntry>,
+    /// Children PIDs in image order.
+    pub children: Vec<i32>,
+}
+
+/// A deleted file to recreate: its entry and data chunks (offset, bytes).
+pub type Ghost = (msg::GhostFileEntry, Vec<(u64, Vec<u8>)>);
+
+/// Everything read from the image directory.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The image directory.
+    pub dir: PathBuf,
+    /// Tasks in pstree order; `tasks[0]` is the root.
+    pub tasks: Vec<TaskPlan>,
+    /// files.img by id.
+    pub files: BTreeMap<u32, msg::FileEntry>,
+    /// memfd inodes by inode id.
+    pub memfd_inodes: BTreeMap<u64, (msg::MemfdInodeEntry, Pages)>,
+    /// Pipe data by pipe_id: (pipe size, bytes).
+    pub pipe_data: HashMap<u32, (u32, Vec<u8>)>,
+    /// Ghost files by the orig file id: (entry, data chunks (offset, bytes)).
+    pub ghosts: HashMap<u32, Ghost>,
+}
+
+impl Plan {
+    /// Index of the task with `pid`.
+    pub fn index(&self, pid: i32) -> Option<usize> {
+        self.tasks.iter().position(|t| t.pid == pid)
+    }
+
+    /// Every PID and TID the restore will create.
+    pub fn all_ids(&self) -> Vec<i32> {
+        let mut ids = Vec::new();
+        for t in &self.tasks {
+            ids.push(t.pid);
+            ids.extend(t.threads.iter().skip(1).map(|th| th.tid));
+        }
+        ids
+    }
+}
+
+fn bad(path: &Path, index: usize, what: impl Into<String>) -> RestoreError {
+    RestoreError::Image {
+        path: path.to_path_buf(),
+        index,
+        what: what.into(),
+    }
+}
+
+/// Reads a pagemap image and lays out where each present run's data is.
+fn read_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
+    let mut f = ImageFile::open(dir, name)?;
+    let head: msg::PagemapHead = f
+        .next_msg()?
+        .ok_or_else(|| bad(&f.path, 0, "no pagemap head"))?;
+    let file = dir.join(format!("pages-{}.img", head.pages_id));
+    let size = std::fs::metadata(&file)
+        .map_err(|e| RestoreError::Io {
+            step: "stat pages image",
+            path: file.clone(),
+            source: e,
+        })?
+        .len();
+    let mut runs = Vec::new();
+    let mut offset = 0u64;
+    let mut index = 1;
+    while let Some(e) = f.next_msg::<msg::PagemapEntry>()? {
+        let nr = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
+        let flags = e.flags.unwrap_or(if e.in_parent == Some(true) {
+            pe::PARENT
+        } else {
+            pe::PRESENT
+        });
+        if e.vaddr % 4096 != 0 || nr > (1 << 36) {
+            return Err(bad(
+                &f.path,
+                index,
+                format!("bad entry vaddr {:#x} nr_pages {nr}", e.vaddr),
+            ));
+        }
+        if flags & pe::PARENT != 0 {
+            return Err(RestoreError::Unsupported(format!(
+                "{}: entry {index}: pages in a parent image (incremental dumps)",
+                f.path.display()
+            )));
+        }
+        if flags & pe::PRESENT != 0 {
+            runs.push(PageRun {
+                vaddr: e.vaddr,
+                nr,
+                offset,
+            });
+            offset += nr * 4096;
+        }
+        index += 1;
+    }
+    if offset > size {
+        return Err(bad(
+            &file,
+            0,
+            format!("truncated: pagemap {name} needs {offset} bytes, file has {size}"),
+        ));
+    }
+    Ok(Pages { file, runs })
+}
+
+/// Reads and checks the whole image directory.
+pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
+    let inv = dir.join("inventory.img");
+    if !inv.exists() {
+        return Err(RestoreError::Io {
+            step: "open inventory",
+            path: inv,
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        });
+    }
+    let mut pst = ImageFile::open(dir, "pstree.img")?;
+    let entries: Vec<msg::PstreeEntry> = pst.all()?;
+    if entries.is_empty() {
+        return Err(bad(&pst.path, 0, "no tasks"));
+    }
+    let mut tasks = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let pid = i32::try_from(e.pid).map_err(|_| bad(&pst.path, i, "pid out of range"))?;
+        if pid <= 0 {
+            return Err(bad(&pst.path, i, "pid 0"));
+        }
+        if i == 0 && e.ppid != 0 {
+            return Err(bad(&pst.path, i, "root has a parent"));
+        }
+        let core_name = format!("core-{pid}.img");
+        let core: msg::CoreEntry = img::one(dir, &core_name)?;
+        let tc = core
+            .tc
+            .clone()
+            .ok_or_else(|| bad(&dir.join(&core_name), 0, "no task core (tc)"))?;
+        if core.mtype != 1 {
+            return Err(RestoreError::Unsupported(format!(
+                "{core_name}: architecture {}",
+                core.mtype
+            )));
+        }
+        let mut t = TaskPlan {
+            pid,
+            ppid: e.ppid as i32,
+            pgid: e.pgid as i32,
+            sid: e.sid as i32,
+            state: tc.task_state,
+            exit_code: tc.exit_code,
+            threads: Vec::new(),
+            mm: None,
+            pages: Pages::default(),
+            fds: Vec::new(),
+            fs: None,
+            children: Vec::new(),
+        };
+        match tc.task_state {
+            TASK_DEAD => {}
+            TASK_ALIVE | TASK_STOPPED => {
+                if e.threads.first().copied() != Some(e.pid) {
+                    return Err(bad(&pst.path, i, "main thread is not the first thread"));
+                }
+                for (k, &tid) in e.threads.iter().enumerate() {
+                    let tid = i32::try_from(tid)
+                        .ok()
+                        .filter(|&t| t > 0)
+                        .ok_or_else(|| bad(&pst.path, i, format!("thread {k}: bad tid")))?;
+                    let core = if k == 0 {
+                        core.clone()
+                    } else {
+                        img::one(dir, &format!("core-{tid}.img"))?
+                    };
+                    if core.thread_info.is_none() {
+                        return Err(bad(&dir.join(format!("core-{tid}.img")), 0, "no registers"));
+                    }
+                    t.threads.push(ThreadPlan { tid, core });
+                }
+                let ids = match ImageFile::open_opt(dir, &format!("ids-{pid}.img"))? {
+                    Some(mut f) => f.next_msg::<msg::TaskKobjIds>()?,
+                    None => None,
+                };
+                let ids = ids.or(core.ids).ok_or_else(|| {
+                    bad(
+                        &dir.join(format!("ids-{pid}.img")),
+                        0,
+                        "no ids (neither ids image nor core.ids)",
+                    )
+                })?;
+                t.mm = Some(img::one(dir, &format!("mm-{pid}.img"))?);
+                t.pages = read_pages(dir, &format!("pagemap-{pid}.img"))?;
+                t.fs = Some(img::one(dir, &format!("fs-{pid}.img"))?);
+                t.fds = ImageFile::open(dir, &format!("fdinfo-{}.img", ids.files_id))?.all()?;
+            }
+            s => {
+                return Err(RestoreError::Unsupported(format!(
+                    "{core_name}: task state {s}"
+                )));
+            }
+        }
+        tasks.push(t);
+    }
+    // Parent links.
+    let pids: Vec<i32> = tasks.iter().map(|t| t.pid).collect();
+    for i in 1..tasks.len() {
+        let ppid = tasks[i].ppid;
+        let pi = pids
+            .iter()
+            .position(|&p| p == ppid)
+            .ok_or_else(|| bad(&pst.path, i, format!("parent {ppid} is not in the tree")))?;
+        if pi >= i {
+            return Err(bad(&pst.path, i, "parent listed after child"));
+        }
+        let pid = tasks[i].pid;
+        tasks[pi].children.push(pid);
+    }
+    let mut files = BTreeMap::new();
+    if let Some(mut f) = ImageFile::open_opt(dir, "files.img")? {
+        for e in f.all::<msg::FileEntry>()? {
+            files.insert(e.id, e);
+        }
+    }
+    let mut memfd_inodes = BTreeMap::new();
+    if let Some(mut f) = ImageFile::open_opt(dir, "memfd.img")? {
+        for e in f.all::<msg::MemfdInodeEntry>()? {
+            let name = format!("pagemap-shmem-{}.img", e.shmid);
+            let pages = if dir.join(&name).exists() {
+                read_pages(dir, &name)?
+            } else {
+                Pages::default()
+            };
+            memfd_inodes.insert(e.inode_id, (e, pages));
+        }
+    }
+    let mut pipe_data = HashMap::new();
+    if let Some(mut f) = ImageFile::open_opt(dir, "pipes-data.img")? {
+        while let Some(e) = f.next_msg::<msg::PipeDataEntry>()? {
+            let data = f.payload(u64::from(e.bytes))?.to_vec();
+            pipe_data.insert(e.pipe_id, (e.size.unwrap_or(0), data));
+        }
+    }
+    let mut ghosts = HashMap::new();
+    if let Some(mut f) = ImageFile::open_opt(dir, "remap-fpath.img")? {
+        for (i, e) in f.all::<msg::RemapFilePathEntry>()?.into_iter().enumerate() {
+            if e.remap_type.unwrap_or(0) != 1 {
+                return Err(RestoreError::Unsupported(format!(
+                    "remap-fpath.img: entry {i}: remap type {} (only ghost files)",
+                    e.remap_type.unwrap_or(0)
+                )));
+            }
+            let mut g = ImageFile::open(dir, &format!("ghost-file-{}.img", e.remap_id))?;
+            let head: msg::GhostFileEntry = g
+                .next_msg()?
+                .ok_or_else(|| bad(&g.path, 0, "no ghost file entry"))?;
+            let mut chunks = Vec::new();
+            if head.chunks == Some(true) {
+                while let Some(c) = g.next_msg::<msg::GhostChunkEntry>()? {
+                    chunks.push((c.off, g.payload(c.len)?.to_vec()));
+                }
+            } else {
+                let size = head.size.unwrap_or(0);
+                chunks.push((0, g.payload(size)?.to_vec()));
+            }
+            ghosts.insert(e.orig_id, (head, chunks));
+        }
+    }
+    let plan = Plan {
+        dir: dir.to_path_buf(),
+        tasks,
+        files,
+        memfd_inodes,
+        pipe_data,
+        ghosts,
+    };
+    check_references(&plan)?;
+    Ok(plan)
+}
+
+/// Every id an image refers to must exist.
+fn check_references(plan: &Plan) -> Result<(), RestoreError> {
+    for t in &plan.tasks {
+        for (i, fd) in t.fds.iter().enumerate() {
+            if !plan.files.contains_key(&fd.id) {
+                return Err(bad(
+                    &plan.dir.join("files.img"),
+                    i,
+                    format!(
+                        "task {}: fd {} refers to missing file id {}",
+                        t.pid, fd.fd, fd.id
+                    ),
+                ));
+            }
+        }
+        if let Some(fs) = &t.fs {
+            for id in [fs.cwd_id, fs.root_id] {
+                if plan.files.get(&id).is_none_or(|f| f.reg.is_none()) {
+                    return Err(bad(
+                        &plan.dir.join(format!("fs-{}.img", t.pid)),
+                        0,
+                        format!("cwd/root refers to missing file id {id}"),
+                    ));
+                }
+            }
+        }
+        if let Some(mm) = &t.mm {
+            for (i, v) in mm.vmas.iter().enumerate() {
+                let mmpath = plan.dir.join(format!("mm-{}.img", t.pid));
+                if v.end <= v.start || v.start % 4096 != 0 || v.end % 4096 != 0 {
+                    return Err(bad(&mmpath, 0, format!("vma {i}: bad range")));
+                }
+                let st = v.status;
+                if st & (vma_status::FILE_PRIVATE | vma_status::FILE_SHARED) != 0
+                    && !plan.files.contains_key(&(v.shmid as u32))
+                {
+                    return Err(bad(
+                        &mmpath,
+                        0,
+                        format!("vma {i}: missing file id {}", v.shmid),
+                    ));
+                }
+                if st
+                    & (vma_status::SYSVIPC
+                        | vma_status::SOCKET
+                        | vma_status::AIORING
+                        | vma_status::UNSUPP)
+                    != 0
+                {
+                    return Err(RestoreError::Unsupported(format!(
+                        "mm-{}.img: vma {i} at {:#x}: status {st:#x}",
+                        t.pid, v.start
+                    )));
+                }
+                if st & vma_status::ANON_SHARED != 0 {
+                    return Err(RestoreError::Unsupported(format!(
+                        "mm-{}.img: vma {i} at {:#x}: shared anonymous memory without memfd",
+                        t.pid, v.start
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}

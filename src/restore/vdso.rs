@@ -1,0 +1,374 @@
+//! vdso and vvar: keep the image's addresses working on the running kernel.
+//!
+//! ```text
+//! running kernel (this process)        image                      plan
+//! [vvar][vvar_vclock][vdso]            [vvar][vdso] (or no vvar)
+//!   same vdso size, same vvar size and offset, same symbol offsets → Move: each running
+//!     piece is mremapped so that the vdso lands on the image's vdso (SpecialRemap list,
+//!     ordered so that no move clobbers a piece still to move)
+//!   otherwise → Proxy: the running pieces move as a block to `proxy_at`; the image's vdso
+//!     is restored from its dumped pages like any private VMA (the engine's job; its [vvar]
+//!     may be left out or mapped anonymous read-only) and each of its function symbols gets
+//!     a 12-byte jump to the same symbol of the running vdso (VdsoPatch list)
+//! ```
+
+use super::blob_args::abi::{SpecialRemap, VdsoPatch};
+use std::os::unix::fs::FileExt;
+
+/// Errors of the vdso planning.
+#[derive(Debug, thiserror::Error)]
+pub enum VdsoError {
+    #[error("read {path}: {source}")]
+    Io {
+        path: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the running process has no [vdso] mapping")]
+    NoRuntimeVdso,
+    #[error("vdso ELF: {0}")]
+    BadElf(&'static str),
+    #[error("vdso layouts differ and the image has no vdso pages to proxy")]
+    NoImageBytes,
+}
+
+/// A half-open address range.
+pub type Range = (u64, u64);
+
+/// The vdso and vvar pieces of the running kernel, in address order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeVdso {
+    pub vdso: Range,
+    /// `[vvar]`, `[vvar_vclock]` (whatever the kernel shows), sorted.
+    pub vvars: Vec<Range>,
+}
+
+/// The image's vdso, its `[vvar]` (if the image has one) and the dumped vdso pages.
+#[derive(Debug, Clone, Default)]
+pub struct ImageVdso {
+    pub vdso: Range,
+    pub vvar: Option<Range>,
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// What the restorer must do (fill `TaskSpec::special` / `vdso_patches` with it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VdsoPlan {
+    Move {
+        special: Vec<SpecialRemap>,
+    },
+    Proxy {
+        special: Vec<SpecialRemap>,
+        patches: Vec<VdsoPatch>,
+    },
+}
+
+impl RuntimeVdso {
+    /// Reads the pieces from `/proc/self/maps`.
+    pub fn current() -> Result<Self, VdsoError> {
+        let maps = std::fs::read_to_string("/proc/self/maps").map_err(|source| VdsoError::Io {
+            path: "/proc/self/maps",
+            source,
+        })?;
+        Self::parse(&maps)
+    }
+
+    /// Parses the pieces out of a maps text.
+    pub fn parse(maps: &str) -> Result<Self, VdsoError> {
+        let mut vdso = None;
+        let mut vvars = Vec::new();
+        for l in maps.lines() {
+            let name = l.split_whitespace().nth(5).unwrap_or("");
+            let Some((s, e)) = l.split_whitespace().next().and_then(|r| r.split_once('-')) else {
+                continue;
+            };
+            let (Ok(s), Ok(e)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else {
+                continue;
+            };
+            match name {
+                "[vdso]" => vdso = Some((s, e)),
+                n if n.starts_with("[vvar") => vvars.push((s, e)),
+                _ => {}
+            }
+        }
+        vvars.sort_unstable();
+        Ok(RuntimeVdso {
+            vdso: vdso.ok_or(VdsoError::NoRuntimeVdso)?,
+            vvars,
+        })
+    }
+
+    /// The running vdso's bytes (through /proc/self/mem).
+    pub fn read_bytes(&self) -> Result<Vec<u8>, VdsoError> {
+        let io = |source| VdsoError::Io {
+            path: "/proc/self/mem",
+            source,
+        };
+        let f = std::fs::File::open("/proc/self/mem").map_err(io)?;
+        let mut b = vec![0u8; (self.vdso.1 - self.vdso.0) as usize];
+        f.read_exact_at(&mut b, self.vdso.0).map_err(io)?;
+        Ok(b)
+    }
+
+    fn pieces(&self) -> Vec<Range> {
+        let mut v = self.vvars.clone();
+        v.push(self.vdso);
+        v.sort_unstable();
+        v
+    }
+}
+
+fn rd<const N: usize>(b: &[u8], off: u64) -> Result<[u8; N], VdsoError> {
+    let off = usize::try_from(off).map_err(|_| VdsoError::BadElf("offset out of range"))?;
+    b.get(
+        off..off
+            .checked_add(N)
+            .ok_or(VdsoError::BadElf("offset overflow"))?,
+    )
+    .and_then(|s| s.try_into().ok())
+    .ok_or(VdsoError::BadElf("truncated"))
+}
+fn u16_at(b: &[u8], o: u64) -> Result<u64, VdsoError> {
+    Ok(u64::from(u16::from_le_bytes(rd(b, o)?)))
+}
+fn u32_at(b: &[u8], o: u64) -> Result<u64, VdsoError> {
+    Ok(u64::from(u32::from_le_bytes(rd(b, o)?)))
+}
+fn u64_at(b: &[u8], o: u64) -> Result<u64, VdsoError> {
+    Ok(u64::from_le_bytes(rd(b, o)?))
+}
+
+/// Defined function symbols of a vdso ELF image as `(name, offset from the vdso start)`,
+/// sorted by name.
+pub fn vdso_symbols(elf: &[u8]) -> Result<Vec<(String, u64)>, VdsoError> {
+    if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) {
+        return Err(VdsoError::BadElf("not an ELF64 image"));
+    }
+    let (phoff, phentsize, phnum) = (u64_at(elf, 0x20)?, u16_at(elf, 0x36)?, u16_at(elf, 0x38)?);
+    let mut load_base = None;
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32_at(elf, ph)? == 1 {
+            load_base = Some(u64_at(elf, ph + 16)?);
+            break;
+        }
+    }
+    let load_base = load_base.ok_or(VdsoError::BadElf("no PT_LOAD"))?;
+    let (shoff, shentsize, shnum) = (u64_at(elf, 0x28)?, u16_at(elf, 0x3a)?, u16_at(elf, 0x3c)?);
+    let mut out = Vec::new();
+    for i in 0..shnum {
+        let sh = shoff + i * shentsize;
+        if u32_at(elf, sh + 4)? != 11 {
+            continue; // SHT_DYNSYM only
+        }
+        let (off, size, link) = (
+            u64_at(elf, sh + 24)?,
+            u64_at(elf, sh + 32)?,
+            u32_at(elf, sh + 40)?,
+        );
+        if link >= shnum {
+            return Err(VdsoError::BadElf("dynsym link out of range"));
+        }
+        let str_off = u64_at(elf, shoff + link * shentsize + 24)?;
+        for k in 0..(size / 24).min(4096) {
+            let sym = off + k * 24;
+            let info = rd::<1>(elf, sym + 4)?[0];
+            let (shndx, value) = (u16_at(elf, sym + 6)?, u64_at(elf, sym + 8)?);
+            if info & 0xf != 2 || shndx == 0 {
+                continue; // functions defined in the vdso only
+            }
+            let name_at = usize::try_from(str_off + u32_at(elf, sym)?)
+                .map_err(|_| VdsoError::BadElf("name"))?;
+            let tail = elf
+                .get(name_at..)
+                .ok_or(VdsoError::BadElf("symbol name out of range"))?;
+            let end = tail
+                .iter()
+                .take(256)
+                .position(|&c| c == 0)
+                .ok_or(VdsoError::BadElf("unterminated name"))?;
+            let name = String::from_utf8_lossy(&tail[..end]).into_owned();
+            out.push((name, value.wrapping_sub(load_base)));
+        }
+    }
+    if out.is_empty() {
+        return Err(VdsoError::BadElf("no function symbols"));
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Moves of all running pieces by the same delta, ordered so none overwrites a piece still
+/// to move (ascending when moving down, descending when moving up).
+fn shifted(pieces: &[Range], from_start: u64, to_start: u64) -> Vec<SpecialRemap> {
+    let mut v: Vec<SpecialRemap> = pieces
+        .iter()
+        .map(|&(s, e)| SpecialRemap {
+            from: s,
+            to: to_start.wrapping_add(s - from_start),
+            len: e - s,
+        })
+        .collect();
+    if to_start > from_start {
+        v.reverse();
+    }
+    v
+}
+
+/// Chooses between moving the running vdso to the image's place and proxying it.
+/// `vvar_free(start, end)` tells whether a range is free in the target layout (used when the
+/// image has no [vvar] of its own); `proxy_at` is a free, page-aligned address outside the
+/// target layout with room for all running pieces (used for a proxy).
+pub fn plan(
+    image: &ImageVdso,
+    rt: &RuntimeVdso,
+    rt_bytes: &[u8],
+    vvar_free: impl Fn(u64, u64) -> bool,
+    proxy_at: u64,
+) -> Result<VdsoPlan, VdsoError> {
+    let pieces = rt.pieces();
+    let first = pieces[0].0;
+    let rt_vvar_len: u64 = rt.vvars.iter().map(|r| r.1 - r.0).sum();
+    let same_size = image.vdso.1 - image.vdso.0 == rt.vdso.1 - rt.vdso.0;
+    let lead = rt.vdso.0 - first; // bytes of vvar before the vdso
+    let new_first = image.vdso.0.wrapping_sub(lead);
+    let vvar_ok = match image.vvar {
+        Some((s, e)) => e - s == rt_vvar_len && s == new_first,
+        None => lead == 0 || vvar_free(new_first, image.vdso.0),
+    };
+    let rt_syms = vdso_symbols(rt_bytes)?;
+    let symbols_ok = match &image.bytes {
+        Some(b) if b.as_slice() == rt_bytes => true,
+        Some(b) => vdso_symbols(b)?.iter().all(|s| rt_syms.contains(s)),
+        None => true,
+    };
+    if same_size && vvar_ok && symbols_ok {
+        return Ok(VdsoPlan::Move {
+            special: shifted(&pieces, first, new_first),
+        });
+    }
+    let old = image.bytes.as_ref().ok_or(VdsoError::NoImageBytes)?;
+    let new_vdso = proxy_at + lead;
+    let mut patches: Vec<VdsoPatch> = Vec::new();
+    for (name, off) in vdso_symbols(old)? {
+        if let Some((_, new_off)) = rt_syms.iter().find(|(n, _)| *n == name) {
+            let at = image.vdso.0 + off;
+            if !patches.iter().any(|p| p.at == at) {
+                patches.push(VdsoPatch {
+                    at,
+                    target: new_vdso + new_off,
+                });
+            }
+        }
+    }
+    Ok(VdsoPlan::Proxy {
+        special: shifted(&pieces, first, proxy_at),
+        patches,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_and_running_vdso_symbols() {
+        let rt = RuntimeVdso::current().unwrap();
+        assert!(rt.vdso.1 > rt.vdso.0);
+        let syms = vdso_symbols(&rt.read_bytes().unwrap()).unwrap();
+        assert!(
+            syms.iter().any(|(n, _)| n == "__vdso_clock_gettime"),
+            "{syms:?}"
+        );
+        assert!(syms.iter().all(|(_, off)| *off < rt.vdso.1 - rt.vdso.0));
+    }
+
+    #[test]
+    fn same_vdso_moves_every_piece_by_the_same_delta() {
+        let rt = RuntimeVdso::parse(
+            "7f0000000000-7f0000004000 r--p 0 00:00 0 [vvar]\n\
+             7f0000004000-7f0000006000 r--p 0 00:00 0 [vvar_vclock]\n\
+             7f0000006000-7f0000008000 r-xp 0 00:00 0 [vdso]\n",
+        )
+        .unwrap();
+        let bytes = RuntimeVdso::current().unwrap().read_bytes().unwrap();
+        let image = ImageVdso {
+            vdso: (0x7e00_0000_6000, 0x7e00_0000_8000),
+            vvar: Some((0x7e00_0000_0000, 0x7e00_0000_6000)),
+            bytes: Some(bytes.clone()),
+        };
+        let plan = plan(&image, &rt, &bytes, |_, _| false, 0).unwrap();
+        let VdsoPlan::Move { special } = plan else {
+            panic!("expected a move: {plan:?}")
+        };
+        assert_eq!(special.len(), 3);
+        assert_eq!(
+            special[0],
+            SpecialRemap {
+                from: 0x7f00_0000_0000,
+                to: 0x7e00_0000_0000,
+                len: 0x4000
+            }
+        );
+        assert_eq!(
+            special[2],
+            SpecialRemap {
+                from: 0x7f00_0000_6000,
+                to: 0x7e00_0000_6000,
+                len: 0x2000
+            }
+        );
+    }
+
+    #[test]
+    fn different_layout_proxies_with_jumps() {
+        let rt = RuntimeVdso::parse("7f0000006000-7f0000008000 r-xp 0 00:00 0 [vdso]\n").unwrap();
+        let bytes = RuntimeVdso::current().unwrap().read_bytes().unwrap();
+        // A one-page-larger image vdso: sizes differ, so proxy.
+        let image = ImageVdso {
+            vdso: (0x5000_0000, 0x5000_3000),
+            vvar: None,
+            bytes: Some(bytes.clone()),
+        };
+        let plan = plan(&image, &rt, &bytes, |_, _| true, 0x6000_0000).unwrap();
+        let VdsoPlan::Proxy { special, patches } = plan else {
+            panic!("expected a proxy: {plan:?}")
+        };
+        assert_eq!(
+            special,
+            vec![SpecialRemap {
+                from: 0x7f00_0000_6000,
+                to: 0x6000_0000,
+                len: 0x2000
+            }]
+        );
+        let syms = vdso_symbols(&bytes).unwrap();
+        let (_, off) = syms
+            .iter()
+            .find(|(n, _)| n == "__vdso_clock_gettime")
+            .unwrap();
+        assert!(patches.contains(&VdsoPatch {
+            at: 0x5000_0000 + off,
+            target: 0x6000_0000 + off
+        }));
+        let image = ImageVdso {
+            bytes: None,
+            ..image
+        };
+        assert!(matches!(
+            super::plan(&image, &rt, &bytes, |_, _| true, 0x6000_0000),
+            Err(VdsoError::NoImageBytes)
+        ));
+    }
+
+    #[test]
+    fn rejects_garbage_elf() {
+        assert!(vdso_symbols(b"nope").is_err());
+        let mut b = vec![0u8; 64];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2;
+        b[0x20] = 0xff; // phoff far out
+        b[0x38] = 1;
+        assert!(vdso_symbols(&b).is_err());
+    }
+}

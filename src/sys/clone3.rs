@@ -1,0 +1,68 @@
+//! `clone3(2)` with `set_tid`: create a task with a chosen PID (restore's process tree).
+//!
+//! Wraps `syscall(SYS_clone3, &struct clone_args, sizeof)`; see clone(2). Only the fork-like
+//! form (no `CLONE_VM`) is offered: the child continues in a copy of the caller, so the caller
+//! must be single-threaded (the restorer is).
+
+use nix::errno::Errno;
+
+/// `struct clone_args` of `<linux/sched.h>` (size 88, version 2 with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Where a fork-like clone returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// In the parent, with the child's PID.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// `clone3({flags, exit_signal, set_tid = [pid]})` without `CLONE_VM`: a new process whose PID
+/// in the caller's PID namespace is `pid` (needs `CAP_SYS_ADMIN`/`CAP_CHECKPOINT_RESTORE`).
+/// `flags` must not contain `CLONE_VM`, `CLONE_THREAD`, `CLONE_SIGHAND` or `CLONE_VFORK`.
+pub fn fork_with_pid(pid: i32, flags: u64, exit_signal: u64) -> Result<Forked, Errno> {
+    let forbidden =
+        (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND | libc::CLONE_VFORK) as u64;
+    if flags & forbidden != 0 || pid <= 0 {
+        return Err(Errno::EINVAL);
+    }
+    let tid = [pid];
+    let args = CloneArgs {
+        flags,
+        exit_signal,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: `args` and `tid` live across the call and have the kernel's layout; without
+    // CLONE_VM the child gets a copy-on-write copy of this address space and continues here
+    // with its own stack copy, like fork(2). No Rust invariant is broken because the restorer
+    // is single-threaded (documented precondition), so no lock is held by another thread.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match ret {
+        r if r < 0 => Err(Errno::last()),
+        0 => Ok(Forked::Child),
+        r => Ok(Forked::Parent(r as i32)),
+    }
+}

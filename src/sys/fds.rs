@@ -1,0 +1,61 @@
+//! Raw descriptor operations the restorer's forked tasks need on plain numbers (descriptors
+//! inherited across a fork have no Rust owner in the child).
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+
+/// Takes ownership of `fd`, which the caller just received from the kernel (e.g. `F_DUPFD`)
+/// and which nothing else owns.
+pub fn own(fd: RawFd) -> OwnedFd {
+    assert!(fd >= 0, "own() of a negative descriptor");
+    // SAFETY: the caller passes a descriptor freshly returned by the kernel that no other
+    // object owns, so the OwnedFd is its only owner and closes it exactly once.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// `close(fd)` of a descriptor that has no Rust owner in this task (inherited by fork).
+pub fn close_raw(fd: RawFd) {
+    // SAFETY: closing a number only affects the descriptor table; callers use it for
+    // descriptors no Rust object in this (forked, single-threaded) task owns.
+    unsafe {
+        libc::close(fd);
+    }
+}
+
+/// `dup2(old, new)` then set or clear `FD_CLOEXEC` on `new`.
+pub fn dup2_raw(old: RawFd, new: RawFd, cloexec: bool) -> Result<(), Errno> {
+    // SAFETY: dup2 only changes the descriptor table; `new` is an image descriptor number
+    // that no Rust object of this forked task owns.
+    let r = unsafe { libc::dup2(old, new) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    let flag = if cloexec { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: plain fcntl on a descriptor we just created.
+    let r = unsafe { libc::fcntl(new, libc::F_SETFD, flag) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// `read(fd, buf)` on a raw descriptor.
+pub fn read_raw(fd: RawFd, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: buf is valid for buf.len() bytes for the duration of the call.
+    let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(r as usize)
+}
+
+/// `write(fd, buf)` on a raw descriptor.
+pub fn write_raw(fd: RawFd, buf: &[u8]) -> Result<usize, Errno> {
+    // SAFETY: buf is valid for buf.len() bytes for the duration of the call.
+    let r = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(r as usize)
+}

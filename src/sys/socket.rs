@@ -1,0 +1,221 @@
+//! Raw socket calls for dumping and restoring sockets: options as raw bytes or ints,
+//! addresses as raw `sockaddr` bytes, peeking queues without consuming them, and the
+//! `SIOCINQ`/`SIOCOUTQ` queue sizes. `TCP_REPAIR` and its companions are plain options here.
+//!
+//! Addresses travel as the raw `struct sockaddr_*` bytes the kernel gave (`getsockname`
+//! length included), so unix names keep their exact length (abstract names, unnamed).
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+
+/// `SIOCOUTQNSD`: bytes in the send queue not yet sent.
+pub const SIOCOUTQNSD: libc::c_ulong = 0x894B;
+
+fn check(r: libc::c_long) -> Result<libc::c_long, Errno> {
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r)
+    }
+}
+
+fn new_fd(r: libc::c_int) -> Result<OwnedFd, Errno> {
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: `r` is a descriptor the kernel just returned to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+fn raw(fd: &impl AsFd) -> libc::c_int {
+    fd.as_fd().as_raw_fd()
+}
+
+/// `socket(domain, type, protocol)`.
+pub fn socket(domain: i32, ty: i32, proto: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: socket takes no pointers.
+    new_fd(unsafe { libc::socket(domain, ty, proto) })
+}
+
+/// `socketpair(AF_UNIX, type, 0)`.
+pub fn socketpair(ty: i32) -> Result<(OwnedFd, OwnedFd), Errno> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors the kernel writes.
+    let r = unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) };
+    check(r.into())?;
+    Ok((new_fd(fds[0])?, new_fd(fds[1])?))
+}
+
+/// `getsockopt(fd, level, name)` into a buffer of `cap` bytes; returns the bytes written.
+pub fn getsockopt_bytes(
+    fd: impl AsFd,
+    level: i32,
+    name: i32,
+    cap: usize,
+) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; cap.min(1 << 16)];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `buf` is writable for `len` bytes and `len` is writable.
+    let r = unsafe { libc::getsockopt(raw(&fd), level, name, buf.as_mut_ptr().cast(), &mut len) };
+    check(r.into())?;
+    buf.truncate((len as usize).min(buf.len()));
+    Ok(buf)
+}
+
+/// `setsockopt(fd, level, name, bytes)`.
+pub fn setsockopt_bytes(fd: impl AsFd, level: i32, name: i32, val: &[u8]) -> Result<(), Errno> {
+    // SAFETY: `val` is readable for its length for the call.
+    let r = unsafe {
+        libc::setsockopt(
+            raw(&fd),
+            level,
+            name,
+            val.as_ptr().cast(),
+            val.len() as libc::socklen_t,
+        )
+    };
+    check(r.into()).map(drop)
+}
+
+/// An int-valued socket option.
+pub fn getsockopt_int(fd: impl AsFd, level: i32, name: i32) -> Result<i32, Errno> {
+    let b = getsockopt_bytes(fd, level, name, 4)?;
+    let mut v = [0u8; 4];
+    v[..b.len().min(4)].copy_from_slice(&b[..b.len().min(4)]);
+    Ok(i32::from_ne_bytes(v))
+}
+
+/// Sets an int-valued socket option.
+pub fn setsockopt_int(fd: impl AsFd, level: i32, name: i32, v: i32) -> Result<(), Errno> {
+    setsockopt_bytes(fd, level, name, &v.to_ne_bytes())
+}
+
+fn addr_call(
+    fd: &impl AsFd,
+    f: unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int,
+) -> Result<Vec<u8>, Errno> {
+    // SAFETY: sockaddr_storage is plain bytes; all-zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let cap = std::mem::size_of::<libc::sockaddr_storage>();
+    let mut len = cap as libc::socklen_t;
+    // SAFETY: `ss` is writable for `len` bytes; `f` is getsockname or getpeername.
+    let r = unsafe {
+        f(
+            raw(fd),
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    check(r.into())?;
+    // SAFETY: `ss` is `cap` initialized bytes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts((&ss as *const libc::sockaddr_storage).cast::<u8>(), cap)
+    };
+    Ok(bytes[..(len as usize).min(cap)].to_vec())
+}
+
+/// `getsockname(fd)` as raw sockaddr bytes.
+pub fn getsockname(fd: impl AsFd) -> Result<Vec<u8>, Errno> {
+    addr_call(&fd, libc::getsockname)
+}
+
+/// `getpeername(fd)` as raw sockaddr bytes.
+pub fn getpeername(fd: impl AsFd) -> Result<Vec<u8>, Errno> {
+    addr_call(&fd, libc::getpeername)
+}
+
+/// `bind(fd, addr)` with raw sockaddr bytes.
+pub fn bind(fd: impl AsFd, addr: &[u8]) -> Result<(), Errno> {
+    // SAFETY: `addr` is readable for its length; the kernel validates the contents.
+    let r = unsafe {
+        libc::bind(
+            raw(&fd),
+            addr.as_ptr().cast(),
+            addr.len() as libc::socklen_t,
+        )
+    };
+    check(r.into()).map(drop)
+}
+
+/// `connect(fd, addr)` with raw sockaddr bytes.
+pub fn connect(fd: impl AsFd, addr: &[u8]) -> Result<(), Errno> {
+    // SAFETY: `addr` is readable for its length; the kernel validates the contents.
+    let r = unsafe {
+        libc::connect(
+            raw(&fd),
+            addr.as_ptr().cast(),
+            addr.len() as libc::socklen_t,
+        )
+    };
+    check(r.into()).map(drop)
+}
+
+/// `listen(fd, backlog)`.
+pub fn listen(fd: impl AsFd, backlog: i32) -> Result<(), Errno> {
+    // SAFETY: plain integers.
+    let r = unsafe { libc::listen(raw(&fd), backlog) };
+    check(r.into()).map(drop)
+}
+
+/// `accept4(fd, NULL, NULL, flags)`.
+pub fn accept(fd: impl AsFd, flags: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: no address is requested (null pointers are allowed).
+    new_fd(unsafe { libc::accept4(raw(&fd), std::ptr::null_mut(), std::ptr::null_mut(), flags) })
+}
+
+/// `shutdown(fd, how)`.
+pub fn shutdown(fd: impl AsFd, how: i32) -> Result<(), Errno> {
+    // SAFETY: plain integers.
+    let r = unsafe { libc::shutdown(raw(&fd), how) };
+    check(r.into()).map(drop)
+}
+
+/// `recv(fd, buf, flags)`: returns the bytes received (with `MSG_TRUNC`, the real length).
+pub fn recv(fd: impl AsFd, buf: &mut [u8], flags: i32) -> Result<usize, Errno> {
+    // SAFETY: `buf` is writable for its length.
+    let r = unsafe { libc::recv(raw(&fd), buf.as_mut_ptr().cast(), buf.len(), flags) };
+    Ok(check(r as libc::c_long)? as usize)
+}
+
+/// `send(fd, buf, flags)`.
+pub fn send(fd: impl AsFd, buf: &[u8], flags: i32) -> Result<usize, Errno> {
+    // SAFETY: `buf` is readable for its length.
+    let r = unsafe { libc::send(raw(&fd), buf.as_ptr().cast(), buf.len(), flags) };
+    Ok(check(r as libc::c_long)? as usize)
+}
+
+/// An int-returning ioctl (`SIOCINQ`, `SIOCOUTQ`, `SIOCOUTQNSD`).
+pub fn ioctl_int(fd: impl AsFd, req: libc::c_ulong) -> Result<i32, Errno> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: these requests write one int through the pointer, which is valid.
+    let r = unsafe { libc::ioctl(raw(&fd), req, &mut v as *mut libc::c_int) };
+    check(r.into())?;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_peek_and_names() {
+        let (a, b) = socketpair(libc::SOCK_STREAM | libc::SOCK_CLOEXEC).unwrap();
+        send(&a, b"abc", 0).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            recv(&b, &mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT).unwrap(),
+            3
+        );
+        assert_eq!(ioctl_int(&b, libc::FIONREAD).unwrap(), 3);
+        assert_eq!(
+            getsockname(&a).unwrap().len(),
+            2,
+            "unnamed unix socket: family only"
+        );
+        assert_eq!(
+            getsockopt_int(&a, libc::SOL_SOCKET, libc::SO_TYPE).unwrap(),
+            libc::SOCK_STREAM
+        );
+    }
+}

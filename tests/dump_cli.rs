@@ -1,0 +1,81 @@
+//! The `stasis dump` and `stasis check` command lines.
+
+mod dump_support;
+
+use std::process::Command;
+
+use dump_support::*;
+
+fn stasis() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stasis"))
+}
+
+#[test]
+fn check_reports_features() {
+    let out = stasis().arg("check").arg("--all").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Ok    (seize)"), "{text}");
+    assert!(text.contains("Warn  (soft_dirty)"), "{text}");
+    assert!(text.contains("Ok    (pagemap_scan)"), "{text}");
+    let one = stasis()
+        .args(["check", "--feature", "clone3_set_tid"])
+        .output()
+        .unwrap();
+    assert!(one.status.success());
+    let bad = stasis()
+        .args(["check", "--feature", "soft_dirty"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("soft_dirty is not supported"));
+}
+
+#[test]
+fn unknown_and_unsupported_options_are_refused_by_name() {
+    let out = stasis()
+        .args(["dump", "-t", "1", "-D", "/tmp", "--page-server"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--page-server"));
+    let out = stasis()
+        .args(["dump", "-t", "1", "-D", "/tmp", "--no-such-option"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-option"));
+}
+
+#[test]
+fn failed_cli_dump_names_step_task_errno_and_releases_the_tree() {
+    let base = 32240;
+    let cg = cgroup_path("fx-loop", base);
+    with_deadline(
+        60,
+        move || kill_cgroup(&cg),
+        move || {
+            let w = launch("fx-loop", base, &[]);
+            let dir = tempfile::tempdir().unwrap();
+            let out = stasis()
+                .args(["dump", "-t", &w.pid.to_string(), "-D"])
+                .arg(dir.path())
+                .arg("--freeze-cgroup")
+                .arg(&w.cgroup)
+                .args(["-o", "dump.log", "-v4"])
+                .env("STASIS_FAULT", "collect-tree")
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(&format!("collect-tree: task {}", w.pid)) && err.contains("errno 5"),
+                "{err}"
+            );
+            let log = std::fs::read_to_string(dir.path().join("dump.log")).unwrap();
+            assert!(log.contains("collect-tree"), "{log}");
+            assert!(all_running(&w));
+            assert_eq!(verify(&w), "PASS");
+        },
+    )
+}

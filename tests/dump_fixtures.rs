@@ -1,0 +1,206 @@
+//! Dumps of the fixture workloads compared with CRIU 4.2's images of the same programs: the
+//! same set of image files, the same fields present per entry, the same VMA classes; every
+//! image decodes with our crit codec and with Debian's crit.
+//!
+//! Registers and in-task state come from a probe double here (ptrace and the parasite are
+//! separate layers); everything /proc shows is real.
+
+mod dump_support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use dump_support::*;
+use stasis::dump::DumpOptions;
+
+/// Field paths only the ptrace/parasite layer fills (signal queues), absent with the double.
+const PROBE_ONLY: &[&str] = &[
+    "[].tc.signals_s.signals",
+    "[].tc.signals_s.signals[].siginfo",
+    "[].thread_core.signals_p.signals",
+    "[].thread_core.signals_p.signals[].siginfo",
+];
+
+fn dump_and_compare(name: &str, base: i32, args: &[&str]) {
+    let cg_name = cgroup_path(name, base);
+    let name2 = name.to_string();
+    let args2: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    with_deadline(
+        90,
+        move || kill_cgroup(Path::new(&cg_name)),
+        move || {
+            let a: Vec<&str> = args2.iter().map(|s| s.as_str()).collect();
+            let w = launch(&name2, base, &a);
+            let dir = tempfile::tempdir().unwrap();
+            let opts = DumpOptions {
+                pid: w.pid,
+                images_dir: dir.path().to_path_buf(),
+                leave_running: true,
+                ..Default::default()
+            };
+            let mut backend = TestBackend {
+                cgroup: w.cgroup.clone(),
+            };
+            let rep = stasis::dump::run(&opts, &mut backend)
+                .unwrap_or_else(|e| panic!("dump {name2}: {e}"));
+            assert!(rep.pids.contains(&w.pid));
+            // The tree still runs (leave-running) and is thawed.
+            let ev = std::fs::read_to_string(w.cgroup.join("cgroup.events")).unwrap();
+            assert!(ev.contains("frozen 0"), "{ev}");
+            compare(&name2, dir.path());
+            debian_crit_decodes_all(dir.path());
+        },
+    )
+}
+
+fn compare(name: &str, ours: &Path) {
+    let theirs = fixtures().join("criu-4.2").join(name);
+    let mut want = image_kinds(&theirs);
+    want.remove("dump.log");
+    let got = image_kinds(ours);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "image kinds of {name}"
+    );
+    assert_eq!(got, want, "image counts of {name}");
+    let pw = paths_by_kind(&theirs, true);
+    let pg = paths_by_kind(ours, false);
+    let probe_only: BTreeSet<String> = PROBE_ONLY.iter().map(|s| s.to_string()).collect();
+    for (kind, want_paths) in &pw {
+        let got_paths = pg.get(kind).cloned().unwrap_or_default();
+        let missing: Vec<_> = want_paths
+            .difference(&got_paths)
+            .filter(|p| !probe_only.contains(*p))
+            .collect();
+        let extra: Vec<_> = got_paths.difference(want_paths).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{name} {kind}: missing {missing:?}, extra {extra:?}"
+        );
+    }
+    // VMA classes (as a sorted multiset: mmap placement differs from run to run).
+    let classes = |dir: &Path, from_json: bool| -> Vec<String> {
+        let mm = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                let n = p.file_name().unwrap().to_string_lossy().into_owned();
+                n.starts_with("mm-") && n.ends_with(".img")
+            })
+            .unwrap();
+        let doc: serde_json::Value = if from_json {
+            serde_json::from_str(
+                &std::fs::read_to_string(format!("{}.json", mm.display())).unwrap(),
+            )
+            .unwrap()
+        } else {
+            decode(&mm)
+        };
+        doc["entries"][0]["vmas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| format!("{} {} {}", v["status"], v["flags"], v["prot"]))
+            .collect::<Vec<_>>()
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(classes(ours, false)),
+        sorted(classes(&theirs, true)),
+        "{name}: VMA classes"
+    );
+}
+
+#[test]
+fn dump_fx_loop() {
+    dump_and_compare("fx-loop", 31000, &[]);
+}
+
+#[test]
+fn dump_fx_mem() {
+    dump_and_compare("fx-mem", 31100, &[]);
+}
+
+#[test]
+fn dump_fx_threads() {
+    dump_and_compare("fx-threads", 31200, &["16"]);
+}
+
+#[test]
+fn dump_fx_signals() {
+    dump_and_compare("fx-signals", 31500, &[]);
+}
+
+#[test]
+fn dump_fx_tree() {
+    dump_and_compare("fx-tree", 31400, &[]);
+}
+
+#[test]
+fn dump_fx_files() {
+    let data = std::path::PathBuf::from(format!(
+        "/tmp/stasis-dump-tests/fx-files-data-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(data.parent().unwrap()).unwrap();
+    install_fixtures();
+    let st = std::process::Command::new("/tmp/criu-fixtures/bin/fx-files")
+        .arg("--setup")
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    dump_and_compare("fx-files", 31300, &[data.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn dump_kills_the_tree_unless_leave_running() {
+    let base = 32200;
+    let cg = cgroup_path("fx-tree", base);
+    with_deadline(
+        60,
+        move || kill_cgroup(&cg),
+        move || {
+            let w = launch("fx-tree", base, &[]);
+            let dir = tempfile::tempdir().unwrap();
+            let opts = DumpOptions {
+                pid: w.pid,
+                images_dir: dir.path().to_path_buf(),
+                ..Default::default()
+            };
+            let mut backend = TestBackend {
+                cgroup: w.cgroup.clone(),
+            };
+            let rep = stasis::dump::run(&opts, &mut backend).unwrap();
+            assert_eq!(rep.pids.len(), 6);
+            // Every task of the tree got SIGKILL: none is left running.
+            let t0 = std::time::Instant::now();
+            loop {
+                let alive: Vec<i32> = rep
+                    .pids
+                    .iter()
+                    .copied()
+                    .filter(|p| {
+                        std::fs::read_to_string(format!("/proc/{p}/stat"))
+                            .map(|s| !s.contains(") Z") && !s.contains(") X"))
+                            .unwrap_or(false)
+                    })
+                    .collect();
+                if alive.is_empty() {
+                    break;
+                }
+                assert!(
+                    t0.elapsed() < std::time::Duration::from_secs(5),
+                    "still alive: {alive:?}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        },
+    )
+}

@@ -1,0 +1,404 @@
+//! Shared helpers of the dump tests: launching fixture workloads in their own cgroup v2 (so
+//! they can be frozen, and killed as a group), a deadline for every test, a probe double for
+//! the ptrace/parasite part, and comparison of image structure with CRIU's fixtures.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use stasis::dump::error::Result as DResult;
+use stasis::dump::freeze::{CgroupFreeze, FrozenTree};
+use stasis::dump::probe::{ProcessProbe, TaskProbe, ThreadProbe, Xsave};
+
+pub fn fixtures() -> PathBuf {
+    stasis::dump::fixtures_dir()
+}
+
+/// Installs the fixture binaries at /tmp/criu-fixtures unless they are there already.
+pub fn install_fixtures() {
+    if Path::new("/tmp/criu-fixtures/bin/fx-launch").exists()
+        && Path::new("/tmp/criu-fixtures/bin/fx-tree").exists()
+    {
+        return;
+    }
+    let st = Command::new("bash")
+        .arg(fixtures().join("install.sh"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "install.sh failed");
+}
+
+/// Runs `f` with a deadline; on timeout `on_timeout` runs (kill the workload) and the test fails.
+pub fn with_deadline<T: Send + 'static>(
+    secs: u64,
+    on_timeout: impl FnOnce(),
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            on_timeout();
+            panic!("test body failed (see its panic above)");
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            on_timeout();
+            panic!("test timed out after {secs} s");
+        }
+    }
+}
+
+/// A workload running in its own cgroup; killed (cgroup.kill) and removed on drop.
+pub struct Workload {
+    pub name: String,
+    pub pid: i32,
+    pub cgroup: PathBuf,
+    pub result: PathBuf,
+    /// The launched child when it is ours to reap.
+    pub child: Option<std::process::Child>,
+}
+
+pub fn kill_cgroup(cg: &Path) {
+    let _ = std::fs::write(cg.join("cgroup.freeze"), "0");
+    let _ = std::fs::write(cg.join("cgroup.kill"), "1");
+    for _ in 0..500 {
+        let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+        if procs.trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_dir(cg);
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        kill_cgroup(&self.cgroup);
+        if let Some(c) = &mut self.child {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The cgroup of a test workload (unique per test process, workload and pid base).
+pub fn cgroup_path(name: &str, base: i32) -> PathBuf {
+    PathBuf::from(format!(
+        "/sys/fs/cgroup/unified/stasis-dump-test-{name}-{}-{base}",
+        std::process::id()
+    ))
+}
+
+/// Sends SIGUSR2 to the workload and waits (10 s at most) for its verdict file.
+pub fn verify(w: &Workload) -> String {
+    let _ = std::fs::remove_file(&w.result);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(w.pid),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&w.result) {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{} gave no verdict",
+            w.name
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether every task of the cgroup is alive and not stopped or traced.
+pub fn all_running(w: &Workload) -> bool {
+    let procs = std::fs::read_to_string(w.cgroup.join("cgroup.procs")).unwrap_or_default();
+    let ev = std::fs::read_to_string(w.cgroup.join("cgroup.events")).unwrap_or_default();
+    ev.contains("frozen 0")
+        && !procs.trim().is_empty()
+        && procs.lines().all(|p| {
+            let st =
+                std::fs::read_to_string(format!("/proc/{}/status", p.trim())).unwrap_or_default();
+            st.lines().any(|l| l.starts_with("TracerPid:\t0"))
+                && !st
+                    .lines()
+                    .any(|l| l.starts_with("State:\tT") || l.starts_with("State:\tt"))
+        })
+}
+
+/// Starts `sh -c CMD` inside a fresh cgroup and waits until `ready` exists.
+pub fn launch_cmd(name: &str, base: i32, cmd: &str, ready: &Path) -> Workload {
+    let cg = cgroup_path(name, base);
+    let _ = std::fs::create_dir(&cg);
+    let _ = std::fs::remove_file(ready);
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec {cmd}",
+            cg.display()
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let t0 = Instant::now();
+    while !ready.exists() {
+        if t0.elapsed() > Duration::from_secs(30) {
+            kill_cgroup(&cg);
+            let _ = child.wait();
+            panic!("{name} not ready");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    Workload {
+        name: name.into(),
+        pid,
+        cgroup: cg,
+        result: ready.to_path_buf(),
+        child: Some(child),
+    }
+}
+
+fn pid_free(pid: i32, span: i32) -> bool {
+    (pid..pid + span).all(|p| !Path::new(&format!("/proc/{p}")).exists())
+}
+
+/// Starts fixture workload `name` (a file in bin/) with `args` after its result path, at a
+/// free pid from `base`, inside a fresh cgroup; waits until it is ready.
+pub fn launch(name: &str, base: i32, args: &[&str]) -> Workload {
+    install_fixtures();
+    let cg = cgroup_path(name, base);
+    let _ = std::fs::create_dir(&cg);
+    assert!(
+        cg.join("cgroup.freeze").exists(),
+        "no cgroup v2 freezer at {}",
+        cg.display()
+    );
+    let results = PathBuf::from("/tmp/stasis-dump-tests");
+    std::fs::create_dir_all(&results).unwrap();
+    let result = results.join(format!("{name}-{}-{base}.result", std::process::id()));
+    let ready = PathBuf::from(format!("{}.ready", result.display()));
+    let _ = std::fs::remove_file(&ready);
+    // Another test (or anything else) may take a pid between the check and fx-launch: retry
+    // with the next range.
+    let mut pid = base;
+    let mut attempts = 0;
+    let w = loop {
+        while !pid_free(pid, 20) {
+            pid += 20;
+            assert!(pid < base + 2000, "no free pid range near {base}");
+        }
+        let mut cmd = format!(
+            "echo $$ > {}/cgroup.procs && exec /tmp/criu-fixtures/bin/fx-launch {pid} /tmp/criu-fixtures/bin/{name} {}",
+            cg.display(),
+            result.display()
+        );
+        for a in args {
+            cmd.push(' ');
+            cmd.push_str(a);
+        }
+        let st = Command::new("sh").arg("-c").arg(&cmd).status().unwrap();
+        if st.success() {
+            break Workload {
+                name: name.into(),
+                pid,
+                cgroup: cg.clone(),
+                result: result.clone(),
+                child: None,
+            };
+        }
+        attempts += 1;
+        assert!(
+            attempts < 10,
+            "fx-launch {name} failed {attempts} times near {base}"
+        );
+        pid += 20;
+    };
+    let t0 = Instant::now();
+    while !ready.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{name} not ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    w
+}
+
+/// A frozen tree for tests: the cgroup freezer holds it still, memory is read through
+/// /proc/PID/mem, and the ptrace/parasite part is a double with fixed, plausible values
+/// (so every field the images carry is present; the values themselves are not checked).
+pub struct TestFrozen {
+    pub freeze: Option<CgroupFreeze>,
+}
+
+impl TaskProbe for TestFrozen {
+    fn thread(&mut self, _pid: i32, _tid: i32) -> DResult<ThreadProbe> {
+        let mut t = ThreadProbe::default();
+        t.fpregs.xsave = Some(Xsave {
+            xstate_bv: 3,
+            ..Default::default()
+        });
+        t.fpregs.mxcsr = 0x1f80;
+        t.fpregs.cwd = 0x37f;
+        t.rseq = Some((0x1000, 32, 0x5305_3053));
+        t.sas = (0, 0, 2);
+        t.futex_rla_len = 24;
+        Ok(t)
+    }
+
+    fn process(&mut self, _pid: i32) -> DResult<ProcessProbe> {
+        Ok(ProcessProbe::default())
+    }
+
+    fn read_memory(&mut self, pid: i32, addr: u64, buf: &mut [u8]) -> DResult<()> {
+        stasis::dump::freeze::read_proc_mem(pid, addr, buf)
+    }
+}
+
+impl FrozenTree for TestFrozen {
+    fn kill(&mut self, pids: &[i32]) -> DResult<()> {
+        stasis::dump::freeze::kill_all(pids)
+    }
+
+    fn release(mut self: Box<Self>) -> DResult<()> {
+        match self.freeze.take() {
+            Some(mut f) => f.thaw(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Backend freezing the workload's cgroup, with [`TestFrozen`].
+pub struct TestBackend {
+    pub cgroup: PathBuf,
+}
+
+impl stasis::dump::freeze::Backend for TestBackend {
+    fn freeze(&mut self, _opts: &stasis::dump::DumpOptions) -> DResult<Box<dyn FrozenTree>> {
+        Ok(Box::new(TestFrozen {
+            freeze: Some(CgroupFreeze::freeze(&self.cgroup, Duration::from_secs(10))?),
+        }))
+    }
+}
+
+/// `core-30300.img` -> `core-N.img`.
+pub fn kind_of(file: &str) -> String {
+    let mut out = String::new();
+    let mut in_digits = false;
+    for c in file.chars() {
+        if c.is_ascii_digit() {
+            if !in_digits {
+                out.push('N');
+            }
+            in_digits = true;
+        } else {
+            in_digits = false;
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Image files of a directory (no logs, no JSON), counted by kind.
+pub fn image_kinds(dir: &Path) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        if n.ends_with(".json") || n.ends_with(".log") {
+            continue;
+        }
+        *m.entry(kind_of(&n)).or_insert(0) += 1;
+    }
+    m
+}
+
+fn paths(v: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o {
+                let p = format!("{prefix}.{k}");
+                out.insert(p.clone());
+                paths(x, &p, out);
+            }
+        }
+        Value::Array(a) => {
+            for x in a {
+                paths(x, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every field path present in any entry of a decoded image (`.entries[].tc.comm`...).
+pub fn field_paths(doc: &Value) -> BTreeSet<String> {
+    let mut s = BTreeSet::new();
+    if let Some(es) = doc.get("entries") {
+        paths(es, "", &mut s);
+    }
+    s
+}
+
+/// Decodes an image file with our crit codec (pretty JSON, like the fixtures' FILE.json).
+pub fn decode(path: &Path) -> Value {
+    let bytes = std::fs::read(path).unwrap();
+    let codec = stasis::images::json::Codec::criu().unwrap();
+    stasis::images::json::decode_image(codec, &bytes, true)
+        .unwrap_or_else(|e| panic!("decode {}: {e}", path.display()))
+}
+
+/// Field paths per image kind (merged over files of the same kind).
+pub fn paths_by_kind(dir: &Path, from_json: bool) -> BTreeMap<String, BTreeSet<String>> {
+    let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let n = p.file_name().unwrap().to_string_lossy().into_owned();
+        if n.starts_with("pages-") || n.ends_with(".log") || n.ends_with(".json") {
+            continue;
+        }
+        let doc = if from_json {
+            let j = dir.join(format!("{n}.json"));
+            match std::fs::read_to_string(&j) {
+                Ok(t) => serde_json::from_str(&t).unwrap(),
+                Err(_) => continue,
+            }
+        } else {
+            decode(&p)
+        };
+        m.entry(kind_of(&n)).or_default().extend(field_paths(&doc));
+    }
+    m
+}
+
+/// Runs Debian's crit (3.17) on every image: it must decode each one.
+pub fn debian_crit_decodes_all(dir: &Path) {
+    let crit = Path::new("/usr/bin/crit");
+    assert!(
+        crit.exists(),
+        "Debian's crit is not installed (apt-get install criu)"
+    );
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let n = p.file_name().unwrap().to_string_lossy().into_owned();
+        if n.starts_with("pages-") || n.ends_with(".log") || n.ends_with(".json") {
+            continue;
+        }
+        let out = Command::new(crit)
+            .args(["decode", "-i"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "crit decode {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! Shared harness of the restore tests: fixture paths, one-at-a-time lock (fixture PIDs are
+//! fixed), scratch copies, running `stasis restore` and `verify.sh` with timeouts, and a guard
+//! that kills any fixture task left alive.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// The fixtures directory (`STASIS_FIXTURES` or `../shared/fixtures` from the repo root).
+pub fn fixtures() -> PathBuf {
+    let p = std::env::var_os("STASIS_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
+    assert!(
+        p.join("criu-4.2").is_dir(),
+        "fixtures not found at {} (set STASIS_FIXTURES)",
+        p.display()
+    );
+    p
+}
+
+/// Holds the cross-process lock that serializes every test restoring fixtures.
+pub struct Serial {
+    _lock: Flock<File>,
+    /// Scratch directory of this test.
+    pub scratch: tempfile::TempDir,
+}
+
+/// Takes the lock, installs the fixtures once per lock holder, and checks we are root.
+pub fn serial() -> Serial {
+    assert!(nix::unistd::geteuid().is_root(), "restore tests need root");
+    let f = File::create("/tmp/stasis-restore-tests.lock").expect("create lock file");
+    let lock = Flock::lock(f, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock");
+    let out = Command::new(fixtures().join("install.sh"))
+        .output()
+        .expect("run install.sh");
+    assert!(
+        out.status.success(),
+        "install.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Serial {
+        _lock: lock,
+        scratch: tempfile::tempdir().expect("scratch dir"),
+    }
+}
+
+/// Root PID and every PID/TID of a fixture, from manifest.tsv.
+pub fn manifest(name: &str) -> (i32, Vec<i32>) {
+    let text = std::fs::read_to_string(fixtures().join("manifest.tsv")).expect("manifest");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        if cols.first() == Some(&name) {
+            let root = cols[1].parse().expect("root pid");
+            let all = cols[2]
+                .split(',')
+                .map(|p| p.parse().expect("pid"))
+                .collect();
+            return (root, all);
+        }
+    }
+    panic!("{name} not in manifest.tsv");
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Whether `pid` runs a fixture program.
+fn is_fixture_task(pid: i32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.starts_with("/tmp/criu-fixtures/bin"))
+        .unwrap_or(false)
+}
+
+/// Kills every task of fixture `name` still running a fixture program (on drop too).
+pub struct Leftovers(pub &'static str);
+
+impl Leftovers {
+    /// SIGKILLs what is left and waits (bounded) for the PIDs to be gone.
+    pub fn kill(&self) {
+        let (_, pids) = manifest(self.0);
+        for &p in &pids {
+            if is_fixture_task(p) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        wait_pids_free(&pids, Duration::from_secs(10));
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until none of `pids` exists (a reaped task frees its PID).
+pub fn wait_pids_free(pids: &[i32], max: Duration) -> bool {
+    let end = Instant::now() + max;
+    while Instant::now() < end {
+        if pids
+            .iter()
+            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Copies the image directory of `name` into the scratch dir (without the JSON decodes).
+pub fn scratch_copy(s: &Serial, name: &str) -> PathBuf {
+    let src = fixtures().join("criu-4.2").join(name);
+    let dst = s.scratch.path().join(name);
+    std::fs::create_dir_all(&dst).expect("mkdir scratch");
+    for e in std::fs::read_dir(&src).expect("read fixture dir").flatten() {
+        let n = e.file_name();
+        if n.to_string_lossy().ends_with(".json") {
+            continue;
+        }
+        std::fs::copy(e.path(), dst.join(&n)).expect("copy image");
+    }
+    dst
+}
+
+/// Runs `child` to completion or kills it after `max`.
+pub fn wait_child(mut child: Child, max: Duration, what: &str) -> Output {
+    let end = Instant::now() + max;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("collect output");
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect output");
+            panic!(
+                "{what} timed out after {max:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `stasis restore -D dir extra...` with a timeout.
+pub fn stasis_restore(dir: &Path, extra: &[&str]) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_stasis"))
+        .arg("restore")
+        .arg("-D")
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn stasis");
+    wait_child(child, Duration::from_secs(60), "stasis restore")
+}
+
+/// `verify.sh name result pidfile` with a timeout; returns (success, stdout+stderr).
+pub fn verify(name: &str, pidfile: &Path) -> (bool, String) {
+    let result = format!("/tmp/criu-fixtures/results/{name}.result");
+    let child = Command::new(fixtures().join("verify.sh"))
+        .arg(name)
+        .arg(&result)
+        .arg(pidfile)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn verify.sh");
+    let out = wait_child(child, Duration::from_secs(20), "verify.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Waits for the fixture's PIDs to be free (another test's leftovers being reaped).
+pub fn pids_ready(name: &str) {
+    let (_, pids) = manifest(name);
+    assert!(
+        wait_pids_free(&pids, Duration::from_secs(15)),
+        "pids of {name} still taken: {:?}",
+        pids.iter()
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Re-runs install.sh (restores data files a test changed).
+pub fn reinstall() {
+    let out = Command::new(fixtures().join("install.sh"))
+        .output()
+        .expect("run install.sh");
+    assert!(
+        out.status.success(),
+        "install.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts a restore failed with a message containing every one of `needles`, and that no
+/// task of fixture `name` is alive afterwards.
+pub fn assert_failed(out: &Output, name: &str, needles: &[&str]) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "restore should fail; stderr: {err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "error should mention {n:?}; got: {err}");
+    }
+    let (_, pids) = manifest(name);
+    let left: Vec<i32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| alive(p) && is_fixture_task(p))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "tasks left alive after a failed restore: {left:?}"
+    );
+    err
+}
