@@ -54,6 +54,7 @@ pub mod task;
 pub mod tkill;
 pub mod tracee;
 pub mod tree;
+pub mod tty;
 pub mod wait;
 
 pub use error::{Error, Result};
