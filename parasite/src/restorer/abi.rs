@@ -14,11 +14,12 @@
 //!                 TaskArgs                          64-byte aligned, address passed in rdi
 //!                 ThreadArgs[nr_threads]            [0] = the thread group leader
 //!                 VmaArgs[nr_vmas]                  sorted by start, not overlapping
-//!                 SpecialRemap[nr_special]          vvar/vdso moves, done in this order
+//!                 SpecialRemap[nr_special]          vvar/vdso moves (at most 7), in order
 //!                 VdsoPatch[nr_vdso_patches]        proxy jumps (only when proxying)
 //!                 PosixTimerArgs[nr_posix_timers]
 //!                 SigInfo[nr_shared_signals]        shared pending signals
-//!                 KeepRange[nr_keep]                premapped areas the blob must not unmap
+//!                 KeepRange[nr_keep]                premapped areas the blob must not unmap,
+//!                                                   sorted by start
 //!                 u32[nr_close_fds]                 the engine's fds to close
 //!                 u64[auxv_size / 8]                saved auxv (MmArgs::auxv)
 //!                 per thread: SigInfo[nr_signals], groups + CredsArgs,
