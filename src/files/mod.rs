@@ -39,6 +39,7 @@ pub mod inet;
 pub mod inotify;
 pub mod signalfd;
 pub mod sockopts;
+pub mod task;
 pub mod tcp;
 pub mod timerfd;
 pub mod tty;
