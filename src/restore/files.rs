@@ -22,6 +22,8 @@ use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::{lseek, Whence};
 
+use stasis_images::pb;
+
 use super::error::RestoreError;
 use super::plan::{vma_status, Pages, Plan};
 
@@ -85,7 +87,7 @@ fn status_flags(flags: u32) -> OFlag {
 }
 
 /// Opens every file description and mapping the plan needs.
-pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
+pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opened, RestoreError> {
     let max_fd = plan
         .tasks
         .iter()
@@ -244,6 +246,8 @@ pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
             if want_map {
                 o.maps.insert(id, mfd);
             }
+        } else if crate::files::handles(f) {
+            // Restored below, in stage order, once every possible epoll target exists.
         } else if f.pipe.is_none() {
             return Err(RestoreError::Unsupported(format!(
                 "files.img: id {id}: file type {} is not restored yet",
@@ -251,7 +255,53 @@ pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
             )));
         }
     }
+    open_kinds(plan, &wanted, opts, &mut o)?;
     Ok(o)
+}
+
+/// Restores the descriptor kinds of [`crate::files`] (eventfd, timerfd, signalfd, inotify,
+/// sockets, epoll last) in the restorer, parked like the others.
+fn open_kinds(
+    plan: &Plan,
+    wanted: &BTreeSet<u32>,
+    opts: crate::files::RestoreOptions,
+    o: &mut Opened,
+) -> Result<(), RestoreError> {
+    let mut kinds: Vec<&pb::FileEntry> = plan
+        .files
+        .values()
+        .filter(|f| wanted.contains(&f.id) && crate::files::handles(f))
+        .collect();
+    if kinds.is_empty() {
+        return Ok(());
+    }
+    kinds.sort_by_key(|f| crate::files::restore_stage(f));
+    let tcp_inos: Vec<u32> = plan
+        .files
+        .values()
+        .filter_map(|f| f.isk.as_ref())
+        .filter(|s| s.state == 1 && s.proto == libc::IPPROTO_TCP as u32)
+        .map(|s| s.ino)
+        .collect();
+    let extra = crate::files::Extra::read_dir(&plan.dir, &tcp_inos)?;
+    let mut ctx = crate::files::RestoreCtx::new(opts, &extra, plan.files.values());
+    for f in kinds {
+        // Epoll targets are recorded by fd number in the task that owns the epoll.
+        let owner = plan
+            .tasks
+            .iter()
+            .find(|t| t.fds.iter().any(|d| d.id == f.id));
+        let desc = o.desc.clone();
+        let targets = |tfd: u32| -> Option<RawFd> {
+            let t = owner?;
+            let id = t.fds.iter().find(|d| d.fd == tfd)?.id;
+            desc.get(&id).copied()
+        };
+        let fd = crate::files::restore_fd(f, &mut ctx, &targets)?;
+        let n = o.park(fd)?;
+        o.desc.insert(f.id, n);
+    }
+    Ok(())
 }
 
 fn io(step: &'static str, what: &str, e: std::io::Error) -> RestoreError {
