@@ -48,7 +48,9 @@ fn synthesize(threads: usize, mem: u64) -> (PathBuf, Vec<u32>) {
     // pstree
     let (img, mut ps) = read::<pb::PstreeEntry>(&dir.join("pstree.img"));
     ps[0].threads.extend(&tids);
-    Image::from_messages(img.kind, &ps).write_file(dir.join("pstree.img")).unwrap();
+    Image::from_messages(img.kind, &ps)
+        .write_file(dir.join("pstree.img"))
+        .unwrap();
     // thread cores
     let (cimg, core) = read::<pb::CoreEntry>(&dir.join("core-30000.img"));
     let mut tcore = core[0].clone();
@@ -85,15 +87,25 @@ fn synthesize(threads: usize, mem: u64) -> (PathBuf, Vec<u32>) {
         madv: None,
         fdflags: None,
     };
-    let mut vmas = vec![anon(CODE, CODE + 4096, (libc::PROT_READ | libc::PROT_EXEC) as u32)];
+    let mut vmas = vec![anon(
+        CODE,
+        CODE + 4096,
+        (libc::PROT_READ | libc::PROT_EXEC) as u32,
+    )];
     if mem > 0 {
-        vmas.push(anon(BIG, BIG + mem, (libc::PROT_READ | libc::PROT_WRITE) as u32));
+        vmas.push(anon(
+            BIG,
+            BIG + mem,
+            (libc::PROT_READ | libc::PROT_WRITE) as u32,
+        ));
     }
     let pos = mm[0].vmas.iter().position(|v| v.start > CODE).unwrap();
     for (i, v) in vmas.into_iter().enumerate() {
         mm[0].vmas.insert(pos + i, v);
     }
-    Image::from_messages(mimg.kind, &mm).write_file(dir.join("mm-30000.img")).unwrap();
+    Image::from_messages(mimg.kind, &mm)
+        .write_file(dir.join("mm-30000.img"))
+        .unwrap();
     // pagemap + pages
     let pm_path = dir.join("pagemap-30000.img");
     let pimg = Image::read_file(&pm_path).unwrap();
@@ -142,7 +154,11 @@ fn bench(threads: usize, mem: u64) {
     let t0 = Instant::now();
     let out = stasis_restore(&dir, &["-d"]);
     let took = t0.elapsed();
-    assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let n = std::fs::read_dir("/proc/30000/task").unwrap().count();
     assert_eq!(n, threads + 1, "threads after restore");
     println!(
@@ -151,7 +167,10 @@ fn bench(threads: usize, mem: u64) {
         mem >> 20,
         took.as_secs_f64()
     );
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(30000), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(30000),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let mut all: Vec<i32> = tids.iter().map(|&t| t as i32).collect();
     all.push(30000);
     wait_pids_free(&all, Duration::from_secs(30));

@@ -34,6 +34,8 @@ pub struct Opened {
     pub desc: HashMap<u32, RawFd>,
     /// files.img id -> parked descriptor used to map the file (memfd: the memfd itself).
     pub maps: HashMap<u32, RawFd>,
+    /// shmid -> parked memfd backing shared anonymous memory (`VMA_ANON_SHARED`).
+    pub shmem: HashMap<u64, RawFd>,
     /// First parked number.
     pub base: RawFd,
     /// Owners (closed when the restorer is done).
@@ -134,6 +136,34 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
         memfds.insert(*inode, n);
     }
 
+    // Shared anonymous memory: one memfd per shmid, shared by every task mapping it.
+    let mut shm_size: BTreeMap<u64, u64> = BTreeMap::new();
+    for t in &plan.tasks {
+        for v in t.mm.iter().flat_map(|m| m.vmas.iter()) {
+            if v.status & vma_status::ANON_SHARED != 0 {
+                let end = v.pgoff + (v.end - v.start);
+                let e = shm_size.entry(v.shmid).or_insert(0);
+                *e = (*e).max(end);
+            }
+        }
+    }
+    for (shmid, size) in shm_size {
+        let name = format!("pagemap-shmem-{shmid}.img");
+        let pages = if plan.dir.join(&name).exists() {
+            super::plan::read_pages(&plan.dir, &name)?
+        } else {
+            Pages::default()
+        };
+        let fd = memfd_create(c"dev/zero", MFdFlags::empty())
+            .map_err(|er| sys(format!("memfd_create for shmid {shmid}"), er))?;
+        let file = std::fs::File::from(fd);
+        file.set_len(size)
+            .map_err(|er| io("size shared memory", &name, er))?;
+        fill_from_pages(&file, &pages, size).map_err(|er| io("fill shared memory", &name, er))?;
+        let n = o.park(OwnedFd::from(file))?;
+        o.shmem.insert(shmid, n);
+    }
+
     // Which ids are mapped (and how).
     let mut mapped: BTreeMap<u32, u32> = BTreeMap::new(); // id -> access mode
     for t in &plan.tasks {
@@ -193,6 +223,51 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
         }
     }
 
+    // FIFOs: a keeper (O_RDWR) per pipe_id holds the queued data, then each end is opened.
+    let mut keepers: BTreeMap<u32, ()> = BTreeMap::new();
+    for (id, f) in &plan.files {
+        let Some(fifo) = &f.fifo else { continue };
+        let path = fifo
+            .regf_id
+            .and_then(|r| plan.files.get(&r))
+            .and_then(|r| r.reg.as_ref())
+            .map(|r| (r.name.clone(), r.flags))
+            .ok_or_else(|| RestoreError::Image {
+                path: plan.dir.join("files.img"),
+                index: 0,
+                what: format!("fifo {id}: no path entry"),
+            })?;
+        if keepers.insert(fifo.pipe_id, ()).is_none() {
+            let keeper = nix::fcntl::open(
+                path.0.as_str(),
+                OFlag::O_RDWR | OFlag::O_NONBLOCK,
+                Mode::empty(),
+            )
+            .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
+            if let Some((size, data)) = plan.fifo_data.get(&fifo.pipe_id) {
+                if *size as usize >= data.len() && *size > 0 {
+                    let _ = fcntl(&keeper, FcntlArg::F_SETPIPE_SZ(*size as i32));
+                }
+                let mut off = 0;
+                while off < data.len() {
+                    off += nix::unistd::write(&keeper, &data[off..])
+                        .map_err(|e| sys(format!("fill fifo {}", path.0), e))?;
+                }
+            }
+            o.park(keeper)?;
+        }
+        let fd = nix::fcntl::open(
+            path.0.as_str(),
+            open_flags(path.1) | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
+        fcntl(&fd, FcntlArg::F_SETFL(status_flags(path.1)))
+            .map_err(|e| sys("set fifo flags", e))?;
+        let n = o.park(fd)?;
+        o.desc.insert(*id, n);
+    }
+
     // Descriptions referenced by some task's fdinfo, and mapped files.
     let mut wanted: BTreeSet<u32> = BTreeSet::new();
     for t in &plan.tasks {
@@ -207,7 +282,7 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
         let want_desc = wanted.contains(&id) && !o.desc.contains_key(&id);
         let want_map = mapped.contains_key(&id) && !o.maps.contains_key(&id);
         if let Some(reg) = &f.reg {
-            if want_desc {
+            if want_desc && !o.desc.contains_key(&id) {
                 let fd = if let Some((g, chunks)) = plan.ghosts.get(&id) {
                     open_ghost(&reg.name, reg.flags, g.mode, g.size, chunks)?
                 } else {
@@ -248,7 +323,7 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
             }
         } else if crate::files::handles(f) {
             // Restored below, in stage order, once every possible epoll target exists.
-        } else if f.pipe.is_none() {
+        } else if f.pipe.is_none() && f.fifo.is_none() {
             return Err(RestoreError::Unsupported(format!(
                 "files.img: id {id}: file type {} is not restored yet",
                 f.r#type
@@ -297,7 +372,42 @@ fn open_kinds(
             let id = t.fds.iter().find(|d| d.fd == tfd)?.id;
             desc.get(&id).copied()
         };
-        let fd = crate::files::restore_fd(f, &mut ctx, &targets)?;
+        // The epoll keys its items by (file, fd number): register each target under the fd
+        // number it has in the task, by placing it there in the restorer for the call.
+        let tfds: Vec<u32> = f
+            .epfd
+            .iter()
+            .flat_map(|e| e.tfd.iter().map(|t| t.tfd))
+            .collect();
+        let mut swaps: Vec<(RawFd, Option<RawFd>)> = Vec::new();
+        for &tfd in &tfds {
+            let Some(src) = targets(tfd) else { continue };
+            let tfd = tfd as RawFd;
+            if swaps.iter().any(|s| s.0 == tfd) {
+                continue;
+            }
+            let saved = crate::sys::fds::dup_above(tfd, o.base + 4096).ok();
+            crate::sys::fds::dup2_raw(src, tfd, true)
+                .map_err(|e| sys(format!("place epoll target at fd {tfd}"), e))?;
+            swaps.push((tfd, saved));
+        }
+        let direct = |tfd: u32| -> Option<RawFd> {
+            swaps
+                .iter()
+                .any(|s| s.0 == tfd as RawFd)
+                .then_some(tfd as RawFd)
+        };
+        let res = crate::files::restore_fd(f, &mut ctx, &direct);
+        for &(tfd, saved) in swaps.iter().rev() {
+            match saved {
+                Some(orig) => {
+                    let _ = crate::sys::fds::dup2_raw(orig, tfd, false);
+                    crate::sys::fds::close_raw(orig);
+                }
+                None => crate::sys::fds::close_raw(tfd),
+            }
+        }
+        let fd = res?;
         let n = o.park(fd)?;
         o.desc.insert(f.id, n);
     }
