@@ -88,6 +88,7 @@ fn one(threads: usize, mib: usize, tag: &str) -> Run {
         pid: child.id() as i32,
         images_dir: dir.clone(),
         leave_running: true,
+        shell_job: true,
         ..Default::default()
     };
     let mut backend = TestBackend { cgroup: cg.clone() };

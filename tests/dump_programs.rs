@@ -14,6 +14,8 @@ fn dump_workload(w: &Workload) -> (tempfile::TempDir, stasis::dump::DumpReport) 
         pid: w.pid,
         images_dir: dir.path().to_path_buf(),
         leave_running: true,
+        // Started from the test harness: their session and group are the harness's.
+        shell_job: true,
         ..Default::default()
     };
     let mut backend = TestBackend {

@@ -388,6 +388,8 @@ fn dump_frozen(
     fault::check("collect-tree", opts.pid)?;
     let t = prof.now_us();
     let tree = tree::collect(opts.pid)?;
+    tree::check_external(&tree, opts.shell_job)?;
+    tree::check_file_locks(&tree)?;
     prof.record("collect-tree", "phase", 0, t);
     let mut files = Files::new();
     let mut ids = IdAllocator::new();

@@ -387,6 +387,20 @@ impl Files {
                     Some(n) => (n.to_string(), true),
                     None => (s.to_string(), false),
                 };
+                if let Ok(md) = std::fs::metadata(&link) {
+                    use std::os::unix::fs::FileTypeExt;
+                    let major = libc::major(md.rdev());
+                    if md.file_type().is_char_device()
+                        && (major == 4 || major == 5 || (136..=143).contains(&major))
+                    {
+                        return Err(DumpError::new(
+                            "files",
+                            pid,
+                            Some(libc::ENOTSUP),
+                            format!("fd {fd}: terminal {name}: ttys are not supported yet"),
+                        ));
+                    }
+                }
                 if let Some(m) = name.strip_prefix("/memfd:") {
                     (self.memfd_entry(pid, &link, m, flags, info.pos)?, "MEMFD")
                 } else {
@@ -478,6 +492,30 @@ fn peek_pipe(link: &PathBuf) -> std::io::Result<(u64, Vec<u8>)> {
     }
     data.truncate(got);
     Ok((size as u64, data))
+}
+
+/// The data segments `[start, end)` of a file (holes skipped), up to `size`.
+pub fn data_segments(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use nix::unistd::{lseek, Whence};
+    let mut out = Vec::new();
+    let mut off: i64 = 0;
+    let size = size as i64;
+    while off < size {
+        let start = match lseek(f.as_fd(), off, Whence::SeekData) {
+            Ok(s) => s,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        if start >= size {
+            break;
+        }
+        let end = lseek(f.as_fd(), start, Whence::SeekHole)
+            .map_err(std::io::Error::from)?
+            .min(size);
+        out.push((start as u64, end as u64));
+        off = end;
+    }
+    Ok(out)
 }
 
 /// Reads the data segments of a file (skipping holes) for ghost chunks: (offset, bytes).

@@ -24,6 +24,7 @@ pub mod probe;
 pub mod profile;
 pub mod sockets;
 pub mod tree;
+pub mod xsave;
 
 pub use engine::{run, DumpReport};
 pub use error::DumpError;

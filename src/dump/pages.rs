@@ -130,7 +130,7 @@ pub fn write_private(
 }
 
 /// Writes `pagemap-shmem-SHMID.img` and `pages-<pages_id>.img` for one shared memory object:
-/// its data pages (holes skipped), addressed by offset in the object.
+/// its data pages (holes skipped), addressed by offset in the object, copied 1 MiB at a time.
 pub fn write_shmem(
     dir: &mut ImageDir,
     pid: i32,
@@ -138,15 +138,18 @@ pub fn write_shmem(
     pages_id: u32,
     stats: &mut PageStats,
 ) -> Result<()> {
+    use std::os::unix::fs::FileExt;
     let img = |e| DumpError::image("pages", pid, e);
-    let chunks = super::files::data_chunks(&shm.path, shm.size).map_err(|e| {
+    let io = |what: &str, e: std::io::Error| {
         DumpError::io(
             "pages",
             pid,
-            &format!("read shmem {}", shm.path.display()),
+            &format!("{what} shmem {}", shm.path.display()),
             e,
         )
-    })?;
+    };
+    let f = std::fs::File::open(&shm.path).map_err(|e| io("open", e))?;
+    let segs = super::files::data_segments(&f, shm.size).map_err(|e| io("scan", e))?;
     let mut pm = dir
         .create(
             &format!("pagemap-shmem-{}.img", shm.shmid),
@@ -159,18 +162,33 @@ pub fn write_shmem(
         .create_raw(&format!("pages-{pages_id}.img"))
         .map_err(img)?;
     stats.shpages_scanned += shm.size.div_ceil(PAGE_SIZE);
-    for (off, data) in chunks {
-        let first = off / PAGE_SIZE;
-        let end = (off + data.len() as u64).div_ceil(PAGE_SIZE);
-        let nr = end - first;
-        pm.entry(&json!({"vaddr": first * PAGE_SIZE, "compat_nr_pages": 0, "flags": PE_PRESENT, "nr_pages": nr}))
+    let mut buf = vec![0u8; COPY_PAGES * PAGE_SIZE as usize];
+    for (start, end) in segs {
+        // Whole pages: the partial last page reads short and is padded with zeroes.
+        let first = start / PAGE_SIZE;
+        let last = end.div_ceil(PAGE_SIZE);
+        pm.entry(&json!({"vaddr": first * PAGE_SIZE, "compat_nr_pages": 0,
+                         "flags": PE_PRESENT, "nr_pages": last - first}))
             .map_err(img)?;
-        // Pad the partial pages at both ends with zeroes (the object's size keeps its length).
-        let mut page_buf = vec![0u8; (nr * PAGE_SIZE) as usize];
-        let o = (off - first * PAGE_SIZE) as usize;
-        page_buf[o..o + data.len()].copy_from_slice(&data);
-        pages.write(&page_buf).map_err(img)?;
-        stats.shpages_written += nr;
+        let mut page = first;
+        while page < last {
+            let n = (last - page).min(COPY_PAGES as u64);
+            let b = &mut buf[..(n * PAGE_SIZE) as usize];
+            b.fill(0);
+            let mut got = 0usize;
+            while got < b.len() {
+                let k = f
+                    .read_at(&mut b[got..], page * PAGE_SIZE + got as u64)
+                    .map_err(|e| io("read", e))?;
+                if k == 0 {
+                    break;
+                }
+                got += k;
+            }
+            pages.write(b).map_err(img)?;
+            page += n;
+        }
+        stats.shpages_written += last - first;
     }
     let a = pm.finish().map_err(img)?;
     let b = pages.finish().map_err(img)?;

@@ -63,6 +63,65 @@ pub fn collect(root: i32) -> Result<Vec<Process>> {
     Ok(out)
 }
 
+/// Refuses sessions and process groups led from outside the tree unless `--shell-job`
+/// (like CRIU: restoring them would need the outside leader).
+pub fn check_external(tree: &[Process], shell_job: bool) -> Result<()> {
+    if shell_job {
+        return Ok(());
+    }
+    let inside = |pid: i32| tree.iter().any(|p| p.pid == pid);
+    for p in tree {
+        if p.sid != 0 && !inside(p.sid) {
+            return Err(DumpError::new(
+                "collect-tree",
+                p.pid,
+                Some(libc::EPERM),
+                format!(
+                    "session {} is led from outside the tree (a shell job: use --shell-job)",
+                    p.sid
+                ),
+            ));
+        }
+        if p.pgid != 0 && !inside(p.pgid) {
+            return Err(DumpError::new(
+                "collect-tree",
+                p.pid,
+                Some(libc::EPERM),
+                format!(
+                    "process group {} is led from outside the tree (a shell job: use --shell-job)",
+                    p.pgid
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses trees holding POSIX or flock locks (`/proc/locks`): they are not dumped yet.
+pub fn check_file_locks(tree: &[Process]) -> Result<()> {
+    let text = proc::read_text(0, std::path::Path::new("/proc/locks"))
+        .map_err(|e| DumpError::proc("collect-tree", 0, e))?;
+    for line in text.lines() {
+        // "1: POSIX  ADVISORY  WRITE 8163 fe:00:6004852 0 EOF" ("->" marks blocked waiters).
+        let f: Vec<&str> = line.split_whitespace().filter(|w| *w != "->").collect();
+        let Some(pid) = f.get(4).and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Some(p) = tree.iter().find(|p| p.pid == pid) {
+            return Err(DumpError::new(
+                "collect-tree",
+                p.pid,
+                Some(libc::ENOTSUP),
+                format!(
+                    "task holds a file lock ({}), file locks are not supported",
+                    f[1]
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The pstree.img entry of one process.
 pub fn pstree_entry(p: &Process) -> Value {
     json!({
@@ -77,6 +136,46 @@ pub fn pstree_entry(p: &Process) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fake(pid: i32, pgid: i32, sid: i32) -> Process {
+        Process {
+            pid,
+            ppid: 0,
+            pgid,
+            sid,
+            threads: vec![pid],
+            zombie: false,
+            exit_code: 0,
+            stat: Default::default(),
+        }
+    }
+
+    #[test]
+    fn external_session_needs_shell_job() {
+        let t = vec![fake(10, 10, 10), fake(11, 10, 10)];
+        assert!(check_external(&t, false).is_ok());
+        let t = vec![fake(10, 10, 5), fake(11, 10, 5)];
+        let e = check_external(&t, false).unwrap_err();
+        assert!(e.to_string().contains("--shell-job"), "{e}");
+        assert!(check_external(&t, true).is_ok());
+        let t = vec![fake(10, 7, 10)];
+        assert!(check_external(&t, false)
+            .unwrap_err()
+            .to_string()
+            .contains("process group 7"));
+    }
+
+    #[test]
+    fn file_locks_refused() {
+        let f = tempfile::tempfile().unwrap();
+        let guard = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        let me = std::process::id() as i32;
+        let e = check_file_locks(&[fake(me, me, me)]).unwrap_err();
+        assert!(e.to_string().contains("file lock"), "{e}");
+        drop(guard);
+    }
 
     #[test]
     fn tree_of_a_shell_with_children() {

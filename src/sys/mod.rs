@@ -1,9 +1,48 @@
-//! sys (work in progress)
+//! The only layer with raw syscalls, ptrace and `unsafe`. Everything above it is safe Rust.
+//!
+//! # Dump-side API (owned by dump-infra)
+//!
+//! ```text
+//! tree::seize_tree(root) -> SeizedTree            every thread of the tree, stopped, O(n):
+//! tree::seize_tree_frozen(root, Freezer)            seize+interrupt all, one waitpid loop
+//!   .processes: Vec<SeizedProcess{pid, parent, threads: Vec<SeizedTask> (leader first)}>
+//!   .zombies: Vec<Zombie{pid, parent}>, .died: Vec<tid>; drop (or .detach()) detaches all
+//! task::SeizedTask::seize(tgid, tid)               one thread (tests, tools)
+//!   .regs()/.set_regs(&UserRegs)                    NT_PRSTATUS (fs_base, gs_base included)
+//!   .xstate()/.set_xstate(&XState)                  NT_X86_XSTATE, full XSAVE area
+//!   .task_regs()/.set_task_regs(&TaskRegs)          both
+//!   .sigmask()/.set_sigmask(u64)                    PTRACE_GETSIGMASK / SETSIGMASK
+//!   .pending_signals(shared) -> Vec<[u8; 128]>      PTRACE_PEEKSIGINFO, raw siginfo
+//!   .rseq() -> RseqConfig                           PTRACE_GET_RSEQ_CONFIGURATION
+//!   .stop_kind() -> Interrupted | GroupStop{sig}    a group-stopped task stays stopped
+//!   .peek/.poke, .cont, .interrupt, .wait, .poll    low level
+//! regs::UserRegs::syscall_state()/for_image()      CRIU's interrupted-syscall rules
+//! remote::Remote::new(&task).syscall(op, nr, &args) -> u64   syscall inside the task;
+//!   -4095..-1 -> Error::Remote{op, pid, errno}; registers, mask and code restored exactly
+//! remote::RemoteMapping::new(remote, len, prot)    remote mmap, .write/.read, munmap on drop
+//! mem::{read, write}(pid, addr, ..)                /proc/PID/mem
+//! freezer::Freezer::freeze(cgroup_dir, timeout)    v1 freezer.state / v2 cgroup.freeze;
+//!                                                   thaws on drop
+//! tkill::tgkill, proc_tasks::{threads, children, state, exec_area}, wait::*
+//! ```
+//!
+//! Errors: [`Error`] names operation, pid/path and errno; ESRCH is `Error::TaskDied`
+//! ("task N died"). All ptrace calls must come from the thread that seized (the types are
+//! not `Send`).
+
 pub mod clone3;
 pub mod cpu;
+pub mod errno;
+pub mod error;
 pub mod fdkinds;
 pub mod fds;
+pub mod freezer;
+pub mod mem;
 pub mod pod;
+pub mod proc_tasks;
+pub mod ptrace;
+pub mod regs;
+pub mod remote;
 pub mod restorer;
 #[cfg(test)]
 mod restorer_fixture_tests;
@@ -11,4 +50,11 @@ mod restorer_fixture_tests;
 mod restorer_tests;
 pub mod sock_diag;
 pub mod socket;
+pub mod task;
+pub mod tkill;
 pub mod tracee;
+pub mod tree;
+pub mod tty;
+pub mod wait;
+
+pub use error::{Error, Result};

@@ -1,8 +1,8 @@
 //! Restores single-process CRIU 4.2 fixtures (`fx-loop`, `fx-mem`, `fx-threads`, `fx-signals`) with the
 //! restorer blob and a minimal engine written here (premap + fill every VMA from the page
 //! images, vdso plan, core/mm conversion, fds 0-2 on /dev/null), then runs the workload's own
-//! verification (SIGUSR2 → PASS). Needs root, the installed fixtures (/tmp/criu-fixtures, see
-//! the fixtures README) and the fixture's PIDs free. The fixtures share PIDs with other
+//! verification (SIGUSR2 → PASS). Needs root and the fixture's PIDs free; installs the fixtures
+//! (/tmp/criu-fixtures) when missing. The fixtures share PIDs with other
 //! tests of the team, so the tests here run one at a time.
 
 use crate::images::framing::{read_entries, read_single, Image};
@@ -85,6 +85,9 @@ fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
     let mm: pb::MmEntry = read_single(dir.join(format!("mm-{pid}.img"))).expect("mm");
     let fs: pb::FsEntry = read_single(dir.join(format!("fs-{pid}.img"))).expect("fs");
     let pstree: Vec<pb::PstreeEntry> = read_entries(dir.join("pstree.img")).expect("pstree");
+    let seccomp: Option<pb::SeccompEntry> = read_entries(dir.join("seccomp.img"))
+        .ok()
+        .and_then(|v| v.into_iter().next());
     let files: Vec<pb::FileEntry> = read_entries(dir.join("files.img")).expect("files");
     let path_of = |id: u64| {
         files
@@ -179,6 +182,7 @@ fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
             end: v.end,
             premap: hint,
             prot: v.prot,
+            flags: v.flags,
             madv: v.madv.unwrap_or(0),
             kind: VMA_PREMAPPED,
             fd: -1,
@@ -212,8 +216,9 @@ fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
         .threads;
     for &tid in tids {
         let core: pb::CoreEntry = read_single(dir.join(format!("core-{tid}.img"))).expect("core");
-        spec.threads
-            .push(thread_from_core(tid, &core, tid == pid as u32).expect("thread"));
+        spec.threads.push(
+            thread_from_core(tid, &core, tid == pid as u32, seccomp.as_ref()).expect("thread"),
+        );
         if tid == pid as u32 {
             task_from_core(&mut spec, tid, &core).expect("task");
         }
@@ -290,13 +295,25 @@ impl Drop for Restored {
 
 fn restore_and_verify(name: &str, pid: i32) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The same lock as the engine's fixture tests (tests/restore_support): one fixture
+    // restore at a time across test binaries.
+    let lock = std::fs::File::create("/tmp/stasis-restore-tests.lock").expect("create lock file");
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock");
+    if !Path::new(&format!("/tmp/criu-fixtures/bin/{name}")).exists() {
+        let out = std::process::Command::new(fixtures().join("install.sh"))
+            .output()
+            .expect("run install.sh");
+        assert!(
+            out.status.success(),
+            "install.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
     let dir = fixtures().join("criu-4.2").join(name);
-    assert!(
-        Path::new(&format!("/tmp/criu-fixtures/bin/{name}")).exists(),
-        "run the fixtures' install.sh first"
-    );
     let pstree: Vec<pb::PstreeEntry> = read_entries(dir.join("pstree.img")).expect("pstree");
     let tids = pstree
         .iter()

@@ -1,0 +1,264 @@
+//! Raw ptrace requests (`ptrace(2)`), one function per request. Every failure goes through
+//! [`Error::task`], so ESRCH reads "task N died". These functions do not check that the caller
+//! is the tracer thread; [`crate::sys::task::SeizedTask`] does.
+
+use super::error::{Error, Result};
+use super::regs::{UserRegs, XState};
+use nix::errno::Errno;
+
+/// `PTRACE_PEEKSIGINFO_SHARED`: read the process-wide (shared) pending queue.
+const PEEKSIGINFO_SHARED: u32 = 1;
+/// `NT_PRSTATUS` regset: `user_regs_struct`.
+const NT_PRSTATUS: usize = 1;
+/// `NT_X86_XSTATE` regset: the XSAVE area in standard format.
+const NT_X86_XSTATE: usize = 0x202;
+/// `PTRACE_GET_RSEQ_CONFIGURATION` (Linux 5.13).
+const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+/// Size of one raw `siginfo_t`.
+pub const SIGINFO_SIZE: usize = 128;
+
+fn req(
+    op: &'static str,
+    request: libc::c_uint,
+    tid: i32,
+    addr: usize,
+    data: usize,
+) -> Result<libc::c_long> {
+    Errno::clear();
+    // SAFETY: every caller passes `addr`/`data` as the request documents: either plain integers
+    // or pointers to live buffers of the size the kernel writes or reads for that request.
+    let ret = unsafe { libc::ptrace(request, tid, addr, data) };
+    if ret == -1 {
+        let errno = Errno::last();
+        // PEEK requests may legitimately return -1; they clear errno first and check it.
+        if errno != Errno::UnknownErrno {
+            return Err(Error::task(op, tid, errno));
+        }
+    }
+    Ok(ret)
+}
+
+/// `PTRACE_SEIZE`: attach without stopping the task; `options` are `PTRACE_O_*` bits.
+pub fn seize(tid: i32, options: u32) -> Result<()> {
+    req("PTRACE_SEIZE", libc::PTRACE_SEIZE, tid, 0, options as usize).map(drop)
+}
+
+/// `PTRACE_INTERRUPT`: make a seized task report a `PTRACE_EVENT_STOP`.
+pub fn interrupt(tid: i32) -> Result<()> {
+    req("PTRACE_INTERRUPT", libc::PTRACE_INTERRUPT, tid, 0, 0).map(drop)
+}
+
+/// `PTRACE_DETACH` delivering `sig` (0: none).
+pub fn detach(tid: i32, sig: i32) -> Result<()> {
+    req("PTRACE_DETACH", libc::PTRACE_DETACH, tid, 0, sig as usize).map(drop)
+}
+
+/// `PTRACE_CONT` delivering `sig` (0: none).
+pub fn cont(tid: i32, sig: i32) -> Result<()> {
+    req("PTRACE_CONT", libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
+}
+
+/// `PTRACE_GETSIGINFO`: the raw siginfo of the current stop.
+pub fn get_siginfo(tid: i32) -> Result<[u8; SIGINFO_SIZE]> {
+    let mut buf = [0u8; SIGINFO_SIZE];
+    req(
+        "PTRACE_GETSIGINFO",
+        libc::PTRACE_GETSIGINFO,
+        tid,
+        0,
+        buf.as_mut_ptr() as usize,
+    )?;
+    Ok(buf)
+}
+
+/// `PTRACE_PEEKDATA`: one word of the task's memory.
+pub fn peek(tid: i32, addr: u64) -> Result<u64> {
+    let ret = req(
+        "PTRACE_PEEKDATA",
+        libc::PTRACE_PEEKDATA,
+        tid,
+        addr as usize,
+        0,
+    )?;
+    Ok(ret as u64)
+}
+
+/// `PTRACE_POKEDATA`: write one word of the task's memory (private mappings get a COW copy,
+/// read-only and executable ones included).
+pub fn poke(tid: i32, addr: u64, word: u64) -> Result<()> {
+    req(
+        "PTRACE_POKEDATA",
+        libc::PTRACE_POKEDATA,
+        tid,
+        addr as usize,
+        word as usize,
+    )
+    .map(drop)
+}
+
+/// `PTRACE_GETREGSET NT_PRSTATUS`: the general registers (`user_regs_struct`).
+pub fn get_regs(tid: i32) -> Result<UserRegs> {
+    let mut regs = UserRegs::default();
+    let mut iov = libc::iovec {
+        iov_base: (&mut regs as *mut UserRegs).cast(),
+        iov_len: std::mem::size_of::<UserRegs>(),
+    };
+    req(
+        "PTRACE_GETREGSET(NT_PRSTATUS)",
+        libc::PTRACE_GETREGSET,
+        tid,
+        NT_PRSTATUS,
+        &mut iov as *mut _ as usize,
+    )?;
+    if iov.iov_len != std::mem::size_of::<UserRegs>() {
+        return Err(Error::Unexpected {
+            op: "PTRACE_GETREGSET(NT_PRSTATUS)",
+            pid: tid,
+            what: format!("kernel returned {} bytes (a 32-bit task?)", iov.iov_len),
+        });
+    }
+    Ok(regs)
+}
+
+/// `PTRACE_SETREGSET NT_PRSTATUS`.
+pub fn set_regs(tid: i32, regs: &UserRegs) -> Result<()> {
+    let mut copy = *regs;
+    let mut iov = libc::iovec {
+        iov_base: (&mut copy as *mut UserRegs).cast(),
+        iov_len: std::mem::size_of::<UserRegs>(),
+    };
+    req(
+        "PTRACE_SETREGSET(NT_PRSTATUS)",
+        libc::PTRACE_SETREGSET,
+        tid,
+        NT_PRSTATUS,
+        &mut iov as *mut _ as usize,
+    )
+    .map(drop)
+}
+
+/// `PTRACE_GETREGSET NT_X86_XSTATE`: the full XSAVE area (standard format), truncated to the
+/// length the kernel returned.
+pub fn get_xstate(tid: i32) -> Result<XState> {
+    let mut buf = vec![0u8; XState::buffer_size()];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    req(
+        "PTRACE_GETREGSET(NT_X86_XSTATE)",
+        libc::PTRACE_GETREGSET,
+        tid,
+        NT_X86_XSTATE,
+        &mut iov as *mut _ as usize,
+    )?;
+    buf.truncate(iov.iov_len.min(buf.len()));
+    Ok(XState::from_bytes(buf))
+}
+
+/// `PTRACE_SETREGSET NT_X86_XSTATE`.
+pub fn set_xstate(tid: i32, xstate: &XState) -> Result<()> {
+    let mut buf = xstate.as_bytes().to_vec();
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    req(
+        "PTRACE_SETREGSET(NT_X86_XSTATE)",
+        libc::PTRACE_SETREGSET,
+        tid,
+        NT_X86_XSTATE,
+        &mut iov as *mut _ as usize,
+    )
+    .map(drop)
+}
+
+/// `PTRACE_GETSIGMASK`: the blocked signal mask (bit `n - 1` is signal `n`).
+pub fn get_sigmask(tid: i32) -> Result<u64> {
+    let mut mask = 0u64;
+    req(
+        "PTRACE_GETSIGMASK",
+        libc::PTRACE_GETSIGMASK,
+        tid,
+        8,
+        &mut mask as *mut u64 as usize,
+    )?;
+    Ok(mask)
+}
+
+/// `PTRACE_SETSIGMASK` (SIGKILL and SIGSTOP bits are ignored by the kernel).
+pub fn set_sigmask(tid: i32, mask: u64) -> Result<()> {
+    let copy = mask;
+    req(
+        "PTRACE_SETSIGMASK",
+        libc::PTRACE_SETSIGMASK,
+        tid,
+        8,
+        &copy as *const u64 as usize,
+    )
+    .map(drop)
+}
+
+/// `struct ptrace_peeksiginfo_args`.
+#[repr(C)]
+struct PeekSiginfoArgs {
+    off: u64,
+    flags: u32,
+    nr: i32,
+}
+
+/// `PTRACE_PEEKSIGINFO`: all pending signals of one queue, as raw 128-byte `siginfo_t`s, in
+/// queue order. `shared` selects the process-wide queue, else the thread's private one.
+pub fn peek_siginfo(tid: i32, shared: bool) -> Result<Vec<[u8; SIGINFO_SIZE]>> {
+    const BATCH: usize = 32;
+    let mut out = Vec::new();
+    loop {
+        let args = PeekSiginfoArgs {
+            off: out.len() as u64,
+            flags: if shared { PEEKSIGINFO_SHARED } else { 0 },
+            nr: BATCH as i32,
+        };
+        let mut buf = [[0u8; SIGINFO_SIZE]; BATCH];
+        let n = req(
+            "PTRACE_PEEKSIGINFO",
+            libc::PTRACE_PEEKSIGINFO,
+            tid,
+            &args as *const PeekSiginfoArgs as usize,
+            buf.as_mut_ptr() as usize,
+        )?;
+        let n = usize::try_from(n).unwrap_or(0).min(BATCH);
+        out.extend_from_slice(&buf[..n]);
+        if n < BATCH {
+            return Ok(out);
+        }
+    }
+}
+
+/// `struct ptrace_rseq_configuration`: the task's registered rseq area.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RseqConfig {
+    /// Address of the `struct rseq` (0: none registered).
+    pub rseq_abi_pointer: u64,
+    /// Registered size.
+    pub rseq_abi_size: u32,
+    /// Abort signature.
+    pub signature: u32,
+    /// Registration flags.
+    pub flags: u32,
+    /// Padding.
+    pub pad: u32,
+}
+
+/// `PTRACE_GET_RSEQ_CONFIGURATION`.
+pub fn rseq_config(tid: i32) -> Result<RseqConfig> {
+    let mut conf = RseqConfig::default();
+    req(
+        "PTRACE_GET_RSEQ_CONFIGURATION",
+        PTRACE_GET_RSEQ_CONFIGURATION,
+        tid,
+        std::mem::size_of::<RseqConfig>(),
+        &mut conf as *mut RseqConfig as usize,
+    )?;
+    Ok(conf)
+}

@@ -1,0 +1,379 @@
+//! Seizing a whole process tree, every thread, in O(n).
+//!
+//! ```text
+//! round:  for each process not yet stable: list /proc/PID/task,
+//!           PTRACE_SEIZE + PTRACE_INTERRUPT every new thread (no waiting)
+//!         [first round with a freezer: thaw now, every task is seized and interrupted]
+//!         reap: one waitpid(-1, __WALL|__WNOTHREAD) loop feeds a tid -> state map until
+//!           no seized thread is pending (signal stops are delivered and waited again,
+//!           exits drop the thread)
+//!         for each newly stopped thread: read /proc/PID/task/TID/children (exact now)
+//! until a round finds no new thread and no new process
+//! ```
+//!
+//! A process is stable once it was listed while all its known threads were stopped and the
+//! listing had no new thread: stopped threads cannot clone. Zombie processes are reported,
+//! never seized. A thread that exits while we seize it is dropped and reported in
+//! [`SeizedTree::died`]; a root that dies is "task N died".
+//!
+//! All ptrace requests come from the calling thread: the tree is not `Send`. Reading the
+//! registers of thousands of threads from several threads would need one tracer per shard
+//! (ptrace binds a tracee to the thread that attached it) and every later remote operation
+//! routed to the right shard; a register read is a single syscall of about a microsecond, so
+//! one tracer thread is kept (see BENCHMARKS.md "Seizing threads").
+
+use super::error::{Error, Result};
+use super::freezer::Freezer;
+use super::proc_tasks;
+use super::ptrace;
+use super::task::{stop_kind, SeizedTask};
+use super::wait::{self, WaitEvent};
+use std::collections::HashMap;
+
+/// One seized process: all its live threads, leader first.
+#[derive(Debug)]
+pub struct SeizedProcess {
+    /// Process id (thread group id).
+    pub pid: i32,
+    /// The process whose thread's `children` listed it (`None` for the root).
+    pub parent: Option<i32>,
+    /// Threads, the leader first, then ascending tids.
+    pub threads: Vec<SeizedTask>,
+}
+
+impl SeizedProcess {
+    /// The thread group leader (where the parasite runs).
+    pub fn leader(&self) -> &SeizedTask {
+        &self.threads[0]
+    }
+}
+
+/// A zombie found in the tree (not seized).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Zombie {
+    /// Its pid.
+    pub pid: i32,
+    /// Its parent in the tree.
+    pub parent: i32,
+}
+
+/// Every thread of a process tree, stopped; everything detaches on drop.
+#[derive(Debug)]
+pub struct SeizedTree {
+    /// Processes in discovery order (breadth first, the root first).
+    pub processes: Vec<SeizedProcess>,
+    /// Zombie processes of the tree.
+    pub zombies: Vec<Zombie>,
+    /// Threads that exited while being seized.
+    pub died: Vec<i32>,
+}
+
+impl SeizedTree {
+    /// The root process.
+    pub fn root(&self) -> &SeizedProcess {
+        &self.processes[0]
+    }
+
+    /// A process by pid.
+    pub fn process(&self, pid: i32) -> Option<&SeizedProcess> {
+        self.processes.iter().find(|p| p.pid == pid)
+    }
+
+    /// Number of seized threads.
+    pub fn thread_count(&self) -> usize {
+        self.processes.iter().map(|p| p.threads.len()).sum()
+    }
+
+    /// All seized threads.
+    pub fn tasks(&self) -> impl Iterator<Item = &SeizedTask> {
+        self.processes.iter().flat_map(|p| p.threads.iter())
+    }
+
+    /// Detaches every thread now, returning the first failure (all are tried).
+    pub fn detach(self) -> Result<()> {
+        let mut first = None;
+        for process in self.processes {
+            for task in process.threads {
+                if let Err(e) = task.detach() {
+                    if !e.is_task_died() {
+                        first.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+struct ProcState {
+    pid: i32,
+    parent: Option<i32>,
+    tids: Vec<i32>,
+    stable: bool,
+    gone: bool,
+}
+
+struct TaskSlot {
+    task: SeizedTask,
+    pending: bool,
+    children_read: bool,
+}
+
+/// Seizes every thread of the tree rooted at `root` (see the module doc).
+pub fn seize_tree(root: i32) -> Result<SeizedTree> {
+    Seizer::default().run(root, None)
+}
+
+/// Same as [`seize_tree`] for a tree frozen in a cgroup: all tasks are seized and interrupted
+/// while frozen, then the cgroup is thawed (they trap into their ptrace stops at once).
+pub fn seize_tree_frozen(root: i32, freezer: Freezer) -> Result<SeizedTree> {
+    Seizer::default().run(root, Some(freezer))
+}
+
+#[derive(Default)]
+struct Seizer {
+    procs: Vec<ProcState>,
+    index: HashMap<i32, usize>,
+    tasks: HashMap<i32, TaskSlot>,
+    pending: usize,
+    zombies: Vec<Zombie>,
+    died: Vec<i32>,
+}
+
+impl Seizer {
+    fn run(mut self, root: i32, mut freezer: Option<Freezer>) -> Result<SeizedTree> {
+        self.add_process(root, None);
+        loop {
+            let mut new_threads = 0;
+            for i in 0..self.procs.len() {
+                if !self.procs[i].stable && !self.procs[i].gone {
+                    new_threads += self.scan_process(i)?;
+                }
+            }
+            if let Some(f) = freezer.take() {
+                f.thaw()?;
+            }
+            self.reap()?;
+            let procs_before = self.procs.len();
+            self.read_children()?;
+            if new_threads == 0 && self.procs.len() == procs_before {
+                break;
+            }
+        }
+        if self.procs[0].gone || self.procs[0].tids.is_empty() {
+            return Err(Error::TaskDied {
+                pid: root,
+                op: "seize tree",
+            });
+        }
+        Ok(self.finish())
+    }
+
+    fn add_process(&mut self, pid: i32, parent: Option<i32>) {
+        if self.index.contains_key(&pid) {
+            return;
+        }
+        self.index.insert(pid, self.procs.len());
+        self.procs.push(ProcState {
+            pid,
+            parent,
+            tids: Vec::new(),
+            stable: false,
+            gone: false,
+        });
+    }
+
+    /// Lists the threads of process `i`, seizes and interrupts the new ones; returns how
+    /// many were new.
+    fn scan_process(&mut self, i: usize) -> Result<usize> {
+        let pid = self.procs[i].pid;
+        let all_stopped = self.procs[i]
+            .tids
+            .iter()
+            .all(|t| self.tasks.get(t).is_none_or(|s| !s.pending));
+        let tids = match proc_tasks::threads(pid) {
+            Ok(t) => t,
+            Err(Error::TaskDied { .. }) => {
+                self.procs[i].gone = true;
+                return Ok(0);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut new = 0;
+        for &tid in &tids {
+            if self.tasks.contains_key(&tid) {
+                continue;
+            }
+            match proc_tasks::state(pid, tid)? {
+                None => continue,
+                Some('Z' | 'X') if tid == pid => {
+                    if tids.len() > 1 {
+                        return Err(Error::Unexpected {
+                            op: "seize tree",
+                            pid,
+                            what: "the thread group leader is a zombie with live threads".into(),
+                        });
+                    }
+                    self.procs[i].gone = true;
+                    if let Some(parent) = self.procs[i].parent {
+                        self.zombies.push(Zombie { pid, parent });
+                    } else {
+                        return Err(Error::TaskDied {
+                            pid,
+                            op: "seize tree (root is a zombie)",
+                        });
+                    }
+                    return Ok(0);
+                }
+                Some('Z' | 'X') => continue,
+                Some(_) => {}
+            }
+            match ptrace::seize(tid, 0) {
+                Ok(()) => {}
+                Err(Error::TaskDied { .. }) => {
+                    self.died.push(tid);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let task = SeizedTask::attached(pid, tid, super::task::StopKind::Interrupted);
+            self.tasks.insert(
+                tid,
+                TaskSlot {
+                    task,
+                    pending: true,
+                    children_read: false,
+                },
+            );
+            self.pending += 1;
+            self.procs[i].tids.push(tid);
+            new += 1;
+            // ESRCH: it is dying; its exit reaches us (we trace it) in the reap loop.
+            if let Err(e) = ptrace::interrupt(tid) {
+                if !e.is_task_died() {
+                    return Err(e);
+                }
+            }
+        }
+        if new == 0 && all_stopped {
+            self.procs[i].stable = true;
+        }
+        Ok(new)
+    }
+
+    /// Waits for every pending thread to stop or die.
+    fn reap(&mut self) -> Result<()> {
+        while self.pending > 0 {
+            let Some((tid, event)) = wait::wait_any()? else {
+                // No tracee left to report: every pending thread is gone.
+                let gone: Vec<i32> = self
+                    .tasks
+                    .iter()
+                    .filter(|(_, s)| s.pending)
+                    .map(|(t, _)| *t)
+                    .collect();
+                for tid in gone {
+                    self.drop_task(tid);
+                }
+                break;
+            };
+            let Some(slot) = self.tasks.get_mut(&tid) else {
+                tracing::debug!(tid, ?event, "wait event of a task outside the tree");
+                continue;
+            };
+            match event {
+                WaitEvent::EventStop { sig } => {
+                    if slot.pending {
+                        slot.pending = false;
+                        slot.task.set_stop(stop_kind(sig));
+                        self.pending -= 1;
+                    }
+                }
+                // A signal arrived before our interrupt: let the task take it, the pending
+                // interrupt stops it right after.
+                WaitEvent::SignalStop { sig } => ptrace::cont(tid, sig).or_else(ignore_died)?,
+                WaitEvent::OtherEvent { .. } => ptrace::cont(tid, 0).or_else(ignore_died)?,
+                WaitEvent::Exited { .. } | WaitEvent::Killed { .. } => self.drop_task(tid),
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_task(&mut self, tid: i32) {
+        if let Some(slot) = self.tasks.remove(&tid) {
+            slot.task.forget();
+            if slot.pending {
+                self.pending -= 1;
+            }
+            self.died.push(tid);
+            let pid = slot.task.tgid();
+            if let Some(&i) = self.index.get(&pid) {
+                self.procs[i].tids.retain(|&t| t != tid);
+                if tid == pid {
+                    self.procs[i].gone = true;
+                }
+            }
+        }
+    }
+
+    /// Reads the children of every thread that stopped since the last round.
+    fn read_children(&mut self) -> Result<()> {
+        let mut found = Vec::new();
+        for (&tid, slot) in self.tasks.iter_mut() {
+            if slot.pending || slot.children_read {
+                continue;
+            }
+            slot.children_read = true;
+            let pid = slot.task.tgid();
+            for child in proc_tasks::children(pid, tid)? {
+                found.push((child, pid));
+            }
+        }
+        found.sort_unstable();
+        for (child, parent) in found {
+            self.add_process(child, Some(parent));
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> SeizedTree {
+        let mut processes = Vec::with_capacity(self.procs.len());
+        for proc in &self.procs {
+            if proc.gone && !proc.tids.is_empty() {
+                // Leader died but threads were seized: they are dying too; detach them.
+                for tid in &proc.tids {
+                    self.tasks.remove(tid);
+                }
+                continue;
+            }
+            let mut tids = proc.tids.clone();
+            tids.sort_unstable_by_key(|&t| (t != proc.pid, t));
+            let threads: Vec<SeizedTask> = tids
+                .iter()
+                .filter_map(|t| self.tasks.remove(t))
+                .map(|s| s.task)
+                .collect();
+            if threads.is_empty() || threads[0].tid() != proc.pid {
+                continue;
+            }
+            processes.push(SeizedProcess {
+                pid: proc.pid,
+                parent: proc.parent,
+                threads,
+            });
+        }
+        SeizedTree {
+            processes,
+            zombies: self.zombies,
+            died: self.died,
+        }
+    }
+}
+
+fn ignore_died(e: Error) -> Result<()> {
+    if e.is_task_died() {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}

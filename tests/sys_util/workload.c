@@ -1,0 +1,64 @@
+/* Test workload for the ptrace and parasite tests.
+ * usage: workload NTHREADS [stop]
+ * Prints "ready PID PATTERN_ADDR PATTERN_LEN COUNTER_ADDR FD" once set up, then the main thread
+ * counts (counter += 1 every millisecond, nanosleep between) and the NTHREADS-1 other threads
+ * sleep in a loop. PATTERN holds byte i = (i * 7 + 3) & 0xff. FD is a pipe write end.
+ * SIGUSR1 has a handler (SA_RESTART, mask {SIGUSR2}), SIGUSR2 is ignored.
+ * With "stop" the process sends itself SIGSTOP after printing. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile unsigned long counter;
+
+static void on_usr1(int sig) { (void)sig; }
+
+static void *sleeper(void *arg) {
+    (void)arg;
+    for (;;) {
+        struct timespec ts = { 1, 0 };
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    int nthreads = argc > 1 ? atoi(argv[1]) : 1;
+    int stop = argc > 2 && strcmp(argv[2], "stop") == 0;
+    size_t len = 4 * 4096;
+    unsigned char *pattern = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (pattern == MAP_FAILED) return 1;
+    for (size_t i = 0; i < len; i++) pattern[i] = (unsigned char)(i * 7 + 3);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_usr1;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaddset(&sa.sa_mask, SIGUSR2);
+    sigaction(SIGUSR1, &sa, NULL);
+    signal(SIGUSR2, SIG_IGN);
+    int fds[2];
+    if (pipe(fds)) return 1;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    for (int i = 1; i < nthreads; i++) {
+        pthread_t t;
+        if (pthread_create(&t, &attr, sleeper, NULL)) { perror("pthread_create"); return 1; }
+    }
+    printf("ready %d %lx %zu %lx %d\n", getpid(), (unsigned long)pattern, len,
+           (unsigned long)&counter, fds[1]);
+    fflush(stdout);
+    if (stop) raise(SIGSTOP);
+    for (;;) {
+        counter++;
+        struct timespec ts = { 0, 1000000 };
+        nanosleep(&ts, NULL);
+    }
+}
