@@ -839,3 +839,100 @@ fn tcp_established_via_repair() {
         assert_eq!(&buf[..n], b"ping");
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// ttys
+
+#[test]
+fn pty_pair_keeps_index_termios_winsize_packet_mode() {
+    use stasis::sys::tty;
+    with_timeout(10, || {
+        let m =
+            fdkinds::open("/dev/ptmx", libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC).unwrap();
+        tty::set_int(&m, tty::TIOCSPTLCK, 0).unwrap();
+        let s = tty::open_peer(
+            &m,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+        .unwrap();
+        let index = tty::get_int(&m, tty::TIOCGPTN).unwrap() as u32;
+        tty::set_winsize(&s, [33, 101, 0, 0]).unwrap();
+        let mut term = tty::get_termios(&s, tty::TCGETS).unwrap();
+        term.lflag &= !(libc::ECHO | libc::ICANON);
+        term.cc[libc::VMIN] = 1;
+        tty::set_termios(&s, tty::TCSETS, term).unwrap();
+        tty::set_int(&m, tty::TIOCPKT, 1).unwrap();
+
+        let mut st = DumpState::new(DumpOptions::default());
+        let em = dump_own(&m, 1, &mut st);
+        let es = dump_own(&s, 2, &mut st);
+        assert_eq!(em.r#type, pb::FdTypes::Tty as i32);
+        assert_eq!(em.tty.as_ref().unwrap().tty_info_id, index << 1 | 1);
+        assert_eq!(es.tty.as_ref().unwrap().tty_info_id, index << 1);
+        assert_eq!(st.extra.tty_info.len(), 2);
+        let si = st
+            .extra
+            .tty_info
+            .iter()
+            .find(|i| i.id == index << 1)
+            .unwrap();
+        assert_eq!(si.winsize.as_ref().unwrap().ws_col, 101);
+        assert_eq!(si.termios.as_ref().unwrap().c_cc.len(), 19);
+        let mi = st
+            .extra
+            .tty_info
+            .iter()
+            .find(|i| i.id == index << 1 | 1)
+            .unwrap();
+        assert!(mi.packet_mode && !mi.locked);
+        let extra = through_disk(&st.extra, &[]);
+        drop((m, s));
+
+        let fds = restore_all(&[es, em], &extra, RestoreOptions::default());
+        let (rm, rs) = (&fds[&1], &fds[&2]);
+        assert_eq!(tty::get_int(rm, tty::TIOCGPTN).unwrap() as u32, index);
+        assert_eq!(tty::get_winsize(rs).unwrap(), [33, 101, 0, 0]);
+        assert_eq!(tty::get_termios(rs, tty::TCGETS).unwrap(), term);
+        assert_eq!(tty::get_int(rm, tty::TIOCGPKT).unwrap(), 1);
+        assert_ne!(fl(rs) & libc::O_NONBLOCK, 0);
+        // The pair is connected: slave output reaches the master (packet mode: a 0 header).
+        fdkinds::write(rs, b"hello").unwrap();
+        let mut buf = [0u8; 16];
+        let n = fdkinds::read(rm, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"\0hello");
+    });
+}
+
+#[test]
+fn pty_slave_without_master_needs_shell_job() {
+    use stasis::sys::tty;
+    with_timeout(10, || {
+        let m =
+            fdkinds::open("/dev/ptmx", libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC).unwrap();
+        tty::set_int(&m, tty::TIOCSPTLCK, 0).unwrap();
+        let s = tty::open_peer(&m, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC).unwrap();
+        let mut st = DumpState::new(DumpOptions {
+            shell_job: true,
+            ..Default::default()
+        });
+        let es = dump_own(&s, 2, &mut st);
+        let extra = through_disk(&st.extra, &[]);
+        let mut ctx = RestoreCtx::new(RestoreOptions::default(), &extra, [&es]);
+        let err = files::restore_fd(&es, &mut ctx, &no_targets)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--shell-job"), "{err}");
+        let opts = RestoreOptions {
+            shell_job: true,
+            ..Default::default()
+        };
+        let mut ctx = RestoreCtx::new(opts, &extra, [&es]);
+        let res = files::restore_fd(&es, &mut ctx, &no_targets);
+        if tty::is_tty(std::io::stdin()) {
+            assert!(tty::is_tty(res.unwrap()), "our own terminal");
+        } else {
+            let err = res.unwrap_err().to_string();
+            assert!(err.contains("needs a terminal on fd 0"), "{err}");
+        }
+    });
+}

@@ -61,7 +61,9 @@ pub fn run(args: Vec<OsString>) -> i32 {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("restore failed: {e}");
-            eprintln!("Error (restore): {e}");
+            if parsed.common.log_path().is_some() {
+                eprintln!("Error (restore): {e}");
+            }
             return 1;
         }
     };

@@ -1,6 +1,6 @@
 //! File-descriptor kinds beyond regular files and pipes, shared by the dump and restore
 //! engines: eventfd, epoll, timerfd, signalfd, inotify, unix sockets, inet/inet6 sockets (TCP
-//! listeners, UDP, established TCP with `--tcp-established` via TCP_REPAIR); ttys: next.
+//! listeners, UDP, established TCP with `--tcp-established` via TCP_REPAIR), ptys (`--shell-job`).
 //!
 //! Each kind is one file with a `dump` and a `restore` function, bound together in the table
 //! [`KINDS`] (CRIU's per-fd-type ops). The engines call the generic entry points:
@@ -41,6 +41,7 @@ pub mod signalfd;
 pub mod sockopts;
 pub mod tcp;
 pub mod timerfd;
+pub mod tty;
 pub mod unix;
 
 use std::collections::HashMap;
@@ -105,7 +106,6 @@ pub(crate) struct UnixSeen {
 }
 
 /// Everything collected across all fds of a dump.
-#[allow(dead_code)] // unix/tty fields: filled by those kinds (next step)
 #[derive(Debug, Default)]
 pub struct DumpState {
     pub opts: DumpOptions,
@@ -116,8 +116,8 @@ pub struct DumpState {
     pub(crate) unix_entries: HashMap<u32, pb::UnixSkEntry>,
     /// Dumped TCP connections, held in repair mode (see [`tcp`]).
     pub(crate) tcp_repair: tcp::RepairHold,
-    /// tty_info ids by terminal rdev.
-    pub(crate) ttys: HashMap<u64, u32>,
+    /// tty_info ids already written.
+    pub(crate) ttys: std::collections::HashSet<u32>,
 }
 
 impl DumpState {
@@ -130,7 +130,6 @@ impl DumpState {
 }
 
 /// State of a restore across entries (socketpair ends waiting for their entry, pty masters).
-#[allow(dead_code)] // pty_masters: used by the tty kind (next step)
 pub struct RestoreCtx<'a> {
     pub opts: RestoreOptions,
     pub extra: &'a Extra,
@@ -199,6 +198,7 @@ pub static KINDS: &[KindOps] = &[
     inotify::OPS,
     unix::OPS,
     inet::OPS,
+    tty::OPS,
     epoll::OPS,
 ];
 

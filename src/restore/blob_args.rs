@@ -54,8 +54,8 @@ pub enum BlobArgsError {
 #[derive(Debug, Clone, Default)]
 pub struct ThreadSpec {
     /// `tid`, `regs`, `blocked`, `sas_*`, `rseq`, `clear_tid_addr`, `robust_list*`,
-    /// `pdeath_sig`; `fpu`, `fpu_size`, `creds`, `signals`, `nr_signals`, `stack_top` are
-    /// overwritten by [`TaskSpec::build`].
+    /// `pdeath_sig`, `comm`, `*sched*`; `fpu`, `fpu_size`, `creds`, `signals`, `nr_signals`,
+    /// `seccomp`, `nr_seccomp`, `stack_top` are overwritten by [`TaskSpec::build`].
     pub args: ThreadArgs,
     /// xsave image (see `restore::xsave::xsave_image`); empty: FPU in init state.
     pub fpu: Vec<u8>,
@@ -63,6 +63,8 @@ pub struct ThreadSpec {
     pub creds: Option<(CredsArgs, Vec<u32>)>,
     /// Private pending signals.
     pub signals: Vec<SigInfo>,
+    /// Seccomp filters, oldest first: raw `struct sock_filter` bytes and filter flags.
+    pub seccomp: Vec<(Vec<u8>, u32)>,
 }
 
 /// Everything the blob needs for one task.
@@ -231,6 +233,17 @@ impl TaskSpec {
                 }
                 None => 0,
             };
+            let filters: Vec<SeccompFilterArgs> = spec
+                .seccomp
+                .iter()
+                .map(|(prog, flags)| SeccompFilterArgs {
+                    prog: l.push(prog, 8),
+                    len: (prog.len() / 8) as u32,
+                    flags: *flags,
+                })
+                .collect();
+            t.seccomp = l.push(&filters, 8);
+            t.nr_seccomp = filters.len() as u32;
             t.fpu = l.push(&spec.fpu, 64);
             t.fpu_size = spec.fpu.len() as u32;
         }
@@ -400,6 +413,7 @@ mod tests {
                 fpu: vec![1; 576],
                 signals: vec![SigInfo::default()],
                 creds: Some((CredsArgs::default(), vec![1, 2, 3])),
+                seccomp: vec![(vec![0; 16], 0)],
             });
         }
         s.vmas.push(VmaArgs {
@@ -433,6 +447,9 @@ mod tests {
         assert_eq!(th.fpu_size, 576);
         assert_eq!(th.stack_top, a.leader_stack_top);
         assert_eq!(a.leader_stack_top, base + len - THREAD_STACK_SIZE);
+        assert_eq!(th.nr_seccomp, 1);
+        let f: SeccompFilterArgs = read_pod(&a.bytes[(th.seccomp - base) as usize..]).unwrap();
+        assert_eq!(f.len, 2);
         let c: CredsArgs = read_pod(&a.bytes[(th.creds - base) as usize..]).unwrap();
         assert_eq!(c.nr_groups, 3);
         let g: u32 = read_pod(&a.bytes[(c.groups - base + 8) as usize..]).unwrap();

@@ -12,6 +12,10 @@ use crate::images::pb;
 pub enum BlobCoreError {
     #[error("core of task {tid}: no {what}")]
     Missing { tid: u32, what: &'static str },
+    #[error("core of task {tid}: seccomp filter {index} is missing, malformed or in a loop")]
+    BadSeccomp { tid: u32, index: u32 },
+    #[error("core of task {tid}: {what} is not supported by the restorer")]
+    Unsupported { tid: u32, what: &'static str },
     #[error("core of task {tid}: siginfo {index} is {len} bytes, not 128")]
     BadSiginfo { tid: u32, index: usize, len: usize },
 }
@@ -124,12 +128,34 @@ fn siginfos(tid: u32, q: Option<&pb::SignalQueueEntry>) -> Result<Vec<SigInfo>, 
     Ok(out)
 }
 
-/// One thread from its `core-TID.img`; `leader` takes the blocked mask from `tc` (CRIU stores
-/// the main thread's there).
+/// The seccomp filter chain ending at filter `newest` of `seccomp.img`, oldest first.
+pub fn seccomp_chain(
+    tid: u32,
+    entry: &pb::SeccompEntry,
+    newest: u32,
+) -> Result<Vec<(Vec<u8>, u32)>, BlobCoreError> {
+    let mut chain = Vec::new();
+    let mut at = Some(newest);
+    while let Some(i) = at {
+        let f = entry
+            .seccomp_filters
+            .get(i as usize)
+            .filter(|f| f.filter.len() % 8 == 0 && chain.len() < entry.seccomp_filters.len())
+            .ok_or(BlobCoreError::BadSeccomp { tid, index: i })?;
+        chain.push((f.filter.clone(), f.flags.unwrap_or(0)));
+        at = f.prev;
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// One thread from its `core-TID.img` (and `seccomp.img` if the task has one); `leader` takes
+/// the blocked mask from `tc` (CRIU stores the main thread's there).
 pub fn thread_from_core(
     tid: u32,
     core: &pb::CoreEntry,
     leader: bool,
+    seccomp: Option<&pb::SeccompEntry>,
 ) -> Result<ThreadSpec, BlobCoreError> {
     let ti = core.thread_info.as_ref().ok_or(BlobCoreError::Missing {
         tid,
@@ -187,6 +213,22 @@ pub fn thread_from_core(
         fpu: fpu_from_pb(&ti.fpregs),
         creds: tcore.creds.as_ref().map(creds_from_pb),
         signals: siginfos(tid, tcore.signals_p.as_ref())?,
+        seccomp: match (tcore.seccomp_mode, tcore.seccomp_filter, seccomp) {
+            (Some(2), Some(newest), Some(entry)) => seccomp_chain(tid, entry, newest)?,
+            (Some(2), _, _) => {
+                return Err(BlobCoreError::Missing {
+                    tid,
+                    what: "seccomp filters",
+                })
+            }
+            (Some(m), _, _) if m != 0 => {
+                return Err(BlobCoreError::Unsupported {
+                    tid,
+                    what: "strict seccomp mode",
+                })
+            }
+            _ => Vec::new(),
+        },
     })
 }
 
@@ -311,7 +353,7 @@ mod tests {
     fn fx_loop_core_converts() {
         let dir = fixtures().join("criu-4.2/fx-loop");
         let core: pb::CoreEntry = read_single(dir.join("core-30000.img")).expect("core image");
-        let t = thread_from_core(30000, &core, true).expect("thread");
+        let t = thread_from_core(30000, &core, true, None).expect("thread");
         assert_eq!(t.args.regs.ip, 0x4015b1);
         assert_eq!(t.args.regs.sp, 0x7fff0db05e70);
         assert_eq!(t.args.regs.fs_base, 0x1935380);
@@ -345,10 +387,38 @@ mod tests {
     }
 
     #[test]
+    fn seccomp_chain_is_oldest_first_and_rejects_loops() {
+        let f = |b: u8, prev: Option<u32>| pb::SeccompFilter {
+            filter: vec![b; 8],
+            prev,
+            flags: None,
+        };
+        let entry = pb::SeccompEntry {
+            seccomp_filters: vec![f(1, None), f(2, Some(0)), f(3, Some(1))],
+        };
+        let chain = seccomp_chain(1, &entry, 2).unwrap();
+        assert_eq!(
+            chain.iter().map(|c| c.0[0]).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        let looped = pb::SeccompEntry {
+            seccomp_filters: vec![f(1, Some(1)), f(2, Some(0))],
+        };
+        assert!(matches!(
+            seccomp_chain(1, &looped, 1),
+            Err(BlobCoreError::BadSeccomp { .. })
+        ));
+        assert!(matches!(
+            seccomp_chain(1, &entry, 7),
+            Err(BlobCoreError::BadSeccomp { index: 7, .. })
+        ));
+    }
+
+    #[test]
     fn fx_threads_thread_core_converts() {
         let dir = fixtures().join("criu-4.2/fx-threads");
         let core: pb::CoreEntry = read_single(dir.join("core-30201.img")).expect("core image");
-        let t = thread_from_core(30201, &core, false).expect("thread");
+        let t = thread_from_core(30201, &core, false, None).expect("thread");
         assert_ne!(t.args.blocked, 0);
         assert!(t.creds.is_some());
         assert_ne!(t.args.rseq.ptr, 0);

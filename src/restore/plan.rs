@@ -163,9 +163,9 @@ fn bad(path: &Path, index: usize, what: impl Into<String>) -> RestoreError {
 
 /// Reads a pagemap image and lays out where each present run's data is.
 fn read_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
-    let mut f = ImageFile::open(dir, name, 2)?;
+    let mut f = ImageFile::open(dir, name)?;
     let head: msg::PagemapHead = f
-        .next(0)?
+        .next_msg()?
         .ok_or_else(|| bad(&f.path, 0, "no pagemap head"))?;
     let file = dir.join(format!("pages-{}.img", head.pages_id));
     let size = std::fs::metadata(&file)
@@ -178,7 +178,7 @@ fn read_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
     let mut runs = Vec::new();
     let mut offset = 0u64;
     let mut index = 1;
-    while let Some(e) = f.next::<msg::PagemapEntry>(index)? {
+    while let Some(e) = f.next_msg::<msg::PagemapEntry>()? {
         let nr = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
         let flags = e.flags.unwrap_or(if e.in_parent == Some(true) {
             pe::PARENT
@@ -225,10 +225,10 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
         return Err(RestoreError::Io {
             step: "open inventory",
             path: inv,
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
         });
     }
-    let mut pst = ImageFile::open(dir, "pstree.img", 2)?;
+    let mut pst = ImageFile::open(dir, "pstree.img")?;
     let entries: Vec<msg::PstreeEntry> = pst.all()?;
     if entries.is_empty() {
         return Err(bad(&pst.path, 0, "no tasks"));
@@ -284,21 +284,16 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
                     } else {
                         img::one(dir, &format!("core-{tid}.img"))?
                     };
-                    if core
-                        .thread_info
-                        .as_ref()
-                        .and_then(|ti| ti.gpregs.as_ref())
-                        .is_none()
-                    {
+                    if core.thread_info.is_none() {
                         return Err(bad(&dir.join(format!("core-{tid}.img")), 0, "no registers"));
                     }
                     t.threads.push(ThreadPlan { tid, core });
                 }
-                let ids = match ImageFile::open_opt(dir, &format!("ids-{pid}.img"), 2)? {
-                    Some(mut f) => f.next::<msg::TaskKobjIds>(0)?,
+                let ids = match ImageFile::open_opt(dir, &format!("ids-{pid}.img"))? {
+                    Some(mut f) => f.next_msg::<msg::TaskKobjIds>()?,
                     None => None,
                 };
-                let ids = ids.or_else(|| core.ids.clone()).ok_or_else(|| {
+                let ids = ids.or(core.ids).ok_or_else(|| {
                     bad(
                         &dir.join(format!("ids-{pid}.img")),
                         0,
@@ -308,7 +303,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
                 t.mm = Some(img::one(dir, &format!("mm-{pid}.img"))?);
                 t.pages = read_pages(dir, &format!("pagemap-{pid}.img"))?;
                 t.fs = Some(img::one(dir, &format!("fs-{pid}.img"))?);
-                t.fds = ImageFile::open(dir, &format!("fdinfo-{}.img", ids.files_id), 2)?.all()?;
+                t.fds = ImageFile::open(dir, &format!("fdinfo-{}.img", ids.files_id))?.all()?;
             }
             s => {
                 return Err(RestoreError::Unsupported(format!(
@@ -333,13 +328,13 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
         tasks[pi].children.push(pid);
     }
     let mut files = BTreeMap::new();
-    if let Some(mut f) = ImageFile::open_opt(dir, "files.img", 2)? {
+    if let Some(mut f) = ImageFile::open_opt(dir, "files.img")? {
         for e in f.all::<msg::FileEntry>()? {
             files.insert(e.id, e);
         }
     }
     let mut memfd_inodes = BTreeMap::new();
-    if let Some(mut f) = ImageFile::open_opt(dir, "memfd.img", 2)? {
+    if let Some(mut f) = ImageFile::open_opt(dir, "memfd.img")? {
         for e in f.all::<msg::MemfdInodeEntry>()? {
             let name = format!("pagemap-shmem-{}.img", e.shmid);
             let pages = if dir.join(&name).exists() {
@@ -351,16 +346,14 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
         }
     }
     let mut pipe_data = HashMap::new();
-    if let Some(mut f) = ImageFile::open_opt(dir, "pipes-data.img", 2)? {
-        let mut i = 0;
-        while let Some(e) = f.next::<msg::PipeDataEntry>(i)? {
-            let data = f.payload(u64::from(e.bytes), i)?.to_vec();
+    if let Some(mut f) = ImageFile::open_opt(dir, "pipes-data.img")? {
+        while let Some(e) = f.next_msg::<msg::PipeDataEntry>()? {
+            let data = f.payload(u64::from(e.bytes))?.to_vec();
             pipe_data.insert(e.pipe_id, (e.size.unwrap_or(0), data));
-            i += 1;
         }
     }
     let mut ghosts = HashMap::new();
-    if let Some(mut f) = ImageFile::open_opt(dir, "remap-fpath.img", 2)? {
+    if let Some(mut f) = ImageFile::open_opt(dir, "remap-fpath.img")? {
         for (i, e) in f.all::<msg::RemapFilePathEntry>()?.into_iter().enumerate() {
             if e.remap_type.unwrap_or(0) != 1 {
                 return Err(RestoreError::Unsupported(format!(
@@ -368,20 +361,18 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
                     e.remap_type.unwrap_or(0)
                 )));
             }
-            let mut g = ImageFile::open(dir, &format!("ghost-file-{}.img", e.remap_id), 2)?;
+            let mut g = ImageFile::open(dir, &format!("ghost-file-{}.img", e.remap_id))?;
             let head: msg::GhostFileEntry = g
-                .next(0)?
+                .next_msg()?
                 .ok_or_else(|| bad(&g.path, 0, "no ghost file entry"))?;
             let mut chunks = Vec::new();
             if head.chunks == Some(true) {
-                let mut k = 1;
-                while let Some(c) = g.next::<msg::GhostChunkEntry>(k)? {
-                    chunks.push((c.off, g.payload(c.len, k)?.to_vec()));
-                    k += 1;
+                while let Some(c) = g.next_msg::<msg::GhostChunkEntry>()? {
+                    chunks.push((c.off, g.payload(c.len)?.to_vec()));
                 }
             } else {
                 let size = head.size.unwrap_or(0);
-                chunks.push((0, g.payload(size, 1)?.to_vec()));
+                chunks.push((0, g.payload(size)?.to_vec()));
             }
             ghosts.insert(e.orig_id, (head, chunks));
         }

@@ -320,7 +320,6 @@ pub fn switch_task(
     )?;
     if let Some(timers) = &tc.timers {
         for (which, it) in [(0u64, &timers.real), (1, &timers.virt), (2, &timers.prof)] {
-            let Some(it) = it else { continue };
             let v = [it.isec, it.iusec, it.vsec, it.vusec];
             let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
             mem.write(scratch, &b)?;
@@ -843,10 +842,7 @@ fn load_registers(tid: i32, core: &msg::CoreEntry, mask: u64) -> Result<(), Rest
         .thread_info
         .as_ref()
         .ok_or_else(|| RestoreError::Unsupported("no thread_info".into()))?;
-    let g = ti
-        .gpregs
-        .as_ref()
-        .ok_or_else(|| RestoreError::Unsupported("no gpregs".into()))?;
+    let g = &ti.gpregs;
     if g.mode.unwrap_or(1) != 1 {
         return Err(RestoreError::Unsupported(format!(
             "thread {tid}: 32-bit (compat) registers"
@@ -880,7 +876,8 @@ fn load_registers(tid: i32, core: &msg::CoreEntry, mask: u64) -> Result<(), Rest
     r.es = g.es;
     r.fs = g.fs;
     r.gs = g.gs;
-    if let Some(fp) = &ti.fpregs {
+    {
+        let fp = &ti.fpregs;
         let mut area = tracee::get_xstate(tid, 16384).map_err(|e| err("get xstate", e))?;
         super::xstate::fill(&mut area, fp)
             .map_err(|w| RestoreError::Unsupported(format!("thread {tid}: {w}")))?;

@@ -12,3 +12,4 @@ mod restorer_tests;
 pub mod sock_diag;
 pub mod socket;
 pub mod tracee;
+pub mod tty;

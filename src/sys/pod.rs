@@ -37,6 +37,7 @@ pod!(
     abi::KeepRange,
     abi::SpecialRemap,
     abi::VdsoPatch,
+    abi::SeccompFilterArgs,
     abi::SyncArgs,
     abi::TaskArgs,
     abi::StatusRecord,

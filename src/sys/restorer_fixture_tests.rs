@@ -85,6 +85,9 @@ fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
     let mm: pb::MmEntry = read_single(dir.join(format!("mm-{pid}.img"))).expect("mm");
     let fs: pb::FsEntry = read_single(dir.join(format!("fs-{pid}.img"))).expect("fs");
     let pstree: Vec<pb::PstreeEntry> = read_entries(dir.join("pstree.img")).expect("pstree");
+    let seccomp: Option<pb::SeccompEntry> = read_entries(dir.join("seccomp.img"))
+        .ok()
+        .and_then(|v| v.into_iter().next());
     let files: Vec<pb::FileEntry> = read_entries(dir.join("files.img")).expect("files");
     let path_of = |id: u64| {
         files
@@ -212,8 +215,9 @@ fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
         .threads;
     for &tid in tids {
         let core: pb::CoreEntry = read_single(dir.join(format!("core-{tid}.img"))).expect("core");
-        spec.threads
-            .push(thread_from_core(tid, &core, tid == pid as u32).expect("thread"));
+        spec.threads.push(
+            thread_from_core(tid, &core, tid == pid as u32, seccomp.as_ref()).expect("thread"),
+        );
         if tid == pid as u32 {
             task_from_core(&mut spec, tid, &core).expect("task");
         }

@@ -95,6 +95,7 @@ const E_RSEQ: usize = 11;
 const E_SA_HANDLER: usize = 12;
 const E_VDSO_FN: usize = 13;
 const E_PROXY_VDSO: usize = 14;
+const E_KEEP_AREA: usize = 15;
 /// clear_tid word of the thread: its TID until it exits.
 static CLEAR_TID: AtomicU32 = AtomicU32::new(0);
 static THREAD_RESULT: AtomicU32 = AtomicU32::new(u32::MAX);
@@ -171,6 +172,8 @@ extern "C" fn thread_check() -> ! {
         5 // registered already: EBUSY
     } else if rsys(102, 0, 0, 0, 0) != 1000 || rsys(104, 0, 0, 0, 0) != 1000 {
         6
+    } else if rsys(110, 0, 0, 0, 0) != -1 {
+        7 // the seccomp filter makes getppid fail with EPERM
     } else {
         0
     };
@@ -219,7 +222,10 @@ extern "C" fn leader_check() -> ! {
         7
     } else if rsys(302, 0, 7, 0, rl.as_mut_ptr() as u64) != 0 || rl[0] != 777 {
         8
-    } else if !unmapped(e(E_P)) || !unmapped(e(E_JUNK)) || !unmapped(e(E_AREA)) {
+    } else if !unmapped(e(E_P))
+        || !unmapped(e(E_JUNK))
+        || (e(E_KEEP_AREA) == 0 && !unmapped(e(E_AREA)))
+    {
         9
     } else if (0..8192).any(|i| {
         // SAFETY: T is an 8 KiB readable mapping of the restored layout.
@@ -245,6 +251,8 @@ extern "C" fn leader_check() -> ! {
         15
     } else if !vdso_call_ok() {
         16
+    } else if rsys(110, 0, 0, 0, 0) <= 0 {
+        17 // no filter on the leader
     } else {
         0
     };
@@ -362,6 +370,23 @@ fn stat_fields() -> Vec<u64> {
         .collect()
 }
 
+/// Classic BPF: getppid (110) fails with EPERM, everything else is allowed.
+fn getppid_eperm_filter() -> Vec<u8> {
+    let insn = |code: u16, jt: u8, jf: u8, k: u32| {
+        let mut b = code.to_le_bytes().to_vec();
+        b.extend_from_slice(&[jt, jf]);
+        b.extend_from_slice(&k.to_le_bytes());
+        b
+    };
+    [
+        insn(0x20, 0, 0, 0),           // ld [0] (seccomp_data.nr)
+        insn(0x15, 0, 1, 110),         // jeq #110
+        insn(0x06, 0, 0, 0x0005_0001), // ret ERRNO(EPERM)
+        insn(0x06, 0, 0, 0x7fff_0000), // ret ALLOW
+    ]
+    .concat()
+}
+
 fn siginfo(sig: i32, code: i32, value: i32) -> SigInfo {
     let mut si = SigInfo::default();
     si.bytes[0..4].copy_from_slice(&sig.to_le_bytes());
@@ -377,11 +402,15 @@ fn free_tid(after: u32) -> u32 {
 }
 
 /// Child side of the full test: builds the spec from its own layout and enters the blob.
+/// `keep_area`: the thread's saved sp sits 256 bytes above the start of its stack VMA (with
+/// another mapping right below), so its frame cannot go on the target stack and the blob must
+/// take the fallback (frames in the area, area kept).
 fn child_full(
     status_fd: i32,
     go_fd: i32,
     verdict_fd: i32,
     file: &std::path::Path,
+    keep_area: bool,
 ) -> std::convert::Infallible {
     // Keep malloc from unmapping or trimming memory after the layout was read.
     // SAFETY: mallopt only changes malloc tunables of this (forked, single-threaded) child.
@@ -391,9 +420,27 @@ fn child_full(
     }
     let stacks = mmap(256 * 1024, libc::PROT_READ | libc::PROT_WRITE);
     let leader_sp = stacks + 64 * 1024;
-    let thread_sp = stacks + 128 * 1024;
+    let thread_sp = if keep_area {
+        // A shared mapping right above the private stacks: a VMA of its own.
+        // SAFETY: replaces the top 64 KiB of our own fresh `stacks` mapping.
+        let p = unsafe {
+            libc::mmap(
+                (stacks + 192 * 1024) as *mut libc::c_void,
+                64 * 1024,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        assert_eq!(p as u64, stacks + 192 * 1024);
+        EXPECT[E_KEEP_AREA].store(1, SeqCst);
+        stacks + 192 * 1024 + 256
+    } else {
+        stacks + 128 * 1024
+    };
     let leader_sas = stacks + 160 * 1024;
-    let thread_sas = stacks + 192 * 1024;
+    let thread_sas = stacks + 176 * 1024;
     let rseq_area = stacks + 224 * 1024;
     let junk = mmap(4096, libc::PROT_READ);
     let p = mmap(8192, libc::PROT_READ | libc::PROT_WRITE);
@@ -672,6 +719,7 @@ fn child_full(
         fpu,
         creds: Some((root_caps, vec![0])),
         signals: vec![siginfo(10, -1, 1234)],
+        seccomp: Vec::new(),
     });
     spec.threads.push(ThreadSpec {
         args: ThreadArgs {
@@ -696,6 +744,7 @@ fn child_full(
         fpu: Vec::new(),
         creds: Some((user, vec![1000])),
         signals: vec![siginfo(10, -1, 42)],
+        seccomp: vec![(getppid_eperm_filter(), 0)],
     });
     let len = spec.area_len();
     let base = area_hole(len);
@@ -778,6 +827,15 @@ fn is_root() -> bool {
 
 #[test]
 fn blob_restores_layout_threads_signals_and_leaves_nothing_mapped() {
+    run_full(false);
+}
+
+#[test]
+fn blob_keeps_its_area_when_a_frame_does_not_fit_on_the_target_stack() {
+    run_full(true);
+}
+
+fn run_full(keep_area: bool) {
     assert!(
         is_root(),
         "restorer blob tests need root (clone3 set_tid, creds)"
@@ -793,7 +851,7 @@ fn blob_restores_layout_threads_signals_and_leaves_nothing_mapped() {
     let (status_r, status_w) = pipe();
     let (go_r, go_w) = pipe();
     let (verdict_r, verdict_w) = pipe();
-    let child = fork_child(|| child_full(status_w, go_r, verdict_w, &path));
+    let child = fork_child(|| child_full(status_w, go_r, verdict_w, &path, keep_area));
     // SAFETY: closes the parent's copies of the child's pipe ends.
     unsafe {
         libc::close(status_w);
@@ -805,7 +863,16 @@ fn blob_restores_layout_threads_signals_and_leaves_nothing_mapped() {
     assert_eq!(rec.magic, abi::STATUS_MAGIC);
     assert_eq!(
         (rec.stage, rec.step, rec.index, rec.code),
-        (abi::STAGE_READY, 0, 0, 0),
+        (
+            abi::STAGE_READY,
+            0,
+            0,
+            if keep_area {
+                abi::STATUS_AREA_KEPT as i32
+            } else {
+                0
+            }
+        ),
         "blob reported {rec:?} (code 1 = area kept)"
     );
     assert_eq!(rec.pid, child.0 as u32);
@@ -829,7 +896,7 @@ fn blob_restores_layout_threads_signals_and_leaves_nothing_mapped() {
     );
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", child.0)).expect("maps");
     let has = |a: u64| maps.lines().any(|l| l.starts_with(&format!("{a:x}-")));
-    assert!(!has(w(1)), "restorer area still mapped:\n{maps}");
+    assert_eq!(has(w(1)), keep_area, "restorer area mapped or not:\n{maps}");
     assert!(has(w(2)) && !has(w(3)) && !has(w(4)) && has(w(5)), "{maps}");
     let line_vdso = maps
         .lines()

@@ -208,3 +208,40 @@ pub fn pids_ready(name: &str) {
             .collect::<Vec<_>>()
     );
 }
+
+/// Re-runs install.sh (restores data files a test changed).
+pub fn reinstall() {
+    let out = Command::new(fixtures().join("install.sh"))
+        .output()
+        .expect("run install.sh");
+    assert!(
+        out.status.success(),
+        "install.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts a restore failed with a message containing every one of `needles`, and that no
+/// task of fixture `name` is alive afterwards.
+pub fn assert_failed(out: &Output, name: &str, needles: &[&str]) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "restore should fail; stderr: {err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "error should mention {n:?}; got: {err}");
+    }
+    let (_, pids) = manifest(name);
+    let left: Vec<i32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| alive(p) && is_fixture_task(p))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "tasks left alive after a failed restore: {left:?}"
+    );
+    err
+}

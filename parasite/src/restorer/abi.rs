@@ -19,6 +19,7 @@
 //!                 PosixTimerArgs[nr_posix_timers]
 //!                 SigInfo[...]                     shared, then per-thread pending signals
 //!                 CredsArgs[...] + groups          per thread (threads may share one)
+//!                 SeccompFilterArgs[...] + programs per thread
 //!                 auxv words (u64)
 //!                 KeepRange[nr_keep]               premapped areas the blob must not unmap
 //!                 xsave images                     one per thread, 64-byte aligned
@@ -46,7 +47,8 @@
 //! 6. `prctl(PR_SET_MM, PR_SET_MM_MAP, &mm)`; personality, umask, sigactions, rlimits,
 //!    child subreaper, pdeath signal.
 //! 7. Creates threads 1.. with clone3 (`set_tid`); each thread registers its rseq, robust list,
-//!    clear_tid address, gs/fs base, name, scheduling, then restores its creds (leader last).
+//!    clear_tid address, gs/fs base, name, scheduling, then restores its creds and seccomp
+//!    filters (leader last).
 //! 8. Queues pending signals (shared: rt_sigqueueinfo, per thread: rt_tgsigqueueinfo), creates
 //!    POSIX timers with their ids (PR_TIMER_CREATE_RESTORE_IDS), arms itimers.
 //! 9. Writes a `StatusRecord` with `stage = STAGE_READY` to `status_fd`; if `go_fd >= 0`
@@ -67,7 +69,7 @@
 /// `TaskArgs::magic`: "STASISRA".
 pub const ARGS_MAGIC: u64 = 0x4152_5349_5341_5453;
 /// `TaskArgs::version`; bumped on any layout change.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 /// Size of each thread's stack in the area (blob code, frames, the xsave copy).
 pub const THREAD_STACK_SIZE: u64 = 64 * 1024;
 /// Exit code of a task whose restorer failed (after the error record was written).
@@ -292,6 +294,22 @@ pub struct ThreadArgs {
     pub _pad1: u32,
     /// Thread name for `PR_SET_NAME` (NUL padded; empty: leave).
     pub comm: [u8; 16],
+    /// Seccomp filters to install, oldest first: `nr_seccomp` `SeccompFilterArgs`.
+    pub seccomp: Addr,
+    pub nr_seccomp: u32,
+    pub _pad2: u32,
+}
+
+/// One classic-BPF seccomp filter (`SECCOMP_SET_MODE_FILTER`), installed by its thread after
+/// the ids are changed and before the capabilities are set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeccompFilterArgs {
+    /// Address of `len` `struct sock_filter` (8 bytes each).
+    pub prog: Addr,
+    pub len: u32,
+    /// `SECCOMP_FILTER_FLAG_*` (only LOG and SPEC_ALLOW are passed on).
+    pub flags: u32,
 }
 
 /// One VMA of the target layout.
@@ -504,6 +522,7 @@ pub mod step {
     pub const FRAME: u32 = 21;
     pub const SIGMASK: u32 = 22;
     pub const RSEQ_DROP: u32 = 23;
+    pub const SECCOMP: u32 = 24;
 }
 
 /// Size checks: a layout change that forgets the other side fails to build.
@@ -515,7 +534,7 @@ const _: () = {
     assert!(core::mem::size_of::<CredsArgs>() == 96);
     assert!(
         core::mem::size_of::<ThreadArgs>()
-            == 8 + 8 + 216 + 8 + 24 + 16 + 8 + 16 + 8 + 16 + 8 + 8 + 16 + 16
+            == 8 + 8 + 216 + 8 + 24 + 16 + 8 + 16 + 8 + 16 + 8 + 8 + 16 + 16 + 16
     );
     assert!(core::mem::size_of::<VmaArgs>() == 56);
     assert!(core::mem::size_of::<StatusRecord>() == 24);

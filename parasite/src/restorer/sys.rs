@@ -40,6 +40,7 @@ pub const EXIT_GROUP: usize = 231;
 pub const SET_ROBUST_LIST: usize = 273;
 pub const RT_TGSIGQUEUEINFO: usize = 297;
 pub const PRLIMIT64: usize = 302;
+pub const SECCOMP: usize = 317;
 pub const RSEQ: usize = 334;
 pub const CLONE3: usize = 435;
 

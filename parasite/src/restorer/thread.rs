@@ -1,6 +1,6 @@
 //! Threads: creation with clone3 (`set_tid`), per-thread kernel state, credentials.
 
-use crate::abi::{step, CredsArgs, TaskArgs, ThreadArgs, THREAD_STACK_SIZE};
+use crate::abi::{step, CredsArgs, SeccompFilterArgs, TaskArgs, ThreadArgs, THREAD_STACK_SIZE};
 use crate::sys::{self, check, sc, slice};
 
 const CLONE_VM: u64 = 0x100;
@@ -145,12 +145,45 @@ fn bits(w: [u32; 2]) -> u64 {
     u64::from(w[0]) | (u64::from(w[1]) << 32)
 }
 
-/// Restores the calling thread's creds: groups, ids (keeping caps across the change),
-/// securebits, bounding set, capabilities, ambient set, no_new_privs.
+/// Installs the thread's seccomp filters, oldest first (still privileged: the capabilities
+/// are set afterwards).
+fn install_seccomp(a: &TaskArgs, t: &ThreadArgs, index: usize) {
+    // SAFETY: written by the engine inside the area.
+    let filters: &[SeccompFilterArgs] = unsafe { slice(t.seccomp, u64::from(t.nr_seccomp)) };
+    for f in filters {
+        let fprog = SockFprog { len: f.len as u16, _pad: [0; 6], filter: f.prog };
+        // SAFETY: fprog points to f.len sock_filter instructions in the area.
+        let r = unsafe {
+            sc(sys::SECCOMP, SECCOMP_SET_MODE_FILTER, (f.flags & SECCOMP_FLAGS_KEPT) as usize, &fprog as *const _ as usize, 0, 0, 0)
+        };
+        check(a, step::SECCOMP, index, r);
+    }
+}
+
+/// `struct sock_fprog`.
+#[repr(C)]
+struct SockFprog {
+    len: u16,
+    _pad: [u8; 6],
+    filter: u64,
+}
+
+const SECCOMP_SET_MODE_FILTER: usize = 1;
+/// SECCOMP_FILTER_FLAG_LOG | SECCOMP_FILTER_FLAG_SPEC_ALLOW.
+const SECCOMP_FLAGS_KEPT: u32 = 2 | 4;
+
+/// Restores the calling thread's creds and seccomp filters (see `restore_ids_and_caps`).
 pub fn restore_creds(a: &TaskArgs, t: &ThreadArgs, index: usize) {
     if t.creds == 0 {
+        install_seccomp(a, t, index);
         return;
     }
+    restore_ids_and_caps(a, t, index);
+}
+
+/// Groups, ids (keeping caps across the change), securebits, bounding set, seccomp filters,
+/// capabilities, ambient set, no_new_privs.
+fn restore_ids_and_caps(a: &TaskArgs, t: &ThreadArgs, index: usize) {
     // SAFETY: creds points to a CredsArgs written by the engine inside the area.
     let c: &CredsArgs = unsafe { &*(t.creds as *const CredsArgs) };
     // SAFETY: integer arguments only.
@@ -181,6 +214,7 @@ pub fn restore_creds(a: &TaskArgs, t: &ThreadArgs, index: usize) {
             }
         }
     }
+    install_seccomp(a, t, index);
     let header = [LINUX_CAPABILITY_VERSION_3, 0];
     let data = [
         c.cap_eff[0], c.cap_prm[0], c.cap_inh[0],

@@ -1,0 +1,304 @@
+//! Pseudo-terminals: pty masters (`/dev/ptmx`) and slaves (`/dev/pts/N`), with their
+//! terminal state in `tty-info.img`; `--shell-job` for a slave whose master is outside.
+//!
+//! ```text
+//!  image:  file_entry {type TTY, tty {id, tty_info_id, flags, fown}}
+//!          tty-info.img {id = index << 1 | is_master, type PTY, locked, exclusive,
+//!                        packet_mode, sid, pgrp, rdev, termios (19 c_cc, speeds 0),
+//!                        termios_locked, winsize, pty {index}, uid?, gid?}   one per side
+//!  dump:   index: TIOCGPTN (master) or the /dev/pts number; termios/winsize/exclusive from
+//!          the fd; lock and packet mode from the master; sid and foreground group of a slave
+//!          from /proc/PID/stat when it is the task's controlling terminal
+//!  restore (master stage 0, slave stage 1):
+//!          master: /dev/ptmx opened until the kernel hands out the old index; unlocked;
+//!                  termios, winsize, packet mode; kept in the context for its slaves
+//!          slave:  TIOCGPTPEER on the restored master; termios, winsize
+//!          slave without master in the image: --shell-job reuses the restorer's own terminal
+//!          (its fd 0), like CRIU; otherwise an error
+//! ```
+//! Making a terminal the controlling one (TIOCSCTTY, TIOCSPGRP with `sid`/`pgrp` of its
+//! tty_info) happens in the restored task and is the engine's part. Not handled: `/dev/tty`,
+//! consoles, VTs, serial lines, queued tty data (tty-data.img), a master's lock flag.
+
+use std::collections::HashSet;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+use stasis_images::pb;
+
+use super::common::{self, FdInfo};
+use super::error::{image, sys, unsupported, At, Result};
+use super::{DumpFd, DumpState, KindOps, RestoreCtx, Targets};
+use crate::sys::{fdkinds, tty as t};
+
+const KIND: &str = "tty";
+
+/// `/dev/ptmx` is character device 5:2; slaves are majors 136..=143.
+const PTMX: (u64, u64) = (5, 2);
+const PTS_MAJORS: std::ops::RangeInclusive<u64> = 136..=143;
+/// How many masters we open at most to get the old pty index back.
+pub const MAX_INDEX_TRIES: usize = 4096;
+
+pub const OPS: KindOps = KindOps {
+    name: KIND,
+    fd_type: pb::FdTypes::Tty,
+    matches,
+    dump,
+    restore,
+    stage,
+};
+
+fn rdev(fd: BorrowedFd<'_>) -> Option<(u64, u64, u64)> {
+    let st = nix::sys::stat::fstat(fd).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR {
+        return None;
+    }
+    let r = st.st_rdev;
+    Some((libc::major(r) as u64, libc::minor(r) as u64, r))
+}
+
+fn matches(link: &str, fd: BorrowedFd<'_>) -> bool {
+    if !(link.starts_with("/dev/pts/") || link == "/dev/ptmx") {
+        return false;
+    }
+    matches!(rdev(fd), Some((ma, mi, _)) if (ma, mi) == PTMX || PTS_MAJORS.contains(&ma))
+}
+
+fn stage(e: &pb::FileEntry) -> u8 {
+    match &e.tty {
+        Some(f) if f.tty_info_id & 1 == 0 => 1,
+        _ => 0,
+    }
+}
+
+fn termios_entry(x: t::Termios) -> pb::TermiosEntry {
+    pb::TermiosEntry {
+        c_iflag: x.iflag,
+        c_oflag: x.oflag,
+        c_cflag: x.cflag,
+        c_lflag: x.lflag,
+        c_line: u32::from(x.line),
+        c_ispeed: 0,
+        c_ospeed: 0,
+        c_cc: x.cc.iter().map(|c| u32::from(*c)).collect(),
+    }
+}
+
+fn termios_of(e: &pb::TermiosEntry) -> t::Termios {
+    let mut cc = [0u8; t::NCCS];
+    for (d, s) in cc.iter_mut().zip(&e.c_cc) {
+        *d = *s as u8;
+    }
+    t::Termios {
+        iflag: e.c_iflag,
+        oflag: e.c_oflag,
+        cflag: e.c_cflag,
+        lflag: e.c_lflag,
+        line: e.c_line as u8,
+        cc,
+    }
+}
+
+/// (session, foreground group) of `pid` if `rdev` is its controlling terminal.
+fn ctty_of(pid: i32, rdev: u64) -> Option<(u32, u32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.get(s.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split(' ').collect();
+    // After "comm": state ppid pgrp session tty_nr tpgid ...
+    let (session, tty_nr, tpgid): (u32, u64, i64) = (
+        f.get(3)?.parse().ok()?,
+        f.get(4)?.parse().ok()?,
+        f.get(5)?.parse().ok()?,
+    );
+    let (ma, mi) = (libc::major(rdev) as u64, libc::minor(rdev) as u64);
+    let enc = (mi & 0xff) | (ma << 8) | ((mi & !0xff) << 12);
+    (tty_nr == enc).then_some((session, tpgid.max(0) as u32))
+}
+
+/// Dumps a pty end.
+pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
+    let at = d.at();
+    let f = d.file;
+    let info = FdInfo::parse(KIND, at, d.fdinfo)?;
+    let (ma, mi, raw) = rdev(f).ok_or_else(|| unsupported(KIND, at, "not a character device"))?;
+    let master = (ma, mi) == PTMX;
+    let index = if master {
+        t::get_int(f, t::TIOCGPTN).map_err(sys(KIND, at, "TIOCGPTN"))? as u32
+    } else {
+        ((ma - PTS_MAJORS.start()) * 256 + mi) as u32
+    };
+    let info_id = (index << 1) | u32::from(master);
+    if st.ttys.insert(info_id) {
+        let term = t::get_termios(f, t::TCGETS).map_err(sys(KIND, at, "TCGETS"))?;
+        let locked_t =
+            t::get_termios(f, t::TIOCGLCKTRMIOS).map_err(sys(KIND, at, "TIOCGLCKTRMIOS"))?;
+        let ws = t::get_winsize(f).map_err(sys(KIND, at, "TIOCGWINSZ"))?;
+        let flag = |req, what| {
+            t::get_int(f, req)
+                .map(|v| v != 0)
+                .map_err(sys(KIND, at, what))
+        };
+        let (sid, pgrp) = if master {
+            (
+                t::get_int(f, t::TIOCGSID).unwrap_or(0) as u32,
+                t::get_int(f, t::TIOCGPGRP).unwrap_or(0) as u32,
+            )
+        } else {
+            ctty_of(d.pid, raw).unwrap_or((0, 0))
+        };
+        let md = nix::sys::stat::fstat(f).map_err(sys(KIND, at, "fstat"))?;
+        let ti = pb::TtyInfoEntry {
+            id: info_id,
+            r#type: pb::TtyType::Pty as i32,
+            locked: master && flag(t::TIOCGPTLCK, "TIOCGPTLCK")?,
+            exclusive: flag(t::TIOCGEXCL, "TIOCGEXCL")?,
+            packet_mode: master && flag(t::TIOCGPKT, "TIOCGPKT")?,
+            sid,
+            pgrp,
+            rdev: raw as u32,
+            termios: Some(termios_entry(term)),
+            termios_locked: Some(termios_entry(locked_t)),
+            winsize: Some(pb::WinsizeEntry {
+                ws_row: u32::from(ws[0]),
+                ws_col: u32::from(ws[1]),
+                ws_xpixel: u32::from(ws[2]),
+                ws_ypixel: u32::from(ws[3]),
+            }),
+            pty: Some(pb::TtyPtyEntry { index }),
+            dev: None,
+            uid: (!master).then_some(md.st_uid),
+            gid: (!master).then_some(md.st_gid),
+        };
+        st.extra.tty_info.push(ti);
+    }
+    let mut e = super::file_entry(pb::FdTypes::Tty, d.id);
+    e.tty = Some(pb::TtyFileEntry {
+        id: d.id,
+        tty_info_id: info_id,
+        flags: info.flags,
+        fown: common::dump_fown(KIND, at, f)?,
+        regf_id: None,
+    });
+    Ok(e)
+}
+
+/// Opens /dev/ptmx until the kernel hands out `index`.
+fn open_master(at: At, index: u32) -> Result<OwnedFd> {
+    let mut spare = Vec::new();
+    let mut seen = HashSet::new();
+    for _ in 0..MAX_INDEX_TRIES {
+        let m = fdkinds::open("/dev/ptmx", libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .map_err(sys(KIND, at, "open /dev/ptmx"))?;
+        let got = t::get_int(&m, t::TIOCGPTN).map_err(sys(KIND, at, "TIOCGPTN"))? as u32;
+        if got == index {
+            return Ok(m);
+        }
+        if got > index || !seen.insert(got) {
+            break;
+        }
+        spare.push(m);
+    }
+    Err(unsupported(
+        KIND,
+        at,
+        format!("pty index {index} is in use"),
+    ))
+}
+
+fn apply(at: At, f: BorrowedFd<'_>, ti: &pb::TtyInfoEntry) -> Result<()> {
+    if let Some(x) = &ti.termios_locked {
+        t::set_termios(f, t::TIOCSLCKTRMIOS, termios_of(x)).map_err(sys(
+            KIND,
+            at,
+            "TIOCSLCKTRMIOS",
+        ))?;
+    }
+    if let Some(x) = &ti.termios {
+        t::set_termios(f, t::TCSETS, termios_of(x)).map_err(sys(KIND, at, "TCSETS"))?;
+    }
+    if let Some(w) = &ti.winsize {
+        let ws = [
+            w.ws_row as u16,
+            w.ws_col as u16,
+            w.ws_xpixel as u16,
+            w.ws_ypixel as u16,
+        ];
+        t::set_winsize(f, ws).map_err(sys(KIND, at, "TIOCSWINSZ"))?;
+    }
+    if ti.exclusive {
+        t::no_arg(f, t::TIOCEXCL).map_err(sys(KIND, at, "TIOCEXCL"))?;
+    }
+    Ok(())
+}
+
+/// Restores a pty end.
+pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> Result<OwnedFd> {
+    let at = At::Id(e.id);
+    let tf = e
+        .tty
+        .as_ref()
+        .ok_or_else(|| image(KIND, at, "no tty member"))?;
+    let ti = ctx
+        .extra
+        .tty_info
+        .iter()
+        .find(|i| i.id == tf.tty_info_id)
+        .ok_or_else(|| image(KIND, at, format!("no tty-info entry {}", tf.tty_info_id)))?
+        .clone();
+    if ti.r#type != pb::TtyType::Pty as i32 {
+        return Err(unsupported(KIND, at, format!("tty type {}", ti.r#type)));
+    }
+    let index = ti.pty.as_ref().map_or(tf.tty_info_id >> 1, |p| p.index);
+    let master = tf.tty_info_id & 1 == 1;
+    let fd =
+        if master {
+            let m = match ctx.pty_masters.get(&index) {
+                Some(m) => fdkinds::reopen(m, libc::O_RDWR | libc::O_NOCTTY).map_err(sys(
+                    KIND,
+                    at,
+                    "reopen master",
+                ))?,
+                None => {
+                    let m = open_master(at, index)?;
+                    t::set_int(&m, t::TIOCSPTLCK, 0).map_err(sys(KIND, at, "TIOCSPTLCK"))?;
+                    let keep = m.try_clone().map_err(|e| {
+                        sys(KIND, at, "dup")(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+                    })?;
+                    ctx.pty_masters.insert(index, keep);
+                    m
+                }
+            };
+            if ti.packet_mode {
+                t::set_int(&m, t::TIOCPKT, 1).map_err(sys(KIND, at, "TIOCPKT"))?;
+            }
+            apply(at, m.as_fd(), &ti)?;
+            m
+        } else if let Some(m) = ctx.pty_masters.get(&index) {
+            let s = t::open_peer(m, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
+                .map_err(sys(KIND, at, format!("TIOCGPTPEER of pty {index}")))?;
+            apply(at, s.as_fd(), &ti)?;
+            s
+        } else if ctx.opts.shell_job {
+            // The master belongs to the shell that started us: use our own terminal.
+            let stdin = std::io::stdin();
+            let zero = stdin.as_fd();
+            if !t::is_tty(zero) {
+                return Err(unsupported(
+                    KIND,
+                    at,
+                    "--shell-job restore needs a terminal on fd 0",
+                ));
+            }
+            zero.try_clone_to_owned().map_err(|e| {
+                sys(KIND, at, "dup fd 0")(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            })?
+        } else {
+            return Err(unsupported(
+                KIND,
+                at,
+                format!("pty {index} has no master in the image (--shell-job)"),
+            ));
+        };
+    common::restore_params(KIND, e.id, &fd, tf.flags, &tf.fown)?;
+    Ok(fd)
+}
