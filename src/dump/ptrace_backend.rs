@@ -161,16 +161,18 @@ impl Backend for PtraceBackend {
 
 impl PtraceFrozen {
     fn mem(&mut self, pid: i32) -> Result<&File> {
-        if !self.mem.contains_key(&pid) {
-            let p = proc::path(pid, "mem");
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&p)
-                .map_err(|e| DumpError::io("core", pid, "open /proc/PID/mem", e))?;
-            self.mem.insert(pid, f);
+        use std::collections::btree_map::Entry;
+        match self.mem.entry(pid) {
+            Entry::Occupied(o) => Ok(o.into_mut()),
+            Entry::Vacant(v) => {
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(proc::path(pid, "mem"))
+                    .map_err(|e| DumpError::io("core", pid, "open /proc/PID/mem", e))?;
+                Ok(v.insert(f))
+            }
         }
-        Ok(&self.mem[&pid])
     }
 
     fn gadget(&mut self, pid: i32) -> Result<u64> {
@@ -416,7 +418,7 @@ impl TaskProbe for PtraceFrozen {
             (ret, [le64(b, 0), le64(b, 8), le64(b, 16), le64(b, 24)])
         })?;
         let mut p = ProcessProbe::default();
-        for (i, (ret, w)) in res.iter().take(64).enumerate() {
+        for (ret, w) in res.iter().take(64) {
             if *ret == 0 {
                 p.sigactions.push(SigAction {
                     handler: w[0],
@@ -425,7 +427,6 @@ impl TaskProbe for PtraceFrozen {
                     mask: w[3],
                 });
             } else {
-                let _ = i;
                 p.sigactions.push(SigAction::default());
             }
         }
