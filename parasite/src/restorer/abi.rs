@@ -326,7 +326,8 @@ pub struct VmaArgs {
     pub madv: u64,
     /// Final `PROT_*`.
     pub prot: u32,
-    /// `MAP_*` flags for `VMA_MMAP` (`MAP_FIXED` is added by the blob).
+    /// `MAP_*` flags for `VMA_MMAP` (`MAP_FIXED` is added by the blob). For other kinds only
+    /// `MAP_GROWSDOWN` is looked at: a final frame may then extend the stack downwards.
     pub flags: u32,
     pub kind: u32,
     /// File to map (`VMA_MMAP`), -1 for anonymous.

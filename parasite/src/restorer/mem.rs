@@ -154,10 +154,11 @@ const SIGRETURN_GADGETS: [&[u8]; 2] = [
 /// `syscall; ret`.
 const SYSCALL_RET: &[u8] = &[0x0f, 0x05, 0xc3];
 
-/// Readable and executable, and really mapped now (a skipped VMA only if a special remap
-/// moved something onto it).
+/// Readable, executable, not writable (threads already let go cannot change a gadget the
+/// leader still needs), and really mapped now (a skipped VMA only if a special remap moved
+/// something onto it).
 fn readable_exec(a: &TaskArgs, v: &VmaArgs) -> bool {
-    if v.prot & (PROT_READ | PROT_EXEC) != (PROT_READ | PROT_EXEC) || v.start >= TASK_SIZE {
+    if v.prot & (PROT_READ | PROT_EXEC | PROT_WRITE) != (PROT_READ | PROT_EXEC) || v.start >= TASK_SIZE {
         return false;
     }
     if v.kind != abi::VMA_SKIP {
