@@ -99,3 +99,75 @@ pub fn to_json<M: Message>(msg: &M, message: &str) -> Result<Value> {
 pub fn entry_json(e: &pb::FileEntry) -> Result<Value> {
     to_json(e, "file_entry")
 }
+
+/// Restores the files.img entries `ids` (all of kinds [`super::handles`] accepts) in stage
+/// order, with the side images of `dir`. `fd_tables` are the fdinfo tables of the tasks (an
+/// epoll's targets are fd numbers in the table that holds the epoll; targets the engine
+/// opened itself come from `parked`, by files.img id). The descriptors are the caller's to
+/// park; they must stay open until the forked tasks have theirs.
+pub fn restore_files(
+    dir: &std::path::Path,
+    files: &std::collections::BTreeMap<u32, pb::FileEntry>,
+    ids: &[u32],
+    fd_tables: &[&[pb::FdinfoEntry]],
+    parked: &dyn Fn(u32) -> Option<std::os::fd::RawFd>,
+    opts: super::RestoreOptions,
+) -> Result<Vec<(u32, std::os::fd::OwnedFd)>> {
+    use std::os::fd::AsRawFd;
+    let mut entries = Vec::new();
+    for id in ids {
+        let e = files
+            .get(id)
+            .ok_or_else(|| super::error::image("file", At::Id(*id), "not in files.img"))?;
+        entries.push(e);
+    }
+    entries.sort_by_key(|e| (super::restore_stage(e), e.id));
+    let tcp_inos: Vec<u32> = entries
+        .iter()
+        .filter_map(|e| e.isk.as_ref())
+        .filter(|s| s.proto == libc::IPPROTO_TCP as u32 && s.state == super::inet::TCP_ESTABLISHED)
+        .map(|s| s.ino)
+        .collect();
+    let extra = super::Extra::read_dir(dir, &tcp_inos)?;
+    let mut ctx = super::RestoreCtx::new(opts, &extra, files.values());
+    let mut out: Vec<(u32, std::os::fd::OwnedFd)> = Vec::new();
+    for e in entries {
+        let fd = {
+            // An epoll's targets: fd numbers of the table holding the epoll -> restored fds.
+            let table = fd_tables.iter().find(|t| t.iter().any(|f| f.id == e.id));
+            let restored = &out;
+            let targets = |tfd: u32| {
+                let id = table?.iter().find(|f| f.fd == tfd)?.id;
+                let mine = restored
+                    .iter()
+                    .find(|(i, _)| *i == id)
+                    .map(|(_, fd)| fd.as_raw_fd());
+                mine.or_else(|| parked(id))
+            };
+            super::restore_fd(e, &mut ctx, &targets)?
+        };
+        out.push((e.id, fd));
+    }
+    if let Some(ino) = ctx.unclaimed().first() {
+        return Err(super::error::image(
+            "unix",
+            At::Id(0),
+            format!("socketpair end {ino} has no entry among the restored files"),
+        ));
+    }
+    Ok(out)
+}
+
+impl From<super::FilesError> for crate::restore::error::RestoreError {
+    fn from(e: super::FilesError) -> Self {
+        use crate::restore::error::RestoreError;
+        match &e {
+            super::FilesError::Sys { errno, .. } => RestoreError::Sys {
+                step: e.to_string(),
+                pid: 0,
+                errno: *errno,
+            },
+            _ => RestoreError::Unsupported(e.to_string()),
+        }
+    }
+}

@@ -85,7 +85,7 @@ fn status_flags(flags: u32) -> OFlag {
 }
 
 /// Opens every file description and mapping the plan needs.
-pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
+pub fn open_all(plan: &Plan, kinds: crate::files::RestoreOptions) -> Result<Opened, RestoreError> {
     let max_fd = plan
         .tasks
         .iter()
@@ -196,6 +196,7 @@ pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
     for t in &plan.tasks {
         wanted.extend(t.fds.iter().map(|f| f.id));
     }
+    let mut shared = Vec::new();
     for id in wanted.iter().copied().chain(mapped.keys().copied()) {
         let f = plan.files.get(&id).ok_or_else(|| RestoreError::Image {
             path: plan.dir.join("files.img"),
@@ -244,12 +245,32 @@ pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
             if want_map {
                 o.maps.insert(id, mfd);
             }
+        } else if crate::files::handles(f) {
+            if want_desc {
+                shared.push(id);
+            }
         } else if f.pipe.is_none() {
             return Err(RestoreError::Unsupported(format!(
                 "files.img: id {id}: file type {} is not restored yet",
                 f.r#type
             )));
         }
+    }
+    // Sockets, eventfd, epoll, timerfd, signalfd, inotify, ptys: crate::files, in its order.
+    let tables: Vec<&[crate::images::pb::FdinfoEntry]> =
+        plan.tasks.iter().map(|t| t.fds.as_slice()).collect();
+    let desc = o.desc.clone();
+    let restored = crate::files::task::restore_files(
+        &plan.dir,
+        &plan.files,
+        &shared,
+        &tables,
+        &|id| desc.get(&id).copied(),
+        kinds,
+    )?;
+    for (id, fd) in restored {
+        let n = o.park(fd)?;
+        o.desc.insert(id, n);
     }
     Ok(o)
 }
