@@ -66,6 +66,9 @@ pub enum RestoreError {
         /// Its wait status.
         status: String,
     },
+    /// A descriptor kind (eventfd, epoll, socket, ...) could not be restored.
+    #[error("{0}")]
+    Files(#[from] crate::files::FilesError),
     /// The restore did not finish in time.
     #[error("timed out during {0}")]
     Timeout(String),

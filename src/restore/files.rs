@@ -22,6 +22,8 @@ use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::{lseek, Whence};
 
+use stasis_images::pb;
+
 use super::error::RestoreError;
 use super::plan::{vma_status, Pages, Plan};
 
@@ -32,6 +34,8 @@ pub struct Opened {
     pub desc: HashMap<u32, RawFd>,
     /// files.img id -> parked descriptor used to map the file (memfd: the memfd itself).
     pub maps: HashMap<u32, RawFd>,
+    /// shmid -> parked memfd backing shared anonymous memory (`VMA_ANON_SHARED`).
+    pub shmem: HashMap<u64, RawFd>,
     /// First parked number.
     pub base: RawFd,
     /// Owners (closed when the restorer is done).
@@ -85,7 +89,7 @@ fn status_flags(flags: u32) -> OFlag {
 }
 
 /// Opens every file description and mapping the plan needs.
-pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
+pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opened, RestoreError> {
     let max_fd = plan
         .tasks
         .iter()
@@ -130,6 +134,34 @@ pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
         }
         let n = o.park(fd)?;
         memfds.insert(*inode, n);
+    }
+
+    // Shared anonymous memory: one memfd per shmid, shared by every task mapping it.
+    let mut shm_size: BTreeMap<u64, u64> = BTreeMap::new();
+    for t in &plan.tasks {
+        for v in t.mm.iter().flat_map(|m| m.vmas.iter()) {
+            if v.status & vma_status::ANON_SHARED != 0 {
+                let end = v.pgoff + (v.end - v.start);
+                let e = shm_size.entry(v.shmid).or_insert(0);
+                *e = (*e).max(end);
+            }
+        }
+    }
+    for (shmid, size) in shm_size {
+        let name = format!("pagemap-shmem-{shmid}.img");
+        let pages = if plan.dir.join(&name).exists() {
+            super::plan::read_pages(&plan.dir, &name)?
+        } else {
+            Pages::default()
+        };
+        let fd = memfd_create(c"dev/zero", MFdFlags::empty())
+            .map_err(|er| sys(format!("memfd_create for shmid {shmid}"), er))?;
+        let file = std::fs::File::from(fd);
+        file.set_len(size)
+            .map_err(|er| io("size shared memory", &name, er))?;
+        fill_from_pages(&file, &pages, size).map_err(|er| io("fill shared memory", &name, er))?;
+        let n = o.park(OwnedFd::from(file))?;
+        o.shmem.insert(shmid, n);
     }
 
     // Which ids are mapped (and how).
@@ -191,6 +223,51 @@ pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
         }
     }
 
+    // FIFOs: a keeper (O_RDWR) per pipe_id holds the queued data, then each end is opened.
+    let mut keepers: BTreeMap<u32, ()> = BTreeMap::new();
+    for (id, f) in &plan.files {
+        let Some(fifo) = &f.fifo else { continue };
+        let path = fifo
+            .regf_id
+            .and_then(|r| plan.files.get(&r))
+            .and_then(|r| r.reg.as_ref())
+            .map(|r| (r.name.clone(), r.flags))
+            .ok_or_else(|| RestoreError::Image {
+                path: plan.dir.join("files.img"),
+                index: 0,
+                what: format!("fifo {id}: no path entry"),
+            })?;
+        if keepers.insert(fifo.pipe_id, ()).is_none() {
+            let keeper = nix::fcntl::open(
+                path.0.as_str(),
+                OFlag::O_RDWR | OFlag::O_NONBLOCK,
+                Mode::empty(),
+            )
+            .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
+            if let Some((size, data)) = plan.fifo_data.get(&fifo.pipe_id) {
+                if *size as usize >= data.len() && *size > 0 {
+                    let _ = fcntl(&keeper, FcntlArg::F_SETPIPE_SZ(*size as i32));
+                }
+                let mut off = 0;
+                while off < data.len() {
+                    off += nix::unistd::write(&keeper, &data[off..])
+                        .map_err(|e| sys(format!("fill fifo {}", path.0), e))?;
+                }
+            }
+            o.park(keeper)?;
+        }
+        let fd = nix::fcntl::open(
+            path.0.as_str(),
+            open_flags(path.1) | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
+        fcntl(&fd, FcntlArg::F_SETFL(status_flags(path.1)))
+            .map_err(|e| sys("set fifo flags", e))?;
+        let n = o.park(fd)?;
+        o.desc.insert(*id, n);
+    }
+
     // Descriptions referenced by some task's fdinfo, and mapped files.
     let mut wanted: BTreeSet<u32> = BTreeSet::new();
     for t in &plan.tasks {
@@ -205,7 +282,7 @@ pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
         let want_desc = wanted.contains(&id) && !o.desc.contains_key(&id);
         let want_map = mapped.contains_key(&id) && !o.maps.contains_key(&id);
         if let Some(reg) = &f.reg {
-            if want_desc {
+            if want_desc && !o.desc.contains_key(&id) {
                 let fd = if let Some((g, chunks)) = plan.ghosts.get(&id) {
                     open_ghost(&reg.name, reg.flags, g.mode, g.size, chunks)?
                 } else {
@@ -244,14 +321,97 @@ pub fn open_all(plan: &Plan) -> Result<Opened, RestoreError> {
             if want_map {
                 o.maps.insert(id, mfd);
             }
-        } else if f.pipe.is_none() {
+        } else if crate::files::handles(f) {
+            // Restored below, in stage order, once every possible epoll target exists.
+        } else if f.pipe.is_none() && f.fifo.is_none() {
             return Err(RestoreError::Unsupported(format!(
                 "files.img: id {id}: file type {} is not restored yet",
                 f.r#type
             )));
         }
     }
+    open_kinds(plan, &wanted, opts, &mut o)?;
     Ok(o)
+}
+
+/// Restores the descriptor kinds of [`crate::files`] (eventfd, timerfd, signalfd, inotify,
+/// sockets, epoll last) in the restorer, parked like the others.
+fn open_kinds(
+    plan: &Plan,
+    wanted: &BTreeSet<u32>,
+    opts: crate::files::RestoreOptions,
+    o: &mut Opened,
+) -> Result<(), RestoreError> {
+    let mut kinds: Vec<&pb::FileEntry> = plan
+        .files
+        .values()
+        .filter(|f| wanted.contains(&f.id) && crate::files::handles(f))
+        .collect();
+    if kinds.is_empty() {
+        return Ok(());
+    }
+    kinds.sort_by_key(|f| crate::files::restore_stage(f));
+    let tcp_inos: Vec<u32> = plan
+        .files
+        .values()
+        .filter_map(|f| f.isk.as_ref())
+        .filter(|s| s.state == 1 && s.proto == libc::IPPROTO_TCP as u32)
+        .map(|s| s.ino)
+        .collect();
+    let extra = crate::files::Extra::read_dir(&plan.dir, &tcp_inos)?;
+    let mut ctx = crate::files::RestoreCtx::new(opts, &extra, plan.files.values());
+    for f in kinds {
+        // Epoll targets are recorded by fd number in the task that owns the epoll.
+        let owner = plan
+            .tasks
+            .iter()
+            .find(|t| t.fds.iter().any(|d| d.id == f.id));
+        let desc = o.desc.clone();
+        let targets = |tfd: u32| -> Option<RawFd> {
+            let t = owner?;
+            let id = t.fds.iter().find(|d| d.fd == tfd)?.id;
+            desc.get(&id).copied()
+        };
+        // The epoll keys its items by (file, fd number): register each target under the fd
+        // number it has in the task, by placing it there in the restorer for the call.
+        let tfds: Vec<u32> = f
+            .epfd
+            .iter()
+            .flat_map(|e| e.tfd.iter().map(|t| t.tfd))
+            .collect();
+        let mut swaps: Vec<(RawFd, Option<RawFd>)> = Vec::new();
+        for &tfd in &tfds {
+            let Some(src) = targets(tfd) else { continue };
+            let tfd = tfd as RawFd;
+            if swaps.iter().any(|s| s.0 == tfd) {
+                continue;
+            }
+            let saved = crate::sys::fds::dup_above(tfd, o.base + 4096).ok();
+            crate::sys::fds::dup2_raw(src, tfd, true)
+                .map_err(|e| sys(format!("place epoll target at fd {tfd}"), e))?;
+            swaps.push((tfd, saved));
+        }
+        let direct = |tfd: u32| -> Option<RawFd> {
+            swaps
+                .iter()
+                .any(|s| s.0 == tfd as RawFd)
+                .then_some(tfd as RawFd)
+        };
+        let res = crate::files::restore_fd(f, &mut ctx, &direct);
+        for &(tfd, saved) in swaps.iter().rev() {
+            match saved {
+                Some(orig) => {
+                    let _ = crate::sys::fds::dup2_raw(orig, tfd, false);
+                    crate::sys::fds::close_raw(orig);
+                }
+                None => crate::sys::fds::close_raw(tfd),
+            }
+        }
+        let fd = res?;
+        let n = o.park(fd)?;
+        o.desc.insert(f.id, n);
+    }
+    Ok(())
 }
 
 fn io(step: &'static str, what: &str, e: std::io::Error) -> RestoreError {

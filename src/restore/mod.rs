@@ -128,7 +128,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         "images read and checked in {:?}",
         t0.elapsed()
     );
-    let mut opened = files::open_all(&plan)?;
+    let kinds_opts = crate::files::RestoreOptions {
+        tcp_established: opts.tcp_established,
+        ext_unix_sk: opts.ext_unix_sk,
+        shell_job: opts.shell_job,
+    };
+    let mut opened = files::open_all(&plan, kinds_opts)?;
     let (ready_r, ready_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys0("pipe", e))?;
     let (hold_r, hold_w) =

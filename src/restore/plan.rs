@@ -114,6 +114,8 @@ pub struct TaskPlan {
     pub fs: Option<msg::FsEntry>,
     /// Children PIDs in image order.
     pub children: Vec<i32>,
+    /// `ids.vm_id` (tasks sharing an mm are refused).
+    pub vm_id: Option<u32>,
 }
 
 /// A deleted file to recreate: its entry and data chunks (offset, bytes).
@@ -132,6 +134,8 @@ pub struct Plan {
     pub memfd_inodes: BTreeMap<u64, (msg::MemfdInodeEntry, Pages)>,
     /// Pipe data by pipe_id: (pipe size, bytes).
     pub pipe_data: HashMap<u32, (u32, Vec<u8>)>,
+    /// FIFO data by pipe_id: (pipe size, bytes).
+    pub fifo_data: HashMap<u32, (u32, Vec<u8>)>,
     /// Ghost files by the orig file id: (entry, data chunks (offset, bytes)).
     pub ghosts: HashMap<u32, Ghost>,
 }
@@ -162,7 +166,7 @@ fn bad(path: &Path, index: usize, what: impl Into<String>) -> RestoreError {
 }
 
 /// Reads a pagemap image and lays out where each present run's data is.
-fn read_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
+pub fn read_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
     let mut f = ImageFile::open(dir, name)?;
     let head: msg::PagemapHead = f
         .next_msg()?
@@ -218,6 +222,18 @@ fn read_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
     Ok(Pages { file, runs })
 }
 
+/// Reads `pipes-data.img` or `fifo-data.img`: (pipe size, queued bytes) by pipe_id.
+fn read_pipe_data(dir: &Path, name: &str) -> Result<HashMap<u32, (u32, Vec<u8>)>, RestoreError> {
+    let mut out = HashMap::new();
+    if let Some(mut f) = ImageFile::open_opt(dir, name)? {
+        while let Some(e) = f.next_msg::<msg::PipeDataEntry>()? {
+            let data = f.payload(u64::from(e.bytes))?.to_vec();
+            out.insert(e.pipe_id, (e.size.unwrap_or(0), data));
+        }
+    }
+    Ok(out)
+}
+
 /// Reads and checks the whole image directory.
 pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
     let inv = dir.join("inventory.img");
@@ -267,6 +283,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             fds: Vec::new(),
             fs: None,
             children: Vec::new(),
+            vm_id: None,
         };
         match tc.task_state {
             TASK_DEAD => {}
@@ -300,6 +317,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
                         "no ids (neither ids image nor core.ids)",
                     )
                 })?;
+                t.vm_id = Some(ids.vm_id);
                 t.mm = Some(img::one(dir, &format!("mm-{pid}.img"))?);
                 t.pages = read_pages(dir, &format!("pagemap-{pid}.img"))?;
                 t.fs = Some(img::one(dir, &format!("fs-{pid}.img"))?);
@@ -345,13 +363,8 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             memfd_inodes.insert(e.inode_id, (e, pages));
         }
     }
-    let mut pipe_data = HashMap::new();
-    if let Some(mut f) = ImageFile::open_opt(dir, "pipes-data.img")? {
-        while let Some(e) = f.next_msg::<msg::PipeDataEntry>()? {
-            let data = f.payload(u64::from(e.bytes))?.to_vec();
-            pipe_data.insert(e.pipe_id, (e.size.unwrap_or(0), data));
-        }
-    }
+    let pipe_data = read_pipe_data(dir, "pipes-data.img")?;
+    let fifo_data = read_pipe_data(dir, "fifo-data.img")?;
     let mut ghosts = HashMap::new();
     if let Some(mut f) = ImageFile::open_opt(dir, "remap-fpath.img")? {
         for (i, e) in f.all::<msg::RemapFilePathEntry>()?.into_iter().enumerate() {
@@ -378,6 +391,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
         }
     }
     let plan = Plan {
+        fifo_data,
         dir: dir.to_path_buf(),
         tasks,
         files,
@@ -389,9 +403,48 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
     Ok(plan)
 }
 
-/// Every id an image refers to must exist.
+/// Every id an image refers to must exist; features we do not restore are refused here.
 fn check_references(plan: &Plan) -> Result<(), RestoreError> {
+    let mut vm_ids: HashMap<u32, i32> = HashMap::new();
     for t in &plan.tasks {
+        for th in &t.threads {
+            let mode = th
+                .core
+                .thread_core
+                .as_ref()
+                .and_then(|c| c.seccomp_mode)
+                .unwrap_or(0);
+            let old = th
+                .core
+                .tc
+                .as_ref()
+                .and_then(|c| c.old_seccomp_mode)
+                .unwrap_or(0);
+            if mode != 0 || old != 0 {
+                return Err(RestoreError::Unsupported(format!(
+                    "core-{}.img: seccomp mode {} (seccomp filters are not restored)",
+                    th.tid,
+                    mode.max(old)
+                )));
+            }
+        }
+        if let Some(vm) = t.vm_id {
+            if let Some(other) = vm_ids.insert(vm, t.pid) {
+                return Err(RestoreError::Unsupported(format!(
+                    "ids-{}.img: task shares its address space with task {other} (CLONE_VM)",
+                    t.pid
+                )));
+            }
+        }
+        if t.pid != plan.tasks[0].pid && t.sid != t.pid {
+            let parent = plan.tasks.iter().find(|p| p.pid == t.ppid);
+            if parent.is_some_and(|p| p.sid != t.sid) {
+                return Err(RestoreError::Unsupported(format!(
+                    "pstree.img: task {} is in session {} but its parent is not (helper tasks are not implemented)",
+                    t.pid, t.sid
+                )));
+            }
+        }
         for (i, fd) in t.fds.iter().enumerate() {
             if !plan.files.contains_key(&fd.id) {
                 return Err(bad(
@@ -440,12 +493,6 @@ fn check_references(plan: &Plan) -> Result<(), RestoreError> {
                 {
                     return Err(RestoreError::Unsupported(format!(
                         "mm-{}.img: vma {i} at {:#x}: status {st:#x}",
-                        t.pid, v.start
-                    )));
-                }
-                if st & vma_status::ANON_SHARED != 0 {
-                    return Err(RestoreError::Unsupported(format!(
-                        "mm-{}.img: vma {i} at {:#x}: shared anonymous memory without memfd",
                         t.pid, v.start
                     )));
                 }

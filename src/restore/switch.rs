@@ -286,6 +286,13 @@ pub fn switch_task(
             0,
         ],
     )?;
+    if let Some(d) = mm.dumpable {
+        main.syscall(
+            "prctl(PR_SET_DUMPABLE)",
+            libc::SYS_prctl,
+            [libc::PR_SET_DUMPABLE as u64, d as u64, 0, 0, 0, 0],
+        )?;
+    }
     if mm.thp_disabled == Some(true) {
         main.syscall(
             "prctl(PR_SET_THP_DISABLE)",
@@ -296,6 +303,7 @@ pub fn switch_task(
 
     // Helper descriptors.
     let mut helpers: Vec<i32> = opened.maps.values().copied().collect();
+    helpers.extend(opened.shmem.values().copied());
     helpers.extend([ctl.ready_w, ctl.hold_r]);
     helpers.sort();
     helpers.dedup();
@@ -336,6 +344,26 @@ pub fn switch_task(
         main.syscall("setpgid", libc::SYS_setpgid, [0, t.pgid as u64, 0, 0, 0, 0])?;
     }
     check_creds(pid, main_core)?;
+    if tc.child_subreaper == Some(true) {
+        main.syscall(
+            "prctl(PR_SET_CHILD_SUBREAPER)",
+            libc::SYS_prctl,
+            [libc::PR_SET_CHILD_SUBREAPER as u64, 1, 0, 0, 0, 0],
+        )?;
+    }
+    if let Some(adj) = tc.oom_score_adj {
+        let path = format!("/proc/{pid}/oom_score_adj");
+        let cur: Option<i32> = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        if cur != Some(adj) {
+            std::fs::write(&path, adj.to_string()).map_err(|e| RestoreError::Io {
+                step: "write oom_score_adj",
+                path: path.into(),
+                source: e,
+            })?;
+        }
+    }
 
     // Threads.
     let mut threads = vec![main];
@@ -481,7 +509,7 @@ fn map_vmas(
     let skip = vs::VDSO | vs::VVAR | vs::VSYSCALL;
     for v in mm.vmas.iter().filter(|v| v.status & skip == 0) {
         let len = v.end - v.start;
-        let shared = v.status & vs::FILE_SHARED != 0;
+        let shared = v.status & (vs::FILE_SHARED | vs::ANON_SHARED) != 0;
         let file = v.status & (vs::FILE_SHARED | vs::FILE_PRIVATE) != 0;
         let prot = if shared {
             v.prot
@@ -489,7 +517,16 @@ fn map_vmas(
             v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32
         };
         let mut flags = libc::MAP_FIXED as u32 | (v.flags & libc::MAP_GROWSDOWN as u32);
-        let (fd, off) = if file {
+        let (fd, off) = if v.status & vs::ANON_SHARED != 0 {
+            let fd = *opened.shmem.get(&v.shmid).ok_or_else(|| {
+                RestoreError::Unsupported(format!(
+                    "mm-{pid}.img: vma {:#x}: shared memory {} not created",
+                    v.start, v.shmid
+                ))
+            })?;
+            flags |= libc::MAP_SHARED as u32;
+            (fd as u64, v.pgoff)
+        } else if file {
             let fd = *opened.maps.get(&(v.shmid as u32)).ok_or_else(|| {
                 RestoreError::Unsupported(format!(
                     "mm-{pid}.img: vma {:#x}: file {} not opened",
@@ -530,7 +567,7 @@ fn map_vmas(
         let targets: Vec<(u64, u64)> = mm
             .vmas
             .iter()
-            .filter(|v| v.status & skip == 0 && v.status & vs::FILE_SHARED == 0)
+            .filter(|v| v.status & skip == 0 && v.status & (vs::FILE_SHARED | vs::ANON_SHARED) == 0)
             .map(|v| (v.start, v.end))
             .collect();
         let mut buf = vec![0u8; 4 << 20];
@@ -558,7 +595,7 @@ fn map_vmas(
     for v in mm
         .vmas
         .iter()
-        .filter(|v| v.status & skip == 0 && v.status & vs::FILE_SHARED == 0)
+        .filter(|v| v.status & skip == 0 && v.status & (vs::FILE_SHARED | vs::ANON_SHARED) == 0)
     {
         if v.prot != (v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32) {
             main.syscall(

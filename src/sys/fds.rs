@@ -59,3 +59,14 @@ pub fn write_raw(fd: RawFd, buf: &[u8]) -> Result<usize, Errno> {
     }
     Ok(r as usize)
 }
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC, min)`: a copy of `fd` at the lowest free number >= `min`
+/// (fails with EBADF if `fd` is not open). The caller owns the returned number.
+pub fn dup_above(fd: RawFd, min: RawFd) -> Result<RawFd, Errno> {
+    // SAFETY: F_DUPFD_CLOEXEC only adds a descriptor to the table; `fd` is only read.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(r)
+}

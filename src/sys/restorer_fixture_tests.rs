@@ -1,8 +1,8 @@
 //! Restores single-process CRIU 4.2 fixtures (`fx-loop`, `fx-mem`, `fx-threads`, `fx-signals`) with the
 //! restorer blob and a minimal engine written here (premap + fill every VMA from the page
 //! images, vdso plan, core/mm conversion, fds 0-2 on /dev/null), then runs the workload's own
-//! verification (SIGUSR2 → PASS). Needs root, the installed fixtures (/tmp/criu-fixtures, see
-//! the fixtures README) and the fixture's PIDs free. The fixtures share PIDs with other
+//! verification (SIGUSR2 → PASS). Needs root and the fixture's PIDs free; installs the fixtures
+//! (/tmp/criu-fixtures) when missing. The fixtures share PIDs with other
 //! tests of the team, so the tests here run one at a time.
 
 use crate::images::framing::{read_entries, read_single, Image};
@@ -182,6 +182,7 @@ fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
             end: v.end,
             premap: hint,
             prot: v.prot,
+            flags: v.flags,
             madv: v.madv.unwrap_or(0),
             kind: VMA_PREMAPPED,
             fd: -1,
@@ -294,13 +295,25 @@ impl Drop for Restored {
 
 fn restore_and_verify(name: &str, pid: i32) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The same lock as the engine's fixture tests (tests/restore_support): one fixture
+    // restore at a time across test binaries.
+    let lock = std::fs::File::create("/tmp/stasis-restore-tests.lock").expect("create lock file");
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock");
+    if !Path::new(&format!("/tmp/criu-fixtures/bin/{name}")).exists() {
+        let out = std::process::Command::new(fixtures().join("install.sh"))
+            .output()
+            .expect("run install.sh");
+        assert!(
+            out.status.success(),
+            "install.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
     let dir = fixtures().join("criu-4.2").join(name);
-    assert!(
-        Path::new(&format!("/tmp/criu-fixtures/bin/{name}")).exists(),
-        "run the fixtures' install.sh first"
-    );
     let pstree: Vec<pb::PstreeEntry> = read_entries(dir.join("pstree.img")).expect("pstree");
     let tids = pstree
         .iter()

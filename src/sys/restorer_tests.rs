@@ -321,6 +321,8 @@ fn reserved(a: u64) -> bool {
 }
 
 thread_local! {
+    /// Start of the MAP_GROWSDOWN stack of the `grow_stack` variant (0: none).
+    static GROWS_AT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     static RESERVED: std::cell::RefCell<Vec<(u64, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -395,10 +397,16 @@ fn siginfo(sig: i32, code: i32, value: i32) -> SigInfo {
     si
 }
 
+/// A TID that is free now, some way above `after` (wrapping below pid_max).
 fn free_tid(after: u32) -> u32 {
-    (after + 50..after + 5000)
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(32768);
+    (after + 50..max)
+        .chain(1000..after)
         .find(|t| !std::path::Path::new(&format!("/proc/{t}")).exists())
-        .unwrap_or(after + 77)
+        .expect("a free TID")
 }
 
 /// Child side of the full test: builds the spec from its own layout and enters the blob.
@@ -411,6 +419,7 @@ fn child_full(
     verdict_fd: i32,
     file: &std::path::Path,
     keep_area: bool,
+    grow_stack: bool,
 ) -> std::convert::Infallible {
     // Keep malloc from unmapping or trimming memory after the layout was read.
     // SAFETY: mallopt only changes malloc tunables of this (forked, single-threaded) child.
@@ -420,7 +429,26 @@ fn child_full(
     }
     let stacks = mmap(256 * 1024, libc::PROT_READ | libc::PROT_WRITE);
     let leader_sp = stacks + 64 * 1024;
-    let thread_sp = if keep_area {
+    let thread_sp = if grow_stack {
+        // A MAP_GROWSDOWN stack at the top of a 4 MiB reservation (freed by the blob): the
+        // frame goes below its start and the stack grows.
+        let r = reserve(4 << 20);
+        let top = r + (4 << 20) - 64 * 1024;
+        // SAFETY: replaces the top 64 KiB of our own reservation.
+        let p = unsafe {
+            libc::mmap(
+                top as *mut libc::c_void,
+                64 * 1024,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_GROWSDOWN,
+                -1,
+                0,
+            )
+        };
+        assert_eq!(p as u64, top);
+        GROWS_AT.with(|g| g.set(top));
+        top + 256
+    } else if keep_area {
         // A shared mapping right above the private stacks: a VMA of its own.
         // SAFETY: replaces the top 64 KiB of our own fresh `stacks` mapping.
         let p = unsafe {
@@ -524,23 +552,21 @@ fn child_full(
 
     let mut spec = TaskSpec::new();
     for m in self_maps() {
-        if m.start == junk || m.start == p || reserved(m.start) {
+        let grows = GROWS_AT.with(|g| g.get()) == m.start;
+        if m.start == junk || m.start == p || (reserved(m.start) && !grows) {
             continue;
         }
-        let special = matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]");
-        let skip = special || m.start >= 0x8000_0000_0000;
-        if special {
-            spec.special.push(SpecialRemap {
-                from: m.start,
-                to: m.start,
-                len: m.end - m.start,
-            });
+        // The running vdso/vvar move to the proxy place (spec.special from the plan).
+        if matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]") {
+            continue;
         }
+        let skip = m.start >= 0x8000_0000_0000;
         spec.vmas.push(VmaArgs {
             start: m.start,
             end: m.end,
             premap: m.start,
-            prot: m.prot,
+            prot: if m.start == old_vdso { 5 } else { m.prot },
+            flags: if grows { libc::MAP_GROWSDOWN as u32 } else { 0 },
             kind: if skip { VMA_SKIP } else { VMA_PREMAPPED },
             fd: -1,
             ..Default::default()
@@ -827,15 +853,20 @@ fn is_root() -> bool {
 
 #[test]
 fn blob_restores_layout_threads_signals_and_leaves_nothing_mapped() {
-    run_full(false);
+    run_full(false, false);
 }
 
 #[test]
 fn blob_keeps_its_area_when_a_frame_does_not_fit_on_the_target_stack() {
-    run_full(true);
+    run_full(true, false);
 }
 
-fn run_full(keep_area: bool) {
+#[test]
+fn blob_grows_a_growsdown_stack_for_a_frame_below_its_start() {
+    run_full(false, true);
+}
+
+fn run_full(keep_area: bool, grow_stack: bool) {
     assert!(
         is_root(),
         "restorer blob tests need root (clone3 set_tid, creds)"
@@ -851,7 +882,7 @@ fn run_full(keep_area: bool) {
     let (status_r, status_w) = pipe();
     let (go_r, go_w) = pipe();
     let (verdict_r, verdict_w) = pipe();
-    let child = fork_child(|| child_full(status_w, go_r, verdict_w, &path, keep_area));
+    let child = fork_child(|| child_full(status_w, go_r, verdict_w, &path, keep_area, grow_stack));
     // SAFETY: closes the parent's copies of the child's pipe ends.
     unsafe {
         libc::close(status_w);
@@ -932,30 +963,21 @@ fn run_full(keep_area: bool) {
     drop(child);
 }
 
-#[test]
-fn blob_reports_a_failed_step_and_exits() {
+/// Runs the blob on a minimal spec changed by `modify` (and its built bytes by `corrupt`,
+/// given the offset of the TaskArgs) and returns the error record; checks the exit code.
+fn run_failing(modify: fn(&mut TaskSpec, u64), corrupt: fn(&mut [u8], usize)) -> StatusRecord {
     assert!(is_root(), "restorer blob tests need root");
     let (status_r, status_w) = pipe();
     let child = fork_child(move || {
         let mut spec = TaskSpec::new();
         let hole = reserve(1 << 20);
-        // A file mapping from a bad fd: mmap fails with EBADF.
-        spec.vmas.push(VmaArgs {
-            start: hole,
-            end: hole + 4096,
-            prot: 1,
-            flags: libc::MAP_PRIVATE as u32,
-            kind: VMA_MMAP,
-            fd: 999,
-            ..Default::default()
-        });
         for m in self_maps()
             .into_iter()
             .filter(|m| m.start < 0x7fff_ffff_f000 && !reserved(m.start))
         {
             spec.keep.push(KeepRange {
                 start: m.start,
-                end: m.end.min(0x7fff_ffff_f000),
+                end: m.end,
             });
         }
         spec.task.status_fd = status_w;
@@ -967,19 +989,19 @@ fn blob_reports_a_failed_step_and_exits() {
             },
             ..Default::default()
         });
+        modify(&mut spec, hole);
         let len = spec.area_len();
         let base = area_hole(len);
-        let area = spec.build(base).expect("build");
+        let mut area = spec.build(base).expect("build");
+        corrupt(&mut area.bytes, (area.args - base) as usize);
         let mut m = crate::sys::restorer::RestorerArea::map(base, len).expect("map");
         m.write(&area.bytes).expect("write");
         m.enter(area.entry_offset, area.args, area.leader_stack_top)
     });
+    // SAFETY: closes the parent's copy of the write end.
+    unsafe { libc::close(status_w) };
     let rec: StatusRecord =
         read_pod(&read_timeout(status_r, 24, Duration::from_secs(10))).expect("record");
-    assert_eq!(
-        (rec.stage, rec.step, rec.index, rec.code),
-        (abi::STAGE_ERROR, abi::step::VMA_MMAP, 0, libc::EBADF)
-    );
     let mut st = 0;
     // SAFETY: waits for our own child.
     let r = unsafe { libc::waitpid(child.0, &mut st, 0) };
@@ -989,4 +1011,59 @@ fn blob_reports_a_failed_step_and_exits() {
         "status {st:#x}"
     );
     std::mem::forget(child);
+    assert_eq!(
+        (rec.magic, rec.stage),
+        (abi::STATUS_MAGIC, abi::STAGE_ERROR)
+    );
+    rec
+}
+
+#[test]
+fn blob_reports_a_failed_mmap() {
+    let rec = run_failing(
+        |spec, hole| {
+            // A file mapping from a bad fd: mmap fails with EBADF.
+            spec.vmas.push(VmaArgs {
+                start: hole,
+                end: hole + 4096,
+                prot: 1,
+                flags: libc::MAP_PRIVATE as u32,
+                kind: VMA_MMAP,
+                fd: 999,
+                ..Default::default()
+            });
+        },
+        |_, _| {},
+    );
+    assert_eq!(
+        (rec.step, rec.index, rec.code),
+        (abi::step::VMA_MMAP, 0, libc::EBADF)
+    );
+}
+
+#[test]
+fn blob_rejects_args_with_a_bad_magic() {
+    let rec = run_failing(|_, _| {}, |bytes, args| bytes[args] ^= 0xff);
+    assert_eq!((rec.step, rec.code), (abi::step::BAD_ARGS, libc::EINVAL));
+}
+
+#[test]
+fn blob_reports_a_taken_thread_id() {
+    let rec = run_failing(
+        |spec, _| {
+            // TID 1 (init) is always taken: clone3 set_tid fails with EEXIST.
+            spec.threads.push(ThreadSpec {
+                args: ThreadArgs {
+                    tid: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+        },
+        |_, _| {},
+    );
+    assert_eq!(
+        (rec.step, rec.index, rec.code),
+        (abi::step::CLONE_THREAD, 1, libc::EEXIST)
+    );
 }

@@ -86,6 +86,8 @@ const UC_SIGCONTEXT_SS: u64 = 2;
 const UC_STRICT_RESTORE_SS: u64 = 4;
 const SS_DISABLE: u32 = 2;
 const PROT_WRITE: u32 = 2;
+const MAP_GROWSDOWN: u32 = 0x100;
+const STACK_GUARD_GAP: u64 = 256 * 4096 + 4096;
 const RED_ZONE: u64 = 128;
 const USER_CS: u16 = 0x33;
 const USER_DS: u16 = 0x2b;
@@ -114,8 +116,14 @@ pub fn place_on_target_stack(a: &TaskArgs, t: &ThreadArgs) -> Option<Placement> 
         return None;
     }
     let p = place_below(sp, u64::from(t.fpu_size));
-    let ok = mem::vma_covering(a, p.frame, sp).is_some_and(writable);
-    ok.then_some(p)
+    if mem::vma_covering(a, p.frame, sp).is_some_and(writable) {
+        return Some(p);
+    }
+    // A MAP_GROWSDOWN stack grows on the write (as for a signal frame), if nothing else lies
+    // within the kernel's stack guard gap (256 pages by default) below the new start.
+    let v = mem::vma_covering(a, sp - 1, sp).filter(|v| writable(v) && v.flags & MAP_GROWSDOWN != 0)?;
+    let below = mem::vmas(a).iter().filter(|o| o.end <= v.start).map(|o| o.end).max().unwrap_or(0);
+    (p.frame & !4095 >= below + STACK_GUARD_GAP).then_some(p)
 }
 
 /// The frame on the thread's area stack, below `below` (fallback: the area stays mapped).
