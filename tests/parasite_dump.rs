@@ -182,7 +182,10 @@ fn killing_the_target_mid_way_reports_task_died() {
 fn interrupted_read_restarts_after_cure() {
     use std::io::{BufRead, Write};
     let mut w = Workload::start_mode(2, "read", TIMEOUT);
-    while !std::fs::read_to_string(format!("/proc/{0}/task/{0}/syscall", w.pid)).unwrap().starts_with("0 ") {
+    while !std::fs::read_to_string(format!("/proc/{0}/task/{0}/syscall", w.pid))
+        .unwrap()
+        .starts_with("0 ")
+    {
         w.assert_in_time();
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -190,9 +193,16 @@ fn interrupted_read_restarts_after_cure() {
     let leader = tree.root().leader();
     let regs = leader.regs().unwrap();
     // read(2) on a pipe interrupted by PTRACE_INTERRUPT: -ERESTARTSYS, orig_ax 0.
-    assert_eq!(regs.syscall_state(), stasis::sys::regs::SyscallState::Restart { nr: 0, code: 512 });
+    assert_eq!(
+        regs.syscall_state(),
+        stasis::sys::regs::SyscallState::Restart { nr: 0, code: 512 }
+    );
     let img = regs.for_image();
-    assert_eq!((img.ax, img.ip), (0, regs.ip - 2), "the image re-executes the syscall");
+    assert_eq!(
+        (img.ax, img.ip),
+        (0, regs.ip - 2),
+        "the image re-executes the syscall"
+    );
     let mut p = Parasite::inject(leader).unwrap();
     p.misc().unwrap();
     p.cure().unwrap();

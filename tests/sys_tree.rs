@@ -57,8 +57,14 @@ impl PyTree {
             .spawn()
             .expect("python3");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let f: Vec<i32> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let f: Vec<i32> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap())
+            .collect();
         let done = Arc::new(AtomicBool::new(false));
         let (d, pgid) = (done.clone(), f[0]);
         std::thread::spawn(move || {
@@ -71,7 +77,13 @@ impl PyTree {
             }
             let _ = kill(Pid::from_raw(-pgid), Signal::SIGKILL);
         });
-        PyTree { child, root: f[0], a: f[1], z: f[2], done }
+        PyTree {
+            child,
+            root: f[0],
+            a: f[1],
+            z: f[2],
+            done,
+        }
     }
 
     fn children(&self, pid: i32) -> Vec<i32> {
@@ -115,8 +127,17 @@ fn tree_with_children_zombie_and_stopped_child() {
     assert_eq!(pids, vec![t.root, t.a, b], "breadth first, root first");
     assert_eq!(tree.process(t.a).unwrap().parent, Some(t.root));
     assert_eq!(tree.process(b).unwrap().parent, Some(t.a));
-    assert_eq!(tree.zombies, vec![Zombie { pid: t.z, parent: t.root }]);
-    assert_eq!(tree.process(t.a).unwrap().leader().stop_kind(), StopKind::GroupStop { sig: libc::SIGSTOP });
+    assert_eq!(
+        tree.zombies,
+        vec![Zombie {
+            pid: t.z,
+            parent: t.root
+        }]
+    );
+    assert_eq!(
+        tree.process(t.a).unwrap().leader().stop_kind(),
+        StopKind::GroupStop { sig: libc::SIGSTOP }
+    );
     assert_eq!(tree.root().leader().stop_kind(), StopKind::Interrupted);
     for task in tree.tasks() {
         assert_eq!(state(task.tid()), 't');
