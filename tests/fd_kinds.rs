@@ -420,6 +420,7 @@ fn restore_all(
         out.insert(e.id, fd);
     }
     assert!(ctx.unclaimed().is_empty());
+    ctx.finish().unwrap();
     out
 }
 
@@ -815,7 +816,7 @@ fn tcp_established_via_repair() {
         // The task "dies": its socket goes away silently (no FIN/RST to the client).
         st.close_tcp_in_repair();
         drop(s);
-        drop(l);
+        // The listener stays: the restored connection shares its port (as after accept).
         let opts = RestoreOptions {
             tcp_established: true,
             ..Default::default()
@@ -823,6 +824,7 @@ fn tcp_established_via_repair() {
         let mut ctx = RestoreCtx::new(opts, &extra, [&e]);
         let r = files::restore_fd(&e, &mut ctx, &no_targets).unwrap();
         assert_eq!(tcp_info(&r)[0], 1, "ESTABLISHED");
+        ctx.finish().unwrap();
         // The receive queue is back, and both directions keep working with the old sequence.
         let n = socket::recv(&r, &mut buf, libc::MSG_DONTWAIT).unwrap();
         assert_eq!(&buf[..n], b"hello server");
