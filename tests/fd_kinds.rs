@@ -1018,3 +1018,61 @@ fn task_fds_via_pidfd_getfd_and_engine_json() {
         drop(child);
     });
 }
+
+/// Every malformed fdinfo is an error naming the kind, the fd and the field; never a panic.
+#[test]
+fn malformed_fdinfo_is_rejected_naming_the_field() {
+    with_timeout(10, || {
+        let efd = fdkinds::eventfd(0, libc::EFD_CLOEXEC).unwrap();
+        let tfd = fdkinds::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC).unwrap();
+        let sfd = fdkinds::signalfd(1, libc::SFD_CLOEXEC).unwrap();
+        let ep = fdkinds::epoll_create(libc::EPOLL_CLOEXEC).unwrap();
+        let ino = fdkinds::inotify_init(libc::IN_CLOEXEC).unwrap();
+        let long = format!(
+            "flags: 0\ninotify wd:1 ino:2 sdev:3 mask:4 ignored_mask:0 fhandle-bytes:90 \
+             fhandle-type:1 f_handle:{}\n",
+            "ab".repeat(129)
+        );
+        let cases: Vec<(&OwnedFd, &str, &str)> = vec![
+            (&efd, "pos: 0\n", "field flags: missing"),
+            (&efd, "flags: 02\n", "field eventfd-count: missing"),
+            (&efd, "flags: 02\neventfd-count: zz\n", "field eventfd-count: invalid digit"),
+            (&sfd, "flags: 02\nsigmask: xyz\n", "field sigmask"),
+            (&tfd, "flags: 02\nclockid: 1\n", "field ticks: missing"),
+            (
+                &tfd,
+                "flags: 02\nclockid: 1\nticks: 0\nsettime flags: 0\nit_value: (0 0)\nit_interval: (0, 0)\n",
+                "field it_value: not (sec, nsec)",
+            ),
+            (&ep, "flags: 02\ntfd: 5 events: 19\n", "needs tfd, events and data"),
+            (&ep, "flags: 02\ntfd: x events: 19 data: 1\n", "field tfd: tfd:"),
+            (&ino, "flags: 0\ninotify wd:1 ino:2 sdev:3 mask:4 ignored_mask:0\n", "incomplete watch line"),
+            (
+                &ino,
+                "flags: 0\ninotify wd:1 ino:2 sdev:3 mask:4 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:xyz\n",
+                "not a hex handle",
+            ),
+            (
+                &ino,
+                long.as_str(),
+                "not a hex handle",
+            ),
+        ];
+        for (fd, text, want) in cases {
+            let n = fd.as_raw_fd();
+            let link = std::fs::read_link(format!("/proc/self/fd/{n}")).unwrap();
+            let d = DumpFd {
+                pid: std::process::id() as i32,
+                fd: n,
+                file: fd.as_fd(),
+                link: link.to_str().unwrap(),
+                fdinfo: text,
+                id: 1,
+            };
+            let mut st = DumpState::new(DumpOptions::default());
+            let err = files::dump_fd(&d, &mut st).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+            assert!(err.contains(&format!("fd {n} of task")), "{err}");
+        }
+    });
+}

@@ -94,6 +94,19 @@ fn fd_kinds_dump_kill_restore_verify() {
             for f in ["sk-queues.img", "tty-info.img"] {
                 assert!(images.path().join(f).exists(), "{f} missing");
             }
+            let streams = std::fs::read_dir(images.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("tcp-stream-")
+                })
+                .count();
+            assert_eq!(streams, 2, "one tcp-stream image per end of the connection");
+            // CRIU's own decoder (Debian's crit) reads every image, ours included.
+            debian_crit_decodes_all(images.path());
             // The workload is our child: reap it once the dump killed it (its pid must be free).
             let mut child = w.child.take().unwrap();
             let t0 = Instant::now();
