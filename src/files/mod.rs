@@ -110,6 +110,8 @@ pub(crate) struct UnixSeen {
     pub peer: u32,
     pub pid: i32,
     pub fd: i32,
+    /// A listener's connections not accepted yet (their server-side inodes).
+    pub icons: Vec<u32>,
 }
 
 /// Everything collected across all fds of a dump.

@@ -22,8 +22,12 @@
 //! extra entry with `uflags` USK_EXTERN (restore reconnects by name), an unnamed one marks
 //! the socket itself USK_EXTERN (restored with a closed peer).
 //!
-//! Not handled: SCM_RIGHTS/credentials in queued messages (data only), connections still
-//! waiting in a listener's accept queue, the names of accepted sockets (restored as a pair).
+//! A client whose connection still waits in a dumped listener's accept queue gets the
+//! listener as `peer` ([`finish`]) and connects to it again on restore (no data may be
+//! queued on such a connection).
+//!
+//! Not handled: SCM_RIGHTS/credentials in queued messages (data only), data sent on a
+//! connection not accepted yet, the names of accepted sockets (restored as a pair).
 
 use std::collections::HashSet;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -205,6 +209,7 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
         peer: diag.peer,
         pid: d.pid,
         fd: d.fd,
+        icons: diag.icons.clone(),
     });
     st.unix_entries.insert(d.id, u.clone());
     let mut e = super::file_entry(pb::FdTypes::Unixsk, d.id);
@@ -216,16 +221,44 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
 /// add to files.img (external named peers) or to replace (sockets marked USK_EXTERN).
 pub fn finish(st: &mut DumpState, next_id: &mut dyn FnMut() -> u32) -> Result<Vec<pb::FileEntry>> {
     let inos: HashSet<u32> = st.unix.iter().map(|u| u.ino).collect();
+    // Clients whose connection waits in a dumped listener's accept queue (unix_diag lists
+    // them in the listener's ICONS; their own peer, the not yet accepted end, has no inode).
+    let waiting: std::collections::HashMap<u32, u32> = st
+        .unix
+        .iter()
+        .flat_map(|l| l.icons.iter().map(move |i| (*i, l.ino)))
+        .collect();
     let mut out = Vec::new();
     let mut ext_done = HashSet::new();
     for seen in st.unix.clone() {
-        if seen.peer == 0 || inos.contains(&seen.peer) {
-            continue;
-        }
         let at = At::Fd {
             pid: seen.pid,
             fd: seen.fd,
         };
+        if let Some(&listener) = waiting.get(&seen.ino) {
+            // Restored by connecting to the listener again; data already sent would be lost.
+            let sent = sock_diag::unix_by_ino(seen.ino)
+                .ok()
+                .and_then(|d| d.rqlen)
+                .map_or(0, |r| r.1);
+            if sent != 0 {
+                return Err(unsupported(
+                    KIND,
+                    at,
+                    format!("{sent} bytes sent on a connection not accepted yet"),
+                ));
+            }
+            if let Some(u) = st.unix_entries.get_mut(&seen.id) {
+                u.peer = listener;
+                let mut e = super::file_entry(pb::FdTypes::Unixsk, seen.id);
+                e.usk = Some(u.clone());
+                out.push(e);
+            }
+            continue;
+        }
+        if seen.peer == 0 || inos.contains(&seen.peer) {
+            continue;
+        }
         if !st.opts.ext_unix_sk {
             return Err(unsupported(
                 KIND,
