@@ -411,6 +411,7 @@ fn open_kinds(
         let n = o.park(fd)?;
         o.desc.insert(f.id, n);
     }
+    ctx.finish()?;
     Ok(())
 }
 

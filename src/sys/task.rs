@@ -47,7 +47,7 @@ impl SeizedTask {
         let mut task = SeizedTask::attached(tgid, tid, StopKind::Interrupted);
         ptrace::interrupt(tid)?;
         loop {
-            match wait::wait_tid(tid)? {
+            match wait::wait_task(tgid, tid)? {
                 WaitEvent::EventStop { sig } => {
                     task.stop = stop_kind(sig);
                     return Ok(task);
@@ -214,7 +214,7 @@ impl SeizedTask {
     /// "task N died".
     pub fn wait(&self) -> Result<WaitEvent> {
         self.check_tracer("waitpid")?;
-        let ev = wait::wait_tid(self.tid).inspect_err(|e| {
+        let ev = wait::wait_task(self.tgid, self.tid).inspect_err(|e| {
             if e.is_task_died() {
                 self.attached.set(false);
             }
@@ -297,7 +297,7 @@ impl SeizedTask {
             return;
         }
         loop {
-            match wait::wait_tid(self.tid) {
+            match wait::wait_task(self.tgid, self.tid) {
                 Ok(WaitEvent::EventStop { .. }) | Ok(WaitEvent::SignalStop { .. }) => {
                     if let Err(e) = ptrace::detach(self.tid, 0) {
                         tracing::error!("detach after interrupt: {e}");
