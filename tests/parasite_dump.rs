@@ -125,6 +125,18 @@ fn parasite_dumps_pages_fds_and_state_then_cures() {
         }
     }
     assert!(p.posix_timers(&[]).unwrap().is_empty());
+    let timers = p.posix_timers(&[0]).expect("posix timer 0");
+    assert_eq!(
+        (
+            timers[0].id,
+            timers[0].interval_sec,
+            timers[0].interval_nsec
+        ),
+        (0, 1000, 0)
+    );
+    assert!(timers[0].value_sec > 0 && timers[0].value_sec <= 1000);
+    assert_eq!(misc.itimers[1].interval_sec, 500, "ITIMER_VIRTUAL");
+    assert_eq!(misc.itimers[0], Default::default(), "ITIMER_REAL unused");
     let err = p.posix_timers(&[12345]).unwrap_err();
     assert!(err.to_string().contains("EINVAL"), "{err}");
 

@@ -4,6 +4,8 @@
  * counts (counter += 1 every millisecond, nanosleep between) and the NTHREADS-1 other threads
  * sleep in a loop. PATTERN holds byte i = (i * 7 + 3) & 0xff. FD is a pipe write end.
  * SIGUSR1 has a handler (SA_RESTART, mask {SIGUSR2}), SIGUSR2 is ignored.
+ * ITIMER_VIRTUAL runs with interval 500 s; POSIX timer 0 (CLOCK_MONOTONIC, SIGEV_NONE) with
+ * interval 1000 s.
  * With "stop" the process sends itself SIGSTOP after printing. With "read" the main thread
  * first blocks in read(0, 1 byte) and prints "read N ERRNO" when it returns. */
 #define _GNU_SOURCE
@@ -14,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,6 +49,15 @@ int main(int argc, char **argv) {
     sigaddset(&sa.sa_mask, SIGUSR2);
     sigaction(SIGUSR1, &sa, NULL);
     signal(SIGUSR2, SIG_IGN);
+    struct itimerval it = { { 500, 0 }, { 500, 0 } };
+    setitimer(ITIMER_VIRTUAL, &it, NULL);
+    struct sigevent sev;
+    memset(&sev, 0, sizeof(sev));
+    sev.sigev_notify = SIGEV_NONE;
+    timer_t timer;
+    if (timer_create(CLOCK_MONOTONIC, &sev, &timer)) return 1;
+    struct itimerspec its = { { 1000, 0 }, { 1000, 0 } };
+    timer_settime(timer, 0, &its, NULL);
     int fds[2];
     if (pipe(fds)) return 1;
     pthread_attr_t attr;
