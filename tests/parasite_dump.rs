@@ -71,6 +71,23 @@ fn parasite_dumps_pages_fds_and_state_then_cures() {
         .unwrap();
     assert_eq!(n, 4096);
 
+    // mprotect inside the task: PROT_NONE and back.
+    use stasis::parasite::proto::MprotectReq;
+    let region = |prot: i32| MprotectReq {
+        addr: w.pattern_addr,
+        len: 4096,
+        prot: prot as u64,
+    };
+    p.mprotect(&[region(libc::PROT_NONE)])
+        .expect("mprotect none");
+    assert!(maps(w.pid).contains(&format!(
+        "{:x}-{:x} ---p",
+        w.pattern_addr,
+        w.pattern_addr + 4096
+    )));
+    p.mprotect(&[region(libc::PROT_READ | libc::PROT_WRITE)])
+        .expect("mprotect back");
+
     // Descriptors: the workload's pipe write end comes over SCM_RIGHTS.
     let fds = p.drain_fds(&[w.pipe_fd]).expect("drain fds");
     assert_eq!(fds.len(), 1);
@@ -125,6 +142,18 @@ fn parasite_dumps_pages_fds_and_state_then_cures() {
         }
     }
     assert!(p.posix_timers(&[]).unwrap().is_empty());
+    let timers = p.posix_timers(&[0]).expect("posix timer 0");
+    assert_eq!(
+        (
+            timers[0].id,
+            timers[0].interval_sec,
+            timers[0].interval_nsec
+        ),
+        (0, 1000, 0)
+    );
+    assert!(timers[0].value_sec > 0 && timers[0].value_sec <= 1000);
+    assert_eq!(misc.itimers[1].interval_sec, 500, "ITIMER_VIRTUAL");
+    assert_eq!(misc.itimers[0], Default::default(), "ITIMER_REAL unused");
     let err = p.posix_timers(&[12345]).unwrap_err();
     assert!(err.to_string().contains("EINVAL"), "{err}");
 
@@ -214,4 +243,35 @@ fn interrupted_read_restarts_after_cure() {
     w.stdout.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "read 1 0");
     w.assert_in_time();
+}
+
+#[test]
+fn parasite_in_a_group_stopped_process() {
+    let w = Workload::start(2, true, TIMEOUT);
+    while w.state(w.pid) != 'T' {
+        w.assert_in_time();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let tree = seize_tree(w.pid).unwrap();
+    let leader = tree.root().leader();
+    assert_eq!(
+        leader.stop_kind(),
+        stasis::sys::task::StopKind::GroupStop { sig: libc::SIGSTOP }
+    );
+    let regs = leader.task_regs().unwrap();
+    let mut p = Parasite::inject(leader).unwrap();
+    assert_eq!(p.misc().unwrap().pid, w.pid);
+    p.cure().unwrap();
+    assert_eq!(leader.task_regs().unwrap(), regs);
+    let counter = w.counter();
+    drop(tree);
+    for tid in w.threads() {
+        while w.state(tid) != 'T' {
+            w.assert_in_time();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    assert_eq!(w.counter(), counter, "the stopped process ran user code");
+    kill(Pid::from_raw(w.pid), Signal::SIGCONT).unwrap();
+    w.wait_counting(counter);
 }

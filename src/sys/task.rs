@@ -7,7 +7,7 @@
 
 use super::error::{Error, Result};
 use super::proc_tasks;
-use super::ptrace::{self, RseqConfig, SIGINFO_SIZE};
+use super::ptrace::{self, RseqConfig, UserDesc, SIGINFO_SIZE};
 use super::regs::{TaskRegs, UserRegs, XState};
 use super::wait::{self, gettid, WaitEvent};
 use std::cell::Cell;
@@ -184,6 +184,17 @@ impl SeizedTask {
     pub fn rseq(&self) -> Result<RseqConfig> {
         self.check_tracer("PTRACE_GET_RSEQ_CONFIGURATION")?;
         ptrace::rseq_config(self.tid)
+    }
+
+    /// The three GDT TLS entries (`PTRACE_GET_THREAD_AREA` 12..=14).
+    pub fn tls(&self) -> Result<[UserDesc; 3]> {
+        self.check_tracer("PTRACE_GET_THREAD_AREA")?;
+        ptrace::tls(self.tid)
+    }
+
+    /// The robust futex list (`get_robust_list`): head address and length.
+    pub fn robust_list(&self) -> Result<(u64, u64)> {
+        ptrace::robust_list(self.tid)
     }
 
     /// Reads one word of memory.
