@@ -177,3 +177,31 @@ fn killing_the_target_mid_way_reports_task_died() {
     drop(tree);
     w.assert_in_time();
 }
+
+#[test]
+fn interrupted_read_restarts_after_cure() {
+    use std::io::{BufRead, Write};
+    let mut w = Workload::start_mode(2, "read", TIMEOUT);
+    while !std::fs::read_to_string(format!("/proc/{0}/task/{0}/syscall", w.pid)).unwrap().starts_with("0 ") {
+        w.assert_in_time();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let tree = seize_tree(w.pid).unwrap();
+    let leader = tree.root().leader();
+    let regs = leader.regs().unwrap();
+    // read(2) on a pipe interrupted by PTRACE_INTERRUPT: -ERESTARTSYS, orig_ax 0.
+    assert_eq!(regs.syscall_state(), stasis::sys::regs::SyscallState::Restart { nr: 0, code: 512 });
+    let img = regs.for_image();
+    assert_eq!((img.ax, img.ip), (0, regs.ip - 2), "the image re-executes the syscall");
+    let mut p = Parasite::inject(leader).unwrap();
+    p.misc().unwrap();
+    p.cure().unwrap();
+    assert_eq!(leader.regs().unwrap(), regs);
+    drop(tree);
+    // The read restarted: it gets the byte instead of failing with EINTR.
+    w.child.stdin.as_mut().unwrap().write_all(b"x").unwrap();
+    let mut line = String::new();
+    w.stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "read 1 0");
+    w.assert_in_time();
+}
