@@ -57,8 +57,14 @@ impl PyTree {
             .spawn()
             .expect("python3");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let f: Vec<i32> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let f: Vec<i32> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap())
+            .collect();
         let done = Arc::new(AtomicBool::new(false));
         let (d, pgid) = (done.clone(), f[0]);
         std::thread::spawn(move || {
@@ -71,7 +77,13 @@ impl PyTree {
             }
             let _ = kill(Pid::from_raw(-pgid), Signal::SIGKILL);
         });
-        PyTree { child, root: f[0], a: f[1], z: f[2], done }
+        PyTree {
+            child,
+            root: f[0],
+            a: f[1],
+            z: f[2],
+            done,
+        }
     }
 
     fn children(&self, pid: i32) -> Vec<i32> {
@@ -115,8 +127,17 @@ fn tree_with_children_zombie_and_stopped_child() {
     assert_eq!(pids, vec![t.root, t.a, b], "breadth first, root first");
     assert_eq!(tree.process(t.a).unwrap().parent, Some(t.root));
     assert_eq!(tree.process(b).unwrap().parent, Some(t.a));
-    assert_eq!(tree.zombies, vec![Zombie { pid: t.z, parent: t.root }]);
-    assert_eq!(tree.process(t.a).unwrap().leader().stop_kind(), StopKind::GroupStop { sig: libc::SIGSTOP });
+    assert_eq!(
+        tree.zombies,
+        vec![Zombie {
+            pid: t.z,
+            parent: t.root
+        }]
+    );
+    assert_eq!(
+        tree.process(t.a).unwrap().leader().stop_kind(),
+        StopKind::GroupStop { sig: libc::SIGSTOP }
+    );
     assert_eq!(tree.root().leader().stop_kind(), StopKind::Interrupted);
     for task in tree.tasks() {
         assert_eq!(state(task.tid()), 't');
@@ -208,4 +229,31 @@ fn freezer_v1_freezes_thaws_and_seizes() {
 #[test]
 fn freezer_v2_freezes_thaws_and_seizes() {
     freeze_and_seize("/sys/fs/cgroup/unified", "v2", FreezerVersion::V2);
+}
+
+#[test]
+fn threads_dying_and_appearing_while_seizing() {
+    let w = Workload::start_mode(2, "churn", TIMEOUT);
+    for _ in 0..20 {
+        let tree = seize_tree(w.pid).expect("seize a churning process");
+        let root = tree.root();
+        assert!(root.leader().is_leader());
+        // Every thread we hold is stopped; the set is complete (stopped threads cannot clone).
+        let listed = w.threads();
+        let held: Vec<i32> = root.threads.iter().map(|t| t.tid()).collect();
+        for tid in listed.iter().filter(|t| !held.contains(t)) {
+            // Not held: it must be dead (a zombie on its way out, or already gone).
+            let stat = std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", w.pid));
+            if let Ok(stat) = stat {
+                let st = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
+                assert!(matches!(st, 'Z' | 'X'), "thread {tid} ({st}) not seized");
+            }
+        }
+        for t in &root.threads {
+            assert_eq!(w.state(t.tid()), 't');
+        }
+        let before = w.counter();
+        drop(tree);
+        w.wait_counting(before);
+    }
 }

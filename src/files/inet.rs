@@ -286,8 +286,11 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
         so::bind(f, &a).map_err(sys(KIND, at, format!("bind port {}", s.src_port)))?;
     }
     if tweak_reuse && s.opts.reuseaddr != Some(true) {
-        so::setsockopt_int(f, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0)
-            .map_err(sys(KIND, at, "SO_REUSEADDR"))?;
+        so::setsockopt_int(f, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0).map_err(sys(
+            KIND,
+            at,
+            "SO_REUSEADDR",
+        ))?;
     }
     sockopts::restore(KIND, at, f, &s.opts)?;
     if let Some(t) = &s.tcp_opts {
