@@ -33,7 +33,13 @@ fn parasite_page_dump_throughput() {
     let mut p = Parasite::inject(&tasks[0]).expect("inject");
     let t0 = Instant::now();
     let n = p
-        .dump_pages(&[RemoteIov { base: w.mem_addr, len }], out.as_fd())
+        .dump_pages(
+            &[RemoteIov {
+                base: w.mem_addr,
+                len,
+            }],
+            out.as_fd(),
+        )
         .expect("dump pages");
     let parasite = t0.elapsed();
     p.cure().expect("cure");
@@ -54,7 +60,10 @@ fn parasite_page_dump_throughput() {
     w.assert_in_time();
 
     let mut a = Vec::new();
-    std::fs::File::open(&p1).unwrap().read_to_end(&mut a).unwrap();
+    std::fs::File::open(&p1)
+        .unwrap()
+        .read_to_end(&mut a)
+        .unwrap();
     assert!(a == w.pattern(), "parasite dump differs from the pattern");
     let _ = std::fs::remove_file(&p1);
     let _ = std::fs::remove_file(&p2);
