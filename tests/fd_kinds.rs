@@ -1165,3 +1165,38 @@ fn unix_connection_waiting_in_accept_queue() {
         assert_eq!(socket::recv(&a, &mut buf, 0).unwrap(), 5);
     });
 }
+
+#[test]
+fn unix_queue_with_descriptors_in_flight_is_refused() {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    with_timeout(10, || {
+        let (a, b) = socket::socketpair(libc::SOCK_STREAM | libc::SOCK_CLOEXEC).unwrap();
+        let passed = fdkinds::eventfd(0, libc::EFD_CLOEXEC).unwrap();
+        let fds = [passed.as_raw_fd()];
+        let iov = [std::io::IoSlice::new(b"with an fd")];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<UnixAddr>(a.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
+        let mut st = DumpState::new(DumpOptions::default());
+        let n = b.as_raw_fd();
+        let link = std::fs::read_link(format!("/proc/self/fd/{n}")).unwrap();
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).unwrap();
+        let d = DumpFd {
+            pid: std::process::id() as i32,
+            fd: n,
+            file: b.as_fd(),
+            link: link.to_str().unwrap(),
+            fdinfo: &fdinfo,
+            id: 1,
+        };
+        let err = files::dump_fd(&d, &mut st).unwrap_err().to_string();
+        assert!(err.contains("SCM_RIGHTS"), "{err}");
+        // The message is still there, with its descriptor, and the peek offset is off again.
+        assert_eq!(
+            socket::getsockopt_int(&b, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap(),
+            -1
+        );
+        let mut buf = [0u8; 32];
+        let (got, fds) = socket::recv_with_rights(&b, &mut buf, libc::MSG_DONTWAIT).unwrap();
+        assert_eq!((&buf[..got], fds.len()), (b"with an fd".as_slice(), 1));
+    });
+}

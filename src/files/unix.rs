@@ -26,7 +26,8 @@
 //! listener as `peer` ([`finish`]) and connects to it again on restore (no data may be
 //! queued on such a connection).
 //!
-//! Not handled: SCM_RIGHTS/credentials in queued messages (data only), data sent on a
+//! Not handled: descriptors in flight (SCM_RIGHTS: the dump refuses them), credentials of
+//! queued messages (data only), data sent on a
 //! connection not accepted yet, the names of accepted sockets (restored as a pair).
 
 use std::collections::HashSet;
@@ -93,10 +94,12 @@ pub fn peek_queue(fd: BorrowedFd<'_>) -> std::result::Result<Vec<Vec<u8>>, Errno
         let mut out = Vec::new();
         let mut total = 0usize;
         loop {
-            match so::recv(fd, &mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+            match so::recv_with_rights(fd, &mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+                // Descriptors in flight cannot be kept yet: refuse rather than lose them.
+                Ok((_, fds)) if !fds.is_empty() => return Err(Errno::ENOTSUP),
                 // End of stream, or a zero-length datagram (which would not advance the offset).
-                Ok(0) => break,
-                Ok(n) => {
+                Ok((0, _)) => break,
+                Ok((n, _)) => {
                     let n = n.min(cap);
                     total += n;
                     if total > MAX_QUEUE {
@@ -191,7 +194,14 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
         }
     }
     if u.state != TCP_LISTEN {
-        let q = peek_queue(d.file).map_err(sys(KIND, at, "peek receive queue"))?;
+        let q = peek_queue(d.file).map_err(|e| match e {
+            Errno::ENOTSUP => unsupported(
+                KIND,
+                at,
+                "descriptors in flight (SCM_RIGHTS) in the receive queue",
+            ),
+            e => sys(KIND, at, "peek receive queue")(e),
+        })?;
         for p in q {
             st.extra.sk_queues.push((
                 pb::SkPacketEntry {
