@@ -23,6 +23,7 @@ pub mod misc_images;
 pub mod mm;
 pub mod options;
 pub mod pages;
+pub mod parasite_pages;
 pub mod probe;
 pub mod profile;
 pub mod ptrace_backend;
