@@ -101,8 +101,9 @@ fn one(threads: usize, mib: usize, tag: &str, ptrace: bool) -> Run {
     }
     .unwrap_or_else(|e| panic!("dump: {e}"));
     let total = t.elapsed();
-    kill_cgroup(&cg);
+    let _ = std::fs::write(cg.join("cgroup.kill"), "1");
     let _ = child.wait();
+    kill_cgroup(&cg);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&ready);
     Run {

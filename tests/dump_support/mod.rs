@@ -79,10 +79,13 @@ pub fn kill_cgroup(cg: &Path) {
 
 impl Drop for Workload {
     fn drop(&mut self) {
-        kill_cgroup(&self.cgroup);
+        // Kill, reap our own child (a zombie still counts in cgroup.procs), then remove.
+        let _ = std::fs::write(self.cgroup.join("cgroup.freeze"), "0");
+        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
         if let Some(c) = &mut self.child {
             let _ = c.wait();
         }
+        kill_cgroup(&self.cgroup);
     }
 }
 
