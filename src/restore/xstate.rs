@@ -4,7 +4,7 @@
 //! ```text
 //! 0    fcw u16 | fsw u16 | ftw u16 | fop u16 | fip u64 | fdp u64 | mxcsr u32 | mask u32
 //! 32   st0..7  (8 x 16)           160  xmm0..15 (16 x 16)
-//! 464  sw_reserved: magic u32, extended_size u32, xfeatures u64 (what the kernel supports)
+//! (components must be enabled in XCR0; 0xa0 etc. come from AVX-512 code such as glibc's EVEX string functions)
 //! 512  xstate_bv u64 | xcomp_bv u64 (0) | reserved
 //! 576  YMM_Hi128 (bit 2)   others (opmask bit 5, ZMM_Hi256 bit 6, Hi16_ZMM bit 7): CPUID 0xD
 //! ```
@@ -48,15 +48,14 @@ pub fn fill(area: &mut [u8], fp: &UserX86Fpregs) -> Result<(), String> {
     put(area, 28, &fp.mxcsr_mask.to_le_bytes())?;
     put(area, 32, &words32(&fp.st_space, 32, "st_space")?)?;
     put(area, 160, &words32(&fp.xmm_space, 64, "xmm_space")?)?;
-    let supported = u64::from_le_bytes(area[472..480].try_into().unwrap_or([0; 8]));
-    let supported = if supported == 0 { 0x3 } else { supported };
+    let supported = crate::sys::tracee::xcr0();
     let mut bv = 0x3u64;
     if let Some(x) = &fp.xsave {
         bv = x.xstate_bv;
         let unsupported = bv & !supported;
         if unsupported != 0 {
             return Err(format!(
-                "xstate components {unsupported:#x} not supported by this CPU"
+                "xstate components {unsupported:#x} not supported by this CPU (xfeatures {supported:#x})"
             ));
         }
         if bv & (1 << 2) != 0 {

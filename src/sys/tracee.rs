@@ -237,3 +237,19 @@ pub fn xfeature_offset(bit: u32) -> Option<usize> {
     let r = core::arch::x86_64::__cpuid_count(0xd, bit);
     (r.eax != 0).then_some(r.ebx as usize)
 }
+
+/// The XSAVE features the OS enabled (XCR0), or 0x3 (x87|SSE) without OSXSAVE.
+pub fn xcr0() -> u64 {
+    let leaf1 = core::arch::x86_64::__cpuid(1);
+    if leaf1.ecx & (1 << 27) == 0 {
+        return 0x3;
+    }
+    #[target_feature(enable = "xsave")]
+    fn read() -> u64 {
+        // SAFETY: XGETBV(0) is allowed in user mode once the OS set CR4.OSXSAVE, which
+        // CPUID.1:ECX.OSXSAVE (checked by the caller) reports.
+        unsafe { core::arch::x86_64::_xgetbv(0) }
+    }
+    // SAFETY: the xsave target feature is present: OSXSAVE implies XSAVE support.
+    unsafe { read() }
+}
