@@ -328,7 +328,13 @@ pub fn switch_task(
     )?;
     if let Some(timers) = &tc.timers {
         for (which, it) in [(0u64, &timers.real), (1, &timers.virt), (2, &timers.prof)] {
-            let v = [it.isec, it.iusec, it.vsec, it.vusec];
+            // A periodic timer caught right at expiry has value 0: setitimer would disarm it.
+            let vusec = if it.vsec == 0 && it.vusec == 0 && (it.isec != 0 || it.iusec != 0) {
+                1
+            } else {
+                it.vusec
+            };
+            let v = [it.isec, it.iusec, it.vsec, vusec];
             let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
             mem.write(scratch, &b)?;
             main.syscall(
