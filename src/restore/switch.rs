@@ -304,6 +304,7 @@ pub fn switch_task(
     // Helper descriptors.
     let mut helpers: Vec<i32> = opened.maps.values().copied().collect();
     helpers.extend(opened.shmem.values().copied());
+    helpers.extend(opened.pages.values().copied());
     helpers.extend([ctl.ready_w, ctl.hold_r]);
     helpers.sort();
     helpers.dedup();
@@ -372,9 +373,20 @@ pub fn switch_task(
     }
 
     // Threads.
+    let main_comm = main_core
+        .thread_core
+        .as_ref()
+        .and_then(|c| c.comm.clone())
+        .unwrap_or_else(|| tc.comm.clone());
+    per_thread(&main, &mem, scratch, main_core, false, &main_comm)?;
     let mut threads = vec![main];
     for th in t.threads.iter().skip(1) {
-        let args = clone3_args(th.tid, scratch + 512);
+        let clear_tid = th
+            .core
+            .thread_info
+            .as_ref()
+            .map_or(0, |ti| ti.clear_tid_addr);
+        let args = clone3_args(clear_tid, scratch + 512);
         mem.write(scratch, &args)?;
         mem.write(scratch + 512, &(th.tid).to_le_bytes())?;
         let out = main.syscall_ex(
@@ -406,8 +418,8 @@ pub fn switch_task(
         });
     }
 
-    for (th, plan_th) in threads.iter().zip(&t.threads) {
-        per_thread(th, &mem, scratch, &plan_th.core)?;
+    for (th, plan_th) in threads.iter().zip(&t.threads).skip(1) {
+        per_thread(th, &mem, scratch, &plan_th.core, true, &main_comm)?;
     }
     if let Some(timers) = &tc.timers {
         restore_posix_timers(&main, &mem, scratch, &timers.posix)?;
@@ -583,6 +595,25 @@ fn map_vmas(
                 let a = lo.max(s);
                 let b = hi.min(e);
                 let mut at = a;
+                if let Some(&fd) = opened.pages.get(&t.pages.file) {
+                    // The task reads its pages itself: one copy, page cache to its memory.
+                    while at < b {
+                        let n = (b - at).min(1 << 30);
+                        let got = main.syscall(
+                            "pread64 pages",
+                            libc::SYS_pread64,
+                            [fd as u64, at, n, run.offset + (at - lo), 0, 0],
+                        )?;
+                        if got <= 0 {
+                            return Err(RestoreError::Image {
+                                path: t.pages.file.clone(),
+                                index: 0,
+                                what: format!("short read at offset {}", run.offset + (at - lo)),
+                            });
+                        }
+                        at += got as u64;
+                    }
+                }
                 while at < b {
                     let n = (b - at).min(buf.len() as u64) as usize;
                     src.read_exact_at(&mut buf[..n], run.offset + (at - lo))
@@ -643,23 +674,29 @@ fn restore_sigactions(
     Ok(())
 }
 
-fn clone3_args(tid: i32, set_tid_at: u64) -> Vec<u8> {
-    let _ = tid;
-    let flags = (libc::CLONE_VM
+fn clone3_args(clear_tid: u64, set_tid_at: u64) -> Vec<u8> {
+    let mut flags = (libc::CLONE_VM
         | libc::CLONE_FS
         | libc::CLONE_FILES
         | libc::CLONE_SIGHAND
         | libc::CLONE_THREAD
         | libc::CLONE_SYSVSEM) as u64;
-    let v = [flags, 0, 0, 0, 0, 0, 0, 0, set_tid_at, 1, 0];
+    if clear_tid != 0 {
+        flags |= libc::CLONE_CHILD_CLEARTID as u64;
+    }
+    let v = [flags, 0, clear_tid, 0, 0, 0, 0, 0, set_tid_at, 1, 0];
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// Per-thread kernel state. `fresh`: a thread we just cloned (no altstack, no pdeath signal,
+/// tid address set by clone3, comm inherited from the main thread), so only what differs is set.
 fn per_thread(
     th: &Thread,
     mem: &Mem,
     scratch: u64,
     core: &msg::CoreEntry,
+    fresh: bool,
+    main_comm: &str,
 ) -> Result<(), RestoreError> {
     let tcore = core.thread_core.as_ref();
     // sigaltstack
@@ -672,12 +709,14 @@ fn per_thread(
     b.extend_from_slice(&(flags as i32).to_le_bytes());
     b.extend_from_slice(&0u32.to_le_bytes());
     b.extend_from_slice(&size.to_le_bytes());
-    mem.write(scratch, &b)?;
-    th.syscall(
-        "sigaltstack",
-        libc::SYS_sigaltstack,
-        [scratch, 0, 0, 0, 0, 0],
-    )?;
+    if !(fresh && flags & libc::SS_DISABLE as u32 != 0) {
+        mem.write(scratch, &b)?;
+        th.syscall(
+            "sigaltstack",
+            libc::SYS_sigaltstack,
+            [scratch, 0, 0, 0, 0, 0],
+        )?;
+    }
     if let Some(r) = tcore.and_then(|c| c.rseq_entry.as_ref()) {
         if r.rseq_abi_pointer != 0 {
             th.syscall(
@@ -694,7 +733,7 @@ fn per_thread(
             )?;
         }
     }
-    if let Some(ti) = &core.thread_info {
+    if let Some(ti) = core.thread_info.as_ref().filter(|_| !fresh) {
         th.syscall(
             "set_tid_address",
             libc::SYS_set_tid_address,
@@ -704,7 +743,7 @@ fn per_thread(
     let comm = tcore
         .and_then(|c| c.comm.clone())
         .or_else(|| core.tc.as_ref().map(|t| t.comm.clone()));
-    if let Some(comm) = comm {
+    if let Some(comm) = comm.filter(|c| !fresh || c.as_str() != main_comm) {
         let mut b = comm.into_bytes();
         b.truncate(15);
         b.push(0);
@@ -716,11 +755,13 @@ fn per_thread(
         )?;
     }
     let pdeath = tcore.and_then(|c| c.pdeath_sig).unwrap_or(0);
-    th.syscall(
-        "prctl(PR_SET_PDEATHSIG)",
-        libc::SYS_prctl,
-        [libc::PR_SET_PDEATHSIG as u64, u64::from(pdeath), 0, 0, 0, 0],
-    )?;
+    if !(fresh && pdeath == 0) {
+        th.syscall(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            [libc::PR_SET_PDEATHSIG as u64, u64::from(pdeath), 0, 0, 0, 0],
+        )?;
+    }
     if let Some(nice) = tcore.and_then(|c| c.sched_nice) {
         if nice != 0 {
             th.syscall(

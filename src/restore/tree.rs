@@ -112,6 +112,7 @@ fn run_task(
     }
     keep.extend(opened.maps.values().copied());
     keep.extend(opened.shmem.values().copied());
+    keep.extend(opened.pages.values().copied());
     keep.insert(ctl.ready_w);
     keep.insert(ctl.hold_r);
     keep_only(&keep).map_err(|e| ("close descriptors", e))?;
