@@ -21,6 +21,8 @@ const BLOBS: &[&str] = &["dump", "restorer"];
 
 fn main() {
     println!("cargo:rerun-if-changed=parasite");
+    // Blobs are compiled with `--cfg stasis_blob`; files shared with the engine test it.
+    println!("cargo::rustc-check-cfg=cfg(stasis_blob)");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     for name in BLOBS {
@@ -61,6 +63,7 @@ fn compile(rustc: &str, name: &str, elf_path: &Path) {
     let lds = Path::new("parasite/blob.lds");
     let status = Command::new(rustc)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .args(["--cfg", "stasis_blob"])
         .args(["--edition", "2021", "--crate-type", "bin", "--crate-name"])
         .arg(format!("stasis_blob_{name}"))
         .args([

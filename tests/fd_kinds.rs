@@ -936,3 +936,83 @@ fn pty_slave_without_master_needs_shell_job() {
         }
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// another task's fds, as the dump engine sees them
+
+/// Kills and reaps the child when the test ends, whatever happens.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn task_fds_via_pidfd_getfd_and_engine_json() {
+    with_timeout(20, || {
+        let (mine, theirs) = socket::socketpair(libc::SOCK_STREAM | libc::SOCK_CLOEXEC).unwrap();
+        socket::send(&mine, b"queued for the child", 0).unwrap();
+        let ev = fdkinds::eventfd(5, libc::EFD_CLOEXEC).unwrap();
+        let child = Child(
+            std::process::Command::new("sleep")
+                .arg("30")
+                .stdin(std::process::Stdio::from(theirs))
+                .stdout(std::process::Stdio::from(ev))
+                .spawn()
+                .unwrap(),
+        );
+        let pid = child.0.id() as i32;
+        // Wait until the child runs sleep (its fds are then exactly ours).
+        while !std::fs::read_link(format!("/proc/{pid}/exe"))
+            .unwrap()
+            .ends_with("sleep")
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut st = DumpState::new(DumpOptions::default());
+        let mut next = 10;
+        let mut ids = || {
+            next += 1;
+            next
+        };
+        let (e0, k0) = files::task::dump_task_fd(pid, 0, &mut ids, &mut st)
+            .unwrap()
+            .unwrap();
+        let (e1, k1) = files::task::dump_task_fd(pid, 1, &mut ids, &mut st)
+            .unwrap()
+            .unwrap();
+        assert_eq!((k0, k1), ("UNIXSK", "EVENTFD"));
+        assert_eq!((e0.id, e1.id), (11, 12));
+        assert_eq!(e1.efd.as_ref().unwrap().counter, 5);
+        assert_eq!(
+            st.extra.queue_for(11).collect::<Vec<_>>(),
+            vec![b"queued for the child".as_slice()]
+        );
+        // The child's stderr (inherited from the test) is not ours to dump: no id is taken.
+        let mut other = DumpState::new(DumpOptions::default());
+        let mut taken = 0;
+        let r = files::task::dump_task_fd(
+            pid,
+            2,
+            &mut || {
+                taken += 1;
+                taken
+            },
+            &mut other,
+        )
+        .unwrap();
+        if r.is_none() {
+            assert_eq!(taken, 0);
+        }
+        // The JSON form encodes back to the same entry through the dump engine's writer.
+        for e in [&e0, &e1] {
+            let j = files::task::entry_json(e).unwrap();
+            let bytes = stasis::dump::images_out::encode("file_entry", &j).unwrap();
+            assert_eq!(&pb::FileEntry::decode(bytes.as_slice()).unwrap(), e);
+        }
+        drop(child);
+    });
+}

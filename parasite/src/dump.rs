@@ -1,15 +1,389 @@
-//! The dump blob (no_std, position independent). Entry: `__export_entry` at offset 0.
+//! The dump parasite (no_std, position independent). Injected into a stopped task and started
+//! on its own stack in the task's main thread with `rdi` = `&ParasiteArgs`; it serves the
+//! command socket (protocol: `common/dump_proto.rs`) until FINI, then closes its descriptors
+//! and traps. Exports:
+//!
+//! ```text
+//! __export_entry           offset 0: call serve(args); then `int3` forever
+//! __export_fini_trap       the ip of the task when it traps after serve returned
+//! __export_syscall_gadget  `syscall; int3`: lets the dumper run remote syscalls in any
+//!                          thread of the task without poking code
+//! ```
 #![no_std]
 #![no_main]
 
 mod common;
+#[path = "common/dump_proto.rs"]
+#[allow(dead_code)]
+mod proto;
 
-/// Entry point; placed first in the image by the linker script.
-#[no_mangle]
-#[link_section = ".text.entry"]
-pub extern "C" fn __export_entry() -> ! {
-    loop {
-        // SAFETY: int3 only stops the task for its tracer.
-        unsafe { core::arch::asm!("int3", options(nomem, nostack)) }
+use common::syscall::syscall6;
+use proto::*;
+
+core::arch::global_asm!(
+    ".section .text.entry,\"ax\"",
+    ".globl __export_entry",
+    "__export_entry:",
+    "    call {serve}",
+    "    int3",
+    ".globl __export_fini_trap",
+    "__export_fini_trap:",
+    "    jmp __export_fini_trap - 1",
+    ".globl __export_syscall_gadget",
+    "__export_syscall_gadget:",
+    "    syscall",
+    "    int3",
+    ".previous",
+    serve = sym serve,
+);
+
+const SYS_CLOSE: usize = 3;
+const SYS_MPROTECT: usize = 10;
+const SYS_BRK: usize = 12;
+const SYS_RT_SIGACTION: usize = 13;
+const SYS_GETITIMER: usize = 36;
+const SYS_GETPID: usize = 39;
+const SYS_SENDMSG: usize = 46;
+const SYS_RECVMSG: usize = 47;
+const SYS_FCNTL: usize = 72;
+const SYS_UMASK: usize = 95;
+const SYS_GETPPID: usize = 110;
+const SYS_GETPGID: usize = 121;
+const SYS_GETSID: usize = 124;
+const SYS_SIGALTSTACK: usize = 131;
+const SYS_PERSONALITY: usize = 135;
+const SYS_PRCTL: usize = 157;
+const SYS_TIMER_GETTIME: usize = 224;
+const SYS_TIMER_GETOVERRUN: usize = 225;
+const SYS_VMSPLICE: usize = 278;
+const SYS_PRLIMIT64: usize = 302;
+
+const PR_GET_PDEATHSIG: usize = 2;
+const PR_GET_DUMPABLE: usize = 3;
+const PR_GET_NAME: usize = 16;
+const PR_GET_CHILD_SUBREAPER: usize = 37;
+const PR_GET_NO_NEW_PRIVS: usize = 39;
+const PR_GET_TID_ADDRESS: usize = 40;
+const PR_GET_THP_DISABLE: usize = 42;
+const F_GETFD: usize = 1;
+const F_GETSIG: usize = 11;
+const F_GETOWN_EX: usize = 16;
+const SOL_SOCKET: i32 = 1;
+const SCM_RIGHTS: i32 = 1;
+const EINVAL: isize = 22;
+const EPROTO: isize = 71;
+
+/// Raw syscall with up to six arguments.
+fn sys(nr: usize, a: [usize; 6]) -> isize {
+    // SAFETY: every call site passes arguments valid for `nr`: pointers point into live
+    // buffers of this frame sized for what the kernel writes or reads.
+    unsafe { syscall6(nr, a[0], a[1], a[2], a[3], a[4], a[5]) }
+}
+
+fn ok(ret: isize) -> Result<usize, isize> {
+    if (-4095..0).contains(&ret) {
+        Err(ret)
+    } else {
+        Ok(ret as usize)
     }
+}
+
+#[repr(C)]
+struct Iovec {
+    base: usize,
+    len: usize,
+}
+
+#[repr(C)]
+struct Msghdr {
+    name: usize,
+    namelen: u32,
+    pad: u32,
+    iov: *mut Iovec,
+    iovlen: usize,
+    control: *mut u8,
+    controllen: usize,
+    flags: i32,
+    pad2: i32,
+}
+
+/// Control buffer for up to MAX_FDS descriptors: cmsghdr (16 bytes) + 4 per fd.
+const CMSG_BUF: usize = 16 + 4 * MAX_FDS;
+
+#[repr(C, align(8))]
+struct Cmsg([u8; CMSG_BUF]);
+
+/// Receives one message into `buf`; returns its length and the first SCM_RIGHTS fd (or -1).
+fn recv(sock: i32, buf: &mut [u8]) -> Result<(usize, i32), isize> {
+    let mut iov = Iovec { base: buf.as_mut_ptr() as usize, len: buf.len() };
+    let mut cmsg = Cmsg([0; CMSG_BUF]);
+    let mut msg = Msghdr {
+        name: 0,
+        namelen: 0,
+        pad: 0,
+        iov: &mut iov,
+        iovlen: 1,
+        control: cmsg.0.as_mut_ptr(),
+        controllen: CMSG_BUF,
+        flags: 0,
+        pad2: 0,
+    };
+    let n = ok(sys(SYS_RECVMSG, [sock as usize, &mut msg as *mut Msghdr as usize, 0, 0, 0, 0]))?;
+    let mut fd = -1;
+    if msg.controllen >= 20 {
+        let level = i32::from_ne_bytes([cmsg.0[8], cmsg.0[9], cmsg.0[10], cmsg.0[11]]);
+        let kind = i32::from_ne_bytes([cmsg.0[12], cmsg.0[13], cmsg.0[14], cmsg.0[15]]);
+        if level == SOL_SOCKET && kind == SCM_RIGHTS {
+            fd = i32::from_ne_bytes([cmsg.0[16], cmsg.0[17], cmsg.0[18], cmsg.0[19]]);
+        }
+    }
+    Ok((n, fd))
+}
+
+/// Sends one message made of `parts`, with `fds` as SCM_RIGHTS when not empty.
+fn send(sock: i32, parts: &[&[u8]], fds: &[i32]) -> Result<(), isize> {
+    let mut iovs = [Iovec { base: 0, len: 0 }, Iovec { base: 0, len: 0 }];
+    let count = parts.len().min(2);
+    for (iov, part) in iovs.iter_mut().zip(parts) {
+        iov.base = part.as_ptr() as usize;
+        iov.len = part.len();
+    }
+    let mut cmsg = Cmsg([0; CMSG_BUF]);
+    let nfds = fds.len().min(MAX_FDS);
+    let clen = 16 + 4 * nfds;
+    cmsg.0[..8].copy_from_slice(&(clen as u64).to_ne_bytes());
+    cmsg.0[8..12].copy_from_slice(&SOL_SOCKET.to_ne_bytes());
+    cmsg.0[12..16].copy_from_slice(&SCM_RIGHTS.to_ne_bytes());
+    for (i, fd) in fds[..nfds].iter().enumerate() {
+        cmsg.0[16 + 4 * i..20 + 4 * i].copy_from_slice(&fd.to_ne_bytes());
+    }
+    let mut msg = Msghdr {
+        name: 0,
+        namelen: 0,
+        pad: 0,
+        iov: iovs.as_mut_ptr(),
+        iovlen: count,
+        control: if nfds > 0 { cmsg.0.as_mut_ptr() } else { core::ptr::null_mut() },
+        controllen: if nfds > 0 { (clen + 7) & !7 } else { 0 },
+        flags: 0,
+        pad2: 0,
+    };
+    ok(sys(SYS_SENDMSG, [sock as usize, &mut msg as *mut Msghdr as usize, 0, 0, 0, 0])).map(drop)
+}
+
+fn reply(sock: i32, cmd: u32, result: Result<&[u8], isize>, fds: &[i32]) -> Result<(), isize> {
+    let (status, payload) = match result {
+        Ok(p) => (0, p),
+        Err(e) => (e as i32, &[][..]),
+    };
+    let hdr = ReplyHeader { cmd, status, len: payload.len() as u32, pad: 0 };
+    send(sock, &[bytes_of(&hdr), payload], if status == 0 { fds } else { &[] })
+}
+
+/// The command loop; returns on FINI or when the socket fails.
+extern "C" fn serve(args: *const ParasiteArgs) {
+    // SAFETY: the dumper wrote a ParasiteArgs at `args` before starting us.
+    let args = unsafe { core::ptr::read_volatile(args) };
+    if args.magic != ARGS_MAGIC {
+        return;
+    }
+    let sock = args.sock_fd;
+    let mut pipe = -1;
+    let mut buf = [0u8; MAX_MSG];
+    let mut out = [0u8; MAX_MSG];
+    loop {
+        let Ok((n, fd)) = recv(sock, &mut buf) else { break };
+        let Some(hdr) = read::<CmdHeader>(&buf[..n]) else { break };
+        let hlen = core::mem::size_of::<CmdHeader>();
+        let payload = &buf[hlen..n.min(hlen + hdr.len as usize)];
+        let sent = match hdr.cmd {
+            CMD_SET_PIPE => {
+                if fd < 0 {
+                    reply(sock, hdr.cmd, Err(-EINVAL), &[])
+                } else {
+                    if pipe >= 0 {
+                        sys(SYS_CLOSE, [pipe as usize, 0, 0, 0, 0, 0]);
+                    }
+                    pipe = fd;
+                    reply(sock, hdr.cmd, Ok(bytes_of(&pipe)), &[])
+                }
+            }
+            CMD_DUMP_PAGES => {
+                let r = dump_pages(pipe, payload);
+                reply(sock, hdr.cmd, r.as_ref().map(|v| bytes_of(v)).map_err(|e| *e), &[])
+            }
+            CMD_MPROTECT => reply(sock, hdr.cmd, mprotect(payload).map(|_| &[][..]), &[]),
+            CMD_DRAIN_FDS => {
+                let mut fds = [0i32; MAX_FDS];
+                match drain_fds(payload, &mut fds, &mut out) {
+                    Ok((count, len)) => reply(sock, hdr.cmd, Ok(&out[..len]), &fds[..count]),
+                    Err(e) => reply(sock, hdr.cmd, Err(e), &[]),
+                }
+            }
+            CMD_MISC => {
+                let r = misc();
+                reply(sock, hdr.cmd, r.as_ref().map(|v| bytes_of(v)).map_err(|e| *e), &[])
+            }
+            CMD_SIGACTIONS => {
+                let r = sigactions(&mut out);
+                reply(sock, hdr.cmd, r.map(|len| &out[..len]), &[])
+            }
+            CMD_POSIX_TIMERS => {
+                let r = posix_timers(payload, &mut out);
+                reply(sock, hdr.cmd, r.map(|len| &out[..len]), &[])
+            }
+            CMD_THREAD_STATE => {
+                let r = thread_state();
+                reply(sock, hdr.cmd, r.as_ref().map(|v| bytes_of(v)).map_err(|e| *e), &[])
+            }
+            CMD_FINI => {
+                let _ = reply(sock, hdr.cmd, Ok(&[]), &[]);
+                break;
+            }
+            _ => reply(sock, hdr.cmd, Err(-EPROTO), &[]),
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    if pipe >= 0 {
+        sys(SYS_CLOSE, [pipe as usize, 0, 0, 0, 0, 0]);
+    }
+    sys(SYS_CLOSE, [sock as usize, 0, 0, 0, 0, 0]);
+}
+
+fn dump_pages(pipe: i32, payload: &[u8]) -> Result<u64, isize> {
+    if pipe < 0 {
+        return Err(-EINVAL);
+    }
+    let count = payload.len() / core::mem::size_of::<RemoteIov>();
+    let mut total = 0u64;
+    for i in 0..count.min(MAX_IOVS) {
+        let Some(iov) = read_at::<RemoteIov>(payload, i) else { break };
+        let (mut base, mut left) = (iov.base as usize, iov.len as usize);
+        while left > 0 {
+            let mut one = Iovec { base, len: left };
+            let n = ok(sys(SYS_VMSPLICE, [pipe as usize, &mut one as *mut Iovec as usize, 1, 0, 0, 0]))?;
+            if n == 0 {
+                return Err(-EPROTO);
+            }
+            base += n;
+            left -= n;
+            total += n as u64;
+        }
+    }
+    Ok(total)
+}
+
+fn mprotect(payload: &[u8]) -> Result<(), isize> {
+    let count = payload.len() / core::mem::size_of::<MprotectReq>();
+    for i in 0..count {
+        let Some(r) = read_at::<MprotectReq>(payload, i) else { break };
+        ok(sys(SYS_MPROTECT, [r.addr as usize, r.len as usize, r.prot as usize, 0, 0, 0]))?;
+    }
+    Ok(())
+}
+
+fn drain_fds(payload: &[u8], fds: &mut [i32; MAX_FDS], out: &mut [u8]) -> Result<(usize, usize), isize> {
+    let count = (payload.len() / 4).min(MAX_FDS);
+    let size = core::mem::size_of::<FdOpts>();
+    for i in 0..count {
+        let fd = read_at::<i32>(payload, i).unwrap_or(-1);
+        fds[i] = fd;
+        let flags = ok(sys(SYS_FCNTL, [fd as usize, F_GETFD, 0, 0, 0, 0]))?;
+        let mut owner = [0i32; 2];
+        ok(sys(SYS_FCNTL, [fd as usize, F_GETOWN_EX, owner.as_mut_ptr() as usize, 0, 0, 0]))?;
+        let sig = ok(sys(SYS_FCNTL, [fd as usize, F_GETSIG, 0, 0, 0, 0]))?;
+        let opts = FdOpts {
+            fd,
+            fd_flags: flags as i32,
+            owner_type: owner[0],
+            owner_pid: owner[1],
+            signum: sig as i32,
+            pad: 0,
+        };
+        out[i * size..(i + 1) * size].copy_from_slice(bytes_of(&opts));
+    }
+    Ok((count, count * size))
+}
+
+fn prctl_int(option: usize) -> Result<i32, isize> {
+    let mut v = 0i32;
+    ok(sys(SYS_PRCTL, [option, &mut v as *mut i32 as usize, 0, 0, 0, 0]))?;
+    Ok(v)
+}
+
+fn misc() -> Result<MiscState, isize> {
+    let mut m = MiscState {
+        brk: ok(sys(SYS_BRK, [0; 6]))? as u64,
+        pid: ok(sys(SYS_GETPID, [0; 6]))? as i32,
+        ppid: ok(sys(SYS_GETPPID, [0; 6]))? as i32,
+        sid: ok(sys(SYS_GETSID, [0; 6]))? as i32,
+        pgid: ok(sys(SYS_GETPGID, [0; 6]))? as i32,
+        ..MiscState::default()
+    };
+    let old = ok(sys(SYS_UMASK, [0; 6]))?;
+    sys(SYS_UMASK, [old, 0, 0, 0, 0, 0]);
+    m.umask = old as u32;
+    m.dumpable = ok(sys(SYS_PRCTL, [PR_GET_DUMPABLE, 0, 0, 0, 0, 0]))? as i32;
+    m.personality = ok(sys(SYS_PERSONALITY, [0xffff_ffff, 0, 0, 0, 0, 0]))? as u32;
+    m.thp_disabled = ok(sys(SYS_PRCTL, [PR_GET_THP_DISABLE, 0, 0, 0, 0, 0]))? as i32;
+    m.child_subreaper = prctl_int(PR_GET_CHILD_SUBREAPER)?;
+    m.no_new_privs = ok(sys(SYS_PRCTL, [PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0, 0]))? as i32;
+    for (which, t) in m.itimers.iter_mut().enumerate() {
+        ok(sys(SYS_GETITIMER, [which, t as *mut Itimerval as usize, 0, 0, 0, 0]))?;
+    }
+    for (res, r) in m.rlimits.iter_mut().enumerate() {
+        ok(sys(SYS_PRLIMIT64, [0, res, 0, r as *mut Rlimit as usize, 0, 0]))?;
+    }
+    Ok(m)
+}
+
+fn sigactions(out: &mut [u8]) -> Result<usize, isize> {
+    let size = core::mem::size_of::<KSigaction>();
+    for sig in 1..=64usize {
+        let mut act = KSigaction::default();
+        if sig != 9 && sig != 19 {
+            ok(sys(SYS_RT_SIGACTION, [sig, 0, &mut act as *mut KSigaction as usize, 8, 0, 0]))?;
+        }
+        out[(sig - 1) * size..sig * size].copy_from_slice(bytes_of(&act));
+    }
+    Ok(64 * size)
+}
+
+fn posix_timers(payload: &[u8], out: &mut [u8]) -> Result<usize, isize> {
+    let count = (payload.len() / 4).min(MAX_TIMERS);
+    let size = core::mem::size_of::<PosixTimerState>();
+    let count = count.min(out.len() / size);
+    for i in 0..count {
+        let id = read_at::<i32>(payload, i).unwrap_or(-1);
+        let mut spec = [0i64; 4];
+        ok(sys(SYS_TIMER_GETTIME, [id as usize, spec.as_mut_ptr() as usize, 0, 0, 0, 0]))?;
+        let overrun = ok(sys(SYS_TIMER_GETOVERRUN, [id as usize, 0, 0, 0, 0, 0]))?;
+        let t = PosixTimerState {
+            id,
+            overrun: overrun as i32,
+            interval_sec: spec[0],
+            interval_nsec: spec[1],
+            value_sec: spec[2],
+            value_nsec: spec[3],
+        };
+        out[i * size..(i + 1) * size].copy_from_slice(bytes_of(&t));
+    }
+    Ok(count * size)
+}
+
+fn thread_state() -> Result<ThreadState, isize> {
+    let mut t = ThreadState::default();
+    let mut ss = [0u64; 3]; // ss_sp, ss_flags (int + pad), ss_size
+    ok(sys(SYS_SIGALTSTACK, [0, ss.as_mut_ptr() as usize, 0, 0, 0, 0]))?;
+    t.altstack_sp = ss[0];
+    t.altstack_flags = ss[1] as u32 as i32;
+    t.altstack_size = ss[2];
+    let mut addr = 0u64;
+    ok(sys(SYS_PRCTL, [PR_GET_TID_ADDRESS, &mut addr as *mut u64 as usize, 0, 0, 0, 0]))?;
+    t.tid_address = addr;
+    t.pdeath_sig = prctl_int(PR_GET_PDEATHSIG)?;
+    ok(sys(SYS_PRCTL, [PR_GET_NAME, t.comm.as_mut_ptr() as usize, 0, 0, 0, 0]))?;
+    Ok(t)
 }

@@ -141,7 +141,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
         opts.pid,
         opts.images_dir.display()
     );
-    let mut backend = dump::freeze::ProcBackend;
+    let mut backend = dump::ptrace_backend::PtraceBackend;
     match dump::run(&opts, &mut backend) {
         Ok(rep) => {
             for f in &rep.images {

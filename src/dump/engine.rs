@@ -303,6 +303,11 @@ fn write_images(
         let n = f.finish().map_err(img(root))?;
         dir.add_bytes(n);
     }
+    files
+        .kinds
+        .extra
+        .write_dir(dir.path())
+        .map_err(|e| DumpError::new("images", root, e.errno(), e.to_string()))?;
     dir.write_all("seccomp.img", out::SECCOMP, &[serde_json::json!({})])
         .map_err(img(root))?;
     dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
@@ -392,6 +397,11 @@ fn dump_frozen(
     tree::check_file_locks(&tree)?;
     prof.record("collect-tree", "phase", 0, t);
     let mut files = Files::new();
+    files.kinds.opts = crate::files::DumpOptions {
+        tcp_established: opts.tcp_established,
+        ext_unix_sk: opts.ext_unix_sk,
+        shell_job: opts.shell_job,
+    };
     let mut ids = IdAllocator::new();
     let me = std::process::id() as i32;
     let my_ns = proc::ns::read(me).map_err(|e| DumpError::proc("collect-tree", me, e))?;
@@ -408,17 +418,22 @@ fn dump_frozen(
             prof,
         )?);
     }
+    files.finish_kinds(opts.pid)?;
     stats.memdump_time = prof.now_us() - t;
     prof.record("collect", "phase", 0, t);
     let mut dir = ImageDir::new(&opts.images_dir);
     let t = prof.now_us();
-    let c = Collection {
+    let mut c = Collection {
         tree,
         collected,
         files,
         root_ids,
     };
     write_images(&mut dir, opts, &c, frozen, stats, prof)?;
+    if !opts.leave_running {
+        // Dumped TCP connections stay in repair mode: killing the tree closes them silently.
+        c.files.kinds.close_tcp_in_repair();
+    }
     prof.record("write", "phase", 0, t);
     fault::check("fsync", opts.pid)?;
     dir.finish()

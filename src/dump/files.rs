@@ -84,6 +84,9 @@ pub struct Files {
     pub pipes_data: Vec<(Value, Vec<u8>)>,
     pipes_seen: HashSet<u64>,
     inet: Option<HashMap<u32, super::sockets::InetSock>>,
+    /// State of the fd kinds shared with the restore engine ([`crate::files`]): unix and
+    /// inet sockets, established TCP, ptys; their side images (sk-queues, tcp-stream, tty-info).
+    pub kinds: crate::files::DumpState,
 }
 
 fn fown() -> Value {
@@ -108,6 +111,46 @@ impl Files {
     fn new_id(&mut self) -> u32 {
         self.next_id += 1;
         self.next_id
+    }
+
+    /// Dumps fd `fd` of `pid` with [`crate::files`] if it is one of its kinds.
+    fn shared_kind(&mut self, pid: i32, fd: i32) -> Result<Option<(u32, &'static str)>> {
+        let next = &mut self.next_id;
+        let mut alloc = || {
+            *next += 1;
+            *next
+        };
+        let fail = |e: crate::files::FilesError| {
+            DumpError::new("files", pid, e.errno(), format!("fd {fd}: {e}"))
+        };
+        let Some((e, kind)) =
+            crate::files::task::dump_task_fd(pid, fd, &mut alloc, &mut self.kinds).map_err(fail)?
+        else {
+            return Ok(None);
+        };
+        self.entries
+            .push(crate::files::task::entry_json(&e).map_err(fail)?);
+        Ok(Some((e.id, kind)))
+    }
+
+    /// After the last task: the whole-tree checks of [`crate::files::finish_dump`] (unix
+    /// peers); its entries replace or join files.img entries.
+    pub fn finish_kinds(&mut self, root: i32) -> Result<()> {
+        let next = &mut self.next_id;
+        let mut alloc = || {
+            *next += 1;
+            *next
+        };
+        let fail =
+            |e: crate::files::FilesError| DumpError::new("files", root, e.errno(), e.to_string());
+        for e in crate::files::finish_dump(&mut self.kinds, &mut alloc).map_err(fail)? {
+            let j = crate::files::task::entry_json(&e).map_err(fail)?;
+            match self.entries.iter_mut().find(|x| x["id"] == e.id) {
+                Some(old) => *old = j,
+                None => self.entries.push(j),
+            }
+        }
+        Ok(())
     }
 
     /// A `reg` entry for a file opened at `link` (a /proc path reopening it).
@@ -377,6 +420,23 @@ impl Files {
                 kind,
                 cloexec,
             });
+        }
+        // Sockets and ptys go to the fd kinds shared with the restore engine.
+        let shared = match &target {
+            FdTarget::Socket(_) => true,
+            FdTarget::Path(p) => p.starts_with("/dev/pts/") || p.as_os_str() == "/dev/ptmx",
+            _ => false,
+        };
+        if shared {
+            if let Some((id, kind)) = self.shared_kind(pid, fd)? {
+                self.by_open.insert(key, (id, kind));
+                return Ok(FdEntry {
+                    fd,
+                    id,
+                    kind,
+                    cloexec,
+                });
+            }
         }
         let link = proc::path(pid, &format!("fd/{fd}"));
         let (id, kind) = match &target {

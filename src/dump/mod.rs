@@ -22,6 +22,7 @@ pub mod options;
 pub mod pages;
 pub mod probe;
 pub mod profile;
+pub mod ptrace_backend;
 pub mod sockets;
 pub mod tree;
 pub mod xsave;

@@ -98,3 +98,15 @@ pub fn unsupported(kind: &'static str, at: At, what: impl Into<String>) -> Files
         what: what.into(),
     }
 }
+
+impl FilesError {
+    /// The errno behind the error, if a syscall failed (ESRCH for a task that died).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            FilesError::Sys { errno, .. } => Some(*errno as i32),
+            FilesError::Died(_) => Some(libc::ESRCH),
+            FilesError::Unsupported { .. } => Some(libc::ENOTSUP),
+            _ => None,
+        }
+    }
+}

@@ -38,6 +38,19 @@ fn img(file: &Path) -> impl FnOnce(stasis_images::error::ImageError) -> FilesErr
     }
 }
 
+/// Flushes and fsyncs a finished image file.
+fn sync(p: &Path, w: std::io::BufWriter<std::fs::File>) -> Result<()> {
+    let io = |e: std::io::Error| {
+        super::error::sys("images", super::At::Id(0), format!("fsync {}", p.display()))(
+            nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        )
+    };
+    w.into_inner()
+        .map_err(|e| io(e.into_error()))?
+        .sync_all()
+        .map_err(io)
+}
+
 impl Extra {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
@@ -65,7 +78,7 @@ impl Extra {
                 w.write_entry(&e.encode_to_vec(), Some(data))
                     .map_err(img(&p))?;
             }
-            w.finish().map_err(img(&p))?;
+            sync(&p, w.finish().map_err(img(&p))?)?;
         }
         for (ino, (e, inq, outq)) in &self.tcp_streams {
             let p = dir.join(ImageKind::TcpStream.info().file_name(u64::from(*ino)));
@@ -74,7 +87,7 @@ impl Extra {
             data.extend_from_slice(outq);
             w.write_entry(&e.encode_to_vec(), Some(&data))
                 .map_err(img(&p))?;
-            w.finish().map_err(img(&p))?;
+            sync(&p, w.finish().map_err(img(&p))?)?;
         }
         for (kind, list) in [
             (
@@ -97,7 +110,7 @@ impl Extra {
             for b in &list {
                 w.write_entry(b, None).map_err(img(&p))?;
             }
-            w.finish().map_err(img(&p))?;
+            sync(&p, w.finish().map_err(img(&p))?)?;
         }
         Ok(())
     }

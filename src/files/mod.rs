@@ -25,6 +25,11 @@
 //!                                   task owning the epoll>)?      -> OwnedFd in this task
 //! ```
 //!
+//! An epoll item is keyed by the target's file *and fd number* (fdinfo shows it, and the
+//! program's later `EPOLL_CTL_MOD`/`DEL` name it): when restoring an epoll, each target
+//! should sit at its recorded fd number in the calling task, and `targets` return that number
+//! (the restore engine moves the targets there for the call).
+//!
 //! Descriptors come back with the recorded status flags (`O_NONBLOCK`, ...) and owner;
 //! `FD_CLOEXEC` and the final fd number are the engine's business (fdinfo-N.img).
 //! Extra images go through [`Extra`]: `sk-queues.img` (unix receive queues, peeked at dump
@@ -39,6 +44,7 @@ pub mod inet;
 pub mod inotify;
 pub mod signalfd;
 pub mod sockopts;
+pub mod task;
 pub mod tcp;
 pub mod timerfd;
 pub mod tty;

@@ -79,7 +79,8 @@ pub struct TaskSpec {
     pub threads: Vec<ThreadSpec>,
     /// The target layout, sorted by start.
     pub vmas: Vec<VmaArgs>,
-    /// Premapped areas (usually each `VMA_PREMAPPED` VMA's `premap` range).
+    /// Premapped areas (usually each `VMA_PREMAPPED` VMA's `premap` range; any order, the
+    /// layout sorts them).
     pub keep: Vec<KeepRange>,
     /// vvar/vdso moves (see `restore::vdso`).
     pub special: Vec<SpecialRemap>,
@@ -214,7 +215,9 @@ impl TaskSpec {
         task.nr_posix_timers = self.posix_timers.len() as u64;
         task.shared_signals = l.push(&self.shared_signals, 8);
         task.nr_shared_signals = self.shared_signals.len() as u64;
-        task.keep = l.push(&self.keep, 8);
+        let mut keep = self.keep.clone();
+        keep.sort_unstable_by_key(|k| k.start);
+        task.keep = l.push(&keep, 8);
         task.nr_keep = self.keep.len() as u64;
         task.close_fds = l.push(&self.close_fds, 8);
         task.nr_close_fds = self.close_fds.len() as u64;

@@ -305,6 +305,21 @@ pub fn open(path: &str, flags: i32) -> Result<OwnedFd, Errno> {
     new_fd(unsafe { libc::open(p.as_ptr(), flags, 0) })
 }
 
+/// `pidfd_open(pid, 0)`.
+pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes no pointers.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    new_fd(check(r)? as libc::c_int)
+}
+
+/// `pidfd_getfd(pidfd, fd, 0)`: a duplicate of another task's descriptor (needs ptrace
+/// access to it); the copy is close-on-exec.
+pub fn pidfd_getfd(pidfd: impl AsFd, fd: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_getfd takes no pointers.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_fd().as_raw_fd(), fd, 0) };
+    new_fd(check(r)? as libc::c_int)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

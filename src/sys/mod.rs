@@ -30,6 +30,7 @@
 //! ("task N died"). All ptrace calls must come from the thread that seized (the types are
 //! not `Send`).
 
+pub mod channel;
 pub mod clone3;
 pub mod cpu;
 pub mod errno;

@@ -132,3 +132,26 @@ pub fn exec_area(pid: i32) -> Result<u64> {
         what: "no executable private mapping".into(),
     })
 }
+
+/// `PF_EXITING` in the flags field of `/proc/PID/stat`.
+const PF_EXITING: u64 = 0x4;
+
+/// True when task `tid` of `pid` is gone, a zombie, or exiting (`PF_EXITING`): what a closed
+/// socket or pipe to it usually means.
+pub fn is_exiting(pid: i32, tid: i32) -> bool {
+    let path = format!("/proc/{pid}/task/{tid}/stat");
+    let Ok(text) = read_small(&path) else {
+        return true;
+    };
+    let Some(rest) = text.rfind(')').map(|i| &text[i + 1..]) else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] = state (stat field 3); flags is stat field 9.
+    let state = fields.first().copied().unwrap_or("");
+    let flags = fields
+        .get(6)
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0);
+    matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
+}

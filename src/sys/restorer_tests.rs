@@ -963,30 +963,21 @@ fn run_full(keep_area: bool, grow_stack: bool) {
     drop(child);
 }
 
-#[test]
-fn blob_reports_a_failed_step_and_exits() {
+/// Runs the blob on a minimal spec changed by `modify` (and its built bytes by `corrupt`,
+/// given the offset of the TaskArgs) and returns the error record; checks the exit code.
+fn run_failing(modify: fn(&mut TaskSpec, u64), corrupt: fn(&mut [u8], usize)) -> StatusRecord {
     assert!(is_root(), "restorer blob tests need root");
     let (status_r, status_w) = pipe();
     let child = fork_child(move || {
         let mut spec = TaskSpec::new();
         let hole = reserve(1 << 20);
-        // A file mapping from a bad fd: mmap fails with EBADF.
-        spec.vmas.push(VmaArgs {
-            start: hole,
-            end: hole + 4096,
-            prot: 1,
-            flags: libc::MAP_PRIVATE as u32,
-            kind: VMA_MMAP,
-            fd: 999,
-            ..Default::default()
-        });
         for m in self_maps()
             .into_iter()
             .filter(|m| m.start < 0x7fff_ffff_f000 && !reserved(m.start))
         {
             spec.keep.push(KeepRange {
                 start: m.start,
-                end: m.end.min(0x7fff_ffff_f000),
+                end: m.end,
             });
         }
         spec.task.status_fd = status_w;
@@ -998,19 +989,19 @@ fn blob_reports_a_failed_step_and_exits() {
             },
             ..Default::default()
         });
+        modify(&mut spec, hole);
         let len = spec.area_len();
         let base = area_hole(len);
-        let area = spec.build(base).expect("build");
+        let mut area = spec.build(base).expect("build");
+        corrupt(&mut area.bytes, (area.args - base) as usize);
         let mut m = crate::sys::restorer::RestorerArea::map(base, len).expect("map");
         m.write(&area.bytes).expect("write");
         m.enter(area.entry_offset, area.args, area.leader_stack_top)
     });
+    // SAFETY: closes the parent's copy of the write end.
+    unsafe { libc::close(status_w) };
     let rec: StatusRecord =
         read_pod(&read_timeout(status_r, 24, Duration::from_secs(10))).expect("record");
-    assert_eq!(
-        (rec.stage, rec.step, rec.index, rec.code),
-        (abi::STAGE_ERROR, abi::step::VMA_MMAP, 0, libc::EBADF)
-    );
     let mut st = 0;
     // SAFETY: waits for our own child.
     let r = unsafe { libc::waitpid(child.0, &mut st, 0) };
@@ -1020,4 +1011,59 @@ fn blob_reports_a_failed_step_and_exits() {
         "status {st:#x}"
     );
     std::mem::forget(child);
+    assert_eq!(
+        (rec.magic, rec.stage),
+        (abi::STATUS_MAGIC, abi::STAGE_ERROR)
+    );
+    rec
+}
+
+#[test]
+fn blob_reports_a_failed_mmap() {
+    let rec = run_failing(
+        |spec, hole| {
+            // A file mapping from a bad fd: mmap fails with EBADF.
+            spec.vmas.push(VmaArgs {
+                start: hole,
+                end: hole + 4096,
+                prot: 1,
+                flags: libc::MAP_PRIVATE as u32,
+                kind: VMA_MMAP,
+                fd: 999,
+                ..Default::default()
+            });
+        },
+        |_, _| {},
+    );
+    assert_eq!(
+        (rec.step, rec.index, rec.code),
+        (abi::step::VMA_MMAP, 0, libc::EBADF)
+    );
+}
+
+#[test]
+fn blob_rejects_args_with_a_bad_magic() {
+    let rec = run_failing(|_, _| {}, |bytes, args| bytes[args] ^= 0xff);
+    assert_eq!((rec.step, rec.code), (abi::step::BAD_ARGS, libc::EINVAL));
+}
+
+#[test]
+fn blob_reports_a_taken_thread_id() {
+    let rec = run_failing(
+        |spec, _| {
+            // TID 1 (init) is always taken: clone3 set_tid fails with EEXIST.
+            spec.threads.push(ThreadSpec {
+                args: ThreadArgs {
+                    tid: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+        },
+        |_, _| {},
+    );
+    assert_eq!(
+        (rec.step, rec.index, rec.code),
+        (abi::step::CLONE_THREAD, 1, libc::EEXIST)
+    );
 }

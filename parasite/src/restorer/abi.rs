@@ -11,23 +11,29 @@
 //!
 //! ```text
 //! B ───────────── blob image (RESTORER.bytes relocated for B), restorer::SIZE bytes
-//!                 TaskArgs                         (64-byte aligned)
-//!                 ThreadArgs[nr_threads]           [0] = the thread group leader
-//!                 VmaArgs[nr_vmas]                 sorted by start, not overlapping
-//!                 SpecialRemap[nr_special]         vvar/vdso moves
-//!                 VdsoPatch[nr_vdso_patches]       proxy jumps (only if proxying)
+//!                 TaskArgs                          64-byte aligned, address passed in rdi
+//!                 ThreadArgs[nr_threads]            [0] = the thread group leader
+//!                 VmaArgs[nr_vmas]                  sorted by start, not overlapping
+//!                 SpecialRemap[nr_special]          vvar/vdso moves (at most 7), in order
+//!                 VdsoPatch[nr_vdso_patches]        proxy jumps (only when proxying)
 //!                 PosixTimerArgs[nr_posix_timers]
-//!                 SigInfo[...]                     shared, then per-thread pending signals
-//!                 CredsArgs[...] + groups          per thread (threads may share one)
-//!                 SeccompFilterArgs[...] + programs per thread
-//!                 auxv words (u64)
-//!                 KeepRange[nr_keep]               premapped areas the blob must not unmap
-//!                 xsave images                     one per thread, 64-byte aligned
-//!                 (page aligned)
-//!                 thread stacks                    nr_threads × THREAD_STACK_SIZE; each
-//!                                                  ThreadArgs::stack_top is the end of one
+//!                 SigInfo[nr_shared_signals]        shared pending signals
+//!                 KeepRange[nr_keep]                premapped areas the blob must not unmap,
+//!                                                   sorted by start
+//!                 u32[nr_close_fds]                 the engine's fds to close
+//!                 u64[auxv_size / 8]                saved auxv (MmArgs::auxv)
+//!                 per thread: SigInfo[nr_signals], groups + CredsArgs,
+//!                             sock_filter programs + SeccompFilterArgs[nr_seccomp],
+//!                             xsave image (64-byte aligned, fpu_size bytes)
+//!                 (page aligned)                    ── end of Area::bytes ──
+//!                 thread stacks                     nr_threads × THREAD_STACK_SIZE (zero
+//!                                                   in the fresh mapping); ThreadArgs::
+//!                                                   stack_top is the end of each
 //! B + area_len ─
 //! ```
+//!
+//! Every `Addr` field is an absolute address inside the area (0 = none); counts sit next to
+//! their pointers. `blob_args::TaskSpec::build` fills all of them.
 //!
 //! # What the blob does (leader = thread 0)
 //!
@@ -44,15 +50,18 @@
 //!    bit `n` of `madv` becomes `madvise(n)` and `mprotect(prot)` sets the final protection.
 //!    `VMA_SKIP` entries (vsyscall, vdso/vvar moved by `special`) are only used for lookups.
 //! 5. Writes `vdso_patches` (a 12-byte `movabs rax, target; jmp rax` at each `at`).
-//! 6. `prctl(PR_SET_MM, PR_SET_MM_MAP, &mm)`; personality, umask, sigactions, rlimits,
-//!    child subreaper, pdeath signal.
-//! 7. Creates threads 1.. with clone3 (`set_tid`); each thread registers its rseq, robust list,
-//!    clear_tid address, gs/fs base, name, scheduling, then restores its creds and seccomp
-//!    filters (leader last).
-//! 8. Queues pending signals (shared: rt_sigqueueinfo, per thread: rt_tgsigqueueinfo), creates
-//!    POSIX timers with their ids (PR_TIMER_CREATE_RESTORE_IDS), arms itimers.
+//! 6. `prctl(PR_SET_MM, PR_SET_MM_MAP, &mm)` (if `set_mm`); personality, umask, sigactions,
+//!    rlimits, child subreaper.
+//! 7. Creates threads 1.. with clone3 (`set_tid`, CLONE_VM|FS|FILES|SIGHAND|THREAD|SYSVSEM);
+//!    each thread (leader too) sets its robust list, clear_tid address, rseq, name,
+//!    scheduling, fs/gs base, then its creds with the seccomp filters installed just before
+//!    the capabilities (the leader does its creds in step 8).
+//! 8. Leader: queues pending signals (shared: rt_sigqueueinfo, per thread:
+//!    rt_tgsigqueueinfo), creates POSIX timers with their ids (PR_TIMER_CREATE_RESTORE_IDS),
+//!    looks for the exit gadgets, restores its creds, pdeath signal, dumpable, arms itimers.
 //! 9. Writes a `StatusRecord` with `stage = STAGE_READY` to `status_fd`; if `go_fd >= 0`
-//!    reads one byte from it (the engine's go-ahead); closes `close_fds`.
+//!    reads one byte from it (the engine's go-ahead; EOF is an error); closes `close_fds`,
+//!    `status_fd` and `go_fd`.
 //! 10. Every thread writes its final `rt_sigframe` (+ xsave image) below its saved `sp - 128`
 //!     (on the target's own stack, like the kernel does for a signal) and enters an
 //!     intermediate sigreturn whose `rip` is a `syscall; ret` gadget found in the target's

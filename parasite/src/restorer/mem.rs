@@ -23,34 +23,48 @@ pub fn vma_covering(a: &TaskArgs, start: u64, end: u64) -> Option<&'static VmaAr
     vmas(a).iter().find(|v| v.start <= start && end <= v.end)
 }
 
-/// Step 2: unmaps every range of `[0, TASK_SIZE)` not kept (area, premaps, special sources).
+/// Most special ranges the blob keeps besides the area (vvar, vvar_vclock, vdso, spare).
+const MAX_SPECIAL: usize = 7;
+
+/// Step 2: unmaps every range of `[0, TASK_SIZE)` not kept (area, premaps, special sources),
+/// in one pass over the `keep` ranges (sorted by the engine) merged with the few others.
 pub fn unmap_all_but_kept(a: &TaskArgs) {
     // SAFETY: keep/special arrays were written by the engine inside the area.
     let keep: &[KeepRange] = unsafe { slice(a.keep, a.nr_keep) };
     // SAFETY: as above.
     let special: &[SpecialRemap] = unsafe { slice(a.special, a.nr_special) };
-    let area = (a.area_start, a.area_start + a.area_len);
-    let kept = |i: usize| -> (u64, u64) {
-        if i == 0 {
-            area
-        } else if i <= keep.len() {
-            (keep[i - 1].start, keep[i - 1].end)
-        } else {
-            let s = &special[i - 1 - keep.len()];
-            (s.from, s.from + s.len)
+    if special.len() > MAX_SPECIAL || keep.windows(2).any(|w| w[0].start > w[1].start) {
+        sys::fail(a, step::BAD_ARGS, 2, 22);
+    }
+    // The area and the special sources, sorted by start (insertion sort of at most 8).
+    let mut extra = [(0u64, 0u64); MAX_SPECIAL + 1];
+    let mut n = 0;
+    for r in core::iter::once((a.area_start, a.area_start + a.area_len)).chain(special.iter().map(|s| (s.from, s.from + s.len))) {
+        let mut k = n;
+        while k > 0 && extra[k - 1].0 > r.0 {
+            extra[k] = extra[k - 1];
+            k -= 1;
         }
-    };
-    let n = 1 + keep.len() + special.len();
-    let mut cur = 0u64;
-    while cur < TASK_SIZE {
-        // The kept range with the lowest start among those ending above cur.
-        let mut next: Option<(u64, u64)> = None;
-        for i in 0..n {
-            let r = kept(i);
-            if r.1 > cur && next.is_none_or(|x| r.0 < x.0) {
-                next = Some(r);
+        extra[k] = r;
+        n += 1;
+    }
+    let (mut i, mut j, mut cur) = (0usize, 0usize, 0u64);
+    loop {
+        let next = match (keep.get(i), extra[..n].get(j)) {
+            (Some(k), Some(e)) if k.start <= e.0 => {
+                i += 1;
+                Some((k.start, k.end))
             }
-        }
+            (Some(k), None) => {
+                i += 1;
+                Some((k.start, k.end))
+            }
+            (_, Some(e)) => {
+                j += 1;
+                Some(*e)
+            }
+            (None, None) => None,
+        };
         let (gap_end, new_cur) = match next {
             Some((s, e)) => (s.min(TASK_SIZE), e),
             None => (TASK_SIZE, TASK_SIZE),
@@ -62,6 +76,9 @@ pub fn unmap_all_but_kept(a: &TaskArgs) {
             check(a, step::UNMAP, 0, r);
         }
         cur = cur.max(new_cur);
+        if next.is_none() || cur >= TASK_SIZE {
+            break;
+        }
     }
 }
 

@@ -1,0 +1,314 @@
+//! Wire format between the dumper and the dump parasite. Included by the blob
+//! (`parasite/src/dump.rs`) and by the engine (`src/parasite/proto.rs`) with `#[path]`, so both
+//! sides compile the same definitions. Plain `#[repr(C)]` structs with explicit padding only
+//! (every bit pattern valid, no implicit padding): they travel as raw bytes.
+//!
+//! ```text
+//! start:   rdi = &ParasiteArgs (in the parasite area); the blob serves `sock_fd` until FINI
+//! socket:  AF_UNIX SOCK_SEQPACKET pair made in the task; the dumper took one end with
+//!          pidfd_getfd, so one message = one command or one reply, no framing needed
+//! command: CmdHeader { cmd, len } + len bytes of payload          (at most MAX_MSG bytes)
+//! reply:   ReplyHeader { cmd, status (0 or -errno), len, pad } + len bytes of payload
+//!
+//! cmd             payload                         reply payload (status 0)      ancillary
+//! SET_PIPE        -                               i32 fd number in the task      cmd: 1 fd
+//! DUMP_PAGES      [RemoteIov] (page aligned)      u64 bytes vmspliced into pipe
+//! MPROTECT        [MprotectReq]                   -
+//! DRAIN_FDS       [i32 fd] (<= MAX_FDS)           [FdOpts], same order           reply: fds
+//! MISC            -                               MiscState
+//! SIGACTIONS      -                               [KSigaction; 64] (index sig-1)
+//! POSIX_TIMERS    [i32 id] (<= MAX_TIMERS)        [PosixTimerState]
+//! THREAD_STATE    -                               ThreadState of the parasite's thread
+//! FINI            -                               -   then the parasite closes its fds
+//!                                                     and traps (int3) forever
+//! ```
+//! A failed syscall makes the whole command fail: `status` is its -errno, `len` 0.
+
+/// `ParasiteArgs::magic`.
+pub const ARGS_MAGIC: u64 = 0x5354_4153_4953_5031; // "STASISP1"
+/// Largest message, header included.
+pub const MAX_MSG: usize = 16 * 1024 + 64;
+/// Most iovecs in one DUMP_PAGES (vmsplice takes at most UIO_MAXIOV = 1024).
+pub const MAX_IOVS: usize = 1024;
+/// Most descriptors in one DRAIN_FDS (SCM_MAX_FD is 253).
+pub const MAX_FDS: usize = 64;
+/// Most timers in one POSIX_TIMERS.
+pub const MAX_TIMERS: usize = 256;
+/// Number of rlimits in `MiscState` (RLIM_NLIMITS).
+pub const RLIMITS: usize = 16;
+
+/// Set the pipe DUMP_PAGES writes to (its write end rides along as SCM_RIGHTS).
+pub const CMD_SET_PIPE: u32 = 1;
+/// vmsplice regions of the task's memory into the pipe.
+pub const CMD_DUMP_PAGES: u32 = 2;
+/// mprotect regions (make PROT_NONE memory readable before dumping it, and back).
+pub const CMD_MPROTECT: u32 = 3;
+/// Send descriptors to the dumper.
+pub const CMD_DRAIN_FDS: u32 = 4;
+/// Per-process state from syscalls.
+pub const CMD_MISC: u32 = 5;
+/// All signal dispositions.
+pub const CMD_SIGACTIONS: u32 = 6;
+/// POSIX timer values.
+pub const CMD_POSIX_TIMERS: u32 = 7;
+/// Per-thread state of the thread running the parasite.
+pub const CMD_THREAD_STATE: u32 = 8;
+/// Stop serving.
+pub const CMD_FINI: u32 = 9;
+
+/// Written by the dumper where `rdi` points at start.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+#[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]
+pub struct ParasiteArgs {
+    /// [`ARGS_MAGIC`].
+    pub magic: u64,
+    /// The parasite's end of the command socket.
+    pub sock_fd: i32,
+    /// Padding.
+    pub pad: u32,
+}
+
+/// Header of a command.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+#[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]
+pub struct CmdHeader {
+    /// `CMD_*`.
+    pub cmd: u32,
+    /// Payload bytes after the header.
+    pub len: u32,
+}
+
+/// Header of a reply.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+#[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]
+pub struct ReplyHeader {
+    /// The command answered.
+    pub cmd: u32,
+    /// 0, or -errno of the syscall that failed.
+    pub status: i32,
+    /// Payload bytes after the header.
+    pub len: u32,
+    /// Padding.
+    pub pad: u32,
+}
+
+/// A region of the task's memory.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+#[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]
+pub struct RemoteIov {
+    /// Start address.
+    pub base: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// One mprotect call.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+#[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]
+pub struct MprotectReq {
+    /// Start address (page aligned).
+    pub addr: u64,
+    /// Length.
+    pub len: u64,
+    /// `PROT_*` bits.
+    pub prot: u64,
+}
+
+/// What the task knows about one descriptor it sent.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+#[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]
+pub struct FdOpts {
+    /// The descriptor number in the task.
+    pub fd: i32,
+    /// `F_GETFD` (FD_CLOEXEC).
+    pub fd_flags: i32,
+    /// `F_GETOWN_EX` type (F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2).
+    pub owner_type: i32,
+    /// `F_GETOWN_EX` pid (0: no owner).
+    pub owner_pid: i32,
+    /// `F_GETSIG`.
+    pub signum: i32,
+    /// Padding.
+    pub pad: i32,
+}
+
+/// Kernel `struct sigaction` of x86-64 (what `rt_sigaction` reads and writes).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+#[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]
+pub struct KSigaction {
+    /// Handler address, or SIG_DFL 0 / SIG_IGN 1.
+    pub handler: u64,
+    /// `SA_*` flags.
+    pub flags: u64,
+    /// `sa_restorer`.
+    pub restorer: u64,
+    /// Signals blocked during the handler.
+    pub mask: u64,
+}
+
+/// `struct itimerval` (seconds, microseconds).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+#[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]
+pub struct Itimerval {
+    /// Interval seconds.
+    pub interval_sec: i64,
+    /// Interval microseconds.
+    pub interval_usec: i64,
+    /// Value seconds.
+    pub value_sec: i64,
+    /// Value microseconds.
+    pub value_usec: i64,
+}
+
+/// `struct rlimit64`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+#[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]
+pub struct Rlimit {
+    /// Soft limit.
+    pub cur: u64,
+    /// Hard limit.
+    pub max: u64,
+}
+
+/// Per-process state read from inside the task (values as the task sees them: pids are in
+/// its pid namespace).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+#[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]
+pub struct MiscState {
+    /// `brk(0)`.
+    pub brk: u64,
+    /// `getpid()`.
+    pub pid: i32,
+    /// `getppid()` (0 when the parent is outside the task's pid namespace).
+    pub ppid: i32,
+    /// `getsid(0)`.
+    pub sid: i32,
+    /// `getpgid(0)`.
+    pub pgid: i32,
+    /// `umask` (read by setting it and setting it back).
+    pub umask: u32,
+    /// `PR_GET_DUMPABLE`.
+    pub dumpable: i32,
+    /// `personality(0xffffffff)`.
+    pub personality: u32,
+    /// `PR_GET_THP_DISABLE`.
+    pub thp_disabled: i32,
+    /// `PR_GET_CHILD_SUBREAPER`.
+    pub child_subreaper: i32,
+    /// `PR_GET_NO_NEW_PRIVS`.
+    pub no_new_privs: i32,
+    /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF.
+    pub itimers: [Itimerval; 3],
+    /// `prlimit64(0, resource, NULL, &old)` for resources 0..16.
+    pub rlimits: [Rlimit; RLIMITS],
+}
+
+/// One POSIX timer: `timer_gettime` and `timer_getoverrun`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+#[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]
+pub struct PosixTimerState {
+    /// Timer id.
+    pub id: i32,
+    /// Overrun count.
+    pub overrun: i32,
+    /// Interval seconds.
+    pub interval_sec: i64,
+    /// Interval nanoseconds.
+    pub interval_nsec: i64,
+    /// Remaining seconds.
+    pub value_sec: i64,
+    /// Remaining nanoseconds.
+    pub value_nsec: i64,
+}
+
+/// Per-thread state only the thread itself can read.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+#[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]
+pub struct ThreadState {
+    /// `PR_GET_TID_ADDRESS` (clear_child_tid).
+    pub tid_address: u64,
+    /// sigaltstack `ss_sp`.
+    pub altstack_sp: u64,
+    /// sigaltstack `ss_size`.
+    pub altstack_size: u64,
+    /// sigaltstack `ss_flags` (SS_DISABLE 2, SS_ONSTACK 1, SS_AUTODISARM bit 31).
+    pub altstack_flags: i32,
+    /// `PR_GET_PDEATHSIG`.
+    pub pdeath_sig: i32,
+    /// `PR_GET_NAME` (comm, NUL padded).
+    pub comm: [u8; 16],
+}
+
+/// Raw-byte views of the wire structs.
+///
+/// # Safety
+/// Implement only for `#[repr(C)]` types without implicit padding whose every bit pattern
+/// is valid.
+pub unsafe trait Wire: Copy + Default {}
+
+// SAFETY: each type below is #[repr(C)], made of u8/u32/i32/u64/i64 fields (and arrays of
+// them) with explicit padding fields only; the size tests in the engine check the layouts.
+unsafe impl Wire for ParasiteArgs {}
+// SAFETY: as above.
+unsafe impl Wire for CmdHeader {}
+// SAFETY: as above.
+unsafe impl Wire for ReplyHeader {}
+// SAFETY: as above.
+unsafe impl Wire for RemoteIov {}
+// SAFETY: as above.
+unsafe impl Wire for MprotectReq {}
+// SAFETY: as above.
+unsafe impl Wire for FdOpts {}
+// SAFETY: as above.
+unsafe impl Wire for KSigaction {}
+// SAFETY: as above.
+unsafe impl Wire for MiscState {}
+// SAFETY: as above.
+unsafe impl Wire for PosixTimerState {}
+// SAFETY: as above.
+unsafe impl Wire for ThreadState {}
+// SAFETY: plain integers.
+unsafe impl Wire for i32 {}
+// SAFETY: plain integers.
+unsafe impl Wire for u64 {}
+
+/// The bytes of `v`.
+pub fn bytes_of<T: Wire>(v: &T) -> &[u8] {
+    // SAFETY: `Wire` types have no padding, so all size_of::<T>() bytes are initialized; the
+    // slice borrows `v`.
+    unsafe { core::slice::from_raw_parts((v as *const T).cast::<u8>(), core::mem::size_of::<T>()) }
+}
+
+/// The bytes of a slice of `T`.
+pub fn bytes_of_slice<T: Wire>(v: &[T]) -> &[u8] {
+    // SAFETY: as for `bytes_of`, for `v.len()` consecutive values.
+    unsafe { core::slice::from_raw_parts(v.as_ptr().cast::<u8>(), core::mem::size_of_val(v)) }
+}
+
+/// Reads a `T` from the start of `b`; `None` if `b` is too short.
+pub fn read<T: Wire>(b: &[u8]) -> Option<T> {
+    if b.len() < core::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: `b` holds at least size_of::<T>() bytes, every bit pattern is a valid `T`, and
+    // read_unaligned has no alignment requirement.
+    Some(unsafe { core::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
+}
+
+/// Reads element `i` of an array of `T` at the start of `b`.
+pub fn read_at<T: Wire>(b: &[u8], i: usize) -> Option<T> {
+    let size = core::mem::size_of::<T>();
+    read(b.get(i.checked_mul(size)?..)?)
+}

@@ -1,0 +1,639 @@
+//! [`Parasite`]: the dump parasite injected into a seized process and driven over its socket.
+//!
+//! ```text
+//! remote area (one anonymous RWX mapping made by remote mmap):
+//!   base                  blob image, relocated for `base`
+//!   base + SIZE           args page: ParasiteArgs @0, scratch for remote syscalls @512
+//!   base + SIZE + 4 KiB   stack (256 KiB), the parasite starts with sp at its top
+//! inject:  save regs + xstate + sigmask of the leader; mmap; write blob and args;
+//!          socketpair(AF_UNIX, SOCK_SEQPACKET) inside the task, take one end with
+//!          pidfd_getfd, close it in the task; start the blob (ip = entry, rdi = args,
+//!          every signal but SIGTRAP blocked), PTRACE_CONT: it serves commands
+//! cure:    FINI, wait for its trap; (if it does not answer: interrupt, close its fds
+//!          remotely); munmap through the poked exec area; restore xstate, regs, sigmask
+//! ```
+//!
+//! Per-thread state: the leader answers THREAD_STATE itself; any other thread runs the same
+//! syscalls (sigaltstack, PR_GET_TID_ADDRESS, PR_GET_PDEATHSIG, PR_GET_NAME) as remote
+//! syscalls through the blob's `syscall; int3` gadget, with results in the scratch area. The
+//! blocked mask, pending signals, registers and rseq come from ptrace (`SeizedTask`).
+//!
+//! Every thread of the process must stay seized while the parasite lives. The parasite's
+//! socket is one extra descriptor in the task ([`Parasite::task_socket_fd`]; the pipe of
+//! DUMP_PAGES another): list the task's descriptors before injecting, or skip these.
+
+use super::blob::{dump as blob, DUMP};
+use super::error::{Error, Result};
+use super::proto::{self, *};
+use crate::sys::channel;
+use crate::sys::regs::{TaskRegs, EFLAGS_DF, EFLAGS_TF};
+use crate::sys::remote::{Remote, RemoteMapping, GADGET_LEN};
+use crate::sys::task::SeizedTask;
+use crate::sys::wait::WaitEvent;
+use nix::errno::Errno;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+/// Stack of the parasite.
+pub const STACK_SIZE: u64 = 256 * 1024;
+/// Size of the args page.
+const ARGS_SIZE: u64 = 4096;
+/// Offset of the scratch area in the args page.
+const SCRATCH: u64 = 512;
+/// Pipe size asked for DUMP_PAGES (the kernel may give less without CAP_SYS_RESOURCE).
+const PIPE_SIZE: usize = 1 << 20;
+/// How often a waiting command checks that the task still runs the parasite.
+const POLL_MS: i32 = 50;
+const PAGE: u64 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// The leader is in a ptrace stop (before start, after a fault).
+    Stopped,
+    /// The parasite serves commands.
+    Running,
+    /// Cured: nothing of ours left in the task.
+    Cured,
+}
+
+#[derive(Debug)]
+struct PagePipe {
+    read: OwnedFd,
+    capacity: u64,
+    task_fd: i32,
+}
+
+/// The dump parasite living in a process; cured (unmapped, registers, mask and code
+/// restored) on drop or by [`Parasite::cure`].
+#[derive(Debug)]
+pub struct Parasite<'a> {
+    leader: &'a SeizedTask,
+    saved: TaskRegs,
+    saved_mask: u64,
+    exec_ip: u64,
+    base: u64,
+    len: u64,
+    sock: OwnedFd,
+    task_sock: i32,
+    pipe: Option<PagePipe>,
+    state: State,
+}
+
+fn cmd_name(cmd: u32) -> &'static str {
+    match cmd {
+        CMD_SET_PIPE => "SET_PIPE",
+        CMD_DUMP_PAGES => "DUMP_PAGES",
+        CMD_MPROTECT => "MPROTECT",
+        CMD_DRAIN_FDS => "DRAIN_FDS",
+        CMD_MISC => "MISC",
+        CMD_SIGACTIONS => "SIGACTIONS",
+        CMD_POSIX_TIMERS => "POSIX_TIMERS",
+        CMD_THREAD_STATE => "THREAD_STATE",
+        CMD_FINI => "FINI",
+        _ => "unknown",
+    }
+}
+
+impl<'a> Parasite<'a> {
+    /// Injects the parasite into the process of `leader` (its thread group leader, stopped;
+    /// all other threads seized too) and starts it.
+    pub fn inject(leader: &'a SeizedTask) -> Result<Self> {
+        leader.check_tracer("inject parasite")?;
+        let pid = leader.tgid();
+        if !leader.is_leader() {
+            return Err(Error::Request {
+                cmd: "inject",
+                pid,
+                what: format!("thread {} is not the thread group leader", leader.tid()),
+            });
+        }
+        let saved = leader.task_regs()?;
+        let saved_mask = leader.sigmask()?;
+        let remote = Remote::new(leader)?;
+        let size = blob::SIZE as u64;
+        let len = size + ARGS_SIZE + STACK_SIZE;
+        let prot = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+        let map = RemoteMapping::new(remote, len, prot)?;
+        let base = map.addr();
+        map.write(0, &DUMP.relocated(base))?;
+        let scratch = base + size + SCRATCH;
+        let sock_type = (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64;
+        remote.syscall(
+            "socketpair",
+            libc::SYS_socketpair,
+            &[libc::AF_UNIX as u64, sock_type, 0, scratch],
+        )?;
+        let mut pair = [0u8; 8];
+        map.read(size + SCRATCH, &mut pair)?;
+        let task_sock = i32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]);
+        let task_peer = i32::from_le_bytes([pair[4], pair[5], pair[6], pair[7]]);
+        let sock = take_fd(pid, task_peer);
+        let closed = remote.syscall("close", libc::SYS_close, &[task_peer as u64]);
+        let sock = match (sock, closed) {
+            (Ok(sock), Ok(_)) => sock,
+            (Err(e), _) | (Ok(_), Err(e)) => {
+                let _ = remote.syscall("close", libc::SYS_close, &[task_sock as u64]);
+                let _ = remote.syscall("close", libc::SYS_close, &[task_peer as u64]);
+                return Err(e.into());
+            }
+        };
+        let args = ParasiteArgs {
+            magic: ARGS_MAGIC,
+            sock_fd: task_sock,
+            pad: 0,
+        };
+        map.write(size, bytes_of(&args))?;
+        let (base, len) = map.leak();
+        let mut parasite = Parasite {
+            leader,
+            saved,
+            saved_mask,
+            exec_ip: remote.ip(),
+            base,
+            len,
+            sock,
+            task_sock,
+            pipe: None,
+            state: State::Stopped,
+        };
+        parasite.start()?;
+        Ok(parasite)
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let mut regs = self.saved.regs;
+        regs.ip = self.base + blob::EXPORT_ENTRY as u64;
+        regs.sp = self.base + self.len;
+        regs.di = self.base + blob::SIZE as u64;
+        regs.orig_ax = u64::MAX;
+        regs.flags &= !(EFLAGS_TF | EFLAGS_DF);
+        self.leader.set_regs(&regs)?;
+        self.leader.set_sigmask(!(1u64 << (libc::SIGTRAP - 1)))?;
+        self.leader.cont(0)?;
+        self.state = State::Running;
+        Ok(())
+    }
+
+    /// Address of the parasite area in the task.
+    pub fn area(&self) -> (u64, u64) {
+        (self.base, self.len)
+    }
+
+    /// The parasite's socket descriptor number inside the task.
+    pub fn task_socket_fd(&self) -> i32 {
+        self.task_sock
+    }
+
+    /// The pipe descriptor number inside the task, once pages were dumped.
+    pub fn task_pipe_fd(&self) -> Option<i32> {
+        self.pipe.as_ref().map(|p| p.task_fd)
+    }
+
+    /// Sends command `cmd` and returns the reply payload and descriptors.
+    fn command(
+        &mut self,
+        cmd: u32,
+        payload: &[u8],
+        fds: &[i32],
+    ) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+        let name = cmd_name(cmd);
+        let pid = self.leader.tgid();
+        if self.state != State::Running {
+            return Err(Error::Request {
+                cmd: name,
+                pid,
+                what: "the parasite is not running".into(),
+            });
+        }
+        let hdr = CmdHeader {
+            cmd,
+            len: payload.len() as u32,
+        };
+        if std::mem::size_of::<CmdHeader>() + payload.len() > MAX_MSG {
+            return Err(Error::Request {
+                cmd: name,
+                pid,
+                what: format!("{} bytes of payload", payload.len()),
+            });
+        }
+        if let Err(e) = channel::send_msg(self.sock.as_fd(), &[bytes_of(&hdr), payload], fds) {
+            return Err(self.explain_silence(name, e));
+        }
+        while !channel::poll_readable(self.sock.as_fd(), POLL_MS)? {
+            if let Some(event) = self.leader.poll()? {
+                self.state = State::Stopped;
+                let ip = self.leader.regs().map(|r| r.ip).unwrap_or(0);
+                return Err(Error::Stopped {
+                    cmd: name,
+                    pid,
+                    event,
+                    ip,
+                });
+            }
+        }
+        let mut buf = vec![0u8; MAX_MSG];
+        let (n, fds) = match channel::recv_msg(self.sock.as_fd(), &mut buf) {
+            Ok(r) => r,
+            Err(e) => return Err(self.explain_silence(name, e)),
+        };
+        if n == 0 {
+            let e = crate::sys::Error::Sys {
+                op: "recvmsg",
+                errno: Errno::ECONNRESET,
+            };
+            return Err(self.explain_silence(name, e));
+        }
+        let hlen = std::mem::size_of::<ReplyHeader>();
+        let reply = proto::read::<ReplyHeader>(&buf[..n]).ok_or_else(|| Error::Protocol {
+            cmd: name,
+            pid,
+            what: format!("{n}-byte reply"),
+        })?;
+        if reply.cmd != cmd || hlen + reply.len as usize != n {
+            return Err(Error::Protocol {
+                cmd: name,
+                pid,
+                what: format!(
+                    "reply to {} with {} of {} bytes",
+                    reply.cmd,
+                    reply.len,
+                    n - hlen
+                ),
+            });
+        }
+        if reply.status != 0 {
+            return Err(Error::Command {
+                cmd: name,
+                pid,
+                errno: Errno::from_raw(-reply.status),
+            });
+        }
+        buf.truncate(n);
+        buf.drain(..hlen);
+        Ok((buf, fds))
+    }
+
+    /// A socket error: say "task N died" if the task is gone.
+    fn explain_silence(&mut self, cmd: &'static str, err: crate::sys::Error) -> Error {
+        let pid = self.leader.tgid();
+        match self.leader.poll() {
+            Err(e) => e.into(),
+            Ok(Some(event)) => {
+                self.state = State::Stopped;
+                let ip = self.leader.regs().map(|r| r.ip).unwrap_or(0);
+                Error::Stopped {
+                    cmd,
+                    pid,
+                    event,
+                    ip,
+                }
+            }
+            Ok(None) if crate::sys::proc_tasks::is_exiting(pid, self.leader.tid()) => {
+                self.state = State::Cured;
+                crate::sys::Error::TaskDied { pid, op: cmd }.into()
+            }
+            Ok(None) => Error::Protocol {
+                cmd,
+                pid,
+                what: err.to_string(),
+            },
+        }
+    }
+
+    /// Writes the pages of `iovs` (page-aligned regions of the task's memory, readable) to
+    /// `out` at its file position: the parasite vmsplices them into a pipe, we splice the
+    /// pipe into `out`; no copy passes through user space. Returns the bytes written.
+    pub fn dump_pages(&mut self, iovs: &[RemoteIov], out: BorrowedFd<'_>) -> Result<u64> {
+        let pid = self.leader.tgid();
+        for iov in iovs {
+            if iov.base % PAGE != 0 || iov.len % PAGE != 0 {
+                return Err(Error::Request {
+                    cmd: "DUMP_PAGES",
+                    pid,
+                    what: format!("region {:#x}+{:#x} is not page aligned", iov.base, iov.len),
+                });
+            }
+        }
+        let capacity = self.page_pipe()?;
+        let mut total = 0;
+        let mut batch: Vec<RemoteIov> = Vec::new();
+        let mut batch_bytes = 0;
+        for iov in iovs {
+            let (mut base, mut left) = (iov.base, iov.len);
+            while left > 0 {
+                let take = left.min(capacity - batch_bytes);
+                batch.push(RemoteIov { base, len: take });
+                batch_bytes += take;
+                base += take;
+                left -= take;
+                if batch_bytes == capacity || batch.len() == MAX_IOVS {
+                    total += self.flush_pages(&batch, batch_bytes, out)?;
+                    batch.clear();
+                    batch_bytes = 0;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            total += self.flush_pages(&batch, batch_bytes, out)?;
+        }
+        Ok(total)
+    }
+
+    fn flush_pages(&mut self, batch: &[RemoteIov], bytes: u64, out: BorrowedFd<'_>) -> Result<u64> {
+        let (reply, _) = self.command(CMD_DUMP_PAGES, bytes_of_slice(batch), &[])?;
+        let done = proto::read::<u64>(&reply).unwrap_or(0);
+        if done != bytes {
+            return Err(Error::Protocol {
+                cmd: "DUMP_PAGES",
+                pid: self.leader.tgid(),
+                what: format!("vmspliced {done} of {bytes} bytes"),
+            });
+        }
+        let pipe = self.pipe.as_ref().map(|p| p.read.as_fd());
+        if let Some(read) = pipe {
+            channel::splice_exact(read, out, bytes as usize)?;
+        }
+        Ok(bytes)
+    }
+
+    /// Creates the page pipe and hands its write end to the parasite; returns its capacity.
+    fn page_pipe(&mut self) -> Result<u64> {
+        if let Some(p) = &self.pipe {
+            return Ok(p.capacity);
+        }
+        let (read, write) = channel::pipe()?;
+        let capacity = match channel::set_pipe_size(write.as_fd(), PIPE_SIZE) {
+            Ok(c) => c,
+            Err(_) => channel::set_pipe_size(write.as_fd(), 64 * 1024)?,
+        } as u64;
+        let (reply, _) = self.command(CMD_SET_PIPE, &[], &[write.as_raw_fd()])?;
+        drop(write);
+        let task_fd = proto::read::<i32>(&reply).unwrap_or(-1);
+        let capacity = capacity / PAGE * PAGE;
+        self.pipe = Some(PagePipe {
+            read,
+            capacity,
+            task_fd,
+        });
+        Ok(capacity)
+    }
+
+    /// Runs mprotect inside the task for each request (to read PROT_NONE memory, and back).
+    pub fn mprotect(&mut self, reqs: &[MprotectReq]) -> Result<()> {
+        for chunk in reqs.chunks((MAX_MSG - 64) / std::mem::size_of::<MprotectReq>()) {
+            self.command(CMD_MPROTECT, bytes_of_slice(chunk), &[])?;
+        }
+        Ok(())
+    }
+
+    /// Receives duplicates of the task's descriptors `fds` (SCM_RIGHTS), with what the task
+    /// knows of each (close-on-exec, owner, signal), in the same order.
+    pub fn drain_fds(&mut self, fds: &[i32]) -> Result<Vec<(OwnedFd, FdOpts)>> {
+        let pid = self.leader.tgid();
+        let mut out = Vec::with_capacity(fds.len());
+        for chunk in fds.chunks(MAX_FDS) {
+            let (reply, got) = self.command(CMD_DRAIN_FDS, bytes_of_slice(chunk), &[])?;
+            if got.len() != chunk.len()
+                || reply.len() != chunk.len() * std::mem::size_of::<FdOpts>()
+            {
+                return Err(Error::Protocol {
+                    cmd: "DRAIN_FDS",
+                    pid,
+                    what: format!(
+                        "asked {} descriptors, got {} and {} bytes",
+                        chunk.len(),
+                        got.len(),
+                        reply.len()
+                    ),
+                });
+            }
+            for (i, fd) in got.into_iter().enumerate() {
+                let opts = proto::read_at::<FdOpts>(&reply, i).unwrap_or_default();
+                out.push((fd, opts));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per-process state from inside (see [`MiscState`]).
+    pub fn misc(&mut self) -> Result<MiscState> {
+        let (reply, _) = self.command(CMD_MISC, &[], &[])?;
+        self.decode("MISC", &reply)
+    }
+
+    /// The 64 signal dispositions; index `sig - 1` (SIGKILL and SIGSTOP entries are zero).
+    pub fn sigactions(&mut self) -> Result<Vec<KSigaction>> {
+        let (reply, _) = self.command(CMD_SIGACTIONS, &[], &[])?;
+        (0..64)
+            .map(|i| {
+                proto::read_at::<KSigaction>(&reply, i).ok_or_else(|| Error::Protocol {
+                    cmd: "SIGACTIONS",
+                    pid: self.leader.tgid(),
+                    what: format!("{} bytes", reply.len()),
+                })
+            })
+            .collect()
+    }
+
+    /// Values of the POSIX timers `ids` (from /proc/PID/timers), in the same order.
+    pub fn posix_timers(&mut self, ids: &[i32]) -> Result<Vec<PosixTimerState>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_TIMERS) {
+            let (reply, _) = self.command(CMD_POSIX_TIMERS, bytes_of_slice(chunk), &[])?;
+            for i in 0..chunk.len() {
+                out.push(self.decode_at("POSIX_TIMERS", &reply, i)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per-thread state of `thread` (a seized thread of this process): the leader answers
+    /// itself, other threads run remote syscalls through the blob's gadget.
+    pub fn thread_state(&mut self, thread: &SeizedTask) -> Result<ThreadState> {
+        let pid = self.leader.tgid();
+        if thread.tgid() != pid {
+            return Err(Error::Request {
+                cmd: "THREAD_STATE",
+                pid,
+                what: format!(
+                    "thread {} belongs to process {}",
+                    thread.tid(),
+                    thread.tgid()
+                ),
+            });
+        }
+        if thread.tid() == self.leader.tid() {
+            let (reply, _) = self.command(CMD_THREAD_STATE, &[], &[])?;
+            return self.decode("THREAD_STATE", &reply);
+        }
+        let gadget = self.base + blob::EXPORT_SYSCALL_GADGET as u64;
+        let remote = Remote::with_gadget(thread, gadget);
+        let scratch_off = blob::SIZE as u64 + SCRATCH;
+        let scratch = self.base + scratch_off;
+        // stack_t: ss_sp @0, ss_flags @8, ss_size @16; tid address @24; pdeathsig @32; comm @40
+        remote.syscall("sigaltstack", libc::SYS_sigaltstack, &[0, scratch])?;
+        remote.syscall(
+            "prctl(PR_GET_TID_ADDRESS)",
+            libc::SYS_prctl,
+            &[libc::PR_GET_TID_ADDRESS as u64, scratch + 24],
+        )?;
+        remote.syscall(
+            "prctl(PR_GET_PDEATHSIG)",
+            libc::SYS_prctl,
+            &[libc::PR_GET_PDEATHSIG as u64, scratch + 32],
+        )?;
+        remote.syscall(
+            "prctl(PR_GET_NAME)",
+            libc::SYS_prctl,
+            &[libc::PR_GET_NAME as u64, scratch + 40],
+        )?;
+        let mut raw = [0u8; 56];
+        crate::sys::mem::read(pid, scratch, &mut raw)?;
+        let u64_at = |o: usize| u64::from_le_bytes(raw[o..o + 8].try_into().unwrap_or([0; 8]));
+        let mut comm = [0u8; 16];
+        comm.copy_from_slice(&raw[40..56]);
+        Ok(ThreadState {
+            tid_address: u64_at(24),
+            altstack_sp: u64_at(0),
+            altstack_size: u64_at(16),
+            altstack_flags: u64_at(8) as u32 as i32,
+            pdeath_sig: u64_at(32) as u32 as i32,
+            comm,
+        })
+    }
+
+    fn decode<T: Wire>(&self, cmd: &'static str, reply: &[u8]) -> Result<T> {
+        self.decode_at(cmd, reply, 0)
+    }
+
+    fn decode_at<T: Wire>(&self, cmd: &'static str, reply: &[u8], i: usize) -> Result<T> {
+        proto::read_at::<T>(reply, i).ok_or_else(|| Error::Protocol {
+            cmd,
+            pid: self.leader.tgid(),
+            what: format!("{}-byte reply", reply.len()),
+        })
+    }
+
+    /// Stops the parasite and removes every trace of it; reports the first failure.
+    pub fn cure(mut self) -> Result<()> {
+        self.cure_inner()
+    }
+
+    fn cure_inner(&mut self) -> Result<()> {
+        if self.state == State::Cured {
+            return Ok(());
+        }
+        let pid = self.leader.tgid();
+        let mut fds_closed = false;
+        if self.state == State::Running {
+            match self.fini() {
+                Ok(()) => fds_closed = true,
+                Err(e) if e.is_task_died() => {
+                    self.state = State::Cured;
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::warn!("parasite fini in task {pid}: {e}; interrupting it");
+                    self.stop_leader()?;
+                }
+            }
+        }
+        self.state = State::Stopped;
+        let remote = Remote::at(self.leader, self.exec_ip);
+        let mut first: Option<Error> = None;
+        if !fds_closed {
+            let mut fds = vec![self.task_sock];
+            fds.extend(self.task_pipe_fd());
+            for fd in fds {
+                if let Err(e) = remote.syscall("close", libc::SYS_close, &[fd as u64]) {
+                    if e.errno() != Some(Errno::EBADF) {
+                        first.get_or_insert(e.into());
+                    }
+                }
+            }
+        }
+        if let Err(e) = remote.syscall("munmap", libc::SYS_munmap, &[self.base, self.len]) {
+            first.get_or_insert(e.into());
+        }
+        if let Err(e) = self.leader.set_task_regs(&self.saved) {
+            first.get_or_insert(e.into());
+        }
+        if let Err(e) = self.leader.set_sigmask(self.saved_mask) {
+            first.get_or_insert(e.into());
+        }
+        self.state = State::Cured;
+        first.map_or(Ok(()), Err)
+    }
+
+    /// FINI, then wait for the trap after `serve` returns.
+    fn fini(&mut self) -> Result<()> {
+        self.command(CMD_FINI, &[], &[])?;
+        let trap = self.base + blob::EXPORT_FINI_TRAP as u64;
+        loop {
+            match self.leader.wait()? {
+                WaitEvent::SignalStop { sig: libc::SIGTRAP } => {
+                    let ip = self.leader.regs()?.ip;
+                    if ip == trap {
+                        self.state = State::Stopped;
+                        return Ok(());
+                    }
+                    self.state = State::Stopped;
+                    return Err(Error::Protocol {
+                        cmd: "FINI",
+                        pid: self.leader.tgid(),
+                        what: format!("trap at {ip:#x}"),
+                    });
+                }
+                WaitEvent::EventStop { .. } | WaitEvent::OtherEvent { .. } => {
+                    self.leader.cont(0)?
+                }
+                WaitEvent::SignalStop { sig: libc::SIGSTOP } => self.leader.cont(libc::SIGSTOP)?,
+                event => {
+                    self.state = State::Stopped;
+                    let ip = self.leader.regs().map(|r| r.ip).unwrap_or(0);
+                    return Err(Error::Stopped {
+                        cmd: "FINI",
+                        pid: self.leader.tgid(),
+                        event,
+                        ip,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Brings a leader that may still run parasite code into a ptrace stop.
+    fn stop_leader(&mut self) -> Result<()> {
+        if self.state != State::Running {
+            return Ok(());
+        }
+        self.leader.interrupt()?;
+        loop {
+            match self.leader.wait()? {
+                WaitEvent::EventStop { .. } | WaitEvent::SignalStop { .. } => break,
+                WaitEvent::OtherEvent { .. } => self.leader.cont(0)?,
+                WaitEvent::Exited { .. } | WaitEvent::Killed { .. } => break,
+            }
+        }
+        self.state = State::Stopped;
+        Ok(())
+    }
+}
+
+impl Drop for Parasite<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.cure_inner() {
+            if !e.is_task_died() {
+                tracing::error!("curing the parasite in task {}: {e}", self.leader.tgid());
+            }
+        }
+    }
+}
+
+/// Takes a duplicate of descriptor `fd` of process `pid`.
+fn take_fd(pid: i32, fd: i32) -> crate::sys::Result<OwnedFd> {
+    let pidfd = channel::pidfd_open(pid)?;
+    channel::pidfd_getfd(pid, pidfd.as_fd(), fd)
+}
+
+/// Length of the gadget (`syscall; int3`), for callers that place their own.
+pub const SYSCALL_GADGET_LEN: u64 = GADGET_LEN;

@@ -1,0 +1,179 @@
+//! The dump parasite end to end: injection, page dump through a pipe, descriptor transfer,
+//! in-task state, and a cure that leaves the process exactly as it was.
+
+#[path = "sys_util/mod.rs"]
+mod sys_util;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use stasis::parasite::proto::RemoteIov;
+use stasis::parasite::Parasite;
+use stasis::sys::tree::seize_tree;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+use sys_util::Workload;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn fd_links(pid: i32) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read_link(e.path()).unwrap().display().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn maps(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap()
+}
+
+#[test]
+fn parasite_dumps_pages_fds_and_state_then_cures() {
+    let w = Workload::start(3, false, TIMEOUT);
+    let tree = seize_tree(w.pid).expect("seize tree");
+    let leader = tree.root().leader();
+    let regs = leader.task_regs().unwrap();
+    let mask = leader.sigmask().unwrap();
+    let (maps_before, fds_before) = (maps(w.pid), fd_links(w.pid));
+
+    let mut p = Parasite::inject(leader).expect("inject");
+
+    // Pages: the known pattern, through vmsplice and splice.
+    let mut file = tempfile::tempfile().unwrap();
+    let iov = RemoteIov {
+        base: w.pattern_addr,
+        len: w.pattern_len as u64,
+    };
+    let n = p.dump_pages(&[iov], file.as_fd()).expect("dump pages");
+    assert_eq!(n, w.pattern_len as u64);
+    let mut got = Vec::new();
+    use std::io::Seek;
+    file.rewind().unwrap();
+    file.read_to_end(&mut got).unwrap();
+    assert!(got == w.pattern(), "dumped pages differ from the pattern");
+    // A second dump (the pipe is reused) of one page.
+    let n = p
+        .dump_pages(
+            &[RemoteIov {
+                base: w.pattern_addr + 4096,
+                len: 4096,
+            }],
+            file.as_fd(),
+        )
+        .unwrap();
+    assert_eq!(n, 4096);
+
+    // Descriptors: the workload's pipe write end comes over SCM_RIGHTS.
+    let fds = p.drain_fds(&[w.pipe_fd]).expect("drain fds");
+    assert_eq!(fds.len(), 1);
+    let (fd, opts) = &fds[0];
+    assert_eq!(opts.fd, w.pipe_fd);
+    assert_eq!(opts.fd_flags, 0, "no FD_CLOEXEC on the workload's pipe");
+    let ours = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+    let theirs = std::fs::read_link(format!("/proc/{}/fd/{}", w.pid, w.pipe_fd)).unwrap();
+    assert_eq!(ours, theirs);
+    let err = p.drain_fds(&[999]).unwrap_err();
+    assert!(err.to_string().contains("EBADF"), "{err}");
+
+    // Signal dispositions.
+    let acts = p.sigactions().expect("sigactions");
+    let usr1 = acts[libc::SIGUSR1 as usize - 1];
+    assert!(usr1.handler > 1);
+    assert_ne!(usr1.flags & libc::SA_RESTART as u64, 0);
+    assert_eq!(usr1.mask, 1 << (libc::SIGUSR2 - 1));
+    assert_eq!(
+        acts[libc::SIGUSR2 as usize - 1].handler,
+        libc::SIG_IGN as u64
+    );
+    assert_eq!(
+        acts[libc::SIGTERM as usize - 1].handler,
+        libc::SIG_DFL as u64
+    );
+
+    // Misc state.
+    let misc = p.misc().expect("misc");
+    assert_eq!(misc.pid, w.pid);
+    assert_eq!(misc.ppid, std::process::id() as i32);
+    assert_eq!(misc.dumpable, 1);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", w.pid)).unwrap();
+    let umask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .unwrap()
+        .trim();
+    assert_eq!(misc.umask, u32::from_str_radix(umask, 8).unwrap());
+    let nofile =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    assert_eq!((misc.rlimits[7].cur, misc.rlimits[7].max), nofile);
+    assert!(misc.brk > 0);
+
+    // Per-thread state: the leader by command, the others by remote syscalls.
+    for t in &tree.root().threads {
+        let st = p.thread_state(t).expect("thread state");
+        assert_eq!(&st.comm[..8], b"workload");
+        assert_eq!(st.altstack_flags, libc::SS_DISABLE);
+        if !t.is_leader() {
+            assert_ne!(st.tid_address, 0, "pthreads have a clear_child_tid address");
+        }
+    }
+    assert!(p.posix_timers(&[]).unwrap().is_empty());
+    let err = p.posix_timers(&[12345]).unwrap_err();
+    assert!(err.to_string().contains("EINVAL"), "{err}");
+
+    // The parasite's socket is one extra descriptor while it lives.
+    assert_eq!(
+        fd_links(w.pid).len(),
+        fds_before.len() + 2,
+        "socket and pipe"
+    );
+    p.cure().expect("cure");
+    assert_eq!(leader.task_regs().unwrap(), regs);
+    assert_eq!(leader.sigmask().unwrap(), mask);
+    assert_eq!(maps(w.pid), maps_before);
+    assert_eq!(fd_links(w.pid), fds_before);
+    let before = w.counter();
+    drop(tree);
+    w.wait_counting(before);
+}
+
+#[test]
+fn parasite_dropped_without_cure_still_cures() {
+    let w = Workload::start(2, false, TIMEOUT);
+    let tree = seize_tree(w.pid).unwrap();
+    let leader = tree.root().leader();
+    let regs = leader.task_regs().unwrap();
+    let (maps_before, fds_before) = (maps(w.pid), fd_links(w.pid));
+    {
+        let mut p = Parasite::inject(leader).unwrap();
+        p.misc().unwrap();
+    }
+    assert_eq!(leader.task_regs().unwrap(), regs);
+    assert_eq!(maps(w.pid), maps_before);
+    assert_eq!(fd_links(w.pid), fds_before);
+    let before = w.counter();
+    drop(tree);
+    w.wait_counting(before);
+}
+
+#[test]
+fn killing_the_target_mid_way_reports_task_died() {
+    let w = Workload::start(2, false, TIMEOUT);
+    let tree = seize_tree(w.pid).unwrap();
+    let mut p = Parasite::inject(tree.root().leader()).unwrap();
+    p.misc().unwrap();
+    kill(Pid::from_raw(w.pid), Signal::SIGKILL).unwrap();
+    let err = p.misc().unwrap_err();
+    assert!(err.is_task_died(), "{err}");
+    assert_eq!(err.to_string(), format!("task {} died", w.pid));
+    drop(p);
+    drop(tree);
+    w.assert_in_time();
+}
