@@ -120,7 +120,16 @@ fn sys0(step: &str, e: nix::errno::Errno) -> RestoreError {
 /// The caller must be single-threaded (tasks are forked from it).
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let t0 = Instant::now();
-    let plan = plan::load(&opts.images_dir)?;
+    let mut plan = plan::load(&opts.images_dir)?;
+    plan.shell_job = opts.shell_job;
+    let root = &plan.tasks[0];
+    if (root.sid != root.pid || root.pgid != root.pid) && !opts.shell_job {
+        return Err(RestoreError::Unsupported(format!(
+            "pstree.img: root {} is in session {} and group {} of a task outside the images; \
+             restore it with --shell-job",
+            root.pid, root.sid, root.pgid
+        )));
+    }
     validate::pids_free(&plan)?;
     validate::files_unchanged(&plan)?;
     tracing::info!(

@@ -136,6 +136,8 @@ pub struct Plan {
     pub pipe_data: HashMap<u32, (u32, Vec<u8>)>,
     /// FIFO data by pipe_id: (pipe size, bytes).
     pub fifo_data: HashMap<u32, (u32, Vec<u8>)>,
+    /// `--shell-job`: the root's session and group (if not its own) are the caller's.
+    pub shell_job: bool,
     /// Ghost files by the orig file id: (entry, data chunks (offset, bytes)).
     pub ghosts: HashMap<u32, Ghost>,
 }
@@ -391,6 +393,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
         }
     }
     let plan = Plan {
+        shell_job: false,
         fifo_data,
         dir: dir.to_path_buf(),
         tasks,

@@ -347,7 +347,9 @@ pub fn switch_task(
     }
     // Process group joined after the leader exists (every task exists by now).
     let pgrp = stat_field(pid, 5);
-    if pgrp != Some(t.pgid) {
+    let root = &plan.tasks[0];
+    let outside = plan.shell_job && root.pgid != root.pid && t.pgid == root.pgid;
+    if pgrp != Some(t.pgid) && !outside {
         main.syscall("setpgid", libc::SYS_setpgid, [0, t.pgid as u64, 0, 0, 0, 0])?;
     }
     check_creds(pid, main_core)?;
