@@ -40,7 +40,18 @@ fn kill_pids(pids: &[i32]) {
     }
 }
 
-fn round_trip(name: &'static str, base: i32, args: Vec<String>) {
+/// The restore tests' lock: one restore at a time on this machine.
+fn restore_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let f = std::fs::File::create("/tmp/stasis-restore-tests.lock").unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap()
+}
+
+/// Dumps workload `name` (through its cgroup's freezer when `freeze`, else ptrace alone),
+/// restores it and has it verify itself.
+fn round_trip(name: &'static str, base: i32, args: Vec<String>, freeze: bool) {
+    let _lock = restore_lock();
     let cg = cgroup_path(name, base);
     let restored: std::sync::Arc<std::sync::Mutex<Vec<i32>>> = Default::default();
     let r2 = restored.clone();
@@ -54,14 +65,14 @@ fn round_trip(name: &'static str, base: i32, args: Vec<String>) {
             let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
             let w = launch(name, base, &a);
             let dir = tempfile::tempdir().unwrap();
-            let out = stasis()
-                .args(["dump", "-t", &w.pid.to_string(), "-D"])
+            let mut cmd = stasis();
+            cmd.args(["dump", "-t", &w.pid.to_string(), "-D"])
                 .arg(dir.path())
-                .arg("--freeze-cgroup")
-                .arg(&w.cgroup)
-                .args(["-o", "dump.log", "-v4"])
-                .output()
-                .unwrap();
+                .args(["-o", "dump.log", "-v4"]);
+            if freeze {
+                cmd.arg("--freeze-cgroup").arg(&w.cgroup);
+            }
+            let out = cmd.output().unwrap();
             assert!(
                 out.status.success(),
                 "dump {name}: {}",
@@ -99,22 +110,22 @@ fn round_trip(name: &'static str, base: i32, args: Vec<String>) {
 
 #[test]
 fn round_trip_fx_loop() {
-    round_trip("fx-loop", 31000 + 1500, vec![]);
+    round_trip("fx-loop", 31000 + 1500, vec![], false);
 }
 
 #[test]
 fn round_trip_fx_mem() {
-    round_trip("fx-mem", 32540, vec![]);
+    round_trip("fx-mem", 32540, vec![], true);
 }
 
 #[test]
 fn round_trip_fx_threads() {
-    round_trip("fx-threads", 32580, vec!["16".into()]);
+    round_trip("fx-threads", 32580, vec!["16".into()], false);
 }
 
 #[test]
 fn round_trip_fx_tree() {
-    round_trip("fx-tree", 32640, vec![]);
+    round_trip("fx-tree", 32640, vec![], false);
 }
 
 #[test]
@@ -132,6 +143,12 @@ fn round_trip_fx_files() {
         .status()
         .unwrap()
         .success());
-    round_trip("fx-files", 32680, vec![data.clone()]);
+    round_trip("fx-files", 32680, vec![data.clone()], true);
     let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+#[ignore = "restore-engine arms ITIMER_REAL stored with value 0 (expired, SIGALRM pending) as disarmed; CRIU's restore arms it: enable when fixed"]
+fn round_trip_fx_signals() {
+    round_trip("fx-signals", 32440, vec![], false);
 }

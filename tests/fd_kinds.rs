@@ -420,6 +420,7 @@ fn restore_all(
         out.insert(e.id, fd);
     }
     assert!(ctx.unclaimed().is_empty());
+    ctx.finish().unwrap();
     out
 }
 
@@ -815,7 +816,7 @@ fn tcp_established_via_repair() {
         // The task "dies": its socket goes away silently (no FIN/RST to the client).
         st.close_tcp_in_repair();
         drop(s);
-        drop(l);
+        // The listener stays: the restored connection shares its port (as after accept).
         let opts = RestoreOptions {
             tcp_established: true,
             ..Default::default()
@@ -823,6 +824,7 @@ fn tcp_established_via_repair() {
         let mut ctx = RestoreCtx::new(opts, &extra, [&e]);
         let r = files::restore_fd(&e, &mut ctx, &no_targets).unwrap();
         assert_eq!(tcp_info(&r)[0], 1, "ESTABLISHED");
+        ctx.finish().unwrap();
         // The receive queue is back, and both directions keep working with the old sequence.
         let n = socket::recv(&r, &mut buf, libc::MSG_DONTWAIT).unwrap();
         assert_eq!(&buf[..n], b"hello server");
@@ -1014,5 +1016,187 @@ fn task_fds_via_pidfd_getfd_and_engine_json() {
             assert_eq!(&pb::FileEntry::decode(bytes.as_slice()).unwrap(), e);
         }
         drop(child);
+    });
+}
+
+/// Every malformed fdinfo is an error naming the kind, the fd and the field; never a panic.
+#[test]
+fn malformed_fdinfo_is_rejected_naming_the_field() {
+    with_timeout(10, || {
+        let efd = fdkinds::eventfd(0, libc::EFD_CLOEXEC).unwrap();
+        let tfd = fdkinds::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC).unwrap();
+        let sfd = fdkinds::signalfd(1, libc::SFD_CLOEXEC).unwrap();
+        let ep = fdkinds::epoll_create(libc::EPOLL_CLOEXEC).unwrap();
+        let ino = fdkinds::inotify_init(libc::IN_CLOEXEC).unwrap();
+        let long = format!(
+            "flags: 0\ninotify wd:1 ino:2 sdev:3 mask:4 ignored_mask:0 fhandle-bytes:90 \
+             fhandle-type:1 f_handle:{}\n",
+            "ab".repeat(129)
+        );
+        let cases: Vec<(&OwnedFd, &str, &str)> = vec![
+            (&efd, "pos: 0\n", "field flags: missing"),
+            (&efd, "flags: 02\n", "field eventfd-count: missing"),
+            (&efd, "flags: 02\neventfd-count: zz\n", "field eventfd-count: invalid digit"),
+            (&sfd, "flags: 02\nsigmask: xyz\n", "field sigmask"),
+            (&tfd, "flags: 02\nclockid: 1\n", "field ticks: missing"),
+            (
+                &tfd,
+                "flags: 02\nclockid: 1\nticks: 0\nsettime flags: 0\nit_value: (0 0)\nit_interval: (0, 0)\n",
+                "field it_value: not (sec, nsec)",
+            ),
+            (&ep, "flags: 02\ntfd: 5 events: 19\n", "needs tfd, events and data"),
+            (&ep, "flags: 02\ntfd: x events: 19 data: 1\n", "field tfd: tfd:"),
+            (&ino, "flags: 0\ninotify wd:1 ino:2 sdev:3 mask:4 ignored_mask:0\n", "incomplete watch line"),
+            (
+                &ino,
+                "flags: 0\ninotify wd:1 ino:2 sdev:3 mask:4 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:xyz\n",
+                "not a hex handle",
+            ),
+            (
+                &ino,
+                long.as_str(),
+                "not a hex handle",
+            ),
+        ];
+        for (fd, text, want) in cases {
+            let n = fd.as_raw_fd();
+            let link = std::fs::read_link(format!("/proc/self/fd/{n}")).unwrap();
+            let d = DumpFd {
+                pid: std::process::id() as i32,
+                fd: n,
+                file: fd.as_fd(),
+                link: link.to_str().unwrap(),
+                fdinfo: text,
+                id: 1,
+            };
+            let mut st = DumpState::new(DumpOptions::default());
+            let err = files::dump_fd(&d, &mut st).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+            assert!(err.contains(&format!("fd {n} of task")), "{err}");
+        }
+    });
+}
+
+#[test]
+fn tcp_unsent_data_of_a_corked_socket_survives() {
+    with_timeout(20, || {
+        let l = socket::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::bind(&l, &v4(0)).unwrap();
+        socket::listen(&l, 1).unwrap();
+        let c = socket::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::connect(&c, &v4(port_of(&l))).unwrap();
+        let s = socket::accept(&l, libc::SOCK_CLOEXEC).unwrap();
+        socket::setsockopt_int(&c, libc::IPPROTO_TCP, libc::TCP_CORK, 1).unwrap();
+        socket::send(&c, b"corked bytes", 0).unwrap();
+        let mut st = DumpState::new(DumpOptions {
+            tcp_established: true,
+            ..Default::default()
+        });
+        let e = dump_own(&c, 1, &mut st);
+        let s_entry = e.isk.as_ref().unwrap();
+        assert_eq!(s_entry.tcp_opts.as_ref().unwrap().cork, Some(true));
+        let (t, _, outq) = st.extra.tcp_streams.get(&s_entry.ino).unwrap().clone();
+        assert_eq!(outq, b"corked bytes");
+        assert_eq!(t.unsq_len, Some(12), "nothing was sent yet");
+        let extra = through_disk(&st.extra, &[s_entry.ino]);
+        st.close_tcp_in_repair();
+        drop(c);
+        let opts = RestoreOptions {
+            tcp_established: true,
+            ..Default::default()
+        };
+        let mut ctx = RestoreCtx::new(opts, &extra, [&e]);
+        let r = files::restore_fd(&e, &mut ctx, &no_targets).unwrap();
+        ctx.finish().unwrap();
+        assert_eq!(
+            socket::getsockopt_int(&r, libc::IPPROTO_TCP, libc::TCP_CORK).unwrap(),
+            1
+        );
+        // Uncorking sends the data, exactly once.
+        socket::setsockopt_int(&r, libc::IPPROTO_TCP, libc::TCP_CORK, 0).unwrap();
+        let mut buf = [0u8; 12];
+        assert_eq!(socket::recv(&s, &mut buf, libc::MSG_WAITALL).unwrap(), 12);
+        assert_eq!(&buf, b"corked bytes");
+        socket::send(&r, b"!", 0).unwrap();
+        assert_eq!(socket::recv(&s, &mut buf[..1], 0).unwrap(), 1);
+        assert_eq!(buf[0], b'!');
+    });
+}
+
+#[test]
+fn unix_connection_waiting_in_accept_queue() {
+    with_timeout(10, || {
+        let name = format!("\0stasis-test-embryo-{}", std::process::id());
+        let l = socket::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::bind(&l, &unix_addr(name.as_bytes())).unwrap();
+        socket::listen(&l, 2).unwrap();
+        let c = socket::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::connect(&c, &unix_addr(name.as_bytes())).unwrap();
+        let mut st = DumpState::new(DumpOptions::default());
+        let el = dump_own(&l, 1, &mut st);
+        dump_own(&c, 2, &mut st);
+        assert_eq!(el.usk.as_ref().unwrap().state, 10);
+        let changed = files::finish_dump(&mut st, &mut || 100).unwrap();
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].id, 2);
+        assert_eq!(
+            changed[0].usk.as_ref().unwrap().peer,
+            ino_of(&l),
+            "the listener is the peer now"
+        );
+        // Data already sent on such a connection cannot be kept: refused, not lost.
+        socket::send(&c, b"early", 0).unwrap();
+        let mut st2 = DumpState::new(DumpOptions::default());
+        dump_own(&l, 1, &mut st2);
+        dump_own(&c, 2, &mut st2);
+        let err = files::finish_dump(&mut st2, &mut || 100)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not accepted yet"), "{err}");
+        drop((l, c));
+        let fds = restore_all(
+            &[el, changed[0].clone()],
+            &Extra::default(),
+            RestoreOptions::default(),
+        );
+        let a = socket::accept(&fds[&1], libc::SOCK_CLOEXEC).unwrap();
+        socket::send(&fds[&2], b"hello", 0).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(socket::recv(&a, &mut buf, 0).unwrap(), 5);
+    });
+}
+
+#[test]
+fn unix_queue_with_descriptors_in_flight_is_refused() {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    with_timeout(10, || {
+        let (a, b) = socket::socketpair(libc::SOCK_STREAM | libc::SOCK_CLOEXEC).unwrap();
+        let passed = fdkinds::eventfd(0, libc::EFD_CLOEXEC).unwrap();
+        let fds = [passed.as_raw_fd()];
+        let iov = [std::io::IoSlice::new(b"with an fd")];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<UnixAddr>(a.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
+        let mut st = DumpState::new(DumpOptions::default());
+        let n = b.as_raw_fd();
+        let link = std::fs::read_link(format!("/proc/self/fd/{n}")).unwrap();
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).unwrap();
+        let d = DumpFd {
+            pid: std::process::id() as i32,
+            fd: n,
+            file: b.as_fd(),
+            link: link.to_str().unwrap(),
+            fdinfo: &fdinfo,
+            id: 1,
+        };
+        let err = files::dump_fd(&d, &mut st).unwrap_err().to_string();
+        assert!(err.contains("SCM_RIGHTS"), "{err}");
+        // The message is still there, with its descriptor, and the peek offset is off again.
+        assert_eq!(
+            socket::getsockopt_int(&b, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap(),
+            -1
+        );
+        let mut buf = [0u8; 32];
+        let (got, fds) = socket::recv_with_rights(&b, &mut buf, libc::MSG_DONTWAIT).unwrap();
+        assert_eq!((&buf[..got], fds.len()), (b"with an fd".as_slice(), 1));
     });
 }

@@ -57,6 +57,21 @@ impl DumpError {
         DumpError::new(step, pid, errno, e.to_string())
     }
 
+    /// From an error of the `sys` layer (ptrace, remote syscalls).
+    pub fn sys(step: &'static str, pid: i32, e: crate::sys::error::Error) -> Self {
+        use crate::sys::error::Error as E;
+        let (pid, errno) = match &e {
+            E::TaskDied { pid, .. } => (*pid, Some(libc::ESRCH)),
+            E::Task { pid, errno, .. } | E::Remote { pid, errno, .. } => {
+                (*pid, Some(*errno as i32))
+            }
+            E::Path { errno, .. } | E::Sys { errno, .. } => (pid, Some(*errno as i32)),
+            E::Timeout { .. } => (pid, Some(libc::ETIMEDOUT)),
+            _ => (pid, None),
+        };
+        DumpError::new(step, pid, errno, e.to_string())
+    }
+
     /// From an image writing error.
     pub fn image(step: &'static str, pid: i32, e: super::images_out::ImageError) -> Self {
         DumpError::new(step, pid, e.errno(), e.to_string())

@@ -12,7 +12,8 @@
 //!                  │ (sp - 1024), read and restored through /proc/PID/mem
 //!  restore regs, mask
 //! ```
-//! Pending signal queues (PTRACE_PEEKSIGINFO) and GDT TLS slots are not read yet. The full
+//! Pending signals come from PTRACE_PEEKSIGINFO (`crate::sys::ptrace`); GDT TLS slots are
+//! not read yet (64-bit programs leave them empty). The full
 //! ptrace/parasite layer (`dump-infra`) replaces this backend when it lands.
 
 use std::collections::BTreeMap;
@@ -393,7 +394,11 @@ impl TaskProbe for PtraceFrozen {
                 rseq.abi_size,
                 rseq.signature,
             )),
-            pending: Vec::new(),
+            pending: crate::sys::ptrace::peek_siginfo(tid, false)
+                .map_err(|e| DumpError::sys("core", tid, e))?
+                .iter()
+                .map(|s| s.to_vec())
+                .collect(),
             pdeath_sig: if ok(3) { res[3].1 as u32 } else { 0 },
         })
     }
@@ -417,7 +422,14 @@ impl TaskProbe for PtraceFrozen {
         let res = self.inject(pid, pid, &calls, |_, ret, b| {
             (ret, [le64(b, 0), le64(b, 8), le64(b, 16), le64(b, 24)])
         })?;
-        let mut p = ProcessProbe::default();
+        let mut p = ProcessProbe {
+            shared_pending: crate::sys::ptrace::peek_siginfo(pid, true)
+                .map_err(|e| DumpError::sys("core", pid, e))?
+                .iter()
+                .map(|s| s.to_vec())
+                .collect(),
+            ..Default::default()
+        };
         for (ret, w) in res.iter().take(64) {
             if *ret == 0 {
                 p.sigactions.push(SigAction {

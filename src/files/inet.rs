@@ -270,22 +270,27 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
         ))?;
     }
     let bound = s.src_port != 0 || s.src_addr.iter().any(|w| *w != 0);
-    if bound {
+    // A socket in repair mode may share its port with anything (the kernel's SK_FORCE_REUSE,
+    // e.g. an accepted connection next to its listener); SO_REUSEADDR would replace that.
+    let tweak_reuse = bound && !established_tcp;
+    if tweak_reuse {
         // Like CRIU: the old socket's port may linger (TIME_WAIT); reuse it while binding.
         so::setsockopt_int(f, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).map_err(sys(
             KIND,
             at,
             "SO_REUSEADDR",
         ))?;
+    }
+    if bound {
         let a = make_addr(family, &s.src_addr, s.src_port);
         so::bind(f, &a).map_err(sys(KIND, at, format!("bind port {}", s.src_port)))?;
-        if s.opts.reuseaddr != Some(true) {
-            so::setsockopt_int(f, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0).map_err(sys(
-                KIND,
-                at,
-                "SO_REUSEADDR",
-            ))?;
-        }
+    }
+    if tweak_reuse && s.opts.reuseaddr != Some(true) {
+        so::setsockopt_int(f, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0).map_err(sys(
+            KIND,
+            at,
+            "SO_REUSEADDR",
+        ))?;
     }
     sockopts::restore(KIND, at, f, &s.opts)?;
     if let Some(t) = &s.tcp_opts {

@@ -23,6 +23,7 @@
 //!        if files::handles(entry):
 //!            fd = files::restore_fd(entry, &mut ctx, &|tfd| <restored fd now at tfd in the
 //!                                   task owning the epoll>)?      -> OwnedFd in this task
+//!    ctx.finish()?          (TCP connections leave repair mode; before the tasks run)
 //! ```
 //!
 //! An epoll item is keyed by the target's file *and fd number* (fdinfo shows it, and the
@@ -109,6 +110,8 @@ pub(crate) struct UnixSeen {
     pub peer: u32,
     pub pid: i32,
     pub fd: i32,
+    /// A listener's connections not accepted yet (their server-side inodes).
+    pub icons: Vec<u32>,
 }
 
 /// Everything collected across all fds of a dump.
@@ -146,6 +149,8 @@ pub struct RestoreCtx<'a> {
     /// Unix entries by socket inode, and their files.img ids (peers look each other up).
     pub(crate) unix: HashMap<u32, pb::UnixSkEntry>,
     pub(crate) unix_ids: HashMap<u32, u32>,
+    /// Restored TCP connections still in repair mode: (id, socket, unsent data).
+    pub(crate) tcp_pending: Vec<(u32, OwnedFd, Vec<u8>)>,
 }
 
 impl<'a> RestoreCtx<'a> {
@@ -171,7 +176,15 @@ impl<'a> RestoreCtx<'a> {
             pty_masters: HashMap::new(),
             unix,
             unix_ids,
+            tcp_pending: Vec::new(),
         }
+    }
+
+    /// Ends the restore of the files: established TCP connections leave repair mode (all
+    /// together, once both ends of local connections exist) and send their unsent data.
+    /// Call after the last [`restore_fd`] and before the tasks run.
+    pub fn finish(&mut self) -> Result<()> {
+        tcp::finish(std::mem::take(&mut self.tcp_pending))
     }
 
     /// Unix socket inodes whose pair end was created but not yet asked for.

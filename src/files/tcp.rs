@@ -14,7 +14,8 @@
 //!  restore: TCP_REPAIR 1; bind; queue seqs = seq - len; connect (no SYN in repair mode);
 //!    TCP_REPAIR_OPTIONS (MSS, window scale, SACK, timestamps); TCP_TIMESTAMP;
 //!    receive queue and the sent part of the send queue written in repair mode;
-//!    TCP_REPAIR_WINDOW; TCP_REPAIR 0; the unsent tail of the send queue is sent normally
+//!    TCP_REPAIR_WINDOW; then, in RestoreCtx::finish once every connection exists:
+//!    TCP_REPAIR 0 and the unsent tail of the send queue is sent normally
 //! ```
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -180,7 +181,12 @@ fn send_all(at: At, f: BorrowedFd<'_>, data: &[u8], what: &'static str) -> Resul
 
 /// Rebuilds the connection on a socket already in repair mode and bound to its address;
 /// leaves repair mode at the end.
-pub fn restore(at: At, f: BorrowedFd<'_>, s: &pb::InetSkEntry, ctx: &RestoreCtx<'_>) -> Result<()> {
+pub fn restore(
+    at: At,
+    f: BorrowedFd<'_>,
+    s: &pb::InetSkEntry,
+    ctx: &mut RestoreCtx<'_>,
+) -> Result<()> {
     let (t, inq, outq) = ctx.extra.tcp_streams.get(&s.ino).ok_or_else(|| {
         image(
             KIND,
@@ -286,8 +292,30 @@ pub fn restore(at: At, f: BorrowedFd<'_>, s: &pb::InetSkEntry, ctx: &RestoreCtx<
             "TCP_REPAIR_WINDOW",
         ))?;
     }
-    repair_off(f).map_err(sys(KIND, at, "TCP_REPAIR off"))?;
-    send_all(at, f, tail, "send unsent data")?;
+    // Repair mode ends in RestoreCtx::finish, once every connection exists: leaving it now
+    // would send a window probe to a peer that may not be restored yet (on loopback the
+    // peer's listener answers with a reset).
+    let held = f.try_clone_to_owned().map_err(|e| {
+        sys(KIND, at, "dup")(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+    })?;
+    ctx.tcp_pending.push((e_id(at), held, tail.to_vec()));
+    Ok(())
+}
+
+fn e_id(at: At) -> u32 {
+    match at {
+        At::Id(id) => id,
+        At::Fd { .. } => 0,
+    }
+}
+
+/// Takes restored connections out of repair mode and sends their unsent data.
+pub(crate) fn finish(pending: Vec<(u32, OwnedFd, Vec<u8>)>) -> Result<()> {
+    for (id, fd, tail) in pending {
+        let at = At::Id(id);
+        repair_off(fd.as_fd()).map_err(sys(KIND, at, "TCP_REPAIR off"))?;
+        send_all(at, fd.as_fd(), &tail, "send unsent data")?;
+    }
     Ok(())
 }
 

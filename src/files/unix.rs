@@ -22,8 +22,13 @@
 //! extra entry with `uflags` USK_EXTERN (restore reconnects by name), an unnamed one marks
 //! the socket itself USK_EXTERN (restored with a closed peer).
 //!
-//! Not handled: SCM_RIGHTS/credentials in queued messages (data only), connections still
-//! waiting in a listener's accept queue, the names of accepted sockets (restored as a pair).
+//! A client whose connection still waits in a dumped listener's accept queue gets the
+//! listener as `peer` ([`finish`]) and connects to it again on restore (no data may be
+//! queued on such a connection).
+//!
+//! Not handled: descriptors in flight (SCM_RIGHTS: the dump refuses them), credentials of
+//! queued messages (data only), data sent on a
+//! connection not accepted yet, the names of accepted sockets (restored as a pair).
 
 use std::collections::HashSet;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -89,10 +94,12 @@ pub fn peek_queue(fd: BorrowedFd<'_>) -> std::result::Result<Vec<Vec<u8>>, Errno
         let mut out = Vec::new();
         let mut total = 0usize;
         loop {
-            match so::recv(fd, &mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+            match so::recv_with_rights(fd, &mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+                // Descriptors in flight cannot be kept yet: refuse rather than lose them.
+                Ok((_, fds)) if !fds.is_empty() => return Err(Errno::ENOTSUP),
                 // End of stream, or a zero-length datagram (which would not advance the offset).
-                Ok(0) => break,
-                Ok(n) => {
+                Ok((0, _)) => break,
+                Ok((n, _)) => {
                     let n = n.min(cap);
                     total += n;
                     if total > MAX_QUEUE {
@@ -187,7 +194,14 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
         }
     }
     if u.state != TCP_LISTEN {
-        let q = peek_queue(d.file).map_err(sys(KIND, at, "peek receive queue"))?;
+        let q = peek_queue(d.file).map_err(|e| match e {
+            Errno::ENOTSUP => unsupported(
+                KIND,
+                at,
+                "descriptors in flight (SCM_RIGHTS) in the receive queue",
+            ),
+            e => sys(KIND, at, "peek receive queue")(e),
+        })?;
         for p in q {
             st.extra.sk_queues.push((
                 pb::SkPacketEntry {
@@ -205,6 +219,7 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
         peer: diag.peer,
         pid: d.pid,
         fd: d.fd,
+        icons: diag.icons.clone(),
     });
     st.unix_entries.insert(d.id, u.clone());
     let mut e = super::file_entry(pb::FdTypes::Unixsk, d.id);
@@ -216,16 +231,44 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
 /// add to files.img (external named peers) or to replace (sockets marked USK_EXTERN).
 pub fn finish(st: &mut DumpState, next_id: &mut dyn FnMut() -> u32) -> Result<Vec<pb::FileEntry>> {
     let inos: HashSet<u32> = st.unix.iter().map(|u| u.ino).collect();
+    // Clients whose connection waits in a dumped listener's accept queue (unix_diag lists
+    // them in the listener's ICONS; their own peer, the not yet accepted end, has no inode).
+    let waiting: std::collections::HashMap<u32, u32> = st
+        .unix
+        .iter()
+        .flat_map(|l| l.icons.iter().map(move |i| (*i, l.ino)))
+        .collect();
     let mut out = Vec::new();
     let mut ext_done = HashSet::new();
     for seen in st.unix.clone() {
-        if seen.peer == 0 || inos.contains(&seen.peer) {
-            continue;
-        }
         let at = At::Fd {
             pid: seen.pid,
             fd: seen.fd,
         };
+        if let Some(&listener) = waiting.get(&seen.ino) {
+            // Restored by connecting to the listener again; data already sent would be lost.
+            let sent = sock_diag::unix_by_ino(seen.ino)
+                .ok()
+                .and_then(|d| d.rqlen)
+                .map_or(0, |r| r.1);
+            if sent != 0 {
+                return Err(unsupported(
+                    KIND,
+                    at,
+                    format!("{sent} bytes sent on a connection not accepted yet"),
+                ));
+            }
+            if let Some(u) = st.unix_entries.get_mut(&seen.id) {
+                u.peer = listener;
+                let mut e = super::file_entry(pb::FdTypes::Unixsk, seen.id);
+                e.usk = Some(u.clone());
+                out.push(e);
+            }
+            continue;
+        }
+        if seen.peer == 0 || inos.contains(&seen.peer) {
+            continue;
+        }
         if !st.opts.ext_unix_sk {
             return Err(unsupported(
                 KIND,

@@ -423,6 +423,7 @@ fn open_kinds(
         let n = o.park(fd)?;
         o.desc.insert(f.id, n);
     }
+    ctx.finish()?;
     Ok(())
 }
 

@@ -178,6 +178,53 @@ pub fn recv(fd: impl AsFd, buf: &mut [u8], flags: i32) -> Result<usize, Errno> {
     Ok(check(r as libc::c_long)? as usize)
 }
 
+/// `recvmsg(fd, buf, flags)` with room for control messages: the bytes received and the
+/// descriptors passed with them (`SCM_RIGHTS`; with `MSG_PEEK` the kernel installs copies).
+pub fn recv_with_rights(
+    fd: impl AsFd,
+    buf: &mut [u8],
+    flags: i32,
+) -> Result<(usize, Vec<OwnedFd>), Errno> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for 253 descriptors (SCM_MAX_FD) in one SCM_RIGHTS message.
+    let mut ctl = vec![0u64; 136];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctl.as_mut_ptr().cast();
+    msg.msg_controllen = ctl.len() * 8;
+    // SAFETY: `msg` points to `iov` (valid for buf.len() bytes) and `ctl` (valid for
+    // msg_controllen bytes), all alive for the call; the kernel writes within those bounds.
+    let r = unsafe { libc::recvmsg(raw(&fd), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
+    let n = check(r as libc::c_long)? as usize;
+    let mut fds = Vec::new();
+    let total = (msg.msg_controllen).min(ctl.len() * 8);
+    // SAFETY: `ctl` holds `total` bytes the kernel wrote; the bytes are read only.
+    let bytes = unsafe { std::slice::from_raw_parts(ctl.as_ptr().cast::<u8>(), ctl.len() * 8) };
+    let mut off = 0usize;
+    let hdr = std::mem::size_of::<libc::cmsghdr>();
+    while off + hdr <= total {
+        let len = usize::from_ne_bytes(bytes[off..off + 8].try_into().unwrap_or([0; 8]));
+        let level = i32::from_ne_bytes(bytes[off + 8..off + 12].try_into().unwrap_or([0; 4]));
+        let ty = i32::from_ne_bytes(bytes[off + 12..off + 16].try_into().unwrap_or([0; 4]));
+        if len < hdr || off + len > total {
+            break;
+        }
+        if level == libc::SOL_SOCKET && ty == libc::SCM_RIGHTS {
+            for c in bytes[off + hdr..off + len].chunks_exact(4) {
+                let raw_fd = i32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+                fds.push(new_fd(raw_fd)?);
+            }
+        }
+        off += (len + 7) & !7;
+    }
+    Ok((n, fds))
+}
+
 /// `send(fd, buf, flags)`.
 pub fn send(fd: impl AsFd, buf: &[u8], flags: i32) -> Result<usize, Errno> {
     // SAFETY: `buf` is readable for its length.
