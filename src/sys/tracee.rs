@@ -1,5 +1,5 @@
-//! ptrace primitives the restorer uses to finish a task: seize a prepared task, run system
-//! calls inside it, and load its final registers, FPU state and signal mask.
+//! ptrace primitives (seize, registers, XSAVE area, signal mask, rseq configuration) and the
+//! syscall-injection protocol below (used by the dump engine), plus small process helpers.
 //!
 //! Syscall injection protocol (no code of ours is needed in the tracee):
 //!
