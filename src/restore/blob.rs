@@ -181,6 +181,13 @@ pub fn enter(
                 .map_err(|_| ("convert task core", Errno::EINVAL))?;
         }
     }
+    // A periodic itimer caught right at expiry has value 0: setitimer would disarm it.
+    for it in spec.task.itimers.iter_mut() {
+        let armed = it.interval.sec != 0 || it.interval.usec != 0;
+        if armed && it.value.sec == 0 && it.value.usec == 0 {
+            it.value.usec = 1;
+        }
+    }
     spec.task.umask = t.fs.as_ref().and_then(|f| f.umask).unwrap_or(0o022);
     spec.task.status_fd = status_fd;
     spec.task.go_fd = go_fd;
