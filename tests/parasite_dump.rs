@@ -71,6 +71,23 @@ fn parasite_dumps_pages_fds_and_state_then_cures() {
         .unwrap();
     assert_eq!(n, 4096);
 
+    // mprotect inside the task: PROT_NONE and back.
+    use stasis::parasite::proto::MprotectReq;
+    let region = |prot: i32| MprotectReq {
+        addr: w.pattern_addr,
+        len: 4096,
+        prot: prot as u64,
+    };
+    p.mprotect(&[region(libc::PROT_NONE)])
+        .expect("mprotect none");
+    assert!(maps(w.pid).contains(&format!(
+        "{:x}-{:x} ---p",
+        w.pattern_addr,
+        w.pattern_addr + 4096
+    )));
+    p.mprotect(&[region(libc::PROT_READ | libc::PROT_WRITE)])
+        .expect("mprotect back");
+
     // Descriptors: the workload's pipe write end comes over SCM_RIGHTS.
     let fds = p.drain_fds(&[w.pipe_fd]).expect("drain fds");
     assert_eq!(fds.len(), 1);
@@ -125,6 +142,18 @@ fn parasite_dumps_pages_fds_and_state_then_cures() {
         }
     }
     assert!(p.posix_timers(&[]).unwrap().is_empty());
+    let timers = p.posix_timers(&[0]).expect("posix timer 0");
+    assert_eq!(
+        (
+            timers[0].id,
+            timers[0].interval_sec,
+            timers[0].interval_nsec
+        ),
+        (0, 1000, 0)
+    );
+    assert!(timers[0].value_sec > 0 && timers[0].value_sec <= 1000);
+    assert_eq!(misc.itimers[1].interval_sec, 500, "ITIMER_VIRTUAL");
+    assert_eq!(misc.itimers[0], Default::default(), "ITIMER_REAL unused");
     let err = p.posix_timers(&[12345]).unwrap_err();
     assert!(err.to_string().contains("EINVAL"), "{err}");
 
@@ -176,4 +205,73 @@ fn killing_the_target_mid_way_reports_task_died() {
     drop(p);
     drop(tree);
     w.assert_in_time();
+}
+
+#[test]
+fn interrupted_read_restarts_after_cure() {
+    use std::io::{BufRead, Write};
+    let mut w = Workload::start_mode(2, "read", TIMEOUT);
+    while !std::fs::read_to_string(format!("/proc/{0}/task/{0}/syscall", w.pid))
+        .unwrap()
+        .starts_with("0 ")
+    {
+        w.assert_in_time();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let tree = seize_tree(w.pid).unwrap();
+    let leader = tree.root().leader();
+    let regs = leader.regs().unwrap();
+    // read(2) on a pipe interrupted by PTRACE_INTERRUPT: -ERESTARTSYS, orig_ax 0.
+    assert_eq!(
+        regs.syscall_state(),
+        stasis::sys::regs::SyscallState::Restart { nr: 0, code: 512 }
+    );
+    let img = regs.for_image();
+    assert_eq!(
+        (img.ax, img.ip),
+        (0, regs.ip - 2),
+        "the image re-executes the syscall"
+    );
+    let mut p = Parasite::inject(leader).unwrap();
+    p.misc().unwrap();
+    p.cure().unwrap();
+    assert_eq!(leader.regs().unwrap(), regs);
+    drop(tree);
+    // The read restarted: it gets the byte instead of failing with EINTR.
+    w.child.stdin.as_mut().unwrap().write_all(b"x").unwrap();
+    let mut line = String::new();
+    w.stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "read 1 0");
+    w.assert_in_time();
+}
+
+#[test]
+fn parasite_in_a_group_stopped_process() {
+    let w = Workload::start(2, true, TIMEOUT);
+    while w.state(w.pid) != 'T' {
+        w.assert_in_time();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let tree = seize_tree(w.pid).unwrap();
+    let leader = tree.root().leader();
+    assert_eq!(
+        leader.stop_kind(),
+        stasis::sys::task::StopKind::GroupStop { sig: libc::SIGSTOP }
+    );
+    let regs = leader.task_regs().unwrap();
+    let mut p = Parasite::inject(leader).unwrap();
+    assert_eq!(p.misc().unwrap().pid, w.pid);
+    p.cure().unwrap();
+    assert_eq!(leader.task_regs().unwrap(), regs);
+    let counter = w.counter();
+    drop(tree);
+    for tid in w.threads() {
+        while w.state(tid) != 'T' {
+            w.assert_in_time();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    assert_eq!(w.counter(), counter, "the stopped process ran user code");
+    kill(Pid::from_raw(w.pid), Signal::SIGCONT).unwrap();
+    w.wait_counting(counter);
 }

@@ -151,6 +151,14 @@ fn signal_masks_and_pending_signals() {
     );
     assert!(main.pending_signals(false).unwrap().is_empty());
 
+    // glibc registers a robust list per thread; 64-bit tasks leave the TLS slots empty.
+    let (head, len) = tasks[1].robust_list().unwrap();
+    assert_ne!(head, 0);
+    assert_eq!(len, 24, "sizeof(struct robust_list_head)");
+    for (i, d) in main.tls().unwrap().iter().enumerate() {
+        assert_eq!(d.entry_number, 12 + i as u32);
+        assert!(d.seg_not_present() && d.read_exec_only());
+    }
     let rseq = main.rseq().unwrap();
     if rseq.rseq_abi_pointer != 0 {
         assert!(rseq.rseq_abi_size >= 32);

@@ -421,9 +421,11 @@ impl Files {
                 cloexec,
             });
         }
-        // Sockets and ptys go to the fd kinds shared with the restore engine.
+        // Sockets, ptys and anonymous-inode kinds (eventfd, epoll, timerfd, signalfd,
+        // inotify) go to the fd kinds shared with the restore engine; what they do not
+        // recognise falls through to the code below.
         let shared = match &target {
-            FdTarget::Socket(_) => true,
+            FdTarget::Socket(_) | FdTarget::AnonInode(_) => true,
             FdTarget::Path(p) => p.starts_with("/dev/pts/") || p.as_os_str() == "/dev/ptmx",
             _ => false,
         };

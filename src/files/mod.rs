@@ -13,9 +13,13 @@
 //!        entry = files::dump_fd(&DumpFd { pid, fd: N, file, link, fdinfo, id }, &mut state)?
 //!        files.img  <- entry                (file_entry {type, id, <kind member>})
 //!        fdinfo-*.img <- {id, flags FD_CLOEXEC, type: entry.type, fd: N}
+//!    (or all of the above at once: files::task::dump_task_fd(pid, N, next_id, &mut state),
+//!     and files::task::entry_json(&entry) for a JSON-tree image writer)
 //!  after the last task:  files::finish_dump(&mut state, next_id)?  (unix peers, --ext-unix-sk;
 //!                        returns entries to add to / replace in files.img)
 //!                        state.extra.write_dir(images_dir)?   (sk-queues, tcp-stream-*, tty-*)
+//!  dumped TCP connections stay in TCP_REPAIR: state.close_tcp_in_repair() before killing the
+//!  tree (they vanish silently), or drop the state / release_tcp_repair() to let it run on
 //!
 //!  restore engine:
 //!    extra = Extra::read_dir(images_dir, tcp_inos)?;  ctx = RestoreCtx::new(opts, &extra, files.img)

@@ -136,12 +136,7 @@ impl<'a> Parasite<'a> {
                 return Err(e.into());
             }
         };
-        let args = ParasiteArgs {
-            magic: ARGS_MAGIC,
-            sock_fd: task_sock,
-            pad: 0,
-        };
-        map.write(size, bytes_of(&args))?;
+        // From here on the Parasite owns the area and the task's socket: any failure cures.
         let (base, len) = map.leak();
         let mut parasite = Parasite {
             leader,
@@ -155,6 +150,12 @@ impl<'a> Parasite<'a> {
             pipe: None,
             state: State::Stopped,
         };
+        let args = ParasiteArgs {
+            magic: ARGS_MAGIC,
+            sock_fd: task_sock,
+            pad: 0,
+        };
+        crate::sys::mem::write(pid, base + size, bytes_of(&args))?;
         parasite.start()?;
         Ok(parasite)
     }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! tree::seize_tree(root) -> SeizedTree            every thread of the tree, stopped, O(n):
-//! tree::seize_tree_frozen(root, Freezer)            seize+interrupt all, one waitpid loop
+//! tree::seize_tree_frozen(root, Freezer)            seize+interrupt all, then reap all stops
 //!   .processes: Vec<SeizedProcess{pid, parent, threads: Vec<SeizedTask> (leader first)}>
 //!   .zombies: Vec<Zombie{pid, parent}>, .died: Vec<tid>; drop (or .detach()) detaches all
 //! task::SeizedTask::seize(tgid, tid)               one thread (tests, tools)
@@ -14,6 +14,8 @@
 //!   .sigmask()/.set_sigmask(u64)                    PTRACE_GETSIGMASK / SETSIGMASK
 //!   .pending_signals(shared) -> Vec<[u8; 128]>      PTRACE_PEEKSIGINFO, raw siginfo
 //!   .rseq() -> RseqConfig                           PTRACE_GET_RSEQ_CONFIGURATION
+//!   .tls() -> [UserDesc; 3]                         PTRACE_GET_THREAD_AREA 12..=14
+//!   .robust_list() -> (head, len)                   get_robust_list(tid)
 //!   .stop_kind() -> Interrupted | GroupStop{sig}    a group-stopped task stays stopped
 //!   .peek/.poke, .cont, .interrupt, .wait, .poll    low level
 //! regs::UserRegs::syscall_state()/for_image()      CRIU's interrupted-syscall rules
@@ -23,7 +25,8 @@
 //! mem::{read, write}(pid, addr, ..)                /proc/PID/mem
 //! freezer::Freezer::freeze(cgroup_dir, timeout)    v1 freezer.state / v2 cgroup.freeze;
 //!                                                   thaws on drop
-//! tkill::tgkill, proc_tasks::{threads, children, state, exec_area}, wait::*
+//! channel::{pidfd_open, pidfd_getfd, send_msg, recv_msg, pipe, splice_exact, ..}
+//! tkill::tgkill, proc_tasks::{threads, children, state, exec_area, is_exiting}, wait::*
 //! ```
 //!
 //! Errors: [`Error`] names operation, pid/path and errno; ESRCH is `Error::TaskDied`

@@ -262,3 +262,89 @@ pub fn rseq_config(tid: i32) -> Result<RseqConfig> {
     )?;
     Ok(conf)
 }
+
+/// `struct user_desc` (a GDT TLS descriptor) with its flag bits decoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserDesc {
+    /// GDT index.
+    pub entry_number: u32,
+    /// Segment base.
+    pub base_addr: u32,
+    /// Segment limit.
+    pub limit: u32,
+    /// Flag bits: seg_32bit 0, contents 1-2, read_exec_only 3, limit_in_pages 4,
+    /// seg_not_present 5, useable 6, lm 7.
+    pub flags: u32,
+}
+
+impl UserDesc {
+    /// `seg_32bit`.
+    pub fn seg_32bit(&self) -> bool {
+        self.flags & 1 != 0
+    }
+    /// `contents` (2 bits).
+    pub fn contents(&self) -> u32 {
+        (self.flags >> 1) & 3
+    }
+    /// `read_exec_only`.
+    pub fn read_exec_only(&self) -> bool {
+        self.flags & (1 << 3) != 0
+    }
+    /// `limit_in_pages`.
+    pub fn limit_in_pages(&self) -> bool {
+        self.flags & (1 << 4) != 0
+    }
+    /// `seg_not_present`.
+    pub fn seg_not_present(&self) -> bool {
+        self.flags & (1 << 5) != 0
+    }
+    /// `useable`.
+    pub fn useable(&self) -> bool {
+        self.flags & (1 << 6) != 0
+    }
+}
+
+/// First GDT TLS entry on x86 (`GDT_ENTRY_TLS_MIN`); there are three.
+pub const GDT_ENTRY_TLS_MIN: u32 = 12;
+/// `PTRACE_GET_THREAD_AREA`.
+const PTRACE_GET_THREAD_AREA: libc::c_uint = 25;
+
+/// `PTRACE_GET_THREAD_AREA` for the three TLS entries (12, 13, 14).
+pub fn tls(tid: i32) -> Result<[UserDesc; 3]> {
+    let mut out = [UserDesc::default(); 3];
+    for (i, desc) in out.iter_mut().enumerate() {
+        let entry = GDT_ENTRY_TLS_MIN + i as u32;
+        let mut raw = [0u32; 4];
+        req(
+            "PTRACE_GET_THREAD_AREA",
+            PTRACE_GET_THREAD_AREA,
+            tid,
+            entry as usize,
+            raw.as_mut_ptr() as usize,
+        )?;
+        *desc = UserDesc {
+            entry_number: raw[0],
+            base_addr: raw[1],
+            limit: raw[2],
+            flags: raw[3],
+        };
+    }
+    Ok(out)
+}
+
+/// `get_robust_list(tid)`: the robust futex list head and its length (needs ptrace access).
+pub fn robust_list(tid: i32) -> Result<(u64, u64)> {
+    let mut head = 0u64;
+    let mut len = 0usize;
+    // SAFETY: the kernel writes one pointer to `head` and one size_t to `len`, both live.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid,
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    };
+    super::errno::check(ret).map_err(|errno| Error::task("get_robust_list", tid, errno))?;
+    Ok((head, len as u64))
+}

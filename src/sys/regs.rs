@@ -149,8 +149,12 @@ impl XState {
     /// Size of the buffer to request: CPUID(0xd, 0).ebx (XSAVE size for the features enabled
     /// in XCR0), at least 4 KiB, at most 64 KiB.
     pub fn buffer_size() -> usize {
-        let leaf = core::arch::x86_64::__cpuid_count(0xd, 0);
-        (leaf.ebx as usize).clamp(4096, XSAVE_MAX)
+        // CPUID traps to the hypervisor in a VM: ask once.
+        static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *SIZE.get_or_init(|| {
+            let leaf = core::arch::x86_64::__cpuid_count(0xd, 0);
+            (leaf.ebx as usize).clamp(4096, XSAVE_MAX)
+        })
     }
 
     /// Wraps raw bytes as returned by the kernel.

@@ -7,7 +7,7 @@
 
 use super::error::{Error, Result};
 use super::proc_tasks;
-use super::ptrace::{self, RseqConfig, SIGINFO_SIZE};
+use super::ptrace::{self, RseqConfig, UserDesc, SIGINFO_SIZE};
 use super::regs::{TaskRegs, UserRegs, XState};
 use super::wait::{self, gettid, WaitEvent};
 use std::cell::Cell;
@@ -47,7 +47,7 @@ impl SeizedTask {
         let mut task = SeizedTask::attached(tgid, tid, StopKind::Interrupted);
         ptrace::interrupt(tid)?;
         loop {
-            match wait::wait_tid(tid)? {
+            match wait::wait_task(tgid, tid)? {
                 WaitEvent::EventStop { sig } => {
                     task.stop = stop_kind(sig);
                     return Ok(task);
@@ -186,6 +186,17 @@ impl SeizedTask {
         ptrace::rseq_config(self.tid)
     }
 
+    /// The three GDT TLS entries (`PTRACE_GET_THREAD_AREA` 12..=14).
+    pub fn tls(&self) -> Result<[UserDesc; 3]> {
+        self.check_tracer("PTRACE_GET_THREAD_AREA")?;
+        ptrace::tls(self.tid)
+    }
+
+    /// The robust futex list (`get_robust_list`): head address and length.
+    pub fn robust_list(&self) -> Result<(u64, u64)> {
+        ptrace::robust_list(self.tid)
+    }
+
     /// Reads one word of memory.
     pub fn peek(&self, addr: u64) -> Result<u64> {
         self.check_tracer("PTRACE_PEEKDATA")?;
@@ -214,7 +225,7 @@ impl SeizedTask {
     /// "task N died".
     pub fn wait(&self) -> Result<WaitEvent> {
         self.check_tracer("waitpid")?;
-        let ev = wait::wait_tid(self.tid).inspect_err(|e| {
+        let ev = wait::wait_task(self.tgid, self.tid).inspect_err(|e| {
             if e.is_task_died() {
                 self.attached.set(false);
             }
@@ -297,7 +308,7 @@ impl SeizedTask {
             return;
         }
         loop {
-            match wait::wait_tid(self.tid) {
+            match wait::wait_task(self.tgid, self.tid) {
                 Ok(WaitEvent::EventStop { .. }) | Ok(WaitEvent::SignalStop { .. }) => {
                     if let Err(e) = ptrace::detach(self.tid, 0) {
                         tracing::error!("detach after interrupt: {e}");

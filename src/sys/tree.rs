@@ -4,9 +4,10 @@
 //! round:  for each process not yet stable: list /proc/PID/task,
 //!           PTRACE_SEIZE + PTRACE_INTERRUPT every new thread (no waiting)
 //!         [first round with a freezer: thaw now, every task is seized and interrupted]
-//!         reap: one waitpid(-1, __WALL|__WNOTHREAD) loop feeds a tid -> state map until
-//!           no seized thread is pending (signal stops are delivered and waited again,
-//!           exits drop the thread)
+//!         reap: one loop over the pending tids (non-leaders first) feeds a tid -> state
+//!           map: waitpid(tid, __WALL) per thread, in O(1) each in the kernel (waitpid(-1)
+//!           scans every tracee per event: quadratic, measured in BENCHMARKS.md); signal
+//!           stops are delivered and waited again, exits drop the thread
 //!         for each newly stopped thread: read /proc/PID/task/TID/children (exact now)
 //! until a round finds no new thread and no new process
 //! ```
@@ -204,7 +205,14 @@ impl Seizer {
             if self.tasks.contains_key(&tid) {
                 continue;
             }
-            match proc_tasks::state(pid, tid)? {
+            // Only a leader's state matters before seizing (zombie processes); a dead
+            // non-leader thread just fails PTRACE_SEIZE.
+            let state = if tid == pid {
+                proc_tasks::state(pid, tid)?
+            } else {
+                Some('R')
+            };
+            match state {
                 None => continue,
                 Some('Z' | 'X') if tid == pid => {
                     if tids.len() > 1 {
@@ -231,6 +239,11 @@ impl Seizer {
             match ptrace::seize(tid, 0) {
                 Ok(()) => {}
                 Err(Error::TaskDied { .. }) => {
+                    self.died.push(tid);
+                    continue;
+                }
+                Err(e) if tid != pid && proc_tasks::is_exiting(pid, tid) => {
+                    tracing::debug!("thread {tid} exits: {e}");
                     self.died.push(tid);
                     continue;
                 }
@@ -261,40 +274,50 @@ impl Seizer {
         Ok(new)
     }
 
-    /// Waits for every pending thread to stop or die.
+    /// Waits for every pending thread to stop or die: threads are waited for by tid (the
+    /// interrupts were all sent already, so this costs the slowest stop, not their sum),
+    /// non-leaders first (a dead leader is reported only after its threads).
     fn reap(&mut self) -> Result<()> {
-        while self.pending > 0 {
-            let Some((tid, event)) = wait::wait_any()? else {
-                // No tracee left to report: every pending thread is gone.
-                let gone: Vec<i32> = self
-                    .tasks
-                    .iter()
-                    .filter(|(_, s)| s.pending)
-                    .map(|(t, _)| *t)
-                    .collect();
-                for tid in gone {
-                    self.drop_task(tid);
-                }
-                break;
-            };
-            let Some(slot) = self.tasks.get_mut(&tid) else {
-                tracing::debug!(tid, ?event, "wait event of a task outside the tree");
-                continue;
-            };
-            match event {
-                WaitEvent::EventStop { sig } => {
-                    if slot.pending {
-                        slot.pending = false;
-                        slot.task.set_stop(stop_kind(sig));
-                        self.pending -= 1;
+        let mut order: Vec<(bool, i32, i32)> = self
+            .tasks
+            .iter()
+            .filter(|(_, s)| s.pending)
+            .map(|(&tid, s)| (tid == s.task.tgid(), s.task.tgid(), tid))
+            .collect();
+        order.sort_unstable();
+        for (_, tgid, tid) in order {
+            while self.tasks.get(&tid).is_some_and(|s| s.pending) {
+                let event = match wait::wait_task(tgid, tid) {
+                    Ok(ev) => ev,
+                    Err(e) if e.is_task_died() => {
+                        self.drop_task(tid);
+                        break;
                     }
-                }
-                // A signal arrived before our interrupt: let the task take it, the pending
-                // interrupt stops it right after.
-                WaitEvent::SignalStop { sig } => ptrace::cont(tid, sig).or_else(ignore_died)?,
-                WaitEvent::OtherEvent { .. } => ptrace::cont(tid, 0).or_else(ignore_died)?,
-                WaitEvent::Exited { .. } | WaitEvent::Killed { .. } => self.drop_task(tid),
+                    Err(e) => return Err(e),
+                };
+                self.handle(tid, event)?;
             }
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, tid: i32, event: WaitEvent) -> Result<()> {
+        let Some(slot) = self.tasks.get_mut(&tid) else {
+            return Ok(());
+        };
+        match event {
+            WaitEvent::EventStop { sig } => {
+                if slot.pending {
+                    slot.pending = false;
+                    slot.task.set_stop(stop_kind(sig));
+                    self.pending -= 1;
+                }
+            }
+            // A signal arrived before our interrupt: let the task take it, the pending
+            // interrupt stops it right after.
+            WaitEvent::SignalStop { sig } => ptrace::cont(tid, sig).or_else(ignore_died)?,
+            WaitEvent::OtherEvent { .. } => ptrace::cont(tid, 0).or_else(ignore_died)?,
+            WaitEvent::Exited { .. } | WaitEvent::Killed { .. } => self.drop_task(tid),
         }
         Ok(())
     }
@@ -316,19 +339,45 @@ impl Seizer {
         }
     }
 
-    /// Reads the children of every thread that stopped since the last round.
+    /// Reads the children of every thread that stopped since the last round. These are
+    /// plain /proc reads (no ptrace), so they are spread over a few threads (crossbeam scope):
+    /// about 5 us each, the largest share of seizing 8000 threads after the ptrace calls.
     fn read_children(&mut self) -> Result<()> {
-        let mut found = Vec::new();
+        let mut todo = Vec::new();
         for (&tid, slot) in self.tasks.iter_mut() {
-            if slot.pending || slot.children_read {
-                continue;
-            }
-            slot.children_read = true;
-            let pid = slot.task.tgid();
-            for child in proc_tasks::children(pid, tid)? {
-                found.push((child, pid));
+            if !slot.pending && !slot.children_read {
+                slot.children_read = true;
+                todo.push((slot.task.tgid(), tid));
             }
         }
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4);
+        let mut found: Vec<(i32, i32)> = if todo.len() < 256 || workers < 2 {
+            children_of(&todo)?
+        } else {
+            let chunk = todo.len().div_ceil(workers);
+            let results: Vec<Result<Vec<(i32, i32)>>> = crossbeam::thread::scope(|s| {
+                let handles: Vec<_> = todo
+                    .chunks(chunk)
+                    .map(|c| s.spawn(move |_| children_of(c)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Ok(Vec::new())))
+                    .collect()
+            })
+            .map_err(|_| Error::Unexpected {
+                op: "read children",
+                pid: 0,
+                what: "worker panicked".into(),
+            })?;
+            let mut all = Vec::new();
+            for r in results {
+                all.extend(r?);
+            }
+            all
+        };
         found.sort_unstable();
         for (child, parent) in found {
             self.add_process(child, Some(parent));
@@ -368,6 +417,17 @@ impl Seizer {
             died: self.died,
         }
     }
+}
+
+/// `(child, parent pid)` for the children of each `(pid, tid)`.
+fn children_of(threads: &[(i32, i32)]) -> Result<Vec<(i32, i32)>> {
+    let mut out = Vec::new();
+    for &(pid, tid) in threads {
+        for child in proc_tasks::children(pid, tid)? {
+            out.push((child, pid));
+        }
+    }
+    Ok(out)
 }
 
 fn ignore_died(e: Error) -> Result<()> {

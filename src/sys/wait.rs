@@ -158,6 +158,33 @@ pub fn wait_tid(tid: i32) -> Result<WaitEvent> {
     }
 }
 
+/// Blocks until thread `tid` of thread group `tgid` changes state. A non-leader thread is
+/// waited for directly (`waitpid(tid)`: the kernel looks it up in O(1)); a leader through
+/// [`wait_tid`] (its report may wait for its other threads to be reaped). `waitpid(-1)`
+/// costs O(tracees) in the kernel per event (it scans the tracer's whole ptraced list), which
+/// makes a loop over thousands of threads quadratic; see BENCHMARKS.md.
+pub fn wait_task(tgid: i32, tid: i32) -> Result<WaitEvent> {
+    if tid == tgid {
+        return wait_tid(tid);
+    }
+    if let Some((_, ev)) = unstash(Some(tid)) {
+        return Ok(ev);
+    }
+    match waitpid(tid, 0) {
+        Ok(Some((_, ev))) => Ok(ev),
+        Ok(None) => Err(Error::Unexpected {
+            op: "waitpid",
+            pid: tid,
+            what: "no status".into(),
+        }),
+        Err(Errno::ECHILD) => Err(Error::TaskDied {
+            pid: tid,
+            op: "waitpid",
+        }),
+        Err(errno) => Err(Error::task("waitpid", tid, errno)),
+    }
+}
+
 /// Non-blocking: the state change of task `tid`, if any is pending.
 pub fn poll_tid(tid: i32) -> Result<Option<WaitEvent>> {
     if let Some((_, ev)) = unstash(Some(tid)) {

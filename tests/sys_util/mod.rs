@@ -34,6 +34,7 @@ pub fn workload_bin() -> PathBuf {
 /// A running workload; killed and reaped on drop.
 pub struct Workload {
     pub child: Child,
+    pub stdout: BufReader<std::process::ChildStdout>,
     pub pid: i32,
     pub pattern_addr: u64,
     pub pattern_len: usize,
@@ -46,16 +47,21 @@ pub struct Workload {
 impl Workload {
     /// Starts the workload with `threads` threads; the watchdog kills it after `timeout`.
     pub fn start(threads: usize, stop: bool, timeout: Duration) -> Self {
+        Self::start_mode(threads, if stop { "stop" } else { "run" }, timeout)
+    }
+
+    /// Starts the workload in `mode` ("run", "stop", "read"); stdin and stdout are pipes.
+    pub fn start_mode(threads: usize, mode: &str, timeout: Duration) -> Self {
         let mut cmd = Command::new(workload_bin());
-        cmd.arg(threads.to_string());
-        if stop {
-            cmd.arg("stop");
-        }
-        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn workload");
+        cmd.arg(threads.to_string()).arg(mode);
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn workload");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read ready line");
+        stdout.read_line(&mut line).expect("read ready line");
         let f: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(f.first(), Some(&"ready"), "workload said {line:?}");
         let pid: i32 = f[1].parse().unwrap();
@@ -80,6 +86,7 @@ impl Workload {
         }
         Workload {
             child,
+            stdout,
             pid,
             pattern_addr: u64::from_str_radix(f[2], 16).unwrap(),
             pattern_len: f[3].parse().unwrap(),

@@ -4,14 +4,19 @@
  * counts (counter += 1 every millisecond, nanosleep between) and the NTHREADS-1 other threads
  * sleep in a loop. PATTERN holds byte i = (i * 7 + 3) & 0xff. FD is a pipe write end.
  * SIGUSR1 has a handler (SA_RESTART, mask {SIGUSR2}), SIGUSR2 is ignored.
- * With "stop" the process sends itself SIGSTOP after printing. */
+ * ITIMER_VIRTUAL runs with interval 500 s; POSIX timer 0 (CLOCK_MONOTONIC, SIGEV_NONE) with
+ * interval 1000 s.
+ * With "stop" the process sends itself SIGSTOP after printing. With "read" the main thread
+ * first blocks in read(0, 1 byte) and prints "read N ERRNO" when it returns. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,6 +36,7 @@ static void *sleeper(void *arg) {
 int main(int argc, char **argv) {
     int nthreads = argc > 1 ? atoi(argv[1]) : 1;
     int stop = argc > 2 && strcmp(argv[2], "stop") == 0;
+    int do_read = argc > 2 && strcmp(argv[2], "read") == 0;
     size_t len = 4 * 4096;
     unsigned char *pattern = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (pattern == MAP_FAILED) return 1;
@@ -43,6 +49,15 @@ int main(int argc, char **argv) {
     sigaddset(&sa.sa_mask, SIGUSR2);
     sigaction(SIGUSR1, &sa, NULL);
     signal(SIGUSR2, SIG_IGN);
+    struct itimerval it = { { 500, 0 }, { 500, 0 } };
+    setitimer(ITIMER_VIRTUAL, &it, NULL);
+    struct sigevent sev;
+    memset(&sev, 0, sizeof(sev));
+    sev.sigev_notify = SIGEV_NONE;
+    timer_t timer;
+    if (timer_create(CLOCK_MONOTONIC, &sev, &timer)) return 1;
+    struct itimerspec its = { { 1000, 0 }, { 1000, 0 } };
+    timer_settime(timer, 0, &its, NULL);
     int fds[2];
     if (pipe(fds)) return 1;
     pthread_attr_t attr;
@@ -56,6 +71,13 @@ int main(int argc, char **argv) {
            (unsigned long)&counter, fds[1]);
     fflush(stdout);
     if (stop) raise(SIGSTOP);
+    if (do_read) {
+        char c;
+        errno = 0;
+        ssize_t n = read(0, &c, 1);
+        printf("read %zd %d\n", n, errno);
+        fflush(stdout);
+    }
     for (;;) {
         counter++;
         struct timespec ts = { 0, 1000000 };

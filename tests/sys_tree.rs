@@ -1,0 +1,232 @@
+//! Seizing whole trees (processes, threads, zombies, group-stopped children) and freezing
+//! them through cgroup v1 and v2 freezers. Workloads run under a watchdog.
+
+#[path = "sys_util/mod.rs"]
+mod sys_util;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use stasis::sys::freezer::{Freezer, FreezerVersion};
+use stasis::sys::task::StopKind;
+use stasis::sys::tree::{seize_tree, seize_tree_frozen, Zombie};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use sys_util::Workload;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+const TREE: &str = r#"
+import os, time
+def sleeper():
+    while True:
+        time.sleep(0.01)
+a = os.fork()
+if a == 0:
+    if os.fork() == 0:
+        sleeper()
+    sleeper()
+z = os.fork()
+if z == 0:
+    os._exit(0)
+while open("/proc/%d/stat" % z).read().rsplit(")", 1)[1].split()[0] != "Z":
+    time.sleep(0.001)
+print("ready", os.getpid(), a, z, flush=True)
+sleeper()
+"#;
+
+/// A python process tree in its own process group, killed (whole group) on drop or timeout.
+struct PyTree {
+    child: Child,
+    root: i32,
+    a: i32,
+    z: i32,
+    done: Arc<AtomicBool>,
+}
+
+impl PyTree {
+    fn start() -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new("python3")
+            .args(["-c", TREE])
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let f: Vec<i32> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        let done = Arc::new(AtomicBool::new(false));
+        let (d, pgid) = (done.clone(), f[0]);
+        std::thread::spawn(move || {
+            let end = Instant::now() + TIMEOUT;
+            while Instant::now() < end {
+                if d.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = kill(Pid::from_raw(-pgid), Signal::SIGKILL);
+        });
+        PyTree {
+            child,
+            root: f[0],
+            a: f[1],
+            z: f[2],
+            done,
+        }
+    }
+
+    fn children(&self, pid: i32) -> Vec<i32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap()
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect()
+    }
+}
+
+impl Drop for PyTree {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        let _ = kill(Pid::from_raw(-self.root), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+fn state(pid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap()
+}
+
+fn wait_state(pid: i32, want: char) {
+    let end = Instant::now() + TIMEOUT;
+    while state(pid) != want {
+        assert!(Instant::now() < end, "{pid} never reached state {want}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn tree_with_children_zombie_and_stopped_child() {
+    let t = PyTree::start();
+    let b = t.children(t.a)[0];
+    kill(Pid::from_raw(t.a), Signal::SIGSTOP).unwrap();
+    wait_state(t.a, 'T');
+    let tree = seize_tree(t.root).expect("seize tree");
+    let pids: Vec<i32> = tree.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(pids, vec![t.root, t.a, b], "breadth first, root first");
+    assert_eq!(tree.process(t.a).unwrap().parent, Some(t.root));
+    assert_eq!(tree.process(b).unwrap().parent, Some(t.a));
+    assert_eq!(
+        tree.zombies,
+        vec![Zombie {
+            pid: t.z,
+            parent: t.root
+        }]
+    );
+    assert_eq!(
+        tree.process(t.a).unwrap().leader().stop_kind(),
+        StopKind::GroupStop { sig: libc::SIGSTOP }
+    );
+    assert_eq!(tree.root().leader().stop_kind(), StopKind::Interrupted);
+    for task in tree.tasks() {
+        assert_eq!(state(task.tid()), 't');
+    }
+    tree.detach().unwrap();
+    wait_state(t.a, 'T');
+    kill(Pid::from_raw(t.a), Signal::SIGCONT).unwrap();
+    for pid in [t.root, t.a, b] {
+        let end = Instant::now() + TIMEOUT;
+        while !matches!(state(pid), 'S' | 'R') {
+            assert!(Instant::now() < end, "{pid} did not resume");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+#[test]
+fn tree_of_a_multithreaded_process_has_every_thread() {
+    let w = Workload::start(16, false, TIMEOUT);
+    let tree = seize_tree(w.pid).unwrap();
+    assert_eq!(tree.processes.len(), 1);
+    let tids: Vec<i32> = tree.root().threads.iter().map(|t| t.tid()).collect();
+    assert_eq!(tids, w.threads());
+    assert!(tree.root().leader().is_leader());
+    let before = w.counter();
+    drop(tree);
+    w.wait_counting(before);
+}
+
+#[test]
+fn dead_root_is_task_died() {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id() as i32;
+    child.wait().unwrap();
+    let err = seize_tree(pid).unwrap_err();
+    assert!(err.is_task_died(), "{err}");
+}
+
+/// A cgroup made for one test, removed on drop.
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn new(root: &str, name: &str, pid: i32) -> Self {
+        let dir = PathBuf::from(root).join(format!("stasis-test-{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        Cgroup(dir)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn freeze_and_seize(root: &str, name: &str, version: FreezerVersion) {
+    let w = Workload::start(4, false, TIMEOUT);
+    let cg = Cgroup::new(root, name, w.pid);
+    // Freeze and thaw by drop.
+    {
+        let f = Freezer::freeze(&cg.0, Duration::from_secs(10)).expect("freeze");
+        assert_eq!(f.version(), version);
+        assert!(f.is_frozen().unwrap());
+        let frozen = w.counter();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(w.counter(), frozen, "a frozen task counted");
+    }
+    let before = w.counter();
+    w.wait_counting(before);
+    // Seize a frozen tree: seized and interrupted while frozen, thawed, stopped.
+    let f = Freezer::freeze(&cg.0, Duration::from_secs(10)).unwrap();
+    let tree = seize_tree_frozen(w.pid, f).expect("seize frozen tree");
+    assert_eq!(tree.thread_count(), 4);
+    for t in tree.tasks() {
+        assert_eq!(w.state(t.tid()), 't');
+    }
+    let before = w.counter();
+    drop(tree);
+    w.wait_counting(before);
+    drop(w);
+}
+
+#[test]
+fn freezer_v1_freezes_thaws_and_seizes() {
+    freeze_and_seize("/sys/fs/cgroup/freezer", "v1", FreezerVersion::V1);
+}
+
+#[test]
+fn freezer_v2_freezes_thaws_and_seizes() {
+    freeze_and_seize("/sys/fs/cgroup/unified", "v2", FreezerVersion::V2);
+}
