@@ -57,24 +57,47 @@ impl TreeGuard {
     fn kill_all(&mut self) {
         let me = std::process::id() as i32;
         let Some(root) = self.root else { return };
-        for &p in &self.pids {
-            if p == root || descends_from(p, root, me) {
-                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        // Kill the descendants while the root still holds the tree together (once it is gone
+        // they are reparented and no longer recognisable), until no new one shows up.
+        let mut victims: Vec<i32> = Vec::new();
+        for _ in 0..50 {
+            let found: Vec<i32> = self
+                .pids
+                .iter()
+                .copied()
+                .filter(|&p| p != root && alive(p) && descends_from(p, root, me))
+                .collect();
+            if found.is_empty() {
+                break;
             }
+            for p in found {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+                if !victims.contains(&p) {
+                    victims.push(p);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
         let _ = kill(Pid::from_raw(root), Signal::SIGKILL);
         let _ = waitpid(Pid::from_raw(root), None);
-        // Wait (bounded) for the others to be gone, so callers see no leftovers.
+        // Wait (bounded) until they are gone, so callers see no leftovers.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline
-            && self.pids.iter().any(|&p| {
-                std::path::Path::new(&format!("/proc/{p}")).exists()
-                    && p != root
-                    && descends_from(p, root, me)
-            })
-        {
+        while Instant::now() < deadline && victims.iter().any(|&p| alive(p)) {
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
     }
 }
 
