@@ -5,9 +5,10 @@
 //! `cargo test` it runs one small configuration as a smoke test.
 //!
 //! The workload is this executable itself, re-executed with `--workload THREADS MIB READY`,
-//! inside its own cgroup v2 (frozen by the dump). Images go to /dev/shm (tmpfs). The dump uses
-//! the test backend of the dump tests: cgroup freezer, memory through /proc/PID/mem, and a
-//! double for the ptrace/parasite part (registers are not fetched).
+//! inside its own cgroup v2. Images go to /dev/shm (tmpfs). Two backends: `ptrace` (the command
+//! line's: every thread seized and interrupted, registers, XSAVE, rseq, pending signals and
+//! the in-task system calls) and `cgroup + double` (the cgroup freezer and a no-cost double for
+//! the ptrace part, which isolates the /proc collection and image writing).
 
 #[path = "../tests/dump_support/mod.rs"]
 mod dump_support;
@@ -48,7 +49,7 @@ struct Run {
     bytes: u64,
 }
 
-fn one(threads: usize, mib: usize, tag: &str) -> Run {
+fn one(threads: usize, mib: usize, tag: &str, ptrace: bool) -> Run {
     let cg = PathBuf::from(format!(
         "/sys/fs/cgroup/unified/stasis-bench-{}-{tag}",
         std::process::id()
@@ -91,9 +92,14 @@ fn one(threads: usize, mib: usize, tag: &str) -> Run {
         shell_job: true,
         ..Default::default()
     };
-    let mut backend = TestBackend { cgroup: cg.clone() };
     let t = Instant::now();
-    let rep = stasis::dump::run(&opts, &mut backend).unwrap_or_else(|e| panic!("dump: {e}"));
+    let rep = if ptrace {
+        stasis::dump::run(&opts, &mut stasis::dump::ptrace_backend::PtraceBackend)
+    } else {
+        let mut backend = TestBackend { cgroup: cg.clone() };
+        stasis::dump::run(&opts, &mut backend)
+    }
+    .unwrap_or_else(|e| panic!("dump: {e}"));
     let total = t.elapsed();
     kill_cgroup(&cg);
     let _ = child.wait();
@@ -121,20 +127,25 @@ fn main() {
         vec![(4, 1)]
     };
     let reps = if full { 3 } else { 1 };
-    println!("| threads | anon MiB | dump time (median of {reps}) | frozen | pages written | image bytes |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| backend | threads | anon MiB | dump time (median of {reps}) | frozen | pages written | image bytes |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (i, (threads, mib)) in configs.into_iter().enumerate() {
-        let mut runs: Vec<Run> = (0..reps)
-            .map(|r| one(threads, mib, &format!("{i}-{r}")))
-            .collect();
-        runs.sort_by_key(|r| r.total);
-        let m = &runs[runs.len() / 2];
-        println!(
-            "| {threads} | {mib} | {:.1} ms | {:.1} ms | {} | {} |",
-            m.total.as_secs_f64() * 1e3,
-            m.frozen_us as f64 / 1e3,
-            m.pages,
-            m.bytes
-        );
+        for ptrace in [true, false] {
+            let mut runs: Vec<Run> = (0..reps)
+                .map(|r| one(threads, mib, &format!("{i}-{r}-{ptrace}"), ptrace))
+                .collect();
+            runs.sort_by_key(|r| r.total);
+            let m = &runs[runs.len() / 2];
+            let name = if ptrace { "ptrace" } else { "cgroup + double" };
+            println!(
+                "| {name} | {threads} | {mib} | {:.1} ms | {:.1} ms | {} | {} |",
+                m.total.as_secs_f64() * 1e3,
+                m.frozen_us as f64 / 1e3,
+                m.pages,
+                m.bytes
+            );
+        }
     }
 }

@@ -79,3 +79,55 @@ fn failed_cli_dump_names_step_task_errno_and_releases_the_tree() {
         },
     )
 }
+
+#[test]
+fn leave_running_dump_with_stats_and_profile() {
+    let base = 32260;
+    let cg = cgroup_path("fx-loop", base);
+    with_deadline(
+        60,
+        move || kill_cgroup(&cg),
+        move || {
+            let w = launch("fx-loop", base, &[]);
+            let dir = tempfile::tempdir().unwrap();
+            let trace = dir.path().join("trace.json");
+            let out = stasis()
+                .args(["dump", "-t", &w.pid.to_string(), "-D"])
+                .arg(dir.path())
+                .args(["-R", "--stats", "--profile"])
+                .arg(&trace)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(String::from_utf8_lossy(&out.stdout).contains("pages scanned"));
+            let t: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+            let names: Vec<String> = t["traceEvents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["name"].as_str().unwrap().to_string())
+                .collect();
+            for want in [
+                "freeze",
+                "collect-tree",
+                "collect",
+                "write",
+                &format!("thread {}", w.pid),
+                &format!("task {}", w.pid),
+            ] {
+                assert!(
+                    names.iter().any(|n| n == want),
+                    "no span {want} in {names:?}"
+                );
+            }
+            assert!(dir.path().join("stats-dump").exists());
+            assert!(all_running(&w));
+            assert_eq!(verify(&w), "PASS");
+        },
+    )
+}

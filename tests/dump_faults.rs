@@ -9,6 +9,17 @@ use dump_support::*;
 use stasis::dump::DumpOptions;
 
 fn fault_at(step: &'static str, base: i32) {
+    fault_with(step, base, false)
+}
+
+/// The same through the ptrace backend (the command line's default): the tree is seized,
+/// registers read and system calls run inside it before the failure, and must be released
+/// exactly as it was.
+fn fault_ptrace(step: &'static str, base: i32) {
+    fault_with(step, base, true)
+}
+
+fn fault_with(step: &'static str, base: i32, ptrace: bool) {
     let cg = cgroup_path("fx-signals", base);
     with_deadline(
         60,
@@ -26,10 +37,15 @@ fn fault_at(step: &'static str, base: i32) {
                 }),
                 ..Default::default()
             };
-            let mut backend = TestBackend {
-                cgroup: w.cgroup.clone(),
-            };
-            let err = stasis::dump::run(&opts, &mut backend).expect_err("dump must fail");
+            let err = if ptrace {
+                stasis::dump::run(&opts, &mut stasis::dump::ptrace_backend::PtraceBackend)
+            } else {
+                let mut backend = TestBackend {
+                    cgroup: w.cgroup.clone(),
+                };
+                stasis::dump::run(&opts, &mut backend)
+            }
+            .expect_err("dump must fail");
             let msg = err.to_string();
             if step == "signal" {
                 assert!(msg.contains("interrupted by signal 15"), "{msg}");
@@ -98,4 +114,49 @@ fn every_step_has_a_test() {
             "no fault test for step {s}"
         );
     }
+}
+
+#[test]
+fn ptrace_fault_seize() {
+    fault_ptrace("seize", 31020);
+}
+#[test]
+fn ptrace_fault_collect_tree() {
+    fault_ptrace("collect-tree", 31060);
+}
+#[test]
+fn ptrace_fault_collect_task() {
+    fault_ptrace("collect-task", 31100);
+}
+#[test]
+fn ptrace_fault_core() {
+    fault_ptrace("core", 31140);
+}
+#[test]
+fn ptrace_fault_mm() {
+    fault_ptrace("mm", 31180);
+}
+#[test]
+fn ptrace_fault_pages() {
+    fault_ptrace("pages", 31220);
+}
+#[test]
+fn ptrace_fault_files() {
+    fault_ptrace("files", 31260);
+}
+#[test]
+fn ptrace_fault_images() {
+    fault_ptrace("images", 31300);
+}
+#[test]
+fn ptrace_fault_fsync() {
+    fault_ptrace("fsync", 31340);
+}
+#[test]
+fn ptrace_fault_kill() {
+    fault_ptrace("kill", 31380);
+}
+#[test]
+fn ptrace_fault_signal() {
+    fault_ptrace("signal", 31420);
 }

@@ -230,3 +230,30 @@ fn freezer_v1_freezes_thaws_and_seizes() {
 fn freezer_v2_freezes_thaws_and_seizes() {
     freeze_and_seize("/sys/fs/cgroup/unified", "v2", FreezerVersion::V2);
 }
+
+#[test]
+fn threads_dying_and_appearing_while_seizing() {
+    let w = Workload::start_mode(2, "churn", TIMEOUT);
+    for _ in 0..20 {
+        let tree = seize_tree(w.pid).expect("seize a churning process");
+        let root = tree.root();
+        assert!(root.leader().is_leader());
+        // Every thread we hold is stopped; the set is complete (stopped threads cannot clone).
+        let listed = w.threads();
+        let held: Vec<i32> = root.threads.iter().map(|t| t.tid()).collect();
+        for tid in listed.iter().filter(|t| !held.contains(t)) {
+            // Not held: it must be dead (a zombie on its way out, or already gone).
+            let stat = std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", w.pid));
+            if let Ok(stat) = stat {
+                let st = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
+                assert!(matches!(st, 'Z' | 'X'), "thread {tid} ({st}) not seized");
+            }
+        }
+        for t in &root.threads {
+            assert_eq!(w.state(t.tid()), 't');
+        }
+        let before = w.counter();
+        drop(tree);
+        w.wait_counting(before);
+    }
+}

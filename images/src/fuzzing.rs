@@ -289,6 +289,13 @@ pub fn json(data: &[u8]) {
 /// Seeds for every target from an image directory's files: `(target, bytes)`.
 pub fn seeds_from_dir(dir: &std::path::Path) -> Vec<(&'static str, Vec<u8>)> {
     let mut out = Vec::new();
+    for (kind, bytes) in synthetic_images() {
+        let mut body = vec![kind as u8];
+        body.extend_from_slice(&bytes[head_bytes(kind).len()..]);
+        out.push(("framing", body));
+        out.push(("framing", bytes.clone()));
+        out.push(("json", bytes));
+    }
     let Ok(rd) = std::fs::read_dir(dir) else {
         return out;
     };
@@ -351,6 +358,69 @@ pub fn seeds_from_dir(dir: &std::path::Path) -> Vec<(&'static str, Vec<u8>)> {
         }
     }
     out
+}
+
+/// Synthetic images of the kinds with extra payloads the fixtures lack (IPC, sockets, BPF,
+/// FIFO, ghost file without chunks): seeds for `framing` and `json`.
+pub fn synthetic_images() -> Vec<(ImageKind, Vec<u8>)> {
+    use crate::payload::{ipc_msg_extra, ipc_sem_extra, ipc_shm_extra};
+    let desc: &[u8] = &[0x0a, 0x00]; // ipc_desc_entry, empty
+    let cat = |parts: &[&[u8]]| parts.concat();
+    let one = |kind: ImageKind, entry: Vec<u8>, extra: Vec<u8>| {
+        let mut img = Image::new(kind);
+        img.entries.push(crate::framing::Entry {
+            bytes: entry,
+            extra: Some(extra),
+        });
+        (kind, img.to_bytes())
+    };
+    let msg1: &[u8] = &[0x08, 0x01, 0x10, 0x03];
+    let msg2: &[u8] = &[0x08, 0x02, 0x10, 0x09];
+    vec![
+        one(
+            ImageKind::IpcnsSem,
+            cat(&[desc, &[0x10, 0x03]]),
+            ipc_sem_extra(&[1, 2, 3]),
+        ),
+        one(
+            ImageKind::IpcnsShm,
+            cat(&[desc, &[0x10, 0x05]]),
+            ipc_shm_extra(b"hello"),
+        ),
+        one(
+            ImageKind::IpcnsMsg,
+            cat(&[desc, &[0x10, 0x0c, 0x18, 0x02]]),
+            ipc_msg_extra(&[(msg1, b"abc"), (msg2, b"defghijkl")]),
+        ),
+        one(
+            ImageKind::TcpStream,
+            vec![
+                0x08, 0x03, 0x10, 0x07, 0x18, 0x02, 0x20, 0x09, 0x28, 0x00, 0x30, 0x07, 0x38, 0x80,
+                0x0b,
+            ],
+            b"inqOQ".to_vec(),
+        ),
+        one(
+            ImageKind::SkQueues,
+            vec![0x08, 0x01, 0x10, 0x04],
+            b"pkt!".to_vec(),
+        ),
+        one(
+            ImageKind::BpfmapData,
+            vec![0x08, 0x01, 0x10, 0x02, 0x18, 0x03, 0x20, 0x01],
+            b"kkvvv".to_vec(),
+        ),
+        one(
+            ImageKind::FifoData,
+            vec![0x08, 0x05, 0x10, 0x03, 0x18, 0x80, 0x80, 0x04],
+            b"xyz".to_vec(),
+        ),
+        one(
+            ImageKind::GhostFile,
+            vec![0x08, 0x00, 0x10, 0x00, 0x18, 0xa4, 0x83, 0x02],
+            b"ghost content".to_vec(),
+        ),
+    ]
 }
 
 /// Runs target `name` on `data` (names as in `fuzz/fuzz_targets/`).

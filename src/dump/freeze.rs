@@ -5,10 +5,9 @@
 //! `--leave-running`) or releases it. Dropping a frozen tree releases it, so every error path
 //! leaves the tree running as before.
 //!
-//! [`ProcBackend`] freezes with the cgroup freezer named by `--freeze-cgroup` (v2
-//! `cgroup.freeze` or v1 `freezer.state`, plain file writes) and reads memory through
-//! `/proc/PID/mem`; it has no access to registers or in-task state, which come from ptrace and
-//! the parasite (`crate::sys`, `crate::parasite`).
+//! [`CgroupFreeze`] freezes the cgroup named by `--freeze-cgroup` (v2 `cgroup.freeze` or v1
+//! `freezer.state`, plain file writes); the ptrace backend (`super::ptrace_backend`) uses it to
+//! hold the tree still while it seizes every thread.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::error::{DumpError, Result};
 use super::options::DumpOptions;
-use super::probe::{ProcessProbe, TaskProbe, ThreadProbe};
+use super::probe::TaskProbe;
 
 /// A frozen tree.
 pub trait FrozenTree: TaskProbe {
@@ -129,57 +128,6 @@ pub fn read_proc_mem(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
     })
 }
 
-/// Freezes through a cgroup and reads what /proc offers (see the module doc).
-#[derive(Debug, Default)]
-pub struct ProcBackend;
-
-/// The tree frozen by [`ProcBackend`].
-#[derive(Debug)]
-pub struct ProcFrozen {
-    freeze: Option<CgroupFreeze>,
-}
-
-impl Backend for ProcBackend {
-    fn freeze(&mut self, opts: &DumpOptions) -> Result<Box<dyn FrozenTree>> {
-        let Some(cg) = &opts.freeze_cgroup else {
-            return Err(DumpError::new(
-                "seize",
-                opts.pid,
-                Some(libc::ENOSYS),
-                "seizing with ptrace is not wired into the dump engine yet; use --freeze-cgroup",
-            ));
-        };
-        let timeout = opts.timeout.unwrap_or(Duration::from_secs(10));
-        Ok(Box::new(ProcFrozen {
-            freeze: Some(CgroupFreeze::freeze(cg, timeout)?),
-        }))
-    }
-}
-
-impl TaskProbe for ProcFrozen {
-    fn thread(&mut self, pid: i32, tid: i32) -> Result<ThreadProbe> {
-        Err(DumpError::new(
-            "core",
-            tid,
-            Some(libc::ENOSYS),
-            format!("registers of thread {tid} of {pid} need ptrace, not wired into the dump engine yet"),
-        ))
-    }
-
-    fn process(&mut self, pid: i32) -> Result<ProcessProbe> {
-        Err(DumpError::new(
-            "core",
-            pid,
-            Some(libc::ENOSYS),
-            "signal dispositions and timers need the parasite, not wired into the dump engine yet",
-        ))
-    }
-
-    fn read_memory(&mut self, pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
-        read_proc_mem(pid, addr, buf)
-    }
-}
-
 /// SIGKILLs every pid (ESRCH is fine: a zombie or an already dead task).
 pub fn kill_all(pids: &[i32]) -> Result<()> {
     for &p in pids {
@@ -192,17 +140,4 @@ pub fn kill_all(pids: &[i32]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-impl FrozenTree for ProcFrozen {
-    fn kill(&mut self, pids: &[i32]) -> Result<()> {
-        kill_all(pids)
-    }
-
-    fn release(mut self: Box<Self>) -> Result<()> {
-        match self.freeze.take() {
-            Some(mut f) => f.thaw(),
-            None => Ok(()),
-        }
-    }
 }

@@ -1,11 +1,14 @@
-//! The dump engine: freeze a process tree, collect its state (from /proc, ptrace and the
-//! parasite) and write CRIU-compatible images.
+//! The dump engine: freeze a process tree, collect its state (from /proc, ptrace and system
+//! calls run inside the stopped tasks) and write CRIU-compatible images.
 //!
-//! Modules: [`engine`] drives the phases; [`tree`], [`core`], [`mm`], [`pages`], [`files`],
+//! Modules: [`engine`] drives the phases; [`tree`], [`core`], [`mm`], [`pages`], [`files`]
+//! (with [`fdkinds`] for eventfd/epoll/timerfd/signalfd/inotify and [`sockets`] for TCP/UDP),
 //! [`misc_images`] turn collected state into image entries; [`images_out`] is the only place
 //! that knows the file framing; [`freeze`] and [`probe`] are the boundary to the layers that
-//! stop tasks and look inside them; [`fault`] injects failures for tests; [`profile`] times
-//! phases for `--stats` and `--profile`.
+//! stop tasks and look inside them, [`ptrace_backend`] the backend `stasis dump` uses (to be
+//! replaced by the parasite for in-task state and pages); [`xsave`] converts the XSAVE area;
+//! [`fault`] injects failures and turns stop signals into errors; [`profile`] times phases for
+//! `--stats` and `--profile`.
 
 pub mod core;
 pub mod elf;
@@ -20,6 +23,7 @@ pub mod misc_images;
 pub mod mm;
 pub mod options;
 pub mod pages;
+pub mod parasite_pages;
 pub mod probe;
 pub mod profile;
 pub mod ptrace_backend;

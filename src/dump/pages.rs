@@ -107,10 +107,31 @@ pub fn write_private(
     let mut pages = dir
         .create_raw(&format!("pages-{pages_id}.img"))
         .map_err(img)?;
+    let regions: Vec<(u64, u64)> = runs
+        .iter()
+        .map(|r| (r.vaddr, r.nr_pages * PAGE_SIZE))
+        .collect();
+    let expected: u64 = regions.iter().map(|r| r.1).sum();
+    let spliced = if expected == 0 {
+        None
+    } else {
+        probe.dump_pages(pid, &regions, pages.file().map_err(img)?)?
+    };
+    if let Some(n) = spliced {
+        if n != expected {
+            return Err(DumpError::new(
+                "pages",
+                pid,
+                None,
+                format!("the parasite wrote {n} bytes of {expected}"),
+            ));
+        }
+        pages.account(n);
+    }
     let mut buf = vec![0u8; COPY_PAGES * PAGE_SIZE as usize];
     for r in runs {
         pm.entry(&pagemap_entry(r)).map_err(img)?;
-        let mut done = 0u64;
+        let mut done = if spliced.is_some() { r.nr_pages } else { 0 };
         while done < r.nr_pages {
             let n = (r.nr_pages - done).min(COPY_PAGES as u64);
             let b = &mut buf[..(n * PAGE_SIZE) as usize];

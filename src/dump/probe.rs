@@ -171,4 +171,15 @@ pub trait TaskProbe {
     fn process(&mut self, pid: i32) -> Result<ProcessProbe>;
     /// Reads `buf.len()` bytes of `pid`'s memory at `addr`.
     fn read_memory(&mut self, pid: i32, addr: u64, buf: &mut [u8]) -> Result<()>;
+    /// Writes the memory of `regions` (address, length; page aligned, in order) of `pid` to
+    /// `out` at its file position without copying through the dumper (the dump parasite);
+    /// returns the bytes written, or `None` when this probe cannot (use `read_memory`).
+    fn dump_pages(
+        &mut self,
+        _pid: i32,
+        _regions: &[(u64, u64)],
+        _out: &mut std::fs::File,
+    ) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }

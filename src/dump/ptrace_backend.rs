@@ -476,6 +476,15 @@ impl TaskProbe for PtraceFrozen {
         Ok(p)
     }
 
+    fn dump_pages(
+        &mut self,
+        pid: i32,
+        regions: &[(u64, u64)],
+        out: &mut File,
+    ) -> Result<Option<u64>> {
+        super::parasite_pages::dump(pid, regions, out)
+    }
+
     fn read_memory(&mut self, pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
         self.mem(pid)?.read_exact_at(buf, addr).map_err(|e| {
             DumpError::io(

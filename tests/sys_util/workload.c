@@ -7,7 +7,8 @@
  * ITIMER_VIRTUAL runs with interval 500 s; POSIX timer 0 (CLOCK_MONOTONIC, SIGEV_NONE) with
  * interval 1000 s.
  * With "stop" the process sends itself SIGSTOP after printing. With "read" the main thread
- * first blocks in read(0, 1 byte) and prints "read N ERRNO" when it returns. */
+ * first blocks in read(0, 1 byte) and prints "read N ERRNO" when it returns. With "churn" one
+ * more thread keeps creating threads that exit at once. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -24,6 +25,22 @@ static volatile unsigned long counter;
 
 static void on_usr1(int sig) { (void)sig; }
 
+static void *short_lived(void *arg) { return arg; }
+
+/* "churn" mode: keeps creating threads that exit at once. */
+static void *churner(void *arg) {
+    (void)arg;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    for (;;) {
+        pthread_t t;
+        pthread_create(&t, &attr, short_lived, NULL);
+    }
+    return NULL;
+}
+
 static void *sleeper(void *arg) {
     (void)arg;
     for (;;) {
@@ -37,6 +54,7 @@ int main(int argc, char **argv) {
     int nthreads = argc > 1 ? atoi(argv[1]) : 1;
     int stop = argc > 2 && strcmp(argv[2], "stop") == 0;
     int do_read = argc > 2 && strcmp(argv[2], "read") == 0;
+    int churn = argc > 2 && strcmp(argv[2], "churn") == 0;
     size_t len = 4 * 4096;
     unsigned char *pattern = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (pattern == MAP_FAILED) return 1;
@@ -66,6 +84,10 @@ int main(int argc, char **argv) {
     for (int i = 1; i < nthreads; i++) {
         pthread_t t;
         if (pthread_create(&t, &attr, sleeper, NULL)) { perror("pthread_create"); return 1; }
+    }
+    if (churn) {
+        pthread_t t;
+        pthread_create(&t, &attr, churner, NULL);
     }
     printf("ready %d %lx %zu %lx %d\n", getpid(), (unsigned long)pattern, len,
            (unsigned long)&counter, fds[1]);
