@@ -75,18 +75,17 @@ pub struct PtraceFrozen {
     released: bool,
 }
 
+/// Waits until `tid` is in the interrupt stop; false if it exited. A signal-delivery stop
+/// that comes first gets its signal back (PTRACE_CONT with it), then we wait again: the
+/// pending interrupt traps right after, and the task has seen its signal as it would have.
 fn wait_stop(tid: i32) -> Result<bool> {
-    loop {
+    for _ in 0..1024 {
         match tracee::wait(tid) {
             Ok(WaitStatus::PtraceEvent(..)) => return Ok(true),
             Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) => return Ok(false),
             Ok(WaitStatus::Stopped(_, sig)) => {
-                return Err(DumpError::new(
-                    "seize",
-                    tid,
-                    None,
-                    format!("thread stopped for signal {sig:?} instead of the interrupt"),
-                ))
+                crate::sys::ptrace::cont(tid, sig as i32)
+                    .map_err(|e| DumpError::sys("seize", tid, e))?;
             }
             Ok(_) => continue,
             Err(Errno::EINTR) => continue,
@@ -94,6 +93,12 @@ fn wait_stop(tid: i32) -> Result<bool> {
             Err(e) => return Err(perr("seize", tid, "wait", e)),
         }
     }
+    Err(DumpError::new(
+        "seize",
+        tid,
+        Some(libc::EAGAIN),
+        "signals keep arriving before the interrupt stop",
+    ))
 }
 
 impl Backend for PtraceBackend {
