@@ -177,5 +177,32 @@ fn failure_after_tree_creation_kills_the_tree() {
         .write_file(&path)
         .unwrap();
     let out = stasis_restore(&dir, &["-d"]);
-    assert_failed(&out, "fx-tree", &["mmap", "pid 30404", "EINVAL"]);
+    assert_failed(&out, "fx-tree", &["premap", "pid 30404", "EINVAL"]);
+}
+
+/// A failure inside a task's restorer blob (its StatusRecord reports the step) kills the tree.
+#[test]
+fn failure_in_the_restorer_blob_kills_the_tree() {
+    let s = serial();
+    pids_ready("fx-tree");
+    let _l = Leftovers("fx-tree");
+    let dir = scratch_copy(&s, "fx-tree");
+    let path = dir.join("mm-30404.img");
+    let img = Image::read_file(&path).unwrap();
+    let mut mm: pb::MmEntry = img.single().unwrap();
+    let v = mm
+        .vmas
+        .iter_mut()
+        .find(|v| v.status & (1 << 9) != 0)
+        .expect("a private anonymous vma");
+    v.prot |= 0x100; // not a PROT_* bit: the blob's mprotect fails with EINVAL
+    Image::from_messages(img.kind, &[mm])
+        .write_file(&path)
+        .unwrap();
+    let out = stasis_restore(&dir, &["-d"]);
+    assert_failed(
+        &out,
+        "fx-tree",
+        &["restorer blob: mprotect", "pid 30404", "EINVAL"],
+    );
 }

@@ -36,6 +36,8 @@ pub struct Opened {
     pub maps: HashMap<u32, RawFd>,
     /// shmid -> parked memfd backing shared anonymous memory (`VMA_ANON_SHARED`).
     pub shmem: HashMap<u64, RawFd>,
+    /// pages image -> parked read-only descriptor (tasks `pread` their pages from it).
+    pub pages: HashMap<PathBuf, RawFd>,
     /// First parked number.
     pub base: RawFd,
     /// Owners (closed when the restorer is done).
@@ -134,6 +136,16 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
         }
         let n = o.park(fd)?;
         memfds.insert(*inode, n);
+    }
+
+    for t in &plan.tasks {
+        if t.pages.runs.is_empty() || o.pages.contains_key(&t.pages.file) {
+            continue;
+        }
+        let f = std::fs::File::open(&t.pages.file)
+            .map_err(|e| io("open pages image", &t.pages.file.to_string_lossy(), e))?;
+        let n = o.park(OwnedFd::from(f))?;
+        o.pages.insert(t.pages.file.clone(), n);
     }
 
     // Shared anonymous memory: one memfd per shmid, shared by every task mapping it.

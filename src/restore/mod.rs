@@ -7,28 +7,26 @@
 //! files::open_all open file descriptions, pipes, memfds, ghost files (parked fds)
 //! tree::spawn     clone3(set_tid) the tree; each task: session, group, fds, cwd, umask;
 //!                 zombies exit with their status; READY records on a pipe
-//! switch          per live task, driven by ptrace: address space, mm, signals, timers,
-//!                 threads, rlimits, registers (task stays stopped)
-//! release         detach every thread of every task: the tree runs
+//! blob            per live task, in the task: premap + fill memory, build the restorer
+//!                 blob's arguments, enter it; it reports READY and waits for go
+//! release         one byte per task on go_fd: every blob rt_sigreturns, the tree runs
 //! ```
 //! Any failure before release kills every task created so far ([`TreeGuard`]).
 
+pub mod blob;
 pub mod blob_args;
 pub mod blob_core;
 pub mod error;
 pub mod files;
 pub mod img;
-pub mod inject;
 pub mod options;
 pub mod plan;
-pub mod switch;
 pub mod tree;
 pub mod validate;
 pub mod vdso;
 pub mod xsave;
-pub mod xstate;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -59,24 +57,47 @@ impl TreeGuard {
     fn kill_all(&mut self) {
         let me = std::process::id() as i32;
         let Some(root) = self.root else { return };
-        for &p in &self.pids {
-            if p == root || descends_from(p, root, me) {
-                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        // Kill the descendants while the root still holds the tree together (once it is gone
+        // they are reparented and no longer recognisable), until no new one shows up.
+        let mut victims: Vec<i32> = Vec::new();
+        for _ in 0..50 {
+            let found: Vec<i32> = self
+                .pids
+                .iter()
+                .copied()
+                .filter(|&p| p != root && alive(p) && descends_from(p, root, me))
+                .collect();
+            if found.is_empty() {
+                break;
             }
+            for p in found {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+                if !victims.contains(&p) {
+                    victims.push(p);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
         let _ = kill(Pid::from_raw(root), Signal::SIGKILL);
         let _ = waitpid(Pid::from_raw(root), None);
-        // Wait (bounded) for the others to be gone, so callers see no leftovers.
+        // Wait (bounded) until they are gone, so callers see no leftovers.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline
-            && self.pids.iter().any(|&p| {
-                std::path::Path::new(&format!("/proc/{p}")).exists()
-                    && p != root
-                    && descends_from(p, root, me)
-            })
-        {
+        while Instant::now() < deadline && victims.iter().any(|&p| alive(p)) {
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
     }
 }
 
@@ -120,7 +141,16 @@ fn sys0(step: &str, e: nix::errno::Errno) -> RestoreError {
 /// The caller must be single-threaded (tasks are forked from it).
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let t0 = Instant::now();
-    let plan = plan::load(&opts.images_dir)?;
+    let mut plan = plan::load(&opts.images_dir)?;
+    plan.shell_job = opts.shell_job;
+    let root = &plan.tasks[0];
+    if (root.sid != root.pid || root.pgid != root.pid) && !opts.shell_job {
+        return Err(RestoreError::Unsupported(format!(
+            "pstree.img: root {} is in session {} and group {} of a task outside the images; \
+             restore it with --shell-job",
+            root.pid, root.sid, root.pgid
+        )));
+    }
     validate::pids_free(&plan)?;
     validate::files_unchanged(&plan)?;
     tracing::info!(
@@ -138,9 +168,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys0("pipe", e))?;
     let (hold_r, hold_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys0("pipe", e))?;
+    let (status_r, status_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys0("pipe", e))?;
     let ctl = tree::Ctl {
         ready_w: opened.park(ready_w)?,
         hold_r: opened.park(hold_r)?,
+        status_w: opened.park(status_w)?,
     };
     let mut guard = TreeGuard {
         root: None,
@@ -152,20 +185,19 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     })?;
     guard.root = Some(root);
     // Our copies of the task-side ends must go, so EOF means "all tasks gone".
-    close_parked(&mut opened, ctl);
+    opened.forget(&[ctl.ready_w, ctl.hold_r, ctl.status_w]);
     let alive = plan.tasks.iter().filter(|t| t.state != TASK_DEAD).count();
-    wait_ready(
+    wait_tasks(
         &ready_r,
+        &status_r,
         alive,
         root,
-        opts.timeout.unwrap_or(Duration::from_secs(30)),
+        opts.timeout.unwrap_or(Duration::from_secs(60)),
     )?;
-    tracing::info!("tree created in {:?}", t0.elapsed());
-
-    let mut switched = Vec::new();
-    for t in plan.tasks.iter().filter(|t| t.state != TASK_DEAD) {
-        switched.push(switch::switch_task(&plan, t, &opened, ctl)?);
-    }
+    tracing::info!(
+        "every task is in its restorer blob, ready, after {:?}",
+        t0.elapsed()
+    );
     for t in plan.tasks.iter().filter(|t| t.state == TASK_DEAD) {
         let st = std::fs::read_to_string(format!("/proc/{}/stat", t.pid)).unwrap_or_default();
         let state = st
@@ -181,9 +213,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             });
         }
     }
+    // Release: one byte per task on go_fd.
+    let go = vec![b'g'; alive];
+    let mut off = 0;
+    while off < go.len() {
+        off += nix::unistd::write(&hold_w, &go[off..]).map_err(|e| sys0("release tasks", e))?;
+    }
     drop(hold_w);
-    for s in &switched {
-        s.release()?;
+    for t in plan.tasks.iter().filter(|t| t.state == plan::TASK_STOPPED) {
+        let _ = kill(Pid::from_raw(t.pid), Signal::SIGSTOP);
     }
     guard.armed = false;
     tracing::info!(root, "restored in {:?}", t0.elapsed());
@@ -197,30 +235,31 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     Ok(Restored { root })
 }
 
-fn close_parked(opened: &mut files::Opened, ctl: tree::Ctl) {
-    // The restorer keeps ready_r and hold_w; ready_w/hold_r stay parked only for the tasks.
-    // Closing our copies is safe: they were duplicated into the forked tasks.
-    opened.forget(&[ctl.ready_w, ctl.hold_r]);
-}
-
-/// Reads `n` READY records (or the first error record) from the tasks.
-fn wait_ready(
+/// Waits until `n` tasks report READY from their restorer blob (StatusRecord on `status_r`),
+/// failing on the first error record of a task (`ready_r`) or of a blob, or if the root dies.
+fn wait_tasks(
     ready_r: &OwnedFd,
+    status_r: &OwnedFd,
     n: usize,
     root: i32,
     timeout: Duration,
 ) -> Result<(), RestoreError> {
+    use blob_args::abi::{StatusRecord, STAGE_READY};
     let deadline = Instant::now() + timeout;
     let mut got = 0;
-    let mut buf = Vec::new();
+    let mut sbuf: Vec<u8> = Vec::new();
+    let rec_len = std::mem::size_of::<StatusRecord>();
     while got < n {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(RestoreError::Timeout(format!(
-                "tree creation ({got} of {n} tasks ready)"
+                "restore of the tasks ({got} of {n} ready)"
             )));
         }
-        let mut fds = [PollFd::new(ready_r.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [
+            PollFd::new(ready_r.as_fd(), PollFlags::POLLIN),
+            PollFd::new(status_r.as_fd(), PollFlags::POLLIN),
+        ];
         let ms =
             PollTimeout::try_from(left.as_millis().min(100) as i32).unwrap_or(PollTimeout::ZERO);
         match poll(&mut fds, ms) {
@@ -228,66 +267,110 @@ fn wait_ready(
                 if let Ok(st @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) =
                     waitpid(Pid::from_raw(root), Some(WaitPidFlag::WNOHANG))
                 {
-                    // Drain a pending error record first: it explains the exit.
-                    let mut rec = [0u8; tree::RECORD];
-                    if let Ok(tree::RECORD) = nix::unistd::read(ready_r.as_raw_fd_ref(), &mut rec) {
-                        let (pid, errno, step) = tree::parse_record(&rec);
-                        if errno != 0 {
-                            return Err(RestoreError::sys(
-                                step,
-                                pid,
-                                nix::errno::Errno::from_raw(errno),
-                            ));
-                        }
-                    }
+                    check_task_records(ready_r)?;
                     return Err(RestoreError::TaskDied {
                         pid: root,
-                        step: "tree creation".into(),
+                        step: "restore".into(),
                         status: format!("{st:?}"),
                     });
                 }
                 continue;
             }
             Ok(_) => {}
-            Err(e) => return Err(sys0("poll ready pipe", e)),
+            Err(e) => return Err(sys0("poll", e)),
         }
-        let mut chunk = [0u8; tree::RECORD * 8];
-        let r = nix::unistd::read(ready_r.as_raw_fd_ref(), &mut chunk)
-            .map_err(|e| sys0("read ready pipe", e))?;
-        if r == 0 {
+        let ready_ev = fds[0].revents().unwrap_or(PollFlags::empty());
+        let status_ev = fds[1].revents().unwrap_or(PollFlags::empty());
+        if ready_ev.intersects(PollFlags::POLLIN) {
+            check_task_records(ready_r)?;
+        }
+        if status_ev.intersects(PollFlags::POLLIN) {
+            let mut chunk = [0u8; 24 * 16];
+            let r = nix::unistd::read(status_r.as_fd(), &mut chunk)
+                .map_err(|e| sys0("read status pipe", e))?;
+            sbuf.extend_from_slice(&chunk[..r]);
+            while sbuf.len() >= rec_len {
+                let rec: StatusRecord = crate::sys::pod::read_pod(&sbuf[..rec_len])
+                    .ok_or_else(|| sys0("decode a status record", nix::errno::Errno::EINVAL))?;
+                sbuf.drain(..rec_len);
+                if rec.stage != STAGE_READY {
+                    return Err(RestoreError::Sys {
+                        step: format!(
+                            "restorer blob: {} (entry {})",
+                            blob_step_name(rec.step),
+                            rec.index
+                        ),
+                        pid: rec.pid as i32,
+                        errno: nix::errno::Errno::from_raw(rec.code),
+                    });
+                }
+                if rec.code as u32 & blob_args::abi::STATUS_AREA_KEPT != 0 {
+                    tracing::warn!(pid = rec.pid, "the restorer area stays mapped in the task");
+                }
+                got += 1;
+            }
+        } else if status_ev.intersects(PollFlags::POLLHUP)
+            && !ready_ev.intersects(PollFlags::POLLIN)
+        {
+            check_task_records(ready_r)?;
             return Err(RestoreError::TaskDied {
                 pid: root,
-                step: "tree creation".into(),
-                status: "all tasks exited".into(),
+                step: "restore".into(),
+                status: "every task exited".into(),
             });
-        }
-        buf.extend_from_slice(&chunk[..r]);
-        while buf.len() >= tree::RECORD {
-            let rec: [u8; tree::RECORD] =
-                buf[..tree::RECORD].try_into().unwrap_or([0; tree::RECORD]);
-            buf.drain(..tree::RECORD);
-            let (pid, errno, step) = tree::parse_record(&rec);
-            if errno != 0 {
-                return Err(RestoreError::sys(
-                    format!("task {pid}: {step}"),
-                    pid,
-                    nix::errno::Errno::from_raw(errno),
-                ));
-            }
-            got += 1;
         }
     }
     Ok(())
 }
 
-/// Helper so `read` gets a borrowed fd.
-trait AsRawFdRef {
-    fn as_raw_fd_ref(&self) -> std::os::fd::BorrowedFd<'_>;
+/// The name of a blob step (`abi::step::*`) for messages.
+fn blob_step_name(s: u32) -> &'static str {
+    use blob_args::abi::step::*;
+    match s {
+        BAD_ARGS => "check arguments",
+        UNMAP => "unmap the restorer",
+        SPECIAL_REMAP => "move vdso/vvar",
+        VMA_MOVE => "move a premapped vma",
+        VMA_MMAP => "mmap a vma",
+        VMA_MADVISE => "madvise",
+        VMA_PROTECT => "mprotect",
+        VDSO_PATCH => "patch the vdso",
+        MM_MAP => "prctl(PR_SET_MM_MAP)",
+        SIGACTION => "sigaction",
+        RLIMIT => "setrlimit",
+        PRCTL => "prctl",
+        CLONE_THREAD => "clone3 a thread",
+        RSEQ => "register rseq",
+        THREAD_STATE => "thread state",
+        CREDS => "creds",
+        SIGQUEUE => "queue a pending signal",
+        POSIX_TIMER => "posix timer",
+        ITIMER => "itimer",
+        GO => "wait for the go-ahead",
+        FRAME => "sigreturn frame",
+        SIGMASK => "signal mask",
+        RSEQ_DROP => "drop the inherited rseq",
+        SECCOMP => "seccomp",
+        _ => "unknown step",
+    }
 }
 
-impl AsRawFdRef for OwnedFd {
-    fn as_raw_fd_ref(&self) -> std::os::fd::BorrowedFd<'_> {
-        let _ = self.as_raw_fd();
-        self.as_fd()
+/// Reads pending error records of tasks (written before they enter the blob).
+fn check_task_records(ready_r: &OwnedFd) -> Result<(), RestoreError> {
+    let mut fds = [PollFd::new(ready_r.as_fd(), PollFlags::POLLIN)];
+    if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1)) {
+        return Ok(());
     }
+    let mut rec = [0u8; tree::RECORD];
+    if let Ok(tree::RECORD) = nix::unistd::read(ready_r.as_fd(), &mut rec) {
+        let (pid, errno, step) = tree::parse_record(&rec);
+        if errno != 0 {
+            return Err(RestoreError::sys(
+                format!("task {pid}: {step}"),
+                pid,
+                nix::errno::Errno::from_raw(errno),
+            ));
+        }
+    }
+    Ok(())
 }

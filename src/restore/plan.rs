@@ -136,6 +136,10 @@ pub struct Plan {
     pub pipe_data: HashMap<u32, (u32, Vec<u8>)>,
     /// FIFO data by pipe_id: (pipe size, bytes).
     pub fifo_data: HashMap<u32, (u32, Vec<u8>)>,
+    /// seccomp.img (filters referenced by the threads' cores), if present.
+    pub seccomp: Option<stasis_images::pb::SeccompEntry>,
+    /// `--shell-job`: the root's session and group (if not its own) are the caller's.
+    pub shell_job: bool,
     /// Ghost files by the orig file id: (entry, data chunks (offset, bytes)).
     pub ghosts: HashMap<u32, Ghost>,
 }
@@ -390,7 +394,13 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             ghosts.insert(e.orig_id, (head, chunks));
         }
     }
+    let seccomp = match ImageFile::open_opt(dir, "seccomp.img")? {
+        Some(mut f) => f.next_msg::<stasis_images::pb::SeccompEntry>()?,
+        None => None,
+    };
     let plan = Plan {
+        seccomp,
+        shell_job: false,
         fifo_data,
         dir: dir.to_path_buf(),
         tasks,

@@ -1,16 +1,16 @@
 //! Creating the process tree: each task is forked by its parent with its original PID
 //! (`clone3` + `set_tid`), sets up its session, group, descriptors, cwd, root and umask, then
-//! reports to the restorer and waits to be seized.
+//! enters the restorer blob, which reports to the restorer and waits for its go-ahead.
 //!
 //! ```text
 //! restorer ──clone3(pid=root)──▶ root: setsid? setpgid? ──clone3(pid=child)──▶ child ...
-//!                                      dup2 fds, chdir, umask
-//!                                      write READY{pid, errno=0} ──▶ ready pipe ──▶ restorer
-//!                                      read(hold pipe) (blocks; EOF = restorer gone: exit)
+//!                                      dup2 fds, chdir, umask, join its group
+//!                                      enter the restorer blob (super::blob); errors before
+//!                                      that: a record {pid, errno, step} on the ready pipe
 //! zombie: forked like the others, exits at once with its recorded status.
 //! ```
-//! Every task has `PR_SET_PDEATHSIG(SIGKILL)` until the switch, so a dying parent takes its
-//! half-restored children with it.
+//! Every task has `PR_SET_PDEATHSIG(SIGKILL)` until it enters the blob, so a dying parent takes
+//! its half-restored children with it; in the blob, EOF on go_fd (restorer gone) ends it.
 
 use std::collections::BTreeSet;
 use std::os::fd::RawFd;
@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use super::files::{keep_only, Opened};
 use super::plan::{Plan, TASK_DEAD};
 use crate::sys::clone3::{fork_with_pid, Forked};
-use crate::sys::fds::{dup2_raw, read_raw, write_raw};
+use crate::sys::fds::{dup2_raw, write_raw};
 use crate::sys::tracee::{exit_now, set_pdeathsig};
 
 /// Size of one record on the ready pipe: pid i32, errno i32, step (NUL padded).
@@ -30,10 +30,12 @@ pub const RECORD: usize = 48;
 /// The control pipes shared by every task (parked descriptors).
 #[derive(Debug, Clone, Copy)]
 pub struct Ctl {
-    /// Tasks write their READY/error record here.
+    /// A task that fails before entering the blob writes its error record here.
     pub ready_w: RawFd,
-    /// Tasks block reading this until seized.
+    /// Tasks block reading this until released (the blob's `go_fd`).
     pub hold_r: RawFd,
+    /// The blob writes its StatusRecord here.
+    pub status_w: RawFd,
 }
 
 /// Encodes a record.
@@ -112,8 +114,10 @@ fn run_task(
     }
     keep.extend(opened.maps.values().copied());
     keep.extend(opened.shmem.values().copied());
+    keep.extend(opened.pages.values().copied());
     keep.insert(ctl.ready_w);
     keep.insert(ctl.hold_r);
+    keep.insert(ctl.status_w);
     keep_only(&keep).map_err(|e| ("close descriptors", e))?;
     if let Some(fs) = &t.fs {
         let name = |id: u32| {
@@ -135,11 +139,32 @@ fn run_task(
         }
     }
     write_raw(ctl.ready_w, &record(t.pid, 0, "ready")).map_err(|e| ("report ready", e))?;
-    let mut b = [0u8; 1];
+    join_group(plan, t)?;
+    let targets: Vec<RawFd> = t.fds.iter().map(|f| f.fd as RawFd).collect();
+    // From here a vanished restorer shows as EOF on go_fd (the blob then exits); the parent
+    // death signal must not outlive the restore (with -d the restorer exits right away).
+    set_pdeathsig(0).map_err(|e| ("clear pdeathsig", e))?;
+    match super::blob::enter(plan, t, opened, ctl.status_w, ctl.hold_r, &targets) {
+        Err(e) => Err(e),
+    }
+}
+
+/// Joins a process group led by another task (waits, bounded, for the leader to exist: it
+/// may be a task created later in the tree).
+fn join_group(plan: &Plan, t: &super::plan::TaskPlan) -> Result<(), (&'static str, Errno)> {
+    let root = &plan.tasks[0];
+    let outside = plan.shell_job && root.pgid != root.pid && t.pgid == root.pgid;
+    if t.pgid == t.pid || outside || nix::unistd::getpgrp().as_raw() == t.pgid {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match read_raw(ctl.hold_r, &mut b) {
-            Err(Errno::EINTR) => continue,
-            _ => exit_now(1),
+        match nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(t.pgid)) {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() > deadline => {
+                return Err(("join process group", e))
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
         }
     }
 }

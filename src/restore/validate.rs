@@ -13,6 +13,12 @@ use super::plan::Plan;
 pub fn pids_free(plan: &Plan) -> Result<(), RestoreError> {
     for id in plan.all_ids() {
         let p = format!("/proc/{id}");
+        // A task that just died (e.g. killed by the dump) keeps its PID until reaped: give
+        // its parent a moment before calling the PID taken.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while Path::new(&p).exists() && is_dead(id) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         if Path::new(&p).exists() {
             return Err(RestoreError::PidTaken {
                 pid: id,
@@ -21,6 +27,19 @@ pub fn pids_free(plan: &Plan) -> Result<(), RestoreError> {
         }
     }
     Ok(())
+}
+
+/// Whether `pid` is a zombie or dead task.
+fn is_dead(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                .map(String::from)
+        })
+        .is_some_and(|st| st == "Z" || st == "X")
 }
 
 /// "comm (cmdline)" of a running task, for messages.
@@ -41,11 +60,14 @@ pub fn owner_of(pid: i32) -> String {
                 .and_then(|l| l[5..].trim().parse::<i32>().ok())
         })
         .unwrap_or(pid);
-    let who = if tgid != pid {
+    let mut who = if tgid != pid {
         format!(" (a thread of {tgid})")
     } else {
         String::new()
     };
+    if is_dead(pid) {
+        who.push_str(" (zombie, not reaped by its parent)");
+    }
     format!("{} ({}){who}", comm.trim(), cmd)
 }
 

@@ -70,3 +70,43 @@ pub fn dup_above(fd: RawFd, min: RawFd) -> Result<RawFd, Errno> {
     }
     Ok(r)
 }
+
+/// `pread(fd, dst, len, off)` into memory of this task that the caller just mapped writable
+/// (`dst..dst+len` must be such a mapping; used to fill premapped VMAs).
+pub fn pread_raw(fd: RawFd, dst: u64, len: u64, off: u64) -> Result<usize, Errno> {
+    // SAFETY: the caller guarantees dst..dst+len is a writable mapping of its own that no
+    // Rust object refers to (a premapped VMA of a forked task).
+    let r = unsafe {
+        libc::pread(
+            fd,
+            dst as *mut libc::c_void,
+            len as usize,
+            off as libc::off_t,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(r as usize)
+}
+
+/// `mmap(addr, len, PROT_READ|PROT_WRITE, flags|MAP_FIXED_NOREPLACE, fd, off)`: a new mapping
+/// at `addr` exactly, or an error if anything is mapped there.
+pub fn mmap_noreplace(addr: u64, len: u64, flags: i32, fd: RawFd, off: u64) -> Result<u64, Errno> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no memory Rust
+    // uses is affected; the new range is not referenced by any Rust object.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags | libc::MAP_FIXED_NOREPLACE,
+            fd,
+            off as libc::off_t,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    Ok(p as u64)
+}

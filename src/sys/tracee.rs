@@ -1,5 +1,5 @@
-//! ptrace primitives the restorer uses to finish a task: seize a prepared task, run system
-//! calls inside it, and load its final registers, FPU state and signal mask.
+//! ptrace primitives (seize, registers, XSAVE area, signal mask, rseq configuration) and the
+//! syscall-injection protocol below (used by the dump engine), plus small process helpers.
 //!
 //! Syscall injection protocol (no code of ours is needed in the tracee):
 //!
@@ -236,4 +236,20 @@ pub fn exit_now(code: i32) -> ! {
 pub fn xfeature_offset(bit: u32) -> Option<usize> {
     let r = core::arch::x86_64::__cpuid_count(0xd, bit);
     (r.eax != 0).then_some(r.ebx as usize)
+}
+
+/// The XSAVE features the OS enabled (XCR0), or 0x3 (x87|SSE) without OSXSAVE.
+pub fn xcr0() -> u64 {
+    let leaf1 = core::arch::x86_64::__cpuid(1);
+    if leaf1.ecx & (1 << 27) == 0 {
+        return 0x3;
+    }
+    #[target_feature(enable = "xsave")]
+    fn read() -> u64 {
+        // SAFETY: XGETBV(0) is allowed in user mode once the OS set CR4.OSXSAVE, which
+        // CPUID.1:ECX.OSXSAVE (checked by the caller) reports.
+        unsafe { core::arch::x86_64::_xgetbv(0) }
+    }
+    // SAFETY: the xsave target feature is present: OSXSAVE implies XSAVE support.
+    unsafe { read() }
 }

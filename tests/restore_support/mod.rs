@@ -200,6 +200,15 @@ pub fn verify(name: &str, pidfile: &Path) -> (bool, String) {
 /// Waits for the fixture's PIDs to be free (another test's leftovers being reaped).
 pub fn pids_ready(name: &str) {
     let (_, pids) = manifest(name);
+    // Keep the PID allocator out of the fixtures' range (30000-30699) while we use it: new
+    // processes of the machine would otherwise take the PIDs the images need.
+    let last: i32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if (29000..30700).contains(&last) {
+        let _ = std::fs::write("/proc/sys/kernel/ns_last_pid", "30700");
+    }
     assert!(
         wait_pids_free(&pids, Duration::from_secs(15)),
         "pids of {name} still taken: {:?}",
