@@ -148,7 +148,6 @@ fn round_trip_fx_files() {
 }
 
 #[test]
-#[ignore = "restore-engine arms ITIMER_REAL stored with value 0 (expired, SIGALRM pending) as disarmed; CRIU's restore arms it: enable when fixed"]
 fn round_trip_fx_signals() {
     round_trip("fx-signals", 32440, vec![], false);
 }
