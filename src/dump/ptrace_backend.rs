@@ -12,8 +12,8 @@
 //!                  │ (sp - 1024), read and restored through /proc/PID/mem
 //!  restore regs, mask
 //! ```
-//! Pending signals come from PTRACE_PEEKSIGINFO (`crate::sys::ptrace`); GDT TLS slots are
-//! not read yet (64-bit programs leave them empty). The full
+//! Pending signals come from PTRACE_PEEKSIGINFO and the GDT TLS slots from
+//! PTRACE_GET_THREAD_AREA (`crate::sys::ptrace`). The full
 //! ptrace/parasite layer (`dump-infra`) replaces this backend when it lands.
 
 use std::collections::BTreeMap;
@@ -28,7 +28,7 @@ use super::error::{DumpError, Result};
 use super::freeze::{Backend, CgroupFreeze, FrozenTree};
 use super::options::DumpOptions;
 use super::probe::{
-    GpRegs, Itimer, PosixTimerValue, ProcessProbe, SigAction, TaskProbe, ThreadProbe,
+    GpRegs, Itimer, PosixTimerValue, ProcessProbe, SigAction, TaskProbe, ThreadProbe, TlsDesc,
 };
 use crate::proc;
 use crate::sys::tracee;
@@ -75,18 +75,17 @@ pub struct PtraceFrozen {
     released: bool,
 }
 
+/// Waits until `tid` is in the interrupt stop; false if it exited. A signal-delivery stop
+/// that comes first gets its signal back (PTRACE_CONT with it), then we wait again: the
+/// pending interrupt traps right after, and the task has seen its signal as it would have.
 fn wait_stop(tid: i32) -> Result<bool> {
-    loop {
+    for _ in 0..1024 {
         match tracee::wait(tid) {
             Ok(WaitStatus::PtraceEvent(..)) => return Ok(true),
             Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) => return Ok(false),
             Ok(WaitStatus::Stopped(_, sig)) => {
-                return Err(DumpError::new(
-                    "seize",
-                    tid,
-                    None,
-                    format!("thread stopped for signal {sig:?} instead of the interrupt"),
-                ))
+                crate::sys::ptrace::cont(tid, sig as i32)
+                    .map_err(|e| DumpError::sys("seize", tid, e))?;
             }
             Ok(_) => continue,
             Err(Errno::EINTR) => continue,
@@ -94,6 +93,12 @@ fn wait_stop(tid: i32) -> Result<bool> {
             Err(e) => return Err(perr("seize", tid, "wait", e)),
         }
     }
+    Err(DumpError::new(
+        "seize",
+        tid,
+        Some(libc::EAGAIN),
+        "signals keep arriving before the interrupt stop",
+    ))
 }
 
 impl Backend for PtraceBackend {
@@ -380,7 +385,21 @@ impl TaskProbe for PtraceFrozen {
         Ok(ThreadProbe {
             regs: regs_for_image(&regs),
             fpregs: super::xsave::fpregs_from_xsave(&xs),
-            tls: Vec::new(),
+            tls: crate::sys::ptrace::tls(tid)
+                .map_err(|e| DumpError::sys("core", tid, e))?
+                .iter()
+                .map(|u| TlsDesc {
+                    entry_number: u.entry_number,
+                    base_addr: u.base_addr,
+                    limit: u.limit,
+                    seg_32bit: u.seg_32bit(),
+                    contents: u.contents(),
+                    read_exec_only: u.read_exec_only(),
+                    limit_in_pages: u.limit_in_pages(),
+                    seg_not_present: u.seg_not_present(),
+                    usable: u.useable(),
+                })
+                .collect(),
             clear_tid_addr: if ok(1) { res[1].1 } else { 0 },
             futex_rla: if ok(2) { res[2].1 } else { 0 },
             futex_rla_len: if ok(2) { res[2].2 as u32 } else { 0 },

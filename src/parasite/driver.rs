@@ -340,9 +340,16 @@ impl<'a> Parasite<'a> {
     }
 
     fn flush_pages(&mut self, batch: &[RemoteIov], bytes: u64, out: BorrowedFd<'_>) -> Result<u64> {
-        let (reply, _) = self.command(CMD_DUMP_PAGES, bytes_of_slice(batch), &[])?;
+        let (reply, _) = match self.command(CMD_DUMP_PAGES, bytes_of_slice(batch), &[]) {
+            Ok(r) => r,
+            Err(e) => {
+                self.discard_pipe();
+                return Err(e);
+            }
+        };
         let done = proto::read::<u64>(&reply).unwrap_or(0);
         if done != bytes {
+            self.discard_pipe();
             return Err(Error::Protocol {
                 cmd: "DUMP_PAGES",
                 pid: self.leader.tgid(),
@@ -354,6 +361,16 @@ impl<'a> Parasite<'a> {
             channel::splice_exact(read, out, bytes as usize)?;
         }
         Ok(bytes)
+    }
+
+    /// Empties the page pipe after a failed DUMP_PAGES (the pages spliced before the failure
+    /// must not go into the next image).
+    fn discard_pipe(&self) {
+        if let Some(p) = &self.pipe {
+            if let Err(e) = crate::sys::infect::drain_pipe(p.read.as_fd()) {
+                tracing::error!("draining the page pipe of {}: {e}", self.leader.tgid());
+            }
+        }
     }
 
     /// Creates the page pipe and hands its write end to the parasite; returns its capacity.

@@ -41,6 +41,7 @@ pub mod error;
 pub mod fdkinds;
 pub mod fds;
 pub mod freezer;
+pub mod infect;
 pub mod mem;
 pub mod pod;
 pub mod proc_tasks;

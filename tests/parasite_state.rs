@@ -1,0 +1,210 @@
+//! Dump parasite against a workload with known in-task state (tests/parasite_support/
+//! workload.c): misc state, signal dispositions, POSIX timers, per-thread state and drained
+//! fds equal what the workload set and what /proc shows; a failed command leaves the parasite
+//! usable and the cure complete. Every test has a watchdog.
+
+#[path = "parasite_support/mod.rs"]
+mod parasite_support;
+
+use parasite_support::Workload;
+use stasis::parasite::proto::RemoteIov;
+use stasis::parasite::Parasite;
+use stasis::sys::task::SeizedTask;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn snapshot(tasks: &[SeizedTask]) -> Vec<(stasis::sys::regs::TaskRegs, u64)> {
+    tasks
+        .iter()
+        .map(|t| (t.task_regs().unwrap(), t.sigmask().unwrap()))
+        .collect()
+}
+
+#[test]
+fn misc_sigactions_timers_and_threads_match_the_workload() {
+    let w = Workload::start(4, 1, TIMEOUT);
+    let tasks = w.seize_all();
+    let mut p = Parasite::inject(&tasks[0]).expect("inject");
+
+    let m = p.misc().expect("misc");
+    assert_eq!(m.umask, 0o027);
+    assert_eq!(
+        format!("{:04o}", m.umask),
+        w.status_field(w.pid, "Umask"),
+        "/proc/PID/status Umask"
+    );
+    assert_eq!(m.child_subreaper, 1);
+    assert_eq!(m.dumpable, 1);
+    let pers = std::fs::read_to_string(format!("/proc/{}/personality", w.pid)).unwrap();
+    assert_eq!(m.personality, u32::from_str_radix(pers.trim(), 16).unwrap());
+    assert_eq!(
+        (m.rlimits[7].cur, m.rlimits[7].max),
+        (512, 1024),
+        "RLIMIT_NOFILE"
+    );
+    assert_eq!(
+        (m.rlimits[4].cur, m.rlimits[4].max),
+        (0, u64::MAX),
+        "RLIMIT_CORE"
+    );
+    let virt = m.itimers[1];
+    assert_eq!(
+        (virt.interval_sec, virt.interval_usec),
+        (100, 0),
+        "ITIMER_VIRTUAL interval"
+    );
+    assert!(virt.value_sec > 990 && virt.value_sec <= 1000, "{virt:?}");
+    let prof = m.itimers[2];
+    assert_eq!(prof.interval_sec, 0);
+    assert!(prof.value_sec > 1990 && prof.value_sec <= 2000, "{prof:?}");
+    assert_eq!(m.pid, w.pid);
+
+    let acts = p.sigactions().expect("sigactions");
+    let usr1 = acts[libc::SIGUSR1 as usize - 1];
+    assert_ne!(usr1.handler, 0);
+    assert_ne!(usr1.flags & libc::SA_RESTART as u64, 0);
+    assert_eq!(usr1.mask, 1 << (libc::SIGUSR2 - 1));
+    assert_eq!(
+        acts[libc::SIGUSR2 as usize - 1].handler,
+        1,
+        "SIGUSR2 ignored"
+    );
+    let hup = acts[libc::SIGHUP as usize - 1];
+    let want = (libc::SA_SIGINFO | libc::SA_ONSTACK) as u64;
+    assert_eq!(hup.flags & want, want);
+    assert_eq!(
+        acts[libc::SIGTERM as usize - 1].handler,
+        0,
+        "SIGTERM default"
+    );
+
+    let timers = std::fs::read_to_string(format!("/proc/{}/timers", w.pid)).unwrap();
+    let ids: Vec<i32> = timers
+        .lines()
+        .filter_map(|l| l.strip_prefix("ID: ")?.trim().parse().ok())
+        .collect();
+    assert_eq!(ids.len(), 1, "{timers}");
+    let t = p.posix_timers(&ids).expect("timers");
+    assert_eq!(t[0].id, ids[0]);
+    assert_eq!((t[0].interval_sec, t[0].interval_nsec), (5, 0));
+    assert!(t[0].value_sec > 990 && t[0].value_sec <= 1000, "{:?}", t[0]);
+    assert_eq!(t[0].overrun, 0);
+
+    let mut stacks = Vec::new();
+    for (k, task) in tasks.iter().enumerate() {
+        let st = p.thread_state(task).expect("thread state");
+        assert_ne!(st.tid_address, 0, "thread {}", task.tid());
+        let pdeath = if k == 0 { libc::SIGUSR2 } else { 0 };
+        assert_eq!(
+            st.pdeath_sig,
+            pdeath,
+            "pdeath signal of thread {}",
+            task.tid()
+        );
+        stacks.push((st.altstack_sp, st.altstack_size));
+    }
+    stacks.sort();
+    let want: Vec<(u64, u64)> = (0..4u64)
+        .map(|k| (w.alt_base + k * 65536, (k + 1) * 8192))
+        .collect();
+    assert_eq!(stacks, want, "sigaltstacks of the threads");
+    p.cure().expect("cure");
+    drop(tasks);
+    w.assert_in_time();
+}
+
+#[test]
+fn drained_fds_are_the_tasks_files() {
+    let w = Workload::start(2, 1, TIMEOUT);
+    let tasks = w.seize_all();
+    let mut p = Parasite::inject(&tasks[0]).expect("inject");
+    let fds = [w.file_fd, w.pipe_fd, w.sock_fd];
+    let got = p.drain_fds(&fds).expect("drain fds");
+    assert_eq!(got.len(), fds.len());
+    for ((file, opts), fd) in got.iter().zip(fds) {
+        assert_eq!(opts.fd, fd);
+        let theirs = std::fs::metadata(format!("/proc/{}/fd/{fd}", w.pid)).unwrap();
+        let ours = std::fs::metadata(format!("/proc/self/fd/{}", {
+            use std::os::fd::AsRawFd;
+            file.as_raw_fd()
+        }))
+        .unwrap();
+        assert_eq!(
+            (ours.dev(), ours.ino()),
+            (theirs.dev(), theirs.ino()),
+            "fd {fd}"
+        );
+        let cloexec = fd == w.file_fd;
+        assert_eq!(
+            opts.fd_flags & libc::FD_CLOEXEC != 0,
+            cloexec,
+            "FD_CLOEXEC of fd {fd}"
+        );
+    }
+    // Same open file description: the pipe's O_NONBLOCK is visible through our copy.
+    let fl = nix::fcntl::fcntl(got[1].0.as_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+    assert_ne!(fl & libc::O_NONBLOCK, 0);
+    p.cure().expect("cure");
+    drop(tasks);
+    w.assert_in_time();
+}
+
+#[test]
+fn failed_command_cures_cleanly() {
+    let w = Workload::start(2, 1, TIMEOUT);
+    let maps_before = w.maps();
+    let tasks = w.seize_all();
+    let before = snapshot(&tasks);
+    let mut p = Parasite::inject(&tasks[0]).expect("inject");
+    let out = tempfile::tempfile().unwrap();
+    let bad = [RemoteIov {
+        base: 0x1000,
+        len: 4096,
+    }];
+    assert!(
+        p.dump_pages(&bad, out.as_fd()).is_err(),
+        "unmapped page dumped"
+    );
+    // A good page, then an unmapped one: fails, and leaves nothing behind in the pipe.
+    let half = [
+        RemoteIov {
+            base: w.mem_addr + 8192,
+            len: 4096,
+        },
+        RemoteIov {
+            base: 0x1000,
+            len: 4096,
+        },
+    ];
+    assert!(
+        p.dump_pages(&half, out.as_fd()).is_err(),
+        "unmapped page dumped"
+    );
+    // Still serving after a failed command, with exactly the asked bytes.
+    let ok = [RemoteIov {
+        base: w.mem_addr,
+        len: 8192,
+    }];
+    let good = tempfile::tempfile().unwrap();
+    assert_eq!(
+        p.dump_pages(&ok, good.as_fd()).expect("dump after failure"),
+        8192
+    );
+    let mut got = vec![0u8; 8193];
+    use std::os::unix::fs::FileExt;
+    let n = good.read_at(&mut got, 0).unwrap();
+    assert_eq!(n, 8192);
+    assert!(
+        got[..8192] == w.pattern()[..8192],
+        "stale bytes from the failed command"
+    );
+    p.cure().expect("cure");
+    assert_eq!(snapshot(&tasks), before, "registers or masks changed");
+    assert_eq!(w.maps(), maps_before, "parasite area left");
+    drop(tasks);
+    let c = w.counter();
+    w.wait_counting(c);
+}
