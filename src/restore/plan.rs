@@ -417,24 +417,37 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
 fn check_references(plan: &Plan) -> Result<(), RestoreError> {
     let mut vm_ids: HashMap<u32, i32> = HashMap::new();
     for t in &plan.tasks {
-        for th in &t.threads {
-            let mode = th
-                .core
-                .thread_core
-                .as_ref()
-                .and_then(|c| c.seccomp_mode)
-                .unwrap_or(0);
+        // The blob's argument conversion, run up front so a bad core fails before any task
+        // exists (seccomp filter chains, strict seccomp, registers, ...).
+        for (i, th) in t.threads.iter().enumerate() {
+            let core_path = plan.dir.join(format!("core-{}.img", th.tid));
+            let conv = |e: &dyn std::fmt::Display| RestoreError::Image {
+                path: core_path.clone(),
+                index: 0,
+                what: e.to_string(),
+            };
+            super::blob_core::thread_from_core(
+                th.tid as u32,
+                &th.core,
+                i == 0,
+                plan.seccomp.as_ref(),
+            )
+            .map_err(|e| conv(&e))?;
+            if i == 0 {
+                let mut spec = super::blob_args::TaskSpec::new();
+                super::blob_core::task_from_core(&mut spec, th.tid as u32, &th.core)
+                    .map_err(|e| conv(&e))?;
+            }
             let old = th
                 .core
                 .tc
                 .as_ref()
                 .and_then(|c| c.old_seccomp_mode)
                 .unwrap_or(0);
-            if mode != 0 || old != 0 {
+            if old != 0 {
                 return Err(RestoreError::Unsupported(format!(
-                    "core-{}.img: seccomp mode {} (seccomp filters are not restored)",
-                    th.tid,
-                    mode.max(old)
+                    "core-{}.img: old-style seccomp mode {old}",
+                    th.tid
                 )));
             }
         }
