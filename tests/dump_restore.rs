@@ -151,3 +151,117 @@ fn round_trip_fx_files() {
 fn round_trip_fx_signals() {
     round_trip("fx-signals", 32440, vec![], false);
 }
+
+#[test]
+fn round_trip_python_threads() {
+    let _lock = restore_lock();
+    let base = 32180;
+    let cg = cgroup_path("python3-rt", base);
+    let restored: std::sync::Arc<std::sync::Mutex<Vec<i32>>> = Default::default();
+    let r2 = restored.clone();
+    with_deadline(
+        90,
+        move || {
+            kill_cgroup(&cg);
+            kill_pids(&r2.lock().unwrap());
+        },
+        move || {
+            let dir = std::path::PathBuf::from(format!(
+                "/tmp/stasis-dump-tests/py-rt-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let out_file = dir.join("out");
+            let script = format!(
+                "import threading, time, os\n\
+                 counts = [0] * 4\n\
+                 def work(i):\n    while True:\n        counts[i] += 1\n        time.sleep(0.005)\n\
+                 for i in range(4):\n    threading.Thread(target=work, args=(i,), daemon=True).start()\n\
+                 while True:\n    open('{o}.tmp', 'w').write(' '.join(map(str, counts)))\n    os.rename('{o}.tmp', '{o}')\n    time.sleep(0.05)\n",
+                o = out_file.display()
+            );
+            std::fs::write(dir.join("t.py"), script).unwrap();
+            // setsid: its own session, so no --shell-job is needed.
+            let mut w = launch_cmd(
+                "python3-rt",
+                base,
+                &format!("setsid python3 {}", dir.join("t.py").display()),
+                &out_file,
+            );
+            let images = dir.join("img");
+            std::fs::create_dir_all(&images).unwrap();
+            let out = stasis()
+                .args(["dump", "-t", &w.pid.to_string(), "-D"])
+                .arg(&images)
+                .args(["-o", "dump.log", "-v4"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "dump: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(count_cores(&images), 5);
+            let before = std::fs::read_to_string(&out_file).unwrap();
+            // The dumped (killed) python is our child: reap it so its pid is free.
+            if let Some(c) = w.child.as_mut() {
+                let _ = c.wait();
+            }
+            w.child = None;
+            let pids = pids_of(&images);
+            *restored.lock().unwrap() = pids.clone();
+            let t0 = Instant::now();
+            while !gone(&pids) {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "dumped python still alive"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let out = stasis()
+                .args(["restore", "-d", "-D"])
+                .arg(&images)
+                .args(["-o", "restore.log", "-v4"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "restore: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // Every thread counts on from where it was.
+            let sum = |s: &str| -> Vec<u64> {
+                s.split_whitespace().map(|x| x.parse().unwrap()).collect()
+            };
+            let b = sum(&before);
+            let t1 = Instant::now();
+            loop {
+                let now = sum(&std::fs::read_to_string(&out_file).unwrap_or_default());
+                if now.len() == 4 && now.iter().zip(&b).all(|(n, o)| n > o) {
+                    break;
+                }
+                assert!(
+                    t1.elapsed() < Duration::from_secs(10),
+                    "threads did not go on: {b:?} -> {now:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            kill_pids(&pids);
+            let _ = std::fs::remove_dir_all(&dir);
+        },
+    )
+}
+
+fn count_cores(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("core-")
+        })
+        .count()
+}
