@@ -1,14 +1,10 @@
 //! The `stasis dump` and `stasis check` command lines.
 
-mod dump_support;
+mod common;
 
-use std::process::Command;
-
-use dump_support::*;
-
-fn stasis() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_stasis"))
-}
+use common::deadline::with_deadline;
+use common::dump::*;
+use common::lock::restore_lock;
 
 #[test]
 fn check_reports_features() {
@@ -51,6 +47,7 @@ fn unknown_and_unsupported_options_are_refused_by_name() {
 fn failed_cli_dump_names_step_task_errno_and_releases_the_tree() {
     let base = 32240;
     let cg = cgroup_path("fx-loop", base);
+    let _lock = restore_lock();
     with_deadline(
         60,
         move || kill_cgroup(&cg),
@@ -84,6 +81,7 @@ fn failed_cli_dump_names_step_task_errno_and_releases_the_tree() {
 fn leave_running_dump_with_stats_and_profile() {
     let base = 32260;
     let cg = cgroup_path("fx-loop", base);
+    let _lock = restore_lock();
     with_deadline(
         60,
         move || kill_cgroup(&cg),

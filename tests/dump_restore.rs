@@ -1,52 +1,15 @@
 //! End to end with the command lines: `stasis dump` (ptrace backend, the tree is killed) then
 //! `stasis restore -d` from those images, and the workload verifies itself: PASS.
 
-mod dump_support;
+mod common;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dump_support::*;
-
-fn stasis() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_stasis"))
-}
-
-fn gone(pids: &[i32]) -> bool {
-    pids.iter().all(|p| {
-        std::fs::read_to_string(format!("/proc/{p}/stat"))
-            .map(|s| s.contains(") X"))
-            .unwrap_or(true)
-    })
-}
-
-fn pids_of(dir: &Path) -> Vec<i32> {
-    let doc = decode(&dir.join("pstree.img"));
-    doc["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["pid"].as_i64().unwrap() as i32)
-        .collect()
-}
-
-fn kill_pids(pids: &[i32]) {
-    for &p in pids {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
-/// The restore tests' lock: one restore at a time on this machine.
-fn restore_lock() -> nix::fcntl::Flock<std::fs::File> {
-    let f = std::fs::File::create("/tmp/stasis-restore-tests.lock").unwrap();
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .unwrap()
-}
+use common::deadline::with_deadline;
+use common::dump::*;
+use common::lock::restore_lock;
 
 /// Dumps workload `name` (through its cgroup's freezer when `freeze`, else ptrace alone),
 /// restores it and has it verify itself.

@@ -4,9 +4,10 @@
 //!
 //! Every test runs under a timeout (a stuck syscall fails the test instead of hanging).
 
+mod common;
+
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use prost::Message;
@@ -14,23 +15,7 @@ use stasis::files::{self, DumpFd, DumpOptions, DumpState, Extra, RestoreCtx, Res
 use stasis::images::pb;
 use stasis::sys::{fdkinds, socket};
 
-/// Runs `f` on a thread; fails if it does not finish within `secs`.
-fn with_timeout<F: FnOnce() + Send + 'static>(secs: u64, f: F) {
-    let (tx, rx) = mpsc::channel();
-    let h = std::thread::spawn(move || {
-        f();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(()) => h.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            if let Err(e) = h.join() {
-                std::panic::resume_unwind(e)
-            }
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test timed out after {secs} s"),
-    }
-}
+use common::deadline::with_timeout;
 
 /// Dumps one of our own fds the way the dump engine does for a task's fd.
 fn dump_own(fd: &impl AsFd, id: u32, st: &mut DumpState) -> pb::FileEntry {

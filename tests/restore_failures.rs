@@ -1,13 +1,13 @@
 //! Every rejection class of `stasis restore`: the error names the image or file and the step,
 //! the exit status is 1, and no task of the tree is left alive.
 
-mod restore_support;
+mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use restore_support::*;
+use common::restore::*;
 use stasis::images::framing::Image;
 use stasis::images::pb;
 

@@ -1,9 +1,9 @@
 //! End to end: every CRIU 4.2 fixture restores with `stasis restore -d` and its workload
 //! reports PASS through the fixtures' protocol (SIGUSR2 to the root, verdict file).
 
-mod restore_support;
+mod common;
 
-use restore_support::*;
+use common::restore::*;
 
 fn restores_and_passes(name: &'static str) {
     let s = serial();

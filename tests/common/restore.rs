@@ -1,31 +1,18 @@
-//! Shared harness of the restore tests: fixture paths, one-at-a-time lock (fixture PIDs are
-//! fixed), scratch copies, running `stasis restore` and `verify.sh` with timeouts, and a guard
-//! that kills any fixture task left alive.
-#![allow(dead_code)]
+//! Harness of the restore tests: the restore lock (fixture PIDs are fixed), scratch copies,
+//! running `stasis restore` and `verify.sh` with timeouts, and a guard that kills any fixture
+//! task left alive.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
+use super::lock::{restore_lock, RestoreLock};
 
-/// The fixtures directory (`STASIS_FIXTURES` or `../shared/fixtures` from the repo root).
-pub fn fixtures() -> PathBuf {
-    let p = std::env::var_os("STASIS_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
-    assert!(
-        p.join("criu-4.2").is_dir(),
-        "fixtures not found at {} (set STASIS_FIXTURES)",
-        p.display()
-    );
-    p
-}
+pub use super::fixtures::{fixtures, install as reinstall};
 
-/// Holds the cross-process lock that serializes every test restoring fixtures.
+/// Holds the restore lock for the whole test, with a scratch directory.
 pub struct Serial {
-    _lock: Flock<File>,
+    _lock: RestoreLock,
     /// Scratch directory of this test.
     pub scratch: tempfile::TempDir,
 }
@@ -33,18 +20,8 @@ pub struct Serial {
 /// Takes the lock, installs the fixtures once per lock holder, and checks we are root.
 pub fn serial() -> Serial {
     assert!(nix::unistd::geteuid().is_root(), "restore tests need root");
-    let f = File::create("/tmp/stasis-restore-tests.lock").expect("create lock file");
-    let lock = Flock::lock(f, FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("flock");
-    let out = Command::new(fixtures().join("install.sh"))
-        .output()
-        .expect("run install.sh");
-    assert!(
-        out.status.success(),
-        "install.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let lock = restore_lock();
+    reinstall();
     Serial {
         _lock: lock,
         scratch: tempfile::tempdir().expect("scratch dir"),
@@ -215,18 +192,6 @@ pub fn pids_ready(name: &str) {
         pids.iter()
             .filter(|p| Path::new(&format!("/proc/{p}")).exists())
             .collect::<Vec<_>>()
-    );
-}
-
-/// Re-runs install.sh (restores data files a test changed).
-pub fn reinstall() {
-    let out = Command::new(fixtures().join("install.sh"))
-        .output()
-        .expect("run install.sh");
-    assert!(
-        out.status.success(),
-        "install.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 
