@@ -28,6 +28,40 @@ pub fn serial() -> Serial {
     }
 }
 
+/// A test restoring fixture `name`: the lock held, the fixture's PIDs free, a scratch copy
+/// of its images, and its tasks killed at the end. Fields drop in order: leftovers are
+/// killed before the lock is released.
+pub struct FixtureRun {
+    /// The scratch copy of the images.
+    pub dir: PathBuf,
+    pub leftovers: Leftovers,
+    pub serial: Serial,
+}
+
+/// Prepares a [`FixtureRun`] of fixture `name`.
+pub fn fixture_run(name: &'static str) -> FixtureRun {
+    let serial = serial();
+    pids_ready(name);
+    let leftovers = Leftovers(name);
+    let dir = scratch_copy(&serial, name);
+    FixtureRun {
+        dir,
+        leftovers,
+        serial,
+    }
+}
+
+/// Rewrites the single-entry image `path` after `edit` changed its entry.
+pub fn edit_single<M: prost::Message + Default>(path: &Path, edit: impl FnOnce(&mut M)) {
+    let img = stasis::images::framing::Image::read_file(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut entry: M = img.single().expect("single entry");
+    edit(&mut entry);
+    stasis::images::framing::Image::from_messages(img.kind, &[entry])
+        .write_file(path)
+        .expect("write image");
+}
+
 /// Root PID and every PID/TID of a fixture, from manifest.tsv.
 pub fn manifest(name: &str) -> (i32, Vec<i32>) {
     let text = std::fs::read_to_string(fixtures().join("manifest.tsv")).expect("manifest");
