@@ -8,6 +8,9 @@
 //! __export_fini_trap       the ip of the task when it traps after serve returned
 //! __export_syscall_gadget  `syscall; int3`: lets the dumper run remote syscalls in any
 //!                          thread of the task without poking code
+//! __export_thread_entry    rdi = a ThreadState slot, sp = its end: fills the slot with
+//!                          the calling thread's state, then `int3`
+//! __export_thread_trap     the ip of a thread when it traps after filling its slot
 //! ```
 #![no_std]
 #![no_main]
@@ -33,8 +36,16 @@ core::arch::global_asm!(
     "__export_syscall_gadget:",
     "    syscall",
     "    int3",
+    ".globl __export_thread_entry",
+    "__export_thread_entry:",
+    "    call {thread}",
+    "    int3",
+    ".globl __export_thread_trap",
+    "__export_thread_trap:",
+    "    jmp __export_thread_trap - 1",
     ".previous",
     serve = sym serve,
+    thread = sym thread_main,
 );
 
 const SYS_CLOSE: usize = 3;
@@ -43,6 +54,19 @@ const SYS_BRK: usize = 12;
 const SYS_RT_SIGACTION: usize = 13;
 const SYS_GETITIMER: usize = 36;
 const SYS_GETPID: usize = 39;
+const SYS_GETGROUPS: usize = 115;
+const SYS_GETRESUID: usize = 118;
+const SYS_GETRESGID: usize = 120;
+const SYS_SETFSUID: usize = 122;
+const SYS_SETFSGID: usize = 123;
+const SYS_CAPGET: usize = 125;
+const SYS_RT_SIGPENDING: usize = 127;
+const SYS_GETPRIORITY: usize = 140;
+const SYS_SCHED_GETPARAM: usize = 143;
+const SYS_SCHED_GETSCHEDULER: usize = 145;
+const SYS_GET_THREAD_AREA: usize = 211;
+const SYS_GETTID: usize = 186;
+const SYS_GET_ROBUST_LIST: usize = 274;
 const SYS_SENDMSG: usize = 46;
 const SYS_RECVMSG: usize = 47;
 const SYS_FCNTL: usize = 72;
@@ -65,6 +89,13 @@ const PR_GET_CHILD_SUBREAPER: usize = 37;
 const PR_GET_NO_NEW_PRIVS: usize = 39;
 const PR_GET_TID_ADDRESS: usize = 40;
 const PR_GET_THP_DISABLE: usize = 42;
+const PR_CAPBSET_READ: usize = 23;
+const PR_GET_SECUREBITS: usize = 27;
+const PR_CAP_AMBIENT: usize = 47;
+const PR_CAP_AMBIENT_IS_SET: usize = 1;
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+const SCHED_RESET_ON_FORK: usize = 0x4000_0000;
+const GDT_ENTRY_TLS_MIN: u32 = 12;
 const F_GETFD: usize = 1;
 const F_GETSIG: usize = 11;
 const F_GETOWN_EX: usize = 16;
@@ -373,8 +404,27 @@ fn posix_timers(payload: &[u8], out: &mut [u8]) -> Result<usize, isize> {
     Ok(count * size)
 }
 
+/// Entry of a thread other than the parasite's (see `__export_thread_entry`): fills `*out`.
+extern "C" fn thread_main(out: *mut ThreadState) {
+    let mut t = ThreadState::default();
+    if let Err(e) = fill_thread_state(&mut t) {
+        t.status = e as i32;
+    }
+    t.done = THREAD_DONE ^ sys(SYS_GETTID, [0; 6]) as u64;
+    // SAFETY: the dumper points `out` at this thread's slot in the parasite area (mapped
+    // read-write, THREAD_SLOT bytes, only this thread uses it).
+    unsafe { core::ptr::write_volatile(out, t) };
+}
+
 fn thread_state() -> Result<ThreadState, isize> {
     let mut t = ThreadState::default();
+    fill_thread_state(&mut t)?;
+    t.done = THREAD_DONE ^ sys(SYS_GETTID, [0; 6]) as u64;
+    Ok(t)
+}
+
+/// Reads the calling thread's state (see `ThreadState`).
+fn fill_thread_state(t: &mut ThreadState) -> Result<(), isize> {
     let mut ss = [0u64; 3]; // ss_sp, ss_flags (int + pad), ss_size
     ok(sys(SYS_SIGALTSTACK, [0, ss.as_mut_ptr() as usize, 0, 0, 0, 0]))?;
     t.altstack_sp = ss[0];
@@ -385,5 +435,58 @@ fn thread_state() -> Result<ThreadState, isize> {
     t.tid_address = addr;
     t.pdeath_sig = prctl_int(PR_GET_PDEATHSIG)?;
     ok(sys(SYS_PRCTL, [PR_GET_NAME, t.comm.as_mut_ptr() as usize, 0, 0, 0, 0]))?;
-    Ok(t)
+    let (mut head, mut len) = (0u64, 0u64);
+    ok(sys(SYS_GET_ROBUST_LIST, [0, &mut head as *mut u64 as usize, &mut len as *mut u64 as usize, 0, 0, 0]))?;
+    t.robust_head = head;
+    t.robust_len = len;
+    let mut pending = 0u64;
+    ok(sys(SYS_RT_SIGPENDING, [&mut pending as *mut u64 as usize, 8, 0, 0, 0, 0]))?;
+    t.sigpending = pending;
+    let mut ids = [0u32; 3];
+    ok(sys(SYS_GETRESUID, [&mut ids[0] as *mut u32 as usize, &mut ids[1] as *mut u32 as usize, &mut ids[2] as *mut u32 as usize, 0, 0, 0]))?;
+    t.uids = [ids[0], ids[1], ids[2], sys(SYS_SETFSUID, [u32::MAX as usize, 0, 0, 0, 0, 0]) as u32];
+    ok(sys(SYS_GETRESGID, [&mut ids[0] as *mut u32 as usize, &mut ids[1] as *mut u32 as usize, &mut ids[2] as *mut u32 as usize, 0, 0, 0]))?;
+    t.gids = [ids[0], ids[1], ids[2], sys(SYS_SETFSGID, [u32::MAX as usize, 0, 0, 0, 0, 0]) as u32];
+    let mut hdr = [LINUX_CAPABILITY_VERSION_3, 0u32];
+    let mut data = [0u32; 6]; // {effective, permitted, inheritable} x 2
+    ok(sys(SYS_CAPGET, [hdr.as_mut_ptr() as usize, data.as_mut_ptr() as usize, 0, 0, 0, 0]))?;
+    t.cap_eff = data[0] as u64 | (data[3] as u64) << 32;
+    t.cap_prm = data[1] as u64 | (data[4] as u64) << 32;
+    t.cap_inh = data[2] as u64 | (data[5] as u64) << 32;
+    for cap in 0..64usize {
+        match ok(sys(SYS_PRCTL, [PR_CAPBSET_READ, cap, 0, 0, 0, 0])) {
+            Ok(0) => {}
+            Ok(_) => t.cap_bnd |= 1 << cap,
+            Err(_) => break,
+        }
+    }
+    for cap in 0..64usize {
+        match ok(sys(SYS_PRCTL, [PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, cap, 0, 0, 0])) {
+            Ok(0) => {}
+            Ok(_) => t.cap_amb |= 1 << cap,
+            Err(_) => break,
+        }
+    }
+    t.secbits = ok(sys(SYS_PRCTL, [PR_GET_SECUREBITS, 0, 0, 0, 0, 0]))? as u32;
+    t.no_new_privs = ok(sys(SYS_PRCTL, [PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0, 0]))? as i32;
+    let n = ok(sys(SYS_GETGROUPS, [0, 0, 0, 0, 0, 0]))?;
+    t.ngroups = n as i32;
+    if n <= MAX_GROUPS {
+        let got = ok(sys(SYS_GETGROUPS, [n, t.groups.as_mut_ptr() as usize, 0, 0, 0, 0]))?;
+        t.ngroups = got as i32;
+    }
+    t.sched_policy = (ok(sys(SYS_SCHED_GETSCHEDULER, [0; 6]))? & !SCHED_RESET_ON_FORK) as i32;
+    let mut prio = 0i32;
+    ok(sys(SYS_SCHED_GETPARAM, [0, &mut prio as *mut i32 as usize, 0, 0, 0, 0]))?;
+    t.sched_prio = prio;
+    t.sched_nice = 20 - ok(sys(SYS_GETPRIORITY, [0, 0, 0, 0, 0, 0]))? as i32;
+    for i in 0..3 {
+        let mut desc = [GDT_ENTRY_TLS_MIN + i as u32, 0, 0, 0];
+        if let Err(e) = ok(sys(SYS_GET_THREAD_AREA, [desc.as_mut_ptr() as usize, 0, 0, 0, 0, 0])) {
+            t.tls_status = e as i32;
+            break;
+        }
+        t.tls[4 * i..4 * i + 4].copy_from_slice(&desc);
+    }
+    Ok(())
 }

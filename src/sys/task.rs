@@ -86,6 +86,11 @@ impl SeizedTask {
         self.attached.set(false);
     }
 
+    /// False once the task is known to be gone (or was detached).
+    pub fn is_attached(&self) -> bool {
+        self.attached.get()
+    }
+
     /// Thread id.
     pub fn tid(&self) -> i32 {
         self.tid

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use stasis::dump::error::Result as DResult;
 use stasis::dump::freeze::{CgroupFreeze, FrozenTree};
-use stasis::dump::probe::{ProcessProbe, TaskProbe, ThreadProbe, Xsave};
+use stasis::dump::probe::{ProcessAccess, ProcessProbe, TaskProbe, ThreadProbe, Xsave};
 
 pub fn fixtures() -> PathBuf {
     stasis::dump::fixtures_dir()
@@ -242,7 +242,27 @@ pub struct TestFrozen {
 }
 
 impl TaskProbe for TestFrozen {
-    fn thread(&mut self, _pid: i32, _tid: i32) -> DResult<ThreadProbe> {
+    fn with_process(
+        &mut self,
+        pid: i32,
+        tids: &[i32],
+        f: &mut dyn FnMut(&mut dyn ProcessAccess) -> DResult<()>,
+    ) -> DResult<()> {
+        f(&mut TestProcess {
+            pid,
+            threads: tids.len(),
+        })
+    }
+}
+
+/// One process of [`TestFrozen`].
+pub struct TestProcess {
+    pid: i32,
+    threads: usize,
+}
+
+impl ProcessAccess for TestProcess {
+    fn threads(&mut self) -> DResult<Vec<ThreadProbe>> {
         let mut t = ThreadProbe::default();
         t.fpregs.xsave = Some(Xsave {
             xstate_bv: 3,
@@ -253,15 +273,15 @@ impl TaskProbe for TestFrozen {
         t.rseq = Some((0x1000, 32, 0x5305_3053));
         t.sas = (0, 0, 2);
         t.futex_rla_len = 24;
-        Ok(t)
+        Ok(vec![t; self.threads])
     }
 
-    fn process(&mut self, _pid: i32) -> DResult<ProcessProbe> {
+    fn process(&mut self) -> DResult<ProcessProbe> {
         Ok(ProcessProbe::default())
     }
 
-    fn read_memory(&mut self, pid: i32, addr: u64, buf: &mut [u8]) -> DResult<()> {
-        stasis::dump::freeze::read_proc_mem(pid, addr, buf)
+    fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> DResult<()> {
+        stasis::dump::freeze::read_proc_mem(self.pid, addr, buf)
     }
 }
 
