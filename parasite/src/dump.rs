@@ -8,8 +8,10 @@
 //! __export_fini_trap       the ip of the task when it traps after serve returned
 //! __export_syscall_gadget  `syscall; int3`: lets the dumper run remote syscalls in any
 //!                          thread of the task without poking code
-//! __export_thread_entry    rdi = a ThreadState slot, sp = its end: fills the slot with
-//!                          the calling thread's state, then `int3`
+//! __export_thread_entry    rdi = a ThreadState slot: fills the slot with the calling
+//!                          thread's state (the same as `fill_thread_state`, in assembly:
+//!                          integer registers only, so no FPU/vector state to restore;
+//!                          no stack), then `int3`
 //! __export_thread_trap     the ip of a thread when it traps after filling its slot
 //! ```
 #![no_std]
@@ -36,16 +38,224 @@ core::arch::global_asm!(
     "__export_syscall_gadget:",
     "    syscall",
     "    int3",
+    // The thread routine: plain integer code only (no SSE/x87, no stack), so the
+    // thread's FPU/vector state stays untouched; results go straight into the slot
+    // (layout: ThreadState, scratch from offset 368). r12 = slot.
+    ".macro CHECK",
+    "    cmp rax, -4095",
+    "    jae 90f",
+    ".endm",
     ".globl __export_thread_entry",
     "__export_thread_entry:",
-    "    call {thread}",
+    "    mov r12, rdi",
+    "    xor eax, eax",
+    "    mov ecx, 46",
+    "    rep stosq",
+    "    xor r10d, r10d",
+    "    xor r8d, r8d",
+    "    xor r9d, r9d",
+    // sigaltstack(NULL, scratch+376)
+    "    xor edi, edi",
+    "    lea rsi, [r12 + 376]",
+    "    xor edx, edx",
+    "    mov eax, 131",
+    "    syscall",
+    "    CHECK",
+    "    mov rax, [r12 + 376]",
+    "    mov [r12 + 8], rax",
+    "    mov eax, [r12 + 384]",
+    "    mov [r12 + 24], eax",
+    "    mov rax, [r12 + 392]",
+    "    mov [r12 + 16], rax",
+    // prctl(PR_GET_TID_ADDRESS, &tid_address)
+    "    mov edi, 40",
+    "    lea rsi, [r12]",
+    "    mov eax, 157",
+    "    syscall",
+    "    CHECK",
+    // prctl(PR_GET_PDEATHSIG, &pdeath_sig)
+    "    mov edi, 2",
+    "    lea rsi, [r12 + 28]",
+    "    mov eax, 157",
+    "    syscall",
+    "    CHECK",
+    // prctl(PR_GET_NAME, comm)
+    "    mov edi, 16",
+    "    lea rsi, [r12 + 32]",
+    "    mov eax, 157",
+    "    syscall",
+    "    CHECK",
+    // get_robust_list(0, &head, &len)
+    "    xor edi, edi",
+    "    lea rsi, [r12 + 48]",
+    "    lea rdx, [r12 + 56]",
+    "    mov eax, 274",
+    "    syscall",
+    "    CHECK",
+    // rt_sigpending(&set, 8)
+    "    lea rdi, [r12 + 64]",
+    "    mov esi, 8",
+    "    xor edx, edx",
+    "    mov eax, 127",
+    "    syscall",
+    "    CHECK",
+    // getresuid, setfsuid(-1)
+    "    lea rdi, [r12 + 72]",
+    "    lea rsi, [r12 + 76]",
+    "    lea rdx, [r12 + 80]",
+    "    mov eax, 118",
+    "    syscall",
+    "    CHECK",
+    "    mov edi, -1",
+    "    mov eax, 122",
+    "    syscall",
+    "    mov [r12 + 84], eax",
+    // getresgid, setfsgid(-1)
+    "    lea rdi, [r12 + 88]",
+    "    lea rsi, [r12 + 92]",
+    "    lea rdx, [r12 + 96]",
+    "    mov eax, 120",
+    "    syscall",
+    "    CHECK",
+    "    mov edi, -1",
+    "    mov eax, 123",
+    "    syscall",
+    "    mov [r12 + 100], eax",
+    // capget(v3 header at scratch+400, data at scratch+408)
+    "    mov dword ptr [r12 + 400], 0x20080522",
+    "    mov dword ptr [r12 + 404], 0",
+    "    lea rdi, [r12 + 400]",
+    "    lea rsi, [r12 + 408]",
+    "    xor edx, edx",
+    "    mov eax, 125",
+    "    syscall",
+    "    CHECK",
+    "    mov eax, [r12 + 408]",
+    "    mov edx, [r12 + 420]",
+    "    shl rdx, 32",
+    "    or rax, rdx",
+    "    mov [r12 + 104], rax",
+    "    mov eax, [r12 + 412]",
+    "    mov edx, [r12 + 424]",
+    "    shl rdx, 32",
+    "    or rax, rdx",
+    "    mov [r12 + 112], rax",
+    "    mov eax, [r12 + 416]",
+    "    mov edx, [r12 + 428]",
+    "    shl rdx, 32",
+    "    or rax, rdx",
+    "    mov [r12 + 120], rax",
+    // bounding set: PR_CAPBSET_READ of each capability until EINVAL
+    "    xor ebx, ebx",
+    "    xor r13d, r13d",
+    "1:",
+    "    mov edi, 23",
+    "    mov rsi, rbx",
+    "    xor edx, edx",
+    "    mov eax, 157",
+    "    syscall",
+    "    cmp rax, -4095",
+    "    jae 2f",
+    "    test rax, rax",
+    "    jz 3f",
+    "    bts r13, rbx",
+    "3:",
+    "    inc ebx",
+    "    cmp ebx, 64",
+    "    jb 1b",
+    "2:",
+    "    mov [r12 + 128], r13",
+    // ambient set: PR_CAP_AMBIENT_IS_SET of the capabilities both permitted and
+    // inheritable (the only ones that can be ambient)
+    "    mov r14, [r12 + 112]",
+    "    and r14, [r12 + 120]",
+    "    xor ebx, ebx",
+    "    xor r13d, r13d",
+    "4:",
+    "    bt r14, rbx",
+    "    jnc 5f",
+    "    mov edi, 47",
+    "    mov esi, 1",
+    "    mov rdx, rbx",
+    "    mov eax, 157",
+    "    syscall",
+    "    cmp rax, -4095",
+    "    jae 6f",
+    "    test rax, rax",
+    "    jz 5f",
+    "    bts r13, rbx",
+    "5:",
+    "    inc ebx",
+    "    cmp ebx, 64",
+    "    jb 4b",
+    "6:",
+    "    mov [r12 + 136], r13",
+    // prctl(PR_GET_SECUREBITS), prctl(PR_GET_NO_NEW_PRIVS)
+    "    mov edi, 27",
+    "    xor esi, esi",
+    "    xor edx, edx",
+    "    mov eax, 157",
+    "    syscall",
+    "    CHECK",
+    "    mov [r12 + 144], eax",
+    "    mov edi, 39",
+    "    mov eax, 157",
+    "    syscall",
+    "    CHECK",
+    "    mov [r12 + 292], eax",
+    // getgroups(32, groups); more than 32: getgroups(0, NULL) for the count
+    "    mov edi, 32",
+    "    lea rsi, [r12 + 152]",
+    "    mov eax, 115",
+    "    syscall",
+    "    cmp rax, -22",
+    "    jne 7f",
+    "    xor edi, edi",
+    "    xor esi, esi",
+    "    mov eax, 115",
+    "    syscall",
+    "7:",
+    "    CHECK",
+    "    mov [r12 + 148], eax",
+    // sched_getscheduler(0) without SCHED_RESET_ON_FORK, sched_getparam(0), nice
+    "    xor edi, edi",
+    "    mov eax, 145",
+    "    syscall",
+    "    CHECK",
+    "    and eax, 0xbfffffff",
+    "    mov [r12 + 280], eax",
+    "    xor edi, edi",
+    "    lea rsi, [r12 + 284]",
+    "    mov eax, 143",
+    "    syscall",
+    "    CHECK",
+    "    xor edi, edi",
+    "    xor esi, esi",
+    "    mov eax, 140",
+    "    syscall",
+    "    CHECK",
+    "    mov edx, 20",
+    "    sub edx, eax",
+    "    mov [r12 + 288], edx",
+    // get_thread_area is not in the 64-bit syscall table: the dumper asks ptrace.
+    "    mov dword ptr [r12 + 344], -38",
+    "    jmp 91f",
+    "90:",
+    "    mov [r12 + 348], eax",
+    "91:",
+    // done = THREAD_DONE ^ gettid()
+    "    mov eax, 186",
+    "    syscall",
+    "    movabs rdx, 0x54485244444f4e45",
+    "    xor rax, rdx",
+    "    mov [r12 + 352], rax",
     "    int3",
     ".globl __export_thread_trap",
     "__export_thread_trap:",
     "    jmp __export_thread_trap - 1",
+    ".purgem CHECK",
     ".previous",
     serve = sym serve,
-    thread = sym thread_main,
 );
 
 const SYS_CLOSE: usize = 3;
@@ -64,7 +274,6 @@ const SYS_RT_SIGPENDING: usize = 127;
 const SYS_GETPRIORITY: usize = 140;
 const SYS_SCHED_GETPARAM: usize = 143;
 const SYS_SCHED_GETSCHEDULER: usize = 145;
-const SYS_GET_THREAD_AREA: usize = 211;
 const SYS_GETTID: usize = 186;
 const SYS_GET_ROBUST_LIST: usize = 274;
 const SYS_SENDMSG: usize = 46;
@@ -95,7 +304,7 @@ const PR_CAP_AMBIENT: usize = 47;
 const PR_CAP_AMBIENT_IS_SET: usize = 1;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 const SCHED_RESET_ON_FORK: usize = 0x4000_0000;
-const GDT_ENTRY_TLS_MIN: u32 = 12;
+const ENOSYS: i32 = 38;
 const F_GETFD: usize = 1;
 const F_GETSIG: usize = 11;
 const F_GETOWN_EX: usize = 16;
@@ -404,18 +613,6 @@ fn posix_timers(payload: &[u8], out: &mut [u8]) -> Result<usize, isize> {
     Ok(count * size)
 }
 
-/// Entry of a thread other than the parasite's (see `__export_thread_entry`): fills `*out`.
-extern "C" fn thread_main(out: *mut ThreadState) {
-    let mut t = ThreadState::default();
-    if let Err(e) = fill_thread_state(&mut t) {
-        t.status = e as i32;
-    }
-    t.done = THREAD_DONE ^ sys(SYS_GETTID, [0; 6]) as u64;
-    // SAFETY: the dumper points `out` at this thread's slot in the parasite area (mapped
-    // read-write, THREAD_SLOT bytes, only this thread uses it).
-    unsafe { core::ptr::write_volatile(out, t) };
-}
-
 fn thread_state() -> Result<ThreadState, isize> {
     let mut t = ThreadState::default();
     fill_thread_state(&mut t)?;
@@ -460,7 +657,8 @@ fn fill_thread_state(t: &mut ThreadState) -> Result<(), isize> {
             Err(_) => break,
         }
     }
-    for cap in 0..64usize {
+    let may_be_ambient = t.cap_prm & t.cap_inh;
+    for cap in (0..64usize).filter(|&c| may_be_ambient & (1 << c) != 0) {
         match ok(sys(SYS_PRCTL, [PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, cap, 0, 0, 0])) {
             Ok(0) => {}
             Ok(_) => t.cap_amb |= 1 << cap,
@@ -480,13 +678,7 @@ fn fill_thread_state(t: &mut ThreadState) -> Result<(), isize> {
     ok(sys(SYS_SCHED_GETPARAM, [0, &mut prio as *mut i32 as usize, 0, 0, 0, 0]))?;
     t.sched_prio = prio;
     t.sched_nice = 20 - ok(sys(SYS_GETPRIORITY, [0, 0, 0, 0, 0, 0]))? as i32;
-    for i in 0..3 {
-        let mut desc = [GDT_ENTRY_TLS_MIN + i as u32, 0, 0, 0];
-        if let Err(e) = ok(sys(SYS_GET_THREAD_AREA, [desc.as_mut_ptr() as usize, 0, 0, 0, 0, 0])) {
-            t.tls_status = e as i32;
-            break;
-        }
-        t.tls[4 * i..4 * i + 4].copy_from_slice(&desc);
-    }
+    // get_thread_area is not in the 64-bit syscall table: the dumper asks ptrace.
+    t.tls_status = -ENOSYS;
     Ok(())
 }

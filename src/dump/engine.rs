@@ -44,7 +44,6 @@ pub struct DumpReport {
 /// already).
 struct Collected {
     pid: i32,
-    mm: Value,
     fdinfo: Vec<Value>,
     fs: Value,
     ids: Value,
@@ -117,14 +116,11 @@ fn collect_process(p: &Process, frozen: &mut dyn FrozenTree, cx: &mut Ctx<'_>) -
         posix_timers: proc::timers::read(pid).map_err(pe)?,
         seccomp_mode: status.seccomp().map_err(pe)?,
     };
-    // Memory layout before the parasite adds its area.
-    let t2 = cx.prof.now_us();
-    let maps = proc::maps::read_smaps(pid).map_err(|x| DumpError::proc("mm", pid, x))?;
+    // smaps is the slowest /proc file (the kernel walks every VMA's page tables): read it
+    // in the background while the threads are probed; the parasite's area is taken out.
+    let mut smaps = Some(std::thread::spawn(move || proc::maps::read_smaps(pid)));
     let exe_file_id = cx.files.exe(pid)?;
-    let vmas = mm::vmas(pid, &maps, cx.files)?;
     let auxv = proc::misc::read_auxv(pid).map_err(|x| DumpError::proc("mm", pid, x))?;
-    cx.prof.record(&format!("maps {pid}"), "mm", pid, t2);
-    let mut mm_out = None;
     frozen.with_process(pid, &p.threads, &mut |acc| {
         let pprobe = acc.process()?;
         fault::check("core", pid)?;
@@ -142,7 +138,7 @@ fn collect_process(p: &Process, frozen: &mut dyn FrozenTree, cx: &mut Ctx<'_>) -
             let process = if tid == pid { leader_part.take() } else { None };
             cx.dir.spool(&format!("core-{tid}.img"), move || {
                 let entry = core::core_entry(&facts, &tp, process.as_ref().map(|(f, p)| (f, p)));
-                core::core_file(&entry)
+                Ok(core::core_file(&entry))
             });
             cx.prof.record(&format!("thread {tid}"), "thread", tid, t);
         }
@@ -150,6 +146,19 @@ fn collect_process(p: &Process, frozen: &mut dyn FrozenTree, cx: &mut Ctx<'_>) -
 
         fault::check("mm", pid)?;
         let t2 = cx.prof.now_us();
+        let hidden = acc.hidden_areas();
+        let maps: Vec<proc::maps::Vma> = smaps
+            .take()
+            .ok_or_else(|| DumpError::new("mm", pid, None, "smaps read twice"))?
+            .join()
+            .map_err(|_| DumpError::new("mm", pid, None, "smaps reader panicked"))?
+            .map_err(|x| DumpError::proc("mm", pid, x))?
+            .into_iter()
+            .filter(|v| !hidden.iter().any(|&(s, e)| v.start < e && s < v.end))
+            .collect();
+        cx.prof.record(&format!("maps {pid}"), "mm", pid, t2);
+        let t2 = cx.prof.now_us();
+        let vmas = mm::vmas(pid, &maps, cx.files)?;
         let mm_fields = MmFields {
             stat: p.stat.clone(),
             brk: if pprobe.brk != 0 {
@@ -166,18 +175,19 @@ fn collect_process(p: &Process, frozen: &mut dyn FrozenTree, cx: &mut Ctx<'_>) -
             },
             thp_disabled: pprobe.thp_disabled,
         };
-        mm_out = Some(mm::mm_entry(&mm_fields, &vmas));
         cx.prof.record(&format!("mm {pid}"), "mm", pid, t2);
 
         fault::check("pages", pid)?;
         let t3 = cx.prof.now_us();
         let runs = pages::plan(pid, &vmas, &mut cx.stats.pages)?;
+        cx.dir.spool(&format!("mm-{pid}.img"), move || {
+            out::file_bytes(out::MM, &[mm::mm_entry(&mm_fields, &vmas)])
+        });
         *cx.pages_id += 1;
         pages::write_private(cx.dir, acc, pid, *cx.pages_id, &runs, &mut cx.stats.pages)?;
         cx.prof.record(&format!("pages {pid}"), "pages", pid, t3);
         Ok(())
     })?;
-    let mm_entry = mm_out.ok_or_else(|| DumpError::new("mm", pid, None, "no mm collected"))?;
     cx.prof.record(&format!("task {pid}"), "task", pid, t0);
 
     fault::check("files", pid)?;
@@ -197,7 +207,6 @@ fn collect_process(p: &Process, frozen: &mut dyn FrozenTree, cx: &mut Ctx<'_>) -
     let ids_entry = cx.ids.ids_entry(&ns, [obj; 4]);
     Ok(Collected {
         pid,
-        mm: mm_entry,
         fdinfo,
         fs,
         ids: ids_entry,
@@ -240,16 +249,10 @@ fn write_images(
     }
     for p in tree.iter().filter(|p| p.zombie) {
         let entry = core::zombie_core(&p.stat.comm, p.exit_code);
-        dir.spool(&format!("core-{}.img", p.pid), move || core::core_file(&entry));
+        dir.spool(&format!("core-{}.img", p.pid), move || Ok(core::core_file(&entry)));
     }
     for c in collected {
         let pid = c.pid;
-        dir.write_all(
-            &format!("mm-{pid}.img"),
-            out::MM,
-            std::slice::from_ref(&c.mm),
-        )
-        .map_err(img(pid))?;
         dir.write_all(&format!("fdinfo-{}.img", c.obj_id), out::FDINFO, &c.fdinfo)
             .map_err(img(pid))?;
         dir.write_all(

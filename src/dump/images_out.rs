@@ -196,7 +196,10 @@ pub fn encode(name: &str, v: &Value) -> Result<Vec<u8>, String> {
 }
 
 /// A file to write in the background: its path and what builds its bytes.
-type Job = (PathBuf, Box<dyn FnOnce() -> Vec<u8> + Send>);
+type Job = (
+    PathBuf,
+    Box<dyn FnOnce() -> Result<Vec<u8>, ImageError> + Send>,
+);
 
 /// Worker threads writing whole files ([`ImageDir::spool`]).
 struct Spool {
@@ -217,10 +220,14 @@ impl Spool {
                         if first.is_some() {
                             continue;
                         }
-                        let data = build();
-                        match std::fs::write(&path, &data) {
-                            Ok(()) => bytes += data.len() as u64,
-                            Err(source) => first = Some(ImageError::Io { path, source }),
+                        let written = build().and_then(|data| {
+                            std::fs::write(&path, &data)
+                                .map(|_| data.len() as u64)
+                                .map_err(|source| ImageError::Io { path, source })
+                        });
+                        match written {
+                            Ok(n) => bytes += n,
+                            Err(e) => first = Some(e),
                         }
                     }
                     first.map_or(Ok(bytes), Err)
@@ -262,6 +269,25 @@ impl Drop for Spool {
     }
 }
 
+/// The bytes of a whole image file of `kind` with `entries` (for [`ImageDir::spool`]).
+pub fn file_bytes(kind: ImageKind, entries: &[Value]) -> Result<Vec<u8>, ImageError> {
+    let mut out = Vec::new();
+    if let Some(h) = kind.head {
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+    out.extend_from_slice(&kind.magic.to_le_bytes());
+    for e in entries {
+        let bytes = encode(kind.message, e).map_err(|why| ImageError::Encode {
+            message: kind.message.to_string(),
+            path: PathBuf::new(),
+            why,
+        })?;
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    Ok(out)
+}
+
 /// An image directory being written: remembers every file; [`ImageDir::finish`] waits for
 /// the spooled ones and syncs the file system once.
 pub struct ImageDir {
@@ -283,7 +309,11 @@ impl ImageDir {
 
     /// Writes file `name` in a worker thread with the bytes `build` returns (built there
     /// too); failures are reported by [`ImageDir::finish`].
-    pub fn spool(&mut self, name: &str, build: impl FnOnce() -> Vec<u8> + Send + 'static) {
+    pub fn spool(
+        &mut self,
+        name: &str,
+        build: impl FnOnce() -> Result<Vec<u8>, ImageError> + Send + 'static,
+    ) {
         let path = self.dir.join(name);
         self.written.push(path.clone());
         let spool = self.spool.get_or_insert_with(|| {

@@ -163,6 +163,11 @@ pub trait ProcessAccess {
     fn process(&mut self) -> Result<ProcessProbe>;
     /// State of every thread, in the order of the `tids` given to `with_process`.
     fn threads(&mut self) -> Result<Vec<ThreadProbe>>;
+    /// Address ranges the probe itself mapped into the process (the parasite): not part of
+    /// the process's memory.
+    fn hidden_areas(&self) -> Vec<(u64, u64)> {
+        Vec::new()
+    }
     /// Reads `buf.len()` bytes of the process's memory at `addr`.
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<()>;
     /// Writes the memory of `regions` (address, length; page aligned, in order) to `out` at

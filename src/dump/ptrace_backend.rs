@@ -337,6 +337,11 @@ impl ProcessAccess for OpenProcess<'_> {
         Ok(out)
     }
 
+    fn hidden_areas(&self) -> Vec<(u64, u64)> {
+        let (base, len) = self.parasite.area();
+        vec![(base, base + len)]
+    }
+
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<()> {
         let pid = self.pid;
         self.mem()?.read_exact_at(buf, addr).map_err(|e| {

@@ -545,15 +545,31 @@ impl<'a> Parasite<'a> {
     }
 
     fn run_wave(&mut self, wave: &[&SeizedTask], out: &mut Vec<ThreadDump>) -> Result<()> {
+        use crate::sys::ptrace;
         let pid = self.leader.tgid();
         let entry = self.base + blob::EXPORT_THREAD_ENTRY as u64;
         let area = self.base + self.slots_off;
         let slot = |i: usize| area + (i * THREAD_SLOT) as u64;
-        // (regs, mask, trapped) of each thread started so far.
-        let mut started: Vec<(TaskRegs, u64, bool)> = Vec::with_capacity(wave.len());
+        // ptrace answers only the tracer thread: check once, then use the raw requests.
+        self.leader.check_tracer("thread routine")?;
+        if let Some(t) = wave.iter().find(|t| t.tracer() != self.leader.tracer()) {
+            t.check_tracer("thread routine")?;
+        }
+        // (regs, xstate, mask) of each thread started so far.
+        let mut started: Vec<(TaskRegs, u64)> = Vec::with_capacity(wave.len());
         let mut result = Ok(());
         for (i, t) in wave.iter().enumerate() {
-            let saved = match t.task_regs().and_then(|r| Ok((r, t.sigmask()?))) {
+            let tid = t.tid();
+            let saved = ptrace::get_regs(tid).and_then(|regs| {
+                Ok((
+                    TaskRegs {
+                        regs,
+                        xstate: ptrace::get_xstate(tid)?,
+                    },
+                    ptrace::get_sigmask(tid)?,
+                ))
+            });
+            let saved = match saved {
                 Ok(s) => s,
                 Err(e) => {
                     result = Err(e.into());
@@ -566,33 +582,29 @@ impl<'a> Parasite<'a> {
             regs.sp = slot(i + 1);
             regs.orig_ax = u64::MAX;
             regs.flags &= !(EFLAGS_TF | EFLAGS_DF);
-            let go = t
-                .set_regs(&regs)
-                .and_then(|_| t.set_sigmask(!(1u64 << (libc::SIGTRAP - 1))))
-                .and_then(|_| t.cont(0));
-            started.push((saved.0, saved.1, false));
+            let go = ptrace::set_regs(tid, &regs)
+                .and_then(|_| ptrace::set_sigmask(tid, !(1u64 << (libc::SIGTRAP - 1))))
+                .and_then(|_| ptrace::cont(tid, 0));
+            started.push(saved);
             if let Err(e) = go {
                 result = Err(e.into());
                 break;
             }
         }
-        // Reap and restore every started thread, whatever happened.
-        for (i, (regs, mask, trapped)) in started.iter_mut().enumerate() {
+        // Reap and restore every started thread, whatever happened. The routine touches
+        // integer registers only: the XSAVE area needs no restoring.
+        for (i, (regs, mask)) in started.iter().enumerate() {
             let t = wave[i];
-            match wait_trap(t) {
-                Ok(()) => *trapped = true,
-                Err(e) => {
-                    if result.is_ok() {
-                        result = Err(e);
-                    }
-                    if !t.is_attached() {
-                        continue;
-                    }
+            if let Err(e) = wait_trap(t) {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+                if !t.is_attached() {
+                    continue;
                 }
             }
-            let undo = t
-                .set_task_regs(regs)
-                .and_then(|_| t.set_sigmask(*mask));
+            let undo = ptrace::set_regs(t.tid(), &regs.regs)
+                .and_then(|_| ptrace::set_sigmask(t.tid(), *mask));
             if let Err(e) = undo {
                 if result.is_ok() {
                     result = Err(e.into());
@@ -600,9 +612,10 @@ impl<'a> Parasite<'a> {
             }
         }
         result?;
-        let mut raw = vec![0u8; wave.len() * THREAD_SLOT];
+        let size = std::mem::size_of::<ThreadState>();
+        let mut raw = vec![0u8; (wave.len() - 1) * THREAD_SLOT + size];
         crate::sys::mem::read(pid, area, &mut raw)?;
-        for (i, (regs, mask, _)) in started.into_iter().enumerate() {
+        for (i, (regs, mask)) in started.into_iter().enumerate() {
             let tid = wave[i].tid();
             let state = proto::read::<ThreadState>(&raw[i * THREAD_SLOT..]).unwrap_or_default();
             if state.done != THREAD_DONE ^ tid as u64 {

@@ -308,10 +308,10 @@ pub struct ThreadState {
     pub sched_nice: i32,
     /// `PR_GET_NO_NEW_PRIVS`.
     pub no_new_privs: i32,
-    /// `get_thread_area` of GDT entries 12, 13, 14 (`struct user_desc`: entry_number,
-    /// base_addr, limit, flag bits).
+    /// GDT entries 12, 13, 14 (`struct user_desc`: entry_number, base_addr, limit, flag
+    /// bits) when `tls_status` is 0.
     pub tls: [u32; 12],
-    /// 0, or the -errno of `get_thread_area` (the dumper then asks ptrace).
+    /// -ENOSYS: `get_thread_area` is not a 64-bit syscall; the dumper asks ptrace.
     pub tls_status: i32,
     /// 0, or the -errno of the first syscall that failed.
     pub status: i32,
