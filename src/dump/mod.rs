@@ -14,6 +14,7 @@ pub mod core;
 pub mod elf;
 pub mod engine;
 pub mod error;
+pub mod extras;
 pub mod fault;
 pub mod files;
 pub mod freeze;
@@ -26,6 +27,7 @@ pub mod parasite_pages;
 pub mod probe;
 pub mod profile;
 pub mod ptrace_backend;
+pub mod seccomp;
 pub mod tree;
 pub mod xsave;
 
