@@ -43,12 +43,8 @@ pub enum CgroupError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: line {line}: malformed cgroup line {text:?}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        text: String,
-    },
+    #[error("parse {path}: {why}")]
+    Parse { path: PathBuf, why: String },
     #[error("cgroup {path}: more than {max} directories below it")]
     TooBig { path: PathBuf, max: usize },
 }
@@ -71,24 +67,17 @@ const MAX_VALUE: usize = 1023;
 
 /// Parses the text of /proc/PID/cgroup into sorted members.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Member>, CgroupError> {
-    let mut out = Vec::new();
-    for (i, l) in text.lines().enumerate() {
-        if l.is_empty() {
-            continue;
-        }
-        let mut it = l.splitn(3, ':');
-        let (Some(_), Some(name), Some(p)) = (it.next(), it.next(), it.next()) else {
-            return Err(CgroupError::Parse {
-                path: path.to_path_buf(),
-                line: i + 1,
-                text: l.to_string(),
-            });
-        };
-        out.push(Member {
-            name: name.to_string(),
-            path: p.to_string(),
-        });
-    }
+    let lines = crate::proc::cgroup::parse(path, text).map_err(|e| CgroupError::Parse {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    let mut out: Vec<Member> = lines
+        .into_iter()
+        .map(|l| Member {
+            name: l.controllers,
+            path: l.path,
+        })
+        .collect();
     out.sort();
     Ok(out)
 }
