@@ -244,11 +244,45 @@ fn check(c: &mut Client, d: &Data, label: &str) {
     assert_eq!(c.cmd(&["GET", "new:key"]).text(), "new-value", "{label}");
     assert_eq!(c.cmd(&["INCR", "new:counter"]).int(), 1, "{label}");
     assert_eq!(c.cmd(&["DEL", "new:key", "new:counter"]).int(), 2);
+    bio_frees(c, label);
     let info = c.cmd(&["INFO"]).text();
     assert!(
         info.contains("redis_version:") && info.contains("db0:keys="),
         "{label}: INFO: {info}"
     );
+}
+
+fn info_field(c: &mut Client, section: &str, field: &str) -> i64 {
+    let info = c.cmd(&["INFO", section]).text();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in INFO {section}: {info}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// UNLINK of a large hash hands the value to the lazyfree bio thread: it must free it (the
+/// background threads work).
+fn bio_frees(c: &mut Client, label: &str) {
+    let before = info_field(c, "memory", "lazyfreed_objects");
+    let fields: Vec<String> = (0..1000).map(|i| format!("f{i}")).collect();
+    let mut args: Vec<&str> = vec!["HSET", "big:hash"];
+    for f in &fields {
+        args.push(f);
+        args.push("v");
+    }
+    assert_eq!(c.cmd(&args).int(), 1000);
+    assert_eq!(c.cmd(&["UNLINK", "big:hash"]).int(), 1);
+    // Hang guard only (the bio thread frees it in microseconds when it runs at all).
+    let t0 = Instant::now();
+    while info_field(c, "memory", "lazyfreed_objects") <= before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{label}: the lazyfree bio thread never freed the unlinked hash"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn ipv6_loopback() -> bool {
@@ -411,9 +445,21 @@ fn shutdown(r: &Redis, pid: i32) {
     );
 }
 
-/// Starts redis, loads data, dumps it with the command line (killing it, or with
-/// `--leave-running` then killing it), restores it and checks it serves everything.
-fn round_trip(name: &'static str, base: i32, leave_running: bool) {
+/// How the round trip dumps redis.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// `stasis dump` kills the tree.
+    Kill,
+    /// `--leave-running`, then the test kills redis.
+    LeaveRunning,
+    /// `--tcp-established` on dump and restore, with a client connected across both.
+    TcpEstablished,
+}
+
+/// Starts redis, loads data, dumps it with the command line, restores it and checks it serves
+/// everything.
+fn round_trip(name: &'static str, base: i32, mode: Mode) {
+    let leave_running = mode == Mode::LeaveRunning;
     let _lock = restore_lock();
     let dir = PathBuf::from(format!(
         "/tmp/stasis-dump-tests/{name}-{}",
@@ -441,6 +487,13 @@ fn round_trip(name: &'static str, base: i32, leave_running: bool) {
                 check(&mut c, &d, "before the dump");
                 d
             };
+            // A client connected across the dump and the restore (with --tcp-established).
+            let mut held = (mode == Mode::TcpEstablished).then(|| {
+                let mut c = r.client();
+                c.cmd(&["CLIENT", "SETNAME", "held-across"]);
+                c.cmd(&["SET", "held:key", "held-value"]);
+                c
+            });
             let threads = threads_of(pid);
             assert!(threads >= 2, "redis runs its bio threads ({threads})");
             let images = d2.join("img");
@@ -449,6 +502,9 @@ fn round_trip(name: &'static str, base: i32, leave_running: bool) {
             let mut args = vec!["dump", "-t", &pids];
             if leave_running {
                 args.push("--leave-running");
+            }
+            if mode == Mode::TcpEstablished {
+                args.push("--tcp-established");
             }
             run_stasis(&args, &images, "dump.log", "stasis dump redis");
             assert_eq!(pids_of(&images), vec![pid]);
@@ -463,14 +519,21 @@ fn round_trip(name: &'static str, base: i32, leave_running: bool) {
                 kill_pids(&[pid]);
             }
             wait_gone(&[pid], 10, "the dumped redis");
-            run_stasis(
-                &["restore", "-d"],
-                &images,
-                "restore.log",
-                "stasis restore redis",
-            );
+            let mut args = vec!["restore", "-d"];
+            if mode == Mode::TcpEstablished {
+                args.push("--tcp-established");
+            }
+            run_stasis(&args, &images, "restore.log", "stasis restore redis");
             assert!(alive(pid) && untraced(pid), "restored redis runs untraced");
             assert_eq!(threads_of(pid), threads, "every redis thread restored");
+            if let Some(h) = held.as_mut() {
+                // The same connection, and the server still knows this client.
+                assert_eq!(h.cmd(&["CLIENT", "GETNAME"]).text(), "held-across");
+                assert_eq!(h.cmd(&["GET", "held:key"]).text(), "held-value");
+                assert_eq!(h.cmd(&["DEL", "held:key"]).int(), 1);
+                check(h, &data, "restored, over the held connection");
+            }
+            drop(held);
             let mut c = r.client();
             check(&mut c, &data, "restored");
             assert_eq!(c.cmd(&["GET", "after:dump"]), Reply::Bulk(None));
@@ -489,10 +552,15 @@ fn round_trip(name: &'static str, base: i32, leave_running: bool) {
 
 #[test]
 fn redis_round_trip_dump_kills() {
-    round_trip("redis-rt", 32700, false);
+    round_trip("redis-rt", 29000, Mode::Kill);
 }
 
 #[test]
 fn redis_round_trip_leave_running() {
-    round_trip("redis-rt-lr", 32700, true);
+    round_trip("redis-rt-lr", 29000, Mode::LeaveRunning);
+}
+
+#[test]
+fn redis_round_trip_tcp_established_client() {
+    round_trip("redis-rt-tcp", 29000, Mode::TcpEstablished);
 }
