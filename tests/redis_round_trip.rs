@@ -564,3 +564,49 @@ fn redis_round_trip_leave_running() {
 fn redis_round_trip_tcp_established_client() {
     round_trip("redis-rt-tcp", 29000, Mode::TcpEstablished);
 }
+
+/// Without `--tcp-established` a connected client makes the dump fail with an error naming the
+/// option, and redis goes on as if nothing happened.
+#[test]
+fn redis_dump_refuses_connected_client_without_tcp_established() {
+    let _lock = restore_lock();
+    let name = "redis-refuse";
+    let base = 29000;
+    let dir = PathBuf::from(format!(
+        "/tmp/stasis-dump-tests/{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cg = cgroup_path(name, base);
+    let d2 = dir.clone();
+    with_deadline(
+        120,
+        move || kill_cgroup(&cg),
+        move || {
+            let r = Redis::start(name, base, &d2);
+            let pid = r.w.pid;
+            let mut c = r.client();
+            let data = load(&mut c);
+            let images = d2.join("img");
+            std::fs::create_dir_all(&images).unwrap();
+            let out = stasis_bin()
+                .args(["dump", "-t", &pid.to_string(), "-D"])
+                .arg(&images)
+                .args(["-o", "dump.log", "-v4"])
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "dump with a connected client");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("--tcp-established"), "{err}");
+            assert!(
+                alive(pid) && untraced(pid) && all_running(&r.w),
+                "a failed dump leaves redis running"
+            );
+            check(&mut c, &data, "after the refused dump");
+            drop(c);
+            shutdown(&r, pid);
+        },
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
