@@ -488,6 +488,58 @@ fn shutdown(r: &Redis, pid: i32) {
     );
 }
 
+const BIG_CHUNK: usize = 1 << 20;
+const BIG_CHUNKS: usize = 16;
+
+fn big_chunk(i: usize) -> Vec<u8> {
+    (0..BIG_CHUNK)
+        .map(|j| b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"[(i * 11 + j * 7 + j / 1000) % 36])
+        .collect()
+}
+
+fn big_value() -> Vec<u8> {
+    (0..BIG_CHUNKS).flat_map(big_chunk).collect()
+}
+
+/// Stores `big:value` and asks for it on a fresh connection that does not read: returns once
+/// redis holds part of the reply in its own output buffer (it cannot write more).
+fn stuck_reader(r: &Redis) -> Client {
+    let mut c = r.client();
+    for i in 0..BIG_CHUNKS {
+        let reply = c.pipeline(&[cmdv(&[b"APPEND", b"big:value", &big_chunk(i)])]);
+        assert_eq!(reply, vec![Reply::Int(((i + 1) * BIG_CHUNK) as i64)]);
+    }
+    let mut rd = r.client();
+    nix::sys::socket::setsockopt(&rd.w, nix::sys::socket::sockopt::RcvBuf, &65536).unwrap();
+    rd.cmd(&["CLIENT", "SETNAME", "stuck-reader"]);
+    rd.w.write_all(b"*2\r\n$3\r\nGET\r\n$9\r\nbig:value\r\n")
+        .unwrap();
+    // Hang guard only: redis fills the socket at once.
+    let t0 = Instant::now();
+    loop {
+        let list = c.cmd(&["CLIENT", "LIST"]).text();
+        let line = list
+            .lines()
+            .find(|l| l.contains("name=stuck-reader"))
+            .unwrap_or_else(|| panic!("no stuck-reader in {list}"))
+            .to_string();
+        let omem: u64 = line
+            .split(' ')
+            .find_map(|f| f.strip_prefix("omem="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        if omem > 0 && line.contains("cmd=get") {
+            return rd;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "redis never had to hold back the big reply: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// How the round trip dumps redis.
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -537,6 +589,10 @@ fn round_trip(name: &'static str, base: i32, mode: Mode) {
                 c.cmd(&["SET", "held:key", "held-value"]);
                 c
             });
+            // A client whose big reply is stuck in flight: it asked for a 16 MiB value and reads
+            // nothing, with a small receive buffer, so the reply sits in its socket, in redis'
+            // TCP send queue and in redis' own output buffer across the dump and the restore.
+            let mut reader = (mode == Mode::TcpEstablished).then(|| stuck_reader(&r));
             let names = thread_names(pid);
             for t in ["bio_close_file", "bio_aof_fsync", "bio_lazy_free"] {
                 assert!(names.iter().any(|n| n == t), "redis runs {t}: {names:?}");
@@ -556,6 +612,24 @@ fn round_trip(name: &'static str, base: i32, mode: Mode) {
             // jemalloc starts background threads lazily: compare with the images, not `names`.
             let dumped = image_thread_names(&images);
             assert!(dumped.len() >= names.len(), "{dumped:?} vs {names:?}");
+            if mode == Mode::TcpEstablished {
+                let outq: Vec<u64> = std::fs::read_dir(&images)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| {
+                        p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with("tcp-stream-")
+                    })
+                    .map(|p| decode(&p)["entries"][0]["outq_len"].as_u64().unwrap_or(0))
+                    .collect();
+                assert_eq!(outq.len(), 2, "two established connections dumped");
+                assert!(
+                    outq.iter().any(|&n| n > 0),
+                    "the stuck reply is in a dumped send queue: {outq:?}"
+                );
+            }
             if leave_running {
                 assert!(alive(pid) && untraced(pid), "redis left running");
                 let mut c = r.client();
@@ -573,6 +647,16 @@ fn round_trip(name: &'static str, base: i32, mode: Mode) {
             run_stasis(&args, &images, "restore.log", "stasis restore redis");
             assert!(alive(pid) && untraced(pid), "restored redis runs untraced");
             assert_restored_threads(&thread_names(pid), &dumped);
+            if let Some(rd) = reader.as_mut() {
+                let got = rd.reply();
+                assert!(
+                    got == Reply::Bulk(Some(big_value())),
+                    "the big reply arrives whole"
+                );
+                assert_eq!(rd.cmd(&["CLIENT", "GETNAME"]).text(), "stuck-reader");
+                assert_eq!(rd.cmd(&["DEL", "big:value"]).int(), 1);
+            }
+            drop(reader);
             if let Some(h) = held.as_mut() {
                 // The same connection, and the server still knows this client.
                 assert_eq!(h.cmd(&["CLIENT", "GETNAME"]).text(), "held-across");
