@@ -244,11 +244,45 @@ fn check(c: &mut Client, d: &Data, label: &str) {
     assert_eq!(c.cmd(&["GET", "new:key"]).text(), "new-value", "{label}");
     assert_eq!(c.cmd(&["INCR", "new:counter"]).int(), 1, "{label}");
     assert_eq!(c.cmd(&["DEL", "new:key", "new:counter"]).int(), 2);
+    bio_frees(c, label);
     let info = c.cmd(&["INFO"]).text();
     assert!(
         info.contains("redis_version:") && info.contains("db0:keys="),
         "{label}: INFO: {info}"
     );
+}
+
+fn info_field(c: &mut Client, section: &str, field: &str) -> i64 {
+    let info = c.cmd(&["INFO", section]).text();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in INFO {section}: {info}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// UNLINK of a large hash hands the value to the lazyfree bio thread: it must free it (the
+/// background threads work).
+fn bio_frees(c: &mut Client, label: &str) {
+    let before = info_field(c, "memory", "lazyfreed_objects");
+    let fields: Vec<String> = (0..1000).map(|i| format!("f{i}")).collect();
+    let mut args: Vec<&str> = vec!["HSET", "big:hash"];
+    for f in &fields {
+        args.push(f);
+        args.push("v");
+    }
+    assert_eq!(c.cmd(&args).int(), 1000);
+    assert_eq!(c.cmd(&["UNLINK", "big:hash"]).int(), 1);
+    // Hang guard only (the bio thread frees it in microseconds when it runs at all).
+    let t0 = Instant::now();
+    while info_field(c, "memory", "lazyfreed_objects") <= before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{label}: the lazyfree bio thread never freed the unlinked hash"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn ipv6_loopback() -> bool {
@@ -286,7 +320,12 @@ impl Redis {
         let log = dir.join("redis.log");
         let logs = log.display().to_string();
         let dirs = dir.display().to_string();
+        // Through env: fx-launch keeps glibc off AVX (for its portable fixtures); redis runs
+        // here as users run it, with glibc's AVX2/AVX-512 string functions.
         let args = [
+            "-u",
+            "GLIBC_TUNABLES",
+            REDIS,
             "--port",
             &port,
             "--bind",
@@ -302,7 +341,7 @@ impl Redis {
             "--dir",
             &dirs,
         ];
-        let w = launch_program(name, base, REDIS, &args);
+        let w = launch_program(name, base, "/usr/bin/env", &args);
         let r = Redis {
             w,
             port: port.parse().unwrap(),
@@ -313,6 +352,11 @@ impl Redis {
         loop {
             if let Ok(mut c) = Client::connect(&r.addr4()) {
                 assert_eq!(c.cmd(&["PING"]), Reply::Status("PONG".into()));
+                let env = std::fs::read(format!("/proc/{}/environ", r.w.pid)).unwrap();
+                assert!(
+                    !String::from_utf8_lossy(&env).contains("GLIBC_TUNABLES"),
+                    "redis runs with glibc's own CPU feature choice"
+                );
                 return r;
             }
             assert!(
@@ -341,10 +385,56 @@ fn alive(pid: i32) -> bool {
     !gone(&[pid])
 }
 
-fn threads_of(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+/// The names of a process' threads, sorted.
+fn thread_names(pid: i32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+                .map(|s| s.trim_end().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The thread names the core images of an image directory record, sorted.
+fn image_thread_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("core-")
+        })
+        .map(|p| {
+            let doc = decode(&p);
+            let tc = &doc["entries"][0]["thread_core"];
+            let comm = tc["comm"].as_str().map(str::to_string);
+            comm.unwrap_or_else(|| panic!("no thread comm in {}: {doc}", p.display()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every dumped thread is back under its name; the only newcomers may be jemalloc's lazily
+/// started background threads.
+fn assert_restored_threads(now: &[String], dumped: &[String]) {
+    let mut extra = now.to_vec();
+    for d in dumped {
+        let i = extra
+            .iter()
+            .position(|n| n == d)
+            .unwrap_or_else(|| panic!("thread {d} not restored: {now:?} vs dumped {dumped:?}"));
+        extra.remove(i);
+    }
+    assert!(
+        extra.iter().all(|n| n == "jemalloc_bg_thd"),
+        "unexpected threads after the restore: {extra:?} (dumped {dumped:?})"
+    );
 }
 
 fn untraced(pid: i32) -> bool {
@@ -352,19 +442,6 @@ fn untraced(pid: i32) -> bool {
         .unwrap_or_default()
         .lines()
         .any(|l| l == "TracerPid:\t0")
-}
-
-fn count_cores(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("core-")
-        })
-        .count()
 }
 
 fn run_stasis(args: &[&str], images: &Path, log: &str, what: &str) {
@@ -411,9 +488,73 @@ fn shutdown(r: &Redis, pid: i32) {
     );
 }
 
-/// Starts redis, loads data, dumps it with the command line (killing it, or with
-/// `--leave-running` then killing it), restores it and checks it serves everything.
-fn round_trip(name: &'static str, base: i32, leave_running: bool) {
+const BIG_CHUNK: usize = 1 << 20;
+const BIG_CHUNKS: usize = 16;
+
+fn big_chunk(i: usize) -> Vec<u8> {
+    (0..BIG_CHUNK)
+        .map(|j| b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"[(i * 11 + j * 7 + j / 1000) % 36])
+        .collect()
+}
+
+fn big_value() -> Vec<u8> {
+    (0..BIG_CHUNKS).flat_map(big_chunk).collect()
+}
+
+/// Stores `big:value` and asks for it on a fresh connection that does not read: returns once
+/// redis holds part of the reply in its own output buffer (it cannot write more).
+fn stuck_reader(r: &Redis) -> Client {
+    let mut c = r.client();
+    for i in 0..BIG_CHUNKS {
+        let reply = c.pipeline(&[cmdv(&[b"APPEND", b"big:value", &big_chunk(i)])]);
+        assert_eq!(reply, vec![Reply::Int(((i + 1) * BIG_CHUNK) as i64)]);
+    }
+    let mut rd = r.client();
+    nix::sys::socket::setsockopt(&rd.w, nix::sys::socket::sockopt::RcvBuf, &65536).unwrap();
+    rd.cmd(&["CLIENT", "SETNAME", "stuck-reader"]);
+    rd.w.write_all(b"*2\r\n$3\r\nGET\r\n$9\r\nbig:value\r\n")
+        .unwrap();
+    // Hang guard only: redis fills the socket at once.
+    let t0 = Instant::now();
+    loop {
+        let list = c.cmd(&["CLIENT", "LIST"]).text();
+        let line = list
+            .lines()
+            .find(|l| l.contains("name=stuck-reader"))
+            .unwrap_or_else(|| panic!("no stuck-reader in {list}"))
+            .to_string();
+        let omem: u64 = line
+            .split(' ')
+            .find_map(|f| f.strip_prefix("omem="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        if omem > 0 && line.contains("cmd=get") {
+            return rd;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "redis never had to hold back the big reply: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How the round trip dumps redis.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// `stasis dump` kills the tree.
+    Kill,
+    /// `--leave-running`, then the test kills redis.
+    LeaveRunning,
+    /// `--tcp-established` on dump and restore, with a client connected across both.
+    TcpEstablished,
+}
+
+/// Starts redis, loads data, dumps it with the command line, restores it and checks it serves
+/// everything.
+fn round_trip(name: &'static str, base: i32, mode: Mode) {
+    let leave_running = mode == Mode::LeaveRunning;
     let _lock = restore_lock();
     let dir = PathBuf::from(format!(
         "/tmp/stasis-dump-tests/{name}-{}",
@@ -441,8 +582,21 @@ fn round_trip(name: &'static str, base: i32, leave_running: bool) {
                 check(&mut c, &d, "before the dump");
                 d
             };
-            let threads = threads_of(pid);
-            assert!(threads >= 2, "redis runs its bio threads ({threads})");
+            // A client connected across the dump and the restore (with --tcp-established).
+            let mut held = (mode == Mode::TcpEstablished).then(|| {
+                let mut c = r.client();
+                c.cmd(&["CLIENT", "SETNAME", "held-across"]);
+                c.cmd(&["SET", "held:key", "held-value"]);
+                c
+            });
+            // A client whose big reply is stuck in flight: it asked for a 16 MiB value and reads
+            // nothing, with a small receive buffer, so the reply sits in its socket, in redis'
+            // TCP send queue and in redis' own output buffer across the dump and the restore.
+            let mut reader = (mode == Mode::TcpEstablished).then(|| stuck_reader(&r));
+            let names = thread_names(pid);
+            for t in ["bio_close_file", "bio_aof_fsync", "bio_lazy_free"] {
+                assert!(names.iter().any(|n| n == t), "redis runs {t}: {names:?}");
+            }
             let images = d2.join("img");
             std::fs::create_dir_all(&images).unwrap();
             let pids = pid.to_string();
@@ -450,9 +604,32 @@ fn round_trip(name: &'static str, base: i32, leave_running: bool) {
             if leave_running {
                 args.push("--leave-running");
             }
+            if mode == Mode::TcpEstablished {
+                args.push("--tcp-established");
+            }
             run_stasis(&args, &images, "dump.log", "stasis dump redis");
             assert_eq!(pids_of(&images), vec![pid]);
-            assert_eq!(count_cores(&images), threads, "a core image per thread");
+            // jemalloc starts background threads lazily: compare with the images, not `names`.
+            let dumped = image_thread_names(&images);
+            assert!(dumped.len() >= names.len(), "{dumped:?} vs {names:?}");
+            if mode == Mode::TcpEstablished {
+                let outq: Vec<u64> = std::fs::read_dir(&images)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| {
+                        p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with("tcp-stream-")
+                    })
+                    .map(|p| decode(&p)["entries"][0]["outq_len"].as_u64().unwrap_or(0))
+                    .collect();
+                assert_eq!(outq.len(), 2, "two established connections dumped");
+                assert!(
+                    outq.iter().any(|&n| n > 0),
+                    "the stuck reply is in a dumped send queue: {outq:?}"
+                );
+            }
             if leave_running {
                 assert!(alive(pid) && untraced(pid), "redis left running");
                 let mut c = r.client();
@@ -463,14 +640,31 @@ fn round_trip(name: &'static str, base: i32, leave_running: bool) {
                 kill_pids(&[pid]);
             }
             wait_gone(&[pid], 10, "the dumped redis");
-            run_stasis(
-                &["restore", "-d"],
-                &images,
-                "restore.log",
-                "stasis restore redis",
-            );
+            let mut args = vec!["restore", "-d"];
+            if mode == Mode::TcpEstablished {
+                args.push("--tcp-established");
+            }
+            run_stasis(&args, &images, "restore.log", "stasis restore redis");
             assert!(alive(pid) && untraced(pid), "restored redis runs untraced");
-            assert_eq!(threads_of(pid), threads, "every redis thread restored");
+            assert_restored_threads(&thread_names(pid), &dumped);
+            if let Some(rd) = reader.as_mut() {
+                let got = rd.reply();
+                assert!(
+                    got == Reply::Bulk(Some(big_value())),
+                    "the big reply arrives whole"
+                );
+                assert_eq!(rd.cmd(&["CLIENT", "GETNAME"]).text(), "stuck-reader");
+                assert_eq!(rd.cmd(&["DEL", "big:value"]).int(), 1);
+            }
+            drop(reader);
+            if let Some(h) = held.as_mut() {
+                // The same connection, and the server still knows this client.
+                assert_eq!(h.cmd(&["CLIENT", "GETNAME"]).text(), "held-across");
+                assert_eq!(h.cmd(&["GET", "held:key"]).text(), "held-value");
+                assert_eq!(h.cmd(&["DEL", "held:key"]).int(), 1);
+                check(h, &data, "restored, over the held connection");
+            }
+            drop(held);
             let mut c = r.client();
             check(&mut c, &data, "restored");
             assert_eq!(c.cmd(&["GET", "after:dump"]), Reply::Bulk(None));
@@ -489,10 +683,61 @@ fn round_trip(name: &'static str, base: i32, leave_running: bool) {
 
 #[test]
 fn redis_round_trip_dump_kills() {
-    round_trip("redis-rt", 32700, false);
+    round_trip("redis-rt", 29000, Mode::Kill);
 }
 
 #[test]
 fn redis_round_trip_leave_running() {
-    round_trip("redis-rt-lr", 32700, true);
+    round_trip("redis-rt-lr", 29000, Mode::LeaveRunning);
+}
+
+#[test]
+fn redis_round_trip_tcp_established_client() {
+    round_trip("redis-rt-tcp", 29000, Mode::TcpEstablished);
+}
+
+/// Without `--tcp-established` a connected client makes the dump fail with an error naming the
+/// option, and redis goes on as if nothing happened.
+#[test]
+fn redis_dump_refuses_connected_client_without_tcp_established() {
+    let _lock = restore_lock();
+    let name = "redis-refuse";
+    let base = 29000;
+    let dir = PathBuf::from(format!(
+        "/tmp/stasis-dump-tests/{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cg = cgroup_path(name, base);
+    let d2 = dir.clone();
+    with_deadline(
+        120,
+        move || kill_cgroup(&cg),
+        move || {
+            let r = Redis::start(name, base, &d2);
+            let pid = r.w.pid;
+            let mut c = r.client();
+            let data = load(&mut c);
+            let images = d2.join("img");
+            std::fs::create_dir_all(&images).unwrap();
+            let out = stasis_bin()
+                .args(["dump", "-t", &pid.to_string(), "-D"])
+                .arg(&images)
+                .args(["-o", "dump.log", "-v4"])
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "dump with a connected client");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("--tcp-established"), "{err}");
+            assert!(
+                alive(pid) && untraced(pid) && all_running(&r.w),
+                "a failed dump leaves redis running"
+            );
+            check(&mut c, &data, "after the refused dump");
+            drop(c);
+            shutdown(&r, pid);
+        },
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

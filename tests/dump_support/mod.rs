@@ -246,13 +246,23 @@ pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Wo
         "no cgroup v2 at {}",
         cg.display()
     );
+    let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let mut pid = base;
     let mut attempts = 0;
+    let mut last_err = String::new();
     loop {
         while !pid_free(pid, 20) {
             pid += 20;
             assert!(pid < base + 2000, "no free pid range near {base}");
         }
+        assert!(
+            pid + 20 < pid_max,
+            "pid range {pid} is beyond pid_max {pid_max} ({last_err})"
+        );
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg("echo $$ > \"$1\"/cgroup.procs && shift && exec \"$@\"")
@@ -262,7 +272,8 @@ pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Wo
             .arg(pid.to_string())
             .arg(program)
             .args(args);
-        if cmd.status().unwrap().success() {
+        let out = cmd.output().unwrap();
+        if out.status.success() {
             return Workload {
                 name: name.into(),
                 pid,
@@ -271,10 +282,12 @@ pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Wo
                 child: None,
             };
         }
+        // Exit 3: someone else forked between fx-launch's ns_last_pid write and its fork.
+        last_err = String::from_utf8_lossy(&out.stderr).trim().to_string();
         attempts += 1;
         assert!(
-            attempts < 10,
-            "fx-launch {program} failed {attempts} times near {base}"
+            attempts < 20,
+            "fx-launch {program} failed {attempts} times near {base}: {last_err}"
         );
         pid += 20;
     }
