@@ -106,7 +106,7 @@ fn collect_process(
         let t1 = prof.now_us();
         let tstat = proc::stat::read_thread(pid, tid).map_err(pe)?;
         let tstatus = proc::status::read_thread(pid, tid).map_err(pe)?;
-        let facts = ThreadFacts {
+        let mut facts = ThreadFacts {
             tid,
             comm: proc::misc::read_comm(pid, tid).map_err(pe)?,
             blk_sigset: tstatus.sig_blk().map_err(pe)?,
@@ -117,6 +117,7 @@ fn collect_process(
         };
         fault::check("core", tid)?;
         let tprobe = frozen.thread(pid, tid)?;
+        facts.creds.secbits = tprobe.secbits;
         let proc_part = if tid == pid {
             Some((&pf, &pprobe))
         } else {

@@ -115,6 +115,8 @@ pub struct ThreadProbe {
     /// Thread-private pending signals (raw 128-byte siginfo each).
     pub pending: Vec<Vec<u8>>,
     pub pdeath_sig: u32,
+    /// `PR_GET_SECUREBITS` of the thread.
+    pub secbits: u32,
 }
 
 /// One signal disposition (kernel `struct sigaction` for x86-64).

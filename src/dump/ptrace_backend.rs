@@ -46,6 +46,7 @@ const PR_GET_DUMPABLE: u64 = 3;
 const PR_GET_CHILD_SUBREAPER: u64 = 37;
 const PR_GET_TID_ADDRESS: u64 = 40;
 const PR_GET_THP_DISABLE: u64 = 42;
+const PR_GET_SECUREBITS: u64 = 27;
 /// Kernel restart codes a syscall interrupted by the stop may hold in ax.
 const ERESTARTSYS: i64 = 512;
 const ERESTARTNOINTR: i64 = 513;
@@ -374,11 +375,13 @@ impl TaskProbe for PtraceFrozen {
             (SYS_PRCTL, [PR_GET_TID_ADDRESS, SCRATCH, 0, 0, 0, 0]),
             (SYS_GET_ROBUST_LIST, [0, SCRATCH, SCRATCH_8, 0, 0, 0]),
             (SYS_PRCTL, [PR_GET_PDEATHSIG, SCRATCH, 0, 0, 0, 0]),
+            (SYS_PRCTL, [PR_GET_SECUREBITS, 0, 0, 0, 0, 0]),
         ];
         let res = self.inject(pid, tid, &calls, |i, ret, b| match i {
             0 => (ret, le64(b, 0), le64(b, 16), le64(b, 8) as u32),
             1 => (ret, le64(b, 0), 0, 0),
             2 => (ret, le64(b, 0), le64(b, 8), 0),
+            4 => (ret, ret.max(0) as u64, 0, 0),
             _ => (ret, le64(b, 0) & 0xffff_ffff, 0, 0),
         })?;
         let ok = |i: usize| res[i].0 >= 0;
@@ -419,6 +422,7 @@ impl TaskProbe for PtraceFrozen {
                 .map(|s| s.to_vec())
                 .collect(),
             pdeath_sig: if ok(3) { res[3].1 as u32 } else { 0 },
+            secbits: if ok(4) { res[4].1 as u32 } else { 0 },
         })
     }
 
