@@ -11,6 +11,7 @@
 //!   printing its counter there and reads a line typed on the new master.
 
 mod dump_support;
+mod restore_support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -387,6 +388,42 @@ fn vdso_proxy_when_the_dumped_vdso_differs() {
 #[test]
 fn vdso_proxy_for_an_image_without_vvar() {
     vdso_proxy_round_trip(true, 29300);
+}
+
+/// The same rewrite of a CRIU 4.2 fixture image (fx-loop): restored through the proxy, it
+/// passes its own checks.
+#[test]
+fn vdso_proxy_restores_a_criu_image_with_another_vdso() {
+    let s = restore_support::serial();
+    restore_support::pids_ready("fx-loop");
+    let leftovers = restore_support::Leftovers("fx-loop");
+    let dir = restore_support::scratch_copy(&s, "fx-loop");
+    let (root, _) = restore_support::manifest("fx-loop");
+    let old = rewrite_vdso(&dir, root, false);
+    let pidfile = dir.join("root.pid");
+    let out = restore_support::stasis_restore(
+        &dir,
+        &[
+            "-d",
+            "-v4",
+            "-o",
+            "restore.log",
+            "--pidfile",
+            pidfile.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "restore: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default()
+    );
+    let (running, at_old) = maps_of(root, old);
+    assert_ne!(running, old, "the running vdso was moved elsewhere (proxy)");
+    assert!(at_old.contains(" r-xp "), "the image's vdso copy: {at_old}");
+    let (ok, text) = restore_support::verify("fx-loop", &pidfile);
+    assert!(ok, "fx-loop through a proxied vdso: {text}");
+    drop(leftovers);
 }
 
 /// Reads what the terminal shows on `master` until `done(text)` or `secs` pass.
