@@ -421,7 +421,7 @@ impl Files {
                     "files",
                     pid,
                     Some(libc::ENOTSUP),
-                    format!("fd {fd}: socket:[{ino}] of an unsupported family (unix, TCP and UDP are)"),
+                    format!("fd {fd}: socket:[{ino}] of an unsupported family"),
                 ))
             }
             FdTarget::AnonInode(kind) => {
