@@ -225,7 +225,7 @@ pub fn task_core(f: &ProcessFacts, p: &ProcessProbe) -> Value {
             json!({"sigaction": a.handler, "flags": a.flags, "restorer": a.restorer, "mask": a.mask, "compat_sigaction": false})
         })
         .collect();
-    let mut v = json!({
+    let v = json!({
         "task_state": f.state, "exit_code": f.exit_code, "personality": f.personality,
         "flags": f.flags, "blk_sigset": f.blk_sigset, "comm": f.comm,
         "timers": timers,
@@ -235,9 +235,7 @@ pub fn task_core(f: &ProcessFacts, p: &ProcessProbe) -> Value {
         "sigactions": sigactions,
         "child_subreaper": p.child_subreaper,
     });
-    if f.seccomp_mode != 0 {
-        v["seccomp_mode"] = json!(f.seccomp_mode);
-    }
+    // Seccomp is per thread (thread_core, added by dump::extras).
     v
 }
 

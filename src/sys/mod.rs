@@ -49,6 +49,7 @@ pub mod ptrace;
 pub mod regs;
 pub mod remote;
 pub mod restorer;
+pub mod seccomp;
 #[cfg(test)]
 mod restorer_fixture_tests;
 #[cfg(test)]
