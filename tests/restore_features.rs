@@ -182,6 +182,7 @@ fn creds_survive_dump_and_restore() {
                 before[0]
             );
             assert!(before[0].contains("Groups:\t100 200 300"), "{}", before[0]);
+            assert!(before[0].contains("NoNewPrivs:\t1"), "{}", before[0]);
             let dir = tempfile::tempdir().unwrap();
             dump(w.pid, dir.path(), &[]);
             restore_detached(dir.path());

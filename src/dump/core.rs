@@ -52,6 +52,8 @@ pub struct Creds {
     pub cap_bnd: u64,
     pub cap_amb: u64,
     pub secbits: u32,
+    /// `PR_GET_NO_NEW_PRIVS` (NoNewPrivs in /proc).
+    pub no_new_privs: bool,
 }
 
 /// What the process part (`tc`) is built from.
@@ -166,6 +168,9 @@ pub fn thread_core(f: &ThreadFacts, p: &ThreadProbe, with_blk_sigset: bool) -> V
         "cap_inh": caps(c.cap_inh), "cap_prm": caps(c.cap_prm), "cap_eff": caps(c.cap_eff),
         "cap_bnd": caps(c.cap_bnd), "secbits": c.secbits, "groups": c.groups, "cap_amb": caps(c.cap_amb),
     });
+    if c.no_new_privs {
+        v["creds"]["no_new_privs"] = json!(1);
+    }
     if c.groups.is_empty() {
         if let Some(o) = v["creds"].as_object_mut() {
             o.remove("groups");

@@ -66,6 +66,7 @@ fn creds(st: &proc::status::Status, pid: i32) -> Result<Creds> {
         cap_bnd: st.cap_bnd().map_err(e)?,
         cap_amb: st.cap_amb().unwrap_or(0),
         secbits: 0,
+        no_new_privs: st.no_new_privs().unwrap_or(false),
     })
 }
 
