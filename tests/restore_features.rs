@@ -11,6 +11,7 @@
 //!   printing its counter there and reads a line typed on the new master.
 
 mod dump_support;
+mod restore_support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -181,6 +182,7 @@ fn creds_survive_dump_and_restore() {
                 before[0]
             );
             assert!(before[0].contains("Groups:\t100 200 300"), "{}", before[0]);
+            assert!(before[0].contains("NoNewPrivs:\t1"), "{}", before[0]);
             let dir = tempfile::tempdir().unwrap();
             dump(w.pid, dir.path(), &[]);
             restore_detached(dir.path());
@@ -387,4 +389,230 @@ fn vdso_proxy_when_the_dumped_vdso_differs() {
 #[test]
 fn vdso_proxy_for_an_image_without_vvar() {
     vdso_proxy_round_trip(true, 29300);
+}
+
+/// The same rewrite of a CRIU 4.2 fixture image (fx-loop): restored through the proxy, it
+/// passes its own checks.
+#[test]
+fn vdso_proxy_restores_a_criu_image_with_another_vdso() {
+    let s = restore_support::serial();
+    restore_support::pids_ready("fx-loop");
+    let leftovers = restore_support::Leftovers("fx-loop");
+    let dir = restore_support::scratch_copy(&s, "fx-loop");
+    let (root, _) = restore_support::manifest("fx-loop");
+    let old = rewrite_vdso(&dir, root, false);
+    let pidfile = dir.join("root.pid");
+    let out = restore_support::stasis_restore(
+        &dir,
+        &[
+            "-d",
+            "-v4",
+            "-o",
+            "restore.log",
+            "--pidfile",
+            pidfile.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "restore: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default()
+    );
+    let (running, at_old) = maps_of(root, old);
+    assert_ne!(running, old, "the running vdso was moved elsewhere (proxy)");
+    assert!(at_old.contains(" r-xp "), "the image's vdso copy: {at_old}");
+    let (ok, text) = restore_support::verify("fx-loop", &pidfile);
+    assert!(ok, "fx-loop through a proxied vdso: {text}");
+    drop(leftovers);
+}
+
+/// Reads what the terminal shows on `master` until `done(text)` or `secs` pass.
+fn read_tty_until(master: &std::os::fd::OwnedFd, secs: u64, done: impl Fn(&str) -> bool) -> String {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut text = String::new();
+    let t0 = Instant::now();
+    while !done(&text) && t0.elapsed() < Duration::from_secs(secs) {
+        let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+        if let Ok(1) = poll(&mut fds, PollTimeout::from(100u16)) {
+            let mut buf = [0u8; 4096];
+            match nix::unistd::read(master.as_fd(), &mut buf) {
+                Ok(n) if n > 0 => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => break,
+            }
+        }
+    }
+    text
+}
+
+/// The `count N` values printed so far.
+fn counts(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("count ")?.parse().ok())
+        .collect()
+}
+
+/// Fields of /proc/PID/stat after the command: (pgrp, session, tty_nr, tpgid).
+fn stat_ids(pid: i32) -> (i32, i32, u64, i32) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = s.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    (
+        f[2].parse().unwrap(),
+        f[3].parse().unwrap(),
+        f[4].parse().unwrap(),
+        f[5].parse().unwrap(),
+    )
+}
+
+/// `tty_nr` as /proc encodes the device of `fd`.
+fn tty_nr(fd: &std::os::fd::OwnedFd) -> u64 {
+    let st = nix::sys::stat::fstat(fd).unwrap();
+    let (ma, mi) = (
+        libc::major(st.st_rdev) as u64,
+        libc::minor(st.st_rdev) as u64,
+    );
+    (mi & 0xff) | (ma << 8) | ((mi & !0xff) << 12)
+}
+
+#[test]
+fn shell_job_moves_to_the_restorers_terminal() {
+    let _lock = restore_lock();
+    let bin = build("ttyjob");
+    let pids: std::sync::Arc<std::sync::Mutex<Vec<i32>>> = Default::default();
+    let p2 = pids.clone();
+    with_deadline(
+        120,
+        move || p2.lock().unwrap().iter().for_each(|&p| kill_pid(p)),
+        move || {
+            let wd = work_dir();
+            // The "old" terminal: a shell in its own session runs the job in the foreground.
+            let old = nix::pty::openpty(None, None).unwrap();
+            let old_path = nix::unistd::ttyname(&old.slave).unwrap();
+            let pidfile = wd.join(format!("ttyjob-{}.pid", std::process::id()));
+            let _ = std::fs::remove_file(&pidfile);
+            let mut shell = Command::new(&bin)
+                .arg("shell")
+                .arg(&old_path)
+                .arg(&pidfile)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            drop(old.slave);
+            pids.lock().unwrap().push(shell.id() as i32);
+            let job: i32 = wait_file(&pidfile, 20, "shell").trim().parse().unwrap();
+            pids.lock().unwrap().push(job);
+            let seen = read_tty_until(&old.master, 20, |t| counts(t).len() >= 5);
+            assert!(
+                counts(&seen).len() >= 5,
+                "the job prints its counter: {seen:?}"
+            );
+            let (pgrp, sid, _, tpgid) = stat_ids(job);
+            assert_eq!(
+                (pgrp, sid, tpgid),
+                (job, shell.id() as i32, job),
+                "a foreground job"
+            );
+
+            let dir = tempfile::tempdir().unwrap();
+            dump(job, dir.path(), &["-j"]);
+            let last = *counts(&read_tty_until(&old.master, 1, |_| false))
+                .last()
+                .unwrap_or(counts(&seen).last().unwrap());
+            // The images say what CRIU writes for a shell job: the session is outside.
+            let pstree = crit_decode(&dir.path().join("pstree.img"));
+            assert_eq!(pstree["entries"][0]["sid"], shell.id() as i64);
+            let info = crit_decode(&dir.path().join("tty-info.img"));
+            let e = &info["entries"][0];
+            let index: u64 = old_path
+                .to_str()
+                .unwrap()
+                .trim_start_matches("/dev/pts/")
+                .parse()
+                .unwrap();
+            assert_eq!(e["id"], index << 1, "slave side: {e}");
+            assert_eq!(e["sid"], shell.id() as i64, "{e}");
+            assert_eq!(e["pgrp"], job as i64, "{e}");
+            assert_eq!(e["pty"]["index"], index, "{e}");
+            assert_eq!(
+                info["entries"].as_array().unwrap().len(),
+                1,
+                "no master: {info}"
+            );
+            let files = crit_decode(&dir.path().join("files.img"));
+            let ttys: Vec<_> = files["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| f.get("tty").is_some())
+                .collect();
+            assert_eq!(ttys.len(), 1, "{files}");
+            assert_eq!(ttys[0]["tty"]["tty_info_id"], index << 1);
+
+            // The new terminal: `stasis restore -j` runs on it as a session leader.
+            let new = nix::pty::openpty(None, None).unwrap();
+            let slave =
+                |fd: &std::os::fd::OwnedFd| std::process::Stdio::from(fd.try_clone().unwrap());
+            let mut restorer = Command::new("setsid")
+                .arg("-c")
+                .arg(env!("CARGO_BIN_EXE_stasis"))
+                .args(["restore", "-j", "-D"])
+                .arg(dir.path())
+                .args(["-o", "restore.log", "-v4"])
+                .stdin(slave(&new.slave))
+                .stdout(slave(&new.slave))
+                .stderr(slave(&new.slave))
+                .spawn()
+                .unwrap();
+            pids.lock().unwrap().push(restorer.id() as i32);
+            let new_nr = tty_nr(&new.slave);
+            drop(new.slave);
+            let out = read_tty_until(&new.master, 20, |t| {
+                counts(t).iter().filter(|&&n| n > last).count() >= 3
+            });
+            let log =
+                || std::fs::read_to_string(dir.path().join("restore.log")).unwrap_or_default();
+            assert!(
+                counts(&out).iter().filter(|&&n| n > last).count() >= 3,
+                "the restored job prints on the new terminal, after {last}: {out:?}\n{}",
+                log()
+            );
+            assert!(
+                counts(&out).first().is_some_and(|&n| n <= last + 2),
+                "the counter continues ({last} before): {out:?}"
+            );
+            let (pgrp, sid, nr, tpgid) = stat_ids(job);
+            assert_eq!(sid, restorer.id() as i32, "in the restorer's session");
+            assert_eq!(pgrp, job, "still its own group");
+            assert_eq!(nr, new_nr, "controlling terminal: the new one");
+            assert_eq!(tpgid, job, "the job is the terminal's foreground group");
+            nix::unistd::write(&new.master, b"hello stasis\n").unwrap();
+            let out = read_tty_until(&new.master, 10, |t| t.contains("got: hello stasis"));
+            assert!(
+                out.contains("got: hello stasis"),
+                "the job reads the new terminal: {out:?}"
+            );
+            kill_pid(job);
+            let t0 = Instant::now();
+            let st = loop {
+                if let Some(st) = restorer.try_wait().unwrap() {
+                    break st;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "stasis restore did not exit"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert_eq!(
+                st.code(),
+                Some(128 + 9),
+                "stasis restore exits with the job's status"
+            );
+            kill_pid(shell.id() as i32);
+            let _ = shell.wait();
+            let _ = std::fs::remove_file(&pidfile);
+        },
+    )
 }

@@ -52,6 +52,8 @@ pub struct Creds {
     pub cap_bnd: u64,
     pub cap_amb: u64,
     pub secbits: u32,
+    /// `PR_GET_NO_NEW_PRIVS` (NoNewPrivs in /proc).
+    pub no_new_privs: bool,
 }
 
 /// What the process part (`tc`) is built from.
@@ -166,6 +168,9 @@ pub fn thread_core(f: &ThreadFacts, p: &ThreadProbe, with_blk_sigset: bool) -> V
         "cap_inh": caps(c.cap_inh), "cap_prm": caps(c.cap_prm), "cap_eff": caps(c.cap_eff),
         "cap_bnd": caps(c.cap_bnd), "secbits": c.secbits, "groups": c.groups, "cap_amb": caps(c.cap_amb),
     });
+    if c.no_new_privs {
+        v["creds"]["no_new_privs"] = json!(1);
+    }
     if c.groups.is_empty() {
         if let Some(o) = v["creds"].as_object_mut() {
             o.remove("groups");
@@ -220,7 +225,7 @@ pub fn task_core(f: &ProcessFacts, p: &ProcessProbe) -> Value {
             json!({"sigaction": a.handler, "flags": a.flags, "restorer": a.restorer, "mask": a.mask, "compat_sigaction": false})
         })
         .collect();
-    let mut v = json!({
+    let v = json!({
         "task_state": f.state, "exit_code": f.exit_code, "personality": f.personality,
         "flags": f.flags, "blk_sigset": f.blk_sigset, "comm": f.comm,
         "timers": timers,
@@ -230,9 +235,7 @@ pub fn task_core(f: &ProcessFacts, p: &ProcessProbe) -> Value {
         "sigactions": sigactions,
         "child_subreaper": p.child_subreaper,
     });
-    if f.seccomp_mode != 0 {
-        v["seccomp_mode"] = json!(f.seccomp_mode);
-    }
+    // Seccomp is per thread (thread_core, added by dump::extras).
     v
 }
 

@@ -66,6 +66,7 @@ fn creds(st: &proc::status::Status, pid: i32) -> Result<Creds> {
         cap_bnd: st.cap_bnd().map_err(e)?,
         cap_amb: st.cap_amb().unwrap_or(0),
         secbits: 0,
+        no_new_privs: st.no_new_privs().unwrap_or(false),
     })
 }
 
@@ -76,6 +77,7 @@ fn collect_process(
     ids: &mut IdAllocator,
     stats: &mut PageStats,
     prof: &mut Profile,
+    extras: &mut super::extras::Extras,
 ) -> Result<Collected> {
     let pid = p.pid;
     let pe = |x| DumpError::proc("collect-task", pid, x);
@@ -122,7 +124,9 @@ fn collect_process(
         } else {
             None
         };
-        cores.push((tid, core::core_entry(&facts, &tprobe, proc_part)));
+        let mut core = core::core_entry(&facts, &tprobe, proc_part);
+        extras.thread(pid, tid, &mut core)?;
+        cores.push((tid, core));
         prof.record(&format!("thread {tid}"), "thread", tid, t1);
     }
     prof.record(&format!("task {pid}"), "task", pid, t0);
@@ -187,6 +191,7 @@ struct Collection {
     collected: Vec<Collected>,
     files: Files,
     root_ids: Value,
+    extras: super::extras::Extras,
 }
 
 fn write_images(
@@ -309,14 +314,13 @@ fn write_images(
         .extra
         .write_dir(dir.path())
         .map_err(|e| DumpError::new("images", root, e.errno(), e.to_string()))?;
-    dir.write_all("seccomp.img", out::SECCOMP, &[serde_json::json!({})])
-        .map_err(img(root))?;
+    c.extras.write(dir, root)?;
     dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
         .map_err(img(root))?;
     dir.write_all(
         "inventory.img",
         out::INVENTORY,
-        &[misc_images::inventory(root_ids)],
+        &[misc_images::inventory(root_ids, c.extras.root_cg_set())],
     )
     .map_err(img(root))?;
     Ok(())
@@ -407,6 +411,7 @@ fn dump_frozen(
     let me = std::process::id() as i32;
     let my_ns = proc::ns::read(me).map_err(|e| DumpError::proc("collect-tree", me, e))?;
     let root_ids = ids.ids_entry(&my_ns, [1; 4]);
+    let mut extras = super::extras::Extras::new(opts.pid)?;
     let t = prof.now_us();
     let mut collected = Vec::new();
     for p in tree.iter().filter(|p| !p.zombie) {
@@ -417,6 +422,7 @@ fn dump_frozen(
             &mut ids,
             &mut stats.pages,
             prof,
+            &mut extras,
         )?);
     }
     files.finish_kinds(opts.pid)?;
@@ -429,6 +435,7 @@ fn dump_frozen(
         collected,
         files,
         root_ids,
+        extras,
     };
     write_images(&mut dir, opts, &c, frozen, stats, prof)?;
     if !opts.leave_running {

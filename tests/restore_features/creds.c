@@ -1,7 +1,7 @@
 /* Workload of the creds round trip: as root it drops to uids 2001/2002/2003 (fsuid 2003),
  * gids 1001/1002/1003 (fsgid 1003), groups {100,200,300}, keeps a few capabilities
  * (permitted, effective, inheritable, one ambient), shrinks the bounding set and sets
- * securebits; a second thread shares all of it. It records what /proc says about both threads
+ * securebits and no_new_privs; a second thread shares all of it. It records what /proc says about both threads
  * and, on SIGUSR2, checks that nothing changed: PASS or FAIL: <what>. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -93,6 +93,7 @@ int main(int argc, char **argv)
 	d[1].permitted = 1u << (CAP_BLOCK_SUSPEND - 32);
 	if (syscall(SYS_capset, &h, d)) die("capset");
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NET_BIND_SERVICE, 0, 0)) die("ambient");
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) die("no_new_privs");
 	signal(SIGUSR2, on_usr2);
 	pthread_t th;
 	tids[0] = gettid();
