@@ -119,7 +119,8 @@ pub fn mountpoints() -> BTreeMap<String, PathBuf> {
             }
             _ => continue,
         };
-        out.entry(name).or_insert_with(|| PathBuf::from(&m.mountpoint));
+        out.entry(name)
+            .or_insert_with(|| PathBuf::from(&m.mountpoint));
     }
     out
 }
@@ -347,9 +348,7 @@ impl CgSets {
                     for c in m.iter().filter(|c| c.name == h.name) {
                         // A path below one already walked is in that tree already.
                         if done.iter().any(|d| {
-                            d == "/"
-                                || c.path == *d
-                                || c.path.starts_with(&format!("{d}/"))
+                            d == "/" || c.path == *d || c.path.starts_with(&format!("{d}/"))
                         }) {
                             continue;
                         }

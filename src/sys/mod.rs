@@ -49,11 +49,11 @@ pub mod ptrace;
 pub mod regs;
 pub mod remote;
 pub mod restorer;
-pub mod seccomp;
 #[cfg(test)]
 mod restorer_fixture_tests;
 #[cfg(test)]
 mod restorer_tests;
+pub mod seccomp;
 pub mod sock_diag;
 pub mod socket;
 pub mod task;
