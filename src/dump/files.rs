@@ -383,65 +383,64 @@ impl Files {
             }
         }
         let link = proc::path(pid, &format!("fd/{fd}"));
-        let (id, kind) =
-            match &target {
-                FdTarget::Pipe(ino) => (self.pipe(pid, fd, *ino, flags)?, "PIPE"),
-                FdTarget::Path(p) => {
-                    let s = p.to_string_lossy();
-                    let (name, deleted) = match s.strip_suffix(" (deleted)") {
-                        Some(n) => (n.to_string(), true),
-                        None => (s.to_string(), false),
-                    };
-                    if let Ok(md) = std::fs::metadata(&link) {
-                        use std::os::unix::fs::FileTypeExt;
-                        let major = libc::major(md.rdev());
-                        if md.file_type().is_char_device()
-                            && (major == 4 || major == 5 || (136..=143).contains(&major))
-                        {
-                            return Err(DumpError::new(
-                                "files",
-                                pid,
-                                Some(libc::ENOTSUP),
-                                format!("fd {fd}: terminal {name}: ttys are not supported yet"),
-                            ));
-                        }
-                    }
-                    if let Some(m) = name.strip_prefix("/memfd:") {
-                        (self.memfd_entry(pid, &link, m, flags, info.pos)?, "MEMFD")
-                    } else {
-                        let (id, f) = self.reg_entry(pid, &link, &name, flags, info.pos)?;
-                        let nlink = f.metadata().map(|m| m.nlink()).unwrap_or(1);
-                        if deleted && nlink == 0 {
-                            self.ghost(pid, id, &link)?;
-                        }
-                        (id, "REG")
+        let (id, kind) = match &target {
+            FdTarget::Pipe(ino) => (self.pipe(pid, fd, *ino, flags)?, "PIPE"),
+            FdTarget::Path(p) => {
+                let s = p.to_string_lossy();
+                let (name, deleted) = match s.strip_suffix(" (deleted)") {
+                    Some(n) => (n.to_string(), true),
+                    None => (s.to_string(), false),
+                };
+                if let Ok(md) = std::fs::metadata(&link) {
+                    use std::os::unix::fs::FileTypeExt;
+                    let major = libc::major(md.rdev());
+                    if md.file_type().is_char_device()
+                        && (major == 4 || major == 5 || (136..=143).contains(&major))
+                    {
+                        return Err(DumpError::new(
+                            "files",
+                            pid,
+                            Some(libc::ENOTSUP),
+                            format!("fd {fd}: terminal {name}: ttys are not supported yet"),
+                        ));
                     }
                 }
-                FdTarget::Socket(ino) => return Err(DumpError::new(
+                if let Some(m) = name.strip_prefix("/memfd:") {
+                    (self.memfd_entry(pid, &link, m, flags, info.pos)?, "MEMFD")
+                } else {
+                    let (id, f) = self.reg_entry(pid, &link, &name, flags, info.pos)?;
+                    let nlink = f.metadata().map(|m| m.nlink()).unwrap_or(1);
+                    if deleted && nlink == 0 {
+                        self.ghost(pid, id, &link)?;
+                    }
+                    (id, "REG")
+                }
+            }
+            FdTarget::Socket(ino) => {
+                return Err(DumpError::new(
                     "files",
                     pid,
                     Some(libc::ENOTSUP),
-                    format!(
-                        "fd {fd}: socket:[{ino}] of an unsupported family (unix, TCP and UDP are)"
-                    ),
-                )),
-                FdTarget::AnonInode(kind) => {
-                    return Err(DumpError::new(
-                        "files",
-                        pid,
-                        Some(libc::ENOTSUP),
-                        format!("fd {fd}: unsupported anonymous inode [{kind}]"),
-                    ))
-                }
-                other => {
-                    return Err(DumpError::new(
-                        "files",
-                        pid,
-                        Some(libc::ENOTSUP),
-                        format!("fd {fd}: unsupported file kind {other:?}"),
-                    ))
-                }
-            };
+                    format!("fd {fd}: socket:[{ino}] of an unsupported family"),
+                ))
+            }
+            FdTarget::AnonInode(kind) => {
+                return Err(DumpError::new(
+                    "files",
+                    pid,
+                    Some(libc::ENOTSUP),
+                    format!("fd {fd}: unsupported anonymous inode [{kind}]"),
+                ))
+            }
+            other => {
+                return Err(DumpError::new(
+                    "files",
+                    pid,
+                    Some(libc::ENOTSUP),
+                    format!("fd {fd}: unsupported file kind {other:?}"),
+                ))
+            }
+        };
         self.by_open.insert(key, (id, kind));
         Ok(FdEntry {
             fd,
