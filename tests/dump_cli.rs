@@ -44,7 +44,18 @@ fn unknown_and_unsupported_options_are_refused_by_name() {
         .output()
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-option"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--no-such-option"), "{err}");
+    assert!(
+        err.contains("Usage: stasis dump"),
+        "usage names the verb: {err}"
+    );
+    for verb in ["dump", "restore", "check"] {
+        let out = stasis().args([verb, "--help"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains(&format!("Usage: stasis {verb}")), "{help}");
+    }
 }
 
 #[test]

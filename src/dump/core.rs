@@ -54,6 +54,8 @@ pub struct Creds {
     pub cap_bnd: u64,
     pub cap_amb: u64,
     pub secbits: u32,
+    /// `PR_GET_NO_NEW_PRIVS` (NoNewPrivs in /proc).
+    pub no_new_privs: bool,
 }
 
 /// What the process part (`tc`) is built from.
@@ -211,6 +213,7 @@ pub fn thread_core(f: &ThreadFacts, p: &ThreadProbe, with_blk_sigset: bool) -> p
             secbits: c.secbits,
             groups: c.groups.clone(),
             cap_amb: caps(c.cap_amb),
+            no_new_privs: c.no_new_privs.then_some(1),
             ..Default::default()
         }),
         comm: Some(f.comm.clone()),
@@ -315,18 +318,12 @@ pub fn core_entry(
 ) -> pb::CoreEntry {
     let leader = process.is_some();
     // The leader's blocked mask is tc.blk_sigset; other threads keep theirs in thread_core.
-    let mut thread_core = thread_core(t, tp, !leader);
-    let tc = process.map(|(pf, pp)| {
-        if pf.seccomp_mode != 0 {
-            thread_core.seccomp_mode = Some(pf.seccomp_mode as i32);
-        }
-        task_core(pf, pp)
-    });
+    // Seccomp and the cgroup set are per thread (thread_core, from dump::extras).
     pb::CoreEntry {
         mtype: MARCH_X86_64 as i32,
         thread_info: Some(thread_info(tp)),
-        tc,
-        thread_core: Some(thread_core),
+        tc: process.map(|(pf, pp)| task_core(pf, pp)),
+        thread_core: Some(thread_core(t, tp, !leader)),
         ..Default::default()
     }
 }

@@ -64,6 +64,7 @@ fn creds(st: &proc::status::Status, pid: i32) -> Result<Creds> {
         cap_bnd: st.cap_bnd().map_err(e)?,
         cap_amb: st.cap_amb().unwrap_or(0),
         secbits: 0,
+        no_new_privs: st.no_new_privs().unwrap_or(false),
     })
 }
 
@@ -91,6 +92,60 @@ struct Ctx<'a> {
     stats: &'a mut DumpStats,
     prof: &'a mut Profile,
     pages_id: &'a mut u32,
+    extras: &'a mut super::extras::Extras,
+}
+
+/// Per-thread /proc facts for the extras: seccomp mode (status) and cgroup memberships.
+type ThreadExtrasRaw = (u32, Vec<crate::cgroup::Member>);
+
+fn read_thread_extras(pid: i32, tid: i32) -> Result<ThreadExtrasRaw> {
+    let mode = proc::status::read_thread(pid, tid)
+        .and_then(|s| s.seccomp())
+        .map_err(|e| DumpError::proc("seccomp", pid, e))?;
+    let members = crate::cgroup::read_task(&format!("{pid}/task/{tid}"))
+        .map_err(|e| DumpError::new("cgroup", pid, e.errno(), e.to_string()))?;
+    Ok((mode, members))
+}
+
+/// [`read_thread_extras`] of every thread, a few threads at once when there are many.
+fn read_extras_parallel(pid: i32, tids: &[i32]) -> Result<Vec<ThreadExtrasRaw>> {
+    const PER_WORKER: usize = 256;
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    if tids.len() < 2 * PER_WORKER || workers < 2 {
+        return tids.iter().map(|&t| read_thread_extras(pid, t)).collect();
+    }
+    let chunk = tids.len().div_ceil(workers);
+    let parts: Vec<Result<Vec<ThreadExtrasRaw>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = tids
+            .chunks(chunk)
+            .map(|c| {
+                s.spawn(move || c.iter().map(|&t| read_thread_extras(pid, t)).collect())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(DumpError::new("seccomp", pid, None, "reader panicked")))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(tids.len());
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(out)
+}
+
+/// The typed thread_core fields of the extras: seccomp mode/filter and cgroup set.
+fn apply_extras(tc: &mut stasis_images::pb::ThreadCoreEntry, seccomp: Option<Value>, cg_set: u32) {
+    if let Some(f) = seccomp {
+        tc.seccomp_mode = f["seccomp_mode"].as_i64().map(|m| m as i32);
+        tc.seccomp_filter = f["seccomp_filter"].as_u64().map(|x| x as u32);
+    }
+    tc.cg_set = Some(cg_set);
 }
 
 fn collect_process(p: &Process, frozen: &mut dyn FrozenTree, cx: &mut Ctx<'_>) -> Result<Collected> {
@@ -121,6 +176,12 @@ fn collect_process(p: &Process, frozen: &mut dyn FrozenTree, cx: &mut Ctx<'_>) -
     let mut smaps = Some(std::thread::spawn(move || proc::maps::read_smaps(pid)));
     let exe_file_id = cx.files.exe(pid)?;
     let auxv = proc::misc::read_auxv(pid).map_err(|x| DumpError::proc("mm", pid, x))?;
+    // Seccomp modes and cgroup sets of every thread: /proc files read in the background;
+    // the leader's filters now (PTRACE_SECCOMP_GET_FILTER needs it stopped, and the parasite
+    // will run in it).
+    let tids = p.threads.clone();
+    let mut extras_raw = Some(std::thread::spawn(move || read_extras_parallel(pid, &tids)));
+    let leader_seccomp = cx.extras.seccomp.thread(pid, pid, pf.seccomp_mode)?;
     frozen.with_process(pid, &p.threads, &mut |acc| {
         let pprobe = acc.process()?;
         fault::check("core", pid)?;
@@ -128,16 +189,34 @@ fn collect_process(p: &Process, frozen: &mut dyn FrozenTree, cx: &mut Ctx<'_>) -
         let tprobes = acc.threads()?;
         cx.prof.record(&format!("threads {pid}"), "threads", pid, t1);
         let t1 = cx.prof.now_us();
+        let raw = extras_raw
+            .take()
+            .ok_or_else(|| DumpError::new("seccomp", pid, None, "extras read twice"))?
+            .join()
+            .map_err(|_| DumpError::new("seccomp", pid, None, "extras reader panicked"))??;
         let mut leader_part = Some((pf.clone(), pprobe.clone()));
-        for (&tid, mut tp) in p.threads.iter().zip(tprobes) {
+        let mut leader_seccomp = Some(leader_seccomp.clone());
+        for ((&tid, mut tp), (mode, members)) in p.threads.iter().zip(tprobes).zip(raw) {
             let t = cx.prof.now_us();
             let facts = match tp.facts.take() {
                 Some(f) => f,
                 None => thread_facts_from_proc(pid, tid)?,
             };
+            let seccomp = match leader_seccomp.take() {
+                Some(f) if tid == pid => f,
+                other => {
+                    leader_seccomp = other;
+                    cx.extras.seccomp.thread(pid, tid, mode)?
+                }
+            };
+            let cg_set = cx.extras.cgroups.task_members(members);
             let process = if tid == pid { leader_part.take() } else { None };
             cx.dir.spool(&format!("core-{tid}.img"), move || {
-                let entry = core::core_entry(&facts, &tp, process.as_ref().map(|(f, p)| (f, p)));
+                let mut entry =
+                    core::core_entry(&facts, &tp, process.as_ref().map(|(f, p)| (f, p)));
+                if let Some(tc) = entry.thread_core.as_mut() {
+                    apply_extras(tc, seccomp, cg_set);
+                }
                 Ok(core::core_file(&entry))
             });
             cx.prof.record(&format!("thread {tid}"), "thread", tid, t);
@@ -220,6 +299,7 @@ struct Collection {
     collected: Vec<Collected>,
     files: Files,
     root_ids: Value,
+    extras: super::extras::Extras,
 }
 
 fn write_images(
@@ -320,14 +400,13 @@ fn write_images(
         .extra
         .write_dir(dir.path())
         .map_err(|e| DumpError::new("images", root, e.errno(), e.to_string()))?;
-    dir.write_all("seccomp.img", out::SECCOMP, &[serde_json::json!({})])
-        .map_err(img(root))?;
+    c.extras.write(dir, root)?;
     dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
         .map_err(img(root))?;
     dir.write_all(
         "inventory.img",
         out::INVENTORY,
-        &[misc_images::inventory(root_ids)],
+        &[misc_images::inventory(root_ids, c.extras.root_cg_set())],
     )
     .map_err(img(root))?;
     Ok(())
@@ -418,6 +497,7 @@ fn dump_frozen(
     let me = std::process::id() as i32;
     let my_ns = proc::ns::read(me).map_err(|e| DumpError::proc("collect-tree", me, e))?;
     let root_ids = ids.ids_entry(&my_ns, [1; 4]);
+    let mut extras = super::extras::Extras::new(opts.pid)?;
     let mut dir = ImageDir::new(&opts.images_dir);
     let mut pages_id = 0u32;
     let t = prof.now_us();
@@ -430,6 +510,7 @@ fn dump_frozen(
             stats,
             prof,
             pages_id: &mut pages_id,
+            extras: &mut extras,
         };
         for p in tree.iter().filter(|p| !p.zombie) {
             collected.push(collect_process(p, frozen, &mut cx)?);
@@ -444,6 +525,7 @@ fn dump_frozen(
         collected,
         files,
         root_ids,
+        extras,
     };
     write_images(&mut dir, opts, &c, pages_id, stats, prof)?;
     if !opts.leave_running {

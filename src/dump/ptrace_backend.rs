@@ -228,6 +228,7 @@ impl OpenProcess<'_> {
                 cap_bnd: st.cap_bnd,
                 cap_amb: st.cap_amb,
                 secbits: st.secbits,
+                no_new_privs: st.no_new_privs != 0,
             },
         };
         Ok(ThreadProbe {

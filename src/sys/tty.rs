@@ -12,6 +12,7 @@ pub const TCGETS: libc::c_ulong = 0x5401;
 pub const TCSETS: libc::c_ulong = 0x5402;
 pub const TIOCEXCL: libc::c_ulong = 0x540C;
 pub const TIOCGPGRP: libc::c_ulong = 0x540F;
+pub const TIOCSPGRP: libc::c_ulong = 0x5410;
 pub const TIOCGWINSZ: libc::c_ulong = 0x5413;
 pub const TIOCSWINSZ: libc::c_ulong = 0x5414;
 pub const TIOCPKT: libc::c_ulong = 0x5420;
@@ -131,6 +132,21 @@ pub fn open_peer(master: impl AsFd, flags: i32) -> Result<OwnedFd, Errno> {
     let r = check(unsafe { libc::ioctl(master.as_fd().as_raw_fd(), TIOCGPTPEER, flags) })?;
     // SAFETY: `r` is a descriptor the kernel just returned; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// Makes process group `pgrp` the foreground group of the terminal on descriptor `fd` (the
+/// caller's controlling terminal; a bad descriptor is just an error). SIGTTOU, which the kernel sends to a background caller, is blocked
+/// for the call.
+pub fn set_foreground(fd: std::os::fd::RawFd, pgrp: i32) -> Result<(), Errno> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut ttou = SigSet::empty();
+    ttou.add(Signal::SIGTTOU);
+    let mut old = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut old))?;
+    // SAFETY: TIOCSPGRP reads one pid_t through the pointer, which is valid.
+    let r = check(unsafe { libc::ioctl(fd, TIOCSPGRP, &pgrp as *const i32) });
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+    r.map(drop)
 }
 
 /// `isatty(fd)`.

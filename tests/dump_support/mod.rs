@@ -234,6 +234,119 @@ pub fn launch(name: &str, base: i32, args: &[&str]) -> Workload {
     w
 }
 
+/// Starts `program args...` through fx-launch at a free pid from `base` (its own session, fds
+/// 0-2 on /dev/null, cwd /, parent gone so init reaps it), inside a fresh cgroup. Returns at
+/// once: readiness is the caller's business.
+pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Workload {
+    install_fixtures();
+    let cg = cgroup_path(name, base);
+    let _ = std::fs::create_dir(&cg);
+    assert!(
+        cg.join("cgroup.procs").exists(),
+        "no cgroup v2 at {}",
+        cg.display()
+    );
+    let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut pid = base;
+    let mut attempts = 0;
+    let mut last_err = String::new();
+    loop {
+        while !pid_free(pid, 20) {
+            pid += 20;
+            assert!(pid < base + 2000, "no free pid range near {base}");
+        }
+        assert!(
+            pid + 20 < pid_max,
+            "pid range {pid} is beyond pid_max {pid_max} ({last_err})"
+        );
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("echo $$ > \"$1\"/cgroup.procs && shift && exec \"$@\"")
+            .arg("sh")
+            .arg(&cg)
+            .arg("/tmp/criu-fixtures/bin/fx-launch")
+            .arg(pid.to_string())
+            .arg(program)
+            .args(args);
+        let out = cmd.output().unwrap();
+        if out.status.success() {
+            return Workload {
+                name: name.into(),
+                pid,
+                cgroup: cg,
+                result: PathBuf::new(),
+                child: None,
+            };
+        }
+        // Exit 3: someone else forked between fx-launch's ns_last_pid write and its fork.
+        last_err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        attempts += 1;
+        assert!(
+            attempts < 20,
+            "fx-launch {program} failed {attempts} times near {base}: {last_err}"
+        );
+        pid += 20;
+    }
+}
+
+/// Whether none of `pids` exists any more (a zombie still holds its pid).
+pub fn gone(pids: &[i32]) -> bool {
+    pids.iter().all(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .map(|s| s.contains(") X"))
+            .unwrap_or(true)
+    })
+}
+
+/// Waits (`secs` at most) until none of `pids` is alive.
+pub fn wait_gone(pids: &[i32], secs: u64, what: &str) {
+    let t0 = Instant::now();
+    while !gone(pids) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "{what}: tasks {pids:?} still alive"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pids of an image directory's process tree.
+pub fn pids_of(dir: &Path) -> Vec<i32> {
+    let doc = decode(&dir.join("pstree.img"));
+    doc["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pid"].as_i64().unwrap() as i32)
+        .collect()
+}
+
+pub fn kill_pids(pids: &[i32]) {
+    for &p in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The restore tests' lock: one restore (or fixed-pid workload) at a time on this machine.
+pub fn restore_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let f = std::fs::File::create("/tmp/stasis-restore-tests.lock").unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap()
+}
+
+/// The stasis binary of this build.
+pub fn stasis_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stasis"))
+}
+
 /// A frozen tree for tests: the cgroup freezer holds it still, memory is read through
 /// /proc/PID/mem, and the ptrace/parasite part is a double with fixed, plausible values
 /// (so every field the images carry is present; the values themselves are not checked).
