@@ -228,7 +228,8 @@ fn thread_routine_matches_proc_for_every_thread() {
         states.push(d.state);
     }
     let hex = |s: String| u64::from_str_radix(&s, 16).unwrap();
-    let ids = |s: String| -> Vec<u32> { s.split_whitespace().map(|x| x.parse().unwrap()).collect() };
+    let ids =
+        |s: String| -> Vec<u32> { s.split_whitespace().map(|x| x.parse().unwrap()).collect() };
     for (st, t) in states.iter().zip(&tasks) {
         let tid = t.tid();
         let f = |k: &str| {
@@ -250,20 +251,43 @@ fn thread_routine_matches_proc_for_every_thread() {
         let groups = ids(f("Groups"));
         assert_eq!(st.ngroups as usize, groups.len(), "groups of {tid}");
         assert_eq!(&st.groups[..groups.len()], &groups[..], "groups of {tid}");
-        assert_eq!(st.no_new_privs.to_string(), f("NoNewPrivs"), "no_new_privs of {tid}");
+        assert_eq!(
+            st.no_new_privs.to_string(),
+            f("NoNewPrivs"),
+            "no_new_privs of {tid}"
+        );
         let comm = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", w.pid)).unwrap();
         let end = st.comm.iter().position(|&b| b == 0).unwrap_or(16);
-        assert_eq!(std::str::from_utf8(&st.comm[..end]).unwrap(), comm.trim_end());
+        assert_eq!(
+            std::str::from_utf8(&st.comm[..end]).unwrap(),
+            comm.trim_end()
+        );
         let stat = std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", w.pid)).unwrap();
         let after = &stat[stat.rfind(')').unwrap() + 2..];
         let fields: Vec<&str> = after.split_whitespace().collect();
         // Fields after the comm start at 3 (state): nice is 19, rt_priority 40, policy 41.
         assert_eq!(st.sched_nice.to_string(), fields[19 - 3], "nice of {tid}");
-        assert_eq!(st.sched_prio.to_string(), fields[40 - 3], "rt_priority of {tid}");
-        assert_eq!(st.sched_policy.to_string(), fields[41 - 3], "policy of {tid}");
-        assert_eq!(st.tls_status, -libc::ENOSYS, "GDT TLS is left to ptrace ({tid})");
+        assert_eq!(
+            st.sched_prio.to_string(),
+            fields[40 - 3],
+            "rt_priority of {tid}"
+        );
+        assert_eq!(
+            st.sched_policy.to_string(),
+            fields[41 - 3],
+            "policy of {tid}"
+        );
+        assert_eq!(
+            st.tls_status,
+            -libc::ENOSYS,
+            "GDT TLS is left to ptrace ({tid})"
+        );
         let (head, len) = t.robust_list().unwrap();
-        assert_eq!((st.robust_head, st.robust_len), (head, len), "robust list of {tid}");
+        assert_eq!(
+            (st.robust_head, st.robust_len),
+            (head, len),
+            "robust list of {tid}"
+        );
     }
     p.cure().expect("cure");
     assert_eq!(snapshot(&tasks), before, "threads changed by the routine");

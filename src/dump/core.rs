@@ -267,7 +267,11 @@ pub fn task_core(f: &ProcessFacts, p: &ProcessProbe) -> pb::TaskCoreEntry {
     let sigactions = (1..=64u32)
         .filter(|&s| s != libc::SIGKILL as u32 && s != libc::SIGSTOP as u32)
         .map(|s| {
-            let a = p.sigactions.get(s as usize - 1).copied().unwrap_or_default();
+            let a = p
+                .sigactions
+                .get(s as usize - 1)
+                .copied()
+                .unwrap_or_default();
             pb::SaEntry {
                 sigaction: a.handler,
                 flags: a.flags,

@@ -120,15 +120,14 @@ fn read_extras_parallel(pid: i32, tids: &[i32]) -> Result<Vec<ThreadExtrasRaw>> 
     let parts: Vec<Result<Vec<ThreadExtrasRaw>>> = std::thread::scope(|s| {
         let handles: Vec<_> = tids
             .chunks(chunk)
-            .map(|c| {
-                s.spawn(move || c.iter().map(|&t| read_thread_extras(pid, t)).collect())
-            })
+            .map(|c| s.spawn(move || c.iter().map(|&t| read_thread_extras(pid, t)).collect()))
             .collect();
         handles
             .into_iter()
             .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(DumpError::new("seccomp", pid, None, "reader panicked")))
+                h.join().unwrap_or_else(|_| {
+                    Err(DumpError::new("seccomp", pid, None, "reader panicked"))
+                })
             })
             .collect()
     });
@@ -148,7 +147,11 @@ fn apply_extras(tc: &mut stasis_images::pb::ThreadCoreEntry, seccomp: Option<Val
     tc.cg_set = Some(cg_set);
 }
 
-fn collect_process(p: &Process, frozen: &mut dyn FrozenTree, cx: &mut Ctx<'_>) -> Result<Collected> {
+fn collect_process(
+    p: &Process,
+    frozen: &mut dyn FrozenTree,
+    cx: &mut Ctx<'_>,
+) -> Result<Collected> {
     let pid = p.pid;
     let pe = |x| DumpError::proc("collect-task", pid, x);
     fault::check("collect-task", pid)?;
@@ -187,7 +190,8 @@ fn collect_process(p: &Process, frozen: &mut dyn FrozenTree, cx: &mut Ctx<'_>) -
         fault::check("core", pid)?;
         let t1 = cx.prof.now_us();
         let tprobes = acc.threads()?;
-        cx.prof.record(&format!("threads {pid}"), "threads", pid, t1);
+        cx.prof
+            .record(&format!("threads {pid}"), "threads", pid, t1);
         let t1 = cx.prof.now_us();
         let raw = extras_raw
             .take()
@@ -329,7 +333,9 @@ fn write_images(
     }
     for p in tree.iter().filter(|p| p.zombie) {
         let entry = core::zombie_core(&p.stat.comm, p.exit_code);
-        dir.spool(&format!("core-{}.img", p.pid), move || Ok(core::core_file(&entry)));
+        dir.spool(&format!("core-{}.img", p.pid), move || {
+            Ok(core::core_file(&entry))
+        });
     }
     for c in collected {
         let pid = c.pid;

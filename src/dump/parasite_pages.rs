@@ -157,6 +157,9 @@ mod tests {
         );
         assert_eq!(split(0x9000, 0xa000, &r), vec![(0x9000, 0x1000, false)]);
         assert!(split(0x1000, 0x1000, &r).is_empty());
-        assert_eq!(split(0x0, 0x1800, &r), vec![(0, 0x1000, false), (0x1000, 0x800, true)]);
+        assert_eq!(
+            split(0x0, 0x1800, &r),
+            vec![(0, 0x1000, false), (0x1000, 0x800, true)]
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! and the dump parasite injected into each process while the engine works on it.
 //!
 //! ```text
-//!  freeze        seize_tree (or seize_tree_frozen under --freeze-cgroup)
+//!  freeze        seize_tree with PTRACE_O_SUSPEND_SECCOMP (the tasks' seccomp filters do
+//!                not apply to the parasite), after freezing --freeze-cgroup if given
 //!  per process   inject the parasite into the leader (one thread slot per thread, up to
 //!                MAX_SLOTS at once)
 //!    process()   MISC, SIGACTIONS, POSIX_TIMERS (ids from /proc/PID/timers);
@@ -61,10 +62,11 @@ fn parasite_err(step: &'static str, pid: i32, e: crate::parasite::Error) -> Dump
 impl Backend for PtraceBackend {
     fn freeze(&mut self, opts: &DumpOptions) -> Result<Box<dyn FrozenTree>> {
         let timeout = opts.timeout.unwrap_or(Duration::from_secs(10));
+        // Seccomp suspended: the parasite's system calls must not meet the tasks' filters.
         let tree = match &opts.freeze_cgroup {
             Some(cg) => crate::sys::freezer::Freezer::freeze(cg, timeout)
-                .and_then(|f| crate::sys::tree::seize_tree_frozen(opts.pid, f)),
-            None => crate::sys::tree::seize_tree(opts.pid),
+                .and_then(|f| crate::sys::tree::seize_tree_suspending_seccomp(opts.pid, Some(f))),
+            None => crate::sys::tree::seize_tree_suspending_seccomp(opts.pid, None),
         }
         .map_err(|e| DumpError::sys("seize", opts.pid, e))?;
         Ok(Box::new(PtraceFrozen { tree: Some(tree) }))
@@ -264,7 +266,8 @@ impl ProcessAccess for OpenProcess<'_> {
     fn process(&mut self) -> Result<ProcessProbe> {
         let pid = self.pid;
         let perr = |e| parasite_err("collect-task", pid, e);
-        let timers = proc::timers::read(pid).map_err(|e| DumpError::proc("collect-task", pid, e))?;
+        let timers =
+            proc::timers::read(pid).map_err(|e| DumpError::proc("collect-task", pid, e))?;
         let misc = self.parasite.misc().map_err(perr)?;
         let acts = self.parasite.sigactions().map_err(perr)?;
         let ids: Vec<i32> = timers.iter().map(|t| t.id).collect();
@@ -320,7 +323,11 @@ impl ProcessAccess for OpenProcess<'_> {
             .copied()
             .filter(|t| t.tid() != pid)
             .collect();
-        let mut dumps = self.parasite.threads_state(&others).map_err(perr)?.into_iter();
+        let mut dumps = self
+            .parasite
+            .threads_state(&others)
+            .map_err(perr)?
+            .into_iter();
         for &t in &self.threads {
             let dump = if t.tid() == pid {
                 ThreadDump {
