@@ -116,6 +116,7 @@ fn run_task(
     for &(id, pgrp) in &opened.shell_ttys {
         if pgrp == t.pid && t.pgid == t.pid {
             if let Some(fd) = t.fds.iter().find(|f| f.id == id) {
+                // Only when the restorer's terminal is its controlling one (then ours too).
                 crate::sys::tty::set_foreground(fd.fd as RawFd, pgrp)
                     .map_err(|e| ("make the job the terminal's foreground group", e))?;
             }
