@@ -52,7 +52,7 @@ fn fd_kinds_dump_kill_restore_verify() {
             let mut w = launch_cmd("fx-kinds", base, &cmd, &result);
             *restored.lock().unwrap() = w.pid;
             let images = tempfile::tempdir().unwrap();
-            let out = stasis()
+            let out = stasis_bin()
                 .args(["dump", "-t", &w.pid.to_string(), "-D"])
                 .arg(images.path())
                 .arg("--freeze-cgroup")
@@ -92,14 +92,14 @@ fn fd_kinds_dump_kill_restore_verify() {
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let out = stasis()
+            let out = stasis_bin()
                 .args(["restore", "-d", "-D"])
                 .arg(images.path())
                 .args(["--tcp-established", "-o", "restore.log", "-v4"])
                 .output()
                 .unwrap();
             if !out.status.success() {
-                let files = stasis()
+                let files = stasis_bin()
                     .args(["crit", "decode", "--pretty", "-i"])
                     .arg(images.path().join("files.img"))
                     .output()

@@ -5,6 +5,7 @@
 //!   base                  blob image, relocated for `base`
 //!   base + SIZE           args page: ParasiteArgs @0, scratch for remote syscalls @512
 //!   base + SIZE + 4 KiB   stack (256 KiB), the parasite starts with sp at its top
+//!   + 256 KiB             thread area: one THREAD_SLOT (4 KiB) per thread run at once
 //! inject:  save regs + xstate + sigmask of the leader; mmap; write blob and args;
 //!          socketpair(AF_UNIX, SOCK_SEQPACKET) inside the task, take one end with
 //!          pidfd_getfd, close it in the task; start the blob (ip = entry, rdi = args,
@@ -13,10 +14,17 @@
 //!          remotely); munmap through the poked exec area; restore xstate, regs, sigmask
 //! ```
 //!
-//! Per-thread state: the leader answers THREAD_STATE itself; any other thread runs the same
-//! syscalls (sigaltstack, PR_GET_TID_ADDRESS, PR_GET_PDEATHSIG, PR_GET_NAME) as remote
-//! syscalls through the blob's `syscall; int3` gadget, with results in the scratch area. The
-//! blocked mask, pending signals, registers and rseq come from ptrace (`SeizedTask`).
+//! Per-thread state: the leader answers THREAD_STATE itself; the other threads run the blob's
+//! thread routine, all of them at once, in waves of at most one thread per slot:
+//!
+//! ```text
+//! start all:  save regs, xstate, mask; ip = __export_thread_entry, rdi = slot, sp = slot
+//!             end, mask = all but SIGTRAP; PTRACE_CONT          (no waiting in between)
+//! reap all:   waitpid(tid) until the SIGTRAP of the routine's int3
+//! restore:    xstate, regs, mask of every thread; read all slots with one /proc/PID/mem read
+//! ```
+//! Every thread started is waited for and restored, on error paths too. Pending signals,
+//! registers and rseq come from ptrace (`SeizedTask`).
 //!
 //! Every thread of the process must stay seized while the parasite lives. The parasite's
 //! socket is one extra descriptor in the task ([`Parasite::task_socket_fd`]; the pipe of
@@ -39,6 +47,10 @@ pub const STACK_SIZE: u64 = 256 * 1024;
 const ARGS_SIZE: u64 = 4096;
 /// Offset of the scratch area in the args page.
 const SCRATCH: u64 = 512;
+/// Thread slots of [`Parasite::inject`].
+const DEFAULT_SLOTS: usize = 16;
+/// Most thread slots (4 MiB of thread area).
+pub const MAX_SLOTS: usize = 1024;
 /// Pipe size asked for DUMP_PAGES (the kernel may give less without CAP_SYS_RESOURCE).
 const PIPE_SIZE: usize = 1 << 20;
 /// How often a waiting command checks that the task still runs the parasite.
@@ -76,6 +88,20 @@ pub struct Parasite<'a> {
     task_sock: i32,
     pipe: Option<PagePipe>,
     state: State,
+    /// Offset of the thread area from `base`, and its number of slots.
+    slots_off: u64,
+    slots: usize,
+}
+
+/// What [`Parasite::threads_state`] read of one thread.
+#[derive(Debug, Clone)]
+pub struct ThreadDump {
+    /// Registers and XSAVE area as they were (restored).
+    pub regs: TaskRegs,
+    /// Blocked signals as they were (restored).
+    pub sigmask: u64,
+    /// What the thread routine read inside the thread.
+    pub state: ThreadState,
 }
 
 fn cmd_name(cmd: u32) -> &'static str {
@@ -97,6 +123,13 @@ impl<'a> Parasite<'a> {
     /// Injects the parasite into the process of `leader` (its thread group leader, stopped;
     /// all other threads seized too) and starts it.
     pub fn inject(leader: &'a SeizedTask) -> Result<Self> {
+        Self::inject_with_slots(leader, DEFAULT_SLOTS)
+    }
+
+    /// [`Parasite::inject`] with room to run the thread routine in `slots` threads at once
+    /// (1..=[`MAX_SLOTS`]).
+    pub fn inject_with_slots(leader: &'a SeizedTask, slots: usize) -> Result<Self> {
+        let slots = slots.clamp(1, MAX_SLOTS);
         leader.check_tracer("inject parasite")?;
         let pid = leader.tgid();
         if !leader.is_leader() {
@@ -110,7 +143,8 @@ impl<'a> Parasite<'a> {
         let saved_mask = leader.sigmask()?;
         let remote = Remote::new(leader)?;
         let size = blob::SIZE as u64;
-        let len = size + ARGS_SIZE + STACK_SIZE;
+        let slots_off = size + ARGS_SIZE + STACK_SIZE;
+        let len = slots_off + (slots * THREAD_SLOT) as u64;
         let prot = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
         let map = RemoteMapping::new(remote, len, prot)?;
         let base = map.addr();
@@ -149,6 +183,8 @@ impl<'a> Parasite<'a> {
             task_sock,
             pipe: None,
             state: State::Stopped,
+            slots_off,
+            slots,
         };
         let args = ParasiteArgs {
             magic: ARGS_MAGIC,
@@ -163,7 +199,7 @@ impl<'a> Parasite<'a> {
     fn start(&mut self) -> Result<()> {
         let mut regs = self.saved.regs;
         regs.ip = self.base + blob::EXPORT_ENTRY as u64;
-        regs.sp = self.base + self.len;
+        regs.sp = self.base + self.slots_off;
         regs.di = self.base + blob::SIZE as u64;
         regs.orig_ax = u64::MAX;
         regs.flags &= !(EFLAGS_TF | EFLAGS_DF);
@@ -483,40 +519,136 @@ impl<'a> Parasite<'a> {
             let (reply, _) = self.command(CMD_THREAD_STATE, &[], &[])?;
             return self.decode("THREAD_STATE", &reply);
         }
-        let gadget = self.base + blob::EXPORT_SYSCALL_GADGET as u64;
-        let remote = Remote::with_gadget(thread, gadget);
-        let scratch_off = blob::SIZE as u64 + SCRATCH;
-        let scratch = self.base + scratch_off;
-        // stack_t: ss_sp @0, ss_flags @8, ss_size @16; tid address @24; pdeathsig @32; comm @40
-        remote.syscall("sigaltstack", libc::SYS_sigaltstack, &[0, scratch])?;
-        remote.syscall(
-            "prctl(PR_GET_TID_ADDRESS)",
-            libc::SYS_prctl,
-            &[libc::PR_GET_TID_ADDRESS as u64, scratch + 24],
-        )?;
-        remote.syscall(
-            "prctl(PR_GET_PDEATHSIG)",
-            libc::SYS_prctl,
-            &[libc::PR_GET_PDEATHSIG as u64, scratch + 32],
-        )?;
-        remote.syscall(
-            "prctl(PR_GET_NAME)",
-            libc::SYS_prctl,
-            &[libc::PR_GET_NAME as u64, scratch + 40],
-        )?;
-        let mut raw = [0u8; 56];
-        crate::sys::mem::read(pid, scratch, &mut raw)?;
-        let u64_at = |o: usize| u64::from_le_bytes(raw[o..o + 8].try_into().unwrap_or([0; 8]));
-        let mut comm = [0u8; 16];
-        comm.copy_from_slice(&raw[40..56]);
-        Ok(ThreadState {
-            tid_address: u64_at(24),
-            altstack_sp: u64_at(0),
-            altstack_size: u64_at(16),
-            altstack_flags: u64_at(8) as u32 as i32,
-            pdeath_sig: u64_at(32) as u32 as i32,
-            comm,
-        })
+        let mut one = self.threads_state(&[thread])?;
+        Ok(one.remove(0).state)
+    }
+
+    /// Registers, XSAVE area, blocked mask and [`ThreadState`] of `threads` (seized threads
+    /// of this process other than the leader), in the same order; the threads run the blob's
+    /// thread routine all at once (see the module doc) and are left exactly as they were.
+    pub fn threads_state(&mut self, threads: &[&SeizedTask]) -> Result<Vec<ThreadDump>> {
+        let pid = self.leader.tgid();
+        for t in threads {
+            if t.tgid() != pid || t.tid() == self.leader.tid() {
+                return Err(Error::Request {
+                    cmd: "thread routine",
+                    pid,
+                    what: format!("thread {} is not a non-leader thread of {pid}", t.tid()),
+                });
+            }
+        }
+        let mut out = Vec::with_capacity(threads.len());
+        for wave in threads.chunks(self.slots) {
+            self.run_wave(wave, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn run_wave(&mut self, wave: &[&SeizedTask], out: &mut Vec<ThreadDump>) -> Result<()> {
+        use crate::sys::ptrace;
+        let pid = self.leader.tgid();
+        let entry = self.base + blob::EXPORT_THREAD_ENTRY as u64;
+        let area = self.base + self.slots_off;
+        let slot = |i: usize| area + (i * THREAD_SLOT) as u64;
+        // ptrace answers only the tracer thread: check once, then use the raw requests.
+        self.leader.check_tracer("thread routine")?;
+        if let Some(t) = wave.iter().find(|t| t.tracer() != self.leader.tracer()) {
+            t.check_tracer("thread routine")?;
+        }
+        // (regs, xstate, mask) of each thread started so far.
+        let mut started: Vec<(TaskRegs, u64)> = Vec::with_capacity(wave.len());
+        let mut result = Ok(());
+        for (i, t) in wave.iter().enumerate() {
+            let tid = t.tid();
+            let saved = ptrace::get_regs(tid).and_then(|regs| {
+                Ok((
+                    TaskRegs {
+                        regs,
+                        xstate: ptrace::get_xstate(tid)?,
+                    },
+                    ptrace::get_sigmask(tid)?,
+                ))
+            });
+            let saved = match saved {
+                Ok(s) => s,
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            };
+            let mut regs = saved.0.regs;
+            regs.ip = entry;
+            regs.di = slot(i);
+            regs.sp = slot(i + 1);
+            regs.orig_ax = u64::MAX;
+            regs.flags &= !(EFLAGS_TF | EFLAGS_DF);
+            let go = ptrace::set_regs(tid, &regs)
+                .and_then(|_| ptrace::set_sigmask(tid, !(1u64 << (libc::SIGTRAP - 1))))
+                .and_then(|_| ptrace::cont(tid, 0));
+            started.push(saved);
+            if let Err(e) = go {
+                result = Err(e.into());
+                break;
+            }
+        }
+        // Reap and restore every started thread, whatever happened. The routine touches
+        // integer registers only: the XSAVE area needs no restoring.
+        for (i, (regs, mask)) in started.iter().enumerate() {
+            let t = wave[i];
+            if let Err(e) = wait_trap(t) {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+                if !t.is_attached() {
+                    continue;
+                }
+            }
+            let undo = ptrace::set_regs(t.tid(), &regs.regs)
+                .and_then(|_| ptrace::set_sigmask(t.tid(), *mask));
+            if let Err(e) = undo {
+                if result.is_ok() {
+                    result = Err(e.into());
+                }
+            }
+        }
+        result?;
+        let size = std::mem::size_of::<ThreadState>();
+        let mut raw = vec![0u8; (wave.len() - 1) * THREAD_SLOT + size];
+        crate::sys::mem::read(pid, area, &mut raw)?;
+        for (i, (regs, mask)) in started.into_iter().enumerate() {
+            let tid = wave[i].tid();
+            let state = proto::read::<ThreadState>(&raw[i * THREAD_SLOT..]).unwrap_or_default();
+            if state.done != THREAD_DONE ^ tid as u64 {
+                return Err(Error::Protocol {
+                    cmd: "thread routine",
+                    pid: tid,
+                    what: "the thread trapped without filling its slot".into(),
+                });
+            }
+            if state.status != 0 {
+                return Err(Error::Command {
+                    cmd: "thread routine",
+                    pid: tid,
+                    errno: Errno::from_raw(-state.status),
+                });
+            }
+            out.push(ThreadDump {
+                regs,
+                sigmask: mask,
+                state,
+            });
+        }
+        Ok(())
+    }
+
+    /// Registers and XSAVE area of the leader as they were before the parasite started.
+    pub fn leader_regs(&self) -> &TaskRegs {
+        &self.saved
+    }
+
+    /// Blocked signals of the leader as they were before the parasite started.
+    pub fn leader_sigmask(&self) -> u64 {
+        self.saved_mask
     }
 
     fn decode<T: Wire>(&self, cmd: &'static str, reply: &[u8]) -> Result<T> {
@@ -642,6 +774,27 @@ impl Drop for Parasite<'_> {
         if let Err(e) = self.cure_inner() {
             if !e.is_task_died() {
                 tracing::error!("curing the parasite in task {}: {e}", self.leader.tgid());
+            }
+        }
+    }
+}
+
+/// Waits until `t`, resumed into the thread routine, traps at its end (SIGTRAP); group stops
+/// and interrupts on the way are resumed, SIGSTOP is let through (like a remote syscall).
+fn wait_trap(t: &SeizedTask) -> Result<()> {
+    loop {
+        match t.wait()? {
+            WaitEvent::SignalStop { sig: libc::SIGTRAP } => return Ok(()),
+            WaitEvent::SignalStop { sig: libc::SIGSTOP } => t.cont(libc::SIGSTOP)?,
+            WaitEvent::EventStop { .. } | WaitEvent::OtherEvent { .. } => t.cont(0)?,
+            event => {
+                let ip = t.regs().map(|r| r.ip).unwrap_or(0);
+                return Err(Error::Stopped {
+                    cmd: "thread routine",
+                    pid: t.tid(),
+                    event,
+                    ip,
+                });
             }
         }
     }

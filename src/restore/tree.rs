@@ -112,6 +112,16 @@ fn run_task(
         dup2_raw(src, fd.fd as RawFd, fd.flags & 1 != 0).map_err(|e| ("dup2", e))?;
         keep.insert(fd.fd as RawFd);
     }
+    // A shell job that was the foreground of its terminal is again, on the new one.
+    for &(id, pgrp) in &opened.shell_ttys {
+        if pgrp == t.pid && t.pgid == t.pid {
+            if let Some(fd) = t.fds.iter().find(|f| f.id == id) {
+                // Only when the restorer's terminal is its controlling one (then ours too).
+                crate::sys::tty::set_foreground(fd.fd as RawFd, pgrp)
+                    .map_err(|e| ("make the job the terminal's foreground group", e))?;
+            }
+        }
+    }
     keep.extend(opened.maps.values().copied());
     keep.extend(opened.shmem.values().copied());
     keep.extend(opened.pages.values().copied());
