@@ -342,6 +342,40 @@ pub fn restore_lock() -> nix::fcntl::Flock<std::fs::File> {
         .unwrap()
 }
 
+/// A server's accepted TCP connections (local port `port`) that still have a file: established or
+/// half-closed by the client (CLOSE_WAIT).
+pub fn server_connections(port: u16) -> usize {
+    let mut n = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap();
+        for l in text.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f[1].rsplit(':').next().unwrap();
+            if u16::from_str_radix(local_port, 16) == Ok(port) && (f[3] == "01" || f[3] == "08") {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Waits until a server has closed the connections of the clients the test closed (a dump in
+/// between would meet half-closed CLOSE_WAIT sockets, which stasis does not dump).
+pub fn wait_connections(port: u16, want: usize) {
+    let t0 = Instant::now();
+    loop {
+        let n = server_connections(port);
+        if n == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the server on port {port} keeps {n} connections, expected {want}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The stasis binary of this build.
 pub fn stasis_bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_stasis"))
