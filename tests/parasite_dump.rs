@@ -152,11 +152,11 @@ fn parasite_dumps_pages_fds_and_state_then_cures() {
     let err = p.posix_timers(&[12345]).unwrap_err();
     assert!(err.to_string().contains("EINVAL"), "{err}");
 
-    // The parasite's socket is one extra descriptor while it lives.
+    // The parasite's socket and its page pipes are the extra descriptors while it lives.
     assert_eq!(
         fd_links(w.pid).len(),
-        fds_before.len() + 2,
-        "socket and pipe"
+        fds_before.len() + 1 + stasis::parasite::proto::MAX_PIPES,
+        "socket and page pipes"
     );
     p.cure().expect("cure");
     assert_eq!(leader.task_regs().unwrap(), regs);

@@ -428,7 +428,8 @@ extern "C" fn serve(args: *const ParasiteArgs) {
         return;
     }
     let sock = args.sock_fd;
-    let mut pipe = -1;
+    // Page pipes by index (SET_PIPE's payload; none: index 0).
+    let mut pipes = [-1i32; MAX_PIPES];
     let mut buf = [0u8; MAX_MSG];
     let mut out = [0u8; MAX_MSG];
     loop {
@@ -438,18 +439,32 @@ extern "C" fn serve(args: *const ParasiteArgs) {
         let payload = &buf[hlen..n.min(hlen + hdr.len as usize)];
         let sent = match hdr.cmd {
             CMD_SET_PIPE => {
-                if fd < 0 {
+                let idx = read::<i32>(payload).unwrap_or(0);
+                if fd < 0 || !(0..MAX_PIPES as i32).contains(&idx) {
+                    if fd >= 0 {
+                        sys(SYS_CLOSE, [fd as usize, 0, 0, 0, 0, 0]);
+                    }
                     reply(sock, hdr.cmd, Err(-EINVAL), &[])
                 } else {
-                    if pipe >= 0 {
-                        sys(SYS_CLOSE, [pipe as usize, 0, 0, 0, 0, 0]);
+                    let slot = &mut pipes[idx as usize];
+                    if *slot >= 0 {
+                        sys(SYS_CLOSE, [*slot as usize, 0, 0, 0, 0, 0]);
                     }
-                    pipe = fd;
-                    reply(sock, hdr.cmd, Ok(bytes_of(&pipe)), &[])
+                    *slot = fd;
+                    reply(sock, hdr.cmd, Ok(bytes_of(&fd)), &[])
                 }
             }
             CMD_DUMP_PAGES => {
-                let r = dump_pages(pipe, payload);
+                let r = dump_pages(pipes[0], payload);
+                reply(sock, hdr.cmd, r.as_ref().map(|v| bytes_of(v)).map_err(|e| *e), &[])
+            }
+            CMD_DUMP_PAGES_TO => {
+                let idx = read::<u64>(payload).unwrap_or(u64::MAX);
+                let r = if idx < MAX_PIPES as u64 {
+                    dump_pages(pipes[idx as usize], &payload[8..])
+                } else {
+                    Err(-EINVAL)
+                };
                 reply(sock, hdr.cmd, r.as_ref().map(|v| bytes_of(v)).map_err(|e| *e), &[])
             }
             CMD_MPROTECT => reply(sock, hdr.cmd, mprotect(payload).map(|_| &[][..]), &[]),
@@ -486,8 +501,10 @@ extern "C" fn serve(args: *const ParasiteArgs) {
             break;
         }
     }
-    if pipe >= 0 {
-        sys(SYS_CLOSE, [pipe as usize, 0, 0, 0, 0, 0]);
+    for pipe in pipes {
+        if pipe >= 0 {
+            sys(SYS_CLOSE, [pipe as usize, 0, 0, 0, 0, 0]);
+        }
     }
     sys(SYS_CLOSE, [sock as usize, 0, 0, 0, 0, 0]);
 }
