@@ -7,7 +7,7 @@
 //! Variants: the dump kills the tree, `--leave-running`, `--freeze-cgroup`, and
 //! `--tcp-established` with clients connected across dump and restore.
 
-mod dump_support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dump_support::*;
+use common::deadline::with_deadline;
+use common::dump::*;
+use common::lock::restore_lock;
 
 const REDIS: &str = "/usr/bin/redis-server";
 
@@ -481,40 +483,6 @@ fn run_stasis(args: &[&str], images: &Path, log: &str, what: &str) {
         "{what}: {}\n{tail}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Redis' accepted TCP connections (local port `port`) that still have a file: established or
-/// half-closed by the client (CLOSE_WAIT).
-fn server_connections(port: u16) -> usize {
-    let mut n = 0;
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = std::fs::read_to_string(table).unwrap();
-        for l in text.lines().skip(1) {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let local_port = f[1].rsplit(':').next().unwrap();
-            if u16::from_str_radix(local_port, 16) == Ok(port) && (f[3] == "01" || f[3] == "08") {
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
-/// Waits until redis has closed the connections of the clients the test closed (a dump in
-/// between would meet half-closed CLOSE_WAIT sockets, which stasis does not dump).
-fn wait_connections(port: u16, want: usize) {
-    let t0 = Instant::now();
-    loop {
-        let n = server_connections(port);
-        if n == want {
-            return;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "redis keeps {n} connections, expected {want}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// DBSIZE over redis' unix socket.
