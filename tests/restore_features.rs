@@ -466,6 +466,17 @@ fn tty_nr(fd: &std::os::fd::OwnedFd) -> u64 {
 
 #[test]
 fn shell_job_moves_to_the_restorers_terminal() {
+    shell_job_round_trip(true);
+}
+
+/// `stasis restore -j` whose terminal (fd 0) is not its controlling one: the job gets the
+/// terminal as its descriptors, prints and reads there, without job control.
+#[test]
+fn shell_job_on_a_terminal_that_is_not_the_restorers_controlling_one() {
+    shell_job_round_trip(false);
+}
+
+fn shell_job_round_trip(ctty: bool) {
     let _lock = restore_lock();
     let bin = build("ttyjob");
     let pids: std::sync::Arc<std::sync::Mutex<Vec<i32>>> = Default::default();
@@ -544,7 +555,7 @@ fn shell_job_moves_to_the_restorers_terminal() {
             let slave =
                 |fd: &std::os::fd::OwnedFd| std::process::Stdio::from(fd.try_clone().unwrap());
             let mut restorer = Command::new("setsid")
-                .arg("-c")
+                .args(if ctty { &["-c"][..] } else { &[][..] })
                 .arg(env!("CARGO_BIN_EXE_stasis"))
                 .args(["restore", "-j", "-D"])
                 .arg(dir.path())
@@ -574,8 +585,12 @@ fn shell_job_moves_to_the_restorers_terminal() {
             let (pgrp, sid, nr, tpgid) = stat_ids(job);
             assert_eq!(sid, restorer.id() as i32, "in the restorer's session");
             assert_eq!(pgrp, job, "still its own group");
-            assert_eq!(nr, new_nr, "controlling terminal: the new one");
-            assert_eq!(tpgid, job, "the job is the terminal's foreground group");
+            if ctty {
+                assert_eq!(nr, new_nr, "controlling terminal: the new one");
+                assert_eq!(tpgid, job, "the job is the terminal's foreground group");
+            } else {
+                assert_eq!(nr, 0, "no controlling terminal, as the restorer");
+            }
             nix::unistd::write(&new.master, b"hello stasis\n").unwrap();
             let out = read_tty_until(&new.master, 10, |t| t.contains("got: hello stasis"));
             assert!(
