@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -28,19 +27,13 @@ fn round_trip(name: &'static str, base: i32, args: Vec<String>, freeze: bool) {
             let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
             let w = launch(name, base, &a);
             let dir = tempfile::tempdir().unwrap();
-            let mut cmd = stasis_bin();
-            cmd.args(["dump", "-t", &w.pid.to_string(), "-D"])
-                .arg(dir.path())
-                .args(["-o", "dump.log", "-v4"]);
-            if freeze {
-                cmd.arg("--freeze-cgroup").arg(&w.cgroup);
-            }
-            let out = cmd.output().unwrap();
-            assert!(
-                out.status.success(),
-                "dump {name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let cgroup = w.cgroup.to_string_lossy().into_owned();
+            let freeze_args: &[&str] = if freeze {
+                &["--freeze-cgroup", &cgroup]
+            } else {
+                &[]
+            };
+            stasis_dump(w.pid, dir.path(), freeze_args);
             let pids = pids_of(dir.path());
             *restored.lock().unwrap() = pids.clone();
             let t0 = Instant::now();
@@ -51,18 +44,7 @@ fn round_trip(name: &'static str, base: i32, args: Vec<String>, freeze: bool) {
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let out = stasis_bin()
-                .args(["restore", "-d", "-D"])
-                .arg(dir.path())
-                .args(["-o", "restore.log", "-v4"])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "restore {name}: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                std::fs::read_to_string(dir.path().join("restore.log")).unwrap_or_default()
-            );
+            stasis_restore_detached(dir.path(), &[]);
             std::thread::sleep(Duration::from_millis(300));
             let verdict = verify(&w);
             kill_pids(&pids);
@@ -154,38 +136,15 @@ fn round_trip_python_threads() {
             );
             let images = dir.join("img");
             std::fs::create_dir_all(&images).unwrap();
-            let out = stasis_bin()
-                .args(["dump", "-t", &w.pid.to_string(), "-D"])
-                .arg(&images)
-                .args(["-o", "dump.log", "-v4"])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "dump: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert_eq!(count_cores(&images), 5);
+            stasis_dump(w.pid, &images, &[]);
+            assert_eq!(count_files(&images, "core-"), 5);
             let before = std::fs::read_to_string(&out_file).unwrap();
             // The dumped (killed) python is our child: reap it so its pid is free.
-            if let Some(c) = w.child.as_mut() {
-                let _ = c.wait();
-            }
-            w.child = None;
+            reap_dumped(&mut w);
             let pids = pids_of(&images);
             *restored.lock().unwrap() = pids.clone();
             wait_gone(&pids, 10, "the dumped python");
-            let out = stasis_bin()
-                .args(["restore", "-d", "-D"])
-                .arg(&images)
-                .args(["-o", "restore.log", "-v4"])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "restore: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            stasis_restore_detached(&images, &[]);
             let root = pids[0];
             assert_eq!(
                 std::fs::read_dir(format!("/proc/{root}/task"))
@@ -228,17 +187,4 @@ fn round_trip_python_threads() {
             let _ = std::fs::remove_dir_all(&dir);
         },
     )
-}
-
-fn count_cores(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("core-")
-        })
-        .count()
 }

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::deadline::with_deadline;
 use common::dump::*;
@@ -52,46 +52,21 @@ fn fd_kinds_dump_kill_restore_verify() {
             let mut w = launch_cmd("fx-kinds", base, &cmd, &result);
             *restored.lock().unwrap() = w.pid;
             let images = tempfile::tempdir().unwrap();
-            let out = stasis_bin()
-                .args(["dump", "-t", &w.pid.to_string(), "-D"])
-                .arg(images.path())
-                .arg("--freeze-cgroup")
-                .arg(&w.cgroup)
-                .args(["--tcp-established", "-o", "dump.log", "-v4"])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "dump: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                std::fs::read_to_string(images.path().join("dump.log")).unwrap_or_default()
+            let cgroup = w.cgroup.to_string_lossy().into_owned();
+            stasis_dump(
+                w.pid,
+                images.path(),
+                &["--freeze-cgroup", &cgroup, "--tcp-established"],
             );
             for f in ["sk-queues.img", "tty-info.img"] {
                 assert!(images.path().join(f).exists(), "{f} missing");
             }
-            let streams = std::fs::read_dir(images.path())
-                .unwrap()
-                .filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .starts_with("tcp-stream-")
-                })
-                .count();
+            let streams = count_files(images.path(), "tcp-stream-");
             assert_eq!(streams, 2, "one tcp-stream image per end of the connection");
             // CRIU's own decoder (Debian's crit) reads every image, ours included.
             debian_crit_decodes_all(images.path());
             // The workload is our child: reap it once the dump killed it (its pid must be free).
-            let mut child = w.child.take().unwrap();
-            let t0 = Instant::now();
-            while child.try_wait().unwrap().is_none() || !gone(&[w.pid]) {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(10),
-                    "dumped task still alive"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            reap_dumped(&mut w);
             let out = stasis_bin()
                 .args(["restore", "-d", "-D"])
                 .arg(images.path())
