@@ -303,6 +303,29 @@ pub fn wait_connections(port: u16, want: usize) {
     }
 }
 
+/// Pids of restored tasks, killed when a round-trip test fails.
+pub type Restored = std::sync::Arc<std::sync::Mutex<Vec<i32>>>;
+
+/// [`super::deadline::with_deadline`] for a dump/restore round trip of a workload in cgroup
+/// `cg`: when `body` fails or runs out of time, the cgroup and the tasks it recorded in
+/// [`Restored`] are killed.
+pub fn with_round_trip_deadline<T: Send + 'static>(
+    secs: u64,
+    cg: PathBuf,
+    body: impl FnOnce(Restored) -> T + Send + 'static,
+) -> T {
+    let restored = Restored::default();
+    let on_fail = restored.clone();
+    super::deadline::with_deadline(
+        secs,
+        move || {
+            kill_cgroup(&cg);
+            kill_pids(&on_fail.lock().unwrap_or_else(|e| e.into_inner()));
+        },
+        move || body(restored),
+    )
+}
+
 /// Runs `stasis ARGS... -D dir -o LOG -v4 EXTRA...`; fails the test, with stderr and the log,
 /// unless it succeeds.
 fn stasis_ok(args: &[&str], dir: &Path, log: &str, extra: &[&str]) {
