@@ -50,6 +50,8 @@ fn kill(pid: i32) {
 
 #[test]
 fn fd_kinds_dump_kill_restore_verify() {
+    // Restores: one at a time across test binaries (pids must stay free).
+    let _lock = restore_lock();
     let base = 33100;
     let cg = cgroup_path("fx-kinds", base);
     let restored = std::sync::Arc::new(std::sync::Mutex::new(0i32));
