@@ -311,6 +311,14 @@ impl CgSets {
         Ok(id)
     }
 
+    /// [`CgSets::task`] with the thread's memberships already read (`read_task`), e.g. by
+    /// several threads at once.
+    pub fn task_members(&mut self, members: Vec<Member>) -> u32 {
+        let id = self.id_of(members);
+        self.root.get_or_insert(id);
+        id
+    }
+
     /// `inventory.root_cg_set`.
     pub fn root_set(&self) -> u32 {
         self.root.unwrap_or(self.own)

@@ -7,7 +7,7 @@
 //! Variants: the dump kills the tree, `--leave-running`, `--freeze-cgroup`, and
 //! `--tcp-established` with clients connected across dump and restore.
 
-mod dump_support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dump_support::*;
+use common::deadline::with_deadline;
+use common::dump::*;
+use common::lock::restore_lock;
 
 const REDIS: &str = "/usr/bin/redis-server";
 
@@ -638,6 +640,8 @@ fn round_trip(name: &'static str, base: i32, mode: Mode) {
             if mode == Mode::FreezeCgroup {
                 args.extend(["--freeze-cgroup", &cgs]);
             }
+            let expect = if mode == Mode::TcpEstablished { 2 } else { 0 };
+            wait_connections(r.port, expect);
             run_stasis(&args, &images, "dump.log", "stasis dump redis");
             assert_eq!(pids_of(&images), vec![pid]);
             // jemalloc starts background threads lazily: compare with the images, not `names`.
@@ -762,6 +766,7 @@ fn redis_dump_refuses_connected_client_without_tcp_established() {
             let data = load(&mut c);
             let images = d2.join("img");
             std::fs::create_dir_all(&images).unwrap();
+            wait_connections(r.port, 1);
             let out = stasis_bin()
                 .args(["dump", "-t", &pid.to_string(), "-D"])
                 .arg(&images)

@@ -35,6 +35,9 @@ pub enum VdsoError {
     NoImageBytes,
 }
 
+/// Bytes of the jump the blob writes at each entry point (`movabs rax, imm64; jmp rax`).
+pub const PATCH_LEN: u64 = 12;
+
 /// A half-open address range.
 pub type Range = (u64, u64);
 
@@ -302,9 +305,16 @@ pub fn plan(
     }
     let old = image.bytes.as_ref().ok_or(VdsoError::NoImageBytes)?;
     let new_vdso = proxy_at + lead;
+    let old_len = image.vdso.1 - image.vdso.0;
     let mut patches: Vec<VdsoPatch> = Vec::new();
     for (name, off) in vdso_symbols(old)? {
         if let Some((_, new_off)) = rt_syms.iter().find(|(n, _)| *n == name) {
+            // A jump must fit inside the image's vdso (symbols come from the image).
+            if off.checked_add(PATCH_LEN).is_none_or(|e| e > old_len) {
+                return Err(VdsoError::BadElf(
+                    "vdso symbol too close to the end for a jump",
+                ));
+            }
             let at = image.vdso.0 + off;
             if !patches.iter().any(|p| p.at == at) {
                 patches.push(VdsoPatch {
@@ -313,6 +323,10 @@ pub fn plan(
                 });
             }
         }
+    }
+    patches.sort_unstable_by_key(|p| p.at);
+    if patches.windows(2).any(|w| w[1].at - w[0].at < PATCH_LEN) {
+        return Err(VdsoError::BadElf("vdso entry points closer than a jump"));
     }
     Ok(VdsoPlan::Proxy {
         special: shifted(&pieces, first, proxy_at),
@@ -439,7 +453,7 @@ mod tests {
                 let name = strs + u32_at(&b, sym as u64).unwrap() as usize;
                 let n = &b[name..name + b[name..].iter().position(|&c| c == 0).unwrap()];
                 if n == b"__vdso_clock_gettime" || n == b"clock_gettime" {
-                    let v = u64_at(&b, sym as u64 + 8).unwrap() + delta;
+                    let v = u64_at(&b, sym as u64 + 8).unwrap().wrapping_add(delta);
                     b[sym + 8..sym + 16].copy_from_slice(&v.to_le_bytes());
                 }
             }
@@ -496,6 +510,34 @@ mod tests {
         at.sort_unstable();
         at.dedup();
         assert_eq!(at.len(), patches.len());
+    }
+
+    #[test]
+    fn jumps_that_do_not_fit_are_refused() {
+        let rt = RuntimeVdso::parse("7f0000006000-7f0000008000 r-xp 0 00:00 0 [vdso]\n").unwrap();
+        let bytes = RuntimeVdso::current().unwrap().read_bytes().unwrap();
+        let syms = vdso_symbols(&bytes).unwrap();
+        let off = |n: &str| syms.iter().find(|s| s.0 == n).unwrap().1;
+        let cgt = off("__vdso_clock_gettime");
+        let image = |b: Vec<u8>| ImageVdso {
+            vdso: (0x5000_0000, 0x5000_0000 + bytes.len() as u64),
+            vvar: None,
+            bytes: Some(b),
+        };
+        // An entry point 4 bytes after another one: the jumps would overlap.
+        let close = off("__vdso_gettimeofday").wrapping_add(4).wrapping_sub(cgt);
+        let img = image(with_moved_clock_gettime(&bytes, close));
+        assert!(matches!(
+            plan(&img, &rt, &bytes, |_, _| true, 0x6000_0000),
+            Err(VdsoError::BadElf(_))
+        ));
+        // An entry point in the last bytes of the vdso: the jump would leave it.
+        let end = (bytes.len() as u64 - 4).wrapping_sub(cgt);
+        let img = image(with_moved_clock_gettime(&bytes, end));
+        assert!(matches!(
+            plan(&img, &rt, &bytes, |_, _| true, 0x6000_0000),
+            Err(VdsoError::BadElf(_))
+        ));
     }
 
     #[test]
