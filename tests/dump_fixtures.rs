@@ -5,17 +5,20 @@
 //! Registers and in-task state come from a probe double here (ptrace and the parasite are
 //! separate layers); everything /proc shows is real.
 
-mod dump_support;
+mod common;
 
 use std::path::Path;
 
-use dump_support::*;
+use common::deadline::with_deadline;
+use common::dump::*;
+use common::lock::restore_lock;
 use stasis::dump::DumpOptions;
 
 fn dump_and_compare(name: &str, base: i32, args: &[&str]) {
     let cg_name = cgroup_path(name, base);
     let name2 = name.to_string();
     let args2: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let _lock = restore_lock();
     with_deadline(
         90,
         move || kill_cgroup(Path::new(&cg_name)),
@@ -144,6 +147,7 @@ fn dump_fx_files() {
 fn dump_kills_the_tree_unless_leave_running() {
     let base = 32200;
     let cg = cgroup_path("fx-tree", base);
+    let _lock = restore_lock();
     with_deadline(
         60,
         move || kill_cgroup(&cg),

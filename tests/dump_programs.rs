@@ -1,11 +1,12 @@
 //! Dumps of real programs: a multi-threaded Python program and redis-server holding data.
 //! Every image must decode (our codec and Debian's crit) and describe every thread.
 
-mod dump_support;
+mod common;
 
 use std::path::{Path, PathBuf};
 
-use dump_support::*;
+use common::deadline::with_deadline;
+use common::dump::*;
 use stasis::dump::DumpOptions;
 
 fn dump_workload(w: &Workload) -> (tempfile::TempDir, stasis::dump::DumpReport) {

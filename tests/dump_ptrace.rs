@@ -3,9 +3,11 @@
 //! workloads set up, and the workload, left running, still verifies itself afterwards (the
 //! dump changed nothing in it).
 
-mod dump_support;
+mod common;
 
-use dump_support::*;
+use common::deadline::with_deadline;
+use common::dump::*;
+use common::lock::restore_lock;
 use stasis::dump::ptrace_backend::PtraceBackend;
 use stasis::dump::DumpOptions;
 
@@ -16,6 +18,7 @@ fn ptrace_dump(
     check: fn(&std::path::Path, i32),
 ) {
     let cg = cgroup_path(name, base);
+    let _lock = restore_lock();
     with_deadline(
         90,
         move || kill_cgroup(&cg),

@@ -1,17 +1,15 @@
 //! End to end with the command lines: `stasis dump` (ptrace backend, the tree is killed) then
 //! `stasis restore -d` from those images, and the workload verifies itself: PASS.
 
-mod dump_support;
+mod common;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dump_support::*;
-
-fn stasis() -> Command {
-    stasis_bin()
-}
+use common::deadline::with_deadline;
+use common::dump::*;
+use common::lock::restore_lock;
 
 /// Dumps workload `name` (through its cgroup's freezer when `freeze`, else ptrace alone),
 /// restores it and has it verify itself.
@@ -30,7 +28,7 @@ fn round_trip(name: &'static str, base: i32, args: Vec<String>, freeze: bool) {
             let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
             let w = launch(name, base, &a);
             let dir = tempfile::tempdir().unwrap();
-            let mut cmd = stasis();
+            let mut cmd = stasis_bin();
             cmd.args(["dump", "-t", &w.pid.to_string(), "-D"])
                 .arg(dir.path())
                 .args(["-o", "dump.log", "-v4"]);
@@ -53,7 +51,7 @@ fn round_trip(name: &'static str, base: i32, args: Vec<String>, freeze: bool) {
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let out = stasis()
+            let out = stasis_bin()
                 .args(["restore", "-d", "-D"])
                 .arg(dir.path())
                 .args(["-o", "restore.log", "-v4"])
@@ -156,7 +154,7 @@ fn round_trip_python_threads() {
             );
             let images = dir.join("img");
             std::fs::create_dir_all(&images).unwrap();
-            let out = stasis()
+            let out = stasis_bin()
                 .args(["dump", "-t", &w.pid.to_string(), "-D"])
                 .arg(&images)
                 .args(["-o", "dump.log", "-v4"])
@@ -177,7 +175,7 @@ fn round_trip_python_threads() {
             let pids = pids_of(&images);
             *restored.lock().unwrap() = pids.clone();
             wait_gone(&pids, 10, "the dumped python");
-            let out = stasis()
+            let out = stasis_bin()
                 .args(["restore", "-d", "-D"])
                 .arg(&images)
                 .args(["-o", "restore.log", "-v4"])

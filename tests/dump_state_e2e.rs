@@ -12,52 +12,25 @@
 //!
 //! Every image is decoded by Debian's crit and by `stasis crit`.
 
-mod dump_support;
+mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dump_support::*;
+use common::deadline::with_deadline;
+use common::dump::*;
+use common::lock::restore_lock;
+use common::workload::c_program;
 use serde_json::Value;
 
 const TUNABLES: &str = "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX2,-AVX,-FMA,-FMA4,-BMI1,-BMI2,-LZCNT,-MOVBE,-POPCNT,-SSE4_1,-SSE4_2,-SSSE3,-ERMS,-FSRM,-RTM";
 
-fn stasis() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_stasis"))
-}
-
-/// Compiles a workload (static, like the fixtures).
-fn build(dir: &Path, name: &str, src: &str) -> PathBuf {
-    let c = dir.join(format!("{name}.c"));
-    std::fs::write(&c, src).unwrap();
-    let bin = dir.join(name);
-    let st = Command::new("cc")
-        .args(["-static", "-O1", "-pthread", "-o"])
-        .arg(&bin)
-        .arg(&c)
-        .status()
-        .unwrap();
-    assert!(st.success(), "compiling {name}.c failed");
-    bin
-}
-
-fn gone(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.contains(") X"))
-        .unwrap_or(true)
-}
-
-fn kill(pid: i32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-}
+/// Flags of the workloads: static, like the fixtures.
+const STATIC: &[&str] = &["-static", "-pthread"];
 
 /// Decodes an image with `stasis crit decode --pretty`.
 fn crit(path: &Path) -> Value {
-    let out = stasis()
+    let out = stasis_bin()
         .args(["crit", "decode", "--pretty", "-i"])
         .arg(path)
         .output()
@@ -77,7 +50,7 @@ fn log(images: &Path, name: &str) -> String {
 
 /// `stasis dump` of the workload (killing it), then reaps it so its pids are free.
 fn dump_and_reap(w: &mut Workload, images: &Path, extra: &[&str]) {
-    let out = stasis()
+    let out = stasis_bin()
         .args(["dump", "-t", &w.pid.to_string(), "-D"])
         .arg(images)
         .arg("--freeze-cgroup")
@@ -95,7 +68,7 @@ fn dump_and_reap(w: &mut Workload, images: &Path, extra: &[&str]) {
     debian_crit_decodes_all(images);
     let mut child = w.child.take().unwrap();
     let t0 = Instant::now();
-    while child.try_wait().unwrap().is_none() || !gone(w.pid) {
+    while child.try_wait().unwrap().is_none() || !gone(&[w.pid]) {
         assert!(
             t0.elapsed() < Duration::from_secs(10),
             "dumped task still alive"
@@ -105,7 +78,7 @@ fn dump_and_reap(w: &mut Workload, images: &Path, extra: &[&str]) {
 }
 
 fn restore(images: &Path) {
-    let out = stasis()
+    let out = stasis_bin()
         .args(["restore", "-d", "-D"])
         .arg(images)
         .args(["-o", "restore.log", "-v4"])
@@ -132,6 +105,7 @@ fn assert_in_cgroup(pid: i32, cg: &Path) {
 
 #[test]
 fn unix_sockets_dump_kill_restore_verify() {
+    let _lock = restore_lock();
     let base = 33300;
     let cg = cgroup_path("fx-unix", base);
     let restored = std::sync::Arc::new(std::sync::Mutex::new(0i32));
@@ -140,15 +114,11 @@ fn unix_sockets_dump_kill_restore_verify() {
         120,
         move || {
             kill_cgroup(&cg);
-            kill(*r2.lock().unwrap());
+            kill_pids(&[*r2.lock().unwrap()]);
         },
         move || {
             let work = tempfile::tempdir().unwrap();
-            let bin = build(
-                work.path(),
-                "fx-unix",
-                include_str!("dump_state_e2e/fx-unix.c"),
-            );
+            let bin = c_program("fx-unix", include_str!("dump_state_e2e/fx-unix.c"), STATIC);
             let socks = work.path().join("socks");
             std::fs::create_dir(&socks).unwrap();
             let result = work.path().join("result");
@@ -195,7 +165,7 @@ fn unix_sockets_dump_kill_restore_verify() {
             std::thread::sleep(Duration::from_millis(300));
             assert_in_cgroup(w.pid, &w.cgroup);
             let verdict = verify(&w);
-            kill(w.pid);
+            kill_pids(&[w.pid]);
             assert_eq!(verdict, "PASS", "fx-unix restored from stasis' images");
         },
     )
@@ -244,13 +214,13 @@ fn unix_peer_outside_the_tree_needs_ext_unix_sk() {
                     .unwrap(),
             )
             .unwrap();
-            let bin = build(work.path(), "ext-client", EXT_CLIENT);
+            let bin = c_program("ext-client", EXT_CLIENT, STATIC);
             let cmd = format!("{} {name} {}", bin.display(), ready.display());
             let w = launch_cmd("ext-unix", base, &cmd, &ready);
             let (mine, _) = listener.accept().unwrap();
             let images = tempfile::tempdir().unwrap();
             let dump = |extra: &[&str]| {
-                stasis()
+                stasis_bin()
                     .args(["dump", "-t", &w.pid.to_string(), "-D"])
                     .arg(images.path())
                     .arg("--freeze-cgroup")
@@ -284,6 +254,7 @@ fn unix_peer_outside_the_tree_needs_ext_unix_sk() {
 
 #[test]
 fn seccomp_filters_dump_kill_restore_verify() {
+    let _lock = restore_lock();
     let base = 33500;
     let cg = cgroup_path("fx-seccomp", base);
     let restored = std::sync::Arc::new(std::sync::Mutex::new(0i32));
@@ -292,14 +263,14 @@ fn seccomp_filters_dump_kill_restore_verify() {
         120,
         move || {
             kill_cgroup(&cg);
-            kill(*r2.lock().unwrap());
+            kill_pids(&[*r2.lock().unwrap()]);
         },
         move || {
             let work = tempfile::tempdir().unwrap();
-            let bin = build(
-                work.path(),
+            let bin = c_program(
                 "fx-seccomp",
                 include_str!("dump_state_e2e/fx-seccomp.c"),
+                STATIC,
             );
             let result = work.path().join("result");
             let cmd = format!(
@@ -339,7 +310,7 @@ fn seccomp_filters_dump_kill_restore_verify() {
             }
             assert_in_cgroup(w.pid, &w.cgroup);
             let verdict = verify(&w);
-            kill(w.pid);
+            kill_pids(&[w.pid]);
             assert_eq!(verdict, "PASS", "fx-seccomp restored from stasis' images");
         },
     )

@@ -1,12 +1,11 @@
-//! Dump parasite against a workload with known in-task state (tests/parasite_support/
+//! Dump parasite against a workload with known in-task state (tests/common/
 //! workload.c): misc state, signal dispositions, POSIX timers, per-thread state and drained
 //! fds equal what the workload set and what /proc shows; a failed command leaves the parasite
 //! usable and the cure complete. Every test has a watchdog.
 
-#[path = "parasite_support/mod.rs"]
-mod parasite_support;
+mod common;
 
-use parasite_support::Workload;
+use common::workload::Workload;
 use stasis::parasite::proto::RemoteIov;
 use stasis::parasite::Parasite;
 use stasis::sys::task::SeizedTask;
@@ -25,7 +24,7 @@ fn snapshot(tasks: &[SeizedTask]) -> Vec<(stasis::sys::regs::TaskRegs, u64)> {
 
 #[test]
 fn misc_sigactions_timers_and_threads_match_the_workload() {
-    let w = Workload::start(4, 1, TIMEOUT);
+    let w = Workload::stateful(4, 1, TIMEOUT);
     let tasks = w.seize_all();
     let mut p = Parasite::inject(&tasks[0]).expect("inject");
 
@@ -118,7 +117,7 @@ fn misc_sigactions_timers_and_threads_match_the_workload() {
 
 #[test]
 fn drained_fds_are_the_tasks_files() {
-    let w = Workload::start(2, 1, TIMEOUT);
+    let w = Workload::stateful(2, 1, TIMEOUT);
     let tasks = w.seize_all();
     let mut p = Parasite::inject(&tasks[0]).expect("inject");
     let fds = [w.file_fd, w.pipe_fd, w.sock_fd];
@@ -154,7 +153,7 @@ fn drained_fds_are_the_tasks_files() {
 
 #[test]
 fn failed_command_cures_cleanly() {
-    let w = Workload::start(2, 1, TIMEOUT);
+    let w = Workload::stateful(2, 1, TIMEOUT);
     let maps_before = w.maps();
     let tasks = w.seize_all();
     let before = snapshot(&tasks);
@@ -214,7 +213,7 @@ fn failed_command_cures_cleanly() {
 /// /proc shows for that thread; the threads' registers, XSAVE area and masks are unchanged.
 #[test]
 fn thread_routine_matches_proc_for_every_thread() {
-    let w = Workload::start(6, 1, TIMEOUT);
+    let w = Workload::stateful(6, 1, TIMEOUT);
     let tasks = w.seize_all();
     let before = snapshot(&tasks);
     let mut p = Parasite::inject_with_slots(&tasks[0], 2).expect("inject");

@@ -7,7 +7,7 @@
 //! Variants: the dump kills the tree, `--leave-running`, `--freeze-cgroup`, and
 //! `--tcp-established` with clients connected across dump and restore.
 
-mod dump_support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dump_support::*;
+use common::deadline::with_deadline;
+use common::dump::*;
+use common::lock::restore_lock;
 
 const REDIS: &str = "/usr/bin/redis-server";
 

@@ -6,12 +6,12 @@
 //! VMA whose pages are all present in the pages image. Each case reports the wall time of
 //! `stasis restore -d` (images read, tree created, memory written, threads created, running).
 
-mod restore_support;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use restore_support::*;
+use common::restore::*;
 use stasis::images::framing::Image;
 use stasis::images::pb;
 

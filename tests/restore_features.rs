@@ -10,15 +10,16 @@
 //! * shell job: a job on a pty, dumped with `-j`, restored with `-j` on another pty, keeps
 //!   printing its counter there and reads a line typed on the new master.
 
-mod dump_support;
-mod restore_support;
+mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dump_support::*;
+use common::deadline::with_deadline;
+use common::dump::*;
+use common::lock::restore_lock;
 
 /// Scratch directory of these tests (world-writable: workloads drop their uid).
 fn work_dir() -> PathBuf {
@@ -41,18 +42,6 @@ fn build(name: &str) -> PathBuf {
         .expect("run gcc");
     assert!(st.success(), "gcc {name}.c failed");
     out
-}
-
-fn stasis() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_stasis"))
-}
-
-/// The restore tests' lock: one restore at a time on this machine.
-fn restore_lock() -> nix::fcntl::Flock<std::fs::File> {
-    let f = std::fs::File::create("/tmp/stasis-restore-tests.lock").unwrap();
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .unwrap()
 }
 
 fn kill_pid(pid: i32) {
@@ -79,7 +68,7 @@ fn wait_file(p: &Path, secs: u64, what: &str) -> String {
 
 /// Dumps `pid` into `dir` (the task is killed) and waits until it is gone.
 fn dump(pid: i32, dir: &Path, extra: &[&str]) {
-    let out = stasis()
+    let out = stasis_bin()
         .args(["dump", "-t", &pid.to_string(), "-D"])
         .arg(dir)
         .args(["-o", "dump.log", "-v4"])
@@ -97,7 +86,7 @@ fn dump(pid: i32, dir: &Path, extra: &[&str]) {
 
 /// `stasis restore -d` of `dir`.
 fn restore_detached(dir: &Path) {
-    let out = stasis()
+    let out = stasis_bin()
         .args(["restore", "-d", "-D"])
         .arg(dir)
         .args(["-o", "restore.log", "-v4"])
@@ -196,7 +185,7 @@ fn creds_survive_dump_and_restore() {
 }
 
 fn crit_decode(img: &Path) -> serde_json::Value {
-    let out = stasis()
+    let out = stasis_bin()
         .args(["crit", "decode", "-i"])
         .arg(img)
         .output()
@@ -208,7 +197,7 @@ fn crit_decode(img: &Path) -> serde_json::Value {
 fn crit_encode(v: &serde_json::Value, img: &Path) {
     let json = img.with_extension("json");
     std::fs::write(&json, serde_json::to_vec(v).unwrap()).unwrap();
-    let st = stasis()
+    let st = stasis_bin()
         .args(["crit", "encode", "-i"])
         .arg(&json)
         .arg("-o")
@@ -395,14 +384,14 @@ fn vdso_proxy_for_an_image_without_vvar() {
 /// passes its own checks.
 #[test]
 fn vdso_proxy_restores_a_criu_image_with_another_vdso() {
-    let s = restore_support::serial();
-    restore_support::pids_ready("fx-loop");
-    let leftovers = restore_support::Leftovers("fx-loop");
-    let dir = restore_support::scratch_copy(&s, "fx-loop");
-    let (root, _) = restore_support::manifest("fx-loop");
+    let s = common::restore::serial();
+    common::restore::pids_ready("fx-loop");
+    let leftovers = common::restore::Leftovers("fx-loop");
+    let dir = common::restore::scratch_copy(&s, "fx-loop");
+    let (root, _) = common::restore::manifest("fx-loop");
     let old = rewrite_vdso(&dir, root, false);
     let pidfile = dir.join("root.pid");
-    let out = restore_support::stasis_restore(
+    let out = common::restore::stasis_restore(
         &dir,
         &[
             "-d",
@@ -422,7 +411,7 @@ fn vdso_proxy_restores_a_criu_image_with_another_vdso() {
     let (running, at_old) = maps_of(root, old);
     assert_ne!(running, old, "the running vdso was moved elsewhere (proxy)");
     assert!(at_old.contains(" r-xp "), "the image's vdso copy: {at_old}");
-    let (ok, text) = restore_support::verify("fx-loop", &pidfile);
+    let (ok, text) = common::restore::verify("fx-loop", &pidfile);
     assert!(ok, "fx-loop through a proxied vdso: {text}");
     drop(leftovers);
 }
@@ -477,6 +466,17 @@ fn tty_nr(fd: &std::os::fd::OwnedFd) -> u64 {
 
 #[test]
 fn shell_job_moves_to_the_restorers_terminal() {
+    shell_job_round_trip(true);
+}
+
+/// `stasis restore -j` whose terminal (fd 0) is not its controlling one: the job gets the
+/// terminal as its descriptors, prints and reads there, without job control.
+#[test]
+fn shell_job_on_a_terminal_that_is_not_the_restorers_controlling_one() {
+    shell_job_round_trip(false);
+}
+
+fn shell_job_round_trip(ctty: bool) {
     let _lock = restore_lock();
     let bin = build("ttyjob");
     let pids: std::sync::Arc<std::sync::Mutex<Vec<i32>>> = Default::default();
@@ -555,7 +555,7 @@ fn shell_job_moves_to_the_restorers_terminal() {
             let slave =
                 |fd: &std::os::fd::OwnedFd| std::process::Stdio::from(fd.try_clone().unwrap());
             let mut restorer = Command::new("setsid")
-                .arg("-c")
+                .args(if ctty { &["-c"][..] } else { &[][..] })
                 .arg(env!("CARGO_BIN_EXE_stasis"))
                 .args(["restore", "-j", "-D"])
                 .arg(dir.path())
@@ -585,8 +585,12 @@ fn shell_job_moves_to_the_restorers_terminal() {
             let (pgrp, sid, nr, tpgid) = stat_ids(job);
             assert_eq!(sid, restorer.id() as i32, "in the restorer's session");
             assert_eq!(pgrp, job, "still its own group");
-            assert_eq!(nr, new_nr, "controlling terminal: the new one");
-            assert_eq!(tpgid, job, "the job is the terminal's foreground group");
+            if ctty {
+                assert_eq!(nr, new_nr, "controlling terminal: the new one");
+                assert_eq!(tpgid, job, "the job is the terminal's foreground group");
+            } else {
+                assert_eq!(nr, 0, "no controlling terminal, as the restorer");
+            }
             nix::unistd::write(&new.master, b"hello stasis\n").unwrap();
             let out = read_tty_until(&new.master, 10, |t| t.contains("got: hello stasis"));
             assert!(

@@ -237,6 +237,14 @@ core::arch::global_asm!(
     "    mov edx, 20",
     "    sub edx, eax",
     "    mov [r12 + 288], edx",
+    // prctl(PR_GET_SECCOMP): the mode (seccomp itself is suspended by the tracer)
+    "    mov edi, 21",
+    "    xor esi, esi",
+    "    xor edx, edx",
+    "    mov eax, 157",
+    "    syscall",
+    "    CHECK",
+    "    mov [r12 + 360], eax",
     // get_thread_area is not in the 64-bit syscall table: the dumper asks ptrace.
     "    mov dword ptr [r12 + 344], -38",
     "    jmp 91f",
@@ -299,6 +307,7 @@ const PR_GET_NO_NEW_PRIVS: usize = 39;
 const PR_GET_TID_ADDRESS: usize = 40;
 const PR_GET_THP_DISABLE: usize = 42;
 const PR_CAPBSET_READ: usize = 23;
+const PR_GET_SECCOMP: usize = 21;
 const PR_GET_SECUREBITS: usize = 27;
 const PR_CAP_AMBIENT: usize = 47;
 const PR_CAP_AMBIENT_IS_SET: usize = 1;
@@ -428,7 +437,8 @@ extern "C" fn serve(args: *const ParasiteArgs) {
         return;
     }
     let sock = args.sock_fd;
-    let mut pipe = -1;
+    // Page pipes by index (SET_PIPE's payload; none: index 0).
+    let mut pipes = [-1i32; MAX_PIPES];
     let mut buf = [0u8; MAX_MSG];
     let mut out = [0u8; MAX_MSG];
     loop {
@@ -438,18 +448,32 @@ extern "C" fn serve(args: *const ParasiteArgs) {
         let payload = &buf[hlen..n.min(hlen + hdr.len as usize)];
         let sent = match hdr.cmd {
             CMD_SET_PIPE => {
-                if fd < 0 {
+                let idx = read::<i32>(payload).unwrap_or(0);
+                if fd < 0 || !(0..MAX_PIPES as i32).contains(&idx) {
+                    if fd >= 0 {
+                        sys(SYS_CLOSE, [fd as usize, 0, 0, 0, 0, 0]);
+                    }
                     reply(sock, hdr.cmd, Err(-EINVAL), &[])
                 } else {
-                    if pipe >= 0 {
-                        sys(SYS_CLOSE, [pipe as usize, 0, 0, 0, 0, 0]);
+                    let slot = &mut pipes[idx as usize];
+                    if *slot >= 0 {
+                        sys(SYS_CLOSE, [*slot as usize, 0, 0, 0, 0, 0]);
                     }
-                    pipe = fd;
-                    reply(sock, hdr.cmd, Ok(bytes_of(&pipe)), &[])
+                    *slot = fd;
+                    reply(sock, hdr.cmd, Ok(bytes_of(&fd)), &[])
                 }
             }
             CMD_DUMP_PAGES => {
-                let r = dump_pages(pipe, payload);
+                let r = dump_pages(pipes[0], payload);
+                reply(sock, hdr.cmd, r.as_ref().map(|v| bytes_of(v)).map_err(|e| *e), &[])
+            }
+            CMD_DUMP_PAGES_TO => {
+                let idx = read::<u64>(payload).unwrap_or(u64::MAX);
+                let r = if idx < MAX_PIPES as u64 {
+                    dump_pages(pipes[idx as usize], &payload[8..])
+                } else {
+                    Err(-EINVAL)
+                };
                 reply(sock, hdr.cmd, r.as_ref().map(|v| bytes_of(v)).map_err(|e| *e), &[])
             }
             CMD_MPROTECT => reply(sock, hdr.cmd, mprotect(payload).map(|_| &[][..]), &[]),
@@ -486,8 +510,10 @@ extern "C" fn serve(args: *const ParasiteArgs) {
             break;
         }
     }
-    if pipe >= 0 {
-        sys(SYS_CLOSE, [pipe as usize, 0, 0, 0, 0, 0]);
+    for pipe in pipes {
+        if pipe >= 0 {
+            sys(SYS_CLOSE, [pipe as usize, 0, 0, 0, 0, 0]);
+        }
     }
     sys(SYS_CLOSE, [sock as usize, 0, 0, 0, 0, 0]);
 }
@@ -678,6 +704,7 @@ fn fill_thread_state(t: &mut ThreadState) -> Result<(), isize> {
     ok(sys(SYS_SCHED_GETPARAM, [0, &mut prio as *mut i32 as usize, 0, 0, 0, 0]))?;
     t.sched_prio = prio;
     t.sched_nice = 20 - ok(sys(SYS_GETPRIORITY, [0, 0, 0, 0, 0, 0]))? as i32;
+    t.seccomp_mode = ok(sys(SYS_PRCTL, [PR_GET_SECCOMP, 0, 0, 0, 0, 0]))? as i32;
     // get_thread_area is not in the 64-bit syscall table: the dumper asks ptrace.
     t.tls_status = -ENOSYS;
     Ok(())

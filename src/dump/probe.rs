@@ -97,6 +97,8 @@ pub struct ThreadProbe {
     /// Thread facts read inside the thread (comm, blocked mask, scheduling, credentials);
     /// `None`: the engine reads them from /proc.
     pub facts: Option<ThreadFacts>,
+    /// Seccomp mode read inside the thread; `None`: the engine reads /proc status.
+    pub seccomp_mode: Option<u32>,
 }
 
 /// One signal disposition (kernel `struct sigaction` for x86-64).

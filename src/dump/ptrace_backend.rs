@@ -249,6 +249,7 @@ impl OpenProcess<'_> {
             pending,
             pdeath_sig: st.pdeath_sig as u32,
             facts: Some(facts),
+            seccomp_mode: Some(st.seccomp_mode as u32),
         })
     }
 

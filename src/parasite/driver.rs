@@ -86,7 +86,8 @@ pub struct Parasite<'a> {
     len: u64,
     sock: OwnedFd,
     task_sock: i32,
-    pipe: Option<PagePipe>,
+    /// Page pipes (index = the parasite's pipe index), made by the first DUMP_PAGES.
+    pipes: Vec<PagePipe>,
     state: State,
     /// Offset of the thread area from `base`, and its number of slots.
     slots_off: u64,
@@ -115,6 +116,7 @@ fn cmd_name(cmd: u32) -> &'static str {
         CMD_POSIX_TIMERS => "POSIX_TIMERS",
         CMD_THREAD_STATE => "THREAD_STATE",
         CMD_FINI => "FINI",
+        CMD_DUMP_PAGES_TO => "DUMP_PAGES",
         _ => "unknown",
     }
 }
@@ -181,7 +183,7 @@ impl<'a> Parasite<'a> {
             len,
             sock,
             task_sock,
-            pipe: None,
+            pipes: Vec::new(),
             state: State::Stopped,
             slots_off,
             slots,
@@ -220,9 +222,14 @@ impl<'a> Parasite<'a> {
         self.task_sock
     }
 
-    /// The pipe descriptor number inside the task, once pages were dumped.
+    /// The first page pipe's descriptor number inside the task, once pages were dumped.
     pub fn task_pipe_fd(&self) -> Option<i32> {
-        self.pipe.as_ref().map(|p| p.task_fd)
+        self.pipes.first().map(|p| p.task_fd)
+    }
+
+    /// Descriptor numbers of every page pipe inside the task.
+    pub fn task_pipe_fds(&self) -> Vec<i32> {
+        self.pipes.iter().map(|p| p.task_fd).collect()
     }
 
     /// Sends command `cmd` and returns the reply payload and descriptors.
@@ -232,6 +239,13 @@ impl<'a> Parasite<'a> {
         payload: &[u8],
         fds: &[i32],
     ) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+        self.send_command(cmd, payload, fds)?;
+        self.recv_reply(cmd)
+    }
+
+    /// Sends command `cmd` (its reply is read by [`Parasite::recv_reply`]; commands are
+    /// answered in order).
+    fn send_command(&mut self, cmd: u32, payload: &[u8], fds: &[i32]) -> Result<()> {
         let name = cmd_name(cmd);
         let pid = self.leader.tgid();
         if self.state != State::Running {
@@ -255,6 +269,13 @@ impl<'a> Parasite<'a> {
         if let Err(e) = channel::send_msg(self.sock.as_fd(), &[bytes_of(&hdr), payload], fds) {
             return Err(self.explain_silence(name, e));
         }
+        Ok(())
+    }
+
+    /// Waits for the reply to command `cmd` and returns its payload and descriptors.
+    fn recv_reply(&mut self, cmd: u32) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+        let name = cmd_name(cmd);
+        let pid = self.leader.tgid();
         while !channel::poll_readable(self.sock.as_fd(), POLL_MS)? {
             if let Some(event) = self.leader.poll()? {
                 self.state = State::Stopped;
@@ -339,6 +360,10 @@ impl<'a> Parasite<'a> {
     /// Writes the pages of `iovs` (page-aligned regions of the task's memory, readable) to
     /// `out` at its file position: the parasite vmsplices them into a pipe, we splice the
     /// pipe into `out`; no copy passes through user space. Returns the bytes written.
+    ///
+    /// Several pipes (up to MAX_PIPES, 1 MiB each) keep the parasite ahead of us: while we
+    /// splice batch k into `out`, it already vmsplices batches k+1.. into the other pipes
+    /// (commands are sent ahead, replies come back in order).
     pub fn dump_pages(&mut self, iovs: &[RemoteIov], out: BorrowedFd<'_>) -> Result<u64> {
         let pid = self.leader.tgid();
         for iov in iovs {
@@ -350,10 +375,19 @@ impl<'a> Parasite<'a> {
                 });
             }
         }
-        let capacity = self.page_pipe()?;
-        let mut total = 0;
+        let capacity = self.page_pipes()?;
+        // Batches of at most one pipe's capacity and MAX_IOVS - 1 regions (the pipe index
+        // takes one region's room in the message).
+        let mut batches: Vec<(Vec<u8>, u64)> = Vec::new();
         let mut batch: Vec<RemoteIov> = Vec::new();
         let mut batch_bytes = 0;
+        let mut close = |batch: &mut Vec<RemoteIov>, bytes: &mut u64| {
+            if !batch.is_empty() {
+                batches.push((bytes_of_slice(batch).to_vec(), *bytes));
+                batch.clear();
+                *bytes = 0;
+            }
+        };
         for iov in iovs {
             let (mut base, mut left) = (iov.base, iov.len);
             while left > 0 {
@@ -362,72 +396,93 @@ impl<'a> Parasite<'a> {
                 batch_bytes += take;
                 base += take;
                 left -= take;
-                if batch_bytes == capacity || batch.len() == MAX_IOVS {
-                    total += self.flush_pages(&batch, batch_bytes, out)?;
-                    batch.clear();
-                    batch_bytes = 0;
+                if batch_bytes == capacity || batch.len() == MAX_IOVS - 1 {
+                    close(&mut batch, &mut batch_bytes);
                 }
             }
         }
-        if !batch.is_empty() {
-            total += self.flush_pages(&batch, batch_bytes, out)?;
-        }
-        Ok(total)
-    }
-
-    fn flush_pages(&mut self, batch: &[RemoteIov], bytes: u64, out: BorrowedFd<'_>) -> Result<u64> {
-        let (reply, _) = match self.command(CMD_DUMP_PAGES, bytes_of_slice(batch), &[]) {
-            Ok(r) => r,
-            Err(e) => {
-                self.discard_pipe();
-                return Err(e);
+        close(&mut batch, &mut batch_bytes);
+        let npipes = self.pipes.len();
+        let (mut sent, mut done, mut total) = (0usize, 0usize, 0u64);
+        let result = (|| {
+            while done < batches.len() {
+                while sent < batches.len() && sent - done < npipes {
+                    let mut payload = ((sent % npipes) as u64).to_le_bytes().to_vec();
+                    payload.extend_from_slice(&batches[sent].0);
+                    self.send_command(CMD_DUMP_PAGES_TO, &payload, &[])?;
+                    sent += 1;
+                }
+                let replied = self.recv_reply(CMD_DUMP_PAGES_TO);
+                let bytes = batches[done].1;
+                let pipe = done % npipes;
+                done += 1;
+                let (reply, _) = replied?;
+                let got = proto::read::<u64>(&reply).unwrap_or(0);
+                if got != bytes {
+                    return Err(Error::Protocol {
+                        cmd: "DUMP_PAGES",
+                        pid,
+                        what: format!("vmspliced {got} of {bytes} bytes"),
+                    });
+                }
+                channel::splice_exact(self.pipes[pipe].read.as_fd(), out, bytes as usize)?;
+                total += bytes;
             }
-        };
-        let done = proto::read::<u64>(&reply).unwrap_or(0);
-        if done != bytes {
-            self.discard_pipe();
-            return Err(Error::Protocol {
-                cmd: "DUMP_PAGES",
-                pid: self.leader.tgid(),
-                what: format!("vmspliced {done} of {bytes} bytes"),
-            });
+            Ok(total)
+        })();
+        if result.is_err() {
+            // Collect the replies still due (the parasite answers every command), then
+            // empty the pipes: nothing of this dump may go into the next one.
+            while done < sent && self.state == State::Running {
+                done += 1;
+                if let Err(e) = self.recv_reply(CMD_DUMP_PAGES_TO) {
+                    if !matches!(e, Error::Command { .. } | Error::Protocol { .. }) {
+                        break;
+                    }
+                }
+            }
+            self.discard_pipes();
         }
-        let pipe = self.pipe.as_ref().map(|p| p.read.as_fd());
-        if let Some(read) = pipe {
-            channel::splice_exact(read, out, bytes as usize)?;
-        }
-        Ok(bytes)
+        result
     }
 
-    /// Empties the page pipe after a failed DUMP_PAGES (the pages spliced before the failure
+    /// Empties the page pipes after a failed DUMP_PAGES (the pages spliced before the failure
     /// must not go into the next image).
-    fn discard_pipe(&self) {
-        if let Some(p) = &self.pipe {
+    fn discard_pipes(&self) {
+        for p in &self.pipes {
             if let Err(e) = crate::sys::infect::drain_pipe(p.read.as_fd()) {
-                tracing::error!("draining the page pipe of {}: {e}", self.leader.tgid());
+                tracing::error!("draining a page pipe of {}: {e}", self.leader.tgid());
             }
         }
     }
 
-    /// Creates the page pipe and hands its write end to the parasite; returns its capacity.
-    fn page_pipe(&mut self) -> Result<u64> {
-        if let Some(p) = &self.pipe {
+    /// Creates the page pipes and hands their write ends to the parasite; returns the
+    /// capacity of each.
+    fn page_pipes(&mut self) -> Result<u64> {
+        if let Some(p) = self.pipes.first() {
             return Ok(p.capacity);
         }
-        let (read, write) = channel::pipe()?;
-        let capacity = match channel::set_pipe_size(write.as_fd(), PIPE_SIZE) {
-            Ok(c) => c,
-            Err(_) => channel::set_pipe_size(write.as_fd(), 64 * 1024)?,
-        } as u64;
-        let (reply, _) = self.command(CMD_SET_PIPE, &[], &[write.as_raw_fd()])?;
-        drop(write);
-        let task_fd = proto::read::<i32>(&reply).unwrap_or(-1);
-        let capacity = capacity / PAGE * PAGE;
-        self.pipe = Some(PagePipe {
-            read,
-            capacity,
-            task_fd,
-        });
+        let mut capacity = u64::MAX;
+        for idx in 0..MAX_PIPES as i32 {
+            let (read, write) = channel::pipe()?;
+            let cap = match channel::set_pipe_size(write.as_fd(), PIPE_SIZE) {
+                Ok(c) => c,
+                Err(_) => channel::set_pipe_size(write.as_fd(), 64 * 1024)?,
+            } as u64;
+            let (reply, _) = self.command(CMD_SET_PIPE, bytes_of(&idx), &[write.as_raw_fd()])?;
+            drop(write);
+            let task_fd = proto::read::<i32>(&reply).unwrap_or(-1);
+            let cap = cap / PAGE * PAGE;
+            capacity = capacity.min(cap);
+            self.pipes.push(PagePipe {
+                read,
+                capacity: cap,
+                task_fd,
+            });
+        }
+        for p in &mut self.pipes {
+            p.capacity = capacity;
+        }
         Ok(capacity)
     }
 
@@ -692,7 +747,7 @@ impl<'a> Parasite<'a> {
         let mut first: Option<Error> = None;
         if !fds_closed {
             let mut fds = vec![self.task_sock];
-            fds.extend(self.task_pipe_fd());
+            fds.extend(self.task_pipe_fds());
             for fd in fds {
                 if let Err(e) = remote.syscall("close", libc::SYS_close, &[fd as u64]) {
                     if e.errno() != Some(Errno::EBADF) {
@@ -799,6 +854,8 @@ fn wait_trap(t: &SeizedTask) -> Result<()> {
         }
     }
 }
+
+thread_local! { static TIMES: std::cell::RefCell<(u64,u64,u64)> = const { std::cell::RefCell::new((0,0,0)) }; }
 
 /// Takes a duplicate of descriptor `fd` of process `pid`.
 fn take_fd(pid: i32, fd: i32) -> crate::sys::Result<OwnedFd> {

@@ -11,6 +11,11 @@
 //! ```
 //! Every task has `PR_SET_PDEATHSIG(SIGKILL)` until it enters the blob, so a dying parent takes
 //! its half-restored children with it; in the blob, EOF on go_fd (restorer gone) ends it.
+//!
+//! `--shell-job` (the root's session, maybe its group, were outside the dump): the root stays
+//! in the restorer's session (no setsid) and so keeps the restorer's controlling terminal,
+//! which replaces the dumped one (`files::tty`); the leader of the group that was in the
+//! foreground of the dumped terminal makes its group the foreground one of the new terminal.
 
 use std::collections::BTreeSet;
 use std::os::fd::RawFd;

@@ -11,8 +11,9 @@
 //! reply:   ReplyHeader { cmd, status (0 or -errno), len, pad } + len bytes of payload
 //!
 //! cmd             payload                         reply payload (status 0)      ancillary
-//! SET_PIPE        -                               i32 fd number in the task      cmd: 1 fd
-//! DUMP_PAGES      [RemoteIov] (page aligned)      u64 bytes vmspliced into pipe
+//! SET_PIPE        [i32 index] (none: 0)           i32 fd number in the task      cmd: 1 fd
+//! DUMP_PAGES      [RemoteIov] (page aligned)      u64 bytes vmspliced into pipe 0
+//! DUMP_PAGES_TO   u64 pipe index, [RemoteIov]     u64 bytes vmspliced into that pipe
 //! MPROTECT        [MprotectReq]                   -
 //! DRAIN_FDS       [i32 fd] (<= MAX_FDS)           [FdOpts], same order           reply: fds
 //! MISC            -                               MiscState
@@ -36,6 +37,8 @@ pub const MAX_MSG: usize = 16 * 1024 + 64;
 pub const MAX_IOVS: usize = 1024;
 /// Most descriptors in one DRAIN_FDS (SCM_MAX_FD is 253).
 pub const MAX_FDS: usize = 64;
+/// Page pipes the parasite holds (SET_PIPE index 0..MAX_PIPES).
+pub const MAX_PIPES: usize = 4;
 /// Most timers in one POSIX_TIMERS.
 pub const MAX_TIMERS: usize = 256;
 /// Number of rlimits in `MiscState` (RLIM_NLIMITS).
@@ -59,6 +62,8 @@ pub const CMD_POSIX_TIMERS: u32 = 7;
 pub const CMD_THREAD_STATE: u32 = 8;
 /// Stop serving.
 pub const CMD_FINI: u32 = 9;
+/// vmsplice regions into the page pipe of a given index.
+pub const CMD_DUMP_PAGES_TO: u32 = 10;
 
 /// Written by the dumper where `rdi` points at start.
 #[repr(C)]
@@ -256,6 +261,7 @@ pub const THREAD_SLOT: usize = 4096;
 /// 104 cap_eff 112 cap_prm 120 cap_inh 128 cap_bnd 136 cap_amb   144 secbits 148 ngroups
 /// 152 groups[32]   280 sched_policy 284 sched_prio 288 sched_nice 292 no_new_privs
 /// 296 tls[3] (user_desc: entry, base, limit, flags)  344 tls_status 348 status 352 done
+/// 360 seccomp_mode 364 pad
 /// ```
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -317,6 +323,10 @@ pub struct ThreadState {
     pub status: i32,
     /// [`THREAD_DONE`] `^ tid` when complete.
     pub done: u64,
+    /// `PR_GET_SECCOMP` (0 none, 1 strict, 2 filter; read with seccomp suspended by ptrace).
+    pub seccomp_mode: i32,
+    /// Padding.
+    pub pad: i32,
 }
 
 /// Raw-byte views of the wire structs.

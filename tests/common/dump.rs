@@ -1,7 +1,7 @@
-//! Shared helpers of the dump tests: launching fixture workloads in their own cgroup v2 (so
-//! they can be frozen, and killed as a group), a deadline for every test, a probe double for
-//! the ptrace/parasite part, and comparison of image structure with CRIU's fixtures.
-#![allow(dead_code)]
+//! Helpers of the dump tests: launching fixture workloads in their own cgroup v2 (so they can
+//! be frozen, and killed as a group), running the `stasis` binary, a probe double for the
+//! ptrace/parasite part, and comparison of image structure with CRIU's fixtures. Launching at
+//! fixed PIDs needs the test to hold [`super::lock::restore_lock`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -13,46 +13,7 @@ use stasis::dump::error::Result as DResult;
 use stasis::dump::freeze::{CgroupFreeze, FrozenTree};
 use stasis::dump::probe::{ProcessAccess, ProcessProbe, TaskProbe, ThreadProbe, Xsave};
 
-pub fn fixtures() -> PathBuf {
-    stasis::dump::fixtures_dir()
-}
-
-/// Installs the fixture binaries at /tmp/criu-fixtures unless they are there already.
-pub fn install_fixtures() {
-    if Path::new("/tmp/criu-fixtures/bin/fx-launch").exists()
-        && Path::new("/tmp/criu-fixtures/bin/fx-tree").exists()
-    {
-        return;
-    }
-    let st = Command::new("bash")
-        .arg(fixtures().join("install.sh"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "install.sh failed");
-}
-
-/// Runs `f` with a deadline; on timeout `on_timeout` runs (kill the workload) and the test fails.
-pub fn with_deadline<T: Send + 'static>(
-    secs: u64,
-    on_timeout: impl FnOnce(),
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(v) => v,
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            on_timeout();
-            panic!("test body failed (see its panic above)");
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            on_timeout();
-            panic!("test timed out after {secs} s");
-        }
-    }
-}
+pub use super::fixtures::{fixtures, install_if_missing as install_fixtures};
 
 /// A workload running in its own cgroup; killed (cgroup.kill) and removed on drop.
 pub struct Workload {
@@ -177,6 +138,10 @@ fn pid_free(pid: i32, span: i32) -> bool {
 /// Starts fixture workload `name` (a file in bin/) with `args` after its result path, at a
 /// free pid from `base`, inside a fresh cgroup; waits until it is ready.
 pub fn launch(name: &str, base: i32, args: &[&str]) -> Workload {
+    assert!(
+        super::lock::held(),
+        "launching {name} at fixed pids needs the restore lock"
+    );
     install_fixtures();
     let cg = cgroup_path(name, base);
     let _ = std::fs::create_dir(&cg);
@@ -238,6 +203,10 @@ pub fn launch(name: &str, base: i32, args: &[&str]) -> Workload {
 /// 0-2 on /dev/null, cwd /, parent gone so init reaps it), inside a fresh cgroup. Returns at
 /// once: readiness is the caller's business.
 pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Workload {
+    assert!(
+        super::lock::held(),
+        "launching {name} at fixed pids needs the restore lock"
+    );
     install_fixtures();
     let cg = cgroup_path(name, base);
     let _ = std::fs::create_dir(&cg);
@@ -335,6 +304,7 @@ pub fn pids_of(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// SIGKILLs every one of `pids` (errors ignored: some may be gone).
 pub fn kill_pids(pids: &[i32]) {
     for &p in pids {
         let _ = nix::sys::signal::kill(
@@ -342,14 +312,6 @@ pub fn kill_pids(pids: &[i32]) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-}
-
-/// The restore tests' lock: one restore (or fixed-pid workload) at a time on this machine.
-pub fn restore_lock() -> nix::fcntl::Flock<std::fs::File> {
-    let f = std::fs::File::create("/tmp/stasis-restore-tests.lock").unwrap();
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .unwrap()
 }
 
 /// A server's accepted TCP connections (local port `port`) that still have a file: established or
@@ -559,18 +521,14 @@ pub fn paths_by_kind(dir: &Path, from_json: bool) -> BTreeMap<String, BTreeSet<S
 
 /// Runs Debian's crit (3.17) on every image: it must decode each one.
 pub fn debian_crit_decodes_all(dir: &Path) {
-    let crit = Path::new("/usr/bin/crit");
-    assert!(
-        crit.exists(),
-        "Debian's crit is not installed (apt-get install criu)"
-    );
+    let crit = super::crit::debian_crit();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         let n = p.file_name().unwrap().to_string_lossy().into_owned();
         if n.starts_with("pages-") || n.ends_with(".log") || n.ends_with(".json") {
             continue;
         }
-        let out = Command::new(crit)
+        let out = Command::new(&crit)
             .args(["decode", "-i"])
             .arg(&p)
             .output()
