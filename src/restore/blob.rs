@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! forked task (its fds, session, cwd already set by tree.rs)
-//!   premap every private VMA at a free address (MAP_FIXED_NOREPLACE), pread its pages
-//!   from the pages image, note file/memfd/shared mappings as mmap-by-fd, vdso plan,
+//!   premap every private VMA at a free address and fill it with its pages (premap.rs),
+//!   note file/memfd/shared mappings as mmap-by-fd, vdso plan,
 //!   core/mm -> TaskSpec (blob_core), status_fd / go_fd
 //!   blob_args::enter(&spec) ──▶ blob: unmap the restorer, move premaps, mm, threads,
 //!                               signals, timers, creds ... StatusRecord(READY) on status_fd,
@@ -21,14 +21,14 @@ use super::blob_core::{mm_from_pb, task_from_core, thread_from_core};
 use super::files::Opened;
 use super::plan::{vma_status as vs, Plan, TaskPlan};
 use super::vdso::{self, ImageVdso, RuntimeVdso, VdsoPlan};
-use crate::sys::fds::pread_raw;
+use super::premap::Premapper;
 
 /// Where premaps start (far above the images' usual layouts, below the stack area).
 const PREMAP_BASE: u64 = 0x5000_0000_0000;
 /// Where a vdso proxy would go.
 const PROXY_AT: u64 = 0x5800_0000_0000;
 
-type StepErr = (&'static str, Errno);
+pub use super::premap::StepErr;
 
 fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.1 && b.0 < a.1
@@ -47,7 +47,7 @@ pub fn enter(
     let pages_fd = opened.pages.get(&t.pages.file).copied();
     let image_ranges: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
     let mut spec = TaskSpec::new();
-    let mut hint = PREMAP_BASE;
+    let mut premapper = Premapper::new(&t.pages, pages_fd, PREMAP_BASE);
     let mut image_vdso = ImageVdso::default();
     for v in &mm.vmas {
         let len = v.end - v.start;
@@ -90,50 +90,17 @@ pub fn enter(
             });
             continue;
         }
-        let (fd, flags) = if v.status & vs::FILE_PRIVATE != 0 {
-            let fd = *opened
-                .maps
-                .get(&(v.shmid as u32))
-                .ok_or(("find mapped file", Errno::EBADF))?;
-            (fd, libc::MAP_PRIVATE)
-        } else {
-            (
-                -1,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        let file_fd = if v.status & vs::FILE_PRIVATE != 0 {
+            Some(
+                *opened
+                    .maps
+                    .get(&(v.shmid as u32))
+                    .ok_or(("find mapped file", Errno::EBADF))?,
             )
+        } else {
+            None
         };
-        while image_ranges
-            .iter()
-            .any(|&r| overlaps(r, (hint, hint + len)))
-        {
-            hint += 0x10_0000_0000;
-        }
-        let got = crate::sys::fds::mmap_noreplace(
-            hint,
-            len,
-            flags | (v.flags as i32 & libc::MAP_GROWSDOWN),
-            fd,
-            v.pgoff,
-        )
-        .map_err(|e| ("premap", e))?;
-        if got != hint {
-            return Err(("premap at the chosen address", Errno::EEXIST));
-        }
-        if let Some(pfd) = pages_fd {
-            for run in &t.pages.runs {
-                let (lo, hi) = (run.vaddr, run.vaddr + run.nr * 4096);
-                let (a, b) = (lo.max(v.start), hi.min(v.end));
-                let mut at = a;
-                while at < b {
-                    let n = pread_raw(pfd, hint + (at - v.start), b - at, run.offset + (at - lo))
-                        .map_err(|e| ("read pages", e))?;
-                    if n == 0 {
-                        return Err(("read pages: short image", Errno::EIO));
-                    }
-                    at += n as u64;
-                }
-            }
-        }
+        let hint = premapper.premap(v, file_fd, &image_ranges)?;
         spec.vmas.push(VmaArgs {
             start: v.start,
             end: v.end,
@@ -149,7 +116,6 @@ pub fn enter(
             start: hint,
             end: hint + len,
         });
-        hint += len + 0x10_0000;
     }
     let rt = RuntimeVdso::current().map_err(|_| ("read the running vdso", Errno::EIO))?;
     let rt_bytes = rt
