@@ -31,6 +31,8 @@ struct Run {
     split: [Duration; 3],
     /// CPU time of the root task (main thread) when the restore returned
     cpu: Duration,
+    /// CPU time (user + system) of the `stasis restore` process itself
+    stasis_cpu: Duration,
 }
 
 /// Parses a `Debug` duration such as `1.5ms`, `20µs`, `1.2s`.
@@ -71,9 +73,19 @@ fn one(threads: usize, mib: u64) -> Run {
         Vec::new()
     };
     let (dir, tids) = synthesize(&format!("bench-{threads}-{mib}"), threads - 1, &vmas);
+    let children_cpu = || {
+        let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+            .expect("getrusage");
+        let tv = |t: nix::sys::time::TimeVal| {
+            Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+        };
+        tv(u.user_time()) + tv(u.system_time())
+    };
+    let c0 = children_cpu();
     let t0 = Instant::now();
     let out = stasis_restore(&dir, &["-d", "-v3"]);
     let total = t0.elapsed();
+    let stasis_cpu = children_cpu() - c0;
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "restore failed: {log}");
     let n = std::fs::read_dir(format!("/proc/{ROOT}/task"))
@@ -92,7 +104,8 @@ fn one(threads: usize, mib: u64) -> Run {
         let pages = (mib << 20) / 4096;
         for p in [0, 1, pages / 3, pages / 2 + 7, pages - 1] {
             let at = BIG + p * 4096;
-            mem.read_exact_at(&mut got, at).expect("read restored memory");
+            mem.read_exact_at(&mut got, at)
+                .expect("read restored memory");
             fill_pattern(at, &mut want);
             assert!(got == want, "page {p} of the restored memory differs");
         }
@@ -109,6 +122,7 @@ fn one(threads: usize, mib: u64) -> Run {
         total,
         split: split_from_log(&log),
         cpu,
+        stasis_cpu,
     }
 }
 
@@ -130,19 +144,20 @@ fn main() {
         (vec![(100, 16)], 1)
     };
     println!(
-        "| threads | anon MiB | restore time (median of {reps}) | images read | all tasks ready | released | root task CPU |"
+        "| threads | anon MiB | restore time (median of {reps}) | images read | all tasks ready | released | stasis CPU | root task CPU |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (threads, mib) in configs {
         let mut runs: Vec<Run> = (0..reps).map(|_| one(threads, mib)).collect();
         runs.sort_by_key(|r| r.total);
         let m = &runs[runs.len() / 2];
         println!(
-            "| {threads} | {mib} | {} | {} | {} | {} | {} |",
+            "| {threads} | {mib} | {} | {} | {} | {} | {} | {} |",
             ms(m.total),
             ms(m.split[0]),
             ms(m.split[1]),
             ms(m.split[2]),
+            ms(m.stasis_cpu),
             ms(m.cpu)
         );
     }

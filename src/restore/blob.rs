@@ -17,11 +17,11 @@ use nix::errno::Errno;
 
 use super::blob_args::abi::*;
 use super::blob_args::TaskSpec;
-use super::blob_core::{mm_from_pb, task_from_core, thread_from_core};
+use super::blob_core::{mm_from_pb, task_from_core};
 use super::files::Opened;
 use super::plan::{vma_status as vs, Plan, TaskPlan};
-use super::vdso::{self, ImageVdso, RuntimeVdso, VdsoPlan};
 use super::premap::Premapper;
+use super::vdso::{self, ImageVdso, RuntimeVdso, VdsoPlan};
 
 /// Where premaps start (far above the images' usual layouts, below the stack area).
 const PREMAP_BASE: u64 = 0x5000_0000_0000;
@@ -36,7 +36,7 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 
 /// Builds the blob's arguments for task `t` and enters the blob; returns only on error.
 pub fn enter(
-    plan: &Plan,
+    _plan: &Plan,
     t: &TaskPlan,
     opened: &Opened,
     status_fd: RawFd,
@@ -138,10 +138,9 @@ pub fn enter(
         .get(&mm.exe_file_id)
         .ok_or(("find exe file", Errno::EBADF))?;
     mm_from_pb(&mut spec, mm, exe as u32);
+    spec.threads.reserve(t.threads.len());
     for (i, th) in t.threads.iter().enumerate() {
-        let ts = thread_from_core(th.tid as u32, &th.core, i == 0, plan.seccomp.as_ref())
-            .map_err(|_| ("convert thread core", Errno::EINVAL))?;
-        spec.threads.push(ts);
+        spec.threads.push(th.spec.clone());
         if i == 0 {
             task_from_core(&mut spec, th.tid as u32, &th.core)
                 .map_err(|_| ("convert task core", Errno::EINVAL))?;

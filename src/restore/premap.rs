@@ -23,8 +23,8 @@ use std::os::fd::RawFd;
 
 use nix::errno::Errno;
 
-use super::plan::{vma_status as vs, PageRun, Pages};
 use super::img::msg::VmaEntry;
+use super::plan::{vma_status as vs, PageRun, Pages};
 use crate::sys::fds::pread_raw;
 use crate::sys::mem::{self, MissingFill};
 
@@ -85,7 +85,9 @@ impl<'a> Premapper<'a> {
 
     /// The pieces of page data inside `[start, end)`: (address, file offset, length).
     fn pieces(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
-        let first = self.runs.partition_point(|r| r.vaddr + r.nr * PAGE <= start);
+        let first = self
+            .runs
+            .partition_point(|r| r.vaddr + r.nr * PAGE <= start);
         self.runs[first..]
             .iter()
             .take_while(move |r| r.vaddr < end)
@@ -150,21 +152,17 @@ impl<'a> Premapper<'a> {
         } else {
             How::Force
         };
-        let mut how = if file_fd.is_none() && !(thp && fallback == How::Read) {
+        let how = if file_fd.is_none() && !(thp && fallback == How::Read) {
             How::Copy
         } else {
             fallback
         };
-        if std::env::var("STASIS_FILL").as_deref() == Ok("read") && fallback == How::Read {
-            how = How::Read;
-        }
-        if std::env::var("STASIS_FILL").as_deref() == Ok("copy1") {
-            self.parallel = false;
-        }
         self.fill(v, hint, how)
             .or_else(|e| match e {
                 // The fast path is unavailable (no userfaultfd, odd pages file): the slow one.
-                (_, Errno::ENOSYS | Errno::EPERM | Errno::EINVAL | Errno::ENODEV) if how == How::Copy => {
+                (_, Errno::ENOSYS | Errno::EPERM | Errno::EINVAL | Errno::ENODEV)
+                    if how == How::Copy =>
+                {
                     self.fill(v, hint, fallback)
                 }
                 e => Err(e),
@@ -212,7 +210,9 @@ impl<'a> Premapper<'a> {
                     std::thread::scope(|sc| {
                         let h = sc.spawn(|| copy(&second));
                         let r1 = copy(&first);
-                        let r2 = h.join().unwrap_or(Err(("copy pages: helper thread", Errno::EIO)));
+                        let r2 = h
+                            .join()
+                            .unwrap_or(Err(("copy pages: helper thread", Errno::EIO)));
                         r1.and(r2)
                     })
                 } else {
@@ -255,7 +255,10 @@ impl<'a> Premapper<'a> {
                         if r == 0 {
                             return Err(("read pages: short image", Errno::EIO));
                         }
-                        let memf = self.mem.as_ref().ok_or(("open /proc/self/mem", Errno::EBADF))?;
+                        let memf = self
+                            .mem
+                            .as_ref()
+                            .ok_or(("open /proc/self/mem", Errno::EBADF))?;
                         mem::force_write_self(memf, hint + (a - v.start) + done, &buf[..r])
                             .map_err(|e| ("write pages via /proc/self/mem", io_errno(&e)))?;
                         done += r as u64;
@@ -275,7 +278,8 @@ const COPY_BUF: usize = 256 << 10;
 fn read_full(fd: RawFd, buf: &mut [u8], off: u64) -> Result<(), StepErr> {
     let mut got = 0;
     while got < buf.len() {
-        let r = mem::pread_buf(fd, &mut buf[got..], off + got as u64).map_err(|e| ("read pages", e))?;
+        let r =
+            mem::pread_buf(fd, &mut buf[got..], off + got as u64).map_err(|e| ("read pages", e))?;
         if r == 0 {
             return Err(("read pages: short image", Errno::EIO));
         }
@@ -339,7 +343,10 @@ mod tests {
         let p = pages(&[(0x1000, 2), (0x4000, 4), (0x10000, 1)]);
         let m = Premapper::new(&p, None, 0x5000_0000_0000);
         let got: Vec<_> = m.pieces(0x2000, 0x6000).collect();
-        assert_eq!(got, vec![(0x2000, 0x1000, 0x1000), (0x4000, 0x2000, 0x2000)]);
+        assert_eq!(
+            got,
+            vec![(0x2000, 0x1000, 0x1000), (0x4000, 0x2000, 0x2000)]
+        );
         assert_eq!(m.pieces(0x8000, 0x10000).count(), 0);
         let all: Vec<_> = m.pieces(0, 0x20000).collect();
         assert_eq!(all.len(), 3);

@@ -97,12 +97,8 @@ impl MissingFill {
     /// creates missing ones.
     pub fn register(start: u64, len: u64) -> std::result::Result<Self, Errno> {
         // SAFETY: creates a new descriptor; no memory is touched.
-        let raw = unsafe {
-            libc::syscall(
-                libc::SYS_userfaultfd,
-                libc::O_CLOEXEC | UFFD_USER_MODE_ONLY,
-            )
-        };
+        let raw =
+            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | UFFD_USER_MODE_ONLY) };
         if raw < 0 {
             return Err(Errno::last());
         }
@@ -234,14 +230,7 @@ pub fn protect(addr: u64, len: u64, prot: i32) -> std::result::Result<(), Errno>
 /// `pread(fd, buf, off)` on a raw descriptor.
 pub fn pread_buf(fd: RawFd, buf: &mut [u8], off: u64) -> std::result::Result<usize, Errno> {
     // SAFETY: the kernel writes at most buf.len() bytes into buf, which we borrow mutably.
-    let r = unsafe {
-        libc::pread(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            off as libc::off_t,
-        )
-    };
+    let r = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), off as libc::off_t) };
     if r < 0 {
         return Err(Errno::last());
     }

@@ -142,9 +142,13 @@ pub fn synthesize(tag: &str, threads: usize, vmas: &[ExtraVma]) -> (PathBuf, Vec
         madv: (madv != 0).then_some(madv),
         fdflags: None,
     };
-    mm[0]
-        .vmas
-        .push(anon(CODE, CODE + 4096, libc::PROT_READ | libc::PROT_EXEC, 0, 0));
+    mm[0].vmas.push(anon(
+        CODE,
+        CODE + 4096,
+        libc::PROT_READ | libc::PROT_EXEC,
+        0,
+        0,
+    ));
     for v in vmas {
         mm[0]
             .vmas
