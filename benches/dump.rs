@@ -10,14 +10,14 @@
 //! the in-task system calls) and `cgroup + double` (the cgroup freezer and a no-cost double for
 //! the ptrace part, which isolates the /proc collection and image writing).
 
-#[path = "../tests/dump_support/mod.rs"]
-mod dump_support;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dump_support::{kill_cgroup, TestBackend};
+use common::dump::{kill_cgroup, TestBackend};
 
 fn workload(threads: usize, mib: usize, ready: &Path) -> ! {
     let mut mem: Vec<u8> = vec![0; mib << 20];

@@ -7,21 +7,19 @@
 //! the harness cannot rot. `STASIS_BENCH_ONLY=THREADS:MIB` runs one configuration once (for
 //! profiling). Needs root, free PIDs (30000 and below 32768) and /dev/shm.
 //!
-//! Images: the fx-loop fixture extended by `restore_support/synth.rs`. Time: wall time of
+//! Images: the fx-loop fixture extended by `tests/common/synth.rs`. Time: wall time of
 //! `stasis restore -D DIR -d -v3` as a process; its log gives the split (images read and
 //! checked / every task ready in its blob / released). After each run the harness checks the
 //! thread count and, for memory, samples pages against the pattern.
 
-#[path = "../tests/restore_support/mod.rs"]
-mod restore_support;
-#[path = "../tests/restore_support/synth.rs"]
-mod synth;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use restore_support::{pids_ready, serial, stasis_restore, wait_pids_free, Leftovers};
-use synth::{fill_pattern, synthesize, ExtraVma, ROOT};
+use common::restore::{pids_ready, serial, stasis_restore, wait_pids_free, Leftovers};
+use common::synth::{fill_pattern, synthesize, ExtraVma, ROOT};
 
 const BIG: u64 = 0x2_0000_0000;
 

@@ -11,6 +11,7 @@
 
 pub use stasis_images as images;
 
+pub mod cgroup;
 pub mod cli;
 pub mod dump;
 pub mod files;

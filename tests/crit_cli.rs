@@ -1,24 +1,16 @@
 //! `stasis crit` end to end: the built binary against the CRIU 4.2 fixtures, and against
 //! Debian's crit (3.17) where its output does not depend on fields it lacks.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_stasis");
+use common::crit::debian_crit;
+use common::fixtures::fixtures;
 
-fn fixtures() -> PathBuf {
-    if let Some(p) = std::env::var_os("STASIS_FIXTURES") {
-        return PathBuf::from(p);
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let beside = repo.join("../shared/fixtures");
-    if beside.is_dir() {
-        beside
-    } else {
-        repo.join("../../shared/fixtures")
-    }
-}
+const BIN: &str = env!("CARGO_BIN_EXE_stasis");
 
 fn fixture(dir: &str, file: &str) -> PathBuf {
     let p = fixtures().join("criu-4.2").join(dir).join(file);
@@ -61,18 +53,6 @@ fn fails(args: &[&str], stdin: Option<&[u8]>) -> String {
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-fn debian_crit() -> PathBuf {
-    let crit = std::env::var_os("STASIS_CRIT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/crit"));
-    assert!(
-        crit.is_file(),
-        "{} not found: install Debian's criu package (it ships crit) or set STASIS_CRIT",
-        crit.display()
-    );
-    crit
 }
 
 #[test]

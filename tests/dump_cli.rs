@@ -1,29 +1,25 @@
 //! The `stasis dump` and `stasis check` command lines.
 
-mod dump_support;
+mod common;
 
-use std::process::Command;
-
-use dump_support::*;
-
-fn stasis() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_stasis"))
-}
+use common::deadline::with_deadline;
+use common::dump::*;
+use common::lock::restore_lock;
 
 #[test]
 fn check_reports_features() {
-    let out = stasis().arg("check").arg("--all").output().unwrap();
+    let out = stasis_bin().arg("check").arg("--all").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("Ok    (seize)"), "{text}");
     assert!(text.contains("Warn  (soft_dirty)"), "{text}");
     assert!(text.contains("Ok    (pagemap_scan)"), "{text}");
-    let one = stasis()
+    let one = stasis_bin()
         .args(["check", "--feature", "clone3_set_tid"])
         .output()
         .unwrap();
     assert!(one.status.success());
-    let bad = stasis()
+    let bad = stasis_bin()
         .args(["check", "--feature", "soft_dirty"])
         .output()
         .unwrap();
@@ -33,31 +29,43 @@ fn check_reports_features() {
 
 #[test]
 fn unknown_and_unsupported_options_are_refused_by_name() {
-    let out = stasis()
+    let out = stasis_bin()
         .args(["dump", "-t", "1", "-D", "/tmp", "--page-server"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--page-server"));
-    let out = stasis()
+    let out = stasis_bin()
         .args(["dump", "-t", "1", "-D", "/tmp", "--no-such-option"])
         .output()
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-option"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--no-such-option"), "{err}");
+    assert!(
+        err.contains("Usage: stasis dump"),
+        "usage names the verb: {err}"
+    );
+    for verb in ["dump", "restore", "check"] {
+        let out = stasis_bin().args([verb, "--help"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains(&format!("Usage: stasis {verb}")), "{help}");
+    }
 }
 
 #[test]
 fn failed_cli_dump_names_step_task_errno_and_releases_the_tree() {
     let base = 32240;
     let cg = cgroup_path("fx-loop", base);
+    let _lock = restore_lock();
     with_deadline(
         60,
         move || kill_cgroup(&cg),
         move || {
             let w = launch("fx-loop", base, &[]);
             let dir = tempfile::tempdir().unwrap();
-            let out = stasis()
+            let out = stasis_bin()
                 .args(["dump", "-t", &w.pid.to_string(), "-D"])
                 .arg(dir.path())
                 .arg("--freeze-cgroup")
@@ -84,6 +92,7 @@ fn failed_cli_dump_names_step_task_errno_and_releases_the_tree() {
 fn leave_running_dump_with_stats_and_profile() {
     let base = 32260;
     let cg = cgroup_path("fx-loop", base);
+    let _lock = restore_lock();
     with_deadline(
         60,
         move || kill_cgroup(&cg),
@@ -91,7 +100,7 @@ fn leave_running_dump_with_stats_and_profile() {
             let w = launch("fx-loop", base, &[]);
             let dir = tempfile::tempdir().unwrap();
             let trace = dir.path().join("trace.json");
-            let out = stasis()
+            let out = stasis_bin()
                 .args(["dump", "-t", &w.pid.to_string(), "-D"])
                 .arg(dir.path())
                 .args(["-R", "--stats", "--profile"])

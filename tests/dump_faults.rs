@@ -3,9 +3,11 @@
 //! message naming the step, the task and the errno, and fx-signals (pending signals, blocked
 //! mask, dispositions, itimers and a POSIX timer) then still verifies itself: PASS.
 
-mod dump_support;
+mod common;
 
-use dump_support::*;
+use common::deadline::with_deadline;
+use common::dump::*;
+use common::lock::restore_lock;
 use stasis::dump::DumpOptions;
 
 fn fault_at(step: &'static str, base: i32) {
@@ -21,6 +23,7 @@ fn fault_ptrace(step: &'static str, base: i32) {
 
 fn fault_with(step: &'static str, base: i32, ptrace: bool) {
     let cg = cgroup_path("fx-signals", base);
+    let _lock = restore_lock();
     with_deadline(
         60,
         move || kill_cgroup(&cg),

@@ -1,11 +1,12 @@
 //! Dumps of real programs: a multi-threaded Python program and redis-server holding data.
 //! Every image must decode (our codec and Debian's crit) and describe every thread.
 
-mod dump_support;
+mod common;
 
 use std::path::{Path, PathBuf};
 
-use dump_support::*;
+use common::deadline::with_deadline;
+use common::dump::*;
 use stasis::dump::DumpOptions;
 
 fn dump_workload(w: &Workload) -> (tempfile::TempDir, stasis::dump::DumpReport) {
@@ -145,6 +146,7 @@ fn dump_redis_with_data() {
             });
             let w = launch_cmd("redis", base, &cmd, &ready);
             waiter.join().unwrap();
+            wait_connections(port, 0);
             let (dir, rep) = dump_workload(&w);
             assert!(count(dir.path(), "core-") >= 1);
             assert!(rep.stats.pages.pages_written > 256, "redis data pages");
@@ -169,6 +171,76 @@ fn dump_redis_with_data() {
                 String::from_utf8_lossy(&b[..n]).contains("value-999"),
                 "redis still serves its data"
             );
+        },
+    )
+}
+
+/// A connection the peer has closed but the task has not (CLOSE_WAIT) is not dumped, even with
+/// --tcp-established: the dump fails naming the state, and the program runs on untouched.
+#[test]
+fn dump_refuses_half_closed_tcp() {
+    let base = 32160;
+    let cg = cgroup_path("python3-closewait", base);
+    with_deadline(
+        60,
+        move || kill_cgroup(&cg),
+        move || {
+            std::fs::create_dir_all("/tmp/stasis-dump-tests").unwrap();
+            let ready = PathBuf::from(format!(
+                "/tmp/stasis-dump-tests/closewait-{}.ready",
+                std::process::id()
+            ));
+            let port_file = PathBuf::from(format!("{}.port", ready.display()));
+            let script = format!(
+                "import socket, time\n\
+                 l = socket.socket()\n\
+                 l.bind(('127.0.0.1', 0))\n\
+                 l.listen(1)\n\
+                 open('{p}', 'w').write(str(l.getsockname()[1]))\n\
+                 c, _ = l.accept()\n\
+                 open('{r}', 'w').write('READY')\n\
+                 while True: time.sleep(1)\n",
+                p = port_file.display(),
+                r = ready.display()
+            );
+            let spath = format!("/tmp/stasis-dump-tests/closewait-{}.py", std::process::id());
+            std::fs::write(&spath, script).unwrap();
+            let _ = std::fs::remove_file(&port_file);
+            let connector = std::thread::spawn({
+                let port_file = port_file.clone();
+                move || {
+                    for _ in 0..1500 {
+                        if let Some(port) = std::fs::read_to_string(&port_file)
+                            .ok()
+                            .and_then(|s| s.parse::<u16>().ok())
+                        {
+                            // Connect and close at once: the server's side stays in CLOSE_WAIT.
+                            drop(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+                            return port;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    panic!("the python server never wrote its port");
+                }
+            });
+            let w = launch_cmd(
+                "python3-closewait",
+                base,
+                &format!("setsid python3 {spath}"),
+                &ready,
+            );
+            let port = connector.join().unwrap();
+            wait_connections(port, 1);
+            let images = tempfile::tempdir().unwrap();
+            let out = stasis_bin()
+                .args(["dump", "-t", &w.pid.to_string(), "--tcp-established", "-D"])
+                .arg(images.path())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "dump of a CLOSE_WAIT socket");
+            assert!(err.contains("CLOSE_WAIT"), "{err}");
+            assert!(all_running(&w), "a failed dump leaves the program running");
         },
     )
 }

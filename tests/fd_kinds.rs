@@ -4,9 +4,10 @@
 //!
 //! Every test runs under a timeout (a stuck syscall fails the test instead of hanging).
 
+mod common;
+
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use prost::Message;
@@ -14,39 +15,41 @@ use stasis::files::{self, DumpFd, DumpOptions, DumpState, Extra, RestoreCtx, Res
 use stasis::images::pb;
 use stasis::sys::{fdkinds, socket};
 
-/// Runs `f` on a thread; fails if it does not finish within `secs`.
-fn with_timeout<F: FnOnce() + Send + 'static>(secs: u64, f: F) {
-    let (tx, rx) = mpsc::channel();
-    let h = std::thread::spawn(move || {
-        f();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(()) => h.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            if let Err(e) = h.join() {
-                std::panic::resume_unwind(e)
-            }
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test timed out after {secs} s"),
-    }
-}
+use common::deadline::with_timeout;
 
-/// Dumps one of our own fds the way the dump engine does for a task's fd.
-fn dump_own(fd: &impl AsFd, id: u32, st: &mut DumpState) -> pb::FileEntry {
+/// Dumps one of our own fds the way the dump engine does for a task's fd, with `fdinfo` as
+/// its fdinfo text (the kernel's when `None`); the error as text.
+fn try_dump_own(
+    fd: &impl AsFd,
+    id: u32,
+    st: &mut DumpState,
+    fdinfo: Option<&str>,
+) -> Result<pb::FileEntry, String> {
     let n = fd.as_fd().as_raw_fd();
     let link = std::fs::read_link(format!("/proc/self/fd/{n}")).unwrap();
     let link = link.to_string_lossy().into_owned();
-    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).unwrap();
+    let kernel_fdinfo;
+    let fdinfo = match fdinfo {
+        Some(text) => text,
+        None => {
+            kernel_fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).unwrap();
+            &kernel_fdinfo
+        }
+    };
     let d = DumpFd {
         pid: std::process::id() as i32,
         fd: n,
         file: fd.as_fd(),
         link: &link,
-        fdinfo: &fdinfo,
+        fdinfo,
         id,
     };
-    let e = files::dump_fd(&d, st).unwrap_or_else(|e| panic!("dump {link}: {e}"));
+    files::dump_fd(&d, st).map_err(|e| format!("dump {link}: {e}"))
+}
+
+/// Dumps one of our own fds (see [`try_dump_own`]), through the wire format.
+fn dump_own(fd: &impl AsFd, id: u32, st: &mut DumpState) -> pb::FileEntry {
+    let e = try_dump_own(fd, id, st, None).unwrap_or_else(|e| panic!("{e}"));
     // Through the wire format, as the images would carry it.
     pb::FileEntry::decode(e.encode_to_vec().as_slice()).unwrap()
 }
@@ -785,18 +788,7 @@ fn tcp_established_via_repair() {
         );
 
         let mut st = DumpState::new(DumpOptions::default());
-        let n = s.as_raw_fd();
-        let link = std::fs::read_link(format!("/proc/self/fd/{n}")).unwrap();
-        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).unwrap();
-        let d = DumpFd {
-            pid: std::process::id() as i32,
-            fd: n,
-            file: s.as_fd(),
-            link: link.to_str().unwrap(),
-            fdinfo: &fdinfo,
-            id: 1,
-        };
-        let err = files::dump_fd(&d, &mut st).unwrap_err().to_string();
+        let err = try_dump_own(&s, 1, &mut st, None).unwrap_err();
         assert!(err.contains("--tcp-established"), "{err}");
 
         let mut st = DumpState::new(DumpOptions {
@@ -1060,17 +1052,8 @@ fn malformed_fdinfo_is_rejected_naming_the_field() {
         ];
         for (fd, text, want) in cases {
             let n = fd.as_raw_fd();
-            let link = std::fs::read_link(format!("/proc/self/fd/{n}")).unwrap();
-            let d = DumpFd {
-                pid: std::process::id() as i32,
-                fd: n,
-                file: fd.as_fd(),
-                link: link.to_str().unwrap(),
-                fdinfo: text,
-                id: 1,
-            };
             let mut st = DumpState::new(DumpOptions::default());
-            let err = files::dump_fd(&d, &mut st).unwrap_err().to_string();
+            let err = try_dump_own(fd, 1, &mut st, Some(text)).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err}");
             assert!(err.contains(&format!("fd {n} of task")), "{err}");
         }
@@ -1177,18 +1160,7 @@ fn unix_queue_with_descriptors_in_flight_is_refused() {
         let cmsg = [ControlMessage::ScmRights(&fds)];
         sendmsg::<UnixAddr>(a.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
         let mut st = DumpState::new(DumpOptions::default());
-        let n = b.as_raw_fd();
-        let link = std::fs::read_link(format!("/proc/self/fd/{n}")).unwrap();
-        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).unwrap();
-        let d = DumpFd {
-            pid: std::process::id() as i32,
-            fd: n,
-            file: b.as_fd(),
-            link: link.to_str().unwrap(),
-            fdinfo: &fdinfo,
-            id: 1,
-        };
-        let err = files::dump_fd(&d, &mut st).unwrap_err().to_string();
+        let err = try_dump_own(&b, 1, &mut st, None).unwrap_err();
         assert!(err.contains("SCM_RIGHTS"), "{err}");
         // The message is still there, with its descriptor, and the peek offset is off again.
         assert_eq!(

@@ -6,50 +6,20 @@
 //! (the tree is killed), restored with `stasis restore -d --tcp-established`, and then checks
 //! every object itself (`tests/fd_kinds_e2e/fx-kinds.c`): PASS.
 
-mod dump_support;
+mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dump_support::*;
+use common::deadline::with_deadline;
+use common::dump::*;
+use common::lock::restore_lock;
+use common::workload::c_program;
 
 const TUNABLES: &str = "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX2,-AVX,-FMA,-FMA4,-BMI1,-BMI2,-LZCNT,-MOVBE,-POPCNT,-SSE4_1,-SSE4_2,-SSSE3,-ERMS,-FSRM,-RTM";
 
-fn stasis() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_stasis"))
-}
-
-/// Compiles the workload (static, like the fixtures).
-fn workload_bin(dir: &Path) -> PathBuf {
-    let src = dir.join("fx-kinds.c");
-    std::fs::write(&src, include_str!("fd_kinds_e2e/fx-kinds.c")).unwrap();
-    let bin = dir.join("fx-kinds");
-    let st = Command::new("cc")
-        .args(["-static", "-O1", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(st.success(), "compiling fx-kinds.c failed");
-    bin
-}
-
-fn gone(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.contains(") X"))
-        .unwrap_or(true)
-}
-
-fn kill(pid: i32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-}
-
 #[test]
 fn fd_kinds_dump_kill_restore_verify() {
+    let _lock = restore_lock();
     let base = 33100;
     let cg = cgroup_path("fx-kinds", base);
     let restored = std::sync::Arc::new(std::sync::Mutex::new(0i32));
@@ -58,11 +28,16 @@ fn fd_kinds_dump_kill_restore_verify() {
         90,
         move || {
             kill_cgroup(&cg);
-            kill(*r2.lock().unwrap());
+            kill_pids(&[*r2.lock().unwrap()]);
         },
         move || {
             let work = tempfile::tempdir().unwrap();
-            let bin = workload_bin(work.path());
+            // Static, like the fixtures.
+            let bin = c_program(
+                "fx-kinds",
+                include_str!("fd_kinds_e2e/fx-kinds.c"),
+                &["-static"],
+            );
             let watched = work.path().join("watched");
             std::fs::create_dir(&watched).unwrap();
             let result = work.path().join("result");
@@ -77,7 +52,7 @@ fn fd_kinds_dump_kill_restore_verify() {
             let mut w = launch_cmd("fx-kinds", base, &cmd, &result);
             *restored.lock().unwrap() = w.pid;
             let images = tempfile::tempdir().unwrap();
-            let out = stasis()
+            let out = stasis_bin()
                 .args(["dump", "-t", &w.pid.to_string(), "-D"])
                 .arg(images.path())
                 .arg("--freeze-cgroup")
@@ -110,21 +85,21 @@ fn fd_kinds_dump_kill_restore_verify() {
             // The workload is our child: reap it once the dump killed it (its pid must be free).
             let mut child = w.child.take().unwrap();
             let t0 = Instant::now();
-            while child.try_wait().unwrap().is_none() || !gone(w.pid) {
+            while child.try_wait().unwrap().is_none() || !gone(&[w.pid]) {
                 assert!(
                     t0.elapsed() < Duration::from_secs(10),
                     "dumped task still alive"
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let out = stasis()
+            let out = stasis_bin()
                 .args(["restore", "-d", "-D"])
                 .arg(images.path())
                 .args(["--tcp-established", "-o", "restore.log", "-v4"])
                 .output()
                 .unwrap();
             if !out.status.success() {
-                let files = stasis()
+                let files = stasis_bin()
                     .args(["crit", "decode", "--pretty", "-i"])
                     .arg(images.path().join("files.img"))
                     .output()
@@ -139,7 +114,7 @@ fn fd_kinds_dump_kill_restore_verify() {
             );
             std::thread::sleep(Duration::from_millis(300));
             let verdict = verify(&w);
-            kill(w.pid);
+            kill_pids(&[w.pid]);
             assert_eq!(verdict, "PASS", "fx-kinds restored from stasis' own images");
         },
     )

@@ -1,9 +1,9 @@
 //! The dump parasite end to end: injection, page dump through a pipe, descriptor transfer,
 //! in-task state, and a cure that leaves the process exactly as it was.
 
-#[path = "sys_util/mod.rs"]
-mod sys_util;
+mod common;
 
+use common::workload::Workload;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use stasis::parasite::proto::RemoteIov;
@@ -12,7 +12,6 @@ use stasis::sys::tree::seize_tree;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
-use sys_util::Workload;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -37,7 +36,7 @@ fn maps(pid: i32) -> String {
 
 #[test]
 fn parasite_dumps_pages_fds_and_state_then_cures() {
-    let w = Workload::start(3, false, TIMEOUT);
+    let w = Workload::ptrace(3, false, TIMEOUT);
     let tree = seize_tree(w.pid).expect("seize tree");
     let leader = tree.root().leader();
     let regs = leader.task_regs().unwrap();
@@ -49,11 +48,11 @@ fn parasite_dumps_pages_fds_and_state_then_cures() {
     // Pages: the known pattern, through vmsplice and splice.
     let mut file = tempfile::tempfile().unwrap();
     let iov = RemoteIov {
-        base: w.pattern_addr,
-        len: w.pattern_len as u64,
+        base: w.mem_addr,
+        len: w.mem_len as u64,
     };
     let n = p.dump_pages(&[iov], file.as_fd()).expect("dump pages");
-    assert_eq!(n, w.pattern_len as u64);
+    assert_eq!(n, w.mem_len as u64);
     let mut got = Vec::new();
     use std::io::Seek;
     file.rewind().unwrap();
@@ -63,7 +62,7 @@ fn parasite_dumps_pages_fds_and_state_then_cures() {
     let n = p
         .dump_pages(
             &[RemoteIov {
-                base: w.pattern_addr + 4096,
+                base: w.mem_addr + 4096,
                 len: 4096,
             }],
             file.as_fd(),
@@ -74,17 +73,13 @@ fn parasite_dumps_pages_fds_and_state_then_cures() {
     // mprotect inside the task: PROT_NONE and back.
     use stasis::parasite::proto::MprotectReq;
     let region = |prot: i32| MprotectReq {
-        addr: w.pattern_addr,
+        addr: w.mem_addr,
         len: 4096,
         prot: prot as u64,
     };
     p.mprotect(&[region(libc::PROT_NONE)])
         .expect("mprotect none");
-    assert!(maps(w.pid).contains(&format!(
-        "{:x}-{:x} ---p",
-        w.pattern_addr,
-        w.pattern_addr + 4096
-    )));
+    assert!(maps(w.pid).contains(&format!("{:x}-{:x} ---p", w.mem_addr, w.mem_addr + 4096)));
     p.mprotect(&[region(libc::PROT_READ | libc::PROT_WRITE)])
         .expect("mprotect back");
 
@@ -157,11 +152,11 @@ fn parasite_dumps_pages_fds_and_state_then_cures() {
     let err = p.posix_timers(&[12345]).unwrap_err();
     assert!(err.to_string().contains("EINVAL"), "{err}");
 
-    // The parasite's socket is one extra descriptor while it lives.
+    // The parasite's socket and its page pipes are the extra descriptors while it lives.
     assert_eq!(
         fd_links(w.pid).len(),
-        fds_before.len() + 2,
-        "socket and pipe"
+        fds_before.len() + 1 + stasis::parasite::proto::MAX_PIPES,
+        "socket and page pipes"
     );
     p.cure().expect("cure");
     assert_eq!(leader.task_regs().unwrap(), regs);
@@ -175,7 +170,7 @@ fn parasite_dumps_pages_fds_and_state_then_cures() {
 
 #[test]
 fn parasite_dropped_without_cure_still_cures() {
-    let w = Workload::start(2, false, TIMEOUT);
+    let w = Workload::ptrace(2, false, TIMEOUT);
     let tree = seize_tree(w.pid).unwrap();
     let leader = tree.root().leader();
     let regs = leader.task_regs().unwrap();
@@ -194,7 +189,7 @@ fn parasite_dropped_without_cure_still_cures() {
 
 #[test]
 fn killing_the_target_mid_way_reports_task_died() {
-    let w = Workload::start(2, false, TIMEOUT);
+    let w = Workload::ptrace(2, false, TIMEOUT);
     let tree = seize_tree(w.pid).unwrap();
     let mut p = Parasite::inject(tree.root().leader()).unwrap();
     p.misc().unwrap();
@@ -210,7 +205,7 @@ fn killing_the_target_mid_way_reports_task_died() {
 #[test]
 fn interrupted_read_restarts_after_cure() {
     use std::io::{BufRead, Write};
-    let mut w = Workload::start_mode(2, "read", TIMEOUT);
+    let mut w = Workload::ptrace_mode(2, "read", TIMEOUT);
     while !std::fs::read_to_string(format!("/proc/{0}/task/{0}/syscall", w.pid))
         .unwrap()
         .starts_with("0 ")
@@ -247,7 +242,7 @@ fn interrupted_read_restarts_after_cure() {
 
 #[test]
 fn parasite_in_a_group_stopped_process() {
-    let w = Workload::start(2, true, TIMEOUT);
+    let w = Workload::ptrace(2, true, TIMEOUT);
     while w.state(w.pid) != 'T' {
         w.assert_in_time();
         std::thread::sleep(Duration::from_millis(2));

@@ -2,10 +2,9 @@
 //! exactly the task's memory, no fallback to `/proc/PID/mem` was taken, and the workload left
 //! running is unchanged (no parasite area, same signal mask, still counting).
 
-#[path = "parasite_support/mod.rs"]
-mod parasite_support;
+mod common;
 
-use parasite_support::Workload;
+use common::workload::Workload;
 use stasis::dump::ptrace_backend::PtraceBackend;
 use stasis::dump::DumpOptions;
 use std::io::Write;
@@ -43,7 +42,7 @@ fn num(v: &serde_json::Value) -> u64 {
 
 #[test]
 fn engine_dumps_pages_through_the_parasite() {
-    let w = Workload::start(3, 32, Duration::from_secs(90));
+    let w = Workload::stateful(3, 32, Duration::from_secs(90));
     let maps_before = w.maps();
     let mask_before = w.status_field(w.pid, "SigBlk");
     let dir = tempfile::tempdir().unwrap();

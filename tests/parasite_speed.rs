@@ -2,10 +2,9 @@
 //! `/proc/PID/mem`, into a tmpfs file. Prints MiB/s (no timed assertion); asserts the bytes.
 //! Size: `STASIS_SPEED_MIB` (default 256).
 
-#[path = "parasite_support/mod.rs"]
-mod parasite_support;
+mod common;
 
-use parasite_support::Workload;
+use common::workload::Workload;
 use stasis::parasite::proto::RemoteIov;
 use stasis::parasite::Parasite;
 use std::io::{Read, Write};
@@ -25,7 +24,7 @@ fn parasite_page_dump_throughput() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(256);
-    let w = Workload::start(2, mib, Duration::from_secs(120));
+    let w = Workload::stateful(2, mib, Duration::from_secs(120));
     let tasks = w.seize_all();
     let len = w.mem_len as u64;
 

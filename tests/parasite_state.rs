@@ -1,12 +1,11 @@
-//! Dump parasite against a workload with known in-task state (tests/parasite_support/
+//! Dump parasite against a workload with known in-task state (tests/common/
 //! workload.c): misc state, signal dispositions, POSIX timers, per-thread state and drained
 //! fds equal what the workload set and what /proc shows; a failed command leaves the parasite
 //! usable and the cure complete. Every test has a watchdog.
 
-#[path = "parasite_support/mod.rs"]
-mod parasite_support;
+mod common;
 
-use parasite_support::Workload;
+use common::workload::Workload;
 use stasis::parasite::proto::RemoteIov;
 use stasis::parasite::Parasite;
 use stasis::sys::task::SeizedTask;
@@ -25,7 +24,7 @@ fn snapshot(tasks: &[SeizedTask]) -> Vec<(stasis::sys::regs::TaskRegs, u64)> {
 
 #[test]
 fn misc_sigactions_timers_and_threads_match_the_workload() {
-    let w = Workload::start(4, 1, TIMEOUT);
+    let w = Workload::stateful(4, 1, TIMEOUT);
     let tasks = w.seize_all();
     let mut p = Parasite::inject(&tasks[0]).expect("inject");
 
@@ -118,7 +117,7 @@ fn misc_sigactions_timers_and_threads_match_the_workload() {
 
 #[test]
 fn drained_fds_are_the_tasks_files() {
-    let w = Workload::start(2, 1, TIMEOUT);
+    let w = Workload::stateful(2, 1, TIMEOUT);
     let tasks = w.seize_all();
     let mut p = Parasite::inject(&tasks[0]).expect("inject");
     let fds = [w.file_fd, w.pipe_fd, w.sock_fd];
@@ -154,7 +153,7 @@ fn drained_fds_are_the_tasks_files() {
 
 #[test]
 fn failed_command_cures_cleanly() {
-    let w = Workload::start(2, 1, TIMEOUT);
+    let w = Workload::stateful(2, 1, TIMEOUT);
     let maps_before = w.maps();
     let tasks = w.seize_all();
     let before = snapshot(&tasks);
@@ -207,4 +206,90 @@ fn failed_command_cures_cleanly() {
     drop(tasks);
     let c = w.counter();
     w.wait_counting(c);
+}
+
+/// The per-thread facts the blob reads inside each thread (the leader through THREAD_STATE,
+/// every other thread through the assembly routine run in all of them at once) equal what
+/// /proc shows for that thread; the threads' registers, XSAVE area and masks are unchanged.
+#[test]
+fn thread_routine_matches_proc_for_every_thread() {
+    let w = Workload::stateful(6, 1, TIMEOUT);
+    let tasks = w.seize_all();
+    let before = snapshot(&tasks);
+    let mut p = Parasite::inject_with_slots(&tasks[0], 2).expect("inject");
+    let others: Vec<&SeizedTask> = tasks[1..].iter().collect();
+    let dumps = p.threads_state(&others).expect("threads_state");
+    assert_eq!(dumps.len(), others.len());
+    let mut states = vec![p.thread_state(&tasks[0]).expect("leader state")];
+    for (d, (b, t)) in dumps.iter().zip(before[1..].iter().zip(&others)) {
+        assert_eq!(d.regs, b.0, "regs read by threads_state of {}", t.tid());
+        assert_eq!(d.sigmask, b.1, "mask read by threads_state of {}", t.tid());
+        states.push(d.state);
+    }
+    let hex = |s: String| u64::from_str_radix(&s, 16).unwrap();
+    let ids =
+        |s: String| -> Vec<u32> { s.split_whitespace().map(|x| x.parse().unwrap()).collect() };
+    for (st, t) in states.iter().zip(&tasks) {
+        let tid = t.tid();
+        let f = |k: &str| {
+            let text =
+                std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", w.pid)).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}:")))
+                .unwrap_or_else(|| panic!("no {k} for {tid}"))
+                .trim()
+                .to_string()
+        };
+        assert_eq!(st.uids.to_vec(), ids(f("Uid")), "uids of {tid}");
+        assert_eq!(st.gids.to_vec(), ids(f("Gid")), "gids of {tid}");
+        assert_eq!(st.cap_eff, hex(f("CapEff")), "CapEff of {tid}");
+        assert_eq!(st.cap_prm, hex(f("CapPrm")), "CapPrm of {tid}");
+        assert_eq!(st.cap_inh, hex(f("CapInh")), "CapInh of {tid}");
+        assert_eq!(st.cap_bnd, hex(f("CapBnd")), "CapBnd of {tid}");
+        assert_eq!(st.cap_amb, hex(f("CapAmb")), "CapAmb of {tid}");
+        let groups = ids(f("Groups"));
+        assert_eq!(st.ngroups as usize, groups.len(), "groups of {tid}");
+        assert_eq!(&st.groups[..groups.len()], &groups[..], "groups of {tid}");
+        assert_eq!(
+            st.no_new_privs.to_string(),
+            f("NoNewPrivs"),
+            "no_new_privs of {tid}"
+        );
+        let comm = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", w.pid)).unwrap();
+        let end = st.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        assert_eq!(
+            std::str::from_utf8(&st.comm[..end]).unwrap(),
+            comm.trim_end()
+        );
+        let stat = std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", w.pid)).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // Fields after the comm start at 3 (state): nice is 19, rt_priority 40, policy 41.
+        assert_eq!(st.sched_nice.to_string(), fields[19 - 3], "nice of {tid}");
+        assert_eq!(
+            st.sched_prio.to_string(),
+            fields[40 - 3],
+            "rt_priority of {tid}"
+        );
+        assert_eq!(
+            st.sched_policy.to_string(),
+            fields[41 - 3],
+            "policy of {tid}"
+        );
+        assert_eq!(
+            st.tls_status,
+            -libc::ENOSYS,
+            "GDT TLS is left to ptrace ({tid})"
+        );
+        let (head, len) = t.robust_list().unwrap();
+        assert_eq!(
+            (st.robust_head, st.robust_len),
+            (head, len),
+            "robust list of {tid}"
+        );
+    }
+    p.cure().expect("cure");
+    assert_eq!(snapshot(&tasks), before, "threads changed by the routine");
+    drop(tasks);
+    w.assert_in_time();
 }

@@ -1,80 +1,69 @@
 //! Every rejection class of `stasis restore`: the error names the image or file and the step,
 //! the exit status is 1, and no task of the tree is left alive.
 
-mod restore_support;
+mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use restore_support::*;
-use stasis::images::framing::Image;
+use common::restore::*;
 use stasis::images::pb;
 
 #[test]
 fn corrupt_image_is_rejected() {
-    let s = serial();
-    pids_ready("fx-loop");
-    let _l = Leftovers("fx-loop");
-    let dir = scratch_copy(&s, "fx-loop");
+    let run = fixture_run("fx-loop");
+    let dir = &run.dir;
     let core = dir.join("core-30000.img");
     let mut b = std::fs::read(&core).unwrap();
     for x in &mut b[12..60] {
         *x = 0xff;
     }
     std::fs::write(&core, b).unwrap();
-    let out = stasis_restore(&dir, &["-d"]);
+    let out = stasis_restore(dir, &["-d"]);
     assert_failed(&out, "fx-loop", &["core-30000.img", "entry 0"]);
 }
 
 #[test]
 fn truncated_image_is_rejected() {
-    let s = serial();
-    pids_ready("fx-loop");
-    let _l = Leftovers("fx-loop");
-    let dir = scratch_copy(&s, "fx-loop");
+    let run = fixture_run("fx-loop");
+    let dir = &run.dir;
     let mm = dir.join("mm-30000.img");
     let b = std::fs::read(&mm).unwrap();
     std::fs::write(&mm, &b[..b.len() - 10]).unwrap();
-    let out = stasis_restore(&dir, &["-d"]);
+    let out = stasis_restore(dir, &["-d"]);
     assert_failed(&out, "fx-loop", &["mm-30000.img", "truncated"]);
 }
 
 #[test]
 fn truncated_pages_are_rejected() {
-    let s = serial();
-    pids_ready("fx-mem");
-    let _l = Leftovers("fx-mem");
-    let dir = scratch_copy(&s, "fx-mem");
+    let run = fixture_run("fx-mem");
+    let dir = &run.dir;
     let pages = dir.join("pages-2.img");
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(&pages)
         .unwrap();
     f.set_len(4096 * 100).unwrap();
-    let out = stasis_restore(&dir, &["-d"]);
+    let out = stasis_restore(dir, &["-d"]);
     assert_failed(&out, "fx-mem", &["pages-2.img", "truncated"]);
 }
 
 #[test]
 fn missing_image_is_rejected() {
-    let s = serial();
-    pids_ready("fx-loop");
-    let _l = Leftovers("fx-loop");
-    let dir = scratch_copy(&s, "fx-loop");
+    let run = fixture_run("fx-loop");
+    let dir = &run.dir;
     std::fs::remove_file(dir.join("pagemap-30000.img")).unwrap();
-    let out = stasis_restore(&dir, &["-d"]);
+    let out = stasis_restore(dir, &["-d"]);
     assert_failed(&out, "fx-loop", &["pagemap-30000.img", "No such file"]);
 }
 
 #[test]
 fn missing_file_is_rejected() {
-    let s = serial();
-    pids_ready("fx-files");
-    let _l = Leftovers("fx-files");
-    let dir = scratch_copy(&s, "fx-files");
+    let run = fixture_run("fx-files");
+    let dir = &run.dir;
     std::fs::remove_file("/tmp/criu-fixtures/data/fx-files/ro.dat").unwrap();
-    let out = stasis_restore(&dir, &["-d"]);
+    let out = stasis_restore(dir, &["-d"]);
     reinstall();
     assert_failed(
         &out,
@@ -85,16 +74,14 @@ fn missing_file_is_rejected() {
 
 #[test]
 fn changed_file_size_is_rejected() {
-    let s = serial();
-    pids_ready("fx-files");
-    let _l = Leftovers("fx-files");
-    let dir = scratch_copy(&s, "fx-files");
+    let run = fixture_run("fx-files");
+    let dir = &run.dir;
     let f = std::fs::OpenOptions::new()
         .append(true)
         .open("/tmp/criu-fixtures/data/fx-files/rw.dat")
         .unwrap();
     f.set_len(32769).unwrap();
-    let out = stasis_restore(&dir, &["-d"]);
+    let out = stasis_restore(dir, &["-d"]);
     reinstall();
     assert_failed(
         &out,
@@ -105,16 +92,14 @@ fn changed_file_size_is_rejected() {
 
 #[test]
 fn changed_file_mode_is_rejected() {
-    let s = serial();
-    pids_ready("fx-files");
-    let _l = Leftovers("fx-files");
-    let dir = scratch_copy(&s, "fx-files");
+    let run = fixture_run("fx-files");
+    let dir = &run.dir;
     std::fs::set_permissions(
         "/tmp/criu-fixtures/data/fx-files/ro.dat",
         std::fs::Permissions::from_mode(0o666),
     )
     .unwrap();
-    let out = stasis_restore(&dir, &["-d"]);
+    let out = stasis_restore(dir, &["-d"]);
     reinstall();
     assert_failed(
         &out,
@@ -125,10 +110,8 @@ fn changed_file_mode_is_rejected() {
 
 #[test]
 fn taken_pid_is_named_with_its_owner() {
-    let s = serial();
-    pids_ready("fx-loop");
-    let _l = Leftovers("fx-loop");
-    let dir = scratch_copy(&s, "fx-loop");
+    let run = fixture_run("fx-loop");
+    let dir = &run.dir;
     // fx-launch puts `sleep` at PID 30000 (it prints the PID and exits).
     let launcher = Command::new("/tmp/criu-fixtures/bin/fx-launch")
         .args(["30000", "/bin/sleep", "60"])
@@ -142,7 +125,7 @@ fn taken_pid_is_named_with_its_owner() {
         "fx-launch: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let restore = stasis_restore(&dir, &["-d"]);
+    let restore = stasis_restore(dir, &["-d"]);
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(30000),
         nix::sys::signal::Signal::SIGKILL,
@@ -160,46 +143,36 @@ fn taken_pid_is_named_with_its_owner() {
 /// task already created: root, children, grandchild, zombie.
 #[test]
 fn failure_after_tree_creation_kills_the_tree() {
-    let s = serial();
-    pids_ready("fx-tree");
-    let _l = Leftovers("fx-tree");
-    let dir = scratch_copy(&s, "fx-tree");
+    let run = fixture_run("fx-tree");
+    let dir = &run.dir;
     let path = dir.join("mm-30404.img");
-    let img = Image::read_file(&path).unwrap();
-    let mut mm: pb::MmEntry = img.single().unwrap();
-    let v = mm
-        .vmas
-        .iter_mut()
-        .find(|v| v.status & (1 << 6) != 0)
-        .expect("a private file vma");
-    v.pgoff += 1; // not page aligned: mmap fails with EINVAL
-    Image::from_messages(img.kind, &[mm])
-        .write_file(&path)
-        .unwrap();
-    let out = stasis_restore(&dir, &["-d"]);
+    edit_single(&path, |mm: &mut pb::MmEntry| {
+        let v = mm
+            .vmas
+            .iter_mut()
+            .find(|v| v.status & (1 << 6) != 0)
+            .expect("a private file vma");
+        v.pgoff += 1; // not page aligned: mmap fails with EINVAL
+    });
+    let out = stasis_restore(dir, &["-d"]);
     assert_failed(&out, "fx-tree", &["premap", "pid 30404", "EINVAL"]);
 }
 
 /// A failure inside a task's restorer blob (its StatusRecord reports the step) kills the tree.
 #[test]
 fn failure_in_the_restorer_blob_kills_the_tree() {
-    let s = serial();
-    pids_ready("fx-tree");
-    let _l = Leftovers("fx-tree");
-    let dir = scratch_copy(&s, "fx-tree");
+    let run = fixture_run("fx-tree");
+    let dir = &run.dir;
     let path = dir.join("mm-30404.img");
-    let img = Image::read_file(&path).unwrap();
-    let mut mm: pb::MmEntry = img.single().unwrap();
-    let v = mm
-        .vmas
-        .iter_mut()
-        .find(|v| v.status & (1 << 9) != 0)
-        .expect("a private anonymous vma");
-    v.prot |= 0x100; // not a PROT_* bit: the blob's mprotect fails with EINVAL
-    Image::from_messages(img.kind, &[mm])
-        .write_file(&path)
-        .unwrap();
-    let out = stasis_restore(&dir, &["-d"]);
+    edit_single(&path, |mm: &mut pb::MmEntry| {
+        let v = mm
+            .vmas
+            .iter_mut()
+            .find(|v| v.status & (1 << 9) != 0)
+            .expect("a private anonymous vma");
+        v.prot |= 0x100; // not a PROT_* bit: the blob's mprotect fails with EINVAL
+    });
+    let out = stasis_restore(dir, &["-d"]);
     assert_failed(
         &out,
         "fx-tree",

@@ -1,18 +1,16 @@
 //! End to end: every CRIU 4.2 fixture restores with `stasis restore -d` and its workload
 //! reports PASS through the fixtures' protocol (SIGUSR2 to the root, verdict file).
 
-mod restore_support;
+mod common;
 
-use restore_support::*;
+use common::restore::*;
 
 fn restores_and_passes(name: &'static str) {
-    let s = serial();
-    pids_ready(name);
-    let leftovers = Leftovers(name);
-    let dir = scratch_copy(&s, name);
+    let run = fixture_run(name);
+    let dir = &run.dir;
     let pidfile = dir.join("root.pid");
     let out = stasis_restore(
-        &dir,
+        dir,
         &[
             "-d",
             "-v4",
@@ -42,7 +40,7 @@ fn restores_and_passes(name: &'static str) {
         wait_pids_free(&pids, std::time::Duration::from_secs(10)),
         "{name}: tasks left after PASS"
     );
-    drop(leftovers);
+    drop(run);
 }
 
 #[test]
@@ -79,14 +77,12 @@ fn fx_tree() {
 #[test]
 fn attached_restore_exits_with_root_status() {
     let name = "fx-loop";
-    let s = serial();
-    pids_ready(name);
-    let _leftovers = Leftovers(name);
-    let dir = scratch_copy(&s, name);
+    let run = fixture_run(name);
+    let dir = &run.dir;
     let pidfile = dir.join("root.pid");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_stasis"))
         .args(["restore", "-D"])
-        .arg(&dir)
+        .arg(dir)
         .arg("--pidfile")
         .arg(&pidfile)
         .stdout(std::process::Stdio::piped())

@@ -2,13 +2,13 @@
 //! own PASS checks the main thread is untouched): a FIFO with queued data, an eventfd, an epoll
 //! watching it, and shared anonymous memory (`VMA_ANON_SHARED` + `pagemap-shmem`).
 
-mod restore_support;
+mod common;
 
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use restore_support::*;
+use common::restore::*;
 use stasis::images::framing::Image;
 use stasis::images::magic::ImageKind;
 use stasis::images::pb;

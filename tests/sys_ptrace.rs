@@ -1,9 +1,9 @@
 //! ptrace layer: seize/interrupt/detach, registers, signals, remote syscalls, dying tasks.
 //! Every test runs a workload under a watchdog (a stuck tracee is killed and the test fails).
 
-#[path = "sys_util/mod.rs"]
-mod sys_util;
+mod common;
 
+use common::workload::Workload;
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -12,7 +12,6 @@ use stasis::sys::remote::{Remote, RemoteMapping};
 use stasis::sys::task::{SeizedTask, StopKind};
 use stasis::sys::Error;
 use std::time::Duration;
-use sys_util::Workload;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -25,7 +24,7 @@ fn seize_all(w: &Workload) -> Vec<SeizedTask> {
 
 #[test]
 fn seize_interrupt_detach_leaves_multithreaded_process_running() {
-    let w = Workload::start(8, false, TIMEOUT);
+    let w = Workload::ptrace(8, false, TIMEOUT);
     let before = w.counter();
     let tasks = seize_all(&w);
     assert_eq!(tasks.len(), 8);
@@ -55,7 +54,7 @@ fn seize_interrupt_detach_leaves_multithreaded_process_running() {
 
 #[test]
 fn registers_roundtrip() {
-    let w = Workload::start(2, false, TIMEOUT);
+    let w = Workload::ptrace(2, false, TIMEOUT);
     let tasks = seize_all(&w);
     let main = &tasks[0];
     let regs = main.regs().unwrap();
@@ -90,7 +89,7 @@ fn registers_roundtrip() {
 
 #[test]
 fn sleeping_thread_shows_restartable_syscall() {
-    let w = Workload::start(2, false, TIMEOUT);
+    let w = Workload::ptrace(2, false, TIMEOUT);
     let sleeper_tid = w.threads()[1];
     // Wait until the new thread sleeps in clock_nanosleep (it may still be leaving clone3).
     while !std::fs::read_to_string(format!("/proc/{}/task/{sleeper_tid}/syscall", w.pid))
@@ -125,7 +124,7 @@ fn sleeping_thread_shows_restartable_syscall() {
 
 #[test]
 fn signal_masks_and_pending_signals() {
-    let w = Workload::start(2, false, TIMEOUT);
+    let w = Workload::ptrace(2, false, TIMEOUT);
     let tasks = seize_all(&w);
     let main = &tasks[0];
     let mask = main.sigmask().unwrap();
@@ -170,7 +169,7 @@ fn signal_masks_and_pending_signals() {
 
 #[test]
 fn remote_syscalls_return_values_and_typed_errnos() {
-    let w = Workload::start(3, false, TIMEOUT);
+    let w = Workload::ptrace(3, false, TIMEOUT);
     let tasks = seize_all(&w);
     let main = &tasks[0];
     let regs = main.regs().unwrap();
@@ -225,7 +224,7 @@ fn remote_syscalls_return_values_and_typed_errnos() {
 
 #[test]
 fn group_stopped_task_stays_stopped() {
-    let w = Workload::start(2, true, TIMEOUT);
+    let w = Workload::ptrace(2, true, TIMEOUT);
     while w.state(w.pid) != 'T' {
         w.assert_in_time();
         std::thread::sleep(Duration::from_millis(5));
@@ -257,7 +256,7 @@ fn group_stopped_task_stays_stopped() {
 
 #[test]
 fn killed_task_reports_task_died() {
-    let w = Workload::start(2, false, TIMEOUT);
+    let w = Workload::ptrace(2, false, TIMEOUT);
     let tasks = seize_all(&w);
     kill(Pid::from_raw(w.pid), Signal::SIGKILL).unwrap();
     let remote = Remote::new(&tasks[0]);

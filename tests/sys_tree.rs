@@ -1,9 +1,9 @@
 //! Seizing whole trees (processes, threads, zombies, group-stopped children) and freezing
 //! them through cgroup v1 and v2 freezers. Workloads run under a watchdog.
 
-#[path = "sys_util/mod.rs"]
-mod sys_util;
+mod common;
 
+use common::workload::{Watchdog, Workload};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use stasis::sys::freezer::{Freezer, FreezerVersion};
@@ -12,10 +12,7 @@ use stasis::sys::tree::{seize_tree, seize_tree_frozen, Zombie};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sys_util::Workload;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -44,7 +41,7 @@ struct PyTree {
     root: i32,
     a: i32,
     z: i32,
-    done: Arc<AtomicBool>,
+    _watchdog: Watchdog,
 }
 
 impl PyTree {
@@ -65,24 +62,13 @@ impl PyTree {
             .skip(1)
             .map(|x| x.parse().unwrap())
             .collect();
-        let done = Arc::new(AtomicBool::new(false));
-        let (d, pgid) = (done.clone(), f[0]);
-        std::thread::spawn(move || {
-            let end = Instant::now() + TIMEOUT;
-            while Instant::now() < end {
-                if d.load(Ordering::SeqCst) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = kill(Pid::from_raw(-pgid), Signal::SIGKILL);
-        });
         PyTree {
             child,
             root: f[0],
             a: f[1],
             z: f[2],
-            done,
+            // The whole process group.
+            _watchdog: Watchdog::start(-f[0], TIMEOUT),
         }
     }
 
@@ -97,7 +83,6 @@ impl PyTree {
 
 impl Drop for PyTree {
     fn drop(&mut self) {
-        self.done.store(true, Ordering::SeqCst);
         let _ = kill(Pid::from_raw(-self.root), Signal::SIGKILL);
         let _ = self.child.wait();
     }
@@ -156,7 +141,7 @@ fn tree_with_children_zombie_and_stopped_child() {
 
 #[test]
 fn tree_of_a_multithreaded_process_has_every_thread() {
-    let w = Workload::start(16, false, TIMEOUT);
+    let w = Workload::ptrace(16, false, TIMEOUT);
     let tree = seize_tree(w.pid).unwrap();
     assert_eq!(tree.processes.len(), 1);
     let tids: Vec<i32> = tree.root().threads.iter().map(|t| t.tid()).collect();
@@ -195,7 +180,7 @@ impl Drop for Cgroup {
 }
 
 fn freeze_and_seize(root: &str, name: &str, version: FreezerVersion) {
-    let w = Workload::start(4, false, TIMEOUT);
+    let w = Workload::ptrace(4, false, TIMEOUT);
     let cg = Cgroup::new(root, name, w.pid);
     // Freeze and thaw by drop.
     {
@@ -233,7 +218,7 @@ fn freezer_v2_freezes_thaws_and_seizes() {
 
 #[test]
 fn threads_dying_and_appearing_while_seizing() {
-    let w = Workload::start_mode(2, "churn", TIMEOUT);
+    let w = Workload::ptrace_mode(2, "churn", TIMEOUT);
     for _ in 0..20 {
         let tree = seize_tree(w.pid).expect("seize a churning process");
         let root = tree.root();

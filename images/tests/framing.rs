@@ -7,8 +7,8 @@ use std::path::Path;
 use stasis_images::framing::{Image, ImageReader};
 use stasis_images::magic::ImageKind;
 
-mod framing_support;
-use framing_support::fixture_images;
+mod common;
+use common::fixture_images;
 
 fn crit_json(path: &Path) -> serde_json::Value {
     let mut j = path.as_os_str().to_owned();

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use stasis_images::fuzzing;
 
-mod framing_support;
+mod common;
 
 #[test]
 fn regressions_replay_without_panic() {
@@ -41,7 +41,7 @@ fn regressions_replay_without_panic() {
 #[test]
 fn fixture_seeds_replay_without_panic() {
     let mut per_target = std::collections::BTreeMap::new();
-    for dir in framing_support::fixture_dirs() {
+    for dir in common::fixture_dirs() {
         for (target, data) in fuzzing::seeds_from_dir(&dir) {
             assert!(fuzzing::run(target, &data));
             *per_target.entry(target).or_insert(0) += 1;
@@ -77,7 +77,7 @@ fn synthetic_payload_images_parse_and_pass_every_target() {
 #[test]
 fn truncations_of_fixtures_never_panic() {
     // Cheap deterministic stand-in for fuzzing on stable: every prefix of a few images.
-    let dir = framing_support::fixture_dirs()
+    let dir = common::fixture_dirs()
         .into_iter()
         .find(|d| d.ends_with("fx-files"))
         .unwrap();

@@ -6,57 +6,20 @@
 //! differences (fixtures README): in `pagemap_entry` its `nr_pages` is field 2, which 4.2
 //! calls `compat_nr_pages`; it has no name for VMA status bit 0x4000 (`VMA_AREA_MEMFD`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
 
+use common::debian_crit;
 use serde_json::Value;
 use stasis_images::json::{self, Codec};
 
-fn fixtures() -> PathBuf {
-    if let Some(p) = std::env::var_os("STASIS_FIXTURES") {
-        return PathBuf::from(p);
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let beside = repo.join("../shared/fixtures");
-    if beside.is_dir() {
-        beside
-    } else {
-        repo.join("../../shared/fixtures")
-    }
-}
-
-fn crit() -> PathBuf {
-    let crit = std::env::var_os("STASIS_CRIT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/crit"));
-    assert!(
-        crit.is_file(),
-        "{} not found: install Debian's criu package (it ships crit) or set STASIS_CRIT",
-        crit.display()
-    );
-    crit
-}
-
 fn images_with_json() -> Vec<PathBuf> {
-    let root = fixtures().join("criu-4.2");
-    let mut out = Vec::new();
-    for dir in std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("fixtures not found at {}: {e}", root.display()))
-    {
-        let dir = dir.expect("dir entry").path();
-        if !dir.is_dir() {
-            continue;
-        }
-        for f in std::fs::read_dir(&dir).expect("read dir") {
-            let f = f.expect("dir entry").path();
-            if f.extension().is_some_and(|e| e == "json") {
-                out.push(f.with_extension(""));
-            }
-        }
-    }
-    out.sort();
-    assert!(out.len() > 100, "only {} fixture images found", out.len());
-    out
+    common::golden_pairs()
+        .into_iter()
+        .map(|(image, _)| image)
+        .collect()
 }
 
 /// crit 3.17's value `theirs` must be contained in ours (objects: every key of theirs).
@@ -102,7 +65,7 @@ fn contained(theirs: &Value, ours: &Value, path: &str, errors: &mut Vec<String>)
 
 #[test]
 fn debian_crit_decodes_what_we_encode_and_agrees() {
-    let crit = crit();
+    let crit = debian_crit();
     let codec = Codec::criu().expect("descriptor set loads");
     let tmp = std::env::temp_dir().join(format!("stasis-crit317-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("temp dir");

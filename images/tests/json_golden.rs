@@ -6,59 +6,15 @@
 //!   plus the newline crit adds on stdout);
 //! * `encode(decode(X))` is byte-identical to `X`, from plain and from pretty JSON.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use common::golden_pairs;
 use serde_json::Value;
 use stasis_images::json::{self, Codec};
 
 type Result<T> = std::result::Result<T, String>;
-
-/// `$STASIS_FIXTURES`, else `../shared/fixtures` beside the repository (a worktree under
-/// `wt/` looks one level higher).
-fn fixtures() -> PathBuf {
-    if let Some(p) = std::env::var_os("STASIS_FIXTURES") {
-        return PathBuf::from(p);
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let beside = repo.join("../shared/fixtures");
-    if beside.is_dir() {
-        beside
-    } else {
-        repo.join("../../shared/fixtures")
-    }
-}
-
-/// Every (image, json) pair of the fixtures; fails when the fixtures are missing.
-fn golden_pairs() -> Vec<(PathBuf, PathBuf)> {
-    let root = fixtures().join("criu-4.2");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("fixtures not found at {}: {e}", root.display()))
-        .map(|e| e.expect("read fixture dir").path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    assert!(
-        dirs.len() >= 6,
-        "expected six fixture dirs in {}",
-        root.display()
-    );
-    let mut pairs = Vec::new();
-    for dir in dirs {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .expect("read fixture dir")
-            .map(|e| e.expect("dir entry").path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .collect();
-        files.sort();
-        for json in files {
-            let image = json.with_extension("");
-            assert!(image.is_file(), "{} has no image beside it", json.display());
-            pairs.push((image, json));
-        }
-    }
-    assert!(pairs.len() > 100, "only {} golden pairs found", pairs.len());
-    pairs
-}
 
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))

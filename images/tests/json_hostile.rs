@@ -1,23 +1,11 @@
 //! The crit JSON codec on damaged input: truncated and bit-flipped images and mangled
 //! JSON documents must give errors, never panics or huge allocations.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::fixtures;
 use serde_json::Value;
 use stasis_images::json::{self, Codec};
-
-fn fixtures() -> PathBuf {
-    if let Some(p) = std::env::var_os("STASIS_FIXTURES") {
-        return PathBuf::from(p);
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let beside = repo.join("../shared/fixtures");
-    if beside.is_dir() {
-        beside
-    } else {
-        repo.join("../../shared/fixtures")
-    }
-}
 
 fn sample_images() -> Vec<Vec<u8>> {
     let dir = fixtures().join("criu-4.2/fx-files");

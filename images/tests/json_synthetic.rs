@@ -7,22 +7,12 @@
 //! the text we print (plain and `--pretty`); and our encoding of our own decode must give
 //! the same bytes back.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::Command;
 
+use common::debian_crit;
 use stasis_images::json::{self, Codec};
-
-fn crit() -> PathBuf {
-    let crit = std::env::var_os("STASIS_CRIT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/crit"));
-    assert!(
-        crit.is_file(),
-        "{} not found: install Debian's criu package (it ships crit) or set STASIS_CRIT",
-        crit.display()
-    );
-    crit
-}
 
 const DOCS: &[&str] = &[
     r#"{"magic": "INETSK", "entries": [
@@ -115,7 +105,7 @@ const DOCS: &[&str] = &[
 
 #[test]
 fn debian_crit_prints_what_we_print_for_synthetic_images() {
-    let crit = crit();
+    let crit = debian_crit();
     let codec = Codec::criu().expect("descriptor set loads");
     let tmp = tempfile::tempdir().expect("temp dir");
     let mut failures = Vec::new();

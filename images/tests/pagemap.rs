@@ -11,8 +11,8 @@ use stasis_images::pagemap::{
 };
 use stasis_images::pb::{PagemapEntry, PagemapHead};
 
-mod framing_support;
-use framing_support::fixture_dirs;
+mod common;
+use common::fixture_dirs;
 
 fn pagemap_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)

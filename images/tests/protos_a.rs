@@ -8,9 +8,12 @@
 //! the bytes. The field names are checked against crit 4.2's JSON of the same file,
 //! and the message of every image kind of this half must exist in the descriptors.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use common::{fixture_dirs, fixtures};
 use prost::Message;
 use prost_reflect::MessageDescriptor;
 use stasis_images::framing::Image;
@@ -44,43 +47,10 @@ impl<T> Context<T> for Option<T> {
     }
 }
 
-/// `$STASIS_FIXTURES`, else `../shared/fixtures` beside the repository (a worktree
-/// under `wt/` looks one level higher).
-fn fixtures() -> PathBuf {
-    if let Some(p) = std::env::var_os("STASIS_FIXTURES") {
-        return PathBuf::from(p);
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let beside = repo.join("../shared/fixtures");
-    if beside.is_dir() {
-        beside
-    } else {
-        repo.join("../../shared/fixtures")
-    }
-}
-
-fn image_dirs() -> Result<Vec<PathBuf>> {
-    let root = fixtures().join("criu-4.2");
-    let mut dirs = Vec::new();
-    for e in std::fs::read_dir(&root).context(format!("fixtures at {}", root.display()))? {
-        let p = e?.path();
-        if p.is_dir() {
-            dirs.push(p);
-        }
-    }
-    dirs.sort();
-    ensure!(
-        dirs.len() >= 6,
-        "expected six fixture image dirs in {}",
-        root.display()
-    );
-    Ok(dirs)
-}
-
 /// Fixture files named `prefix*.img` (or exactly `prefix`, for `stats-dump`).
 fn images(prefix: &str) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    for dir in image_dirs()? {
+    for dir in fixture_dirs() {
         for e in std::fs::read_dir(&dir)? {
             let p = e?.path();
             let name = p

@@ -11,9 +11,12 @@
 //!  payload after an entry: pipes-data -> `bytes` bytes; ghost-file chunks -> `len` bytes
 //! ```
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use common::fixtures;
 use prost::Message;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
@@ -23,39 +26,9 @@ use stasis_images::framing::Image;
 use stasis_images::magic::ImageKind;
 use stasis_images::pb;
 
-/// Where the fixtures live: `$STASIS_FIXTURES`, else `shared/fixtures` next to the repo.
-fn fixtures_root() -> PathBuf {
-    let dir = match std::env::var_os("STASIS_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"),
-    };
-    assert!(
-        dir.join("criu-4.2").is_dir(),
-        "fixtures not found at {} (set STASIS_FIXTURES)",
-        dir.display()
-    );
-    dir
-}
-
 /// All fixture images whose file name satisfies `pick`, sorted.
 fn fixture_images(pick: impl Fn(&str) -> bool) -> Vec<PathBuf> {
-    let root = fixtures_root().join("criu-4.2");
-    let mut out = Vec::new();
-    for set in std::fs::read_dir(&root).expect("read fixture root") {
-        let set = set.expect("dir entry").path();
-        if !set.is_dir() {
-            continue;
-        }
-        for f in std::fs::read_dir(&set).expect("read image dir") {
-            let p = f.expect("dir entry").path();
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.ends_with(".img") && pick(name) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+    common::fixture_files(|n| n.ends_with(".img") && pick(n))
 }
 
 /// Reads an image with the crate's framing module; the whole file must be rebuilt
@@ -267,7 +240,7 @@ fn files_img_roundtrips_and_matches_crit() {
 
 #[test]
 fn fx_files_files_img_fields() {
-    let p = fixtures_root().join("criu-4.2/fx-files/files.img");
+    let p = fixtures().join("criu-4.2/fx-files/files.img");
     let all = read_image(&p, ImageKind::Files)
         .decode::<pb::FileEntry>()
         .expect("decode");

@@ -8,6 +8,11 @@
 //! __export_fini_trap       the ip of the task when it traps after serve returned
 //! __export_syscall_gadget  `syscall; int3`: lets the dumper run remote syscalls in any
 //!                          thread of the task without poking code
+//! __export_thread_entry    rdi = a ThreadState slot: fills the slot with the calling
+//!                          thread's state (the same as `fill_thread_state`, in assembly:
+//!                          integer registers only, so no FPU/vector state to restore;
+//!                          no stack), then `int3`
+//! __export_thread_trap     the ip of a thread when it traps after filling its slot
 //! ```
 #![no_std]
 #![no_main]
@@ -33,6 +38,230 @@ core::arch::global_asm!(
     "__export_syscall_gadget:",
     "    syscall",
     "    int3",
+    // The thread routine: plain integer code only (no SSE/x87, no stack), so the
+    // thread's FPU/vector state stays untouched; results go straight into the slot
+    // (layout: ThreadState, scratch from offset 368). r12 = slot.
+    ".macro CHECK",
+    "    cmp rax, -4095",
+    "    jae 90f",
+    ".endm",
+    ".globl __export_thread_entry",
+    "__export_thread_entry:",
+    "    mov r12, rdi",
+    "    xor eax, eax",
+    "    mov ecx, 46",
+    "    rep stosq",
+    "    xor r10d, r10d",
+    "    xor r8d, r8d",
+    "    xor r9d, r9d",
+    // sigaltstack(NULL, scratch+376)
+    "    xor edi, edi",
+    "    lea rsi, [r12 + 376]",
+    "    xor edx, edx",
+    "    mov eax, 131",
+    "    syscall",
+    "    CHECK",
+    "    mov rax, [r12 + 376]",
+    "    mov [r12 + 8], rax",
+    "    mov eax, [r12 + 384]",
+    "    mov [r12 + 24], eax",
+    "    mov rax, [r12 + 392]",
+    "    mov [r12 + 16], rax",
+    // prctl(PR_GET_TID_ADDRESS, &tid_address)
+    "    mov edi, 40",
+    "    lea rsi, [r12]",
+    "    mov eax, 157",
+    "    syscall",
+    "    CHECK",
+    // prctl(PR_GET_PDEATHSIG, &pdeath_sig)
+    "    mov edi, 2",
+    "    lea rsi, [r12 + 28]",
+    "    mov eax, 157",
+    "    syscall",
+    "    CHECK",
+    // prctl(PR_GET_NAME, comm)
+    "    mov edi, 16",
+    "    lea rsi, [r12 + 32]",
+    "    mov eax, 157",
+    "    syscall",
+    "    CHECK",
+    // get_robust_list(0, &head, &len)
+    "    xor edi, edi",
+    "    lea rsi, [r12 + 48]",
+    "    lea rdx, [r12 + 56]",
+    "    mov eax, 274",
+    "    syscall",
+    "    CHECK",
+    // rt_sigpending(&set, 8)
+    "    lea rdi, [r12 + 64]",
+    "    mov esi, 8",
+    "    xor edx, edx",
+    "    mov eax, 127",
+    "    syscall",
+    "    CHECK",
+    // getresuid, setfsuid(-1)
+    "    lea rdi, [r12 + 72]",
+    "    lea rsi, [r12 + 76]",
+    "    lea rdx, [r12 + 80]",
+    "    mov eax, 118",
+    "    syscall",
+    "    CHECK",
+    "    mov edi, -1",
+    "    mov eax, 122",
+    "    syscall",
+    "    mov [r12 + 84], eax",
+    // getresgid, setfsgid(-1)
+    "    lea rdi, [r12 + 88]",
+    "    lea rsi, [r12 + 92]",
+    "    lea rdx, [r12 + 96]",
+    "    mov eax, 120",
+    "    syscall",
+    "    CHECK",
+    "    mov edi, -1",
+    "    mov eax, 123",
+    "    syscall",
+    "    mov [r12 + 100], eax",
+    // capget(v3 header at scratch+400, data at scratch+408)
+    "    mov dword ptr [r12 + 400], 0x20080522",
+    "    mov dword ptr [r12 + 404], 0",
+    "    lea rdi, [r12 + 400]",
+    "    lea rsi, [r12 + 408]",
+    "    xor edx, edx",
+    "    mov eax, 125",
+    "    syscall",
+    "    CHECK",
+    "    mov eax, [r12 + 408]",
+    "    mov edx, [r12 + 420]",
+    "    shl rdx, 32",
+    "    or rax, rdx",
+    "    mov [r12 + 104], rax",
+    "    mov eax, [r12 + 412]",
+    "    mov edx, [r12 + 424]",
+    "    shl rdx, 32",
+    "    or rax, rdx",
+    "    mov [r12 + 112], rax",
+    "    mov eax, [r12 + 416]",
+    "    mov edx, [r12 + 428]",
+    "    shl rdx, 32",
+    "    or rax, rdx",
+    "    mov [r12 + 120], rax",
+    // bounding set: PR_CAPBSET_READ of each capability until EINVAL
+    "    xor ebx, ebx",
+    "    xor r13d, r13d",
+    "1:",
+    "    mov edi, 23",
+    "    mov rsi, rbx",
+    "    xor edx, edx",
+    "    mov eax, 157",
+    "    syscall",
+    "    cmp rax, -4095",
+    "    jae 2f",
+    "    test rax, rax",
+    "    jz 3f",
+    "    bts r13, rbx",
+    "3:",
+    "    inc ebx",
+    "    cmp ebx, 64",
+    "    jb 1b",
+    "2:",
+    "    mov [r12 + 128], r13",
+    // ambient set: PR_CAP_AMBIENT_IS_SET of the capabilities both permitted and
+    // inheritable (the only ones that can be ambient)
+    "    mov r14, [r12 + 112]",
+    "    and r14, [r12 + 120]",
+    "    xor ebx, ebx",
+    "    xor r13d, r13d",
+    "4:",
+    "    bt r14, rbx",
+    "    jnc 5f",
+    "    mov edi, 47",
+    "    mov esi, 1",
+    "    mov rdx, rbx",
+    "    mov eax, 157",
+    "    syscall",
+    "    cmp rax, -4095",
+    "    jae 6f",
+    "    test rax, rax",
+    "    jz 5f",
+    "    bts r13, rbx",
+    "5:",
+    "    inc ebx",
+    "    cmp ebx, 64",
+    "    jb 4b",
+    "6:",
+    "    mov [r12 + 136], r13",
+    // prctl(PR_GET_SECUREBITS), prctl(PR_GET_NO_NEW_PRIVS)
+    "    mov edi, 27",
+    "    xor esi, esi",
+    "    xor edx, edx",
+    "    mov eax, 157",
+    "    syscall",
+    "    CHECK",
+    "    mov [r12 + 144], eax",
+    "    mov edi, 39",
+    "    mov eax, 157",
+    "    syscall",
+    "    CHECK",
+    "    mov [r12 + 292], eax",
+    // getgroups(32, groups); more than 32: getgroups(0, NULL) for the count
+    "    mov edi, 32",
+    "    lea rsi, [r12 + 152]",
+    "    mov eax, 115",
+    "    syscall",
+    "    cmp rax, -22",
+    "    jne 7f",
+    "    xor edi, edi",
+    "    xor esi, esi",
+    "    mov eax, 115",
+    "    syscall",
+    "7:",
+    "    CHECK",
+    "    mov [r12 + 148], eax",
+    // sched_getscheduler(0) without SCHED_RESET_ON_FORK, sched_getparam(0), nice
+    "    xor edi, edi",
+    "    mov eax, 145",
+    "    syscall",
+    "    CHECK",
+    "    and eax, 0xbfffffff",
+    "    mov [r12 + 280], eax",
+    "    xor edi, edi",
+    "    lea rsi, [r12 + 284]",
+    "    mov eax, 143",
+    "    syscall",
+    "    CHECK",
+    "    xor edi, edi",
+    "    xor esi, esi",
+    "    mov eax, 140",
+    "    syscall",
+    "    CHECK",
+    "    mov edx, 20",
+    "    sub edx, eax",
+    "    mov [r12 + 288], edx",
+    // prctl(PR_GET_SECCOMP): the mode (seccomp itself is suspended by the tracer)
+    "    mov edi, 21",
+    "    xor esi, esi",
+    "    xor edx, edx",
+    "    mov eax, 157",
+    "    syscall",
+    "    CHECK",
+    "    mov [r12 + 360], eax",
+    // get_thread_area is not in the 64-bit syscall table: the dumper asks ptrace.
+    "    mov dword ptr [r12 + 344], -38",
+    "    jmp 91f",
+    "90:",
+    "    mov [r12 + 348], eax",
+    "91:",
+    // done = THREAD_DONE ^ gettid()
+    "    mov eax, 186",
+    "    syscall",
+    "    movabs rdx, 0x54485244444f4e45",
+    "    xor rax, rdx",
+    "    mov [r12 + 352], rax",
+    "    int3",
+    ".globl __export_thread_trap",
+    "__export_thread_trap:",
+    "    jmp __export_thread_trap - 1",
+    ".purgem CHECK",
     ".previous",
     serve = sym serve,
 );
@@ -43,6 +272,18 @@ const SYS_BRK: usize = 12;
 const SYS_RT_SIGACTION: usize = 13;
 const SYS_GETITIMER: usize = 36;
 const SYS_GETPID: usize = 39;
+const SYS_GETGROUPS: usize = 115;
+const SYS_GETRESUID: usize = 118;
+const SYS_GETRESGID: usize = 120;
+const SYS_SETFSUID: usize = 122;
+const SYS_SETFSGID: usize = 123;
+const SYS_CAPGET: usize = 125;
+const SYS_RT_SIGPENDING: usize = 127;
+const SYS_GETPRIORITY: usize = 140;
+const SYS_SCHED_GETPARAM: usize = 143;
+const SYS_SCHED_GETSCHEDULER: usize = 145;
+const SYS_GETTID: usize = 186;
+const SYS_GET_ROBUST_LIST: usize = 274;
 const SYS_SENDMSG: usize = 46;
 const SYS_RECVMSG: usize = 47;
 const SYS_FCNTL: usize = 72;
@@ -65,6 +306,14 @@ const PR_GET_CHILD_SUBREAPER: usize = 37;
 const PR_GET_NO_NEW_PRIVS: usize = 39;
 const PR_GET_TID_ADDRESS: usize = 40;
 const PR_GET_THP_DISABLE: usize = 42;
+const PR_CAPBSET_READ: usize = 23;
+const PR_GET_SECCOMP: usize = 21;
+const PR_GET_SECUREBITS: usize = 27;
+const PR_CAP_AMBIENT: usize = 47;
+const PR_CAP_AMBIENT_IS_SET: usize = 1;
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+const SCHED_RESET_ON_FORK: usize = 0x4000_0000;
+const ENOSYS: i32 = 38;
 const F_GETFD: usize = 1;
 const F_GETSIG: usize = 11;
 const F_GETOWN_EX: usize = 16;
@@ -188,7 +437,8 @@ extern "C" fn serve(args: *const ParasiteArgs) {
         return;
     }
     let sock = args.sock_fd;
-    let mut pipe = -1;
+    // Page pipes by index (SET_PIPE's payload; none: index 0).
+    let mut pipes = [-1i32; MAX_PIPES];
     let mut buf = [0u8; MAX_MSG];
     let mut out = [0u8; MAX_MSG];
     loop {
@@ -198,18 +448,32 @@ extern "C" fn serve(args: *const ParasiteArgs) {
         let payload = &buf[hlen..n.min(hlen + hdr.len as usize)];
         let sent = match hdr.cmd {
             CMD_SET_PIPE => {
-                if fd < 0 {
+                let idx = read::<i32>(payload).unwrap_or(0);
+                if fd < 0 || !(0..MAX_PIPES as i32).contains(&idx) {
+                    if fd >= 0 {
+                        sys(SYS_CLOSE, [fd as usize, 0, 0, 0, 0, 0]);
+                    }
                     reply(sock, hdr.cmd, Err(-EINVAL), &[])
                 } else {
-                    if pipe >= 0 {
-                        sys(SYS_CLOSE, [pipe as usize, 0, 0, 0, 0, 0]);
+                    let slot = &mut pipes[idx as usize];
+                    if *slot >= 0 {
+                        sys(SYS_CLOSE, [*slot as usize, 0, 0, 0, 0, 0]);
                     }
-                    pipe = fd;
-                    reply(sock, hdr.cmd, Ok(bytes_of(&pipe)), &[])
+                    *slot = fd;
+                    reply(sock, hdr.cmd, Ok(bytes_of(&fd)), &[])
                 }
             }
             CMD_DUMP_PAGES => {
-                let r = dump_pages(pipe, payload);
+                let r = dump_pages(pipes[0], payload);
+                reply(sock, hdr.cmd, r.as_ref().map(|v| bytes_of(v)).map_err(|e| *e), &[])
+            }
+            CMD_DUMP_PAGES_TO => {
+                let idx = read::<u64>(payload).unwrap_or(u64::MAX);
+                let r = if idx < MAX_PIPES as u64 {
+                    dump_pages(pipes[idx as usize], &payload[8..])
+                } else {
+                    Err(-EINVAL)
+                };
                 reply(sock, hdr.cmd, r.as_ref().map(|v| bytes_of(v)).map_err(|e| *e), &[])
             }
             CMD_MPROTECT => reply(sock, hdr.cmd, mprotect(payload).map(|_| &[][..]), &[]),
@@ -246,8 +510,10 @@ extern "C" fn serve(args: *const ParasiteArgs) {
             break;
         }
     }
-    if pipe >= 0 {
-        sys(SYS_CLOSE, [pipe as usize, 0, 0, 0, 0, 0]);
+    for pipe in pipes {
+        if pipe >= 0 {
+            sys(SYS_CLOSE, [pipe as usize, 0, 0, 0, 0, 0]);
+        }
     }
     sys(SYS_CLOSE, [sock as usize, 0, 0, 0, 0, 0]);
 }
@@ -375,6 +641,13 @@ fn posix_timers(payload: &[u8], out: &mut [u8]) -> Result<usize, isize> {
 
 fn thread_state() -> Result<ThreadState, isize> {
     let mut t = ThreadState::default();
+    fill_thread_state(&mut t)?;
+    t.done = THREAD_DONE ^ sys(SYS_GETTID, [0; 6]) as u64;
+    Ok(t)
+}
+
+/// Reads the calling thread's state (see `ThreadState`).
+fn fill_thread_state(t: &mut ThreadState) -> Result<(), isize> {
     let mut ss = [0u64; 3]; // ss_sp, ss_flags (int + pad), ss_size
     ok(sys(SYS_SIGALTSTACK, [0, ss.as_mut_ptr() as usize, 0, 0, 0, 0]))?;
     t.altstack_sp = ss[0];
@@ -385,5 +658,54 @@ fn thread_state() -> Result<ThreadState, isize> {
     t.tid_address = addr;
     t.pdeath_sig = prctl_int(PR_GET_PDEATHSIG)?;
     ok(sys(SYS_PRCTL, [PR_GET_NAME, t.comm.as_mut_ptr() as usize, 0, 0, 0, 0]))?;
-    Ok(t)
+    let (mut head, mut len) = (0u64, 0u64);
+    ok(sys(SYS_GET_ROBUST_LIST, [0, &mut head as *mut u64 as usize, &mut len as *mut u64 as usize, 0, 0, 0]))?;
+    t.robust_head = head;
+    t.robust_len = len;
+    let mut pending = 0u64;
+    ok(sys(SYS_RT_SIGPENDING, [&mut pending as *mut u64 as usize, 8, 0, 0, 0, 0]))?;
+    t.sigpending = pending;
+    let mut ids = [0u32; 3];
+    ok(sys(SYS_GETRESUID, [&mut ids[0] as *mut u32 as usize, &mut ids[1] as *mut u32 as usize, &mut ids[2] as *mut u32 as usize, 0, 0, 0]))?;
+    t.uids = [ids[0], ids[1], ids[2], sys(SYS_SETFSUID, [u32::MAX as usize, 0, 0, 0, 0, 0]) as u32];
+    ok(sys(SYS_GETRESGID, [&mut ids[0] as *mut u32 as usize, &mut ids[1] as *mut u32 as usize, &mut ids[2] as *mut u32 as usize, 0, 0, 0]))?;
+    t.gids = [ids[0], ids[1], ids[2], sys(SYS_SETFSGID, [u32::MAX as usize, 0, 0, 0, 0, 0]) as u32];
+    let mut hdr = [LINUX_CAPABILITY_VERSION_3, 0u32];
+    let mut data = [0u32; 6]; // {effective, permitted, inheritable} x 2
+    ok(sys(SYS_CAPGET, [hdr.as_mut_ptr() as usize, data.as_mut_ptr() as usize, 0, 0, 0, 0]))?;
+    t.cap_eff = data[0] as u64 | (data[3] as u64) << 32;
+    t.cap_prm = data[1] as u64 | (data[4] as u64) << 32;
+    t.cap_inh = data[2] as u64 | (data[5] as u64) << 32;
+    for cap in 0..64usize {
+        match ok(sys(SYS_PRCTL, [PR_CAPBSET_READ, cap, 0, 0, 0, 0])) {
+            Ok(0) => {}
+            Ok(_) => t.cap_bnd |= 1 << cap,
+            Err(_) => break,
+        }
+    }
+    let may_be_ambient = t.cap_prm & t.cap_inh;
+    for cap in (0..64usize).filter(|&c| may_be_ambient & (1 << c) != 0) {
+        match ok(sys(SYS_PRCTL, [PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, cap, 0, 0, 0])) {
+            Ok(0) => {}
+            Ok(_) => t.cap_amb |= 1 << cap,
+            Err(_) => break,
+        }
+    }
+    t.secbits = ok(sys(SYS_PRCTL, [PR_GET_SECUREBITS, 0, 0, 0, 0, 0]))? as u32;
+    t.no_new_privs = ok(sys(SYS_PRCTL, [PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0, 0]))? as i32;
+    let n = ok(sys(SYS_GETGROUPS, [0, 0, 0, 0, 0, 0]))?;
+    t.ngroups = n as i32;
+    if n <= MAX_GROUPS {
+        let got = ok(sys(SYS_GETGROUPS, [n, t.groups.as_mut_ptr() as usize, 0, 0, 0, 0]))?;
+        t.ngroups = got as i32;
+    }
+    t.sched_policy = (ok(sys(SYS_SCHED_GETSCHEDULER, [0; 6]))? & !SCHED_RESET_ON_FORK) as i32;
+    let mut prio = 0i32;
+    ok(sys(SYS_SCHED_GETPARAM, [0, &mut prio as *mut i32 as usize, 0, 0, 0, 0]))?;
+    t.sched_prio = prio;
+    t.sched_nice = 20 - ok(sys(SYS_GETPRIORITY, [0, 0, 0, 0, 0, 0]))? as i32;
+    t.seccomp_mode = ok(sys(SYS_PRCTL, [PR_GET_SECCOMP, 0, 0, 0, 0, 0]))? as i32;
+    // get_thread_area is not in the 64-bit syscall table: the dumper asks ptrace.
+    t.tls_status = -ENOSYS;
+    Ok(())
 }

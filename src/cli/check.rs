@@ -9,6 +9,8 @@ use std::path::Path;
 
 use clap::Parser;
 
+use super::common;
+
 /// `stasis check` arguments.
 #[derive(Debug, Parser)]
 #[command(name = "check", about = "check kernel features the engine uses")]
@@ -283,12 +285,9 @@ pub const FEATURES: &[Feature] = &[
 
 /// `stasis check ...`: `args[1]` is "check"; returns the exit status.
 pub fn run(args: Vec<OsString>) -> i32 {
-    let a = match CheckArgs::try_parse_from(args.iter().skip(1)) {
+    let a: CheckArgs = match common::parse_verb(&args) {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { 1 } else { 0 };
-        }
+        Err(status) => return status,
     };
     if let Some(name) = &a.feature {
         if name == "list" {

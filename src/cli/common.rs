@@ -166,6 +166,34 @@ pub fn normalize_args(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
 }
 
 /// Reads one config file: each non-empty, non-comment line is `option [value]`.
+/// Parses a verb's options: `args[0]` is the program, `args[1]` the verb. Usage lines and
+/// errors name both (`stasis dump ...`, `criu restore ...`). `Err` carries the exit status
+/// after clap printed help (0) or an error naming the offending option (1).
+pub fn parse_verb<T: clap::Parser>(args: &[OsString]) -> Result<T, i32> {
+    let program = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "stasis".into());
+    let verb = args
+        .get(1)
+        .map(|v| v.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let print = |e: clap::Error| {
+        let _ = e.print();
+        if e.use_stderr() {
+            1
+        } else {
+            0
+        }
+    };
+    let matches = T::command()
+        .bin_name(format!("{program} {verb}"))
+        .try_get_matches_from(args.iter().skip(1))
+        .map_err(print)?;
+    T::from_arg_matches(&matches).map_err(print)
+}
+
 fn read_config(path: &Path) -> Result<Vec<OsString>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::common::CommonArgs;
+use super::common::{self, CommonArgs};
 use crate::dump::{self, DumpOptions};
 
 /// CRIU dump options that stasis knows but does not implement.
@@ -124,12 +124,9 @@ pub fn run(args: Vec<OsString>) -> i32 {
         eprintln!("Error: {e}");
         return 1;
     }
-    let a = match DumpArgs::try_parse_from(args.iter().skip(1)) {
+    let a: DumpArgs = match common::parse_verb(&args) {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { 1 } else { 0 };
-        }
+        Err(status) => return status,
     };
     if let Err(e) = a.common.init_logging() {
         eprintln!("Error: {e}");

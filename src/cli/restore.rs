@@ -7,7 +7,7 @@ use std::ffi::OsString;
 
 use clap::Parser;
 
-use super::common::CommonArgs;
+use super::common::{self, CommonArgs};
 use crate::restore::{self, RestoreOptions};
 
 /// Options of `restore`.
@@ -32,17 +32,9 @@ struct RestoreArgs {
 
 /// Runs `restore`; returns the exit status.
 pub fn run(args: Vec<OsString>) -> i32 {
-    // args[1] is the verb.
-    let mut argv = args;
-    if argv.len() > 1 {
-        argv.remove(1);
-    }
-    let parsed = match RestoreArgs::try_parse_from(argv) {
+    let parsed: RestoreArgs = match common::parse_verb(&args) {
         Ok(p) => p,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { 1 } else { 0 };
-        }
+        Err(status) => return status,
     };
     if let Err(e) = parsed.common.init_logging() {
         eprintln!("Error: {e}");

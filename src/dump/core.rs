@@ -1,7 +1,8 @@
 //! `core-TID.img`: one per thread. The thread group leader's carries the process-wide part
 //! (`tc`: state, signal dispositions, timers, rlimits, shared pending signals); every thread
 //! has `thread_info` (registers) and `thread_core` (creds, mask, sigaltstack, rseq...).
-//! A zombie has only `tc` (state DEAD and its exit status).
+//! A zombie has only `tc` (state DEAD and its exit status). Entries are built as typed
+//! `stasis_images::pb` messages (no reflection: 8000 threads make 8000 of them).
 //!
 //! ```text
 //!  core_entry { mtype X86_64,
@@ -12,9 +13,10 @@
 //!                  comm, rseq_entry, cg_set } }
 //! ```
 
-use serde_json::{json, Value};
+use stasis_images::pb;
 
-use super::probe::{FpRegs, GpRegs, ProcessProbe, ThreadProbe, TlsDesc};
+use super::images_out;
+use super::probe::{FpRegs, ProcessProbe, ThreadProbe, TlsDesc, UserRegs};
 use crate::proc::misc::Rlimit;
 use crate::proc::timers::PosixTimer;
 
@@ -52,6 +54,8 @@ pub struct Creds {
     pub cap_bnd: u64,
     pub cap_amb: u64,
     pub secbits: u32,
+    /// `PR_GET_NO_NEW_PRIVS` (NoNewPrivs in /proc).
+    pub no_new_privs: bool,
 }
 
 /// What the process part (`tc`) is built from.
@@ -70,31 +74,50 @@ pub struct ProcessFacts {
     pub seccomp_mode: u32,
 }
 
-fn caps(v: u64) -> Value {
-    json!([v as u32, (v >> 32) as u32])
+fn caps(v: u64) -> Vec<u32> {
+    vec![v as u32, (v >> 32) as u32]
 }
 
-fn siginfos(list: &[Vec<u8>]) -> Value {
-    use base64::Engine as _;
-    let sigs: Vec<Value> = list
-        .iter()
-        .map(|s| json!({"siginfo": base64::engine::general_purpose::STANDARD.encode(s)}))
-        .collect();
-    if sigs.is_empty() {
-        json!({})
-    } else {
-        json!({ "signals": sigs })
+fn siginfos(list: &[Vec<u8>]) -> pb::SignalQueueEntry {
+    pb::SignalQueueEntry {
+        signals: list
+            .iter()
+            .map(|s| pb::SiginfoEntry { siginfo: s.clone() })
+            .collect(),
     }
 }
 
-fn gpregs(r: &GpRegs) -> Value {
-    json!({
-        "r15": r.r15, "r14": r.r14, "r13": r.r13, "r12": r.r12, "bp": r.bp, "bx": r.bx,
-        "r11": r.r11, "r10": r.r10, "r9": r.r9, "r8": r.r8, "ax": r.ax, "cx": r.cx, "dx": r.dx,
-        "si": r.si, "di": r.di, "orig_ax": r.orig_ax, "ip": r.ip, "cs": r.cs, "flags": r.flags,
-        "sp": r.sp, "ss": r.ss, "fs_base": r.fs_base, "gs_base": r.gs_base, "ds": r.ds,
-        "es": r.es, "fs": r.fs, "gs": r.gs, "mode": REGS_NATIVE,
-    })
+fn gpregs(r: &UserRegs) -> pb::UserX86RegsEntry {
+    pb::UserX86RegsEntry {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        bp: r.bp,
+        bx: r.bx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        ax: r.ax,
+        cx: r.cx,
+        dx: r.dx,
+        si: r.si,
+        di: r.di,
+        orig_ax: r.orig_ax,
+        ip: r.ip,
+        cs: r.cs,
+        flags: r.flags,
+        sp: r.sp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+        mode: Some(REGS_NATIVE as i32),
+    }
 }
 
 fn pad<T: Copy + Default>(v: &[T], n: usize) -> Vec<T> {
@@ -103,137 +126,192 @@ fn pad<T: Copy + Default>(v: &[T], n: usize) -> Vec<T> {
     out
 }
 
-fn fpregs(f: &FpRegs) -> Value {
-    let mut v = json!({
-        "cwd": f.cwd, "swd": f.swd, "twd": f.twd, "fop": f.fop, "rip": f.rip, "rdp": f.rdp,
-        "mxcsr": f.mxcsr, "mxcsr_mask": f.mxcsr_mask,
-        "st_space": pad(&f.st_space, 32), "xmm_space": pad(&f.xmm_space, 64),
-    });
-    if let Some(x) = &f.xsave {
-        v["xsave"] = json!({
-            "xstate_bv": x.xstate_bv,
-            "ymmh_space": pad(&x.ymmh_space, 64),
-            "opmask_reg": pad(&x.opmask_reg, 8),
-            "zmm_upper": pad(&x.zmm_upper, 64),
-            "hi16_zmm": pad(&x.hi16_zmm, 128),
-        });
+fn fpregs(f: &FpRegs) -> pb::UserX86FpregsEntry {
+    pb::UserX86FpregsEntry {
+        cwd: f.cwd,
+        swd: f.swd,
+        twd: f.twd,
+        fop: f.fop,
+        rip: f.rip,
+        rdp: f.rdp,
+        mxcsr: f.mxcsr,
+        mxcsr_mask: f.mxcsr_mask,
+        st_space: pad(&f.st_space, 32),
+        xmm_space: pad(&f.xmm_space, 64),
+        padding: Vec::new(),
+        xsave: f.xsave.as_ref().map(|x| pb::UserX86XsaveEntry {
+            xstate_bv: x.xstate_bv,
+            ymmh_space: pad(&x.ymmh_space, 64),
+            opmask_reg: pad(&x.opmask_reg, 8),
+            zmm_upper: pad(&x.zmm_upper, 64),
+            hi16_zmm: pad(&x.hi16_zmm, 128),
+            ..Default::default()
+        }),
     }
-    v
 }
 
-fn tls(t: &TlsDesc) -> Value {
-    json!({
-        "entry_number": t.entry_number, "base_addr": t.base_addr, "limit": t.limit,
-        "seg_32bit": t.seg_32bit, "contents_h": t.contents & 2 != 0, "contents_l": t.contents & 1 != 0,
-        "read_exec_only": t.read_exec_only, "limit_in_pages": t.limit_in_pages,
-        "seg_not_present": t.seg_not_present, "usable": t.usable,
-    })
+fn tls(t: &TlsDesc) -> pb::UserDescT {
+    pb::UserDescT {
+        entry_number: t.entry_number,
+        base_addr: t.base_addr,
+        limit: t.limit,
+        seg_32bit: t.seg_32bit,
+        contents_h: t.contents & 2 != 0,
+        contents_l: t.contents & 1 != 0,
+        read_exec_only: t.read_exec_only,
+        limit_in_pages: t.limit_in_pages,
+        seg_not_present: t.seg_not_present,
+        usable: t.usable,
+    }
 }
 
 /// `thread_info`: registers of one thread.
-pub fn thread_info(p: &ThreadProbe) -> Value {
+pub fn thread_info(p: &ThreadProbe) -> pb::ThreadInfoX86 {
     let tls_entries: Vec<TlsDesc> = if p.tls.is_empty() {
         (12..15).map(TlsDesc::empty).collect()
     } else {
         p.tls.clone()
     };
-    json!({
-        "clear_tid_addr": p.clear_tid_addr,
-        "gpregs": gpregs(&p.regs),
-        "fpregs": fpregs(&p.fpregs),
-        "tls": tls_entries.iter().map(tls).collect::<Vec<_>>(),
-    })
+    pb::ThreadInfoX86 {
+        clear_tid_addr: p.clear_tid_addr,
+        gpregs: gpregs(&p.regs),
+        fpregs: fpregs(&p.fpregs),
+        tls: tls_entries.iter().map(tls).collect(),
+    }
 }
 
 /// `thread_core` of one thread.
-pub fn thread_core(f: &ThreadFacts, p: &ThreadProbe, with_blk_sigset: bool) -> Value {
+pub fn thread_core(f: &ThreadFacts, p: &ThreadProbe, with_blk_sigset: bool) -> pb::ThreadCoreEntry {
     let c = &f.creds;
-    let mut v = json!({
-        "futex_rla": p.futex_rla, "futex_rla_len": p.futex_rla_len,
-        "sched_nice": f.sched_nice, "sched_policy": f.sched_policy,
-    });
-    if f.sched_policy != 0 {
-        v["sched_prio"] = json!(f.sched_prio);
+    pb::ThreadCoreEntry {
+        futex_rla: p.futex_rla,
+        futex_rla_len: p.futex_rla_len,
+        sched_nice: Some(f.sched_nice),
+        sched_policy: Some(f.sched_policy),
+        sched_prio: (f.sched_policy != 0).then_some(f.sched_prio),
+        blk_sigset: with_blk_sigset.then_some(f.blk_sigset),
+        sas: Some(pb::ThreadSasEntry {
+            ss_sp: p.sas.0,
+            ss_size: p.sas.1,
+            ss_flags: p.sas.2,
+        }),
+        pdeath_sig: (p.pdeath_sig != 0).then_some(p.pdeath_sig),
+        signals_p: Some(siginfos(&p.pending)),
+        creds: Some(pb::CredsEntry {
+            uid: c.uid[0],
+            gid: c.gid[0],
+            euid: c.uid[1],
+            egid: c.gid[1],
+            suid: c.uid[2],
+            sgid: c.gid[2],
+            fsuid: c.uid[3],
+            fsgid: c.gid[3],
+            cap_inh: caps(c.cap_inh),
+            cap_prm: caps(c.cap_prm),
+            cap_eff: caps(c.cap_eff),
+            cap_bnd: caps(c.cap_bnd),
+            secbits: c.secbits,
+            groups: c.groups.clone(),
+            cap_amb: caps(c.cap_amb),
+            no_new_privs: c.no_new_privs.then_some(1),
+            ..Default::default()
+        }),
+        comm: Some(f.comm.clone()),
+        rseq_entry: p.rseq.map(|(ptr, size, sig)| pb::RseqEntry {
+            rseq_abi_pointer: ptr,
+            rseq_abi_size: size,
+            signature: sig,
+            rseq_cs_pointer: None,
+        }),
+        cg_set: Some(1),
+        ..Default::default()
     }
-    if with_blk_sigset {
-        v["blk_sigset"] = json!(f.blk_sigset);
+}
+
+fn itimer(t: &super::probe::Itimer) -> pb::ItimerEntry {
+    pb::ItimerEntry {
+        isec: t.isec,
+        iusec: t.iusec,
+        vsec: t.vsec,
+        vusec: t.vusec,
     }
-    v["sas"] = json!({"ss_sp": p.sas.0, "ss_size": p.sas.1, "ss_flags": p.sas.2});
-    v["signals_p"] = siginfos(&p.pending);
-    v["creds"] = json!({
-        "uid": c.uid[0], "gid": c.gid[0], "euid": c.uid[1], "egid": c.gid[1],
-        "suid": c.uid[2], "sgid": c.gid[2], "fsuid": c.uid[3], "fsgid": c.gid[3],
-        "cap_inh": caps(c.cap_inh), "cap_prm": caps(c.cap_prm), "cap_eff": caps(c.cap_eff),
-        "cap_bnd": caps(c.cap_bnd), "secbits": c.secbits, "groups": c.groups, "cap_amb": caps(c.cap_amb),
-    });
-    if c.groups.is_empty() {
-        if let Some(o) = v["creds"].as_object_mut() {
-            o.remove("groups");
-        }
-    }
-    v["comm"] = json!(f.comm);
-    if let Some((ptr, size, sig)) = p.rseq {
-        v["rseq_entry"] = json!({"rseq_abi_pointer": ptr, "rseq_abi_size": size, "signature": sig});
-    }
-    if p.pdeath_sig != 0 {
-        v["pdeath_sig"] = json!(p.pdeath_sig);
-    }
-    v["cg_set"] = json!(1);
-    v
 }
 
 /// `tc`: the process part, in the leader's core.
-pub fn task_core(f: &ProcessFacts, p: &ProcessProbe) -> Value {
-    let it = |i: usize| {
-        let t = p.itimers[i];
-        json!({"isec": t.isec, "iusec": t.iusec, "vsec": t.vsec, "vusec": t.vusec})
-    };
-    let mut timers = json!({"real": it(0), "virt": it(1), "prof": it(2)});
-    if !f.posix_timers.is_empty() {
-        let posix: Vec<Value> = f
-            .posix_timers
-            .iter()
-            .map(|t| {
-                let v = p
-                    .posix_timers
-                    .iter()
-                    .find(|x| x.id == t.id)
-                    .copied()
-                    .unwrap_or_default();
-                let mut e = json!({
-                    "it_id": t.id, "clock_id": t.clock_id, "si_signo": t.signo,
-                    "it_sigev_notify": t.notify, "sival_ptr": t.sival, "overrun": v.overrun,
-                    "isec": v.isec, "insec": v.insec, "vsec": v.vsec, "vnsec": v.vnsec,
-                });
-                if t.notify & libc::SIGEV_THREAD_ID != 0 {
-                    e["notify_thread_id"] = json!(t.notify_pid);
-                }
-                e
-            })
-            .collect();
-        timers["posix"] = json!(posix);
-    }
-    let sigactions: Vec<Value> = (1..=64u32)
-        .filter(|&s| s != libc::SIGKILL as u32 && s != libc::SIGSTOP as u32)
-        .map(|s| {
-            let a = p.sigactions.get(s as usize - 1).copied().unwrap_or_default();
-            json!({"sigaction": a.handler, "flags": a.flags, "restorer": a.restorer, "mask": a.mask, "compat_sigaction": false})
+pub fn task_core(f: &ProcessFacts, p: &ProcessProbe) -> pb::TaskCoreEntry {
+    let posix = f
+        .posix_timers
+        .iter()
+        .map(|t| {
+            let v = p
+                .posix_timers
+                .iter()
+                .find(|x| x.id == t.id)
+                .copied()
+                .unwrap_or_default();
+            pb::PosixTimerEntry {
+                it_id: t.id as u32,
+                clock_id: t.clock_id as u32,
+                si_signo: t.signo as u32,
+                it_sigev_notify: t.notify as u32,
+                sival_ptr: t.sival,
+                overrun: v.overrun as u32,
+                isec: v.isec,
+                insec: v.insec,
+                vsec: v.vsec,
+                vnsec: v.vnsec,
+                notify_thread_id: (t.notify & libc::SIGEV_THREAD_ID != 0).then_some(t.notify_pid),
+            }
         })
         .collect();
-    let mut v = json!({
-        "task_state": f.state, "exit_code": f.exit_code, "personality": f.personality,
-        "flags": f.flags, "blk_sigset": f.blk_sigset, "comm": f.comm,
-        "timers": timers,
-        "rlimits": {"rlimits": f.rlimits.iter().map(|r| json!({"cur": r.cur, "max": r.max})).collect::<Vec<_>>()},
-        "signals_s": siginfos(&p.shared_pending),
-        "loginuid": f.loginuid, "oom_score_adj": f.oom_score_adj,
-        "sigactions": sigactions,
-        "child_subreaper": p.child_subreaper,
-    });
-    if f.seccomp_mode != 0 {
-        v["seccomp_mode"] = json!(f.seccomp_mode);
+    let sigactions = (1..=64u32)
+        .filter(|&s| s != libc::SIGKILL as u32 && s != libc::SIGSTOP as u32)
+        .map(|s| {
+            let a = p
+                .sigactions
+                .get(s as usize - 1)
+                .copied()
+                .unwrap_or_default();
+            pb::SaEntry {
+                sigaction: a.handler,
+                flags: a.flags,
+                restorer: a.restorer,
+                mask: a.mask,
+                compat_sigaction: Some(false),
+                mask_extended: None,
+            }
+        })
+        .collect();
+    pb::TaskCoreEntry {
+        task_state: f.state,
+        exit_code: f.exit_code as u32,
+        personality: f.personality,
+        flags: f.flags,
+        blk_sigset: f.blk_sigset,
+        comm: f.comm.clone(),
+        timers: Some(pb::TaskTimersEntry {
+            real: itimer(&p.itimers[0]),
+            virt: itimer(&p.itimers[1]),
+            prof: itimer(&p.itimers[2]),
+            posix,
+        }),
+        rlimits: Some(pb::TaskRlimitsEntry {
+            rlimits: f
+                .rlimits
+                .iter()
+                .map(|r: &Rlimit| pb::RlimitEntry {
+                    cur: r.cur,
+                    max: r.max,
+                })
+                .collect(),
+        }),
+        signals_s: Some(siginfos(&p.shared_pending)),
+        loginuid: Some(f.loginuid),
+        oom_score_adj: Some(f.oom_score_adj),
+        sigactions,
+        child_subreaper: Some(p.child_subreaper),
+        ..Default::default()
     }
-    v
 }
 
 /// The core of a live thread; `process` is `Some` for the thread group leader.
@@ -241,21 +319,41 @@ pub fn core_entry(
     t: &ThreadFacts,
     tp: &ThreadProbe,
     process: Option<(&ProcessFacts, &ProcessProbe)>,
-) -> Value {
-    let mut v = json!({ "mtype": MARCH_X86_64, "thread_info": thread_info(tp) });
+) -> pb::CoreEntry {
     let leader = process.is_some();
-    if let Some((pf, pp)) = process {
-        v["tc"] = task_core(pf, pp);
-    }
     // The leader's blocked mask is tc.blk_sigset; other threads keep theirs in thread_core.
-    v["thread_core"] = thread_core(t, tp, !leader);
-    v
+    // Seccomp and the cgroup set are per thread (thread_core, from dump::extras).
+    pb::CoreEntry {
+        mtype: MARCH_X86_64 as i32,
+        thread_info: Some(thread_info(tp)),
+        tc: process.map(|(pf, pp)| task_core(pf, pp)),
+        thread_core: Some(thread_core(t, tp, !leader)),
+        ..Default::default()
+    }
 }
 
 /// The core of a zombie: only `tc` with its state and exit status.
-pub fn zombie_core(comm: &str, exit_code: i32) -> Value {
-    json!({
-        "mtype": MARCH_X86_64,
-        "tc": {"task_state": TASK_DEAD, "exit_code": exit_code, "personality": 0, "flags": 0, "blk_sigset": 0, "comm": comm},
-    })
+pub fn zombie_core(comm: &str, exit_code: i32) -> pb::CoreEntry {
+    pb::CoreEntry {
+        mtype: MARCH_X86_64 as i32,
+        tc: Some(pb::TaskCoreEntry {
+            task_state: TASK_DEAD,
+            exit_code: exit_code as u32,
+            comm: comm.to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The bytes of `core-TID.img` holding `entry`.
+pub fn core_file(entry: &pb::CoreEntry) -> Vec<u8> {
+    use prost::Message as _;
+    let len = entry.encoded_len();
+    let mut out = Vec::with_capacity(12 + len);
+    out.extend_from_slice(&images_out::HEAD_IMG.to_le_bytes());
+    out.extend_from_slice(&images_out::CORE.magic.to_le_bytes());
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    entry.encode_raw(&mut out);
+    out
 }

@@ -6,7 +6,7 @@
 //!        │           ─► images: pstree, core-*, mm-*, pagemap-*/pages-*, fdinfo-*, fs-*,
 //!        │              ids-*, files, memfd, remap-fpath, ghost-file-*, pipes-data,
 //!        │              pagemap-shmem-*, seccomp, timens-0, inventory, stats-dump
-//!        │           ─► fsync (every file, then the directory)
+//!        │           ─► wait for the spooled core images, one syncfs of the directory
 //!        └─► success: kill (unless --leave-running), release   failure: release only
 //! ```
 
@@ -23,7 +23,7 @@ use super::images_out::{self as out, ImageDir};
 use super::misc_images::{self, DumpStats, IdAllocator};
 use super::mm::{self, MmFields};
 use super::options::DumpOptions;
-use super::pages::{self, PageStats, Run};
+use super::pages;
 use super::profile::Profile;
 use super::tree::{self, Process};
 use crate::proc;
@@ -40,12 +40,10 @@ pub struct DumpReport {
     pub pids: Vec<i32>,
 }
 
-/// Everything collected from one live process.
+/// Everything collected from one live process (its core and page images are written
+/// already).
 struct Collected {
     pid: i32,
-    cores: Vec<(i32, Value)>,
-    mm: Value,
-    runs: Vec<Run>,
     fdinfo: Vec<Value>,
     fs: Value,
     ids: Value,
@@ -66,23 +64,91 @@ fn creds(st: &proc::status::Status, pid: i32) -> Result<Creds> {
         cap_bnd: st.cap_bnd().map_err(e)?,
         cap_amb: st.cap_amb().unwrap_or(0),
         secbits: 0,
+        no_new_privs: st.no_new_privs().unwrap_or(false),
     })
+}
+
+/// Thread facts from /proc, for probes that do not read them inside the thread.
+fn thread_facts_from_proc(pid: i32, tid: i32) -> Result<ThreadFacts> {
+    let pe = |x| DumpError::proc("collect-task", pid, x);
+    let tstat = proc::stat::read_thread(pid, tid).map_err(pe)?;
+    let tstatus = proc::status::read_thread(pid, tid).map_err(pe)?;
+    Ok(ThreadFacts {
+        tid,
+        comm: proc::misc::read_comm(pid, tid).map_err(pe)?,
+        blk_sigset: tstatus.sig_blk().map_err(pe)?,
+        sched_policy: tstat.policy,
+        sched_nice: tstat.nice as i32,
+        sched_prio: tstat.rt_priority,
+        creds: creds(&tstatus, tid)?,
+    })
+}
+
+/// What the engine keeps while collecting.
+struct Ctx<'a> {
+    dir: &'a mut ImageDir,
+    files: &'a mut Files,
+    ids: &'a mut IdAllocator,
+    stats: &'a mut DumpStats,
+    prof: &'a mut Profile,
+    pages_id: &'a mut u32,
+    extras: &'a mut super::extras::Extras,
+}
+
+/// `/proc/PID/task/TID/cgroup` of every thread (raw text), a few threads at once when there
+/// are many: threads of a process nearly always share one text, parsed once.
+fn read_cgroups_parallel(pid: i32, tids: &[i32]) -> Result<Vec<Vec<u8>>> {
+    const PER_WORKER: usize = 256;
+    let read = |tid: i32| {
+        let p = proc::path(pid, &format!("task/{tid}/cgroup"));
+        std::fs::read(&p).map_err(|e| DumpError::io("cgroup", pid, &p.display().to_string(), e))
+    };
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    if tids.len() < 2 * PER_WORKER || workers < 2 {
+        return tids.iter().map(|&t| read(t)).collect();
+    }
+    let chunk = tids.len().div_ceil(workers);
+    let parts: Vec<Result<Vec<Vec<u8>>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = tids
+            .chunks(chunk)
+            .map(|c| s.spawn(move || c.iter().map(|&t| read(t)).collect()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(DumpError::new("cgroup", pid, None, "reader panicked")))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(tids.len());
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(out)
+}
+
+/// The typed thread_core fields of the extras: seccomp mode/filter and cgroup set.
+fn apply_extras(tc: &mut stasis_images::pb::ThreadCoreEntry, seccomp: Option<Value>, cg_set: u32) {
+    if let Some(f) = seccomp {
+        tc.seccomp_mode = f["seccomp_mode"].as_i64().map(|m| m as i32);
+        tc.seccomp_filter = f["seccomp_filter"].as_u64().map(|x| x as u32);
+    }
+    tc.cg_set = Some(cg_set);
 }
 
 fn collect_process(
     p: &Process,
     frozen: &mut dyn FrozenTree,
-    files: &mut Files,
-    ids: &mut IdAllocator,
-    stats: &mut PageStats,
-    prof: &mut Profile,
+    cx: &mut Ctx<'_>,
 ) -> Result<Collected> {
     let pid = p.pid;
     let pe = |x| DumpError::proc("collect-task", pid, x);
     fault::check("collect-task", pid)?;
-    let t0 = prof.now_us();
+    let t0 = cx.prof.now_us();
     let status = proc::status::read(pid).map_err(pe)?;
-    let pprobe = frozen.process(pid)?;
     let pf = ProcessFacts {
         state: if p.stat.state == 'T' {
             core::TASK_STOPPED
@@ -100,79 +166,141 @@ fn collect_process(
         posix_timers: proc::timers::read(pid).map_err(pe)?,
         seccomp_mode: status.seccomp().map_err(pe)?,
     };
-    let mut cores = Vec::with_capacity(p.threads.len());
-    for &tid in &p.threads {
-        let t1 = prof.now_us();
-        let tstat = proc::stat::read_thread(pid, tid).map_err(pe)?;
-        let tstatus = proc::status::read_thread(pid, tid).map_err(pe)?;
-        let facts = ThreadFacts {
-            tid,
-            comm: proc::misc::read_comm(pid, tid).map_err(pe)?,
-            blk_sigset: tstatus.sig_blk().map_err(pe)?,
-            sched_policy: tstat.policy,
-            sched_nice: tstat.nice as i32,
-            sched_prio: tstat.rt_priority,
-            creds: creds(&tstatus, tid)?,
-        };
-        fault::check("core", tid)?;
-        let tprobe = frozen.thread(pid, tid)?;
-        let proc_part = if tid == pid {
-            Some((&pf, &pprobe))
-        } else {
-            None
-        };
-        cores.push((tid, core::core_entry(&facts, &tprobe, proc_part)));
-        prof.record(&format!("thread {tid}"), "thread", tid, t1);
-    }
-    prof.record(&format!("task {pid}"), "task", pid, t0);
+    // smaps is the slowest /proc file (the kernel walks every VMA's page tables): read it
+    // in the background while the threads are probed; the parasite's area is taken out.
+    let mut smaps = Some(std::thread::spawn(move || proc::maps::read_smaps(pid)));
+    let exe_file_id = cx.files.exe(pid)?;
+    let auxv = proc::misc::read_auxv(pid).map_err(|x| DumpError::proc("mm", pid, x))?;
+    // Cgroup sets of every thread: /proc files read in the background; the leader's seccomp
+    // filters now (PTRACE_SECCOMP_GET_FILTER needs it stopped, and the parasite will run in
+    // it); the other threads' seccomp modes come with their state.
+    let tids = p.threads.clone();
+    let mut cgroups_raw = Some(std::thread::spawn(move || {
+        read_cgroups_parallel(pid, &tids)
+    }));
+    let leader_seccomp = cx.extras.seccomp.thread(pid, pid, pf.seccomp_mode)?;
+    frozen.with_process(pid, &p.threads, &mut |acc| {
+        let pprobe = acc.process()?;
+        fault::check("core", pid)?;
+        let t1 = cx.prof.now_us();
+        let tprobes = acc.threads()?;
+        cx.prof
+            .record(&format!("threads {pid}"), "threads", pid, t1);
+        let t1 = cx.prof.now_us();
+        let raw = cgroups_raw
+            .take()
+            .ok_or_else(|| DumpError::new("cgroup", pid, None, "cgroups read twice"))?
+            .join()
+            .map_err(|_| DumpError::new("cgroup", pid, None, "cgroup reader panicked"))??;
+        let mut leader_part = Some((pf.clone(), pprobe.clone()));
+        let mut leader_seccomp = Some(leader_seccomp.clone());
+        let mut sets: std::collections::HashMap<Vec<u8>, u32> = Default::default();
+        for ((&tid, mut tp), text) in p.threads.iter().zip(tprobes).zip(raw) {
+            let t = cx.prof.now_us();
+            let facts = match tp.facts.take() {
+                Some(f) => f,
+                None => thread_facts_from_proc(pid, tid)?,
+            };
+            let seccomp = match leader_seccomp.take() {
+                Some(f) if tid == pid => f,
+                other => {
+                    leader_seccomp = other;
+                    let mode = match tp.seccomp_mode {
+                        Some(m) => m,
+                        None => proc::status::read_thread(pid, tid)
+                            .and_then(|s| s.seccomp())
+                            .map_err(|e| DumpError::proc("seccomp", pid, e))?,
+                    };
+                    cx.extras.seccomp.thread(pid, tid, mode)?
+                }
+            };
+            let cg_set = match sets.get(&text) {
+                Some(&id) => id,
+                None => {
+                    let path = proc::path(pid, &format!("task/{tid}/cgroup"));
+                    let members = crate::cgroup::parse(&path, &String::from_utf8_lossy(&text))
+                        .map_err(|e| DumpError::new("cgroup", pid, e.errno(), e.to_string()))?;
+                    let id = cx.extras.cgroups.task_members(members);
+                    sets.insert(text, id);
+                    id
+                }
+            };
+            let process = if tid == pid { leader_part.take() } else { None };
+            cx.dir.spool(&format!("core-{tid}.img"), move || {
+                let mut entry =
+                    core::core_entry(&facts, &tp, process.as_ref().map(|(f, p)| (f, p)));
+                if let Some(tc) = entry.thread_core.as_mut() {
+                    apply_extras(tc, seccomp, cg_set);
+                }
+                Ok(core::core_file(&entry))
+            });
+            cx.prof.record(&format!("thread {tid}"), "thread", tid, t);
+        }
+        cx.prof.record(&format!("cores {pid}"), "cores", pid, t1);
 
-    fault::check("mm", pid)?;
-    let t2 = prof.now_us();
-    let maps = proc::maps::read_smaps(pid).map_err(|x| DumpError::proc("mm", pid, x))?;
-    let exe_file_id = files.exe(pid)?;
-    let vmas = mm::vmas(pid, &maps, files)?;
-    let mm_fields = MmFields {
-        stat: p.stat.clone(),
-        brk: if pprobe.brk != 0 {
-            pprobe.brk
-        } else {
-            mm::brk_from_maps(&maps, p.stat.start_brk)
-        },
-        auxv: proc::misc::read_auxv(pid).map_err(|x| DumpError::proc("mm", pid, x))?,
-        exe_file_id,
-        dumpable: if pprobe.dumpable != 0 {
-            pprobe.dumpable
-        } else {
-            1
-        },
-        thp_disabled: pprobe.thp_disabled,
-    };
-    let mm_entry = mm::mm_entry(&mm_fields, &vmas);
-    prof.record(&format!("mm {pid}"), "mm", pid, t2);
+        fault::check("mm", pid)?;
+        let t2 = cx.prof.now_us();
+        let hidden = acc.hidden_areas();
+        let maps: Vec<proc::maps::Vma> = smaps
+            .take()
+            .ok_or_else(|| DumpError::new("mm", pid, None, "smaps read twice"))?
+            .join()
+            .map_err(|_| DumpError::new("mm", pid, None, "smaps reader panicked"))?
+            .map_err(|x| DumpError::proc("mm", pid, x))?
+            .into_iter()
+            .filter(|v| !hidden.iter().any(|&(s, e)| v.start < e && s < v.end))
+            .collect();
+        cx.prof.record(&format!("maps {pid}"), "mm", pid, t2);
+        let t2 = cx.prof.now_us();
+        let vmas = mm::vmas(pid, &maps, cx.files)?;
+        let mm_fields = MmFields {
+            stat: p.stat.clone(),
+            brk: if pprobe.brk != 0 {
+                pprobe.brk
+            } else {
+                mm::brk_from_maps(&maps, p.stat.start_brk)
+            },
+            auxv: auxv.clone(),
+            exe_file_id,
+            dumpable: if pprobe.dumpable != 0 {
+                pprobe.dumpable
+            } else {
+                1
+            },
+            thp_disabled: pprobe.thp_disabled,
+        };
+        cx.prof.record(&format!("mm {pid}"), "mm", pid, t2);
 
-    fault::check("pages", pid)?;
-    let runs = pages::plan(pid, &vmas, stats)?;
+        fault::check("pages", pid)?;
+        let t3 = cx.prof.now_us();
+        let runs = pages::plan(pid, &vmas, &mut cx.stats.pages)?;
+        cx.dir.spool(&format!("mm-{pid}.img"), move || {
+            out::file_bytes(out::MM, &[mm::mm_entry(&mm_fields, &vmas)])
+        });
+        *cx.pages_id += 1;
+        pages::write_private(cx.dir, acc, pid, *cx.pages_id, &runs, &mut cx.stats.pages)?;
+        cx.prof.record(&format!("pages {pid}"), "pages", pid, t3);
+        Ok(())
+    })?;
+    cx.prof.record(&format!("task {pid}"), "task", pid, t0);
 
     fault::check("files", pid)?;
-    let t3 = prof.now_us();
+    let t3 = cx.prof.now_us();
     let fds = proc::fd::list_fds(pid).map_err(|x| DumpError::proc("files", pid, x))?;
     let mut fdinfo = Vec::with_capacity(fds.len());
     for fd in fds {
-        fdinfo.push(files::fdinfo_entry(&files.fd(pid, fd)?));
+        fdinfo.push(files::fdinfo_entry(&cx.files.fd(pid, fd)?));
     }
-    let cwd = files.fs_dir(pid, "cwd")?;
-    let root = files.fs_dir(pid, "root")?;
+    let cwd = cx.files.fs_dir(pid, "cwd")?;
+    let root = cx.files.fs_dir(pid, "root")?;
     let fs = misc_images::fs_entry(cwd, root, status.umask().map_err(pe)?);
-    prof.record(&format!("files {pid}"), "files", pid, t3);
+    cx.prof.record(&format!("files {pid}"), "files", pid, t3);
 
     let ns = proc::ns::read(pid).map_err(pe)?;
-    let obj = ids.object();
-    let ids_entry = ids.ids_entry(&ns, [obj; 4]);
+    let obj = cx.ids.object();
+    let ids_entry = cx.ids.ids_entry(&ns, [obj; 4]);
     Ok(Collected {
         pid,
-        cores,
-        mm: mm_entry,
-        runs,
         fdinfo,
         fs,
         ids: ids_entry,
@@ -186,13 +314,14 @@ struct Collection {
     collected: Vec<Collected>,
     files: Files,
     root_ids: Value,
+    extras: super::extras::Extras,
 }
 
 fn write_images(
     dir: &mut ImageDir,
     opts: &DumpOptions,
     c: &Collection,
-    frozen: &mut dyn FrozenTree,
+    pages_id: u32,
     stats: &mut DumpStats,
     prof: &mut Profile,
 ) -> Result<()> {
@@ -207,40 +336,20 @@ fn write_images(
         &tree.iter().map(tree::pstree_entry).collect::<Vec<_>>(),
     )
     .map_err(img(root))?;
-    let mut pages_id = 0u32;
+    let mut pages_id = pages_id;
     let t_mem = prof.now_us();
     for shm in &files.shmem {
         pages_id += 1;
         pages::write_shmem(dir, root, shm, pages_id, &mut stats.pages)?;
     }
     for p in tree.iter().filter(|p| p.zombie) {
-        dir.write_all(
-            &format!("core-{}.img", p.pid),
-            out::CORE,
-            &[core::zombie_core(&p.stat.comm, p.exit_code)],
-        )
-        .map_err(img(p.pid))?;
+        let entry = core::zombie_core(&p.stat.comm, p.exit_code);
+        dir.spool(&format!("core-{}.img", p.pid), move || {
+            Ok(core::core_file(&entry))
+        });
     }
     for c in collected {
         let pid = c.pid;
-        for (tid, core) in &c.cores {
-            dir.write_all(
-                &format!("core-{tid}.img"),
-                out::CORE,
-                std::slice::from_ref(core),
-            )
-            .map_err(img(*tid))?;
-        }
-        dir.write_all(
-            &format!("mm-{pid}.img"),
-            out::MM,
-            std::slice::from_ref(&c.mm),
-        )
-        .map_err(img(pid))?;
-        pages_id += 1;
-        let t = prof.now_us();
-        pages::write_private(dir, frozen, pid, pages_id, &c.runs, &mut stats.pages)?;
-        prof.record(&format!("pages {pid}"), "pages", pid, t);
         dir.write_all(&format!("fdinfo-{}.img", c.obj_id), out::FDINFO, &c.fdinfo)
             .map_err(img(pid))?;
         dir.write_all(
@@ -308,14 +417,13 @@ fn write_images(
         .extra
         .write_dir(dir.path())
         .map_err(|e| DumpError::new("images", root, e.errno(), e.to_string()))?;
-    dir.write_all("seccomp.img", out::SECCOMP, &[serde_json::json!({})])
-        .map_err(img(root))?;
+    c.extras.write(dir, root)?;
     dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
         .map_err(img(root))?;
     dir.write_all(
         "inventory.img",
         out::INVENTORY,
-        &[misc_images::inventory(root_ids)],
+        &[misc_images::inventory(root_ids, c.extras.root_cg_set())],
     )
     .map_err(img(root))?;
     Ok(())
@@ -406,30 +514,37 @@ fn dump_frozen(
     let me = std::process::id() as i32;
     let my_ns = proc::ns::read(me).map_err(|e| DumpError::proc("collect-tree", me, e))?;
     let root_ids = ids.ids_entry(&my_ns, [1; 4]);
+    let mut extras = super::extras::Extras::new(opts.pid)?;
+    let mut dir = ImageDir::new(&opts.images_dir);
+    let mut pages_id = 0u32;
     let t = prof.now_us();
     let mut collected = Vec::new();
-    for p in tree.iter().filter(|p| !p.zombie) {
-        collected.push(collect_process(
-            p,
-            frozen,
-            &mut files,
-            &mut ids,
-            &mut stats.pages,
+    {
+        let mut cx = Ctx {
+            dir: &mut dir,
+            files: &mut files,
+            ids: &mut ids,
+            stats,
             prof,
-        )?);
+            pages_id: &mut pages_id,
+            extras: &mut extras,
+        };
+        for p in tree.iter().filter(|p| !p.zombie) {
+            collected.push(collect_process(p, frozen, &mut cx)?);
+        }
     }
     files.finish_kinds(opts.pid)?;
     stats.memdump_time = prof.now_us() - t;
     prof.record("collect", "phase", 0, t);
-    let mut dir = ImageDir::new(&opts.images_dir);
     let t = prof.now_us();
     let mut c = Collection {
         tree,
         collected,
         files,
         root_ids,
+        extras,
     };
-    write_images(&mut dir, opts, &c, frozen, stats, prof)?;
+    write_images(&mut dir, opts, &c, pages_id, stats, prof)?;
     if !opts.leave_running {
         // Dumped TCP connections stay in repair mode: killing the tree closes them silently.
         c.files.kinds.close_tcp_in_repair();

@@ -83,7 +83,6 @@ pub struct Files {
     /// `pipes-data.img`: entry and data.
     pub pipes_data: Vec<(Value, Vec<u8>)>,
     pipes_seen: HashSet<u64>,
-    inet: Option<HashMap<u32, super::sockets::InetSock>>,
     /// State of the fd kinds shared with the restore engine ([`crate::files`]): unix and
     /// inet sockets, established TCP, ptys; their side images (sk-queues, tcp-stream, tty-info).
     pub kinds: crate::files::DumpState,
@@ -345,63 +344,6 @@ impl Files {
         Ok(id)
     }
 
-    fn socket(&mut self, pid: i32, fd: i32, ino: u64, flags: u32) -> Result<u32> {
-        let unsupported = |what: String| {
-            DumpError::new(
-                "files",
-                pid,
-                Some(libc::ENOTSUP),
-                format!("fd {fd}: {what}"),
-            )
-        };
-        let mine = proc::ns::read_one(std::process::id() as i32, "net")
-            .map_err(|e| DumpError::proc("files", pid, e))?;
-        let theirs =
-            proc::ns::read_one(pid, "net").map_err(|e| DumpError::proc("files", pid, e))?;
-        if mine != theirs {
-            return Err(unsupported("socket in another network namespace".into()));
-        }
-        if self.inet.is_none() {
-            let all = super::sockets::all_inet().map_err(|e| {
-                DumpError::new("files", pid, e.raw_os_error(), format!("sock_diag: {e}"))
-            })?;
-            self.inet = Some(all);
-        }
-        let Some(sk) = self
-            .inet
-            .as_ref()
-            .and_then(|m| m.get(&(ino as u32)))
-            .cloned()
-        else {
-            return Err(unsupported(format!("socket:[{ino}] is not a TCP or UDP socket (unix, netlink and packet sockets are not supported yet)")));
-        };
-        let tcp = sk.proto == libc::IPPROTO_TCP as u32;
-        const TCP_LISTEN: u32 = 10;
-        const TCP_CLOSE: u32 = 7;
-        if tcp && sk.state != TCP_LISTEN && sk.state != TCP_CLOSE {
-            return Err(unsupported(format!(
-                "TCP connection in state {} (established connections need TCP_REPAIR, not supported)",
-                sk.state
-            )));
-        }
-        let id = self.new_id();
-        let mut isk = json!({
-            "id": id, "ino": ino, "family": sk.family,
-            "type": if tcp { libc::SOCK_STREAM } else { libc::SOCK_DGRAM },
-            "proto": sk.proto, "state": sk.state, "src_port": sk.src_port, "dst_port": sk.dst_port,
-            "flags": flags, "backlog": if sk.state == TCP_LISTEN { sk.wqueue } else { 0 },
-            "src_addr": sk.src_addr, "dst_addr": sk.dst_addr, "fown": fown(),
-            "opts": {"so_sndbuf": sk.sndbuf, "so_rcvbuf": sk.rcvbuf, "so_snd_tmo_sec": 0, "so_snd_tmo_usec": 0,
-                     "so_rcv_tmo_sec": 0, "so_rcv_tmo_usec": 0},
-        });
-        if let Some(v6) = sk.v6only {
-            isk["v6only"] = json!(v6);
-        }
-        self.entries
-            .push(json!({"type": "INETSK", "id": id, "isk": isk}));
-        Ok(id)
-    }
-
     /// Records fd `fd` of `pid`; returns its fdinfo entry.
     pub fn fd(&mut self, pid: i32, fd: i32) -> Result<FdEntry> {
         let target =
@@ -474,31 +416,21 @@ impl Files {
                     (id, "REG")
                 }
             }
-            FdTarget::Socket(ino) => (self.socket(pid, fd, *ino, flags)?, "INETSK"),
+            FdTarget::Socket(ino) => {
+                return Err(DumpError::new(
+                    "files",
+                    pid,
+                    Some(libc::ENOTSUP),
+                    format!("fd {fd}: socket:[{ino}] of an unsupported family"),
+                ))
+            }
             FdTarget::AnonInode(kind) => {
-                let (ty, field, build): (&'static str, &str, super::fdkinds::Builder) =
-                    match kind.as_str() {
-                        "eventfd" => ("EVENTFD", "efd", super::fdkinds::eventfd),
-                        "eventpoll" => ("EVENTPOLL", "epfd", super::fdkinds::eventpoll),
-                        "timerfd" => ("TIMERFD", "tfd", super::fdkinds::timerfd),
-                        "signalfd" => ("SIGNALFD", "sgfd", super::fdkinds::signalfd),
-                        "inotify" => ("INOTIFY", "ify", super::fdkinds::inotify),
-                        _ => {
-                            return Err(DumpError::new(
-                                "files",
-                                pid,
-                                Some(libc::ENOTSUP),
-                                format!("fd {fd}: unsupported anonymous inode [{kind}]"),
-                            ))
-                        }
-                    };
-                let id = self.new_id();
-                let body = build(id, flags, &info)
-                    .map_err(|e| DumpError::new("files", pid, None, format!("fd {fd}: {e}")))?;
-                let mut entry = json!({"type": ty, "id": id});
-                entry[field] = body;
-                self.entries.push(entry);
-                (id, ty)
+                return Err(DumpError::new(
+                    "files",
+                    pid,
+                    Some(libc::ENOTSUP),
+                    format!("fd {fd}: unsupported anonymous inode [{kind}]"),
+                ))
             }
             other => {
                 return Err(DumpError::new(

@@ -12,7 +12,10 @@
 //!  stats-dump:    u32 0x55105940 (service) | u32 stats magic | entries
 //!  pages-N.img:   raw pages, 4096 bytes each, in pagemap order
 //! ```
-//! Every file is fsynced when finished; [`ImageDir::finish`] fsyncs the directory last.
+//! Files are not fsynced one by one: [`ImageDir::finish`] waits for the spooled files (core
+//! images are built and written by worker threads while the tracer keeps working) and then
+//! runs one `syncfs` on the images directory, which flushes every file and the directory
+//! itself. A dump reports success only after that.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -59,6 +62,7 @@ kinds! {
     MEMFD_INODE = 0x4845_3499, Some(HEAD_IMG), "memfd_inode_entry";
     PIPES_DATA = 0x5645_3709, Some(HEAD_IMG), "pipe_data_entry";
     SECCOMP = 0x6441_3049, Some(HEAD_IMG), "seccomp_entry";
+    CGROUP = 0x5938_3330, Some(HEAD_IMG), "cgroup_entry";
     TIMENS = 0x4311_4433, Some(HEAD_IMG), "timens_entry";
     STATS = 0x5709_3306, Some(HEAD_SERVICE), "stats_entry";
 }
@@ -192,11 +196,106 @@ pub fn encode(name: &str, v: &Value) -> Result<Vec<u8>, String> {
     Ok(m.encode_to_vec())
 }
 
-/// An image directory being written: remembers every file so the directory is synced last.
+/// A file to write in the background: its path and what builds its bytes.
+type Job = (
+    PathBuf,
+    Box<dyn FnOnce() -> Result<Vec<u8>, ImageError> + Send>,
+);
+
+/// Worker threads writing whole files ([`ImageDir::spool`]).
+struct Spool {
+    tx: Option<crossbeam::channel::Sender<Job>>,
+    workers: Vec<std::thread::JoinHandle<Result<u64, ImageError>>>,
+}
+
+impl Spool {
+    fn new(workers: usize) -> Self {
+        let (tx, rx) = crossbeam::channel::bounded::<Job>(4096);
+        let workers = (0..workers)
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || {
+                    let mut bytes = 0u64;
+                    let mut first: Option<ImageError> = None;
+                    for (path, build) in rx {
+                        if first.is_some() {
+                            continue;
+                        }
+                        let written = build().and_then(|data| {
+                            std::fs::write(&path, &data)
+                                .map(|_| data.len() as u64)
+                                .map_err(|source| ImageError::Io { path, source })
+                        });
+                        match written {
+                            Ok(n) => bytes += n,
+                            Err(e) => first = Some(e),
+                        }
+                    }
+                    first.map_or(Ok(bytes), Err)
+                })
+            })
+            .collect();
+        Spool {
+            tx: Some(tx),
+            workers,
+        }
+    }
+
+    /// Waits for every job; the bytes written, or the first failure.
+    fn join(&mut self) -> Result<u64, ImageError> {
+        self.tx = None;
+        let mut bytes = 0;
+        let mut first = None;
+        for w in self.workers.drain(..) {
+            match w.join() {
+                Ok(Ok(n)) => bytes += n,
+                Ok(Err(e)) => {
+                    first.get_or_insert(e);
+                }
+                Err(_) => {
+                    first.get_or_insert(ImageError::Io {
+                        path: PathBuf::new(),
+                        source: std::io::Error::other("image writer thread panicked"),
+                    });
+                }
+            }
+        }
+        first.map_or(Ok(bytes), Err)
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = self.join();
+    }
+}
+
+/// The bytes of a whole image file of `kind` with `entries` (for [`ImageDir::spool`]).
+pub fn file_bytes(kind: ImageKind, entries: &[Value]) -> Result<Vec<u8>, ImageError> {
+    let mut out = Vec::new();
+    if let Some(h) = kind.head {
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+    out.extend_from_slice(&kind.magic.to_le_bytes());
+    for e in entries {
+        let bytes = encode(kind.message, e).map_err(|why| ImageError::Encode {
+            message: kind.message.to_string(),
+            path: PathBuf::new(),
+            why,
+        })?;
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    Ok(out)
+}
+
+/// An image directory being written: remembers every file; [`ImageDir::finish`] waits for
+/// the spooled ones and syncs the file system once.
 pub struct ImageDir {
     dir: PathBuf,
     written: Vec<PathBuf>,
     bytes: u64,
+    spool: Option<Spool>,
 }
 
 impl ImageDir {
@@ -205,6 +304,26 @@ impl ImageDir {
             dir: dir.to_path_buf(),
             written: Vec::new(),
             bytes: 0,
+            spool: None,
+        }
+    }
+
+    /// Writes file `name` in a worker thread with the bytes `build` returns (built there
+    /// too); failures are reported by [`ImageDir::finish`].
+    pub fn spool(
+        &mut self,
+        name: &str,
+        build: impl FnOnce() -> Result<Vec<u8>, ImageError> + Send + 'static,
+    ) {
+        let path = self.dir.join(name);
+        self.written.push(path.clone());
+        let spool = self.spool.get_or_insert_with(|| {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Spool::new(n.clamp(1, 2))
+        });
+        if let Some(tx) = &spool.tx {
+            // The workers only stop when the sender is dropped: send cannot fail here.
+            let _ = tx.send((path, Box::new(build)));
         }
     }
 
@@ -281,10 +400,16 @@ impl ImageDir {
         self.bytes += n;
     }
 
-    /// Fsyncs the directory itself (after every file was finished).
-    pub fn finish(&self) -> Result<(), ImageError> {
+    /// Waits for the spooled files, then `syncfs` on the directory: every file written
+    /// through this `ImageDir` (and the directory) is on stable storage when this returns Ok.
+    pub fn finish(&mut self) -> Result<(), ImageError> {
+        if let Some(mut s) = self.spool.take() {
+            self.bytes += s.join()?;
+        }
         let d = File::open(&self.dir).map_err(Self::io(&self.dir))?;
-        d.sync_all().map_err(Self::io(&self.dir))
+        nix::unistd::syncfs(&d)
+            .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+            .map_err(Self::io(&self.dir))
     }
 }
 
@@ -334,14 +459,13 @@ impl ImageFile {
         Ok(())
     }
 
-    /// Flushes and fsyncs; returns the file size.
+    /// Flushes and closes (synced by [`ImageDir::finish`]); returns the file size.
     pub fn finish(self) -> Result<u64, ImageError> {
-        let e = self.io_owned();
-        let f = self.w.into_inner().map_err(|e2| ImageError::Io {
-            path: PathBuf::new(),
+        let path = self.path.clone();
+        self.w.into_inner().map_err(|e2| ImageError::Io {
+            path,
             source: e2.into_error(),
         })?;
-        f.sync_all().map_err(e)?;
         Ok(self.bytes)
     }
 }
@@ -386,15 +510,13 @@ impl RawFile {
         self.bytes += n;
     }
 
-    /// Flushes and fsyncs; returns the size.
+    /// Flushes and closes (synced by [`ImageDir::finish`]); returns the size.
     pub fn finish(self) -> Result<u64, ImageError> {
         let path = self.path.clone();
-        let f = self.w.into_inner().map_err(|e| ImageError::Io {
-            path: path.clone(),
+        self.w.into_inner().map_err(|e| ImageError::Io {
+            path,
             source: e.into_error(),
         })?;
-        f.sync_all()
-            .map_err(|source| ImageError::Io { path, source })?;
         Ok(self.bytes)
     }
 }

@@ -117,10 +117,10 @@ pub fn run_id() -> String {
 }
 
 /// The `inventory_entry`.
-pub fn inventory(root_ids: Value) -> Value {
+pub fn inventory(root_ids: Value, root_cg_set: u32) -> Value {
     json!({
         "img_version": IMG_VERSION, "fdinfo_per_id": true, "root_ids": root_ids,
-        "ns_per_id": true, "root_cg_set": 1, "lsmtype": 0, "network_lock_method": 0,
+        "ns_per_id": true, "root_cg_set": root_cg_set, "lsmtype": 0, "network_lock_method": 0,
         "plugins_entry": {}, "dump_criu_run_id": run_id(),
     })
 }

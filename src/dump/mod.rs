@@ -2,9 +2,9 @@
 //! calls run inside the stopped tasks) and write CRIU-compatible images.
 //!
 //! Modules: [`engine`] drives the phases; [`tree`], [`core`], [`mm`], [`pages`], [`files`]
-//! (with [`fdkinds`] for eventfd/epoll/timerfd/signalfd/inotify and [`sockets`] for TCP/UDP),
-//! [`misc_images`] turn collected state into image entries; [`images_out`] is the only place
-//! that knows the file framing; [`freeze`] and [`probe`] are the boundary to the layers that
+//! (regular files, pipes, memfd, ghosts; every other fd kind goes to [`crate::files`], the
+//! table the restore engine uses too), [`misc_images`] turn collected state into image
+//! entries; [`images_out`] is the only place that knows the file framing; [`freeze`] and [`probe`] are the boundary to the layers that
 //! stop tasks and look inside them, [`ptrace_backend`] the backend `stasis dump` uses (to be
 //! replaced by the parasite for in-task state and pages); [`xsave`] converts the XSAVE area;
 //! [`fault`] injects failures and turns stop signals into errors; [`profile`] times phases for
@@ -14,8 +14,8 @@ pub mod core;
 pub mod elf;
 pub mod engine;
 pub mod error;
+pub mod extras;
 pub mod fault;
-pub mod fdkinds;
 pub mod files;
 pub mod freeze;
 pub mod images_out;
@@ -27,7 +27,7 @@ pub mod parasite_pages;
 pub mod probe;
 pub mod profile;
 pub mod ptrace_backend;
-pub mod sockets;
+pub mod seccomp;
 pub mod tree;
 pub mod xsave;
 

@@ -17,7 +17,7 @@ use super::error::{DumpError, Result};
 use super::files::Shmem;
 use super::images_out::{self, ImageDir};
 use super::mm::{PageClass, VmaOut};
-use super::probe::TaskProbe;
+use super::probe::ProcessAccess;
 use crate::proc::pagemap::{PagemapReader, PAGE_SIZE, PM_FILE, PM_PRESENT, PM_SWAP};
 
 pub const PE_PARENT: u32 = 1;
@@ -92,7 +92,7 @@ pub fn pagemap_entry(r: &Run) -> Value {
 /// Writes `pagemap-PID.img` and `pages-<pages_id>.img` for one process.
 pub fn write_private(
     dir: &mut ImageDir,
-    probe: &mut dyn TaskProbe,
+    probe: &mut dyn ProcessAccess,
     pid: i32,
     pages_id: u32,
     runs: &[Run],
@@ -115,7 +115,7 @@ pub fn write_private(
     let spliced = if expected == 0 {
         None
     } else {
-        probe.dump_pages(pid, &regions, pages.file().map_err(img)?)?
+        probe.dump_pages(&regions, pages.file().map_err(img)?)?
     };
     if let Some(n) = spliced {
         if n != expected {
@@ -135,7 +135,7 @@ pub fn write_private(
         while done < r.nr_pages {
             let n = (r.nr_pages - done).min(COPY_PAGES as u64);
             let b = &mut buf[..(n * PAGE_SIZE) as usize];
-            probe.read_memory(pid, r.vaddr + done * PAGE_SIZE, b)?;
+            probe.read_memory(r.vaddr + done * PAGE_SIZE, b)?;
             pages.write(b).map_err(img)?;
             done += n;
         }

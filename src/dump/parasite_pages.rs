@@ -1,19 +1,16 @@
 //! Private pages through the dump parasite: `vmsplice` in the task, `splice` into the pages
-//! image, no copy through the dumper (about 2.5x faster than `/proc/PID/mem` into tmpfs, see
-//! `tests/parasite_speed.rs`).
+//! image, no copy through the dumper.
 //!
 //! ```text
 //!  regions (in pagemap entry order) ─► split at VMA boundaries into readable / not readable
-//!  inject the parasite into the process leader (every thread is already seized and stopped)
 //!  readable pieces  ─► Parasite::dump_pages (batched)  ─► out at its file position
 //!  PROT_NONE pieces ─► /proc/PID/mem (FOLL_FORCE)       ─► out at its file position
-//!  cure (also on every error path: drop)
 //! ```
-//! A process the parasite cannot be injected into (e.g. a seccomp filter forbids its
-//! syscalls) is dumped through `/proc/PID/mem` instead; "task N died" is an error.
+//! If the parasite fails (anything but the task dying), the file is cut back to where it
+//! started and everything is copied through `/proc/PID/mem` instead (logged as a warning).
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
@@ -21,44 +18,56 @@ use super::error::{DumpError, Result};
 use crate::parasite::proto::RemoteIov;
 use crate::parasite::Parasite;
 use crate::proc;
-use crate::sys::task::{SeizedTask, StopKind};
 
 /// Bytes copied per `/proc/PID/mem` read for pages the task cannot read itself.
 const COPY: u64 = 1 << 20;
-
-/// The process leader, seized by the backend: borrowed as a [`SeizedTask`] and never
-/// detached by us.
-struct Borrowed(SeizedTask);
-
-impl Drop for Borrowed {
-    fn drop(&mut self) {
-        self.0.forget();
-    }
-}
 
 fn perr(pid: i32, e: crate::parasite::Error) -> DumpError {
     let errno = e.is_task_died().then_some(libc::ESRCH);
     DumpError::new("pages", pid, errno, e.to_string())
 }
 
-/// Writes `regions` (address, length; page aligned) of process `pid` to `out` at its file
-/// position. `Ok(None)`: the parasite could not be injected, nothing was written.
-pub fn dump(pid: i32, regions: &[(u64, u64)], out: &mut File) -> Result<Option<u64>> {
-    let maps = proc::maps::read_smaps(pid).map_err(|e| DumpError::proc("pages", pid, e))?;
+/// Writes `regions` (address, length; page aligned) of process `pid`, whose leader runs
+/// `parasite`, to `out` at its file position; returns the bytes written.
+pub fn dump(
+    parasite: &mut Parasite<'_>,
+    pid: i32,
+    regions: &[(u64, u64)],
+    out: &mut File,
+) -> Result<Option<u64>> {
+    let io = |what: &str, e| DumpError::io("pages", pid, what, e);
+    let start = out
+        .stream_position()
+        .map_err(|e| io("position of the pages image", e))?;
+    match through_parasite(parasite, pid, regions, out) {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.errno == Some(libc::ESRCH) => Err(e),
+        Err(e) => {
+            tracing::warn!("pages of {pid} through /proc/PID/mem: {e}");
+            out.set_len(start)
+                .and_then(|_| out.seek(SeekFrom::Start(start)))
+                .map_err(|e| io("cut back the pages image", e))?;
+            let mut total = 0;
+            for &(base, len) in regions {
+                total += copy_proc_mem(pid, base, len, out)?;
+            }
+            Ok(Some(total))
+        }
+    }
+}
+
+fn through_parasite(
+    parasite: &mut Parasite<'_>,
+    pid: i32,
+    regions: &[(u64, u64)],
+    out: &mut File,
+) -> Result<u64> {
+    let maps = proc::maps::read_maps(pid).map_err(|e| DumpError::proc("pages", pid, e))?;
     let readable: Vec<(u64, u64)> = maps
         .iter()
         .filter(|v| v.read)
         .map(|v| (v.start, v.end))
         .collect();
-    let leader = Borrowed(SeizedTask::attached(pid, pid, StopKind::Interrupted));
-    let mut parasite = match Parasite::inject(&leader.0) {
-        Ok(p) => p,
-        Err(e) if e.is_task_died() => return Err(perr(pid, e)),
-        Err(e) => {
-            tracing::warn!("pages of {pid} through /proc/PID/mem: {e}");
-            return Ok(None);
-        }
-    };
     let mut total = 0u64;
     let mut batch: Vec<RemoteIov> = Vec::new();
     for &(start, len) in regions {
@@ -67,13 +76,12 @@ pub fn dump(pid: i32, regions: &[(u64, u64)], out: &mut File) -> Result<Option<u
                 batch.push(RemoteIov { base, len });
                 continue;
             }
-            total += flush(&mut parasite, &mut batch, out, pid)?;
-            total += copy_unreadable(pid, base, len, out)?;
+            total += flush(parasite, &mut batch, out, pid)?;
+            total += copy_proc_mem(pid, base, len, out)?;
         }
     }
-    total += flush(&mut parasite, &mut batch, out, pid)?;
-    parasite.cure().map_err(|e| perr(pid, e))?;
-    Ok(Some(total))
+    total += flush(parasite, &mut batch, out, pid)?;
+    Ok(total)
 }
 
 fn flush(p: &mut Parasite<'_>, batch: &mut Vec<RemoteIov>, out: &File, pid: i32) -> Result<u64> {
@@ -85,7 +93,8 @@ fn flush(p: &mut Parasite<'_>, batch: &mut Vec<RemoteIov>, out: &File, pid: i32)
     Ok(n)
 }
 
-fn copy_unreadable(pid: i32, base: u64, len: u64, out: &mut File) -> Result<u64> {
+/// Copies [base, base + len) of `pid`'s memory through `/proc/PID/mem` to `out`.
+pub fn copy_proc_mem(pid: i32, base: u64, len: u64, out: &mut File) -> Result<u64> {
     let mem = File::open(proc::path(pid, "mem"))
         .map_err(|e| DumpError::io("pages", pid, "open /proc/PID/mem", e))?;
     let mut buf = vec![0u8; len.min(COPY) as usize];
@@ -111,17 +120,16 @@ fn copy_unreadable(pid: i32, base: u64, len: u64, out: &mut File) -> Result<u64>
 fn split(start: u64, end: u64, readable: &[(u64, u64)]) -> Vec<(u64, u64, bool)> {
     let mut out = Vec::new();
     let mut at = start;
+    // First range that ends after `start` (the ranges are sorted and disjoint).
+    let mut i = readable.partition_point(|&(_, e)| e <= start);
     while at < end {
-        let inside = readable.iter().find(|&&(s, e)| s <= at && at < e);
+        while i < readable.len() && readable[i].1 <= at {
+            i += 1;
+        }
+        let inside = readable.get(i).filter(|&&(s, _)| s <= at);
         let next = match inside {
             Some(&(_, e)) => e.min(end),
-            None => readable
-                .iter()
-                .map(|&(s, _)| s)
-                .filter(|&s| s > at)
-                .min()
-                .unwrap_or(end)
-                .min(end),
+            None => readable.get(i).map_or(end, |&(s, _)| s.min(end)),
         };
         match out.last_mut() {
             Some((_, l, ok)) if *ok == inside.is_some() => *l += next - at,
@@ -149,5 +157,9 @@ mod tests {
         );
         assert_eq!(split(0x9000, 0xa000, &r), vec![(0x9000, 0x1000, false)]);
         assert!(split(0x1000, 0x1000, &r).is_empty());
+        assert_eq!(
+            split(0x0, 0x1800, &r),
+            vec![(0, 0x1000, false), (0x1000, 0x800, true)]
+        );
     }
 }

@@ -1,44 +1,21 @@
 //! What the dump needs from inside the tasks (ptrace and the parasite), as plain data.
 //!
-//! The engine reads everything /proc offers itself (see `crate::proc`); the rest (registers,
-//! signal dispositions, timers, sigaltstack, robust futex list, rseq, pending signals, memory
-//! contents) comes through a [`TaskProbe`], implemented over seized tasks and the injected
-//! parasite. Tests use a recording double.
+//! The engine reads per-process facts /proc offers itself (see `crate::proc`); the rest
+//! (registers, signal dispositions, timers, sigaltstack, robust futex list, rseq, pending
+//! signals, per-thread credentials/comm/scheduling, memory contents) comes through a
+//! [`TaskProbe`], implemented over seized tasks and the injected parasite. Tests use a double.
+//!
+//! ```text
+//!  engine ── with_process(pid, tids, f) ──► backend opens the process (parasite injected)
+//!            f(&mut dyn ProcessAccess):  process()   per-process state
+//!                                        threads()   every thread's state, in one batch
+//!                                        dump_pages() / read_memory()
+//!           ◄── returns: the backend closes the process (parasite cured), also on errors
+//! ```
 
+use super::core::ThreadFacts;
 use super::error::Result;
-
-/// General purpose registers as the image stores them (x86-64 `user_regs_struct` order).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub struct GpRegs {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub bp: u64,
-    pub bx: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub ax: u64,
-    pub cx: u64,
-    pub dx: u64,
-    pub si: u64,
-    pub di: u64,
-    pub orig_ax: u64,
-    pub ip: u64,
-    pub cs: u64,
-    pub flags: u64,
-    pub sp: u64,
-    pub ss: u64,
-    pub fs_base: u64,
-    pub gs_base: u64,
-    pub ds: u64,
-    pub es: u64,
-    pub fs: u64,
-    pub gs: u64,
-}
+pub use crate::sys::regs::UserRegs;
 
 /// The xsave parts beyond the legacy FXSAVE area, in CRIU's layout.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -100,9 +77,11 @@ impl TlsDesc {
 }
 
 /// Per-thread state from ptrace/parasite.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct ThreadProbe {
-    pub regs: GpRegs,
+    /// General registers as the image stores them (`UserRegs::for_image`: an interrupted
+    /// syscall is set up to restart).
+    pub regs: UserRegs,
     pub fpregs: FpRegs,
     pub tls: Vec<TlsDesc>,
     pub clear_tid_addr: u64,
@@ -115,6 +94,11 @@ pub struct ThreadProbe {
     /// Thread-private pending signals (raw 128-byte siginfo each).
     pub pending: Vec<Vec<u8>>,
     pub pdeath_sig: u32,
+    /// Thread facts read inside the thread (comm, blocked mask, scheduling, credentials);
+    /// `None`: the engine reads them from /proc.
+    pub facts: Option<ThreadFacts>,
+    /// Seccomp mode read inside the thread; `None`: the engine reads /proc status.
+    pub seccomp_mode: Option<u32>,
 }
 
 /// One signal disposition (kernel `struct sigaction` for x86-64).
@@ -163,20 +147,36 @@ pub struct ProcessProbe {
     pub brk: u64,
 }
 
-/// Access to a frozen tree's insides.
+/// Access to a frozen tree's insides, one process at a time.
 pub trait TaskProbe {
-    /// State of thread `tid` of process `pid`.
-    fn thread(&mut self, pid: i32, tid: i32) -> Result<ThreadProbe>;
-    /// State of process `pid`.
-    fn process(&mut self, pid: i32) -> Result<ProcessProbe>;
-    /// Reads `buf.len()` bytes of `pid`'s memory at `addr`.
-    fn read_memory(&mut self, pid: i32, addr: u64, buf: &mut [u8]) -> Result<()>;
-    /// Writes the memory of `regions` (address, length; page aligned, in order) of `pid` to
-    /// `out` at its file position without copying through the dumper (the dump parasite);
-    /// returns the bytes written, or `None` when this probe cannot (use `read_memory`).
+    /// Opens process `pid` (threads `tids`, the leader first), runs `f` with access to it and
+    /// closes it again (the parasite is cured), also when `f` fails.
+    fn with_process(
+        &mut self,
+        pid: i32,
+        tids: &[i32],
+        f: &mut dyn FnMut(&mut dyn ProcessAccess) -> Result<()>,
+    ) -> Result<()>;
+}
+
+/// One open process (see [`TaskProbe::with_process`]).
+pub trait ProcessAccess {
+    /// Per-process state.
+    fn process(&mut self) -> Result<ProcessProbe>;
+    /// State of every thread, in the order of the `tids` given to `with_process`.
+    fn threads(&mut self) -> Result<Vec<ThreadProbe>>;
+    /// Address ranges the probe itself mapped into the process (the parasite): not part of
+    /// the process's memory.
+    fn hidden_areas(&self) -> Vec<(u64, u64)> {
+        Vec::new()
+    }
+    /// Reads `buf.len()` bytes of the process's memory at `addr`.
+    fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<()>;
+    /// Writes the memory of `regions` (address, length; page aligned, in order) to `out` at
+    /// its file position without copying through the dumper (the dump parasite); returns the
+    /// bytes written, or `None` when this probe cannot (use `read_memory`).
     fn dump_pages(
         &mut self,
-        _pid: i32,
         _regions: &[(u64, u64)],
         _out: &mut std::fs::File,
     ) -> Result<Option<u64>> {

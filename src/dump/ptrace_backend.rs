@@ -1,511 +1,359 @@
-//! An interim ptrace backend: seizes every thread of the tree with `PTRACE_SEIZE` +
-//! `PTRACE_INTERRUPT` (through `crate::sys::tracee`), reads registers, the XSAVE area and the
-//! rseq registration, and runs the few system calls CRIU's parasite would run (signal
-//! dispositions, itimers, POSIX timer values, sigaltstack, robust list, tid address...) one at
-//! a time inside the stopped thread, with no code of ours in the task:
+//! The backend `stasis dump` uses: every thread of the tree seized with `PTRACE_SEIZE` +
+//! `PTRACE_INTERRUPT` by [`crate::sys::tree::seize_tree`] (one event loop, O(n) in threads),
+//! and the dump parasite injected into each process while the engine works on it.
 //!
 //! ```text
-//!  save regs, mask │ mask := all signals (nothing is delivered meanwhile)
-//!  for each call   │ regs := {ip = a `syscall` insn in the task's vdso, ax = nr, args,
-//!                  │         orig_ax = -1}; PTRACE_SINGLESTEP; wait SIGTRAP; result = ax
-//!                  │ output structs land in a 256-byte scratch below the red zone
-//!                  │ (sp - 1024), read and restored through /proc/PID/mem
-//!  restore regs, mask
+//!  freeze        seize_tree with PTRACE_O_SUSPEND_SECCOMP (the tasks' seccomp filters do
+//!                not apply to the parasite), after freezing --freeze-cgroup if given
+//!  per process   inject the parasite into the leader (one thread slot per thread, up to
+//!                MAX_SLOTS at once)
+//!    process()   MISC, SIGACTIONS, POSIX_TIMERS (ids from /proc/PID/timers);
+//!                PTRACE_PEEKSIGINFO of the shared queue
+//!    threads()   leader: THREAD_STATE + the registers the parasite saved;
+//!                others: the blob's thread routine in all of them at once (set up all,
+//!                resume all, then reap all: no per-thread round trip);
+//!                then per thread PTRACE_GET_RSEQ_CONFIGURATION, and PTRACE_PEEKSIGINFO
+//!                only when the routine saw a pending signal
+//!    pages       DUMP_PAGES (vmsplice in the task, splice into the image); /proc/PID/mem
+//!                for PROT_NONE pieces, or for everything if the parasite failed (logged)
+//!  cure          after the process (also on every error path: Parasite's drop)
+//!  release       detach every thread (SeizedTree), thaw nothing: seize_tree_frozen thawed
 //! ```
-//! Pending signals come from PTRACE_PEEKSIGINFO and the GDT TLS slots from
-//! PTRACE_GET_THREAD_AREA (`crate::sys::ptrace`). The full
-//! ptrace/parasite layer (`dump-infra`) replaces this backend when it lands.
 
-use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::collections::HashMap;
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::sys::wait::WaitStatus;
-
+use super::core::{Creds, ThreadFacts};
 use super::error::{DumpError, Result};
-use super::freeze::{Backend, CgroupFreeze, FrozenTree};
+use super::freeze::{Backend, FrozenTree};
 use super::options::DumpOptions;
 use super::probe::{
-    GpRegs, Itimer, PosixTimerValue, ProcessProbe, SigAction, TaskProbe, ThreadProbe, TlsDesc,
+    Itimer, PosixTimerValue, ProcessAccess, ProcessProbe, SigAction, TaskProbe, ThreadProbe,
+    TlsDesc,
 };
+use crate::parasite::proto::{ThreadState, MAX_GROUPS};
+use crate::parasite::{Parasite, ThreadDump};
 use crate::proc;
-use crate::sys::tracee;
+use crate::sys::ptrace::UserDesc;
+use crate::sys::task::SeizedTask;
+use crate::sys::tree::{SeizedProcess, SeizedTree};
 
-const SYS_BRK: i64 = 12;
-const SYS_RT_SIGACTION: i64 = 13;
-const SYS_GETITIMER: i64 = 36;
-const SYS_SIGALTSTACK: i64 = 131;
-const SYS_PRCTL: i64 = 157;
-const SYS_TIMER_GETTIME: i64 = 224;
-const SYS_TIMER_GETOVERRUN: i64 = 225;
-const SYS_GET_ROBUST_LIST: i64 = 274;
-const PR_GET_PDEATHSIG: u64 = 2;
-const PR_GET_DUMPABLE: u64 = 3;
-const PR_GET_CHILD_SUBREAPER: u64 = 37;
-const PR_GET_TID_ADDRESS: u64 = 40;
-const PR_GET_THP_DISABLE: u64 = 42;
-/// Kernel restart codes a syscall interrupted by the stop may hold in ax.
-const ERESTARTSYS: i64 = 512;
-const ERESTARTNOINTR: i64 = 513;
-const ERESTARTNOHAND: i64 = 514;
-const ERESTART_RESTARTBLOCK: i64 = 516;
-/// Largest XSAVE area we accept.
-const XSAVE_MAX: usize = 1 << 14;
-/// Rounds of "list threads, seize the new ones" before giving up on a tree that keeps growing.
-const MAX_ROUNDS: usize = 64;
-
-fn perr(step: &'static str, tid: i32, what: &str, e: Errno) -> DumpError {
-    DumpError::new(step, tid, Some(e as i32), what.to_string())
-}
-
-/// Seizes with ptrace (see the module doc); freezes `--freeze-cgroup` first when given.
+/// Seizes with ptrace and injects the parasite (see the module doc).
 #[derive(Debug, Default)]
 pub struct PtraceBackend;
 
 /// A tree held by ptrace.
 pub struct PtraceFrozen {
-    /// Seized threads: tid -> pid.
-    seized: BTreeMap<i32, i32>,
-    /// Address of a `syscall` instruction in each process's vdso.
-    gadgets: BTreeMap<i32, u64>,
-    mem: BTreeMap<i32, File>,
-    freeze: Option<CgroupFreeze>,
-    released: bool,
+    tree: Option<SeizedTree>,
 }
 
-/// Waits until `tid` is in the interrupt stop; false if it exited. A signal-delivery stop
-/// that comes first gets its signal back (PTRACE_CONT with it), then we wait again: the
-/// pending interrupt traps right after, and the task has seen its signal as it would have.
-fn wait_stop(tid: i32) -> Result<bool> {
-    for _ in 0..1024 {
-        match tracee::wait(tid) {
-            Ok(WaitStatus::PtraceEvent(..)) => return Ok(true),
-            Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) => return Ok(false),
-            Ok(WaitStatus::Stopped(_, sig)) => {
-                crate::sys::ptrace::cont(tid, sig as i32)
-                    .map_err(|e| DumpError::sys("seize", tid, e))?;
-            }
-            Ok(_) => continue,
-            Err(Errno::EINTR) => continue,
-            Err(Errno::ECHILD) => return Ok(false),
-            Err(e) => return Err(perr("seize", tid, "wait", e)),
+fn parasite_err(step: &'static str, pid: i32, e: crate::parasite::Error) -> DumpError {
+    match e {
+        crate::parasite::Error::Sys(e) => DumpError::sys(step, pid, e),
+        crate::parasite::Error::Command { errno, .. } => {
+            DumpError::new(step, pid, Some(errno as i32), e.to_string())
         }
+        other => DumpError::new(step, pid, None, other.to_string()),
     }
-    Err(DumpError::new(
-        "seize",
-        tid,
-        Some(libc::EAGAIN),
-        "signals keep arriving before the interrupt stop",
-    ))
 }
 
 impl Backend for PtraceBackend {
     fn freeze(&mut self, opts: &DumpOptions) -> Result<Box<dyn FrozenTree>> {
         let timeout = opts.timeout.unwrap_or(Duration::from_secs(10));
-        let mut f = PtraceFrozen {
-            seized: BTreeMap::new(),
-            gadgets: BTreeMap::new(),
-            mem: BTreeMap::new(),
-            freeze: match &opts.freeze_cgroup {
-                Some(cg) => Some(CgroupFreeze::freeze(cg, timeout)?),
-                None => None,
-            },
-            released: false,
-        };
-        // On error, dropping `f` detaches what was seized and thaws.
-        for _ in 0..MAX_ROUNDS {
-            let tree = super::tree::collect(opts.pid)?;
-            let mut new = Vec::new();
-            for p in tree.iter().filter(|p| !p.zombie) {
-                for &t in &p.threads {
-                    if !f.seized.contains_key(&t) {
-                        new.push((t, p.pid));
-                    }
-                }
-            }
-            if new.is_empty() {
-                return Ok(Box::new(f));
-            }
-            for (t, pid) in new {
-                match tracee::seize(t, nix::sys::ptrace::Options::empty())
-                    .and_then(|_| tracee::interrupt(t))
-                {
-                    Ok(()) => {
-                        f.seized.insert(t, pid);
-                    }
-                    // A thread that exited between listing and seizing.
-                    Err(Errno::ESRCH) if t != opts.pid => continue,
-                    Err(e) => return Err(perr("seize", t, "PTRACE_SEIZE/INTERRUPT", e)),
-                }
-                if f.freeze.is_none() && !wait_stop(t)? {
-                    f.seized.remove(&t);
-                }
-            }
-            if let Some(fr) = &mut f.freeze {
-                // Frozen tasks stop in the interrupt trap once thawed; new threads cannot
-                // appear while frozen, so one round seizes everything.
-                fr.thaw()?;
-                let tids: Vec<i32> = f.seized.keys().copied().collect();
-                for t in tids {
-                    if !wait_stop(t)? {
-                        f.seized.remove(&t);
-                    }
-                }
-                f.freeze = None;
-            }
+        // Seccomp suspended: the parasite's system calls must not meet the tasks' filters.
+        let tree = match &opts.freeze_cgroup {
+            Some(cg) => crate::sys::freezer::Freezer::freeze(cg, timeout)
+                .and_then(|f| crate::sys::tree::seize_tree_suspending_seccomp(opts.pid, Some(f))),
+            None => crate::sys::tree::seize_tree_suspending_seccomp(opts.pid, None),
         }
-        Err(DumpError::new(
-            "seize",
-            opts.pid,
-            Some(libc::EAGAIN),
-            "the tree keeps creating threads",
-        ))
-    }
-}
-
-impl PtraceFrozen {
-    fn mem(&mut self, pid: i32) -> Result<&File> {
-        use std::collections::btree_map::Entry;
-        match self.mem.entry(pid) {
-            Entry::Occupied(o) => Ok(o.into_mut()),
-            Entry::Vacant(v) => {
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(proc::path(pid, "mem"))
-                    .map_err(|e| DumpError::io("core", pid, "open /proc/PID/mem", e))?;
-                Ok(v.insert(f))
-            }
-        }
-    }
-
-    fn gadget(&mut self, pid: i32) -> Result<u64> {
-        if let Some(&g) = self.gadgets.get(&pid) {
-            return Ok(g);
-        }
-        let maps = proc::maps::read_smaps(pid).map_err(|e| DumpError::proc("core", pid, e))?;
-        let vdso = maps
-            .iter()
-            .find(|v| v.path == "[vdso]")
-            .ok_or_else(|| {
-                DumpError::new(
-                    "core",
-                    pid,
-                    Some(libc::ENOENT),
-                    "no [vdso] to run system calls from",
-                )
-            })?
-            .clone();
-        let mut code = vec![0u8; vdso.len().min(1 << 16) as usize];
-        self.mem(pid)?
-            .read_exact_at(&mut code, vdso.start)
-            .map_err(|e| DumpError::io("core", pid, "read vdso", e))?;
-        let off = code
-            .windows(2)
-            .position(|w| w == [0x0f, 0x05])
-            .ok_or_else(|| {
-                DumpError::new(
-                    "core",
-                    pid,
-                    Some(libc::ENOENT),
-                    "no syscall instruction in the vdso",
-                )
-            })?;
-        let g = vdso.start + off as u64;
-        self.gadgets.insert(pid, g);
-        Ok(g)
-    }
-
-    /// Runs `calls` in thread `tid` with all signals blocked; each call gets the scratch
-    /// address and returns (nr, args); `read` gets each result with the scratch bytes.
-    fn inject<T>(
-        &mut self,
-        pid: i32,
-        tid: i32,
-        calls: &[(i64, [u64; 6])],
-        mut read: impl FnMut(usize, i64, &[u8]) -> T,
-    ) -> Result<Vec<T>> {
-        let gadget = self.gadget(pid)?;
-        let saved = tracee::get_regs(tid).map_err(|e| perr("core", tid, "PTRACE_GETREGS", e))?;
-        let mask = proc::status::read_thread(pid, tid)
-            .and_then(|s| s.sig_blk())
-            .map_err(|e| DumpError::proc("core", tid, e))?;
-        let scratch = (saved.rsp - 1024) & !15;
-        let mut orig = [0u8; 256];
-        self.mem(pid)?
-            .read_exact_at(&mut orig, scratch)
-            .map_err(|e| DumpError::io("core", tid, "read scratch below the stack pointer", e))?;
-        tracee::set_sigmask(tid, u64::MAX)
-            .map_err(|e| perr("core", tid, "PTRACE_SETSIGMASK", e))?;
-        let mut out = Vec::with_capacity(calls.len());
-        let mut result = Ok(());
-        for (i, &(nr, args)) in calls.iter().enumerate() {
-            let mut r = saved;
-            r.rip = gadget;
-            r.rax = nr as u64;
-            r.orig_rax = u64::MAX;
-            r.rdi = if args[0] == u64::MAX - 1 {
-                scratch
-            } else {
-                args[0]
-            };
-            r.rsi = if args[1] == u64::MAX - 1 {
-                scratch
-            } else {
-                args[1]
-            };
-            r.rdx = if args[2] == u64::MAX - 1 {
-                scratch
-            } else if args[2] == u64::MAX - 2 {
-                scratch + 8
-            } else {
-                args[2]
-            };
-            r.r10 = args[3];
-            r.r8 = args[4];
-            r.r9 = args[5];
-            let step = tracee::set_regs(tid, r)
-                .and_then(|_| tracee::single_step(tid))
-                .map_err(|e| perr("core", tid, "inject syscall", e));
-            if let Err(e) = step {
-                result = Err(e);
-                break;
-            }
-            loop {
-                match tracee::wait(tid) {
-                    Ok(WaitStatus::Stopped(_, nix::sys::signal::Signal::SIGTRAP)) => break,
-                    Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) => {
-                        return Err(DumpError::new(
-                            "core",
-                            tid,
-                            Some(libc::ESRCH),
-                            "died during a system call",
-                        ))
-                    }
-                    Ok(_) | Err(Errno::EINTR) => {
-                        // A job-control or other stop: step again.
-                        let _ = tracee::single_step(tid);
-                    }
-                    Err(e) => return Err(perr("core", tid, "wait after syscall", e)),
-                }
-            }
-            let after =
-                tracee::get_regs(tid).map_err(|e| perr("core", tid, "PTRACE_GETREGS", e))?;
-            let mut buf = [0u8; 256];
-            self.mem(pid)?
-                .read_exact_at(&mut buf, scratch)
-                .map_err(|e| DumpError::io("core", tid, "read syscall output", e))?;
-            out.push(read(i, after.rax as i64, &buf));
-        }
-        // Put everything back, even after a failure.
-        let _ = self.mem(pid).map(|m| m.write_all_at(&orig, scratch));
-        tracee::set_regs(tid, saved).map_err(|e| perr("core", tid, "restore registers", e))?;
-        tracee::set_sigmask(tid, mask).map_err(|e| perr("core", tid, "restore signal mask", e))?;
-        result.map(|_| out)
-    }
-}
-
-const SCRATCH: u64 = u64::MAX - 1;
-const SCRATCH_8: u64 = u64::MAX - 2;
-
-fn le64(b: &[u8], o: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(w)
-}
-
-/// The registers as the image stores them: a syscall interrupted by the stop is set up to
-/// restart (ip back to the `syscall` insn, ax = nr) or to return EINTR, as the kernel would.
-pub fn regs_for_image(r: &tracee::Regs) -> GpRegs {
-    let mut ip = r.rip;
-    let mut ax = r.rax;
-    if (r.orig_rax as i64) >= 0 {
-        match -(r.rax as i64) {
-            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
-                ip -= 2;
-                ax = r.orig_rax;
-            }
-            ERESTART_RESTARTBLOCK => ax = (-(libc::EINTR as i64)) as u64,
-            _ => {}
-        }
-    }
-    GpRegs {
-        r15: r.r15,
-        r14: r.r14,
-        r13: r.r13,
-        r12: r.r12,
-        bp: r.rbp,
-        bx: r.rbx,
-        r11: r.r11,
-        r10: r.r10,
-        r9: r.r9,
-        r8: r.r8,
-        ax,
-        cx: r.rcx,
-        dx: r.rdx,
-        si: r.rsi,
-        di: r.rdi,
-        orig_ax: r.orig_rax,
-        ip,
-        cs: r.cs,
-        flags: r.eflags,
-        sp: r.rsp,
-        ss: r.ss,
-        fs_base: r.fs_base,
-        gs_base: r.gs_base,
-        ds: r.ds,
-        es: r.es,
-        fs: r.fs,
-        gs: r.gs,
+        .map_err(|e| DumpError::sys("seize", opts.pid, e))?;
+        Ok(Box::new(PtraceFrozen { tree: Some(tree) }))
     }
 }
 
 impl TaskProbe for PtraceFrozen {
-    fn thread(&mut self, pid: i32, tid: i32) -> Result<ThreadProbe> {
-        let regs = tracee::get_regs(tid).map_err(|e| perr("core", tid, "PTRACE_GETREGS", e))?;
-        let xs = tracee::get_xstate(tid, XSAVE_MAX)
-            .map_err(|e| perr("core", tid, "PTRACE_GETREGSET xstate", e))?;
-        let rseq = tracee::rseq_config(tid)
-            .map_err(|e| perr("core", tid, "PTRACE_GET_RSEQ_CONFIGURATION", e))?;
-        let calls = [
-            (SYS_SIGALTSTACK, [0, SCRATCH, 0, 0, 0, 0]),
-            (SYS_PRCTL, [PR_GET_TID_ADDRESS, SCRATCH, 0, 0, 0, 0]),
-            (SYS_GET_ROBUST_LIST, [0, SCRATCH, SCRATCH_8, 0, 0, 0]),
-            (SYS_PRCTL, [PR_GET_PDEATHSIG, SCRATCH, 0, 0, 0, 0]),
-        ];
-        let res = self.inject(pid, tid, &calls, |i, ret, b| match i {
-            0 => (ret, le64(b, 0), le64(b, 16), le64(b, 8) as u32),
-            1 => (ret, le64(b, 0), 0, 0),
-            2 => (ret, le64(b, 0), le64(b, 8), 0),
-            _ => (ret, le64(b, 0) & 0xffff_ffff, 0, 0),
+    fn with_process(
+        &mut self,
+        pid: i32,
+        tids: &[i32],
+        f: &mut dyn FnMut(&mut dyn ProcessAccess) -> Result<()>,
+    ) -> Result<()> {
+        let tree = self
+            .tree
+            .as_ref()
+            .ok_or_else(|| DumpError::new("collect-task", pid, None, "the tree was released"))?;
+        let process = tree.process(pid).ok_or_else(|| {
+            DumpError::new("collect-task", pid, Some(libc::ESRCH), "process not seized")
         })?;
-        let ok = |i: usize| res[i].0 >= 0;
-        Ok(ThreadProbe {
-            regs: regs_for_image(&regs),
-            fpregs: super::xsave::fpregs_from_xsave(&xs),
-            tls: crate::sys::ptrace::tls(tid)
-                .map_err(|e| DumpError::sys("core", tid, e))?
-                .iter()
-                .map(|u| TlsDesc {
-                    entry_number: u.entry_number,
-                    base_addr: u.base_addr,
-                    limit: u.limit,
-                    seg_32bit: u.seg_32bit(),
-                    contents: u.contents(),
-                    read_exec_only: u.read_exec_only(),
-                    limit_in_pages: u.limit_in_pages(),
-                    seg_not_present: u.seg_not_present(),
-                    usable: u.useable(),
-                })
-                .collect(),
-            clear_tid_addr: if ok(1) { res[1].1 } else { 0 },
-            futex_rla: if ok(2) { res[2].1 } else { 0 },
-            futex_rla_len: if ok(2) { res[2].2 as u32 } else { 0 },
-            sas: if ok(0) {
-                (res[0].1, res[0].2, res[0].3)
-            } else {
-                (0, 0, libc::SS_DISABLE as u32)
-            },
-            rseq: (rseq.abi_pointer != 0).then_some((
-                rseq.abi_pointer,
-                rseq.abi_size,
-                rseq.signature,
-            )),
-            pending: crate::sys::ptrace::peek_siginfo(tid, false)
-                .map_err(|e| DumpError::sys("core", tid, e))?
+        let by_tid: HashMap<i32, &SeizedTask> =
+            process.threads.iter().map(|t| (t.tid(), t)).collect();
+        let mut threads = Vec::with_capacity(tids.len());
+        for tid in tids {
+            threads.push(*by_tid.get(tid).ok_or_else(|| {
+                DumpError::new("collect-task", *tid, Some(libc::ESRCH), "thread not seized")
+            })?);
+        }
+        // ptrace answers only for stopped threads: read the leader's part before the
+        // parasite runs in it.
+        let leader = process.leader();
+        let sys = |e| DumpError::sys("collect-task", pid, e);
+        let pre = LeaderPre {
+            rseq: leader.rseq().map_err(sys)?,
+            pending: leader.pending_signals(false).map_err(sys)?,
+            shared: leader.pending_signals(true).map_err(sys)?,
+            tls: leader.tls().map_err(sys)?,
+        };
+        let slots = tids.len().saturating_sub(1).max(1);
+        let parasite = Parasite::inject_with_slots(process.leader(), slots)
+            .map_err(|e| parasite_err("collect-task", pid, e))?;
+        let mut open = OpenProcess {
+            pid,
+            process,
+            threads,
+            parasite,
+            mem: None,
+            pre,
+        };
+        let r = f(&mut open);
+        let OpenProcess { parasite, .. } = open;
+        match r {
+            Ok(()) => parasite
+                .cure()
+                .map_err(|e| parasite_err("collect-task", pid, e)),
+            // Dropping the parasite cures it (errors logged).
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// One process with the parasite in it.
+struct OpenProcess<'a> {
+    pid: i32,
+    process: &'a SeizedProcess,
+    /// The threads asked for, leader first.
+    threads: Vec<&'a SeizedTask>,
+    parasite: Parasite<'a>,
+    mem: Option<File>,
+    pre: LeaderPre,
+}
+
+/// What ptrace says about the leader, read before the parasite started in it.
+struct LeaderPre {
+    rseq: crate::sys::ptrace::RseqConfig,
+    pending: Vec<[u8; crate::sys::ptrace::SIGINFO_SIZE]>,
+    shared: Vec<[u8; crate::sys::ptrace::SIGINFO_SIZE]>,
+    tls: [UserDesc; 3],
+}
+
+fn tls_of(descs: &[UserDesc]) -> Vec<TlsDesc> {
+    descs
+        .iter()
+        .map(|u| TlsDesc {
+            entry_number: u.entry_number,
+            base_addr: u.base_addr,
+            limit: u.limit,
+            seg_32bit: u.seg_32bit(),
+            contents: u.contents(),
+            read_exec_only: u.read_exec_only(),
+            limit_in_pages: u.limit_in_pages(),
+            seg_not_present: u.seg_not_present(),
+            usable: u.useable(),
+        })
+        .collect()
+}
+
+fn comm_of(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+impl OpenProcess<'_> {
+    fn thread_probe(&self, task: &SeizedTask, dump: ThreadDump) -> Result<ThreadProbe> {
+        let tid = task.tid();
+        let st: ThreadState = dump.state;
+        let sys = |e| DumpError::sys("core", tid, e);
+        let leader = tid == self.pid;
+        let rseq = if leader {
+            self.pre.rseq
+        } else {
+            task.rseq().map_err(sys)?
+        };
+        let pending = if leader {
+            self.pre.pending.iter().map(|s| s.to_vec()).collect()
+        } else if st.sigpending != 0 {
+            task.pending_signals(false)
+                .map_err(sys)?
                 .iter()
                 .map(|s| s.to_vec())
-                .collect(),
-            pdeath_sig: if ok(3) { res[3].1 as u32 } else { 0 },
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let tls = if st.tls_status == 0 {
+            let descs: Vec<UserDesc> = (0..3)
+                .map(|i| UserDesc {
+                    entry_number: st.tls[4 * i],
+                    base_addr: st.tls[4 * i + 1],
+                    limit: st.tls[4 * i + 2],
+                    flags: st.tls[4 * i + 3],
+                })
+                .collect();
+            tls_of(&descs)
+        } else if leader {
+            tls_of(&self.pre.tls)
+        } else {
+            tls_of(&task.tls().map_err(sys)?)
+        };
+        let groups = if st.ngroups as usize <= MAX_GROUPS {
+            st.groups[..st.ngroups.max(0) as usize].to_vec()
+        } else {
+            proc::status::read_thread(self.pid, tid)
+                .and_then(|s| s.groups())
+                .map_err(|e| DumpError::proc("core", tid, e))?
+        };
+        let facts = ThreadFacts {
+            tid,
+            comm: comm_of(&st.comm),
+            blk_sigset: dump.sigmask,
+            sched_policy: st.sched_policy as u32,
+            sched_nice: st.sched_nice,
+            sched_prio: st.sched_prio as u32,
+            creds: Creds {
+                uid: st.uids,
+                gid: st.gids,
+                groups,
+                cap_inh: st.cap_inh,
+                cap_prm: st.cap_prm,
+                cap_eff: st.cap_eff,
+                cap_bnd: st.cap_bnd,
+                cap_amb: st.cap_amb,
+                secbits: st.secbits,
+                no_new_privs: st.no_new_privs != 0,
+            },
+        };
+        Ok(ThreadProbe {
+            regs: dump.regs.regs.for_image(),
+            fpregs: super::xsave::fpregs_from_xsave(dump.regs.xstate.as_bytes()),
+            tls,
+            clear_tid_addr: st.tid_address,
+            futex_rla: st.robust_head,
+            futex_rla_len: st.robust_len as u32,
+            sas: (st.altstack_sp, st.altstack_size, st.altstack_flags as u32),
+            rseq: (rseq.rseq_abi_pointer != 0).then_some((
+                rseq.rseq_abi_pointer,
+                rseq.rseq_abi_size,
+                rseq.signature,
+            )),
+            pending,
+            pdeath_sig: st.pdeath_sig as u32,
+            facts: Some(facts),
+            seccomp_mode: Some(st.seccomp_mode as u32),
         })
     }
 
-    fn process(&mut self, pid: i32) -> Result<ProcessProbe> {
-        let timers = proc::timers::read(pid).map_err(|e| DumpError::proc("core", pid, e))?;
-        let mut calls: Vec<(i64, [u64; 6])> = (1..=64u64)
-            .map(|s| (SYS_RT_SIGACTION, [s, 0, SCRATCH, 8, 0, 0]))
-            .collect();
-        for w in 0..3u64 {
-            calls.push((SYS_GETITIMER, [w, SCRATCH, 0, 0, 0, 0]));
+    fn mem(&mut self) -> Result<&File> {
+        if self.mem.is_none() {
+            let f = File::open(proc::path(self.pid, "mem"))
+                .map_err(|e| DumpError::io("pages", self.pid, "open /proc/PID/mem", e))?;
+            self.mem = Some(f);
         }
-        for t in &timers {
-            calls.push((SYS_TIMER_GETTIME, [t.id as u64, SCRATCH, 0, 0, 0, 0]));
-            calls.push((SYS_TIMER_GETOVERRUN, [t.id as u64, 0, 0, 0, 0, 0]));
-        }
-        calls.push((SYS_PRCTL, [PR_GET_CHILD_SUBREAPER, SCRATCH, 0, 0, 0, 0]));
-        calls.push((SYS_PRCTL, [PR_GET_DUMPABLE, 0, 0, 0, 0, 0]));
-        calls.push((SYS_PRCTL, [PR_GET_THP_DISABLE, 0, 0, 0, 0, 0]));
-        calls.push((SYS_BRK, [0, 0, 0, 0, 0, 0]));
-        let res = self.inject(pid, pid, &calls, |_, ret, b| {
-            (ret, [le64(b, 0), le64(b, 8), le64(b, 16), le64(b, 24)])
-        })?;
-        let mut p = ProcessProbe {
-            shared_pending: crate::sys::ptrace::peek_siginfo(pid, true)
-                .map_err(|e| DumpError::sys("core", pid, e))?
-                .iter()
-                .map(|s| s.to_vec())
-                .collect(),
-            ..Default::default()
+        Ok(self.mem.as_ref().expect("opened above"))
+    }
+}
+
+impl ProcessAccess for OpenProcess<'_> {
+    fn process(&mut self) -> Result<ProcessProbe> {
+        let pid = self.pid;
+        let perr = |e| parasite_err("collect-task", pid, e);
+        let timers =
+            proc::timers::read(pid).map_err(|e| DumpError::proc("collect-task", pid, e))?;
+        let misc = self.parasite.misc().map_err(perr)?;
+        let acts = self.parasite.sigactions().map_err(perr)?;
+        let ids: Vec<i32> = timers.iter().map(|t| t.id).collect();
+        let values = self.parasite.posix_timers(&ids).map_err(perr)?;
+        let shared = &self.pre.shared;
+        let it = |i: usize| {
+            let t = misc.itimers[i];
+            Itimer {
+                isec: t.interval_sec as u64,
+                iusec: t.interval_usec as u64,
+                vsec: t.value_sec as u64,
+                vusec: t.value_usec as u64,
+            }
         };
-        for (ret, w) in res.iter().take(64) {
-            if *ret == 0 {
-                p.sigactions.push(SigAction {
-                    handler: w[0],
-                    flags: w[1],
-                    restorer: w[2],
-                    mask: w[3],
-                });
+        Ok(ProcessProbe {
+            sigactions: acts
+                .iter()
+                .map(|a| SigAction {
+                    handler: a.handler,
+                    flags: a.flags,
+                    restorer: a.restorer,
+                    mask: a.mask,
+                })
+                .collect(),
+            itimers: [it(0), it(1), it(2)],
+            posix_timers: values
+                .iter()
+                .map(|v| PosixTimerValue {
+                    id: v.id,
+                    overrun: v.overrun.max(0),
+                    isec: v.interval_sec as u64,
+                    insec: v.interval_nsec as u64,
+                    vsec: v.value_sec as u64,
+                    vnsec: v.value_nsec as u64,
+                })
+                .collect(),
+            shared_pending: shared.iter().map(|s| s.to_vec()).collect(),
+            child_subreaper: misc.child_subreaper != 0,
+            dumpable: misc.dumpable.max(0) as u32,
+            thp_disabled: misc.thp_disabled > 0,
+            brk: misc.brk,
+        })
+    }
+
+    fn threads(&mut self) -> Result<Vec<ThreadProbe>> {
+        let pid = self.pid;
+        let perr = |e| parasite_err("core", pid, e);
+        let leader = self.process.leader();
+        let mut out = Vec::with_capacity(self.threads.len());
+        let others: Vec<&SeizedTask> = self
+            .threads
+            .iter()
+            .copied()
+            .filter(|t| t.tid() != pid)
+            .collect();
+        let mut dumps = self
+            .parasite
+            .threads_state(&others)
+            .map_err(perr)?
+            .into_iter();
+        for &t in &self.threads {
+            let dump = if t.tid() == pid {
+                ThreadDump {
+                    state: self.parasite.thread_state(leader).map_err(perr)?,
+                    regs: self.parasite.leader_regs().clone(),
+                    sigmask: self.parasite.leader_sigmask(),
+                }
             } else {
-                p.sigactions.push(SigAction::default());
-            }
+                dumps.next().ok_or_else(|| {
+                    DumpError::new("core", t.tid(), None, "thread routine result missing")
+                })?
+            };
+            out.push(self.thread_probe(t, dump)?);
         }
-        for k in 0..3 {
-            let (ret, w) = res[64 + k];
-            if ret == 0 {
-                p.itimers[k] = Itimer {
-                    isec: w[0],
-                    iusec: w[1],
-                    vsec: w[2],
-                    vusec: w[3],
-                };
-            }
-        }
-        let mut i = 67;
-        for t in &timers {
-            let (ret, w) = res[i];
-            let (ovr, _) = res[i + 1];
-            if ret == 0 {
-                p.posix_timers.push(PosixTimerValue {
-                    id: t.id,
-                    overrun: ovr.max(0) as i32,
-                    isec: w[0],
-                    insec: w[1],
-                    vsec: w[2],
-                    vnsec: w[3],
-                });
-            }
-            i += 2;
-        }
-        p.child_subreaper = res[i].0 == 0 && res[i].1[0] & 0xffff_ffff != 0;
-        p.dumpable = res[i + 1].0.max(0) as u32;
-        p.thp_disabled = res[i + 2].0 > 0;
-        p.brk = res[i + 3].0 as u64;
-        Ok(p)
+        Ok(out)
     }
 
-    fn dump_pages(
-        &mut self,
-        pid: i32,
-        regions: &[(u64, u64)],
-        out: &mut File,
-    ) -> Result<Option<u64>> {
-        super::parasite_pages::dump(pid, regions, out)
+    fn hidden_areas(&self) -> Vec<(u64, u64)> {
+        let (base, len) = self.parasite.area();
+        vec![(base, base + len)]
     }
 
-    fn read_memory(&mut self, pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
-        self.mem(pid)?.read_exact_at(buf, addr).map_err(|e| {
+    fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        let pid = self.pid;
+        self.mem()?.read_exact_at(buf, addr).map_err(|e| {
             DumpError::io(
                 "pages",
                 pid,
@@ -514,33 +362,9 @@ impl TaskProbe for PtraceFrozen {
             )
         })
     }
-}
 
-impl PtraceFrozen {
-    fn detach_all(&mut self) -> Result<()> {
-        let mut first = Ok(());
-        for (&t, _) in self.seized.iter() {
-            match tracee::detach(t) {
-                Ok(()) | Err(Errno::ESRCH) => {}
-                Err(e) => {
-                    if first.is_ok() {
-                        first = Err(perr("release", t, "PTRACE_DETACH", e));
-                    }
-                }
-            }
-        }
-        self.released = true;
-        first
-    }
-}
-
-impl Drop for PtraceFrozen {
-    fn drop(&mut self) {
-        if !self.released {
-            if let Err(e) = self.detach_all() {
-                tracing::error!("{e}");
-            }
-        }
+    fn dump_pages(&mut self, regions: &[(u64, u64)], out: &mut File) -> Result<Option<u64>> {
+        super::parasite_pages::dump(&mut self.parasite, self.pid, regions, out)
     }
 }
 
@@ -550,10 +374,9 @@ impl FrozenTree for PtraceFrozen {
     }
 
     fn release(mut self: Box<Self>) -> Result<()> {
-        let r = self.detach_all();
-        if let Some(mut f) = self.freeze.take() {
-            f.thaw()?;
+        match self.tree.take() {
+            Some(t) => t.detach().map_err(|e| DumpError::sys("release", 0, e)),
+            None => Ok(()),
         }
-        r
     }
 }

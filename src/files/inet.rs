@@ -155,7 +155,7 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
         return Err(unsupported(
             KIND,
             at,
-            format!("TCP socket in state {state}"),
+            format!("TCP socket in state {}", tcp_state_name(state)),
         ));
     }
     let (src_addr, src_port) =
@@ -230,6 +230,22 @@ fn tcp_opts_restore(at: At, fd: BorrowedFd<'_>, t: &pb::TcpOptsEntry) -> Result<
         }
     }
     Ok(())
+}
+
+/// A TCP state for error messages: half-closed and handshaking connections are not dumped.
+fn tcp_state_name(state: u32) -> String {
+    let name = match state {
+        2 => "SYN_SENT (connecting)",
+        3 => "SYN_RECV (handshaking)",
+        4 => "FIN_WAIT1 (half-closed by this side)",
+        5 => "FIN_WAIT2 (half-closed by this side)",
+        6 => "TIME_WAIT",
+        8 => "CLOSE_WAIT (half-closed by the peer, not yet closed by the task)",
+        9 => "LAST_ACK (closing)",
+        11 => "CLOSING",
+        _ => return state.to_string(),
+    };
+    format!("{state} {name}")
 }
 
 /// Restores an inet socket.

@@ -14,10 +14,12 @@
 //!                  termios, winsize, packet mode; kept in the context for its slaves
 //!          slave:  TIOCGPTPEER on the restored master; termios, winsize
 //!          slave without master in the image: --shell-job reuses the restorer's own terminal
-//!          (its fd 0), like CRIU; otherwise an error
+//!          (its fd 0) with the dumped termios and window size, like CRIU; otherwise an error
 //! ```
 //! Making a terminal the controlling one (TIOCSCTTY, TIOCSPGRP with `sid`/`pgrp` of its
-//! tty_info) happens in the restored task and is the engine's part. Not handled: `/dev/tty`,
+//! tty_info) happens in the restored task and is the engine's part (`restore::tree`: a shell
+//! job keeps the restorer's controlling terminal and session; the task leading the dumped
+//! foreground group makes its group the foreground one). Not handled: `/dev/tty`,
 //! consoles, VTs, serial lines, queued tty data (tty-data.img), a master's lock flag.
 
 use std::collections::HashSet;
@@ -165,7 +167,7 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
                 ws_ypixel: u32::from(ws[3]),
             }),
             pty: Some(pb::TtyPtyEntry { index }),
-            dev: None,
+            dev: Some(md.st_dev as u32),
             uid: (!master).then_some(md.st_uid),
             gid: (!master).then_some(md.st_gid),
         };
@@ -289,9 +291,12 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
                     "--shell-job restore needs a terminal on fd 0",
                 ));
             }
-            zero.try_clone_to_owned().map_err(|e| {
+            let fd = zero.try_clone_to_owned().map_err(|e| {
                 sys(KIND, at, "dup fd 0")(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
-            })?
+            })?;
+            // The job's terminal settings (raw mode, window size) move with it, as in CRIU.
+            apply(at, fd.as_fd(), &ti)?;
+            fd
         } else {
             return Err(unsupported(
                 KIND,

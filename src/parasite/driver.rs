@@ -5,6 +5,7 @@
 //!   base                  blob image, relocated for `base`
 //!   base + SIZE           args page: ParasiteArgs @0, scratch for remote syscalls @512
 //!   base + SIZE + 4 KiB   stack (256 KiB), the parasite starts with sp at its top
+//!   + 256 KiB             thread area: one THREAD_SLOT (4 KiB) per thread run at once
 //! inject:  save regs + xstate + sigmask of the leader; mmap; write blob and args;
 //!          socketpair(AF_UNIX, SOCK_SEQPACKET) inside the task, take one end with
 //!          pidfd_getfd, close it in the task; start the blob (ip = entry, rdi = args,
@@ -13,10 +14,17 @@
 //!          remotely); munmap through the poked exec area; restore xstate, regs, sigmask
 //! ```
 //!
-//! Per-thread state: the leader answers THREAD_STATE itself; any other thread runs the same
-//! syscalls (sigaltstack, PR_GET_TID_ADDRESS, PR_GET_PDEATHSIG, PR_GET_NAME) as remote
-//! syscalls through the blob's `syscall; int3` gadget, with results in the scratch area. The
-//! blocked mask, pending signals, registers and rseq come from ptrace (`SeizedTask`).
+//! Per-thread state: the leader answers THREAD_STATE itself; the other threads run the blob's
+//! thread routine, all of them at once, in waves of at most one thread per slot:
+//!
+//! ```text
+//! start all:  save regs, xstate, mask; ip = __export_thread_entry, rdi = slot, sp = slot
+//!             end, mask = all but SIGTRAP; PTRACE_CONT          (no waiting in between)
+//! reap all:   waitpid(tid) until the SIGTRAP of the routine's int3
+//! restore:    xstate, regs, mask of every thread; read all slots with one /proc/PID/mem read
+//! ```
+//! Every thread started is waited for and restored, on error paths too. Pending signals,
+//! registers and rseq come from ptrace (`SeizedTask`).
 //!
 //! Every thread of the process must stay seized while the parasite lives. The parasite's
 //! socket is one extra descriptor in the task ([`Parasite::task_socket_fd`]; the pipe of
@@ -39,6 +47,10 @@ pub const STACK_SIZE: u64 = 256 * 1024;
 const ARGS_SIZE: u64 = 4096;
 /// Offset of the scratch area in the args page.
 const SCRATCH: u64 = 512;
+/// Thread slots of [`Parasite::inject`].
+const DEFAULT_SLOTS: usize = 16;
+/// Most thread slots (4 MiB of thread area).
+pub const MAX_SLOTS: usize = 1024;
 /// Pipe size asked for DUMP_PAGES (the kernel may give less without CAP_SYS_RESOURCE).
 const PIPE_SIZE: usize = 1 << 20;
 /// How often a waiting command checks that the task still runs the parasite.
@@ -74,8 +86,23 @@ pub struct Parasite<'a> {
     len: u64,
     sock: OwnedFd,
     task_sock: i32,
-    pipe: Option<PagePipe>,
+    /// Page pipes (index = the parasite's pipe index), made by the first DUMP_PAGES.
+    pipes: Vec<PagePipe>,
     state: State,
+    /// Offset of the thread area from `base`, and its number of slots.
+    slots_off: u64,
+    slots: usize,
+}
+
+/// What [`Parasite::threads_state`] read of one thread.
+#[derive(Debug, Clone)]
+pub struct ThreadDump {
+    /// Registers and XSAVE area as they were (restored).
+    pub regs: TaskRegs,
+    /// Blocked signals as they were (restored).
+    pub sigmask: u64,
+    /// What the thread routine read inside the thread.
+    pub state: ThreadState,
 }
 
 fn cmd_name(cmd: u32) -> &'static str {
@@ -89,6 +116,7 @@ fn cmd_name(cmd: u32) -> &'static str {
         CMD_POSIX_TIMERS => "POSIX_TIMERS",
         CMD_THREAD_STATE => "THREAD_STATE",
         CMD_FINI => "FINI",
+        CMD_DUMP_PAGES_TO => "DUMP_PAGES",
         _ => "unknown",
     }
 }
@@ -97,6 +125,13 @@ impl<'a> Parasite<'a> {
     /// Injects the parasite into the process of `leader` (its thread group leader, stopped;
     /// all other threads seized too) and starts it.
     pub fn inject(leader: &'a SeizedTask) -> Result<Self> {
+        Self::inject_with_slots(leader, DEFAULT_SLOTS)
+    }
+
+    /// [`Parasite::inject`] with room to run the thread routine in `slots` threads at once
+    /// (1..=[`MAX_SLOTS`]).
+    pub fn inject_with_slots(leader: &'a SeizedTask, slots: usize) -> Result<Self> {
+        let slots = slots.clamp(1, MAX_SLOTS);
         leader.check_tracer("inject parasite")?;
         let pid = leader.tgid();
         if !leader.is_leader() {
@@ -110,7 +145,8 @@ impl<'a> Parasite<'a> {
         let saved_mask = leader.sigmask()?;
         let remote = Remote::new(leader)?;
         let size = blob::SIZE as u64;
-        let len = size + ARGS_SIZE + STACK_SIZE;
+        let slots_off = size + ARGS_SIZE + STACK_SIZE;
+        let len = slots_off + (slots * THREAD_SLOT) as u64;
         let prot = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
         let map = RemoteMapping::new(remote, len, prot)?;
         let base = map.addr();
@@ -147,8 +183,10 @@ impl<'a> Parasite<'a> {
             len,
             sock,
             task_sock,
-            pipe: None,
+            pipes: Vec::new(),
             state: State::Stopped,
+            slots_off,
+            slots,
         };
         let args = ParasiteArgs {
             magic: ARGS_MAGIC,
@@ -163,7 +201,7 @@ impl<'a> Parasite<'a> {
     fn start(&mut self) -> Result<()> {
         let mut regs = self.saved.regs;
         regs.ip = self.base + blob::EXPORT_ENTRY as u64;
-        regs.sp = self.base + self.len;
+        regs.sp = self.base + self.slots_off;
         regs.di = self.base + blob::SIZE as u64;
         regs.orig_ax = u64::MAX;
         regs.flags &= !(EFLAGS_TF | EFLAGS_DF);
@@ -184,9 +222,14 @@ impl<'a> Parasite<'a> {
         self.task_sock
     }
 
-    /// The pipe descriptor number inside the task, once pages were dumped.
+    /// The first page pipe's descriptor number inside the task, once pages were dumped.
     pub fn task_pipe_fd(&self) -> Option<i32> {
-        self.pipe.as_ref().map(|p| p.task_fd)
+        self.pipes.first().map(|p| p.task_fd)
+    }
+
+    /// Descriptor numbers of every page pipe inside the task.
+    pub fn task_pipe_fds(&self) -> Vec<i32> {
+        self.pipes.iter().map(|p| p.task_fd).collect()
     }
 
     /// Sends command `cmd` and returns the reply payload and descriptors.
@@ -196,6 +239,13 @@ impl<'a> Parasite<'a> {
         payload: &[u8],
         fds: &[i32],
     ) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+        self.send_command(cmd, payload, fds)?;
+        self.recv_reply(cmd)
+    }
+
+    /// Sends command `cmd` (its reply is read by [`Parasite::recv_reply`]; commands are
+    /// answered in order).
+    fn send_command(&mut self, cmd: u32, payload: &[u8], fds: &[i32]) -> Result<()> {
         let name = cmd_name(cmd);
         let pid = self.leader.tgid();
         if self.state != State::Running {
@@ -219,6 +269,13 @@ impl<'a> Parasite<'a> {
         if let Err(e) = channel::send_msg(self.sock.as_fd(), &[bytes_of(&hdr), payload], fds) {
             return Err(self.explain_silence(name, e));
         }
+        Ok(())
+    }
+
+    /// Waits for the reply to command `cmd` and returns its payload and descriptors.
+    fn recv_reply(&mut self, cmd: u32) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+        let name = cmd_name(cmd);
+        let pid = self.leader.tgid();
         while !channel::poll_readable(self.sock.as_fd(), POLL_MS)? {
             if let Some(event) = self.leader.poll()? {
                 self.state = State::Stopped;
@@ -303,6 +360,10 @@ impl<'a> Parasite<'a> {
     /// Writes the pages of `iovs` (page-aligned regions of the task's memory, readable) to
     /// `out` at its file position: the parasite vmsplices them into a pipe, we splice the
     /// pipe into `out`; no copy passes through user space. Returns the bytes written.
+    ///
+    /// Several pipes (up to MAX_PIPES, 1 MiB each) keep the parasite ahead of us: while we
+    /// splice batch k into `out`, it already vmsplices batches k+1.. into the other pipes
+    /// (commands are sent ahead, replies come back in order).
     pub fn dump_pages(&mut self, iovs: &[RemoteIov], out: BorrowedFd<'_>) -> Result<u64> {
         let pid = self.leader.tgid();
         for iov in iovs {
@@ -314,10 +375,19 @@ impl<'a> Parasite<'a> {
                 });
             }
         }
-        let capacity = self.page_pipe()?;
-        let mut total = 0;
+        let capacity = self.page_pipes()?;
+        // Batches of at most one pipe's capacity and MAX_IOVS - 1 regions (the pipe index
+        // takes one region's room in the message).
+        let mut batches: Vec<(Vec<u8>, u64)> = Vec::new();
         let mut batch: Vec<RemoteIov> = Vec::new();
         let mut batch_bytes = 0;
+        let mut close = |batch: &mut Vec<RemoteIov>, bytes: &mut u64| {
+            if !batch.is_empty() {
+                batches.push((bytes_of_slice(batch).to_vec(), *bytes));
+                batch.clear();
+                *bytes = 0;
+            }
+        };
         for iov in iovs {
             let (mut base, mut left) = (iov.base, iov.len);
             while left > 0 {
@@ -326,72 +396,93 @@ impl<'a> Parasite<'a> {
                 batch_bytes += take;
                 base += take;
                 left -= take;
-                if batch_bytes == capacity || batch.len() == MAX_IOVS {
-                    total += self.flush_pages(&batch, batch_bytes, out)?;
-                    batch.clear();
-                    batch_bytes = 0;
+                if batch_bytes == capacity || batch.len() == MAX_IOVS - 1 {
+                    close(&mut batch, &mut batch_bytes);
                 }
             }
         }
-        if !batch.is_empty() {
-            total += self.flush_pages(&batch, batch_bytes, out)?;
-        }
-        Ok(total)
-    }
-
-    fn flush_pages(&mut self, batch: &[RemoteIov], bytes: u64, out: BorrowedFd<'_>) -> Result<u64> {
-        let (reply, _) = match self.command(CMD_DUMP_PAGES, bytes_of_slice(batch), &[]) {
-            Ok(r) => r,
-            Err(e) => {
-                self.discard_pipe();
-                return Err(e);
+        close(&mut batch, &mut batch_bytes);
+        let npipes = self.pipes.len();
+        let (mut sent, mut done, mut total) = (0usize, 0usize, 0u64);
+        let result = (|| {
+            while done < batches.len() {
+                while sent < batches.len() && sent - done < npipes {
+                    let mut payload = ((sent % npipes) as u64).to_le_bytes().to_vec();
+                    payload.extend_from_slice(&batches[sent].0);
+                    self.send_command(CMD_DUMP_PAGES_TO, &payload, &[])?;
+                    sent += 1;
+                }
+                let replied = self.recv_reply(CMD_DUMP_PAGES_TO);
+                let bytes = batches[done].1;
+                let pipe = done % npipes;
+                done += 1;
+                let (reply, _) = replied?;
+                let got = proto::read::<u64>(&reply).unwrap_or(0);
+                if got != bytes {
+                    return Err(Error::Protocol {
+                        cmd: "DUMP_PAGES",
+                        pid,
+                        what: format!("vmspliced {got} of {bytes} bytes"),
+                    });
+                }
+                channel::splice_exact(self.pipes[pipe].read.as_fd(), out, bytes as usize)?;
+                total += bytes;
             }
-        };
-        let done = proto::read::<u64>(&reply).unwrap_or(0);
-        if done != bytes {
-            self.discard_pipe();
-            return Err(Error::Protocol {
-                cmd: "DUMP_PAGES",
-                pid: self.leader.tgid(),
-                what: format!("vmspliced {done} of {bytes} bytes"),
-            });
+            Ok(total)
+        })();
+        if result.is_err() {
+            // Collect the replies still due (the parasite answers every command), then
+            // empty the pipes: nothing of this dump may go into the next one.
+            while done < sent && self.state == State::Running {
+                done += 1;
+                if let Err(e) = self.recv_reply(CMD_DUMP_PAGES_TO) {
+                    if !matches!(e, Error::Command { .. } | Error::Protocol { .. }) {
+                        break;
+                    }
+                }
+            }
+            self.discard_pipes();
         }
-        let pipe = self.pipe.as_ref().map(|p| p.read.as_fd());
-        if let Some(read) = pipe {
-            channel::splice_exact(read, out, bytes as usize)?;
-        }
-        Ok(bytes)
+        result
     }
 
-    /// Empties the page pipe after a failed DUMP_PAGES (the pages spliced before the failure
+    /// Empties the page pipes after a failed DUMP_PAGES (the pages spliced before the failure
     /// must not go into the next image).
-    fn discard_pipe(&self) {
-        if let Some(p) = &self.pipe {
+    fn discard_pipes(&self) {
+        for p in &self.pipes {
             if let Err(e) = crate::sys::infect::drain_pipe(p.read.as_fd()) {
-                tracing::error!("draining the page pipe of {}: {e}", self.leader.tgid());
+                tracing::error!("draining a page pipe of {}: {e}", self.leader.tgid());
             }
         }
     }
 
-    /// Creates the page pipe and hands its write end to the parasite; returns its capacity.
-    fn page_pipe(&mut self) -> Result<u64> {
-        if let Some(p) = &self.pipe {
+    /// Creates the page pipes and hands their write ends to the parasite; returns the
+    /// capacity of each.
+    fn page_pipes(&mut self) -> Result<u64> {
+        if let Some(p) = self.pipes.first() {
             return Ok(p.capacity);
         }
-        let (read, write) = channel::pipe()?;
-        let capacity = match channel::set_pipe_size(write.as_fd(), PIPE_SIZE) {
-            Ok(c) => c,
-            Err(_) => channel::set_pipe_size(write.as_fd(), 64 * 1024)?,
-        } as u64;
-        let (reply, _) = self.command(CMD_SET_PIPE, &[], &[write.as_raw_fd()])?;
-        drop(write);
-        let task_fd = proto::read::<i32>(&reply).unwrap_or(-1);
-        let capacity = capacity / PAGE * PAGE;
-        self.pipe = Some(PagePipe {
-            read,
-            capacity,
-            task_fd,
-        });
+        let mut capacity = u64::MAX;
+        for idx in 0..MAX_PIPES as i32 {
+            let (read, write) = channel::pipe()?;
+            let cap = match channel::set_pipe_size(write.as_fd(), PIPE_SIZE) {
+                Ok(c) => c,
+                Err(_) => channel::set_pipe_size(write.as_fd(), 64 * 1024)?,
+            } as u64;
+            let (reply, _) = self.command(CMD_SET_PIPE, bytes_of(&idx), &[write.as_raw_fd()])?;
+            drop(write);
+            let task_fd = proto::read::<i32>(&reply).unwrap_or(-1);
+            let cap = cap / PAGE * PAGE;
+            capacity = capacity.min(cap);
+            self.pipes.push(PagePipe {
+                read,
+                capacity: cap,
+                task_fd,
+            });
+        }
+        for p in &mut self.pipes {
+            p.capacity = capacity;
+        }
         Ok(capacity)
     }
 
@@ -483,40 +574,136 @@ impl<'a> Parasite<'a> {
             let (reply, _) = self.command(CMD_THREAD_STATE, &[], &[])?;
             return self.decode("THREAD_STATE", &reply);
         }
-        let gadget = self.base + blob::EXPORT_SYSCALL_GADGET as u64;
-        let remote = Remote::with_gadget(thread, gadget);
-        let scratch_off = blob::SIZE as u64 + SCRATCH;
-        let scratch = self.base + scratch_off;
-        // stack_t: ss_sp @0, ss_flags @8, ss_size @16; tid address @24; pdeathsig @32; comm @40
-        remote.syscall("sigaltstack", libc::SYS_sigaltstack, &[0, scratch])?;
-        remote.syscall(
-            "prctl(PR_GET_TID_ADDRESS)",
-            libc::SYS_prctl,
-            &[libc::PR_GET_TID_ADDRESS as u64, scratch + 24],
-        )?;
-        remote.syscall(
-            "prctl(PR_GET_PDEATHSIG)",
-            libc::SYS_prctl,
-            &[libc::PR_GET_PDEATHSIG as u64, scratch + 32],
-        )?;
-        remote.syscall(
-            "prctl(PR_GET_NAME)",
-            libc::SYS_prctl,
-            &[libc::PR_GET_NAME as u64, scratch + 40],
-        )?;
-        let mut raw = [0u8; 56];
-        crate::sys::mem::read(pid, scratch, &mut raw)?;
-        let u64_at = |o: usize| u64::from_le_bytes(raw[o..o + 8].try_into().unwrap_or([0; 8]));
-        let mut comm = [0u8; 16];
-        comm.copy_from_slice(&raw[40..56]);
-        Ok(ThreadState {
-            tid_address: u64_at(24),
-            altstack_sp: u64_at(0),
-            altstack_size: u64_at(16),
-            altstack_flags: u64_at(8) as u32 as i32,
-            pdeath_sig: u64_at(32) as u32 as i32,
-            comm,
-        })
+        let mut one = self.threads_state(&[thread])?;
+        Ok(one.remove(0).state)
+    }
+
+    /// Registers, XSAVE area, blocked mask and [`ThreadState`] of `threads` (seized threads
+    /// of this process other than the leader), in the same order; the threads run the blob's
+    /// thread routine all at once (see the module doc) and are left exactly as they were.
+    pub fn threads_state(&mut self, threads: &[&SeizedTask]) -> Result<Vec<ThreadDump>> {
+        let pid = self.leader.tgid();
+        for t in threads {
+            if t.tgid() != pid || t.tid() == self.leader.tid() {
+                return Err(Error::Request {
+                    cmd: "thread routine",
+                    pid,
+                    what: format!("thread {} is not a non-leader thread of {pid}", t.tid()),
+                });
+            }
+        }
+        let mut out = Vec::with_capacity(threads.len());
+        for wave in threads.chunks(self.slots) {
+            self.run_wave(wave, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn run_wave(&mut self, wave: &[&SeizedTask], out: &mut Vec<ThreadDump>) -> Result<()> {
+        use crate::sys::ptrace;
+        let pid = self.leader.tgid();
+        let entry = self.base + blob::EXPORT_THREAD_ENTRY as u64;
+        let area = self.base + self.slots_off;
+        let slot = |i: usize| area + (i * THREAD_SLOT) as u64;
+        // ptrace answers only the tracer thread: check once, then use the raw requests.
+        self.leader.check_tracer("thread routine")?;
+        if let Some(t) = wave.iter().find(|t| t.tracer() != self.leader.tracer()) {
+            t.check_tracer("thread routine")?;
+        }
+        // (regs, xstate, mask) of each thread started so far.
+        let mut started: Vec<(TaskRegs, u64)> = Vec::with_capacity(wave.len());
+        let mut result = Ok(());
+        for (i, t) in wave.iter().enumerate() {
+            let tid = t.tid();
+            let saved = ptrace::get_regs(tid).and_then(|regs| {
+                Ok((
+                    TaskRegs {
+                        regs,
+                        xstate: ptrace::get_xstate(tid)?,
+                    },
+                    ptrace::get_sigmask(tid)?,
+                ))
+            });
+            let saved = match saved {
+                Ok(s) => s,
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            };
+            let mut regs = saved.0.regs;
+            regs.ip = entry;
+            regs.di = slot(i);
+            regs.sp = slot(i + 1);
+            regs.orig_ax = u64::MAX;
+            regs.flags &= !(EFLAGS_TF | EFLAGS_DF);
+            let go = ptrace::set_regs(tid, &regs)
+                .and_then(|_| ptrace::set_sigmask(tid, !(1u64 << (libc::SIGTRAP - 1))))
+                .and_then(|_| ptrace::cont(tid, 0));
+            started.push(saved);
+            if let Err(e) = go {
+                result = Err(e.into());
+                break;
+            }
+        }
+        // Reap and restore every started thread, whatever happened. The routine touches
+        // integer registers only: the XSAVE area needs no restoring.
+        for (i, (regs, mask)) in started.iter().enumerate() {
+            let t = wave[i];
+            if let Err(e) = wait_trap(t) {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+                if !t.is_attached() {
+                    continue;
+                }
+            }
+            let undo = ptrace::set_regs(t.tid(), &regs.regs)
+                .and_then(|_| ptrace::set_sigmask(t.tid(), *mask));
+            if let Err(e) = undo {
+                if result.is_ok() {
+                    result = Err(e.into());
+                }
+            }
+        }
+        result?;
+        let size = std::mem::size_of::<ThreadState>();
+        let mut raw = vec![0u8; (wave.len() - 1) * THREAD_SLOT + size];
+        crate::sys::mem::read(pid, area, &mut raw)?;
+        for (i, (regs, mask)) in started.into_iter().enumerate() {
+            let tid = wave[i].tid();
+            let state = proto::read::<ThreadState>(&raw[i * THREAD_SLOT..]).unwrap_or_default();
+            if state.done != THREAD_DONE ^ tid as u64 {
+                return Err(Error::Protocol {
+                    cmd: "thread routine",
+                    pid: tid,
+                    what: "the thread trapped without filling its slot".into(),
+                });
+            }
+            if state.status != 0 {
+                return Err(Error::Command {
+                    cmd: "thread routine",
+                    pid: tid,
+                    errno: Errno::from_raw(-state.status),
+                });
+            }
+            out.push(ThreadDump {
+                regs,
+                sigmask: mask,
+                state,
+            });
+        }
+        Ok(())
+    }
+
+    /// Registers and XSAVE area of the leader as they were before the parasite started.
+    pub fn leader_regs(&self) -> &TaskRegs {
+        &self.saved
+    }
+
+    /// Blocked signals of the leader as they were before the parasite started.
+    pub fn leader_sigmask(&self) -> u64 {
+        self.saved_mask
     }
 
     fn decode<T: Wire>(&self, cmd: &'static str, reply: &[u8]) -> Result<T> {
@@ -560,7 +747,7 @@ impl<'a> Parasite<'a> {
         let mut first: Option<Error> = None;
         if !fds_closed {
             let mut fds = vec![self.task_sock];
-            fds.extend(self.task_pipe_fd());
+            fds.extend(self.task_pipe_fds());
             for fd in fds {
                 if let Err(e) = remote.syscall("close", libc::SYS_close, &[fd as u64]) {
                     if e.errno() != Some(Errno::EBADF) {
@@ -646,6 +833,29 @@ impl Drop for Parasite<'_> {
         }
     }
 }
+
+/// Waits until `t`, resumed into the thread routine, traps at its end (SIGTRAP); group stops
+/// and interrupts on the way are resumed, SIGSTOP is let through (like a remote syscall).
+fn wait_trap(t: &SeizedTask) -> Result<()> {
+    loop {
+        match t.wait()? {
+            WaitEvent::SignalStop { sig: libc::SIGTRAP } => return Ok(()),
+            WaitEvent::SignalStop { sig: libc::SIGSTOP } => t.cont(libc::SIGSTOP)?,
+            WaitEvent::EventStop { .. } | WaitEvent::OtherEvent { .. } => t.cont(0)?,
+            event => {
+                let ip = t.regs().map(|r| r.ip).unwrap_or(0);
+                return Err(Error::Stopped {
+                    cmd: "thread routine",
+                    pid: t.tid(),
+                    event,
+                    ip,
+                });
+            }
+        }
+    }
+}
+
+thread_local! { static TIMES: std::cell::RefCell<(u64,u64,u64)> = const { std::cell::RefCell::new((0,0,0)) }; }
 
 /// Takes a duplicate of descriptor `fd` of process `pid`.
 fn take_fd(pid: i32, fd: i32) -> crate::sys::Result<OwnedFd> {

@@ -16,7 +16,11 @@
 //! p.sigactions()? -> Vec<KSigaction> (64, index sig-1)
 //! p.posix_timers(&ids)? -> Vec<PosixTimerState>          // ids from /proc/PID/timers
 //! p.thread_state(&thread)? -> ThreadState                // sigaltstack, tid address,
-//!                                                        // pdeathsig, comm; any thread
+//!                                                        // pdeathsig, comm, creds, sched,
+//!                                                        // robust list, TLS; any thread
+//! p.threads_state(&[&t1, &t2, ..])? -> Vec<ThreadDump>   // the same + regs/xstate/mask of
+//!                                                        // many threads, run all at once
+//!                                                        // (Parasite::inject_with_slots)
 //! p.cure()? (or drop)                                    // unmapped, regs/mask/code back
 //! ```
 //!
@@ -27,5 +31,5 @@ pub mod driver;
 pub mod error;
 pub mod proto;
 
-pub use driver::Parasite;
+pub use driver::{Parasite, ThreadDump};
 pub use error::Error;

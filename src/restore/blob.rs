@@ -34,6 +34,67 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.1 && b.0 < a.1
 }
 
+/// The vdso decision of one task: the plan (`None` when the image has no vdso) and the block
+/// a proxy's running vdso/vvar would occupy.
+struct VdsoChoice {
+    plan: Option<VdsoPlan>,
+    proxy_block: (u64, u64),
+}
+
+/// Compares the image's vdso (its VMAs and dumped pages) with the running kernel's and
+/// decides between moving the running one in place and proxying (see `restore::vdso`).
+fn plan_vdso(
+    mm: &stasis_images::pb::MmEntry,
+    t: &TaskPlan,
+    pages_fd: Option<RawFd>,
+    image_ranges: &[(u64, u64)],
+) -> Result<VdsoChoice, StepErr> {
+    let mut image = ImageVdso::default();
+    let mut has_vdso = false;
+    for v in &mm.vmas {
+        if v.status & vs::VDSO != 0 {
+            image.vdso = (v.start, v.end);
+            has_vdso = true;
+        }
+        if v.status & vs::VVAR != 0 {
+            image.vvar = Some((v.start, v.end));
+        }
+    }
+    let rt = RuntimeVdso::current().map_err(|_| ("read the running vdso", Errno::EIO))?;
+    let proxy_at = vdso::free_block(image_ranges, PROXY_AT, rt.span());
+    let proxy_block = (proxy_at, proxy_at + rt.span());
+    if !has_vdso {
+        return Ok(VdsoChoice {
+            plan: None,
+            proxy_block,
+        });
+    }
+    // Through the open pages image (the task may have changed its cwd or root already).
+    let pages = pages_fd.map(|fd| std::fs::File::open(format!("/proc/self/fd/{fd}")));
+    if let Some(Ok(f)) = pages {
+        use std::os::unix::fs::FileExt;
+        let runs = t.pages.runs.iter().map(|r| (r.vaddr, r.nr, r.offset));
+        image.bytes = vdso::image_bytes(image.vdso, runs, |buf, off| {
+            f.read_exact_at(buf, off).is_ok()
+        });
+    }
+    let rt_bytes = rt
+        .read_bytes()
+        .map_err(|_| ("read the running vdso", Errno::EIO))?;
+    let free = |a: u64, b: u64| !image_ranges.iter().any(|&r| overlaps(r, (a, b)));
+    let plan = vdso::plan(&image, &rt, &rt_bytes, free, proxy_at).map_err(|e| match e {
+        vdso::VdsoError::NoImageBytes => (
+            "vdso differs from this kernel's and its pages are not in the image",
+            Errno::ENOTSUP,
+        ),
+        _ => ("plan the vdso", Errno::EINVAL),
+    })?;
+    Ok(VdsoChoice {
+        plan: Some(plan),
+        proxy_block,
+    })
+}
+
 /// Builds the blob's arguments for task `t` and enters the blob; returns only on error.
 pub fn enter(
     _plan: &Plan,
@@ -48,16 +109,21 @@ pub fn enter(
     let image_ranges: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
     let mut spec = TaskSpec::new();
     let mut premapper = Premapper::new(&t.pages, pages_fd, PREMAP_BASE);
-    let mut image_vdso = ImageVdso::default();
+    let vdso = plan_vdso(mm, t, pages_fd, &image_ranges)?;
+    let proxy = matches!(vdso.plan, Some(VdsoPlan::Proxy { .. }));
+    // Premaps stay clear of the image's layout and of the proxy's place.
+    let mut avoid = image_ranges.clone();
+    avoid.push(vdso.proxy_block);
     for v in &mm.vmas {
         let len = v.end - v.start;
-        if v.status & vs::VDSO != 0 {
-            image_vdso.vdso = (v.start, v.end);
-        }
-        if v.status & vs::VVAR != 0 {
-            image_vdso.vvar = Some((v.start, v.end));
-        }
-        if v.status & (vs::VDSO | vs::VVAR | vs::VSYSCALL) != 0 {
+        // With a proxy, the image's vdso is restored from its pages like any private
+        // mapping (then patched) and its vvar as anonymous memory.
+        let special = if proxy {
+            vs::VSYSCALL
+        } else {
+            vs::VDSO | vs::VVAR | vs::VSYSCALL
+        };
+        if v.status & special != 0 {
             spec.vmas.push(VmaArgs {
                 start: v.start,
                 end: v.end,
@@ -100,7 +166,7 @@ pub fn enter(
         } else {
             None
         };
-        let hint = premapper.premap(v, file_fd, &image_ranges)?;
+        let hint = premapper.premap(v, file_fd, &avoid)?;
         spec.vmas.push(VmaArgs {
             start: v.start,
             end: v.end,
@@ -117,21 +183,14 @@ pub fn enter(
             end: hint + len,
         });
     }
-    let rt = RuntimeVdso::current().map_err(|_| ("read the running vdso", Errno::EIO))?;
-    let rt_bytes = rt
-        .read_bytes()
-        .map_err(|_| ("read the running vdso", Errno::EIO))?;
-    let free = |a: u64, b: u64| !image_ranges.iter().any(|&r| overlaps(r, (a, b)));
-    match vdso::plan(&image_vdso, &rt, &rt_bytes, free, PROXY_AT)
-        .map_err(|_| ("plan the vdso", Errno::EINVAL))?
-    {
-        VdsoPlan::Move { special } => spec.special = special,
-        VdsoPlan::Proxy { .. } => {
-            return Err((
-                "vdso differs from this kernel's (proxy not wired)",
-                Errno::ENOTSUP,
-            ))
+    match vdso.plan {
+        Some(VdsoPlan::Move { special }) => spec.special = special,
+        Some(VdsoPlan::Proxy { special, patches }) => {
+            spec.special = special;
+            spec.vdso_patches = patches;
         }
+        // No vdso in the image: the running one is unmapped with everything else.
+        None => {}
     }
     let exe = *opened
         .maps

@@ -40,6 +40,10 @@ pub struct Opened {
     pub pages: HashMap<PathBuf, RawFd>,
     /// First parked number.
     pub base: RawFd,
+    /// `--shell-job`: the terminals given in place of a dumped one whose master was outside
+    /// the images, as (files.img id, the dumped foreground group). The task leading that
+    /// group makes it the foreground group of the new terminal.
+    pub shell_ttys: Vec<(u32, i32)>,
     /// Owners (closed when the restorer is done).
     owned: Vec<OwnedFd>,
 }
@@ -420,11 +424,33 @@ fn open_kinds(
             }
         }
         let fd = res?;
+        if opts.shell_job {
+            if let Some(pgrp) = inherited_tty_pgrp(plan, &extra, f) {
+                o.shell_ttys.push((f.id, pgrp));
+            }
+        }
         let n = o.park(fd)?;
         o.desc.insert(f.id, n);
     }
     ctx.finish()?;
     Ok(())
+}
+
+/// The dumped foreground group of a pty slave whose master is not in the images (a shell
+/// job's terminal, replaced by the restorer's own), 0 when it had none.
+fn inherited_tty_pgrp(plan: &Plan, extra: &crate::files::Extra, f: &pb::FileEntry) -> Option<i32> {
+    let info_id = f.tty.as_ref()?.tty_info_id;
+    let master = info_id | 1;
+    if info_id & 1 == 1
+        || plan
+            .files
+            .values()
+            .any(|g| g.tty.as_ref().is_some_and(|t| t.tty_info_id == master))
+    {
+        return None;
+    }
+    let info = extra.tty_info.iter().find(|i| i.id == info_id)?;
+    Some(info.pgrp as i32)
 }
 
 fn io(step: &'static str, what: &str, e: std::io::Error) -> RestoreError {

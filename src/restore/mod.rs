@@ -199,6 +199,21 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         "every task is in its restorer blob, ready, after {:?}",
         t0.elapsed()
     );
+    // cgroup.img (CRIU's soft mode): into the recorded cgroups where they exist.
+    let cg_sets: Vec<(i32, u32)> = plan
+        .tasks
+        .iter()
+        .filter_map(|t| {
+            let c = &t.threads.first()?.core;
+            let set = c.thread_core.as_ref().and_then(|x| x.cg_set);
+            Some((t.pid, set.or(c.tc.as_ref().and_then(|x| x.cg_set))?))
+        })
+        .collect();
+    crate::cgroup::restore_dir(&plan.dir, &cg_sets).map_err(|e| RestoreError::Image {
+        path: plan.dir.join("cgroup.img"),
+        index: 0,
+        what: e.to_string(),
+    })?;
     for t in plan.tasks.iter().filter(|t| t.state == TASK_DEAD) {
         let st = std::fs::read_to_string(format!("/proc/{}/stat", t.pid)).unwrap_or_default();
         let state = st

@@ -353,6 +353,13 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
     let mut files = BTreeMap::new();
     if let Some(mut f) = ImageFile::open_opt(dir, "files.img")? {
         for e in f.all::<msg::FileEntry>()? {
+            // CRIU writes a terminal twice under one id: its path (REG) and the TTY entry.
+            if files
+                .get(&e.id)
+                .is_some_and(|o: &msg::FileEntry| o.tty.is_some() && e.tty.is_none())
+            {
+                continue;
+            }
             files.insert(e.id, e);
         }
     }

@@ -11,6 +11,11 @@
 //! ```
 //! Every task has `PR_SET_PDEATHSIG(SIGKILL)` until it enters the blob, so a dying parent takes
 //! its half-restored children with it; in the blob, EOF on go_fd (restorer gone) ends it.
+//!
+//! `--shell-job` (the root's session, maybe its group, were outside the dump): the root stays
+//! in the restorer's session (no setsid) and so keeps the restorer's controlling terminal,
+//! which replaces the dumped one (`files::tty`); the leader of the group that was in the
+//! foreground of the dumped terminal makes its group the foreground one of the new terminal.
 
 use std::collections::BTreeSet;
 use std::os::fd::RawFd;
@@ -111,6 +116,16 @@ fn run_task(
         let &src = opened.desc.get(&fd.id).ok_or(("find file", Errno::EBADF))?;
         dup2_raw(src, fd.fd as RawFd, fd.flags & 1 != 0).map_err(|e| ("dup2", e))?;
         keep.insert(fd.fd as RawFd);
+    }
+    // A shell job that was the foreground of its terminal is again, on the new one.
+    for &(id, pgrp) in &opened.shell_ttys {
+        if pgrp == t.pid && t.pgid == t.pid {
+            if let Some(fd) = t.fds.iter().find(|f| f.id == id) {
+                // Only when the restorer's terminal is its controlling one (then ours too).
+                crate::sys::tty::set_foreground(fd.fd as RawFd, pgrp)
+                    .map_err(|e| ("make the job the terminal's foreground group", e))?;
+            }
+        }
     }
     keep.extend(opened.maps.values().copied());
     keep.extend(opened.shmem.values().copied());

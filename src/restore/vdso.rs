@@ -6,11 +6,15 @@
 //!   same vdso size, same vvar size and offset, same symbol offsets → Move: each running
 //!     piece is mremapped so that the vdso lands on the image's vdso (SpecialRemap list,
 //!     ordered so that no move clobbers a piece still to move)
-//!   otherwise → Proxy: the running pieces move as a block to `proxy_at`; the image's vdso
-//!     is restored from its dumped pages like any private VMA (the engine's job; its [vvar]
-//!     may be left out or mapped anonymous read-only) and each of its function symbols gets
-//!     a 12-byte jump to the same symbol of the running vdso (VdsoPatch list)
+//!   otherwise → Proxy: the running pieces move as a block to `proxy_at` (a free place,
+//!     `free_block`); the image's vdso is restored from its dumped pages (`image_bytes`) like
+//!     any private VMA and its [vvar], if any, as anonymous memory with the image's
+//!     protection (`restore::blob`); each function symbol of the image's vdso gets a 12-byte
+//!     jump to the same symbol of the running vdso (VdsoPatch list, written by the blob)
 //! ```
+//! The comparison is CRIU's: vdso size, symbol offsets (by name), vvar size and order; equal
+//! bytes short-cut it. Callers keep whatever pointers into the old vdso they had (libc caches
+//! them), which is why the old copy stays at its address and only its entry points change.
 
 use super::blob_args::abi::{SpecialRemap, VdsoPatch};
 use std::os::unix::fs::FileExt;
@@ -30,6 +34,9 @@ pub enum VdsoError {
     #[error("vdso layouts differ and the image has no vdso pages to proxy")]
     NoImageBytes,
 }
+
+/// Bytes of the jump the blob writes at each entry point (`movabs rax, imm64; jmp rax`).
+pub const PATCH_LEN: u64 = 12;
 
 /// A half-open address range.
 pub type Range = (u64, u64);
@@ -198,6 +205,55 @@ pub fn vdso_symbols(elf: &[u8]) -> Result<Vec<(String, u64)>, VdsoError> {
     Ok(out)
 }
 
+/// Largest vdso the engine reads out of an image (the kernel's are 2 to 4 pages).
+pub const MAX_IMAGE_VDSO: u64 = 64 * 4096;
+
+/// The bytes of `range` out of the dumped pages: `runs` are `(vaddr, pages, offset in the
+/// pages file)` and `read(buf, offset)` fills `buf` from the pages file. `None` unless every
+/// page of the range was dumped (or it is larger than [`MAX_IMAGE_VDSO`]).
+pub fn image_bytes(
+    range: Range,
+    runs: impl IntoIterator<Item = (u64, u64, u64)>,
+    mut read: impl FnMut(&mut [u8], u64) -> bool,
+) -> Option<Vec<u8>> {
+    let (start, end) = range;
+    if end <= start || end - start > MAX_IMAGE_VDSO || start % 4096 != 0 {
+        return None;
+    }
+    let mut out = vec![0u8; (end - start) as usize];
+    let mut covered = 0u64;
+    for (vaddr, nr, offset) in runs {
+        let run_end = vaddr.checked_add(nr.checked_mul(4096)?)?;
+        let (a, b) = (vaddr.max(start), run_end.min(end));
+        if a >= b {
+            continue;
+        }
+        let dst = &mut out[(a - start) as usize..(b - start) as usize];
+        if !read(dst, offset + (a - vaddr)) {
+            return None;
+        }
+        covered += b - a;
+    }
+    (covered == end - start).then_some(out)
+}
+
+/// The first page-aligned address from `from` where `len` bytes overlap none of `avoid`.
+pub fn free_block(avoid: &[Range], from: u64, len: u64) -> u64 {
+    let mut at = from;
+    while let Some(&(_, e)) = avoid.iter().find(|&&(s, e)| s < at + len && at < e) {
+        at = (e + 0xffff_ffff) & !0xffff_ffff;
+    }
+    at
+}
+
+impl RuntimeVdso {
+    /// Bytes from the first to the end of the last running piece (what a proxy moves).
+    pub fn span(&self) -> u64 {
+        let p = self.pieces();
+        p[p.len() - 1].1 - p[0].0
+    }
+}
+
 /// Moves of all running pieces by the same delta, ordered so none overwrites a piece still
 /// to move (ascending when moving down, descending when moving up).
 fn shifted(pieces: &[Range], from_start: u64, to_start: u64) -> Vec<SpecialRemap> {
@@ -249,9 +305,16 @@ pub fn plan(
     }
     let old = image.bytes.as_ref().ok_or(VdsoError::NoImageBytes)?;
     let new_vdso = proxy_at + lead;
+    let old_len = image.vdso.1 - image.vdso.0;
     let mut patches: Vec<VdsoPatch> = Vec::new();
     for (name, off) in vdso_symbols(old)? {
         if let Some((_, new_off)) = rt_syms.iter().find(|(n, _)| *n == name) {
+            // A jump must fit inside the image's vdso (symbols come from the image).
+            if off.checked_add(PATCH_LEN).is_none_or(|e| e > old_len) {
+                return Err(VdsoError::BadElf(
+                    "vdso symbol too close to the end for a jump",
+                ));
+            }
             let at = image.vdso.0 + off;
             if !patches.iter().any(|p| p.at == at) {
                 patches.push(VdsoPatch {
@@ -260,6 +323,10 @@ pub fn plan(
                 });
             }
         }
+    }
+    patches.sort_unstable_by_key(|p| p.at);
+    if patches.windows(2).any(|w| w[1].at - w[0].at < PATCH_LEN) {
+        return Err(VdsoError::BadElf("vdso entry points closer than a jump"));
     }
     Ok(VdsoPlan::Proxy {
         special: shifted(&pieces, first, proxy_at),
@@ -359,6 +426,171 @@ mod tests {
             super::plan(&image, &rt, &bytes, |_, _| true, 0x6000_0000),
             Err(VdsoError::NoImageBytes)
         ));
+    }
+
+    /// The running vdso with `__vdso_clock_gettime` (and its alias) moved by `delta` bytes in
+    /// the symbol table: same size, different symbol offsets.
+    fn with_moved_clock_gettime(bytes: &[u8], delta: u64) -> Vec<u8> {
+        let mut b = bytes.to_vec();
+        let (shoff, shentsize, shnum) = (
+            u64_at(&b, 0x28).unwrap(),
+            u16_at(&b, 0x3a).unwrap(),
+            u16_at(&b, 0x3c).unwrap(),
+        );
+        for i in 0..shnum {
+            let sh = shoff + i * shentsize;
+            if u32_at(&b, sh + 4).unwrap() != 11 {
+                continue;
+            }
+            let (off, size, link) = (
+                u64_at(&b, sh + 24).unwrap(),
+                u64_at(&b, sh + 32).unwrap(),
+                u32_at(&b, sh + 40).unwrap(),
+            );
+            let strs = u64_at(&b, shoff + link * shentsize + 24).unwrap() as usize;
+            for k in 0..size / 24 {
+                let sym = (off + k * 24) as usize;
+                let name = strs + u32_at(&b, sym as u64).unwrap() as usize;
+                let n = &b[name..name + b[name..].iter().position(|&c| c == 0).unwrap()];
+                if n == b"__vdso_clock_gettime" || n == b"clock_gettime" {
+                    let v = u64_at(&b, sym as u64 + 8).unwrap().wrapping_add(delta);
+                    b[sym + 8..sym + 16].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn moved_symbols_proxy_even_with_the_same_size_and_vvar() {
+        let rt = RuntimeVdso::parse(
+            "7f0000000000-7f0000004000 r--p 0 00:00 0 [vvar]\n\
+             7f0000004000-7f0000006000 r--p 0 00:00 0 [vvar_vclock]\n\
+             7f0000006000-7f0000008000 r-xp 0 00:00 0 [vdso]\n",
+        )
+        .unwrap();
+        let bytes = RuntimeVdso::current().unwrap().read_bytes().unwrap();
+        let old = with_moved_clock_gettime(&bytes, 0x40);
+        let rt_syms = vdso_symbols(&bytes).unwrap();
+        let old_syms = vdso_symbols(&old).unwrap();
+        assert_ne!(rt_syms, old_syms);
+        let image = ImageVdso {
+            vdso: (0x7e00_0000_6000, 0x7e00_0000_8000),
+            vvar: Some((0x7e00_0000_0000, 0x7e00_0000_6000)),
+            bytes: Some(old),
+        };
+        let VdsoPlan::Proxy { special, patches } =
+            plan(&image, &rt, &bytes, |_, _| false, 0x6000_0000).unwrap()
+        else {
+            panic!("moved symbols must proxy")
+        };
+        // Every running piece moves as one block, vvar first.
+        assert_eq!(special.len(), 3);
+        assert!(special
+            .iter()
+            .all(|s| s.to - 0x6000_0000 == s.from - 0x7f00_0000_0000));
+        let off = |syms: &[(String, u64)], n: &str| syms.iter().find(|s| s.0 == n).unwrap().1;
+        let (old_off, new_off) = (
+            off(&old_syms, "__vdso_clock_gettime"),
+            off(&rt_syms, "__vdso_clock_gettime"),
+        );
+        assert_eq!(old_off, new_off + 0x40);
+        // The image's entry jumps to the running vdso (after the 0x6000 bytes of vvar).
+        assert!(patches.contains(&VdsoPatch {
+            at: 0x7e00_0000_6000 + old_off,
+            target: 0x6000_0000 + 0x6000 + new_off,
+        }));
+        // Every other function keeps its offset and is patched too, each address once.
+        let other = off(&rt_syms, "__vdso_gettimeofday");
+        assert!(patches.contains(&VdsoPatch {
+            at: 0x7e00_0000_6000 + other,
+            target: 0x6000_6000 + other,
+        }));
+        let mut at: Vec<u64> = patches.iter().map(|p| p.at).collect();
+        at.sort_unstable();
+        at.dedup();
+        assert_eq!(at.len(), patches.len());
+    }
+
+    #[test]
+    fn jumps_that_do_not_fit_are_refused() {
+        let rt = RuntimeVdso::parse("7f0000006000-7f0000008000 r-xp 0 00:00 0 [vdso]\n").unwrap();
+        let bytes = RuntimeVdso::current().unwrap().read_bytes().unwrap();
+        let syms = vdso_symbols(&bytes).unwrap();
+        let off = |n: &str| syms.iter().find(|s| s.0 == n).unwrap().1;
+        let cgt = off("__vdso_clock_gettime");
+        let image = |b: Vec<u8>| ImageVdso {
+            vdso: (0x5000_0000, 0x5000_0000 + bytes.len() as u64),
+            vvar: None,
+            bytes: Some(b),
+        };
+        // An entry point 4 bytes after another one: the jumps would overlap.
+        let close = off("__vdso_gettimeofday").wrapping_add(4).wrapping_sub(cgt);
+        let img = image(with_moved_clock_gettime(&bytes, close));
+        assert!(matches!(
+            plan(&img, &rt, &bytes, |_, _| true, 0x6000_0000),
+            Err(VdsoError::BadElf(_))
+        ));
+        // An entry point in the last bytes of the vdso: the jump would leave it.
+        let end = (bytes.len() as u64 - 4).wrapping_sub(cgt);
+        let img = image(with_moved_clock_gettime(&bytes, end));
+        assert!(matches!(
+            plan(&img, &rt, &bytes, |_, _| true, 0x6000_0000),
+            Err(VdsoError::BadElf(_))
+        ));
+    }
+
+    #[test]
+    fn a_different_vvar_size_proxies_and_no_vvar_moves_when_free() {
+        let rt = RuntimeVdso::parse(
+            "7f0000000000-7f0000004000 r--p 0 00:00 0 [vvar]\n\
+             7f0000004000-7f0000006000 r-xp 0 00:00 0 [vdso]\n",
+        )
+        .unwrap();
+        let bytes = RuntimeVdso::current().unwrap().read_bytes().unwrap();
+        let mut image = ImageVdso {
+            vdso: (0x7e00_0000_6000, 0x7e00_0000_8000),
+            vvar: Some((0x7e00_0000_0000, 0x7e00_0000_6000)),
+            bytes: Some(bytes.clone()),
+        };
+        let p = plan(&image, &rt, &bytes, |_, _| false, 0x6000_0000).unwrap();
+        assert!(matches!(p, VdsoPlan::Proxy { .. }), "{p:?}");
+        // No [vvar] in the image: moving works if the room before the vdso is free.
+        image.vvar = None;
+        let p = plan(&image, &rt, &bytes, |_, _| true, 0x6000_0000).unwrap();
+        let VdsoPlan::Move { special } = p else {
+            panic!("expected a move: {p:?}")
+        };
+        assert_eq!(special[1].to, 0x7e00_0000_6000);
+        assert_eq!(special[0].to, 0x7e00_0000_2000);
+        let p = plan(&image, &rt, &bytes, |_, _| false, 0x6000_0000).unwrap();
+        assert!(matches!(p, VdsoPlan::Proxy { .. }), "{p:?}");
+    }
+
+    #[test]
+    fn image_bytes_need_every_page_and_free_block_skips_ranges() {
+        let data: Vec<u8> = (0..4 * 4096).map(|i| (i / 4096) as u8).collect();
+        let read = |buf: &mut [u8], off: u64| {
+            buf.copy_from_slice(&data[off as usize..off as usize + buf.len()]);
+            true
+        };
+        // Runs: page 0x10000 at offset 0, pages 0x11000..0x13000 at offset 2 pages.
+        let runs = [(0x10000, 1, 0), (0x11000, 2, 2 * 4096)];
+        let b = image_bytes((0x10000, 0x13000), runs, read).unwrap();
+        assert_eq!((b[0], b[4096], b[2 * 4096]), (0, 2, 3));
+        assert!(image_bytes((0x10000, 0x14000), runs, read).is_none());
+        assert!(image_bytes((0x10000, 0x10000 + MAX_IMAGE_VDSO + 4096), runs, read).is_none());
+        assert!(image_bytes((0x10000, 0x11000), runs, |_, _| false).is_none());
+        let avoid = [
+            (0x5800_0000_0000, 0x5800_0000_1000),
+            (0x5801_0000_0000, 0x5801_0000_2000),
+        ];
+        assert_eq!(
+            free_block(&avoid, 0x5700_0000_0000, 0x1000),
+            0x5700_0000_0000
+        );
+        let at = free_block(&avoid, 0x5800_0000_0000, 0x1000);
+        assert!(at >= 0x5800_0000_1000 && !avoid.iter().any(|&(s, e)| s < at + 0x1000 && at < e));
     }
 
     #[test]

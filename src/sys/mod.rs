@@ -53,6 +53,7 @@ pub mod restorer;
 mod restorer_fixture_tests;
 #[cfg(test)]
 mod restorer_tests;
+pub mod seccomp;
 pub mod sock_diag;
 pub mod socket;
 pub mod task;

@@ -23,14 +23,14 @@ const VMA_FILE_SHARED: u32 = 1 << 7;
 const VMA_AREA_MEMFD: u32 = 1 << 14;
 const VMA_AREA_VVAR: u32 = 1 << 12;
 
-/// Serializes the fixture restores (they use fixed PIDs and result files).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn fixtures() -> PathBuf {
-    std::env::var_os("STASIS_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
-}
+/// The test support shared with the integration tests: fixtures path and installer.
+#[allow(dead_code)]
+#[path = "../../tests/common/fixtures.rs"]
+mod fixtures;
+/// The restore lock shared with the integration tests (fixed PIDs and result files).
+#[allow(dead_code)]
+#[path = "../../tests/common/lock.rs"]
+mod lock;
 
 /// Page data of the image: (vaddr, bytes) per present page.
 fn pages(dir: &Path, pagemap: &str) -> Vec<(u64, Vec<u8>)> {
@@ -294,26 +294,12 @@ impl Drop for Restored {
 }
 
 fn restore_and_verify(name: &str, pid: i32) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    // The same lock as the engine's fixture tests (tests/restore_support): one fixture
-    // restore at a time across test binaries.
-    let lock = std::fs::File::create("/tmp/stasis-restore-tests.lock").expect("create lock file");
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("flock");
-    if !Path::new(&format!("/tmp/criu-fixtures/bin/{name}")).exists() {
-        let out = std::process::Command::new(fixtures().join("install.sh"))
-            .output()
-            .expect("run install.sh");
-        assert!(
-            out.status.success(),
-            "install.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    // One fixture restore at a time, in this and every other test binary.
+    let _lock = lock::restore_lock();
+    fixtures::install_if_missing();
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
-    let dir = fixtures().join("criu-4.2").join(name);
+    let dir = fixtures::image_dir(name);
     let pstree: Vec<pb::PstreeEntry> = read_entries(dir.join("pstree.img")).expect("pstree");
     let tids = pstree
         .iter()

@@ -86,6 +86,16 @@ impl SeizedTask {
         self.attached.set(false);
     }
 
+    /// The thread that seized the task (the only one ptrace answers).
+    pub fn tracer(&self) -> i32 {
+        self.tracer
+    }
+
+    /// False once the task is known to be gone (or was detached).
+    pub fn is_attached(&self) -> bool {
+        self.attached.get()
+    }
+
     /// Thread id.
     pub fn tid(&self) -> i32 {
         self.tid

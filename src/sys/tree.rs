@@ -120,6 +120,10 @@ struct TaskSlot {
     children_read: bool,
 }
 
+/// `PTRACE_O_SUSPEND_SECCOMP`: the tracee's seccomp filters do not apply while it is traced
+/// with it (needs CAP_SYS_ADMIN).
+pub const PTRACE_O_SUSPEND_SECCOMP: u32 = 1 << 21;
+
 /// Seizes every thread of the tree rooted at `root` (see the module doc).
 pub fn seize_tree(root: i32) -> Result<SeizedTree> {
     Seizer::default().run(root, None)
@@ -131,6 +135,18 @@ pub fn seize_tree_frozen(root: i32, freezer: Freezer) -> Result<SeizedTree> {
     Seizer::default().run(root, Some(freezer))
 }
 
+/// [`seize_tree`] (or [`seize_tree_frozen`] with `freezer`) with seccomp suspended in every
+/// thread (`PTRACE_O_SUSPEND_SECCOMP`), so code run inside the tasks (the dump parasite)
+/// is not subject to their filters. Without CAP_SYS_ADMIN the kernel refuses the option:
+/// then the threads are seized without it.
+pub fn seize_tree_suspending_seccomp(root: i32, freezer: Option<Freezer>) -> Result<SeizedTree> {
+    Seizer {
+        options: PTRACE_O_SUSPEND_SECCOMP,
+        ..Seizer::default()
+    }
+    .run(root, freezer)
+}
+
 #[derive(Default)]
 struct Seizer {
     procs: Vec<ProcState>,
@@ -139,6 +155,8 @@ struct Seizer {
     pending: usize,
     zombies: Vec<Zombie>,
     died: Vec<i32>,
+    /// PTRACE_SEIZE options (dropped after the first EPERM).
+    options: u32,
 }
 
 impl Seizer {
@@ -236,7 +254,18 @@ impl Seizer {
                 Some('Z' | 'X') => continue,
                 Some(_) => {}
             }
-            match ptrace::seize(tid, 0) {
+            let mut seized = ptrace::seize(tid, self.options);
+            if self.options != 0
+                && matches!(&seized, Err(e) if e.errno() == Some(nix::errno::Errno::EPERM))
+            {
+                tracing::warn!(
+                    "PTRACE_SEIZE options {:#x} refused (no CAP_SYS_ADMIN?): seizing without",
+                    self.options
+                );
+                self.options = 0;
+                seized = ptrace::seize(tid, 0);
+            }
+            match seized {
                 Ok(()) => {}
                 Err(Error::TaskDied { .. }) => {
                     self.died.push(tid);

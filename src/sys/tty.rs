@@ -12,6 +12,7 @@ pub const TCGETS: libc::c_ulong = 0x5401;
 pub const TCSETS: libc::c_ulong = 0x5402;
 pub const TIOCEXCL: libc::c_ulong = 0x540C;
 pub const TIOCGPGRP: libc::c_ulong = 0x540F;
+pub const TIOCSPGRP: libc::c_ulong = 0x5410;
 pub const TIOCGWINSZ: libc::c_ulong = 0x5413;
 pub const TIOCSWINSZ: libc::c_ulong = 0x5414;
 pub const TIOCPKT: libc::c_ulong = 0x5420;
@@ -133,6 +134,28 @@ pub fn open_peer(master: impl AsFd, flags: i32) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
+/// Makes process group `pgrp` the foreground group of the terminal on descriptor `fd` if it
+/// is the caller's controlling terminal (returns whether it did; a terminal that is not the
+/// caller's has no foreground group to give). SIGTTOU, which the kernel sends to a background
+/// caller, is blocked for the call.
+pub fn set_foreground(fd: std::os::fd::RawFd, pgrp: i32) -> Result<bool, Errno> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut sid: libc::pid_t = 0;
+    // SAFETY: TIOCGSID writes one pid_t through the pointer, which is valid.
+    let r = unsafe { libc::ioctl(fd, TIOCGSID, &mut sid as *mut libc::pid_t) };
+    if r < 0 || Some(sid) != nix::unistd::getsid(None).ok().map(|p| p.as_raw()) {
+        return Ok(false);
+    }
+    let mut ttou = SigSet::empty();
+    ttou.add(Signal::SIGTTOU);
+    let mut old = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut old))?;
+    // SAFETY: TIOCSPGRP reads one pid_t through the pointer, which is valid.
+    let r = check(unsafe { libc::ioctl(fd, TIOCSPGRP, &pgrp as *const i32) });
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+    r.map(|_| true)
+}
+
 /// `isatty(fd)`.
 pub fn is_tty(fd: impl AsFd) -> bool {
     get_termios(fd, TCGETS).is_ok()
@@ -157,5 +180,10 @@ mod tests {
         set_termios(&s, TCSETS, t).unwrap();
         assert_eq!(get_termios(&s, TCGETS).unwrap(), t);
         assert!(is_tty(&s));
+        // Not our controlling terminal: nothing to do, not an error.
+        assert_eq!(
+            set_foreground(s.as_raw_fd(), nix::unistd::getpgrp().as_raw()),
+            Ok(false)
+        );
     }
 }

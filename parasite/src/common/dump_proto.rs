@@ -11,14 +11,19 @@
 //! reply:   ReplyHeader { cmd, status (0 or -errno), len, pad } + len bytes of payload
 //!
 //! cmd             payload                         reply payload (status 0)      ancillary
-//! SET_PIPE        -                               i32 fd number in the task      cmd: 1 fd
-//! DUMP_PAGES      [RemoteIov] (page aligned)      u64 bytes vmspliced into pipe
+//! SET_PIPE        [i32 index] (none: 0)           i32 fd number in the task      cmd: 1 fd
+//! DUMP_PAGES      [RemoteIov] (page aligned)      u64 bytes vmspliced into pipe 0
+//! DUMP_PAGES_TO   u64 pipe index, [RemoteIov]     u64 bytes vmspliced into that pipe
 //! MPROTECT        [MprotectReq]                   -
 //! DRAIN_FDS       [i32 fd] (<= MAX_FDS)           [FdOpts], same order           reply: fds
 //! MISC            -                               MiscState
 //! SIGACTIONS      -                               [KSigaction; 64] (index sig-1)
 //! POSIX_TIMERS    [i32 id] (<= MAX_TIMERS)        [PosixTimerState]
 //! THREAD_STATE    -                               ThreadState of the parasite's thread
+//!
+//! any other thread: the dumper points its ip at `__export_thread_entry` with rdi = its slot
+//! in the thread area (THREAD_SLOT bytes each, sp = slot end) and resumes it; it writes its
+//! ThreadState into the slot and traps (ip = `__export_thread_trap`)
 //! FINI            -                               -   then the parasite closes its fds
 //!                                                     and traps (int3) forever
 //! ```
@@ -32,6 +37,8 @@ pub const MAX_MSG: usize = 16 * 1024 + 64;
 pub const MAX_IOVS: usize = 1024;
 /// Most descriptors in one DRAIN_FDS (SCM_MAX_FD is 253).
 pub const MAX_FDS: usize = 64;
+/// Page pipes the parasite holds (SET_PIPE index 0..MAX_PIPES).
+pub const MAX_PIPES: usize = 4;
 /// Most timers in one POSIX_TIMERS.
 pub const MAX_TIMERS: usize = 256;
 /// Number of rlimits in `MiscState` (RLIM_NLIMITS).
@@ -55,6 +62,8 @@ pub const CMD_POSIX_TIMERS: u32 = 7;
 pub const CMD_THREAD_STATE: u32 = 8;
 /// Stop serving.
 pub const CMD_FINI: u32 = 9;
+/// vmsplice regions into the page pipe of a given index.
+pub const CMD_DUMP_PAGES_TO: u32 = 10;
 
 /// Written by the dumper where `rdi` points at start.
 #[repr(C)]
@@ -232,7 +241,28 @@ pub struct PosixTimerState {
     pub value_nsec: i64,
 }
 
-/// Per-thread state only the thread itself can read.
+/// Most supplementary groups [`ThreadState`] carries (more: `ngroups` says how many, the
+/// dumper reads them from /proc).
+pub const MAX_GROUPS: usize = 32;
+/// `ThreadState::done` is `THREAD_DONE ^ tid` once the thread routine filled the state.
+pub const THREAD_DONE: u64 = 0x5448_5244_444f_4e45; // "THRDDONE"
+/// Bytes per thread slot of the thread area: the `ThreadState` at the start, the routine's
+/// stack below the end.
+pub const THREAD_SLOT: usize = 4096;
+
+/// Per-thread state only the thread itself can read: what CMD_THREAD_STATE answers for the
+/// parasite's thread, and what `__export_thread_entry` writes into its slot for any other
+/// thread of the task.
+///
+/// ```text
+///  0 tid_address  8 altstack_sp  16 altstack_size  24 altstack_flags  28 pdeath_sig
+/// 32 comm[16]     48 robust_head 56 robust_len     64 sigpending
+/// 72 uids[4] (real, effective, saved, fs)          88 gids[4]
+/// 104 cap_eff 112 cap_prm 120 cap_inh 128 cap_bnd 136 cap_amb   144 secbits 148 ngroups
+/// 152 groups[32]   280 sched_policy 284 sched_prio 288 sched_nice 292 no_new_privs
+/// 296 tls[3] (user_desc: entry, base, limit, flags)  344 tls_status 348 status 352 done
+/// 360 seccomp_mode 364 pad
+/// ```
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 #[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]
@@ -249,6 +279,54 @@ pub struct ThreadState {
     pub pdeath_sig: i32,
     /// `PR_GET_NAME` (comm, NUL padded).
     pub comm: [u8; 16],
+    /// `get_robust_list(0)`: head.
+    pub robust_head: u64,
+    /// `get_robust_list(0)`: length.
+    pub robust_len: u64,
+    /// `rt_sigpending` while every signal but SIGTRAP is blocked: the thread's private and
+    /// the process's shared pending signals.
+    pub sigpending: u64,
+    /// `getresuid` and `setfsuid(-1)`.
+    pub uids: [u32; 4],
+    /// `getresgid` and `setfsgid(-1)`.
+    pub gids: [u32; 4],
+    /// `capget` (version 3): effective.
+    pub cap_eff: u64,
+    /// Permitted.
+    pub cap_prm: u64,
+    /// Inheritable.
+    pub cap_inh: u64,
+    /// `PR_CAPBSET_READ` of every capability.
+    pub cap_bnd: u64,
+    /// `PR_CAP_AMBIENT_IS_SET` of every capability.
+    pub cap_amb: u64,
+    /// `PR_GET_SECUREBITS`.
+    pub secbits: u32,
+    /// `getgroups` count (only the first [`MAX_GROUPS`] are in `groups`).
+    pub ngroups: i32,
+    /// Supplementary groups.
+    pub groups: [u32; MAX_GROUPS],
+    /// `sched_getscheduler` (SCHED_RESET_ON_FORK cleared).
+    pub sched_policy: i32,
+    /// `sched_getparam` priority.
+    pub sched_prio: i32,
+    /// Nice value (`20 - getpriority(PRIO_PROCESS, 0)` raw).
+    pub sched_nice: i32,
+    /// `PR_GET_NO_NEW_PRIVS`.
+    pub no_new_privs: i32,
+    /// GDT entries 12, 13, 14 (`struct user_desc`: entry_number, base_addr, limit, flag
+    /// bits) when `tls_status` is 0.
+    pub tls: [u32; 12],
+    /// -ENOSYS: `get_thread_area` is not a 64-bit syscall; the dumper asks ptrace.
+    pub tls_status: i32,
+    /// 0, or the -errno of the first syscall that failed.
+    pub status: i32,
+    /// [`THREAD_DONE`] `^ tid` when complete.
+    pub done: u64,
+    /// `PR_GET_SECCOMP` (0 none, 1 strict, 2 filter; read with seccomp suspended by ptrace).
+    pub seccomp_mode: i32,
+    /// Padding.
+    pub pad: i32,
 }
 
 /// Raw-byte views of the wire structs.

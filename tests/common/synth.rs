@@ -7,13 +7,11 @@
 //! + extra VMAs       private anonymous, any prot/flags/madv; present page runs hold
 //!                    pattern_word(addr) in every 8-byte word, absent pages are zero
 //! ```
-//! Included with `#[path]` next to `restore_support` (it uses `crate::restore_support`).
-#![allow(dead_code)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::restore_support::fixtures;
+use super::fixtures::fixtures;
 use stasis::images::framing::Image;
 use stasis::images::pb;
 

@@ -1,8 +1,10 @@
-/* Test workload for the ptrace and parasite tests.
- * usage: workload NTHREADS [stop]
- * Prints "ready PID PATTERN_ADDR PATTERN_LEN COUNTER_ADDR FD" once set up, then the main thread
- * counts (counter += 1 every millisecond, nanosleep between) and the NTHREADS-1 other threads
- * sleep in a loop. PATTERN holds byte i = (i * 7 + 3) & 0xff. FD is a pipe write end.
+/* Workload of the ptrace and parasite tests (launched by workload.rs).
+ * usage: workload NTHREADS [stop|read|churn]
+ * Prints the ready line shared with workload_state.c once set up
+ *   ready PID MEM_ADDR MEM_LEN COUNTER_ADDR ALT_BASE FILE_FD PIPE_FD SOCK_FD
+ * (here ALT_BASE is 0, FILE_FD and SOCK_FD are -1), then the main thread counts (counter += 1
+ * every millisecond, nanosleep between) and the NTHREADS-1 other threads sleep in a loop.
+ * MEM is 4 pages, byte i = (i * 7 + 3) ^ (i >> 12). PIPE_FD is a pipe write end.
  * SIGUSR1 has a handler (SA_RESTART, mask {SIGUSR2}), SIGUSR2 is ignored.
  * ITIMER_VIRTUAL runs with interval 500 s; POSIX timer 0 (CLOCK_MONOTONIC, SIGEV_NONE) with
  * interval 1000 s.
@@ -58,7 +60,7 @@ int main(int argc, char **argv) {
     size_t len = 4 * 4096;
     unsigned char *pattern = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (pattern == MAP_FAILED) return 1;
-    for (size_t i = 0; i < len; i++) pattern[i] = (unsigned char)(i * 7 + 3);
+    for (size_t i = 0; i < len; i++) pattern[i] = (unsigned char)((i * 7 + 3) ^ (i >> 12));
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_usr1;
@@ -89,7 +91,7 @@ int main(int argc, char **argv) {
         pthread_t t;
         pthread_create(&t, &attr, churner, NULL);
     }
-    printf("ready %d %lx %zu %lx %d\n", getpid(), (unsigned long)pattern, len,
+    printf("ready %d %lx %zu %lx 0 -1 %d -1\n", getpid(), (unsigned long)pattern, len,
            (unsigned long)&counter, fds[1]);
     fflush(stdout);
     if (stop) raise(SIGSTOP);

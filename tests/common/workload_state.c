@@ -1,4 +1,4 @@
-/* Workload of the dump parasite tests.
+/* Workload of the dump parasite tests with known in-task state (launched by workload.rs).
  * usage: workload NTHREADS MEM_MIB
  * Sets up known in-task state, then prints one line
  *   ready PID MEM_ADDR MEM_LEN COUNTER_ADDR ALT_BASE FILE_FD PIPE_FD SOCK_FD

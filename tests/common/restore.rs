@@ -1,31 +1,18 @@
-//! Shared harness of the restore tests: fixture paths, one-at-a-time lock (fixture PIDs are
-//! fixed), scratch copies, running `stasis restore` and `verify.sh` with timeouts, and a guard
-//! that kills any fixture task left alive.
-#![allow(dead_code)]
+//! Harness of the restore tests: the restore lock (fixture PIDs are fixed), scratch copies,
+//! running `stasis restore` and `verify.sh` with timeouts, and a guard that kills any fixture
+//! task left alive.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
+use super::lock::{restore_lock, RestoreLock};
 
-/// The fixtures directory (`STASIS_FIXTURES` or `../shared/fixtures` from the repo root).
-pub fn fixtures() -> PathBuf {
-    let p = std::env::var_os("STASIS_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
-    assert!(
-        p.join("criu-4.2").is_dir(),
-        "fixtures not found at {} (set STASIS_FIXTURES)",
-        p.display()
-    );
-    p
-}
+pub use super::fixtures::{fixtures, install as reinstall};
 
-/// Holds the cross-process lock that serializes every test restoring fixtures.
+/// Holds the restore lock for the whole test, with a scratch directory.
 pub struct Serial {
-    _lock: Flock<File>,
+    _lock: RestoreLock,
     /// Scratch directory of this test.
     pub scratch: tempfile::TempDir,
 }
@@ -33,22 +20,46 @@ pub struct Serial {
 /// Takes the lock, installs the fixtures once per lock holder, and checks we are root.
 pub fn serial() -> Serial {
     assert!(nix::unistd::geteuid().is_root(), "restore tests need root");
-    let f = File::create("/tmp/stasis-restore-tests.lock").expect("create lock file");
-    let lock = Flock::lock(f, FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("flock");
-    let out = Command::new(fixtures().join("install.sh"))
-        .output()
-        .expect("run install.sh");
-    assert!(
-        out.status.success(),
-        "install.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let lock = restore_lock();
+    reinstall();
     Serial {
         _lock: lock,
         scratch: tempfile::tempdir().expect("scratch dir"),
     }
+}
+
+/// A test restoring fixture `name`: the lock held, the fixture's PIDs free, a scratch copy
+/// of its images, and its tasks killed at the end. Fields drop in order: leftovers are
+/// killed before the lock is released.
+pub struct FixtureRun {
+    /// The scratch copy of the images.
+    pub dir: PathBuf,
+    pub leftovers: Leftovers,
+    pub serial: Serial,
+}
+
+/// Prepares a [`FixtureRun`] of fixture `name`.
+pub fn fixture_run(name: &'static str) -> FixtureRun {
+    let serial = serial();
+    pids_ready(name);
+    let leftovers = Leftovers(name);
+    let dir = scratch_copy(&serial, name);
+    FixtureRun {
+        dir,
+        leftovers,
+        serial,
+    }
+}
+
+/// Rewrites the single-entry image `path` after `edit` changed its entry.
+pub fn edit_single<M: prost::Message + Default>(path: &Path, edit: impl FnOnce(&mut M)) {
+    let img = stasis::images::framing::Image::read_file(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut entry: M = img.single().expect("single entry");
+    edit(&mut entry);
+    stasis::images::framing::Image::from_messages(img.kind, &[entry])
+        .write_file(path)
+        .expect("write image");
 }
 
 /// Root PID and every PID/TID of a fixture, from manifest.tsv.
@@ -215,18 +226,6 @@ pub fn pids_ready(name: &str) {
         pids.iter()
             .filter(|p| Path::new(&format!("/proc/{p}")).exists())
             .collect::<Vec<_>>()
-    );
-}
-
-/// Re-runs install.sh (restores data files a test changed).
-pub fn reinstall() {
-    let out = Command::new(fixtures().join("install.sh"))
-        .output()
-        .expect("run install.sh");
-    assert!(
-        out.status.success(),
-        "install.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -1,7 +1,7 @@
-//! Shared helpers of the dump tests: launching fixture workloads in their own cgroup v2 (so
-//! they can be frozen, and killed as a group), a deadline for every test, a probe double for
-//! the ptrace/parasite part, and comparison of image structure with CRIU's fixtures.
-#![allow(dead_code)]
+//! Helpers of the dump tests: launching fixture workloads in their own cgroup v2 (so they can
+//! be frozen, and killed as a group), running the `stasis` binary, a probe double for the
+//! ptrace/parasite part, and comparison of image structure with CRIU's fixtures. Launching at
+//! fixed PIDs needs the test to hold [`super::lock::restore_lock`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -11,48 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use stasis::dump::error::Result as DResult;
 use stasis::dump::freeze::{CgroupFreeze, FrozenTree};
-use stasis::dump::probe::{ProcessProbe, TaskProbe, ThreadProbe, Xsave};
+use stasis::dump::probe::{ProcessAccess, ProcessProbe, TaskProbe, ThreadProbe, Xsave};
 
-pub fn fixtures() -> PathBuf {
-    stasis::dump::fixtures_dir()
-}
-
-/// Installs the fixture binaries at /tmp/criu-fixtures unless they are there already.
-pub fn install_fixtures() {
-    if Path::new("/tmp/criu-fixtures/bin/fx-launch").exists()
-        && Path::new("/tmp/criu-fixtures/bin/fx-tree").exists()
-    {
-        return;
-    }
-    let st = Command::new("bash")
-        .arg(fixtures().join("install.sh"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "install.sh failed");
-}
-
-/// Runs `f` with a deadline; on timeout `on_timeout` runs (kill the workload) and the test fails.
-pub fn with_deadline<T: Send + 'static>(
-    secs: u64,
-    on_timeout: impl FnOnce(),
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(v) => v,
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            on_timeout();
-            panic!("test body failed (see its panic above)");
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            on_timeout();
-            panic!("test timed out after {secs} s");
-        }
-    }
-}
+pub use super::fixtures::{fixtures, install_if_missing as install_fixtures};
 
 /// A workload running in its own cgroup; killed (cgroup.kill) and removed on drop.
 pub struct Workload {
@@ -177,6 +138,10 @@ fn pid_free(pid: i32, span: i32) -> bool {
 /// Starts fixture workload `name` (a file in bin/) with `args` after its result path, at a
 /// free pid from `base`, inside a fresh cgroup; waits until it is ready.
 pub fn launch(name: &str, base: i32, args: &[&str]) -> Workload {
+    assert!(
+        super::lock::held(),
+        "launching {name} at fixed pids needs the restore lock"
+    );
     install_fixtures();
     let cg = cgroup_path(name, base);
     let _ = std::fs::create_dir(&cg);
@@ -234,6 +199,150 @@ pub fn launch(name: &str, base: i32, args: &[&str]) -> Workload {
     w
 }
 
+/// Starts `program args...` through fx-launch at a free pid from `base` (its own session, fds
+/// 0-2 on /dev/null, cwd /, parent gone so init reaps it), inside a fresh cgroup. Returns at
+/// once: readiness is the caller's business.
+pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Workload {
+    assert!(
+        super::lock::held(),
+        "launching {name} at fixed pids needs the restore lock"
+    );
+    install_fixtures();
+    let cg = cgroup_path(name, base);
+    let _ = std::fs::create_dir(&cg);
+    assert!(
+        cg.join("cgroup.procs").exists(),
+        "no cgroup v2 at {}",
+        cg.display()
+    );
+    let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut pid = base;
+    let mut attempts = 0;
+    let mut last_err = String::new();
+    loop {
+        while !pid_free(pid, 20) {
+            pid += 20;
+            assert!(pid < base + 2000, "no free pid range near {base}");
+        }
+        assert!(
+            pid + 20 < pid_max,
+            "pid range {pid} is beyond pid_max {pid_max} ({last_err})"
+        );
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("echo $$ > \"$1\"/cgroup.procs && shift && exec \"$@\"")
+            .arg("sh")
+            .arg(&cg)
+            .arg("/tmp/criu-fixtures/bin/fx-launch")
+            .arg(pid.to_string())
+            .arg(program)
+            .args(args);
+        let out = cmd.output().unwrap();
+        if out.status.success() {
+            return Workload {
+                name: name.into(),
+                pid,
+                cgroup: cg,
+                result: PathBuf::new(),
+                child: None,
+            };
+        }
+        // Exit 3: someone else forked between fx-launch's ns_last_pid write and its fork.
+        last_err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        attempts += 1;
+        assert!(
+            attempts < 20,
+            "fx-launch {program} failed {attempts} times near {base}: {last_err}"
+        );
+        pid += 20;
+    }
+}
+
+/// Whether none of `pids` exists any more (a zombie still holds its pid).
+pub fn gone(pids: &[i32]) -> bool {
+    pids.iter().all(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .map(|s| s.contains(") X"))
+            .unwrap_or(true)
+    })
+}
+
+/// Waits (`secs` at most) until none of `pids` is alive.
+pub fn wait_gone(pids: &[i32], secs: u64, what: &str) {
+    let t0 = Instant::now();
+    while !gone(pids) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "{what}: tasks {pids:?} still alive"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pids of an image directory's process tree.
+pub fn pids_of(dir: &Path) -> Vec<i32> {
+    let doc = decode(&dir.join("pstree.img"));
+    doc["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pid"].as_i64().unwrap() as i32)
+        .collect()
+}
+
+/// SIGKILLs every one of `pids` (errors ignored: some may be gone).
+pub fn kill_pids(pids: &[i32]) {
+    for &p in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// A server's accepted TCP connections (local port `port`) that still have a file: established or
+/// half-closed by the client (CLOSE_WAIT).
+pub fn server_connections(port: u16) -> usize {
+    let mut n = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap();
+        for l in text.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f[1].rsplit(':').next().unwrap();
+            if u16::from_str_radix(local_port, 16) == Ok(port) && (f[3] == "01" || f[3] == "08") {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Waits until a server has closed the connections of the clients the test closed (a dump in
+/// between would meet half-closed CLOSE_WAIT sockets, which stasis does not dump).
+pub fn wait_connections(port: u16, want: usize) {
+    let t0 = Instant::now();
+    loop {
+        let n = server_connections(port);
+        if n == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the server on port {port} keeps {n} connections, expected {want}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The stasis binary of this build.
+pub fn stasis_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stasis"))
+}
+
 /// A frozen tree for tests: the cgroup freezer holds it still, memory is read through
 /// /proc/PID/mem, and the ptrace/parasite part is a double with fixed, plausible values
 /// (so every field the images carry is present; the values themselves are not checked).
@@ -242,7 +351,27 @@ pub struct TestFrozen {
 }
 
 impl TaskProbe for TestFrozen {
-    fn thread(&mut self, _pid: i32, _tid: i32) -> DResult<ThreadProbe> {
+    fn with_process(
+        &mut self,
+        pid: i32,
+        tids: &[i32],
+        f: &mut dyn FnMut(&mut dyn ProcessAccess) -> DResult<()>,
+    ) -> DResult<()> {
+        f(&mut TestProcess {
+            pid,
+            threads: tids.len(),
+        })
+    }
+}
+
+/// One process of [`TestFrozen`].
+pub struct TestProcess {
+    pid: i32,
+    threads: usize,
+}
+
+impl ProcessAccess for TestProcess {
+    fn threads(&mut self) -> DResult<Vec<ThreadProbe>> {
         let mut t = ThreadProbe::default();
         t.fpregs.xsave = Some(Xsave {
             xstate_bv: 3,
@@ -253,15 +382,15 @@ impl TaskProbe for TestFrozen {
         t.rseq = Some((0x1000, 32, 0x5305_3053));
         t.sas = (0, 0, 2);
         t.futex_rla_len = 24;
-        Ok(t)
+        Ok(vec![t; self.threads])
     }
 
-    fn process(&mut self, _pid: i32) -> DResult<ProcessProbe> {
+    fn process(&mut self) -> DResult<ProcessProbe> {
         Ok(ProcessProbe::default())
     }
 
-    fn read_memory(&mut self, pid: i32, addr: u64, buf: &mut [u8]) -> DResult<()> {
-        stasis::dump::freeze::read_proc_mem(pid, addr, buf)
+    fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> DResult<()> {
+        stasis::dump::freeze::read_proc_mem(self.pid, addr, buf)
     }
 }
 
@@ -382,18 +511,14 @@ pub fn paths_by_kind(dir: &Path, from_json: bool) -> BTreeMap<String, BTreeSet<S
 
 /// Runs Debian's crit (3.17) on every image: it must decode each one.
 pub fn debian_crit_decodes_all(dir: &Path) {
-    let crit = Path::new("/usr/bin/crit");
-    assert!(
-        crit.exists(),
-        "Debian's crit is not installed (apt-get install criu)"
-    );
+    let crit = super::crit::debian_crit();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         let n = p.file_name().unwrap().to_string_lossy().into_owned();
         if n.starts_with("pages-") || n.ends_with(".log") || n.ends_with(".json") {
             continue;
         }
-        let out = Command::new(crit)
+        let out = Command::new(&crit)
             .args(["decode", "-i"])
             .arg(&p)
             .output()

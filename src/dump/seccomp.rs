@@ -1,0 +1,173 @@
+//! `seccomp.img`: the classic-BPF filter chains of every thread, shared chains stored once.
+//!
+//! ```text
+//!  thread A: f0 <- f1            seccomp.img  [0] f0
+//!  thread B: f0 <- f1 <- f2                   [1] f1  prev 0
+//!  thread C: g0                               [2] f2  prev 1
+//!                                             [3] g0
+//!  core-A.thread_core {seccomp_mode 2, seccomp_filter 1}, B -> 2, C -> 3
+//! ```
+//!
+//! A filter is identified by its program, its flags and the filter before it, so threads
+//! (and processes, after fork) that inherited a chain point into the same entries, like CRIU.
+//! Filters are read with PTRACE_SECCOMP_GET_FILTER: the thread must be ptrace-stopped by the
+//! dumping thread. Threads without filters get no seccomp fields in their core.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::error::{DumpError, Result};
+use crate::sys::seccomp as sys;
+
+/// `SECCOMP_MODE_STRICT`, `SECCOMP_MODE_FILTER`.
+pub const MODE_STRICT: u32 = 1;
+pub const MODE_FILTER: u32 = 2;
+
+/// All filters seen so far, in image order.
+#[derive(Debug, Default)]
+pub struct Filters {
+    /// (program, flags, prev).
+    entries: Vec<(Vec<u8>, u64, Option<u32>)>,
+    by_key: HashMap<(Vec<u8>, u64, Option<u32>), u32>,
+}
+
+impl Filters {
+    pub fn new() -> Self {
+        Filters::default()
+    }
+
+    /// Adds a chain (oldest first); returns the index of its newest filter.
+    pub fn add_chain(&mut self, chain: &[sys::Filter]) -> Option<u32> {
+        let mut prev = None;
+        for f in chain {
+            let key = (f.prog.clone(), f.flags, prev);
+            let idx = match self.by_key.get(&key) {
+                Some(&i) => i,
+                None => {
+                    let i = self.entries.len() as u32;
+                    self.entries.push(key.clone());
+                    self.by_key.insert(key, i);
+                    i
+                }
+            };
+            prev = Some(idx);
+        }
+        prev
+    }
+
+    /// The seccomp fields of thread `tid` of `pid` in seccomp mode `mode` (from its
+    /// /proc status), to merge into its `thread_core`: none for mode 0.
+    pub fn thread(&mut self, pid: i32, tid: i32, mode: u32) -> Result<Option<Value>> {
+        match mode {
+            0 => Ok(None),
+            MODE_STRICT => Ok(Some(json!({"seccomp_mode": MODE_STRICT}))),
+            MODE_FILTER => {
+                let chain = sys::filters(tid).map_err(|e| {
+                    let errno = e.errno().map(|x| x as i32);
+                    let why = match e {
+                        crate::sys::error::Error::TaskDied { .. }
+                            if std::path::Path::new(&format!("/proc/{pid}/task/{tid}"))
+                                .exists() =>
+                        {
+                            "the thread is not ptrace-stopped by the dumper".to_string()
+                        }
+                        ref e => e.to_string(),
+                    };
+                    DumpError::new(
+                        "seccomp",
+                        pid,
+                        errno,
+                        format!("thread {tid}: PTRACE_SECCOMP_GET_FILTER: {why}"),
+                    )
+                })?;
+                let newest = self.add_chain(&chain).ok_or_else(|| {
+                    DumpError::new(
+                        "seccomp",
+                        pid,
+                        None,
+                        format!("thread {tid} is in seccomp filter mode but has no filter"),
+                    )
+                })?;
+                Ok(Some(
+                    json!({"seccomp_mode": MODE_FILTER, "seccomp_filter": newest}),
+                ))
+            }
+            m => Err(DumpError::new(
+                "seccomp",
+                pid,
+                Some(libc::EINVAL),
+                format!("thread {tid}: unknown seccomp mode {m}"),
+            )),
+        }
+    }
+
+    /// The `seccomp_entry` (empty when no thread has filters, as CRIU writes it).
+    pub fn entry(&self) -> Value {
+        if self.entries.is_empty() {
+            return json!({});
+        }
+        let list: Vec<Value> = self
+            .entries
+            .iter()
+            .map(|(prog, flags, prev)| {
+                let mut v = json!({"filter": prog});
+                if let Some(p) = prev {
+                    v["prev"] = json!(p);
+                }
+                if *flags != 0 {
+                    v["flags"] = json!(flags);
+                }
+                v
+            })
+            .collect();
+        json!({ "seccomp_filters": list })
+    }
+
+    /// Whether any filter was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Merges the seccomp fields into a core entry's `thread_core`.
+pub fn apply(core: &mut Value, fields: Option<Value>) {
+    let (Some(Value::Object(f)), Some(tc)) = (fields, core.get_mut("thread_core")) else {
+        return;
+    };
+    if let Some(o) = tc.as_object_mut() {
+        o.extend(f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(b: u8) -> sys::Filter {
+        sys::Filter {
+            prog: vec![b; 8],
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn shared_chains_are_stored_once() {
+        let mut t = Filters::new();
+        assert_eq!(t.add_chain(&[f(1), f(2)]), Some(1));
+        assert_eq!(t.add_chain(&[f(1), f(2), f(3)]), Some(2));
+        assert_eq!(t.add_chain(&[f(9)]), Some(3));
+        assert_eq!(t.add_chain(&[f(1), f(2)]), Some(1));
+        // Same program after a different filter is another entry.
+        assert_eq!(t.add_chain(&[f(9), f(2)]), Some(4));
+        let e = t.entry();
+        let l = e["seccomp_filters"].as_array().unwrap();
+        assert_eq!(l.len(), 5);
+        assert!(l[0].get("prev").is_none());
+        assert_eq!(l[2]["prev"], 1);
+        assert_eq!(l[4]["prev"], 3);
+        crate::dump::images_out::encode("seccomp_entry", &e).unwrap();
+        assert_eq!(Filters::new().entry(), json!({}));
+        assert_eq!(t.add_chain(&[]), None);
+    }
+}

@@ -1,0 +1,22 @@
+//! Support shared by every test binary (`mod common;`), one module per concern:
+//!
+//! ```text
+//! crit      Debian's crit, the independent decoder (also used by the images crate's tests)
+//! fixtures  where the CRIU 4.2 fixtures are (also used by the images crate's tests)
+//! lock      the cross-process lock of tests that restore or use fixed PIDs
+//! deadline  running a test body under a timeout (a stuck body fails the test)
+//! workload  the compiled C workloads of the ptrace/parasite tests, with a watchdog
+//! dump      fixture workloads in their own cgroup, probe double, image comparison
+//! restore   scratch copies of fixture images, `stasis restore`, verify.sh, leftovers
+//! synth     fx-loop images with added threads and memory (restore bench, memory tests)
+//! ```
+#![allow(dead_code)]
+
+pub mod crit;
+pub mod deadline;
+pub mod dump;
+pub mod fixtures;
+pub mod lock;
+pub mod restore;
+pub mod synth;
+pub mod workload;
