@@ -28,6 +28,9 @@ use super::plan::{vma_status as vs, PageRun, Pages};
 use crate::sys::fds::pread_raw;
 use crate::sys::mem::{self, MissingFill};
 
+/// Page data to put in place: (address, offset in the pages image, length).
+type Piece = (u64, u64, u64);
+
 /// A failed step of the task: what, errno.
 pub type StepErr = (&'static str, Errno);
 
@@ -84,7 +87,7 @@ impl<'a> Premapper<'a> {
     }
 
     /// The pieces of page data inside `[start, end)`: (address, file offset, length).
-    fn pieces(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+    fn pieces(&self, start: u64, end: u64) -> impl Iterator<Item = Piece> + '_ {
         let first = self
             .runs
             .partition_point(|r| r.vaddr + r.nr * PAGE <= start);
@@ -190,7 +193,7 @@ impl<'a> Premapper<'a> {
                 let total: u64 = pieces.iter().map(|p| p.2).sum();
                 // pread into a small buffer that stays in cache, UFFDIO_COPY from it: one
                 // pass over memory, no page-table work for a source mapping.
-                let copy = |list: &[(u64, u64, u64)]| -> Result<(), StepErr> {
+                let copy = |list: &[Piece]| -> Result<(), StepErr> {
                     let mut buf = vec![0u8; COPY_BUF];
                     for &(a, off, n) in list {
                         let mut done = 0;
@@ -293,7 +296,7 @@ const PARALLEL_MIN: u64 = 64 << 20;
 
 /// Splits `pieces` (address, offset, length) into two lists of about `total / 2` bytes each,
 /// cutting a piece at a page boundary if needed.
-fn halves(pieces: &[(u64, u64, u64)], total: u64) -> (Vec<(u64, u64, u64)>, Vec<(u64, u64, u64)>) {
+fn halves(pieces: &[Piece], total: u64) -> (Vec<Piece>, Vec<Piece>) {
     let mut left = (total / 2) & !(PAGE - 1);
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for &(addr, off, n) in pieces {
@@ -359,5 +362,18 @@ mod tests {
         let m = Premapper::new(&p, None, 0x5000_0000_0000);
         let got: Vec<_> = m.pieces(0, 0x20000).collect();
         assert_eq!(got, vec![(0x1000, 0x1000, 0x1000), (0x10000, 0, 0x1000)]);
+    }
+
+    #[test]
+    fn halves_split_bytes_at_a_page() {
+        let pieces = vec![(0x1000, 0, 3 * PAGE), (0x10000, 3 * PAGE, 2 * PAGE)];
+        let (a, b) = halves(&pieces, 5 * PAGE);
+        assert_eq!(a, vec![(0x1000, 0, 2 * PAGE)]);
+        assert_eq!(
+            b,
+            vec![(0x3000, 2 * PAGE, PAGE), (0x10000, 3 * PAGE, 2 * PAGE)]
+        );
+        let sum = |v: &[Piece]| v.iter().map(|p| p.2).sum::<u64>();
+        assert_eq!(sum(&a) + sum(&b), 5 * PAGE);
     }
 }
