@@ -253,6 +253,12 @@ fn collect_process(
         cx.prof.record(&format!("maps {pid}"), "mm", pid, t2);
         let t2 = cx.prof.now_us();
         let vmas = mm::vmas(pid, &maps, cx.files)?;
+        let mut readable: Vec<(u64, u64)> = maps
+            .iter()
+            .filter(|v| v.read)
+            .map(|v| (v.start, v.end))
+            .collect();
+        readable.sort_unstable();
         let mm_fields = MmFields {
             stat: p.stat.clone(),
             brk: if pprobe.brk != 0 {
@@ -278,7 +284,15 @@ fn collect_process(
             out::file_bytes(out::MM, &[mm::mm_entry(&mm_fields, &vmas)])
         });
         *cx.pages_id += 1;
-        pages::write_private(cx.dir, acc, pid, *cx.pages_id, &runs, &mut cx.stats.pages)?;
+        pages::write_private(
+            cx.dir,
+            acc,
+            pid,
+            *cx.pages_id,
+            &runs,
+            &readable,
+            &mut cx.stats.pages,
+        )?;
         cx.prof.record(&format!("pages {pid}"), "pages", pid, t3);
         Ok(())
     })?;
