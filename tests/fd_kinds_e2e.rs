@@ -18,6 +18,7 @@ const TUNABLES: &str = "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,
 
 #[test]
 fn fd_kinds_dump_kill_restore_verify() {
+    // Restores: one at a time across test binaries (pids must stay free).
     let _lock = restore_lock();
     let base = 33100;
     with_round_trip_deadline(90, cgroup_path("fx-kinds", base), move |restored| {

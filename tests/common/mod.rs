@@ -8,6 +8,7 @@
 //! workload  the compiled C workloads of the ptrace/parasite tests, with a watchdog
 //! dump      fixture workloads in their own cgroup, probe double, image comparison
 //! restore   scratch copies of fixture images, `stasis restore`, verify.sh, leftovers
+//! synth     fx-loop images with added threads and memory (restore bench, memory tests)
 //! ```
 #![allow(dead_code)]
 
@@ -17,4 +18,5 @@ pub mod dump;
 pub mod fixtures;
 pub mod lock;
 pub mod restore;
+pub mod synth;
 pub mod workload;
