@@ -19,3 +19,8 @@ pub mod parasite;
 pub mod proc;
 pub mod restore;
 pub mod sys;
+/// Where the fixtures are, for unit tests (the integration tests' `tests/common/fixtures.rs`).
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../tests/common/fixtures.rs"]
+mod test_fixtures;

@@ -360,24 +360,7 @@ fn vdso_proxy_restores_a_criu_image_with_another_vdso() {
     let dir = &run.dir;
     let (root, _) = common::restore::manifest("fx-loop");
     let old = rewrite_vdso(dir, root, false);
-    let pidfile = dir.join("root.pid");
-    let out = common::restore::stasis_restore(
-        dir,
-        &[
-            "-d",
-            "-v4",
-            "-o",
-            "restore.log",
-            "--pidfile",
-            pidfile.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "restore: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default()
-    );
+    let pidfile = common::restore::restore_detached_with_pidfile(dir);
     let (running, at_old) = maps_of(root, old);
     assert_ne!(running, old, "the running vdso was moved elsewhere (proxy)");
     assert!(at_old.contains(" r-xp "), "the image's vdso copy: {at_old}");

@@ -8,25 +8,7 @@ use common::restore::*;
 fn restores_and_passes(name: &'static str) {
     let run = fixture_run(name);
     let dir = &run.dir;
-    let pidfile = dir.join("root.pid");
-    let out = stasis_restore(
-        dir,
-        &[
-            "-d",
-            "-v4",
-            "-o",
-            "restore.log",
-            "--pidfile",
-            pidfile.to_str().unwrap(),
-        ],
-    );
-    let log = std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "restore of {name} failed: {}\nlog tail:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
-    );
+    let pidfile = restore_detached_with_pidfile(dir);
     let (root, _) = manifest(name);
     assert_eq!(
         std::fs::read_to_string(&pidfile).unwrap().trim(),

@@ -74,7 +74,7 @@ pub fn build_id(f: &File) -> Option<Vec<u32>> {
 mod tests {
     #[test]
     fn fixture_binary_build_id() {
-        let p = crate::dump::fixtures_dir().join("bin/fx-files");
+        let p = crate::test_fixtures::fixtures().join("bin/fx-files");
         let f = std::fs::File::open(&p).unwrap();
         assert_eq!(
             super::build_id(&f).unwrap(),

@@ -34,17 +34,3 @@ pub mod xsave;
 pub use engine::{run, DumpReport};
 pub use error::DumpError;
 pub use options::DumpOptions;
-
-/// The fixtures directory: `$STASIS_FIXTURES`, else `shared/fixtures` beside the repository
-/// (or beside the directory of worktrees).
-pub fn fixtures_dir() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("STASIS_FIXTURES") {
-        return p.into();
-    }
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let near = repo.join("../shared/fixtures");
-    if near.is_dir() {
-        return near;
-    }
-    repo.join("../../shared/fixtures")
-}

@@ -23,10 +23,7 @@ const VMA_FILE_SHARED: u32 = 1 << 7;
 const VMA_AREA_MEMFD: u32 = 1 << 14;
 const VMA_AREA_VVAR: u32 = 1 << 12;
 
-/// The test support shared with the integration tests: fixtures path and installer.
-#[allow(dead_code)]
-#[path = "../../tests/common/fixtures.rs"]
-mod fixtures;
+use crate::test_fixtures as fixtures;
 /// The restore lock shared with the integration tests (fixed PIDs and result files).
 #[allow(dead_code)]
 #[path = "../../tests/common/lock.rs"]

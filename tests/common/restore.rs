@@ -188,6 +188,32 @@ pub fn stasis_restore(dir: &Path, extra: &[&str]) -> Output {
     wait_child(child, Duration::from_secs(60), "stasis restore")
 }
 
+/// `stasis restore -D dir -d -v4 -o restore.log --pidfile dir/root.pid`, which must
+/// succeed (else the test fails with stderr and the log's tail); returns the pidfile.
+pub fn restore_detached_with_pidfile(dir: &Path) -> PathBuf {
+    let pidfile = dir.join("root.pid");
+    let out = stasis_restore(
+        dir,
+        &[
+            "-d",
+            "-v4",
+            "-o",
+            "restore.log",
+            "--pidfile",
+            pidfile.to_str().unwrap(),
+        ],
+    );
+    let log = std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "restore of {} failed: {}\nlog tail:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr),
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    pidfile
+}
+
 /// `verify.sh name result pidfile` with a timeout; returns (success, stdout+stderr).
 pub fn verify(name: &str, pidfile: &Path) -> (bool, String) {
     let result = format!("/tmp/criu-fixtures/results/{name}.result");
