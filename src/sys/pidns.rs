@@ -228,3 +228,65 @@ pub fn run_in_new_pid_ns(body: impl FnOnce(), max: Duration) -> Result<(), Strin
         (c, true) => Err(format!("pid namespace run ended with status {c}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_runs_as_pid_2_with_its_own_proc() {
+        let r = run_in_new_pid_ns(
+            || {
+                assert_eq!(std::process::id(), 2, "worker pid");
+                let me = std::fs::read_link("/proc/self").expect("/proc/self");
+                assert_eq!(me.to_str(), Some("2"), "/proc is the namespace's");
+                let init = std::fs::read_to_string("/proc/1/status").expect("/proc/1");
+                assert!(
+                    init.contains("\nPPid:\t0\n"),
+                    "pid 1 is the namespace's init"
+                );
+            },
+            Duration::from_secs(30),
+        );
+        assert_eq!(r, Ok(()));
+    }
+
+    #[test]
+    fn a_panic_in_the_body_is_reported() {
+        let r = run_in_new_pid_ns(|| panic!("boom in the namespace"), Duration::from_secs(30));
+        assert_eq!(r, Err("boom in the namespace".to_string()));
+    }
+
+    #[test]
+    fn a_stuck_body_is_killed() {
+        let r = run_in_new_pid_ns(
+            || std::thread::sleep(Duration::from_secs(600)),
+            Duration::from_secs(1),
+        );
+        assert!(r.unwrap_err().contains("timed out"));
+    }
+
+    #[test]
+    fn a_command_runs_as_pid_2_and_its_status_comes_back() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo $$; exit 7"])
+            .stdout(std::process::Stdio::piped());
+        command_in_new_pid_ns(&mut cmd);
+        let child = cmd.spawn().expect("spawn");
+        let pid = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(out) => out.expect("wait"),
+            Err(_) => {
+                // SAFETY: kills our own child (and with it the namespace).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("command in a new pid namespace timed out");
+            }
+        };
+        assert_eq!(out.status.code(), Some(7));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    }
+}
