@@ -19,6 +19,7 @@ const TUNABLES: &str = "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,
 
 #[test]
 fn fd_kinds_dump_kill_restore_verify() {
+    // Restores: one at a time across test binaries (pids must stay free).
     let _lock = restore_lock();
     let base = 33100;
     let cg = cgroup_path("fx-kinds", base);

@@ -792,3 +792,56 @@ fn redis_dump_refuses_connected_client_without_tcp_established() {
 fn redis_round_trip_freeze_cgroup() {
     round_trip("redis-rt-fz", 29000, Mode::FreezeCgroup);
 }
+
+/// `--leave-running --tcp-established`: the dump takes the connections out of repair mode
+/// again, and connected clients (one with a big reply in flight) carry on as if nothing
+/// happened.
+#[test]
+fn redis_leave_running_tcp_established_clients_carry_on() {
+    let _lock = restore_lock();
+    let name = "redis-lr-tcp";
+    let base = 29000;
+    let dir = PathBuf::from(format!(
+        "/tmp/stasis-dump-tests/{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cg = cgroup_path(name, base);
+    let d2 = dir.clone();
+    with_deadline(
+        120,
+        move || kill_cgroup(&cg),
+        move || {
+            let r = Redis::start(name, base, &d2);
+            let pid = r.w.pid;
+            let mut held = r.client();
+            let data = load(&mut held);
+            held.cmd(&["CLIENT", "SETNAME", "held-across"]);
+            let mut reader = stuck_reader(&r);
+            wait_connections(r.port, 2);
+            let images = d2.join("img");
+            std::fs::create_dir_all(&images).unwrap();
+            let pids = pid.to_string();
+            run_stasis(
+                &["dump", "-t", &pids, "--leave-running", "--tcp-established"],
+                &images,
+                "dump.log",
+                "stasis dump --leave-running --tcp-established redis",
+            );
+            assert!(alive(pid) && untraced(pid), "redis left running");
+            let got = reader.reply();
+            assert!(
+                got == Reply::Bulk(Some(big_value())),
+                "the big reply arrives whole"
+            );
+            assert_eq!(reader.cmd(&["DEL", "big:value"]).int(), 1);
+            drop(reader);
+            assert_eq!(held.cmd(&["CLIENT", "GETNAME"]).text(), "held-across");
+            check(&mut held, &data, "after the dump, over the held connection");
+            drop(held);
+            shutdown(&r, pid, 1);
+        },
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

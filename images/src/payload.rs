@@ -130,10 +130,14 @@ pub fn extra_len(kind: PayloadKind, index: usize, entry: &[u8]) -> Result<ExtraL
     })
 }
 
+/// Size of the message text of one `ipc_msg` record (`msize`, unpadded).
+pub fn ipc_msg_size(msg: &[u8]) -> Result<u64, FieldError> {
+    required_u32(msg, 2, "msize")
+}
+
 /// Size of the (padded) data following one `ipc_msg` record of an IPCNS_MSG extra.
 pub fn ipc_msg_data_len(msg: &[u8]) -> Result<u64, FieldError> {
-    let msize = required_u32(msg, 2, "msize")?;
-    Ok(round_up(msize, 8).unwrap_or(u64::MAX))
+    Ok(round_up(ipc_msg_size(msg)?, 8).unwrap_or(u64::MAX))
 }
 
 /// Splits a TCP_STREAM extra into (in-queue, out-queue).
@@ -204,7 +208,7 @@ pub fn ipc_msgs(extra: &[u8]) -> Result<Vec<IpcMsgRecord<'_>>, FieldError> {
         let msg = rest
             .get(4..4 + len as usize)
             .ok_or_else(|| field_err("ipc_msg", "truncated message"))?;
-        let msize = required_u32(msg, 2, "msize")? as usize;
+        let msize = ipc_msg_size(msg)? as usize;
         let padded = msize.div_ceil(8) * 8;
         let start = 4 + len as usize;
         let data = rest

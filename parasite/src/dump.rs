@@ -237,6 +237,14 @@ core::arch::global_asm!(
     "    mov edx, 20",
     "    sub edx, eax",
     "    mov [r12 + 288], edx",
+    // prctl(PR_GET_SECCOMP): the mode (seccomp itself is suspended by the tracer)
+    "    mov edi, 21",
+    "    xor esi, esi",
+    "    xor edx, edx",
+    "    mov eax, 157",
+    "    syscall",
+    "    CHECK",
+    "    mov [r12 + 360], eax",
     // get_thread_area is not in the 64-bit syscall table: the dumper asks ptrace.
     "    mov dword ptr [r12 + 344], -38",
     "    jmp 91f",
@@ -299,6 +307,7 @@ const PR_GET_NO_NEW_PRIVS: usize = 39;
 const PR_GET_TID_ADDRESS: usize = 40;
 const PR_GET_THP_DISABLE: usize = 42;
 const PR_CAPBSET_READ: usize = 23;
+const PR_GET_SECCOMP: usize = 21;
 const PR_GET_SECUREBITS: usize = 27;
 const PR_CAP_AMBIENT: usize = 47;
 const PR_CAP_AMBIENT_IS_SET: usize = 1;
@@ -695,6 +704,7 @@ fn fill_thread_state(t: &mut ThreadState) -> Result<(), isize> {
     ok(sys(SYS_SCHED_GETPARAM, [0, &mut prio as *mut i32 as usize, 0, 0, 0, 0]))?;
     t.sched_prio = prio;
     t.sched_nice = 20 - ok(sys(SYS_GETPRIORITY, [0, 0, 0, 0, 0, 0]))? as i32;
+    t.seccomp_mode = ok(sys(SYS_PRCTL, [PR_GET_SECCOMP, 0, 0, 0, 0, 0]))? as i32;
     // get_thread_area is not in the 64-bit syscall table: the dumper asks ptrace.
     t.tls_status = -ENOSYS;
     Ok(())

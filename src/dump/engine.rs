@@ -95,39 +95,31 @@ struct Ctx<'a> {
     extras: &'a mut super::extras::Extras,
 }
 
-/// Per-thread /proc facts for the extras: seccomp mode (status) and cgroup memberships.
-type ThreadExtrasRaw = (u32, Vec<crate::cgroup::Member>);
-
-fn read_thread_extras(pid: i32, tid: i32) -> Result<ThreadExtrasRaw> {
-    let mode = proc::status::read_thread(pid, tid)
-        .and_then(|s| s.seccomp())
-        .map_err(|e| DumpError::proc("seccomp", pid, e))?;
-    let members = crate::cgroup::read_task(&format!("{pid}/task/{tid}"))
-        .map_err(|e| DumpError::new("cgroup", pid, e.errno(), e.to_string()))?;
-    Ok((mode, members))
-}
-
-/// [`read_thread_extras`] of every thread, a few threads at once when there are many.
-fn read_extras_parallel(pid: i32, tids: &[i32]) -> Result<Vec<ThreadExtrasRaw>> {
+/// `/proc/PID/task/TID/cgroup` of every thread (raw text), a few threads at once when there
+/// are many: threads of a process nearly always share one text, parsed once.
+fn read_cgroups_parallel(pid: i32, tids: &[i32]) -> Result<Vec<Vec<u8>>> {
     const PER_WORKER: usize = 256;
+    let read = |tid: i32| {
+        let p = proc::path(pid, &format!("task/{tid}/cgroup"));
+        std::fs::read(&p).map_err(|e| DumpError::io("cgroup", pid, &p.display().to_string(), e))
+    };
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4);
     if tids.len() < 2 * PER_WORKER || workers < 2 {
-        return tids.iter().map(|&t| read_thread_extras(pid, t)).collect();
+        return tids.iter().map(|&t| read(t)).collect();
     }
     let chunk = tids.len().div_ceil(workers);
-    let parts: Vec<Result<Vec<ThreadExtrasRaw>>> = std::thread::scope(|s| {
+    let parts: Vec<Result<Vec<Vec<u8>>>> = std::thread::scope(|s| {
         let handles: Vec<_> = tids
             .chunks(chunk)
-            .map(|c| s.spawn(move || c.iter().map(|&t| read_thread_extras(pid, t)).collect()))
+            .map(|c| s.spawn(move || c.iter().map(|&t| read(t)).collect()))
             .collect();
         handles
             .into_iter()
             .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(DumpError::new("seccomp", pid, None, "reader panicked"))
-                })
+                h.join()
+                    .unwrap_or_else(|_| Err(DumpError::new("cgroup", pid, None, "reader panicked")))
             })
             .collect()
     });
@@ -179,11 +171,13 @@ fn collect_process(
     let mut smaps = Some(std::thread::spawn(move || proc::maps::read_smaps(pid)));
     let exe_file_id = cx.files.exe(pid)?;
     let auxv = proc::misc::read_auxv(pid).map_err(|x| DumpError::proc("mm", pid, x))?;
-    // Seccomp modes and cgroup sets of every thread: /proc files read in the background;
-    // the leader's filters now (PTRACE_SECCOMP_GET_FILTER needs it stopped, and the parasite
-    // will run in it).
+    // Cgroup sets of every thread: /proc files read in the background; the leader's seccomp
+    // filters now (PTRACE_SECCOMP_GET_FILTER needs it stopped, and the parasite will run in
+    // it); the other threads' seccomp modes come with their state.
     let tids = p.threads.clone();
-    let mut extras_raw = Some(std::thread::spawn(move || read_extras_parallel(pid, &tids)));
+    let mut cgroups_raw = Some(std::thread::spawn(move || {
+        read_cgroups_parallel(pid, &tids)
+    }));
     let leader_seccomp = cx.extras.seccomp.thread(pid, pid, pf.seccomp_mode)?;
     frozen.with_process(pid, &p.threads, &mut |acc| {
         let pprobe = acc.process()?;
@@ -193,14 +187,15 @@ fn collect_process(
         cx.prof
             .record(&format!("threads {pid}"), "threads", pid, t1);
         let t1 = cx.prof.now_us();
-        let raw = extras_raw
+        let raw = cgroups_raw
             .take()
-            .ok_or_else(|| DumpError::new("seccomp", pid, None, "extras read twice"))?
+            .ok_or_else(|| DumpError::new("cgroup", pid, None, "cgroups read twice"))?
             .join()
-            .map_err(|_| DumpError::new("seccomp", pid, None, "extras reader panicked"))??;
+            .map_err(|_| DumpError::new("cgroup", pid, None, "cgroup reader panicked"))??;
         let mut leader_part = Some((pf.clone(), pprobe.clone()));
         let mut leader_seccomp = Some(leader_seccomp.clone());
-        for ((&tid, mut tp), (mode, members)) in p.threads.iter().zip(tprobes).zip(raw) {
+        let mut sets: std::collections::HashMap<Vec<u8>, u32> = Default::default();
+        for ((&tid, mut tp), text) in p.threads.iter().zip(tprobes).zip(raw) {
             let t = cx.prof.now_us();
             let facts = match tp.facts.take() {
                 Some(f) => f,
@@ -210,10 +205,26 @@ fn collect_process(
                 Some(f) if tid == pid => f,
                 other => {
                     leader_seccomp = other;
+                    let mode = match tp.seccomp_mode {
+                        Some(m) => m,
+                        None => proc::status::read_thread(pid, tid)
+                            .and_then(|s| s.seccomp())
+                            .map_err(|e| DumpError::proc("seccomp", pid, e))?,
+                    };
                     cx.extras.seccomp.thread(pid, tid, mode)?
                 }
             };
-            let cg_set = cx.extras.cgroups.task_members(members);
+            let cg_set = match sets.get(&text) {
+                Some(&id) => id,
+                None => {
+                    let path = proc::path(pid, &format!("task/{tid}/cgroup"));
+                    let members = crate::cgroup::parse(&path, &String::from_utf8_lossy(&text))
+                        .map_err(|e| DumpError::new("cgroup", pid, e.errno(), e.to_string()))?;
+                    let id = cx.extras.cgroups.task_members(members);
+                    sets.insert(text, id);
+                    id
+                }
+            };
             let process = if tid == pid { leader_part.take() } else { None };
             cx.dir.spool(&format!("core-{tid}.img"), move || {
                 let mut entry =
@@ -242,6 +253,12 @@ fn collect_process(
         cx.prof.record(&format!("maps {pid}"), "mm", pid, t2);
         let t2 = cx.prof.now_us();
         let vmas = mm::vmas(pid, &maps, cx.files)?;
+        let mut readable: Vec<(u64, u64)> = maps
+            .iter()
+            .filter(|v| v.read)
+            .map(|v| (v.start, v.end))
+            .collect();
+        readable.sort_unstable();
         let mm_fields = MmFields {
             stat: p.stat.clone(),
             brk: if pprobe.brk != 0 {
@@ -267,7 +284,15 @@ fn collect_process(
             out::file_bytes(out::MM, &[mm::mm_entry(&mm_fields, &vmas)])
         });
         *cx.pages_id += 1;
-        pages::write_private(cx.dir, acc, pid, *cx.pages_id, &runs, &mut cx.stats.pages)?;
+        pages::write_private(
+            cx.dir,
+            acc,
+            pid,
+            *cx.pages_id,
+            &runs,
+            &readable,
+            &mut cx.stats.pages,
+        )?;
         cx.prof.record(&format!("pages {pid}"), "pages", pid, t3);
         Ok(())
     })?;
@@ -503,6 +528,7 @@ fn dump_frozen(
     let me = std::process::id() as i32;
     let my_ns = proc::ns::read(me).map_err(|e| DumpError::proc("collect-tree", me, e))?;
     let root_ids = ids.ids_entry(&my_ns, [1; 4]);
+    files.net_ns_id = root_ids["net_ns_id"].as_u64().map(|x| x as u32);
     let mut extras = super::extras::Extras::new(opts.pid)?;
     let mut dir = ImageDir::new(&opts.images_dir);
     let mut pages_id = 0u32;

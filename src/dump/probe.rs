@@ -97,6 +97,8 @@ pub struct ThreadProbe {
     /// Thread facts read inside the thread (comm, blocked mask, scheduling, credentials);
     /// `None`: the engine reads them from /proc.
     pub facts: Option<ThreadFacts>,
+    /// Seccomp mode read inside the thread; `None`: the engine reads /proc status.
+    pub seccomp_mode: Option<u32>,
 }
 
 /// One signal disposition (kernel `struct sigaction` for x86-64).
@@ -171,11 +173,13 @@ pub trait ProcessAccess {
     /// Reads `buf.len()` bytes of the process's memory at `addr`.
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<()>;
     /// Writes the memory of `regions` (address, length; page aligned, in order) to `out` at
-    /// its file position without copying through the dumper (the dump parasite); returns the
-    /// bytes written, or `None` when this probe cannot (use `read_memory`).
+    /// its file position without copying through the dumper (the dump parasite); `readable`
+    /// are the process's readable mappings (start, end; sorted). Returns the bytes written,
+    /// or `None` when this probe cannot (use `read_memory`).
     fn dump_pages(
         &mut self,
         _regions: &[(u64, u64)],
+        _readable: &[(u64, u64)],
         _out: &mut std::fs::File,
     ) -> Result<Option<u64>> {
         Ok(None)

@@ -249,6 +249,7 @@ impl OpenProcess<'_> {
             pending,
             pdeath_sig: st.pdeath_sig as u32,
             facts: Some(facts),
+            seccomp_mode: Some(st.seccomp_mode as u32),
         })
     }
 
@@ -362,8 +363,13 @@ impl ProcessAccess for OpenProcess<'_> {
         })
     }
 
-    fn dump_pages(&mut self, regions: &[(u64, u64)], out: &mut File) -> Result<Option<u64>> {
-        super::parasite_pages::dump(&mut self.parasite, self.pid, regions, out)
+    fn dump_pages(
+        &mut self,
+        regions: &[(u64, u64)],
+        readable: &[(u64, u64)],
+        out: &mut File,
+    ) -> Result<Option<u64>> {
+        super::parasite_pages::dump(&mut self.parasite, self.pid, regions, readable, out)
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! forked task (its fds, session, cwd already set by tree.rs)
-//!   premap every private VMA at a free address (MAP_FIXED_NOREPLACE), pread its pages
-//!   from the pages image, note file/memfd/shared mappings as mmap-by-fd, vdso plan,
+//!   premap every private VMA at a free address and fill it with its pages (premap.rs),
+//!   note file/memfd/shared mappings as mmap-by-fd, vdso plan,
 //!   core/mm -> TaskSpec (blob_core), status_fd / go_fd
 //!   blob_args::enter(&spec) ──▶ blob: unmap the restorer, move premaps, mm, threads,
 //!                               signals, timers, creds ... StatusRecord(READY) on status_fd,
@@ -17,18 +17,18 @@ use nix::errno::Errno;
 
 use super::blob_args::abi::*;
 use super::blob_args::TaskSpec;
-use super::blob_core::{mm_from_pb, task_from_core, thread_from_core};
+use super::blob_core::{mm_from_pb, task_from_core};
 use super::files::Opened;
 use super::plan::{vma_status as vs, Plan, TaskPlan};
+use super::premap::Premapper;
 use super::vdso::{self, ImageVdso, RuntimeVdso, VdsoPlan};
-use crate::sys::fds::pread_raw;
 
 /// Where premaps start (far above the images' usual layouts, below the stack area).
 const PREMAP_BASE: u64 = 0x5000_0000_0000;
 /// Where a vdso proxy would go.
 const PROXY_AT: u64 = 0x5800_0000_0000;
 
-type StepErr = (&'static str, Errno);
+pub use super::premap::StepErr;
 
 fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.1 && b.0 < a.1
@@ -97,7 +97,7 @@ fn plan_vdso(
 
 /// Builds the blob's arguments for task `t` and enters the blob; returns only on error.
 pub fn enter(
-    plan: &Plan,
+    _plan: &Plan,
     t: &TaskPlan,
     opened: &Opened,
     status_fd: RawFd,
@@ -108,7 +108,7 @@ pub fn enter(
     let pages_fd = opened.pages.get(&t.pages.file).copied();
     let image_ranges: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
     let mut spec = TaskSpec::new();
-    let mut hint = PREMAP_BASE;
+    let mut premapper = Premapper::new(&t.pages, pages_fd, PREMAP_BASE);
     let vdso = plan_vdso(mm, t, pages_fd, &image_ranges)?;
     let proxy = matches!(vdso.plan, Some(VdsoPlan::Proxy { .. }));
     // Premaps stay clear of the image's layout and of the proxy's place.
@@ -156,47 +156,17 @@ pub fn enter(
             });
             continue;
         }
-        let (fd, flags) = if v.status & vs::FILE_PRIVATE != 0 {
-            let fd = *opened
-                .maps
-                .get(&(v.shmid as u32))
-                .ok_or(("find mapped file", Errno::EBADF))?;
-            (fd, libc::MAP_PRIVATE)
-        } else {
-            (
-                -1,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        let file_fd = if v.status & vs::FILE_PRIVATE != 0 {
+            Some(
+                *opened
+                    .maps
+                    .get(&(v.shmid as u32))
+                    .ok_or(("find mapped file", Errno::EBADF))?,
             )
+        } else {
+            None
         };
-        while avoid.iter().any(|&r| overlaps(r, (hint, hint + len))) {
-            hint += 0x10_0000_0000;
-        }
-        let got = crate::sys::fds::mmap_noreplace(
-            hint,
-            len,
-            flags | (v.flags as i32 & libc::MAP_GROWSDOWN),
-            fd,
-            v.pgoff,
-        )
-        .map_err(|e| ("premap", e))?;
-        if got != hint {
-            return Err(("premap at the chosen address", Errno::EEXIST));
-        }
-        if let Some(pfd) = pages_fd {
-            for run in &t.pages.runs {
-                let (lo, hi) = (run.vaddr, run.vaddr + run.nr * 4096);
-                let (a, b) = (lo.max(v.start), hi.min(v.end));
-                let mut at = a;
-                while at < b {
-                    let n = pread_raw(pfd, hint + (at - v.start), b - at, run.offset + (at - lo))
-                        .map_err(|e| ("read pages", e))?;
-                    if n == 0 {
-                        return Err(("read pages: short image", Errno::EIO));
-                    }
-                    at += n as u64;
-                }
-            }
-        }
+        let hint = premapper.premap(v, file_fd, &avoid)?;
         spec.vmas.push(VmaArgs {
             start: v.start,
             end: v.end,
@@ -212,7 +182,6 @@ pub fn enter(
             start: hint,
             end: hint + len,
         });
-        hint += len + 0x10_0000;
     }
     match vdso.plan {
         Some(VdsoPlan::Move { special }) => spec.special = special,
@@ -228,10 +197,9 @@ pub fn enter(
         .get(&mm.exe_file_id)
         .ok_or(("find exe file", Errno::EBADF))?;
     mm_from_pb(&mut spec, mm, exe as u32);
+    spec.threads.reserve(t.threads.len());
     for (i, th) in t.threads.iter().enumerate() {
-        let ts = thread_from_core(th.tid as u32, &th.core, i == 0, plan.seccomp.as_ref())
-            .map_err(|_| ("convert thread core", Errno::EINVAL))?;
-        spec.threads.push(ts);
+        spec.threads.push(th.spec.clone());
         if i == 0 {
             task_from_core(&mut spec, th.tid as u32, &th.core)
                 .map_err(|_| ("convert task core", Errno::EINVAL))?;

@@ -21,6 +21,7 @@ pub mod files;
 pub mod img;
 pub mod options;
 pub mod plan;
+pub mod premap;
 pub mod tree;
 pub mod validate;
 pub mod vdso;

@@ -85,6 +85,9 @@ pub struct ThreadPlan {
     pub tid: i32,
     /// Its core image.
     pub core: msg::CoreEntry,
+    /// The blob's arguments converted from it (at load: a bad core fails before any task
+    /// exists, and the forked task does not convert again).
+    pub spec: super::blob_args::ThreadSpec,
 }
 
 /// One task of the tree.
@@ -253,6 +256,10 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
     if entries.is_empty() {
         return Err(bad(&pst.path, 0, "no tasks"));
     }
+    let seccomp = match ImageFile::open_opt(dir, "seccomp.img")? {
+        Some(mut f) => f.next_msg::<stasis_images::pb::SeccompEntry>()?,
+        None => None,
+    };
     let mut tasks = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let pid = i32::try_from(e.pid).map_err(|_| bad(&pst.path, i, "pid out of range"))?;
@@ -295,21 +302,15 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
                 if e.threads.first().copied() != Some(e.pid) {
                     return Err(bad(&pst.path, i, "main thread is not the first thread"));
                 }
+                let mut tids = Vec::with_capacity(e.threads.len());
                 for (k, &tid) in e.threads.iter().enumerate() {
                     let tid = i32::try_from(tid)
                         .ok()
                         .filter(|&t| t > 0)
                         .ok_or_else(|| bad(&pst.path, i, format!("thread {k}: bad tid")))?;
-                    let core = if k == 0 {
-                        core.clone()
-                    } else {
-                        img::one(dir, &format!("core-{tid}.img"))?
-                    };
-                    if core.thread_info.is_none() {
-                        return Err(bad(&dir.join(format!("core-{tid}.img")), 0, "no registers"));
-                    }
-                    t.threads.push(ThreadPlan { tid, core });
+                    tids.push(tid);
                 }
+                t.threads = load_threads(dir, &tids, &core, seccomp.as_ref())?;
                 let ids = match ImageFile::open_opt(dir, &format!("ids-{pid}.img"))? {
                     Some(mut f) => f.next_msg::<msg::TaskKobjIds>()?,
                     None => None,
@@ -401,10 +402,6 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             ghosts.insert(e.orig_id, (head, chunks));
         }
     }
-    let seccomp = match ImageFile::open_opt(dir, "seccomp.img")? {
-        Some(mut f) => f.next_msg::<stasis_images::pb::SeccompEntry>()?,
-        None => None,
-    };
     let plan = Plan {
         seccomp,
         shell_job: false,
@@ -420,12 +417,70 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
     Ok(plan)
 }
 
+/// Threads from this many on are read by several workers.
+const PARALLEL_THREADS: usize = 64;
+
+/// Reads `core-TID.img` of every thread of a task (`tids[0]` is the leader, whose `core` is
+/// already read) and converts each to the blob's arguments (seccomp filter chains, strict
+/// seccomp, registers, FPU ...), on up to 4 worker threads for many threads (a core image
+/// costs about 15 µs to read, decode and convert).
+fn load_threads(
+    dir: &Path,
+    tids: &[i32],
+    leader: &msg::CoreEntry,
+    seccomp: Option<&stasis_images::pb::SeccompEntry>,
+) -> Result<Vec<ThreadPlan>, RestoreError> {
+    let one = |k: usize, tid: i32| -> Result<ThreadPlan, RestoreError> {
+        let name = format!("core-{tid}.img");
+        let core = if k == 0 {
+            leader.clone()
+        } else {
+            img::one(dir, &name)?
+        };
+        if core.thread_info.is_none() {
+            return Err(bad(&dir.join(&name), 0, "no registers"));
+        }
+        let spec = super::blob_core::thread_from_core(tid as u32, &core, k == 0, seccomp)
+            .map_err(|e| bad(&dir.join(&name), 0, e.to_string()))?;
+        Ok(ThreadPlan { tid, core, spec })
+    };
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if tids.len() < PARALLEL_THREADS || workers < 2 {
+        return tids.iter().enumerate().map(|(k, &t)| one(k, t)).collect();
+    }
+    let per = tids.len().div_ceil(workers);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = tids
+            .chunks(per)
+            .enumerate()
+            .map(|(c, chunk)| {
+                let one = &one;
+                sc.spawn(move || {
+                    chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &t)| one(c * per + j, t))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(tids.len());
+        for h in handles {
+            let part = h.join().map_err(|_| {
+                RestoreError::Unsupported("a worker reading core images panicked".into())
+            })??;
+            out.extend(part);
+        }
+        Ok(out)
+    })
+}
+
 /// Every id an image refers to must exist; features we do not restore are refused here.
 fn check_references(plan: &Plan) -> Result<(), RestoreError> {
     let mut vm_ids: HashMap<u32, i32> = HashMap::new();
     for t in &plan.tasks {
-        // The blob's argument conversion, run up front so a bad core fails before any task
-        // exists (seccomp filter chains, strict seccomp, registers, ...).
+        // The task part of the blob's argument conversion, run up front so a bad core fails
+        // before any task exists (the threads' part ran in load_threads).
         for (i, th) in t.threads.iter().enumerate() {
             let core_path = plan.dir.join(format!("core-{}.img", th.tid));
             let conv = |e: &dyn std::fmt::Display| RestoreError::Image {
@@ -433,13 +488,6 @@ fn check_references(plan: &Plan) -> Result<(), RestoreError> {
                 index: 0,
                 what: e.to_string(),
             };
-            super::blob_core::thread_from_core(
-                th.tid as u32,
-                &th.core,
-                i == 0,
-                plan.seccomp.as_ref(),
-            )
-            .map_err(|e| conv(&e))?;
             if i == 0 {
                 let mut spec = super::blob_args::TaskSpec::new();
                 super::blob_core::task_from_core(&mut spec, th.tid as u32, &th.core)

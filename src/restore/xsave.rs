@@ -68,17 +68,34 @@ fn put_words<T: Copy>(
     }
 }
 
+/// XCR0 and the (offset, size) of components 0..10, read once: CPUID traps to the hypervisor
+/// in a VM (microseconds each), and thousands of threads need the same answer.
+fn cpu_layout() -> (u64, [(u32, u32); 10]) {
+    static LAYOUT: std::sync::OnceLock<(u64, [(u32, u32); 10])> = std::sync::OnceLock::new();
+    *LAYOUT.get_or_init(|| {
+        let xcr0 = cpu::xcr0();
+        let mut comps = [(0, 0); 10];
+        for (i, c) in comps.iter_mut().enumerate().skip(2) {
+            if xcr0 & KNOWN & (1 << i) != 0 {
+                *c = cpu::xsave_component(i as u32);
+            }
+        }
+        (xcr0, comps)
+    })
+}
+
 /// The xsave image for this CPU: only the components present in `xstate_bv` (plus x87/SSE)
 /// and enabled by the OS are included, so the image (and the signal frame holding it) stays
 /// small; the kernel puts every other component in its init state.
 pub fn xsave_image(f: &FpuRegs<'_>) -> Vec<u8> {
+    let (xcr0, layout) = cpu_layout();
     let present = if f.xstate_bv == 0 { 3 } else { f.xstate_bv | 3 };
-    let xfeatures = cpu::xcr0() & KNOWN & present;
+    let xfeatures = xcr0 & KNOWN & present;
     let mut size = 576usize;
     let mut comps = Vec::new();
     for i in 2..10u32 {
         if xfeatures & (1 << i) != 0 {
-            let (off, len) = cpu::xsave_component(i);
+            let (off, len) = layout[i as usize];
             size = size.max((off + len) as usize);
             comps.push((i, off as usize, len as usize));
         }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! UserRegs   = user_regs_struct (NT_PRSTATUS), 27 u64, fs_base/gs_base included
+//!              (parasite/src/common/user_regs.rs, the blob's definition too)
 //! XState     = NT_X86_XSTATE, standard (non-compacted) XSAVE layout:
 //!   0..512    legacy FXSAVE area (FxSave: cwd swd twd fop rip rdp mxcsr mxcsr_mask st[8] xmm[16])
 //!   464..512  software bytes: magic1 0x46505853, extended_size, xfeatures, xstate_size
@@ -19,39 +20,12 @@
 
 use super::errno::{ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, ERESTART_RESTARTBLOCK};
 
-/// `user_regs_struct` of x86-64 (`NT_PRSTATUS`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub struct UserRegs {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub bp: u64,
-    pub bx: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub ax: u64,
-    pub cx: u64,
-    pub dx: u64,
-    pub si: u64,
-    pub di: u64,
-    pub orig_ax: u64,
-    pub ip: u64,
-    pub cs: u64,
-    pub flags: u64,
-    pub sp: u64,
-    pub ss: u64,
-    pub fs_base: u64,
-    pub gs_base: u64,
-    pub ds: u64,
-    pub es: u64,
-    pub fs: u64,
-    pub gs: u64,
-}
+#[path = "../../parasite/src/common/user_regs.rs"]
+mod user_regs;
+
+/// `user_regs_struct` of x86-64 (`NT_PRSTATUS`); defined once, in
+/// `parasite/src/common/user_regs.rs`, shared with the restorer blob.
+pub use user_regs::UserRegs;
 
 /// EFLAGS trap flag.
 pub const EFLAGS_TF: u64 = 1 << 8;

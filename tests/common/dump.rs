@@ -220,45 +220,68 @@ pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Wo
         .trim()
         .parse()
         .unwrap();
-    let mut pid = base;
-    let mut attempts = 0;
-    let mut last_err = String::new();
-    loop {
-        while !pid_free(pid, 20) {
-            pid += 20;
-            assert!(pid < base + 2000, "no free pid range near {base}");
+    assert!(
+        base + 40 < pid_max,
+        "pid base {base} beyond pid_max {pid_max}"
+    );
+    // From `base` up, wrapping round to 1000 below pid_max: other tests and builds may hold
+    // pids anywhere for a while.
+    let next = |pid: i32| {
+        if pid + 40 >= pid_max {
+            1000
+        } else {
+            pid + 20
         }
-        assert!(
-            pid + 20 < pid_max,
-            "pid range {pid} is beyond pid_max {pid_max} ({last_err})"
-        );
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg("echo $$ > \"$1\"/cgroup.procs && shift && exec \"$@\"")
-            .arg("sh")
-            .arg(&cg)
-            .arg("/tmp/criu-fixtures/bin/fx-launch")
-            .arg(pid.to_string())
-            .arg(program)
-            .args(args);
-        let out = cmd.output().unwrap();
-        if out.status.success() {
-            return Workload {
-                name: name.into(),
-                pid,
-                cgroup: cg,
-                result: PathBuf::new(),
-                child: None,
-            };
+    };
+    let start = || -> Result<i32, String> {
+        let mut pid = base;
+        let mut attempts = 0;
+        loop {
+            let mut tried = 0;
+            while !pid_free(pid, 20) {
+                pid = next(pid);
+                tried += 1;
+                if tried >= pid_max / 20 {
+                    return Err("no free range of 20 pids at all".into());
+                }
+            }
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c")
+                .arg("echo $$ > \"$1\"/cgroup.procs && shift && exec \"$@\"")
+                .arg("sh")
+                .arg(&cg)
+                .arg("/tmp/criu-fixtures/bin/fx-launch")
+                .arg(pid.to_string())
+                .arg(program)
+                .args(args);
+            let out = cmd.output().map_err(|e| format!("sh: {e}"))?;
+            if out.status.success() {
+                return Ok(pid);
+            }
+            // Exit 3: someone else forked between fx-launch's ns_last_pid write and its fork.
+            attempts += 1;
+            if attempts >= 20 {
+                return Err(format!(
+                    "fx-launch {program} failed {attempts} times near {base}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            pid = next(pid);
         }
-        // Exit 3: someone else forked between fx-launch's ns_last_pid write and its fork.
-        last_err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        attempts += 1;
-        assert!(
-            attempts < 20,
-            "fx-launch {program} failed {attempts} times near {base}: {last_err}"
-        );
-        pid += 20;
+    };
+    match start() {
+        Ok(pid) => Workload {
+            name: name.into(),
+            pid,
+            cgroup: cg,
+            result: PathBuf::new(),
+            child: None,
+        },
+        Err(e) => {
+            // No Workload owns the cgroup yet: remove it here.
+            kill_cgroup(&cg);
+            panic!("{e}");
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! dump      fixture workloads in their own cgroup, probe double, image comparison
 //! pids      who holds a fixture's fixed PIDs (not ours: restore in a fresh PID namespace)
 //! restore   scratch copies of fixture images, `stasis restore`, verify.sh, leftovers
+//! synth     fx-loop images with added threads and memory (restore bench, memory tests)
 //! ```
 #![allow(dead_code)]
 
@@ -19,4 +20,5 @@ pub mod fixtures;
 pub mod lock;
 pub mod pids;
 pub mod restore;
+pub mod synth;
 pub mod workload;

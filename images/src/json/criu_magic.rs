@@ -1,5 +1,5 @@
 //! The magic table the codec uses for whole images: [`crate::magic`] (every kind CRIU 4.2
-//! knows, with crit's names and entry messages).
+//! knows, with crit's names, entry messages and extra payload rules).
 
 use super::image::{MagicEntry, MagicTable};
 use crate::magic::ImageKind;
@@ -14,6 +14,8 @@ fn entry(kind: ImageKind) -> MagicEntry {
         name: info.name.to_string(),
         magic: info.magic,
         message: info.message.map(str::to_string),
+        first_message: info.first_message.map(str::to_string),
+        payload: info.payload,
     }
 }
 

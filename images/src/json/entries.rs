@@ -1,59 +1,34 @@
 //! The entries of one image (everything after the magic words) to and from crit's
-//! `"entries"` array, with crit's per-image rules for extra payloads.
+//! `"entries"` array. Which message each entry is and which extra payload follows it come
+//! from the image kind ([`MagicEntry`]: `crate::magic`'s table), and the payload rules from
+//! [`crate::payload`], the one place that knows them; this module only shows the parts as
+//! crit does.
 //!
 //! ```text
 //!  plain image      len u32 | message            len u32 | message            ...
+//!  first_message    len u32 | first message      len u32 | message ...   (PAGEMAP, GHOST_FILE)
 //!  with extra       len u32 | message | payload  len u32 | message | payload  ...
-//!                   payload size comes from a field of the message:
-//!                     PIPES_DATA, FIFO_DATA  bytes                 -> "extra": base64
-//!                     SK_QUEUES              length                -> "extra": base64
-//!                     BPFMAP_DATA            keys_bytes+values_bytes -> "extra": base64
-//!                     TCP_STREAM             inq_len, outq_len     -> "extra": {"inq", "outq"}
-//!                     IPCNS_SHM              size (padded to 4)    -> "extra": base64
-//!                     IPCNS_SEM              nsems u16 (padded 8)  -> "extra": [n, ...]
-//!                     IPCNS_MSG              qnum x (len|ipc_msg|data padded 8)
-//!                                                                  -> "extra": [msg, base64, ...]
-//!  PAGEMAP          pagemap_head, then pagemap_entry ...
-//!  GHOST_FILE       ghost_file_entry; chunks=true: ghost_chunk_entry + `len` bytes ...
-//!                   otherwise the rest of the file is the first entry's "extra"
+//!                   payload (payload::extra_len)              "extra" in JSON
+//!                     PIPE_DATA, SK_QUEUE, BPFMAP_DATA, ghost chunk   base64
+//!                     ghost file without chunks: the rest of the file  base64
+//!                     TCP_STREAM  in-queue then out-queue               {"inq": b64, "outq": b64}
+//!                     IPCNS_SHM   size bytes (padded to 4)              base64
+//!                     IPCNS_SEM   nsems u16 (padded to 8)               [n, ...]
+//!                     IPCNS_MSG   qnum x (len | ipc_msg | data padded 8) [msg, base64, ...]
 //! ```
+//!
+//! Unlike crit, an `ipc_shm_entry` with `in_pagemaps` set has no extra (its pages are in
+//! pagemap-shmem, as CRIU writes them).
 
 use prost::Message;
-use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage, Value};
+use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage};
 use serde_json::{Map, Value as Json};
 
 use super::error::JsonError;
+use super::image::MagicEntry;
 use super::message::{from_json, to_json, Path};
 use super::{b64, Codec};
-
-/// How the entries of an image are laid out (crit's handler for the image).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Layout {
-    Plain,
-    Pagemap,
-    Ghost,
-    /// A base64 payload whose size is the sum of these integer fields.
-    Blob(&'static [&'static str]),
-    TcpStream,
-    IpcShm,
-    IpcSem,
-    IpcMsg,
-}
-
-fn layout(magic_name: &str) -> Layout {
-    match magic_name {
-        "PAGEMAP" => Layout::Pagemap,
-        "GHOST_FILE" => Layout::Ghost,
-        "PIPES_DATA" | "FIFO_DATA" => Layout::Blob(&["bytes"]),
-        "SK_QUEUES" => Layout::Blob(&["length"]),
-        "BPFMAP_DATA" => Layout::Blob(&["keys_bytes", "values_bytes"]),
-        "TCP_STREAM" => Layout::TcpStream,
-        "IPCNS_SHM" => Layout::IpcShm,
-        "IPCNS_SEM" => Layout::IpcSem,
-        "IPCNS_MSG" => Layout::IpcMsg,
-        _ => Layout::Plain,
-    }
-}
+use crate::payload::{self, ExtraLen, PayloadKind};
 
 /// Cap on one protobuf entry (CRIU's own entries are far smaller).
 const MAX_ENTRY: usize = 64 << 20;
@@ -98,32 +73,21 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn round_up(x: usize, to: usize) -> usize {
-    x.div_ceil(to) * to
+/// A payload rule's field error as a JSON error of entry `entry` (message `desc`).
+fn payload_err(
+    desc: &MessageDescriptor,
+    entry: usize,
+) -> impl Fn(payload::FieldError) -> JsonError + '_ {
+    move |e| JsonError::Field {
+        entry,
+        path: format!("{}.{}", desc.name(), e.field),
+        reason: e.detail,
+    }
 }
 
-/// An unsigned integer field of a decoded message (0 when unset), for payload sizes.
-fn size_field(msg: &DynamicMessage, name: &str, entry: usize) -> Result<usize, JsonError> {
-    let value = msg
-        .get_field_by_name(name)
-        .ok_or_else(|| JsonError::Field {
-            entry,
-            path: format!("{}.{name}", msg.descriptor().name()),
-            reason: "payload size field missing from the message definition".into(),
-        })?;
-    let v: Option<u64> = match &*value {
-        Value::U32(v) => Some(*v as u64),
-        Value::U64(v) => Some(*v),
-        Value::I32(v) => u64::try_from(*v).ok(),
-        Value::I64(v) => u64::try_from(*v).ok(),
-        _ => None,
-    };
-    v.and_then(|v| usize::try_from(v).ok())
-        .ok_or_else(|| JsonError::Field {
-            entry,
-            path: format!("{}.{name}", msg.descriptor().name()),
-            reason: "not a valid payload size".into(),
-        })
+/// A payload size as a length to read (too large: the read reports truncation).
+fn len(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 impl Codec {
@@ -138,12 +102,30 @@ impl Codec {
             .ok_or_else(|| JsonError::NoSuchMessage(name.to_string()))
     }
 
-    fn read_message(
+    /// The message of entry 0 and the message of the others of image kind `kind`.
+    fn entry_messages(
         &self,
-        r: &mut Reader<'_>,
+        kind: &MagicEntry,
+    ) -> Result<(MessageDescriptor, MessageDescriptor), JsonError> {
+        let rest = kind
+            .message
+            .as_deref()
+            .ok_or_else(|| JsonError::NoHandler(kind.name.clone()))?;
+        let rest = self.message(rest)?;
+        let first = match &kind.first_message {
+            Some(first) => self.message(first)?,
+            None => rest.clone(),
+        };
+        Ok((first, rest))
+    }
+
+    /// Reads one `len u32 | message` record: its bytes and the decoded message.
+    fn read_message<'a>(
+        &self,
+        r: &mut Reader<'a>,
         desc: &MessageDescriptor,
         entry: usize,
-    ) -> Result<DynamicMessage, JsonError> {
+    ) -> Result<(&'a [u8], DynamicMessage), JsonError> {
         let len = r.u32(entry, "entry size")? as usize;
         if len > MAX_ENTRY {
             return Err(JsonError::Field {
@@ -153,11 +135,13 @@ impl Codec {
             });
         }
         let bytes = r.take(len, entry, "entry")?;
-        DynamicMessage::decode(desc.clone(), bytes).map_err(|source| JsonError::Protobuf {
-            entry,
-            message: desc.name().to_string(),
-            source,
-        })
+        let msg =
+            DynamicMessage::decode(desc.clone(), bytes).map_err(|source| JsonError::Protobuf {
+                entry,
+                message: desc.name().to_string(),
+                source,
+            })?;
+        Ok((bytes, msg))
     }
 
     fn msg_json(
@@ -177,130 +161,87 @@ impl Codec {
         }
     }
 
-    /// Decodes the entries of an image whose crit magic name is `magic_name` and whose
-    /// entry message is `message` (e.g. `"mm_entry"`); `body` is the file after the magic.
+    /// Decodes the entries of an image of kind `kind`; `body` is the file after the magic.
     pub fn decode_entries(
         &self,
-        magic_name: &str,
-        message: &str,
+        kind: &MagicEntry,
         body: &[u8],
         pretty: bool,
     ) -> Result<Vec<Json>, JsonError> {
+        let (first, rest) = self.entry_messages(kind)?;
         let mut r = Reader { data: body, pos: 0 };
         let mut out = Vec::new();
-        match layout(magic_name) {
-            Layout::Pagemap => {
-                let head = self.message("pagemap_head")?;
-                let ent = self.message("pagemap_entry")?;
-                while !r.at_end() {
-                    let desc = if out.is_empty() { &head } else { &ent };
-                    let msg = self.read_message(&mut r, desc, out.len())?;
-                    out.push(Json::Object(self.msg_json(&msg, pretty, out.len())?));
-                }
+        while !r.at_end() {
+            let entry = out.len();
+            let desc = if entry == 0 { &first } else { &rest };
+            let (bytes, msg) = self.read_message(&mut r, desc, entry)?;
+            let mut obj = self.msg_json(&msg, pretty, entry)?;
+            if let Some(extra) = self.read_extra(kind.payload, desc, bytes, &mut r, entry)? {
+                obj.insert("extra".into(), extra);
             }
-            Layout::Ghost => {
-                let file = self.message("ghost_file_entry")?;
-                let msg = self.read_message(&mut r, &file, 0)?;
-                let mut first = self.msg_json(&msg, pretty, 0)?;
-                let chunks = msg
-                    .get_field_by_name("chunks")
-                    .and_then(|v| v.as_bool())
-                    .unwrap_or(false);
-                if chunks {
-                    out.push(Json::Object(first));
-                    let chunk = self.message("ghost_chunk_entry")?;
-                    while !r.at_end() {
-                        let entry = out.len();
-                        let msg = self.read_message(&mut r, &chunk, entry)?;
-                        let mut obj = self.msg_json(&msg, pretty, entry)?;
-                        let len = size_field(&msg, "len", entry)?;
-                        let data = r.take(len, entry, "ghost chunk data")?;
-                        obj.insert("extra".into(), Json::String(b64::encodebytes(data)));
-                        out.push(Json::Object(obj));
-                    }
-                } else {
-                    let data = r.rest();
-                    first.insert("extra".into(), Json::String(b64::encodebytes(data)));
-                    out.push(Json::Object(first));
-                }
-            }
-            lay => {
-                let desc = self.message(message)?;
-                while !r.at_end() {
-                    let entry = out.len();
-                    let msg = self.read_message(&mut r, &desc, entry)?;
-                    let mut obj = self.msg_json(&msg, pretty, entry)?;
-                    if let Some(extra) = self.read_extra(lay, &msg, &mut r, entry)? {
-                        obj.insert("extra".into(), extra);
-                    }
-                    out.push(Json::Object(obj));
-                }
-            }
+            out.push(Json::Object(obj));
         }
         Ok(out)
     }
 
+    /// Reads the extra payload after entry `entry` (`bytes`, a `desc`) as crit shows it.
     fn read_extra(
         &self,
-        lay: Layout,
-        msg: &DynamicMessage,
+        rule: PayloadKind,
+        desc: &MessageDescriptor,
+        bytes: &[u8],
         r: &mut Reader<'_>,
         entry: usize,
     ) -> Result<Option<Json>, JsonError> {
-        Ok(Some(match lay {
-            Layout::Plain | Layout::Pagemap | Layout::Ghost => return Ok(None),
-            Layout::Blob(fields) => {
-                let mut len = 0usize;
-                for f in fields {
-                    len = len.saturating_add(size_field(msg, f, entry)?);
-                }
-                Json::String(b64::encodebytes(r.take(len, entry, "extra payload")?))
-            }
-            Layout::TcpStream => {
-                let inq = size_field(msg, "inq_len", entry)?;
-                let outq = size_field(msg, "outq_len", entry)?;
-                let mut m = Map::new();
-                let inq = r.take(inq, entry, "tcp input queue")?;
-                m.insert("inq".into(), Json::String(b64::encodebytes(inq)));
-                let outq = r.take(outq, entry, "tcp output queue")?;
-                m.insert("outq".into(), Json::String(b64::encodebytes(outq)));
-                Json::Object(m)
-            }
-            Layout::IpcShm => {
-                let size = size_field(msg, "size", entry)?;
-                let data = r.take(size, entry, "shm contents")?;
-                r.take(round_up(size, 4) - size, entry, "shm padding")?;
-                Json::String(b64::encodebytes(data))
-            }
-            Layout::IpcSem => {
-                let n = size_field(msg, "nsems", entry)?;
-                let size = n.saturating_mul(2);
-                let data = r.take(size, entry, "semaphore values")?;
-                r.take(round_up(size, 8) - size, entry, "semaphore padding")?;
-                Json::Array(
-                    data.chunks(2)
-                        .map(|c| Json::from(u16::from_le_bytes([c[0], c[1]])))
-                        .collect(),
-                )
-            }
-            Layout::IpcMsg => {
-                let qnum = size_field(msg, "qnum", entry)?;
-                let desc = self.message("ipc_msg")?;
-                let mut list = Vec::new();
-                for _ in 0..qnum {
-                    if r.at_end() {
-                        break;
+        let err = payload_err(desc, entry);
+        let b64 = |data: &[u8]| Json::String(b64::encodebytes(data));
+        Ok(Some(
+            match payload::extra_len(rule, entry, bytes).map_err(&err)? {
+                ExtraLen::None => return Ok(None),
+                ExtraLen::RestOfFile => b64(r.rest()),
+                ExtraLen::Exact(n) => {
+                    let extra = r.take(len(n), entry, "extra payload")?;
+                    match rule {
+                        PayloadKind::TcpStream => {
+                            let (inq, outq) =
+                                payload::tcp_stream_queues(bytes, extra).map_err(&err)?;
+                            let mut m = Map::new();
+                            m.insert("inq".into(), b64(inq));
+                            m.insert("outq".into(), b64(outq));
+                            Json::Object(m)
+                        }
+                        PayloadKind::IpcShm => {
+                            b64(payload::ipc_shm_data(bytes, extra).map_err(&err)?)
+                        }
+                        PayloadKind::IpcSem => Json::Array(
+                            payload::ipc_sem_values(bytes, extra)
+                                .map_err(&err)?
+                                .into_iter()
+                                .map(Json::from)
+                                .collect(),
+                        ),
+                        _ => b64(extra),
                     }
-                    let m = self.read_message(r, &desc, entry)?;
-                    let msize = size_field(&m, "msize", entry)?;
-                    let data = r.take(msize, entry, "message queue data")?;
-                    r.take(round_up(msize, 8) - msize, entry, "message queue padding")?;
-                    list.push(Json::Object(self.msg_json(&m, false, entry)?));
-                    list.push(Json::String(b64::encodebytes(data)));
                 }
-                Json::Array(list)
-            }
-        }))
+                ExtraLen::IpcMsgs { count } => {
+                    let desc = self.message("ipc_msg")?;
+                    let err = payload_err(&desc, entry);
+                    let mut list = Vec::new();
+                    for _ in 0..count {
+                        if r.at_end() {
+                            break;
+                        }
+                        let (msg_bytes, m) = self.read_message(r, &desc, entry)?;
+                        let padded = payload::ipc_msg_data_len(msg_bytes).map_err(&err)?;
+                        let data = r.take(len(padded), entry, "message queue data")?;
+                        let msize = payload::ipc_msg_size(msg_bytes).map_err(&err)?;
+                        list.push(Json::Object(self.msg_json(&m, false, entry)?));
+                        list.push(b64(&data[..len(msize)]));
+                    }
+                    Json::Array(list)
+                }
+            },
+        ))
     }
 
     fn build_message(
@@ -313,207 +254,200 @@ impl Codec {
         from_json(&self.opts, desc, &Json::Object(obj.clone()), &root).map_err(|e| e.at(entry))
     }
 
-    fn write_message(out: &mut Vec<u8>, msg: &DynamicMessage) {
+    /// Appends `len u32 | message` and returns the message's bytes.
+    fn write_message(out: &mut Vec<u8>, msg: &DynamicMessage) -> Vec<u8> {
         let bytes = msg.encode_to_vec();
         out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         out.extend_from_slice(&bytes);
+        bytes
     }
 
-    /// Encodes crit's `"entries"` array of an image back into the bytes after the magic.
+    /// Encodes crit's `"entries"` array of an image of kind `kind` back into the bytes after
+    /// the magic.
     pub fn encode_entries(
         &self,
-        magic_name: &str,
-        message: &str,
+        kind: &MagicEntry,
         entries: &[Json],
     ) -> Result<Vec<u8>, JsonError> {
-        let lay = layout(magic_name);
+        let (first, rest) = self.entry_messages(kind)?;
         let mut out = Vec::new();
-        let objects: Vec<&Map<String, Json>> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                e.as_object()
-                    .ok_or_else(|| JsonError::Shape(format!("entry {i}: not a JSON object")))
-            })
-            .collect::<Result<_, _>>()?;
-        if lay == Layout::Ghost {
-            return self.encode_ghost(&objects);
-        }
-        for (i, obj) in objects.into_iter().enumerate() {
+        for (i, e) in entries.iter().enumerate() {
+            let obj = e
+                .as_object()
+                .ok_or_else(|| JsonError::Shape(format!("entry {i}: not a JSON object")))?;
             let mut fields = obj.clone();
             let extra = fields.shift_remove("extra");
-            let desc = match lay {
-                Layout::Pagemap if i == 0 => self.message("pagemap_head")?,
-                Layout::Pagemap => self.message("pagemap_entry")?,
-                _ => self.message(message)?,
-            };
-            let msg = self.build_message(&desc, &fields, i)?;
-            Self::write_message(&mut out, &msg);
-            if let Some(extra) = extra {
-                self.write_extra(lay, &msg, &extra, &mut out, i)?;
-            }
+            let desc = if i == 0 { &first } else { &rest };
+            let msg = self.build_message(desc, &fields, i)?;
+            let bytes = Self::write_message(&mut out, &msg);
+            self.write_extra(kind.payload, desc, &bytes, extra.as_ref(), &mut out, i)?;
         }
         Ok(out)
     }
 
-    fn encode_ghost(&self, objects: &[&Map<String, Json>]) -> Result<Vec<u8>, JsonError> {
-        let mut out = Vec::new();
-        let Some(first) = objects.first() else {
-            return Ok(out);
-        };
-        let data = |obj: &Map<String, Json>, entry: usize| -> Result<Vec<u8>, JsonError> {
-            let field = |reason: String| JsonError::Field {
-                entry,
-                path: "extra".into(),
-                reason,
-            };
-            let text = obj
-                .get("extra")
-                .ok_or_else(|| field("ghost file data is missing".into()))?
-                .as_str()
-                .ok_or_else(|| field("expected a base64 string".into()))?;
-            b64::decodebytes(text).map_err(field)
-        };
-        let mut fields = (*first).clone();
-        fields.shift_remove("extra");
-        let msg = self.build_message(&self.message("ghost_file_entry")?, &fields, 0)?;
-        Self::write_message(&mut out, &msg);
-        let chunks = msg
-            .get_field_by_name("chunks")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
-        if !chunks {
-            out.extend_from_slice(&data(first, 0)?);
-            return Ok(out);
-        }
-        let chunk = self.message("ghost_chunk_entry")?;
-        for (i, obj) in objects.iter().enumerate().skip(1) {
-            let mut fields = (*obj).clone();
-            fields.shift_remove("extra");
-            let msg = self.build_message(&chunk, &fields, i)?;
-            Self::write_message(&mut out, &msg);
-            out.extend_from_slice(&data(obj, i)?);
-        }
-        Ok(out)
-    }
-
+    /// Appends the extra payload of entry `entry` (`bytes`, a `desc`) from its JSON `extra`
+    /// (missing: empty), checked against the sizes the entry announces.
     fn write_extra(
         &self,
-        lay: Layout,
-        msg: &DynamicMessage,
-        extra: &Json,
+        rule: PayloadKind,
+        desc: &MessageDescriptor,
+        bytes: &[u8],
+        extra: Option<&Json>,
         out: &mut Vec<u8>,
         entry: usize,
     ) -> Result<(), JsonError> {
-        let shape = |what: &str| JsonError::Field {
+        let err = payload_err(desc, entry);
+        let bad = |path: &str, reason: String| JsonError::Field {
             entry,
-            path: "extra".into(),
-            reason: format!("expected {what}"),
+            path: path.into(),
+            reason,
         };
-        let blob = |v: &Json, path: &str| -> Result<Vec<u8>, JsonError> {
-            let text = v.as_str().ok_or_else(|| JsonError::Field {
-                entry,
-                path: path.into(),
-                reason: "expected a base64 string".into(),
-            })?;
-            b64::decodebytes(text).map_err(|reason| JsonError::Field {
-                entry,
-                path: path.into(),
-                reason,
-            })
+        let blob = |v: Option<&Json>, path: &str| -> Result<Vec<u8>, JsonError> {
+            match v {
+                None => Ok(Vec::new()),
+                Some(v) => {
+                    let text = v
+                        .as_str()
+                        .ok_or_else(|| bad(path, "expected a base64 string".into()))?;
+                    b64::decodebytes(text).map_err(|reason| bad(path, reason))
+                }
+            }
         };
-        match lay {
-            Layout::Plain | Layout::Pagemap | Layout::Ghost => {}
-            Layout::Blob(fields) => {
-                let data = blob(extra, "extra")?;
-                let mut want = 0usize;
-                for f in fields {
-                    want = want.saturating_add(size_field(msg, f, entry)?);
-                }
-                if data.len() != want {
-                    return Err(shape(&format!(
-                        "{want} bytes of payload ({}), got {}",
-                        fields.join(" + "),
-                        data.len()
-                    )));
-                }
-                out.extend_from_slice(&data);
-            }
-            Layout::TcpStream => {
-                let obj = extra
-                    .as_object()
-                    .ok_or_else(|| shape("an object with inq and outq"))?;
-                let inq = obj.get("inq").ok_or_else(|| shape("an object with inq"))?;
-                let outq = obj
-                    .get("outq")
-                    .ok_or_else(|| shape("an object with outq"))?;
-                for (v, path, len_field) in [
-                    (inq, "extra.inq", "inq_len"),
-                    (outq, "extra.outq", "outq_len"),
-                ] {
-                    let data = blob(v, path)?;
-                    let want = size_field(msg, len_field, entry)?;
-                    if data.len() != want {
-                        return Err(JsonError::Field {
-                            entry,
-                            path: path.into(),
-                            reason: format!(
-                                "expected {want} bytes ({len_field}), got {}",
-                                data.len()
-                            ),
-                        });
-                    }
-                    out.extend_from_slice(&data);
-                }
-            }
-            Layout::IpcShm => {
-                let size = size_field(msg, "size", entry)?;
-                let mut data = blob(extra, "extra")?;
-                data.resize(size, 0);
-                data.resize(round_up(size, 4), 0);
-                out.extend_from_slice(&data);
-            }
-            Layout::IpcSem => {
-                let n = size_field(msg, "nsems", entry)?;
-                let list = extra
-                    .as_array()
-                    .ok_or_else(|| shape("an array of semaphore values"))?;
-                if list.len() != n {
-                    return Err(shape(&format!("{n} semaphore values, got {}", list.len())));
-                }
-                let start = out.len();
-                for v in list {
-                    let v = v
-                        .as_u64()
-                        .and_then(|v| u16::try_from(v).ok())
-                        .ok_or_else(|| shape("semaphore values in 0..=65535"))?;
-                    out.extend_from_slice(&v.to_le_bytes());
-                }
-                let size = out.len() - start;
-                out.resize(start + round_up(size, 8), 0);
-            }
-            Layout::IpcMsg => {
-                let list = extra
-                    .as_array()
-                    .ok_or_else(|| shape("an array of messages"))?;
-                let desc = self.message("ipc_msg")?;
+        let size_mismatch = |path: &str, want: usize, got: usize| {
+            bad(
+                path,
+                format!("expected {want} bytes ({}), got {got}", desc.name()),
+            )
+        };
+        let data = match payload::extra_len(rule, entry, bytes).map_err(&err)? {
+            ExtraLen::None => return Ok(()),
+            ExtraLen::RestOfFile => blob(extra, "extra")?,
+            ExtraLen::IpcMsgs { .. } => {
+                let empty = Vec::new();
+                let list = match extra {
+                    None => &empty,
+                    Some(v) => v
+                        .as_array()
+                        .ok_or_else(|| bad("extra", "expected an array of messages".into()))?,
+                };
+                let msg_desc = self.message("ipc_msg")?;
+                let mut records = Vec::new();
                 for pair in list.chunks(2) {
                     let obj = pair[0]
                         .as_object()
-                        .ok_or_else(|| shape("a message object"))?;
-                    let m = self.build_message(&desc, obj, entry)?;
-                    Self::write_message(out, &m);
-                    let msize = size_field(&m, "msize", entry)?;
-                    let mut data = match pair.get(1) {
-                        Some(v) => blob(v, "extra")?,
-                        None => Vec::new(),
-                    };
-                    data.resize(msize, 0);
-                    data.resize(round_up(msize, 8), 0);
-                    out.extend_from_slice(&data);
+                        .ok_or_else(|| bad("extra", "expected a message object".into()))?;
+                    let m = self.build_message(&msg_desc, obj, entry)?;
+                    let data = blob(pair.get(1), "extra")?;
+                    let msize = payload::ipc_msg_size(&m.encode_to_vec())
+                        .map_err(payload_err(&msg_desc, entry))?;
+                    if data.len() as u64 != msize {
+                        return Err(size_mismatch("extra", len(msize), data.len()));
+                    }
+                    records.push((m.encode_to_vec(), data));
                 }
+                let refs: Vec<(&[u8], &[u8])> = records
+                    .iter()
+                    .map(|(m, d)| (m.as_slice(), d.as_slice()))
+                    .collect();
+                payload::ipc_msg_extra(&refs)
             }
-        }
+            ExtraLen::Exact(want) => {
+                let data = match rule {
+                    PayloadKind::TcpStream => {
+                        let obj = extra.and_then(Json::as_object);
+                        let inq = blob(obj.and_then(|o| o.get("inq")), "extra.inq")?;
+                        let outq = blob(obj.and_then(|o| o.get("outq")), "extra.outq")?;
+                        let data = [inq.as_slice(), outq.as_slice()].concat();
+                        let (want_inq, _) =
+                            payload::tcp_stream_queues(bytes, &data).map_err(&err)?;
+                        if want_inq.len() != inq.len() {
+                            return Err(size_mismatch("extra.inq", want_inq.len(), inq.len()));
+                        }
+                        data
+                    }
+                    PayloadKind::IpcShm => {
+                        let data = blob(extra, "extra")?;
+                        let want = payload::ipc_shm_data(bytes, &data).map_err(&err)?.len();
+                        if want != data.len() {
+                            return Err(size_mismatch("extra", want, data.len()));
+                        }
+                        payload::ipc_shm_extra(&data)
+                    }
+                    PayloadKind::IpcSem => {
+                        let empty = Vec::new();
+                        let list = match extra {
+                            None => &empty,
+                            Some(v) => v.as_array().ok_or_else(|| {
+                                bad("extra", "expected an array of semaphore values".into())
+                            })?,
+                        };
+                        let values = list
+                            .iter()
+                            .map(|v| v.as_u64().and_then(|v| u16::try_from(v).ok()))
+                            .collect::<Option<Vec<u16>>>()
+                            .ok_or_else(|| {
+                                bad("extra", "expected semaphore values in 0..=65535".into())
+                            })?;
+                        let data = payload::ipc_sem_extra(&values);
+                        let shown = payload::ipc_sem_values(bytes, &data).map_err(&err)?;
+                        if shown != values {
+                            return Err(bad(
+                                "extra",
+                                format!(
+                                    "expected {} semaphore values, got {}",
+                                    shown.len(),
+                                    values.len()
+                                ),
+                            ));
+                        }
+                        data
+                    }
+                    _ => blob(extra, "extra")?,
+                };
+                if data.len() as u64 != want {
+                    return Err(size_mismatch("extra", len(want), data.len()));
+                }
+                data
+            }
+        };
+        out.extend_from_slice(&data);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::json::{decode_image, encode_image, Codec};
+
+    /// pipes-data.img: one pipe_data_entry {pipe_id 1, bytes 3} followed by "abc".
+    fn pipes_data() -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&crate::magic::IMG_COMMON_MAGIC.to_le_bytes());
+        b.extend_from_slice(&0x5645_3709u32.to_le_bytes());
+        b.extend_from_slice(&4u32.to_le_bytes());
+        b.extend_from_slice(&[0x08, 0x01, 0x10, 0x03]);
+        b.extend_from_slice(b"abc");
+        b
+    }
+
+    #[test]
+    fn payload_rules_come_from_the_payload_module() {
+        let codec = Codec::criu().unwrap();
+        let bytes = pipes_data();
+        let mut doc = decode_image(codec, &bytes, false).unwrap();
+        assert_eq!(doc["entries"][0]["extra"], "YWJj\n");
+        assert_eq!(encode_image(codec, &doc).unwrap(), bytes);
+        // An extra that does not match `bytes` is refused, naming the sizes.
+        doc["entries"][0]["extra"] = "YWI=\n".into();
+        let err = encode_image(codec, &doc).unwrap_err().to_string();
+        assert!(
+            err.contains("expected 3 bytes") && err.contains("got 2"),
+            "{err}"
+        );
+        // A truncated payload is refused on decode.
+        let err = decode_image(codec, &bytes[..bytes.len() - 1], false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("truncated extra payload"), "{err}");
     }
 }

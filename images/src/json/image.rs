@@ -12,11 +12,12 @@ use serde_json::{Map, Value as Json};
 
 use super::error::JsonError;
 use super::Codec;
+use crate::payload::PayloadKind;
 
 /// Head magic of ordinary images.
-pub const HEAD_COMMON: u32 = 0x5456_4319;
+pub const HEAD_COMMON: u32 = crate::magic::IMG_COMMON_MAGIC;
 /// Head magic of service images (stats, irmap cache).
-pub const HEAD_SERVICE: u32 = 0x5510_5940;
+pub const HEAD_SERVICE: u32 = crate::magic::IMG_SERVICE_MAGIC;
 /// Magic of inventory.img (written without a head magic).
 pub const INVENTORY_MAGIC: u32 = 0x5831_3116;
 
@@ -27,8 +28,13 @@ pub struct MagicEntry {
     pub name: String,
     /// The image magic (second word of the file).
     pub magic: u32,
-    /// Entry message name without package (`"mm_entry"`); `None` for raw images.
+    /// Entry message name (`"mm_entry"` or `"criu.mm_entry"`); `None` for raw images. For
+    /// PAGEMAP and GHOST_FILE the message of entries 1.. .
     pub message: Option<String>,
+    /// Message of entry 0 when it differs (`pagemap_head`, `ghost_file_entry`).
+    pub first_message: Option<String>,
+    /// The extra payload rule of the kind ([`crate::payload`]).
+    pub payload: PayloadKind,
 }
 
 /// Lookup of image kinds by magic number and by crit name.
@@ -70,11 +76,11 @@ pub fn split_magic<'a>(
 }
 
 /// The head magic crit writes before the image magic of `name` (none for INVENTORY).
+/// From `crate::magic`'s table; a name it does not know gets the common head.
 pub fn head_magic_for(name: &str) -> Option<u32> {
-    match name {
-        "INVENTORY" => None,
-        "STATS" | "IRMAP_CACHE" => Some(HEAD_SERVICE),
-        _ => Some(HEAD_COMMON),
+    match crate::magic::ImageKind::from_name(name) {
+        Some(kind) => kind.info().head.value(),
+        None => Some(HEAD_COMMON),
     }
 }
 
@@ -87,11 +93,7 @@ impl Codec {
         pretty: bool,
     ) -> Result<Json, JsonError> {
         let (kind, body) = split_magic(table, bytes)?;
-        let message = kind
-            .message
-            .as_deref()
-            .ok_or_else(|| JsonError::NoHandler(kind.name.clone()))?;
-        let entries = self.decode_entries(&kind.name, message, body, pretty)?;
+        let entries = self.decode_entries(&kind, body, pretty)?;
         let mut doc = Map::new();
         doc.insert("magic".into(), Json::String(kind.name));
         doc.insert("entries".into(), Json::Array(entries));
@@ -118,16 +120,15 @@ impl Codec {
         let kind = table
             .by_name(name)
             .ok_or_else(|| JsonError::UnknownMagicName(name.to_string()))?;
-        let message = kind
-            .message
-            .as_deref()
-            .ok_or_else(|| JsonError::NoHandler(kind.name.clone()))?;
+        if kind.message.is_none() {
+            return Err(JsonError::NoHandler(kind.name.clone()));
+        }
         let mut out = Vec::new();
         if let Some(head) = head_magic_for(&kind.name) {
             out.extend_from_slice(&head.to_le_bytes());
         }
         out.extend_from_slice(&kind.magic.to_le_bytes());
-        out.extend_from_slice(&self.encode_entries(&kind.name, message, entries)?);
+        out.extend_from_slice(&self.encode_entries(&kind, entries)?);
         Ok(out)
     }
 }

@@ -261,6 +261,7 @@ pub const THREAD_SLOT: usize = 4096;
 /// 104 cap_eff 112 cap_prm 120 cap_inh 128 cap_bnd 136 cap_amb   144 secbits 148 ngroups
 /// 152 groups[32]   280 sched_policy 284 sched_prio 288 sched_nice 292 no_new_privs
 /// 296 tls[3] (user_desc: entry, base, limit, flags)  344 tls_status 348 status 352 done
+/// 360 seccomp_mode 364 pad
 /// ```
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -322,6 +323,10 @@ pub struct ThreadState {
     pub status: i32,
     /// [`THREAD_DONE`] `^ tid` when complete.
     pub done: u64,
+    /// `PR_GET_SECCOMP` (0 none, 1 strict, 2 filter; read with seccomp suspended by ptrace).
+    pub seccomp_mode: i32,
+    /// Padding.
+    pub pad: i32,
 }
 
 /// Raw-byte views of the wire structs.

@@ -202,38 +202,15 @@ pub struct RseqArgs {
     pub sig: u32,
 }
 
-/// `struct user_regs_struct` of x86-64 (the order of CRIU's `user_x86_regs_entry` too).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UserRegs {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub bp: u64,
-    pub bx: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub ax: u64,
-    pub cx: u64,
-    pub dx: u64,
-    pub si: u64,
-    pub di: u64,
-    pub orig_ax: u64,
-    pub ip: u64,
-    pub cs: u64,
-    pub flags: u64,
-    pub sp: u64,
-    pub ss: u64,
-    pub fs_base: u64,
-    pub gs_base: u64,
-    pub ds: u64,
-    pub es: u64,
-    pub fs: u64,
-    pub gs: u64,
-}
+// `struct user_regs_struct` of x86-64: one definition (`common/user_regs.rs`), compiled
+// here in the blob and as `sys::regs::UserRegs` in the engine (the same type there).
+#[cfg(stasis_blob)]
+#[path = "../common/user_regs.rs"]
+mod user_regs;
+#[cfg(not(stasis_blob))]
+pub use crate::sys::regs::UserRegs;
+#[cfg(stasis_blob)]
+pub use user_regs::UserRegs;
 
 /// Credentials of one thread (raw syscalls change only the calling thread).
 #[repr(C)]
