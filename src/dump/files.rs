@@ -550,26 +550,15 @@ pub fn data_segments(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
 
 /// Reads the data segments of a file (skipping holes) for ghost chunks: (offset, bytes).
 pub fn data_chunks(path: &PathBuf, size: u64) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
-    use nix::unistd::{lseek, Whence};
     let f = File::open(path)?;
-    let mut out = Vec::new();
-    let mut off: i64 = 0;
-    let size = size as i64;
-    while off < size {
-        let start = match lseek(f.as_fd(), off, Whence::SeekData) {
-            Ok(s) => s,
-            Err(nix::errno::Errno::ENXIO) => break,
-            Err(e) => return Err(e.into()),
-        };
-        let end = lseek(f.as_fd(), start, Whence::SeekHole)
-            .map_err(std::io::Error::from)?
-            .min(size);
-        let mut buf = vec![0u8; (end - start) as usize];
-        f.read_exact_at(&mut buf, start as u64)?;
-        out.push((start as u64, buf));
-        off = end;
-    }
-    Ok(out)
+    data_segments(&f, size)?
+        .into_iter()
+        .map(|(start, end)| {
+            let mut buf = vec![0u8; (end - start) as usize];
+            f.read_exact_at(&mut buf, start)?;
+            Ok((start, buf))
+        })
+        .collect()
 }
 
 /// The `fdinfo-N.img` entry of one fd.
