@@ -27,19 +27,6 @@ fn dump_workload(w: &Workload) -> (tempfile::TempDir, stasis::dump::DumpReport) 
     (dir, rep)
 }
 
-fn count(dir: &Path, prefix: &str) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with(prefix)
-        })
-        .count()
-}
-
 #[test]
 fn dump_python_threads() {
     let base = 32100;
@@ -70,7 +57,7 @@ fn dump_python_threads() {
             let w = launch_cmd("python3", base, &format!("python3 {spath}"), &ready);
             let (dir, rep) = dump_workload(&w);
             assert_eq!(
-                count(dir.path(), "core-"),
+                count_files(dir.path(), "core-"),
                 9,
                 "python main thread + 8 workers"
             );
@@ -148,7 +135,7 @@ fn dump_redis_with_data() {
             waiter.join().unwrap();
             wait_connections(port, 0);
             let (dir, rep) = dump_workload(&w);
-            assert!(count(dir.path(), "core-") >= 1);
+            assert!(count_files(dir.path(), "core-") >= 1);
             assert!(rep.stats.pages.pages_written > 256, "redis data pages");
             let files = decode(&dir.path().join("files.img"));
             let entries = files["entries"].as_array().unwrap();

@@ -3,11 +3,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::deadline::with_deadline;
 use common::dump::*;
 use common::lock::restore_lock;
 
@@ -15,60 +13,33 @@ use common::lock::restore_lock;
 /// restores it and has it verify itself.
 fn round_trip(name: &'static str, base: i32, args: Vec<String>, freeze: bool) {
     let _lock = restore_lock();
-    let cg = cgroup_path(name, base);
-    let restored: std::sync::Arc<std::sync::Mutex<Vec<i32>>> = Default::default();
-    let r2 = restored.clone();
-    with_deadline(
-        90,
-        move || {
-            kill_cgroup(&cg);
-            kill_pids(&r2.lock().unwrap());
-        },
-        move || {
-            let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-            let w = launch(name, base, &a);
-            let dir = tempfile::tempdir().unwrap();
-            let mut cmd = stasis_bin();
-            cmd.args(["dump", "-t", &w.pid.to_string(), "-D"])
-                .arg(dir.path())
-                .args(["-o", "dump.log", "-v4"]);
-            if freeze {
-                cmd.arg("--freeze-cgroup").arg(&w.cgroup);
-            }
-            let out = cmd.output().unwrap();
+    with_round_trip_deadline(90, cgroup_path(name, base), move |restored| {
+        let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let w = launch(name, base, &a);
+        let dir = tempfile::tempdir().unwrap();
+        let cgroup = w.cgroup.to_string_lossy().into_owned();
+        let freeze_args: &[&str] = if freeze {
+            &["--freeze-cgroup", &cgroup]
+        } else {
+            &[]
+        };
+        stasis_dump(w.pid, dir.path(), freeze_args);
+        let pids = pids_of(dir.path());
+        *restored.lock().unwrap() = pids.clone();
+        let t0 = Instant::now();
+        while !gone(&pids) {
             assert!(
-                out.status.success(),
-                "dump {name}: {}",
-                String::from_utf8_lossy(&out.stderr)
+                t0.elapsed() < Duration::from_secs(10),
+                "{name}: dumped tasks still alive"
             );
-            let pids = pids_of(dir.path());
-            *restored.lock().unwrap() = pids.clone();
-            let t0 = Instant::now();
-            while !gone(&pids) {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(10),
-                    "{name}: dumped tasks still alive"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let out = stasis_bin()
-                .args(["restore", "-d", "-D"])
-                .arg(dir.path())
-                .args(["-o", "restore.log", "-v4"])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "restore {name}: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                std::fs::read_to_string(dir.path().join("restore.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(300));
-            let verdict = verify(&w);
-            kill_pids(&pids);
-            assert_eq!(verdict, "PASS", "{name} restored from stasis' own images");
-        },
-    )
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stasis_restore_detached(dir.path(), &[]);
+        std::thread::sleep(Duration::from_millis(300));
+        let verdict = verify(&w);
+        kill_pids(&pids);
+        assert_eq!(verdict, "PASS", "{name} restored from stasis' own images");
+    })
 }
 
 #[test]
@@ -119,24 +90,15 @@ fn round_trip_fx_signals() {
 fn round_trip_python_threads() {
     let _lock = restore_lock();
     let base = 32180;
-    let cg = cgroup_path("python3-rt", base);
-    let restored: std::sync::Arc<std::sync::Mutex<Vec<i32>>> = Default::default();
-    let r2 = restored.clone();
-    with_deadline(
-        90,
-        move || {
-            kill_cgroup(&cg);
-            kill_pids(&r2.lock().unwrap());
-        },
-        move || {
-            let dir = std::path::PathBuf::from(format!(
-                "/tmp/stasis-dump-tests/py-rt-{}",
-                std::process::id()
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            let out_file = dir.join("out");
-            let script = format!(
+    with_round_trip_deadline(90, cgroup_path("python3-rt", base), move |restored| {
+        let dir = std::path::PathBuf::from(format!(
+            "/tmp/stasis-dump-tests/py-rt-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out_file = dir.join("out");
+        let script = format!(
                 "import threading, time, os\n\
                  counts = [0] * 4\n\
                  def work(i):\n    while True:\n        counts[i] += 1\n        time.sleep(0.005)\n\
@@ -144,101 +106,64 @@ fn round_trip_python_threads() {
                  while True:\n    open('{o}.tmp', 'w').write(' '.join(map(str, counts)))\n    os.rename('{o}.tmp', '{o}')\n    time.sleep(0.05)\n",
                 o = out_file.display()
             );
-            std::fs::write(dir.join("t.py"), script).unwrap();
-            // setsid: its own session, so no --shell-job is needed.
-            let mut w = launch_cmd(
-                "python3-rt",
-                base,
-                &format!("setsid python3 {}", dir.join("t.py").display()),
-                &out_file,
-            );
-            let images = dir.join("img");
-            std::fs::create_dir_all(&images).unwrap();
-            let out = stasis_bin()
-                .args(["dump", "-t", &w.pid.to_string(), "-D"])
-                .arg(&images)
-                .args(["-o", "dump.log", "-v4"])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "dump: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert_eq!(count_cores(&images), 5);
-            let before = std::fs::read_to_string(&out_file).unwrap();
-            // The dumped (killed) python is our child: reap it so its pid is free.
-            if let Some(c) = w.child.as_mut() {
-                let _ = c.wait();
-            }
-            w.child = None;
-            let pids = pids_of(&images);
-            *restored.lock().unwrap() = pids.clone();
-            wait_gone(&pids, 10, "the dumped python");
-            let out = stasis_bin()
-                .args(["restore", "-d", "-D"])
-                .arg(&images)
-                .args(["-o", "restore.log", "-v4"])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "restore: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let root = pids[0];
-            assert_eq!(
-                std::fs::read_dir(format!("/proc/{root}/task"))
-                    .unwrap()
-                    .count(),
-                5,
-                "python main thread + 4 workers restored"
-            );
-            // Every thread counts on from where it was (no counter went back), and keeps
-            // counting: each one moves on twice after the restore.
-            let counts = |s: &str| -> Vec<u64> {
-                s.split_whitespace()
-                    .filter_map(|x| x.parse().ok())
-                    .collect()
-            };
-            let mut last = counts(&before);
-            assert_eq!(last.len(), 4, "counts before the restore: {before:?}");
-            let t1 = Instant::now();
-            for round in 0..2 {
-                loop {
-                    let now = counts(&std::fs::read_to_string(&out_file).unwrap_or_default());
-                    if now.len() == 4 {
-                        assert!(
-                            now.iter().zip(&last).all(|(n, o)| n >= o),
-                            "a thread's count went back: {last:?} -> {now:?}"
-                        );
-                        if now.iter().zip(&last).all(|(n, o)| n > o) {
-                            last = now;
-                            break;
-                        }
-                    }
-                    assert!(
-                        t1.elapsed() < Duration::from_secs(20),
-                        "threads did not go on (round {round}): {last:?} -> {now:?}"
-                    );
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-            kill_pids(&pids);
-            let _ = std::fs::remove_dir_all(&dir);
-        },
-    )
-}
-
-fn count_cores(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
+        std::fs::write(dir.join("t.py"), script).unwrap();
+        // setsid: its own session, so no --shell-job is needed.
+        let mut w = launch_cmd(
+            "python3-rt",
+            base,
+            &format!("setsid python3 {}", dir.join("t.py").display()),
+            &out_file,
+        );
+        let images = dir.join("img");
+        std::fs::create_dir_all(&images).unwrap();
+        stasis_dump(w.pid, &images, &[]);
+        assert_eq!(count_files(&images, "core-"), 5);
+        let before = std::fs::read_to_string(&out_file).unwrap();
+        // The dumped (killed) python is our child: reap it so its pid is free.
+        reap_dumped(&mut w);
+        let pids = pids_of(&images);
+        *restored.lock().unwrap() = pids.clone();
+        wait_gone(&pids, 10, "the dumped python");
+        stasis_restore_detached(&images, &[]);
+        let root = pids[0];
+        assert_eq!(
+            std::fs::read_dir(format!("/proc/{root}/task"))
                 .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("core-")
-        })
-        .count()
+                .count(),
+            5,
+            "python main thread + 4 workers restored"
+        );
+        // Every thread counts on from where it was (no counter went back), and keeps
+        // counting: each one moves on twice after the restore.
+        let counts = |s: &str| -> Vec<u64> {
+            s.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        };
+        let mut last = counts(&before);
+        assert_eq!(last.len(), 4, "counts before the restore: {before:?}");
+        let t1 = Instant::now();
+        for round in 0..2 {
+            loop {
+                let now = counts(&std::fs::read_to_string(&out_file).unwrap_or_default());
+                if now.len() == 4 {
+                    assert!(
+                        now.iter().zip(&last).all(|(n, o)| n >= o),
+                        "a thread's count went back: {last:?} -> {now:?}"
+                    );
+                    if now.iter().zip(&last).all(|(n, o)| n > o) {
+                        last = now;
+                        break;
+                    }
+                }
+                assert!(
+                    t1.elapsed() < Duration::from_secs(20),
+                    "threads did not go on (round {round}): {last:?} -> {now:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        kill_pids(&pids);
+        let _ = std::fs::remove_dir_all(&dir);
+    })
 }

@@ -716,24 +716,36 @@ fn tcp_listener_keeps_port_backlog_and_options() {
 #[test]
 fn tcp6_v6only_listener() {
     with_timeout(10, || {
-        let l = socket::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0).unwrap();
-        socket::setsockopt_int(&l, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1).unwrap();
-        let any6 = stasis::files::inet::make_addr(libc::AF_INET6, &[0, 0, 0, 0], 0);
-        socket::bind(&l, &any6).unwrap();
-        socket::listen(&l, 3).unwrap();
-        let port = port_of(&l);
-        let mut st = DumpState::new(DumpOptions::default());
-        let e = dump_own(&l, 1, &mut st);
-        assert_eq!(e.isk.as_ref().unwrap().v6only, Some(true));
-        assert_eq!(e.isk.as_ref().unwrap().src_addr.len(), 4);
-        drop(l);
-        let r = restore(&e, &Extra::default());
-        assert_eq!(port_of(&r), port);
-        assert_eq!(
-            socket::getsockopt_int(&r, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).unwrap(),
-            1
-        );
-        assert_eq!(tcp_info(&r)[0], 10);
+        // The port is free only while nobody else takes it between the dump (listener
+        // closed) and the restore: another test may, so try again with a new one.
+        for attempt in 0..5 {
+            let l =
+                socket::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0).unwrap();
+            socket::setsockopt_int(&l, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1).unwrap();
+            let any6 = stasis::files::inet::make_addr(libc::AF_INET6, &[0, 0, 0, 0], 0);
+            socket::bind(&l, &any6).unwrap();
+            socket::listen(&l, 3).unwrap();
+            let port = port_of(&l);
+            let mut st = DumpState::new(DumpOptions::default());
+            let e = dump_own(&l, 1, &mut st);
+            assert_eq!(e.isk.as_ref().unwrap().v6only, Some(true));
+            assert_eq!(e.isk.as_ref().unwrap().src_addr.len(), 4);
+            drop(l);
+            let extra = Extra::default();
+            let mut ctx = RestoreCtx::new(RestoreOptions::default(), &extra, [&e]);
+            let r = match files::restore_fd(&e, &mut ctx, &no_targets) {
+                Ok(r) => r,
+                Err(err) if err.errno() == Some(libc::EADDRINUSE) && attempt < 4 => continue,
+                Err(err) => panic!("restore: {err}"),
+            };
+            assert_eq!(port_of(&r), port);
+            assert_eq!(
+                socket::getsockopt_int(&r, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).unwrap(),
+                1
+            );
+            assert_eq!(tcp_info(&r)[0], 10);
+            return;
+        }
     });
 }
 

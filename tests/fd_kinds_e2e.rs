@@ -8,9 +8,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::deadline::with_deadline;
 use common::dump::*;
 use common::lock::restore_lock;
 use common::workload::c_program;
@@ -19,103 +18,69 @@ const TUNABLES: &str = "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,
 
 #[test]
 fn fd_kinds_dump_kill_restore_verify() {
+    // Restores: one at a time across test binaries (pids must stay free).
     let _lock = restore_lock();
     let base = 33100;
-    let cg = cgroup_path("fx-kinds", base);
-    let restored = std::sync::Arc::new(std::sync::Mutex::new(0i32));
-    let r2 = restored.clone();
-    with_deadline(
-        90,
-        move || {
-            kill_cgroup(&cg);
-            kill_pids(&[*r2.lock().unwrap()]);
-        },
-        move || {
-            let work = tempfile::tempdir().unwrap();
-            // Static, like the fixtures.
-            let bin = c_program(
-                "fx-kinds",
-                include_str!("fd_kinds_e2e/fx-kinds.c"),
-                &["-static"],
-            );
-            let watched = work.path().join("watched");
-            std::fs::create_dir(&watched).unwrap();
-            let result = work.path().join("result");
-            // Like the fixtures: keep glibc off AVX-512 (the restorer refuses those xstate
-            // components here), see ../shared/fixtures/README.md.
-            let cmd = format!(
-                "env GLIBC_TUNABLES={TUNABLES} {} {} {}",
-                bin.display(),
-                result.display(),
-                watched.display()
-            );
-            let mut w = launch_cmd("fx-kinds", base, &cmd, &result);
-            *restored.lock().unwrap() = w.pid;
-            let images = tempfile::tempdir().unwrap();
-            let out = stasis_bin()
-                .args(["dump", "-t", &w.pid.to_string(), "-D"])
-                .arg(images.path())
-                .arg("--freeze-cgroup")
-                .arg(&w.cgroup)
-                .args(["--tcp-established", "-o", "dump.log", "-v4"])
+    with_round_trip_deadline(90, cgroup_path("fx-kinds", base), move |restored| {
+        let work = tempfile::tempdir().unwrap();
+        // Static, like the fixtures.
+        let bin = c_program(
+            "fx-kinds",
+            include_str!("fd_kinds_e2e/fx-kinds.c"),
+            &["-static"],
+        );
+        let watched = work.path().join("watched");
+        std::fs::create_dir(&watched).unwrap();
+        let result = work.path().join("result");
+        // Like the fixtures: keep glibc off AVX-512 (the restorer refuses those xstate
+        // components here), see ../shared/fixtures/README.md.
+        let cmd = format!(
+            "env GLIBC_TUNABLES={TUNABLES} {} {} {}",
+            bin.display(),
+            result.display(),
+            watched.display()
+        );
+        let mut w = launch_cmd("fx-kinds", base, &cmd, &result);
+        *restored.lock().unwrap() = vec![w.pid];
+        let images = tempfile::tempdir().unwrap();
+        let cgroup = w.cgroup.to_string_lossy().into_owned();
+        stasis_dump(
+            w.pid,
+            images.path(),
+            &["--freeze-cgroup", &cgroup, "--tcp-established"],
+        );
+        for f in ["sk-queues.img", "tty-info.img"] {
+            assert!(images.path().join(f).exists(), "{f} missing");
+        }
+        let streams = count_files(images.path(), "tcp-stream-");
+        assert_eq!(streams, 2, "one tcp-stream image per end of the connection");
+        // CRIU's own decoder (Debian's crit) reads every image, ours included.
+        debian_crit_decodes_all(images.path());
+        // The workload is our child: reap it once the dump killed it (its pid must be free).
+        reap_dumped(&mut w);
+        let out = stasis_bin()
+            .args(["restore", "-d", "-D"])
+            .arg(images.path())
+            .args(["--tcp-established", "-o", "restore.log", "-v4"])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            let files = stasis_bin()
+                .args(["crit", "decode", "--pretty", "-i"])
+                .arg(images.path().join("files.img"))
                 .output()
                 .unwrap();
-            assert!(
-                out.status.success(),
-                "dump: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                std::fs::read_to_string(images.path().join("dump.log")).unwrap_or_default()
-            );
-            for f in ["sk-queues.img", "tty-info.img"] {
-                assert!(images.path().join(f).exists(), "{f} missing");
-            }
-            let streams = std::fs::read_dir(images.path())
-                .unwrap()
-                .filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .starts_with("tcp-stream-")
-                })
-                .count();
-            assert_eq!(streams, 2, "one tcp-stream image per end of the connection");
-            // CRIU's own decoder (Debian's crit) reads every image, ours included.
-            debian_crit_decodes_all(images.path());
-            // The workload is our child: reap it once the dump killed it (its pid must be free).
-            let mut child = w.child.take().unwrap();
-            let t0 = Instant::now();
-            while child.try_wait().unwrap().is_none() || !gone(&[w.pid]) {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(10),
-                    "dumped task still alive"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let out = stasis_bin()
-                .args(["restore", "-d", "-D"])
-                .arg(images.path())
-                .args(["--tcp-established", "-o", "restore.log", "-v4"])
-                .output()
-                .unwrap();
-            if !out.status.success() {
-                let files = stasis_bin()
-                    .args(["crit", "decode", "--pretty", "-i"])
-                    .arg(images.path().join("files.img"))
-                    .output()
-                    .unwrap();
-                eprintln!("files.img:\n{}", String::from_utf8_lossy(&files.stdout));
-            }
-            assert!(
-                out.status.success(),
-                "restore: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                std::fs::read_to_string(images.path().join("restore.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(300));
-            let verdict = verify(&w);
-            kill_pids(&[w.pid]);
-            assert_eq!(verdict, "PASS", "fx-kinds restored from stasis' own images");
-        },
-    )
+            eprintln!("files.img:\n{}", String::from_utf8_lossy(&files.stdout));
+        }
+        assert!(
+            out.status.success(),
+            "restore: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(images.path().join("restore.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let verdict = verify(&w);
+        kill_pids(&[w.pid]);
+        assert_eq!(verdict, "PASS", "fx-kinds restored from stasis' own images");
+    })
 }

@@ -139,6 +139,46 @@ fn taken_pid_is_named_with_its_owner() {
     );
 }
 
+/// A PID the images need held by a thread of another process: the error names the PID, the
+/// thread's comm and the process (tgid) it belongs to.
+#[test]
+fn taken_pid_held_by_a_thread_names_its_tgid() {
+    let run = fixture_run("fx-loop");
+    let dir = &run.dir;
+    // A thread of this test process at TID 30000: point the allocator just below it and
+    // spawn threads until one lands there (another fork of the machine may win a race).
+    let mut holder = None;
+    for _ in 0..20 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", "29999").expect("ns_last_pid");
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("pid-holder".into())
+            .spawn(move || {
+                let _ = tid_tx.send(nix::unistd::gettid().as_raw());
+                let _ = stop_rx.recv_timeout(Duration::from_secs(60));
+            })
+            .expect("spawn thread");
+        let tid = tid_rx.recv_timeout(Duration::from_secs(10)).expect("tid");
+        if tid == 30000 {
+            holder = Some((t, stop_tx));
+            break;
+        }
+        drop(stop_tx);
+        t.join().expect("join");
+    }
+    let (thread, stop) = holder.expect("no thread got TID 30000 in 20 tries");
+    let restore = stasis_restore(dir, &["-d"]);
+    drop(stop);
+    thread.join().expect("join the holder");
+    let err = assert_failed(&restore, "fx-loop", &["pid 30000 is taken by pid-holder ("]);
+    let tgid = std::process::id();
+    assert!(
+        err.contains(&format!("(a thread of tgid {tgid})")),
+        "error should name the owning process {tgid}; got: {err}"
+    );
+}
+
 /// A failure after the tree exists (mmap of a grandchild fails during the switch) kills every
 /// task already created: root, children, grandchild, zombie.
 #[test]

@@ -68,36 +68,8 @@ fn wait_file(p: &Path, secs: u64, what: &str) -> String {
 
 /// Dumps `pid` into `dir` (the task is killed) and waits until it is gone.
 fn dump(pid: i32, dir: &Path, extra: &[&str]) {
-    let out = stasis_bin()
-        .args(["dump", "-t", &pid.to_string(), "-D"])
-        .arg(dir)
-        .args(["-o", "dump.log", "-v4"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "dump: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(dir.join("dump.log")).unwrap_or_default()
-    );
+    stasis_dump(pid, dir, extra);
     wait_gone(&[pid], 10, "dumped task");
-}
-
-/// `stasis restore -d` of `dir`.
-fn restore_detached(dir: &Path) {
-    let out = stasis_bin()
-        .args(["restore", "-d", "-D"])
-        .arg(dir)
-        .args(["-o", "restore.log", "-v4"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "restore: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default()
-    );
 }
 
 /// Sends SIGUSR2 and returns the verdict written to `result`.
@@ -174,7 +146,7 @@ fn creds_survive_dump_and_restore() {
             assert!(before[0].contains("NoNewPrivs:\t1"), "{}", before[0]);
             let dir = tempfile::tempdir().unwrap();
             dump(w.pid, dir.path(), &[]);
-            restore_detached(dir.path());
+            stasis_restore_detached(dir.path(), &[]);
             let after = proc_creds(w.pid);
             assert_eq!(before, after, "creds seen in /proc after the restore");
             let v = verdict(w.pid, &result);
@@ -354,7 +326,7 @@ fn vdso_proxy_round_trip(drop_vvar: bool, base: i32) {
             let dir = tempfile::tempdir().unwrap();
             dump(w.pid, dir.path(), &[]);
             let old = rewrite_vdso(dir.path(), w.pid, drop_vvar);
-            restore_detached(dir.path());
+            stasis_restore_detached(dir.path(), &[]);
             let (running, at_old) = maps_of(w.pid, old);
             assert_ne!(running, old, "the running vdso was moved elsewhere (proxy)");
             assert!(
@@ -384,15 +356,13 @@ fn vdso_proxy_for_an_image_without_vvar() {
 /// passes its own checks.
 #[test]
 fn vdso_proxy_restores_a_criu_image_with_another_vdso() {
-    let s = common::restore::serial();
-    common::restore::pids_ready("fx-loop");
-    let leftovers = common::restore::Leftovers("fx-loop");
-    let dir = common::restore::scratch_copy(&s, "fx-loop");
+    let run = common::restore::fixture_run("fx-loop");
+    let dir = &run.dir;
     let (root, _) = common::restore::manifest("fx-loop");
-    let old = rewrite_vdso(&dir, root, false);
+    let old = rewrite_vdso(dir, root, false);
     let pidfile = dir.join("root.pid");
     let out = common::restore::stasis_restore(
-        &dir,
+        dir,
         &[
             "-d",
             "-v4",
@@ -413,7 +383,7 @@ fn vdso_proxy_restores_a_criu_image_with_another_vdso() {
     assert!(at_old.contains(" r-xp "), "the image's vdso copy: {at_old}");
     let (ok, text) = common::restore::verify("fx-loop", &pidfile);
     assert!(ok, "fx-loop through a proxied vdso: {text}");
-    drop(leftovers);
+    drop(run);
 }
 
 /// Reads what the terminal shows on `master` until `done(text)` or `secs` pass.

@@ -253,6 +253,12 @@ fn collect_process(
         cx.prof.record(&format!("maps {pid}"), "mm", pid, t2);
         let t2 = cx.prof.now_us();
         let vmas = mm::vmas(pid, &maps, cx.files)?;
+        let mut readable: Vec<(u64, u64)> = maps
+            .iter()
+            .filter(|v| v.read)
+            .map(|v| (v.start, v.end))
+            .collect();
+        readable.sort_unstable();
         let mm_fields = MmFields {
             stat: p.stat.clone(),
             brk: if pprobe.brk != 0 {
@@ -278,7 +284,15 @@ fn collect_process(
             out::file_bytes(out::MM, &[mm::mm_entry(&mm_fields, &vmas)])
         });
         *cx.pages_id += 1;
-        pages::write_private(cx.dir, acc, pid, *cx.pages_id, &runs, &mut cx.stats.pages)?;
+        pages::write_private(
+            cx.dir,
+            acc,
+            pid,
+            *cx.pages_id,
+            &runs,
+            &readable,
+            &mut cx.stats.pages,
+        )?;
         cx.prof.record(&format!("pages {pid}"), "pages", pid, t3);
         Ok(())
     })?;
@@ -514,6 +528,7 @@ fn dump_frozen(
     let me = std::process::id() as i32;
     let my_ns = proc::ns::read(me).map_err(|e| DumpError::proc("collect-tree", me, e))?;
     let root_ids = ids.ids_entry(&my_ns, [1; 4]);
+    files.net_ns_id = root_ids["net_ns_id"].as_u64().map(|x| x as u32);
     let mut extras = super::extras::Extras::new(opts.pid)?;
     let mut dir = ImageDir::new(&opts.images_dir);
     let mut pages_id = 0u32;

@@ -86,6 +86,11 @@ pub struct Files {
     /// State of the fd kinds shared with the restore engine ([`crate::files`]): unix and
     /// inet sockets, established TCP, ptys; their side images (sk-queues, tcp-stream, tty-info).
     pub kinds: crate::files::DumpState,
+    /// CRIU's id of the dumper's network namespace (`inventory.root_ids.net_ns_id`): sockets
+    /// must be in it (sock_diag answers for that namespace) and carry it as `ns_id`.
+    pub net_ns_id: Option<u32>,
+    /// The dumper's network namespace inode, read on the first socket.
+    my_net: Option<Option<u64>>,
 }
 
 fn fown() -> Value {
@@ -122,11 +127,15 @@ impl Files {
         let fail = |e: crate::files::FilesError| {
             DumpError::new("files", pid, e.errno(), format!("fd {fd}: {e}"))
         };
-        let Some((e, kind)) =
+        let Some((mut e, kind)) =
             crate::files::task::dump_task_fd(pid, fd, &mut alloc, &mut self.kinds).map_err(fail)?
         else {
             return Ok(None);
         };
+        if let Some(u) = &mut e.usk {
+            // Like CRIU: the socket's network namespace (checked to be ours in `fd`).
+            u.ns_id = self.net_ns_id;
+        }
         self.entries
             .push(crate::files::task::entry_json(&e).map_err(fail)?);
         Ok(Some((e.id, kind)))
@@ -344,6 +353,30 @@ impl Files {
         Ok(id)
     }
 
+    /// Sockets are looked up with sock_diag in the dumper's network namespace: a task in
+    /// another one is refused.
+    fn same_net_ns(&mut self, pid: i32, fd: i32, ino: u64) -> Result<()> {
+        let mine = match self.my_net {
+            Some(m) => m,
+            None => {
+                let m = proc::ns::read_one(std::process::id() as i32, "net")
+                    .map_err(|e| DumpError::proc("files", pid, e))?;
+                *self.my_net.insert(m)
+            }
+        };
+        let theirs =
+            proc::ns::read_one(pid, "net").map_err(|e| DumpError::proc("files", pid, e))?;
+        if mine != theirs {
+            return Err(DumpError::new(
+                "files",
+                pid,
+                Some(libc::ENOTSUP),
+                format!("fd {fd}: socket:[{ino}] is in another network namespace"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Records fd `fd` of `pid`; returns its fdinfo entry.
     pub fn fd(&mut self, pid: i32, fd: i32) -> Result<FdEntry> {
         let target =
@@ -371,6 +404,9 @@ impl Files {
             FdTarget::Path(p) => p.starts_with("/dev/pts/") || p.as_os_str() == "/dev/ptmx",
             _ => false,
         };
+        if let FdTarget::Socket(ino) = &target {
+            self.same_net_ns(pid, fd, *ino)?;
+        }
         if shared {
             if let Some((id, kind)) = self.shared_kind(pid, fd)? {
                 self.by_open.insert(key, (id, kind));
@@ -514,26 +550,15 @@ pub fn data_segments(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
 
 /// Reads the data segments of a file (skipping holes) for ghost chunks: (offset, bytes).
 pub fn data_chunks(path: &PathBuf, size: u64) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
-    use nix::unistd::{lseek, Whence};
     let f = File::open(path)?;
-    let mut out = Vec::new();
-    let mut off: i64 = 0;
-    let size = size as i64;
-    while off < size {
-        let start = match lseek(f.as_fd(), off, Whence::SeekData) {
-            Ok(s) => s,
-            Err(nix::errno::Errno::ENXIO) => break,
-            Err(e) => return Err(e.into()),
-        };
-        let end = lseek(f.as_fd(), start, Whence::SeekHole)
-            .map_err(std::io::Error::from)?
-            .min(size);
-        let mut buf = vec![0u8; (end - start) as usize];
-        f.read_exact_at(&mut buf, start as u64)?;
-        out.push((start as u64, buf));
-        off = end;
-    }
-    Ok(out)
+    data_segments(&f, size)?
+        .into_iter()
+        .map(|(start, end)| {
+            let mut buf = vec![0u8; (end - start) as usize];
+            f.read_exact_at(&mut buf, start)?;
+            Ok((start, buf))
+        })
+        .collect()
 }
 
 /// The `fdinfo-N.img` entry of one fd.

@@ -86,6 +86,31 @@ fn prot(v: &Vma) -> u32 {
     p as u32
 }
 
+/// Status (with `extra_status`), mmap flags, open flags of the file and page class of a
+/// file-backed VMA: shared ones map the file as the VMA may write it, private ones read only.
+fn file_vma(v: &Vma, extra_status: u32) -> (u32, u32, u32, PageClass) {
+    if v.shared {
+        let open = if v.write {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        };
+        (
+            VMA_AREA_REGULAR | VMA_FILE_SHARED | extra_status,
+            libc::MAP_SHARED as u32,
+            open as u32,
+            PageClass::Shared,
+        )
+    } else {
+        (
+            VMA_AREA_REGULAR | VMA_FILE_PRIVATE | extra_status,
+            libc::MAP_PRIVATE as u32,
+            libc::O_RDONLY as u32,
+            PageClass::FilePrivate,
+        )
+    }
+}
+
 /// Classifies the VMAs of `pid` (merging `[vvar]` with `[vvar_vclock]`) and registers the
 /// files they map in `files`.
 pub fn vmas(pid: i32, maps: &[Vma], files: &mut Files) -> Result<Vec<VmaOut>> {
@@ -158,39 +183,15 @@ pub fn vmas(pid: i32, maps: &[Vma], files: &mut Files) -> Result<Vec<VmaOut>> {
                     ));
                 }
                 shmid = files.vma_memfd(pid, v)? as u64;
-                if v.shared {
-                    status = VMA_AREA_REGULAR | VMA_FILE_SHARED | VMA_AREA_MEMFD;
-                    flags = libc::MAP_SHARED as u32;
-                    fdflags = Some(if v.write {
-                        libc::O_RDWR as u32
-                    } else {
-                        libc::O_RDONLY as u32
-                    });
-                    class = PageClass::Shared;
-                } else {
-                    status = VMA_AREA_REGULAR | VMA_FILE_PRIVATE | VMA_AREA_MEMFD;
-                    flags = libc::MAP_PRIVATE as u32;
-                    fdflags = Some(libc::O_RDONLY as u32);
-                    class = PageClass::FilePrivate;
-                }
+                let f = file_vma(v, VMA_AREA_MEMFD);
+                (status, flags, class) = (f.0, f.1, f.3);
+                fdflags = Some(f.2);
             }
             _ => {
                 shmid = files.vma_file(pid, v)? as u64;
-                if v.shared {
-                    status = VMA_AREA_REGULAR | VMA_FILE_SHARED;
-                    flags = libc::MAP_SHARED as u32;
-                    fdflags = Some(if v.write {
-                        libc::O_RDWR as u32
-                    } else {
-                        libc::O_RDONLY as u32
-                    });
-                    class = PageClass::Shared;
-                } else {
-                    status = VMA_AREA_REGULAR | VMA_FILE_PRIVATE;
-                    flags = libc::MAP_PRIVATE as u32;
-                    fdflags = Some(libc::O_RDONLY as u32);
-                    class = PageClass::FilePrivate;
-                }
+                let f = file_vma(v, 0);
+                (status, flags, class) = (f.0, f.1, f.3);
+                fdflags = Some(f.2);
             }
         }
         if v.has_flag("gd") {

@@ -96,6 +96,7 @@ pub fn write_private(
     pid: i32,
     pages_id: u32,
     runs: &[Run],
+    readable: &[(u64, u64)],
     stats: &mut PageStats,
 ) -> Result<()> {
     let img = |e| DumpError::image("pages", pid, e);
@@ -115,7 +116,7 @@ pub fn write_private(
     let spliced = if expected == 0 {
         None
     } else {
-        probe.dump_pages(&regions, pages.file().map_err(img)?)?
+        probe.dump_pages(&regions, readable, pages.file().map_err(img)?)?
     };
     if let Some(n) = spliced {
         if n != expected {

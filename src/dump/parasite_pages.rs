@@ -28,18 +28,20 @@ fn perr(pid: i32, e: crate::parasite::Error) -> DumpError {
 }
 
 /// Writes `regions` (address, length; page aligned) of process `pid`, whose leader runs
-/// `parasite`, to `out` at its file position; returns the bytes written.
+/// `parasite`, to `out` at its file position; `readable`: the readable mappings (start, end;
+/// sorted, from the smaps the engine read). Returns the bytes written.
 pub fn dump(
     parasite: &mut Parasite<'_>,
     pid: i32,
     regions: &[(u64, u64)],
+    readable: &[(u64, u64)],
     out: &mut File,
 ) -> Result<Option<u64>> {
     let io = |what: &str, e| DumpError::io("pages", pid, what, e);
     let start = out
         .stream_position()
         .map_err(|e| io("position of the pages image", e))?;
-    match through_parasite(parasite, pid, regions, out) {
+    match through_parasite(parasite, pid, regions, readable, out) {
         Ok(n) => Ok(Some(n)),
         Err(e) if e.errno == Some(libc::ESRCH) => Err(e),
         Err(e) => {
@@ -60,18 +62,13 @@ fn through_parasite(
     parasite: &mut Parasite<'_>,
     pid: i32,
     regions: &[(u64, u64)],
+    readable: &[(u64, u64)],
     out: &mut File,
 ) -> Result<u64> {
-    let maps = proc::maps::read_maps(pid).map_err(|e| DumpError::proc("pages", pid, e))?;
-    let readable: Vec<(u64, u64)> = maps
-        .iter()
-        .filter(|v| v.read)
-        .map(|v| (v.start, v.end))
-        .collect();
     let mut total = 0u64;
     let mut batch: Vec<RemoteIov> = Vec::new();
     for &(start, len) in regions {
-        for (base, len, ok) in split(start, start + len, &readable) {
+        for (base, len, ok) in split(start, start + len, readable) {
             if ok {
                 batch.push(RemoteIov { base, len });
                 continue;

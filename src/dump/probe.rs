@@ -173,11 +173,13 @@ pub trait ProcessAccess {
     /// Reads `buf.len()` bytes of the process's memory at `addr`.
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<()>;
     /// Writes the memory of `regions` (address, length; page aligned, in order) to `out` at
-    /// its file position without copying through the dumper (the dump parasite); returns the
-    /// bytes written, or `None` when this probe cannot (use `read_memory`).
+    /// its file position without copying through the dumper (the dump parasite); `readable`
+    /// are the process's readable mappings (start, end; sorted). Returns the bytes written,
+    /// or `None` when this probe cannot (use `read_memory`).
     fn dump_pages(
         &mut self,
         _regions: &[(u64, u64)],
+        _readable: &[(u64, u64)],
         _out: &mut std::fs::File,
     ) -> Result<Option<u64>> {
         Ok(None)

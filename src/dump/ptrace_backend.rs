@@ -363,8 +363,13 @@ impl ProcessAccess for OpenProcess<'_> {
         })
     }
 
-    fn dump_pages(&mut self, regions: &[(u64, u64)], out: &mut File) -> Result<Option<u64>> {
-        super::parasite_pages::dump(&mut self.parasite, self.pid, regions, out)
+    fn dump_pages(
+        &mut self,
+        regions: &[(u64, u64)],
+        readable: &[(u64, u64)],
+        out: &mut File,
+    ) -> Result<Option<u64>> {
+        super::parasite_pages::dump(&mut self.parasite, self.pid, regions, readable, out)
     }
 }
 

@@ -157,12 +157,6 @@ pub fn read_smaps(pid: i32) -> Result<Vec<Vma>, ProcError> {
     parse(&p, &super::read_text(pid, &p)?)
 }
 
-/// Reads `/proc/PID/maps` (no per-mapping counters: much cheaper than smaps).
-pub fn read_maps(pid: i32) -> Result<Vec<Vma>, ProcError> {
-    let p = super::path(pid, "maps");
-    parse(&p, &super::read_text(pid, &p)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,15 +42,27 @@ fn is_dead(pid: i32) -> bool {
         .is_some_and(|st| st == "Z" || st == "X")
 }
 
-/// "comm (cmdline)" of a running task, for messages.
+/// Longest command line quoted in a message (longer ones end in "...").
+const MAX_CMDLINE: usize = 120;
+
+/// "comm (cmdline)" of a running task, for messages, with "(a thread of tgid N)" when `pid`
+/// is a thread of another process.
 pub fn owner_of(pid: i32) -> String {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let cmd: String = String::from_utf8_lossy(&cmd)
+    let mut cmd: String = String::from_utf8_lossy(&cmd)
         .split('\0')
         .filter(|s| !s.is_empty())
         .collect::<Vec<_>>()
         .join(" ");
+    if cmd.len() > MAX_CMDLINE {
+        let mut cut = MAX_CMDLINE;
+        while !cmd.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        cmd.truncate(cut);
+        cmd.push_str("...");
+    }
     // A thread of another process shows up as /proc/TID too.
     let tgid = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -61,7 +73,7 @@ pub fn owner_of(pid: i32) -> String {
         })
         .unwrap_or(pid);
     let mut who = if tgid != pid {
-        format!(" (a thread of {tgid})")
+        format!(" (a thread of tgid {tgid})")
     } else {
         String::new()
     };

@@ -1,6 +1,8 @@
 //! Raw syscall results: `-1` + `errno` from libc calls, and `-4095..=-1` from raw syscall
 //! return registers (a remote syscall's `rax`, a parasite reply).
 
+use std::os::fd::{FromRawFd, OwnedFd};
+
 use nix::errno::Errno;
 
 /// Decodes a raw kernel return value: `-4095..=-1` is `-errno`, anything else is a value.
@@ -29,6 +31,13 @@ pub fn check_int(ret: libc::c_int) -> Result<libc::c_int, Errno> {
     } else {
         Ok(ret)
     }
+}
+
+/// Same as [`check_int`] for a call that returns a new descriptor, which becomes owned.
+pub fn new_fd(ret: libc::c_int) -> Result<OwnedFd, Errno> {
+    let fd = check_int(ret)?;
+    // SAFETY: `fd` is a descriptor the kernel just returned to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `-ERESTARTSYS`: restart the syscall unless a handler without SA_RESTART runs.

@@ -5,9 +5,11 @@
 //! [`Errno`] on failure; callers above add the operation and pid to their errors.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
+
+use super::errno::{check, new_fd};
 
 /// `TFD_IOC_SET_TICKS` (`_IOW('T', 0, u64)`): sets the expiration count of a timerfd.
 pub const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
@@ -22,22 +24,6 @@ const F_GETOWN_EX: libc::c_int = 16;
 struct FOwnerEx {
     kind: libc::c_int,
     pid: libc::pid_t,
-}
-
-fn check(r: libc::c_long) -> Result<libc::c_long, Errno> {
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(r)
-    }
-}
-
-fn new_fd(r: libc::c_int) -> Result<OwnedFd, Errno> {
-    if r < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: `r` is a descriptor the kernel just returned to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
 /// `eventfd(initval, flags)` (eventfd(2)).

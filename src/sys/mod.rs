@@ -26,6 +26,7 @@
 //! freezer::Freezer::freeze(cgroup_dir, timeout)    v1 freezer.state / v2 cgroup.freeze;
 //!                                                   thaws on drop
 //! channel::{pidfd_open, pidfd_getfd, send_msg, recv_msg, pipe, splice_exact, ..}
+//! pidns::{command_in_new_pid_ns, run_in_new_pid_ns}   fresh PID namespace (tests)
 //! tkill::tgkill, proc_tasks::{threads, children, state, exec_area, is_exiting}, wait::*
 //! ```
 //!
@@ -43,6 +44,7 @@ pub mod fds;
 pub mod freezer;
 pub mod infect;
 pub mod mem;
+pub mod pidns;
 pub mod pod;
 pub mod proc_tasks;
 pub mod ptrace;

@@ -1,7 +1,8 @@
 //! Restores single-process CRIU 4.2 fixtures (`fx-loop`, `fx-mem`, `fx-threads`, `fx-signals`) with the
 //! restorer blob and a minimal engine written here (premap + fill every VMA from the page
 //! images, vdso plan, core/mm conversion, fds 0-2 on /dev/null), then runs the workload's own
-//! verification (SIGUSR2 → PASS). Needs root and the fixture's PIDs free; installs the fixtures
+//! verification (SIGUSR2 → PASS). Needs root; when a PID of the fixture is held by a foreign
+//! task, the test runs in a fresh PID namespace instead (noted on stderr). Installs the fixtures
 //! (/tmp/criu-fixtures) when missing. The fixtures share PIDs with other
 //! tests of the team, so the tests here run one at a time.
 
@@ -31,6 +32,10 @@ mod fixtures;
 #[allow(dead_code)]
 #[path = "../../tests/common/lock.rs"]
 mod lock;
+/// Who holds a fixture's PIDs (shared with the integration tests).
+#[allow(dead_code)]
+#[path = "../../tests/common/pids.rs"]
+mod pids;
 
 /// Page data of the image: (vaddr, bytes) per present page.
 fn pages(dir: &Path, pagemap: &str) -> Vec<(u64, Vec<u8>)> {
@@ -293,12 +298,39 @@ impl Drop for Restored {
     }
 }
 
-fn restore_and_verify(name: &str, pid: i32) {
+/// Restores fixture `name` (root `pid`) and checks PASS, in the host PID namespace; when one
+/// of its PIDs is held by a task that is not ours, says so on stderr and runs the whole
+/// restore and verification in a fresh PID namespace instead (a forked PID 2 there, see
+/// [`crate::sys::pidns::run_in_new_pid_ns`]), asserting the same things.
+fn restore_and_verify(name: &'static str, pid: i32) {
     // One fixture restore at a time, in this and every other test binary.
     let _lock = lock::restore_lock();
     fixtures::install_if_missing();
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
+    let dir = fixtures::image_dir(name);
+    let pstree: Vec<pb::PstreeEntry> = read_entries(dir.join("pstree.img")).expect("pstree");
+    let ids: Vec<i32> = pstree
+        .iter()
+        .flat_map(|p| p.threads.iter().map(|&t| t as i32))
+        .collect();
+    let holders = pids::foreign_holders(&ids);
+    if holders.is_empty() {
+        restore_and_verify_here(name, pid);
+    } else {
+        eprintln!("{}", pids::fallback_note(name, &holders));
+        let r = crate::sys::pidns::run_in_new_pid_ns(
+            move || restore_and_verify_here(name, pid),
+            Duration::from_secs(60),
+        );
+        if let Err(e) = r {
+            panic!("{name} in a fresh pid namespace: {e}");
+        }
+    }
+}
+
+/// The body of [`restore_and_verify`] in the current PID namespace (lock held by the caller).
+fn restore_and_verify_here(name: &str, pid: i32) {
     let dir = fixtures::image_dir(name);
     let pstree: Vec<pb::PstreeEntry> = read_entries(dir.join("pstree.img")).expect("pstree");
     let tids = pstree

@@ -5,28 +5,14 @@
 //! Addresses travel as the raw `struct sockaddr_*` bytes the kernel gave (`getsockname`
 //! length included), so unix names keep their exact length (abstract names, unnamed).
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 
+use super::errno::{check, new_fd};
+
 /// `SIOCOUTQNSD`: bytes in the send queue not yet sent.
 pub const SIOCOUTQNSD: libc::c_ulong = 0x894B;
-
-fn check(r: libc::c_long) -> Result<libc::c_long, Errno> {
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(r)
-    }
-}
-
-fn new_fd(r: libc::c_int) -> Result<OwnedFd, Errno> {
-    if r < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: `r` is a descriptor the kernel just returned to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(r) })
-}
 
 fn raw(fd: &impl AsFd) -> libc::c_int {
     fd.as_fd().as_raw_fd()

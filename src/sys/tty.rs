@@ -8,6 +8,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 
+use super::errno::check_int as check;
+
 pub const TCGETS: libc::c_ulong = 0x5401;
 pub const TCSETS: libc::c_ulong = 0x5402;
 pub const TIOCEXCL: libc::c_ulong = 0x540C;
@@ -66,14 +68,6 @@ impl Termios {
         b[16] = self.line;
         b[17..].copy_from_slice(&self.cc);
         b
-    }
-}
-
-fn check(r: libc::c_int) -> Result<libc::c_int, Errno> {
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(r)
     }
 }
 

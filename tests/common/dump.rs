@@ -136,60 +136,25 @@ fn pid_free(pid: i32, span: i32) -> bool {
 }
 
 /// Starts fixture workload `name` (a file in bin/) with `args` after its result path, at a
-/// free pid from `base`, inside a fresh cgroup; waits until it is ready.
+/// free pid from `base`, inside a fresh cgroup (see [`launch_program`]); waits until it is
+/// ready.
 pub fn launch(name: &str, base: i32, args: &[&str]) -> Workload {
-    assert!(
-        super::lock::held(),
-        "launching {name} at fixed pids needs the restore lock"
-    );
-    install_fixtures();
-    let cg = cgroup_path(name, base);
-    let _ = std::fs::create_dir(&cg);
-    assert!(
-        cg.join("cgroup.freeze").exists(),
-        "no cgroup v2 freezer at {}",
-        cg.display()
-    );
     let results = PathBuf::from("/tmp/stasis-dump-tests");
     std::fs::create_dir_all(&results).unwrap();
     let result = results.join(format!("{name}-{}-{base}.result", std::process::id()));
     let ready = PathBuf::from(format!("{}.ready", result.display()));
     let _ = std::fs::remove_file(&ready);
-    // Another test (or anything else) may take a pid between the check and fx-launch: retry
-    // with the next range.
-    let mut pid = base;
-    let mut attempts = 0;
-    let w = loop {
-        while !pid_free(pid, 20) {
-            pid += 20;
-            assert!(pid < base + 2000, "no free pid range near {base}");
-        }
-        let mut cmd = format!(
-            "echo $$ > {}/cgroup.procs && exec /tmp/criu-fixtures/bin/fx-launch {pid} /tmp/criu-fixtures/bin/{name} {}",
-            cg.display(),
-            result.display()
-        );
-        for a in args {
-            cmd.push(' ');
-            cmd.push_str(a);
-        }
-        let st = Command::new("sh").arg("-c").arg(&cmd).status().unwrap();
-        if st.success() {
-            break Workload {
-                name: name.into(),
-                pid,
-                cgroup: cg.clone(),
-                result: result.clone(),
-                child: None,
-            };
-        }
-        attempts += 1;
-        assert!(
-            attempts < 10,
-            "fx-launch {name} failed {attempts} times near {base}"
-        );
-        pid += 20;
-    };
+    let result_arg = result.to_string_lossy().into_owned();
+    let mut full_args = vec![result_arg.as_str()];
+    full_args.extend_from_slice(args);
+    let program = format!("/tmp/criu-fixtures/bin/{name}");
+    let mut w = launch_program(name, base, &program, &full_args);
+    w.result = result;
+    assert!(
+        w.cgroup.join("cgroup.freeze").exists(),
+        "no cgroup v2 freezer at {}",
+        w.cgroup.display()
+    );
     let t0 = Instant::now();
     while !ready.exists() {
         assert!(t0.elapsed() < Duration::from_secs(20), "{name} not ready");
@@ -233,42 +198,55 @@ pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Wo
             pid + 20
         }
     };
-    let mut pid = base;
-    let mut attempts = 0;
-    loop {
-        let mut tried = 0;
-        while !pid_free(pid, 20) {
+    let start = || -> Result<i32, String> {
+        let mut pid = base;
+        let mut attempts = 0;
+        loop {
+            let mut tried = 0;
+            while !pid_free(pid, 20) {
+                pid = next(pid);
+                tried += 1;
+                if tried >= pid_max / 20 {
+                    return Err("no free range of 20 pids at all".into());
+                }
+            }
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c")
+                .arg("echo $$ > \"$1\"/cgroup.procs && shift && exec \"$@\"")
+                .arg("sh")
+                .arg(&cg)
+                .arg("/tmp/criu-fixtures/bin/fx-launch")
+                .arg(pid.to_string())
+                .arg(program)
+                .args(args);
+            let out = cmd.output().map_err(|e| format!("sh: {e}"))?;
+            if out.status.success() {
+                return Ok(pid);
+            }
+            // Exit 3: someone else forked between fx-launch's ns_last_pid write and its fork.
+            attempts += 1;
+            if attempts >= 20 {
+                return Err(format!(
+                    "fx-launch {program} failed {attempts} times near {base}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
             pid = next(pid);
-            tried += 1;
-            assert!(tried < pid_max / 20, "no free range of 20 pids at all");
         }
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg("echo $$ > \"$1\"/cgroup.procs && shift && exec \"$@\"")
-            .arg("sh")
-            .arg(&cg)
-            .arg("/tmp/criu-fixtures/bin/fx-launch")
-            .arg(pid.to_string())
-            .arg(program)
-            .args(args);
-        let out = cmd.output().unwrap();
-        if out.status.success() {
-            return Workload {
-                name: name.into(),
-                pid,
-                cgroup: cg,
-                result: PathBuf::new(),
-                child: None,
-            };
+    };
+    match start() {
+        Ok(pid) => Workload {
+            name: name.into(),
+            pid,
+            cgroup: cg,
+            result: PathBuf::new(),
+            child: None,
+        },
+        Err(e) => {
+            // No Workload owns the cgroup yet: remove it here.
+            kill_cgroup(&cg);
+            panic!("{e}");
         }
-        // Exit 3: someone else forked between fx-launch's ns_last_pid write and its fork.
-        let last_err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        attempts += 1;
-        assert!(
-            attempts < 20,
-            "fx-launch {program} failed {attempts} times near {base}: {last_err}"
-        );
-        pid = next(pid);
     }
 }
 
@@ -346,6 +324,89 @@ pub fn wait_connections(port: u16, want: usize) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Pids of restored tasks, killed when a round-trip test fails.
+pub type Restored = std::sync::Arc<std::sync::Mutex<Vec<i32>>>;
+
+/// [`super::deadline::with_deadline`] for a dump/restore round trip of a workload in cgroup
+/// `cg`: when `body` fails or runs out of time, the cgroup and the tasks it recorded in
+/// [`Restored`] are killed.
+pub fn with_round_trip_deadline<T: Send + 'static>(
+    secs: u64,
+    cg: PathBuf,
+    body: impl FnOnce(Restored) -> T + Send + 'static,
+) -> T {
+    let restored = Restored::default();
+    let on_fail = restored.clone();
+    super::deadline::with_deadline(
+        secs,
+        move || {
+            kill_cgroup(&cg);
+            kill_pids(&on_fail.lock().unwrap_or_else(|e| e.into_inner()));
+        },
+        move || body(restored),
+    )
+}
+
+/// Runs `stasis ARGS... -D dir -o LOG -v4 EXTRA...`; fails the test, with stderr and the log,
+/// unless it succeeds.
+fn stasis_ok(args: &[&str], dir: &Path, log: &str, extra: &[&str]) {
+    let out = stasis_bin()
+        .args(args)
+        .arg("-D")
+        .arg(dir)
+        .args(["-o", log, "-v4"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stasis {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(dir.join(log)).unwrap_or_default()
+    );
+}
+
+/// `stasis dump -t PID -D dir -o dump.log -v4 EXTRA...`, which must succeed.
+pub fn stasis_dump(pid: i32, dir: &Path, extra: &[&str]) {
+    stasis_ok(&["dump", "-t", &pid.to_string()], dir, "dump.log", extra);
+}
+
+/// `stasis restore -d -D dir -o restore.log -v4 EXTRA...`, which must succeed.
+pub fn stasis_restore_detached(dir: &Path, extra: &[&str]) {
+    stasis_ok(&["restore", "-d"], dir, "restore.log", extra);
+}
+
+/// Reaps a dumped (killed) workload that is our child and waits (10 s at most) until its pid
+/// is free.
+pub fn reap_dumped(w: &mut Workload) {
+    if let Some(mut child) = w.child.take() {
+        let t0 = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "dumped task {} still alive",
+                w.pid
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    wait_gone(&[w.pid], 10, "the dumped task");
+}
+
+/// How many files of `dir` have a name starting with `prefix`.
+pub fn count_files(dir: &Path, prefix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(prefix)
+        })
+        .count()
 }
 
 /// The stasis binary of this build.

@@ -7,6 +7,7 @@
 //! deadline  running a test body under a timeout (a stuck body fails the test)
 //! workload  the compiled C workloads of the ptrace/parasite tests, with a watchdog
 //! dump      fixture workloads in their own cgroup, probe double, image comparison
+//! pids      who holds a fixture's fixed PIDs (not ours: restore in a fresh PID namespace)
 //! restore   scratch copies of fixture images, `stasis restore`, verify.sh, leftovers
 //! synth     fx-loop images with added threads and memory (restore bench, memory tests)
 //! ```
@@ -17,6 +18,7 @@ pub mod deadline;
 pub mod dump;
 pub mod fixtures;
 pub mod lock;
+pub mod pids;
 pub mod restore;
 pub mod synth;
 pub mod workload;

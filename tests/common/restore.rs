@@ -40,7 +40,11 @@ pub struct FixtureRun {
 
 /// Prepares a [`FixtureRun`] of fixture `name`.
 pub fn fixture_run(name: &'static str) -> FixtureRun {
-    let serial = serial();
+    fixture_run_locked(serial(), name)
+}
+
+/// [`fixture_run`] for a test that already holds the lock.
+pub fn fixture_run_locked(serial: Serial, name: &'static str) -> FixtureRun {
     pids_ready(name);
     let leftovers = Leftovers(name);
     let dir = scratch_copy(&serial, name);
@@ -252,4 +256,70 @@ pub fn assert_failed(out: &Output, name: &str, needles: &[&str]) -> String {
         "tasks left alive after a failed restore: {left:?}"
     );
     err
+}
+
+/// Restores fixture `name` inside a fresh PID namespace and verifies it there: `stasis restore
+/// -D DIR -d --pidfile` runs as PID 2 of the namespace (PID 1 reaps), so clone3 set_tid gets
+/// the recorded PIDs whoever holds them on the host; then `verify.sh` (SIGUSR2 to the root,
+/// verdict file) and a bounded wait until every task of the fixture is gone, all inside the
+/// namespace. Everything left there dies with it. Panics unless the workload reports PASS.
+pub fn restores_and_passes_in_new_pidns(serial: &Serial, name: &str) {
+    const SCRIPT: &str = r#"set -e
+name=$1 stasis=$2 dir=$3 verify=$4 result=$5; shift 5
+"$stasis" restore -D "$dir" -d -v4 -o restore.log --pidfile "$dir/root.pid"
+echo "restored $name as pid $(cat "$dir/root.pid") of a fresh pid namespace (this shell is pid $$ there)"
+"$verify" "$name" "$result" "$dir/root.pid"
+i=0
+while [ $i -lt 500 ]; do
+  left=; for p in "$@"; do [ -e /proc/$p ] && left="$left $p"; done
+  [ -z "$left" ] && exit 0
+  sleep 0.02; i=$((i+1))
+done
+echo "tasks left after the verdict:$left" >&2
+exit 4
+"#;
+    let dir = scratch_copy(serial, name);
+    let (root, pids) = manifest(name);
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(SCRIPT)
+        .arg("pidns-restore")
+        .arg(name)
+        .arg(env!("CARGO_BIN_EXE_stasis"))
+        .arg(&dir)
+        .arg(fixtures().join("verify.sh"))
+        .arg(format!("/tmp/criu-fixtures/results/{name}.result"))
+        .args(pids.iter().map(|p| p.to_string()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    stasis::sys::pidns::command_in_new_pid_ns(&mut cmd);
+    let child = cmd.spawn().expect("spawn the pid namespace helper");
+    let out = wait_child(
+        child,
+        Duration::from_secs(90),
+        "restore in a new pid namespace",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let log = std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{name} in a fresh pid namespace: status {:?}\nstdout: {stdout}\nstderr: {}\nlog tail:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        stdout.contains(&format!("as pid {root} of a fresh pid namespace")),
+        "{name}: pid file inside the namespace should be {root}; stdout: {stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{name}: PASS")),
+        "{name}: no PASS; stdout: {stdout}"
+    );
+}
+
+/// The live tasks holding a PID of fixture `name` that are not ours (see [`super::pids`]).
+pub fn foreign_holders(name: &str) -> Vec<super::pids::Holder> {
+    super::pids::foreign_holders(&manifest(name).1)
 }
