@@ -183,6 +183,8 @@ pub fn enter(
             end: hint + len,
         });
     }
+    // Its userfaultfd and /proc/self/mem go now, not in the blob's close list.
+    drop(premapper);
     match vdso.plan {
         Some(VdsoPlan::Move { special }) => spec.special = special,
         Some(VdsoPlan::Proxy { special, patches }) => {

@@ -26,7 +26,7 @@ use nix::errno::Errno;
 use super::img::msg::VmaEntry;
 use super::plan::{vma_status as vs, PageRun, Pages};
 use crate::sys::fds::pread_raw;
-use crate::sys::mem::{self, MissingFill};
+use crate::sys::mem::{self, Userfault};
 
 /// Page data to put in place: (address, offset in the pages image, length).
 type Piece = (u64, u64, u64);
@@ -57,6 +57,8 @@ pub struct Premapper<'a> {
     runs: std::borrow::Cow<'a, [PageRun]>,
     fd: Option<RawFd>,
     parallel: bool,
+    /// Created at the first anonymous fill (its error kept: the fallbacks take over).
+    uffd: Option<Result<Userfault, Errno>>,
     mem: Option<std::fs::File>,
     thp_always: bool,
     next: u64,
@@ -79,6 +81,7 @@ impl<'a> Premapper<'a> {
             runs,
             fd,
             parallel,
+            uffd: None,
             mem: None,
             thp_always,
             next: base,
@@ -188,8 +191,17 @@ impl<'a> Premapper<'a> {
         match how {
             How::Copy => {
                 let pieces: Vec<_> = self.pieces(v.start, v.end).collect();
-                let uffd =
-                    MissingFill::register(hint, len).map_err(|e| ("userfaultfd register", e))?;
+                if self.uffd.is_none() {
+                    self.uffd = Some(Userfault::new());
+                }
+                let uf = match self.uffd.as_ref() {
+                    Some(Ok(uf)) => uf,
+                    Some(Err(e)) => return Err(("userfaultfd", *e)),
+                    None => return Err(("userfaultfd", Errno::EBADF)),
+                };
+                let uffd = uf
+                    .register(hint, len)
+                    .map_err(|e| ("userfaultfd register", e))?;
                 let total: u64 = pieces.iter().map(|p| p.2).sum();
                 // pread into a small buffer that stays in cache, UFFDIO_COPY from it: one
                 // pass over memory, no page-table work for a source mapping.

@@ -7,7 +7,8 @@
 //!   (the restore of private pages):
 //!
 //! ```text
-//! MissingFill::register(start, len)       userfaultfd, MISSING mode, on an empty anon range
+//! Userfault::new()                        userfaultfd (one per task)
+//! uf.register(start, len) -> MissingFill  MISSING mode, on an empty anonymous range
 //! pread_buf(pages_fd, &mut buf, off)      a chunk of the pages image into a small buffer
 //! fill.copy(dst, &buf)                    UFFDIO_COPY: the kernel allocates each page and
 //!                                         copies into it (no clear_page, no fault)
@@ -82,20 +83,15 @@ struct UffdioCopy {
     copy: i64,
 }
 
-/// A userfaultfd with `[start, start + len)` of our own address space registered for missing
-/// pages; unregistered (and closed) on drop, which leaves the VMA's flags as they were.
+/// A userfaultfd of our own address space (no features, user faults only).
 #[derive(Debug)]
-pub struct MissingFill {
+pub struct Userfault {
     fd: OwnedFd,
-    range: (u64, u64),
 }
 
-impl MissingFill {
-    /// Registers the private anonymous range `[start, start + len)` of our own address
-    /// space. The caller guarantees no Rust object refers to the range (a premapped VMA of a
-    /// forked task). Pages already present stay as they are; [`MissingFill::copy`] only
-    /// creates missing ones.
-    pub fn register(start: u64, len: u64) -> std::result::Result<Self, Errno> {
+impl Userfault {
+    /// Creates the userfaultfd and handshakes the API.
+    pub fn new() -> std::result::Result<Self, Errno> {
         // SAFETY: creates a new descriptor; no memory is touched.
         let raw =
             unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | UFFD_USER_MODE_ONLY) };
@@ -113,6 +109,14 @@ impl MissingFill {
         if unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api) } < 0 {
             return Err(Errno::last());
         }
+        Ok(Self { fd })
+    }
+
+    /// Registers the private anonymous range `[start, start + len)` of our own address space
+    /// for missing pages, until the returned [`MissingFill`] drops. The caller guarantees no
+    /// Rust object refers to the range (a premapped VMA of a forked task). Pages already
+    /// present stay as they are; [`MissingFill::copy`] only creates missing ones.
+    pub fn register(&self, start: u64, len: u64) -> std::result::Result<MissingFill<'_>, Errno> {
         let mut reg = UffdioRegister {
             range: UffdioRange { start, len },
             mode: UFFDIO_REGISTER_MODE_MISSING,
@@ -120,15 +124,25 @@ impl MissingFill {
         };
         // SAFETY: registering changes no memory contents; a missing-page fault in the range
         // would block until filled, and only the range's owner (our caller) touches it.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_REGISTER, &mut reg) } < 0 {
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER, &mut reg) } < 0 {
             return Err(Errno::last());
         }
-        Ok(Self {
-            fd,
+        Ok(MissingFill {
+            fd: &self.fd,
             range: (start, len),
         })
     }
+}
 
+/// A range registered on a [`Userfault`]; unregistered on drop, which leaves the VMA's flags
+/// as they were.
+#[derive(Debug)]
+pub struct MissingFill<'a> {
+    fd: &'a OwnedFd,
+    range: (u64, u64),
+}
+
+impl MissingFill<'_> {
     /// Creates the pages of `[dst, dst + src.len())` (inside the registered range, page
     /// aligned) holding `src`.
     pub fn copy(&self, dst: u64, src: &[u8]) -> std::result::Result<(), Errno> {
@@ -166,7 +180,7 @@ impl MissingFill {
     }
 }
 
-impl Drop for MissingFill {
+impl Drop for MissingFill<'_> {
     fn drop(&mut self) {
         let mut r = UffdioRange {
             start: self.range.0,
