@@ -480,6 +480,33 @@ fn unix_socketpair_queues_both_ways() {
 }
 
 #[test]
+fn unix_unlinked_name_is_deleted_with_its_perms() {
+    with_timeout(10, || {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gone.sock");
+        let l = socket::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        socket::bind(&l, &unix_addr(path.to_str().unwrap().as_bytes())).unwrap();
+        socket::listen(&l, 2).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let mut st = DumpState::new(DumpOptions::default());
+        let e = dump_own(&l, 1, &mut st);
+        let u = e.usk.as_ref().unwrap();
+        assert_eq!(u.deleted, Some(true));
+        assert_eq!(u.file_perms.as_ref().unwrap().mode & 0o777, 0o640);
+        drop(l);
+        // Restored listening under no name: the name is bound, then removed again.
+        let r = restore(&e, &Extra::default());
+        assert!(!path.exists());
+        assert_eq!(
+            socket::getsockopt_int(&r, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).unwrap(),
+            1
+        );
+    });
+}
+
+#[test]
 fn unix_listener_and_bound_dgram_with_queue() {
     with_timeout(10, || {
         let dir = tempfile::tempdir().unwrap();

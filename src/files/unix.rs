@@ -177,20 +177,40 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
             u.name_dir = Some(dir);
             full
         };
-        match std::fs::symlink_metadata(&full) {
-            Ok(md)
-                if md.file_type().is_socket()
-                    && diag
-                        .vfs
-                        .is_some_and(|(vino, _)| u64::from(vino) == md.ino()) =>
-            {
-                u.file_perms = Some(pb::FilePermsEntry {
-                    mode: md.mode(),
-                    uid: md.uid(),
-                    gid: md.gid(),
-                });
+        // Like CRIU: the socket's own file (SIOCUNIXFILE) gives the permissions, also when
+        // the name was unlinked (then `deleted`); older kernels: stat the name.
+        match so::unix_file(d.file) {
+            Ok(f) => {
+                let p = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
+                if let Ok(md) = std::fs::metadata(&p) {
+                    u.file_perms = Some(pb::FilePermsEntry {
+                        mode: md.mode(),
+                        uid: md.uid(),
+                        gid: md.gid(),
+                    });
+                }
+                let gone = std::fs::read_link(&p)
+                    .map(|l| l.to_string_lossy().ends_with(" (deleted)"))
+                    .unwrap_or(true);
+                if gone {
+                    u.deleted = Some(true);
+                }
             }
-            _ => u.deleted = Some(true),
+            Err(_) => match std::fs::symlink_metadata(&full) {
+                Ok(md)
+                    if md.file_type().is_socket()
+                        && diag
+                            .vfs
+                            .is_some_and(|(vino, _)| u64::from(vino) == md.ino()) =>
+                {
+                    u.file_perms = Some(pb::FilePermsEntry {
+                        mode: md.mode(),
+                        uid: md.uid(),
+                        gid: md.gid(),
+                    });
+                }
+                _ => u.deleted = Some(true),
+            },
         }
     }
     if u.state != TCP_LISTEN {

@@ -227,6 +227,16 @@ pub fn ioctl_int(fd: impl AsFd, req: libc::c_ulong) -> Result<i32, Errno> {
     Ok(v)
 }
 
+/// `SIOCUNIXFILE`: an `O_PATH` descriptor of the file a unix socket is bound to (Linux 4.10).
+pub const SIOCUNIXFILE: libc::c_ulong = 0x89E0;
+
+/// The file a bound unix socket owns (even when its name was unlinked or replaced since):
+/// `fstat` gives its mode and owner, `/proc/self/fd/N` its path with " (deleted)" if gone.
+pub fn unix_file(fd: impl AsFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: SIOCUNIXFILE takes no argument and returns a new descriptor.
+    new_fd(unsafe { libc::ioctl(raw(&fd), SIOCUNIXFILE as _, 0) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
