@@ -167,3 +167,78 @@ fn round_trip_python_threads() {
         let _ = std::fs::remove_dir_all(&dir);
     })
 }
+
+/// A program that holds its own `/proc/PID/stat` open (as redis does while it reads its RSS)
+/// is restored: the file exists only once the task does, so the task reopens it itself, and
+/// reads from it go on to show the restored task.
+#[test]
+fn round_trip_program_holding_its_own_proc_file() {
+    let _lock = restore_lock();
+    let base = 32300;
+    with_round_trip_deadline(90, cgroup_path("python3-proc", base), move |restored| {
+        let dir = std::path::PathBuf::from(format!(
+            "/tmp/stasis-dump-tests/py-proc-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out_file = dir.join("out");
+        let script = format!(
+            "import os, time\n\
+             f = open('/proc/%d/stat' % os.getpid())\n\
+             n = 0\n\
+             while True:\n    f.seek(0)\n    pid = f.read().split()[0]\n    n += 1\n    \
+             open('{o}.tmp', 'w').write('%s %d' % (pid, n))\n    os.rename('{o}.tmp', '{o}')\n    \
+             time.sleep(0.05)\n",
+            o = out_file.display()
+        );
+        std::fs::write(dir.join("p.py"), script).unwrap();
+        let mut w = launch_cmd(
+            "python3-proc",
+            base,
+            &format!("setsid python3 {}", dir.join("p.py").display()),
+            &out_file,
+        );
+        let images = dir.join("img");
+        std::fs::create_dir_all(&images).unwrap();
+        stasis_dump(w.pid, &images, &[]);
+        let files = decode(&images.join("files.img"));
+        let own = format!("/proc/{}/stat", w.pid);
+        assert!(
+            files["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["reg"]["name"] == own.as_str()),
+            "{own} is among the dumped files: {files}"
+        );
+        reap_dumped(&mut w);
+        let pids = pids_of(&images);
+        *restored.lock().unwrap() = pids.clone();
+        wait_gone(&pids, 10, "the dumped python");
+        let before: u64 = std::fs::read_to_string(&out_file)
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        stasis_restore_detached(&images, &[]);
+        let t1 = Instant::now();
+        loop {
+            let now = std::fs::read_to_string(&out_file).unwrap_or_default();
+            let v: Vec<&str> = now.split_whitespace().collect();
+            if v.len() == 2 && v[1].parse::<u64>().unwrap_or(0) > before + 2 {
+                assert_eq!(v[0], pids[0].to_string(), "reads show the restored task");
+                break;
+            }
+            assert!(
+                t1.elapsed() < Duration::from_secs(20),
+                "the restored program did not go on: {now:?} (count {before} before)"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        kill_pids(&pids);
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+}

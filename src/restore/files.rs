@@ -44,6 +44,10 @@ pub struct Opened {
     /// the images, as (files.img id, the dumped foreground group). The task leading that
     /// group makes it the foreground group of the new terminal.
     pub shell_ttys: Vec<(u32, i32)>,
+    /// Files in `/proc/PID/` of a task of the tree (e.g. a program reading its own
+    /// `/proc/self/stat` when it was dumped): they exist only once the task does, so the task
+    /// opens them itself, as (files.img id -> path, open flags, offset).
+    pub in_task: HashMap<u32, (String, u32, u64)>,
     /// Owners (closed when the restorer is done).
     owned: Vec<OwnedFd>,
 }
@@ -298,6 +302,16 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
         let want_desc = wanted.contains(&id) && !o.desc.contains_key(&id);
         let want_map = mapped.contains_key(&id) && !o.maps.contains_key(&id);
         if let Some(reg) = &f.reg {
+            if tree_proc_path(plan, &reg.name) {
+                if want_map {
+                    return Err(RestoreError::Unsupported(format!(
+                        "files.img: id {id}: mapping {} of a task of the tree",
+                        reg.name
+                    )));
+                }
+                o.in_task.insert(id, (reg.name.clone(), reg.flags, reg.pos));
+                continue;
+            }
             if want_desc && !o.desc.contains_key(&id) {
                 let fd = if let Some((g, chunks)) = plan.ghosts.get(&id) {
                     open_ghost(&reg.name, reg.flags, g.mode, g.size, chunks)?
@@ -348,6 +362,14 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
     }
     open_kinds(plan, &wanted, opts, &mut o)?;
     Ok(o)
+}
+
+/// Whether `path` lies in `/proc/PID/` of a task or thread the images restore.
+pub fn tree_proc_path(plan: &Plan, path: &str) -> bool {
+    path.strip_prefix("/proc/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|n| n.parse::<i32>().ok())
+        .is_some_and(|id| plan.all_ids().contains(&id))
 }
 
 /// Restores the descriptor kinds of [`crate::files`] (eventfd, timerfd, signalfd, inotify,

@@ -18,9 +18,11 @@
 //! foreground of the dumped terminal makes its group the foreground one of the new terminal.
 
 use std::collections::BTreeSet;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 
 use super::files::{keep_only, Opened};
@@ -113,6 +115,32 @@ fn run_task(
     // Descriptors.
     let mut keep: BTreeSet<RawFd> = BTreeSet::new();
     for fd in &t.fds {
+        if let Some((path, flags, pos)) = opened.in_task.get(&fd.id) {
+            // A /proc file of the tree: this task (or its parent) exists now.
+            let own = nix::fcntl::open(
+                path.as_str(),
+                OFlag::from_bits_truncate(*flags as i32 & !libc::O_CREAT) | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| ("open a /proc file of the tree", e))?;
+            nix::unistd::lseek(&own, *pos as i64, nix::unistd::Whence::SeekSet)
+                .map_err(|e| ("seek a /proc file of the tree", e))?;
+            // Opened right at its number? Then move it away first (dup2 onto itself would
+            // leave the close-on-exec flag as it is and the drop would close it).
+            let own = if own.as_raw_fd() == fd.fd as RawFd {
+                let moved = own
+                    .try_clone()
+                    .map_err(|_| ("dup a /proc file of the tree", Errno::EMFILE))?;
+                drop(own);
+                moved
+            } else {
+                own
+            };
+            dup2_raw(own.as_raw_fd(), fd.fd as RawFd, fd.flags & 1 != 0)
+                .map_err(|e| ("dup2", e))?;
+            keep.insert(fd.fd as RawFd);
+            continue;
+        }
         let &src = opened.desc.get(&fd.id).ok_or(("find file", Errno::EBADF))?;
         dup2_raw(src, fd.fd as RawFd, fd.flags & 1 != 0).map_err(|e| ("dup2", e))?;
         keep.insert(fd.fd as RawFd);

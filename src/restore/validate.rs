@@ -87,7 +87,8 @@ pub fn owner_of(pid: i32) -> String {
 pub fn files_unchanged(plan: &Plan) -> Result<(), RestoreError> {
     for (id, f) in &plan.files {
         let Some(reg) = &f.reg else { continue };
-        if plan.ghosts.contains_key(id) {
+        // Ghosts are recreated; the tree's own /proc files appear with their tasks.
+        if plan.ghosts.contains_key(id) || super::files::tree_proc_path(plan, &reg.name) {
             continue;
         }
         let path = Path::new(&reg.name);
