@@ -230,8 +230,19 @@ fn threads_dying_and_appearing_while_seizing() {
             // Not held: it must be dead (a zombie on its way out, or already gone).
             let stat = std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", w.pid));
             if let Ok(stat) = stat {
-                let st = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
-                assert!(matches!(st, 'Z' | 'X'), "thread {tid} ({st}) not seized");
+                // Fields after the command: state, ppid, pgrp, session, tty, tpgid, flags.
+                let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+                    .split_whitespace()
+                    .collect();
+                let st = fields[0].chars().next().unwrap();
+                // PF_EXITING: past the point of no return, still 'R' or 'D' until it is a
+                // zombie (the kernel refuses to attach to it).
+                const PF_EXITING: u64 = 0x4;
+                let exiting = fields[6].parse::<u64>().unwrap() & PF_EXITING != 0;
+                assert!(
+                    matches!(st, 'Z' | 'X') || exiting,
+                    "thread {tid} ({st}) not seized"
+                );
             }
         }
         for t in &root.threads {
