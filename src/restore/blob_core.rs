@@ -309,13 +309,7 @@ pub fn mm_from_pb(spec: &mut TaskSpec, mm: &pb::MmEntry, exe_fd: u32) {
 mod tests {
     use super::*;
     use crate::images::framing::read_single;
-    use std::path::PathBuf;
-
-    fn fixtures() -> PathBuf {
-        std::env::var_os("STASIS_FIXTURES")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
-    }
+    use crate::test_fixtures::fixtures;
 
     #[test]
     fn fx_loop_core_converts() {
