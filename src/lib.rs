@@ -4,7 +4,8 @@
 //! - [`sys`]: the only place with raw syscalls, ptrace and `unsafe`;
 //! - [`parasite`]: the embedded no_std blobs (dump parasite, restorer) and their protocols;
 //! - [`files`]: fd kinds shared by both engines (eventfd, epoll, sockets, ttys, ...);
-//! - [`dump`] and [`restore`]: the engines;
+//! - [`dump`] and [`restore`]: the engines ([`regs_image`]: the register conversion both
+//!   share);
 //! - [`cli`]: the criu-compatible command line (the `stasis` binary is a thin wrapper).
 //!
 //! The image format lives in its own crate, re-exported as [`images`].
@@ -17,6 +18,7 @@ pub mod dump;
 pub mod files;
 pub mod parasite;
 pub mod proc;
+pub mod regs_image;
 pub mod restore;
 pub mod sys;
 /// Where the fixtures are, for unit tests (the integration tests' `tests/common/fixtures.rs`).

@@ -36,9 +36,11 @@ fn round_trip(name: &'static str, base: i32, args: Vec<String>, freeze: bool) {
         }
         stasis_restore_detached(dir.path(), &[]);
         std::thread::sleep(Duration::from_millis(300));
-        let verdict = verify(&w);
-        kill_pids(&pids);
-        assert_eq!(verdict, "PASS", "{name} restored from stasis' own images");
+        verify_then_kill(
+            &w,
+            &pids,
+            &format!("{name} restored from stasis' own images"),
+        );
     })
 }
 

@@ -23,10 +23,23 @@ use common::lock::restore_lock;
 use common::workload::c_program;
 use serde_json::Value;
 
-const TUNABLES: &str = "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX2,-AVX,-FMA,-FMA4,-BMI1,-BMI2,-LZCNT,-MOVBE,-POPCNT,-SSE4_1,-SSE4_2,-SSSE3,-ERMS,-FSRM,-RTM";
-
 /// Flags of the workloads: static, like the fixtures.
 const STATIC: &[&str] = &["-static", "-pthread"];
+
+/// Builds workload `name` from `src` and launches it at `base` (glibc tuned like the
+/// fixtures) with its verdict file `result` and `args`, waiting for `result`.
+fn launch_fx(
+    name: &'static str,
+    src: &'static str,
+    base: i32,
+    result: &Path,
+    args: &[&Path],
+) -> Workload {
+    let bin = c_program(name, src, STATIC);
+    let mut all = vec![result];
+    all.extend_from_slice(args);
+    launch_cmd(name, base, &tuned_cmd(&bin, &all), result)
+}
 
 /// Decodes an image with `stasis crit decode --pretty`.
 fn crit(path: &Path) -> Value {
@@ -108,79 +121,61 @@ fn unix_sockets_dump_kill_restore_verify() {
     // Restores: one at a time across test binaries (pids must stay free).
     let _lock = restore_lock();
     let base = 33300;
-    let cg = cgroup_path("fx-unix", base);
-    let restored = std::sync::Arc::new(std::sync::Mutex::new(0i32));
-    let r2 = restored.clone();
-    with_deadline(
-        120,
-        move || {
-            kill_cgroup(&cg);
-            kill_pids(&[*r2.lock().unwrap()]);
-        },
-        move || {
-            let work = tempfile::tempdir().unwrap();
-            let bin = c_program("fx-unix", include_str!("dump_state_e2e/fx-unix.c"), STATIC);
-            let socks = work.path().join("socks");
-            std::fs::create_dir(&socks).unwrap();
-            let result = work.path().join("result");
-            let cmd = format!(
-                "env GLIBC_TUNABLES={TUNABLES} {} {} {}",
-                bin.display(),
-                result.display(),
-                socks.display()
-            );
-            let mut w = launch_cmd("fx-unix", base, &cmd, &result);
-            *restored.lock().unwrap() = w.pid;
-            let images = tempfile::tempdir().unwrap();
-            dump_and_reap(&mut w, images.path(), &[]);
+    with_round_trip_deadline(120, cgroup_path("fx-unix", base), move |restored| {
+        let work = tempfile::tempdir().unwrap();
+        let socks = work.path().join("socks");
+        std::fs::create_dir(&socks).unwrap();
+        let result = work.path().join("result");
+        let src = include_str!("dump_state_e2e/fx-unix.c");
+        let mut w = launch_fx("fx-unix", src, base, &result, &[&socks]);
+        *restored.lock().unwrap() = vec![w.pid];
+        let images = tempfile::tempdir().unwrap();
+        dump_and_reap(&mut w, images.path(), &[]);
 
-            // What the images say.
-            let files = crit(&images.path().join("files.img"));
-            let usk: Vec<&Value> = files["entries"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|e| e.get("usk"))
-                .collect();
-            let types: std::collections::BTreeSet<String> =
-                usk.iter().map(|u| u["type"].to_string()).collect();
-            for t in ["\"STREAM\"", "\"DGRAM\"", "\"SEQPACKET\""] {
-                assert!(types.contains(t), "no {t} socket in {types:?}");
+        // What the images say.
+        let files = crit(&images.path().join("files.img"));
+        let usk: Vec<&Value> = files["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.get("usk"))
+            .collect();
+        let types: std::collections::BTreeSet<String> =
+            usk.iter().map(|u| u["type"].to_string()).collect();
+        for t in ["\"STREAM\"", "\"DGRAM\"", "\"SEQPACKET\""] {
+            assert!(types.contains(t), "no {t} socket in {types:?}");
+        }
+        // The members CRIU 4.2 writes for every unix socket (sk-unix.c), file_perms for
+        // bound path names. No fixture has unix sockets to compare with.
+        for u in &usk {
+            for k in [
+                "id", "ino", "type", "state", "flags", "uflags", "backlog", "peer", "fown", "opts",
+                "name", "ns_id",
+            ] {
+                assert!(u.get(k).is_some(), "usk without {k}: {u}");
             }
-            // The members CRIU 4.2 writes for every unix socket (sk-unix.c), file_perms for
-            // bound path names. No fixture has unix sockets to compare with.
-            for u in &usk {
-                for k in [
-                    "id", "ino", "type", "state", "flags", "uflags", "backlog", "peer", "fown",
-                    "opts", "name", "ns_id",
-                ] {
-                    assert!(u.get(k).is_some(), "usk without {k}: {u}");
-                }
-            }
-            let listen_path = socks.join("listen.sock");
-            let named = usk
-                .iter()
-                .find(|u| u["name"] == listen_path.to_str().unwrap())
-                .unwrap_or_else(|| panic!("no socket named {}", listen_path.display()));
-            assert_eq!(named["state"], "LISTEN");
-            assert!(named.get("file_perms").is_some(), "{named}");
-            assert!(
-                usk.iter().any(|u| u.get("shutdown").is_some()),
-                "shutdown state not recorded"
-            );
-            let q = crit(&images.path().join("sk-queues.img"));
-            let n = q["entries"].as_array().unwrap().len();
-            // 3 stream queues, 2 seqpacket and 3 dgram messages, 2 on the accepted pair.
-            assert!(n >= 10, "{n} queued packets: {q}");
+        }
+        let listen_path = socks.join("listen.sock");
+        let named = usk
+            .iter()
+            .find(|u| u["name"] == listen_path.to_str().unwrap())
+            .unwrap_or_else(|| panic!("no socket named {}", listen_path.display()));
+        assert_eq!(named["state"], "LISTEN");
+        assert!(named.get("file_perms").is_some(), "{named}");
+        assert!(
+            usk.iter().any(|u| u.get("shutdown").is_some()),
+            "shutdown state not recorded"
+        );
+        let q = crit(&images.path().join("sk-queues.img"));
+        let n = q["entries"].as_array().unwrap().len();
+        // 3 stream queues, 2 seqpacket and 3 dgram messages, 2 on the accepted pair.
+        assert!(n >= 10, "{n} queued packets: {q}");
 
-            restore(images.path());
-            std::thread::sleep(Duration::from_millis(300));
-            assert_in_cgroup(w.pid, &w.cgroup);
-            let verdict = verify(&w);
-            kill_pids(&[w.pid]);
-            assert_eq!(verdict, "PASS", "fx-unix restored from stasis' images");
-        },
-    )
+        restore(images.path());
+        std::thread::sleep(Duration::from_millis(300));
+        assert_in_cgroup(w.pid, &w.cgroup);
+        verify_then_kill(&w, &[w.pid], "fx-unix restored from stasis' images");
+    })
 }
 
 /// Connects to the abstract name argv[1], creates argv[2], waits.
@@ -284,73 +279,52 @@ fn missing_cgroup_at_restore_is_logged_not_fatal() {
 }
 
 fn seccomp_round_trip(base: i32, remove_cgroup: bool) {
-    let cg = cgroup_path("fx-seccomp", base);
-    let restored = std::sync::Arc::new(std::sync::Mutex::new(0i32));
-    let r2 = restored.clone();
-    with_deadline(
-        120,
-        move || {
-            kill_cgroup(&cg);
-            kill_pids(&[*r2.lock().unwrap()]);
-        },
-        move || {
-            let work = tempfile::tempdir().unwrap();
-            let bin = c_program(
-                "fx-seccomp",
-                include_str!("dump_state_e2e/fx-seccomp.c"),
-                STATIC,
-            );
-            let result = work.path().join("result");
-            let cmd = format!(
-                "env GLIBC_TUNABLES={TUNABLES} {} {}",
-                bin.display(),
-                result.display()
-            );
-            let mut w = launch_cmd("fx-seccomp", base, &cmd, &result);
-            *restored.lock().unwrap() = w.pid;
-            let images = tempfile::tempdir().unwrap();
-            dump_and_reap(&mut w, images.path(), &[]);
+    with_round_trip_deadline(120, cgroup_path("fx-seccomp", base), move |restored| {
+        let work = tempfile::tempdir().unwrap();
+        let result = work.path().join("result");
+        let src = include_str!("dump_state_e2e/fx-seccomp.c");
+        let mut w = launch_fx("fx-seccomp", src, base, &result, &[]);
+        *restored.lock().unwrap() = vec![w.pid];
+        let images = tempfile::tempdir().unwrap();
+        dump_and_reap(&mut w, images.path(), &[]);
 
-            // Two filters, the newer chained to the older, shared by both threads.
-            let sc = crit(&images.path().join("seccomp.img"));
-            let filters = sc["entries"][0]["seccomp_filters"].as_array().unwrap();
-            assert_eq!(filters.len(), 2, "{sc}");
-            assert_eq!(filters[1]["prev"], 0);
-            let mut threads = 0;
-            for e in std::fs::read_dir(images.path()).unwrap() {
-                let p = e.unwrap().path();
-                let n = p.file_name().unwrap().to_string_lossy().into_owned();
-                if n.starts_with("core-") && n.ends_with(".img") {
-                    let c = crit(&p);
-                    let tc = &c["entries"][0]["thread_core"];
-                    assert_eq!(tc["seccomp_mode"], "filter", "{n}");
-                    assert_eq!(tc["seccomp_filter"], 1, "{n}");
-                    threads += 1;
-                }
+        // Two filters, the newer chained to the older, shared by both threads.
+        let sc = crit(&images.path().join("seccomp.img"));
+        let filters = sc["entries"][0]["seccomp_filters"].as_array().unwrap();
+        assert_eq!(filters.len(), 2, "{sc}");
+        assert_eq!(filters[1]["prev"], 0);
+        let mut threads = 0;
+        for e in std::fs::read_dir(images.path()).unwrap() {
+            let p = e.unwrap().path();
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            if n.starts_with("core-") && n.ends_with(".img") {
+                let c = crit(&p);
+                let tc = &c["entries"][0]["thread_core"];
+                assert_eq!(tc["seccomp_mode"], "filter", "{n}");
+                assert_eq!(tc["seccomp_filter"], 1, "{n}");
+                threads += 1;
             }
-            assert_eq!(threads, 2);
+        }
+        assert_eq!(threads, 2);
 
-            if remove_cgroup {
-                std::fs::remove_dir(&w.cgroup).unwrap();
-            }
-            restore(images.path());
-            std::thread::sleep(Duration::from_millis(300));
-            if remove_cgroup {
-                let l = log(images.path(), "restore.log");
-                assert!(
-                    l.contains(&format!("cgroup {} does not exist", w.cgroup.display())),
-                    "{l}"
-                );
-            } else {
-                assert_in_cgroup(w.pid, &w.cgroup);
-            }
-            for t in std::fs::read_dir(format!("/proc/{}/task", w.pid)).unwrap() {
-                let st = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
-                assert!(st.contains("Seccomp_filters:\t2\n"), "{st}");
-            }
-            let verdict = verify(&w);
-            kill_pids(&[w.pid]);
-            assert_eq!(verdict, "PASS", "fx-seccomp restored from stasis' images");
-        },
-    )
+        if remove_cgroup {
+            std::fs::remove_dir(&w.cgroup).unwrap();
+        }
+        restore(images.path());
+        std::thread::sleep(Duration::from_millis(300));
+        if remove_cgroup {
+            let l = log(images.path(), "restore.log");
+            assert!(
+                l.contains(&format!("cgroup {} does not exist", w.cgroup.display())),
+                "{l}"
+            );
+        } else {
+            assert_in_cgroup(w.pid, &w.cgroup);
+        }
+        for t in std::fs::read_dir(format!("/proc/{}/task", w.pid)).unwrap() {
+            let st = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+            assert!(st.contains("Seccomp_filters:\t2\n"), "{st}");
+        }
+        verify_then_kill(&w, &[w.pid], "fx-seccomp restored from stasis' images");
+    })
 }

@@ -14,8 +14,6 @@ use common::dump::*;
 use common::lock::restore_lock;
 use common::workload::c_program;
 
-const TUNABLES: &str = "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX2,-AVX,-FMA,-FMA4,-BMI1,-BMI2,-LZCNT,-MOVBE,-POPCNT,-SSE4_1,-SSE4_2,-SSSE3,-ERMS,-FSRM,-RTM";
-
 #[test]
 fn fd_kinds_dump_kill_restore_verify() {
     // Restores: one at a time across test binaries (pids must stay free).
@@ -33,13 +31,8 @@ fn fd_kinds_dump_kill_restore_verify() {
         std::fs::create_dir(&watched).unwrap();
         let result = work.path().join("result");
         // Like the fixtures: keep glibc off AVX-512 (the restorer refuses those xstate
-        // components here), see ../shared/fixtures/README.md.
-        let cmd = format!(
-            "env GLIBC_TUNABLES={TUNABLES} {} {} {}",
-            bin.display(),
-            result.display(),
-            watched.display()
-        );
+        // components here).
+        let cmd = tuned_cmd(&bin, &[&result, &watched]);
         let mut w = launch_cmd("fx-kinds", base, &cmd, &result);
         *restored.lock().unwrap() = vec![w.pid];
         let images = tempfile::tempdir().unwrap();
@@ -79,8 +72,6 @@ fn fd_kinds_dump_kill_restore_verify() {
             std::fs::read_to_string(images.path().join("restore.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(300));
-        let verdict = verify(&w);
-        kill_pids(&[w.pid]);
-        assert_eq!(verdict, "PASS", "fx-kinds restored from stasis' own images");
+        verify_then_kill(&w, &[w.pid], "fx-kinds restored from stasis' own images");
     })
 }

@@ -13,10 +13,8 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::deadline::with_deadline;
 use common::dump::*;
 use common::lock::restore_lock;
 
@@ -416,15 +414,8 @@ fn thread_names(pid: i32) -> Vec<String> {
 
 /// The thread names the core images of an image directory record, sorted.
 fn image_thread_names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("core-")
-        })
+    let mut v: Vec<String> = files_with_prefix(dir, "core-")
+        .into_iter()
         .map(|p| {
             let doc = decode(&p);
             let tc = &doc["entries"][0]["thread_core"];
@@ -567,6 +558,29 @@ fn stuck_reader(r: &Redis) -> Client {
     }
 }
 
+/// Runs `body(dir, restored)` holding the restore lock, in an emptied scratch directory
+/// `/tmp/stasis-dump-tests/NAME-PID` (removed afterwards), under a `secs` deadline that kills
+/// redis' cgroup and the restored PIDs `body` records.
+fn in_scratch(
+    name: &'static str,
+    base: i32,
+    secs: u64,
+    body: impl FnOnce(PathBuf, Restored) + Send + 'static,
+) {
+    let _lock = restore_lock();
+    let dir = PathBuf::from(format!(
+        "/tmp/stasis-dump-tests/{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d2 = dir.clone();
+    with_round_trip_deadline(secs, cgroup_path(name, base), move |restored| {
+        body(d2, restored)
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// How the round trip dumps redis.
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -584,146 +598,120 @@ enum Mode {
 /// everything.
 fn round_trip(name: &'static str, base: i32, mode: Mode) {
     let leave_running = mode == Mode::LeaveRunning;
-    let _lock = restore_lock();
-    let dir = PathBuf::from(format!(
-        "/tmp/stasis-dump-tests/{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cg = cgroup_path(name, base);
-    let restored: Arc<Mutex<Vec<i32>>> = Default::default();
-    let r2 = restored.clone();
-    let d2 = dir.clone();
-    with_deadline(
-        180,
-        move || {
-            kill_cgroup(&cg);
-            kill_pids(&r2.lock().unwrap());
-        },
-        move || {
-            let r = Redis::start(name, base, &d2);
-            let pid = r.w.pid;
-            *restored.lock().unwrap() = vec![pid];
-            let data = {
-                let mut c = r.client();
-                let d = load(&mut c);
-                check(&mut c, &d, "before the dump");
-                d
-            };
-            // A client connected across the dump and the restore (with --tcp-established).
-            let mut held = (mode == Mode::TcpEstablished).then(|| {
-                let mut c = r.client();
-                c.cmd(&["CLIENT", "SETNAME", "held-across"]);
-                c.cmd(&["SET", "held:key", "held-value"]);
-                c
-            });
-            // A client whose big reply is stuck in flight: it asked for a 16 MiB value and reads
-            // nothing, with a small receive buffer, so the reply sits in its socket, in redis'
-            // TCP send queue and in redis' own output buffer across the dump and the restore.
-            let mut reader = (mode == Mode::TcpEstablished).then(|| stuck_reader(&r));
-            let names = thread_names(pid);
-            for t in ["bio_close_file", "bio_aof_fsync", "bio_lazy_free"] {
-                assert!(names.iter().any(|n| n == t), "redis runs {t}: {names:?}");
-            }
-            let images = d2.join("img");
-            std::fs::create_dir_all(&images).unwrap();
-            let pids = pid.to_string();
-            let mut args = vec!["dump", "-t", &pids];
-            if leave_running {
-                args.push("--leave-running");
-            }
-            if mode == Mode::TcpEstablished {
-                args.push("--tcp-established");
-            }
-            let cgs = r.w.cgroup.display().to_string();
-            if mode == Mode::FreezeCgroup {
-                args.extend(["--freeze-cgroup", &cgs]);
-            }
-            let expect = if mode == Mode::TcpEstablished { 2 } else { 0 };
-            wait_connections(r.port, expect);
-            run_stasis(&args, &images, "dump.log", "stasis dump redis");
-            assert_eq!(pids_of(&images), vec![pid]);
-            // jemalloc starts background threads lazily: compare with the images, not `names`.
-            let dumped = image_thread_names(&images);
-            assert!(dumped.len() >= names.len(), "{dumped:?} vs {names:?}");
-            if mode == Mode::TcpEstablished {
-                let outq: Vec<u64> = std::fs::read_dir(&images)
-                    .unwrap()
-                    .map(|e| e.unwrap().path())
-                    .filter(|p| {
-                        p.file_name()
-                            .unwrap()
-                            .to_string_lossy()
-                            .starts_with("tcp-stream-")
-                    })
-                    .map(|p| decode(&p)["entries"][0]["outq_len"].as_u64().unwrap_or(0))
-                    .collect();
-                assert_eq!(outq.len(), 2, "two established connections dumped");
-                assert!(
-                    outq.iter().any(|&n| n > 0),
-                    "the stuck reply is in a dumped send queue: {outq:?}"
-                );
-            }
-            if leave_running {
-                assert!(alive(pid) && untraced(pid), "redis left running");
-                let mut c = r.client();
-                check(&mut c, &data, "after the --leave-running dump");
-                // Written after the dump: the restored server must not have it.
-                c.cmd(&["SET", "after:dump", "1"]);
-                drop(c);
-                kill_pids(&[pid]);
-            }
-            wait_gone(&[pid], 10, "the dumped redis");
-            let mut args = vec!["restore", "-d"];
-            if mode == Mode::TcpEstablished {
-                args.push("--tcp-established");
-            }
-            run_stasis(&args, &images, "restore.log", "stasis restore redis");
-            assert!(alive(pid) && untraced(pid), "restored redis runs untraced");
-            assert_restored_threads(&thread_names(pid), &dumped);
-            if let Some(rd) = reader.as_mut() {
-                let got = rd.reply();
-                assert!(
-                    got == Reply::Bulk(Some(big_value())),
-                    "the big reply arrives whole"
-                );
-                assert_eq!(rd.cmd(&["CLIENT", "GETNAME"]).text(), "stuck-reader");
-                assert_eq!(rd.cmd(&["DEL", "big:value"]).int(), 1);
-            }
-            drop(reader);
-            if let Some(h) = held.as_mut() {
-                // The same connection, and the server still knows this client.
-                assert_eq!(h.cmd(&["CLIENT", "GETNAME"]).text(), "held-across");
-                assert_eq!(h.cmd(&["GET", "held:key"]).text(), "held-value");
-                assert_eq!(h.cmd(&["DEL", "held:key"]).int(), 1);
-                check(h, &data, "restored, over the held connection");
-            }
-            drop(held);
+    in_scratch(name, base, 180, move |d2, restored| {
+        let r = Redis::start(name, base, &d2);
+        let pid = r.w.pid;
+        *restored.lock().unwrap() = vec![pid];
+        let data = {
             let mut c = r.client();
-            check(&mut c, &data, "restored");
-            assert_eq!(c.cmd(&["GET", "after:dump"]), Reply::Bulk(None));
-            let info = c.cmd(&["INFO", "server"]).text();
-            assert!(info.contains(&format!("process_id:{pid}")), "{info}");
+            let d = load(&mut c);
+            check(&mut c, &d, "before the dump");
+            d
+        };
+        // A client connected across the dump and the restore (with --tcp-established).
+        let mut held = (mode == Mode::TcpEstablished).then(|| {
+            let mut c = r.client();
+            c.cmd(&["CLIENT", "SETNAME", "held-across"]);
+            c.cmd(&["SET", "held:key", "held-value"]);
+            c
+        });
+        // A client whose big reply is stuck in flight: it asked for a 16 MiB value and reads
+        // nothing, with a small receive buffer, so the reply sits in its socket, in redis'
+        // TCP send queue and in redis' own output buffer across the dump and the restore.
+        let mut reader = (mode == Mode::TcpEstablished).then(|| stuck_reader(&r));
+        let names = thread_names(pid);
+        for t in ["bio_close_file", "bio_aof_fsync", "bio_lazy_free"] {
+            assert!(names.iter().any(|n| n == t), "redis runs {t}: {names:?}");
+        }
+        let images = d2.join("img");
+        std::fs::create_dir_all(&images).unwrap();
+        let pids = pid.to_string();
+        let mut args = vec!["dump", "-t", &pids];
+        if leave_running {
+            args.push("--leave-running");
+        }
+        if mode == Mode::TcpEstablished {
+            args.push("--tcp-established");
+        }
+        let cgs = r.w.cgroup.display().to_string();
+        if mode == Mode::FreezeCgroup {
+            args.extend(["--freeze-cgroup", &cgs]);
+        }
+        let expect = if mode == Mode::TcpEstablished { 2 } else { 0 };
+        wait_connections(r.port, expect);
+        run_stasis(&args, &images, "dump.log", "stasis dump redis");
+        assert_eq!(pids_of(&images), vec![pid]);
+        // jemalloc starts background threads lazily: compare with the images, not `names`.
+        let dumped = image_thread_names(&images);
+        assert!(dumped.len() >= names.len(), "{dumped:?} vs {names:?}");
+        if mode == Mode::TcpEstablished {
+            let outq: Vec<u64> = files_with_prefix(&images, "tcp-stream-")
+                .into_iter()
+                .map(|p| decode(&p)["entries"][0]["outq_len"].as_u64().unwrap_or(0))
+                .collect();
+            assert_eq!(outq.len(), 2, "two established connections dumped");
+            assert!(
+                outq.iter().any(|&n| n > 0),
+                "the stuck reply is in a dumped send queue: {outq:?}"
+            );
+        }
+        if leave_running {
+            assert!(alive(pid) && untraced(pid), "redis left running");
+            let mut c = r.client();
+            check(&mut c, &data, "after the --leave-running dump");
+            // Written after the dump: the restored server must not have it.
+            c.cmd(&["SET", "after:dump", "1"]);
             drop(c);
-            let mut c6 = Client::connect(&r.addr6()).expect("connect to redis on ::1");
-            assert_eq!(c6.cmd(&["DBSIZE"]).int(), N_KEYS as i64 + 3, "over ::1");
-            assert_eq!(c6.cmd(&["GET", "key:7"]), Reply::Bulk(Some(value(7))));
-            drop(c6);
-            unix_dbsize(&r, N_KEYS as i64 + 3);
-            shutdown(&r, pid, 1);
-            if !leave_running {
-                // What the restored server appended to its AOF (before the dump, then after the
-                // restore) loads into a fresh redis as the same data.
-                let fresh = Redis::start(&format!("{name}-aof"), base, &d2);
-                let mut c = fresh.client();
-                check(&mut c, &data, "reloaded from the AOF");
-                drop(c);
-                shutdown(&fresh, fresh.w.pid, 2);
-            }
-        },
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+            kill_pids(&[pid]);
+        }
+        wait_gone(&[pid], 10, "the dumped redis");
+        let mut args = vec!["restore", "-d"];
+        if mode == Mode::TcpEstablished {
+            args.push("--tcp-established");
+        }
+        run_stasis(&args, &images, "restore.log", "stasis restore redis");
+        assert!(alive(pid) && untraced(pid), "restored redis runs untraced");
+        assert_restored_threads(&thread_names(pid), &dumped);
+        if let Some(rd) = reader.as_mut() {
+            let got = rd.reply();
+            assert!(
+                got == Reply::Bulk(Some(big_value())),
+                "the big reply arrives whole"
+            );
+            assert_eq!(rd.cmd(&["CLIENT", "GETNAME"]).text(), "stuck-reader");
+            assert_eq!(rd.cmd(&["DEL", "big:value"]).int(), 1);
+        }
+        drop(reader);
+        if let Some(h) = held.as_mut() {
+            // The same connection, and the server still knows this client.
+            assert_eq!(h.cmd(&["CLIENT", "GETNAME"]).text(), "held-across");
+            assert_eq!(h.cmd(&["GET", "held:key"]).text(), "held-value");
+            assert_eq!(h.cmd(&["DEL", "held:key"]).int(), 1);
+            check(h, &data, "restored, over the held connection");
+        }
+        drop(held);
+        let mut c = r.client();
+        check(&mut c, &data, "restored");
+        assert_eq!(c.cmd(&["GET", "after:dump"]), Reply::Bulk(None));
+        let info = c.cmd(&["INFO", "server"]).text();
+        assert!(info.contains(&format!("process_id:{pid}")), "{info}");
+        drop(c);
+        let mut c6 = Client::connect(&r.addr6()).expect("connect to redis on ::1");
+        assert_eq!(c6.cmd(&["DBSIZE"]).int(), N_KEYS as i64 + 3, "over ::1");
+        assert_eq!(c6.cmd(&["GET", "key:7"]), Reply::Bulk(Some(value(7))));
+        drop(c6);
+        unix_dbsize(&r, N_KEYS as i64 + 3);
+        shutdown(&r, pid, 1);
+        if !leave_running {
+            // What the restored server appended to its AOF (before the dump, then after the
+            // restore) loads into a fresh redis as the same data.
+            let fresh = Redis::start(&format!("{name}-aof"), base, &d2);
+            let mut c = fresh.client();
+            check(&mut c, &data, "reloaded from the AOF");
+            drop(c);
+            shutdown(&fresh, fresh.w.pid, 2);
+        }
+    });
 }
 
 #[test]
@@ -745,47 +733,33 @@ fn redis_round_trip_tcp_established_client() {
 /// option, and redis goes on as if nothing happened.
 #[test]
 fn redis_dump_refuses_connected_client_without_tcp_established() {
-    let _lock = restore_lock();
     let name = "redis-refuse";
     let base = 29000;
-    let dir = PathBuf::from(format!(
-        "/tmp/stasis-dump-tests/{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cg = cgroup_path(name, base);
-    let d2 = dir.clone();
-    with_deadline(
-        120,
-        move || kill_cgroup(&cg),
-        move || {
-            let r = Redis::start(name, base, &d2);
-            let pid = r.w.pid;
-            let mut c = r.client();
-            let data = load(&mut c);
-            let images = d2.join("img");
-            std::fs::create_dir_all(&images).unwrap();
-            wait_connections(r.port, 1);
-            let out = stasis_bin()
-                .args(["dump", "-t", &pid.to_string(), "-D"])
-                .arg(&images)
-                .args(["-o", "dump.log", "-v4"])
-                .output()
-                .unwrap();
-            assert!(!out.status.success(), "dump with a connected client");
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains("--tcp-established"), "{err}");
-            assert!(
-                alive(pid) && untraced(pid) && all_running(&r.w),
-                "a failed dump leaves redis running"
-            );
-            check(&mut c, &data, "after the refused dump");
-            drop(c);
-            shutdown(&r, pid, 1);
-        },
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    in_scratch(name, base, 120, move |d2, _| {
+        let r = Redis::start(name, base, &d2);
+        let pid = r.w.pid;
+        let mut c = r.client();
+        let data = load(&mut c);
+        let images = d2.join("img");
+        std::fs::create_dir_all(&images).unwrap();
+        wait_connections(r.port, 1);
+        let out = stasis_bin()
+            .args(["dump", "-t", &pid.to_string(), "-D"])
+            .arg(&images)
+            .args(["-o", "dump.log", "-v4"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "dump with a connected client");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--tcp-established"), "{err}");
+        assert!(
+            alive(pid) && untraced(pid) && all_running(&r.w),
+            "a failed dump leaves redis running"
+        );
+        check(&mut c, &data, "after the refused dump");
+        drop(c);
+        shutdown(&r, pid, 1);
+    });
 }
 
 #[test]
@@ -798,50 +772,36 @@ fn redis_round_trip_freeze_cgroup() {
 /// happened.
 #[test]
 fn redis_leave_running_tcp_established_clients_carry_on() {
-    let _lock = restore_lock();
     let name = "redis-lr-tcp";
     let base = 29000;
-    let dir = PathBuf::from(format!(
-        "/tmp/stasis-dump-tests/{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cg = cgroup_path(name, base);
-    let d2 = dir.clone();
-    with_deadline(
-        120,
-        move || kill_cgroup(&cg),
-        move || {
-            let r = Redis::start(name, base, &d2);
-            let pid = r.w.pid;
-            let mut held = r.client();
-            let data = load(&mut held);
-            held.cmd(&["CLIENT", "SETNAME", "held-across"]);
-            let mut reader = stuck_reader(&r);
-            wait_connections(r.port, 2);
-            let images = d2.join("img");
-            std::fs::create_dir_all(&images).unwrap();
-            let pids = pid.to_string();
-            run_stasis(
-                &["dump", "-t", &pids, "--leave-running", "--tcp-established"],
-                &images,
-                "dump.log",
-                "stasis dump --leave-running --tcp-established redis",
-            );
-            assert!(alive(pid) && untraced(pid), "redis left running");
-            let got = reader.reply();
-            assert!(
-                got == Reply::Bulk(Some(big_value())),
-                "the big reply arrives whole"
-            );
-            assert_eq!(reader.cmd(&["DEL", "big:value"]).int(), 1);
-            drop(reader);
-            assert_eq!(held.cmd(&["CLIENT", "GETNAME"]).text(), "held-across");
-            check(&mut held, &data, "after the dump, over the held connection");
-            drop(held);
-            shutdown(&r, pid, 1);
-        },
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    in_scratch(name, base, 120, move |d2, _| {
+        let r = Redis::start(name, base, &d2);
+        let pid = r.w.pid;
+        let mut held = r.client();
+        let data = load(&mut held);
+        held.cmd(&["CLIENT", "SETNAME", "held-across"]);
+        let mut reader = stuck_reader(&r);
+        wait_connections(r.port, 2);
+        let images = d2.join("img");
+        std::fs::create_dir_all(&images).unwrap();
+        let pids = pid.to_string();
+        run_stasis(
+            &["dump", "-t", &pids, "--leave-running", "--tcp-established"],
+            &images,
+            "dump.log",
+            "stasis dump --leave-running --tcp-established redis",
+        );
+        assert!(alive(pid) && untraced(pid), "redis left running");
+        let got = reader.reply();
+        assert!(
+            got == Reply::Bulk(Some(big_value())),
+            "the big reply arrives whole"
+        );
+        assert_eq!(reader.cmd(&["DEL", "big:value"]).int(), 1);
+        drop(reader);
+        assert_eq!(held.cmd(&["CLIENT", "GETNAME"]).text(), "held-across");
+        check(&mut held, &data, "after the dump, over the held connection");
+        drop(held);
+        shutdown(&r, pid, 1);
+    });
 }

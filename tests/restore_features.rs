@@ -83,6 +83,42 @@ fn verdict(pid: i32, result: &Path) -> String {
     wait_file(result, 10, "verdict")
 }
 
+/// Builds workload `name`, then, under a 120 s deadline that kills it, starts it at a pid
+/// from `base` with its verdict file `result` (in [`work_dir`]) as argument, waits for
+/// `RESULT.ready` and runs `body(workload, result)`.
+fn with_workload(
+    name: &'static str,
+    base: i32,
+    result: String,
+    body: impl FnOnce(&Workload, PathBuf) + Send + 'static,
+) {
+    let bin = build(name);
+    let pid_cell: std::sync::Arc<std::sync::Mutex<i32>> = Default::default();
+    let p2 = pid_cell.clone();
+    with_deadline(
+        120,
+        // 0 until launched: kill(0) would hit our own process group.
+        move || match *p2.lock().unwrap() {
+            0 => {}
+            pid => kill_pid(pid),
+        },
+        move || {
+            let result = work_dir().join(result);
+            let ready = PathBuf::from(format!("{}.ready", result.display()));
+            let _ = std::fs::remove_file(&ready);
+            let w = launch_program(
+                name,
+                base,
+                bin.to_str().unwrap(),
+                &[result.to_str().unwrap()],
+            );
+            *pid_cell.lock().unwrap() = w.pid;
+            wait_file(&ready, 20, &format!("{name} workload"));
+            body(&w, result)
+        },
+    )
+}
+
 /// The creds lines of every thread of `pid`, as /proc shows them.
 fn proc_creds(pid: i32) -> Vec<String> {
     let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -116,44 +152,26 @@ fn proc_creds(pid: i32) -> Vec<String> {
 #[test]
 fn creds_survive_dump_and_restore() {
     let _lock = restore_lock();
-    let bin = build("creds");
-    let pid_cell: std::sync::Arc<std::sync::Mutex<i32>> = Default::default();
-    let p2 = pid_cell.clone();
-    with_deadline(
-        120,
-        move || kill_pid(*p2.lock().unwrap()),
-        move || {
-            let wd = work_dir();
-            let result = wd.join(format!("creds-{}.result", std::process::id()));
-            let ready = PathBuf::from(format!("{}.ready", result.display()));
-            let _ = std::fs::remove_file(&ready);
-            let w = launch_program(
-                "creds",
-                29100,
-                bin.to_str().unwrap(),
-                &[result.to_str().unwrap()],
-            );
-            *pid_cell.lock().unwrap() = w.pid;
-            wait_file(&ready, 20, "creds workload");
-            let before = proc_creds(w.pid);
-            assert_eq!(before.len(), 2, "two threads");
-            assert!(
-                before[0].contains("Uid:\t2001\t2002\t2003\t2003"),
-                "{}",
-                before[0]
-            );
-            assert!(before[0].contains("Groups:\t100 200 300"), "{}", before[0]);
-            assert!(before[0].contains("NoNewPrivs:\t1"), "{}", before[0]);
-            let dir = tempfile::tempdir().unwrap();
-            dump(w.pid, dir.path(), &[]);
-            stasis_restore_detached(dir.path(), &[]);
-            let after = proc_creds(w.pid);
-            assert_eq!(before, after, "creds seen in /proc after the restore");
-            let v = verdict(w.pid, &result);
-            kill_pid(w.pid);
-            assert_eq!(v, "PASS", "the workload's own check");
-        },
-    )
+    let result = format!("creds-{}.result", std::process::id());
+    with_workload("creds", 29100, result, |w, result| {
+        let before = proc_creds(w.pid);
+        assert_eq!(before.len(), 2, "two threads");
+        assert!(
+            before[0].contains("Uid:\t2001\t2002\t2003\t2003"),
+            "{}",
+            before[0]
+        );
+        assert!(before[0].contains("Groups:\t100 200 300"), "{}", before[0]);
+        assert!(before[0].contains("NoNewPrivs:\t1"), "{}", before[0]);
+        let dir = tempfile::tempdir().unwrap();
+        dump(w.pid, dir.path(), &[]);
+        stasis_restore_detached(dir.path(), &[]);
+        let after = proc_creds(w.pid);
+        assert_eq!(before, after, "creds seen in /proc after the restore");
+        let v = verdict(w.pid, &result);
+        kill_pid(w.pid);
+        assert_eq!(v, "PASS", "the workload's own check");
+    })
 }
 
 fn crit_decode(img: &Path) -> serde_json::Value {
@@ -303,43 +321,25 @@ fn maps_of(pid: i32, addr: u64) -> (u64, String) {
 
 fn vdso_proxy_round_trip(drop_vvar: bool, base: i32) {
     let _lock = restore_lock();
-    let bin = build("vdso");
-    let pid_cell: std::sync::Arc<std::sync::Mutex<i32>> = Default::default();
-    let p2 = pid_cell.clone();
-    with_deadline(
-        120,
-        move || kill_pid(*p2.lock().unwrap()),
-        move || {
-            let wd = work_dir();
-            let result = wd.join(format!("vdso-{}-{base}.result", std::process::id()));
-            let ready = PathBuf::from(format!("{}.ready", result.display()));
-            let _ = std::fs::remove_file(&ready);
-            let w = launch_program(
-                "vdso",
-                base,
-                bin.to_str().unwrap(),
-                &[result.to_str().unwrap()],
-            );
-            *pid_cell.lock().unwrap() = w.pid;
-            wait_file(&ready, 20, "vdso workload");
-            std::thread::sleep(Duration::from_millis(100));
-            let dir = tempfile::tempdir().unwrap();
-            dump(w.pid, dir.path(), &[]);
-            let old = rewrite_vdso(dir.path(), w.pid, drop_vvar);
-            stasis_restore_detached(dir.path(), &[]);
-            let (running, at_old) = maps_of(w.pid, old);
-            assert_ne!(running, old, "the running vdso was moved elsewhere (proxy)");
-            assert!(
-                at_old.contains(" r-xp ") && !at_old.ends_with("[vdso]"),
-                "the image's vdso is restored as a private copy: {at_old}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-            let v = verdict(w.pid, &result);
-            kill_pid(w.pid);
-            let _ = std::fs::remove_file(&result);
-            assert_eq!(v, "PASS", "clocks through the proxied vdso");
-        },
-    )
+    let result = format!("vdso-{}-{base}.result", std::process::id());
+    with_workload("vdso", base, result, move |w, result| {
+        std::thread::sleep(Duration::from_millis(100));
+        let dir = tempfile::tempdir().unwrap();
+        dump(w.pid, dir.path(), &[]);
+        let old = rewrite_vdso(dir.path(), w.pid, drop_vvar);
+        stasis_restore_detached(dir.path(), &[]);
+        let (running, at_old) = maps_of(w.pid, old);
+        assert_ne!(running, old, "the running vdso was moved elsewhere (proxy)");
+        assert!(
+            at_old.contains(" r-xp ") && !at_old.ends_with("[vdso]"),
+            "the image's vdso is restored as a private copy: {at_old}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let v = verdict(w.pid, &result);
+        kill_pid(w.pid);
+        let _ = std::fs::remove_file(&result);
+        assert_eq!(v, "PASS", "clocks through the proxied vdso");
+    })
 }
 
 #[test]

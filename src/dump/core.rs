@@ -16,9 +16,12 @@
 use stasis_images::pb;
 
 use super::images_out;
-use super::probe::{FpRegs, ProcessProbe, ThreadProbe, TlsDesc, UserRegs};
+use super::probe::{FpRegs, ProcessProbe, ThreadProbe, TlsDesc};
 use crate::proc::misc::Rlimit;
 use crate::proc::timers::PosixTimer;
+use crate::regs_image::regs_to_pb;
+/// `user_x86_regs_mode` NATIVE (defined with the register conversion).
+pub use crate::regs_image::REGS_NATIVE;
 
 /// `task_state` values.
 pub const TASK_ALIVE: u32 = 1;
@@ -27,8 +30,6 @@ pub const TASK_STOPPED: u32 = 3;
 
 /// `mtype` X86_64.
 pub const MARCH_X86_64: u32 = 1;
-/// `user_x86_regs_mode` NATIVE.
-pub const REGS_NATIVE: u32 = 1;
 
 /// What the core image of a thread is built from, besides the probes.
 #[derive(Debug, Clone, Default)]
@@ -87,39 +88,6 @@ fn siginfos(list: &[Vec<u8>]) -> pb::SignalQueueEntry {
     }
 }
 
-fn gpregs(r: &UserRegs) -> pb::UserX86RegsEntry {
-    pb::UserX86RegsEntry {
-        r15: r.r15,
-        r14: r.r14,
-        r13: r.r13,
-        r12: r.r12,
-        bp: r.bp,
-        bx: r.bx,
-        r11: r.r11,
-        r10: r.r10,
-        r9: r.r9,
-        r8: r.r8,
-        ax: r.ax,
-        cx: r.cx,
-        dx: r.dx,
-        si: r.si,
-        di: r.di,
-        orig_ax: r.orig_ax,
-        ip: r.ip,
-        cs: r.cs,
-        flags: r.flags,
-        sp: r.sp,
-        ss: r.ss,
-        fs_base: r.fs_base,
-        gs_base: r.gs_base,
-        ds: r.ds,
-        es: r.es,
-        fs: r.fs,
-        gs: r.gs,
-        mode: Some(REGS_NATIVE as i32),
-    }
-}
-
 fn pad<T: Copy + Default>(v: &[T], n: usize) -> Vec<T> {
     let mut out = v.to_vec();
     out.resize(n, T::default());
@@ -174,7 +142,7 @@ pub fn thread_info(p: &ThreadProbe) -> pb::ThreadInfoX86 {
     };
     pb::ThreadInfoX86 {
         clear_tid_addr: p.clear_tid_addr,
-        gpregs: gpregs(&p.regs),
+        gpregs: regs_to_pb(&p.regs),
         fpregs: fpregs(&p.fpregs),
         tls: tls_entries.iter().map(tls).collect(),
     }

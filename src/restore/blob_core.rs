@@ -6,6 +6,7 @@ use super::blob_args::abi::*;
 use super::blob_args::{TaskSpec, ThreadSpec};
 use super::xsave::{xsave_image, FpuRegs};
 use crate::images::pb;
+pub use crate::regs_image::regs_from_pb;
 
 /// Errors converting image entries.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -18,39 +19,6 @@ pub enum BlobCoreError {
     Unsupported { tid: u32, what: &'static str },
     #[error("core of task {tid}: siginfo {index} is {len} bytes, not 128")]
     BadSiginfo { tid: u32, index: usize, len: usize },
-}
-
-/// `user_x86_regs_entry` as `struct user_regs_struct`.
-pub fn regs_from_pb(r: &pb::UserX86RegsEntry) -> UserRegs {
-    UserRegs {
-        r15: r.r15,
-        r14: r.r14,
-        r13: r.r13,
-        r12: r.r12,
-        bp: r.bp,
-        bx: r.bx,
-        r11: r.r11,
-        r10: r.r10,
-        r9: r.r9,
-        r8: r.r8,
-        ax: r.ax,
-        cx: r.cx,
-        dx: r.dx,
-        si: r.si,
-        di: r.di,
-        orig_ax: r.orig_ax,
-        ip: r.ip,
-        cs: r.cs,
-        flags: r.flags,
-        sp: r.sp,
-        ss: r.ss,
-        fs_base: r.fs_base,
-        gs_base: r.gs_base,
-        ds: r.ds,
-        es: r.es,
-        fs: r.fs,
-        gs: r.gs,
-    }
 }
 
 /// `user_x86_fpregs_entry` as the xsave image of the sigframe.
@@ -341,13 +309,7 @@ pub fn mm_from_pb(spec: &mut TaskSpec, mm: &pb::MmEntry, exe_fd: u32) {
 mod tests {
     use super::*;
     use crate::images::framing::read_single;
-    use std::path::PathBuf;
-
-    fn fixtures() -> PathBuf {
-        std::env::var_os("STASIS_FIXTURES")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
-    }
+    use crate::test_fixtures::fixtures;
 
     #[test]
     fn fx_loop_core_converts() {

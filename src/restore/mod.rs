@@ -38,6 +38,7 @@ use nix::unistd::Pid;
 pub use error::RestoreError;
 pub use options::RestoreOptions;
 
+use crate::sys::proc_tasks::alive;
 use plan::TASK_DEAD;
 
 /// A restored, running tree.
@@ -86,19 +87,6 @@ impl TreeGuard {
         while Instant::now() < deadline && victims.iter().any(|&p| alive(p)) {
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-/// Whether `pid` exists and is not a zombie.
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            s.rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next())
-                != Some("Z")
-        }
-        Err(_) => false,
     }
 }
 

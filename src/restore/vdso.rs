@@ -338,6 +338,36 @@ pub fn plan(
 mod tests {
     use super::*;
 
+    /// The vdso of this machine, as bytes.
+    fn running_bytes() -> Vec<u8> {
+        RuntimeVdso::current().unwrap().read_bytes().unwrap()
+    }
+
+    /// A running vdso of three pieces from 0x7f00_0000_0000: [vvar] 16 KiB, [vvar_vclock]
+    /// 8 KiB, [vdso] 8 KiB.
+    fn three_piece_runtime() -> RuntimeVdso {
+        RuntimeVdso::parse(
+            "7f0000000000-7f0000004000 r--p 0 00:00 0 [vvar]\n\
+             7f0000004000-7f0000006000 r--p 0 00:00 0 [vvar_vclock]\n\
+             7f0000006000-7f0000008000 r-xp 0 00:00 0 [vdso]\n",
+        )
+        .unwrap()
+    }
+
+    /// A running vdso of one 8 KiB piece, no vvar.
+    fn vdso_only_runtime() -> RuntimeVdso {
+        RuntimeVdso::parse("7f0000006000-7f0000008000 r-xp 0 00:00 0 [vdso]\n").unwrap()
+    }
+
+    /// An image's 8 KiB vdso at 0x7e00_0000_6000 holding `bytes`, its 24 KiB [vvar] just below.
+    fn image_below(bytes: Vec<u8>) -> ImageVdso {
+        ImageVdso {
+            vdso: (0x7e00_0000_6000, 0x7e00_0000_8000),
+            vvar: Some((0x7e00_0000_0000, 0x7e00_0000_6000)),
+            bytes: Some(bytes),
+        }
+    }
+
     #[test]
     fn parses_maps_and_running_vdso_symbols() {
         let rt = RuntimeVdso::current().unwrap();
@@ -352,18 +382,9 @@ mod tests {
 
     #[test]
     fn same_vdso_moves_every_piece_by_the_same_delta() {
-        let rt = RuntimeVdso::parse(
-            "7f0000000000-7f0000004000 r--p 0 00:00 0 [vvar]\n\
-             7f0000004000-7f0000006000 r--p 0 00:00 0 [vvar_vclock]\n\
-             7f0000006000-7f0000008000 r-xp 0 00:00 0 [vdso]\n",
-        )
-        .unwrap();
-        let bytes = RuntimeVdso::current().unwrap().read_bytes().unwrap();
-        let image = ImageVdso {
-            vdso: (0x7e00_0000_6000, 0x7e00_0000_8000),
-            vvar: Some((0x7e00_0000_0000, 0x7e00_0000_6000)),
-            bytes: Some(bytes.clone()),
-        };
+        let rt = three_piece_runtime();
+        let bytes = running_bytes();
+        let image = image_below(bytes.clone());
         let plan = plan(&image, &rt, &bytes, |_, _| false, 0).unwrap();
         let VdsoPlan::Move { special } = plan else {
             panic!("expected a move: {plan:?}")
@@ -389,8 +410,8 @@ mod tests {
 
     #[test]
     fn different_layout_proxies_with_jumps() {
-        let rt = RuntimeVdso::parse("7f0000006000-7f0000008000 r-xp 0 00:00 0 [vdso]\n").unwrap();
-        let bytes = RuntimeVdso::current().unwrap().read_bytes().unwrap();
+        let rt = vdso_only_runtime();
+        let bytes = running_bytes();
         // A one-page-larger image vdso: sizes differ, so proxy.
         let image = ImageVdso {
             vdso: (0x5000_0000, 0x5000_3000),
@@ -463,22 +484,13 @@ mod tests {
 
     #[test]
     fn moved_symbols_proxy_even_with_the_same_size_and_vvar() {
-        let rt = RuntimeVdso::parse(
-            "7f0000000000-7f0000004000 r--p 0 00:00 0 [vvar]\n\
-             7f0000004000-7f0000006000 r--p 0 00:00 0 [vvar_vclock]\n\
-             7f0000006000-7f0000008000 r-xp 0 00:00 0 [vdso]\n",
-        )
-        .unwrap();
-        let bytes = RuntimeVdso::current().unwrap().read_bytes().unwrap();
+        let rt = three_piece_runtime();
+        let bytes = running_bytes();
         let old = with_moved_clock_gettime(&bytes, 0x40);
         let rt_syms = vdso_symbols(&bytes).unwrap();
         let old_syms = vdso_symbols(&old).unwrap();
         assert_ne!(rt_syms, old_syms);
-        let image = ImageVdso {
-            vdso: (0x7e00_0000_6000, 0x7e00_0000_8000),
-            vvar: Some((0x7e00_0000_0000, 0x7e00_0000_6000)),
-            bytes: Some(old),
-        };
+        let image = image_below(old);
         let VdsoPlan::Proxy { special, patches } =
             plan(&image, &rt, &bytes, |_, _| false, 0x6000_0000).unwrap()
         else {
@@ -514,8 +526,8 @@ mod tests {
 
     #[test]
     fn jumps_that_do_not_fit_are_refused() {
-        let rt = RuntimeVdso::parse("7f0000006000-7f0000008000 r-xp 0 00:00 0 [vdso]\n").unwrap();
-        let bytes = RuntimeVdso::current().unwrap().read_bytes().unwrap();
+        let rt = vdso_only_runtime();
+        let bytes = running_bytes();
         let syms = vdso_symbols(&bytes).unwrap();
         let off = |n: &str| syms.iter().find(|s| s.0 == n).unwrap().1;
         let cgt = off("__vdso_clock_gettime");
@@ -547,12 +559,8 @@ mod tests {
              7f0000004000-7f0000006000 r-xp 0 00:00 0 [vdso]\n",
         )
         .unwrap();
-        let bytes = RuntimeVdso::current().unwrap().read_bytes().unwrap();
-        let mut image = ImageVdso {
-            vdso: (0x7e00_0000_6000, 0x7e00_0000_8000),
-            vvar: Some((0x7e00_0000_0000, 0x7e00_0000_6000)),
-            bytes: Some(bytes.clone()),
-        };
+        let bytes = running_bytes();
+        let mut image = image_below(bytes.clone());
         let p = plan(&image, &rt, &bytes, |_, _| false, 0x6000_0000).unwrap();
         assert!(matches!(p, VdsoPlan::Proxy { .. }), "{p:?}");
         // No [vvar] in the image: moving works if the room before the vdso is free.

@@ -89,24 +89,3 @@ pub fn pread_raw(fd: RawFd, dst: u64, len: u64, off: u64) -> Result<usize, Errno
     }
     Ok(r as usize)
 }
-
-/// `mmap(addr, len, PROT_READ|PROT_WRITE, flags|MAP_FIXED_NOREPLACE, fd, off)`: a new mapping
-/// at `addr` exactly, or an error if anything is mapped there.
-pub fn mmap_noreplace(addr: u64, len: u64, flags: i32, fd: RawFd, off: u64) -> Result<u64, Errno> {
-    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no memory Rust
-    // uses is affected; the new range is not referenced by any Rust object.
-    let p = unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
-            len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            flags | libc::MAP_FIXED_NOREPLACE,
-            fd,
-            off as libc::off_t,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(Errno::last());
-    }
-    Ok(p as u64)
-}

@@ -1,5 +1,6 @@
 //! The few `/proc` reads the ptrace layer needs: threads of a process, children of a thread,
-//! the one-letter state of a task, and an executable private mapping to run code at.
+//! the one-letter state of a task, whether a process is alive, and an executable private
+//! mapping to run code at.
 
 use super::error::{Error, Result};
 use std::path::Path;
@@ -86,6 +87,20 @@ pub fn state(pid: i32, tid: i32) -> Result<Option<char>> {
             what: "no state after comm".into(),
         })?;
     Ok(Some(state))
+}
+
+/// Whether `pid` exists and is not a zombie: `/proc/PID/stat` is readable and the state
+/// letter after the last `)` is not `Z`. Used to wait for killed tasks to go away.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
 }
 
 /// Start address of the first executable private mapping of `pid` that is a regular

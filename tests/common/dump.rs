@@ -80,6 +80,14 @@ pub fn verify(w: &Workload) -> String {
     }
 }
 
+/// Has the restored workload verify itself, then kills `pids` (before judging, so a failure
+/// leaves nothing behind) and fails unless the verdict is PASS.
+pub fn verify_then_kill(w: &Workload, pids: &[i32], what: &str) {
+    let verdict = verify(w);
+    kill_pids(pids);
+    assert_eq!(verdict, "PASS", "{what}");
+}
+
 /// Whether every task of the cgroup is alive and not stopped or traced.
 pub fn all_running(w: &Workload) -> bool {
     let procs = std::fs::read_to_string(w.cgroup.join("cgroup.procs")).unwrap_or_default();
@@ -94,6 +102,19 @@ pub fn all_running(w: &Workload) -> bool {
                     .lines()
                     .any(|l| l.starts_with("State:\tT") || l.starts_with("State:\tt"))
         })
+}
+
+/// `GLIBC_TUNABLES` of the C workloads built by the tests: like the fixtures, glibc stays off
+/// AVX and other recent extensions (the restorer refuses those xstate components here).
+pub const TUNABLES: &str = "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX2,-AVX,-FMA,-FMA4,-BMI1,-BMI2,-LZCNT,-MOVBE,-POPCNT,-SSE4_1,-SSE4_2,-SSSE3,-ERMS,-FSRM,-RTM";
+
+/// `env GLIBC_TUNABLES=TUNABLES BIN ARGS...`, a command line for [`launch_cmd`].
+pub fn tuned_cmd(bin: &Path, args: &[&Path]) -> String {
+    let mut cmd = format!("env GLIBC_TUNABLES={TUNABLES} {}", bin.display());
+    for a in args {
+        cmd.push_str(&format!(" {}", a.display()));
+    }
+    cmd
 }
 
 /// Starts `sh -c CMD` inside a fresh cgroup and waits until `ready` exists.
@@ -395,18 +416,18 @@ pub fn reap_dumped(w: &mut Workload) {
     wait_gone(&[w.pid], 10, "the dumped task");
 }
 
-/// How many files of `dir` have a name starting with `prefix`.
-pub fn count_files(dir: &Path, prefix: &str) -> usize {
+/// The files of `dir` whose name starts with `prefix`, in directory order.
+pub fn files_with_prefix(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with(prefix)
-        })
-        .count()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .collect()
+}
+
+/// How many files of `dir` have a name starting with `prefix`.
+pub fn count_files(dir: &Path, prefix: &str) -> usize {
+    files_with_prefix(dir, prefix).len()
 }
 
 /// The stasis binary of this build.

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use super::lock::{restore_lock, RestoreLock};
 
 pub use super::fixtures::{fixtures, install as reinstall};
+/// Whether `pid` exists and is not a zombie (the library's check).
+pub use stasis::sys::proc_tasks::alive;
 
 /// Holds the restore lock for the whole test, with a scratch directory.
 pub struct Serial {
@@ -81,19 +83,6 @@ pub fn manifest(name: &str) -> (i32, Vec<i32>) {
         }
     }
     panic!("{name} not in manifest.tsv");
-}
-
-/// Whether `pid` exists and is not a zombie.
-pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            s.rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next())
-                != Some("Z")
-        }
-        Err(_) => false,
-    }
 }
 
 /// Whether `pid` runs a fixture program.

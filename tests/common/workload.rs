@@ -7,6 +7,7 @@
 //! workload_state.c   NTHREADS MEM_MIB            known in-task state for the dump parasite
 //! both print:  ready PID MEM_ADDR MEM_LEN COUNTER_ADDR ALT_BASE FILE_FD PIPE_FD SOCK_FD
 //! MEM byte i = (i * 7 + 3) ^ (i >> 12); the main thread bumps COUNTER every millisecond
+//! fx_verdict.h       verdict/CHECK/readn/... of the self-verifying end-to-end workloads
 //! ```
 
 use stasis::sys::task::SeizedTask;
@@ -21,8 +22,11 @@ use std::time::{Duration, Instant};
 /// Libraries of the workloads.
 const WORKLOAD_LIBS: &[&str] = &["-pthread", "-lrt"];
 
-/// Path of the binary `name` built from C source `src` (`cc -O1 -o BIN SRC args...`),
-/// compiled once per test binary.
+/// Headers the C sources may include (`#include "NAME"`), written next to them.
+const C_HEADERS: &[(&str, &str)] = &[("fx_verdict.h", include_str!("fx_verdict.h"))];
+
+/// Path of the binary `name` built from C source `src` (`cc -O1 -o BIN SRC args...`, with
+/// [`C_HEADERS`] beside it), compiled once per test binary.
 pub fn c_program(name: &'static str, src: &'static str, args: &[&str]) -> PathBuf {
     static BINS: Mutex<Option<HashMap<&'static str, PathBuf>>> = Mutex::new(None);
     let mut bins = BINS.lock().unwrap_or_else(|e| e.into_inner());
@@ -32,6 +36,9 @@ pub fn c_program(name: &'static str, src: &'static str, args: &[&str]) -> PathBu
     }
     let dir = std::env::temp_dir().join(format!("stasis-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
+    for (header, text) in C_HEADERS {
+        std::fs::write(dir.join(header), text).expect("write workload header");
+    }
     let c = dir.join(format!("{name}.c"));
     std::fs::write(&c, src).expect("write workload source");
     let bin = dir.join(name);

@@ -18,12 +18,7 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t go;
-static void on_usr2(int s) { (void)s; go = 1; }
-
-static char verdict[200] = "PASS";
-#define CHECK(c, ...) do { if (!(c) && !strcmp(verdict, "PASS")) { \
-    snprintf(verdict, sizeof(verdict), "FAIL: " __VA_ARGS__); } } while (0)
+#include "fx_verdict.h"
 
 static int deny(long nr, int err) {
     struct sock_filter f[] = {
@@ -62,9 +57,7 @@ static void *worker(void *a) {
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *result = argv[1];
-    setsid();
-    int null = open("/dev/null", O_RDWR);
-    dup2(null, 0); dup2(null, 1); dup2(null, 2);
+    detach_stdio();
     if (deny(SYS_getppid, EPERM) || deny(SYS_uname, EACCES)) {
         FILE *f = fopen(result, "w");
         fputs("FAIL: seccomp setup", f);
@@ -73,7 +66,7 @@ int main(int argc, char **argv) {
     }
     pthread_t t;
     pthread_create(&t, NULL, worker, NULL);
-    signal(SIGUSR2, on_usr2);
+    signal(SIGUSR2, on_go);
     FILE *f = fopen(result, "w");
     fputs("READY", f);
     fclose(f);
@@ -89,11 +82,5 @@ int main(int argc, char **argv) {
     CHECK(strstr(buf, "Seccomp:\t2\n") != NULL, "not in seccomp filter mode");
     CHECK(strstr(buf, "Seccomp_filters:\t2\n") != NULL, "filter count is not 2");
 
-    char tmpf[512];
-    snprintf(tmpf, sizeof(tmpf), "%s.tmp", result);
-    f = fopen(tmpf, "w");
-    fputs(verdict, f);
-    fclose(f);
-    rename(tmpf, result);
-    return strcmp(verdict, "PASS") != 0;
+    return write_verdict(result);
 }

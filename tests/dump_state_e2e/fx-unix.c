@@ -27,12 +27,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t go;
-static void on_sig(int s) { (void)s; go = 1; }
-
-static char verdict[256] = "PASS";
-#define CHECK(c, ...) do { if (!(c) && !strcmp(verdict, "PASS")) { \
-    snprintf(verdict, sizeof(verdict), "FAIL: " __VA_ARGS__); } } while (0)
+#include "fx_verdict.h"
 
 static socklen_t path_addr(struct sockaddr_un *a, const char *dir, const char *name) {
     memset(a, 0, sizeof(*a));
@@ -41,37 +36,15 @@ static socklen_t path_addr(struct sockaddr_un *a, const char *dir, const char *n
     return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(a->sun_path) + 1);
 }
 
-static socklen_t abstract(struct sockaddr_un *a, const char *name) {
-    memset(a, 0, sizeof(*a));
-    a->sun_family = AF_UNIX;
-    size_t n = strlen(name);
-    memcpy(a->sun_path + 1, name, n);
-    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
-}
-
-static int readn(int fd, char *buf, int n) {
-    int got = 0;
-    while (got < n) {
-        struct pollfd p = { fd, POLLIN, 0 };
-        if (poll(&p, 1, 2000) <= 0) return got;
-        int k = read(fd, buf + got, n - got);
-        if (k <= 0) return got;
-        got += k;
-    }
-    return got;
-}
-
 int main(int argc, char **argv) {
     if (argc < 3) return 2;
     const char *result = argv[1], *dir = argv[2];
-    setsid();
-    int null = open("/dev/null", O_RDWR);
-    dup2(null, 0); dup2(null, 1); dup2(null, 2);
+    detach_stdio();
     char tmp[256];
 
     int ch[2];
     socketpair(AF_UNIX, SOCK_STREAM, 0, ch);
-    signal(SIGUSR1, on_sig);
+    signal(SIGUSR1, on_go);
     pid_t child = fork();
     if (child == 0) {
         close(ch[0]);
@@ -124,7 +97,7 @@ int main(int argc, char **argv) {
     bind(abs_l, (struct sockaddr *)&aa, aalen);
     listen(abs_l, 2);
 
-    signal(SIGUSR2, on_sig);
+    signal(SIGUSR2, on_go);
     FILE *f = fopen(result, "w");
     fputs("READY", f);
     fclose(f);
@@ -175,11 +148,5 @@ int main(int argc, char **argv) {
     int wst = 0;
     waitpid(child, &wst, 0);
 
-    char tmpf[512];
-    snprintf(tmpf, sizeof(tmpf), "%s.tmp", result);
-    f = fopen(tmpf, "w");
-    fputs(verdict, f);
-    fclose(f);
-    rename(tmpf, result);
-    return strcmp(verdict, "PASS") != 0;
+    return write_verdict(result);
 }

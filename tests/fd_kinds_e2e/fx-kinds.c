@@ -24,39 +24,12 @@
 #include <termios.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t go;
-static void on_usr2(int s) { (void)s; go = 1; }
-
-static char verdict[256] = "PASS";
-#define CHECK(c, ...) do { if (!(c) && !strcmp(verdict, "PASS")) { \
-    snprintf(verdict, sizeof(verdict), "FAIL: " __VA_ARGS__); } } while (0)
-
-static socklen_t abstract(struct sockaddr_un *a, const char *name) {
-    memset(a, 0, sizeof(*a));
-    a->sun_family = AF_UNIX;
-    size_t n = strlen(name);
-    memcpy(a->sun_path + 1, name, n);
-    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
-}
-
-static int readn(int fd, char *buf, int n) {
-    int got = 0;
-    while (got < n) {
-        struct pollfd p = { fd, POLLIN, 0 };
-        if (poll(&p, 1, 2000) <= 0) return got;
-        int k = read(fd, buf + got, n - got);
-        if (k <= 0) return got;
-        got += k;
-    }
-    return got;
-}
+#include "fx_verdict.h"
 
 int main(int argc, char **argv) {
     if (argc < 3) return 2;
     const char *result = argv[1], *dir = argv[2];
-    setsid();
-    int null = open("/dev/null", O_RDWR);
-    dup2(null, 0); dup2(null, 1); dup2(null, 2);
+    detach_stdio();
     char name[64], lname[64];
     snprintf(name, sizeof(name), "fx-kinds-dgram-%d", getpid());
     snprintf(lname, sizeof(lname), "fx-kinds-listen-%d", getpid());
@@ -133,7 +106,7 @@ int main(int argc, char **argv) {
     struct winsize ws = { 40, 120, 0, 0 };
     ioctl(ps, TIOCSWINSZ, &ws);
 
-    signal(SIGUSR2, on_usr2);
+    signal(SIGUSR2, on_go);
     FILE *f = fopen(result, "w");
     fputs("READY", f);
     fclose(f);
@@ -196,11 +169,5 @@ int main(int argc, char **argv) {
     write(pm, "hi\n", 3);
     CHECK(readn(ps, tmp, 3) == 3 && !memcmp(tmp, "hi\n", 3), "pty not connected");
 
-    char tmpf[512];
-    snprintf(tmpf, sizeof(tmpf), "%s.tmp", result);
-    f = fopen(tmpf, "w");
-    fputs(verdict, f);
-    fclose(f);
-    rename(tmpf, result);
-    return strcmp(verdict, "PASS") != 0;
+    return write_verdict(result);
 }
