@@ -316,6 +316,25 @@ fn reserve(len: u64) -> u64 {
     p as u64
 }
 
+/// A private anonymous mapping inside a reservation of its own, a page of it on either side:
+/// a VMA of its own whatever lies around (the layout skips it with its reservation).
+fn isolated(len: u64, prot: i32) -> u64 {
+    let at = reserve(len + 2 * 4096) + 4096;
+    // SAFETY: replaces pages in the middle of our own fresh reservation.
+    let p = unsafe {
+        libc::mmap(
+            at as *mut libc::c_void,
+            len as usize,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(p as u64, at);
+    at
+}
+
 fn reserved(a: u64) -> bool {
     RESERVED.with(|r| r.borrow().iter().any(|&(s, e)| s <= a && a < e))
 }
@@ -470,8 +489,10 @@ fn child_full(
     let leader_sas = stacks + 160 * 1024;
     let thread_sas = stacks + 176 * 1024;
     let rseq_area = stacks + 224 * 1024;
-    let junk = mmap(4096, libc::PROT_READ);
-    let p = mmap(8192, libc::PROT_READ | libc::PROT_WRITE);
+    // Both go with the layout; isolated, so neither can merge with (and take along) a
+    // neighbour that must stay, such as the stacks.
+    let junk = isolated(4096, libc::PROT_READ);
+    let p = isolated(8192, libc::PROT_READ | libc::PROT_WRITE);
     // SAFETY: p is the 8 KiB mapping just created.
     unsafe { std::ptr::write_bytes(p as *mut u8, PATTERN, 8192) };
     let t = reserve(64 * 1024) + 16 * 1024;
