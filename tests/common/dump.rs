@@ -185,8 +185,42 @@ pub fn launch(name: &str, base: i32, args: &[&str]) -> Workload {
     w
 }
 
-/// Starts `program args...` through fx-launch at a free pid from `base` (its own session, fds
-/// 0-2 on /dev/null, cwd /, parent gone so init reaps it), inside a fresh cgroup. Returns at
+/// The environment fx-launch gives a workload: its `env[]`, read from the fixtures'
+/// src/fx-launch.c (string literals, adjacent ones joined, up to `NULL`).
+fn fx_launch_env() -> Vec<(String, String)> {
+    let path = fixtures().join("src/fx-launch.c");
+    let src = std::fs::read_to_string(&path).expect("read fx-launch.c");
+    let block = src
+        .split_once("char *env[] = {")
+        .and_then(|(_, rest)| rest.split_once("NULL"))
+        .map(|(b, _)| b)
+        .unwrap_or_else(|| panic!("no env[] in {}", path.display()));
+    let (mut vars, mut cur, mut quoted) = (Vec::new(), String::new(), false);
+    for c in block.chars() {
+        match (quoted, c) {
+            (_, '"') => quoted = !quoted,
+            (true, c) => cur.push(c),
+            (false, ',') => vars.push(std::mem::take(&mut cur)),
+            _ => {}
+        }
+    }
+    let env: Vec<(String, String)> = vars
+        .iter()
+        .filter_map(|v| v.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert!(
+        env.len() == vars.len() && env.iter().any(|(k, _)| k == "GLIBC_TUNABLES"),
+        "unexpected env[] in {}: {vars:?}",
+        path.display()
+    );
+    env
+}
+
+/// Starts `program args...` the way fx-launch does (its own session, fds 0-2 on /dev/null,
+/// cwd /, fx-launch's environment, parent gone so init reaps it) at a free pid from `base`,
+/// inside a fresh cgroup. The pid comes from clone3's set_tid (tests/common/launch_at.c):
+/// fx-launch's ns_last_pid write loses to any fork elsewhere on a busy machine. Returns at
 /// once: readiness is the caller's business.
 pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Workload {
     assert!(
@@ -219,6 +253,8 @@ pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Wo
             pid + 20
         }
     };
+    let launcher = super::workload::c_program("launch_at", include_str!("launch_at.c"), &[]);
+    let env = fx_launch_env();
     let start = || -> Result<i32, String> {
         let mut pid = base;
         let mut attempts = 0;
@@ -231,25 +267,25 @@ pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Wo
                     return Err("no free range of 20 pids at all".into());
                 }
             }
-            let mut cmd = Command::new("sh");
-            cmd.arg("-c")
-                .arg("echo $$ > \"$1\"/cgroup.procs && shift && exec \"$@\"")
-                .arg("sh")
+            let out = Command::new(&launcher)
                 .arg(&cg)
-                .arg("/tmp/criu-fixtures/bin/fx-launch")
                 .arg(pid.to_string())
                 .arg(program)
-                .args(args);
-            let out = cmd.output().map_err(|e| format!("sh: {e}"))?;
+                .args(args)
+                .env_clear()
+                .envs(env.iter().cloned())
+                .output()
+                .map_err(|e| format!("launch_at: {e}"))?;
             if out.status.success() {
                 return Ok(pid);
             }
-            // Exit 3: someone else forked between fx-launch's ns_last_pid write and its fork.
+            let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            // Exit 3: a task took the pid after the check above; anything else is a failure.
             attempts += 1;
-            if attempts >= 20 {
+            if out.status.code() != Some(3) || attempts >= 20 {
                 return Err(format!(
-                    "fx-launch {program} failed {attempts} times near {base}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
+                    "launch_at {program} failed ({}) near {base} after {attempts} tries: {err}",
+                    out.status
                 ));
             }
             pid = next(pid);
