@@ -217,6 +217,21 @@ fn fx_launch_env() -> Vec<(String, String)> {
     env
 }
 
+/// The command that starts `program args...` at `pid` the way fx-launch does, inside
+/// `cgroup` if given (see tests/common/launch_at.c): exit status 0 and the pid on stdout, 3
+/// when the pid is taken. It returns at once (the workload is re-parented).
+pub fn launch_at(cgroup: Option<&Path>, pid: i32, program: &str, args: &[&str]) -> Command {
+    let launcher = super::workload::c_program("launch_at", include_str!("launch_at.c"), &[]);
+    let mut cmd = Command::new(launcher);
+    cmd.arg(cgroup.map_or_else(|| "-".into(), |c| c.as_os_str().to_owned()))
+        .arg(pid.to_string())
+        .arg(program)
+        .args(args)
+        .env_clear()
+        .envs(fx_launch_env());
+    cmd
+}
+
 /// Starts `program args...` the way fx-launch does (its own session, fds 0-2 on /dev/null,
 /// cwd /, fx-launch's environment, parent gone so init reaps it) at a free pid from `base`,
 /// inside a fresh cgroup. The pid comes from clone3's set_tid (tests/common/launch_at.c):
@@ -253,8 +268,6 @@ pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Wo
             pid + 20
         }
     };
-    let launcher = super::workload::c_program("launch_at", include_str!("launch_at.c"), &[]);
-    let env = fx_launch_env();
     let start = || -> Result<i32, String> {
         let mut pid = base;
         let mut attempts = 0;
@@ -267,13 +280,7 @@ pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Wo
                     return Err("no free range of 20 pids at all".into());
                 }
             }
-            let out = Command::new(&launcher)
-                .arg(&cg)
-                .arg(pid.to_string())
-                .arg(program)
-                .args(args)
-                .env_clear()
-                .envs(env.iter().cloned())
+            let out = launch_at(Some(&cg), pid, program, args)
                 .output()
                 .map_err(|e| format!("launch_at: {e}"))?;
             if out.status.success() {

@@ -3,7 +3,7 @@
  * fx-launch writes PID-1 to ns_last_pid and forks: any fork elsewhere on the machine between
  * the two takes PID first. Here the workload gets PID from clone3's set_tid, which takes
  * exactly that PID or fails with EEXIST when a task holds it.
- * Moves itself into CGROUP (its cgroup.procs) first. The child does what fx-launch's does:
+ * Moves itself into CGROUP (its cgroup.procs) first, unless CGROUP is "-". The child does what fx-launch's does:
  * setsid(), fds 0-2 on /dev/null, every other fd closed, umask 022, chdir("/"), exec PROGRAM
  * with this process's environment (the harness passes fx-launch's). The parent prints the
  * PID and exits at once (the workload is re-parented). Exit status: 0 on success, 3 if PID is
@@ -51,7 +51,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s CGROUP PID PROGRAM [ARGS...]\n", argv[0]);
         return 2;
     }
-    if (join_cgroup(argv[1])) {
+    if (strcmp(argv[1], "-") != 0 && join_cgroup(argv[1])) {
         perror("cgroup.procs");
         return 2;
     }
