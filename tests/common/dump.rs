@@ -232,11 +232,50 @@ pub fn launch_at(cgroup: Option<&Path>, pid: i32, program: &str, args: &[&str]) 
     cmd
 }
 
+/// Above every fixed pid range of the tests: the fixtures' 30000-30699 and the launch bases
+/// from 31000 on.
+const ABOVE_FIXED_PIDS: i32 = 40_000;
+
+/// Moves the kernel's pid allocator (`ns_last_pid`, under its flock as CRIU and fx-launch
+/// take it) past `pid + span`, and past [`ABOVE_FIXED_PIDS`], unless it is there already.
+/// New pids then come from above; the free pids below are not handed out again before the
+/// allocator wraps at pid_max (4194304, see lock.rs), so no fork anywhere can take them.
+/// Some tests move the allocator back into the fixture range (restore::pids_ready, the
+/// restorer unit tests), so every launch checks.
+fn allocator_past(pid: i32, span: i32) {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::FileExt;
+    const PATH: &str = "/proc/sys/kernel/ns_last_pid";
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(PATH)
+        .expect("open ns_last_pid");
+    let f = Flock::lock(f, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock ns_last_pid");
+    let mut buf = [0u8; 32];
+    let n = f.read_at(&mut buf, 0).expect("read ns_last_pid");
+    let last: i32 = std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .expect("ns_last_pid is a number");
+    let past = ABOVE_FIXED_PIDS.max(pid + span);
+    if last < past {
+        // At offset 0: a sysctl ignores writes further in.
+        let text = past.to_string();
+        f.write_all_at(text.as_bytes(), 0)
+            .expect("write ns_last_pid");
+    }
+}
+
 /// Starts `program args...` the way fx-launch does (its own session, fds 0-2 on /dev/null,
 /// cwd /, fx-launch's environment, parent gone so init reaps it) at a free pid from `base`,
-/// inside a fresh cgroup. The pid comes from clone3's set_tid (tests/common/launch_at.c):
-/// fx-launch's ns_last_pid write loses to any fork elsewhere on a busy machine. Returns at
-/// once: readiness is the caller's business.
+/// inside a fresh cgroup. fx-launch's ns_last_pid write loses to any fork elsewhere on a busy
+/// machine; here the pid allocator is moved past the chosen range first ([`allocator_past`])
+/// and the pid comes from clone3's set_tid (tests/common/launch_at.c). The workload's own
+/// children and threads get pids from the allocator, above its pid. Returns at once:
+/// readiness is the caller's business.
 pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Workload {
     assert!(
         super::lock::held(),
@@ -270,33 +309,31 @@ pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Wo
     };
     let start = || -> Result<i32, String> {
         let mut pid = base;
-        let mut attempts = 0;
-        loop {
-            let mut tried = 0;
-            while !pid_free(pid, 20) {
-                pid = next(pid);
-                tried += 1;
-                if tried >= pid_max / 20 {
-                    return Err("no free range of 20 pids at all".into());
-                }
-            }
-            let out = launch_at(Some(&cg), pid, program, args)
-                .output()
-                .map_err(|e| format!("launch_at: {e}"))?;
-            if out.status.success() {
-                return Ok(pid);
-            }
-            let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            // Exit 3: a task took the pid after the check above; anything else is a failure.
-            attempts += 1;
-            if out.status.code() != Some(3) || attempts >= 20 {
-                return Err(format!(
-                    "launch_at {program} failed ({}) near {base} after {attempts} tries: {err}",
-                    out.status
-                ));
-            }
+        let mut tried = 0;
+        while !pid_free(pid, 20) {
             pid = next(pid);
+            tried += 1;
+            if tried >= pid_max / 20 {
+                return Err("no free range of 20 pids at all".into());
+            }
         }
+        allocator_past(pid, 20);
+        let out = launch_at(Some(&cg), pid, program, args)
+            .output()
+            .map_err(|e| format!("launch_at: {e}"))?;
+        if out.status.success() {
+            return Ok(pid);
+        }
+        // With the allocator past it, only a task created with that very pid can hold it.
+        let holders: Vec<String> = super::pids::foreign_holders(&[pid])
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        Err(format!(
+            "launch_at {program} at {pid} (from {base}) failed ({}): {}; holders: {holders:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     };
     match start() {
         Ok(pid) => Workload {
