@@ -112,7 +112,9 @@ fn changed_file_mode_is_rejected() {
 fn taken_pid_is_named_with_its_owner() {
     let run = fixture_run("fx-loop");
     let dir = &run.dir;
-    // launch_at puts `sleep` at PID 30000 (it prints the PID and exits).
+    // launch_at puts `sleep` at PID 30000 (it prints the PID and exits), with the pid
+    // allocator past it so that no fork takes it first.
+    common::dump::allocator_past(30000, 1);
     let launcher = common::dump::launch_at(None, 30000, "/bin/sleep", &["60"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -242,7 +242,7 @@ const ABOVE_FIXED_PIDS: i32 = 40_000;
 /// allocator wraps at pid_max (4194304, see lock.rs), so no fork anywhere can take them.
 /// Some tests move the allocator back into the fixture range (restore::pids_ready, the
 /// restorer unit tests), so every launch checks.
-fn allocator_past(pid: i32, span: i32) {
+pub fn allocator_past(pid: i32, span: i32) {
     use nix::fcntl::{Flock, FlockArg};
     use std::os::unix::fs::FileExt;
     const PATH: &str = "/proc/sys/kernel/ns_last_pid";
