@@ -1,5 +1,12 @@
 //! The process tree: who is in it, in CRIU's pstree order (depth-first from the root, children
 //! in the order the kernel lists them), with pgid/sid and threads, zombies included.
+//!
+//! A process's children are the union of its threads' `children` files (leader first), one
+//! file per thread. When a process has many threads, one pass over `/proc` (each process's
+//! parent) first tells which processes have children at all; the threads of the others are
+//! not read (8000 files become ~100). The tree is frozen, so the pass holds for all of it.
+
+use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
@@ -28,6 +35,7 @@ pub struct Process {
 /// Walks the tree rooted at `root` (tasks must already be frozen).
 pub fn collect(root: i32) -> Result<Vec<Process>> {
     let mut out: Vec<Process> = Vec::new();
+    let mut parents = Parents::default();
     let mut stack = vec![(root, 0)];
     while let Some((pid, ppid)) = stack.pop() {
         if out.len() >= MAX_TASKS {
@@ -40,7 +48,7 @@ pub fn collect(root: i32) -> Result<Vec<Process>> {
         } else {
             proc::tasks::threads(pid).map_err(|e| DumpError::proc("collect-tree", pid, e))?
         };
-        let children = if zombie {
+        let children = if zombie || parents.childless(pid, threads.len()) {
             Vec::new()
         } else {
             children(pid, &threads).map_err(|e| DumpError::proc("collect-tree", pid, e))?
@@ -60,6 +68,28 @@ pub fn collect(root: i32) -> Result<Vec<Process>> {
         }
     }
     Ok(out)
+}
+
+/// Which processes have children, learnt from one pass over `/proc` the first time a process
+/// has enough threads for the pass to cost less than reading their `children` files.
+#[derive(Default)]
+struct Parents {
+    known: Option<HashSet<i32>>,
+}
+
+impl Parents {
+    /// True when `pid` (a live process with `threads` threads) surely has no child; false
+    /// when it has one or when the pass was not worth it (or failed): then read its threads.
+    fn childless(&mut self, pid: i32, threads: usize) -> bool {
+        use crate::sys::proc_tasks;
+        if self.known.is_none() && threads >= proc_tasks::SCAN_MIN_THREADS {
+            match proc_tasks::with_children(threads) {
+                Ok(known) => self.known = known,
+                Err(e) => tracing::debug!("listing the parents in /proc: {e}"),
+            }
+        }
+        self.known.as_ref().is_some_and(|k| !k.contains(&pid))
+    }
 }
 
 /// Children of every thread of `pid` (kernel order, no duplicates): one `children` file per
