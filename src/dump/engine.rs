@@ -95,9 +95,32 @@ struct Ctx<'a> {
     extras: &'a mut super::extras::Extras,
 }
 
-/// `/proc/PID/task/TID/cgroup` of every thread (raw text), a few threads at once when there
-/// are many: threads of a process nearly always share one text, parsed once.
+/// `/proc/PID/task/TID/cgroup` of every thread (raw text): the leader's text for the threads
+/// its cgroups' membership files list ([`crate::cgroup::threads`]), the thread's own file for
+/// the others, a few threads at once when there are many. Threads of a process nearly always
+/// share one text, parsed once.
 fn read_cgroups_parallel(pid: i32, tids: &[i32]) -> Result<Vec<Vec<u8>>> {
+    let shared = crate::cgroup::threads::shared_with_leader(pid, tids)
+        .inspect_err(|e| tracing::debug!("cgroups of {pid}: every thread's own file: {e}"))
+        .ok();
+    let same = |i: usize| shared.as_ref().is_some_and(|s| s.same[i]);
+    let rest: Vec<i32> = (0..tids.len())
+        .filter(|&i| !same(i))
+        .map(|i| tids[i])
+        .collect();
+    let mut own = read_cgroups_each(pid, &rest)?.into_iter();
+    (0..tids.len())
+        .map(|i| match &shared {
+            Some(s) if s.same[i] => Ok(s.text.clone()),
+            _ => own
+                .next()
+                .ok_or_else(|| DumpError::new("cgroup", pid, None, "a thread's text is missing")),
+        })
+        .collect()
+}
+
+/// Each thread's own `/proc/PID/task/TID/cgroup`, in order.
+fn read_cgroups_each(pid: i32, tids: &[i32]) -> Result<Vec<Vec<u8>>> {
     const PER_WORKER: usize = 256;
     let read = |tid: i32| {
         let p = proc::path(pid, &format!("task/{tid}/cgroup"));
@@ -281,7 +304,7 @@ fn collect_process(
         let t3 = cx.prof.now_us();
         let runs = pages::plan(pid, &vmas, &mut cx.stats.pages)?;
         cx.dir.spool(&format!("mm-{pid}.img"), move || {
-            out::file_bytes(out::MM, &[mm::mm_entry(&mm_fields, &vmas)])
+            Ok(mm::mm_file(&mm::mm_entry(&mm_fields, &vmas)))
         });
         *cx.pages_id += 1;
         pages::write_private(
