@@ -106,8 +106,9 @@ impl TaskProbe for PtraceFrozen {
             tls: leader.tls().map_err(sys)?,
         };
         let slots = tids.len().saturating_sub(1).max(1);
-        let parasite = Parasite::inject_with_slots(process.leader(), slots)
+        let mut parasite = Parasite::inject_with_slots(process.leader(), slots)
             .map_err(|e| parasite_err("collect-task", pid, e))?;
+        parasite.set_leader_rseq(pre.rseq);
         let mut open = OpenProcess {
             pid,
             process,
@@ -175,10 +176,10 @@ impl OpenProcess<'_> {
         let st: ThreadState = dump.state;
         let sys = |e| DumpError::sys("core", tid, e);
         let leader = tid == self.pid;
-        let rseq = if leader {
-            self.pre.rseq
-        } else {
-            task.rseq().map_err(sys)?
+        let rseq = match dump.rseq {
+            _ if leader => self.pre.rseq,
+            Some(confirmed) => confirmed,
+            None => task.rseq().map_err(sys)?,
         };
         let pending = if leader {
             self.pre.pending.iter().map(|s| s.to_vec()).collect()
@@ -332,6 +333,7 @@ impl ProcessAccess for OpenProcess<'_> {
         for &t in &self.threads {
             let dump = if t.tid() == pid {
                 ThreadDump {
+                    rseq: Some(self.pre.rseq),
                     state: self.parasite.thread_state(leader).map_err(perr)?,
                     regs: self.parasite.leader_regs().clone(),
                     sigmask: self.parasite.leader_sigmask(),
@@ -375,7 +377,14 @@ impl ProcessAccess for OpenProcess<'_> {
 
 impl FrozenTree for PtraceFrozen {
     fn kill(&mut self, pids: &[i32]) -> Result<()> {
-        super::freeze::kill_all(pids)
+        match self.tree.take() {
+            // Killed and reaped as their tracer: no register restore, no detach.
+            Some(tree) => {
+                let root = tree.root().pid;
+                tree.kill().map_err(|e| DumpError::sys("kill", root, e))
+            }
+            None => super::freeze::kill_all(pids),
+        }
     }
 
     fn release(mut self: Box<Self>) -> Result<()> {
