@@ -213,10 +213,9 @@ fn failed_command_cures_cleanly() {
 /// /proc shows for that thread; the threads' registers, XSAVE area and masks are unchanged.
 #[test]
 fn thread_routine_matches_proc_for_every_thread() {
-    let w = Workload::stateful_with(6, 1, &["gdt-tls"], TIMEOUT);
+    let w = Workload::stateful_with(6, 1, &["fpu"], TIMEOUT);
     let tasks = w.seize_all();
     let before = snapshot(&tasks);
-    let int80 = stasis::sys::cpu::int80_available();
     let leader_rseq = tasks[0].rseq().unwrap();
     let mut p = Parasite::inject_with_slots(&tasks[0], 2).expect("inject");
     p.set_leader_rseq(leader_rseq);
@@ -303,26 +302,11 @@ fn thread_routine_matches_proc_for_every_thread() {
             fields[41 - 3],
             "policy of {tid}"
         );
-        if tid == w.pid || !int80 {
-            assert_eq!(
-                st.tls_status,
-                -libc::ENOSYS,
-                "GDT TLS of {tid} is left to ptrace"
-            );
-        } else {
-            assert_eq!(st.tls_status, 0, "GDT TLS of {tid} through int 0x80");
-            let words: Vec<u32> = t
-                .tls()
-                .unwrap()
-                .iter()
-                .flat_map(|u| [u.entry_number, u.base_addr, u.limit, u.flags])
-                .collect();
-            assert_eq!(
-                st.tls.to_vec(),
-                words,
-                "GDT TLS of {tid} as ptrace shows it"
-            );
-        }
+        assert_eq!(
+            st.tls_status,
+            -libc::ENOSYS,
+            "GDT TLS is left to ptrace ({tid})"
+        );
         let (head, len) = t.robust_list().unwrap();
         assert_eq!(
             (st.robust_head, st.robust_len),

@@ -321,33 +321,9 @@ core::arch::global_asm!(
     "12:",
     "    mov [r12 + 368], eax",
     "13:",
-    // The three GDT TLS slots: get_thread_area is not in the 64-bit syscall table, but the
-    // 32-bit one answers through int 0x80 when the dumper says it can (bit 0 of rcx at
-    // entry: IA-32 emulation present and the slot below 4 GiB, as int 0x80 truncates
-    // pointers). int 0x80 zeroes r8-r15: the slot pointer rides in rbp. Otherwise the
-    // dumper asks ptrace (-ENOSYS).
+    // get_thread_area is not in the 64-bit syscall table (and the 32-bit one through
+    // int 0x80 costs about 16 us in a VM, five ptrace requests): the dumper asks ptrace.
     "    mov dword ptr [r12 + 344], -38",
-    "    test qword ptr [r12 + 456], 1",
-    "    jz 91f",
-    "    mov rbp, r12",
-    "    xor esi, esi",
-    "10:",
-    "    mov ebx, esi",
-    "    shr ebx, 1",
-    "    add ebx, 12",
-    "    mov [rbp + 296 + rsi * 8], ebx",
-    "    lea rbx, [rbp + 296 + rsi * 8]",
-    "    mov eax, 244",
-    "    int 0x80",
-    "    mov r12, rbp",
-    "    cmp rax, -4095",
-    "    jae 11f",
-    "    add esi, 2",
-    "    cmp esi, 6",
-    "    jb 10b",
-    "    xor eax, eax",
-    "11:",
-    "    mov [r12 + 344], eax",
     "    jmp 91f",
     "90:",
     "    mov [r12 + 348], eax",

@@ -12,8 +12,10 @@
 //!    threads()   leader: THREAD_STATE + the registers the parasite saved;
 //!                others: the blob's thread routine in all of them at once (set up all,
 //!                resume all, then reap all: no per-thread round trip);
-//!                then per thread PTRACE_GET_RSEQ_CONFIGURATION, and PTRACE_PEEKSIGINFO
-//!                only when the routine saw a pending signal
+//!                the routine saves the XSAVE area and confirms the rseq registration;
+//!                the GDT TLS slots (ptrace) are read as each thread traps; registers
+//!                and masks are restored at release (never for a killed tree);
+//!                PTRACE_PEEKSIGINFO only when the routine saw a pending signal
 //!    pages       DUMP_PAGES (vmsplice in the task, splice into the image); /proc/PID/mem
 //!                for PROT_NONE pieces, or for everything if the parasite failed (logged)
 //!  cure          after the process (also on every error path: Parasite's drop)
@@ -192,20 +194,9 @@ impl OpenProcess<'_> {
         } else {
             Vec::new()
         };
-        let tls = if st.tls_status == 0 {
-            let descs: Vec<UserDesc> = (0..3)
-                .map(|i| UserDesc {
-                    entry_number: st.tls[4 * i],
-                    base_addr: st.tls[4 * i + 1],
-                    limit: st.tls[4 * i + 2],
-                    flags: st.tls[4 * i + 3],
-                })
-                .collect();
-            tls_of(&descs)
-        } else if leader {
-            tls_of(&self.pre.tls)
-        } else {
-            tls_of(&task.tls().map_err(sys)?)
+        let tls = match dump.tls {
+            Some(descs) => tls_of(&descs),
+            None => tls_of(&task.tls().map_err(sys)?),
         };
         let groups = if st.ngroups as usize <= MAX_GROUPS {
             st.groups[..st.ngroups.max(0) as usize].to_vec()
@@ -334,6 +325,7 @@ impl ProcessAccess for OpenProcess<'_> {
             let dump = if t.tid() == pid {
                 ThreadDump {
                     rseq: Some(self.pre.rseq),
+                    tls: Some(self.pre.tls),
                     state: self.parasite.thread_state(leader).map_err(perr)?,
                     regs: self.parasite.leader_regs().clone(),
                     sigmask: self.parasite.leader_sigmask(),

@@ -34,7 +34,7 @@ use super::blob::{dump as blob, DUMP};
 use super::error::{Error, Result};
 use super::proto::{self, *};
 use crate::sys::channel;
-use crate::sys::ptrace::RseqConfig;
+use crate::sys::ptrace::{RseqConfig, UserDesc};
 use crate::sys::regs::{TaskRegs, UserRegs, XState, EFLAGS_DF, EFLAGS_TF};
 use crate::sys::remote::{Remote, RemoteMapping, GADGET_LEN};
 use crate::sys::task::SeizedTask;
@@ -96,8 +96,6 @@ pub struct Parasite<'a> {
     slot_size: u64,
     /// How the thread routine reads the XSAVE area itself (None: ptrace does).
     xsave: Option<XsavePlan>,
-    /// The thread routine reads the GDT TLS slots through int 0x80.
-    tls_int80: bool,
     /// The leader's rseq registration, if any ([`Parasite::set_leader_rseq`]).
     leader_rseq: Option<RseqConfig>,
 }
@@ -169,12 +167,11 @@ impl XsavePlan {
         if xinuse & self.excluded != 0 {
             return None;
         }
-        let mut bytes = vec![0u8; self.len];
-        let n = self.span.min(self.len);
-        bytes[..n].copy_from_slice(saved.get(..n)?);
+        // What follows the span is the left-out features in their initial state: zeros.
+        let mut bytes = saved.get(..self.span.min(self.len))?.to_vec();
         bytes[SW_BYTES_OFF..XSAVE_HEADER_OFF].copy_from_slice(&self.sw_bytes);
         bytes[XSAVE_HEADER_OFF + 8..XSAVE_HEADER_OFF + XSAVE_HEADER_LEN].fill(0);
-        Some(XState::from_bytes(bytes))
+        Some(XState::from_prefix(bytes, self.len))
     }
 }
 
@@ -183,6 +180,8 @@ impl XsavePlan {
 pub struct ThreadDump {
     /// The rseq registration, when the thread routine confirmed it (otherwise ask ptrace).
     pub rseq: Option<RseqConfig>,
+    /// The GDT TLS slots (ptrace), when read with the routine's results.
+    pub tls: Option<[UserDesc; 3]>,
     /// Registers and XSAVE area as they were (restored).
     pub regs: TaskRegs,
     /// Blocked signals as they were (restored).
@@ -239,14 +238,8 @@ impl<'a> Parasite<'a> {
             .next_multiple_of(THREAD_SLOT) as u64;
         let len = slots_off + slots as u64 * slot_size;
         let prot = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
-        // Below 4 GiB if there is room: int 0x80 (the TLS slots) takes 32-bit pointers.
-        let map = match RemoteMapping::with_flags(remote, len, prot, libc::MAP_32BIT) {
-            Ok(map) => map,
-            Err(e) if e.is_task_died() => return Err(e.into()),
-            Err(_) => RemoteMapping::new(remote, len, prot)?,
-        };
+        let map = RemoteMapping::new(remote, len, prot)?;
         let base = map.addr();
-        let tls_int80 = base + len <= 1 << 32 && crate::sys::cpu::int80_available();
         map.write(0, &DUMP.relocated(base))?;
         let scratch = base + size + SCRATCH;
         let sock_type = (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64;
@@ -286,7 +279,6 @@ impl<'a> Parasite<'a> {
             slots,
             slot_size,
             xsave,
-            tls_int80,
             leader_rseq: None,
         };
         let args = ParasiteArgs {
@@ -712,9 +704,6 @@ impl<'a> Parasite<'a> {
             .as_ref()
             .map_or((0, 0), |x| (x.span as u64, x.rfbm));
         let mut flags = 0;
-        if self.tls_int80 {
-            flags |= THREAD_FLAG_TLS_INT80;
-        }
         if self.xsave.as_ref().is_some_and(|x| x.excluded != 0) {
             flags |= THREAD_FLAG_XINUSE;
         }
@@ -767,11 +756,17 @@ impl<'a> Parasite<'a> {
         // Reap every started thread. Its registers and mask are written back when it is
         // detached (or never, if the dump kills the tree): the routine touches integer
         // registers only, so its XSAVE area needs no restoring.
+        // Each thread's GDT TLS slots are read (ptrace) as soon as it has trapped, while the
+        // later ones still run the routine on other CPUs.
+        let mut tls = Vec::with_capacity(started.len());
         for (i, _) in started.iter().enumerate() {
             let t = wave[i];
-            if let Err(e) = wait_trap(t) {
-                if result.is_ok() {
-                    result = Err(e);
+            match wait_trap(t).and_then(|_| Ok(ptrace::tls(t.tid())?)) {
+                Ok(descs) => tls.push(descs),
+                Err(e) => {
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
                 }
             }
         }
@@ -792,7 +787,7 @@ impl<'a> Parasite<'a> {
         let mut raw = vec![0u8; (wave.len() - 1) * stride + tail];
         crate::sys::mem::read(pid, area, &mut raw)?;
         let mut xstates = xstates.into_iter();
-        for (i, (regs, mask)) in started.into_iter().enumerate() {
+        for (i, ((regs, mask), tls)) in started.into_iter().zip(tls).enumerate() {
             let tid = wave[i].tid();
             let slot_bytes = &raw[i * stride..];
             let state = proto::read::<ThreadState>(slot_bytes).unwrap_or_default();
@@ -832,6 +827,7 @@ impl<'a> Parasite<'a> {
             };
             out.push(ThreadDump {
                 rseq,
+                tls: Some(tls),
                 regs: TaskRegs { regs, xstate },
                 sigmask: mask,
                 state,

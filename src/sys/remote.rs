@@ -193,12 +193,7 @@ pub struct RemoteMapping<'a> {
 impl<'a> RemoteMapping<'a> {
     /// Maps `len` bytes (`MAP_PRIVATE | MAP_ANONYMOUS`) with `prot` in the task of `remote`.
     pub fn new(remote: Remote<'a>, len: u64, prot: i32) -> Result<Self> {
-        Self::with_flags(remote, len, prot, 0)
-    }
-
-    /// [`RemoteMapping::new`] with extra `MAP_*` flags (e.g. `MAP_32BIT`).
-    pub fn with_flags(remote: Remote<'a>, len: u64, prot: i32, extra: i32) -> Result<Self> {
-        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
         let addr = remote.syscall(
             "mmap",
             libc::SYS_mmap,

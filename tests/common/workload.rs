@@ -142,7 +142,7 @@ impl Workload {
         Self::stateful_with(threads, mib, &[], timeout)
     }
 
-    /// [`Workload::stateful`] with extra options of the C program (e.g. `gdt-tls`).
+    /// [`Workload::stateful`] with extra options of the C program (e.g. `fpu`).
     pub fn stateful_with(threads: usize, mib: usize, extra: &[&str], timeout: Duration) -> Self {
         let bin = c_program(
             "workload_state",

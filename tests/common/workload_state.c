@@ -1,5 +1,5 @@
 /* Workload of the dump parasite tests with known in-task state (launched by workload.rs).
- * usage: workload NTHREADS MEM_MIB [gdt-tls]
+ * usage: workload NTHREADS MEM_MIB [fpu]
  * Sets up known in-task state, then prints one line
  *   ready PID MEM_ADDR MEM_LEN COUNTER_ADDR ALT_BASE FILE_FD PIPE_FD SOCK_FD
  * and the main thread counts (counter += 1 per millisecond, nanosleep between) while the
@@ -15,9 +15,8 @@
  *   main thread blocks SIGWINCH
  *   FILE_FD: /proc/self/exe O_RDONLY|O_CLOEXEC, PIPE_FD: a pipe read end (O_NONBLOCK),
  *   SOCK_FD: one end of a unix socketpair
- *   with gdt-tls: thread 2 fills a GDT TLS slot (32-bit set_thread_area through int 0x80,
- *     base 0x12345000, limit 0xfff pages), if the kernel has IA-32 emulation; thread 3
- *     loads x87 (pi) and, with AVX-512, zmm5 and zmm20 (1.25 in every lane) */
+ *   with fpu: thread 3 loads x87 (pi) and, with AVX-512, zmm5 and zmm20 (1.25 in every
+ *     lane) */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
@@ -33,29 +32,12 @@
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
-#include <asm/ldt.h>
 
 static volatile unsigned long counter;
 static unsigned char *alt_base;
 static pthread_barrier_t barrier;
-static int gdt_tls;
+static int fpu_state;
 
-/* One GDT TLS slot of the calling thread, through the 32-bit set_thread_area (243). */
-static void set_gdt_tls(void) {
-    struct user_desc *u = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
-                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0);
-    if (u == MAP_FAILED) return;
-    memset(u, 0, sizeof(*u));
-    u->entry_number = -1;
-    u->base_addr = 0x12345000;
-    u->limit = 0xfff;
-    u->seg_32bit = 1;
-    u->limit_in_pages = 1;
-    u->useable = 1;
-    long r;
-    __asm__ volatile("int $0x80" : "=a"(r) : "a"(243L), "b"(u) : "memory");
-    (void)r;
-}
 static void on_sig(int sig) { (void)sig; }
 static void on_info(int sig, siginfo_t *si, void *uc) { (void)sig; (void)si; (void)uc; }
 
@@ -66,8 +48,7 @@ static void set_altstack(int k) {
 
 static void *sleeper(void *arg) {
     set_altstack((int)(long)arg);
-    if (gdt_tls && (long)arg == 2) set_gdt_tls();
-    if (gdt_tls && (long)arg == 3) {
+    if (fpu_state && (long)arg == 3) {
         double d = 1.25;
         __asm__ volatile("fldpi" ::: "memory");
         if (__builtin_cpu_supports("avx512f"))
@@ -85,7 +66,7 @@ static void *sleeper(void *arg) {
 int main(int argc, char **argv) {
     int nthreads = argc > 1 ? atoi(argv[1]) : 1;
     size_t len = (size_t)(argc > 2 ? atoi(argv[2]) : 1) << 20;
-    gdt_tls = argc > 3 && strcmp(argv[3], "gdt-tls") == 0;
+    fpu_state = argc > 3 && strcmp(argv[3], "fpu") == 0;
     unsigned char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) return 1;
     for (size_t i = 0; i < len; i++) mem[i] = (unsigned char)((i * 7 + 3) ^ (i >> 12));

@@ -250,9 +250,6 @@ pub const THREAD_DONE: u64 = 0x5448_5244_444f_4e45; // "THRDDONE"
 pub const THREAD_SLOT: usize = 4096;
 /// Offset of the XSAVE area in a thread slot (64-byte aligned, as XSAVE requires).
 pub const THREAD_XSAVE_OFF: usize = 1024;
-/// Thread routine flag (rcx at entry): read the GDT TLS slots with the 32-bit
-/// `get_thread_area` through int 0x80 (the slot must lie below 4 GiB).
-pub const THREAD_FLAG_TLS_INT80: u64 = 1;
 /// Thread routine flag (rcx at entry): store the XSAVE features in use (`xgetbv` with
 /// ecx = 1) at [`THREAD_XINUSE_OFF`] of the slot (the CPU must support it).
 pub const THREAD_FLAG_XINUSE: u64 = 2;
@@ -276,7 +273,7 @@ pub const THREAD_XINUSE_OFF: usize = 488;
 /// A thread slot of the thread area (`slot_size` bytes, chosen by the dumper): this state at
 /// 0, the routine's scratch up to [`THREAD_XSAVE_OFF`], then the XSAVE area. The routine is
 /// entered with rdi = slot, rsi = XSAVE bytes (0: none), rdx = XSAVE feature mask, rcx =
-/// [`THREAD_FLAG_TLS_INT80`] or 0, r8/r9/r10 = the rseq area, length and signature to
+/// flags ([`THREAD_FLAG_XINUSE`]), r8/r9/r10 = the rseq area, length and signature to
 /// confirm (r8 = 0: none). Scratch: 376 sigaltstack, 400 capget, 440..488 the entry values,
 /// 488 XINUSE.
 #[repr(C)]
@@ -333,8 +330,7 @@ pub struct ThreadState {
     /// GDT entries 12, 13, 14 (`struct user_desc`: entry_number, base_addr, limit, flag
     /// bits) when `tls_status` is 0.
     pub tls: [u32; 12],
-    /// 0 when `tls` holds the slots (the 32-bit `get_thread_area` through int 0x80), or
-    /// its -errno; -ENOSYS when not asked (the dumper asks ptrace).
+    /// -ENOSYS: `get_thread_area` is not a 64-bit syscall; the dumper asks ptrace.
     pub tls_status: i32,
     /// 0, or the -errno of the first syscall that failed.
     pub status: i32,
