@@ -493,13 +493,19 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
     let result = dump_frozen(opts, frozen.as_mut(), &mut stats, &mut prof);
     match result {
         Ok((dir, pids)) => {
+            let t = prof.now_us();
             let kill = if opts.leave_running {
                 Ok(())
             } else {
                 fault::check("kill", opts.pid).and_then(|_| frozen.kill(&pids))
             };
+            if !opts.leave_running {
+                prof.record("kill", "phase", 0, t);
+            }
             stats.frozen_time = prof.now_us() - t_frozen;
+            let t = prof.now_us();
             let rel = frozen.release();
+            prof.record("release", "phase", 0, t);
             kill?;
             rel?;
             prof.record("frozen", "phase", 0, t_frozen);
@@ -589,7 +595,9 @@ fn dump_frozen(
     }
     prof.record("write", "phase", 0, t);
     fault::check("fsync", opts.pid)?;
+    let t = prof.now_us();
     dir.finish()
         .map_err(|e| DumpError::image("fsync", opts.pid, e))?;
+    prof.record("finish", "phase", 0, t);
     Ok((dir, c.tree.iter().map(|p| p.pid).collect()))
 }

@@ -93,6 +93,39 @@ impl SeizedTree {
         self.processes.iter().flat_map(|p| p.threads.iter())
     }
 
+    /// Kills every process of the tree (SIGKILL) and reaps its threads as their tracer, so
+    /// that no traced zombie is left holding a pid. Deferred register restores are dropped:
+    /// nothing of the tree runs again. Returns the first failure to signal a process.
+    pub fn kill(self) -> Result<()> {
+        let mut first = None;
+        let mut killed = Vec::with_capacity(self.processes.len());
+        for process in &self.processes {
+            // SAFETY: kill(2) has no memory arguments.
+            let r = unsafe { libc::kill(process.pid, libc::SIGKILL) };
+            let errno = nix::errno::Errno::last();
+            let refused = r != 0 && errno != nix::errno::Errno::ESRCH;
+            if refused {
+                first.get_or_insert(Error::task("kill", process.pid, errno));
+            }
+            killed.push(!refused);
+        }
+        for (process, killed) in self.processes.into_iter().zip(killed) {
+            if !killed {
+                // Not killed: its threads are restored and detached when dropped.
+                continue;
+            }
+            // Other threads first: a leader's exit is reported once they are all reaped.
+            let mut threads = process.threads;
+            threads.rotate_left(1);
+            for task in threads {
+                task.discard_restore();
+                reap_killed(&task);
+                task.forget();
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
     /// Detaches every thread now, returning the first failure (all are tried).
     pub fn detach(self) -> Result<()> {
         let mut first = None;
@@ -121,6 +154,21 @@ struct TaskSlot {
     task: SeizedTask,
     pending: bool,
     children_read: bool,
+}
+
+/// Waits until `task`, sent SIGKILL, is gone (a stop on the way is resumed).
+fn reap_killed(task: &SeizedTask) {
+    loop {
+        match wait::wait_task(task.tgid(), task.tid()) {
+            Ok(ev) if ev.is_gone() => return,
+            Ok(_) => {
+                if ptrace::cont(task.tid(), 0).is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// `PTRACE_O_SUSPEND_SECCOMP`: the tracee's seccomp filters do not apply while it is traced
