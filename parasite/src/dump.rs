@@ -40,7 +40,7 @@ core::arch::global_asm!(
     "    int3",
     // The thread routine: plain integer code only (no SSE/x87, no stack), so the
     // thread's FPU/vector state stays untouched; results go straight into the slot
-    // (layout: ThreadState, scratch from offset 376). r12 = slot.
+    // (layout: ThreadState, scratch from offset 384). r12 = slot.
     ".macro CHECK",
     "    cmp rax, -4095",
     "    jae 90f",
@@ -51,15 +51,32 @@ core::arch::global_asm!(
     "    mov r13, rsi",
     "    mov r14, rdx",
     "    mov r15, rcx",
-    "    xor eax, eax",
-    "    mov ecx, 47",
-    "    rep stosq",
-    "    mov [r12 + 440], r13",
-    "    mov [r12 + 448], r14",
-    "    mov [r12 + 456], r15",
     "    mov [r12 + 464], r8",
     "    mov [r12 + 472], r9",
     "    mov [r12 + 480], r10",
+    // First of all, block every signal but SIGTRAP: rt_sigprocmask(SIG_SETMASK,
+    // scratch+496, scratch+504); the thread's own mask lands at scratch+504 (a signal the
+    // thread takes before this is seen by the dumper, which then blocks them by ptrace)
+    "    mov rax, -17",
+    "    mov [r12 + 496], rax",
+    "    mov edi, 2",
+    "    lea rsi, [r12 + 496]",
+    "    lea rdx, [r12 + 504]",
+    "    mov r10d, 8",
+    "    mov eax, 14",
+    "    syscall",
+    "    mov rbx, rax",
+    "    mov rdi, r12",
+    "    xor eax, eax",
+    "    mov ecx, 48",
+    "    rep stosq",
+    "    mov rax, [r12 + 504]",
+    "    mov [r12 + 376], rax",
+    "    mov [r12 + 440], r13",
+    "    mov [r12 + 448], r14",
+    "    mov [r12 + 456], r15",
+    "    mov rax, rbx",
+    "    CHECK",
     // XSAVE (standard format, 64-bit FIP/FDP) of the features in rdx into the zeroed area
     // at THREAD_XSAVE_OFF, rsi bytes long: the state ptrace would show, without a request
     "    test r13, r13",
@@ -88,18 +105,18 @@ core::arch::global_asm!(
     "    xor r10d, r10d",
     "    xor r8d, r8d",
     "    xor r9d, r9d",
-    // sigaltstack(NULL, scratch+376)
+    // sigaltstack(NULL, scratch+600)
     "    xor edi, edi",
-    "    lea rsi, [r12 + 376]",
+    "    lea rsi, [r12 + 600]",
     "    xor edx, edx",
     "    mov eax, 131",
     "    syscall",
     "    CHECK",
-    "    mov rax, [r12 + 376]",
+    "    mov rax, [r12 + 600]",
     "    mov [r12 + 8], rax",
-    "    mov eax, [r12 + 384]",
+    "    mov eax, [r12 + 608]",
     "    mov [r12 + 24], eax",
-    "    mov rax, [r12 + 392]",
+    "    mov rax, [r12 + 616]",
     "    mov [r12 + 16], rax",
     // prctl(PR_GET_TID_ADDRESS, &tid_address)
     "    mov edi, 40",
