@@ -227,6 +227,9 @@ fn thread_routine_matches_proc_for_every_thread() {
         // The XSAVE area the routine saved itself equals what ptrace shows, byte for byte.
         assert_eq!(d.regs, b.0, "regs read by threads_state of {}", t.tid());
         assert_eq!(d.sigmask, b.1, "mask read by threads_state of {}", t.tid());
+        // At its trap the routine has put the thread's own mask back already.
+        let live = stasis::sys::ptrace::get_sigmask(t.tid()).unwrap();
+        assert_eq!(live, b.1, "live mask of {} at the routine's trap", t.tid());
         if t.tid() == tasks[3].tid() && std::arch::is_x86_feature_detected!("avx512f") {
             // zmm20 is in the Hi16_ZMM component: the comparison covers live AVX-512 state.
             assert_ne!(d.regs.xstate.xstate_bv() & (1 << 7), 0, "zmm20 in use");

@@ -57,6 +57,7 @@ core::arch::global_asm!(
     // First of all, block every signal but SIGTRAP: rt_sigprocmask(SIG_SETMASK,
     // scratch+496, scratch+504); the thread's own mask lands at scratch+504 (a signal the
     // thread takes before this is seen by the dumper, which then blocks them by ptrace)
+    "    mov qword ptr [r12 + 512], 0",
     "    mov rax, -17",
     "    mov [r12 + 496], rax",
     "    mov edi, 2",
@@ -66,6 +67,10 @@ core::arch::global_asm!(
     "    mov eax, 14",
     "    syscall",
     "    mov rbx, rax",
+    "    cmp rax, -4095",
+    "    jae 15f",
+    "    mov qword ptr [r12 + 512], 1",
+    "15:",
     "    mov rdi, r12",
     "    xor eax, eax",
     "    mov ecx, 48",
@@ -345,6 +350,17 @@ core::arch::global_asm!(
     "90:",
     "    mov [r12 + 348], eax",
     "91:",
+    // The thread's own mask back (if it was blocked above): a signal it lets through stops
+    // the thread here, and the dumper hands it back blocked (see the first syscall)
+    "    cmp qword ptr [r12 + 512], 1",
+    "    jne 16f",
+    "    mov edi, 2",
+    "    lea rsi, [r12 + 504]",
+    "    xor edx, edx",
+    "    mov r10d, 8",
+    "    mov eax, 14",
+    "    syscall",
+    "16:",
     // done = THREAD_DONE ^ gettid()
     "    mov eax, 186",
     "    syscall",

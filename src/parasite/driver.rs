@@ -785,8 +785,8 @@ impl<'a> Parasite<'a> {
         let stride = stride as usize;
         let mut raw = vec![0u8; (started.len().max(1) - 1) * stride + tail];
         let read = crate::sys::mem::read(pid, area, &mut raw);
-        // Every thread whose routine reported gets its mask in the deferred restore, also
-        // when the wave failed.
+        // Every thread whose routine reported gets its deferred restore settled, also when
+        // the wave failed.
         let mut states = Vec::with_capacity(started.len());
         for (i, (regs, mask)) in started.iter_mut().enumerate() {
             let t = wave[i];
@@ -794,9 +794,10 @@ impl<'a> Parasite<'a> {
                 Ok(()) => proto::read::<ThreadState>(&raw[i * stride..]).unwrap_or_default(),
                 Err(_) => ThreadState::default(),
             };
+            // The routine put the thread's mask back before its trap, unless a signal
+            // stopped it on the way out and the mask was blocked by ptrace (then `mask`).
             if state.done == THREAD_DONE ^ t.tid() as u64 {
-                let m = *mask.get_or_insert(state.blocked);
-                t.defer_restore(*regs, Some(m));
+                t.defer_restore(*regs, *mask);
             }
             states.push(state);
         }
@@ -1025,11 +1026,12 @@ impl Drop for Parasite<'_> {
 /// Waits until `t`, resumed into the thread routine, traps at its end (SIGTRAP); group stops
 /// and interrupts on the way are resumed, SIGSTOP is let through (like a remote syscall).
 ///
-/// A signal the thread takes before the routine blocked them all (pending when it was
-/// resumed, or arriving before its first system call) stops it here: its mask is still the
-/// thread's own, so it is read and returned, every signal but SIGTRAP is blocked by ptrace,
-/// and the signal is handed back, which requeues it (blocked) with its siginfo: it stays
-/// pending, as if the routine had never run.
+/// A signal the thread takes while its own mask is in force (pending when it was resumed or
+/// arriving before the routine's first system call, or after the routine put the mask back
+/// at its end) stops it here: the mask is read and returned, every signal but SIGTRAP is
+/// blocked by ptrace (the deferred restore then writes the mask back), and the signal is
+/// handed back, which requeues it (blocked) with its siginfo: it stays pending, as if the
+/// routine had never run.
 fn wait_trap(t: &SeizedTask) -> Result<Option<u64>> {
     use crate::sys::ptrace;
     let mut own_mask = None;

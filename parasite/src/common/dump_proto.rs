@@ -275,7 +275,8 @@ pub const THREAD_XINUSE_OFF: usize = 488;
 /// entered with rdi = slot, rsi = XSAVE bytes (0: none), rdx = XSAVE feature mask, rcx =
 /// flags ([`THREAD_FLAG_XINUSE`]), r8/r9/r10 = the rseq area, length and signature to
 /// confirm (r8 = 0: none). Scratch: 400 capget, 440..488 the entry values, 488 XINUSE,
-/// 496 the mask it blocks, 504 the mask it found, 600 sigaltstack.
+/// 496 the mask it blocks, 504 the mask it found (and puts back before its trap), 512 whether
+/// it blocked, 600 sigaltstack.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 #[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]
