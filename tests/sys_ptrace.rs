@@ -280,7 +280,7 @@ fn deferred_restore_is_written_back_on_detach_and_dropped_on_kill() {
     let t = &tree.root().threads[1];
     let (regs, mask) = (t.regs().unwrap(), t.sigmask().unwrap());
     // Scribble on the live registers as the routine would, keeping the originals deferred.
-    t.defer_restore(regs, mask);
+    t.defer_restore(regs, Some(mask));
     let mut scribbled = regs;
     scribbled.ip = 0x1000;
     stasis::sys::ptrace::set_regs(t.tid(), &scribbled).unwrap();
@@ -295,7 +295,7 @@ fn deferred_restore_is_written_back_on_detach_and_dropped_on_kill() {
         mask,
         "mask read through a pending restore"
     );
-    assert_eq!(t.pending_restore(), Some((regs, mask)));
+    assert_eq!(t.pending_restore(), Some((regs, Some(mask))));
     drop(tree);
     w.wait_counting(before);
 
@@ -303,7 +303,7 @@ fn deferred_restore_is_written_back_on_detach_and_dropped_on_kill() {
     let tids = w.threads();
     let tree = stasis::sys::tree::seize_tree(w.pid).expect("seize tree");
     for t in &tree.root().threads[1..] {
-        t.defer_restore(t.regs().unwrap(), t.sigmask().unwrap());
+        t.defer_restore(t.regs().unwrap(), Some(t.sigmask().unwrap()));
         let mut scribbled = t.regs().unwrap();
         scribbled.ip = 0x1000;
         stasis::sys::ptrace::set_regs(t.tid(), &scribbled).unwrap();

@@ -162,6 +162,16 @@ fn apply_extras(tc: &mut stasis_images::pb::ThreadCoreEntry, seccomp: Option<Val
     tc.cg_set = Some(cg_set);
 }
 
+/// What the image writers need to build one thread's core image.
+struct CoreJob {
+    facts: ThreadFacts,
+    probe: super::probe::ThreadProbe,
+    /// The process part, for the leader.
+    process: Option<(ProcessFacts, super::probe::ProcessProbe)>,
+    seccomp: Option<Value>,
+    cg_set: u32,
+}
+
 fn collect_process(
     p: &Process,
     frozen: &mut dyn FrozenTree,
@@ -215,9 +225,14 @@ fn collect_process(
             .ok_or_else(|| DumpError::new("cgroup", pid, None, "cgroups read twice"))?
             .join()
             .map_err(|_| DumpError::new("cgroup", pid, None, "cgroup reader panicked"))??;
+        cx.prof
+            .record(&format!("cgroup-join {pid}"), "cores", pid, t1);
         let mut leader_part = Some((pf.clone(), pprobe.clone()));
         let mut leader_seccomp = Some(leader_seccomp.clone());
         let mut sets: std::collections::HashMap<Vec<u8>, u32> = Default::default();
+        // Per thread: the cheap bookkeeping here, the core image built and written by the
+        // image writers (handed over in chunks).
+        let mut cores = Vec::with_capacity(tprobes.len());
         for ((&tid, mut tp), text) in p.threads.iter().zip(tprobes).zip(raw) {
             let t = cx.prof.now_us();
             let facts = match tp.facts.take() {
@@ -249,16 +264,24 @@ fn collect_process(
                 }
             };
             let process = if tid == pid { leader_part.take() } else { None };
-            cx.dir.spool(&format!("core-{tid}.img"), move || {
-                let mut entry =
-                    core::core_entry(&facts, &tp, process.as_ref().map(|(f, p)| (f, p)));
-                if let Some(tc) = entry.thread_core.as_mut() {
-                    apply_extras(tc, seccomp, cg_set);
-                }
-                Ok(core::core_file(&entry))
-            });
+            let core = CoreJob {
+                facts,
+                probe: tp,
+                process,
+                seccomp,
+                cg_set,
+            };
+            cores.push((format!("core-{tid}.img"), core));
             cx.prof.record(&format!("thread {tid}"), "thread", tid, t);
         }
+        cx.dir.spool_each(cores, |c: CoreJob| {
+            let process = c.process.as_ref().map(|(f, p)| (f, p));
+            let mut entry = core::core_entry(&c.facts, &c.probe, process);
+            if let Some(tc) = entry.thread_core.as_mut() {
+                apply_extras(tc, c.seccomp, c.cg_set);
+            }
+            Ok(core::core_file(&entry))
+        });
         cx.prof.record(&format!("cores {pid}"), "cores", pid, t1);
 
         fault::check("mm", pid)?;

@@ -712,22 +712,22 @@ impl<'a> Parasite<'a> {
         if let Some(t) = wave.iter().find(|t| t.tracer() != self.leader.tracer()) {
             t.check_tracer("thread routine")?;
         }
-        // (regs, mask) of each thread started so far: the thread's own, or those of a
-        // restore still deferred from an earlier run (the thread sits at our trap).
-        let mut started: Vec<(UserRegs, u64)> = Vec::with_capacity(wave.len());
+        // (regs, mask) of each thread started so far: its own registers, the mask when it
+        // is known before the routine tells it (a restore still deferred from an earlier
+        // run: the thread sits at our trap with all blocked; or a signal it took first).
+        let mut started: Vec<(UserRegs, Option<u64>)> = Vec::with_capacity(wave.len());
         let mut result = Ok(());
         for (i, t) in wave.iter().enumerate() {
             let tid = t.tid();
             let saved = match t.pending_restore() {
-                Some(saved) => Ok(saved),
-                None => ptrace::get_regs(tid).and_then(|r| Ok((r, ptrace::get_sigmask(tid)?))),
-            };
-            let saved = match saved {
-                Ok(s) => s,
-                Err(e) => {
-                    result = Err(e.into());
-                    break;
-                }
+                Some(saved) => saved,
+                None => match ptrace::get_regs(tid) {
+                    Ok(r) => (r, None),
+                    Err(e) => {
+                        result = Err(e.into());
+                        break;
+                    }
+                },
             };
             let mut regs = saved.0;
             regs.ip = entry;
@@ -742,12 +742,12 @@ impl<'a> Parasite<'a> {
             regs.sp = slot(i + 1);
             regs.orig_ax = u64::MAX;
             regs.flags &= !(EFLAGS_TF | EFLAGS_DF);
-            // From here the thread must get its registers back, whatever happens.
+            // From here the thread must get its registers back, whatever happens; its mask
+            // once the routine said what it was.
             t.defer_restore(saved.0, saved.1);
             started.push(saved);
-            let go = ptrace::set_regs(tid, &regs)
-                .and_then(|_| ptrace::set_sigmask(tid, !(1u64 << (libc::SIGTRAP - 1))))
-                .and_then(|_| ptrace::cont(tid, 0));
+            // The routine blocks the signals itself, first thing.
+            let go = ptrace::set_regs(tid, &regs).and_then(|_| ptrace::cont(tid, 0));
             if let Err(e) = go {
                 result = Err(e.into());
                 break;
@@ -759,9 +759,15 @@ impl<'a> Parasite<'a> {
         // Each thread's GDT TLS slots are read (ptrace) as soon as it has trapped, while the
         // later ones still run the routine on other CPUs.
         let mut tls = Vec::with_capacity(started.len());
-        for (i, _) in started.iter().enumerate() {
+        for (i, (_, mask)) in started.iter_mut().enumerate() {
             let t = wave[i];
-            match wait_trap(t).and_then(|_| Ok(ptrace::tls(t.tid())?)) {
+            let trapped = wait_trap(t).and_then(|taken| {
+                if mask.is_none() {
+                    *mask = taken;
+                }
+                Ok(ptrace::tls(t.tid())?)
+            });
+            match trapped {
                 Ok(descs) => tls.push(descs),
                 Err(e) => {
                     if result.is_ok() {
@@ -770,27 +776,45 @@ impl<'a> Parasite<'a> {
                 }
             }
         }
-        result?;
         // The XSAVE area came from ptrace when the routine does not save it.
-        let mut xstates = Vec::with_capacity(started.len());
-        if self.xsave.is_none() {
-            for t in wave {
-                xstates.push(ptrace::get_xstate(t.tid())?);
-            }
-        }
         let tail = if self.xsave.is_some() {
             THREAD_XSAVE_OFF + xsave_span as usize
         } else {
             std::mem::size_of::<ThreadState>()
         };
         let stride = stride as usize;
-        let mut raw = vec![0u8; (wave.len() - 1) * stride + tail];
-        crate::sys::mem::read(pid, area, &mut raw)?;
+        let mut raw = vec![0u8; (started.len().max(1) - 1) * stride + tail];
+        let read = crate::sys::mem::read(pid, area, &mut raw);
+        // Every thread whose routine reported gets its deferred restore settled, also when
+        // the wave failed.
+        let mut states = Vec::with_capacity(started.len());
+        for (i, (regs, mask)) in started.iter_mut().enumerate() {
+            let t = wave[i];
+            let state = match &read {
+                Ok(()) => proto::read::<ThreadState>(&raw[i * stride..]).unwrap_or_default(),
+                Err(_) => ThreadState::default(),
+            };
+            // The routine put the thread's mask back before its trap, unless a signal
+            // stopped it on the way out and the mask was blocked by ptrace (then `mask`).
+            if state.done == THREAD_DONE ^ t.tid() as u64 {
+                t.defer_restore(*regs, *mask);
+            }
+            states.push(state);
+        }
+        result?;
+        read?;
+        let mut xstates = Vec::with_capacity(started.len());
+        if self.xsave.is_none() {
+            for t in wave {
+                xstates.push(ptrace::get_xstate(t.tid())?);
+            }
+        }
         let mut xstates = xstates.into_iter();
-        for (i, ((regs, mask), tls)) in started.into_iter().zip(tls).enumerate() {
+        for (i, (((regs, mask), tls), state)) in
+            started.into_iter().zip(tls).zip(states).enumerate()
+        {
             let tid = wave[i].tid();
             let slot_bytes = &raw[i * stride..];
-            let state = proto::read::<ThreadState>(slot_bytes).unwrap_or_default();
             if state.done != THREAD_DONE ^ tid as u64 {
                 return Err(Error::Protocol {
                     cmd: "thread routine",
@@ -805,6 +829,7 @@ impl<'a> Parasite<'a> {
                     errno: Errno::from_raw(-state.status),
                 });
             }
+            let mask = mask.unwrap_or(state.blocked);
             let saved = match &self.xsave {
                 Some(plan) if state.xsave_len as usize == plan.span => {
                     let xinuse = u64::from_le_bytes(
@@ -1000,11 +1025,27 @@ impl Drop for Parasite<'_> {
 
 /// Waits until `t`, resumed into the thread routine, traps at its end (SIGTRAP); group stops
 /// and interrupts on the way are resumed, SIGSTOP is let through (like a remote syscall).
-fn wait_trap(t: &SeizedTask) -> Result<()> {
+///
+/// A signal the thread takes while its own mask is in force (pending when it was resumed or
+/// arriving before the routine's first system call, or after the routine put the mask back
+/// at its end) stops it here: the mask is read and returned, every signal but SIGTRAP is
+/// blocked by ptrace (the deferred restore then writes the mask back), and the signal is
+/// handed back, which requeues it (blocked) with its siginfo: it stays pending, as if the
+/// routine had never run.
+fn wait_trap(t: &SeizedTask) -> Result<Option<u64>> {
+    use crate::sys::ptrace;
+    let mut own_mask = None;
     loop {
         match t.wait()? {
-            WaitEvent::SignalStop { sig: libc::SIGTRAP } => return Ok(()),
+            WaitEvent::SignalStop { sig: libc::SIGTRAP } => return Ok(own_mask),
             WaitEvent::SignalStop { sig: libc::SIGSTOP } => t.cont(libc::SIGSTOP)?,
+            WaitEvent::SignalStop { sig } if sig != libc::SIGKILL => {
+                if own_mask.is_none() {
+                    own_mask = Some(ptrace::get_sigmask(t.tid())?);
+                }
+                ptrace::set_sigmask(t.tid(), !(1u64 << (libc::SIGTRAP - 1)))?;
+                ptrace::cont(t.tid(), sig)?;
+            }
             WaitEvent::EventStop { .. } | WaitEvent::OtherEvent { .. } => t.cont(0)?,
             event => {
                 let ip = t.regs().map(|r| r.ip).unwrap_or(0);

@@ -40,7 +40,7 @@ pub struct SeizedTask {
     attached: Cell<bool>,
     /// Registers and blocked mask to write back before the task runs again or is detached
     /// (see [`SeizedTask::defer_restore`]).
-    restore: Cell<Option<(UserRegs, u64)>>,
+    restore: Cell<Option<(UserRegs, Option<u64>)>>,
     /// ptrace requests only work from the tracer thread: not Send, not Sync.
     _tracer_thread: PhantomData<*const ()>,
 }
@@ -189,7 +189,7 @@ impl SeizedTask {
     /// mask the task will resume with.
     pub fn sigmask(&self) -> Result<u64> {
         self.check_tracer("PTRACE_GETSIGMASK")?;
-        if let Some((_, mask)) = self.restore.get() {
+        if let Some((_, Some(mask))) = self.restore.get() {
             return Ok(mask);
         }
         ptrace::get_sigmask(self.tid)
@@ -250,13 +250,14 @@ impl SeizedTask {
     /// the thread routine leaves its threads stopped at its trap and the write-back is done
     /// by [`SeizedTask::detach`] (or drop, or [`SeizedTask::cont`]). A dump that kills the
     /// tree skips it (two requests per thread), any other outcome pays it once at the end.
-    pub fn defer_restore(&self, regs: UserRegs, mask: u64) {
+    /// `mask` None: the blocked mask is not ours to write back (not changed, or not known).
+    pub fn defer_restore(&self, regs: UserRegs, mask: Option<u64>) {
         self.restore.set(Some((regs, mask)));
     }
 
-    /// The deferred restore, if one is pending: the task's own registers and mask while
+    /// The deferred restore, if one is pending: the task's own registers (and mask) while
     /// it sits at a trap of ours.
-    pub fn pending_restore(&self) -> Option<(UserRegs, u64)> {
+    pub fn pending_restore(&self) -> Option<(UserRegs, Option<u64>)> {
         self.restore.get()
     }
 
@@ -265,7 +266,9 @@ impl SeizedTask {
         if let Some((regs, mask)) = self.restore.get() {
             self.check_tracer("PTRACE_SETREGSET")?;
             ptrace::set_regs(self.tid, &regs)?;
-            ptrace::set_sigmask(self.tid, mask)?;
+            if let Some(mask) = mask {
+                ptrace::set_sigmask(self.tid, mask)?;
+            }
             self.restore.set(None);
         }
         Ok(())

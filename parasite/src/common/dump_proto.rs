@@ -267,15 +267,16 @@ pub const THREAD_XINUSE_OFF: usize = 488;
 /// 104 cap_eff 112 cap_prm 120 cap_inh 128 cap_bnd 136 cap_amb   144 secbits 148 ngroups
 /// 152 groups[32]   280 sched_policy 284 sched_prio 288 sched_nice 292 no_new_privs
 /// 296 tls[3] (user_desc: entry, base, limit, flags)  344 tls_status 348 status 352 done
-/// 360 seccomp_mode 364 xsave_len 368 rseq_status 372 pad
+/// 360 seccomp_mode 364 xsave_len 368 rseq_status 372 pad 376 blocked
 /// ```
 ///
 /// A thread slot of the thread area (`slot_size` bytes, chosen by the dumper): this state at
 /// 0, the routine's scratch up to [`THREAD_XSAVE_OFF`], then the XSAVE area. The routine is
 /// entered with rdi = slot, rsi = XSAVE bytes (0: none), rdx = XSAVE feature mask, rcx =
 /// flags ([`THREAD_FLAG_XINUSE`]), r8/r9/r10 = the rseq area, length and signature to
-/// confirm (r8 = 0: none). Scratch: 376 sigaltstack, 400 capget, 440..488 the entry values,
-/// 488 XINUSE.
+/// confirm (r8 = 0: none). Scratch: 400 capget, 440..488 the entry values, 488 XINUSE,
+/// 496 the mask it blocks, 504 the mask it found (and puts back before its trap), 512 whether
+/// it blocked, 600 sigaltstack.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 #[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]
@@ -346,6 +347,9 @@ pub struct ThreadState {
     pub rseq_status: i32,
     /// Padding.
     pub pad: i32,
+    /// The thread's blocked signals before the thread routine blocked all but SIGTRAP
+    /// (its first system call); 0 from CMD_THREAD_STATE.
+    pub blocked: u64,
 }
 
 /// Raw-byte views of the wire structs.
