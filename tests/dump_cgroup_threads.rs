@@ -9,15 +9,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::dump::{decode, dump_leave_running};
+use common::log::Log;
 use common::workload::Workload;
-use serde_json::Value;
 use stasis::dump::ptrace_backend::PtraceBackend;
-use stasis::dump::DumpOptions;
 
 const V1: &str = "/sys/fs/cgroup/freezer";
 const V2: &str = "/sys/fs/cgroup/unified";
@@ -51,40 +50,16 @@ fn write(file: PathBuf, what: &str) {
         .unwrap_or_else(|e| panic!("write {what} to {}: {e}", file.display()));
 }
 
-/// Collects log lines written by `tracing`.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Log {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The log of every thread of this test binary (the engine reads cgroups in a thread of
 /// its own), from the first call on.
 fn log() -> &'static Log {
     static LOG: OnceLock<Log> = OnceLock::new();
     LOG.get_or_init(|| {
         let log = Log::default();
-        let writer = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
+        tracing::subscriber::set_global_default(log.subscriber(tracing::Level::DEBUG))
+            .expect("first subscriber");
         log
     })
-}
-
-fn decode(path: &Path) -> Value {
-    let bytes = std::fs::read(path).unwrap();
-    let codec = stasis::images::json::Codec::criu().unwrap();
-    stasis::images::json::decode_image(codec, &bytes, true).unwrap()
 }
 
 /// Sorted (controllers, path) of a `/proc/.../cgroup` text.
@@ -117,17 +92,10 @@ fn own_members(w: &Workload) -> HashMap<i32, Vec<(String, String)>> {
 /// names (the dumper's own set is not in cgroup.img: it is this process's).
 fn dumped_members(w: &Workload) -> HashMap<i32, Vec<(String, String)>> {
     log();
-    let dir = tempfile::tempdir().unwrap();
-    let opts = DumpOptions {
-        pid: w.pid,
-        images_dir: dir.path().to_path_buf(),
-        leave_running: true,
-        shell_job: true,
-        ..Default::default()
-    };
-    stasis::dump::run(&opts, &mut PtraceBackend).expect("dump");
+    let (dir, rep) = dump_leave_running(w.pid, &mut PtraceBackend);
+    rep.expect("dump");
     w.assert_in_time();
-    let text = String::from_utf8_lossy(&log().0.lock().unwrap()).into_owned();
+    let text = log().text();
     assert!(
         !text.contains(&format!("cgroups of {}: every thread's own file", w.pid)),
         "membership files not used: {text}"
@@ -160,7 +128,7 @@ fn dumped_members(w: &Workload) -> HashMap<i32, Vec<(String, String)>> {
         .collect()
 }
 
-/// The workload's `n` threads, wholly moved into the v1 cgroup `home`.
+/// The workload's `n` threads, wholly moved into the cgroup `home`.
 fn workload_in(home: &Path, n: usize) -> Workload {
     let w = Workload::stateful(n, 1, Duration::from_secs(90));
     write(home.join("cgroup.procs"), &w.pid.to_string());
@@ -171,14 +139,30 @@ fn has(m: &[(String, String)], name: &str, path: &str) -> bool {
     m.iter().any(|(n, p)| n == name && p == path)
 }
 
+/// Dumps `w` and checks that every thread's dumped set is what its own `/proc` file says;
+/// returns the sets.
+fn dumped_as_own(w: &Workload) -> HashMap<i32, Vec<(String, String)>> {
+    let own = own_members(w);
+    let dumped = dumped_members(w);
+    assert_eq!(dumped, own);
+    dumped
+}
+
+/// [`dumped_as_own`], and the set of thread `moved` has controller `ctl` at `moved_path`,
+/// every other thread's at `path`.
+fn check_one_moved(w: &Workload, ctl: &str, moved: i32, moved_path: &str, path: &str) {
+    for (t, m) in &dumped_as_own(w) {
+        let want = if *t == moved { moved_path } else { path };
+        assert!(has(m, ctl, want), "thread {t}: {m:?}");
+    }
+}
+
 #[test]
 fn threads_in_one_v1_cgroup_share_one_set() {
     let name = format!("stasis-cgthreads-{}-one", std::process::id());
     let cg = CgDirs::create(&[Path::new(V1).join(&name)]);
     let w = workload_in(&cg.0[0], 6);
-    let own = own_members(&w);
-    let dumped = dumped_members(&w);
-    assert_eq!(dumped, own);
+    let dumped = dumped_as_own(&w);
     assert_eq!(dumped.len(), 6);
     for m in dumped.values() {
         assert!(has(m, "freezer", &format!("/{name}")), "{m:?}");
@@ -193,17 +177,13 @@ fn a_thread_moved_to_another_v1_cgroup_gets_its_own_set() {
     let w = workload_in(&home, 5);
     let moved = w.threads()[2];
     write(cg.0[1].join("tasks"), &moved.to_string());
-    let own = own_members(&w);
-    let dumped = dumped_members(&w);
-    assert_eq!(dumped, own);
-    for (t, m) in &dumped {
-        let path = if *t == moved {
-            format!("/{name}/moved")
-        } else {
-            format!("/{name}")
-        };
-        assert!(has(m, "freezer", &path), "thread {t}: {m:?}");
-    }
+    check_one_moved(
+        &w,
+        "freezer",
+        moved,
+        &format!("/{name}/moved"),
+        &format!("/{name}"),
+    );
 }
 
 #[test]
@@ -212,21 +192,10 @@ fn a_thread_in_a_v2_threaded_cgroup_gets_its_own_set() {
     let domain = Path::new(V2).join(&name);
     let cg = CgDirs::create(&[domain.clone(), domain.join("t")]);
     write(cg.0[1].join("cgroup.type"), "threaded");
-    let w = Workload::stateful(4, 1, Duration::from_secs(90));
-    write(domain.join("cgroup.procs"), &w.pid.to_string());
+    let w = workload_in(&domain, 4);
     let moved = w.threads()[1];
     write(cg.0[1].join("cgroup.threads"), &moved.to_string());
-    let own = own_members(&w);
-    let dumped = dumped_members(&w);
-    assert_eq!(dumped, own);
-    for (t, m) in &dumped {
-        let path = if *t == moved {
-            format!("/{name}/t")
-        } else {
-            format!("/{name}")
-        };
-        assert!(has(m, "", &path), "thread {t}: {m:?}");
-    }
+    check_one_moved(&w, "", moved, &format!("/{name}/t"), &format!("/{name}"));
 }
 
 #[test]
@@ -236,15 +205,5 @@ fn a_thread_moved_out_of_the_v1_root_cgroup_gets_its_own_set() {
     let w = workload_in(Path::new(V1), 4);
     let moved = w.threads()[3];
     write(cg.0[0].join("tasks"), &moved.to_string());
-    let own = own_members(&w);
-    let dumped = dumped_members(&w);
-    assert_eq!(dumped, own);
-    for (t, m) in &dumped {
-        let path = if *t == moved {
-            format!("/{name}")
-        } else {
-            "/".to_string()
-        };
-        assert!(has(m, "freezer", &path), "thread {t}: {m:?}");
-    }
+    check_one_moved(&w, "freezer", moved, &format!("/{name}"), "/");
 }

@@ -35,56 +35,79 @@ print("ready", os.getpid(), a, z, flush=True)
 sleeper()
 "#;
 
-/// A python process tree in its own process group, killed (whole group) on drop or timeout.
-struct PyTree {
+/// A process in its own process group, killed (whole group) on drop or when the test runs too
+/// long.
+struct Group {
     child: Child,
+    root: i32,
+    _watchdog: Watchdog,
+}
+
+/// Spawns `cmd` (`what` in a failure) in its own process group and reads its first line,
+/// `ready ROOT ...`: the group, watched from then on, the numbers after `ready` and the line.
+fn spawn_group(cmd: &mut Command, what: &str) -> (Group, Vec<i32>, String) {
+    use std::os::unix::process::CommandExt;
+    let mut child = cmd
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect(what);
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let f: Vec<i32> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let root = *f.first().unwrap_or_else(|| panic!("{what} said {line:?}"));
+    let group = Group {
+        child,
+        root,
+        // The whole process group.
+        _watchdog: Watchdog::start(-root, TIMEOUT),
+    };
+    (group, f, line)
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(-self.root), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// Children of thread `tid` of `pid` (`/proc/PID/task/TID/children`).
+fn task_children(pid: i32, tid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect()
+}
+
+/// A python process tree ([`TREE`]) in its own process group.
+struct PyTree {
+    _group: Group,
     root: i32,
     a: i32,
     z: i32,
-    _watchdog: Watchdog,
 }
 
 impl PyTree {
     fn start() -> Self {
-        use std::os::unix::process::CommandExt;
-        let mut child = Command::new("python3")
-            .args(["-c", TREE])
-            .process_group(0)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let f: Vec<i32> = line
-            .split_whitespace()
-            .skip(1)
-            .map(|x| x.parse().unwrap())
-            .collect();
+        let (group, f, _) = spawn_group(Command::new("python3").args(["-c", TREE]), "python3");
         PyTree {
-            child,
+            _group: group,
             root: f[0],
             a: f[1],
             z: f[2],
-            // The whole process group.
-            _watchdog: Watchdog::start(-f[0], TIMEOUT),
         }
     }
 
     fn children(&self, pid: i32) -> Vec<i32> {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap()
-            .split_whitespace()
-            .map(|x| x.parse().unwrap())
-            .collect()
-    }
-}
-
-impl Drop for PyTree {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(-self.root), Signal::SIGKILL);
-        let _ = self.child.wait();
+        task_children(pid, pid)
     }
 }
 
@@ -342,53 +365,32 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// A running `forker` in its own process group, killed (whole group) on drop or timeout.
+/// A running `forker` in its own process group.
 struct Forker {
-    child: Child,
+    _group: Group,
     root: i32,
     forker_tid: i32,
     x: i32,
     z: i32,
     y: i32,
-    _watchdog: Watchdog,
 }
 
 impl Forker {
     fn start(threads: usize, fork_at: usize, child_threads: usize) -> Self {
-        use std::os::unix::process::CommandExt;
         let bin = common::workload::c_program("forker", FORKER, &["-pthread"]);
-        let mut child = Command::new(bin)
-            .args([threads, fork_at, child_threads].map(|n| n.to_string()))
-            .process_group(0)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("forker");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let f: Vec<i32> = line
-            .split_whitespace()
-            .skip(1)
-            .map(|x| x.parse().unwrap())
-            .collect();
+        let (group, f, line) = spawn_group(
+            Command::new(bin).args([threads, fork_at, child_threads].map(|n| n.to_string())),
+            "forker",
+        );
         assert_eq!(f.len(), 5, "forker said {line:?}");
         Forker {
-            child,
+            _group: group,
             root: f[0],
             forker_tid: f[1],
             x: f[2],
             z: f[3],
             y: f[4],
-            _watchdog: Watchdog::start(-f[0], TIMEOUT),
         }
-    }
-}
-
-impl Drop for Forker {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(-self.root), Signal::SIGKILL);
-        let _ = self.child.wait();
     }
 }
 
@@ -414,13 +416,7 @@ fn non_leader_thread_forks_in_a_many_threaded_process() {
     // Enough threads in the root and in X that the /proc pass replaces their children files.
     let f = Forker::start(1000, 500, 600);
     assert_ne!(f.forker_tid, f.root);
-    let kids = |tid: i32| -> Vec<i32> {
-        std::fs::read_to_string(format!("/proc/{}/task/{tid}/children", f.root))
-            .unwrap()
-            .split_whitespace()
-            .map(|x| x.parse().unwrap())
-            .collect()
-    };
+    let kids = |tid: i32| task_children(f.root, tid);
     assert_eq!(
         kids(f.forker_tid),
         vec![f.x, f.z],

@@ -291,6 +291,20 @@ pub fn file_bytes(kind: ImageKind, entries: &[Value]) -> Result<Vec<u8>, ImageEr
     Ok(out)
 }
 
+/// The bytes of a one-entry image file of `kind` holding `entry`, a typed (prost) message,
+/// framed like [`file_bytes`]: for the images built as `pb` structs (core, mm).
+pub fn typed_file_bytes(kind: ImageKind, entry: &impl prost::Message) -> Vec<u8> {
+    let len = entry.encoded_len();
+    let mut out = Vec::with_capacity(12 + len);
+    if let Some(h) = kind.head {
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+    out.extend_from_slice(&kind.magic.to_le_bytes());
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    entry.encode_raw(&mut out);
+    out
+}
+
 /// An image directory being written: remembers every file; [`ImageDir::finish`] waits for
 /// the spooled ones and syncs the file system once.
 pub struct ImageDir {

@@ -273,14 +273,7 @@ pub fn mm_entry(m: &MmFields, vmas: &[VmaOut]) -> pb::MmEntry {
 
 /// The bytes of `mm-PID.img` holding `entry`.
 pub fn mm_file(entry: &pb::MmEntry) -> Vec<u8> {
-    use prost::Message as _;
-    let len = entry.encoded_len();
-    let mut out = Vec::with_capacity(12 + len);
-    out.extend_from_slice(&images_out::HEAD_IMG.to_le_bytes());
-    out.extend_from_slice(&images_out::MM.magic.to_le_bytes());
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    entry.encode_raw(&mut out);
-    out
+    images_out::typed_file_bytes(images_out::MM, entry)
 }
 
 /// The heap end when the task could not be asked for `brk(0)`: the end of `[heap]`, or

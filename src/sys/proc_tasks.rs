@@ -160,11 +160,15 @@ pub fn parents(pids: &[i32]) -> Result<HashSet<i32>> {
     Ok(parents)
 }
 
-/// Field 4 (ppid) of a stat line `pid (comm) S ppid ...`; comm may contain anything, so the
-/// fields start after the last `)`.
+/// The fields of a stat line `pid (comm) S ppid ...` from field 3 (the state) on; comm may
+/// contain anything, so they start after the last `)`. `None` without a `)`.
+fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace())
+}
+
+/// Field 4 (ppid) of a stat line.
 fn parse_ppid(stat: &str) -> Option<i32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    stat_fields(stat)?.nth(1)?.parse().ok()
 }
 
 /// The state letter of a task (`R`, `S`, `D`, `T`, `t`, `Z`, `X`, ...) from
@@ -179,10 +183,9 @@ pub fn state(pid: i32, tid: i32) -> Result<Option<char>> {
         }) => return Ok(None),
         Err(e) => return Err(e),
     };
-    // "pid (comm) S ...": comm may contain anything, the state follows the last ')'.
-    let state = text
-        .rfind(')')
-        .and_then(|i| text[i + 1..].trim_start().chars().next())
+    let state = stat_fields(&text)
+        .and_then(|mut f| f.next())
+        .and_then(|f| f.chars().next())
         .ok_or_else(|| Error::Parse {
             path: path.into(),
             what: "no state after comm".into(),
@@ -194,12 +197,7 @@ pub fn state(pid: i32, tid: i32) -> Result<Option<char>> {
 /// letter after the last `)` is not `Z`. Used to wait for killed tasks to go away.
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            s.rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next())
-                != Some("Z")
-        }
+        Ok(s) => stat_fields(&s).and_then(|mut f| f.next()) != Some("Z"),
         Err(_) => false,
     }
 }
@@ -259,10 +257,10 @@ pub fn is_exiting(pid: i32, tid: i32) -> bool {
     let Ok(text) = read_small(&path) else {
         return true;
     };
-    let Some(rest) = text.rfind(')').map(|i| &text[i + 1..]) else {
+    let Some(fields) = stat_fields(&text) else {
         return false;
     };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields: Vec<&str> = fields.collect();
     // fields[0] = state (stat field 3); flags is stat field 9.
     let state = fields.first().copied().unwrap_or("");
     let flags = fields
