@@ -11,6 +11,7 @@
 //! ```
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -99,7 +100,7 @@ struct Ctx<'a> {
 /// its cgroups' membership files list ([`crate::cgroup::threads`]), the thread's own file for
 /// the others, a few threads at once when there are many. Threads of a process nearly always
 /// share one text, parsed once.
-fn read_cgroups_parallel(pid: i32, tids: &[i32]) -> Result<Vec<Vec<u8>>> {
+fn read_cgroups_parallel(pid: i32, tids: &[i32]) -> Result<Vec<Arc<Vec<u8>>>> {
     let shared = crate::cgroup::threads::shared_with_leader(pid, tids)
         .inspect_err(|e| tracing::debug!("cgroups of {pid}: every thread's own file: {e}"))
         .ok();
@@ -108,10 +109,12 @@ fn read_cgroups_parallel(pid: i32, tids: &[i32]) -> Result<Vec<Vec<u8>>> {
         .filter(|&i| !same(i))
         .map(|i| tids[i])
         .collect();
-    let mut own = read_cgroups_each(pid, &rest)?.into_iter();
+    let mut own = read_cgroups_each(pid, &rest)?.into_iter().map(Arc::new);
+    // The threads sharing the leader's text share one copy of it.
+    let leader_text = shared.as_ref().map(|s| Arc::new(s.text.clone()));
     (0..tids.len())
-        .map(|i| match &shared {
-            Some(s) if s.same[i] => Ok(s.text.clone()),
+        .map(|i| match (&shared, &leader_text) {
+            (Some(s), Some(text)) if s.same[i] => Ok(Arc::clone(text)),
             _ => own
                 .next()
                 .ok_or_else(|| DumpError::new("cgroup", pid, None, "a thread's text is missing")),
@@ -229,7 +232,8 @@ fn collect_process(
             .record(&format!("cgroup-join {pid}"), "cores", pid, t1);
         let mut leader_part = Some((pf.clone(), pprobe.clone()));
         let mut leader_seccomp = Some(leader_seccomp.clone());
-        let mut sets: std::collections::HashMap<Vec<u8>, u32> = Default::default();
+        let mut sets: std::collections::HashMap<Arc<Vec<u8>>, u32> = Default::default();
+        let mut last_set: Option<(Arc<Vec<u8>>, u32)> = None;
         // Per thread: the cheap bookkeeping here, the core image built and written by the
         // image writers (handed over in chunks).
         let mut cores = Vec::with_capacity(tprobes.len());
@@ -252,17 +256,22 @@ fn collect_process(
                     cx.extras.seccomp.thread(pid, tid, mode)?
                 }
             };
-            let cg_set = match sets.get(&text) {
-                Some(&id) => id,
-                None => {
-                    let path = proc::path(pid, &format!("task/{tid}/cgroup"));
-                    let members = crate::cgroup::parse(&path, &String::from_utf8_lossy(&text))
-                        .map_err(|e| DumpError::new("cgroup", pid, e.errno(), e.to_string()))?;
-                    let id = cx.extras.cgroups.task_members(members);
-                    sets.insert(text, id);
-                    id
-                }
+            let cg_set = match last_set.as_ref() {
+                // Nearly every thread shares the previous one's text (the same copy).
+                Some((prev, id)) if Arc::ptr_eq(prev, &text) => *id,
+                _ => match sets.get(&text) {
+                    Some(&id) => id,
+                    None => {
+                        let path = proc::path(pid, &format!("task/{tid}/cgroup"));
+                        let members = crate::cgroup::parse(&path, &String::from_utf8_lossy(&text))
+                            .map_err(|e| DumpError::new("cgroup", pid, e.errno(), e.to_string()))?;
+                        let id = cx.extras.cgroups.task_members(members);
+                        sets.insert(Arc::clone(&text), id);
+                        id
+                    }
+                },
             };
+            last_set = Some((text, cg_set));
             let process = if tid == pid { leader_part.take() } else { None };
             let core = CoreJob {
                 facts,
