@@ -20,6 +20,12 @@
 //! Restore ([`restore_tasks`]) is CRIU's soft mode without creating anything: each task
 //! moves into its set's paths where they exist; a missing path or a refused move is logged
 //! and skipped, never fatal.
+//!
+//! [`threads`] finds the threads of a process that share its leader's cgroups from the
+//! cgroups' own membership files, so the dump reads one /proc file per thread only for the
+//! others.
+
+pub mod threads;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

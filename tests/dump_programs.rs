@@ -7,23 +7,13 @@ use std::path::{Path, PathBuf};
 
 use common::deadline::with_deadline;
 use common::dump::*;
-use stasis::dump::DumpOptions;
 
 fn dump_workload(w: &Workload) -> (tempfile::TempDir, stasis::dump::DumpReport) {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = DumpOptions {
-        pid: w.pid,
-        images_dir: dir.path().to_path_buf(),
-        leave_running: true,
-        // Started from the test harness: their session and group are the harness's.
-        shell_job: true,
-        ..Default::default()
-    };
     let mut backend = TestBackend {
         cgroup: w.cgroup.clone(),
     };
-    let rep =
-        stasis::dump::run(&opts, &mut backend).unwrap_or_else(|e| panic!("dump {}: {e}", w.name));
+    let (dir, rep) = dump_leave_running(w.pid, &mut backend);
+    let rep = rep.unwrap_or_else(|e| panic!("dump {}: {e}", w.name));
     (dir, rep)
 }
 

@@ -4,32 +4,11 @@
 
 mod common;
 
+use common::dump::{decode, dump_leave_running};
+use common::log::Log;
 use common::workload::Workload;
 use stasis::dump::ptrace_backend::PtraceBackend;
-use stasis::dump::DumpOptions;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Collects log lines written by `tracing`.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Log {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn decode(path: &std::path::Path) -> serde_json::Value {
-    let bytes = std::fs::read(path).unwrap();
-    let codec = stasis::images::json::Codec::criu().unwrap();
-    stasis::images::json::decode_image(codec, &bytes, true).unwrap()
-}
 
 fn num(v: &serde_json::Value) -> u64 {
     v.as_u64()
@@ -45,25 +24,14 @@ fn engine_dumps_pages_through_the_parasite() {
     let w = Workload::stateful(3, 32, Duration::from_secs(90));
     let maps_before = w.maps();
     let mask_before = w.status_field(w.pid, "SigBlk");
-    let dir = tempfile::tempdir().unwrap();
-    let opts = DumpOptions {
-        pid: w.pid,
-        images_dir: dir.path().to_path_buf(),
-        leave_running: true,
-        shell_job: true,
-        ..Default::default()
-    };
     let log = Log::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
-        stasis::dump::run(&opts, &mut PtraceBackend).expect("dump")
-    });
+    let (dir, rep) =
+        tracing::subscriber::with_default(log.subscriber(tracing::Level::WARN), || {
+            dump_leave_running(w.pid, &mut PtraceBackend)
+        });
+    rep.expect("dump");
     w.assert_in_time();
-    let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    let text = log.text();
     assert!(
         !text.contains("/proc/PID/mem"),
         "fell back to /proc/PID/mem: {text}"

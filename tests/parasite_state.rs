@@ -213,17 +213,46 @@ fn failed_command_cures_cleanly() {
 /// /proc shows for that thread; the threads' registers, XSAVE area and masks are unchanged.
 #[test]
 fn thread_routine_matches_proc_for_every_thread() {
-    let w = Workload::stateful(6, 1, TIMEOUT);
+    let w = Workload::stateful_with(6, 1, &["fpu"], TIMEOUT);
     let tasks = w.seize_all();
     let before = snapshot(&tasks);
+    let leader_rseq = tasks[0].rseq().unwrap();
     let mut p = Parasite::inject_with_slots(&tasks[0], 2).expect("inject");
+    p.set_leader_rseq(leader_rseq);
     let others: Vec<&SeizedTask> = tasks[1..].iter().collect();
     let dumps = p.threads_state(&others).expect("threads_state");
     assert_eq!(dumps.len(), others.len());
     let mut states = vec![p.thread_state(&tasks[0]).expect("leader state")];
     for (d, (b, t)) in dumps.iter().zip(before[1..].iter().zip(&others)) {
+        // The XSAVE area the routine saved itself equals what ptrace shows, byte for byte.
         assert_eq!(d.regs, b.0, "regs read by threads_state of {}", t.tid());
         assert_eq!(d.sigmask, b.1, "mask read by threads_state of {}", t.tid());
+        // At its trap the routine has put the thread's own mask back already.
+        let live = stasis::sys::ptrace::get_sigmask(t.tid()).unwrap();
+        assert_eq!(live, b.1, "live mask of {} at the routine's trap", t.tid());
+        if t.tid() == tasks[3].tid() && std::arch::is_x86_feature_detected!("avx512f") {
+            // zmm20 is in the Hi16_ZMM component: the comparison covers live AVX-512 state.
+            assert_ne!(d.regs.xstate.xstate_bv() & (1 << 7), 0, "zmm20 in use");
+        }
+        assert_eq!(d.state.xsave_len as usize % 64, 0, "xsave of {}", t.tid());
+        assert!(
+            d.state.xsave_len > 0,
+            "the routine saved the XSAVE area of {}",
+            t.tid()
+        );
+        let rseq = t.rseq().unwrap();
+        assert_ne!(
+            rseq.rseq_abi_pointer,
+            0,
+            "glibc registers rseq in {}",
+            t.tid()
+        );
+        assert_eq!(
+            d.rseq,
+            Some(rseq),
+            "rseq confirmed by the routine in {}",
+            t.tid()
+        );
         states.push(d.state);
     }
     let hex = |s: String| u64::from_str_radix(&s, 16).unwrap();
@@ -292,4 +321,52 @@ fn thread_routine_matches_proc_for_every_thread() {
     assert_eq!(snapshot(&tasks), before, "threads changed by the routine");
     drop(tasks);
     w.assert_in_time();
+}
+
+/// A signal a thread takes before the thread routine blocked them all (here: pending while
+/// the thread was stopped) is handed back to the kernel blocked: it stays pending with the
+/// thread's own mask recorded, the registers and mask read back unchanged, and the thread
+/// handles it once detached.
+#[test]
+fn signal_pending_before_the_routine_stays_pending() {
+    let w = Workload::stateful(4, 1, TIMEOUT);
+    let tasks = w.seize_all();
+    let target = tasks[2].tid();
+    // SAFETY: tgkill has no memory arguments; the target is a thread of our workload.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, w.pid, target, libc::SIGUSR1) };
+    assert_eq!(r, 0, "tgkill");
+    let usr1 = 1u64 << (libc::SIGUSR1 - 1);
+    let pending = |tid: i32| u64::from_str_radix(&w.status_field(tid, "SigPnd"), 16).unwrap();
+    assert_ne!(pending(target) & usr1, 0, "SIGUSR1 pending while stopped");
+    let before = snapshot(&tasks);
+    let mut p = Parasite::inject_with_slots(&tasks[0], 4).expect("inject");
+    let others: Vec<&SeizedTask> = tasks[1..].iter().collect();
+    let dumps = p.threads_state(&others).expect("threads_state");
+    let d = &dumps[1];
+    assert_eq!(d.sigmask, before[2].1, "the thread's own mask is recorded");
+    assert_eq!(d.sigmask & usr1, 0, "SIGUSR1 was not blocked by the thread");
+    assert_ne!(
+        d.state.sigpending & usr1,
+        0,
+        "the routine saw SIGUSR1 pending"
+    );
+    assert_ne!(
+        pending(target) & usr1,
+        0,
+        "SIGUSR1 still pending after the routine"
+    );
+    p.cure().expect("cure");
+    assert_eq!(snapshot(&tasks), before, "registers or masks changed");
+    drop(tasks);
+    // Detached with its own mask back, the thread takes the signal (its handler runs).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pending(target) & usr1 != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGUSR1 never delivered"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let c = w.counter();
+    w.wait_counting(c);
 }

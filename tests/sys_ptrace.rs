@@ -268,3 +268,57 @@ fn killed_task_reports_task_died() {
     assert_eq!(err.to_string(), format!("task {} died", w.pid));
     w.assert_in_time();
 }
+
+/// A deferred restore (what the parasite's thread routine leaves) reads back as the task's
+/// registers and mask, is written back by detach (the workload goes on counting), and a
+/// killed tree is reaped as its tracer: no thread of it is left.
+#[test]
+fn deferred_restore_is_written_back_on_detach_and_dropped_on_kill() {
+    let w = Workload::ptrace(4, false, TIMEOUT);
+    let before = w.counter();
+    let tree = stasis::sys::tree::seize_tree(w.pid).expect("seize tree");
+    let t = &tree.root().threads[1];
+    let (regs, mask) = (t.regs().unwrap(), t.sigmask().unwrap());
+    // Scribble on the live registers as the routine would, keeping the originals deferred.
+    t.defer_restore(regs, Some(mask));
+    let mut scribbled = regs;
+    scribbled.ip = 0x1000;
+    stasis::sys::ptrace::set_regs(t.tid(), &scribbled).unwrap();
+    stasis::sys::ptrace::set_sigmask(t.tid(), !0).unwrap();
+    assert_eq!(
+        t.regs().unwrap(),
+        regs,
+        "regs read through a pending restore"
+    );
+    assert_eq!(
+        t.sigmask().unwrap(),
+        mask,
+        "mask read through a pending restore"
+    );
+    assert_eq!(t.pending_restore(), Some((regs, Some(mask))));
+    drop(tree);
+    w.wait_counting(before);
+
+    let w = Workload::ptrace(4, false, TIMEOUT);
+    let tids = w.threads();
+    let tree = stasis::sys::tree::seize_tree(w.pid).expect("seize tree");
+    for t in &tree.root().threads[1..] {
+        t.defer_restore(t.regs().unwrap(), Some(t.sigmask().unwrap()));
+        let mut scribbled = t.regs().unwrap();
+        scribbled.ip = 0x1000;
+        stasis::sys::ptrace::set_regs(t.tid(), &scribbled).unwrap();
+    }
+    tree.kill().expect("kill");
+    for tid in &tids[1..] {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{}/task/{tid}", w.pid)).exists(),
+            "thread {tid} left after kill"
+        );
+    }
+    // The tracer is the parent here too: reaping the leader as its tracer reaped it whole.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", w.pid)).exists(),
+        "process {} left after kill",
+        w.pid
+    );
+}

@@ -38,56 +38,79 @@ print("ready", os.getpid(), a, z, flush=True)
 sleeper()
 "#;
 
-/// A python process tree in its own process group, killed (whole group) on drop or timeout.
-struct PyTree {
+/// A process in its own process group, killed (whole group) on drop or when the test runs too
+/// long.
+struct Group {
     child: Child,
+    root: i32,
+    _watchdog: Watchdog,
+}
+
+/// Spawns `cmd` (`what` in a failure) in its own process group and reads its first line,
+/// `ready ROOT ...`: the group, watched from then on, the numbers after `ready` and the line.
+fn spawn_group(cmd: &mut Command, what: &str) -> (Group, Vec<i32>, String) {
+    use std::os::unix::process::CommandExt;
+    let mut child = cmd
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect(what);
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let f: Vec<i32> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let root = *f.first().unwrap_or_else(|| panic!("{what} said {line:?}"));
+    let group = Group {
+        child,
+        root,
+        // The whole process group.
+        _watchdog: Watchdog::start(-root, TIMEOUT),
+    };
+    (group, f, line)
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(-self.root), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// Children of thread `tid` of `pid` (`/proc/PID/task/TID/children`).
+fn task_children(pid: i32, tid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect()
+}
+
+/// A python process tree ([`TREE`]) in its own process group.
+struct PyTree {
+    _group: Group,
     root: i32,
     a: i32,
     z: i32,
-    _watchdog: Watchdog,
 }
 
 impl PyTree {
     fn start() -> Self {
-        use std::os::unix::process::CommandExt;
-        let mut child = Command::new("python3")
-            .args(["-c", TREE])
-            .process_group(0)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let f: Vec<i32> = line
-            .split_whitespace()
-            .skip(1)
-            .map(|x| x.parse().unwrap())
-            .collect();
+        let (group, f, _) = spawn_group(Command::new("python3").args(["-c", TREE]), "python3");
         PyTree {
-            child,
+            _group: group,
             root: f[0],
             a: f[1],
             z: f[2],
-            // The whole process group.
-            _watchdog: Watchdog::start(-f[0], TIMEOUT),
         }
     }
 
     fn children(&self, pid: i32) -> Vec<i32> {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap()
-            .split_whitespace()
-            .map(|x| x.parse().unwrap())
-            .collect()
-    }
-}
-
-impl Drop for PyTree {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(-self.root), Signal::SIGKILL);
-        let _ = self.child.wait();
+        task_children(pid, pid)
     }
 }
 
@@ -255,4 +278,208 @@ fn threads_dying_and_appearing_while_seizing() {
         drop(tree);
         w.wait_counting(before);
     }
+}
+
+/// `forker NTHREADS FORK_AT CHILD_THREADS`: NTHREADS threads in all, idle; unless FORK_AT is 0,
+/// thread number FORK_AT (not the leader) forks X (which execs `forker child CHILD_THREADS FD`:
+/// that many idle threads, no child) and Z (exits at once, a zombie never reaped), then the
+/// leader forks Y (idle, one thread). Prints `ready ROOT FORKER_TID X Z Y` (0s without forks).
+const FORKER: &str = r#"
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static sem_t go, forked;
+static pid_t x, z, forker_tid;
+static int ready_pipe[2];
+static char *self_path;
+static const char *child_threads;
+
+static void *idle(void *arg) { for (;;) pause(); return arg; }
+
+static void *fork_thread(void *arg) {
+    sem_wait(&go);
+    forker_tid = syscall(SYS_gettid);
+    x = fork();
+    if (x == 0) {
+        char fd[16];
+        snprintf(fd, sizeof fd, "%d", ready_pipe[1]);
+        execl(self_path, self_path, "child", child_threads, fd, (char *)0);
+        _exit(127);
+    }
+    z = fork();
+    if (z == 0) _exit(0);
+    sem_post(&forked);
+    return idle(arg);
+}
+
+static void start_threads(int n, void *(*fn)(void *), int special, pthread_attr_t *at) {
+    for (int i = 1; i < n; i++) {
+        pthread_t t;
+        if (pthread_create(&t, at, i == special ? fn : idle, 0)) { perror("pthread_create"); exit(1); }
+    }
+}
+
+static char state_of(pid_t pid) {
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return '?';
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    return p && p[1] ? p[2] : '?';
+}
+
+int main(int argc, char **argv) {
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setstacksize(&at, 64 << 10);
+    if (argc == 4 && !strcmp(argv[1], "child")) {
+        start_threads(atoi(argv[2]), idle, 0, &at);
+        if (write(atoi(argv[3]), "r", 1) != 1) return 1;
+        for (;;) pause();
+    }
+    int n = atoi(argv[1]), fork_at = atoi(argv[2]);
+    child_threads = argv[3];
+    self_path = realpath("/proc/self/exe", 0);
+    sem_init(&go, 0, 0);
+    sem_init(&forked, 0, 0);
+    if (pipe(ready_pipe)) return 1;
+    start_threads(n, fork_thread, fork_at, &at);
+    pid_t y = 0;
+    if (fork_at) {
+        sem_post(&go);
+        sem_wait(&forked);
+        char c;
+        if (read(ready_pipe[0], &c, 1) != 1) return 1;
+        while (state_of(z) != 'Z') usleep(1000);
+        y = fork();
+        if (y == 0) for (;;) pause();
+    }
+    printf("ready %d %d %d %d %d\n", getpid(), forker_tid, x, z, y);
+    fflush(stdout);
+    for (;;) pause();
+}
+"#;
+
+/// A running `forker` in its own process group.
+struct Forker {
+    _group: Group,
+    root: i32,
+    forker_tid: i32,
+    x: i32,
+    z: i32,
+    y: i32,
+}
+
+impl Forker {
+    fn start(threads: usize, fork_at: usize, child_threads: usize) -> Self {
+        let bin = common::workload::c_program("forker", FORKER, &["-pthread"]);
+        let (group, f, line) = spawn_group(
+            Command::new(bin).args([threads, fork_at, child_threads].map(|n| n.to_string())),
+            "forker",
+        );
+        assert_eq!(f.len(), 5, "forker said {line:?}");
+        Forker {
+            _group: group,
+            root: f[0],
+            forker_tid: f[1],
+            x: f[2],
+            z: f[3],
+            y: f[4],
+        }
+    }
+}
+
+/// Thread ids of `pid` from /proc, the leader first, then ascending.
+fn proc_threads(pid: i32) -> Vec<i32> {
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    tids.sort_unstable_by_key(|&t| (t != pid, t));
+    tids
+}
+
+fn seized_tids(tree: &stasis::sys::tree::SeizedTree, pid: i32) -> Vec<i32> {
+    let p = tree
+        .process(pid)
+        .unwrap_or_else(|| panic!("{pid} not seized"));
+    p.threads.iter().map(|t| t.tid()).collect()
+}
+
+#[test]
+fn non_leader_thread_forks_in_a_many_threaded_process() {
+    // Enough threads in the root and in X that the /proc pass replaces their children files.
+    let f = Forker::start(1000, 500, 600);
+    assert_ne!(f.forker_tid, f.root);
+    let kids = |tid: i32| task_children(f.root, tid);
+    assert_eq!(
+        kids(f.forker_tid),
+        vec![f.x, f.z],
+        "the forking thread's children"
+    );
+    assert_eq!(kids(f.root), vec![f.y], "the leader's children");
+    let tree = seize_tree(f.root).expect("seize tree");
+    let mut later = vec![f.x, f.y];
+    later.sort_unstable();
+    let pids: Vec<i32> = tree.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(
+        pids,
+        [vec![f.root], later].concat(),
+        "breadth first, by pid"
+    );
+    assert_eq!(tree.process(f.x).unwrap().parent, Some(f.root));
+    assert_eq!(tree.process(f.y).unwrap().parent, Some(f.root));
+    assert_eq!(
+        tree.zombies,
+        vec![Zombie {
+            pid: f.z,
+            parent: f.root
+        }]
+    );
+    for pid in [f.root, f.x, f.y] {
+        assert_eq!(
+            seized_tids(&tree, pid),
+            proc_threads(pid),
+            "threads of {pid}"
+        );
+    }
+    assert_eq!(seized_tids(&tree, f.x).len(), 600);
+    // CRIU's order while the tree is held: depth first, the leader's children first.
+    let order = stasis::dump::tree::collect(f.root).expect("collect tree");
+    let got: Vec<(i32, i32, bool)> = order.iter().map(|p| (p.pid, p.ppid, p.zombie)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (f.root, 0, false),
+            (f.y, f.root, false),
+            (f.x, f.root, false),
+            (f.z, f.root, true)
+        ]
+    );
+    assert_eq!(order[0].threads, proc_threads(f.root));
+    assert_eq!(order[2].threads, proc_threads(f.x));
+    tree.detach().unwrap();
+}
+
+#[test]
+fn many_threaded_process_without_children() {
+    let f = Forker::start(1000, 0, 0);
+    let tree = seize_tree(f.root).expect("seize tree");
+    assert_eq!(tree.processes.len(), 1);
+    assert!(tree.zombies.is_empty());
+    assert_eq!(seized_tids(&tree, f.root), proc_threads(f.root));
+    assert_eq!(tree.thread_count(), 1000);
+    let order = stasis::dump::tree::collect(f.root).expect("collect tree");
+    assert_eq!(order.len(), 1);
+    assert_eq!(order[0].threads, proc_threads(f.root));
+    tree.detach().unwrap();
+    assert_ne!(state(f.root), 't', "detached");
 }

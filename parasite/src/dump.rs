@@ -40,7 +40,7 @@ core::arch::global_asm!(
     "    int3",
     // The thread routine: plain integer code only (no SSE/x87, no stack), so the
     // thread's FPU/vector state stays untouched; results go straight into the slot
-    // (layout: ThreadState, scratch from offset 368). r12 = slot.
+    // (layout: ThreadState, scratch from offset 384). r12 = slot.
     ".macro CHECK",
     "    cmp rax, -4095",
     "    jae 90f",
@@ -48,24 +48,80 @@ core::arch::global_asm!(
     ".globl __export_thread_entry",
     "__export_thread_entry:",
     "    mov r12, rdi",
+    "    mov r13, rsi",
+    "    mov r14, rdx",
+    "    mov r15, rcx",
+    "    mov [r12 + 464], r8",
+    "    mov [r12 + 472], r9",
+    "    mov [r12 + 480], r10",
+    // First of all, block every signal but SIGTRAP: rt_sigprocmask(SIG_SETMASK,
+    // scratch+496, scratch+504); the thread's own mask lands at scratch+504 (a signal the
+    // thread takes before this is seen by the dumper, which then blocks them by ptrace)
+    "    mov qword ptr [r12 + 512], 0",
+    "    mov rax, -17",
+    "    mov [r12 + 496], rax",
+    "    mov edi, 2",
+    "    lea rsi, [r12 + 496]",
+    "    lea rdx, [r12 + 504]",
+    "    mov r10d, 8",
+    "    mov eax, 14",
+    "    syscall",
+    "    mov rbx, rax",
+    "    cmp rax, -4095",
+    "    jae 15f",
+    "    mov qword ptr [r12 + 512], 1",
+    "15:",
+    "    mov rdi, r12",
     "    xor eax, eax",
-    "    mov ecx, 46",
+    "    mov ecx, 48",
     "    rep stosq",
+    "    mov rax, [r12 + 504]",
+    "    mov [r12 + 376], rax",
+    "    mov [r12 + 440], r13",
+    "    mov [r12 + 448], r14",
+    "    mov [r12 + 456], r15",
+    "    mov rax, rbx",
+    "    CHECK",
+    // XSAVE (standard format, 64-bit FIP/FDP) of the features in rdx into the zeroed area
+    // at THREAD_XSAVE_OFF, rsi bytes long: the state ptrace would show, without a request
+    "    test r13, r13",
+    "    jz 8f",
+    "    lea rdi, [r12 + 1024]",
+    "    mov rcx, r13",
+    "    shr rcx, 3",
+    "    xor eax, eax",
+    "    rep stosq",
+    "    mov rax, r14",
+    "    mov rdx, r14",
+    "    shr rdx, 32",
+    "    xsave64 [r12 + 1024]",
+    "    mov [r12 + 364], r13d",
+    // XINUSE (xgetbv 1) when asked (bit 1 of rcx at entry): the dumper checks for
+    // features it left out of the mask
+    "    mov qword ptr [r12 + 488], -1",
+    "    test r15, 2",
+    "    jz 8f",
+    "    mov ecx, 1",
+    "    xgetbv",
+    "    shl rdx, 32",
+    "    or rax, rdx",
+    "    mov [r12 + 488], rax",
+    "8:",
     "    xor r10d, r10d",
     "    xor r8d, r8d",
     "    xor r9d, r9d",
-    // sigaltstack(NULL, scratch+376)
+    // sigaltstack(NULL, scratch+600)
     "    xor edi, edi",
-    "    lea rsi, [r12 + 376]",
+    "    lea rsi, [r12 + 600]",
     "    xor edx, edx",
     "    mov eax, 131",
     "    syscall",
     "    CHECK",
-    "    mov rax, [r12 + 376]",
+    "    mov rax, [r12 + 600]",
     "    mov [r12 + 8], rax",
-    "    mov eax, [r12 + 384]",
+    "    mov eax, [r12 + 608]",
     "    mov [r12 + 24], eax",
-    "    mov rax, [r12 + 392]",
+    "    mov rax, [r12 + 616]",
     "    mov [r12 + 16], rax",
     // prctl(PR_GET_TID_ADDRESS, &tid_address)
     "    mov edi, 40",
@@ -245,12 +301,66 @@ core::arch::global_asm!(
     "    syscall",
     "    CHECK",
     "    mov [r12 + 360], eax",
-    // get_thread_area is not in the 64-bit syscall table: the dumper asks ptrace.
+    // rseq: confirm, without side effects, the registration the dumper guessed (r8 area,
+    // r9 length, r10 signature at entry). Unregistering with another signature answers
+    // EPERM only for the registered area and length; registering again answers EBUSY only
+    // if the signature matches too. Should the other signature be the registered one (the
+    // unregistration succeeds), the same registration is made again at once. Anything but
+    // EPERM + EBUSY leaves the question to ptrace.
+    "    mov dword ptr [r12 + 368], -38",
+    "    mov rdi, [r12 + 464]",
+    "    test rdi, rdi",
+    "    jz 13f",
+    "    mov esi, [r12 + 472]",
+    "    mov edx, 1",
+    "    mov r10d, [r12 + 480]",
+    "    xor r10d, 1",
+    "    mov eax, 334",
+    "    syscall",
+    "    test rax, rax",
+    "    jnz 14f",
+    "    mov rdi, [r12 + 464]",
+    "    mov esi, [r12 + 472]",
+    "    xor edx, edx",
+    "    mov r10d, [r12 + 480]",
+    "    xor r10d, 1",
+    "    mov eax, 334",
+    "    syscall",
+    "    mov eax, -22",
+    "    jmp 12f",
+    "14:",
+    "    cmp rax, -1",
+    "    jne 12f",
+    "    mov rdi, [r12 + 464]",
+    "    mov esi, [r12 + 472]",
+    "    xor edx, edx",
+    "    mov r10d, [r12 + 480]",
+    "    mov eax, 334",
+    "    syscall",
+    "    cmp rax, -16",
+    "    jne 12f",
+    "    xor eax, eax",
+    "12:",
+    "    mov [r12 + 368], eax",
+    "13:",
+    // get_thread_area is not in the 64-bit syscall table (and the 32-bit one through
+    // int 0x80 costs about 16 us in a VM, five ptrace requests): the dumper asks ptrace.
     "    mov dword ptr [r12 + 344], -38",
     "    jmp 91f",
     "90:",
     "    mov [r12 + 348], eax",
     "91:",
+    // The thread's own mask back (if it was blocked above): a signal it lets through stops
+    // the thread here, and the dumper hands it back blocked (see the first syscall)
+    "    cmp qword ptr [r12 + 512], 1",
+    "    jne 16f",
+    "    mov edi, 2",
+    "    lea rsi, [r12 + 504]",
+    "    xor edx, edx",
+    "    mov r10d, 8",
+    "    mov eax, 14",
+    "    syscall",
+    "16:",
     // done = THREAD_DONE ^ gettid()
     "    mov eax, 186",
     "    syscall",
@@ -707,5 +817,6 @@ fn fill_thread_state(t: &mut ThreadState) -> Result<(), isize> {
     t.seccomp_mode = ok(sys(SYS_PRCTL, [PR_GET_SECCOMP, 0, 0, 0, 0, 0]))? as i32;
     // get_thread_area is not in the 64-bit syscall table: the dumper asks ptrace.
     t.tls_status = -ENOSYS;
+    t.rseq_status = -ENOSYS;
     Ok(())
 }

@@ -316,12 +316,5 @@ pub fn zombie_core(comm: &str, exit_code: i32) -> pb::CoreEntry {
 
 /// The bytes of `core-TID.img` holding `entry`.
 pub fn core_file(entry: &pb::CoreEntry) -> Vec<u8> {
-    use prost::Message as _;
-    let len = entry.encoded_len();
-    let mut out = Vec::with_capacity(12 + len);
-    out.extend_from_slice(&images_out::HEAD_IMG.to_le_bytes());
-    out.extend_from_slice(&images_out::CORE.magic.to_le_bytes());
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    entry.encode_raw(&mut out);
-    out
+    images_out::typed_file_bytes(images_out::CORE, entry)
 }

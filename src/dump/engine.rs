@@ -11,6 +11,7 @@
 //! ```
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -95,9 +96,34 @@ struct Ctx<'a> {
     extras: &'a mut super::extras::Extras,
 }
 
-/// `/proc/PID/task/TID/cgroup` of every thread (raw text), a few threads at once when there
-/// are many: threads of a process nearly always share one text, parsed once.
-fn read_cgroups_parallel(pid: i32, tids: &[i32]) -> Result<Vec<Vec<u8>>> {
+/// `/proc/PID/task/TID/cgroup` of every thread (raw text): the leader's text for the threads
+/// its cgroups' membership files list ([`crate::cgroup::threads`]), the thread's own file for
+/// the others, a few threads at once when there are many. Threads of a process nearly always
+/// share one text, parsed once.
+fn read_cgroups_parallel(pid: i32, tids: &[i32]) -> Result<Vec<Arc<Vec<u8>>>> {
+    let shared = crate::cgroup::threads::shared_with_leader(pid, tids)
+        .inspect_err(|e| tracing::debug!("cgroups of {pid}: every thread's own file: {e}"))
+        .ok();
+    let same = |i: usize| shared.as_ref().is_some_and(|s| s.same[i]);
+    let rest: Vec<i32> = (0..tids.len())
+        .filter(|&i| !same(i))
+        .map(|i| tids[i])
+        .collect();
+    let mut own = read_cgroups_each(pid, &rest)?.into_iter().map(Arc::new);
+    // The threads sharing the leader's text share one copy of it.
+    let leader_text = shared.as_ref().map(|s| Arc::new(s.text.clone()));
+    (0..tids.len())
+        .map(|i| match (&shared, &leader_text) {
+            (Some(s), Some(text)) if s.same[i] => Ok(Arc::clone(text)),
+            _ => own
+                .next()
+                .ok_or_else(|| DumpError::new("cgroup", pid, None, "a thread's text is missing")),
+        })
+        .collect()
+}
+
+/// Each thread's own `/proc/PID/task/TID/cgroup`, in order.
+fn read_cgroups_each(pid: i32, tids: &[i32]) -> Result<Vec<Vec<u8>>> {
     const PER_WORKER: usize = 256;
     let read = |tid: i32| {
         let p = proc::path(pid, &format!("task/{tid}/cgroup"));
@@ -137,6 +163,16 @@ fn apply_extras(tc: &mut stasis_images::pb::ThreadCoreEntry, seccomp: Option<Val
         tc.seccomp_filter = f["seccomp_filter"].as_u64().map(|x| x as u32);
     }
     tc.cg_set = Some(cg_set);
+}
+
+/// What the image writers need to build one thread's core image.
+struct CoreJob {
+    facts: ThreadFacts,
+    probe: super::probe::ThreadProbe,
+    /// The process part, for the leader.
+    process: Option<(ProcessFacts, super::probe::ProcessProbe)>,
+    seccomp: Option<Value>,
+    cg_set: u32,
 }
 
 fn collect_process(
@@ -192,9 +228,15 @@ fn collect_process(
             .ok_or_else(|| DumpError::new("cgroup", pid, None, "cgroups read twice"))?
             .join()
             .map_err(|_| DumpError::new("cgroup", pid, None, "cgroup reader panicked"))??;
+        cx.prof
+            .record(&format!("cgroup-join {pid}"), "cores", pid, t1);
         let mut leader_part = Some((pf.clone(), pprobe.clone()));
         let mut leader_seccomp = Some(leader_seccomp.clone());
-        let mut sets: std::collections::HashMap<Vec<u8>, u32> = Default::default();
+        let mut sets: std::collections::HashMap<Arc<Vec<u8>>, u32> = Default::default();
+        let mut last_set: Option<(Arc<Vec<u8>>, u32)> = None;
+        // Per thread: the cheap bookkeeping here, the core image built and written by the
+        // image writers (handed over in chunks).
+        let mut cores = Vec::with_capacity(tprobes.len());
         for ((&tid, mut tp), text) in p.threads.iter().zip(tprobes).zip(raw) {
             let t = cx.prof.now_us();
             let facts = match tp.facts.take() {
@@ -214,28 +256,41 @@ fn collect_process(
                     cx.extras.seccomp.thread(pid, tid, mode)?
                 }
             };
-            let cg_set = match sets.get(&text) {
-                Some(&id) => id,
-                None => {
-                    let path = proc::path(pid, &format!("task/{tid}/cgroup"));
-                    let members = crate::cgroup::parse(&path, &String::from_utf8_lossy(&text))
-                        .map_err(|e| DumpError::new("cgroup", pid, e.errno(), e.to_string()))?;
-                    let id = cx.extras.cgroups.task_members(members);
-                    sets.insert(text, id);
-                    id
-                }
+            let cg_set = match last_set.as_ref() {
+                // Nearly every thread shares the previous one's text (the same copy).
+                Some((prev, id)) if Arc::ptr_eq(prev, &text) => *id,
+                _ => match sets.get(&text) {
+                    Some(&id) => id,
+                    None => {
+                        let path = proc::path(pid, &format!("task/{tid}/cgroup"));
+                        let members = crate::cgroup::parse(&path, &String::from_utf8_lossy(&text))
+                            .map_err(|e| DumpError::new("cgroup", pid, e.errno(), e.to_string()))?;
+                        let id = cx.extras.cgroups.task_members(members);
+                        sets.insert(Arc::clone(&text), id);
+                        id
+                    }
+                },
             };
+            last_set = Some((text, cg_set));
             let process = if tid == pid { leader_part.take() } else { None };
-            cx.dir.spool(&format!("core-{tid}.img"), move || {
-                let mut entry =
-                    core::core_entry(&facts, &tp, process.as_ref().map(|(f, p)| (f, p)));
-                if let Some(tc) = entry.thread_core.as_mut() {
-                    apply_extras(tc, seccomp, cg_set);
-                }
-                Ok(core::core_file(&entry))
-            });
+            let core = CoreJob {
+                facts,
+                probe: tp,
+                process,
+                seccomp,
+                cg_set,
+            };
+            cores.push((format!("core-{tid}.img"), core));
             cx.prof.record(&format!("thread {tid}"), "thread", tid, t);
         }
+        cx.dir.spool_each(cores, |c: CoreJob| {
+            let process = c.process.as_ref().map(|(f, p)| (f, p));
+            let mut entry = core::core_entry(&c.facts, &c.probe, process);
+            if let Some(tc) = entry.thread_core.as_mut() {
+                apply_extras(tc, c.seccomp, c.cg_set);
+            }
+            Ok(core::core_file(&entry))
+        });
         cx.prof.record(&format!("cores {pid}"), "cores", pid, t1);
 
         fault::check("mm", pid)?;
@@ -281,7 +336,7 @@ fn collect_process(
         let t3 = cx.prof.now_us();
         let runs = pages::plan(pid, &vmas, &mut cx.stats.pages)?;
         cx.dir.spool(&format!("mm-{pid}.img"), move || {
-            out::file_bytes(out::MM, &[mm::mm_entry(&mm_fields, &vmas)])
+            Ok(mm::mm_file(&mm::mm_entry(&mm_fields, &vmas)))
         });
         *cx.pages_id += 1;
         pages::write_private(
@@ -470,13 +525,19 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
     let result = dump_frozen(opts, frozen.as_mut(), &mut stats, &mut prof);
     match result {
         Ok((dir, pids)) => {
+            let t = prof.now_us();
             let kill = if opts.leave_running {
                 Ok(())
             } else {
                 fault::check("kill", opts.pid).and_then(|_| frozen.kill(&pids))
             };
+            if !opts.leave_running {
+                prof.record("kill", "phase", 0, t);
+            }
             stats.frozen_time = prof.now_us() - t_frozen;
+            let t = prof.now_us();
             let rel = frozen.release();
+            prof.record("release", "phase", 0, t);
             kill?;
             rel?;
             prof.record("frozen", "phase", 0, t_frozen);
@@ -566,7 +627,9 @@ fn dump_frozen(
     }
     prof.record("write", "phase", 0, t);
     fault::check("fsync", opts.pid)?;
+    let t = prof.now_us();
     dir.finish()
         .map_err(|e| DumpError::image("fsync", opts.pid, e))?;
+    prof.record("finish", "phase", 0, t);
     Ok((dir, c.tree.iter().map(|p| p.pid).collect()))
 }

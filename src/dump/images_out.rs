@@ -196,37 +196,39 @@ pub fn encode(name: &str, v: &Value) -> Result<Vec<u8>, String> {
     Ok(m.encode_to_vec())
 }
 
-/// A file to write in the background: its path and what builds its bytes.
-type Job = (
-    PathBuf,
-    Box<dyn FnOnce() -> Result<Vec<u8>, ImageError> + Send>,
-);
+/// Work for a writer thread: builds and writes one or more files, returns the bytes
+/// written.
+type Job = Box<dyn FnOnce() -> Result<u64, ImageError> + Send>;
+/// Files per batch sent to the workers (one wake-up per batch, not per file).
+const SPOOL_BATCH: usize = 64;
+
+/// Writes `data` as the whole file `path`.
+fn write_whole(path: PathBuf, data: &[u8]) -> Result<u64, ImageError> {
+    std::fs::write(&path, data)
+        .map(|_| data.len() as u64)
+        .map_err(|source| ImageError::Io { path, source })
+}
 
 /// Worker threads writing whole files ([`ImageDir::spool`]).
 struct Spool {
-    tx: Option<crossbeam::channel::Sender<Job>>,
+    tx: Option<crossbeam::channel::Sender<Vec<Job>>>,
     workers: Vec<std::thread::JoinHandle<Result<u64, ImageError>>>,
 }
 
 impl Spool {
     fn new(workers: usize) -> Self {
-        let (tx, rx) = crossbeam::channel::bounded::<Job>(4096);
+        let (tx, rx) = crossbeam::channel::bounded::<Vec<Job>>(4096);
         let workers = (0..workers)
             .map(|_| {
                 let rx = rx.clone();
                 std::thread::spawn(move || {
                     let mut bytes = 0u64;
                     let mut first: Option<ImageError> = None;
-                    for (path, build) in rx {
+                    for job in rx.into_iter().flatten() {
                         if first.is_some() {
                             continue;
                         }
-                        let written = build().and_then(|data| {
-                            std::fs::write(&path, &data)
-                                .map(|_| data.len() as u64)
-                                .map_err(|source| ImageError::Io { path, source })
-                        });
-                        match written {
+                        match job() {
                             Ok(n) => bytes += n,
                             Err(e) => first = Some(e),
                         }
@@ -289,6 +291,20 @@ pub fn file_bytes(kind: ImageKind, entries: &[Value]) -> Result<Vec<u8>, ImageEr
     Ok(out)
 }
 
+/// The bytes of a one-entry image file of `kind` holding `entry`, a typed (prost) message,
+/// framed like [`file_bytes`]: for the images built as `pb` structs (core, mm).
+pub fn typed_file_bytes(kind: ImageKind, entry: &impl prost::Message) -> Vec<u8> {
+    let len = entry.encoded_len();
+    let mut out = Vec::with_capacity(12 + len);
+    if let Some(h) = kind.head {
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+    out.extend_from_slice(&kind.magic.to_le_bytes());
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    entry.encode_raw(&mut out);
+    out
+}
+
 /// An image directory being written: remembers every file; [`ImageDir::finish`] waits for
 /// the spooled ones and syncs the file system once.
 pub struct ImageDir {
@@ -296,6 +312,8 @@ pub struct ImageDir {
     written: Vec<PathBuf>,
     bytes: u64,
     spool: Option<Spool>,
+    /// Spooled jobs not yet handed to the workers.
+    batch: Vec<Job>,
 }
 
 impl ImageDir {
@@ -305,6 +323,7 @@ impl ImageDir {
             written: Vec::new(),
             bytes: 0,
             spool: None,
+            batch: Vec::new(),
         }
     }
 
@@ -317,13 +336,56 @@ impl ImageDir {
     ) {
         let path = self.dir.join(name);
         self.written.push(path.clone());
+        self.batch
+            .push(Box::new(move || write_whole(path, &build()?)));
+        if self.batch.len() >= SPOOL_BATCH {
+            self.flush_batch();
+        }
+    }
+
+    /// [`ImageDir::spool`] for many files at once: file `name` of each item gets the bytes
+    /// `build` makes of its value, in a worker thread. The items travel in chunks (one
+    /// allocation per chunk, not per file), so the caller hands over thousands of files
+    /// (a core image per thread) in a few microseconds.
+    pub fn spool_each<T: Send + 'static>(
+        &mut self,
+        items: Vec<(String, T)>,
+        build: impl Fn(T) -> Result<Vec<u8>, ImageError> + Send + Sync + 'static,
+    ) {
+        let build = std::sync::Arc::new(build);
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let chunk: Vec<(PathBuf, T)> = items
+                .by_ref()
+                .take(SPOOL_BATCH)
+                .map(|(name, t)| (self.dir.join(name), t))
+                .collect();
+            self.written.extend(chunk.iter().map(|(p, _)| p.clone()));
+            let build = build.clone();
+            self.batch.push(Box::new(move || {
+                let mut n = 0;
+                for (path, t) in chunk {
+                    n += write_whole(path, &build(t)?)?;
+                }
+                Ok(n)
+            }));
+            self.flush_batch();
+        }
+    }
+
+    /// Hands the spooled files gathered so far to the workers.
+    fn flush_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
         let spool = self.spool.get_or_insert_with(|| {
             let n = std::thread::available_parallelism().map_or(1, |n| n.get());
             Spool::new(n.clamp(1, 2))
         });
         if let Some(tx) = &spool.tx {
             // The workers only stop when the sender is dropped: send cannot fail here.
-            let _ = tx.send((path, Box::new(build)));
+            let _ = tx.send(batch);
         }
     }
 
@@ -403,6 +465,7 @@ impl ImageDir {
     /// Waits for the spooled files, then `syncfs` on the directory: every file written
     /// through this `ImageDir` (and the directory) is on stable storage when this returns Ok.
     pub fn finish(&mut self) -> Result<(), ImageError> {
+        self.flush_batch();
         if let Some(mut s) = self.spool.take() {
             self.bytes += s.join()?;
         }

@@ -11,11 +11,17 @@
 //!  [vvar]+[vvar_vclock] REGULAR|ANON_PRIVATE|VVAR (merged into one)   madv DONTDUMP
 //!  [vsyscall]           VSYSCALL|ANON_PRIVATE
 //! ```
+//!
+//! Entries are built as the typed messages of the images crate (`pb::VmaEntry`,
+//! `pb::MmEntry`) and encoded by prost ([`mm_file`]): a process may have tens of thousands of
+//! VMAs, too many for the generic JSON path of [`super::images_out`]. The bytes are the same
+//! (a test encodes one process both ways).
 
-use serde_json::{json, Value};
+use stasis_images::pb;
 
 use super::error::{DumpError, Result};
 use super::files::Files;
+use super::images_out;
 use crate::proc::maps::Vma;
 
 pub const VMA_AREA_REGULAR: u32 = 1 << 0;
@@ -50,7 +56,7 @@ pub struct VmaOut {
     pub start: u64,
     pub end: u64,
     pub class: PageClass,
-    pub entry: Value,
+    pub entry: pb::VmaEntry,
 }
 
 fn madv_bits(v: &Vma) -> u64 {
@@ -137,11 +143,10 @@ pub fn vmas(pid: i32, maps: &[Vma], files: &mut Files) -> Result<Vec<VmaOut>> {
             "[vvar]" | "[vvar_vclock]" => {
                 if let Some(last) = out.last_mut() {
                     if last.end == v.start
-                        && last.entry["status"].as_u64()
-                            == Some((VMA_AREA_REGULAR | VMA_ANON_PRIVATE | VMA_AREA_VVAR) as u64)
+                        && last.entry.status == VMA_AREA_REGULAR | VMA_ANON_PRIVATE | VMA_AREA_VVAR
                     {
                         last.end = v.end;
-                        last.entry["end"] = json!(v.end);
+                        last.entry.end = v.end;
                         continue;
                     }
                 }
@@ -209,21 +214,23 @@ pub fn vmas(pid: i32, maps: &[Vma], files: &mut Files) -> Result<Vec<VmaOut>> {
         } else {
             class
         };
-        let mut e = json!({
-            "start": v.start, "end": v.end, "pgoff": v.pgoff, "shmid": shmid,
-            "prot": prot(v), "flags": flags, "status": status, "fd": -1,
-        });
-        if madv != 0 {
-            e["madv"] = json!(madv);
-        }
-        if let Some(f) = fdflags {
-            e["fdflags"] = json!(f);
-        }
+        let entry = pb::VmaEntry {
+            start: v.start,
+            end: v.end,
+            pgoff: v.pgoff,
+            shmid,
+            prot: prot(v),
+            flags,
+            status,
+            fd: -1,
+            madv: (madv != 0).then_some(madv),
+            fdflags,
+        };
         out.push(VmaOut {
             start: v.start,
             end: v.end,
             class,
-            entry: e,
+            entry,
         });
     }
     Ok(out)
@@ -241,20 +248,32 @@ pub struct MmFields {
 }
 
 /// The `mm_entry` of one process.
-pub fn mm_entry(m: &MmFields, vmas: &[VmaOut]) -> Value {
+pub fn mm_entry(m: &MmFields, vmas: &[VmaOut]) -> pb::MmEntry {
     let s = &m.stat;
-    json!({
-        "mm_start_code": s.start_code, "mm_end_code": s.end_code,
-        "mm_start_data": s.start_data, "mm_end_data": s.end_data,
-        "mm_start_stack": s.start_stack, "mm_start_brk": s.start_brk, "mm_brk": m.brk,
-        "mm_arg_start": s.arg_start, "mm_arg_end": s.arg_end,
-        "mm_env_start": s.env_start, "mm_env_end": s.env_end,
-        "exe_file_id": m.exe_file_id,
-        "mm_saved_auxv": m.auxv,
-        "vmas": vmas.iter().map(|v| v.entry.clone()).collect::<Vec<_>>(),
-        "dumpable": m.dumpable,
-        "thp_disabled": m.thp_disabled,
-    })
+    pb::MmEntry {
+        mm_start_code: s.start_code,
+        mm_end_code: s.end_code,
+        mm_start_data: s.start_data,
+        mm_end_data: s.end_data,
+        mm_start_stack: s.start_stack,
+        mm_start_brk: s.start_brk,
+        mm_brk: m.brk,
+        mm_arg_start: s.arg_start,
+        mm_arg_end: s.arg_end,
+        mm_env_start: s.env_start,
+        mm_env_end: s.env_end,
+        exe_file_id: m.exe_file_id,
+        mm_saved_auxv: m.auxv.clone(),
+        vmas: vmas.iter().map(|v| v.entry).collect(),
+        dumpable: Some(m.dumpable as i32),
+        aios: Vec::new(),
+        thp_disabled: Some(m.thp_disabled),
+    }
+}
+
+/// The bytes of `mm-PID.img` holding `entry`.
+pub fn mm_file(entry: &pb::MmEntry) -> Vec<u8> {
+    images_out::typed_file_bytes(images_out::MM, entry)
 }
 
 /// The heap end when the task could not be asked for `brk(0)`: the end of `[heap]`, or
@@ -264,4 +283,159 @@ pub fn brk_from_maps(maps: &[Vma], start_brk: u64) -> u64 {
         .find(|v| v.path == "[heap]")
         .map(|v| v.end)
         .unwrap_or(start_brk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// A VMA entry as the JSON tree this module built before the entries were typed: the
+    /// oracle of the typed encoding, written through the generic image writer.
+    fn vma_json(e: &pb::VmaEntry) -> Value {
+        let mut v = json!({
+            "start": e.start, "end": e.end, "pgoff": e.pgoff, "shmid": e.shmid,
+            "prot": e.prot, "flags": e.flags, "status": e.status, "fd": -1,
+        });
+        if let Some(m) = e.madv {
+            v["madv"] = json!(m);
+        }
+        if let Some(f) = e.fdflags {
+            v["fdflags"] = json!(f);
+        }
+        v
+    }
+
+    /// The `mm_entry` as the JSON tree built before (see [`vma_json`]).
+    fn mm_json(m: &MmFields, vmas: &[VmaOut]) -> Value {
+        let s = &m.stat;
+        json!({
+            "mm_start_code": s.start_code, "mm_end_code": s.end_code,
+            "mm_start_data": s.start_data, "mm_end_data": s.end_data,
+            "mm_start_stack": s.start_stack, "mm_start_brk": s.start_brk, "mm_brk": m.brk,
+            "mm_arg_start": s.arg_start, "mm_arg_end": s.arg_end,
+            "mm_env_start": s.env_start, "mm_env_end": s.env_end,
+            "exe_file_id": m.exe_file_id,
+            "mm_saved_auxv": m.auxv,
+            "vmas": vmas.iter().map(|v| vma_json(&v.entry)).collect::<Vec<_>>(),
+            "dumpable": m.dumpable,
+            "thp_disabled": m.thp_disabled,
+        })
+    }
+
+    /// Asserts that the typed file and the JSON-encoded file of the same input are the same
+    /// bytes.
+    fn same_bytes(m: &MmFields, vmas: &[VmaOut]) {
+        let typed = mm_file(&mm_entry(m, vmas));
+        let json = images_out::file_bytes(images_out::MM, &[mm_json(m, vmas)]).expect("encode");
+        assert_eq!(typed.len(), json.len());
+        assert!(typed == json, "typed and JSON-encoded mm images differ");
+    }
+
+    /// A private anonymous mapping of `pages` pages with `advice` applied (unmapped on drop).
+    struct Mapping(*mut libc::c_void, usize);
+
+    impl Mapping {
+        fn new(pages: usize, flags: libc::c_int, advice: &[libc::c_int]) -> Self {
+            let len = pages * 4096;
+            // SAFETY: a fresh anonymous mapping at an address the kernel picks; no memory of
+            // this process is touched.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED, "mmap");
+            for &a in advice {
+                // SAFETY: `p..p+len` is the mapping made above, owned by this value.
+                assert_eq!(unsafe { libc::madvise(p, len, a) }, 0, "madvise {a}");
+            }
+            Mapping(p, len)
+        }
+    }
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // SAFETY: the mapping made in `new`, not referenced by anything else.
+            unsafe { libc::munmap(self.0, self.1) };
+        }
+    }
+
+    #[test]
+    fn typed_mm_image_of_this_process_is_the_json_encoding() {
+        let _dontdump = Mapping::new(4, 0, &[libc::MADV_DONTDUMP, libc::MADV_RANDOM]);
+        let _hugepage = Mapping::new(8, libc::MAP_NORESERVE, &[libc::MADV_NOHUGEPAGE]);
+        let _down = Mapping::new(2, libc::MAP_GROWSDOWN, &[]);
+        let pid = std::process::id() as i32;
+        let maps = crate::proc::maps::read_smaps(pid).expect("smaps");
+        let mut files = Files::new();
+        let vmas = vmas(pid, &maps, &mut files).expect("vmas");
+        assert!(vmas.iter().any(|v| v.entry.madv.is_some()), "no madv VMA");
+        assert!(
+            vmas.iter().any(|v| v.entry.fdflags.is_some()),
+            "no file VMA"
+        );
+        assert!(vmas.iter().any(|v| v.class == PageClass::Skip));
+        let stat = crate::proc::stat::read(pid).expect("stat");
+        let mut m = MmFields {
+            brk: brk_from_maps(&maps, stat.start_brk),
+            stat,
+            auxv: crate::proc::misc::read_auxv(pid).expect("auxv"),
+            exe_file_id: files.exe(pid).expect("exe"),
+            dumpable: 1,
+            thp_disabled: false,
+        };
+        same_bytes(&m, &vmas);
+        (m.dumpable, m.thp_disabled) = (0, true);
+        same_bytes(&m, &vmas);
+    }
+
+    fn anon(start: u64, end: u64, path: &str, flags: &[&str]) -> Vma {
+        Vma {
+            start,
+            end,
+            read: true,
+            write: !path.starts_with("[v"),
+            path: path.into(),
+            vm_flags: flags.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn typed_mm_image_of_special_vmas_is_the_json_encoding() {
+        let maps = [
+            anon(0x1000, 0x3000, "[heap]", &["rd", "wr", "hg"]),
+            anon(0x5000, 0x6000, "", &["rd", "wr", "lo", "dc", "wf", "mg"]),
+            anon(0x7000, 0x9000, "[vvar]", &["rd", "dd"]),
+            anon(0x9000, 0xa000, "[vvar_vclock]", &["rd", "dd"]),
+            anon(0xa000, 0xc000, "[vdso]", &["rd", "ex"]),
+            anon(0xd000, 0xe000, "[stack]", &["rd", "wr", "gd", "sr", "nr"]),
+            anon(
+                0xffff_ffff_ff60_0000,
+                0xffff_ffff_ff60_1000,
+                "[vsyscall]",
+                &[],
+            ),
+        ];
+        let vmas = vmas(1, &maps, &mut Files::new()).expect("vmas");
+        assert_eq!(vmas.len(), 6, "[vvar] and [vvar_vclock] are one VMA");
+        assert_eq!(
+            (vmas[2].start, vmas[2].end, vmas[2].entry.end),
+            (0x7000, 0xa000, 0xa000)
+        );
+        let m = MmFields {
+            auxv: vec![33, 0x7fff_0000_0000, 0, u64::MAX],
+            exe_file_id: 7,
+            dumpable: 2,
+            ..Default::default()
+        };
+        same_bytes(&m, &vmas);
+        same_bytes(&MmFields::default(), &[]);
+    }
 }

@@ -12,8 +12,10 @@
 //!    threads()   leader: THREAD_STATE + the registers the parasite saved;
 //!                others: the blob's thread routine in all of them at once (set up all,
 //!                resume all, then reap all: no per-thread round trip);
-//!                then per thread PTRACE_GET_RSEQ_CONFIGURATION, and PTRACE_PEEKSIGINFO
-//!                only when the routine saw a pending signal
+//!                the routine saves the XSAVE area and confirms the rseq registration;
+//!                the GDT TLS slots (ptrace) are read as each thread traps; registers
+//!                and masks are restored at release (never for a killed tree);
+//!                PTRACE_PEEKSIGINFO only when the routine saw a pending signal
 //!    pages       DUMP_PAGES (vmsplice in the task, splice into the image); /proc/PID/mem
 //!                for PROT_NONE pieces, or for everything if the parasite failed (logged)
 //!  cure          after the process (also on every error path: Parasite's drop)
@@ -106,8 +108,9 @@ impl TaskProbe for PtraceFrozen {
             tls: leader.tls().map_err(sys)?,
         };
         let slots = tids.len().saturating_sub(1).max(1);
-        let parasite = Parasite::inject_with_slots(process.leader(), slots)
+        let mut parasite = Parasite::inject_with_slots(process.leader(), slots)
             .map_err(|e| parasite_err("collect-task", pid, e))?;
+        parasite.set_leader_rseq(pre.rseq);
         let mut open = OpenProcess {
             pid,
             process,
@@ -175,10 +178,10 @@ impl OpenProcess<'_> {
         let st: ThreadState = dump.state;
         let sys = |e| DumpError::sys("core", tid, e);
         let leader = tid == self.pid;
-        let rseq = if leader {
-            self.pre.rseq
-        } else {
-            task.rseq().map_err(sys)?
+        let rseq = match dump.rseq {
+            _ if leader => self.pre.rseq,
+            Some(confirmed) => confirmed,
+            None => task.rseq().map_err(sys)?,
         };
         let pending = if leader {
             self.pre.pending.iter().map(|s| s.to_vec()).collect()
@@ -191,20 +194,9 @@ impl OpenProcess<'_> {
         } else {
             Vec::new()
         };
-        let tls = if st.tls_status == 0 {
-            let descs: Vec<UserDesc> = (0..3)
-                .map(|i| UserDesc {
-                    entry_number: st.tls[4 * i],
-                    base_addr: st.tls[4 * i + 1],
-                    limit: st.tls[4 * i + 2],
-                    flags: st.tls[4 * i + 3],
-                })
-                .collect();
-            tls_of(&descs)
-        } else if leader {
-            tls_of(&self.pre.tls)
-        } else {
-            tls_of(&task.tls().map_err(sys)?)
+        let tls = match dump.tls {
+            Some(descs) => tls_of(&descs),
+            None => tls_of(&task.tls().map_err(sys)?),
         };
         let groups = if st.ngroups as usize <= MAX_GROUPS {
             st.groups[..st.ngroups.max(0) as usize].to_vec()
@@ -332,6 +324,8 @@ impl ProcessAccess for OpenProcess<'_> {
         for &t in &self.threads {
             let dump = if t.tid() == pid {
                 ThreadDump {
+                    rseq: Some(self.pre.rseq),
+                    tls: Some(self.pre.tls),
                     state: self.parasite.thread_state(leader).map_err(perr)?,
                     regs: self.parasite.leader_regs().clone(),
                     sigmask: self.parasite.leader_sigmask(),
@@ -375,7 +369,14 @@ impl ProcessAccess for OpenProcess<'_> {
 
 impl FrozenTree for PtraceFrozen {
     fn kill(&mut self, pids: &[i32]) -> Result<()> {
-        super::freeze::kill_all(pids)
+        match self.tree.take() {
+            // Killed and reaped as their tracer: no register restore, no detach.
+            Some(tree) => {
+                let root = tree.root().pid;
+                tree.kill().map_err(|e| DumpError::sys("kill", root, e))
+            }
+            None => super::freeze::kill_all(pids),
+        }
     }
 
     fn release(mut self: Box<Self>) -> Result<()> {

@@ -34,7 +34,8 @@ use super::blob::{dump as blob, DUMP};
 use super::error::{Error, Result};
 use super::proto::{self, *};
 use crate::sys::channel;
-use crate::sys::regs::{TaskRegs, EFLAGS_DF, EFLAGS_TF};
+use crate::sys::ptrace::{RseqConfig, UserDesc};
+use crate::sys::regs::{TaskRegs, UserRegs, XState, EFLAGS_DF, EFLAGS_TF};
 use crate::sys::remote::{Remote, RemoteMapping, GADGET_LEN};
 use crate::sys::task::SeizedTask;
 use crate::sys::wait::WaitEvent;
@@ -89,14 +90,98 @@ pub struct Parasite<'a> {
     /// Page pipes (index = the parasite's pipe index), made by the first DUMP_PAGES.
     pipes: Vec<PagePipe>,
     state: State,
-    /// Offset of the thread area from `base`, and its number of slots.
+    /// Offset of the thread area from `base`, its number of slots and their size.
     slots_off: u64,
     slots: usize,
+    slot_size: u64,
+    /// How the thread routine reads the XSAVE area itself (None: ptrace does).
+    xsave: Option<XsavePlan>,
+    /// The leader's rseq registration, if any ([`Parasite::set_leader_rseq`]).
+    leader_rseq: Option<RseqConfig>,
+}
+
+/// The thread routine's XSAVE. ptrace shows a thread's area in the standard format, `len`
+/// bytes, with the software-reserved bytes (464..512) holding the enabled user features;
+/// the routine saves the same features itself, except the dynamically enabled AMX tile data
+/// (8 KiB, almost never in use): a thread using it (XINUSE, read by the routine with
+/// `xgetbv 1`) is left to ptrace.
+#[derive(Debug, Clone)]
+struct XsavePlan {
+    /// Bytes of the area as ptrace shows it (what it returned for the leader).
+    len: usize,
+    /// Features the routine saves (requested-feature bitmap of XSAVE).
+    rfbm: u64,
+    /// Features the routine leaves out.
+    excluded: u64,
+    /// Bytes the routine zeroes and saves into: the end of the last feature of `rfbm`
+    /// (a multiple of 64).
+    span: usize,
+    /// Bytes 464..512 of the leader's area.
+    sw_bytes: [u8; 48],
+}
+
+/// Offset of the software-reserved bytes and of the XSAVE header.
+const SW_BYTES_OFF: usize = 464;
+const XSAVE_HEADER_OFF: usize = 512;
+const XSAVE_HEADER_LEN: usize = 64;
+/// XFEATURE_XTILE_DATA: AMX tile data, enabled per process on request.
+const XFEATURE_XTILE_DATA: u64 = 1 << 18;
+
+impl XsavePlan {
+    fn from_leader(area: &[u8]) -> Option<Self> {
+        let features =
+            u64::from_le_bytes(area.get(SW_BYTES_OFF..SW_BYTES_OFF + 8)?.try_into().ok()?);
+        let len = area.len();
+        // x87 | SSE at least, and a whole header: anything else stays with ptrace.
+        if features & 3 != 3 || len < XSAVE_HEADER_OFF + XSAVE_HEADER_LEN {
+            return None;
+        }
+        let excluded = if crate::sys::cpu::xgetbv1_available() {
+            features & XFEATURE_XTILE_DATA
+        } else {
+            0
+        };
+        let rfbm = features & !excluded;
+        let mut span = XSAVE_HEADER_OFF + XSAVE_HEADER_LEN;
+        for i in 2..64 {
+            if rfbm & (1 << i) != 0 {
+                let (offset, size) = crate::sys::cpu::xsave_component(i);
+                span = span.max(offset as usize + size as usize);
+            }
+        }
+        if span > len {
+            return None;
+        }
+        Some(XsavePlan {
+            len,
+            rfbm,
+            excluded,
+            span: span.next_multiple_of(64),
+            sw_bytes: area.get(SW_BYTES_OFF..XSAVE_HEADER_OFF)?.try_into().ok()?,
+        })
+    }
+
+    /// The area as ptrace shows it, from what the routine saved, or None when the thread
+    /// uses a feature the routine left out (`xinuse`).
+    fn to_xstate(&self, saved: &[u8], xinuse: u64) -> Option<XState> {
+        if xinuse & self.excluded != 0 {
+            return None;
+        }
+        // What follows the span is the left-out features in their initial state: zeros.
+        let mut bytes = saved.get(..self.span.min(self.len))?.to_vec();
+        bytes[SW_BYTES_OFF..XSAVE_HEADER_OFF].copy_from_slice(&self.sw_bytes);
+        bytes[XSAVE_HEADER_OFF + 8..XSAVE_HEADER_OFF + XSAVE_HEADER_LEN].fill(0);
+        Some(XState::from_prefix(bytes, self.len))
+    }
 }
 
 /// What [`Parasite::threads_state`] read of one thread.
 #[derive(Debug, Clone)]
 pub struct ThreadDump {
+    /// The rseq registration, when the thread routine confirmed it (otherwise ask ptrace).
+    pub rseq: Option<RseqConfig>,
+    /// The GDT TLS slots (ptrace), when read with the routine's results.
+    pub tls: Option<[UserDesc; 3]>,
     /// Registers and XSAVE area as they were (restored).
     pub regs: TaskRegs,
     /// Blocked signals as they were (restored).
@@ -146,7 +231,12 @@ impl<'a> Parasite<'a> {
         let remote = Remote::new(leader)?;
         let size = blob::SIZE as u64;
         let slots_off = size + ARGS_SIZE + STACK_SIZE;
-        let len = slots_off + (slots * THREAD_SLOT) as u64;
+        let xsave = XsavePlan::from_leader(saved.xstate.as_bytes());
+        let slot_size = xsave
+            .as_ref()
+            .map_or(THREAD_SLOT, |x| THREAD_XSAVE_OFF + x.span)
+            .next_multiple_of(THREAD_SLOT) as u64;
+        let len = slots_off + slots as u64 * slot_size;
         let prot = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
         let map = RemoteMapping::new(remote, len, prot)?;
         let base = map.addr();
@@ -187,6 +277,9 @@ impl<'a> Parasite<'a> {
             state: State::Stopped,
             slots_off,
             slots,
+            slot_size,
+            xsave,
+            leader_rseq: None,
         };
         let args = ParasiteArgs {
             magic: ARGS_MAGIC,
@@ -604,75 +697,124 @@ impl<'a> Parasite<'a> {
         let pid = self.leader.tgid();
         let entry = self.base + blob::EXPORT_THREAD_ENTRY as u64;
         let area = self.base + self.slots_off;
-        let slot = |i: usize| area + (i * THREAD_SLOT) as u64;
+        let stride = self.slot_size;
+        let slot = |i: usize| area + i as u64 * stride;
+        let (xsave_span, rfbm) = self
+            .xsave
+            .as_ref()
+            .map_or((0, 0), |x| (x.span as u64, x.rfbm));
+        let mut flags = 0;
+        if self.xsave.as_ref().is_some_and(|x| x.excluded != 0) {
+            flags |= THREAD_FLAG_XINUSE;
+        }
         // ptrace answers only the tracer thread: check once, then use the raw requests.
         self.leader.check_tracer("thread routine")?;
         if let Some(t) = wave.iter().find(|t| t.tracer() != self.leader.tracer()) {
             t.check_tracer("thread routine")?;
         }
-        // (regs, xstate, mask) of each thread started so far.
-        let mut started: Vec<(TaskRegs, u64)> = Vec::with_capacity(wave.len());
+        // (regs, mask) of each thread started so far: its own registers, the mask when it
+        // is known before the routine tells it (a restore still deferred from an earlier
+        // run: the thread sits at our trap with all blocked; or a signal it took first).
+        let mut started: Vec<(UserRegs, Option<u64>)> = Vec::with_capacity(wave.len());
         let mut result = Ok(());
         for (i, t) in wave.iter().enumerate() {
             let tid = t.tid();
-            let saved = ptrace::get_regs(tid).and_then(|regs| {
-                Ok((
-                    TaskRegs {
-                        regs,
-                        xstate: ptrace::get_xstate(tid)?,
-                    },
-                    ptrace::get_sigmask(tid)?,
-                ))
-            });
-            let saved = match saved {
-                Ok(s) => s,
-                Err(e) => {
-                    result = Err(e.into());
-                    break;
-                }
+            let saved = match t.pending_restore() {
+                Some(saved) => saved,
+                None => match ptrace::get_regs(tid) {
+                    Ok(r) => (r, None),
+                    Err(e) => {
+                        result = Err(e.into());
+                        break;
+                    }
+                },
             };
-            let mut regs = saved.0.regs;
+            let mut regs = saved.0;
             regs.ip = entry;
             regs.di = slot(i);
+            regs.si = xsave_span;
+            regs.dx = rfbm;
+            regs.cx = flags;
+            let guess = self.rseq_guess(saved.0.fs_base);
+            regs.r8 = guess.map_or(0, |g| g.rseq_abi_pointer);
+            regs.r9 = guess.map_or(0, |g| u64::from(g.rseq_abi_size));
+            regs.r10 = guess.map_or(0, |g| u64::from(g.signature));
             regs.sp = slot(i + 1);
             regs.orig_ax = u64::MAX;
             regs.flags &= !(EFLAGS_TF | EFLAGS_DF);
-            let go = ptrace::set_regs(tid, &regs)
-                .and_then(|_| ptrace::set_sigmask(tid, !(1u64 << (libc::SIGTRAP - 1))))
-                .and_then(|_| ptrace::cont(tid, 0));
+            // From here the thread must get its registers back, whatever happens; its mask
+            // once the routine said what it was.
+            t.defer_restore(saved.0, saved.1);
             started.push(saved);
+            // The routine blocks the signals itself, first thing.
+            let go = ptrace::set_regs(tid, &regs).and_then(|_| ptrace::cont(tid, 0));
             if let Err(e) = go {
                 result = Err(e.into());
                 break;
             }
         }
-        // Reap and restore every started thread, whatever happened. The routine touches
-        // integer registers only: the XSAVE area needs no restoring.
-        for (i, (regs, mask)) in started.iter().enumerate() {
+        // Reap every started thread. Its registers and mask are written back when it is
+        // detached (or never, if the dump kills the tree): the routine touches integer
+        // registers only, so its XSAVE area needs no restoring.
+        // Each thread's GDT TLS slots are read (ptrace) as soon as it has trapped, while the
+        // later ones still run the routine on other CPUs.
+        let mut tls = Vec::with_capacity(started.len());
+        for (i, (_, mask)) in started.iter_mut().enumerate() {
             let t = wave[i];
-            if let Err(e) = wait_trap(t) {
-                if result.is_ok() {
-                    result = Err(e);
+            let trapped = wait_trap(t).and_then(|taken| {
+                if mask.is_none() {
+                    *mask = taken;
                 }
-                if !t.is_attached() {
-                    continue;
-                }
-            }
-            let undo = ptrace::set_regs(t.tid(), &regs.regs)
-                .and_then(|_| ptrace::set_sigmask(t.tid(), *mask));
-            if let Err(e) = undo {
-                if result.is_ok() {
-                    result = Err(e.into());
+                Ok(ptrace::tls(t.tid())?)
+            });
+            match trapped {
+                Ok(descs) => tls.push(descs),
+                Err(e) => {
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
                 }
             }
         }
+        // The XSAVE area came from ptrace when the routine does not save it.
+        let tail = if self.xsave.is_some() {
+            THREAD_XSAVE_OFF + xsave_span as usize
+        } else {
+            std::mem::size_of::<ThreadState>()
+        };
+        let stride = stride as usize;
+        let mut raw = vec![0u8; (started.len().max(1) - 1) * stride + tail];
+        let read = crate::sys::mem::read(pid, area, &mut raw);
+        // Every thread whose routine reported gets its deferred restore settled, also when
+        // the wave failed.
+        let mut states = Vec::with_capacity(started.len());
+        for (i, (regs, mask)) in started.iter_mut().enumerate() {
+            let t = wave[i];
+            let state = match &read {
+                Ok(()) => proto::read::<ThreadState>(&raw[i * stride..]).unwrap_or_default(),
+                Err(_) => ThreadState::default(),
+            };
+            // The routine put the thread's mask back before its trap, unless a signal
+            // stopped it on the way out and the mask was blocked by ptrace (then `mask`).
+            if state.done == THREAD_DONE ^ t.tid() as u64 {
+                t.defer_restore(*regs, *mask);
+            }
+            states.push(state);
+        }
         result?;
-        let size = std::mem::size_of::<ThreadState>();
-        let mut raw = vec![0u8; (wave.len() - 1) * THREAD_SLOT + size];
-        crate::sys::mem::read(pid, area, &mut raw)?;
-        for (i, (regs, mask)) in started.into_iter().enumerate() {
+        read?;
+        let mut xstates = Vec::with_capacity(started.len());
+        if self.xsave.is_none() {
+            for t in wave {
+                xstates.push(ptrace::get_xstate(t.tid())?);
+            }
+        }
+        let mut xstates = xstates.into_iter();
+        for (i, (((regs, mask), tls), state)) in
+            started.into_iter().zip(tls).zip(states).enumerate()
+        {
             let tid = wave[i].tid();
-            let state = proto::read::<ThreadState>(&raw[i * THREAD_SLOT..]).unwrap_or_default();
+            let slot_bytes = &raw[i * stride..];
             if state.done != THREAD_DONE ^ tid as u64 {
                 return Err(Error::Protocol {
                     cmd: "thread routine",
@@ -687,13 +829,60 @@ impl<'a> Parasite<'a> {
                     errno: Errno::from_raw(-state.status),
                 });
             }
+            let mask = mask.unwrap_or(state.blocked);
+            let saved = match &self.xsave {
+                Some(plan) if state.xsave_len as usize == plan.span => {
+                    let xinuse = u64::from_le_bytes(
+                        slot_bytes[THREAD_XINUSE_OFF..THREAD_XINUSE_OFF + 8]
+                            .try_into()
+                            .unwrap_or([0xff; 8]),
+                    );
+                    plan.to_xstate(&slot_bytes[THREAD_XSAVE_OFF..], xinuse)
+                }
+                _ => None,
+            };
+            let xstate = match (saved, xstates.next()) {
+                (Some(x), _) | (None, Some(x)) => x,
+                (None, None) => ptrace::get_xstate(tid)?,
+            };
+            let rseq = if state.rseq_status == 0 {
+                self.rseq_guess(regs.fs_base)
+            } else {
+                None
+            };
             out.push(ThreadDump {
-                regs,
+                rseq,
+                tls: Some(tls),
+                regs: TaskRegs { regs, xstate },
                 sigmask: mask,
                 state,
             });
         }
         Ok(())
+    }
+
+    /// Tells the thread routine the leader's rseq registration (read by ptrace before the
+    /// parasite started): threads whose TLS sits at another base are asked to confirm the
+    /// same registration at the same offset from their own base (glibc's layout), which
+    /// saves a `PTRACE_GET_RSEQ_CONFIGURATION` per thread. A thread that cannot confirm it
+    /// gets no [`ThreadDump::rseq`].
+    pub fn set_leader_rseq(&mut self, rseq: RseqConfig) {
+        self.leader_rseq = (rseq.rseq_abi_pointer != 0).then_some(rseq);
+    }
+
+    /// The rseq registration the thread routine is asked to confirm in a thread whose
+    /// fs base is `fs_base`.
+    fn rseq_guess(&self, fs_base: u64) -> Option<RseqConfig> {
+        let leader = self.leader_rseq?;
+        let leader_fs = self.saved.regs.fs_base;
+        if fs_base == 0 || fs_base == leader_fs || leader_fs == 0 {
+            return None;
+        }
+        let ptr = fs_base.wrapping_add(leader.rseq_abi_pointer.wrapping_sub(leader_fs));
+        Some(RseqConfig {
+            rseq_abi_pointer: ptr,
+            ..leader
+        })
     }
 
     /// Registers and XSAVE area of the leader as they were before the parasite started.
@@ -836,11 +1025,27 @@ impl Drop for Parasite<'_> {
 
 /// Waits until `t`, resumed into the thread routine, traps at its end (SIGTRAP); group stops
 /// and interrupts on the way are resumed, SIGSTOP is let through (like a remote syscall).
-fn wait_trap(t: &SeizedTask) -> Result<()> {
+///
+/// A signal the thread takes while its own mask is in force (pending when it was resumed or
+/// arriving before the routine's first system call, or after the routine put the mask back
+/// at its end) stops it here: the mask is read and returned, every signal but SIGTRAP is
+/// blocked by ptrace (the deferred restore then writes the mask back), and the signal is
+/// handed back, which requeues it (blocked) with its siginfo: it stays pending, as if the
+/// routine had never run.
+fn wait_trap(t: &SeizedTask) -> Result<Option<u64>> {
+    use crate::sys::ptrace;
+    let mut own_mask = None;
     loop {
         match t.wait()? {
-            WaitEvent::SignalStop { sig: libc::SIGTRAP } => return Ok(()),
+            WaitEvent::SignalStop { sig: libc::SIGTRAP } => return Ok(own_mask),
             WaitEvent::SignalStop { sig: libc::SIGSTOP } => t.cont(libc::SIGSTOP)?,
+            WaitEvent::SignalStop { sig } if sig != libc::SIGKILL => {
+                if own_mask.is_none() {
+                    own_mask = Some(ptrace::get_sigmask(t.tid())?);
+                }
+                ptrace::set_sigmask(t.tid(), !(1u64 << (libc::SIGTRAP - 1)))?;
+                ptrace::cont(t.tid(), sig)?;
+            }
             WaitEvent::EventStop { .. } | WaitEvent::OtherEvent { .. } => t.cont(0)?,
             event => {
                 let ip = t.regs().map(|r| r.ip).unwrap_or(0);
@@ -854,8 +1059,6 @@ fn wait_trap(t: &SeizedTask) -> Result<()> {
         }
     }
 }
-
-thread_local! { static TIMES: std::cell::RefCell<(u64,u64,u64)> = const { std::cell::RefCell::new((0,0,0)) }; }
 
 /// Takes a duplicate of descriptor `fd` of process `pid`.
 fn take_fd(pid: i32, fd: i32) -> crate::sys::Result<OwnedFd> {

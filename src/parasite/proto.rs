@@ -24,7 +24,7 @@ mod tests {
         assert_eq!(size_of::<Rlimit>(), 16);
         assert_eq!(size_of::<MiscState>(), 8 + 10 * 4 + 3 * 32 + RLIMITS * 16);
         assert_eq!(size_of::<PosixTimerState>(), 40);
-        assert_eq!(size_of::<ThreadState>(), 368);
+        assert_eq!(size_of::<ThreadState>(), 384);
         assert!(size_of::<ThreadState>() + 64 <= THREAD_SLOT);
         // Biggest replies fit a message.
         assert!(size_of::<ReplyHeader>() + 64 * size_of::<KSigaction>() <= MAX_MSG);

@@ -26,3 +26,12 @@ pub fn xcr0() -> u64 {
     }
     (u64::from(hi) << 32) | u64::from(lo)
 }
+
+/// True when `xgetbv` with ecx = 1 (the XINUSE bitmap) is supported (CPUID.(0xD, 1):EAX
+/// bit 2).
+pub fn xgetbv1_available() -> bool {
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID leaf 0xD sub-leaf 1 only reads CPU information.
+    let r = unsafe { core::arch::x86_64::__cpuid_count(0xd, 1) };
+    xcr0() & 0b110 != 0 && r.eax & (1 << 2) != 0
+}

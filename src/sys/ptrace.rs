@@ -158,7 +158,7 @@ pub fn get_xstate(tid: i32) -> Result<XState> {
 
 /// `PTRACE_SETREGSET NT_X86_XSTATE`.
 pub fn set_xstate(tid: i32, xstate: &XState) -> Result<()> {
-    let mut buf = xstate.as_bytes().to_vec();
+    let mut buf = xstate.to_vec();
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),

@@ -113,11 +113,26 @@ pub struct FxSave {
     pub sw_reserved: [u32; 12],
 }
 
-/// The full extended register state (`NT_X86_XSTATE`), standard format.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The full extended register state (`NT_X86_XSTATE`), standard format, `len` bytes. The
+/// stored bytes may stop early: the rest is zeros (the AMX tile data of a thread that does
+/// not use it is 8 KiB of them). Equality compares the whole area.
+#[derive(Debug, Clone)]
 pub struct XState {
     bytes: Vec<u8>,
+    len: usize,
 }
+
+impl PartialEq for XState {
+    fn eq(&self, other: &Self) -> bool {
+        let common = self.bytes.len().min(other.bytes.len());
+        self.len == other.len
+            && self.bytes[..common] == other.bytes[..common]
+            && self.bytes[common..].iter().all(|&b| b == 0)
+            && other.bytes[common..].iter().all(|&b| b == 0)
+    }
+}
+
+impl Eq for XState {}
 
 impl XState {
     /// Size of the buffer to request: CPUID(0xd, 0).ebx (XSAVE size for the features enabled
@@ -133,12 +148,37 @@ impl XState {
 
     /// Wraps raw bytes as returned by the kernel.
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
-        XState { bytes }
+        let len = bytes.len();
+        XState { bytes, len }
     }
 
-    /// Raw bytes (the length the kernel returned).
+    /// An area of `len` bytes that starts with `prefix` and is zero after it.
+    pub fn from_prefix(mut prefix: Vec<u8>, len: usize) -> Self {
+        prefix.truncate(len);
+        XState { bytes: prefix, len }
+    }
+
+    /// The stored bytes: the area, or a prefix of it (the rest is zeros; see
+    /// [`XState::to_vec`]).
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// Length of the whole area.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty area.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The whole area, zeros included.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = self.bytes.clone();
+        v.resize(self.len, 0);
+        v
     }
 
     /// The legacy FXSAVE area, if present.

@@ -4,6 +4,11 @@
 //! otherwise), so a `SeizedTask` is neither `Send` nor `Sync` and every method checks the
 //! calling thread. Dropping it detaches (`PTRACE_DETACH`, no signal): a task that was in a
 //! group-stop stays stopped, any other resumes where it was.
+//!
+//! A task may carry a deferred restore (registers and mask it must get back, recorded by
+//! the parasite's thread routine, which leaves it stopped at a trap of ours): reads of the
+//! registers and mask answer with it, and anything that writes them, resumes or detaches
+//! the task writes it back first.
 
 use super::error::{Error, Result};
 use super::proc_tasks;
@@ -33,6 +38,9 @@ pub struct SeizedTask {
     tracer: i32,
     stop: StopKind,
     attached: Cell<bool>,
+    /// Registers and blocked mask to write back before the task runs again or is detached
+    /// (see [`SeizedTask::defer_restore`]).
+    restore: Cell<Option<(UserRegs, Option<u64>)>>,
     /// ptrace requests only work from the tracer thread: not Send, not Sync.
     _tracer_thread: PhantomData<*const ()>,
 }
@@ -73,6 +81,7 @@ impl SeizedTask {
             tracer: gettid(),
             stop,
             attached: Cell::new(true),
+            restore: Cell::new(None),
             _tracer_thread: PhantomData,
         }
     }
@@ -133,15 +142,20 @@ impl SeizedTask {
         Ok(())
     }
 
-    /// General registers (`PTRACE_GETREGSET NT_PRSTATUS`), fs_base/gs_base included.
+    /// General registers (`PTRACE_GETREGSET NT_PRSTATUS`), fs_base/gs_base included: with a
+    /// deferred restore pending, the registers the task will resume with.
     pub fn regs(&self) -> Result<UserRegs> {
         self.check_tracer("PTRACE_GETREGSET")?;
+        if let Some((regs, _)) = self.restore.get() {
+            return Ok(regs);
+        }
         ptrace::get_regs(self.tid)
     }
 
     /// Writes the general registers.
     pub fn set_regs(&self, regs: &UserRegs) -> Result<()> {
         self.check_tracer("PTRACE_SETREGSET")?;
+        self.restore_now()?;
         ptrace::set_regs(self.tid, regs)
     }
 
@@ -171,15 +185,20 @@ impl SeizedTask {
         self.set_regs(&regs.regs)
     }
 
-    /// Blocked signal mask (bit `n - 1` = signal `n`).
+    /// Blocked signal mask (bit `n - 1` = signal `n`); with a deferred restore pending, the
+    /// mask the task will resume with.
     pub fn sigmask(&self) -> Result<u64> {
         self.check_tracer("PTRACE_GETSIGMASK")?;
+        if let Some((_, Some(mask))) = self.restore.get() {
+            return Ok(mask);
+        }
         ptrace::get_sigmask(self.tid)
     }
 
     /// Sets the blocked signal mask.
     pub fn set_sigmask(&self, mask: u64) -> Result<()> {
         self.check_tracer("PTRACE_SETSIGMASK")?;
+        self.restore_now()?;
         ptrace::set_sigmask(self.tid, mask)
     }
 
@@ -219,10 +238,45 @@ impl SeizedTask {
         ptrace::poke(self.tid, addr, word)
     }
 
-    /// Resumes the task (`PTRACE_CONT`) delivering `sig` (0: none).
+    /// Resumes the task (`PTRACE_CONT`) delivering `sig` (0: none), after writing back a
+    /// deferred restore.
     pub fn cont(&self, sig: i32) -> Result<()> {
         self.check_tracer("PTRACE_CONT")?;
+        self.restore_now()?;
         ptrace::cont(self.tid, sig)
+    }
+
+    /// Records the registers and blocked mask the task must get back before it runs again:
+    /// the thread routine leaves its threads stopped at its trap and the write-back is done
+    /// by [`SeizedTask::detach`] (or drop, or [`SeizedTask::cont`]). A dump that kills the
+    /// tree skips it (two requests per thread), any other outcome pays it once at the end.
+    /// `mask` None: the blocked mask is not ours to write back (not changed, or not known).
+    pub fn defer_restore(&self, regs: UserRegs, mask: Option<u64>) {
+        self.restore.set(Some((regs, mask)));
+    }
+
+    /// The deferred restore, if one is pending: the task's own registers (and mask) while
+    /// it sits at a trap of ours.
+    pub fn pending_restore(&self) -> Option<(UserRegs, Option<u64>)> {
+        self.restore.get()
+    }
+
+    /// Writes a deferred restore back now (nothing if none is pending).
+    pub fn restore_now(&self) -> Result<()> {
+        if let Some((regs, mask)) = self.restore.get() {
+            self.check_tracer("PTRACE_SETREGSET")?;
+            ptrace::set_regs(self.tid, &regs)?;
+            if let Some(mask) = mask {
+                ptrace::set_sigmask(self.tid, mask)?;
+            }
+            self.restore.set(None);
+        }
+        Ok(())
+    }
+
+    /// Drops a deferred restore: the task is being killed and will never run again.
+    pub(crate) fn discard_restore(&self) {
+        self.restore.set(None);
     }
 
     /// Makes a running task stop again (`PTRACE_INTERRUPT`); wait with [`SeizedTask::wait`].
@@ -267,6 +321,7 @@ impl SeizedTask {
     /// Detaches now, reporting failure (drop detaches silently).
     pub fn detach(self) -> Result<()> {
         self.check_tracer("PTRACE_DETACH")?;
+        self.restore_now()?;
         self.attached.set(false);
         ptrace::detach(self.tid, 0)
     }
@@ -283,6 +338,11 @@ impl Drop for SeizedTask {
                 "seized task dropped on a thread that is not its tracer"
             );
             return;
+        }
+        if let Err(e) = self.restore_now() {
+            if !e.is_task_died() {
+                tracing::error!("restore registers before detach: {e}");
+            }
         }
         match ptrace::detach(self.tid, 0) {
             Ok(()) => {}

@@ -8,7 +8,10 @@
 //!           map: waitpid(tid, __WALL) per thread, in O(1) each in the kernel (waitpid(-1)
 //!           scans every tracee per event: quadratic, measured in BENCHMARKS.md); signal
 //!           stops are delivered and waited again, exits drop the thread
-//!         for each newly stopped thread: read /proc/PID/task/TID/children (exact now)
+//!         for each newly stopped thread: read /proc/PID/task/TID/children (exact now),
+//!           unless its process has no child at all: with many such threads, one pass over
+//!           /proc (each process's parent, from task/PID/stat) tells which processes have
+//!           children, and those without skip the read (8000 files become ~100)
 //! until a round finds no new thread and no new process
 //! ```
 //!
@@ -90,6 +93,39 @@ impl SeizedTree {
         self.processes.iter().flat_map(|p| p.threads.iter())
     }
 
+    /// Kills every process of the tree (SIGKILL) and reaps its threads as their tracer, so
+    /// that no traced zombie is left holding a pid. Deferred register restores are dropped:
+    /// nothing of the tree runs again. Returns the first failure to signal a process.
+    pub fn kill(self) -> Result<()> {
+        let mut first = None;
+        let mut killed = Vec::with_capacity(self.processes.len());
+        for process in &self.processes {
+            // SAFETY: kill(2) has no memory arguments.
+            let r = unsafe { libc::kill(process.pid, libc::SIGKILL) };
+            let errno = nix::errno::Errno::last();
+            let refused = r != 0 && errno != nix::errno::Errno::ESRCH;
+            if refused {
+                first.get_or_insert(Error::task("kill", process.pid, errno));
+            }
+            killed.push(!refused);
+        }
+        for (process, killed) in self.processes.into_iter().zip(killed) {
+            if !killed {
+                // Not killed: its threads are restored and detached when dropped.
+                continue;
+            }
+            // Other threads first: a leader's exit is reported once they are all reaped.
+            let mut threads = process.threads;
+            threads.rotate_left(1);
+            for task in threads {
+                task.discard_restore();
+                reap_killed(&task);
+                task.forget();
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
     /// Detaches every thread now, returning the first failure (all are tried).
     pub fn detach(self) -> Result<()> {
         let mut first = None;
@@ -118,6 +154,21 @@ struct TaskSlot {
     task: SeizedTask,
     pending: bool,
     children_read: bool,
+}
+
+/// Waits until `task`, sent SIGKILL, is gone (a stop on the way is resumed).
+fn reap_killed(task: &SeizedTask) {
+    loop {
+        match wait::wait_task(task.tgid(), task.tid()) {
+            Ok(ev) if ev.is_gone() => return,
+            Ok(_) => {
+                if ptrace::cont(task.tid(), 0).is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// `PTRACE_O_SUSPEND_SECCOMP`: the tracee's seccomp filters do not apply while it is traced
@@ -206,10 +257,7 @@ impl Seizer {
     /// many were new.
     fn scan_process(&mut self, i: usize) -> Result<usize> {
         let pid = self.procs[i].pid;
-        let all_stopped = self.procs[i]
-            .tids
-            .iter()
-            .all(|t| self.tasks.get(t).is_none_or(|s| !s.pending));
+        let all_stopped = self.all_stopped(pid);
         let tids = match proc_tasks::threads(pid) {
             Ok(t) => t,
             Err(Error::TaskDied { .. }) => {
@@ -368,17 +416,13 @@ impl Seizer {
         }
     }
 
-    /// Reads the children of every thread that stopped since the last round. These are
-    /// plain /proc reads (no ptrace), so they are spread over a few threads (crossbeam scope):
-    /// about 5 us each, the largest share of seizing 8000 threads after the ptrace calls.
+    /// Reads the children of every thread that stopped since the last round, except those of
+    /// processes without any child (see [`Seizer::skip_childless`]). These are plain /proc
+    /// reads (no ptrace), so they are spread over a few threads (crossbeam scope): about 5 us
+    /// each, the largest share of seizing 8000 threads after the ptrace calls.
     fn read_children(&mut self) -> Result<()> {
-        let mut todo = Vec::new();
-        for (&tid, slot) in self.tasks.iter_mut() {
-            if !slot.pending && !slot.children_read {
-                slot.children_read = true;
-                todo.push((slot.task.tgid(), tid));
-            }
-        }
+        let todo = self.newly_stopped();
+        let todo = self.skip_childless(todo);
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(4);
@@ -412,6 +456,56 @@ impl Seizer {
             self.add_process(child, Some(parent));
         }
         Ok(())
+    }
+
+    /// `(pid, tid)` of every thread that stopped since the last round, marked as read.
+    fn newly_stopped(&mut self) -> Vec<(i32, i32)> {
+        let mut todo = Vec::new();
+        for (&tid, slot) in self.tasks.iter_mut() {
+            if !slot.pending && !slot.children_read {
+                slot.children_read = true;
+                todo.push((slot.task.tgid(), tid));
+            }
+        }
+        todo
+    }
+
+    /// Drops from `todo` the threads of processes that have no child at all, found by one
+    /// pass over `/proc` ([`proc_tasks::with_children`]: a stat file per process) instead of
+    /// one `children` file per thread. Runs after the reap, so the pass is trusted for a
+    /// process only when all its known threads are stopped (they cannot fork; a thread not
+    /// known yet is read when it stops in a later round). When the pass costs more than the
+    /// reads, or fails, every file is read.
+    fn skip_childless(&self, todo: Vec<(i32, i32)>) -> Vec<(i32, i32)> {
+        if todo.len() < proc_tasks::SCAN_MIN_THREADS {
+            return todo;
+        }
+        let parents = match proc_tasks::with_children(todo.len()) {
+            Ok(Some(p)) => p,
+            Ok(None) => return todo,
+            Err(e) => {
+                tracing::debug!("listing the parents in /proc: {e}; reading every children file");
+                return todo;
+            }
+        };
+        let mut childless: HashMap<i32, bool> = HashMap::new();
+        todo.into_iter()
+            .filter(|&(pid, _)| {
+                !*childless
+                    .entry(pid)
+                    .or_insert_with(|| !parents.contains(&pid) && self.all_stopped(pid))
+            })
+            .collect()
+    }
+
+    /// True when every known thread of process `pid` is stopped (none pending).
+    fn all_stopped(&self, pid: i32) -> bool {
+        self.index.get(&pid).is_some_and(|&i| {
+            self.procs[i]
+                .tids
+                .iter()
+                .all(|t| self.tasks.get(t).is_none_or(|s| !s.pending))
+        })
     }
 
     fn finish(mut self) -> SeizedTree {

@@ -592,6 +592,24 @@ impl stasis::dump::freeze::Backend for TestBackend {
     }
 }
 
+/// Dumps `pid` through `backend` into a new temporary directory, leaving it running, as a
+/// shell job (started from the test harness: its session and group are the harness's).
+pub fn dump_leave_running(
+    pid: i32,
+    backend: &mut dyn stasis::dump::freeze::Backend,
+) -> (tempfile::TempDir, DResult<stasis::dump::DumpReport>) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = stasis::dump::DumpOptions {
+        pid,
+        images_dir: dir.path().to_path_buf(),
+        leave_running: true,
+        shell_job: true,
+        ..Default::default()
+    };
+    let rep = stasis::dump::run(&opts, backend);
+    (dir, rep)
+}
+
 /// `core-30300.img` -> `core-N.img`.
 pub fn kind_of(file: &str) -> String {
     let mut out = String::new();

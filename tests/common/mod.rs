@@ -4,6 +4,7 @@
 //! crit      Debian's crit, the independent decoder (also used by the images crate's tests)
 //! fixtures  where the CRIU 4.2 fixtures are (also used by the images crate's tests)
 //! lock      the cross-process lock of tests that restore or use fixed PIDs
+//! log       the engine's `tracing` log kept in memory
 //! deadline  running a test body under a timeout (a stuck body fails the test)
 //! workload  the compiled C workloads of the ptrace/parasite tests, with a watchdog
 //! dump      fixture workloads in their own cgroup, probe double, image comparison
@@ -18,6 +19,7 @@ pub mod deadline;
 pub mod dump;
 pub mod fixtures;
 pub mod lock;
+pub mod log;
 pub mod pids;
 pub mod restore;
 pub mod synth;

@@ -146,12 +146,20 @@ impl Workload {
 
     /// The state workload with `threads` threads and `mib` MiB of patterned memory.
     pub fn stateful(threads: usize, mib: usize, timeout: Duration) -> Self {
+        Self::stateful_with(threads, mib, &[], timeout)
+    }
+
+    /// [`Workload::stateful`] with extra options of the C program (e.g. `fpu`).
+    pub fn stateful_with(threads: usize, mib: usize, extra: &[&str], timeout: Duration) -> Self {
         let bin = c_program(
             "workload_state",
             include_str!("workload_state.c"),
             WORKLOAD_LIBS,
         );
-        Self::launch(bin, &[&threads.to_string(), &mib.to_string()], timeout)
+        let (t, m) = (threads.to_string(), mib.to_string());
+        let mut args = vec![t.as_str(), m.as_str()];
+        args.extend_from_slice(extra);
+        Self::launch(bin, &args, timeout)
     }
 
     /// Spawns `bin args` (stdin and stdout are pipes) and parses its ready line.

@@ -1,5 +1,5 @@
 /* Workload of the dump parasite tests with known in-task state (launched by workload.rs).
- * usage: workload NTHREADS MEM_MIB
+ * usage: workload NTHREADS MEM_MIB [fpu]
  * Sets up known in-task state, then prints one line
  *   ready PID MEM_ADDR MEM_LEN COUNTER_ADDR ALT_BASE FILE_FD PIPE_FD SOCK_FD
  * and the main thread counts (counter += 1 per millisecond, nanosleep between) while the
@@ -14,7 +14,9 @@
  *   thread k (main = 0) has sigaltstack ALT_BASE + k * 64 KiB, size (k + 1) * 8 KiB
  *   main thread blocks SIGWINCH
  *   FILE_FD: /proc/self/exe O_RDONLY|O_CLOEXEC, PIPE_FD: a pipe read end (O_NONBLOCK),
- *   SOCK_FD: one end of a unix socketpair */
+ *   SOCK_FD: one end of a unix socketpair
+ *   with fpu: thread 3 loads x87 (pi) and, with AVX-512, zmm5 and zmm20 (1.25 in every
+ *     lane) */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
@@ -34,6 +36,7 @@
 static volatile unsigned long counter;
 static unsigned char *alt_base;
 static pthread_barrier_t barrier;
+static int fpu_state;
 
 static void on_sig(int sig) { (void)sig; }
 static void on_info(int sig, siginfo_t *si, void *uc) { (void)sig; (void)si; (void)uc; }
@@ -45,6 +48,13 @@ static void set_altstack(int k) {
 
 static void *sleeper(void *arg) {
     set_altstack((int)(long)arg);
+    if (fpu_state && (long)arg == 3) {
+        double d = 1.25;
+        __asm__ volatile("fldpi" ::: "memory");
+        if (__builtin_cpu_supports("avx512f"))
+            __asm__ volatile("vbroadcastsd %0, %%zmm5\n\tvbroadcastsd %0, %%zmm20" :: "m"(d)
+                             : "xmm5");
+    }
     pthread_barrier_wait(&barrier);
     for (;;) {
         struct timespec ts = { 1, 0 };
@@ -56,6 +66,7 @@ static void *sleeper(void *arg) {
 int main(int argc, char **argv) {
     int nthreads = argc > 1 ? atoi(argv[1]) : 1;
     size_t len = (size_t)(argc > 2 ? atoi(argv[2]) : 1) << 20;
+    fpu_state = argc > 3 && strcmp(argv[3], "fpu") == 0;
     unsigned char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) return 1;
     for (size_t i = 0; i < len; i++) mem[i] = (unsigned char)((i * 7 + 3) ^ (i >> 12));

@@ -22,8 +22,8 @@
 //! THREAD_STATE    -                               ThreadState of the parasite's thread
 //!
 //! any other thread: the dumper points its ip at `__export_thread_entry` with rdi = its slot
-//! in the thread area (THREAD_SLOT bytes each, sp = slot end) and resumes it; it writes its
-//! ThreadState into the slot and traps (ip = `__export_thread_trap`)
+//! in the thread area (slots of a multiple of THREAD_SLOT bytes, sp = slot end; see
+//! ThreadState) and resumes it; it writes its ThreadState and XSAVE area into the slot and traps (ip = `__export_thread_trap`)
 //! FINI            -                               -   then the parasite closes its fds
 //!                                                     and traps (int3) forever
 //! ```
@@ -246,9 +246,15 @@ pub struct PosixTimerState {
 pub const MAX_GROUPS: usize = 32;
 /// `ThreadState::done` is `THREAD_DONE ^ tid` once the thread routine filled the state.
 pub const THREAD_DONE: u64 = 0x5448_5244_444f_4e45; // "THRDDONE"
-/// Bytes per thread slot of the thread area: the `ThreadState` at the start, the routine's
-/// stack below the end.
+/// Smallest thread slot (the dumper rounds a slot up to hold the XSAVE area too).
 pub const THREAD_SLOT: usize = 4096;
+/// Offset of the XSAVE area in a thread slot (64-byte aligned, as XSAVE requires).
+pub const THREAD_XSAVE_OFF: usize = 1024;
+/// Thread routine flag (rcx at entry): store the XSAVE features in use (`xgetbv` with
+/// ecx = 1) at [`THREAD_XINUSE_OFF`] of the slot (the CPU must support it).
+pub const THREAD_FLAG_XINUSE: u64 = 2;
+/// Offset in a thread slot of the XINUSE bitmap stored with [`THREAD_FLAG_XINUSE`].
+pub const THREAD_XINUSE_OFF: usize = 488;
 
 /// Per-thread state only the thread itself can read: what CMD_THREAD_STATE answers for the
 /// parasite's thread, and what `__export_thread_entry` writes into its slot for any other
@@ -261,8 +267,16 @@ pub const THREAD_SLOT: usize = 4096;
 /// 104 cap_eff 112 cap_prm 120 cap_inh 128 cap_bnd 136 cap_amb   144 secbits 148 ngroups
 /// 152 groups[32]   280 sched_policy 284 sched_prio 288 sched_nice 292 no_new_privs
 /// 296 tls[3] (user_desc: entry, base, limit, flags)  344 tls_status 348 status 352 done
-/// 360 seccomp_mode 364 pad
+/// 360 seccomp_mode 364 xsave_len 368 rseq_status 372 pad 376 blocked
 /// ```
+///
+/// A thread slot of the thread area (`slot_size` bytes, chosen by the dumper): this state at
+/// 0, the routine's scratch up to [`THREAD_XSAVE_OFF`], then the XSAVE area. The routine is
+/// entered with rdi = slot, rsi = XSAVE bytes (0: none), rdx = XSAVE feature mask, rcx =
+/// flags ([`THREAD_FLAG_XINUSE`]), r8/r9/r10 = the rseq area, length and signature to
+/// confirm (r8 = 0: none). Scratch: 400 capget, 440..488 the entry values, 488 XINUSE,
+/// 496 the mask it blocks, 504 the mask it found (and puts back before its trap), 512 whether
+/// it blocked, 600 sigaltstack.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 #[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]
@@ -325,8 +339,17 @@ pub struct ThreadState {
     pub done: u64,
     /// `PR_GET_SECCOMP` (0 none, 1 strict, 2 filter; read with seccomp suspended by ptrace).
     pub seccomp_mode: i32,
+    /// Bytes of XSAVE area the thread routine wrote at [`THREAD_XSAVE_OFF`] (0: none; the
+    /// leader's CMD_THREAD_STATE never does).
+    pub xsave_len: u32,
+    /// 0 when the thread routine confirmed the rseq registration the dumper guessed, or
+    /// why not (-ENOSYS: not asked; -EINVAL: registered otherwise or not at all).
+    pub rseq_status: i32,
     /// Padding.
     pub pad: i32,
+    /// The thread's blocked signals before the thread routine blocked all but SIGTRAP
+    /// (its first system call); 0 from CMD_THREAD_STATE.
+    pub blocked: u64,
 }
 
 /// Raw-byte views of the wire structs.
