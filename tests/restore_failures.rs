@@ -119,7 +119,7 @@ fn taken_pid_is_named_with_its_owner() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn fx-launch");
+        .expect("spawn launch_at");
     let out = wait_child(launcher, Duration::from_secs(10), "launch_at");
     assert!(
         out.status.success(),
