@@ -23,6 +23,11 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
+/// The restore lock shared with the integration tests (tests that move the pid allocator).
+#[allow(dead_code)]
+#[path = "../../tests/common/lock.rs"]
+mod lock;
+
 /// Raw syscall usable without TLS (no errno).
 fn rsys(nr: i64, a1: u64, a2: u64, a3: u64, a4: u64) -> i64 {
     let r: i64;
@@ -416,14 +421,14 @@ fn siginfo(sig: i32, code: i32, value: i32) -> SigInfo {
     si
 }
 
-/// A TID that is free now, some way above `after` (wrapping below pid_max).
+/// A TID that is free now, below `after`: the caller's pid, just handed out by the kernel, so
+/// the pid allocator is past it and does not come back to lower pids before it wraps at
+/// pid_max (tests that move it back hold the restore lock, as the caller does). A TID above
+/// would lie in the allocator's way: any fork of the machine could take it before the blob's
+/// clone3 does.
 fn free_tid(after: u32) -> u32 {
-    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(32768);
-    (after + 50..max)
-        .chain(1000..after)
+    (1000..after)
+        .rev()
         .find(|t| !std::path::Path::new(&format!("/proc/{t}")).exists())
         .expect("a free TID")
 }
@@ -892,6 +897,9 @@ fn run_full(keep_area: bool, grow_stack: bool) {
         is_root(),
         "restorer blob tests need root (clone3 set_tid, creds)"
     );
+    // The thread's TID comes from below the pid allocator (free_tid): no test may move the
+    // allocator back meanwhile.
+    let _lock = lock::restore_lock();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("data");
     let mut file = std::fs::File::create(&path).expect("create");
