@@ -29,7 +29,7 @@ use crate::test_fixtures as fixtures;
 /// The restore lock shared with the integration tests (fixed PIDs and result files).
 #[allow(dead_code)]
 #[path = "../../tests/common/lock.rs"]
-mod lock;
+pub(super) mod lock;
 /// Who holds a fixture's PIDs (shared with the integration tests).
 #[allow(dead_code)]
 #[path = "../../tests/common/pids.rs"]
