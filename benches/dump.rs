@@ -22,10 +22,6 @@ use std::time::{Duration, Instant};
 
 use common::dump::{kill_cgroup, TestBackend};
 
-/// The allocator of the `stasis` binary (see src/main.rs), so the harness measures the same.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn workload(threads: usize, mib: usize, ready: &Path) -> ! {
     let mut mem: Vec<u8> = vec![0; mib << 20];
     for i in (0..mem.len()).step_by(4096) {
