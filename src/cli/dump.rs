@@ -114,6 +114,7 @@ impl DumpArgs {
             prev_images_dir: None,
             track_mem: false,
             fault: std::env::var("STASIS_FAULT").ok(),
+            exiting_after: true,
         }
     }
 }

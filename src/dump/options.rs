@@ -36,4 +36,9 @@ pub struct DumpOptions {
     /// line fills it from the `STASIS_FAULT` environment variable). `signal:<step>` instead
     /// sends SIGTERM to the dumper at that step.
     pub fault: Option<String>,
+    /// The caller exits right after the dump (the `stasis dump` command): a killed tree is
+    /// left to the kernel, which releases the dead threads still traced by the dumper when it
+    /// exits, instead of reaping them one by one. A library caller that goes on (and wants
+    /// the pids free) leaves this false.
+    pub exiting_after: bool,
 }

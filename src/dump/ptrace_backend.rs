@@ -49,6 +49,8 @@ pub struct PtraceBackend;
 /// A tree held by ptrace.
 pub struct PtraceFrozen {
     tree: Option<SeizedTree>,
+    /// A killed tree is left to the kernel at the dumper's exit (`DumpOptions::exiting_after`).
+    unreaped_kill: bool,
 }
 
 fn parasite_err(step: &'static str, pid: i32, e: crate::parasite::Error) -> DumpError {
@@ -71,7 +73,10 @@ impl Backend for PtraceBackend {
             None => crate::sys::tree::seize_tree_suspending_seccomp(opts.pid, None),
         }
         .map_err(|e| DumpError::sys("seize", opts.pid, e))?;
-        Ok(Box::new(PtraceFrozen { tree: Some(tree) }))
+        Ok(Box::new(PtraceFrozen {
+            tree: Some(tree),
+            unreaped_kill: opts.exiting_after,
+        }))
     }
 }
 
@@ -373,7 +378,12 @@ impl FrozenTree for PtraceFrozen {
             // Killed and reaped as their tracer: no register restore, no detach.
             Some(tree) => {
                 let root = tree.root().pid;
-                tree.kill().map_err(|e| DumpError::sys("kill", root, e))
+                let killed = if self.unreaped_kill {
+                    tree.kill_unreaped()
+                } else {
+                    tree.kill()
+                };
+                killed.map_err(|e| DumpError::sys("kill", root, e))
             }
             None => super::freeze::kill_all(pids),
         }

@@ -97,6 +97,17 @@ impl SeizedTree {
     /// that no traced zombie is left holding a pid. Deferred register restores are dropped:
     /// nothing of the tree runs again. Returns the first failure to signal a process.
     pub fn kill(self) -> Result<()> {
+        self.kill_and(true)
+    }
+
+    /// Kills every process of the tree (SIGKILL) without waiting: the dead threads stay
+    /// traced zombies of the calling thread until it waits for them or its process exits
+    /// (the kernel releases them then, all at once). For a caller about to exit.
+    pub fn kill_unreaped(self) -> Result<()> {
+        self.kill_and(false)
+    }
+
+    fn kill_and(self, reap: bool) -> Result<()> {
         let mut first = None;
         let mut killed = Vec::with_capacity(self.processes.len());
         for process in &self.processes {
@@ -119,7 +130,9 @@ impl SeizedTree {
             threads.rotate_left(1);
             for task in threads {
                 task.discard_restore();
-                reap_killed(&task);
+                if reap {
+                    reap_killed(&task);
+                }
                 task.forget();
             }
         }
