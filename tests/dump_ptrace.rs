@@ -76,7 +76,8 @@ fn ptrace_fx_threads() {
     ptrace_dump("fx-threads", 32340, &["16"], |dir, pid| {
         let leader = core(dir, pid);
         assert_ne!(leader["thread_core"]["futex_rla_len"], 0);
-        // Thread 0 (the first after the leader) has a 64 KiB sigaltstack.
+        // Thread 0 (the first the leader created: the lowest TID but the leader's, as the
+        // kernel hands out TIDs in increasing order) has a 64 KiB sigaltstack.
         let mut tids: Vec<i32> = std::fs::read_dir(dir)
             .unwrap()
             .filter_map(|e| {
@@ -86,7 +87,9 @@ fn ptrace_fx_threads() {
             .collect();
         tids.sort();
         assert_eq!(tids.len(), 17);
-        let t0 = core(dir, tids[1]);
+        assert!(tids.contains(&pid), "no core of the leader {pid}: {tids:?}");
+        tids.retain(|&t| t != pid);
+        let t0 = core(dir, tids[0]);
         assert_eq!(
             t0["thread_core"]["sas"]["ss_size"], 65536,
             "{}",

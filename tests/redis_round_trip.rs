@@ -302,8 +302,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A redis-server started by fx-launch at a known pid range, in its own cgroup, listening on
-/// 127.0.0.1 and ::1.
+/// A redis-server started as fx-launch would (`launch_program`) at a known pid range, in its
+/// own cgroup, listening on 127.0.0.1 and ::1.
 struct Redis {
     w: Workload,
     port: u16,

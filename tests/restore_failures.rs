@@ -4,7 +4,7 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::restore::*;
@@ -112,17 +112,18 @@ fn changed_file_mode_is_rejected() {
 fn taken_pid_is_named_with_its_owner() {
     let run = fixture_run("fx-loop");
     let dir = &run.dir;
-    // fx-launch puts `sleep` at PID 30000 (it prints the PID and exits).
-    let launcher = Command::new("/tmp/criu-fixtures/bin/fx-launch")
-        .args(["30000", "/bin/sleep", "60"])
+    // launch_at puts `sleep` at PID 30000 (it prints the PID and exits), with the pid
+    // allocator past it so that no fork takes it first.
+    common::dump::allocator_past(30000, 1);
+    let launcher = common::dump::launch_at(None, 30000, "/bin/sleep", &["60"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn fx-launch");
-    let out = wait_child(launcher, Duration::from_secs(10), "fx-launch");
+        .expect("spawn launch_at");
+    let out = wait_child(launcher, Duration::from_secs(10), "launch_at");
     assert!(
         out.status.success(),
-        "fx-launch: {}",
+        "launch_at: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let restore = stasis_restore(dir, &["-d"]);

@@ -31,6 +31,9 @@ if z == 0:
     os._exit(0)
 while open("/proc/%d/stat" % z).read().rsplit(")", 1)[1].split()[0] != "Z":
     time.sleep(0.001)
+# a forks its child on its own: ready only once it has.
+while not open("/proc/%d/task/%d/children" % (a, a)).read().split():
+    time.sleep(0.001)
 print("ready", os.getpid(), a, z, flush=True)
 sleeper()
 "#;

@@ -49,26 +49,15 @@ fn plan_vdso(
     pages_fd: Option<RawFd>,
     image_ranges: &[(u64, u64)],
 ) -> Result<VdsoChoice, StepErr> {
-    let mut image = ImageVdso::default();
-    let mut has_vdso = false;
-    for v in &mm.vmas {
-        if v.status & vs::VDSO != 0 {
-            image.vdso = (v.start, v.end);
-            has_vdso = true;
-        }
-        if v.status & vs::VVAR != 0 {
-            image.vvar = Some((v.start, v.end));
-        }
-    }
     let rt = RuntimeVdso::current().map_err(|_| ("read the running vdso", Errno::EIO))?;
     let proxy_at = vdso::free_block(image_ranges, PROXY_AT, rt.span());
     let proxy_block = (proxy_at, proxy_at + rt.span());
-    if !has_vdso {
+    let Some(mut image) = ImageVdso::from_vmas(&mm.vmas) else {
         return Ok(VdsoChoice {
             plan: None,
             proxy_block,
         });
-    }
+    };
     // Through the open pages image (the task may have changed its cwd or root already).
     let pages = pages_fd.map(|fd| std::fs::File::open(format!("/proc/self/fd/{fd}")));
     if let Some(Ok(f)) = pages {
@@ -110,19 +99,16 @@ pub fn enter(
     let mut spec = TaskSpec::new();
     let mut premapper = Premapper::new(&t.pages, pages_fd, PREMAP_BASE);
     let vdso = plan_vdso(mm, t, pages_fd, &image_ranges)?;
-    let proxy = matches!(vdso.plan, Some(VdsoPlan::Proxy { .. }));
+    let special = vdso
+        .plan
+        .as_ref()
+        .map_or(vdso::MOVED_SPECIAL, VdsoPlan::skipped_status);
     // Premaps stay clear of the image's layout and of the proxy's place.
     let mut avoid = image_ranges.clone();
     avoid.push(vdso.proxy_block);
     for v in &mm.vmas {
         let len = v.end - v.start;
-        // With a proxy, the image's vdso is restored from its pages like any private
-        // mapping (then patched) and its vvar as anonymous memory.
-        let special = if proxy {
-            vs::VSYSCALL
-        } else {
-            vs::VDSO | vs::VVAR | vs::VSYSCALL
-        };
+        // With a proxy, the image's vdso and vvar are premapped like private memory.
         if v.status & special != 0 {
             spec.vmas.push(VmaArgs {
                 start: v.start,
@@ -185,14 +171,9 @@ pub fn enter(
     }
     // Its userfaultfd and /proc/self/mem go now, not in the blob's close list.
     drop(premapper);
-    match vdso.plan {
-        Some(VdsoPlan::Move { special }) => spec.special = special,
-        Some(VdsoPlan::Proxy { special, patches }) => {
-            spec.special = special;
-            spec.vdso_patches = patches;
-        }
-        // No vdso in the image: the running one is unmapped with everything else.
-        None => {}
+    // No vdso in the image: the running one is unmapped with everything else.
+    if let Some(plan) = vdso.plan {
+        plan.apply(&mut spec);
     }
     let exe = *opened
         .maps

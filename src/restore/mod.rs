@@ -202,20 +202,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         index: 0,
         what: e.to_string(),
     })?;
+    let deadline = Instant::now() + opts.timeout.unwrap_or(Duration::from_secs(60));
     for t in plan.tasks.iter().filter(|t| t.state == TASK_DEAD) {
-        let st = std::fs::read_to_string(format!("/proc/{}/stat", t.pid)).unwrap_or_default();
-        let state = st
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or("?");
-        if state != "Z" {
-            return Err(RestoreError::TaskDied {
-                pid: t.pid,
-                step: "zombie".into(),
-                status: format!("state {state}, expected a zombie"),
-            });
-        }
+        wait_zombie(t.pid, deadline)?;
     }
     // Release: one byte per task on go_fd.
     let go = vec![b'g'; alive];
@@ -237,6 +226,31 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         })?;
     }
     Ok(Restored { root })
+}
+
+/// Waits until the image's dead task `pid` is a zombie. It exits as soon as it is forked, but
+/// on a loaded machine it may not be through its exit yet (state R or D) when every live task
+/// is ready; gone (reaped) or not a zombie by `deadline` is an error.
+fn wait_zombie(pid: i32, deadline: Instant) -> Result<(), RestoreError> {
+    loop {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = st
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("?");
+        if state == "Z" {
+            return Ok(());
+        }
+        if matches!(state, "?" | "X") || Instant::now() >= deadline {
+            return Err(RestoreError::TaskDied {
+                pid,
+                step: "zombie".into(),
+                status: format!("state {state}, expected a zombie"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Waits until `n` tasks report READY from their restorer blob (StatusRecord on `status_r`),

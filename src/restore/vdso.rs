@@ -17,6 +17,9 @@
 //! them), which is why the old copy stays at its address and only its entry points change.
 
 use super::blob_args::abi::{SpecialRemap, VdsoPatch};
+use super::blob_args::TaskSpec;
+use super::img::msg::VmaEntry;
+use super::plan::vma_status as vs;
 use std::os::unix::fs::FileExt;
 
 /// Errors of the vdso planning.
@@ -67,6 +70,52 @@ pub enum VdsoPlan {
         special: Vec<SpecialRemap>,
         patches: Vec<VdsoPatch>,
     },
+}
+
+/// Status bits of the image VMAs the running kernel provides when the vdso is moved (and
+/// when the image has no vdso): the blob skips them in the premap.
+pub const MOVED_SPECIAL: u32 = vs::VDSO | vs::VVAR | vs::VSYSCALL;
+
+impl ImageVdso {
+    /// The image's `[vdso]` and `[vvar]` VMAs (no bytes yet); `None` when it has no vdso.
+    pub fn from_vmas(vmas: &[VmaEntry]) -> Option<Self> {
+        let mut image = ImageVdso::default();
+        let mut has_vdso = false;
+        for v in vmas {
+            if v.status & vs::VDSO != 0 {
+                image.vdso = (v.start, v.end);
+                has_vdso = true;
+            }
+            if v.status & vs::VVAR != 0 {
+                image.vvar = Some((v.start, v.end));
+            }
+        }
+        has_vdso.then_some(image)
+    }
+}
+
+impl VdsoPlan {
+    /// Status bits of the image VMAs the premap skips. A move puts the running pieces in
+    /// place of the vdso and vvar ([`MOVED_SPECIAL`]); with a proxy only vsyscall stays
+    /// special: the image's vdso is restored from its pages like any private mapping (then
+    /// patched) and its vvar as anonymous memory.
+    pub fn skipped_status(&self) -> u32 {
+        match self {
+            VdsoPlan::Move { .. } => MOVED_SPECIAL,
+            VdsoPlan::Proxy { .. } => vs::VSYSCALL,
+        }
+    }
+
+    /// Hands the plan to the blob: the moves of the running pieces and the proxy's jumps.
+    pub fn apply(self, spec: &mut TaskSpec) {
+        match self {
+            VdsoPlan::Move { special } => spec.special = special,
+            VdsoPlan::Proxy { special, patches } => {
+                spec.special = special;
+                spec.vdso_patches = patches;
+            }
+        }
+    }
 }
 
 impl RuntimeVdso {
@@ -599,6 +648,51 @@ mod tests {
         );
         let at = free_block(&avoid, 0x5800_0000_0000, 0x1000);
         assert!(at >= 0x5800_0000_1000 && !avoid.iter().any(|&(s, e)| s < at + 0x1000 && at < e));
+    }
+
+    #[test]
+    fn image_vmas_and_what_each_plan_leaves_to_the_blob() {
+        let vma = |start: u64, end: u64, status: u32| VmaEntry {
+            start,
+            end,
+            status,
+            ..Default::default()
+        };
+        let heap = vma(0x1000, 0x2000, vs::REGULAR | vs::HEAP);
+        assert!(ImageVdso::from_vmas(std::slice::from_ref(&heap)).is_none());
+        let vvar = vma(0x7e00_0000_0000, 0x7e00_0000_6000, vs::REGULAR | vs::VVAR);
+        let vdso = vma(0x7e00_0000_6000, 0x7e00_0000_8000, vs::REGULAR | vs::VDSO);
+        let image = ImageVdso::from_vmas(&[heap, vvar, vdso]).unwrap();
+        assert_eq!(image.vdso, (0x7e00_0000_6000, 0x7e00_0000_8000));
+        assert_eq!(image.vvar, Some((0x7e00_0000_0000, 0x7e00_0000_6000)));
+        assert!(image.bytes.is_none());
+        let remap = SpecialRemap {
+            from: 0x7f00_0000_0000,
+            to: 0x6000_0000,
+            len: 0x2000,
+        };
+        let patch = VdsoPatch {
+            at: 0x7e00_0000_6100,
+            target: 0x6000_0100,
+        };
+        let moved = VdsoPlan::Move {
+            special: vec![remap],
+        };
+        assert_eq!(moved.skipped_status(), MOVED_SPECIAL);
+        let mut spec = TaskSpec::new();
+        moved.apply(&mut spec);
+        assert_eq!((spec.special.len(), spec.vdso_patches.len()), (1, 0));
+        let proxy = VdsoPlan::Proxy {
+            special: vec![remap],
+            patches: vec![patch],
+        };
+        assert_eq!(proxy.skipped_status(), vs::VSYSCALL);
+        let mut spec = TaskSpec::new();
+        proxy.apply(&mut spec);
+        assert_eq!(
+            (spec.special, spec.vdso_patches),
+            (vec![remap], vec![patch])
+        );
     }
 
     #[test]

@@ -241,6 +241,15 @@ pub fn exec_area(pid: i32) -> Result<u64> {
             what: format!("bad range {range:?}"),
         });
     }
+    // The maps of a killed task can come back cut short, not empty: its mm was torn down
+    // between two reads of the file (std reads a small probe first). Every thread sets
+    // PF_EXITING before it lets go of the mm, so the leader shows it by now.
+    if is_exiting(pid, pid) {
+        return Err(Error::TaskDied {
+            pid,
+            op: "read maps",
+        });
+    }
     Err(Error::Parse {
         path: Path::new(&path).into(),
         what: "no executable private mapping".into(),

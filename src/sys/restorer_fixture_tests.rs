@@ -1,10 +1,11 @@
-//! Restores single-process CRIU 4.2 fixtures (`fx-loop`, `fx-mem`, `fx-threads`, `fx-signals`) with the
-//! restorer blob and a minimal engine written here (premap + fill every VMA from the page
-//! images, vdso plan, core/mm conversion, fds 0-2 on /dev/null), then runs the workload's own
-//! verification (SIGUSR2 → PASS). Needs root; when a PID of the fixture is held by a foreign
-//! task, the test runs in a fresh PID namespace instead (noted on stderr). Installs the fixtures
-//! (/tmp/criu-fixtures) when missing. The fixtures share PIDs with other
-//! tests of the team, so the tests here run one at a time.
+//! Restores single-process CRIU 4.2 fixtures (`fx-loop`, `fx-mem`, `fx-threads`,
+//! `fx-signals`) with the restorer blob and a minimal engine written here (premap + fill every
+//! VMA from the page images, the engine's vdso plan: a move, or a proxy when the running
+//! kernel's vdso differs from the fixture's; core/mm conversion, fds 0-2 on /dev/null), then
+//! runs the workload's own verification (SIGUSR2 → PASS). Needs root; when a PID of the
+//! fixture is held by a foreign task, the test runs in a fresh PID namespace instead (noted on
+//! stderr). Installs the fixtures (/tmp/criu-fixtures) when missing. The fixtures share PIDs
+//! with other tests of the team, so the tests here run one at a time.
 
 use crate::images::framing::{read_entries, read_single, Image};
 use crate::images::pb;
@@ -17,18 +18,18 @@ use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const VMA_AREA_VSYSCALL: u32 = 1 << 2;
-const VMA_AREA_VDSO: u32 = 1 << 3;
 const VMA_FILE_PRIVATE: u32 = 1 << 6;
 const VMA_FILE_SHARED: u32 = 1 << 7;
 const VMA_AREA_MEMFD: u32 = 1 << 14;
-const VMA_AREA_VVAR: u32 = 1 << 12;
+/// Where private VMAs are premapped and where a vdso proxy goes (the engine's places).
+const PREMAP_BASE: u64 = 0x5000_0000_0000;
+const PROXY_AT: u64 = 0x5800_0000_0000;
 
 use crate::test_fixtures as fixtures;
 /// The restore lock shared with the integration tests (fixed PIDs and result files).
 #[allow(dead_code)]
 #[path = "../../tests/common/lock.rs"]
-mod lock;
+pub(super) mod lock;
 /// Who holds a fixture's PIDs (shared with the integration tests).
 #[allow(dead_code)]
 #[path = "../../tests/common/pids.rs"]
@@ -82,6 +83,63 @@ fn memfd_for(dir: &Path, files: &[pb::FileEntry], id: u64) -> i32 {
     fd
 }
 
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+/// The fixture's vdso VMAs and its dumped vdso pages.
+fn image_vdso(mm: &pb::MmEntry, pages: &[(u64, Vec<u8>)]) -> ImageVdso {
+    let mut image = ImageVdso::from_vmas(&mm.vmas).expect("the fixture has a vdso");
+    let (start, end) = image.vdso;
+    let bytes: Vec<u8> = pages
+        .iter()
+        .filter(|(a, _)| *a >= start && *a < end)
+        .flat_map(|(_, b)| b.clone())
+        .collect();
+    image.bytes = (bytes.len() as u64 == end - start).then_some(bytes);
+    image
+}
+
+/// The engine's vdso decision for the fixture on the running kernel: a move when the
+/// fixture's vdso matches it, else a proxy at a block free of the image's ranges. Returns
+/// the plan and that block.
+fn plan_vdso(mm: &pb::MmEntry, pages: &[(u64, Vec<u8>)]) -> (VdsoPlan, (u64, u64)) {
+    let image = image_vdso(mm, pages);
+    let rt = RuntimeVdso::current().expect("runtime vdso");
+    let rt_bytes = rt.read_bytes().expect("runtime vdso bytes");
+    let ranges: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+    let proxy_at = vdso::free_block(&ranges, PROXY_AT, rt.span());
+    let plan = vdso::plan(&image, &rt, &rt_bytes, |_, _| false, proxy_at).expect("vdso plan");
+    (plan, (proxy_at, proxy_at + rt.span()))
+}
+
+/// Maps private VMA `v` (anonymous, or file `fd` with `flags`) read-write at `hint` and fills
+/// it with its dumped pages; the blob moves it in place.
+fn premap_private(v: &pb::VmaEntry, hint: u64, fd: i32, flags: i32, pages: &[(u64, Vec<u8>)]) {
+    let len = v.end - v.start;
+    // SAFETY: a new mapping at a free hint address (MAP_FIXED_NOREPLACE), far from the
+    // target layout.
+    let p = unsafe {
+        libc::mmap(
+            hint as *mut libc::c_void,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            // MAP_GROWSDOWN survives the blob's mremap: a stack keeps growing for
+            // signal frames.
+            flags | libc::MAP_FIXED_NOREPLACE | (v.flags as i32 & libc::MAP_GROWSDOWN),
+            fd,
+            v.pgoff as libc::off_t,
+        )
+    };
+    assert_eq!(p as u64, hint, "premap of {:#x}", v.start);
+    for (a, b) in pages.iter().filter(|(a, _)| *a >= v.start && *a < v.end) {
+        // SAFETY: the page lies inside the premapped, writable copy of this VMA.
+        unsafe {
+            std::ptr::copy_nonoverlapping(b.as_ptr(), (hint + (a - v.start)) as *mut u8, 4096)
+        };
+    }
+}
+
 /// The child: builds the spec from the images and enters the blob (never returns).
 fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
     let mm: pb::MmEntry = read_single(dir.join(format!("mm-{pid}.img"))).expect("mm");
@@ -102,24 +160,14 @@ fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
     let pages = pages(dir, &format!("pagemap-{pid}.img"));
     let mut spec = TaskSpec::new();
     let mut close = Vec::new();
-    let mut hint: u64 = 0x5000_0000_0000;
-    let mut image_vdso = ImageVdso::default();
+    let mut hint: u64 = PREMAP_BASE;
+    let (vdso_plan, proxy_block) = plan_vdso(&mm, &pages);
+    // With a proxy, the image's vdso is premapped from its pages and its vvar as anonymous
+    // memory, like any private mapping.
+    let skipped = vdso_plan.skipped_status();
     for v in &mm.vmas {
         let len = v.end - v.start;
-        if v.status & VMA_AREA_VDSO != 0 {
-            image_vdso.vdso = (v.start, v.end);
-            let bytes: Vec<u8> = pages
-                .iter()
-                .filter(|(a, _)| *a >= v.start && *a < v.end)
-                .flat_map(|(_, b)| b.clone())
-                .collect();
-            image_vdso.bytes = (bytes.len() as u64 == len).then_some(bytes);
-        }
-        if v.status & VMA_AREA_VVAR != 0 {
-            image_vdso.vvar = Some((v.start, v.end));
-        }
-        let special = v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL) != 0;
-        if special {
+        if v.status & skipped != 0 {
             spec.vmas.push(VmaArgs {
                 start: v.start,
                 end: v.end,
@@ -158,27 +206,12 @@ fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             )
         };
-        // SAFETY: a new mapping at a free hint address (MAP_FIXED_NOREPLACE), far from the
-        // target layout.
-        let p = unsafe {
-            libc::mmap(
-                hint as *mut libc::c_void,
-                len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                // MAP_GROWSDOWN survives the blob's mremap: a stack keeps growing for
-                // signal frames.
-                flags | libc::MAP_FIXED_NOREPLACE | (v.flags as i32 & libc::MAP_GROWSDOWN),
-                fd,
-                v.pgoff as libc::off_t,
-            )
-        };
-        assert_eq!(p as u64, hint, "premap of {:#x}", v.start);
-        for (a, b) in pages.iter().filter(|(a, _)| *a >= v.start && *a < v.end) {
-            // SAFETY: the page lies inside the premapped, writable copy of this VMA.
-            unsafe {
-                std::ptr::copy_nonoverlapping(b.as_ptr(), (hint + (a - v.start)) as *mut u8, 4096)
-            };
-        }
+        assert!(
+            !overlaps((hint, hint + len), proxy_block),
+            "premap of {:#x} would take the vdso proxy's place",
+            v.start
+        );
+        premap_private(v, hint, fd, flags, &pages);
         spec.vmas.push(VmaArgs {
             start: v.start,
             end: v.end,
@@ -196,16 +229,7 @@ fn child(dir: &Path, pid: i32, status_fd: i32) -> std::convert::Infallible {
         });
         hint += len + 0x10_0000;
     }
-    let rt = RuntimeVdso::current().expect("runtime vdso");
-    let rt_bytes = rt.read_bytes().expect("runtime vdso bytes");
-    match vdso::plan(&image_vdso, &rt, &rt_bytes, |_, _| false, 0x5800_0000_0000)
-        .expect("vdso plan")
-    {
-        VdsoPlan::Move { special } => spec.special = special,
-        VdsoPlan::Proxy { .. } => {
-            panic!("this test expects the fixture's vdso to match the running kernel")
-        }
-    }
+    vdso_plan.apply(&mut spec);
     let exe = std::fs::File::open(path_of(u64::from(mm.exe_file_id)))
         .expect("exe")
         .into_raw_fd();

@@ -23,6 +23,9 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
+// The restore lock shared with the integration tests (tests that move the pid allocator).
+use super::restorer_fixture_tests::lock;
+
 /// Raw syscall usable without TLS (no errno).
 fn rsys(nr: i64, a1: u64, a2: u64, a3: u64, a4: u64) -> i64 {
     let r: i64;
@@ -316,6 +319,25 @@ fn reserve(len: u64) -> u64 {
     p as u64
 }
 
+/// A private anonymous mapping inside a reservation of its own, a page of it on either side:
+/// a VMA of its own whatever lies around (the layout skips it with its reservation).
+fn isolated(len: u64, prot: i32) -> u64 {
+    let at = reserve(len + 2 * 4096) + 4096;
+    // SAFETY: replaces pages in the middle of our own fresh reservation.
+    let p = unsafe {
+        libc::mmap(
+            at as *mut libc::c_void,
+            len as usize,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(p as u64, at);
+    at
+}
+
 fn reserved(a: u64) -> bool {
     RESERVED.with(|r| r.borrow().iter().any(|&(s, e)| s <= a && a < e))
 }
@@ -397,14 +419,14 @@ fn siginfo(sig: i32, code: i32, value: i32) -> SigInfo {
     si
 }
 
-/// A TID that is free now, some way above `after` (wrapping below pid_max).
+/// A TID that is free now, below `after`: the caller's pid, just handed out by the kernel, so
+/// the pid allocator is past it and does not come back to lower pids before it wraps at
+/// pid_max (tests that move it back hold the restore lock, as the caller does). A TID above
+/// would lie in the allocator's way: any fork of the machine could take it before the blob's
+/// clone3 does.
 fn free_tid(after: u32) -> u32 {
-    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(32768);
-    (after + 50..max)
-        .chain(1000..after)
+    (1000..after)
+        .rev()
         .find(|t| !std::path::Path::new(&format!("/proc/{t}")).exists())
         .expect("a free TID")
 }
@@ -470,8 +492,10 @@ fn child_full(
     let leader_sas = stacks + 160 * 1024;
     let thread_sas = stacks + 176 * 1024;
     let rseq_area = stacks + 224 * 1024;
-    let junk = mmap(4096, libc::PROT_READ);
-    let p = mmap(8192, libc::PROT_READ | libc::PROT_WRITE);
+    // Both go with the layout; isolated, so neither can merge with (and take along) a
+    // neighbour that must stay, such as the stacks.
+    let junk = isolated(4096, libc::PROT_READ);
+    let p = isolated(8192, libc::PROT_READ | libc::PROT_WRITE);
     // SAFETY: p is the 8 KiB mapping just created.
     unsafe { std::ptr::write_bytes(p as *mut u8, PATTERN, 8192) };
     let t = reserve(64 * 1024) + 16 * 1024;
@@ -871,6 +895,9 @@ fn run_full(keep_area: bool, grow_stack: bool) {
         is_root(),
         "restorer blob tests need root (clone3 set_tid, creds)"
     );
+    // The thread's TID comes from below the pid allocator (free_tid): no test may move the
+    // allocator back meanwhile.
+    let _lock = lock::restore_lock();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("data");
     let mut file = std::fs::File::create(&path).expect("create");

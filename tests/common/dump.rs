@@ -185,9 +185,97 @@ pub fn launch(name: &str, base: i32, args: &[&str]) -> Workload {
     w
 }
 
-/// Starts `program args...` through fx-launch at a free pid from `base` (its own session, fds
-/// 0-2 on /dev/null, cwd /, parent gone so init reaps it), inside a fresh cgroup. Returns at
-/// once: readiness is the caller's business.
+/// The environment fx-launch gives a workload: its `env[]`, read from the fixtures'
+/// src/fx-launch.c (string literals, adjacent ones joined, up to `NULL`).
+fn fx_launch_env() -> Vec<(String, String)> {
+    let path = fixtures().join("src/fx-launch.c");
+    let src = std::fs::read_to_string(&path).expect("read fx-launch.c");
+    let block = src
+        .split_once("char *env[] = {")
+        .and_then(|(_, rest)| rest.split_once("NULL"))
+        .map(|(b, _)| b)
+        .unwrap_or_else(|| panic!("no env[] in {}", path.display()));
+    let (mut vars, mut cur, mut quoted) = (Vec::new(), String::new(), false);
+    for c in block.chars() {
+        match (quoted, c) {
+            (_, '"') => quoted = !quoted,
+            (true, c) => cur.push(c),
+            (false, ',') => vars.push(std::mem::take(&mut cur)),
+            _ => {}
+        }
+    }
+    let env: Vec<(String, String)> = vars
+        .iter()
+        .filter_map(|v| v.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert!(
+        env.len() == vars.len() && env.iter().any(|(k, _)| k == "GLIBC_TUNABLES"),
+        "unexpected env[] in {}: {vars:?}",
+        path.display()
+    );
+    env
+}
+
+/// The command that starts `program args...` at `pid` the way fx-launch does, inside
+/// `cgroup` if given (see tests/common/launch_at.c): exit status 0 and the pid on stdout, 3
+/// when the pid is taken. It returns at once (the workload is re-parented).
+pub fn launch_at(cgroup: Option<&Path>, pid: i32, program: &str, args: &[&str]) -> Command {
+    let launcher = super::workload::c_program("launch_at", include_str!("launch_at.c"), &[]);
+    let mut cmd = Command::new(launcher);
+    cmd.arg(cgroup.map_or_else(|| "-".into(), |c| c.as_os_str().to_owned()))
+        .arg(pid.to_string())
+        .arg(program)
+        .args(args)
+        .env_clear()
+        .envs(fx_launch_env());
+    cmd
+}
+
+/// Above every fixed pid range of the tests: the fixtures' 30000-30699 and the launch bases
+/// from 31000 on.
+const ABOVE_FIXED_PIDS: i32 = 40_000;
+
+/// Moves the kernel's pid allocator (`ns_last_pid`, under its flock as CRIU and fx-launch
+/// take it) past `pid + span`, and past [`ABOVE_FIXED_PIDS`], unless it is there already.
+/// New pids then come from above; the free pids below are not handed out again before the
+/// allocator wraps at pid_max (4194304, see lock.rs), so no fork anywhere can take them.
+/// Some tests move the allocator back into the fixture range (restore::pids_ready, the
+/// restorer unit tests), so every launch checks.
+pub fn allocator_past(pid: i32, span: i32) {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::FileExt;
+    const PATH: &str = "/proc/sys/kernel/ns_last_pid";
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(PATH)
+        .expect("open ns_last_pid");
+    let f = Flock::lock(f, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock ns_last_pid");
+    let mut buf = [0u8; 32];
+    let n = f.read_at(&mut buf, 0).expect("read ns_last_pid");
+    let last: i32 = std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .expect("ns_last_pid is a number");
+    let past = ABOVE_FIXED_PIDS.max(pid + span);
+    if last < past {
+        // At offset 0: a sysctl ignores writes further in.
+        let text = past.to_string();
+        f.write_all_at(text.as_bytes(), 0)
+            .expect("write ns_last_pid");
+    }
+}
+
+/// Starts `program args...` the way fx-launch does (its own session, fds 0-2 on /dev/null,
+/// cwd /, fx-launch's environment, parent gone so init reaps it) at a free pid from `base`,
+/// inside a fresh cgroup. fx-launch's ns_last_pid write loses to any fork elsewhere on a busy
+/// machine; here the pid allocator is moved past the chosen range first ([`allocator_past`])
+/// and the pid comes from clone3's set_tid (tests/common/launch_at.c). The workload's own
+/// children and threads get pids from the allocator, above its pid. Returns at once:
+/// readiness is the caller's business.
 pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Workload {
     assert!(
         super::lock::held(),
@@ -221,39 +309,31 @@ pub fn launch_program(name: &str, base: i32, program: &str, args: &[&str]) -> Wo
     };
     let start = || -> Result<i32, String> {
         let mut pid = base;
-        let mut attempts = 0;
-        loop {
-            let mut tried = 0;
-            while !pid_free(pid, 20) {
-                pid = next(pid);
-                tried += 1;
-                if tried >= pid_max / 20 {
-                    return Err("no free range of 20 pids at all".into());
-                }
-            }
-            let mut cmd = Command::new("sh");
-            cmd.arg("-c")
-                .arg("echo $$ > \"$1\"/cgroup.procs && shift && exec \"$@\"")
-                .arg("sh")
-                .arg(&cg)
-                .arg("/tmp/criu-fixtures/bin/fx-launch")
-                .arg(pid.to_string())
-                .arg(program)
-                .args(args);
-            let out = cmd.output().map_err(|e| format!("sh: {e}"))?;
-            if out.status.success() {
-                return Ok(pid);
-            }
-            // Exit 3: someone else forked between fx-launch's ns_last_pid write and its fork.
-            attempts += 1;
-            if attempts >= 20 {
-                return Err(format!(
-                    "fx-launch {program} failed {attempts} times near {base}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
+        let mut tried = 0;
+        while !pid_free(pid, 20) {
             pid = next(pid);
+            tried += 1;
+            if tried >= pid_max / 20 {
+                return Err("no free range of 20 pids at all".into());
+            }
         }
+        allocator_past(pid, 20);
+        let out = launch_at(Some(&cg), pid, program, args)
+            .output()
+            .map_err(|e| format!("launch_at: {e}"))?;
+        if out.status.success() {
+            return Ok(pid);
+        }
+        // With the allocator past it, only a task created with that very pid can hold it.
+        let holders: Vec<String> = super::pids::foreign_holders(&[pid])
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        Err(format!(
+            "launch_at {program} at {pid} (from {base}) failed ({}): {}; holders: {holders:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     };
     match start() {
         Ok(pid) => Workload {

@@ -1,6 +1,7 @@
 /* Workload of the ptrace and parasite tests (launched by workload.rs).
  * usage: workload NTHREADS [stop|read|churn]
- * Prints the ready line shared with workload_state.c once set up
+ * Prints the ready line shared with workload_state.c once set up and every thread it started
+ * runs (past glibc's thread start: robust list and rseq registered; a barrier)
  *   ready PID MEM_ADDR MEM_LEN COUNTER_ADDR ALT_BASE FILE_FD PIPE_FD SOCK_FD
  * (here ALT_BASE is 0, FILE_FD and SOCK_FD are -1), then the main thread counts (counter += 1
  * every millisecond, nanosleep between) and the NTHREADS-1 other threads sleep in a loop.
@@ -24,6 +25,8 @@
 #include <unistd.h>
 
 static volatile unsigned long counter;
+/* Main, the sleepers and the churner: ready is printed once all of them are here. */
+static pthread_barrier_t started;
 
 static void on_usr1(int sig) { (void)sig; }
 
@@ -32,6 +35,7 @@ static void *short_lived(void *arg) { return arg; }
 /* "churn" mode: keeps creating threads that exit at once. */
 static void *churner(void *arg) {
     (void)arg;
+    pthread_barrier_wait(&started);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -45,6 +49,7 @@ static void *churner(void *arg) {
 
 static void *sleeper(void *arg) {
     (void)arg;
+    pthread_barrier_wait(&started);
     for (;;) {
         struct timespec ts = { 1, 0 };
         nanosleep(&ts, NULL);
@@ -54,6 +59,7 @@ static void *sleeper(void *arg) {
 
 int main(int argc, char **argv) {
     int nthreads = argc > 1 ? atoi(argv[1]) : 1;
+    if (nthreads < 1) nthreads = 1;
     int stop = argc > 2 && strcmp(argv[2], "stop") == 0;
     int do_read = argc > 2 && strcmp(argv[2], "read") == 0;
     int churn = argc > 2 && strcmp(argv[2], "churn") == 0;
@@ -83,14 +89,16 @@ int main(int argc, char **argv) {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, 64 * 1024);
+    if (pthread_barrier_init(&started, NULL, (unsigned)(nthreads + churn))) return 1;
     for (int i = 1; i < nthreads; i++) {
         pthread_t t;
         if (pthread_create(&t, &attr, sleeper, NULL)) { perror("pthread_create"); return 1; }
     }
     if (churn) {
         pthread_t t;
-        pthread_create(&t, &attr, churner, NULL);
+        if (pthread_create(&t, &attr, churner, NULL)) { perror("pthread_create"); return 1; }
     }
+    pthread_barrier_wait(&started);
     printf("ready %d %lx %zu %lx 0 -1 %d -1\n", getpid(), (unsigned long)pattern, len,
            (unsigned long)&counter, fds[1]);
     fflush(stdout);
