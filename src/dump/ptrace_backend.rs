@@ -183,9 +183,10 @@ impl OpenProcess<'_> {
         let st: ThreadState = dump.state;
         let sys = |e| DumpError::sys("core", tid, e);
         let leader = tid == self.pid;
+        // The leader's comes from before the parasite; another thread's is confirmed by the
+        // routine, or asked of ptrace.
         let rseq = match dump.rseq {
-            _ if leader => self.pre.rseq,
-            Some(confirmed) => confirmed,
+            Some(known) => known,
             None => task.rseq().map_err(sys)?,
         };
         let pending = if leader {
@@ -199,10 +200,7 @@ impl OpenProcess<'_> {
         } else {
             Vec::new()
         };
-        let tls = match dump.tls {
-            Some(descs) => tls_of(&descs),
-            None => tls_of(&task.tls().map_err(sys)?),
-        };
+        let tls = tls_of(&dump.tls);
         let groups = if st.ngroups as usize <= MAX_GROUPS {
             st.groups[..st.ngroups.max(0) as usize].to_vec()
         } else {
@@ -330,7 +328,7 @@ impl ProcessAccess for OpenProcess<'_> {
             let dump = if t.tid() == pid {
                 ThreadDump {
                     rseq: Some(self.pre.rseq),
-                    tls: Some(self.pre.tls),
+                    tls: self.pre.tls,
                     state: self.parasite.thread_state(leader).map_err(perr)?,
                     regs: self.parasite.leader_regs().clone(),
                     sigmask: self.parasite.leader_sigmask(),

@@ -180,8 +180,8 @@ impl XsavePlan {
 pub struct ThreadDump {
     /// The rseq registration, when the thread routine confirmed it (otherwise ask ptrace).
     pub rseq: Option<RseqConfig>,
-    /// The GDT TLS slots (ptrace), when read with the routine's results.
-    pub tls: Option<[UserDesc; 3]>,
+    /// The GDT TLS slots (ptrace, read as the thread trapped).
+    pub tls: [UserDesc; 3],
     /// Registers and XSAVE area as they were (restored).
     pub regs: TaskRegs,
     /// Blocked signals as they were (restored).
@@ -852,7 +852,7 @@ impl<'a> Parasite<'a> {
             };
             out.push(ThreadDump {
                 rseq,
-                tls: Some(tls),
+                tls,
                 regs: TaskRegs { regs, xstate },
                 sigmask: mask,
                 state,

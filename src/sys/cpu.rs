@@ -30,8 +30,12 @@ pub fn xcr0() -> u64 {
 /// True when `xgetbv` with ecx = 1 (the XINUSE bitmap) is supported (CPUID.(0xD, 1):EAX
 /// bit 2).
 pub fn xgetbv1_available() -> bool {
-    #[allow(unused_unsafe)]
-    // SAFETY: CPUID leaf 0xD sub-leaf 1 only reads CPU information.
-    let r = unsafe { core::arch::x86_64::__cpuid_count(0xd, 1) };
-    xcr0() & 0b110 != 0 && r.eax & (1 << 2) != 0
+    // CPUID exits to the hypervisor in a VM: ask once.
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID leaf 0xD sub-leaf 1 only reads CPU information.
+        let r = unsafe { core::arch::x86_64::__cpuid_count(0xd, 1) };
+        xcr0() & 0b110 != 0 && r.eax & (1 << 2) != 0
+    })
 }

@@ -111,13 +111,17 @@ impl SeizedTree {
         let mut first = None;
         let mut killed = Vec::with_capacity(self.processes.len());
         for process in &self.processes {
-            // SAFETY: kill(2) has no memory arguments.
-            let r = unsafe { libc::kill(process.pid, libc::SIGKILL) };
-            let errno = nix::errno::Errno::last();
-            let refused = r != 0 && errno != nix::errno::Errno::ESRCH;
-            if refused {
-                first.get_or_insert(Error::task("kill", process.pid, errno));
-            }
+            let sent = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(process.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let refused = match sent {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => false,
+                Err(errno) => {
+                    first.get_or_insert(Error::task("kill", process.pid, errno));
+                    true
+                }
+            };
             killed.push(!refused);
         }
         for (process, killed) in self.processes.into_iter().zip(killed) {
