@@ -8,8 +8,9 @@
 //! ```
 //! Which pages: anonymous private VMAs — present or swapped pages (PE_LAZY: a lazy restore may
 //! fault them in later); file private VMAs — only pages that stopped being file pages (COW);
-//! the vDSO — every present page; vvar, vsyscall and MADV_DONTDUMP areas — none. Adjacent
-//! pages with equal flags share one entry, across VMA boundaries.
+//! the vDSO — every page, present or not (CRIU's restore parses the vDSO's ELF from the
+//! pages, so a vDSO the task never touched must be there whole); vvar, vsyscall and
+//! MADV_DONTDUMP areas — none. Adjacent pages with equal flags share one entry, across VMA boundaries.
 
 use serde_json::{json, Value};
 
@@ -61,7 +62,7 @@ pub fn plan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Result<Vec<Run>
             let want = match class {
                 PageClass::AnonPrivate => e & (PM_PRESENT | PM_SWAP) != 0,
                 PageClass::FilePrivate => e & (PM_PRESENT | PM_SWAP) != 0 && e & PM_FILE == 0,
-                PageClass::Vdso => e & PM_PRESENT != 0,
+                PageClass::Vdso => true,
                 _ => false,
             };
             if !want {
