@@ -67,17 +67,16 @@ fn criu_ok(criu: &Path, args: &[&str], dir: &Path, log: &str) {
     }
 }
 
-/// Dumps the tree of `w` into `images` (the tree is killed), then waits until its pids are
-/// free; returns the pids of the images' tree.
-fn dump(way: Way, criu: &Path, w: &mut Workload, images: &Path) -> Vec<i32> {
+/// Dumps the tree of `w` into `images` with `extra` options (the tree is killed), then waits
+/// until its pids are free; returns the pids of the images' tree.
+fn dump(way: Way, criu: &Path, w: &mut Workload, images: &Path, extra: &[&str]) -> Vec<i32> {
     match way {
-        Way::StasisToCriu => stasis_dump(w.pid, images, &[]),
-        Way::CriuToStasis => criu_ok(
-            criu,
-            &["dump", "-t", &w.pid.to_string()],
-            images,
-            "dump.log",
-        ),
+        Way::StasisToCriu => stasis_dump(w.pid, images, extra),
+        Way::CriuToStasis => {
+            let pid = w.pid.to_string();
+            let args: Vec<&str> = ["dump", "-t", &pid].iter().chain(extra).copied().collect();
+            criu_ok(criu, &args, images, "dump.log")
+        }
     }
     reap_dumped(w);
     let pids = pids_of(images);
@@ -85,28 +84,41 @@ fn dump(way: Way, criu: &Path, w: &mut Workload, images: &Path) -> Vec<i32> {
     pids
 }
 
-/// Restores `images` detached with the restorer of `way`.
-fn restore(way: Way, criu: &Path, images: &Path) {
+/// Restores `images` detached with the restorer of `way` and `extra` options.
+fn restore(way: Way, criu: &Path, images: &Path, extra: &[&str]) {
     match way {
-        Way::StasisToCriu => criu_ok(criu, &["restore", "-d"], images, "restore.log"),
-        Way::CriuToStasis => stasis_restore_detached(images, &[]),
+        Way::StasisToCriu => {
+            let args: Vec<&str> = ["restore", "-d"].iter().chain(extra).copied().collect();
+            criu_ok(criu, &args, images, "restore.log")
+        }
+        Way::CriuToStasis => stasis_restore_detached(images, extra),
     }
 }
 
 /// One workload of the cross test.
 struct Case {
     name: &'static str,
-    /// Pid base of its launch and name of its cgroup.
+    /// What it launches: with `base`, the name of its cgroup.
+    program: &'static str,
+    /// Pid base of its launch.
     base: i32,
     run: fn(Way, &Path, &Restored, i32),
 }
 
 /// Dumps `w`, restores it, runs `check` on the restored tree and kills it.
-fn cross(
+fn cross(way: Way, criu: &Path, restored: &Restored, w: Workload, check: impl FnOnce(&Workload)) {
+    cross_with(way, criu, restored, w, &[], |_| {}, check)
+}
+
+/// [`cross`] with `extra` options to both dump and restore, and `images_check` run on the
+/// images between them.
+fn cross_with(
     way: Way,
     criu: &Path,
     restored: &Restored,
     mut w: Workload,
+    extra: &[&str],
+    images_check: impl FnOnce(&Path),
     check: impl FnOnce(&Workload),
 ) {
     // Kept when the case fails (the panic message names it), removed when it passes.
@@ -116,9 +128,10 @@ fn cross(
         .unwrap()
         .keep();
     println!("criu_compat: images in {}", images.display());
-    let pids = dump(way, criu, &mut w, &images);
+    let pids = dump(way, criu, &mut w, &images, extra);
     *restored.lock().unwrap() = pids.clone();
-    restore(way, criu, &images);
+    images_check(&images);
+    restore(way, criu, &images, extra);
     std::thread::sleep(Duration::from_millis(300));
     check(&w);
     kill_pids(&pids);
@@ -152,6 +165,31 @@ fn fx_tree(way: Way, criu: &Path, r: &Restored, base: i32) {
 
 fn fx_signals(way: Way, criu: &Path, r: &Restored, base: i32) {
     fixture(way, criu, r, "fx-signals", base, &[]);
+}
+
+/// fx-loop dumped and restored with `--cpu-cap` on both sides: `cpuinfo.img` is the same
+/// bytes whoever wrote it, and each restorer checks the other's.
+fn cpu_cap(way: Way, criu: &Path, r: &Restored, base: i32) {
+    let w = launch("fx-loop", base, &[]);
+    let ours = stasis::images::framing::Image::from_messages(
+        stasis::images::magic::ImageKind::Cpuinfo,
+        &[stasis::cpuinfo::entry(&stasis::sys::cpu::CpuId::host())],
+    )
+    .to_bytes();
+    let same = |dir: &Path| {
+        assert!(
+            std::fs::read(dir.join("cpuinfo.img")).unwrap() == ours,
+            "cpuinfo.img of this host differs between CRIU and stasis"
+        )
+    };
+    cross_with(way, criu, r, w, &["--cpu-cap"], same, |w| {
+        assert_eq!(
+            verify(w),
+            "PASS",
+            "fx-loop restored with --cpu-cap ({})",
+            way.label()
+        )
+    });
 }
 
 fn fx_files(way: Way, criu: &Path, r: &Restored, base: i32) {
@@ -353,53 +391,69 @@ fn cases() -> Vec<Case> {
     vec![
         Case {
             name: "fx-loop",
+            program: "fx-loop",
             base: 34000,
             run: fx_loop,
         },
         Case {
             name: "fx-mem",
+            program: "fx-mem",
             base: 34040,
             run: fx_mem,
         },
         Case {
             name: "fx-threads",
+            program: "fx-threads",
             base: 34080,
             run: fx_threads,
         },
         Case {
             name: "fx-files",
+            program: "fx-files",
             base: 34120,
             run: fx_files,
         },
         Case {
             name: "fx-tree",
+            program: "fx-tree",
             base: 34160,
             run: fx_tree,
         },
         Case {
             name: "fx-signals",
+            program: "fx-signals",
             base: 34200,
             run: fx_signals,
         },
         Case {
             name: "fx-unix",
+            program: "fx-unix",
             base: 34240,
             run: fx_unix,
         },
         Case {
             name: "fx-seccomp",
+            program: "fx-seccomp",
             base: 34280,
             run: fx_seccomp,
         },
         Case {
             name: "python-threads",
+            program: "python-threads",
             base: 34320,
             run: python_threads,
         },
         Case {
             name: "redis",
+            program: "redis",
             base: 34360,
             run: redis,
+        },
+        Case {
+            name: "cpu-cap",
+            program: "fx-loop",
+            base: 34480,
+            run: cpu_cap,
         },
     ]
 }
@@ -434,7 +488,7 @@ fn main() {
             println!("criu_compat: {id} ...");
             let lock = restore_lock();
             let (criu, run, base) = (criu.clone(), c.run, c.base);
-            let cg = cgroup_path(c.name, base);
+            let cg = cgroup_path(c.program, base);
             let res = std::panic::catch_unwind(move || {
                 with_round_trip_deadline(180, cg, move |restored| run(way, &criu, &restored, base))
             });

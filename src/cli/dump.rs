@@ -82,6 +82,10 @@ pub struct DumpArgs {
     /// Write a Chrome trace of the dump phases to FILE.
     #[arg(long = "profile", value_name = "FILE")]
     pub profile: Option<PathBuf>,
+    /// Record the CPU in cpuinfo.img for a restore's `--cpu-cap` check (CRIU's syntax:
+    /// fpu, cpu, ins, all, none, ^, ","; alone: all).
+    #[arg(long = "cpu-cap", value_name = "CAPS", num_args = 0..=1, require_equals = true)]
+    pub cpu_cap: Option<Option<String>>,
 }
 
 /// Refuses a CRIU option stasis does not implement, naming it.
@@ -134,6 +138,17 @@ pub fn run(args: Vec<OsString>) -> i32 {
         return 1;
     }
     let opts = a.options();
+    let cpu_caps = crate::cpuinfo::option_caps(&a.cpu_cap).and_then(|caps| {
+        match caps & crate::cpuinfo::CAP_IMAGE {
+            0 => Ok(()),
+            _ => crate::cpuinfo::write(&opts.images_dir),
+        }
+    });
+    if let Err(e) = cpu_caps {
+        tracing::error!("{e}");
+        eprintln!("Error: {e}");
+        return 1;
+    }
     tracing::info!(
         "dumping tree {} into {}",
         opts.pid,
@@ -203,6 +218,16 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(b.options().timeout, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn cpu_cap_takes_an_optional_value_after_equals() {
+        let a = parse(&["-t", "1", "--cpu-cap", "-D", "/x"]).unwrap();
+        assert_eq!(a.cpu_cap, Some(None));
+        assert_eq!(a.common.images_dir(), PathBuf::from("/x"));
+        let b = parse(&["-t", "1", "-D", "/x", "--cpu-cap=fpu,^ins"]).unwrap();
+        assert_eq!(b.cpu_cap, Some(Some("fpu,^ins".into())));
+        assert_eq!(parse(&["-t", "1", "-D", "/x"]).unwrap().cpu_cap, None);
     }
 
     #[test]

@@ -28,6 +28,10 @@ struct RestoreArgs {
     /// Allow external unix socket peers
     #[arg(long = "ext-unix-sk")]
     ext_unix_sk: bool,
+    /// Check this host against the images' cpuinfo.img before restoring (CRIU's syntax:
+    /// fpu, cpu, ins, all, none, ^, ","; alone: all)
+    #[arg(long = "cpu-cap", value_name = "CAPS", num_args = 0..=1, require_equals = true)]
+    cpu_cap: Option<Option<String>>,
 }
 
 /// Runs `restore`; returns the exit status.
@@ -49,6 +53,13 @@ pub fn run(args: Vec<OsString>) -> i32 {
         ext_unix_sk: parsed.ext_unix_sk,
         timeout: parsed.common.timeout(),
     };
+    let cpu_ok = crate::cpuinfo::option_caps(&parsed.cpu_cap)
+        .and_then(|caps| crate::cpuinfo::check_dir(&opts.images_dir, caps));
+    if let Err(e) = cpu_ok {
+        tracing::error!("restore failed: {e}");
+        eprintln!("Error (restore): {e}");
+        return 1;
+    }
     let restored = match restore::restore(&opts) {
         Ok(r) => r,
         Err(e) => {
