@@ -348,6 +348,13 @@ impl ProcessAccess for OpenProcess<'_> {
         vec![(base, base + len)]
     }
 
+    fn userfaultfd(&mut self, flags: u32) -> Result<Option<std::os::fd::OwnedFd>> {
+        self.parasite
+            .userfaultfd(flags)
+            .map(Some)
+            .map_err(|e| parasite_err("dirty-track", self.pid, e))
+    }
+
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<()> {
         let pid = self.pid;
         self.mem()?.read_exact_at(buf, addr).map_err(|e| {

@@ -202,6 +202,7 @@ fn cmd_name(cmd: u32) -> &'static str {
         CMD_THREAD_STATE => "THREAD_STATE",
         CMD_FINI => "FINI",
         CMD_DUMP_PAGES_TO => "DUMP_PAGES",
+        CMD_USERFAULTFD => "USERFAULTFD",
         _ => "unknown",
     }
 }
@@ -614,6 +615,21 @@ impl<'a> Parasite<'a> {
             }
         }
         Ok(out)
+    }
+
+    /// A userfaultfd made in the task by `userfaultfd(flags)` (its mm is the task's), sent
+    /// over and closed there: the task's descriptor table is as before.
+    pub fn userfaultfd(&mut self, flags: u32) -> Result<OwnedFd> {
+        let pid = self.leader.tgid();
+        let (_, mut got) = self.command(CMD_USERFAULTFD, &(flags as i32).to_ne_bytes(), &[])?;
+        match (got.pop(), got.is_empty()) {
+            (Some(fd), true) => Ok(fd),
+            _ => Err(Error::Protocol {
+                cmd: "USERFAULTFD",
+                pid,
+                what: "the reply carried no single descriptor".into(),
+            }),
+        }
     }
 
     /// Per-process state from inside (see [`MiscState`]).
