@@ -172,15 +172,22 @@ pub fn detect() -> Result<Method, String> {
         let uffd = unsafe { OwnedFd::from_raw_fd(fd) };
         kd::api(uffd.as_fd()).map_err(|e| format!("UFFDIO_API WP_ASYNC: {e}"))?;
         let len = 4 * 4096u64;
-        let map = crate::sys::mem::map_noreplace(
-            0,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-        .map_err(|e| format!("mmap: {e}"))?;
+        // SAFETY: a new private anonymous mapping wherever the kernel puts it: no memory in
+        // use is affected; only this function touches it, and unmaps it below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+        }
+        let map = p as u64;
         let r = (|| {
             kd::register_wp(uffd.as_fd(), map, len).map_err(|e| format!("register: {e}"))?;
             let pm = std::fs::File::open("/proc/self/pagemap").map_err(|e| e.to_string())?;
