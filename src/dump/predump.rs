@@ -5,8 +5,10 @@
 //!  freeze ─► per process (parasite in it): smaps ─► VMAs ─► present pages (plan)
 //!        │     ─► tracker: collect what changed since the parent and re-arm (or adopt)
 //!        │     ─► since_parent: clean pages the parent has become PE_PARENT
-//!        │     splice mode: the pages go to pages-N.img now (parasite vmsplice)
+//!        │     splice mode: the parasite vmsplices the pages into pipes we keep (page
+//!        │     references, no copy; PROT_NONE pieces are left for after)
 //!  release (the tree runs again)
+//!        splice mode: the pipes are spliced into pages-N.img
 //!        read mode: process_vm_readv of the page list into pages-N.img
 //!  images: pagemap-PID.img + pages-N.img per process, inventory.img {img_version,
 //!          dump_uptime, pre_dump_mode}, stats-dump; DIR/dirty-tracker.json
@@ -30,6 +32,7 @@ use super::probe::{ProcessAccess, ProcessProbe, ThreadProbe};
 use super::profile::Profile;
 use super::{dirty, mm, tree};
 use crate::proc;
+use crate::proc::pagemap::PAGE_SIZE;
 
 /// What a pre-dump did.
 #[derive(Debug)]
@@ -42,11 +45,20 @@ pub struct PreDumpReport {
     pub profile: Profile,
 }
 
-/// One process's page list, copied after the release (read mode).
+/// One process's page list, copied after the release.
 struct Pending {
     pid: i32,
     pages_id: u32,
     runs: Vec<Run>,
+    /// Splice mode: the pages pinned in pipes while frozen.
+    pinned: Option<Pinned>,
+}
+
+/// Pages held in pipes: the present runs cut into (address, length, in a pipe); pieces not
+/// in a pipe (PROT_NONE) are read after the release.
+struct Pinned {
+    pieces: Vec<(u64, u64, bool)>,
+    pipes: Vec<(std::os::fd::OwnedFd, u64)>,
 }
 
 /// Runs a pre-dump of `opts.pid` with `backend`.
@@ -64,6 +76,13 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<PreDumpRepor
         ));
     }
     dirty::link_parent(opts)?;
+    // Splice mode holds one pipe per MiB of pages until the tree runs again.
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
     // A pre-dump always tracks (CRIU enforces --track-mem too).
     let mut tracking = dirty::session::Session::open(opts, true)?;
     let mut stats = DumpStats::default();
@@ -80,15 +99,18 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<PreDumpRepor
     let t = prof.now_us();
     for p in pending {
         let mut src = Released::new(p.pid);
-        pages::write_private(
-            &mut dir,
-            &mut src,
-            p.pid,
-            p.pages_id,
-            &p.runs,
-            &[],
-            &mut stats.pages,
-        )?;
+        match p.pinned.is_some() {
+            true => write_pinned(&mut dir, &mut src, p, &mut stats)?,
+            false => pages::write_private(
+                &mut dir,
+                &mut src,
+                p.pid,
+                p.pages_id,
+                &p.runs,
+                &[],
+                &mut stats.pages,
+            )?,
+        }
     }
     stats.memwrite_time = prof.now_us() - t;
     stats.parent_pages = tracking.stats.parent_pages;
@@ -140,7 +162,8 @@ fn collect(
             let vmas = mm::vmas(pid, &maps, &mut files)?;
             let runs = pages::plan(pid, &vmas, &mut stats.pages)?;
             let runs = tracking.source(acc, pid, &vmas, runs)?;
-            match opts.pre_dump_mode {
+            let pinned = match opts.pre_dump_mode {
+                PreDumpMode::Read => None,
                 PreDumpMode::Splice => {
                     let mut readable: Vec<(u64, u64)> = maps
                         .iter()
@@ -148,20 +171,112 @@ fn collect(
                         .map(|v| (v.start, v.end))
                         .collect();
                     readable.sort_unstable();
-                    pages::write_private(dir, acc, pid, id, &runs, &readable, &mut stats.pages)
+                    let pieces: Vec<(u64, u64, bool)> = runs
+                        .iter()
+                        .filter(|r| r.flags & pages::PE_PRESENT != 0)
+                        .flat_map(|r| {
+                            super::parasite_pages::split(
+                                r.vaddr,
+                                r.vaddr + r.nr_pages * PAGE_SIZE,
+                                &readable,
+                            )
+                        })
+                        .collect();
+                    let iovs: Vec<(u64, u64)> =
+                        pieces.iter().filter(|p| p.2).map(|p| (p.0, p.1)).collect();
+                    let pipes = if iovs.is_empty() {
+                        Some(Vec::new())
+                    } else {
+                        acc.pin_pages(&iovs)?
+                    };
+                    match pipes {
+                        Some(pipes) => Some(Pinned { pieces, pipes }),
+                        // This probe cannot pin: copy now, while frozen.
+                        None => {
+                            return pages::write_private(
+                                dir,
+                                acc,
+                                pid,
+                                id,
+                                &runs,
+                                &readable,
+                                &mut stats.pages,
+                            )
+                        }
+                    }
                 }
-                PreDumpMode::Read => {
-                    pending.push(Pending {
-                        pid,
-                        pages_id: id,
-                        runs,
-                    });
-                    Ok(())
-                }
-            }
+            };
+            pending.push(Pending {
+                pid,
+                pages_id: id,
+                runs,
+                pinned,
+            });
+            Ok(())
         })?;
     }
     Ok(pending)
+}
+
+/// Writes `pagemap-PID.img` and `pages-N.img` of one process from its pinned pages.
+fn write_pinned(
+    dir: &mut ImageDir,
+    src: &mut Released,
+    p: Pending,
+    stats: &mut DumpStats,
+) -> Result<()> {
+    use std::os::fd::AsFd;
+    let pid = p.pid;
+    let Some(pinned) = p.pinned else {
+        return Err(DumpError::new("pages", pid, None, "no pinned pages"));
+    };
+    let img = |e| DumpError::image("pages", pid, e);
+    let mut pm = dir
+        .create(&format!("pagemap-{pid}.img"), out::PAGEMAP)
+        .map_err(img)?;
+    pm.entry_as("pagemap_head", &json!({"pages_id": p.pages_id}))
+        .map_err(img)?;
+    let mut file = dir
+        .create_raw(&format!("pages-{}.img", p.pages_id))
+        .map_err(img)?;
+    let mut pipes = pinned.pipes.into_iter();
+    let mut cur: Option<(std::os::fd::OwnedFd, u64)> = None;
+    let mut buf = vec![0u8; 256 * PAGE_SIZE as usize];
+    for (base, len, in_pipe) in pinned.pieces {
+        let mut done = 0;
+        while done < len {
+            if in_pipe {
+                if cur.as_ref().is_none_or(|c| c.1 == 0) {
+                    cur = pipes.next();
+                }
+                let Some((pipe, left)) = cur.as_mut() else {
+                    return Err(DumpError::new("pages", pid, None, "the page pipes ran out"));
+                };
+                let n = (len - done).min(*left);
+                let f = file.file().map_err(img)?;
+                crate::sys::channel::splice_exact(pipe.as_fd(), f.as_fd(), n as usize)
+                    .map_err(|e| DumpError::sys("pages", pid, e))?;
+                file.account(n);
+                *left -= n;
+                done += n;
+            } else {
+                let n = (len - done).min(buf.len() as u64) as usize;
+                src.read_memory(base + done, &mut buf[..n])?;
+                file.write(&buf[..n]).map_err(img)?;
+                done += n as u64;
+            }
+        }
+    }
+    for r in &p.runs {
+        pm.entry(&pages::pagemap_entry(r)).map_err(img)?;
+        if r.flags & pages::PE_PRESENT != 0 {
+            stats.pages.pages_written += r.nr_pages;
+        }
+    }
+    let a = pm.finish().map_err(img)?;
+    let b = file.finish().map_err(img)?;
+    dir.add_bytes(a + b);
+    Ok(())
 }
 
 /// Pages of a running process: `process_vm_readv`, `/proc/PID/mem` for what the process
