@@ -408,6 +408,7 @@ const SYS_TIMER_GETTIME: usize = 224;
 const SYS_TIMER_GETOVERRUN: usize = 225;
 const SYS_VMSPLICE: usize = 278;
 const SYS_PRLIMIT64: usize = 302;
+const SYS_USERFAULTFD: usize = 323;
 
 const PR_GET_PDEATHSIG: usize = 2;
 const PR_GET_DUMPABLE: usize = 3;
@@ -609,6 +610,19 @@ extern "C" fn serve(args: *const ParasiteArgs) {
             CMD_THREAD_STATE => {
                 let r = thread_state();
                 reply(sock, hdr.cmd, r.as_ref().map(|v| bytes_of(v)).map_err(|e| *e), &[])
+            }
+            CMD_USERFAULTFD => {
+                let flags = read::<i32>(payload).unwrap_or(0) as u32 as usize;
+                match ok(sys(SYS_USERFAULTFD, [flags, 0, 0, 0, 0, 0])) {
+                    Ok(fd) => {
+                        let fd = fd as i32;
+                        let sent = reply(sock, hdr.cmd, Ok(bytes_of(&fd)), &[fd]);
+                        // The dumper holds it now (or the send failed): none stays here.
+                        sys(SYS_CLOSE, [fd as usize, 0, 0, 0, 0, 0]);
+                        sent
+                    }
+                    Err(e) => reply(sock, hdr.cmd, Err(e), &[]),
+                }
             }
             CMD_FINI => {
                 let _ = reply(sock, hdr.cmd, Ok(&[]), &[]);

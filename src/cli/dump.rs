@@ -18,8 +18,6 @@ pub const UNSUPPORTED: &[&str] = &[
     "--port",
     "--lazy-pages",
     "--pre-dump",
-    "--prev-images-dir",
-    "--track-mem",
     "--auto-dedup",
     "--network-lock",
     "--external",
@@ -86,6 +84,33 @@ pub struct DumpArgs {
     /// fpu, cpu, ins, all, none, ^, ","; alone: all).
     #[arg(long = "cpu-cap", value_name = "CAPS", num_args = 0..=1, require_equals = true)]
     pub cpu_cap: Option<Option<String>>,
+    /// Incremental dumps: which options of the chain (pre-dump shares them).
+    #[command(flatten)]
+    pub incremental: IncrementalArgs,
+}
+
+/// `--track-mem`, `--prev-images-dir`, `--pre-dump-mode` (dump and pre-dump).
+#[derive(Debug, Clone, clap::Args)]
+pub struct IncrementalArgs {
+    /// Keep tracking written pages for a later dump with --prev-images-dir.
+    #[arg(long = "track-mem")]
+    pub track_mem: bool,
+    /// The previous (pre-)dump, relative to the images directory: its pages are referenced.
+    #[arg(long = "prev-images-dir", value_name = "REL")]
+    pub prev_images_dir: Option<PathBuf>,
+    /// How a pre-dump copies pages after the tree runs again: splice or read.
+    #[arg(long = "pre-dump-mode", value_name = "MODE", value_parser = ["splice", "read"])]
+    pub pre_dump_mode: Option<String>,
+}
+
+impl IncrementalArgs {
+    /// The pre-dump mode chosen (splice by default, as CRIU).
+    pub fn mode(&self) -> dump::options::PreDumpMode {
+        match self.pre_dump_mode.as_deref() {
+            Some("read") => dump::options::PreDumpMode::Read,
+            _ => dump::options::PreDumpMode::Splice,
+        }
+    }
 }
 
 /// Refuses a CRIU option stasis does not implement, naming it.
@@ -115,8 +140,10 @@ impl DumpArgs {
             stats: self.stats,
             profile: self.profile.clone(),
             timeout: self.common.timeout(),
-            prev_images_dir: None,
-            track_mem: false,
+            prev_images_dir: self.incremental.prev_images_dir.clone(),
+            track_mem: self.incremental.track_mem,
+            pre_dump_mode: self.incremental.mode(),
+            tracker_exe: None,
             fault: std::env::var("STASIS_FAULT").ok(),
             exiting_after: true,
         }
@@ -168,6 +195,9 @@ pub fn run(args: Vec<OsString>) -> i32 {
                     s.pages.pages_scanned, s.pages.pages_written, s.pages.pages_lazy,
                     s.pages.shpages_written, rep.bytes, rep.images.len()
                 );
+                if s.parent_pages > 0 {
+                    println!("pages in the parent image {}", s.parent_pages);
+                }
             }
             if let Some(p) = &a.profile {
                 let json = rep.profile.chrome_trace().to_string();

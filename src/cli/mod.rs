@@ -17,6 +17,7 @@ pub mod check;
 pub mod common;
 pub mod crit;
 pub mod dump;
+pub mod predump;
 pub mod restore;
 
 /// A verb of the command line.
@@ -42,6 +43,16 @@ const VERBS: &[Verb] = &[
         name: "dump",
         about: "checkpoint a process tree into an image directory",
         run: dump::run,
+    },
+    Verb {
+        name: "pre-dump",
+        about: "copy a running tree's memory ahead of an incremental dump",
+        run: predump::run,
+    },
+    Verb {
+        name: "dirty-tracker",
+        about: "(internal) hold the dirty-page tracking of a pre-dump chain",
+        run: predump::run_tracker,
     },
     Verb {
         name: "check",
@@ -114,6 +125,9 @@ const VALUE_OPTIONS: &[&str] = &[
     "--tree",
     "--freeze-cgroup",
     "--profile",
+    "--prev-images-dir",
+    "--pre-dump-mode",
+    "--socket",
 ];
 
 fn find_verb(args: &[OsString]) -> Option<usize> {

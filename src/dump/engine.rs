@@ -94,6 +94,8 @@ struct Ctx<'a> {
     prof: &'a mut Profile,
     pages_id: &'a mut u32,
     extras: &'a mut super::extras::Extras,
+    /// Dirty tracking and the parent image (incremental dumps).
+    tracking: &'a mut super::dirty::session::Session,
 }
 
 /// `/proc/PID/task/TID/cgroup` of every thread (raw text): the leader's text for the threads
@@ -335,6 +337,8 @@ fn collect_process(
         fault::check("pages", pid)?;
         let t3 = cx.prof.now_us();
         let runs = pages::plan(pid, &vmas, &mut cx.stats.pages)?;
+        // Page source: only what changed since the parent image, when there is one.
+        let runs = cx.tracking.source(acc, pid, &vmas, runs)?;
         cx.dir.spool(&format!("mm-{pid}.img"), move || {
             Ok(mm::mm_file(&mm::mm_entry(&mm_fields, &vmas)))
         });
@@ -489,12 +493,13 @@ fn write_images(
     c.extras.write(dir, root)?;
     dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
         .map_err(img(root))?;
-    dir.write_all(
-        "inventory.img",
-        out::INVENTORY,
-        &[misc_images::inventory(root_ids, c.extras.root_cg_set())],
-    )
-    .map_err(img(root))?;
+    let mut inventory = misc_images::inventory(root_ids, c.extras.root_cg_set());
+    if opts.track_mem {
+        // A later incremental dump tells its processes from newer ones with the same pid.
+        inventory["dump_uptime"] = super::dirty::uptime_us().into();
+    }
+    dir.write_all("inventory.img", out::INVENTORY, &[inventory])
+        .map_err(img(root))?;
     Ok(())
 }
 
@@ -513,6 +518,13 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
         ));
     }
     let _session = fault::Session::begin(opts.fault.clone());
+    // Before freezing: the parent link and the dirty tracker (a new one is a process start).
+    let mut tracking = if opts.track_mem || opts.prev_images_dir.is_some() {
+        super::dirty::link_parent(opts)?;
+        super::dirty::session::Session::open(opts, opts.track_mem)?
+    } else {
+        super::dirty::session::Session::none()
+    };
     fault::check("seize", opts.pid)?;
     let t_freeze = prof.now_us();
     let mut frozen = backend.freeze(opts)?;
@@ -522,7 +534,7 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
     };
     prof.record("freeze", "phase", 0, t_freeze);
     let t_frozen = prof.now_us();
-    let result = dump_frozen(opts, frozen.as_mut(), &mut stats, &mut prof);
+    let result = dump_frozen(opts, frozen.as_mut(), &mut stats, &mut prof, &mut tracking);
     match result {
         Ok((dir, pids)) => {
             let t = prof.now_us();
@@ -541,6 +553,8 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
             kill?;
             rel?;
             prof.record("frozen", "phase", 0, t_frozen);
+            stats.parent_pages = tracking.stats.parent_pages;
+            tracking.finish(&opts.images_dir);
             let mut dir = dir;
             let mut st = ImageDir::new(&opts.images_dir);
             st.write_all("stats-dump", out::STATS, &[misc_images::stats(&stats)])
@@ -572,6 +586,7 @@ fn dump_frozen(
     frozen: &mut dyn FrozenTree,
     stats: &mut DumpStats,
     prof: &mut Profile,
+    tracking: &mut super::dirty::session::Session,
 ) -> Result<(ImageDir, Vec<i32>)> {
     fault::check("collect-tree", opts.pid)?;
     let t = prof.now_us();
@@ -604,6 +619,7 @@ fn dump_frozen(
             prof,
             pages_id: &mut pages_id,
             extras: &mut extras,
+            tracking,
         };
         for p in tree.iter().filter(|p| !p.zombie) {
             collected.push(collect_process(p, frozen, &mut cx)?);

@@ -348,6 +348,27 @@ impl ProcessAccess for OpenProcess<'_> {
         vec![(base, base + len)]
     }
 
+    fn pin_pages(
+        &mut self,
+        regions: &[(u64, u64)],
+    ) -> Result<Option<Vec<(std::os::fd::OwnedFd, u64)>>> {
+        let iovs: Vec<crate::parasite::proto::RemoteIov> = regions
+            .iter()
+            .map(|&(base, len)| crate::parasite::proto::RemoteIov { base, len })
+            .collect();
+        self.parasite
+            .pin_pages(&iovs)
+            .map(Some)
+            .map_err(|e| parasite_err("pages", self.pid, e))
+    }
+
+    fn userfaultfd(&mut self, flags: u32) -> Result<Option<std::os::fd::OwnedFd>> {
+        self.parasite
+            .userfaultfd(flags)
+            .map(Some)
+            .map_err(|e| parasite_err("dirty-track", self.pid, e))
+    }
+
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<()> {
         let pid = self.pid;
         self.mem()?.read_exact_at(buf, addr).map_err(|e| {

@@ -202,6 +202,7 @@ fn cmd_name(cmd: u32) -> &'static str {
         CMD_THREAD_STATE => "THREAD_STATE",
         CMD_FINI => "FINI",
         CMD_DUMP_PAGES_TO => "DUMP_PAGES",
+        CMD_USERFAULTFD => "USERFAULTFD",
         _ => "unknown",
     }
 }
@@ -539,6 +540,75 @@ impl<'a> Parasite<'a> {
         result
     }
 
+    /// vmsplices `iovs` (page aligned, readable) into new pipes the caller keeps, one pipe
+    /// after the other, in order: the pipes hold references to the pages, not copies, and
+    /// keep them after the parasite is gone (CRIU's pre-dump splice mode: the tree runs again
+    /// before the pipes are drained). Returns each pipe's read end and its bytes.
+    pub fn pin_pages(&mut self, iovs: &[RemoteIov]) -> Result<Vec<(OwnedFd, u64)>> {
+        let pid = self.leader.tgid();
+        if !self.pipes.is_empty() {
+            return Err(Error::Request {
+                cmd: "DUMP_PAGES",
+                pid,
+                what: "pinning pages after DUMP_PAGES (the pipe slots are taken)".into(),
+            });
+        }
+        let mut out = Vec::new();
+        let mut todo: std::collections::VecDeque<RemoteIov> = iovs.iter().copied().collect();
+        while !todo.is_empty() {
+            let (read, write) = channel::pipe()?;
+            let cap = match channel::set_pipe_size(write.as_fd(), PIPE_SIZE) {
+                Ok(c) => c,
+                Err(_) => channel::set_pipe_size(write.as_fd(), 64 * 1024)?,
+            } as u64
+                / PAGE
+                * PAGE;
+            let mut batch: Vec<RemoteIov> = Vec::new();
+            let mut bytes = 0;
+            while let Some(iov) = todo.pop_front() {
+                if iov.base % PAGE != 0 || iov.len % PAGE != 0 {
+                    return Err(Error::Request {
+                        cmd: "DUMP_PAGES",
+                        pid,
+                        what: format!("region {:#x}+{:#x} is not page aligned", iov.base, iov.len),
+                    });
+                }
+                let take = iov.len.min(cap - bytes);
+                batch.push(RemoteIov {
+                    base: iov.base,
+                    len: take,
+                });
+                bytes += take;
+                if take < iov.len {
+                    todo.push_front(RemoteIov {
+                        base: iov.base + take,
+                        len: iov.len - take,
+                    });
+                }
+                if bytes == cap || batch.len() == MAX_IOVS - 1 {
+                    break;
+                }
+            }
+            // Slot 0 takes this pipe (the previous one's write end closes in the task; its
+            // data stays in the pipe we keep).
+            self.command(CMD_SET_PIPE, bytes_of(&0i32), &[write.as_raw_fd()])?;
+            drop(write);
+            let mut payload = 0u64.to_le_bytes().to_vec();
+            payload.extend_from_slice(bytes_of_slice(&batch));
+            let (reply, _) = self.command(CMD_DUMP_PAGES_TO, &payload, &[])?;
+            let got = proto::read::<u64>(&reply).unwrap_or(0);
+            if got != bytes {
+                return Err(Error::Protocol {
+                    cmd: "DUMP_PAGES",
+                    pid,
+                    what: format!("vmspliced {got} of {bytes} bytes"),
+                });
+            }
+            out.push((read, bytes));
+        }
+        Ok(out)
+    }
+
     /// Empties the page pipes after a failed DUMP_PAGES (the pages spliced before the failure
     /// must not go into the next image).
     fn discard_pipes(&self) {
@@ -614,6 +684,21 @@ impl<'a> Parasite<'a> {
             }
         }
         Ok(out)
+    }
+
+    /// A userfaultfd made in the task by `userfaultfd(flags)` (its mm is the task's), sent
+    /// over and closed there: the task's descriptor table is as before.
+    pub fn userfaultfd(&mut self, flags: u32) -> Result<OwnedFd> {
+        let pid = self.leader.tgid();
+        let (_, mut got) = self.command(CMD_USERFAULTFD, &(flags as i32).to_ne_bytes(), &[])?;
+        match (got.pop(), got.is_empty()) {
+            (Some(fd), true) => Ok(fd),
+            _ => Err(Error::Protocol {
+                cmd: "USERFAULTFD",
+                pid,
+                what: "the reply carried no single descriptor".into(),
+            }),
+        }
     }
 
     /// Per-process state from inside (see [`MiscState`]).

@@ -146,14 +146,17 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
         memfds.insert(*inode, n);
     }
 
-    for t in &plan.tasks {
-        if t.pages.runs.is_empty() || o.pages.contains_key(&t.pages.file) {
-            continue;
+    for t in plan.tasks.iter().filter(|t| !t.pages.runs.is_empty()) {
+        // Every file of an incremental chain (one without).
+        for layer in t.pages.layers() {
+            if o.pages.contains_key(&layer.file) {
+                continue;
+            }
+            let f = std::fs::File::open(&layer.file)
+                .map_err(|e| io("open pages image", &layer.file.to_string_lossy(), e))?;
+            let n = o.park(OwnedFd::from(f))?;
+            o.pages.insert(layer.file, n);
         }
-        let f = std::fs::File::open(&t.pages.file)
-            .map_err(|e| io("open pages image", &t.pages.file.to_string_lossy(), e))?;
-        let n = o.park(OwnedFd::from(f))?;
-        o.pages.insert(t.pages.file.clone(), n);
     }
 
     // Shared anonymous memory: one memfd per shmid, shared by every task mapping it.

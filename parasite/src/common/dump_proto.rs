@@ -20,6 +20,8 @@
 //! SIGACTIONS      -                               [KSigaction; 64] (index sig-1)
 //! POSIX_TIMERS    [i32 id] (<= MAX_TIMERS)        [PosixTimerState]
 //! THREAD_STATE    -                               ThreadState of the parasite's thread
+//! USERFAULTFD     i32 flags of userfaultfd(2)      i32 fd number it had in the task   reply: 1 fd
+//!                 (the parasite closes its copy after sending: nothing stays in the task)
 //!
 //! any other thread: the dumper points its ip at `__export_thread_entry` with rdi = its slot
 //! in the thread area (slots of a multiple of THREAD_SLOT bytes, sp = slot end; see
@@ -64,6 +66,8 @@ pub const CMD_THREAD_STATE: u32 = 8;
 pub const CMD_FINI: u32 = 9;
 /// vmsplice regions into the page pipe of a given index.
 pub const CMD_DUMP_PAGES_TO: u32 = 10;
+/// Create a userfaultfd in the task and send it to the dumper (dirty-page tracking).
+pub const CMD_USERFAULTFD: u32 = 11;
 
 /// Written by the dumper where `rdi` points at start.
 #[repr(C)]
