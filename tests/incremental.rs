@@ -303,6 +303,31 @@ fn killed_tracker_gives_a_full_dump_and_the_target_keeps_running() {
     })
 }
 
+/// CRIU's iterative dumps: `dump -R --track-mem`, then `dump --prev-images-dir`.
+#[test]
+fn dump_leave_running_track_mem_then_incremental_dump() {
+    let _lock = restore_lock();
+    let (name, base) = ("inc-iter", 33560);
+    with_round_trip_deadline(90, cgroup_path(name, base), move |restored| {
+        let w = launch_dirty(name, base, 16, "busy");
+        let root = tempfile::tempdir().unwrap();
+        let (d0, d1) = (root.path().join("0"), root.path().join("1"));
+        std::fs::create_dir_all(&d0).unwrap();
+        std::fs::create_dir_all(&d1).unwrap();
+        let pid = w.pid.to_string();
+        stasis(&["dump", "-t", &pid, "-R", "--track-mem"], &d0, "dump.log");
+        let inv = decode(&d0.join("inventory.img"));
+        assert!(
+            inv["entries"][0]["dump_uptime"].as_u64().unwrap() > 0,
+            "--track-mem records the uptime"
+        );
+        assert_eq!(verify(&w), "PASS", "the workload left running");
+        stasis(&["dump", "-t", &pid, "--prev-images-dir", "../0"], &d1, "dump.log");
+        assert!(page_stats(&d1).1 > 0, "the second dump used its parent");
+        restore_and_verify(&w, &d1, &restored, "after an iterative dump");
+    })
+}
+
 /// An idle workload: the final dump after two pre-dumps writes few pages.
 #[test]
 fn idle_chain_final_dump_writes_few_pages() {

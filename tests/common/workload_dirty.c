@@ -3,13 +3,14 @@
  * it, and a separate table (other pages) records the version each page was last given.
  * A stale page (an old copy where a newer one was written) breaks the match.
  *
- *   workload_dirty RESULT MIB MODE      MODE: busy | idle | newvma | mremap | fork | exec
+ *   workload_dirty RESULT MIB MODE  MODE: busy | bench | idle | newvma | mremap | fork | exec
  *   ready:   RESULT.ready once every page holds a version
  *   SIGUSR1: the MODE's action (new VMA, mremap + a new VMA at the old place, fork a child
  *            that keeps writing too, re-exec itself), then RESULT.acted
  *   SIGUSR2: checks every page (and the child's, through RESULT.child), writes the verdict
  *            to RESULT, and goes on writing
- *   busy: about 1 % of the pages rewritten every 10 ms; idle: nothing after the start
+ *   busy: about 1 % of the pages rewritten every 10 ms (bench: every 100 ms); idle: nothing
+ *   after the start
  */
 #define _GNU_SOURCE
 #include "fx_verdict.h"
@@ -106,7 +107,7 @@ int main(int argc, char **argv) {
     char ready[600];
     snprintf(ready, sizeof(ready), "%s.%s", result, strcmp(mode, "exec-done") ? "ready" : "acted");
     close(open(ready, O_CREAT | O_WRONLY, 0644));
-    uint64_t per_ms = npages / 1000 + 1;
+    uint64_t per_ms = strcmp(mode, "bench") ? npages / 1000 + 1 : npages / 10000 + 1;
     for (;;) {
         if (busy)
             for (uint64_t i = 0; i < per_ms; i++) touch();

@@ -40,6 +40,15 @@
 //! If the tracker is gone (killed, machine rebooted), the next dump finds no tracker and
 //! dumps everything: never a stale page.
 //!
+//! # Limits
+//!
+//! - While a process is tracked, its VMAs are registered with the tracker's userfaultfd: an
+//!   application that registers its own userfaultfd on one of them afterwards gets EBUSY
+//!   (one registered before tracking starts is simply never tracked).
+//! - The soft-dirty path is written to the same interface but cannot be tested on kernels
+//!   without CONFIG_MEM_SOFT_DIRTY (such as the one this was developed on).
+//! - The tracker serves one dump command at a time.
+//!
 //! # What counts as dirty
 //!
 //! Everything that cannot be proven clean ([`Dirt::All`]): VMAs new or moved since the last
