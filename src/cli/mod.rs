@@ -16,7 +16,10 @@ use std::ffi::{OsStr, OsString};
 pub mod check;
 pub mod common;
 pub mod crit;
+pub mod criu_args;
+pub mod criu_options;
 pub mod dump;
+pub mod log;
 pub mod restore;
 
 /// A verb of the command line.
@@ -99,22 +102,9 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
     }
 }
 
-/// Options of [`common::CommonArgs`] that take their value as the next argument.
-const VALUE_OPTIONS: &[&str] = &[
-    "-D",
-    "--images-dir",
-    "-W",
-    "--work-dir",
-    "-o",
-    "--log-file",
-    "--pidfile",
-    "--config",
-    "--timeout",
-    "-t",
-    "--tree",
-    "--freeze-cgroup",
-    "--profile",
-];
+/// stasis-only options that take their value as the next argument (CRIU's come from
+/// [`criu_options::OPTIONS`]).
+const VALUE_OPTIONS: &[&str] = &["--profile"];
 
 fn find_verb(args: &[OsString]) -> Option<usize> {
     let mut i = 1;
@@ -123,7 +113,10 @@ fn find_verb(args: &[OsString]) -> Option<usize> {
         if !a.starts_with('-') {
             return Some(i);
         }
-        i += if VALUE_OPTIONS.contains(&a.as_ref()) {
+        if a == "--" {
+            return None;
+        }
+        i += if VALUE_OPTIONS.contains(&a.as_ref()) || criu_options::takes_separate_value(&a) {
             2
         } else {
             1

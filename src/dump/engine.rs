@@ -27,6 +27,7 @@ use super::options::DumpOptions;
 use super::pages;
 use super::profile::Profile;
 use super::tree::{self, Process};
+use crate::action_scripts::Action;
 use crate::proc;
 
 /// What a finished dump produced.
@@ -492,11 +493,26 @@ fn write_images(
     dir.write_all(
         "inventory.img",
         out::INVENTORY,
-        &[misc_images::inventory(root_ids, c.extras.root_cg_set())],
+        &[tcp_close_mark(
+            misc_images::inventory(root_ids, c.extras.root_cg_set()),
+            opts.tcp_close,
+        )],
     )
     .map_err(img(root))?;
     Ok(())
 }
+
+/// CRIU marks `inventory.img` of a `--tcp-close` dump: its restore needs `--tcp-close` too.
+fn tcp_close_mark(mut inventory: serde_json::Value, tcp_close: bool) -> serde_json::Value {
+    if tcp_close {
+        inventory["tcp_close"] = serde_json::Value::Bool(true);
+    }
+    inventory
+}
+
+/// The step of a failed post-dump script: the tree was resumed and the exit status is 255,
+/// as CRIU's.
+pub const POST_DUMP_STEP: &str = "post-dump";
 
 /// Runs a dump of `opts.pid` with `backend`.
 pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> {
@@ -513,6 +529,9 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
         ));
     }
     let _session = fault::Session::begin(opts.fault.clone());
+    opts.scripts
+        .run(Action::PreDump, Some(opts.pid))
+        .map_err(|e| DumpError::new("pre-dump", opts.pid, None, e.to_string()))?;
     fault::check("seize", opts.pid)?;
     let t_freeze = prof.now_us();
     let mut frozen = backend.freeze(opts)?;
@@ -522,7 +541,13 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
     };
     prof.record("freeze", "phase", 0, t_freeze);
     let t_frozen = prof.now_us();
-    let result = dump_frozen(opts, frozen.as_mut(), &mut stats, &mut prof);
+    let result = dump_frozen(opts, frozen.as_mut(), &mut stats, &mut prof).and_then(|r| {
+        // CRIU: a failing post-dump script resumes the tree, whatever -R says.
+        opts.scripts
+            .run(Action::PostDump, Some(opts.pid))
+            .map_err(|e| DumpError::new(POST_DUMP_STEP, opts.pid, None, e.to_string()))?;
+        Ok(r)
+    });
     match result {
         Ok((dir, pids)) => {
             let t = prof.now_us();
@@ -580,10 +605,14 @@ fn dump_frozen(
     tree::check_file_locks(&tree)?;
     prof.record("collect-tree", "phase", 0, t);
     let mut files = Files::new();
+    files.ghost_limit = opts.ghost_limit;
+    files.link_remap = opts.link_remap;
     files.kinds.opts = crate::files::DumpOptions {
         tcp_established: opts.tcp_established,
         ext_unix_sk: opts.ext_unix_sk,
         shell_job: opts.shell_job,
+        tcp_close: opts.tcp_close,
+        skip_in_flight: opts.skip_in_flight,
     };
     let mut ids = IdAllocator::new();
     let me = std::process::id() as i32;

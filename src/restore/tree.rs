@@ -69,9 +69,15 @@ pub fn parse_record(r: &[u8; RECORD]) -> (i32, i32, String) {
 }
 
 /// Forks the task `idx` with its PID; in the parent returns the PID, the child never returns.
-pub fn spawn(plan: &Plan, idx: usize, opened: &Opened, ctl: Ctl) -> Result<i32, Errno> {
+pub fn spawn(
+    plan: &Plan,
+    idx: usize,
+    clone_flags: u64,
+    opened: &Opened,
+    ctl: Ctl,
+) -> Result<i32, Errno> {
     let pid = plan.tasks[idx].pid;
-    match fork_with_pid(pid, 0, libc::SIGCHLD as u64)? {
+    match fork_with_pid(pid, clone_flags, libc::SIGCHLD as u64)? {
         Forked::Parent(p) => Ok(p),
         Forked::Child => {
             let code = match run_task(plan, idx, opened, ctl) {
@@ -110,7 +116,7 @@ fn run_task(
     }
     for &child in &t.children {
         let ci = plan.index(child).ok_or(("find child", Errno::ESRCH))?;
-        spawn(plan, ci, opened, ctl).map_err(|e| ("clone3 child", e))?;
+        spawn(plan, ci, 0, opened, ctl).map_err(|e| ("clone3 child", e))?;
     }
     // Descriptors.
     let mut keep: BTreeSet<RawFd> = BTreeSet::new();
