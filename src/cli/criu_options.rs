@@ -344,6 +344,29 @@ mod tests {
     }
 
     #[test]
+    fn readme_lists_every_option() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("### Options")
+            .nth(1)
+            .expect("README has an Options section");
+        for opt in OPTIONS {
+            assert!(
+                section.contains(&format!("`--{}", opt.long)),
+                "README's option table lacks --{}",
+                opt.long
+            );
+            if let Status::NotBuilt(_) = opt.status {
+                let row = section
+                    .lines()
+                    .find(|l| l.contains(&format!("`--{}", opt.long)))
+                    .unwrap();
+                assert!(row.contains("refused"), "{row}");
+            }
+        }
+    }
+
+    #[test]
     fn sizes_as_criu() {
         assert_eq!(parse_size("1M"), Ok(1 << 20));
         assert_eq!(parse_size("10K"), Ok(10 << 10));

@@ -103,7 +103,26 @@ pub fn run(args: Vec<OsString>) -> i32 {
             for f in &rep.images {
                 tracing::debug!("wrote {}", f.display());
             }
-            if a.stats || a.common.display_stats {
+            if a.common.display_stats {
+                // CRIU's display_stats, on standard output.
+                let s = &rep.stats;
+                let hex = |n: u64| format!("{n} (0x{n:x})");
+                print!(
+                    "Displaying dump stats:\nFreezing time: {} us\nFrozen time: {} us\n\
+                     Memory dump time: {} us\nMemory write time: {} us\n\
+                     Memory pages scanned: {}\nMemory pages skipped from parent: {}\n\
+                     Memory pages written: {}\nLazy memory pages: {}\n",
+                    s.freezing_time,
+                    s.frozen_time,
+                    s.memdump_time,
+                    s.memwrite_time,
+                    hex(s.pages.pages_scanned),
+                    hex(0),
+                    hex(s.pages.pages_written),
+                    hex(s.pages.pages_lazy)
+                );
+            }
+            if a.stats {
                 let s = &rep.stats;
                 println!(
                     "freezing {} us, frozen {} us, memdump {} us, memwrite {} us, pages scanned {} written {} (lazy {}), shmem pages {}, {} bytes in {} files",

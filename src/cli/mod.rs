@@ -82,6 +82,16 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
         args.remove(1);
         return crit::main(args);
     }
+    // CRIU prints its version as soon as it parses -V, whatever the command.
+    if args
+        .iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "-V" || a == "--version")
+    {
+        print!("{VERSION_TEXT}");
+        return 0;
+    }
     let args = match common::normalize_args(args) {
         Ok(a) => a,
         Err(e) => {
@@ -166,12 +176,14 @@ fn help_text(name: &str) -> String {
          \x20 -W, --work-dir DIR     directory for logs (default: the images directory)\n\
          \x20 -o, --log-file FILE    log file, relative to the work directory\n\
          \x20 -v[v...], -vN, --verbosity=N  log level 0..4 (default 2)\n\
-         \x20 --pidfile FILE         write the root task's PID to FILE\n\
+         \x20 --pidfile FILE         restore: write the root task's PID to FILE (dump: ignored)\n\
          \x20 --no-default-config    ignore /etc/criu/default.conf and ~/.criu/default.conf\n\
          \x20 --config FILE          read options from FILE\n\
-         \x20 --timeout N            give up freezing the tree after N seconds\n\
-         \x20 -V, --version          print the version\n",
+         \x20 --timeout N            give up freezing the tree (or restoring it) after N seconds\n\
+         \x20 -V, --version          print the version\n\
+         \x20 and every other option of CRIU 4.2: `COMMAND --help` explains each\n\n",
     );
+    s.push_str(&criu_options::refused_help());
     s
 }
 

@@ -69,11 +69,9 @@ pub fn run(args: Vec<OsString>) -> i32 {
         }
     };
     if common.display_stats {
-        println!(
-            "restored tree {} from {}",
-            restored.root,
-            opts.images_dir.display()
-        );
+        // CRIU's heading; the restore's page counters are not kept yet.
+        println!("Displaying restore stats:");
+        println!("Restored tree: root {}", restored.root);
     }
     if c.exec_cmd {
         use std::os::unix::process::CommandExt;

@@ -77,7 +77,14 @@ pub fn spawn(
     ctl: Ctl,
 ) -> Result<i32, Errno> {
     let pid = plan.tasks[idx].pid;
-    match fork_with_pid(pid, clone_flags, libc::SIGCHLD as u64)? {
+    // clone3 takes no exit signal with CLONE_PARENT: the child inherits ours, which our
+    // parent, now its parent too, expects.
+    let exit_signal = if clone_flags & libc::CLONE_PARENT as u64 != 0 {
+        0
+    } else {
+        libc::SIGCHLD as u64
+    };
+    match fork_with_pid(pid, clone_flags, exit_signal)? {
         Forked::Parent(p) => Ok(p),
         Forked::Child => {
             let code = match run_task(plan, idx, opened, ctl) {
