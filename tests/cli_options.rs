@@ -643,3 +643,182 @@ fn listener_with_connection_in_flight_needs_skip_in_flight() {
         },
     )
 }
+
+/// A python3 program `code` (it must create `READY`, the path in `$READY`, when set up) in
+/// its own session and a fresh cgroup.
+fn python_workload(name: &str, base: i32, code: &str, work: &Path) -> Workload {
+    let ready = work.join("READY");
+    let py = work.join(format!("{name}.py"));
+    std::fs::write(
+        &py,
+        format!(
+            "import os, socket, time\nREADY = {:?}\n{code}\nopen(READY, 'w').write('ready')\n\
+             while True: time.sleep(1)\n",
+            ready.display().to_string()
+        ),
+    )
+    .unwrap();
+    launch_cmd(
+        name,
+        base,
+        &format!("setsid python3 {}", py.display()),
+        &ready,
+    )
+}
+
+fn dump_out(pid: i32, dir: &Path, extra: &[&str]) -> Output {
+    stasis_bin()
+        .args(["dump", "-t", &pid.to_string(), "-R", "-D"])
+        .arg(dir)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn ghost_limit_and_link_remap() {
+    let base = 32660;
+    let cg = cgroup_path("opt-ghost", base);
+    let cg2 = cgroup_path("opt-linked", base);
+    with_deadline(
+        90,
+        move || {
+            kill_cgroup(&cg);
+            kill_cgroup(&cg2);
+        },
+        move || {
+            let work = tempfile::tempdir().unwrap();
+            let big = work.path().join("big");
+            // An unlinked 2 MiB file held open: over CRIU's default 1 MiB ghost limit.
+            let w = python_workload(
+                "opt-ghost",
+                base,
+                &format!(
+                    "f = open({:?}, 'wb+'); f.write(b'x' * (2 << 20)); f.flush(); os.unlink({:?})",
+                    big.display().to_string(),
+                    big.display().to_string()
+                ),
+                work.path(),
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let out = dump_out(w.pid, dir.path(), &[]);
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+            assert!(text(&out).contains("--ghost-limit"), "{}", text(&out));
+            let out = dump_out(w.pid, dir.path(), &["--ghost-limit", "3M"]);
+            assert!(out.status.success(), "{}", text(&out));
+            assert!(dir.path().join("ghost-file-1.img").exists());
+            assert!(all_running(&w));
+
+            // A file whose name was unlinked while another link remains: a link remap.
+            let work2 = tempfile::tempdir().unwrap();
+            let a = work2.path().join("a");
+            let b = work2.path().join("b");
+            let w2 = python_workload(
+                "opt-linked",
+                base,
+                &format!(
+                    "f = open({a:?}, 'w'); os.link({a:?}, {b:?}); os.unlink({a:?})",
+                    a = a.display().to_string(),
+                    b = b.display().to_string()
+                ),
+                work2.path(),
+            );
+            let out = dump_out(w2.pid, dir.path(), &[]);
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+            assert!(
+                text(&out).contains("without the --link-remap option"),
+                "{}",
+                text(&out)
+            );
+            let out = dump_out(w2.pid, dir.path(), &["--link-remap"]);
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+            assert!(
+                text(&out).contains("link remaps (--link-remap) are not built yet"),
+                "{}",
+                text(&out)
+            );
+            assert!(all_running(&w2));
+        },
+    )
+}
+
+#[test]
+fn tcp_close_dumps_without_repair_and_restores_closed() {
+    let base = 32680;
+    let cg = cgroup_path("opt-tcpclose", base);
+    let _lock = restore_lock();
+    with_deadline(
+        120,
+        move || kill_cgroup(&cg),
+        move || {
+            let work = tempfile::tempdir().unwrap();
+            // Both ends of a loopback connection in the tree, the listener closed.
+            let w = python_workload(
+                "opt-tcpclose",
+                base,
+                "l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)\n\
+                 c = socket.create_connection(l.getsockname()); s, _ = l.accept(); l.close()",
+                work.path(),
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let out = stasis_bin()
+                .args(["dump", "-t", &w.pid.to_string(), "-D"])
+                .arg(dir.path())
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+            assert!(all_running(&w));
+            let out = stasis_bin()
+                .args(["dump", "-t", &w.pid.to_string(), "--tcp-close", "-D"])
+                .arg(dir.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", text(&out));
+            assert!(!dir.path().join("tcp-stream-1.img").exists());
+            let pid = w.pid;
+            let mut w = w;
+            if let Some(mut c) = w.child.take() {
+                let _ = c.wait();
+            }
+            let out = stasis_bin()
+                .args(["restore", "-d", "-D"])
+                .arg(dir.path())
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+            assert!(text(&out).contains("--tcp-close"), "{}", text(&out));
+            let out = stasis_bin()
+                .args(["restore", "-d", "--tcp-close", "-D"])
+                .arg(dir.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", text(&out));
+            // The two sockets are back, closed: no established connection of this task.
+            let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(
+                        l.strip_prefix("socket:[")?
+                            .trim_end_matches(']')
+                            .to_string(),
+                    )
+                })
+                .collect();
+            assert_eq!(inodes.len(), 2, "{inodes:?}");
+            let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap();
+            for line in tcp.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if inodes.iter().any(|i| f.get(9) == Some(&i.as_str())) {
+                    assert_ne!(f[3], "01", "a restored connection is established: {line}");
+                }
+            }
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+        },
+    )
+}

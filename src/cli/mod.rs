@@ -3,10 +3,11 @@
 //! One file per verb (`dump.rs`, `restore.rs`, `check.rs`, `crit.rs`, ...). Each verb exposes
 //! `pub fn run(args: Vec<OsString>) -> i32`, receiving argv with the verb as `args[1]`, already
 //! passed through [`common::normalize_args`]; it parses its own clap `Parser` that flattens
-//! [`common::CommonArgs`] (the options every verb shares: `-D`, `-W`, `-o`, `-v`, `--pidfile`,
-//! `--no-default-config`, `--config`, `--timeout`, ...), calls
-//! [`common::CommonArgs::init_logging`], runs the engine and returns the exit status:
-//! 0 on success, 1 on failure (the error goes to the log and to standard error).
+//! [`common::CommonArgs`] (every CRIU option: `-D`, `-o`, `-v`, `-t`, `--action-script`, ...,
+//! see [`criu_options`] and [`criu_args`]) through [`common::start`], which also refuses by
+//! name what is not built yet and sets up the log ([`log`]: CRIU's `Error (file:line): ...`
+//! lines), runs the engine and returns the exit status as CRIU's: 0 on success, 1 on failure
+//! (255 when a post-dump action script failed).
 //! Options may come before or after the verb, as with CRIU: [`main_with_args`] moves the verb
 //! to `args[1]`. Invoked as `criu`, the binary behaves the same; invoked as `crit`, it is the
 //! crit tool.
