@@ -12,6 +12,8 @@
 
 pub use stasis_images as images;
 
+pub mod action_scripts;
+
 pub mod cgroup;
 pub mod cli;
 pub mod cpuinfo;

@@ -27,6 +27,7 @@ use super::options::DumpOptions;
 use super::pages;
 use super::profile::Profile;
 use super::tree::{self, Process};
+use crate::action_scripts::Action;
 use crate::proc;
 
 /// What a finished dump produced.
@@ -493,7 +494,10 @@ fn write_images(
     c.extras.write(dir, root)?;
     dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
         .map_err(img(root))?;
-    let mut inventory = misc_images::inventory(root_ids, c.extras.root_cg_set());
+    let mut inventory = tcp_close_mark(
+        misc_images::inventory(root_ids, c.extras.root_cg_set()),
+        opts.tcp_close,
+    );
     if opts.track_mem {
         // A later incremental dump tells its processes from newer ones with the same pid.
         inventory["dump_uptime"] = super::dirty::uptime_us().into();
@@ -502,6 +506,18 @@ fn write_images(
         .map_err(img(root))?;
     Ok(())
 }
+
+/// CRIU marks `inventory.img` of a `--tcp-close` dump: its restore needs `--tcp-close` too.
+fn tcp_close_mark(mut inventory: serde_json::Value, tcp_close: bool) -> serde_json::Value {
+    if tcp_close {
+        inventory["tcp_close"] = serde_json::Value::Bool(true);
+    }
+    inventory
+}
+
+/// The step of a failed post-dump script: the tree was resumed and the exit status is 255,
+/// as CRIU's.
+pub const POST_DUMP_STEP: &str = "post-dump";
 
 /// Runs a dump of `opts.pid` with `backend`.
 pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> {
@@ -518,6 +534,9 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
         ));
     }
     let _session = fault::Session::begin(opts.fault.clone());
+    opts.scripts
+        .run(Action::PreDump, Some(opts.pid))
+        .map_err(|e| DumpError::new("pre-dump", opts.pid, None, e.to_string()))?;
     // Before freezing: the parent link and the dirty tracker (a new one is a process start).
     let mut tracking = if opts.track_mem || opts.prev_images_dir.is_some() {
         super::dirty::link_parent(opts)?;
@@ -534,7 +553,13 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
     };
     prof.record("freeze", "phase", 0, t_freeze);
     let t_frozen = prof.now_us();
-    let result = dump_frozen(opts, frozen.as_mut(), &mut stats, &mut prof, &mut tracking);
+    let result = dump_frozen(opts, frozen.as_mut(), &mut stats, &mut prof, &mut tracking).and_then(|r| {
+        // CRIU: a failing post-dump script resumes the tree, whatever -R says.
+        opts.scripts
+            .run(Action::PostDump, Some(opts.pid))
+            .map_err(|e| DumpError::new(POST_DUMP_STEP, opts.pid, None, e.to_string()))?;
+        Ok(r)
+    });
     match result {
         Ok((dir, pids)) => {
             let t = prof.now_us();
@@ -595,10 +620,14 @@ fn dump_frozen(
     tree::check_file_locks(&tree)?;
     prof.record("collect-tree", "phase", 0, t);
     let mut files = Files::new();
+    files.ghost_limit = opts.ghost_limit;
+    files.link_remap = opts.link_remap;
     files.kinds.opts = crate::files::DumpOptions {
         tcp_established: opts.tcp_established,
         ext_unix_sk: opts.ext_unix_sk,
         shell_job: opts.shell_job,
+        tcp_close: opts.tcp_close,
+        skip_in_flight: opts.skip_in_flight,
     };
     let mut ids = IdAllocator::new();
     let me = std::process::id() as i32;

@@ -91,6 +91,10 @@ pub struct Files {
     pub net_ns_id: Option<u32>,
     /// The dumper's network namespace inode, read on the first socket.
     my_net: Option<Option<u64>>,
+    /// `--ghost-limit` (None: [`GHOST_LIMIT`]).
+    pub ghost_limit: Option<u64>,
+    /// `--link-remap` was given.
+    pub link_remap: bool,
 }
 
 fn fown() -> Value {
@@ -299,18 +303,30 @@ impl Files {
         Ok(id)
     }
 
+    /// An open file whose name was unlinked while other links remain: CRIU links it back
+    /// under a temporary name with `--link-remap`; stasis does not build link remaps yet.
+    fn link_remap_refusal(&self, pid: i32, fd: i32, name: &str) -> DumpError {
+        let detail = if self.link_remap {
+            format!("fd {fd}: {name}: its name was unlinked while other links remain; link remaps (--link-remap) are not built yet")
+        } else {
+            format!("fd {fd}: {name}: its name was unlinked while other links remain; can't create link remap without the --link-remap option")
+        };
+        DumpError::new("files", pid, Some(libc::ENOTSUP), detail)
+    }
+
     fn ghost(&mut self, pid: i32, orig_id: u32, link: &PathBuf) -> Result<()> {
         let f = File::open(link).map_err(step_io(pid, format!("open {}", link.display())))?;
         let md = f
             .metadata()
             .map_err(step_io(pid, format!("stat {}", link.display())))?;
-        if md.size() > GHOST_LIMIT {
+        let limit = self.ghost_limit.unwrap_or(GHOST_LIMIT);
+        if md.size() > limit {
             return Err(DumpError::new(
                 "files",
                 pid,
                 Some(libc::EFBIG),
                 format!(
-                    "unlinked file {} is {} bytes, over the ghost limit {GHOST_LIMIT}",
+                    "unlinked file {} is {} bytes, over the ghost limit {limit} (--ghost-limit)",
                     link.display(),
                     md.size()
                 ),
@@ -448,6 +464,8 @@ impl Files {
                     let nlink = f.metadata().map(|m| m.nlink()).unwrap_or(1);
                     if deleted && nlink == 0 {
                         self.ghost(pid, id, &link)?;
+                    } else if deleted {
+                        return Err(self.link_remap_refusal(pid, fd, &name));
                     }
                     (id, "REG")
                 }

@@ -46,6 +46,17 @@ pub struct DumpOptions {
     /// exits, instead of reaping them one by one. A library caller that goes on (and wants
     /// the pids free) leaves this false.
     pub exiting_after: bool,
+    /// `--action-script`s: pre-dump before seizing, post-dump once the images are written.
+    pub scripts: crate::action_scripts::ActionScripts,
+    /// Largest unlinked file copied into the images (`--ghost-limit`; None: CRIU's 1 MiB).
+    pub ghost_limit: Option<u64>,
+    /// `--link-remap`: link remaps are allowed (they are not built: the dump says so).
+    pub link_remap: bool,
+    /// `--tcp-close`: established connections are recorded without their state, to be
+    /// restored closed.
+    pub tcp_close: bool,
+    /// `--skip-in-flight`: connections waiting in a listener's accept queue are dropped.
+    pub skip_in_flight: bool,
 }
 
 /// How a pre-dump copies the pages it found (CRIU's `--pre-dump-mode`).

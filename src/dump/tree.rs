@@ -187,7 +187,8 @@ pub fn check_file_locks(tree: &[Process]) -> Result<()> {
                 p.pid,
                 Some(libc::ENOTSUP),
                 format!(
-                    "task holds a file lock ({}), file locks are not supported",
+                    "task holds a file lock ({}): dumping file locks (--file-locks) is not \
+                     built yet",
                     f[1]
                 ),
             ));

@@ -72,6 +72,10 @@ pub struct DumpOptions {
     pub ext_unix_sk: bool,
     /// `--shell-job`: the tree's terminal is outside (its tty is external).
     pub shell_job: bool,
+    /// `--tcp-close`: established connections are recorded without their state (no repair).
+    pub tcp_close: bool,
+    /// `--skip-in-flight`: connections waiting in a listener's accept queue are not refused.
+    pub skip_in_flight: bool,
 }
 
 /// Restore-time options.
@@ -80,6 +84,8 @@ pub struct RestoreOptions {
     pub tcp_established: bool,
     pub ext_unix_sk: bool,
     pub shell_job: bool,
+    /// `--tcp-close`: established connections are restored closed.
+    pub tcp_close: bool,
 }
 
 /// One fd to dump. `file` is the task's descriptor, duplicated into the dumper.

@@ -392,11 +392,12 @@ fn open_kinds(
         return Ok(());
     }
     kinds.sort_by_key(|f| crate::files::restore_stage(f));
+    // --tcp-close restores connections closed: their state is not read.
     let tcp_inos: Vec<u32> = plan
         .files
         .values()
         .filter_map(|f| f.isk.as_ref())
-        .filter(|s| s.state == 1 && s.proto == libc::IPPROTO_TCP as u32)
+        .filter(|s| !opts.tcp_close && s.state == 1 && s.proto == libc::IPPROTO_TCP as u32)
         .map(|s| s.ino)
         .collect();
     let extra = crate::files::Extra::read_dir(&plan.dir, &tcp_inos)?;

@@ -69,9 +69,22 @@ pub fn parse_record(r: &[u8; RECORD]) -> (i32, i32, String) {
 }
 
 /// Forks the task `idx` with its PID; in the parent returns the PID, the child never returns.
-pub fn spawn(plan: &Plan, idx: usize, opened: &Opened, ctl: Ctl) -> Result<i32, Errno> {
+pub fn spawn(
+    plan: &Plan,
+    idx: usize,
+    clone_flags: u64,
+    opened: &Opened,
+    ctl: Ctl,
+) -> Result<i32, Errno> {
     let pid = plan.tasks[idx].pid;
-    match fork_with_pid(pid, 0, libc::SIGCHLD as u64)? {
+    // clone3 takes no exit signal with CLONE_PARENT: the child inherits ours, which our
+    // parent, now its parent too, expects.
+    let exit_signal = if clone_flags & libc::CLONE_PARENT as u64 != 0 {
+        0
+    } else {
+        libc::SIGCHLD as u64
+    };
+    match fork_with_pid(pid, clone_flags, exit_signal)? {
         Forked::Parent(p) => Ok(p),
         Forked::Child => {
             let code = match run_task(plan, idx, opened, ctl) {
@@ -110,7 +123,7 @@ fn run_task(
     }
     for &child in &t.children {
         let ci = plan.index(child).ok_or(("find child", Errno::ESRCH))?;
-        spawn(plan, ci, opened, ctl).map_err(|e| ("clone3 child", e))?;
+        spawn(plan, ci, 0, opened, ctl).map_err(|e| ("clone3 child", e))?;
     }
     // Descriptors.
     let mut keep: BTreeSet<RawFd> = BTreeSet::new();

@@ -59,6 +59,7 @@ mod restorer_tests;
 pub mod seccomp;
 pub mod sock_diag;
 pub mod socket;
+pub mod spawn;
 pub mod task;
 pub mod tkill;
 pub mod tracee;
