@@ -308,8 +308,12 @@ fn dumper_killed_at_moments_spread_over_a_dump() {
         drop(dir);
         assert_healthy(&t, Some(&cg.0), false, "after a whole dump with -R");
         const KILLS: u32 = 10;
-        let mut landed = 0;
-        for k in 0..KILLS {
+        // A dump that ends before its kill shortens `whole` (a later dump is faster than the
+        // first: caches) and the moment is tried again, up to twice as many dumps in all.
+        let mut whole = whole;
+        let (mut landed, mut k, mut tries) = (0, 0, 0);
+        while k < KILLS && tries < 2 * KILLS {
+            tries += 1;
             let extra: Vec<&str> = match k % 3 {
                 0 => vec!["-R"],
                 1 => vec!["-R", "--freeze-cgroup", &path],
@@ -318,12 +322,14 @@ fn dumper_killed_at_moments_spread_over_a_dump() {
                 _ => vec!["-R"],
             };
             let dir = tempfile::tempdir().expect("image dir");
+            let started = Instant::now();
             let mut d = dumper(t.pid, dir.path(), &extra, None);
             std::thread::sleep(whole * (2 * k + 1) / (2 * KILLS));
             let _ = kill(Pid::from_raw(d.id() as i32), Signal::SIGKILL);
             let status = d.wait().unwrap();
             let what = format!("killed after {k}/{KILLS} of a dump {extra:?}");
             if status.success() {
+                whole = whole.min(started.elapsed());
                 // Finished first: a dump without -R killed the target, as asked.
                 if !extra.contains(&"-R") {
                     drop(t);
@@ -332,9 +338,11 @@ fn dumper_killed_at_moments_spread_over_a_dump() {
                 }
             } else {
                 landed += 1;
+                k += 1;
             }
             assert_healthy(&t, Some(&cg.0), false, &what);
         }
+        eprintln!("{landed} of {KILLS} kills landed in a dump of {whole:?}");
         assert!(landed >= KILLS / 2, "only {landed} of {KILLS} kills landed in a dump");
         drop(t);
     });
@@ -345,16 +353,15 @@ fn restorer_killed_leaves_no_half_restored_tree() {
     with_timeout(900, || {
         let _lock = common::lock::restore_lock();
         let images = tempfile::tempdir().expect("image dir");
-        let t = Target::launch(4, 16, None);
+        let mut t = Target::launch(4, 16, None);
         let (pid, threads, progress_file) = (t.pid, t.threads, t.progress.clone());
         let mut d = dumper(pid, images.path(), &[], None);
         let status = d.wait().unwrap();
         assert!(status.success(), "dump: {}", stderr_of(&mut d));
-        // The dump killed the target; its directory (the progress file) stays with us.
+        // The dump killed the target (reaped here); its directory (the progress file)
+        // stays with us.
+        t.child.wait().unwrap();
         let keep = t;
-        wait_until("the dumped target gone", 20, || {
-            matches!(state(pid), None | Some('Z'))
-        });
         let restore = || {
             let mut cmd = stasis_bin();
             cmd.args(["restore", "-d", "-D"])
@@ -420,6 +427,7 @@ fn restorer_killed_leaves_no_half_restored_tree() {
                 landed += 1;
             }
         }
+        eprintln!("{landed} of {KILLS} kills landed before the release, restore {whole:?}");
         assert!(landed >= 2, "only {landed} of {KILLS} kills landed before the release");
         drop(keep);
     });
