@@ -153,16 +153,20 @@ fn assert_healthy(t: &Target, cgroup: Option<&Path>, group_stopped: bool, what: 
             status_field(pid, tid, "TracerPid:").as_deref() == Some("0")
         });
         let stopped = |s: Option<char>| matches!(s, Some('T' | 't'));
-        wait_until(&format!("{what}: thread {tid} out of ptrace stops"), 20, || {
-            let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
-                .ok()
-                .and_then(|s| s.rsplit(')').next()?.trim().chars().next());
-            if group_stopped {
-                s == Some('T')
-            } else {
-                !stopped(s)
-            }
-        });
+        wait_until(
+            &format!("{what}: thread {tid} out of ptrace stops"),
+            20,
+            || {
+                let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+                    .ok()
+                    .and_then(|s| s.rsplit(')').next()?.trim().chars().next());
+                if group_stopped {
+                    s == Some('T')
+                } else {
+                    !stopped(s)
+                }
+            },
+        );
         for field in ["SigPnd:", "ShdPnd:"] {
             let v = status_field(pid, tid, field).unwrap_or_default();
             let bits = u64::from_str_radix(&v, 16).unwrap_or(0);
@@ -176,12 +180,20 @@ fn assert_healthy(t: &Target, cgroup: Option<&Path>, group_stopped: bool, what: 
         kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap();
     }
     let (bad, before) = t.counts().expect("progress line");
-    assert_eq!(bad, 0, "{what}: the target found its state broken (check {bad})");
-    wait_until(&format!("{what}: every thread counting on"), 30, || {
-        matches!(t.counts(), Some((_, now)) if now.iter().zip(&before).all(|(n, b)| n > b))
-    });
+    assert_eq!(
+        bad, 0,
+        "{what}: the target found its state broken (check {bad})"
+    );
+    wait_until(
+        &format!("{what}: every thread counting on"),
+        30,
+        || matches!(t.counts(), Some((_, now)) if now.iter().zip(&before).all(|(n, b)| n > b)),
+    );
     let (bad, _) = t.counts().expect("progress line");
-    assert_eq!(bad, 0, "{what}: the target found its state broken (check {bad})");
+    assert_eq!(
+        bad, 0,
+        "{what}: the target found its state broken (check {bad})"
+    );
 }
 
 /// `stasis dump -t PID -D DIR EXTRA` with `STASIS_STOP_AT=stop_at` when given.
@@ -223,7 +235,10 @@ fn kill_dumper_at(t: &Target, point: &str, extra: &[&str]) {
                 stderr_of(&mut d)
             );
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "dumper stuck before {point}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "dumper stuck before {point}"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     kill(Pid::from_raw(dpid), Signal::SIGKILL).unwrap();
@@ -239,7 +254,8 @@ impl Cgroup {
             "/sys/fs/cgroup/unified/stasis-killsafe-{name}-{}",
             std::process::id()
         ));
-        std::fs::create_dir_all(&p).expect("create a cgroup v2 (cgroup2 at /sys/fs/cgroup/unified)");
+        std::fs::create_dir_all(&p)
+            .expect("create a cgroup v2 (cgroup2 at /sys/fs/cgroup/unified)");
         Cgroup(p)
     }
 }
@@ -250,7 +266,7 @@ impl Drop for Cgroup {
     }
 }
 
-const POINTS: &[&str] = &["inject", "serve", "threads", "pages", "cure"];
+const POINTS: &[&str] = &["seized", "inject", "serve", "threads", "pages", "cure"];
 
 #[test]
 fn dumper_killed_at_each_point_leaves_the_target_running() {
@@ -270,9 +286,14 @@ fn dumper_killed_with_the_cgroup_frozen_thaws_it() {
         let cg = Cgroup::new("freeze");
         let t = Target::launch(4, 32, Some(&cg.0));
         let path = cg.0.to_str().unwrap().to_string();
-        for point in ["frozen", "serve", "threads"] {
+        for point in ["frozen", "seized", "threads"] {
             kill_dumper_at(&t, point, &["-R", "--freeze-cgroup", &path]);
-            assert_healthy(&t, Some(&cg.0), false, &format!("frozen cgroup, killed at {point}"));
+            assert_healthy(
+                &t,
+                Some(&cg.0),
+                false,
+                &format!("frozen cgroup, killed at {point}"),
+            );
         }
         drop(t);
     });
@@ -282,11 +303,16 @@ fn dumper_killed_with_the_cgroup_frozen_thaws_it() {
 fn group_stopped_target_stays_stopped_after_a_killed_dumper() {
     with_timeout(600, || {
         let t = Target::launch(4, 16, None);
-        for point in ["serve", "threads", "cure"] {
+        for point in ["seized", "serve", "threads", "cure"] {
             kill(Pid::from_raw(t.pid), Signal::SIGSTOP).unwrap();
             wait_until("the target to stop", 20, || state(t.pid) == Some('T'));
             kill_dumper_at(&t, point, &["-R"]);
-            assert_healthy(&t, None, true, &format!("stopped target, killed at {point}"));
+            assert_healthy(
+                &t,
+                None,
+                true,
+                &format!("stopped target, killed at {point}"),
+            );
         }
     });
 }
@@ -343,7 +369,10 @@ fn dumper_killed_at_moments_spread_over_a_dump() {
             assert_healthy(&t, Some(&cg.0), false, &what);
         }
         eprintln!("{landed} of {KILLS} kills landed in a dump of {whole:?}");
-        assert!(landed >= KILLS / 2, "only {landed} of {KILLS} kills landed in a dump");
+        assert!(
+            landed >= KILLS / 2,
+            "only {landed} of {KILLS} kills landed in a dump"
+        );
         drop(t);
     });
 }
@@ -375,7 +404,9 @@ fn restorer_killed_leaves_no_half_restored_tree() {
             wait_until(&format!("{what}: pid {pid} gone"), 20, || {
                 matches!(state(pid), None | Some('Z' | 'X'))
             });
-            wait_until(&format!("{what}: pid {pid} reaped"), 20, || state(pid).is_none());
+            wait_until(&format!("{what}: pid {pid} reaped"), 20, || {
+                state(pid).is_none()
+            });
         };
         let kill_tree = |what: &str| {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -420,7 +451,11 @@ fn restorer_killed_leaves_no_half_restored_tree() {
                 }
             };
             if released {
-                assert_eq!(tids(pid).len(), threads, "{what}: a partial thread group runs");
+                assert_eq!(
+                    tids(pid).len(),
+                    threads,
+                    "{what}: a partial thread group runs"
+                );
                 running(&what);
                 kill_tree(&what);
             } else {
@@ -428,7 +463,10 @@ fn restorer_killed_leaves_no_half_restored_tree() {
             }
         }
         eprintln!("{landed} of {KILLS} kills landed before the release, restore {whole:?}");
-        assert!(landed >= 2, "only {landed} of {KILLS} kills landed before the release");
+        assert!(
+            landed >= 2,
+            "only {landed} of {KILLS} kills landed before the release"
+        );
         drop(keep);
     });
 }

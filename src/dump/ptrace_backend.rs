@@ -74,6 +74,7 @@ impl Backend for PtraceBackend {
             None => crate::sys::tree::seize_tree_suspending_seccomp(opts.pid, None),
         }
         .map_err(|e| DumpError::sys("seize", opts.pid, e))?;
+        crate::sys::stop_point::stop_point("seized");
         Ok(Box::new(PtraceFrozen {
             tree: Some(tree),
             unreaped_kill: opts.exiting_after,

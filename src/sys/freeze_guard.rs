@@ -59,8 +59,12 @@ impl FreezeGuard {
         }
         drop(read);
         drop(ctl);
-        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None)
-            .map_err(|errno| Error::Sys { op: "waitpid", errno })?;
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None).map_err(|errno| {
+            Error::Sys {
+                op: "waitpid",
+                errno,
+            }
+        })?;
         Ok(FreezeGuard { pipe: Some(write) })
     }
 

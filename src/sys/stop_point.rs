@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! frozen    the --freeze-cgroup cgroup is frozen, nothing seized yet
+//! seized    every thread of the tree is seized and stopped (the cgroup thawed)
 //! inject    the parasite's area is mapped and written, its socket made, not started
 //! serve     the leader runs the parasite, which waits for commands
 //! threads   every other thread ran the thread routine and waits in its final poll
