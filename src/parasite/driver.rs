@@ -831,7 +831,6 @@ impl<'a> Parasite<'a> {
                 _ => None,
             });
             masks.push(mask);
-            t.discard_restore();
             let back = match mask {
                 Some(m) => ptrace::set_sigmask(t.tid(), m),
                 None => Ok(()),
