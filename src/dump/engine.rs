@@ -355,6 +355,7 @@ fn collect_process(
 
     fault::check("files", pid)?;
     let t3 = cx.prof.now_us();
+    cx.files.fd_table(pid)?;
     let fds = proc::fd::list_fds(pid).map_err(|x| DumpError::proc("files", pid, x))?;
     let mut fdinfo = Vec::with_capacity(fds.len());
     for fd in fds {
@@ -470,11 +471,15 @@ fn write_images(
         let n = f.finish().map_err(img(root))?;
         dir.add_bytes(n);
     }
-    if !files.pipes_data.is_empty() {
-        let mut f = dir
-            .create("pipes-data.img", out::PIPES_DATA)
-            .map_err(img(root))?;
-        for (e, data) in &files.pipes_data {
+    for (name, magic, queued) in [
+        ("pipes-data.img", out::PIPES_DATA, &files.pipes_data),
+        ("fifo-data.img", out::FIFO_DATA, &files.fifo_data),
+    ] {
+        if queued.is_empty() {
+            continue;
+        }
+        let mut f = dir.create(name, magic).map_err(img(root))?;
+        for (e, data) in queued {
             f.entry(e).map_err(img(root))?;
             f.payload(data).map_err(img(root))?;
         }

@@ -297,6 +297,14 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
             "SO_REUSEADDR",
         ))?;
     }
+    if bound && s.opts.so_reuseport == Some(true) {
+        // Before the bind: listeners sharing a port with SO_REUSEPORT bind it one by one.
+        so::setsockopt_int(f, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(sys(
+            KIND,
+            at,
+            "SO_REUSEPORT",
+        ))?;
+    }
     if bound {
         let a = make_addr(family, &s.src_addr, s.src_port);
         so::bind(f, &a).map_err(sys(KIND, at, format!("bind port {}", s.src_port)))?;

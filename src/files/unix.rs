@@ -108,6 +108,8 @@ pub fn peek_queue(fd: BorrowedFd<'_>) -> std::result::Result<Vec<Vec<u8>>, Errno
                     out.push(buf[..n].to_vec());
                 }
                 Err(Errno::EAGAIN) => break,
+                // An unconnected stream (EINVAL) or seqpacket (ENOTCONN) socket has no queue.
+                Err(Errno::EINVAL | Errno::ENOTCONN) if out.is_empty() => break,
                 Err(e) => return Err(e),
             }
         }

@@ -108,6 +108,7 @@ fn run_task(
     if t.pgid == t.pid && t.sid != t.pid {
         nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| ("setpgid", e))?;
     }
+    super::files::set_owners(opened, t.pid, t.pgid).map_err(|e| ("set a file's owner", e))?;
     for &child in &t.children {
         let ci = plan.index(child).ok_or(("find child", Errno::ESRCH))?;
         spawn(plan, ci, opened, ctl).map_err(|e| ("clone3 child", e))?;
@@ -161,21 +162,33 @@ fn run_task(
     keep.insert(ctl.ready_w);
     keep.insert(ctl.hold_r);
     keep.insert(ctl.status_w);
+    let dirs = t.fs.as_ref().map(|fs| {
+        let dir = |id: u32| opened.fs_dirs.get(&id).copied();
+        (dir(fs.root_id), dir(fs.cwd_id))
+    });
+    keep.extend(dirs.iter().flat_map(|&(r, c)| [r, c]).flatten());
     keep_only(&keep).map_err(|e| ("close descriptors", e))?;
     if let Some(fs) = &t.fs {
-        let name = |id: u32| {
-            plan.files
-                .get(&id)
+        let (root, cwd) = dirs.unwrap_or_default();
+        // The directories were opened by the restorer (deleted ones recreated for the
+        // moment): enter them by descriptor.
+        if let Some(root) = root {
+            let is_slash = plan
+                .files
+                .get(&fs.root_id)
                 .and_then(|f| f.reg.as_ref())
-                .map(|r| r.name.clone())
-        };
-        if let Some(root) = name(fs.root_id) {
-            if root != "/" {
-                nix::unistd::chroot(root.as_str()).map_err(|e| ("chroot", e))?;
+                .is_some_and(|r| r.name == "/");
+            if !is_slash {
+                nix::unistd::fchdir(crate::sys::fds::borrow(root))
+                    .map_err(|e| ("enter the root", e))?;
+                nix::unistd::chroot(".").map_err(|e| ("chroot", e))?;
             }
         }
-        if let Some(cwd) = name(fs.cwd_id) {
-            nix::unistd::chdir(cwd.as_str()).map_err(|e| ("chdir", e))?;
+        if let Some(cwd) = cwd {
+            nix::unistd::fchdir(crate::sys::fds::borrow(cwd)).map_err(|e| ("chdir", e))?;
+        }
+        for fd in [root, cwd].into_iter().flatten() {
+            crate::sys::fds::close_raw(fd);
         }
         if let Some(m) = fs.umask {
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));

@@ -1,7 +1,7 @@
 //! Raw descriptor operations the restorer's forked tasks need on plain numbers (descriptors
 //! inherited across a fork have no Rust owner in the child).
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 
@@ -12,6 +12,14 @@ pub fn own(fd: RawFd) -> OwnedFd {
     // SAFETY: the caller passes a descriptor freshly returned by the kernel that no other
     // object owns, so the OwnedFd is its only owner and closes it exactly once.
     unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// A borrowed view of descriptor `fd`, which the caller keeps open while it uses the view
+/// (parked descriptors of the restorer, inherited ones of its forked tasks).
+pub fn borrow<'a>(fd: RawFd) -> BorrowedFd<'a> {
+    assert!(fd >= 0, "borrow() of a negative descriptor");
+    // SAFETY: the caller guarantees `fd` is open for as long as the view is used.
+    unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
 /// `close(fd)` of a descriptor that has no Rust owner in this task (inherited by fork).
