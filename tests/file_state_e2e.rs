@@ -212,7 +212,8 @@ fn unconnected_unix_sockets() {
 
 #[test]
 fn file_locks() {
-    round_trip("locks", BASE + 20, &["--file-locks"]);
+    // Restore needs no option: the locks are in the images.
+    round_trip_with("locks", BASE + 20, &["--file-locks"], &[]);
 }
 
 #[test]

@@ -471,6 +471,10 @@ fn write_images(
         let n = f.finish().map_err(img(root))?;
         dir.add_bytes(n);
     }
+    if !files.file_locks.is_empty() {
+        dir.write_all("filelocks.img", out::FILE_LOCKS, &files.file_locks)
+            .map_err(img(root))?;
+    }
     for (name, magic, queued) in [
         ("pipes-data.img", out::PIPES_DATA, &files.pipes_data),
         ("fifo-data.img", out::FIFO_DATA, &files.fifo_data),
@@ -582,9 +586,12 @@ fn dump_frozen(
     let t = prof.now_us();
     let tree = tree::collect(opts.pid)?;
     tree::check_external(&tree, opts.shell_job)?;
-    tree::check_file_locks(&tree)?;
+    if !opts.file_locks {
+        tree::check_file_locks(&tree)?;
+    }
     prof.record("collect-tree", "phase", 0, t);
     let mut files = Files::new();
+    files.file_locks_allowed = opts.file_locks;
     files.kinds.opts = crate::files::DumpOptions {
         tcp_established: opts.tcp_established,
         ext_unix_sk: opts.ext_unix_sk,

@@ -89,6 +89,10 @@ pub struct Files {
     pipes_seen: HashSet<u64>,
     /// Tasks whose descriptor table was dumped (a table shared with `CLONE_FILES` is refused).
     tables: Vec<i32>,
+    /// `--file-locks`: locks are dumped (else a lock refuses the dump).
+    pub file_locks_allowed: bool,
+    /// `filelocks.img` entries (POSIX, flock and OFD locks, from the fdinfo `lock:` lines).
+    pub file_locks: Vec<Value>,
     /// State of the fd kinds shared with the restore engine ([`crate::files`]): unix and
     /// inet sockets, established TCP, ptys; their side images (sk-queues, tcp-stream, tty-info).
     pub kinds: crate::files::DumpState,
@@ -461,6 +465,63 @@ impl Files {
         Ok(None)
     }
 
+    /// Records the locks held through fd `fd` of `pid` (its fdinfo `lock:` lines, e.g.
+    /// `1: POSIX  ADVISORY  WRITE 1234 fe:00:6004852 10 29`, end `EOF` for "to the end"), as
+    /// CRIU's `file_lock_entry` {flag FL_POSIX 1 | FL_FLOCK 2 | FL_OFD 4, type F_RDLCK 0 |
+    /// F_WRLCK 1, pid, fd, start, len (0: to the end)}.
+    fn locks(&mut self, pid: i32, fd: i32, info: &proc::fd::FdInfo) -> Result<()> {
+        for (k, v) in &info.extra {
+            if k != "lock" {
+                continue;
+            }
+            let w: Vec<&str> = v.split_whitespace().filter(|w| *w != "->").collect();
+            let bad = || {
+                DumpError::new(
+                    "files",
+                    pid,
+                    Some(libc::EINVAL),
+                    format!("fd {fd}: lock line {v:?}"),
+                )
+            };
+            let kind = *w.get(1).ok_or_else(bad)?;
+            if !self.file_locks_allowed {
+                return Err(DumpError::new(
+                    "files",
+                    pid,
+                    Some(libc::ENOTSUP),
+                    format!("fd {fd} holds a file lock ({kind}): dump with --file-locks"),
+                ));
+            }
+            let flag = match kind {
+                "POSIX" => 1,
+                "FLOCK" => 2,
+                "OFDLCK" => 4,
+                other => {
+                    return Err(DumpError::new(
+                        "files",
+                        pid,
+                        Some(libc::ENOTSUP),
+                        format!("fd {fd}: file lock of kind {other} (leases are not supported)"),
+                    ))
+                }
+            };
+            let ty = match *w.get(3).ok_or_else(bad)? {
+                "READ" => libc::F_RDLCK,
+                "WRITE" => libc::F_WRLCK,
+                _ => return Err(bad()),
+            };
+            let start: i64 = w.get(6).and_then(|x| x.parse().ok()).ok_or_else(bad)?;
+            let len = match *w.get(7).ok_or_else(bad)? {
+                "EOF" => 0,
+                end => end.parse::<i64>().map_err(|_| bad())? - start + 1,
+            };
+            self.file_locks.push(json!({
+                "flag": flag, "type": ty, "pid": pid, "fd": fd, "start": start, "len": len,
+            }));
+        }
+        Ok(())
+    }
+
     /// Checks the descriptor table of `pid` before its fds are dumped: a table shared with
     /// another process of the tree (`CLONE_FILES`) is refused by name (each task would get a
     /// table of its own at restore).
@@ -545,6 +606,7 @@ impl Files {
                 cloexec,
             });
         }
+        self.locks(pid, fd, &info)?;
         // Sockets, ptys and anonymous-inode kinds (eventfd, epoll, timerfd, signalfd,
         // inotify) go to the fd kinds shared with the restore engine; what they do not
         // recognise falls through to the code below.
@@ -614,7 +676,10 @@ impl Files {
                         "REG",
                     )
                 };
-                self.set_fown(id, task_fown(pid, fd)?);
+                // An O_PATH descriptor has no owner (fcntl F_GETOWN_EX: EBADF).
+                if flags & libc::O_PATH as u32 == 0 {
+                    self.set_fown(id, task_fown(pid, fd)?);
+                }
                 (id, kind)
             }
             FdTarget::Socket(ino) => {

@@ -356,7 +356,12 @@ fn path_of(u: &pb::UnixSkEntry) -> Option<String> {
     })
 }
 
-fn bind_name(at: At, fd: BorrowedFd<'_>, u: &pb::UnixSkEntry) -> Result<()> {
+fn bind_name(
+    at: At,
+    fd: BorrowedFd<'_>,
+    u: &pb::UnixSkEntry,
+    ctx: &mut RestoreCtx<'_>,
+) -> Result<()> {
     if u.name.is_empty() {
         return Ok(());
     }
@@ -367,15 +372,31 @@ fn bind_name(at: At, fd: BorrowedFd<'_>, u: &pb::UnixSkEntry) -> Result<()> {
             let _ = std::fs::remove_file(p);
         }
     }
+    // An unlinked name, maybe with its directories removed too: made for the bind, and kept
+    // until every socket is restored (peers connect to it, queued datagrams are sent to it);
+    // the context removes them (innermost first).
+    if let (Some(p), Some(true)) = (&path, u.deleted) {
+        let missing: Vec<&std::path::Path> = std::path::Path::new(p)
+            .ancestors()
+            .skip(1)
+            .take_while(|a| !a.as_os_str().is_empty() && std::fs::symlink_metadata(a).is_err())
+            .collect();
+        for dir in missing.iter().rev() {
+            if std::fs::create_dir(dir).is_ok() {
+                ctx.remove_later.push(dir.to_path_buf());
+            }
+        }
+    }
     so::bind(fd, &sockaddr(u)).map_err(sys(
         KIND,
         at,
         format!("bind {:?}", String::from_utf8_lossy(&u.name)),
     ))?;
-    if let Some(p) = &path {
-        if u.deleted == Some(true) {
-            let _ = std::fs::remove_file(p);
-        } else if let Some(perm) = &u.file_perms {
+    if let (Some(p), Some(true)) = (&path, u.deleted) {
+        ctx.remove_later.push(p.into());
+    }
+    if let Some(p) = path.as_ref().filter(|_| u.deleted != Some(true)) {
+        if let Some(perm) = &u.file_perms {
             let c = |e: std::io::Error| {
                 sys(KIND, at, format!("chmod/chown {p}"))(Errno::from_raw(
                     e.raw_os_error().unwrap_or(libc::EIO),
@@ -459,7 +480,7 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
     let fd = if u.peer == 0 && (u.state != TCP_ESTABLISHED || dgram) {
         // Unconnected: bound or not, maybe listening.
         let fd = so::socket(libc::AF_UNIX, sock_type(u), 0).map_err(sys(KIND, at, "socket"))?;
-        bind_name(at, fd.as_fd(), u)?;
+        bind_name(at, fd.as_fd(), u, ctx)?;
         if u.state == TCP_LISTEN {
             so::listen(&fd, u.backlog as i32).map_err(sys(KIND, at, "listen"))?;
         } else if !mine.is_empty() {
@@ -501,7 +522,7 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
             ));
         }
         let fd = so::socket(libc::AF_UNIX, sock_type(u), 0).map_err(sys(KIND, at, "socket"))?;
-        bind_name(at, fd.as_fd(), u)?;
+        bind_name(at, fd.as_fd(), u, ctx)?;
         so::connect(&fd, &sockaddr(&p)).map_err(sys(
             KIND,
             at,

@@ -54,6 +54,9 @@ pub struct Opened {
     /// Parked descriptions with an owner for SIGIO (`F_SETOWN_EX`): set by the owning task
     /// itself once it exists (see [`set_owners`]).
     pub owners: Vec<(RawFd, pb::FownEntry)>,
+    /// Ghosts made, by the (device, inode) they had: several entries of one unlinked file
+    /// (two opens, a cwd that is also the root) get one file again. Parked `O_PATH` fds.
+    ghosts_made: HashMap<(u32, u64), RawFd>,
     /// Owners (closed when the restorer is done).
     owned: Vec<OwnedFd>,
 }
@@ -66,6 +69,20 @@ impl Opened {
         let owned = owned_from(n);
         self.owned.push(owned);
         Ok(n)
+    }
+
+    /// The `O_PATH` descriptor of ghost `g` of entry `name`, made once per dumped inode
+    /// (see [`make_ghost`]).
+    fn ghost(&mut self, name: &str, g: &super::plan::Ghost) -> Result<RawFd, RestoreError> {
+        let key = g.0.dev.zip(g.0.ino);
+        if let Some(&fd) = key.and_then(|k| self.ghosts_made.get(&k)) {
+            return Ok(fd);
+        }
+        let fd = self.park(make_ghost(name, g)?)?;
+        if let Some(k) = key {
+            self.ghosts_made.insert(k, fd);
+        }
+        Ok(fd)
     }
 
     /// Every parked descriptor.
@@ -319,18 +336,18 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
                 continue;
             }
             let ghost = match plan.ghosts.get(&id) {
-                Some(g) if want_desc || want_map => Some(make_ghost(&reg.name, g)?),
+                Some(g) if want_desc || want_map => Some(o.ghost(&reg.name, g)?),
                 _ => None,
             };
             if want_desc && !o.desc.contains_key(&id) {
-                let fd = open_reg(reg, ghost.as_ref())?;
+                let fd = open_reg(reg, ghost)?;
                 let n = o.park(fd)?;
                 o.desc.insert(id, n);
             }
             if want_map {
                 let acc = mapped[&id];
-                let fd = match &ghost {
-                    Some(g) => reopen(g.as_raw_fd(), acc)?,
+                let fd = match ghost {
+                    Some(g) => reopen(g, acc)?,
                     None => nix::fcntl::open(reg.name.as_str(), open_flags(acc), Mode::empty())
                         .map_err(|e| sys(format!("open {} for mapping", reg.name), e))?,
                 };
@@ -379,16 +396,17 @@ fn open_fs_dirs(plan: &Plan, o: &mut Opened) -> Result<(), RestoreError> {
             let Some(reg) = plan.files.get(&id).and_then(|f| f.reg.as_ref()) else {
                 continue;
             };
-            let fd = match plan.ghosts.get(&id) {
-                Some(g) => make_ghost(&reg.name, g)?,
-                None => nix::fcntl::open(
-                    reg.name.as_str(),
-                    OFlag::O_PATH | OFlag::O_DIRECTORY,
-                    Mode::empty(),
-                )
-                .map_err(|e| sys(format!("open directory {}", reg.name), e))?,
+            let n = match plan.ghosts.get(&id) {
+                Some(g) => o.ghost(&reg.name, g)?,
+                None => o.park(
+                    nix::fcntl::open(
+                        reg.name.as_str(),
+                        OFlag::O_PATH | OFlag::O_DIRECTORY,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| sys(format!("open directory {}", reg.name), e))?,
+                )?,
             };
-            let n = o.park(fd)?;
             o.fs_dirs.insert(id, n);
         }
     }
@@ -503,6 +521,12 @@ fn open_kinds(
         .collect();
     let extra = crate::files::Extra::read_dir(&plan.dir, &tcp_inos)?;
     let mut ctx = crate::files::RestoreCtx::new(opts, &extra, plan.files.values());
+    // Unlinked files restored above, by the inode they had (see RestoreCtx::inodes).
+    for (id, (g, _)) in &plan.ghosts {
+        if let (Some(&fd), Some(dev), Some(ino)) = (o.desc.get(id), g.dev, g.ino) {
+            ctx.inodes.insert((dev, ino), fd);
+        }
+    }
     for f in kinds {
         // Epoll targets are recorded by fd number in the task that owns the epoll.
         let owner = plan
@@ -590,7 +614,7 @@ fn io(step: &'static str, what: &str, e: std::io::Error) -> RestoreError {
 
 /// Opens a regular file (or directory, or other path) entry with its recorded flags and
 /// position; `ghost` is the unlinked file it was (see [`make_ghost`]).
-fn open_reg(reg: &pb::RegFileEntry, ghost: Option<&OwnedFd>) -> Result<OwnedFd, RestoreError> {
+fn open_reg(reg: &pb::RegFileEntry, ghost: Option<RawFd>) -> Result<OwnedFd, RestoreError> {
     let o_path = reg.flags & libc::O_PATH as u32 != 0;
     let mut flags = reg.flags;
     if reg.mode.is_some_and(|m| m & libc::S_IFMT == libc::S_IFLNK) {
@@ -598,7 +622,7 @@ fn open_reg(reg: &pb::RegFileEntry, ghost: Option<&OwnedFd>) -> Result<OwnedFd, 
         flags |= libc::O_NOFOLLOW as u32;
     }
     let fd = match ghost {
-        Some(g) => reopen(g.as_raw_fd(), flags)?,
+        Some(g) => reopen(g, flags)?,
         None => nix::fcntl::open(reg.name.as_str(), open_flags(flags), Mode::empty())
             .map_err(|e| sys(format!("open {}", reg.name), e))?,
     };

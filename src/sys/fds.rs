@@ -97,3 +97,41 @@ pub fn pread_raw(fd: RawFd, dst: u64, len: u64, off: u64) -> Result<usize, Errno
     }
     Ok(r as usize)
 }
+
+/// Kinds of file locks (CRIU's `file_lock_entry.flag`).
+pub const FL_POSIX: u32 = 1;
+pub const FL_FLOCK: u32 = 2;
+pub const FL_OFD: u32 = 4;
+
+/// Takes a lock on `fd` without waiting: `kind` one of [`FL_POSIX`] (`F_SETLK`),
+/// [`FL_FLOCK`] (`flock`) or [`FL_OFD`] (`F_OFD_SETLK`); `ty` `F_RDLCK` or `F_WRLCK`; a byte
+/// range from `start`, `len` 0 meaning to the end (flock locks the whole file).
+pub fn take_lock(fd: RawFd, kind: u32, ty: i32, start: i64, len: i64) -> Result<(), Errno> {
+    let r = if kind == FL_FLOCK {
+        let op = if ty == libc::F_RDLCK {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
+        // SAFETY: flock takes no pointers.
+        unsafe { libc::flock(fd, op | libc::LOCK_NB) }
+    } else {
+        let cmd = match kind {
+            FL_POSIX => libc::F_SETLK,
+            FL_OFD => libc::F_OFD_SETLK,
+            _ => return Err(Errno::EINVAL),
+        };
+        // SAFETY: an all-zero flock is a valid value of the plain C struct.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = ty as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = start;
+        fl.l_len = len;
+        // SAFETY: `fl` is a valid struct flock for the call.
+        unsafe { libc::fcntl(fd, cmd, &fl) }
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}

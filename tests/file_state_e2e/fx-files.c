@@ -162,8 +162,8 @@ static void root_gone_setup(void) {
     path_of(g_dir, "root-gone");
     mkdir(g_dir, 0711);
     chdir(g_dir);
-    chroot(g_dir);
     rmdir(g_dir);
+    chroot(".");
 }
 static void root_gone_check(void) {
     struct stat st, cw;
