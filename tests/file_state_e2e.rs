@@ -140,9 +140,10 @@ fn unlinked_file_mapped() {
     round_trip("ghost_map", BASE + 5, &[]);
 }
 
+/// Not restored yet (each task would get a table of its own): refused by name.
 #[test]
-fn fd_table_shared_with_child() {
-    round_trip("fdshare", BASE + 6, &[]);
+fn fd_table_shared_with_child_refused() {
+    refused("fdshare", BASE + 6, "CLONE_FILES");
 }
 
 #[test]
@@ -221,7 +222,8 @@ fn file_locks_need_the_option() {
     refused("locks", BASE + 21, "--file-locks");
 }
 
+/// Not dumped yet: refused by name.
 #[test]
-fn descriptor_in_flight() {
-    round_trip("scm", BASE + 22, &[]);
+fn descriptor_in_flight_refused() {
+    refused("scm", BASE + 22, "SCM_RIGHTS");
 }

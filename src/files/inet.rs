@@ -195,6 +195,12 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
     if tcp {
         s.tcp_opts = Some(tcp_opts_dump(at, f, keepalive)?);
     }
+    if proto == libc::IPPROTO_UDP {
+        // Shut down directions (a UDP socket keeps them, connected or not).
+        let diag = crate::sys::sock_diag::inet_by_ino(family, proto, ino)
+            .map_err(sys(KIND, at, "inet_diag"))?;
+        s.shutdown = super::unix::shutdown_of(diag.shutdown);
+    }
     if tcp && state == TCP_ESTABLISHED {
         if !st.opts.tcp_established {
             return Err(unsupported(
@@ -331,6 +337,15 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
         }
         (_, TCP_CLOSE) => {}
         (p, st) => return Err(unsupported(KIND, at, format!("protocol {p} state {st}"))),
+    }
+    if s.proto == libc::IPPROTO_UDP as u32 {
+        if let Some(how) = s.shutdown.and_then(super::unix::shut_how) {
+            // An unconnected socket says ENOTCONN but keeps the state, as at dump time.
+            match so::shutdown(f, how) {
+                Ok(()) | Err(nix::errno::Errno::ENOTCONN) => {}
+                Err(e) => return Err(sys(KIND, at, "shutdown")(e)),
+            }
+        }
     }
     common::restore_params(KIND, e.id, f, s.flags, &s.fown)?;
     Ok(fd)

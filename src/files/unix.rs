@@ -130,12 +130,23 @@ fn trim_path(name: &[u8]) -> Vec<u8> {
     }
 }
 
-fn shutdown_of(bits: u8) -> Option<i32> {
+/// The image's shutdown value of the kernel's `sk_shutdown` bits.
+pub(crate) fn shutdown_of(bits: u8) -> Option<i32> {
     match bits & 3 {
         0 => None,
         1 => Some(pb::SkShutdown::Read as i32),
         2 => Some(pb::SkShutdown::Write as i32),
         _ => Some(pb::SkShutdown::Both as i32),
+    }
+}
+
+/// The `shutdown(2)` argument of an image's shutdown value.
+pub(crate) fn shut_how(v: i32) -> Option<i32> {
+    match v {
+        1 => Some(libc::SHUT_RD),
+        2 => Some(libc::SHUT_WR),
+        3 => Some(libc::SHUT_RDWR),
+        _ => None,
     }
 }
 
@@ -435,16 +446,8 @@ fn fill(at: At, via: BorrowedFd<'_>, packets: Vec<&[u8]>) -> Result<()> {
 
 fn finish_fd(e: &pb::FileEntry, u: &pb::UnixSkEntry, fd: &OwnedFd) -> Result<()> {
     let at = At::Id(e.id);
-    if let Some(how) = u.shutdown {
-        let how = match how {
-            1 => Some(libc::SHUT_RD),
-            2 => Some(libc::SHUT_WR),
-            3 => Some(libc::SHUT_RDWR),
-            _ => None,
-        };
-        if let Some(h) = how {
-            so::shutdown(fd, h).map_err(sys(KIND, at, "shutdown"))?;
-        }
+    if let Some(h) = u.shutdown.and_then(shut_how) {
+        so::shutdown(fd, h).map_err(sys(KIND, at, "shutdown"))?;
     }
     sockopts::restore(KIND, at, fd.as_fd(), &u.opts)?;
     common::restore_params(KIND, e.id, fd, u.flags, &u.fown)
