@@ -360,6 +360,7 @@ fn collect_process(
 
     fault::check("files", pid)?;
     let t3 = cx.prof.now_us();
+    cx.files.fd_table(pid)?;
     let fds = proc::fd::list_fds(pid).map_err(|x| DumpError::proc("files", pid, x))?;
     let mut fdinfo = Vec::with_capacity(fds.len());
     for fd in fds {
@@ -475,11 +476,19 @@ fn write_images(
         let n = f.finish().map_err(img(root))?;
         dir.add_bytes(n);
     }
-    if !files.pipes_data.is_empty() {
-        let mut f = dir
-            .create("pipes-data.img", out::PIPES_DATA)
+    if !files.file_locks.is_empty() {
+        dir.write_all("filelocks.img", out::FILE_LOCKS, &files.file_locks)
             .map_err(img(root))?;
-        for (e, data) in &files.pipes_data {
+    }
+    for (name, magic, queued) in [
+        ("pipes-data.img", out::PIPES_DATA, &files.pipes_data),
+        ("fifo-data.img", out::FIFO_DATA, &files.fifo_data),
+    ] {
+        if queued.is_empty() {
+            continue;
+        }
+        let mut f = dir.create(name, magic).map_err(img(root))?;
+        for (e, data) in queued {
             f.entry(e).map_err(img(root))?;
             f.payload(data).map_err(img(root))?;
         }
@@ -617,11 +626,14 @@ fn dump_frozen(
     let t = prof.now_us();
     let tree = tree::collect(opts.pid)?;
     tree::check_external(&tree, opts.shell_job)?;
-    tree::check_file_locks(&tree)?;
+    if !opts.file_locks {
+        tree::check_file_locks(&tree)?;
+    }
     prof.record("collect-tree", "phase", 0, t);
     let mut files = Files::new();
     files.ghost_limit = opts.ghost_limit;
     files.link_remap = opts.link_remap;
+    files.file_locks_allowed = opts.file_locks;
     files.kinds.opts = crate::files::DumpOptions {
         tcp_established: opts.tcp_established,
         ext_unix_sk: opts.ext_unix_sk,

@@ -86,7 +86,7 @@ fn plan_vdso(
 
 /// Builds the blob's arguments for task `t` and enters the blob; returns only on error.
 pub fn enter(
-    _plan: &Plan,
+    plan: &Plan,
     t: &TaskPlan,
     opened: &Opened,
     status_fd: RawFd,
@@ -220,7 +220,9 @@ pub fn enter(
         }
     }
     spec.close_fds = close;
-    match super::blob_args::enter(&spec) {
+    // The root and cwd last: what comes before reads /proc (the blob closes their fds).
+    match super::blob_args::enter_after(&spec, || super::tree::enter_fs(plan, t, opened)) {
+        Err(super::blob_args::EnterError::Last(step, e)) => Err((step, e)),
         Err(_) => Err(("enter the restorer blob", Errno::EINVAL)),
     }
 }

@@ -176,6 +176,8 @@ pub struct Plan {
     pub shell_job: bool,
     /// Ghost files by the orig file id: (entry, data chunks (offset, bytes)).
     pub ghosts: HashMap<u32, Ghost>,
+    /// `filelocks.img`: locks each task takes again through its fds once they are in place.
+    pub file_locks: Vec<stasis_images::pb::FileLockEntry>,
 }
 
 impl Plan {
@@ -545,7 +547,12 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             ghosts.insert(e.orig_id, (head, chunks));
         }
     }
+    let file_locks = match ImageFile::open_opt(dir, "filelocks.img")? {
+        Some(mut f) => f.all()?,
+        None => Vec::new(),
+    };
     let plan = Plan {
+        file_locks,
         seccomp,
         shell_job: false,
         fifo_data,
