@@ -364,7 +364,11 @@ pub fn seeds_from_dir(dir: &std::path::Path) -> Vec<(&'static str, Vec<u8>)> {
 /// FIFO, ghost file without chunks): seeds for `framing` and `json`.
 pub fn synthetic_images() -> Vec<(ImageKind, Vec<u8>)> {
     use crate::payload::{ipc_msg_extra, ipc_sem_extra, ipc_shm_extra};
-    let desc: &[u8] = &[0x0a, 0x00]; // ipc_desc_entry, empty
+    // ipc_desc_entry with its seven required fields (key, uid, gid, cuid, cgid, mode, id).
+    let desc: &[u8] = &[
+        0x0a, 0x0e, 0x08, 0x00, 0x10, 0x00, 0x18, 0x00, 0x20, 0x00, 0x28, 0x00, 0x30, 0x00, 0x38,
+        0x00,
+    ];
     let cat = |parts: &[&[u8]]| parts.concat();
     let one = |kind: ImageKind, entry: Vec<u8>, extra: Vec<u8>| {
         let mut img = Image::new(kind);

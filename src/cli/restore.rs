@@ -28,6 +28,9 @@ struct RestoreArgs {
     /// Allow external unix socket peers
     #[arg(long = "ext-unix-sk")]
     ext_unix_sk: bool,
+    /// Resolve the images' file paths under this directory (default /)
+    #[arg(short = 'r', long = "root", value_name = "PATH")]
+    root: Option<std::path::PathBuf>,
 }
 
 /// Runs `restore`; returns the exit status.
@@ -48,6 +51,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
         tcp_established: parsed.tcp_established,
         ext_unix_sk: parsed.ext_unix_sk,
         timeout: parsed.common.timeout(),
+        root: parsed.root.clone(),
     };
     let restored = match restore::restore(&opts) {
         Ok(r) => r,

@@ -258,10 +258,10 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
                 what: format!("fifo {id}: no path entry"),
             })?;
         if keepers.insert(fifo.pipe_id, ()).is_none() {
-            let keeper = nix::fcntl::open(
-                path.0.as_str(),
+            let keeper = super::root::open(
+                &plan.root,
+                &path.0,
                 OFlag::O_RDWR | OFlag::O_NONBLOCK,
-                Mode::empty(),
             )
             .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
             if let Some((size, data)) = plan.fifo_data.get(&fifo.pipe_id) {
@@ -276,12 +276,8 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
             }
             o.park(keeper)?;
         }
-        let fd = nix::fcntl::open(
-            path.0.as_str(),
-            open_flags(path.1) | OFlag::O_NONBLOCK,
-            Mode::empty(),
-        )
-        .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
+        let fd = super::root::open(&plan.root, &path.0, open_flags(path.1) | OFlag::O_NONBLOCK)
+            .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
         fcntl(&fd, FcntlArg::F_SETFL(status_flags(path.1)))
             .map_err(|e| sys("set fifo flags", e))?;
         let n = o.park(fd)?;
@@ -314,9 +310,10 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
             }
             if want_desc && !o.desc.contains_key(&id) {
                 let fd = if let Some((g, chunks)) = plan.ghosts.get(&id) {
-                    open_ghost(&reg.name, reg.flags, g.mode, g.size, chunks)?
+                    let host = super::root::host_path(&plan.root, &reg.name);
+                    open_ghost(&host.to_string_lossy(), reg.flags, g.mode, g.size, chunks)?
                 } else {
-                    nix::fcntl::open(reg.name.as_str(), open_flags(reg.flags), Mode::empty())
+                    super::root::open(&plan.root, &reg.name, open_flags(reg.flags))
                         .map_err(|e| sys(format!("open {}", reg.name), e))?
                 };
                 lseek(&fd, reg.pos as i64, Whence::SeekSet)
@@ -328,7 +325,7 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
                 let acc = mapped[&id];
                 let fd = match o.desc.get(&id) {
                     Some(&d) if plan.ghosts.contains_key(&id) => reopen(d, acc)?,
-                    _ => nix::fcntl::open(reg.name.as_str(), open_flags(acc), Mode::empty())
+                    _ => super::root::open(&plan.root, &reg.name, open_flags(acc))
                         .map_err(|e| sys(format!("open {} for mapping", reg.name), e))?,
                 };
                 let n = o.park(fd)?;

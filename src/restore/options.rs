@@ -20,4 +20,6 @@ pub struct RestoreOptions {
     pub ext_unix_sk: bool,
     /// Give up after this long (`--timeout`).
     pub timeout: Option<Duration>,
+    /// Where the images' absolute paths are resolved (`--root`; `/` when unset).
+    pub root: Option<PathBuf>,
 }

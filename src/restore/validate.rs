@@ -91,7 +91,8 @@ pub fn files_unchanged(plan: &Plan) -> Result<(), RestoreError> {
         if plan.ghosts.contains_key(id) || super::files::tree_proc_path(plan, &reg.name) {
             continue;
         }
-        let path = Path::new(&reg.name);
+        let host = super::root::host_path(&plan.root, &reg.name);
+        let path = host.as_path();
         let md = std::fs::metadata(path).map_err(|e| RestoreError::FileMismatch {
             path: path.to_path_buf(),
             what: format!("cannot stat ({e})"),
