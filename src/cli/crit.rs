@@ -13,7 +13,7 @@
 //! name the file, the entry index and the field; the exit status is then 1.
 
 use std::ffi::OsString;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -136,14 +136,49 @@ fn display(path: Option<&Path>) -> String {
 /// Reads an input file (a regular file) or standard input, up to `cap` bytes
 /// (`stasis_images::limits`); more is an error before anything else is allocated.
 fn read_input(path: Option<&Path>, cap: u64) -> Result<Vec<u8>, CritError> {
-    let res = match path {
-        Some(p) => limits::read_regular(p, cap),
-        None => limits::read_capped(std::io::stdin().lock(), cap, &Default::default()),
-    };
-    res.map_err(|e| CritError::Input {
-        path: display(path),
-        source: e,
+    read_checked(path, cap, |_| Ok(()))
+}
+
+/// Like [`read_input`] for an image: its magic words are checked before the rest is read
+/// (`/dev/zero` on standard input fails at once instead of filling memory).
+fn read_image(path: Option<&Path>) -> Result<Vec<u8>, CritError> {
+    read_checked(path, limits::MAX_IMAGE_FILE, |head| {
+        json::split_magic(&json::CriuMagic, head)
+            .map(|_| ())
+            .map_err(|source| CritError::Image {
+                path: display(path),
+                source,
+            })
     })
+}
+
+/// Reads the first 8 bytes, hands them to `check_head`, then reads the rest up to `cap`.
+fn read_checked(
+    path: Option<&Path>,
+    cap: u64,
+    check_head: impl FnOnce(&[u8]) -> Result<(), CritError>,
+) -> Result<Vec<u8>, CritError> {
+    let input_err = |source| CritError::Input {
+        path: display(path),
+        source,
+    };
+    let mut r: Box<dyn Read> = match path {
+        Some(p) => Box::new(limits::open_regular(p, cap).map_err(input_err)?.0),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut head = Vec::with_capacity(8);
+    (&mut r)
+        .take(8)
+        .read_to_end(&mut head)
+        .map_err(|source| CritError::Io {
+            path: display(path),
+            source,
+        })?;
+    check_head(&head)?;
+    let rest = limits::read_capped(r, cap.saturating_sub(head.len() as u64), &Default::default())
+        .map_err(input_err)?;
+    head.extend_from_slice(&rest);
+    Ok(head)
 }
 
 /// Writes `data` to the file or to standard output (a closed pipe is not an error).
@@ -175,7 +210,7 @@ fn codec() -> Result<&'static Codec, CritError> {
 /// The crit text of an image (streamed: memory is the input and the text); `nopl` replaces
 /// payloads by their size.
 fn decode_text(input: Option<&Path>, pretty: bool, nopl: bool) -> Result<String, CritError> {
-    let bytes = read_input(input, limits::MAX_IMAGE_FILE)?;
+    let bytes = read_image(input)?;
     let mut edit = |magic: &str, e: &mut Value| {
         if nopl {
             strip_payload(magic, e)
@@ -281,7 +316,7 @@ fn run(cmd: Cmd) -> Result<(), CritError> {
             write_output(output.as_deref(), &bytes)
         }
         Cmd::Info { input } => {
-            let bytes = read_input(Some(&input), limits::MAX_IMAGE_FILE)?;
+            let bytes = read_image(Some(&input))?;
             let info = json::info(codec()?, &bytes).map_err(|source| CritError::Image {
                 path: input.display().to_string(),
                 source,

@@ -26,7 +26,7 @@ use serde_json::{Map, Value as Json};
 
 use super::error::JsonError;
 use super::image::MagicEntry;
-use super::message::{from_json, missing_required, to_json, Path};
+use super::message::{from_json, to_json, Path};
 use super::{b64, Codec};
 use crate::payload::{self, ExtraLen, PayloadKind};
 
@@ -141,13 +141,6 @@ impl Codec {
                 message: desc.name().to_string(),
                 source,
             })?;
-        if let Some(name) = missing_required(&msg) {
-            return Err(JsonError::Field {
-                entry,
-                path: format!("{}.{name}", desc.name()),
-                reason: "required field is missing".into(),
-            });
-        }
         Ok((bytes, msg))
     }
 

@@ -16,8 +16,9 @@
 //!     ipadd one address text for the whole repeated field
 //! ```
 //!
-//! Both ways, a message lacking a `required` field (also nested) is an error, as in crit
-//! (protobuf refuses to parse or serialise it).
+//! From JSON, a message lacking a `required` field (also nested) is an error, as in crit
+//! (protobuf refuses to serialise it); to JSON, such a message shows as it is (crit's
+//! decode shows it too).
 //!
 //! `--pretty` rules are checked in crit's order: hex, then dev, then flags, then dict.
 
