@@ -365,7 +365,13 @@ fn devices_fifos_directories_and_huge_files_are_refused_before_reading() {
     for dev in ["/dev/zero", "/dev/urandom"] {
         let err = Image::read_file(dev).unwrap_err();
         assert!(
-            matches!(err, ImageError::NotRegular { what: "a character device", .. }),
+            matches!(
+                err,
+                ImageError::NotRegular {
+                    what: "a character device",
+                    ..
+                }
+            ),
             "{err}"
         );
         assert!(err.to_string().contains(dev), "{err}");
@@ -373,7 +379,10 @@ fn devices_fifos_directories_and_huge_files_are_refused_before_reading() {
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(
         Image::read_file(dir.path()).unwrap_err(),
-        ImageError::NotRegular { what: "a directory", .. }
+        ImageError::NotRegular {
+            what: "a directory",
+            ..
+        }
     ));
     let fifo = dir.path().join("fifo.img");
     assert!(std::process::Command::new("mkfifo")
@@ -396,7 +405,16 @@ fn devices_fifos_directories_and_huge_files_are_refused_before_reading() {
     let f = std::fs::File::create(&big).unwrap();
     f.set_len(MAX_IMAGE_FILE + 1).unwrap();
     let err = Image::read_file(&big).unwrap_err();
-    assert!(matches!(err, ImageError::TooLarge { cap: MAX_IMAGE_FILE, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ImageError::TooLarge {
+                cap: MAX_IMAGE_FILE,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // A symlink to a device is the device.
     let link = dir.path().join("link.img");
     std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
@@ -406,7 +424,10 @@ fn devices_fifos_directories_and_huge_files_are_refused_before_reading() {
     ));
     // Streams (standard input) are read up to the cap only.
     let err = limits::read_capped(std::io::repeat(0), 1 << 20, &Default::default()).unwrap_err();
-    assert!(matches!(err, ImageError::TooLarge { cap: 0x100000, .. }), "{err}");
+    assert!(
+        matches!(err, ImageError::TooLarge { cap: 0x100000, .. }),
+        "{err}"
+    );
 }
 
 mod prost_types_like {

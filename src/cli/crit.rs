@@ -175,8 +175,12 @@ fn read_checked(
             source,
         })?;
     check_head(&head)?;
-    let rest = limits::read_capped(r, cap.saturating_sub(head.len() as u64), &Default::default())
-        .map_err(input_err)?;
+    let rest = limits::read_capped(
+        r,
+        cap.saturating_sub(head.len() as u64),
+        &Default::default(),
+    )
+    .map_err(input_err)?;
     head.extend_from_slice(&rest);
     Ok(head)
 }
@@ -216,11 +220,9 @@ fn decode_text(input: Option<&Path>, pretty: bool, nopl: bool) -> Result<String,
             strip_payload(magic, e)
         }
     };
-    json::decode_to_text(codec()?, &bytes, pretty, &mut edit).map_err(|source| {
-        CritError::Image {
-            path: display(input),
-            source,
-        }
+    json::decode_to_text(codec()?, &bytes, pretty, &mut edit).map_err(|source| CritError::Image {
+        path: display(input),
+        source,
     })
 }
 

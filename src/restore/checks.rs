@@ -61,7 +61,13 @@ pub fn inventory(dir: &Path) -> Result<stasis_images::pb::InventoryEntry, Restor
 pub fn vmas(path: &Path, mm: &msg::MmEntry) -> Result<(), RestoreError> {
     let mut prev_end = 0u64;
     for (i, v) in mm.vmas.iter().enumerate() {
-        let what = |w: &str| bad(path, 0, format!("vma {i} [{:#x}, {:#x}): {w}", v.start, v.end));
+        let what = |w: &str| {
+            bad(
+                path,
+                0,
+                format!("vma {i} [{:#x}, {:#x}): {w}", v.start, v.end),
+            )
+        };
         if v.start % PAGE != 0 || v.end % PAGE != 0 {
             return Err(what("not page-aligned"));
         }
@@ -161,7 +167,10 @@ pub fn groups(plan: &Plan, shell_job: bool) -> Result<(), RestoreError> {
             return Err(bad(
                 &pstree,
                 i,
-                format!("task {} is in session {}, which no task of the tree leads", t.pid, t.sid),
+                format!(
+                    "task {} is in session {}, which no task of the tree leads",
+                    t.pid, t.sid
+                ),
             ));
         }
     }

@@ -258,12 +258,8 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
                 what: format!("fifo {id}: no path entry"),
             })?;
         if keepers.insert(fifo.pipe_id, ()).is_none() {
-            let keeper = super::root::open(
-                &plan.root,
-                &path.0,
-                OFlag::O_RDWR | OFlag::O_NONBLOCK,
-            )
-            .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
+            let keeper = super::root::open(&plan.root, &path.0, OFlag::O_RDWR | OFlag::O_NONBLOCK)
+                .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
             if let Some((size, data)) = plan.fifo_data.get(&fifo.pipe_id) {
                 if *size as usize >= data.len() && *size > 0 {
                     let _ = fcntl(&keeper, FcntlArg::F_SETPIPE_SZ(*size as i32));

@@ -19,6 +19,7 @@ pub mod blob_core;
 pub mod checks;
 pub mod error;
 pub mod files;
+pub mod fuzzing;
 pub mod img;
 pub mod options;
 pub mod plan;

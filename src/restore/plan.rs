@@ -213,7 +213,13 @@ pub fn read_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
             .checked_mul(PAGE)
             .and_then(|n| e.vaddr.checked_add(n))
             .filter(|_| nr <= (1 << 36));
-        let what = |w: &str| bad(&f.path, index, format!("vaddr {:#x} nr_pages {nr}: {w}", e.vaddr));
+        let what = |w: &str| {
+            bad(
+                &f.path,
+                index,
+                format!("vaddr {:#x} nr_pages {nr}: {w}", e.vaddr),
+            )
+        };
         if e.vaddr % PAGE != 0 {
             return Err(what("vaddr not page-aligned"));
         }

@@ -105,7 +105,9 @@ pub fn encode_text(
         failure: RefCell::new(None),
     };
     let mut de = serde_json::Deserializer::from_str(text);
-    let res = (&doc).deserialize(&mut de).and_then(|v| de.end().map(|_| v));
+    let res = (&doc)
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|_| v));
     if let Some(e) = doc.failure.into_inner() {
         return Err(EncodeTextError::Image(e));
     }
