@@ -218,9 +218,9 @@ impl CriuArgs {
         if let Some(root) = &self.root {
             let is_slash =
                 std::fs::canonicalize(root).is_ok_and(|p| p == std::path::Path::new("/"));
-            if !is_slash && verb != Verb::Check {
+            if !is_slash && verb == Verb::Dump {
                 return Err(format!(
-                    "--root {}: a root other than / is not built yet (paths are taken from /)",
+                    "--root {}: dumping a tree whose root is not / is not built yet",
                     root.display()
                 ));
             }

@@ -90,7 +90,7 @@ pub const OPTIONS: &[CriuOpt] = &[
     o("work-dir", Some('W'), Req, Supported),
     o("log-file", Some('o'), Req, Supported),
     o("join-ns", Some('J'), Req, NotBuilt("not built yet (restoring into existing namespaces)")),
-    o("root", Some('r'), Req, Partial("`/` is accepted; another root is refused naming why")),
+    o("root", Some('r'), Req, Partial("restore: the images' paths are resolved under it (never leaving it); dump: only `/`, another root is refused naming why")),
     o("ext-unix-sk", Some('x'), Opt, Partial("accepted without a value; `=INODE` (one socket) is refused: not built yet")),
     o("help", Some('h'), N, Supported),
     b("tcp-established", None, Supported),

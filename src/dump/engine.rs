@@ -528,20 +528,52 @@ fn tcp_close_mark(mut inventory: serde_json::Value, tcp_close: bool) -> serde_js
 /// as CRIU's.
 pub const POST_DUMP_STEP: &str = "post-dump";
 
+/// What can be told before seizing: `-D` is a directory, and `-t` names a process (a
+/// thread-group leader), each with a message saying what is wrong.
+fn check_target(opts: &DumpOptions) -> Result<()> {
+    let dir = &opts.images_dir;
+    match std::fs::metadata(dir) {
+        Ok(md) if md.is_dir() => {}
+        Ok(_) => {
+            return Err(DumpError::new(
+                "images",
+                opts.pid,
+                Some(libc::ENOTDIR),
+                format!("images directory {} is not a directory", dir.display()),
+            ))
+        }
+        Err(_) => {
+            return Err(DumpError::new(
+                "images",
+                opts.pid,
+                Some(libc::ENOENT),
+                format!("images directory {} does not exist", dir.display()),
+            ))
+        }
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", opts.pid)).unwrap_or_default();
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse::<i32>().ok());
+    match tgid {
+        Some(tgid) if tgid != opts.pid => Err(DumpError::new(
+            "seize",
+            opts.pid,
+            Some(libc::EINVAL),
+            format!(
+                "{} is a thread of process {tgid}, not a process: dump -t {tgid}",
+                opts.pid
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Runs a dump of `opts.pid` with `backend`.
 pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> {
     let mut prof = Profile::new();
-    if !opts.images_dir.is_dir() {
-        return Err(DumpError::new(
-            "images",
-            opts.pid,
-            Some(libc::ENOENT),
-            format!(
-                "images directory {} does not exist",
-                opts.images_dir.display()
-            ),
-        ));
-    }
+    check_target(opts)?;
     let _session = fault::Session::begin(opts.fault.clone());
     opts.scripts
         .run(Action::PreDump, Some(opts.pid))

@@ -15,7 +15,7 @@ use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -284,12 +284,8 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
                 what: format!("fifo {id}: no path entry"),
             })?;
         if keepers.insert(fifo.pipe_id, ()).is_none() {
-            let keeper = nix::fcntl::open(
-                path.0.as_str(),
-                OFlag::O_RDWR | OFlag::O_NONBLOCK,
-                Mode::empty(),
-            )
-            .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
+            let keeper = super::root::open(&plan.root, &path.0, OFlag::O_RDWR | OFlag::O_NONBLOCK)
+                .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
             if let Some((size, data)) = plan.fifo_data.get(&fifo.pipe_id) {
                 if *size as usize >= data.len() && *size > 0 {
                     let _ = fcntl(&keeper, FcntlArg::F_SETPIPE_SZ(*size as i32));
@@ -302,12 +298,8 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
             }
             o.park(keeper)?;
         }
-        let fd = nix::fcntl::open(
-            path.0.as_str(),
-            open_flags(path.1) | OFlag::O_NONBLOCK,
-            Mode::empty(),
-        )
-        .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
+        let fd = super::root::open(&plan.root, &path.0, open_flags(path.1) | OFlag::O_NONBLOCK)
+            .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
         fcntl(&fd, FcntlArg::F_SETFL(status_flags(path.1)))
             .map_err(|e| sys("set fifo flags", e))?;
         let n = o.park(fd)?;
@@ -339,11 +331,11 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
                 continue;
             }
             let ghost = match plan.ghosts.get(&id) {
-                Some(g) if want_desc || want_map => Some(o.ghost(&reg.name, g)?),
+                Some(g) if want_desc || want_map => Some(o.ghost(&host_name(plan, &reg.name), g)?),
                 _ => None,
             };
             if want_desc && !o.desc.contains_key(&id) {
-                let fd = open_reg(reg, ghost)?;
+                let fd = open_reg(&plan.root, reg, ghost)?;
                 let n = o.park(fd)?;
                 o.desc.insert(id, n);
             }
@@ -351,7 +343,7 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
                 let acc = mapped[&id];
                 let fd = match ghost {
                     Some(g) => reopen(g, acc)?,
-                    None => nix::fcntl::open(reg.name.as_str(), open_flags(acc), Mode::empty())
+                    None => super::root::open(&plan.root, &reg.name, open_flags(acc))
                         .map_err(|e| sys(format!("open {} for mapping", reg.name), e))?,
                 };
                 let n = o.park(fd)?;
@@ -400,14 +392,10 @@ fn open_fs_dirs(plan: &Plan, o: &mut Opened) -> Result<(), RestoreError> {
                 continue;
             };
             let n = match plan.ghosts.get(&id) {
-                Some(g) => o.ghost(&reg.name, g)?,
+                Some(g) => o.ghost(&host_name(plan, &reg.name), g)?,
                 None => o.park(
-                    nix::fcntl::open(
-                        reg.name.as_str(),
-                        OFlag::O_PATH | OFlag::O_DIRECTORY,
-                        Mode::empty(),
-                    )
-                    .map_err(|e| sys(format!("open directory {}", reg.name), e))?,
+                    super::root::open(&plan.root, &reg.name, OFlag::O_PATH | OFlag::O_DIRECTORY)
+                        .map_err(|e| sys(format!("open directory {}", reg.name), e))?,
                 )?,
             };
             o.fs_dirs.insert(id, n);
@@ -618,7 +606,11 @@ fn io(step: &'static str, what: &str, e: std::io::Error) -> RestoreError {
 
 /// Opens a regular file (or directory, or other path) entry with its recorded flags and
 /// position; `ghost` is the unlinked file it was (see [`make_ghost`]).
-fn open_reg(reg: &pb::RegFileEntry, ghost: Option<RawFd>) -> Result<OwnedFd, RestoreError> {
+fn open_reg(
+    root: &Path,
+    reg: &pb::RegFileEntry,
+    ghost: Option<RawFd>,
+) -> Result<OwnedFd, RestoreError> {
     let o_path = reg.flags & libc::O_PATH as u32 != 0;
     let mut flags = reg.flags;
     if reg.mode.is_some_and(|m| m & libc::S_IFMT == libc::S_IFLNK) {
@@ -627,7 +619,7 @@ fn open_reg(reg: &pb::RegFileEntry, ghost: Option<RawFd>) -> Result<OwnedFd, Res
     }
     let fd = match ghost {
         Some(g) => reopen(g, flags)?,
-        None => nix::fcntl::open(reg.name.as_str(), open_flags(flags), Mode::empty())
+        None => super::root::open(root, &reg.name, open_flags(flags))
             .map_err(|e| sys(format!("open {}", reg.name), e))?,
     };
     if !o_path {
@@ -640,6 +632,14 @@ fn open_reg(reg: &pb::RegFileEntry, ghost: Option<RawFd>) -> Result<OwnedFd, Res
         }
     }
     Ok(fd)
+}
+
+/// The host path of image path `name` under the restore's root, as text (ghosts are made
+/// there).
+fn host_name(plan: &Plan, name: &str) -> String {
+    super::root::host_path(&plan.root, name)
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// A new open file description of the object behind `fd` (via /proc/self/fd).
