@@ -13,9 +13,6 @@ use crate::dump::{self, DumpOptions};
 
 /// CRIU dump options that stasis knows but does not implement.
 pub const UNSUPPORTED: &[&str] = &[
-    "--page-server",
-    "--address",
-    "--port",
     "--lazy-pages",
     "--pre-dump",
     "--prev-images-dir",
@@ -82,6 +79,27 @@ pub struct DumpArgs {
     /// Write a Chrome trace of the dump phases to FILE.
     #[arg(long = "profile", value_name = "FILE")]
     pub profile: Option<PathBuf>,
+    /// Send pagemaps and pages to a page server (criu or stasis page-server) instead of
+    /// the images directory.
+    #[arg(long = "page-server", requires = "port")]
+    pub page_server: bool,
+    /// Address of the page server.
+    #[arg(long = "address", value_name = "ADDR", requires = "page_server")]
+    pub address: Option<String>,
+    /// Port of the page server.
+    #[arg(long = "port", value_name = "N", requires = "page_server")]
+    pub port: Option<u16>,
+    /// Use this connected socket to the page server instead of connecting.
+    #[arg(long = "ps-socket", value_name = "FD", requires = "page_server")]
+    pub ps_socket: Option<i32>,
+    /// Compress the pages files in chunks: zstd or zstd:LEVEL (stasis extension; restore,
+    /// crit and convert read it, CRIU does not).
+    #[arg(long = "compress", value_name = "zstd[:LEVEL]")]
+    pub compress: Option<String>,
+    /// Encrypt and authenticate the pages files with the 32-byte key in FILE (32 raw bytes or
+    /// 64 hex digits; stasis extension).
+    #[arg(long = "encrypt-key", value_name = "FILE")]
+    pub encrypt_key: Option<PathBuf>,
 }
 
 /// Refuses a CRIU option stasis does not implement, naming it.
@@ -97,6 +115,43 @@ pub fn refuse_unsupported(args: &[OsString]) -> Result<(), String> {
 }
 
 impl DumpArgs {
+    /// The page pipeline's options: where pages go and how they are packed.
+    pub fn page_options(
+        &self,
+    ) -> Result<
+        (
+            Option<dump::page_out::PageServerAddr>,
+            crate::pages::pack::PackParams,
+        ),
+        String,
+    > {
+        use crate::pages::pack::{PackKey, PackParams};
+        let mut pack = PackParams::default();
+        if let Some(c) = &self.compress {
+            pack.zstd = Some(PackParams::parse_compress(c).map_err(|e| e.to_string())?);
+        }
+        if let Some(k) = &self.encrypt_key {
+            pack.key = Some(std::sync::Arc::new(
+                PackKey::load(k).map_err(|e| e.to_string())?,
+            ));
+        }
+        let ps = if self.page_server {
+            let address = match (&self.address, self.ps_socket) {
+                (Some(a), _) => a.clone(),
+                (None, Some(_)) => String::new(),
+                (None, None) => return Err("--page-server needs --address (or --ps-socket)".into()),
+            };
+            Some(dump::page_out::PageServerAddr {
+                address,
+                port: self.port.unwrap_or(0),
+                ps_socket: self.ps_socket,
+            })
+        } else {
+            None
+        };
+        Ok((ps, pack))
+    }
+
     /// The engine's options.
     pub fn options(&self) -> DumpOptions {
         DumpOptions {
@@ -115,6 +170,8 @@ impl DumpArgs {
             track_mem: false,
             fault: std::env::var("STASIS_FAULT").ok(),
             exiting_after: true,
+            page_server: None,
+            pack: Default::default(),
         }
     }
 }
@@ -133,7 +190,17 @@ pub fn run(args: Vec<OsString>) -> i32 {
         eprintln!("Error: {e}");
         return 1;
     }
-    let opts = a.options();
+    let mut opts = a.options();
+    match a.page_options() {
+        Ok((ps, pack)) => {
+            opts.page_server = ps;
+            opts.pack = pack;
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return 1;
+        }
+    }
     tracing::info!(
         "dumping tree {} into {}",
         opts.pid,
@@ -211,8 +278,8 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--bogus"));
-        let e = refuse_unsupported(&["--page-server".into()]).unwrap_err();
-        assert!(e.contains("--page-server"), "{e}");
+        let e = refuse_unsupported(&["--lazy-pages".into()]).unwrap_err();
+        assert!(e.contains("--lazy-pages"), "{e}");
         assert!(parse(&["-D", "/x"]).is_err());
     }
 }

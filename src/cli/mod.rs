@@ -15,8 +15,10 @@ use std::ffi::{OsStr, OsString};
 
 pub mod check;
 pub mod common;
+pub mod convert;
 pub mod crit;
 pub mod dump;
+pub mod page_server;
 pub mod restore;
 
 /// A verb of the command line.
@@ -42,6 +44,16 @@ const VERBS: &[Verb] = &[
         name: "dump",
         about: "checkpoint a process tree into an image directory",
         run: dump::run,
+    },
+    Verb {
+        name: "page-server",
+        about: "receive pages from a dump over the network (CRIU's page-server protocol)",
+        run: page_server::run,
+    },
+    Verb {
+        name: "convert",
+        about: "write plain CRIU images from compressed or encrypted ones",
+        run: convert::run,
     },
     Verb {
         name: "check",

@@ -28,6 +28,9 @@ struct RestoreArgs {
     /// Allow external unix socket peers
     #[arg(long = "ext-unix-sk")]
     ext_unix_sk: bool,
+    /// Key file of encrypted pages (stasis extension)
+    #[arg(long = "encrypt-key", value_name = "FILE")]
+    encrypt_key: Option<std::path::PathBuf>,
 }
 
 /// Runs `restore`; returns the exit status.
@@ -48,6 +51,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
         tcp_established: parsed.tcp_established,
         ext_unix_sk: parsed.ext_unix_sk,
         timeout: parsed.common.timeout(),
+        encrypt_key: parsed.encrypt_key.clone(),
     };
     let restored = match restore::restore(&opts) {
         Ok(r) => r,

@@ -92,7 +92,7 @@ struct Ctx<'a> {
     ids: &'a mut IdAllocator,
     stats: &'a mut DumpStats,
     prof: &'a mut Profile,
-    pages_id: &'a mut u32,
+    sink: &'a mut dyn crate::pages::PageSink,
     extras: &'a mut super::extras::Extras,
 }
 
@@ -338,16 +338,7 @@ fn collect_process(
         cx.dir.spool(&format!("mm-{pid}.img"), move || {
             Ok(mm::mm_file(&mm::mm_entry(&mm_fields, &vmas)))
         });
-        *cx.pages_id += 1;
-        pages::write_private(
-            cx.dir,
-            acc,
-            pid,
-            *cx.pages_id,
-            &runs,
-            &readable,
-            &mut cx.stats.pages,
-        )?;
+        pages::write_private(cx.sink, acc, pid, &runs, &readable, &mut cx.stats.pages)?;
         cx.prof.record(&format!("pages {pid}"), "pages", pid, t3);
         Ok(())
     })?;
@@ -390,7 +381,7 @@ fn write_images(
     dir: &mut ImageDir,
     opts: &DumpOptions,
     c: &Collection,
-    pages_id: u32,
+    sink: &mut dyn crate::pages::PageSink,
     stats: &mut DumpStats,
     prof: &mut Profile,
 ) -> Result<()> {
@@ -405,11 +396,9 @@ fn write_images(
         &tree.iter().map(tree::pstree_entry).collect::<Vec<_>>(),
     )
     .map_err(img(root))?;
-    let mut pages_id = pages_id;
     let t_mem = prof.now_us();
     for shm in &files.shmem {
-        pages_id += 1;
-        pages::write_shmem(dir, root, shm, pages_id, &mut stats.pages)?;
+        pages::write_shmem(sink, root, shm, &mut stats.pages)?;
     }
     for p in tree.iter().filter(|p| p.zombie) {
         let entry = core::zombie_core(&p.stat.comm, p.exit_code);
@@ -434,8 +423,14 @@ fn write_images(
         )
         .map_err(img(pid))?;
     }
+    // The last pagemap, then the end of the stream (a page server answers once all is
+    // written): only then may the tree be killed.
+    let sent = sink
+        .finish()
+        .map_err(|e| DumpError::new("pages", root, e.errno(), e.to_string()))?;
+    dir.adopt(&sent.files, sent.bytes);
     stats.memwrite_time = prof.now_us() - t_mem;
-    stats.page_pipes = pages_id as u64;
+    stats.page_pipes = sent.pagemaps;
     dir.write_all("files.img", out::FILES, &files.entries)
         .map_err(img(root))?;
     if !files.memfd_inodes.is_empty() {
@@ -487,14 +482,15 @@ fn write_images(
         .write_dir(dir.path())
         .map_err(|e| DumpError::new("images", root, e.errno(), e.to_string()))?;
     c.extras.write(dir, root)?;
+    let mut inventory = misc_images::inventory(root_ids, c.extras.root_cg_set());
+    if opts.pack.active() {
+        // Packed pages: CRIU must refuse this directory rather than look for pages-N.img.
+        inventory["img_version"] = crate::pages::pack::INVENTORY_MARK.into();
+    }
     dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
         .map_err(img(root))?;
-    dir.write_all(
-        "inventory.img",
-        out::INVENTORY,
-        &[misc_images::inventory(root_ids, c.extras.root_cg_set())],
-    )
-    .map_err(img(root))?;
+    dir.write_all("inventory.img", out::INVENTORY, &[inventory])
+        .map_err(img(root))?;
     Ok(())
 }
 
@@ -513,6 +509,8 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
         ));
     }
     let _session = fault::Session::begin(opts.fault.clone());
+    // Before anything is frozen: an unreachable page server fails the dump at once.
+    let mut sink = super::page_out::open_sink(opts)?;
     fault::check("seize", opts.pid)?;
     let t_freeze = prof.now_us();
     let mut frozen = backend.freeze(opts)?;
@@ -522,7 +520,7 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
     };
     prof.record("freeze", "phase", 0, t_freeze);
     let t_frozen = prof.now_us();
-    let result = dump_frozen(opts, frozen.as_mut(), &mut stats, &mut prof);
+    let result = dump_frozen(opts, frozen.as_mut(), sink.as_mut(), &mut stats, &mut prof);
     match result {
         Ok((dir, pids)) => {
             let t = prof.now_us();
@@ -570,6 +568,7 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
 fn dump_frozen(
     opts: &DumpOptions,
     frozen: &mut dyn FrozenTree,
+    sink: &mut dyn crate::pages::PageSink,
     stats: &mut DumpStats,
     prof: &mut Profile,
 ) -> Result<(ImageDir, Vec<i32>)> {
@@ -592,7 +591,6 @@ fn dump_frozen(
     files.net_ns_id = root_ids["net_ns_id"].as_u64().map(|x| x as u32);
     let mut extras = super::extras::Extras::new(opts.pid)?;
     let mut dir = ImageDir::new(&opts.images_dir);
-    let mut pages_id = 0u32;
     let t = prof.now_us();
     let mut collected = Vec::new();
     {
@@ -602,7 +600,7 @@ fn dump_frozen(
             ids: &mut ids,
             stats,
             prof,
-            pages_id: &mut pages_id,
+            sink: &mut *sink,
             extras: &mut extras,
         };
         for p in tree.iter().filter(|p| !p.zombie) {
@@ -620,7 +618,7 @@ fn dump_frozen(
         root_ids,
         extras,
     };
-    write_images(&mut dir, opts, &c, pages_id, stats, prof)?;
+    write_images(&mut dir, opts, &c, sink, stats, prof)?;
     if !opts.leave_running {
         // Dumped TCP connections stay in repair mode: killing the tree closes them silently.
         c.files.kinds.close_tcp_in_repair();

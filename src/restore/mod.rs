@@ -130,7 +130,10 @@ fn sys0(step: &str, e: nix::errno::Errno) -> RestoreError {
 /// The caller must be single-threaded (tasks are forked from it).
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let t0 = Instant::now();
-    let mut plan = plan::load(&opts.images_dir)?;
+    // Packed pages are decoded and checked completely before the plan, so that a damaged
+    // stream or a wrong key stops the restore before any task exists.
+    let view = crate::pages::convert::PlainView::of(&opts.images_dir, opts.encrypt_key.as_deref())?;
+    let mut plan = plan::load(view.dir())?;
     plan.shell_job = opts.shell_job;
     let root = &plan.tasks[0];
     if (root.sid != root.pid || root.pgid != root.pid) && !opts.shell_job {

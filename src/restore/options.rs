@@ -20,4 +20,6 @@ pub struct RestoreOptions {
     pub ext_unix_sk: bool,
     /// Give up after this long (`--timeout`).
     pub timeout: Option<Duration>,
+    /// Key file of encrypted pages (`--encrypt-key`; stasis extension).
+    pub encrypt_key: Option<PathBuf>,
 }

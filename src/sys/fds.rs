@@ -89,3 +89,17 @@ pub fn pread_raw(fd: RawFd, dst: u64, len: u64, off: u64) -> Result<usize, Errno
     }
     Ok(r as usize)
 }
+
+/// Takes ownership of descriptor `fd` inherited from the parent process and named on the
+/// command line (`--ps-socket FD`, `--status-fd FD`); fails with EBADF if it is not open.
+/// The caller must not take the same number twice.
+pub fn inherited(fd: RawFd) -> Result<OwnedFd, Errno> {
+    if fd < 0 {
+        return Err(Errno::EBADF);
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(Errno::last());
+    }
+    Ok(own(fd))
+}
