@@ -203,8 +203,9 @@ fn packed_dump_restore_convert_and_tampering() {
             .unwrap()
             .clone();
         let recs = records(&d.join(&big));
-        assert!(recs.iter().any(|r| r.1 == "ZERO"), "{recs:?}");
+        // fx-mem's patterns hardly compress (RAW records); its other pages do (ZSTD).
         assert!(recs.iter().any(|r| r.1 == "ZSTD"), "{recs:?}");
+        assert!(recs.len() > 3, "{recs:?}");
         assert_eq!(recs.last().unwrap().1, "END");
 
         let scratch = tempfile::tempdir().unwrap();
