@@ -352,7 +352,7 @@ pub fn write_shmem(
         file: &f,
         path: &shm.path,
     };
-    send(sink, Target::Shmem(shm.shmid as u64), &runs, &mut src, pid)?;
+    send(sink, Target::Shmem(shm.shmid), &runs, &mut src, pid)?;
     stats.shpages_written += runs.iter().map(|r| r.nr_pages).sum::<u64>();
     Ok(())
 }
