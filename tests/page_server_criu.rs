@@ -10,7 +10,7 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::dump::*;
 use common::lock::restore_lock;
@@ -27,17 +27,6 @@ fn criu(test: &str) -> Option<PathBuf> {
             );
             None
         }
-    }
-}
-
-fn wait_dumped(pids: &[i32]) {
-    let t0 = Instant::now();
-    while !gone(pids) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "dumped tasks still alive"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -75,7 +64,7 @@ fn stasis_dump_to_criu_page_server() {
         debian_crit_decodes_all(dump_dir.path());
         let pids = pids_of(dump_dir.path());
         *restored.lock().unwrap() = pids.clone();
-        wait_dumped(&pids);
+        wait_gone(&pids, 10, "the dumped tasks");
         stasis_restore_detached(dump_dir.path(), &[]);
         std::thread::sleep(Duration::from_millis(300));
         verify_then_kill(&w, &pids, "fx-mem dumped by stasis into criu page-server");
@@ -117,7 +106,7 @@ fn criu_dump_to_stasis(
         assert!(page_server::merge(ps_dir.path(), dump_dir.path()) >= 4);
         let pids = pids_of(dump_dir.path());
         *restored.lock().unwrap() = pids.clone();
-        wait_dumped(&pids);
+        wait_gone(&pids, 10, "the dumped tasks");
         let r: Vec<&str> = restore_extra.iter().map(String::as_str).collect();
         stasis_restore_detached(dump_dir.path(), &r);
         std::thread::sleep(Duration::from_millis(300));

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::dump::*;
 use common::lock::restore_lock;
@@ -14,17 +14,6 @@ use common::page_server;
 
 fn stasis_path() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_stasis"))
-}
-
-fn wait_dumped(pids: &[i32], name: &str) {
-    let t0 = Instant::now();
-    while !gone(pids) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "{name}: dumped tasks still alive"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn write_key(dir: &Path, byte: u8) -> PathBuf {
@@ -80,7 +69,7 @@ fn page_server_round_trip(base: i32, server_extra: &'static [&'static str]) {
         assert!(page_server::merge(ps_dir.path(), dump_dir.path()) >= 4);
         let pids = pids_of(dump_dir.path());
         *restored.lock().unwrap() = pids.clone();
-        wait_dumped(&pids, "fx-mem");
+        wait_gone(&pids, 10, "the dumped tasks");
         let key_arg: Vec<&str> = if server_extra.contains(&"--encrypt-key") {
             vec!["--encrypt-key", &key_s]
         } else {
@@ -134,18 +123,20 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The record heads of a packed file, from `stasis crit show`: (offset, kind, stored).
-fn records(file: &Path) -> Vec<(u64, String, u64)> {
-    let out = stasis_bin()
-        .args(["crit", "show"])
-        .arg(file)
-        .output()
-        .unwrap();
+/// Runs `cmd`, which must succeed; its output.
+fn stasis_ok_out(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// The record heads of a packed file, from `stasis crit show`: (offset, kind, stored).
+fn records(file: &Path) -> Vec<(u64, String, u64)> {
+    let out = stasis_ok_out(stasis_bin().args(["crit", "show"]).arg(file));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["magic"], "STASIS_PAGES_PACK");
     doc["entries"]
@@ -184,7 +175,7 @@ fn packed_dump_restore_convert_and_tampering() {
         );
         let pids = pids_of(dir.path());
         *restored.lock().unwrap() = pids.clone();
-        wait_dumped(&pids, "fx-mem");
+        wait_gone(&pids, 10, "the dumped tasks");
         let d = dir.path();
         assert!(names(d, |n| n.starts_with("pages-") && !n.ends_with(".pack.img")).is_empty());
         let packs = names(d, |n| n.ends_with(".pack.img"));
@@ -279,18 +270,13 @@ fn packed_dump_restore_convert_and_tampering() {
 
         // Convert: plain images, decoded by Debian's crit.
         let plain = scratch.path().join("plain");
-        let out = stasis_bin()
-            .args(["convert", "-D"])
-            .arg(d)
-            .arg("-o")
-            .arg(&plain)
-            .args(["--encrypt-key", &key_s])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        stasis_ok_out(
+            stasis_bin()
+                .args(["convert", "-D"])
+                .arg(d)
+                .arg("-o")
+                .arg(&plain)
+                .args(["--encrypt-key", &key_s]),
         );
         assert!(names(&plain, |n| n.ends_with(".pack.img")).is_empty());
         assert_eq!(
@@ -323,7 +309,7 @@ fn compressed_round_trip() {
         stasis_dump(w.pid, dir.path(), &["--compress", "zstd"]);
         let pids = pids_of(dir.path());
         *restored.lock().unwrap() = pids.clone();
-        wait_dumped(&pids, "fx-mem");
+        wait_gone(&pids, 10, "the dumped tasks");
         let packed: u64 = names(dir.path(), |n| n.ends_with(".pack.img"))
             .iter()
             .map(|n| std::fs::metadata(dir.path().join(n)).unwrap().len())

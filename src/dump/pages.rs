@@ -156,14 +156,7 @@ pub fn send(
                 .map_err(&se)?
                 .ok_or_else(|| DumpError::new("pages", pid, None, "the sink's file went away"))?;
             let n = src.copy_to(&regions, file)?;
-            if n != expected {
-                return Err(DumpError::new(
-                    "pages",
-                    pid,
-                    None,
-                    format!("the page source wrote {n} bytes of {expected}"),
-                ));
-            }
+            copied_all(n, expected, pid)?;
             sink.spliced(n);
         }
     } else {
@@ -171,6 +164,18 @@ pub fn send(
     }
     sink.close().map_err(&se)?;
     Ok(expected)
+}
+
+fn copied_all(n: u64, want: u64, pid: i32) -> Result<()> {
+    if n != want {
+        return Err(DumpError::new(
+            "pages",
+            pid,
+            None,
+            format!("the page source wrote {n} bytes of {want}"),
+        ));
+    }
+    Ok(())
 }
 
 /// One piece of a present run: run index, address, length.
@@ -207,23 +212,14 @@ fn staged(sink: &mut dyn PageSink, runs: &[Run], src: &mut dyn PageSource, pid: 
             std::io::Seek::rewind(f).map_err(|e| io("reset staged pages", e))?;
             let regions: Vec<(u64, u64)> = batch.iter().map(|p| (p.1, p.2)).collect();
             let want: u64 = regions.iter().map(|r| r.1).sum();
-            let n = src.copy_to(&regions, f)?;
-            if n != want {
-                return Err(DumpError::new(
-                    "pages",
-                    pid,
-                    None,
-                    format!("the page source wrote {n} bytes of {want}"),
-                ));
-            }
+            copied_all(src.copy_to(&regions, f)?, want, pid)?;
             let mut at = 0u64;
-            for &(ri, addr, len) in batch.iter() {
+            for &(ri, _, len) in batch.iter() {
                 // Entries up to this run (holes in between too), once each.
                 while *next <= ri {
                     sink.entry(&runs[*next]).map_err(&se)?;
                     *next += 1;
                 }
-                let _ = addr;
                 let mut done = 0;
                 while done < len {
                     let k = (len - done).min(buf.len() as u64) as usize;

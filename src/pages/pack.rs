@@ -807,7 +807,6 @@ impl<R: Read> Reader<R> {
         }
         self.offset += RECORD_LEN as u64 + u64::from(rec.stored);
         self.index += 1;
-        let _ = h;
         Ok(Some(rec))
     }
 }
