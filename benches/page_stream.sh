@@ -37,6 +37,7 @@ PY
 echo "redis $RPID: $(redis-cli -p $PORT dbsize) keys, $(grep VmRSS /proc/$RPID/status)"
 
 t() { local s e; s=$(date +%s.%N); "$@"; e=$(date +%s.%N); echo "$e - $s" | bc; }
+wait_listen() { for _ in $(seq 100); do ss -ltnH "sport = :$1" | grep -q . && return; sleep 0.1; done; echo "nothing listens on $1"; exit 1; }
 pages_size() { du -cb "$1"/pages-* 2>/dev/null | tail -1 | cut -f1; }
 
 run() { # name, then dump args
@@ -57,7 +58,7 @@ ps_run() { # name, server binary, server args...
     rm -rf "$d" "$s"; mkdir -p "$d" "$s"
     sync; echo 3 > /proc/sys/vm/drop_caches
     "$server" page-server -D "$s" --address 127.0.0.1 --port $p -o ps.log "$@" &
-    local spid=$!; sleep 0.5
+    local spid=$!; wait_listen $p
     local secs; secs=$(t "$STASIS" dump -t $RPID -D "$d" -R -o dump.log --page-server --address 127.0.0.1 --port $p)
     wait $spid
     echo "$name: $secs s, server pages files $(pages_size "$s") bytes"
@@ -71,7 +72,7 @@ if [ -n "${CRIU:-}" ]; then
     ps_run ps-criu-server "$CRIU"
     d="$WORK/criu-ps"; s="$WORK/criu-ps-server"; rm -rf "$d" "$s"; mkdir -p "$d" "$s"
     sync; echo 3 > /proc/sys/vm/drop_caches
-    "$CRIU" page-server -D "$s" --address 127.0.0.1 --port $((PORT + 2)) -o ps.log & spid=$!; sleep 0.5
+    "$CRIU" page-server -D "$s" --address 127.0.0.1 --port $((PORT + 2)) -o ps.log & spid=$!; wait_listen $((PORT + 2))
     echo "criu dump -> criu page-server: $(t "$CRIU" dump -t $RPID -D "$d" -R -j -o dump.log --page-server --address 127.0.0.1 --port $((PORT + 2))) s"
     wait $spid
 fi

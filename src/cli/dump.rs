@@ -81,7 +81,7 @@ pub struct DumpArgs {
     pub profile: Option<PathBuf>,
     /// Send pagemaps and pages to a page server (criu or stasis page-server) instead of
     /// the images directory.
-    #[arg(long = "page-server", requires = "port")]
+    #[arg(long = "page-server")]
     pub page_server: bool,
     /// Address of the page server.
     #[arg(long = "address", value_name = "ADDR", requires = "page_server")]
@@ -136,10 +136,14 @@ impl DumpArgs {
             ));
         }
         let ps = if self.page_server {
-            let address = match (&self.address, self.ps_socket) {
-                (Some(a), _) => a.clone(),
-                (None, Some(_)) => String::new(),
-                (None, None) => return Err("--page-server needs --address (or --ps-socket)".into()),
+            let address = match (&self.address, self.port, self.ps_socket) {
+                (_, _, Some(_)) => self.address.clone().unwrap_or_default(),
+                (Some(a), Some(_), None) => a.clone(),
+                _ => {
+                    return Err(
+                        "--page-server needs --address and --port (or --ps-socket FD)".into(),
+                    )
+                }
             };
             Some(dump::page_out::PageServerAddr {
                 address,
@@ -281,5 +285,35 @@ mod tests {
         let e = refuse_unsupported(&["--lazy-pages".into()]).unwrap_err();
         assert!(e.contains("--lazy-pages"), "{e}");
         assert!(parse(&["-D", "/x"]).is_err());
+    }
+
+    #[test]
+    fn page_pipeline_options() {
+        let a = parse(&[
+            "-t",
+            "1",
+            "--page-server",
+            "--address",
+            "10.0.0.2",
+            "--port",
+            "9",
+        ])
+        .unwrap();
+        let (ps, pack) = a.page_options().unwrap();
+        let ps = ps.unwrap();
+        assert_eq!(
+            (ps.address.as_str(), ps.port, ps.ps_socket),
+            ("10.0.0.2", 9, None)
+        );
+        assert!(!pack.active());
+        let a = parse(&["-t", "1", "--page-server", "--ps-socket", "5"]).unwrap();
+        assert_eq!(a.page_options().unwrap().0.unwrap().ps_socket, Some(5));
+        let a = parse(&["-t", "1", "--page-server", "--port", "9"]).unwrap();
+        assert!(a.page_options().unwrap_err().contains("--address"));
+        assert!(parse(&["-t", "1", "--port", "9"]).is_err());
+        let a = parse(&["-t", "1", "--compress", "zstd:5"]).unwrap();
+        assert_eq!(a.page_options().unwrap().1.zstd, Some(5));
+        let a = parse(&["-t", "1", "--compress", "lz4"]).unwrap();
+        assert!(a.page_options().is_err());
     }
 }

@@ -10,6 +10,20 @@
 //! fault them in later); file private VMAs — only pages that stopped being file pages (COW);
 //! the vDSO — every present page; vvar, vsyscall and MADV_DONTDUMP areas — none. Adjacent
 //! pages with equal flags share one entry, across VMA boundaries.
+//!
+//! The dump's end of the page pipeline ([`crate::pages`]):
+//!
+//! ```text
+//!  plan(pid, vmas) ─► runs ─┐
+//!                           ├─► send(sink, target, runs, source)
+//!  PageSource ──────────────┘     sink offers a file (local plain): every entry, then one
+//!   FrozenSource (parasite          copy_to(all present regions, file)  (splice, no copy)
+//!    vmsplice / read_memory)      else: present regions in batches of 16 MiB
+//!   ShmemSource (object file)       copy_to(batch, memfd) ─► per run: entry, pages(bytes)
+//! ```
+//! Another source (pages dirtied since a parent, `process_vm_readv` after the tree runs
+//! again) implements [`PageSource`]; runs with `PE_PARENT` (or without `PE_PRESENT`) go out as
+//! entries without data.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

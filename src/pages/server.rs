@@ -384,3 +384,47 @@ mod tests {
         assert!(e.contains("not flushed"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod parent_tests {
+    use super::*;
+    use crate::pages::client::PageServerSink;
+    use std::os::unix::net::UnixStream;
+
+    /// `--prev-images-dir` becomes the `parent` link; OPEN2 and PARENT answer whether the
+    /// parent has the pagemap.
+    #[test]
+    fn parent_link_and_answers() {
+        let top = tempfile::tempdir().unwrap();
+        let prev = top.path().join("prev");
+        let cur = top.path().join("cur");
+        std::fs::create_dir_all(&prev).unwrap();
+        std::fs::create_dir_all(&cur).unwrap();
+        std::fs::write(prev.join("pagemap-7.img"), b"").unwrap();
+        let o = ServerOptions {
+            images_dir: cur.clone(),
+            prev_images_dir: Some(PathBuf::from("../prev")),
+            pack: PackParams::default(),
+        };
+        prepare_dir(&o).unwrap();
+        assert_eq!(
+            std::fs::read_link(cur.join("parent")).unwrap(),
+            PathBuf::from("../prev")
+        );
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || serve(OwnedFd::from(b), "test", &o, true));
+        let mut c = PageServerSink::over_socket(OwnedFd::from(a));
+        assert!(c.parent_has(Target::Process(7)).unwrap());
+        assert!(!c.parent_has(Target::Process(8)).unwrap());
+        assert!(c.open(Target::Process(7)).unwrap());
+        assert!(!c.open(Target::Shmem(7)).unwrap());
+        c.finish().unwrap();
+        t.join().unwrap().unwrap();
+        let bad = ServerOptions {
+            images_dir: cur,
+            prev_images_dir: Some(PathBuf::from("../missing")),
+            pack: PackParams::default(),
+        };
+        assert!(prepare_dir(&bad).is_err());
+    }
+}
