@@ -39,7 +39,8 @@ enum Cmd {
     ///
     /// Prints single-line JSON, or with --pretty indented JSON with addresses in hex, flag
     /// fields as names ("PROT_READ | PROT_WRITE"), device numbers as "major:minor" and
-    /// addresses as text. Raw images (pages-*.img) have no entries and are refused.
+    /// addresses as text. Raw images (pages-*.img) have no entries and are refused. Packed
+    /// pages files (pages-*.pack.img, stasis's extension) show their header and records.
     Decode {
         /// Image file to decode (standard input by default).
         #[arg(short = 'i', long = "in", value_name = "FILE")]
@@ -143,6 +144,10 @@ fn read_input(path: Option<&Path>, cap: u64) -> Result<Vec<u8>, CritError> {
 /// (`/dev/zero` on standard input fails at once instead of filling memory).
 fn read_image(path: Option<&Path>) -> Result<Vec<u8>, CritError> {
     read_checked(path, limits::MAX_IMAGE_FILE, |head| {
+        if head.starts_with(&crate::pages::pack::MAGIC) {
+            // A packed pages file (stasis extension): see `pack_doc`.
+            return Ok(());
+        }
         json::split_magic(&json::CriuMagic, head)
             .map(|_| ())
             .map_err(|source| CritError::Image {
@@ -211,10 +216,45 @@ fn codec() -> Result<&'static Codec, CritError> {
     })
 }
 
+/// A packed pages file (stasis extension) as JSON: its header and its records' heads (no
+/// key is needed: data is neither decoded nor authenticated).
+fn pack_doc(input: Option<&Path>, bytes: &[u8]) -> Option<Result<Value, CritError>> {
+    use crate::pages::pack;
+    if !bytes.starts_with(&pack::MAGIC) {
+        return None;
+    }
+    let name = display(input);
+    Some(
+        pack::list_from(Path::new(&name), bytes)
+            .map(|(info, recs)| {
+                let file_id: String = info.file_id.iter().map(|b| format!("{b:02x}")).collect();
+                serde_json::json!({
+                    "magic": "STASIS_PAGES_PACK",
+                    "header": {
+                        "version": info.version, "zstd": info.zstd, "sealed": info.sealed,
+                        "chunk_pages": info.chunk_pages, "pages_id": info.pages_id,
+                        "level": info.level, "file_id": file_id,
+                    },
+                    "entries": recs.iter().map(|r| serde_json::json!({
+                        "offset": r.offset, "kind": r.kind_name(), "index": r.index,
+                        "pages": r.pages, "stored": r.stored,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .map_err(|e| CritError::Io {
+                path: name,
+                source: std::io::Error::other(e.to_string()),
+            }),
+    )
+}
+
 /// The crit text of an image (streamed: memory is the input and the text); `nopl` replaces
 /// payloads by their size.
 fn decode_text(input: Option<&Path>, pretty: bool, nopl: bool) -> Result<String, CritError> {
     let bytes = read_image(input)?;
+    if let Some(doc) = pack_doc(input, &bytes) {
+        return Ok(json::to_text(&doc?, pretty));
+    }
     let mut edit = |magic: &str, e: &mut Value| {
         if nopl {
             strip_payload(magic, e)
@@ -319,6 +359,12 @@ fn run(cmd: Cmd) -> Result<(), CritError> {
         }
         Cmd::Info { input } => {
             let bytes = read_image(Some(&input))?;
+            if let Some(doc) = pack_doc(Some(&input), &bytes) {
+                let n = doc?["entries"].as_array().map_or(0, Vec::len);
+                let info = serde_json::json!({"magic": "STASIS_PAGES_PACK", "count": n});
+                let text = json::to_text(&info, true) + "\n";
+                return write_output(None, text.as_bytes());
+            }
             let info = json::info(codec()?, &bytes).map_err(|source| CritError::Image {
                 path: input.display().to_string(),
                 source,

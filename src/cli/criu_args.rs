@@ -18,6 +18,7 @@ pub enum Verb {
     Dump,
     Restore,
     Check,
+    PageServer,
 }
 
 /// CRIU options shared by every verb (CRIU accepts each of them on every command).

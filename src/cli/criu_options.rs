@@ -75,7 +75,7 @@ use Status::{Ignored, NotBuilt, Partial, Supported};
 const MNTNS: &str = "concerns mount namespaces, which stasis neither dumps nor restores \
                      (a tree in another mount namespace is refused at dump)";
 const NETNS: &str = "concerns network namespaces, which stasis neither dumps nor restores";
-const PAGE_SERVER: &str = "not built yet (page server, being built)";
+const PAGE_SERVER: &str = "not built yet (TLS for the page server)";
 const LAZY: &str = "not built yet (lazy pages, being built)";
 
 /// CRIU 4.2's options (criu/config.c `long_opts` and `short_opts`), in its order.
@@ -104,9 +104,9 @@ pub const OPTIONS: &[CriuOpt] = &[
     b("link-remap", None, Partial("accepted; an open file whose name was unlinked while other links remain is refused by name (link remaps are not built yet)")),
     b("shell-job", Some('j'), Supported),
     b("file-locks", Some('l'), Partial("accepted; a task holding a lock is refused by name (locks are not dumped yet)")),
-    b("page-server", None, NotBuilt(PAGE_SERVER)),
-    o("address", None, Req, NotBuilt(PAGE_SERVER)),
-    o("port", None, Req, NotBuilt(PAGE_SERVER)),
+    b("page-server", None, Supported),
+    o("address", None, Req, Supported),
+    o("port", None, Req, Supported),
     o("prev-images-dir", None, Req, Supported),
     o("ms", None, N, NotBuilt("deprecated: CRIU refuses it too")),
     b("track-mem", None, Supported),
@@ -145,7 +145,7 @@ pub const OPTIONS: &[CriuOpt] = &[
     o("status-fd", None, Req, Supported),
     b("tcp-close", None, Supported),
     o("verbosity", Some('v'), Opt, Supported),
-    o("ps-socket", None, Req, NotBuilt(PAGE_SERVER)),
+    o("ps-socket", None, Req, Supported),
     b("stream", None, NotBuilt("not built yet (criu-image-streamer)")),
     o("config", None, Req, Supported),
     o("no-default-config", None, N, Supported),

@@ -29,6 +29,27 @@ pub struct DumpArgs {
     /// Write a Chrome trace of the dump phases to FILE.
     #[arg(long = "profile", value_name = "FILE")]
     pub profile: Option<PathBuf>,
+    /// Send pagemaps and pages to a page server (criu or stasis page-server) instead of
+    /// the images directory.
+    #[arg(long = "page-server")]
+    pub page_server: bool,
+    /// Address of the page server.
+    #[arg(long = "address", value_name = "ADDR", requires = "page_server")]
+    pub address: Option<String>,
+    /// Port of the page server.
+    #[arg(long = "port", value_name = "N", requires = "page_server")]
+    pub port: Option<u16>,
+    /// Use this connected socket to the page server instead of connecting.
+    #[arg(long = "ps-socket", value_name = "FD", requires = "page_server")]
+    pub ps_socket: Option<i32>,
+    /// Compress the pages files in chunks: zstd or zstd:LEVEL (stasis extension; restore,
+    /// crit and convert read it, CRIU does not).
+    #[arg(long = "compress", value_name = "zstd[:LEVEL]")]
+    pub compress: Option<String>,
+    /// Encrypt and authenticate the pages files with the 32-byte key in FILE (32 raw bytes or
+    /// 64 hex digits; stasis extension).
+    #[arg(long = "encrypt-key", value_name = "FILE")]
+    pub encrypt_key: Option<PathBuf>,
 }
 
 /// `--track-mem`, `--prev-images-dir`, `--pre-dump-mode` (dump and pre-dump; accepted and
@@ -68,6 +89,47 @@ pub fn refuse_unsupported(args: &[OsString]) -> Result<(), String> {
 }
 
 impl DumpArgs {
+    /// The page pipeline's options: where pages go and how they are packed.
+    pub fn page_options(
+        &self,
+    ) -> Result<
+        (
+            Option<dump::page_out::PageServerAddr>,
+            crate::pages::pack::PackParams,
+        ),
+        String,
+    > {
+        use crate::pages::pack::{PackKey, PackParams};
+        let mut pack = PackParams::default();
+        if let Some(c) = &self.compress {
+            pack.zstd = Some(PackParams::parse_compress(c).map_err(|e| e.to_string())?);
+        }
+        if let Some(k) = &self.encrypt_key {
+            pack.key = Some(std::sync::Arc::new(
+                PackKey::load(k).map_err(|e| e.to_string())?,
+            ));
+        }
+        let ps = if self.page_server {
+            let address = match (&self.address, self.port, self.ps_socket) {
+                (_, _, Some(_)) => self.address.clone().unwrap_or_default(),
+                (Some(a), Some(_), None) => a.clone(),
+                _ => {
+                    return Err(
+                        "--page-server needs --address and --port (or --ps-socket FD)".into(),
+                    )
+                }
+            };
+            Some(dump::page_out::PageServerAddr {
+                address,
+                port: self.port.unwrap_or(0),
+                ps_socket: self.ps_socket,
+            })
+        } else {
+            None
+        };
+        Ok((ps, pack))
+    }
+
     /// The engine's options (`--pidfile` is ignored on dump, as CRIU does).
     pub fn options(&self) -> Result<DumpOptions, String> {
         let c = &self.common.criu;
@@ -97,6 +159,8 @@ impl DumpArgs {
             tracker_exe: None,
             fault: std::env::var("STASIS_FAULT").ok(),
             exiting_after: true,
+            page_server: None,
+            pack: Default::default(),
             scripts,
             ghost_limit: Some(c.ghost_limit()?),
             link_remap: c.link_remap,
@@ -112,7 +176,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
         Ok(a) => a,
         Err(status) => return status,
     };
-    let opts = match a.options() {
+    let mut opts = match a.options() {
         Ok(o) => o,
         Err(e) => {
             common::report(&a.common, e);
@@ -129,6 +193,16 @@ pub fn run(args: Vec<OsString>) -> i32 {
     if let Err(e) = cpu_caps {
         common::report(&a.common, e);
         return 1;
+    }
+    match a.page_options() {
+        Ok((ps, pack)) => {
+            opts.page_server = ps;
+            opts.pack = pack;
+        }
+        Err(e) => {
+            common::report(&a.common, e);
+            return 1;
+        }
     }
     tracing::info!(
         "dumping tree {} into {}",
@@ -232,8 +306,38 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--bogus"));
-        let e = refuse_unsupported(&["--page-server".into()]).unwrap_err();
-        assert!(e.contains("--page-server"), "{e}");
+        let e = refuse_unsupported(&["--lazy-pages".into()]).unwrap_err();
+        assert!(e.contains("--lazy-pages"), "{e}");
         assert!(parse(&["-D", "/x"]).unwrap().options().is_err());
+    }
+
+    #[test]
+    fn page_pipeline_options() {
+        let a = parse(&[
+            "-t",
+            "1",
+            "--page-server",
+            "--address",
+            "10.0.0.2",
+            "--port",
+            "9",
+        ])
+        .unwrap();
+        let (ps, pack) = a.page_options().unwrap();
+        let ps = ps.unwrap();
+        assert_eq!(
+            (ps.address.as_str(), ps.port, ps.ps_socket),
+            ("10.0.0.2", 9, None)
+        );
+        assert!(!pack.active());
+        let a = parse(&["-t", "1", "--page-server", "--ps-socket", "5"]).unwrap();
+        assert_eq!(a.page_options().unwrap().0.unwrap().ps_socket, Some(5));
+        let a = parse(&["-t", "1", "--page-server", "--port", "9"]).unwrap();
+        assert!(a.page_options().unwrap_err().contains("--address"));
+        assert!(parse(&["-t", "1", "--port", "9"]).is_err());
+        let a = parse(&["-t", "1", "--compress", "zstd:5"]).unwrap();
+        assert_eq!(a.page_options().unwrap().1.zstd, Some(5));
+        let a = parse(&["-t", "1", "--compress", "lz4"]).unwrap();
+        assert!(a.page_options().is_err());
     }
 }

@@ -16,12 +16,14 @@ use std::ffi::{OsStr, OsString};
 
 pub mod check;
 pub mod common;
+pub mod convert;
 pub mod crit;
 pub mod criu_args;
 pub mod criu_options;
 pub mod dump;
 pub mod log;
 pub mod predump;
+pub mod page_server;
 pub mod restore;
 
 /// A verb of the command line.
@@ -57,6 +59,16 @@ const VERBS: &[Verb] = &[
         name: "dirty-tracker",
         about: "(internal) hold the dirty-page tracking of a pre-dump chain",
         run: predump::run_tracker,
+    },
+    Verb {
+        name: "page-server",
+        about: "receive pages from a dump over the network (CRIU's page-server protocol)",
+        run: page_server::run,
+    },
+    Verb {
+        name: "convert",
+        about: "write plain CRIU images from compressed or encrypted ones",
+        run: convert::run,
     },
     Verb {
         name: "check",

@@ -18,6 +18,9 @@ use crate::restore::{self, RestoreOptions};
 struct RestoreArgs {
     #[command(flatten)]
     common: CommonArgs,
+    /// Key file of encrypted pages (stasis extension)
+    #[arg(long = "encrypt-key", value_name = "FILE")]
+    encrypt_key: Option<std::path::PathBuf>,
 }
 
 impl common::VerbArgs for RestoreArgs {
@@ -60,6 +63,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
         tcp_close: c.tcp_close,
         cgroups_ignore: c.cgroup_mode() == "ignore",
         root: c.root.clone().map(std::path::PathBuf::from),
+        encrypt_key: parsed.encrypt_key.clone(),
     };
     let cpu_ok = crate::cpuinfo::option_caps(&c.cpu_cap.clone().map(Some))
         .and_then(|caps| crate::cpuinfo::check_dir(&opts.images_dir, caps));

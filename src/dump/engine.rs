@@ -93,7 +93,7 @@ struct Ctx<'a> {
     ids: &'a mut IdAllocator,
     stats: &'a mut DumpStats,
     prof: &'a mut Profile,
-    pages_id: &'a mut u32,
+    sink: &'a mut dyn crate::pages::PageSink,
     extras: &'a mut super::extras::Extras,
     /// Dirty tracking and the parent image (incremental dumps).
     tracking: &'a mut super::dirty::session::Session,
@@ -343,16 +343,7 @@ fn collect_process(
         cx.dir.spool(&format!("mm-{pid}.img"), move || {
             Ok(mm::mm_file(&mm::mm_entry(&mm_fields, &vmas)))
         });
-        *cx.pages_id += 1;
-        pages::write_private(
-            cx.dir,
-            acc,
-            pid,
-            *cx.pages_id,
-            &runs,
-            &readable,
-            &mut cx.stats.pages,
-        )?;
+        pages::write_private(cx.sink, acc, pid, &runs, &readable, &mut cx.stats.pages)?;
         cx.prof.record(&format!("pages {pid}"), "pages", pid, t3);
         Ok(())
     })?;
@@ -396,7 +387,7 @@ fn write_images(
     dir: &mut ImageDir,
     opts: &DumpOptions,
     c: &Collection,
-    pages_id: u32,
+    sink: &mut dyn crate::pages::PageSink,
     stats: &mut DumpStats,
     prof: &mut Profile,
 ) -> Result<()> {
@@ -411,11 +402,9 @@ fn write_images(
         &tree.iter().map(tree::pstree_entry).collect::<Vec<_>>(),
     )
     .map_err(img(root))?;
-    let mut pages_id = pages_id;
     let t_mem = prof.now_us();
     for shm in &files.shmem {
-        pages_id += 1;
-        pages::write_shmem(dir, root, shm, pages_id, &mut stats.pages)?;
+        pages::write_shmem(sink, root, shm, &mut stats.pages)?;
     }
     for p in tree.iter().filter(|p| p.zombie) {
         let entry = core::zombie_core(&p.stat.comm, p.exit_code);
@@ -440,8 +429,14 @@ fn write_images(
         )
         .map_err(img(pid))?;
     }
+    // The last pagemap, then the end of the stream (a page server answers once all is
+    // written): only then may the tree be killed.
+    let sent = sink
+        .finish()
+        .map_err(|e| DumpError::new("pages", root, e.errno(), e.to_string()))?;
+    dir.adopt(&sent.files, sent.bytes);
     stats.memwrite_time = prof.now_us() - t_mem;
-    stats.page_pipes = pages_id as u64;
+    stats.page_pipes = sent.pagemaps;
     dir.write_all("files.img", out::FILES, &files.entries)
         .map_err(img(root))?;
     if !files.memfd_inodes.is_empty() {
@@ -501,8 +496,6 @@ fn write_images(
         .write_dir(dir.path())
         .map_err(|e| DumpError::new("images", root, e.errno(), e.to_string()))?;
     c.extras.write(dir, root)?;
-    dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
-        .map_err(img(root))?;
     let mut inventory = tcp_close_mark(
         misc_images::inventory(root_ids, c.extras.root_cg_set()),
         opts.tcp_close,
@@ -511,6 +504,12 @@ fn write_images(
         // A later incremental dump tells its processes from newer ones with the same pid.
         inventory["dump_uptime"] = super::dirty::uptime_us().into();
     }
+    if opts.pack.active() {
+        // Packed pages: CRIU must refuse this directory rather than look for pages-N.img.
+        inventory["img_version"] = crate::pages::pack::INVENTORY_MARK.into();
+    }
+    dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
+        .map_err(img(root))?;
     dir.write_all("inventory.img", out::INVENTORY, &[inventory])
         .map_err(img(root))?;
     Ok(())
@@ -585,6 +584,8 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
     } else {
         super::dirty::session::Session::none()
     };
+    // Before anything is frozen: an unreachable page server fails the dump at once.
+    let mut sink = super::page_out::open_sink(opts)?;
     fault::check("seize", opts.pid)?;
     let t_freeze = prof.now_us();
     let mut frozen = backend.freeze(opts)?;
@@ -594,7 +595,15 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
     };
     prof.record("freeze", "phase", 0, t_freeze);
     let t_frozen = prof.now_us();
-    let result = dump_frozen(opts, frozen.as_mut(), &mut stats, &mut prof, &mut tracking).and_then(|r| {
+    let result = dump_frozen(
+        opts,
+        frozen.as_mut(),
+        sink.as_mut(),
+        &mut stats,
+        &mut prof,
+        &mut tracking,
+    )
+    .and_then(|r| {
         // CRIU: a failing post-dump script resumes the tree, whatever -R says.
         opts.scripts
             .run(Action::PostDump, Some(opts.pid))
@@ -650,6 +659,7 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
 fn dump_frozen(
     opts: &DumpOptions,
     frozen: &mut dyn FrozenTree,
+    sink: &mut dyn crate::pages::PageSink,
     stats: &mut DumpStats,
     prof: &mut Profile,
     tracking: &mut super::dirty::session::Session,
@@ -680,7 +690,6 @@ fn dump_frozen(
     files.net_ns_id = root_ids["net_ns_id"].as_u64().map(|x| x as u32);
     let mut extras = super::extras::Extras::new(opts.pid)?;
     let mut dir = ImageDir::new(&opts.images_dir);
-    let mut pages_id = 0u32;
     let t = prof.now_us();
     let mut collected = Vec::new();
     {
@@ -690,7 +699,7 @@ fn dump_frozen(
             ids: &mut ids,
             stats,
             prof,
-            pages_id: &mut pages_id,
+            sink: &mut *sink,
             extras: &mut extras,
             tracking,
         };
@@ -709,7 +718,7 @@ fn dump_frozen(
         root_ids,
         extras,
     };
-    write_images(&mut dir, opts, &c, pages_id, stats, prof)?;
+    write_images(&mut dir, opts, &c, sink, stats, prof)?;
     if !opts.leave_running {
         // Dumped TCP connections stay in repair mode: killing the tree closes them silently.
         c.files.kinds.close_tcp_in_repair();

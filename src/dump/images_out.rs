@@ -459,6 +459,12 @@ impl ImageDir {
         })
     }
 
+    /// Accounts files written outside this `ImageDir` into its directory (the page sink's).
+    pub fn adopt(&mut self, files: &[PathBuf], bytes: u64) {
+        self.written.extend(files.iter().cloned());
+        self.bytes += bytes;
+    }
+
     /// Accounts bytes of a finished file.
     pub fn add_bytes(&mut self, n: u64) {
         self.bytes += n;

@@ -37,6 +37,11 @@ pub struct DumpOptions {
     /// The executable started as the dirty tracker (`<exe> dirty-tracker`); `None`: this
     /// program (`std::env::current_exe`).
     pub tracker_exe: Option<PathBuf>,
+    /// Send pagemaps and pages to a page server instead of the images directory
+    /// (`--page-server --address A --port N [--ps-socket FD]`).
+    pub page_server: Option<super::page_out::PageServerAddr>,
+    /// Pack the pages files: zstd chunks, sealed chunks (`--compress`, `--encrypt-key`).
+    pub pack: crate::pages::pack::PackParams,
     /// Fail at this step as if the kernel returned EIO (fault injection for tests; the command
     /// line fills it from the `STASIS_FAULT` environment variable). `signal:<step>` instead
     /// sends SIGTERM to the dumper at that step.

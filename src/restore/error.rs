@@ -75,6 +75,9 @@ pub enum RestoreError {
     /// The restore did not finish in time.
     #[error("timed out during {0}")]
     Timeout(String),
+    /// Packed pages (compressed or encrypted) could not be read back.
+    #[error("{0}")]
+    Pages(#[from] crate::pages::PagesError),
 }
 
 impl RestoreError {

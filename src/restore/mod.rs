@@ -143,8 +143,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     check_tcp_close(&opts.images_dir, opts.tcp_close)?;
     // One bound for every step that waits (tasks ready, zombies, group joins in the tasks).
     let deadline = t0 + opts.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    // Packed pages are decoded and checked completely before the plan, so that a damaged
+    // stream or a wrong key stops the restore before any task exists.
+    let view = crate::pages::convert::PlainView::of(&opts.images_dir, opts.encrypt_key.as_deref())?;
     let plan = plan::prepare(
-        &opts.images_dir,
+        view.dir(),
         opts.shell_job,
         opts.root.as_deref().unwrap_or(std::path::Path::new("/")),
     )?;

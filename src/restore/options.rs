@@ -30,4 +30,6 @@ pub struct RestoreOptions {
     pub cgroups_ignore: bool,
     /// Where the images' absolute paths are resolved (`--root`; `/` when unset).
     pub root: Option<PathBuf>,
+    /// Key file of encrypted pages (`--encrypt-key`; stasis extension).
+    pub encrypt_key: Option<PathBuf>,
 }

@@ -135,3 +135,17 @@ pub fn take_lock(fd: RawFd, kind: u32, ty: i32, start: i64, len: i64) -> Result<
     }
     Ok(())
 }
+
+/// Takes ownership of descriptor `fd` inherited from the parent process and named on the
+/// command line (`--ps-socket FD`, `--status-fd FD`); fails with EBADF if it is not open.
+/// The caller must not take the same number twice.
+pub fn inherited(fd: RawFd) -> Result<OwnedFd, Errno> {
+    if fd < 0 {
+        return Err(Errno::EBADF);
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(Errno::last());
+    }
+    Ok(own(fd))
+}

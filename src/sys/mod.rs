@@ -37,6 +37,7 @@
 pub mod channel;
 pub mod clone3;
 pub mod cpu;
+pub mod daemon;
 pub mod dirty;
 pub mod errno;
 pub mod error;
