@@ -67,14 +67,31 @@ fn criu_ok(criu: &Path, args: &[&str], dir: &Path, log: &str) {
     }
 }
 
+/// Extra options of a case, for both dump and restore: to both tools, and to CRIU only.
+#[derive(Clone, Copy, Default)]
+struct Extra<'a> {
+    both: &'a [&'a str],
+    criu: &'a [&'a str],
+}
+
+impl Extra<'_> {
+    fn criu_args<'b>(&'b self, head: &[&'b str]) -> Vec<&'b str> {
+        head.iter()
+            .chain(self.both)
+            .chain(self.criu)
+            .copied()
+            .collect()
+    }
+}
+
 /// Dumps the tree of `w` into `images` with `extra` options (the tree is killed), then waits
 /// until its pids are free; returns the pids of the images' tree.
-fn dump(way: Way, criu: &Path, w: &mut Workload, images: &Path, extra: &[&str]) -> Vec<i32> {
+fn dump(way: Way, criu: &Path, w: &mut Workload, images: &Path, extra: Extra) -> Vec<i32> {
     match way {
-        Way::StasisToCriu => stasis_dump(w.pid, images, extra),
+        Way::StasisToCriu => stasis_dump(w.pid, images, extra.both),
         Way::CriuToStasis => {
             let pid = w.pid.to_string();
-            let args: Vec<&str> = ["dump", "-t", &pid].iter().chain(extra).copied().collect();
+            let args = extra.criu_args(&["dump", "-t", &pid]);
             criu_ok(criu, &args, images, "dump.log")
         }
     }
@@ -85,13 +102,15 @@ fn dump(way: Way, criu: &Path, w: &mut Workload, images: &Path, extra: &[&str]) 
 }
 
 /// Restores `images` detached with the restorer of `way` and `extra` options.
-fn restore(way: Way, criu: &Path, images: &Path, extra: &[&str]) {
+fn restore(way: Way, criu: &Path, images: &Path, extra: Extra) {
     match way {
-        Way::StasisToCriu => {
-            let args: Vec<&str> = ["restore", "-d"].iter().chain(extra).copied().collect();
-            criu_ok(criu, &args, images, "restore.log")
-        }
-        Way::CriuToStasis => stasis_restore_detached(images, extra),
+        Way::StasisToCriu => criu_ok(
+            criu,
+            &extra.criu_args(&["restore", "-d"]),
+            images,
+            "restore.log",
+        ),
+        Way::CriuToStasis => stasis_restore_detached(images, extra.both),
     }
 }
 
@@ -107,7 +126,7 @@ struct Case {
 
 /// Dumps `w`, restores it, runs `check` on the restored tree and kills it.
 fn cross(way: Way, criu: &Path, restored: &Restored, w: Workload, check: impl FnOnce(&Workload)) {
-    cross_with(way, criu, restored, w, &[], |_| {}, check)
+    cross_with(way, criu, restored, w, Extra::default(), |_| {}, check)
 }
 
 /// [`cross`] with `extra` options to both dump and restore, and `images_check` run on the
@@ -117,7 +136,7 @@ fn cross_with(
     criu: &Path,
     restored: &Restored,
     mut w: Workload,
-    extra: &[&str],
+    extra: Extra,
     images_check: impl FnOnce(&Path),
     check: impl FnOnce(&Workload),
 ) {
@@ -182,7 +201,11 @@ fn cpu_cap(way: Way, criu: &Path, r: &Restored, base: i32) {
             "cpuinfo.img of this host differs between CRIU and stasis"
         )
     };
-    cross_with(way, criu, r, w, &["--cpu-cap"], same, |w| {
+    let extra = Extra {
+        both: &["--cpu-cap"],
+        criu: &[],
+    };
+    cross_with(way, criu, r, w, extra, same, |w| {
         assert_eq!(
             verify(w),
             "PASS",
@@ -296,6 +319,52 @@ fn python_threads(way: Way, criu: &Path, r: &Restored, base: i32) {
             }
         }
     });
+}
+
+/// Python holding both ends of a TCP connection on 127.0.0.1 with data queued each way,
+/// dumped and restored with `--tcp-established` (CRIU also with `--network-lock skip`: this
+/// host has no iptables); on SIGUSR2 it reads both queues and sends once more: PASS.
+fn python_tcp(way: Way, criu: &Path, r: &Restored, base: i32) {
+    let dir = tempfile::tempdir().unwrap();
+    let result = dir.path().join("result");
+    let script = format!(
+        "import socket, time, signal, sys\n\
+         l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)\n\
+         c = socket.create_connection(l.getsockname()); s, _ = l.accept()\n\
+         c.sendall(b'to-server' * 200); s.sendall(b'to-client' * 50)\n\
+         def check(*a):\n    \
+             try:\n        \
+                 got = b''\n        \
+                 while len(got) < 1800: got += s.recv(4096)\n        \
+                 back = b''\n        \
+                 while len(back) < 450: back += c.recv(4096)\n        \
+                 c.sendall(b'after'); x = s.recv(16)\n        \
+                 ok = got == b'to-server' * 200 and back == b'to-client' * 50 and x == b'after'\n        \
+                 v = 'PASS' if ok else 'FAIL: data %r %r %r' % (got[:20], back[:20], x)\n    \
+             except Exception as e:\n        \
+                 v = 'FAIL: %r' % e\n    \
+             open('{r}.tmp', 'w').write(v); import os; os.rename('{r}.tmp', '{r}'); sys.exit(0)\n\
+         signal.signal(signal.SIGUSR2, check)\n\
+         open('{r}', 'w').write('READY')\n\
+         while True: time.sleep(1)\n",
+        r = result.display()
+    );
+    std::fs::write(dir.path().join("t.py"), script).unwrap();
+    let cmd = format!("setsid python3 {}", dir.path().join("t.py").display());
+    let w = launch_cmd("python-tcp", base, &cmd, &result);
+    let extra = Extra {
+        both: &["--tcp-established"],
+        criu: &["--network-lock", "skip"],
+    };
+    cross_with(
+        way,
+        criu,
+        r,
+        w,
+        extra,
+        |_| {},
+        |w| assert_eq!(verify(w), "PASS", "python-tcp restored ({})", way.label()),
+    );
 }
 
 /// The `i`-th value stored in redis.
@@ -448,6 +517,12 @@ fn cases() -> Vec<Case> {
             program: "redis",
             base: 34360,
             run: redis,
+        },
+        Case {
+            name: "python-tcp",
+            program: "python-tcp",
+            base: 34440,
+            run: python_tcp,
         },
         Case {
             name: "cpu-cap",
