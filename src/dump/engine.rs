@@ -186,7 +186,7 @@ fn collect_process(
     let t0 = cx.prof.now_us();
     let status = proc::status::read(pid).map_err(pe)?;
     let pf = ProcessFacts {
-        state: if p.stat.state == 'T' {
+        state: if p.stat.state == 'T' || frozen.group_stopped(pid) {
             core::TASK_STOPPED
         } else {
             core::TASK_ALIVE
@@ -323,11 +323,8 @@ fn collect_process(
             },
             auxv: auxv.clone(),
             exe_file_id,
-            dumpable: if pprobe.dumpable != 0 {
-                pprobe.dumpable
-            } else {
-                1
-            },
+            // 0 is a value (PR_SET_DUMPABLE 0), not "unknown".
+            dumpable: pprobe.dumpable,
             thp_disabled: pprobe.thp_disabled,
         };
         cx.prof.record(&format!("mm {pid}"), "mm", pid, t2);

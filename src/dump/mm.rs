@@ -38,7 +38,7 @@ pub const VMA_AREA_MEMFD: u32 = 1 << 14;
 /// How the pages of a VMA are dumped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageClass {
-    /// Never dumped (vvar, vsyscall, DONTDUMP).
+    /// Never dumped (vvar, vsyscall).
     Skip,
     /// Anonymous private: present or swapped pages, restorable lazily.
     AnonPrivate,
@@ -209,11 +209,8 @@ pub fn vmas(pid: i32, maps: &[Vma], files: &mut Files) -> Result<Vec<VmaOut>> {
             flags |= libc::MAP_NORESERVE as u32;
         }
         let madv = madv_bits(v);
-        let class = if madv & (1u64 << libc::MADV_DONTDUMP) != 0 && class != PageClass::Vdso {
-            PageClass::Skip
-        } else {
-            class
-        };
+        // MADV_DONTDUMP keeps a range out of core dumps, not out of a checkpoint: its pages
+        // are dumped like any others (as CRIU does).
         let entry = pb::VmaEntry {
             start: v.start,
             end: v.end,
@@ -380,7 +377,15 @@ mod tests {
             vmas.iter().any(|v| v.entry.fdflags.is_some()),
             "no file VMA"
         );
-        assert!(vmas.iter().any(|v| v.class == PageClass::Skip));
+        let dd = vmas
+            .iter()
+            .find(|v| v.start == _dontdump.0 as u64)
+            .expect("the DONTDUMP mapping");
+        assert_eq!(
+            dd.class,
+            PageClass::AnonPrivate,
+            "DONTDUMP pages are dumped"
+        );
         let stat = crate::proc::stat::read(pid).expect("stat");
         let mut m = MmFields {
             brk: brk_from_maps(&maps, stat.start_brk),

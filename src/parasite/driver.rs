@@ -1038,7 +1038,10 @@ fn wait_trap(t: &SeizedTask) -> Result<Option<u64>> {
     loop {
         match t.wait()? {
             WaitEvent::SignalStop { sig: libc::SIGTRAP } => return Ok(own_mask),
-            WaitEvent::SignalStop { sig: libc::SIGSTOP } => t.cont(libc::SIGSTOP)?,
+            // Raw resumes: `t.cont` would write the thread's deferred registers back and
+            // send it home in the middle of the routine (a stopped task re-enters its
+            // group stop here).
+            WaitEvent::SignalStop { sig: libc::SIGSTOP } => ptrace::cont(t.tid(), libc::SIGSTOP)?,
             WaitEvent::SignalStop { sig } if sig != libc::SIGKILL => {
                 if own_mask.is_none() {
                     own_mask = Some(ptrace::get_sigmask(t.tid())?);
@@ -1046,7 +1049,7 @@ fn wait_trap(t: &SeizedTask) -> Result<Option<u64>> {
                 ptrace::set_sigmask(t.tid(), !(1u64 << (libc::SIGTRAP - 1)))?;
                 ptrace::cont(t.tid(), sig)?;
             }
-            WaitEvent::EventStop { .. } | WaitEvent::OtherEvent { .. } => t.cont(0)?,
+            WaitEvent::EventStop { .. } | WaitEvent::OtherEvent { .. } => ptrace::cont(t.tid(), 0)?,
             event => {
                 let ip = t.regs().map(|r| r.ip).unwrap_or(0);
                 return Err(Error::Stopped {

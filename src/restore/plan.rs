@@ -105,6 +105,10 @@ pub struct TaskPlan {
     pub state: u32,
     /// Exit code (zombies).
     pub exit_code: u32,
+    /// `tc.comm` (a zombie's name; live threads have theirs in their cores).
+    pub comm: String,
+    /// `tc.oom_score_adj`, when recorded.
+    pub oom_score_adj: Option<i32>,
     /// Threads, main thread first (empty for zombies).
     pub threads: Vec<ThreadPlan>,
     /// Memory layout (live tasks).
@@ -288,6 +292,8 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             sid: e.sid as i32,
             state: tc.task_state,
             exit_code: tc.exit_code,
+            comm: tc.comm.clone(),
+            oom_score_adj: tc.oom_score_adj,
             threads: Vec::new(),
             mm: None,
             pages: Pages::default(),

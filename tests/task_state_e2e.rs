@@ -1,0 +1,378 @@
+//! Task and memory state that must come back from `stasis dump` + `stasis restore` exactly as
+//! it was, each kind checked by the workload itself (`task_state_e2e/fx-task.c MODE`: it sets
+//! the state, waits for the dump, and after the restore checks it the way its user would,
+//! answering PASS or FAIL on SIGUSR2) and, where the outside sees it, from /proc:
+//!
+//! ```text
+//! stopped       SIGSTOPped before the dump: every thread is stopped again after the restore
+//! zombie        two unreaped children (exit 42, killed by SIGPIPE): zombies again, with their
+//!               names and parent; the parent reaps them with those statuses
+//! oom           oom_score_adj 345
+//! sched         nice 5; SCHED_BATCH nice 3, SCHED_IDLE, SCHED_FIFO 10, SCHED_RR 7 per thread
+//! dumpable      PR_SET_DUMPABLE 0
+//! thp           PR_SET_THP_DISABLE 1
+//! madv          DONTFORK, DONTDUMP (content kept), HUGEPAGE, NOHUGEPAGE, WIPEONFORK, MERGEABLE
+//! mlock         an mlock()ed range is locked again (VmFlags lo, VmLck)
+//! mlock-setuid  locked as root, then RLIMIT_MEMLOCK 0 and uid 65534: still locked
+//! membarrier    MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED is registered again
+//! cow           parent and child sharing pages copy-on-write: each sees its own content
+//! sigpending    blocked pending signals, private and shared, with their siginfo
+//! wait-*        in pause, sigsuspend, nanosleep, read, futex wait: SIGTERM kills it
+//! sigtrap       a pending SIGTRAP is refused by name at dump; the task keeps it pending
+//! ```
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::dump::*;
+use common::lock::restore_lock;
+use common::workload::c_program;
+
+const SRC: &str = include_str!("task_state_e2e/fx-task.c");
+
+/// The workload, its scratch directory (world-writable: mlock-setuid drops to nobody) and
+/// its verdict file.
+struct Fx {
+    w: Workload,
+    _work: tempfile::TempDir,
+}
+
+/// Builds fx-task (static, glibc tuned like the fixtures) and starts `fx-task RESULT mode`
+/// in a cgroup of its own; returns once it wrote READY.
+fn launch_mode(mode: &str, base: i32) -> Fx {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let result = work.path().join("result");
+    let bin = c_program("fx-task", SRC, &["-static", "-pthread"]);
+    let cmd = format!("{} {mode}", tuned_cmd(&bin, &[&result]));
+    let w = launch_cmd(&format!("fx-task-{mode}"), base, &cmd, &result);
+    Fx { w, _work: work }
+}
+
+/// What the workload wrote when ready ("READY" and maybe pids).
+fn ready_text(w: &Workload) -> String {
+    std::fs::read_to_string(&w.result).unwrap_or_default()
+}
+
+/// `/proc/PID/stat` state letter, or '?' when the task is gone.
+fn state(pid: i32) -> char {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()?
+                .split_whitespace()
+                .next()?
+                .chars()
+                .next()
+        })
+        .unwrap_or('?')
+}
+
+/// The state letters of every thread of `pid`.
+fn thread_states(pid: i32) -> Vec<char> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let s = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        out.push(
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|t| t.chars().next())
+                .unwrap_or('?'),
+        );
+    }
+    out
+}
+
+/// Waits (bounded) until `cond` holds.
+fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < Duration::from_secs(secs), "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+}
+
+/// Dumps the workload (tree killed), reaps it and restores it detached; the restored root
+/// is back in the workload's cgroup.
+fn dump_restore(fx: &mut Fx, images: &Path) {
+    stasis_dump(
+        fx.w.pid,
+        images,
+        &["--freeze-cgroup", fx.w.cgroup.to_str().unwrap()],
+    );
+    reap_dumped(&mut fx.w);
+    stasis_restore_detached(images, &[]);
+    let procs = std::fs::read_to_string(fx.w.cgroup.join("cgroup.procs")).unwrap_or_default();
+    assert!(
+        procs.lines().any(|l| l.trim() == fx.w.pid.to_string()),
+        "restored {} is not back in {}",
+        fx.w.pid,
+        fx.w.cgroup.display()
+    );
+}
+
+/// Launch, dump, restore, then `check` (from outside), then the workload's own verdict.
+fn round_trip(mode: &'static str, base: i32, check: impl FnOnce(&Workload) + Send + 'static) {
+    let _lock = restore_lock();
+    with_round_trip_deadline(
+        120,
+        cgroup_path(&format!("fx-task-{mode}"), base),
+        move |r| {
+            let mut fx = launch_mode(mode, base);
+            *r.lock().unwrap() = vec![fx.w.pid];
+            let images = tempfile::tempdir().unwrap();
+            dump_restore(&mut fx, images.path());
+            check(&fx.w);
+            verify_then_kill(
+                &fx.w,
+                &[fx.w.pid],
+                &format!("fx-task {mode} after the restore"),
+            );
+        },
+    )
+}
+
+#[test]
+fn stopped_task_stays_stopped() {
+    let _lock = restore_lock();
+    let base = 35100;
+    with_round_trip_deadline(120, cgroup_path("fx-task-stopped", base), move |r| {
+        let mut fx = launch_mode("stopped", base);
+        let pid = fx.w.pid;
+        *r.lock().unwrap() = vec![pid];
+        signal(pid, nix::sys::signal::Signal::SIGSTOP);
+        wait_for(10, "SIGSTOP did not stop the workload", || {
+            thread_states(pid).iter().all(|&s| s == 'T')
+        });
+        let images = tempfile::tempdir().unwrap();
+        dump_restore(&mut fx, images.path());
+        let core = decode(&images.path().join(format!("core-{pid}.img")));
+        assert_eq!(core["entries"][0]["tc"]["task_state"], 3, "TASK_STOPPED");
+        wait_for(10, "the restored task is not stopped", || {
+            thread_states(pid).iter().all(|&s| s == 'T')
+        });
+        // And it stays so (nothing resumes it behind our back).
+        std::thread::sleep(Duration::from_millis(300));
+        let states = thread_states(pid);
+        assert!(
+            states.len() == 2 && states.iter().all(|&s| s == 'T'),
+            "{states:?}"
+        );
+        signal(pid, nix::sys::signal::Signal::SIGCONT);
+        wait_for(10, "SIGCONT did not resume it", || {
+            thread_states(pid).iter().all(|&s| s != 'T')
+        });
+        verify_then_kill(&fx.w, &[pid], "fx-task stopped, restored and continued");
+    })
+}
+
+#[test]
+fn zombies_keep_name_parent_and_exit_status() {
+    let _lock = restore_lock();
+    let base = 35200;
+    with_round_trip_deadline(120, cgroup_path("fx-task-zombie", base), move |r| {
+        let mut fx = launch_mode("zombie", base);
+        let pid = fx.w.pid;
+        let kids: Vec<i32> = ready_text(&fx.w)
+            .split_whitespace()
+            .skip(1)
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(kids.len(), 2, "{}", ready_text(&fx.w));
+        *r.lock().unwrap() = vec![pid];
+        let images = tempfile::tempdir().unwrap();
+        dump_restore(&mut fx, images.path());
+        for (kid, name) in kids.iter().zip(["fx-zombie-a", "fx-zombie-b"]) {
+            assert_eq!(state(*kid), 'Z', "{kid} is not a zombie");
+            let comm = std::fs::read_to_string(format!("/proc/{kid}/comm")).unwrap();
+            assert_eq!(comm.trim(), name, "name of zombie {kid}");
+            let stat = std::fs::read_to_string(format!("/proc/{kid}/stat")).unwrap();
+            let ppid: i32 = stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(ppid, pid, "parent of zombie {kid}");
+        }
+        verify_then_kill(
+            &fx.w,
+            &[pid],
+            "fx-task zombie: the parent reaps both with their statuses",
+        );
+    })
+}
+
+#[test]
+fn oom_score_adj_survives() {
+    round_trip("oom", 35300, |w| {
+        let v = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", w.pid)).unwrap();
+        assert_eq!(v.trim(), "345");
+    });
+}
+
+#[test]
+fn scheduling_policy_priority_and_nice_survive() {
+    round_trip("sched", 35400, |_| {});
+}
+
+#[test]
+fn dumpable_flag_survives() {
+    round_trip("dumpable", 35500, |_| {});
+}
+
+#[test]
+fn thp_disable_survives() {
+    round_trip("thp", 35600, |_| {});
+}
+
+#[test]
+fn madvise_flags_and_dontdump_content_survive() {
+    round_trip("madv", 35700, |_| {});
+}
+
+#[test]
+fn mlocked_range_stays_locked() {
+    round_trip("mlock", 35800, |w| {
+        let st = std::fs::read_to_string(format!("/proc/{}/status", w.pid)).unwrap();
+        assert!(st.contains("VmLck:\t      64 kB"), "{st}");
+    });
+}
+
+#[test]
+fn mlocked_range_stays_locked_after_setuid() {
+    round_trip("mlock-setuid", 35900, |w| {
+        let st = std::fs::read_to_string(format!("/proc/{}/status", w.pid)).unwrap();
+        assert!(st.contains("Uid:\t65534\t65534\t65534\t65534"), "{st}");
+        assert!(st.contains("VmLck:\t      64 kB"), "{st}");
+    });
+}
+
+#[test]
+fn membarrier_registration_survives() {
+    round_trip("membarrier", 36000, |_| {});
+}
+
+#[test]
+fn pending_signals_survive_with_their_siginfo() {
+    round_trip("sigpending", 36100, |_| {});
+}
+
+/// The pages a parent shares copy-on-write with its child come back with the right content
+/// in each (the child checks its view and reports it through its exit status). The sharing
+/// itself is not rebuilt: each process gets private copies (see the report in the log).
+#[test]
+fn cow_pages_have_each_process_content() {
+    let _lock = restore_lock();
+    let base = 36200;
+    with_round_trip_deadline(120, cgroup_path("fx-task-cow", base), move |r| {
+        let mut fx = launch_mode("cow", base);
+        let pid = fx.w.pid;
+        let child: i32 = ready_text(&fx.w)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no child pid: {}", ready_text(&fx.w)));
+        *r.lock().unwrap() = vec![pid, child];
+        eprintln!("before the dump: child Rss/Pss {:?}", rss_pss(child));
+        let images = tempfile::tempdir().unwrap();
+        dump_restore(&mut fx, images.path());
+        assert!(alive(child), "the child was not restored");
+        eprintln!("after the restore: child Rss/Pss {:?}", rss_pss(child));
+        verify_then_kill(&fx.w, &[pid, child], "fx-task cow: parent and child views");
+    })
+}
+
+/// Total Rss and Pss (kB) of `pid`.
+fn rss_pss(pid: i32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+fn alive(pid: i32) -> bool {
+    !matches!(state(pid), '?' | 'Z' | 'X')
+}
+
+/// A restored task sitting in a blocking system call, SIGTERM at its default action, dies of
+/// SIGTERM (the call it was in is restarted, its mask and actions are its own).
+#[test]
+fn sigterm_kills_a_restored_task_in_a_blocking_call() {
+    for (i, how) in ["pause", "sigsuspend", "nanosleep", "read", "futex"]
+        .iter()
+        .enumerate()
+    {
+        let mode: &'static str = Box::leak(format!("wait-{how}").into_boxed_str());
+        round_trip_then_term(mode, 36300 + i as i32 * 10);
+    }
+}
+
+fn round_trip_then_term(mode: &'static str, base: i32) {
+    let _lock = restore_lock();
+    with_round_trip_deadline(
+        120,
+        cgroup_path(&format!("fx-task-{mode}"), base),
+        move |r| {
+            let mut fx = launch_mode(mode, base);
+            let pid = fx.w.pid;
+            *r.lock().unwrap() = vec![pid];
+            let images = tempfile::tempdir().unwrap();
+            dump_restore(&mut fx, images.path());
+            // At once: a signal that arrives while the restore finishes must not be lost either.
+            signal(pid, nix::sys::signal::Signal::SIGTERM);
+            wait_for(
+                10,
+                &format!("{mode}: SIGTERM did not kill the restored task"),
+                || !alive(pid),
+            );
+        },
+    )
+}
+
+/// A pending SIGTRAP cannot be dumped (the parasite's own traps would take it): the dump
+/// fails naming it, and the task runs on with the signal still pending.
+#[test]
+fn pending_sigtrap_is_refused_by_name() {
+    let _lock = restore_lock();
+    let base = 36400;
+    with_round_trip_deadline(120, cgroup_path("fx-task-sigtrap", base), move |r| {
+        let fx = launch_mode("sigtrap", base);
+        *r.lock().unwrap() = vec![fx.w.pid];
+        let images = tempfile::tempdir().unwrap();
+        let out = stasis_bin()
+            .args(["dump", "-t", &fx.w.pid.to_string(), "-D"])
+            .arg(images.path())
+            .args(["--freeze-cgroup", fx.w.cgroup.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a pending SIGTRAP was dumped");
+        assert!(err.contains("pending SIGTRAP"), "{err}");
+        assert!(
+            all_running(&fx.w),
+            "the task does not run after the refused dump"
+        );
+        verify_then_kill(&fx.w, &[fx.w.pid], "fx-task sigtrap after a refused dump");
+    })
+}
+
