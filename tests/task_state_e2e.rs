@@ -376,3 +376,56 @@ fn pending_sigtrap_is_refused_by_name() {
     })
 }
 
+/// Mount point of the cgroup v1 hierarchy with controller `ctl`, from /proc/self/mounts.
+fn v1_mount(ctl: &str) -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 3 && f[2] == "cgroup" && f[3].split(',').any(|o| o == ctl))
+            .then(|| std::path::PathBuf::from(f[1]))
+    })
+}
+
+/// A task in a pids cgroup with a limit (cgroup v1 here: the unified hierarchy of this
+/// machine has no pids controller) whose cgroup is gone at restore time: the restore
+/// recreates it with its recorded pids.max (CRIU's soft mode) and puts the task back in it.
+#[test]
+fn missing_cgroup_is_recreated_with_its_properties() {
+    let pids_root = v1_mount("pids").expect("this test needs a cgroup v1 pids hierarchy");
+    let cg = pids_root.join(format!("stasis-task-state-{}", std::process::id()));
+    let cg2 = cg.clone();
+    let _lock = restore_lock();
+    let base = 36500;
+    with_round_trip_deadline(120, cgroup_path("fx-task-oom", base), move |r| {
+        let mut fx = launch_mode("oom", base);
+        let pid = fx.w.pid;
+        *r.lock().unwrap() = vec![pid];
+        let _ = std::fs::create_dir(&cg);
+        std::fs::write(cg.join("pids.max"), "77").unwrap();
+        std::fs::write(cg.join("cgroup.procs"), pid.to_string()).unwrap();
+        let images = tempfile::tempdir().unwrap();
+        stasis_dump(
+            pid,
+            images.path(),
+            &["--freeze-cgroup", fx.w.cgroup.to_str().unwrap()],
+        );
+        reap_dumped(&mut fx.w);
+        wait_for(10, "the pids cgroup stays populated", || {
+            std::fs::remove_dir(&cg).is_ok()
+        });
+        stasis_restore_detached(images.path(), &[]);
+        let name = cg.file_name().unwrap().to_str().unwrap().to_string();
+        let mine = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let back = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+        let max = std::fs::read_to_string(cg.join("pids.max")).unwrap_or_default();
+        kill_pids(&[pid]);
+        assert!(mine.contains(&format!("pids:/{name}\n")), "{mine}");
+        assert!(back.lines().any(|l| l == pid.to_string()), "{back}");
+        assert_eq!(max.trim(), "77", "recorded pids.max");
+    });
+    // Killed above; the directory goes once the task is reaped.
+    let t0 = Instant::now();
+    while std::fs::remove_dir(&cg2).is_err() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
