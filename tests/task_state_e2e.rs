@@ -18,6 +18,8 @@
 //! cow           parent and child sharing pages copy-on-write: each sees its own content
 //! sigpending    blocked pending signals, private and shared, with their siginfo
 //! wait-*        in pause, sigsuspend, nanosleep, read, futex wait: SIGTERM kills it
+//! wait-*-mask   in sigsuspend/ppoll with a temporary mask blocking SIGTERM: afterwards the
+//!               task's own mask is back (not the temporary one) and SIGTERM kills it
 //! sigtrap       a pending SIGTRAP is refused by name at dump; the task keeps it pending
 //! ```
 
@@ -347,6 +349,48 @@ fn round_trip_then_term(mode: &'static str, base: i32) {
             );
         },
     )
+}
+
+/// A single-threaded task waiting in sigsuspend/ppoll with a temporary mask that blocks
+/// SIGTERM: /proc shows that mask while it waits, but it is not the task's own. After the
+/// restore, SIGUSR2 ends the wait, the task pauses with its own mask (nothing blocked), and
+/// SIGTERM kills it. (Recording the temporary mask left SIGTERM blocked for good.)
+#[test]
+fn sigterm_kills_a_restored_task_after_a_temporary_mask() {
+    for (i, how) in ["sigsuspend-mask", "ppoll-mask"].iter().enumerate() {
+        let mode: &'static str = Box::leak(format!("wait-{how}").into_boxed_str());
+        let base = 36600 + i as i32 * 10;
+        let _lock = restore_lock();
+        with_round_trip_deadline(
+            120,
+            cgroup_path(&format!("fx-task-{mode}"), base),
+            move |r| {
+                let mut fx = launch_mode(mode, base);
+                let pid = fx.w.pid;
+                *r.lock().unwrap() = vec![pid];
+                let images = tempfile::tempdir().unwrap();
+                dump_restore(&mut fx, images.path());
+                signal(pid, nix::sys::signal::Signal::SIGUSR2);
+                // pause() (syscall 34) with the task's own mask.
+                wait_for(
+                    10,
+                    &format!("{mode}: the wait did not end on SIGUSR2"),
+                    || {
+                        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+                            .is_ok_and(|s| s.starts_with("34 "))
+                    },
+                );
+                let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+                assert!(st.contains("SigBlk:\t0000000000000000"), "{mode}: {st}");
+                signal(pid, nix::sys::signal::Signal::SIGTERM);
+                wait_for(
+                    10,
+                    &format!("{mode}: SIGTERM did not kill the restored task"),
+                    || !alive(pid),
+                );
+            },
+        )
+    }
 }
 
 /// A pending SIGTRAP cannot be dumped (the parasite's own traps would take it): the dump

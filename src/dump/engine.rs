@@ -272,7 +272,17 @@ fn collect_process(
                 },
             };
             last_set = Some((text, cg_set));
-            let process = if tid == pid { leader_part.take() } else { None };
+            // The leader's blocked mask as its thread state says (PTRACE_GETSIGMASK, the
+            // parasite): /proc shows the temporary mask of a sigsuspend/ppoll/pselect it
+            // sits in, which must not become its own mask after the restore.
+            let process = if tid == pid {
+                leader_part.take().map(|(mut f, p)| {
+                    f.blk_sigset = facts.blk_sigset;
+                    (f, p)
+                })
+            } else {
+                None
+            };
             let core = CoreJob {
                 facts,
                 probe: tp,

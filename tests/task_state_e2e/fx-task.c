@@ -20,6 +20,10 @@
  *   sigtrap    the same and a pending SIGTRAP (private)
  *   wait-pause | wait-sigsuspend | wait-nanosleep | wait-read | wait-futex
  *              the main thread sits in that syscall (SIGTERM default); the test kills it
+ *   wait-sigsuspend-mask | wait-ppoll-mask
+ *              waits for SIGUSR2 in that call with a temporary mask blocking everything else,
+ *              then pauses with its own mask (nothing blocked): SIGUSR2, then SIGTERM kills it
+ *              (single-threaded: the temporary mask must not become the task's own)
  *   stopped    counts in a loop; the test stops it with SIGSTOP before the dump
  *   zombie     two children exit unreaped: one with status 42, one killed by SIGPIPE; each
  *              renamed itself; the parent reaps them on SIGUSR2 and checks their statuses
@@ -27,6 +31,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <linux/futex.h>
 #include <linux/membarrier.h>
 #include <pthread.h>
@@ -431,13 +436,21 @@ static void *spinner(void *a) { (void)a; for (;;) pause(); return NULL; }
 
 static int mode_wait(const char *how) {
     pthread_t t;
-    pthread_create(&t, NULL, spinner, NULL);
+    /* Single-threaded with a temporary mask: no other thread may take the SIGTERM. */
+    if (!strstr(how, "-mask")) pthread_create(&t, NULL, spinner, NULL);
     signal(SIGTERM, SIG_DFL);
     ready();
     if (!strcmp(how, "pause")) for (;;) pause();
     if (!strcmp(how, "sigsuspend")) { sigset_t none; sigemptyset(&none); sigaddset(&none, SIGUSR2); for (;;) sigsuspend(&none); }
     if (!strcmp(how, "nanosleep")) for (;;) { struct timespec ts = {3600, 0}; nanosleep(&ts, NULL); }
     if (!strcmp(how, "read")) { int p[2]; if (pipe(p)) return 2; char b; for (;;) (void)read(p[0], &b, 1); }
+    /* A temporary mask that blocks SIGTERM while waiting for SIGUSR2; after that the
+     * task's own mask (nothing blocked) is back and it pauses: SIGTERM must kill it. */
+    sigset_t all_but_usr2;
+    sigfillset(&all_but_usr2);
+    sigdelset(&all_but_usr2, SIGUSR2);
+    if (!strcmp(how, "sigsuspend-mask")) { while (!go) sigsuspend(&all_but_usr2); for (;;) pause(); }
+    if (!strcmp(how, "ppoll-mask")) { while (!go) ppoll(NULL, 0, NULL, &all_but_usr2); for (;;) pause(); }
     if (!strcmp(how, "futex")) { static int f; for (;;) syscall(SYS_futex, &f, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0); }
     return 2;
 }
