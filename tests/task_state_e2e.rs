@@ -125,8 +125,15 @@ fn dump_restore(fx: &mut Fx, images: &Path) {
     );
 }
 
-/// Launch, dump, restore, then `check` (from outside), then the workload's own verdict.
-fn round_trip(mode: &'static str, base: i32, check: impl FnOnce(&Workload) + Send + 'static) {
+/// Under the restore lock and a deadline that kills what it lists: launches `mode`, runs
+/// `before` on it, dumps it (killed), restores it, then runs `after` (which may list more
+/// pids to kill on failure, e.g. children).
+fn restored(
+    mode: &'static str,
+    base: i32,
+    before: impl FnOnce(&Workload) + Send + 'static,
+    after: impl FnOnce(&Workload, &Restored) + Send + 'static,
+) {
     let _lock = restore_lock();
     with_round_trip_deadline(
         120,
@@ -134,90 +141,96 @@ fn round_trip(mode: &'static str, base: i32, check: impl FnOnce(&Workload) + Sen
         move |r| {
             let mut fx = launch_mode(mode, base);
             *r.lock().unwrap() = vec![fx.w.pid];
+            before(&fx.w);
             let images = tempfile::tempdir().unwrap();
             dump_restore(&mut fx, images.path());
-            check(&fx.w);
-            verify_then_kill(
-                &fx.w,
-                &[fx.w.pid],
-                &format!("fx-task {mode} after the restore"),
+            after(&fx.w, &r);
+        },
+    )
+}
+
+/// [`restored`], then `check` (from outside), then the workload's own verdict.
+fn round_trip(mode: &'static str, base: i32, check: impl FnOnce(&Workload) + Send + 'static) {
+    restored(
+        mode,
+        base,
+        |_| {},
+        move |w, _| {
+            check(w);
+            verify_then_kill(w, &[w.pid], &format!("fx-task {mode} after the restore"));
+        },
+    )
+}
+
+/// Field `n` (0-based, after the command name) of `/proc/PID/stat`.
+fn stat_field(pid: i32, n: usize) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(s.rsplit(')').next()?.split_whitespace().nth(n)?.to_string())
+}
+
+fn all_threads_stopped(pid: i32) -> bool {
+    thread_states(pid).iter().all(|&s| s == 'T')
+}
+
+#[test]
+fn stopped_task_stays_stopped() {
+    restored(
+        "stopped",
+        35100,
+        |w| {
+            signal(w.pid, nix::sys::signal::Signal::SIGSTOP);
+            wait_for(10, "SIGSTOP did not stop the workload", || {
+                all_threads_stopped(w.pid)
+            });
+        },
+        |w, _| {
+            let pid = w.pid;
+            wait_for(10, "the restored task is not stopped", || {
+                all_threads_stopped(pid)
+            });
+            // And it stays so (nothing resumes it behind our back).
+            std::thread::sleep(Duration::from_millis(300));
+            let states = thread_states(pid);
+            assert!(
+                states.len() == 2 && states.iter().all(|&s| s == 'T'),
+                "{states:?}"
             );
+            signal(pid, nix::sys::signal::Signal::SIGCONT);
+            wait_for(10, "SIGCONT did not resume it", || {
+                thread_states(pid).iter().all(|&s| s != 'T')
+            });
+            verify_then_kill(w, &[pid], "fx-task stopped, restored and continued");
         },
     )
 }
 
 #[test]
-fn stopped_task_stays_stopped() {
-    let _lock = restore_lock();
-    let base = 35100;
-    with_round_trip_deadline(120, cgroup_path("fx-task-stopped", base), move |r| {
-        let mut fx = launch_mode("stopped", base);
-        let pid = fx.w.pid;
-        *r.lock().unwrap() = vec![pid];
-        signal(pid, nix::sys::signal::Signal::SIGSTOP);
-        wait_for(10, "SIGSTOP did not stop the workload", || {
-            thread_states(pid).iter().all(|&s| s == 'T')
-        });
-        let images = tempfile::tempdir().unwrap();
-        dump_restore(&mut fx, images.path());
-        let core = decode(&images.path().join(format!("core-{pid}.img")));
-        assert_eq!(core["entries"][0]["tc"]["task_state"], 3, "TASK_STOPPED");
-        wait_for(10, "the restored task is not stopped", || {
-            thread_states(pid).iter().all(|&s| s == 'T')
-        });
-        // And it stays so (nothing resumes it behind our back).
-        std::thread::sleep(Duration::from_millis(300));
-        let states = thread_states(pid);
-        assert!(
-            states.len() == 2 && states.iter().all(|&s| s == 'T'),
-            "{states:?}"
-        );
-        signal(pid, nix::sys::signal::Signal::SIGCONT);
-        wait_for(10, "SIGCONT did not resume it", || {
-            thread_states(pid).iter().all(|&s| s != 'T')
-        });
-        verify_then_kill(&fx.w, &[pid], "fx-task stopped, restored and continued");
-    })
-}
-
-#[test]
 fn zombies_keep_name_parent_and_exit_status() {
-    let _lock = restore_lock();
-    let base = 35200;
-    with_round_trip_deadline(120, cgroup_path("fx-task-zombie", base), move |r| {
-        let mut fx = launch_mode("zombie", base);
-        let pid = fx.w.pid;
-        let kids: Vec<i32> = ready_text(&fx.w)
-            .split_whitespace()
-            .skip(1)
-            .map(|p| p.parse().unwrap())
-            .collect();
-        assert_eq!(kids.len(), 2, "{}", ready_text(&fx.w));
-        *r.lock().unwrap() = vec![pid];
-        let images = tempfile::tempdir().unwrap();
-        dump_restore(&mut fx, images.path());
-        for (kid, name) in kids.iter().zip(["fx-zombie-a", "fx-zombie-b"]) {
-            assert_eq!(state(*kid), 'Z', "{kid} is not a zombie");
-            let comm = std::fs::read_to_string(format!("/proc/{kid}/comm")).unwrap();
-            assert_eq!(comm.trim(), name, "name of zombie {kid}");
-            let stat = std::fs::read_to_string(format!("/proc/{kid}/stat")).unwrap();
-            let ppid: i32 = stat
-                .rsplit(')')
-                .next()
-                .unwrap()
+    restored(
+        "zombie",
+        35200,
+        |_| {},
+        |w, _| {
+            let kids: Vec<i32> = ready_text(w)
                 .split_whitespace()
-                .nth(1)
-                .unwrap()
-                .parse()
-                .unwrap();
-            assert_eq!(ppid, pid, "parent of zombie {kid}");
-        }
-        verify_then_kill(
-            &fx.w,
-            &[pid],
-            "fx-task zombie: the parent reaps both with their statuses",
-        );
-    })
+                .skip(1)
+                .map(|p| p.parse().unwrap())
+                .collect();
+            assert_eq!(kids.len(), 2, "{}", ready_text(w));
+            for (kid, name) in kids.iter().zip(["fx-zombie-a", "fx-zombie-b"]) {
+                assert_eq!(state(*kid), 'Z', "{kid} is not a zombie");
+                let comm = std::fs::read_to_string(format!("/proc/{kid}/comm")).unwrap();
+                assert_eq!(comm.trim(), name, "name of zombie {kid}");
+                let ppid = stat_field(*kid, 1).and_then(|p| p.parse().ok());
+                assert_eq!(ppid, Some(w.pid), "parent of zombie {kid}");
+            }
+            verify_then_kill(
+                w,
+                &[w.pid],
+                "fx-task zombie: the parent reaps both with their statuses",
+            );
+        },
+    )
 }
 
 #[test]
@@ -277,27 +290,25 @@ fn pending_signals_survive_with_their_siginfo() {
 
 /// The pages a parent shares copy-on-write with its child come back with the right content
 /// in each (the child checks its view and reports it through its exit status). The sharing
-/// itself is not rebuilt: each process gets private copies (see the report in the log).
+/// itself is not rebuilt: each process gets private copies (Rss/Pss in the test's output).
 #[test]
 fn cow_pages_have_each_process_content() {
-    let _lock = restore_lock();
-    let base = 36200;
-    with_round_trip_deadline(120, cgroup_path("fx-task-cow", base), move |r| {
-        let mut fx = launch_mode("cow", base);
-        let pid = fx.w.pid;
-        let child: i32 = ready_text(&fx.w)
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no child pid: {}", ready_text(&fx.w)));
-        *r.lock().unwrap() = vec![pid, child];
-        eprintln!("before the dump: child Rss/Pss {:?}", rss_pss(child));
-        let images = tempfile::tempdir().unwrap();
-        dump_restore(&mut fx, images.path());
-        assert!(alive(child), "the child was not restored");
-        eprintln!("after the restore: child Rss/Pss {:?}", rss_pss(child));
-        verify_then_kill(&fx.w, &[pid, child], "fx-task cow: parent and child views");
-    })
+    restored(
+        "cow",
+        36200,
+        |_| {},
+        |w, r| {
+            let child: i32 = ready_text(w)
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("no child pid: {}", ready_text(w)));
+            r.lock().unwrap().push(child);
+            assert!(alive(child), "the child was not restored");
+            eprintln!("after the restore: child Rss/Pss {:?}", rss_pss(child));
+            verify_then_kill(w, &[w.pid, child], "fx-task cow: parent and child views");
+        },
+    )
 }
 
 /// Total Rss and Pss (kB) of `pid`.
@@ -316,8 +327,19 @@ fn alive(pid: i32) -> bool {
     !matches!(state(pid), '?' | 'Z' | 'X')
 }
 
+/// Sends SIGTERM to the restored `pid` and waits (bounded) until it is dead.
+fn terminates(mode: &str, pid: i32) {
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+    wait_for(
+        10,
+        &format!("{mode}: SIGTERM did not kill the restored task"),
+        || !alive(pid),
+    );
+}
+
 /// A restored task sitting in a blocking system call, SIGTERM at its default action, dies of
-/// SIGTERM (the call it was in is restarted, its mask and actions are its own).
+/// SIGTERM (the call it was in is restarted, its mask and actions are its own). The signal
+/// is sent at once: one that arrives while the restore finishes must not be lost either.
 #[test]
 fn sigterm_kills_a_restored_task_in_a_blocking_call() {
     for (i, how) in ["pause", "sigsuspend", "nanosleep", "read", "futex"]
@@ -325,30 +347,13 @@ fn sigterm_kills_a_restored_task_in_a_blocking_call() {
         .enumerate()
     {
         let mode: &'static str = Box::leak(format!("wait-{how}").into_boxed_str());
-        round_trip_then_term(mode, 36300 + i as i32 * 10);
+        restored(
+            mode,
+            36300 + i as i32 * 10,
+            |_| {},
+            move |w, _| terminates(mode, w.pid),
+        );
     }
-}
-
-fn round_trip_then_term(mode: &'static str, base: i32) {
-    let _lock = restore_lock();
-    with_round_trip_deadline(
-        120,
-        cgroup_path(&format!("fx-task-{mode}"), base),
-        move |r| {
-            let mut fx = launch_mode(mode, base);
-            let pid = fx.w.pid;
-            *r.lock().unwrap() = vec![pid];
-            let images = tempfile::tempdir().unwrap();
-            dump_restore(&mut fx, images.path());
-            // At once: a signal that arrives while the restore finishes must not be lost either.
-            signal(pid, nix::sys::signal::Signal::SIGTERM);
-            wait_for(
-                10,
-                &format!("{mode}: SIGTERM did not kill the restored task"),
-                || !alive(pid),
-            );
-        },
-    )
 }
 
 /// A single-threaded task waiting in sigsuspend/ppoll with a temporary mask that blocks
@@ -359,17 +364,12 @@ fn round_trip_then_term(mode: &'static str, base: i32) {
 fn sigterm_kills_a_restored_task_after_a_temporary_mask() {
     for (i, how) in ["sigsuspend-mask", "ppoll-mask"].iter().enumerate() {
         let mode: &'static str = Box::leak(format!("wait-{how}").into_boxed_str());
-        let base = 36600 + i as i32 * 10;
-        let _lock = restore_lock();
-        with_round_trip_deadline(
-            120,
-            cgroup_path(&format!("fx-task-{mode}"), base),
-            move |r| {
-                let mut fx = launch_mode(mode, base);
-                let pid = fx.w.pid;
-                *r.lock().unwrap() = vec![pid];
-                let images = tempfile::tempdir().unwrap();
-                dump_restore(&mut fx, images.path());
+        restored(
+            mode,
+            36600 + i as i32 * 10,
+            |_| {},
+            move |w, _| {
+                let pid = w.pid;
                 signal(pid, nix::sys::signal::Signal::SIGUSR2);
                 // pause() (syscall 34) with the task's own mask.
                 wait_for(
@@ -382,14 +382,9 @@ fn sigterm_kills_a_restored_task_after_a_temporary_mask() {
                 );
                 let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
                 assert!(st.contains("SigBlk:\t0000000000000000"), "{mode}: {st}");
-                signal(pid, nix::sys::signal::Signal::SIGTERM);
-                wait_for(
-                    10,
-                    &format!("{mode}: SIGTERM did not kill the restored task"),
-                    || !alive(pid),
-                );
+                terminates(mode, pid);
             },
-        )
+        );
     }
 }
 
