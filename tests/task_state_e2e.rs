@@ -8,6 +8,7 @@
 //! zombie        two unreaped children (exit 42, killed by SIGPIPE): zombies again, with their
 //!               names and parent; the parent reaps them with those statuses
 //! oom           oom_score_adj 345
+//! loginuid      loginuid 4242
 //! sched         nice 5; SCHED_BATCH nice 3, SCHED_IDLE, SCHED_FIFO 10, SCHED_RR 7 per thread
 //! dumpable      PR_SET_DUMPABLE 0
 //! thp           PR_SET_THP_DISABLE 1
@@ -204,6 +205,40 @@ fn stopped_task_stays_stopped() {
     )
 }
 
+/// A stopped task dumped with --leave-running stays stopped, and runs on when continued
+/// (the dump's thread routine must not send a group-stopped thread back into its own code).
+#[test]
+fn stopped_task_stays_stopped_after_a_leave_running_dump() {
+    let base = 35150;
+    common::deadline::with_deadline(
+        120,
+        move || kill_cgroup(&cgroup_path("fx-task-stopped", base)),
+        move || {
+            let fx = launch_mode("stopped", base);
+            let pid = fx.w.pid;
+            signal(pid, nix::sys::signal::Signal::SIGSTOP);
+            wait_for(10, "SIGSTOP did not stop the workload", || {
+                all_threads_stopped(pid)
+            });
+            let images = tempfile::tempdir().unwrap();
+            stasis_dump(
+                pid,
+                images.path(),
+                &[
+                    "--leave-running",
+                    "--freeze-cgroup",
+                    fx.w.cgroup.to_str().unwrap(),
+                ],
+            );
+            let core = decode(&images.path().join(format!("core-{pid}.img")));
+            assert_eq!(core["entries"][0]["tc"]["task_state"], 3, "TASK_STOPPED");
+            assert!(all_threads_stopped(pid), "{:?}", thread_states(pid));
+            signal(pid, nix::sys::signal::Signal::SIGCONT);
+            verify_then_kill(&fx.w, &[pid], "fx-task stopped, dumped, continued");
+        },
+    )
+}
+
 #[test]
 fn zombies_keep_name_parent_and_exit_status() {
     restored(
@@ -238,6 +273,14 @@ fn oom_score_adj_survives() {
     round_trip("oom", 35300, |w| {
         let v = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", w.pid)).unwrap();
         assert_eq!(v.trim(), "345");
+    });
+}
+
+#[test]
+fn loginuid_survives() {
+    round_trip("loginuid", 36800, |w| {
+        let v = std::fs::read_to_string(format!("/proc/{}/loginuid", w.pid)).unwrap();
+        assert_eq!(v.trim(), "4242");
     });
 }
 

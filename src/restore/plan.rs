@@ -109,6 +109,8 @@ pub struct TaskPlan {
     pub comm: String,
     /// `tc.oom_score_adj`, when recorded.
     pub oom_score_adj: Option<i32>,
+    /// `tc.loginuid`, when recorded.
+    pub loginuid: Option<u32>,
     /// Threads, main thread first (empty for zombies).
     pub threads: Vec<ThreadPlan>,
     /// Memory layout (live tasks).
@@ -294,6 +296,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             exit_code: tc.exit_code,
             comm: tc.comm.clone(),
             oom_score_adj: tc.oom_score_adj,
+            loginuid: tc.loginuid,
             threads: Vec::new(),
             mm: None,
             pages: Pages::default(),

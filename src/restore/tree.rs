@@ -104,6 +104,9 @@ fn run_task(
     if let Some(adj) = t.oom_score_adj {
         set_oom_score_adj(adj)?;
     }
+    if let Some(uid) = t.loginuid {
+        set_loginuid(uid)?;
+    }
     if t.sid == t.pid {
         nix::unistd::setsid().map_err(|e| ("setsid", e))?;
     }
@@ -207,6 +210,19 @@ fn set_oom_score_adj(adj: i32) -> Result<(), (&'static str, Errno)> {
         } else {
             ("set oom_score_adj", errno)
         }
+    })
+}
+
+/// Writes `/proc/self/loginuid` when it differs from the recorded one (CRIU treats it as
+/// critical too); changing a set one needs CAP_AUDIT_CONTROL.
+fn set_loginuid(uid: u32) -> Result<(), (&'static str, Errno)> {
+    let now = std::fs::read_to_string("/proc/self/loginuid").unwrap_or_default();
+    if now.trim().parse::<u32>() == Ok(uid) {
+        return Ok(());
+    }
+    std::fs::write("/proc/self/loginuid", uid.to_string()).map_err(|e| {
+        let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+        ("set loginuid (a set one needs CAP_AUDIT_CONTROL)", errno)
     })
 }
 

@@ -4,6 +4,7 @@
  * failed check> to RESULT. Modes:
  *
  *   oom        oom_score_adj 345 (raising needs no privilege)
+ *   loginuid   loginuid 4242 (set once by root)
  *   sched      nice 5 in main; threads: SCHED_BATCH nice 3, SCHED_IDLE, SCHED_FIFO 10, SCHED_RR 7
  *   dumpable   PR_SET_DUMPABLE 0
  *   thp        PR_SET_THP_DISABLE 1
@@ -101,6 +102,16 @@ static int mode_oom(void) {
     ready(); wait_go();
     int v = read_int_file("/proc/self/oom_score_adj");
     CHECK(v == 345, "oom_score_adj is %d, not 345", v);
+    return finish();
+}
+
+static int mode_loginuid(void) {
+    int fd = open("/proc/self/loginuid", O_WRONLY);
+    if (fd < 0 || write(fd, "4242", 4) != 4) { CHECK(0, "set loginuid: %s", strerror(errno)); return finish(); }
+    close(fd);
+    ready(); wait_go();
+    int v = read_int_file("/proc/self/loginuid");
+    CHECK(v == 4242, "loginuid is %d, not 4242", v);
     return finish();
 }
 
@@ -506,6 +517,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "oom")) return mode_oom();
     if (!strcmp(mode, "sched")) return mode_sched();
     if (!strcmp(mode, "dumpable")) return mode_dumpable();
+    if (!strcmp(mode, "loginuid")) return mode_loginuid();
     if (!strcmp(mode, "thp")) return mode_thp();
     if (!strcmp(mode, "madv")) return mode_madv();
     if (!strcmp(mode, "mlock")) return mode_mlock(0);
