@@ -38,7 +38,7 @@ pub const VMA_AREA_MEMFD: u32 = 1 << 14;
 /// How the pages of a VMA are dumped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageClass {
-    /// Never dumped (vvar, vsyscall).
+    /// Never dumped (vvar, vsyscall, device mappings).
     Skip,
     /// Anonymous private: present or swapped pages, restorable lazily.
     AnonPrivate,
@@ -210,7 +210,13 @@ pub fn vmas(pid: i32, maps: &[Vma], files: &mut Files) -> Result<Vec<VmaOut>> {
         }
         let madv = madv_bits(v);
         // MADV_DONTDUMP keeps a range out of core dumps, not out of a checkpoint: its pages
-        // are dumped like any others (as CRIU does).
+        // are dumped like any others (as CRIU does). Device mappings (VM_IO/VM_PFNMAP, which
+        // the kernel marks DONTDUMP too) have no pages to read and stay skipped.
+        let class = if v.has_flag("io") || v.has_flag("pf") {
+            PageClass::Skip
+        } else {
+            class
+        };
         let entry = pb::VmaEntry {
             start: v.start,
             end: v.end,
