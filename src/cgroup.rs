@@ -189,6 +189,25 @@ fn known_props(controller: &str) -> &'static [&'static str] {
         "net_prio" => &["net_prio.ifpriomap"],
         "pids" => &["pids.max"],
         "devices" => &["devices.list"],
+        // The unified hierarchy: CRIU's v2 globals (but cgroup.freeze: the dump itself may
+        // freeze the cgroup) and the limits of the v2 controllers where they exist.
+        "" => &[
+            "cgroup.subtree_control",
+            "cgroup.max.descendants",
+            "cgroup.max.depth",
+            "cgroup.type",
+            "cpu.weight",
+            "cpu.max",
+            "cpuset.cpus",
+            "cpuset.mems",
+            "io.weight",
+            "memory.min",
+            "memory.low",
+            "memory.high",
+            "memory.max",
+            "memory.swap.max",
+            "pids.max",
+        ],
         _ => &[],
     }
 }
@@ -454,8 +473,12 @@ fn create_recorded(
             continue;
         };
         for prop in &rec.properties {
-            // Membership files hold only their permissions.
-            if prop.name == "cgroup.procs" || prop.name == "tasks" {
+            // Membership files hold only their permissions; only "threaded" can be written to
+            // cgroup.type (a new directory is a domain already).
+            if prop.name == "cgroup.procs"
+                || prop.name == "tasks"
+                || (prop.name == "cgroup.type" && prop.value != "threaded")
+            {
                 continue;
             }
             if let Err(e) = std::fs::write(dir.join(&prop.name), &prop.value) {
