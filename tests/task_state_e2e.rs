@@ -230,7 +230,13 @@ fn stopped_task_stays_stopped_after_a_leave_running_dump() {
                     fx.w.cgroup.to_str().unwrap(),
                 ],
             );
-            let core = decode(&images.path().join(format!("core-{pid}.img")));
+            // Raw numbers (crit's pretty names call 3 "Zombie", as CRIU's crit does).
+            let out = stasis_bin()
+                .args(["crit", "decode", "-i"])
+                .arg(images.path().join(format!("core-{pid}.img")))
+                .output()
+                .unwrap();
+            let core: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(core["entries"][0]["tc"]["task_state"], 3, "TASK_STOPPED");
             assert!(all_threads_stopped(pid), "{:?}", thread_states(pid));
             signal(pid, nix::sys::signal::Signal::SIGCONT);

@@ -405,11 +405,17 @@ static int mode_sigpending(int trap) {
     sigaddset(&s, SIGTRAP); sigaddset(&s, SIGUSR1); sigaddset(&s, rt_p); sigaddset(&s, rt_s);
     sigprocmask(SIG_BLOCK, &s, NULL);
     pid_t me = getpid(), tid = gettid_();
-    if (trap) syscall(SYS_tgkill, me, tid, SIGTRAP);
+    siginfo_t si;
+    if (trap) {
+        /* Queued with a siginfo of its own, to this thread. */
+        memset(&si, 0, sizeof(si));
+        si.si_signo = SIGTRAP; si.si_code = SI_QUEUE; si.si_pid = me; si.si_uid = getuid();
+        si.si_value.sival_int = 5;
+        syscall(SYS_rt_tgsigqueueinfo, me, tid, SIGTRAP, &si);
+    }
     kill(me, SIGUSR1);
     union sigval v = {.sival_int = 4242};
     sigqueue(me, rt_s, v);
-    siginfo_t si;
     memset(&si, 0, sizeof(si));
     si.si_signo = rt_p; si.si_code = SI_QUEUE; si.si_pid = me; si.si_uid = getuid();
     si.si_value.sival_int = 77;
@@ -421,7 +427,7 @@ static int mode_sigpending(int trap) {
     CHECK(!strcmp(before, after), "pending/blocked changed: before [%s] after [%s]", before, after);
     struct timespec zero = {0, 0};
     struct { int sig, code, val; } want[] = {
-        {SIGTRAP, SI_TKILL, 0}, {SIGUSR1, SI_USER, 0}, {rt_s, SI_QUEUE, 4242}, {rt_p, SI_QUEUE, 77},
+        {SIGTRAP, SI_QUEUE, 5}, {SIGUSR1, SI_USER, 0}, {rt_s, SI_QUEUE, 4242}, {rt_p, SI_QUEUE, 77},
     };
     for (int i = trap ? 0 : 1; i < 4; i++) {
         sigset_t one;
