@@ -1,49 +1,17 @@
 //! `stasis dump`: CRIU's `criu dump` command line.
 //!
-//! Options keep CRIU's long and short spellings. CRIU options stasis does not implement are
-//! refused by name rather than ignored, so a caller never believes a feature was applied.
+//! Options keep CRIU's long and short spellings; every CRIU option is accepted
+//! ([`super::criu_options`]), and the ones stasis has not built yet are refused by name rather
+//! than ignored, so a caller never believes a feature was applied. Exit status as CRIU's: 0,
+//! 1 on failure, 255 when a post-dump action script failed (the tree was resumed).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::common::{self, CommonArgs};
+use super::common::{self, CommonArgs, Verb};
 use crate::dump::{self, DumpOptions};
-
-/// CRIU dump options that stasis knows but does not implement.
-pub const UNSUPPORTED: &[&str] = &[
-    "--page-server",
-    "--address",
-    "--port",
-    "--lazy-pages",
-    "--pre-dump",
-    "--prev-images-dir",
-    "--track-mem",
-    "--auto-dedup",
-    "--network-lock",
-    "--external",
-    "--manage-cgroups",
-    "--cgroup-root",
-    "--enable-external-sharing",
-    "--enable-external-masters",
-    "--link-remap",
-    "--ghost-limit",
-    "--irmap-scan-path",
-    "--action-script",
-    "--inherit-fd",
-    "--evasive-devices",
-    "--lsm-profile",
-    "--tcp-close",
-    "--skip-in-flight",
-    "--ext-mount-map",
-    "--root",
-    "--pidfile",
-    "--stream",
-    "--enable-fs",
-    "--empty-ns",
-    "--force-irmap",
-];
 
 /// `stasis dump` arguments.
 #[derive(Debug, Parser)]
@@ -52,30 +20,9 @@ pub const UNSUPPORTED: &[&str] = &[
     about = "checkpoint a process tree into an image directory"
 )]
 pub struct DumpArgs {
-    /// Options shared by every verb (`-D`, `-o`, `-v`, `--timeout`, ...).
+    /// Options shared by every verb (`-D`, `-o`, `-v`, `-t`, `-R`, `--timeout`, ...).
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Root of the process tree.
-    #[arg(short = 't', long = "tree", value_name = "PID")]
-    pub tree: i32,
-    /// Keep the tree running after the dump.
-    #[arg(short = 'R', long = "leave-running")]
-    pub leave_running: bool,
-    /// The tree is a shell job (its session or tty may be outside).
-    #[arg(short = 'j', long = "shell-job")]
-    pub shell_job: bool,
-    /// Allow unix sockets connected outside the tree.
-    #[arg(long = "ext-unix-sk")]
-    pub ext_unix_sk: bool,
-    /// Dump file locks.
-    #[arg(short = 'l', long = "file-locks")]
-    pub file_locks: bool,
-    /// Dump established TCP connections.
-    #[arg(long = "tcp-established")]
-    pub tcp_established: bool,
-    /// Freeze the tree with this cgroup's freezer instead of ptrace alone.
-    #[arg(long = "freeze-cgroup", value_name = "PATH")]
-    pub freeze_cgroup: Option<PathBuf>,
     /// Print dump statistics.
     #[arg(long = "stats")]
     pub stats: bool,
@@ -84,56 +31,105 @@ pub struct DumpArgs {
     pub profile: Option<PathBuf>,
 }
 
-/// Refuses a CRIU option stasis does not implement, naming it.
-pub fn refuse_unsupported(args: &[OsString]) -> Result<(), String> {
-    for a in args {
-        let s = a.to_string_lossy();
-        let name = s.split('=').next().unwrap_or("");
-        if UNSUPPORTED.contains(&name) {
-            return Err(format!("option {name} is not supported by stasis dump"));
+/// `--track-mem`, `--prev-images-dir`, `--pre-dump-mode` (dump and pre-dump; accepted and
+/// ignored by the other verbs, as CRIU).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct IncrementalArgs {
+    /// Keep tracking written pages for a later dump with --prev-images-dir.
+    #[arg(long = "track-mem")]
+    pub track_mem: bool,
+    /// The previous (pre-)dump, relative to the images directory: its pages are referenced.
+    #[arg(long = "prev-images-dir", value_name = "REL")]
+    pub prev_images_dir: Option<PathBuf>,
+    /// How a pre-dump copies pages after the tree runs again: splice or read.
+    #[arg(long = "pre-dump-mode", value_name = "MODE", value_parser = ["splice", "read"])]
+    pub pre_dump_mode: Option<String>,
+}
+
+impl IncrementalArgs {
+    /// The pre-dump mode chosen (splice by default, as CRIU).
+    pub fn mode(&self) -> dump::options::PreDumpMode {
+        match self.pre_dump_mode.as_deref() {
+            Some("read") => dump::options::PreDumpMode::Read,
+            _ => dump::options::PreDumpMode::Splice,
         }
     }
-    Ok(())
+}
+
+impl common::VerbArgs for DumpArgs {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+}
+
+/// Refuses a CRIU option stasis has not built yet, naming it.
+pub fn refuse_unsupported(args: &[OsString]) -> Result<(), String> {
+    super::criu_options::refuse_not_built(args)
 }
 
 impl DumpArgs {
-    /// The engine's options.
-    pub fn options(&self) -> DumpOptions {
-        DumpOptions {
-            pid: self.tree,
-            images_dir: self.common.images_dir(),
-            leave_running: self.leave_running,
-            shell_job: self.shell_job,
-            ext_unix_sk: self.ext_unix_sk,
-            file_locks: self.file_locks,
-            tcp_established: self.tcp_established,
-            freeze_cgroup: self.freeze_cgroup.clone(),
+    /// The engine's options (`--pidfile` is ignored on dump, as CRIU does).
+    pub fn options(&self) -> Result<DumpOptions, String> {
+        let c = &self.common.criu;
+        let pid = c.tree.ok_or("No pid specified (-t option missing)")?;
+        if pid <= 0 {
+            return Err(format!("invalid argument for -t: {pid}"));
+        }
+        let images_dir = self.common.images_dir();
+        let scripts =
+            crate::action_scripts::ActionScripts::new(c.action_script.clone(), &images_dir)
+                .map_err(|e| e.to_string())?;
+        Ok(DumpOptions {
+            pid,
+            images_dir,
+            leave_running: c.leave_running,
+            shell_job: c.shell_job,
+            ext_unix_sk: c.ext_unix_sk.is_some(),
+            file_locks: c.file_locks,
+            tcp_established: c.tcp_established,
+            freeze_cgroup: c.freeze_cgroup.clone(),
             stats: self.stats,
             profile: self.profile.clone(),
             timeout: self.common.timeout(),
-            prev_images_dir: None,
-            track_mem: false,
+            prev_images_dir: c.incremental.prev_images_dir.clone(),
+            track_mem: c.incremental.track_mem,
+            pre_dump_mode: c.incremental.mode(),
+            tracker_exe: None,
             fault: std::env::var("STASIS_FAULT").ok(),
             exiting_after: true,
-        }
+            scripts,
+            ghost_limit: Some(c.ghost_limit()?),
+            link_remap: c.link_remap,
+            tcp_close: c.tcp_close,
+            skip_in_flight: c.skip_in_flight,
+        })
     }
 }
 
 /// `stasis dump ...`: `args[1]` is "dump"; returns the exit status.
 pub fn run(args: Vec<OsString>) -> i32 {
-    if let Err(e) = refuse_unsupported(args.get(2..).unwrap_or(&[])) {
-        eprintln!("Error: {e}");
-        return 1;
-    }
-    let a: DumpArgs = match common::parse_verb(&args) {
+    let a: DumpArgs = match common::start(&args, Verb::Dump) {
         Ok(a) => a,
         Err(status) => return status,
     };
-    if let Err(e) = a.common.init_logging() {
-        eprintln!("Error: {e}");
+    let opts = match a.options() {
+        Ok(o) => o,
+        Err(e) => {
+            common::report(&a.common, e);
+            return 1;
+        }
+    };
+    let cpu_cap = a.common.criu.cpu_cap.clone().map(Some);
+    let cpu_caps = crate::cpuinfo::option_caps(&cpu_cap).and_then(|caps| {
+        match caps & crate::cpuinfo::CAP_IMAGE {
+            0 => Ok(()),
+            _ => crate::cpuinfo::write(&opts.images_dir),
+        }
+    });
+    if let Err(e) = cpu_caps {
+        common::report(&a.common, e);
         return 1;
     }
-    let opts = a.options();
     tracing::info!(
         "dumping tree {} into {}",
         opts.pid,
@@ -145,7 +141,26 @@ pub fn run(args: Vec<OsString>) -> i32 {
             for f in &rep.images {
                 tracing::debug!("wrote {}", f.display());
             }
-            if a.stats || a.common.display_stats {
+            if a.common.display_stats {
+                // CRIU's display_stats, on standard output.
+                let s = &rep.stats;
+                let hex = |n: u64| format!("{n} (0x{n:x})");
+                print!(
+                    "Displaying dump stats:\nFreezing time: {} us\nFrozen time: {} us\n\
+                     Memory dump time: {} us\nMemory write time: {} us\n\
+                     Memory pages scanned: {}\nMemory pages skipped from parent: {}\n\
+                     Memory pages written: {}\nLazy memory pages: {}\n",
+                    s.freezing_time,
+                    s.frozen_time,
+                    s.memdump_time,
+                    s.memwrite_time,
+                    hex(s.pages.pages_scanned),
+                    hex(s.parent_pages),
+                    hex(s.pages.pages_written),
+                    hex(s.pages.pages_lazy)
+                );
+            }
+            if a.stats {
                 let s = &rep.stats;
                 println!(
                     "freezing {} us, frozen {} us, memdump {} us, memwrite {} us, pages scanned {} written {} (lazy {}), shmem pages {}, {} bytes in {} files",
@@ -153,12 +168,14 @@ pub fn run(args: Vec<OsString>) -> i32 {
                     s.pages.pages_scanned, s.pages.pages_written, s.pages.pages_lazy,
                     s.pages.shpages_written, rep.bytes, rep.images.len()
                 );
+                if s.parent_pages > 0 {
+                    println!("pages in the parent image {}", s.parent_pages);
+                }
             }
             if let Some(p) = &a.profile {
                 let json = rep.profile.chrome_trace().to_string();
                 if let Err(e) = std::fs::write(p, json) {
-                    tracing::error!("write profile {}: {e}", p.display());
-                    eprintln!("Error: write profile {}: {e}", p.display());
+                    common::report(&a.common, format!("write profile {}: {e}", p.display()));
                     return 1;
                 }
             }
@@ -166,9 +183,13 @@ pub fn run(args: Vec<OsString>) -> i32 {
             0
         }
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("Error: {e}");
-            1
+            common::report(&a.common, &e);
+            tracing::error!("Dumping FAILED.");
+            if e.step == dump::engine::POST_DUMP_STEP {
+                255
+            } else {
+                1
+            }
         }
     }
 }
@@ -188,8 +209,8 @@ mod tests {
             "-t", "42", "-D", "/tmp", "-o", "d.log", "-v4", "-R", "-j", "--stats",
         ])
         .unwrap();
-        assert_eq!(a.tree, 42);
-        assert!(a.leave_running && a.shell_job && a.stats);
+        assert_eq!(a.common.criu.tree, Some(42));
+        assert!(a.common.criu.leave_running && a.common.criu.shell_job && a.stats);
         assert_eq!(a.common.verbosity, Some(4));
         let b = parse(&[
             "--tree",
@@ -202,7 +223,7 @@ mod tests {
             "3",
         ])
         .unwrap();
-        assert_eq!(b.options().timeout, Some(Duration::from_secs(3)));
+        assert_eq!(b.options().unwrap().timeout, Some(Duration::from_secs(3)));
     }
 
     #[test]
@@ -213,6 +234,6 @@ mod tests {
             .contains("--bogus"));
         let e = refuse_unsupported(&["--page-server".into()]).unwrap_err();
         assert!(e.contains("--page-server"), "{e}");
-        assert!(parse(&["-D", "/x"]).is_err());
+        assert!(parse(&["-D", "/x"]).unwrap().options().is_err());
     }
 }

@@ -38,6 +38,7 @@ use nix::unistd::Pid;
 pub use error::RestoreError;
 pub use options::RestoreOptions;
 
+use crate::action_scripts::Action;
 use crate::sys::proc_tasks::alive;
 use plan::TASK_DEAD;
 
@@ -130,6 +131,10 @@ fn sys0(step: &str, e: nix::errno::Errno) -> RestoreError {
 /// The caller must be single-threaded (tasks are forked from it).
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let t0 = Instant::now();
+    opts.scripts
+        .run(Action::PreRestore, None)
+        .map_err(|e| RestoreError::Script(e.to_string()))?;
+    check_tcp_close(&opts.images_dir, opts.tcp_close)?;
     let mut plan = plan::load(&opts.images_dir)?;
     plan.shell_job = opts.shell_job;
     let root = &plan.tasks[0];
@@ -151,6 +156,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         tcp_established: opts.tcp_established,
         ext_unix_sk: opts.ext_unix_sk,
         shell_job: opts.shell_job,
+        tcp_close: opts.tcp_close,
     };
     let mut opened = files::open_all(&plan, kinds_opts)?;
     let (ready_r, ready_w) =
@@ -169,7 +175,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         pids: plan.all_ids(),
         armed: true,
     };
-    let root = tree::spawn(&plan, 0, &opened, ctl).map_err(|e| {
+    // --restore-sibling: the root becomes a child of our parent (CLONE_PARENT).
+    let root_flags = if opts.sibling {
+        libc::CLONE_PARENT as u64
+    } else {
+        0
+    };
+    let root = tree::spawn(&plan, 0, root_flags, &opened, ctl).map_err(|e| {
         RestoreError::sys(format!("clone3 root with pid {}", plan.tasks[0].pid), 0, e)
     })?;
     guard.root = Some(root);
@@ -197,15 +209,22 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             Some((t.pid, set.or(c.tc.as_ref().and_then(|x| x.cg_set))?))
         })
         .collect();
-    crate::cgroup::restore_dir(&plan.dir, &cg_sets).map_err(|e| RestoreError::Image {
-        path: plan.dir.join("cgroup.img"),
-        index: 0,
-        what: e.to_string(),
-    })?;
+    if !opts.cgroups_ignore {
+        crate::cgroup::restore_dir(&plan.dir, &cg_sets).map_err(|e| RestoreError::Image {
+            path: plan.dir.join("cgroup.img"),
+            index: 0,
+            what: e.to_string(),
+        })?;
+    }
     let deadline = Instant::now() + opts.timeout.unwrap_or(Duration::from_secs(60));
     for t in plan.tasks.iter().filter(|t| t.state == TASK_DEAD) {
         wait_zombie(t.pid, deadline)?;
     }
+    // CRIU: a failing post-restore script kills the tree; pre-resume's failure is logged.
+    opts.scripts
+        .run(Action::PostRestore, Some(root))
+        .map_err(|e| RestoreError::Script(e.to_string()))?;
+    let _ = opts.scripts.run(Action::PreResume, Some(root));
     // Release: one byte per task on go_fd.
     let go = vec![b'g'; alive];
     let mut off = 0;
@@ -218,6 +237,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     guard.armed = false;
     tracing::info!(root, "restored in {:?}", t0.elapsed());
+    let _ = opts.scripts.run(Action::PostResume, Some(root));
     if let Some(p) = &opts.pidfile {
         std::fs::write(p, format!("{root}")).map_err(|e| RestoreError::Io {
             step: "write pidfile",
@@ -226,6 +246,24 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         })?;
     }
     Ok(Restored { root })
+}
+
+/// CRIU refuses to restore a `--tcp-close` dump (marked in `inventory.img`) without
+/// `--tcp-close`: its connections have no state to restore.
+fn check_tcp_close(dir: &std::path::Path, tcp_close: bool) -> Result<(), RestoreError> {
+    if tcp_close {
+        return Ok(());
+    }
+    let Some(mut f) = img::ImageFile::open_opt(dir, "inventory.img")? else {
+        return Ok(());
+    };
+    let inv = f.next_msg::<stasis_images::pb::InventoryEntry>()?;
+    if inv.and_then(|i| i.tcp_close) == Some(true) {
+        return Err(RestoreError::Unsupported(
+            "the images were dumped with --tcp-close: restore them with --tcp-close".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Waits until the image's dead task `pid` is a zombie. It exits as soon as it is forked, but

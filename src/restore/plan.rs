@@ -70,12 +70,43 @@ pub struct PageRun {
 }
 
 /// A pagemap with its pages file.
+///
+/// In a chain of incremental dumps (`PE_PARENT` entries), the page data lies in several
+/// `pages-N.img` files, one per image directory: they are seen as one virtual file, their
+/// concatenation in [`Pages::layers`] order, and [`PageRun::offset`] is an offset in it (a
+/// run never spans two layers).
 #[derive(Debug, Clone, Default)]
 pub struct Pages {
-    /// `pages-<id>.img`.
+    /// `pages-<id>.img` of the image directory itself.
     pub file: PathBuf,
     /// Runs with data.
     pub runs: Vec<PageRun>,
+    /// The files of the chain with the virtual offset of their first byte; empty: only
+    /// `file`, at 0.
+    pub layers: Vec<Layer>,
+}
+
+/// One pages file of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// The file.
+    pub file: PathBuf,
+    /// Virtual offset of its first byte.
+    pub base: u64,
+}
+
+impl Pages {
+    /// Every file the runs read, with its virtual base.
+    pub fn layers(&self) -> Vec<Layer> {
+        if self.layers.is_empty() {
+            vec![Layer {
+                file: self.file.clone(),
+                base: 0,
+            }]
+        } else {
+            self.layers.clone()
+        }
+    }
 }
 
 /// One thread's image.
@@ -151,6 +182,8 @@ pub struct Plan {
     pub shell_job: bool,
     /// Ghost files by the orig file id: (entry, data chunks (offset, bytes)).
     pub ghosts: HashMap<u32, Ghost>,
+    /// `filelocks.img`: locks each task takes again through its fds once they are in place.
+    pub file_locks: Vec<stasis_images::pb::FileLockEntry>,
 }
 
 impl Plan {
@@ -178,8 +211,114 @@ fn bad(path: &Path, index: usize, what: impl Into<String>) -> RestoreError {
     }
 }
 
-/// Reads a pagemap image and lays out where each present run's data is.
+/// Reads a pagemap image and lays out where each present run's data is (no parent pages).
 pub fn read_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
+    let (pages, parent) = read_layer(dir, name)?;
+    if let Some(&(vaddr, _)) = parent.first() {
+        return Err(RestoreError::Unsupported(format!(
+            "{}: pages at {vaddr:#x} in a parent image (only private memory has chains)",
+            dir.join(name).display()
+        )));
+    }
+    Ok(pages)
+}
+
+/// Parent images followed at most.
+const MAX_CHAIN: usize = 4096;
+
+/// Reads a process's pagemap and, for its `PE_PARENT` entries, the pagemaps of the same name
+/// in `parent/`, `parent/parent/`, ... until every page is found (see [`Pages`]).
+pub fn read_chain_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
+    let (mut pages, mut need) = read_layer(dir, name)?;
+    if need.is_empty() {
+        return Ok(pages);
+    }
+    let mut layers = vec![Layer {
+        file: pages.file.clone(),
+        base: 0,
+    }];
+    let mut base = file_size(&pages.file)?;
+    let mut at = dir.to_path_buf();
+    for _ in 0..MAX_CHAIN {
+        if need.is_empty() {
+            break;
+        }
+        at = at.join("parent");
+        if !at.join(name).exists() {
+            return Err(bad(
+                &at.join(name),
+                0,
+                format!(
+                    "{} pages at {:#x} are in a parent image that is missing",
+                    need.iter().map(|r| r.1).sum::<u64>(),
+                    need[0].0
+                ),
+            ));
+        }
+        let (layer, parent) = read_layer(&at, name)?;
+        let mut next = Vec::new();
+        for &(vaddr, nr) in &need {
+            let end = vaddr + nr * 4096;
+            let mut covered = 0;
+            // Present runs of this layer inside the range.
+            let i = layer
+                .runs
+                .partition_point(|r| r.vaddr + r.nr * 4096 <= vaddr);
+            for r in layer.runs[i..].iter().take_while(|r| r.vaddr < end) {
+                let (a, b) = (r.vaddr.max(vaddr), (r.vaddr + r.nr * 4096).min(end));
+                pages.runs.push(PageRun {
+                    vaddr: a,
+                    nr: (b - a) / 4096,
+                    offset: base + r.offset + (a - r.vaddr),
+                });
+                covered += (b - a) / 4096;
+            }
+            let j = parent.partition_point(|p| p.0 + p.1 * 4096 <= vaddr);
+            for &(pv, pn) in parent[j..].iter().take_while(|p| p.0 < end) {
+                let (a, b) = (pv.max(vaddr), (pv + pn * 4096).min(end));
+                next.push((a, (b - a) / 4096));
+                covered += (b - a) / 4096;
+            }
+            if covered != nr {
+                return Err(bad(
+                    &at.join(name),
+                    0,
+                    format!("the parent image lacks pages of {vaddr:#x}+{nr} pages"),
+                ));
+            }
+        }
+        layers.push(Layer {
+            file: layer.file.clone(),
+            base,
+        });
+        base += file_size(&layer.file)?;
+        need = next;
+    }
+    if !need.is_empty() {
+        return Err(RestoreError::Unsupported(format!(
+            "{}: a chain of more than {MAX_CHAIN} parent images",
+            dir.join(name).display()
+        )));
+    }
+    pages.runs.sort_unstable_by_key(|r| r.vaddr);
+    pages.layers = layers;
+    Ok(pages)
+}
+
+fn file_size(file: &Path) -> Result<u64, RestoreError> {
+    Ok(std::fs::metadata(file)
+        .map_err(|e| RestoreError::Io {
+            step: "stat pages image",
+            path: file.to_path_buf(),
+            source: e,
+        })?
+        .len())
+}
+
+/// One pagemap: its present runs (offsets in its own pages file, sorted by address) and its
+/// `PE_PARENT` ranges (address, pages; sorted).
+#[allow(clippy::type_complexity)]
+fn read_layer(dir: &Path, name: &str) -> Result<(Pages, Vec<(u64, u64)>), RestoreError> {
     let mut f = ImageFile::open(dir, name)?;
     let head: msg::PagemapHead = f
         .next_msg()?
@@ -193,6 +332,7 @@ pub fn read_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
         })?
         .len();
     let mut runs = Vec::new();
+    let mut parent = Vec::new();
     let mut offset = 0u64;
     let mut index = 1;
     while let Some(e) = f.next_msg::<msg::PagemapEntry>()? {
@@ -210,12 +350,8 @@ pub fn read_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
             ));
         }
         if flags & pe::PARENT != 0 {
-            return Err(RestoreError::Unsupported(format!(
-                "{}: entry {index}: pages in a parent image (incremental dumps)",
-                f.path.display()
-            )));
-        }
-        if flags & pe::PRESENT != 0 {
+            parent.push((e.vaddr, nr));
+        } else if flags & pe::PRESENT != 0 {
             runs.push(PageRun {
                 vaddr: e.vaddr,
                 nr,
@@ -232,7 +368,16 @@ pub fn read_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
             format!("truncated: pagemap {name} needs {offset} bytes, file has {size}"),
         ));
     }
-    Ok(Pages { file, runs })
+    runs.sort_unstable_by_key(|r| r.vaddr);
+    parent.sort_unstable();
+    Ok((
+        Pages {
+            file,
+            runs,
+            layers: Vec::new(),
+        },
+        parent,
+    ))
 }
 
 /// Reads `pipes-data.img` or `fifo-data.img`: (pipe size, queued bytes) by pipe_id.
@@ -333,7 +478,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
                 })?;
                 t.vm_id = Some(ids.vm_id);
                 t.mm = Some(img::one(dir, &format!("mm-{pid}.img"))?);
-                t.pages = read_pages(dir, &format!("pagemap-{pid}.img"))?;
+                t.pages = read_chain_pages(dir, &format!("pagemap-{pid}.img"))?;
                 t.fs = Some(img::one(dir, &format!("fs-{pid}.img"))?);
                 t.fds = ImageFile::open(dir, &format!("fdinfo-{}.img", ids.files_id))?.all()?;
             }
@@ -411,7 +556,12 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             ghosts.insert(e.orig_id, (head, chunks));
         }
     }
+    let file_locks = match ImageFile::open_opt(dir, "filelocks.img")? {
+        Some(mut f) => f.all()?,
+        None => Vec::new(),
+    };
     let plan = Plan {
+        file_locks,
         seccomp,
         shell_job: false,
         fifo_data,
