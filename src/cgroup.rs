@@ -17,9 +17,10 @@
 //! the properties CRIU records (limits of the known controllers, plus the global files);
 //! `cgroup.procs` and `tasks` keep only their permissions.
 //!
-//! Restore ([`restore_tasks`]) is CRIU's soft mode without creating anything: each task
-//! moves into its set's paths where they exist; a missing path or a refused move is logged
-//! and skipped, never fatal.
+//! Restore ([`restore_tasks`]) is CRIU's soft mode: each task moves into its set's paths; a
+//! path that is gone is created first, with the properties the image recorded for each
+//! directory created (existing directories keep theirs); a hierarchy not mounted, a
+//! directory that cannot be created or a refused move is logged and skipped, never fatal.
 //!
 //! [`threads`] finds the threads of a process that share its leader's cgroups from the
 //! cgroups' own membership files, so the dump reads one /proc file per thread only for the
@@ -188,6 +189,25 @@ fn known_props(controller: &str) -> &'static [&'static str] {
         "net_prio" => &["net_prio.ifpriomap"],
         "pids" => &["pids.max"],
         "devices" => &["devices.list"],
+        // The unified hierarchy: CRIU's v2 globals (but cgroup.freeze: the dump itself may
+        // freeze the cgroup) and the limits of the v2 controllers where they exist.
+        "" => &[
+            "cgroup.subtree_control",
+            "cgroup.max.descendants",
+            "cgroup.max.depth",
+            "cgroup.type",
+            "cpu.weight",
+            "cpu.max",
+            "cpuset.cpus",
+            "cpuset.mems",
+            "io.weight",
+            "memory.min",
+            "memory.low",
+            "memory.high",
+            "memory.max",
+            "memory.swap.max",
+            "pids.max",
+        ],
         _ => &[],
     }
 }
@@ -397,6 +417,83 @@ fn set_members(img: &stasis_images::pb::CgroupEntry, id: u32) -> Option<Vec<Memb
     })
 }
 
+/// The recorded directory `path` (from the hierarchy's root) of hierarchy `name`, if the
+/// image has it: a top directory names its path from the root, its children their own name.
+fn recorded_dir<'a>(
+    img: &'a stasis_images::pb::CgroupEntry,
+    name: &str,
+    path: &str,
+) -> Option<&'a stasis_images::pb::CgroupDirEntry> {
+    let path = path.trim_matches('/');
+    let ctl = img
+        .controllers
+        .iter()
+        .find(|c| c.cnames.join(",") == name)?;
+    ctl.dirs.iter().find_map(|top| {
+        let t = top.dir_name.trim_matches('/');
+        let rest = if t.is_empty() {
+            path
+        } else if path == t {
+            ""
+        } else {
+            path.strip_prefix(t)?.strip_prefix('/')?
+        };
+        rest.split('/')
+            .filter(|c| !c.is_empty())
+            .try_fold(top, |d, comp| {
+                d.children.iter().find(|c| c.dir_name == comp)
+            })
+    })
+}
+
+/// CRIU's soft mode for a cgroup that is gone: creates `path` (and any missing parent) under
+/// mount point `mp` of hierarchy `name`, and gives each directory it created the properties
+/// the image recorded for it (a property the kernel refuses is noted in `notes`, not fatal;
+/// existing directories keep theirs).
+fn create_recorded(
+    img: &stasis_images::pb::CgroupEntry,
+    name: &str,
+    mp: &Path,
+    path: &str,
+    notes: &mut Vec<String>,
+) -> std::io::Result<()> {
+    let mut rel = String::new();
+    for comp in path.split('/').filter(|c| !c.is_empty()) {
+        if !rel.is_empty() {
+            rel.push('/');
+        }
+        rel.push_str(comp);
+        let dir = mp.join(&rel);
+        if dir.is_dir() {
+            continue;
+        }
+        std::fs::create_dir(&dir)?;
+        tracing::info!("created cgroup {}", dir.display());
+        let Some(rec) = recorded_dir(img, name, &rel) else {
+            continue;
+        };
+        for prop in &rec.properties {
+            // Membership files hold only their permissions; only "threaded" can be written to
+            // cgroup.type (a new directory is a domain already).
+            if prop.name == "cgroup.procs"
+                || prop.name == "tasks"
+                || (prop.name == "cgroup.type" && prop.value != "threaded")
+            {
+                continue;
+            }
+            if let Err(e) = std::fs::write(dir.join(&prop.name), &prop.value) {
+                notes.push(format!(
+                    "cgroup {}: cannot restore {} = {:?}: {e}",
+                    dir.display(),
+                    prop.name,
+                    prop.value
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Moves restored tasks into their cgroups (soft mode, see the module doc): `tasks` are
 /// (pid, cg_set from its core). Returns one line per move that did not happen.
 pub fn restore_tasks(img: &stasis_images::pb::CgroupEntry, tasks: &[(i32, u32)]) -> Vec<String> {
@@ -417,11 +514,14 @@ pub fn restore_tasks(img: &stasis_images::pb::CgroupEntry, tasks: &[(i32, u32)])
             };
             let dir = mp.join(m.path.trim_start_matches('/'));
             if !dir.is_dir() {
-                skipped.push(format!(
-                    "task {pid}: cgroup {} does not exist, task stays in its current cgroup",
-                    dir.display()
-                ));
-                continue;
+                if let Err(e) = create_recorded(img, &m.name, mp, &m.path, &mut skipped) {
+                    skipped.push(format!(
+                        "task {pid}: cgroup {} does not exist and cannot be created ({e}), \
+                         task stays in its current cgroup",
+                        dir.display()
+                    ));
+                    continue;
+                }
             }
             if let Err(e) = std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
                 skipped.push(format!(

@@ -8,7 +8,8 @@
 //! * a peer outside the tree is refused without `--ext-unix-sk` (and the task keeps running);
 //! * seccomp (`dump_state_e2e/fx-seccomp.c`): two filters inherited by a second thread are
 //!   written once to seccomp.img; after restore both threads still get EPERM/EACCES;
-//! * cgroup.img: the workloads run in a cgroup of their own; the restored task is back in it.
+//! * cgroup.img: the workloads run in a cgroup of their own; the restored task is back in it,
+//!   also when the cgroup was removed in between (created again).
 //!
 //! Every image is decoded by Debian's crit and by `stasis crit`.
 
@@ -270,10 +271,10 @@ fn seccomp_filters_dump_kill_restore_verify() {
     seccomp_round_trip(33500, false);
 }
 
-/// CRIU's soft cgroup mode: a recorded cgroup that is gone at restore time is logged, and the
-/// restore goes on (the task stays in the restorer's cgroup).
+/// CRIU's soft cgroup mode: a recorded cgroup that is gone at restore time is created again
+/// (with its recorded properties) and the task goes back into it.
 #[test]
-fn missing_cgroup_at_restore_is_logged_not_fatal() {
+fn missing_cgroup_at_restore_is_created_again() {
     let _lock = restore_lock();
     seccomp_round_trip(33600, true);
 }
@@ -315,12 +316,11 @@ fn seccomp_round_trip(base: i32, remove_cgroup: bool) {
         if remove_cgroup {
             let l = log(images.path(), "restore.log");
             assert!(
-                l.contains(&format!("cgroup {} does not exist", w.cgroup.display())),
+                l.contains(&format!("created cgroup {}", w.cgroup.display())),
                 "{l}"
             );
-        } else {
-            assert_in_cgroup(w.pid, &w.cgroup);
         }
+        assert_in_cgroup(w.pid, &w.cgroup);
         for t in std::fs::read_dir(format!("/proc/{}/task", w.pid)).unwrap() {
             let st = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
             assert!(st.contains("Seccomp_filters:\t2\n"), "{st}");

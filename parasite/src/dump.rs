@@ -446,6 +446,7 @@ const SYS_TIMER_GETOVERRUN: usize = 225;
 const SYS_VMSPLICE: usize = 278;
 const SYS_PRLIMIT64: usize = 302;
 const SYS_USERFAULTFD: usize = 323;
+const SYS_MEMBARRIER: usize = 324;
 
 const PR_GET_PDEATHSIG: usize = 2;
 const PR_GET_DUMPABLE: usize = 3;
@@ -476,6 +477,7 @@ const MSG_NOSIGNAL: usize = 0x4000;
 const SIGPIPE_BIT: u64 = 1 << 12;
 const POLLNVAL: i16 = 0x20;
 const EPROTO: isize = 71;
+const EPERM: isize = 1;
 
 /// Raw syscall with up to six arguments.
 fn sys(nr: usize, a: [usize; 6]) -> isize {
@@ -805,6 +807,23 @@ fn prctl_int(option: usize) -> Result<i32, isize> {
     Ok(v)
 }
 
+/// The membarrier registrations (CRIU's rule): a private expedited barrier command succeeds
+/// only when the process registered for it (EPERM otherwise, EINVAL/ENOSYS when the kernel
+/// lacks it); each success sets its registration command (`MEMBARRIER_CMD_REGISTER_X` =
+/// `MEMBARRIER_CMD_X << 1`): PRIVATE_EXPEDITED, ..._SYNC_CORE, ..._RSEQ.
+fn membarrier_mask() -> Result<u32, isize> {
+    let mut mask = 0u32;
+    for bit in [3u32, 5, 7] {
+        let cmd = 1usize << bit;
+        match sys(SYS_MEMBARRIER, [cmd, 0, 0, 0, 0, 0]) {
+            0 => mask |= (cmd as u32) << 1,
+            r if r == -EPERM || r == -EINVAL || r == -(ENOSYS as isize) => {}
+            r => return Err(r),
+        }
+    }
+    Ok(mask)
+}
+
 fn misc() -> Result<MiscState, isize> {
     let mut m = MiscState {
         brk: ok(sys(SYS_BRK, [0; 6]))? as u64,
@@ -828,6 +847,7 @@ fn misc() -> Result<MiscState, isize> {
     for (res, r) in m.rlimits.iter_mut().enumerate() {
         ok(sys(SYS_PRLIMIT64, [0, res, 0, r as *mut Rlimit as usize, 0, 0]))?;
     }
+    m.membarrier_mask = membarrier_mask()?;
     Ok(m)
 }
 

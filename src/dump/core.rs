@@ -278,6 +278,8 @@ pub fn task_core(f: &ProcessFacts, p: &ProcessProbe) -> pb::TaskCoreEntry {
         oom_score_adj: Some(f.oom_score_adj),
         sigactions,
         child_subreaper: Some(p.child_subreaper),
+        // Only when registered, like CRIU's images.
+        membarrier_registration_mask: (p.membarrier_mask != 0).then_some(p.membarrier_mask),
         ..Default::default()
     }
 }

@@ -189,7 +189,7 @@ fn collect_process(
     let t0 = cx.prof.now_us();
     let status = proc::status::read(pid).map_err(pe)?;
     let pf = ProcessFacts {
-        state: if p.stat.state == 'T' {
+        state: if p.stat.state == 'T' || frozen.group_stopped(pid) {
             core::TASK_STOPPED
         } else {
             core::TASK_ALIVE
@@ -275,7 +275,17 @@ fn collect_process(
                 },
             };
             last_set = Some((text, cg_set));
-            let process = if tid == pid { leader_part.take() } else { None };
+            // The leader's blocked mask as its thread state says (PTRACE_GETSIGMASK, the
+            // parasite): /proc shows the temporary mask of a sigsuspend/ppoll/pselect it
+            // sits in, which must not become its own mask after the restore.
+            let process = if tid == pid {
+                leader_part.take().map(|(mut f, p)| {
+                    f.blk_sigset = facts.blk_sigset;
+                    (f, p)
+                })
+            } else {
+                None
+            };
             let core = CoreJob {
                 facts,
                 probe: tp,
@@ -326,11 +336,8 @@ fn collect_process(
             },
             auxv: auxv.clone(),
             exe_file_id,
-            dumpable: if pprobe.dumpable != 0 {
-                pprobe.dumpable
-            } else {
-                1
-            },
+            // 0 is a value (PR_SET_DUMPABLE 0), not "unknown".
+            dumpable: pprobe.dumpable,
             thp_disabled: pprobe.thp_disabled,
         };
         cx.prof.record(&format!("mm {pid}"), "mm", pid, t2);

@@ -23,6 +23,12 @@ pub trait FrozenTree: TaskProbe {
     fn kill(&mut self, pids: &[i32]) -> Result<()>;
     /// Lets the tree run again.
     fn release(self: Box<Self>) -> Result<()>;
+    /// Whether process `pid` was in a group stop (SIGSTOP, SIGTSTP...) when it was frozen:
+    /// its /proc state then says traced ('t') like every other, so the freezer must tell. It
+    /// is dumped as TASK_STOPPED. Backends that do not stop tasks themselves: false.
+    fn group_stopped(&self, _pid: i32) -> bool {
+        false
+    }
 }
 
 /// Something that can freeze a tree.

@@ -43,7 +43,7 @@ pub const AUXV_WORDS_MAX: usize = 44;
 /// How the pages of a VMA are dumped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageClass {
-    /// Never dumped (vvar, vsyscall, DONTDUMP).
+    /// Never dumped (vvar, vsyscall, device mappings).
     Skip,
     /// Anonymous private: present or swapped pages, restorable lazily.
     AnonPrivate,
@@ -214,7 +214,10 @@ pub fn vmas(pid: i32, maps: &[Vma], files: &mut Files) -> Result<Vec<VmaOut>> {
             flags |= libc::MAP_NORESERVE as u32;
         }
         let madv = madv_bits(v);
-        let class = if madv & (1u64 << libc::MADV_DONTDUMP) != 0 && class != PageClass::Vdso {
+        // MADV_DONTDUMP keeps a range out of core dumps, not out of a checkpoint: its pages
+        // are dumped like any others (as CRIU does). Device mappings (VM_IO/VM_PFNMAP, which
+        // the kernel marks DONTDUMP too) have no pages to read and stay skipped.
+        let class = if v.has_flag("io") || v.has_flag("pf") {
             PageClass::Skip
         } else {
             class
@@ -385,7 +388,15 @@ mod tests {
             vmas.iter().any(|v| v.entry.fdflags.is_some()),
             "no file VMA"
         );
-        assert!(vmas.iter().any(|v| v.class == PageClass::Skip));
+        let dd = vmas
+            .iter()
+            .find(|v| v.start == _dontdump.0 as u64)
+            .expect("the DONTDUMP mapping");
+        assert_eq!(
+            dd.class,
+            PageClass::AnonPrivate,
+            "DONTDUMP pages are dumped"
+        );
         let stat = crate::proc::stat::read(pid).expect("stat");
         let mut m = MmFields {
             brk: brk_from_maps(&maps, stat.start_brk),

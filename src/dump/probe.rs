@@ -143,6 +143,8 @@ pub struct ProcessProbe {
     pub child_subreaper: bool,
     pub dumpable: u32,
     pub thp_disabled: bool,
+    /// membarrier registrations (`task_core.membarrier_registration_mask`).
+    pub membarrier_mask: u32,
     /// `brk(0)` in the task.
     pub brk: u64,
 }

@@ -82,6 +82,31 @@ impl Backend for PtraceBackend {
     }
 }
 
+/// A pending SIGTRAP cannot be dumped: the parasite stops at its end with `int3`, whose
+/// forced SIGTRAP unblocks SIGTRAP and would deliver (and lose) the pending one, or take
+/// its place. CRIU refuses it too; the refusal comes before anything runs in the task, which
+/// keeps its signal pending.
+fn refuse_pending_sigtrap(pid: i32, tids: &[i32]) -> Result<()> {
+    const TRAP: u64 = 1 << (libc::SIGTRAP - 1);
+    for &tid in tids {
+        let st = proc::status::read_thread(pid, tid)
+            .map_err(|e| DumpError::proc("collect-task", pid, e))?;
+        let pending = st.sig_pnd().unwrap_or(0) | st.shd_pnd().unwrap_or(0);
+        if pending & TRAP != 0 {
+            return Err(DumpError::new(
+                "collect-task",
+                tid,
+                None,
+                format!(
+                    "thread {tid} of process {pid} has a pending SIGTRAP, which cannot be \
+                     dumped (the parasite's traps would consume it; CRIU refuses it too)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl TaskProbe for PtraceFrozen {
     fn with_process(
         &mut self,
@@ -104,6 +129,7 @@ impl TaskProbe for PtraceFrozen {
                 DumpError::new("collect-task", *tid, Some(libc::ESRCH), "thread not seized")
             })?);
         }
+        refuse_pending_sigtrap(pid, tids)?;
         // ptrace answers only for stopped threads: read the leader's part before the
         // parasite runs in it.
         let leader = process.leader();
@@ -306,6 +332,7 @@ impl ProcessAccess for OpenProcess<'_> {
             child_subreaper: misc.child_subreaper != 0,
             dumpable: misc.dumpable.max(0) as u32,
             thp_disabled: misc.thp_disabled > 0,
+            membarrier_mask: misc.membarrier_mask,
             brk: misc.brk,
         })
     }
@@ -394,6 +421,18 @@ impl ProcessAccess for OpenProcess<'_> {
 }
 
 impl FrozenTree for PtraceFrozen {
+    fn group_stopped(&self, pid: i32) -> bool {
+        self.tree
+            .as_ref()
+            .and_then(|t| t.process(pid))
+            .is_some_and(|p| {
+                matches!(
+                    p.leader().stop_kind(),
+                    crate::sys::task::StopKind::GroupStop { .. }
+                )
+            })
+    }
+
     fn kill(&mut self, pids: &[i32]) -> Result<()> {
         match self.tree.take() {
             // Killed and reaped as their tracer: no register restore, no detach.

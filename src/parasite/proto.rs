@@ -22,7 +22,10 @@ mod tests {
         assert_eq!(size_of::<KSigaction>(), 32);
         assert_eq!(size_of::<Itimerval>(), 32);
         assert_eq!(size_of::<Rlimit>(), 16);
-        assert_eq!(size_of::<MiscState>(), 8 + 10 * 4 + 3 * 32 + RLIMITS * 16);
+        assert_eq!(
+            size_of::<MiscState>(),
+            8 + 10 * 4 + 3 * 32 + RLIMITS * 16 + 8
+        );
         assert_eq!(size_of::<PosixTimerState>(), 40);
         assert_eq!(size_of::<ThreadState>(), 384);
         assert!(size_of::<ThreadState>() + 64 <= THREAD_SLOT);

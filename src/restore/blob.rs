@@ -143,7 +143,7 @@ pub fn enter(
                 end: v.end,
                 pgoff: v.pgoff,
                 prot: v.prot,
-                flags: libc::MAP_SHARED as u32,
+                flags: (libc::MAP_SHARED | (v.flags as i32 & libc::MAP_LOCKED)) as u32,
                 madv: v.madv.unwrap_or(0),
                 kind: VMA_MMAP,
                 fd,

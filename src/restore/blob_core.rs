@@ -223,7 +223,7 @@ fn itimer(e: &pb::ItimerEntry) -> ItimerArgs {
 }
 
 /// Task-wide state of the leader's core: sigactions, itimers, POSIX timers, rlimits,
-/// personality, child subreaper, shared pending signals.
+/// personality, child subreaper, membarrier registrations, shared pending signals.
 pub fn task_from_core(
     spec: &mut TaskSpec,
     tid: u32,
@@ -278,6 +278,7 @@ pub fn task_from_core(
     }
     spec.task.personality = tc.personality;
     spec.task.child_subreaper = u32::from(tc.child_subreaper.unwrap_or(false));
+    spec.task.membarrier_mask = tc.membarrier_registration_mask.unwrap_or(0);
     spec.shared_signals = siginfos(tid, tc.signals_s.as_ref())?;
     Ok(())
 }
@@ -303,6 +304,7 @@ pub fn mm_from_pb(spec: &mut TaskSpec, mm: &pb::MmEntry, exe_fd: u32) {
     spec.auxv = mm.mm_saved_auxv.clone();
     spec.task.set_mm = 1;
     spec.task.dumpable = mm.dumpable.map_or(u32::MAX, |d| d as u32);
+    spec.task.thp_disabled = mm.thp_disabled.map_or(u32::MAX, u32::from);
 }
 
 #[cfg(test)]

@@ -408,6 +408,8 @@ fn blob_step_name(s: u32) -> &'static str {
         SIGMASK => "signal mask",
         RSEQ_DROP => "drop the inherited rseq",
         SECCOMP => "seccomp",
+        VMA_MLOCK => "mlock a locked vma",
+        MEMBARRIER => "membarrier registration",
         _ => "unknown step",
     }
 }

@@ -141,6 +141,12 @@ pub struct TaskPlan {
     pub state: u32,
     /// Exit code (zombies).
     pub exit_code: u32,
+    /// `tc.comm` (a zombie's name; live threads have theirs in their cores).
+    pub comm: String,
+    /// `tc.oom_score_adj`, when recorded.
+    pub oom_score_adj: Option<i32>,
+    /// `tc.loginuid`, when recorded.
+    pub loginuid: Option<u32>,
     /// Threads, main thread first (empty for zombies).
     pub threads: Vec<ThreadPlan>,
     /// Memory layout (live tasks).
@@ -155,8 +161,6 @@ pub struct TaskPlan {
     pub children: Vec<i32>,
     /// `ids.vm_id` (tasks sharing an mm are refused).
     pub vm_id: Option<u32>,
-    /// Its name (`core.tc.comm`), which zombies carry too.
-    pub comm: String,
 }
 
 /// A deleted file to recreate: its entry and data chunks (offset, bytes).
@@ -481,6 +485,9 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             sid: e.sid as i32,
             state: tc.task_state,
             exit_code: tc.exit_code,
+            comm: tc.comm.clone(),
+            oom_score_adj: tc.oom_score_adj,
+            loginuid: tc.loginuid,
             threads: Vec::new(),
             mm: None,
             pages: Pages::default(),
@@ -488,7 +495,6 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             fs: None,
             children: Vec::new(),
             vm_id: None,
-            comm: tc.comm.clone(),
         };
         match tc.task_state {
             TASK_DEAD => {}

@@ -30,7 +30,7 @@ use super::files::{keep_only, Opened};
 use super::plan::{Plan, TASK_DEAD};
 use crate::sys::clone3::{fork_with_pid, Forked};
 use crate::sys::fds::{dup2_raw, write_raw};
-use crate::sys::tracee::{exit_now, set_pdeathsig};
+use crate::sys::tracee::{exit_like, exit_now, set_pdeathsig};
 
 /// Size of one record on the ready pipe: pid i32, errno i32, step (NUL padded).
 pub const RECORD: usize = 48;
@@ -111,16 +111,17 @@ fn run_task(
     let t = &plan.tasks[idx];
     set_pdeathsig(libc::SIGKILL).map_err(|e| ("set pdeathsig", e))?;
     if t.state == TASK_DEAD {
-        // Its recorded name (else it would be the restorer's).
+        // Its name, as `ps` shows the zombie (not the restorer's).
         if let Ok(name) = std::ffi::CString::new(t.comm.as_bytes()) {
             let _ = nix::sys::prctl::set_name(&name);
         }
-        let sig = (t.exit_code & 0x7f) as i32;
-        if sig != 0 {
-            let _ =
-                nix::sys::signal::kill(Pid::this(), nix::sys::signal::Signal::try_from(sig).ok());
-        }
-        exit_now(((t.exit_code >> 8) & 0xff) as i32);
+        exit_like(t.exit_code);
+    }
+    if let Some(adj) = t.oom_score_adj {
+        set_oom_score_adj(adj)?;
+    }
+    if let Some(uid) = t.loginuid {
+        set_loginuid(uid)?;
     }
     if t.sid == t.pid {
         nix::unistd::setsid().map_err(|e| ("setsid", e))?;
@@ -203,6 +204,35 @@ fn run_task(
     match super::blob::enter(plan, t, opened, ctl.status_w, ctl.hold_r, &targets) {
         Err(e) => Err(e),
     }
+}
+
+/// Writes `/proc/self/oom_score_adj` (inherited by the children forked after it). Lowering
+/// it below what the restorer has needs CAP_SYS_RESOURCE: the error names the value.
+fn set_oom_score_adj(adj: i32) -> Result<(), (&'static str, Errno)> {
+    std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
+        let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+        if errno == Errno::EACCES {
+            (
+                "set oom_score_adj below the restorer's (needs CAP_SYS_RESOURCE)",
+                errno,
+            )
+        } else {
+            ("set oom_score_adj", errno)
+        }
+    })
+}
+
+/// Writes `/proc/self/loginuid` when it differs from the recorded one (CRIU treats it as
+/// critical too); changing a set one needs CAP_AUDIT_CONTROL.
+fn set_loginuid(uid: u32) -> Result<(), (&'static str, Errno)> {
+    let now = std::fs::read_to_string("/proc/self/loginuid").unwrap_or_default();
+    if now.trim().parse::<u32>() == Ok(uid) {
+        return Ok(());
+    }
+    std::fs::write("/proc/self/loginuid", uid.to_string()).map_err(|e| {
+        let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+        ("set loginuid (a set one needs CAP_AUDIT_CONTROL)", errno)
+    })
 }
 
 /// The parked descriptors of a task's root and cwd (see [`Opened::fs_dirs`]).

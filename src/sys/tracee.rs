@@ -232,6 +232,35 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Ends the calling (forked) process the way a zombie of the images ended: `status` is its
+/// recorded wait status (`tc.exit_code`). A signal death is repeated with the signal at its
+/// default action and unblocked (the restorer's own dispositions, e.g. an ignored SIGPIPE,
+/// are inherited), the dumpable flag off so no core file is written; a signal whose default
+/// action does not kill becomes SIGABRT (as CRIU does). Otherwise `_exit(status >> 8)`.
+pub fn exit_like(status: u32) -> ! {
+    let sig = (status & 0x7f) as i32;
+    if sig != 0 {
+        let _ = nix::sys::prctl::set_dumpable(false);
+        let kills = !matches!(sig, 17..=23 | 28) && sig <= 64;
+        let sig = if kills { sig } else { libc::SIGABRT };
+        for s in (1..=64).filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP) {
+            // SAFETY: a zeroed sigaction is SIG_DFL with no flags; no handler of ours runs.
+            unsafe {
+                let sa: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(s, &sa, std::ptr::null_mut());
+            }
+        }
+        let _ = nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&nix::sys::signal::SigSet::empty()),
+            None,
+        );
+        // SAFETY: sends a signal to this process only (raw: real-time signals included).
+        unsafe { libc::kill(libc::getpid(), sig) };
+    }
+    exit_now(((status >> 8) & 0xff) as i32)
+}
+
 /// Offset of XSAVE component `bit` in the standard (non-compacted) format: `CPUID(0xD, bit).EBX`.
 pub fn xfeature_offset(bit: u32) -> Option<usize> {
     let r = core::arch::x86_64::__cpuid_count(0xd, bit);

@@ -558,7 +558,10 @@ impl ProcessAccess for TestProcess {
     }
 
     fn process(&mut self) -> DResult<ProcessProbe> {
-        Ok(ProcessProbe::default())
+        Ok(ProcessProbe {
+            dumpable: 1,
+            ..Default::default()
+        })
     }
 
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> DResult<()> {

@@ -231,6 +231,10 @@ pub struct MiscState {
     pub itimers: [Itimerval; 3],
     /// `prlimit64(0, resource, NULL, &old)` for resources 0..16.
     pub rlimits: [Rlimit; RLIMITS],
+    /// membarrier registrations as CRIU's `membarrier_registration_mask`: bit
+    /// `MEMBARRIER_CMD_REGISTER_*` set when the matching barrier command succeeds.
+    pub membarrier_mask: u32,
+    pub _pad: u32,
 }
 
 /// One POSIX timer: `timer_gettime` and `timer_getoverrun`.

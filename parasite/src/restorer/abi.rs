@@ -78,7 +78,7 @@
 /// `TaskArgs::magic`: "STASISRA".
 pub const ARGS_MAGIC: u64 = 0x4152_5349_5341_5453;
 /// `TaskArgs::version`; bumped on any layout change.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 /// Size of each thread's stack in the area (blob code, frames, the xsave copy).
 pub const THREAD_STACK_SIZE: u64 = 64 * 1024;
 /// Exit code of a task whose restorer failed (after the error record was written).
@@ -315,7 +315,8 @@ pub struct VmaArgs {
     /// Final `PROT_*`.
     pub prot: u32,
     /// `MAP_*` flags for `VMA_MMAP` (`MAP_FIXED` is added by the blob). For other kinds only
-    /// `MAP_GROWSDOWN` is looked at: a final frame may then extend the stack downwards.
+    /// `MAP_GROWSDOWN` is looked at (a final frame may then extend the stack downwards) and
+    /// `MAP_LOCKED` (every kind: `mlock` once in place).
     pub flags: u32,
     pub kind: u32,
     /// File to map (`VMA_MMAP`), -1 for anonymous.
@@ -411,6 +412,11 @@ pub struct TaskArgs {
     pub umask: u32,
     /// `PR_SET_CHILD_SUBREAPER` value.
     pub child_subreaper: u32,
+    /// `PR_SET_THP_DISABLE` value (u32::MAX: leave).
+    pub thp_disabled: u32,
+    /// membarrier registrations to redo: bit n set = `membarrier(1 << n)` (CRIU's
+    /// `membarrier_registration_mask`).
+    pub membarrier_mask: u32,
     /// Where the blob reports (`StatusRecord`); -1 for none.
     pub status_fd: i32,
     /// One byte is read from it after STAGE_READY; -1 to go on at once.
@@ -453,6 +459,8 @@ impl Default for TaskArgs {
             personality: 0,
             umask: 0,
             child_subreaper: 0,
+            thp_disabled: u32::MAX,
+            membarrier_mask: 0,
             status_fd: -1,
             go_fd: -1,
             cur_rseq: RseqArgs::default(),
@@ -512,6 +520,8 @@ pub mod step {
     pub const SIGMASK: u32 = 22;
     pub const RSEQ_DROP: u32 = 23;
     pub const SECCOMP: u32 = 24;
+    pub const VMA_MLOCK: u32 = 25;
+    pub const MEMBARRIER: u32 = 26;
 }
 
 /// Size checks: a layout change that forgets the other side fails to build.
@@ -529,5 +539,5 @@ const _: () = {
     assert!(core::mem::size_of::<StatusRecord>() == 24);
     assert!(core::mem::size_of::<SigInfo>() == 128);
     assert!(core::mem::size_of::<SyncArgs>() == 40);
-    assert!(core::mem::size_of::<TaskArgs>() == 2744);
+    assert!(core::mem::size_of::<TaskArgs>() == 2752);
 };

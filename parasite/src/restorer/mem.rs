@@ -10,6 +10,7 @@ const PROT_READ: u32 = 1;
 const PROT_WRITE: u32 = 2;
 const PROT_EXEC: u32 = 4;
 const MAP_FIXED: u32 = 0x10;
+const MAP_LOCKED: u32 = 0x2000;
 const MREMAP_MAYMOVE: usize = 1;
 const MREMAP_FIXED: usize = 2;
 
@@ -132,6 +133,13 @@ pub fn restore_vmas(a: &TaskArgs) {
             // SAFETY: sets the final protection of a target range.
             let r = unsafe { sc(sys::MPROTECT, v.start as usize, len as usize, v.prot as usize, 0, 0, 0) };
             check(a, step::VMA_PROTECT, i, r);
+        }
+        if v.flags & MAP_LOCKED != 0 {
+            // SAFETY: locks (and faults in) a range of the target layout; before the creds
+            // and rlimits are restored, so a task that locked memory and then dropped its
+            // privileges gets its locked ranges back.
+            let r = unsafe { sc(sys::MLOCK, v.start as usize, len as usize, 0, 0, 0, 0) };
+            check(a, step::VMA_MLOCK, i, r);
         }
     }
 }

@@ -16,6 +16,7 @@ pub const RT_SIGRETURN: usize = 15;
 pub const SCHED_YIELD: usize = 24;
 pub const MREMAP: usize = 25;
 pub const MADVISE: usize = 28;
+pub const MLOCK: usize = 149;
 pub const SETITIMER: usize = 38;
 pub const EXIT: usize = 60;
 pub const UMASK: usize = 95;
@@ -41,6 +42,7 @@ pub const SET_ROBUST_LIST: usize = 273;
 pub const RT_TGSIGQUEUEINFO: usize = 297;
 pub const PRLIMIT64: usize = 302;
 pub const SECCOMP: usize = 317;
+pub const MEMBARRIER: usize = 324;
 pub const RSEQ: usize = 334;
 pub const CLONE3: usize = 435;
 

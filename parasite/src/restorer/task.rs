@@ -1,5 +1,6 @@
-//! Task-wide state: mm fields, personality, umask, sigactions, rlimits, prctls, pending
-//! signals, POSIX timers and itimers.
+//! Task-wide state: mm fields, personality, umask, sigactions, rlimits, prctls (child
+//! subreaper, THP disable), membarrier registrations, pending signals, POSIX timers and
+//! itimers.
 
 use crate::abi::{self, step, PosixTimerArgs, SigInfo, TaskArgs, ThreadArgs};
 use crate::sys::{self, check, sc, slice};
@@ -9,6 +10,7 @@ const PR_SET_DUMPABLE: usize = 4;
 const PR_SET_MM: usize = 35;
 const PR_SET_MM_MAP: usize = 14;
 const PR_SET_CHILD_SUBREAPER: usize = 36;
+const PR_SET_THP_DISABLE: usize = 41;
 const PR_TIMER_CREATE_RESTORE_IDS: usize = 77;
 
 fn prctl(a: &TaskArgs, index: usize, o: usize, v: usize) {
@@ -56,6 +58,14 @@ pub fn restore_task_state(a: &TaskArgs) {
     }
     if a.child_subreaper != 0 {
         prctl(a, PR_SET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER, a.child_subreaper as usize);
+    }
+    if a.thp_disabled != u32::MAX {
+        prctl(a, PR_SET_THP_DISABLE, PR_SET_THP_DISABLE, a.thp_disabled as usize);
+    }
+    for bit in (0..32).filter(|b| a.membarrier_mask & (1 << b) != 0) {
+        // SAFETY: a registration command takes integers only.
+        let r = unsafe { sc(sys::MEMBARRIER, 1 << bit, 0, 0, 0, 0, 0) };
+        check(a, step::MEMBARRIER, bit, r);
     }
 }
 
