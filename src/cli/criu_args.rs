@@ -199,13 +199,26 @@ impl CriuArgs {
         self.manage_cgroups.as_deref().unwrap_or("soft")
     }
 
-    /// Closes the `--close` descriptors (CRIU closes them while parsing).
+    /// Closes the `--close` descriptors (CRIU closes them while parsing); at this point of the
+    /// start-up no Rust object owns a descriptor the caller could name.
     pub fn apply_close(&self) {
         for &fd in &self.close {
-            // SAFETY: closing a descriptor number the caller named; stasis holds no Rust
-            // owner of descriptors at this point of its start-up (only 0-2 and the log's).
-            unsafe { libc::close(fd) };
+            crate::sys::fds::close_raw(fd);
         }
+    }
+
+    /// Takes the `--status-fd` descriptor (inherited from the caller, owned by nothing here)
+    /// for [`crate::action_scripts::status_ready`]; an fd that is not open is an error naming
+    /// it. Called once, by the page server and lazy-pages daemon.
+    pub fn take_status_fd(&self) -> Result<Option<std::os::fd::OwnedFd>, String> {
+        let Some(fd) = self.status_fd else {
+            return Ok(None);
+        };
+        let open = fd >= 0 && std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists();
+        if !open || self.close.contains(&fd) {
+            return Err(format!("--status-fd {fd}: not an open descriptor"));
+        }
+        Ok(Some(crate::sys::fds::own(fd)))
     }
 
     /// Checks the values for `verb`: returns the first refusal, naming the option.
