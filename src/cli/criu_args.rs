@@ -394,6 +394,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn status_fd_is_taken_once_open() {
+        use std::os::fd::IntoRawFd;
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let a = CriuArgs {
+            status_fd: Some(w.into_raw_fd()),
+            ..Default::default()
+        };
+        let fd = a.take_status_fd().unwrap();
+        crate::action_scripts::status_ready(&Default::default(), fd).unwrap();
+        let mut b = [9u8; 2];
+        assert_eq!(nix::unistd::read(&r, &mut b), Ok(1));
+        assert_eq!(b[0], 0);
+        let a = CriuArgs {
+            status_fd: Some(100_000),
+            ..Default::default()
+        };
+        assert!(a
+            .take_status_fd()
+            .unwrap_err()
+            .contains("--status-fd 100000"));
+    }
+
+    #[test]
     fn restore_only_and_values() {
         let a = CriuArgs {
             inherit_fd: vec!["fd[3]:pipe:[42]".into()],
