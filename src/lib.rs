@@ -5,7 +5,7 @@
 //! - [`parasite`]: the embedded no_std blobs (dump parasite, restorer) and their protocols;
 //! - [`files`]: fd kinds shared by both engines (eventfd, epoll, sockets, ttys, ...);
 //! - [`dump`] and [`restore`]: the engines ([`regs_image`]: the register conversion both
-//!   share);
+//!   share; [`cpuinfo`]: the CPU record and check of `--cpu-cap`);
 //! - [`cli`]: the criu-compatible command line (the `stasis` binary is a thin wrapper).
 //!
 //! The image format lives in its own crate, re-exported as [`images`].
@@ -16,6 +16,7 @@ pub mod action_scripts;
 
 pub mod cgroup;
 pub mod cli;
+pub mod cpuinfo;
 pub mod dump;
 pub mod files;
 pub mod parasite;

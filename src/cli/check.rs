@@ -133,6 +133,13 @@ fn pagemap_scan() -> Outcome {
     )
 }
 
+fn mem_dirty_track() -> Outcome {
+    match crate::dump::dirty::detect() {
+        Ok(_) => Outcome::Ok,
+        Err(why) => Outcome::Missing(format!("{why}: pre-dumps copy everything every time")),
+    }
+}
+
 fn uffd_wp_async() -> Outcome {
     if !Path::new("/dev/userfaultfd").exists()
         && !Path::new("/proc/sys/vm/unprivileged_userfaultfd").exists()
@@ -271,6 +278,11 @@ pub const FEATURES: &[Feature] = &[
         probe: soft_dirty,
     },
     Feature {
+        name: "mem_dirty_track",
+        required: false,
+        probe: mem_dirty_track,
+    },
+    Feature {
         name: "time_ns",
         required: false,
         probe: time_ns,
@@ -307,6 +319,11 @@ pub fn run(args: Vec<OsString>) -> i32 {
             return 1;
         };
         return match (f.probe)() {
+            Outcome::Ok if f.name == "mem_dirty_track" => {
+                let m = crate::dump::dirty::detect().map_or("?", |m| m.name());
+                println!("{} is supported (method: {m})", f.name);
+                0
+            }
             Outcome::Ok => {
                 println!("{} is supported", f.name);
                 0

@@ -76,10 +76,15 @@ pub struct CriuArgs {
     /// Plugins directory (accepted, ignored: stasis has no plugins)
     #[arg(short = 'L', long = "libdir", value_name = "PATH")]
     pub libdir: Option<PathBuf>,
-    /// CPU capabilities to check at restore: none, fpu (accepted); cpu, ins, all (refused)
+    /// CPU capabilities: dump records cpuinfo.img, restore checks this host against it
+    /// (CRIU's syntax: fpu, cpu, ins, all, none, ^, ","; alone: all)
     #[arg(long = "cpu-cap", value_name = "CAP", num_args = 0..=1, require_equals = true,
           default_missing_value = "all")]
     pub cpu_cap: Option<String>,
+    /// Incremental dumps (dump, pre-dump): `--track-mem`, `--prev-images-dir`,
+    /// `--pre-dump-mode`
+    #[command(flatten)]
+    pub incremental: super::dump::IncrementalArgs,
     /// Accepted, ignored: inotify watches are resolved without a scan
     #[arg(long = "force-irmap")]
     pub force_irmap: bool,
@@ -226,9 +231,9 @@ impl CriuArgs {
         if let Some(root) = &self.root {
             let is_slash =
                 std::fs::canonicalize(root).is_ok_and(|p| p == std::path::Path::new("/"));
-            if !is_slash && verb != Verb::Check {
+            if !is_slash && verb == Verb::Dump {
                 return Err(format!(
-                    "--root {}: a root other than / is not built yet (paths are taken from /)",
+                    "--root {}: dumping a tree whose root is not / is not built yet",
                     root.display()
                 ));
             }
@@ -249,12 +254,6 @@ impl CriuArgs {
                 let name = cap.trim_start_matches('^');
                 if !["all", "cpu", "fpu", "ins", "none"].contains(&name) {
                     return Err(format!("--cpu-cap: unknown capability `{cap}'"));
-                }
-                if verb == Verb::Restore && ["all", "cpu", "ins"].contains(&cap) {
-                    return Err(format!(
-                        "--cpu-cap={caps}: comparing the CPU's features ({cap}) at restore is \
-                         not built yet (none and fpu are accepted)"
-                    ));
                 }
             }
         }

@@ -76,7 +76,6 @@ const MNTNS: &str = "concerns mount namespaces, which stasis neither dumps nor r
                      (a tree in another mount namespace is refused at dump)";
 const NETNS: &str = "concerns network namespaces, which stasis neither dumps nor restores";
 const PAGE_SERVER: &str = "not built yet (page server, being built)";
-const INCREMENTAL: &str = "not built yet (incremental dumps, being built)";
 const LAZY: &str = "not built yet (lazy pages, being built)";
 
 /// CRIU 4.2's options (criu/config.c `long_opts` and `short_opts`), in its order.
@@ -91,7 +90,7 @@ pub const OPTIONS: &[CriuOpt] = &[
     o("work-dir", Some('W'), Req, Supported),
     o("log-file", Some('o'), Req, Supported),
     o("join-ns", Some('J'), Req, NotBuilt("not built yet (restoring into existing namespaces)")),
-    o("root", Some('r'), Req, Partial("`/` is accepted; another root is refused naming why")),
+    o("root", Some('r'), Req, Partial("restore: the images' paths are resolved under it (never leaving it); dump: only `/`, another root is refused naming why")),
     o("ext-unix-sk", Some('x'), Opt, Partial("accepted without a value; `=INODE` (one socket) is refused: not built yet")),
     o("help", Some('h'), N, Supported),
     b("tcp-established", None, Supported),
@@ -108,12 +107,12 @@ pub const OPTIONS: &[CriuOpt] = &[
     b("page-server", None, NotBuilt(PAGE_SERVER)),
     o("address", None, Req, NotBuilt(PAGE_SERVER)),
     o("port", None, Req, NotBuilt(PAGE_SERVER)),
-    o("prev-images-dir", None, Req, NotBuilt(INCREMENTAL)),
+    o("prev-images-dir", None, Req, Supported),
     o("ms", None, N, NotBuilt("deprecated: CRIU refuses it too")),
-    b("track-mem", None, NotBuilt(INCREMENTAL)),
-    b("auto-dedup", None, NotBuilt(INCREMENTAL)),
+    b("track-mem", None, Supported),
+    b("auto-dedup", None, NotBuilt("not built yet (pages of a parent image are referenced, never punched out of it)")),
     o("libdir", Some('L'), Req, Ignored("stasis has no plugins")),
-    o("cpu-cap", None, Opt, Partial("dump: accepted; restore: `none` and `fpu` are accepted (the restore checks the FPU/xsave layout), others are refused: not built yet")),
+    o("cpu-cap", None, Opt, Supported),
     b("force-irmap", None, Ignored("inotify watches are resolved from the kernel's file handles, without a scan")),
     o("ext-mount-map", Some('M'), Req, Ignored(MNTNS)),
     o("exec-cmd", None, N, Supported),
@@ -157,7 +156,7 @@ pub const OPTIONS: &[CriuOpt] = &[
     b("tls", None, NotBuilt(PAGE_SERVER)),
     o("tls-no-cn-verify", None, N, NotBuilt(PAGE_SERVER)),
     o("cgroup-yard", None, Req, Ignored("stasis uses the mounted cgroup hierarchies, it mounts no yard")),
-    o("pre-dump-mode", None, Req, NotBuilt(INCREMENTAL)),
+    o("pre-dump-mode", None, Req, Supported),
     o("file-validation", None, Req, Supported),
     b("skip-file-rwx-check", None, Ignored("the restore opens files with their recorded flags and reports the kernel's refusal by name")),
     o("lsm-mount-context", None, Req, Ignored(MNTNS)),

@@ -31,6 +31,31 @@ pub struct DumpArgs {
     pub profile: Option<PathBuf>,
 }
 
+/// `--track-mem`, `--prev-images-dir`, `--pre-dump-mode` (dump and pre-dump; accepted and
+/// ignored by the other verbs, as CRIU).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct IncrementalArgs {
+    /// Keep tracking written pages for a later dump with --prev-images-dir.
+    #[arg(long = "track-mem")]
+    pub track_mem: bool,
+    /// The previous (pre-)dump, relative to the images directory: its pages are referenced.
+    #[arg(long = "prev-images-dir", value_name = "REL")]
+    pub prev_images_dir: Option<PathBuf>,
+    /// How a pre-dump copies pages after the tree runs again: splice or read.
+    #[arg(long = "pre-dump-mode", value_name = "MODE", value_parser = ["splice", "read"])]
+    pub pre_dump_mode: Option<String>,
+}
+
+impl IncrementalArgs {
+    /// The pre-dump mode chosen (splice by default, as CRIU).
+    pub fn mode(&self) -> dump::options::PreDumpMode {
+        match self.pre_dump_mode.as_deref() {
+            Some("read") => dump::options::PreDumpMode::Read,
+            _ => dump::options::PreDumpMode::Splice,
+        }
+    }
+}
+
 impl common::VerbArgs for DumpArgs {
     fn common(&self) -> &CommonArgs {
         &self.common
@@ -66,8 +91,10 @@ impl DumpArgs {
             stats: self.stats,
             profile: self.profile.clone(),
             timeout: self.common.timeout(),
-            prev_images_dir: None,
-            track_mem: false,
+            prev_images_dir: c.incremental.prev_images_dir.clone(),
+            track_mem: c.incremental.track_mem,
+            pre_dump_mode: c.incremental.mode(),
+            tracker_exe: None,
             fault: std::env::var("STASIS_FAULT").ok(),
             exiting_after: true,
             scripts,
@@ -92,6 +119,17 @@ pub fn run(args: Vec<OsString>) -> i32 {
             return 1;
         }
     };
+    let cpu_cap = a.common.criu.cpu_cap.clone().map(Some);
+    let cpu_caps = crate::cpuinfo::option_caps(&cpu_cap).and_then(|caps| {
+        match caps & crate::cpuinfo::CAP_IMAGE {
+            0 => Ok(()),
+            _ => crate::cpuinfo::write(&opts.images_dir),
+        }
+    });
+    if let Err(e) = cpu_caps {
+        common::report(&a.common, e);
+        return 1;
+    }
     tracing::info!(
         "dumping tree {} into {}",
         opts.pid,
@@ -117,7 +155,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
                     s.memdump_time,
                     s.memwrite_time,
                     hex(s.pages.pages_scanned),
-                    hex(0),
+                    hex(s.parent_pages),
                     hex(s.pages.pages_written),
                     hex(s.pages.pages_lazy)
                 );
@@ -130,6 +168,9 @@ pub fn run(args: Vec<OsString>) -> i32 {
                     s.pages.pages_scanned, s.pages.pages_written, s.pages.pages_lazy,
                     s.pages.shpages_written, rep.bytes, rep.images.len()
                 );
+                if s.parent_pages > 0 {
+                    println!("pages in the parent image {}", s.parent_pages);
+                }
             }
             if let Some(p) = &a.profile {
                 let json = rep.profile.chrome_trace().to_string();

@@ -21,6 +21,7 @@ pub mod criu_args;
 pub mod criu_options;
 pub mod dump;
 pub mod log;
+pub mod predump;
 pub mod restore;
 
 /// A verb of the command line.
@@ -46,6 +47,16 @@ const VERBS: &[Verb] = &[
         name: "dump",
         about: "checkpoint a process tree into an image directory",
         run: dump::run,
+    },
+    Verb {
+        name: "pre-dump",
+        about: "copy a running tree's memory ahead of an incremental dump",
+        run: predump::run,
+    },
+    Verb {
+        name: "dirty-tracker",
+        about: "(internal) hold the dirty-page tracking of a pre-dump chain",
+        run: predump::run_tracker,
     },
     Verb {
         name: "check",
@@ -115,7 +126,7 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
 
 /// stasis-only options that take their value as the next argument (CRIU's come from
 /// [`criu_options::OPTIONS`]).
-const VALUE_OPTIONS: &[&str] = &["--profile"];
+const VALUE_OPTIONS: &[&str] = &["--profile", "--socket"];
 
 fn find_verb(args: &[OsString]) -> Option<usize> {
     let mut i = 1;

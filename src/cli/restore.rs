@@ -59,7 +59,14 @@ pub fn run(args: Vec<OsString>) -> i32 {
         sibling: c.restore_sibling,
         tcp_close: c.tcp_close,
         cgroups_ignore: c.cgroup_mode() == "ignore",
+        root: c.root.clone().map(std::path::PathBuf::from),
     };
+    let cpu_ok = crate::cpuinfo::option_caps(&c.cpu_cap.clone().map(Some))
+        .and_then(|caps| crate::cpuinfo::check_dir(&opts.images_dir, caps));
+    if let Err(e) = cpu_ok {
+        common::report(common, e);
+        return 1;
+    }
     let restored = match restore::restore(&opts) {
         Ok(r) => r,
         Err(e) => {

@@ -95,6 +95,8 @@ struct Ctx<'a> {
     prof: &'a mut Profile,
     pages_id: &'a mut u32,
     extras: &'a mut super::extras::Extras,
+    /// Dirty tracking and the parent image (incremental dumps).
+    tracking: &'a mut super::dirty::session::Session,
 }
 
 /// `/proc/PID/task/TID/cgroup` of every thread (raw text): the leader's text for the threads
@@ -336,6 +338,8 @@ fn collect_process(
         fault::check("pages", pid)?;
         let t3 = cx.prof.now_us();
         let runs = pages::plan(pid, &vmas, &mut cx.stats.pages)?;
+        // Page source: only what changed since the parent image, when there is one.
+        let runs = cx.tracking.source(acc, pid, &vmas, runs)?;
         cx.dir.spool(&format!("mm-{pid}.img"), move || {
             Ok(mm::mm_file(&mm::mm_entry(&mm_fields, &vmas)))
         });
@@ -356,6 +360,7 @@ fn collect_process(
 
     fault::check("files", pid)?;
     let t3 = cx.prof.now_us();
+    cx.files.fd_table(pid)?;
     let fds = proc::fd::list_fds(pid).map_err(|x| DumpError::proc("files", pid, x))?;
     let mut fdinfo = Vec::with_capacity(fds.len());
     for fd in fds {
@@ -471,11 +476,19 @@ fn write_images(
         let n = f.finish().map_err(img(root))?;
         dir.add_bytes(n);
     }
-    if !files.pipes_data.is_empty() {
-        let mut f = dir
-            .create("pipes-data.img", out::PIPES_DATA)
+    if !files.file_locks.is_empty() {
+        dir.write_all("filelocks.img", out::FILE_LOCKS, &files.file_locks)
             .map_err(img(root))?;
-        for (e, data) in &files.pipes_data {
+    }
+    for (name, magic, queued) in [
+        ("pipes-data.img", out::PIPES_DATA, &files.pipes_data),
+        ("fifo-data.img", out::FIFO_DATA, &files.fifo_data),
+    ] {
+        if queued.is_empty() {
+            continue;
+        }
+        let mut f = dir.create(name, magic).map_err(img(root))?;
+        for (e, data) in queued {
             f.entry(e).map_err(img(root))?;
             f.payload(data).map_err(img(root))?;
         }
@@ -490,15 +503,16 @@ fn write_images(
     c.extras.write(dir, root)?;
     dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
         .map_err(img(root))?;
-    dir.write_all(
-        "inventory.img",
-        out::INVENTORY,
-        &[tcp_close_mark(
-            misc_images::inventory(root_ids, c.extras.root_cg_set()),
-            opts.tcp_close,
-        )],
-    )
-    .map_err(img(root))?;
+    let mut inventory = tcp_close_mark(
+        misc_images::inventory(root_ids, c.extras.root_cg_set()),
+        opts.tcp_close,
+    );
+    if opts.track_mem {
+        // A later incremental dump tells its processes from newer ones with the same pid.
+        inventory["dump_uptime"] = super::dirty::uptime_us().into();
+    }
+    dir.write_all("inventory.img", out::INVENTORY, &[inventory])
+        .map_err(img(root))?;
     Ok(())
 }
 
@@ -514,24 +528,63 @@ fn tcp_close_mark(mut inventory: serde_json::Value, tcp_close: bool) -> serde_js
 /// as CRIU's.
 pub const POST_DUMP_STEP: &str = "post-dump";
 
+/// What can be told before seizing: `-D` is a directory, and `-t` names a process (a
+/// thread-group leader), each with a message saying what is wrong.
+fn check_target(opts: &DumpOptions) -> Result<()> {
+    let dir = &opts.images_dir;
+    match std::fs::metadata(dir) {
+        Ok(md) if md.is_dir() => {}
+        Ok(_) => {
+            return Err(DumpError::new(
+                "images",
+                opts.pid,
+                Some(libc::ENOTDIR),
+                format!("images directory {} is not a directory", dir.display()),
+            ))
+        }
+        Err(_) => {
+            return Err(DumpError::new(
+                "images",
+                opts.pid,
+                Some(libc::ENOENT),
+                format!("images directory {} does not exist", dir.display()),
+            ))
+        }
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", opts.pid)).unwrap_or_default();
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse::<i32>().ok());
+    match tgid {
+        Some(tgid) if tgid != opts.pid => Err(DumpError::new(
+            "seize",
+            opts.pid,
+            Some(libc::EINVAL),
+            format!(
+                "{} is a thread of process {tgid}, not a process: dump -t {tgid}",
+                opts.pid
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Runs a dump of `opts.pid` with `backend`.
 pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> {
     let mut prof = Profile::new();
-    if !opts.images_dir.is_dir() {
-        return Err(DumpError::new(
-            "images",
-            opts.pid,
-            Some(libc::ENOENT),
-            format!(
-                "images directory {} does not exist",
-                opts.images_dir.display()
-            ),
-        ));
-    }
+    check_target(opts)?;
     let _session = fault::Session::begin(opts.fault.clone());
     opts.scripts
         .run(Action::PreDump, Some(opts.pid))
         .map_err(|e| DumpError::new("pre-dump", opts.pid, None, e.to_string()))?;
+    // Before freezing: the parent link and the dirty tracker (a new one is a process start).
+    let mut tracking = if opts.track_mem || opts.prev_images_dir.is_some() {
+        super::dirty::link_parent(opts)?;
+        super::dirty::session::Session::open(opts, opts.track_mem)?
+    } else {
+        super::dirty::session::Session::none()
+    };
     fault::check("seize", opts.pid)?;
     let t_freeze = prof.now_us();
     let mut frozen = backend.freeze(opts)?;
@@ -541,7 +594,7 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
     };
     prof.record("freeze", "phase", 0, t_freeze);
     let t_frozen = prof.now_us();
-    let result = dump_frozen(opts, frozen.as_mut(), &mut stats, &mut prof).and_then(|r| {
+    let result = dump_frozen(opts, frozen.as_mut(), &mut stats, &mut prof, &mut tracking).and_then(|r| {
         // CRIU: a failing post-dump script resumes the tree, whatever -R says.
         opts.scripts
             .run(Action::PostDump, Some(opts.pid))
@@ -566,6 +619,8 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
             kill?;
             rel?;
             prof.record("frozen", "phase", 0, t_frozen);
+            stats.parent_pages = tracking.stats.parent_pages;
+            tracking.finish(&opts.images_dir);
             let mut dir = dir;
             let mut st = ImageDir::new(&opts.images_dir);
             st.write_all("stats-dump", out::STATS, &[misc_images::stats(&stats)])
@@ -597,16 +652,20 @@ fn dump_frozen(
     frozen: &mut dyn FrozenTree,
     stats: &mut DumpStats,
     prof: &mut Profile,
+    tracking: &mut super::dirty::session::Session,
 ) -> Result<(ImageDir, Vec<i32>)> {
     fault::check("collect-tree", opts.pid)?;
     let t = prof.now_us();
     let tree = tree::collect(opts.pid)?;
     tree::check_external(&tree, opts.shell_job)?;
-    tree::check_file_locks(&tree)?;
+    if !opts.file_locks {
+        tree::check_file_locks(&tree)?;
+    }
     prof.record("collect-tree", "phase", 0, t);
     let mut files = Files::new();
     files.ghost_limit = opts.ghost_limit;
     files.link_remap = opts.link_remap;
+    files.file_locks_allowed = opts.file_locks;
     files.kinds.opts = crate::files::DumpOptions {
         tcp_established: opts.tcp_established,
         ext_unix_sk: opts.ext_unix_sk,
@@ -633,6 +692,7 @@ fn dump_frozen(
             prof,
             pages_id: &mut pages_id,
             extras: &mut extras,
+            tracking,
         };
         for p in tree.iter().filter(|p| !p.zombie) {
             collected.push(collect_process(p, frozen, &mut cx)?);

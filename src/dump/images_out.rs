@@ -61,6 +61,8 @@ kinds! {
     GHOST_FILE = 0x5258_3605, Some(HEAD_IMG), "ghost_file_entry";
     MEMFD_INODE = 0x4845_3499, Some(HEAD_IMG), "memfd_inode_entry";
     PIPES_DATA = 0x5645_3709, Some(HEAD_IMG), "pipe_data_entry";
+    FIFO_DATA = 0x5933_3054, Some(HEAD_IMG), "pipe_data_entry";
+    FILE_LOCKS = 0x5432_3616, Some(HEAD_IMG), "file_lock_entry";
     SECCOMP = 0x6441_3049, Some(HEAD_IMG), "seccomp_entry";
     CGROUP = 0x5938_3330, Some(HEAD_IMG), "cgroup_entry";
     TIMENS = 0x4311_4433, Some(HEAD_IMG), "timens_entry";

@@ -150,6 +150,8 @@ pub struct DumpStats {
     pub memwrite_time: u64,
     pub pages: super::pages::PageStats,
     pub page_pipes: u64,
+    /// Pages left to the parent image (`PE_PARENT`).
+    pub parent_pages: u64,
 }
 
 /// The `stats_entry`.
@@ -157,7 +159,7 @@ pub fn stats(s: &DumpStats) -> Value {
     json!({"dump": {
         "freezing_time": s.freezing_time, "frozen_time": s.frozen_time,
         "memdump_time": s.memdump_time, "memwrite_time": s.memwrite_time,
-        "pages_scanned": s.pages.pages_scanned, "pages_skipped_parent": 0,
+        "pages_scanned": s.pages.pages_scanned, "pages_skipped_parent": s.parent_pages,
         "pages_written": s.pages.pages_written, "irmap_resolve": 0, "pages_lazy": s.pages.pages_lazy,
         "page_pipes": s.page_pipes, "page_pipe_bufs": s.page_pipes,
         "shpages_scanned": s.pages.shpages_scanned, "shpages_skipped_parent": 0,

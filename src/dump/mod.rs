@@ -11,6 +11,7 @@
 //! `--stats` and `--profile`.
 
 pub mod core;
+pub mod dirty;
 pub mod elf;
 pub mod engine;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod mm;
 pub mod options;
 pub mod pages;
 pub mod parasite_pages;
+pub mod predump;
 pub mod probe;
 pub mod profile;
 pub mod ptrace_backend;

@@ -32,6 +32,11 @@ pub struct DumpOptions {
     pub prev_images_dir: Option<PathBuf>,
     /// Track memory changes for a later incremental dump (`--track-mem`).
     pub track_mem: bool,
+    /// How a pre-dump copies pages once the tree runs again (`--pre-dump-mode`).
+    pub pre_dump_mode: PreDumpMode,
+    /// The executable started as the dirty tracker (`<exe> dirty-tracker`); `None`: this
+    /// program (`std::env::current_exe`).
+    pub tracker_exe: Option<PathBuf>,
     /// Fail at this step as if the kernel returned EIO (fault injection for tests; the command
     /// line fills it from the `STASIS_FAULT` environment variable). `signal:<step>` instead
     /// sends SIGTERM to the dumper at that step.
@@ -52,4 +57,25 @@ pub struct DumpOptions {
     pub tcp_close: bool,
     /// `--skip-in-flight`: connections waiting in a listener's accept queue are dropped.
     pub skip_in_flight: bool,
+}
+
+/// How a pre-dump copies the pages it found (CRIU's `--pre-dump-mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PreDumpMode {
+    /// vmsplice the pages into pipes while frozen, splice them to the images after the tree
+    /// runs again (CRIU's default).
+    #[default]
+    Splice,
+    /// `process_vm_readv` after the tree runs again (no pinned pages while frozen).
+    Read,
+}
+
+impl PreDumpMode {
+    /// The inventory's `pre_dump_mode` (CRIU: SPLICE 1, READ 2).
+    pub fn image_value(self) -> u32 {
+        match self {
+            PreDumpMode::Splice => 1,
+            PreDumpMode::Read => 2,
+        }
+    }
 }

@@ -3,13 +3,15 @@
 //!
 //! ```text
 //!  pagemap-PID.img: pagemap_head {pages_id N}
-//!                   pagemap_entry {vaddr, nr_pages, flags PE_PRESENT[|PE_LAZY]} ...
-//!  pages-N.img:     the pages of every entry, in entry order, 4096 bytes each
+//!                   pagemap_entry {vaddr, nr_pages, flags PE_PRESENT[|PE_LAZY] | PE_PARENT} ...
+//!  pages-N.img:     the pages of every PE_PRESENT entry, in entry order, 4096 bytes each
+//!                   (PE_PARENT: the pages are in the parent image, see `dirty::parent`)
 //! ```
 //! Which pages: anonymous private VMAs — present or swapped pages (PE_LAZY: a lazy restore may
 //! fault them in later); file private VMAs — only pages that stopped being file pages (COW);
-//! the vDSO — every present page; vvar, vsyscall and MADV_DONTDUMP areas — none. Adjacent
-//! pages with equal flags share one entry, across VMA boundaries.
+//! the vDSO — every page, present or not (CRIU's restore parses the vDSO's ELF from the
+//! pages, so a vDSO the task never touched must be there whole); vvar, vsyscall and
+//! MADV_DONTDUMP areas — none. Adjacent pages with equal flags share one entry, across VMA boundaries.
 
 use serde_json::{json, Value};
 
@@ -61,7 +63,7 @@ pub fn plan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Result<Vec<Run>
             let want = match class {
                 PageClass::AnonPrivate => e & (PM_PRESENT | PM_SWAP) != 0,
                 PageClass::FilePrivate => e & (PM_PRESENT | PM_SWAP) != 0 && e & PM_FILE == 0,
-                PageClass::Vdso => e & PM_PRESENT != 0,
+                PageClass::Vdso => true,
                 _ => false,
             };
             if !want {
@@ -110,6 +112,7 @@ pub fn write_private(
         .map_err(img)?;
     let regions: Vec<(u64, u64)> = runs
         .iter()
+        .filter(|r| r.flags & PE_PRESENT != 0)
         .map(|r| (r.vaddr, r.nr_pages * PAGE_SIZE))
         .collect();
     let expected: u64 = regions.iter().map(|r| r.1).sum();
@@ -132,6 +135,9 @@ pub fn write_private(
     let mut buf = vec![0u8; COPY_PAGES * PAGE_SIZE as usize];
     for r in runs {
         pm.entry(&pagemap_entry(r)).map_err(img)?;
+        if r.flags & PE_PRESENT == 0 {
+            continue;
+        }
         let mut done = if spliced.is_some() { r.nr_pages } else { 0 };
         while done < r.nr_pages {
             let n = (r.nr_pages - done).min(COPY_PAGES as u64);

@@ -114,7 +114,7 @@ pub fn copy_proc_mem(pid: i32, base: u64, len: u64, out: &mut File) -> Result<u6
 }
 
 /// Splits [start, end) into pieces inside and outside the sorted `readable` ranges, in order.
-fn split(start: u64, end: u64, readable: &[(u64, u64)]) -> Vec<(u64, u64, bool)> {
+pub fn split(start: u64, end: u64, readable: &[(u64, u64)]) -> Vec<(u64, u64, bool)> {
     let mut out = Vec::new();
     let mut at = start;
     // First range that ends after `start` (the ranges are sorted and disjoint).

@@ -170,6 +170,21 @@ pub trait ProcessAccess {
     fn hidden_areas(&self) -> Vec<(u64, u64)> {
         Vec::new()
     }
+    /// A userfaultfd of the process's mm made inside it by `userfaultfd(flags)` and handed
+    /// over (nothing stays in the process); `None` when this probe cannot (dirty tracking
+    /// then falls back to soft-dirty or to full dumps).
+    fn userfaultfd(&mut self, _flags: u32) -> Result<Option<std::os::fd::OwnedFd>> {
+        Ok(None)
+    }
+    /// Pins the pages of `regions` (address, length; page aligned, readable, in order) into
+    /// pipes the caller keeps and drains later, after the tree runs again (pre-dump splice
+    /// mode). Returns each pipe and its bytes, or `None` when this probe cannot.
+    fn pin_pages(
+        &mut self,
+        _regions: &[(u64, u64)],
+    ) -> Result<Option<Vec<(std::os::fd::OwnedFd, u64)>>> {
+        Ok(None)
+    }
     /// Reads `buf.len()` bytes of the process's memory at `addr`.
     fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<()>;
     /// Writes the memory of `regions` (address, length; page aligned, in order) to `out` at

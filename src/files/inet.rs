@@ -210,6 +210,12 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
     if tcp {
         s.tcp_opts = Some(tcp_opts_dump(at, f, keepalive)?);
     }
+    if proto == libc::IPPROTO_UDP {
+        // Shut down directions (a UDP socket keeps them, connected or not).
+        let diag = crate::sys::sock_diag::inet_by_ino(family, proto, ino)
+            .map_err(sys(KIND, at, "inet_diag"))?;
+        s.shutdown = super::unix::shutdown_of(diag.shutdown);
+    }
     if tcp && state == TCP_ESTABLISHED && st.opts.tcp_close {
         // CRIU's --tcp-close: no repair, no tcp-stream image; the restore makes it closed.
     } else if tcp && state == TCP_ESTABLISHED {
@@ -317,6 +323,14 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
             "SO_REUSEADDR",
         ))?;
     }
+    if bound && s.opts.so_reuseport == Some(true) {
+        // Before the bind: listeners sharing a port with SO_REUSEPORT bind it one by one.
+        so::setsockopt_int(f, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(sys(
+            KIND,
+            at,
+            "SO_REUSEPORT",
+        ))?;
+    }
     if bound {
         let a = make_addr(family, &s.src_addr, s.src_port);
         so::bind(f, &a).map_err(sys(KIND, at, format!("bind port {}", s.src_port)))?;
@@ -344,6 +358,15 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
         }
         (_, TCP_CLOSE) => {}
         (p, st) => return Err(unsupported(KIND, at, format!("protocol {p} state {st}"))),
+    }
+    if s.proto == libc::IPPROTO_UDP as u32 {
+        if let Some(how) = s.shutdown.and_then(super::unix::shut_how) {
+            // An unconnected socket says ENOTCONN but keeps the state, as at dump time.
+            match so::shutdown(f, how) {
+                Ok(()) | Err(nix::errno::Errno::ENOTCONN) => {}
+                Err(e) => return Err(sys(KIND, at, "shutdown")(e)),
+            }
+        }
     }
     common::restore_params(KIND, e.id, f, s.flags, &s.fown)?;
     Ok(fd)

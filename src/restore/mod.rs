@@ -2,7 +2,7 @@
 //! or by CRIU) with its PIDs, memory, threads, files and signals.
 //!
 //! ```text
-//! plan::load      read + cross-check every image            (nothing created yet)
+//! plan::prepare   read + cross-check every image (checks.rs)  (nothing created yet)
 //! validate        PIDs free, files present and unchanged
 //! files::open_all open file descriptions, pipes, memfds, ghost files (parked fds)
 //! tree::spawn     clone3(set_tid) the tree; each task: session, group, fds, cwd, umask;
@@ -16,12 +16,15 @@
 pub mod blob;
 pub mod blob_args;
 pub mod blob_core;
+pub mod checks;
 pub mod error;
 pub mod files;
+pub mod fuzzing;
 pub mod img;
 pub mod options;
 pub mod plan;
 pub mod premap;
+pub mod root;
 pub mod tree;
 pub mod validate;
 pub mod vdso;
@@ -41,6 +44,9 @@ pub use options::RestoreOptions;
 use crate::action_scripts::Action;
 use crate::sys::proc_tasks::alive;
 use plan::TASK_DEAD;
+
+/// The bound of a restore without `--timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A restored, running tree.
 #[derive(Debug, Clone, Copy)]
@@ -135,16 +141,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         .run(Action::PreRestore, None)
         .map_err(|e| RestoreError::Script(e.to_string()))?;
     check_tcp_close(&opts.images_dir, opts.tcp_close)?;
-    let mut plan = plan::load(&opts.images_dir)?;
-    plan.shell_job = opts.shell_job;
-    let root = &plan.tasks[0];
-    if (root.sid != root.pid || root.pgid != root.pid) && !opts.shell_job {
-        return Err(RestoreError::Unsupported(format!(
-            "pstree.img: root {} is in session {} and group {} of a task outside the images; \
-             restore it with --shell-job",
-            root.pid, root.sid, root.pgid
-        )));
-    }
+    // One bound for every step that waits (tasks ready, zombies, group joins in the tasks).
+    let deadline = t0 + opts.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let plan = plan::prepare(
+        &opts.images_dir,
+        opts.shell_job,
+        opts.root.as_deref().unwrap_or(std::path::Path::new("/")),
+    )?;
     validate::pids_free(&plan)?;
     validate::files_unchanged(&plan)?;
     tracing::info!(
@@ -169,6 +172,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         ready_w: opened.park(ready_w)?,
         hold_r: opened.park(hold_r)?,
         status_w: opened.park(status_w)?,
+        deadline,
     };
     let mut guard = TreeGuard {
         root: None,
@@ -188,13 +192,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // Our copies of the task-side ends must go, so EOF means "all tasks gone".
     opened.forget(&[ctl.ready_w, ctl.hold_r, ctl.status_w]);
     let alive = plan.tasks.iter().filter(|t| t.state != TASK_DEAD).count();
-    wait_tasks(
-        &ready_r,
-        &status_r,
-        alive,
-        root,
-        opts.timeout.unwrap_or(Duration::from_secs(60)),
-    )?;
+    wait_tasks(&ready_r, &status_r, alive, root, deadline)?;
     tracing::info!(
         "every task is in its restorer blob, ready, after {:?}",
         t0.elapsed()
@@ -216,7 +214,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             what: e.to_string(),
         })?;
     }
-    let deadline = Instant::now() + opts.timeout.unwrap_or(Duration::from_secs(60));
     for t in plan.tasks.iter().filter(|t| t.state == TASK_DEAD) {
         wait_zombie(t.pid, deadline)?;
     }
@@ -225,6 +222,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         .run(Action::PostRestore, Some(root))
         .map_err(|e| RestoreError::Script(e.to_string()))?;
     let _ = opts.scripts.run(Action::PreResume, Some(root));
+    // The pidfile before the release: failing to write it is a failure of the restore,
+    // which then kills the tree (guard) instead of leaving it running unaccounted for.
+    if let Some(p) = &opts.pidfile {
+        std::fs::write(p, format!("{root}")).map_err(|e| RestoreError::Io {
+            step: "write pidfile",
+            path: p.clone(),
+            source: e,
+        })?;
+    }
     // Release: one byte per task on go_fd.
     let go = vec![b'g'; alive];
     let mut off = 0;
@@ -238,13 +244,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     guard.armed = false;
     tracing::info!(root, "restored in {:?}", t0.elapsed());
     let _ = opts.scripts.run(Action::PostResume, Some(root));
-    if let Some(p) = &opts.pidfile {
-        std::fs::write(p, format!("{root}")).map_err(|e| RestoreError::Io {
-            step: "write pidfile",
-            path: p.clone(),
-            source: e,
-        })?;
-    }
     Ok(Restored { root })
 }
 
@@ -298,10 +297,9 @@ fn wait_tasks(
     status_r: &OwnedFd,
     n: usize,
     root: i32,
-    timeout: Duration,
+    deadline: Instant,
 ) -> Result<(), RestoreError> {
     use blob_args::abi::{StatusRecord, STAGE_READY};
-    let deadline = Instant::now() + timeout;
     let mut got = 0;
     let mut sbuf: Vec<u8> = Vec::new();
     let rec_len = std::mem::size_of::<StatusRecord>();

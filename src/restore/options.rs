@@ -28,4 +28,6 @@ pub struct RestoreOptions {
     pub tcp_close: bool,
     /// `--manage-cgroups=ignore`: tasks stay in stasis's cgroups.
     pub cgroups_ignore: bool,
+    /// Where the images' absolute paths are resolved (`--root`; `/` when unset).
+    pub root: Option<PathBuf>,
 }

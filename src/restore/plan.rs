@@ -58,9 +58,14 @@ pub mod pe {
     pub const PRESENT: u32 = 4;
 }
 
+/// Page size of the images (x86-64).
+pub const PAGE: u64 = 4096;
+
 /// One run of pages to write: `nr` pages at `vaddr`, from byte `offset` of `pages-<id>.img`.
 #[derive(Debug, Clone, Copy)]
 pub struct PageRun {
+    /// Index of its entry in the pagemap image (for messages).
+    pub entry: usize,
     /// First address (for shmem: byte offset in the object).
     pub vaddr: u64,
     /// Number of pages.
@@ -70,12 +75,43 @@ pub struct PageRun {
 }
 
 /// A pagemap with its pages file.
+///
+/// In a chain of incremental dumps (`PE_PARENT` entries), the page data lies in several
+/// `pages-N.img` files, one per image directory: they are seen as one virtual file, their
+/// concatenation in [`Pages::layers`] order, and [`PageRun::offset`] is an offset in it (a
+/// run never spans two layers).
 #[derive(Debug, Clone, Default)]
 pub struct Pages {
-    /// `pages-<id>.img`.
+    /// `pages-<id>.img` of the image directory itself.
     pub file: PathBuf,
     /// Runs with data.
     pub runs: Vec<PageRun>,
+    /// The files of the chain with the virtual offset of their first byte; empty: only
+    /// `file`, at 0.
+    pub layers: Vec<Layer>,
+}
+
+/// One pages file of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// The file.
+    pub file: PathBuf,
+    /// Virtual offset of its first byte.
+    pub base: u64,
+}
+
+impl Pages {
+    /// Every file the runs read, with its virtual base.
+    pub fn layers(&self) -> Vec<Layer> {
+        if self.layers.is_empty() {
+            vec![Layer {
+                file: self.file.clone(),
+                base: 0,
+            }]
+        } else {
+            self.layers.clone()
+        }
+    }
 }
 
 /// One thread's image.
@@ -119,6 +155,8 @@ pub struct TaskPlan {
     pub children: Vec<i32>,
     /// `ids.vm_id` (tasks sharing an mm are refused).
     pub vm_id: Option<u32>,
+    /// Its name (`core.tc.comm`), which zombies carry too.
+    pub comm: String,
 }
 
 /// A deleted file to recreate: its entry and data chunks (offset, bytes).
@@ -145,6 +183,10 @@ pub struct Plan {
     pub shell_job: bool,
     /// Ghost files by the orig file id: (entry, data chunks (offset, bytes)).
     pub ghosts: HashMap<u32, Ghost>,
+    /// `filelocks.img`: locks each task takes again through its fds once they are in place.
+    pub file_locks: Vec<stasis_images::pb::FileLockEntry>,
+    /// Where the images' absolute paths are resolved (`--root`, `/` by default).
+    pub root: PathBuf,
 }
 
 impl Plan {
@@ -172,23 +214,135 @@ fn bad(path: &Path, index: usize, what: impl Into<String>) -> RestoreError {
     }
 }
 
-/// Reads a pagemap image and lays out where each present run's data is.
+/// Reads a pagemap image and lays out where each present run's data is (no parent pages).
 pub fn read_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
+    let (pages, parent) = read_layer(dir, name)?;
+    if let Some(&(vaddr, _)) = parent.first() {
+        return Err(RestoreError::Unsupported(format!(
+            "{}: pages at {vaddr:#x} in a parent image (only private memory has chains)",
+            dir.join(name).display()
+        )));
+    }
+    Ok(pages)
+}
+
+/// Parent images followed at most.
+const MAX_CHAIN: usize = 4096;
+
+/// Reads a process's pagemap and, for its `PE_PARENT` entries, the pagemaps of the same name
+/// in `parent/`, `parent/parent/`, ... until every page is found (see [`Pages`]).
+pub fn read_chain_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
+    let (mut pages, mut need) = read_layer(dir, name)?;
+    if need.is_empty() {
+        return Ok(pages);
+    }
+    let mut layers = vec![Layer {
+        file: pages.file.clone(),
+        base: 0,
+    }];
+    let mut base = file_size(&pages.file)?;
+    let mut at = dir.to_path_buf();
+    for _ in 0..MAX_CHAIN {
+        if need.is_empty() {
+            break;
+        }
+        at = at.join("parent");
+        if !at.join(name).exists() {
+            return Err(bad(
+                &at.join(name),
+                0,
+                format!(
+                    "{} pages at {:#x} are in a parent image that is missing",
+                    need.iter().map(|r| r.1).sum::<u64>(),
+                    need[0].0
+                ),
+            ));
+        }
+        let (layer, parent) = read_layer(&at, name)?;
+        let mut next = Vec::new();
+        for &(vaddr, nr) in &need {
+            let end = vaddr + nr * 4096;
+            let mut covered = 0;
+            // Present runs of this layer inside the range.
+            let i = layer
+                .runs
+                .partition_point(|r| r.vaddr + r.nr * 4096 <= vaddr);
+            for r in layer.runs[i..].iter().take_while(|r| r.vaddr < end) {
+                let (a, b) = (r.vaddr.max(vaddr), (r.vaddr + r.nr * 4096).min(end));
+                pages.runs.push(PageRun {
+                    entry: r.entry,
+                    vaddr: a,
+                    nr: (b - a) / 4096,
+                    offset: base + r.offset + (a - r.vaddr),
+                });
+                covered += (b - a) / 4096;
+            }
+            let j = parent.partition_point(|p| p.0 + p.1 * 4096 <= vaddr);
+            for &(pv, pn) in parent[j..].iter().take_while(|p| p.0 < end) {
+                let (a, b) = (pv.max(vaddr), (pv + pn * 4096).min(end));
+                next.push((a, (b - a) / 4096));
+                covered += (b - a) / 4096;
+            }
+            if covered != nr {
+                return Err(bad(
+                    &at.join(name),
+                    0,
+                    format!("the parent image lacks pages of {vaddr:#x}+{nr} pages"),
+                ));
+            }
+        }
+        layers.push(Layer {
+            file: layer.file.clone(),
+            base,
+        });
+        base += file_size(&layer.file)?;
+        need = next;
+    }
+    if !need.is_empty() {
+        return Err(RestoreError::Unsupported(format!(
+            "{}: a chain of more than {MAX_CHAIN} parent images",
+            dir.join(name).display()
+        )));
+    }
+    pages.runs.sort_unstable_by_key(|r| r.vaddr);
+    pages.layers = layers;
+    Ok(pages)
+}
+
+fn file_size(file: &Path) -> Result<u64, RestoreError> {
+    Ok(std::fs::metadata(file)
+        .map_err(|e| RestoreError::Io {
+            step: "stat pages image",
+            path: file.to_path_buf(),
+            source: e,
+        })?
+        .len())
+}
+
+/// One pagemap: its present runs (offsets in its own pages file, sorted by address) and its
+/// `PE_PARENT` ranges (address, pages; sorted).
+#[allow(clippy::type_complexity)]
+fn read_layer(dir: &Path, name: &str) -> Result<(Pages, Vec<(u64, u64)>), RestoreError> {
     let mut f = ImageFile::open(dir, name)?;
     let head: msg::PagemapHead = f
         .next_msg()?
         .ok_or_else(|| bad(&f.path, 0, "no pagemap head"))?;
     let file = dir.join(format!("pages-{}.img", head.pages_id));
-    let size = std::fs::metadata(&file)
-        .map_err(|e| RestoreError::Io {
-            step: "stat pages image",
-            path: file.clone(),
-            source: e,
-        })?
-        .len();
+    let meta = std::fs::metadata(&file).map_err(|e| RestoreError::Io {
+        step: "stat pages image",
+        path: file.clone(),
+        source: e,
+    })?;
+    if !meta.is_file() {
+        return Err(bad(&file, 0, "not a regular file"));
+    }
+    let size = meta.len();
     let mut runs = Vec::new();
+    let mut parent = Vec::new();
     let mut offset = 0u64;
     let mut index = 1;
+    // The end of the previous entry: entries ascend and do not overlap.
+    let mut prev_end = 0u64;
     while let Some(e) = f.next_msg::<msg::PagemapEntry>()? {
         let nr = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
         let flags = e.flags.unwrap_or(if e.in_parent == Some(true) {
@@ -196,26 +350,45 @@ pub fn read_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
         } else {
             pe::PRESENT
         });
-        if e.vaddr % 4096 != 0 || nr > (1 << 36) {
-            return Err(bad(
+        let end = nr
+            .checked_mul(PAGE)
+            .and_then(|n| e.vaddr.checked_add(n))
+            .filter(|_| nr <= (1 << 36));
+        let what = |w: &str| {
+            bad(
                 &f.path,
                 index,
-                format!("bad entry vaddr {:#x} nr_pages {nr}", e.vaddr),
-            ));
+                format!("vaddr {:#x} nr_pages {nr}: {w}", e.vaddr),
+            )
+        };
+        if e.vaddr % PAGE != 0 {
+            return Err(what("vaddr not page-aligned"));
         }
-        if flags & pe::PARENT != 0 {
-            return Err(RestoreError::Unsupported(format!(
-                "{}: entry {index}: pages in a parent image (incremental dumps)",
-                f.path.display()
+        if nr == 0 {
+            return Err(what("no pages"));
+        }
+        let Some(end) = end else {
+            return Err(what("run past the end of the address space"));
+        };
+        if flags & !(pe::PARENT | pe::LAZY | pe::PRESENT) != 0 {
+            return Err(what(&format!("unknown flags {flags:#x}")));
+        }
+        if e.vaddr < prev_end {
+            return Err(what(&format!(
+                "out of order: starts below the previous entry's end {prev_end:#x}"
             )));
         }
-        if flags & pe::PRESENT != 0 {
+        prev_end = end;
+        if flags & pe::PARENT != 0 {
+            parent.push((e.vaddr, nr));
+        } else if flags & pe::PRESENT != 0 {
             runs.push(PageRun {
+                entry: index,
                 vaddr: e.vaddr,
                 nr,
                 offset,
             });
-            offset += nr * 4096;
+            offset += nr * PAGE;
         }
         index += 1;
     }
@@ -226,7 +399,16 @@ pub fn read_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
             format!("truncated: pagemap {name} needs {offset} bytes, file has {size}"),
         ));
     }
-    Ok(Pages { file, runs })
+    runs.sort_unstable_by_key(|r| r.vaddr);
+    parent.sort_unstable();
+    Ok((
+        Pages {
+            file,
+            runs,
+            layers: Vec::new(),
+        },
+        parent,
+    ))
 }
 
 /// Reads `pipes-data.img` or `fifo-data.img`: (pipe size, queued bytes) by pipe_id.
@@ -251,8 +433,19 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             source: std::io::Error::from_raw_os_error(libc::ENOENT),
         });
     }
+    super::checks::inventory(dir)?;
     let mut pst = ImageFile::open(dir, "pstree.img")?;
-    let entries: Vec<msg::PstreeEntry> = pst.all()?;
+    // Checked as read: a file of bad entries fails at the first, before more are kept.
+    let mut seen = std::collections::HashSet::new();
+    let entries: Vec<msg::PstreeEntry> = pst.all_checked(|_, e: &msg::PstreeEntry| {
+        if e.pid == 0 || i32::try_from(e.pid).is_err() {
+            return Err(format!("pid {} out of range", e.pid));
+        }
+        if !seen.insert(e.pid) {
+            return Err(format!("pid {} listed twice", e.pid));
+        }
+        Ok(())
+    })?;
     if entries.is_empty() {
         return Err(bad(&pst.path, 0, "no tasks"));
     }
@@ -295,6 +488,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             fs: None,
             children: Vec::new(),
             vm_id: None,
+            comm: tc.comm.clone(),
         };
         match tc.task_state {
             TASK_DEAD => {}
@@ -323,8 +517,12 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
                     )
                 })?;
                 t.vm_id = Some(ids.vm_id);
-                t.mm = Some(img::one(dir, &format!("mm-{pid}.img"))?);
-                t.pages = read_pages(dir, &format!("pagemap-{pid}.img"))?;
+                let mm: msg::MmEntry = img::one(dir, &format!("mm-{pid}.img"))?;
+                super::checks::vmas(&dir.join(format!("mm-{pid}.img")), &mm)?;
+                let pagemap = format!("pagemap-{pid}.img");
+                t.pages = read_chain_pages(dir, &pagemap)?;
+                super::checks::runs_in_vmas(&dir.join(&pagemap), &t.pages, &mm)?;
+                t.mm = Some(mm);
                 t.fs = Some(img::one(dir, &format!("fs-{pid}.img"))?);
                 t.fds = ImageFile::open(dir, &format!("fdinfo-{}.img", ids.files_id))?.all()?;
             }
@@ -402,7 +600,12 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             ghosts.insert(e.orig_id, (head, chunks));
         }
     }
+    let file_locks = match ImageFile::open_opt(dir, "filelocks.img")? {
+        Some(mut f) => f.all()?,
+        None => Vec::new(),
+    };
     let plan = Plan {
+        file_locks,
         seccomp,
         shell_job: false,
         fifo_data,
@@ -412,8 +615,20 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
         memfd_inodes,
         pipe_data,
         ghosts,
+        root: PathBuf::from("/"),
     };
     check_references(&plan)?;
+    super::checks::file_paths(&plan)?;
+    Ok(plan)
+}
+
+/// Everything checked before a restore creates anything: [`load`], then what depends on
+/// the options (groups and sessions with `shell_job`, the `root` paths resolve under).
+pub fn prepare(dir: &Path, shell_job: bool, root: &Path) -> Result<Plan, RestoreError> {
+    let mut plan = load(dir)?;
+    plan.shell_job = shell_job;
+    super::checks::groups(&plan, shell_job)?;
+    plan.root = root.to_path_buf();
     Ok(plan)
 }
 
@@ -549,9 +764,6 @@ fn check_references(plan: &Plan) -> Result<(), RestoreError> {
         if let Some(mm) = &t.mm {
             for (i, v) in mm.vmas.iter().enumerate() {
                 let mmpath = plan.dir.join(format!("mm-{}.img", t.pid));
-                if v.end <= v.start || v.start % 4096 != 0 || v.end % 4096 != 0 {
-                    return Err(bad(&mmpath, 0, format!("vma {i}: bad range")));
-                }
                 let st = v.status;
                 if st & (vma_status::FILE_PRIVATE | vma_status::FILE_SHARED) != 0
                     && !plan.files.contains_key(&(v.shmid as u32))

@@ -17,7 +17,8 @@
 //!                           mprotect RW + pread
 //! ```
 //! Page runs are found by binary search (sorted by address), so the cost is linear in VMAs
-//! plus runs.
+//! plus runs. Offsets are in the task's [`PageFiles`]: the pages files of an incremental
+//! chain seen as one (a piece never spans two files).
 
 use std::os::fd::RawFd;
 
@@ -55,7 +56,7 @@ enum How {
 /// Premaps and fills the private VMAs of one task.
 pub struct Premapper<'a> {
     runs: std::borrow::Cow<'a, [PageRun]>,
-    fd: Option<RawFd>,
+    fd: Option<PageFiles>,
     parallel: bool,
     /// Created at the first anonymous fill (its error kept: the fallbacks take over).
     uffd: Option<Result<Userfault, Errno>>,
@@ -69,7 +70,7 @@ pub struct Premapper<'a> {
 impl<'a> Premapper<'a> {
     /// `pages` of the task, read through `fd` (None: no pages image); premaps go at `base`
     /// and above.
-    pub fn new(pages: &'a Pages, fd: Option<RawFd>, base: u64) -> Self {
+    pub fn new(pages: &'a Pages, fd: Option<PageFiles>, base: u64) -> Self {
         let mut runs = std::borrow::Cow::Borrowed(&pages.runs[..]);
         if runs.windows(2).any(|w| w[0].vaddr > w[1].vaddr) {
             runs.to_mut().sort_unstable_by_key(|r| r.vaddr);
@@ -112,15 +113,21 @@ impl<'a> Premapper<'a> {
         file_fd: Option<RawFd>,
         busy: &[(u64, u64)],
     ) -> Result<u64, StepErr> {
-        let len = v.end - v.start;
+        let len = v.end.saturating_sub(v.start);
+        let no_room = ("find room for a premap", Errno::ENOMEM);
         let mut hint = self.next;
-        loop {
+        // Each step moves past one busy range (upwards only): bounded, and overflow is an error.
+        for step in 0..=busy.len() {
             // Same offset in a 2 MiB (1 GiB for large VMAs) frame as the target: mremap then
             // moves whole page tables.
             let frame = if len >= GIB { GIB } else { PMD };
-            hint += (v.start % frame + frame - hint % frame) % frame;
-            match busy.iter().find(|&&(s, e)| s < hint + len && hint < e) {
-                Some(&(_, e)) => hint = e,
+            hint = hint
+                .checked_add((v.start % frame + frame - hint % frame) % frame)
+                .ok_or(no_room)?;
+            let end = hint.checked_add(len).ok_or(no_room)?;
+            match busy.iter().find(|&&(s, e)| s < end && hint < e) {
+                Some(&(_, e)) if step < busy.len() => hint = e,
+                Some(_) => return Err(no_room),
                 None => break,
             }
         }
@@ -186,7 +193,8 @@ impl<'a> Premapper<'a> {
     }
 
     fn fill(&mut self, v: &VmaEntry, hint: u64, how: How) -> Result<(), StepErr> {
-        let fd = self.fd.ok_or(("read pages", Errno::EBADF))?;
+        let fd = self.fd.clone().ok_or(("read pages", Errno::EBADF))?;
+        let fd = &fd;
         let len = v.end - v.start;
         match how {
             How::Copy => {
@@ -240,7 +248,8 @@ impl<'a> Premapper<'a> {
                 for (a, off, n) in pieces {
                     let mut done = 0;
                     while done < n {
-                        let r = pread_raw(fd, hint + (a - v.start) + done, n - done, off + done)
+                        let (file, at) = fd.locate(off + done)?;
+                        let r = pread_raw(file, hint + (a - v.start) + done, n - done, at)
                             .map_err(|e| ("read pages", e))?;
                         if r == 0 {
                             return Err(("read pages: short image", Errno::EIO));
@@ -265,7 +274,8 @@ impl<'a> Premapper<'a> {
                     let mut done = 0;
                     while done < n {
                         let k = (n - done).min(buf.len() as u64) as usize;
-                        let r = mem::pread_buf(fd, &mut buf[..k], off + done)
+                        let (file, at) = fd.locate(off + done)?;
+                        let r = mem::pread_buf(file, &mut buf[..k], at)
                             .map_err(|e| ("read pages", e))?;
                         if r == 0 {
                             return Err(("read pages: short image", Errno::EIO));
@@ -286,15 +296,48 @@ impl<'a> Premapper<'a> {
     }
 }
 
+/// The page data of one task: the open pages files of its chain, each at its virtual base
+/// (`plan::Pages::layers`).
+#[derive(Debug, Clone, Default)]
+pub struct PageFiles {
+    /// (virtual base, descriptor), sorted by base.
+    layers: Vec<(u64, RawFd)>,
+}
+
+impl PageFiles {
+    /// From (virtual base, descriptor) pairs.
+    pub fn new(mut layers: Vec<(u64, RawFd)>) -> Self {
+        layers.sort_unstable_by_key(|l| l.0);
+        PageFiles { layers }
+    }
+
+    /// One file at base 0.
+    pub fn single(fd: RawFd) -> Self {
+        PageFiles {
+            layers: vec![(0, fd)],
+        }
+    }
+
+    /// The file holding virtual offset `off`, and the offset in it.
+    pub fn locate(&self, off: u64) -> Result<(RawFd, u64), StepErr> {
+        let i = self.layers.partition_point(|l| l.0 <= off);
+        let (base, fd) = *i
+            .checked_sub(1)
+            .and_then(|i| self.layers.get(i))
+            .ok_or(("read pages: no such pages file", Errno::EINVAL))?;
+        Ok((fd, off - base))
+    }
+}
+
 /// Bounce buffer of a copy (fits in L2 with room to spare).
 const COPY_BUF: usize = 256 << 10;
 
 /// Reads exactly `buf.len()` bytes at `off` of `fd`.
-fn read_full(fd: RawFd, buf: &mut [u8], off: u64) -> Result<(), StepErr> {
+fn read_full(fd: &PageFiles, buf: &mut [u8], off: u64) -> Result<(), StepErr> {
     let mut got = 0;
     while got < buf.len() {
-        let r =
-            mem::pread_buf(fd, &mut buf[got..], off + got as u64).map_err(|e| ("read pages", e))?;
+        let (file, at) = fd.locate(off + got as u64)?;
+        let r = mem::pread_buf(file, &mut buf[got..], at).map_err(|e| ("read pages", e))?;
         if r == 0 {
             return Err(("read pages: short image", Errno::EIO));
         }
@@ -342,6 +385,7 @@ mod tests {
                 .iter()
                 .map(|&(vaddr, nr)| {
                     let r = PageRun {
+                        entry: 0,
                         vaddr,
                         nr,
                         offset: off,
@@ -350,6 +394,7 @@ mod tests {
                     r
                 })
                 .collect(),
+            ..Default::default()
         }
     }
 

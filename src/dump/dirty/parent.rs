@@ -1,0 +1,139 @@
+//! The page source "dirty since the parent": the parent image's pagemap, and the stage that
+//! turns clean pages the parent has into `PE_PARENT` runs.
+//!
+//! ```text
+//!  plan (present pages) ──► since_parent(runs, dirty, parent) ──► runs: PE_PRESENT (copied)
+//!                                                                      PE_PARENT  (not)
+//!  a page is PE_PARENT iff the tracker proves it clean AND the parent's pagemap covers it
+//! ```
+
+use std::path::Path;
+
+use stasis_images::framing::ImageReader;
+use stasis_images::pb;
+
+use super::DirtyMap;
+use crate::dump::pages::{Run, PE_PARENT, PE_PRESENT};
+
+const PAGE: u64 = 4096;
+
+/// Address ranges (start, end; sorted, merged) one process's pagemap covers in the parent.
+#[derive(Debug, Clone, Default)]
+pub struct ParentPages {
+    ranges: Vec<(u64, u64)>,
+}
+
+impl ParentPages {
+    /// Reads `parent/pagemap-PID.img`; `None` when absent or unreadable (no parent pages).
+    pub fn read(parent: &Path, pid: i32) -> Option<Self> {
+        let path = parent.join(format!("pagemap-{pid}.img"));
+        let mut r = ImageReader::open(&path).ok()?;
+        r.next_message::<pb::PagemapHead>().ok()??;
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        while let Some(e) = r.next_message::<pb::PagemapEntry>().ok()? {
+            let nr = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
+            let flags = e.flags.unwrap_or(PE_PRESENT);
+            if flags & (PE_PRESENT | PE_PARENT) == 0 || nr == 0 || nr > 1 << 36 {
+                continue;
+            }
+            let (s, end) = (e.vaddr, e.vaddr.checked_add(nr * PAGE)?);
+            ranges.push((s, end));
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (s, e) in ranges {
+            match merged.last_mut() {
+                Some(l) if l.1 >= s => l.1 = l.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        Some(ParentPages { ranges: merged })
+    }
+
+    /// The parts of `[s, e)` covered.
+    fn covered(&self, s: u64, e: u64) -> Vec<(u64, u64)> {
+        let i = self.ranges.partition_point(|r| r.1 <= s);
+        self.ranges[i..]
+            .iter()
+            .take_while(|r| r.0 < e)
+            .map(|r| (r.0.max(s), r.1.min(e)))
+            .collect()
+    }
+}
+
+/// Splits `runs` into pages to copy (`PE_PRESENT`, flags kept) and pages left to the parent
+/// (`PE_PARENT`): those `dirty` proves clean and `parent` has. Runs stay in address order.
+pub fn since_parent(runs: &[Run], dirty: &DirtyMap, parent: &ParentPages) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::with_capacity(runs.len());
+    let mut push = |vaddr: u64, end: u64, flags: u32| {
+        if end <= vaddr {
+            return;
+        }
+        match out.last_mut() {
+            Some(r) if r.flags == flags && r.vaddr + r.nr_pages * PAGE == vaddr => {
+                r.nr_pages += (end - vaddr) / PAGE
+            }
+            _ => out.push(Run {
+                vaddr,
+                nr_pages: (end - vaddr) / PAGE,
+                flags,
+            }),
+        }
+    };
+    for r in runs {
+        let end = r.vaddr + r.nr_pages * PAGE;
+        let mut at = r.vaddr;
+        for (cs, ce) in dirty.clean_in(r.vaddr, end) {
+            for (ps, pe) in parent.covered(cs, ce) {
+                push(at, ps, r.flags);
+                push(ps, pe, PE_PARENT);
+                at = pe;
+            }
+        }
+        push(at, end, r.flags);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Dirt, DirtyMap};
+    use super::*;
+
+    fn run(v: u64, n: u64, f: u32) -> Run {
+        Run {
+            vaddr: v * PAGE,
+            nr_pages: n,
+            flags: f,
+        }
+    }
+
+    #[test]
+    fn clean_pages_the_parent_has_become_parent_entries() {
+        let p = PE_PRESENT;
+        // VMA 0..10 tracked, pages 2..4 written; VMA 10..20 untracked.
+        let dirty = DirtyMap::new(
+            &[(0, 10 * PAGE), (10 * PAGE, 20 * PAGE)],
+            vec![Dirt::Written(vec![(2 * PAGE, 4 * PAGE)]), Dirt::All],
+        );
+        // The parent has 0..8 and 12..20.
+        let parent = ParentPages {
+            ranges: vec![(0, 8 * PAGE), (12 * PAGE, 20 * PAGE)],
+        };
+        let out = since_parent(&[run(0, 20, p)], &dirty, &parent);
+        assert_eq!(
+            out,
+            vec![
+                run(0, 2, PE_PARENT),
+                run(2, 2, p),
+                run(4, 4, PE_PARENT),
+                run(8, 12, p),
+            ]
+        );
+        // Everything dirty: unchanged.
+        assert_eq!(
+            since_parent(&[run(0, 20, p)], &DirtyMap::all(), &parent),
+            vec![run(0, 20, p)]
+        );
+    }
+}

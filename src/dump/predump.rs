@@ -1,0 +1,340 @@
+//! `stasis pre-dump`: copy a running tree's memory ahead of the final dump, CRIU's way.
+//!
+//! ```text
+//!  link DIR/parent -> REL (--prev-images-dir), find or spawn the dirty tracker
+//!  freeze ─► per process (parasite in it): smaps ─► VMAs ─► present pages (plan)
+//!        │     ─► tracker: collect what changed since the parent and re-arm (or adopt)
+//!        │     ─► since_parent: clean pages the parent has become PE_PARENT
+//!        │     splice mode: the parasite vmsplices the pages into pipes we keep (page
+//!        │     references, no copy; PROT_NONE pieces are left for after)
+//!  release (the tree runs again)
+//!        splice mode: the pipes are spliced into pages-N.img
+//!        read mode: process_vm_readv of the page list into pages-N.img
+//!  images: pagemap-PID.img + pages-N.img per process, inventory.img {img_version,
+//!          dump_uptime, pre_dump_mode}, stats-dump; DIR/dirty-tracker.json
+//! ```
+//! Only memory is written (as CRIU's pre-dump); the final `stasis dump --prev-images-dir`
+//! writes the rest. A page the tree writes after it was armed is dirty for the next dump, so
+//! copying after the release never leaves a stale page in the chain.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use serde_json::json;
+
+use super::error::{DumpError, Result};
+use super::freeze::Backend;
+use super::images_out::{self as out, ImageDir};
+use super::misc_images::{self, DumpStats};
+use super::options::{DumpOptions, PreDumpMode};
+use super::pages::{self, Run};
+use super::probe::{ProcessAccess, ProcessProbe, ThreadProbe};
+use super::profile::Profile;
+use super::{dirty, mm, tree};
+use crate::proc;
+use crate::proc::pagemap::PAGE_SIZE;
+
+/// What a pre-dump did.
+#[derive(Debug)]
+pub struct PreDumpReport {
+    pub stats: DumpStats,
+    /// Processes dumped in full because they were not tracked yet.
+    pub untracked: u64,
+    /// The tracker serving the chain.
+    pub tracker_pid: Option<i32>,
+    pub profile: Profile,
+}
+
+/// One process's page list, copied after the release.
+struct Pending {
+    pid: i32,
+    pages_id: u32,
+    runs: Vec<Run>,
+    /// Splice mode: the pages pinned in pipes while frozen.
+    pinned: Option<Pinned>,
+}
+
+/// Pages held in pipes: the present runs cut into (address, length, in a pipe); pieces not
+/// in a pipe (PROT_NONE) are read after the release.
+struct Pinned {
+    pieces: Vec<(u64, u64, bool)>,
+    pipes: Vec<(std::os::fd::OwnedFd, u64)>,
+}
+
+/// Runs a pre-dump of `opts.pid` with `backend`.
+pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<PreDumpReport> {
+    let prof = Profile::new();
+    if !opts.images_dir.is_dir() {
+        return Err(DumpError::new(
+            "images",
+            opts.pid,
+            Some(libc::ENOENT),
+            format!(
+                "images directory {} does not exist",
+                opts.images_dir.display()
+            ),
+        ));
+    }
+    dirty::link_parent(opts)?;
+    // Splice mode holds one pipe per MiB of pages until the tree runs again.
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    // A pre-dump always tracks (CRIU enforces --track-mem too).
+    let mut tracking = dirty::session::Session::open(opts, true)?;
+    let mut stats = DumpStats::default();
+    let mut dir = ImageDir::new(&opts.images_dir);
+    let t0 = prof.now_us();
+    let mut frozen = backend.freeze(opts)?;
+    stats.freezing_time = prof.now_us() - t0;
+    let t_frozen = prof.now_us();
+    let collected = collect(opts, frozen.as_mut(), &mut dir, &mut tracking, &mut stats);
+    let released = frozen.release();
+    stats.frozen_time = prof.now_us() - t_frozen;
+    let pending = collected?;
+    released?;
+    let t = prof.now_us();
+    for p in pending {
+        let mut src = Released::new(p.pid);
+        match p.pinned.is_some() {
+            true => write_pinned(&mut dir, &mut src, p, &mut stats)?,
+            false => pages::write_private(
+                &mut dir,
+                &mut src,
+                p.pid,
+                p.pages_id,
+                &p.runs,
+                &[],
+                &mut stats.pages,
+            )?,
+        }
+    }
+    stats.memwrite_time = prof.now_us() - t;
+    stats.parent_pages = tracking.stats.parent_pages;
+    let img = |e| DumpError::image("images", opts.pid, e);
+    dir.write_all(
+        "inventory.img",
+        out::INVENTORY,
+        &[json!({"img_version": misc_images::IMG_VERSION,
+                 "dump_uptime": dirty::uptime_us(),
+                 "pre_dump_mode": opts.pre_dump_mode.image_value()})],
+    )
+    .map_err(img)?;
+    dir.write_all("stats-dump", out::STATS, &[misc_images::stats(&stats)])
+        .map_err(img)?;
+    dir.finish().map_err(img)?;
+    let report = PreDumpReport {
+        stats,
+        untracked: tracking.stats.untracked,
+        tracker_pid: tracking.tracker_pid(),
+        profile: prof,
+    };
+    tracking.finish(&opts.images_dir);
+    Ok(report)
+}
+
+/// The frozen part: page lists (and, in splice mode, the pages themselves).
+fn collect(
+    opts: &DumpOptions,
+    frozen: &mut dyn super::freeze::FrozenTree,
+    dir: &mut ImageDir,
+    tracking: &mut dirty::session::Session,
+    stats: &mut DumpStats,
+) -> Result<Vec<Pending>> {
+    let procs = tree::collect(opts.pid)?;
+    let mut files = super::files::Files::new();
+    let mut pending = Vec::new();
+    let mut pages_id = 0u32;
+    for p in procs.iter().filter(|p| !p.zombie) {
+        let pid = p.pid;
+        pages_id += 1;
+        let id = pages_id;
+        frozen.with_process(pid, &p.threads, &mut |acc| {
+            let hidden = acc.hidden_areas();
+            let maps: Vec<proc::maps::Vma> = proc::maps::read_smaps(pid)
+                .map_err(|e| DumpError::proc("mm", pid, e))?
+                .into_iter()
+                .filter(|v| !hidden.iter().any(|&(s, e)| v.start < e && s < v.end))
+                .collect();
+            let vmas = mm::vmas(pid, &maps, &mut files)?;
+            let runs = pages::plan(pid, &vmas, &mut stats.pages)?;
+            let runs = tracking.source(acc, pid, &vmas, runs)?;
+            let pinned = match opts.pre_dump_mode {
+                PreDumpMode::Read => None,
+                PreDumpMode::Splice => {
+                    let mut readable: Vec<(u64, u64)> = maps
+                        .iter()
+                        .filter(|v| v.read)
+                        .map(|v| (v.start, v.end))
+                        .collect();
+                    readable.sort_unstable();
+                    let pieces: Vec<(u64, u64, bool)> = runs
+                        .iter()
+                        .filter(|r| r.flags & pages::PE_PRESENT != 0)
+                        .flat_map(|r| {
+                            super::parasite_pages::split(
+                                r.vaddr,
+                                r.vaddr + r.nr_pages * PAGE_SIZE,
+                                &readable,
+                            )
+                        })
+                        .collect();
+                    let iovs: Vec<(u64, u64)> =
+                        pieces.iter().filter(|p| p.2).map(|p| (p.0, p.1)).collect();
+                    let pipes = if iovs.is_empty() {
+                        Some(Vec::new())
+                    } else {
+                        acc.pin_pages(&iovs)?
+                    };
+                    match pipes {
+                        Some(pipes) => Some(Pinned { pieces, pipes }),
+                        // This probe cannot pin: copy now, while frozen.
+                        None => {
+                            return pages::write_private(
+                                dir,
+                                acc,
+                                pid,
+                                id,
+                                &runs,
+                                &readable,
+                                &mut stats.pages,
+                            )
+                        }
+                    }
+                }
+            };
+            pending.push(Pending {
+                pid,
+                pages_id: id,
+                runs,
+                pinned,
+            });
+            Ok(())
+        })?;
+    }
+    Ok(pending)
+}
+
+/// Writes `pagemap-PID.img` and `pages-N.img` of one process from its pinned pages.
+fn write_pinned(
+    dir: &mut ImageDir,
+    src: &mut Released,
+    p: Pending,
+    stats: &mut DumpStats,
+) -> Result<()> {
+    use std::os::fd::AsFd;
+    let pid = p.pid;
+    let Some(pinned) = p.pinned else {
+        return Err(DumpError::new("pages", pid, None, "no pinned pages"));
+    };
+    let img = |e| DumpError::image("pages", pid, e);
+    let mut pm = dir
+        .create(&format!("pagemap-{pid}.img"), out::PAGEMAP)
+        .map_err(img)?;
+    pm.entry_as("pagemap_head", &json!({"pages_id": p.pages_id}))
+        .map_err(img)?;
+    let mut file = dir
+        .create_raw(&format!("pages-{}.img", p.pages_id))
+        .map_err(img)?;
+    let mut pipes = pinned.pipes.into_iter();
+    let mut cur: Option<(std::os::fd::OwnedFd, u64)> = None;
+    let mut buf = vec![0u8; 256 * PAGE_SIZE as usize];
+    for (base, len, in_pipe) in pinned.pieces {
+        let mut done = 0;
+        while done < len {
+            if in_pipe {
+                if cur.as_ref().is_none_or(|c| c.1 == 0) {
+                    cur = pipes.next();
+                }
+                let Some((pipe, left)) = cur.as_mut() else {
+                    return Err(DumpError::new("pages", pid, None, "the page pipes ran out"));
+                };
+                let n = (len - done).min(*left);
+                let f = file.file().map_err(img)?;
+                crate::sys::channel::splice_exact(pipe.as_fd(), f.as_fd(), n as usize)
+                    .map_err(|e| DumpError::sys("pages", pid, e))?;
+                file.account(n);
+                *left -= n;
+                done += n;
+            } else {
+                let n = (len - done).min(buf.len() as u64) as usize;
+                src.read_memory(base + done, &mut buf[..n])?;
+                file.write(&buf[..n]).map_err(img)?;
+                done += n as u64;
+            }
+        }
+    }
+    for r in &p.runs {
+        pm.entry(&pages::pagemap_entry(r)).map_err(img)?;
+        if r.flags & pages::PE_PRESENT != 0 {
+            stats.pages.pages_written += r.nr_pages;
+        }
+    }
+    let a = pm.finish().map_err(img)?;
+    let b = file.finish().map_err(img)?;
+    dir.add_bytes(a + b);
+    Ok(())
+}
+
+/// Pages of a running process: `process_vm_readv`, `/proc/PID/mem` for what the process
+/// cannot read itself (PROT_NONE), zeroes for what it unmapped meanwhile (such an address
+/// is dirty for the next dump: a new mapping there is not the one armed).
+struct Released {
+    pid: i32,
+    mem: Option<File>,
+}
+
+impl Released {
+    fn new(pid: i32) -> Self {
+        Released { pid, mem: None }
+    }
+}
+
+impl ProcessAccess for Released {
+    fn process(&mut self) -> Result<ProcessProbe> {
+        Err(DumpError::new("pages", self.pid, None, "the process runs"))
+    }
+
+    fn threads(&mut self) -> Result<Vec<ThreadProbe>> {
+        Err(DumpError::new("pages", self.pid, None, "the process runs"))
+    }
+
+    fn read_memory(&mut self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+        let pid = nix::unistd::Pid::from_raw(self.pid);
+        let len = buf.len();
+        let got = process_vm_readv(
+            pid,
+            &mut [std::io::IoSliceMut::new(buf)],
+            &[RemoteIoVec {
+                base: addr as usize,
+                len,
+            }],
+        )
+        .unwrap_or(0);
+        if got == len {
+            return Ok(());
+        }
+        // Page by page for the rest: forced read, or zeroes.
+        if self.mem.is_none() {
+            self.mem = File::open(proc::path(self.pid, "mem")).ok();
+        }
+        let mut off = got - got % 4096;
+        while off < len {
+            let end = (off + 4096).min(len);
+            let page = &mut buf[off..end];
+            let ok = self
+                .mem
+                .as_ref()
+                .is_some_and(|m| m.read_exact_at(page, addr + off as u64).is_ok());
+            if !ok {
+                page.fill(0);
+            }
+            off = end;
+        }
+        Ok(())
+    }
+}
