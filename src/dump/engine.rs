@@ -594,13 +594,14 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
     };
     prof.record("freeze", "phase", 0, t_freeze);
     let t_frozen = prof.now_us();
-    let result = dump_frozen(opts, frozen.as_mut(), &mut stats, &mut prof, &mut tracking).and_then(|r| {
-        // CRIU: a failing post-dump script resumes the tree, whatever -R says.
-        opts.scripts
-            .run(Action::PostDump, Some(opts.pid))
-            .map_err(|e| DumpError::new(POST_DUMP_STEP, opts.pid, None, e.to_string()))?;
-        Ok(r)
-    });
+    let result =
+        dump_frozen(opts, frozen.as_mut(), &mut stats, &mut prof, &mut tracking).and_then(|r| {
+            // CRIU: a failing post-dump script resumes the tree, whatever -R says.
+            opts.scripts
+                .run(Action::PostDump, Some(opts.pid))
+                .map_err(|e| DumpError::new(POST_DUMP_STEP, opts.pid, None, e.to_string()))?;
+            Ok(r)
+        });
     match result {
         Ok((dir, pids)) => {
             let t = prof.now_us();

@@ -692,7 +692,15 @@ impl Files {
                     (self.memfd_entry(pid, &link, m, flags, info.pos)?, "MEMFD")
                 } else {
                     (
-                        self.reg_ghost(pid, &format!("fd {fd}"), &link, &name, deleted, flags, info.pos)?,
+                        self.reg_ghost(
+                            pid,
+                            &format!("fd {fd}"),
+                            &link,
+                            &name,
+                            deleted,
+                            flags,
+                            info.pos,
+                        )?,
                         "REG",
                     )
                 };
