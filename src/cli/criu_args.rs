@@ -205,13 +205,26 @@ impl CriuArgs {
         self.manage_cgroups.as_deref().unwrap_or("soft")
     }
 
-    /// Closes the `--close` descriptors (CRIU closes them while parsing).
+    /// Closes the `--close` descriptors (CRIU closes them while parsing); at this point of the
+    /// start-up no Rust object owns a descriptor the caller could name.
     pub fn apply_close(&self) {
         for &fd in &self.close {
-            // SAFETY: closing a descriptor number the caller named; stasis holds no Rust
-            // owner of descriptors at this point of its start-up (only 0-2 and the log's).
-            unsafe { libc::close(fd) };
+            crate::sys::fds::close_raw(fd);
         }
+    }
+
+    /// Takes the `--status-fd` descriptor (inherited from the caller, owned by nothing here)
+    /// for [`crate::action_scripts::status_ready`]; an fd that is not open is an error naming
+    /// it. Called once, by the page server and lazy-pages daemon.
+    pub fn take_status_fd(&self) -> Result<Option<std::os::fd::OwnedFd>, String> {
+        let Some(fd) = self.status_fd else {
+            return Ok(None);
+        };
+        let open = fd >= 0 && std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists();
+        if !open || self.close.contains(&fd) {
+            return Err(format!("--status-fd {fd}: not an open descriptor"));
+        }
+        Ok(Some(crate::sys::fds::own(fd)))
     }
 
     /// Checks the values for `verb`: returns the first refusal, naming the option.
@@ -381,6 +394,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn status_fd_is_taken_once_open() {
+        use std::os::fd::IntoRawFd;
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let a = CriuArgs {
+            status_fd: Some(w.into_raw_fd()),
+            ..Default::default()
+        };
+        let fd = a.take_status_fd().unwrap();
+        crate::action_scripts::status_ready(&Default::default(), fd).unwrap();
+        let mut b = [9u8; 2];
+        assert_eq!(nix::unistd::read(&r, &mut b), Ok(1));
+        assert_eq!(b[0], 0);
+        let a = CriuArgs {
+            status_fd: Some(100_000),
+            ..Default::default()
+        };
+        assert!(a
+            .take_status_fd()
+            .unwrap_err()
+            .contains("--status-fd 100000"));
+    }
+
+    #[test]
     fn restore_only_and_values() {
         let a = CriuArgs {
             inherit_fd: vec!["fd[3]:pipe:[42]".into()],
@@ -414,10 +450,9 @@ mod tests {
             root: Some("/tmp".into()),
             ..Default::default()
         };
-        assert!(a
-            .check(Verb::Restore)
-            .unwrap_err()
-            .starts_with("--root /tmp"));
+        // Restore resolves paths under --root; a dump under another root is refused.
+        assert!(a.check(Verb::Restore).is_ok());
+        assert!(a.check(Verb::Dump).unwrap_err().starts_with("--root /tmp"));
         let a = CriuArgs {
             manage_cgroups: Some("bogus".into()),
             ..Default::default()
