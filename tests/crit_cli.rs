@@ -243,7 +243,8 @@ fn errors_name_the_file_and_exit_1() {
     let err = fails(&["crit", "info", "/nonexistent/x.img"], None);
     assert!(err.contains("/nonexistent/x.img"), "{err}");
 
-    let bad = br#"{"magic": "PSTREE", "entries": [{"pid": 1}, {"pid": 2, "bogus": 3}]}"#;
+    let bad = br#"{"magic": "PSTREE", "entries": [{"pid": 1, "ppid": 0, "pgid": 1, "sid": 1},
+        {"pid": 2, "ppid": 1, "pgid": 1, "sid": 1, "bogus": 3}]}"#;
     let err = fails(&["crit", "encode"], Some(bad));
     assert!(err.contains("entry 1") && err.contains("bogus"), "{err}");
 

@@ -15,6 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_stasis");
 
 /// Runs `stasis args` with `stdin`; returns (exit code, stdout, stderr, peak memory in KiB).
 fn run_rss(args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, String, i64) {
+    // Reaped below by wait4 (for its rusage), not by Child::wait.
+    #[allow(clippy::zombie_processes)]
     let mut child = Command::new(BIN)
         .args(args)
         .stdin(Stdio::piped())

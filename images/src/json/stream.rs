@@ -30,12 +30,11 @@ pub fn decode_to_text(
     let (kind, body) = split_magic(table, bytes)?;
     let indent = pretty.then_some(4);
     let mut out = String::new();
-    let sep = |out: &mut String, level: usize| match indent {
-        Some(n) => {
+    let sep = |out: &mut String, level: usize| {
+        if let Some(n) = indent {
             out.push('\n');
             out.extend(std::iter::repeat_n(' ', n * level));
         }
-        None => {}
     };
     out.push('{');
     sep(&mut out, 1);
