@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::deadline::with_deadline;
+use common::deadline::{with_deadline, with_timeout};
 use common::dump::*;
 use common::lock::restore_lock;
 
@@ -139,4 +139,59 @@ fn leave_running_dump_with_stats_and_profile() {
             assert_eq!(verify(&w), "PASS");
         },
     )
+}
+
+/// Processes stopped inside sleeps that the kernel restarts through the task's restart
+/// block (`clock_nanosleep`: `-ERESTART_RESTARTBLOCK`) sleep on after `dump -R`, in the
+/// main thread and in other threads: the parasite waits without touching that block.
+#[test]
+fn leave_running_keeps_interrupted_sleeps_intact() {
+    with_timeout(120, || {
+        let dir = tempfile::tempdir().unwrap();
+        let single = std::process::Command::new("sleep")
+            .arg("3")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let threads = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import threading,time\n\
+                 ts=[threading.Thread(target=time.sleep,args=(3,)) for _ in range(3)]\n\
+                 [t.start() for t in ts]\ntime.sleep(3)\n[t.join() for t in ts]\nprint('ok')",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        for (i, pid) in [single.id(), threads.id()].into_iter().enumerate() {
+            let d = dir.path().join(i.to_string());
+            std::fs::create_dir(&d).unwrap();
+            let out = stasis_bin()
+                .args(["dump", "-t", &pid.to_string(), "-R", "-j", "-D"])
+                .arg(&d)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "dump -R of {pid}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let s = single.wait_with_output().unwrap();
+        assert!(
+            s.status.success(),
+            "sleep after dump -R: {:?} {}",
+            s.status,
+            String::from_utf8_lossy(&s.stderr)
+        );
+        let t = threads.wait_with_output().unwrap();
+        assert!(
+            t.status.success() && String::from_utf8_lossy(&t.stdout).trim() == "ok",
+            "python threads after dump -R: {:?} {}",
+            t.status,
+            String::from_utf8_lossy(&t.stderr)
+        );
+    });
 }

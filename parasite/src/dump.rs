@@ -382,17 +382,21 @@ core::arch::global_asm!(
     "    xor r9d, r9d",
     "    mov eax, 44",
     "    syscall",
-    // Wait for the socket to hang up: poll({fd, events 0}, 1, -1) at scratch+536. The
-    // dumper stops the thread in here and gives it its registers back; the poll returns
-    // only if the dumper is gone.
+    // Wait for the socket to hang up: ppoll({fd, events 0}, 1, NULL, NULL) at scratch+536.
+    // The dumper stops the thread in here and gives it its registers back; the ppoll
+    // returns only if the dumper is gone. Not poll(2): an interrupted poll sets the
+    // thread's restart block (do_restart_poll), which a syscall the thread was stopped in
+    // (nanosleep, ...) needs when the kernel restarts it after the cure.
     "17:",
     "    mov eax, [r12 + 528]",
     "    mov [r12 + 536], eax",
     "    mov dword ptr [r12 + 540], 0",
     "    lea rdi, [r12 + 536]",
     "    mov esi, 1",
-    "    mov rdx, -1",
-    "    mov eax, 7",
+    "    xor edx, edx",
+    "    xor r10d, r10d",
+    "    mov r8d, 8",
+    "    mov eax, 271",
     "    syscall",
     "    cmp rax, -4",
     "    je 17b",
@@ -470,7 +474,7 @@ const SOL_SOCKET: i32 = 1;
 const SCM_RIGHTS: i32 = 1;
 const EINVAL: isize = 22;
 const EINTR: isize = 4;
-const SYS_POLL: usize = 7;
+const SYS_PPOLL: usize = 271;
 const SYS_RT_SIGTIMEDWAIT: usize = 128;
 /// A closed peer gives EPIPE without raising SIGPIPE.
 const MSG_NOSIGNAL: usize = 0x4000;
@@ -701,10 +705,14 @@ extern "C" fn serve(args: *const ParasiteArgs) -> ! {
 }
 
 /// Blocks until `sock` hangs up (or is closed); returns the poll's revents.
+///
+/// ppoll without a timeout, not poll(2): an interrupted poll overwrites the task's restart
+/// block (`do_restart_poll`), and the syscall the task was stopped in (clock_nanosleep, ...)
+/// is restarted through that block once the parasite is cured.
 fn wait_hangup(sock: i32) -> i16 {
     let mut pfd = [sock, 0i32]; // struct pollfd: fd, events 0, revents 0
     loop {
-        let r = sys(SYS_POLL, [pfd.as_mut_ptr() as usize, 1, usize::MAX, 0, 0, 0]);
+        let r = sys(SYS_PPOLL, [pfd.as_mut_ptr() as usize, 1, 0, 0, 8, 0]);
         if r > 0 {
             return (pfd[1] >> 16) as i16;
         }

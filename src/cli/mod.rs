@@ -22,8 +22,8 @@ pub mod criu_args;
 pub mod criu_options;
 pub mod dump;
 pub mod log;
-pub mod predump;
 pub mod page_server;
+pub mod predump;
 pub mod restore;
 
 /// A verb of the command line.

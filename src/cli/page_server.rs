@@ -86,7 +86,13 @@ pub fn run(args: Vec<OsString>) -> i32 {
     if let Err(e) = server::prepare_dir(&o) {
         return fail(e);
     }
-    let status = match a.common.criu.status_fd.map(crate::sys::fds::inherited).transpose() {
+    let status = match a
+        .common
+        .criu
+        .status_fd
+        .map(crate::sys::fds::inherited)
+        .transpose()
+    {
         Ok(s) => s,
         Err(e) => return fail(format!("--status-fd: {e}")),
     };

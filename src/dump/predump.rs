@@ -229,11 +229,7 @@ fn collect(
                     }
                 }
             };
-            pending.push(Pending {
-                pid,
-                runs,
-                pinned,
-            });
+            pending.push(Pending { pid, runs, pinned });
             Ok(())
         })?;
     }
