@@ -322,7 +322,11 @@ fn dump_leave_running_track_mem_then_incremental_dump() {
             "--track-mem records the uptime"
         );
         assert_eq!(verify(&w), "PASS", "the workload left running");
-        stasis(&["dump", "-t", &pid, "--prev-images-dir", "../0"], &d1, "dump.log");
+        stasis(
+            &["dump", "-t", &pid, "--prev-images-dir", "../0"],
+            &d1,
+            "dump.log",
+        );
         assert!(page_stats(&d1).1 > 0, "the second dump used its parent");
         restore_and_verify(&w, &d1, &restored, "after an iterative dump");
     })

@@ -510,6 +510,18 @@ impl ImageFile {
         Ok(())
     }
 
+    /// Appends a typed entry (no JSON on the way: pagemaps of incremental dumps have one
+    /// entry per run of written pages, tens of thousands).
+    pub fn entry_msg<M: prost::Message>(&mut self, m: &M) -> Result<(), ImageError> {
+        let bytes = m.encode_to_vec();
+        self.w
+            .write_all(&(bytes.len() as u32).to_le_bytes())
+            .map_err(self.io_owned())?;
+        self.w.write_all(&bytes).map_err(self.io_owned())?;
+        self.bytes += 4 + bytes.len() as u64;
+        Ok(())
+    }
+
     fn io_owned(&self) -> impl FnOnce(std::io::Error) -> ImageError {
         let path = self.path.clone();
         move |source| ImageError::Io { path, source }

@@ -12,7 +12,7 @@
 //! the vDSO — every present page; vvar, vsyscall and MADV_DONTDUMP areas — none. Adjacent
 //! pages with equal flags share one entry, across VMA boundaries.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::error::{DumpError, Result};
 use super::files::Shmem;
@@ -86,8 +86,14 @@ pub fn plan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Result<Vec<Run>
 }
 
 /// The pagemap entry of one run.
-pub fn pagemap_entry(r: &Run) -> Value {
-    json!({"vaddr": r.vaddr, "compat_nr_pages": 0, "flags": r.flags, "nr_pages": r.nr_pages})
+pub fn pagemap_entry(r: &Run) -> stasis_images::pb::PagemapEntry {
+    stasis_images::pb::PagemapEntry {
+        vaddr: r.vaddr,
+        compat_nr_pages: 0,
+        flags: Some(r.flags),
+        nr_pages: Some(r.nr_pages),
+        ..Default::default()
+    }
 }
 
 /// Writes `pagemap-PID.img` and `pages-<pages_id>.img` for one process.
@@ -133,7 +139,7 @@ pub fn write_private(
     }
     let mut buf = vec![0u8; COPY_PAGES * PAGE_SIZE as usize];
     for r in runs {
-        pm.entry(&pagemap_entry(r)).map_err(img)?;
+        pm.entry_msg(&pagemap_entry(r)).map_err(img)?;
         if r.flags & PE_PRESENT == 0 {
             continue;
         }

@@ -147,11 +147,10 @@ fn collect(
     let procs = tree::collect(opts.pid)?;
     let mut files = super::files::Files::new();
     let mut pending = Vec::new();
-    let mut pages_id = 0u32;
-    for p in procs.iter().filter(|p| !p.zombie) {
+    for (i, p) in procs.iter().filter(|p| !p.zombie).enumerate() {
         let pid = p.pid;
-        pages_id += 1;
-        let id = pages_id;
+        // pages-1.img, pages-2.img, ... one per process.
+        let id = i as u32 + 1;
         frozen.with_process(pid, &p.threads, &mut |acc| {
             let hidden = acc.hidden_areas();
             let maps: Vec<proc::maps::Vma> = proc::maps::read_smaps(pid)
@@ -268,7 +267,7 @@ fn write_pinned(
         }
     }
     for r in &p.runs {
-        pm.entry(&pages::pagemap_entry(r)).map_err(img)?;
+        pm.entry_msg(&pages::pagemap_entry(r)).map_err(img)?;
         if r.flags & pages::PE_PRESENT != 0 {
             stats.pages.pages_written += r.nr_pages;
         }
