@@ -126,18 +126,9 @@ fn covered(ranges: &[(u64, u64)], s: u64, e: u64) -> bool {
     at >= e
 }
 
-/// The union of two sorted lists of ranges, sorted and merged.
+/// The union of two lists of ranges, sorted and merged.
 fn union(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut all: Vec<(u64, u64)> = a.iter().chain(b).copied().collect();
-    all.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(all.len());
-    for (s, e) in all {
-        match out.last_mut() {
-            Some(l) if l.1 >= s => l.1 = l.1.max(e),
-            _ => out.push((s, e)),
-        }
-    }
-    out
+    super::merge_ranges(a.iter().chain(b).copied().collect())
 }
 
 /// The parts of `ranges` (sorted) inside `[s, e)`.
