@@ -4,18 +4,23 @@
 //! - [`sys`]: the only place with raw syscalls, ptrace and `unsafe`;
 //! - [`parasite`]: the embedded no_std blobs (dump parasite, restorer) and their protocols;
 //! - [`files`]: fd kinds shared by both engines (eventfd, epoll, sockets, ttys, ...);
+//! - [`pages`]: the page pipeline (sinks, packed streams, the page-server protocol);
 //! - [`dump`] and [`restore`]: the engines ([`regs_image`]: the register conversion both
-//!   share);
+//!   share; [`cpuinfo`]: the CPU record and check of `--cpu-cap`);
 //! - [`cli`]: the criu-compatible command line (the `stasis` binary is a thin wrapper).
 //!
 //! The image format lives in its own crate, re-exported as [`images`].
 
 pub use stasis_images as images;
 
+pub mod action_scripts;
+
 pub mod cgroup;
 pub mod cli;
+pub mod cpuinfo;
 pub mod dump;
 pub mod files;
+pub mod pages;
 pub mod parasite;
 pub mod proc;
 pub mod regs_image;

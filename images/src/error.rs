@@ -131,6 +131,14 @@ pub enum ImageError {
     /// Semantic problem in pagemap/page data (bad count, missing page, parent loop...).
     #[error("{file}: {detail}")]
     Pagemap { file: FileName, detail: String },
+
+    /// The path is not a regular file (a device, FIFO, directory ...): images are files.
+    #[error("{file}: is {what}, not a regular image file")]
+    NotRegular { file: FileName, what: &'static str },
+
+    /// The file is larger than the cap for its kind ([`crate::limits`]).
+    #[error("{file}: {size} bytes or more, over the cap of {cap} bytes")]
+    TooLarge { file: FileName, size: u64, cap: u64 },
 }
 
 fn entry_suffix(index: Option<usize>) -> String {
@@ -155,7 +163,9 @@ impl ImageError {
             | ImageError::Decode { file, .. }
             | ImageError::BadPayloadField { file, .. }
             | ImageError::PayloadMismatch { file, .. }
-            | ImageError::Pagemap { file, .. } => file,
+            | ImageError::Pagemap { file, .. }
+            | ImageError::NotRegular { file, .. }
+            | ImageError::TooLarge { file, .. } => file,
         };
         if slot.0.is_none() {
             *slot = FileName::path(path);

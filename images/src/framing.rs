@@ -24,6 +24,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use crate::error::{FileName, ImageError, Result};
+use crate::limits::{self, MAX_IMAGE_FILE};
 use crate::magic::{HeadMagic, ImageKind, IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC};
 use crate::payload::{self, ExtraLen};
 use crate::wire;
@@ -336,13 +337,13 @@ impl<R: Read> ImageReader<R> {
     }
 }
 
-impl ImageReader<File> {
-    /// Opens `path` and reads its magic(s).
+impl ImageReader<io::Take<File>> {
+    /// Opens `path` (a regular file of at most [`MAX_IMAGE_FILE`] bytes, see
+    /// [`crate::limits`]) and reads its magic(s); nothing more is read until asked for.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = FileName::path(path);
-        let f = File::open(path).map_err(|e| ImageError::io(&file, "open", e))?;
-        ImageReader::new(f, file)
+        let (f, _) = limits::open_regular(path, MAX_IMAGE_FILE)?;
+        ImageReader::new(f.take(MAX_IMAGE_FILE), FileName::path(path))
     }
 }
 
@@ -573,12 +574,11 @@ impl Image {
         })
     }
 
-    /// Reads and parses the file at `path`.
+    /// Reads and parses the file at `path` (a regular file within [`crate::limits`]; its
+    /// magic is checked before the rest is read).
     pub fn read_file(path: impl AsRef<Path>) -> Result<Image> {
-        let path = path.as_ref();
-        let file = FileName::path(path);
-        let bytes = std::fs::read(path).map_err(|e| ImageError::io(&file, "read", e))?;
-        Self::parse_named(&bytes, file)
+        let r = ImageReader::open(path)?;
+        Self::collect(r.p)
     }
 
     /// The file bytes: magic(s), then every entry and extra exactly as held.

@@ -275,13 +275,31 @@ pub fn json(data: &[u8]) {
             parsed, doc,
             "JSON text does not read back to the same document"
         );
-        let bytes = json::encode_image(codec, &doc).expect("a decoded document encodes");
+        // The streamed text is the document's text.
+        let streamed = json::decode_to_text(codec, data, pretty, &mut |_, _| {})
+            .expect("what decodes whole decodes streamed");
+        assert_eq!(streamed, text, "streamed decode differs");
+        let bytes = match json::encode_image(codec, &doc) {
+            Ok(b) => b,
+            // crit decodes a message missing a required field but refuses to encode it.
+            Err(e) if e.to_string().contains("required field") => {
+                assert!(json::encode_text(codec, &text).is_err());
+                continue;
+            }
+            Err(e) => panic!("a decoded document does not encode: {e}"),
+        };
+        let streamed = json::encode_text(codec, &text).expect("streamed encode");
+        assert_eq!(streamed, bytes, "streamed encode differs");
         let again = json::decode_image(codec, &bytes, pretty).expect("re-encoded image decodes");
         assert_eq!(again, doc, "decode(encode(doc)) != doc");
     }
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(doc) = json::parse_text(text) {
-            let _ = json::encode_image(codec, &doc);
+            let whole = json::encode_image(codec, &doc);
+            let streamed = json::encode_text(codec, text);
+            if let (Ok(a), Ok(b)) = (&whole, &streamed) {
+                assert_eq!(a, b, "streamed encode differs");
+            }
         }
     }
 }
@@ -364,7 +382,11 @@ pub fn seeds_from_dir(dir: &std::path::Path) -> Vec<(&'static str, Vec<u8>)> {
 /// FIFO, ghost file without chunks): seeds for `framing` and `json`.
 pub fn synthetic_images() -> Vec<(ImageKind, Vec<u8>)> {
     use crate::payload::{ipc_msg_extra, ipc_sem_extra, ipc_shm_extra};
-    let desc: &[u8] = &[0x0a, 0x00]; // ipc_desc_entry, empty
+    // ipc_desc_entry with its seven required fields (key, uid, gid, cuid, cgid, mode, id).
+    let desc: &[u8] = &[
+        0x0a, 0x0e, 0x08, 0x00, 0x10, 0x00, 0x18, 0x00, 0x20, 0x00, 0x28, 0x00, 0x30, 0x00, 0x38,
+        0x00,
+    ];
     let cat = |parts: &[&[u8]]| parts.concat();
     let one = |kind: ImageKind, entry: Vec<u8>, extra: Vec<u8>| {
         let mut img = Image::new(kind);

@@ -25,6 +25,7 @@ pub mod error;
 pub mod framing;
 pub mod fuzzing;
 pub mod json;
+pub mod limits;
 pub mod magic;
 pub mod pagemap;
 pub mod payload;

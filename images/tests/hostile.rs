@@ -354,7 +354,80 @@ fn errors_name_the_file() {
         dir.path().join("nope.img"),
     )
     .unwrap_err();
-    assert!(matches!(err, ImageError::Io { op: "read", .. }), "{err}");
+    assert!(matches!(err, ImageError::Io { op: "open", .. }), "{err}");
+}
+
+/// Only regular files are read, and none over the cap: checked before anything is read
+/// (`crit decode -i /dev/zero` used to grow without bound).
+#[test]
+fn devices_fifos_directories_and_huge_files_are_refused_before_reading() {
+    use stasis_images::limits::{self, MAX_IMAGE_FILE};
+    for dev in ["/dev/zero", "/dev/urandom"] {
+        let err = Image::read_file(dev).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::NotRegular {
+                    what: "a character device",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains(dev), "{err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Image::read_file(dir.path()).unwrap_err(),
+        ImageError::NotRegular {
+            what: "a directory",
+            ..
+        }
+    ));
+    let fifo = dir.path().join("fifo.img");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // (opening a FIFO for reading blocks until a writer comes: keep one open)
+    let _w = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    assert!(matches!(
+        Image::read_file(&fifo).unwrap_err(),
+        ImageError::NotRegular { what: "a FIFO", .. }
+    ));
+    // A sparse file one byte over the cap: refused from its size, nothing allocated.
+    let big = dir.path().join("core-1.img");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(MAX_IMAGE_FILE + 1).unwrap();
+    let err = Image::read_file(&big).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::TooLarge {
+                cap: MAX_IMAGE_FILE,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A symlink to a device is the device.
+    let link = dir.path().join("link.img");
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    assert!(matches!(
+        Image::read_file(&link).unwrap_err(),
+        ImageError::NotRegular { .. }
+    ));
+    // Streams (standard input) are read up to the cap only.
+    let err = limits::read_capped(std::io::repeat(0), 1 << 20, &Default::default()).unwrap_err();
+    assert!(
+        matches!(err, ImageError::TooLarge { cap: 0x100000, .. }),
+        "{err}"
+    );
 }
 
 mod prost_types_like {

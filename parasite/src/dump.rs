@@ -1,18 +1,22 @@
 //! The dump parasite (no_std, position independent). Injected into a stopped task and started
 //! on its own stack in the task's main thread with `rdi` = `&ParasiteArgs`; it serves the
-//! command socket (protocol: `common/dump_proto.rs`) until FINI, then closes its descriptors
-//! and traps. Exports:
+//! command socket (protocol: `common/dump_proto.rs`) until FINI, then closes its pipes and
+//! waits for the dumper to stop it. Whenever the dumper's end of the socket closes (the
+//! dumper died: the kernel closes its descriptors), the parasite puts its thread back as it
+//! was by itself: closes its descriptors and returns through the signal frame the dumper
+//! prepared (`rt_sigreturn`, see `src/parasite/sigframe.rs`); a trap with no tracer would kill
+//! the task. Exports:
 //!
 //! ```text
-//! __export_entry           offset 0: call serve(args); then `int3` forever
-//! __export_fini_trap       the ip of the task when it traps after serve returned
+//! __export_entry           offset 0: call serve(args) (never returns)
 //! __export_syscall_gadget  `syscall; int3`: lets the dumper run remote syscalls in any
 //!                          thread of the task without poking code
 //! __export_thread_entry    rdi = a ThreadState slot: fills the slot with the calling
 //!                          thread's state (the same as `fill_thread_state`, in assembly:
 //!                          integer registers only, so no FPU/vector state to restore;
-//!                          no stack), then `int3`
-//! __export_thread_trap     the ip of a thread when it traps after filling its slot
+//!                          no stack), sends THREAD_DONE ^ tid on the socket, then waits
+//!                          for the socket to hang up (the dumper stops it before) and
+//!                          returns through the frame in its slot
 //! ```
 #![no_std]
 #![no_main]
@@ -30,10 +34,7 @@ core::arch::global_asm!(
     ".globl __export_entry",
     "__export_entry:",
     "    call {serve}",
-    "    int3",
-    ".globl __export_fini_trap",
-    "__export_fini_trap:",
-    "    jmp __export_fini_trap - 1",
+    "    ud2",
     ".globl __export_syscall_gadget",
     "__export_syscall_gadget:",
     "    syscall",
@@ -54,11 +55,12 @@ core::arch::global_asm!(
     "    mov [r12 + 464], r8",
     "    mov [r12 + 472], r9",
     "    mov [r12 + 480], r10",
-    // First of all, block every signal but SIGTRAP: rt_sigprocmask(SIG_SETMASK,
-    // scratch+496, scratch+504); the thread's own mask lands at scratch+504 (a signal the
-    // thread takes before this is seen by the dumper, which then blocks them by ptrace)
+    // First of all, block every signal: rt_sigprocmask(SIG_SETMASK, scratch+496,
+    // scratch+504); the thread's own mask lands at scratch+504 (a signal the thread takes
+    // before this is seen by the dumper, which then blocks them by ptrace and writes the
+    // mask into the frame itself, scratch+520 = 1)
     "    mov qword ptr [r12 + 512], 0",
-    "    mov rax, -17",
+    "    mov rax, -1",
     "    mov [r12 + 496], rax",
     "    mov edi, 2",
     "    lea rsi, [r12 + 496]",
@@ -70,6 +72,11 @@ core::arch::global_asm!(
     "    cmp rax, -4095",
     "    jae 15f",
     "    mov qword ptr [r12 + 512], 1",
+    // the frame's uc_sigmask (frame at scratch+640, mask at +296)
+    "    cmp qword ptr [r12 + 520], 0",
+    "    jne 15f",
+    "    mov rax, [r12 + 504]",
+    "    mov [r12 + 936], rax",
     "15:",
     "    mov rdi, r12",
     "    xor eax, eax",
@@ -95,6 +102,16 @@ core::arch::global_asm!(
     "    mov rdx, r14",
     "    shr rdx, 32",
     "    xsave64 [r12 + 1024]",
+    // the signal frame's software bytes (scratch+544..568, from the dumper) and MAGIC2 at
+    // the end of the area (xstate_size, scratch+560), for the return through the frame
+    "    mov rax, [r12 + 544]",
+    "    mov [r12 + 1488], rax",
+    "    mov rax, [r12 + 552]",
+    "    mov [r12 + 1496], rax",
+    "    mov rax, [r12 + 560]",
+    "    mov [r12 + 1504], rax",
+    "    mov eax, [r12 + 560]",
+    "    mov dword ptr [r12 + rax + 1024], 0x46505845",
     "    mov [r12 + 364], r13d",
     // XINUSE (xgetbv 1) when asked (bit 1 of rcx at entry): the dumper checks for
     // features it left out of the mask
@@ -350,27 +367,47 @@ core::arch::global_asm!(
     "90:",
     "    mov [r12 + 348], eax",
     "91:",
-    // The thread's own mask back (if it was blocked above): a signal it lets through stops
-    // the thread here, and the dumper hands it back blocked (see the first syscall)
-    "    cmp qword ptr [r12 + 512], 1",
-    "    jne 16f",
-    "    mov edi, 2",
-    "    lea rsi, [r12 + 504]",
-    "    xor edx, edx",
-    "    mov r10d, 8",
-    "    mov eax, 14",
-    "    syscall",
-    "16:",
-    // done = THREAD_DONE ^ gettid()
+    // done = THREAD_DONE ^ gettid(), also sent to the dumper on the socket (scratch+528):
+    // MSG_NOSIGNAL, a dumper gone gives EPIPE and no SIGPIPE
     "    mov eax, 186",
     "    syscall",
     "    movabs rdx, 0x54485244444f4e45",
     "    xor rax, rdx",
     "    mov [r12 + 352], rax",
-    "    int3",
-    ".globl __export_thread_trap",
-    "__export_thread_trap:",
-    "    jmp __export_thread_trap - 1",
+    "    mov edi, [r12 + 528]",
+    "    lea rsi, [r12 + 352]",
+    "    mov edx, 8",
+    "    mov r10d, 0x4000",
+    "    xor r8d, r8d",
+    "    xor r9d, r9d",
+    "    mov eax, 44",
+    "    syscall",
+    // Wait for the socket to hang up: poll({fd, events 0}, 1, -1) at scratch+536. The
+    // dumper stops the thread in here and gives it its registers back; the poll returns
+    // only if the dumper is gone.
+    "17:",
+    "    mov eax, [r12 + 528]",
+    "    mov [r12 + 536], eax",
+    "    mov dword ptr [r12 + 540], 0",
+    "    lea rdi, [r12 + 536]",
+    "    mov esi, 1",
+    "    mov rdx, -1",
+    "    mov eax, 7",
+    "    syscall",
+    "    cmp rax, -4",
+    "    je 17b",
+    "    test rax, rax",
+    "    jz 17b",
+    // Back as it was: the frame's uc_stack from sigaltstack(NULL, ..), then rt_sigreturn
+    // with rsp at the frame's ucontext (scratch+640).
+    "    xor edi, edi",
+    "    lea rsi, [r12 + 656]",
+    "    mov eax, 131",
+    "    syscall",
+    "    lea rsp, [r12 + 640]",
+    "    mov eax, 15",
+    "    syscall",
+    "    ud2",
     ".purgem CHECK",
     ".previous",
     serve = sym serve,
@@ -431,6 +468,13 @@ const F_GETOWN_EX: usize = 16;
 const SOL_SOCKET: i32 = 1;
 const SCM_RIGHTS: i32 = 1;
 const EINVAL: isize = 22;
+const EINTR: isize = 4;
+const SYS_POLL: usize = 7;
+const SYS_RT_SIGTIMEDWAIT: usize = 128;
+/// A closed peer gives EPIPE without raising SIGPIPE.
+const MSG_NOSIGNAL: usize = 0x4000;
+const SIGPIPE_BIT: u64 = 1 << 12;
+const POLLNVAL: i16 = 0x20;
 const EPROTO: isize = 71;
 
 /// Raw syscall with up to six arguments.
@@ -528,7 +572,7 @@ fn send(sock: i32, parts: &[&[u8]], fds: &[i32]) -> Result<(), isize> {
         flags: 0,
         pad2: 0,
     };
-    ok(sys(SYS_SENDMSG, [sock as usize, &mut msg as *mut Msghdr as usize, 0, 0, 0, 0])).map(drop)
+    ok(sys(SYS_SENDMSG, [sock as usize, &mut msg as *mut Msghdr as usize, MSG_NOSIGNAL, 0, 0, 0])).map(drop)
 }
 
 fn reply(sock: i32, cmd: u32, result: Result<&[u8], isize>, fds: &[i32]) -> Result<(), isize> {
@@ -540,18 +584,23 @@ fn reply(sock: i32, cmd: u32, result: Result<&[u8], isize>, fds: &[i32]) -> Resu
     send(sock, &[bytes_of(&hdr), payload], if status == 0 { fds } else { &[] })
 }
 
-/// The command loop; returns on FINI or when the socket fails.
-extern "C" fn serve(args: *const ParasiteArgs) {
+/// The command loop. Never returns: after FINI it waits for the dumper to stop it; when the
+/// socket fails (the dumper is gone) it puts the thread back by itself ([`cure_self`]).
+extern "C" fn serve(args: *const ParasiteArgs) -> ! {
     // SAFETY: the dumper wrote a ParasiteArgs at `args` before starting us.
     let args = unsafe { core::ptr::read_volatile(args) };
     if args.magic != ARGS_MAGIC {
-        return;
+        // No frame to return through: only a broken dumper gets here.
+        // SAFETY: ud2 raises SIGILL, as good as any trap.
+        unsafe { core::arch::asm!("ud2", options(noreturn)) }
     }
     let sock = args.sock_fd;
+    let sigpipe_before = sigpending() & SIGPIPE_BIT != 0;
     // Page pipes by index (SET_PIPE's payload; none: index 0).
     let mut pipes = [-1i32; MAX_PIPES];
     let mut buf = [0u8; MAX_MSG];
     let mut out = [0u8; MAX_MSG];
+    let mut fini = false;
     loop {
         let Ok((n, fd)) = recv(sock, &mut buf) else { break };
         let Some(hdr) = read::<CmdHeader>(&buf[..n]) else { break };
@@ -625,7 +674,7 @@ extern "C" fn serve(args: *const ParasiteArgs) {
                 }
             }
             CMD_FINI => {
-                let _ = reply(sock, hdr.cmd, Ok(&[]), &[]);
+                fini = reply(sock, hdr.cmd, Ok(&[]), &[]).is_ok();
                 break;
             }
             _ => reply(sock, hdr.cmd, Err(-EPROTO), &[]),
@@ -639,7 +688,60 @@ extern "C" fn serve(args: *const ParasiteArgs) {
             sys(SYS_CLOSE, [pipe as usize, 0, 0, 0, 0, 0]);
         }
     }
-    sys(SYS_CLOSE, [sock as usize, 0, 0, 0, 0, 0]);
+    // After FINI the dumper stops us in this poll and removes everything itself; it returns
+    // only if the dumper is gone (hang-up) or after the dumper closed the socket (POLLNVAL:
+    // the number is no longer ours to close).
+    let sock_ours = !fini || wait_hangup(sock) & POLLNVAL == 0;
+    if sock_ours {
+        sys(SYS_CLOSE, [sock as usize, 0, 0, 0, 0, 0]);
+    }
+    cure_self(args.cure_sp, sigpipe_before)
+}
+
+/// Blocks until `sock` hangs up (or is closed); returns the poll's revents.
+fn wait_hangup(sock: i32) -> i16 {
+    let mut pfd = [sock, 0i32]; // struct pollfd: fd, events 0, revents 0
+    loop {
+        let r = sys(SYS_POLL, [pfd.as_mut_ptr() as usize, 1, usize::MAX, 0, 0, 0]);
+        if r > 0 {
+            return (pfd[1] >> 16) as i16;
+        }
+        if r != -EINTR && r != 0 {
+            return 0;
+        }
+    }
+}
+
+/// The pending signals of the thread and the process.
+fn sigpending() -> u64 {
+    let mut set = 0u64;
+    sys(SYS_RT_SIGPENDING, [&mut set as *mut u64 as usize, 8, 0, 0, 0, 0]);
+    set
+}
+
+/// Puts the thread back as it was before the parasite started: a SIGPIPE our writes to the
+/// dead dumper's pipes raised is taken back (it was not pending before), then `rt_sigreturn`
+/// through the frame whose ucontext is at `cure_sp` (registers, mask, XSAVE area; the
+/// alternate stack is read now, so restoring it changes nothing).
+fn cure_self(cure_sp: u64, sigpipe_before: bool) -> ! {
+    if !sigpipe_before && sigpending() & SIGPIPE_BIT != 0 {
+        let set = SIGPIPE_BIT;
+        let zero = [0i64; 2];
+        sys(SYS_RT_SIGTIMEDWAIT, [&set as *const u64 as usize, 0, zero.as_ptr() as usize, 8, 0, 0]);
+    }
+    sys(SYS_SIGALTSTACK, [0, cure_sp as usize + 16, 0, 0, 0, 0]);
+    // SAFETY: the dumper wrote a complete frame at `cure_sp` (sigframe.rs); rt_sigreturn
+    // replaces every register and never returns here.
+    unsafe {
+        core::arch::asm!(
+            "mov rsp, {sp}",
+            "mov eax, 15",
+            "syscall",
+            "ud2",
+            sp = in(reg) cure_sp,
+            options(noreturn),
+        )
+    }
 }
 
 fn dump_pages(pipe: i32, payload: &[u8]) -> Result<u64, isize> {

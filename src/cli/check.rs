@@ -11,16 +11,20 @@ use clap::Parser;
 
 use super::common;
 
-/// `stasis check` arguments.
+/// `stasis check` arguments (`--all`, `--extra`, `--experimental`, `--feature NAME` are
+/// among the shared CRIU options).
 #[derive(Debug, Parser)]
 #[command(name = "check", about = "check kernel features the engine uses")]
 pub struct CheckArgs {
-    /// Also check optional features.
-    #[arg(long = "all")]
-    pub all: bool,
-    /// Check only this feature (see `--feature list`).
-    #[arg(long = "feature", value_name = "NAME")]
-    pub feature: Option<String>,
+    /// Options shared by every verb.
+    #[command(flatten)]
+    pub common: common::CommonArgs,
+}
+
+impl common::VerbArgs for CheckArgs {
+    fn common(&self) -> &common::CommonArgs {
+        &self.common
+    }
 }
 
 /// The outcome of one feature probe.
@@ -297,11 +301,13 @@ pub const FEATURES: &[Feature] = &[
 
 /// `stasis check ...`: `args[1]` is "check"; returns the exit status.
 pub fn run(args: Vec<OsString>) -> i32 {
-    let a: CheckArgs = match common::parse_verb(&args) {
+    let a: CheckArgs = match common::start(&args, common::Verb::Check) {
         Ok(a) => a,
         Err(status) => return status,
     };
-    if let Some(name) = &a.feature {
+    let c = &a.common.criu;
+    let all = c.all || c.extra || c.experimental;
+    if let Some(name) = &c.feature {
         if name == "list" {
             for f in FEATURES {
                 println!("{}", f.name);
@@ -330,7 +336,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
     }
     let mut bad = false;
     let mut warned = false;
-    for f in FEATURES.iter().filter(|f| f.required || a.all) {
+    for f in FEATURES.iter().filter(|f| f.required || all) {
         if let Outcome::Missing(why) = (f.probe)() {
             if f.required {
                 bad = true;
@@ -339,7 +345,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
                 warned = true;
                 println!("Warn  ({}): {why}", f.name);
             }
-        } else if a.all {
+        } else if all {
             println!("Ok    ({})", f.name);
         }
     }

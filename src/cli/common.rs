@@ -11,6 +11,8 @@
 //! ```
 
 use clap::Args;
+
+pub use super::criu_args::Verb;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,6 +51,9 @@ pub struct CommonArgs {
     /// Print the dump/restore statistics at the end
     #[arg(long = "display-stats", global = true)]
     pub display_stats: bool,
+    /// The other CRIU options (every verb accepts every one, as CRIU does).
+    #[command(flatten)]
+    pub criu: super::criu_args::CriuArgs,
 }
 
 impl CommonArgs {
@@ -82,10 +87,13 @@ impl CommonArgs {
         })
     }
 
-    /// Sets up `tracing` for this run: to the log file if any, else to standard error.
+    /// Sets up `tracing` for this run, in CRIU's line format ([`super::log`]): to the log
+    /// file if any (created or truncated, as CRIU does), standard output for `-o -`, else
+    /// standard error.
     pub fn init_logging(&self) -> std::io::Result<()> {
         use tracing_subscriber::filter::LevelFilter;
-        let level = match self.verbosity.unwrap_or(2) {
+        let verbosity = self.verbosity.unwrap_or(2);
+        let level = match verbosity {
             0 => LevelFilter::OFF,
             1 => LevelFilter::ERROR,
             2 => LevelFilter::WARN,
@@ -94,13 +102,15 @@ impl CommonArgs {
         };
         let builder = tracing_subscriber::fmt()
             .with_max_level(level)
-            .with_target(false)
-            .with_ansi(false);
+            .with_ansi(false)
+            .event_format(super::log::CriuFormat::new(verbosity >= 3));
+        let to_stdout = self.log_file.as_ref().is_some_and(|f| f.as_os_str() == "-");
         let result = match self.log_path() {
             Some(path) => {
                 let file = std::fs::OpenOptions::new()
                     .create(true)
-                    .append(true)
+                    .write(true)
+                    .truncate(true)
                     .open(&path)
                     .map_err(|e| {
                         std::io::Error::new(
@@ -110,6 +120,7 @@ impl CommonArgs {
                     })?;
                 builder.with_writer(std::sync::Mutex::new(file)).try_init()
             }
+            None if to_stdout => builder.with_writer(std::io::stdout).try_init(),
             None => builder.with_writer(std::io::stderr).try_init(),
         };
         // A second initialisation (tests calling the CLI twice in one process) keeps the first.
@@ -122,16 +133,34 @@ impl CommonArgs {
 /// runs, and options from config files. Returns an error naming an unreadable config file.
 pub fn normalize_args(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     let mut out: Vec<OsString> = Vec::with_capacity(args.len());
+    let mut after_dashes = false;
     for arg in args {
+        after_dashes |= arg == "--";
         out.push(match arg.to_str() {
+            _ if after_dashes => arg,
             Some(s) if s.len() >= 2 && s.starts_with("-v") && s[1..].bytes().all(|b| b == b'v') => {
                 let level = (2 + s.len() - 1).min(4);
                 OsString::from(format!("--verbosity={level}"))
             }
+            // CRIU: a bare --verbosity raises the default level by one.
+            Some("--verbosity") => OsString::from("--verbosity=3"),
             _ => arg,
         });
     }
-    let no_default = out.iter().any(|a| a == "--no-default-config");
+    let mut explicit = None;
+    for (i, a) in out.iter().enumerate() {
+        if a == "--" {
+            break;
+        }
+        if a == "--config" {
+            explicit = out.get(i + 1).map(PathBuf::from);
+        } else if let Some(v) = a.to_str().and_then(|s| s.strip_prefix("--config=")) {
+            explicit = Some(PathBuf::from(v));
+        }
+    }
+    // CRIU's order: global, user, $CRIU_CONFIG_FILE, --config, then the command line;
+    // --config (like --no-default-config) skips the first two.
+    let no_default = explicit.is_some() || out.iter().any(|a| a == "--no-default-config");
     let mut files: Vec<PathBuf> = Vec::new();
     if !no_default {
         files.push(PathBuf::from("/etc/criu/default.conf"));
@@ -139,13 +168,8 @@ pub fn normalize_args(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
             files.push(Path::new(&home).join(".criu/default.conf"));
         }
     }
-    let mut explicit = None;
-    for (i, a) in out.iter().enumerate() {
-        if a == "--config" {
-            explicit = out.get(i + 1).map(PathBuf::from);
-        } else if let Some(v) = a.to_str().and_then(|s| s.strip_prefix("--config=")) {
-            explicit = Some(PathBuf::from(v));
-        }
+    if let Some(env) = std::env::var_os("CRIU_CONFIG_FILE") {
+        files.push(PathBuf::from(env));
     }
     let mut inserted = Vec::new();
     for file in &files {
@@ -162,10 +186,9 @@ pub fn normalize_args(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
         let at = out.len().min(2);
         out.splice(at..at, inserted);
     }
-    Ok(out)
+    Ok(super::criu_options::fold_negations(out))
 }
 
-/// Reads one config file: each non-empty, non-comment line is `option [value]`.
 /// Parses a verb's options: `args[0]` is the program, `args[1]` the verb. Usage lines and
 /// errors name both (`stasis dump ...`, `criu restore ...`). `Err` carries the exit status
 /// after clap printed help (0) or an error naming the offending option (1).
@@ -189,30 +212,113 @@ pub fn parse_verb<T: clap::Parser>(args: &[OsString]) -> Result<T, i32> {
     };
     let matches = T::command()
         .bin_name(format!("{program} {verb}"))
+        // getopt's rule: a repeated single-valued option takes its last value.
+        .args_override_self(true)
+        .after_help(super::criu_options::refused_help())
         .try_get_matches_from(args.iter().skip(1))
         .map_err(print)?;
     T::from_arg_matches(&matches).map_err(print)
 }
 
+/// Reads one config file as CRIU does: each non-empty, non-comment line is `option [value]`
+/// (the option without dashes, the value bare or in double quotes with `\"` escapes, a `#`
+/// comment after it); anything more on a line is an error naming the file and line.
 fn read_config(path: &Path) -> Result<Vec<OsString>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
     let mut args = Vec::new();
-    for line in text.lines() {
+    for (n, line) in text.lines().enumerate() {
+        let bad = || {
+            format!(
+                "config file {} line {}: unsupported configuration file format (one \
+                 `option [value]` a line)",
+                path.display(),
+                n + 1
+            )
+        };
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (opt, value) = match line.split_once(char::is_whitespace) {
-            Some((o, v)) => (o, Some(v.trim().trim_matches('"'))),
-            None => (line, None),
+        let (opt, rest) = match line.split_once(char::is_whitespace) {
+            Some((o, r)) => (o, r.trim_start()),
+            None => (line, ""),
         };
         args.push(OsString::from(format!("--{}", opt.trim_start_matches('-'))));
-        if let Some(v) = value {
-            args.push(OsString::from(v));
+        if rest.is_empty() || rest.starts_with('#') {
+            continue;
         }
+        let (value, tail) = if let Some(q) = rest.strip_prefix('"') {
+            // A quoted value: up to the next quote not escaped by a backslash; \" is a quote.
+            let mut value = String::new();
+            let mut chars = q.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' if q[i + 1..].starts_with('"') => {
+                        value.push('"');
+                        chars.next();
+                    }
+                    '"' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &q[end.ok_or_else(bad)?..])
+        } else {
+            let v = rest.split('#').next().unwrap_or("");
+            match v.split_once(char::is_whitespace) {
+                Some((v, t)) => (v.to_string(), t),
+                None => (v.to_string(), ""),
+            }
+        };
+        let tail = tail.trim_start();
+        if !(tail.is_empty() || tail.starts_with('#')) {
+            return Err(bad());
+        }
+        args.push(OsString::from(value));
     }
     Ok(args)
+}
+
+/// A verb's parsed arguments, with the options every verb shares.
+pub trait VerbArgs: clap::Parser {
+    /// The shared options.
+    fn common(&self) -> &CommonArgs;
+}
+
+/// Starts a verb: parses `args` (refusing, by name, options not built yet), closes the
+/// `--close` descriptors, sets up the log, and checks the CRIU options' values for `verb`.
+/// `Err` is the exit status, the reason already reported.
+pub fn start<T: VerbArgs>(args: &[OsString], verb: Verb) -> Result<T, i32> {
+    let (kept, refused) = super::criu_options::split_not_built(args);
+    let a: T = parse_verb(&kept)?;
+    let common = a.common();
+    common.criu.apply_close();
+    if let Err(e) = common.init_logging() {
+        eprintln!("Error: {e}");
+        return Err(1);
+    }
+    if let Some(e) = refused.first() {
+        report(common, e);
+        return Err(1);
+    }
+    if let Err(e) = common.criu.check(verb) {
+        report(common, &e);
+        return Err(1);
+    }
+    Ok(a)
+}
+
+/// Reports an error the way CRIU does, as an `Error (file:line): ...` line of the log; when
+/// the log is a file, also on standard error for the user at the terminal.
+pub fn report(common: &CommonArgs, msg: impl std::fmt::Display) {
+    tracing::error!("{msg}");
+    if common.log_file.is_some() {
+        eprintln!("Error: {msg}");
+    }
 }
 
 /// True when `arg` is one of clap's help/version requests (they exit 0).

@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
-use stasis_images::json::{self, explore, Codec, JsonError};
+use stasis_images::json::{self, explore, Codec, EncodeTextError, JsonError};
+use stasis_images::limits;
 
 /// crit's command line.
 #[derive(Debug, Parser)]
@@ -38,7 +39,8 @@ enum Cmd {
     ///
     /// Prints single-line JSON, or with --pretty indented JSON with addresses in hex, flag
     /// fields as names ("PROT_READ | PROT_WRITE"), device numbers as "major:minor" and
-    /// addresses as text. Raw images (pages-*.img) have no entries and are refused.
+    /// addresses as text. Raw images (pages-*.img) have no entries and are refused. Packed
+    /// pages files (pages-*.pack.img, stasis's extension) show their header and records.
     Decode {
         /// Image file to decode (standard input by default).
         #[arg(short = 'i', long = "in", value_name = "FILE")]
@@ -116,6 +118,12 @@ enum CritError {
         #[source]
         source: JsonError,
     },
+    #[error("{path}: {source}")]
+    Input {
+        path: String,
+        #[source]
+        source: stasis_images::error::ImageError,
+    },
     #[error("{path}: cannot read JSON ({reason}); encode expects JSON input, not an image")]
     NotJson { path: String, reason: String },
     #[error(transparent)]
@@ -126,17 +134,60 @@ fn display(path: Option<&Path>) -> String {
     path.map_or_else(|| "<stdin>".to_string(), |p| p.display().to_string())
 }
 
-fn read_input(path: Option<&Path>) -> Result<Vec<u8>, CritError> {
-    let mut data = Vec::new();
-    let res = match path {
-        Some(p) => std::fs::read(p).map(|d| data = d),
-        None => std::io::stdin().read_to_end(&mut data).map(|_| ()),
-    };
-    res.map_err(|source| CritError::Io {
+/// Reads an input file (a regular file) or standard input, up to `cap` bytes
+/// (`stasis_images::limits`); more is an error before anything else is allocated.
+fn read_input(path: Option<&Path>, cap: u64) -> Result<Vec<u8>, CritError> {
+    read_checked(path, cap, |_| Ok(()))
+}
+
+/// Like [`read_input`] for an image: its magic words are checked before the rest is read
+/// (`/dev/zero` on standard input fails at once instead of filling memory).
+fn read_image(path: Option<&Path>) -> Result<Vec<u8>, CritError> {
+    read_checked(path, limits::MAX_IMAGE_FILE, |head| {
+        if head.starts_with(&crate::pages::pack::MAGIC) {
+            // A packed pages file (stasis extension): see `pack_doc`.
+            return Ok(());
+        }
+        json::split_magic(&json::CriuMagic, head)
+            .map(|_| ())
+            .map_err(|source| CritError::Image {
+                path: display(path),
+                source,
+            })
+    })
+}
+
+/// Reads the first 8 bytes, hands them to `check_head`, then reads the rest up to `cap`.
+fn read_checked(
+    path: Option<&Path>,
+    cap: u64,
+    check_head: impl FnOnce(&[u8]) -> Result<(), CritError>,
+) -> Result<Vec<u8>, CritError> {
+    let input_err = |source| CritError::Input {
         path: display(path),
         source,
-    })?;
-    Ok(data)
+    };
+    let mut r: Box<dyn Read> = match path {
+        Some(p) => Box::new(limits::open_regular(p, cap).map_err(input_err)?.0),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut head = Vec::with_capacity(8);
+    (&mut r)
+        .take(8)
+        .read_to_end(&mut head)
+        .map_err(|source| CritError::Io {
+            path: display(path),
+            source,
+        })?;
+    check_head(&head)?;
+    let rest = limits::read_capped(
+        r,
+        cap.saturating_sub(head.len() as u64),
+        &Default::default(),
+    )
+    .map_err(input_err)?;
+    head.extend_from_slice(&rest);
+    Ok(head)
 }
 
 /// Writes `data` to the file or to standard output (a closed pipe is not an error).
@@ -165,9 +216,51 @@ fn codec() -> Result<&'static Codec, CritError> {
     })
 }
 
-fn decode_file(input: Option<&Path>, pretty: bool) -> Result<Value, CritError> {
-    let bytes = read_input(input)?;
-    json::decode_image(codec()?, &bytes, pretty).map_err(|source| CritError::Image {
+/// A packed pages file (stasis extension) as JSON: its header and its records' heads (no
+/// key is needed: data is neither decoded nor authenticated).
+fn pack_doc(input: Option<&Path>, bytes: &[u8]) -> Option<Result<Value, CritError>> {
+    use crate::pages::pack;
+    if !bytes.starts_with(&pack::MAGIC) {
+        return None;
+    }
+    let name = display(input);
+    Some(
+        pack::list_from(Path::new(&name), bytes)
+            .map(|(info, recs)| {
+                let file_id: String = info.file_id.iter().map(|b| format!("{b:02x}")).collect();
+                serde_json::json!({
+                    "magic": "STASIS_PAGES_PACK",
+                    "header": {
+                        "version": info.version, "zstd": info.zstd, "sealed": info.sealed,
+                        "chunk_pages": info.chunk_pages, "pages_id": info.pages_id,
+                        "level": info.level, "file_id": file_id,
+                    },
+                    "entries": recs.iter().map(|r| serde_json::json!({
+                        "offset": r.offset, "kind": r.kind_name(), "index": r.index,
+                        "pages": r.pages, "stored": r.stored,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .map_err(|e| CritError::Io {
+                path: name,
+                source: std::io::Error::other(e.to_string()),
+            }),
+    )
+}
+
+/// The crit text of an image (streamed: memory is the input and the text); `nopl` replaces
+/// payloads by their size.
+fn decode_text(input: Option<&Path>, pretty: bool, nopl: bool) -> Result<String, CritError> {
+    let bytes = read_image(input)?;
+    if let Some(doc) = pack_doc(input, &bytes) {
+        return Ok(json::to_text(&doc?, pretty));
+    }
+    let mut edit = |magic: &str, e: &mut Value| {
+        if nopl {
+            strip_payload(magic, e)
+        }
+    };
+    json::decode_to_text(codec()?, &bytes, pretty, &mut edit).map_err(|source| CritError::Image {
         path: display(input),
         source,
     })
@@ -210,22 +303,21 @@ fn payload_size(extra: &Value) -> usize {
     }
 }
 
-/// Replaces payloads by their size, like crit's `show --nopl` (ghost file data is dropped).
-fn strip_payloads(doc: &mut Value) {
-    let ghost = doc["magic"] == "GHOST_FILE";
-    if let Some(entries) = doc.get_mut("entries").and_then(Value::as_array_mut) {
-        for e in entries.iter_mut().filter_map(Value::as_object_mut) {
-            if let Some(extra) = e.get("extra") {
-                if ghost {
-                    e.shift_remove("extra");
-                } else {
-                    let size = payload_size(extra);
-                    e.insert(
-                        "extra".into(),
-                        Value::String(format!("... <{}>", human_readable(size))),
-                    );
-                }
-            }
+/// Replaces an entry's payload by its size, like crit's `show --nopl` (ghost file data is
+/// dropped).
+fn strip_payload(magic: &str, entry: &mut Value) {
+    let Some(e) = entry.as_object_mut() else {
+        return;
+    };
+    if let Some(extra) = e.get("extra") {
+        if magic == "GHOST_FILE" {
+            e.shift_remove("extra");
+        } else {
+            let size = payload_size(extra);
+            e.insert(
+                "extra".into(),
+                Value::String(format!("... <{}>", human_readable(size))),
+            );
         }
     }
 }
@@ -237,39 +329,42 @@ fn run(cmd: Cmd) -> Result<(), CritError> {
             output,
             pretty,
         } => {
-            let doc = decode_file(input.as_deref(), pretty)?;
-            let mut text = json::to_text(&doc, pretty);
+            let mut text = decode_text(input.as_deref(), pretty, false)?;
             if output.is_none() {
                 text.push('\n');
             }
             write_output(output.as_deref(), text.as_bytes())
         }
         Cmd::Show { input, nopl } => {
-            let mut doc = decode_file(Some(&input), true)?;
-            if nopl {
-                strip_payloads(&mut doc);
-            }
-            let text = json::to_text(&doc, true) + "\n";
+            let text = decode_text(Some(&input), true, nopl)? + "\n";
             write_output(None, text.as_bytes())
         }
         Cmd::Encode { input, output } => {
-            let data = read_input(input.as_deref())?;
+            let data = read_input(input.as_deref(), limits::MAX_JSON_TEXT)?;
             let text = String::from_utf8(data).map_err(|_| CritError::NotJson {
                 path: display(input.as_deref()),
                 reason: "not UTF-8 text".into(),
             })?;
-            let doc = json::parse_text(&text).map_err(|e| CritError::NotJson {
-                path: display(input.as_deref()),
-                reason: e.to_string(),
-            })?;
-            let bytes = json::encode_image(codec()?, &doc).map_err(|source| CritError::Image {
-                path: display(input.as_deref()),
-                source,
+            let bytes = json::encode_text(codec()?, &text).map_err(|e| match e {
+                EncodeTextError::Syntax(e) => CritError::NotJson {
+                    path: display(input.as_deref()),
+                    reason: e.to_string(),
+                },
+                EncodeTextError::Image(source) => CritError::Image {
+                    path: display(input.as_deref()),
+                    source,
+                },
             })?;
             write_output(output.as_deref(), &bytes)
         }
         Cmd::Info { input } => {
-            let bytes = read_input(Some(&input))?;
+            let bytes = read_image(Some(&input))?;
+            if let Some(doc) = pack_doc(Some(&input), &bytes) {
+                let n = doc?["entries"].as_array().map_or(0, Vec::len);
+                let info = serde_json::json!({"magic": "STASIS_PAGES_PACK", "count": n});
+                let text = json::to_text(&info, true) + "\n";
+                return write_output(None, text.as_bytes());
+            }
             let info = json::info(codec()?, &bytes).map_err(|source| CritError::Image {
                 path: input.display().to_string(),
                 source,

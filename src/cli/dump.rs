@@ -1,47 +1,17 @@
 //! `stasis dump`: CRIU's `criu dump` command line.
 //!
-//! Options keep CRIU's long and short spellings. CRIU options stasis does not implement are
-//! refused by name rather than ignored, so a caller never believes a feature was applied.
+//! Options keep CRIU's long and short spellings; every CRIU option is accepted
+//! ([`super::criu_options`]), and the ones stasis has not built yet are refused by name rather
+//! than ignored, so a caller never believes a feature was applied. Exit status as CRIU's: 0,
+//! 1 on failure, 255 when a post-dump action script failed (the tree was resumed).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::common::{self, CommonArgs};
+use super::common::{self, CommonArgs, Verb};
 use crate::dump::{self, DumpOptions};
-
-/// CRIU dump options that stasis knows but does not implement.
-pub const UNSUPPORTED: &[&str] = &[
-    "--page-server",
-    "--address",
-    "--port",
-    "--lazy-pages",
-    "--pre-dump",
-    "--auto-dedup",
-    "--network-lock",
-    "--external",
-    "--manage-cgroups",
-    "--cgroup-root",
-    "--enable-external-sharing",
-    "--enable-external-masters",
-    "--link-remap",
-    "--ghost-limit",
-    "--irmap-scan-path",
-    "--action-script",
-    "--inherit-fd",
-    "--evasive-devices",
-    "--lsm-profile",
-    "--tcp-close",
-    "--skip-in-flight",
-    "--ext-mount-map",
-    "--root",
-    "--pidfile",
-    "--stream",
-    "--enable-fs",
-    "--empty-ns",
-    "--force-irmap",
-];
 
 /// `stasis dump` arguments.
 #[derive(Debug, Parser)]
@@ -50,43 +20,41 @@ pub const UNSUPPORTED: &[&str] = &[
     about = "checkpoint a process tree into an image directory"
 )]
 pub struct DumpArgs {
-    /// Options shared by every verb (`-D`, `-o`, `-v`, `--timeout`, ...).
+    /// Options shared by every verb (`-D`, `-o`, `-v`, `-t`, `-R`, `--timeout`, ...).
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Root of the process tree.
-    #[arg(short = 't', long = "tree", value_name = "PID")]
-    pub tree: i32,
-    /// Keep the tree running after the dump.
-    #[arg(short = 'R', long = "leave-running")]
-    pub leave_running: bool,
-    /// The tree is a shell job (its session or tty may be outside).
-    #[arg(short = 'j', long = "shell-job")]
-    pub shell_job: bool,
-    /// Allow unix sockets connected outside the tree.
-    #[arg(long = "ext-unix-sk")]
-    pub ext_unix_sk: bool,
-    /// Dump file locks.
-    #[arg(short = 'l', long = "file-locks")]
-    pub file_locks: bool,
-    /// Dump established TCP connections.
-    #[arg(long = "tcp-established")]
-    pub tcp_established: bool,
-    /// Freeze the tree with this cgroup's freezer instead of ptrace alone.
-    #[arg(long = "freeze-cgroup", value_name = "PATH")]
-    pub freeze_cgroup: Option<PathBuf>,
     /// Print dump statistics.
     #[arg(long = "stats")]
     pub stats: bool,
     /// Write a Chrome trace of the dump phases to FILE.
     #[arg(long = "profile", value_name = "FILE")]
     pub profile: Option<PathBuf>,
-    /// Incremental dumps: which options of the chain (pre-dump shares them).
-    #[command(flatten)]
-    pub incremental: IncrementalArgs,
+    /// Send pagemaps and pages to a page server (criu or stasis page-server) instead of
+    /// the images directory.
+    #[arg(long = "page-server")]
+    pub page_server: bool,
+    /// Address of the page server.
+    #[arg(long = "address", value_name = "ADDR", requires = "page_server")]
+    pub address: Option<String>,
+    /// Port of the page server.
+    #[arg(long = "port", value_name = "N", requires = "page_server")]
+    pub port: Option<u16>,
+    /// Use this connected socket to the page server instead of connecting.
+    #[arg(long = "ps-socket", value_name = "FD", requires = "page_server")]
+    pub ps_socket: Option<i32>,
+    /// Compress the pages files in chunks: zstd or zstd:LEVEL (stasis extension; restore,
+    /// crit and convert read it, CRIU does not).
+    #[arg(long = "compress", value_name = "zstd[:LEVEL]")]
+    pub compress: Option<String>,
+    /// Encrypt and authenticate the pages files with the 32-byte key in FILE (32 raw bytes or
+    /// 64 hex digits; stasis extension).
+    #[arg(long = "encrypt-key", value_name = "FILE")]
+    pub encrypt_key: Option<PathBuf>,
 }
 
-/// `--track-mem`, `--prev-images-dir`, `--pre-dump-mode` (dump and pre-dump).
-#[derive(Debug, Clone, clap::Args)]
+/// `--track-mem`, `--prev-images-dir`, `--pre-dump-mode` (dump and pre-dump; accepted and
+/// ignored by the other verbs, as CRIU).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct IncrementalArgs {
     /// Keep tracking written pages for a later dump with --prev-images-dir.
     #[arg(long = "track-mem")]
@@ -109,58 +77,133 @@ impl IncrementalArgs {
     }
 }
 
-/// Refuses a CRIU option stasis does not implement, naming it.
-pub fn refuse_unsupported(args: &[OsString]) -> Result<(), String> {
-    for a in args {
-        let s = a.to_string_lossy();
-        let name = s.split('=').next().unwrap_or("");
-        if UNSUPPORTED.contains(&name) {
-            return Err(format!("option {name} is not supported by stasis dump"));
-        }
+impl common::VerbArgs for DumpArgs {
+    fn common(&self) -> &CommonArgs {
+        &self.common
     }
-    Ok(())
+}
+
+/// Refuses a CRIU option stasis has not built yet, naming it.
+pub fn refuse_unsupported(args: &[OsString]) -> Result<(), String> {
+    super::criu_options::refuse_not_built(args)
 }
 
 impl DumpArgs {
-    /// The engine's options.
-    pub fn options(&self) -> DumpOptions {
-        DumpOptions {
-            pid: self.tree,
-            images_dir: self.common.images_dir(),
-            leave_running: self.leave_running,
-            shell_job: self.shell_job,
-            ext_unix_sk: self.ext_unix_sk,
-            file_locks: self.file_locks,
-            tcp_established: self.tcp_established,
-            freeze_cgroup: self.freeze_cgroup.clone(),
+    /// The page pipeline's options: where pages go and how they are packed.
+    pub fn page_options(
+        &self,
+    ) -> Result<
+        (
+            Option<dump::page_out::PageServerAddr>,
+            crate::pages::pack::PackParams,
+        ),
+        String,
+    > {
+        use crate::pages::pack::{PackKey, PackParams};
+        let mut pack = PackParams::default();
+        if let Some(c) = &self.compress {
+            pack.zstd = Some(PackParams::parse_compress(c).map_err(|e| e.to_string())?);
+        }
+        if let Some(k) = &self.encrypt_key {
+            pack.key = Some(std::sync::Arc::new(
+                PackKey::load(k).map_err(|e| e.to_string())?,
+            ));
+        }
+        let ps = if self.page_server {
+            let address = match (&self.address, self.port, self.ps_socket) {
+                (_, _, Some(_)) => self.address.clone().unwrap_or_default(),
+                (Some(a), Some(_), None) => a.clone(),
+                _ => {
+                    return Err(
+                        "--page-server needs --address and --port (or --ps-socket FD)".into(),
+                    )
+                }
+            };
+            Some(dump::page_out::PageServerAddr {
+                address,
+                port: self.port.unwrap_or(0),
+                ps_socket: self.ps_socket,
+            })
+        } else {
+            None
+        };
+        Ok((ps, pack))
+    }
+
+    /// The engine's options (`--pidfile` is ignored on dump, as CRIU does).
+    pub fn options(&self) -> Result<DumpOptions, String> {
+        let c = &self.common.criu;
+        let pid = c.tree.ok_or("No pid specified (-t option missing)")?;
+        if pid <= 0 {
+            return Err(format!("invalid argument for -t: {pid}"));
+        }
+        let images_dir = self.common.images_dir();
+        let scripts =
+            crate::action_scripts::ActionScripts::new(c.action_script.clone(), &images_dir)
+                .map_err(|e| e.to_string())?;
+        Ok(DumpOptions {
+            pid,
+            images_dir,
+            leave_running: c.leave_running,
+            shell_job: c.shell_job,
+            ext_unix_sk: c.ext_unix_sk.is_some(),
+            file_locks: c.file_locks,
+            tcp_established: c.tcp_established,
+            freeze_cgroup: c.freeze_cgroup.clone(),
             stats: self.stats,
             profile: self.profile.clone(),
             timeout: self.common.timeout(),
-            prev_images_dir: self.incremental.prev_images_dir.clone(),
-            track_mem: self.incremental.track_mem,
-            pre_dump_mode: self.incremental.mode(),
+            prev_images_dir: c.incremental.prev_images_dir.clone(),
+            track_mem: c.incremental.track_mem,
+            pre_dump_mode: c.incremental.mode(),
             tracker_exe: None,
             fault: std::env::var("STASIS_FAULT").ok(),
             exiting_after: true,
-        }
+            page_server: None,
+            pack: Default::default(),
+            scripts,
+            ghost_limit: Some(c.ghost_limit()?),
+            link_remap: c.link_remap,
+            tcp_close: c.tcp_close,
+            skip_in_flight: c.skip_in_flight,
+        })
     }
 }
 
 /// `stasis dump ...`: `args[1]` is "dump"; returns the exit status.
 pub fn run(args: Vec<OsString>) -> i32 {
-    if let Err(e) = refuse_unsupported(args.get(2..).unwrap_or(&[])) {
-        eprintln!("Error: {e}");
-        return 1;
-    }
-    let a: DumpArgs = match common::parse_verb(&args) {
+    let a: DumpArgs = match common::start(&args, Verb::Dump) {
         Ok(a) => a,
         Err(status) => return status,
     };
-    if let Err(e) = a.common.init_logging() {
-        eprintln!("Error: {e}");
+    let mut opts = match a.options() {
+        Ok(o) => o,
+        Err(e) => {
+            common::report(&a.common, e);
+            return 1;
+        }
+    };
+    let cpu_cap = a.common.criu.cpu_cap.clone().map(Some);
+    let cpu_caps = crate::cpuinfo::option_caps(&cpu_cap).and_then(|caps| {
+        match caps & crate::cpuinfo::CAP_IMAGE {
+            0 => Ok(()),
+            _ => crate::cpuinfo::write(&opts.images_dir),
+        }
+    });
+    if let Err(e) = cpu_caps {
+        common::report(&a.common, e);
         return 1;
     }
-    let opts = a.options();
+    match a.page_options() {
+        Ok((ps, pack)) => {
+            opts.page_server = ps;
+            opts.pack = pack;
+        }
+        Err(e) => {
+            common::report(&a.common, e);
+            return 1;
+        }
+    }
     tracing::info!(
         "dumping tree {} into {}",
         opts.pid,
@@ -172,7 +215,26 @@ pub fn run(args: Vec<OsString>) -> i32 {
             for f in &rep.images {
                 tracing::debug!("wrote {}", f.display());
             }
-            if a.stats || a.common.display_stats {
+            if a.common.display_stats {
+                // CRIU's display_stats, on standard output.
+                let s = &rep.stats;
+                let hex = |n: u64| format!("{n} (0x{n:x})");
+                print!(
+                    "Displaying dump stats:\nFreezing time: {} us\nFrozen time: {} us\n\
+                     Memory dump time: {} us\nMemory write time: {} us\n\
+                     Memory pages scanned: {}\nMemory pages skipped from parent: {}\n\
+                     Memory pages written: {}\nLazy memory pages: {}\n",
+                    s.freezing_time,
+                    s.frozen_time,
+                    s.memdump_time,
+                    s.memwrite_time,
+                    hex(s.pages.pages_scanned),
+                    hex(s.parent_pages),
+                    hex(s.pages.pages_written),
+                    hex(s.pages.pages_lazy)
+                );
+            }
+            if a.stats {
                 let s = &rep.stats;
                 println!(
                     "freezing {} us, frozen {} us, memdump {} us, memwrite {} us, pages scanned {} written {} (lazy {}), shmem pages {}, {} bytes in {} files",
@@ -187,8 +249,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
             if let Some(p) = &a.profile {
                 let json = rep.profile.chrome_trace().to_string();
                 if let Err(e) = std::fs::write(p, json) {
-                    tracing::error!("write profile {}: {e}", p.display());
-                    eprintln!("Error: write profile {}: {e}", p.display());
+                    common::report(&a.common, format!("write profile {}: {e}", p.display()));
                     return 1;
                 }
             }
@@ -196,9 +257,13 @@ pub fn run(args: Vec<OsString>) -> i32 {
             0
         }
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("Error: {e}");
-            1
+            common::report(&a.common, &e);
+            tracing::error!("Dumping FAILED.");
+            if e.step == dump::engine::POST_DUMP_STEP {
+                255
+            } else {
+                1
+            }
         }
     }
 }
@@ -218,8 +283,8 @@ mod tests {
             "-t", "42", "-D", "/tmp", "-o", "d.log", "-v4", "-R", "-j", "--stats",
         ])
         .unwrap();
-        assert_eq!(a.tree, 42);
-        assert!(a.leave_running && a.shell_job && a.stats);
+        assert_eq!(a.common.criu.tree, Some(42));
+        assert!(a.common.criu.leave_running && a.common.criu.shell_job && a.stats);
         assert_eq!(a.common.verbosity, Some(4));
         let b = parse(&[
             "--tree",
@@ -232,7 +297,7 @@ mod tests {
             "3",
         ])
         .unwrap();
-        assert_eq!(b.options().timeout, Some(Duration::from_secs(3)));
+        assert_eq!(b.options().unwrap().timeout, Some(Duration::from_secs(3)));
     }
 
     #[test]
@@ -241,8 +306,38 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--bogus"));
-        let e = refuse_unsupported(&["--page-server".into()]).unwrap_err();
-        assert!(e.contains("--page-server"), "{e}");
-        assert!(parse(&["-D", "/x"]).is_err());
+        let e = refuse_unsupported(&["--lazy-pages".into()]).unwrap_err();
+        assert!(e.contains("--lazy-pages"), "{e}");
+        assert!(parse(&["-D", "/x"]).unwrap().options().is_err());
+    }
+
+    #[test]
+    fn page_pipeline_options() {
+        let a = parse(&[
+            "-t",
+            "1",
+            "--page-server",
+            "--address",
+            "10.0.0.2",
+            "--port",
+            "9",
+        ])
+        .unwrap();
+        let (ps, pack) = a.page_options().unwrap();
+        let ps = ps.unwrap();
+        assert_eq!(
+            (ps.address.as_str(), ps.port, ps.ps_socket),
+            ("10.0.0.2", 9, None)
+        );
+        assert!(!pack.active());
+        let a = parse(&["-t", "1", "--page-server", "--ps-socket", "5"]).unwrap();
+        assert_eq!(a.page_options().unwrap().0.unwrap().ps_socket, Some(5));
+        let a = parse(&["-t", "1", "--page-server", "--port", "9"]).unwrap();
+        assert!(a.page_options().unwrap_err().contains("--address"));
+        assert!(parse(&["-t", "1", "--port", "9"]).is_err());
+        let a = parse(&["-t", "1", "--compress", "zstd:5"]).unwrap();
+        assert_eq!(a.page_options().unwrap().1.zstd, Some(5));
+        let a = parse(&["-t", "1", "--compress", "lz4"]).unwrap();
+        assert!(a.page_options().is_err());
     }
 }

@@ -3,10 +3,11 @@
 //! One file per verb (`dump.rs`, `restore.rs`, `check.rs`, `crit.rs`, ...). Each verb exposes
 //! `pub fn run(args: Vec<OsString>) -> i32`, receiving argv with the verb as `args[1]`, already
 //! passed through [`common::normalize_args`]; it parses its own clap `Parser` that flattens
-//! [`common::CommonArgs`] (the options every verb shares: `-D`, `-W`, `-o`, `-v`, `--pidfile`,
-//! `--no-default-config`, `--config`, `--timeout`, ...), calls
-//! [`common::CommonArgs::init_logging`], runs the engine and returns the exit status:
-//! 0 on success, 1 on failure (the error goes to the log and to standard error).
+//! [`common::CommonArgs`] (every CRIU option: `-D`, `-o`, `-v`, `-t`, `--action-script`, ...,
+//! see [`criu_options`] and [`criu_args`]) through [`common::start`], which also refuses by
+//! name what is not built yet and sets up the log ([`log`]: CRIU's `Error (file:line): ...`
+//! lines), runs the engine and returns the exit status as CRIU's: 0 on success, 1 on failure
+//! (255 when a post-dump action script failed).
 //! Options may come before or after the verb, as with CRIU: [`main_with_args`] moves the verb
 //! to `args[1]`. Invoked as `criu`, the binary behaves the same; invoked as `crit`, it is the
 //! crit tool.
@@ -15,8 +16,13 @@ use std::ffi::{OsStr, OsString};
 
 pub mod check;
 pub mod common;
+pub mod convert;
 pub mod crit;
+pub mod criu_args;
+pub mod criu_options;
 pub mod dump;
+pub mod log;
+pub mod page_server;
 pub mod predump;
 pub mod restore;
 
@@ -55,6 +61,16 @@ const VERBS: &[Verb] = &[
         run: predump::run_tracker,
     },
     Verb {
+        name: "page-server",
+        about: "receive pages from a dump over the network (CRIU's page-server protocol)",
+        run: page_server::run,
+    },
+    Verb {
+        name: "convert",
+        about: "write plain CRIU images from compressed or encrypted ones",
+        run: convert::run,
+    },
+    Verb {
         name: "check",
         about: "check which kernel features the engine can use here",
         run: check::run,
@@ -90,6 +106,16 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
         args.remove(1);
         return crit::main(args);
     }
+    // CRIU prints its version as soon as it parses -V, whatever the command.
+    if args
+        .iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "-V" || a == "--version")
+    {
+        print!("{VERSION_TEXT}");
+        return 0;
+    }
     let args = match common::normalize_args(args) {
         Ok(a) => a,
         Err(e) => {
@@ -110,25 +136,9 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
     }
 }
 
-/// Options of [`common::CommonArgs`] that take their value as the next argument.
-const VALUE_OPTIONS: &[&str] = &[
-    "-D",
-    "--images-dir",
-    "-W",
-    "--work-dir",
-    "-o",
-    "--log-file",
-    "--pidfile",
-    "--config",
-    "--timeout",
-    "-t",
-    "--tree",
-    "--freeze-cgroup",
-    "--profile",
-    "--prev-images-dir",
-    "--pre-dump-mode",
-    "--socket",
-];
+/// stasis-only options that take their value as the next argument (CRIU's come from
+/// [`criu_options::OPTIONS`]).
+const VALUE_OPTIONS: &[&str] = &["--profile", "--socket"];
 
 fn find_verb(args: &[OsString]) -> Option<usize> {
     let mut i = 1;
@@ -137,7 +147,10 @@ fn find_verb(args: &[OsString]) -> Option<usize> {
         if !a.starts_with('-') {
             return Some(i);
         }
-        i += if VALUE_OPTIONS.contains(&a.as_ref()) {
+        if a == "--" {
+            return None;
+        }
+        i += if VALUE_OPTIONS.contains(&a.as_ref()) || criu_options::takes_separate_value(&a) {
             2
         } else {
             1
@@ -187,12 +200,14 @@ fn help_text(name: &str) -> String {
          \x20 -W, --work-dir DIR     directory for logs (default: the images directory)\n\
          \x20 -o, --log-file FILE    log file, relative to the work directory\n\
          \x20 -v[v...], -vN, --verbosity=N  log level 0..4 (default 2)\n\
-         \x20 --pidfile FILE         write the root task's PID to FILE\n\
+         \x20 --pidfile FILE         restore: write the root task's PID to FILE (dump: ignored)\n\
          \x20 --no-default-config    ignore /etc/criu/default.conf and ~/.criu/default.conf\n\
          \x20 --config FILE          read options from FILE\n\
-         \x20 --timeout N            give up freezing the tree after N seconds\n\
-         \x20 -V, --version          print the version\n",
+         \x20 --timeout N            give up freezing the tree (or restoring it) after N seconds\n\
+         \x20 -V, --version          print the version\n\
+         \x20 and every other option of CRIU 4.2: `COMMAND --help` explains each\n\n",
     );
+    s.push_str(&criu_options::refused_help());
     s
 }
 

@@ -2,12 +2,10 @@
 //! internal `stasis dirty-tracker` the first pre-dump starts (see `dump::dirty`).
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::common::{self, CommonArgs};
-use super::dump::IncrementalArgs;
+use super::common::{self, CommonArgs, Verb};
 use crate::dump::{self, DumpOptions};
 
 /// `stasis pre-dump` arguments.
@@ -17,58 +15,53 @@ use crate::dump::{self, DumpOptions};
     about = "copy a running tree's memory ahead of an incremental dump"
 )]
 pub struct PreDumpArgs {
+    /// Options shared by every verb (`-t`, `-D`, `-j`, `--freeze-cgroup`, ...; `-R` is
+    /// accepted: a pre-dump never stops the tree).
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Root of the process tree.
-    #[arg(short = 't', long = "tree", value_name = "PID")]
-    pub tree: i32,
-    /// Accepted for CRIU compatibility (a pre-dump never stops the tree).
-    #[arg(short = 'R', long = "leave-running")]
-    pub leave_running: bool,
-    /// The tree is a shell job.
-    #[arg(short = 'j', long = "shell-job")]
-    pub shell_job: bool,
-    /// Freeze the tree with this cgroup's freezer instead of ptrace alone.
-    #[arg(long = "freeze-cgroup", value_name = "PATH")]
-    pub freeze_cgroup: Option<PathBuf>,
     /// Print statistics.
     #[arg(long = "stats")]
     pub stats: bool,
-    #[command(flatten)]
-    pub incremental: IncrementalArgs,
 }
 
 impl PreDumpArgs {
     /// The engine's options.
-    pub fn options(&self) -> DumpOptions {
-        DumpOptions {
-            pid: self.tree,
+    pub fn options(&self) -> Result<DumpOptions, String> {
+        let c = &self.common.criu;
+        let pid = c.tree.ok_or("No pid specified (-t option missing)")?;
+        if pid <= 0 {
+            return Err(format!("invalid argument for -t: {pid}"));
+        }
+        Ok(DumpOptions {
+            pid,
             images_dir: self.common.images_dir(),
             leave_running: true,
-            shell_job: self.shell_job,
-            freeze_cgroup: self.freeze_cgroup.clone(),
+            shell_job: c.shell_job,
+            freeze_cgroup: c.freeze_cgroup.clone(),
             stats: self.stats,
             timeout: self.common.timeout(),
-            prev_images_dir: self.incremental.prev_images_dir.clone(),
+            prev_images_dir: c.incremental.prev_images_dir.clone(),
             track_mem: true,
-            pre_dump_mode: self.incremental.mode(),
+            pre_dump_mode: c.incremental.mode(),
             fault: std::env::var("STASIS_FAULT").ok(),
             ..Default::default()
-        }
+        })
     }
 }
 
 /// `stasis pre-dump ...`: `args[1]` is "pre-dump"; returns the exit status.
 pub fn run(args: Vec<OsString>) -> i32 {
-    let a: PreDumpArgs = match common::parse_verb(&args) {
+    let a: PreDumpArgs = match common::start(&args, Verb::Dump) {
         Ok(a) => a,
         Err(status) => return status,
     };
-    if let Err(e) = a.common.init_logging() {
-        eprintln!("Error: {e}");
-        return 1;
-    }
-    let opts = a.options();
+    let opts = match a.options() {
+        Ok(o) => o,
+        Err(e) => {
+            common::report(&a.common, e);
+            return 1;
+        }
+    };
     let mut backend = dump::ptrace_backend::PtraceBackend;
     match dump::predump::run(&opts, &mut backend) {
         Ok(rep) => {
@@ -84,10 +77,15 @@ pub fn run(args: Vec<OsString>) -> i32 {
             0
         }
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("Error: {e}");
+            common::report(&a.common, e);
             1
         }
+    }
+}
+
+impl common::VerbArgs for PreDumpArgs {
+    fn common(&self) -> &CommonArgs {
+        &self.common
     }
 }
 

@@ -1,64 +1,100 @@
 //! `stasis restore`: restore a process tree from an image directory (CRIU's `criu restore`).
 //!
 //! Without `-d` the command waits for the root task and exits with its status (exit code, or
-//! 128 + signal number); with `-d` it returns once the tree runs.
+//! 128 + signal number); with `-d` it returns once the tree runs; with `--exec-cmd` it
+//! becomes the command after `--`, which is then the root task's parent. Every CRIU option is
+//! accepted ([`super::criu_options`]); the ones not built yet are refused by name.
 
 use std::ffi::OsString;
 
 use clap::Parser;
 
-use super::common::{self, CommonArgs};
+use super::common::{self, CommonArgs, Verb};
 use crate::restore::{self, RestoreOptions};
 
-/// Options of `restore`.
+/// Options of `restore` (all of them shared: CRIU has one option table).
 #[derive(Debug, Parser)]
 #[command(name = "restore", about = "restore a process tree from images")]
 struct RestoreArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// Detach once the tree runs instead of waiting for the root task
-    #[arg(short = 'd', long = "restore-detached")]
-    detached: bool,
-    /// Restore a shell job (attach to the current terminal)
-    #[arg(short = 'j', long = "shell-job")]
-    shell_job: bool,
-    /// Restore established TCP connections
-    #[arg(long = "tcp-established")]
-    tcp_established: bool,
-    /// Allow external unix socket peers
-    #[arg(long = "ext-unix-sk")]
-    ext_unix_sk: bool,
+    /// Key file of encrypted pages (stasis extension)
+    #[arg(long = "encrypt-key", value_name = "FILE")]
+    encrypt_key: Option<std::path::PathBuf>,
+}
+
+impl common::VerbArgs for RestoreArgs {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
 }
 
 /// Runs `restore`; returns the exit status.
 pub fn run(args: Vec<OsString>) -> i32 {
-    let parsed: RestoreArgs = match common::parse_verb(&args) {
+    let parsed: RestoreArgs = match common::start(&args, Verb::Restore) {
         Ok(p) => p,
         Err(status) => return status,
     };
-    if let Err(e) = parsed.common.init_logging() {
-        eprintln!("Error: {e}");
+    let common = &parsed.common;
+    let c = &common.criu;
+    let images_dir = common.images_dir();
+    if let Err(e) = c.check_images(&images_dir) {
+        common::report(common, e);
         return 1;
     }
+    let scripts =
+        match crate::action_scripts::ActionScripts::new(c.action_script.clone(), &images_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                common::report(common, e);
+                return 1;
+            }
+        };
     let opts = RestoreOptions {
-        images_dir: parsed.common.images_dir(),
-        detached: parsed.detached,
-        pidfile: parsed.common.pidfile.clone(),
-        shell_job: parsed.shell_job,
-        tcp_established: parsed.tcp_established,
-        ext_unix_sk: parsed.ext_unix_sk,
-        timeout: parsed.common.timeout(),
+        images_dir,
+        detached: c.restore_detached,
+        pidfile: common.pidfile.clone(),
+        shell_job: c.shell_job,
+        tcp_established: c.tcp_established,
+        ext_unix_sk: c.ext_unix_sk.is_some(),
+        timeout: common.timeout(),
+        scripts,
+        sibling: c.restore_sibling,
+        tcp_close: c.tcp_close,
+        cgroups_ignore: c.cgroup_mode() == "ignore",
+        root: c.root.clone().map(std::path::PathBuf::from),
+        encrypt_key: parsed.encrypt_key.clone(),
     };
+    let cpu_ok = crate::cpuinfo::option_caps(&c.cpu_cap.clone().map(Some))
+        .and_then(|caps| crate::cpuinfo::check_dir(&opts.images_dir, caps));
+    if let Err(e) = cpu_ok {
+        common::report(common, e);
+        return 1;
+    }
     let restored = match restore::restore(&opts) {
         Ok(r) => r,
         Err(e) => {
-            tracing::error!("restore failed: {e}");
-            if parsed.common.log_path().is_some() {
-                eprintln!("Error (restore): {e}");
-            }
+            common::report(common, format!("restore failed: {e}"));
+            tracing::error!("Restoring FAILED.");
             return 1;
         }
     };
+    if common.display_stats {
+        // CRIU's heading; the restore's page counters are not kept yet.
+        println!("Displaying restore stats:");
+        println!("Restored tree: root {}", restored.root);
+    }
+    if c.exec_cmd {
+        use std::os::unix::process::CommandExt;
+        let err = std::process::Command::new(&c.command[0])
+            .args(&c.command[1..])
+            .exec();
+        common::report(
+            common,
+            format!("Failed to exec command {:?}: {err}", c.command[0]),
+        );
+        return 1;
+    }
     if opts.detached {
         return 0;
     }
@@ -70,7 +106,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
             Ok(_) => continue,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
-                eprintln!("Error (restore): wait for root {}: {e}", restored.root);
+                common::report(common, format!("wait for root {}: {e}", restored.root));
                 return 1;
             }
         }

@@ -27,6 +27,7 @@ use super::options::DumpOptions;
 use super::pages;
 use super::profile::Profile;
 use super::tree::{self, Process};
+use crate::action_scripts::Action;
 use crate::proc;
 
 /// What a finished dump produced.
@@ -92,7 +93,7 @@ struct Ctx<'a> {
     ids: &'a mut IdAllocator,
     stats: &'a mut DumpStats,
     prof: &'a mut Profile,
-    pages_id: &'a mut u32,
+    sink: &'a mut dyn crate::pages::PageSink,
     extras: &'a mut super::extras::Extras,
     /// Dirty tracking and the parent image (incremental dumps).
     tracking: &'a mut super::dirty::session::Session,
@@ -342,16 +343,7 @@ fn collect_process(
         cx.dir.spool(&format!("mm-{pid}.img"), move || {
             Ok(mm::mm_file(&mm::mm_entry(&mm_fields, &vmas)))
         });
-        *cx.pages_id += 1;
-        pages::write_private(
-            cx.dir,
-            acc,
-            pid,
-            *cx.pages_id,
-            &runs,
-            &readable,
-            &mut cx.stats.pages,
-        )?;
+        pages::write_private(cx.sink, acc, pid, &runs, &readable, &mut cx.stats.pages)?;
         cx.prof.record(&format!("pages {pid}"), "pages", pid, t3);
         Ok(())
     })?;
@@ -359,6 +351,7 @@ fn collect_process(
 
     fault::check("files", pid)?;
     let t3 = cx.prof.now_us();
+    cx.files.fd_table(pid)?;
     let fds = proc::fd::list_fds(pid).map_err(|x| DumpError::proc("files", pid, x))?;
     let mut fdinfo = Vec::with_capacity(fds.len());
     for fd in fds {
@@ -394,7 +387,7 @@ fn write_images(
     dir: &mut ImageDir,
     opts: &DumpOptions,
     c: &Collection,
-    pages_id: u32,
+    sink: &mut dyn crate::pages::PageSink,
     stats: &mut DumpStats,
     prof: &mut Profile,
 ) -> Result<()> {
@@ -409,11 +402,9 @@ fn write_images(
         &tree.iter().map(tree::pstree_entry).collect::<Vec<_>>(),
     )
     .map_err(img(root))?;
-    let mut pages_id = pages_id;
     let t_mem = prof.now_us();
     for shm in &files.shmem {
-        pages_id += 1;
-        pages::write_shmem(dir, root, shm, pages_id, &mut stats.pages)?;
+        pages::write_shmem(sink, root, shm, &mut stats.pages)?;
     }
     for p in tree.iter().filter(|p| p.zombie) {
         let entry = core::zombie_core(&p.stat.comm, p.exit_code);
@@ -438,8 +429,14 @@ fn write_images(
         )
         .map_err(img(pid))?;
     }
+    // The last pagemap, then the end of the stream (a page server answers once all is
+    // written): only then may the tree be killed.
+    let sent = sink
+        .finish()
+        .map_err(|e| DumpError::new("pages", root, e.errno(), e.to_string()))?;
+    dir.adopt(&sent.files, sent.bytes);
     stats.memwrite_time = prof.now_us() - t_mem;
-    stats.page_pipes = pages_id as u64;
+    stats.page_pipes = sent.pagemaps;
     dir.write_all("files.img", out::FILES, &files.entries)
         .map_err(img(root))?;
     if !files.memfd_inodes.is_empty() {
@@ -474,11 +471,19 @@ fn write_images(
         let n = f.finish().map_err(img(root))?;
         dir.add_bytes(n);
     }
-    if !files.pipes_data.is_empty() {
-        let mut f = dir
-            .create("pipes-data.img", out::PIPES_DATA)
+    if !files.file_locks.is_empty() {
+        dir.write_all("filelocks.img", out::FILE_LOCKS, &files.file_locks)
             .map_err(img(root))?;
-        for (e, data) in &files.pipes_data {
+    }
+    for (name, magic, queued) in [
+        ("pipes-data.img", out::PIPES_DATA, &files.pipes_data),
+        ("fifo-data.img", out::FIFO_DATA, &files.fifo_data),
+    ] {
+        if queued.is_empty() {
+            continue;
+        }
+        let mut f = dir.create(name, magic).map_err(img(root))?;
+        for (e, data) in queued {
             f.entry(e).map_err(img(root))?;
             f.payload(data).map_err(img(root))?;
         }
@@ -491,33 +496,87 @@ fn write_images(
         .write_dir(dir.path())
         .map_err(|e| DumpError::new("images", root, e.errno(), e.to_string()))?;
     c.extras.write(dir, root)?;
-    dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
-        .map_err(img(root))?;
-    let mut inventory = misc_images::inventory(root_ids, c.extras.root_cg_set());
+    let mut inventory = tcp_close_mark(
+        misc_images::inventory(root_ids, c.extras.root_cg_set()),
+        opts.tcp_close,
+    );
     if opts.track_mem {
         // A later incremental dump tells its processes from newer ones with the same pid.
         inventory["dump_uptime"] = super::dirty::uptime_us().into();
     }
+    if opts.pack.active() {
+        // Packed pages: CRIU must refuse this directory rather than look for pages-N.img.
+        inventory["img_version"] = crate::pages::pack::INVENTORY_MARK.into();
+    }
+    dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
+        .map_err(img(root))?;
     dir.write_all("inventory.img", out::INVENTORY, &[inventory])
         .map_err(img(root))?;
     Ok(())
 }
 
+/// CRIU marks `inventory.img` of a `--tcp-close` dump: its restore needs `--tcp-close` too.
+fn tcp_close_mark(mut inventory: serde_json::Value, tcp_close: bool) -> serde_json::Value {
+    if tcp_close {
+        inventory["tcp_close"] = serde_json::Value::Bool(true);
+    }
+    inventory
+}
+
+/// The step of a failed post-dump script: the tree was resumed and the exit status is 255,
+/// as CRIU's.
+pub const POST_DUMP_STEP: &str = "post-dump";
+
+/// What can be told before seizing: `-D` is a directory, and `-t` names a process (a
+/// thread-group leader), each with a message saying what is wrong.
+fn check_target(opts: &DumpOptions) -> Result<()> {
+    let dir = &opts.images_dir;
+    match std::fs::metadata(dir) {
+        Ok(md) if md.is_dir() => {}
+        Ok(_) => {
+            return Err(DumpError::new(
+                "images",
+                opts.pid,
+                Some(libc::ENOTDIR),
+                format!("images directory {} is not a directory", dir.display()),
+            ))
+        }
+        Err(_) => {
+            return Err(DumpError::new(
+                "images",
+                opts.pid,
+                Some(libc::ENOENT),
+                format!("images directory {} does not exist", dir.display()),
+            ))
+        }
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", opts.pid)).unwrap_or_default();
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse::<i32>().ok());
+    match tgid {
+        Some(tgid) if tgid != opts.pid => Err(DumpError::new(
+            "seize",
+            opts.pid,
+            Some(libc::EINVAL),
+            format!(
+                "{} is a thread of process {tgid}, not a process: dump -t {tgid}",
+                opts.pid
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Runs a dump of `opts.pid` with `backend`.
 pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> {
     let mut prof = Profile::new();
-    if !opts.images_dir.is_dir() {
-        return Err(DumpError::new(
-            "images",
-            opts.pid,
-            Some(libc::ENOENT),
-            format!(
-                "images directory {} does not exist",
-                opts.images_dir.display()
-            ),
-        ));
-    }
+    check_target(opts)?;
     let _session = fault::Session::begin(opts.fault.clone());
+    opts.scripts
+        .run(Action::PreDump, Some(opts.pid))
+        .map_err(|e| DumpError::new("pre-dump", opts.pid, None, e.to_string()))?;
     // Before freezing: the parent link and the dirty tracker (a new one is a process start).
     let mut tracking = if opts.track_mem || opts.prev_images_dir.is_some() {
         super::dirty::link_parent(opts)?;
@@ -525,6 +584,8 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
     } else {
         super::dirty::session::Session::none()
     };
+    // Before anything is frozen: an unreachable page server fails the dump at once.
+    let mut sink = super::page_out::open_sink(opts)?;
     fault::check("seize", opts.pid)?;
     let t_freeze = prof.now_us();
     let mut frozen = backend.freeze(opts)?;
@@ -534,7 +595,21 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
     };
     prof.record("freeze", "phase", 0, t_freeze);
     let t_frozen = prof.now_us();
-    let result = dump_frozen(opts, frozen.as_mut(), &mut stats, &mut prof, &mut tracking);
+    let result = dump_frozen(
+        opts,
+        frozen.as_mut(),
+        sink.as_mut(),
+        &mut stats,
+        &mut prof,
+        &mut tracking,
+    )
+    .and_then(|r| {
+        // CRIU: a failing post-dump script resumes the tree, whatever -R says.
+        opts.scripts
+            .run(Action::PostDump, Some(opts.pid))
+            .map_err(|e| DumpError::new(POST_DUMP_STEP, opts.pid, None, e.to_string()))?;
+        Ok(r)
+    });
     match result {
         Ok((dir, pids)) => {
             let t = prof.now_us();
@@ -584,6 +659,7 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
 fn dump_frozen(
     opts: &DumpOptions,
     frozen: &mut dyn FrozenTree,
+    sink: &mut dyn crate::pages::PageSink,
     stats: &mut DumpStats,
     prof: &mut Profile,
     tracking: &mut super::dirty::session::Session,
@@ -592,13 +668,20 @@ fn dump_frozen(
     let t = prof.now_us();
     let tree = tree::collect(opts.pid)?;
     tree::check_external(&tree, opts.shell_job)?;
-    tree::check_file_locks(&tree)?;
+    if !opts.file_locks {
+        tree::check_file_locks(&tree)?;
+    }
     prof.record("collect-tree", "phase", 0, t);
     let mut files = Files::new();
+    files.ghost_limit = opts.ghost_limit;
+    files.link_remap = opts.link_remap;
+    files.file_locks_allowed = opts.file_locks;
     files.kinds.opts = crate::files::DumpOptions {
         tcp_established: opts.tcp_established,
         ext_unix_sk: opts.ext_unix_sk,
         shell_job: opts.shell_job,
+        tcp_close: opts.tcp_close,
+        skip_in_flight: opts.skip_in_flight,
     };
     let mut ids = IdAllocator::new();
     let me = std::process::id() as i32;
@@ -607,7 +690,6 @@ fn dump_frozen(
     files.net_ns_id = root_ids["net_ns_id"].as_u64().map(|x| x as u32);
     let mut extras = super::extras::Extras::new(opts.pid)?;
     let mut dir = ImageDir::new(&opts.images_dir);
-    let mut pages_id = 0u32;
     let t = prof.now_us();
     let mut collected = Vec::new();
     {
@@ -617,7 +699,7 @@ fn dump_frozen(
             ids: &mut ids,
             stats,
             prof,
-            pages_id: &mut pages_id,
+            sink: &mut *sink,
             extras: &mut extras,
             tracking,
         };
@@ -636,7 +718,7 @@ fn dump_frozen(
         root_ids,
         extras,
     };
-    write_images(&mut dir, opts, &c, pages_id, stats, prof)?;
+    write_images(&mut dir, opts, &c, sink, stats, prof)?;
     if !opts.leave_running {
         // Dumped TCP connections stay in repair mode: killing the tree closes them silently.
         c.files.kinds.close_tcp_in_repair();

@@ -70,7 +70,9 @@ pub struct Files {
     next_id: u32,
     /// `files.img` entries.
     pub entries: Vec<Value>,
-    by_open: HashMap<String, (u32, &'static str)>,
+    /// Open file descriptions seen, by what /proc tells of them; several may share a key
+    /// (two opens of one file), `kcmp` tells them apart: (pid, fd, id, kind).
+    by_open: HashMap<String, Vec<(i32, i32, u32, &'static str)>>,
     by_inode: HashMap<(u64, u64), u32>,
     memfd_inode_ids: HashMap<u64, u32>,
     /// `memfd.img` entries.
@@ -82,7 +84,15 @@ pub struct Files {
     pub ghosts: Vec<Ghost>,
     /// `pipes-data.img`: entry and data.
     pub pipes_data: Vec<(Value, Vec<u8>)>,
+    /// `fifo-data.img`: entry and data.
+    pub fifo_data: Vec<(Value, Vec<u8>)>,
     pipes_seen: HashSet<u64>,
+    /// Tasks whose descriptor table was dumped (a table shared with `CLONE_FILES` is refused).
+    tables: Vec<i32>,
+    /// `--file-locks`: locks are dumped (else a lock refuses the dump).
+    pub file_locks_allowed: bool,
+    /// `filelocks.img` entries (POSIX, flock and OFD locks, from the fdinfo `lock:` lines).
+    pub file_locks: Vec<Value>,
     /// State of the fd kinds shared with the restore engine ([`crate::files`]): unix and
     /// inet sockets, established TCP, ptys; their side images (sk-queues, tcp-stream, tty-info).
     pub kinds: crate::files::DumpState,
@@ -91,10 +101,35 @@ pub struct Files {
     pub net_ns_id: Option<u32>,
     /// The dumper's network namespace inode, read on the first socket.
     my_net: Option<Option<u64>>,
+    /// `--ghost-limit` (None: [`GHOST_LIMIT`]).
+    pub ghost_limit: Option<u64>,
+    /// `--link-remap` was given.
+    pub link_remap: bool,
 }
 
 fn fown() -> Value {
     json!({"uid": 0, "euid": 0, "signum": 0, "pid_type": 0, "pid": 0})
+}
+
+/// The owner and signal (`F_GETOWN_EX`, `F_GETSIG`) of fd `fd` of `pid`, read on a copy of
+/// the descriptor (`pidfd_getfd`: the same open file description).
+fn task_fown(pid: i32, fd: i32) -> Result<Value> {
+    use crate::sys::fdkinds;
+    let fail = |what: &str, e: nix::errno::Errno| {
+        DumpError::new(
+            "files",
+            pid,
+            Some(e as i32),
+            format!("fd {fd}: {what}: {e}"),
+        )
+    };
+    let pidfd = fdkinds::pidfd_open(pid).map_err(|e| fail("pidfd_open", e))?;
+    let file = fdkinds::pidfd_getfd(&pidfd, fd).map_err(|e| fail("pidfd_getfd", e))?;
+    let o = crate::files::common::dump_fown("file", crate::files::At::Fd { pid, fd }, file.as_fd())
+        .map_err(|e| DumpError::new("files", pid, e.errno(), format!("fd {fd}: {e}")))?;
+    Ok(
+        json!({"uid": o.uid, "euid": o.euid, "signum": o.signum, "pid_type": o.pid_type, "pid": o.pid}),
+    )
 }
 
 fn step_io(pid: i32, what: String) -> impl FnOnce(std::io::Error) -> DumpError {
@@ -210,9 +245,9 @@ impl Files {
         if let Some(&id) = self.by_inode.get(&(md.dev(), md.ino())) {
             return Ok(id);
         }
-        let (name, _) = vma.path_deleted();
+        let (name, deleted) = vma.path_deleted();
         let name = name.to_string();
-        let (id, _) = self.reg_entry(pid, &link, &name, 0, 0)?;
+        let id = self.reg_ghost(pid, "mapping", &link, &name, deleted, 0, 0)?;
         self.by_inode.insert((md.dev(), md.ino()), id);
         Ok(id)
     }
@@ -225,11 +260,10 @@ impl Files {
             return Ok(id);
         }
         let target = proc::read_link(pid, &link).map_err(|e| DumpError::proc("files", pid, e))?;
-        let name = target
-            .to_string_lossy()
-            .trim_end_matches(" (deleted)")
-            .to_string();
-        let (id, _) = self.reg_entry(pid, &link, &name, 0, 0)?;
+        let target = target.to_string_lossy();
+        let name = target.trim_end_matches(" (deleted)").to_string();
+        let deleted = name.len() != target.len();
+        let id = self.reg_ghost(pid, "exe", &link, &name, deleted, 0, 0)?;
         self.by_inode.insert((md.dev(), md.ino()), id);
         Ok(id)
     }
@@ -238,8 +272,10 @@ impl Files {
     pub fn fs_dir(&mut self, pid: i32, which: &str) -> Result<u32> {
         let link = proc::path(pid, which);
         let target = proc::read_link(pid, &link).map_err(|e| DumpError::proc("files", pid, e))?;
-        let name = target.to_string_lossy().into_owned();
-        Ok(self.reg_entry(pid, &link, &name, 0, 0)?.0)
+        let target = target.to_string_lossy();
+        let name = target.trim_end_matches(" (deleted)").to_string();
+        let deleted = name.len() != target.len();
+        self.reg_ghost(pid, which, &link, &name, deleted, 0, 0)
     }
 
     fn memfd_inode(&mut self, pid: i32, link: &PathBuf, name: &str) -> Result<u32> {
@@ -299,38 +335,233 @@ impl Files {
         Ok(id)
     }
 
+    /// An open file whose name was unlinked while other links remain: CRIU links it back
+    /// under a temporary name with `--link-remap`; stasis does not build link remaps yet.
+    fn link_remap_refusal(&self, pid: i32, what: &str, name: &str) -> DumpError {
+        let detail = if self.link_remap {
+            format!("{what}: {name}: its name was unlinked while other links remain; link remaps (--link-remap) are not built yet")
+        } else {
+            format!("{what}: {name}: its name was unlinked while other links remain; can't create link remap without the --link-remap option")
+        };
+        DumpError::new("files", pid, Some(libc::ENOTSUP), detail)
+    }
+
+    /// Records the unlinked file (or directory, or FIFO) behind `link` as a ghost of files.img
+    /// entry `orig_id`: its metadata, and for a regular file its data (holes skipped; the
+    /// ghost limit applies to the data, like CRIU's allocated-blocks check).
     fn ghost(&mut self, pid: i32, orig_id: u32, link: &PathBuf) -> Result<()> {
-        let f = File::open(link).map_err(step_io(pid, format!("open {}", link.display())))?;
-        let md = f
-            .metadata()
-            .map_err(step_io(pid, format!("stat {}", link.display())))?;
-        if md.size() > GHOST_LIMIT {
-            return Err(DumpError::new(
-                "files",
-                pid,
-                Some(libc::EFBIG),
-                format!(
-                    "unlinked file {} is {} bytes, over the ghost limit {GHOST_LIMIT}",
-                    link.display(),
-                    md.size()
-                ),
-            ));
+        let md =
+            std::fs::metadata(link).map_err(step_io(pid, format!("stat {}", link.display())))?;
+        let is_reg = md.file_type().is_file();
+        if is_reg {
+            let f = File::open(link).map_err(step_io(pid, format!("open {}", link.display())))?;
+            let data: u64 = data_segments(&f, md.size())
+                .map_err(step_io(pid, format!("find data of {}", link.display())))?
+                .iter()
+                .map(|(a, b)| b - a)
+                .sum();
+            let limit = self.ghost_limit.unwrap_or(GHOST_LIMIT);
+            if data > limit {
+                return Err(DumpError::new(
+                    "files",
+                    pid,
+                    Some(libc::EFBIG),
+                    format!(
+                        "unlinked file {} holds {data} bytes of data, over the ghost limit \
+                         {limit} (--ghost-limit)",
+                        link.display(),
+                    ),
+                ));
+            }
         }
         let id = self.ghosts.len() as u32 + 1;
-        let header = json!({
+        let mut header = json!({
             "uid": md.uid(), "gid": md.gid(), "mode": md.mode(), "dev": kdev(md.dev()), "ino": md.ino(),
             "atim": {"tv_sec": md.atime(), "tv_usec": md.atime_nsec() / 1000},
             "mtim": {"tv_sec": md.mtime(), "tv_usec": md.mtime_nsec() / 1000},
-            "chunks": true, "size": md.size(),
         });
+        if is_reg {
+            header["chunks"] = json!(true);
+            header["size"] = json!(md.size());
+        }
         self.remaps
             .push(json!({"orig_id": orig_id, "remap_id": id, "remap_type": "GHOST"}));
         self.ghosts.push(Ghost {
             id,
             header,
             path: link.clone(),
-            size: md.size(),
+            size: if is_reg { md.size() } else { 0 },
         });
+        Ok(())
+    }
+
+    /// A `reg` entry for the file at `link`, with its ghost when it is unlinked.
+    #[allow(clippy::too_many_arguments)]
+    fn reg_ghost(
+        &mut self,
+        pid: i32,
+        what: &str,
+        link: &PathBuf,
+        name: &str,
+        deleted: bool,
+        flags: u32,
+        pos: u64,
+    ) -> Result<u32> {
+        let (id, f) = self.reg_entry(pid, link, name, flags, pos)?;
+        let nlink = f.metadata().map(|m| m.nlink()).unwrap_or(1);
+        if deleted && nlink == 0 {
+            self.ghost(pid, id, link)?;
+        } else if deleted {
+            return Err(self.link_remap_refusal(pid, what, name));
+        }
+        Ok(id)
+    }
+
+    /// A FIFO: its path as a `reg` entry (`regf_id`), the `fifo` entry the fd refers to, and
+    /// its queued data (`fifo-data.img`, peeked), as CRIU writes them.
+    #[allow(clippy::too_many_arguments)]
+    fn fifo(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        link: &PathBuf,
+        name: &str,
+        deleted: bool,
+        flags: u32,
+        pos: u64,
+    ) -> Result<u32> {
+        let ino = std::fs::metadata(link)
+            .map_err(step_io(pid, format!("stat {}", link.display())))?
+            .ino();
+        let regf_id = self.reg_ghost(pid, &format!("fd {fd}"), link, name, deleted, flags, pos)?;
+        let id = self.new_id();
+        self.entries.push(json!({"type": "FIFO", "id": id, "fifo": {
+            "id": id, "pipe_id": ino, "regf_id": regf_id,
+        }}));
+        if self.pipes_seen.insert(ino) {
+            let (size, data) =
+                peek_pipe(link).map_err(step_io(pid, format!("peek fifo {fd} {name}")))?;
+            self.fifo_data.push((
+                json!({"pipe_id": ino, "bytes": data.len(), "size": size}),
+                data,
+            ));
+        }
+        Ok(id)
+    }
+
+    /// Puts `fown` into the entry `id` (of a kind that has one; a FIFO's is in its path entry).
+    fn set_fown(&mut self, id: u32, fown: Value) {
+        let Some(e) = self.entries.iter_mut().rev().find(|e| e["id"] == id) else {
+            return;
+        };
+        let regf = e["fifo"]["regf_id"].as_u64();
+        if let Some(r) = regf {
+            return self.set_fown(r as u32, fown);
+        }
+        for member in ["reg", "pipe", "memfd"] {
+            if e.get(member).is_some() {
+                e[member]["fown"] = fown;
+                return;
+            }
+        }
+    }
+
+    /// The open file description of fd `fd` of `pid` when it was seen already (same /proc
+    /// view `key`, and `kcmp` says the same description).
+    fn same_open(&self, key: &str, pid: i32, fd: i32) -> Result<Option<(u32, &'static str)>> {
+        for &(p, f, id, kind) in self.by_open.get(key).into_iter().flatten() {
+            let same = crate::sys::fdkinds::same_file(p, f, pid, fd).map_err(|e| {
+                DumpError::new(
+                    "files",
+                    pid,
+                    Some(e as i32),
+                    format!("fd {fd}: kcmp with fd {f} of {p}: {e}"),
+                )
+            })?;
+            if same {
+                return Ok(Some((id, kind)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records the locks held through fd `fd` of `pid` (its fdinfo `lock:` lines, e.g.
+    /// `1: POSIX  ADVISORY  WRITE 1234 fe:00:6004852 10 29`, end `EOF` for "to the end"), as
+    /// CRIU's `file_lock_entry` {flag FL_POSIX 1 | FL_FLOCK 2 | FL_OFD 4, type F_RDLCK 0 |
+    /// F_WRLCK 1, pid, fd, start, len (0: to the end)}.
+    fn locks(&mut self, pid: i32, fd: i32, info: &proc::fd::FdInfo) -> Result<()> {
+        for (k, v) in &info.extra {
+            if k != "lock" {
+                continue;
+            }
+            let w: Vec<&str> = v.split_whitespace().filter(|w| *w != "->").collect();
+            let bad = || {
+                DumpError::new(
+                    "files",
+                    pid,
+                    Some(libc::EINVAL),
+                    format!("fd {fd}: lock line {v:?}"),
+                )
+            };
+            let kind = *w.get(1).ok_or_else(bad)?;
+            if !self.file_locks_allowed {
+                return Err(DumpError::new(
+                    "files",
+                    pid,
+                    Some(libc::ENOTSUP),
+                    format!("fd {fd} holds a file lock ({kind}): dump with --file-locks"),
+                ));
+            }
+            let flag = match kind {
+                "POSIX" => 1,
+                "FLOCK" => 2,
+                "OFDLCK" => 4,
+                other => {
+                    return Err(DumpError::new(
+                        "files",
+                        pid,
+                        Some(libc::ENOTSUP),
+                        format!("fd {fd}: file lock of kind {other} (leases are not supported)"),
+                    ))
+                }
+            };
+            let ty = match *w.get(3).ok_or_else(bad)? {
+                "READ" => libc::F_RDLCK,
+                "WRITE" => libc::F_WRLCK,
+                _ => return Err(bad()),
+            };
+            let start: i64 = w.get(6).and_then(|x| x.parse().ok()).ok_or_else(bad)?;
+            let len = match *w.get(7).ok_or_else(bad)? {
+                "EOF" => 0,
+                end => end.parse::<i64>().map_err(|_| bad())? - start + 1,
+            };
+            self.file_locks.push(json!({
+                "flag": flag, "type": ty, "pid": pid, "fd": fd, "start": start, "len": len,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Checks the descriptor table of `pid` before its fds are dumped: a table shared with
+    /// another process of the tree (`CLONE_FILES`) is refused by name (each task would get a
+    /// table of its own at restore).
+    pub fn fd_table(&mut self, pid: i32) -> Result<()> {
+        for &p in &self.tables {
+            let shared = crate::sys::fdkinds::same_fd_table(p, pid).map_err(|e| {
+                DumpError::new("files", pid, Some(e as i32), format!("kcmp with {p}: {e}"))
+            })?;
+            if shared {
+                return Err(DumpError::new(
+                    "files",
+                    pid,
+                    Some(libc::ENOTSUP),
+                    format!(
+                        "descriptor table shared with task {p} (CLONE_FILES): not supported yet"
+                    ),
+                ));
+            }
+        }
+        self.tables.push(pid);
         Ok(())
     }
 
@@ -343,12 +574,11 @@ impl Files {
             let link = proc::path(pid, &format!("fd/{fd}"));
             let (size, data) =
                 peek_pipe(&link).map_err(step_io(pid, format!("peek pipe {}", link.display())))?;
-            if !data.is_empty() {
-                self.pipes_data.push((
-                    json!({"pipe_id": ino, "bytes": data.len(), "size": size}),
-                    data,
-                ));
-            }
+            // Like CRIU, also for an empty pipe: the entry carries its buffer size.
+            self.pipes_data.push((
+                json!({"pipe_id": ino, "bytes": data.len(), "size": size}),
+                data,
+            ));
         }
         Ok(id)
     }
@@ -388,7 +618,7 @@ impl Files {
             "{target:?}|{}|{}|{}|{}",
             info.mnt_id, info.ino, flags, info.pos
         );
-        if let Some(&(id, kind)) = self.by_open.get(&key) {
+        if let Some((id, kind)) = self.same_open(&key, pid, fd)? {
             return Ok(FdEntry {
                 fd,
                 id,
@@ -396,6 +626,7 @@ impl Files {
                 cloexec,
             });
         }
+        self.locks(pid, fd, &info)?;
         // Sockets, ptys and anonymous-inode kinds (eventfd, epoll, timerfd, signalfd,
         // inotify) go to the fd kinds shared with the restore engine; what they do not
         // recognise falls through to the code below.
@@ -409,7 +640,10 @@ impl Files {
         }
         if shared {
             if let Some((id, kind)) = self.shared_kind(pid, fd)? {
-                self.by_open.insert(key, (id, kind));
+                self.by_open
+                    .entry(key)
+                    .or_default()
+                    .push((pid, fd, id, kind));
                 return Ok(FdEntry {
                     fd,
                     id,
@@ -420,7 +654,11 @@ impl Files {
         }
         let link = proc::path(pid, &format!("fd/{fd}"));
         let (id, kind) = match &target {
-            FdTarget::Pipe(ino) => (self.pipe(pid, fd, *ino, flags)?, "PIPE"),
+            FdTarget::Pipe(ino) => {
+                let id = self.pipe(pid, fd, *ino, flags)?;
+                self.set_fown(id, task_fown(pid, fd)?);
+                (id, "PIPE")
+            }
             FdTarget::Path(p) => {
                 let s = p.to_string_lossy();
                 let (name, deleted) = match s.strip_suffix(" (deleted)") {
@@ -441,16 +679,36 @@ impl Files {
                         ));
                     }
                 }
-                if let Some(m) = name.strip_prefix("/memfd:") {
+                let is_fifo = {
+                    use std::os::unix::fs::FileTypeExt;
+                    std::fs::metadata(&link).is_ok_and(|m| m.file_type().is_fifo())
+                };
+                let (id, kind) = if is_fifo {
+                    (
+                        self.fifo(pid, fd, &link, &name, deleted, flags, info.pos)?,
+                        "FIFO",
+                    )
+                } else if let Some(m) = name.strip_prefix("/memfd:") {
                     (self.memfd_entry(pid, &link, m, flags, info.pos)?, "MEMFD")
                 } else {
-                    let (id, f) = self.reg_entry(pid, &link, &name, flags, info.pos)?;
-                    let nlink = f.metadata().map(|m| m.nlink()).unwrap_or(1);
-                    if deleted && nlink == 0 {
-                        self.ghost(pid, id, &link)?;
-                    }
-                    (id, "REG")
+                    (
+                        self.reg_ghost(
+                            pid,
+                            &format!("fd {fd}"),
+                            &link,
+                            &name,
+                            deleted,
+                            flags,
+                            info.pos,
+                        )?,
+                        "REG",
+                    )
+                };
+                // An O_PATH descriptor has no owner (fcntl F_GETOWN_EX: EBADF).
+                if flags & libc::O_PATH as u32 == 0 {
+                    self.set_fown(id, task_fown(pid, fd)?);
                 }
+                (id, kind)
             }
             FdTarget::Socket(ino) => {
                 return Err(DumpError::new(
@@ -477,7 +735,10 @@ impl Files {
                 ))
             }
         };
-        self.by_open.insert(key, (id, kind));
+        self.by_open
+            .entry(key)
+            .or_default()
+            .push((pid, fd, id, kind));
         Ok(FdEntry {
             fd,
             id,

@@ -61,6 +61,8 @@ kinds! {
     GHOST_FILE = 0x5258_3605, Some(HEAD_IMG), "ghost_file_entry";
     MEMFD_INODE = 0x4845_3499, Some(HEAD_IMG), "memfd_inode_entry";
     PIPES_DATA = 0x5645_3709, Some(HEAD_IMG), "pipe_data_entry";
+    FIFO_DATA = 0x5933_3054, Some(HEAD_IMG), "pipe_data_entry";
+    FILE_LOCKS = 0x5432_3616, Some(HEAD_IMG), "file_lock_entry";
     SECCOMP = 0x6441_3049, Some(HEAD_IMG), "seccomp_entry";
     CGROUP = 0x5938_3330, Some(HEAD_IMG), "cgroup_entry";
     TIMENS = 0x4311_4433, Some(HEAD_IMG), "timens_entry";
@@ -457,6 +459,12 @@ impl ImageDir {
         })
     }
 
+    /// Accounts files written outside this `ImageDir` into its directory (the page sink's).
+    pub fn adopt(&mut self, files: &[PathBuf], bytes: u64) {
+        self.written.extend(files.iter().cloned());
+        self.bytes += bytes;
+    }
+
     /// Accounts bytes of a finished file.
     pub fn add_bytes(&mut self, n: u64) {
         self.bytes += n;
@@ -504,18 +512,6 @@ impl ImageFile {
         })?;
         self.w
             .write_all(&len.to_le_bytes())
-            .map_err(self.io_owned())?;
-        self.w.write_all(&bytes).map_err(self.io_owned())?;
-        self.bytes += 4 + bytes.len() as u64;
-        Ok(())
-    }
-
-    /// Appends a typed entry (no JSON on the way: pagemaps of incremental dumps have one
-    /// entry per run of written pages, tens of thousands).
-    pub fn entry_msg<M: prost::Message>(&mut self, m: &M) -> Result<(), ImageError> {
-        let bytes = m.encode_to_vec();
-        self.w
-            .write_all(&(bytes.len() as u32).to_le_bytes())
             .map_err(self.io_owned())?;
         self.w.write_all(&bytes).map_err(self.io_owned())?;
         self.bytes += 4 + bytes.len() as u64;

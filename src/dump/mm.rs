@@ -35,6 +35,11 @@ pub const VMA_ANON_PRIVATE: u32 = 1 << 9;
 pub const VMA_AREA_VVAR: u32 = 1 << 12;
 pub const VMA_AREA_MEMFD: u32 = 1 << 14;
 
+/// Most words of `mm_saved_auxv`: CRIU's `AT_VECTOR_SIZE` on x86-64. CRIU's dump keeps the
+/// first this many words of `/proc/PID/auxv` (dropping the rest, AT_NULL included, when the
+/// kernel has more) and its restore rejects an image with more ("Image corrupted").
+pub const AUXV_WORDS_MAX: usize = 44;
+
 /// How the pages of a VMA are dumped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageClass {
@@ -44,7 +49,7 @@ pub enum PageClass {
     AnonPrivate,
     /// File private: only pages that became anonymous (COW).
     FilePrivate,
-    /// vDSO: every present page.
+    /// vDSO: every page, present or not (CRIU's restore reads the vDSO's ELF from them).
     Vdso,
     /// Shared memory: dumped once per object as shmem, not here.
     Shared,
@@ -263,7 +268,7 @@ pub fn mm_entry(m: &MmFields, vmas: &[VmaOut]) -> pb::MmEntry {
         mm_env_start: s.env_start,
         mm_env_end: s.env_end,
         exe_file_id: m.exe_file_id,
-        mm_saved_auxv: m.auxv.clone(),
+        mm_saved_auxv: m.auxv[..m.auxv.len().min(AUXV_WORDS_MAX)].to_vec(),
         vmas: vmas.iter().map(|v| v.entry).collect(),
         dumpable: Some(m.dumpable as i32),
         aios: Vec::new(),
@@ -316,7 +321,7 @@ mod tests {
             "mm_arg_start": s.arg_start, "mm_arg_end": s.arg_end,
             "mm_env_start": s.env_start, "mm_env_end": s.env_end,
             "exe_file_id": m.exe_file_id,
-            "mm_saved_auxv": m.auxv,
+            "mm_saved_auxv": m.auxv.iter().take(AUXV_WORDS_MAX).collect::<Vec<_>>(),
             "vmas": vmas.iter().map(|v| vma_json(&v.entry)).collect::<Vec<_>>(),
             "dumpable": m.dumpable,
             "thp_disabled": m.thp_disabled,
@@ -393,6 +398,30 @@ mod tests {
         same_bytes(&m, &vmas);
         (m.dumpable, m.thp_disabled) = (0, true);
         same_bytes(&m, &vmas);
+    }
+
+    /// CRIU 4.2's restore rejects more than `AT_VECTOR_SIZE` (44) auxv words; this kernel
+    /// gives more (46 on 6.18 x86-64): the image keeps the first 44, as CRIU's dump does.
+    #[test]
+    fn saved_auxv_is_cut_to_criu_vector_size() {
+        let long: Vec<u64> = (1..=46).collect();
+        let m = MmFields {
+            auxv: long.clone(),
+            ..Default::default()
+        };
+        assert_eq!(mm_entry(&m, &[]).mm_saved_auxv, long[..44].to_vec());
+        let short = MmFields {
+            auxv: vec![6, 4096, 0, 0],
+            ..Default::default()
+        };
+        assert_eq!(mm_entry(&short, &[]).mm_saved_auxv, vec![6, 4096, 0, 0]);
+        let own = crate::proc::misc::read_auxv(std::process::id() as i32).expect("auxv");
+        let m = MmFields {
+            auxv: own.clone(),
+            ..Default::default()
+        };
+        let saved = mm_entry(&m, &[]).mm_saved_auxv;
+        assert!(saved.len() <= AUXV_WORDS_MAX && own.starts_with(&saved));
     }
 
     fn anon(start: u64, end: u64, path: &str, flags: &[&str]) -> Vma {

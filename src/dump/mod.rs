@@ -23,6 +23,7 @@ pub mod images_out;
 pub mod misc_images;
 pub mod mm;
 pub mod options;
+pub mod page_out;
 pub mod pages;
 pub mod parasite_pages;
 pub mod predump;

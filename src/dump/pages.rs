@@ -9,24 +9,40 @@
 //! ```
 //! Which pages: anonymous private VMAs — present or swapped pages (PE_LAZY: a lazy restore may
 //! fault them in later); file private VMAs — only pages that stopped being file pages (COW);
-//! the vDSO — every present page; vvar, vsyscall and MADV_DONTDUMP areas — none. Adjacent
-//! pages with equal flags share one entry, across VMA boundaries.
+//! the vDSO — every page, present or not (CRIU's restore parses the vDSO's ELF from the
+//! pages, so a vDSO the task never touched must be there whole); vvar, vsyscall and
+//! MADV_DONTDUMP areas — none. Adjacent pages with equal flags share one entry, across VMA boundaries.
+//!
+//! The dump's end of the page pipeline ([`crate::pages`]):
+//!
+//! ```text
+//!  plan(pid, vmas) ─► runs ─┐
+//!                           ├─► send(sink, target, runs, source)
+//!  PageSource ──────────────┘     sink offers a file (local plain): every entry, then one
+//!   FrozenSource (parasite          copy_to(all present regions, file)  (splice, no copy)
+//!    vmsplice / read_memory)      else: present regions in batches of 16 MiB
+//!   ShmemSource (object file)       copy_to(batch, memfd) ─► per run: entry, pages(bytes)
+//! ```
+//! Another source (pages dirtied since a parent, `process_vm_readv` after the tree runs
+//! again) implements [`PageSource`]; runs with `PE_PARENT` (or without `PE_PRESENT`) go out as
+//! entries without data.
 
-use serde_json::json;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 use super::error::{DumpError, Result};
 use super::files::Shmem;
-use super::images_out::{self, ImageDir};
 use super::mm::{PageClass, VmaOut};
 use super::probe::ProcessAccess;
+use crate::pages::{PageSink, PagesError, Target};
 use crate::proc::pagemap::{PagemapReader, PAGE_SIZE, PM_FILE, PM_PRESENT, PM_SWAP};
 
-pub const PE_PARENT: u32 = 1;
-pub const PE_LAZY: u32 = 2;
-pub const PE_PRESENT: u32 = 4;
+pub use crate::pages::{Run, PE_LAZY, PE_PARENT, PE_PRESENT};
 
 /// Pages copied per read of task memory.
 const COPY_PAGES: usize = 256;
+/// Most bytes staged per batch when the sink takes bytes rather than a splice.
+const STAGE_BYTES: u64 = 16 << 20;
 
 /// Page counters for `stats-dump`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -38,12 +54,220 @@ pub struct PageStats {
     pub shpages_written: u64,
 }
 
-/// One run of pages to dump.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Run {
-    pub vaddr: u64,
-    pub nr_pages: u64,
-    pub flags: u32,
+/// Where the pages of one pagemap come from: the head of the page pipeline
+/// ([`crate::pages`]). A source copies pages, it does not choose them: the runs it is asked
+/// for come from [`plan`] (or, for an incremental dump, from a dirty-page tracker).
+pub trait PageSource {
+    /// Writes the pages of `regions` (address, length; page aligned; in order) to `out` at its
+    /// file position; returns the bytes written (the sum of the lengths).
+    fn copy_to(&mut self, regions: &[(u64, u64)], out: &mut File) -> Result<u64>;
+}
+
+/// The frozen process: the parasite's vmsplice when the probe has one, else reads of its
+/// memory.
+pub struct FrozenSource<'a> {
+    pub probe: &'a mut dyn ProcessAccess,
+    /// Readable mappings (start, end; sorted).
+    pub readable: &'a [(u64, u64)],
+}
+
+impl PageSource for FrozenSource<'_> {
+    fn copy_to(&mut self, regions: &[(u64, u64)], out: &mut File) -> Result<u64> {
+        if let Some(n) = self.probe.dump_pages(regions, self.readable, out)? {
+            return Ok(n);
+        }
+        let mut buf = vec![0u8; COPY_PAGES * PAGE_SIZE as usize];
+        let mut total = 0;
+        for &(base, len) in regions {
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(buf.len() as u64) as usize;
+                self.probe.read_memory(base + done, &mut buf[..n])?;
+                std::io::Write::write_all(out, &buf[..n])
+                    .map_err(|e| DumpError::io("pages", 0, "stage pages", e))?;
+                done += n as u64;
+            }
+            total += len;
+        }
+        Ok(total)
+    }
+}
+
+/// A shared memory object's file: regions are offsets in the object; the partial last page
+/// reads short and is padded with zeroes.
+pub struct ShmemSource<'a> {
+    pub file: &'a File,
+    pub path: &'a std::path::Path,
+}
+
+impl PageSource for ShmemSource<'_> {
+    fn copy_to(&mut self, regions: &[(u64, u64)], out: &mut File) -> Result<u64> {
+        let io = |e| {
+            DumpError::io(
+                "pages",
+                0,
+                &format!("read shmem {}", self.path.display()),
+                e,
+            )
+        };
+        let mut buf = vec![0u8; COPY_PAGES * PAGE_SIZE as usize];
+        let mut total = 0;
+        for &(base, len) in regions {
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(buf.len() as u64) as usize;
+                let b = &mut buf[..n];
+                b.fill(0);
+                let mut got = 0usize;
+                while got < n {
+                    let k = self
+                        .file
+                        .read_at(&mut b[got..], base + done + got as u64)
+                        .map_err(io)?;
+                    if k == 0 {
+                        break;
+                    }
+                    got += k;
+                }
+                std::io::Write::write_all(out, b)
+                    .map_err(|e| DumpError::io("pages", 0, "stage pages", e))?;
+                done += n as u64;
+            }
+            total += len;
+        }
+        Ok(total)
+    }
+}
+
+fn sink_err(pid: i32) -> impl Fn(PagesError) -> DumpError {
+    move |e| DumpError::new("pages", pid, e.errno(), e.to_string())
+}
+
+/// Sends the pagemap of `target` with entries `runs` through `sink`, the pages of the
+/// present runs from `src`: by one splice into the sink's file when it offers one (every
+/// entry first), else staged through a memfd at most [`STAGE_BYTES`] at a time, each entry
+/// followed by its pages. `pid` names the task in errors. Returns the page bytes sent.
+pub fn send(
+    sink: &mut dyn PageSink,
+    target: Target,
+    runs: &[Run],
+    src: &mut dyn PageSource,
+    pid: i32,
+) -> Result<u64> {
+    let se = sink_err(pid);
+    sink.open(target).map_err(&se)?;
+    let expected: u64 = runs.iter().map(Run::data_len).sum();
+    if sink.splice_file().map_err(&se)?.is_some() {
+        for r in runs {
+            sink.entry(r).map_err(&se)?;
+        }
+        let regions: Vec<(u64, u64)> = runs
+            .iter()
+            .filter(|r| r.data_len() > 0)
+            .map(|r| (r.vaddr, r.data_len()))
+            .collect();
+        if expected > 0 {
+            let file = sink
+                .splice_file()
+                .map_err(&se)?
+                .ok_or_else(|| DumpError::new("pages", pid, None, "the sink's file went away"))?;
+            let n = src.copy_to(&regions, file)?;
+            copied_all(n, expected, pid)?;
+            sink.spliced(n);
+        }
+    } else {
+        staged(sink, runs, src, pid)?;
+    }
+    sink.close().map_err(&se)?;
+    Ok(expected)
+}
+
+fn copied_all(n: u64, want: u64, pid: i32) -> Result<()> {
+    if n != want {
+        return Err(DumpError::new(
+            "pages",
+            pid,
+            None,
+            format!("the page source wrote {n} bytes of {want}"),
+        ));
+    }
+    Ok(())
+}
+
+/// One piece of a present run: run index, address, length.
+type Piece = (usize, u64, u64);
+
+fn staged(sink: &mut dyn PageSink, runs: &[Run], src: &mut dyn PageSource, pid: i32) -> Result<()> {
+    let se = sink_err(pid);
+    let io = |what: &str, e| DumpError::io("pages", pid, what, e);
+    let mut stage: Option<File> = None;
+    let mut buf = vec![0u8; 1 << 20];
+    // Entries already sent (runs before `next` are done).
+    let mut next = 0usize;
+    let mut batch: Vec<Piece> = Vec::new();
+    let mut batch_len = 0u64;
+    let mut flush =
+        |batch: &mut Vec<Piece>, next: &mut usize, sink: &mut dyn PageSink| -> Result<()> {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let f = match stage.as_mut() {
+                Some(f) => f,
+                None => {
+                    let fd = nix::sys::memfd::memfd_create(
+                        c"stasis-pages",
+                        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+                    )
+                    .map_err(|e| {
+                        DumpError::new("pages", pid, Some(e as i32), "memfd for staged pages")
+                    })?;
+                    stage.insert(File::from(fd))
+                }
+            };
+            f.set_len(0).map_err(|e| io("reset staged pages", e))?;
+            std::io::Seek::rewind(f).map_err(|e| io("reset staged pages", e))?;
+            let regions: Vec<(u64, u64)> = batch.iter().map(|p| (p.1, p.2)).collect();
+            let want: u64 = regions.iter().map(|r| r.1).sum();
+            copied_all(src.copy_to(&regions, f)?, want, pid)?;
+            let mut at = 0u64;
+            for &(ri, _, len) in batch.iter() {
+                // Entries up to this run (holes in between too), once each.
+                while *next <= ri {
+                    sink.entry(&runs[*next]).map_err(&se)?;
+                    *next += 1;
+                }
+                let mut done = 0;
+                while done < len {
+                    let k = (len - done).min(buf.len() as u64) as usize;
+                    f.read_exact_at(&mut buf[..k], at)
+                        .map_err(|e| io("read staged pages", e))?;
+                    sink.pages(&buf[..k]).map_err(&se)?;
+                    done += k as u64;
+                    at += k as u64;
+                }
+            }
+            batch.clear();
+            Ok(())
+        };
+    for (i, r) in runs.iter().enumerate() {
+        let mut off = 0;
+        let len = r.data_len();
+        while off < len {
+            let k = (len - off).min(STAGE_BYTES - batch_len);
+            batch.push((i, r.vaddr + off, k));
+            batch_len += k;
+            off += k;
+            if batch_len == STAGE_BYTES {
+                flush(&mut batch, &mut next, sink)?;
+                batch_len = 0;
+            }
+        }
+    }
+    flush(&mut batch, &mut next, sink)?;
+    for r in &runs[next..] {
+        sink.entry(r).map_err(&se)?;
+    }
+    Ok(())
 }
 
 /// Decides which pages of these VMAs are dumped, from their pagemap entries.
@@ -62,7 +286,7 @@ pub fn plan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Result<Vec<Run>
             let want = match class {
                 PageClass::AnonPrivate => e & (PM_PRESENT | PM_SWAP) != 0,
                 PageClass::FilePrivate => e & (PM_PRESENT | PM_SWAP) != 0 && e & PM_FILE == 0,
-                PageClass::Vdso => e & PM_PRESENT != 0,
+                PageClass::Vdso => true,
                 _ => false,
             };
             if !want {
@@ -85,94 +309,35 @@ pub fn plan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Result<Vec<Run>
     Ok(runs)
 }
 
-/// The pagemap entry of one run.
-pub fn pagemap_entry(r: &Run) -> stasis_images::pb::PagemapEntry {
-    stasis_images::pb::PagemapEntry {
-        vaddr: r.vaddr,
-        compat_nr_pages: 0,
-        flags: Some(r.flags),
-        nr_pages: Some(r.nr_pages),
-        ..Default::default()
-    }
-}
-
-/// Writes `pagemap-PID.img` and `pages-<pages_id>.img` for one process.
+/// Sends the private pages of process `pid` (runs from [`plan`]) through `sink`.
 pub fn write_private(
-    dir: &mut ImageDir,
+    sink: &mut dyn PageSink,
     probe: &mut dyn ProcessAccess,
     pid: i32,
-    pages_id: u32,
     runs: &[Run],
     readable: &[(u64, u64)],
     stats: &mut PageStats,
 ) -> Result<()> {
-    let img = |e| DumpError::image("pages", pid, e);
-    let mut pm = dir
-        .create(&format!("pagemap-{pid}.img"), images_out::PAGEMAP)
-        .map_err(img)?;
-    pm.entry_as("pagemap_head", &json!({"pages_id": pages_id}))
-        .map_err(img)?;
-    let mut pages = dir
-        .create_raw(&format!("pages-{pages_id}.img"))
-        .map_err(img)?;
-    let regions: Vec<(u64, u64)> = runs
-        .iter()
-        .filter(|r| r.flags & PE_PRESENT != 0)
-        .map(|r| (r.vaddr, r.nr_pages * PAGE_SIZE))
-        .collect();
-    let expected: u64 = regions.iter().map(|r| r.1).sum();
-    let spliced = if expected == 0 {
-        None
-    } else {
-        probe.dump_pages(&regions, readable, pages.file().map_err(img)?)?
-    };
-    if let Some(n) = spliced {
-        if n != expected {
-            return Err(DumpError::new(
-                "pages",
-                pid,
-                None,
-                format!("the parasite wrote {n} bytes of {expected}"),
-            ));
-        }
-        pages.account(n);
-    }
-    let mut buf = vec![0u8; COPY_PAGES * PAGE_SIZE as usize];
-    for r in runs {
-        pm.entry_msg(&pagemap_entry(r)).map_err(img)?;
-        if r.flags & PE_PRESENT == 0 {
-            continue;
-        }
-        let mut done = if spliced.is_some() { r.nr_pages } else { 0 };
-        while done < r.nr_pages {
-            let n = (r.nr_pages - done).min(COPY_PAGES as u64);
-            let b = &mut buf[..(n * PAGE_SIZE) as usize];
-            probe.read_memory(r.vaddr + done * PAGE_SIZE, b)?;
-            pages.write(b).map_err(img)?;
-            done += n;
-        }
+    let mut src = FrozenSource { probe, readable };
+    send(sink, Target::Process(pid as u64), runs, &mut src, pid)?;
+    // PE_PARENT runs carry no data: they are not written here.
+    for r in runs.iter().filter(|r| r.flags & PE_PRESENT != 0) {
         stats.pages_written += r.nr_pages;
         if r.flags & PE_LAZY != 0 {
             stats.pages_lazy += r.nr_pages;
         }
     }
-    let a = pm.finish().map_err(img)?;
-    let b = pages.finish().map_err(img)?;
-    dir.add_bytes(a + b);
     Ok(())
 }
 
-/// Writes `pagemap-shmem-SHMID.img` and `pages-<pages_id>.img` for one shared memory object:
-/// its data pages (holes skipped), addressed by offset in the object, copied 1 MiB at a time.
+/// Sends the data pages of one shared memory object (holes skipped), addressed by offset in
+/// the object, through `sink` as `pagemap-shmem-SHMID`.
 pub fn write_shmem(
-    dir: &mut ImageDir,
+    sink: &mut dyn PageSink,
     pid: i32,
     shm: &Shmem,
-    pages_id: u32,
     stats: &mut PageStats,
 ) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    let img = |e| DumpError::image("pages", pid, e);
     let io = |what: &str, e: std::io::Error| {
         DumpError::io(
             "pages",
@@ -181,50 +346,26 @@ pub fn write_shmem(
             e,
         )
     };
-    let f = std::fs::File::open(&shm.path).map_err(|e| io("open", e))?;
+    let f = File::open(&shm.path).map_err(|e| io("open", e))?;
     let segs = super::files::data_segments(&f, shm.size).map_err(|e| io("scan", e))?;
-    let mut pm = dir
-        .create(
-            &format!("pagemap-shmem-{}.img", shm.shmid),
-            images_out::PAGEMAP,
-        )
-        .map_err(img)?;
-    pm.entry_as("pagemap_head", &json!({"pages_id": pages_id}))
-        .map_err(img)?;
-    let mut pages = dir
-        .create_raw(&format!("pages-{pages_id}.img"))
-        .map_err(img)?;
     stats.shpages_scanned += shm.size.div_ceil(PAGE_SIZE);
-    let mut buf = vec![0u8; COPY_PAGES * PAGE_SIZE as usize];
-    for (start, end) in segs {
-        // Whole pages: the partial last page reads short and is padded with zeroes.
-        let first = start / PAGE_SIZE;
-        let last = end.div_ceil(PAGE_SIZE);
-        pm.entry(&json!({"vaddr": first * PAGE_SIZE, "compat_nr_pages": 0,
-                         "flags": PE_PRESENT, "nr_pages": last - first}))
-            .map_err(img)?;
-        let mut page = first;
-        while page < last {
-            let n = (last - page).min(COPY_PAGES as u64);
-            let b = &mut buf[..(n * PAGE_SIZE) as usize];
-            b.fill(0);
-            let mut got = 0usize;
-            while got < b.len() {
-                let k = f
-                    .read_at(&mut b[got..], page * PAGE_SIZE + got as u64)
-                    .map_err(|e| io("read", e))?;
-                if k == 0 {
-                    break;
-                }
-                got += k;
+    let runs: Vec<Run> = segs
+        .iter()
+        .map(|&(start, end)| {
+            let first = start / PAGE_SIZE;
+            let last = end.div_ceil(PAGE_SIZE);
+            Run {
+                vaddr: first * PAGE_SIZE,
+                nr_pages: last - first,
+                flags: PE_PRESENT,
             }
-            pages.write(b).map_err(img)?;
-            page += n;
-        }
-        stats.shpages_written += last - first;
-    }
-    let a = pm.finish().map_err(img)?;
-    let b = pages.finish().map_err(img)?;
-    dir.add_bytes(a + b);
+        })
+        .collect();
+    let mut src = ShmemSource {
+        file: &f,
+        path: &shm.path,
+    };
+    send(sink, Target::Shmem(shm.shmid), &runs, &mut src, pid)?;
+    stats.shpages_written += runs.iter().map(|r| r.nr_pages).sum::<u64>();
     Ok(())
 }

@@ -48,7 +48,6 @@ pub struct PreDumpReport {
 /// One process's page list, copied after the release.
 struct Pending {
     pid: i32,
-    pages_id: u32,
     runs: Vec<Run>,
     /// Splice mode: the pages pinned in pipes while frozen.
     pinned: Option<Pinned>,
@@ -87,11 +86,19 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<PreDumpRepor
     let mut tracking = dirty::session::Session::open(opts, true)?;
     let mut stats = DumpStats::default();
     let mut dir = ImageDir::new(&opts.images_dir);
+    // Pages go through the page pipeline: local files, or a page server.
+    let mut sink = super::page_out::open_sink(opts)?;
     let t0 = prof.now_us();
     let mut frozen = backend.freeze(opts)?;
     stats.freezing_time = prof.now_us() - t0;
     let t_frozen = prof.now_us();
-    let collected = collect(opts, frozen.as_mut(), &mut dir, &mut tracking, &mut stats);
+    let collected = collect(
+        opts,
+        frozen.as_mut(),
+        sink.as_mut(),
+        &mut tracking,
+        &mut stats,
+    );
     let released = frozen.release();
     stats.frozen_time = prof.now_us() - t_frozen;
     let pending = collected?;
@@ -99,19 +106,39 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<PreDumpRepor
     let t = prof.now_us();
     for p in pending {
         let mut src = Released::new(p.pid);
-        match p.pinned.is_some() {
-            true => write_pinned(&mut dir, &mut src, p, &mut stats)?,
-            false => pages::write_private(
-                &mut dir,
+        match p.pinned {
+            Some(pinned) => {
+                let mut pinned = PinnedSource {
+                    pid: p.pid,
+                    pieces: pinned.pieces,
+                    pipes: pinned.pipes.into_iter(),
+                    released: &mut src,
+                };
+                pages::send(
+                    sink.as_mut(),
+                    crate::pages::Target::Process(p.pid as u64),
+                    &p.runs,
+                    &mut pinned,
+                    p.pid,
+                )?;
+                for r in p.runs.iter().filter(|r| r.flags & pages::PE_PRESENT != 0) {
+                    stats.pages.pages_written += r.nr_pages;
+                }
+            }
+            None => pages::write_private(
+                sink.as_mut(),
                 &mut src,
                 p.pid,
-                p.pages_id,
                 &p.runs,
                 &[],
                 &mut stats.pages,
             )?,
         }
     }
+    let sent = sink
+        .finish()
+        .map_err(|e| DumpError::new("pages", opts.pid, e.errno(), e.to_string()))?;
+    dir.adopt(&sent.files, sent.bytes);
     stats.memwrite_time = prof.now_us() - t;
     stats.parent_pages = tracking.stats.parent_pages;
     let img = |e| DumpError::image("images", opts.pid, e);
@@ -140,17 +167,15 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<PreDumpRepor
 fn collect(
     opts: &DumpOptions,
     frozen: &mut dyn super::freeze::FrozenTree,
-    dir: &mut ImageDir,
+    sink: &mut dyn crate::pages::PageSink,
     tracking: &mut dirty::session::Session,
     stats: &mut DumpStats,
 ) -> Result<Vec<Pending>> {
     let procs = tree::collect(opts.pid)?;
     let mut files = super::files::Files::new();
     let mut pending = Vec::new();
-    for (i, p) in procs.iter().filter(|p| !p.zombie).enumerate() {
+    for p in procs.iter().filter(|p| !p.zombie) {
         let pid = p.pid;
-        // pages-1.img, pages-2.img, ... one per process.
-        let id = i as u32 + 1;
         frozen.with_process(pid, &p.threads, &mut |acc| {
             let hidden = acc.hidden_areas();
             let maps: Vec<proc::maps::Vma> = proc::maps::read_smaps(pid)
@@ -193,10 +218,9 @@ fn collect(
                         // This probe cannot pin: copy now, while frozen.
                         None => {
                             return pages::write_private(
-                                dir,
+                                sink,
                                 acc,
                                 pid,
-                                id,
                                 &runs,
                                 &readable,
                                 &mut stats.pages,
@@ -205,77 +229,67 @@ fn collect(
                     }
                 }
             };
-            pending.push(Pending {
-                pid,
-                pages_id: id,
-                runs,
-                pinned,
-            });
+            pending.push(Pending { pid, runs, pinned });
             Ok(())
         })?;
     }
     Ok(pending)
 }
 
-/// Writes `pagemap-PID.img` and `pages-N.img` of one process from its pinned pages.
-fn write_pinned(
-    dir: &mut ImageDir,
-    src: &mut Released,
-    p: Pending,
-    stats: &mut DumpStats,
-) -> Result<()> {
-    use std::os::fd::AsFd;
-    let pid = p.pid;
-    let Some(pinned) = p.pinned else {
-        return Err(DumpError::new("pages", pid, None, "no pinned pages"));
-    };
-    let img = |e| DumpError::image("pages", pid, e);
-    let mut pm = dir
-        .create(&format!("pagemap-{pid}.img"), out::PAGEMAP)
-        .map_err(img)?;
-    pm.entry_as("pagemap_head", &json!({"pages_id": p.pages_id}))
-        .map_err(img)?;
-    let mut file = dir
-        .create_raw(&format!("pages-{}.img", p.pages_id))
-        .map_err(img)?;
-    let mut pipes = pinned.pipes.into_iter();
-    let mut cur: Option<(std::os::fd::OwnedFd, u64)> = None;
-    let mut buf = vec![0u8; 256 * PAGE_SIZE as usize];
-    for (base, len, in_pipe) in pinned.pieces {
-        let mut done = 0;
-        while done < len {
-            if in_pipe {
-                if cur.as_ref().is_none_or(|c| c.1 == 0) {
-                    cur = pipes.next();
+/// The pages a pre-dump pinned while the tree was frozen (vmspliced into pipes the dumper
+/// holds), read out after the release; pieces the process could not read itself come from
+/// [`Released`]. A source of the page pipeline: the sink's file gets the pipes spliced in.
+struct PinnedSource<'a> {
+    pid: i32,
+    /// Present pieces in run order: address, length, whether it is in the pipes.
+    pieces: Vec<(u64, u64, bool)>,
+    pipes: std::vec::IntoIter<(std::os::fd::OwnedFd, u64)>,
+    released: &'a mut Released,
+}
+
+impl pages::PageSource for PinnedSource<'_> {
+    fn copy_to(&mut self, regions: &[(u64, u64)], out: &mut File) -> Result<u64> {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let pid = self.pid;
+        let want: u64 = regions.iter().map(|r| r.1).sum();
+        let have: u64 = self.pieces.iter().map(|p| p.1).sum();
+        if want != have {
+            return Err(DumpError::new(
+                "pages",
+                pid,
+                None,
+                format!("{want} bytes asked of {have} pinned"),
+            ));
+        }
+        let mut cur: Option<(std::os::fd::OwnedFd, u64)> = None;
+        let mut buf = vec![0u8; 256 * PAGE_SIZE as usize];
+        for &(base, len, in_pipe) in &self.pieces {
+            let mut done = 0;
+            while done < len {
+                if in_pipe {
+                    if cur.as_ref().is_none_or(|c| c.1 == 0) {
+                        cur = self.pipes.next();
+                    }
+                    let Some((pipe, left)) = cur.as_mut() else {
+                        return Err(DumpError::new("pages", pid, None, "the page pipes ran out"));
+                    };
+                    let n = (len - done).min(*left);
+                    crate::sys::channel::splice_exact(pipe.as_fd(), out.as_fd(), n as usize)
+                        .map_err(|e| DumpError::sys("pages", pid, e))?;
+                    *left -= n;
+                    done += n;
+                } else {
+                    let n = (len - done).min(buf.len() as u64) as usize;
+                    self.released.read_memory(base + done, &mut buf[..n])?;
+                    out.write_all(&buf[..n])
+                        .map_err(|e| DumpError::io("pages", pid, "write pages", e))?;
+                    done += n as u64;
                 }
-                let Some((pipe, left)) = cur.as_mut() else {
-                    return Err(DumpError::new("pages", pid, None, "the page pipes ran out"));
-                };
-                let n = (len - done).min(*left);
-                let f = file.file().map_err(img)?;
-                crate::sys::channel::splice_exact(pipe.as_fd(), f.as_fd(), n as usize)
-                    .map_err(|e| DumpError::sys("pages", pid, e))?;
-                file.account(n);
-                *left -= n;
-                done += n;
-            } else {
-                let n = (len - done).min(buf.len() as u64) as usize;
-                src.read_memory(base + done, &mut buf[..n])?;
-                file.write(&buf[..n]).map_err(img)?;
-                done += n as u64;
             }
         }
+        Ok(have)
     }
-    for r in &p.runs {
-        pm.entry_msg(&pages::pagemap_entry(r)).map_err(img)?;
-        if r.flags & pages::PE_PRESENT != 0 {
-            stats.pages.pages_written += r.nr_pages;
-        }
-    }
-    let a = pm.finish().map_err(img)?;
-    let b = file.finish().map_err(img)?;
-    dir.add_bytes(a + b);
-    Ok(())
 }
 
 /// Pages of a running process: `process_vm_readv`, `/proc/PID/mem` for what the process

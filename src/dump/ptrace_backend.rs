@@ -13,8 +13,9 @@
 //!                others: the blob's thread routine in all of them at once (set up all,
 //!                resume all, then reap all: no per-thread round trip);
 //!                the routine saves the XSAVE area and confirms the rseq registration;
-//!                the GDT TLS slots (ptrace) are read as each thread traps; registers
-//!                and masks are restored at release (never for a killed tree);
+//!                each thread sends a note on the parasite's socket and waits there, is
+//!                stopped, has its GDT TLS slots read (ptrace) and its mask and registers
+//!                written back at once;
 //!                PTRACE_PEEKSIGINFO only when the routine saw a pending signal
 //!    pages       DUMP_PAGES (vmsplice in the task, splice into the image); /proc/PID/mem
 //!                for PROT_NONE pieces, or for everything if the parasite failed (logged)
@@ -73,6 +74,7 @@ impl Backend for PtraceBackend {
             None => crate::sys::tree::seize_tree_suspending_seccomp(opts.pid, None),
         }
         .map_err(|e| DumpError::sys("seize", opts.pid, e))?;
+        crate::sys::stop_point::stop_point("seized");
         Ok(Box::new(PtraceFrozen {
             tree: Some(tree),
             unreaped_kill: opts.exiting_after,

@@ -186,10 +186,7 @@ pub fn check_file_locks(tree: &[Process]) -> Result<()> {
                 "collect-tree",
                 p.pid,
                 Some(libc::ENOTSUP),
-                format!(
-                    "task holds a file lock ({}), file locks are not supported",
-                    f[1]
-                ),
+                format!("task holds a file lock ({}): dump with --file-locks", f[1]),
             ));
         }
     }

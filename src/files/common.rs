@@ -132,8 +132,9 @@ pub fn dump_fown(kind: &'static str, at: At, file: BorrowedFd<'_>) -> Result<pb:
 pub const SETFL_MASK: u32 =
     (libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME) as u32;
 
-/// Puts the recorded status flags and owner back on a new descriptor (CRIU's
-/// `rst_file_params`).
+/// Puts the recorded status flags and signal back on a new descriptor (CRIU's
+/// `rst_file_params`; the owner is set by the restore engine, see
+/// `restore::files::set_owners`).
 pub fn restore_params(
     kind: &'static str,
     id: u32,
@@ -151,13 +152,7 @@ pub fn restore_params(
     if fown.signum != 0 {
         fdkinds::set_sig(fd, fown.signum as i32).map_err(sys(kind, at, "F_SETSIG"))?;
     }
-    if fown.pid != 0 {
-        fdkinds::set_owner(fd, fown.pid_type as i32, fown.pid as i32).map_err(sys(
-            kind,
-            at,
-            "F_SETOWN_EX",
-        ))?;
-    }
+    // The owner (`fown.pid`) is the engine's business: the owning task may not exist yet.
     Ok(())
 }
 

@@ -133,6 +133,21 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
     let (state, backlog) = if tcp {
         let ti = tcp_info(f).map_err(sys(KIND, at, "TCP_INFO"))?;
         let state = u32::from(*ti.first().unwrap_or(&0));
+        // A listener's tcpi_unacked is its accept queue: connections in flight.
+        if state == TCP_LISTEN && u32_at(&ti, 24) != 0 {
+            let queued = u32_at(&ti, 24);
+            if !st.opts.skip_in_flight {
+                return Err(unsupported(
+                    KIND,
+                    at,
+                    format!(
+                        "listening socket with {queued} in-flight connection(s) not yet \
+                         accepted (--skip-in-flight drops them)"
+                    ),
+                ));
+            }
+            tracing::info!("skipping {queued} in-flight connection(s) of {at}");
+        }
         (
             state,
             if state == TCP_LISTEN {
@@ -195,7 +210,18 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
     if tcp {
         s.tcp_opts = Some(tcp_opts_dump(at, f, keepalive)?);
     }
-    if tcp && state == TCP_ESTABLISHED {
+    if proto == libc::IPPROTO_UDP {
+        // Shut down directions (a UDP socket keeps them, connected or not).
+        let diag = crate::sys::sock_diag::inet_by_ino(family, proto, ino).map_err(sys(
+            KIND,
+            at,
+            "inet_diag",
+        ))?;
+        s.shutdown = super::unix::shutdown_of(diag.shutdown);
+    }
+    if tcp && state == TCP_ESTABLISHED && st.opts.tcp_close {
+        // CRIU's --tcp-close: no repair, no tcp-stream image; the restore makes it closed.
+    } else if tcp && state == TCP_ESTABLISHED {
         if !st.opts.tcp_established {
             return Err(unsupported(
                 KIND,
@@ -264,6 +290,9 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
         .map_err(sys(KIND, at, "socket"))?;
     let f = fd.as_fd();
     let established_tcp = s.proto == libc::IPPROTO_TCP as u32 && s.state == TCP_ESTABLISHED;
+    // --tcp-close: the connection comes back as a closed socket (bound, not connected).
+    let closed_tcp = established_tcp && ctx.opts.tcp_close;
+    let established_tcp = established_tcp && !closed_tcp;
     if established_tcp {
         if !ctx.opts.tcp_established {
             return Err(unsupported(
@@ -285,7 +314,7 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
             "IP_FREEBIND",
         ))?;
     }
-    let bound = s.src_port != 0 || s.src_addr.iter().any(|w| *w != 0);
+    let bound = !closed_tcp && (s.src_port != 0 || s.src_addr.iter().any(|w| *w != 0));
     // A socket in repair mode may share its port with anything (the kernel's SK_FORCE_REUSE,
     // e.g. an accepted connection next to its listener); SO_REUSEADDR would replace that.
     let tweak_reuse = bound && !established_tcp;
@@ -295,6 +324,14 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
             KIND,
             at,
             "SO_REUSEADDR",
+        ))?;
+    }
+    if bound && s.opts.so_reuseport == Some(true) {
+        // Before the bind: listeners sharing a port with SO_REUSEPORT bind it one by one.
+        so::setsockopt_int(f, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(sys(
+            KIND,
+            at,
+            "SO_REUSEPORT",
         ))?;
     }
     if bound {
@@ -316,6 +353,7 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
         (libc::IPPROTO_TCP, TCP_LISTEN) => {
             so::listen(f, s.backlog as i32).map_err(sys(KIND, at, "listen"))?
         }
+        (libc::IPPROTO_TCP, TCP_ESTABLISHED) if closed_tcp => {}
         (libc::IPPROTO_TCP, TCP_ESTABLISHED) => tcp::restore(at, f, s, ctx)?,
         (libc::IPPROTO_UDP, TCP_ESTABLISHED) => {
             let a = make_addr(family, &s.dst_addr, s.dst_port);
@@ -323,6 +361,15 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
         }
         (_, TCP_CLOSE) => {}
         (p, st) => return Err(unsupported(KIND, at, format!("protocol {p} state {st}"))),
+    }
+    if s.proto == libc::IPPROTO_UDP as u32 {
+        if let Some(how) = s.shutdown.and_then(super::unix::shut_how) {
+            // An unconnected socket says ENOTCONN but keeps the state, as at dump time.
+            match so::shutdown(f, how) {
+                Ok(()) | Err(nix::errno::Errno::ENOTCONN) => {}
+                Err(e) => return Err(sys(KIND, at, "shutdown")(e)),
+            }
+        }
     }
     common::restore_params(KIND, e.id, f, s.flags, &s.fown)?;
     Ok(fd)

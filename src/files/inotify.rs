@@ -158,8 +158,30 @@ fn mounts_of(kdev: u32) -> Vec<String> {
     out
 }
 
-/// Opens the watched inode of `w` (O_PATH).
-fn open_watched(at: At, w: &pb::InotifyWdEntry) -> Result<OwnedFd> {
+/// Opens the watched inode of `w` (O_PATH); an inode the handle no longer finds (ESTALE:
+/// unlinked) may be a restored unlinked file of `ctx`.
+fn open_watched(at: At, w: &pb::InotifyWdEntry, ctx: &RestoreCtx<'_>) -> Result<OwnedFd> {
+    match open_handle(at, w) {
+        Err(e) if e.errno() == Some(libc::ESTALE) || e.errno() == Some(libc::ENOENT) => {
+            match ctx.inodes.get(&(w.s_dev, w.i_ino)) {
+                Some(fd) => fdkinds::open(
+                    &format!("/proc/self/fd/{fd}"),
+                    libc::O_PATH | libc::O_CLOEXEC,
+                )
+                .map_err(sys(
+                    KIND,
+                    at,
+                    format!("reopen the unlinked file of wd {}", w.wd),
+                )),
+                None => Err(e),
+            }
+        }
+        r => r,
+    }
+}
+
+/// Opens the watched inode of `w` by its handle, or its path (O_PATH).
+fn open_handle(at: At, w: &pb::InotifyWdEntry) -> Result<OwnedFd> {
     let fh = &w.f_handle;
     let bytes = unpack_handle(&fh.handle, fh.bytes as usize).ok_or_else(|| {
         image(
@@ -206,8 +228,8 @@ fn open_watched(at: At, w: &pb::InotifyWdEntry) -> Result<OwnedFd> {
 }
 
 /// Adds the watch of `w` until the kernel hands out its old wd.
-fn add_watch(ify: impl AsFd, at: At, w: &pb::InotifyWdEntry) -> Result<()> {
-    let target = open_watched(at, w)?;
+fn add_watch(ify: impl AsFd, at: At, w: &pb::InotifyWdEntry, ctx: &RestoreCtx<'_>) -> Result<()> {
+    let target = open_watched(at, w, ctx)?;
     let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&target));
     // IN_DONT_FOLLOW would stop at the /proc link itself.
     let mask = w.mask & !(libc::IN_DONT_FOLLOW | libc::IN_MASK_ADD);
@@ -237,7 +259,7 @@ fn add_watch(ify: impl AsFd, at: At, w: &pb::InotifyWdEntry) -> Result<()> {
 }
 
 /// Restores an inotify instance with its watches (same wd numbers).
-pub fn restore(e: &pb::FileEntry, _ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> Result<OwnedFd> {
+pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> Result<OwnedFd> {
     let at = At::Id(e.id);
     let ify = e
         .ify
@@ -251,7 +273,7 @@ pub fn restore(e: &pb::FileEntry, _ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> 
     let mut wds: Vec<&pb::InotifyWdEntry> = ify.wd.iter().collect();
     wds.sort_by_key(|w| w.wd);
     for w in wds {
-        add_watch(&fd, at, w)?;
+        add_watch(&fd, at, w, ctx)?;
     }
     // Drop the IN_IGNORED events of the watches removed on the way.
     let mut buf = vec![0u8; 4096];

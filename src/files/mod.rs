@@ -72,6 +72,10 @@ pub struct DumpOptions {
     pub ext_unix_sk: bool,
     /// `--shell-job`: the tree's terminal is outside (its tty is external).
     pub shell_job: bool,
+    /// `--tcp-close`: established connections are recorded without their state (no repair).
+    pub tcp_close: bool,
+    /// `--skip-in-flight`: connections waiting in a listener's accept queue are not refused.
+    pub skip_in_flight: bool,
 }
 
 /// Restore-time options.
@@ -80,6 +84,8 @@ pub struct RestoreOptions {
     pub tcp_established: bool,
     pub ext_unix_sk: bool,
     pub shell_job: bool,
+    /// `--tcp-close`: established connections are restored closed.
+    pub tcp_close: bool,
 }
 
 /// One fd to dump. `file` is the task's descriptor, duplicated into the dumper.
@@ -155,6 +161,20 @@ pub struct RestoreCtx<'a> {
     pub(crate) unix_ids: HashMap<u32, u32>,
     /// Restored TCP connections still in repair mode: (id, socket, unsent data).
     pub(crate) tcp_pending: Vec<(u32, OwnedFd, Vec<u8>)>,
+    /// Restored files by the (kernel device, inode) they had at dump time: unlinked files
+    /// (ghosts) that a file handle cannot find any more (an inotify watch falls back to them).
+    pub inodes: HashMap<(u32, u64), RawFd>,
+    /// Names of unlinked unix sockets and the directories made for them, removed (last
+    /// first) when the context goes.
+    pub(crate) remove_later: Vec<std::path::PathBuf>,
+}
+
+impl Drop for RestoreCtx<'_> {
+    fn drop(&mut self) {
+        for p in self.remove_later.drain(..).rev() {
+            let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir(&p));
+        }
+    }
 }
 
 impl<'a> RestoreCtx<'a> {
@@ -181,6 +201,8 @@ impl<'a> RestoreCtx<'a> {
             unix,
             unix_ids,
             tcp_pending: Vec::new(),
+            inodes: HashMap::new(),
+            remove_later: Vec::new(),
         }
     }
 

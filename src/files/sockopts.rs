@@ -88,6 +88,7 @@ pub fn dump(kind: &'static str, at: At, fd: BorrowedFd<'_>) -> Result<pb::SkOpts
     if !dev.is_empty() {
         o.so_bound_dev = Some(String::from_utf8_lossy(&dev).into_owned());
     }
+    o.so_filter = so::get_filter(fd).map_err(sys(kind, at, "SO_GET_FILTER"))?;
     // SO_BUF_LOCK (72): which buffer sizes the user fixed.
     if let Ok(v) = so::getsockopt_int(fd, SOL, 72) {
         if v != 0 {
@@ -163,6 +164,9 @@ pub fn restore(kind: &'static str, at: At, fd: BorrowedFd<'_>, o: &pb::SkOptsEnt
             at,
             "SO_BINDTODEVICE",
         ))?;
+    }
+    if !o.so_filter.is_empty() {
+        so::attach_filter(fd, &o.so_filter).map_err(sys(kind, at, "SO_ATTACH_FILTER"))?;
     }
     // The FORCE calls above locked both sizes: put the recorded lock back.
     set(72, o.so_buf_lock.unwrap_or(0) as i32, "SO_BUF_LOCK")?;

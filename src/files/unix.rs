@@ -108,6 +108,8 @@ pub fn peek_queue(fd: BorrowedFd<'_>) -> std::result::Result<Vec<Vec<u8>>, Errno
                     out.push(buf[..n].to_vec());
                 }
                 Err(Errno::EAGAIN) => break,
+                // An unconnected stream (EINVAL) or seqpacket (ENOTCONN) socket has no queue.
+                Err(Errno::EINVAL | Errno::ENOTCONN) if out.is_empty() => break,
                 Err(e) => return Err(e),
             }
         }
@@ -128,12 +130,23 @@ fn trim_path(name: &[u8]) -> Vec<u8> {
     }
 }
 
-fn shutdown_of(bits: u8) -> Option<i32> {
+/// The image's shutdown value of the kernel's `sk_shutdown` bits.
+pub(crate) fn shutdown_of(bits: u8) -> Option<i32> {
     match bits & 3 {
         0 => None,
         1 => Some(pb::SkShutdown::Read as i32),
         2 => Some(pb::SkShutdown::Write as i32),
         _ => Some(pb::SkShutdown::Both as i32),
+    }
+}
+
+/// The `shutdown(2)` argument of an image's shutdown value.
+pub(crate) fn shut_how(v: i32) -> Option<i32> {
+    match v {
+        1 => Some(libc::SHUT_RD),
+        2 => Some(libc::SHUT_WR),
+        3 => Some(libc::SHUT_RDWR),
+        _ => None,
     }
 }
 
@@ -354,7 +367,12 @@ fn path_of(u: &pb::UnixSkEntry) -> Option<String> {
     })
 }
 
-fn bind_name(at: At, fd: BorrowedFd<'_>, u: &pb::UnixSkEntry) -> Result<()> {
+fn bind_name(
+    at: At,
+    fd: BorrowedFd<'_>,
+    u: &pb::UnixSkEntry,
+    ctx: &mut RestoreCtx<'_>,
+) -> Result<()> {
     if u.name.is_empty() {
         return Ok(());
     }
@@ -365,15 +383,31 @@ fn bind_name(at: At, fd: BorrowedFd<'_>, u: &pb::UnixSkEntry) -> Result<()> {
             let _ = std::fs::remove_file(p);
         }
     }
+    // An unlinked name, maybe with its directories removed too: made for the bind, and kept
+    // until every socket is restored (peers connect to it, queued datagrams are sent to it);
+    // the context removes them (innermost first).
+    if let (Some(p), Some(true)) = (&path, u.deleted) {
+        let missing: Vec<&std::path::Path> = std::path::Path::new(p)
+            .ancestors()
+            .skip(1)
+            .take_while(|a| !a.as_os_str().is_empty() && std::fs::symlink_metadata(a).is_err())
+            .collect();
+        for dir in missing.iter().rev() {
+            if std::fs::create_dir(dir).is_ok() {
+                ctx.remove_later.push(dir.to_path_buf());
+            }
+        }
+    }
     so::bind(fd, &sockaddr(u)).map_err(sys(
         KIND,
         at,
         format!("bind {:?}", String::from_utf8_lossy(&u.name)),
     ))?;
-    if let Some(p) = &path {
-        if u.deleted == Some(true) {
-            let _ = std::fs::remove_file(p);
-        } else if let Some(perm) = &u.file_perms {
+    if let (Some(p), Some(true)) = (&path, u.deleted) {
+        ctx.remove_later.push(p.into());
+    }
+    if let Some(p) = path.as_ref().filter(|_| u.deleted != Some(true)) {
+        if let Some(perm) = &u.file_perms {
             let c = |e: std::io::Error| {
                 sys(KIND, at, format!("chmod/chown {p}"))(Errno::from_raw(
                     e.raw_os_error().unwrap_or(libc::EIO),
@@ -412,16 +446,8 @@ fn fill(at: At, via: BorrowedFd<'_>, packets: Vec<&[u8]>) -> Result<()> {
 
 fn finish_fd(e: &pb::FileEntry, u: &pb::UnixSkEntry, fd: &OwnedFd) -> Result<()> {
     let at = At::Id(e.id);
-    if let Some(how) = u.shutdown {
-        let how = match how {
-            1 => Some(libc::SHUT_RD),
-            2 => Some(libc::SHUT_WR),
-            3 => Some(libc::SHUT_RDWR),
-            _ => None,
-        };
-        if let Some(h) = how {
-            so::shutdown(fd, h).map_err(sys(KIND, at, "shutdown"))?;
-        }
+    if let Some(h) = u.shutdown.and_then(shut_how) {
+        so::shutdown(fd, h).map_err(sys(KIND, at, "shutdown"))?;
     }
     sockopts::restore(KIND, at, fd.as_fd(), &u.opts)?;
     common::restore_params(KIND, e.id, fd, u.flags, &u.fown)
@@ -457,7 +483,7 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
     let fd = if u.peer == 0 && (u.state != TCP_ESTABLISHED || dgram) {
         // Unconnected: bound or not, maybe listening.
         let fd = so::socket(libc::AF_UNIX, sock_type(u), 0).map_err(sys(KIND, at, "socket"))?;
-        bind_name(at, fd.as_fd(), u)?;
+        bind_name(at, fd.as_fd(), u, ctx)?;
         if u.state == TCP_LISTEN {
             so::listen(&fd, u.backlog as i32).map_err(sys(KIND, at, "listen"))?;
         } else if !mine.is_empty() {
@@ -499,7 +525,7 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
             ));
         }
         let fd = so::socket(libc::AF_UNIX, sock_type(u), 0).map_err(sys(KIND, at, "socket"))?;
-        bind_name(at, fd.as_fd(), u)?;
+        bind_name(at, fd.as_fd(), u, ctx)?;
         so::connect(&fd, &sockaddr(&p)).map_err(sys(
             KIND,
             at,

@@ -4,26 +4,38 @@
 //! remote area (one anonymous RWX mapping made by remote mmap):
 //!   base                  blob image, relocated for `base`
 //!   base + SIZE           args page: ParasiteArgs @0, scratch for remote syscalls @512
-//!   base + SIZE + 4 KiB   stack (256 KiB), the parasite starts with sp at its top
-//!   + 256 KiB             thread area: one THREAD_SLOT (4 KiB) per thread run at once
-//! inject:  save regs + xstate + sigmask of the leader; mmap; write blob and args;
+//!   + 4 KiB               the leader's signal frame (sigframe.rs): registers, mask, XSAVE
+//!   + frame               stack (256 KiB), the parasite starts with sp at its top
+//!   + 256 KiB             thread area: one slot per thread run at once (state, scratch with
+//!                         the thread's signal frame, XSAVE area, a little stack)
+//! inject:  save regs + xstate + sigmask of the leader; mmap; write blob, frame and args;
 //!          socketpair(AF_UNIX, SOCK_SEQPACKET) inside the task, take one end with
 //!          pidfd_getfd, close it in the task; start the blob (ip = entry, rdi = args,
 //!          every signal but SIGTRAP blocked), PTRACE_CONT: it serves commands
-//! cure:    FINI, wait for its trap; (if it does not answer: interrupt, close its fds
-//!          remotely); munmap through the poked exec area; restore xstate, regs, sigmask
+//! cure:    FINI; interrupt the leader in the parasite's wait for the hang-up (if it does
+//!          not answer: interrupt it wherever it is, close its pipes too); close its socket
+//!          remotely; write back xstate, mask, then regs; munmap through the poked exec area
 //! ```
+//!
+//! Killed dumper: the kernel closes our end of the socket. The parasite, in whatever command
+//! or wait it is, sees the hang-up, closes its descriptors and returns through its frame; so
+//! does a thread in the thread routine. Every remote syscall ends with the task parked in an
+//! event stop (`SeizedTask::park`), from which a task whose tracer died simply resumes. What
+//! stays: the mapping (code cannot unmap itself and return), and the task is lost if the
+//! dumper dies during the remote mmap or munmap itself (the poked word is in place).
 //!
 //! Per-thread state: the leader answers THREAD_STATE itself; the other threads run the blob's
 //! thread routine, all of them at once, in waves of at most one thread per slot:
 //!
 //! ```text
-//! start all:  save regs, xstate, mask; ip = __export_thread_entry, rdi = slot, sp = slot
-//!             end, mask = all but SIGTRAP; PTRACE_CONT          (no waiting in between)
-//! reap all:   waitpid(tid) until the SIGTRAP of the routine's int3
-//! restore:    xstate, regs, mask of every thread; read all slots with one /proc/PID/mem read
+//! slots:      one write: socket, XSAVE software bytes, each thread's signal frame
+//! start all:  ip = __export_thread_entry, rdi = slot, sp = slot end; PTRACE_CONT
+//!             (no waiting in between); the routine blocks every signal first
+//! notes:      read THREAD_DONE ^ tid from the socket until every thread sent its own
+//! stop all:   PTRACE_INTERRUPT each (it waits in a poll), wait for the event stops
+//! restore:    mask, then regs of every thread; read all slots with one /proc/PID/mem read
 //! ```
-//! Every thread started is waited for and restored, on error paths too. Pending signals,
+//! Every thread started is stopped and restored, on error paths too. Pending signals,
 //! registers and rseq come from ptrace (`SeizedTask`).
 //!
 //! Every thread of the process must stay seized while the parasite lives. The parasite's
@@ -33,6 +45,7 @@
 use super::blob::{dump as blob, DUMP};
 use super::error::{Error, Result};
 use super::proto::{self, *};
+use super::sigframe;
 use crate::sys::channel;
 use crate::sys::ptrace::{RseqConfig, UserDesc};
 use crate::sys::regs::{TaskRegs, UserRegs, XState, EFLAGS_DF, EFLAGS_TF};
@@ -54,6 +67,8 @@ const DEFAULT_SLOTS: usize = 16;
 pub const MAX_SLOTS: usize = 1024;
 /// Pipe size asked for DUMP_PAGES (the kernel may give less without CAP_SYS_RESOURCE).
 const PIPE_SIZE: usize = 1 << 20;
+/// Length of the message a thread routine sends when done (THREAD_DONE ^ tid).
+const THREAD_NOTE_LEN: usize = 8;
 /// How often a waiting command checks that the task still runs the parasite.
 const POLL_MS: i32 = 50;
 const PAGE: u64 = 4096;
@@ -118,6 +133,8 @@ struct XsavePlan {
     span: usize,
     /// Bytes 464..512 of the leader's area.
     sw_bytes: [u8; 48],
+    /// The end of the last feature of `rfbm` (the xstate_size of a signal frame).
+    end: usize,
 }
 
 /// Offset of the software-reserved bytes and of the XSAVE header.
@@ -156,6 +173,7 @@ impl XsavePlan {
             len,
             rfbm,
             excluded,
+            end: span,
             span: span.next_multiple_of(64),
             sw_bytes: area.get(SW_BYTES_OFF..XSAVE_HEADER_OFF)?.try_into().ok()?,
         })
@@ -231,11 +249,18 @@ impl<'a> Parasite<'a> {
         let saved_mask = leader.sigmask()?;
         let remote = Remote::new(leader)?;
         let size = blob::SIZE as u64;
-        let slots_off = size + ARGS_SIZE + STACK_SIZE;
+        // The leader's signal frame (sigframe.rs), written before the parasite can run.
+        let frame_off = size + ARGS_SIZE;
+        let frame_len = (sigframe::FRAME_FPSTATE as u64 + saved.xstate.len() as u64 + 64)
+            .next_multiple_of(PAGE);
+        let slots_off = frame_off + frame_len + STACK_SIZE;
         let xsave = XsavePlan::from_leader(saved.xstate.as_bytes());
+        // A slot: state and scratch, the XSAVE area and its MAGIC2, and room below the
+        // slot's end for a signal frame (the routine never unblocks signals while it runs,
+        // but the dumper gives a thread its mask back a moment before its registers).
         let slot_size = xsave
             .as_ref()
-            .map_or(THREAD_SLOT, |x| THREAD_XSAVE_OFF + x.span)
+            .map_or(THREAD_SLOT, |x| THREAD_XSAVE_OFF + 2 * x.span + 64 + 1024)
             .next_multiple_of(THREAD_SLOT) as u64;
         let len = slots_off + slots as u64 * slot_size;
         let prot = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
@@ -282,13 +307,24 @@ impl<'a> Parasite<'a> {
             xsave,
             leader_rseq: None,
         };
+        let frame_addr = base + frame_off;
+        let frame = sigframe::frame(
+            frame_addr,
+            &parasite.saved.regs,
+            saved_mask,
+            &parasite.saved.xstate,
+        );
+        crate::sys::mem::write(pid, frame_addr, &frame)?;
         let args = ParasiteArgs {
             magic: ARGS_MAGIC,
             sock_fd: task_sock,
             pad: 0,
+            cure_sp: frame_addr + sigframe::FRAME_UC as u64,
         };
         crate::sys::mem::write(pid, base + size, bytes_of(&args))?;
+        crate::sys::stop_point::stop_point("inject");
         parasite.start()?;
+        crate::sys::stop_point::stop_point("serve");
         Ok(parasite)
     }
 
@@ -387,6 +423,10 @@ impl<'a> Parasite<'a> {
             Ok(r) => r,
             Err(e) => return Err(self.explain_silence(name, e)),
         };
+        if n == THREAD_NOTE_LEN {
+            // A late note of the thread routine (a wave that failed): not a reply.
+            return self.recv_reply(cmd);
+        }
         if n == 0 {
             let e = crate::sys::Error::Sys {
                 op: "recvmsg",
@@ -521,6 +561,7 @@ impl<'a> Parasite<'a> {
                 }
                 channel::splice_exact(self.pipes[pipe].read.as_fd(), out, bytes as usize)?;
                 total += bytes;
+                crate::sys::stop_point::stop_point("pages");
             }
             Ok(total)
         })();
@@ -797,64 +838,55 @@ impl<'a> Parasite<'a> {
         if let Some(t) = wave.iter().find(|t| t.tracer() != self.leader.tracer()) {
             t.check_tracer("thread routine")?;
         }
-        // (regs, mask) of each thread started so far: its own registers, the mask when it
-        // is known before the routine tells it (a restore still deferred from an earlier
-        // run: the thread sits at our trap with all blocked; or a signal it took first).
-        let mut started: Vec<(UserRegs, Option<u64>)> = Vec::with_capacity(wave.len());
+        let mut saved: Vec<UserRegs> = Vec::with_capacity(wave.len());
+        for t in wave {
+            saved.push(ptrace::get_regs(t.tid())?);
+        }
+        self.write_slots(wave.len(), &saved)?;
+        // Start every thread; (tid of each started one, its own mask once a signal made us
+        // read it by ptrace).
+        let mut own_masks: Vec<Option<u64>> = Vec::with_capacity(wave.len());
         let mut result = Ok(());
         for (i, t) in wave.iter().enumerate() {
             let tid = t.tid();
-            let saved = match t.pending_restore() {
-                Some(saved) => saved,
-                None => match ptrace::get_regs(tid) {
-                    Ok(r) => (r, None),
-                    Err(e) => {
-                        result = Err(e.into());
-                        break;
-                    }
-                },
-            };
-            let mut regs = saved.0;
+            let mut regs = saved[i];
             regs.ip = entry;
             regs.di = slot(i);
             regs.si = xsave_span;
             regs.dx = rfbm;
             regs.cx = flags;
-            let guess = self.rseq_guess(saved.0.fs_base);
+            let guess = self.rseq_guess(saved[i].fs_base);
             regs.r8 = guess.map_or(0, |g| g.rseq_abi_pointer);
             regs.r9 = guess.map_or(0, |g| u64::from(g.rseq_abi_size));
             regs.r10 = guess.map_or(0, |g| u64::from(g.signature));
             regs.sp = slot(i + 1);
             regs.orig_ax = u64::MAX;
             regs.flags &= !(EFLAGS_TF | EFLAGS_DF);
-            // From here the thread must get its registers back, whatever happens; its mask
-            // once the routine said what it was.
-            t.defer_restore(saved.0, saved.1);
-            started.push(saved);
-            // The routine blocks the signals itself, first thing.
+            // From here the thread must get its registers back, whatever happens.
+            own_masks.push(None);
             let go = ptrace::set_regs(tid, &regs).and_then(|_| ptrace::cont(tid, 0));
             if let Err(e) = go {
                 result = Err(e.into());
                 break;
             }
         }
-        // Reap every started thread. Its registers and mask are written back when it is
-        // detached (or never, if the dump kills the tree): the routine touches integer
-        // registers only, so its XSAVE area needs no restoring.
-        // Each thread's GDT TLS slots are read (ptrace) as soon as it has trapped, while the
-        // later ones still run the routine on other CPUs.
+        let started = &wave[..own_masks.len()];
+        if result.is_ok() {
+            result = self.collect_notes(started, &mut own_masks, slot);
+            crate::sys::stop_point::stop_point("threads");
+        }
+        // Every started thread is stopped (in the routine's final poll, or wherever it is on
+        // an error path) and gets its own mask and registers back at once: the area it runs
+        // in is unmapped at cure.
+        for t in started {
+            let _ = ptrace::interrupt(t.tid());
+        }
         let mut tls = Vec::with_capacity(started.len());
-        for (i, (_, mask)) in started.iter_mut().enumerate() {
-            let t = wave[i];
-            let trapped = wait_trap(t).and_then(|taken| {
-                if mask.is_none() {
-                    *mask = taken;
-                }
-                Ok(ptrace::tls(t.tid())?)
-            });
-            match trapped {
+        for (i, t) in started.iter().enumerate() {
+            match park_thread(t, &mut own_masks[i]).and_then(|_| Ok(ptrace::tls(t.tid())?)) {
                 Ok(descs) => tls.push(descs),
                 Err(e) => {
+                    tls.push(Default::default());
                     if result.is_ok() {
                         result = Err(e);
                     }
@@ -870,21 +902,30 @@ impl<'a> Parasite<'a> {
         let stride = stride as usize;
         let mut raw = vec![0u8; (started.len().max(1) - 1) * stride + tail];
         let read = crate::sys::mem::read(pid, area, &mut raw);
-        // Every thread whose routine reported gets its deferred restore settled, also when
-        // the wave failed.
-        let mut states = Vec::with_capacity(started.len());
-        for (i, (regs, mask)) in started.iter_mut().enumerate() {
-            let t = wave[i];
-            let state = match &read {
-                Ok(()) => proto::read::<ThreadState>(&raw[i * stride..]).unwrap_or_default(),
-                Err(_) => ThreadState::default(),
+        let mut masks = Vec::with_capacity(started.len());
+        for (i, t) in started.iter().enumerate() {
+            // The mask the routine found (it blocked every signal), unless ptrace read it
+            // first; none when the routine did not get to block anything.
+            let word = |off: usize| {
+                raw.get(i * stride + off..i * stride + off + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes)
             };
-            // The routine put the thread's mask back before its trap, unless a signal
-            // stopped it on the way out and the mask was blocked by ptrace (then `mask`).
-            if state.done == THREAD_DONE ^ t.tid() as u64 {
-                t.defer_restore(*regs, *mask);
+            let mask = own_masks[i].or_else(|| match (&read, word(512)) {
+                (Ok(()), Some(1)) => word(504),
+                _ => None,
+            });
+            masks.push(mask);
+            let back = match mask {
+                Some(m) => ptrace::set_sigmask(t.tid(), m),
+                None => Ok(()),
             }
-            states.push(state);
+            .and_then(|_| ptrace::set_regs(t.tid(), &saved[i]));
+            if let Err(e) = back {
+                if result.is_ok() {
+                    result = Err(e.into());
+                }
+            }
         }
         result?;
         read?;
@@ -895,16 +936,16 @@ impl<'a> Parasite<'a> {
             }
         }
         let mut xstates = xstates.into_iter();
-        for (i, (((regs, mask), tls), state)) in
-            started.into_iter().zip(tls).zip(states).enumerate()
-        {
+        for (i, (tls, mask)) in tls.into_iter().zip(masks).enumerate() {
             let tid = wave[i].tid();
+            let regs = saved[i];
             let slot_bytes = &raw[i * stride..];
+            let state = proto::read::<ThreadState>(slot_bytes).unwrap_or_default();
             if state.done != THREAD_DONE ^ tid as u64 {
                 return Err(Error::Protocol {
                     cmd: "thread routine",
                     pid: tid,
-                    what: "the thread trapped without filling its slot".into(),
+                    what: "the thread stopped without filling its slot".into(),
                 });
             }
             if state.status != 0 {
@@ -942,6 +983,112 @@ impl<'a> Parasite<'a> {
                 sigmask: mask,
                 state,
             });
+        }
+        Ok(())
+    }
+
+    /// Writes the first `n` thread slots before their threads start: the socket, the XSAVE
+    /// software bytes and each thread's signal frame (its registers `saved[i]`; the routine
+    /// fills the mask and the XSAVE area), so that a thread finding the dumper gone returns
+    /// through it.
+    fn write_slots(&self, n: usize, saved: &[UserRegs]) -> Result<()> {
+        let area = self.base + self.slots_off;
+        let stride = self.slot_size as usize;
+        let mut init = vec![0u8; (n.max(1) - 1) * stride + THREAD_XSAVE_OFF];
+        for (i, regs) in saved.iter().take(n).enumerate() {
+            let s = &mut init[i * stride..];
+            s[THREAD_SOCK_OFF..THREAD_SOCK_OFF + 8]
+                .copy_from_slice(&(self.task_sock as u64).to_le_bytes());
+            let fpstate = match &self.xsave {
+                Some(plan) => {
+                    s[THREAD_SW_BYTES_OFF..THREAD_SW_BYTES_OFF + 24]
+                        .copy_from_slice(&sigframe::sw_bytes(plan.rfbm, plan.end));
+                    area + (i * stride + THREAD_XSAVE_OFF) as u64
+                }
+                // No XSAVE in the routine: a thread returning through its frame gets its
+                // FPU state reset (the plan exists on every CPU with XSAVE).
+                None => 0,
+            };
+            let uc = sigframe::ucontext(regs, 0, fpstate);
+            s[THREAD_FRAME_OFF..THREAD_FRAME_OFF + sigframe::UC_LEN].copy_from_slice(&uc);
+        }
+        Ok(crate::sys::mem::write(self.leader.tgid(), area, &init)?)
+    }
+
+    /// Waits for the note of every thread of `wave` (started into the routine) on the
+    /// socket. A thread stopped by a signal while its own mask was in force (before the
+    /// routine's first system call) gets every signal blocked by ptrace and the signal back
+    /// (it stays pending); its own mask is read then, recorded in `own_masks` and written
+    /// into its frame.
+    fn collect_notes(
+        &mut self,
+        wave: &[&SeizedTask],
+        own_masks: &mut [Option<u64>],
+        slot: impl Fn(usize) -> u64,
+    ) -> Result<()> {
+        use crate::sys::ptrace;
+        let pid = self.leader.tgid();
+        let mut noted = vec![false; wave.len()];
+        let mut left = wave.len();
+        let index: std::collections::HashMap<i32, usize> =
+            wave.iter().enumerate().map(|(i, t)| (t.tid(), i)).collect();
+        let mut buf = vec![0u8; MAX_MSG];
+        while left > 0 {
+            // Notes come in bursts: take every one waiting, then wait for more; a thread
+            // stopped by a signal is seen when no note came for POLL_MS.
+            while left > 0 && channel::poll_readable(self.sock.as_fd(), 0)? {
+                let (n, _) = channel::recv_msg(self.sock.as_fd(), &mut buf)?;
+                let note = (n == THREAD_NOTE_LEN).then(|| {
+                    u64::from_le_bytes(buf[..8].try_into().unwrap_or_default()) ^ THREAD_DONE
+                });
+                match note.and_then(|tid| index.get(&(tid as i32))) {
+                    Some(&i) if !noted[i] => {
+                        noted[i] = true;
+                        left -= 1;
+                    }
+                    _ => {
+                        return Err(Error::Protocol {
+                            cmd: "thread routine",
+                            pid,
+                            what: format!("unexpected {n}-byte message"),
+                        })
+                    }
+                }
+            }
+            if left == 0 || channel::poll_readable(self.sock.as_fd(), POLL_MS)? {
+                continue;
+            }
+            for (i, t) in wave.iter().enumerate() {
+                if noted[i] {
+                    continue;
+                }
+                match t.poll()? {
+                    None => {}
+                    Some(WaitEvent::SignalStop { sig: libc::SIGSTOP }) => {
+                        ptrace::cont(t.tid(), libc::SIGSTOP)?
+                    }
+                    Some(WaitEvent::SignalStop { sig }) => {
+                        if own_masks[i].is_none() {
+                            let mask = ptrace::get_sigmask(t.tid())?;
+                            own_masks[i] = Some(mask);
+                            let frame = slot(i) + THREAD_FRAME_OFF as u64;
+                            crate::sys::mem::write(
+                                pid,
+                                frame + sigframe::UC_SIGMASK as u64,
+                                &mask.to_le_bytes(),
+                            )?;
+                            crate::sys::mem::write(
+                                pid,
+                                slot(i) + THREAD_MASK_KNOWN_OFF as u64,
+                                &1u64.to_le_bytes(),
+                            )?;
+                        }
+                        ptrace::set_sigmask(t.tid(), u64::MAX)?;
+                        ptrace::cont(t.tid(), sig)?;
+                    }
+                    Some(_) => ptrace::cont(t.tid(), 0)?,
+                }
+            }
         }
         Ok(())
     }
@@ -1002,10 +1149,10 @@ impl<'a> Parasite<'a> {
             return Ok(());
         }
         let pid = self.leader.tgid();
-        let mut fds_closed = false;
+        let mut pipes_closed = false;
         if self.state == State::Running {
             match self.fini() {
-                Ok(()) => fds_closed = true,
+                Ok(()) => pipes_closed = true,
                 Err(e) if e.is_task_died() => {
                     self.state = State::Cured;
                     return Err(e);
@@ -1017,67 +1164,47 @@ impl<'a> Parasite<'a> {
             }
         }
         self.state = State::Stopped;
+        // The leader is in an event stop inside the parasite. Each step leaves it able to
+        // put itself back should we die: with its socket closed it returns through its frame
+        // (the poll says POLLNVAL); with its own registers back it is no longer in the area.
         let remote = Remote::at(self.leader, self.exec_ip);
         let mut first: Option<Error> = None;
-        if !fds_closed {
-            let mut fds = vec![self.task_sock];
+        let mut fds = vec![self.task_sock];
+        if !pipes_closed {
             fds.extend(self.task_pipe_fds());
-            for fd in fds {
-                if let Err(e) = remote.syscall("close", libc::SYS_close, &[fd as u64]) {
-                    if e.errno() != Some(Errno::EBADF) {
-                        first.get_or_insert(e.into());
-                    }
+        }
+        for fd in fds {
+            if let Err(e) = remote.syscall("close", libc::SYS_close, &[fd as u64]) {
+                if e.errno() != Some(Errno::EBADF) {
+                    first.get_or_insert(e.into());
                 }
             }
         }
-        if let Err(e) = remote.syscall("munmap", libc::SYS_munmap, &[self.base, self.len]) {
-            first.get_or_insert(e.into());
-        }
-        if let Err(e) = self.leader.set_task_regs(&self.saved) {
+        // XSAVE area and mask first, the registers last: one write takes it out of the area.
+        if let Err(e) = self.leader.set_xstate(&self.saved.xstate) {
             first.get_or_insert(e.into());
         }
         if let Err(e) = self.leader.set_sigmask(self.saved_mask) {
             first.get_or_insert(e.into());
         }
+        if let Err(e) = self.leader.set_regs(&self.saved.regs) {
+            first.get_or_insert(e.into());
+        }
+        if first.is_none() {
+            if let Err(e) = remote.syscall("munmap", libc::SYS_munmap, &[self.base, self.len]) {
+                first.get_or_insert(e.into());
+            }
+        }
         self.state = State::Cured;
         first.map_or(Ok(()), Err)
     }
 
-    /// FINI, then wait for the trap after `serve` returns.
+    /// FINI, then stop the leader in the parasite's wait for the hang-up.
     fn fini(&mut self) -> Result<()> {
         self.command(CMD_FINI, &[], &[])?;
-        let trap = self.base + blob::EXPORT_FINI_TRAP as u64;
-        loop {
-            match self.leader.wait()? {
-                WaitEvent::SignalStop { sig: libc::SIGTRAP } => {
-                    let ip = self.leader.regs()?.ip;
-                    if ip == trap {
-                        self.state = State::Stopped;
-                        return Ok(());
-                    }
-                    self.state = State::Stopped;
-                    return Err(Error::Protocol {
-                        cmd: "FINI",
-                        pid: self.leader.tgid(),
-                        what: format!("trap at {ip:#x}"),
-                    });
-                }
-                WaitEvent::EventStop { .. } | WaitEvent::OtherEvent { .. } => {
-                    self.leader.cont(0)?
-                }
-                WaitEvent::SignalStop { sig: libc::SIGSTOP } => self.leader.cont(libc::SIGSTOP)?,
-                event => {
-                    self.state = State::Stopped;
-                    let ip = self.leader.regs().map(|r| r.ip).unwrap_or(0);
-                    return Err(Error::Stopped {
-                        cmd: "FINI",
-                        pid: self.leader.tgid(),
-                        event,
-                        ip,
-                    });
-                }
-            }
-        }
+        self.stop_leader()?;
+        crate::sys::stop_point::stop_point("cure");
+        Ok(())
     }
 
     /// Brings a leader that may still run parasite code into a ptrace stop.
@@ -1108,30 +1235,24 @@ impl Drop for Parasite<'_> {
     }
 }
 
-/// Waits until `t`, resumed into the thread routine, traps at its end (SIGTRAP); group stops
-/// and interrupts on the way are resumed, SIGSTOP is let through (like a remote syscall).
-///
-/// A signal the thread takes while its own mask is in force (pending when it was resumed or
-/// arriving before the routine's first system call, or after the routine put the mask back
-/// at its end) stops it here: the mask is read and returned, every signal but SIGTRAP is
-/// blocked by ptrace (the deferred restore then writes the mask back), and the signal is
-/// handed back, which requeues it (blocked) with its siginfo: it stays pending, as if the
-/// routine had never run.
-fn wait_trap(t: &SeizedTask) -> Result<Option<u64>> {
+/// Waits until `t`, interrupted (in the thread routine's final poll, or anywhere on an error
+/// path), is in its `PTRACE_EVENT_STOP`. A signal stop on the way is handled as in
+/// [`Parasite::collect_notes`] (its mask recorded in `own_mask`, every signal blocked, the
+/// signal handed back to stay pending); SIGSTOP is let through.
+fn park_thread(t: &SeizedTask, own_mask: &mut Option<u64>) -> Result<()> {
     use crate::sys::ptrace;
-    let mut own_mask = None;
     loop {
         match t.wait()? {
-            WaitEvent::SignalStop { sig: libc::SIGTRAP } => return Ok(own_mask),
-            WaitEvent::SignalStop { sig: libc::SIGSTOP } => t.cont(libc::SIGSTOP)?,
-            WaitEvent::SignalStop { sig } if sig != libc::SIGKILL => {
+            WaitEvent::EventStop { .. } => return Ok(()),
+            WaitEvent::SignalStop { sig: libc::SIGSTOP } => ptrace::cont(t.tid(), libc::SIGSTOP)?,
+            WaitEvent::SignalStop { sig } => {
                 if own_mask.is_none() {
-                    own_mask = Some(ptrace::get_sigmask(t.tid())?);
+                    *own_mask = Some(ptrace::get_sigmask(t.tid())?);
                 }
-                ptrace::set_sigmask(t.tid(), !(1u64 << (libc::SIGTRAP - 1)))?;
+                ptrace::set_sigmask(t.tid(), u64::MAX)?;
                 ptrace::cont(t.tid(), sig)?;
             }
-            WaitEvent::EventStop { .. } | WaitEvent::OtherEvent { .. } => t.cont(0)?,
+            WaitEvent::OtherEvent { .. } => ptrace::cont(t.tid(), 0)?,
             event => {
                 let ip = t.regs().map(|r| r.ip).unwrap_or(0);
                 return Err(Error::Stopped {

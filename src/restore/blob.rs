@@ -50,7 +50,8 @@ fn plan_vdso(
     image_ranges: &[(u64, u64)],
 ) -> Result<VdsoChoice, StepErr> {
     let rt = RuntimeVdso::current().map_err(|_| ("read the running vdso", Errno::EIO))?;
-    let proxy_at = vdso::free_block(image_ranges, PROXY_AT, rt.span());
+    let proxy_at = vdso::free_block(image_ranges, PROXY_AT, rt.span())
+        .ok_or(("find room for the vdso proxy", Errno::ENOMEM))?;
     let proxy_block = (proxy_at, proxy_at + rt.span());
     let Some(mut image) = ImageVdso::from_vmas(&mm.vmas) else {
         return Ok(VdsoChoice {
@@ -86,7 +87,7 @@ fn plan_vdso(
 
 /// Builds the blob's arguments for task `t` and enters the blob; returns only on error.
 pub fn enter(
-    _plan: &Plan,
+    plan: &Plan,
     t: &TaskPlan,
     opened: &Opened,
     status_fd: RawFd,
@@ -220,7 +221,13 @@ pub fn enter(
         }
     }
     spec.close_fds = close;
-    match super::blob_args::enter(&spec) {
+    // Until here (premaps, page fills) a vanished restorer kills the task (parent death
+    // signal): nothing above may outlive it. The blob itself ends on EOF of go_fd, and the
+    // death signal must not outlive the restore (with -d the restorer exits right away).
+    crate::sys::tracee::set_pdeathsig(0).map_err(|e| ("clear pdeathsig", e))?;
+    // The root and cwd last: what comes before reads /proc (the blob closes their fds).
+    match super::blob_args::enter_after(&spec, || super::tree::enter_fs(plan, t, opened)) {
+        Err(super::blob_args::EnterError::Last(step, e)) => Err((step, e)),
         Err(_) => Err(("enter the restorer blob", Errno::EINVAL)),
     }
 }

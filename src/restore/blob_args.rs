@@ -339,6 +339,8 @@ pub enum EnterError {
     Layout(#[from] BlobArgsError),
     #[error(transparent)]
     Sys(#[from] crate::sys::restorer::RestorerSysError),
+    #[error("{0}: {1}")]
+    Last(&'static str, nix::errno::Errno),
 }
 
 /// The address ranges mapped in the calling process (`/proc/self/maps`).
@@ -391,12 +393,22 @@ impl TaskSpec {
 /// maps it and jumps into the blob. Returns only on failure (nothing was changed then, except
 /// for a mapped area that is unmapped again).
 pub fn enter(spec: &TaskSpec) -> Result<std::convert::Infallible, EnterError> {
+    enter_after(spec, || Ok(()))
+}
+
+/// [`enter`], running `last` right before the jump (after the last use of /proc: a task
+/// enters its root there).
+pub fn enter_after(
+    spec: &TaskSpec,
+    last: impl FnOnce() -> Result<(), (&'static str, nix::errno::Errno)>,
+) -> Result<std::convert::Infallible, EnterError> {
     let ranges = self_ranges().map_err(EnterError::Maps)?;
     let len = spec.area_len();
     let base = spec.pick_base(&ranges).ok_or(EnterError::NoRoom(len))?;
     let area = spec.build(base)?;
     let mut m = crate::sys::restorer::RestorerArea::map(base, len)?;
     m.write(&area.bytes)?;
+    last().map_err(|(step, e)| EnterError::Last(step, e))?;
     m.enter(area.entry_offset, area.args, area.leader_stack_top)
 }
 

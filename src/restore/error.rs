@@ -30,6 +30,9 @@ pub enum RestoreError {
     /// The images need something this restorer does not do.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// An action script (`--action-script`) failed.
+    #[error("{0}")]
+    Script(String),
     /// A file the images refer to is missing or differs from the dumped one.
     #[error("file {path}: {what}")]
     FileMismatch {
@@ -72,6 +75,9 @@ pub enum RestoreError {
     /// The restore did not finish in time.
     #[error("timed out during {0}")]
     Timeout(String),
+    /// Packed pages (compressed or encrypted) could not be read back.
+    #[error("{0}")]
+    Pages(#[from] crate::pages::PagesError),
 }
 
 impl RestoreError {

@@ -15,7 +15,7 @@ use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -48,6 +48,15 @@ pub struct Opened {
     /// `/proc/self/stat` when it was dumped): they exist only once the task does, so the task
     /// opens them itself, as (files.img id -> path, open flags, offset).
     pub in_task: HashMap<u32, (String, u32, u64)>,
+    /// files.img id of a task's cwd or root -> parked `O_PATH` descriptor of the directory
+    /// (a deleted one is recreated, opened and removed again: see [`make_ghost`]).
+    pub fs_dirs: HashMap<u32, RawFd>,
+    /// Parked descriptions with an owner for SIGIO (`F_SETOWN_EX`): set by the owning task
+    /// itself once it exists (see [`set_owners`]).
+    pub owners: Vec<(RawFd, pb::FownEntry)>,
+    /// Ghosts made, by the (device, inode) they had: several entries of one unlinked file
+    /// (two opens, a cwd that is also the root) get one file again. Parked `O_PATH` fds.
+    ghosts_made: HashMap<(u32, u64), RawFd>,
     /// Owners (closed when the restorer is done).
     owned: Vec<OwnedFd>,
 }
@@ -60,6 +69,20 @@ impl Opened {
         let owned = owned_from(n);
         self.owned.push(owned);
         Ok(n)
+    }
+
+    /// The `O_PATH` descriptor of ghost `g` of entry `name`, made once per dumped inode
+    /// (see [`make_ghost`]).
+    fn ghost(&mut self, name: &str, g: &super::plan::Ghost) -> Result<RawFd, RestoreError> {
+        let key = g.0.dev.zip(g.0.ino);
+        if let Some(&fd) = key.and_then(|k| self.ghosts_made.get(&k)) {
+            return Ok(fd);
+        }
+        let fd = self.park(make_ghost(name, g)?)?;
+        if let Some(k) = key {
+            self.ghosts_made.insert(k, fd);
+        }
+        Ok(fd)
     }
 
     /// Every parked descriptor.
@@ -261,12 +284,8 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
                 what: format!("fifo {id}: no path entry"),
             })?;
         if keepers.insert(fifo.pipe_id, ()).is_none() {
-            let keeper = nix::fcntl::open(
-                path.0.as_str(),
-                OFlag::O_RDWR | OFlag::O_NONBLOCK,
-                Mode::empty(),
-            )
-            .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
+            let keeper = super::root::open(&plan.root, &path.0, OFlag::O_RDWR | OFlag::O_NONBLOCK)
+                .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
             if let Some((size, data)) = plan.fifo_data.get(&fifo.pipe_id) {
                 if *size as usize >= data.len() && *size > 0 {
                     let _ = fcntl(&keeper, FcntlArg::F_SETPIPE_SZ(*size as i32));
@@ -279,12 +298,8 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
             }
             o.park(keeper)?;
         }
-        let fd = nix::fcntl::open(
-            path.0.as_str(),
-            open_flags(path.1) | OFlag::O_NONBLOCK,
-            Mode::empty(),
-        )
-        .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
+        let fd = super::root::open(&plan.root, &path.0, open_flags(path.1) | OFlag::O_NONBLOCK)
+            .map_err(|e| sys(format!("open fifo {}", path.0), e))?;
         fcntl(&fd, FcntlArg::F_SETFL(status_flags(path.1)))
             .map_err(|e| sys("set fifo flags", e))?;
         let n = o.park(fd)?;
@@ -315,23 +330,20 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
                 o.in_task.insert(id, (reg.name.clone(), reg.flags, reg.pos));
                 continue;
             }
+            let ghost = match plan.ghosts.get(&id) {
+                Some(g) if want_desc || want_map => Some(o.ghost(&host_name(plan, &reg.name), g)?),
+                _ => None,
+            };
             if want_desc && !o.desc.contains_key(&id) {
-                let fd = if let Some((g, chunks)) = plan.ghosts.get(&id) {
-                    open_ghost(&reg.name, reg.flags, g.mode, g.size, chunks)?
-                } else {
-                    nix::fcntl::open(reg.name.as_str(), open_flags(reg.flags), Mode::empty())
-                        .map_err(|e| sys(format!("open {}", reg.name), e))?
-                };
-                lseek(&fd, reg.pos as i64, Whence::SeekSet)
-                    .map_err(|e| sys(format!("seek {}", reg.name), e))?;
+                let fd = open_reg(&plan.root, reg, ghost)?;
                 let n = o.park(fd)?;
                 o.desc.insert(id, n);
             }
             if want_map {
                 let acc = mapped[&id];
-                let fd = match o.desc.get(&id) {
-                    Some(&d) if plan.ghosts.contains_key(&id) => reopen(d, acc)?,
-                    _ => nix::fcntl::open(reg.name.as_str(), open_flags(acc), Mode::empty())
+                let fd = match ghost {
+                    Some(g) => reopen(g, acc)?,
+                    None => super::root::open(&plan.root, &reg.name, open_flags(acc))
                         .map_err(|e| sys(format!("open {} for mapping", reg.name), e))?,
                 };
                 let n = o.park(fd)?;
@@ -364,7 +376,106 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
         }
     }
     open_kinds(plan, &wanted, opts, &mut o)?;
+    open_fs_dirs(plan, &mut o)?;
+    collect_owners(plan, &mut o)?;
     Ok(o)
+}
+
+/// Opens the cwd and root of every task (see [`Opened::fs_dirs`]).
+fn open_fs_dirs(plan: &Plan, o: &mut Opened) -> Result<(), RestoreError> {
+    for fs in plan.tasks.iter().filter_map(|t| t.fs.as_ref()) {
+        for id in [fs.cwd_id, fs.root_id] {
+            if o.fs_dirs.contains_key(&id) {
+                continue;
+            }
+            let Some(reg) = plan.files.get(&id).and_then(|f| f.reg.as_ref()) else {
+                continue;
+            };
+            let n = match plan.ghosts.get(&id) {
+                Some(g) => o.ghost(&host_name(plan, &reg.name), g)?,
+                None => o.park(
+                    super::root::open(&plan.root, &reg.name, OFlag::O_PATH | OFlag::O_DIRECTORY)
+                        .map_err(|e| sys(format!("open directory {}", reg.name), e))?,
+                )?,
+            };
+            o.fs_dirs.insert(id, n);
+        }
+    }
+    Ok(())
+}
+
+/// The owner of an entry's file, whatever its kind.
+fn entry_fown(f: &pb::FileEntry) -> Option<&pb::FownEntry> {
+    None.or(f.reg.as_ref().map(|x| &x.fown))
+        .or(f.pipe.as_ref().map(|x| &x.fown))
+        .or(f.memfd.as_ref().map(|x| &x.fown))
+        .or(f.usk.as_ref().map(|x| &x.fown))
+        .or(f.isk.as_ref().map(|x| &x.fown))
+        .or(f.efd.as_ref().map(|x| &x.fown))
+        .or(f.epfd.as_ref().map(|x| &x.fown))
+        .or(f.sgfd.as_ref().map(|x| &x.fown))
+        .or(f.tfd.as_ref().map(|x| &x.fown))
+        .or(f.ify.as_ref().map(|x| &x.fown))
+        .or(f.tty.as_ref().map(|x| &x.fown))
+}
+
+/// The signal of every owned description is set here; its owner task (or process group
+/// leader) sets the owner itself when it exists ([`set_owners`]); owners outside the tree are
+/// set here, and must exist.
+fn collect_owners(plan: &Plan, o: &mut Opened) -> Result<(), RestoreError> {
+    let ids = plan.all_ids();
+    for (&id, &fd) in &o.desc {
+        let Some(f) = plan.files.get(&id) else {
+            continue;
+        };
+        // A FIFO's owner is in the entry of its path.
+        let fown = match &f.fifo {
+            Some(fi) => fi
+                .regf_id
+                .and_then(|r| plan.files.get(&r))
+                .and_then(entry_fown),
+            None => entry_fown(f),
+        };
+        let Some(fown) = fown.filter(|w| w.pid != 0 || w.signum != 0) else {
+            continue;
+        };
+        let bfd = crate::sys::fds::borrow(fd);
+        if fown.signum != 0 {
+            crate::sys::fdkinds::set_sig(bfd, fown.signum as i32)
+                .map_err(|e| sys(format!("F_SETSIG on file {id}"), e))?;
+        }
+        if fown.pid == 0 {
+            continue;
+        }
+        if ids.contains(&(fown.pid as i32)) {
+            o.owners.push((fd, fown.clone()));
+        } else {
+            crate::sys::fdkinds::set_owner(bfd, fown.pid_type as i32, fown.pid as i32)
+                .map_err(|e| sys(format!("F_SETOWN_EX {} on file {id}", fown.pid), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// In the restored task `pid` (leader of group `pgid` when equal), before its descriptors are
+/// closed: sets the owner of the parked descriptions it owns.
+pub fn set_owners(o: &Opened, pid: i32, pgid: i32) -> Result<(), nix::errno::Errno> {
+    const F_OWNER_PGRP: u32 = 2;
+    for (fd, w) in &o.owners {
+        let mine = if w.pid_type == F_OWNER_PGRP {
+            pgid == pid && w.pid as i32 == pid
+        } else {
+            w.pid as i32 == pid
+        };
+        if mine {
+            crate::sys::fdkinds::set_owner(
+                crate::sys::fds::borrow(*fd),
+                w.pid_type as i32,
+                w.pid as i32,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `path` lies in `/proc/PID/` of a task or thread the images restore.
@@ -392,15 +503,22 @@ fn open_kinds(
         return Ok(());
     }
     kinds.sort_by_key(|f| crate::files::restore_stage(f));
+    // --tcp-close restores connections closed: their state is not read.
     let tcp_inos: Vec<u32> = plan
         .files
         .values()
         .filter_map(|f| f.isk.as_ref())
-        .filter(|s| s.state == 1 && s.proto == libc::IPPROTO_TCP as u32)
+        .filter(|s| !opts.tcp_close && s.state == 1 && s.proto == libc::IPPROTO_TCP as u32)
         .map(|s| s.ino)
         .collect();
     let extra = crate::files::Extra::read_dir(&plan.dir, &tcp_inos)?;
     let mut ctx = crate::files::RestoreCtx::new(opts, &extra, plan.files.values());
+    // Unlinked files restored above, by the inode they had (see RestoreCtx::inodes).
+    for (id, (g, _)) in &plan.ghosts {
+        if let (Some(&fd), Some(dev), Some(ino)) = (o.desc.get(id), g.dev, g.ino) {
+            ctx.inodes.insert((dev, ino), fd);
+        }
+    }
     for f in kinds {
         // Epoll targets are recorded by fd number in the task that owns the epoll.
         let owner = plan
@@ -486,44 +604,158 @@ fn io(step: &'static str, what: &str, e: std::io::Error) -> RestoreError {
     }
 }
 
+/// Opens a regular file (or directory, or other path) entry with its recorded flags and
+/// position; `ghost` is the unlinked file it was (see [`make_ghost`]).
+fn open_reg(
+    root: &Path,
+    reg: &pb::RegFileEntry,
+    ghost: Option<RawFd>,
+) -> Result<OwnedFd, RestoreError> {
+    let o_path = reg.flags & libc::O_PATH as u32 != 0;
+    let mut flags = reg.flags;
+    if reg.mode.is_some_and(|m| m & libc::S_IFMT == libc::S_IFLNK) {
+        // An O_PATH descriptor of the symlink itself.
+        flags |= libc::O_NOFOLLOW as u32;
+    }
+    let fd = match ghost {
+        Some(g) => reopen(g, flags)?,
+        None => super::root::open(root, &reg.name, open_flags(flags))
+            .map_err(|e| sys(format!("open {}", reg.name), e))?,
+    };
+    if !o_path {
+        // O_ASYNC is not taken by open(2).
+        fcntl(&fd, FcntlArg::F_SETFL(status_flags(flags)))
+            .map_err(|e| sys(format!("set flags of {}", reg.name), e))?;
+        if reg.pos != 0 {
+            lseek(&fd, reg.pos as i64, Whence::SeekSet)
+                .map_err(|e| sys(format!("seek {}", reg.name), e))?;
+        }
+    }
+    Ok(fd)
+}
+
+/// The host path of image path `name` under the restore's root, as text (ghosts are made
+/// there).
+fn host_name(plan: &Plan, name: &str) -> String {
+    super::root::host_path(&plan.root, name)
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// A new open file description of the object behind `fd` (via /proc/self/fd).
 fn reopen(fd: RawFd, flags: u32) -> Result<OwnedFd, RestoreError> {
     let p = format!("/proc/self/fd/{fd}");
+    // O_NOFOLLOW would stop at the /proc link itself.
+    let flags = flags & !(libc::O_NOFOLLOW as u32);
     nix::fcntl::open(p.as_str(), open_flags(flags), Mode::empty())
         .map_err(|e| sys(format!("reopen {p}"), e))
 }
 
-/// Recreates an unlinked file under its old name, opens it, and unlinks it again.
-fn open_ghost(
-    name: &str,
-    flags: u32,
-    mode: u32,
-    size: Option<u64>,
-    chunks: &[(u64, Vec<u8>)],
-) -> Result<OwnedFd, RestoreError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode & 0o7777)
-        .open(name)
-        .map_err(|e| mismatch(name, format!("cannot recreate deleted file ({e})")))?;
+/// Recreates an unlinked file, directory or FIFO (a ghost) with its content, owner, mode and
+/// times, and returns an `O_PATH` descriptor of it once it is unlinked again (reopen it
+/// through /proc/self/fd with the flags wanted). It is created under its old name, in
+/// directories made for the moment when they were removed too, or beside that name when
+/// something else took it since.
+fn make_ghost(name: &str, g: &super::plan::Ghost) -> Result<OwnedFd, RestoreError> {
+    use std::path::Path;
+    let (head, chunks) = g;
+    let want = Path::new(name);
+    if !want.is_absolute() {
+        return Err(mismatch(name, "deleted file with a relative path"));
+    }
+    // Missing ancestors, made now and removed at the end (innermost first).
+    let mut made: Vec<PathBuf> = Vec::new();
+    let missing: Vec<&Path> = want
+        .ancestors()
+        .skip(1)
+        .take_while(|a| std::fs::symlink_metadata(a).is_err())
+        .collect();
     let res = (|| {
-        for (off, data) in chunks {
-            file.write_all_at(data, *off)?;
+        for dir in missing.iter().rev() {
+            std::fs::create_dir(dir).map_err(|e| io("make a ghost's directory", name, e))?;
+            made.push(dir.to_path_buf());
         }
-        if let Some(s) = size {
-            file.set_len(s)?;
+        let mut path = want.to_path_buf();
+        let mut n = 0;
+        while std::fs::symlink_metadata(&path).is_ok() {
+            n += 1;
+            path = PathBuf::from(format!("{name}.stasis-ghost.{n}"));
         }
-        std::io::Result::Ok(())
-    })();
-    let opened = res
-        .map_err(|e| io("write ghost file", name, e))
-        .and_then(|_| {
-            nix::fcntl::open(name, open_flags(flags), Mode::empty())
-                .map_err(|e| sys(format!("open ghost {name}"), e))
+        let ghost = create_ghost(&path, head, chunks);
+        let fd = ghost.and_then(|()| {
+            nix::fcntl::open(&path, OFlag::O_PATH | OFlag::O_NOFOLLOW, Mode::empty())
+                .map_err(|e| sys(format!("open ghost {}", path.display()), e))
         });
-    let _ = std::fs::remove_file(name);
-    opened
+        let gone = if head.mode & libc::S_IFMT == libc::S_IFDIR {
+            std::fs::remove_dir(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        let fd = fd?;
+        gone.map_err(|e| io("unlink ghost", name, e))?;
+        Ok(fd)
+    })();
+    for dir in made.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
+    }
+    res
+}
+
+/// Creates one ghost at `path` (see [`make_ghost`]).
+fn create_ghost(
+    path: &std::path::Path,
+    head: &stasis_images::pb::GhostFileEntry,
+    chunks: &[(u64, Vec<u8>)],
+) -> Result<(), RestoreError> {
+    let name = path.to_string_lossy();
+    let perm = head.mode & 0o7777;
+    match head.mode & libc::S_IFMT {
+        libc::S_IFDIR => {
+            std::fs::create_dir(path).map_err(|e| io("make ghost directory", &name, e))?
+        }
+        libc::S_IFIFO => nix::unistd::mkfifo(path, Mode::from_bits_truncate(perm))
+            .map_err(|e| sys(format!("make ghost fifo {name}"), e))?,
+        libc::S_IFREG => {
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| mismatch(&name, format!("cannot recreate deleted file ({e})")))?;
+            for (off, data) in chunks {
+                file.write_all_at(data, *off)
+                    .map_err(|e| io("write ghost file", &name, e))?;
+            }
+            if let Some(s) = head.size {
+                file.set_len(s)
+                    .map_err(|e| io("size ghost file", &name, e))?;
+            }
+        }
+        other => {
+            return Err(RestoreError::Unsupported(format!(
+                "deleted file {name} of type {other:o}"
+            )))
+        }
+    }
+    std::os::unix::fs::lchown(path, Some(head.uid), Some(head.gid))
+        .map_err(|e| io("chown ghost", &name, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(perm))
+        .map_err(|e| io("chmod ghost", &name, e))?;
+    let ts = |t: &Option<stasis_images::pb::Timeval>| {
+        t.as_ref()
+            .map_or(nix::sys::time::TimeSpec::UTIME_OMIT, |t| {
+                nix::sys::time::TimeSpec::new(t.tv_sec as i64, (t.tv_usec * 1000) as i64)
+            })
+    };
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &ts(&head.atim),
+        &ts(&head.mtim),
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| sys(format!("set times of ghost {name}"), e))?;
+    Ok(())
 }
 
 /// Writes the present runs of a shmem pagemap into `file` (vaddr = offset in the object).

@@ -2,7 +2,7 @@
 //! or by CRIU) with its PIDs, memory, threads, files and signals.
 //!
 //! ```text
-//! plan::load      read + cross-check every image            (nothing created yet)
+//! plan::prepare   read + cross-check every image (checks.rs)  (nothing created yet)
 //! validate        PIDs free, files present and unchanged
 //! files::open_all open file descriptions, pipes, memfds, ghost files (parked fds)
 //! tree::spawn     clone3(set_tid) the tree; each task: session, group, fds, cwd, umask;
@@ -16,12 +16,15 @@
 pub mod blob;
 pub mod blob_args;
 pub mod blob_core;
+pub mod checks;
 pub mod error;
 pub mod files;
+pub mod fuzzing;
 pub mod img;
 pub mod options;
 pub mod plan;
 pub mod premap;
+pub mod root;
 pub mod tree;
 pub mod validate;
 pub mod vdso;
@@ -38,8 +41,12 @@ use nix::unistd::Pid;
 pub use error::RestoreError;
 pub use options::RestoreOptions;
 
+use crate::action_scripts::Action;
 use crate::sys::proc_tasks::alive;
 use plan::TASK_DEAD;
+
+/// The bound of a restore without `--timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A restored, running tree.
 #[derive(Debug, Clone, Copy)]
@@ -130,16 +137,20 @@ fn sys0(step: &str, e: nix::errno::Errno) -> RestoreError {
 /// The caller must be single-threaded (tasks are forked from it).
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let t0 = Instant::now();
-    let mut plan = plan::load(&opts.images_dir)?;
-    plan.shell_job = opts.shell_job;
-    let root = &plan.tasks[0];
-    if (root.sid != root.pid || root.pgid != root.pid) && !opts.shell_job {
-        return Err(RestoreError::Unsupported(format!(
-            "pstree.img: root {} is in session {} and group {} of a task outside the images; \
-             restore it with --shell-job",
-            root.pid, root.sid, root.pgid
-        )));
-    }
+    opts.scripts
+        .run(Action::PreRestore, None)
+        .map_err(|e| RestoreError::Script(e.to_string()))?;
+    check_tcp_close(&opts.images_dir, opts.tcp_close)?;
+    // One bound for every step that waits (tasks ready, zombies, group joins in the tasks).
+    let deadline = t0 + opts.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    // Packed pages are decoded and checked completely before the plan, so that a damaged
+    // stream or a wrong key stops the restore before any task exists.
+    let view = crate::pages::convert::PlainView::of(&opts.images_dir, opts.encrypt_key.as_deref())?;
+    let plan = plan::prepare(
+        view.dir(),
+        opts.shell_job,
+        opts.root.as_deref().unwrap_or(std::path::Path::new("/")),
+    )?;
     validate::pids_free(&plan)?;
     validate::files_unchanged(&plan)?;
     tracing::info!(
@@ -151,6 +162,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         tcp_established: opts.tcp_established,
         ext_unix_sk: opts.ext_unix_sk,
         shell_job: opts.shell_job,
+        tcp_close: opts.tcp_close,
     };
     let mut opened = files::open_all(&plan, kinds_opts)?;
     let (ready_r, ready_w) =
@@ -163,26 +175,27 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         ready_w: opened.park(ready_w)?,
         hold_r: opened.park(hold_r)?,
         status_w: opened.park(status_w)?,
+        deadline,
     };
     let mut guard = TreeGuard {
         root: None,
         pids: plan.all_ids(),
         armed: true,
     };
-    let root = tree::spawn(&plan, 0, &opened, ctl).map_err(|e| {
+    // --restore-sibling: the root becomes a child of our parent (CLONE_PARENT).
+    let root_flags = if opts.sibling {
+        libc::CLONE_PARENT as u64
+    } else {
+        0
+    };
+    let root = tree::spawn(&plan, 0, root_flags, &opened, ctl).map_err(|e| {
         RestoreError::sys(format!("clone3 root with pid {}", plan.tasks[0].pid), 0, e)
     })?;
     guard.root = Some(root);
     // Our copies of the task-side ends must go, so EOF means "all tasks gone".
     opened.forget(&[ctl.ready_w, ctl.hold_r, ctl.status_w]);
     let alive = plan.tasks.iter().filter(|t| t.state != TASK_DEAD).count();
-    wait_tasks(
-        &ready_r,
-        &status_r,
-        alive,
-        root,
-        opts.timeout.unwrap_or(Duration::from_secs(60)),
-    )?;
+    wait_tasks(&ready_r, &status_r, alive, root, deadline)?;
     tracing::info!(
         "every task is in its restorer blob, ready, after {:?}",
         t0.elapsed()
@@ -197,14 +210,29 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             Some((t.pid, set.or(c.tc.as_ref().and_then(|x| x.cg_set))?))
         })
         .collect();
-    crate::cgroup::restore_dir(&plan.dir, &cg_sets).map_err(|e| RestoreError::Image {
-        path: plan.dir.join("cgroup.img"),
-        index: 0,
-        what: e.to_string(),
-    })?;
-    let deadline = Instant::now() + opts.timeout.unwrap_or(Duration::from_secs(60));
+    if !opts.cgroups_ignore {
+        crate::cgroup::restore_dir(&plan.dir, &cg_sets).map_err(|e| RestoreError::Image {
+            path: plan.dir.join("cgroup.img"),
+            index: 0,
+            what: e.to_string(),
+        })?;
+    }
     for t in plan.tasks.iter().filter(|t| t.state == TASK_DEAD) {
         wait_zombie(t.pid, deadline)?;
+    }
+    // CRIU: a failing post-restore script kills the tree; pre-resume's failure is logged.
+    opts.scripts
+        .run(Action::PostRestore, Some(root))
+        .map_err(|e| RestoreError::Script(e.to_string()))?;
+    let _ = opts.scripts.run(Action::PreResume, Some(root));
+    // The pidfile before the release: failing to write it is a failure of the restore,
+    // which then kills the tree (guard) instead of leaving it running unaccounted for.
+    if let Some(p) = &opts.pidfile {
+        std::fs::write(p, format!("{root}")).map_err(|e| RestoreError::Io {
+            step: "write pidfile",
+            path: p.clone(),
+            source: e,
+        })?;
     }
     // Release: one byte per task on go_fd.
     let go = vec![b'g'; alive];
@@ -218,14 +246,26 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     guard.armed = false;
     tracing::info!(root, "restored in {:?}", t0.elapsed());
-    if let Some(p) = &opts.pidfile {
-        std::fs::write(p, format!("{root}")).map_err(|e| RestoreError::Io {
-            step: "write pidfile",
-            path: p.clone(),
-            source: e,
-        })?;
-    }
+    let _ = opts.scripts.run(Action::PostResume, Some(root));
     Ok(Restored { root })
+}
+
+/// CRIU refuses to restore a `--tcp-close` dump (marked in `inventory.img`) without
+/// `--tcp-close`: its connections have no state to restore.
+fn check_tcp_close(dir: &std::path::Path, tcp_close: bool) -> Result<(), RestoreError> {
+    if tcp_close {
+        return Ok(());
+    }
+    let Some(mut f) = img::ImageFile::open_opt(dir, "inventory.img")? else {
+        return Ok(());
+    };
+    let inv = f.next_msg::<stasis_images::pb::InventoryEntry>()?;
+    if inv.and_then(|i| i.tcp_close) == Some(true) {
+        return Err(RestoreError::Unsupported(
+            "the images were dumped with --tcp-close: restore them with --tcp-close".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Waits until the image's dead task `pid` is a zombie. It exits as soon as it is forked, but
@@ -260,10 +300,9 @@ fn wait_tasks(
     status_r: &OwnedFd,
     n: usize,
     root: i32,
-    timeout: Duration,
+    deadline: Instant,
 ) -> Result<(), RestoreError> {
     use blob_args::abi::{StatusRecord, STAGE_READY};
-    let deadline = Instant::now() + timeout;
     let mut got = 0;
     let mut sbuf: Vec<u8> = Vec::new();
     let rec_len = std::mem::size_of::<StatusRecord>();

@@ -20,4 +20,16 @@ pub struct RestoreOptions {
     pub ext_unix_sk: bool,
     /// Give up after this long (`--timeout`).
     pub timeout: Option<Duration>,
+    /// `--action-script`s: pre-restore, post-restore, pre-resume, post-resume.
+    pub scripts: crate::action_scripts::ActionScripts,
+    /// `--restore-sibling`: the root task is a child of our parent (CLONE_PARENT).
+    pub sibling: bool,
+    /// `--tcp-close`: established connections are restored closed.
+    pub tcp_close: bool,
+    /// `--manage-cgroups=ignore`: tasks stay in stasis's cgroups.
+    pub cgroups_ignore: bool,
+    /// Where the images' absolute paths are resolved (`--root`; `/` when unset).
+    pub root: Option<PathBuf>,
+    /// Key file of encrypted pages (`--encrypt-key`; stasis extension).
+    pub encrypt_key: Option<PathBuf>,
 }

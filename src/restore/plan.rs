@@ -58,9 +58,14 @@ pub mod pe {
     pub const PRESENT: u32 = 4;
 }
 
+/// Page size of the images (x86-64).
+pub const PAGE: u64 = 4096;
+
 /// One run of pages to write: `nr` pages at `vaddr`, from byte `offset` of `pages-<id>.img`.
 #[derive(Debug, Clone, Copy)]
 pub struct PageRun {
+    /// Index of its entry in the pagemap image (for messages).
+    pub entry: usize,
     /// First address (for shmem: byte offset in the object).
     pub vaddr: u64,
     /// Number of pages.
@@ -150,6 +155,8 @@ pub struct TaskPlan {
     pub children: Vec<i32>,
     /// `ids.vm_id` (tasks sharing an mm are refused).
     pub vm_id: Option<u32>,
+    /// Its name (`core.tc.comm`), which zombies carry too.
+    pub comm: String,
 }
 
 /// A deleted file to recreate: its entry and data chunks (offset, bytes).
@@ -176,6 +183,10 @@ pub struct Plan {
     pub shell_job: bool,
     /// Ghost files by the orig file id: (entry, data chunks (offset, bytes)).
     pub ghosts: HashMap<u32, Ghost>,
+    /// `filelocks.img`: locks each task takes again through its fds once they are in place.
+    pub file_locks: Vec<stasis_images::pb::FileLockEntry>,
+    /// Where the images' absolute paths are resolved (`--root`, `/` by default).
+    pub root: PathBuf,
 }
 
 impl Plan {
@@ -259,6 +270,7 @@ pub fn read_chain_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
             for r in layer.runs[i..].iter().take_while(|r| r.vaddr < end) {
                 let (a, b) = (r.vaddr.max(vaddr), (r.vaddr + r.nr * 4096).min(end));
                 pages.runs.push(PageRun {
+                    entry: r.entry,
                     vaddr: a,
                     nr: (b - a) / 4096,
                     offset: base + r.offset + (a - r.vaddr),
@@ -316,17 +328,21 @@ fn read_layer(dir: &Path, name: &str) -> Result<(Pages, Vec<(u64, u64)>), Restor
         .next_msg()?
         .ok_or_else(|| bad(&f.path, 0, "no pagemap head"))?;
     let file = dir.join(format!("pages-{}.img", head.pages_id));
-    let size = std::fs::metadata(&file)
-        .map_err(|e| RestoreError::Io {
-            step: "stat pages image",
-            path: file.clone(),
-            source: e,
-        })?
-        .len();
+    let meta = std::fs::metadata(&file).map_err(|e| RestoreError::Io {
+        step: "stat pages image",
+        path: file.clone(),
+        source: e,
+    })?;
+    if !meta.is_file() {
+        return Err(bad(&file, 0, "not a regular file"));
+    }
+    let size = meta.len();
     let mut runs = Vec::new();
     let mut parent = Vec::new();
     let mut offset = 0u64;
     let mut index = 1;
+    // The end of the previous entry: entries ascend and do not overlap.
+    let mut prev_end = 0u64;
     while let Some(e) = f.next_msg::<msg::PagemapEntry>()? {
         let nr = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
         let flags = e.flags.unwrap_or(if e.in_parent == Some(true) {
@@ -334,22 +350,45 @@ fn read_layer(dir: &Path, name: &str) -> Result<(Pages, Vec<(u64, u64)>), Restor
         } else {
             pe::PRESENT
         });
-        if e.vaddr % 4096 != 0 || nr > (1 << 36) {
-            return Err(bad(
+        let end = nr
+            .checked_mul(PAGE)
+            .and_then(|n| e.vaddr.checked_add(n))
+            .filter(|_| nr <= (1 << 36));
+        let what = |w: &str| {
+            bad(
                 &f.path,
                 index,
-                format!("bad entry vaddr {:#x} nr_pages {nr}", e.vaddr),
-            ));
+                format!("vaddr {:#x} nr_pages {nr}: {w}", e.vaddr),
+            )
+        };
+        if e.vaddr % PAGE != 0 {
+            return Err(what("vaddr not page-aligned"));
         }
+        if nr == 0 {
+            return Err(what("no pages"));
+        }
+        let Some(end) = end else {
+            return Err(what("run past the end of the address space"));
+        };
+        if flags & !(pe::PARENT | pe::LAZY | pe::PRESENT) != 0 {
+            return Err(what(&format!("unknown flags {flags:#x}")));
+        }
+        if e.vaddr < prev_end {
+            return Err(what(&format!(
+                "out of order: starts below the previous entry's end {prev_end:#x}"
+            )));
+        }
+        prev_end = end;
         if flags & pe::PARENT != 0 {
             parent.push((e.vaddr, nr));
         } else if flags & pe::PRESENT != 0 {
             runs.push(PageRun {
+                entry: index,
                 vaddr: e.vaddr,
                 nr,
                 offset,
             });
-            offset += nr * 4096;
+            offset += nr * PAGE;
         }
         index += 1;
     }
@@ -394,8 +433,19 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             source: std::io::Error::from_raw_os_error(libc::ENOENT),
         });
     }
+    super::checks::inventory(dir)?;
     let mut pst = ImageFile::open(dir, "pstree.img")?;
-    let entries: Vec<msg::PstreeEntry> = pst.all()?;
+    // Checked as read: a file of bad entries fails at the first, before more are kept.
+    let mut seen = std::collections::HashSet::new();
+    let entries: Vec<msg::PstreeEntry> = pst.all_checked(|_, e: &msg::PstreeEntry| {
+        if e.pid == 0 || i32::try_from(e.pid).is_err() {
+            return Err(format!("pid {} out of range", e.pid));
+        }
+        if !seen.insert(e.pid) {
+            return Err(format!("pid {} listed twice", e.pid));
+        }
+        Ok(())
+    })?;
     if entries.is_empty() {
         return Err(bad(&pst.path, 0, "no tasks"));
     }
@@ -438,6 +488,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             fs: None,
             children: Vec::new(),
             vm_id: None,
+            comm: tc.comm.clone(),
         };
         match tc.task_state {
             TASK_DEAD => {}
@@ -466,8 +517,12 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
                     )
                 })?;
                 t.vm_id = Some(ids.vm_id);
-                t.mm = Some(img::one(dir, &format!("mm-{pid}.img"))?);
-                t.pages = read_chain_pages(dir, &format!("pagemap-{pid}.img"))?;
+                let mm: msg::MmEntry = img::one(dir, &format!("mm-{pid}.img"))?;
+                super::checks::vmas(&dir.join(format!("mm-{pid}.img")), &mm)?;
+                let pagemap = format!("pagemap-{pid}.img");
+                t.pages = read_chain_pages(dir, &pagemap)?;
+                super::checks::runs_in_vmas(&dir.join(&pagemap), &t.pages, &mm)?;
+                t.mm = Some(mm);
                 t.fs = Some(img::one(dir, &format!("fs-{pid}.img"))?);
                 t.fds = ImageFile::open(dir, &format!("fdinfo-{}.img", ids.files_id))?.all()?;
             }
@@ -545,7 +600,12 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             ghosts.insert(e.orig_id, (head, chunks));
         }
     }
+    let file_locks = match ImageFile::open_opt(dir, "filelocks.img")? {
+        Some(mut f) => f.all()?,
+        None => Vec::new(),
+    };
     let plan = Plan {
+        file_locks,
         seccomp,
         shell_job: false,
         fifo_data,
@@ -555,8 +615,20 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
         memfd_inodes,
         pipe_data,
         ghosts,
+        root: PathBuf::from("/"),
     };
     check_references(&plan)?;
+    super::checks::file_paths(&plan)?;
+    Ok(plan)
+}
+
+/// Everything checked before a restore creates anything: [`load`], then what depends on
+/// the options (groups and sessions with `shell_job`, the `root` paths resolve under).
+pub fn prepare(dir: &Path, shell_job: bool, root: &Path) -> Result<Plan, RestoreError> {
+    let mut plan = load(dir)?;
+    plan.shell_job = shell_job;
+    super::checks::groups(&plan, shell_job)?;
+    plan.root = root.to_path_buf();
     Ok(plan)
 }
 
@@ -692,9 +764,6 @@ fn check_references(plan: &Plan) -> Result<(), RestoreError> {
         if let Some(mm) = &t.mm {
             for (i, v) in mm.vmas.iter().enumerate() {
                 let mmpath = plan.dir.join(format!("mm-{}.img", t.pid));
-                if v.end <= v.start || v.start % 4096 != 0 || v.end % 4096 != 0 {
-                    return Err(bad(&mmpath, 0, format!("vma {i}: bad range")));
-                }
                 let st = v.status;
                 if st & (vma_status::FILE_PRIVATE | vma_status::FILE_SHARED) != 0
                     && !plan.files.contains_key(&(v.shmid as u32))

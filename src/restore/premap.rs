@@ -113,15 +113,21 @@ impl<'a> Premapper<'a> {
         file_fd: Option<RawFd>,
         busy: &[(u64, u64)],
     ) -> Result<u64, StepErr> {
-        let len = v.end - v.start;
+        let len = v.end.saturating_sub(v.start);
+        let no_room = ("find room for a premap", Errno::ENOMEM);
         let mut hint = self.next;
-        loop {
+        // Each step moves past one busy range (upwards only): bounded, and overflow is an error.
+        for step in 0..=busy.len() {
             // Same offset in a 2 MiB (1 GiB for large VMAs) frame as the target: mremap then
             // moves whole page tables.
             let frame = if len >= GIB { GIB } else { PMD };
-            hint += (v.start % frame + frame - hint % frame) % frame;
-            match busy.iter().find(|&&(s, e)| s < hint + len && hint < e) {
-                Some(&(_, e)) => hint = e,
+            hint = hint
+                .checked_add((v.start % frame + frame - hint % frame) % frame)
+                .ok_or(no_room)?;
+            let end = hint.checked_add(len).ok_or(no_room)?;
+            match busy.iter().find(|&&(s, e)| s < end && hint < e) {
+                Some(&(_, e)) if step < busy.len() => hint = e,
+                Some(_) => return Err(no_room),
                 None => break,
             }
         }
@@ -379,6 +385,7 @@ mod tests {
                 .iter()
                 .map(|&(vaddr, nr)| {
                     let r = PageRun {
+                        entry: 0,
                         vaddr,
                         nr,
                         offset: off,

@@ -9,8 +9,9 @@
 //!                                      that: a record {pid, errno, step} on the ready pipe
 //! zombie: forked like the others, exits at once with its recorded status.
 //! ```
-//! Every task has `PR_SET_PDEATHSIG(SIGKILL)` until it enters the blob, so a dying parent takes
-//! its half-restored children with it; in the blob, EOF on go_fd (restorer gone) ends it.
+//! Every task has `PR_SET_PDEATHSIG(SIGKILL)` until the jump into the blob (after its premaps
+//! and page fills), so a dying parent takes its half-restored children with it; in the blob,
+//! EOF on go_fd (restorer gone) ends it.
 //!
 //! `--shell-job` (the root's session, maybe its group, were outside the dump): the root stays
 //! in the restorer's session (no setsid) and so keeps the restorer's controlling terminal,
@@ -43,6 +44,8 @@ pub struct Ctl {
     pub hold_r: RawFd,
     /// The blob writes its StatusRecord here.
     pub status_w: RawFd,
+    /// The restore's bound (`--timeout`): waits in the tasks give up then.
+    pub deadline: std::time::Instant,
 }
 
 /// Encodes a record.
@@ -69,9 +72,22 @@ pub fn parse_record(r: &[u8; RECORD]) -> (i32, i32, String) {
 }
 
 /// Forks the task `idx` with its PID; in the parent returns the PID, the child never returns.
-pub fn spawn(plan: &Plan, idx: usize, opened: &Opened, ctl: Ctl) -> Result<i32, Errno> {
+pub fn spawn(
+    plan: &Plan,
+    idx: usize,
+    clone_flags: u64,
+    opened: &Opened,
+    ctl: Ctl,
+) -> Result<i32, Errno> {
     let pid = plan.tasks[idx].pid;
-    match fork_with_pid(pid, 0, libc::SIGCHLD as u64)? {
+    // clone3 takes no exit signal with CLONE_PARENT: the child inherits ours, which our
+    // parent, now its parent too, expects.
+    let exit_signal = if clone_flags & libc::CLONE_PARENT as u64 != 0 {
+        0
+    } else {
+        libc::SIGCHLD as u64
+    };
+    match fork_with_pid(pid, clone_flags, exit_signal)? {
         Forked::Parent(p) => Ok(p),
         Forked::Child => {
             let code = match run_task(plan, idx, opened, ctl) {
@@ -95,6 +111,10 @@ fn run_task(
     let t = &plan.tasks[idx];
     set_pdeathsig(libc::SIGKILL).map_err(|e| ("set pdeathsig", e))?;
     if t.state == TASK_DEAD {
+        // Its recorded name (else it would be the restorer's).
+        if let Ok(name) = std::ffi::CString::new(t.comm.as_bytes()) {
+            let _ = nix::sys::prctl::set_name(&name);
+        }
         let sig = (t.exit_code & 0x7f) as i32;
         if sig != 0 {
             let _ =
@@ -108,9 +128,10 @@ fn run_task(
     if t.pgid == t.pid && t.sid != t.pid {
         nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| ("setpgid", e))?;
     }
+    super::files::set_owners(opened, t.pid, t.pgid).map_err(|e| ("set a file's owner", e))?;
     for &child in &t.children {
         let ci = plan.index(child).ok_or(("find child", Errno::ESRCH))?;
-        spawn(plan, ci, opened, ctl).map_err(|e| ("clone3 child", e))?;
+        spawn(plan, ci, 0, opened, ctl).map_err(|e| ("clone3 child", e))?;
     }
     // Descriptors.
     let mut keep: BTreeSet<RawFd> = BTreeSet::new();
@@ -161,46 +182,80 @@ fn run_task(
     keep.insert(ctl.ready_w);
     keep.insert(ctl.hold_r);
     keep.insert(ctl.status_w);
+    let dirs = fs_dirs(opened, t);
+    keep.extend(dirs.iter().flat_map(|&(r, c)| [r, c]).flatten());
     keep_only(&keep).map_err(|e| ("close descriptors", e))?;
+    // Its file locks, through its descriptors now in place. After the other descriptors are
+    // closed: closing any descriptor of a file drops the task's POSIX locks on it.
+    for l in plan.file_locks.iter().filter(|l| l.pid == t.pid) {
+        crate::sys::fds::take_lock(l.fd, l.flag, l.r#type as i32, l.start, l.len)
+            .map_err(|e| ("take a file lock", e))?;
+    }
     if let Some(fs) = &t.fs {
-        let name = |id: u32| {
-            plan.files
-                .get(&id)
-                .and_then(|f| f.reg.as_ref())
-                .map(|r| r.name.clone())
-        };
-        if let Some(root) = name(fs.root_id) {
-            if root != "/" {
-                nix::unistd::chroot(root.as_str()).map_err(|e| ("chroot", e))?;
-            }
-        }
-        if let Some(cwd) = name(fs.cwd_id) {
-            nix::unistd::chdir(cwd.as_str()).map_err(|e| ("chdir", e))?;
-        }
         if let Some(m) = fs.umask {
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
         }
     }
     write_raw(ctl.ready_w, &record(t.pid, 0, "ready")).map_err(|e| ("report ready", e))?;
-    join_group(plan, t)?;
+    join_group(plan, t, ctl.deadline)?;
     let targets: Vec<RawFd> = t.fds.iter().map(|f| f.fd as RawFd).collect();
-    // From here a vanished restorer shows as EOF on go_fd (the blob then exits); the parent
-    // death signal must not outlive the restore (with -d the restorer exits right away).
-    set_pdeathsig(0).map_err(|e| ("clear pdeathsig", e))?;
+    // The parent death signal stays until the jump into the blob (blob::enter clears it).
     match super::blob::enter(plan, t, opened, ctl.status_w, ctl.hold_r, &targets) {
         Err(e) => Err(e),
     }
 }
 
-/// Joins a process group led by another task (waits, bounded, for the leader to exist: it
-/// may be a task created later in the tree).
-fn join_group(plan: &Plan, t: &super::plan::TaskPlan) -> Result<(), (&'static str, Errno)> {
+/// The parked descriptors of a task's root and cwd (see [`Opened::fs_dirs`]).
+fn fs_dirs(opened: &Opened, t: &super::plan::TaskPlan) -> Option<(Option<RawFd>, Option<RawFd>)> {
+    t.fs.as_ref().map(|fs| {
+        let dir = |id: u32| opened.fs_dirs.get(&id).copied();
+        (dir(fs.root_id), dir(fs.cwd_id))
+    })
+}
+
+/// Enters the task's root and cwd, by the descriptors the restorer opened (deleted ones were
+/// recreated for the moment). Done last before the blob: everything before needs /proc,
+/// which a new root may not have.
+pub fn enter_fs(
+    plan: &Plan,
+    t: &super::plan::TaskPlan,
+    opened: &Opened,
+) -> Result<(), (&'static str, Errno)> {
+    let (Some(fs), Some((root, cwd))) = (&t.fs, fs_dirs(opened, t)) else {
+        return Ok(());
+    };
+    if let Some(root) = root {
+        let is_slash = plan
+            .files
+            .get(&fs.root_id)
+            .and_then(|f| f.reg.as_ref())
+            .is_some_and(|r| r.name == "/")
+            && plan.root == std::path::Path::new("/");
+        if !is_slash {
+            nix::unistd::fchdir(crate::sys::fds::borrow(root))
+                .map_err(|e| ("enter the root", e))?;
+            nix::unistd::chroot(".").map_err(|e| ("chroot", e))?;
+        }
+    }
+    if let Some(cwd) = cwd {
+        nix::unistd::fchdir(crate::sys::fds::borrow(cwd)).map_err(|e| ("chdir", e))?;
+    }
+    Ok(())
+}
+
+/// Joins a process group led by another task (waits, until the restore's deadline, for the
+/// leader to exist: it may be a task created later in the tree; `checks::groups` made sure
+/// it is one).
+fn join_group(
+    plan: &Plan,
+    t: &super::plan::TaskPlan,
+    deadline: std::time::Instant,
+) -> Result<(), (&'static str, Errno)> {
     let root = &plan.tasks[0];
     let outside = plan.shell_job && root.pgid != root.pid && t.pgid == root.pgid;
     if t.pgid == t.pid || outside || nix::unistd::getpgrp().as_raw() == t.pgid {
         return Ok(());
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(t.pgid)) {
             Ok(()) => return Ok(()),

@@ -91,8 +91,16 @@ pub fn files_unchanged(plan: &Plan) -> Result<(), RestoreError> {
         if plan.ghosts.contains_key(id) || super::files::tree_proc_path(plan, &reg.name) {
             continue;
         }
-        let path = Path::new(&reg.name);
-        let md = std::fs::metadata(path).map_err(|e| RestoreError::FileMismatch {
+        let host = super::root::host_path(&plan.root, &reg.name);
+        let path = host.as_path();
+        // An O_PATH descriptor of a symlink is the link itself.
+        let link = reg.mode.is_some_and(|m| m & libc::S_IFMT == libc::S_IFLNK);
+        let stat = if link {
+            std::fs::symlink_metadata
+        } else {
+            std::fs::metadata
+        };
+        let md = stat(path).map_err(|e| RestoreError::FileMismatch {
             path: path.to_path_buf(),
             what: format!("cannot stat ({e})"),
         })?;

@@ -287,12 +287,17 @@ pub fn image_bytes(
 }
 
 /// The first page-aligned address from `from` where `len` bytes overlap none of `avoid`.
-pub fn free_block(avoid: &[Range], from: u64, len: u64) -> u64 {
+pub fn free_block(avoid: &[Range], from: u64, len: u64) -> Option<u64> {
     let mut at = from;
-    while let Some(&(_, e)) = avoid.iter().find(|&&(s, e)| s < at + len && at < e) {
-        at = (e + 0xffff_ffff) & !0xffff_ffff;
+    // Each step moves past one range (upwards only): at most one step per range.
+    for _ in 0..=avoid.len() {
+        let end = at.checked_add(len)?;
+        match avoid.iter().find(|&&(s, e)| s < end && at < e) {
+            None => return Some(at),
+            Some(&(_, e)) => at = e.checked_add(0xffff_ffff)? & !0xffff_ffff,
+        }
     }
-    at
+    None
 }
 
 impl RuntimeVdso {
@@ -644,10 +649,13 @@ mod tests {
         ];
         assert_eq!(
             free_block(&avoid, 0x5700_0000_0000, 0x1000),
-            0x5700_0000_0000
+            Some(0x5700_0000_0000)
         );
-        let at = free_block(&avoid, 0x5800_0000_0000, 0x1000);
+        let at = free_block(&avoid, 0x5800_0000_0000, 0x1000).unwrap();
         assert!(at >= 0x5800_0000_1000 && !avoid.iter().any(|&(s, e)| s < at + 0x1000 && at < e));
+        // A range reaching the top of the address space: no room, and no endless wrap-around.
+        let top = [(0x1000, 0x2000), (0x5800_0000_0000, 0xffff_ffff_ffff_f000)];
+        assert_eq!(free_block(&top, 0x5800_0000_0000, 0x1000), None);
     }
 
     #[test]

@@ -306,6 +306,28 @@ pub fn pidfd_getfd(pidfd: impl AsFd, fd: i32) -> Result<OwnedFd, Errno> {
     new_fd(check(r)? as libc::c_int)
 }
 
+/// `KCMP_FILES`: whether two tasks share one descriptor table.
+const KCMP_FILES: libc::c_int = 2;
+/// `KCMP_FILE`: whether two descriptors are the same open file description.
+const KCMP_FILE: libc::c_int = 0;
+
+fn kcmp(pid1: i32, pid2: i32, kind: libc::c_int, a: u64, b: u64) -> Result<bool, Errno> {
+    // SAFETY: kcmp with KCMP_FILE/KCMP_FILES takes no pointers.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, a, b) };
+    Ok(check(r)? == 0)
+}
+
+/// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` are one open file description
+/// (`kcmp(KCMP_FILE)`, needs ptrace access to both).
+pub fn same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool, Errno> {
+    kcmp(pid1, pid2, KCMP_FILE, fd1 as u64, fd2 as u64)
+}
+
+/// Whether two tasks share their descriptor table (`CLONE_FILES`; `kcmp(KCMP_FILES)`).
+pub fn same_fd_table(pid1: i32, pid2: i32) -> Result<bool, Errno> {
+    kcmp(pid1, pid2, KCMP_FILES, 0, 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +339,18 @@ mod tests {
         let mut b = [0u8; 8];
         assert_eq!(read(&fd, &mut b).unwrap(), 8);
         assert_eq!(u64::from_ne_bytes(b), 8);
+    }
+
+    #[test]
+    fn kcmp_files() {
+        let me = std::process::id() as i32;
+        let a = eventfd(0, libc::EFD_CLOEXEC).unwrap();
+        let b = eventfd(0, libc::EFD_CLOEXEC).unwrap();
+        let c = a.try_clone().unwrap();
+        let (a, b, c) = (a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd());
+        assert!(same_file(me, a, me, c).unwrap());
+        assert!(!same_file(me, a, me, b).unwrap());
+        assert!(same_fd_table(me, me).unwrap());
     }
 
     #[test]

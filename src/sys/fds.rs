@@ -1,7 +1,7 @@
 //! Raw descriptor operations the restorer's forked tasks need on plain numbers (descriptors
 //! inherited across a fork have no Rust owner in the child).
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 
@@ -12,6 +12,14 @@ pub fn own(fd: RawFd) -> OwnedFd {
     // SAFETY: the caller passes a descriptor freshly returned by the kernel that no other
     // object owns, so the OwnedFd is its only owner and closes it exactly once.
     unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// A borrowed view of descriptor `fd`, which the caller keeps open while it uses the view
+/// (parked descriptors of the restorer, inherited ones of its forked tasks).
+pub fn borrow<'a>(fd: RawFd) -> BorrowedFd<'a> {
+    assert!(fd >= 0, "borrow() of a negative descriptor");
+    // SAFETY: the caller guarantees `fd` is open for as long as the view is used.
+    unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
 /// `close(fd)` of a descriptor that has no Rust owner in this task (inherited by fork).
@@ -88,4 +96,56 @@ pub fn pread_raw(fd: RawFd, dst: u64, len: u64, off: u64) -> Result<usize, Errno
         return Err(Errno::last());
     }
     Ok(r as usize)
+}
+
+/// Kinds of file locks (CRIU's `file_lock_entry.flag`).
+pub const FL_POSIX: u32 = 1;
+pub const FL_FLOCK: u32 = 2;
+pub const FL_OFD: u32 = 4;
+
+/// Takes a lock on `fd` without waiting: `kind` one of [`FL_POSIX`] (`F_SETLK`),
+/// [`FL_FLOCK`] (`flock`) or [`FL_OFD`] (`F_OFD_SETLK`); `ty` `F_RDLCK` or `F_WRLCK`; a byte
+/// range from `start`, `len` 0 meaning to the end (flock locks the whole file).
+pub fn take_lock(fd: RawFd, kind: u32, ty: i32, start: i64, len: i64) -> Result<(), Errno> {
+    let r = if kind == FL_FLOCK {
+        let op = if ty == libc::F_RDLCK {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
+        // SAFETY: flock takes no pointers.
+        unsafe { libc::flock(fd, op | libc::LOCK_NB) }
+    } else {
+        let cmd = match kind {
+            FL_POSIX => libc::F_SETLK,
+            FL_OFD => libc::F_OFD_SETLK,
+            _ => return Err(Errno::EINVAL),
+        };
+        // SAFETY: an all-zero flock is a valid value of the plain C struct.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = ty as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = start;
+        fl.l_len = len;
+        // SAFETY: `fl` is a valid struct flock for the call.
+        unsafe { libc::fcntl(fd, cmd, &fl) }
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Takes ownership of descriptor `fd` inherited from the parent process and named on the
+/// command line (`--ps-socket FD`, `--status-fd FD`); fails with EBADF if it is not open.
+/// The caller must not take the same number twice.
+pub fn inherited(fd: RawFd) -> Result<OwnedFd, Errno> {
+    if fd < 0 {
+        return Err(Errno::EBADF);
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(Errno::last());
+    }
+    Ok(own(fd))
 }

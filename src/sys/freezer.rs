@@ -10,9 +10,13 @@
 //! ```
 //!
 //! [`Freezer`] thaws on drop (errors are logged), so a failed dump never leaves a cgroup
-//! frozen. Waits poll every millisecond up to a deadline and then fail with a timeout.
+//! frozen; a dumper killed while the cgroup is frozen (no drop runs) is covered by a
+//! [`FreezeGuard`], a small process started before freezing that thaws the cgroup when the
+//! dumper dies and is dismissed once the dumper thawed it itself. Waits poll every
+//! millisecond up to a deadline and then fail with a timeout.
 
 use super::error::{Error, Result};
+use super::freeze_guard::FreezeGuard;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -31,6 +35,8 @@ pub struct Freezer {
     dir: PathBuf,
     version: FreezerVersion,
     frozen: bool,
+    /// Thaws the cgroup if this process dies before it does.
+    guard: Option<FreezeGuard>,
 }
 
 /// How long to wait for a cgroup to reach FROZEN.
@@ -51,10 +57,17 @@ impl Freezer {
             dir: dir.to_path_buf(),
             version,
             frozen: false,
+            guard: None,
         };
+        let thaw = match version {
+            FreezerVersion::V1 => "THAWED",
+            FreezerVersion::V2 => "0",
+        };
+        freezer.guard = Some(FreezeGuard::spawn(&freezer.control_file(), thaw)?);
         freezer.set(true)?;
         freezer.frozen = true;
         freezer.wait(true, timeout)?;
+        super::stop_point::stop_point("frozen");
         Ok(freezer)
     }
 
@@ -76,7 +89,15 @@ impl Freezer {
     /// Thaws now, reporting failure (drop thaws and logs).
     pub fn thaw(mut self) -> Result<()> {
         self.frozen = false;
-        self.set(false)
+        let thawed = self.set(false);
+        if let Some(mut guard) = self.guard.take() {
+            match thawed {
+                Ok(()) => guard.dismiss(),
+                // Left to the guardian, which thaws when we exit.
+                Err(_) => std::mem::forget(guard),
+            }
+        }
+        thawed
     }
 
     fn control_file(&self) -> PathBuf {
@@ -135,6 +156,10 @@ impl Drop for Freezer {
         if self.frozen {
             if let Err(e) = self.set(false) {
                 tracing::error!("thawing {}: {e}", self.dir.display());
+                // Left to the guardian, which thaws when we exit.
+                if let Some(guard) = self.guard.take() {
+                    std::mem::forget(guard);
+                }
             }
         }
     }

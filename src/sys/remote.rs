@@ -7,6 +7,7 @@
 //!        TF and DF cleared; blocked mask = every signal but SIGTRAP
 //! run    PTRACE_CONT, wait for the SIGTRAP of `int3` (ip = `ip` + 3), read ax
 //! undo   code word, mask, registers: exactly as saved, on every path
+//! park   PTRACE_INTERRUPT + PTRACE_CONT without the SIGTRAP: the task waits in an event stop
 //! ```
 //!
 //! `ip` is the start of an executable private mapping ([`proc_tasks::exec_area`]), or a
@@ -15,9 +16,12 @@
 //! of a blocked SIGTRAP it forces (the `int3`) to SIG_DFL.
 //!
 //! Every thread of the process must be in a ptrace stop (seize the whole thread group): an
-//! other running thread could execute the poked bytes. The task ends in a SIGTRAP
-//! signal-delivery-stop with its original registers; detaching suppresses that SIGTRAP and
-//! the kernel's own restart logic restarts an interrupted syscall (`orig_ax` is restored).
+//! other running thread could execute the poked bytes. The task ends in a
+//! `PTRACE_EVENT_STOP` with its original registers (parked: a signal-delivery-stop for the
+//! SIGTRAP would make a dying tracer's tasks take it and die); on detach the kernel's own
+//! restart logic restarts an interrupted syscall (`orig_ax` is restored). A tracer killed
+//! while the syscall itself runs (the poked word in place, the registers ours) still loses
+//! the task: that window is the length of one system call.
 //!
 //! Results in -4095..-1 are decoded as [`Error::Remote`] with the errno.
 
@@ -110,6 +114,7 @@ impl<'a> Remote<'a> {
         let restored = self.restore(word, mask, &orig);
         let ax = result?;
         restored?;
+        task.park()?;
         Ok(ax)
     }
 

@@ -108,7 +108,7 @@ fn plan_vdso(mm: &pb::MmEntry, pages: &[(u64, Vec<u8>)]) -> (VdsoPlan, (u64, u64
     let rt = RuntimeVdso::current().expect("runtime vdso");
     let rt_bytes = rt.read_bytes().expect("runtime vdso bytes");
     let ranges: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
-    let proxy_at = vdso::free_block(&ranges, PROXY_AT, rt.span());
+    let proxy_at = vdso::free_block(&ranges, PROXY_AT, rt.span()).expect("room for the proxy");
     let plan = vdso::plan(&image, &rt, &rt_bytes, |_, _| false, proxy_at).expect("vdso plan");
     (plan, (proxy_at, proxy_at + rt.span()))
 }

@@ -1,5 +1,6 @@
 //! `NETLINK_SOCK_DIAG` queries for unix sockets (unix_diag): what `/proc` does not show
-//! (peer inode, listen backlog and pending connections, bound name, shutdown state).
+//! (peer inode, listen backlog and pending connections, bound name, shutdown state); and for
+//! inet sockets (inet_diag) their shutdown state.
 //!
 //! ```text
 //!  request:  nlmsghdr {len, type 20 SOCK_DIAG_BY_FAMILY, flags REQUEST[|DUMP], seq, pid}
@@ -103,14 +104,7 @@ pub fn parse_unix(p: &[u8]) -> Result<UnixDiag, Errno> {
         ino: u32_at(p, 4)?,
         ..Default::default()
     };
-    let mut off = 16;
-    while off + 4 <= p.len() {
-        let len = u16_at(p, off)? as usize;
-        let ty = u16_at(p, off + 2)?;
-        if len < 4 || off + len > p.len() {
-            return Err(Errno::EBADMSG);
-        }
-        let a = &p[off + 4..off + len];
+    for (ty, a) in attrs(p, 16)? {
         match ty {
             UNIX_DIAG_NAME => d.name = a.to_vec(),
             UNIX_DIAG_VFS => d.vfs = Some((u32_at(a, 0)?, u32_at(a, 4)?)),
@@ -126,12 +120,31 @@ pub fn parse_unix(p: &[u8]) -> Result<UnixDiag, Errno> {
             UNIX_DIAG_SHUTDOWN => d.shutdown = *a.first().ok_or(Errno::EBADMSG)?,
             _ => {}
         }
-        off += (len + 3) & !3;
     }
     Ok(d)
 }
 
+/// The rtattrs of a message from `off` on: (type, payload).
+fn attrs(p: &[u8], mut off: usize) -> Result<Vec<(u16, &[u8])>, Errno> {
+    let mut out = Vec::new();
+    while off + 4 <= p.len() {
+        let len = u16_at(p, off)? as usize;
+        let ty = u16_at(p, off + 2)?;
+        if len < 4 || off + len > p.len() {
+            return Err(Errno::EBADMSG);
+        }
+        out.push((ty, &p[off + 4..off + len]));
+        off += (len + 3) & !3;
+    }
+    Ok(out)
+}
+
 fn query(ino: u32, dump: bool) -> Result<Vec<UnixDiag>, Errno> {
+    ask(&request(ino, dump, 1), dump, parse_unix)
+}
+
+/// Sends one sock_diag request and parses the replies with `parse`.
+fn ask<T>(req: &[u8], dump: bool, parse: fn(&[u8]) -> Result<T, Errno>) -> Result<Vec<T>, Errno> {
     let nl = socket::socket(
         libc::AF_NETLINK,
         libc::SOCK_RAW | libc::SOCK_CLOEXEC,
@@ -140,7 +153,7 @@ fn query(ino: u32, dump: bool) -> Result<Vec<UnixDiag>, Errno> {
     let mut addr = vec![0u8; 12];
     addr[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
     socket::connect(&nl, &addr)?;
-    socket::send(&nl, &request(ino, dump, 1), 0)?;
+    socket::send(&nl, req, 0)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -166,7 +179,7 @@ fn query(ino: u32, dump: bool) -> Result<Vec<UnixDiag>, Errno> {
                         Err(Errno::from_raw(-e))
                     };
                 }
-                SOCK_DIAG_BY_FAMILY => out.push(parse_unix(payload)?),
+                SOCK_DIAG_BY_FAMILY => out.push(parse(payload)?),
                 _ => {}
             }
             off += (len + 3) & !3;
@@ -180,6 +193,56 @@ fn query(ino: u32, dump: bool) -> Result<Vec<UnixDiag>, Errno> {
 /// The unix socket with inode `ino` (`ENOENT` if there is none).
 pub fn unix_by_ino(ino: u32) -> Result<UnixDiag, Errno> {
     query(ino, false)?
+        .into_iter()
+        .find(|d| d.ino == ino)
+        .ok_or(Errno::ENOENT)
+}
+
+/// What inet_diag tells of an inet socket that getsockopt does not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InetDiag {
+    pub ino: u32,
+    /// `RCV_SHUTDOWN` 1 | `SEND_SHUTDOWN` 2.
+    pub shutdown: u8,
+}
+
+/// `INET_DIAG_SHUTDOWN` (u8), sent with every `inet_diag_msg`.
+const INET_DIAG_SHUTDOWN: u16 = 8;
+/// Size of `inet_diag_msg`: family, state, timer, retrans u8, `inet_diag_sockid` (48 bytes),
+/// expires, rqueue, wqueue, uid, inode u32.
+const INET_DIAG_MSG: usize = 72;
+
+/// Parses one `inet_diag_msg` with its attributes.
+pub fn parse_inet(p: &[u8]) -> Result<InetDiag, Errno> {
+    if p.len() < INET_DIAG_MSG {
+        return Err(Errno::EBADMSG);
+    }
+    let mut d = InetDiag {
+        ino: u32_at(p, INET_DIAG_MSG - 4)?,
+        shutdown: 0,
+    };
+    for (ty, a) in attrs(p, INET_DIAG_MSG)? {
+        if ty == INET_DIAG_SHUTDOWN {
+            d.shutdown = *a.first().ok_or(Errno::EBADMSG)?;
+        }
+    }
+    Ok(d)
+}
+
+/// The inet socket of `family` and `proto` with inode `ino`, among every one of this network
+/// namespace (`inet_diag_req_v2` dump: nlmsghdr + family, protocol, ext, pad u8, states u32,
+/// a zero `inet_diag_sockid`).
+pub fn inet_by_ino(family: i32, proto: i32, ino: u32) -> Result<InetDiag, Errno> {
+    let mut m = Vec::with_capacity(72);
+    m.extend_from_slice(&72u32.to_ne_bytes());
+    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    m.extend_from_slice(&1u32.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&[family as u8, proto as u8, 0, 0]);
+    m.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    m.extend_from_slice(&[0u8; 48]);
+    ask(&m, true, parse_inet)?
         .into_iter()
         .find(|d| d.ino == ino)
         .ok_or(Errno::ENOENT)
@@ -218,6 +281,19 @@ mod tests {
         assert_eq!(dl.name, b"\0stasis-diag-test");
         assert_eq!(dl.rqlen, Some((0, 7)));
         assert!(unix_all().unwrap().iter().any(|d| d.ino == ino(&l)));
+    }
+
+    #[test]
+    fn udp_shutdown_state() {
+        let s = socket::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0).unwrap();
+        let mut a = (libc::AF_INET as u16).to_ne_bytes().to_vec();
+        a.extend_from_slice(&[0, 0, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+        socket::bind(&s, &a).unwrap();
+        let d = inet_by_ino(libc::AF_INET, libc::IPPROTO_UDP, ino(&s)).unwrap();
+        assert_eq!(d.shutdown, 0);
+        let _ = socket::shutdown(&s, libc::SHUT_WR);
+        let d = inet_by_ino(libc::AF_INET, libc::IPPROTO_UDP, ino(&s)).unwrap();
+        assert_eq!(d.shutdown, 2);
     }
 
     #[test]

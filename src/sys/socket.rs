@@ -50,6 +50,93 @@ pub fn getsockopt_bytes(
 }
 
 /// `setsockopt(fd, level, name, bytes)`.
+/// Largest classic BPF program the kernel attaches (`BPF_MAXINSNS`).
+pub const BPF_MAXINSNS: usize = 4096;
+
+/// The classic BPF filter attached to a socket (`SO_GET_FILTER`, whose length counts
+/// instructions), each instruction packed as CRIU stores it: `code << 48 | jt << 40 |
+/// jf << 32 | k`. Empty when there is none.
+pub fn get_filter(fd: impl AsFd) -> Result<Vec<u64>, Errno> {
+    let mut n: libc::socklen_t = 0;
+    // SAFETY: a zero length asks for the instruction count only; `n` is writable.
+    let r = unsafe {
+        libc::getsockopt(
+            raw(&fd),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::null_mut(),
+            &mut n,
+        )
+    };
+    check(r.into())?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let n = (n as usize).min(BPF_MAXINSNS);
+    let mut prog = vec![
+        libc::sock_filter {
+            code: 0,
+            jt: 0,
+            jf: 0,
+            k: 0
+        };
+        n
+    ];
+    let mut len = n as libc::socklen_t;
+    // SAFETY: `prog` is writable for `len` instructions, the unit SO_GET_FILTER counts in.
+    let r = unsafe {
+        libc::getsockopt(
+            raw(&fd),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            prog.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    check(r.into())?;
+    prog.truncate((len as usize).min(n));
+    Ok(prog
+        .iter()
+        .map(|f| {
+            (u64::from(f.code) << 48)
+                | (u64::from(f.jt) << 40)
+                | (u64::from(f.jf) << 32)
+                | u64::from(f.k)
+        })
+        .collect())
+}
+
+/// Attaches a classic BPF filter packed as [`get_filter`] returns it (`SO_ATTACH_FILTER`).
+pub fn attach_filter(fd: impl AsFd, packed: &[u64]) -> Result<(), Errno> {
+    if packed.is_empty() || packed.len() > BPF_MAXINSNS {
+        return Err(Errno::EINVAL);
+    }
+    let mut prog: Vec<libc::sock_filter> = packed
+        .iter()
+        .map(|&v| libc::sock_filter {
+            code: (v >> 48) as u16,
+            jt: (v >> 40) as u8,
+            jf: (v >> 32) as u8,
+            k: v as u32,
+        })
+        .collect();
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points to `prog`, alive for the call; the kernel copies it.
+    let r = unsafe {
+        libc::setsockopt(
+            raw(&fd),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    check(r.into()).map(drop)
+}
+
 pub fn setsockopt_bytes(fd: impl AsFd, level: i32, name: i32, val: &[u8]) -> Result<(), Errno> {
     // SAFETY: `val` is readable for its length for the call.
     let r = unsafe {

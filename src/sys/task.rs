@@ -279,6 +279,32 @@ impl SeizedTask {
         self.restore.set(None);
     }
 
+    /// Moves a task that sits at one of our traps (a SIGTRAP signal-delivery-stop) into a
+    /// `PTRACE_EVENT_STOP` at the same registers without running a single instruction of it:
+    /// `PTRACE_INTERRUPT`, then `PTRACE_CONT` without the signal, and the kernel traps it
+    /// before it leaves the signal code. A tracer that dies frees a task in a
+    /// signal-delivery-stop to take that signal (SIGTRAP kills it); from an event stop the task
+    /// resumes where its registers say, restarting an interrupted system call as usual.
+    pub fn park(&self) -> Result<()> {
+        self.check_tracer("PTRACE_INTERRUPT")?;
+        ptrace::interrupt(self.tid)?;
+        self.cont(0)?;
+        loop {
+            match self.wait()? {
+                WaitEvent::EventStop { .. } => return Ok(()),
+                WaitEvent::OtherEvent { .. } => ptrace::cont(self.tid, 0)?,
+                // Not expected (the trap comes before any signal is dequeued): delivered.
+                WaitEvent::SignalStop { sig } => ptrace::cont(self.tid, sig)?,
+                WaitEvent::Exited { .. } | WaitEvent::Killed { .. } => {
+                    return Err(Error::TaskDied {
+                        pid: self.tid,
+                        op: "park",
+                    })
+                }
+            }
+        }
+    }
+
     /// Makes a running task stop again (`PTRACE_INTERRUPT`); wait with [`SeizedTask::wait`].
     pub fn interrupt(&self) -> Result<()> {
         self.check_tracer("PTRACE_INTERRUPT")?;

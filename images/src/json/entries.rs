@@ -168,20 +168,58 @@ impl Codec {
         body: &[u8],
         pretty: bool,
     ) -> Result<Vec<Json>, JsonError> {
+        let mut out = Vec::new();
+        self.for_each_entry(kind, body, pretty, &mut |e| {
+            out.push(e);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Decodes the entries of an image of kind `kind` one at a time, handing each to `f`
+    /// (nothing is kept: memory follows one entry, not the file's count of entries).
+    pub fn for_each_entry(
+        &self,
+        kind: &MagicEntry,
+        body: &[u8],
+        pretty: bool,
+        f: &mut dyn FnMut(Json) -> Result<(), JsonError>,
+    ) -> Result<usize, JsonError> {
         let (first, rest) = self.entry_messages(kind)?;
         let mut r = Reader { data: body, pos: 0 };
-        let mut out = Vec::new();
+        let mut entry = 0;
         while !r.at_end() {
-            let entry = out.len();
             let desc = if entry == 0 { &first } else { &rest };
             let (bytes, msg) = self.read_message(&mut r, desc, entry)?;
             let mut obj = self.msg_json(&msg, pretty, entry)?;
             if let Some(extra) = self.read_extra(kind.payload, desc, bytes, &mut r, entry)? {
                 obj.insert("extra".into(), extra);
             }
-            out.push(Json::Object(obj));
+            f(Json::Object(obj))?;
+            entry += 1;
         }
-        Ok(out)
+        Ok(entry)
+    }
+
+    /// Encodes one entry of `"entries"` (index `i`) of an image of kind `kind`, appending
+    /// `len | message | extra` to `out`.
+    pub fn encode_entry(
+        &self,
+        kind: &MagicEntry,
+        i: usize,
+        e: &Json,
+        out: &mut Vec<u8>,
+    ) -> Result<(), JsonError> {
+        let (first, rest) = self.entry_messages(kind)?;
+        let obj = e
+            .as_object()
+            .ok_or_else(|| JsonError::Shape(format!("entry {i}: not a JSON object")))?;
+        let mut fields = obj.clone();
+        let extra = fields.shift_remove("extra");
+        let desc = if i == 0 { &first } else { &rest };
+        let msg = self.build_message(desc, &fields, i)?;
+        let bytes = Self::write_message(out, &msg);
+        self.write_extra(kind.payload, desc, &bytes, extra.as_ref(), out, i)
     }
 
     /// Reads the extra payload after entry `entry` (`bytes`, a `desc`) as crit shows it.
@@ -269,18 +307,9 @@ impl Codec {
         kind: &MagicEntry,
         entries: &[Json],
     ) -> Result<Vec<u8>, JsonError> {
-        let (first, rest) = self.entry_messages(kind)?;
         let mut out = Vec::new();
         for (i, e) in entries.iter().enumerate() {
-            let obj = e
-                .as_object()
-                .ok_or_else(|| JsonError::Shape(format!("entry {i}: not a JSON object")))?;
-            let mut fields = obj.clone();
-            let extra = fields.shift_remove("extra");
-            let desc = if i == 0 { &first } else { &rest };
-            let msg = self.build_message(desc, &fields, i)?;
-            let bytes = Self::write_message(&mut out, &msg);
-            self.write_extra(kind.payload, desc, &bytes, extra.as_ref(), &mut out, i)?;
+            self.encode_entry(kind, i, e, &mut out)?;
         }
         Ok(out)
     }

@@ -92,10 +92,17 @@ fn int(v: &Json, key: &str) -> Option<i64> {
 impl<'a> Dir<'a> {
     fn load(&self, name: &str) -> Result<Vec<Json>, ExploreError> {
         let path = self.dir.join(name);
-        let bytes = std::fs::read(&path).map_err(|source| ExploreError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        // A regular file within the image cap (crate::limits), not whatever the name holds.
+        let bytes =
+            crate::limits::read_regular(&path, crate::limits::MAX_IMAGE_FILE).map_err(|e| {
+                ExploreError::Io {
+                    path: path.clone(),
+                    source: match e {
+                        crate::error::ImageError::Io { source, .. } => source,
+                        other => std::io::Error::other(other.to_string()),
+                    },
+                }
+            })?;
         let doc =
             decode_image(self.codec, &bytes, false).map_err(|source| ExploreError::Decode {
                 path: path.clone(),

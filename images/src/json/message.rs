@@ -16,11 +16,17 @@
 //!     ipadd one address text for the whole repeated field
 //! ```
 //!
+//! From JSON, a message lacking a `required` field (also nested) is an error, as in crit
+//! (protobuf refuses to serialise it); to JSON, such a message shows as it is (crit's
+//! decode shows it too).
+//!
 //! `--pretty` rules are checked in crit's order: hex, then dev, then flags, then dict.
 
 use std::fmt;
 
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
+use prost_reflect::{
+    Cardinality, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value,
+};
 use serde_json::{Map, Number, Value as Json};
 
 use super::error::FieldError;
@@ -279,7 +285,38 @@ pub(crate) fn from_json(
             msg.set_field(&field, value);
         }
     }
+    if let Some(name) = missing_required(&msg) {
+        return Err(err(
+            path,
+            format!("required field {name} of {} is missing", desc.name()),
+        ));
+    }
     Ok(msg)
+}
+
+/// The dotted name of the first `required` field not set in `msg` or in a message nested in
+/// it, if any.
+pub(crate) fn missing_required(msg: &DynamicMessage) -> Option<String> {
+    for field in msg.descriptor().fields() {
+        if field.cardinality() == Cardinality::Required && !msg.has_field(&field) {
+            return Some(field.name().to_string());
+        }
+        if !matches!(field.kind(), Kind::Message(_)) || !msg.has_field(&field) {
+            continue;
+        }
+        let value = msg.get_field(&field);
+        let nested: Vec<&DynamicMessage> = match &*value {
+            Value::Message(m) => vec![m],
+            Value::List(items) => items.iter().filter_map(Value::as_message).collect(),
+            _ => Vec::new(),
+        };
+        for m in nested {
+            if let Some(inner) = missing_required(m) {
+                return Some(format!("{}.{inner}", field.name()));
+            }
+        }
+    }
+    None
 }
 
 fn value_from_json(

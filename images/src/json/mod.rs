@@ -27,6 +27,7 @@ mod message;
 mod number;
 mod opts;
 pub mod qp;
+mod stream;
 mod tables;
 mod text;
 
@@ -40,6 +41,7 @@ pub use image::{
     head_magic_for, split_magic, MagicEntry, MagicTable, HEAD_COMMON, HEAD_SERVICE, INVENTORY_MAGIC,
 };
 pub use opts::FieldOpts;
+pub use stream::EncodeTextError;
 pub use text::to_python_json;
 
 /// Converter between images and crit JSON for one descriptor pool.
@@ -101,11 +103,9 @@ pub fn encode_image(codec: &Codec, doc: &serde_json::Value) -> Result<Vec<u8>, J
 }
 
 /// crit's `info`: `{"magic": NAME, "count": N}`, N being the number of entries (for
-/// PAGEMAP, not counting the head entry, as crit does).
+/// PAGEMAP, not counting the head entry, as crit does). Entries are counted, not kept.
 pub fn info(codec: &Codec, bytes: &[u8]) -> Result<serde_json::Value, JsonError> {
-    let doc = decode_image(codec, bytes, false)?;
-    let name = doc["magic"].as_str().unwrap_or_default().to_string();
-    let mut count = doc["entries"].as_array().map_or(0, Vec::len);
+    let (name, mut count) = stream::count_entries(codec, &CriuMagic, bytes)?;
     if name == "PAGEMAP" {
         count = count.saturating_sub(1);
     }
@@ -113,6 +113,22 @@ pub fn info(codec: &Codec, bytes: &[u8]) -> Result<serde_json::Value, JsonError>
     out.insert("magic".into(), serde_json::Value::String(name));
     out.insert("count".into(), count.into());
     Ok(serde_json::Value::Object(out))
+}
+
+/// `to_text(decode_image(..))` streamed: the text of the image's document, each entry
+/// shown to `edit` (with the kind's name) before it is written; memory is the text.
+pub fn decode_to_text(
+    codec: &Codec,
+    bytes: &[u8],
+    pretty: bool,
+    edit: &mut dyn FnMut(&str, &mut serde_json::Value),
+) -> Result<String, JsonError> {
+    stream::decode_to_text(codec, &CriuMagic, bytes, pretty, edit)
+}
+
+/// `encode_image(parse_text(text))` streamed: each entry is encoded as it is parsed.
+pub fn encode_text(codec: &Codec, text: &str) -> Result<Vec<u8>, EncodeTextError> {
+    stream::encode_text(codec, &CriuMagic, text)
 }
 
 /// Serialises a crit JSON document the way crit prints it: `json.dump` with `indent=4` for

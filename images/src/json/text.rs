@@ -25,6 +25,11 @@ pub fn to_python_json(value: &Value, indent: Option<usize>) -> String {
     out
 }
 
+/// Appends `value` as it appears nested `level` deep in a document (`json.dumps` layout).
+pub fn write_nested(out: &mut String, value: &Value, indent: Option<usize>, level: usize) {
+    write_value(out, value, indent, level);
+}
+
 fn newline(out: &mut String, indent: usize, level: usize) {
     out.push('\n');
     for _ in 0..indent * level {
@@ -89,7 +94,8 @@ fn write_value(out: &mut String, value: &Value, indent: Option<usize>, level: us
     }
 }
 
-fn write_string(out: &mut String, s: &str) {
+/// Appends `s` as a JSON string literal (ASCII only, like Python).
+pub fn write_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {

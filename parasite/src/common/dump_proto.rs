@@ -25,9 +25,13 @@
 //!
 //! any other thread: the dumper points its ip at `__export_thread_entry` with rdi = its slot
 //! in the thread area (slots of a multiple of THREAD_SLOT bytes, sp = slot end; see
-//! ThreadState) and resumes it; it writes its ThreadState and XSAVE area into the slot and traps (ip = `__export_thread_trap`)
-//! FINI            -                               -   then the parasite closes its fds
-//!                                                     and traps (int3) forever
+//! ThreadState) and resumes it; it writes its ThreadState and XSAVE area into the slot,
+//! sends the 8-byte message THREAD_DONE ^ tid on the socket and waits for the socket to hang
+//! up (the dumper stops it there and gives it its registers back)
+//! FINI            -                               -   then the parasite closes its pipes
+//!                                                     and waits for the socket to hang up
+//! socket hang-up (the dumper died): the parasite and every thread in the routine close
+//! what they opened and return through their signal frame (`rt_sigreturn`)
 //! ```
 //! A failed syscall makes the whole command fail: `status` is its -errno, `len` 0.
 
@@ -80,6 +84,9 @@ pub struct ParasiteArgs {
     pub sock_fd: i32,
     /// Padding.
     pub pad: u32,
+    /// Address of the ucontext of the frame the parasite returns through when the dumper is
+    /// gone (`rt_sigreturn` with rsp here).
+    pub cure_sp: u64,
 }
 
 /// Header of a command.
@@ -259,6 +266,17 @@ pub const THREAD_XSAVE_OFF: usize = 1024;
 pub const THREAD_FLAG_XINUSE: u64 = 2;
 /// Offset in a thread slot of the XINUSE bitmap stored with [`THREAD_FLAG_XINUSE`].
 pub const THREAD_XINUSE_OFF: usize = 488;
+/// Offset in a thread slot of the flag (u64, written by the dumper) that says the frame's
+/// mask is already the thread's own (the routine then leaves it).
+pub const THREAD_MASK_KNOWN_OFF: usize = 520;
+/// Offset in a thread slot of the socket descriptor (u64, written by the dumper).
+pub const THREAD_SOCK_OFF: usize = 528;
+/// Offset in a thread slot of the signal frame's XSAVE software bytes (24, written by the
+/// dumper; the routine copies them behind its XSAVE, and MAGIC2 at their xstate_size).
+pub const THREAD_SW_BYTES_OFF: usize = 544;
+/// Offset in a thread slot of the ucontext of the thread's signal frame (the dumper writes
+/// it; the routine fills its mask).
+pub const THREAD_FRAME_OFF: usize = 640;
 
 /// Per-thread state only the thread itself can read: what CMD_THREAD_STATE answers for the
 /// parasite's thread, and what `__export_thread_entry` writes into its slot for any other
@@ -279,8 +297,9 @@ pub const THREAD_XINUSE_OFF: usize = 488;
 /// entered with rdi = slot, rsi = XSAVE bytes (0: none), rdx = XSAVE feature mask, rcx =
 /// flags ([`THREAD_FLAG_XINUSE`]), r8/r9/r10 = the rseq area, length and signature to
 /// confirm (r8 = 0: none). Scratch: 400 capget, 440..488 the entry values, 488 XINUSE,
-/// 496 the mask it blocks, 504 the mask it found (and puts back before its trap), 512 whether
-/// it blocked, 600 sigaltstack.
+/// 496 the mask it blocks, 504 the mask it found, 512 whether it blocked, 520 mask known,
+/// 528 socket, 536 pollfd, 544 XSAVE software bytes, 600 sigaltstack, 632..944 the signal
+/// frame (ucontext at 640).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 #[cfg_attr(not(stasis_blob), derive(Debug, PartialEq, Eq))]

@@ -294,7 +294,9 @@ pub struct SeccompFilterArgs {
     /// Address of `len` `struct sock_filter` (8 bytes each).
     pub prog: Addr,
     pub len: u32,
-    /// `SECCOMP_FILTER_FLAG_*` (only LOG and SPEC_ALLOW are passed on).
+    /// `SECCOMP_FILTER_FLAG_*` (only TSYNC, LOG and SPEC_ALLOW are passed on). TSYNC is how
+    /// CRIU writes a chain shared by all threads: on the leader only, the other threads with
+    /// none; the leader installs it after the threads exist, so the kernel gives it to them.
     pub flags: u32,
 }
 

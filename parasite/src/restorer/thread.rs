@@ -169,8 +169,11 @@ struct SockFprog {
 }
 
 const SECCOMP_SET_MODE_FILTER: usize = 1;
-/// SECCOMP_FILTER_FLAG_LOG | SECCOMP_FILTER_FLAG_SPEC_ALLOW.
-const SECCOMP_FLAGS_KEPT: u32 = 2 | 4;
+/// SECCOMP_FILTER_FLAG_TSYNC | SECCOMP_FILTER_FLAG_LOG | SECCOMP_FILTER_FLAG_SPEC_ALLOW.
+/// TSYNC comes only on the leader's chain of a CRIU image whose other threads have none (see
+/// `SeccompFilterArgs::flags`); the leader installs its filters in step 8, after the threads
+/// were created, so the kernel synchronises them all to the leader's chain.
+const SECCOMP_FLAGS_KEPT: u32 = 1 | 2 | 4;
 
 /// Restores the calling thread's creds and seccomp filters (see `restore_ids_and_caps`).
 pub fn restore_creds(a: &TaskArgs, t: &ThreadArgs, index: usize) {

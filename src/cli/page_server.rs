@@ -1,0 +1,171 @@
+//! `stasis page-server`: receive a dump's pagemaps and pages over CRIU 4.2's page-server
+//! protocol (from `criu dump --page-server` or `stasis dump --page-server`) into an image
+//! directory, plain or packed (`--compress`, `--encrypt-key`).
+//!
+//! ```text
+//!  prepare -D (parent link of --prev-images-dir) ─► listen ADDR:PORT (or take --ps-socket FD)
+//!  ─► [--daemon: fork; the parent writes --pidfile and exits 0]
+//!  ─► --status-fd: one '\0' byte, then closed (ready: connections are accepted)
+//!  ─► accept one connection ─► serve the session ─► exit 0 (1 on any error)
+//! ```
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use super::common::{self, CommonArgs, Verb};
+use crate::pages::pack::{PackKey, PackParams};
+use crate::pages::server::{self, ServerOptions};
+
+/// `stasis page-server` arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "page-server",
+    about = "receive pages from a dump over the network (CRIU's page-server protocol)"
+)]
+pub struct PageServerArgs {
+    /// Options shared by every verb; of them: `--prev-images-dir` (linked as `parent`),
+    /// `-d`/`--daemon` (background once listening: the parent writes `--pidfile` and
+    /// exits), `--status-fd` (one zero byte once connections are accepted).
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Port to listen on.
+    #[arg(long = "port", value_name = "N")]
+    pub port: Option<u16>,
+    /// Address to listen on (IPv4 or IPv6; every IPv4 address by default).
+    #[arg(long = "address", value_name = "ADDR")]
+    pub address: Option<String>,
+    /// Serve on this connected socket instead of listening.
+    #[arg(long = "ps-socket", value_name = "FD")]
+    pub ps_socket: Option<i32>,
+    /// Compress the pages files: zstd or zstd:LEVEL (stasis extension).
+    #[arg(long = "compress", value_name = "zstd[:LEVEL]")]
+    pub compress: Option<String>,
+    /// Encrypt and authenticate the pages files with the key in FILE (stasis extension).
+    #[arg(long = "encrypt-key", value_name = "FILE")]
+    pub encrypt_key: Option<PathBuf>,
+}
+
+impl common::VerbArgs for PageServerArgs {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> i32 {
+    tracing::error!("{e}");
+    eprintln!("Error (page-server): {e}");
+    1
+}
+
+/// `stasis page-server ...`; returns the exit status.
+pub fn run(args: Vec<OsString>) -> i32 {
+    let a: PageServerArgs = match common::start(&args, Verb::PageServer) {
+        Ok(a) => a,
+        Err(status) => return status,
+    };
+    let mut pack = PackParams::default();
+    if let Some(c) = &a.compress {
+        match PackParams::parse_compress(c) {
+            Ok(l) => pack.zstd = Some(l),
+            Err(e) => return fail(e),
+        }
+    }
+    if let Some(k) = &a.encrypt_key {
+        match PackKey::load(k) {
+            Ok(k) => pack.key = Some(std::sync::Arc::new(k)),
+            Err(e) => return fail(e),
+        }
+    }
+    let o = ServerOptions {
+        images_dir: a.common.images_dir(),
+        prev_images_dir: a.common.criu.incremental.prev_images_dir.clone(),
+        pack,
+    };
+    if let Err(e) = server::prepare_dir(&o) {
+        return fail(e);
+    }
+    let status = match a
+        .common
+        .criu
+        .status_fd
+        .map(crate::sys::fds::inherited)
+        .transpose()
+    {
+        Ok(s) => s,
+        Err(e) => return fail(format!("--status-fd: {e}")),
+    };
+    let (listener, inherited) = match a.ps_socket {
+        Some(fd) => match crate::sys::fds::inherited(fd) {
+            Ok(s) => (None, Some(s)),
+            Err(e) => return fail(format!("--ps-socket {fd}: {e}")),
+        },
+        None => {
+            let Some(port) = a.port else {
+                return fail("--port is required (or --ps-socket)");
+            };
+            match server::listen(a.address.as_deref(), port) {
+                Ok(l) => (Some(l), None),
+                Err(e) => return fail(e),
+            }
+        }
+    };
+    if let Some(l) = &listener {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!("page server listening on {addr}");
+        }
+    }
+    if a.common.criu.restore_detached {
+        match crate::sys::daemon::daemonize() {
+            Ok(Some(child)) => {
+                if let Some(p) = &a.common.pidfile {
+                    if let Err(e) = std::fs::write(p, format!("{child}")) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(child),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        return fail(format!("write pidfile {}: {e}", p.display()));
+                    }
+                }
+                return 0;
+            }
+            Ok(None) => {}
+            Err(e) => return fail(format!("go to the background: {e}")),
+        }
+    } else if let Some(p) = &a.common.pidfile {
+        if let Err(e) = std::fs::write(p, format!("{}", std::process::id())) {
+            return fail(format!("write pidfile {}: {e}", p.display()));
+        }
+    }
+    if let Some(fd) = status {
+        let mut f = std::fs::File::from(fd);
+        if let Err(e) = std::io::Write::write_all(&mut f, &[0]) {
+            return fail(format!("--status-fd: {e}"));
+        }
+    }
+    let (sock, peer, from_ps_socket) = match (listener, inherited) {
+        (_, Some(s)) => (s, "(--ps-socket)".to_string(), true),
+        (Some(l), None) => match l.accept() {
+            Ok((s, addr)) => {
+                tracing::info!("accepted connection from {addr}");
+                (std::os::fd::OwnedFd::from(s), addr.to_string(), false)
+            }
+            Err(e) => return fail(format!("accept: {e}")),
+        },
+        (None, None) => return fail("no socket"),
+    };
+    match server::serve(sock, &peer, &o, from_ps_socket) {
+        Ok(r) => {
+            tracing::info!(
+                "page server: {} pagemaps, {} entries, {} pages, {} bytes written",
+                r.sink.pagemaps,
+                r.entries,
+                r.pages,
+                r.sink.bytes
+            );
+            0
+        }
+        Err(e) => fail(e),
+    }
+}

@@ -1,0 +1,51 @@
+//! The dump's page sink, chosen from its options: local files (plain, with the splice fast
+//! path, or packed) or a page server. See [`crate::pages`] for the pipeline.
+
+use super::error::{DumpError, Result};
+use super::options::DumpOptions;
+use crate::pages::client::PageServerSink;
+use crate::pages::sink::LocalSink;
+use crate::pages::PageSink;
+
+/// Where a page server is (`--page-server --address A --port N [--ps-socket FD]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageServerAddr {
+    pub address: String,
+    pub port: u16,
+    /// A connected socket inherited from the caller, used instead of connecting.
+    pub ps_socket: Option<i32>,
+}
+
+/// The sink for `opts`: connects to the page server now, so that an unreachable server fails
+/// the dump before anything is frozen.
+pub fn open_sink(opts: &DumpOptions) -> Result<Box<dyn PageSink>> {
+    let err = |what: String| DumpError::new("page-server", opts.pid, None, what);
+    match &opts.page_server {
+        None => Ok(Box::new(LocalSink::new(
+            &opts.images_dir,
+            1,
+            opts.pack.clone(),
+        ))),
+        Some(_) if opts.pack.active() => Err(err(
+            "--compress and --encrypt-key apply to the files written: give them to the page \
+             server (the page-server protocol carries plain pages)"
+                .into(),
+        )),
+        Some(ps) => match ps.ps_socket {
+            Some(fd) => {
+                let sock = crate::sys::fds::inherited(fd).map_err(|e| {
+                    DumpError::new(
+                        "page-server",
+                        opts.pid,
+                        Some(e as i32),
+                        format!("--ps-socket {fd}"),
+                    )
+                })?;
+                Ok(Box::new(PageServerSink::over_socket(sock)))
+            }
+            None => PageServerSink::connect(&ps.address, ps.port)
+                .map(|s| Box::new(s) as Box<dyn PageSink>)
+                .map_err(|e| err(e.to_string())),
+        },
+    }
+}

@@ -1,0 +1,472 @@
+//! A dumper or restorer that is killed (SIGKILL: no cleanup of its own runs) leaves nothing
+//! frozen, dead or half-restored.
+//!
+//! ```text
+//! target      kill_safety/busy.c: threads that compute with SSE, sleep, block in read and
+//!             poll, check their memory, FPU value, stack and blocked mask, and count
+//! dump        SIGKILL to `stasis dump` at each stop point (STASIS_STOP_AT: the dumper stops
+//!             itself there, the test kills it), and at moments spread over a whole dump of
+//!             a 200 MiB target, with and without -R and --freeze-cgroup
+//!             => the target is alive, not traced, not stopped (a group-stopped one stays
+//!                stopped), its cgroup not frozen, no SIGPIPE pending, and every thread
+//!                counts on with no failed check
+//! restore     SIGKILL to `stasis restore -d` at moments spread over a restore
+//!             => the restored PIDs are gone, unless the tree was released, and then it runs
+//! ```
+//! Waits have deadlines (a stuck target fails the test); nothing asserts a duration.
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::deadline::with_timeout;
+use common::dump::{kill_cgroup, stasis_bin};
+use common::workload::c_program;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// The self-checking target.
+struct Target {
+    child: Child,
+    pid: i32,
+    threads: usize,
+    progress: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Target {
+    /// Starts busy.c with `threads` threads and `mib` MiB in its own session (and in
+    /// `cgroup` when given); returns once it reported progress.
+    fn launch(threads: usize, mib: usize, cgroup: Option<&Path>) -> Target {
+        let bin = c_program("busy", include_str!("kill_safety/busy.c"), &["-pthread"]);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let progress = dir.path().join("progress");
+        let mut cmd = Command::new(bin);
+        cmd.arg(threads.to_string())
+            .arg(mib.to_string())
+            .arg(&progress)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: setsid is async-signal-safe; the target gets its own session, so a
+        // restore needs nothing from outside the tree.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn busy");
+        let pid = child.id() as i32;
+        if let Some(cg) = cgroup {
+            std::fs::write(cg.join("cgroup.procs"), pid.to_string()).expect("join cgroup");
+        }
+        let t = Target {
+            child,
+            pid,
+            threads,
+            progress,
+            _dir: dir,
+        };
+        wait_until("the target to start", 60, || t.counts().is_some());
+        t
+    }
+
+    /// (first failed check, every thread's count), once the file has a whole line.
+    fn counts(&self) -> Option<(i32, Vec<u64>)> {
+        progress(&self.progress, self.threads)
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn progress(path: &Path, threads: usize) -> Option<(i32, Vec<u64>)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().next()?;
+    let mut f = line.split_whitespace();
+    let bad = f.next()?.strip_prefix("bad=")?.parse().ok()?;
+    let counts: Vec<u64> = f.map(|c| c.parse().ok()).collect::<Option<_>>()?;
+    (counts.len() == threads).then_some((bad, counts))
+}
+
+/// Polls `cond` until it holds; fails the test after `secs` seconds.
+fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "waited {secs} s for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn status_field(pid: i32, tid: i32, field: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+}
+
+fn tids(pid: i32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One letter of /proc/PID/stat (R, S, T, t, Z, ...), None when gone.
+fn state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim().chars().next()
+}
+
+fn cgroup_frozen(cg: &Path) -> bool {
+    std::fs::read_to_string(cg.join("cgroup.events"))
+        .map(|t| t.lines().any(|l| l.trim() == "frozen 1"))
+        .unwrap_or(false)
+}
+
+/// The target after a killed dumper: alive, no tracer, not stopped (or stopped when it was
+/// group-stopped before), cgroup thawed, no SIGPIPE pending, every thread counting with no
+/// failed check.
+fn assert_healthy(t: &Target, cgroup: Option<&Path>, group_stopped: bool, what: &str) {
+    let pid = t.pid;
+    assert!(
+        !matches!(state(pid), None | Some('Z' | 'X')),
+        "{what}: the target died"
+    );
+    let all = tids(pid);
+    assert_eq!(all.len(), t.threads, "{what}: threads {all:?}");
+    for &tid in &all {
+        wait_until(&format!("{what}: thread {tid} untraced"), 20, || {
+            status_field(pid, tid, "TracerPid:").as_deref() == Some("0")
+        });
+        let stopped = |s: Option<char>| matches!(s, Some('T' | 't'));
+        wait_until(
+            &format!("{what}: thread {tid} out of ptrace stops"),
+            20,
+            || {
+                let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+                    .ok()
+                    .and_then(|s| s.rsplit(')').next()?.trim().chars().next());
+                if group_stopped {
+                    s == Some('T')
+                } else {
+                    !stopped(s)
+                }
+            },
+        );
+        for field in ["SigPnd:", "ShdPnd:"] {
+            let v = status_field(pid, tid, field).unwrap_or_default();
+            let bits = u64::from_str_radix(&v, 16).unwrap_or(0);
+            assert_eq!(bits & (1 << 12), 0, "{what}: SIGPIPE pending ({field} {v})");
+        }
+    }
+    if let Some(cg) = cgroup {
+        wait_until(&format!("{what}: cgroup thawed"), 20, || !cgroup_frozen(cg));
+    }
+    if group_stopped {
+        kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap();
+    }
+    let (bad, before) = t.counts().expect("progress line");
+    assert_eq!(
+        bad, 0,
+        "{what}: the target found its state broken (check {bad})"
+    );
+    wait_until(
+        &format!("{what}: every thread counting on"),
+        30,
+        || matches!(t.counts(), Some((_, now)) if now.iter().zip(&before).all(|(n, b)| n > b)),
+    );
+    let (bad, _) = t.counts().expect("progress line");
+    assert_eq!(
+        bad, 0,
+        "{what}: the target found its state broken (check {bad})"
+    );
+}
+
+/// `stasis dump -t PID -D DIR EXTRA` with `STASIS_STOP_AT=stop_at` when given.
+fn dumper(pid: i32, dir: &Path, extra: &[&str], stop_at: Option<&str>) -> Child {
+    let mut cmd = stasis_bin();
+    cmd.args(["dump", "-t", &pid.to_string(), "-D"])
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(at) = stop_at {
+        cmd.env("STASIS_STOP_AT", at);
+    }
+    cmd.spawn().expect("spawn stasis dump")
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+/// Runs a dump that stops itself at `point`, kills it there and reaps it.
+fn kill_dumper_at(t: &Target, point: &str, extra: &[&str]) {
+    let dir = tempfile::tempdir().expect("image dir");
+    let mut d = dumper(t.pid, dir.path(), extra, Some(point));
+    let dpid = d.id() as i32;
+    let t0 = Instant::now();
+    loop {
+        if state(dpid) == Some('T') {
+            break;
+        }
+        if let Some(status) = d.try_wait().unwrap() {
+            panic!(
+                "the dumper never reached {point} ({status}): {}",
+                stderr_of(&mut d)
+            );
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "dumper stuck before {point}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    kill(Pid::from_raw(dpid), Signal::SIGKILL).unwrap();
+    d.wait().unwrap();
+}
+
+/// A cgroup (v2) of this test, removed (its processes killed) on drop.
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn new(name: &str) -> Cgroup {
+        let p = PathBuf::from(format!(
+            "/sys/fs/cgroup/unified/stasis-killsafe-{name}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&p)
+            .expect("create a cgroup v2 (cgroup2 at /sys/fs/cgroup/unified)");
+        Cgroup(p)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        kill_cgroup(&self.0);
+    }
+}
+
+const POINTS: &[&str] = &["seized", "inject", "serve", "threads", "pages", "cure"];
+
+#[test]
+fn dumper_killed_at_each_point_leaves_the_target_running() {
+    with_timeout(600, || {
+        let t = Target::launch(6, 64, None);
+        for (i, point) in POINTS.iter().enumerate() {
+            let extra: &[&str] = if i % 2 == 0 { &["-R"] } else { &[] };
+            kill_dumper_at(&t, point, extra);
+            assert_healthy(&t, None, false, &format!("killed at {point} {extra:?}"));
+        }
+    });
+}
+
+#[test]
+fn dumper_killed_with_the_cgroup_frozen_thaws_it() {
+    with_timeout(600, || {
+        let cg = Cgroup::new("freeze");
+        let t = Target::launch(4, 32, Some(&cg.0));
+        let path = cg.0.to_str().unwrap().to_string();
+        for point in ["frozen", "seized", "threads"] {
+            kill_dumper_at(&t, point, &["-R", "--freeze-cgroup", &path]);
+            assert_healthy(
+                &t,
+                Some(&cg.0),
+                false,
+                &format!("frozen cgroup, killed at {point}"),
+            );
+        }
+        drop(t);
+    });
+}
+
+#[test]
+fn group_stopped_target_stays_stopped_after_a_killed_dumper() {
+    with_timeout(600, || {
+        let t = Target::launch(4, 16, None);
+        for point in ["seized", "serve", "threads", "cure"] {
+            kill(Pid::from_raw(t.pid), Signal::SIGSTOP).unwrap();
+            wait_until("the target to stop", 20, || state(t.pid) == Some('T'));
+            kill_dumper_at(&t, point, &["-R"]);
+            assert_healthy(
+                &t,
+                None,
+                true,
+                &format!("stopped target, killed at {point}"),
+            );
+        }
+    });
+}
+
+#[test]
+fn dumper_killed_at_moments_spread_over_a_dump() {
+    with_timeout(900, || {
+        let cg = Cgroup::new("spread");
+        let path = cg.0.to_str().unwrap().to_string();
+        let mut t = Target::launch(6, 200, Some(&cg.0));
+        // How long a whole dump takes here (it varies with the machine's load: the kills
+        // below land somewhere in it, which is all they need).
+        let dir = tempfile::tempdir().expect("image dir");
+        let t0 = Instant::now();
+        let mut d = dumper(t.pid, dir.path(), &["-R"], None);
+        let status = d.wait().unwrap();
+        assert!(status.success(), "full dump: {}", stderr_of(&mut d));
+        let whole = t0.elapsed();
+        drop(dir);
+        assert_healthy(&t, Some(&cg.0), false, "after a whole dump with -R");
+        const KILLS: u32 = 10;
+        // A dump that ends before its kill shortens `whole` (a later dump is faster than the
+        // first: caches) and the moment is tried again, up to twice as many dumps in all.
+        let mut whole = whole;
+        let (mut landed, mut k, mut tries) = (0, 0, 0);
+        while k < KILLS && tries < 2 * KILLS {
+            tries += 1;
+            let extra: Vec<&str> = match k % 3 {
+                0 => vec!["-R"],
+                1 => vec!["-R", "--freeze-cgroup", &path],
+                // Without -R a dump that completes kills the target: only the first half.
+                _ if k < KILLS / 2 => vec![],
+                _ => vec!["-R"],
+            };
+            let dir = tempfile::tempdir().expect("image dir");
+            let started = Instant::now();
+            let mut d = dumper(t.pid, dir.path(), &extra, None);
+            std::thread::sleep(whole * (2 * k + 1) / (2 * KILLS));
+            let _ = kill(Pid::from_raw(d.id() as i32), Signal::SIGKILL);
+            let status = d.wait().unwrap();
+            let what = format!("killed after {k}/{KILLS} of a dump {extra:?}");
+            if status.success() {
+                whole = whole.min(started.elapsed());
+                // Finished first: a dump without -R killed the target, as asked.
+                if !extra.contains(&"-R") {
+                    drop(t);
+                    t = Target::launch(6, 200, Some(&cg.0));
+                    continue;
+                }
+            } else {
+                landed += 1;
+                k += 1;
+            }
+            assert_healthy(&t, Some(&cg.0), false, &what);
+        }
+        eprintln!("{landed} of {KILLS} kills landed in a dump of {whole:?}");
+        assert!(
+            landed >= KILLS / 2,
+            "only {landed} of {KILLS} kills landed in a dump"
+        );
+        drop(t);
+    });
+}
+
+#[test]
+fn restorer_killed_leaves_no_half_restored_tree() {
+    with_timeout(900, || {
+        let _lock = common::lock::restore_lock();
+        let images = tempfile::tempdir().expect("image dir");
+        let mut t = Target::launch(4, 16, None);
+        let (pid, threads, progress_file) = (t.pid, t.threads, t.progress.clone());
+        let mut d = dumper(pid, images.path(), &[], None);
+        let status = d.wait().unwrap();
+        assert!(status.success(), "dump: {}", stderr_of(&mut d));
+        // The dump killed the target (reaped here); its directory (the progress file)
+        // stays with us.
+        t.child.wait().unwrap();
+        let keep = t;
+        let restore = || {
+            let mut cmd = stasis_bin();
+            cmd.args(["restore", "-d", "-D"])
+                .arg(images.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            cmd.spawn().expect("spawn stasis restore")
+        };
+        let gone = |what: &str| {
+            wait_until(&format!("{what}: pid {pid} gone"), 20, || {
+                matches!(state(pid), None | Some('Z' | 'X'))
+            });
+            wait_until(&format!("{what}: pid {pid} reaped"), 20, || {
+                state(pid).is_none()
+            });
+        };
+        let kill_tree = |what: &str| {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            gone(what);
+        };
+        // A whole restore: the tree runs on after the restorer exits.
+        let t0 = Instant::now();
+        let mut r = restore();
+        let status = r.wait().unwrap();
+        let whole = t0.elapsed();
+        assert!(status.success(), "restore: {}", stderr_of(&mut r));
+        let running = |what: &str| {
+            let before = progress(&progress_file, threads).expect("progress").1;
+            wait_until(&format!("{what}: the restored tree counting"), 30, || {
+                matches!(progress(&progress_file, threads), Some((0, now))
+                    if now.iter().zip(&before).all(|(n, b)| n > b))
+            });
+        };
+        running("whole restore");
+        kill_tree("whole restore");
+        const KILLS: u32 = 8;
+        let mut landed = 0;
+        for k in 0..KILLS {
+            let mut r = restore();
+            std::thread::sleep(whole * (2 * k + 1) / (2 * KILLS));
+            let _ = kill(Pid::from_raw(r.id() as i32), Signal::SIGKILL);
+            let status = r.wait().unwrap();
+            let what = format!("restorer killed after {k}/{KILLS}");
+            if status.success() {
+                running(&what);
+                kill_tree(&what);
+                continue;
+            }
+            // Killed before its end: nothing of the tree may run on, unless it was released
+            // (then it must be whole and running).
+            let t1 = Instant::now();
+            let released = loop {
+                match state(pid) {
+                    None => break false,
+                    Some(_) if t1.elapsed() > Duration::from_secs(2) => break true,
+                    _ => std::thread::sleep(Duration::from_millis(5)),
+                }
+            };
+            if released {
+                assert_eq!(
+                    tids(pid).len(),
+                    threads,
+                    "{what}: a partial thread group runs"
+                );
+                running(&what);
+                kill_tree(&what);
+            } else {
+                landed += 1;
+            }
+        }
+        eprintln!("{landed} of {KILLS} kills landed before the release, restore {whole:?}");
+        assert!(
+            landed >= 2,
+            "only {landed} of {KILLS} kills landed before the release"
+        );
+        drop(keep);
+    });
+}
