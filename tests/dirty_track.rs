@@ -90,12 +90,13 @@ fn tracked() -> Tracked {
 fn written_pages_are_exact_once_armed() {
     let a = Region::new(32);
     let mut t = tracked();
-    // First collect: registers and arms; nothing was armed before.
-    assert_eq!(t.collect(&[a.range()]).unwrap(), vec![Dirt::All]);
+    // First collect: registers and arms; there is no parent.
+    assert_eq!(t.collect(&[a.range()], None).unwrap(), vec![Dirt::All]);
+    t.commit(1);
     a.write(3);
     a.write(4);
     a.write(20);
-    let got = t.collect(&[a.range()]).unwrap();
+    let got = t.collect(&[a.range()], Some(1)).unwrap();
     assert_eq!(
         got,
         vec![Dirt::Written(vec![
@@ -103,24 +104,49 @@ fn written_pages_are_exact_once_armed() {
             (a.start + 20 * PAGE, a.start + 21 * PAGE)
         ])]
     );
+    t.commit(2);
     // Re-armed by that collect: nothing written since.
     assert_eq!(
-        t.collect(&[a.range()]).unwrap(),
+        t.collect(&[a.range()], Some(2)).unwrap(),
         vec![Dirt::Written(vec![])]
     );
+}
+
+#[test]
+fn an_uncommitted_collect_is_answered_again_and_a_wrong_parent_is_all_dirty() {
+    let a = Region::new(16);
+    let mut t = tracked();
+    t.collect(&[a.range()], None).unwrap();
+    t.commit(1);
+    a.write(3);
+    // This dump fails: no commit. The retry against the same parent sees page 3 again.
+    t.collect(&[a.range()], Some(1)).unwrap();
+    a.write(9);
+    assert_eq!(
+        t.collect(&[a.range()], Some(1)).unwrap(),
+        vec![Dirt::Written(vec![
+            (a.start + 3 * PAGE, a.start + 4 * PAGE),
+            (a.start + 9 * PAGE, a.start + 10 * PAGE)
+        ])]
+    );
+    // A parent that is not the last commit (older, skipped, or another chain's).
+    assert_eq!(t.collect(&[a.range()], Some(77)).unwrap(), vec![Dirt::All]);
+    assert_eq!(t.collect(&[a.range()], None).unwrap(), vec![Dirt::All]);
 }
 
 #[test]
 fn a_vma_armed_nowhere_is_all_dirty() {
     let a = Region::new(8);
     let mut t = tracked();
-    t.collect(&[a.range()]).unwrap();
+    t.collect(&[a.range()], None).unwrap();
+    t.commit(1);
     let b = Region::new(8);
-    let got = t.collect(&[a.range(), b.range()]).unwrap();
+    let got = t.collect(&[a.range(), b.range()], Some(1)).unwrap();
     assert_eq!(got, vec![Dirt::Written(vec![]), Dirt::All]);
+    t.commit(2);
     // Armed now.
     b.write(1);
-    let got = t.collect(&[a.range(), b.range()]).unwrap();
+    let got = t.collect(&[a.range(), b.range()], Some(2)).unwrap();
     assert_eq!(
         got[1],
         Dirt::Written(vec![(b.start + PAGE, b.start + 2 * PAGE)])
@@ -135,10 +161,11 @@ fn a_vma_of_another_userfaultfd_is_all_dirty() {
     let app = stasis::sys::mem::Userfault::new().expect("userfaultfd of the application");
     let _held = app.register(theirs.start, theirs.len).unwrap();
     let mut t = tracked();
-    t.collect(&[a.range(), theirs.range()]).unwrap();
+    t.collect(&[a.range(), theirs.range()], None).unwrap();
+    t.commit(1);
     a.write(2);
     theirs.write(5);
-    let got = t.collect(&[a.range(), theirs.range()]).unwrap();
+    let got = t.collect(&[a.range(), theirs.range()], Some(1)).unwrap();
     assert_eq!(
         got,
         vec![
@@ -161,7 +188,7 @@ fn a_changed_identity_is_not_answered() {
     let mut id = Identity::read(me()).unwrap();
     id.start_ticks += 1;
     let mut t = Tracked::new(me(), id, Handle::Uffd(uffd())).unwrap();
-    assert_eq!(t.collect(&[a.range()]), None);
+    assert_eq!(t.collect(&[a.range()], None), None);
 }
 
 #[test]
@@ -180,6 +207,8 @@ fn the_tracker_process_serves_a_chain() {
             c.collect(me(), id, &[a.range()]).unwrap(),
             Some(vec![Dirt::All])
         );
+        c.commit(7, &[me()]).unwrap();
+        c.parent_gen = Some(7);
         a.write(7);
         assert_eq!(
             c.collect(me(), id, &[a.range()]).unwrap(),
@@ -188,12 +217,22 @@ fn the_tracker_process_serves_a_chain() {
                 a.start + 8 * PAGE
             )])])
         );
+        c.commit(8, &[me()]).unwrap();
         // Found again through an image directory's record, by a new connection.
         let dir = tempfile::tempdir().unwrap();
-        c.record(dir.path()).unwrap();
+        c.record(dir.path(), 8).unwrap();
         // One client at a time: this one hangs up first.
         drop(c);
         let mut again = TrackerClient::find(dir.path()).expect("the tracker answers");
+        assert_eq!(again.parent_gen, Some(8));
+        a.write(9);
+        assert_eq!(
+            again.collect(me(), id, &[a.range()]).unwrap(),
+            Some(vec![Dirt::Written(vec![(
+                a.start + 9 * PAGE,
+                a.start + 10 * PAGE
+            )])])
+        );
         assert_eq!(again.status().unwrap(), vec![me()]);
         again.forget(me()).unwrap();
         assert_eq!(again.status().unwrap(), Vec::<i32>::new());

@@ -332,6 +332,69 @@ fn dump_leave_running_track_mem_then_incremental_dump() {
     })
 }
 
+/// A dump that fails after the tracker re-armed the pages it read must not lose them: the
+/// retry against the same parent answers them again; a dump naming an older parent than the
+/// last one committed gets everything dirty.
+#[test]
+fn failed_dump_retry_and_older_parent_are_not_stale() {
+    let _lock = restore_lock();
+    let (name, base) = ("inc-retry", 33600);
+    with_round_trip_deadline(120, cgroup_path(name, base), move |restored| {
+        let w = launch_dirty(name, base, 16, "busy");
+        let root = tempfile::tempdir().unwrap();
+        let pid = w.pid.to_string();
+        let dir = |n: &str| {
+            let d = root.path().join(n);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        };
+        stasis(&["pre-dump", "-t", &pid], &dir("0"), "pre-dump.log");
+        stasis(
+            &["pre-dump", "-t", &pid, "--prev-images-dir", "../0"],
+            &dir("1"),
+            "pre-dump.log",
+        );
+        let failed = stasis_bin()
+            .args(["dump", "-t", &pid, "--prev-images-dir", "../1", "-D"])
+            .arg(dir("failed"))
+            .env("STASIS_FAULT", "images")
+            .output()
+            .unwrap();
+        assert!(
+            !failed.status.success(),
+            "the injected fault did not fail the dump"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let retry = dir("retry");
+        stasis(
+            &[
+                "dump",
+                "-t",
+                &pid,
+                "-R",
+                "--track-mem",
+                "--prev-images-dir",
+                "../1",
+            ],
+            &retry,
+            "dump.log",
+        );
+        assert!(page_stats(&retry).1 > 0, "the retry used its parent");
+        stasis(
+            &["dump", "-t", &pid, "-R", "--prev-images-dir", "../0"],
+            &dir("older"),
+            "dump.log",
+        );
+        assert_eq!(
+            page_stats(&root.path().join("older")).1,
+            0,
+            "a parent older than the last commit: everything dirty"
+        );
+        kill_pids(&[w.pid]);
+        restore_and_verify(&w, &retry, &restored, "the retry of a failed dump");
+    })
+}
+
 /// An idle workload: the final dump after two pre-dumps writes few pages.
 #[test]
 fn idle_chain_final_dump_writes_few_pages() {

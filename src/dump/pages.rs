@@ -320,7 +320,8 @@ pub fn write_private(
 ) -> Result<()> {
     let mut src = FrozenSource { probe, readable };
     send(sink, Target::Process(pid as u64), runs, &mut src, pid)?;
-    for r in runs {
+    // PE_PARENT runs carry no data: they are not written here.
+    for r in runs.iter().filter(|r| r.flags & PE_PRESENT != 0) {
         stats.pages_written += r.nr_pages;
         if r.flags & PE_LAZY != 0 {
             stats.pages_lazy += r.nr_pages;

@@ -22,6 +22,9 @@ pub struct TrackerClient {
     pub socket: String,
     /// The tracker's pid.
     pub pid: i32,
+    /// The generation of the dump whose record found it (its last commit, if that dump
+    /// succeeded).
+    pub parent_gen: Option<u64>,
 }
 
 fn other(e: impl std::fmt::Display) -> std::io::Error {
@@ -35,9 +38,15 @@ impl TrackerClient {
         let v: Value = serde_json::from_str(&text).ok()?;
         let socket = v["socket"].as_str()?.to_string();
         let pid = v["pid"].as_i64()? as i32;
+        let parent_gen = v["gen"].as_u64();
         match connect(&socket) {
             Ok(conn) => {
-                let mut c = TrackerClient { conn, socket, pid };
+                let mut c = TrackerClient {
+                    conn,
+                    socket,
+                    pid,
+                    parent_gen,
+                };
                 // A tracker that died between connect and now answers nothing.
                 c.request(&json!({"op": "status"})).ok()?;
                 Some(c)
@@ -76,7 +85,14 @@ impl TrackerClient {
         let t0 = Instant::now();
         loop {
             match connect(&socket) {
-                Ok(conn) => return Ok(TrackerClient { conn, socket, pid }),
+                Ok(conn) => {
+                    return Ok(TrackerClient {
+                        conn,
+                        socket,
+                        pid,
+                        parent_gen: None,
+                    })
+                }
                 Err(e) if t0.elapsed() > Duration::from_secs(10) => {
                     return Err(other(format!("tracker {pid} does not listen: {e}")))
                 }
@@ -85,12 +101,18 @@ impl TrackerClient {
         }
     }
 
-    /// Writes `dir`'s record naming this tracker.
-    pub fn record(&self, dir: &Path) -> std::io::Result<()> {
+    /// Writes `dir`'s record naming this tracker and the generation committed for it.
+    pub fn record(&self, dir: &Path, generation: u64) -> std::io::Result<()> {
         std::fs::write(
             dir.join(RECORD),
-            json!({"socket": self.socket, "pid": self.pid}).to_string(),
+            json!({"socket": self.socket, "pid": self.pid, "gen": generation}).to_string(),
         )
+    }
+
+    /// The collects of `pids` made by this dump are saved as generation `generation`.
+    pub fn commit(&mut self, generation: u64, pids: &[i32]) -> std::io::Result<()> {
+        self.request(&json!({"op": "commit", "gen": generation, "pids": pids}))
+            .map(drop)
     }
 
     fn request(&mut self, req: &Value) -> std::io::Result<Value> {
@@ -146,6 +168,7 @@ impl TrackerClient {
         vmas: &[(u64, u64)],
     ) -> std::io::Result<Option<Vec<Dirt>>> {
         let v = self.request(&json!({"op": "collect", "pid": pid, "id": id.to_json(),
+            "parent": self.parent_gen,
             "vmas": vmas.iter().map(|r| [r.0, r.1]).collect::<Vec<_>>()}))?;
         if v["known"].as_bool() != Some(true) {
             return Ok(None);

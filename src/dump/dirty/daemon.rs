@@ -6,11 +6,13 @@
 //!  frame    u32 little-endian length + JSON object
 //!  request                                   answer
 //!  {"op":"adopt","pid","id","method"} [+fd]  {"ok":true} | {"ok":false,"error"}
-//!  {"op":"collect","pid","id","vmas":[[s,e]..]}
+//!  {"op":"collect","pid","id","parent":GEN|null,"vmas":[[s,e]..]}
 //!                                            {"ok":true,"known":false}   (never adopted, or
 //!                                                                         its identity changed)
 //!                                            {"ok":true,"known":true,"dirt":[null|[[s,e]..]..]}
 //!                                            (null: the VMA counts as entirely dirty)
+//!                                            (relative to commit GEN, see track::Tracked)
+//!  {"op":"commit","gen","pids":[..]}         {"ok":true}   (those collects are saved)
 //!  {"op":"forget","pid"}                     {"ok":true}   (its handle closes)
 //!  {"op":"status"}                           {"ok":true,"pids":[..],"tracker":PID}
 //!  {"op":"stop"}                             {"ok":true}, then the tracker exits
@@ -228,8 +230,9 @@ fn handle(req: &Value, fd: Option<OwnedFd>, st: &mut State) -> Value {
                 })
                 .unwrap_or_default();
             let id = Identity::from_json(&req["id"]);
+            let parent = req["parent"].as_u64();
             let known = match st.procs.get_mut(&pid) {
-                Some(t) if Some(t.id) == id => t.collect(&vmas),
+                Some(t) if Some(t.id) == id => t.collect(&vmas, parent),
                 _ => None,
             };
             match known {
@@ -250,6 +253,17 @@ fn handle(req: &Value, fd: Option<OwnedFd>, st: &mut State) -> Value {
                     json!({"ok": true, "known": true, "dirt": d})
                 }
             }
+        }
+        "commit" => {
+            let Some(generation) = req["gen"].as_u64() else {
+                return fail("commit without gen");
+            };
+            for p in req["pids"].as_array().into_iter().flatten() {
+                if let Some(t) = p.as_i64().and_then(|p| st.procs.get_mut(&(p as i32))) {
+                    t.commit(generation);
+                }
+            }
+            ok()
         }
         "forget" => {
             st.procs.remove(&pid);

@@ -249,6 +249,19 @@ pub(crate) fn soft_dirty_works() -> bool {
     dirty
 }
 
+/// `ranges` sorted and merged (overlapping or adjacent ranges joined).
+pub fn merge_ranges(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (s, e) in ranges {
+        match out.last_mut() {
+            Some(l) if l.1 >= s => l.1 = l.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
 /// The system's uptime in microseconds, as CRIU stores it in the inventory's `dump_uptime`.
 pub fn uptime_us() -> u64 {
     let text = std::fs::read_to_string("/proc/uptime").unwrap_or_default();

@@ -39,14 +39,7 @@ impl ParentPages {
             let (s, end) = (e.vaddr, e.vaddr.checked_add(nr * PAGE)?);
             ranges.push((s, end));
         }
-        ranges.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-        for (s, e) in ranges {
-            match merged.last_mut() {
-                Some(l) if l.1 >= s => l.1 = l.1.max(e),
-                _ => merged.push((s, e)),
-            }
-        }
+        let merged = super::merge_ranges(ranges);
         Some(ParentPages { ranges: merged })
     }
 

@@ -35,6 +35,8 @@ pub struct TrackStats {
 /// Tracking state of one dump command.
 pub struct Session {
     client: Option<TrackerClient>,
+    /// Processes collected (committed at the end of a successful dump).
+    collected: Vec<i32>,
     parent: Option<PathBuf>,
     track: bool,
     pub stats: TrackStats,
@@ -45,6 +47,7 @@ impl Session {
     pub fn none() -> Self {
         Session {
             client: None,
+            collected: Vec::new(),
             parent: None,
             track: false,
             stats: TrackStats::default(),
@@ -82,8 +85,15 @@ impl Session {
                 Err(e) => tracing::warn!("no dirty tracker ({e}): the next dump is full"),
             }
         }
+        if let Some(c) = client.as_mut() {
+            if parent.is_none() {
+                // A new chain: answers relative to no earlier dump.
+                c.parent_gen = None;
+            }
+        }
         Ok(Session {
             client,
+            collected: Vec::new(),
             parent,
             track,
             stats: TrackStats::default(),
@@ -142,19 +152,19 @@ impl Session {
             .collect();
         let id = Identity::read(pid).map_err(|e| DumpError::io("dirty-track", pid, "stat", e))?;
         let track = self.track;
+        let collected = &mut self.collected;
         let answer = (|| -> std::io::Result<Option<DirtyMap>> {
             if let Some(dirt) = client.collect(pid, id, &ranges)? {
+                collected.push(pid);
                 let map = DirtyMap::new(&ranges, dirt);
                 let (w, u) = map.written_pages();
                 tracing::info!("process {pid}: {w} pages written since the parent, {u} untracked");
-                if !track {
-                    client.forget(pid)?;
-                }
                 return Ok(Some(map));
             }
             if track && adopt(client, acc, pid, id)? {
                 // Register and arm now (the answer is "all dirty" anyway).
                 client.collect(pid, id, &ranges)?;
+                collected.push(pid);
             }
             Ok(None)
         })();
@@ -176,13 +186,23 @@ impl Session {
     /// At the end of a successful dump: `--track-mem` records the tracker in `dir` (the next
     /// dump's parent); otherwise the tracker is stopped.
     pub fn finish(self, dir: &Path) {
-        let Some(c) = self.client else { return };
-        if self.track {
-            if let Err(e) = c.record(dir) {
-                tracing::warn!("record the dirty tracker in {}: {e}", dir.display());
+        let Some(mut c) = self.client else { return };
+        if !self.track {
+            if let Err(e) = c.stop() {
+                tracing::warn!("stop the dirty tracker: {e}");
             }
-        } else if let Err(e) = c.stop() {
-            tracing::warn!("stop the dirty tracker: {e}");
+            return;
+        }
+        // This dump's generation: the next dump names it as its parent's.
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 32);
+        let done = c
+            .commit(generation, &self.collected)
+            .and_then(|_| c.record(dir, generation));
+        if let Err(e) = done {
+            tracing::warn!("record the dirty tracker in {}: {e}", dir.display());
         }
     }
 }

@@ -2,7 +2,8 @@
 //! armed (a userfaultfd) or the soft-dirty bits, and the VMA ranges armed last time.
 //!
 //! ```text
-//!  collect(vmas)   identity check (start time, code/stack addresses: a reused pid or an exec
+//!  collect(vmas, parent generation)
+//!                  identity check (start time, code/stack addresses: a reused pid or an exec
 //!                  is a new process: every VMA dirty, the state dropped)
 //!   uffd           per VMA: UFFDIO_REGISTER (WP; EBUSY: the application's own userfaultfd
 //!                  has it -> dirty), PAGEMAP_SCAN WRITTEN + WP_MATCHING + CHECK_WPASYNC
@@ -89,6 +90,13 @@ impl Handle {
 }
 
 /// One tracked process.
+///
+/// A collect re-arms the pages it reads (one PAGEMAP_SCAN walk), which cannot be undone: if
+/// the dump that asked then fails, those pages were never saved. So what is written since
+/// the last **committed** dump accumulates until the dumper commits (after its images are
+/// written), and an answer is only given relative to that commit: a dump whose parent is not
+/// the last committed one (a retry after a failure is fine, a skipped or older parent is not)
+/// gets "all dirty".
 #[derive(Debug)]
 pub struct Tracked {
     pub pid: i32,
@@ -96,6 +104,41 @@ pub struct Tracked {
     pub handle: Handle,
     /// VMA ranges armed by the last collect (sorted).
     armed: Vec<(u64, u64)>,
+    /// Written ranges (sorted, merged) read since the last commit.
+    since: Vec<(u64, u64)>,
+    /// The last commit: its generation and the ranges armed then.
+    committed: Option<(u64, Vec<(u64, u64)>)>,
+}
+
+/// `[s, e)` lies inside the union of `ranges` (sorted; adjacent ranges join).
+fn covered(ranges: &[(u64, u64)], s: u64, e: u64) -> bool {
+    let mut at = s;
+    let i = ranges.partition_point(|r| r.1 <= s);
+    for &(rs, re) in &ranges[i..] {
+        if rs > at {
+            return false;
+        }
+        at = at.max(re);
+        if at >= e {
+            return true;
+        }
+    }
+    at >= e
+}
+
+/// The union of two lists of ranges, sorted and merged.
+fn union(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    super::merge_ranges(a.iter().chain(b).copied().collect())
+}
+
+/// The parts of `ranges` (sorted) inside `[s, e)`.
+fn clip(ranges: &[(u64, u64)], s: u64, e: u64) -> Vec<(u64, u64)> {
+    let i = ranges.partition_point(|r| r.1 <= s);
+    ranges[i..]
+        .iter()
+        .take_while(|r| r.0 < e)
+        .map(|r| (r.0.max(s), r.1.min(e)))
+        .collect()
 }
 
 impl Tracked {
@@ -109,51 +152,60 @@ impl Tracked {
             id,
             handle,
             armed: Vec::new(),
+            since: Vec::new(),
+            committed: None,
         })
     }
 
-    /// Whether `[s, e)` lies inside the ranges armed last time (adjacent ranges join).
-    fn was_armed(&self, s: u64, e: u64) -> bool {
-        let mut at = s;
-        let i = self.armed.partition_point(|r| r.1 <= s);
-        for &(rs, re) in &self.armed[i..] {
-            if rs > at {
-                return false;
-            }
-            at = at.max(re);
-            if at >= e {
-                return true;
-            }
-        }
-        at >= e
-    }
-
-    /// What was written in each of `vmas` (start, end) since the last collect, and arms them
+    /// What was written in each of `vmas` (start, end) since the commit `parent` (the
+    /// generation of the dump the caller uses as parent; `None`: no parent), and arms them
     /// again. `None`: this is not the process tracked (identity changed).
-    pub fn collect(&mut self, vmas: &[(u64, u64)]) -> Option<Vec<Dirt>> {
+    pub fn collect(&mut self, vmas: &[(u64, u64)], parent: Option<u64>) -> Option<Vec<Dirt>> {
         match Identity::read(self.pid) {
             Ok(id) if id == self.id => {}
             _ => return None,
         }
-        let (out, armed) = match &self.handle {
-            Handle::Uffd(fd) => self.collect_uffd(fd.as_fd(), vmas),
-            Handle::SoftDirty => self.collect_soft_dirty(vmas),
+        let (raw, armed) = match &self.handle {
+            Handle::Uffd(fd) => self.scan_uffd(fd.as_fd(), vmas),
+            Handle::SoftDirty => self.scan_soft_dirty(vmas),
         };
-        // The ranges armed now are those answered next time.
         self.armed = armed;
-        Some(out)
+        let written: Vec<(u64, u64)> = raw.iter().flatten().flatten().copied().collect();
+        self.since = union(&self.since, &written);
+        let base = match &self.committed {
+            Some((generation, armed)) if Some(*generation) == parent => armed,
+            _ => return Some(vec![Dirt::All; vmas.len()]),
+        };
+        Some(
+            vmas.iter()
+                .zip(raw)
+                .map(|(&(s, e), r)| match r {
+                    Some(_) if covered(base, s, e) => Dirt::Written(clip(&self.since, s, e)),
+                    _ => Dirt::All,
+                })
+                .collect(),
+        )
     }
 
-    fn collect_uffd(
+    /// The dump that collected last succeeded as generation `generation`: later answers are
+    /// relative to it.
+    pub fn commit(&mut self, generation: u64) {
+        self.committed = Some((generation, self.armed.clone()));
+        self.since.clear();
+    }
+
+    /// Per VMA: the written ranges (`None`: not readable, so all dirty), and the VMAs armed.
+    #[allow(clippy::type_complexity)]
+    fn scan_uffd(
         &self,
         fd: std::os::fd::BorrowedFd<'_>,
         vmas: &[(u64, u64)],
-    ) -> (Vec<Dirt>, Vec<(u64, u64)>) {
+    ) -> (Vec<Option<Vec<(u64, u64)>>>, Vec<(u64, u64)>) {
         let pm = match File::open(format!("/proc/{}/pagemap", self.pid)) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!("tracker: pagemap of {}: {e}: all dirty", self.pid);
-                return (vec![Dirt::All; vmas.len()], Vec::new());
+                return (vec![None; vmas.len()], Vec::new());
             }
         };
         let mut armed = Vec::with_capacity(vmas.len());
@@ -165,20 +217,16 @@ impl Tracked {
                         "tracker: {} {s:#x}-{e:#x} not trackable ({err}): dirty",
                         self.pid
                     );
-                    return Dirt::All;
+                    return None;
                 }
                 match kd::scan_written(pm.as_fd(), s, e, true) {
                     Ok(w) => {
                         armed.push((s, e));
-                        if self.was_armed(s, e) {
-                            Dirt::Written(w)
-                        } else {
-                            Dirt::All
-                        }
+                        Some(w)
                     }
                     Err(err) => {
                         tracing::info!("tracker: scan {} {s:#x}-{e:#x}: {err}: dirty", self.pid);
-                        Dirt::All
+                        None
                     }
                 }
             })
@@ -187,17 +235,17 @@ impl Tracked {
         (out, armed)
     }
 
-    fn collect_soft_dirty(&self, vmas: &[(u64, u64)]) -> (Vec<Dirt>, Vec<(u64, u64)>) {
-        let pm = match PagemapReader::open(self.pid) {
-            Ok(p) => p,
-            Err(_) => return (vec![Dirt::All; vmas.len()], Vec::new()),
+    #[allow(clippy::type_complexity)]
+    fn scan_soft_dirty(
+        &self,
+        vmas: &[(u64, u64)],
+    ) -> (Vec<Option<Vec<(u64, u64)>>>, Vec<(u64, u64)>) {
+        let Ok(pm) = PagemapReader::open(self.pid) else {
+            return (vec![None; vmas.len()], Vec::new());
         };
-        let out = vmas
+        let out: Vec<Option<Vec<(u64, u64)>>> = vmas
             .iter()
             .map(|&(s, e)| {
-                if !self.was_armed(s, e) {
-                    return Dirt::All;
-                }
                 let mut w: Vec<(u64, u64)> = Vec::new();
                 let r = pm.for_each(s, e, |addr, ent| {
                     if ent & PM_SOFT_DIRTY != 0 {
@@ -207,16 +255,15 @@ impl Tracked {
                         }
                     }
                 });
-                match r {
-                    Ok(()) => Dirt::Written(w),
-                    Err(_) => Dirt::All,
-                }
+                r.ok().map(|_| w)
             })
             .collect();
         if let Err(e) = kd::clear_soft_dirty(self.pid) {
             tracing::warn!("tracker: clear_refs of {}: {e}", self.pid);
-            return (vec![Dirt::All; vmas.len()], Vec::new());
+            return (vec![None; vmas.len()], Vec::new());
         }
-        (out, vmas.to_vec())
+        let mut armed = vmas.to_vec();
+        armed.sort_unstable();
+        (out, armed)
     }
 }
