@@ -82,6 +82,19 @@ pub struct CriuArgs {
     #[arg(long = "cpu-cap", value_name = "CAP", num_args = 0..=1, require_equals = true,
           default_missing_value = "all")]
     pub cpu_cap: Option<String>,
+    /// Dump, pre-dump: send pagemaps and pages to a page server (`--address` and `--port`, or
+    /// `--ps-socket`)
+    #[arg(long = "page-server")]
+    pub page_server: bool,
+    /// Page server address (dump: to connect to; page-server: to listen on)
+    #[arg(long = "address", value_name = "ADDR")]
+    pub address: Option<String>,
+    /// Page server port (dump: to connect to; page-server: to listen on)
+    #[arg(long = "port", value_name = "N")]
+    pub port: Option<u16>,
+    /// An inherited socket to the page server (dump: connected; page-server: accepted)
+    #[arg(long = "ps-socket", value_name = "FD")]
+    pub ps_socket: Option<i32>,
     /// Incremental dumps (dump, pre-dump): `--track-mem`, `--prev-images-dir`,
     /// `--pre-dump-mode`
     #[command(flatten)]

@@ -29,19 +29,6 @@ pub struct DumpArgs {
     /// Write a Chrome trace of the dump phases to FILE.
     #[arg(long = "profile", value_name = "FILE")]
     pub profile: Option<PathBuf>,
-    /// Send pagemaps and pages to a page server (criu or stasis page-server) instead of
-    /// the images directory.
-    #[arg(long = "page-server")]
-    pub page_server: bool,
-    /// Address of the page server.
-    #[arg(long = "address", value_name = "ADDR", requires = "page_server")]
-    pub address: Option<String>,
-    /// Port of the page server.
-    #[arg(long = "port", value_name = "N", requires = "page_server")]
-    pub port: Option<u16>,
-    /// Use this connected socket to the page server instead of connecting.
-    #[arg(long = "ps-socket", value_name = "FD", requires = "page_server")]
-    pub ps_socket: Option<i32>,
     /// Compress the pages files in chunks: zstd or zstd:LEVEL (stasis extension; restore,
     /// crit and convert read it, CRIU does not).
     #[arg(long = "compress", value_name = "zstd[:LEVEL]")]
@@ -109,9 +96,10 @@ impl DumpArgs {
                 PackKey::load(k).map_err(|e| e.to_string())?,
             ));
         }
-        let ps = if self.page_server {
-            let address = match (&self.address, self.port, self.ps_socket) {
-                (_, _, Some(_)) => self.address.clone().unwrap_or_default(),
+        let c = &self.common.criu;
+        let ps = if c.page_server {
+            let address = match (&c.address, c.port, c.ps_socket) {
+                (_, _, Some(_)) => c.address.clone().unwrap_or_default(),
                 (Some(a), Some(_), None) => a.clone(),
                 _ => {
                     return Err(
@@ -121,8 +109,8 @@ impl DumpArgs {
             };
             Some(dump::page_out::PageServerAddr {
                 address,
-                port: self.port.unwrap_or(0),
-                ps_socket: self.ps_socket,
+                port: c.port.unwrap_or(0),
+                ps_socket: c.ps_socket,
             })
         } else {
             None

@@ -30,15 +30,6 @@ pub struct PageServerArgs {
     /// exits), `--status-fd` (one zero byte once connections are accepted).
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Port to listen on.
-    #[arg(long = "port", value_name = "N")]
-    pub port: Option<u16>,
-    /// Address to listen on (IPv4 or IPv6; every IPv4 address by default).
-    #[arg(long = "address", value_name = "ADDR")]
-    pub address: Option<String>,
-    /// Serve on this connected socket instead of listening.
-    #[arg(long = "ps-socket", value_name = "FD")]
-    pub ps_socket: Option<i32>,
     /// Compress the pages files: zstd or zstd:LEVEL (stasis extension).
     #[arg(long = "compress", value_name = "zstd[:LEVEL]")]
     pub compress: Option<String>,
@@ -96,16 +87,16 @@ pub fn run(args: Vec<OsString>) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(format!("--status-fd: {e}")),
     };
-    let (listener, inherited) = match a.ps_socket {
+    let (listener, inherited) = match a.common.criu.ps_socket {
         Some(fd) => match crate::sys::fds::inherited(fd) {
             Ok(s) => (None, Some(s)),
             Err(e) => return fail(format!("--ps-socket {fd}: {e}")),
         },
         None => {
-            let Some(port) = a.port else {
+            let Some(port) = a.common.criu.port else {
                 return fail("--port is required (or --ps-socket)");
             };
-            match server::listen(a.address.as_deref(), port) {
+            match server::listen(a.common.criu.address.as_deref(), port) {
                 Ok(l) => (Some(l), None),
                 Err(e) => return fail(e),
             }
