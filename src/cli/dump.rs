@@ -322,7 +322,9 @@ mod tests {
         assert_eq!(a.page_options().unwrap().0.unwrap().ps_socket, Some(5));
         let a = parse(&["-t", "1", "--page-server", "--port", "9"]).unwrap();
         assert!(a.page_options().unwrap_err().contains("--address"));
-        assert!(parse(&["-t", "1", "--port", "9"]).is_err());
+        // CRIU accepts --port without --page-server and ignores it.
+        let a = parse(&["-t", "1", "--port", "9"]).unwrap();
+        assert!(a.page_options().unwrap().0.is_none());
         let a = parse(&["-t", "1", "--compress", "zstd:5"]).unwrap();
         assert_eq!(a.page_options().unwrap().1.zstd, Some(5));
         let a = parse(&["-t", "1", "--compress", "lz4"]).unwrap();
