@@ -82,6 +82,73 @@ fn round_trip_with(
     )
 }
 
+/// The scenarios CRIU 4.2 dumps (all but the deleted root, where its parasite finds no /proc),
+/// with their dump options.
+const CRIU_SCENARIOS: &[(&str, &[&str])] = &[
+    ("ghost", &[]),
+    ("ghost_dir", &[]),
+    ("ghost_sparse", &[]),
+    ("cwd_gone", &[]),
+    ("ghost_map", &[]),
+    ("fown", &[]),
+    ("attrs", &[]),
+    ("memfd", &[]),
+    ("pipesz", &[]),
+    ("filter", &[]),
+    ("udp_shut", &[]),
+    ("fifo", &[]),
+    ("opath", &[]),
+    ("devzero", &[]),
+    ("inotify_gone", &[]),
+    ("unix_gone", &[]),
+    ("reuseport", &[]),
+    ("unix_unconn", &[]),
+    ("locks", &["--file-locks"]),
+];
+
+/// Images made by CRIU 4.2 (`STASIS_CRIU=path` to its binary) restore the same state: each
+/// scenario dumped by CRIU, restored by stasis, verified.
+#[test]
+#[ignore = "needs STASIS_CRIU=<path of a criu 4.2 binary>"]
+fn criu_images_restore() {
+    let criu = std::env::var("STASIS_CRIU").expect("STASIS_CRIU=<path of a criu 4.2 binary>");
+    for (i, &(name, dump_args)) in CRIU_SCENARIOS.iter().enumerate() {
+        let criu = criu.clone();
+        let base = BASE + 40 + i as i32;
+        let _lock = restore_lock();
+        with_round_trip_deadline(
+            90,
+            cgroup_path(&format!("fx-files-{name}"), base),
+            move |restored| {
+                let work = tempfile::tempdir().unwrap();
+                let mut w = start(name, base, work.path());
+                *restored.lock().unwrap() = vec![w.pid];
+                let images = tempfile::tempdir().unwrap();
+                let out = std::process::Command::new(&criu)
+                    .args(["dump", "-t", &w.pid.to_string(), "-D"])
+                    .arg(images.path())
+                    .args(["-o", "dump.log", "-v4"])
+                    .args(dump_args)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "criu dump of {name}: {}",
+                    std::fs::read_to_string(images.path().join("dump.log")).unwrap_or_default()
+                );
+                reap_dumped(&mut w);
+                stasis_restore_detached(images.path(), &[]);
+                std::thread::sleep(Duration::from_millis(300));
+                verify_then_kill(
+                    &w,
+                    &pids_of(images.path()),
+                    &format!("{name} from CRIU's images"),
+                );
+            },
+        );
+    }
+}
+
 /// The dump of scenario `name` fails naming `what`, and the task runs on and verifies.
 fn refused(name: &'static str, base: i32, what: &'static str) {
     let _lock = restore_lock();
@@ -226,4 +293,19 @@ fn file_locks_need_the_option() {
 #[test]
 fn descriptor_in_flight_refused() {
     refused("scm", BASE + 22, "SCM_RIGHTS");
+}
+
+#[test]
+fn controlling_terminal_refused() {
+    refused("devtty", BASE + 23, "/dev/tty");
+}
+
+#[test]
+fn pidfd_refused() {
+    refused("pidfd", BASE + 24, "pidfd");
+}
+
+#[test]
+fn fanotify_refused() {
+    refused("fanotify", BASE + 25, "fanotify");
 }

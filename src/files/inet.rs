@@ -197,8 +197,11 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
     }
     if proto == libc::IPPROTO_UDP {
         // Shut down directions (a UDP socket keeps them, connected or not).
-        let diag = crate::sys::sock_diag::inet_by_ino(family, proto, ino)
-            .map_err(sys(KIND, at, "inet_diag"))?;
+        let diag = crate::sys::sock_diag::inet_by_ino(family, proto, ino).map_err(sys(
+            KIND,
+            at,
+            "inet_diag",
+        ))?;
         s.shutdown = super::unix::shutdown_of(diag.shutdown);
     }
     if tcp && state == TCP_ESTABLISHED {

@@ -144,11 +144,7 @@ fn query(ino: u32, dump: bool) -> Result<Vec<UnixDiag>, Errno> {
 }
 
 /// Sends one sock_diag request and parses the replies with `parse`.
-fn ask<T>(
-    req: &[u8],
-    dump: bool,
-    parse: fn(&[u8]) -> Result<T, Errno>,
-) -> Result<Vec<T>, Errno> {
+fn ask<T>(req: &[u8], dump: bool, parse: fn(&[u8]) -> Result<T, Errno>) -> Result<Vec<T>, Errno> {
     let nl = socket::socket(
         libc::AF_NETLINK,
         libc::SOCK_RAW | libc::SOCK_CLOEXEC,
