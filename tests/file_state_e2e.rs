@@ -44,6 +44,45 @@ fn round_trip_with(
     dump_args: &'static [&'static str],
     restore_args: &'static [&'static str],
 ) {
+    round_trip_by(name, base, stasis_dumps, dump_args, restore_args)
+}
+
+/// Dumps with `stasis dump` (the workload's cgroup frozen); Debian's crit decodes every image.
+fn stasis_dumps(w: &Workload, dir: &Path, dump_args: &[&str]) {
+    let cgroup = w.cgroup.to_string_lossy().into_owned();
+    let mut args = vec!["--freeze-cgroup", cgroup.as_str()];
+    args.extend_from_slice(dump_args);
+    stasis_dump(w.pid, dir, &args);
+    debian_crit_decodes_all(dir);
+}
+
+/// Dumps with CRIU (`STASIS_CRIU`).
+fn criu_dumps(w: &Workload, dir: &Path, dump_args: &[&str]) {
+    let criu = std::env::var("STASIS_CRIU").expect("STASIS_CRIU=<path of a criu 4.2 binary>");
+    let out = std::process::Command::new(criu)
+        .args(["dump", "-t", &w.pid.to_string(), "-D"])
+        .arg(dir)
+        .args(["-o", "dump.log", "-v4"])
+        .args(dump_args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "criu dump of {}: {}",
+        w.name,
+        std::fs::read_to_string(dir.join("dump.log")).unwrap_or_default()
+    );
+}
+
+/// Starts scenario `name`, dumps it with `dump` (which kills it), restores it with `stasis
+/// restore -d` and has it verify itself.
+fn round_trip_by(
+    name: &'static str,
+    base: i32,
+    dump: fn(&Workload, &Path, &[&str]),
+    dump_args: &'static [&'static str],
+    restore_args: &'static [&'static str],
+) {
     let _lock = restore_lock();
     with_round_trip_deadline(
         90,
@@ -53,29 +92,12 @@ fn round_trip_with(
             let mut w = start(name, base, work.path());
             *restored.lock().unwrap() = vec![w.pid];
             let images = tempfile::tempdir().unwrap();
-            let cgroup = w.cgroup.to_string_lossy().into_owned();
-            let mut args = vec!["--freeze-cgroup", cgroup.as_str()];
-            args.extend_from_slice(dump_args);
-            stasis_dump(w.pid, images.path(), &args);
-            // CRIU's own decoder reads every image.
-            debian_crit_decodes_all(images.path());
+            dump(&w, images.path(), dump_args);
             let pids = pids_of(images.path());
             *restored.lock().unwrap() = pids.clone();
             reap_dumped(&mut w);
             wait_gone(&pids, 10, "the dumped tree");
-            let out = stasis_bin()
-                .args(["restore", "-d", "-D"])
-                .arg(images.path())
-                .args(["-o", "restore.log", "-v4"])
-                .args(restore_args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "restore of {name}: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                std::fs::read_to_string(images.path().join("restore.log")).unwrap_or_default()
-            );
+            stasis_restore_detached(images.path(), restore_args);
             std::thread::sleep(Duration::from_millis(300));
             verify_then_kill(&w, &pids, &format!("fx-files {name} restored"));
         },
@@ -111,41 +133,8 @@ const CRIU_SCENARIOS: &[(&str, &[&str])] = &[
 #[test]
 #[ignore = "needs STASIS_CRIU=<path of a criu 4.2 binary>"]
 fn criu_images_restore() {
-    let criu = std::env::var("STASIS_CRIU").expect("STASIS_CRIU=<path of a criu 4.2 binary>");
     for (i, &(name, dump_args)) in CRIU_SCENARIOS.iter().enumerate() {
-        let criu = criu.clone();
-        let base = BASE + 40 + i as i32;
-        let _lock = restore_lock();
-        with_round_trip_deadline(
-            90,
-            cgroup_path(&format!("fx-files-{name}"), base),
-            move |restored| {
-                let work = tempfile::tempdir().unwrap();
-                let mut w = start(name, base, work.path());
-                *restored.lock().unwrap() = vec![w.pid];
-                let images = tempfile::tempdir().unwrap();
-                let out = std::process::Command::new(&criu)
-                    .args(["dump", "-t", &w.pid.to_string(), "-D"])
-                    .arg(images.path())
-                    .args(["-o", "dump.log", "-v4"])
-                    .args(dump_args)
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "criu dump of {name}: {}",
-                    std::fs::read_to_string(images.path().join("dump.log")).unwrap_or_default()
-                );
-                reap_dumped(&mut w);
-                stasis_restore_detached(images.path(), &[]);
-                std::thread::sleep(Duration::from_millis(300));
-                verify_then_kill(
-                    &w,
-                    &pids_of(images.path()),
-                    &format!("{name} from CRIU's images"),
-                );
-            },
-        );
+        round_trip_by(name, BASE + 40 + i as i32, criu_dumps, dump_args, &[]);
     }
 }
 
