@@ -464,7 +464,7 @@ fn collect_owners(plan: &Plan, o: &mut Opened) -> Result<(), RestoreError> {
             continue;
         }
         if ids.contains(&(fown.pid as i32)) {
-            o.owners.push((fd, fown.clone()));
+            o.owners.push((fd, *fown));
         } else {
             crate::sys::fdkinds::set_owner(bfd, fown.pid_type as i32, fown.pid as i32)
                 .map_err(|e| sys(format!("F_SETOWN_EX {} on file {id}", fown.pid), e))?;
