@@ -11,6 +11,20 @@
 //!  fdinfo-<files_id>.img {id 7, fd 13, type REG, flags FD_CLOEXEC?}
 //! ```
 //!
+//! ```text
+//!  fd 4 -> "/w/fifo", a FIFO
+//!        files.img  {type REG, id 8, reg {name "/w/fifo", flags, fown}}      (its path)
+//!                   {type FIFO, id 9, fifo {id 9, pipe_id ino, regf_id 8}}  (what fd 4 is)
+//!        fifo-data.img {pipe_id, bytes, size} + bytes        (also for an empty FIFO: size)
+//!  fd 5 with a lock (fdinfo "lock: 1: FLOCK ADVISORY WRITE ..."), --file-locks:
+//!        filelocks.img {flag FL_FLOCK, type F_WRLCK, pid, fd 5, start, len}
+//!  cwd/root in a removed directory: a REG entry + a ghost with the directory's mode
+//! ```
+//!
+//! Two fds are one open file description when /proc shows the same and `kcmp(KCMP_FILE)`
+//! agrees; the owner and signal of a file (`fown`) are read on a `pidfd_getfd` copy. A
+//! descriptor table shared by two processes (`CLONE_FILES`) is refused by name.
+//!
 //! File contents are read from outside the task: `/proc/P/fd/N` and `/proc/P/map_files/A-B`
 //! reopen the same inode (pipes are peeked with `tee`, never consumed).
 

@@ -212,12 +212,12 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
     }
     if proto == libc::IPPROTO_UDP {
         // Shut down directions (a UDP socket keeps them, connected or not).
-        let diag = crate::sys::sock_diag::inet_by_ino(family, proto, ino).map_err(sys(
-            KIND,
-            at,
-            "inet_diag",
-        ))?;
-        s.shutdown = super::unix::shutdown_of(diag.shutdown);
+        // A socket never bound is in no table inet_diag lists (ENOENT): nothing shut down.
+        match crate::sys::sock_diag::inet_by_ino(family, proto, ino) {
+            Ok(diag) => s.shutdown = super::unix::shutdown_of(diag.shutdown),
+            Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(sys(KIND, at, "inet_diag")(e)),
+        }
     }
     if tcp && state == TCP_ESTABLISHED && st.opts.tcp_close {
         // CRIU's --tcp-close: no repair, no tcp-stream image; the restore makes it closed.

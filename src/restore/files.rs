@@ -9,6 +9,13 @@
 //! restorer fds:  0..base-1  (its own)   base.. parked: desc[id]..., map[id]..., control pipes
 //! task fds:      image fd numbers (dup2 of desc[id]) + map fds until the switch closes them
 //! ```
+//!
+//! Unlinked files (ghosts), and removed directories a task had as cwd or root, are made again
+//! with their content, owner, mode and times (under directories made for the moment when
+//! those are gone too), opened `O_PATH` once per dumped inode, and removed; descriptions,
+//! mappings and cwd/root reopen them through /proc/self/fd. The signal of an owned file is
+//! set here, its owner by the owning task itself once it exists ([`set_owners`]); file locks
+//! are taken by each task on its own descriptors (`super::tree`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::CString;
@@ -448,7 +455,7 @@ fn collect_owners(plan: &Plan, o: &mut Opened) -> Result<(), RestoreError> {
             continue;
         }
         if ids.contains(&(fown.pid as i32)) {
-            o.owners.push((fd, fown.clone()));
+            o.owners.push((fd, *fown));
         } else {
             crate::sys::fdkinds::set_owner(bfd, fown.pid_type as i32, fown.pid as i32)
                 .map_err(|e| sys(format!("F_SETOWN_EX {} on file {id}", fown.pid), e))?;

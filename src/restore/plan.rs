@@ -591,7 +591,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
                 )));
             }
             let mut g = ImageFile::open(dir, &format!("ghost-file-{}.img", e.remap_id))?;
-            let head: msg::GhostFileEntry = g
+            let mut head: msg::GhostFileEntry = g
                 .next_msg()?
                 .ok_or_else(|| bad(&g.path, 0, "no ghost file entry"))?;
             let mut chunks = Vec::new();
@@ -600,8 +600,12 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
                     chunks.push((c.off, g.payload(c.len)?.to_vec()));
                 }
             } else {
-                let size = head.size.unwrap_or(0);
-                chunks.push((0, g.payload(size)?.to_vec()));
+                // CRIU copies a small file whole, to the end of the image.
+                let data = g.payload_rest().to_vec();
+                if head.size.is_none() {
+                    head.size = Some(data.len() as u64);
+                }
+                chunks.push((0, data));
             }
             ghosts.insert(e.orig_id, (head, chunks));
         }

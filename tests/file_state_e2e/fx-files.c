@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/fanotify.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/inotify.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -85,6 +87,7 @@ static void ghost_setup(void) {
     struct timespec ts[2] = { { 1000000, 0 }, { 2000000, 0 } };
     futimens(g_fd, ts);
     lseek(g_fd, 123, SEEK_SET);
+    g_fd2 = open(g_path, O_RDONLY);
     unlink(g_path);
 }
 static void ghost_check(void) {
@@ -100,6 +103,10 @@ static void ghost_check(void) {
     CHECK(pread(g_fd, buf, G_SIZE, 0) == G_SIZE && same(buf, G_SIZE, 1), "content");
     CHECK(!exists(g_path), "%s exists again", g_path);
     CHECK(write(g_fd, "x", 1) == 1, "write: %s", strerror(errno));
+    struct stat st2;
+    char c = 0;
+    CHECK(fstat(g_fd2, &st2) == 0 && st2.st_ino == st.st_ino, "two opens of one file became two files");
+    CHECK(pread(g_fd2, &c, 1, 123) == 1 && c == 'x', "a write through one open is not seen through the other");
 }
 
 static void ghost_dir_setup(void) {
@@ -205,6 +212,7 @@ static int kid_main(void *arg) {
     close(0);
     sh->closed = 1;
     for (;;) pause();
+    return 0;
 }
 static void fdshare_setup(void) {
     sh = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -654,6 +662,24 @@ static void scm_check(void) {
     CHECK(fd >= 0 && read(fd, b, 8) == 8 && !memcmp(b, "inflight", 8), "the passed pipe");
 }
 
+/* ---- kinds refused by name: the controlling terminal, pidfds, fanotify ---- */
+static int k_fd;
+static void devtty_setup(void) {
+    int pm = posix_openpt(O_RDWR | O_NOCTTY);
+    grantpt(pm);
+    unlockpt(pm);
+    int ps = open(ptsname(pm), O_RDWR | O_NOCTTY);
+    ioctl(ps, TIOCSCTTY, 0);
+    k_fd = open("/dev/tty", O_RDWR);
+}
+static void devtty_check(void) { CHECK(isatty(k_fd), "/dev/tty"); }
+static void pidfd_setup(void) { k_fd = syscall(SYS_pidfd_open, getpid(), 0); }
+static void pidfd_check(void) {
+    CHECK(k_fd >= 0 && syscall(SYS_pidfd_send_signal, k_fd, 0, NULL, 0) == 0, "pidfd");
+}
+static void fanotify_setup(void) { k_fd = fanotify_init(FAN_CLASS_NOTIF, O_RDONLY); }
+static void fanotify_check(void) { CHECK(k_fd >= 0 && fcntl(k_fd, F_GETFD) >= 0, "fanotify"); }
+
 struct scenario { const char *name; void (*setup)(void); void (*check)(void); };
 static const struct scenario scenarios[] = {
     { "ghost", ghost_setup, ghost_check },
@@ -678,6 +704,9 @@ static const struct scenario scenarios[] = {
     { "unix_unconn", unix_unconn_setup, unix_unconn_check },
     { "locks", locks_setup, locks_check },
     { "scm", scm_setup, scm_check },
+    { "devtty", devtty_setup, devtty_check },
+    { "pidfd", pidfd_setup, pidfd_check },
+    { "fanotify", fanotify_setup, fanotify_check },
 };
 
 int main(int argc, char **argv) {
