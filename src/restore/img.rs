@@ -105,18 +105,16 @@ impl ImageFile {
         self.all_checked(|_, _| Ok(()))
     }
 
-    /// The extra payload that followed the last decoded entry; it must hold `len` bytes.
     /// The payload after the last entry read, whatever its length (a ghost file without
     /// chunks: its content is the rest of the image).
     pub fn payload_rest(&self) -> &[u8] {
-        let index = self.pos.saturating_sub(1);
-        self.img
-            .entries
-            .get(index)
+        self.last
+            .as_ref()
             .and_then(|e| e.extra.as_deref())
             .unwrap_or(&[])
     }
 
+    /// The extra payload that followed the last decoded entry; it must hold `len` bytes.
     pub fn payload(&self, len: u64) -> Result<&[u8], RestoreError> {
         let extra = self
             .last
