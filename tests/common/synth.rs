@@ -8,6 +8,7 @@
 //!                    pattern_word(addr) in every 8-byte word, absent pages are zero
 //! ```
 
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -156,18 +157,24 @@ pub fn synthesize(tag: &str, threads: usize, vmas: &[ExtraVma]) -> (PathBuf, Vec
     Image::from_messages(mimg.kind, &mm)
         .write_file(dir.join(format!("mm-{ROOT}.img")))
         .expect("write mm");
-    // pagemap + pages (new entries appended after the fixture's: out of address order)
+    // pagemap + pages: the fixture's entries and the new ones, in address order (the restore
+    // refuses entries out of order), each with its data in the pages file.
     let pm_path = dir.join(format!("pagemap-{ROOT}.img"));
     let pimg = Image::read_file(&pm_path).expect("read pagemap");
     let head: pb::PagemapHead = pimg.decode_entry(0).expect("pagemap head");
-    let mut out = Image::new(pimg.kind);
-    out.push(&head);
+    let pages_path = dir.join(format!("pages-{}.img", head.pages_id));
+    let old_pages = std::fs::read(&pages_path).expect("read pages");
+    let mut items: Vec<(pb::PagemapEntry, Vec<u8>)> = Vec::new();
+    let mut off = 0usize;
     for i in 1..pimg.entries.len() {
-        out.push(
-            &pimg
-                .decode_entry::<pb::PagemapEntry>(i)
-                .expect("pagemap entry"),
-        );
+        let e: pb::PagemapEntry = pimg.decode_entry(i).expect("pagemap entry");
+        let len = if e.flags.unwrap_or(0) & 4 != 0 {
+            e.nr_pages.unwrap_or(e.compat_nr_pages as u64) as usize * 4096
+        } else {
+            0
+        };
+        items.push((e, old_pages[off..off + len].to_vec()));
+        off += len;
     }
     let entry = |vaddr: u64, nr: u64| pb::PagemapEntry {
         vaddr,
@@ -176,34 +183,26 @@ pub fn synthesize(tag: &str, threads: usize, vmas: &[ExtraVma]) -> (PathBuf, Vec
         flags: Some(4),
         nr_pages: Some(nr),
     };
-    out.push(&entry(CODE, 1));
-    for v in vmas {
-        for &(p, n) in &v.present {
-            out.push(&entry(v.start + p * 4096, n));
-        }
-    }
-    out.write_file(&pm_path).expect("write pagemap");
-    let mut pages = std::io::BufWriter::new(
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.join(format!("pages-{}.img", head.pages_id)))
-            .expect("open pages"),
-    );
     let mut code = vec![0xb8, 34, 0, 0, 0, 0x0f, 0x05, 0xeb, 0xf7];
     code.resize(4096, 0xcc);
-    pages.write_all(&code).expect("write pages");
-    let mut chunk = vec![0u8; 1 << 20];
+    items.push((entry(CODE, 1), code));
     for v in vmas {
         for &(p, n) in &v.present {
-            let (mut at, end) = (v.start + p * 4096, v.start + (p + n) * 4096);
-            while at < end {
-                let k = ((end - at) as usize).min(chunk.len());
-                fill_pattern(at, &mut chunk[..k]);
-                pages.write_all(&chunk[..k]).expect("write pages");
-                at += k as u64;
-            }
+            let at = v.start + p * 4096;
+            let mut data = vec![0u8; (n * 4096) as usize];
+            fill_pattern(at, &mut data);
+            items.push((entry(at, n), data));
         }
     }
+    items.sort_by_key(|(e, _)| e.vaddr);
+    let mut out = Image::new(pimg.kind);
+    out.push(&head);
+    let mut pages = std::io::BufWriter::new(File::create(&pages_path).expect("create pages"));
+    for (e, data) in &items {
+        out.push(e);
+        pages.write_all(data).expect("write pages");
+    }
+    out.write_file(&pm_path).expect("write pagemap");
     pages.flush().expect("flush pages");
     (dir, tids)
 }
