@@ -62,7 +62,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
         sibling: c.restore_sibling,
         tcp_close: c.tcp_close,
         cgroups_ignore: c.cgroup_mode() == "ignore",
-        root: c.root.clone().map(std::path::PathBuf::from),
+        root: c.root.clone(),
         encrypt_key: parsed.encrypt_key.clone(),
     };
     let cpu_ok = crate::cpuinfo::option_caps(&c.cpu_cap.clone().map(Some))
