@@ -536,7 +536,7 @@ pub const POST_DUMP_STEP: &str = "post-dump";
 
 /// What can be told before seizing: `-D` is a directory, and `-t` names a process (a
 /// thread-group leader), each with a message saying what is wrong.
-fn check_target(opts: &DumpOptions) -> Result<()> {
+pub(super) fn check_target(opts: &DumpOptions) -> Result<()> {
     let dir = &opts.images_dir;
     match std::fs::metadata(dir) {
         Ok(md) if md.is_dir() => {}

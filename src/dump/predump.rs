@@ -63,17 +63,7 @@ struct Pinned {
 /// Runs a pre-dump of `opts.pid` with `backend`.
 pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<PreDumpReport> {
     let prof = Profile::new();
-    if !opts.images_dir.is_dir() {
-        return Err(DumpError::new(
-            "images",
-            opts.pid,
-            Some(libc::ENOENT),
-            format!(
-                "images directory {} does not exist",
-                opts.images_dir.display()
-            ),
-        ));
-    }
+    super::engine::check_target(opts)?;
     dirty::link_parent(opts)?;
     // Splice mode holds one pipe per MiB of pages until the tree runs again.
     if let Ok((_, hard)) =

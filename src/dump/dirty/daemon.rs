@@ -44,6 +44,11 @@ pub fn read_frame(s: &mut UnixStream) -> std::io::Result<Option<Value>> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
+    frame_body(s, len).map(Some)
+}
+
+/// The JSON body of a frame whose 4-byte length was read (bounded by [`MAX_FRAME`]).
+fn frame_body(s: &mut UnixStream, len: [u8; 4]) -> std::io::Result<Value> {
     let n = u32::from_le_bytes(len);
     if n > MAX_FRAME {
         return Err(std::io::Error::new(
@@ -54,7 +59,6 @@ pub fn read_frame(s: &mut UnixStream) -> std::io::Result<Option<Value>> {
     let mut buf = vec![0u8; n as usize];
     s.read_exact(&mut buf)?;
     serde_json::from_slice(&buf)
-        .map(Some)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
@@ -184,18 +188,7 @@ fn read_frame_with_fd(conn: &mut UnixStream) -> std::io::Result<Option<(Value, O
     if got < 4 {
         conn.read_exact(&mut len[got..])?;
     }
-    let n = u32::from_le_bytes(len);
-    if n > MAX_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {n} bytes"),
-        ));
-    }
-    let mut buf = vec![0u8; n as usize];
-    conn.read_exact(&mut buf)?;
-    let v = serde_json::from_slice(&buf)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    Ok(Some((v, fd)))
+    Ok(Some((frame_body(conn, len)?, fd)))
 }
 
 fn handle(req: &Value, fd: Option<OwnedFd>, st: &mut State) -> Value {
