@@ -450,6 +450,7 @@ fn shell_job_round_trip(ctty: bool) {
                 .arg(&pidfile)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap();
             drop(old.slave);

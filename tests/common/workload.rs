@@ -168,6 +168,8 @@ impl Workload {
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            // Not the test's stderr, which may be a growing log file (see launch_cmd).
+            .stderr(Stdio::null())
             .spawn()
             .expect("spawn workload");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
