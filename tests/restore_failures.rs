@@ -146,34 +146,34 @@ fn taken_pid_is_named_with_its_owner() {
 fn taken_pid_held_by_a_thread_names_its_tgid() {
     let run = fixture_run("fx-loop");
     let dir = &run.dir;
-    // A thread of this test process at TID 30000: point the allocator just below it and
-    // spawn threads until one lands there (another fork of the machine may win a race).
-    let mut holder = None;
-    for _ in 0..20 {
-        std::fs::write("/proc/sys/kernel/ns_last_pid", "29999").expect("ns_last_pid");
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let t = std::thread::Builder::new()
-            .name("pid-holder".into())
-            .spawn(move || {
-                let _ = tid_tx.send(nix::unistd::gettid().as_raw());
-                let _ = stop_rx.recv_timeout(Duration::from_secs(60));
-            })
-            .expect("spawn thread");
-        let tid = tid_rx.recv_timeout(Duration::from_secs(10)).expect("tid");
-        if tid == 30000 {
-            holder = Some((t, stop_tx));
-            break;
-        }
-        drop(stop_tx);
-        t.join().expect("join");
-    }
-    let (thread, stop) = holder.expect("no thread got TID 30000 in 20 tries");
+    // A thread of another process at TID 30000 (clone3 set_tid: no race with forks elsewhere).
+    let bin = common::workload::c_program("thread_at", include_str!("common/thread_at.c"), &[]);
+    let mut holder = std::process::Command::new(bin)
+        .args(["30000", "pid-holder"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn thread_at");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read thread_at");
+    let Some(tgid) = line.strip_prefix("ready ") else {
+        let out = holder.wait_with_output().expect("thread_at");
+        panic!(
+            "thread_at: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let tgid: i32 = tgid.trim().parse().expect("thread_at pid");
     let restore = stasis_restore(dir, &["-d"]);
-    drop(stop);
-    thread.join().expect("join the holder");
+    drop(holder.stdin.take());
+    holder.wait().expect("wait thread_at");
     let err = assert_failed(&restore, "fx-loop", &["pid 30000 is taken by pid-holder ("]);
-    let tgid = std::process::id();
     assert!(
         err.contains(&format!("(a thread of tgid {tgid})")),
         "error should name the owning process {tgid}; got: {err}"
