@@ -196,10 +196,11 @@ fn unlinked_file_mapped() {
     round_trip("ghost_map", BASE + 5, &[]);
 }
 
-/// Not restored yet (each task would get a table of its own): refused by name.
+/// A descriptor table shared by a parent and its child (`CLONE_FILES`) is one table again:
+/// a descriptor one opens is seen by the other, one the child closes is closed for both.
 #[test]
-fn fd_table_shared_with_child_refused() {
-    refused("fdshare", BASE + 6, "CLONE_FILES");
+fn fd_table_shared_with_child() {
+    round_trip("fdshare", BASE + 6, &[]);
 }
 
 #[test]
