@@ -194,6 +194,7 @@ impl Files {
     /// After the last task: the whole-tree checks of [`crate::files::finish_dump`] (unix
     /// peers); its entries replace or join files.img entries.
     pub fn finish_kinds(&mut self, root: i32) -> Result<()> {
+        self.dump_in_flight()?;
         let next = &mut self.next_id;
         let mut alloc = || {
             *next += 1;
@@ -206,6 +207,33 @@ impl Files {
             match self.entries.iter_mut().find(|x| x["id"] == e.id) {
                 Some(old) => *old = j,
                 None => self.entries.push(j),
+            }
+        }
+        Ok(())
+    }
+
+    /// Descriptors in flight in the tree's unix queues (`SCM_RIGHTS`), peeked into the
+    /// dumper: each is dumped as a file (the same open file description as a task's fd
+    /// gets that fd's id) and its id goes into its packet's `scm` entry. A socket in flight
+    /// may carry more in its own queue: repeated until none is left.
+    fn dump_in_flight(&mut self) -> Result<()> {
+        let me = std::process::id() as i32;
+        // The copies stay open until the end: ids of open descriptions are matched by
+        // (pid, fd), which a number used again would confuse.
+        let mut held = Vec::new();
+        loop {
+            let batch = self.kinds.take_in_flight();
+            if batch.is_empty() {
+                break;
+            }
+            for f in batch {
+                let mut ids = Vec::with_capacity(f.fds.len());
+                for fd in &f.fds {
+                    let raw = std::os::fd::AsRawFd::as_raw_fd(fd);
+                    ids.push(self.fd(me, raw)?.id);
+                }
+                self.kinds.set_rights(f.index, ids);
+                held.push(f.fds);
             }
         }
         Ok(())

@@ -47,6 +47,7 @@ pub mod eventfd;
 pub mod extra;
 pub mod inet;
 pub mod inotify;
+pub mod scm;
 pub mod signalfd;
 pub mod sockopts;
 pub mod task;
@@ -137,6 +138,8 @@ pub struct DumpState {
     pub(crate) tcp_repair: tcp::RepairHold,
     /// tty_info ids already written.
     pub(crate) ttys: std::collections::HashSet<u32>,
+    /// Descriptors in flight found in unix queues, to be dumped as files ([`scm`]).
+    pub(crate) in_flight: Vec<scm::InFlight>,
 }
 
 impl DumpState {
@@ -167,6 +170,8 @@ pub struct RestoreCtx<'a> {
     /// Names of unlinked unix sockets and the directories made for them, removed (last
     /// first) when the context goes.
     pub(crate) remove_later: Vec<std::path::PathBuf>,
+    /// Queues that pass descriptors, written once every file is open ([`scm`]).
+    pub(crate) scm_fills: Vec<(At, OwnedFd, Vec<scm::Packet>)>,
 }
 
 impl Drop for RestoreCtx<'_> {
@@ -203,6 +208,7 @@ impl<'a> RestoreCtx<'a> {
             tcp_pending: Vec::new(),
             inodes: HashMap::new(),
             remove_later: Vec::new(),
+            scm_fills: Vec::new(),
         }
     }
 

@@ -318,6 +318,7 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
     for t in &plan.tasks {
         wanted.extend(t.fds.iter().map(|f| f.id));
     }
+    wanted.extend(in_flight_ids(plan)?);
     for id in wanted.iter().copied().chain(mapped.keys().copied()) {
         let f = plan.files.get(&id).ok_or_else(|| RestoreError::Image {
             path: plan.dir.join("files.img"),
@@ -582,8 +583,19 @@ fn open_kinds(
         let n = o.park(fd)?;
         o.desc.insert(f.id, n);
     }
+    ctx.finish_in_flight(&o.desc)?;
     ctx.finish()?;
     Ok(())
+}
+
+/// Files passed with `SCM_RIGHTS` and still in a unix queue (`sk-queues.img`): opened like
+/// the tasks' files, also when no task has them any more.
+fn in_flight_ids(plan: &Plan) -> Result<BTreeSet<u32>, RestoreError> {
+    if !plan.dir.join("sk-queues.img").exists() {
+        return Ok(BTreeSet::new());
+    }
+    let extra = crate::files::Extra::read_dir(&plan.dir, &[])?;
+    Ok(crate::files::scm::in_flight_ids(&extra).collect())
 }
 
 /// The dumped foreground group of a pty slave whose master is not in the images (a shell

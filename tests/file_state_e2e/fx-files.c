@@ -629,37 +629,54 @@ static void locks_check(void) {
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "POSIX lock lost");
 }
 
-/* ---- a descriptor in flight (SCM_RIGHTS) ---- */
-static int sc_pair[2];
+/* ---- descriptors in flight (SCM_RIGHTS): a pipe's read end that only the queue holds,
+ * and a file the process still has open (one open file description: a shared offset) ---- */
+static int sc_pair[2], sc_file;
 static void scm_setup(void) {
     socketpair(AF_UNIX, SOCK_STREAM, 0, sc_pair);
     int p[2];
     pipe(p);
     write(p[1], "inflight", 8);
+    char fp[512];
+    path_of(fp, "scm.dat");
+    sc_file = open(fp, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    write(sc_file, "0123456789", 10);
+    lseek(sc_file, 2, SEEK_SET);
     char c = 'm';
     struct iovec io = { &c, 1 };
-    char cbuf[CMSG_SPACE(sizeof(int))];
+    char cbuf[CMSG_SPACE(2 * sizeof(int))];
     struct msghdr mh = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
     struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
     cm->cmsg_level = SOL_SOCKET;
     cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cm), &p[0], sizeof(int));
+    cm->cmsg_len = CMSG_LEN(2 * sizeof(int));
+    int two[2] = { p[0], sc_file };
+    memcpy(CMSG_DATA(cm), two, sizeof(two));
     sendmsg(sc_pair[0], &mh, 0);
+    write(sc_pair[0], "after", 5);
     close(p[0]);
     close(p[1]);
 }
 static void scm_check(void) {
     char c = 0;
     struct iovec io = { &c, 1 };
-    char cbuf[CMSG_SPACE(sizeof(int))];
+    char cbuf[CMSG_SPACE(2 * sizeof(int))];
     struct msghdr mh = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
     CHECK(recvmsg(sc_pair[1], &mh, MSG_DONTWAIT) == 1 && c == 'm', "message");
     struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-    int fd = -1;
-    if (cm && cm->cmsg_type == SCM_RIGHTS) memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+    int fds[2] = { -1, -1 };
+    if (cm && cm->cmsg_type == SCM_RIGHTS && cm->cmsg_len == CMSG_LEN(2 * sizeof(int)))
+        memcpy(fds, CMSG_DATA(cm), sizeof(fds));
+    CHECK(fds[0] >= 0 && fds[1] >= 0, "no descriptors came with the message");
     char b[8];
-    CHECK(fd >= 0 && read(fd, b, 8) == 8 && !memcmp(b, "inflight", 8), "the passed pipe");
+    CHECK(read(fds[0], b, 8) == 8 && !memcmp(b, "inflight", 8), "the passed pipe");
+    CHECK(read(fds[0], b, 8) == 0, "the passed pipe has a writer again");
+    CHECK(lseek(fds[1], 0, SEEK_CUR) == 2, "passed file offset %lld", (long long)lseek(fds[1], 0, SEEK_CUR));
+    lseek(sc_file, 7, SEEK_SET);
+    CHECK(lseek(fds[1], 0, SEEK_CUR) == 7, "the passed file is not the open one (offset not shared)");
+    CHECK(read(fds[1], b, 3) == 3 && !memcmp(b, "789", 3), "passed file content");
+    char rest[8] = { 0 };
+    CHECK(readn(sc_pair[1], rest, 5) == 5 && !memcmp(rest, "after", 5), "the data after the message");
 }
 
 /* ---- kinds refused by name: the controlling terminal, pidfds, fanotify ---- */
