@@ -44,7 +44,14 @@ fn round_trip_with(
     dump_args: &'static [&'static str],
     restore_args: &'static [&'static str],
 ) {
-    round_trip_by(name, base, stasis_dumps, dump_args, restore_args)
+    round_trip_by(
+        name,
+        base,
+        stasis_dumps,
+        dump_args,
+        restore_args,
+        stasis_restore_detached,
+    )
 }
 
 /// Dumps with `stasis dump` (the workload's cgroup frozen); Debian's crit decodes every image.
@@ -74,14 +81,36 @@ fn criu_dumps(w: &Workload, dir: &Path, dump_args: &[&str]) {
     );
 }
 
-/// Starts scenario `name`, dumps it with `dump` (which kills it), restores it with `stasis
-/// restore -d` and has it verify itself.
+/// Restores with CRIU (`STASIS_CRIU`), detached.
+fn criu_restores(dir: &Path, restore_args: &[&str]) {
+    let criu = std::env::var("STASIS_CRIU").expect("STASIS_CRIU=<path of a criu 4.2 binary>");
+    let out = std::process::Command::new(criu)
+        .args(["restore", "-d", "-D"])
+        .arg(dir)
+        .args(["-o", "restore.log", "-v4"])
+        .args(restore_args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        out.success(),
+        "criu restore of {}: {}",
+        dir.display(),
+        std::fs::read_to_string(dir.join("restore.log")).unwrap_or_default()
+    );
+}
+
+/// Starts scenario `name`, dumps it with `dump` (which kills it), restores it with `restore`
+/// and has it verify itself.
 fn round_trip_by(
     name: &'static str,
     base: i32,
     dump: fn(&Workload, &Path, &[&str]),
     dump_args: &'static [&'static str],
     restore_args: &'static [&'static str],
+    restore: fn(&Path, &[&str]),
 ) {
     let _lock = restore_lock();
     with_round_trip_deadline(
@@ -97,7 +126,7 @@ fn round_trip_by(
             *restored.lock().unwrap() = pids.clone();
             reap_dumped(&mut w);
             wait_gone(&pids, 10, "the dumped tree");
-            stasis_restore_detached(images.path(), restore_args);
+            restore(images.path(), restore_args);
             std::thread::sleep(Duration::from_millis(300));
             verify_then_kill(&w, &pids, &format!("fx-files {name} restored"));
         },
@@ -126,6 +155,8 @@ const CRIU_SCENARIOS: &[(&str, &[&str])] = &[
     ("reuseport", &[]),
     ("unix_unconn", &[]),
     ("locks", &["--file-locks"]),
+    ("fdshare", &[]),
+    ("scm", &[]),
 ];
 
 /// Images made by CRIU 4.2 (`STASIS_CRIU=path` to its binary) restore the same state: each
@@ -134,7 +165,33 @@ const CRIU_SCENARIOS: &[(&str, &[&str])] = &[
 #[ignore = "needs STASIS_CRIU=<path of a criu 4.2 binary>"]
 fn criu_images_restore() {
     for (i, &(name, dump_args)) in CRIU_SCENARIOS.iter().enumerate() {
-        round_trip_by(name, BASE + 40 + i as i32, criu_dumps, dump_args, &[]);
+        round_trip_by(
+            name,
+            BASE + 40 + i as i32,
+            criu_dumps,
+            dump_args,
+            &[],
+            stasis_restore_detached,
+        );
+    }
+}
+
+/// Kinds stasis dumps that CRIU 4.2 restores from stasis's images (`STASIS_CRIU=path`).
+const STASIS_TO_CRIU: &[&str] = &["fdshare", "scm"];
+
+/// Images stasis makes of these kinds restore with CRIU 4.2 and verify.
+#[test]
+#[ignore = "needs STASIS_CRIU=<path of a criu 4.2 binary>"]
+fn criu_restores_stasis_images() {
+    for (i, &name) in STASIS_TO_CRIU.iter().enumerate() {
+        round_trip_by(
+            name,
+            BASE + 70 + i as i32,
+            stasis_dumps,
+            &[],
+            &[],
+            criu_restores,
+        );
     }
 }
 
