@@ -349,9 +349,11 @@ fn controlling_terminal_refused() {
     refused("devtty", BASE + 23, "/dev/tty");
 }
 
+/// pidfds of tasks of the tree (itself, a child it signals and waits for through the pidfd)
+/// and of a child already reaped.
 #[test]
-fn pidfd_refused() {
-    refused("pidfd", BASE + 24, "pidfd");
+fn pidfds() {
+    round_trip("pidfd", BASE + 24, &[]);
 }
 
 #[test]

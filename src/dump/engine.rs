@@ -699,6 +699,7 @@ fn dump_frozen(
         tcp_close: opts.tcp_close,
         skip_in_flight: opts.skip_in_flight,
     };
+    files.kinds.tree_pids = tree.iter().map(|p| p.pid).collect();
     let mut ids = IdAllocator::new();
     let me = std::process::id() as i32;
     let my_ns = proc::ns::read(me).map_err(|e| DumpError::proc("collect-tree", me, e))?;

@@ -47,6 +47,7 @@ pub mod eventfd;
 pub mod extra;
 pub mod inet;
 pub mod inotify;
+pub mod pidfd;
 pub mod scm;
 pub mod signalfd;
 pub mod sockopts;
@@ -138,6 +139,8 @@ pub struct DumpState {
     pub(crate) tcp_repair: tcp::RepairHold,
     /// tty_info ids already written.
     pub(crate) ttys: std::collections::HashSet<u32>,
+    /// Pids of the dumped tree (a pidfd of another task is refused).
+    pub tree_pids: std::collections::HashSet<i32>,
     /// Descriptors in flight found in unix queues, to be dumped as files ([`scm`]).
     pub(crate) in_flight: Vec<scm::InFlight>,
 }
@@ -250,6 +253,7 @@ pub static KINDS: &[KindOps] = &[
     unix::OPS,
     inet::OPS,
     tty::OPS,
+    pidfd::OPS,
     epoll::OPS,
 ];
 
@@ -264,9 +268,10 @@ pub fn kind_for(entry: &pb::FileEntry) -> Option<&'static KindOps> {
     KINDS.iter().find(|k| k.fd_type as i32 == entry.r#type)
 }
 
-/// Whether [`restore_fd`] restores this entry.
+/// Whether [`restore_fd`] restores this entry (a pidfd of a task of the tree is opened by
+/// its task instead: [`pidfd::in_task`]).
 pub fn handles(entry: &pb::FileEntry) -> bool {
-    kind_for(entry).is_some()
+    kind_for(entry).is_some() && pidfd::in_task(entry).is_none()
 }
 
 /// Restore order of an entry (sort ascending; entries of other kinds are 0).

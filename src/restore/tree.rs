@@ -244,7 +244,7 @@ fn put_fds(
 ) -> Result<(), (&'static str, Errno)> {
     let mut keep: BTreeSet<RawFd> = BTreeSet::new();
     for fd in &t.fds {
-        if let Some((path, flags, pos)) = opened.in_task.get(&fd.id) {
+        let own = if let Some((path, flags, pos)) = opened.in_task.get(&fd.id) {
             // A /proc file of the tree: this task (or its parent) exists now.
             let own = nix::fcntl::open(
                 path.as_str(),
@@ -254,12 +254,19 @@ fn put_fds(
             .map_err(|e| ("open a /proc file of the tree", e))?;
             nix::unistd::lseek(&own, *pos as i64, nix::unistd::Whence::SeekSet)
                 .map_err(|e| ("seek a /proc file of the tree", e))?;
+            Some(own)
+        } else if let Some(&(pid, flags)) = opened.pidfds.get(&fd.id) {
+            Some(open_pidfd(pid, flags, ctl.deadline)?)
+        } else {
+            None
+        };
+        if let Some(own) = own {
             // Opened right at its number? Then move it away first (dup2 onto itself would
             // leave the close-on-exec flag as it is and the drop would close it).
             let own = if own.as_raw_fd() == fd.fd as RawFd {
                 let moved = own
                     .try_clone()
-                    .map_err(|_| ("dup a /proc file of the tree", Errno::EMFILE))?;
+                    .map_err(|_| ("dup a descriptor opened in the task", Errno::EMFILE))?;
                 drop(own);
                 moved
             } else {
@@ -284,6 +291,25 @@ fn put_fds(
     let dirs = fs_dirs(opened, t);
     keep.extend(dirs.iter().flat_map(|&(r, c)| [r, c]).flatten());
     keep_only(&keep).map_err(|e| ("close descriptors", e))
+}
+
+/// A pidfd of task `pid` of the tree, opened once that task exists (every task is forked
+/// by its parent before the parent's own descriptors are put in place, so it comes).
+fn open_pidfd(
+    pid: i32,
+    flags: u32,
+    deadline: std::time::Instant,
+) -> Result<std::os::fd::OwnedFd, (&'static str, Errno)> {
+    loop {
+        let e = match crate::sys::fdkinds::pidfd_open_flags(pid, flags & libc::O_NONBLOCK as u32) {
+            Ok(fd) => return Ok(fd),
+            Err(e) => e,
+        };
+        if e != Errno::ESRCH || std::time::Instant::now() > deadline {
+            return Err(("open a pidfd of a task of the tree", e));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// Writes `/proc/self/oom_score_adj` (inherited by the children forked after it). Lowering

@@ -293,8 +293,13 @@ pub fn open(path: &str, flags: i32) -> Result<OwnedFd, Errno> {
 
 /// `pidfd_open(pid, 0)`.
 pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
+    pidfd_open_flags(pid, 0)
+}
+
+/// `pidfd_open(pid, flags)` (`PIDFD_NONBLOCK` = `O_NONBLOCK`); the pidfd is close-on-exec.
+pub fn pidfd_open_flags(pid: i32, flags: u32) -> Result<OwnedFd, Errno> {
     // SAFETY: pidfd_open takes no pointers.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags as libc::c_uint) };
     new_fd(check(r)? as libc::c_int)
 }
 

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -690,9 +691,44 @@ static void devtty_setup(void) {
     k_fd = open("/dev/tty", O_RDWR);
 }
 static void devtty_check(void) { CHECK(isatty(k_fd), "/dev/tty"); }
-static void pidfd_setup(void) { k_fd = syscall(SYS_pidfd_open, getpid(), 0); }
+/* ---- pidfds: of itself, of a child (O_NONBLOCK; signalled and waited for through it after
+ * the restore), and of a child that had exited and been reaped (stays "exited") ---- */
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+#ifndef PIDFD_NONBLOCK
+#define PIDFD_NONBLOCK O_NONBLOCK
+#endif
+static int pf_kid_fd, pf_dead_fd;
+static pid_t pf_kid;
+static void pidfd_setup(void) {
+    k_fd = syscall(SYS_pidfd_open, getpid(), 0);
+    pf_kid = fork();
+    if (pf_kid == 0) { for (;;) pause(); }
+    pf_kid_fd = syscall(SYS_pidfd_open, pf_kid, PIDFD_NONBLOCK);
+    int p[2];
+    pipe(p);
+    pid_t d = fork();
+    if (d == 0) { char c; close(p[1]); read(p[0], &c, 1); _exit(3); }
+    close(p[0]);
+    pf_dead_fd = syscall(SYS_pidfd_open, d, 0);
+    close(p[1]);
+    waitpid(d, NULL, 0);
+}
 static void pidfd_check(void) {
-    CHECK(k_fd >= 0 && syscall(SYS_pidfd_send_signal, k_fd, 0, NULL, 0) == 0, "pidfd");
+    CHECK(k_fd >= 0 && syscall(SYS_pidfd_send_signal, k_fd, 0, NULL, 0) == 0, "pidfd of itself: %s", strerror(errno));
+    CHECK(fcntl(pf_kid_fd, F_GETFL) & O_NONBLOCK, "the child's pidfd lost O_NONBLOCK");
+    struct pollfd q = { .fd = pf_kid_fd, .events = POLLIN };
+    CHECK(poll(&q, 1, 0) == 0, "the live child's pidfd says it exited");
+    CHECK(syscall(SYS_pidfd_send_signal, pf_kid_fd, SIGTERM, NULL, 0) == 0, "signal through the child's pidfd: %s", strerror(errno));
+    CHECK(poll(&q, 1, 5000) == 1, "the child's pidfd does not tell its exit");
+    siginfo_t si;
+    memset(&si, 0, sizeof(si));
+    CHECK(waitid((idtype_t)P_PIDFD, pf_kid_fd, &si, WEXITED) == 0 && si.si_pid == pf_kid && si.si_status == SIGTERM,
+          "waitid on the child's pidfd: pid %d status %d", si.si_pid, si.si_status);
+    struct pollfd qd = { .fd = pf_dead_fd, .events = POLLIN };
+    CHECK(pf_dead_fd >= 0 && poll(&qd, 1, 0) == 1, "the pidfd of the reaped child is not readable");
+    CHECK(syscall(SYS_pidfd_send_signal, pf_dead_fd, 0, NULL, 0) < 0 && errno == ESRCH, "the reaped child's pidfd reaches a process");
 }
 static void fanotify_setup(void) { k_fd = fanotify_init(FAN_CLASS_NOTIF, O_RDONLY); }
 static void fanotify_check(void) { CHECK(k_fd >= 0 && fcntl(k_fd, F_GETFD) >= 0, "fanotify"); }
