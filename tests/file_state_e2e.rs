@@ -157,6 +157,7 @@ const CRIU_SCENARIOS: &[(&str, &[&str])] = &[
     ("locks", &["--file-locks"]),
     ("fdshare", &[]),
     ("scm", &[]),
+    ("pidfd", &[]),
 ];
 
 /// Images made by CRIU 4.2 (`STASIS_CRIU=path` to its binary) restore the same state: each
@@ -177,7 +178,7 @@ fn criu_images_restore() {
 }
 
 /// Kinds stasis dumps that CRIU 4.2 restores from stasis's images (`STASIS_CRIU=path`).
-const STASIS_TO_CRIU: &[&str] = &["fdshare", "scm"];
+const STASIS_TO_CRIU: &[&str] = &["fdshare", "scm", "pidfd"];
 
 /// Images stasis makes of these kinds restore with CRIU 4.2 and verify.
 #[test]
