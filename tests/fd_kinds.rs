@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
@@ -1223,5 +1224,76 @@ fn unix_queue_with_descriptors_in_flight_keeps_them() {
         let mut buf = [0u8; 32];
         let (got, fds) = socket::recv_with_rights(&b, &mut buf, libc::MSG_DONTWAIT).unwrap();
         assert_eq!((&buf[..got], fds.len()), (b"with an fd".as_slice(), 1));
+    });
+}
+
+/// A fanotify group with an inode mark (mask and ignored mask) and a mount mark: dumped,
+/// restored with the same flags and marks (dumped again, equal), and the inode mark fires.
+#[test]
+fn fanotify_group_and_marks() {
+    with_timeout(10, || {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("watched");
+        std::fs::write(&file, b"x").unwrap();
+        let fd = fdkinds::fanotify_init(
+            libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK,
+            libc::O_RDONLY as u32 | libc::O_LARGEFILE as u32,
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        fdkinds::fanotify_mark(&fd, libc::FAN_MARK_ADD, libc::FAN_MODIFY, f).unwrap();
+        fdkinds::fanotify_mark(
+            &fd,
+            libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORED_MASK,
+            libc::FAN_CLOSE_NOWRITE,
+            f,
+        )
+        .unwrap();
+        fdkinds::fanotify_mark(
+            &fd,
+            libc::FAN_MARK_ADD | libc::FAN_MARK_MOUNT,
+            libc::FAN_OPEN_EXEC,
+            d.path().to_str().unwrap(),
+        )
+        .unwrap();
+        let mut st = DumpState::new(DumpOptions::default());
+        let e = dump_own(&fd, 6, &mut st);
+        let ffy = e.ffy.as_ref().unwrap();
+        assert_eq!(ffy.mark.len(), 2, "{ffy:?}");
+        assert_ne!(ffy.faflags & libc::FAN_NONBLOCK, 0);
+        let inode = ffy.mark.iter().find(|m| m.ie.is_some()).unwrap();
+        assert_eq!(
+            (inode.mask as u64, inode.ignored_mask as u64),
+            (libc::FAN_MODIFY, libc::FAN_CLOSE_NOWRITE)
+        );
+        let mount = ffy.mark.iter().find(|m| m.me.is_some()).unwrap();
+        assert!(mount.me.as_ref().unwrap().path.is_some());
+        drop(fd);
+        let r = restore(&e, &Extra::default());
+        let again = dump_own(&r, 6, &mut st);
+        let mut a = again.ffy.unwrap();
+        let mut b = ffy.clone();
+        for x in [&mut a, &mut b] {
+            x.mark.sort_by_key(|m| m.r#type);
+            x.fown = Default::default();
+        }
+        assert_eq!(a, b);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap()
+            .write_all(b"y")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = fdkinds::read(&r, &mut buf).unwrap();
+        // struct fanotify_event_metadata: event_len u32, vers u8, reserved u8, metadata_len
+        // u16, mask u64, fd i32, pid i32.
+        assert!(n >= 24);
+        let mask = u64::from_ne_bytes(buf[8..16].try_into().unwrap());
+        assert_ne!(mask & libc::FAN_MODIFY, 0, "mask {mask:#x}");
+        let efd = i32::from_ne_bytes(buf[16..20].try_into().unwrap());
+        if efd >= 0 {
+            stasis::sys::fds::close_raw(efd);
+        }
     });
 }

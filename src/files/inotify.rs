@@ -161,17 +161,32 @@ fn mounts_of(kdev: u32) -> Vec<String> {
 /// Opens the watched inode of `w` (O_PATH); an inode the handle no longer finds (ESTALE:
 /// unlinked) may be a restored unlinked file of `ctx`.
 fn open_watched(at: At, w: &pb::InotifyWdEntry, ctx: &RestoreCtx<'_>) -> Result<OwnedFd> {
-    match open_handle(at, w) {
+    let what = format!("wd {}", w.wd);
+    open_inode(KIND, at, &what, (w.s_dev, w.i_ino), &w.f_handle, ctx)
+}
+
+/// Opens a watched or marked inode, (device, inode) `dev_ino` at dump time, by its file
+/// handle `fh` (or the handle's `path`), O_PATH; an inode the handle no longer finds
+/// (ESTALE: unlinked) may be a restored unlinked file of `ctx`. `what` names it in errors.
+pub(crate) fn open_inode(
+    kind: &'static str,
+    at: At,
+    what: &str,
+    dev_ino: (u32, u64),
+    fh: &pb::FhEntry,
+    ctx: &RestoreCtx<'_>,
+) -> Result<OwnedFd> {
+    match open_handle(kind, at, what, dev_ino, fh) {
         Err(e) if e.errno() == Some(libc::ESTALE) || e.errno() == Some(libc::ENOENT) => {
-            match ctx.inodes.get(&(w.s_dev, w.i_ino)) {
+            match ctx.inodes.get(&dev_ino) {
                 Some(fd) => fdkinds::open(
                     &format!("/proc/self/fd/{fd}"),
                     libc::O_PATH | libc::O_CLOEXEC,
                 )
                 .map_err(sys(
-                    KIND,
+                    kind,
                     at,
-                    format!("reopen the unlinked file of wd {}", w.wd),
+                    format!("reopen the unlinked file of {what}"),
                 )),
                 None => Err(e),
             }
@@ -180,18 +195,23 @@ fn open_watched(at: At, w: &pb::InotifyWdEntry, ctx: &RestoreCtx<'_>) -> Result<
     }
 }
 
-/// Opens the watched inode of `w` by its handle, or its path (O_PATH).
-fn open_handle(at: At, w: &pb::InotifyWdEntry) -> Result<OwnedFd> {
-    let fh = &w.f_handle;
+/// Opens an inode by its handle, or its path (O_PATH).
+fn open_handle(
+    kind: &'static str,
+    at: At,
+    what: &str,
+    (s_dev, i_ino): (u32, u64),
+    fh: &pb::FhEntry,
+) -> Result<OwnedFd> {
     let bytes = unpack_handle(&fh.handle, fh.bytes as usize).ok_or_else(|| {
         image(
-            KIND,
+            kind,
             at,
-            format!("wd {}: handle shorter than {} bytes", w.wd, fh.bytes),
+            format!("{what}: handle shorter than {} bytes", fh.bytes),
         )
     })?;
     let mut last = None;
-    for mp in mounts_of(w.s_dev) {
+    for mp in mounts_of(s_dev) {
         let Ok(mfd) = fdkinds::open(&mp, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
         else {
             continue;
@@ -208,21 +228,21 @@ fn open_handle(at: At, w: &pb::InotifyWdEntry) -> Result<OwnedFd> {
     }
     if let Some(p) = &fh.path {
         return fdkinds::open(p, libc::O_PATH | libc::O_CLOEXEC).map_err(sys(
-            KIND,
+            kind,
             at,
             format!("open {p}"),
         ));
     }
     match last {
         Some(e) => Err(sys(
-            KIND,
+            kind,
             at,
-            format!("open_by_handle_at of wd {} (ino {})", w.wd, w.i_ino),
+            format!("open_by_handle_at of {what} (ino {i_ino})"),
         )(e)),
         None => Err(unsupported(
-            KIND,
+            kind,
             at,
-            format!("wd {}: no mount of device {:#x} here", w.wd, w.s_dev),
+            format!("{what}: no mount of device {s_dev:#x} here"),
         )),
     }
 }

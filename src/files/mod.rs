@@ -45,6 +45,7 @@ pub mod epoll;
 pub mod error;
 pub mod eventfd;
 pub mod extra;
+pub mod fanotify;
 pub mod inet;
 pub mod inotify;
 pub mod pidfd;
@@ -250,6 +251,7 @@ pub static KINDS: &[KindOps] = &[
     timerfd::OPS,
     signalfd::OPS,
     inotify::OPS,
+    fanotify::OPS,
     unix::OPS,
     inet::OPS,
     tty::OPS,

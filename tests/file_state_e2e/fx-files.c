@@ -730,8 +730,29 @@ static void pidfd_check(void) {
     CHECK(pf_dead_fd >= 0 && poll(&qd, 1, 0) == 1, "the pidfd of the reaped child is not readable");
     CHECK(syscall(SYS_pidfd_send_signal, pf_dead_fd, 0, NULL, 0) < 0 && errno == ESRCH, "the reaped child's pidfd reaches a process");
 }
-static void fanotify_setup(void) { k_fd = fanotify_init(FAN_CLASS_NOTIF, O_RDONLY); }
-static void fanotify_check(void) { CHECK(k_fd >= 0 && fcntl(k_fd, F_GETFD) >= 0, "fanotify"); }
+/* ---- fanotify: a group with an inode mark (FAN_MODIFY) on a file; after the restore a write
+ * to it is reported, with a descriptor of that file ---- */
+static char fa_path[512];
+static void fanotify_setup(void) {
+    path_of(fa_path, "fan.dat");
+    int f = open(fa_path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    close(f);
+    k_fd = fanotify_init(FAN_CLASS_NOTIF | FAN_NONBLOCK, O_RDONLY);
+    fanotify_mark(k_fd, FAN_MARK_ADD, FAN_MODIFY, AT_FDCWD, fa_path);
+}
+static void fanotify_check(void) {
+    CHECK(k_fd >= 0 && fcntl(k_fd, F_GETFD) >= 0, "fanotify fd");
+    struct fanotify_event_metadata ev[8];
+    CHECK(read(k_fd, ev, sizeof(ev)) < 0 && errno == EAGAIN, "an event before any write (or not O_NONBLOCK)");
+    int f = open(fa_path, O_WRONLY | O_APPEND);
+    write(f, "x", 1);
+    struct stat want, got;
+    fstat(f, &want);
+    close(f);
+    ssize_t n = read(k_fd, ev, sizeof(ev));
+    CHECK(n >= (ssize_t)sizeof(ev[0]) && (ev[0].mask & FAN_MODIFY), "no FAN_MODIFY event (%zd, %s)", n, strerror(errno));
+    CHECK(n > 0 && ev[0].fd >= 0 && fstat(ev[0].fd, &got) == 0 && got.st_ino == want.st_ino, "the event's file is not the marked one");
+}
 
 struct scenario { const char *name; void (*setup)(void); void (*check)(void); };
 static const struct scenario scenarios[] = {
