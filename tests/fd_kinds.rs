@@ -1266,6 +1266,12 @@ fn fanotify_group_and_marks() {
             (inode.mask as u64, inode.ignored_mask as u64),
             (libc::FAN_MODIFY, libc::FAN_CLOSE_NOWRITE)
         );
+        // The inode's path, as CRIU records it (its restore opens it first).
+        assert_eq!(
+            inode.ie.as_ref().unwrap().f_handle.path.as_deref(),
+            Some(f),
+            "{inode:?}"
+        );
         let mount = ffy.mark.iter().find(|m| m.me.is_some()).unwrap();
         assert!(mount.me.as_ref().unwrap().path.is_some());
         drop(fd);

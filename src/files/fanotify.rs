@@ -94,6 +94,7 @@ fn mark_line(d: &DumpFd<'_>, line: usize, v: &str) -> Result<pb::FanotifyMarkEnt
                 ));
             }
             m.r#type = pb::MarkType::Inode as i32;
+            fh.path = super::inotify::handle_path((m.s_dev, i_ino), &fh);
             m.ie = Some(pb::FanotifyInodeMarkEntry {
                 i_ino,
                 f_handle: fh,

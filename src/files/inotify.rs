@@ -124,7 +124,9 @@ pub fn dump(d: &DumpFd<'_>, _st: &mut DumpState) -> Result<pb::FileEntry> {
                 "too many watches",
             ));
         }
-        wd.push(wd_line(d.id, at, line, v)?);
+        let mut w = wd_line(d.id, at, line, v)?;
+        w.f_handle.path = handle_path((w.s_dev, w.i_ino), &w.f_handle);
+        wd.push(w);
     }
     let mut e = super::file_entry(pb::FdTypes::Inotify, d.id);
     e.ify = Some(pb::InotifyFileEntry {
@@ -193,6 +195,22 @@ pub(crate) fn open_inode(
         }
         r => r,
     }
+}
+
+/// The path of an inode, found through its handle `fh` (the dump's hint, as CRIU records
+/// it in `f_handle.path`: its restore opens that path first); `None` when the handle does
+/// not open or the inode has no name (unlinked).
+pub(crate) fn handle_path(dev_ino: (u32, u64), fh: &pb::FhEntry) -> Option<String> {
+    let no_path = pb::FhEntry {
+        path: None,
+        ..fh.clone()
+    };
+    let fd = open_handle(KIND, At::Id(0), "", dev_ino, &no_path).ok()?;
+    let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    let path = std::fs::read_link(&link).ok()?.to_str()?.to_string();
+    let same = std::fs::symlink_metadata(&path)
+        .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == dev_ino.1);
+    (path.starts_with('/') && same).then_some(path)
 }
 
 /// Opens an inode by its handle, or its path (O_PATH).
