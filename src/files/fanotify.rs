@@ -22,7 +22,7 @@ use stasis_images::pb;
 
 use super::common::{self, FdInfo};
 use super::error::{image, sys, unsupported, At, Result};
-use super::inotify::{pack_handle, FH_WORDS, MAX_WATCHES};
+use super::inotify::{FH_WORDS, MAX_WATCHES};
 use super::{DumpFd, DumpState, KindOps, RestoreCtx, Targets};
 use crate::sys::fdkinds;
 
@@ -74,12 +74,9 @@ fn mark_line(d: &DumpFd<'_>, line: usize, v: &str) -> Result<pb::FanotifyMarkEnt
             "mflags" => m.mflags = h()? as u32,
             "mask" => m.mask = h()? as u32,
             "ignored_mask" => m.ignored_mask = h()? as u32,
-            "fhandle-bytes" => fh.bytes = h()? as u32,
-            "fhandle-type" => fh.r#type = h()? as u32,
-            "f_handle" => {
-                fh.handle = pack_handle(val).ok_or_else(|| bad("not a hex handle".into()))?
+            _ => {
+                super::inotify::handle_field(&mut fh, k, val).map_err(bad)?;
             }
-            _ => {}
         }
     }
     match (ino, mnt) {

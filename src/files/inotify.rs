@@ -61,6 +61,23 @@ pub fn pack_handle(hexstr: &str) -> Option<Vec<u64>> {
     )
 }
 
+/// Reads one file handle field of an fdinfo mark line (`fhandle-bytes`, `fhandle-type`,
+/// `f_handle`, all hex) into `fh`: whether `key` was one of them.
+pub(crate) fn handle_field(
+    fh: &mut pb::FhEntry,
+    key: &str,
+    val: &str,
+) -> std::result::Result<bool, String> {
+    let h = || common::hex(val).map_err(|e| e.to_string());
+    match key {
+        "fhandle-bytes" => fh.bytes = h()? as u32,
+        "fhandle-type" => fh.r#type = h()? as u32,
+        "f_handle" => fh.handle = pack_handle(val).ok_or("not a hex handle")?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 /// The first `n` handle bytes of packed words.
 pub fn unpack_handle(words: &[u64], n: usize) -> Option<Vec<u8>> {
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
@@ -84,11 +101,7 @@ fn wd_line(id: u32, at: At, line: usize, v: &str) -> Result<pb::InotifyWdEntry> 
             "sdev" => w.s_dev = h()? as u32,
             "mask" => w.mask = h()? as u32,
             "ignored_mask" => w.ignored_mask = h()? as u32,
-            "fhandle-bytes" => fh.bytes = h()? as u32,
-            "fhandle-type" => fh.r#type = h()? as u32,
-            "f_handle" => {
-                fh.handle = pack_handle(val).ok_or_else(|| bad("not a hex handle".into()))?
-            }
+            _ if handle_field(&mut fh, k, val).map_err(bad)? => {}
             _ => continue,
         }
         seen += 1;
