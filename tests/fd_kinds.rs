@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
@@ -1189,7 +1190,7 @@ fn unix_connection_waiting_in_accept_queue() {
 }
 
 #[test]
-fn unix_queue_with_descriptors_in_flight_is_refused() {
+fn unix_queue_with_descriptors_in_flight_keeps_them() {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
     with_timeout(10, || {
         let (a, b) = socket::socketpair(libc::SOCK_STREAM | libc::SOCK_CLOEXEC).unwrap();
@@ -1199,8 +1200,22 @@ fn unix_queue_with_descriptors_in_flight_is_refused() {
         let cmsg = [ControlMessage::ScmRights(&fds)];
         sendmsg::<UnixAddr>(a.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
         let mut st = DumpState::new(DumpOptions::default());
-        let err = try_dump_own(&b, 1, &mut st, None).unwrap_err();
-        assert!(err.contains("SCM_RIGHTS"), "{err}");
+        try_dump_own(&b, 1, &mut st, None).unwrap();
+        // The packet is queued with a copy of its descriptor, to be dumped as a file.
+        assert_eq!(st.extra.sk_queues.len(), 1);
+        assert_eq!(st.extra.sk_queues[0].1, b"with an fd");
+        let inflight = st.take_in_flight();
+        assert_eq!(inflight.len(), 1);
+        assert_eq!((inflight[0].index, inflight[0].fds.len()), (0, 1));
+        assert!(fdkinds::same_file(
+            std::process::id() as i32,
+            inflight[0].fds[0].as_raw_fd(),
+            std::process::id() as i32,
+            passed.as_raw_fd()
+        )
+        .unwrap());
+        st.set_rights(0, vec![7]);
+        assert_eq!(st.extra.sk_queues[0].0.scm[0].rights, vec![7]);
         // The message is still there, with its descriptor, and the peek offset is off again.
         assert_eq!(
             socket::getsockopt_int(&b, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap(),
@@ -1209,5 +1224,82 @@ fn unix_queue_with_descriptors_in_flight_is_refused() {
         let mut buf = [0u8; 32];
         let (got, fds) = socket::recv_with_rights(&b, &mut buf, libc::MSG_DONTWAIT).unwrap();
         assert_eq!((&buf[..got], fds.len()), (b"with an fd".as_slice(), 1));
+    });
+}
+
+/// A fanotify group with an inode mark (mask and ignored mask) and a mount mark: dumped,
+/// restored with the same flags and marks (dumped again, equal), and the inode mark fires.
+#[test]
+fn fanotify_group_and_marks() {
+    with_timeout(10, || {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("watched");
+        std::fs::write(&file, b"x").unwrap();
+        let fd = fdkinds::fanotify_init(
+            libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK,
+            libc::O_RDONLY as u32 | libc::O_LARGEFILE as u32,
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        fdkinds::fanotify_mark(&fd, libc::FAN_MARK_ADD, libc::FAN_MODIFY, f).unwrap();
+        fdkinds::fanotify_mark(
+            &fd,
+            libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORED_MASK,
+            libc::FAN_CLOSE_NOWRITE,
+            f,
+        )
+        .unwrap();
+        fdkinds::fanotify_mark(
+            &fd,
+            libc::FAN_MARK_ADD | libc::FAN_MARK_MOUNT,
+            libc::FAN_OPEN_EXEC,
+            d.path().to_str().unwrap(),
+        )
+        .unwrap();
+        let mut st = DumpState::new(DumpOptions::default());
+        let e = dump_own(&fd, 6, &mut st);
+        let ffy = e.ffy.as_ref().unwrap();
+        assert_eq!(ffy.mark.len(), 2, "{ffy:?}");
+        assert_ne!(ffy.faflags & libc::FAN_NONBLOCK, 0);
+        let inode = ffy.mark.iter().find(|m| m.ie.is_some()).unwrap();
+        assert_eq!(
+            (inode.mask as u64, inode.ignored_mask as u64),
+            (libc::FAN_MODIFY, libc::FAN_CLOSE_NOWRITE)
+        );
+        // The inode's path, as CRIU records it (its restore opens it first).
+        assert_eq!(
+            inode.ie.as_ref().unwrap().f_handle.path.as_deref(),
+            Some(f),
+            "{inode:?}"
+        );
+        let mount = ffy.mark.iter().find(|m| m.me.is_some()).unwrap();
+        assert!(mount.me.as_ref().unwrap().path.is_some());
+        drop(fd);
+        let r = restore(&e, &Extra::default());
+        let again = dump_own(&r, 6, &mut st);
+        let mut a = again.ffy.unwrap();
+        let mut b = ffy.clone();
+        for x in [&mut a, &mut b] {
+            x.mark.sort_by_key(|m| m.r#type);
+            x.fown = Default::default();
+        }
+        assert_eq!(a, b);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap()
+            .write_all(b"y")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = fdkinds::read(&r, &mut buf).unwrap();
+        // struct fanotify_event_metadata: event_len u32, vers u8, reserved u8, metadata_len
+        // u16, mask u64, fd i32, pid i32.
+        assert!(n >= 24);
+        let mask = u64::from_ne_bytes(buf[8..16].try_into().unwrap());
+        assert_ne!(mask & libc::FAN_MODIFY, 0, "mask {mask:#x}");
+        let efd = i32::from_ne_bytes(buf[16..20].try_into().unwrap());
+        if efd >= 0 {
+            stasis::sys::fds::close_raw(efd);
+        }
     });
 }

@@ -49,7 +49,8 @@ struct Collected {
     fdinfo: Vec<Value>,
     fs: Value,
     ids: Value,
-    obj_id: u32,
+    /// The `fdinfo-<id>.img` this task writes (None: its table is its parent's).
+    fdinfo_id: Option<u32>,
 }
 
 fn creds(st: &proc::status::Status, pid: i32) -> Result<Creds> {
@@ -358,11 +359,16 @@ fn collect_process(
 
     fault::check("files", pid)?;
     let t3 = cx.prof.now_us();
-    cx.files.fd_table(pid)?;
-    let fds = proc::fd::list_fds(pid).map_err(|x| DumpError::proc("files", pid, x))?;
-    let mut fdinfo = Vec::with_capacity(fds.len());
-    for fd in fds {
-        fdinfo.push(files::fdinfo_entry(&cx.files.fd(pid, fd)?));
+    let obj = cx.ids.object();
+    // A table shared with the parent (CLONE_FILES) is the parent's: its fds are dumped once.
+    let shared_table = cx.files.fd_table(pid, p.ppid, obj)?;
+    let mut fdinfo = Vec::new();
+    if shared_table.is_none() {
+        let fds = proc::fd::list_fds(pid).map_err(|x| DumpError::proc("files", pid, x))?;
+        fdinfo.reserve(fds.len());
+        for fd in fds {
+            fdinfo.push(files::fdinfo_entry(&cx.files.fd(pid, fd)?));
+        }
     }
     let cwd = cx.files.fs_dir(pid, "cwd")?;
     let root = cx.files.fs_dir(pid, "root")?;
@@ -370,14 +376,15 @@ fn collect_process(
     cx.prof.record(&format!("files {pid}"), "files", pid, t3);
 
     let ns = proc::ns::read(pid).map_err(pe)?;
-    let obj = cx.ids.object();
-    let ids_entry = cx.ids.ids_entry(&ns, [obj; 4]);
+    let files_id = shared_table.unwrap_or(obj);
+    let ids_entry = cx.ids.ids_entry(&ns, [obj, files_id, obj, obj]);
     Ok(Collected {
         pid,
         fdinfo,
         fs,
         ids: ids_entry,
-        obj_id: obj,
+        // The shared table's fdinfo image is written by its first task.
+        fdinfo_id: shared_table.is_none().then_some(obj),
     })
 }
 
@@ -421,8 +428,10 @@ fn write_images(
     }
     for c in collected {
         let pid = c.pid;
-        dir.write_all(&format!("fdinfo-{}.img", c.obj_id), out::FDINFO, &c.fdinfo)
-            .map_err(img(pid))?;
+        if let Some(id) = c.fdinfo_id {
+            dir.write_all(&format!("fdinfo-{id}.img"), out::FDINFO, &c.fdinfo)
+                .map_err(img(pid))?;
+        }
         dir.write_all(
             &format!("fs-{pid}.img"),
             out::FS,
@@ -690,6 +699,7 @@ fn dump_frozen(
         tcp_close: opts.tcp_close,
         skip_in_flight: opts.skip_in_flight,
     };
+    files.kinds.tree_pids = tree.iter().map(|p| p.pid).collect();
     let mut ids = IdAllocator::new();
     let me = std::process::id() as i32;
     let my_ns = proc::ns::read(me).map_err(|e| DumpError::proc("collect-tree", me, e))?;

@@ -23,7 +23,8 @@
 //!
 //! Two fds are one open file description when /proc shows the same and `kcmp(KCMP_FILE)`
 //! agrees; the owner and signal of a file (`fown`) are read on a `pidfd_getfd` copy. A
-//! descriptor table shared by two processes (`CLONE_FILES`) is refused by name.
+//! descriptor table shared by a parent and its child (`CLONE_FILES`) is dumped once: both
+//! carry the same `files_id` in `ids-P.img` and there is one `fdinfo-<files_id>.img`.
 //!
 //! File contents are read from outside the task: `/proc/P/fd/N` and `/proc/P/map_files/A-B`
 //! reopen the same inode (pipes are peeked with `tee`, never consumed).
@@ -101,8 +102,8 @@ pub struct Files {
     /// `fifo-data.img`: entry and data.
     pub fifo_data: Vec<(Value, Vec<u8>)>,
     pipes_seen: HashSet<u64>,
-    /// Tasks whose descriptor table was dumped (a table shared with `CLONE_FILES` is refused).
-    tables: Vec<i32>,
+    /// Tasks seen and their table's `files_id` (one `fdinfo-<files_id>.img` per table).
+    tables: Vec<(i32, u32)>,
     /// `--file-locks`: locks are dumped (else a lock refuses the dump).
     pub file_locks_allowed: bool,
     /// `filelocks.img` entries (POSIX, flock and OFD locks, from the fdinfo `lock:` lines).
@@ -193,6 +194,7 @@ impl Files {
     /// After the last task: the whole-tree checks of [`crate::files::finish_dump`] (unix
     /// peers); its entries replace or join files.img entries.
     pub fn finish_kinds(&mut self, root: i32) -> Result<()> {
+        self.dump_in_flight()?;
         let next = &mut self.next_id;
         let mut alloc = || {
             *next += 1;
@@ -205,6 +207,33 @@ impl Files {
             match self.entries.iter_mut().find(|x| x["id"] == e.id) {
                 Some(old) => *old = j,
                 None => self.entries.push(j),
+            }
+        }
+        Ok(())
+    }
+
+    /// Descriptors in flight in the tree's unix queues (`SCM_RIGHTS`), peeked into the
+    /// dumper: each is dumped as a file (the same open file description as a task's fd
+    /// gets that fd's id) and its id goes into its packet's `scm` entry. A socket in flight
+    /// may carry more in its own queue: repeated until none is left.
+    fn dump_in_flight(&mut self) -> Result<()> {
+        let me = std::process::id() as i32;
+        // The copies stay open until the end: ids of open descriptions are matched by
+        // (pid, fd), which a number used again would confuse.
+        let mut held = Vec::new();
+        loop {
+            let batch = self.kinds.take_in_flight();
+            if batch.is_empty() {
+                break;
+            }
+            for f in batch {
+                let mut ids = Vec::with_capacity(f.fds.len());
+                for fd in &f.fds {
+                    let raw = std::os::fd::AsRawFd::as_raw_fd(fd);
+                    ids.push(self.fd(me, raw)?.id);
+                }
+                self.kinds.set_rights(f.index, ids);
+                held.push(f.fds);
             }
         }
         Ok(())
@@ -556,27 +585,38 @@ impl Files {
         Ok(())
     }
 
-    /// Checks the descriptor table of `pid` before its fds are dumped: a table shared with
-    /// another process of the tree (`CLONE_FILES`) is refused by name (each task would get a
-    /// table of its own at restore).
-    pub fn fd_table(&mut self, pid: i32) -> Result<()> {
-        for &p in &self.tables {
-            let shared = crate::sys::fdkinds::same_fd_table(p, pid).map_err(|e| {
+    /// The descriptor table of `pid` (its `files_id`): a table shared with its parent
+    /// (`CLONE_FILES`) is the parent's (`Some(files_id)`: its fds are dumped once, with the
+    /// parent's); a new one gets `obj` (`None`: dump its fds). A table shared with another
+    /// task of the tree that is not its parent is refused by name: the restore recreates
+    /// sharing by forking with `CLONE_FILES`, which only a parent can do.
+    pub fn fd_table(&mut self, pid: i32, ppid: i32, obj: u32) -> Result<Option<u32>> {
+        let kcmp = |p: i32| {
+            crate::sys::fdkinds::same_fd_table(p, pid).map_err(|e| {
                 DumpError::new("files", pid, Some(e as i32), format!("kcmp with {p}: {e}"))
-            })?;
-            if shared {
+            })
+        };
+        if let Some(&(_, id)) = self.tables.iter().find(|&&(p, _)| p == ppid) {
+            if kcmp(ppid)? {
+                self.tables.push((pid, id));
+                return Ok(Some(id));
+            }
+        }
+        for &(p, _) in &self.tables {
+            if kcmp(p)? {
                 return Err(DumpError::new(
                     "files",
                     pid,
                     Some(libc::ENOTSUP),
                     format!(
-                        "descriptor table shared with task {p} (CLONE_FILES): not supported yet"
+                        "descriptor table shared with task {p} (CLONE_FILES), which is not \
+                         its parent: not supported"
                     ),
                 ));
             }
         }
-        self.tables.push(pid);
-        Ok(())
+        self.tables.push((pid, obj));
+        Ok(None)
     }
 
     fn pipe(&mut self, pid: i32, fd: i32, ino: u64, flags: u32) -> Result<u32> {

@@ -61,6 +61,23 @@ pub fn pack_handle(hexstr: &str) -> Option<Vec<u64>> {
     )
 }
 
+/// Reads one file handle field of an fdinfo mark line (`fhandle-bytes`, `fhandle-type`,
+/// `f_handle`, all hex) into `fh`: whether `key` was one of them.
+pub(crate) fn handle_field(
+    fh: &mut pb::FhEntry,
+    key: &str,
+    val: &str,
+) -> std::result::Result<bool, String> {
+    let h = || common::hex(val).map_err(|e| e.to_string());
+    match key {
+        "fhandle-bytes" => fh.bytes = h()? as u32,
+        "fhandle-type" => fh.r#type = h()? as u32,
+        "f_handle" => fh.handle = pack_handle(val).ok_or("not a hex handle")?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 /// The first `n` handle bytes of packed words.
 pub fn unpack_handle(words: &[u64], n: usize) -> Option<Vec<u8>> {
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
@@ -84,11 +101,7 @@ fn wd_line(id: u32, at: At, line: usize, v: &str) -> Result<pb::InotifyWdEntry> 
             "sdev" => w.s_dev = h()? as u32,
             "mask" => w.mask = h()? as u32,
             "ignored_mask" => w.ignored_mask = h()? as u32,
-            "fhandle-bytes" => fh.bytes = h()? as u32,
-            "fhandle-type" => fh.r#type = h()? as u32,
-            "f_handle" => {
-                fh.handle = pack_handle(val).ok_or_else(|| bad("not a hex handle".into()))?
-            }
+            _ if handle_field(&mut fh, k, val).map_err(bad)? => {}
             _ => continue,
         }
         seen += 1;
@@ -124,7 +137,9 @@ pub fn dump(d: &DumpFd<'_>, _st: &mut DumpState) -> Result<pb::FileEntry> {
                 "too many watches",
             ));
         }
-        wd.push(wd_line(d.id, at, line, v)?);
+        let mut w = wd_line(d.id, at, line, v)?;
+        w.f_handle.path = handle_path((w.s_dev, w.i_ino), &w.f_handle);
+        wd.push(w);
     }
     let mut e = super::file_entry(pb::FdTypes::Inotify, d.id);
     e.ify = Some(pb::InotifyFileEntry {
@@ -161,17 +176,32 @@ fn mounts_of(kdev: u32) -> Vec<String> {
 /// Opens the watched inode of `w` (O_PATH); an inode the handle no longer finds (ESTALE:
 /// unlinked) may be a restored unlinked file of `ctx`.
 fn open_watched(at: At, w: &pb::InotifyWdEntry, ctx: &RestoreCtx<'_>) -> Result<OwnedFd> {
-    match open_handle(at, w) {
+    let what = format!("wd {}", w.wd);
+    open_inode(KIND, at, &what, (w.s_dev, w.i_ino), &w.f_handle, ctx)
+}
+
+/// Opens a watched or marked inode, (device, inode) `dev_ino` at dump time, by its file
+/// handle `fh` (or the handle's `path`), O_PATH; an inode the handle no longer finds
+/// (ESTALE: unlinked) may be a restored unlinked file of `ctx`. `what` names it in errors.
+pub(crate) fn open_inode(
+    kind: &'static str,
+    at: At,
+    what: &str,
+    dev_ino: (u32, u64),
+    fh: &pb::FhEntry,
+    ctx: &RestoreCtx<'_>,
+) -> Result<OwnedFd> {
+    match open_handle(kind, at, what, dev_ino, fh) {
         Err(e) if e.errno() == Some(libc::ESTALE) || e.errno() == Some(libc::ENOENT) => {
-            match ctx.inodes.get(&(w.s_dev, w.i_ino)) {
+            match ctx.inodes.get(&dev_ino) {
                 Some(fd) => fdkinds::open(
                     &format!("/proc/self/fd/{fd}"),
                     libc::O_PATH | libc::O_CLOEXEC,
                 )
                 .map_err(sys(
-                    KIND,
+                    kind,
                     at,
-                    format!("reopen the unlinked file of wd {}", w.wd),
+                    format!("reopen the unlinked file of {what}"),
                 )),
                 None => Err(e),
             }
@@ -180,18 +210,39 @@ fn open_watched(at: At, w: &pb::InotifyWdEntry, ctx: &RestoreCtx<'_>) -> Result<
     }
 }
 
-/// Opens the watched inode of `w` by its handle, or its path (O_PATH).
-fn open_handle(at: At, w: &pb::InotifyWdEntry) -> Result<OwnedFd> {
-    let fh = &w.f_handle;
+/// The path of an inode, found through its handle `fh` (the dump's hint, as CRIU records
+/// it in `f_handle.path`: its restore opens that path first); `None` when the handle does
+/// not open or the inode has no name (unlinked).
+pub(crate) fn handle_path(dev_ino: (u32, u64), fh: &pb::FhEntry) -> Option<String> {
+    let no_path = pb::FhEntry {
+        path: None,
+        ..fh.clone()
+    };
+    let fd = open_handle(KIND, At::Id(0), "", dev_ino, &no_path).ok()?;
+    let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    let path = std::fs::read_link(&link).ok()?.to_str()?.to_string();
+    let same = std::fs::symlink_metadata(&path)
+        .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == dev_ino.1);
+    (path.starts_with('/') && same).then_some(path)
+}
+
+/// Opens an inode by its handle, or its path (O_PATH).
+fn open_handle(
+    kind: &'static str,
+    at: At,
+    what: &str,
+    (s_dev, i_ino): (u32, u64),
+    fh: &pb::FhEntry,
+) -> Result<OwnedFd> {
     let bytes = unpack_handle(&fh.handle, fh.bytes as usize).ok_or_else(|| {
         image(
-            KIND,
+            kind,
             at,
-            format!("wd {}: handle shorter than {} bytes", w.wd, fh.bytes),
+            format!("{what}: handle shorter than {} bytes", fh.bytes),
         )
     })?;
     let mut last = None;
-    for mp in mounts_of(w.s_dev) {
+    for mp in mounts_of(s_dev) {
         let Ok(mfd) = fdkinds::open(&mp, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
         else {
             continue;
@@ -208,21 +259,21 @@ fn open_handle(at: At, w: &pb::InotifyWdEntry) -> Result<OwnedFd> {
     }
     if let Some(p) = &fh.path {
         return fdkinds::open(p, libc::O_PATH | libc::O_CLOEXEC).map_err(sys(
-            KIND,
+            kind,
             at,
             format!("open {p}"),
         ));
     }
     match last {
         Some(e) => Err(sys(
-            KIND,
+            kind,
             at,
-            format!("open_by_handle_at of wd {} (ino {})", w.wd, w.i_ino),
+            format!("open_by_handle_at of {what} (ino {i_ino})"),
         )(e)),
         None => Err(unsupported(
-            KIND,
+            kind,
             at,
-            format!("wd {}: no mount of device {:#x} here", w.wd, w.s_dev),
+            format!("{what}: no mount of device {s_dev:#x} here"),
         )),
     }
 }

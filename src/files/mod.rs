@@ -45,8 +45,11 @@ pub mod epoll;
 pub mod error;
 pub mod eventfd;
 pub mod extra;
+pub mod fanotify;
 pub mod inet;
 pub mod inotify;
+pub mod pidfd;
+pub mod scm;
 pub mod signalfd;
 pub mod sockopts;
 pub mod task;
@@ -137,6 +140,10 @@ pub struct DumpState {
     pub(crate) tcp_repair: tcp::RepairHold,
     /// tty_info ids already written.
     pub(crate) ttys: std::collections::HashSet<u32>,
+    /// Pids of the dumped tree (a pidfd of another task is refused).
+    pub tree_pids: std::collections::HashSet<i32>,
+    /// Descriptors in flight found in unix queues, to be dumped as files ([`scm`]).
+    pub(crate) in_flight: Vec<scm::InFlight>,
 }
 
 impl DumpState {
@@ -167,6 +174,8 @@ pub struct RestoreCtx<'a> {
     /// Names of unlinked unix sockets and the directories made for them, removed (last
     /// first) when the context goes.
     pub(crate) remove_later: Vec<std::path::PathBuf>,
+    /// Queues that pass descriptors, written once every file is open ([`scm`]).
+    pub(crate) scm_fills: Vec<(At, OwnedFd, Vec<scm::Packet>)>,
 }
 
 impl Drop for RestoreCtx<'_> {
@@ -203,6 +212,7 @@ impl<'a> RestoreCtx<'a> {
             tcp_pending: Vec::new(),
             inodes: HashMap::new(),
             remove_later: Vec::new(),
+            scm_fills: Vec::new(),
         }
     }
 
@@ -241,9 +251,11 @@ pub static KINDS: &[KindOps] = &[
     timerfd::OPS,
     signalfd::OPS,
     inotify::OPS,
+    fanotify::OPS,
     unix::OPS,
     inet::OPS,
     tty::OPS,
+    pidfd::OPS,
     epoll::OPS,
 ];
 
@@ -258,9 +270,10 @@ pub fn kind_for(entry: &pb::FileEntry) -> Option<&'static KindOps> {
     KINDS.iter().find(|k| k.fd_type as i32 == entry.r#type)
 }
 
-/// Whether [`restore_fd`] restores this entry.
+/// Whether [`restore_fd`] restores this entry (a pidfd of a task of the tree is opened by
+/// its task instead: [`pidfd::in_task`]).
 pub fn handles(entry: &pb::FileEntry) -> bool {
-    kind_for(entry).is_some()
+    kind_for(entry).is_some() && pidfd::in_task(entry).is_none()
 }
 
 /// Restore order of an entry (sort ascending; entries of other kinds are 0).

@@ -26,8 +26,8 @@
 //! listener as `peer` ([`finish`]) and connects to it again on restore (no data may be
 //! queued on such a connection).
 //!
-//! Not handled: descriptors in flight (SCM_RIGHTS: the dump refuses them), credentials of
-//! queued messages (data only), data sent on a
+//! Descriptors in flight (SCM_RIGHTS) travel with their packets: see [`super::scm`].
+//! Not handled: credentials of queued messages (data only), data sent on a
 //! connection not accepted yet, the names of accepted sockets (restored as a pair).
 
 use std::collections::HashSet;
@@ -40,7 +40,7 @@ use stasis_images::pb;
 use super::common::{self, FdInfo};
 use super::error::{image, sys, unsupported, At, Result};
 use super::extra::MAX_QUEUE;
-use super::{sockopts, DumpFd, DumpState, KindOps, RestoreCtx, Targets, UnixSeen};
+use super::{scm, sockopts, DumpFd, DumpState, KindOps, RestoreCtx, Targets, UnixSeen};
 use crate::sys::{sock_diag, socket as so};
 
 const KIND: &str = "unix";
@@ -82,8 +82,12 @@ fn stage(e: &pb::FileEntry) -> u8 {
     }
 }
 
-/// Reads the receive queue packet by packet without consuming it.
-pub fn peek_queue(fd: BorrowedFd<'_>) -> std::result::Result<Vec<Vec<u8>>, Errno> {
+/// One queued packet: its bytes and copies of the descriptors passed with it.
+pub type Peeked = (Vec<u8>, Vec<OwnedFd>);
+
+/// Reads the receive queue packet by packet without consuming it (descriptors in flight come
+/// as copies installed in the caller).
+pub fn peek_queue(fd: BorrowedFd<'_>) -> std::result::Result<Vec<Peeked>, Errno> {
     let old = so::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
     so::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
     let res = (|| {
@@ -95,17 +99,20 @@ pub fn peek_queue(fd: BorrowedFd<'_>) -> std::result::Result<Vec<Vec<u8>>, Errno
         let mut total = 0usize;
         loop {
             match so::recv_with_rights(fd, &mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
-                // Descriptors in flight cannot be kept yet: refuse rather than lose them.
-                Ok((_, fds)) if !fds.is_empty() => return Err(Errno::ENOTSUP),
-                // End of stream, or a zero-length datagram (which would not advance the offset).
-                Ok((0, _)) => break,
-                Ok((n, _)) => {
+                // End of stream, or a zero-length datagram (which would not advance the
+                // offset); a packet of descriptors only has one byte at least on a stream.
+                Ok((0, fds)) if fds.is_empty() => break,
+                Ok((n, fds)) => {
                     let n = n.min(cap);
                     total += n;
                     if total > MAX_QUEUE {
                         return Err(Errno::E2BIG);
                     }
-                    out.push(buf[..n].to_vec());
+                    out.push((buf[..n].to_vec(), fds));
+                    if n == 0 {
+                        // A zero-length datagram with descriptors: the offset stays.
+                        break;
+                    }
                 }
                 Err(Errno::EAGAIN) => break,
                 // An unconnected stream (EINVAL) or seqpacket (ENOTCONN) socket has no queue.
@@ -227,15 +234,15 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
         }
     }
     if u.state != TCP_LISTEN {
-        let q = peek_queue(d.file).map_err(|e| match e {
-            Errno::ENOTSUP => unsupported(
-                KIND,
-                at,
-                "descriptors in flight (SCM_RIGHTS) in the receive queue",
-            ),
-            e => sys(KIND, at, "peek receive queue")(e),
-        })?;
-        for p in q {
+        let q = peek_queue(d.file).map_err(sys(KIND, at, "peek receive queue"))?;
+        for (p, fds) in q {
+            if !fds.is_empty() {
+                // Dumped as files once the tasks' fds are (see `scm`).
+                st.in_flight.push(super::scm::InFlight {
+                    index: st.extra.sk_queues.len(),
+                    fds,
+                });
+            }
             st.extra.sk_queues.push((
                 pb::SkPacketEntry {
                     id_for: d.id,
@@ -428,22 +435,6 @@ fn bind_name(
     Ok(())
 }
 
-/// Writes `packets` so they are queued on the socket at the other end of `via`.
-fn fill(at: At, via: BorrowedFd<'_>, packets: Vec<&[u8]>) -> Result<()> {
-    for p in packets {
-        let mut off = 0;
-        while off < p.len() || (p.is_empty() && off == 0) {
-            let n = so::send(via, &p[off..], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-                .map_err(sys(KIND, at, "requeue data"))?;
-            off += n;
-            if p.is_empty() {
-                break;
-            }
-        }
-    }
-    Ok(())
-}
-
 fn finish_fd(e: &pb::FileEntry, u: &pb::UnixSkEntry, fd: &OwnedFd) -> Result<()> {
     let at = At::Id(e.id);
     if let Some(h) = u.shutdown.and_then(shut_how) {
@@ -468,13 +459,7 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
         finish_fd(e, u, &fd)?;
         return Ok(fd);
     }
-    let queue = |ctx: &RestoreCtx<'_>, id: u32| {
-        ctx.extra
-            .queue_for(id)
-            .map(|p| p.to_vec())
-            .collect::<Vec<_>>()
-    };
-    let mine = queue(ctx, e.id);
+    let mine = scm::packets_for(ctx, KIND, e.id)?;
     let peer = (u.peer != 0)
         .then(|| ctx.unix.get(&u.peer).cloned())
         .flatten();
@@ -497,7 +482,7 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
             let tmp =
                 so::socket(libc::AF_UNIX, sock_type(u), 0).map_err(sys(KIND, at, "socket"))?;
             so::connect(&tmp, &sockaddr(u)).map_err(sys(KIND, at, "connect to requeue"))?;
-            fill(at, tmp.as_fd(), mine.iter().map(Vec::as_slice).collect())?;
+            scm::fill(KIND, at, tmp.as_fd(), mine, ctx)?;
         }
         fd
     } else if let Some(p) = peer
@@ -506,13 +491,12 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
     {
         // Both ends in the image: a pair.
         let (a, b) = so::socketpair(sock_type(u)).map_err(sys(KIND, at, "socketpair"))?;
-        fill(at, b.as_fd(), mine.iter().map(Vec::as_slice).collect())?;
-        let theirs = ctx
-            .unix_ids
-            .get(&p.ino)
-            .map(|id| queue(ctx, *id))
-            .unwrap_or_default();
-        fill(at, a.as_fd(), theirs.iter().map(Vec::as_slice).collect())?;
+        scm::fill(KIND, at, b.as_fd(), mine, ctx)?;
+        let theirs = match ctx.unix_ids.get(&p.ino).copied() {
+            Some(id) => scm::packets_for(ctx, KIND, id)?,
+            None => Vec::new(),
+        };
+        scm::fill(KIND, at, a.as_fd(), theirs, ctx)?;
         ctx.pending.insert(p.ino, b);
         a
     } else if let Some(p) = peer {
@@ -552,7 +536,7 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
             ));
         }
         let (a, b) = so::socketpair(sock_type(u)).map_err(sys(KIND, at, "socketpair"))?;
-        fill(at, b.as_fd(), mine.iter().map(Vec::as_slice).collect())?;
+        scm::fill(KIND, at, b.as_fd(), mine, ctx)?;
         drop(b);
         a
     };

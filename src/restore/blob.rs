@@ -93,6 +93,7 @@ pub fn enter(
     status_fd: RawFd,
     go_fd: RawFd,
     targets: &[RawFd],
+    close_others: bool,
 ) -> Result<std::convert::Infallible, StepErr> {
     let mm = t.mm.as_ref().ok_or(("no mm image", Errno::EINVAL))?;
     let pages_fd = opened.pages.get(&t.pages.file).copied();
@@ -208,15 +209,18 @@ pub fn enter(
     spec.task.status_fd = status_fd;
     spec.task.go_fd = go_fd;
     spec.task.cur_rseq = crate::sys::restorer::current_rseq();
-    // Everything but the image's own descriptors and the two the blob closes itself.
+    // Everything but the image's own descriptors and the two the blob closes itself (a
+    // member of a shared table closes only those two: see `shared_fdt`).
     let mut close: Vec<u32> = Vec::new();
-    for e in std::fs::read_dir("/proc/self/fd")
-        .map_err(|_| ("list fds", Errno::EIO))?
-        .flatten()
-    {
-        if let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<RawFd>().ok()) {
-            if !targets.contains(&n) && n != status_fd && n != go_fd {
-                close.push(n as u32);
+    if close_others {
+        for e in std::fs::read_dir("/proc/self/fd")
+            .map_err(|_| ("list fds", Errno::EIO))?
+            .flatten()
+        {
+            if let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<RawFd>().ok()) {
+                if !targets.contains(&n) && n != status_fd && n != go_fd {
+                    close.push(n as u32);
+                }
             }
         }
     }

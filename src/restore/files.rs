@@ -55,6 +55,9 @@ pub struct Opened {
     /// `/proc/self/stat` when it was dumped): they exist only once the task does, so the task
     /// opens them itself, as (files.img id -> path, open flags, offset).
     pub in_task: HashMap<u32, (String, u32, u64)>,
+    /// pidfds of tasks of the tree, as (files.img id -> target pid, flags): each task opens
+    /// its own once the target exists (`crate::files::pidfd`).
+    pub pidfds: HashMap<u32, (i32, u32)>,
     /// files.img id of a task's cwd or root -> parked `O_PATH` descriptor of the directory
     /// (a deleted one is recreated, opened and removed again: see [`make_ghost`]).
     pub fs_dirs: HashMap<u32, RawFd>,
@@ -318,6 +321,7 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
     for t in &plan.tasks {
         wanted.extend(t.fds.iter().map(|f| f.id));
     }
+    wanted.extend(in_flight_ids(plan)?);
     for id in wanted.iter().copied().chain(mapped.keys().copied()) {
         let f = plan.files.get(&id).ok_or_else(|| RestoreError::Image {
             path: plan.dir.join("files.img"),
@@ -373,6 +377,8 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
             if want_map {
                 o.maps.insert(id, mfd);
             }
+        } else if let Some(target) = crate::files::pidfd::in_task(f) {
+            o.pidfds.insert(id, target);
         } else if crate::files::handles(f) {
             // Restored below, in stage order, once every possible epoll target exists.
         } else if f.pipe.is_none() && f.fifo.is_none() {
@@ -582,8 +588,19 @@ fn open_kinds(
         let n = o.park(fd)?;
         o.desc.insert(f.id, n);
     }
+    ctx.finish_in_flight(&o.desc)?;
     ctx.finish()?;
     Ok(())
+}
+
+/// Files passed with `SCM_RIGHTS` and still in a unix queue (`sk-queues.img`): opened like
+/// the tasks' files, also when no task has them any more.
+fn in_flight_ids(plan: &Plan) -> Result<BTreeSet<u32>, RestoreError> {
+    if !plan.dir.join("sk-queues.img").exists() {
+        return Ok(BTreeSet::new());
+    }
+    let extra = crate::files::Extra::read_dir(&plan.dir, &[])?;
+    Ok(crate::files::scm::in_flight_ids(&extra).collect())
 }
 
 /// The dumped foreground group of a pty slave whose master is not in the images (a shell

@@ -25,6 +25,7 @@ pub mod options;
 pub mod plan;
 pub mod premap;
 pub mod root;
+pub mod shared_fdt;
 pub mod tree;
 pub mod validate;
 pub mod vdso;
@@ -188,7 +189,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     } else {
         0
     };
-    let root = tree::spawn(&plan, 0, root_flags, &opened, ctl).map_err(|e| {
+    let root = tree::spawn(&plan, 0, root_flags, &opened, ctl, None).map_err(|e| {
         RestoreError::sys(format!("clone3 root with pid {}", plan.tasks[0].pid), 0, e)
     })?;
     guard.root = Some(root);

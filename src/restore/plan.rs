@@ -161,6 +161,9 @@ pub struct TaskPlan {
     pub children: Vec<i32>,
     /// `ids.vm_id` (tasks sharing an mm are refused).
     pub vm_id: Option<u32>,
+    /// `ids.files_id`: a child with its parent's shares its descriptor table
+    /// (`CLONE_FILES`, see `restore::shared_fdt`).
+    pub files_id: Option<u32>,
 }
 
 /// A deleted file to recreate: its entry and data chunks (offset, bytes).
@@ -197,6 +200,17 @@ impl Plan {
     /// Index of the task with `pid`.
     pub fn index(&self, pid: i32) -> Option<usize> {
         self.tasks.iter().position(|t| t.pid == pid)
+    }
+
+    /// Whether task `t` shares its parent's descriptor table (`CLONE_FILES`).
+    pub fn shares_parent_fds(&self, t: &TaskPlan) -> bool {
+        t.files_id.is_some()
+            && t.ppid != 0
+            && self
+                .tasks
+                .iter()
+                .find(|p| p.pid == t.ppid)
+                .is_some_and(|p| p.files_id == t.files_id)
     }
 
     /// Every PID and TID the restore will create.
@@ -495,6 +509,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             fs: None,
             children: Vec::new(),
             vm_id: None,
+            files_id: None,
         };
         match tc.task_state {
             TASK_DEAD => {}
@@ -523,6 +538,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
                     )
                 })?;
                 t.vm_id = Some(ids.vm_id);
+                t.files_id = Some(ids.files_id);
                 let mm: msg::MmEntry = img::one(dir, &format!("mm-{pid}.img"))?;
                 super::checks::vmas(&dir.join(format!("mm-{pid}.img")), &mm)?;
                 let pagemap = format!("pagemap-{pid}.img");
@@ -739,6 +755,7 @@ fn check_references(plan: &Plan) -> Result<(), RestoreError> {
                 )));
             }
         }
+        super::shared_fdt::check(plan, t)?;
         if t.pid != plan.tasks[0].pid && t.sid != t.pid {
             let parent = plan.tasks.iter().find(|p| p.pid == t.ppid);
             if parent.is_some_and(|p| p.sid != t.sid) {

@@ -28,6 +28,7 @@ use nix::unistd::Pid;
 
 use super::files::{keep_only, Opened};
 use super::plan::{Plan, TASK_DEAD};
+use super::shared_fdt::Group;
 use crate::sys::clone3::{fork_with_pid, Forked};
 use crate::sys::fds::{dup2_raw, write_raw};
 use crate::sys::tracee::{exit_like, exit_now, set_pdeathsig};
@@ -78,6 +79,7 @@ pub fn spawn(
     clone_flags: u64,
     opened: &Opened,
     ctl: Ctl,
+    group: Option<&Group>,
 ) -> Result<i32, Errno> {
     let pid = plan.tasks[idx].pid;
     // clone3 takes no exit signal with CLONE_PARENT: the child inherits ours, which our
@@ -90,7 +92,7 @@ pub fn spawn(
     match fork_with_pid(pid, clone_flags, exit_signal)? {
         Forked::Parent(p) => Ok(p),
         Forked::Child => {
-            let code = match run_task(plan, idx, opened, ctl) {
+            let code = match run_task(plan, idx, opened, ctl, group) {
                 Ok(()) => 0,
                 Err((step, e)) => {
                     let _ = write_raw(ctl.ready_w, &record(pid, e as i32, step));
@@ -102,13 +104,26 @@ pub fn spawn(
     }
 }
 
+/// Runs in the forked task `idx`. `group`: the shared descriptor table it was forked into
+/// with `CLONE_FILES` (it is a member, see [`super::shared_fdt`]).
 fn run_task(
     plan: &Plan,
     idx: usize,
     opened: &Opened,
-    ctl: Ctl,
+    tree_ctl: Ctl,
+    group: Option<&Group>,
 ) -> Result<(), (&'static str, Errno)> {
     let t = &plan.tasks[idx];
+    // A member of a shared table has status and go descriptors of its own.
+    let member = group.and_then(|g| g.member(t.pid).map(|m| (g, m)));
+    let ctl = match member {
+        Some((_, m)) => Ctl {
+            status_w: m.status_w,
+            hold_r: m.go_r,
+            ..tree_ctl
+        },
+        None => tree_ctl,
+    };
     set_pdeathsig(libc::SIGKILL).map_err(|e| ("set pdeathsig", e))?;
     if t.state == TASK_DEAD {
         // Its name, as `ps` shows the zombie (not the restorer's).
@@ -130,14 +145,106 @@ fn run_task(
         nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| ("setpgid", e))?;
     }
     super::files::set_owners(opened, t.pid, t.pgid).map_err(|e| ("set a file's owner", e))?;
+    // The table this task owns, when children share it.
+    let owned = match member {
+        Some(_) => None,
+        None => Group::open(plan, idx, ctl.hold_r, opened.base)?,
+    };
+    let children_group = owned.as_ref().or(group);
     for &child in &t.children {
         let ci = plan.index(child).ok_or(("find child", Errno::ESRCH))?;
-        spawn(plan, ci, 0, opened, ctl).map_err(|e| ("clone3 child", e))?;
+        if plan.shares_parent_fds(&plan.tasks[ci]) {
+            spawn(
+                plan,
+                ci,
+                libc::CLONE_FILES as u64,
+                opened,
+                tree_ctl,
+                children_group,
+            )
+            .map_err(|e| ("clone3 child sharing the descriptor table", e))?;
+        } else {
+            spawn(plan, ci, 0, opened, tree_ctl, None).map_err(|e| ("clone3 child", e))?;
+        }
     }
-    // Descriptors.
+    match (member, &owned) {
+        // The owner puts the shared table in place.
+        (Some((g, _)), _) => g.member_wait_table(ctl.deadline)?,
+        (None, Some(g)) => {
+            g.owner_wait_members(ctl.deadline)?;
+            let mut extra: Vec<RawFd> = g.keep().collect();
+            for pid in g.member_pids() {
+                if let Some(m) = plan.index(pid).map(|i| &plan.tasks[i]) {
+                    extra.extend(
+                        fs_dirs(opened, m)
+                            .iter()
+                            .flat_map(|&(r, c)| [r, c])
+                            .flatten(),
+                    );
+                }
+            }
+            put_fds(t, opened, ctl, &extra)?;
+            g.owner_table_ready()?;
+        }
+        (None, None) => put_fds(t, opened, ctl, &[])?,
+    }
+    // A shell job that was the foreground of its terminal is again, on the new one.
+    for &(id, pgrp) in &opened.shell_ttys {
+        if pgrp == t.pid && t.pgid == t.pid {
+            if let Some(fd) = t.fds.iter().find(|f| f.id == id) {
+                // Only when the restorer's terminal is its controlling one (then ours too).
+                crate::sys::tty::set_foreground(fd.fd as RawFd, pgrp)
+                    .map_err(|e| ("make the job the terminal's foreground group", e))?;
+            }
+        }
+    }
+    // Its file locks, through its descriptors now in place. After the other descriptors are
+    // closed: closing any descriptor of a file drops the task's POSIX locks on it.
+    for l in plan.file_locks.iter().filter(|l| l.pid == t.pid) {
+        crate::sys::fds::take_lock(l.fd, l.flag, l.r#type as i32, l.start, l.len)
+            .map_err(|e| ("take a file lock", e))?;
+    }
+    if let Some(fs) = &t.fs {
+        if let Some(m) = fs.umask {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
+        }
+    }
+    write_raw(ctl.ready_w, &record(t.pid, 0, "ready")).map_err(|e| ("report ready", e))?;
+    join_group(plan, t, ctl.deadline)?;
+    let mut targets: Vec<RawFd> = t.fds.iter().map(|f| f.fd as RawFd).collect();
+    if let Some(g) = &owned {
+        // Every member is READY (its temporary descriptors closed) before the owner lists
+        // what its blob closes; the members' own status/go descriptors stay theirs.
+        g.owner_forward_status(ctl.status_w, ctl.deadline)?;
+        targets.extend(g.members_fds());
+    }
+    // A member closes nothing of the shared table (its owner does).
+    let close_others = member.is_none();
+    // The parent death signal stays until the jump into the blob (blob::enter clears it).
+    match super::blob::enter(
+        plan,
+        t,
+        opened,
+        ctl.status_w,
+        ctl.hold_r,
+        &targets,
+        close_others,
+    ) {
+        Err(e) => Err(e),
+    }
+}
+
+/// Puts the task's image descriptors in place (`dup2` of the parked descriptions) and
+/// closes every other descriptor but the parked ones the task still needs and `extra`.
+fn put_fds(
+    t: &super::plan::TaskPlan,
+    opened: &Opened,
+    ctl: Ctl,
+    extra: &[RawFd],
+) -> Result<(), (&'static str, Errno)> {
     let mut keep: BTreeSet<RawFd> = BTreeSet::new();
     for fd in &t.fds {
-        if let Some((path, flags, pos)) = opened.in_task.get(&fd.id) {
+        let own = if let Some((path, flags, pos)) = opened.in_task.get(&fd.id) {
             // A /proc file of the tree: this task (or its parent) exists now.
             let own = nix::fcntl::open(
                 path.as_str(),
@@ -147,12 +254,19 @@ fn run_task(
             .map_err(|e| ("open a /proc file of the tree", e))?;
             nix::unistd::lseek(&own, *pos as i64, nix::unistd::Whence::SeekSet)
                 .map_err(|e| ("seek a /proc file of the tree", e))?;
+            Some(own)
+        } else if let Some(&(pid, flags)) = opened.pidfds.get(&fd.id) {
+            Some(open_pidfd(pid, flags, ctl.deadline)?)
+        } else {
+            None
+        };
+        if let Some(own) = own {
             // Opened right at its number? Then move it away first (dup2 onto itself would
             // leave the close-on-exec flag as it is and the drop would close it).
             let own = if own.as_raw_fd() == fd.fd as RawFd {
                 let moved = own
                     .try_clone()
-                    .map_err(|_| ("dup a /proc file of the tree", Errno::EMFILE))?;
+                    .map_err(|_| ("dup a descriptor opened in the task", Errno::EMFILE))?;
                 drop(own);
                 moved
             } else {
@@ -167,42 +281,34 @@ fn run_task(
         dup2_raw(src, fd.fd as RawFd, fd.flags & 1 != 0).map_err(|e| ("dup2", e))?;
         keep.insert(fd.fd as RawFd);
     }
-    // A shell job that was the foreground of its terminal is again, on the new one.
-    for &(id, pgrp) in &opened.shell_ttys {
-        if pgrp == t.pid && t.pgid == t.pid {
-            if let Some(fd) = t.fds.iter().find(|f| f.id == id) {
-                // Only when the restorer's terminal is its controlling one (then ours too).
-                crate::sys::tty::set_foreground(fd.fd as RawFd, pgrp)
-                    .map_err(|e| ("make the job the terminal's foreground group", e))?;
-            }
-        }
-    }
     keep.extend(opened.maps.values().copied());
     keep.extend(opened.shmem.values().copied());
     keep.extend(opened.pages.values().copied());
     keep.insert(ctl.ready_w);
     keep.insert(ctl.hold_r);
     keep.insert(ctl.status_w);
+    keep.extend(extra.iter().copied());
     let dirs = fs_dirs(opened, t);
     keep.extend(dirs.iter().flat_map(|&(r, c)| [r, c]).flatten());
-    keep_only(&keep).map_err(|e| ("close descriptors", e))?;
-    // Its file locks, through its descriptors now in place. After the other descriptors are
-    // closed: closing any descriptor of a file drops the task's POSIX locks on it.
-    for l in plan.file_locks.iter().filter(|l| l.pid == t.pid) {
-        crate::sys::fds::take_lock(l.fd, l.flag, l.r#type as i32, l.start, l.len)
-            .map_err(|e| ("take a file lock", e))?;
-    }
-    if let Some(fs) = &t.fs {
-        if let Some(m) = fs.umask {
-            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m));
+    keep_only(&keep).map_err(|e| ("close descriptors", e))
+}
+
+/// A pidfd of task `pid` of the tree, opened once that task exists (every task is forked
+/// by its parent before the parent's own descriptors are put in place, so it comes).
+fn open_pidfd(
+    pid: i32,
+    flags: u32,
+    deadline: std::time::Instant,
+) -> Result<std::os::fd::OwnedFd, (&'static str, Errno)> {
+    loop {
+        let e = match crate::sys::fdkinds::pidfd_open_flags(pid, flags & libc::O_NONBLOCK as u32) {
+            Ok(fd) => return Ok(fd),
+            Err(e) => e,
+        };
+        if e != Errno::ESRCH || std::time::Instant::now() > deadline {
+            return Err(("open a pidfd of a task of the tree", e));
         }
-    }
-    write_raw(ctl.ready_w, &record(t.pid, 0, "ready")).map_err(|e| ("report ready", e))?;
-    join_group(plan, t, ctl.deadline)?;
-    let targets: Vec<RawFd> = t.fds.iter().map(|f| f.fd as RawFd).collect();
-    // The parent death signal stays until the jump into the blob (blob::enter clears it).
-    match super::blob::enter(plan, t, opened, ctl.status_w, ctl.hold_r, &targets) {
-        Err(e) => Err(e),
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 

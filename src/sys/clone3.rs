@@ -66,3 +66,46 @@ pub fn fork_with_pid(pid: i32, flags: u64, exit_signal: u64) -> Result<Forked, E
         r => Ok(Forked::Parent(r as i32)),
     }
 }
+
+/// A pidfd of a process that has exited and been reaped: a child is forked with
+/// `CLONE_PIDFD`, exits at once, and is waited for (what a pidfd of a task that had exited
+/// at dump time refers to). Same precondition as [`fork_with_pid`]: single-threaded caller.
+pub fn exited_child_pidfd() -> Result<std::os::fd::OwnedFd, Errno> {
+    let mut pidfd: libc::c_int = -1;
+    let args = CloneArgs {
+        flags: (libc::CLONE_PIDFD) as u64,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: as in fork_with_pid (fork-like, single-threaded caller); the kernel writes the
+    // new pidfd into `pidfd`, which lives across the call. The child only calls _exit.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match ret {
+        r if r < 0 => Err(Errno::last()),
+        0 => {
+            // SAFETY: the child exits at once, running nothing of the parent's state.
+            unsafe { libc::_exit(0) }
+        }
+        child => {
+            let fd = crate::sys::fds::own(pidfd);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child as i32), None);
+            // The flags the caller sets (O_NONBLOCK) go on with F_SETFL; close-on-exec too.
+            // SAFETY: plain fcntl on the descriptor just received.
+            unsafe {
+                libc::fcntl(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    libc::F_SETFD,
+                    libc::FD_CLOEXEC,
+                )
+            };
+            Ok(fd)
+        }
+    }
+}

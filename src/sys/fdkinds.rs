@@ -138,6 +138,28 @@ pub fn inotify_init(flags: i32) -> Result<OwnedFd, Errno> {
     new_fd(unsafe { libc::inotify_init1(flags) })
 }
 
+/// `fanotify_init(flags, event_f_flags)`.
+pub fn fanotify_init(flags: u32, event_f_flags: u32) -> Result<OwnedFd, Errno> {
+    // SAFETY: fanotify_init takes no pointers.
+    new_fd(unsafe { libc::fanotify_init(flags, event_f_flags) })
+}
+
+/// `fanotify_mark(fd, flags, mask, AT_FDCWD, path)`.
+pub fn fanotify_mark(fd: impl AsFd, flags: u32, mask: u64, path: &str) -> Result<(), Errno> {
+    let p = CString::new(path).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: `p` is a NUL-terminated string valid for the call.
+    let r = unsafe {
+        libc::fanotify_mark(
+            fd.as_fd().as_raw_fd(),
+            flags,
+            mask,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+        )
+    };
+    check(r.into()).map(drop)
+}
+
 /// `inotify_add_watch(fd, path, mask)`: returns the watch descriptor.
 pub fn inotify_add_watch(fd: impl AsFd, path: &str, mask: u32) -> Result<i32, Errno> {
     let p = CString::new(path).map_err(|_| Errno::EINVAL)?;
@@ -293,8 +315,13 @@ pub fn open(path: &str, flags: i32) -> Result<OwnedFd, Errno> {
 
 /// `pidfd_open(pid, 0)`.
 pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
+    pidfd_open_flags(pid, 0)
+}
+
+/// `pidfd_open(pid, flags)` (`PIDFD_NONBLOCK` = `O_NONBLOCK`); the pidfd is close-on-exec.
+pub fn pidfd_open_flags(pid: i32, flags: u32) -> Result<OwnedFd, Errno> {
     // SAFETY: pidfd_open takes no pointers.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags as libc::c_uint) };
     new_fd(check(r)? as libc::c_int)
 }
 

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -629,37 +630,54 @@ static void locks_check(void) {
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "POSIX lock lost");
 }
 
-/* ---- a descriptor in flight (SCM_RIGHTS) ---- */
-static int sc_pair[2];
+/* ---- descriptors in flight (SCM_RIGHTS): a pipe's read end that only the queue holds,
+ * and a file the process still has open (one open file description: a shared offset) ---- */
+static int sc_pair[2], sc_file;
 static void scm_setup(void) {
     socketpair(AF_UNIX, SOCK_STREAM, 0, sc_pair);
     int p[2];
     pipe(p);
     write(p[1], "inflight", 8);
+    char fp[512];
+    path_of(fp, "scm.dat");
+    sc_file = open(fp, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    write(sc_file, "0123456789", 10);
+    lseek(sc_file, 2, SEEK_SET);
     char c = 'm';
     struct iovec io = { &c, 1 };
-    char cbuf[CMSG_SPACE(sizeof(int))];
+    char cbuf[CMSG_SPACE(2 * sizeof(int))];
     struct msghdr mh = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
     struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
     cm->cmsg_level = SOL_SOCKET;
     cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cm), &p[0], sizeof(int));
+    cm->cmsg_len = CMSG_LEN(2 * sizeof(int));
+    int two[2] = { p[0], sc_file };
+    memcpy(CMSG_DATA(cm), two, sizeof(two));
     sendmsg(sc_pair[0], &mh, 0);
+    write(sc_pair[0], "after", 5);
     close(p[0]);
     close(p[1]);
 }
 static void scm_check(void) {
     char c = 0;
     struct iovec io = { &c, 1 };
-    char cbuf[CMSG_SPACE(sizeof(int))];
+    char cbuf[CMSG_SPACE(2 * sizeof(int))];
     struct msghdr mh = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
     CHECK(recvmsg(sc_pair[1], &mh, MSG_DONTWAIT) == 1 && c == 'm', "message");
     struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-    int fd = -1;
-    if (cm && cm->cmsg_type == SCM_RIGHTS) memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+    int fds[2] = { -1, -1 };
+    if (cm && cm->cmsg_type == SCM_RIGHTS && cm->cmsg_len == CMSG_LEN(2 * sizeof(int)))
+        memcpy(fds, CMSG_DATA(cm), sizeof(fds));
+    CHECK(fds[0] >= 0 && fds[1] >= 0, "no descriptors came with the message");
     char b[8];
-    CHECK(fd >= 0 && read(fd, b, 8) == 8 && !memcmp(b, "inflight", 8), "the passed pipe");
+    CHECK(read(fds[0], b, 8) == 8 && !memcmp(b, "inflight", 8), "the passed pipe");
+    CHECK(read(fds[0], b, 8) == 0, "the passed pipe has a writer again");
+    CHECK(lseek(fds[1], 0, SEEK_CUR) == 2, "passed file offset %lld", (long long)lseek(fds[1], 0, SEEK_CUR));
+    lseek(sc_file, 7, SEEK_SET);
+    CHECK(lseek(fds[1], 0, SEEK_CUR) == 7, "the passed file is not the open one (offset not shared)");
+    CHECK(read(fds[1], b, 3) == 3 && !memcmp(b, "789", 3), "passed file content");
+    char rest[8] = { 0 };
+    CHECK(readn(sc_pair[1], rest, 5) == 5 && !memcmp(rest, "after", 5), "the data after the message");
 }
 
 /* ---- kinds refused by name: the controlling terminal, pidfds, fanotify ---- */
@@ -673,12 +691,68 @@ static void devtty_setup(void) {
     k_fd = open("/dev/tty", O_RDWR);
 }
 static void devtty_check(void) { CHECK(isatty(k_fd), "/dev/tty"); }
-static void pidfd_setup(void) { k_fd = syscall(SYS_pidfd_open, getpid(), 0); }
-static void pidfd_check(void) {
-    CHECK(k_fd >= 0 && syscall(SYS_pidfd_send_signal, k_fd, 0, NULL, 0) == 0, "pidfd");
+/* ---- pidfds: of itself, of a child (O_NONBLOCK; signalled and waited for through it after
+ * the restore), and of a child that had exited and been reaped (stays "exited") ---- */
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+#ifndef PIDFD_NONBLOCK
+#define PIDFD_NONBLOCK O_NONBLOCK
+#endif
+static int pf_kid_fd, pf_dead_fd;
+static pid_t pf_kid;
+static void pidfd_setup(void) {
+    k_fd = syscall(SYS_pidfd_open, getpid(), 0);
+    pf_kid = fork();
+    if (pf_kid == 0) { for (;;) pause(); }
+    pf_kid_fd = syscall(SYS_pidfd_open, pf_kid, PIDFD_NONBLOCK);
+    int p[2];
+    pipe(p);
+    pid_t d = fork();
+    if (d == 0) { char c; close(p[1]); read(p[0], &c, 1); _exit(3); }
+    close(p[0]);
+    pf_dead_fd = syscall(SYS_pidfd_open, d, 0);
+    close(p[1]);
+    waitpid(d, NULL, 0);
 }
-static void fanotify_setup(void) { k_fd = fanotify_init(FAN_CLASS_NOTIF, O_RDONLY); }
-static void fanotify_check(void) { CHECK(k_fd >= 0 && fcntl(k_fd, F_GETFD) >= 0, "fanotify"); }
+static void pidfd_check(void) {
+    CHECK(k_fd >= 0 && syscall(SYS_pidfd_send_signal, k_fd, 0, NULL, 0) == 0, "pidfd of itself: %s", strerror(errno));
+    CHECK(fcntl(pf_kid_fd, F_GETFL) & O_NONBLOCK, "the child's pidfd lost O_NONBLOCK");
+    struct pollfd q = { .fd = pf_kid_fd, .events = POLLIN };
+    CHECK(poll(&q, 1, 0) == 0, "the live child's pidfd says it exited");
+    CHECK(syscall(SYS_pidfd_send_signal, pf_kid_fd, SIGTERM, NULL, 0) == 0, "signal through the child's pidfd: %s", strerror(errno));
+    CHECK(poll(&q, 1, 5000) == 1, "the child's pidfd does not tell its exit");
+    siginfo_t si;
+    memset(&si, 0, sizeof(si));
+    CHECK(waitid((idtype_t)P_PIDFD, pf_kid_fd, &si, WEXITED) == 0 && si.si_pid == pf_kid && si.si_status == SIGTERM,
+          "waitid on the child's pidfd: pid %d status %d", si.si_pid, si.si_status);
+    struct pollfd qd = { .fd = pf_dead_fd, .events = POLLIN };
+    CHECK(pf_dead_fd >= 0 && poll(&qd, 1, 0) == 1, "the pidfd of the reaped child is not readable");
+    CHECK(syscall(SYS_pidfd_send_signal, pf_dead_fd, 0, NULL, 0) < 0 && errno == ESRCH, "the reaped child's pidfd reaches a process");
+}
+/* ---- fanotify: a group with an inode mark (FAN_MODIFY) on a file; after the restore a write
+ * to it is reported, with a descriptor of that file ---- */
+static char fa_path[512];
+static void fanotify_setup(void) {
+    path_of(fa_path, "fan.dat");
+    int f = open(fa_path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    close(f);
+    k_fd = fanotify_init(FAN_CLASS_NOTIF | FAN_NONBLOCK, O_RDONLY);
+    fanotify_mark(k_fd, FAN_MARK_ADD, FAN_MODIFY, AT_FDCWD, fa_path);
+}
+static void fanotify_check(void) {
+    CHECK(k_fd >= 0 && fcntl(k_fd, F_GETFD) >= 0, "fanotify fd");
+    struct fanotify_event_metadata ev[8];
+    CHECK(read(k_fd, ev, sizeof(ev)) < 0 && errno == EAGAIN, "an event before any write (or not O_NONBLOCK)");
+    int f = open(fa_path, O_WRONLY | O_APPEND);
+    write(f, "x", 1);
+    struct stat want, got;
+    fstat(f, &want);
+    close(f);
+    ssize_t n = read(k_fd, ev, sizeof(ev));
+    CHECK(n >= (ssize_t)sizeof(ev[0]) && (ev[0].mask & FAN_MODIFY), "no FAN_MODIFY event (%zd, %s)", n, strerror(errno));
+    CHECK(n > 0 && ev[0].fd >= 0 && fstat(ev[0].fd, &got) == 0 && got.st_ino == want.st_ino, "the event's file is not the marked one");
+}
 
 struct scenario { const char *name; void (*setup)(void); void (*check)(void); };
 static const struct scenario scenarios[] = {
