@@ -20,6 +20,7 @@ use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
 use prost::Message;
 use stasis::images::pb::{CriuFeatures, CriuOpts, CriuReq, CriuReqType, CriuResp};
 
+use common::counter::{count, counts_past, launch_counter};
 use common::dump::*;
 use common::lock::restore_lock;
 
@@ -150,46 +151,6 @@ fn failed(resp: &CriuResp, dir: &Path, log: &str) -> String {
         "{resp:?}\nlog:\n{}",
         std::fs::read_to_string(dir.join(log)).unwrap_or_default()
     )
-}
-
-/// A python counter in its own session: writes `n` to `out` every 50 ms.
-fn launch_counter(name: &str, base: i32, dir: &Path) -> (Workload, PathBuf) {
-    let out = dir.join("count");
-    let script = format!(
-        "import os, time\n\
-         n = 0\n\
-         while True:\n    n += 1\n    open('{o}.tmp', 'w').write(str(n))\n    \
-         os.rename('{o}.tmp', '{o}')\n    time.sleep(0.05)\n",
-        o = out.display()
-    );
-    std::fs::write(dir.join("count.py"), script).unwrap();
-    let w = launch_cmd(
-        name,
-        base,
-        &format!("setsid python3 {}", dir.join("count.py").display()),
-        &out,
-    );
-    (w, out)
-}
-
-fn count(out: &Path) -> u64 {
-    std::fs::read_to_string(out)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// Waits until the counter in `out` passes `n`.
-fn counts_past(out: &Path, n: u64, what: &str) {
-    let t0 = Instant::now();
-    while count(out) <= n + 2 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "{what}: counter stuck at {n}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -400,6 +361,11 @@ fn failures_are_answered() {
         assert_eq!(r.r#type, CriuReqType::Dump as i32);
         let msg = r.cr_errmsg.clone().unwrap_or_default();
         assert!(msg.contains(&pid.to_string()), "names the task: {r:?}");
+        assert_eq!(
+            r.cr_errno,
+            Some(libc::ESRCH),
+            "CRIU's errno for no such task"
+        );
         let log = std::fs::read_to_string(dir.join("dump.log")).unwrap();
         assert!(log.contains("Error ("), "an Error line in the log: {log}");
         assert_eq!(s.exit_status(), 1, "a failed request, not a crash");
