@@ -219,10 +219,58 @@ fn setup<T: VerbArgs>(
     peer: Peer,
     extra: &[&str],
 ) -> Result<T, Failure> {
+    let mut logged = false;
+    let r = setup_logged(verb_name, verb, o, peer, extra, &mut logged);
+    if let (Err(f), false) = (&r, logged) {
+        early_log(o, peer, &f.msg);
+    }
+    r
+}
+
+/// A failure before the log is set up still goes to the log file the client will read
+/// (runc shows it): `log_file` (or criu.log) in the work directory, else standard error.
+fn early_log(o: &CriuOpts, peer: Peer, msg: &str) {
+    let fd_dir = |fd: i32| std::path::PathBuf::from(format!("/proc/{}/fd/{fd}", peer.pid));
+    let dir = match (o.work_dir_fd, o.images_dir_fd, &o.images_dir) {
+        (Some(fd), _, _) => Some(fd_dir(fd)),
+        (None, fd, _) if fd != -1 => Some(fd_dir(fd)),
+        (None, _, Some(d)) => Some(d.into()),
+        _ => None,
+    };
+    let line = format!("Error (rpc): {msg}\n");
+    let name = o.log_file.as_deref().unwrap_or("criu.log");
+    let written = dir.filter(|_| !name.contains('/')).is_some_and(|d| {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join(name))
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .is_ok()
+    });
+    if !written {
+        eprint!("{line}");
+    }
+}
+
+fn setup_logged<T: VerbArgs>(
+    verb_name: &str,
+    verb: Verb,
+    o: &CriuOpts,
+    peer: Peer,
+    extra: &[&str],
+    logged: &mut bool,
+) -> Result<T, Failure> {
     let mut args = opts::to_args(verb_name, o, peer).map_err(Failure::opts)?;
     args.splice(2..2, extra.iter().map(OsString::from));
     let mut args = common::normalize_args(args).map_err(Failure::opts)?;
-    if let Some(f) = &o.config_file {
+    // A config file that does not exist is skipped, as CRIU does (runc always names
+    // /etc/criu/runc.conf).
+    if let Some(f) = o
+        .config_file
+        .as_ref()
+        .filter(|f| std::path::Path::new(f).exists())
+    {
         let conf = common::read_config(std::path::Path::new(f)).map_err(Failure::opts)?;
         opts::append_config(&mut args, &conf);
     }
@@ -244,6 +292,7 @@ fn setup<T: VerbArgs>(
             .map_err(|e| Failure::opts(format!("Can't chdir to work_dir {}: {e}", wd.display())))?;
     }
     c.init_logging().map_err(Failure::opts)?;
+    *logged = true;
     tracing::info!("RPC request: {}", display_args(&kept));
     common::check_parsed(c, &refused, verb).map_err(|e| {
         tracing::error!("{e}");
