@@ -24,9 +24,9 @@ use common::counter::{count, counts_past, launch_counter};
 use common::dump::*;
 use common::lock::restore_lock;
 
-/// A `stasis swrk` and our end of its socket.
+/// A `stasis swrk` and our end of its socket (or a connection to `stasis service`).
 struct Swrk {
-    child: Child,
+    child: Option<Child>,
     sk: OwnedFd,
 }
 
@@ -58,7 +58,26 @@ impl Swrk {
         }
         let child = cmd.spawn().unwrap();
         drop(theirs);
-        Swrk { child, sk: ours }
+        Swrk {
+            child: Some(child),
+            sk: ours,
+        }
+    }
+
+    /// A connection to `stasis service` at `path`.
+    fn connect(path: &Path) -> Swrk {
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        socket::connect(fd.as_raw_fd(), &socket::UnixAddr::new(path).unwrap()).unwrap();
+        Swrk {
+            child: None,
+            sk: fd,
+        }
     }
 
     fn send(&self, req: &CriuReq) {
@@ -104,12 +123,13 @@ impl Swrk {
         self.call_with(req, |_| true)
     }
 
-    /// Waits for the service to exit; its exit status.
-    fn exit_status(mut self) -> i32 {
+    /// Waits for `stasis swrk` to exit; its exit status.
+    fn exit_status(self) -> i32 {
         drop(self.sk);
+        let mut child = self.child.expect("a stasis swrk of ours");
         let t0 = Instant::now();
         loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
+            if let Some(st) = child.try_wait().unwrap() {
                 return st
                     .code()
                     .unwrap_or_else(|| panic!("stasis swrk killed: {st:?}"));
@@ -442,6 +462,116 @@ fn refused_notification_stops_the_dump_and_leaves_the_tree_running() {
         let n = count(&out);
         counts_past(&out, n, "after a refused post-dump");
         kill_cgroup(&w.cgroup);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+#[test]
+fn cpuinfo_dump_then_check() {
+    common::deadline::with_timeout(60, || {
+        let dir = scratch("cpuinfo");
+        let dir_fd = open_dir(&dir);
+        let s = Swrk::start();
+        let mut d = req(CriuReqType::CpuinfoDump, Some(opts(&dir_fd, "cpuinfo.log")));
+        d.keep_open = Some(true);
+        let (r, _) = s.call(&d);
+        assert!(r.success, "{}", failed(&r, &dir, "cpuinfo.log"));
+        assert_eq!(r.r#type, CriuReqType::CpuinfoDump as i32);
+        assert!(dir.join("cpuinfo.img").exists());
+        let (r, _) = s.call(&req(
+            CriuReqType::CpuinfoCheck,
+            Some(opts(&dir_fd, "cpuinfo-check.log")),
+        ));
+        assert!(r.success, "{}", failed(&r, &dir, "cpuinfo-check.log"));
+        assert_eq!(s.exit_status(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+#[test]
+fn page_server_request_then_dump_to_it() {
+    let _lock = restore_lock();
+    let base = 33500;
+    with_round_trip_deadline(90, cgroup_path("rpc-ps", base), move |_| {
+        let dir = scratch("ps");
+        let (w, _) = launch_counter("rpc-ps", base, &dir);
+        let (srv, local) = (dir.join("server"), dir.join("local"));
+        let (srv_fd, local_fd) = (open_dir(&srv), open_dir(&local));
+        let port = common::page_server::free_port();
+        let ps = |pid| stasis::images::pb::CriuPageServerInfo {
+            address: Some("127.0.0.1".into()),
+            port: Some(port as i32),
+            pid,
+            fd: None,
+        };
+        let mut o = opts(&srv_fd, "page-server.log");
+        o.ps = Some(ps(None));
+        let s = Swrk::start();
+        let (r, _) = s.call(&req(CriuReqType::PageServer, Some(o)));
+        assert!(r.success, "{}", failed(&r, &srv, "page-server.log"));
+        let info = r.ps.unwrap();
+        assert_eq!(info.port, Some(port as i32));
+        let server_pid = info.pid.expect("the page server's pid");
+        assert!(Path::new(&format!("/proc/{server_pid}")).exists());
+        assert_eq!(s.exit_status(), 0);
+
+        let mut o = opts(&local_fd, "dump.log");
+        o.pid = Some(w.pid);
+        o.leave_running = Some(true);
+        o.ps = Some(ps(None));
+        let s = Swrk::start();
+        let (r, _) = s.call(&req(CriuReqType::Dump, Some(o)));
+        assert!(r.success, "{}", failed(&r, &local, "dump.log"));
+        assert_eq!(s.exit_status(), 0);
+        // The pages went to the server; the rest stayed here.
+        assert!(srv.join(format!("pagemap-{}.img", w.pid)).exists());
+        assert!(!local.join(format!("pagemap-{}.img", w.pid)).exists());
+        assert!(local.join("pstree.img").exists());
+        wait_gone(&[server_pid], 10, "the page server after its session");
+        kill_cgroup(&w.cgroup);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+#[test]
+fn service_serves_each_connection() {
+    common::deadline::with_timeout(60, || {
+        let dir = scratch("service");
+        let sock = dir.join("criu.sock");
+        let mut service = Command::new(env!("CARGO_BIN_EXE_stasis"))
+            .args(["service", "--address"])
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while !sock.exists() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "no service socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for _ in 0..2 {
+            let c = Swrk::connect(&sock);
+            let (r, _) = c.call(&req(CriuReqType::Version, None));
+            assert!(r.success, "{r:?}");
+            assert_eq!(r.version.unwrap().major_number, 4);
+            assert!(
+                c.recv().is_none(),
+                "the session ends after a request without keep_open"
+            );
+        }
+        // rst_sibling needs the client to be our parent: swrk only, as CRIU.
+        let dir_fd = open_dir(&dir);
+        let mut o = opts(&dir_fd, "restore.log");
+        o.rst_sibling = Some(true);
+        let c = Swrk::connect(&sock);
+        let (r, _) = c.call(&req(CriuReqType::Restore, Some(o)));
+        assert!(!r.success);
+        assert!(r.cr_errmsg.unwrap().contains("rst_sibling"));
+        assert!(service.try_wait().unwrap().is_none(), "the service goes on");
+        service.kill().unwrap();
+        service.wait().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
