@@ -32,6 +32,11 @@ struct Swrk {
 
 impl Swrk {
     fn start() -> Swrk {
+        Swrk::start_as(Path::new(env!("CARGO_BIN_EXE_stasis")))
+    }
+
+    /// `PROGRAM swrk FD` (the stasis binary under another name: `criu`).
+    fn start_as(program: &Path) -> Swrk {
         let (ours, theirs) = socket::socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -40,7 +45,7 @@ impl Swrk {
         )
         .unwrap();
         let fd = theirs.as_raw_fd();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stasis"));
+        let mut cmd = Command::new(program);
         cmd.arg("swrk")
             .arg(fd.to_string())
             .stdin(Stdio::null())
@@ -186,7 +191,11 @@ fn scratch(name: &str) -> PathBuf {
 #[test]
 fn version_features_and_check() {
     common::deadline::with_timeout(60, || {
-        let s = Swrk::start();
+        // As libcriu and runc find it: a binary named criu (`ln -s stasis criu`).
+        let dir = scratch("as-criu");
+        let criu = dir.join("criu");
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_stasis"), &criu).unwrap();
+        let s = Swrk::start_as(&criu);
         let mut v = req(CriuReqType::Version, None);
         v.keep_open = Some(true);
         let (r, _) = s.call(&v);
@@ -215,6 +224,7 @@ fn version_features_and_check() {
         assert!(r.success, "{r:?}");
         assert_eq!(r.r#type, CriuReqType::Check as i32);
         assert_eq!(s.exit_status(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
     });
 }
 

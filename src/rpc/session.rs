@@ -33,7 +33,7 @@ use crate::cli::criu_options;
 const EBADRQC: i32 = 56;
 
 /// A failed request: what the response says.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Failure {
     /// `cr_errno` (0: none).
     errno: i32,
@@ -48,6 +48,25 @@ impl Failure {
             errno: EBADRQC,
             msg: msg.to_string(),
         }
+    }
+
+    /// [`Failure::opts`], once the log is set up: also an `Error` line of the log.
+    fn logged(msg: String) -> Self {
+        tracing::error!("{msg}");
+        Failure::opts(msg)
+    }
+}
+
+/// The hook points of a request with `notify_scripts` also notify the client.
+fn notifying(
+    scripts: crate::action_scripts::ActionScripts,
+    o: &CriuOpts,
+    conn: &Arc<Conn>,
+) -> crate::action_scripts::ActionScripts {
+    if o.notify_scripts == Some(true) {
+        scripts.with_notifier(Arc::new(RpcNotifier::new(conn.clone())))
+    } else {
+        scripts
     }
 }
 
@@ -294,10 +313,7 @@ fn setup_logged<T: VerbArgs>(
     c.init_logging().map_err(Failure::opts)?;
     *logged = true;
     tracing::info!("RPC request: {}", display_args(&kept));
-    common::check_parsed(c, &refused, verb).map_err(|e| {
-        tracing::error!("{e}");
-        Failure::opts(e)
-    })?;
+    common::check_parsed(c, &refused, verb).map_err(Failure::logged)?;
     Ok(a)
 }
 
@@ -445,15 +461,8 @@ fn dump(conn: &Arc<Conn>, req: &CriuReq, peer: Peer) -> bool {
 
 fn run_dump(conn: &Arc<Conn>, o: &CriuOpts, peer: Peer) -> Result<(), Failure> {
     let a: crate::cli::dump::DumpArgs = setup("dump", Verb::Dump, o, peer, &[])?;
-    let mut opts = a.prepare().map_err(|e| {
-        tracing::error!("{e}");
-        Failure::opts(e)
-    })?;
-    if o.notify_scripts == Some(true) {
-        opts.scripts = opts
-            .scripts
-            .with_notifier(Arc::new(RpcNotifier::new(conn.clone())));
-    }
+    let mut opts = a.prepare().map_err(Failure::logged)?;
+    opts.scripts = notifying(opts.scripts, o, conn);
     tracing::info!(
         "dumping tree {} into {}",
         opts.pid,
@@ -474,10 +483,7 @@ fn restore(conn: &Arc<Conn>, req: &CriuReq, peer: Peer) -> bool {
     let pid = result.as_ref().map_or(-1, |(root, _)| *root);
     let mut resp = answer(
         CriuReqType::Restore,
-        &result.as_ref().map(|_| ()).map_err(|f| Failure {
-            errno: f.errno,
-            msg: f.msg.clone(),
-        }),
+        &result.as_ref().map(|_| ()).map_err(Failure::clone),
     );
     resp.restore = Some(CriuRestoreResp { pid });
     let ok = send(conn, &resp);
@@ -496,15 +502,8 @@ type Restored = (i32, Option<Vec<OsString>>);
 fn run_restore(conn: &Arc<Conn>, o: &CriuOpts, peer: Peer) -> Result<Restored, Failure> {
     let a: crate::cli::restore::RestoreArgs =
         setup("restore", Verb::Restore, o, peer, &["--restore-detached"])?;
-    let mut opts = a.options().map_err(|e| {
-        tracing::error!("{e}");
-        Failure::opts(e)
-    })?;
-    if o.notify_scripts == Some(true) {
-        opts.scripts = opts
-            .scripts
-            .with_notifier(Arc::new(RpcNotifier::new(conn.clone())));
-    }
+    let mut opts = a.options().map_err(Failure::logged)?;
+    opts.scripts = notifying(opts.scripts, o, conn);
     let restored = crate::restore::restore(&opts).map_err(|e| {
         let errno = match &e {
             crate::restore::RestoreError::PidTaken { .. } => Some(libc::EEXIST),
