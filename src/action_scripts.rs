@@ -270,6 +270,56 @@ mod tests {
         assert_eq!(e.action, "post-dump");
     }
 
+    /// Records what it hears; refuses `refuse`.
+    #[derive(Debug)]
+    struct Recorder {
+        heard: std::sync::Mutex<Vec<(&'static str, Option<i32>)>>,
+        refuse: Action,
+    }
+
+    impl Notifier for Recorder {
+        fn notify(&self, action: Action, pid: Option<i32>) -> Result<(), String> {
+            self.heard.lock().unwrap().push((action.name(), pid));
+            if action == self.refuse {
+                return Err("no".into());
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn notifier_first_and_its_refusal_skips_the_scripts() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("log");
+        let a = script(
+            d.path(),
+            "a",
+            &format!("echo $CRTOOLS_SCRIPT_ACTION >> {}", log.display()),
+        );
+        let rec = Arc::new(Recorder {
+            heard: Default::default(),
+            refuse: Action::PostDump,
+        });
+        let s = ActionScripts::new(vec![a], d.path())
+            .unwrap()
+            .with_notifier(rec.clone());
+        s.run(Action::PreDump, Some(7)).unwrap();
+        s.run(Action::QueryExtFiles, Some(7)).unwrap();
+        let e = s.run(Action::PostDump, Some(7)).unwrap_err();
+        assert_eq!((e.action, e.status.as_str()), ("post-dump", "no"));
+        assert_eq!(
+            *rec.heard.lock().unwrap(),
+            [
+                ("pre-dump", Some(7)),
+                ("query-ext-files", Some(7)),
+                ("post-dump", Some(7))
+            ]
+        );
+        // The script ran for pre-dump only: query-ext-files is the notifier's alone, and
+        // the refused post-dump stopped before the scripts.
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "pre-dump\n");
+    }
+
     #[test]
     fn status_fd_gets_one_zero_byte_then_eof() {
         let (r, w) = nix::unistd::pipe().unwrap();

@@ -385,6 +385,8 @@ fn failures_are_answered() {
         gone.wait().unwrap();
         let mut o = opts(&dir_fd, "dump.log");
         o.pid = Some(pid);
+        // runc always names /etc/criu/runc.conf; one that does not exist is skipped.
+        o.config_file = Some(dir.join("absent.conf").to_string_lossy().into_owned());
         let s = Swrk::start();
         let (r, _) = s.call(&req(CriuReqType::Dump, Some(o)));
         assert!(!r.success);
@@ -415,6 +417,24 @@ fn failures_are_answered() {
             "{r:?}"
         );
         assert_eq!(r.cr_errno, Some(56), "EBADRQC, as CRIU");
+        assert_eq!(s.exit_status(), 1);
+
+        // The request's config file is read after its options (so it overrides them).
+        let conf = dir.join("rpc.conf");
+        std::fs::write(&conf, "# as runc.conf\nlazy-pages\n").unwrap();
+        let mut o = opts(&dir_fd, "dump3.log");
+        o.pid = Some(std::process::id() as i32);
+        o.config_file = Some(conf.to_string_lossy().into_owned());
+        let s = Swrk::start();
+        let (r, _) = s.call(&req(CriuReqType::Dump, Some(o)));
+        assert!(!r.success);
+        assert!(
+            r.cr_errmsg
+                .as_deref()
+                .unwrap_or("")
+                .contains("--lazy-pages"),
+            "{r:?}"
+        );
         assert_eq!(s.exit_status(), 1);
 
         // Neither images_dir_fd nor images_dir.
