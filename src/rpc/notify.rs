@@ -51,6 +51,12 @@ impl Notifier for RpcNotifier {
         if answer.r#type != CriuReqType::Notify as i32 || answer.notify_success != Some(true) {
             return Err("RPC client reported script error".into());
         }
+        // CRIU adds the externals a client returns to query-ext-files; the kinds a client
+        // would name there (files, ttys, unix sockets) are not built, so they are named in
+        // the log and the dump goes on as if absent (what they concern is refused by name).
+        for key in answer.opts.iter().flat_map(|o| o.external.iter()) {
+            tracing::warn!("{}: external object {key} is ignored", action.name());
+        }
         Ok(())
     }
 }
