@@ -70,6 +70,21 @@ fn notifying(
     }
 }
 
+/// Runs a request's work; a panic in it becomes a failed answer instead of a session that
+/// ends without one.
+fn guarded<T>(work: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        let msg = format!("internal error: {what}");
+        tracing::error!("{msg}");
+        Err(Failure { errno: 0, msg })
+    })
+}
+
 fn answer(ty: CriuReqType, result: &Result<(), Failure>) -> CriuResp {
     let mut r = CriuResp {
         r#type: ty as i32,
@@ -120,15 +135,15 @@ pub fn serve(conn: Conn, swrk: bool) -> i32 {
         let ok = match ty {
             CriuReqType::Version => send(&conn, &version()),
             CriuReqType::FeatureCheck => send(&conn, &feature_check(&req)),
-            CriuReqType::Check => send(&conn, &answer(ty, &check())),
+            CriuReqType::Check => send(&conn, &answer(ty, &guarded(check))),
             CriuReqType::CpuinfoDump | CriuReqType::CpuinfoCheck => {
                 let o = req.opts.clone().unwrap_or_default();
-                in_worker(&conn, ty, || answer(ty, &cpuinfo(ty, &o, peer)))
+                in_worker(&conn, ty, || answer(ty, &guarded(|| cpuinfo(ty, &o, peer))))
             }
             CriuReqType::PreDump => pre_dump_chain(&conn, req, peer),
             CriuReqType::SinglePreDump => {
                 let o = req.opts.clone().unwrap_or_default();
-                in_worker(&conn, ty, || answer(ty, &pre_dump(&o, peer)))
+                in_worker(&conn, ty, || answer(ty, &guarded(|| pre_dump(&o, peer))))
             }
             CriuReqType::Dump => dump(&conn, &req, peer),
             CriuReqType::Restore => restore(&conn, &req, peer),
@@ -411,7 +426,7 @@ fn pre_dump_chain(conn: &Arc<Conn>, first: CriuReq, peer: Peer) -> bool {
     loop {
         let o = req.opts.clone().unwrap_or_default();
         let ty = CriuReqType::PreDump;
-        if !in_worker(conn, ty, || answer(ty, &pre_dump(&o, peer))) {
+        if !in_worker(conn, ty, || answer(ty, &guarded(|| pre_dump(&o, peer)))) {
             return false;
         }
         req = match conn.recv_req() {
@@ -447,7 +462,7 @@ fn pre_dump(o: &CriuOpts, peer: Peer) -> Result<(), Failure> {
 fn dump(conn: &Arc<Conn>, req: &CriuReq, peer: Peer) -> bool {
     let o = req.opts.clone().unwrap_or_default();
     let self_dump = o.pid.unwrap_or(0) == 0;
-    let result = run_dump(conn, &o, peer);
+    let result = guarded(|| run_dump(conn, &o, peer));
     let ok = result.is_ok();
     if o.leave_running == Some(true) || !self_dump || !ok {
         let mut resp = answer(CriuReqType::Dump, &result);
@@ -479,7 +494,7 @@ fn run_dump(conn: &Arc<Conn>, o: &CriuOpts, peer: Peer) -> Result<(), Failure> {
 /// then becomes that command.
 fn restore(conn: &Arc<Conn>, req: &CriuReq, peer: Peer) -> bool {
     let o = req.opts.clone().unwrap_or_default();
-    let result = run_restore(conn, &o, peer);
+    let result = guarded(|| run_restore(conn, &o, peer));
     let pid = result.as_ref().map_or(-1, |(root, _)| *root);
     let mut resp = answer(
         CriuReqType::Restore,
