@@ -188,6 +188,25 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// Under the restore lock and a deadline: a counter workload `name` (launched in a scratch
+/// directory) for `body(dir, workload, counter file, restored pids)`; its cgroup is killed and
+/// the directory removed afterwards.
+fn with_counter(
+    name: &'static str,
+    base: i32,
+    secs: u64,
+    body: impl FnOnce(&Path, &mut Workload, &Path, Restored) + Send + 'static,
+) {
+    let _lock = restore_lock();
+    with_round_trip_deadline(secs, cgroup_path(name, base), move |restored| {
+        let dir = scratch(name);
+        let (mut w, out) = launch_counter(name, base, &dir);
+        body(&dir, &mut w, &out, restored);
+        kill_cgroup(&w.cgroup);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
 #[test]
 fn version_features_and_check() {
     common::deadline::with_timeout(60, || {
@@ -230,12 +249,7 @@ fn version_features_and_check() {
 
 #[test]
 fn dump_left_running_then_killed_then_restored_with_notifications() {
-    let _lock = restore_lock();
-    let base = 33100;
-    with_round_trip_deadline(120, cgroup_path("rpc-counter", base), move |restored| {
-        let dir = scratch("rt");
-        let (mut w, out) = launch_counter("rpc-counter", base, &dir);
-
+    with_counter("rpc-counter", 33100, 120, |dir, w, out, restored| {
         // DUMP, left running: pre-dump, query-ext-files, post-dump, then the answer.
         let running = dir.join("running");
         let running_fd = open_dir(&running);
@@ -257,8 +271,8 @@ fn dump_left_running_then_killed_then_restored_with_notifications() {
             running.join("dump.log").exists(),
             "the log is in the work directory"
         );
-        let n = count(&out);
-        counts_past(&out, n, "left running");
+        let n = count(out);
+        counts_past(out, n, "left running");
 
         // DUMP, killed.
         let images = dir.join("img");
@@ -270,8 +284,8 @@ fn dump_left_running_then_killed_then_restored_with_notifications() {
         assert!(r.success, "{}", failed(&r, &images, "dump.log"));
         assert!(seen.is_empty(), "no notifications unless asked: {seen:?}");
         assert_eq!(s.exit_status(), 0);
-        let before = count(&out);
-        reap_dumped(&mut w);
+        let before = count(out);
+        reap_dumped(w);
         let pids = pids_of(&images);
         *restored.lock().unwrap() = pids.clone();
 
@@ -285,7 +299,7 @@ fn dump_left_running_then_killed_then_restored_with_notifications() {
         let (r, seen) = s.call_with(&req(CriuReqType::Restore, Some(o)), |script| {
             if script == "post-restore" {
                 // Restored but not yet resumed: the counter has not moved.
-                root_ran_at_post_restore = Some(count(&out) != before);
+                root_ran_at_post_restore = Some(count(out) != before);
             }
             true
         });
@@ -304,7 +318,7 @@ fn dump_left_running_then_killed_then_restored_with_notifications() {
         assert_eq!(root_ran_at_post_restore, Some(false));
         assert_eq!(s.exit_status(), 0);
         // It counts on from where it was, as our child.
-        counts_past(&out, before, "restored");
+        counts_past(out, before, "restored");
         let ppid = std::fs::read_to_string(format!("/proc/{}/stat", w.pid))
             .unwrap()
             .rsplit(')')
@@ -322,18 +336,12 @@ fn dump_left_running_then_killed_then_restored_with_notifications() {
         );
         kill_pids(&pids);
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(w.pid), None);
-        kill_cgroup(&w.cgroup);
-        let _ = std::fs::remove_dir_all(&dir);
     });
 }
 
 #[test]
 fn pre_dump_then_dump_in_one_session() {
-    let _lock = restore_lock();
-    let base = 33200;
-    with_round_trip_deadline(120, cgroup_path("rpc-chain", base), move |_| {
-        let dir = scratch("chain");
-        let (w, out) = launch_counter("rpc-chain", base, &dir);
+    with_counter("rpc-chain", 33200, 120, |dir, w, out, _| {
         let pre = dir.join("pre");
         let pre_fd = open_dir(&pre);
         let fin = dir.join("final");
@@ -348,8 +356,8 @@ fn pre_dump_then_dump_in_one_session() {
         assert!(pre
             .join("pagemap-".to_string() + &w.pid.to_string() + ".img")
             .exists());
-        let n = count(&out);
-        counts_past(&out, n, "after the pre-dump");
+        let n = count(out);
+        counts_past(out, n, "after the pre-dump");
 
         let mut o = opts(&fin_fd, "dump.log");
         o.pid = Some(w.pid);
@@ -369,8 +377,6 @@ fn pre_dump_then_dump_in_one_session() {
             pagemap.to_string().to_lowercase().contains("parent"),
             "no page of the final dump is in the parent: {pagemap}"
         );
-        kill_cgroup(&w.cgroup);
-        let _ = std::fs::remove_dir_all(&dir);
     });
 }
 
@@ -466,11 +472,7 @@ fn failures_are_answered() {
 
 #[test]
 fn refused_notification_stops_the_dump_and_leaves_the_tree_running() {
-    let _lock = restore_lock();
-    let base = 33300;
-    with_round_trip_deadline(60, cgroup_path("rpc-refuse", base), move |_| {
-        let dir = scratch("refuse");
-        let (w, out) = launch_counter("rpc-refuse", base, &dir);
+    with_counter("rpc-refuse", 33300, 60, |dir, w, out, _| {
         let img = dir.join("img");
         let img_fd = open_dir(&img);
         let mut o = opts(&img_fd, "dump.log");
@@ -489,10 +491,8 @@ fn refused_notification_stops_the_dump_and_leaves_the_tree_running() {
         assert_eq!(names, ["pre-dump", "query-ext-files", "post-dump"]);
         assert_eq!(s.exit_status(), 1);
         // CRIU: a refused post-dump resumes the tree, whatever leave_running says.
-        let n = count(&out);
-        counts_past(&out, n, "after a refused post-dump");
-        kill_cgroup(&w.cgroup);
-        let _ = std::fs::remove_dir_all(&dir);
+        let n = count(out);
+        counts_past(out, n, "after a refused post-dump");
     });
 }
 
@@ -520,11 +520,7 @@ fn cpuinfo_dump_then_check() {
 
 #[test]
 fn page_server_request_then_dump_to_it() {
-    let _lock = restore_lock();
-    let base = 33500;
-    with_round_trip_deadline(90, cgroup_path("rpc-ps", base), move |_| {
-        let dir = scratch("ps");
-        let (w, _) = launch_counter("rpc-ps", base, &dir);
+    with_counter("rpc-ps", 33500, 90, |dir, w, _, _| {
         let (srv, local) = (dir.join("server"), dir.join("local"));
         let (srv_fd, local_fd) = (open_dir(&srv), open_dir(&local));
         let port = common::page_server::free_port();
@@ -558,8 +554,6 @@ fn page_server_request_then_dump_to_it() {
         assert!(!local.join(format!("pagemap-{}.img", w.pid)).exists());
         assert!(local.join("pstree.img").exists());
         wait_gone(&[server_pid], 10, "the page server after its session");
-        kill_cgroup(&w.cgroup);
-        let _ = std::fs::remove_dir_all(&dir);
     });
 }
 
