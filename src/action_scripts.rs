@@ -23,7 +23,13 @@
 //! ```
 //!
 //! `network-lock`/`network-unlock` run only for trees with their own network namespace,
-//! which stasis neither dumps nor restores, so they never run (as with CRIU for such trees).
+//! which stasis neither dumps nor restores, so they never run (as with CRIU for such trees);
+//! so do `setup-namespaces`/`post-setup-namespaces` at restore.
+//!
+//! The same hook points also feed a [`Notifier`] when one is attached (CRIU's RPC
+//! `notify_scripts`: a NOTIFY message to the RPC client, answered before the engine goes on).
+//! As with CRIU, the notifier is asked first and the scripts run only if it agreed;
+//! `query-ext-files` (the dump, once the tree is frozen) goes to the notifier alone.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -41,7 +47,11 @@ pub enum Action {
     PostResume,
     NetworkLock,
     NetworkUnlock,
+    SetupNamespaces,
+    PostSetupNamespaces,
+    OrphanPtsMaster,
     StatusReady,
+    QueryExtFiles,
 }
 
 impl Action {
@@ -56,9 +66,26 @@ impl Action {
             Action::PostResume => "post-resume",
             Action::NetworkLock => "network-lock",
             Action::NetworkUnlock => "network-unlock",
+            Action::SetupNamespaces => "setup-namespaces",
+            Action::PostSetupNamespaces => "post-setup-namespaces",
+            Action::OrphanPtsMaster => "orphan-pts-master",
             Action::StatusReady => "status-ready",
+            Action::QueryExtFiles => "query-ext-files",
         }
     }
+
+    /// Stages only a [`Notifier`] hears (CRIU runs no script for them).
+    fn notifier_only(self) -> bool {
+        matches!(self, Action::QueryExtFiles | Action::OrphanPtsMaster)
+    }
+}
+
+/// Another listener of the hook points: told of each stage before the scripts run, it may
+/// stop the engine there by failing (CRIU's RPC notifications; see `crate::rpc`).
+pub trait Notifier: std::fmt::Debug + Send + Sync {
+    /// `action` is reached; `pid` is the tree's root once there is one. `Err` says why the
+    /// listener refused.
+    fn notify(&self, action: Action, pid: Option<i32>) -> Result<(), String>;
 }
 
 /// A script that could not run or did not exit 0.
@@ -79,6 +106,8 @@ pub struct ActionScripts {
     scripts: Vec<PathBuf>,
     /// The images directory, held open for `CRTOOLS_IMAGE_DIR` (None: no scripts).
     dir: Option<Arc<OwnedFd>>,
+    /// Told of every stage before the scripts (None: scripts only).
+    notifier: Option<Arc<dyn Notifier>>,
 }
 
 impl ActionScripts {
@@ -96,17 +125,39 @@ impl ActionScripts {
         Ok(ActionScripts {
             scripts,
             dir: Some(Arc::new(dir.into())),
+            notifier: None,
         })
     }
 
-    /// No script given.
-    pub fn is_empty(&self) -> bool {
-        self.scripts.is_empty()
+    /// The same scripts, with `notifier` told of each stage first.
+    pub fn with_notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
+        self.notifier = Some(notifier);
+        self
     }
 
-    /// Runs every script for `action`; the first failure is returned once all have run (CRIU
-    /// runs them all and fails if any failed).
+    /// No script given and no notifier.
+    pub fn is_empty(&self) -> bool {
+        self.scripts.is_empty() && self.notifier.is_none()
+    }
+
+    /// Tells the notifier, then runs every script for `action`; the first failure is returned
+    /// once all have run (CRIU runs them all and fails if any failed). A notifier's refusal
+    /// stops there, without running the scripts (as CRIU's RPC mode).
     pub fn run(&self, action: Action, init_pid: Option<i32>) -> Result<(), ScriptError> {
+        if let Some(n) = &self.notifier {
+            tracing::debug!("notifying {}", action.name());
+            n.notify(action, init_pid).map_err(|status| {
+                tracing::error!("{} notification: {status}", action.name());
+                ScriptError {
+                    action: action.name(),
+                    script: PathBuf::from("(RPC client)"),
+                    status,
+                }
+            })?;
+        }
+        if action.notifier_only() {
+            return Ok(());
+        }
         let mut first_err = None;
         for script in self.scripts.iter().rev() {
             tracing::debug!("running {} script {}", action.name(), script.display());
@@ -217,6 +268,56 @@ mod tests {
         let e = s.run(Action::PostDump, None).unwrap_err();
         assert_eq!(e.status, "exited with 3");
         assert_eq!(e.action, "post-dump");
+    }
+
+    /// Records what it hears; refuses `refuse`.
+    #[derive(Debug)]
+    struct Recorder {
+        heard: std::sync::Mutex<Vec<(&'static str, Option<i32>)>>,
+        refuse: Action,
+    }
+
+    impl Notifier for Recorder {
+        fn notify(&self, action: Action, pid: Option<i32>) -> Result<(), String> {
+            self.heard.lock().unwrap().push((action.name(), pid));
+            if action == self.refuse {
+                return Err("no".into());
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn notifier_first_and_its_refusal_skips_the_scripts() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("log");
+        let a = script(
+            d.path(),
+            "a",
+            &format!("echo $CRTOOLS_SCRIPT_ACTION >> {}", log.display()),
+        );
+        let rec = Arc::new(Recorder {
+            heard: Default::default(),
+            refuse: Action::PostDump,
+        });
+        let s = ActionScripts::new(vec![a], d.path())
+            .unwrap()
+            .with_notifier(rec.clone());
+        s.run(Action::PreDump, Some(7)).unwrap();
+        s.run(Action::QueryExtFiles, Some(7)).unwrap();
+        let e = s.run(Action::PostDump, Some(7)).unwrap_err();
+        assert_eq!((e.action, e.status.as_str()), ("post-dump", "no"));
+        assert_eq!(
+            *rec.heard.lock().unwrap(),
+            [
+                ("pre-dump", Some(7)),
+                ("query-ext-files", Some(7)),
+                ("post-dump", Some(7))
+            ]
+        );
+        // The script ran for pre-dump only: query-ext-files is the notifier's alone, and
+        // the refused post-dump stopped before the scripts.
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "pre-dump\n");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`pages`]: the page pipeline (sinks, packed streams, the page-server protocol);
 //! - [`dump`] and [`restore`]: the engines ([`regs_image`]: the register conversion both
 //!   share; [`cpuinfo`]: the CPU record and check of `--cpu-cap`);
+//! - [`rpc`]: CRIU's RPC (`criu swrk`, `criu service`) over the same options and engines;
 //! - [`cli`]: the criu-compatible command line (the `stasis` binary is a thin wrapper).
 //!
 //! The image format lives in its own crate, re-exported as [`images`].
@@ -25,6 +26,7 @@ pub mod parasite;
 pub mod proc;
 pub mod regs_image;
 pub mod restore;
+pub mod rpc;
 pub mod sys;
 /// Where the fixtures are, for unit tests (the integration tests' `tests/common/fixtures.rs`).
 #[cfg(test)]

@@ -193,6 +193,18 @@ pub fn normalize_args(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
 /// errors name both (`stasis dump ...`, `criu restore ...`). `Err` carries the exit status
 /// after clap printed help (0) or an error naming the offending option (1).
 pub fn parse_verb<T: clap::Parser>(args: &[OsString]) -> Result<T, i32> {
+    try_parse_verb(args).map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            1
+        } else {
+            0
+        }
+    })
+}
+
+/// [`parse_verb`] without printing: the clap error (help requests included) is returned.
+pub fn try_parse_verb<T: clap::Parser>(args: &[OsString]) -> Result<T, clap::Error> {
     let program = args
         .first()
         .and_then(|a| Path::new(a).file_name())
@@ -202,28 +214,19 @@ pub fn parse_verb<T: clap::Parser>(args: &[OsString]) -> Result<T, i32> {
         .get(1)
         .map(|v| v.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let print = |e: clap::Error| {
-        let _ = e.print();
-        if e.use_stderr() {
-            1
-        } else {
-            0
-        }
-    };
     let matches = T::command()
         .bin_name(format!("{program} {verb}"))
         // getopt's rule: a repeated single-valued option takes its last value.
         .args_override_self(true)
         .after_help(super::criu_options::refused_help())
-        .try_get_matches_from(args.iter().skip(1))
-        .map_err(print)?;
-    T::from_arg_matches(&matches).map_err(print)
+        .try_get_matches_from(args.iter().skip(1))?;
+    T::from_arg_matches(&matches)
 }
 
 /// Reads one config file as CRIU does: each non-empty, non-comment line is `option [value]`
 /// (the option without dashes, the value bare or in double quotes with `\"` escapes, a `#`
 /// comment after it); anything more on a line is an error naming the file and line.
-fn read_config(path: &Path) -> Result<Vec<OsString>, String> {
+pub fn read_config(path: &Path) -> Result<Vec<OsString>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
     let mut args = Vec::new();
@@ -301,15 +304,20 @@ pub fn start<T: VerbArgs>(args: &[OsString], verb: Verb) -> Result<T, i32> {
         eprintln!("Error: {e}");
         return Err(1);
     }
-    if let Some(e) = refused.first() {
+    if let Err(e) = check_parsed(common, &refused, verb) {
         report(common, e);
         return Err(1);
     }
-    if let Err(e) = common.criu.check(verb) {
-        report(common, &e);
-        return Err(1);
-    }
     Ok(a)
+}
+
+/// After parsing: the first option refused as not built yet, else the first value `verb`
+/// cannot honour (the command line and the RPC server).
+pub fn check_parsed(common: &CommonArgs, refused: &[String], verb: Verb) -> Result<(), String> {
+    if let Some(e) = refused.first() {
+        return Err(e.clone());
+    }
+    common.criu.check(verb)
 }
 
 /// Reports an error the way CRIU does, as an `Error (file:line): ...` line of the log; when

@@ -158,40 +158,38 @@ impl DumpArgs {
     }
 }
 
+impl DumpArgs {
+    /// Everything before the engine runs: the engine's options with the page pipeline's,
+    /// and `cpuinfo.img` when `--cpu-cap` asks for it (the command line and the RPC server).
+    pub fn prepare(&self) -> Result<DumpOptions, String> {
+        let mut opts = self.options()?;
+        let cpu_cap = self.common.criu.cpu_cap.clone().map(Some);
+        crate::cpuinfo::option_caps(&cpu_cap)
+            .and_then(|caps| match caps & crate::cpuinfo::CAP_IMAGE {
+                0 => Ok(()),
+                _ => crate::cpuinfo::write(&opts.images_dir),
+            })
+            .map_err(|e| e.to_string())?;
+        let (ps, pack) = self.page_options()?;
+        opts.page_server = ps;
+        opts.pack = pack;
+        Ok(opts)
+    }
+}
+
 /// `stasis dump ...`: `args[1]` is "dump"; returns the exit status.
 pub fn run(args: Vec<OsString>) -> i32 {
     let a: DumpArgs = match common::start(&args, Verb::Dump) {
         Ok(a) => a,
         Err(status) => return status,
     };
-    let mut opts = match a.options() {
+    let opts = match a.prepare() {
         Ok(o) => o,
         Err(e) => {
             common::report(&a.common, e);
             return 1;
         }
     };
-    let cpu_cap = a.common.criu.cpu_cap.clone().map(Some);
-    let cpu_caps = crate::cpuinfo::option_caps(&cpu_cap).and_then(|caps| {
-        match caps & crate::cpuinfo::CAP_IMAGE {
-            0 => Ok(()),
-            _ => crate::cpuinfo::write(&opts.images_dir),
-        }
-    });
-    if let Err(e) = cpu_caps {
-        common::report(&a.common, e);
-        return 1;
-    }
-    match a.page_options() {
-        Ok((ps, pack)) => {
-            opts.page_server = ps;
-            opts.pack = pack;
-        }
-        Err(e) => {
-            common::report(&a.common, e);
-            return 1;
-        }
-    }
     tracing::info!(
         "dumping tree {} into {}",
         opts.pid,

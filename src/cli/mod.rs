@@ -25,6 +25,7 @@ pub mod log;
 pub mod page_server;
 pub mod predump;
 pub mod restore;
+pub mod swrk;
 
 /// A verb of the command line.
 struct Verb {
@@ -74,6 +75,16 @@ const VERBS: &[Verb] = &[
         name: "check",
         about: "check which kernel features the engine can use here",
         run: check::run,
+    },
+    Verb {
+        name: "swrk",
+        about: "serve CRIU's RPC on the inherited socket FD (runc, crun, libcriu)",
+        run: swrk::run_swrk,
+    },
+    Verb {
+        name: "service",
+        about: "serve CRIU's RPC on a unix socket (--address PATH)",
+        run: swrk::run_service,
     },
 ];
 

@@ -15,17 +15,50 @@ use crate::restore::{self, RestoreOptions};
 /// Options of `restore` (all of them shared: CRIU has one option table).
 #[derive(Debug, Parser)]
 #[command(name = "restore", about = "restore a process tree from images")]
-struct RestoreArgs {
+pub struct RestoreArgs {
     #[command(flatten)]
-    common: CommonArgs,
+    pub common: CommonArgs,
     /// Key file of encrypted pages (stasis extension)
     #[arg(long = "encrypt-key", value_name = "FILE")]
-    encrypt_key: Option<std::path::PathBuf>,
+    pub encrypt_key: Option<std::path::PathBuf>,
 }
 
 impl common::VerbArgs for RestoreArgs {
     fn common(&self) -> &CommonArgs {
         &self.common
+    }
+}
+
+impl RestoreArgs {
+    /// The engine's options, once the images are checked against the cgroup options and
+    /// this CPU against `cpuinfo.img` (the command line and the RPC server).
+    pub fn options(&self) -> Result<RestoreOptions, String> {
+        let common = &self.common;
+        let c = &common.criu;
+        let images_dir = common.images_dir();
+        c.check_images(&images_dir)?;
+        let scripts =
+            crate::action_scripts::ActionScripts::new(c.action_script.clone(), &images_dir)
+                .map_err(|e| e.to_string())?;
+        let opts = RestoreOptions {
+            images_dir,
+            detached: c.restore_detached,
+            pidfile: common.pidfile.clone(),
+            shell_job: c.shell_job,
+            tcp_established: c.tcp_established,
+            ext_unix_sk: c.ext_unix_sk.is_some(),
+            timeout: common.timeout(),
+            scripts,
+            sibling: c.restore_sibling,
+            tcp_close: c.tcp_close,
+            cgroups_ignore: c.cgroup_mode() == "ignore",
+            root: c.root.clone(),
+            encrypt_key: self.encrypt_key.clone(),
+        };
+        crate::cpuinfo::option_caps(&c.cpu_cap.clone().map(Some))
+            .and_then(|caps| crate::cpuinfo::check_dir(&opts.images_dir, caps))
+            .map_err(|e| e.to_string())?;
+        Ok(opts)
     }
 }
 
@@ -37,40 +70,13 @@ pub fn run(args: Vec<OsString>) -> i32 {
     };
     let common = &parsed.common;
     let c = &common.criu;
-    let images_dir = common.images_dir();
-    if let Err(e) = c.check_images(&images_dir) {
-        common::report(common, e);
-        return 1;
-    }
-    let scripts =
-        match crate::action_scripts::ActionScripts::new(c.action_script.clone(), &images_dir) {
-            Ok(s) => s,
-            Err(e) => {
-                common::report(common, e);
-                return 1;
-            }
-        };
-    let opts = RestoreOptions {
-        images_dir,
-        detached: c.restore_detached,
-        pidfile: common.pidfile.clone(),
-        shell_job: c.shell_job,
-        tcp_established: c.tcp_established,
-        ext_unix_sk: c.ext_unix_sk.is_some(),
-        timeout: common.timeout(),
-        scripts,
-        sibling: c.restore_sibling,
-        tcp_close: c.tcp_close,
-        cgroups_ignore: c.cgroup_mode() == "ignore",
-        root: c.root.clone(),
-        encrypt_key: parsed.encrypt_key.clone(),
+    let opts = match parsed.options() {
+        Ok(o) => o,
+        Err(e) => {
+            common::report(common, e);
+            return 1;
+        }
     };
-    let cpu_ok = crate::cpuinfo::option_caps(&c.cpu_cap.clone().map(Some))
-        .and_then(|caps| crate::cpuinfo::check_dir(&opts.images_dir, caps));
-    if let Err(e) = cpu_ok {
-        common::report(common, e);
-        return 1;
-    }
     let restored = match restore::restore(&opts) {
         Ok(r) => r,
         Err(e) => {

@@ -688,6 +688,10 @@ fn dump_frozen(
         tree::check_file_locks(&tree)?;
     }
     prof.record("collect-tree", "phase", 0, t);
+    // CRIU asks an RPC client for more external resources once the tree is frozen.
+    opts.scripts
+        .run(Action::QueryExtFiles, Some(opts.pid))
+        .map_err(|e| DumpError::new("query-ext-files", opts.pid, None, e.to_string()))?;
     let mut files = Files::new();
     files.ghost_limit = opts.ghost_limit;
     files.link_remap = opts.link_remap;

@@ -26,3 +26,29 @@ pub fn daemonize() -> Result<Option<i32>, Errno> {
         }
     }
 }
+
+/// Forks a worker that shares everything with its parent (CRIU's service forks one per
+/// request it isolates): the parent gets `Some(child pid)`, the child `None`.
+///
+/// The caller must be single-threaded.
+pub fn fork_worker() -> Result<Option<i32>, Errno> {
+    // SAFETY: the caller is single-threaded (the RPC service between requests), so the
+    // child may run arbitrary code after the fork.
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => Ok(Some(child.as_raw())),
+        ForkResult::Child => Ok(None),
+    }
+}
+
+/// SIGCHLD ignored (`true`: children are reaped by the kernel, never waited for) or back to
+/// its default disposition (`false`).
+pub fn reap_children_automatically(on: bool) {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    let h = if on {
+        SigHandler::SigIgn
+    } else {
+        SigHandler::SigDfl
+    };
+    // SAFETY: SIG_IGN and SIG_DFL install no handler code.
+    let _ = unsafe { signal(Signal::SIGCHLD, h) };
+}

@@ -1,6 +1,7 @@
 //! Support shared by every test binary (`mod common;`), one module per concern:
 //!
 //! ```text
+//! counter   a Python counter in its own session (RPC and round-trip tests)
 //! crit      Debian's crit, the independent decoder (also used by the images crate's tests)
 //! fixtures  where the CRIU 4.2 fixtures are (also used by the images crate's tests)
 //! lock      the cross-process lock of tests that restore or use fixed PIDs
@@ -15,6 +16,7 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod counter;
 pub mod crit;
 pub mod deadline;
 pub mod dump;
