@@ -465,3 +465,145 @@ fn check_names_the_tracking_method() {
     // This kernel has no soft-dirty: userfaultfd write-protect it is.
     assert!(text.contains("method: uffd-wp-async"), "{text}");
 }
+
+/// STASIS_CRIU, or None after saying on the test output (past the capture) that the test is
+/// skipped.
+fn criu_or_skip(test: &str) -> Option<PathBuf> {
+    use std::io::Write;
+    let p = std::env::var_os("STASIS_CRIU").map(PathBuf::from);
+    if p.is_none() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: set STASIS_CRIU=/path/to/criu (CRIU 4.2) to run it"
+        );
+    }
+    p
+}
+
+/// A chain pre-dump → pre-dump → dump entirely through page servers (one session per
+/// iteration, each server directory with the previous one as `--prev-images-dir`), `server`
+/// being `stasis` or CRIU 4.2. The dump side keeps only its non-memory images and the record
+/// of the pagemaps it sent; the final dump's images are put next to the last server's pages
+/// and that directory is restored (by stasis, and by CRIU 4.2 when STASIS_CRIU is set).
+fn page_server_chain(name: &'static str, base: i32, server: PathBuf) {
+    let _lock = restore_lock();
+    with_round_trip_deadline(120, cgroup_path(name, base), move |restored| {
+        let w = launch_dirty(name, base, 32, "busy");
+        let root = tempfile::tempdir().unwrap();
+        let pid = w.pid.to_string();
+        let names = ["0", "1", "final"];
+        let mut written = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            let (d, s) = (root.path().join(n), root.path().join(format!("s{n}")));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::create_dir_all(&s).unwrap();
+            let (prev, sprev) = if i > 0 {
+                (
+                    format!("../{}", names[i - 1]),
+                    format!("../s{}", names[i - 1]),
+                )
+            } else {
+                (String::new(), String::new())
+            };
+            let mut sextra = vec![];
+            if i > 0 {
+                sextra.extend(["--prev-images-dir", sprev.as_str()]);
+            }
+            let srv = common::page_server::start(&server, &s, &sextra);
+            let port = srv.port.to_string();
+            let verb = if *n == "final" { "dump" } else { "pre-dump" };
+            let mut args = vec![verb, "-t", &pid];
+            if i > 0 {
+                args.extend(["--prev-images-dir", prev.as_str()]);
+            }
+            args.extend(["--page-server", "--address", "127.0.0.1", "--port", &port]);
+            stasis(&args, &d, &format!("{verb}.log"));
+            srv.wait_ok(&s);
+            let pagemap = format!("pagemap-{pid}.img");
+            assert!(
+                s.join(&pagemap).exists(),
+                "{n}: the server got no {pagemap}"
+            );
+            assert!(!d.join(&pagemap).exists(), "{n}: a pagemap written locally");
+            assert!(d.join(format!("sent-{pagemap}")).exists(), "{n}: no record");
+            written.push(page_stats(&d));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            written[1].1 > 0 && written[2].1 > 0,
+            "the pre-dump and the dump after it left no page to the chain: {written:?}"
+        );
+        // The final images next to the last server's pages: a complete image set.
+        let (fin, sfin) = (root.path().join("final"), root.path().join("sfinal"));
+        for e in std::fs::read_dir(&fin).unwrap() {
+            let p = e.unwrap().path();
+            let f = p.file_name().unwrap().to_string_lossy().into_owned();
+            if p.is_file() && f.ends_with(".img") && !f.starts_with("sent-") {
+                std::fs::copy(&p, sfin.join(&f)).unwrap();
+            }
+        }
+        restore_and_verify(
+            &w,
+            &sfin,
+            &restored,
+            &format!("{name}: a chain through {} page servers", server.display()),
+        );
+    })
+}
+
+#[test]
+fn page_server_chain_stasis_server() {
+    page_server_chain("inc-ps", 33640, PathBuf::from(env!("CARGO_BIN_EXE_stasis")));
+}
+
+#[test]
+fn page_server_chain_criu_server() {
+    let Some(criu) = criu_or_skip("page_server_chain_criu_server") else {
+        return;
+    };
+    page_server_chain("inc-ps-criu", 33680, criu);
+}
+
+/// CRIU 4.2 restores what it cannot make here (CRIU's pre-dump needs soft-dirty): two
+/// stasis pre-dumps and a final `dump --track-mem` of a workload that keeps writing,
+/// restored by `criu restore -D DIR` and checked by the workload itself.
+#[test]
+fn chain_with_track_mem_restored_by_criu() {
+    let Some(criu) = criu_or_skip("chain_with_track_mem_restored_by_criu") else {
+        return;
+    };
+    let _lock = restore_lock();
+    let (name, base) = ("inc-criu", 33720);
+    with_round_trip_deadline(120, cgroup_path(name, base), move |restored| {
+        let w = launch_dirty(name, base, 32, "busy");
+        let root = tempfile::tempdir().unwrap();
+        let fin = chain(&w, root.path(), 2, |_| "splice", |_| {}, &["--track-mem"]);
+        let (_, parent) = page_stats(&fin);
+        assert!(parent > 0, "the final dump left no page to the chain");
+        let rec: Value =
+            serde_json::from_str(&std::fs::read_to_string(fin.join("dirty-tracker.json")).unwrap())
+                .unwrap();
+        let tracker = rec["pid"].as_i64().unwrap() as i32;
+        let pids = pids_of(&fin);
+        *restored.lock().unwrap() = pids.clone();
+        wait_gone(&pids, 10, "the dumped tree");
+        // The tracker the final dump kept ends once the tree it tracked is gone.
+        wait_gone(&[tracker], 10, "the tracker after the tree was killed");
+        let out = Command::new(&criu)
+            .args(["restore", "-d", "-o", "criu-restore.log", "-v4", "-D"])
+            .arg(&fin)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "criu restore of the chain: {}",
+            std::fs::read_to_string(fin.join("criu-restore.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        verify_then_kill(
+            &w,
+            &pids,
+            "a stasis chain (--track-mem) restored by CRIU 4.2",
+        );
+    })
+}

@@ -75,6 +75,47 @@ pub fn refuse_unsupported(args: &[OsString]) -> Result<(), String> {
     super::criu_options::refuse_not_built(args)
 }
 
+/// The page pipeline's options of `dump` and `pre-dump`: where pages go (`--page-server
+/// --address A --port N [--ps-socket FD]`) and how they are packed (`--compress`,
+/// `--encrypt-key`).
+pub fn page_options(
+    c: &super::criu_args::CriuArgs,
+    compress: Option<&str>,
+    encrypt_key: Option<&std::path::Path>,
+) -> Result<
+    (
+        Option<dump::page_out::PageServerAddr>,
+        crate::pages::pack::PackParams,
+    ),
+    String,
+> {
+    use crate::pages::pack::{PackKey, PackParams};
+    let mut pack = PackParams::default();
+    if let Some(c) = compress {
+        pack.zstd = Some(PackParams::parse_compress(c).map_err(|e| e.to_string())?);
+    }
+    if let Some(k) = encrypt_key {
+        pack.key = Some(std::sync::Arc::new(
+            PackKey::load(k).map_err(|e| e.to_string())?,
+        ));
+    }
+    let ps = if c.page_server {
+        let address = match (&c.address, c.port, c.ps_socket) {
+            (_, _, Some(_)) => c.address.clone().unwrap_or_default(),
+            (Some(a), Some(_), None) => a.clone(),
+            _ => return Err("--page-server needs --address and --port (or --ps-socket FD)".into()),
+        };
+        Some(dump::page_out::PageServerAddr {
+            address,
+            port: c.port.unwrap_or(0),
+            ps_socket: c.ps_socket,
+        })
+    } else {
+        None
+    };
+    Ok((ps, pack))
+}
+
 impl DumpArgs {
     /// The page pipeline's options: where pages go and how they are packed.
     pub fn page_options(
@@ -86,36 +127,11 @@ impl DumpArgs {
         ),
         String,
     > {
-        use crate::pages::pack::{PackKey, PackParams};
-        let mut pack = PackParams::default();
-        if let Some(c) = &self.compress {
-            pack.zstd = Some(PackParams::parse_compress(c).map_err(|e| e.to_string())?);
-        }
-        if let Some(k) = &self.encrypt_key {
-            pack.key = Some(std::sync::Arc::new(
-                PackKey::load(k).map_err(|e| e.to_string())?,
-            ));
-        }
-        let c = &self.common.criu;
-        let ps = if c.page_server {
-            let address = match (&c.address, c.port, c.ps_socket) {
-                (_, _, Some(_)) => c.address.clone().unwrap_or_default(),
-                (Some(a), Some(_), None) => a.clone(),
-                _ => {
-                    return Err(
-                        "--page-server needs --address and --port (or --ps-socket FD)".into(),
-                    )
-                }
-            };
-            Some(dump::page_out::PageServerAddr {
-                address,
-                port: c.port.unwrap_or(0),
-                ps_socket: c.ps_socket,
-            })
-        } else {
-            None
-        };
-        Ok((ps, pack))
+        page_options(
+            &self.common.criu,
+            self.compress.as_deref(),
+            self.encrypt_key.as_deref(),
+        )
     }
 
     /// The engine's options (`--pidfile` is ignored on dump, as CRIU does).

@@ -22,6 +22,13 @@ pub struct PreDumpArgs {
     /// Print statistics.
     #[arg(long = "stats")]
     pub stats: bool,
+    /// Compress the pages files in chunks: zstd or zstd:LEVEL (stasis extension).
+    #[arg(long = "compress", value_name = "zstd[:LEVEL]")]
+    pub compress: Option<String>,
+    /// Encrypt and authenticate the pages files with the 32-byte key in FILE (stasis
+    /// extension).
+    #[arg(long = "encrypt-key", value_name = "FILE")]
+    pub encrypt_key: Option<std::path::PathBuf>,
 }
 
 impl PreDumpArgs {
@@ -32,6 +39,10 @@ impl PreDumpArgs {
         if pid <= 0 {
             return Err(format!("invalid argument for -t: {pid}"));
         }
+        // Pages to a page server (`--page-server --address A --port N [--ps-socket FD]`) or
+        // packed local files, as `dump`.
+        let (page_server, pack) =
+            super::dump::page_options(c, self.compress.as_deref(), self.encrypt_key.as_deref())?;
         Ok(DumpOptions {
             pid,
             images_dir: self.common.images_dir(),
@@ -44,6 +55,8 @@ impl PreDumpArgs {
             track_mem: true,
             pre_dump_mode: c.incremental.mode(),
             fault: std::env::var("STASIS_FAULT").ok(),
+            page_server,
+            pack,
             ..Default::default()
         })
     }

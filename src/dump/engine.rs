@@ -644,9 +644,13 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
             kill?;
             rel?;
             prof.record("frozen", "phase", 0, t_frozen);
+            let mut dir = dir;
+            if opts.leave_running {
+                // The tree runs again: the spooled images and the sync need it no more.
+                finish_images(&mut dir, opts, &mut prof)?;
+            }
             stats.parent_pages = tracking.stats.parent_pages;
             tracking.finish(&opts.images_dir);
-            let mut dir = dir;
             let mut st = ImageDir::new(&opts.images_dir);
             st.write_all("stats-dump", out::STATS, &[misc_images::stats(&stats)])
                 .map_err(|e| DumpError::image("fsync", opts.pid, e))?;
@@ -670,6 +674,16 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
             Err(e)
         }
     }
+}
+
+/// The spooled image files written, then everything synced (`syncfs`).
+fn finish_images(dir: &mut ImageDir, opts: &DumpOptions, prof: &mut Profile) -> Result<()> {
+    fault::check("fsync", opts.pid)?;
+    let t = prof.now_us();
+    dir.finish()
+        .map_err(|e| DumpError::image("fsync", opts.pid, e))?;
+    prof.record("finish", "phase", 0, t);
+    Ok(())
 }
 
 fn dump_frozen(
@@ -745,10 +759,9 @@ fn dump_frozen(
         c.files.kinds.close_tcp_in_repair();
     }
     prof.record("write", "phase", 0, t);
-    fault::check("fsync", opts.pid)?;
-    let t = prof.now_us();
-    dir.finish()
-        .map_err(|e| DumpError::image("fsync", opts.pid, e))?;
-    prof.record("finish", "phase", 0, t);
+    if !opts.leave_running {
+        // Everything on disk before the tree is killed.
+        finish_images(&mut dir, opts, prof)?;
+    }
     Ok((dir, c.tree.iter().map(|p| p.pid).collect()))
 }

@@ -4,6 +4,7 @@
 use super::error::{DumpError, Result};
 use super::options::DumpOptions;
 use crate::pages::client::PageServerSink;
+use crate::pages::record::RecordedSink;
 use crate::pages::sink::LocalSink;
 use crate::pages::PageSink;
 
@@ -41,11 +42,17 @@ pub fn open_sink(opts: &DumpOptions) -> Result<Box<dyn PageSink>> {
                         format!("--ps-socket {fd}"),
                     )
                 })?;
-                Ok(Box::new(PageServerSink::over_socket(sock)))
+                Ok(recorded(Box::new(PageServerSink::over_socket(sock)), opts))
             }
             None => PageServerSink::connect(&ps.address, ps.port)
-                .map(|s| Box::new(s) as Box<dyn PageSink>)
+                .map(|s| recorded(Box::new(s), opts))
                 .map_err(|e| err(e.to_string())),
         },
     }
+}
+
+/// A page server keeps the pagemaps; the dump records what it sent for the next dump of a
+/// chain (`DIR/sent-pagemap-ID.img`, see [`crate::pages::record`]).
+fn recorded(sink: Box<dyn PageSink>, opts: &DumpOptions) -> Box<dyn PageSink> {
+    Box::new(RecordedSink::new(sink, &opts.images_dir))
 }

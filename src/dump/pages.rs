@@ -272,6 +272,89 @@ fn staged(sink: &mut dyn PageSink, runs: &[Run], src: &mut dyn PageSource, pid: 
 
 /// Decides which pages of these VMAs are dumped, from their pagemap entries.
 pub fn plan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Result<Vec<Run>> {
+    let t = std::time::Instant::now();
+    let runs = match plan_by_scan(pid, vmas, stats) {
+        Some(runs) => runs,
+        None => plan_runs(pid, vmas, stats)?,
+    };
+    tracing::debug!(
+        "process {pid}: page plan of {} runs in {:?}",
+        runs.len(),
+        t.elapsed()
+    );
+    Ok(runs)
+}
+
+/// [`plan`] by `PAGEMAP_SCAN`: the kernel answers ranges of wanted pages (a fully populated
+/// 1 GiB VMA is one range) instead of 8 bytes per page to read and test. `None` when the
+/// kernel cannot (no PAGEMAP_SCAN): the caller reads the pagemap instead.
+fn plan_by_scan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Option<Vec<Run>> {
+    use crate::sys::dirty::{self as kd, ScanFilter};
+    use std::os::fd::AsFd;
+    let pm = File::open(crate::proc::path(pid, "pagemap")).ok()?;
+    let any = kd::PAGE_IS_PRESENT | kd::PAGE_IS_SWAPPED;
+    let mut runs: Vec<Run> = Vec::new();
+    let mut scanned = 0;
+    for v in vmas {
+        let (lazy, filter) = match v.class {
+            PageClass::Skip | PageClass::Shared => continue,
+            PageClass::AnonPrivate => (
+                PE_LAZY,
+                ScanFilter {
+                    inverted: 0,
+                    all: 0,
+                    any,
+                },
+            ),
+            // Private copies only: a page still the file's is not dumped.
+            PageClass::FilePrivate => (
+                0,
+                ScanFilter {
+                    inverted: kd::PAGE_IS_FILE,
+                    all: kd::PAGE_IS_FILE,
+                    any,
+                },
+            ),
+            PageClass::Vdso => (
+                0,
+                ScanFilter {
+                    inverted: 0,
+                    all: 0,
+                    any: 0,
+                },
+            ),
+        };
+        scanned += (v.end - v.start) / PAGE_SIZE;
+        let ranges = if v.class == PageClass::Vdso {
+            vec![(v.start, v.end)]
+        } else {
+            match kd::scan_ranges(pm.as_fd(), v.start, v.end, filter) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!("PAGEMAP_SCAN of {pid}: {e}: reading the pagemap");
+                    return None;
+                }
+            }
+        };
+        let flags = PE_PRESENT | lazy;
+        for (s, e) in ranges {
+            match runs.last_mut() {
+                Some(r) if r.flags == flags && r.vaddr + r.nr_pages * PAGE_SIZE == s => {
+                    r.nr_pages += (e - s) / PAGE_SIZE
+                }
+                _ => runs.push(Run {
+                    vaddr: s,
+                    nr_pages: (e - s) / PAGE_SIZE,
+                    flags,
+                }),
+            }
+        }
+    }
+    stats.pages_scanned += scanned;
+    Some(runs)
+}
+
+fn plan_runs(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Result<Vec<Run>> {
     let pm = PagemapReader::open(pid).map_err(|e| DumpError::proc("pages", pid, e))?;
     let mut runs: Vec<Run> = Vec::new();
     for v in vmas {
@@ -318,8 +401,14 @@ pub fn write_private(
     readable: &[(u64, u64)],
     stats: &mut PageStats,
 ) -> Result<()> {
+    let t = std::time::Instant::now();
     let mut src = FrozenSource { probe, readable };
     send(sink, Target::Process(pid as u64), runs, &mut src, pid)?;
+    tracing::debug!(
+        "process {pid}: {} runs of pages sent in {:?}",
+        runs.len(),
+        t.elapsed()
+    );
     // PE_PARENT runs carry no data: they are not written here.
     for r in runs.iter().filter(|r| r.flags & PE_PRESENT != 0) {
         stats.pages_written += r.nr_pages;
@@ -368,4 +457,74 @@ pub fn write_shmem(
     send(sink, Target::Shmem(shm.shmid), &runs, &mut src, pid)?;
     stats.shpages_written += runs.iter().map(|r| r.nr_pages).sum::<u64>();
     Ok(())
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    /// The PAGEMAP_SCAN planner answers what the pagemap reader answers: anonymous pages
+    /// touched here and there, a private file mapping with pages only read (not dumped) and
+    /// pages written (private copies, dumped).
+    #[test]
+    fn scan_plan_matches_the_pagemap_plan() {
+        use std::io::Write;
+        let pid = std::process::id() as i32;
+        let len = 64 * PAGE_SIZE as usize;
+        let mut tmp = tempfile::tempfile().unwrap();
+        tmp.write_all(&vec![7u8; len]).unwrap();
+        // SAFETY: fresh private mappings of our own, unmapped below; nothing else uses them.
+        let (anon, file) = unsafe {
+            let a = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            ) as *mut u8;
+            let f = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                std::os::fd::AsRawFd::as_raw_fd(&tmp),
+                0,
+            ) as *mut u8;
+            for i in [0usize, 1, 2, 10, 40, 63] {
+                a.add(i * PAGE_SIZE as usize).write_volatile(1);
+            }
+            for i in 0..64usize {
+                if i % 3 == 0 {
+                    f.add(i * PAGE_SIZE as usize).write_volatile(2);
+                } else {
+                    std::ptr::read_volatile(f.add(i * PAGE_SIZE as usize));
+                }
+            }
+            (a as u64, f as u64)
+        };
+        let vma = |start: u64, class| VmaOut {
+            start,
+            end: start + len as u64,
+            class,
+            entry: Default::default(),
+        };
+        let mut vmas = vec![
+            vma(anon, PageClass::AnonPrivate),
+            vma(file, PageClass::FilePrivate),
+        ];
+        vmas.sort_by_key(|v| v.start);
+        let (mut s1, mut s2) = (PageStats::default(), PageStats::default());
+        let by_scan = plan_by_scan(pid, &vmas, &mut s1).expect("PAGEMAP_SCAN works here");
+        let by_read = plan_runs(pid, &vmas, &mut s2).unwrap();
+        // SAFETY: the mappings made above, no longer used.
+        unsafe {
+            libc::munmap(anon as *mut _, len);
+            libc::munmap(file as *mut _, len);
+        }
+        assert_eq!(by_scan, by_read);
+        assert_eq!(s1.pages_scanned, s2.pages_scanned);
+        let pages: u64 = by_scan.iter().map(|r| r.nr_pages).sum();
+        assert_eq!(pages, 6 + 22, "{by_scan:?}");
+    }
 }

@@ -98,12 +98,7 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<PreDumpRepor
         let mut src = Released::new(p.pid);
         match p.pinned {
             Some(pinned) => {
-                let mut pinned = PinnedSource {
-                    pid: p.pid,
-                    pieces: pinned.pieces,
-                    pipes: pinned.pipes.into_iter(),
-                    released: &mut src,
-                };
+                let mut pinned = PinnedSource::new(p.pid, pinned, &mut src);
                 pages::send(
                     sink.as_mut(),
                     crate::pages::Target::Process(p.pid as u64),
@@ -228,13 +223,32 @@ fn collect(
 
 /// The pages a pre-dump pinned while the tree was frozen (vmspliced into pipes the dumper
 /// holds), read out after the release; pieces the process could not read itself come from
-/// [`Released`]. A source of the page pipeline: the sink's file gets the pipes spliced in.
+/// [`Released`]. A source of the page pipeline: the sink's file gets the pipes spliced in,
+/// all at once (local files) or a batch at a time (staged for a page server): each call
+/// takes the next bytes of the pieces, in order.
 struct PinnedSource<'a> {
     pid: i32,
     /// Present pieces in run order: address, length, whether it is in the pipes.
     pieces: Vec<(u64, u64, bool)>,
     pipes: std::vec::IntoIter<(std::os::fd::OwnedFd, u64)>,
     released: &'a mut Released,
+    /// Where the next call starts: piece index and bytes of it already given.
+    at: (usize, u64),
+    /// The pipe being read and the bytes left in it.
+    cur: Option<(std::os::fd::OwnedFd, u64)>,
+}
+
+impl<'a> PinnedSource<'a> {
+    fn new(pid: i32, pinned: Pinned, released: &'a mut Released) -> Self {
+        PinnedSource {
+            pid,
+            pieces: pinned.pieces,
+            pipes: pinned.pipes.into_iter(),
+            released,
+            at: (0, 0),
+            cur: None,
+        }
+    }
 }
 
 impl pages::PageSource for PinnedSource<'_> {
@@ -243,8 +257,13 @@ impl pages::PageSource for PinnedSource<'_> {
         use std::os::fd::AsFd;
         let pid = self.pid;
         let want: u64 = regions.iter().map(|r| r.1).sum();
-        let have: u64 = self.pieces.iter().map(|p| p.1).sum();
-        if want != have {
+        let (i0, off0) = self.at;
+        let have: u64 = self.pieces[i0.min(self.pieces.len())..]
+            .iter()
+            .map(|p| p.1)
+            .sum::<u64>()
+            - off0;
+        if want > have {
             return Err(DumpError::new(
                 "pages",
                 pid,
@@ -252,33 +271,46 @@ impl pages::PageSource for PinnedSource<'_> {
                 format!("{want} bytes asked of {have} pinned"),
             ));
         }
-        let mut cur: Option<(std::os::fd::OwnedFd, u64)> = None;
-        let mut buf = vec![0u8; 256 * PAGE_SIZE as usize];
-        for &(base, len, in_pipe) in &self.pieces {
+        let mut buf = Vec::new();
+        let mut left = want;
+        while left > 0 {
+            let (i, off) = self.at;
+            let (base, len, in_pipe) = self.pieces[i];
+            let n = (len - off).min(left);
             let mut done = 0;
-            while done < len {
+            while done < n {
                 if in_pipe {
-                    if cur.as_ref().is_none_or(|c| c.1 == 0) {
-                        cur = self.pipes.next();
+                    if self.cur.as_ref().is_none_or(|c| c.1 == 0) {
+                        self.cur = self.pipes.next();
                     }
-                    let Some((pipe, left)) = cur.as_mut() else {
+                    let Some((pipe, in_it)) = self.cur.as_mut() else {
                         return Err(DumpError::new("pages", pid, None, "the page pipes ran out"));
                     };
-                    let n = (len - done).min(*left);
-                    crate::sys::channel::splice_exact(pipe.as_fd(), out.as_fd(), n as usize)
+                    let k = (n - done).min(*in_it);
+                    crate::sys::channel::splice_exact(pipe.as_fd(), out.as_fd(), k as usize)
                         .map_err(|e| DumpError::sys("pages", pid, e))?;
-                    *left -= n;
-                    done += n;
+                    *in_it -= k;
+                    done += k;
                 } else {
-                    let n = (len - done).min(buf.len() as u64) as usize;
-                    self.released.read_memory(base + done, &mut buf[..n])?;
-                    out.write_all(&buf[..n])
+                    if buf.is_empty() {
+                        buf = vec![0u8; 256 * PAGE_SIZE as usize];
+                    }
+                    let k = (n - done).min(buf.len() as u64) as usize;
+                    self.released
+                        .read_memory(base + off + done, &mut buf[..k])?;
+                    out.write_all(&buf[..k])
                         .map_err(|e| DumpError::io("pages", pid, "write pages", e))?;
-                    done += n as u64;
+                    done += k as u64;
                 }
             }
+            left -= n;
+            self.at = if off + n == len {
+                (i + 1, 0)
+            } else {
+                (i, off + n)
+            };
         }
-        Ok(have)
+        Ok(want)
     }
 }
 

@@ -28,6 +28,7 @@ pub mod convert;
 pub mod error;
 pub mod pack;
 pub mod proto;
+pub mod record;
 pub mod server;
 pub mod sink;
 

@@ -24,9 +24,18 @@ pub struct ParentPages {
 }
 
 impl ParentPages {
-    /// Reads `parent/pagemap-PID.img`; `None` when absent or unreadable (no parent pages).
+    /// Reads `parent/pagemap-PID.img` (or, when the parent's pages went to a page server,
+    /// the record of what it sent: `parent/sent-pagemap-PID.img`); `None` when absent or
+    /// unreadable (no parent pages).
     pub fn read(parent: &Path, pid: i32) -> Option<Self> {
-        let path = parent.join(format!("pagemap-{pid}.img"));
+        let target = crate::pages::Target::Process(pid as u64);
+        let path = [
+            target.pagemap_name(),
+            crate::pages::record::sent_name(target),
+        ]
+        .into_iter()
+        .map(|n| parent.join(n))
+        .find(|p| p.exists())?;
         let mut r = ImageReader::open(&path).ok()?;
         r.next_message::<pb::PagemapHead>().ok()??;
         let mut ranges: Vec<(u64, u64)> = Vec::new();

@@ -120,7 +120,9 @@ impl Session {
         vmas: &[VmaOut],
         runs: Vec<Run>,
     ) -> Result<Vec<Run>> {
+        let t = std::time::Instant::now();
         let dirty = self.dirty_map(acc, pid, vmas)?;
+        tracing::debug!("process {pid}: tracker answered in {:?}", t.elapsed());
         let Some(parent) = self.parent.as_deref() else {
             return Ok(runs);
         };
