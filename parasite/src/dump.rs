@@ -9,8 +9,8 @@
 //!
 //! ```text
 //! __export_entry           offset 0: call serve(args) (never returns)
-//! __export_syscall_gadget  `syscall; int3`: lets the dumper run remote syscalls in any
-//!                          thread of the task without poking code
+//! __export_syscall_gadget  `syscall; push 15; pop rax; syscall` (sys::remote::GADGET): lets
+//!                          the dumper run remote syscalls in the task without poking code
 //! __export_thread_entry    rdi = a ThreadState slot: fills the slot with the calling
 //!                          thread's state (the same as `fill_thread_state`, in assembly:
 //!                          integer registers only, so no FPU/vector state to restore;
@@ -38,7 +38,9 @@ core::arch::global_asm!(
     ".globl __export_syscall_gadget",
     "__export_syscall_gadget:",
     "    syscall",
-    "    int3",
+    "    push 15",
+    "    pop rax",
+    "    syscall",
     // The thread routine: plain integer code only (no SSE/x87, no stack), so the
     // thread's FPU/vector state stays untouched; results go straight into the slot
     // (layout: ThreadState, scratch from offset 384). r12 = slot.

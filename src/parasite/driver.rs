@@ -337,6 +337,7 @@ impl<'a> Parasite<'a> {
         regs.flags &= !(EFLAGS_TF | EFLAGS_DF);
         self.leader.set_regs(&regs)?;
         self.leader.set_sigmask(!(1u64 << (libc::SIGTRAP - 1)))?;
+        crate::sys::stop_point::stop_point("start");
         self.leader.cont(0)?;
         self.state = State::Running;
         Ok(())

@@ -30,7 +30,7 @@ pub mod blob;
 pub mod driver;
 pub mod error;
 pub mod proto;
-pub mod sigframe;
+pub use crate::sys::sigframe;
 
 pub use driver::{Parasite, ThreadDump};
 pub use error::Error;
