@@ -198,6 +198,18 @@ fn assert_healthy(t: &Target, cgroup: Option<&Path>, group_stopped: bool, what: 
     );
 }
 
+/// The anonymous read-write-execute mappings of `pid` (the parasite's area is one).
+fn anonymous_rwx(pid: i32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"rwxp") && f.get(4) == Some(&"0") && f.len() == 5
+        })
+        .count()
+}
+
 /// `stasis dump -t PID -D DIR EXTRA` with `STASIS_STOP_AT=stop_at` when given.
 fn dumper(pid: i32, dir: &Path, extra: &[&str], stop_at: Option<&str>) -> Child {
     let mut cmd = stasis_bin();
@@ -303,8 +315,18 @@ fn dumper_killed_at_each_point_leaves_the_target_running() {
         for (i, point) in POINTS.iter().enumerate() {
             let at_cure = point.ends_with(":4") || point.ends_with(":5");
             let extra: &[&str] = if i % 2 == 0 || at_cure { &["-R"] } else { &[] };
+            let areas = anonymous_rwx(t.pid);
             kill_dumper_at(&t, point, extra);
             assert_healthy(&t, None, false, &format!("killed at {point} {extra:?}"));
+            // The parasite alone in the task (before the thread routine) removes its area
+            // on its way out.
+            if matches!(*point, "start" | "serve") {
+                wait_until(
+                    &format!("{point}: the parasite's area unmapped"),
+                    20,
+                    || anonymous_rwx(t.pid) == areas,
+                );
+            }
         }
     });
 }

@@ -315,11 +315,18 @@ impl<'a> Parasite<'a> {
             &parasite.saved.xstate,
         );
         crate::sys::mem::write(pid, frame_addr, &frame)?;
+        let (exit_frame, exit_syscall_ret) =
+            write_exit_frame(pid, &parasite.saved, saved_mask).unwrap_or((0, 0));
         let args = ParasiteArgs {
             magic: ARGS_MAGIC,
             sock_fd: task_sock,
             pad: 0,
             cure_sp: frame_addr + sigframe::FRAME_UC as u64,
+            area_base: base,
+            area_len: len,
+            exit_frame,
+            exit_syscall_ret,
+            unmap_ok: 1,
         };
         crate::sys::mem::write(pid, base + size, bytes_of(&args))?;
         crate::sys::stop_point::stop_point("inject");
@@ -812,6 +819,13 @@ impl<'a> Parasite<'a> {
                 });
             }
         }
+        if !threads.is_empty() {
+            // From here on other threads may run the area's code: a leader left alone must
+            // not unmap it.
+            let at =
+                self.base + blob::SIZE as u64 + std::mem::offset_of!(ParasiteArgs, unmap_ok) as u64;
+            crate::sys::mem::write(pid, at, &0u64.to_le_bytes())?;
+        }
         let mut out = Vec::with_capacity(threads.len());
         for wave in threads.chunks(self.slots) {
             self.run_wave(wave, &mut out)?;
@@ -1265,6 +1279,22 @@ fn park_thread(t: &SeizedTask, own_mask: &mut Option<u64>) -> Result<()> {
             }
         }
     }
+}
+
+/// Writes the leader's exit frame (see [`ParasiteArgs::exit_frame`] and gadgets.rs) below its
+/// stack pointer's red zone: the frame of `saved` and `mask` with the address of an
+/// `rt_sigreturn` sequence as its pretcode. Returns the frame's address and the
+/// `syscall; ret` to leave through, or None (no gadgets, no mapped stack there): the area
+/// then stays behind should the dumper die.
+fn write_exit_frame(pid: i32, saved: &TaskRegs, mask: u64) -> Option<(u64, u64)> {
+    const RED_ZONE: u64 = 128;
+    let (syscall_ret, sigreturn) = super::gadgets::find(pid)?;
+    let len = sigframe::FRAME_FPSTATE as u64 + saved.xstate.len() as u64 + 64;
+    let addr = saved.regs.sp.checked_sub(RED_ZONE + len)? & !63;
+    let mut frame = sigframe::frame(addr, &saved.regs, mask, &saved.xstate);
+    frame[..8].copy_from_slice(&sigreturn.to_le_bytes());
+    crate::sys::mem::write(pid, addr, &frame).ok()?;
+    Some((addr, syscall_ret))
 }
 
 /// Takes a duplicate of descriptor `fd` of process `pid`.

@@ -29,6 +29,7 @@
 pub mod blob;
 pub mod driver;
 pub mod error;
+mod gadgets;
 pub mod proto;
 pub use crate::sys::sigframe;
 
