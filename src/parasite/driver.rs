@@ -113,6 +113,8 @@ pub struct Parasite<'a> {
     xsave: Option<XsavePlan>,
     /// The leader's rseq registration, if any ([`Parasite::set_leader_rseq`]).
     leader_rseq: Option<RseqConfig>,
+    /// `mlockall` flags the area was mapped under (MCL_FUTURE, MCL_ONFAULT), 0: none.
+    mlockall: u32,
 }
 
 /// The thread routine's XSAVE. ptrace shows a thread's area in the standard format, `len`
@@ -264,8 +266,10 @@ impl<'a> Parasite<'a> {
             .next_multiple_of(THREAD_SLOT) as u64;
         let len = slots_off + slots as u64 * slot_size;
         let prot = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+        let locked_before = locked_kib(pid);
         let map = RemoteMapping::new(remote, len, prot)?;
         let base = map.addr();
+        let mlockall = mlockall_future(pid, base, len, locked_before);
         map.write(0, &DUMP.relocated(base))?;
         let scratch = base + size + SCRATCH;
         let sock_type = (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64;
@@ -306,6 +310,7 @@ impl<'a> Parasite<'a> {
             slot_size,
             xsave,
             leader_rseq: None,
+            mlockall,
         };
         let frame_addr = base + frame_off;
         let frame = sigframe::frame(
@@ -348,6 +353,12 @@ impl<'a> Parasite<'a> {
         self.leader.cont(0)?;
         self.state = State::Running;
         Ok(())
+    }
+
+    /// The `mlockall` flags for future mappings in effect in the task (MCL_FUTURE and
+    /// MCL_ONFAULT; 0: none), seen on the parasite's own area when it was mapped.
+    pub fn mlockall_future(&self) -> u32 {
+        self.mlockall
     }
 
     /// Address of the parasite area in the task.
@@ -1279,6 +1290,34 @@ fn park_thread(t: &SeizedTask, own_mask: &mut Option<u64>) -> Result<()> {
             }
         }
     }
+}
+
+/// `VmLck` of process `pid` in KiB (None: unreadable).
+fn locked_kib(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The `mlockall` flags for future mappings of process `pid`, read on its fresh mapping
+/// `[base, base + len)`: the kernel adds its length to the locked memory when the process
+/// called `mlockall(MCL_FUTURE)` (no query for it exists); then the mapping's VmFlags in
+/// smaps tell MCL_ONFAULT (`lf`).
+fn mlockall_future(pid: i32, base: u64, len: u64, before: Option<u64>) -> u32 {
+    const MCL_FUTURE: u32 = 2;
+    const MCL_ONFAULT: u32 = 4;
+    let (Some(before), Some(after)) = (before, locked_kib(pid)) else {
+        return 0;
+    };
+    if after < before + len / 1024 {
+        return 0;
+    }
+    let onfault = crate::proc::maps::read_smaps(pid)
+        .ok()
+        .and_then(|vmas| vmas.into_iter().find(|v| v.start == base))
+        .is_some_and(|v| v.has_flag("lf"));
+    MCL_FUTURE | if onfault { MCL_ONFAULT } else { 0 }
 }
 
 /// Writes the leader's exit frame (see [`ParasiteArgs::exit_frame`] and gadgets.rs) below its

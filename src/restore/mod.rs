@@ -410,6 +410,7 @@ fn blob_step_name(s: u32) -> &'static str {
         SECCOMP => "seccomp",
         VMA_MLOCK => "mlock a locked vma",
         MEMBARRIER => "membarrier registration",
+        MLOCKALL => "mlockall for future mappings",
         _ => "unknown step",
     }
 }
