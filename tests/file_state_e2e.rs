@@ -298,3 +298,10 @@ fn pidfd_refused() {
 fn fanotify_refused() {
     refused("fanotify", BASE + 25, "fanotify");
 }
+
+/// A file owned by one thread (`F_SETOWN_EX` `F_OWNER_TID`): the owner is set once the
+/// restored thread exists, and the file's signal goes to that thread.
+#[test]
+fn file_owned_by_a_thread() {
+    round_trip("fown_tid", BASE + 50, &[]);
+}

@@ -196,6 +196,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     opened.forget(&[ctl.ready_w, ctl.hold_r, ctl.status_w]);
     let alive = plan.tasks.iter().filter(|t| t.state != TASK_DEAD).count();
     wait_tasks(&ready_r, &status_r, alive, root, deadline)?;
+    files::set_thread_owners(&opened, &plan)?;
     tracing::info!(
         "every task is in its restorer blob, ready, after {:?}",
         t0.elapsed()
