@@ -408,6 +408,7 @@ mod tests {
             exe_file_id: files.exe(pid).expect("exe"),
             dumpable: 1,
             thp_disabled: false,
+            mlockall: 0,
         };
         same_bytes(&m, &vmas);
         (m.dumpable, m.thp_disabled) = (0, true);
