@@ -8,10 +8,12 @@
 //!   + frame               stack (256 KiB), the parasite starts with sp at its top
 //!   + 256 KiB             thread area: one slot per thread run at once (state, scratch with
 //!                         the thread's signal frame, XSAVE area, a little stack)
-//! inject:  save regs + xstate + sigmask of the leader; mmap; write blob, frame and args;
-//!          socketpair(AF_UNIX, SOCK_SEQPACKET) inside the task, take one end with
-//!          pidfd_getfd, close it in the task; start the blob (ip = entry, rdi = args,
-//!          every signal but SIGTRAP blocked), PTRACE_CONT: it serves commands
+//! inject:  save regs + xstate + sigmask of the leader; mmap (the one remote syscall through
+//!          a word poked at the task's first executable mapping); write blob, frame and
+//!          args; socketpair(AF_UNIX, SOCK_SEQPACKET) inside the task (through the blob's
+//!          gadget, like every later one but the munmap), take one end with pidfd_getfd,
+//!          close it in the task; write the exit frame (gadgets.rs); start the blob (ip =
+//!          entry, rdi = args, every signal but SIGTRAP blocked), PTRACE_CONT: it serves
 //! cure:    FINI; interrupt the leader in the parasite's wait for the hang-up (if it does
 //!          not answer: interrupt it wherever it is, close its pipes too); close its socket
 //!          remotely; write back xstate, mask, then regs; munmap through the poked exec area
@@ -19,10 +21,14 @@
 //!
 //! Killed dumper: the kernel closes our end of the socket. The parasite, in whatever command
 //! or wait it is, sees the hang-up, closes its descriptors and returns through its frame; so
-//! does a thread in the thread routine. Every remote syscall ends with the task parked in an
-//! event stop (`SeizedTask::park`), from which a task whose tracer died simply resumes. What
-//! stays: the mapping (code cannot unmap itself and return), and the task is lost if the
-//! dumper dies during the remote mmap or munmap itself (the poked word is in place).
+//! does a thread in the thread routine. A leader alone in the area (no thread ran the
+//! thread routine yet) leaves by unmapping it (gadgets.rs); after the thread routine ran the
+//! area stays (another thread may still be inside it). A remote syscall is kill-safe at
+//! every step (sys/remote.rs: syscall stops, a return frame on the task's stack). What may
+//! stay: the area when the dumper dies between the remote mmap and the parasite's start
+//! (nothing of ours runs in the task to remove it), a descriptor of the socketpair when it
+//! dies between the socketpair and the close, and the poked word when it dies right around
+//! the remote mmap or munmap (sys/remote.rs).
 //!
 //! Per-thread state: the leader answers THREAD_STATE itself; the other threads run the blob's
 //! thread routine, all of them at once, in waves of at most one thread per slot:
@@ -273,7 +279,9 @@ impl<'a> Parasite<'a> {
         map.write(0, &DUMP.relocated(base))?;
         let scratch = base + size + SCRATCH;
         let sock_type = (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64;
-        remote.syscall(
+        // The blob's own gadget from here on: no word of the task's code poked.
+        let in_area = Remote::with_gadget(leader, base + blob::EXPORT_SYSCALL_GADGET as u64);
+        in_area.syscall(
             "socketpair",
             libc::SYS_socketpair,
             &[libc::AF_UNIX as u64, sock_type, 0, scratch],
@@ -283,12 +291,12 @@ impl<'a> Parasite<'a> {
         let task_sock = i32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]);
         let task_peer = i32::from_le_bytes([pair[4], pair[5], pair[6], pair[7]]);
         let sock = take_fd(pid, task_peer);
-        let closed = remote.syscall("close", libc::SYS_close, &[task_peer as u64]);
+        let closed = in_area.syscall("close", libc::SYS_close, &[task_peer as u64]);
         let sock = match (sock, closed) {
             (Ok(sock), Ok(_)) => sock,
             (Err(e), _) | (Ok(_), Err(e)) => {
-                let _ = remote.syscall("close", libc::SYS_close, &[task_sock as u64]);
-                let _ = remote.syscall("close", libc::SYS_close, &[task_peer as u64]);
+                let _ = in_area.syscall("close", libc::SYS_close, &[task_sock as u64]);
+                let _ = in_area.syscall("close", libc::SYS_close, &[task_peer as u64]);
                 return Err(e.into());
             }
         };
@@ -1194,13 +1202,15 @@ impl<'a> Parasite<'a> {
         // put itself back should we die: with its socket closed it returns through its frame
         // (the poll says POLLNVAL); with its own registers back it is no longer in the area.
         let remote = Remote::at(self.leader, self.exec_ip);
+        let in_area =
+            Remote::with_gadget(self.leader, self.base + blob::EXPORT_SYSCALL_GADGET as u64);
         let mut first: Option<Error> = None;
         let mut fds = vec![self.task_sock];
         if !pipes_closed {
             fds.extend(self.task_pipe_fds());
         }
         for fd in fds {
-            if let Err(e) = remote.syscall("close", libc::SYS_close, &[fd as u64]) {
+            if let Err(e) = in_area.syscall("close", libc::SYS_close, &[fd as u64]) {
                 if e.errno() != Some(Errno::EBADF) {
                     first.get_or_insert(e.into());
                 }
@@ -1326,10 +1336,8 @@ fn mlockall_future(pid: i32, base: u64, len: u64, before: Option<u64>) -> u32 {
 /// `syscall; ret` to leave through, or None (no gadgets, no mapped stack there): the area
 /// then stays behind should the dumper die.
 fn write_exit_frame(pid: i32, saved: &TaskRegs, mask: u64) -> Option<(u64, u64)> {
-    const RED_ZONE: u64 = 128;
     let (syscall_ret, sigreturn) = super::gadgets::find(pid)?;
-    let len = sigframe::FRAME_FPSTATE as u64 + saved.xstate.len() as u64 + 64;
-    let addr = saved.regs.sp.checked_sub(RED_ZONE + len)? & !63;
+    let addr = sigframe::below_red_zone(saved.regs.sp, saved.xstate.len())?;
     let mut frame = sigframe::frame(addr, &saved.regs, mask, &saved.xstate);
     frame[..8].copy_from_slice(&sigreturn.to_le_bytes());
     crate::sys::mem::write(pid, addr, &frame).ok()?;

@@ -61,11 +61,8 @@ pub const GADGET_LEN: u64 = GADGET.len() as u64;
 /// Where the first `syscall` of the gadget returns (and where the task sits in its syscall
 /// stops).
 const AFTER_SYSCALL: u64 = 2;
-/// The x86-64 red zone below `sp`, which the task's code may use.
-const RED_ZONE: u64 = 128;
 /// A syscall stop's signal with `PTRACE_O_TRACESYSGOOD` (without it: plain SIGTRAP).
 const SYSCALL_TRAP: i32 = libc::SIGTRAP | 0x80;
-const PAGE: u64 = 4096;
 
 /// Executes syscalls inside one stopped thread.
 #[derive(Debug, Clone, Copy)]
@@ -155,17 +152,13 @@ impl<'a> Remote<'a> {
     fn write_frame(&self, orig: &UserRegs, mask: u64) -> Option<u64> {
         let task = self.task;
         let written = task.xstate().and_then(|xstate| {
-            let len = sigframe::FRAME_FPSTATE as u64 + xstate.len() as u64 + 64;
-            let addr = orig
-                .sp
-                .checked_sub(RED_ZONE + len)
-                .filter(|a| *a >= PAGE)
-                .ok_or_else(|| Error::Unexpected {
+            let addr = sigframe::below_red_zone(orig.sp, xstate.len()).ok_or_else(|| {
+                Error::Unexpected {
                     op: "remote syscall frame",
                     pid: task.tid(),
                     what: format!("sp {:#x}", orig.sp),
-                })?
-                & !63;
+                }
+            })?;
             let bytes = sigframe::frame(addr, orig, mask, &xstate);
             super::mem::write(task.tgid(), addr, &bytes)?;
             Ok(addr + sigframe::FRAME_UC as u64)
