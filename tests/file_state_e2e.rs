@@ -363,3 +363,10 @@ fn pidfds() {
 fn fanotify_marks() {
     round_trip("fanotify", BASE + 25, &[]);
 }
+
+/// A file owned by one thread (`F_SETOWN_EX` `F_OWNER_TID`): the owner is set once the
+/// restored thread exists, and the file's signal goes to that thread.
+#[test]
+fn file_owned_by_a_thread() {
+    round_trip("fown_tid", BASE + 50, &[]);
+}

@@ -5,8 +5,10 @@
 //! target      kill_safety/busy.c: threads that compute with SSE, sleep, block in read and
 //!             poll, check their memory, FPU value, stack and blocked mask, and count
 //! dump        SIGKILL to `stasis dump` at each stop point (STASIS_STOP_AT: the dumper stops
-//!             itself there, the test kills it), and at moments spread over a whole dump of
-//!             a 200 MiB target, with and without -R and --freeze-cgroup
+//!             itself there, the test kills it; every step of every remote syscall
+//!             included), and at random moments of a whole dump of a 200 MiB target (half
+//!             of them in its first tenth: seizing and injecting), with and without -R and
+//!             --freeze-cgroup
 //!             => the target is alive, not traced, not stopped (a group-stopped one stays
 //!                stopped), its cgroup not frozen, no SIGPIPE pending, and every thread
 //!                counts on with no failed check
@@ -196,6 +198,18 @@ fn assert_healthy(t: &Target, cgroup: Option<&Path>, group_stopped: bool, what: 
     );
 }
 
+/// The anonymous read-write-execute mappings of `pid` (the parasite's area is one).
+fn anonymous_rwx(pid: i32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"rwxp") && f.get(4) == Some(&"0") && f.len() == 5
+        })
+        .count()
+}
+
 /// `stasis dump -t PID -D DIR EXTRA` with `STASIS_STOP_AT=stop_at` when given.
 fn dumper(pid: i32, dir: &Path, extra: &[&str], stop_at: Option<&str>) -> Child {
     let mut cmd = stasis_bin();
@@ -266,16 +280,53 @@ impl Drop for Cgroup {
     }
 }
 
-const POINTS: &[&str] = &["seized", "inject", "serve", "threads", "pages", "cure"];
+/// Every stop point of a dump (sys/stop_point.rs), in the order a dump passes them; `:n` is
+/// the n-th remote syscall (1 mmap, 2 socketpair, 3 close at injection; 4 close and 5 munmap
+/// at the cure). Even indices run with -R, and so do the cure's calls.
+const POINTS: &[&str] = &[
+    "seized",
+    "remote-frame",
+    "remote-set",
+    "remote-entry",
+    "remote-exit",
+    "remote-parked",
+    "remote-mask",
+    "remote-regs",
+    "remote-set:2",
+    "remote-exit:3",
+    "remote-parked:3",
+    "inject",
+    "start",
+    "serve",
+    "threads",
+    "pages",
+    "cure",
+    "remote-frame:4",
+    "remote-exit:4",
+    "remote-mask:5",
+    "remote-exit:5",
+    "remote-regs:5",
+];
 
 #[test]
 fn dumper_killed_at_each_point_leaves_the_target_running() {
     with_timeout(600, || {
         let t = Target::launch(6, 64, None);
         for (i, point) in POINTS.iter().enumerate() {
-            let extra: &[&str] = if i % 2 == 0 { &["-R"] } else { &[] };
+            let at_cure = point.ends_with(":4") || point.ends_with(":5");
+            let extra: &[&str] = if i % 2 == 0 || at_cure { &["-R"] } else { &[] };
+            let areas = anonymous_rwx(t.pid);
             kill_dumper_at(&t, point, extra);
             assert_healthy(&t, None, false, &format!("killed at {point} {extra:?}"));
+            // The parasite alone in the task (before the thread routine) removes its area
+            // on its way out.
+            if matches!(*point, "start" | "serve") {
+                wait_until(
+                    &format!("{point}: the parasite's area unmapped"),
+                    20,
+                    || anonymous_rwx(t.pid) == areas,
+                );
+            }
         }
     });
 }
@@ -286,7 +337,7 @@ fn dumper_killed_with_the_cgroup_frozen_thaws_it() {
         let cg = Cgroup::new("freeze");
         let t = Target::launch(4, 32, Some(&cg.0));
         let path = cg.0.to_str().unwrap().to_string();
-        for point in ["frozen", "seized", "threads"] {
+        for point in ["frozen", "seized", "remote-entry", "threads"] {
             kill_dumper_at(&t, point, &["-R", "--freeze-cgroup", &path]);
             assert_healthy(
                 &t,
@@ -303,7 +354,17 @@ fn dumper_killed_with_the_cgroup_frozen_thaws_it() {
 fn group_stopped_target_stays_stopped_after_a_killed_dumper() {
     with_timeout(600, || {
         let t = Target::launch(4, 16, None);
-        for point in ["seized", "serve", "threads", "cure"] {
+        for point in [
+            "seized",
+            "remote-set",
+            "remote-exit",
+            "remote-parked",
+            "start",
+            "serve",
+            "threads",
+            "cure",
+            "remote-exit:5",
+        ] {
             kill(Pid::from_raw(t.pid), Signal::SIGSTOP).unwrap();
             wait_until("the target to stop", 20, || state(t.pid) == Some('T'));
             kill_dumper_at(&t, point, &["-R"]);
@@ -317,10 +378,35 @@ fn group_stopped_target_stays_stopped_after_a_killed_dumper() {
     });
 }
 
+/// xorshift64*: the random moments of [`dumper_killed_at_moments_spread_over_a_dump`] (the
+/// seed is printed, so a failing run can be replayed with `STASIS_KILL_SEED`).
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::env::var("STASIS_KILL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            })
+            | 1;
+        eprintln!("STASIS_KILL_SEED={seed}");
+        Rng(seed)
+    }
+
+    /// A fraction in [0, 1).
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 #[test]
-#[ignore = "known defect: a dumper killed in the first few percent of a dump (seizing, \
-            injection) still kills the target or leaves a thread stuck in about a third of \
-            runs; the deterministic kill points pass (dumper_killed_at_each_point_leaves_the_target_running)"]
 fn dumper_killed_at_moments_spread_over_a_dump() {
     with_timeout(900, || {
         let cg = Cgroup::new("spread");
@@ -336,9 +422,12 @@ fn dumper_killed_at_moments_spread_over_a_dump() {
         let whole = t0.elapsed();
         drop(dir);
         assert_healthy(&t, Some(&cg.0), false, "after a whole dump with -R");
-        const KILLS: u32 = 10;
+        // Random moments: half of them in the first tenth of a dump (seizing, injecting the
+        // parasite: the shortest windows), the others anywhere in it.
+        const KILLS: u32 = 24;
+        let mut rng = Rng::new();
         // A dump that ends before its kill shortens `whole` (a later dump is faster than the
-        // first: caches) and the moment is tried again, up to twice as many dumps in all.
+        // first: caches) and the moment is drawn again, up to twice as many dumps in all.
         let mut whole = whole;
         let (mut landed, mut k, mut tries) = (0, 0, 0);
         while k < KILLS && tries < 2 * KILLS {
@@ -350,13 +439,15 @@ fn dumper_killed_at_moments_spread_over_a_dump() {
                 _ if k < KILLS / 2 => vec![],
                 _ => vec!["-R"],
             };
+            let span = if k % 2 == 0 { 0.1 } else { 1.0 };
+            let at = whole.mul_f64(span * rng.unit());
             let dir = tempfile::tempdir().expect("image dir");
             let started = Instant::now();
             let mut d = dumper(t.pid, dir.path(), &extra, None);
-            std::thread::sleep(whole * (2 * k + 1) / (2 * KILLS));
+            std::thread::sleep(at);
             let _ = kill(Pid::from_raw(d.id() as i32), Signal::SIGKILL);
             let status = d.wait().unwrap();
-            let what = format!("killed after {k}/{KILLS} of a dump {extra:?}");
+            let what = format!("killed after {at:?} of a dump of {whole:?} {extra:?}");
             if status.success() {
                 whole = whole.min(started.elapsed());
                 // Finished first: a dump without -R killed the target, as asked.

@@ -15,6 +15,8 @@
 //! madv          DONTFORK, DONTDUMP (content kept), HUGEPAGE, NOHUGEPAGE, WIPEONFORK, MERGEABLE
 //! mlock         an mlock()ed range is locked again (VmFlags lo, VmLck)
 //! mlock-setuid  locked as root, then RLIMIT_MEMLOCK 0 and uid 65534: still locked
+//! mlockall      mlockall(MCL_CURRENT | MCL_FUTURE): a mapping made after the restore is
+//!               locked (the flag is a stasis field of mm.img: CRIU has none)
 //! membarrier    MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED is registered again
 //! cow           parent and child sharing pages copy-on-write: each sees its own content
 //! sigpending    blocked pending signals, private and shared, with their siginfo
@@ -324,6 +326,19 @@ fn mlocked_range_stays_locked_after_setuid() {
         let st = std::fs::read_to_string(format!("/proc/{}/status", w.pid)).unwrap();
         assert!(st.contains("Uid:\t65534\t65534\t65534\t65534"), "{st}");
         assert!(st.contains("VmLck:\t      64 kB"), "{st}");
+    });
+}
+
+#[test]
+fn mlockall_future_survives() {
+    round_trip("mlockall", 36900, |w| {
+        let st = std::fs::read_to_string(format!("/proc/{}/status", w.pid)).unwrap();
+        let kb: u64 = st
+            .lines()
+            .find_map(|l| l.strip_prefix("VmLck:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        assert!(kb >= 64, "{st}");
     });
 }
 

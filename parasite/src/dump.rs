@@ -4,13 +4,14 @@
 //! waits for the dumper to stop it. Whenever the dumper's end of the socket closes (the
 //! dumper died: the kernel closes its descriptors), the parasite puts its thread back as it
 //! was by itself: closes its descriptors and returns through the signal frame the dumper
-//! prepared (`rt_sigreturn`, see `src/parasite/sigframe.rs`); a trap with no tracer would kill
-//! the task. Exports:
+//! prepared (`rt_sigreturn`, see `src/sys/sigframe.rs`); a trap with no tracer would kill
+//! the task. Unless other threads may run the area's code (the thread routine ran), it
+//! leaves by unmapping the area on its way out (`src/parasite/gadgets.rs`). Exports:
 //!
 //! ```text
 //! __export_entry           offset 0: call serve(args) (never returns)
-//! __export_syscall_gadget  `syscall; int3`: lets the dumper run remote syscalls in any
-//!                          thread of the task without poking code
+//! __export_syscall_gadget  `syscall; push 15; pop rax; syscall` (sys::remote::GADGET): lets
+//!                          the dumper run remote syscalls in the task without poking code
 //! __export_thread_entry    rdi = a ThreadState slot: fills the slot with the calling
 //!                          thread's state (the same as `fill_thread_state`, in assembly:
 //!                          integer registers only, so no FPU/vector state to restore;
@@ -38,7 +39,9 @@ core::arch::global_asm!(
     ".globl __export_syscall_gadget",
     "__export_syscall_gadget:",
     "    syscall",
-    "    int3",
+    "    push 15",
+    "    pop rax",
+    "    syscall",
     // The thread routine: plain integer code only (no SSE/x87, no stack), so the
     // thread's FPU/vector state stays untouched; results go straight into the slot
     // (layout: ThreadState, scratch from offset 384). r12 = slot.
@@ -418,6 +421,7 @@ core::arch::global_asm!(
 );
 
 const SYS_CLOSE: usize = 3;
+const SYS_MUNMAP: usize = 11;
 const SYS_MPROTECT: usize = 10;
 const SYS_BRK: usize = 12;
 const SYS_RT_SIGACTION: usize = 13;
@@ -592,9 +596,9 @@ fn reply(sock: i32, cmd: u32, result: Result<&[u8], isize>, fds: &[i32]) -> Resu
 
 /// The command loop. Never returns: after FINI it waits for the dumper to stop it; when the
 /// socket fails (the dumper is gone) it puts the thread back by itself ([`cure_self`]).
-extern "C" fn serve(args: *const ParasiteArgs) -> ! {
-    // SAFETY: the dumper wrote a ParasiteArgs at `args` before starting us.
-    let args = unsafe { core::ptr::read_volatile(args) };
+extern "C" fn serve(args_ptr: *const ParasiteArgs) -> ! {
+    // SAFETY: the dumper wrote a ParasiteArgs at `args_ptr` before starting us.
+    let args = unsafe { core::ptr::read_volatile(args_ptr) };
     if args.magic != ARGS_MAGIC {
         // No frame to return through: only a broken dumper gets here.
         // SAFETY: ud2 raises SIGILL, as good as any trap.
@@ -701,6 +705,12 @@ extern "C" fn serve(args: *const ParasiteArgs) -> ! {
     if sock_ours {
         sys(SYS_CLOSE, [sock as usize, 0, 0, 0, 0, 0]);
     }
+    // SAFETY: `args_ptr` is the dumper's ParasiteArgs; it clears unmap_ok in place before
+    // any other thread can run our code.
+    let unmap_ok = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*args_ptr).unmap_ok)) };
+    if unmap_ok == 1 && args.exit_frame != 0 && args.exit_syscall_ret != 0 {
+        leave_unmapping(&args, sigpipe_before)
+    }
     cure_self(args.cure_sp, sigpipe_before)
 }
 
@@ -734,11 +744,7 @@ fn sigpending() -> u64 {
 /// through the frame whose ucontext is at `cure_sp` (registers, mask, XSAVE area; the
 /// alternate stack is read now, so restoring it changes nothing).
 fn cure_self(cure_sp: u64, sigpipe_before: bool) -> ! {
-    if !sigpipe_before && sigpending() & SIGPIPE_BIT != 0 {
-        let set = SIGPIPE_BIT;
-        let zero = [0i64; 2];
-        sys(SYS_RT_SIGTIMEDWAIT, [&set as *const u64 as usize, 0, zero.as_ptr() as usize, 8, 0, 0]);
-    }
+    take_back_sigpipe(sigpipe_before);
     sys(SYS_SIGALTSTACK, [0, cure_sp as usize + 16, 0, 0, 0, 0]);
     // SAFETY: the dumper wrote a complete frame at `cure_sp` (sigframe.rs); rt_sigreturn
     // replaces every register and never returns here.
@@ -749,6 +755,39 @@ fn cure_self(cure_sp: u64, sigpipe_before: bool) -> ! {
             "syscall",
             "ud2",
             sp = in(reg) cure_sp,
+            options(noreturn),
+        )
+    }
+}
+
+/// A SIGPIPE our writes to the dead dumper's pipes raised is taken back (it was not pending
+/// before).
+fn take_back_sigpipe(sigpipe_before: bool) {
+    if !sigpipe_before && sigpending() & SIGPIPE_BIT != 0 {
+        let set = SIGPIPE_BIT;
+        let zero = [0i64; 2];
+        sys(SYS_RT_SIGTIMEDWAIT, [&set as *const u64 as usize, 0, zero.as_ptr() as usize, 8, 0, 0]);
+    }
+}
+
+/// [`cure_self`] that also removes the area: rsp = the exit frame on the leader's own stack,
+/// then munmap of the area through the `syscall; ret` outside it, whose `ret` takes the
+/// frame's pretcode: an `rt_sigreturn` sequence outside the area (`src/parasite/gadgets.rs`).
+fn leave_unmapping(args: &ParasiteArgs, sigpipe_before: bool) -> ! {
+    take_back_sigpipe(sigpipe_before);
+    // The frame's ucontext is at exit_frame + 8, its uc_stack 16 bytes further.
+    sys(SYS_SIGALTSTACK, [0, args.exit_frame as usize + 8 + 16, 0, 0, 0, 0]);
+    // SAFETY: the dumper wrote a complete frame at exit_frame and found both gadgets in
+    // mappings that are not the area; nothing after the jump touches the area.
+    unsafe {
+        core::arch::asm!(
+            "mov rsp, {sp}",
+            "jmp {gadget}",
+            sp = in(reg) args.exit_frame,
+            gadget = in(reg) args.exit_syscall_ret,
+            in("rax") SYS_MUNMAP,
+            in("rdi") args.area_base,
+            in("rsi") args.area_len,
             options(noreturn),
         )
     }

@@ -137,6 +137,7 @@ extern "C" fn restore_main(a: *const TaskArgs) -> ! {
     }
     task::queue_signals(a, ts);
     task::restore_posix_timers(a);
+    task::restore_mlockall(a);
     let unmap = plan_exit(a);
     thread::restore_creds(a, &ts[0], 0);
     task::restore_after_creds(a, &ts[0]);

@@ -340,6 +340,7 @@ fn collect_process(
             // 0 is a value (PR_SET_DUMPABLE 0), not "unknown".
             dumpable: pprobe.dumpable,
             thp_disabled: pprobe.thp_disabled,
+            mlockall: pprobe.mlockall,
         };
         cx.prof.record(&format!("mm {pid}"), "mm", pid, t2);
 

@@ -253,6 +253,8 @@ pub struct MmFields {
     pub exe_file_id: u32,
     pub dumpable: u32,
     pub thp_disabled: bool,
+    /// `mlockall` flags for future mappings, 0: none.
+    pub mlockall: u32,
 }
 
 /// The `mm_entry` of one process.
@@ -276,6 +278,7 @@ pub fn mm_entry(m: &MmFields, vmas: &[VmaOut]) -> pb::MmEntry {
         dumpable: Some(m.dumpable as i32),
         aios: Vec::new(),
         thp_disabled: Some(m.thp_disabled),
+        mlockall_flags: (m.mlockall != 0).then_some(m.mlockall),
     }
 }
 
@@ -405,6 +408,7 @@ mod tests {
             exe_file_id: files.exe(pid).expect("exe"),
             dumpable: 1,
             thp_disabled: false,
+            mlockall: 0,
         };
         same_bytes(&m, &vmas);
         (m.dumpable, m.thp_disabled) = (0, true);

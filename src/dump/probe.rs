@@ -147,6 +147,8 @@ pub struct ProcessProbe {
     pub membarrier_mask: u32,
     /// `brk(0)` in the task.
     pub brk: u64,
+    /// `mlockall` flags for future mappings (MCL_FUTURE, MCL_ONFAULT), 0: none.
+    pub mlockall: u32,
 }
 
 /// Access to a frozen tree's insides, one process at a time.

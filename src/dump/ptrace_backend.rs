@@ -334,6 +334,7 @@ impl ProcessAccess for OpenProcess<'_> {
             thp_disabled: misc.thp_disabled > 0,
             membarrier_mask: misc.membarrier_mask,
             brk: misc.brk,
+            mlockall: self.parasite.mlockall_future(),
         })
     }
 

@@ -8,10 +8,12 @@
 //!   + frame               stack (256 KiB), the parasite starts with sp at its top
 //!   + 256 KiB             thread area: one slot per thread run at once (state, scratch with
 //!                         the thread's signal frame, XSAVE area, a little stack)
-//! inject:  save regs + xstate + sigmask of the leader; mmap; write blob, frame and args;
-//!          socketpair(AF_UNIX, SOCK_SEQPACKET) inside the task, take one end with
-//!          pidfd_getfd, close it in the task; start the blob (ip = entry, rdi = args,
-//!          every signal but SIGTRAP blocked), PTRACE_CONT: it serves commands
+//! inject:  save regs + xstate + sigmask of the leader; mmap (the one remote syscall through
+//!          a word poked at the task's first executable mapping); write blob, frame and
+//!          args; socketpair(AF_UNIX, SOCK_SEQPACKET) inside the task (through the blob's
+//!          gadget, like every later one but the munmap), take one end with pidfd_getfd,
+//!          close it in the task; write the exit frame (gadgets.rs); start the blob (ip =
+//!          entry, rdi = args, every signal but SIGTRAP blocked), PTRACE_CONT: it serves
 //! cure:    FINI; interrupt the leader in the parasite's wait for the hang-up (if it does
 //!          not answer: interrupt it wherever it is, close its pipes too); close its socket
 //!          remotely; write back xstate, mask, then regs; munmap through the poked exec area
@@ -19,10 +21,14 @@
 //!
 //! Killed dumper: the kernel closes our end of the socket. The parasite, in whatever command
 //! or wait it is, sees the hang-up, closes its descriptors and returns through its frame; so
-//! does a thread in the thread routine. Every remote syscall ends with the task parked in an
-//! event stop (`SeizedTask::park`), from which a task whose tracer died simply resumes. What
-//! stays: the mapping (code cannot unmap itself and return), and the task is lost if the
-//! dumper dies during the remote mmap or munmap itself (the poked word is in place).
+//! does a thread in the thread routine. A leader alone in the area (no thread ran the
+//! thread routine yet) leaves by unmapping it (gadgets.rs); after the thread routine ran the
+//! area stays (another thread may still be inside it). A remote syscall is kill-safe at
+//! every step (sys/remote.rs: syscall stops, a return frame on the task's stack). What may
+//! stay: the area when the dumper dies between the remote mmap and the parasite's start
+//! (nothing of ours runs in the task to remove it), a descriptor of the socketpair when it
+//! dies between the socketpair and the close, and the poked word when it dies right around
+//! the remote mmap or munmap (sys/remote.rs).
 //!
 //! Per-thread state: the leader answers THREAD_STATE itself; the other threads run the blob's
 //! thread routine, all of them at once, in waves of at most one thread per slot:
@@ -113,6 +119,8 @@ pub struct Parasite<'a> {
     xsave: Option<XsavePlan>,
     /// The leader's rseq registration, if any ([`Parasite::set_leader_rseq`]).
     leader_rseq: Option<RseqConfig>,
+    /// `mlockall` flags the area was mapped under (MCL_FUTURE, MCL_ONFAULT), 0: none.
+    mlockall: u32,
 }
 
 /// The thread routine's XSAVE. ptrace shows a thread's area in the standard format, `len`
@@ -264,12 +272,16 @@ impl<'a> Parasite<'a> {
             .next_multiple_of(THREAD_SLOT) as u64;
         let len = slots_off + slots as u64 * slot_size;
         let prot = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+        let locked_before = locked_kib(pid);
         let map = RemoteMapping::new(remote, len, prot)?;
         let base = map.addr();
+        let mlockall = mlockall_future(pid, base, len, locked_before);
         map.write(0, &DUMP.relocated(base))?;
         let scratch = base + size + SCRATCH;
         let sock_type = (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64;
-        remote.syscall(
+        // The blob's own gadget from here on: no word of the task's code poked.
+        let in_area = Remote::with_gadget(leader, base + blob::EXPORT_SYSCALL_GADGET as u64);
+        in_area.syscall(
             "socketpair",
             libc::SYS_socketpair,
             &[libc::AF_UNIX as u64, sock_type, 0, scratch],
@@ -279,12 +291,12 @@ impl<'a> Parasite<'a> {
         let task_sock = i32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]);
         let task_peer = i32::from_le_bytes([pair[4], pair[5], pair[6], pair[7]]);
         let sock = take_fd(pid, task_peer);
-        let closed = remote.syscall("close", libc::SYS_close, &[task_peer as u64]);
+        let closed = in_area.syscall("close", libc::SYS_close, &[task_peer as u64]);
         let sock = match (sock, closed) {
             (Ok(sock), Ok(_)) => sock,
             (Err(e), _) | (Ok(_), Err(e)) => {
-                let _ = remote.syscall("close", libc::SYS_close, &[task_sock as u64]);
-                let _ = remote.syscall("close", libc::SYS_close, &[task_peer as u64]);
+                let _ = in_area.syscall("close", libc::SYS_close, &[task_sock as u64]);
+                let _ = in_area.syscall("close", libc::SYS_close, &[task_peer as u64]);
                 return Err(e.into());
             }
         };
@@ -306,6 +318,7 @@ impl<'a> Parasite<'a> {
             slot_size,
             xsave,
             leader_rseq: None,
+            mlockall,
         };
         let frame_addr = base + frame_off;
         let frame = sigframe::frame(
@@ -315,11 +328,18 @@ impl<'a> Parasite<'a> {
             &parasite.saved.xstate,
         );
         crate::sys::mem::write(pid, frame_addr, &frame)?;
+        let (exit_frame, exit_syscall_ret) =
+            write_exit_frame(pid, &parasite.saved, saved_mask).unwrap_or((0, 0));
         let args = ParasiteArgs {
             magic: ARGS_MAGIC,
             sock_fd: task_sock,
             pad: 0,
             cure_sp: frame_addr + sigframe::FRAME_UC as u64,
+            area_base: base,
+            area_len: len,
+            exit_frame,
+            exit_syscall_ret,
+            unmap_ok: 1,
         };
         crate::sys::mem::write(pid, base + size, bytes_of(&args))?;
         crate::sys::stop_point::stop_point("inject");
@@ -337,9 +357,16 @@ impl<'a> Parasite<'a> {
         regs.flags &= !(EFLAGS_TF | EFLAGS_DF);
         self.leader.set_regs(&regs)?;
         self.leader.set_sigmask(!(1u64 << (libc::SIGTRAP - 1)))?;
+        crate::sys::stop_point::stop_point("start");
         self.leader.cont(0)?;
         self.state = State::Running;
         Ok(())
+    }
+
+    /// The `mlockall` flags for future mappings in effect in the task (MCL_FUTURE and
+    /// MCL_ONFAULT; 0: none), seen on the parasite's own area when it was mapped.
+    pub fn mlockall_future(&self) -> u32 {
+        self.mlockall
     }
 
     /// Address of the parasite area in the task.
@@ -811,6 +838,13 @@ impl<'a> Parasite<'a> {
                 });
             }
         }
+        if !threads.is_empty() {
+            // From here on other threads may run the area's code: a leader left alone must
+            // not unmap it.
+            let at =
+                self.base + blob::SIZE as u64 + std::mem::offset_of!(ParasiteArgs, unmap_ok) as u64;
+            crate::sys::mem::write(pid, at, &0u64.to_le_bytes())?;
+        }
         let mut out = Vec::with_capacity(threads.len());
         for wave in threads.chunks(self.slots) {
             self.run_wave(wave, &mut out)?;
@@ -1168,13 +1202,15 @@ impl<'a> Parasite<'a> {
         // put itself back should we die: with its socket closed it returns through its frame
         // (the poll says POLLNVAL); with its own registers back it is no longer in the area.
         let remote = Remote::at(self.leader, self.exec_ip);
+        let in_area =
+            Remote::with_gadget(self.leader, self.base + blob::EXPORT_SYSCALL_GADGET as u64);
         let mut first: Option<Error> = None;
         let mut fds = vec![self.task_sock];
         if !pipes_closed {
             fds.extend(self.task_pipe_fds());
         }
         for fd in fds {
-            if let Err(e) = remote.syscall("close", libc::SYS_close, &[fd as u64]) {
+            if let Err(e) = in_area.syscall("close", libc::SYS_close, &[fd as u64]) {
                 if e.errno() != Some(Errno::EBADF) {
                     first.get_or_insert(e.into());
                 }
@@ -1264,6 +1300,48 @@ fn park_thread(t: &SeizedTask, own_mask: &mut Option<u64>) -> Result<()> {
             }
         }
     }
+}
+
+/// `VmLck` of process `pid` in KiB (None: unreadable).
+fn locked_kib(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The `mlockall` flags for future mappings of process `pid`, read on its fresh mapping
+/// `[base, base + len)`: the kernel adds its length to the locked memory when the process
+/// called `mlockall(MCL_FUTURE)` (no query for it exists); then the mapping's VmFlags in
+/// smaps tell MCL_ONFAULT (`lf`).
+fn mlockall_future(pid: i32, base: u64, len: u64, before: Option<u64>) -> u32 {
+    const MCL_FUTURE: u32 = 2;
+    const MCL_ONFAULT: u32 = 4;
+    let (Some(before), Some(after)) = (before, locked_kib(pid)) else {
+        return 0;
+    };
+    if after < before + len / 1024 {
+        return 0;
+    }
+    let onfault = crate::proc::maps::read_smaps(pid)
+        .ok()
+        .and_then(|vmas| vmas.into_iter().find(|v| v.start == base))
+        .is_some_and(|v| v.has_flag("lf"));
+    MCL_FUTURE | if onfault { MCL_ONFAULT } else { 0 }
+}
+
+/// Writes the leader's exit frame (see [`ParasiteArgs::exit_frame`] and gadgets.rs) below its
+/// stack pointer's red zone: the frame of `saved` and `mask` with the address of an
+/// `rt_sigreturn` sequence as its pretcode. Returns the frame's address and the
+/// `syscall; ret` to leave through, or None (no gadgets, no mapped stack there): the area
+/// then stays behind should the dumper die.
+fn write_exit_frame(pid: i32, saved: &TaskRegs, mask: u64) -> Option<(u64, u64)> {
+    let (syscall_ret, sigreturn) = super::gadgets::find(pid)?;
+    let addr = sigframe::below_red_zone(saved.regs.sp, saved.xstate.len())?;
+    let mut frame = sigframe::frame(addr, &saved.regs, mask, &saved.xstate);
+    frame[..8].copy_from_slice(&sigreturn.to_le_bytes());
+    crate::sys::mem::write(pid, addr, &frame).ok()?;
+    Some((addr, syscall_ret))
 }
 
 /// Takes a duplicate of descriptor `fd` of process `pid`.

@@ -29,8 +29,9 @@
 pub mod blob;
 pub mod driver;
 pub mod error;
+mod gadgets;
 pub mod proto;
-pub mod sigframe;
+pub use crate::sys::sigframe;
 
 pub use driver::{Parasite, ThreadDump};
 pub use error::Error;

@@ -305,6 +305,7 @@ pub fn mm_from_pb(spec: &mut TaskSpec, mm: &pb::MmEntry, exe_fd: u32) {
     spec.task.set_mm = 1;
     spec.task.dumpable = mm.dumpable.map_or(u32::MAX, |d| d as u32);
     spec.task.thp_disabled = mm.thp_disabled.map_or(u32::MAX, u32::from);
+    spec.task.mlockall = mm.mlockall_flags.unwrap_or(0);
 }
 
 #[cfg(test)]

@@ -491,6 +491,26 @@ pub fn set_owners(o: &Opened, pid: i32, pgid: i32) -> Result<(), nix::errno::Err
     Ok(())
 }
 
+/// Once every restored thread exists (the tasks wait in their restorer blobs): sets the
+/// owners that are threads other than a leader (`F_OWNER_TID`), which no task could set
+/// while it restored its descriptors (its threads are made later, by the blob). The owner
+/// belongs to the open file description, so the engine's parked copy serves.
+pub fn set_thread_owners(o: &Opened, plan: &Plan) -> Result<(), RestoreError> {
+    const F_OWNER_TID: u32 = 0;
+    let leaders: BTreeSet<i32> = plan.tasks.iter().map(|t| t.pid).collect();
+    for (fd, w) in &o.owners {
+        if w.pid_type == F_OWNER_TID && !leaders.contains(&(w.pid as i32)) {
+            crate::sys::fdkinds::set_owner(
+                crate::sys::fds::borrow(*fd),
+                F_OWNER_TID as i32,
+                w.pid as i32,
+            )
+            .map_err(|e| sys(format!("F_SETOWN_EX thread {}", w.pid), e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether `path` lies in `/proc/PID/` of a task or thread the images restore.
 pub fn tree_proc_path(plan: &Plan, path: &str) -> bool {
     path.strip_prefix("/proc/")

@@ -197,6 +197,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     opened.forget(&[ctl.ready_w, ctl.hold_r, ctl.status_w]);
     let alive = plan.tasks.iter().filter(|t| t.state != TASK_DEAD).count();
     wait_tasks(&ready_r, &status_r, alive, root, deadline)?;
+    files::set_thread_owners(&opened, &plan)?;
     tracing::info!(
         "every task is in its restorer blob, ready, after {:?}",
         t0.elapsed()
@@ -411,6 +412,7 @@ fn blob_step_name(s: u32) -> &'static str {
         SECCOMP => "seccomp",
         VMA_MLOCK => "mlock a locked vma",
         MEMBARRIER => "membarrier registration",
+        MLOCKALL => "mlockall for future mappings",
         _ => "unknown step",
     }
 }

@@ -59,6 +59,7 @@ mod restorer_fixture_tests;
 #[cfg(test)]
 mod restorer_tests;
 pub mod seccomp;
+pub mod sigframe;
 pub mod sock_diag;
 pub mod socket;
 pub mod spawn;

@@ -58,6 +58,12 @@ pub fn cont(tid: i32, sig: i32) -> Result<()> {
     req("PTRACE_CONT", libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
 }
 
+/// `PTRACE_SYSCALL` delivering `sig` (0: none): resume until the next syscall-entry or
+/// syscall-exit stop.
+pub fn syscall(tid: i32, sig: i32) -> Result<()> {
+    req("PTRACE_SYSCALL", libc::PTRACE_SYSCALL, tid, 0, sig as usize).map(drop)
+}
+
 /// `PTRACE_GETSIGINFO`: the raw siginfo of the current stop.
 pub fn get_siginfo(tid: i32) -> Result<[u8; SIGINFO_SIZE]> {
     let mut buf = [0u8; SIGINFO_SIZE];

@@ -246,6 +246,15 @@ impl SeizedTask {
         ptrace::cont(self.tid, sig)
     }
 
+    /// Resumes the task until its next syscall-entry or syscall-exit stop (`PTRACE_SYSCALL`),
+    /// delivering `sig` (0: none), after writing back a deferred restore. A tracer that dies
+    /// while the task sits in a syscall stop frees it to go on (no signal is delivered).
+    pub fn resume_syscall(&self, sig: i32) -> Result<()> {
+        self.check_tracer("PTRACE_SYSCALL")?;
+        self.restore_now()?;
+        ptrace::syscall(self.tid, sig)
+    }
+
     /// Records the registers and blocked mask the task must get back before it runs again:
     /// the thread routine leaves its threads stopped at its trap and the write-back is done
     /// by [`SeizedTask::detach`] (or drop, or [`SeizedTask::cont`]). A dump that kills the
@@ -279,8 +288,9 @@ impl SeizedTask {
         self.restore.set(None);
     }
 
-    /// Moves a task that sits at one of our traps (a SIGTRAP signal-delivery-stop) into a
-    /// `PTRACE_EVENT_STOP` at the same registers without running a single instruction of it:
+    /// Moves a task that sits at one of our traps (a SIGTRAP signal-delivery-stop, or a
+    /// syscall stop) into a `PTRACE_EVENT_STOP` at the same registers without running a
+    /// single instruction of it:
     /// `PTRACE_INTERRUPT`, then `PTRACE_CONT` without the signal, and the kernel traps it
     /// before it leaves the signal code. A tracer that dies frees a task in a
     /// signal-delivery-stop to take that signal (SIGTRAP kills it); from an event stop the task

@@ -11,6 +11,7 @@
 #include <linux/filter.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -754,6 +755,37 @@ static void fanotify_check(void) {
     CHECK(n > 0 && ev[0].fd >= 0 && fstat(ev[0].fd, &got) == 0 && got.st_ino == want.st_ino, "the event's file is not the marked one");
 }
 
+/* ---- a file owned by one thread (F_OWNER_TID) ---- */
+static int t_pipe[2];
+static volatile pid_t t_tid, t_got;
+static void on_tid_io(int s) { (void)s; t_got = (pid_t)syscall(SYS_gettid); }
+static void *tid_owner(void *arg) {
+    (void)arg;
+    t_tid = (pid_t)syscall(SYS_gettid);
+    for (;;) pause();
+    return NULL;
+}
+static void fown_tid_setup(void) {
+    pthread_t th;
+    pthread_create(&th, NULL, tid_owner, NULL);
+    while (!t_tid) usleep(1000);
+    signal(SIGRTMIN + 3, on_tid_io);
+    pipe(t_pipe);
+    struct f_owner_ex ex = { F_OWNER_TID, t_tid };
+    fcntl(t_pipe[0], F_SETOWN_EX, &ex);
+    fcntl(t_pipe[0], F_SETSIG, SIGRTMIN + 3);
+    fcntl(t_pipe[0], F_SETFL, O_ASYNC | O_NONBLOCK);
+}
+static void fown_tid_check(void) {
+    struct f_owner_ex ex = { 0, 0 };
+    fcntl(t_pipe[0], F_GETOWN_EX, &ex);
+    CHECK(ex.type == F_OWNER_TID && ex.pid == t_tid, "pipe owner type %d pid %d, want thread %d",
+          ex.type, ex.pid, t_tid);
+    write(t_pipe[1], "x", 1);
+    for (int i = 0; i < 1000 && !t_got; i++) usleep(1000);
+    CHECK(t_got == t_tid, "the pipe's signal went to thread %d, not its owner %d", t_got, t_tid);
+}
+
 struct scenario { const char *name; void (*setup)(void); void (*check)(void); };
 static const struct scenario scenarios[] = {
     { "ghost", ghost_setup, ghost_check },
@@ -781,6 +813,7 @@ static const struct scenario scenarios[] = {
     { "devtty", devtty_setup, devtty_check },
     { "pidfd", pidfd_setup, pidfd_check },
     { "fanotify", fanotify_setup, fanotify_check },
+    { "fown_tid", fown_tid_setup, fown_tid_check },
 };
 
 int main(int argc, char **argv) {

@@ -87,6 +87,20 @@ pub struct ParasiteArgs {
     /// Address of the ucontext of the frame the parasite returns through when the dumper is
     /// gone (`rt_sigreturn` with rsp here).
     pub cure_sp: u64,
+    /// The area (parasite image, args, frame, stack, thread slots): what the leader unmaps
+    /// on its way out when the dumper is gone.
+    pub area_base: u64,
+    /// Length of the area.
+    pub area_len: u64,
+    /// A frame like the one at `cure_sp` on the leader's own stack, 64-byte aligned, whose
+    /// pretcode holds the address of an `rt_sigreturn` sequence outside the area (0: none).
+    pub exit_frame: u64,
+    /// A `syscall; ret` outside the area (0: none). With `exit_frame`, the leader leaves by
+    /// munmap of the area through it, then `ret` into the exit frame's pretcode.
+    pub exit_syscall_ret: u64,
+    /// 1 while no thread but the leader can run code of the area (the dumper clears it
+    /// before it starts the thread routine); read when the dumper is gone.
+    pub unmap_ok: u64,
 }
 
 /// Header of a command.

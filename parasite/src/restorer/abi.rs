@@ -78,7 +78,7 @@
 /// `TaskArgs::magic`: "STASISRA".
 pub const ARGS_MAGIC: u64 = 0x4152_5349_5341_5453;
 /// `TaskArgs::version`; bumped on any layout change.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 /// Size of each thread's stack in the area (blob code, frames, the xsave copy).
 pub const THREAD_STACK_SIZE: u64 = 64 * 1024;
 /// Exit code of a task whose restorer failed (after the error record was written).
@@ -421,6 +421,11 @@ pub struct TaskArgs {
     pub status_fd: i32,
     /// One byte is read from it after STAGE_READY; -1 to go on at once.
     pub go_fd: i32,
+    /// `mlockall` flags for future mappings (MCL_FUTURE, MCL_ONFAULT), applied once every
+    /// VMA is in place; 0: none.
+    pub mlockall: u32,
+    /// Padding.
+    pub pad_mlockall: u32,
     /// The engine's own rseq registration inherited by this task, dropped first.
     pub cur_rseq: RseqArgs,
     pub sync: SyncArgs,
@@ -463,6 +468,8 @@ impl Default for TaskArgs {
             membarrier_mask: 0,
             status_fd: -1,
             go_fd: -1,
+            mlockall: 0,
+            pad_mlockall: 0,
             cur_rseq: RseqArgs::default(),
             sync: SyncArgs::default(),
         }
@@ -522,6 +529,7 @@ pub mod step {
     pub const SECCOMP: u32 = 24;
     pub const VMA_MLOCK: u32 = 25;
     pub const MEMBARRIER: u32 = 26;
+    pub const MLOCKALL: u32 = 27;
 }
 
 /// Size checks: a layout change that forgets the other side fails to build.
@@ -539,5 +547,5 @@ const _: () = {
     assert!(core::mem::size_of::<StatusRecord>() == 24);
     assert!(core::mem::size_of::<SigInfo>() == 128);
     assert!(core::mem::size_of::<SyncArgs>() == 40);
-    assert!(core::mem::size_of::<TaskArgs>() == 2752);
+    assert!(core::mem::size_of::<TaskArgs>() == 2760);
 };

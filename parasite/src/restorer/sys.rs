@@ -17,6 +17,7 @@ pub const SCHED_YIELD: usize = 24;
 pub const MREMAP: usize = 25;
 pub const MADVISE: usize = 28;
 pub const MLOCK: usize = 149;
+pub const MLOCKALL: usize = 151;
 pub const SETITIMER: usize = 38;
 pub const EXIT: usize = 60;
 pub const UMASK: usize = 95;

@@ -69,6 +69,16 @@ pub fn restore_task_state(a: &TaskArgs) {
     }
 }
 
+/// `mlockall` for future mappings, once every VMA of the task is in place (the restore maps
+/// nothing after it); before the creds, as the locked ranges.
+pub fn restore_mlockall(a: &TaskArgs) {
+    if a.mlockall != 0 {
+        // SAFETY: takes flags only.
+        let r = unsafe { sc(sys::MLOCKALL, a.mlockall as usize, 0, 0, 0, 0, 0) };
+        check(a, step::MLOCKALL, 0, r);
+    }
+}
+
 /// Leader-only prctls that must follow the creds (`setresuid` resets them).
 pub fn restore_after_creds(a: &TaskArgs, leader: &ThreadArgs) {
     if leader.pdeath_sig != 0 {

@@ -136,6 +136,17 @@ pub fn fpstate(xstate: &XState) -> Vec<u8> {
     out
 }
 
+/// Where a frame for an XSAVE area of `xstate_len` bytes goes on a stack whose pointer is
+/// `sp`: below the x86-64 red zone (128 bytes the code may use without moving `sp`), 64-byte
+/// aligned, as the kernel places a signal frame. None when `sp` is too low to be a stack.
+pub fn below_red_zone(sp: u64, xstate_len: usize) -> Option<u64> {
+    const RED_ZONE: u64 = 128;
+    let len = FRAME_FPSTATE as u64 + xstate_len as u64 + 64;
+    sp.checked_sub(RED_ZONE + len)
+        .filter(|a| *a >= 4096)
+        .map(|a| a & !63)
+}
+
 /// A frame area for `regs`, `mask` and `xstate`, to be written at `addr` (64-byte aligned):
 /// pretcode, ucontext at [`FRAME_UC`] (the `rsp` of `rt_sigreturn`), fpstate at
 /// [`FRAME_FPSTATE`].
