@@ -64,6 +64,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
         cgroups_ignore: c.cgroup_mode() == "ignore",
         root: c.root.clone(),
         encrypt_key: parsed.encrypt_key.clone(),
+        lazy_pages: c.lazy_pages.then(|| common.work_dir()),
     };
     let cpu_ok = crate::cpuinfo::option_caps(&c.cpu_cap.clone().map(Some))
         .and_then(|caps| crate::cpuinfo::check_dir(&opts.images_dir, caps));

@@ -270,8 +270,14 @@ fn staged(sink: &mut dyn PageSink, runs: &[Run], src: &mut dyn PageSource, pid: 
     Ok(())
 }
 
-/// Decides which pages of these VMAs are dumped, from their pagemap entries.
-pub fn plan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Result<Vec<Run>> {
+/// Decides which pages of these VMAs are dumped, from their pagemap entries. `lazy`
+/// (`dump --lazy-pages`): private anonymous pages become `PE_LAZY` entries without data.
+pub fn plan(
+    pid: i32,
+    vmas: &[VmaOut],
+    stats: &mut PageStats,
+    lazy_dump: bool,
+) -> Result<Vec<Run>> {
     let pm = PagemapReader::open(pid).map_err(|e| DumpError::proc("pages", pid, e))?;
     let mut runs: Vec<Run> = Vec::new();
     for v in vmas {
@@ -281,6 +287,8 @@ pub fn plan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Result<Vec<Run>
             PageClass::FilePrivate | PageClass::Vdso => 0,
         };
         let class = v.class;
+        // Left to the lazy-pages daemon: no data here.
+        let lazy_only = lazy_dump && crate::pages::lazy::can_be_lazy(&v.entry);
         pm.for_each(v.start, v.end, |addr, e| {
             stats.pages_scanned += 1;
             let want = match class {
@@ -292,7 +300,7 @@ pub fn plan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Result<Vec<Run>
             if !want {
                 return;
             }
-            let flags = PE_PRESENT | lazy;
+            let flags = if lazy_only { PE_LAZY } else { PE_PRESENT | lazy };
             match runs.last_mut() {
                 Some(r) if r.flags == flags && r.vaddr + r.nr_pages * PAGE_SIZE == addr => {
                     r.nr_pages += 1
@@ -323,9 +331,9 @@ pub fn write_private(
     // PE_PARENT runs carry no data: they are not written here.
     for r in runs.iter().filter(|r| r.flags & PE_PRESENT != 0) {
         stats.pages_written += r.nr_pages;
-        if r.flags & PE_LAZY != 0 {
-            stats.pages_lazy += r.nr_pages;
-        }
+    }
+    for r in runs.iter().filter(|r| r.flags & PE_LAZY != 0) {
+        stats.pages_lazy += r.nr_pages;
     }
     Ok(())
 }

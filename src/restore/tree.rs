@@ -183,6 +183,9 @@ fn run_task(
     keep.insert(ctl.ready_w);
     keep.insert(ctl.hold_r);
     keep.insert(ctl.status_w);
+    if let Some(l) = opened.lazy {
+        keep.extend([l.sock, l.token_r, l.token_w]);
+    }
     let dirs = fs_dirs(opened, t);
     keep.extend(dirs.iter().flat_map(|&(r, c)| [r, c]).flatten());
     keep_only(&keep).map_err(|e| ("close descriptors", e))?;
