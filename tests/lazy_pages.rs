@@ -111,7 +111,10 @@ fn local_images_served_on_fault_and_in_background() {
         wait_gone(&pids, 10, "the dumped tree");
         // A plain dump marks private anonymous pages PE_LAZY (with their data), as CRIU.
         let (with_data, without) = lazy_pages(dir, w.pid);
-        assert!(with_data >= MIB * 256 && without == 0, "{with_data} {without}");
+        assert!(
+            with_data >= MIB * 256 && without == 0,
+            "{with_data} {without}"
+        );
 
         // No daemon: refused up front, nothing started.
         let out = stasis_bin()
@@ -145,7 +148,10 @@ fn local_images_served_on_fault_and_in_background() {
             .lines()
             .find(|l| l.contains("pages on fault"))
             .unwrap_or_else(|| panic!("no summary:\n{dlog}"));
-        assert!(!line.contains(" 0 pages on fault"), "no fault was served: {line}");
+        assert!(
+            !line.contains(" 0 pages on fault"),
+            "no fault was served: {line}"
+        );
     });
 }
 
@@ -210,7 +216,10 @@ fn remote_from_a_lazy_dump_over_loopback() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let (with_data, without) = lazy_pages(&src, w.pid);
-        assert!(without >= MIB * 256 && with_data == 0, "{with_data} {without}");
+        assert!(
+            without >= MIB * 256 && with_data == 0,
+            "{with_data} {without}"
+        );
         let pages_bytes: u64 = files_with_prefix(&src, "pages-")
             .iter()
             .map(|p| std::fs::metadata(p).unwrap().len())
@@ -324,6 +333,10 @@ fn lost_page_server_kills_the_restored_tree() {
             u64::from_le_bytes(first[24..32].try_into().unwrap()),
             w.pid as u64
         );
-        wait_gone(&pids, 10, "the restored tree after the page server was lost");
+        wait_gone(
+            &pids,
+            10,
+            "the restored tree after the page server was lost",
+        );
     });
 }

@@ -125,9 +125,11 @@ impl DumpArgs {
             return Ok(None);
         }
         if c.page_server {
-            return Err("--lazy-pages with --page-server: the pages a lazy dump writes go to \
+            return Err(
+                "--lazy-pages with --page-server: the pages a lazy dump writes go to \
                         the images directory (not built yet to a page server)"
-                .into());
+                    .into(),
+            );
         }
         if c.incremental.prev_images_dir.is_some() || c.incremental.track_mem {
             return Err("--lazy-pages with an incremental dump is not built yet".into());

@@ -272,12 +272,7 @@ fn staged(sink: &mut dyn PageSink, runs: &[Run], src: &mut dyn PageSource, pid: 
 
 /// Decides which pages of these VMAs are dumped, from their pagemap entries. `lazy`
 /// (`dump --lazy-pages`): private anonymous pages become `PE_LAZY` entries without data.
-pub fn plan(
-    pid: i32,
-    vmas: &[VmaOut],
-    stats: &mut PageStats,
-    lazy_dump: bool,
-) -> Result<Vec<Run>> {
+pub fn plan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats, lazy_dump: bool) -> Result<Vec<Run>> {
     let pm = PagemapReader::open(pid).map_err(|e| DumpError::proc("pages", pid, e))?;
     let mut runs: Vec<Run> = Vec::new();
     for v in vmas {
@@ -300,7 +295,11 @@ pub fn plan(
             if !want {
                 return;
             }
-            let flags = if lazy_only { PE_LAZY } else { PE_PRESENT | lazy };
+            let flags = if lazy_only {
+                PE_LAZY
+            } else {
+                PE_PRESENT | lazy
+            };
             match runs.last_mut() {
                 Some(r) if r.flags == flags && r.vaddr + r.nr_pages * PAGE_SIZE == addr => {
                     r.nr_pages += 1

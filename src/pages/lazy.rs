@@ -105,7 +105,13 @@ impl Ranges {
         for s in hit {
             let Some(r) = self.0.remove(&s) else { continue };
             if s < start {
-                self.0.insert(s, Range { end: start, img: r.img });
+                self.0.insert(
+                    s,
+                    Range {
+                        end: start,
+                        img: r.img,
+                    },
+                );
             }
             if r.end > end {
                 self.0.insert(
@@ -205,8 +211,8 @@ pub fn run(
     let conn = OwnedFd::from(conn);
     let mut tasks = Vec::new();
     for _ in 0..n {
-        let (pid, h) =
-            uffd::recv_handle(conn.as_fd()).map_err(|e| errno_err("receive a task's userfaultfd", e))?;
+        let (pid, h) = uffd::recv_handle(conn.as_fd())
+            .map_err(|e| errno_err("receive a task's userfaultfd", e))?;
         let Some(u) = h else { continue };
         let ranges = lazy_ranges(images_dir, pid)?;
         tracing::info!(pid, pages = ranges.pages(), "lazy pages: task handed over");
@@ -453,7 +459,11 @@ impl Daemon {
                     };
                     self.drain(i, source)?;
                     self.tasks[i].queue.extend(faults);
-                    if self.tasks[i].ranges.find(addr).map(|x| x.1.img + (addr - x.0)) != Some(img)
+                    if self.tasks[i]
+                        .ranges
+                        .find(addr)
+                        .map(|x| x.1.img + (addr - x.0))
+                        != Some(img)
                     {
                         return Ok(0);
                     }
@@ -467,12 +477,7 @@ impl Daemon {
                     self.tasks[i].ranges.take(addr, addr + len);
                     return Ok(0);
                 }
-                Err(e) => {
-                    return Err(Failure::Other(errno_err(
-                        "lazy pages: UFFDIO_COPY",
-                        e,
-                    )))
-                }
+                Err(e) => return Err(Failure::Other(errno_err("lazy pages: UFFDIO_COPY", e))),
             }
         }
         self.tasks[i].ranges.take(addr, addr + len);

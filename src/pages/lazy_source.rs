@@ -160,9 +160,9 @@ impl LazySource for RemotePages {
             )));
         }
         let len = (a.nr_pages * PAGE_SIZE) as usize;
-        self.sock.read_exact(&mut buf[..len]).map_err(|e| {
-            self.wire(format!("pages of task {pid} at {vaddr:#x}: {e}"))
-        })?;
+        self.sock
+            .read_exact(&mut buf[..len])
+            .map_err(|e| self.wire(format!("pages of task {pid} at {vaddr:#x}: {e}")))?;
         Ok(a.nr_pages)
     }
 

@@ -24,10 +24,10 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use super::error::{PagesError, Result};
+use super::lazy_source::LazySource;
 use super::pack::PackParams;
 use super::proto::{self, Header, Target};
 use super::sink::{self, LocalSink};
-use super::lazy_source::LazySource;
 use super::{PageSink, Run, SinkReport, PAGE_SIZE, PE_PARENT, PE_PRESENT};
 
 /// First pages id of a page server's files (CRIU's `up_page_ids_base`).
@@ -298,12 +298,13 @@ pub fn serve_lazy(
     inherited: bool,
 ) -> Result<LazyReport> {
     let mut f = File::from(sock);
-    let mut r = BufReader::with_capacity(1 << 16, f.try_clone().map_err(|e| {
-        PagesError::Wire {
+    let mut r = BufReader::with_capacity(
+        1 << 16,
+        f.try_clone().map_err(|e| PagesError::Wire {
             peer: peer.into(),
             what: format!("dup: {e}"),
-        }
-    })?);
+        })?,
+    );
     let wire = |what: String| PagesError::Wire {
         peer: peer.into(),
         what,

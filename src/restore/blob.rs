@@ -175,7 +175,11 @@ pub fn enter(
             prot: v.prot,
             flags: v.flags,
             madv: v.madv.unwrap_or(0),
-            kind: if lazy { VMA_PREMAPPED_LAZY } else { VMA_PREMAPPED },
+            kind: if lazy {
+                VMA_PREMAPPED_LAZY
+            } else {
+                VMA_PREMAPPED
+            },
             fd: -1,
             ..Default::default()
         });

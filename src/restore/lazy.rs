@@ -67,7 +67,12 @@ pub fn prepare(
     nix::unistd::write(&w, b"t").map_err(|e| sys("lazy-pages: token", e))?;
     let s: OwnedFd = sock
         .try_clone()
-        .map_err(|e| sys("dup", Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?
+        .map_err(|e| {
+            sys(
+                "dup",
+                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            )
+        })?
         .into();
     opened.lazy = Some(LazyHandover {
         sock: opened.park(s)?,

@@ -70,16 +70,19 @@ pub fn open_lazy() -> Result<OwnedFd, Errno> {
 }
 
 /// Sends task `pid`'s handle `fd` (None: a zombie, sent as `-pid`) over `sock`, CRIU's way.
-pub fn send_handle(sock: BorrowedFd<'_>, pid: i32, fd: Option<BorrowedFd<'_>>) -> Result<(), Errno> {
+pub fn send_handle(
+    sock: BorrowedFd<'_>,
+    pid: i32,
+    fd: Option<BorrowedFd<'_>>,
+) -> Result<(), Errno> {
     let p = if fd.is_some() { pid } else { -pid };
     let n = super::socket::send(sock, &p.to_ne_bytes(), libc::MSG_NOSIGNAL)?;
     if n != 4 {
         return Err(Errno::EPIPE);
     }
     if let Some(fd) = fd {
-        super::channel::send_msg(sock, &[&[0u8]], &[fd.as_raw_fd()]).map_err(|e| {
-            e.errno().unwrap_or(Errno::EIO)
-        })?;
+        super::channel::send_msg(sock, &[&[0u8]], &[fd.as_raw_fd()])
+            .map_err(|e| e.errno().unwrap_or(Errno::EIO))?;
     }
     Ok(())
 }
@@ -153,9 +156,7 @@ impl Uffd {
                 let ufd = u32::from_ne_bytes([m[8], m[9], m[10], m[11]]) as i32;
                 // SAFETY: the kernel installed this new descriptor in our table for us.
                 let fd = unsafe { OwnedFd::from_raw_fd(ufd) };
-                Event::Fork {
-                    child: Uffd { fd },
-                }
+                Event::Fork { child: Uffd { fd } }
             }
             UFFD_EVENT_REMAP => Event::Remap {
                 from: u64_at(8),
