@@ -87,6 +87,8 @@ pub fn serve(listener: TcpListener, dir: &Path, pid: i32) -> Result<()> {
     let (sock, peer) = listener
         .accept()
         .map_err(|e| err(format!("accept on {addr}: {e}")))?;
+    // Answers are latency-bound (a restored thread waits for each fault's pages).
+    let _ = sock.set_nodelay(true);
     let mut src = FrozenMemory::new(dir);
     let r = crate::pages::server::serve_lazy(sock.into(), &peer.to_string(), &mut src, false)
         .map_err(|e| err(e.to_string()))?;

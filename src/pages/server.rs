@@ -310,7 +310,9 @@ pub fn serve_lazy(
         what,
     };
     let mut report = LazyReport::default();
-    let mut buf = vec![0u8; (MAX_GET_PAGES * PAGE_SIZE) as usize];
+    // One write per answer (header + pages): no Nagle stall between the two.
+    let hl = proto::HEADER_LEN;
+    let mut buf = vec![0u8; hl + (MAX_GET_PAGES * PAGE_SIZE) as usize];
     loop {
         let Some(h) = read_header(&mut r, peer)? else {
             return Err(wire(
@@ -324,10 +326,10 @@ pub fn serve_lazy(
                 let nr = h.nr_pages.clamp(1, MAX_GET_PAGES);
                 let pid = i32::try_from(h.dst_id)
                     .map_err(|_| wire(format!("PS_IOV_GET: bad task id {:#x}", h.dst_id)))?;
-                let n = source.get(pid, h.vaddr, &mut buf[..(nr * PAGE_SIZE) as usize])?;
+                let n = source.get(pid, h.vaddr, &mut buf[hl..hl + (nr * PAGE_SIZE) as usize])?;
                 let a = Header::new(proto::PS_IOV_ADD_F, PE_PRESENT, n, h.vaddr, h.dst_id);
-                f.write_all(&a.encode())
-                    .and_then(|_| f.write_all(&buf[..(n * PAGE_SIZE) as usize]))
+                buf[..hl].copy_from_slice(&a.encode());
+                f.write_all(&buf[..hl + (n * PAGE_SIZE) as usize])
                     .map_err(|e| wire(format!("send pages: {e}")))?;
                 report.requests += 1;
                 report.pages += n;
