@@ -534,3 +534,59 @@ mod parent_tests {
         assert!(prepare_dir(&bad).is_err());
     }
 }
+
+#[cfg(test)]
+mod lazy_tests {
+    use super::*;
+    use crate::pages::lazy_source::RemotePages;
+    use std::os::unix::net::UnixStream;
+
+    /// Pages of task 7 only, at most 3 per request, each filled with its page number.
+    struct Fake;
+
+    impl LazySource for Fake {
+        fn get(&mut self, pid: i32, vaddr: u64, buf: &mut [u8]) -> Result<u64> {
+            if pid != 7 {
+                return Err(PagesError::Usage(format!("no task {pid}")));
+            }
+            let n = (buf.len() as u64 / PAGE_SIZE).min(3);
+            for i in 0..n {
+                let at = (i * PAGE_SIZE) as usize;
+                buf[at..at + PAGE_SIZE as usize].fill((vaddr / PAGE_SIZE + i) as u8);
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn get_answers_fewer_pages_and_close_ends() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || serve_lazy(OwnedFd::from(b), "test", &mut Fake, true));
+        let mut c = RemotePages::over(OwnedFd::from(a), "test".into());
+        let mut buf = vec![0u8; 8 * PAGE_SIZE as usize];
+        assert_eq!(c.get(7, 0x5000, &mut buf).unwrap(), 3);
+        assert!(buf[..4096].iter().all(|&x| x == 5));
+        assert!(buf[2 * 4096..3 * 4096].iter().all(|&x| x == 7));
+        assert_eq!(c.get(7, 0x9000, &mut buf[..4096]).unwrap(), 1);
+        assert!(buf[..4096].iter().all(|&x| x == 9));
+        c.finish().unwrap();
+        let r = t.join().unwrap().unwrap();
+        assert_eq!((r.requests, r.pages), (2, 4));
+    }
+
+    #[test]
+    fn a_page_the_source_lacks_ends_the_session() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || serve_lazy(OwnedFd::from(b), "test", &mut Fake, true));
+        let mut c = RemotePages::over(OwnedFd::from(a), "test".into());
+        let mut buf = vec![0u8; 4096];
+        let e = c.get(8, 0x1000, &mut buf).unwrap_err().to_string();
+        assert!(e.contains("no answer to PS_IOV_GET of task 8"), "{e}");
+        assert!(t
+            .join()
+            .unwrap()
+            .unwrap_err()
+            .to_string()
+            .contains("no task 8"));
+    }
+}
