@@ -94,6 +94,22 @@ fn start_daemon(dir: &Path, extra: &[&str]) -> Child {
     child
 }
 
+/// Launches the workload and dumps it (plainly) into a new directory; returns once the dumped
+/// tree is gone, with its pids recorded in `restored` (killed if the test fails).
+fn launch_and_dump(
+    name: &str,
+    base: i32,
+    restored: &Restored,
+) -> (Workload, tempfile::TempDir, Vec<i32>) {
+    let w = launch_lazy(name, base);
+    let tmp = tempfile::tempdir().unwrap();
+    stasis_dump(w.pid, tmp.path(), &[]);
+    let pids = pids_of(tmp.path());
+    *restored.lock().unwrap() = pids.clone();
+    wait_gone(&pids, 10, "the dumped tree");
+    (w, tmp, pids)
+}
+
 fn log(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_default()
 }
@@ -103,13 +119,8 @@ fn local_images_served_on_fault_and_in_background() {
     let _lock = restore_lock();
     let (name, base) = ("lazy-local", 38100);
     with_round_trip_deadline(240, cgroup_path(name, base), move |restored| {
-        let w = launch_lazy(name, base);
-        let tmp = tempfile::tempdir().unwrap();
+        let (w, tmp, pids) = launch_and_dump(name, base, &restored);
         let dir = tmp.path();
-        stasis_dump(w.pid, dir, &[]);
-        let pids = pids_of(dir);
-        *restored.lock().unwrap() = pids.clone();
-        wait_gone(&pids, 10, "the dumped tree");
         // A plain dump marks private anonymous pages PE_LAZY (with their data), as CRIU.
         let (with_data, without) = lazy_pages(dir, w.pid);
         assert!(
@@ -336,13 +347,8 @@ fn lost_page_server_kills_the_restored_tree() {
     let _lock = restore_lock();
     let (name, base) = ("lazy-lost", 38180);
     with_round_trip_deadline(240, cgroup_path(name, base), move |restored| {
-        let w = launch_lazy(name, base);
-        let tmp = tempfile::tempdir().unwrap();
+        let (w, tmp, pids) = launch_and_dump(name, base, &restored);
         let dir = tmp.path();
-        stasis_dump(w.pid, dir, &[]);
-        let pids = pids_of(dir);
-        *restored.lock().unwrap() = pids.clone();
-        wait_gone(&pids, 10, "the dumped tree");
         // A page server that takes the connection, reads the first request and dies.
         let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = server.local_addr().unwrap().port();

@@ -70,33 +70,8 @@ pub fn run(args: Vec<OsString>) -> i32 {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
-    if c.restore_detached {
-        match crate::sys::daemon::daemonize() {
-            Ok(Some(child)) => {
-                if let Some(p) = &a.common.pidfile {
-                    if let Err(e) = std::fs::write(p, format!("{child}")) {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(child),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                        return fail(format!("write pidfile {}: {e}", p.display()));
-                    }
-                }
-                return 0;
-            }
-            Ok(None) => {}
-            Err(e) => return fail(format!("go to the background: {e}")),
-        }
-    } else if let Some(p) = &a.common.pidfile {
-        if let Err(e) = std::fs::write(p, format!("{}", std::process::id())) {
-            return fail(format!("write pidfile {}: {e}", p.display()));
-        }
-    }
-    if let Some(fd) = status {
-        let mut f = std::fs::File::from(fd);
-        if let Err(e) = std::io::Write::write_all(&mut f, &[0]) {
-            return fail(format!("--status-fd: {e}"));
-        }
+    if let Some(exit) = common::ready_to_serve(&a.common, status, &|e| fail(e)) {
+        return exit;
     }
     // The source is opened lazily: a remote one once the restore is connected.
     let mut source = Deferred {
