@@ -358,14 +358,14 @@ fn failure_exit_code_and_criu_error_lines_in_the_log() {
     assert!(errors.last().unwrap().ends_with("Dumping FAILED."), "{log}");
     // Default level: no timestamps; a refusal is an error line too.
     let out = stasis_bin()
-        .args(["dump", "-t", "1", "--lazy-pages", "-o", "refused.log", "-D"])
+        .args(["dump", "-t", "1", "--stream", "-o", "refused.log", "-D"])
         .arg(dir.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let log = std::fs::read_to_string(dir.path().join("refused.log")).unwrap();
     assert!(
-        log.starts_with("Error (") && log.contains("): --lazy-pages: not built yet"),
+        log.starts_with("Error (") && log.contains("): --stream: not built yet"),
         "{log}"
     );
 }

@@ -155,6 +155,17 @@ fn uffd_wp_async() -> Outcome {
     )
 }
 
+/// CRIU's `uffd-noncoop`: a userfaultfd with the fork/remap/remove/unmap events a lazy
+/// restore needs (opened for real).
+fn uffd_noncoop() -> Outcome {
+    match crate::sys::uffd::open_lazy() {
+        Ok(_) => Outcome::Ok,
+        Err(e) => Outcome::Missing(format!(
+            "userfaultfd with non-cooperative events: {e}: no lazy restore (--lazy-pages)"
+        )),
+    }
+}
+
 fn clone3_set_tid() -> Outcome {
     if !Path::new("/proc/sys/kernel/ns_last_pid").exists() {
         return Outcome::Missing("no ns_last_pid: restored tasks cannot get their old pids".into());
@@ -271,6 +282,11 @@ pub const FEATURES: &[Feature] = &[
         name: "uffd_wp_async",
         required: false,
         probe: uffd_wp_async,
+    },
+    Feature {
+        name: "uffd-noncoop",
+        required: false,
+        probe: uffd_noncoop,
     },
     Feature {
         name: "soft_dirty",

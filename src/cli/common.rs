@@ -334,6 +334,46 @@ pub fn is_info_request(arg: &OsStr) -> bool {
     matches!(arg.to_str(), Some("-h" | "--help" | "-V" | "--version"))
 }
 
+/// A server verb (page-server, lazy-pages) is listening: `-d`/`--daemon` forks (the parent
+/// writes `--pidfile` with the child's pid and exits 0), else `--pidfile` gets our pid; then
+/// one zero byte on `--status-fd`. Returns the exit status when this process must stop here
+/// (the parent of a daemon, or a failure reported through `fail`).
+pub fn ready_to_serve(
+    common: &CommonArgs,
+    status: Option<std::os::fd::OwnedFd>,
+    fail: &dyn Fn(String) -> i32,
+) -> Option<i32> {
+    if common.criu.restore_detached {
+        match crate::sys::daemon::daemonize() {
+            Ok(Some(child)) => {
+                if let Some(p) = &common.pidfile {
+                    if let Err(e) = std::fs::write(p, format!("{child}")) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(child),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        return Some(fail(format!("write pidfile {}: {e}", p.display())));
+                    }
+                }
+                return Some(0);
+            }
+            Ok(None) => {}
+            Err(e) => return Some(fail(format!("go to the background: {e}"))),
+        }
+    } else if let Some(p) = &common.pidfile {
+        if let Err(e) = std::fs::write(p, format!("{}", std::process::id())) {
+            return Some(fail(format!("write pidfile {}: {e}", p.display())));
+        }
+    }
+    if let Some(fd) = status {
+        let mut f = std::fs::File::from(fd);
+        if let Err(e) = std::io::Write::write_all(&mut f, &[0]) {
+            return Some(fail(format!("--status-fd: {e}")));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ pub enum Verb {
     Restore,
     Check,
     PageServer,
+    LazyPages,
 }
 
 /// CRIU options shared by every verb (CRIU accepts each of them on every command).
@@ -86,6 +87,10 @@ pub struct CriuArgs {
     /// `--ps-socket`)
     #[arg(long = "page-server")]
     pub page_server: bool,
+    /// Post-copy: dump keeps lazy pages out of the images and serves them (`--address`,
+    /// `--port`); restore hands lazy memory to the `lazy-pages` daemon
+    #[arg(long = "lazy-pages")]
+    pub lazy_pages: bool,
     /// Page server address (dump: to connect to; page-server: to listen on)
     #[arg(long = "address", value_name = "ADDR")]
     pub address: Option<String>,

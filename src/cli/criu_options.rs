@@ -76,7 +76,6 @@ const MNTNS: &str = "concerns mount namespaces, which stasis neither dumps nor r
                      (a tree in another mount namespace is refused at dump)";
 const NETNS: &str = "concerns network namespaces, which stasis neither dumps nor restores";
 const PAGE_SERVER: &str = "not built yet (TLS for the page server)";
-const LAZY: &str = "not built yet (lazy pages, being built)";
 
 /// CRIU 4.2's options (criu/config.c `long_opts` and `short_opts`), in its order.
 pub const OPTIONS: &[CriuOpt] = &[
@@ -131,7 +130,7 @@ pub const OPTIONS: &[CriuOpt] = &[
     o("timeout", None, Req, Supported),
     o("external", None, Req, Partial("`mnt[...]`, `veth[...]`, `macvlan[...]`, `netdev[...]` accepted (no namespaces are dumped or restored); `tty`, `file`, `dev`, `unix` resources refused: not built yet")),
     o("empty-ns", None, Req, Ignored(NETNS)),
-    o("lazy-pages", None, N, NotBuilt(LAZY)),
+    o("lazy-pages", None, N, Supported),
     b("extra", None, Supported),
     b("experimental", None, Supported),
     o("all", None, N, Supported),
@@ -324,14 +323,15 @@ mod tests {
 
     #[test]
     fn refusal_names_the_option_and_skips_values() {
-        let e = refuse_not_built(&os(&["-t", "1", "--lazy-pages"])).unwrap_err();
-        assert!(e.starts_with("--lazy-pages: not built yet"), "{e}");
+        let e = refuse_not_built(&os(&["-t", "1", "--stream"])).unwrap_err();
+        assert!(e.starts_with("--stream: not built yet"), "{e}");
+        assert!(refuse_not_built(&os(&["-t", "1", "--lazy-pages"])).is_ok());
         assert!(refuse_not_built(&os(&["-D", "--port", "-t", "1"])).is_ok());
         let e = refuse_not_built(&os(&["--no-tls"])).unwrap_err();
         assert!(e.starts_with("--no-tls:"), "{e}");
         let e = refuse_not_built(&os(&["-Jnet:/x"])).unwrap_err();
         assert!(e.starts_with("-J:"), "{e}");
-        assert!(refuse_not_built(&os(&["--", "--lazy-pages"])).is_ok());
+        assert!(refuse_not_built(&os(&["--", "--stream"])).is_ok());
     }
 
     #[test]

@@ -134,6 +134,31 @@ impl DumpArgs {
         )
     }
 
+    /// `--lazy-pages [--address A] --port N`: where the lazy pages are served.
+    fn lazy_serve(&self) -> Result<Option<dump::lazy::LazyServe>, String> {
+        let c = &self.common.criu;
+        if !c.lazy_pages {
+            return Ok(None);
+        }
+        if c.page_server {
+            return Err(
+                "--lazy-pages with --page-server: the pages a lazy dump writes go to \
+                        the images directory (not built yet to a page server)"
+                    .into(),
+            );
+        }
+        if c.incremental.prev_images_dir.is_some() || c.incremental.track_mem {
+            return Err("--lazy-pages with an incremental dump is not built yet".into());
+        }
+        let port = c
+            .port
+            .ok_or("--lazy-pages needs --port N (and --address A) to serve the pages on")?;
+        Ok(Some(dump::lazy::LazyServe {
+            address: c.address.clone(),
+            port,
+        }))
+    }
+
     /// The engine's options (`--pidfile` is ignored on dump, as CRIU does).
     pub fn options(&self) -> Result<DumpOptions, String> {
         let c = &self.common.criu;
@@ -170,6 +195,7 @@ impl DumpArgs {
             link_remap: c.link_remap,
             tcp_close: c.tcp_close,
             skip_in_flight: c.skip_in_flight,
+            lazy_pages: self.lazy_serve()?,
         })
     }
 }
@@ -308,8 +334,8 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--bogus"));
-        let e = refuse_unsupported(&["--lazy-pages".into()]).unwrap_err();
-        assert!(e.contains("--lazy-pages"), "{e}");
+        let e = refuse_unsupported(&["--stream".into()]).unwrap_err();
+        assert!(e.contains("--stream"), "{e}");
         assert!(parse(&["-D", "/x"]).unwrap().options().is_err());
     }
 

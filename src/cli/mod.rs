@@ -21,6 +21,7 @@ pub mod crit;
 pub mod criu_args;
 pub mod criu_options;
 pub mod dump;
+pub mod lazy_pages;
 pub mod log;
 pub mod page_server;
 pub mod predump;
@@ -65,6 +66,11 @@ const VERBS: &[Verb] = &[
         name: "page-server",
         about: "receive pages from a dump over the network (CRIU's page-server protocol)",
         run: page_server::run,
+    },
+    Verb {
+        name: "lazy-pages",
+        about: "serve the page faults of a post-copy restore (CRIU's lazy-pages daemon)",
+        run: lazy_pages::run,
     },
     Verb {
         name: "convert",

@@ -107,33 +107,8 @@ pub fn run(args: Vec<OsString>) -> i32 {
             tracing::info!("page server listening on {addr}");
         }
     }
-    if a.common.criu.restore_detached {
-        match crate::sys::daemon::daemonize() {
-            Ok(Some(child)) => {
-                if let Some(p) = &a.common.pidfile {
-                    if let Err(e) = std::fs::write(p, format!("{child}")) {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(child),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                        return fail(format!("write pidfile {}: {e}", p.display()));
-                    }
-                }
-                return 0;
-            }
-            Ok(None) => {}
-            Err(e) => return fail(format!("go to the background: {e}")),
-        }
-    } else if let Some(p) = &a.common.pidfile {
-        if let Err(e) = std::fs::write(p, format!("{}", std::process::id())) {
-            return fail(format!("write pidfile {}: {e}", p.display()));
-        }
-    }
-    if let Some(fd) = status {
-        let mut f = std::fs::File::from(fd);
-        if let Err(e) = std::io::Write::write_all(&mut f, &[0]) {
-            return fail(format!("--status-fd: {e}"));
-        }
+    if let Some(exit) = common::ready_to_serve(&a.common, status, &|e| fail(e)) {
+        return exit;
     }
     let (sock, peer, from_ps_socket) = match (listener, inherited) {
         (_, Some(s)) => (s, "(--ps-socket)".to_string(), true),

@@ -54,6 +54,7 @@ impl RestoreArgs {
             cgroups_ignore: c.cgroup_mode() == "ignore",
             root: c.root.clone(),
             encrypt_key: self.encrypt_key.clone(),
+            lazy_pages: c.lazy_pages.then(|| common.work_dir()),
         };
         crate::cpuinfo::option_caps(&c.cpu_cap.clone().map(Some))
             .and_then(|caps| crate::cpuinfo::check_dir(&opts.images_dir, caps))

@@ -98,6 +98,8 @@ struct Ctx<'a> {
     extras: &'a mut super::extras::Extras,
     /// Dirty tracking and the parent image (incremental dumps).
     tracking: &'a mut super::dirty::session::Session,
+    /// `--lazy-pages`: private anonymous pages are left out (PE_LAZY entries).
+    lazy: bool,
 }
 
 /// `/proc/PID/task/TID/cgroup` of every thread (raw text): the leader's text for the threads
@@ -346,7 +348,7 @@ fn collect_process(
 
         fault::check("pages", pid)?;
         let t3 = cx.prof.now_us();
-        let runs = pages::plan(pid, &vmas, &mut cx.stats.pages)?;
+        let runs = pages::plan(pid, &vmas, &mut cx.stats.pages, cx.lazy)?;
         // Page source: only what changed since the parent image, when there is one.
         let runs = cx.tracking.source(acc, pid, &vmas, runs)?;
         cx.dir.spool(&format!("mm-{pid}.img"), move || {
@@ -603,6 +605,12 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
     };
     // Before anything is frozen: an unreachable page server fails the dump at once.
     let mut sink = super::page_out::open_sink(opts)?;
+    // --lazy-pages: the port is taken before anything is frozen, too.
+    let lazy_listener = opts
+        .lazy_pages
+        .as_ref()
+        .map(|l| super::lazy::bind(l, opts.pid))
+        .transpose()?;
     fault::check("seize", opts.pid)?;
     let t_freeze = prof.now_us();
     let mut frozen = backend.freeze(opts)?;
@@ -625,6 +633,11 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
         opts.scripts
             .run(Action::PostDump, Some(opts.pid))
             .map_err(|e| DumpError::new(POST_DUMP_STEP, opts.pid, None, e.to_string()))?;
+        // Post-copy: the images are complete; the lazy pages go from the frozen tree to the
+        // restored one before the tree may die (CRIU's cr_lazy_mem_dump).
+        if let Some(l) = lazy_listener {
+            super::lazy::serve(l, &opts.images_dir, opts.pid)?;
+        }
         Ok(r)
     });
     match result {
@@ -738,6 +751,7 @@ fn dump_frozen(
             sink: &mut *sink,
             extras: &mut extras,
             tracking,
+            lazy: opts.lazy_pages.is_some(),
         };
         for p in tree.iter().filter(|p| !p.zombie) {
             collected.push(collect_process(p, frozen, &mut cx)?);

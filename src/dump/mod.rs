@@ -20,6 +20,7 @@ pub mod fault;
 pub mod files;
 pub mod freeze;
 pub mod images_out;
+pub mod lazy;
 pub mod misc_images;
 pub mod mm;
 pub mod options;

@@ -60,6 +60,9 @@ pub struct DumpOptions {
     /// `--tcp-close`: established connections are recorded without their state, to be
     /// restored closed.
     pub tcp_close: bool,
+    /// `--lazy-pages`: private anonymous pages stay out of the images and are served from the
+    /// frozen tree to a lazy-pages daemon (post-copy), which ends the dump.
+    pub lazy_pages: Option<super::lazy::LazyServe>,
     /// `--skip-in-flight`: connections waiting in a listener's accept queue are dropped.
     pub skip_in_flight: bool,
 }

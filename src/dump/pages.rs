@@ -270,12 +270,18 @@ fn staged(sink: &mut dyn PageSink, runs: &[Run], src: &mut dyn PageSource, pid: 
     Ok(())
 }
 
-/// Decides which pages of these VMAs are dumped, from their pagemap entries.
-pub fn plan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Result<Vec<Run>> {
+/// Decides which pages of these VMAs are dumped, from their pagemap entries. `lazy_dump`
+/// (`dump --lazy-pages`): private anonymous pages become `PE_LAZY` entries without data.
+pub fn plan(
+    pid: i32,
+    vmas: &[VmaOut],
+    stats: &mut PageStats,
+    lazy_dump: bool,
+) -> Result<Vec<Run>> {
     let t = std::time::Instant::now();
-    let runs = match plan_by_scan(pid, vmas, stats) {
+    let runs = match plan_by_scan(pid, vmas, stats, lazy_dump) {
         Some(runs) => runs,
-        None => plan_runs(pid, vmas, stats)?,
+        None => plan_runs(pid, vmas, stats, lazy_dump)?,
     };
     tracing::debug!(
         "process {pid}: page plan of {} runs in {:?}",
@@ -288,7 +294,12 @@ pub fn plan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Result<Vec<Run>
 /// [`plan`] by `PAGEMAP_SCAN`: the kernel answers ranges of wanted pages (a fully populated
 /// 1 GiB VMA is one range) instead of 8 bytes per page to read and test. `None` when the
 /// kernel cannot (no PAGEMAP_SCAN): the caller reads the pagemap instead.
-fn plan_by_scan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Option<Vec<Run>> {
+fn plan_by_scan(
+    pid: i32,
+    vmas: &[VmaOut],
+    stats: &mut PageStats,
+    lazy_dump: bool,
+) -> Option<Vec<Run>> {
     use crate::sys::dirty::{self as kd, ScanFilter};
     use std::os::fd::AsFd;
     let pm = File::open(crate::proc::path(pid, "pagemap")).ok()?;
@@ -336,7 +347,9 @@ fn plan_by_scan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Option<Vec<
                 }
             }
         };
-        let flags = PE_PRESENT | lazy;
+        // Left to the lazy-pages daemon: no data here.
+        let lazy_only = lazy_dump && crate::pages::lazy::can_be_lazy(&v.entry);
+        let flags = if lazy_only { PE_LAZY } else { PE_PRESENT | lazy };
         for (s, e) in ranges {
             match runs.last_mut() {
                 Some(r) if r.flags == flags && r.vaddr + r.nr_pages * PAGE_SIZE == s => {
@@ -354,7 +367,12 @@ fn plan_by_scan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Option<Vec<
     Some(runs)
 }
 
-fn plan_runs(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Result<Vec<Run>> {
+fn plan_runs(
+    pid: i32,
+    vmas: &[VmaOut],
+    stats: &mut PageStats,
+    lazy_dump: bool,
+) -> Result<Vec<Run>> {
     let pm = PagemapReader::open(pid).map_err(|e| DumpError::proc("pages", pid, e))?;
     let mut runs: Vec<Run> = Vec::new();
     for v in vmas {
@@ -364,6 +382,8 @@ fn plan_runs(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Result<Vec<Run
             PageClass::FilePrivate | PageClass::Vdso => 0,
         };
         let class = v.class;
+        // Left to the lazy-pages daemon: no data here.
+        let lazy_only = lazy_dump && crate::pages::lazy::can_be_lazy(&v.entry);
         pm.for_each(v.start, v.end, |addr, e| {
             stats.pages_scanned += 1;
             let want = match class {
@@ -375,7 +395,11 @@ fn plan_runs(pid: i32, vmas: &[VmaOut], stats: &mut PageStats) -> Result<Vec<Run
             if !want {
                 return;
             }
-            let flags = PE_PRESENT | lazy;
+            let flags = if lazy_only {
+                PE_LAZY
+            } else {
+                PE_PRESENT | lazy
+            };
             match runs.last_mut() {
                 Some(r) if r.flags == flags && r.vaddr + r.nr_pages * PAGE_SIZE == addr => {
                     r.nr_pages += 1
@@ -412,9 +436,9 @@ pub fn write_private(
     // PE_PARENT runs carry no data: they are not written here.
     for r in runs.iter().filter(|r| r.flags & PE_PRESENT != 0) {
         stats.pages_written += r.nr_pages;
-        if r.flags & PE_LAZY != 0 {
-            stats.pages_lazy += r.nr_pages;
-        }
+    }
+    for r in runs.iter().filter(|r| r.flags & PE_LAZY != 0) {
+        stats.pages_lazy += r.nr_pages;
     }
     Ok(())
 }

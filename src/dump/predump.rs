@@ -169,7 +169,7 @@ fn collect(
                 .filter(|v| !hidden.iter().any(|&(s, e)| v.start < e && s < v.end))
                 .collect();
             let vmas = mm::vmas(pid, &maps, &mut files)?;
-            let runs = pages::plan(pid, &vmas, &mut stats.pages)?;
+            let runs = pages::plan(pid, &vmas, &mut stats.pages, false)?;
             let runs = tracking.source(acc, pid, &vmas, runs)?;
             let pinned = match opts.pre_dump_mode {
                 PreDumpMode::Read => None,

@@ -17,6 +17,34 @@ use super::error::{PagesError, Result};
 use super::proto::{self, Header};
 use super::{PageSink, Run, SinkReport, Target};
 
+/// Connects to a page server at `address:port` (TCP_NODELAY: commands are small).
+pub fn connect_tcp(address: &str, port: u16) -> Result<OwnedFd> {
+    let peer = format!("{address}:{port}");
+    let wire = |what: String| PagesError::Wire {
+        peer: peer.clone(),
+        what,
+    };
+    let addrs: Vec<_> = (address, port)
+        .to_socket_addrs()
+        .map_err(|e| wire(format!("resolve: {e}")))?
+        .collect();
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect(a) {
+            Ok(s) => {
+                s.set_nodelay(true)
+                    .map_err(|e| wire(format!("TCP_NODELAY: {e}")))?;
+                return Ok(OwnedFd::from(s));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(wire(match last {
+        Some(e) => format!("connect: {e}"),
+        None => "the address resolves to nothing".into(),
+    }))
+}
+
 /// Sends a dump's pages to a page server.
 pub struct PageServerSink {
     peer: String,
@@ -33,30 +61,8 @@ pub struct PageServerSink {
 impl PageServerSink {
     /// Connects to `address:port`.
     pub fn connect(address: &str, port: u16) -> Result<PageServerSink> {
-        let peer = format!("{address}:{port}");
-        let wire = |what: String| PagesError::Wire {
-            peer: peer.clone(),
-            what,
-        };
-        let addrs: Vec<_> = (address, port)
-            .to_socket_addrs()
-            .map_err(|e| wire(format!("resolve: {e}")))?
-            .collect();
-        let mut last = None;
-        for a in addrs {
-            match TcpStream::connect(a) {
-                Ok(s) => {
-                    s.set_nodelay(true)
-                        .map_err(|e| wire(format!("TCP_NODELAY: {e}")))?;
-                    return Ok(Self::over(OwnedFd::from(s), peer, false));
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(wire(match last {
-            Some(e) => format!("connect: {e}"),
-            None => "the address resolves to nothing".into(),
-        }))
+        let s = connect_tcp(address, port)?;
+        Ok(Self::over(s, format!("{address}:{port}"), false))
     }
 
     /// Uses a connected socket (`--ps-socket FD`); the session ends with FORCE_CLOSE, as the

@@ -62,6 +62,10 @@ impl PagesError {
         }
     }
 
+    pub(crate) fn io_errno(what: &str, e: nix::errno::Errno) -> Self {
+        PagesError::Usage(format!("{what}: {e}"))
+    }
+
     /// The errno behind the failure, if any.
     pub fn errno(&self) -> Option<i32> {
         match self {

@@ -26,6 +26,8 @@
 pub mod client;
 pub mod convert;
 pub mod error;
+pub mod lazy;
+pub mod lazy_source;
 pub mod pack;
 pub mod proto;
 pub mod record;

@@ -9,7 +9,8 @@
 //!  ADD_F / ADD / HOLE  an entry (to a pagemap opened implicitly if dst_id differs);
 //!                    PE_PRESENT: nr_pages * 4096 bytes follow, copied to the pages file
 //!  CLOSE / FORCE_CLOSE  close, flush, sync the directory  ─► i32 0 (or -1 if that failed)
-//!  GET               refused (serving pages to a lazy restore is not implemented)
+//!  GET               refused here; [`serve_lazy`] serves it (a post-copy restore's daemon
+//!                    asking a `dump --lazy-pages` for pages)
 //! ```
 //! The connection closing before CLOSE is an error ("the data were not flushed"); after the
 //! answer to CLOSE the server waits for the peer to close first (no TIME_WAIT on its side),
@@ -23,10 +24,11 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use super::error::{PagesError, Result};
+use super::lazy_source::LazySource;
 use super::pack::PackParams;
 use super::proto::{self, Header, Target};
 use super::sink::{self, LocalSink};
-use super::{PageSink, Run, SinkReport, PE_PARENT, PE_PRESENT};
+use super::{PageSink, Run, SinkReport, PAGE_SIZE, PE_PARENT, PE_PRESENT};
 
 /// First pages id of a page server's files (CRIU's `up_page_ids_base`).
 pub const FIRST_PAGES_ID: u32 = 0x10001;
@@ -192,27 +194,11 @@ pub fn serve(sock: OwnedFd, peer: &str, o: &ServerOptions, inherited: bool) -> R
         report: ServeReport::default(),
     };
     loop {
-        let mut b = [0u8; proto::HEADER_LEN];
-        let mut got = 0;
-        while got < b.len() {
-            match s.r.read(&mut b[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(s.wire(format!("receive: {e}"))),
-            }
-        }
-        if got == 0 {
+        let Some(h) = read_header(&mut s.r, &s.peer)? else {
             return Err(
                 s.wire("the connection closed before PS_IOV_CLOSE: the data were not flushed")
             );
-        }
-        if got < b.len() {
-            return Err(s.wire(format!(
-                "the connection closed inside a command ({got} of 32 bytes)"
-            )));
-        }
-        let h = Header::decode(&b);
+        };
         match h.command() {
             proto::PS_IOV_OPEN => s.open(&h, false)?,
             proto::PS_IOV_OPEN2 => s.open(&h, true)?,
@@ -233,22 +219,142 @@ pub fn serve(sock: OwnedFd, peer: &str, o: &ServerOptions, inherited: bool) -> R
                 break;
             }
             proto::PS_IOV_GET => {
-                return Err(s.wire("PS_IOV_GET: serving pages to a lazy restore is not supported"))
+                return Err(s.wire(
+                    "PS_IOV_GET: this page server receives a dump (serving lazy pages is \
+                     `dump --lazy-pages`)",
+                ))
             }
             c => return Err(s.wire(format!("unknown command {c:#x}"))),
         }
     }
     if !inherited {
-        // Let the peer close first.
-        let mut c = [0u8; 1];
-        match s.r.get_mut().read(&mut c) {
-            Ok(0) => {}
-            Ok(_) => return Err(s.wire("unexpected data after PS_IOV_CLOSE")),
-            Err(e) => tracing::warn!("page server: waiting for the peer to close: {e}"),
-        }
+        wait_peer_close(s.r.get_mut(), &s.peer)?;
     }
     tracing::info!("page server: session over");
     Ok(s.report)
+}
+
+/// Lets the peer close first (no TIME_WAIT on the server's side).
+fn wait_peer_close(f: &mut File, peer: &str) -> Result<()> {
+    let mut c = [0u8; 1];
+    match f.read(&mut c) {
+        Ok(0) => {}
+        Ok(_) => {
+            return Err(PagesError::Wire {
+                peer: peer.into(),
+                what: "unexpected data after PS_IOV_CLOSE".into(),
+            })
+        }
+        Err(e) => tracing::warn!("page server: waiting for the peer to close: {e}"),
+    }
+    Ok(())
+}
+
+/// Reads one command; None when the connection closed before it.
+fn read_header(r: &mut impl Read, peer: &str) -> Result<Option<Header>> {
+    let mut b = [0u8; proto::HEADER_LEN];
+    let mut got = 0;
+    let wire = |what: String| PagesError::Wire {
+        peer: peer.into(),
+        what,
+    };
+    while got < b.len() {
+        match r.read(&mut b[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(wire(format!("receive: {e}"))),
+        }
+    }
+    if got == 0 {
+        return Ok(None);
+    }
+    if got < b.len() {
+        return Err(wire(format!(
+            "the connection closed inside a command ({got} of 32 bytes)"
+        )));
+    }
+    Ok(Some(Header::decode(&b)))
+}
+
+/// Most pages sent for one `PS_IOV_GET`.
+const MAX_GET_PAGES: u64 = 1024;
+
+/// What one lazy session served.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LazyReport {
+    pub requests: u64,
+    pub pages: u64,
+}
+
+/// Serves a post-copy restore's `PS_IOV_GET`s from `source` until `PS_IOV_CLOSE` (CRIU's
+/// page server in lazy mode): each answer is `ADD_F` with `PE_PRESENT`, the number of pages
+/// sent (at most those asked) and the pages. A page the source does not have ends the session
+/// with an error, as CRIU's does.
+pub fn serve_lazy(
+    sock: OwnedFd,
+    peer: &str,
+    source: &mut dyn LazySource,
+    inherited: bool,
+) -> Result<LazyReport> {
+    let mut f = File::from(sock);
+    let mut r = BufReader::with_capacity(
+        1 << 16,
+        f.try_clone().map_err(|e| PagesError::Wire {
+            peer: peer.into(),
+            what: format!("dup: {e}"),
+        })?,
+    );
+    let wire = |what: String| PagesError::Wire {
+        peer: peer.into(),
+        what,
+    };
+    let mut report = LazyReport::default();
+    // One write per answer (header + pages): no Nagle stall between the two.
+    let hl = proto::HEADER_LEN;
+    let mut buf = vec![0u8; hl + (MAX_GET_PAGES * PAGE_SIZE) as usize];
+    loop {
+        let Some(h) = read_header(&mut r, peer)? else {
+            return Err(wire(
+                "the connection closed before PS_IOV_CLOSE: pages may be missing on the \
+                 restored side"
+                    .into(),
+            ));
+        };
+        match h.command() {
+            proto::PS_IOV_GET => {
+                let nr = h.nr_pages.clamp(1, MAX_GET_PAGES);
+                let pid = i32::try_from(h.dst_id)
+                    .map_err(|_| wire(format!("PS_IOV_GET: bad task id {:#x}", h.dst_id)))?;
+                let n = source.get(pid, h.vaddr, &mut buf[hl..hl + (nr * PAGE_SIZE) as usize])?;
+                let a = Header::new(proto::PS_IOV_ADD_F, PE_PRESENT, n, h.vaddr, h.dst_id);
+                buf[..hl].copy_from_slice(&a.encode());
+                f.write_all(&buf[..hl + (n * PAGE_SIZE) as usize])
+                    .map_err(|e| wire(format!("send pages: {e}")))?;
+                report.requests += 1;
+                report.pages += n;
+            }
+            proto::PS_IOV_CLOSE | proto::PS_IOV_FORCE_CLOSE => {
+                f.write_all(&0i32.to_le_bytes())
+                    .map_err(|e| wire(format!("send answer: {e}")))?;
+                break;
+            }
+            c => {
+                return Err(wire(format!(
+                    "command {c:#x} in a lazy-pages session (only PS_IOV_GET and PS_IOV_CLOSE)"
+                )))
+            }
+        }
+    }
+    if !inherited {
+        wait_peer_close(&mut f, peer)?;
+    }
+    tracing::info!(
+        "lazy pages: {} pages served in {} requests",
+        report.pages,
+        report.requests
+    );
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -426,5 +532,61 @@ mod parent_tests {
             pack: PackParams::default(),
         };
         assert!(prepare_dir(&bad).is_err());
+    }
+}
+
+#[cfg(test)]
+mod lazy_tests {
+    use super::*;
+    use crate::pages::lazy_source::RemotePages;
+    use std::os::unix::net::UnixStream;
+
+    /// Pages of task 7 only, at most 3 per request, each filled with its page number.
+    struct Fake;
+
+    impl LazySource for Fake {
+        fn get(&mut self, pid: i32, vaddr: u64, buf: &mut [u8]) -> Result<u64> {
+            if pid != 7 {
+                return Err(PagesError::Usage(format!("no task {pid}")));
+            }
+            let n = (buf.len() as u64 / PAGE_SIZE).min(3);
+            for i in 0..n {
+                let at = (i * PAGE_SIZE) as usize;
+                buf[at..at + PAGE_SIZE as usize].fill((vaddr / PAGE_SIZE + i) as u8);
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn get_answers_fewer_pages_and_close_ends() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || serve_lazy(OwnedFd::from(b), "test", &mut Fake, true));
+        let mut c = RemotePages::over(OwnedFd::from(a), "test".into());
+        let mut buf = vec![0u8; 8 * PAGE_SIZE as usize];
+        assert_eq!(c.get(7, 0x5000, &mut buf).unwrap(), 3);
+        assert!(buf[..4096].iter().all(|&x| x == 5));
+        assert!(buf[2 * 4096..3 * 4096].iter().all(|&x| x == 7));
+        assert_eq!(c.get(7, 0x9000, &mut buf[..4096]).unwrap(), 1);
+        assert!(buf[..4096].iter().all(|&x| x == 9));
+        c.finish().unwrap();
+        let r = t.join().unwrap().unwrap();
+        assert_eq!((r.requests, r.pages), (2, 4));
+    }
+
+    #[test]
+    fn a_page_the_source_lacks_ends_the_session() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || serve_lazy(OwnedFd::from(b), "test", &mut Fake, true));
+        let mut c = RemotePages::over(OwnedFd::from(a), "test".into());
+        let mut buf = vec![0u8; 4096];
+        let e = c.get(8, 0x1000, &mut buf).unwrap_err().to_string();
+        assert!(e.contains("no answer to PS_IOV_GET of task 8"), "{e}");
+        assert!(t
+            .join()
+            .unwrap()
+            .unwrap_err()
+            .to_string()
+            .contains("no task 8"));
     }
 }

@@ -108,6 +108,11 @@ pub fn enter(
     let image_ranges: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
     let mut spec = TaskSpec::new();
     let mut premapper = Premapper::new(&t.pages, page_files, PREMAP_BASE);
+    // --lazy-pages: the userfaultfd goes to the daemon now; the blob registers the lazy VMAs
+    // on it once they are in place, then closes it with the engine's other descriptors.
+    if let Some(h) = opened.lazy {
+        spec.task.uffd = super::lazy::hand_over(h, t.pid)?;
+    }
     let vdso = plan_vdso(mm, t, pages_fd, &image_ranges)?;
     let special = vdso
         .plan
@@ -162,7 +167,8 @@ pub fn enter(
         } else {
             None
         };
-        let hint = premapper.premap(v, file_fd, &avoid)?;
+        let lazy = opened.lazy.is_some() && super::lazy::can_be_lazy(v);
+        let hint = premapper.premap(v, file_fd, &avoid, lazy)?;
         spec.vmas.push(VmaArgs {
             start: v.start,
             end: v.end,
@@ -170,7 +176,11 @@ pub fn enter(
             prot: v.prot,
             flags: v.flags,
             madv: v.madv.unwrap_or(0),
-            kind: VMA_PREMAPPED,
+            kind: if lazy {
+                VMA_PREMAPPED_LAZY
+            } else {
+                VMA_PREMAPPED
+            },
             fd: -1,
             ..Default::default()
         });

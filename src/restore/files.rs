@@ -69,6 +69,18 @@ pub struct Opened {
     ghosts_made: HashMap<(u32, u64), RawFd>,
     /// Owners (closed when the restorer is done).
     owned: Vec<OwnedFd>,
+    /// `--lazy-pages`: where each task sends its userfaultfd (parked descriptors).
+    pub lazy: Option<LazyHandover>,
+}
+
+/// The parked descriptors through which each task hands its userfaultfd to the lazy-pages
+/// daemon: the connection, and a one-byte token pipe that serialises the tasks (a hand-over
+/// is two messages).
+#[derive(Debug, Clone, Copy)]
+pub struct LazyHandover {
+    pub sock: RawFd,
+    pub token_r: RawFd,
+    pub token_w: RawFd,
 }
 
 impl Opened {

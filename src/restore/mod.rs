@@ -21,6 +21,7 @@ pub mod error;
 pub mod files;
 pub mod fuzzing;
 pub mod img;
+pub mod lazy;
 pub mod options;
 pub mod plan;
 pub mod premap;
@@ -142,6 +143,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         .run(Action::PreRestore, None)
         .map_err(|e| RestoreError::Script(e.to_string()))?;
     check_tcp_close(&opts.images_dir, opts.tcp_close)?;
+    // --lazy-pages: no daemon, no restore (before anything is read or started).
+    let lazy_sock = opts.lazy_pages.as_deref().map(lazy::connect).transpose()?;
     // One bound for every step that waits (tasks ready, zombies, group joins in the tasks).
     let deadline = t0 + opts.timeout.unwrap_or(DEFAULT_TIMEOUT);
     // Packed pages are decoded and checked completely before the plan, so that a damaged
@@ -152,6 +155,16 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         opts.shell_job,
         opts.root.as_deref().unwrap_or(std::path::Path::new("/")),
     )?;
+    if lazy_sock.is_none() {
+        if let Some(t) = plan.tasks.iter().find(|t| t.pages.lazy_only > 0) {
+            return Err(RestoreError::Unsupported(format!(
+                "task {}: {} pages were dumped with --lazy-pages (they are served by the dump, \
+                 not in the images): restore with --lazy-pages and a lazy-pages daemon \
+                 connected to the dump's page server",
+                t.pid, t.pages.lazy_only
+            )));
+        }
+    }
     validate::pids_free(&plan)?;
     validate::files_unchanged(&plan)?;
     tracing::info!(
@@ -166,6 +179,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         tcp_close: opts.tcp_close,
     };
     let mut opened = files::open_all(&plan, kinds_opts)?;
+    if let Some(s) = &lazy_sock {
+        lazy::prepare(s, &plan, &mut opened)?;
+    }
     let (ready_r, ready_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys0("pipe", e))?;
     let (hold_r, hold_w) =
@@ -247,6 +263,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         let _ = kill(Pid::from_raw(t.pid), Signal::SIGSTOP);
     }
     guard.armed = false;
+    if let Some(s) = &lazy_sock {
+        // The tree runs (its faults are served already); a daemon gone now is the daemon's
+        // failure, reported by it.
+        if let Err(e) = lazy::finish(s) {
+            tracing::warn!("{e}");
+        }
+    }
     tracing::info!(root, "restored in {:?}", t0.elapsed());
     let _ = opts.scripts.run(Action::PostResume, Some(root));
     Ok(Restored { root })
@@ -413,6 +436,7 @@ fn blob_step_name(s: u32) -> &'static str {
         VMA_MLOCK => "mlock a locked vma",
         MEMBARRIER => "membarrier registration",
         MLOCKALL => "mlockall for future mappings",
+        UFFD_REGISTER => "register a lazy vma with the userfaultfd",
         _ => "unknown step",
     }
 }

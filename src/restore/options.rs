@@ -32,4 +32,7 @@ pub struct RestoreOptions {
     pub root: Option<PathBuf>,
     /// Key file of encrypted pages (`--encrypt-key`; stasis extension).
     pub encrypt_key: Option<PathBuf>,
+    /// `--lazy-pages`: post-copy restore; the lazy-pages daemon listens in this directory (the
+    /// work directory).
+    pub lazy_pages: Option<PathBuf>,
 }

@@ -72,6 +72,9 @@ pub struct PageRun {
     pub nr: u64,
     /// Offset in the pages file.
     pub offset: u64,
+    /// The entry has `PE_LAZY`: a post-copy restore leaves these pages to the lazy-pages
+    /// daemon.
+    pub lazy: bool,
 }
 
 /// A pagemap with its pages file.
@@ -89,6 +92,9 @@ pub struct Pages {
     /// The files of the chain with the virtual offset of their first byte; empty: only
     /// `file`, at 0.
     pub layers: Vec<Layer>,
+    /// Pages of `PE_LAZY` entries without data (`dump --lazy-pages`): only a post-copy
+    /// restore can get them.
+    pub lazy_only: u64,
 }
 
 /// One pages file of a chain.
@@ -292,6 +298,7 @@ pub fn read_chain_pages(dir: &Path, name: &str) -> Result<Pages, RestoreError> {
                     vaddr: a,
                     nr: (b - a) / 4096,
                     offset: base + r.offset + (a - r.vaddr),
+                    lazy: r.lazy,
                 });
                 covered += (b - a) / 4096;
             }
@@ -357,6 +364,7 @@ fn read_layer(dir: &Path, name: &str) -> Result<(Pages, Vec<(u64, u64)>), Restor
     let size = meta.len();
     let mut runs = Vec::new();
     let mut parent = Vec::new();
+    let mut lazy_only = 0u64;
     let mut offset = 0u64;
     let mut index = 1;
     // The end of the previous entry: entries ascend and do not overlap.
@@ -405,8 +413,11 @@ fn read_layer(dir: &Path, name: &str) -> Result<(Pages, Vec<(u64, u64)>), Restor
                 vaddr: e.vaddr,
                 nr,
                 offset,
+                lazy: flags & pe::LAZY != 0,
             });
             offset += nr * PAGE;
+        } else if flags & pe::LAZY != 0 {
+            lazy_only += nr;
         }
         index += 1;
     }
@@ -424,6 +435,7 @@ fn read_layer(dir: &Path, name: &str) -> Result<(Pages, Vec<(u64, u64)>), Restor
             file,
             runs,
             layers: Vec::new(),
+            lazy_only,
         },
         parent,
     ))

@@ -63,6 +63,9 @@ pub struct Premapper<'a> {
     mem: Option<std::fs::File>,
     thp_always: bool,
     next: u64,
+    /// The VMA being premapped is restored lazily (post-copy): its `PE_LAZY` pages are left
+    /// missing, for the lazy-pages daemon.
+    lazy_vma: bool,
     /// Fills done per method (copy, read, force), for the log.
     pub stats: [u64; 3],
 }
@@ -86,18 +89,22 @@ impl<'a> Premapper<'a> {
             mem: None,
             thp_always,
             next: base,
+            lazy_vma: false,
             stats: [0; 3],
         }
     }
 
-    /// The pieces of page data inside `[start, end)`: (address, file offset, length).
+    /// The pieces of page data inside `[start, end)`: (address, file offset, length); without
+    /// the `PE_LAZY` runs when the VMA is restored lazily.
     fn pieces(&self, start: u64, end: u64) -> impl Iterator<Item = Piece> + '_ {
         let first = self
             .runs
             .partition_point(|r| r.vaddr + r.nr * PAGE <= start);
+        let skip_lazy = self.lazy_vma;
         self.runs[first..]
             .iter()
             .take_while(move |r| r.vaddr < end)
+            .filter(move |r| !(skip_lazy && r.lazy))
             .filter_map(move |r| {
                 let (lo, hi) = (r.vaddr, r.vaddr + r.nr * PAGE);
                 let (a, b) = (lo.max(start), hi.min(end));
@@ -106,13 +113,15 @@ impl<'a> Premapper<'a> {
     }
 
     /// Maps private VMA `v` (anonymous or file `fd`) at a free address outside `busy`, fills
-    /// it and returns the premap address.
+    /// it (`lazy`: all but its `PE_LAZY` pages) and returns the premap address.
     pub fn premap(
         &mut self,
         v: &VmaEntry,
         file_fd: Option<RawFd>,
         busy: &[(u64, u64)],
+        lazy: bool,
     ) -> Result<u64, StepErr> {
+        self.lazy_vma = lazy;
         let len = v.end.saturating_sub(v.start);
         let no_room = ("find room for a premap", Errno::ENOMEM);
         let mut hint = self.next;
@@ -389,6 +398,7 @@ mod tests {
                         vaddr,
                         nr,
                         offset: off,
+                        lazy: false,
                     };
                     off += nr * PAGE;
                     r

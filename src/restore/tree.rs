@@ -288,6 +288,9 @@ fn put_fds(
     keep.insert(ctl.hold_r);
     keep.insert(ctl.status_w);
     keep.extend(extra.iter().copied());
+    if let Some(l) = opened.lazy {
+        keep.extend([l.sock, l.token_r, l.token_w]);
+    }
     let dirs = fs_dirs(opened, t);
     keep.extend(dirs.iter().flat_map(|&(r, c)| [r, c]).flatten());
     keep_only(&keep).map_err(|e| ("close descriptors", e))

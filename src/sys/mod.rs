@@ -69,6 +69,7 @@ pub mod tkill;
 pub mod tracee;
 pub mod tree;
 pub mod tty;
+pub mod uffd;
 pub mod wait;
 
 pub use error::{Error, Result};

@@ -48,6 +48,7 @@
 //!    `mremap(MREMAP_MAYMOVE|MREMAP_FIXED)` (no-op if `premap == start`); `VMA_MMAP` is
 //!    mapped with `mmap(MAP_FIXED)` from `fd` (or anonymous if `fd < 0`) at `pgoff`; then each
 //!    bit `n` of `madv` becomes `madvise(n)` and `mprotect(prot)` sets the final protection.
+//!    `VMA_PREMAPPED_LAZY` is moved likewise, then registered on `uffd` (MISSING mode).
 //!    `VMA_SKIP` entries (vsyscall, vdso/vvar moved by `special`) are only used for lookups.
 //! 5. Writes `vdso_patches` (a 12-byte `movabs rax, target; jmp rax` at each `at`).
 //! 6. `prctl(PR_SET_MM, PR_SET_MM_MAP, &mm)` (if `set_mm`); personality, umask, sigactions,
@@ -78,7 +79,7 @@
 /// `TaskArgs::magic`: "STASISRA".
 pub const ARGS_MAGIC: u64 = 0x4152_5349_5341_5453;
 /// `TaskArgs::version`; bumped on any layout change.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 /// Size of each thread's stack in the area (blob code, frames, the xsave copy).
 pub const THREAD_STACK_SIZE: u64 = 64 * 1024;
 /// Exit code of a task whose restorer failed (after the error record was written).
@@ -90,6 +91,9 @@ pub const VMA_SKIP: u32 = 0;
 pub const VMA_PREMAPPED: u32 = 1;
 /// `VmaArgs::kind`: the blob maps it with `mmap(MAP_FIXED)` (file if `fd >= 0`, else anon).
 pub const VMA_MMAP: u32 = 2;
+/// `VmaArgs::kind`: like `VMA_PREMAPPED`, then registered in MISSING mode on `TaskArgs::uffd`
+/// (post-copy restore: its lazy pages come from the lazy-pages daemon on fault).
+pub const VMA_PREMAPPED_LAZY: u32 = 3;
 
 /// Absolute address in the restored process (0 = none).
 pub type Addr = u64;
@@ -426,6 +430,10 @@ pub struct TaskArgs {
     pub mlockall: u32,
     /// Padding.
     pub pad_mlockall: u32,
+    /// userfaultfd the `VMA_PREMAPPED_LAZY` VMAs are registered with once in place (-1: none;
+    /// closed with `close_fds`).
+    pub uffd: i32,
+    pub _pad_uffd: u32,
     /// The engine's own rseq registration inherited by this task, dropped first.
     pub cur_rseq: RseqArgs,
     pub sync: SyncArgs,
@@ -470,6 +478,8 @@ impl Default for TaskArgs {
             go_fd: -1,
             mlockall: 0,
             pad_mlockall: 0,
+            uffd: -1,
+            _pad_uffd: 0,
             cur_rseq: RseqArgs::default(),
             sync: SyncArgs::default(),
         }
@@ -530,6 +540,7 @@ pub mod step {
     pub const VMA_MLOCK: u32 = 25;
     pub const MEMBARRIER: u32 = 26;
     pub const MLOCKALL: u32 = 27;
+    pub const UFFD_REGISTER: u32 = 28;
 }
 
 /// Size checks: a layout change that forgets the other side fails to build.
@@ -547,5 +558,5 @@ const _: () = {
     assert!(core::mem::size_of::<StatusRecord>() == 24);
     assert!(core::mem::size_of::<SigInfo>() == 128);
     assert!(core::mem::size_of::<SyncArgs>() == 40);
-    assert!(core::mem::size_of::<TaskArgs>() == 2760);
+    assert!(core::mem::size_of::<TaskArgs>() == 2768);
 };

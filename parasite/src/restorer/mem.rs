@@ -13,6 +13,9 @@ const MAP_FIXED: u32 = 0x10;
 const MAP_LOCKED: u32 = 0x2000;
 const MREMAP_MAYMOVE: usize = 1;
 const MREMAP_FIXED: usize = 2;
+/// `_IOWR(0xAA, 0x00, struct uffdio_register)`.
+const UFFDIO_REGISTER: usize = 0xC020_AA00;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
 
 pub fn vmas(a: &TaskArgs) -> &'static [VmaArgs] {
     // SAFETY: the engine wrote nr_vmas VmaArgs at vmas inside the area.
@@ -104,7 +107,7 @@ pub fn restore_vmas(a: &TaskArgs) {
     for (i, v) in vmas(a).iter().enumerate() {
         let len = v.end - v.start;
         match v.kind {
-            abi::VMA_PREMAPPED => {
+            abi::VMA_PREMAPPED | abi::VMA_PREMAPPED_LAZY => {
                 if v.premap != v.start {
                     check(a, step::VMA_MOVE, i, mremap(v.premap, len, v.start));
                 }
@@ -129,10 +132,18 @@ pub fn restore_vmas(a: &TaskArgs) {
                 check(a, step::VMA_MADVISE, i, r);
             }
         }
-        if v.kind == abi::VMA_PREMAPPED {
+        if v.kind == abi::VMA_PREMAPPED || v.kind == abi::VMA_PREMAPPED_LAZY {
             // SAFETY: sets the final protection of a target range.
             let r = unsafe { sc(sys::MPROTECT, v.start as usize, len as usize, v.prot as usize, 0, 0, 0) };
             check(a, step::VMA_PROTECT, i, r);
+        }
+        if v.kind == abi::VMA_PREMAPPED_LAZY && a.uffd >= 0 {
+            // struct uffdio_register { range { start, len }, mode, ioctls }.
+            let mut reg: [u64; 4] = [v.start, len, UFFDIO_REGISTER_MODE_MISSING, 0];
+            // SAFETY: UFFDIO_REGISTER reads and writes the 32-byte struct on our stack; it
+            // only marks a range of the target layout (an anonymous private VMA in place).
+            let r = unsafe { sc(sys::IOCTL, a.uffd as usize, UFFDIO_REGISTER, reg.as_mut_ptr() as usize, 0, 0, 0) };
+            check(a, step::UFFD_REGISTER, i, r);
         }
         if v.flags & MAP_LOCKED != 0 {
             // SAFETY: locks (and faults in) a range of the target layout; before the creds

@@ -16,6 +16,7 @@ pub const RT_SIGRETURN: usize = 15;
 pub const SCHED_YIELD: usize = 24;
 pub const MREMAP: usize = 25;
 pub const MADVISE: usize = 28;
+pub const IOCTL: usize = 16;
 pub const MLOCK: usize = 149;
 pub const MLOCKALL: usize = 151;
 pub const SETITIMER: usize = 38;
