@@ -272,12 +272,7 @@ fn staged(sink: &mut dyn PageSink, runs: &[Run], src: &mut dyn PageSource, pid: 
 
 /// Decides which pages of these VMAs are dumped, from their pagemap entries. `lazy_dump`
 /// (`dump --lazy-pages`): private anonymous pages become `PE_LAZY` entries without data.
-pub fn plan(
-    pid: i32,
-    vmas: &[VmaOut],
-    stats: &mut PageStats,
-    lazy_dump: bool,
-) -> Result<Vec<Run>> {
+pub fn plan(pid: i32, vmas: &[VmaOut], stats: &mut PageStats, lazy_dump: bool) -> Result<Vec<Run>> {
     let t = std::time::Instant::now();
     let runs = match plan_by_scan(pid, vmas, stats, lazy_dump) {
         Some(runs) => runs,
@@ -349,7 +344,11 @@ fn plan_by_scan(
         };
         // Left to the lazy-pages daemon: no data here.
         let lazy_only = lazy_dump && crate::pages::lazy::can_be_lazy(&v.entry);
-        let flags = if lazy_only { PE_LAZY } else { PE_PRESENT | lazy };
+        let flags = if lazy_only {
+            PE_LAZY
+        } else {
+            PE_PRESENT | lazy
+        };
         for (s, e) in ranges {
             match runs.last_mut() {
                 Some(r) if r.flags == flags && r.vaddr + r.nr_pages * PAGE_SIZE == s => {
@@ -539,8 +538,8 @@ mod plan_tests {
         ];
         vmas.sort_by_key(|v| v.start);
         let (mut s1, mut s2) = (PageStats::default(), PageStats::default());
-        let by_scan = plan_by_scan(pid, &vmas, &mut s1).expect("PAGEMAP_SCAN works here");
-        let by_read = plan_runs(pid, &vmas, &mut s2).unwrap();
+        let by_scan = plan_by_scan(pid, &vmas, &mut s1, false).expect("PAGEMAP_SCAN works here");
+        let by_read = plan_runs(pid, &vmas, &mut s2, false).unwrap();
         // SAFETY: the mappings made above, no longer used.
         unsafe {
             libc::munmap(anon as *mut _, len);
