@@ -86,6 +86,7 @@ fn plan_vdso(
 }
 
 /// Builds the blob's arguments for task `t` and enters the blob; returns only on error.
+/// `open`: the descriptors the task keeps ([`super::files::keep_only`] closed the rest).
 pub fn enter(
     plan: &Plan,
     t: &TaskPlan,
@@ -93,6 +94,7 @@ pub fn enter(
     status_fd: RawFd,
     go_fd: RawFd,
     targets: &[RawFd],
+    open: &std::collections::BTreeSet<RawFd>,
 ) -> Result<std::convert::Infallible, StepErr> {
     let mm = t.mm.as_ref().ok_or(("no mm image", Errno::EINVAL))?;
     let pages_fd = opened.pages.get(&t.pages.file).copied();
@@ -208,19 +210,14 @@ pub fn enter(
     spec.task.status_fd = status_fd;
     spec.task.go_fd = go_fd;
     spec.task.cur_rseq = crate::sys::restorer::current_rseq();
-    // Everything but the image's own descriptors and the two the blob closes itself.
-    let mut close: Vec<u32> = Vec::new();
-    for e in std::fs::read_dir("/proc/self/fd")
-        .map_err(|_| ("list fds", Errno::EIO))?
-        .flatten()
-    {
-        if let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<RawFd>().ok()) {
-            if !targets.contains(&n) && n != status_fd && n != go_fd {
-                close.push(n as u32);
-            }
-        }
-    }
-    spec.close_fds = close;
+    // Everything but the image's own descriptors and the two the blob closes itself. Only
+    // `open` can be open: whatever else the steps above left is closed now.
+    super::files::keep_only(open).map_err(|e| ("close descriptors", e))?;
+    spec.close_fds = open
+        .iter()
+        .filter(|&&n| n >= 0 && !targets.contains(&n) && n != status_fd && n != go_fd)
+        .map(|&n| n as u32)
+        .collect();
     // Until here (premaps, page fills) a vanished restorer kills the task (parent death
     // signal): nothing above may outlive it. The blob itself ends on EOF of go_fd, and the
     // death signal must not outlive the restore (with -d the restorer exits right away).

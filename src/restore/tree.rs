@@ -201,7 +201,7 @@ fn run_task(
     join_group(plan, t, ctl.deadline)?;
     let targets: Vec<RawFd> = t.fds.iter().map(|f| f.fd as RawFd).collect();
     // The parent death signal stays until the jump into the blob (blob::enter clears it).
-    match super::blob::enter(plan, t, opened, ctl.status_w, ctl.hold_r, &targets) {
+    match super::blob::enter(plan, t, opened, ctl.status_w, ctl.hold_r, &targets, &keep) {
         Err(e) => Err(e),
     }
 }
