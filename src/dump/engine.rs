@@ -24,10 +24,12 @@ use super::images_out::{self as out, ImageDir};
 use super::misc_images::{self, DumpStats, IdAllocator};
 use super::mm::{self, MmFields};
 use super::options::DumpOptions;
+use super::page_writers::{DeferredSource, PageWriters};
 use super::pages;
 use super::profile::Profile;
 use super::tree::{self, Process};
 use crate::action_scripts::Action;
+use crate::pages::Target;
 use crate::proc;
 
 /// What a finished dump produced.
@@ -100,6 +102,8 @@ struct Ctx<'a> {
     tracking: &'a mut super::dirty::session::Session,
     /// `--lazy-pages`: private anonymous pages are left out (PE_LAZY entries).
     lazy: bool,
+    /// Threads writing pinned pages while the next process is dumped.
+    writers: &'a mut PageWriters,
 }
 
 /// `/proc/PID/task/TID/cgroup` of every thread (raw text): the leader's text for the threads
@@ -354,7 +358,15 @@ fn collect_process(
         cx.dir.spool(&format!("mm-{pid}.img"), move || {
             Ok(mm::mm_file(&mm::mm_entry(&mm_fields, &vmas)))
         });
-        pages::write_private(cx.sink, acc, pid, &runs, &readable, &mut cx.stats.pages)?;
+        let mut src = DeferredSource {
+            probe: acc,
+            readable: &readable,
+            writers: &mut *cx.writers,
+            pid,
+            unpinnable: false,
+        };
+        pages::send(cx.sink, Target::Process(pid as u64), &runs, &mut src, pid)?;
+        pages::count_written(&runs, &mut cx.stats.pages);
         cx.prof.record(&format!("pages {pid}"), "pages", pid, t3);
         Ok(())
     })?;
@@ -741,6 +753,7 @@ fn dump_frozen(
     let mut dir = ImageDir::new(&opts.images_dir);
     let t = prof.now_us();
     let mut collected = Vec::new();
+    let mut writers = PageWriters::new();
     {
         let mut cx = Ctx {
             dir: &mut dir,
@@ -752,6 +765,7 @@ fn dump_frozen(
             extras: &mut extras,
             tracking,
             lazy: opts.lazy_pages.is_some(),
+            writers: &mut writers,
         };
         for p in tree.iter().filter(|p| !p.zombie) {
             collected.push(collect_process(p, frozen, &mut cx)?);
@@ -774,6 +788,10 @@ fn dump_frozen(
         c.files.kinds.close_tcp_in_repair();
     }
     prof.record("write", "phase", 0, t);
+    // Every pinned page in its image before the sync (and before the kill or release).
+    let t = prof.now_us();
+    writers.finish()?;
+    prof.record("page-writers", "phase", 0, t);
     if !opts.leave_running {
         // Everything on disk before the tree is killed.
         finish_images(&mut dir, opts, prof)?;

@@ -25,6 +25,7 @@ pub mod misc_images;
 pub mod mm;
 pub mod options;
 pub mod page_out;
+pub mod page_writers;
 pub mod pages;
 pub mod parasite_pages;
 pub mod predump;

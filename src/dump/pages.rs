@@ -61,6 +61,14 @@ pub trait PageSource {
     /// Writes the pages of `regions` (address, length; page aligned; in order) to `out` at its
     /// file position; returns the bytes written (the sum of the lengths).
     fn copy_to(&mut self, regions: &[(u64, u64)], out: &mut File) -> Result<u64>;
+
+    /// [`PageSource::copy_to`] into the sink's own pages file (a local plain sink), which
+    /// nothing reads back during the dump: a source may leave the bytes to writer threads
+    /// ([`super::page_writers`]) that finish before the dump ends, and move the file position
+    /// past them now.
+    fn copy_to_file(&mut self, regions: &[(u64, u64)], out: &mut File) -> Result<u64> {
+        self.copy_to(regions, out)
+    }
 }
 
 /// The frozen process: the parasite's vmsplice when the probe has one, else reads of its
@@ -171,7 +179,7 @@ pub fn send(
                 .splice_file()
                 .map_err(&se)?
                 .ok_or_else(|| DumpError::new("pages", pid, None, "the sink's file went away"))?;
-            let n = src.copy_to(&regions, file)?;
+            let n = src.copy_to_file(&regions, file)?;
             copied_all(n, expected, pid)?;
             sink.spliced(n);
         }
@@ -432,14 +440,18 @@ pub fn write_private(
         runs.len(),
         t.elapsed()
     );
-    // PE_PARENT runs carry no data: they are not written here.
+    count_written(runs, stats);
+    Ok(())
+}
+
+/// Counts the pages of `runs` in `stats` (PE_PARENT runs carry no data: not written here).
+pub fn count_written(runs: &[Run], stats: &mut PageStats) {
     for r in runs.iter().filter(|r| r.flags & PE_PRESENT != 0) {
         stats.pages_written += r.nr_pages;
     }
     for r in runs.iter().filter(|r| r.flags & PE_LAZY != 0) {
         stats.pages_lazy += r.nr_pages;
     }
-    Ok(())
 }
 
 /// Sends the data pages of one shared memory object (holes skipped), addressed by offset in

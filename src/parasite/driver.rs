@@ -73,6 +73,8 @@ const DEFAULT_SLOTS: usize = 16;
 pub const MAX_SLOTS: usize = 1024;
 /// Pipe size asked for DUMP_PAGES (the kernel may give less without CAP_SYS_RESOURCE).
 const PIPE_SIZE: usize = 1 << 20;
+/// Pipes [`Parasite::pin_pages`] has in flight (commands sent, replies due).
+const PIN_AHEAD: usize = 8;
 /// Length of the message a thread routine sends when done (THREAD_DONE ^ tid).
 const THREAD_NOTE_LEN: usize = 8;
 /// How often a waiting command checks that the task still runs the parasite.
@@ -611,7 +613,12 @@ impl<'a> Parasite<'a> {
     /// vmsplices `iovs` (page aligned, readable) into new pipes the caller keeps, one pipe
     /// after the other, in order: the pipes hold references to the pages, not copies, and
     /// keep them after the parasite is gone (CRIU's pre-dump splice mode: the tree runs again
-    /// before the pipes are drained). Returns each pipe's read end and its bytes.
+    /// before the pipes are drained; a dump: writer threads drain them while the next process
+    /// is dumped). Returns each pipe's read end and its bytes.
+    ///
+    /// Commands go out ahead of the replies (up to [`PIN_AHEAD`] pipes: SET_PIPE, then
+    /// DUMP_PAGES_TO into it), so the parasite vmsplices the next pipe while we read the
+    /// reply about the previous one: no round trip per pipe.
     pub fn pin_pages(&mut self, iovs: &[RemoteIov]) -> Result<Vec<(OwnedFd, u64)>> {
         let pid = self.leader.tgid();
         if !self.pipes.is_empty() {
@@ -621,58 +628,107 @@ impl<'a> Parasite<'a> {
                 what: "pinning pages after DUMP_PAGES (the pipe slots are taken)".into(),
             });
         }
+        if let Some(iov) = iovs
+            .iter()
+            .find(|i| i.base % PAGE != 0 || i.len % PAGE != 0)
+        {
+            return Err(Error::Request {
+                cmd: "DUMP_PAGES",
+                pid,
+                what: format!("region {:#x}+{:#x} is not page aligned", iov.base, iov.len),
+            });
+        }
         let mut out = Vec::new();
         let mut todo: std::collections::VecDeque<RemoteIov> = iovs.iter().copied().collect();
-        while !todo.is_empty() {
-            let (read, write) = channel::pipe()?;
-            let cap = match channel::set_pipe_size(write.as_fd(), PIPE_SIZE) {
-                Ok(c) => c,
-                Err(_) => channel::set_pipe_size(write.as_fd(), 64 * 1024)?,
-            } as u64
-                / PAGE
-                * PAGE;
-            let mut batch: Vec<RemoteIov> = Vec::new();
-            let mut bytes = 0;
-            while let Some(iov) = todo.pop_front() {
-                if iov.base % PAGE != 0 || iov.len % PAGE != 0 {
-                    return Err(Error::Request {
+        // Pipes whose two commands are sent and whose replies are due, in order.
+        let mut due: std::collections::VecDeque<(OwnedFd, u64)> = Default::default();
+        // Replies not read yet.
+        let mut replies = 0usize;
+        let result = (|| {
+            loop {
+                while due.len() < PIN_AHEAD && !todo.is_empty() {
+                    let (read, write) = channel::pipe()?;
+                    let cap = match channel::set_pipe_size(write.as_fd(), PIPE_SIZE) {
+                        Ok(c) => c,
+                        Err(_) => channel::set_pipe_size(write.as_fd(), 64 * 1024)?,
+                    } as u64
+                        / PAGE
+                        * PAGE;
+                    let mut batch: Vec<RemoteIov> = Vec::new();
+                    let mut bytes = 0;
+                    while let Some(iov) = todo.pop_front() {
+                        let take = iov.len.min(cap - bytes);
+                        batch.push(RemoteIov {
+                            base: iov.base,
+                            len: take,
+                        });
+                        bytes += take;
+                        if take < iov.len {
+                            todo.push_front(RemoteIov {
+                                base: iov.base + take,
+                                len: iov.len - take,
+                            });
+                        }
+                        if bytes == cap || batch.len() == MAX_IOVS - 1 {
+                            break;
+                        }
+                    }
+                    // Slot 0 takes this pipe (the previous one's write end closes in the
+                    // task; its data stays in the pipe we keep).
+                    self.send_command(CMD_SET_PIPE, bytes_of(&0i32), &[write.as_raw_fd()])?;
+                    replies += 1;
+                    drop(write);
+                    let mut payload = 0u64.to_le_bytes().to_vec();
+                    payload.extend_from_slice(bytes_of_slice(&batch));
+                    self.send_command(CMD_DUMP_PAGES_TO, &payload, &[])?;
+                    replies += 1;
+                    due.push_back((read, bytes));
+                }
+                let Some((read, bytes)) = due.pop_front() else {
+                    return Ok(());
+                };
+                // The SET_PIPE reply first: if it failed, so does the DUMP_PAGES_TO after
+                // it, whose reply is still collected below.
+                let set = self.recv_reply(CMD_SET_PIPE);
+                replies -= 1;
+                let set_failed = match set {
+                    Ok(_) => None,
+                    // Answered: the DUMP_PAGES_TO after it is answered too.
+                    Err(e @ Error::Command { .. }) => Some(e),
+                    Err(e) => return Err(e),
+                };
+                let dumped = self.recv_reply(CMD_DUMP_PAGES_TO);
+                replies -= 1;
+                if let Some(e) = set_failed {
+                    return Err(e);
+                }
+                let (reply, _) = dumped?;
+                let got = proto::read::<u64>(&reply).unwrap_or(0);
+                if got != bytes {
+                    return Err(Error::Protocol {
                         cmd: "DUMP_PAGES",
                         pid,
-                        what: format!("region {:#x}+{:#x} is not page aligned", iov.base, iov.len),
+                        what: format!("vmspliced {got} of {bytes} bytes"),
                     });
                 }
-                let take = iov.len.min(cap - bytes);
-                batch.push(RemoteIov {
-                    base: iov.base,
-                    len: take,
-                });
-                bytes += take;
-                if take < iov.len {
-                    todo.push_front(RemoteIov {
-                        base: iov.base + take,
-                        len: iov.len - take,
-                    });
-                }
-                if bytes == cap || batch.len() == MAX_IOVS - 1 {
+                out.push((read, bytes));
+                crate::sys::stop_point::stop_point("pages");
+            }
+        })();
+        if let Err(e) = result {
+            // Collect the replies still due (two per pipe; the parasite answers every
+            // command), so that the next command meets its own reply.
+            for _ in 0..replies {
+                if self.state != State::Running {
                     break;
                 }
+                if let Err(e) = self.recv_reply(CMD_DUMP_PAGES_TO) {
+                    if !matches!(e, Error::Command { .. } | Error::Protocol { .. }) {
+                        break;
+                    }
+                }
             }
-            // Slot 0 takes this pipe (the previous one's write end closes in the task; its
-            // data stays in the pipe we keep).
-            self.command(CMD_SET_PIPE, bytes_of(&0i32), &[write.as_raw_fd()])?;
-            drop(write);
-            let mut payload = 0u64.to_le_bytes().to_vec();
-            payload.extend_from_slice(bytes_of_slice(&batch));
-            let (reply, _) = self.command(CMD_DUMP_PAGES_TO, &payload, &[])?;
-            let got = proto::read::<u64>(&reply).unwrap_or(0);
-            if got != bytes {
-                return Err(Error::Protocol {
-                    cmd: "DUMP_PAGES",
-                    pid,
-                    what: format!("vmspliced {got} of {bytes} bytes"),
-                });
-            }
-            out.push((read, bytes));
+            return Err(e);
         }
         Ok(out)
     }

@@ -85,7 +85,18 @@ fn plan_vdso(
     })
 }
 
+/// Which descriptors, besides the image's own, the blob closes (see [`enter`]).
+pub enum Others<'a> {
+    /// The task keeps exactly these ([`super::files::keep_only`] closes the rest first).
+    Known(&'a std::collections::BTreeSet<RawFd>),
+    /// Every open descriptor but the targets, found by listing `/proc/self/fd`.
+    Listed,
+    /// None.
+    Keep,
+}
+
 /// Builds the blob's arguments for task `t` and enters the blob; returns only on error.
+/// `others`: the descriptors it closes besides the image's own.
 pub fn enter(
     plan: &Plan,
     t: &TaskPlan,
@@ -93,7 +104,7 @@ pub fn enter(
     status_fd: RawFd,
     go_fd: RawFd,
     targets: &[RawFd],
-    close_others: bool,
+    others: Others<'_>,
 ) -> Result<std::convert::Infallible, StepErr> {
     let mm = t.mm.as_ref().ok_or(("no mm image", Errno::EINVAL))?;
     let pages_fd = opened.pages.get(&t.pages.file).copied();
@@ -219,22 +230,39 @@ pub fn enter(
     spec.task.status_fd = status_fd;
     spec.task.go_fd = go_fd;
     spec.task.cur_rseq = crate::sys::restorer::current_rseq();
-    // Everything but the image's own descriptors and the two the blob closes itself (a
-    // member of a shared table closes only those two: see `shared_fdt`).
-    let mut close: Vec<u32> = Vec::new();
-    if close_others {
-        for e in std::fs::read_dir("/proc/self/fd")
-            .map_err(|_| ("list fds", Errno::EIO))?
-            .flatten()
-        {
-            if let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<RawFd>().ok()) {
-                if !targets.contains(&n) && n != status_fd && n != go_fd {
-                    close.push(n as u32);
+    // Everything but the image's own descriptors and the two the blob closes itself.
+    spec.close_fds = match others {
+        // Only `open` (and the lazy-pages userfaultfd, opened since) can be open: whatever
+        // else the steps above left is closed now.
+        Others::Known(open) => {
+            let mut open = open.clone();
+            if spec.task.uffd >= 0 {
+                open.insert(spec.task.uffd);
+            }
+            super::files::keep_only(&open).map_err(|e| ("close descriptors", e))?;
+            open.iter()
+                .filter(|&&n| n >= 0 && !targets.contains(&n) && n != status_fd && n != go_fd)
+                .map(|&n| n as u32)
+                .collect()
+        }
+        // The owner of a shared table: what its members left is known only by listing.
+        Others::Listed => {
+            let mut close: Vec<u32> = Vec::new();
+            for e in std::fs::read_dir("/proc/self/fd")
+                .map_err(|_| ("list fds", Errno::EIO))?
+                .flatten()
+            {
+                if let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<RawFd>().ok()) {
+                    if !targets.contains(&n) && n != status_fd && n != go_fd {
+                        close.push(n as u32);
+                    }
                 }
             }
+            close
         }
-    }
-    spec.close_fds = close;
+        // A member of a shared table closes nothing of it (its owner does; see `shared_fdt`).
+        Others::Keep => Vec::new(),
+    };
     // Until here (premaps, page fills) a vanished restorer kills the task (parent death
     // signal): nothing above may outlive it. The blob itself ends on EOF of go_fd, and the
     // death signal must not outlive the restore (with -d the restorer exits right away).

@@ -840,6 +840,24 @@ fn fill_from_pages(file: &std::fs::File, pages: &Pages, size: u64) -> std::io::R
 
 /// Closes every descriptor of the calling task that is not in `keep` (run in a forked task).
 pub fn keep_only(keep: &BTreeSet<RawFd>) -> Result<(), nix::errno::Errno> {
+    // The gaps between the kept numbers, by close_range: no listing of /proc/self/fd (whose
+    // entries the kernel builds one by one, for each of the tree's tasks).
+    let mut from = 0u32;
+    let mut ranges = Vec::with_capacity(keep.len() + 1);
+    for &fd in keep.iter().filter(|&&fd| fd >= 0) {
+        if fd as u32 > from {
+            ranges.push((from, fd as u32 - 1));
+        }
+        from = fd as u32 + 1;
+    }
+    ranges.push((from, u32::MAX));
+    match ranges
+        .iter()
+        .try_for_each(|&(a, b)| crate::sys::fds::close_range_raw(a, b))
+    {
+        Err(nix::errno::Errno::ENOSYS) => {}
+        other => return other,
+    }
     let mut open = Vec::new();
     let dir = std::fs::read_dir("/proc/self/fd").map_err(|_| nix::errno::Errno::EIO)?;
     for e in dir.flatten() {

@@ -27,7 +27,7 @@ use nix::errno::Errno;
 use super::img::msg::VmaEntry;
 use super::plan::{vma_status as vs, PageRun, Pages};
 use crate::sys::fds::pread_raw;
-use crate::sys::mem::{self, Userfault};
+use crate::sys::mem::{self, AnonBuf, Userfault};
 
 /// Page data to put in place: (address, offset in the pages image, length).
 type Piece = (u64, u64, u64);
@@ -62,6 +62,8 @@ pub struct Premapper<'a> {
     uffd: Option<Result<Userfault, Errno>>,
     mem: Option<std::fs::File>,
     thp_always: bool,
+    /// Bounce buffers of the UFFDIO_COPY fills (one, two for a fill split over threads).
+    bufs: Vec<AnonBuf>,
     next: u64,
     /// The VMA being premapped is restored lazily (post-copy): its `PE_LAZY` pages are left
     /// missing, for the lazy-pages daemon.
@@ -88,6 +90,7 @@ impl<'a> Premapper<'a> {
             uffd: None,
             mem: None,
             thp_always,
+            bufs: Vec::new(),
             next: base,
             lazy_vma: false,
             stats: [0; 3],
@@ -208,6 +211,14 @@ impl<'a> Premapper<'a> {
         match how {
             How::Copy => {
                 let pieces: Vec<_> = self.pieces(v.start, v.end).collect();
+                let total: u64 = pieces.iter().map(|p| p.2).sum();
+                let split = self.parallel && total >= PARALLEL_MIN;
+                // The task's bounce buffers, made once (fresh pages: no copy-on-write of the
+                // restorer's heap, no zeroing by an allocator) and kept for its next fills.
+                let mut bufs = std::mem::take(&mut self.bufs);
+                while bufs.len() < 1 + split as usize {
+                    bufs.push(AnonBuf::new(COPY_BUF).map_err(|e| ("map a copy buffer", e))?);
+                }
                 if self.uffd.is_none() {
                     self.uffd = Some(Userfault::new());
                 }
@@ -219,11 +230,10 @@ impl<'a> Premapper<'a> {
                 let uffd = uf
                     .register(hint, len)
                     .map_err(|e| ("userfaultfd register", e))?;
-                let total: u64 = pieces.iter().map(|p| p.2).sum();
                 // pread into a small buffer that stays in cache, UFFDIO_COPY from it: one
                 // pass over memory, no page-table work for a source mapping.
-                let copy = |list: &[Piece]| -> Result<(), StepErr> {
-                    let mut buf = vec![0u8; COPY_BUF];
+                let copy = |list: &[Piece], buf: &mut AnonBuf| -> Result<(), StepErr> {
+                    let buf = buf.as_mut_slice();
                     for &(a, off, n) in list {
                         let mut done = 0;
                         while done < n {
@@ -236,20 +246,25 @@ impl<'a> Premapper<'a> {
                     }
                     Ok(())
                 };
-                if self.parallel && total >= PARALLEL_MIN {
-                    // Two halves by bytes, the second on a helper thread.
-                    let (first, second) = halves(&pieces, total);
-                    std::thread::scope(|sc| {
-                        let h = sc.spawn(|| copy(&second));
-                        let r1 = copy(&first);
-                        let r2 = h
-                            .join()
-                            .unwrap_or(Err(("copy pages: helper thread", Errno::EIO)));
-                        r1.and(r2)
-                    })
-                } else {
-                    copy(&pieces)
-                }?;
+                let copied = match &mut bufs[..] {
+                    [b0, b1, ..] if split => {
+                        // Two halves by bytes, the second on a helper thread.
+                        let (first, second) = halves(&pieces, total);
+                        std::thread::scope(|sc| {
+                            let h = sc.spawn(|| copy(&second, b1));
+                            let r1 = copy(&first, b0);
+                            let r2 = h
+                                .join()
+                                .unwrap_or(Err(("copy pages: helper thread", Errno::EIO)));
+                            r1.and(r2)
+                        })
+                    }
+                    [b0, ..] => copy(&pieces, b0),
+                    [] => Err(("map a copy buffer", Errno::ENOMEM)),
+                };
+                drop(uffd);
+                self.bufs = bufs;
+                copied?;
                 self.stats[0] += 1;
             }
             How::Read => {
@@ -277,28 +292,47 @@ impl<'a> Premapper<'a> {
                         .map_err(|e| ("open /proc/self/mem", io_errno(&e)))?;
                     self.mem = Some(f);
                 }
-                let mut buf = vec![0u8; 1 << 20];
-                let pieces: Vec<_> = self.pieces(v.start, v.end).collect();
-                for (a, off, n) in pieces {
-                    let mut done = 0;
-                    while done < n {
-                        let k = (n - done).min(buf.len() as u64) as usize;
-                        let (file, at) = fd.locate(off + done)?;
-                        let r = mem::pread_buf(file, &mut buf[..k], at)
-                            .map_err(|e| ("read pages", e))?;
-                        if r == 0 {
-                            return Err(("read pages: short image", Errno::EIO));
-                        }
-                        let memf = self
-                            .mem
-                            .as_ref()
-                            .ok_or(("open /proc/self/mem", Errno::EBADF))?;
-                        mem::force_write_self(memf, hint + (a - v.start) + done, &buf[..r])
-                            .map_err(|e| ("write pages via /proc/self/mem", io_errno(&e)))?;
-                        done += r as u64;
-                    }
+                if self.bufs.is_empty() {
+                    self.bufs
+                        .push(AnonBuf::new(COPY_BUF).map_err(|e| ("map a copy buffer", e))?);
                 }
+                let mut bufs = std::mem::take(&mut self.bufs);
+                let buf = bufs[0].as_mut_slice();
+                let pieces: Vec<_> = self.pieces(v.start, v.end).collect();
+                let r = self.force_fill(v, hint, fd, &pieces, buf);
+                self.bufs = bufs;
+                r?;
                 self.stats[2] += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `pieces` into the read-only premap at `hint` through /proc/self/mem.
+    fn force_fill(
+        &self,
+        v: &VmaEntry,
+        hint: u64,
+        fd: &PageFiles,
+        pieces: &[Piece],
+        buf: &mut [u8],
+    ) -> Result<(), StepErr> {
+        let memf = self
+            .mem
+            .as_ref()
+            .ok_or(("open /proc/self/mem", Errno::EBADF))?;
+        for &(a, off, n) in pieces {
+            let mut done = 0;
+            while done < n {
+                let k = (n - done).min(buf.len() as u64) as usize;
+                let (file, at) = fd.locate(off + done)?;
+                let r = mem::pread_buf(file, &mut buf[..k], at).map_err(|e| ("read pages", e))?;
+                if r == 0 {
+                    return Err(("read pages: short image", Errno::EIO));
+                }
+                mem::force_write_self(memf, hint + (a - v.start) + done, &buf[..r])
+                    .map_err(|e| ("write pages via /proc/self/mem", io_errno(&e)))?;
+                done += r as u64;
             }
         }
         Ok(())

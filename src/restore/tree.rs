@@ -167,9 +167,13 @@ fn run_task(
             spawn(plan, ci, 0, opened, tree_ctl, None).map_err(|e| ("clone3 child", e))?;
         }
     }
-    match (member, &owned) {
+    // The descriptors this task keeps, when it alone decides them (no shared table).
+    let kept = match (member, &owned) {
         // The owner puts the shared table in place.
-        (Some((g, _)), _) => g.member_wait_table(ctl.deadline)?,
+        (Some((g, _)), _) => {
+            g.member_wait_table(ctl.deadline)?;
+            None
+        }
         (None, Some(g)) => {
             g.owner_wait_members(ctl.deadline)?;
             let mut extra: Vec<RawFd> = g.keep().collect();
@@ -185,9 +189,10 @@ fn run_task(
             }
             put_fds(t, opened, ctl, &extra)?;
             g.owner_table_ready()?;
+            None
         }
-        (None, None) => put_fds(t, opened, ctl, &[])?,
-    }
+        (None, None) => Some(put_fds(t, opened, ctl, &[])?),
+    };
     // A shell job that was the foreground of its terminal is again, on the new one.
     for &(id, pgrp) in &opened.shell_ttys {
         if pgrp == t.pid && t.pgid == t.pid {
@@ -219,29 +224,26 @@ fn run_task(
         targets.extend(g.members_fds());
     }
     // A member closes nothing of the shared table (its owner does).
-    let close_others = member.is_none();
+    let others = match (&kept, member) {
+        (Some(keep), _) => super::blob::Others::Known(keep),
+        (None, Some(_)) => super::blob::Others::Keep,
+        (None, None) => super::blob::Others::Listed,
+    };
     // The parent death signal stays until the jump into the blob (blob::enter clears it).
-    match super::blob::enter(
-        plan,
-        t,
-        opened,
-        ctl.status_w,
-        ctl.hold_r,
-        &targets,
-        close_others,
-    ) {
+    match super::blob::enter(plan, t, opened, ctl.status_w, ctl.hold_r, &targets, others) {
         Err(e) => Err(e),
     }
 }
 
 /// Puts the task's image descriptors in place (`dup2` of the parked descriptions) and
-/// closes every other descriptor but the parked ones the task still needs and `extra`.
+/// closes every other descriptor but the parked ones the task still needs and `extra`;
+/// returns the descriptors kept.
 fn put_fds(
     t: &super::plan::TaskPlan,
     opened: &Opened,
     ctl: Ctl,
     extra: &[RawFd],
-) -> Result<(), (&'static str, Errno)> {
+) -> Result<BTreeSet<RawFd>, (&'static str, Errno)> {
     let mut keep: BTreeSet<RawFd> = BTreeSet::new();
     for fd in &t.fds {
         let own = if let Some((path, flags, pos)) = opened.in_task.get(&fd.id) {
@@ -293,7 +295,8 @@ fn put_fds(
     }
     let dirs = fs_dirs(opened, t);
     keep.extend(dirs.iter().flat_map(|&(r, c)| [r, c]).flatten());
-    keep_only(&keep).map_err(|e| ("close descriptors", e))
+    keep_only(&keep).map_err(|e| ("close descriptors", e))?;
+    Ok(keep)
 }
 
 /// A pidfd of task `pid` of the tree, opened once that task exists (every task is forked

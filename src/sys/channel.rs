@@ -179,15 +179,39 @@ pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> Result<usize> {
 /// Moves exactly `len` bytes from pipe `from` to `to` with `splice(2)` (no copy through
 /// user space), at the current file position of `to`.
 pub fn splice_exact(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> Result<()> {
+    splice_loop(from, to, len, None)
+}
+
+/// [`splice_exact`] into file `to` at offset `off` (its file position is left alone:
+/// several threads may fill one file at different offsets).
+pub fn splice_exact_at(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+    len: usize,
+    off: u64,
+) -> Result<()> {
+    splice_loop(from, to, len, Some(off as libc::loff_t))
+}
+
+fn splice_loop(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+    len: usize,
+    mut off: Option<libc::loff_t>,
+) -> Result<()> {
     let mut left = len;
     while left > 0 {
-        // SAFETY: splice takes descriptors and integers; null offsets use file positions.
+        let off_out = off
+            .as_mut()
+            .map_or(std::ptr::null_mut(), |o| o as *mut libc::loff_t);
+        // SAFETY: splice takes descriptors and integers; a null output offset uses the file
+        // position, a non-null one points at a live loff_t the kernel advances.
         let ret = unsafe {
             libc::splice(
                 from.as_raw_fd(),
                 std::ptr::null_mut(),
                 to.as_raw_fd(),
-                std::ptr::null_mut(),
+                off_out,
                 left,
                 libc::SPLICE_F_MOVE,
             )

@@ -31,6 +31,18 @@ pub fn close_raw(fd: RawFd) {
     }
 }
 
+/// `close_range(first, last, 0)`: closes every descriptor numbered `first..=last` that no
+/// Rust object in this (forked, single-threaded) task owns.
+pub fn close_range_raw(first: u32, last: u32) -> Result<(), Errno> {
+    // SAFETY: closing numbers only affects the descriptor table; callers use it in a forked
+    // task for descriptors no Rust object owns.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
 /// `dup2(old, new)` then set or clear `FD_CLOEXEC` on `new`.
 pub fn dup2_raw(old: RawFd, new: RawFd, cloexec: bool) -> Result<(), Errno> {
     // SAFETY: dup2 only changes the descriptor table; `new` is an image descriptor number

@@ -257,3 +257,49 @@ pub fn pread_buf(fd: RawFd, buf: &mut [u8], off: u64) -> std::result::Result<usi
 pub fn force_write_self(mem: &std::fs::File, addr: u64, data: &[u8]) -> std::io::Result<()> {
     mem.write_all_at(data, addr)
 }
+
+/// A private anonymous mapping used as a buffer (unmapped on drop). In a task forked from a
+/// big process its pages are fresh: writing them costs no copy-on-write of the parent's heap
+/// and no zeroing pass of an allocator.
+#[derive(Debug)]
+pub struct AnonBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl AnonBuf {
+    /// Maps `len` bytes (a multiple of the page size), readable and writable.
+    pub fn new(len: usize) -> std::result::Result<Self, Errno> {
+        let n = std::num::NonZeroUsize::new(len).ok_or(Errno::EINVAL)?;
+        // SAFETY: a new anonymous mapping at an address the kernel picks: it aliases nothing.
+        let ptr = unsafe {
+            nix::sys::mman::mmap_anonymous(
+                None,
+                n,
+                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+                nix::sys::mman::MapFlags::MAP_PRIVATE,
+            )?
+        };
+        Ok(AnonBuf {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes, readable and writable, owned by self alone
+        // (the &mut borrow of self keeps it exclusive) until drop.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AnonBuf {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in new(); no slice of it outlives self.
+        let _ = unsafe { nix::sys::mman::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+// SAFETY: AnonBuf owns its mapping exclusively (like a Box<[u8]>); moving it to another
+// thread moves that ownership.
+unsafe impl Send for AnonBuf {}

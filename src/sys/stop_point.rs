@@ -19,7 +19,8 @@
 //! inject    the parasite's area is mapped and written, its socket made, not started
 //! serve     the leader runs the parasite, which waits for commands
 //! threads   every other thread ran the thread routine and waits in its final poll
-//! pages     the parasite has spliced the first pages (more batches in flight)
+//! pages     the parasite has spliced or pinned the first pages (more batches in flight;
+//!           pinned pages of earlier processes may be with the page writers)
 //! cure      FINI answered, the leader stopped in the parasite's wait for the hang-up
 //! ```
 
