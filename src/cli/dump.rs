@@ -171,6 +171,11 @@ pub fn run(args: Vec<OsString>) -> i32 {
             return 1;
         }
     };
+    if let Err(e) = crate::privileges::Privileges::current().require(crate::privileges::Verb::Dump)
+    {
+        common::report(&a.common, e);
+        return 1;
+    }
     let cpu_cap = a.common.criu.cpu_cap.clone().map(Some);
     let cpu_caps = crate::cpuinfo::option_caps(&cpu_cap).and_then(|caps| {
         match caps & crate::cpuinfo::CAP_IMAGE {

@@ -62,6 +62,11 @@ pub fn run(args: Vec<OsString>) -> i32 {
             return 1;
         }
     };
+    if let Err(e) = crate::privileges::Privileges::current().require(crate::privileges::Verb::Dump)
+    {
+        common::report(&a.common, e);
+        return 1;
+    }
     let mut backend = dump::ptrace_backend::PtraceBackend;
     match dump::predump::run(&opts, &mut backend) {
         Ok(rep) => {

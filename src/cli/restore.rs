@@ -38,6 +38,12 @@ pub fn run(args: Vec<OsString>) -> i32 {
     let common = &parsed.common;
     let c = &common.criu;
     let images_dir = common.images_dir();
+    if let Err(e) =
+        crate::privileges::Privileges::current().require(crate::privileges::Verb::Restore)
+    {
+        common::report(common, e);
+        return 1;
+    }
     if let Err(e) = c.check_images(&images_dir) {
         common::report(common, e);
         return 1;
