@@ -30,6 +30,7 @@ pub mod blob;
 pub mod driver;
 pub mod error;
 pub mod proto;
+pub mod reply;
 pub mod sigframe;
 
 pub use driver::{Parasite, ThreadDump};
