@@ -81,7 +81,7 @@ const LAZY: &str = "not built yet (lazy pages, being built)";
 /// CRIU 4.2's options (criu/config.c `long_opts` and `short_opts`), in its order.
 pub const OPTIONS: &[CriuOpt] = &[
     o("tree", Some('t'), Req, Supported),
-    o("leave-stopped", Some('s'), N, NotBuilt("not built yet (tasks are resumed or killed after a dump, and run after a restore)")),
+    o("leave-stopped", Some('s'), N, Supported),
     o("leave-running", Some('R'), N, Supported),
     b("restore-detached", Some('d'), Supported),
     b("restore-sibling", Some('S'), Supported),
@@ -118,7 +118,7 @@ pub const OPTIONS: &[CriuOpt] = &[
     o("exec-cmd", None, N, Supported),
     o("manage-cgroups", None, Opt, Partial("dump records cgroups in every mode; restore: `ignore` leaves cgroups alone, `none` and `soft` move tasks into existing cgroups, `props`/`full`/`strict` are refused when the images hold cgroups: not built yet")),
     o("cgroup-root", None, Req, Partial("refused when cgroups are dumped or restored: not built yet")),
-    o("inherit-fd", None, Req, Partial("restore-only as in CRIU; refused at restore: not built yet")),
+    o("inherit-fd", None, Req, Partial("restore-only as in CRIU: regular files (`fd[N]:path`) and pipes (`fd[N]:pipe:[ID]`); `socket:[INO]` is refused: not built yet")),
     o("feature", None, Req, Supported),
     o("skip-mnt", None, Req, Ignored(MNTNS)),
     o("enable-fs", None, Req, Ignored(MNTNS)),

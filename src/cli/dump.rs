@@ -132,7 +132,8 @@ impl DumpArgs {
         Ok(DumpOptions {
             pid,
             images_dir,
-            leave_running: c.leave_running,
+            leave_running: c.leave_running || c.leave_stopped,
+            leave_stopped: c.leave_stopped,
             shell_job: c.shell_job,
             ext_unix_sk: c.ext_unix_sk.is_some(),
             file_locks: c.file_locks,

@@ -70,6 +70,12 @@ pub fn run(args: Vec<OsString>) -> i32 {
         cgroups_ignore: c.cgroup_mode() == "ignore",
         root: c.root.clone(),
         encrypt_key: parsed.encrypt_key.clone(),
+        leave_stopped: c.leave_stopped,
+        inherit_fds: c
+            .inherit_fd
+            .iter()
+            .filter_map(|s| crate::restore::inherit::InheritFd::parse(s).ok())
+            .collect(),
     };
     let cpu_ok = crate::cpuinfo::option_caps(&c.cpu_cap.clone().map(Some))
         .and_then(|caps| crate::cpuinfo::check_dir(&opts.images_dir, caps));

@@ -620,7 +620,9 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
     match result {
         Ok((dir, pids)) => {
             let t = prof.now_us();
-            let kill = if opts.leave_running {
+            let kill = if opts.leave_stopped {
+                frozen.stop(&pids)
+            } else if opts.leave_running {
                 Ok(())
             } else {
                 fault::check("kill", opts.pid).and_then(|_| frozen.kill(&pids))

@@ -21,6 +21,7 @@ pub mod error;
 pub mod files;
 pub mod fuzzing;
 pub mod img;
+pub mod inherit;
 pub mod options;
 pub mod plan;
 pub mod premap;
@@ -152,7 +153,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         opts.root.as_deref().unwrap_or(std::path::Path::new("/")),
     )?;
     validate::pids_free(&plan)?;
-    validate::files_unchanged(&plan)?;
+    validate::files_unchanged_except(&plan, &inherit::inherited_ids(&plan, &opts.inherit_fds))?;
     tracing::info!(
         tasks = plan.tasks.len(),
         "images read and checked in {:?}",
@@ -164,7 +165,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         shell_job: opts.shell_job,
         tcp_close: opts.tcp_close,
     };
-    let mut opened = files::open_all(&plan, kinds_opts)?;
+    let mut opened = files::open_all(&plan, kinds_opts, &opts.inherit_fds)?;
     let (ready_r, ready_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys0("pipe", e))?;
     let (hold_r, hold_w) =
@@ -233,6 +234,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             path: p.clone(),
             source: e,
         })?;
+    }
+    if opts.leave_stopped {
+        // Queued while each task waits in its blob: it stops before its own code runs.
+        for t in plan.tasks.iter().filter(|t| t.state != TASK_DEAD) {
+            kill(Pid::from_raw(t.pid), Signal::SIGSTOP).map_err(|e| sys0("leave stopped", e))?;
+        }
     }
     // Release: one byte per task on go_fd.
     let go = vec![b'g'; alive];
