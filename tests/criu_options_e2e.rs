@@ -85,7 +85,14 @@ fn thread_states(pid: i32) -> Vec<char> {
         .map(|d| {
             d.flatten()
                 .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-                .filter_map(|s| s.rsplit(')').next()?.split_whitespace().next()?.chars().next())
+                .filter_map(|s| {
+                    s.rsplit(')')
+                        .next()?
+                        .split_whitespace()
+                        .next()?
+                        .chars()
+                        .next()
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -143,7 +150,11 @@ fn dump_leave_stopped_leaves_the_tree_stopped() {
     with_deadline(60, killer(pid), move || {
         let images = tempfile::tempdir().unwrap();
         stasis_dump(pid, images.path(), &["-s"]);
-        assert_eq!(wait_states(pid, 'T'), vec!['T', 'T'], "stopped after the dump");
+        assert_eq!(
+            wait_states(pid, 'T'),
+            vec!['T', 'T'],
+            "stopped after the dump"
+        );
         assert_eq!(tracer(pid), "0");
         kill(pid, libc::SIGCONT);
         assert_eq!(verdict(pid, &fx.result), "PASS");
@@ -159,7 +170,11 @@ fn restore_leave_stopped_stops_the_restored_tree() {
         stasis_dump(pid, images.path(), &[]);
         let _ = fx.child.take().unwrap().wait();
         stasis_restore_detached(images.path(), &["--leave-stopped"]);
-        assert_eq!(wait_states(pid, 'T'), vec!['T', 'T'], "stopped after the restore");
+        assert_eq!(
+            wait_states(pid, 'T'),
+            vec!['T', 'T'],
+            "stopped after the restore"
+        );
         kill(pid, libc::SIGCONT);
         assert_eq!(verdict(pid, &fx.result), "PASS");
     });
@@ -213,8 +228,64 @@ fn inherit_fd_stands_for_a_file_of_the_images() {
         }
         let out = cmd.output().unwrap();
         let log = std::fs::read_to_string(images.path().join("restore.log")).unwrap_or_default();
-        assert!(out.status.success(), "{}\n{log}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}\n{log}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(log.contains("restored from inherited fd 7"), "{log}");
+        assert_eq!(verdict(pid, &fx.result), "PASS");
+    });
+}
+
+/// Blocks (512 bytes) allocated to the pages images of `dir`.
+fn pages_blocks(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().unwrap().blocks())
+        .sum()
+}
+
+#[test]
+fn auto_dedup_punches_what_the_dump_wrote_again_out_of_the_parent() {
+    let mut fx = launch();
+    let pid = fx.pid;
+    with_deadline(120, killer(pid), move || {
+        let scratch = tempfile::tempdir().unwrap();
+        let (pre, last) = (scratch.path().join("1"), scratch.path().join("2"));
+        std::fs::create_dir_all(&pre).unwrap();
+        std::fs::create_dir_all(&last).unwrap();
+        let run = |args: &[&str], dir: &Path| {
+            let out = stasis_bin()
+                .args(args)
+                .arg("-D")
+                .arg(dir)
+                .args(["-v4", "-o", "stasis.log"])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let log = std::fs::read_to_string(dir.join("stasis.log")).unwrap_or_default();
+            assert!(out.status.success(), "{args:?}: {log}");
+            log
+        };
+        let p = pid.to_string();
+        run(&["pre-dump", "-t", &p], &pre);
+        let before = pages_blocks(&pre);
+        // The counting thread keeps writing its stack and counter: those pages are dumped
+        // again, and punched out of the pre-dump.
+        std::thread::sleep(Duration::from_millis(200));
+        let log = run(
+            &["dump", "-t", &p, "--prev-images-dir", "../1", "--auto-dedup"],
+            &last,
+        );
+        assert!(log.contains("auto-dedup:"), "{log}");
+        let after = pages_blocks(&pre);
+        assert!(after < before, "parent pages: {before} blocks before, {after} after");
+        let _ = fx.child.take().unwrap().wait();
+        stasis_restore_detached(&last, &[]);
         assert_eq!(verdict(pid, &fx.result), "PASS");
     });
 }

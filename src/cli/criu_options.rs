@@ -110,7 +110,7 @@ pub const OPTIONS: &[CriuOpt] = &[
     o("prev-images-dir", None, Req, Supported),
     o("ms", None, N, NotBuilt("deprecated: CRIU refuses it too")),
     b("track-mem", None, Supported),
-    b("auto-dedup", None, NotBuilt("not built yet (pages of a parent image are referenced, never punched out of it)")),
+    b("auto-dedup", None, Partial("dump and pre-dump with --prev-images-dir: the pages written again are punched out of every parent's pages image; restore: accepted, pages are not punched while they are restored")),
     o("libdir", Some('L'), Req, Ignored("stasis has no plugins")),
     o("cpu-cap", None, Opt, Supported),
     b("force-irmap", None, Ignored("inotify watches are resolved from the kernel's file handles, without a scan")),

@@ -78,6 +78,9 @@ pub fn run(args: Vec<OsString>) -> i32 {
                     s.pages.pages_written, s.parent_pages, rep.untracked
                 );
             }
+            if !a.common.criu.incremental.dedup(&a.common, &opts.images_dir) {
+                return 1;
+            }
             tracing::info!("Pre-dumping finished successfully");
             0
         }
