@@ -121,6 +121,14 @@ fn tracer(pid: i32) -> String {
         .to_string()
 }
 
+/// Dumps the workload (which kills it) into a new directory and reaps it.
+fn dump_and_reap(fx: &mut Fx) -> tempfile::TempDir {
+    let images = tempfile::tempdir().unwrap();
+    stasis_dump(fx.pid, images.path(), &[]);
+    let _ = fx.child.take().unwrap().wait();
+    images
+}
+
 /// SIGUSR2 and the verdict.
 fn verdict(pid: i32, result: &Path) -> String {
     let _ = std::fs::remove_file(result);
@@ -166,9 +174,7 @@ fn restore_leave_stopped_stops_the_restored_tree() {
     let mut fx = launch();
     let pid = fx.pid;
     with_deadline(60, killer(pid), move || {
-        let images = tempfile::tempdir().unwrap();
-        stasis_dump(pid, images.path(), &[]);
-        let _ = fx.child.take().unwrap().wait();
+        let images = dump_and_reap(&mut fx);
         stasis_restore_detached(images.path(), &["--leave-stopped"]);
         assert_eq!(
             wait_states(pid, 'T'),
@@ -185,9 +191,7 @@ fn inherit_fd_stands_for_a_file_of_the_images() {
     let mut fx = launch();
     let pid = fx.pid;
     with_deadline(60, killer(pid), move || {
-        let images = tempfile::tempdir().unwrap();
-        stasis_dump(pid, images.path(), &[]);
-        let _ = fx.child.take().unwrap().wait();
+        let images = dump_and_reap(&mut fx);
         // The file is gone; the caller has a descriptor for it (same content, same offset).
         let data = PathBuf::from(format!("{}.data", fx.result.display()));
         let inherited = {
@@ -278,12 +282,22 @@ fn auto_dedup_punches_what_the_dump_wrote_again_out_of_the_parent() {
         // again, and punched out of the pre-dump.
         std::thread::sleep(Duration::from_millis(200));
         let log = run(
-            &["dump", "-t", &p, "--prev-images-dir", "../1", "--auto-dedup"],
+            &[
+                "dump",
+                "-t",
+                &p,
+                "--prev-images-dir",
+                "../1",
+                "--auto-dedup",
+            ],
             &last,
         );
         assert!(log.contains("auto-dedup:"), "{log}");
         let after = pages_blocks(&pre);
-        assert!(after < before, "parent pages: {before} blocks before, {after} after");
+        assert!(
+            after < before,
+            "parent pages: {before} blocks before, {after} after"
+        );
         let _ = fx.child.take().unwrap().wait();
         stasis_restore_detached(&last, &[]);
         assert_eq!(verdict(pid, &fx.result), "PASS");

@@ -107,6 +107,25 @@ struct Fx {
     result: PathBuf,
 }
 
+impl Fx {
+    /// SIGUSR2, then the verdict the workload writes.
+    fn verdict(&self) -> String {
+        std::fs::remove_file(&self.result).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::SIGUSR2,
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        while !self.result.exists() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "no verdict");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        std::fs::read_to_string(&self.result).unwrap()
+    }
+}
+
 impl Drop for Fx {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(
@@ -242,19 +261,7 @@ fn a_user_dumps_and_restores_its_own_task_with_checkpoint_restore_only() {
                 capeff, "0000000000000000",
                 "the restored task has no capabilities"
             );
-            std::fs::remove_file(&fx.result).unwrap();
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGUSR2)
-                .unwrap();
-            let t0 = Instant::now();
-            while !fx.result.exists() {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(20),
-                    "no verdict after the restore"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            assert_eq!(std::fs::read_to_string(&fx.result).unwrap(), "PASS");
+            assert_eq!(fx.verdict(), "PASS", "after the restore");
             drop(images);
         },
     );
@@ -285,16 +292,7 @@ fn a_task_under_seccomp_is_refused_naming_cap_sys_admin() {
             // The task runs on, untraced, and still answers.
             let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
             assert!(st.contains("TracerPid:\t0"), "{st}");
-            std::fs::remove_file(&fx.result).unwrap();
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGUSR2)
-                .unwrap();
-            let t0 = Instant::now();
-            while !fx.result.exists() {
-                assert!(t0.elapsed() < Duration::from_secs(20), "no verdict");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            assert_eq!(std::fs::read_to_string(&fx.result).unwrap(), "PASS");
+            assert_eq!(fx.verdict(), "PASS");
             drop(fx);
         },
     );

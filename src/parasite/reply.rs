@@ -65,6 +65,15 @@ fn in_range<T: PartialOrd + std::fmt::Display>(what: &str, v: T, lo: T, hi: T) -
     Ok(())
 }
 
+/// An interval and a value of `what`: seconds >= 0, fractions in `0..=max_frac`.
+fn times_in_range(what: &str, times: [(i64, i64); 2], max_frac: i64) -> Result<()> {
+    for (sec, frac) in times {
+        in_range(&format!("{what} seconds"), sec, 0, i64::MAX)?;
+        in_range(&format!("{what} fraction"), frac, 0, max_frac)?;
+    }
+    Ok(())
+}
+
 /// An errno sent as a negative status: -4095..-1.
 fn errno_of(status: i32) -> Result<Errno> {
     if (-4095..0).contains(&status) {
@@ -201,14 +210,11 @@ pub fn misc(payload: &[u8]) -> Result<MiscState> {
         in_range(what, v, 0, 1)?;
     }
     for t in &m.itimers {
-        in_range(
-            "itimer seconds",
-            t.interval_sec.min(t.value_sec),
-            0,
-            i64::MAX,
-        )?;
-        in_range("itimer interval usec", t.interval_usec, 0, 999_999)?;
-        in_range("itimer value usec", t.value_usec, 0, 999_999)?;
+        let times = [
+            (t.interval_sec, t.interval_usec),
+            (t.value_sec, t.value_usec),
+        ];
+        times_in_range("itimer", times, 999_999)?;
     }
     Ok(m)
 }
@@ -221,14 +227,11 @@ pub fn posix_timers(payload: &[u8], asked: &[i32]) -> Result<Vec<PosixTimerState
             return bad(format!("state of timer {} for timer {id}", t.id));
         }
         in_range("timer overrun", t.overrun, 0, i32::MAX)?;
-        in_range(
-            "timer seconds",
-            t.interval_sec.min(t.value_sec),
-            0,
-            i64::MAX,
-        )?;
-        in_range("timer interval nsec", t.interval_nsec, 0, 999_999_999)?;
-        in_range("timer value nsec", t.value_nsec, 0, 999_999_999)?;
+        let times = [
+            (t.interval_sec, t.interval_nsec),
+            (t.value_sec, t.value_nsec),
+        ];
+        times_in_range("timer", times, 999_999_999)?;
     }
     Ok(timers)
 }
