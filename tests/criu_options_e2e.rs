@@ -10,6 +10,8 @@
 //!                   descriptor can stand for it): the restored task reads it at its offset
 //! --auto-dedup      a dump on top of a pre-dump punches the parent's pages it covers again
 //!                   (the parent's pages image shrinks on disk), and the chain still restores
+//! --cgroup-dump-controller  only the hierarchies named are recorded (a task in a v2 cgroup
+//!                   of its own, dumped naming a v1 hierarchy it shares: no cgroup.img)
 //! ```
 
 mod common;
@@ -301,5 +303,41 @@ fn auto_dedup_punches_what_the_dump_wrote_again_out_of_the_parent() {
         let _ = fx.child.take().unwrap().wait();
         stasis_restore_detached(&last, &[]);
         assert_eq!(verdict(pid, &fx.result), "PASS");
+    });
+}
+
+#[test]
+fn cgroup_dump_controller_records_only_the_hierarchies_named() {
+    // A task in a v2 cgroup of its own, in the dumper's cgroups of every other hierarchy.
+    let scratch = tempfile::tempdir().unwrap();
+    let ready = scratch.path().join("ready");
+    let cmd = format!("sh -c 'touch {}; exec sleep 1000'", ready.display());
+    let w = common::dump::launch_cmd("cg-dump-controller", 0, &cmd, &ready);
+    let pid = w.pid;
+    with_deadline(60, killer(pid), move || {
+        let all = scratch.path().join("all");
+        let named = scratch.path().join("named");
+        std::fs::create_dir_all(&all).unwrap();
+        std::fs::create_dir_all(&named).unwrap();
+        stasis_dump(pid, &all, &["-R", "--shell-job"]);
+        assert!(all.join("cgroup.img").exists(), "the v2 cgroup is recorded");
+        // Only a hierarchy the task shares with the dumper: nothing differs, no cgroup.img.
+        let mine = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let other = mine
+            .lines()
+            .filter_map(|l| l.splitn(3, ':').nth(1))
+            .find(|c| !c.is_empty())
+            .unwrap_or("name=none")
+            .to_string();
+        stasis_dump(
+            pid,
+            &named,
+            &["-R", "--shell-job", "--cgroup-dump-controller", &other],
+        );
+        assert!(
+            !named.join("cgroup.img").exists(),
+            "only {other} was recorded"
+        );
+        drop(w);
     });
 }

@@ -34,6 +34,10 @@ pub struct CriuArgs {
     /// leave the restored tree stopped
     #[arg(short = 's', long = "leave-stopped")]
     pub leave_stopped: bool,
+    /// Dump: record only this cgroup hierarchy (its controller field as in /proc/PID/cgroup;
+    /// repeatable; default: all)
+    #[arg(long = "cgroup-dump-controller", value_name = "NAME")]
+    pub cgroup_dump_controller: Vec<String>,
     /// Restore: return once the tree runs instead of waiting for the root task
     #[arg(short = 'd', long = "restore-detached", visible_alias = "daemon")]
     pub restore_detached: bool,

@@ -137,7 +137,7 @@ pub const OPTIONS: &[CriuOpt] = &[
     o("all", None, N, Supported),
     o("cgroup-props", None, Req, NotBuilt("not built yet (the dump records a fixed set of cgroup properties)")),
     o("cgroup-props-file", None, Req, NotBuilt("not built yet (the dump records a fixed set of cgroup properties)")),
-    o("cgroup-dump-controller", None, Req, NotBuilt("not built yet (the dump records every controller)")),
+    o("cgroup-dump-controller", None, Req, Supported),
     b("skip-in-flight", None, Supported),
     b("deprecated", None, Ignored("stasis has no deprecated features to enable")),
     b("display-stats", None, Supported),

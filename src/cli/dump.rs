@@ -162,6 +162,7 @@ impl DumpArgs {
             images_dir,
             leave_running: c.leave_running || c.leave_stopped,
             leave_stopped: c.leave_stopped,
+            cgroup_dump_controllers: c.cgroup_dump_controller.clone(),
             shell_job: c.shell_job,
             ext_unix_sk: c.ext_unix_sk.is_some(),
             file_locks: c.file_locks,
