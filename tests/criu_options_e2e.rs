@@ -325,7 +325,7 @@ fn cgroup_dump_controller_records_only_the_hierarchies_named() {
         let mine = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let other = mine
             .lines()
-            .filter_map(|l| l.splitn(3, ':').nth(1))
+            .filter_map(|l| l.split(':').nth(1))
             .find(|c| !c.is_empty())
             .unwrap_or("name=none")
             .to_string();
