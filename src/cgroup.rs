@@ -310,6 +310,10 @@ pub struct CgSets {
     own: u32,
     /// The root task's set id.
     root: Option<u32>,
+    /// `--cgroup-dump-controller`: only the hierarchies whose controller field (as
+    /// /proc/PID/cgroup spells it: `cpu,cpuacct`, `name=systemd`, empty for v2) is listed;
+    /// empty: every hierarchy.
+    only: Vec<String>,
 }
 
 impl CgSets {
@@ -320,7 +324,23 @@ impl CgSets {
         Ok(s)
     }
 
-    fn id_of(&mut self, m: Vec<Member>) -> u32 {
+    /// Keeps only the hierarchies of `controllers` (CRIU's `--cgroup-dump-controller`, each
+    /// compared with the whole controller field); none given: every hierarchy.
+    pub fn dump_only(&mut self, controllers: &[String]) -> Result<(), CgroupError> {
+        if controllers.is_empty() {
+            return Ok(());
+        }
+        self.only = controllers.to_vec();
+        self.sets.clear();
+        self.root = None;
+        self.own = self.id_of(read_task("self")?);
+        Ok(())
+    }
+
+    fn id_of(&mut self, mut m: Vec<Member>) -> u32 {
+        if !self.only.is_empty() {
+            m.retain(|x| self.only.contains(&x.name));
+        }
         match self.sets.iter().position(|x| *x == m) {
             Some(i) => i as u32 + 1,
             None => {

@@ -23,6 +23,7 @@ pub mod dump;
 pub mod files;
 pub mod pages;
 pub mod parasite;
+pub mod privileges;
 pub mod proc;
 pub mod regs_image;
 pub mod restore;

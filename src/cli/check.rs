@@ -3,6 +3,10 @@
 //!
 //! Every probe reads files or compares the kernel version; none of them stops or traces a
 //! task. `--feature NAME` checks one feature, `--all` also reports optional ones.
+//!
+//! Then what the caller's privileges allow ([`crate::privileges`]): a privilege without which
+//! dump or restore cannot start is an error, the others are warnings (`--all`), each naming
+//! the capability it lacks.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -315,6 +319,11 @@ pub const FEATURES: &[Feature] = &[
     },
 ];
 
+/// What the caller's privileges allow.
+fn privileges() -> Vec<crate::privileges::Feature> {
+    crate::privileges::Privileges::current().features()
+}
+
 /// `stasis check ...`: `args[1]` is "check"; returns the exit status.
 pub fn run(args: Vec<OsString>) -> i32 {
     let a: CheckArgs = match common::start(&args, common::Verb::Check) {
@@ -328,7 +337,22 @@ pub fn run(args: Vec<OsString>) -> i32 {
             for f in FEATURES {
                 println!("{}", f.name);
             }
+            for f in privileges() {
+                println!("{}", f.name);
+            }
             return 0;
+        }
+        if let Some(f) = privileges().into_iter().find(|f| f.name == name) {
+            return match f.missing {
+                None => {
+                    println!("{} is allowed", f.name);
+                    0
+                }
+                Some(why) => {
+                    println!("Error: {} is not allowed: {why}", f.name);
+                    1
+                }
+            };
         }
         let Some(f) = FEATURES.iter().find(|f| f.name == name) else {
             eprintln!("Error: unknown feature {name} (see --feature list)");
@@ -363,6 +387,22 @@ pub fn run(args: Vec<OsString>) -> i32 {
             }
         } else if all {
             println!("Ok    ({})", f.name);
+        }
+    }
+    let p = crate::privileges::Privileges::current();
+    for f in p.features() {
+        let required = ["map_files", "restore_pids"].contains(&f.name);
+        match f.missing {
+            Some(why) if required => {
+                bad = true;
+                println!("Error ({}): {why}", f.name);
+            }
+            Some(why) if all => {
+                warned = true;
+                println!("Warn  ({}): {why}", f.name);
+            }
+            None if all => println!("Ok    ({})", f.name),
+            _ => {}
         }
     }
     if bad {

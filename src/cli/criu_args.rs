@@ -31,6 +31,14 @@ pub struct CriuArgs {
     /// Dump: keep the tree running after the dump
     #[arg(short = 'R', long = "leave-running")]
     pub leave_running: bool,
+    /// Dump: leave the tree stopped (SIGSTOP) after the dump instead of killing it; restore:
+    /// leave the restored tree stopped
+    #[arg(short = 's', long = "leave-stopped")]
+    pub leave_stopped: bool,
+    /// Dump: record only this cgroup hierarchy (its controller field as in /proc/PID/cgroup;
+    /// repeatable; default: all)
+    #[arg(long = "cgroup-dump-controller", value_name = "NAME")]
+    pub cgroup_dump_controller: Vec<String>,
     /// Restore: return once the tree runs instead of waiting for the root task
     #[arg(short = 'd', long = "restore-detached", visible_alias = "daemon")]
     pub restore_detached: bool,
@@ -120,7 +128,8 @@ pub struct CriuArgs {
     /// [CONTROLLER:]PATH new cgroup root (refused when cgroups are dumped/restored)
     #[arg(long = "cgroup-root", value_name = "[CTL:]PATH")]
     pub cgroup_root: Vec<String>,
-    /// Restore: fd[N]:RESOURCE to use an inherited descriptor (refused: not built yet)
+    /// Restore: fd[N]:RESOURCE, descriptor N stands for RESOURCE of the images (a file's
+    /// path, `pipe:[ID]`)
     #[arg(long = "inherit-fd", value_name = "fd[N]:RES")]
     pub inherit_fd: Vec<String>,
     /// Check: only this kernel feature (`list` lists them)
@@ -324,9 +333,9 @@ impl CriuArgs {
             if verb != Verb::Restore {
                 return Err("--inherit-fd is restore-only option".into());
             }
-            return Err(format!(
-                "--inherit-fd {spec}: using inherited descriptors at restore is not built yet"
-            ));
+            for spec in &self.inherit_fd {
+                crate::restore::inherit::InheritFd::parse(spec)?;
+            }
         }
         if verb == Verb::Restore {
             if let Some(p) = &self.lsm_profile {
@@ -444,10 +453,7 @@ mod tests {
             a.check(Verb::Dump).unwrap_err(),
             "--inherit-fd is restore-only option"
         );
-        assert!(a
-            .check(Verb::Restore)
-            .unwrap_err()
-            .contains("--inherit-fd fd[3]"));
+        assert!(a.check(Verb::Restore).is_ok());
         let a = CriuArgs {
             restore_sibling: true,
             ..Default::default()

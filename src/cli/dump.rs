@@ -52,6 +52,34 @@ pub struct IncrementalArgs {
     /// How a pre-dump copies pages after the tree runs again: splice or read.
     #[arg(long = "pre-dump-mode", value_name = "MODE", value_parser = ["splice", "read"])]
     pub pre_dump_mode: Option<String>,
+    /// With --prev-images-dir: punch the pages this dump wrote again out of the parents'
+    /// pages images
+    #[arg(long = "auto-dedup")]
+    pub auto_dedup: bool,
+}
+
+impl IncrementalArgs {
+    /// `--auto-dedup` after a successful (pre-)dump into `images_dir` (nothing to do without
+    /// a parent or when the pages went to a page server); false when it failed (reported).
+    pub fn dedup(&self, common: &CommonArgs, images_dir: &std::path::Path) -> bool {
+        if !self.auto_dedup || self.prev_images_dir.is_none() {
+            return true;
+        }
+        match dump::dedup::punch_parents(images_dir) {
+            Ok(d) => {
+                tracing::info!(
+                    "auto-dedup: {} bytes in {} holes punched out of parent images",
+                    d.punched,
+                    d.holes
+                );
+                true
+            }
+            Err(e) => {
+                common::report(common, e);
+                false
+            }
+        }
+    }
 }
 
 impl IncrementalArgs {
@@ -173,7 +201,9 @@ impl DumpArgs {
         Ok(DumpOptions {
             pid,
             images_dir,
-            leave_running: c.leave_running,
+            leave_running: c.leave_running || c.leave_stopped,
+            leave_stopped: c.leave_stopped,
+            cgroup_dump_controllers: c.cgroup_dump_controller.clone(),
             shell_job: c.shell_job,
             ext_unix_sk: c.ext_unix_sk.is_some(),
             file_locks: c.file_locks,
@@ -205,6 +235,9 @@ impl DumpArgs {
     /// and `cpuinfo.img` when `--cpu-cap` asks for it (the command line and the RPC server).
     pub fn prepare(&self) -> Result<DumpOptions, String> {
         let mut opts = self.options()?;
+        crate::privileges::Privileges::current()
+            .require(crate::privileges::Verb::Dump)
+            .map_err(|e| e.to_string())?;
         let cpu_cap = self.common.criu.cpu_cap.clone().map(Some);
         crate::cpuinfo::option_caps(&cpu_cap)
             .and_then(|caps| match caps & crate::cpuinfo::CAP_IMAGE {
@@ -280,6 +313,11 @@ pub fn run(args: Vec<OsString>) -> i32 {
                     common::report(&a.common, format!("write profile {}: {e}", p.display()));
                     return 1;
                 }
+            }
+            if opts.page_server.is_none()
+                && !a.common.criu.incremental.dedup(&a.common, &opts.images_dir)
+            {
+                return 1;
             }
             tracing::info!("Dumping finished successfully");
             0

@@ -75,6 +75,11 @@ pub fn run(args: Vec<OsString>) -> i32 {
             return 1;
         }
     };
+    if let Err(e) = crate::privileges::Privileges::current().require(crate::privileges::Verb::Dump)
+    {
+        common::report(&a.common, e);
+        return 1;
+    }
     let mut backend = dump::ptrace_backend::PtraceBackend;
     match dump::predump::run(&opts, &mut backend) {
         Ok(rep) => {
@@ -85,6 +90,9 @@ pub fn run(args: Vec<OsString>) -> i32 {
                     s.frozen_time, s.memwrite_time, s.pages.pages_scanned,
                     s.pages.pages_written, s.parent_pages, rep.untracked
                 );
+            }
+            if !a.common.criu.incremental.dedup(&a.common, &opts.images_dir) {
+                return 1;
             }
             tracing::info!("Pre-dumping finished successfully");
             0

@@ -36,6 +36,9 @@ impl RestoreArgs {
         let common = &self.common;
         let c = &common.criu;
         let images_dir = common.images_dir();
+        crate::privileges::Privileges::current()
+            .require(crate::privileges::Verb::Restore)
+            .map_err(|e| e.to_string())?;
         c.check_images(&images_dir)?;
         let scripts =
             crate::action_scripts::ActionScripts::new(c.action_script.clone(), &images_dir)
@@ -55,6 +58,12 @@ impl RestoreArgs {
             root: c.root.clone(),
             encrypt_key: self.encrypt_key.clone(),
             lazy_pages: c.lazy_pages.then(|| common.work_dir()),
+            leave_stopped: c.leave_stopped,
+            inherit_fds: c
+                .inherit_fd
+                .iter()
+                .filter_map(|s| crate::restore::inherit::InheritFd::parse(s).ok())
+                .collect(),
         };
         crate::cpuinfo::option_caps(&c.cpu_cap.clone().map(Some))
             .and_then(|caps| crate::cpuinfo::check_dir(&opts.images_dir, caps))

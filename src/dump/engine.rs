@@ -655,7 +655,9 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
     match result {
         Ok((dir, pids)) => {
             let t = prof.now_us();
-            let kill = if opts.leave_running {
+            let kill = if opts.leave_stopped {
+                frozen.stop(&pids)
+            } else if opts.leave_running {
                 Ok(())
             } else {
                 fault::check("kill", opts.pid).and_then(|_| frozen.kill(&pids))
@@ -750,6 +752,10 @@ fn dump_frozen(
     let root_ids = ids.ids_entry(&my_ns, [1; 4]);
     files.net_ns_id = root_ids["net_ns_id"].as_u64().map(|x| x as u32);
     let mut extras = super::extras::Extras::new(opts.pid)?;
+    extras
+        .cgroups
+        .dump_only(&opts.cgroup_dump_controllers)
+        .map_err(|e| DumpError::new("cgroup", opts.pid, e.errno(), e.to_string()))?;
     let mut dir = ImageDir::new(&opts.images_dir);
     let t = prof.now_us();
     let mut collected = Vec::new();

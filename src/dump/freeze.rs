@@ -23,6 +23,17 @@ pub trait FrozenTree: TaskProbe {
     fn kill(&mut self, pids: &[i32]) -> Result<()>;
     /// Lets the tree run again.
     fn release(self: Box<Self>) -> Result<()>;
+    /// Queues SIGSTOP for every process of the tree (still frozen): released, each stops
+    /// before running again (`--leave-stopped`).
+    fn stop(&mut self, pids: &[i32]) -> Result<()> {
+        use nix::sys::signal::{kill, Signal};
+        for &pid in pids {
+            kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).map_err(|e| {
+                DumpError::new("stop", pid, Some(e as i32), format!("SIGSTOP: {e}"))
+            })?;
+        }
+        Ok(())
+    }
     /// Whether process `pid` was in a group stop (SIGSTOP, SIGTSTP...) when it was frozen:
     /// its /proc state then says traced ('t') like every other, so the freezer must tell. It
     /// is dumped as TASK_STOPPED. Backends that do not stop tasks themselves: false.

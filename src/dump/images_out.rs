@@ -413,9 +413,24 @@ impl ImageDir {
         }
     }
 
+    /// `dir/name` for a plain file name (no '/', not `.` or `..`): whatever the names are
+    /// made of, an image is never written outside the images directory.
+    fn path_of(&self, name: &str) -> Result<PathBuf, ImageError> {
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            return Err(ImageError::Io {
+                path: self.dir.join(name),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "an image name must be a plain file name",
+                ),
+            });
+        }
+        Ok(self.dir.join(name))
+    }
+
     /// Creates `name` and writes its magic(s).
     pub fn create(&mut self, name: &str, kind: ImageKind) -> Result<ImageFile, ImageError> {
-        let path = self.dir.join(name);
+        let path = self.path_of(name)?;
         let f = File::create(&path).map_err(Self::io(&path))?;
         let mut w = BufWriter::with_capacity(1 << 16, f);
         if let Some(h) = kind.head {
@@ -449,7 +464,7 @@ impl ImageDir {
 
     /// Creates a raw file (pages-N.img).
     pub fn create_raw(&mut self, name: &str) -> Result<RawFile, ImageError> {
-        let path = self.dir.join(name);
+        let path = self.path_of(name)?;
         let f = File::create(&path).map_err(Self::io(&path))?;
         self.written.push(path.clone());
         Ok(RawFile {

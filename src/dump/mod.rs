@@ -11,6 +11,7 @@
 //! `--stats` and `--profile`.
 
 pub mod core;
+pub mod dedup;
 pub mod dirty;
 pub mod elf;
 pub mod engine;

@@ -12,6 +12,12 @@ pub struct DumpOptions {
     pub images_dir: PathBuf,
     /// Keep the tree running after a successful dump (`-R/--leave-running`).
     pub leave_running: bool,
+    /// Leave the tree stopped after a successful dump (`-s/--leave-stopped`, with
+    /// `leave_running`): every process gets SIGSTOP before it is released, so it stops before
+    /// it runs again.
+    pub leave_stopped: bool,
+    /// `--cgroup-dump-controller`: the cgroup hierarchies recorded (empty: all).
+    pub cgroup_dump_controllers: Vec<String>,
     /// The tree is a job of a shell: its tty/session may be outside (`-j/--shell-job`).
     pub shell_job: bool,
     /// Allow unix sockets whose peer is outside the tree (`--ext-unix-sk`).

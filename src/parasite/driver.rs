@@ -50,7 +50,8 @@
 
 use super::blob::{dump as blob, DUMP};
 use super::error::{Error, Result};
-use super::proto::{self, *};
+use super::proto::*;
+use super::reply::{self, ReplyError};
 use super::sigframe;
 use crate::sys::channel;
 use crate::sys::ptrace::{RseqConfig, UserDesc};
@@ -463,34 +464,8 @@ impl<'a> Parasite<'a> {
             };
             return Err(self.explain_silence(name, e));
         }
-        let hlen = std::mem::size_of::<ReplyHeader>();
-        let reply = proto::read::<ReplyHeader>(&buf[..n]).ok_or_else(|| Error::Protocol {
-            cmd: name,
-            pid,
-            what: format!("{n}-byte reply"),
-        })?;
-        if reply.cmd != cmd || hlen + reply.len as usize != n {
-            return Err(Error::Protocol {
-                cmd: name,
-                pid,
-                what: format!(
-                    "reply to {} with {} of {} bytes",
-                    reply.cmd,
-                    reply.len,
-                    n - hlen
-                ),
-            });
-        }
-        if reply.status != 0 {
-            return Err(Error::Command {
-                cmd: name,
-                pid,
-                errno: Errno::from_raw(-reply.status),
-            });
-        }
-        buf.truncate(n);
-        buf.drain(..hlen);
-        Ok((buf, fds))
+        let payload = reply::header(cmd, &buf[..n]).map_err(|e| reply_error(name, pid, e))?;
+        Ok((payload.to_vec(), fds))
     }
 
     /// A socket error: say "task N died" if the task is gone.
@@ -580,14 +555,7 @@ impl<'a> Parasite<'a> {
                 let pipe = done % npipes;
                 done += 1;
                 let (reply, _) = replied?;
-                let got = proto::read::<u64>(&reply).unwrap_or(0);
-                if got != bytes {
-                    return Err(Error::Protocol {
-                        cmd: "DUMP_PAGES",
-                        pid,
-                        what: format!("vmspliced {got} of {bytes} bytes"),
-                    });
-                }
+                reply::byte_count(&reply, bytes).map_err(|e| reply_error("DUMP_PAGES", pid, e))?;
                 channel::splice_exact(self.pipes[pipe].read.as_fd(), out, bytes as usize)?;
                 total += bytes;
                 crate::sys::stop_point::stop_point("pages");
@@ -703,14 +671,7 @@ impl<'a> Parasite<'a> {
                     return Err(e);
                 }
                 let (reply, _) = dumped?;
-                let got = proto::read::<u64>(&reply).unwrap_or(0);
-                if got != bytes {
-                    return Err(Error::Protocol {
-                        cmd: "DUMP_PAGES",
-                        pid,
-                        what: format!("vmspliced {got} of {bytes} bytes"),
-                    });
-                }
+                reply::byte_count(&reply, bytes).map_err(|e| reply_error("DUMP_PAGES", pid, e))?;
                 out.push((read, bytes));
                 crate::sys::stop_point::stop_point("pages");
             }
@@ -758,7 +719,8 @@ impl<'a> Parasite<'a> {
             } as u64;
             let (reply, _) = self.command(CMD_SET_PIPE, bytes_of(&idx), &[write.as_raw_fd()])?;
             drop(write);
-            let task_fd = proto::read::<i32>(&reply).unwrap_or(-1);
+            let task_fd = reply::pipe_fd(&reply)
+                .map_err(|e| reply_error("SET_PIPE", self.leader.tgid(), e))?;
             let cap = cap / PAGE * PAGE;
             capacity = capacity.min(cap);
             self.pipes.push(PagePipe {
@@ -787,25 +749,10 @@ impl<'a> Parasite<'a> {
         let pid = self.leader.tgid();
         let mut out = Vec::with_capacity(fds.len());
         for chunk in fds.chunks(MAX_FDS) {
-            let (reply, got) = self.command(CMD_DRAIN_FDS, bytes_of_slice(chunk), &[])?;
-            if got.len() != chunk.len()
-                || reply.len() != chunk.len() * std::mem::size_of::<FdOpts>()
-            {
-                return Err(Error::Protocol {
-                    cmd: "DRAIN_FDS",
-                    pid,
-                    what: format!(
-                        "asked {} descriptors, got {} and {} bytes",
-                        chunk.len(),
-                        got.len(),
-                        reply.len()
-                    ),
-                });
-            }
-            for (i, fd) in got.into_iter().enumerate() {
-                let opts = proto::read_at::<FdOpts>(&reply, i).unwrap_or_default();
-                out.push((fd, opts));
-            }
+            let (payload, got) = self.command(CMD_DRAIN_FDS, bytes_of_slice(chunk), &[])?;
+            let opts = reply::fd_opts(&payload, chunk, got.len())
+                .map_err(|e| reply_error("DRAIN_FDS", pid, e))?;
+            out.extend(got.into_iter().zip(opts));
         }
         Ok(out)
     }
@@ -827,32 +774,25 @@ impl<'a> Parasite<'a> {
 
     /// Per-process state from inside (see [`MiscState`]).
     pub fn misc(&mut self) -> Result<MiscState> {
-        let (reply, _) = self.command(CMD_MISC, &[], &[])?;
-        self.decode("MISC", &reply)
+        let (payload, _) = self.command(CMD_MISC, &[], &[])?;
+        reply::misc(&payload).map_err(|e| reply_error("MISC", self.leader.tgid(), e))
     }
 
     /// The 64 signal dispositions; index `sig - 1` (SIGKILL and SIGSTOP entries are zero).
     pub fn sigactions(&mut self) -> Result<Vec<KSigaction>> {
-        let (reply, _) = self.command(CMD_SIGACTIONS, &[], &[])?;
-        (0..64)
-            .map(|i| {
-                proto::read_at::<KSigaction>(&reply, i).ok_or_else(|| Error::Protocol {
-                    cmd: "SIGACTIONS",
-                    pid: self.leader.tgid(),
-                    what: format!("{} bytes", reply.len()),
-                })
-            })
-            .collect()
+        let (payload, _) = self.command(CMD_SIGACTIONS, &[], &[])?;
+        reply::sigactions(&payload).map_err(|e| reply_error("SIGACTIONS", self.leader.tgid(), e))
     }
 
     /// Values of the POSIX timers `ids` (from /proc/PID/timers), in the same order.
     pub fn posix_timers(&mut self, ids: &[i32]) -> Result<Vec<PosixTimerState>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_TIMERS) {
-            let (reply, _) = self.command(CMD_POSIX_TIMERS, bytes_of_slice(chunk), &[])?;
-            for i in 0..chunk.len() {
-                out.push(self.decode_at("POSIX_TIMERS", &reply, i)?);
-            }
+            let (payload, _) = self.command(CMD_POSIX_TIMERS, bytes_of_slice(chunk), &[])?;
+            out.extend(
+                reply::posix_timers(&payload, chunk)
+                    .map_err(|e| reply_error("POSIX_TIMERS", self.leader.tgid(), e))?,
+            );
         }
         Ok(out)
     }
@@ -873,8 +813,8 @@ impl<'a> Parasite<'a> {
             });
         }
         if thread.tid() == self.leader.tid() {
-            let (reply, _) = self.command(CMD_THREAD_STATE, &[], &[])?;
-            return self.decode("THREAD_STATE", &reply);
+            let (payload, _) = self.command(CMD_THREAD_STATE, &[], &[])?;
+            return reply::thread_state(&payload).map_err(|e| reply_error("THREAD_STATE", pid, e));
         }
         let mut one = self.threads_state(&[thread])?;
         Ok(one.remove(0).state)
@@ -1030,21 +970,8 @@ impl<'a> Parasite<'a> {
             let tid = wave[i].tid();
             let regs = saved[i];
             let slot_bytes = &raw[i * stride..];
-            let state = proto::read::<ThreadState>(slot_bytes).unwrap_or_default();
-            if state.done != THREAD_DONE ^ tid as u64 {
-                return Err(Error::Protocol {
-                    cmd: "thread routine",
-                    pid: tid,
-                    what: "the thread stopped without filling its slot".into(),
-                });
-            }
-            if state.status != 0 {
-                return Err(Error::Command {
-                    cmd: "thread routine",
-                    pid: tid,
-                    errno: Errno::from_raw(-state.status),
-                });
-            }
+            let state = reply::thread_slot(slot_bytes, tid, xsave_span as usize)
+                .map_err(|e| reply_error("thread routine", tid, e))?;
             let mask = mask.unwrap_or(state.blocked);
             let saved = match &self.xsave {
                 Some(plan) if state.xsave_len as usize == plan.span => {
@@ -1128,10 +1055,7 @@ impl<'a> Parasite<'a> {
             // stopped by a signal is seen when no note came for POLL_MS.
             while left > 0 && channel::poll_readable(self.sock.as_fd(), 0)? {
                 let (n, _) = channel::recv_msg(self.sock.as_fd(), &mut buf)?;
-                let note = (n == THREAD_NOTE_LEN).then(|| {
-                    u64::from_le_bytes(buf[..8].try_into().unwrap_or_default()) ^ THREAD_DONE
-                });
-                match note.and_then(|tid| index.get(&(tid as i32))) {
+                match reply::thread_note(&buf[..n]).and_then(|tid| index.get(&tid)) {
                     Some(&i) if !noted[i] => {
                         noted[i] = true;
                         left -= 1;
@@ -1215,18 +1139,6 @@ impl<'a> Parasite<'a> {
     /// Blocked signals of the leader as they were before the parasite started.
     pub fn leader_sigmask(&self) -> u64 {
         self.saved_mask
-    }
-
-    fn decode<T: Wire>(&self, cmd: &'static str, reply: &[u8]) -> Result<T> {
-        self.decode_at(cmd, reply, 0)
-    }
-
-    fn decode_at<T: Wire>(&self, cmd: &'static str, reply: &[u8], i: usize) -> Result<T> {
-        proto::read_at::<T>(reply, i).ok_or_else(|| Error::Protocol {
-            cmd,
-            pid: self.leader.tgid(),
-            what: format!("{}-byte reply", reply.len()),
-        })
     }
 
     /// Stops the parasite and removes every trace of it; reports the first failure.
@@ -1398,6 +1310,14 @@ fn write_exit_frame(pid: i32, saved: &TaskRegs, mask: u64) -> Option<(u64, u64)>
     frame[..8].copy_from_slice(&sigreturn.to_le_bytes());
     crate::sys::mem::write(pid, addr, &frame).ok()?;
     Some((addr, syscall_ret))
+}
+
+/// The driver's error for a reply that [`reply`] refused.
+fn reply_error(cmd: &'static str, pid: i32, e: ReplyError) -> Error {
+    match e {
+        ReplyError::Failed(errno) => Error::Command { cmd, pid, errno },
+        ReplyError::Malformed(what) => Error::Protocol { cmd, pid, what },
+    }
 }
 
 /// Takes a duplicate of descriptor `fd` of process `pid`.

@@ -31,6 +31,7 @@ pub mod driver;
 pub mod error;
 mod gadgets;
 pub mod proto;
+pub mod reply;
 pub use crate::sys::sigframe;
 
 pub use driver::{Parasite, ThreadDump};

@@ -144,7 +144,11 @@ fn status_flags(flags: u32) -> OFlag {
 }
 
 /// Opens every file description and mapping the plan needs.
-pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opened, RestoreError> {
+pub fn open_all(
+    plan: &Plan,
+    opts: crate::files::RestoreOptions,
+    inherited: &[super::inherit::InheritFd],
+) -> Result<Opened, RestoreError> {
     let max_fd = plan
         .tasks
         .iter()
@@ -164,6 +168,8 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
         base,
         ..Default::default()
     };
+    // `--inherit-fd`: those entries are the caller's descriptors, nothing is opened for them.
+    super::inherit::park_inherited(plan, &mut o, inherited)?;
 
     // memfd inodes: one memfd each, with its content and seals.
     let mut memfds: BTreeMap<u64, RawFd> = BTreeMap::new();
@@ -262,6 +268,9 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
         }
     }
     for (pipe_id, ends) in &pipes {
+        if ends.iter().all(|(id, _)| o.desc.contains_key(id)) {
+            continue; // inherited
+        }
         let (r, w) = nix::unistd::pipe().map_err(|e| sys("pipe", e))?;
         if let Some((size, data)) = plan.pipe_data.get(pipe_id) {
             let want = (*size as usize).max(data.len());
@@ -276,6 +285,9 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
         }
         let mut used = [false, false];
         for &(id, flags) in ends {
+            if o.desc.contains_key(&id) {
+                continue; // inherited
+            }
             let write_end = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
             let src = if write_end { &w } else { &r };
             let fd = if !used[write_end as usize] {

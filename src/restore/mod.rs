@@ -21,6 +21,7 @@ pub mod error;
 pub mod files;
 pub mod fuzzing;
 pub mod img;
+pub mod inherit;
 pub mod lazy;
 pub mod options;
 pub mod plan;
@@ -166,7 +167,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
     }
     validate::pids_free(&plan)?;
-    validate::files_unchanged(&plan)?;
+    validate::files_unchanged_except(&plan, &inherit::inherited_ids(&plan, &opts.inherit_fds))?;
     tracing::info!(
         tasks = plan.tasks.len(),
         "images read and checked in {:?}",
@@ -178,7 +179,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         shell_job: opts.shell_job,
         tcp_close: opts.tcp_close,
     };
-    let mut opened = files::open_all(&plan, kinds_opts)?;
+    let mut opened = files::open_all(&plan, kinds_opts, &opts.inherit_fds)?;
     if let Some(s) = &lazy_sock {
         lazy::prepare(s, &plan, &mut opened)?;
     }
@@ -251,6 +252,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             path: p.clone(),
             source: e,
         })?;
+    }
+    if opts.leave_stopped {
+        // Queued while each task waits in its blob: it stops before its own code runs.
+        for t in plan.tasks.iter().filter(|t| t.state != TASK_DEAD) {
+            kill(Pid::from_raw(t.pid), Signal::SIGSTOP).map_err(|e| sys0("leave stopped", e))?;
+        }
     }
     // Release: one byte per task on go_fd.
     let go = vec![b'g'; alive];

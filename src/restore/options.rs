@@ -35,4 +35,10 @@ pub struct RestoreOptions {
     /// `--lazy-pages`: post-copy restore; the lazy-pages daemon listens in this directory (the
     /// work directory).
     pub lazy_pages: Option<PathBuf>,
+    /// `-s/--leave-stopped`: every restored process gets SIGSTOP before it is released, so
+    /// it stops before running its own code (CRIU's final state TASK_STOPPED).
+    pub leave_stopped: bool,
+    /// `--inherit-fd fd[N]:RES`: the caller's descriptors standing for resources of the
+    /// images (see [`super::inherit`]).
+    pub inherit_fds: Vec<super::inherit::InheritFd>,
 }

@@ -85,8 +85,19 @@ pub fn owner_of(pid: i32) -> String {
 
 /// Checks every regular file the images name (skipping ghost files, which restore recreates).
 pub fn files_unchanged(plan: &Plan) -> Result<(), RestoreError> {
+    files_unchanged_except(plan, &Default::default())
+}
+
+/// [`files_unchanged`] but for the entries `skip` (given by `--inherit-fd`).
+pub fn files_unchanged_except(
+    plan: &Plan,
+    skip: &std::collections::BTreeSet<u32>,
+) -> Result<(), RestoreError> {
     for (id, f) in &plan.files {
         let Some(reg) = &f.reg else { continue };
+        if skip.contains(id) {
+            continue;
+        }
         // Ghosts are recreated; the tree's own /proc files appear with their tasks.
         if plan.ghosts.contains_key(id) || super::files::tree_proc_path(plan, &reg.name) {
             continue;

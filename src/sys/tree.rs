@@ -225,6 +225,21 @@ struct Seizer {
     died: Vec<i32>,
     /// PTRACE_SEIZE options (dropped after the first EPERM).
     options: u32,
+    /// PTRACE_O_SUSPEND_SECCOMP was asked for and refused.
+    seccomp_unsuspended: bool,
+}
+
+/// True when thread `tid` of `pid` runs under seccomp (strict or filters). A status that
+/// cannot be read is a thread that died: its PTRACE_SEIZE says so.
+fn has_seccomp(pid: i32, tid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"));
+    match status {
+        Ok(s) => s
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .is_none_or(|m| m.trim() != "0"),
+        Err(_) => false,
+    }
 }
 
 impl Seizer {
@@ -268,6 +283,36 @@ impl Seizer {
             stable: false,
             gone: false,
         });
+    }
+
+    /// PTRACE_SEIZE of one thread, with the options if the kernel takes them. Without
+    /// CAP_SYS_ADMIN it refuses PTRACE_O_SUSPEND_SECCOMP: a thread under seccomp filters is
+    /// then refused before it is seized (the parasite's system calls would meet its filters,
+    /// which may kill it); the others are seized without.
+    fn seize_one(&mut self, pid: i32, tid: i32) -> Result<()> {
+        if self.options != 0 {
+            match ptrace::seize(tid, self.options) {
+                Err(e) if e.errno() == Some(nix::errno::Errno::EPERM) => {
+                    tracing::warn!(
+                        "PTRACE_SEIZE options {:#x} refused (no CAP_SYS_ADMIN?): seizing without",
+                        self.options
+                    );
+                    self.options = 0;
+                    self.seccomp_unsuspended = true;
+                }
+                r => return r,
+            }
+        }
+        if self.seccomp_unsuspended && has_seccomp(pid, tid) {
+            return Err(Error::Task {
+                op: "seize tree: the thread has seccomp filters; suspending them for the \
+                     parasite (PTRACE_O_SUSPEND_SECCOMP) needs CAP_SYS_ADMIN, which the \
+                     dumper lacks",
+                pid: tid,
+                errno: nix::errno::Errno::EPERM,
+            });
+        }
+        ptrace::seize(tid, 0)
     }
 
     /// Lists the threads of process `i`, seizes and interrupts the new ones; returns how
@@ -319,18 +364,7 @@ impl Seizer {
                 Some('Z' | 'X') => continue,
                 Some(_) => {}
             }
-            let mut seized = ptrace::seize(tid, self.options);
-            if self.options != 0
-                && matches!(&seized, Err(e) if e.errno() == Some(nix::errno::Errno::EPERM))
-            {
-                tracing::warn!(
-                    "PTRACE_SEIZE options {:#x} refused (no CAP_SYS_ADMIN?): seizing without",
-                    self.options
-                );
-                self.options = 0;
-                seized = ptrace::seize(tid, 0);
-            }
-            match seized {
+            match self.seize_one(pid, tid) {
                 Ok(()) => {}
                 Err(Error::TaskDied { .. }) => {
                     self.died.push(tid);

@@ -132,7 +132,9 @@ pub fn restore_own_state(a: &TaskArgs, t: &ThreadArgs, index: usize) {
     check(a, step::THREAD_STATE, index, r);
 }
 
+const PR_CAPBSET_READ: usize = 23;
 const PR_CAPBSET_DROP: usize = 24;
+const PR_GET_SECUREBITS: usize = 27;
 const PR_SET_SECUREBITS: usize = 28;
 const PR_SET_NO_NEW_PRIVS: usize = 38;
 const PR_CAP_AMBIENT: usize = 47;
@@ -140,6 +142,33 @@ const PR_CAP_AMBIENT_RAISE: usize = 2;
 const PR_CAP_AMBIENT_CLEAR_ALL: usize = 4;
 const SECBIT_NO_SETUID_FIXUP: usize = 1 << 2;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// True when the calling thread's supplementary groups are `want`, in order.
+fn groups_are(want: &[u32]) -> bool {
+    let mut have = [0u32; 64];
+    // SAFETY: the kernel writes at most 64 gid_t into `have`.
+    let n = unsafe { sc(sys::GETGROUPS, have.len(), have.as_mut_ptr() as usize, 0, 0, 0, 0) };
+    matches!(n, Ok(n) if n == want.len() && have[..n] == *want)
+}
+
+/// True when the calling thread's real, effective, saved and fs ids are those of `c`.
+fn ids_are(c: &CredsArgs) -> bool {
+    let (mut u, mut g) = ([0u32; 3], [0u32; 3]);
+    // SAFETY: each pointer names a u32 the kernel writes.
+    let got = unsafe {
+        sc(sys::GETRESUID, &mut u[0] as *mut u32 as usize, &mut u[1] as *mut u32 as usize, &mut u[2] as *mut u32 as usize, 0, 0, 0)
+            .and(sc(sys::GETRESGID, &mut g[0] as *mut u32 as usize, &mut g[1] as *mut u32 as usize, &mut g[2] as *mut u32 as usize, 0, 0, 0))
+    };
+    // SAFETY: setfsuid(-1)/setfsgid(-1) change nothing and return the current value.
+    let (fsuid, fsgid) = unsafe {
+        (sc(sys::SETFSUID, usize::MAX, 0, 0, 0, 0, 0), sc(sys::SETFSGID, usize::MAX, 0, 0, 0, 0, 0))
+    };
+    got.is_ok()
+        && u == [c.uid, c.euid, c.suid]
+        && g == [c.gid, c.egid, c.sgid]
+        && fsuid == Ok(c.fsuid as usize)
+        && fsgid == Ok(c.fsgid as usize)
+}
 
 fn bits(w: [u32; 2]) -> u64 {
     u64::from(w[0]) | (u64::from(w[1]) << 32)
@@ -191,30 +220,43 @@ fn restore_ids_and_caps(a: &TaskArgs, t: &ThreadArgs, index: usize) {
     let c: &CredsArgs = unsafe { &*(t.creds as *const CredsArgs) };
     // SAFETY: integer arguments only.
     let p = |o: usize, v1: usize, v2: usize| unsafe { sc(sys::PRCTL, o, v1, v2, 0, 0, 0) };
-    check(a, step::CREDS, index, p(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0));
+    // Each change is skipped when the task already has what the image asks (CRIU's way): an
+    // unprivileged restore (the caller's own ids, CAP_CHECKPOINT_RESTORE only) has no
+    // CAP_SETUID, CAP_SETGID or CAP_SETPCAP, and needs none of them for its own creds.
     // SAFETY: groups points to nr_groups u32 in the area.
     let groups: &[u32] = unsafe { slice(c.groups, u64::from(c.nr_groups)) };
-    // SAFETY: the kernel reads nr_groups gid_t from groups.
-    let r = unsafe { sc(sys::SETGROUPS, c.nr_groups as usize, groups.as_ptr() as usize, 0, 0, 0, 0) };
-    check(a, step::CREDS, index, r);
-    // SAFETY: integer arguments only.
-    let r = unsafe { sc(sys::SETRESGID, c.gid as usize, c.egid as usize, c.sgid as usize, 0, 0, 0) };
-    check(a, step::CREDS, index, r);
-    // SAFETY: integer argument; setfsgid returns the previous value.
-    let _ = unsafe { sc(sys::SETFSGID, c.fsgid as usize, 0, 0, 0, 0, 0) };
-    // SAFETY: integer arguments only.
-    let r = unsafe { sc(sys::SETRESUID, c.uid as usize, c.euid as usize, c.suid as usize, 0, 0, 0) };
-    check(a, step::CREDS, index, r);
-    // SAFETY: integer argument; setfsuid returns the previous value.
-    let _ = unsafe { sc(sys::SETFSUID, c.fsuid as usize, 0, 0, 0, 0, 0) };
-    check(a, step::CREDS, index, p(PR_SET_SECUREBITS, c.secbits as usize, 0));
+    if !groups_are(groups) {
+        // SAFETY: the kernel reads nr_groups gid_t from groups.
+        let r = unsafe { sc(sys::SETGROUPS, c.nr_groups as usize, groups.as_ptr() as usize, 0, 0, 0, 0) };
+        check(a, step::CREDS, index, r);
+    }
+    if !ids_are(c) {
+        // Keep the capabilities across the change of ids.
+        check(a, step::CREDS, index, p(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0));
+        // SAFETY: integer arguments only.
+        let r = unsafe { sc(sys::SETRESGID, c.gid as usize, c.egid as usize, c.sgid as usize, 0, 0, 0) };
+        check(a, step::CREDS, index, r);
+        // SAFETY: integer argument; setfsgid returns the previous value.
+        let _ = unsafe { sc(sys::SETFSGID, c.fsgid as usize, 0, 0, 0, 0, 0) };
+        // SAFETY: integer arguments only.
+        let r = unsafe { sc(sys::SETRESUID, c.uid as usize, c.euid as usize, c.suid as usize, 0, 0, 0) };
+        check(a, step::CREDS, index, r);
+        // SAFETY: integer argument; setfsuid returns the previous value.
+        let _ = unsafe { sc(sys::SETFSUID, c.fsuid as usize, 0, 0, 0, 0, 0) };
+    }
+    if p(PR_GET_SECUREBITS, 0, 0) != Ok(c.secbits as usize) {
+        check(a, step::CREDS, index, p(PR_SET_SECUREBITS, c.secbits as usize, 0));
+    }
     let bnd = bits(c.cap_bnd);
     for cap in 0..64usize {
         if bnd & (1 << cap) == 0 {
-            // EINVAL past the last capability the kernel knows: done.
-            if p(PR_CAPBSET_DROP, cap, 0) == Err(22) {
-                break;
+            match p(PR_CAPBSET_READ, cap, 0) {
+                // EINVAL past the last capability the kernel knows: done.
+                Err(22) => break,
+                Ok(0) => continue,
+                _ => {}
             }
+            let _ = p(PR_CAPBSET_DROP, cap, 0);
         }
     }
     install_seccomp(a, t, index);
