@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use stasis::dump::error::Result as DResult;
-use stasis::dump::freeze::{CgroupFreeze, FrozenTree};
+use stasis::dump::error::DumpError;
+use stasis::dump::freeze::FrozenTree;
+use stasis::sys::freezer::Freezer;
 use stasis::dump::probe::{ProcessAccess, ProcessProbe, TaskProbe, ThreadProbe, Xsave};
 
 pub use super::fixtures::{fixtures, install_if_missing as install_fixtures};
@@ -522,7 +524,7 @@ pub fn stasis_bin() -> Command {
 /// /proc/PID/mem, and the ptrace/parasite part is a double with fixed, plausible values
 /// (so every field the images carry is present; the values themselves are not checked).
 pub struct TestFrozen {
-    pub freeze: Option<CgroupFreeze>,
+    pub freeze: Option<Freezer>,
 }
 
 impl TaskProbe for TestFrozen {
@@ -579,7 +581,7 @@ impl FrozenTree for TestFrozen {
 
     fn release(mut self: Box<Self>) -> DResult<()> {
         match self.freeze.take() {
-            Some(mut f) => f.thaw(),
+            Some(f) => f.thaw().map_err(|e| DumpError::sys("thaw", 0, e)),
             None => Ok(()),
         }
     }
@@ -593,7 +595,10 @@ pub struct TestBackend {
 impl stasis::dump::freeze::Backend for TestBackend {
     fn freeze(&mut self, _opts: &stasis::dump::DumpOptions) -> DResult<Box<dyn FrozenTree>> {
         Ok(Box::new(TestFrozen {
-            freeze: Some(CgroupFreeze::freeze(&self.cgroup, Duration::from_secs(10))?),
+            freeze: Some(
+                Freezer::freeze(&self.cgroup, Duration::from_secs(10))
+                    .map_err(|e| DumpError::sys("seize", 0, e))?,
+            ),
         }))
     }
 }
