@@ -468,12 +468,8 @@ fn write_images(
             )
         })?;
         for (off, data) in chunks {
-            f.entry_as(
-                "ghost_chunk_entry",
-                &serde_json::json!({"len": data.len(), "off": off}),
-            )
-            .map_err(img(root))?;
-            f.payload(&data).map_err(img(root))?;
+            let chunk = serde_json::json!({"len": data.len(), "off": off});
+            f.entry_with_payload(&chunk, &data).map_err(img(root))?;
         }
         let n = f.finish().map_err(img(root))?;
         dir.add_bytes(n);
@@ -491,8 +487,7 @@ fn write_images(
         }
         let mut f = dir.create(name, magic).map_err(img(root))?;
         for (e, data) in queued {
-            f.entry(e).map_err(img(root))?;
-            f.payload(data).map_err(img(root))?;
+            f.entry_with_payload(e, data).map_err(img(root))?;
         }
         let n = f.finish().map_err(img(root))?;
         dir.add_bytes(n);

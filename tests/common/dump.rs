@@ -9,11 +9,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use stasis::dump::error::Result as DResult;
 use stasis::dump::error::DumpError;
+use stasis::dump::error::Result as DResult;
 use stasis::dump::freeze::FrozenTree;
-use stasis::sys::freezer::Freezer;
 use stasis::dump::probe::{ProcessAccess, ProcessProbe, TaskProbe, ThreadProbe, Xsave};
+use stasis::sys::freezer::Freezer;
 
 pub use super::fixtures::{fixtures, install_if_missing as install_fixtures};
 
