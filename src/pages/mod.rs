@@ -42,8 +42,7 @@ pub const PE_PARENT: u32 = 1;
 pub const PE_LAZY: u32 = 2;
 /// Pages follow in this stream.
 pub const PE_PRESENT: u32 = 4;
-/// Bytes of a page.
-pub const PAGE_SIZE: u64 = 4096;
+pub use crate::images::pagemap::PAGE_SIZE;
 
 /// One pagemap entry: `nr_pages` pages from `vaddr` (for shared memory: the offset in the
 /// object), with `PE_*` flags.

@@ -78,7 +78,7 @@ pub const CRIU_IMG_VERSION: u32 = 2;
 pub const DEFAULT_CHUNK_PAGES: u32 = 256;
 /// Largest chunk accepted from a file (16 MiB).
 const MAX_CHUNK_PAGES: u32 = 4096;
-const PAGE: usize = 4096;
+const PAGE: usize = crate::images::pagemap::PAGE_SIZE as usize;
 
 const FLAG_ZSTD: u16 = 1;
 const FLAG_SEALED: u16 = 2;

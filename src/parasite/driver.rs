@@ -71,7 +71,7 @@ const PIPE_SIZE: usize = 1 << 20;
 const THREAD_NOTE_LEN: usize = 8;
 /// How often a waiting command checks that the task still runs the parasite.
 const POLL_MS: i32 = 50;
-const PAGE: u64 = 4096;
+use crate::images::pagemap::PAGE_SIZE as PAGE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {

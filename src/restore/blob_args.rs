@@ -114,7 +114,7 @@ pub struct Area {
     pub leader_stack_top: u64,
 }
 
-const PAGE: u64 = 4096;
+use crate::images::pagemap::PAGE_SIZE as PAGE;
 
 fn align(v: u64, a: u64) -> u64 {
     (v + a - 1) & !(a - 1)

@@ -59,7 +59,7 @@ pub mod pe {
 }
 
 /// Page size of the images (x86-64).
-pub const PAGE: u64 = 4096;
+pub use crate::images::pagemap::PAGE_SIZE as PAGE;
 
 /// One run of pages to write: `nr` pages at `vaddr`, from byte `offset` of `pages-<id>.img`.
 #[derive(Debug, Clone, Copy)]

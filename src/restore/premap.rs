@@ -35,7 +35,7 @@ type Piece = (u64, u64, u64);
 /// A failed step of the task: what, errno.
 pub type StepErr = (&'static str, Errno);
 
-const PAGE: u64 = 4096;
+use crate::images::pagemap::PAGE_SIZE as PAGE;
 const GIB: u64 = 1 << 30;
 const PMD: u64 = 2 << 20;
 /// `madvise` advice numbers, as bits of `VmaEntry::madv`.
