@@ -116,7 +116,7 @@ fn read_state(at: At, f: BorrowedFd<'_>) -> Result<(pb::TcpStreamEntry, Vec<u8>,
     )?;
     let outq_seq = get(at, f, TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ send")? as u32;
     let outq = peek(at, f, outq_len, "peek send queue")?;
-    let ti = super::inet::tcp_info(f).map_err(sys(KIND, at, "TCP_INFO"))?;
+    let ti = super::sockopts::tcp_info(f).map_err(sys(KIND, at, "TCP_INFO"))?;
     let opt_mask = u32::from(*ti.get(5).unwrap_or(&0));
     let ws = *ti.get(6).unwrap_or(&0);
     let mut t = pb::TcpStreamEntry {
@@ -225,7 +225,7 @@ pub fn restore(
         t.outq_seq.wrapping_sub(t.outq_len) as i32,
         "TCP_QUEUE_SEQ send",
     )?;
-    let dst = super::inet::make_addr(s.family as i32, &s.dst_addr, s.dst_port);
+    let dst = super::sockopts::make_addr(s.family as i32, &s.dst_addr, s.dst_port);
     so::connect(f, &dst).map_err(sys(
         KIND,
         at,

@@ -21,9 +21,7 @@
 //!
 //! The engine learns the outcome from `status_fd` (one [`abi::StatusRecord`] per task).
 
-#[path = "../../parasite/src/restorer/abi.rs"]
-#[allow(missing_docs)]
-pub mod abi;
+pub use crate::sys::restorer::abi;
 
 use crate::parasite::blob::{restorer, RESTORER};
 use crate::sys::pod::{bytes_of, slice_bytes, Pod};
