@@ -161,6 +161,7 @@ impl ActionScripts {
     }
 }
 
+#[cfg(test)]
 /// CRIU's `status_ready`: runs the `status-ready` scripts, then writes one zero byte to
 /// `status_fd` (if any) and closes it. The page server and lazy-pages daemon call it once
 /// they accept requests; dump, restore and check do not (neither does CRIU).

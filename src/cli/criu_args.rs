@@ -226,6 +226,7 @@ impl CriuArgs {
         }
     }
 
+    #[cfg(test)]
     /// Takes the `--status-fd` descriptor (inherited from the caller, owned by nothing here)
     /// for [`crate::action_scripts::status_ready`]; an fd that is not open is an error naming
     /// it. Called once, by the page server and lazy-pages daemon.

@@ -21,8 +21,6 @@ use super::probe::{FpRegs, ProcessProbe, ThreadProbe, TlsDesc};
 use crate::proc::misc::Rlimit;
 use crate::proc::timers::PosixTimer;
 use crate::regs_image::regs_to_pb;
-/// `user_x86_regs_mode` NATIVE (defined with the register conversion).
-pub use crate::regs_image::REGS_NATIVE;
 
 /// `task_state` values.
 pub const TASK_ALIVE: u32 = 1;

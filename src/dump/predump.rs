@@ -40,9 +40,6 @@ pub struct PreDumpReport {
     pub stats: DumpStats,
     /// Processes dumped in full because they were not tracked yet.
     pub untracked: u64,
-    /// The tracker serving the chain.
-    pub tracker_pid: Option<i32>,
-    pub profile: Profile,
 }
 
 /// One process's page list, copied after the release.
@@ -146,8 +143,6 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<PreDumpRepor
     let report = PreDumpReport {
         stats,
         untracked: tracking.stats.untracked,
-        tracker_pid: tracking.tracker_pid(),
-        profile: prof,
     };
     tracking.finish(&opts.images_dir);
     Ok(report)

@@ -40,19 +40,19 @@
 //! Extra images go through [`Extra`]: `sk-queues.img` (unix receive queues, peeked at dump
 //! time without consuming), `tcp-stream-<ino>.img` (TCP_REPAIR state and queues), `tty-info.img`.
 
-pub mod common;
-pub mod epoll;
-pub mod error;
-pub mod eventfd;
-pub mod extra;
+pub(crate) mod common;
+pub(crate) mod epoll;
+pub(crate) mod error;
+pub(crate) mod eventfd;
+pub(crate) mod extra;
 pub mod inet;
-pub mod inotify;
-pub mod signalfd;
-pub mod sockopts;
+pub(crate) mod inotify;
+pub(crate) mod signalfd;
+pub(crate) mod sockopts;
 pub mod task;
-pub mod tcp;
-pub mod timerfd;
-pub mod tty;
+pub(crate) mod tcp;
+pub(crate) mod timerfd;
+pub(crate) mod tty;
 pub mod unix;
 
 use std::collections::HashMap;

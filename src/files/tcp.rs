@@ -329,16 +329,6 @@ impl RepairHold {
         self.0.push(fd);
     }
 
-    /// How many connections are held.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether none is held.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     fn release(&mut self) {
         for fd in self.0.drain(..) {
             let _ = repair_off(fd.as_fd());

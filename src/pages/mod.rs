@@ -23,13 +23,13 @@
 //! [`crate::dump::pages`]; the page server's receiving loop is [`server`]; reading packed
 //! streams back to plain images is [`convert`].
 
-pub mod client;
-pub mod convert;
-pub mod error;
-pub mod pack;
-pub mod proto;
-pub mod server;
-pub mod sink;
+pub(crate) mod client;
+pub(crate) mod convert;
+pub(crate) mod error;
+pub(crate) mod pack;
+pub(crate) mod proto;
+pub(crate) mod server;
+pub(crate) mod sink;
 
 use std::fs::File;
 
@@ -81,6 +81,7 @@ pub trait PageSink: Send {
     /// destination's parent images have this pagemap (incremental dumps may then write
     /// `PE_PARENT` entries).
     fn open(&mut self, target: Target) -> Result<bool>;
+    #[cfg(test)]
     /// Whether the destination's parent images have the pagemap of `target`, without opening
     /// it (CRIU's `PS_IOV_PARENT`).
     fn parent_has(&mut self, target: Target) -> Result<bool>;

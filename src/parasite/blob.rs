@@ -25,12 +25,12 @@ impl Blob {
 }
 
 /// Generated constants of the dump parasite blob.
-pub mod dump {
+pub(crate) mod dump {
     include!(concat!(env!("OUT_DIR"), "/blob_dump.rs"));
 }
 
 /// Generated constants of the restorer blob.
-pub mod restorer {
+pub(crate) mod restorer {
     include!(concat!(env!("OUT_DIR"), "/blob_restorer.rs"));
 }
 

@@ -26,11 +26,11 @@
 //!
 //! The wire format is documented in [`proto`] (`parasite/src/common/dump_proto.rs`).
 
-pub mod blob;
-pub mod driver;
-pub mod error;
+pub(crate) mod blob;
+pub(crate) mod driver;
+pub(crate) mod error;
 pub mod proto;
-pub mod sigframe;
+pub(crate) mod sigframe;
 
 pub use driver::{Parasite, ThreadDump};
 pub use error::Error;

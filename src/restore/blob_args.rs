@@ -21,7 +21,7 @@
 //!
 //! The engine learns the outcome from `status_fd` (one [`abi::StatusRecord`] per task).
 
-pub use crate::sys::restorer::abi;
+pub(crate) use crate::sys::restorer::abi;
 
 use crate::parasite::blob::{restorer, RESTORER};
 use crate::sys::pod::{bytes_of, slice_bytes, Pod};
@@ -387,6 +387,7 @@ impl TaskSpec {
     }
 }
 
+#[cfg(test)]
 /// Everything after the engine's preparation in one call: picks a base, lays the area out,
 /// maps it and jumps into the blob. Returns only on failure (nothing was changed then, except
 /// for a mapped area that is unmapped again).

@@ -91,11 +91,6 @@ impl Opened {
         }
         Ok(fd)
     }
-
-    /// Every parked descriptor.
-    pub fn parked(&self) -> Vec<RawFd> {
-        self.owned.iter().map(|f| f.as_raw_fd()).collect()
-    }
 }
 
 fn owned_from(fd: RawFd) -> OwnedFd {

@@ -13,22 +13,22 @@
 //! ```
 //! Any failure before release kills every task created so far ([`TreeGuard`]).
 
-pub mod blob;
-pub mod blob_args;
-pub mod blob_core;
-pub mod checks;
-pub mod error;
-pub mod files;
+pub(crate) mod blob;
+pub(crate) mod blob_args;
+pub(crate) mod blob_core;
+pub(crate) mod checks;
+pub(crate) mod error;
+pub(crate) mod files;
 pub mod fuzzing;
-pub mod img;
-pub mod options;
+pub(crate) mod img;
+pub(crate) mod options;
 pub mod plan;
-pub mod premap;
-pub mod root;
-pub mod tree;
-pub mod validate;
+pub(crate) mod premap;
+pub(crate) mod root;
+pub(crate) mod tree;
+pub(crate) mod validate;
 pub mod vdso;
-pub mod xsave;
+pub(crate) mod xsave;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};

@@ -311,13 +311,6 @@ impl PageFiles {
         PageFiles { layers }
     }
 
-    /// One file at base 0.
-    pub fn single(fd: RawFd) -> Self {
-        PageFiles {
-            layers: vec![(0, fd)],
-        }
-    }
-
     /// The file holding virtual offset `off`, and the offset in it.
     pub fn locate(&self, off: u64) -> Result<(RawFd, u64), StepErr> {
         let i = self.layers.partition_point(|l| l.0 <= off);

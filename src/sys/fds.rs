@@ -48,16 +48,6 @@ pub fn dup2_raw(old: RawFd, new: RawFd, cloexec: bool) -> Result<(), Errno> {
     Ok(())
 }
 
-/// `read(fd, buf)` on a raw descriptor.
-pub fn read_raw(fd: RawFd, buf: &mut [u8]) -> Result<usize, Errno> {
-    // SAFETY: buf is valid for buf.len() bytes for the duration of the call.
-    let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        return Err(Errno::last());
-    }
-    Ok(r as usize)
-}
-
 /// `write(fd, buf)` on a raw descriptor.
 pub fn write_raw(fd: RawFd, buf: &[u8]) -> Result<usize, Errno> {
     // SAFETY: buf is valid for buf.len() bytes for the duration of the call.

@@ -6,7 +6,8 @@
 /// `restore::blob_args::abi`).
 #[path = "../../parasite/src/restorer/abi.rs"]
 #[allow(missing_docs)]
-pub mod abi;
+#[allow(dead_code)] // the blob's side uses what the engine's does not
+pub(crate) mod abi;
 
 use abi::RseqArgs;
 
@@ -72,11 +73,6 @@ impl RestorerArea {
             });
         }
         Ok(RestorerArea { base, len })
-    }
-
-    /// Start address of the area.
-    pub fn base(&self) -> u64 {
-        self.base
     }
 
     /// Copies `bytes` to the start of the area.
