@@ -387,16 +387,10 @@ impl TaskSpec {
     }
 }
 
-#[cfg(test)]
 /// Everything after the engine's preparation in one call: picks a base, lays the area out,
-/// maps it and jumps into the blob. Returns only on failure (nothing was changed then, except
-/// for a mapped area that is unmapped again).
-pub fn enter(spec: &TaskSpec) -> Result<std::convert::Infallible, EnterError> {
-    enter_after(spec, || Ok(()))
-}
-
-/// [`enter`], running `last` right before the jump (after the last use of /proc: a task
-/// enters its root there).
+/// maps it, runs `last` right before the jump (after the last use of /proc: a task enters its
+/// root there) and jumps into the blob. Returns only on failure (nothing was changed then,
+/// except for a mapped area that is unmapped again).
 pub fn enter_after(
     spec: &TaskSpec,
     last: impl FnOnce() -> Result<(), (&'static str, nix::errno::Errno)>,

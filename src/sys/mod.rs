@@ -55,8 +55,6 @@ pub mod regs;
 pub mod remote;
 pub(crate) mod restorer;
 #[cfg(test)]
-mod restorer_fixture_tests;
-#[cfg(test)]
 mod restorer_tests;
 pub(crate) mod seccomp;
 pub mod sock_diag;
