@@ -456,8 +456,8 @@ pub fn with_round_trip_deadline<T: Send + 'static>(
 }
 
 /// Runs `stasis ARGS... -D dir -o LOG -v4 EXTRA...`; fails the test, with stderr and the log,
-/// unless it succeeds.
-fn stasis_ok(args: &[&str], dir: &Path, log: &str, extra: &[&str]) {
+/// unless it succeeds; returns its stdout.
+pub fn stasis_ok(args: &[&str], dir: &Path, log: &str, extra: &[&str]) -> String {
     let out = stasis_bin()
         .args(args)
         .arg("-D")
@@ -472,6 +472,23 @@ fn stasis_ok(args: &[&str], dir: &Path, log: &str, extra: &[&str]) {
         String::from_utf8_lossy(&out.stderr),
         std::fs::read_to_string(dir.join(log)).unwrap_or_default()
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh data directory for fx-files (`/tmp/stasis-dump-tests/<tag>-<pid>`), set up by
+/// `fx-files --setup`; the caller removes it.
+pub fn fx_files_data(tag: &str) -> String {
+    let data = format!("/tmp/stasis-dump-tests/{tag}-{}", std::process::id());
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all("/tmp/stasis-dump-tests").unwrap();
+    install_fixtures();
+    assert!(Command::new(fixtures().join("bin/fx-files"))
+        .arg("--setup")
+        .arg(&data)
+        .status()
+        .unwrap()
+        .success());
+    data
 }
 
 /// `stasis dump -t PID -D dir -o dump.log -v4 EXTRA...`, which must succeed.
