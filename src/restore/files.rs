@@ -125,6 +125,27 @@ fn status_flags(flags: u32) -> OFlag {
 
 /// Opens every file description and mapping the plan needs.
 pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opened, RestoreError> {
+    let base = raise_fd_limit(plan)?;
+    let mut o = Opened {
+        base,
+        ..Default::default()
+    };
+    let memfds = open_memfd_inodes(plan, &mut o)?;
+    open_page_images(plan, &mut o)?;
+    open_shared_anon(plan, &mut o)?;
+    let mapped = mapped_files(plan);
+    open_pipes(plan, &mut o)?;
+    open_fifos(plan, &mut o)?;
+    let wanted = open_descriptions(plan, &memfds, &mapped, &mut o)?;
+    open_kinds(plan, &wanted, opts, &mut o)?;
+    open_fs_dirs(plan, &mut o)?;
+    collect_owners(plan, &mut o)?;
+    Ok(o)
+}
+
+/// The first descriptor parked above every fd of the images (at least 100), after raising
+/// RLIMIT_NOFILE to its hard limit; an error if that is too low.
+fn raise_fd_limit(plan: &Plan) -> Result<RawFd, RestoreError> {
     let max_fd = plan
         .tasks
         .iter()
@@ -140,12 +161,11 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
             "descriptor {max_fd} is above this system's RLIMIT_NOFILE {hard}"
         )));
     }
-    let mut o = Opened {
-        base,
-        ..Default::default()
-    };
+    Ok(base)
+}
 
-    // memfd inodes: one memfd each, with its content and seals.
+/// memfd inodes: one memfd each, with its content and seals; by inode id.
+fn open_memfd_inodes(plan: &Plan, o: &mut Opened) -> Result<BTreeMap<u64, RawFd>, RestoreError> {
     let mut memfds: BTreeMap<u64, RawFd> = BTreeMap::new();
     for (inode, (e, pages)) in &plan.memfd_inodes {
         let name = CString::new(e.name.trim_start_matches("/memfd:").as_bytes())
@@ -171,6 +191,11 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
         memfds.insert(*inode, n);
     }
 
+    Ok(memfds)
+}
+
+/// Every pages file of every task (all layers of an incremental chain), once each.
+fn open_page_images(plan: &Plan, o: &mut Opened) -> Result<(), RestoreError> {
     for t in plan.tasks.iter().filter(|t| !t.pages.runs.is_empty()) {
         // Every file of an incremental chain (one without).
         for layer in t.pages.layers() {
@@ -184,7 +209,11 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
         }
     }
 
-    // Shared anonymous memory: one memfd per shmid, shared by every task mapping it.
+    Ok(())
+}
+
+/// Shared anonymous memory: one memfd per shmid, shared by every task mapping it.
+fn open_shared_anon(plan: &Plan, o: &mut Opened) -> Result<(), RestoreError> {
     let mut shm_size: BTreeMap<u64, u64> = BTreeMap::new();
     for t in &plan.tasks {
         for v in t.mm.iter().flat_map(|m| m.vmas.iter()) {
@@ -212,7 +241,11 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
         o.shmem.insert(shmid, n);
     }
 
-    // Which ids are mapped (and how).
+    Ok(())
+}
+
+/// Which file ids are mapped (exe files and file VMAs), with the access mode they need.
+fn mapped_files(plan: &Plan) -> BTreeMap<u32, u32> {
     let mut mapped: BTreeMap<u32, u32> = BTreeMap::new(); // id -> access mode
     for t in &plan.tasks {
         let Some(mm) = &t.mm else { continue };
@@ -234,7 +267,11 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
         }
     }
 
-    // Pipes: group the ends by pipe_id.
+    mapped
+}
+
+/// Pipes: the ends grouped by pipe_id, each pipe filled with its queued data.
+fn open_pipes(plan: &Plan, o: &mut Opened) -> Result<(), RestoreError> {
     let mut pipes: BTreeMap<u32, Vec<(u32, u32)>> = BTreeMap::new();
     for (id, f) in &plan.files {
         if let Some(p) = &f.pipe {
@@ -271,7 +308,11 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
         }
     }
 
-    // FIFOs: a keeper (O_RDWR) per pipe_id holds the queued data, then each end is opened.
+    Ok(())
+}
+
+/// FIFOs: a keeper (O_RDWR) per pipe_id holds the queued data, then each end is opened.
+fn open_fifos(plan: &Plan, o: &mut Opened) -> Result<(), RestoreError> {
     let mut keepers: BTreeMap<u32, ()> = BTreeMap::new();
     for (id, f) in &plan.files {
         let Some(fifo) = &f.fifo else { continue };
@@ -308,7 +349,17 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
         o.desc.insert(*id, n);
     }
 
-    // Descriptions referenced by some task's fdinfo, and mapped files.
+    Ok(())
+}
+
+/// Descriptions referenced by some task's fdinfo, and mapped files (regular files and
+/// memfds; the fd kinds are opened later by `open_kinds`); returns the referenced ids.
+fn open_descriptions(
+    plan: &Plan,
+    memfds: &BTreeMap<u64, RawFd>,
+    mapped: &BTreeMap<u32, u32>,
+    o: &mut Opened,
+) -> Result<BTreeSet<u32>, RestoreError> {
     let mut wanted: BTreeSet<u32> = BTreeSet::new();
     for t in &plan.tasks {
         wanted.extend(t.fds.iter().map(|f| f.id));
@@ -377,10 +428,7 @@ pub fn open_all(plan: &Plan, opts: crate::files::RestoreOptions) -> Result<Opene
             )));
         }
     }
-    open_kinds(plan, &wanted, opts, &mut o)?;
-    open_fs_dirs(plan, &mut o)?;
-    collect_owners(plan, &mut o)?;
-    Ok(o)
+    Ok(wanted)
 }
 
 /// Opens the cwd and root of every task (see [`Opened::fs_dirs`]).
