@@ -19,8 +19,8 @@
 
 use stasis_images::pb;
 
+use super::collect_files::Files;
 use super::error::{DumpError, Result};
-use super::files::Files;
 use super::images_out;
 use crate::proc::maps::Vma;
 

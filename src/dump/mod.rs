@@ -10,14 +10,14 @@
 //! [`fault`] injects failures and turns stop signals into errors; [`profile`] times phases for
 //! `--stats` and `--profile`.
 
-pub(crate) mod core;
+pub(crate) mod collect_files;
+pub(crate) mod core_image;
 pub mod dirty;
 pub(crate) mod elf;
 pub(crate) mod engine;
 pub mod error;
 pub(crate) mod extras;
 pub mod fault;
-pub(crate) mod files;
 pub mod freeze;
 pub mod images_out;
 pub(crate) mod misc_images;

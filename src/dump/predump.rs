@@ -157,7 +157,7 @@ fn collect(
     stats: &mut DumpStats,
 ) -> Result<Vec<Pending>> {
     let procs = tree::collect(opts.pid)?;
-    let mut files = super::files::Files::new();
+    let mut files = super::collect_files::Files::new();
     let mut pending = Vec::new();
     for p in procs.iter().filter(|p| !p.zombie) {
         let pid = p.pid;

@@ -134,7 +134,7 @@ pub const SETFL_MASK: u32 =
 
 /// Puts the recorded status flags and signal back on a new descriptor (CRIU's
 /// `rst_file_params`; the owner is set by the restore engine, see
-/// `restore::files::set_owners`).
+/// `restore::open_files::set_owners`).
 pub fn restore_params(
     kind: &'static str,
     id: u32,

@@ -44,9 +44,9 @@ pub(crate) mod common;
 pub(crate) mod epoll;
 pub(crate) mod error;
 pub(crate) mod eventfd;
-pub(crate) mod extra;
 pub mod inet;
 pub(crate) mod inotify;
+pub(crate) mod side_images;
 pub(crate) mod signalfd;
 pub(crate) mod sockopts;
 pub mod task;
@@ -61,7 +61,7 @@ use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use stasis_images::pb;
 
 pub use error::{At, FilesError, Result};
-pub use extra::Extra;
+pub use side_images::Extra;
 
 /// Dump-time options (the criu flags that change what is allowed).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use nix::errno::Errno;
 use stasis_images::pb;
 
 use super::error::{image, sys, At, Result};
-use super::extra::MAX_QUEUE;
+use super::side_images::MAX_QUEUE;
 use super::{DumpFd, DumpState, RestoreCtx};
 use crate::sys::socket as so;
 
@@ -88,7 +88,7 @@ fn read_state(at: At, f: BorrowedFd<'_>) -> Result<(pb::TcpStreamEntry, Vec<u8>,
     let inq_len = q(libc::FIONREAD, "SIOCINQ")? as usize;
     let outq_len = q(libc::TIOCOUTQ, "SIOCOUTQ")? as usize;
     let unsq_len = q(so::SIOCOUTQNSD, "SIOCOUTQNSD")? as u32;
-    if inq_len + outq_len > super::extra::MAX_QUEUE {
+    if inq_len + outq_len > super::side_images::MAX_QUEUE {
         return Err(image(
             KIND,
             at,

@@ -18,7 +18,7 @@ use nix::errno::Errno;
 use super::blob_args::abi::*;
 use super::blob_args::TaskSpec;
 use super::blob_core::{mm_from_pb, task_from_core};
-use super::files::Opened;
+use super::open_files::Opened;
 use super::plan::{vma_status as vs, Plan, TaskPlan};
 use super::premap::Premapper;
 use super::vdso::{self, ImageVdso, RuntimeVdso, VdsoPlan};
@@ -224,7 +224,7 @@ pub fn enter(
     // Until here (premaps, page fills) a vanished restorer kills the task (parent death
     // signal): nothing above may outlive it. The blob itself ends on EOF of go_fd, and the
     // death signal must not outlive the restore (with -d the restorer exits right away).
-    crate::sys::tracee::set_pdeathsig(0).map_err(|e| ("clear pdeathsig", e))?;
+    crate::sys::process::set_pdeathsig(0).map_err(|e| ("clear pdeathsig", e))?;
     // The root and cwd last: what comes before reads /proc (the blob closes their fds).
     match super::blob_args::enter_after(&spec, || super::tree::enter_fs(plan, t, opened)) {
         Err(super::blob_args::EnterError::Last(step, e)) => Err((step, e)),

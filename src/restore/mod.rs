@@ -4,7 +4,7 @@
 //! ```text
 //! plan::prepare   read + cross-check every image (checks.rs)  (nothing created yet)
 //! validate        PIDs free, files present and unchanged
-//! files::open_all open file descriptions, pipes, memfds, ghost files (parked fds)
+//! open_files::open_all open file descriptions, pipes, memfds, ghost files (parked fds)
 //! tree::spawn     clone3(set_tid) the tree; each task: session, group, fds, cwd, umask;
 //!                 zombies exit with their status; READY records on a pipe
 //! blob            per live task, in the task: premap + fill memory, build the restorer
@@ -18,9 +18,9 @@ pub(crate) mod blob_args;
 pub(crate) mod blob_core;
 pub(crate) mod checks;
 pub(crate) mod error;
-pub(crate) mod files;
 pub mod fuzzing;
 pub(crate) mod img;
+pub(crate) mod open_files;
 pub(crate) mod options;
 pub mod plan;
 pub(crate) mod premap;
@@ -164,7 +164,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         shell_job: opts.shell_job,
         tcp_close: opts.tcp_close,
     };
-    let mut opened = files::open_all(&plan, kinds_opts)?;
+    let mut opened = open_files::open_all(&plan, kinds_opts)?;
     let (ready_r, ready_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys0("pipe", e))?;
     let (hold_r, hold_w) =

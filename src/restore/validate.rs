@@ -88,7 +88,7 @@ pub fn files_unchanged(plan: &Plan) -> Result<(), RestoreError> {
     for (id, f) in &plan.files {
         let Some(reg) = &f.reg else { continue };
         // Ghosts are recreated; the tree's own /proc files appear with their tasks.
-        if plan.ghosts.contains_key(id) || super::files::tree_proc_path(plan, &reg.name) {
+        if plan.ghosts.contains_key(id) || super::open_files::tree_proc_path(plan, &reg.name) {
             continue;
         }
         let host = super::root::host_path(&plan.root, &reg.name);

@@ -153,9 +153,9 @@ fn raise_fd_limit(plan: &Plan) -> Result<RawFd, RestoreError> {
         .max()
         .unwrap_or(2);
     let base = (max_fd as RawFd + 1).max(100);
-    let (_, hard) = crate::sys::tracee::get_rlimit(0, libc::RLIMIT_NOFILE)
+    let (_, hard) = crate::sys::process::get_rlimit(0, libc::RLIMIT_NOFILE)
         .map_err(|e| sys("read RLIMIT_NOFILE", e))?;
-    let _ = crate::sys::tracee::set_rlimit(0, libc::RLIMIT_NOFILE, hard, hard);
+    let _ = crate::sys::process::set_rlimit(0, libc::RLIMIT_NOFILE, hard, hard);
     if base as u64 + 64 > hard {
         return Err(RestoreError::Unsupported(format!(
             "descriptor {max_fd} is above this system's RLIMIT_NOFILE {hard}"
