@@ -26,7 +26,7 @@
 //! cgroups' own membership files, so the dump reads one /proc file per thread only for the
 //! others.
 
-pub mod threads;
+pub(crate) mod threads;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -350,6 +350,7 @@ impl CgSets {
         }
     }
 
+    #[cfg(test)]
     /// The set of thread `tid` of `pid` (the first thread asked about is the root's).
     pub fn task(&mut self, pid: i32, tid: i32) -> Result<u32, CgroupError> {
         let id = self.id_of(read_task(&format!("{pid}/task/{tid}"))?);

@@ -14,18 +14,18 @@
 
 pub use stasis_images as images;
 
-pub mod action_scripts;
+pub(crate) mod action_scripts;
 
-pub mod cgroup;
+pub(crate) mod cgroup;
 pub mod cli;
 pub mod cpuinfo;
 pub mod dump;
 pub mod files;
-pub mod pages;
+pub(crate) mod pages;
 pub mod parasite;
 pub mod privileges;
-pub mod proc;
-pub mod regs_image;
+pub(crate) mod proc;
+pub(crate) mod regs_image;
 pub mod restore;
 pub mod rpc;
 pub mod sys;

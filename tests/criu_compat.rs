@@ -216,19 +216,7 @@ fn cpu_cap(way: Way, criu: &Path, r: &Restored, base: i32) {
 }
 
 fn fx_files(way: Way, criu: &Path, r: &Restored, base: i32) {
-    let data = format!(
-        "/tmp/stasis-dump-tests/compat-fx-files-{}",
-        std::process::id()
-    );
-    let _ = std::fs::remove_dir_all(&data);
-    std::fs::create_dir_all("/tmp/stasis-dump-tests").unwrap();
-    install_fixtures();
-    assert!(Command::new("/tmp/criu-fixtures/bin/fx-files")
-        .arg("--setup")
-        .arg(&data)
-        .status()
-        .unwrap()
-        .success());
+    let data = fx_files_data("compat-fx-files");
     fixture(way, criu, r, "fx-files", base, &[&data]);
     let _ = std::fs::remove_dir_all(&data);
 }

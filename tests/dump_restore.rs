@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::dump::*;
@@ -66,19 +65,7 @@ fn round_trip_fx_tree() {
 
 #[test]
 fn round_trip_fx_files() {
-    let data = format!(
-        "/tmp/stasis-dump-tests/rt-fx-files-data-{}",
-        std::process::id()
-    );
-    let _ = std::fs::remove_dir_all(&data);
-    std::fs::create_dir_all("/tmp/stasis-dump-tests").unwrap();
-    install_fixtures();
-    assert!(Command::new("/tmp/criu-fixtures/bin/fx-files")
-        .arg("--setup")
-        .arg(&data)
-        .status()
-        .unwrap()
-        .success());
+    let data = fx_files_data("rt-fx-files-data");
     round_trip("fx-files", 32680, vec![data.clone()], true);
     let _ = std::fs::remove_dir_all(&data);
 }

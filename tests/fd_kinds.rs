@@ -1299,7 +1299,8 @@ fn fanotify_group_and_marks() {
         assert_ne!(mask & libc::FAN_MODIFY, 0, "mask {mask:#x}");
         let efd = i32::from_ne_bytes(buf[16..20].try_into().unwrap());
         if efd >= 0 {
-            stasis::sys::fds::close_raw(efd);
+            // SAFETY: the event's descriptor was just given to this process; nothing else owns it.
+            drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(efd) });
         }
     });
 }

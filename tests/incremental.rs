@@ -49,20 +49,7 @@ fn wait_file(path: &str, secs: u64) {
 
 /// Runs `stasis ARGS... -o LOG -v4`; fails the test with the log unless it succeeds.
 fn stasis(args: &[&str], dir: &Path, log: &str) -> String {
-    let out = stasis_bin()
-        .args(args)
-        .arg("-D")
-        .arg(dir)
-        .args(["-o", log, "-v4"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "stasis {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(dir.join(log)).unwrap_or_default()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stasis_ok(args, dir, log, &[])
 }
 
 /// Pre-dumps `w` `depth` times into ROOT/0.. (each with the previous as parent; mode

@@ -13,7 +13,7 @@
 use clap::Args;
 
 pub use super::criu_args::Verb;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -327,11 +327,6 @@ pub fn report(common: &CommonArgs, msg: impl std::fmt::Display) {
     if common.log_file.is_some() {
         eprintln!("Error: {msg}");
     }
-}
-
-/// True when `arg` is one of clap's help/version requests (they exit 0).
-pub fn is_info_request(arg: &OsStr) -> bool {
-    matches!(arg.to_str(), Some("-h" | "--help" | "-V" | "--version"))
 }
 
 /// A server verb (page-server, lazy-pages) is listening: `-d`/`--daemon` forks (the parent

@@ -98,6 +98,7 @@ impl common::VerbArgs for DumpArgs {
     }
 }
 
+#[cfg(test)]
 /// Refuses a CRIU option stasis has not built yet, naming it.
 pub fn refuse_unsupported(args: &[OsString]) -> Result<(), String> {
     super::criu_options::refuse_not_built(args)

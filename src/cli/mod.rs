@@ -14,18 +14,18 @@
 
 use std::ffi::{OsStr, OsString};
 
-pub mod check;
-pub mod common;
-pub mod convert;
-pub mod crit;
-pub mod criu_args;
+pub(crate) mod check;
+pub(crate) mod common;
+pub(crate) mod convert;
+pub(crate) mod crit;
+pub(crate) mod criu_args;
 pub mod criu_options;
-pub mod dump;
+pub(crate) mod dump;
 pub mod lazy_pages;
-pub mod log;
-pub mod page_server;
-pub mod predump;
-pub mod restore;
+pub(crate) mod log;
+pub(crate) mod page_server;
+pub(crate) mod predump;
+pub(crate) mod restore;
 pub mod swrk;
 
 /// A verb of the command line.

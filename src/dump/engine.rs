@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::core::{self, Creds, ProcessFacts, ThreadFacts};
+use super::collect_files::{self, Files};
+use super::core_image::{self, Creds, ProcessFacts, ThreadFacts};
 use super::error::{DumpError, Result};
 use super::fault;
-use super::files::{self, Files};
 use super::freeze::{Backend, FrozenTree};
 use super::images_out::{self as out, ImageDir};
 use super::misc_images::{self, DumpStats, IdAllocator};
@@ -197,9 +197,9 @@ fn collect_process(
     let status = proc::status::read(pid).map_err(pe)?;
     let pf = ProcessFacts {
         state: if p.stat.state == 'T' || frozen.group_stopped(pid) {
-            core::TASK_STOPPED
+            core_image::TASK_STOPPED
         } else {
-            core::TASK_ALIVE
+            core_image::TASK_ALIVE
         },
         exit_code: 0,
         personality: proc::misc::read_personality(pid).map_err(pe)?,
@@ -305,11 +305,11 @@ fn collect_process(
         }
         cx.dir.spool_each(cores, |c: CoreJob| {
             let process = c.process.as_ref().map(|(f, p)| (f, p));
-            let mut entry = core::core_entry(&c.facts, &c.probe, process);
+            let mut entry = core_image::core_entry(&c.facts, &c.probe, process);
             if let Some(tc) = entry.thread_core.as_mut() {
                 apply_extras(tc, c.seccomp, c.cg_set);
             }
-            Ok(core::core_file(&entry))
+            Ok(core_image::core_file(&entry))
         });
         cx.prof.record(&format!("cores {pid}"), "cores", pid, t1);
 
@@ -382,7 +382,7 @@ fn collect_process(
         let fds = proc::fd::list_fds(pid).map_err(|x| DumpError::proc("files", pid, x))?;
         fdinfo.reserve(fds.len());
         for fd in fds {
-            fdinfo.push(files::fdinfo_entry(&cx.files.fd(pid, fd)?));
+            fdinfo.push(collect_files::fdinfo_entry(&cx.files.fd(pid, fd)?));
         }
     }
     let cwd = cx.files.fs_dir(pid, "cwd")?;
@@ -436,9 +436,9 @@ fn write_images(
         pages::write_shmem(sink, root, shm, &mut stats.pages)?;
     }
     for p in tree.iter().filter(|p| p.zombie) {
-        let entry = core::zombie_core(&p.stat.comm, p.exit_code);
+        let entry = core_image::zombie_core(&p.stat.comm, p.exit_code);
         dir.spool(&format!("core-{}.img", p.pid), move || {
-            Ok(core::core_file(&entry))
+            Ok(core_image::core_file(&entry))
         });
     }
     for c in collected {
@@ -483,7 +483,7 @@ fn write_images(
             .create(&format!("ghost-file-{}.img", g.id), out::GHOST_FILE)
             .map_err(img(root))?;
         f.entry(&g.header).map_err(img(root))?;
-        let chunks = files::data_chunks(&g.path, g.size).map_err(|e| {
+        let chunks = collect_files::data_chunks(&g.path, g.size).map_err(|e| {
             DumpError::io(
                 "images",
                 root,
@@ -492,12 +492,8 @@ fn write_images(
             )
         })?;
         for (off, data) in chunks {
-            f.entry_as(
-                "ghost_chunk_entry",
-                &serde_json::json!({"len": data.len(), "off": off}),
-            )
-            .map_err(img(root))?;
-            f.payload(&data).map_err(img(root))?;
+            let chunk = serde_json::json!({"len": data.len(), "off": off});
+            f.entry_with_payload(&chunk, &data).map_err(img(root))?;
         }
         let n = f.finish().map_err(img(root))?;
         dir.add_bytes(n);
@@ -515,8 +511,7 @@ fn write_images(
         }
         let mut f = dir.create(name, magic).map_err(img(root))?;
         for (e, data) in queued {
-            f.entry(e).map_err(img(root))?;
-            f.payload(data).map_err(img(root))?;
+            f.entry_with_payload(e, data).map_err(img(root))?;
         }
         let n = f.finish().map_err(img(root))?;
         dir.add_bytes(n);

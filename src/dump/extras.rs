@@ -9,11 +9,9 @@
 //!  images:              extras.write(dir, root)?; inventory.root_cg_set = extras.root_cg_set()
 //! ```
 
-use serde_json::{json, Value};
-
 use super::error::{DumpError, Result};
 use super::images_out::{self as out, ImageDir};
-use super::seccomp::{self, Filters};
+use super::seccomp::Filters;
 use crate::cgroup::{CgSets, CgroupError};
 
 fn cg_err(pid: i32) -> impl Fn(CgroupError) -> DumpError {
@@ -34,22 +32,6 @@ impl Extras {
             seccomp: Filters::new(),
             cgroups: CgSets::new().map_err(cg_err(root))?,
         })
-    }
-
-    /// Adds thread `tid`'s seccomp fields and cgroup set to its core entry.
-    pub fn thread(&mut self, pid: i32, tid: i32, core: &mut Value) -> Result<()> {
-        let status = crate::proc::status::read_thread(pid, tid)
-            .map_err(|e| DumpError::proc("seccomp", pid, e))?;
-        let mode = status
-            .seccomp()
-            .map_err(|e| DumpError::proc("seccomp", pid, e))?;
-        let fields = self.seccomp.thread(pid, tid, mode)?;
-        seccomp::apply(core, fields);
-        let set = self.cgroups.task(pid, tid).map_err(cg_err(pid))?;
-        if let Some(tc) = core.get_mut("thread_core") {
-            tc["cg_set"] = json!(set);
-        }
-        Ok(())
     }
 
     /// `inventory.root_cg_set`.

@@ -5,13 +5,11 @@
 //! `--leave-running`) or releases it. Dropping a frozen tree releases it, so every error path
 //! leaves the tree running as before.
 //!
-//! [`CgroupFreeze`] freezes the cgroup named by `--freeze-cgroup` (v2 `cgroup.freeze` or v1
-//! `freezer.state`, plain file writes); the ptrace backend (`super::ptrace_backend`) uses it to
-//! hold the tree still while it seizes every thread.
+//! The cgroup named by `--freeze-cgroup` is frozen by [`crate::sys::freezer::Freezer`]; the
+//! ptrace backend (`super::ptrace_backend`) holds the tree still with it while it seizes every
+//! thread.
 
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use super::error::{DumpError, Result};
 use super::options::DumpOptions;
@@ -45,89 +43,6 @@ pub trait FrozenTree: TaskProbe {
 /// Something that can freeze a tree.
 pub trait Backend {
     fn freeze(&mut self, opts: &DumpOptions) -> Result<Box<dyn FrozenTree>>;
-}
-
-/// A cgroup frozen for the duration of the dump; thawed on drop.
-#[derive(Debug)]
-pub struct CgroupFreeze {
-    path: PathBuf,
-    v2: bool,
-    thawed: bool,
-}
-
-fn write_file(p: &Path, s: &str) -> std::io::Result<()> {
-    std::fs::write(p, s)
-}
-
-impl CgroupFreeze {
-    /// Freezes the cgroup at `path` and waits (up to `timeout`) until it is frozen.
-    pub fn freeze(path: &Path, timeout: Duration) -> Result<Self> {
-        let v2 = path.join("cgroup.freeze").exists();
-        let io = |what: &str, e: std::io::Error| {
-            DumpError::io("seize", 0, &format!("{what} {}", path.display()), e)
-        };
-        let ctl = if v2 {
-            path.join("cgroup.freeze")
-        } else {
-            path.join("freezer.state")
-        };
-        write_file(&ctl, if v2 { "1" } else { "FROZEN" }).map_err(|e| io("freeze", e))?;
-        let me = CgroupFreeze {
-            path: path.to_path_buf(),
-            v2,
-            thawed: false,
-        };
-        let t0 = Instant::now();
-        loop {
-            let frozen = if v2 {
-                std::fs::read_to_string(path.join("cgroup.events"))
-                    .map_err(|e| io("read events of", e))?
-                    .lines()
-                    .any(|l| l.trim() == "frozen 1")
-            } else {
-                std::fs::read_to_string(&ctl)
-                    .map_err(|e| io("read state of", e))?
-                    .trim()
-                    == "FROZEN"
-            };
-            if frozen {
-                return Ok(me);
-            }
-            if t0.elapsed() > timeout {
-                return Err(DumpError::new(
-                    "seize",
-                    0,
-                    Some(libc::ETIMEDOUT),
-                    format!("cgroup {} did not freeze in {timeout:?}", path.display()),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// Thaws the cgroup.
-    pub fn thaw(&mut self) -> Result<()> {
-        if self.thawed {
-            return Ok(());
-        }
-        let (ctl, val) = if self.v2 {
-            (self.path.join("cgroup.freeze"), "0")
-        } else {
-            (self.path.join("freezer.state"), "THAWED")
-        };
-        write_file(&ctl, val)
-            .map_err(|e| DumpError::io("thaw", 0, &format!("thaw {}", self.path.display()), e))?;
-        self.thawed = true;
-        Ok(())
-    }
-}
-
-impl Drop for CgroupFreeze {
-    fn drop(&mut self) {
-        if let Err(e) = self.thaw() {
-            tracing::error!("{e}");
-        }
-    }
 }
 
 /// Reads task memory through `/proc/PID/mem`.

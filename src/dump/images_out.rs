@@ -27,46 +27,33 @@ use prost_reflect::{
 };
 use serde_json::Value;
 
-/// Head magic of ordinary images.
-pub const HEAD_IMG: u32 = 0x5456_4319;
-/// Head magic of service images (stats).
-pub const HEAD_SERVICE: u32 = 0x5510_5940;
+pub use stasis_images::magic::ImageKind;
 
-/// One kind of image file: its magic, message and how its name is formed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ImageKind {
-    pub magic: u32,
-    pub head: Option<u32>,
-    pub message: &'static str,
-}
+// The kinds the dump writes, by short name (magics, heads and messages are the images
+// crate's table).
+pub const INVENTORY: ImageKind = ImageKind::Inventory;
+pub const PSTREE: ImageKind = ImageKind::Pstree;
+pub const CORE: ImageKind = ImageKind::Core;
+pub const MM: ImageKind = ImageKind::Mm;
+pub const FILES: ImageKind = ImageKind::Files;
+pub const FDINFO: ImageKind = ImageKind::Fdinfo;
+pub const FS: ImageKind = ImageKind::Fs;
+pub const IDS: ImageKind = ImageKind::Ids;
+pub const REMAP_FPATH: ImageKind = ImageKind::RemapFpath;
+pub const GHOST_FILE: ImageKind = ImageKind::GhostFile;
+pub const MEMFD_INODE: ImageKind = ImageKind::MemfdInode;
+pub const PIPES_DATA: ImageKind = ImageKind::PipesData;
+pub const FIFO_DATA: ImageKind = ImageKind::FifoData;
+pub const FILE_LOCKS: ImageKind = ImageKind::FileLocks;
+pub const SECCOMP: ImageKind = ImageKind::Seccomp;
+pub const CGROUP: ImageKind = ImageKind::Cgroup;
+pub const TIMENS: ImageKind = ImageKind::Timens;
+pub const STATS: ImageKind = ImageKind::Stats;
 
-macro_rules! kinds {
-    ($($name:ident = $magic:expr, $head:expr, $msg:expr;)*) => {
-        $(#[allow(missing_docs)] pub const $name: ImageKind = ImageKind { magic: $magic, head: $head, message: $msg };)*
-    };
-}
-
-// Magic numbers are format facts (the second u32 of CRIU's files of each kind).
-kinds! {
-    INVENTORY = 0x5831_3116, None, "inventory_entry";
-    PSTREE = 0x5027_3030, Some(HEAD_IMG), "pstree_entry";
-    CORE = 0x5505_3847, Some(HEAD_IMG), "core_entry";
-    MM = 0x5749_2820, Some(HEAD_IMG), "mm_entry";
-    PAGEMAP = 0x5608_4025, Some(HEAD_IMG), "pagemap_entry";
-    FILES = 0x5630_3138, Some(HEAD_IMG), "file_entry";
-    FDINFO = 0x5621_3732, Some(HEAD_IMG), "fdinfo_entry";
-    FS = 0x5140_3912, Some(HEAD_IMG), "fs_entry";
-    IDS = 0x5443_2030, Some(HEAD_IMG), "task_kobj_ids_entry";
-    REMAP_FPATH = 0x5913_3954, Some(HEAD_IMG), "remap_file_path_entry";
-    GHOST_FILE = 0x5258_3605, Some(HEAD_IMG), "ghost_file_entry";
-    MEMFD_INODE = 0x4845_3499, Some(HEAD_IMG), "memfd_inode_entry";
-    PIPES_DATA = 0x5645_3709, Some(HEAD_IMG), "pipe_data_entry";
-    FIFO_DATA = 0x5933_3054, Some(HEAD_IMG), "pipe_data_entry";
-    FILE_LOCKS = 0x5432_3616, Some(HEAD_IMG), "file_lock_entry";
-    SECCOMP = 0x6441_3049, Some(HEAD_IMG), "seccomp_entry";
-    CGROUP = 0x5938_3330, Some(HEAD_IMG), "cgroup_entry";
-    TIMENS = 0x4311_4433, Some(HEAD_IMG), "timens_entry";
-    STATS = 0x5709_3306, Some(HEAD_SERVICE), "stats_entry";
+/// The message (without the `criu.` package) of entry `index` of a file of `kind`.
+fn message_of(kind: ImageKind, index: usize) -> &'static str {
+    let full = kind.info().message_for(index).unwrap_or("?");
+    full.strip_prefix("criu.").unwrap_or(full)
 }
 
 /// Errors of image writing.
@@ -84,6 +71,8 @@ pub enum ImageError {
         path: PathBuf,
         why: String,
     },
+    #[error(transparent)]
+    Write(#[from] stasis_images::error::ImageError),
 }
 
 impl ImageError {
@@ -91,7 +80,10 @@ impl ImageError {
     pub fn errno(&self) -> Option<i32> {
         match self {
             ImageError::Io { source, .. } => source.raw_os_error(),
-            ImageError::Encode { .. } => None,
+            ImageError::Write(stasis_images::error::ImageError::Io { source, .. }) => {
+                source.raw_os_error()
+            }
+            ImageError::Encode { .. } | ImageError::Write(_) => None,
         }
     }
 }
@@ -112,23 +104,26 @@ pub fn descriptor(name: &str) -> Result<MessageDescriptor, String> {
         .ok_or_else(|| format!("message criu.{name} is not defined by the images crate"))
 }
 
-fn num_u64(v: &Value) -> Option<u64> {
-    v.as_u64().or_else(|| v.as_i64().map(|x| x as u64))
+/// A JSON integer as i128 (holds every protobuf integer type; ranges are checked when it is
+/// stored into a field).
+fn int(v: &Value) -> Option<i128> {
+    v.as_i64()
+        .map(i128::from)
+        .or_else(|| v.as_u64().map(i128::from))
 }
 
-fn num_i64(v: &Value) -> Option<i64> {
-    v.as_i64().or_else(|| v.as_u64().map(|x| x as i64))
+/// An integer of a field of type `T`, or an error naming the field: never truncated.
+fn fits<T: TryFrom<i128>>(v: &Value, bad: impl Fn() -> String) -> Result<T, String> {
+    int(v).and_then(|x| T::try_from(x).ok()).ok_or_else(bad)
 }
 
 fn scalar(kind: &Kind, v: &Value, field: &str) -> Result<PValue, String> {
     let bad = || format!("field {field}: value {v} does not fit {kind:?}");
     Ok(match kind {
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
-            PValue::I32(num_i64(v).ok_or_else(bad)? as i32)
-        }
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => PValue::I64(num_i64(v).ok_or_else(bad)?),
-        Kind::Uint32 | Kind::Fixed32 => PValue::U32(num_u64(v).ok_or_else(bad)? as u32),
-        Kind::Uint64 | Kind::Fixed64 => PValue::U64(num_u64(v).ok_or_else(bad)?),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => PValue::I32(fits(v, bad)?),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => PValue::I64(fits(v, bad)?),
+        Kind::Uint32 | Kind::Fixed32 => PValue::U32(fits(v, bad)?),
+        Kind::Uint64 | Kind::Fixed64 => PValue::U64(fits(v, bad)?),
         Kind::Bool => PValue::Bool(v.as_bool().ok_or_else(bad)?),
         Kind::Float => PValue::F32(v.as_f64().ok_or_else(bad)? as f32),
         Kind::Double => PValue::F64(v.as_f64().ok_or_else(bad)?),
@@ -136,8 +131,8 @@ fn scalar(kind: &Kind, v: &Value, field: &str) -> Result<PValue, String> {
         Kind::Bytes => match v {
             Value::Array(a) => PValue::Bytes(
                 a.iter()
-                    .map(|b| b.as_u64().unwrap_or(0) as u8)
-                    .collect::<Vec<u8>>()
+                    .map(|b| fits::<u8>(b, || format!("field {field}: byte {b} is not 0..=255")))
+                    .collect::<Result<Vec<u8>, _>>()?
                     .into(),
             ),
             Value::String(s) => {
@@ -155,7 +150,7 @@ fn scalar(kind: &Kind, v: &Value, field: &str) -> Result<PValue, String> {
             Value::String(s) => {
                 PValue::EnumNumber(e.get_value_by_name(s).ok_or_else(bad)?.number())
             }
-            _ => PValue::EnumNumber(num_i64(v).ok_or_else(bad)? as i32),
+            _ => PValue::EnumNumber(fits(v, bad)?),
         },
         Kind::Message(m) => PValue::Message(to_dynamic(m, v)?),
     })
@@ -274,37 +269,27 @@ impl Drop for Spool {
     }
 }
 
-/// The bytes of a whole image file of `kind` with `entries` (for [`ImageDir::spool`]).
+/// The bytes of a whole image file of `kind` with `entries` (for [`ImageDir::spool`]),
+/// framed by the images crate's writer.
 pub fn file_bytes(kind: ImageKind, entries: &[Value]) -> Result<Vec<u8>, ImageError> {
-    let mut out = Vec::new();
-    if let Some(h) = kind.head {
-        out.extend_from_slice(&h.to_le_bytes());
-    }
-    out.extend_from_slice(&kind.magic.to_le_bytes());
-    for e in entries {
-        let bytes = encode(kind.message, e).map_err(|why| ImageError::Encode {
-            message: kind.message.to_string(),
+    let name = stasis_images::error::FileName(None);
+    let mut w = stasis_images::framing::ImageWriter::new(Vec::new(), kind, name)?;
+    for (i, e) in entries.iter().enumerate() {
+        let message = message_of(kind, i);
+        let bytes = encode(message, e).map_err(|why| ImageError::Encode {
+            message: message.to_string(),
             path: PathBuf::new(),
             why,
         })?;
-        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(&bytes);
+        w.write_entry(&bytes, None)?;
     }
-    Ok(out)
+    Ok(w.finish()?)
 }
 
-/// The bytes of a one-entry image file of `kind` holding `entry`, a typed (prost) message,
-/// framed like [`file_bytes`]: for the images built as `pb` structs (core, mm).
-pub fn typed_file_bytes(kind: ImageKind, entry: &impl prost::Message) -> Vec<u8> {
-    let len = entry.encoded_len();
-    let mut out = Vec::with_capacity(12 + len);
-    if let Some(h) = kind.head {
-        out.extend_from_slice(&h.to_le_bytes());
-    }
-    out.extend_from_slice(&kind.magic.to_le_bytes());
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    entry.encode_raw(&mut out);
-    out
+/// The bytes of a one-entry image file of `kind` holding `entry`, a typed (prost) message:
+/// for the images built as `pb` structs (core, mm).
+pub fn typed_file_bytes<M: prost::Message>(kind: ImageKind, entry: &M) -> Vec<u8> {
+    stasis_images::framing::encode_entries(kind, std::slice::from_ref(entry))
 }
 
 /// An image directory being written: remembers every file; [`ImageDir::finish`] waits for
@@ -432,18 +417,16 @@ impl ImageDir {
     pub fn create(&mut self, name: &str, kind: ImageKind) -> Result<ImageFile, ImageError> {
         let path = self.path_of(name)?;
         let f = File::create(&path).map_err(Self::io(&path))?;
-        let mut w = BufWriter::with_capacity(1 << 16, f);
-        if let Some(h) = kind.head {
-            w.write_all(&h.to_le_bytes()).map_err(Self::io(&path))?;
-        }
-        w.write_all(&kind.magic.to_le_bytes())
-            .map_err(Self::io(&path))?;
+        let w = BufWriter::with_capacity(1 << 16, f);
+        let file = stasis_images::error::FileName::path(&path);
+        let w = stasis_images::framing::ImageWriter::new(w, kind, file)?;
         self.written.push(path.clone());
         Ok(ImageFile {
             path,
             w,
             kind,
-            bytes: 8,
+            index: 0,
+            bytes: stasis_images::framing::head_bytes(kind).len() as u64,
         })
     }
 
@@ -499,58 +482,47 @@ impl ImageDir {
     }
 }
 
-/// One framed image file being written.
+/// One framed image file being written (through the images crate's writer, which checks
+/// each payload against its entry).
 pub struct ImageFile {
     path: PathBuf,
-    w: BufWriter<File>,
+    w: stasis_images::framing::ImageWriter<BufWriter<File>>,
     kind: ImageKind,
+    index: usize,
     bytes: u64,
 }
 
 impl ImageFile {
-    /// Appends an entry of this file's message type.
+    /// Appends the next entry (its message is the kind's for that position: e.g. a ghost
+    /// file's header, then its chunks).
     pub fn entry(&mut self, v: &Value) -> Result<(), ImageError> {
-        self.entry_as(self.kind.message, v)
+        self.write(v, None)
     }
 
-    /// Appends an entry of another message type (pagemap head, ghost chunks).
-    pub fn entry_as(&mut self, message: &str, v: &Value) -> Result<(), ImageError> {
+    /// Appends the next entry with the raw payload it announces (ghost chunk data, pipe data).
+    pub fn entry_with_payload(&mut self, v: &Value, data: &[u8]) -> Result<(), ImageError> {
+        self.write(v, Some(data))
+    }
+
+    fn write(&mut self, v: &Value, extra: Option<&[u8]>) -> Result<(), ImageError> {
+        let message = message_of(self.kind, self.index);
         let bytes = encode(message, v).map_err(|why| ImageError::Encode {
             message: message.to_string(),
             path: self.path.clone(),
             why,
         })?;
-        let len = u32::try_from(bytes.len()).map_err(|_| ImageError::Encode {
-            message: message.to_string(),
-            path: self.path.clone(),
-            why: "entry larger than 4 GiB".into(),
-        })?;
-        self.w
-            .write_all(&len.to_le_bytes())
-            .map_err(self.io_owned())?;
-        self.w.write_all(&bytes).map_err(self.io_owned())?;
-        self.bytes += 4 + bytes.len() as u64;
-        Ok(())
-    }
-
-    fn io_owned(&self) -> impl FnOnce(std::io::Error) -> ImageError {
-        let path = self.path.clone();
-        move |source| ImageError::Io { path, source }
-    }
-
-    /// Appends raw payload bytes after the last entry (ghost chunk data, pipe data).
-    pub fn payload(&mut self, data: &[u8]) -> Result<(), ImageError> {
-        self.w.write_all(data).map_err(self.io_owned())?;
-        self.bytes += data.len() as u64;
+        self.w.write_entry(&bytes, extra)?;
+        self.index += 1;
+        self.bytes += 4 + bytes.len() as u64 + extra.map_or(0, |x| x.len() as u64);
         Ok(())
     }
 
     /// Flushes and closes (synced by [`ImageDir::finish`]); returns the file size.
     pub fn finish(self) -> Result<u64, ImageError> {
-        let path = self.path.clone();
-        self.w.into_inner().map_err(|e2| ImageError::Io {
-            path,
-            source: e2.into_error(),
+        let w = self.w.finish()?;
+        w.into_inner().map_err(|e| ImageError::Io {
+            path: self.path,
+            source: e.into_error(),
         })?;
         Ok(self.bytes)
     }

@@ -19,8 +19,8 @@
 
 use stasis_images::pb;
 
+use super::collect_files::Files;
 use super::error::{DumpError, Result};
-use super::files::Files;
 use super::images_out;
 use crate::proc::maps::Vma;
 
@@ -30,7 +30,6 @@ pub const VMA_AREA_VDSO: u32 = 1 << 3;
 pub const VMA_AREA_HEAP: u32 = 1 << 5;
 pub const VMA_FILE_PRIVATE: u32 = 1 << 6;
 pub const VMA_FILE_SHARED: u32 = 1 << 7;
-pub const VMA_ANON_SHARED: u32 = 1 << 8;
 pub const VMA_ANON_PRIVATE: u32 = 1 << 9;
 pub const VMA_AREA_VVAR: u32 = 1 << 12;
 pub const VMA_AREA_MEMFD: u32 = 1 << 14;

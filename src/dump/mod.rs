@@ -10,32 +10,32 @@
 //! [`fault`] injects failures and turns stop signals into errors; [`profile`] times phases for
 //! `--stats` and `--profile`.
 
-pub mod core;
+pub(crate) mod collect_files;
+pub(crate) mod core_image;
 pub mod dedup;
 pub mod dirty;
-pub mod elf;
-pub mod engine;
+pub(crate) mod elf;
+pub(crate) mod engine;
 pub mod error;
-pub mod extras;
+pub(crate) mod extras;
 pub mod fault;
-pub mod files;
 pub mod freeze;
 pub mod images_out;
 pub mod lazy;
-pub mod misc_images;
-pub mod mm;
-pub mod options;
-pub mod page_out;
+pub(crate) mod misc_images;
+pub(crate) mod mm;
+pub(crate) mod options;
+pub(crate) mod page_out;
 pub mod page_writers;
-pub mod pages;
-pub mod parasite_pages;
-pub mod predump;
+pub(crate) mod pages;
+pub(crate) mod parasite_pages;
+pub(crate) mod predump;
 pub mod probe;
-pub mod profile;
+pub(crate) mod profile;
 pub mod ptrace_backend;
-pub mod seccomp;
+pub(crate) mod seccomp;
 pub mod tree;
-pub mod xsave;
+pub(crate) mod xsave;
 
 pub use engine::{run, DumpReport};
 pub use error::DumpError;

@@ -45,7 +45,7 @@ pub struct DumpOptions {
     pub tracker_exe: Option<PathBuf>,
     /// Send pagemaps and pages to a page server instead of the images directory
     /// (`--page-server --address A --port N [--ps-socket FD]`).
-    pub page_server: Option<super::page_out::PageServerAddr>,
+    pub page_server: Option<PageServerAddr>,
     /// Pack the pages files: zstd chunks, sealed chunks (`--compress`, `--encrypt-key`).
     pub pack: crate::pages::pack::PackParams,
     /// Fail at this step as if the kernel returned EIO (fault injection for tests; the command
@@ -71,6 +71,15 @@ pub struct DumpOptions {
     pub lazy_pages: Option<super::lazy::LazyServe>,
     /// `--skip-in-flight`: connections waiting in a listener's accept queue are dropped.
     pub skip_in_flight: bool,
+}
+
+/// Where a page server is (`--page-server --address A --port N [--ps-socket FD]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageServerAddr {
+    pub address: String,
+    pub port: u16,
+    /// A connected socket inherited from the caller, used instead of connecting.
+    pub ps_socket: Option<i32>,
 }
 
 /// How a pre-dump copies the pages it found (CRIU's `--pre-dump-mode`).

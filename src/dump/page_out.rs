@@ -3,19 +3,11 @@
 
 use super::error::{DumpError, Result};
 use super::options::DumpOptions;
+pub use super::options::PageServerAddr;
 use crate::pages::client::PageServerSink;
 use crate::pages::record::RecordedSink;
 use crate::pages::sink::LocalSink;
 use crate::pages::PageSink;
-
-/// Where a page server is (`--page-server --address A --port N [--ps-socket FD]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PageServerAddr {
-    pub address: String,
-    pub port: u16,
-    /// A connected socket inherited from the caller, used instead of connecting.
-    pub ps_socket: Option<i32>,
-}
 
 /// The sink for `opts`: connects to the page server now, so that an unreachable server fails
 /// the dump before anything is frozen.

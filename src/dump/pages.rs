@@ -30,8 +30,8 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use super::collect_files::Shmem;
 use super::error::{DumpError, Result};
-use super::files::Shmem;
 use super::mm::{PageClass, VmaOut};
 use super::probe::ProcessAccess;
 use crate::pages::{PageSink, PagesError, Target};
@@ -471,7 +471,7 @@ pub fn write_shmem(
         )
     };
     let f = File::open(&shm.path).map_err(|e| io("open", e))?;
-    let segs = super::files::data_segments(&f, shm.size).map_err(|e| io("scan", e))?;
+    let segs = super::collect_files::data_segments(&f, shm.size).map_err(|e| io("scan", e))?;
     stats.shpages_scanned += shm.size.div_ceil(PAGE_SIZE);
     let runs: Vec<Run> = segs
         .iter()

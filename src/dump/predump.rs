@@ -40,9 +40,6 @@ pub struct PreDumpReport {
     pub stats: DumpStats,
     /// Processes dumped in full because they were not tracked yet.
     pub untracked: u64,
-    /// The tracker serving the chain.
-    pub tracker_pid: Option<i32>,
-    pub profile: Profile,
 }
 
 /// One process's page list, copied after the release.
@@ -141,8 +138,6 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<PreDumpRepor
     let report = PreDumpReport {
         stats,
         untracked: tracking.stats.untracked,
-        tracker_pid: tracking.tracker_pid(),
-        profile: prof,
     };
     tracking.finish(&opts.images_dir);
     Ok(report)
@@ -157,7 +152,7 @@ fn collect(
     stats: &mut DumpStats,
 ) -> Result<Vec<Pending>> {
     let procs = tree::collect(opts.pid)?;
-    let mut files = super::files::Files::new();
+    let mut files = super::collect_files::Files::new();
     let mut pending = Vec::new();
     for p in procs.iter().filter(|p| !p.zombie) {
         let pid = p.pid;

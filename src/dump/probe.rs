@@ -13,9 +13,36 @@
 //!           ◄── returns: the backend closes the process (parasite cured), also on errors
 //! ```
 
-use super::core::ThreadFacts;
 use super::error::Result;
 pub use crate::sys::regs::UserRegs;
+
+/// What the core image of a thread is built from, besides the probes.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadFacts {
+    pub tid: i32,
+    pub comm: String,
+    pub blk_sigset: u64,
+    pub sched_policy: u32,
+    pub sched_nice: i32,
+    pub sched_prio: u32,
+    pub creds: Creds,
+}
+
+/// Credentials of a thread (from `/proc/PID/task/TID/status`).
+#[derive(Debug, Clone, Default)]
+pub struct Creds {
+    pub uid: [u32; 4],
+    pub gid: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cap_inh: u64,
+    pub cap_prm: u64,
+    pub cap_eff: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
+    pub secbits: u32,
+    /// `PR_GET_NO_NEW_PRIVS` (NoNewPrivs in /proc).
+    pub no_new_privs: bool,
+}
 
 /// The xsave parts beyond the legacy FXSAVE area, in CRIU's layout.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -28,7 +28,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-use super::core::{Creds, ThreadFacts};
+use super::core_image::{Creds, ThreadFacts};
 use super::error::{DumpError, Result};
 use super::freeze::{Backend, FrozenTree};
 use super::options::DumpOptions;

@@ -123,21 +123,6 @@ impl Filters {
             .collect();
         json!({ "seccomp_filters": list })
     }
-
-    /// Whether any filter was recorded.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
-/// Merges the seccomp fields into a core entry's `thread_core`.
-pub fn apply(core: &mut Value, fields: Option<Value>) {
-    let (Some(Value::Object(f)), Some(tc)) = (fields, core.get_mut("thread_core")) else {
-        return;
-    };
-    if let Some(o) = tc.as_object_mut() {
-        o.extend(f);
-    }
 }
 
 #[cfg(test)]

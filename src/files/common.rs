@@ -26,26 +26,21 @@ pub struct FdInfo<'a> {
     pub text: &'a str,
     /// File status flags without `O_CLOEXEC`.
     pub flags: u32,
-    pub pos: u64,
 }
 
 impl<'a> FdInfo<'a> {
     /// Parses the common fields of `text` (flags is required).
     pub fn parse(kind: &'static str, at: At, text: &'a str) -> Result<Self> {
         let mut flags = None;
-        let mut pos = 0;
         for (i, line) in text.lines().enumerate().take(MAX_FDINFO_LINES) {
             if let Some(v) = field(line, "flags") {
                 flags = Some(u32::from_str_radix(v, 8).map_err(|e| bad(kind, at, i, "flags", e))?);
-            } else if let Some(v) = field(line, "pos") {
-                pos = v.parse().map_err(|e| bad(kind, at, i, "pos", e))?;
             }
         }
         let flags = flags.ok_or_else(|| bad(kind, at, 0, "flags", "missing"))?;
         Ok(FdInfo {
             text,
             flags: flags & !(libc::O_CLOEXEC as u32),
-            pos,
         })
     }
 
@@ -134,7 +129,7 @@ pub const SETFL_MASK: u32 =
 
 /// Puts the recorded status flags and signal back on a new descriptor (CRIU's
 /// `rst_file_params`; the owner is set by the restore engine, see
-/// `restore::files::set_owners`).
+/// `restore::open_files::set_owners`).
 pub fn restore_params(
     kind: &'static str,
     id: u32,

@@ -40,22 +40,22 @@
 //! Extra images go through [`Extra`]: `sk-queues.img` (unix receive queues, peeked at dump
 //! time without consuming), `tcp-stream-<ino>.img` (TCP_REPAIR state and queues), `tty-info.img`.
 
-pub mod common;
-pub mod epoll;
-pub mod error;
-pub mod eventfd;
-pub mod extra;
+pub(crate) mod common;
+pub(crate) mod epoll;
+pub(crate) mod error;
+pub(crate) mod eventfd;
 pub mod fanotify;
 pub mod inet;
-pub mod inotify;
+pub(crate) mod inotify;
 pub mod pidfd;
 pub mod scm;
-pub mod signalfd;
-pub mod sockopts;
+pub(crate) mod side_images;
+pub(crate) mod signalfd;
+pub(crate) mod sockopts;
 pub mod task;
-pub mod tcp;
-pub mod timerfd;
-pub mod tty;
+pub(crate) mod tcp;
+pub(crate) mod timerfd;
+pub(crate) mod tty;
 pub mod unix;
 
 use std::collections::HashMap;
@@ -64,7 +64,7 @@ use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use stasis_images::pb;
 
 pub use error::{At, FilesError, Result};
-pub use extra::Extra;
+pub use side_images::Extra;
 
 /// Dump-time options (the criu flags that change what is allowed).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -172,3 +172,26 @@ pub fn restore(kind: &'static str, at: At, fd: BorrowedFd<'_>, o: &pb::SkOptsEnt
     set(72, o.so_buf_lock.unwrap_or(0) as i32, "SO_BUF_LOCK")?;
     Ok(())
 }
+
+/// Raw sockaddr bytes of an address (words as recorded) and port.
+pub fn make_addr(family: i32, words: &[u32], port: u32) -> Vec<u8> {
+    let mut a = (family as u16).to_ne_bytes().to_vec();
+    a.extend_from_slice(&(port as u16).to_be_bytes());
+    let n = if family == libc::AF_INET { 1 } else { 4 };
+    let mut addr: Vec<u8> = words.iter().take(n).flat_map(|w| w.to_ne_bytes()).collect();
+    addr.resize(n * 4, 0);
+    if family == libc::AF_INET {
+        a.extend_from_slice(&addr);
+        a.resize(16, 0);
+    } else {
+        a.extend_from_slice(&0u32.to_ne_bytes()); // flowinfo
+        a.extend_from_slice(&addr);
+        a.extend_from_slice(&0u32.to_ne_bytes()); // scope id
+    }
+    a
+}
+
+/// `TCP_INFO` (the first 32 bytes are enough: state, options, wscale, sacked).
+pub fn tcp_info(fd: BorrowedFd<'_>) -> std::result::Result<Vec<u8>, nix::errno::Errno> {
+    so::getsockopt_bytes(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 104)
+}

@@ -24,7 +24,7 @@ use nix::errno::Errno;
 use stasis_images::pb;
 
 use super::error::{image, sys, At, Result};
-use super::extra::MAX_QUEUE;
+use super::side_images::MAX_QUEUE;
 use super::{DumpFd, DumpState, RestoreCtx};
 use crate::sys::socket as so;
 
@@ -88,7 +88,7 @@ fn read_state(at: At, f: BorrowedFd<'_>) -> Result<(pb::TcpStreamEntry, Vec<u8>,
     let inq_len = q(libc::FIONREAD, "SIOCINQ")? as usize;
     let outq_len = q(libc::TIOCOUTQ, "SIOCOUTQ")? as usize;
     let unsq_len = q(so::SIOCOUTQNSD, "SIOCOUTQNSD")? as u32;
-    if inq_len + outq_len > super::extra::MAX_QUEUE {
+    if inq_len + outq_len > super::side_images::MAX_QUEUE {
         return Err(image(
             KIND,
             at,
@@ -116,7 +116,7 @@ fn read_state(at: At, f: BorrowedFd<'_>) -> Result<(pb::TcpStreamEntry, Vec<u8>,
     )?;
     let outq_seq = get(at, f, TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ send")? as u32;
     let outq = peek(at, f, outq_len, "peek send queue")?;
-    let ti = super::inet::tcp_info(f).map_err(sys(KIND, at, "TCP_INFO"))?;
+    let ti = super::sockopts::tcp_info(f).map_err(sys(KIND, at, "TCP_INFO"))?;
     let opt_mask = u32::from(*ti.get(5).unwrap_or(&0));
     let ws = *ti.get(6).unwrap_or(&0);
     let mut t = pb::TcpStreamEntry {
@@ -225,7 +225,7 @@ pub fn restore(
         t.outq_seq.wrapping_sub(t.outq_len) as i32,
         "TCP_QUEUE_SEQ send",
     )?;
-    let dst = super::inet::make_addr(s.family as i32, &s.dst_addr, s.dst_port);
+    let dst = super::sockopts::make_addr(s.family as i32, &s.dst_addr, s.dst_port);
     so::connect(f, &dst).map_err(sys(
         KIND,
         at,
@@ -327,16 +327,6 @@ pub struct RepairHold(Vec<OwnedFd>);
 impl RepairHold {
     fn push(&mut self, fd: OwnedFd) {
         self.0.push(fd);
-    }
-
-    /// How many connections are held.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether none is held.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     fn release(&mut self) {

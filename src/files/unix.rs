@@ -39,7 +39,7 @@ use stasis_images::pb;
 
 use super::common::{self, FdInfo};
 use super::error::{image, sys, unsupported, At, Result};
-use super::extra::MAX_QUEUE;
+use super::side_images::MAX_QUEUE;
 use super::{scm, sockopts, DumpFd, DumpState, KindOps, RestoreCtx, Targets, UnixSeen};
 use crate::sys::{sock_diag, socket as so};
 

@@ -132,6 +132,7 @@ impl PageSink for PageServerSink {
         Ok(has_parent != 0)
     }
 
+    #[cfg(test)]
     fn parent_has(&mut self, target: Target) -> Result<bool> {
         self.settle()?;
         self.send(Header::new(proto::PS_IOV_PARENT, 0, 0, 0, target.dst_id()))?;

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -532,16 +532,6 @@ impl Daemon {
         }
         Ok(())
     }
-}
-
-/// Options of `stasis lazy-pages`.
-#[derive(Debug, Clone, Default)]
-pub struct DaemonOptions {
-    pub images_dir: PathBuf,
-    /// Where the socket is (the work directory).
-    pub work_dir: PathBuf,
-    /// `--page-server --address A --port N`: pages from a dump's page server.
-    pub page_server: Option<(String, u16)>,
 }
 
 #[cfg(test)]

@@ -23,16 +23,16 @@
 //! [`crate::dump::pages`]; the page server's receiving loop is [`server`]; reading packed
 //! streams back to plain images is [`convert`].
 
-pub mod client;
-pub mod convert;
-pub mod error;
+pub(crate) mod client;
+pub(crate) mod convert;
+pub(crate) mod error;
 pub mod lazy;
 pub mod lazy_source;
-pub mod pack;
-pub mod proto;
+pub(crate) mod pack;
+pub(crate) mod proto;
 pub mod record;
-pub mod server;
-pub mod sink;
+pub(crate) mod server;
+pub(crate) mod sink;
 
 use std::fs::File;
 
@@ -45,8 +45,7 @@ pub const PE_PARENT: u32 = 1;
 pub const PE_LAZY: u32 = 2;
 /// Pages follow in this stream.
 pub const PE_PRESENT: u32 = 4;
-/// Bytes of a page.
-pub const PAGE_SIZE: u64 = 4096;
+pub use crate::images::pagemap::PAGE_SIZE;
 
 /// One pagemap entry: `nr_pages` pages from `vaddr` (for shared memory: the offset in the
 /// object), with `PE_*` flags.
@@ -85,6 +84,7 @@ pub trait PageSink: Send {
     /// destination's parent images have this pagemap (incremental dumps may then write
     /// `PE_PARENT` entries).
     fn open(&mut self, target: Target) -> Result<bool>;
+    #[cfg(test)]
     /// Whether the destination's parent images have the pagemap of `target`, without opening
     /// it (CRIU's `PS_IOV_PARENT`).
     fn parent_has(&mut self, target: Target) -> Result<bool>;

@@ -78,7 +78,7 @@ pub const CRIU_IMG_VERSION: u32 = 2;
 pub const DEFAULT_CHUNK_PAGES: u32 = 256;
 /// Largest chunk accepted from a file (16 MiB).
 const MAX_CHUNK_PAGES: u32 = 4096;
-const PAGE: usize = 4096;
+const PAGE: usize = crate::images::pagemap::PAGE_SIZE as usize;
 
 const FLAG_ZSTD: u16 = 1;
 const FLAG_SEALED: u16 = 2;
@@ -643,15 +643,6 @@ impl RecordInfo {
     }
 }
 
-/// True if `path` starts with the packed magic.
-pub fn is_packed(path: &Path) -> bool {
-    let mut m = [0u8; 8];
-    File::open(path)
-        .and_then(|mut f| f.read_exact(&mut m))
-        .is_ok()
-        && m == MAGIC
-}
-
 /// Reads records of one file in order, checking their framing.
 struct Reader<R: Read> {
     path: PathBuf,
@@ -811,6 +802,7 @@ impl<R: Read> Reader<R> {
     }
 }
 
+#[cfg(test)]
 /// Reads the header and the record heads of a packed file (no key needed: data is not
 /// decoded or authenticated).
 pub fn list(path: &Path) -> Result<(PackInfo, Vec<RecordInfo>)> {

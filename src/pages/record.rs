@@ -84,6 +84,7 @@ impl PageSink for RecordedSink {
         Ok(has_parent)
     }
 
+    #[cfg(test)]
     fn parent_has(&mut self, target: Target) -> Result<bool> {
         self.inner.parent_has(target)
     }

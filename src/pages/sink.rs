@@ -58,11 +58,6 @@ impl LocalSink {
             report: SinkReport::default(),
         }
     }
-
-    /// The pages id the next pagemap gets.
-    pub fn next_pages_id(&self) -> u32 {
-        self.next_id
-    }
 }
 
 /// Whether `dir/parent` has the pagemap of `target`.
@@ -103,6 +98,7 @@ impl PageSink for LocalSink {
         Ok(parent_has(&self.dir, target))
     }
 
+    #[cfg(test)]
     fn parent_has(&mut self, target: Target) -> Result<bool> {
         Ok(parent_has(&self.dir, target))
     }

@@ -56,7 +56,7 @@ use super::sigframe;
 use crate::sys::channel;
 use crate::sys::ptrace::{RseqConfig, UserDesc};
 use crate::sys::regs::{TaskRegs, UserRegs, XState, EFLAGS_DF, EFLAGS_TF};
-use crate::sys::remote::{Remote, RemoteMapping, GADGET_LEN};
+use crate::sys::remote::{Remote, RemoteMapping};
 use crate::sys::task::SeizedTask;
 use crate::sys::wait::WaitEvent;
 use nix::errno::Errno;
@@ -80,7 +80,7 @@ const PIN_AHEAD: usize = 8;
 const THREAD_NOTE_LEN: usize = 8;
 /// How often a waiting command checks that the task still runs the parasite.
 const POLL_MS: i32 = 50;
-const PAGE: u64 = 4096;
+use crate::images::pagemap::PAGE_SIZE as PAGE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -1325,6 +1325,3 @@ fn take_fd(pid: i32, fd: i32) -> crate::sys::Result<OwnedFd> {
     let pidfd = channel::pidfd_open(pid)?;
     channel::pidfd_getfd(pid, pidfd.as_fd(), fd)
 }
-
-/// Length of the gadget (`syscall; int3`), for callers that place their own.
-pub const SYSCALL_GADGET_LEN: u64 = GADGET_LEN;

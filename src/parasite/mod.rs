@@ -26,13 +26,13 @@
 //!
 //! The wire format is documented in [`proto`] (`parasite/src/common/dump_proto.rs`).
 
-pub mod blob;
-pub mod driver;
-pub mod error;
+pub(crate) mod blob;
+pub(crate) mod driver;
+pub(crate) mod error;
 mod gadgets;
 pub mod proto;
+pub(crate) use crate::sys::sigframe;
 pub mod reply;
-pub use crate::sys::sigframe;
 
 pub use driver::{Parasite, ThreadDump};
 pub use error::Error;

@@ -33,6 +33,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<CgroupLine>, ProcError> {
     Ok(out)
 }
 
+#[cfg(test)]
 /// Reads `/proc/PID/cgroup`.
 pub fn read(pid: i32) -> Result<Vec<CgroupLine>, ProcError> {
     let p = super::path(pid, "cgroup");

@@ -28,6 +28,7 @@ pub struct FdInfo {
 }
 
 impl FdInfo {
+    #[cfg(test)]
     /// The first extra line with this key.
     pub fn extra(&self, key: &str) -> Option<&str> {
         self.extra

@@ -42,16 +42,6 @@ impl Vma {
         self.vm_flags.iter().any(|f| f == flag)
     }
 
-    /// Length in bytes.
-    pub fn len(&self) -> u64 {
-        self.end.saturating_sub(self.start)
-    }
-
-    /// True for a zero-length VMA (never shown by the kernel).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The path without a trailing ` (deleted)`, and whether it was there.
     pub fn path_deleted(&self) -> (&str, bool) {
         match self.path.strip_suffix(" (deleted)") {
@@ -60,6 +50,7 @@ impl Vma {
         }
     }
 
+    #[cfg(test)]
     /// A file-backed mapping (inode != 0 and not a pseudo path).
     pub fn is_file(&self) -> bool {
         self.ino != 0 && !self.path.starts_with('[')

@@ -19,17 +19,17 @@
 //!  limits, auxv, personality, loginuid, oom_score_adj, comm -> misc
 //! ```
 
-pub mod cgroup;
-pub mod fd;
-pub mod maps;
-pub mod misc;
-pub mod mountinfo;
-pub mod ns;
-pub mod pagemap;
-pub mod stat;
-pub mod status;
-pub mod tasks;
-pub mod timers;
+pub(crate) mod cgroup;
+pub(crate) mod fd;
+pub(crate) mod maps;
+pub(crate) mod misc;
+pub(crate) mod mountinfo;
+pub(crate) mod ns;
+pub(crate) mod pagemap;
+pub(crate) mod stat;
+pub(crate) mod status;
+pub(crate) mod tasks;
+pub(crate) mod timers;
 
 use std::path::{Path, PathBuf};
 

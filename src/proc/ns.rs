@@ -2,9 +2,6 @@
 
 use super::ProcError;
 
-/// The namespaces CRIU records, in the order of its `ids` image.
-pub const KINDS: [&str; 8] = ["pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time"];
-
 /// Inode of each namespace of a task (`None` where the kernel has no such namespace).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NsIds {

@@ -12,11 +12,10 @@ use std::path::PathBuf;
 
 use super::{io_err, ProcError};
 
-pub const PAGE_SIZE: u64 = 4096;
+pub use crate::images::pagemap::PAGE_SIZE;
 pub const PM_PRESENT: u64 = 1 << 63;
 pub const PM_SWAP: u64 = 1 << 62;
 pub const PM_FILE: u64 = 1 << 61;
-pub const PM_EXCLUSIVE: u64 = 1 << 56;
 pub const PM_SOFT_DIRTY: u64 = 1 << 55;
 
 /// Pages read per `pread` (16 KiB of entries).

@@ -106,12 +106,6 @@ impl Status {
     pub fn shd_pnd(&self) -> Result<u64, ProcError> {
         self.hex("ShdPnd")
     }
-    pub fn sig_ign(&self) -> Result<u64, ProcError> {
-        self.hex("SigIgn")
-    }
-    pub fn sig_cgt(&self) -> Result<u64, ProcError> {
-        self.hex("SigCgt")
-    }
     /// Seccomp mode: 0 disabled, 1 strict, 2 filter.
     pub fn seccomp(&self) -> Result<u32, ProcError> {
         Ok(self.int("Seccomp")? as u32)
@@ -122,19 +116,11 @@ impl Status {
     pub fn umask(&self) -> Result<u32, ProcError> {
         Ok(parse_oct(&self.path, 0, "Umask", self.get("Umask")?)? as u32)
     }
+    #[cfg(test)]
     pub fn tgid(&self) -> Result<i32, ProcError> {
         Ok(self.int("Tgid")? as i32)
     }
-    pub fn threads(&self) -> Result<i64, ProcError> {
-        self.int("Threads")
-    }
-    /// The state letter (first character of `State:`).
-    pub fn state(&self) -> Result<char, ProcError> {
-        self.get("State")?
-            .chars()
-            .next()
-            .ok_or_else(|| ProcError::parse(&self.path, 0, "State", "empty"))
-    }
+    #[cfg(test)]
     /// `NSpid:`: this task's pid in each nested pid namespace, outermost first.
     pub fn ns_pids(&self) -> Result<Vec<i32>, ProcError> {
         self.get("NSpid")?

@@ -18,7 +18,7 @@ use nix::errno::Errno;
 use super::blob_args::abi::*;
 use super::blob_args::TaskSpec;
 use super::blob_core::{mm_from_pb, task_from_core};
-use super::files::Opened;
+use super::open_files::Opened;
 use super::plan::{vma_status as vs, Plan, TaskPlan};
 use super::premap::Premapper;
 use super::vdso::{self, ImageVdso, RuntimeVdso, VdsoPlan};
@@ -87,7 +87,7 @@ fn plan_vdso(
 
 /// Which descriptors, besides the image's own, the blob closes (see [`enter`]).
 pub enum Others<'a> {
-    /// The task keeps exactly these ([`super::files::keep_only`] closes the rest first).
+    /// The task keeps exactly these ([`super::open_files::keep_only`] closes the rest first).
     Known(&'a std::collections::BTreeSet<RawFd>),
     /// Every open descriptor but the targets, found by listing `/proc/self/fd`.
     Listed,
@@ -239,7 +239,7 @@ pub fn enter(
             if spec.task.uffd >= 0 {
                 open.insert(spec.task.uffd);
             }
-            super::files::keep_only(&open).map_err(|e| ("close descriptors", e))?;
+            super::open_files::keep_only(&open).map_err(|e| ("close descriptors", e))?;
             open.iter()
                 .filter(|&&n| n >= 0 && !targets.contains(&n) && n != status_fd && n != go_fd)
                 .map(|&n| n as u32)
@@ -266,7 +266,7 @@ pub fn enter(
     // Until here (premaps, page fills) a vanished restorer kills the task (parent death
     // signal): nothing above may outlive it. The blob itself ends on EOF of go_fd, and the
     // death signal must not outlive the restore (with -d the restorer exits right away).
-    crate::sys::tracee::set_pdeathsig(0).map_err(|e| ("clear pdeathsig", e))?;
+    crate::sys::process::set_pdeathsig(0).map_err(|e| ("clear pdeathsig", e))?;
     // The root and cwd last: what comes before reads /proc (the blob closes their fds).
     match super::blob_args::enter_after(&spec, || super::tree::enter_fs(plan, t, opened)) {
         Err(super::blob_args::EnterError::Last(step, e)) => Err((step, e)),

@@ -21,9 +21,7 @@
 //!
 //! The engine learns the outcome from `status_fd` (one [`abi::StatusRecord`] per task).
 
-#[path = "../../parasite/src/restorer/abi.rs"]
-#[allow(missing_docs)]
-pub mod abi;
+pub(crate) use crate::sys::restorer::abi;
 
 use crate::parasite::blob::{restorer, RESTORER};
 use crate::sys::pod::{bytes_of, slice_bytes, Pod};
@@ -114,7 +112,7 @@ pub struct Area {
     pub leader_stack_top: u64,
 }
 
-const PAGE: u64 = 4096;
+use crate::images::pagemap::PAGE_SIZE as PAGE;
 
 fn align(v: u64, a: u64) -> u64 {
     (v + a - 1) & !(a - 1)
@@ -390,14 +388,9 @@ impl TaskSpec {
 }
 
 /// Everything after the engine's preparation in one call: picks a base, lays the area out,
-/// maps it and jumps into the blob. Returns only on failure (nothing was changed then, except
-/// for a mapped area that is unmapped again).
-pub fn enter(spec: &TaskSpec) -> Result<std::convert::Infallible, EnterError> {
-    enter_after(spec, || Ok(()))
-}
-
-/// [`enter`], running `last` right before the jump (after the last use of /proc: a task
-/// enters its root there).
+/// maps it, runs `last` right before the jump (after the last use of /proc: a task enters its
+/// root there) and jumps into the blob. Returns only on failure (nothing was changed then,
+/// except for a mapped area that is unmapped again).
 pub fn enter_after(
     spec: &TaskSpec,
     last: impl FnOnce() -> Result<(), (&'static str, nix::errno::Errno)>,

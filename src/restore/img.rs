@@ -146,12 +146,10 @@ pub fn one<M: Message + Default>(dir: &Path, name: &str) -> Result<M, RestoreErr
 }
 
 /// The messages restore reads (from `stasis_images::pb`), under short names.
-pub mod msg {
+pub(crate) mod msg {
     pub use stasis_images::pb::{
-        CoreEntry, CredsEntry, FdinfoEntry, FileEntry, FsEntry, GhostChunkEntry, GhostFileEntry,
-        ItimerEntry, MemfdInodeEntry, MmEntry, PagemapEntry, PagemapHead, PipeDataEntry,
-        PosixTimerEntry, PstreeEntry, RemapFilePathEntry, RlimitEntry, SaEntry,
-        TaskKobjIdsEntry as TaskKobjIds, ThreadInfoX86, UserX86FpregsEntry as UserX86Fpregs,
-        VmaEntry,
+        CoreEntry, FdinfoEntry, FileEntry, FsEntry, GhostChunkEntry, GhostFileEntry,
+        MemfdInodeEntry, MmEntry, PagemapEntry, PagemapHead, PipeDataEntry, PstreeEntry,
+        RemapFilePathEntry, TaskKobjIdsEntry as TaskKobjIds, VmaEntry,
     };
 }

@@ -15,7 +15,7 @@
 use std::os::fd::{BorrowedFd, RawFd};
 
 use super::error::RestoreError;
-use super::files::Opened;
+use super::open_files::Opened;
 use super::plan::Plan;
 
 /// One `--inherit-fd`.

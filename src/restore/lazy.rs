@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 
 use super::error::RestoreError;
-use super::files::{LazyHandover, Opened};
+use super::open_files::{LazyHandover, Opened};
 use super::plan::{Plan, TASK_DEAD};
 use super::premap::StepErr;
 use crate::sys::uffd;

@@ -4,7 +4,7 @@
 //! ```text
 //! plan::prepare   read + cross-check every image (checks.rs)  (nothing created yet)
 //! validate        PIDs free, files present and unchanged
-//! files::open_all open file descriptions, pipes, memfds, ghost files (parked fds)
+//! open_files::open_all open file descriptions, pipes, memfds, ghost files (parked fds)
 //! tree::spawn     clone3(set_tid) the tree; each task: session, group, fds, cwd, umask;
 //!                 zombies exit with their status; READY records on a pipe
 //! blob            per live task, in the task: premap + fill memory, build the restorer
@@ -13,25 +13,25 @@
 //! ```
 //! Any failure before release kills every task created so far ([`TreeGuard`]).
 
-pub mod blob;
-pub mod blob_args;
-pub mod blob_core;
-pub mod checks;
-pub mod error;
-pub mod files;
+pub(crate) mod blob;
+pub(crate) mod blob_args;
+pub(crate) mod blob_core;
+pub(crate) mod checks;
+pub(crate) mod error;
 pub mod fuzzing;
-pub mod img;
+pub(crate) mod img;
 pub mod inherit;
 pub mod lazy;
-pub mod options;
+pub(crate) mod open_files;
+pub(crate) mod options;
 pub mod plan;
-pub mod premap;
-pub mod root;
+pub(crate) mod premap;
+pub(crate) mod root;
 pub mod shared_fdt;
-pub mod tree;
-pub mod validate;
+pub(crate) mod tree;
+pub(crate) mod validate;
 pub mod vdso;
-pub mod xsave;
+pub(crate) mod xsave;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -179,7 +179,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         shell_job: opts.shell_job,
         tcp_close: opts.tcp_close,
     };
-    let mut opened = files::open_all(&plan, kinds_opts, &opts.inherit_fds)?;
+    let mut opened = open_files::open_all(&plan, kinds_opts, &opts.inherit_fds)?;
     if let Some(s) = &lazy_sock {
         lazy::prepare(s, &plan, &mut opened)?;
     }
@@ -214,7 +214,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     opened.forget(&[ctl.ready_w, ctl.hold_r, ctl.status_w]);
     let alive = plan.tasks.iter().filter(|t| t.state != TASK_DEAD).count();
     wait_tasks(&ready_r, &status_r, alive, root, deadline)?;
-    files::set_thread_owners(&opened, &plan)?;
+    open_files::set_thread_owners(&opened, &plan)?;
     tracing::info!(
         "every task is in its restorer blob, ready, after {:?}",
         t0.elapsed()

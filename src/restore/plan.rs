@@ -15,15 +15,15 @@ pub const TASK_DEAD: u32 = 2;
 pub const TASK_STOPPED: u32 = 3;
 
 /// VMA status bits (CRIU's `VMA_*`).
-pub mod vma_status {
+pub(crate) mod vma_status {
+    #[cfg(test)]
     /// Usable area.
     pub const REGULAR: u32 = 1 << 0;
-    /// The stack.
-    pub const STACK: u32 = 1 << 1;
     /// `[vsyscall]`.
     pub const VSYSCALL: u32 = 1 << 2;
     /// `[vdso]`.
     pub const VDSO: u32 = 1 << 3;
+    #[cfg(test)]
     /// The heap.
     pub const HEAP: u32 = 1 << 5;
     /// Private file mapping.
@@ -42,14 +42,12 @@ pub mod vma_status {
     pub const VVAR: u32 = 1 << 12;
     /// AIO ring.
     pub const AIORING: u32 = 1 << 13;
-    /// Backed by a memfd.
-    pub const MEMFD: u32 = 1 << 14;
     /// Unsupported area marker.
     pub const UNSUPP: u32 = 1 << 31;
 }
 
 /// Pagemap entry flags.
-pub mod pe {
+pub(crate) mod pe {
     /// Data lives in the parent image.
     pub const PARENT: u32 = 1;
     /// Lazy (still present in the pages image).
@@ -59,7 +57,7 @@ pub mod pe {
 }
 
 /// Page size of the images (x86-64).
-pub const PAGE: u64 = 4096;
+pub use crate::images::pagemap::PAGE_SIZE as PAGE;
 
 /// One run of pages to write: `nr` pages at `vaddr`, from byte `offset` of `pages-<id>.img`.
 #[derive(Debug, Clone, Copy)]

@@ -35,7 +35,7 @@ type Piece = (u64, u64, u64);
 /// A failed step of the task: what, errno.
 pub type StepErr = (&'static str, Errno);
 
-const PAGE: u64 = 4096;
+use crate::images::pagemap::PAGE_SIZE as PAGE;
 const GIB: u64 = 1 << 30;
 const PMD: u64 = 2 << 20;
 /// `madvise` advice numbers, as bits of `VmaEntry::madv`.
@@ -352,13 +352,6 @@ impl PageFiles {
     pub fn new(mut layers: Vec<(u64, RawFd)>) -> Self {
         layers.sort_unstable_by_key(|l| l.0);
         PageFiles { layers }
-    }
-
-    /// One file at base 0.
-    pub fn single(fd: RawFd) -> Self {
-        PageFiles {
-            layers: vec![(0, fd)],
-        }
     }
 
     /// The file holding virtual offset `off`, and the offset in it.

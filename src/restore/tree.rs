@@ -26,12 +26,12 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 
-use super::files::{keep_only, Opened};
+use super::open_files::{keep_only, Opened};
 use super::plan::{Plan, TASK_DEAD};
 use super::shared_fdt::Group;
 use crate::sys::clone3::{fork_with_pid, Forked};
 use crate::sys::fds::{dup2_raw, write_raw};
-use crate::sys::tracee::{exit_like, exit_now, set_pdeathsig};
+use crate::sys::process::{exit_like, exit_now, set_pdeathsig};
 
 /// Size of one record on the ready pipe: pid i32, errno i32, step (NUL padded).
 pub const RECORD: usize = 48;
@@ -144,7 +144,7 @@ fn run_task(
     if t.pgid == t.pid && t.sid != t.pid {
         nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| ("setpgid", e))?;
     }
-    super::files::set_owners(opened, t.pid, t.pgid).map_err(|e| ("set a file's owner", e))?;
+    super::open_files::set_owners(opened, t.pid, t.pgid).map_err(|e| ("set a file's owner", e))?;
     // The table this task owns, when children share it.
     let owned = match member {
         Some(_) => None,

@@ -83,12 +83,8 @@ pub fn owner_of(pid: i32) -> String {
     format!("{} ({}){who}", comm.trim(), cmd)
 }
 
-/// Checks every regular file the images name (skipping ghost files, which restore recreates).
-pub fn files_unchanged(plan: &Plan) -> Result<(), RestoreError> {
-    files_unchanged_except(plan, &Default::default())
-}
-
-/// [`files_unchanged`] but for the entries `skip` (given by `--inherit-fd`).
+/// Checks every regular file the images name (skipping ghost files, which restore recreates)
+/// but for the entries `skip` (given by `--inherit-fd`).
 pub fn files_unchanged_except(
     plan: &Plan,
     skip: &std::collections::BTreeSet<u32>,
@@ -99,7 +95,7 @@ pub fn files_unchanged_except(
             continue;
         }
         // Ghosts are recreated; the tree's own /proc files appear with their tasks.
-        if plan.ghosts.contains_key(id) || super::files::tree_proc_path(plan, &reg.name) {
+        if plan.ghosts.contains_key(id) || super::open_files::tree_proc_path(plan, &reg.name) {
             continue;
         }
         let host = super::root::host_path(&plan.root, &reg.name);

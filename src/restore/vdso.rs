@@ -34,6 +34,8 @@ pub enum VdsoError {
     NoRuntimeVdso,
     #[error("vdso ELF: {0}")]
     BadElf(&'static str),
+    #[error("vdso ELF: {0}")]
+    Elf(#[from] object::read::Error),
     #[error("vdso layouts differ and the image has no vdso pages to proxy")]
     NoImageBytes,
 }
@@ -173,78 +175,28 @@ impl RuntimeVdso {
     }
 }
 
-fn rd<const N: usize>(b: &[u8], off: u64) -> Result<[u8; N], VdsoError> {
-    let off = usize::try_from(off).map_err(|_| VdsoError::BadElf("offset out of range"))?;
-    b.get(
-        off..off
-            .checked_add(N)
-            .ok_or(VdsoError::BadElf("offset overflow"))?,
-    )
-    .and_then(|s| s.try_into().ok())
-    .ok_or(VdsoError::BadElf("truncated"))
-}
-fn u16_at(b: &[u8], o: u64) -> Result<u64, VdsoError> {
-    Ok(u64::from(u16::from_le_bytes(rd(b, o)?)))
-}
-fn u32_at(b: &[u8], o: u64) -> Result<u64, VdsoError> {
-    Ok(u64::from(u32::from_le_bytes(rd(b, o)?)))
-}
-fn u64_at(b: &[u8], o: u64) -> Result<u64, VdsoError> {
-    Ok(u64::from_le_bytes(rd(b, o)?))
-}
-
 /// Defined function symbols of a vdso ELF image as `(name, offset from the vdso start)`,
-/// sorted by name.
+/// sorted by name: the `STT_FUNC` entries of its dynamic symbol table (at most 4096), each
+/// relative to the address of its first `PT_LOAD`.
 pub fn vdso_symbols(elf: &[u8]) -> Result<Vec<(String, u64)>, VdsoError> {
-    if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) {
-        return Err(VdsoError::BadElf("not an ELF64 image"));
-    }
-    let (phoff, phentsize, phnum) = (u64_at(elf, 0x20)?, u16_at(elf, 0x36)?, u16_at(elf, 0x38)?);
-    let mut load_base = None;
-    for i in 0..phnum {
-        let ph = phoff + i * phentsize;
-        if u32_at(elf, ph)? == 1 {
-            load_base = Some(u64_at(elf, ph + 16)?);
-            break;
-        }
-    }
-    let load_base = load_base.ok_or(VdsoError::BadElf("no PT_LOAD"))?;
-    let (shoff, shentsize, shnum) = (u64_at(elf, 0x28)?, u16_at(elf, 0x3a)?, u16_at(elf, 0x3c)?);
+    use object::read::elf::{ElfFile64, ProgramHeader};
+    use object::{Object, ObjectSymbol};
+    let file = ElfFile64::<object::Endianness>::parse(elf)?;
+    let endian = file.endian();
+    let load_base = file
+        .elf_program_headers()
+        .iter()
+        .find(|ph| ph.p_type(endian) == object::elf::PT_LOAD)
+        .map(|ph| ph.p_vaddr(endian))
+        .ok_or(VdsoError::BadElf("no PT_LOAD"))?;
     let mut out = Vec::new();
-    for i in 0..shnum {
-        let sh = shoff + i * shentsize;
-        if u32_at(elf, sh + 4)? != 11 {
-            continue; // SHT_DYNSYM only
+    for sym in file.dynamic_symbols().take(4096) {
+        let raw = sym.elf_symbol();
+        if raw.st_type() != object::elf::STT_FUNC || sym.is_undefined() {
+            continue; // functions defined in the vdso only
         }
-        let (off, size, link) = (
-            u64_at(elf, sh + 24)?,
-            u64_at(elf, sh + 32)?,
-            u32_at(elf, sh + 40)?,
-        );
-        if link >= shnum {
-            return Err(VdsoError::BadElf("dynsym link out of range"));
-        }
-        let str_off = u64_at(elf, shoff + link * shentsize + 24)?;
-        for k in 0..(size / 24).min(4096) {
-            let sym = off + k * 24;
-            let info = rd::<1>(elf, sym + 4)?[0];
-            let (shndx, value) = (u16_at(elf, sym + 6)?, u64_at(elf, sym + 8)?);
-            if info & 0xf != 2 || shndx == 0 {
-                continue; // functions defined in the vdso only
-            }
-            let name_at = usize::try_from(str_off + u32_at(elf, sym)?)
-                .map_err(|_| VdsoError::BadElf("name"))?;
-            let tail = elf
-                .get(name_at..)
-                .ok_or(VdsoError::BadElf("symbol name out of range"))?;
-            let end = tail
-                .iter()
-                .take(256)
-                .position(|&c| c == 0)
-                .ok_or(VdsoError::BadElf("unterminated name"))?;
-            let name = String::from_utf8_lossy(&tail[..end]).into_owned();
-            out.push((name, value.wrapping_sub(load_base)));
-        }
+        let name = String::from_utf8_lossy(sym.name_bytes()?).into_owned();
+        out.push((name, sym.address().wrapping_sub(load_base)));
     }
     if out.is_empty() {
         return Err(VdsoError::BadElf("no function symbols"));
@@ -506,32 +458,23 @@ mod tests {
     /// The running vdso with `__vdso_clock_gettime` (and its alias) moved by `delta` bytes in
     /// the symbol table: same size, different symbol offsets.
     fn with_moved_clock_gettime(bytes: &[u8], delta: u64) -> Vec<u8> {
+        use object::read::elf::ElfFile64;
+        use object::{Object, ObjectSection, ObjectSymbol};
+        let file = ElfFile64::<object::Endianness>::parse(bytes).unwrap();
+        let (dynsym, _) = file
+            .section_by_name(".dynsym")
+            .unwrap()
+            .file_range()
+            .unwrap();
+        let at: Vec<usize> = file
+            .dynamic_symbols()
+            .filter(|s| matches!(s.name(), Ok("__vdso_clock_gettime" | "clock_gettime")))
+            .map(|s| (dynsym + s.index().0 as u64 * 24) as usize + 8)
+            .collect();
         let mut b = bytes.to_vec();
-        let (shoff, shentsize, shnum) = (
-            u64_at(&b, 0x28).unwrap(),
-            u16_at(&b, 0x3a).unwrap(),
-            u16_at(&b, 0x3c).unwrap(),
-        );
-        for i in 0..shnum {
-            let sh = shoff + i * shentsize;
-            if u32_at(&b, sh + 4).unwrap() != 11 {
-                continue;
-            }
-            let (off, size, link) = (
-                u64_at(&b, sh + 24).unwrap(),
-                u64_at(&b, sh + 32).unwrap(),
-                u32_at(&b, sh + 40).unwrap(),
-            );
-            let strs = u64_at(&b, shoff + link * shentsize + 24).unwrap() as usize;
-            for k in 0..size / 24 {
-                let sym = (off + k * 24) as usize;
-                let name = strs + u32_at(&b, sym as u64).unwrap() as usize;
-                let n = &b[name..name + b[name..].iter().position(|&c| c == 0).unwrap()];
-                if n == b"__vdso_clock_gettime" || n == b"clock_gettime" {
-                    let v = u64_at(&b, sym as u64 + 8).unwrap().wrapping_add(delta);
-                    b[sym + 8..sym + 16].copy_from_slice(&v.to_le_bytes());
-                }
-            }
+        for a in at {
+            let v = u64::from_le_bytes(b[a..a + 8].try_into().unwrap()).wrapping_add(delta);
+            b[a..a + 8].copy_from_slice(&v.to_le_bytes());
         }
         b
     }

@@ -6,7 +6,7 @@
 use super::errno::{check, check_int};
 use super::error::{Error, Result};
 use nix::errno::Errno;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Most descriptors received in one message.
 pub const MAX_RECV_FDS: usize = 253;
@@ -234,9 +234,4 @@ fn splice_loop(
         }
     }
     Ok(())
-}
-
-/// Borrow helper for callers holding an `OwnedFd`.
-pub fn borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
-    fd.as_fd()
 }

@@ -34,42 +34,40 @@
 //! ("task N died"). All ptrace calls must come from the thread that seized (the types are
 //! not `Send`).
 
-pub mod channel;
-pub mod clone3;
+pub(crate) mod channel;
+pub(crate) mod clone3;
 pub mod cpu;
-pub mod daemon;
+pub(crate) mod daemon;
 pub mod dirty;
-pub mod errno;
-pub mod error;
+pub(crate) mod errno;
+pub(crate) mod error;
 pub mod fdkinds;
-pub mod fds;
-pub mod freeze_guard;
+pub(crate) mod fds;
+pub(crate) mod freeze_guard;
 pub mod freezer;
-pub mod infect;
+pub(crate) mod infect;
 pub mod mem;
 pub mod pidns;
-pub mod pod;
+pub(crate) mod pod;
 pub mod proc_tasks;
+pub(crate) mod process;
 pub mod ptrace;
 pub mod regs;
 pub mod remote;
-pub mod restorer;
-#[cfg(test)]
-mod restorer_fixture_tests;
+pub(crate) mod restorer;
 #[cfg(test)]
 mod restorer_tests;
-pub mod seccomp;
+pub(crate) mod seccomp;
 pub mod sigframe;
 pub mod sock_diag;
 pub mod socket;
-pub mod spawn;
-pub mod stop_point;
+pub(crate) mod spawn;
+pub(crate) mod stop_point;
 pub mod task;
 pub mod tkill;
-pub mod tracee;
 pub mod tree;
 pub mod tty;
 pub mod uffd;
-pub mod wait;
+pub(crate) mod wait;
 
 pub use error::{Error, Result};

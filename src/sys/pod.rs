@@ -2,7 +2,7 @@
 //!
 //! Only types listed here (no padding, every bit pattern valid) are [`Pod`].
 
-use crate::restore::blob_args::abi;
+use super::restorer::abi;
 
 /// A `#[repr(C)]` type without padding bytes for which every bit pattern is a valid value.
 ///

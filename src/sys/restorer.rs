@@ -2,7 +2,14 @@
 //! switch to the leader's stack in the area and jump to the entry. See
 //! `restore::blob_args` for how the bytes are laid out.
 
-use crate::restore::blob_args::abi::RseqArgs;
+/// The restorer's argument ABI, defined once and compiled into the blob too (re-exported as
+/// `restore::blob_args::abi`).
+#[path = "../../parasite/src/restorer/abi.rs"]
+#[allow(missing_docs)]
+#[allow(dead_code)] // the blob's side uses what the engine's does not
+pub(crate) mod abi;
+
+use abi::RseqArgs;
 
 /// Errors of the restorer's system layer.
 #[derive(Debug, thiserror::Error)]
@@ -66,11 +73,6 @@ impl RestorerArea {
             });
         }
         Ok(RestorerArea { base, len })
-    }
-
-    /// Start address of the area.
-    pub fn base(&self) -> u64 {
-        self.base
     }
 
     /// Copies `bytes` to the start of the area.

@@ -23,8 +23,10 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-// The restore lock shared with the integration tests (tests that move the pid allocator).
-use super::restorer_fixture_tests::lock;
+/// The restore lock shared with the integration tests (tests that move the pid allocator).
+#[allow(dead_code)]
+#[path = "../../tests/common/lock.rs"]
+mod lock;
 
 /// Raw syscall usable without TLS (no errno).
 fn rsys(nr: i64, a1: u64, a2: u64, a3: u64, a4: u64) -> i64 {

@@ -28,8 +28,6 @@
 
 use crate::sys::regs::{UserRegs, XState};
 
-/// Offset of `uc_stack` in the ucontext.
-pub const UC_STACK: usize = 16;
 /// Offset of `uc_mcontext`.
 pub const UC_MCONTEXT: usize = 40;
 /// Offset of `uc_sigmask`.

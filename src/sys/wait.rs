@@ -114,22 +114,6 @@ fn waitpid(pid: i32, flags: i32) -> std::result::Result<Option<(i32, WaitEvent)>
     }
 }
 
-/// Blocks until any task traced by (or forked by) the calling thread changes state.
-/// `Ok(None)` when there is no such task (ECHILD).
-pub fn wait_any() -> Result<Option<(i32, WaitEvent)>> {
-    if let Some(ev) = unstash(None) {
-        return Ok(Some(ev));
-    }
-    match waitpid(-1, 0) {
-        Ok(ev) => Ok(ev),
-        Err(Errno::ECHILD) => Ok(None),
-        Err(errno) => Err(Error::Sys {
-            op: "waitpid(-1)",
-            errno,
-        }),
-    }
-}
-
 /// Blocks until task `tid` changes state; events of other tasks are stashed. No task left
 /// to wait for (ECHILD) is reported as "task N died".
 pub fn wait_tid(tid: i32) -> Result<WaitEvent> {

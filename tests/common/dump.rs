@@ -9,9 +9,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use stasis::dump::error::DumpError;
 use stasis::dump::error::Result as DResult;
-use stasis::dump::freeze::{CgroupFreeze, FrozenTree};
+use stasis::dump::freeze::FrozenTree;
 use stasis::dump::probe::{ProcessAccess, ProcessProbe, TaskProbe, ThreadProbe, Xsave};
+use stasis::sys::freezer::Freezer;
 
 pub use super::fixtures::{fixtures, install_if_missing as install_fixtures};
 
@@ -454,8 +456,8 @@ pub fn with_round_trip_deadline<T: Send + 'static>(
 }
 
 /// Runs `stasis ARGS... -D dir -o LOG -v4 EXTRA...`; fails the test, with stderr and the log,
-/// unless it succeeds.
-fn stasis_ok(args: &[&str], dir: &Path, log: &str, extra: &[&str]) {
+/// unless it succeeds; returns its stdout.
+pub fn stasis_ok(args: &[&str], dir: &Path, log: &str, extra: &[&str]) -> String {
     let out = stasis_bin()
         .args(args)
         .arg("-D")
@@ -470,6 +472,23 @@ fn stasis_ok(args: &[&str], dir: &Path, log: &str, extra: &[&str]) {
         String::from_utf8_lossy(&out.stderr),
         std::fs::read_to_string(dir.join(log)).unwrap_or_default()
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh data directory for fx-files (`/tmp/stasis-dump-tests/<tag>-<pid>`), set up by
+/// `fx-files --setup`; the caller removes it.
+pub fn fx_files_data(tag: &str) -> String {
+    let data = format!("/tmp/stasis-dump-tests/{tag}-{}", std::process::id());
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all("/tmp/stasis-dump-tests").unwrap();
+    install_fixtures();
+    assert!(Command::new(fixtures().join("bin/fx-files"))
+        .arg("--setup")
+        .arg(&data)
+        .status()
+        .unwrap()
+        .success());
+    data
 }
 
 /// `stasis dump -t PID -D dir -o dump.log -v4 EXTRA...`, which must succeed.
@@ -522,7 +541,7 @@ pub fn stasis_bin() -> Command {
 /// /proc/PID/mem, and the ptrace/parasite part is a double with fixed, plausible values
 /// (so every field the images carry is present; the values themselves are not checked).
 pub struct TestFrozen {
-    pub freeze: Option<CgroupFreeze>,
+    pub freeze: Option<Freezer>,
 }
 
 impl TaskProbe for TestFrozen {
@@ -579,7 +598,7 @@ impl FrozenTree for TestFrozen {
 
     fn release(mut self: Box<Self>) -> DResult<()> {
         match self.freeze.take() {
-            Some(mut f) => f.thaw(),
+            Some(f) => f.thaw().map_err(|e| DumpError::sys("thaw", 0, e)),
             None => Ok(()),
         }
     }
@@ -593,7 +612,10 @@ pub struct TestBackend {
 impl stasis::dump::freeze::Backend for TestBackend {
     fn freeze(&mut self, _opts: &stasis::dump::DumpOptions) -> DResult<Box<dyn FrozenTree>> {
         Ok(Box::new(TestFrozen {
-            freeze: Some(CgroupFreeze::freeze(&self.cgroup, Duration::from_secs(10))?),
+            freeze: Some(
+                Freezer::freeze(&self.cgroup, Duration::from_secs(10))
+                    .map_err(|e| DumpError::sys("seize", 0, e))?,
+            ),
         }))
     }
 }

@@ -59,9 +59,9 @@
 //! has it ([`parent::ParentPages`]).
 
 pub mod client;
-pub mod daemon;
-pub mod parent;
-pub mod session;
+pub(crate) mod daemon;
+pub(crate) mod parent;
+pub(crate) mod session;
 pub mod track;
 
 /// How pages of one VMA changed since the last arming.

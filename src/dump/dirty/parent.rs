@@ -15,7 +15,7 @@ use stasis_images::pb;
 use super::DirtyMap;
 use crate::dump::pages::{Run, PE_PARENT, PE_PRESENT};
 
-const PAGE: u64 = 4096;
+use crate::images::pagemap::PAGE_SIZE as PAGE;
 
 /// Address ranges (start, end; sorted, merged) one process's pagemap covers in the parent.
 #[derive(Debug, Clone, Default)]

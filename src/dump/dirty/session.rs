@@ -100,16 +100,6 @@ impl Session {
         })
     }
 
-    /// The parent image directory (`--prev-images-dir`), if any.
-    pub fn parent(&self) -> Option<&Path> {
-        self.parent.as_deref()
-    }
-
-    /// The tracker's pid, if one serves this dump.
-    pub fn tracker_pid(&self) -> Option<i32> {
-        self.client.as_ref().map(|c| c.pid)
-    }
-
     /// The page-source stage of process `pid` (frozen, `acc` open): what it wrote since the
     /// parent, its tracking armed again; returns `runs` with the clean pages the parent has
     /// turned into PE_PARENT runs.

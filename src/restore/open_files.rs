@@ -106,11 +106,6 @@ impl Opened {
         }
         Ok(fd)
     }
-
-    /// Every parked descriptor.
-    pub fn parked(&self) -> Vec<RawFd> {
-        self.owned.iter().map(|f| f.as_raw_fd()).collect()
-    }
 }
 
 fn owned_from(fd: RawFd) -> OwnedFd {
@@ -149,6 +144,29 @@ pub fn open_all(
     opts: crate::files::RestoreOptions,
     inherited: &[super::inherit::InheritFd],
 ) -> Result<Opened, RestoreError> {
+    let base = raise_fd_limit(plan)?;
+    let mut o = Opened {
+        base,
+        ..Default::default()
+    };
+    // `--inherit-fd`: those entries are the caller's descriptors, nothing is opened for them.
+    super::inherit::park_inherited(plan, &mut o, inherited)?;
+    let memfds = open_memfd_inodes(plan, &mut o)?;
+    open_page_images(plan, &mut o)?;
+    open_shared_anon(plan, &mut o)?;
+    let mapped = mapped_files(plan);
+    open_pipes(plan, &mut o)?;
+    open_fifos(plan, &mut o)?;
+    let wanted = open_descriptions(plan, &memfds, &mapped, &mut o)?;
+    open_kinds(plan, &wanted, opts, &mut o)?;
+    open_fs_dirs(plan, &mut o)?;
+    collect_owners(plan, &mut o)?;
+    Ok(o)
+}
+
+/// The first descriptor parked above every fd of the images (at least 100), after raising
+/// RLIMIT_NOFILE to its hard limit; an error if that is too low.
+fn raise_fd_limit(plan: &Plan) -> Result<RawFd, RestoreError> {
     let max_fd = plan
         .tasks
         .iter()
@@ -156,22 +174,19 @@ pub fn open_all(
         .max()
         .unwrap_or(2);
     let base = (max_fd as RawFd + 1).max(100);
-    let (_, hard) = crate::sys::tracee::get_rlimit(0, libc::RLIMIT_NOFILE)
+    let (_, hard) = crate::sys::process::get_rlimit(0, libc::RLIMIT_NOFILE)
         .map_err(|e| sys("read RLIMIT_NOFILE", e))?;
-    let _ = crate::sys::tracee::set_rlimit(0, libc::RLIMIT_NOFILE, hard, hard);
+    let _ = crate::sys::process::set_rlimit(0, libc::RLIMIT_NOFILE, hard, hard);
     if base as u64 + 64 > hard {
         return Err(RestoreError::Unsupported(format!(
             "descriptor {max_fd} is above this system's RLIMIT_NOFILE {hard}"
         )));
     }
-    let mut o = Opened {
-        base,
-        ..Default::default()
-    };
-    // `--inherit-fd`: those entries are the caller's descriptors, nothing is opened for them.
-    super::inherit::park_inherited(plan, &mut o, inherited)?;
+    Ok(base)
+}
 
-    // memfd inodes: one memfd each, with its content and seals.
+/// memfd inodes: one memfd each, with its content and seals; by inode id.
+fn open_memfd_inodes(plan: &Plan, o: &mut Opened) -> Result<BTreeMap<u64, RawFd>, RestoreError> {
     let mut memfds: BTreeMap<u64, RawFd> = BTreeMap::new();
     for (inode, (e, pages)) in &plan.memfd_inodes {
         let name = CString::new(e.name.trim_start_matches("/memfd:").as_bytes())
@@ -197,6 +212,11 @@ pub fn open_all(
         memfds.insert(*inode, n);
     }
 
+    Ok(memfds)
+}
+
+/// Every pages file of every task (all layers of an incremental chain), once each.
+fn open_page_images(plan: &Plan, o: &mut Opened) -> Result<(), RestoreError> {
     for t in plan.tasks.iter().filter(|t| !t.pages.runs.is_empty()) {
         // Every file of an incremental chain (one without).
         for layer in t.pages.layers() {
@@ -210,7 +230,11 @@ pub fn open_all(
         }
     }
 
-    // Shared anonymous memory: one memfd per shmid, shared by every task mapping it.
+    Ok(())
+}
+
+/// Shared anonymous memory: one memfd per shmid, shared by every task mapping it.
+fn open_shared_anon(plan: &Plan, o: &mut Opened) -> Result<(), RestoreError> {
     let mut shm_size: BTreeMap<u64, u64> = BTreeMap::new();
     for t in &plan.tasks {
         for v in t.mm.iter().flat_map(|m| m.vmas.iter()) {
@@ -238,7 +262,11 @@ pub fn open_all(
         o.shmem.insert(shmid, n);
     }
 
-    // Which ids are mapped (and how).
+    Ok(())
+}
+
+/// Which file ids are mapped (exe files and file VMAs), with the access mode they need.
+fn mapped_files(plan: &Plan) -> BTreeMap<u32, u32> {
     let mut mapped: BTreeMap<u32, u32> = BTreeMap::new(); // id -> access mode
     for t in &plan.tasks {
         let Some(mm) = &t.mm else { continue };
@@ -260,7 +288,11 @@ pub fn open_all(
         }
     }
 
-    // Pipes: group the ends by pipe_id.
+    mapped
+}
+
+/// Pipes: the ends grouped by pipe_id, each pipe filled with its queued data.
+fn open_pipes(plan: &Plan, o: &mut Opened) -> Result<(), RestoreError> {
     let mut pipes: BTreeMap<u32, Vec<(u32, u32)>> = BTreeMap::new();
     for (id, f) in &plan.files {
         if let Some(p) = &f.pipe {
@@ -303,7 +335,11 @@ pub fn open_all(
         }
     }
 
-    // FIFOs: a keeper (O_RDWR) per pipe_id holds the queued data, then each end is opened.
+    Ok(())
+}
+
+/// FIFOs: a keeper (O_RDWR) per pipe_id holds the queued data, then each end is opened.
+fn open_fifos(plan: &Plan, o: &mut Opened) -> Result<(), RestoreError> {
     let mut keepers: BTreeMap<u32, ()> = BTreeMap::new();
     for (id, f) in &plan.files {
         let Some(fifo) = &f.fifo else { continue };
@@ -340,7 +376,17 @@ pub fn open_all(
         o.desc.insert(*id, n);
     }
 
-    // Descriptions referenced by some task's fdinfo, and mapped files.
+    Ok(())
+}
+
+/// Descriptions referenced by some task's fdinfo, and mapped files (regular files and
+/// memfds; the fd kinds are opened later by `open_kinds`); returns the referenced ids.
+fn open_descriptions(
+    plan: &Plan,
+    memfds: &BTreeMap<u64, RawFd>,
+    mapped: &BTreeMap<u32, u32>,
+    o: &mut Opened,
+) -> Result<BTreeSet<u32>, RestoreError> {
     let mut wanted: BTreeSet<u32> = BTreeSet::new();
     for t in &plan.tasks {
         wanted.extend(t.fds.iter().map(|f| f.id));
@@ -412,10 +458,7 @@ pub fn open_all(
             )));
         }
     }
-    open_kinds(plan, &wanted, opts, &mut o)?;
-    open_fs_dirs(plan, &mut o)?;
-    collect_owners(plan, &mut o)?;
-    Ok(o)
+    Ok(wanted)
 }
 
 /// Opens the cwd and root of every task (see [`Opened::fs_dirs`]).

@@ -16,12 +16,11 @@
 use stasis_images::pb;
 
 use super::images_out;
+pub use super::probe::{Creds, ThreadFacts};
 use super::probe::{FpRegs, ProcessProbe, ThreadProbe, TlsDesc};
 use crate::proc::misc::Rlimit;
 use crate::proc::timers::PosixTimer;
 use crate::regs_image::regs_to_pb;
-/// `user_x86_regs_mode` NATIVE (defined with the register conversion).
-pub use crate::regs_image::REGS_NATIVE;
 
 /// `task_state` values.
 pub const TASK_ALIVE: u32 = 1;
@@ -30,34 +29,6 @@ pub const TASK_STOPPED: u32 = 3;
 
 /// `mtype` X86_64.
 pub const MARCH_X86_64: u32 = 1;
-
-/// What the core image of a thread is built from, besides the probes.
-#[derive(Debug, Clone, Default)]
-pub struct ThreadFacts {
-    pub tid: i32,
-    pub comm: String,
-    pub blk_sigset: u64,
-    pub sched_policy: u32,
-    pub sched_nice: i32,
-    pub sched_prio: u32,
-    pub creds: Creds,
-}
-
-/// Credentials of a thread (from `/proc/PID/task/TID/status`).
-#[derive(Debug, Clone, Default)]
-pub struct Creds {
-    pub uid: [u32; 4],
-    pub gid: [u32; 4],
-    pub groups: Vec<u32>,
-    pub cap_inh: u64,
-    pub cap_prm: u64,
-    pub cap_eff: u64,
-    pub cap_bnd: u64,
-    pub cap_amb: u64,
-    pub secbits: u32,
-    /// `PR_GET_NO_NEW_PRIVS` (NoNewPrivs in /proc).
-    pub no_new_privs: bool,
-}
 
 /// What the process part (`tc`) is built from.
 #[derive(Debug, Clone, Default)]
