@@ -370,3 +370,17 @@ fn fanotify_marks() {
 fn file_owned_by_a_thread() {
     round_trip("fown_tid", BASE + 50, &[]);
 }
+
+/// An `O_PATH|O_NOFOLLOW` descriptor of a symlink that was then removed: restored as a
+/// symlink with the same target, still unlinked.
+#[test]
+fn unlinked_symlink() {
+    round_trip("ghost_link", BASE + 51, &[]);
+}
+
+/// A character device node made with mknod (1:3, the null device), opened and removed:
+/// restored as a node of the same mode and rdev, still unlinked, and it still works.
+#[test]
+fn unlinked_device_node() {
+    round_trip("ghost_dev", BASE + 52, &[]);
+}

@@ -10,8 +10,9 @@
 //! task fds:      image fd numbers (dup2 of desc[id]) + map fds until the switch closes them
 //! ```
 //!
-//! Unlinked files (ghosts), and removed directories a task had as cwd or root, are made again
-//! with their content, owner, mode and times (under directories made for the moment when
+//! Unlinked files (ghosts: regular files, FIFOs, device nodes, symlinks), and removed
+//! directories a task had as cwd or root, are made again with their content (rdev, symlink
+//! target), owner, mode and times (under directories made for the moment when
 //! those are gone too), opened `O_PATH` once per dumped inode, and removed; descriptions,
 //! mappings and cwd/root reopen them through /proc/self/fd. The signal of an owned file is
 //! set here, its owner by the owning task itself once it exists ([`set_owners`]); file locks
@@ -695,8 +696,8 @@ fn reopen(fd: RawFd, flags: u32) -> Result<OwnedFd, RestoreError> {
         .map_err(|e| sys(format!("reopen {p}"), e))
 }
 
-/// Recreates an unlinked file, directory or FIFO (a ghost) with its content, owner, mode and
-/// times, and returns an `O_PATH` descriptor of it once it is unlinked again (reopen it
+/// Recreates an unlinked file, directory, FIFO, device node (mode and rdev) or symlink (its
+/// target) — a ghost — with its content, owner, mode and times, and returns an `O_PATH` descriptor of it once it is unlinked again (reopen it
 /// through /proc/self/fd with the flags wanted). It is created under its old name, in
 /// directories made for the moment when they were removed too, or beside that name when
 /// something else took it since.
@@ -775,6 +776,26 @@ fn create_ghost(
                     .map_err(|e| io("size ghost file", &name, e))?;
             }
         }
+        kind @ (libc::S_IFCHR | libc::S_IFBLK) => {
+            let rdev = head
+                .rdev
+                .ok_or_else(|| mismatch(&name, "deleted device node without its rdev"))?;
+            let kind = if kind == libc::S_IFCHR {
+                nix::sys::stat::SFlag::S_IFCHR
+            } else {
+                nix::sys::stat::SFlag::S_IFBLK
+            };
+            nix::sys::stat::mknod(path, kind, Mode::from_bits_truncate(perm), rdev.into())
+                .map_err(|e| sys(format!("make ghost device node {name}"), e))?
+        }
+        libc::S_IFLNK => {
+            let target = head
+                .symlnk_target
+                .as_deref()
+                .ok_or_else(|| mismatch(&name, "deleted symlink without its target"))?;
+            std::os::unix::fs::symlink(target, path)
+                .map_err(|e| io("make ghost symlink", &name, e))?
+        }
         other => {
             return Err(RestoreError::Unsupported(format!(
                 "deleted file {name} of type {other:o}"
@@ -783,8 +804,11 @@ fn create_ghost(
     }
     std::os::unix::fs::lchown(path, Some(head.uid), Some(head.gid))
         .map_err(|e| io("chown ghost", &name, e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(perm))
-        .map_err(|e| io("chmod ghost", &name, e))?;
+    // A symlink has no mode of its own (chmod would follow it).
+    if head.mode & libc::S_IFMT != libc::S_IFLNK {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(perm))
+            .map_err(|e| io("chmod ghost", &name, e))?;
+    }
     let ts = |t: &Option<stasis_images::pb::Timeval>| {
         t.as_ref()
             .map_or(nix::sys::time::TimeSpec::UTIME_OMIT, |t| {
