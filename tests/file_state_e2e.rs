@@ -384,3 +384,45 @@ fn unlinked_symlink() {
 fn unlinked_device_node() {
     round_trip("ghost_dev", BASE + 52, &[]);
 }
+
+/// With `--root` other than `/`, a unix socket bound to a path name is refused by name (the
+/// restorer binds before the tree is chrooted, so the socket file would be made outside the
+/// root); nothing of the tree is left running.
+#[test]
+fn unix_socket_path_under_another_root_refused() {
+    let _lock = restore_lock();
+    let name = "unix_gone";
+    let base = BASE + 53;
+    with_round_trip_deadline(
+        90,
+        cgroup_path(&format!("fx-files-{name}"), base),
+        move |restored| {
+            let work = tempfile::tempdir().unwrap();
+            let mut w = start(name, base, work.path());
+            *restored.lock().unwrap() = vec![w.pid];
+            let images = tempfile::tempdir().unwrap();
+            stasis_dumps(&w, images.path(), &[]);
+            let pids = pids_of(images.path());
+            *restored.lock().unwrap() = pids.clone();
+            reap_dumped(&mut w);
+            wait_gone(&pids, 10, "the dumped tree");
+            // A root that is another name of `/`: every other file of the images is found.
+            let root = work.path().join("root");
+            std::os::unix::fs::symlink("/", &root).unwrap();
+            let out = stasis_bin()
+                .args(["restore", "-d", "-D"])
+                .arg(images.path())
+                .arg("--root")
+                .arg(&root)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "restore with --root succeeded");
+            assert!(
+                err.contains("binding a path name under --root is not built yet"),
+                "the refusal does not say why: {err}"
+            );
+            assert!(gone(&pids), "a refused restore left tasks running");
+        },
+    )
+}

@@ -547,6 +547,7 @@ fn open_kinds(
         .collect();
     let extra = crate::files::Extra::read_dir(&plan.dir, &tcp_inos)?;
     let mut ctx = crate::files::RestoreCtx::new(opts, &extra, plan.files.values());
+    ctx.root = plan.root.clone();
     // Unlinked files restored above, by the inode they had (see RestoreCtx::inodes).
     for (id, (g, _)) in &plan.ghosts {
         if let (Some(&fd), Some(dev), Some(ino)) = (o.desc.get(id), g.dev, g.ino) {

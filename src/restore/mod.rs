@@ -164,6 +164,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         ext_unix_sk: opts.ext_unix_sk,
         shell_job: opts.shell_job,
         tcp_close: opts.tcp_close,
+        other_root: plan.root != std::path::Path::new("/"),
     };
     let mut opened = files::open_all(&plan, kinds_opts)?;
     let (ready_r, ready_w) =
