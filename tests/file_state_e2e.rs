@@ -118,14 +118,8 @@ fn round_trip_by(
         cgroup_path(&format!("fx-files-{name}"), base),
         move |restored| {
             let work = tempfile::tempdir().unwrap();
-            let mut w = start(name, base, work.path());
-            *restored.lock().unwrap() = vec![w.pid];
-            let images = tempfile::tempdir().unwrap();
-            dump(&w, images.path(), dump_args);
-            let pids = pids_of(images.path());
-            *restored.lock().unwrap() = pids.clone();
-            reap_dumped(&mut w);
-            wait_gone(&pids, 10, "the dumped tree");
+            let (w, images, pids) =
+                start_and_dump(name, base, work.path(), dump, dump_args, &restored);
             restore(images.path(), restore_args);
             std::thread::sleep(Duration::from_millis(300));
             verify_then_kill(&w, &pids, &format!("fx-files {name} restored"));
@@ -195,6 +189,27 @@ fn criu_restores_stasis_images() {
             criu_restores,
         );
     }
+}
+
+/// Starts scenario `name` in `work`, dumps it with `dump` (which kills it) and waits until
+/// it is gone: the workload, the images and the dumped pids (also put in `restored`).
+fn start_and_dump(
+    name: &str,
+    base: i32,
+    work: &Path,
+    dump: fn(&Workload, &Path, &[&str]),
+    dump_args: &[&str],
+    restored: &Restored,
+) -> (Workload, tempfile::TempDir, Vec<i32>) {
+    let mut w = start(name, base, work);
+    *restored.lock().unwrap() = vec![w.pid];
+    let images = tempfile::tempdir().unwrap();
+    dump(&w, images.path(), dump_args);
+    let pids = pids_of(images.path());
+    *restored.lock().unwrap() = pids.clone();
+    reap_dumped(&mut w);
+    wait_gone(&pids, 10, "the dumped tree");
+    (w, images, pids)
 }
 
 /// The dump of scenario `name` fails naming `what`, and the task runs on and verifies.
@@ -398,14 +413,8 @@ fn unix_socket_path_under_another_root_refused() {
         cgroup_path(&format!("fx-files-{name}"), base),
         move |restored| {
             let work = tempfile::tempdir().unwrap();
-            let mut w = start(name, base, work.path());
-            *restored.lock().unwrap() = vec![w.pid];
-            let images = tempfile::tempdir().unwrap();
-            stasis_dumps(&w, images.path(), &[]);
-            let pids = pids_of(images.path());
-            *restored.lock().unwrap() = pids.clone();
-            reap_dumped(&mut w);
-            wait_gone(&pids, 10, "the dumped tree");
+            let (_w, images, pids) =
+                start_and_dump(name, base, work.path(), stasis_dumps, &[], &restored);
             // A root that is another name of `/`: every other file of the images is found.
             let root = work.path().join("root");
             std::os::unix::fs::symlink("/", &root).unwrap();
