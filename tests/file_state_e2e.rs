@@ -153,6 +153,8 @@ const CRIU_SCENARIOS: &[(&str, &[&str])] = &[
     ("scm", &[]),
     ("pidfd", &[]),
     ("fanotify", &[]),
+    ("ghost_link", &[]),
+    ("ghost_dev", &[]),
 ];
 
 /// Images made by CRIU 4.2 (`STASIS_CRIU=path` to its binary) restore the same state: each
@@ -173,7 +175,14 @@ fn criu_images_restore() {
 }
 
 /// Kinds stasis dumps that CRIU 4.2 restores from stasis's images (`STASIS_CRIU=path`).
-const STASIS_TO_CRIU: &[&str] = &["fdshare", "scm", "pidfd", "fanotify"];
+const STASIS_TO_CRIU: &[&str] = &[
+    "fdshare",
+    "scm",
+    "pidfd",
+    "fanotify",
+    "ghost_link",
+    "ghost_dev",
+];
 
 /// Images stasis makes of these kinds restore with CRIU 4.2 and verify.
 #[test]
