@@ -118,14 +118,8 @@ fn round_trip_by(
         cgroup_path(&format!("fx-files-{name}"), base),
         move |restored| {
             let work = tempfile::tempdir().unwrap();
-            let mut w = start(name, base, work.path());
-            *restored.lock().unwrap() = vec![w.pid];
-            let images = tempfile::tempdir().unwrap();
-            dump(&w, images.path(), dump_args);
-            let pids = pids_of(images.path());
-            *restored.lock().unwrap() = pids.clone();
-            reap_dumped(&mut w);
-            wait_gone(&pids, 10, "the dumped tree");
+            let (w, images, pids) =
+                start_and_dump(name, base, work.path(), dump, dump_args, &restored);
             restore(images.path(), restore_args);
             std::thread::sleep(Duration::from_millis(300));
             verify_then_kill(&w, &pids, &format!("fx-files {name} restored"));
@@ -159,6 +153,8 @@ const CRIU_SCENARIOS: &[(&str, &[&str])] = &[
     ("scm", &[]),
     ("pidfd", &[]),
     ("fanotify", &[]),
+    ("ghost_link", &[]),
+    ("ghost_dev", &[]),
 ];
 
 /// Images made by CRIU 4.2 (`STASIS_CRIU=path` to its binary) restore the same state: each
@@ -179,7 +175,14 @@ fn criu_images_restore() {
 }
 
 /// Kinds stasis dumps that CRIU 4.2 restores from stasis's images (`STASIS_CRIU=path`).
-const STASIS_TO_CRIU: &[&str] = &["fdshare", "scm", "pidfd", "fanotify"];
+const STASIS_TO_CRIU: &[&str] = &[
+    "fdshare",
+    "scm",
+    "pidfd",
+    "fanotify",
+    "ghost_link",
+    "ghost_dev",
+];
 
 /// Images stasis makes of these kinds restore with CRIU 4.2 and verify.
 #[test]
@@ -195,6 +198,27 @@ fn criu_restores_stasis_images() {
             criu_restores,
         );
     }
+}
+
+/// Starts scenario `name` in `work`, dumps it with `dump` (which kills it) and waits until
+/// it is gone: the workload, the images and the dumped pids (also put in `restored`).
+fn start_and_dump(
+    name: &str,
+    base: i32,
+    work: &Path,
+    dump: fn(&Workload, &Path, &[&str]),
+    dump_args: &[&str],
+    restored: &Restored,
+) -> (Workload, tempfile::TempDir, Vec<i32>) {
+    let mut w = start(name, base, work);
+    *restored.lock().unwrap() = vec![w.pid];
+    let images = tempfile::tempdir().unwrap();
+    dump(&w, images.path(), dump_args);
+    let pids = pids_of(images.path());
+    *restored.lock().unwrap() = pids.clone();
+    reap_dumped(&mut w);
+    wait_gone(&pids, 10, "the dumped tree");
+    (w, images, pids)
 }
 
 /// The dump of scenario `name` fails naming `what`, and the task runs on and verifies.
@@ -369,4 +393,54 @@ fn fanotify_marks() {
 #[test]
 fn file_owned_by_a_thread() {
     round_trip("fown_tid", BASE + 50, &[]);
+}
+
+/// An `O_PATH|O_NOFOLLOW` descriptor of a symlink that was then removed: restored as a
+/// symlink with the same target, still unlinked.
+#[test]
+fn unlinked_symlink() {
+    round_trip("ghost_link", BASE + 51, &[]);
+}
+
+/// A character device node made with mknod (1:3, the null device), opened and removed:
+/// restored as a node of the same mode and rdev, still unlinked, and it still works.
+#[test]
+fn unlinked_device_node() {
+    round_trip("ghost_dev", BASE + 52, &[]);
+}
+
+/// With `--root` other than `/`, a unix socket bound to a path name is refused by name (the
+/// restorer binds before the tree is chrooted, so the socket file would be made outside the
+/// root); nothing of the tree is left running.
+#[test]
+fn unix_socket_path_under_another_root_refused() {
+    let _lock = restore_lock();
+    let name = "unix_gone";
+    let base = BASE + 53;
+    with_round_trip_deadline(
+        90,
+        cgroup_path(&format!("fx-files-{name}"), base),
+        move |restored| {
+            let work = tempfile::tempdir().unwrap();
+            let (_w, images, pids) =
+                start_and_dump(name, base, work.path(), stasis_dumps, &[], &restored);
+            // A root that is another name of `/`: every other file of the images is found.
+            let root = work.path().join("root");
+            std::os::unix::fs::symlink("/", &root).unwrap();
+            let out = stasis_bin()
+                .args(["restore", "-d", "-D"])
+                .arg(images.path())
+                .arg("--root")
+                .arg(&root)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "restore with --root succeeded");
+            assert!(
+                err.contains("binding a path name under --root is not built yet"),
+                "the refusal does not say why: {err}"
+            );
+            assert!(gone(&pids), "a refused restore left tasks running");
+        },
+    )
 }

@@ -19,6 +19,8 @@
 //!  fd 5 with a lock (fdinfo "lock: 1: FLOCK ADVISORY WRITE ..."), --file-locks:
 //!        filelocks.img {flag FL_FLOCK, type F_WRLCK, pid, fd 5, start, len}
 //!  cwd/root in a removed directory: a REG entry + a ghost with the directory's mode
+//!  an unlinked device node: ghost {mode, rdev} (no data: the device is never read)
+//!  an unlinked symlink (an O_PATH|O_NOFOLLOW fd): ghost {mode, symlnk_target}
 //! ```
 //!
 //! Two fds are one open file description when /proc shows the same and `kcmp(KCMP_FILE)`
@@ -392,10 +394,14 @@ impl Files {
     /// Records the unlinked file (or directory, or FIFO) behind `link` as a ghost of files.img
     /// entry `orig_id`: its metadata, and for a regular file its data (holes skipped; the
     /// ghost limit applies to the data, like CRIU's allocated-blocks check).
-    fn ghost(&mut self, pid: i32, orig_id: u32, link: &PathBuf) -> Result<()> {
-        let md =
-            std::fs::metadata(link).map_err(step_io(pid, format!("stat {}", link.display())))?;
-        let is_reg = md.file_type().is_file();
+    fn ghost(&mut self, pid: i32, orig_id: u32, link: &PathBuf, node: &File) -> Result<()> {
+        use std::os::unix::fs::FileTypeExt;
+        // fstat of the O_PATH descriptor: a symlink's own inode, not its target.
+        let md = node
+            .metadata()
+            .map_err(step_io(pid, format!("stat {}", link.display())))?;
+        let kind = md.file_type();
+        let is_reg = kind.is_file();
         if is_reg {
             let f = File::open(link).map_err(step_io(pid, format!("open {}", link.display())))?;
             let data: u64 = data_segments(&f, md.size())
@@ -427,6 +433,21 @@ impl Files {
             header["chunks"] = json!(true);
             header["size"] = json!(md.size());
         }
+        if kind.is_char_device() || kind.is_block_device() {
+            // The glibc encoding, as CRIU writes it and as mknod(2) takes it back.
+            header["rdev"] = json!(md.rdev() as u32);
+        }
+        if kind.is_symlink() {
+            let target = nix::fcntl::readlinkat(node, "").map_err(|e| {
+                DumpError::new(
+                    "files",
+                    pid,
+                    Some(e as i32),
+                    format!("read the target of unlinked symlink {}", link.display()),
+                )
+            })?;
+            header["symlnk_target"] = json!(target.to_string_lossy());
+        }
         self.remaps
             .push(json!({"orig_id": orig_id, "remap_id": id, "remap_type": "GHOST"}));
         self.ghosts.push(Ghost {
@@ -453,7 +474,7 @@ impl Files {
         let (id, f) = self.reg_entry(pid, link, name, flags, pos)?;
         let nlink = f.metadata().map(|m| m.nlink()).unwrap_or(1);
         if deleted && nlink == 0 {
-            self.ghost(pid, id, link)?;
+            self.ghost(pid, id, link, &f)?;
         } else if deleted {
             return Err(self.link_remap_refusal(pid, what, name));
         }

@@ -483,14 +483,20 @@ fn write_images(
             .create(&format!("ghost-file-{}.img", g.id), out::GHOST_FILE)
             .map_err(img(root))?;
         f.entry(&g.header).map_err(img(root))?;
-        let chunks = collect_files::data_chunks(&g.path, g.size).map_err(|e| {
-            DumpError::io(
-                "images",
-                root,
-                &format!("read ghost {}", g.path.display()),
-                e,
-            )
-        })?;
+        // Only a regular file has data (size 0 otherwise): a device node, a symlink or a
+        // directory is never opened for reading here.
+        let chunks = if g.size == 0 {
+            Vec::new()
+        } else {
+            collect_files::data_chunks(&g.path, g.size).map_err(|e| {
+                DumpError::io(
+                    "images",
+                    root,
+                    &format!("read ghost {}", g.path.display()),
+                    e,
+                )
+            })?
+        };
         for (off, data) in chunks {
             let chunk = serde_json::json!({"len": data.len(), "off": off});
             f.entry_with_payload(&chunk, &data).map_err(img(root))?;

@@ -13,6 +13,7 @@
 //! wd; the `IN_IGNORED` events that leaves behind are drained before the fd is handed out.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 
 use stasis_images::pb;
 
@@ -191,7 +192,7 @@ pub(crate) fn open_inode(
     fh: &pb::FhEntry,
     ctx: &RestoreCtx<'_>,
 ) -> Result<OwnedFd> {
-    match open_handle(kind, at, what, dev_ino, fh) {
+    match open_handle(kind, at, what, dev_ino, fh, &ctx.root) {
         Err(e) if e.errno() == Some(libc::ESTALE) || e.errno() == Some(libc::ENOENT) => {
             match ctx.inodes.get(&dev_ino) {
                 Some(fd) => fdkinds::open(
@@ -218,7 +219,7 @@ pub(crate) fn handle_path(dev_ino: (u32, u64), fh: &pb::FhEntry) -> Option<Strin
         path: None,
         ..fh.clone()
     };
-    let fd = open_handle(KIND, At::Id(0), "", dev_ino, &no_path).ok()?;
+    let fd = open_handle(KIND, At::Id(0), "", dev_ino, &no_path, Path::new("/")).ok()?;
     let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
     let path = std::fs::read_link(&link).ok()?.to_str()?.to_string();
     let same = std::fs::symlink_metadata(&path)
@@ -226,13 +227,14 @@ pub(crate) fn handle_path(dev_ino: (u32, u64), fh: &pb::FhEntry) -> Option<Strin
     (path.starts_with('/') && same).then_some(path)
 }
 
-/// Opens an inode by its handle, or its path (O_PATH).
+/// Opens an inode by its handle, or its path resolved under `root` (O_PATH).
 fn open_handle(
     kind: &'static str,
     at: At,
     what: &str,
     (s_dev, i_ino): (u32, u64),
     fh: &pb::FhEntry,
+    root: &Path,
 ) -> Result<OwnedFd> {
     let bytes = unpack_handle(&fh.handle, fh.bytes as usize).ok_or_else(|| {
         image(
@@ -258,10 +260,10 @@ fn open_handle(
         }
     }
     if let Some(p) = &fh.path {
-        return fdkinds::open(p, libc::O_PATH | libc::O_CLOEXEC).map_err(sys(
+        return crate::restore::root::open(root, p, nix::fcntl::OFlag::O_PATH).map_err(sys(
             kind,
             at,
-            format!("open {p}"),
+            format!("open {p} under {}", root.display()),
         ));
     }
     match last {
@@ -337,4 +339,28 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
     fdkinds::set_fl(&fd, cur & !libc::O_NONBLOCK).map_err(sys(KIND, at, "F_SETFL"))?;
     common::restore_params(KIND, e.id, &fd, ify.flags, &ify.fown)?;
     Ok(fd)
+}
+
+#[cfg(test)]
+mod root_tests {
+    use super::*;
+
+    /// A watch whose handle finds nothing falls back to its path, resolved under `--root`.
+    #[test]
+    fn watch_path_resolves_under_the_root() {
+        let root = std::env::temp_dir().join(format!("stasis-ify-root-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("x")).unwrap();
+        std::fs::write(root.join("x/watched"), b"").unwrap();
+        let fh = pb::FhEntry {
+            path: Some("/x/watched".into()),
+            ..Default::default()
+        };
+        // A device with no mount here: only the path can find the inode.
+        let dev_ino = (u32::MAX, 1);
+        let fd = open_handle(KIND, At::Id(1), "wd 1", dev_ino, &fh, &root).unwrap();
+        let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        assert_eq!(std::fs::read_link(link).unwrap(), root.join("x/watched"));
+        assert!(open_handle(KIND, At::Id(1), "wd 1", dev_ino, &fh, Path::new("/")).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -89,6 +89,9 @@ pub struct RestoreOptions {
     pub shell_job: bool,
     /// `--tcp-close`: established connections are restored closed.
     pub tcp_close: bool,
+    /// `--root` is another directory than `/`: sockets bound to a path name are refused
+    /// (see `unix`).
+    pub other_root: bool,
 }
 
 /// One fd to dump. `file` is the task's descriptor, duplicated into the dumper.
@@ -176,6 +179,9 @@ pub struct RestoreCtx<'a> {
     pub(crate) remove_later: Vec<std::path::PathBuf>,
     /// Queues that pass descriptors, written once every file is open ([`scm`]).
     pub(crate) scm_fills: Vec<(At, OwnedFd, Vec<scm::Packet>)>,
+    /// The restore's `--root` (`/` by default): image paths (an inotify watch's path when
+    /// its file handle finds nothing) resolve under it.
+    pub root: std::path::PathBuf,
 }
 
 impl Drop for RestoreCtx<'_> {
@@ -213,6 +219,7 @@ impl<'a> RestoreCtx<'a> {
             inodes: HashMap::new(),
             remove_later: Vec::new(),
             scm_fills: Vec::new(),
+            root: std::path::PathBuf::from("/"),
         }
     }
 

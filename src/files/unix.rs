@@ -384,6 +384,16 @@ fn bind_name(
         return Ok(());
     }
     let path = path_of(u);
+    if let (Some(p), true) = (&path, ctx.opts.other_root) {
+        // The restorer binds before the tree is chrooted into --root: the socket file would
+        // be made outside the root, and binding at the root-prefixed host path would change
+        // the address getsockname(2) returns. Abstract and unnamed sockets are not affected.
+        return Err(unsupported(
+            KIND,
+            at,
+            format!("socket bound to {p}: binding a path name under --root is not built yet"),
+        ));
+    }
     if let Some(p) = &path {
         // The dead task's socket file is still there: a new bind needs the name free.
         if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()) {

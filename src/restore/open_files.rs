@@ -10,8 +10,9 @@
 //! task fds:      image fd numbers (dup2 of desc[id]) + map fds until the switch closes them
 //! ```
 //!
-//! Unlinked files (ghosts), and removed directories a task had as cwd or root, are made again
-//! with their content, owner, mode and times (under directories made for the moment when
+//! Unlinked files (ghosts: regular files, FIFOs, device nodes, symlinks), and removed
+//! directories a task had as cwd or root, are made again with their content (rdev, symlink
+//! target), owner, mode and times (under directories made for the moment when
 //! those are gone too), opened `O_PATH` once per dumped inode, and removed; descriptions,
 //! mappings and cwd/root reopen them through /proc/self/fd. The signal of an owned file is
 //! set here, its owner by the owning task itself once it exists ([`set_owners`]); file locks
@@ -613,6 +614,7 @@ fn open_kinds(
         .collect();
     let extra = crate::files::Extra::read_dir(&plan.dir, &tcp_inos)?;
     let mut ctx = crate::files::RestoreCtx::new(opts, &extra, plan.files.values());
+    ctx.root = plan.root.clone();
     // Unlinked files restored above, by the inode they had (see RestoreCtx::inodes).
     for (id, (g, _)) in &plan.ghosts {
         if let (Some(&fd), Some(dev), Some(ino)) = (o.desc.get(id), g.dev, g.ino) {
@@ -762,8 +764,8 @@ fn reopen(fd: RawFd, flags: u32) -> Result<OwnedFd, RestoreError> {
         .map_err(|e| sys(format!("reopen {p}"), e))
 }
 
-/// Recreates an unlinked file, directory or FIFO (a ghost) with its content, owner, mode and
-/// times, and returns an `O_PATH` descriptor of it once it is unlinked again (reopen it
+/// Recreates an unlinked file, directory, FIFO, device node (mode and rdev) or symlink (its
+/// target) — a ghost — with its content, owner, mode and times, and returns an `O_PATH` descriptor of it once it is unlinked again (reopen it
 /// through /proc/self/fd with the flags wanted). It is created under its old name, in
 /// directories made for the moment when they were removed too, or beside that name when
 /// something else took it since.
@@ -842,6 +844,26 @@ fn create_ghost(
                     .map_err(|e| io("size ghost file", &name, e))?;
             }
         }
+        kind @ (libc::S_IFCHR | libc::S_IFBLK) => {
+            let rdev = head
+                .rdev
+                .ok_or_else(|| mismatch(&name, "deleted device node without its rdev"))?;
+            let kind = if kind == libc::S_IFCHR {
+                nix::sys::stat::SFlag::S_IFCHR
+            } else {
+                nix::sys::stat::SFlag::S_IFBLK
+            };
+            nix::sys::stat::mknod(path, kind, Mode::from_bits_truncate(perm), rdev.into())
+                .map_err(|e| sys(format!("make ghost device node {name}"), e))?
+        }
+        libc::S_IFLNK => {
+            let target = head
+                .symlnk_target
+                .as_deref()
+                .ok_or_else(|| mismatch(&name, "deleted symlink without its target"))?;
+            std::os::unix::fs::symlink(target, path)
+                .map_err(|e| io("make ghost symlink", &name, e))?
+        }
         other => {
             return Err(RestoreError::Unsupported(format!(
                 "deleted file {name} of type {other:o}"
@@ -850,8 +872,11 @@ fn create_ghost(
     }
     std::os::unix::fs::lchown(path, Some(head.uid), Some(head.gid))
         .map_err(|e| io("chown ghost", &name, e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(perm))
-        .map_err(|e| io("chmod ghost", &name, e))?;
+    // A symlink has no mode of its own (chmod would follow it).
+    if head.mode & libc::S_IFMT != libc::S_IFLNK {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(perm))
+            .map_err(|e| io("chmod ghost", &name, e))?;
+    }
     let ts = |t: &Option<stasis_images::pb::Timeval>| {
         t.as_ref()
             .map_or(nix::sys::time::TimeSpec::UTIME_OMIT, |t| {

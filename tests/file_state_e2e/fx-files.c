@@ -26,6 +26,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -786,6 +787,45 @@ static void fown_tid_check(void) {
     CHECK(t_got == t_tid, "the pipe's signal went to thread %d, not its owner %d", t_got, t_tid);
 }
 
+/* ---- unlinked symlink (O_PATH|O_NOFOLLOW) and device node ---- */
+static int gl_fd, gd_fd;
+static char gl_path[512], gd_path[512];
+static void ghost_link_setup(void) {
+    path_of(gl_path, "ghost-link");
+    symlink("../some/ghost-target", gl_path);
+    gl_fd = open(gl_path, O_PATH | O_NOFOLLOW);
+    unlink(gl_path);
+}
+static void ghost_link_check(void) {
+    struct stat st;
+    char t[64] = { 0 };
+    CHECK(fstatat(gl_fd, "", &st, AT_EMPTY_PATH) == 0, "fstat: %s", strerror(errno));
+    CHECK(S_ISLNK(st.st_mode), "mode %o: not a symlink", st.st_mode);
+    CHECK(st.st_nlink == 0, "nlink %lu: no longer unlinked", (unsigned long)st.st_nlink);
+    CHECK(readlinkat(gl_fd, "", t, sizeof(t)) == 20 && !memcmp(t, "../some/ghost-target", 20),
+          "target [%s]", t);
+    CHECK(fcntl(gl_fd, F_GETFL) & O_PATH, "not O_PATH");
+    CHECK(!exists(gl_path), "%s exists again", gl_path);
+}
+static void ghost_dev_setup(void) {
+    path_of(gd_path, "ghost-null");
+    mknod(gd_path, S_IFCHR | 0620, makedev(1, 3));
+    chmod(gd_path, 0620); /* past the umask */
+    gd_fd = open(gd_path, O_RDWR);
+    unlink(gd_path);
+}
+static void ghost_dev_check(void) {
+    struct stat st;
+    CHECK(fstat(gd_fd, &st) == 0, "fstat: %s", strerror(errno));
+    CHECK(S_ISCHR(st.st_mode) && (st.st_mode & 07777) == 0620, "mode %o", st.st_mode);
+    CHECK(major(st.st_rdev) == 1 && minor(st.st_rdev) == 3, "rdev %u:%u", major(st.st_rdev),
+          minor(st.st_rdev));
+    CHECK(st.st_nlink == 0, "nlink %lu: no longer unlinked", (unsigned long)st.st_nlink);
+    CHECK((fcntl(gd_fd, F_GETFL) & O_ACCMODE) == O_RDWR, "flags");
+    CHECK(write(gd_fd, "x", 1) == 1, "write to the null device: %s", strerror(errno));
+    CHECK(!exists(gd_path), "%s exists again", gd_path);
+}
+
 struct scenario { const char *name; void (*setup)(void); void (*check)(void); };
 static const struct scenario scenarios[] = {
     { "ghost", ghost_setup, ghost_check },
@@ -814,6 +854,8 @@ static const struct scenario scenarios[] = {
     { "pidfd", pidfd_setup, pidfd_check },
     { "fanotify", fanotify_setup, fanotify_check },
     { "fown_tid", fown_tid_setup, fown_tid_check },
+    { "ghost_link", ghost_link_setup, ghost_link_check },
+    { "ghost_dev", ghost_dev_setup, ghost_dev_check },
 };
 
 int main(int argc, char **argv) {
