@@ -54,6 +54,47 @@ fn unknown_and_unsupported_options_are_refused_by_name() {
     }
 }
 
+/// A task in namespaces of its own (here ipc and uts) would be restored in the restorer's:
+/// the dump refuses it by name and leaves it running.
+#[test]
+fn tree_in_its_own_namespaces_is_refused_by_name() {
+    let base = 32250;
+    let cg = cgroup_path("own-ns", base);
+    let _lock = restore_lock();
+    with_deadline(
+        60,
+        move || kill_cgroup(&cg),
+        move || {
+            let work = tempfile::tempdir().unwrap();
+            let ready = work.path().join("READY");
+            let w = launch_cmd(
+                "own-ns",
+                base,
+                &format!(
+                    "setsid unshare --uts --ipc sh -c 'touch {}; exec sleep 60'",
+                    ready.display()
+                ),
+                &ready,
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let out = stasis_bin()
+                .args(["dump", "-t", &w.pid.to_string(), "-D"])
+                .arg(dir.path())
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(&format!("task {}", w.pid))
+                    && err.contains("in its own ipc namespace")
+                    && err.contains("not built yet"),
+                "{err}"
+            );
+            assert!(all_running(&w));
+        },
+    )
+}
+
 #[test]
 fn failed_cli_dump_names_step_task_errno_and_releases_the_tree() {
     let base = 32240;

@@ -726,6 +726,7 @@ fn dump_frozen(
     fault::check("collect-tree", opts.pid)?;
     let t = prof.now_us();
     let tree = tree::collect(opts.pid)?;
+    tree::check_namespaces(&tree)?;
     tree::check_external(&tree, opts.shell_job)?;
     if !opts.file_locks {
         tree::check_file_locks(&tree)?;
