@@ -47,31 +47,12 @@ pub fn send_msg(sock: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> Result<
             iov_len: p.len(),
         })
         .collect();
-    let data_len = std::mem::size_of_val(fds) as u32;
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
     // SAFETY: msghdr is plain data; zero is a valid initial value for every field.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iovs.as_mut_ptr();
     msg.msg_iovlen = iovs.len();
-    if !fds.is_empty() {
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        // SAFETY: `control` is 8-aligned and `space` bytes long, enough for one cmsghdr with
-        // `data_len` bytes; CMSG_FIRSTHDR/CMSG_DATA stay inside it.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as usize;
-            std::ptr::copy_nonoverlapping(
-                fds.as_ptr().cast::<u8>(),
-                libc::CMSG_DATA(cmsg),
-                data_len as usize,
-            );
-        }
-    }
+    let mut control = Vec::new();
+    super::socket::put_rights(&mut msg, &mut control, fds);
     // SAFETY: `msg` points to live iovecs over `parts` and to `control`.
     let ret = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
     check(ret as libc::c_long)

@@ -49,21 +49,33 @@ pub fn fork_with_pid(pid: i32, flags: u64, exit_signal: u64) -> Result<Forked, E
         set_tid_size: 1,
         ..Default::default()
     };
-    // SAFETY: `args` and `tid` live across the call and have the kernel's layout; without
-    // CLONE_VM the child gets a copy-on-write copy of this address space and continues here
-    // with its own stack copy, like fork(2). No Rust invariant is broken because the restorer
-    // is single-threaded (documented precondition), so no lock is held by another thread.
+    // SAFETY: `args` and `tid` live across the call; fork-like (see `clone3`), and the
+    // restorer is single-threaded (documented precondition).
+    match unsafe { clone3(&args) }? {
+        0 => Ok(Forked::Child),
+        r => Ok(Forked::Parent(r as i32)),
+    }
+}
+
+/// `clone3(args)` without `CLONE_VM`: the child's PID in the parent, 0 in the child.
+///
+/// # Safety
+/// Every pointer in `args` stays valid across the call. The child gets a copy-on-write copy
+/// of this address space and continues here with its own stack copy, like fork(2): no Rust
+/// invariant is broken only if the caller is single-threaded (no lock held by another thread).
+unsafe fn clone3(args: &CloneArgs) -> Result<i64, Errno> {
+    // SAFETY: as the caller promises; `args` has the kernel's layout and size.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
-            &args as *const CloneArgs,
+            args as *const CloneArgs,
             std::mem::size_of::<CloneArgs>(),
         )
     };
-    match ret {
-        r if r < 0 => Err(Errno::last()),
-        0 => Ok(Forked::Child),
-        r => Ok(Forked::Parent(r as i32)),
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
     }
 }
 
@@ -80,15 +92,7 @@ pub fn exited_child_pidfd() -> Result<std::os::fd::OwnedFd, Errno> {
     };
     // SAFETY: as in fork_with_pid (fork-like, single-threaded caller); the kernel writes the
     // new pidfd into `pidfd`, which lives across the call. The child only calls _exit.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    match ret {
-        r if r < 0 => Err(Errno::last()),
+    match unsafe { clone3(&args) }? {
         0 => {
             // SAFETY: the child exits at once, running nothing of the parent's state.
             unsafe { libc::_exit(0) }

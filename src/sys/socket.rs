@@ -298,6 +298,33 @@ pub fn recv_with_rights(
     Ok((n, fds))
 }
 
+/// Points `msg`'s control data at `ctl`, filled with one `SCM_RIGHTS` message carrying
+/// `fds` (no control data when `fds` is empty). `ctl` must outlive every use of `msg`.
+pub(crate) fn put_rights(msg: &mut libc::msghdr, ctl: &mut Vec<u64>, fds: &[std::os::fd::RawFd]) {
+    if fds.is_empty() {
+        return;
+    }
+    let data_len = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
+    *ctl = vec![0u64; space.div_ceil(8)];
+    msg.msg_control = ctl.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: `ctl` is 8-aligned and `space` bytes long, room for one cmsghdr with
+    // `data_len` bytes of data; CMSG_FIRSTHDR/CMSG_DATA stay inside it.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as usize;
+        std::ptr::copy_nonoverlapping(
+            fds.as_ptr().cast::<u8>(),
+            libc::CMSG_DATA(cmsg),
+            data_len as usize,
+        );
+    }
+}
+
 /// `sendmsg(fd, buf, flags)` with `fds` attached as one `SCM_RIGHTS` message (none if
 /// empty): the bytes sent.
 pub fn send_with_rights(
@@ -310,31 +337,12 @@ pub fn send_with_rights(
         iov_base: buf.as_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
     };
-    let data_len = std::mem::size_of_val(fds) as u32;
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
-    let mut ctl = vec![0u64; space.div_ceil(8)];
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        msg.msg_control = ctl.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        // SAFETY: `ctl` is 8-aligned and `space` bytes long, room for one cmsghdr with
-        // `data_len` bytes of data; CMSG_FIRSTHDR/CMSG_DATA stay inside it.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as usize;
-            std::ptr::copy_nonoverlapping(
-                fds.as_ptr().cast::<u8>(),
-                libc::CMSG_DATA(cmsg),
-                data_len as usize,
-            );
-        }
-    }
+    let mut ctl = Vec::new();
+    put_rights(&mut msg, &mut ctl, fds);
     // SAFETY: `msg` points to `iov` (over `buf`, only read) and `ctl`, alive for the call.
     let r = unsafe { libc::sendmsg(raw(&fd), &msg, flags) };
     Ok(check(r as libc::c_long)? as usize)
