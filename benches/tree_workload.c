@@ -4,8 +4,8 @@
  *
  * The root forks NPROC-1 children; every process (root included) maps MIB MiB of private
  * anonymous memory and writes every page with a pattern of its own (the page's index mixed
- * with the process's index), then they all sleep in pause(). When every child is ready, the
- * root writes READY_FILE (its pid) and pauses.
+ * with the process's index), then they all wait in sigsuspend(). When every child is ready,
+ * the root writes READY_FILE (its pid) and waits too.
  *
  * Verification after a restore: SIGUSR1 to any process makes it re-check every page of its
  * region; a process whose memory is wrong exits with status 3 at once, a good one writes
@@ -43,10 +43,19 @@ static void verify(void) {
     close(fd);
 }
 
+/* Waits for SIGUSR1 with it blocked outside sigsuspend: a signal that comes while the task
+ * is anywhere else (e.g. just restored, before its sigsuspend restarts) stays pending
+ * instead of being handled and then waited for again forever, as with pause(). */
 static void run(void) {
+    sigset_t usr1, others;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &usr1, &others);
+    sigdelset(&others, SIGUSR1);
     for (;;) {
-        pause();
-        if (check_req) { check_req = 0; verify(); }
+        while (!check_req) sigsuspend(&others);
+        check_req = 0;
+        verify();
     }
 }
 

@@ -13,7 +13,7 @@ mod tests {
 
     #[test]
     fn wire_structs_have_the_documented_sizes() {
-        assert_eq!(size_of::<ParasiteArgs>(), 24);
+        assert_eq!(size_of::<ParasiteArgs>(), 64);
         assert_eq!(size_of::<CmdHeader>(), 8);
         assert_eq!(size_of::<ReplyHeader>(), 16);
         assert_eq!(size_of::<RemoteIov>(), 16);
