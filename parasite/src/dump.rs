@@ -684,6 +684,12 @@ extern "C" fn serve(args_ptr: *const ParasiteArgs) -> ! {
                 }
             }
             CMD_FINI => {
+                // The page pipes go before the answer: once answered, the dumper may stop
+                // this thread at any moment and then list the task's descriptors.
+                for pipe in pipes.iter_mut().filter(|p| **p >= 0) {
+                    sys(SYS_CLOSE, [*pipe as usize, 0, 0, 0, 0, 0]);
+                    *pipe = -1;
+                }
                 fini = reply(sock, hdr.cmd, Ok(&[]), &[]).is_ok();
                 break;
             }
