@@ -358,16 +358,7 @@ fn plan_by_scan(
             PE_PRESENT | lazy
         };
         for (s, e) in ranges {
-            match runs.last_mut() {
-                Some(r) if r.flags == flags && r.vaddr + r.nr_pages * PAGE_SIZE == s => {
-                    r.nr_pages += (e - s) / PAGE_SIZE
-                }
-                _ => runs.push(Run {
-                    vaddr: s,
-                    nr_pages: (e - s) / PAGE_SIZE,
-                    flags,
-                }),
-            }
+            push_run(&mut runs, s, (e - s) / PAGE_SIZE, flags);
         }
     }
     stats.pages_scanned += scanned;
@@ -407,20 +398,26 @@ fn plan_runs(
             } else {
                 PE_PRESENT | lazy
             };
-            match runs.last_mut() {
-                Some(r) if r.flags == flags && r.vaddr + r.nr_pages * PAGE_SIZE == addr => {
-                    r.nr_pages += 1
-                }
-                _ => runs.push(Run {
-                    vaddr: addr,
-                    nr_pages: 1,
-                    flags,
-                }),
-            }
+            push_run(&mut runs, addr, 1, flags);
         })
         .map_err(|e| DumpError::proc("pages", pid, e))?;
     }
     Ok(runs)
+}
+
+/// Appends `nr_pages` pages at `vaddr` to `runs`, extending the last run when they follow it
+/// with the same flags.
+fn push_run(runs: &mut Vec<Run>, vaddr: u64, nr_pages: u64, flags: u32) {
+    match runs.last_mut() {
+        Some(r) if r.flags == flags && r.vaddr + r.nr_pages * PAGE_SIZE == vaddr => {
+            r.nr_pages += nr_pages
+        }
+        _ => runs.push(Run {
+            vaddr,
+            nr_pages,
+            flags,
+        }),
+    }
 }
 
 /// Sends the private pages of process `pid` (runs from [`plan`]) through `sink`.

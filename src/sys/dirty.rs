@@ -126,20 +126,38 @@ pub fn scan_written(
     end: u64,
     arm: bool,
 ) -> Result<Vec<(u64, u64)>, Errno> {
+    scan(
+        pagemap,
+        start,
+        end,
+        PmScanArg {
+            flags: PM_SCAN_CHECK_WPASYNC | if arm { PM_SCAN_WP_MATCHING } else { 0 },
+            category_mask: PAGE_IS_WRITTEN,
+            return_mask: PAGE_IS_WRITTEN,
+            ..Default::default()
+        },
+    )
+}
+
+/// The matching ranges (start, end; sorted, merged) of `[start, end)` by `PAGEMAP_SCAN`
+/// calls of `query` (its flags and category masks; the walk fields are set here).
+fn scan(
+    pagemap: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+    query: PmScanArg,
+) -> Result<Vec<(u64, u64)>, Errno> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut vec = vec![PageRegion::default(); SCAN_VEC];
     let mut at = start;
     while at < end {
         let mut a = PmScanArg {
             size: std::mem::size_of::<PmScanArg>() as u64,
-            flags: PM_SCAN_CHECK_WPASYNC | if arm { PM_SCAN_WP_MATCHING } else { 0 },
             start: at,
             end,
             vec: vec.as_mut_ptr() as u64,
             vec_len: SCAN_VEC as u64,
-            category_mask: PAGE_IS_WRITTEN,
-            return_mask: PAGE_IS_WRITTEN,
-            ..Default::default()
+            ..query
         };
         // SAFETY: PAGEMAP_SCAN reads `a` and writes up to `vec_len` page_regions into `vec`,
         // which has that many; it writes `walk_end` back into `a`.
@@ -183,37 +201,18 @@ pub fn scan_ranges(
     end: u64,
     filter: ScanFilter,
 ) -> Result<Vec<(u64, u64)>, Errno> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    let mut vec = vec![PageRegion::default(); SCAN_VEC];
-    let mut at = start;
-    while at < end {
-        let mut a = PmScanArg {
-            size: std::mem::size_of::<PmScanArg>() as u64,
-            start: at,
-            end,
-            vec: vec.as_mut_ptr() as u64,
-            vec_len: SCAN_VEC as u64,
+    scan(
+        pagemap,
+        start,
+        end,
+        PmScanArg {
             category_inverted: filter.inverted,
             category_mask: filter.all,
             category_anyof_mask: filter.any,
             return_mask: filter.all | filter.any,
             ..Default::default()
-        };
-        // SAFETY: PAGEMAP_SCAN reads `a` and writes up to `vec_len` page_regions into `vec`,
-        // which has that many; it writes `walk_end` back into `a`.
-        let n = Errno::result(unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut a) })?;
-        for r in &vec[..(n as usize).min(SCAN_VEC)] {
-            match out.last_mut() {
-                Some(l) if l.1 == r.start => l.1 = r.end,
-                _ => out.push((r.start, r.end)),
-            }
-        }
-        if a.walk_end <= at {
-            return Err(Errno::EIO);
-        }
-        at = a.walk_end;
-    }
-    Ok(out)
+        },
+    )
 }
 
 /// Clears the soft-dirty bits of every page of `pid` (`echo 4 > /proc/PID/clear_refs`).
