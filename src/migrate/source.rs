@@ -113,6 +113,21 @@ impl Link {
         })
     }
 
+    /// Ends a page-server session a failed dump left open (FORCE_CLOSE, its answer awaited
+    /// a few seconds), so that the destination reads the next frame as a frame. Best effort:
+    /// a session cut inside a page run makes the destination fail on its own.
+    fn end_session(&mut self) {
+        use crate::pages::proto::{Header, PS_IOV_FORCE_CLOSE};
+        let h = Header::new(PS_IOV_FORCE_CLOSE, 0, 0, 0, 0).encode();
+        if self.stream.write_all(&h).is_err() {
+            return;
+        }
+        let _ = self.stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut answer = [0u8; 4];
+        let _ = std::io::Read::read_exact(&mut self.reader, &mut answer);
+        let _ = self.stream.set_read_timeout(None);
+    }
+
     /// A duplicate of the socket, as the raw fd a dump's `ps_socket` takes over.
     fn page_socket(&self) -> Result<i32> {
         let fd = self
@@ -275,6 +290,7 @@ fn run(
             ..Default::default()
         };
         let rep = crate::dump::predump::run(&opts, &mut PtraceBackend).map_err(|source| {
+            link.end_session();
             if index > 0 {
                 stop_tracker(&o.work_dir.join(&parent));
             }
@@ -351,6 +367,7 @@ fn run(
     };
     let rep = crate::dump::engine::run(&opts, &mut PtraceBackend).map_err(|source| {
         // A failed dump released the tree running; the chain's tracker goes.
+        link.end_session();
         stop_tracker(&o.work_dir.join(&parent));
         MigrateError::Dump {
             step: "final dump",
