@@ -12,7 +12,8 @@
 //!  rate × (copy_us_i + frozen_us_i), and copies it frozen:
 //!  predicted = overhead + dirty × 4096 / bandwidth       (overhead: 2 × frozen_us_i, the
 //!                                                         non-memory state and the restore)
-//!  stop when: predicted ≤ budget  │  pages_i > 90 % of pages_{i-1} (not shrinking)
+//!  stop when: predicted ≤ budget  │  pages_i > 90 % of pages_{i-1}, i ≥ 2 (the dirty set
+//!             is not shrinking; iteration 0 copied everything and compares with nothing)
 //!             │  i + 1 = max iterations
 //! ```
 
@@ -144,7 +145,8 @@ impl Convergence {
             }
         }
         let n = self.samples.len();
-        if n >= 2 {
+        // Dirty sets compare with dirty sets: the first iteration copied everything.
+        if n >= 3 {
             let previous = self.samples[n - 2].pages;
             if s.pages * 10 > previous * 9 {
                 return Some(Stop::NotPaying {
@@ -199,8 +201,9 @@ mod tests {
     #[test]
     fn a_writer_faster_than_the_link_stops_paying() {
         let mut c = Convergence::new(policy(50, 8));
-        assert_eq!(c.record(sample(100_000, 400, 0)), None);
-        // 80000 pages dirtied in 400 ms: the dirty set hardly shrinks, far above budget.
+        assert_eq!(c.record(sample(200_000, 800, 0)), None);
+        assert_eq!(c.record(sample(100_000, 400, 802)), None);
+        // 95000 pages dirtied in 400 ms: the dirty set hardly shrinks, far above budget.
         assert_eq!(
             c.record(sample(95_000, 380, 402)),
             Some(Stop::NotPaying {
