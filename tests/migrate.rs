@@ -197,13 +197,18 @@ impl Hosts {
     /// `stasis migrate-receive --listen B:PORT -D DIR --restore EXTRA...` in host B, once it
     /// listens.
     fn receive(&self, extra: &[&str]) -> (Child, PathBuf) {
+        self.receive_on(&format!("{ADDR_B}:{PORT}"), extra)
+    }
+
+    /// [`Self::receive`] listening on `listen`.
+    fn receive_on(&self, listen: &str, extra: &[&str]) -> (Child, PathBuf) {
         let dir = self.path("dest");
         std::fs::create_dir_all(&dir).unwrap();
         let log = self.path("receive.log");
         let child = self
             .b
             .cmd(stasis())
-            .args(["migrate-receive", "--listen", &format!("{ADDR_B}:{PORT}")])
+            .args(["migrate-receive", "--listen", listen])
             .args(["-D", dir.to_str().unwrap(), "--restore", "-v4"])
             .args(["-o", log.to_str().unwrap()])
             .args(extra)
@@ -306,13 +311,22 @@ fn source_runs_alone(h: &Hosts, result: &Path, dest: &Path, what: &str) {
     assert!(left.is_empty(), "{what}: the destination kept {left:?}");
 }
 
-#[test]
-fn threads_move_to_the_other_host() {
-    with_timeout(180, || {
-        let h = Hosts::new("m");
-        let result = h.launch(&h.a, "threads");
-        let (recv, _dest) = h.receive(&[]);
-        let out = h.migrate(&["--max-downtime", "50", "--max-iterations", "4"]);
+/// fx-threads migrated from A to B with `EXTRA` on both sides: it runs (and passes) on B
+/// only; with `packed`, its pages files are compressed and sealed there.
+fn threads_move(tag: &'static str, packed: bool) {
+    with_timeout(180, move || {
+        let h = Hosts::new(tag);
+        let result = h.launch(&h.a, tag);
+        let key = h.path("key");
+        std::fs::write(&key, [7u8; 32]).unwrap();
+        let k = key.to_str().unwrap();
+        let key_args = ["--encrypt-key", k];
+        let (recv, dest) = h.receive(if packed { &key_args[..] } else { &[] });
+        let mut extra = vec!["--max-downtime", "50", "--max-iterations", "4"];
+        if packed {
+            extra.extend(["--compress", "zstd", "--encrypt-key", k]);
+        }
+        let out = h.migrate(&extra);
         assert!(
             out.status.success(),
             "migrate: {}\n{}",
@@ -327,7 +341,26 @@ fn threads_move_to_the_other_host() {
         assert!(h.b.runs(ROOT_PID), "no copy on the destination");
         assert_eq!(h.b.comm(ROOT_PID), "fx-threads");
         assert_eq!(verdict(&h.b, &result), "PASS");
+        let packs = common::dump::count_files(&dest.join("final"), "pages-");
+        let sealed = std::fs::read_dir(dest.join("final"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".pack.img"));
+        assert!(
+            packs > 0 && sealed == packed,
+            "packed pages files: {sealed}"
+        );
     })
+}
+
+#[test]
+fn threads_move_to_the_other_host() {
+    threads_move("m", false);
+}
+
+#[test]
+fn threads_move_compressed_and_encrypted() {
+    threads_move("p", true);
 }
 
 #[test]
@@ -385,52 +418,86 @@ fn a_source_that_gives_up_leaves_nothing_on_the_destination() {
     })
 }
 
-#[test]
-fn a_cut_stream_leaves_the_source_running() {
-    with_timeout(180, || {
-        let h = Hosts::new("c");
-        let result = h.launch(&h.a, "cut");
-        let (mut recv, dest) = h.receive(&[]);
-        // Kill the destination as soon as the first iteration is in (the source goes on
-        // iterating: a zero budget is never met).
-        let killer = {
-            let log = h.path("receive.log");
-            let pid = recv.id();
-            std::thread::spawn(move || {
-                let t0 = Instant::now();
-                while !std::fs::read_to_string(&log)
-                    .unwrap_or_default()
-                    .contains("iteration 0 (")
-                {
-                    if t0.elapsed() > Duration::from_secs(60) {
-                        return false;
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                true
-            })
-        };
-        let out = h.migrate(&["--max-downtime", "0", "--max-iterations", "8"]);
-        assert!(killer.join().unwrap(), "the first iteration never arrived");
-        let _ = recv.wait();
+/// A proxy in host B between the source (B:PORT) and migrate-receive (127.0.0.1:PORT+1) that
+/// cuts both connections: `early` after 100 KB from the source (inside the first
+/// iteration's pages), `final` when the source's Final frame passes (the source tree is
+/// stopped then and must be resumed). Writes READY to argv[2] once listening.
+const CUT_PROXY: &str = r#"
+import socket, sys, threading
+mode, ready, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+FINAL = bytes([7, 9, 0, 0, 0, 5, 0, 0, 0]) + b"final"
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("198.18.0.2", port)); l.listen(1)
+open(ready, "w").write("READY")
+src, _ = l.accept()
+dst = socket.create_connection(("127.0.0.1", port + 1))
+def back():
+    try:
+        while True:
+            b = dst.recv(65536)
+            if not b: break
+            src.sendall(b)
+    except OSError: pass
+threading.Thread(target=back, daemon=True).start()
+seen, tail = 0, b""
+while True:
+    b = src.recv(65536)
+    if not b: break
+    if mode == "early" and seen + len(b) >= 100000:
+        dst.sendall(b[: 100000 - seen]); break
+    w = tail + b
+    if mode == "final" and FINAL in w:
+        dst.sendall(b[: max(0, w.index(FINAL) - len(tail))]); break
+    dst.sendall(b); seen += len(b); tail = w[-len(FINAL):]
+for s in (src, dst):
+    s.shutdown(socket.SHUT_RDWR); s.close()
+"#;
+
+/// The stream cut (`mode`: see [`CUT_PROXY`]): the source keeps (or gets back) the only
+/// running copy, and the destination removes everything it received.
+fn cut_stream(tag: &'static str, mode: &'static str) {
+    with_timeout(180, move || {
+        let h = Hosts::new(tag);
+        let result = h.launch(&h.a, tag);
+        let (recv, dest) = h.receive_on(&format!("127.0.0.1:{}", PORT + 1), &[]);
+        let ready = h.path("proxy.ready");
+        let mut proxy =
+            h.b.cmd("python3")
+                .args(["-c", CUT_PROXY, mode, ready.to_str().unwrap()])
+                .arg(PORT.to_string())
+                .spawn()
+                .unwrap();
+        wait_for(ready.to_str().unwrap(), 20);
+        let out = h.migrate(&["--max-downtime", "0", "--max-iterations", "3"]);
+        let _ = proxy.kill();
+        let _ = proxy.wait();
         assert!(
             !out.status.success(),
-            "migrate succeeded without its destination"
+            "{mode}: migrate succeeded through a cut stream"
         );
-        assert!(!h.b.runs(ROOT_PID) || h.b.comm(ROOT_PID) != "fx-threads");
-        assert!(h.a.runs(ROOT_PID), "the source copy does not run");
-        assert_eq!(
-            verdict(&h.a, &result),
-            "PASS",
-            "the source copy after a cut"
+        assert!(
+            !wait_exit(recv, 30).success(),
+            "{mode}: the receiver succeeded"
         );
-        // The killed receiver removed nothing itself: its files are there, no process.
-        let _ = dest;
+        let rlog = h.log("receive.log");
+        assert!(rlog.contains("Error"), "{mode}: {rlog}");
+        if mode == "final" {
+            // The tree was dumped and stopped: the source resumed it.
+            let slog = h.log("migrate.last.log");
+            assert!(slog.contains("the source tree runs again"), "{slog}");
+        }
+        source_runs_alone(&h, &result, &dest, mode);
     })
+}
+
+#[test]
+fn a_stream_cut_inside_the_pages_leaves_the_source_running() {
+    cut_stream("c", "early");
+}
+
+#[test]
+fn a_stream_cut_before_final_resumes_the_stopped_source() {
+    cut_stream("f", "final");
 }
 
 #[test]

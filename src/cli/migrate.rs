@@ -126,9 +126,19 @@ pub fn run_migrate(args: Vec<OsString>) -> i32 {
     {
         return fail(e.to_string());
     }
+    // A fresh name: PIDs repeat across pid namespaces sharing one /tmp.
+    let mut rnd = [0u8; 8];
+    if let Err(e) = getrandom::fill(&mut rnd) {
+        return fail(format!("random scratch name: {e}"));
+    }
+    let name = format!(
+        "stasis-migrate-{}-{:016x}",
+        std::process::id(),
+        u64::from_le_bytes(rnd)
+    );
     let scratch = match &a.common.images_dir {
-        Some(d) => d.join(format!("migrate-{}", std::process::id())),
-        None => std::env::temp_dir().join(format!("stasis-migrate-{}", std::process::id())),
+        Some(d) => d.join(name),
+        None => std::env::temp_dir().join(name),
     };
     let o = MigrateOptions {
         pid,

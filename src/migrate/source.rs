@@ -40,7 +40,8 @@ pub struct MigrateOptions {
     pub key: Option<Arc<PackKey>>,
     /// `--tcp-established`.
     pub tcp_established: bool,
-    /// Scratch directory for the images that are not pages (removed at the end).
+    /// Scratch directory for the images that are not pages: created (it must not exist) and
+    /// removed at the end.
     pub work_dir: PathBuf,
     /// Freeze timeout (`--timeout`).
     pub timeout: Option<Duration>,
