@@ -100,14 +100,17 @@ impl Host {
         );
     }
 
-    /// Whether `pid` of this host runs (exists and is no zombie; the host's init never reaps).
+    /// The state letter of `pid` of this host (None: no such process).
+    fn state(&self, pid: i32) -> Option<char> {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/root/proc/{pid}/stat", self.init)).ok()?;
+        stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+    }
+
+    /// Whether `pid` of this host runs: exists, neither stopped nor a zombie (the host's init
+    /// never reaps).
     fn runs(&self, pid: i32) -> bool {
-        let stat = std::fs::read_to_string(format!("/proc/{}/root/proc/{pid}/stat", self.init))
-            .unwrap_or_default();
-        match stat.rfind(')') {
-            Some(i) => !matches!(stat[i + 1..].trim_start().chars().next(), Some('Z' | 'X')),
-            None => false,
-        }
+        matches!(self.state(pid), Some('R' | 'S' | 'D'))
     }
 
     fn comm(&self, pid: i32) -> String {
@@ -498,6 +501,61 @@ fn a_stream_cut_inside_the_pages_leaves_the_source_running() {
 #[test]
 fn a_stream_cut_before_final_resumes_the_stopped_source() {
     cut_stream("f", "final");
+}
+
+/// The state letter of (global) `pid`.
+fn global_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+#[test]
+fn a_source_killed_with_the_tree_stopped_leaves_it_running() {
+    with_timeout(180, || {
+        let h = Hosts::new("d");
+        let result = h.launch(&h.a, "diesource");
+        let (recv, dest) = h.receive(&[]);
+        // The source stops itself right after the final dump left the tree stopped.
+        let mut nsenter =
+            h.a.cmd(stasis())
+                .args(["migrate", "-t", &ROOT_PID.to_string()])
+                .args(["--to", &format!("{ADDR_B}:{PORT}"), "--max-iterations", "1"])
+                .env("STASIS_STOP_AT", "migrate-stopped")
+                .spawn()
+                .unwrap();
+        let n = nsenter.id();
+        let t0 = Instant::now();
+        let source = loop {
+            let kids =
+                std::fs::read_to_string(format!("/proc/{n}/task/{n}/children")).unwrap_or_default();
+            if let Some(p) = kids.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                if global_state(p) == Some('T') {
+                    break p;
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "the source never stopped"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(h.a.state(ROOT_PID), Some('T'), "the tree is not stopped");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(source),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        // nsenter stopped itself when its child stopped (job control): it goes too.
+        let _ = nsenter.kill();
+        let _ = nsenter.wait();
+        assert!(!wait_exit(recv, 30).success(), "the receiver succeeded");
+        // The guardian resumed the tree: it runs on the source, alone.
+        let t0 = Instant::now();
+        while !h.a.runs(ROOT_PID) && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        source_runs_alone(&h, &result, &dest, "source killed");
+    })
 }
 
 #[test]

@@ -266,6 +266,6 @@ fn restore(d: &Path, o: &ReceiveOptions, flags: u32) -> Result<i32> {
         .map(|r| r.root)
         .map_err(|source| MigrateError::Restore {
             dir: d.to_path_buf(),
-            source,
+            source: Box::new(source),
         })
 }

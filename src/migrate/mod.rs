@@ -47,7 +47,7 @@ pub enum MigrateError {
     Dump {
         step: &'static str,
         pid: i32,
-        source: crate::dump::error::DumpError,
+        source: Box<crate::dump::error::DumpError>,
     },
     #[error("pages: {0}")]
     Pages(String),
@@ -56,7 +56,7 @@ pub enum MigrateError {
     #[error("restore of {dir}: {source}")]
     Restore {
         dir: std::path::PathBuf,
-        source: crate::restore::RestoreError,
+        source: Box<crate::restore::RestoreError>,
     },
     #[error("the source gave up: {0}")]
     Aborted(String),

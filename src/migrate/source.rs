@@ -298,7 +298,7 @@ fn run(
             MigrateError::Dump {
                 step: "pre-dump",
                 pid: o.pid,
-                source,
+                source: Box::new(source),
             }
         })?;
         let sent = send_files(link, &name, &dir).inspect_err(|_| stop_tracker(&dir))?;
@@ -373,7 +373,7 @@ fn run(
         MigrateError::Dump {
             step: "final dump",
             pid: o.pid,
-            source,
+            source: Box::new(source),
         }
     })?;
     trace.span(
@@ -381,8 +381,13 @@ fn run(
         us(t_final),
         Duration::from_micros(rep.stats.frozen_time),
     );
-    // From here the tree is stopped: it is resumed unless the destination says "running".
+    // From here the tree is stopped: it is resumed unless the destination says "running",
+    // also if this process dies before it knows (the guardian's SIGCONT).
     let pids = rep.pids.clone();
+    let mut guard = crate::sys::continue_guard::ContinueGuard::spawn(&pids)
+        .inspect_err(|e| tracing::warn!("no guardian for the stopped tree: {e}"))
+        .ok();
+    crate::sys::stop_point::stop_point("migrate-stopped");
     let switch = (|| {
         let t = Instant::now();
         send_files(link, &name, &dir)?;
@@ -403,6 +408,9 @@ fn run(
     match switch {
         Ok(remote) => {
             signal_all(&pids, nix::sys::signal::Signal::SIGKILL);
+            if let Some(g) = guard.as_mut() {
+                g.dismiss();
+            }
             let downtime_us = t_final.elapsed().as_micros() as u64;
             tracing::info!("the destination runs the tree ({remote}); the source copy is killed");
             Ok(MigrateReport {
@@ -416,6 +424,9 @@ fn run(
         }
         Err(e) => {
             signal_all(&pids, nix::sys::signal::Signal::SIGCONT);
+            if let Some(g) = guard.as_mut() {
+                g.dismiss();
+            }
             tracing::error!(
                 "migration failed after the final dump ({e}): the source tree runs again"
             );
