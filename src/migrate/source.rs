@@ -143,6 +143,38 @@ impl Link {
     }
 }
 
+/// Starts iteration `index` into directory `name` (`parent`: the previous one's, empty for
+/// the first): the local directory made, the destination told; returns the dump options
+/// every iteration shares (pages to a page-server session on the link, the parent link).
+fn begin_iteration(
+    o: &MigrateOptions,
+    link: &mut Link,
+    index: u32,
+    name: &str,
+    parent: &str,
+) -> Result<DumpOptions> {
+    let dir = o.work_dir.join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| MigrateError::io("create", &dir, e))?;
+    link.send(&Message::Iteration {
+        index,
+        dir: name.to_string(),
+        parent: parent.to_string(),
+    })?;
+    Ok(DumpOptions {
+        pid: o.pid,
+        images_dir: dir,
+        leave_running: true,
+        timeout: o.timeout,
+        prev_images_dir: (!parent.is_empty()).then(|| PathBuf::from(format!("../{parent}"))),
+        page_server: Some(PageServerAddr {
+            address: link.peer.clone(),
+            port: 0,
+            ps_socket: Some(link.page_socket()?),
+        }),
+        ..Default::default()
+    })
+}
+
 /// The local files of an iteration that travel as `File` frames: every regular file but
 /// the records the source keeps for itself (what it sent, the tracker, logs).
 fn local_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
@@ -268,28 +300,12 @@ fn run(
         } else {
             format!("it-{}", index - 1)
         };
-        let dir = o.work_dir.join(&name);
-        std::fs::create_dir_all(&dir).map_err(|e| MigrateError::io("create", &dir, e))?;
-        link.send(&Message::Iteration {
-            index,
-            dir: name.clone(),
-            parent: parent.clone(),
-        })?;
         let start = Instant::now();
         let opts = DumpOptions {
-            pid: o.pid,
-            images_dir: dir.clone(),
-            leave_running: true,
-            timeout: o.timeout,
-            prev_images_dir: (!parent.is_empty()).then(|| PathBuf::from(format!("../{parent}"))),
             track_mem: true,
-            page_server: Some(PageServerAddr {
-                address: link.peer.clone(),
-                port: 0,
-                ps_socket: Some(link.page_socket()?),
-            }),
-            ..Default::default()
+            ..begin_iteration(o, link, index, &name, &parent)?
         };
+        let dir = opts.images_dir.clone();
         let rep = crate::dump::predump::run(&opts, &mut PtraceBackend).map_err(|source| {
             link.end_session();
             if index > 0 {
@@ -343,29 +359,13 @@ fn run(
     // The final dump: frozen, then left stopped (SIGSTOP) and released, never killed here.
     let parent = format!("it-{}", index - 1);
     let name = "final".to_string();
-    let dir = o.work_dir.join(&name);
-    std::fs::create_dir_all(&dir).map_err(|e| MigrateError::io("create", &dir, e))?;
-    link.send(&Message::Iteration {
-        index,
-        dir: name.clone(),
-        parent: parent.clone(),
-    })?;
     let t_final = Instant::now();
     let opts = DumpOptions {
-        pid: o.pid,
-        images_dir: dir.clone(),
-        leave_running: true,
         leave_stopped: true,
         tcp_established: o.tcp_established,
-        timeout: o.timeout,
-        prev_images_dir: Some(PathBuf::from(format!("../{parent}"))),
-        page_server: Some(PageServerAddr {
-            address: link.peer.clone(),
-            port: 0,
-            ps_socket: Some(link.page_socket()?),
-        }),
-        ..Default::default()
+        ..begin_iteration(o, link, index, &name, &parent)?
     };
+    let dir = opts.images_dir.clone();
     let rep = crate::dump::engine::run(&opts, &mut PtraceBackend).map_err(|source| {
         // A failed dump released the tree running; the chain's tracker goes.
         link.end_session();

@@ -4,8 +4,8 @@
 //! running anywhere).
 //!
 //! ```text
-//! caller:    pidfd_open every pid of the tree, pipe; fork
-//!   child:     setsid (a kill of the caller's group misses it); fork the guardian; _exit
+//! caller:    pidfd_open every pid of the tree, pipe; the guardian forked detached
+//!            (freeze_guard::spawn_detached: own session)
 //!   guardian:  keeps only the pipe's read end and the pidfds (everything else closed: no
 //!              socket of the caller stays open in it)
 //!              read(pipe) -> 1 byte: dismissed (the caller killed or resumed the tree): exit
@@ -15,7 +15,6 @@
 //! only raw system calls after the fork (the caller may have threads).
 
 use super::error::{Error, Result};
-use nix::errno::Errno;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// A running guardian; [`ContinueGuard::dismiss`] (or drop) lets it exit without a signal.
@@ -45,33 +44,11 @@ impl ContinueGuard {
         keep.push(r);
         keep.sort_unstable();
         let pidfds: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        // SAFETY: fork in a possibly multi-threaded process: the child and the guardian only
-        // make raw system calls (no allocation, no locks) before they _exit.
-        let child = unsafe { libc::fork() };
-        if child < 0 {
-            return Err(Error::Sys {
-                op: "fork",
-                errno: Errno::last(),
-            });
-        }
-        if child == 0 {
-            // SAFETY: raw async-signal-safe calls only, on descriptors this process holds.
-            unsafe {
-                libc::setsid();
-                if libc::fork() != 0 {
-                    libc::_exit(0);
-                }
-                guardian(r, &keep, &pidfds)
-            }
-        }
+        // SAFETY: the guardian only makes raw system calls on descriptors it holds and on
+        // memory the fork copied.
+        super::freeze_guard::spawn_detached(|| unsafe { guardian(r, &keep, &pidfds) })?;
         drop(read);
         drop(fds);
-        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None).map_err(|errno| {
-            Error::Sys {
-                op: "waitpid",
-                errno,
-            }
-        })?;
         Ok(ContinueGuard { pipe: Some(write) })
     }
 
