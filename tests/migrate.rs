@@ -203,8 +203,15 @@ impl Hosts {
         self.receive_on(&format!("{ADDR_B}:{PORT}"), extra)
     }
 
-    /// [`Self::receive`] listening on `listen`.
+    /// [`Self::receive`] listening on `listen` (`--restore` is left out when `extra` says
+    /// `--images-only`).
     fn receive_on(&self, listen: &str, extra: &[&str]) -> (Child, PathBuf) {
+        let restore = !extra.contains(&"--images-only");
+        let extra: Vec<&str> = extra
+            .iter()
+            .copied()
+            .filter(|a| *a != "--images-only")
+            .collect();
         let dir = self.path("dest");
         std::fs::create_dir_all(&dir).unwrap();
         let log = self.path("receive.log");
@@ -212,9 +219,10 @@ impl Hosts {
             .b
             .cmd(stasis())
             .args(["migrate-receive", "--listen", listen])
-            .args(["-D", dir.to_str().unwrap(), "--restore", "-v4"])
+            .args(["-D", dir.to_str().unwrap(), "-v4"])
+            .args(restore.then_some("--restore"))
             .args(["-o", log.to_str().unwrap()])
-            .args(extra)
+            .args(&extra)
             .spawn()
             .unwrap();
         let t0 = Instant::now();
@@ -364,6 +372,27 @@ fn threads_move_to_the_other_host() {
 #[test]
 fn threads_move_compressed_and_encrypted() {
     threads_move("p", true);
+}
+
+#[test]
+fn without_restore_the_images_arrive_and_the_source_runs_on() {
+    with_timeout(180, || {
+        let h = Hosts::new("i");
+        let result = h.launch(&h.a, "imagesonly");
+        let (recv, dest) = h.receive(&["--images-only"]);
+        let out = h.migrate(&["--max-iterations", "2"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(wait_exit(recv, 60).success(), "{}", h.log("receive.log"));
+        assert!(dest.join("final/pstree.img").exists());
+        assert!(dest.join("final/pagemap-1001.img").exists());
+        assert!(h.a.runs(ROOT_PID), "the source copy does not run");
+        assert_eq!(verdict(&h.a, &result), "PASS");
+        assert!(!h.b.runs(ROOT_PID), "a copy runs on the destination");
+    })
 }
 
 #[test]

@@ -17,7 +17,7 @@
 //!  IterationDone{index, pages, bytes, us} ──►
 //!  ... (more iterations; the last one is the final dump's)
 //!  Final{dir}                            ──►      restore DIR/dir (with --restore)
-//!                                        ◄──      Result{ok, message}
+//!                                        ◄──      Result{ok, running, message}
 //!  Abort{reason}                         ──►      (any time: the source gave up)
 //! ```
 //! [`decode`] never panics and allocates only what the payload holds; [`read_frame`] reads a
@@ -85,9 +85,13 @@ pub enum Message {
     },
     /// Everything of the final dump (in `dir`) has been sent.
     Final { dir: String },
-    /// The destination's outcome: `ok` once the tree runs (or the images are complete,
-    /// without `--restore`).
-    Result { ok: bool, message: String },
+    /// The destination's outcome: `ok` once the tree runs (`running`) or, without
+    /// `--restore`, once the images are complete (not `running`: the source resumes its tree).
+    Result {
+        ok: bool,
+        running: bool,
+        message: String,
+    },
     /// The source gave up; the destination discards what it received.
     Abort { reason: String },
 }
@@ -222,8 +226,13 @@ impl Message {
                 put_blob(&mut p, dir.as_bytes());
                 T_FINAL
             }
-            Message::Result { ok, message } => {
+            Message::Result {
+                ok,
+                running,
+                message,
+            } => {
                 p.push(u8::from(*ok));
+                p.push(u8::from(*running));
                 put_blob(&mut p, message.as_bytes());
                 T_RESULT
             }
@@ -291,6 +300,7 @@ pub fn decode(t: u8, payload: &[u8]) -> Result<Message, ControlError> {
         T_FINAL => Message::Final { dir: c.string()? },
         T_RESULT => Message::Result {
             ok: c.u8()? != 0,
+            running: c.u8()? != 0,
             message: c.string()?,
         },
         _ => Message::Abort {
@@ -395,6 +405,7 @@ mod tests {
             },
             Message::Result {
                 ok: true,
+                running: true,
                 message: "running".into(),
             },
             Message::Abort {

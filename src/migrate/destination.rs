@@ -222,10 +222,12 @@ pub fn receive_on(stream: TcpStream, peer: &str, o: &ReceiveOptions) -> Result<R
                 let answer = match &result {
                     Ok(m) => Message::Result {
                         ok: true,
+                        running: root.is_some(),
                         message: m.clone(),
                     },
                     Err(e) => Message::Result {
                         ok: false,
+                        running: false,
                         message: e.to_string(),
                     },
                 };

@@ -63,6 +63,9 @@ pub struct MigrateReport {
     pub total_us: u64,
     /// The destination's message ("running, root PID N").
     pub remote: String,
+    /// The tree runs on the destination (false: `migrate-receive` without `--restore` took
+    /// the images, the source copy runs on).
+    pub moved: bool,
 }
 
 struct Link {
@@ -397,8 +400,12 @@ fn run(
         let answer = link.recv();
         trace.span("destination restore", us(t), t.elapsed());
         match answer? {
-            Message::Result { ok: true, message } => Ok(message),
-            Message::Result { ok: false, message } => Err(MigrateError::RemoteRestore(message)),
+            Message::Result {
+                ok: true,
+                running,
+                message,
+            } => Ok((running, message)),
+            Message::Result { message, .. } => Err(MigrateError::RemoteRestore(message)),
             m => Err(MigrateError::Protocol {
                 peer: link.peer.clone(),
                 what: format!("{m:?} instead of Result"),
@@ -406,14 +413,23 @@ fn run(
         }
     })();
     match switch {
-        Ok(remote) => {
-            signal_all(&pids, nix::sys::signal::Signal::SIGKILL);
+        Ok((running, remote)) => {
+            if running {
+                signal_all(&pids, nix::sys::signal::Signal::SIGKILL);
+                tracing::info!(
+                    "the destination runs the tree ({remote}); the source copy is killed"
+                );
+            } else {
+                // Images delivered, nothing restored there: the source copy runs on.
+                signal_all(&pids, nix::sys::signal::Signal::SIGCONT);
+                tracing::info!("the destination has the images ({remote}); the source runs on");
+            }
             if let Some(g) = guard.as_mut() {
                 g.dismiss();
             }
             let downtime_us = t_final.elapsed().as_micros() as u64;
-            tracing::info!("the destination runs the tree ({remote}); the source copy is killed");
             Ok(MigrateReport {
+                moved: running,
                 iterations: conv.samples().to_vec(),
                 stop,
                 final_frozen_us: rep.stats.frozen_time,
