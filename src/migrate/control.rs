@@ -459,6 +459,33 @@ mod tests {
     }
 
     #[test]
+    fn random_streams_never_panic() {
+        // What the fuzz target does, briefly: random bytes and mutated valid streams.
+        let mut valid = Vec::new();
+        for m in all() {
+            valid.extend(m.to_frame());
+        }
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..5000 {
+            let len = (next() % 300) as usize;
+            let random: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let _ = decode_all(&random);
+            let mut m = valid.clone();
+            for _ in 0..4 {
+                let i = (next() as usize) % m.len();
+                m[i] = next() as u8;
+            }
+            let _ = decode_all(&m);
+        }
+    }
+
+    #[test]
     fn names_from_the_stream_stay_inside() {
         assert!(plain_name("pages-1.img"));
         for bad in ["", ".", "..", "../x", "a/b", "/etc"] {
