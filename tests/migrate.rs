@@ -549,6 +549,8 @@ fn a_source_killed_with_the_tree_stopped_leaves_it_running() {
             h.a.cmd(stasis())
                 .args(["migrate", "-t", &ROOT_PID.to_string()])
                 .args(["--to", &format!("{ADDR_B}:{PORT}"), "--max-iterations", "1"])
+                // Its scratch directory inside ours: a killed source cannot remove it.
+                .args(["-D", h.scratch.path().to_str().unwrap()])
                 .env("STASIS_STOP_AT", "migrate-stopped")
                 .spawn()
                 .unwrap();
