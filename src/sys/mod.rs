@@ -36,6 +36,7 @@
 
 pub(crate) mod channel;
 pub(crate) mod clone3;
+pub(crate) mod continue_guard;
 pub mod cpu;
 pub(crate) mod daemon;
 pub mod dirty;
