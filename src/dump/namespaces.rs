@@ -405,9 +405,10 @@ fn ipc_state(pid: i32) -> Result<pb::IpcVarEntry> {
         mq_msgsize_max: opt("fs/mqueue/msgsize_max").unwrap_or(0),
         mq_msg_default: opt("fs/mqueue/msg_default"),
         mq_msgsize_default: opt("fs/mqueue/msgsize_default"),
-        msg_next_id: opt("kernel/msg_next_id"),
-        sem_next_id: opt("kernel/sem_next_id"),
-        shm_next_id: opt("kernel/shm_next_id"),
+        // -1 (unset) is left out, as CRIU does (writing it back is refused).
+        msg_next_id: opt("kernel/msg_next_id").filter(|&v| v != u32::MAX),
+        sem_next_id: opt("kernel/sem_next_id").filter(|&v| v != u32::MAX),
+        shm_next_id: opt("kernel/shm_next_id").filter(|&v| v != u32::MAX),
     })
 }
 

@@ -21,6 +21,7 @@ pub(crate) mod error;
 pub mod fuzzing;
 pub(crate) mod img;
 pub mod inherit;
+pub(crate) mod ip_dump;
 pub mod lazy;
 pub(crate) mod namespaces;
 pub(crate) mod open_files;

@@ -161,6 +161,7 @@ pub fn plan(plan: &Plan) -> Result<Namespaces, RestoreError> {
                 d.name, d.r#type
             )));
         }
+        let lo = devs.first().map_or(1, |d| d.ifindex);
         for kind in [
             "ifaddr",
             "route",
@@ -173,10 +174,27 @@ pub fn plan(plan: &Plan) -> Result<Namespaces, RestoreError> {
             "netnf-exp",
         ] {
             let name = format!("{kind}-{id}.img");
-            if nonempty(dir, &name) {
+            if !nonempty(dir, &name) {
+                continue;
+            }
+            let data = std::fs::read(dir.join(&name)).map_err(|e| RestoreError::Io {
+                step: "read image",
+                path: dir.join(&name),
+                source: e,
+            })?;
+            // What a fresh namespace with its loopback up has anyway needs nothing.
+            use super::ip_dump as ip;
+            let same = match kind {
+                "ifaddr" => ip::addrs_default(&data, lo),
+                "route" | "route6" => ip::routes_default(&data),
+                "rule" => ip::rules_default(&data),
+                "iptables" | "ip6tables" => ip::iptables_default(&String::from_utf8_lossy(&data)),
+                _ => Err("not empty".into()),
+            };
+            if let Err(what) = same {
                 return Err(unsupported(format!(
-                    "{name}: addresses, routes, rules and firewall state of a network \
-                     namespace are not restored yet"
+                    "{name}: {what}: addresses, routes, rules and firewall state of a network \
+                     namespace beyond its loopback are not restored yet"
                 )));
             }
         }
