@@ -7,7 +7,8 @@
  * kernel.msgmax 12345 (its IPC namespace), lo up and a TCP socket listening on
  * 127.0.0.1:PORT (its network namespace), one child sleeping. READY gets "child PID\n".
  * On SIGUSR1 it checks all of that again (the child is still its child with the same PID,
- * a connection to the listener is accepted) and writes "PASS\n" or "FAIL: why\n" to RESULT.
+ * a connection to the listener is accepted, CLOCK_MONOTONIC did not go back: in a time
+ * namespace of its own its offsets came back) and writes "PASS\n" or "FAIL: why\n" to RESULT.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -23,6 +24,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define HOST "stasis-ns"
@@ -66,10 +68,15 @@ static int lo_flags(void) {
 }
 
 static char why[256];
+static struct timespec started;
 #define CHECK(c, ...) do { if (!(c)) { snprintf(why, sizeof(why), __VA_ARGS__); return -1; } } while (0)
 
 static int check(pid_t child, int lsk, int port) {
 	char buf[128];
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	CHECK(now.tv_sec >= started.tv_sec, "FAIL: CLOCK_MONOTONIC went back from %ld to %ld",
+	      (long)started.tv_sec, (long)now.tv_sec);
 	CHECK(getpid() == 1, "FAIL: pid %d, not 1", getpid());
 	CHECK(gethostname(buf, sizeof(buf)) == 0 && !strcmp(buf, HOST), "FAIL: hostname %s", buf);
 	CHECK(read_file("/proc/sys/kernel/msgmax", buf, sizeof(buf)) == 0 && atoi(buf) == atoi(MSGMAX),
@@ -98,6 +105,7 @@ int main(int argc, char **argv) {
 	result = argv[2];
 	int port = atoi(argv[3]);
 	if (getpid() != 1) { verdict("FAIL: not started as PID 1"); return 1; }
+	clock_gettime(CLOCK_MONOTONIC, &started);
 	setsid();
 	if (sethostname(HOST, strlen(HOST)) || write_file("/proc/sys/kernel/msgmax", MSGMAX)) {
 		verdict("FAIL: setup (hostname, msgmax)");
