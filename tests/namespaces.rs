@@ -86,7 +86,7 @@ fn launch(flags: &[&str]) -> NsWorkload {
             t0.elapsed() < Duration::from_secs(20),
             "the workload never got ready"
         );
-        if let Some(result) = std::fs::read_to_string(w.result()).ok() {
+        if let Ok(result) = std::fs::read_to_string(w.result()) {
             panic!("workload setup failed: {result}");
         }
         let kids =
