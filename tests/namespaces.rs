@@ -1,6 +1,6 @@
 //! Trees that own their namespaces: a self-checking workload started under `unshare --pid
 //! --uts --ipc --net --cgroup --fork` (`tests/namespaces/ns-workload.c`: PID 1 of its pid
-//! namespace with a child, its host name, kernel.msgmax changed in its IPC namespace, lo up
+//! namespace with a child and a thread, its host name, kernel.msgmax changed in its IPC namespace, lo up
 //! with a TCP listener on 127.0.0.1 in its network namespace) is dumped (the tree is
 //! killed), restored, and checks itself: PASS.
 //!

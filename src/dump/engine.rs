@@ -842,6 +842,9 @@ fn dump_frozen(
         }
     }
     files.finish_kinds(opts.pid)?;
+    if pids.owned() {
+        namespaces::files_in_pidns(&mut files, &pids, opts.pid)?;
+    }
     stats.memdump_time = prof.now_us() - t;
     prof.record("collect", "phase", 0, t);
     let t = prof.now_us();

@@ -572,3 +572,48 @@ impl Drop for NetnsVisit {
         }
     }
 }
+
+/// The pids the file images hold, in a tree with its own pid namespace: owners (`fown`, read
+/// with F_GETOWN_EX in the dumper's namespace) become the tree's numbers; terminals (their
+/// session and foreground group are the dumper's numbers too) are refused by name.
+pub fn files_in_pidns(
+    files: &mut super::collect_files::Files,
+    pids: &PidMap,
+    root: i32,
+) -> Result<()> {
+    if !files.kinds.ttys.is_empty() {
+        return Err(DumpError::new(
+            "files",
+            root,
+            Some(libc::EOPNOTSUPP),
+            "a terminal in a tree with its own pid namespace is not dumped yet",
+        ));
+    }
+    fn walk(v: &mut serde_json::Value, pids: &PidMap, root: i32) -> Result<()> {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    if k == "fown" {
+                        if let Some(p) = x.get("pid").and_then(|p| p.as_i64()) {
+                            let inner = pids.inside("a file's owner", root, p as i32)?;
+                            x["pid"] = inner.into();
+                        }
+                    } else {
+                        walk(x, pids, root)?;
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for x in a {
+                    walk(x, pids, root)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    for e in &mut files.entries {
+        walk(e, pids, root)?;
+    }
+    Ok(())
+}

@@ -5,9 +5,10 @@
  *
  * Start: PID 1 of its pid namespace, a session of its own, host name "stasis-ns",
  * kernel.msgmax 12345 (its IPC namespace), lo up and a TCP socket listening on
- * 127.0.0.1:PORT (its network namespace), one child sleeping. READY gets "child PID\n".
+ * 127.0.0.1:PORT (its network namespace), one child sleeping, one thread sleeping.
+ * READY gets "child PID\n".
  * On SIGUSR1 it checks all of that again (the child is still its child with the same PID,
- * a connection to the listener is accepted, CLOCK_MONOTONIC did not go back: in a time
+ * its thread has its tid, a connection to the listener is accepted, CLOCK_MONOTONIC did not go back: in a time
  * namespace of its own its offsets came back) and writes "PASS\n" or "FAIL: why\n" to RESULT.
  */
 #define _GNU_SOURCE
@@ -17,12 +18,14 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -69,6 +72,14 @@ static int lo_flags(void) {
 
 static char why[256];
 static struct timespec started;
+static volatile pid_t thread_tid;
+
+static void *sleeper(void *a) {
+	(void)a;
+	thread_tid = syscall(SYS_gettid);
+	for (;;) pause();
+	return NULL;
+}
 #define CHECK(c, ...) do { if (!(c)) { snprintf(why, sizeof(why), __VA_ARGS__); return -1; } } while (0)
 
 static int check(pid_t child, int lsk, int port) {
@@ -81,6 +92,7 @@ static int check(pid_t child, int lsk, int port) {
 	CHECK(gethostname(buf, sizeof(buf)) == 0 && !strcmp(buf, HOST), "FAIL: hostname %s", buf);
 	CHECK(read_file("/proc/sys/kernel/msgmax", buf, sizeof(buf)) == 0 && atoi(buf) == atoi(MSGMAX),
 	      "FAIL: msgmax %s", buf);
+	CHECK(syscall(SYS_tgkill, 1, thread_tid, 0) == 0, "FAIL: no thread %d", thread_tid);
 	int st;
 	CHECK(waitpid(child, &st, WNOHANG) == 0, "FAIL: child %d not ours or gone", child);
 	CHECK(getsid(0) == 1, "FAIL: session %d", getsid(0));
@@ -138,6 +150,9 @@ int main(int argc, char **argv) {
 	if (child == 0) {
 		for (;;) pause();
 	}
+	pthread_t th;
+	if (pthread_create(&th, NULL, sleeper, NULL)) return 1;
+	while (!thread_tid) usleep(1000);
 	char buf[64];
 	snprintf(buf, sizeof(buf), "%d\n", child);
 	char tmp[4096];
