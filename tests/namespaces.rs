@@ -12,7 +12,8 @@
 //!                             from the dumped value
 //! refused_by_name             user namespace, nested uts namespace, System V IPC objects
 //! criu_cross                  STASIS_CRIU set: CRIU 4.2 restores stasis's images and stasis
-//!                             CRIU's (skipped, saying so, without it)
+//!                             CRIU's (skipped, saying so, without it); stasis -> CRIU
+//!                             without the cgroup namespace (see there)
 //! ```
 //! Every restore is into a new pid namespace: the workload's PIDs (1, 2) are free there, so
 //! these tests need no fixed host PID and no shared lock.
@@ -175,6 +176,18 @@ fn stasis_crit(p: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A copy of the image directory `dir`.
+fn copy_dir(dir: &Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(dir).unwrap() {
+        let p = f.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, copy.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    copy
+}
+
 /// The one image of `dir` whose name starts with `prefix`.
 fn one_image(dir: &Path, prefix: &str) -> PathBuf {
     let f = common::dump::files_with_prefix(dir, prefix);
@@ -224,11 +237,7 @@ fn own_namespaces_round_trip() {
         debian_crit_decodes_all(dir);
 
         // A root owning a user namespace is refused by name, nothing is started.
-        let copy = tempfile::tempdir().unwrap();
-        for f in std::fs::read_dir(dir).unwrap() {
-            let p = f.unwrap().path();
-            std::fs::copy(&p, copy.path().join(p.file_name().unwrap())).unwrap();
-        }
+        let copy = copy_dir(dir);
         common::restore::edit_single::<stasis::images::pb::TaskKobjIdsEntry>(
             &copy.path().join("ids-1.img"),
             |ids| ids.user_ns_id = Some(999),
@@ -368,8 +377,16 @@ fn criu_cross() {
         return;
     };
     with_timeout(180, move || {
-        // stasis dumps, CRIU restores.
-        let mut w = launch(NS_FLAGS);
+        // stasis dumps, CRIU restores. Not with a cgroup namespace: CRIU roots it at the
+        // `cgns_prefix` of the root's set in cgroup.img, which stasis does not write yet
+        // (its own restore roots it at the task's cgroup); CRIU's namespace would be rooted
+        // above the task's cgroup (the workload sees it and fails).
+        let no_cgroupns: Vec<&str> = NS_FLAGS
+            .iter()
+            .copied()
+            .filter(|f| *f != "--cgroup")
+            .collect();
+        let mut w = launch(&no_cgroupns);
         let images = tempfile::tempdir().unwrap();
         stasis_dump_killed(&mut w, images.path());
         let pidfile = images.path().join("criu.pid");
@@ -392,6 +409,29 @@ fn criu_cross() {
             "dump.log",
         );
         let _ = w.unshare.wait();
+        // Its cgroup namespace rooted above the task's cgroup (a shorter `cgns_prefix`):
+        // refused by name.
+        let copy = copy_dir(images.path());
+        let mut shortened = false;
+        common::restore::edit_single::<stasis::images::pb::CgroupEntry>(
+            &copy.path().join("cgroup.img"),
+            |cg| {
+                for m in cg.sets.iter_mut().flat_map(|s| s.ctls.iter_mut()) {
+                    if m.cgns_prefix.is_some_and(|p| p > 1) {
+                        m.cgns_prefix = Some(1);
+                        shortened = true;
+                    }
+                }
+            },
+        );
+        if shortened {
+            let out = common::restore::stasis_restore(copy.path(), &["-d"]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains("cgroup namespace"),
+                "{err}"
+            );
+        }
         let root = stasis_restore(images.path());
         assert_pass(root, &w.result(), "criu -> stasis");
     })

@@ -200,6 +200,9 @@ pub fn plan(plan: &Plan) -> Result<Namespaces, RestoreError> {
         }
         ns.net = Some((netns, devs));
     }
+    if ns.mask & CLONE_NEWCGROUP != 0 {
+        check_cgns_prefix(plan)?;
+    }
     if let Some(id) = ids.time_ns_id.filter(|_| ns.mask & CLONE_NEWTIME != 0) {
         ns.time = Some(img::one(dir, &format!("timens-{id}.img"))?);
     }
@@ -445,21 +448,54 @@ fn write_time_offsets(t: &pb::TimensEntry) -> Result<(), RestoreError> {
     })
 }
 
+/// The root's cgroup set in the images, from its main thread's core.
+fn root_cg_set(plan: &Plan) -> Option<u32> {
+    let c = &plan.tasks.first()?.threads.first()?.core;
+    c.thread_core
+        .as_ref()
+        .and_then(|x| x.cg_set)
+        .or(c.tc.as_ref().and_then(|x| x.cg_set))
+}
+
+/// The root's cgroup namespace is restored rooted at its cgroup: CRIU's `cgns_prefix` (the
+/// length of the part of a member's path that is the namespace's root) must then be the
+/// whole path; a namespace rooted above the task's cgroup is refused by name. A member
+/// without one (stasis writes none) is taken as rooted at the task's cgroup, which is what
+/// stasis's dump checks.
+fn check_cgns_prefix(plan: &Plan) -> Result<(), RestoreError> {
+    let Some(set) = root_cg_set(plan) else {
+        return Ok(());
+    };
+    let Some(mut f) = ImageFile::open_opt(&plan.dir, "cgroup.img")? else {
+        return Ok(());
+    };
+    let Some(cg) = f.next_msg::<pb::CgroupEntry>()? else {
+        return Ok(());
+    };
+    for s in cg.sets.iter().filter(|s| s.id == set) {
+        for m in &s.ctls {
+            let whole = m.path.trim_end_matches('/').len();
+            if let Some(p) = m.cgns_prefix.filter(|&p| p as usize != whole) {
+                return Err(unsupported(format!(
+                    "cgroup.img: the root's cgroup namespace on {:?} is rooted at {:?}, above \
+                     its cgroup {:?}: not restored yet",
+                    m.name,
+                    m.path.get(..p as usize).unwrap_or(&m.path),
+                    m.path
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// In the root task, before it forks: its cgroup namespace, rooted at the cgroup it is in
 /// once moved there (`cg_set` of its core).
 pub fn root_cgroup_ns(plan: &Plan) -> Result<(), (&'static str, nix::errno::Errno)> {
     if plan.ns.mask & CLONE_NEWCGROUP == 0 {
         return Ok(());
     }
-    let root = &plan.tasks[0];
-    let set = root.threads.first().and_then(|t| {
-        let c = &t.core;
-        c.thread_core
-            .as_ref()
-            .and_then(|x| x.cg_set)
-            .or(c.tc.as_ref().and_then(|x| x.cg_set))
-    });
-    if let Some(set) = set {
+    if let Some(set) = root_cg_set(plan) {
         // "0": the writer itself. A move that cannot be done is logged by restore_dir.
         crate::cgroup::restore_dir(&plan.dir, &[(0, set)]).map_err(|_| {
             (

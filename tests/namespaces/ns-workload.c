@@ -8,7 +8,7 @@
  * 127.0.0.1:PORT (its network namespace), one child sleeping, one thread sleeping.
  * READY gets "child PID\n".
  * On SIGUSR1 it checks all of that again (the child is still its child with the same PID,
- * its thread has its tid, a connection to the listener is accepted, CLOCK_MONOTONIC did not go back: in a time
+ * its thread has its tid, /proc/self/cgroup reads the same (its cgroup namespace's root), a connection to the listener is accepted, CLOCK_MONOTONIC did not go back: in a time
  * namespace of its own its offsets came back) and writes "PASS\n" or "FAIL: why\n" to RESULT.
  */
 #define _GNU_SOURCE
@@ -70,8 +70,9 @@ static int lo_flags(void) {
 	return ok < 0 ? -1 : r.ifr_flags;
 }
 
-static char why[256];
+static char why[1200];
 static struct timespec started;
+static char cgroup_at_start[512];
 static volatile pid_t thread_tid;
 
 static void *sleeper(void *a) {
@@ -89,6 +90,9 @@ static int check(pid_t child, int lsk, int port) {
 	CHECK(now.tv_sec >= started.tv_sec, "FAIL: CLOCK_MONOTONIC went back from %ld to %ld",
 	      (long)started.tv_sec, (long)now.tv_sec);
 	CHECK(getpid() == 1, "FAIL: pid %d, not 1", getpid());
+	char cg[512];
+	CHECK(read_file("/proc/self/cgroup", cg, sizeof(cg)) == 0 && !strcmp(cg, cgroup_at_start),
+	      "FAIL: /proc/self/cgroup %s, was %s", cg, cgroup_at_start);
 	CHECK(gethostname(buf, sizeof(buf)) == 0 && !strcmp(buf, HOST), "FAIL: hostname %s", buf);
 	CHECK(read_file("/proc/sys/kernel/msgmax", buf, sizeof(buf)) == 0 && atoi(buf) == atoi(MSGMAX),
 	      "FAIL: msgmax %s", buf);
@@ -118,6 +122,8 @@ int main(int argc, char **argv) {
 	int port = atoi(argv[3]);
 	if (getpid() != 1) { verdict("FAIL: not started as PID 1"); return 1; }
 	clock_gettime(CLOCK_MONOTONIC, &started);
+	/* In its own cgroup namespace it sees its cgroup as the root ("0::/"). */
+	if (read_file("/proc/self/cgroup", cgroup_at_start, sizeof(cgroup_at_start))) return 1;
 	setsid();
 	if (sethostname(HOST, strlen(HOST)) || write_file("/proc/sys/kernel/msgmax", MSGMAX)) {
 		verdict("FAIL: setup (hostname, msgmax)");
