@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::criu::criu_ok;
 use common::deadline::with_timeout;
 use common::dump::{debian_crit_decodes_all, stasis_bin, stasis_dump};
 use common::workload::c_program;
@@ -348,26 +349,6 @@ fn refused_by_name() {
             "System V msg object",
         );
     })
-}
-
-/// Runs `criu ARGS -D dir -o LOG -v4`, which must succeed.
-fn criu_ok(criu: &Path, args: &[&str], dir: &Path, log: &str) {
-    let out = Command::new(criu)
-        .args(args)
-        .arg("-D")
-        .arg(dir)
-        .args(["-o", log, "-v4"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
-    let errors: Vec<&str> = text.lines().filter(|l| l.contains("Error")).collect();
-    assert!(
-        out.status.success(),
-        "criu {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        errors.join("\n")
-    );
 }
 
 #[test]

@@ -30,9 +30,11 @@ use super::tree::Process;
 
 /// Clone flags of the namespace kinds (`<linux/sched.h>`).
 pub const CLONE_NEWTIME: u64 = 0x80;
+pub const CLONE_NEWNS: u64 = 0x0002_0000;
 pub const CLONE_NEWCGROUP: u64 = 0x0200_0000;
 pub const CLONE_NEWUTS: u64 = 0x0400_0000;
 pub const CLONE_NEWIPC: u64 = 0x0800_0000;
+pub const CLONE_NEWUSER: u64 = 0x1000_0000;
 pub const CLONE_NEWPID: u64 = 0x2000_0000;
 pub const CLONE_NEWNET: u64 = 0x4000_0000;
 
@@ -59,21 +61,14 @@ impl PidMap {
         let mut m = HashMap::new();
         for p in tree {
             for &tid in &p.threads {
-                let path = if p.zombie {
-                    format!("/proc/{}/status", p.pid)
-                } else {
-                    format!("/proc/{}/task/{tid}/status", p.pid)
-                };
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| DumpError::io("collect-tree", p.pid, &path, e))?;
-                let inner = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("NSpid:"))
-                    .and_then(|l| l.split_whitespace().last())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .ok_or_else(|| {
-                        DumpError::new("collect-tree", p.pid, None, format!("no NSpid in {path}"))
-                    })?;
+                let inner = crate::proc::ns::own_tid(p.pid, tid).ok_or_else(|| {
+                    DumpError::new(
+                        "collect-tree",
+                        p.pid,
+                        None,
+                        format!("no NSpid in /proc/{}/task/{tid}/status", p.pid),
+                    )
+                })?;
                 m.insert(tid, inner);
             }
         }

@@ -1347,16 +1347,6 @@ fn own_tids(pid: i32, wave: &[&SeizedTask]) -> Vec<i32> {
         return wave.iter().map(|t| t.tid()).collect();
     }
     wave.iter()
-        .map(|t| {
-            std::fs::read_to_string(format!("/proc/{pid}/task/{}/status", t.tid()))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("NSpid:"))
-                        .and_then(|l| l.split_whitespace().last())
-                        .and_then(|v| v.parse().ok())
-                })
-                .unwrap_or(t.tid())
-        })
+        .map(|t| crate::proc::ns::own_tid(pid, t.tid()).unwrap_or(t.tid()))
         .collect()
 }

@@ -23,14 +23,10 @@ use super::error::RestoreError;
 use super::img::{self, ImageFile};
 use super::plan::{Plan, TASK_DEAD};
 
-pub const CLONE_NEWTIME: u64 = 0x80;
-pub const CLONE_NEWNS: u64 = 0x0002_0000;
-pub const CLONE_NEWCGROUP: u64 = 0x0200_0000;
-pub const CLONE_NEWUTS: u64 = 0x0400_0000;
-pub const CLONE_NEWIPC: u64 = 0x0800_0000;
-pub const CLONE_NEWUSER: u64 = 0x1000_0000;
-pub const CLONE_NEWPID: u64 = 0x2000_0000;
-pub const CLONE_NEWNET: u64 = 0x4000_0000;
+pub use crate::dump::namespaces::{
+    CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWTIME,
+    CLONE_NEWUSER, CLONE_NEWUTS,
+};
 
 /// What the images say of the tree's own namespaces.
 #[derive(Debug, Clone, Default)]
@@ -535,17 +531,11 @@ impl HostPids {
                 let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                     continue;
                 };
-                let base = format!("/proc/{pid}/task/{tid}");
-                let status = std::fs::read_to_string(format!("{base}/status")).unwrap_or_default();
-                if let Some(inner) = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("NSpid:"))
-                    .and_then(|l| l.split_whitespace().last())
-                    .and_then(|v| v.parse::<i32>().ok())
-                {
+                if let Some(inner) = crate::proc::ns::own_tid(pid, tid) {
                     m.insert(inner, tid);
                 }
-                let kids = std::fs::read_to_string(format!("{base}/children")).unwrap_or_default();
+                let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))
+                    .unwrap_or_default();
                 stack.extend(
                     kids.split_whitespace()
                         .filter_map(|k| k.parse::<i32>().ok()),
