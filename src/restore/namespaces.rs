@@ -259,7 +259,16 @@ impl Entered {
 
     fn back(&mut self) -> Result<(), RestoreError> {
         for (flag, f) in self.home.drain(..) {
-            nix::sched::setns(&f, flag).map_err(|e| sys("back to the restorer's namespace", e))?;
+            match nix::sched::setns(&f, flag) {
+                Ok(()) => {}
+                // A time namespace is entered only by a single-threaded process: then only
+                // the restorer's later children (action scripts) would be born in the
+                // tree's, which does not touch the tree.
+                Err(e) if flag.bits() == CLONE_NEWTIME as i32 => {
+                    tracing::warn!("the restorer stays with the tree's time namespace: {e}")
+                }
+                Err(e) => return Err(sys("back to the restorer's namespace", e)),
+            }
         }
         Ok(())
     }
