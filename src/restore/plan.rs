@@ -198,6 +198,8 @@ pub struct Plan {
     pub file_locks: Vec<stasis_images::pb::FileLockEntry>,
     /// Where the images' absolute paths are resolved (`--root`, `/` by default).
     pub root: PathBuf,
+    /// The namespaces the tree owns (read by [`prepare`]).
+    pub ns: super::namespaces::Namespaces,
 }
 
 impl Plan {
@@ -652,6 +654,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
         pipe_data,
         ghosts,
         root: PathBuf::from("/"),
+        ns: Default::default(),
     };
     check_references(&plan)?;
     super::checks::file_paths(&plan)?;
@@ -665,6 +668,7 @@ pub fn prepare(dir: &Path, shell_job: bool, root: &Path) -> Result<Plan, Restore
     plan.shell_job = shell_job;
     super::checks::groups(&plan, shell_job)?;
     plan.root = root.to_path_buf();
+    plan.ns = super::namespaces::plan(&plan)?;
     Ok(plan)
 }
 

@@ -48,6 +48,7 @@ pub(crate) mod freeze_guard;
 pub mod freezer;
 pub(crate) mod infect;
 pub mod mem;
+pub(crate) mod netdev;
 pub mod pidns;
 pub(crate) mod pod;
 pub mod proc_tasks;
