@@ -8,7 +8,7 @@
 //!          file_entry {type REG, reg {id = regf_id, name "/dev/ptmx" | "/dev/pts/N" |
 //!                      "/dev/tty", flags, fown, mode}}          (CRIU opens ttys by this path)
 //!          tty-info.img {id = index << 1 | is_master, type PTY, locked, exclusive,
-//!                        packet_mode, sid, pgrp, rdev, termios (19 c_cc, speeds 0),
+//!                        packet_mode, sid, pgrp, rdev, termios (c_cc packed as CRIU's, speeds 0),
 //!                        termios_locked, winsize, pty {index}, dev, uid, gid}  one per side
 //!                       {id = 1006 << 1, type CTTY, sid, pgrp, rdev 5:0, termios, ...}
 //!          tty-data.img {tty_id = the side that would have read it, data}   (pairs only)
@@ -120,7 +120,22 @@ fn stage(e: &pb::FileEntry) -> u8 {
     }
 }
 
+/// Words of `c_cc` in an image (CRIU's TERMIOS_NCC; its restore refuses fewer).
+const CC_WORDS: usize = 19;
+/// Bytes of glibc's `c_cc`, which CRIU copies into the first words of the image's `c_cc`.
+const CC_PACKED: usize = 32;
+
+/// The image's termios. `c_cc` as CRIU writes it (a `memcpy` of glibc's 32-byte `c_cc` into
+/// the repeated u32 field): the control characters packed four to a word, little-endian, in
+/// the first 8 words; the other words 0.
 fn termios_entry(x: t::Termios) -> pb::TermiosEntry {
+    let mut bytes = [0u8; CC_PACKED];
+    bytes[..t::NCCS].copy_from_slice(&x.cc);
+    let mut c_cc: Vec<u32> = bytes
+        .chunks(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect();
+    c_cc.resize(CC_WORDS, 0);
     pb::TermiosEntry {
         c_iflag: x.iflag,
         c_oflag: x.oflag,
@@ -129,14 +144,28 @@ fn termios_entry(x: t::Termios) -> pb::TermiosEntry {
         c_line: u32::from(x.line),
         c_ispeed: 0,
         c_ospeed: 0,
-        c_cc: x.cc.iter().map(|c| u32::from(*c)).collect(),
+        c_cc,
     }
 }
 
+/// The kernel termios of an image entry. `c_cc` packed as CRIU writes it (see
+/// [`termios_entry`]); images of older stasis versions had one character per word, told
+/// apart by no word being above 0xff (a packed `c_cc` has VINTR..VKILL in its first word).
 fn termios_of(e: &pb::TermiosEntry) -> t::Termios {
     let mut cc = [0u8; t::NCCS];
-    for (d, s) in cc.iter_mut().zip(&e.c_cc) {
-        *d = *s as u8;
+    if e.c_cc.iter().any(|w| *w > 0xff) {
+        let bytes = e
+            .c_cc
+            .iter()
+            .take(CC_PACKED / 4)
+            .flat_map(|w| w.to_le_bytes());
+        for (d, s) in cc.iter_mut().zip(bytes) {
+            *d = s;
+        }
+    } else {
+        for (d, s) in cc.iter_mut().zip(&e.c_cc) {
+            *d = *s as u8;
+        }
     }
     t::Termios {
         iflag: e.c_iflag,
@@ -424,4 +453,30 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
         };
     common::restore_params(KIND, e.id, &fd, tf.flags, &tf.fown)?;
     Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `c_cc` as CRIU 4.2 writes it (taken from a CRIU dump of a raw-mode pty: VINTR 7,
+    /// VMIN 1), read back, and written again the same way.
+    #[test]
+    fn c_cc_packed_like_criu() {
+        let mut x = t::Termios::default();
+        x.cc[libc::VINTR] = 7;
+        x.cc[libc::VQUIT] = 0x1c;
+        x.cc[libc::VMIN] = 1;
+        x.cc[libc::VEOL2] = 0x42;
+        let e = termios_entry(x);
+        assert_eq!(e.c_cc.len(), CC_WORDS);
+        assert_eq!(e.c_cc[0], 0x0000_1c07);
+        assert_eq!(e.c_cc[1], 0x0001_0000, "VMIN is byte 6: word 1, third byte");
+        assert!(e.c_cc[8..].iter().all(|w| *w == 0));
+        assert_eq!(termios_of(&e), x);
+        // One character per word (older stasis images) still reads.
+        let mut old = e.clone();
+        old.c_cc = x.cc.iter().map(|c| u32::from(*c)).collect();
+        assert_eq!(termios_of(&old), x);
+    }
 }
