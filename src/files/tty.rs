@@ -299,7 +299,7 @@ pub fn finish(st: &mut DumpState, next_id: &mut dyn FnMut() -> u32) -> Result<Ve
             id: rid,
             flags: tf.flags,
             pos: 0,
-            fown: tf.fown.clone(),
+            fown: tf.fown,
             name: path,
             mode: Some(mode),
             ..Default::default()
