@@ -6,6 +6,9 @@
 //! * session: a session leader whose controlling terminal is a pty slave, its child in a
 //!   group of its own that is the terminal's foreground group;
 //! * devtty: the same, and the leader holds a descriptor of `/dev/tty`;
+//! * external: a workload holding one of the test's ptys is dumped with `--external
+//!   tty[RDEV:DEV]` and restored with `--inherit-fd fd[N]:tty[RDEV:DEV]` naming a new pty of
+//!   the test, on which the restored workload writes;
 //! * refused: a descriptor of a terminal that is not restored (the system console) makes the
 //!   dump fail with the device named.
 //!
@@ -131,6 +134,96 @@ fn session_leader_ctty_and_foreground_group() {
 #[test]
 fn dev_tty_descriptor() {
     round_trip("devtty", 37180, devtty_images);
+}
+
+/// `--external tty[RDEV:DEV]` at dump, `--inherit-fd fd[N]:tty[RDEV:DEV]` at restore: the
+/// restored workload writes on the terminal the restore was given.
+#[test]
+fn external_terminal_inherited() {
+    let _lock = restore_lock();
+    let base = 37220;
+    with_round_trip_deadline(90, cgroup_path("fx-tty-ext", base), move |restored| {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::process::CommandExt;
+        let work = tempfile::tempdir().unwrap();
+        let bin = c_program("fx-tty", SRC, &["-static"]);
+        let result = work.path().join("result");
+        let cloexec = |p: &nix::pty::OpenptyResult| {
+            for fd in [&p.master, &p.slave] {
+                let flag = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+                nix::fcntl::fcntl(fd, flag).unwrap();
+            }
+        };
+        // The workload holds the slave by its path only (not the test's descriptors).
+        let old = nix::pty::openpty(None, None).unwrap();
+        cloexec(&old);
+        let old_path = nix::unistd::ttyname(&old.slave).unwrap();
+        let cmd = tuned_cmd(&bin, &[&result, Path::new("ext"), &old_path]);
+        let mut w = launch_cmd("fx-tty-ext", base, &cmd, &result);
+        assert_eq!(std::fs::read_to_string(&result).unwrap(), "READY");
+        let md = std::fs::metadata(&old_path).unwrap();
+        let key = format!("tty[{:x}:{:x}]", md.rdev(), md.dev());
+        let images = tempfile::tempdir().unwrap();
+        let cgroup = w.cgroup.to_string_lossy().into_owned();
+        let ext = format!("--external={key}");
+        stasis_dump(w.pid, images.path(), &["--freeze-cgroup", &cgroup, &ext]);
+        let info = decode(&images.path().join("tty-info.img"));
+        assert_eq!(info["entries"][0]["type"], "EXT_TTY", "{info}");
+        let pids = pids_of(images.path());
+        *restored.lock().unwrap() = pids.clone();
+        reap_dumped(&mut w);
+        wait_gone(&pids, 10, "the dumped tree");
+        // A new pty: its slave is the caller's fd 7 for the restore.
+        let new = nix::pty::openpty(None, None).unwrap();
+        cloexec(&new);
+        let raw = new.slave.as_raw_fd();
+        let mut restore = stasis_bin();
+        restore
+            .args(["restore", "-d", "-D"])
+            .arg(images.path())
+            .args(["-o", "restore.log", "-v4", "--inherit-fd"])
+            .arg(format!("fd[7]:{key}"));
+        // SAFETY: dup2 between fork and exec (it clears close-on-exec on fd 7; when the slave
+        // is fd 7 already, fcntl does).
+        unsafe {
+            restore.pre_exec(move || {
+                let placed = if raw == 7 {
+                    libc::fcntl(7, libc::F_SETFD, 0) == 0
+                } else {
+                    libc::dup2(raw, 7) == 7
+                };
+                if !placed {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = restore.output().unwrap();
+        assert!(
+            out.status.success(),
+            "restore: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(images.path().join("restore.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let verdict = verify(&w);
+        let mut buf = [0u8; 6];
+        let mut got = 0;
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&new.master),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        while got < 6 && nix::poll::poll(&mut fds, 5000u16).unwrap_or(0) > 0 {
+            match nix::unistd::read(&new.master, &mut buf[got..]) {
+                Ok(n) if n > 0 => got += n,
+                _ => break,
+            }
+        }
+        kill_pids(&pids);
+        assert_eq!(verdict, "PASS", "fx-tty ext restored");
+        assert_eq!(&buf[..got], b"ext-ok", "written on the inherited terminal");
+    })
 }
 
 /// The system console is refused by name at dump, and the task runs on.

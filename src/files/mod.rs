@@ -144,6 +144,8 @@ pub struct DumpState {
     pub(crate) tcp_repair: tcp::RepairHold,
     /// Terminals seen (queued data and path entries are done at the end: [`tty::finish`]).
     pub(crate) tty: tty::Seen,
+    /// `--external tty[RDEV:DEV]`: terminals outside the dump, as (rdev, dev).
+    pub ext_ttys: Vec<(u32, u32)>,
     /// Pids of the dumped tree (a pidfd of another task is refused).
     pub tree_pids: std::collections::HashSet<i32>,
     /// Descriptors in flight found in unix queues, to be dumped as files ([`scm`]).

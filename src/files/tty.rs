@@ -56,6 +56,9 @@ const PTS_MAJORS: std::ops::RangeInclusive<u64> = 136..=143;
 const CTTY: (u64, u64) = (5, 0);
 /// CRIU's index of `/dev/tty` (its tty_info id is `CTTY_INDEX << 1`).
 pub const CTTY_INDEX: u32 = 1006;
+/// CRIU's indexes of external terminals: `ETTY_INDEX + n`, n from 1, up to `ETTY_INDEX_MAX`.
+pub const ETTY_INDEX: u32 = 1012;
+pub const ETTY_INDEX_MAX: u32 = 1076;
 /// How many masters we open at most to get the old pty index back.
 pub const MAX_INDEX_TRIES: usize = 4096;
 
@@ -76,8 +79,10 @@ pub(crate) struct Seen {
     infos: HashSet<u32>,
     /// One descriptor (the dumper's copy) per pty side, by tty_info id.
     sides: BTreeMap<u32, (OwnedFd, bool)>,
-    /// TTY entries and the path, mode and flags of their REG entry.
+    /// TTY entries and the path and mode of their REG entry.
     entries: Vec<(pb::FileEntry, String, u32)>,
+    /// External terminals so far (`--external tty[...]`).
+    ext_count: u32,
 }
 
 fn rdev(fd: BorrowedFd<'_>) -> Option<(u64, u64, u64)> {
@@ -205,17 +210,25 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
     let f = d.file;
     let info = FdInfo::parse(KIND, at, d.fdinfo)?;
     let (ma, mi, raw) = rdev(f).ok_or_else(|| unsupported(KIND, at, "not a character device"))?;
+    let md = nix::sys::stat::fstat(f).map_err(sys(KIND, at, "fstat"))?;
     let ctty = (ma, mi) == CTTY;
-    let master = (ma, mi) == PTMX;
+    // `--external tty[RDEV:DEV]`: each description its own index, as CRIU.
+    let ext = !ctty && st.ext_ttys.contains(&(raw as u32, md.st_dev as u32));
+    let master = (ma, mi) == PTMX && !ext;
     let index = if ctty {
         CTTY_INDEX
+    } else if ext {
+        st.tty.ext_count += 1;
+        if st.tty.ext_count > ETTY_INDEX_MAX - ETTY_INDEX {
+            return Err(unsupported(KIND, at, "too many external terminals"));
+        }
+        ETTY_INDEX + st.tty.ext_count
     } else if master {
         t::get_int(f, t::TIOCGPTN).map_err(sys(KIND, at, "TIOCGPTN"))? as u32
     } else {
         ((ma - PTS_MAJORS.start()) * 256 + mi) as u32
     };
     let info_id = (index << 1) | u32::from(master);
-    let md = nix::sys::stat::fstat(f).map_err(sys(KIND, at, "fstat"))?;
     if st.tty.infos.insert(info_id) {
         let term = t::get_termios(f, t::TCGETS).map_err(sys(KIND, at, "TCGETS"))?;
         let locked_t =
@@ -234,14 +247,15 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
         } else {
             ctty_of(d.pid, (!ctty).then_some(raw)).unwrap_or((0, 0))
         };
+        let ty = match (ctty, ext) {
+            (true, _) => pb::TtyType::Ctty,
+            (_, true) => pb::TtyType::ExtTty,
+            _ => pb::TtyType::Pty,
+        };
         let packet_mode = master && flag(t::TIOCGPKT, "TIOCGPKT")?;
         let ti = pb::TtyInfoEntry {
             id: info_id,
-            r#type: if ctty {
-                pb::TtyType::Ctty as i32
-            } else {
-                pb::TtyType::Pty as i32
-            },
+            r#type: ty as i32,
             locked: master && flag(t::TIOCGPTLCK, "TIOCGPTLCK")?,
             exclusive: flag(t::TIOCGEXCL, "TIOCGEXCL")?,
             packet_mode,
@@ -256,13 +270,13 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
                 ws_xpixel: u32::from(ws[2]),
                 ws_ypixel: u32::from(ws[3]),
             }),
-            pty: (!ctty).then_some(pb::TtyPtyEntry { index }),
+            pty: (ty == pb::TtyType::Pty).then_some(pb::TtyPtyEntry { index }),
             dev: Some(md.st_dev as u32),
             uid: Some(md.st_uid),
             gid: Some(md.st_gid),
         };
         st.extra.tty_info.push(ti);
-        if !ctty {
+        if ty == pb::TtyType::Pty {
             let copy = f.try_clone_to_owned().map_err(|e| {
                 sys(KIND, at, "dup")(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
             })?;
@@ -277,9 +291,12 @@ pub fn dump(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
         fown: common::dump_fown(KIND, at, f)?,
         regf_id: None,
     });
-    st.tty
-        .entries
-        .push((e.clone(), d.link.to_string(), md.st_mode));
+    // An external terminal has no path entry (CRIU's neither): it is inherited.
+    if !ext {
+        st.tty
+            .entries
+            .push((e.clone(), d.link.to_string(), md.st_mode));
+    }
     Ok(e)
 }
 
@@ -365,6 +382,11 @@ pub fn info_of<'e>(extra: &'e super::Extra, e: &pb::FileEntry) -> Option<&'e pb:
     extra.tty_info.iter().find(|i| i.id == id)
 }
 
+/// How CRIU names a terminal (`--external`, `--inherit-fd`): `tty[RDEV:DEV]` in hex.
+pub fn ext_key(ti: &pb::TtyInfoEntry) -> String {
+    format!("tty[{:x}:{:x}]", ti.rdev, ti.dev.unwrap_or(0))
+}
+
 /// Whether a TTY entry is a `/dev/tty` descriptor (opened by its task: `restore::ctty`).
 pub fn is_ctty(extra: &super::Extra, e: &pb::FileEntry) -> bool {
     info_of(extra, e).is_some_and(|i| i.r#type == pb::TtyType::Ctty as i32)
@@ -385,7 +407,11 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
             Ok(pb::TtyType::Console) => "the system console".to_string(),
             Ok(pb::TtyType::Vt) => "a virtual console (VT)".to_string(),
             Ok(pb::TtyType::Serial) => "a serial line".to_string(),
-            Ok(pb::TtyType::ExtTty) => "an external tty (--external tty[...])".to_string(),
+            Ok(pb::TtyType::ExtTty) => format!(
+                "external terminal {} without --inherit-fd fd[N]:{}",
+                ext_key(&ti),
+                ext_key(&ti)
+            ),
             Ok(pb::TtyType::Ctty) => "/dev/tty outside its task".to_string(),
             _ => format!("tty type {}", ti.r#type),
         };

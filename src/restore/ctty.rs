@@ -5,7 +5,8 @@
 //! ```text
 //!  restorer (open_files):  ptys restored and parked; for each tty-info with a session `sid`
 //!                          led by a task of the tree: [`Ctty`] {sid, a parked slave (or the
-//!                          master), foreground group}; /dev/tty entries -> opened in task
+//!                          master; an inherited external terminal), foreground group};
+//!                          /dev/tty entries -> opened in task
 //!  task, after setsid:     sid == its pid -> TIOCSCTTY on the slave (its group is the
 //!                          foreground one now)                                  [`take`]
 //!  task, after setpgid:    leads the dumped foreground group -> TIOCSPGRP through /dev/tty
@@ -50,7 +51,8 @@ pub fn plan(
     };
     let mut out: Vec<Ctty> = Vec::new();
     for ti in &extra.tty_info {
-        if ti.r#type != pb::TtyType::Pty as i32 || ti.sid == 0 {
+        let own = [pb::TtyType::Pty as i32, pb::TtyType::ExtTty as i32];
+        if !own.contains(&ti.r#type) || ti.sid == 0 {
             continue;
         }
         let sid = ti.sid as i32;

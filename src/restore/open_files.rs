@@ -619,7 +619,8 @@ fn open_kinds(
     for (id, flags) in super::ctty::dev_tty_entries(plan, &extra) {
         o.in_task.insert(id, ("/dev/tty".to_string(), flags, 0));
     }
-    kinds.retain(|f| !o.in_task.contains_key(&f.id));
+    // Inherited (`--inherit-fd`) entries are in place already.
+    kinds.retain(|f| !o.in_task.contains_key(&f.id) && !o.desc.contains_key(&f.id));
     let mut ctx = crate::files::RestoreCtx::new(opts, &extra, plan.files.values());
     ctx.root = plan.root.clone();
     // Unlinked files restored above, by the inode they had (see RestoreCtx::inodes).

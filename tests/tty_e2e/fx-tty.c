@@ -7,6 +7,8 @@
  *   fx-tty RESULT session  a session leader whose controlling terminal is a pty slave, a
  *                          child in its own process group, that group in the foreground
  *   fx-tty RESULT devtty   session, and the leader holds a descriptor of /dev/tty
+ *   fx-tty RESULT ext PATH a terminal opened by path (one of the test's ptys, outside the
+ *                          tree); checked: still a terminal, "ext-ok" written to it
  *   fx-tty RESULT MODE criu-limits
  *                          the same without checking what CRIU 4.2's restore does not
  *                          restore: exclusive mode (dumped, never set again), and the
@@ -209,6 +211,18 @@ static int session(const char *result, int devtty) {
     return write_verdict(result);
 }
 
+static int ext(const char *result, const char *path) {
+    int fd = open(path, O_RDWR | O_NOCTTY);
+    signal(SIGUSR2, on_go);
+    FILE *f = fopen(result, "w");
+    fputs(fd >= 0 ? "READY" : "cannot open the terminal", f);
+    fclose(f);
+    while (!go) pause();
+    CHECK(isatty(fd), "not a terminal any more");
+    CHECK(write(fd, "ext-ok", 6) == 6, "write: %s", strerror(errno));
+    return write_verdict(result);
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) return 2;
     detach_stdio();
@@ -216,6 +230,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[2], "pair")) return pair(argv[1]);
     if (!strcmp(argv[2], "session")) return session(argv[1], 0);
     if (!strcmp(argv[2], "devtty")) return session(argv[1], 1);
+    if (!strcmp(argv[2], "ext") && argc > 3) return ext(argv[1], argv[3]);
 
     return 2;
 }
