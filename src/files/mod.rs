@@ -1,6 +1,7 @@
 //! File-descriptor kinds beyond regular files and pipes, shared by the dump and restore
 //! engines: eventfd, epoll, timerfd, signalfd, inotify, unix sockets, inet/inet6 sockets (TCP
-//! listeners, UDP, established TCP with `--tcp-established` via TCP_REPAIR), ptys (`--shell-job`).
+//! listeners, UDP, established TCP with `--tcp-established` via TCP_REPAIR), terminals (pty
+//! pairs with their queued data, `/dev/tty`, `--shell-job`, `--external tty[...]`).
 //!
 //! Each kind is one file with a `dump` and a `restore` function, bound together in the table
 //! [`KINDS`] (CRIU's per-fd-type ops). The engines call the generic entry points:
@@ -38,7 +39,8 @@
 //! Descriptors come back with the recorded status flags (`O_NONBLOCK`, ...) and owner;
 //! `FD_CLOEXEC` and the final fd number are the engine's business (fdinfo-N.img).
 //! Extra images go through [`Extra`]: `sk-queues.img` (unix receive queues, peeked at dump
-//! time without consuming), `tcp-stream-<ino>.img` (TCP_REPAIR state and queues), `tty-info.img`.
+//! time without consuming), `tcp-stream-<ino>.img` (TCP_REPAIR state and queues), `tty-info.img`,
+//! `tty-data.img` (pty queues, read out and written back: `tty_queue`).
 
 pub(crate) mod common;
 pub(crate) mod epoll;
