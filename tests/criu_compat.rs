@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Workloads: the fixtures' six programs (verdict on SIGUSR2), the dump tests' C programs
-//! (unix sockets, seccomp), a multi-threaded Python program (every thread's counter goes on)
+//! (unix sockets, seccomp, terminals), a multi-threaded Python program (every thread's counter goes on)
 //! and redis-server holding data (every key answers after the restore).
 //!
 //! It needs a CRIU binary: `STASIS_CRIU=/path/to/criu cargo test --test criu_compat`
@@ -227,6 +227,24 @@ fn fx_unix(way: Way, criu: &Path, r: &Restored, base: i32) {
     let socks = tempfile::tempdir().unwrap();
     let src = include_str!("dump_state_e2e/fx-unix.c");
     c_workload(way, criu, r, base, "fx-unix", src, &[socks.path()]);
+}
+
+/// Terminals (tests/tty_e2e/fx-tty.c): a pty pair with data queued both ways, changed
+/// termios and window size, a packet-mode locked master. Its exclusive mode is not checked:
+/// CRIU 4.2 dumps it but never sets it again (see COMPATIBILITY.md).
+fn tty_pair(way: Way, criu: &Path, r: &Restored, base: i32) {
+    let src = include_str!("tty_e2e/fx-tty.c");
+    let args = [Path::new("pair"), Path::new("criu-limits")];
+    c_workload(way, criu, r, base, "fx-tty", src, &args);
+}
+
+/// A session leader with a pty slave as its controlling terminal, and its child's group in
+/// the foreground. The child does not check that the terminal is its own too: CRIU 4.2's
+/// restore (also of its own images) leaves it without one (see COMPATIBILITY.md).
+fn tty_session(way: Way, criu: &Path, r: &Restored, base: i32) {
+    let src = include_str!("tty_e2e/fx-tty.c");
+    let args = [Path::new("session"), Path::new("criu-limits")];
+    c_workload(way, criu, r, base, "fx-tty", src, &args);
 }
 
 fn fx_seccomp(way: Way, criu: &Path, r: &Restored, base: i32) {
@@ -486,6 +504,18 @@ fn cases() -> Vec<Case> {
             program: "python-tcp",
             base: 34440,
             run: python_tcp,
+        },
+        Case {
+            name: "tty-pair",
+            program: "fx-tty",
+            base: 34560,
+            run: tty_pair,
+        },
+        Case {
+            name: "tty-session",
+            program: "fx-tty",
+            base: 34600,
+            run: tty_session,
         },
         Case {
             name: "cpu-cap",

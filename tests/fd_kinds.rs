@@ -920,7 +920,8 @@ fn pty_pair_keeps_index_termios_winsize_packet_mode() {
             .unwrap();
         assert!(mi.packet_mode && !mi.locked);
         let extra = through_disk(&st.extra, &[]);
-        drop((m, s));
+        // The dump state holds copies of both sides (for the queued data) until it goes.
+        drop((m, s, st));
 
         let fds = restore_all(&[es, em], &extra, RestoreOptions::default());
         let (rm, rs) = (&fds[&1], &fds[&2]);

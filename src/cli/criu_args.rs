@@ -219,6 +219,14 @@ pub struct CriuArgs {
 }
 
 impl CriuArgs {
+    /// The terminals `--external tty[RDEV:DEV]` names, as (rdev, dev).
+    pub fn external_ttys(&self) -> Vec<(u32, u32)> {
+        self.external
+            .iter()
+            .filter_map(|e| parse_external_tty(e))
+            .collect()
+    }
+
     /// `--ghost-limit` in bytes (CRIU's default 1 MiB).
     pub fn ghost_limit(&self) -> Result<u64, String> {
         match &self.ghost_limit {
@@ -397,6 +405,18 @@ impl CriuArgs {
     }
 }
 
+/// `tty[RDEV:DEV]` (hex, as CRIU prints a terminal) -> (rdev, dev).
+pub fn parse_external_tty(res: &str) -> Option<(u32, u32)> {
+    let (r, d) = res
+        .strip_prefix("tty[")?
+        .strip_suffix(']')?
+        .split_once(':')?;
+    Some((
+        u32::from_str_radix(r, 16).ok()?,
+        u32::from_str_radix(d, 16).ok()?,
+    ))
+}
+
 /// `--external RES`: the kinds CRIU knows; the ones that would change a dump or restore here
 /// are refused by name.
 fn check_external(res: &str, verb: Verb) -> Result<(), String> {
@@ -404,7 +424,12 @@ fn check_external(res: &str, verb: Verb) -> Result<(), String> {
     match kind {
         // Mount and network namespace resources: stasis dumps and restores none.
         "mnt" | "veth" | "macvlan" | "netdev" | "net" => Ok(()),
-        "tty" | "file" | "dev" | "unix" => Err(format!(
+        // A terminal outside the tree (restored from `--inherit-fd fd[N]:tty[RDEV:DEV]`).
+        "tty" if parse_external_tty(res).is_some() => Ok(()),
+        "tty" => Err(format!(
+            "--external {res}: a terminal is tty[RDEV:DEV] (hex)"
+        )),
+        "file" | "dev" | "unix" => Err(format!(
             "--external {res}: external {kind} resources are not built yet{}",
             if kind == "unix" && verb == Verb::Dump {
                 " (--ext-unix-sk allows every external unix peer)"
@@ -419,6 +444,17 @@ fn check_external(res: &str, verb: Verb) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn external_tty_as_criu_names_it() {
+        assert_eq!(parse_external_tty("tty[8800:1a]"), Some((0x8800, 0x1a)));
+        assert_eq!(parse_external_tty("tty[8800]"), None);
+        assert_eq!(parse_external_tty("tty[zz:1]"), None);
+        assert!(check_external("tty[8800:1a]", Verb::Dump).is_ok());
+        assert!(check_external("tty[x]", Verb::Dump)
+            .unwrap_err()
+            .contains("tty[RDEV:DEV]"));
+    }
 
     #[test]
     fn status_fd_is_taken_once_open() {

@@ -129,7 +129,7 @@ pub const OPTIONS: &[CriuOpt] = &[
     o("irmap-scan-path", None, Req, Ignored("inotify watches are resolved from the kernel's file handles, without a scan")),
     o("lsm-profile", None, Req, Partial("dump: accepted; restore: refused, applying an LSM profile is not built yet")),
     o("timeout", None, Req, Supported),
-    o("external", None, Req, Partial("`mnt[...]`, `veth[...]`, `macvlan[...]`, `netdev[...]` accepted (no namespaces are dumped or restored); `tty`, `file`, `dev`, `unix` resources refused: not built yet")),
+    o("external", None, Req, Partial("`mnt[...]`, `veth[...]`, `macvlan[...]`, `netdev[...]` accepted (no namespaces are dumped or restored); `tty[RDEV:DEV]` a terminal outside the tree (dumped as external, restored from `--inherit-fd fd[N]:tty[RDEV:DEV]`); `file`, `dev`, `unix` resources refused: not built yet")),
     o("empty-ns", None, Req, Ignored(NETNS)),
     o("lazy-pages", None, N, Supported),
     b("extra", None, Supported),

@@ -206,6 +206,7 @@ impl DumpArgs {
             leave_stopped: c.leave_stopped,
             cgroup_dump_controllers: c.cgroup_dump_controller.clone(),
             shell_job: c.shell_job,
+            external_ttys: c.external_ttys(),
             ext_unix_sk: c.ext_unix_sk.is_some(),
             file_locks: c.file_locks,
             tcp_established: c.tcp_established,

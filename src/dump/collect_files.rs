@@ -712,7 +712,11 @@ impl Files {
         // recognise falls through to the code below.
         let shared = match &target {
             FdTarget::Socket(_) | FdTarget::AnonInode(_) => true,
-            FdTarget::Path(p) => p.starts_with("/dev/pts/") || p.as_os_str() == "/dev/ptmx",
+            FdTarget::Path(p) => {
+                p.starts_with("/dev/pts/")
+                    || p.as_os_str() == "/dev/ptmx"
+                    || p.as_os_str() == "/dev/tty"
+            }
             _ => false,
         };
         if let FdTarget::Socket(ino) = &target {
@@ -747,15 +751,14 @@ impl Files {
                 };
                 if let Ok(md) = std::fs::metadata(&link) {
                     use std::os::unix::fs::FileTypeExt;
-                    let major = libc::major(md.rdev());
-                    if md.file_type().is_char_device()
-                        && (major == 4 || major == 5 || (136..=143).contains(&major))
-                    {
+                    let (major, minor) = (libc::major(md.rdev()), libc::minor(md.rdev()));
+                    let tty = crate::files::tty::other_tty_kind(major.into(), minor.into());
+                    if let Some(what) = tty.filter(|_| md.file_type().is_char_device()) {
                         return Err(DumpError::new(
                             "files",
                             pid,
                             Some(libc::ENOTSUP),
-                            format!("fd {fd}: terminal {name}: ttys are not supported yet"),
+                            format!("fd {fd}: terminal {name} is {what}: not supported"),
                         ));
                     }
                 }

@@ -798,6 +798,7 @@ fn dump_frozen(
         skip_in_flight: opts.skip_in_flight,
     };
     files.kinds.tree_pids = tree.iter().map(|p| p.pid).collect();
+    files.kinds.ext_ttys = opts.external_ttys.clone();
     let mut ids = IdAllocator::new();
     let me = std::process::id() as i32;
     let my_ns = proc::ns::read(me).map_err(|e| DumpError::proc("collect-tree", me, e))?;

@@ -20,6 +20,9 @@ pub struct DumpOptions {
     pub cgroup_dump_controllers: Vec<String>,
     /// The tree is a job of a shell: its tty/session may be outside (`-j/--shell-job`).
     pub shell_job: bool,
+    /// Terminals outside the dump, as (rdev, dev) (`--external tty[RDEV:DEV]`, hex): recorded
+    /// as external (EXT_TTY); the restore takes them from `--inherit-fd fd[N]:tty[RDEV:DEV]`.
+    pub external_ttys: Vec<(u32, u32)>,
     /// Allow unix sockets whose peer is outside the tree (`--ext-unix-sk`).
     pub ext_unix_sk: bool,
     /// Dump file locks (`--file-locks`).

@@ -1,6 +1,7 @@
 //! File-descriptor kinds beyond regular files and pipes, shared by the dump and restore
 //! engines: eventfd, epoll, timerfd, signalfd, inotify, unix sockets, inet/inet6 sockets (TCP
-//! listeners, UDP, established TCP with `--tcp-established` via TCP_REPAIR), ptys (`--shell-job`).
+//! listeners, UDP, established TCP with `--tcp-established` via TCP_REPAIR), terminals (pty
+//! pairs with their queued data, `/dev/tty`, `--shell-job`, `--external tty[...]`).
 //!
 //! Each kind is one file with a `dump` and a `restore` function, bound together in the table
 //! [`KINDS`] (CRIU's per-fd-type ops). The engines call the generic entry points:
@@ -38,7 +39,8 @@
 //! Descriptors come back with the recorded status flags (`O_NONBLOCK`, ...) and owner;
 //! `FD_CLOEXEC` and the final fd number are the engine's business (fdinfo-N.img).
 //! Extra images go through [`Extra`]: `sk-queues.img` (unix receive queues, peeked at dump
-//! time without consuming), `tcp-stream-<ino>.img` (TCP_REPAIR state and queues), `tty-info.img`.
+//! time without consuming), `tcp-stream-<ino>.img` (TCP_REPAIR state and queues), `tty-info.img`,
+//! `tty-data.img` (pty queues, read out and written back: `tty_queue`).
 
 pub(crate) mod common;
 pub(crate) mod epoll;
@@ -56,6 +58,7 @@ pub mod task;
 pub(crate) mod tcp;
 pub(crate) mod timerfd;
 pub(crate) mod tty;
+pub(crate) mod tty_queue;
 pub mod unix;
 
 use std::collections::HashMap;
@@ -141,8 +144,10 @@ pub struct DumpState {
     pub(crate) unix_entries: HashMap<u32, pb::UnixSkEntry>,
     /// Dumped TCP connections, held in repair mode (see [`tcp`]).
     pub(crate) tcp_repair: tcp::RepairHold,
-    /// tty_info ids already written.
-    pub(crate) ttys: std::collections::HashSet<u32>,
+    /// Terminals seen (queued data and path entries are done at the end: [`tty::finish`]).
+    pub(crate) tty: tty::Seen,
+    /// `--external tty[RDEV:DEV]`: terminals outside the dump, as (rdev, dev).
+    pub ext_ttys: Vec<(u32, u32)>,
     /// Pids of the dumped tree (a pidfd of another task is refused).
     pub tree_pids: std::collections::HashSet<i32>,
     /// Descriptors in flight found in unix queues, to be dumped as files ([`scm`]).
@@ -166,6 +171,10 @@ pub struct RestoreCtx<'a> {
     pub(crate) pending: HashMap<u32, OwnedFd>,
     /// Pty masters by tty index (slaves are opened through them).
     pub(crate) pty_masters: HashMap<u32, OwnedFd>,
+    /// Pty indexes whose queued data is back (the first slave of a pair writes it).
+    pub(crate) pty_refilled: std::collections::HashSet<u32>,
+    /// Pty indexes whose master was locked (locked again once every slave is open).
+    pub(crate) pty_relock: Vec<u32>,
     /// Unix entries by socket inode, and their files.img ids (peers look each other up).
     pub(crate) unix: HashMap<u32, pb::UnixSkEntry>,
     pub(crate) unix_ids: HashMap<u32, u32>,
@@ -213,6 +222,8 @@ impl<'a> RestoreCtx<'a> {
             extra,
             pending: HashMap::new(),
             pty_masters: HashMap::new(),
+            pty_refilled: Default::default(),
+            pty_relock: Vec::new(),
             unix,
             unix_ids,
             tcp_pending: Vec::new(),
@@ -224,9 +235,19 @@ impl<'a> RestoreCtx<'a> {
     }
 
     /// Ends the restore of the files: established TCP connections leave repair mode (all
-    /// together, once both ends of local connections exist) and send their unsent data.
+    /// together, once both ends of local connections exist) and send their unsent data;
+    /// pty masters that were locked are locked again (every slave is open).
     /// Call after the last [`restore_fd`] and before the tasks run.
     pub fn finish(&mut self) -> Result<()> {
+        for index in std::mem::take(&mut self.pty_relock) {
+            if let Some(m) = self.pty_masters.get(&index) {
+                crate::sys::tty::set_int(m, crate::sys::tty::TIOCSPTLCK, 1).map_err(error::sys(
+                    "tty",
+                    At::Id(index),
+                    "TIOCSPTLCK",
+                ))?;
+            }
+        }
         tcp::finish(std::mem::take(&mut self.tcp_pending))
     }
 
@@ -299,11 +320,15 @@ pub fn dump_fd(d: &DumpFd<'_>, st: &mut DumpState) -> Result<pb::FileEntry> {
 /// Checks what needs the whole tree: every unix socket's peer is in the dump, or
 /// `--ext-unix-sk` marks it external. Returns files.img entries to add (external named peers,
 /// with ids from `next_id`; no fd refers to them) or to replace (same id, now USK_EXTERN).
+/// Terminals: the data queued in pty pairs, and the path entries of every TTY entry
+/// (added, and the TTY entries replaced with their `regf_id`).
 pub fn finish_dump(
     st: &mut DumpState,
     next_id: &mut dyn FnMut() -> u32,
 ) -> Result<Vec<pb::FileEntry>> {
-    unix::finish(st, next_id)
+    let mut out = unix::finish(st, next_id)?;
+    out.extend(tty::finish(st, next_id)?);
+    Ok(out)
 }
 
 /// Restores one files.img entry as a new descriptor of the calling task.

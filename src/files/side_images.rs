@@ -5,7 +5,7 @@
 //!  tcp-stream-<ino>.img   tcp_stream_entry + inq_len bytes (receive queue)
 //!                                          + outq_len bytes (send queue)
 //!  tty-info.img           {tty_info_entry}*
-//!  tty-data.img           {tty_data_entry}*   (never written by us; read if present)
+//!  tty-data.img           {tty_data_entry}*   (data queued in pty pairs: tty_queue)
 //! ```
 
 use std::collections::BTreeMap;

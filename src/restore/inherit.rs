@@ -6,6 +6,8 @@
 //!  RES (the key CRIU prints)         files.img entry
 //!  path/of/file  or /path/of/file    REG whose name is /path/of/file
 //!  pipe:[ID]                         PIPE of pipe_id ID (every end of it)
+//!  tty[RDEV:DEV]                     TTY whose tty-info has that rdev and dev (hex): an
+//!                                    external terminal (`--external tty[...]` at dump)
 //!  socket:[INO]                      refused by name: inheriting sockets is not built yet
 //! ```
 //! The duplicates are parked like the restore's own descriptors ([`Opened::desc`]), before
@@ -47,12 +49,26 @@ impl InheritFd {
     }
 }
 
-/// The key CRIU gives files.img entry `f`, if it is of a kind that can be inherited.
-fn key_of(f: &super::img::msg::FileEntry) -> Option<String> {
+/// The key CRIU gives files.img entry `f`, if it is of a kind that can be inherited
+/// (`ttys`: the images' tty-info entries).
+fn key_of(f: &super::img::msg::FileEntry, ttys: &crate::files::Extra) -> Option<String> {
     if let Some(r) = &f.reg {
         return Some(r.name.trim_start_matches('/').to_string());
     }
+    if f.tty.is_some() {
+        return crate::files::tty::info_of(ttys, f).map(crate::files::tty::ext_key);
+    }
     f.pipe.as_ref().map(|p| format!("pipe:[{}]", p.pipe_id))
+}
+
+/// The tty-info entries of the images, if any (the keys of inherited terminals).
+fn tty_infos(plan: &Plan, inherited: &[InheritFd]) -> crate::files::Extra {
+    let mut x = crate::files::Extra::default();
+    let path = plan.dir.join("tty-info.img");
+    if inherited.iter().any(|i| i.key.starts_with("tty[")) && path.exists() {
+        x.tty_info = stasis_images::framing::read_entries(&path).unwrap_or_default();
+    }
+    x
 }
 
 /// The files.img ids of the entries `inherited` stands for.
@@ -61,9 +77,10 @@ pub fn inherited_ids(plan: &Plan, inherited: &[InheritFd]) -> std::collections::
         .iter()
         .map(|i| i.key.trim_start_matches('/'))
         .collect();
+    let ttys = tty_infos(plan, inherited);
     plan.files
         .iter()
-        .filter(|(_, f)| key_of(f).is_some_and(|k| keys.contains(&k.as_str())))
+        .filter(|(_, f)| key_of(f, &ttys).is_some_and(|k| keys.contains(&k.as_str())))
         .map(|(id, _)| *id)
         .collect()
 }
@@ -74,6 +91,7 @@ pub fn park_inherited(
     o: &mut Opened,
     inherited: &[InheritFd],
 ) -> Result<(), RestoreError> {
+    let ttys = tty_infos(plan, inherited);
     for inh in inherited {
         if inh.key.starts_with("socket:[") {
             return Err(RestoreError::Unsupported(format!(
@@ -85,7 +103,7 @@ pub fn park_inherited(
         let ids: Vec<u32> = plan
             .files
             .iter()
-            .filter(|(_, f)| key_of(f).as_deref() == Some(key))
+            .filter(|(_, f)| key_of(f, &ttys).as_deref() == Some(key))
             .map(|(id, _)| *id)
             .collect();
         if ids.is_empty() {

@@ -17,6 +17,7 @@ pub(crate) mod blob;
 pub(crate) mod blob_args;
 pub(crate) mod blob_core;
 pub(crate) mod checks;
+pub(crate) mod ctty;
 pub(crate) mod error;
 pub mod fuzzing;
 pub(crate) mod img;

@@ -52,6 +52,8 @@ pub struct Opened {
     /// the images, as (files.img id, the dumped foreground group). The task leading that
     /// group makes it the foreground group of the new terminal.
     pub shell_ttys: Vec<(u32, i32)>,
+    /// Sessions of the tree whose leader takes a restored pty as its terminal again.
+    pub ctty: Vec<super::ctty::Ctty>,
     /// Files in `/proc/PID/` of a task of the tree (e.g. a program reading its own
     /// `/proc/self/stat` when it was dumped): they exist only once the task does, so the task
     /// opens them itself, as (files.img id -> path, open flags, offset).
@@ -617,6 +619,12 @@ fn open_kinds(
         .map(|s| s.ino)
         .collect();
     let extra = crate::files::Extra::read_dir(&plan.dir, &tcp_inos)?;
+    // `/dev/tty` is the task's terminal: its task opens it (see super::ctty).
+    for (id, flags) in super::ctty::dev_tty_entries(plan, &extra) {
+        o.in_task.insert(id, ("/dev/tty".to_string(), flags, 0));
+    }
+    // Inherited (`--inherit-fd`) entries are in place already.
+    kinds.retain(|f| !o.in_task.contains_key(&f.id) && !o.desc.contains_key(&f.id));
     let mut ctx = crate::files::RestoreCtx::new(opts, &extra, plan.files.values());
     ctx.root = plan.root.clone();
     // Unlinked files restored above, by the inode they had (see RestoreCtx::inodes).
@@ -683,6 +691,7 @@ fn open_kinds(
     }
     ctx.finish_in_flight(&o.desc)?;
     ctx.finish()?;
+    o.ctty = super::ctty::plan(plan, &extra, &o.desc);
     Ok(())
 }
 

@@ -144,10 +144,13 @@ fn run_task(
     }
     if t.sid == t.pid {
         nix::unistd::setsid().map_err(|e| ("setsid", e))?;
+        // Its terminal, before its children are forked (they inherit it).
+        super::ctty::take(&opened.ctty, t)?;
     }
     if t.pgid == t.pid && t.sid != t.pid {
         nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| ("setpgid", e))?;
     }
+    super::ctty::foreground(&opened.ctty, t)?;
     super::open_files::set_owners(opened, t.pid, t.pgid).map_err(|e| ("set a file's owner", e))?;
     // The table this task owns, when children share it.
     let owned = match member {
@@ -251,15 +254,19 @@ fn put_fds(
     let mut keep: BTreeSet<RawFd> = BTreeSet::new();
     for fd in &t.fds {
         let own = if let Some((path, flags, pos)) = opened.in_task.get(&fd.id) {
-            // A /proc file of the tree: this task (or its parent) exists now.
+            // A /proc file of the tree: this task (or its parent) exists now; or /dev/tty,
+            // its session's terminal now.
             let own = nix::fcntl::open(
                 path.as_str(),
                 OFlag::from_bits_truncate(*flags as i32 & !libc::O_CREAT) | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )
             .map_err(|e| ("open a /proc file of the tree", e))?;
-            nix::unistd::lseek(&own, *pos as i64, nix::unistd::Whence::SeekSet)
-                .map_err(|e| ("seek a /proc file of the tree", e))?;
+            // (`/dev/tty` cannot seek.)
+            if *pos != 0 {
+                nix::unistd::lseek(&own, *pos as i64, nix::unistd::Whence::SeekSet)
+                    .map_err(|e| ("seek a /proc file of the tree", e))?;
+            }
             Some(own)
         } else if let Some(&(pid, flags)) = opened.pidfds.get(&fd.id) {
             Some(open_pidfd(pid, flags, ctl.deadline)?)

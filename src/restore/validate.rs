@@ -83,15 +83,21 @@ pub fn owner_of(pid: i32) -> String {
     format!("{} ({}){who}", comm.trim(), cmd)
 }
 
-/// Checks every regular file the images name (skipping ghost files, which restore recreates)
-/// but for the entries `skip` (given by `--inherit-fd`).
+/// Checks every regular file the images name (skipping ghost files, which restore recreates,
+/// and the paths of terminals) but for the entries `skip` (given by `--inherit-fd`).
 pub fn files_unchanged_except(
     plan: &Plan,
     skip: &std::collections::BTreeSet<u32>,
 ) -> Result<(), RestoreError> {
+    // A terminal's path entry (`regf_id`): the pty it names is made by the restore.
+    let tty_paths: std::collections::BTreeSet<u32> = plan
+        .files
+        .values()
+        .filter_map(|f| f.tty.as_ref()?.regf_id)
+        .collect();
     for (id, f) in &plan.files {
         let Some(reg) = &f.reg else { continue };
-        if skip.contains(id) {
+        if skip.contains(id) || tty_paths.contains(id) {
             continue;
         }
         // Ghosts are recreated; the tree's own /proc files appear with their tasks.

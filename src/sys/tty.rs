@@ -13,6 +13,8 @@ use super::errno::check_int as check;
 pub const TCGETS: libc::c_ulong = 0x5401;
 pub const TCSETS: libc::c_ulong = 0x5402;
 pub const TIOCEXCL: libc::c_ulong = 0x540C;
+pub const TIOCSCTTY: libc::c_ulong = 0x540E;
+pub const FIONREAD: libc::c_ulong = 0x541B;
 pub const TIOCGPGRP: libc::c_ulong = 0x540F;
 pub const TIOCSPGRP: libc::c_ulong = 0x5410;
 pub const TIOCGWINSZ: libc::c_ulong = 0x5413;
@@ -148,6 +150,60 @@ pub fn set_foreground(fd: std::os::fd::RawFd, pgrp: i32) -> Result<bool, Errno> 
     let r = check(unsafe { libc::ioctl(fd, TIOCSPGRP, &pgrp as *const i32) });
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
     r.map(|_| true)
+}
+
+/// `TIOCSCTTY`: makes the terminal of `fd` the controlling terminal of the caller, which
+/// leads a session without one (no stealing from another session).
+pub fn set_ctty(fd: impl AsFd) -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY takes an int by value (0: do not steal).
+    check(unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), TIOCSCTTY, 0) }).map(drop)
+}
+
+/// Reads what the terminal of `fd` has ready for reading now, at most `max` bytes, without
+/// waiting and without changing the description's flags (a zero-timeout poll before every
+/// read; in canonical mode only complete lines are ready). The bytes are gone from the queue.
+/// `packet`: a pty master in packet mode, whose reads start with a status byte (dropped).
+pub fn drain_ready(fd: impl AsFd, max: usize, packet: bool) -> Result<Vec<u8>, Errno> {
+    let fd = fd.as_fd();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let ready = get_int(fd, FIONREAD)?;
+        if ready <= 0 || out.len() >= max {
+            break;
+        }
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        if check(unsafe { libc::poll(&mut p, 1, 0) })? == 0 || p.revents & libc::POLLIN == 0 {
+            break;
+        }
+        let want = buf.len().min(max - out.len() + usize::from(packet));
+        let n = nix::unistd::read(fd, &mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        let skip = usize::from(packet).min(n);
+        out.extend_from_slice(&buf[skip..n]);
+    }
+    Ok(out)
+}
+
+/// Writes all of `data` to the terminal of `fd` (blocking).
+pub fn write_all(fd: impl AsFd, data: &[u8]) -> Result<(), Errno> {
+    let mut off = 0;
+    while off < data.len() {
+        match nix::unistd::write(fd.as_fd(), &data[off..]) {
+            Ok(0) => return Err(Errno::EIO),
+            Ok(n) => off += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// `isatty(fd)`.
