@@ -576,7 +576,7 @@ pub fn files_in_pidns(
     pids: &PidMap,
     root: i32,
 ) -> Result<()> {
-    if !files.kinds.ttys.is_empty() {
+    if !files.kinds.tty.is_empty() {
         return Err(DumpError::new(
             "files",
             root,

@@ -85,6 +85,13 @@ pub(crate) struct Seen {
     ext_count: u32,
 }
 
+impl Seen {
+    /// No terminal was seen in the dump.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.infos.is_empty() && self.entries.is_empty() && self.ext_count == 0
+    }
+}
+
 fn rdev(fd: BorrowedFd<'_>) -> Option<(u64, u64, u64)> {
     let st = nix::sys::stat::fstat(fd).ok()?;
     if st.st_mode & libc::S_IFMT != libc::S_IFCHR {
