@@ -410,6 +410,7 @@ struct Collection {
     files: Files,
     root_ids: Value,
     extras: super::extras::Extras,
+    mounts: Option<super::mounts::MountTree>,
 }
 
 fn write_images(
@@ -431,6 +432,9 @@ fn write_images(
         &tree.iter().map(tree::pstree_entry).collect::<Vec<_>>(),
     )
     .map_err(img(root))?;
+    if let Some(m) = &c.mounts {
+        m.write(dir)?;
+    }
     let t_mem = prof.now_us();
     for shm in &files.shmem {
         pages::write_shmem(sink, root, shm, &mut stats.pages)?;
@@ -728,6 +732,7 @@ fn dump_frozen(
     let tree = tree::collect(opts.pid)?;
     tree::check_namespaces(&tree)?;
     tree::check_external(&tree, opts.shell_job)?;
+    let own_mnt_ns = super::mounts::check_tree(&tree.iter().map(|p| p.pid).collect::<Vec<_>>())?;
     if !opts.file_locks {
         tree::check_file_locks(&tree)?;
     }
@@ -780,6 +785,14 @@ fn dump_frozen(
         }
     }
     files.finish_kinds(opts.pid)?;
+    // The root's own mount namespace: its tree, classified while the tasks are frozen.
+    let mounts = match (own_mnt_ns, collected.first()) {
+        (Some(_), Some(c)) => {
+            let ns_id = c.ids["mnt_ns_id"].as_u64().unwrap_or(0) as u32;
+            Some(super::mounts::collect(opts.pid, ns_id, &opts.mounts)?)
+        }
+        _ => None,
+    };
     stats.memdump_time = prof.now_us() - t;
     prof.record("collect", "phase", 0, t);
     let t = prof.now_us();
@@ -789,6 +802,7 @@ fn dump_frozen(
         files,
         root_ids,
         extras,
+        mounts,
     };
     write_images(&mut dir, opts, &c, sink, stats, prof)?;
     if !opts.leave_running {
