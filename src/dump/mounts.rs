@@ -278,12 +278,13 @@ pub fn collect(pid: i32, ns_id: u32, opts: &MountOptions) -> Result<MountTree> {
             .filter(|h| kdev(h) == kdev(m) && covers(&h.root, &m.root))
             .max_by_key(|h| h.root.len())
         {
+            // CRIU's spelling: the host mountpoint, then "/" and the rest of the root
+            // ("//tmp/x" below "/").
             let c = cut(&m.root, &h.root);
-            let base = h.mountpoint.trim_start_matches('/');
-            let path = match (base.is_empty(), c.is_empty()) {
-                (_, true) => base.to_string(),
-                (true, false) => c,
-                (false, false) => format!("{base}/{c}"),
+            let path = if c.is_empty() {
+                h.mountpoint.clone()
+            } else {
+                format!("{}/{c}", h.mountpoint)
             };
             How::Auto(path)
         } else if kdev(m) == kdev(root) && covers(&root.root, &m.root) {
@@ -485,9 +486,9 @@ mod tests {
             (libc::MS_RDONLY | libc::MS_STRICTATIME | libc::MS_SHARED) as u32
         );
         assert_eq!(kdev(&r), (8 << 20) | 1);
-        let e = entry(&r, &How::Auto("srv/x".into()));
+        let e = entry(&r, &How::Auto("/srv/x".into()));
         assert_eq!(e["ext_key"], AUTODETECTED);
-        assert_eq!(e["source"], "srv/x");
+        assert_eq!(e["source"], "/srv/x");
         assert_eq!(e["shared_id"], 3);
     }
 

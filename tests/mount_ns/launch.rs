@@ -1,0 +1,69 @@
+//! The mount-namespace workload (workload.c) for tests/mount_ns.rs and tests/criu_compat.rs:
+//! `unshare --mount --fork --propagation private workload DIR MODE` in a fresh cgroup; the
+//! tree dumped is the workload (the child of unshare), which owns its mount namespace.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::common::dump::{launch_cmd, Workload, TUNABLES};
+use super::common::workload::c_program;
+
+/// The options a dump and a restore of the workload need: its namespace holds copies of the
+/// host's mounts (found again on the host: `--ext-mount-map auto`), its "/" is the host's.
+pub const MOUNT_OPTS: &[&str] = &["--ext-mount-map", "auto", "--root", "/"];
+
+/// Starts the workload in `mode` (exact, sorted, shared) in its own directory; returns it
+/// (its pid: the workload, not unshare) with that directory. Its verdict goes to DIR/result.
+pub fn launch(name: &str, base: i32, mode: &str) -> (Workload, PathBuf) {
+    let bin = c_program("mount_ns_workload", include_str!("workload.c"), &[]);
+    let dir = PathBuf::from(format!(
+        "/tmp/stasis-dump-tests/{name}-{}-{base}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cmd = format!(
+        "env GLIBC_TUNABLES={TUNABLES} unshare --mount --fork --propagation private {} {} {mode}",
+        bin.display(),
+        dir.display()
+    );
+    let mut w = launch_cmd(name, base, &cmd, &dir.join("ready"));
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", w.pid)).unwrap_or_default();
+    w.pid = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unshare {} has no child", w.pid));
+    w.result = dir.join("result");
+    (w, dir)
+}
+
+/// Lets the workload check itself (DIR/go) and returns its verdict (10 s at most).
+pub fn verdict(dir: &Path) -> String {
+    let _ = std::fs::remove_file(dir.join("result"));
+    std::fs::write(dir.join("go"), "").unwrap();
+    let t0 = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(dir.join("result")) {
+            if !s.is_empty() {
+                let _ = std::fs::remove_file(dir.join("go"));
+                return s;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the mount namespace workload gave no verdict"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `/proc/PID/mountinfo` without ids and device numbers (what a restore keeps).
+pub fn mounts_of(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or("").to_string())
+        .collect()
+}
