@@ -17,6 +17,8 @@
 //! needs no CRIU (tests/criu_compat_images.rs).
 
 mod common;
+#[path = "mount_ns/launch.rs"]
+mod mount_ns;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -444,6 +446,34 @@ fn redis(way: Way, criu: &Path, r: &Restored, base: i32) {
     });
 }
 
+/// A tree owning a mount namespace (tests/mount_ns/workload.c): its tmpfs, binds, read-only
+/// bind and proc come back (in the restorer's mount order: compared as a set), fd 3 in the
+/// tmpfs reads on.
+fn mount_ns(way: Way, criu: &Path, r: &Restored, base: i32) {
+    let (w, dir) = mount_ns::launch("mount-ns", base, "sorted");
+    let extra = Extra {
+        both: mount_ns::MOUNT_OPTS,
+        criu: &[],
+    };
+    let mut before = mount_ns::mounts_of(w.pid);
+    before.sort();
+    let pid = w.pid;
+    cross_with(
+        way,
+        criu,
+        r,
+        w,
+        extra,
+        |img| assert_eq!(count_files(img, "mountpoints-"), 1),
+        |_| {
+            let mut after = mount_ns::mounts_of(pid);
+            after.sort();
+            assert_eq!(after, before, "mountinfo after the restore ({})", way.label());
+            assert_eq!(mount_ns::verdict(&dir), "PASS", "mount-ns ({})", way.label());
+        },
+    );
+}
+
 fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -511,6 +541,12 @@ fn cases() -> Vec<Case> {
             program: "python-tcp",
             base: 34440,
             run: python_tcp,
+        },
+        Case {
+            name: "mount-ns",
+            program: "mount-ns",
+            base: 34560,
+            run: mount_ns,
         },
         Case {
             name: "cpu-cap",
