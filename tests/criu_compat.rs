@@ -468,10 +468,60 @@ fn mount_ns(way: Way, criu: &Path, r: &Restored, base: i32) {
         |_| {
             let mut after = mount_ns::mounts_of(pid);
             after.sort();
-            assert_eq!(after, before, "mountinfo after the restore ({})", way.label());
-            assert_eq!(mount_ns::verdict(&dir), "PASS", "mount-ns ({})", way.label());
+            assert_eq!(
+                after,
+                before,
+                "mountinfo after the restore ({})",
+                way.label()
+            );
+            assert_eq!(
+                mount_ns::verdict(&dir),
+                "PASS",
+                "mount-ns ({})",
+                way.label()
+            );
         },
     );
+}
+
+/// What runc builds (tests/mount_ns/container.c): a busybox shell pivoted into its own rootfs
+/// with proc and a tmpfs at /tmp, dumped and restored with `--root ROOTFS`: same mount tree,
+/// the count goes on.
+fn container(way: Way, criu: &Path, r: &Restored, base: i32) {
+    let (w, rootfs) = mount_ns::launch_container("container", base);
+    let root: &'static str = Box::leak(rootfs.to_str().unwrap().to_string().into_boxed_str());
+    let both: &'static [&'static str] = Box::leak(vec!["--root", root].into_boxed_slice());
+    let extra = Extra { both, criu: &[] };
+    // As a set: CRIU mounts siblings in another order.
+    let mut before = mount_ns::mounts_of(w.pid);
+    before.sort();
+    let counted = mount_ns::count(w.pid);
+    let pid = w.pid;
+    cross_with(
+        way,
+        criu,
+        r,
+        w,
+        extra,
+        |_| {},
+        |_| {
+            let mut after = mount_ns::mounts_of(pid);
+            after.sort();
+            assert_eq!(after, before, "mountinfo ({})", way.label());
+            let first = mount_ns::count(pid);
+            assert!(first >= counted, "the count went back ({})", way.label());
+            let t0 = Instant::now();
+            while mount_ns::count(pid) <= first {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "no count ({})",
+                    way.label()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        },
+    );
+    let _ = std::fs::remove_dir_all(&rootfs);
 }
 
 fn cases() -> Vec<Case> {
@@ -547,6 +597,12 @@ fn cases() -> Vec<Case> {
             program: "mount-ns",
             base: 34560,
             run: mount_ns,
+        },
+        Case {
+            name: "container",
+            program: "container",
+            base: 34600,
+            run: container,
         },
         Case {
             name: "cpu-cap",

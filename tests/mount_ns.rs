@@ -19,7 +19,7 @@ use std::process::Command;
 use common::deadline::with_deadline;
 use common::dump::*;
 use common::lock::restore_lock;
-use launch::{launch, mounts_of, verdict, MOUNT_OPTS};
+use launch::{count, launch, launch_container, mounts_of, verdict, MOUNT_OPTS};
 
 fn images(tag: &str) -> std::path::PathBuf {
     tempfile::Builder::new()
@@ -93,6 +93,61 @@ fn round_trip_rebuilds_the_mount_tree() {
         let _ = std::fs::remove_dir_all(&img);
     });
     drop(restored);
+}
+
+/// What runc builds: a busybox shell pivoted into a rootfs of its own with proc and a tmpfs at
+/// /tmp; dumped and restored with `--root ROOTFS` (no external mount): it counts on from where
+/// it was, in the same mount tree.
+#[test]
+fn container_rootfs_round_trip_with_root() {
+    let _lock = restore_lock();
+    let (w, rootfs) = launch_container("mntns-container", 36080);
+    let cg = w.cgroup.clone();
+    with_round_trip_deadline(120, cg, move |r| {
+        let mut w = w;
+        let root = rootfs.to_str().unwrap().to_string();
+        let before = mounts_of(w.pid);
+        assert_eq!(before.len(), 3, "rootfs, proc, tmpfs: {before:?}");
+        assert!(before[0].starts_with(&format!("{root} / ")), "{before:?}");
+        let counted = count(w.pid);
+        let img = images("container");
+        stasis_dump(w.pid, &img, &["--root", &root]);
+        reap_dumped(&mut w);
+        let pids = pids_of(&img);
+        *r.lock().unwrap() = pids.clone();
+        wait_gone(&pids, 10, "the dumped tree");
+        // The tmpfs was the container's: its tar is in the images, nothing of it on the
+        // host's rootfs directory.
+        assert_eq!(count_files(&img, "tmpfs-dev-"), 1);
+        assert!(!rootfs.join("tmp/count").exists());
+        let doc = decode(&files_with_prefix(&img, "mountpoints-")[0]);
+        assert!(
+            doc["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e.get("ext_key").is_none()),
+            "no external mount in a container's tree"
+        );
+        debian_crit_decodes_all(&img);
+
+        stasis_restore_detached(&img, &["--root", &root]);
+        let pid = pids[0];
+        assert_eq!(mounts_of(pid), before, "mountinfo after the restore");
+        let first = count(pid);
+        assert!(first >= counted, "the count went back: {first} < {counted}");
+        let t0 = std::time::Instant::now();
+        while count(pid) <= first {
+            assert!(
+                t0.elapsed().as_secs() < 10,
+                "the restored shell does not count"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        kill_pids(&pids);
+        let _ = std::fs::remove_dir_all(&img);
+        let _ = std::fs::remove_dir_all(&rootfs);
+    });
 }
 
 /// What the dump cannot rebuild is refused by name, and the tree goes on as it was.

@@ -67,3 +67,56 @@ pub fn mounts_of(pid: i32) -> Vec<String> {
         .map(|l| l.splitn(4, ' ').nth(3).unwrap_or("").to_string())
         .collect()
 }
+
+/// A busybox-static rootfs made here (bin/busybox, bin/sh and bin/sleep links, empty proc and
+/// tmp, the counting loop in /loop.sh) and a shell counting in it as a container:
+/// `container.c` pivots into it with proc and a tmpfs at /tmp. The count is in its
+/// /tmp/count (a tmpfs of the container), `ready` on the rootfs once it counts.
+pub fn launch_container(name: &str, base: i32) -> (Workload, PathBuf) {
+    let bin = c_program("mount_ns_container", include_str!("container.c"), &[]);
+    let rootfs = PathBuf::from(format!(
+        "/tmp/stasis-dump-tests/{name}-{}-{base}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&rootfs);
+    for d in ["bin", "proc", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static");
+    for l in ["sh", "sleep"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(l)).unwrap();
+    }
+    std::fs::write(
+        rootfs.join("loop.sh"),
+        "i=0\nwhile :; do i=$((i+1)); echo $i > /tmp/count; [ $i = 3 ] && echo > /ready; \
+         sleep 0.05; done\n",
+    )
+    .unwrap();
+    let cmd = format!(
+        "env -i PATH=/bin GLIBC_TUNABLES={TUNABLES} unshare --mount --fork --propagation \
+         private {} {} /bin/sh /loop.sh",
+        bin.display(),
+        rootfs.display()
+    );
+    let mut w = launch_cmd(name, base, &cmd, &rootfs.join("ready"));
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", w.pid)).unwrap_or_default();
+    w.pid = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unshare {} has no child", w.pid));
+    (w, rootfs)
+}
+
+/// The container's count (its /tmp/count, read through /proc/PID/root).
+pub fn count(pid: i32) -> u64 {
+    for _ in 0..100 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/root/tmp/count")).unwrap_or_default();
+        if let Ok(n) = s.trim().parse() {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("no count in /proc/{pid}/root/tmp/count")
+}
