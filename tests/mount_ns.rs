@@ -154,14 +154,28 @@ fn container_rootfs_round_trip_with_root() {
 #[test]
 fn unrebuildable_and_shared_mounts_are_refused() {
     let _lock = restore_lock();
-    for (mode, extra, want) in [
+    const UNSHARE: &[&str] = &["--ext-mount-map", "auto", "--root", "/", "--shell-job"];
+    for (mode, extra, want, parent) in [
         // Without --ext-mount-map auto the copies of the host's mounts (devtmpfs, cgroup
         // hierarchies...) cannot be rebuilt.
-        ("exact", &[][..], "stasis cannot rebuild a"),
-        ("shared", MOUNT_OPTS, "propagation shared:"),
+        ("exact", &[][..], "stasis cannot rebuild a", false),
+        ("shared", MOUNT_OPTS, "propagation shared:", false),
+        // unshare itself: its executable is on the host's mount, outside its namespace.
+        (
+            "exact",
+            UNSHARE,
+            "which is not in the task's mount namespace",
+            true,
+        ),
     ] {
-        let (w, dir) = launch(&format!("mntns-refuse-{mode}"), 36040, mode);
-        let pid = w.pid;
+        let (w, dir) = launch(&format!("mntns-refuse-{mode}-{parent}"), 36040, mode);
+        let pid = if parent {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", w.pid)).unwrap();
+            let after = stat.rsplit_once(')').unwrap().1;
+            after.split_whitespace().nth(1).unwrap().parse().unwrap()
+        } else {
+            w.pid
+        };
         let cg = w.cgroup.clone();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         with_deadline(
@@ -176,6 +190,10 @@ fn unrebuildable_and_shared_mounts_are_refused() {
                 let err = String::from_utf8_lossy(&out.stderr);
                 assert!(!out.status.success(), "dump of a {mode} tree succeeded");
                 assert!(err.contains(want) && err.contains("mount "), "{err}");
+                assert!(
+                    all_running(&w),
+                    "{mode}: the tree runs on after the refused dump"
+                );
                 // Left as it was: it runs and its tree checks out.
                 assert_eq!(verdict(&dir), "PASS", "{mode}: after the refused dump");
                 let _ = std::fs::remove_dir_all(&img);

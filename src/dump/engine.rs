@@ -789,7 +789,10 @@ fn dump_frozen(
     let mounts = match (own_mnt_ns, collected.first()) {
         (Some(_), Some(c)) => {
             let ns_id = c.ids["mnt_ns_id"].as_u64().unwrap_or(0) as u32;
-            Some(super::mounts::collect(opts.pid, ns_id, &opts.mounts)?)
+            let m = super::mounts::collect(opts.pid, ns_id, &opts.mounts)?;
+            let pids: Vec<i32> = tree.iter().filter(|p| !p.zombie).map(|p| p.pid).collect();
+            super::mounts::check_files(&pids, &m)?;
+            Some(m)
         }
         _ => None,
     };

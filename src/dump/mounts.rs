@@ -357,6 +357,82 @@ pub fn collect(pid: i32, ns_id: u32, opts: &MountOptions) -> Result<MountTree> {
     })
 }
 
+/// The mount a `/proc` link (fd, map_files, exe, cwd, root) leads to: opened `O_PATH`, its
+/// `mnt_id` read from our fdinfo.
+fn mnt_id_of(link: &Path) -> Option<i32> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(link)
+        .ok()?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Files on the kernel's internal mounts (pipes, sockets, memfds, SysV and shared anonymous
+/// memory): not in any mount tree, dumped by their own kinds.
+fn internal(target: &str) -> bool {
+    !target.starts_with('/')
+        || [
+            "/memfd:",
+            "/SYSV",
+            "/dev/zero (deleted)",
+            "/anon_hugepage",
+            "/[",
+            "/dmabuf",
+        ]
+        .iter()
+        .any(|p| target.starts_with(p))
+}
+
+/// Every file the tasks hold (descriptors, mapped files, exe, cwd, root) is on a mount of the
+/// dumped namespace: a file on a mount outside it (the host's, before the task unshared) has
+/// no path the restore could open it by, and is refused naming it (as CRIU does).
+pub fn check_files(pids: &[i32], tree: &MountTree) -> Result<()> {
+    let ids: BTreeSet<i32> = tree.mounts.iter().map(|(m, _)| m.mnt_id).collect();
+    for &pid in pids {
+        let mut links: Vec<PathBuf> = ["exe", "cwd", "root"]
+            .iter()
+            .map(|l| PathBuf::from(format!("/proc/{pid}/{l}")))
+            .collect();
+        for sub in ["fd", "map_files"] {
+            if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/{sub}")) {
+                links.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+        for link in links {
+            let Ok(target) = std::fs::read_link(&link) else {
+                continue;
+            };
+            let target = target.to_string_lossy();
+            if internal(&target) {
+                continue;
+            }
+            match mnt_id_of(&link) {
+                Some(id) if !ids.contains(&id) => {
+                    return Err(DumpError::new(
+                        "mounts",
+                        pid,
+                        Some(libc::EXDEV),
+                        format!(
+                            "{} ({target}) is on mount {id}, which is not in the task's mount \
+                             namespace (opened before it left the host's?): it cannot be \
+                             restored",
+                            link.display()
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One `mnt_entry`.
 pub fn entry(m: &Mount, how: &How) -> Value {
     let (sb, options) = sb_flags(m);
