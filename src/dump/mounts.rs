@@ -43,27 +43,34 @@ pub struct MountOptions {
     pub external_masters: bool,
 }
 
+/// The pairs of `--external mnt[A]:B` and `--ext-mount-map A:B` (CRIU takes both spellings:
+/// MOUNTPOINT:KEY on dump, KEY:HOSTPATH on restore), and whether `--ext-mount-map auto` is
+/// there.
+pub fn mount_pairs(external: &[String], map: &[String]) -> (Vec<(String, String)>, bool) {
+    let mnt = external
+        .iter()
+        .filter_map(|e| e.strip_prefix("mnt[").and_then(|r| r.split_once("]:")));
+    let mapped = map
+        .iter()
+        .filter(|m| *m != "auto")
+        .filter_map(|m| m.split_once(':'));
+    let pairs = mnt
+        .chain(mapped)
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    (pairs, map.iter().any(|m| m == "auto"))
+}
+
 impl MountOptions {
     /// From the command line's `--external` and `--ext-mount-map` values (dump side).
     pub fn from_args(external: &[String], map: &[String], sharing: bool, masters: bool) -> Self {
-        let mut o = MountOptions {
-            auto: map.iter().any(|m| m == "auto"),
+        let (pairs, auto) = mount_pairs(external, map);
+        MountOptions {
+            external: pairs.into_iter().collect(),
+            auto,
             external_sharing: sharing,
             external_masters: masters,
-            ..Default::default()
-        };
-        for e in external {
-            if let Some((mp, key)) = e.strip_prefix("mnt[").and_then(|r| r.split_once("]:")) {
-                o.external.insert(mp.to_string(), key.to_string());
-            }
         }
-        // CRIU: `--ext-mount-map MOUNTPOINT:KEY` on dump is `--external mnt[MOUNTPOINT]:KEY`.
-        for m in map.iter().filter(|m| *m != "auto") {
-            if let Some((mp, key)) = m.split_once(':') {
-                o.external.insert(mp.to_string(), key.to_string());
-            }
-        }
-        o
     }
 }
 

@@ -40,21 +40,11 @@ pub struct MountMap {
 
 impl MountMap {
     pub fn from_args(external: &[String], map: &[String]) -> Self {
-        let mut m = MountMap {
-            auto: map.iter().any(|m| m == "auto"),
-            ..Default::default()
-        };
-        for e in external {
-            if let Some((k, p)) = e.strip_prefix("mnt[").and_then(|r| r.split_once("]:")) {
-                m.keys.insert(k.to_string(), p.into());
-            }
+        let (pairs, auto) = crate::dump::mounts::mount_pairs(external, map);
+        MountMap {
+            keys: pairs.into_iter().map(|(k, p)| (k, p.into())).collect(),
+            auto,
         }
-        for e in map.iter().filter(|m| *m != "auto") {
-            if let Some((k, p)) = e.split_once(':') {
-                m.keys.insert(k.to_string(), p.into());
-            }
-        }
-        m
     }
 }
 

@@ -28,13 +28,7 @@ pub fn launch(name: &str, base: i32, mode: &str) -> (Workload, PathBuf) {
         dir.display()
     );
     let mut w = launch_cmd(name, base, &cmd, &dir.join("ready"));
-    let children =
-        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", w.pid)).unwrap_or_default();
-    w.pid = children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("unshare {} has no child", w.pid));
+    w.pid = child_of(w.pid);
     w.result = dir.join("result");
     (w, dir)
 }
@@ -99,13 +93,7 @@ pub fn launch_container(name: &str, base: i32) -> (Workload, PathBuf) {
         rootfs.display()
     );
     let mut w = launch_cmd(name, base, &cmd, &rootfs.join("ready"));
-    let children =
-        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", w.pid)).unwrap_or_default();
-    w.pid = children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("unshare {} has no child", w.pid));
+    w.pid = child_of(w.pid);
     (w, rootfs)
 }
 
@@ -119,4 +107,15 @@ pub fn count(pid: i32) -> u64 {
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("no count in /proc/{pid}/root/tmp/count")
+}
+
+/// The child of unshare (the process that owns the namespace).
+fn child_of(pid: i32) -> i32 {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unshare {pid} has no child"))
 }
