@@ -467,6 +467,66 @@ fn pivot(yard: &Path, old_root: &OwnedFd) -> Result<OwnedFd, RestoreError> {
 mod tests {
     use super::*;
 
+    fn entry(id: u32, parent: u32, mp: &str, fstype: u32, dev: u32) -> MntEntry {
+        MntEntry {
+            fstype,
+            mnt_id: id,
+            root_dev: dev,
+            parent_mnt_id: parent,
+            root: "/".into(),
+            mountpoint: mp.into(),
+            source: "none".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plan_orders_parents_first_and_refuses_by_name() {
+        let dir = Path::new("/images");
+        let map = MountMap::default();
+        let (root, yard) = (Path::new("/rootfs"), Path::new("/yard"));
+        // A child listed before its parent comes after it; a bind of the root's fs comes
+        // from --root.
+        let mut bind = entry(4, 1, "/b", 0, 7);
+        bind.root = "/srv/x".into();
+        let es = vec![
+            entry(3, 2, "/t/p", 1, 9),
+            entry(2, 1, "/t", 5, 8),
+            entry(1, 0, "/", 0, 7),
+            bind,
+        ];
+        let p = plan(dir, "m", &es, root, yard, &map).unwrap();
+        let ids: Vec<u32> = p.iter().map(|(e, _)| e.mnt_id).collect();
+        assert_eq!(ids, [1, 2, 4, 3]);
+        assert_eq!(p[0].1, How::Root);
+        assert_eq!(p[1].1, How::Tmpfs);
+        assert_eq!(p[2].1, How::Bind(PathBuf::from("/rootfs/srv/x")));
+        assert_eq!(p[3].1, How::Fresh("proc"));
+        // An external key without its mapping, a shared mount, an unknown fs: refused.
+        let mut ext = entry(2, 1, "/data", 0, 3);
+        ext.ext_key = Some("vol".into());
+        let err = plan(dir, "m", &[entry(1, 0, "/", 0, 7), ext], root, yard, &map).unwrap_err();
+        assert!(
+            err.to_string().contains("--external mnt[vol]:HOSTPATH"),
+            "{err}"
+        );
+        let mut shared = entry(2, 1, "/t", 5, 8);
+        shared.shared_id = Some(4);
+        let err = plan(
+            dir,
+            "m",
+            &[entry(1, 0, "/", 0, 7), shared],
+            root,
+            yard,
+            &map,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("shared"), "{err}");
+        let ovl = entry(2, 1, "/o", 17, 5);
+        let err = plan(dir, "m", &[entry(1, 0, "/", 0, 7), ovl], root, yard, &map).unwrap_err();
+        assert!(err.to_string().contains("mount 2 at /o"), "{err}");
+    }
+
     #[test]
     fn map_from_args() {
         let m = MountMap::from_args(&["mnt[vol]:/srv/v".into()], &["k:/x".into(), "auto".into()]);
