@@ -732,7 +732,9 @@ fn dump_frozen(
     let tree = tree::collect(opts.pid)?;
     tree::check_namespaces(&tree)?;
     tree::check_external(&tree, opts.shell_job)?;
-    let own_mnt_ns = super::mounts::check_tree(&tree.iter().map(|p| p.pid).collect::<Vec<_>>())?;
+    // Zombies have no namespaces left to compare.
+    let alive: Vec<i32> = tree.iter().filter(|p| !p.zombie).map(|p| p.pid).collect();
+    let own_mnt_ns = super::mounts::check_tree(&alive)?;
     if !opts.file_locks {
         tree::check_file_locks(&tree)?;
     }

@@ -215,7 +215,8 @@ fn refuse(pid: i32, m: &Mount, why: String) -> DumpError {
     )
 }
 
-/// Every task in the root's mount namespace (nested mount namespaces are refused).
+/// Every task (alive: a zombie has no namespaces) in the root's mount namespace (nested mount
+/// namespaces are refused); the root's namespace when it is not the dumper's.
 pub fn check_tree(pids: &[i32]) -> Result<Option<u64>> {
     let Some(&root) = pids.first() else {
         return Ok(None);
@@ -226,7 +227,8 @@ pub fn check_tree(pids: &[i32]) -> Result<Option<u64>> {
     let ours = ns(std::process::id() as i32)?;
     for &pid in &pids[1..] {
         let t = ns(pid)?;
-        if t != theirs {
+        // None: gone meanwhile or exiting (the tree walk reports what matters).
+        if t.is_some() && t != theirs {
             return Err(DumpError::new(
                 "collect-tree",
                 pid,
