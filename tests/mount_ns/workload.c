@@ -6,6 +6,7 @@
  *   DIR/t/ro       read-only bind of DIR/t/d
  *   DIR/t/fb       bind of the file DIR/src/a
  *   DIR/t/proc     proc
+ *   DIR/t/pts, DIR/t/mq, DIR/t/sys   devpts (a new instance), mqueue, sysfs
  *   fd 3           DIR/t/d/file, O_RDWR, offset 2
  *
  * usage: workload DIR [exact|sorted|shared]   writes DIR/ready, waits for DIR/go, writes
@@ -133,6 +134,9 @@ int main(int argc, char **argv)
 	mkdir(at("t/bind"), 0755);
 	mkdir(at("t/ro"), 0755);
 	mkdir(at("t/proc"), 0555);
+	mkdir(at("t/pts"), 0755);
+	mkdir(at("t/mq"), 0755);
+	mkdir(at("t/sys"), 0555);
 	put(at("t/fb"), "");
 	put(at("t/d/file"), "hello\n");
 	if (mount(at("src"), at("t/bind"), NULL, MS_BIND, NULL))
@@ -144,6 +148,12 @@ int main(int argc, char **argv)
 		die("bind a file");
 	if (mount("proc", at("t/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
 		die("mount proc");
+	if (mount("devpts", at("t/pts"), "devpts", MS_NOSUID | MS_NOEXEC, "mode=620,ptmxmode=666"))
+		die("mount devpts");
+	if (mount("mqueue", at("t/mq"), "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
+		die("mount mqueue");
+	if (mount("sysfs", at("t/sys"), "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
+		die("mount sysfs");
 	if (!strcmp(mode, "shared") && mount(NULL, at("t"), NULL, MS_SHARED, NULL))
 		die("make shared");
 	int fd = open(at("t/d/file"), O_RDWR);
@@ -183,6 +193,8 @@ int main(int argc, char **argv)
 		snprintf(want, sizeof(want), "%d", getpid());
 		if (n <= 0 || (self[n] = 0, strcmp(self, want)))
 			why = "t/proc/self is not this process";
+		else if (stat(at("t/pts/ptmx"), &st) || stat(at("t/sys/kernel"), &st))
+			why = "t/pts or t/sys is empty";
 	}
 	if (why) {
 		errno = 0;
