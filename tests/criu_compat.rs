@@ -17,6 +17,8 @@
 //! needs no CRIU (tests/criu_compat_images.rs).
 
 mod common;
+#[path = "mount_ns/launch.rs"]
+mod mount_ns;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -437,6 +439,84 @@ fn redis(way: Way, criu: &Path, r: &Restored, base: i32) {
     });
 }
 
+/// A tree owning a mount namespace (tests/mount_ns/workload.c): its tmpfs, binds, read-only
+/// bind and proc come back (in the restorer's mount order: compared as a set), fd 3 in the
+/// tmpfs reads on.
+fn mount_ns(way: Way, criu: &Path, r: &Restored, base: i32) {
+    let (w, dir) = mount_ns::launch("mount-ns", base, "sorted");
+    let extra = Extra {
+        both: mount_ns::MOUNT_OPTS,
+        criu: &[],
+    };
+    let mut before = mount_ns::mounts_of(w.pid);
+    before.sort();
+    let pid = w.pid;
+    cross_with(
+        way,
+        criu,
+        r,
+        w,
+        extra,
+        |img| assert_eq!(count_files(img, "mountpoints-"), 1),
+        |_| {
+            let mut after = mount_ns::mounts_of(pid);
+            after.sort();
+            assert_eq!(
+                after,
+                before,
+                "mountinfo after the restore ({})",
+                way.label()
+            );
+            assert_eq!(
+                mount_ns::verdict(&dir),
+                "PASS",
+                "mount-ns ({})",
+                way.label()
+            );
+        },
+    );
+}
+
+/// What runc builds (tests/mount_ns/container.c): a busybox shell pivoted into its own rootfs
+/// with proc and a tmpfs at /tmp, dumped and restored with `--root ROOTFS`: same mount tree,
+/// the count goes on.
+fn container(way: Way, criu: &Path, r: &Restored, base: i32) {
+    let (w, rootfs) = mount_ns::launch_container("container", base);
+    let root: &'static str = Box::leak(rootfs.to_str().unwrap().to_string().into_boxed_str());
+    let both: &'static [&'static str] = Box::leak(vec!["--root", root].into_boxed_slice());
+    let extra = Extra { both, criu: &[] };
+    // As a set: CRIU mounts siblings in another order.
+    let mut before = mount_ns::mounts_of(w.pid);
+    before.sort();
+    let counted = mount_ns::count(w.pid);
+    let pid = w.pid;
+    cross_with(
+        way,
+        criu,
+        r,
+        w,
+        extra,
+        |_| {},
+        |_| {
+            let mut after = mount_ns::mounts_of(pid);
+            after.sort();
+            assert_eq!(after, before, "mountinfo ({})", way.label());
+            let first = mount_ns::count(pid);
+            assert!(first >= counted, "the count went back ({})", way.label());
+            let t0 = Instant::now();
+            while mount_ns::count(pid) <= first {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "no count ({})",
+                    way.label()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        },
+    );
+    let _ = std::fs::remove_dir_all(&rootfs);
+}
+
 fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -516,6 +596,18 @@ fn cases() -> Vec<Case> {
             program: "fx-tty",
             base: 34600,
             run: tty_session,
+        },
+        Case {
+            name: "mount-ns",
+            program: "mount-ns",
+            base: 34640,
+            run: mount_ns,
+        },
+        Case {
+            name: "container",
+            program: "container",
+            base: 34680,
+            run: container,
         },
         Case {
             name: "cpu-cap",

@@ -115,7 +115,7 @@ pub struct CriuArgs {
     /// Accepted, ignored: inotify watches are resolved without a scan
     #[arg(long = "force-irmap")]
     pub force_irmap: bool,
-    /// KEY:VALUE external mount map (accepted, ignored: mount namespaces are not handled)
+    /// KEY:VALUE external mount map, or `auto` (a mount namespace's external mounts)
     #[arg(short = 'M', long = "ext-mount-map", value_name = "KEY:VALUE")]
     pub ext_mount_map: Vec<String>,
     /// Restore: run the command after `--` once the tree is restored, as its parent
@@ -264,16 +264,8 @@ impl CriuArgs {
 
     /// Checks the values for `verb`: returns the first refusal, naming the option.
     pub fn check(&self, verb: Verb) -> Result<(), String> {
-        if let Some(root) = &self.root {
-            let is_slash =
-                std::fs::canonicalize(root).is_ok_and(|p| p == std::path::Path::new("/"));
-            if !is_slash && verb == Verb::Dump {
-                return Err(format!(
-                    "--root {}: dumping a tree whose root is not / is not built yet",
-                    root.display()
-                ));
-            }
-        }
+        // --root on dump: accepted without effect, as CRIU (the dump reads the tree's mounts
+        // from the kernel; the restore rebuilds them on its own --root).
         if let Some(ino) = self.ext_unix_sk.as_deref().filter(|v| !v.is_empty()) {
             return Err(format!(
                 "--ext-unix-sk={ino}: marking one socket external is not built yet \
@@ -510,9 +502,9 @@ mod tests {
             root: Some("/tmp".into()),
             ..Default::default()
         };
-        // Restore resolves paths under --root; a dump under another root is refused.
+        // Restore resolves paths under --root; a dump takes it without effect, as CRIU.
         assert!(a.check(Verb::Restore).is_ok());
-        assert!(a.check(Verb::Dump).unwrap_err().starts_with("--root /tmp"));
+        assert!(a.check(Verb::Dump).is_ok());
         let a = CriuArgs {
             manage_cgroups: Some("bogus".into()),
             ..Default::default()

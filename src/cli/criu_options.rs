@@ -72,8 +72,8 @@ const fn b(long: &'static str, short: Option<char>, status: Status) -> CriuOpt {
 use Arg::{None as N, Optional as Opt, Required as Req};
 use Status::{Ignored, NotBuilt, Partial, Supported};
 
-const MNTNS: &str = "concerns mount namespaces, which stasis neither dumps nor restores \
-                     (a tree in another mount namespace is refused at dump)";
+const MNTNS: &str = "a mount namespace's options stasis does not take (its mount tree is \
+                     dumped and restored, see --ext-mount-map)";
 const NETNS: &str =
     "concerns network namespaces beyond their loopback, which stasis neither dumps nor restores";
 const PAGE_SERVER: &str = "not built yet (TLS for the page server)";
@@ -90,7 +90,7 @@ pub const OPTIONS: &[CriuOpt] = &[
     o("work-dir", Some('W'), Req, Supported),
     o("log-file", Some('o'), Req, Supported),
     o("join-ns", Some('J'), Req, NotBuilt("not built yet (restoring into existing namespaces)")),
-    o("root", Some('r'), Req, Partial("restore: the images' paths are resolved under it (never leaving it); dump: only `/`, another root is refused naming why")),
+    o("root", Some('r'), Req, Partial("restore: the images' paths are resolved under it (never leaving it); a tree with its own mount namespace gets it as the root mount (bound, not recursively), required as in CRIU; dump: accepted, no effect (as CRIU)")),
     o("ext-unix-sk", Some('x'), Opt, Partial("accepted without a value; `=INODE` (one socket) is refused: not built yet")),
     o("help", Some('h'), N, Supported),
     b("tcp-established", None, Supported),
@@ -114,7 +114,7 @@ pub const OPTIONS: &[CriuOpt] = &[
     o("libdir", Some('L'), Req, Ignored("stasis has no plugins")),
     o("cpu-cap", None, Opt, Supported),
     b("force-irmap", None, Ignored("inotify watches are resolved from the kernel's file handles, without a scan")),
-    o("ext-mount-map", Some('M'), Req, Ignored(MNTNS)),
+    o("ext-mount-map", Some('M'), Req, Partial("`auto` (dump: mounts found in the dumper's namespace are external, restore: bound from their host path) and `KEY:VALUE` (dump: mountpoint to key, restore: key to host path); shared and slave mounts are refused")),
     o("exec-cmd", None, N, Supported),
     o("manage-cgroups", None, Opt, Partial("dump records cgroups in every mode; restore: `ignore` leaves cgroups alone, `none` and `soft` move tasks into existing cgroups, `props`/`full`/`strict` are refused when the images hold cgroups: not built yet")),
     o("cgroup-root", None, Req, Partial("refused when cgroups are dumped or restored: not built yet")),
@@ -122,14 +122,14 @@ pub const OPTIONS: &[CriuOpt] = &[
     o("feature", None, Req, Supported),
     o("skip-mnt", None, Req, Ignored(MNTNS)),
     o("enable-fs", None, Req, Ignored(MNTNS)),
-    o("enable-external-sharing", None, N, Ignored(MNTNS)),
-    o("enable-external-masters", None, N, Ignored(MNTNS)),
+    o("enable-external-sharing", None, N, Partial("dump: allows shared external mounts; restore: shared and slave mounts are refused (not built yet)")),
+    o("enable-external-masters", None, N, Partial("dump: allows slave external mounts; restore: shared and slave mounts are refused (not built yet)")),
     o("freeze-cgroup", None, Req, Supported),
     o("ghost-limit", None, Req, Supported),
     o("irmap-scan-path", None, Req, Ignored("inotify watches are resolved from the kernel's file handles, without a scan")),
     o("lsm-profile", None, Req, Partial("dump: accepted; restore: refused, applying an LSM profile is not built yet")),
     o("timeout", None, Req, Supported),
-    o("external", None, Req, Partial("`mnt[...]`, `veth[...]`, `macvlan[...]`, `netdev[...]` accepted (no namespaces are dumped or restored); `tty[RDEV:DEV]` a terminal outside the tree (dumped as external, restored from `--inherit-fd fd[N]:tty[RDEV:DEV]`); `file`, `dev`, `unix` resources refused: not built yet")),
+    o("external", None, Req, Partial("`mnt[MOUNTPOINT]:KEY` (dump) and `mnt[KEY]:PATH` (restore) for a mount namespace's external mounts; `veth[...]`, `macvlan[...]`, `netdev[...]` accepted (accepted; a network namespace beyond its loopback is not dumped); `tty[RDEV:DEV]` a terminal outside the tree (dumped as external, restored from `--inherit-fd fd[N]:tty[RDEV:DEV]`); `file`, `dev`, `unix` resources refused: not built yet")),
     o("empty-ns", None, Req, Ignored(NETNS)),
     o("lazy-pages", None, N, Supported),
     b("extra", None, Supported),

@@ -228,6 +228,12 @@ impl DumpArgs {
             tcp_close: c.tcp_close,
             skip_in_flight: c.skip_in_flight,
             lazy_pages: self.lazy_serve()?,
+            mounts: crate::dump::mounts::MountOptions::from_args(
+                &c.external,
+                &c.ext_mount_map,
+                c.enable_external_sharing,
+                c.enable_external_masters,
+            ),
         })
     }
 }

@@ -64,6 +64,7 @@ impl RestoreArgs {
                 .iter()
                 .filter_map(|s| crate::restore::inherit::InheritFd::parse(s).ok())
                 .collect(),
+            mounts: crate::restore::mounts::MountMap::from_args(&c.external, &c.ext_mount_map),
         };
         crate::cpuinfo::option_caps(&c.cpu_cap.clone().map(Some))
             .and_then(|caps| crate::cpuinfo::check_dir(&opts.images_dir, caps))

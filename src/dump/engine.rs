@@ -425,6 +425,7 @@ struct Collection {
     /// Clone flags of the namespaces the tree owns.
     owned_ns: u64,
     pids: PidMap,
+    mounts: Option<super::mounts::MountTree>,
 }
 
 fn write_images(
@@ -448,6 +449,9 @@ fn write_images(
         .map_err(img(root))?;
     if let Some(first) = collected.first() {
         namespaces::write(dir, root, c.owned_ns, &kobj_ids(&first.ids))?;
+    }
+    if let Some(m) = &c.mounts {
+        m.write(dir)?;
     }
     let t_mem = prof.now_us();
     for shm in &files.shmem {
@@ -778,6 +782,9 @@ fn dump_frozen(
         ));
     }
     tree::check_external(&tree, opts.shell_job)?;
+    // Zombies have no namespaces left to compare.
+    let alive: Vec<i32> = tree.iter().filter(|p| !p.zombie).map(|p| p.pid).collect();
+    let own_mnt_ns = super::mounts::check_tree(&alive)?;
     if !opts.file_locks {
         tree::check_file_locks(&tree)?;
     }
@@ -846,6 +853,31 @@ fn dump_frozen(
     if pids.owned() {
         namespaces::files_in_pidns(&mut files, &pids, opts.pid)?;
     }
+    // The root's own mount namespace: its tree, classified while the tasks are frozen.
+    let mounts = match (own_mnt_ns, collected.first()) {
+        (Some(_), Some(c)) => {
+            let ns_id = c.ids["mnt_ns_id"].as_u64().unwrap_or(0) as u32;
+            let m = super::mounts::collect(opts.pid, ns_id, &opts.mounts)?;
+            let pids: Vec<i32> = tree.iter().filter(|p| !p.zombie).map(|p| p.pid).collect();
+            super::mounts::check_files(&pids, &m)?;
+            if owned_ns & namespaces::CLONE_NEWPID != 0 {
+                if let Some((p, _)) = m.mounts.iter().find(|(p, _)| p.fstype == "proc") {
+                    return Err(DumpError::new(
+                        "mounts",
+                        opts.pid,
+                        Some(libc::EOPNOTSUPP),
+                        format!(
+                            "proc at {} in a tree owning both its pid and mount namespaces: \
+                             restoring it is not built yet (it would show the restorer's pids)",
+                            p.mountpoint
+                        ),
+                    ));
+                }
+            }
+            Some(m)
+        }
+        _ => None,
+    };
     stats.memdump_time = prof.now_us() - t;
     prof.record("collect", "phase", 0, t);
     let t = prof.now_us();
@@ -857,6 +889,7 @@ fn dump_frozen(
         extras,
         owned_ns,
         pids,
+        mounts,
     };
     write_images(&mut dir, opts, &c, sink, stats, prof)?;
     if !opts.leave_running {

@@ -60,6 +60,8 @@ pub struct DumpOptions {
     /// exits, instead of reaping them one by one. A library caller that goes on (and wants
     /// the pids free) leaves this false.
     pub exiting_after: bool,
+    /// The mount namespace's external mounts (`--external mnt[..]`, `--ext-mount-map`).
+    pub mounts: super::mounts::MountOptions,
     /// `--action-script`s: pre-dump before seizing, post-dump once the images are written.
     pub scripts: crate::action_scripts::ActionScripts,
     /// Largest unlinked file copied into the images (`--ghost-limit`; None: CRIU's 1 MiB).

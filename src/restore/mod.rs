@@ -24,6 +24,7 @@ pub(crate) mod img;
 pub mod inherit;
 pub(crate) mod ip_dump;
 pub mod lazy;
+pub mod mounts;
 pub(crate) mod namespaces;
 pub(crate) mod open_files;
 pub(crate) mod options;
@@ -154,11 +155,21 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // Packed pages are decoded and checked completely before the plan, so that a damaged
     // stream or a wrong key stops the restore before any task exists.
     let view = crate::pages::convert::PlainView::of(&opts.images_dir, opts.encrypt_key.as_deref())?;
-    let plan = plan::prepare(
+    let mut plan = plan::prepare(
         view.dir(),
         opts.shell_job,
         opts.root.as_deref().unwrap_or(std::path::Path::new("/")),
     )?;
+    // The root's own mount namespace, rebuilt before any file is checked or opened: from
+    // here the restorer (and the tasks it forks) are in it, and paths resolve in its tree.
+    let mnt_ns = match mounts::own_ns(view.dir(), plan.tasks[0].pid)? {
+        Some(id) => {
+            let ns = mounts::build(view.dir(), id, opts.root.as_deref(), &opts.mounts)?;
+            plan.root = ns.root();
+            Some(ns)
+        }
+        None => None,
+    };
     if lazy_sock.is_none() {
         if let Some(t) = plan.tasks.iter().find(|t| t.pages.lazy_only > 0) {
             return Err(RestoreError::Unsupported(format!(
@@ -284,6 +295,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
                 .map_err(|e| sys0("leave stopped", e))?;
         }
     }
+    if let Some(ns) = &mnt_ns {
+        ns.detach_host()?;
+    }
     // Release: one byte per task on go_fd.
     let go = vec![b'g'; alive];
     let mut off = 0;
@@ -291,6 +305,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         off += nix::unistd::write(&hold_w, &go[off..]).map_err(|e| sys0("release tasks", e))?;
     }
     drop(hold_w);
+    // Back in the host's mount namespace (the tasks stay in theirs).
+    drop(mnt_ns);
     for t in plan.tasks.iter().filter(|t| t.state == plan::TASK_STOPPED) {
         let _ = kill(Pid::from_raw(host.get(t.pid)), Signal::SIGSTOP);
     }

@@ -92,7 +92,11 @@ pub fn plan(plan: &Plan) -> Result<Namespaces, RestoreError> {
         if theirs.is_none() || ours.is_none() || theirs == ours {
             continue;
         }
-        if flag & (CLONE_NEWNS | CLONE_NEWUSER) != 0 {
+        if flag == CLONE_NEWNS {
+            // Rebuilt by `super::mounts` (see below for proc in a new pid namespace).
+            continue;
+        }
+        if flag == CLONE_NEWUSER {
             return Err(unsupported(format!(
                 "the tree's root owns a {kind} namespace: restoring {kind} namespaces is \
                  not built yet"
@@ -119,6 +123,25 @@ pub fn plan(plan: &Plan) -> Result<Namespaces, RestoreError> {
             "the root owns a pid namespace but has pid {} in it (not its init)",
             root.pid
         )));
+    }
+    // A proc mount is made by the restorer, in its own pid namespace: in a tree that owns a
+    // pid namespace it would show the restorer's pids.
+    if let (Some(id), true) = (
+        ids.mnt_ns_id
+            .filter(|_| ids.mnt_ns_id != root_ids.mnt_ns_id),
+        ns.mask & CLONE_NEWPID != 0,
+    ) {
+        let name = format!("mountpoints-{id}.img");
+        if let Some(mut f) = ImageFile::open_opt(dir, &name)? {
+            let mounts: Vec<pb::MntEntry> = f.all()?;
+            if let Some(m) = mounts.iter().find(|m| m.fstype == 1) {
+                return Err(unsupported(format!(
+                    "{name}: proc at {} in a tree owning both its pid and mount namespaces is \
+                     not restored yet",
+                    m.mountpoint
+                )));
+            }
+        }
     }
     if let Some(id) = ids.uts_ns_id.filter(|_| ns.mask & CLONE_NEWUTS != 0) {
         ns.uts = Some(img::one(dir, &format!("utsns-{id}.img"))?);

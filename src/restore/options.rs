@@ -41,4 +41,7 @@ pub struct RestoreOptions {
     /// `--inherit-fd fd[N]:RES`: the caller's descriptors standing for resources of the
     /// images (see [`super::inherit`]).
     pub inherit_fds: Vec<super::inherit::InheritFd>,
+    /// `--external mnt[KEY]:PATH`, `--ext-mount-map`: the external mounts of a dumped mount
+    /// namespace.
+    pub mounts: super::mounts::MountMap,
 }

@@ -733,7 +733,12 @@ pub fn debian_crit_decodes_all(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         let n = p.file_name().unwrap().to_string_lossy().into_owned();
-        if n.starts_with("pages-") || n.ends_with(".log") || n.ends_with(".json") {
+        // Raw files: pages, the tmpfs tars (gzip, as CRIU writes them).
+        if n.starts_with("pages-")
+            || n.starts_with("tmpfs-")
+            || n.ends_with(".log")
+            || n.ends_with(".json")
+        {
             continue;
         }
         let out = Command::new(&crit)
