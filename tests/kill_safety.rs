@@ -8,10 +8,12 @@
 //!             itself there, the test kills it; every step of every remote syscall
 //!             included), and at random moments of a whole dump of a 200 MiB target (half
 //!             of them in its first tenth: seizing and injecting), with and without -R and
-//!             --freeze-cgroup
+//!             --freeze-cgroup; SIGKILL by the dumper itself right after each PTRACE_SYSCALL
+//!             of the injection (STASIS_DIE_AT: the task still on its way to the stop)
 //!             => the target is alive, not traced, not stopped (a group-stopped one stays
 //!                stopped), its cgroup not frozen, no SIGPIPE pending, and every thread
-//!                counts on with no failed check
+//!                counts on with no failed check; a dead target is reaped and reported
+//!                (signal or exit code, its threads as seen right after the kill)
 //! restore     SIGKILL to `stasis restore -d` at moments spread over a restore
 //!             => the restored PIDs are gone, unless the tree was released, and then it runs
 //! ```
@@ -39,6 +41,8 @@ struct Target {
     progress: PathBuf,
     /// Its threads as [`Target::look`] saw them last (right after a dumper was killed).
     last_seen: std::cell::RefCell<String>,
+    /// Reaped by [`Target::death`] (its pid may be another process's by now).
+    reaped: std::cell::Cell<bool>,
     _dir: tempfile::TempDir,
 }
 
@@ -75,6 +79,7 @@ impl Target {
             threads,
             progress,
             last_seen: Default::default(),
+            reaped: Default::default(),
             _dir: dir,
         };
         wait_until("the target to start", 60, || t.counts().is_some());
@@ -122,12 +127,16 @@ impl Target {
         let how = loop {
             match waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Signaled(_, sig, core)) => {
+                    self.reaped.set(true);
                     break format!(
                         "killed by {sig:?}{}",
                         if core { " (core dumped)" } else { "" }
-                    )
+                    );
                 }
-                Ok(WaitStatus::Exited(_, code)) => break format!("exited with code {code}"),
+                Ok(WaitStatus::Exited(_, code)) => {
+                    self.reaped.set(true);
+                    break format!("exited with code {code}");
+                }
                 Ok(WaitStatus::StillAlive) if t0.elapsed() < Duration::from_secs(5) => {
                     std::thread::sleep(Duration::from_millis(5))
                 }
@@ -143,6 +152,9 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
+        if self.reaped.get() {
+            return;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
