@@ -38,8 +38,23 @@ fn req(
     Ok(ret)
 }
 
-/// `PTRACE_SEIZE`: attach without stopping the task; `options` are `PTRACE_O_*` bits.
+/// `PTRACE_O_TRACESYSGOOD`: syscall stops report `SIGTRAP | 0x80`.
+pub const PTRACE_O_TRACESYSGOOD: u32 = 1;
+/// The signal of a syscall stop of a task seized by [`seize`] (`SIGTRAP | 0x80`).
+pub const SYSCALL_STOP_SIG: i32 = libc::SIGTRAP | 0x80;
+
+/// `PTRACE_SEIZE`: attach without stopping the task; `options` are `PTRACE_O_*` bits, to
+/// which [`PTRACE_O_TRACESYSGOOD`] is always added.
+///
+/// TRACESYSGOOD is what makes a remote syscall (sys/remote.rs) survive its tracer's death.
+/// A task resumed with `PTRACE_SYSCALL` whose tracer dies before it reaches its syscall stop
+/// finds no tracer in `ptrace_stop`, which hands back the stop's exit code, and
+/// `ptrace_report_syscall` then sends that code to the task as a signal: SIGTRAP without the
+/// option, which stays pending while the remote syscall blocks every signal and kills the
+/// task as soon as the gadget's `rt_sigreturn` gives it its own mask back. With the option
+/// the code is `SIGTRAP | 0x80`, not a valid signal number: the kernel sends nothing.
 pub fn seize(tid: i32, options: u32) -> Result<()> {
+    let options = options | PTRACE_O_TRACESYSGOOD;
     req("PTRACE_SEIZE", libc::PTRACE_SEIZE, tid, 0, options as usize).map(drop)
 }
 

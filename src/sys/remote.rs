@@ -20,10 +20,14 @@
 //!
 //! Kill safety. A tracer that dies frees its tracees: one in an event stop or a syscall stop
 //! simply goes on (one in a signal-delivery stop takes the signal, which is why no `int3`
-//! trap is used). At every step above the task is either in its own state or on the way
-//! through the gadget, whose second half puts it back through the frame (an interrupted
-//! system call is restarted as after a signal handler; a restart-block one such as
-//! `nanosleep` returns EINTR, as after a CRIU restore). The mask goes on after the registers
+//! trap is used). One on its way to a syscall stop (resumed by `PTRACE_SYSCALL`, not there
+//! yet) is sent the stop's code as a signal by the kernel: every task is seized with
+//! `PTRACE_O_TRACESYSGOOD` ([`super::ptrace::seize`]), whose code is no valid signal, so
+//! nothing is sent (a plain SIGTRAP would stay pending under the all-blocked mask and kill
+//! the task at the gadget's `rt_sigreturn`). At every step above the task is either in its
+//! own state or on the way through the gadget, whose second half puts it back through the
+//! frame (an interrupted system call is restarted as after a signal handler; a
+//! restart-block one such as `nanosleep` returns EINTR, as after a CRIU restore). The mask goes on after the registers
 //! and comes back before them, so the task never runs its own code with every signal
 //! blocked. What a dying tracer may leave: the effect of the one call (a mapping, a
 //! descriptor) and, between the poke and the first register write or between the last
@@ -46,6 +50,7 @@
 use super::errno::decode_raw;
 use super::error::{Error, Result};
 use super::proc_tasks;
+use super::ptrace;
 use super::regs::{UserRegs, EFLAGS_DF, EFLAGS_TF};
 use super::sigframe;
 use super::task::SeizedTask;
@@ -61,8 +66,6 @@ pub const GADGET_LEN: u64 = GADGET.len() as u64;
 /// Where the first `syscall` of the gadget returns (and where the task sits in its syscall
 /// stops).
 const AFTER_SYSCALL: u64 = 2;
-/// A syscall stop's signal with `PTRACE_O_TRACESYSGOOD` (without it: plain SIGTRAP).
-const SYSCALL_TRAP: i32 = libc::SIGTRAP | 0x80;
 
 /// Executes syscalls inside one stopped thread.
 #[derive(Debug, Clone, Copy)]
@@ -228,15 +231,20 @@ impl<'a> Remote<'a> {
     }
 }
 
-/// Resumes `task` with `PTRACE_SYSCALL` until its next syscall stop, which must be at
-/// `ip == at`; returns the registers there. Group stops and interrupts on the way are
-/// resumed; SIGSTOP is let through (it becomes a group stop, reinstated on detach); any
-/// other signal stop is an error (a fault in the code run: every other signal is blocked).
+/// Resumes `task` with `PTRACE_SYSCALL` until its next syscall stop (`SIGTRAP | 0x80`: the
+/// task was seized with `PTRACE_O_TRACESYSGOOD`), which must be at `ip == at`; returns the
+/// registers there. Group stops and interrupts on the way are resumed; SIGSTOP is let
+/// through (it becomes a group stop, reinstated on detach); any other signal stop, SIGTRAP
+/// included, is an error (a fault in the code run: every other signal is blocked).
 fn syscall_stop(task: &SeizedTask, op: &'static str, at: u64) -> Result<UserRegs> {
     task.resume_syscall(0)?;
+    // The task is on its way to the stop (a tracer dying now: see the module doc).
+    super::stop_point::stop_point("remote-resume");
     loop {
         match task.wait()? {
-            WaitEvent::SignalStop { sig } if sig == libc::SIGTRAP || sig == SYSCALL_TRAP => {
+            WaitEvent::SignalStop {
+                sig: ptrace::SYSCALL_STOP_SIG,
+            } => {
                 let regs = task.regs()?;
                 if regs.ip != at {
                     return Err(Error::Unexpected {

@@ -1,7 +1,9 @@
 //! Named points where the dumper can be made to stop itself (`SIGSTOP`), so that a test can
 //! kill it there: `STASIS_STOP_AT=<point>` (the first time the dumper passes it) or
-//! `<point>:<n>` (the n-th time, from 1) in the environment (read once). A killed dumper
-//! must leave its target as it was, at every one of these points.
+//! `<point>:<n>` (the n-th time, from 1) in the environment (read once). `STASIS_DIE_AT`
+//! (same syntax) makes it SIGKILL itself there instead: no stop in between, so the tasks it
+//! has just resumed are still on their way (see `remote-resume`). A killed dumper must leave
+//! its target as it was, at every one of these points.
 //!
 //! ```text
 //! frozen    the --freeze-cgroup cgroup is frozen, nothing seized yet
@@ -10,6 +12,8 @@
 //!                socketpair and close; the cure's close and munmap): return frame written,
 //!                gadget poked, registers still the task's
 //! remote-set     registers and mask set for the call, not resumed
+//! remote-resume  PTRACE_SYSCALL sent, the task on its way to the syscall stop (twice per
+//!                call: to the entry stop, then to the exit stop)
 //! remote-entry   the task in the call's syscall-entry stop
 //! remote-exit    the call done, the task in its syscall-exit stop
 //! remote-parked  the task parked in an event stop, registers still ours
@@ -30,14 +34,23 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 /// Stops the calling process (`SIGSTOP`) if `STASIS_STOP_AT` names `point` (and this is the
-/// time it asks for).
+/// time it asks for), or kills it (`SIGKILL`) if `STASIS_DIE_AT` does.
 pub fn stop_point(point: &str) {
-    static AT: OnceLock<Option<(String, u32)>> = OnceLock::new();
+    use nix::sys::signal::Signal;
+    static AT: OnceLock<Option<(String, u32, Signal)>> = OnceLock::new();
     static HITS: AtomicU32 = AtomicU32::new(0);
-    let at = AT.get_or_init(|| std::env::var("STASIS_STOP_AT").ok().map(|v| parse(&v)));
-    let Some((name, nth)) = at else { return };
+    let at = AT.get_or_init(|| {
+        let spec = |var, sig| {
+            std::env::var(var).ok().map(|v| {
+                let (name, nth) = parse(&v);
+                (name, nth, sig)
+            })
+        };
+        spec("STASIS_STOP_AT", Signal::SIGSTOP).or_else(|| spec("STASIS_DIE_AT", Signal::SIGKILL))
+    });
+    let Some((name, nth, sig)) = at else { return };
     if name == point && HITS.fetch_add(1, Ordering::Relaxed) + 1 == *nth {
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+        let _ = nix::sys::signal::raise(*sig);
     }
 }
 
