@@ -17,11 +17,13 @@ pub(crate) mod blob;
 pub(crate) mod blob_args;
 pub(crate) mod blob_core;
 pub(crate) mod checks;
+pub(crate) mod cow;
 pub(crate) mod error;
 pub mod fuzzing;
 pub(crate) mod img;
 pub mod inherit;
 pub mod lazy;
+pub(crate) mod memory;
 pub(crate) mod open_files;
 pub(crate) mod options;
 pub mod plan;
@@ -207,7 +209,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     } else {
         0
     };
-    let root = tree::spawn(&plan, 0, root_flags, &opened, ctl, None).map_err(|e| {
+    let root = tree::spawn(&plan, 0, root_flags, &opened, ctl, None, None).map_err(|e| {
         RestoreError::sys(format!("clone3 root with pid {}", plan.tasks[0].pid), 0, e)
     })?;
     guard.root = Some(root);

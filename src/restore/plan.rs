@@ -198,6 +198,8 @@ pub struct Plan {
     pub file_locks: Vec<stasis_images::pb::FileLockEntry>,
     /// Where the images' absolute paths are resolved (`--root`, `/` by default).
     pub root: PathBuf,
+    /// Per task, per VMA: the parent's VMA it inherits copy-on-write (`restore::cow`).
+    pub cow: Vec<Vec<Option<usize>>>,
 }
 
 impl Plan {
@@ -640,7 +642,8 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
         Some(mut f) => f.all()?,
         None => Vec::new(),
     };
-    let plan = Plan {
+    let mut plan = Plan {
+        cow: Vec::new(),
         file_locks,
         seccomp,
         shell_job: false,
@@ -655,6 +658,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
     };
     check_references(&plan)?;
     super::checks::file_paths(&plan)?;
+    plan.cow = super::cow::links(&plan);
     Ok(plan)
 }
 

@@ -230,6 +230,18 @@ pub fn advise_hugepage(addr: u64, len: u64) -> std::result::Result<(), Errno> {
     Ok(())
 }
 
+/// `madvise(addr, len, MADV_DONTNEED)` on a private mapping of the caller's own that no Rust
+/// object refers to: its pages are dropped (anonymous ones read as zero again, private file
+/// ones as the file's page).
+pub fn discard(addr: u64, len: u64) -> std::result::Result<(), Errno> {
+    // SAFETY: caller's contract: nothing Rust uses lives in the range.
+    let r = unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
 /// `mprotect(addr, len, prot)` on a mapping of the caller's own that no Rust object refers to
 /// (a premapped VMA of a forked task).
 pub fn protect(addr: u64, len: u64, prot: i32) -> std::result::Result<(), Errno> {
