@@ -137,35 +137,76 @@ pub fn refill(
         .page_files()
         .cloned()
         .ok_or(("read pages", Errno::EBADF))?;
-    let mut img = AnonBuf::new(COPY_BUF).map_err(|e| ("map a copy buffer", e))?;
-    let mut cur = AnonBuf::new(COPY_BUF).map_err(|e| ("map a copy buffer", e))?;
-    let (img, cur) = (img.as_mut_slice(), cur.as_mut_slice());
-    let memf = pm.self_mem()?;
+    // Anonymous: a differing run is dropped and created again by UFFDIO_COPY (no copy on
+    // write of the parent's page first); otherwise (a private file mapping, no
+    // userfaultfd) a forced write through /proc/self/mem.
+    let uffd = (v.status & vs::ANON_PRIVATE != 0)
+        .then(mem::Userfault::new)
+        .and_then(Result::ok);
+    let memf = match uffd {
+        Some(_) => None,
+        None => Some(pm.self_mem()?),
+    };
+    let write = |addr: u64, data: &[u8]| -> Result<(), StepErr> {
+        match (&uffd, memf) {
+            (Some(uf), _) => {
+                let n = data.len() as u64;
+                // Registered only while written: a read of a missing page in a registered
+                // range would wait for a fill forever.
+                let reg = uf
+                    .register(addr, n)
+                    .map_err(|e| ("userfaultfd register", e))?;
+                mem::discard(addr, n).map_err(|e| ("drop an inherited page", e))?;
+                reg.copy(addr, data)
+                    .map_err(|e| ("copy pages (UFFDIO_COPY)", e))
+            }
+            (None, Some(f)) => f
+                .write_all_at(data, addr)
+                .map_err(|e| ("write a page over an inherited one", io_errno(&e))),
+            (None, None) => Err(("write pages", Errno::EBADF)),
+        }
+    };
+    let mut buf = AnonBuf::new(COPY_BUF).map_err(|e| ("map a copy buffer", e))?;
+    let img = buf.as_mut_slice();
     let page = PAGE as usize;
+    // The parent's pages, to know which of ours can be compared (a page it has not is zero
+    // or the file's page: written without comparing).
+    let mut ti = 0;
     for (a, off, n) in mine {
         let mut done = 0;
         while done < n {
             let k = (n - done).min(COPY_BUF as u64) as usize;
-            let addr = here(a + done);
+            let va = a + done;
+            let addr = here(va);
             read_full(&fd, &mut img[..k], off + done)?;
-            // Reading does not break the sharing (nor populate: a hole reads as the zero page).
-            memf.read_exact_at(&mut cur[..k], addr)
-                .map_err(|e| ("read an inherited page", io_errno(&e)))?;
-            let same = |p: usize| img[p..p + page] == cur[p..p + page];
             let mut p = 0;
             while p < k {
-                if same(p) {
+                let pva = va + p as u64;
+                while ti < theirs.len() && theirs[ti].0 + theirs[ti].1 <= pva {
+                    ti += 1;
+                }
+                let in_parent = theirs.get(ti).is_some_and(|&(s, _)| s <= pva);
+                // The parent's page is present in the premap: reading it costs no fault.
+                let same = |p: usize| mem::same_as_mapped(addr + p as u64, &img[p..p + page]);
+                if in_parent && same(p) {
                     stats.shared += 1;
                     p += page;
                     continue;
                 }
+                // A run of pages to write: until one the parent has and we share.
                 let mut q = p + page;
-                while q < k && !same(q) {
+                while q < k {
+                    let qva = va + q as u64;
+                    while ti < theirs.len() && theirs[ti].0 + theirs[ti].1 <= qva {
+                        ti += 1;
+                    }
+                    let in_parent = theirs.get(ti).is_some_and(|&(s, _)| s <= qva);
+                    if in_parent && same(q) {
+                        break;
+                    }
                     q += page;
                 }
-                // Forced (the premap may be read-only): copy on write of these pages only.
-                memf.write_all_at(&img[p..q], addr + p as u64)
-                    .map_err(|e| ("write a page over an inherited one", io_errno(&e)))?;
+                write(addr + p as u64, &img[p..q])?;
                 stats.written += ((q - p) / page) as u64;
                 p = q;
             }

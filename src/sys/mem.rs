@@ -242,6 +242,17 @@ pub fn discard(addr: u64, len: u64) -> std::result::Result<(), Errno> {
     Ok(())
 }
 
+/// Whether the `data.len()` bytes at `addr`, a readable mapping of the caller's own that no
+/// Rust object refers to and nothing writes meanwhile (a premap of a forked task), equal
+/// `data`. A missing page is read as a fault would map it (never in a range registered on a
+/// [`Userfault`]: the read would wait for a fill).
+pub fn same_as_mapped(addr: u64, data: &[u8]) -> bool {
+    // SAFETY: caller's contract: the range is mapped readable and not written while the
+    // shared slice lives (only within this call).
+    let mapped = unsafe { std::slice::from_raw_parts(addr as *const u8, data.len()) };
+    mapped == data
+}
+
 /// `mprotect(addr, len, prot)` on a mapping of the caller's own that no Rust object refers to
 /// (a premapped VMA of a forked task).
 pub fn protect(addr: u64, len: u64, prot: i32) -> std::result::Result<(), Errno> {
