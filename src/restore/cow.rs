@@ -28,7 +28,7 @@ use nix::errno::Errno;
 
 use super::img::msg::VmaEntry;
 use super::plan::{vma_status as vs, PageRun, Pages, Plan, TASK_DEAD};
-use super::premap::{read_full, Premapper, StepErr, COPY_BUF};
+use super::premap::{io_errno, read_full, Premapper, StepErr, COPY_BUF};
 use crate::images::pagemap::PAGE_SIZE as PAGE;
 use crate::sys::mem::{self, AnonBuf};
 
@@ -264,10 +264,6 @@ fn subtract(a: &[(u64, u64)], b: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, 
         }
     }
     out
-}
-
-fn io_errno(e: &std::io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 #[cfg(test)]

@@ -3,10 +3,10 @@
 //! premap (copy-on-write, see `cow.rs`), or noted for the blob to map by descriptor (shared).
 //!
 //! ```text
-//! tree.rs   task forked ─▶ memory::prepare (before its children are forked, so they inherit
-//!                          its filled premaps) ─▶ fork children (each gets &TaskMemory of
-//!                          its parent: the same addresses, mapped copy-on-write)
-//!                          ─▶ ... ─▶ blob::enter(TaskMemory)
+//! tree.rs   task forked ─▶ memory::prepare (before its children are forked when one of them
+//!                          inherits a VMA, so they get its filled premaps; otherwise after)
+//!                          ─▶ fork children (each gets &TaskMemory of its parent: the same
+//!                          addresses, mapped copy-on-write) ─▶ ... ─▶ blob::enter(TaskMemory)
 //! VMA kinds  vdso/vvar moved by `special`     VMA_SKIP
 //!            shared anon / shared file        VMA_MMAP by fd
 //!            private, inherited (plan.cow)    VMA_PREMAPPED at the parent's premap, refilled

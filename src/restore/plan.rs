@@ -219,6 +219,15 @@ impl Plan {
                 .is_some_and(|p| p.files_id == t.files_id)
     }
 
+    /// Whether a child of task `idx` inherits one of its VMAs copy-on-write ([`Plan::cow`]).
+    pub fn inherits_from(&self, idx: usize) -> bool {
+        self.tasks[idx].children.iter().any(|&c| {
+            self.index(c)
+                .and_then(|ci| self.cow.get(ci))
+                .is_some_and(|l| l.iter().any(Option::is_some))
+        })
+    }
+
     /// Every PID and TID the restore will create.
     pub fn all_ids(&self) -> Vec<i32> {
         let mut ids = Vec::new();

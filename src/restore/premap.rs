@@ -423,7 +423,7 @@ fn halves(pieces: &[Piece], total: u64) -> (Vec<Piece>, Vec<Piece>) {
     (a, b)
 }
 
-fn io_errno(e: &std::io::Error) -> Errno {
+pub(super) fn io_errno(e: &std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 

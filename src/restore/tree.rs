@@ -155,12 +155,14 @@ fn run_task(
         None => Group::open(plan, idx, ctl.hold_r, opened.base)?,
     };
     let children_group = owned.as_ref().or(group);
-    // The memory before the children: they inherit the filled premaps (copy-on-write). A
-    // member of a shared table prepares it later, once the table is in place (its temporary
-    // descriptors would race with the owner's).
-    let mut mem = match member {
-        None => Some(super::memory::prepare(plan, idx, opened, parent_mem)?),
-        Some(_) => None,
+    // The memory before the children when one of them inherits part of it: they get the
+    // filled premaps (copy-on-write). Otherwise after (the children fill theirs meanwhile).
+    // A member of a shared table prepares it later, once the table is in place (its
+    // temporary descriptors would race with the owner's).
+    let mut mem = if member.is_none() && plan.inherits_from(idx) {
+        Some(super::memory::prepare(plan, idx, opened, parent_mem)?)
+    } else {
+        None
     };
     for &child in &t.children {
         let ci = plan.index(child).ok_or(("find child", Errno::ESRCH))?;
