@@ -33,13 +33,13 @@ pub enum Others<'a> {
 }
 
 /// Builds the blob's arguments for task `t` and enters the blob; returns only on error.
-/// `others`: the descriptors it closes besides the image's own.
+/// `others`: the descriptors it closes besides the image's own; `mem`: its memory, prepared
+/// (`memory::prepare`).
 pub fn enter(
     plan: &Plan,
     t: &TaskPlan,
     opened: &Opened,
-    status_fd: RawFd,
-    go_fd: RawFd,
+    (status_fd, go_fd): (RawFd, RawFd),
     targets: &[RawFd],
     others: Others<'_>,
     mem: TaskMemory,
