@@ -15,6 +15,7 @@
 pub use stasis_images as images;
 
 pub(crate) mod action_scripts;
+pub mod migrate;
 
 pub(crate) mod cgroup;
 pub mod cli;

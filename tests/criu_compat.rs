@@ -19,9 +19,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::criu::criu_ok;
 use common::dump::*;
 use common::lock::restore_lock;
 use common::workload::c_program;
@@ -39,31 +39,6 @@ impl Way {
             Way::StasisToCriu => "stasis-to-criu",
             Way::CriuToStasis => "criu-to-stasis",
         }
-    }
-}
-
-/// Runs `criu ARGS... -D dir -o LOG -v4`; fails with criu's log unless it succeeds.
-fn criu_ok(criu: &Path, args: &[&str], dir: &Path, log: &str) {
-    let out = Command::new(criu)
-        .args(args)
-        .arg("-D")
-        .arg(dir)
-        .args(["-o", log, "-v4"])
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
-        let errors: Vec<&str> = text
-            .lines()
-            .filter(|l| l.contains("Error") || l.contains("rror ("))
-            .collect();
-        panic!(
-            "criu {args:?} failed ({}): {}\nerror lines:\n{}\nlog: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            errors.join("\n"),
-            dir.join(log).display()
-        );
     }
 }
 

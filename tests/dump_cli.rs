@@ -54,8 +54,8 @@ fn unknown_and_unsupported_options_are_refused_by_name() {
     }
 }
 
-/// A task in namespaces of its own (here ipc and uts) would be restored in the restorer's:
-/// the dump refuses it by name and leaves it running.
+/// A task in a namespace of a kind stasis does not dump (here user) would be restored in the
+/// restorer's: the dump refuses it by name and leaves it running.
 #[test]
 fn tree_in_its_own_namespaces_is_refused_by_name() {
     let base = 32250;
@@ -71,7 +71,7 @@ fn tree_in_its_own_namespaces_is_refused_by_name() {
                 "own-ns",
                 base,
                 &format!(
-                    "setsid unshare --uts --ipc sh -c 'touch {}; exec sleep 60'",
+                    "setsid unshare --user --map-root-user sh -c 'touch {}; exec sleep 60'",
                     ready.display()
                 ),
                 &ready,
@@ -86,7 +86,7 @@ fn tree_in_its_own_namespaces_is_refused_by_name() {
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(
                 err.contains(&format!("task {}", w.pid))
-                    && err.contains("in its own ipc namespace")
+                    && err.contains("in its own user namespace")
                     && err.contains("not built yet"),
                 "{err}"
             );

@@ -179,7 +179,7 @@ pub struct CriuArgs {
     /// Accepted, ignored: stasis has no deprecated features
     #[arg(long = "deprecated")]
     pub deprecated: bool,
-    /// Accepted, ignored: sysctls belong to namespaces stasis does not restore
+    /// Accepted, ignored: namespace sysctls are written back strictly
     #[arg(long = "weak-sysctls")]
     pub weak_sysctls: bool,
     /// Descriptor to write a zero byte to once ready (page-server and lazy-pages, as CRIU;

@@ -74,7 +74,8 @@ use Status::{Ignored, NotBuilt, Partial, Supported};
 
 const MNTNS: &str = "concerns mount namespaces, which stasis neither dumps nor restores \
                      (a tree in another mount namespace is refused at dump)";
-const NETNS: &str = "concerns network namespaces, which stasis neither dumps nor restores";
+const NETNS: &str =
+    "concerns network namespaces beyond their loopback, which stasis neither dumps nor restores";
 const PAGE_SERVER: &str = "not built yet (TLS for the page server)";
 
 /// CRIU 4.2's options (criu/config.c `long_opts` and `short_opts`), in its order.
@@ -140,7 +141,7 @@ pub const OPTIONS: &[CriuOpt] = &[
     b("skip-in-flight", None, Supported),
     b("deprecated", None, Ignored("stasis has no deprecated features to enable")),
     b("display-stats", None, Supported),
-    b("weak-sysctls", None, Ignored("sysctls belong to namespaces, which stasis does not restore")),
+    b("weak-sysctls", None, Ignored("namespace sysctls are written back strictly (a failure fails the restore)")),
     o("status-fd", None, Req, Supported),
     b("tcp-close", None, Supported),
     o("verbosity", Some('v'), Opt, Supported),

@@ -23,6 +23,7 @@ pub mod criu_options;
 pub(crate) mod dump;
 pub mod lazy_pages;
 pub(crate) mod log;
+pub(crate) mod migrate;
 pub(crate) mod page_server;
 pub(crate) mod predump;
 pub(crate) mod restore;
@@ -71,6 +72,16 @@ const VERBS: &[Verb] = &[
         name: "lazy-pages",
         about: "serve the page faults of a post-copy restore (CRIU's lazy-pages daemon)",
         run: lazy_pages::run,
+    },
+    Verb {
+        name: "migrate",
+        about: "move a running tree to another host (pre-copy live migration)",
+        run: migrate::run_migrate,
+    },
+    Verb {
+        name: "migrate-receive",
+        about: "receive a migrating tree (and restore it with --restore)",
+        run: migrate::run_receive,
     },
     Verb {
         name: "convert",

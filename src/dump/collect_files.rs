@@ -664,8 +664,13 @@ impl Files {
         let mine = match self.my_net {
             Some(m) => m,
             None => {
-                let m = proc::ns::read_one(std::process::id() as i32, "net")
-                    .map_err(|e| DumpError::proc("files", pid, e))?;
+                // This thread's: it may visit the tree's own network namespace.
+                let m = std::fs::read_link("/proc/thread-self/ns/net")
+                    .ok()
+                    .and_then(|t| {
+                        let t = t.to_string_lossy().into_owned();
+                        t.rsplit_once('[')?.1.strip_suffix(']')?.parse().ok()
+                    });
                 *self.my_net.insert(m)
             }
         };

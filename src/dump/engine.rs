@@ -23,6 +23,7 @@ use super::freeze::{Backend, FrozenTree};
 use super::images_out::{self as out, ImageDir};
 use super::misc_images::{self, DumpStats, IdAllocator};
 use super::mm::{self, MmFields};
+use super::namespaces::{self, PidMap};
 use super::options::DumpOptions;
 use super::page_writers::{DeferredSource, PageWriters};
 use super::pages;
@@ -104,6 +105,8 @@ struct Ctx<'a> {
     lazy: bool,
     /// Threads writing pinned pages while the next process is dumped.
     writers: &'a mut PageWriters,
+    /// The pids the images hold (inside the tree's pid namespace).
+    pids: &'a PidMap,
 }
 
 /// `/proc/PID/task/TID/cgroup` of every thread (raw text): the leader's text for the threads
@@ -191,6 +194,7 @@ fn collect_process(
     cx: &mut Ctx<'_>,
 ) -> Result<Collected> {
     let pid = p.pid;
+    let vpid = cx.pids.v(pid);
     let pe = |x| DumpError::proc("collect-task", pid, x);
     fault::check("collect-task", pid)?;
     let t0 = cx.prof.now_us();
@@ -209,7 +213,15 @@ fn collect_process(
         rlimits: proc::misc::read_limits(pid).map_err(pe)?,
         loginuid: proc::misc::read_loginuid(pid).map_err(pe)?,
         oom_score_adj: proc::misc::read_oom_score_adj(pid).map_err(pe)?,
-        posix_timers: proc::timers::read(pid).map_err(pe)?,
+        posix_timers: {
+            let mut timers = proc::timers::read(pid).map_err(pe)?;
+            for t in &mut timers {
+                if t.notify & libc::SIGEV_THREAD_ID != 0 {
+                    t.notify_pid = cx.pids.inside("a timer's thread", pid, t.notify_pid)?;
+                }
+            }
+            timers
+        },
         seccomp_mode: status.seccomp().map_err(pe)?,
     };
     // smaps is the slowest /proc file (the kernel walks every VMA's page tables): read it
@@ -300,7 +312,7 @@ fn collect_process(
                 seccomp,
                 cg_set,
             };
-            cores.push((format!("core-{tid}.img"), core));
+            cores.push((format!("core-{}.img", cx.pids.v(tid)), core));
             cx.prof.record(&format!("thread {tid}"), "thread", tid, t);
         }
         cx.dir.spool_each(cores, |c: CoreJob| {
@@ -355,7 +367,7 @@ fn collect_process(
         let runs = pages::plan(pid, &vmas, &mut cx.stats.pages, cx.lazy)?;
         // Page source: only what changed since the parent image, when there is one.
         let runs = cx.tracking.source(acc, pid, &vmas, runs)?;
-        cx.dir.spool(&format!("mm-{pid}.img"), move || {
+        cx.dir.spool(&format!("mm-{vpid}.img"), move || {
             Ok(mm::mm_file(&mm::mm_entry(&mm_fields, &vmas)))
         });
         let mut src = DeferredSource {
@@ -365,7 +377,7 @@ fn collect_process(
             pid,
             unpinnable: false,
         };
-        pages::send(cx.sink, Target::Process(pid as u64), &runs, &mut src, pid)?;
+        pages::send(cx.sink, Target::Process(vpid as u64), &runs, &mut src, pid)?;
         pages::count_written(&runs, &mut cx.stats.pages);
         cx.prof.record(&format!("pages {pid}"), "pages", pid, t3);
         Ok(())
@@ -394,7 +406,7 @@ fn collect_process(
     let files_id = shared_table.unwrap_or(obj);
     let ids_entry = cx.ids.ids_entry(&ns, [obj, files_id, obj, obj]);
     Ok(Collected {
-        pid,
+        pid: vpid,
         fdinfo,
         fs,
         ids: ids_entry,
@@ -410,6 +422,9 @@ struct Collection {
     files: Files,
     root_ids: Value,
     extras: super::extras::Extras,
+    /// Clone flags of the namespaces the tree owns.
+    owned_ns: u64,
+    pids: PidMap,
 }
 
 fn write_images(
@@ -425,19 +440,22 @@ fn write_images(
     let root = opts.pid;
     fault::check("images", root)?;
     let img = |pid: i32| move |e| DumpError::image("images", pid, e);
-    dir.write_all(
-        "pstree.img",
-        out::PSTREE,
-        &tree.iter().map(tree::pstree_entry).collect::<Vec<_>>(),
-    )
-    .map_err(img(root))?;
+    let pstree = tree
+        .iter()
+        .map(|p| tree::pstree_entry(p, &c.pids))
+        .collect::<Result<Vec<_>>>()?;
+    dir.write_all("pstree.img", out::PSTREE, &pstree)
+        .map_err(img(root))?;
+    if let Some(first) = collected.first() {
+        namespaces::write(dir, root, c.owned_ns, &kobj_ids(&first.ids))?;
+    }
     let t_mem = prof.now_us();
     for shm in &files.shmem {
         pages::write_shmem(sink, root, shm, &mut stats.pages)?;
     }
     for p in tree.iter().filter(|p| p.zombie) {
         let entry = core_image::zombie_core(&p.stat.comm, p.exit_code);
-        dir.spool(&format!("core-{}.img", p.pid), move || {
+        dir.spool(&format!("core-{}.img", c.pids.v(p.pid)), move || {
             Ok(core_image::core_file(&entry))
         });
     }
@@ -540,11 +558,33 @@ fn write_images(
         // Packed pages: CRIU must refuse this directory rather than look for pages-N.img.
         inventory["img_version"] = crate::pages::pack::INVENTORY_MARK.into();
     }
-    dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
-        .map_err(img(root))?;
+    // A time namespace of the tree's own has its clocks in timens-ID.img (CRIU's way).
+    if c.owned_ns & namespaces::CLONE_NEWTIME == 0 {
+        dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
+            .map_err(img(root))?;
+    }
     dir.write_all("inventory.img", out::INVENTORY, &[inventory])
         .map_err(img(root))?;
     Ok(())
+}
+
+/// The typed `task_kobj_ids_entry` of an `ids-P.img` entry.
+fn kobj_ids(v: &Value) -> stasis_images::pb::TaskKobjIdsEntry {
+    let g = |k: &str| v[k].as_u64().map(|x| x as u32);
+    stasis_images::pb::TaskKobjIdsEntry {
+        vm_id: g("vm_id").unwrap_or(0),
+        files_id: g("files_id").unwrap_or(0),
+        fs_id: g("fs_id").unwrap_or(0),
+        sighand_id: g("sighand_id").unwrap_or(0),
+        pid_ns_id: g("pid_ns_id"),
+        net_ns_id: g("net_ns_id"),
+        ipc_ns_id: g("ipc_ns_id"),
+        uts_ns_id: g("uts_ns_id"),
+        mnt_ns_id: g("mnt_ns_id"),
+        user_ns_id: g("user_ns_id"),
+        cgroup_ns_id: g("cgroup_ns_id"),
+        time_ns_id: g("time_ns_id"),
+    }
 }
 
 /// CRIU marks `inventory.img` of a `--tcp-close` dump: its restore needs `--tcp-close` too.
@@ -726,7 +766,17 @@ fn dump_frozen(
     fault::check("collect-tree", opts.pid)?;
     let t = prof.now_us();
     let tree = tree::collect(opts.pid)?;
-    tree::check_namespaces(&tree)?;
+    let owned_ns = tree::check_namespaces(&tree)?;
+    let pids = PidMap::of(&tree, owned_ns)?;
+    if pids.owned() && (opts.prev_images_dir.is_some() || opts.track_mem) {
+        return Err(DumpError::new(
+            "collect-tree",
+            opts.pid,
+            Some(libc::EOPNOTSUPP),
+            "incremental dumps (--prev-images-dir, --track-mem) of a tree with its own pid \
+             namespace are not built yet",
+        ));
+    }
     tree::check_external(&tree, opts.shell_job)?;
     if !opts.file_locks {
         tree::check_file_locks(&tree)?;
@@ -753,6 +803,17 @@ fn dump_frozen(
     let my_ns = proc::ns::read(me).map_err(|e| DumpError::proc("collect-tree", me, e))?;
     let root_ids = ids.ids_entry(&my_ns, [1; 4]);
     files.net_ns_id = root_ids["net_ns_id"].as_u64().map(|x| x as u32);
+    // Sockets of a network namespace of the tree's own are looked up from inside it.
+    let _netns = if owned_ns & namespaces::CLONE_NEWNET != 0 {
+        let tree_ns =
+            proc::ns::read(opts.pid).map_err(|e| DumpError::proc("collect-tree", opts.pid, e))?;
+        files.net_ns_id = ids.ids_entry(&tree_ns, [1; 4])["net_ns_id"]
+            .as_u64()
+            .map(|x| x as u32);
+        Some(namespaces::NetnsVisit::enter(opts.pid)?)
+    } else {
+        None
+    };
     let mut extras = super::extras::Extras::new(opts.pid)?;
     extras
         .cgroups
@@ -774,12 +835,16 @@ fn dump_frozen(
             tracking,
             lazy: opts.lazy_pages.is_some(),
             writers: &mut writers,
+            pids: &pids,
         };
         for p in tree.iter().filter(|p| !p.zombie) {
             collected.push(collect_process(p, frozen, &mut cx)?);
         }
     }
     files.finish_kinds(opts.pid)?;
+    if pids.owned() {
+        namespaces::files_in_pidns(&mut files, &pids, opts.pid)?;
+    }
     stats.memdump_time = prof.now_us() - t;
     prof.record("collect", "phase", 0, t);
     let t = prof.now_us();
@@ -789,6 +854,8 @@ fn dump_frozen(
         files,
         root_ids,
         extras,
+        owned_ns,
+        pids,
     };
     write_images(&mut dir, opts, &c, sink, stats, prof)?;
     if !opts.leave_running {

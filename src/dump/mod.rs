@@ -24,6 +24,7 @@ pub mod images_out;
 pub mod lazy;
 pub(crate) mod misc_images;
 pub(crate) mod mm;
+pub(crate) mod namespaces;
 pub(crate) mod options;
 pub(crate) mod page_out;
 pub mod page_writers;

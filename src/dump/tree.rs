@@ -137,44 +137,81 @@ fn children(pid: i32, tids: &[i32]) -> std::result::Result<Vec<i32>, proc::ProcE
     Ok(out)
 }
 
-/// Refuses sessions and process groups led from outside the tree unless `--shell-job`
-/// (like CRIU: restoring them would need the outside leader).
-/// Namespaces stasis neither dumps nor restores yet: a process in one other than the
-/// dumper's own would come back in the restorer's namespaces, with its PIDs, mounts, network
-/// and host name silently wrong. Refused by name (the kinds CRIU's `ns_mask` covers).
-pub fn check_namespaces(tree: &[Process]) -> Result<()> {
+/// The namespaces of the tree: those of its root that differ from the dumper's are the
+/// tree's own (returned as clone flags) when stasis dumps that kind
+/// ([`super::namespaces::OWNABLE`]); every task must be in the root's (no nested ones).
+/// Anything else would come back in the restorer's namespaces, with its PIDs, mounts,
+/// network or host name silently wrong: refused by name (the kinds CRIU's `ns_mask` covers).
+pub fn check_namespaces(tree: &[Process]) -> Result<u64> {
     const KINDS: [&str; 8] = ["pid", "mnt", "net", "ipc", "uts", "user", "cgroup", "time"];
     let ino = |pid: &str, ns: &str| {
         std::fs::metadata(format!("/proc/{pid}/ns/{ns}"))
             .ok()
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
     };
+    let refuse = |pid: i32, why: String| {
+        Err(DumpError::new(
+            "collect-tree",
+            pid,
+            Some(libc::EOPNOTSUPP),
+            why,
+        ))
+    };
+    let Some(root) = tree.first() else {
+        return Ok(0);
+    };
+    let mut owned = 0;
     for ns in KINDS {
         // A kernel without this kind of namespace has nothing to compare.
         let Some(ours) = ino("self", ns) else {
             continue;
         };
-        for p in tree {
-            match ino(&p.pid.to_string(), ns) {
-                Some(theirs) if theirs != ours => {
-                    return Err(DumpError::new(
-                        "collect-tree",
-                        p.pid,
-                        Some(libc::EOPNOTSUPP),
+        let Some(roots) = ino(&root.pid.to_string(), ns) else {
+            continue;
+        };
+        if roots != ours {
+            match super::namespaces::OWNABLE.iter().find(|(k, _)| *k == ns) {
+                Some((_, flag)) => owned |= flag,
+                None => {
+                    return refuse(
+                        root.pid,
                         format!(
-                            "the task is in its own {ns} namespace ({ns}:[{theirs}], the dumper \
-                             is in {ns}:[{ours}]): dumping namespaces is not built yet"
+                            "the task is in its own {ns} namespace ({ns}:[{roots}], the dumper \
+                             is in {ns}:[{ours}]): dumping {ns} namespaces is not built yet"
                         ),
-                    ))
+                    )
                 }
-                // Gone meanwhile: the tree walk reports it.
-                _ => {}
+            }
+        }
+        for p in tree {
+            let pid = p.pid.to_string();
+            // pid and time: a task that unshared one gives its children another.
+            let children = format!("{ns}_for_children");
+            for (link, theirs) in [
+                (ns, ino(&pid, ns)),
+                (children.as_str(), ino(&pid, &children)),
+            ] {
+                match theirs {
+                    Some(theirs) if theirs != roots => {
+                        return refuse(
+                            p.pid,
+                            format!(
+                                "the task's {link} is {ns}:[{theirs}], the tree's root is in \
+                                 {ns}:[{roots}]: nested {ns} namespaces are not dumped yet"
+                            ),
+                        )
+                    }
+                    // Gone meanwhile: the tree walk reports it.
+                    _ => {}
+                }
             }
         }
     }
-    Ok(())
+    Ok(owned)
 }
 
+/// Refuses sessions and process groups led from outside the tree unless `--shell-job`
+/// (like CRIU: restoring them would need the outside leader).
 pub fn check_external(tree: &[Process], shell_job: bool) -> Result<()> {
     if shell_job {
         return Ok(());
@@ -229,15 +266,15 @@ pub fn check_file_locks(tree: &[Process]) -> Result<()> {
     Ok(())
 }
 
-/// The pstree.img entry of one process.
-pub fn pstree_entry(p: &Process) -> Value {
-    json!({
-        "pid": p.pid,
-        "ppid": p.ppid,
-        "pgid": p.pgid,
-        "sid": p.sid,
-        "threads": p.threads,
-    })
+/// The pstree.img entry of one process, its pids as its pid namespace numbers them.
+pub fn pstree_entry(p: &Process, pids: &super::namespaces::PidMap) -> Result<Value> {
+    Ok(json!({
+        "pid": pids.v(p.pid),
+        "ppid": pids.v(p.ppid),
+        "pgid": pids.inside("process group", p.pid, p.pgid)?,
+        "sid": pids.inside("session", p.pid, p.sid)?,
+        "threads": p.threads.iter().map(|&t| pids.v(t)).collect::<Vec<_>>(),
+    }))
 }
 
 #[cfg(test)]
@@ -307,7 +344,7 @@ mod tests {
         assert!(t[1..]
             .iter()
             .all(|c| c.ppid == pid && c.threads == vec![c.pid]));
-        let e = pstree_entry(&t[1]);
+        let e = pstree_entry(&t[1], &Default::default()).unwrap();
         assert_eq!(e["ppid"], pid);
     }
 

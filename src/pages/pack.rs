@@ -155,7 +155,7 @@ impl PackKey {
         PackKey(b)
     }
 
-    fn cipher(&self) -> XChaCha20Poly1305 {
+    pub(crate) fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new(Key::from_slice(&self.0))
     }
 }

@@ -966,11 +966,12 @@ impl<'a> Parasite<'a> {
             }
         }
         let mut xstates = xstates.into_iter();
+        let own = own_tids(self.leader.tgid(), wave);
         for (i, (tls, mask)) in tls.into_iter().zip(masks).enumerate() {
             let tid = wave[i].tid();
             let regs = saved[i];
             let slot_bytes = &raw[i * stride..];
-            let state = reply::thread_slot(slot_bytes, tid, xsave_span as usize)
+            let state = reply::thread_slot(slot_bytes, own[i], xsave_span as usize)
                 .map_err(|e| reply_error("thread routine", tid, e))?;
             let mask = mask.unwrap_or(state.blocked);
             let saved = match &self.xsave {
@@ -1047,8 +1048,12 @@ impl<'a> Parasite<'a> {
         let pid = self.leader.tgid();
         let mut noted = vec![false; wave.len()];
         let mut left = wave.len();
-        let index: std::collections::HashMap<i32, usize> =
-            wave.iter().enumerate().map(|(i, t)| (t.tid(), i)).collect();
+        // The routine sends gettid(): the tid in the task's own pid namespace.
+        let index: std::collections::HashMap<i32, usize> = own_tids(pid, wave)
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (t, i))
+            .collect();
         let mut buf = vec![0u8; MAX_MSG];
         while left > 0 {
             // Notes come in bursts: take every one waiting, then wait for more; a thread
@@ -1324,4 +1329,24 @@ fn reply_error(cmd: &'static str, pid: i32, e: ReplyError) -> Error {
 fn take_fd(pid: i32, fd: i32) -> crate::sys::Result<OwnedFd> {
     let pidfd = channel::pidfd_open(pid)?;
     channel::pidfd_getfd(pid, pidfd.as_fd(), fd)
+}
+
+/// The tids of `wave` as the threads themselves see them (`gettid()` in their pid namespace,
+/// the last of `NSpid`): the same numbers unless process `pid` is in another pid namespace
+/// than the dumper (then one /proc read per thread).
+fn own_tids(pid: i32, wave: &[&SeizedTask]) -> Vec<i32> {
+    let ns = |p: &str| {
+        std::fs::metadata(format!("/proc/{p}/ns/pid"))
+            .ok()
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.ino()
+            })
+    };
+    if ns("self") == ns(&pid.to_string()) {
+        return wave.iter().map(|t| t.tid()).collect();
+    }
+    wave.iter()
+        .map(|t| crate::proc::ns::own_tid(pid, t.tid()).unwrap_or(t.tid()))
+        .collect()
 }

@@ -36,6 +36,19 @@ pub fn read_one(pid: i32, kind: &str) -> Result<Option<u64>, ProcError> {
     }
 }
 
+/// The pid of thread `tid` of process `pid` in its own pid namespace: the last number of
+/// `NSpid` in `/proc/PID/task/TID/status` (the same as `tid` when it is in ours).
+pub fn own_tid(pid: i32, tid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
 /// Reads all namespace ids of `pid`.
 pub fn read(pid: i32) -> Result<NsIds, ProcError> {
     Ok(NsIds {
@@ -57,5 +70,7 @@ mod tests {
         let n = super::read(std::process::id() as i32).unwrap();
         assert!(n.pid.is_some() && n.net.is_some() && n.mnt.is_some());
         assert!(super::read(i32::MAX).is_err());
+        let me = std::process::id() as i32;
+        assert!(super::own_tid(me, me).is_some());
     }
 }

@@ -22,8 +22,10 @@ pub(crate) mod error;
 pub mod fuzzing;
 pub(crate) mod img;
 pub mod inherit;
+pub(crate) mod ip_dump;
 pub mod lazy;
 pub(crate) mod memory;
+pub(crate) mod namespaces;
 pub(crate) mod open_files;
 pub(crate) mod options;
 pub mod plan;
@@ -168,7 +170,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             )));
         }
     }
-    validate::pids_free(&plan)?;
+    // A pid namespace of the tree's own is new: its PIDs are free.
+    let own_pidns = plan.ns.mask & namespaces::CLONE_NEWPID != 0;
+    if !own_pidns {
+        validate::pids_free(&plan)?;
+    }
     validate::files_unchanged_except(&plan, &inherit::inherited_ids(&plan, &opts.inherit_fds))?;
     tracing::info!(
         tasks = plan.tasks.len(),
@@ -182,6 +188,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         tcp_close: opts.tcp_close,
         other_root: plan.root != std::path::Path::new("/"),
     };
+    // The tree's uts/ipc/net/time namespaces, entered before any socket is made.
+    let entered = namespaces::enter(&plan.ns)?;
     let mut opened = open_files::open_all(&plan, kinds_opts, &opts.inherit_fds)?;
     if let Some(s) = &lazy_sock {
         lazy::prepare(s, &plan, &mut opened)?;
@@ -200,24 +208,35 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     };
     let mut guard = TreeGuard {
         root: None,
-        pids: plan.all_ids(),
+        // In a pid namespace of its own, killing the root (its init) kills every task.
+        pids: if own_pidns {
+            Vec::new()
+        } else {
+            plan.all_ids()
+        },
         armed: true,
     };
     // --restore-sibling: the root becomes a child of our parent (CLONE_PARENT).
-    let root_flags = if opts.sibling {
+    let mut root_flags = if opts.sibling {
         libc::CLONE_PARENT as u64
     } else {
         0
     };
+    if own_pidns {
+        root_flags |= namespaces::CLONE_NEWPID;
+    }
     let root = tree::spawn(&plan, 0, root_flags, &opened, ctl, None, None).map_err(|e| {
         RestoreError::sys(format!("clone3 root with pid {}", plan.tasks[0].pid), 0, e)
     })?;
     guard.root = Some(root);
+    entered.leave()?;
     // Our copies of the task-side ends must go, so EOF means "all tasks gone".
     opened.forget(&[ctl.ready_w, ctl.hold_r, ctl.status_w]);
     let alive = plan.tasks.iter().filter(|t| t.state != TASK_DEAD).count();
     wait_tasks(&ready_r, &status_r, alive, root, deadline)?;
-    open_files::set_thread_owners(&opened, &plan)?;
+    // The tasks' PIDs as the restorer sees them (other numbers in their own pid namespace).
+    let host = namespaces::HostPids::of(&plan, root)?;
+    open_files::set_thread_owners(&opened, &plan, &|p| host.get(p))?;
     tracing::info!(
         "every task is in its restorer blob, ready, after {:?}",
         t0.elapsed()
@@ -229,7 +248,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         .filter_map(|t| {
             let c = &t.threads.first()?.core;
             let set = c.thread_core.as_ref().and_then(|x| x.cg_set);
-            Some((t.pid, set.or(c.tc.as_ref().and_then(|x| x.cg_set))?))
+            Some((
+                host.get(t.pid),
+                set.or(c.tc.as_ref().and_then(|x| x.cg_set))?,
+            ))
         })
         .collect();
     if !opts.cgroups_ignore {
@@ -240,7 +262,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         })?;
     }
     for t in plan.tasks.iter().filter(|t| t.state == TASK_DEAD) {
-        wait_zombie(t.pid, deadline)?;
+        wait_zombie(host.get(t.pid), deadline)?;
     }
     // CRIU: a failing post-restore script kills the tree; pre-resume's failure is logged.
     opts.scripts
@@ -259,7 +281,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     if opts.leave_stopped {
         // Queued while each task waits in its blob: it stops before its own code runs.
         for t in plan.tasks.iter().filter(|t| t.state != TASK_DEAD) {
-            kill(Pid::from_raw(t.pid), Signal::SIGSTOP).map_err(|e| sys0("leave stopped", e))?;
+            kill(Pid::from_raw(host.get(t.pid)), Signal::SIGSTOP)
+                .map_err(|e| sys0("leave stopped", e))?;
         }
     }
     // Release: one byte per task on go_fd.
@@ -270,7 +293,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     drop(hold_w);
     for t in plan.tasks.iter().filter(|t| t.state == plan::TASK_STOPPED) {
-        let _ = kill(Pid::from_raw(t.pid), Signal::SIGSTOP);
+        let _ = kill(Pid::from_raw(host.get(t.pid)), Signal::SIGSTOP);
     }
     guard.armed = false;
     if let Some(s) = &lazy_sock {

@@ -563,7 +563,11 @@ pub fn set_owners(o: &Opened, pid: i32, pgid: i32) -> Result<(), nix::errno::Err
 /// owners that are threads other than a leader (`F_OWNER_TID`), which no task could set
 /// while it restored its descriptors (its threads are made later, by the blob). The owner
 /// belongs to the open file description, so the engine's parked copy serves.
-pub fn set_thread_owners(o: &Opened, plan: &Plan) -> Result<(), RestoreError> {
+pub fn set_thread_owners(
+    o: &Opened,
+    plan: &Plan,
+    host: &dyn Fn(i32) -> i32,
+) -> Result<(), RestoreError> {
     const F_OWNER_TID: u32 = 0;
     let leaders: BTreeSet<i32> = plan.tasks.iter().map(|t| t.pid).collect();
     for (fd, w) in &o.owners {
@@ -571,7 +575,7 @@ pub fn set_thread_owners(o: &Opened, plan: &Plan) -> Result<(), RestoreError> {
             crate::sys::fdkinds::set_owner(
                 crate::sys::fds::borrow(*fd),
                 F_OWNER_TID as i32,
-                w.pid as i32,
+                host(w.pid as i32),
             )
             .map_err(|e| sys(format!("F_SETOWN_EX thread {}", w.pid), e))?;
         }

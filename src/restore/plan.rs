@@ -200,6 +200,8 @@ pub struct Plan {
     pub root: PathBuf,
     /// Per task, per VMA: the parent's VMA it inherits copy-on-write (`restore::cow`).
     pub cow: Vec<Vec<Option<usize>>>,
+    /// The namespaces the tree owns (read by [`prepare`]).
+    pub ns: super::namespaces::Namespaces,
 }
 
 impl Plan {
@@ -664,6 +666,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
         pipe_data,
         ghosts,
         root: PathBuf::from("/"),
+        ns: Default::default(),
     };
     check_references(&plan)?;
     super::checks::file_paths(&plan)?;
@@ -678,6 +681,7 @@ pub fn prepare(dir: &Path, shell_job: bool, root: &Path) -> Result<Plan, Restore
     plan.shell_job = shell_job;
     super::checks::groups(&plan, shell_job)?;
     plan.root = root.to_path_buf();
+    plan.ns = super::namespaces::plan(&plan)?;
     Ok(plan)
 }
 

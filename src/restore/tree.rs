@@ -142,6 +142,10 @@ fn run_task(
     if let Some(uid) = t.loginuid {
         set_loginuid(uid)?;
     }
+    if idx == 0 {
+        // Before any child: they are born in it.
+        super::namespaces::root_cgroup_ns(plan)?;
+    }
     if t.sid == t.pid {
         nix::unistd::setsid().map_err(|e| ("setsid", e))?;
     }

@@ -38,33 +38,10 @@ impl FreezeGuard {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|errno| Error::Sys { op: "pipe2", errno })?;
         let (r, c) = (read.as_raw_fd(), ctl.as_raw_fd());
-        // SAFETY: fork in a possibly multi-threaded process: the child and the guardian
-        // only make raw system calls (no allocation, no locks) before they _exit.
-        let child = unsafe { libc::fork() };
-        if child < 0 {
-            return Err(Error::Sys {
-                op: "fork",
-                errno: Errno::last(),
-            });
-        }
-        if child == 0 {
-            // SAFETY: raw async-signal-safe calls only, on descriptors this process holds.
-            unsafe {
-                libc::setsid();
-                if libc::fork() != 0 {
-                    libc::_exit(0);
-                }
-                guardian(r, c, thaw.as_bytes())
-            }
-        }
+        // SAFETY: the guardian only makes raw system calls on descriptors it holds.
+        spawn_detached(|| unsafe { guardian(r, c, thaw.as_bytes()) })?;
         drop(read);
         drop(ctl);
-        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None).map_err(|errno| {
-            Error::Sys {
-                op: "waitpid",
-                errno,
-            }
-        })?;
         Ok(FreezeGuard { pipe: Some(write) })
     }
 
@@ -81,6 +58,40 @@ impl Drop for FreezeGuard {
     fn drop(&mut self) {
         self.dismiss();
     }
+}
+
+/// Runs `body` in a detached grandchild (own session: a kill of the caller's group misses it;
+/// its parent exits at once and is reaped here). `body` runs right after a fork of a possibly
+/// multi-threaded process: it must make raw system calls only (no allocation, no locks).
+pub(crate) fn spawn_detached(body: impl FnOnce()) -> Result<()> {
+    // SAFETY: fork; the child and the grandchild only make raw system calls (setsid, fork,
+    // _exit) before `body`, which the caller guarantees does the same.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(Error::Sys {
+            op: "fork",
+            errno: Errno::last(),
+        });
+    }
+    if child == 0 {
+        // SAFETY: raw async-signal-safe calls only.
+        unsafe {
+            libc::setsid();
+            if libc::fork() != 0 {
+                libc::_exit(0);
+            }
+        }
+        body();
+        // SAFETY: leaving the forked process without running anything of the caller's.
+        unsafe { libc::_exit(0) }
+    }
+    nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None).map_err(|errno| {
+        Error::Sys {
+            op: "waitpid",
+            errno,
+        }
+    })?;
+    Ok(())
 }
 
 /// The guardian's body: see the module doc.

@@ -36,6 +36,7 @@
 
 pub(crate) mod channel;
 pub(crate) mod clone3;
+pub(crate) mod continue_guard;
 pub mod cpu;
 pub(crate) mod daemon;
 pub mod dirty;
@@ -47,6 +48,7 @@ pub(crate) mod freeze_guard;
 pub mod freezer;
 pub(crate) mod infect;
 pub mod mem;
+pub(crate) mod netdev;
 pub mod pidns;
 pub(crate) mod pod;
 pub mod proc_tasks;

@@ -22,6 +22,8 @@
 //! pages     the parasite has spliced or pinned the first pages (more batches in flight;
 //!           pinned pages of earlier processes may be with the page writers)
 //! cure      FINI answered, the leader stopped in the parasite's wait for the hang-up
+//! migrate-stopped  `stasis migrate`: the final dump left the tree stopped, its guardian
+//!                  runs, nothing sent to the destination yet
 //! ```
 
 use std::sync::atomic::{AtomicU32, Ordering};

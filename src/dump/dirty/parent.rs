@@ -5,6 +5,12 @@
 //!  plan (present pages) ──► since_parent(runs, dirty, parent) ──► runs: PE_PRESENT (copied)
 //!                                                                      PE_PARENT  (not)
 //!  a page is PE_PARENT iff the tracker proves it clean AND the parent's pagemap covers it
+//!  a clean page the parent lacks is left out (a hole): it was not populated when the parent
+//!  was dumped (the parent has every page present then) and nothing wrote it since, so it
+//!  reads as zero (or from its file). These are the pages userfaultfd WP_UNPOPULATED marks
+//!  when it arms (PTE markers, which PAGEMAP_SCAN reports as swapped): without this rule a
+//!  second pre-dump copied every unpopulated page of every tracked VMA as zeros.
+//!  Only when the parent's pagemap is complete (no lazy-only entries).
 //! ```
 
 use std::path::Path;
@@ -21,6 +27,9 @@ use crate::images::pagemap::PAGE_SIZE as PAGE;
 #[derive(Debug, Clone, Default)]
 pub struct ParentPages {
     ranges: Vec<(u64, u64)>,
+    /// Every entry of the parent's pagemap holds pages (present or parent): a page it lacks
+    /// was not populated then.
+    complete: bool,
 }
 
 impl ParentPages {
@@ -39,17 +48,22 @@ impl ParentPages {
         let mut r = ImageReader::open(&path).ok()?;
         r.next_message::<pb::PagemapHead>().ok()??;
         let mut ranges: Vec<(u64, u64)> = Vec::new();
+        let mut complete = true;
         while let Some(e) = r.next_message::<pb::PagemapEntry>().ok()? {
             let nr = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
             let flags = e.flags.unwrap_or(PE_PRESENT);
             if flags & (PE_PRESENT | PE_PARENT) == 0 || nr == 0 || nr > 1 << 36 {
+                complete = false;
                 continue;
             }
             let (s, end) = (e.vaddr, e.vaddr.checked_add(nr * PAGE)?);
             ranges.push((s, end));
         }
         let merged = super::merge_ranges(ranges);
-        Some(ParentPages { ranges: merged })
+        Some(ParentPages {
+            ranges: merged,
+            complete,
+        })
     }
 
     /// The parts of `[s, e)` covered.
@@ -64,7 +78,8 @@ impl ParentPages {
 }
 
 /// Splits `runs` into pages to copy (`PE_PRESENT`, flags kept) and pages left to the parent
-/// (`PE_PARENT`): those `dirty` proves clean and `parent` has. Runs stay in address order.
+/// (`PE_PARENT`): those `dirty` proves clean and `parent` has; clean pages a complete parent
+/// lacks are left out (never populated, see the module docs). Runs stay in address order.
 pub fn since_parent(runs: &[Run], dirty: &DirtyMap, parent: &ParentPages) -> Vec<Run> {
     let mut out: Vec<Run> = Vec::with_capacity(runs.len());
     let mut push = |vaddr: u64, end: u64, flags: u32| {
@@ -86,10 +101,19 @@ pub fn since_parent(runs: &[Run], dirty: &DirtyMap, parent: &ParentPages) -> Vec
         let end = r.vaddr + r.nr_pages * PAGE;
         let mut at = r.vaddr;
         for (cs, ce) in dirty.clean_in(r.vaddr, end) {
+            if parent.complete {
+                push(at, cs, r.flags);
+                at = cs;
+            }
             for (ps, pe) in parent.covered(cs, ce) {
-                push(at, ps, r.flags);
+                if !parent.complete {
+                    push(at, ps, r.flags);
+                }
                 push(ps, pe, PE_PARENT);
                 at = pe;
+            }
+            if parent.complete {
+                at = ce;
             }
         }
         push(at, end, r.flags);
@@ -119,8 +143,9 @@ mod tests {
             vec![Dirt::Written(vec![(2 * PAGE, 4 * PAGE)]), Dirt::All],
         );
         // The parent has 0..8 and 12..20.
-        let parent = ParentPages {
+        let mut parent = ParentPages {
             ranges: vec![(0, 8 * PAGE), (12 * PAGE, 20 * PAGE)],
+            complete: false,
         };
         let out = since_parent(&[run(0, 20, p)], &dirty, &parent);
         assert_eq!(
@@ -130,6 +155,17 @@ mod tests {
                 run(2, 2, p),
                 run(4, 4, PE_PARENT),
                 run(8, 12, p),
+            ]
+        );
+        // A complete parent: the clean pages 8..10 it lacks were never populated (holes).
+        parent.complete = true;
+        assert_eq!(
+            since_parent(&[run(0, 20, p)], &dirty, &parent),
+            vec![
+                run(0, 2, PE_PARENT),
+                run(2, 2, p),
+                run(4, 4, PE_PARENT),
+                run(10, 10, p),
             ]
         );
         // Everything dirty: unchanged.
