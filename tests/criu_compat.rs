@@ -254,6 +254,31 @@ fn fx_seccomp(way: Way, criu: &Path, r: &Restored, base: i32) {
     c_workload(way, criu, r, base, "fx-seccomp", src, &[]);
 }
 
+/// A parent and three workers sharing 64 MiB copy-on-write (`common::cow`): restored, each
+/// sees its own content and the untouched pages are shared again (CRIU restores the sharing
+/// too).
+fn fx_cow(way: Way, criu: &Path, r: &Restored, base: i32) {
+    let work = tempfile::tempdir().unwrap();
+    let w = common::cow::launch("fx-cow", base, work.path());
+    let tree = common::cow::CowTree::of(&w);
+    tree.assert_shared("before the dump", true);
+    cross(way, criu, r, w, |w| {
+        let tree = common::cow::CowTree::of(w);
+        tree.assert_shared(&format!("restored ({})", way.label()), false);
+        let pss = tree.pss_kb();
+        println!(
+            "criu_compat: fx-cow {}: Pss of the tree {pss} KiB",
+            way.label()
+        );
+        assert!(
+            pss < 2 * common::cow::AREA_KB,
+            "fx-cow restored ({}): Pss {pss} KiB",
+            way.label()
+        );
+        assert_eq!(verify(w), "PASS", "fx-cow restored ({})", way.label())
+    });
+}
+
 /// Python with four threads counting: after the restore every count goes on from where it
 /// was, twice.
 fn python_threads(way: Way, criu: &Path, r: &Restored, base: i32) {
@@ -614,6 +639,12 @@ fn cases() -> Vec<Case> {
             program: "fx-loop",
             base: 34480,
             run: cpu_cap,
+        },
+        Case {
+            name: "fx-cow",
+            program: "fx-cow",
+            base: 34720,
+            run: fx_cow,
         },
     ]
 }

@@ -354,7 +354,7 @@ fn pending_signals_survive_with_their_siginfo() {
 
 /// The pages a parent shares copy-on-write with its child come back with the right content
 /// in each (the child checks its view and reports it through its exit status). The sharing
-/// itself is not rebuilt: each process gets private copies (Rss/Pss in the test's output).
+/// itself is checked by `restore_cow.rs` (Rss/Pss in this test's output).
 #[test]
 fn cow_pages_have_each_process_content() {
     restored(

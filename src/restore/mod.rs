@@ -18,6 +18,7 @@ pub(crate) mod blob_args;
 pub(crate) mod blob_core;
 pub(crate) mod checks;
 pub(crate) mod ctty;
+pub(crate) mod cow;
 pub(crate) mod error;
 pub mod fuzzing;
 pub(crate) mod img;
@@ -25,6 +26,7 @@ pub mod inherit;
 pub(crate) mod ip_dump;
 pub mod lazy;
 pub mod mounts;
+pub(crate) mod memory;
 pub(crate) mod namespaces;
 pub(crate) mod open_files;
 pub(crate) mod options;
@@ -235,7 +237,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     if own_pidns {
         root_flags |= namespaces::CLONE_NEWPID;
     }
-    let root = tree::spawn(&plan, 0, root_flags, &opened, ctl, None).map_err(|e| {
+    let root = tree::spawn(&plan, 0, root_flags, &opened, ctl, None, None).map_err(|e| {
         RestoreError::sys(format!("clone3 root with pid {}", plan.tasks[0].pid), 0, e)
     })?;
     guard.root = Some(root);

@@ -198,6 +198,8 @@ pub struct Plan {
     pub file_locks: Vec<stasis_images::pb::FileLockEntry>,
     /// Where the images' absolute paths are resolved (`--root`, `/` by default).
     pub root: PathBuf,
+    /// Per task, per VMA: the parent's VMA it inherits copy-on-write (`restore::cow`).
+    pub cow: Vec<Vec<Option<usize>>>,
     /// The namespaces the tree owns (read by [`prepare`]).
     pub ns: super::namespaces::Namespaces,
 }
@@ -217,6 +219,15 @@ impl Plan {
                 .iter()
                 .find(|p| p.pid == t.ppid)
                 .is_some_and(|p| p.files_id == t.files_id)
+    }
+
+    /// Whether a child of task `idx` inherits one of its VMAs copy-on-write ([`Plan::cow`]).
+    pub fn inherits_from(&self, idx: usize) -> bool {
+        self.tasks[idx].children.iter().any(|&c| {
+            self.index(c)
+                .and_then(|ci| self.cow.get(ci))
+                .is_some_and(|l| l.iter().any(Option::is_some))
+        })
     }
 
     /// Every PID and TID the restore will create.
@@ -642,7 +653,8 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
         Some(mut f) => f.all()?,
         None => Vec::new(),
     };
-    let plan = Plan {
+    let mut plan = Plan {
+        cow: Vec::new(),
         file_locks,
         seccomp,
         shell_job: false,
@@ -658,6 +670,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
     };
     check_references(&plan)?;
     super::checks::file_paths(&plan)?;
+    plan.cow = super::cow::links(&plan);
     Ok(plan)
 }
 

@@ -97,9 +97,34 @@ impl<'a> Premapper<'a> {
         }
     }
 
+    /// Where the next premap may go: above every premap made so far.
+    pub fn next_free(&self) -> u64 {
+        self.next
+    }
+
+    /// The task's page files (`None`: no pages image).
+    pub(super) fn page_files(&self) -> Option<&PageFiles> {
+        self.fd.as_ref()
+    }
+
+    /// `/proc/self/mem`, opened read-write at the first use.
+    pub(super) fn self_mem(&mut self) -> Result<&std::fs::File, StepErr> {
+        if self.mem.is_none() {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/proc/self/mem")
+                .map_err(|e| ("open /proc/self/mem", io_errno(&e)))?;
+            self.mem = Some(f);
+        }
+        self.mem
+            .as_ref()
+            .ok_or(("open /proc/self/mem", Errno::EBADF))
+    }
+
     /// The pieces of page data inside `[start, end)`: (address, file offset, length); without
     /// the `PE_LAZY` runs when the VMA is restored lazily.
-    fn pieces(&self, start: u64, end: u64) -> impl Iterator<Item = Piece> + '_ {
+    pub(super) fn pieces(&self, start: u64, end: u64) -> impl Iterator<Item = Piece> + '_ {
         let first = self
             .runs
             .partition_point(|r| r.vaddr + r.nr * PAGE <= start);
@@ -284,14 +309,7 @@ impl<'a> Premapper<'a> {
                 self.stats[1] += 1;
             }
             How::Force => {
-                if self.mem.is_none() {
-                    let f = std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open("/proc/self/mem")
-                        .map_err(|e| ("open /proc/self/mem", io_errno(&e)))?;
-                    self.mem = Some(f);
-                }
+                self.self_mem()?;
                 if self.bufs.is_empty() {
                     self.bufs
                         .push(AnonBuf::new(COPY_BUF).map_err(|e| ("map a copy buffer", e))?);
@@ -366,10 +384,10 @@ impl PageFiles {
 }
 
 /// Bounce buffer of a copy (fits in L2 with room to spare).
-const COPY_BUF: usize = 256 << 10;
+pub(super) const COPY_BUF: usize = 256 << 10;
 
 /// Reads exactly `buf.len()` bytes at `off` of `fd`.
-fn read_full(fd: &PageFiles, buf: &mut [u8], off: u64) -> Result<(), StepErr> {
+pub(super) fn read_full(fd: &PageFiles, buf: &mut [u8], off: u64) -> Result<(), StepErr> {
     let mut got = 0;
     while got < buf.len() {
         let (file, at) = fd.locate(off + got as u64)?;
@@ -405,7 +423,7 @@ fn halves(pieces: &[Piece], total: u64) -> (Vec<Piece>, Vec<Piece>) {
     (a, b)
 }
 
-fn io_errno(e: &std::io::Error) -> Errno {
+pub(super) fn io_errno(e: &std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 

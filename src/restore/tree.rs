@@ -26,6 +26,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 
+use super::memory::TaskMemory;
 use super::open_files::{keep_only, Opened};
 use super::plan::{Plan, TASK_DEAD};
 use super::shared_fdt::Group;
@@ -80,6 +81,7 @@ pub fn spawn(
     opened: &Opened,
     ctl: Ctl,
     group: Option<&Group>,
+    parent_mem: Option<&TaskMemory>,
 ) -> Result<i32, Errno> {
     let pid = plan.tasks[idx].pid;
     // clone3 takes no exit signal with CLONE_PARENT: the child inherits ours, which our
@@ -92,7 +94,7 @@ pub fn spawn(
     match fork_with_pid(pid, clone_flags, exit_signal)? {
         Forked::Parent(p) => Ok(p),
         Forked::Child => {
-            let code = match run_task(plan, idx, opened, ctl, group) {
+            let code = match run_task(plan, idx, opened, ctl, group, parent_mem) {
                 Ok(()) => 0,
                 Err((step, e)) => {
                     let _ = write_raw(ctl.ready_w, &record(pid, e as i32, step));
@@ -105,13 +107,15 @@ pub fn spawn(
 }
 
 /// Runs in the forked task `idx`. `group`: the shared descriptor table it was forked into
-/// with `CLONE_FILES` (it is a member, see [`super::shared_fdt`]).
+/// with `CLONE_FILES` (it is a member, see [`super::shared_fdt`]). `parent_mem`: the parent's
+/// memory, prepared before this task was forked (its premaps are mapped here too).
 fn run_task(
     plan: &Plan,
     idx: usize,
     opened: &Opened,
     tree_ctl: Ctl,
     group: Option<&Group>,
+    parent_mem: Option<&TaskMemory>,
 ) -> Result<(), (&'static str, Errno)> {
     let t = &plan.tasks[idx];
     // A member of a shared table has status and go descriptors of its own.
@@ -158,6 +162,15 @@ fn run_task(
         None => Group::open(plan, idx, ctl.hold_r, opened.base)?,
     };
     let children_group = owned.as_ref().or(group);
+    // The memory before the children when one of them inherits part of it: they get the
+    // filled premaps (copy-on-write). Otherwise after (the children fill theirs meanwhile).
+    // A member of a shared table prepares it later, once the table is in place (its
+    // temporary descriptors would race with the owner's).
+    let mut mem = if member.is_none() && plan.inherits_from(idx) {
+        Some(super::memory::prepare(plan, idx, opened, parent_mem)?)
+    } else {
+        None
+    };
     for &child in &t.children {
         let ci = plan.index(child).ok_or(("find child", Errno::ESRCH))?;
         if plan.shares_parent_fds(&plan.tasks[ci]) {
@@ -168,10 +181,12 @@ fn run_task(
                 opened,
                 tree_ctl,
                 children_group,
+                mem.as_ref(),
             )
             .map_err(|e| ("clone3 child sharing the descriptor table", e))?;
         } else {
-            spawn(plan, ci, 0, opened, tree_ctl, None).map_err(|e| ("clone3 child", e))?;
+            spawn(plan, ci, 0, opened, tree_ctl, None, mem.as_ref())
+                .map_err(|e| ("clone3 child", e))?;
         }
     }
     // The descriptors this task keeps, when it alone decides them (no shared table).
@@ -236,8 +251,20 @@ fn run_task(
         (None, Some(_)) => super::blob::Others::Keep,
         (None, None) => super::blob::Others::Listed,
     };
+    let mem = match mem.take() {
+        Some(m) => m,
+        None => super::memory::prepare(plan, idx, opened, parent_mem)?,
+    };
     // The parent death signal stays until the jump into the blob (blob::enter clears it).
-    match super::blob::enter(plan, t, opened, ctl.status_w, ctl.hold_r, &targets, others) {
+    match super::blob::enter(
+        plan,
+        t,
+        opened,
+        (ctl.status_w, ctl.hold_r),
+        &targets,
+        others,
+        mem,
+    ) {
         Err(e) => Err(e),
     }
 }

@@ -230,6 +230,29 @@ pub fn advise_hugepage(addr: u64, len: u64) -> std::result::Result<(), Errno> {
     Ok(())
 }
 
+/// `madvise(addr, len, MADV_DONTNEED)` on a private mapping of the caller's own that no Rust
+/// object refers to: its pages are dropped (anonymous ones read as zero again, private file
+/// ones as the file's page).
+pub fn discard(addr: u64, len: u64) -> std::result::Result<(), Errno> {
+    // SAFETY: caller's contract: nothing Rust uses lives in the range.
+    let r = unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Whether the `data.len()` bytes at `addr`, a readable mapping of the caller's own that no
+/// Rust object refers to and nothing writes meanwhile (a premap of a forked task), equal
+/// `data`. A missing page is read as a fault would map it (never in a range registered on a
+/// [`Userfault`]: the read would wait for a fill).
+pub fn same_as_mapped(addr: u64, data: &[u8]) -> bool {
+    // SAFETY: caller's contract: the range is mapped readable and not written while the
+    // shared slice lives (only within this call).
+    let mapped = unsafe { std::slice::from_raw_parts(addr as *const u8, data.len()) };
+    mapped == data
+}
+
 /// `mprotect(addr, len, prot)` on a mapping of the caller's own that no Rust object refers to
 /// (a premapped VMA of a forked task).
 pub fn protect(addr: u64, len: u64, prot: i32) -> std::result::Result<(), Errno> {

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! counter   a Python counter in its own session (RPC and round-trip tests)
+//! cow       the forked-server workload (parent + 3 workers sharing 64 MiB) and its sharing
 //! criu      CRIU 4.2 in cross tests (`STASIS_CRIU`): run it, show its log's errors
 //! crit      Debian's crit, the independent decoder (also used by the images crate's tests)
 //! fixtures  where the CRIU 4.2 fixtures are (also used by the images crate's tests)
@@ -18,6 +19,7 @@
 #![allow(dead_code)]
 
 pub mod counter;
+pub mod cow;
 pub mod crit;
 pub mod criu;
 pub mod deadline;
