@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde_json::Value;
+use stasis_images::pb;
 
 use super::collect_files::{self, Files};
 use super::core_image::{self, Creds, ProcessFacts, ThreadFacts};
@@ -27,6 +27,7 @@ use super::options::DumpOptions;
 use super::page_writers::{DeferredSource, PageWriters};
 use super::pages;
 use super::profile::Profile;
+use super::seccomp::ThreadSeccomp;
 use super::tree::{self, Process};
 use crate::action_scripts::Action;
 use crate::pages::Target;
@@ -48,9 +49,9 @@ pub struct DumpReport {
 /// already).
 struct Collected {
     pid: i32,
-    fdinfo: Vec<Value>,
-    fs: Value,
-    ids: Value,
+    fdinfo: Vec<pb::FdinfoEntry>,
+    fs: pb::FsEntry,
+    ids: pb::TaskKobjIdsEntry,
     /// The `fdinfo-<id>.img` this task writes (None: its table is its parent's).
     fdinfo_id: Option<u32>,
 }
@@ -166,11 +167,10 @@ fn read_cgroups_each(pid: i32, tids: &[i32]) -> Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
-/// The typed thread_core fields of the extras: seccomp mode/filter and cgroup set.
-fn apply_extras(tc: &mut stasis_images::pb::ThreadCoreEntry, seccomp: Option<Value>, cg_set: u32) {
+/// The thread_core fields of the extras: seccomp mode/filter and cgroup set.
+fn apply_extras(tc: &mut pb::ThreadCoreEntry, seccomp: Option<ThreadSeccomp>, cg_set: u32) {
     if let Some(f) = seccomp {
-        tc.seccomp_mode = f["seccomp_mode"].as_i64().map(|m| m as i32);
-        tc.seccomp_filter = f["seccomp_filter"].as_u64().map(|x| x as u32);
+        f.apply(tc);
     }
     tc.cg_set = Some(cg_set);
 }
@@ -181,7 +181,7 @@ struct CoreJob {
     probe: super::probe::ThreadProbe,
     /// The process part, for the leader.
     process: Option<(ProcessFacts, super::probe::ProcessProbe)>,
-    seccomp: Option<Value>,
+    seccomp: Option<ThreadSeccomp>,
     cg_set: u32,
 }
 
@@ -241,7 +241,7 @@ fn collect_process(
         cx.prof
             .record(&format!("cgroup-join {pid}"), "cores", pid, t1);
         let mut leader_part = Some((pf.clone(), pprobe.clone()));
-        let mut leader_seccomp = Some(leader_seccomp.clone());
+        let mut leader_seccomp = Some(leader_seccomp);
         let mut sets: std::collections::HashMap<Arc<Vec<u8>>, u32> = Default::default();
         let mut last_set: Option<(Arc<Vec<u8>>, u32)> = None;
         // Per thread: the cheap bookkeeping here, the core image built and written by the
@@ -408,7 +408,7 @@ struct Collection {
     tree: Vec<Process>,
     collected: Vec<Collected>,
     files: Files,
-    root_ids: Value,
+    root_ids: pb::TaskKobjIdsEntry,
     extras: super::extras::Extras,
 }
 
@@ -421,7 +421,7 @@ fn write_images(
     prof: &mut Profile,
 ) -> Result<()> {
     let (tree, collected, files) = (&c.tree, &c.collected, &c.files);
-    let root_ids = c.root_ids.clone();
+    let root_ids = c.root_ids;
     let root = opts.pid;
     fault::check("images", root)?;
     let img = |pid: i32| move |e| DumpError::image("images", pid, e);
@@ -498,7 +498,10 @@ fn write_images(
             })?
         };
         for (off, data) in chunks {
-            let chunk = serde_json::json!({"len": data.len(), "off": off});
+            let chunk = pb::GhostChunkEntry {
+                len: data.len() as u64,
+                off,
+            };
             f.entry_with_payload(&chunk, &data).map_err(img(root))?;
         }
         let n = f.finish().map_err(img(root))?;
@@ -534,11 +537,11 @@ fn write_images(
     );
     if opts.track_mem {
         // A later incremental dump tells its processes from newer ones with the same pid.
-        inventory["dump_uptime"] = super::dirty::uptime_us().into();
+        inventory.dump_uptime = Some(super::dirty::uptime_us());
     }
     if opts.pack.active() {
         // Packed pages: CRIU must refuse this directory rather than look for pages-N.img.
-        inventory["img_version"] = crate::pages::pack::INVENTORY_MARK.into();
+        inventory.img_version = crate::pages::pack::INVENTORY_MARK;
     }
     dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
         .map_err(img(root))?;
@@ -548,9 +551,9 @@ fn write_images(
 }
 
 /// CRIU marks `inventory.img` of a `--tcp-close` dump: its restore needs `--tcp-close` too.
-fn tcp_close_mark(mut inventory: serde_json::Value, tcp_close: bool) -> serde_json::Value {
+fn tcp_close_mark(mut inventory: pb::InventoryEntry, tcp_close: bool) -> pb::InventoryEntry {
     if tcp_close {
-        inventory["tcp_close"] = serde_json::Value::Bool(true);
+        inventory.tcp_close = Some(true);
     }
     inventory
 }
@@ -752,7 +755,7 @@ fn dump_frozen(
     let me = std::process::id() as i32;
     let my_ns = proc::ns::read(me).map_err(|e| DumpError::proc("collect-tree", me, e))?;
     let root_ids = ids.ids_entry(&my_ns, [1; 4]);
-    files.net_ns_id = root_ids["net_ns_id"].as_u64().map(|x| x as u32);
+    files.net_ns_id = root_ids.net_ns_id;
     let mut extras = super::extras::Extras::new(opts.pid)?;
     extras
         .cgroups

@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 
-use serde_json::{json, Value};
+use stasis_images::pb;
 
 use super::error::{DumpError, Result};
 use crate::proc;
@@ -230,14 +230,15 @@ pub fn check_file_locks(tree: &[Process]) -> Result<()> {
 }
 
 /// The pstree.img entry of one process.
-pub fn pstree_entry(p: &Process) -> Value {
-    json!({
-        "pid": p.pid,
-        "ppid": p.ppid,
-        "pgid": p.pgid,
-        "sid": p.sid,
-        "threads": p.threads,
-    })
+pub fn pstree_entry(p: &Process) -> pb::PstreeEntry {
+    // Ids read from /proc are never negative: `unsigned_abs` is the same number.
+    pb::PstreeEntry {
+        pid: p.pid.unsigned_abs(),
+        ppid: p.ppid.unsigned_abs(),
+        pgid: p.pgid.unsigned_abs(),
+        sid: p.sid.unsigned_abs(),
+        threads: p.threads.iter().map(|t| t.unsigned_abs()).collect(),
+    }
 }
 
 #[cfg(test)]
@@ -308,7 +309,7 @@ mod tests {
             .iter()
             .all(|c| c.ppid == pid && c.threads == vec![c.pid]));
         let e = pstree_entry(&t[1]);
-        assert_eq!(e["ppid"], pid);
+        assert_eq!(e.ppid, pid as u32);
     }
 
     #[test]
