@@ -16,6 +16,8 @@
 pub(crate) mod blob;
 pub(crate) mod blob_args;
 pub(crate) mod blob_core;
+#[cfg(test)]
+mod blob_tests;
 pub(crate) mod checks;
 pub(crate) mod error;
 pub mod fuzzing;
