@@ -248,8 +248,47 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
         });
     }
     super::checks::inventory(dir)?;
+    let (pstree, entries) = read_pstree(dir)?;
+    let seccomp = match ImageFile::open_opt(dir, "seccomp.img")? {
+        Some(mut f) => f.next_msg::<stasis_images::pb::SeccompEntry>()?,
+        None => None,
+    };
+    let mut tasks = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        tasks.push(load_task(dir, &pstree, i, e, seccomp.as_ref())?);
+    }
+    link_children(&mut tasks, &pstree)?;
+    let files = read_files(dir)?;
+    let memfd_inodes = read_memfd_inodes(dir)?;
+    let pipe_data = read_pipe_data(dir, "pipes-data.img")?;
+    let fifo_data = read_pipe_data(dir, "fifo-data.img")?;
+    let ghosts = read_ghosts(dir)?;
+    let file_locks = match ImageFile::open_opt(dir, "filelocks.img")? {
+        Some(mut f) => f.all()?,
+        None => Vec::new(),
+    };
+    let plan = Plan {
+        file_locks,
+        seccomp,
+        shell_job: false,
+        fifo_data,
+        dir: dir.to_path_buf(),
+        tasks,
+        files,
+        memfd_inodes,
+        pipe_data,
+        ghosts,
+        root: PathBuf::from("/"),
+    };
+    check_references(&plan)?;
+    super::checks::file_paths(&plan)?;
+    Ok(plan)
+}
+
+/// `pstree.img`: its path and entries, checked as read (a file of bad entries fails at the
+/// first, before more are kept).
+fn read_pstree(dir: &Path) -> Result<(PathBuf, Vec<msg::PstreeEntry>), RestoreError> {
     let mut pst = ImageFile::open(dir, "pstree.img")?;
-    // Checked as read: a file of bad entries fails at the first, before more are kept.
     let mut seen = std::collections::HashSet::new();
     let entries: Vec<msg::PstreeEntry> = pst.all_checked(|_, e: &msg::PstreeEntry| {
         if e.pid == 0 || i32::try_from(e.pid).is_err() {
@@ -263,109 +302,137 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
     if entries.is_empty() {
         return Err(bad(&pst.path, 0, "no tasks"));
     }
-    let seccomp = match ImageFile::open_opt(dir, "seccomp.img")? {
-        Some(mut f) => f.next_msg::<stasis_images::pb::SeccompEntry>()?,
-        None => None,
+    Ok((pst.path, entries))
+}
+
+/// Task `i` of pstree.img (`e`), from its core image, and for a live task its threads, ids,
+/// mm, pages, fs and fdinfo images.
+fn load_task(
+    dir: &Path,
+    pstree: &Path,
+    i: usize,
+    e: &msg::PstreeEntry,
+    seccomp: Option<&stasis_images::pb::SeccompEntry>,
+) -> Result<TaskPlan, RestoreError> {
+    let pid = i32::try_from(e.pid).map_err(|_| bad(pstree, i, "pid out of range"))?;
+    if pid <= 0 {
+        return Err(bad(pstree, i, "pid 0"));
+    }
+    if i == 0 && e.ppid != 0 {
+        return Err(bad(pstree, i, "root has a parent"));
+    }
+    let core_name = format!("core-{pid}.img");
+    let core: msg::CoreEntry = img::one(dir, &core_name)?;
+    let tc = core
+        .tc
+        .clone()
+        .ok_or_else(|| bad(&dir.join(&core_name), 0, "no task core (tc)"))?;
+    if core.mtype != 1 {
+        return Err(RestoreError::Unsupported(format!(
+            "{core_name}: architecture {}",
+            core.mtype
+        )));
+    }
+    let mut t = TaskPlan {
+        pid,
+        ppid: e.ppid as i32,
+        pgid: e.pgid as i32,
+        sid: e.sid as i32,
+        state: tc.task_state,
+        exit_code: tc.exit_code,
+        comm: tc.comm.clone(),
+        oom_score_adj: tc.oom_score_adj,
+        loginuid: tc.loginuid,
+        threads: Vec::new(),
+        mm: None,
+        pages: Pages::default(),
+        fds: Vec::new(),
+        fs: None,
+        children: Vec::new(),
+        vm_id: None,
+        files_id: None,
     };
-    let mut tasks = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        let pid = i32::try_from(e.pid).map_err(|_| bad(&pst.path, i, "pid out of range"))?;
-        if pid <= 0 {
-            return Err(bad(&pst.path, i, "pid 0"));
-        }
-        if i == 0 && e.ppid != 0 {
-            return Err(bad(&pst.path, i, "root has a parent"));
-        }
-        let core_name = format!("core-{pid}.img");
-        let core: msg::CoreEntry = img::one(dir, &core_name)?;
-        let tc = core
-            .tc
-            .clone()
-            .ok_or_else(|| bad(&dir.join(&core_name), 0, "no task core (tc)"))?;
-        if core.mtype != 1 {
+    match tc.task_state {
+        TASK_DEAD => {}
+        TASK_ALIVE | TASK_STOPPED => load_live_task(dir, pstree, i, e, &core, seccomp, &mut t)?,
+        s => {
             return Err(RestoreError::Unsupported(format!(
-                "{core_name}: architecture {}",
-                core.mtype
+                "{core_name}: task state {s}"
             )));
         }
-        let mut t = TaskPlan {
-            pid,
-            ppid: e.ppid as i32,
-            pgid: e.pgid as i32,
-            sid: e.sid as i32,
-            state: tc.task_state,
-            exit_code: tc.exit_code,
-            comm: tc.comm.clone(),
-            oom_score_adj: tc.oom_score_adj,
-            loginuid: tc.loginuid,
-            threads: Vec::new(),
-            mm: None,
-            pages: Pages::default(),
-            fds: Vec::new(),
-            fs: None,
-            children: Vec::new(),
-            vm_id: None,
-            files_id: None,
-        };
-        match tc.task_state {
-            TASK_DEAD => {}
-            TASK_ALIVE | TASK_STOPPED => {
-                if e.threads.first().copied() != Some(e.pid) {
-                    return Err(bad(&pst.path, i, "main thread is not the first thread"));
-                }
-                let mut tids = Vec::with_capacity(e.threads.len());
-                for (k, &tid) in e.threads.iter().enumerate() {
-                    let tid = i32::try_from(tid)
-                        .ok()
-                        .filter(|&t| t > 0)
-                        .ok_or_else(|| bad(&pst.path, i, format!("thread {k}: bad tid")))?;
-                    tids.push(tid);
-                }
-                t.threads = load_threads(dir, &tids, &core, seccomp.as_ref())?;
-                let ids = match ImageFile::open_opt(dir, &format!("ids-{pid}.img"))? {
-                    Some(mut f) => f.next_msg::<msg::TaskKobjIds>()?,
-                    None => None,
-                };
-                let ids = ids.or(core.ids).ok_or_else(|| {
-                    bad(
-                        &dir.join(format!("ids-{pid}.img")),
-                        0,
-                        "no ids (neither ids image nor core.ids)",
-                    )
-                })?;
-                t.vm_id = Some(ids.vm_id);
-                t.files_id = Some(ids.files_id);
-                let mm: msg::MmEntry = img::one(dir, &format!("mm-{pid}.img"))?;
-                super::checks::vmas(&dir.join(format!("mm-{pid}.img")), &mm)?;
-                let pagemap = format!("pagemap-{pid}.img");
-                t.pages = read_chain_pages(dir, &pagemap)?;
-                super::checks::runs_in_vmas(&dir.join(&pagemap), &t.pages, &mm)?;
-                t.mm = Some(mm);
-                t.fs = Some(img::one(dir, &format!("fs-{pid}.img"))?);
-                t.fds = ImageFile::open(dir, &format!("fdinfo-{}.img", ids.files_id))?.all()?;
-            }
-            s => {
-                return Err(RestoreError::Unsupported(format!(
-                    "{core_name}: task state {s}"
-                )));
-            }
-        }
-        tasks.push(t);
     }
-    // Parent links.
+    Ok(t)
+}
+
+/// The images of live task `t` (entry `i` of pstree.img): threads, ids, mm, pages, fs and
+/// descriptors.
+fn load_live_task(
+    dir: &Path,
+    pstree: &Path,
+    i: usize,
+    e: &msg::PstreeEntry,
+    core: &msg::CoreEntry,
+    seccomp: Option<&stasis_images::pb::SeccompEntry>,
+    t: &mut TaskPlan,
+) -> Result<(), RestoreError> {
+    let pid = t.pid;
+    if e.threads.first().copied() != Some(e.pid) {
+        return Err(bad(pstree, i, "main thread is not the first thread"));
+    }
+    let mut tids = Vec::with_capacity(e.threads.len());
+    for (k, &tid) in e.threads.iter().enumerate() {
+        let tid = i32::try_from(tid)
+            .ok()
+            .filter(|&t| t > 0)
+            .ok_or_else(|| bad(pstree, i, format!("thread {k}: bad tid")))?;
+        tids.push(tid);
+    }
+    t.threads = load_threads(dir, &tids, core, seccomp)?;
+    let ids = match ImageFile::open_opt(dir, &format!("ids-{pid}.img"))? {
+        Some(mut f) => f.next_msg::<msg::TaskKobjIds>()?,
+        None => None,
+    };
+    let ids = ids.or(core.ids).ok_or_else(|| {
+        bad(
+            &dir.join(format!("ids-{pid}.img")),
+            0,
+            "no ids (neither ids image nor core.ids)",
+        )
+    })?;
+    t.vm_id = Some(ids.vm_id);
+    t.files_id = Some(ids.files_id);
+    let mm: msg::MmEntry = img::one(dir, &format!("mm-{pid}.img"))?;
+    super::checks::vmas(&dir.join(format!("mm-{pid}.img")), &mm)?;
+    let pagemap = format!("pagemap-{pid}.img");
+    t.pages = read_chain_pages(dir, &pagemap)?;
+    super::checks::runs_in_vmas(&dir.join(&pagemap), &t.pages, &mm)?;
+    t.mm = Some(mm);
+    t.fs = Some(img::one(dir, &format!("fs-{pid}.img"))?);
+    t.fds = ImageFile::open(dir, &format!("fdinfo-{}.img", ids.files_id))?.all()?;
+    Ok(())
+}
+
+/// Fills every task's children from the parent links (a parent is listed before its
+/// children).
+fn link_children(tasks: &mut [TaskPlan], pstree: &Path) -> Result<(), RestoreError> {
     let pids: Vec<i32> = tasks.iter().map(|t| t.pid).collect();
     for i in 1..tasks.len() {
         let ppid = tasks[i].ppid;
         let pi = pids
             .iter()
             .position(|&p| p == ppid)
-            .ok_or_else(|| bad(&pst.path, i, format!("parent {ppid} is not in the tree")))?;
+            .ok_or_else(|| bad(pstree, i, format!("parent {ppid} is not in the tree")))?;
         if pi >= i {
-            return Err(bad(&pst.path, i, "parent listed after child"));
+            return Err(bad(pstree, i, "parent listed after child"));
         }
         let pid = tasks[i].pid;
         tasks[pi].children.push(pid);
     }
+    Ok(())
+}
+
+/// `files.img` by id.
+fn read_files(dir: &Path) -> Result<BTreeMap<u32, msg::FileEntry>, RestoreError> {
     let mut files = BTreeMap::new();
     if let Some(mut f) = ImageFile::open_opt(dir, "files.img")? {
         for e in f.all::<msg::FileEntry>()? {
@@ -379,6 +446,14 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             files.insert(e.id, e);
         }
     }
+    Ok(files)
+}
+
+/// `memfd.img` by inode id, with each inode's pages.
+#[allow(clippy::type_complexity)]
+fn read_memfd_inodes(
+    dir: &Path,
+) -> Result<BTreeMap<u64, (msg::MemfdInodeEntry, Pages)>, RestoreError> {
     let mut memfd_inodes = BTreeMap::new();
     if let Some(mut f) = ImageFile::open_opt(dir, "memfd.img")? {
         for e in f.all::<msg::MemfdInodeEntry>()? {
@@ -391,8 +466,12 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             memfd_inodes.insert(e.inode_id, (e, pages));
         }
     }
-    let pipe_data = read_pipe_data(dir, "pipes-data.img")?;
-    let fifo_data = read_pipe_data(dir, "fifo-data.img")?;
+    Ok(memfd_inodes)
+}
+
+/// Ghost files by the id of the file they stand for (`remap-fpath.img` and
+/// `ghost-file-N.img`).
+fn read_ghosts(dir: &Path) -> Result<HashMap<u32, Ghost>, RestoreError> {
     let mut ghosts = HashMap::new();
     if let Some(mut f) = ImageFile::open_opt(dir, "remap-fpath.img")? {
         for (i, e) in f.all::<msg::RemapFilePathEntry>()?.into_iter().enumerate() {
@@ -422,26 +501,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             ghosts.insert(e.orig_id, (head, chunks));
         }
     }
-    let file_locks = match ImageFile::open_opt(dir, "filelocks.img")? {
-        Some(mut f) => f.all()?,
-        None => Vec::new(),
-    };
-    let plan = Plan {
-        file_locks,
-        seccomp,
-        shell_job: false,
-        fifo_data,
-        dir: dir.to_path_buf(),
-        tasks,
-        files,
-        memfd_inodes,
-        pipe_data,
-        ghosts,
-        root: PathBuf::from("/"),
-    };
-    check_references(&plan)?;
-    super::checks::file_paths(&plan)?;
-    Ok(plan)
+    Ok(ghosts)
 }
 
 /// Everything checked before a restore creates anything: [`load`], then what depends on
