@@ -411,12 +411,7 @@ fn collect_mm(
     cx.prof.record(&format!("maps {pid}"), "mm", pid, t2);
     let t2 = cx.prof.now_us();
     let vmas = mm::vmas(pid, &maps, cx.files)?;
-    let mut readable: Vec<(u64, u64)> = maps
-        .iter()
-        .filter(|v| v.read)
-        .map(|v| (v.start, v.end))
-        .collect();
-    readable.sort_unstable();
+    let readable = mm::readable_ranges(&maps);
     let fields = MmFields {
         stat: p.stat.clone(),
         brk: if pprobe.brk != 0 {

@@ -286,6 +286,17 @@ pub fn mm_file(entry: &pb::MmEntry) -> Vec<u8> {
 }
 
 /// The heap end when the task could not be asked for `brk(0)`: the end of `[heap]`, or
+/// The readable ranges of `maps`, in address order (what a page copy may read).
+pub fn readable_ranges(maps: &[Vma]) -> Vec<(u64, u64)> {
+    let mut readable: Vec<(u64, u64)> = maps
+        .iter()
+        .filter(|v| v.read)
+        .map(|v| (v.start, v.end))
+        .collect();
+    readable.sort_unstable();
+    readable
+}
+
 /// `start_brk` if there is no heap VMA.
 pub fn brk_from_maps(maps: &[Vma], start_brk: u64) -> u64 {
     maps.iter()

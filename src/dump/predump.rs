@@ -172,12 +172,7 @@ fn collect(
             let pinned = match opts.pre_dump_mode {
                 PreDumpMode::Read => None,
                 PreDumpMode::Splice => {
-                    let mut readable: Vec<(u64, u64)> = maps
-                        .iter()
-                        .filter(|v| v.read)
-                        .map(|v| (v.start, v.end))
-                        .collect();
-                    readable.sort_unstable();
+                    let readable = mm::readable_ranges(&maps);
                     let pieces: Vec<(u64, u64, bool)> = runs
                         .iter()
                         .filter(|r| r.flags & pages::PE_PRESENT != 0)
