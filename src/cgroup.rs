@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use stasis_images::pb;
 
 /// One hierarchy membership: controller names (as /proc/PID/cgroup shows them; "" for v2)
 /// and the path inside the hierarchy.
@@ -219,11 +219,15 @@ const GLOBAL_PROPS: &[&str] = &[
     "tasks",
 ];
 
-fn perms(md: &std::fs::Metadata) -> Value {
-    json!({"mode": md.mode(), "uid": md.uid(), "gid": md.gid()})
+fn perms(md: &std::fs::Metadata) -> Option<pb::CgroupPerms> {
+    Some(pb::CgroupPerms {
+        mode: md.mode(),
+        uid: md.uid(),
+        gid: md.gid(),
+    })
 }
 
-fn read_prop(dir: &Path, name: &str) -> Option<Value> {
+fn read_prop(dir: &Path, name: &str) -> Option<pb::CgroupPropEntry> {
     let p = dir.join(name);
     let md = std::fs::metadata(&p).ok()?;
     let value = if name == "cgroup.procs" || name == "tasks" {
@@ -247,7 +251,11 @@ fn read_prop(dir: &Path, name: &str) -> Option<Value> {
         }
         s
     };
-    Some(json!({"name": name, "value": value, "perms": perms(&md)}))
+    Some(pb::CgroupPropEntry {
+        name: name.to_string(),
+        value,
+        perms: perms(&md),
+    })
 }
 
 fn dir_entry(
@@ -256,7 +264,7 @@ fn dir_entry(
     cnames: &[String],
     budget: &mut usize,
     top: &Path,
-) -> Result<Value, CgroupError> {
+) -> Result<pb::CgroupDirEntry, CgroupError> {
     if *budget == 0 {
         return Err(CgroupError::TooBig {
             path: top.to_path_buf(),
@@ -269,11 +277,11 @@ fn dir_entry(
         source,
     };
     let md = std::fs::metadata(dir).map_err(io)?;
-    let mut props = Vec::new();
+    let mut props: Vec<pb::CgroupPropEntry> = Vec::new();
     for c in cnames {
         for p in known_props(c).iter().chain(GLOBAL_PROPS) {
             if let Some(v) = read_prop(dir, p) {
-                if !props.iter().any(|x: &Value| x["name"] == v["name"]) {
+                if !props.iter().any(|x| x.name == v.name) {
                     props.push(v);
                 }
             }
@@ -291,14 +299,12 @@ fn dir_entry(
     for (n, p) in kids {
         children.push(dir_entry(&p, n, cnames, budget, top)?);
     }
-    let mut v = json!({"dir_name": name, "dir_perms": perms(&md)});
-    if !children.is_empty() {
-        v["children"] = json!(children);
-    }
-    if !props.is_empty() {
-        v["properties"] = json!(props);
-    }
-    Ok(v)
+    Ok(pb::CgroupDirEntry {
+        dir_name: name,
+        children,
+        properties: props,
+        dir_perms: perms(&md),
+    })
 }
 
 /// Cgroup sets of a dump.
@@ -372,7 +378,7 @@ impl CgSets {
     }
 
     /// The `cgroup_entry`, or `None` when every task is in the dumper's set.
-    pub fn image(&self) -> Result<Option<Value>, CgroupError> {
+    pub fn image(&self) -> Result<Option<pb::CgroupEntry>, CgroupError> {
         if self.root_set() == self.own && self.sets.len() == 1 {
             return Ok(None);
         }
@@ -382,18 +388,22 @@ impl CgSets {
             if id == self.own {
                 continue;
             }
-            let ctls: Vec<Value> = m
+            let ctls = m
                 .iter()
-                .map(|c| json!({"name": c.name, "path": c.path}))
+                .map(|c| pb::CgMemberEntry {
+                    name: c.name.clone(),
+                    path: c.path.clone(),
+                    cgns_prefix: None,
+                })
                 .collect();
-            sets.push(json!({"id": id, "ctls": ctls}));
+            sets.push(pb::CgSetEntry { id, ctls });
         }
         let mounts = mountpoints();
         let own = &self.sets[self.own as usize - 1];
         let mut controllers = Vec::new();
         for h in own {
             let cnames: Vec<String> = h.name.split(',').map(str::to_string).collect();
-            let mut dirs: Vec<Value> = Vec::new();
+            let mut dirs = Vec::new();
             let mut done: Vec<String> = Vec::new();
             if let Some(mp) = mountpoint_of(&mounts, &h.name) {
                 for (i, m) in self.sets.iter().enumerate() {
@@ -415,13 +425,13 @@ impl CgSets {
                     }
                 }
             }
-            let mut v = json!({"cnames": cnames});
-            if !dirs.is_empty() {
-                v["dirs"] = json!(dirs);
-            }
-            controllers.push(v);
+            controllers.push(pb::CgControllerEntry {
+                cnames,
+                dirs,
+                is_threaded: None,
+            });
         }
-        Ok(Some(json!({"sets": sets, "controllers": controllers})))
+        Ok(Some(pb::CgroupEntry { sets, controllers }))
     }
 }
 

@@ -37,7 +37,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
-use serde_json::{json, Value};
+use stasis_images::pb;
 
 use super::error::{DumpError, Result};
 use crate::proc;
@@ -67,7 +67,7 @@ pub struct Shmem {
 #[derive(Debug, Clone)]
 pub struct Ghost {
     pub id: u32,
-    pub header: Value,
+    pub header: pb::GhostFileEntry,
     pub path: PathBuf,
     pub size: u64,
 }
@@ -86,30 +86,30 @@ pub struct FdEntry {
 pub struct Files {
     next_id: u32,
     /// `files.img` entries.
-    pub entries: Vec<Value>,
+    pub entries: Vec<pb::FileEntry>,
     /// Open file descriptions seen, by what /proc tells of them; several may share a key
     /// (two opens of one file), `kcmp` tells them apart: (pid, fd, id, kind).
     by_open: HashMap<String, Vec<(i32, i32, u32, &'static str)>>,
     by_inode: HashMap<(u64, u64), u32>,
     memfd_inode_ids: HashMap<u64, u32>,
     /// `memfd.img` entries.
-    pub memfd_inodes: Vec<Value>,
+    pub memfd_inodes: Vec<pb::MemfdInodeEntry>,
     /// shmem objects to dump as `pagemap-shmem-<shmid>.img`.
     pub shmem: Vec<Shmem>,
     /// `remap-fpath.img` entries.
-    pub remaps: Vec<Value>,
+    pub remaps: Vec<pb::RemapFilePathEntry>,
     pub ghosts: Vec<Ghost>,
     /// `pipes-data.img`: entry and data.
-    pub pipes_data: Vec<(Value, Vec<u8>)>,
+    pub pipes_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
     /// `fifo-data.img`: entry and data.
-    pub fifo_data: Vec<(Value, Vec<u8>)>,
+    pub fifo_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
     pipes_seen: HashSet<u64>,
     /// Tasks seen and their table's `files_id` (one `fdinfo-<files_id>.img` per table).
     tables: Vec<(i32, u32)>,
     /// `--file-locks`: locks are dumped (else a lock refuses the dump).
     pub file_locks_allowed: bool,
     /// `filelocks.img` entries (POSIX, flock and OFD locks, from the fdinfo `lock:` lines).
-    pub file_locks: Vec<Value>,
+    pub file_locks: Vec<pb::FileLockEntry>,
     /// State of the fd kinds shared with the restore engine ([`crate::files`]): unix and
     /// inet sockets, established TCP, ptys; their side images (sk-queues, tcp-stream, tty-info).
     pub kinds: crate::files::DumpState,
@@ -124,13 +124,30 @@ pub struct Files {
     pub link_remap: bool,
 }
 
-fn fown() -> Value {
-    json!({"uid": 0, "euid": 0, "signum": 0, "pid_type": 0, "pid": 0})
+/// `value` for a 32-bit field of an image, or an error naming it: never truncated.
+fn field_u32(pid: i32, field: &str, value: u64) -> Result<u32> {
+    u32::try_from(value).map_err(|_| {
+        DumpError::new(
+            "files",
+            pid,
+            Some(libc::EOVERFLOW),
+            format!("{field} {value} does not fit the image's 32-bit field"),
+        )
+    })
+}
+
+/// The `pipe_data_entry` of a pipe or FIFO `ino` holding `data` in a buffer of `size` bytes.
+fn pipe_data(pid: i32, ino: u64, data: &[u8], size: u64) -> Result<pb::PipeDataEntry> {
+    Ok(pb::PipeDataEntry {
+        pipe_id: field_u32(pid, "pipe inode", ino)?,
+        bytes: field_u32(pid, "pipe bytes", data.len() as u64)?,
+        size: Some(field_u32(pid, "pipe size", size)?),
+    })
 }
 
 /// The owner and signal (`F_GETOWN_EX`, `F_GETSIG`) of fd `fd` of `pid`, read on a copy of
 /// the descriptor (`pidfd_getfd`: the same open file description).
-fn task_fown(pid: i32, fd: i32) -> Result<Value> {
+fn task_fown(pid: i32, fd: i32) -> Result<pb::FownEntry> {
     use crate::sys::fdkinds;
     let fail = |what: &str, e: nix::errno::Errno| {
         DumpError::new(
@@ -144,9 +161,13 @@ fn task_fown(pid: i32, fd: i32) -> Result<Value> {
     let file = fdkinds::pidfd_getfd(&pidfd, fd).map_err(|e| fail("pidfd_getfd", e))?;
     let o = crate::files::common::dump_fown("file", crate::files::At::Fd { pid, fd }, file.as_fd())
         .map_err(|e| DumpError::new("files", pid, e.errno(), format!("fd {fd}: {e}")))?;
-    Ok(
-        json!({"uid": o.uid, "euid": o.euid, "signum": o.signum, "pid_type": o.pid_type, "pid": o.pid}),
-    )
+    Ok(pb::FownEntry {
+        uid: o.uid,
+        euid: o.euid,
+        signum: o.signum,
+        pid_type: o.pid_type,
+        pid: o.pid,
+    })
 }
 
 fn step_io(pid: i32, what: String) -> impl FnOnce(std::io::Error) -> DumpError {
@@ -188,9 +209,9 @@ impl Files {
             // Like CRIU: the socket's network namespace (checked to be ours in `fd`).
             u.ns_id = self.net_ns_id;
         }
-        self.entries
-            .push(crate::files::task::entry_json(&e).map_err(fail)?);
-        Ok(Some((e.id, kind)))
+        let id = e.id;
+        self.entries.push(e);
+        Ok(Some((id, kind)))
     }
 
     /// After the last task: the whole-tree checks of [`crate::files::finish_dump`] (unix
@@ -205,10 +226,9 @@ impl Files {
         let fail =
             |e: crate::files::FilesError| DumpError::new("files", root, e.errno(), e.to_string());
         for e in crate::files::finish_dump(&mut self.kinds, &mut alloc).map_err(fail)? {
-            let j = crate::files::task::entry_json(&e).map_err(fail)?;
-            match self.entries.iter_mut().find(|x| x["id"] == e.id) {
-                Some(old) => *old = j,
-                None => self.entries.push(j),
+            match self.entries.iter_mut().find(|x| x.id == e.id) {
+                Some(old) => *old = e,
+                None => self.entries.push(e),
             }
         }
         Ok(())
@@ -259,26 +279,32 @@ impl Files {
             .metadata()
             .map_err(step_io(pid, format!("stat {}", link.display())))?;
         let id = self.new_id();
-        let mut reg = json!({
-            "id": id, "flags": flags, "pos": pos, "fown": fown(), "name": name,
-        });
         let is_reg = md.file_type().is_file();
         let wronly_append = flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32
             && flags & libc::O_APPEND as u32 != 0;
-        if is_reg && !wronly_append {
-            reg["size"] = json!(md.size());
-        }
-        reg["mode"] = json!(md.mode());
+        let mut reg = pb::RegFileEntry {
+            id,
+            flags,
+            pos,
+            name: name.to_string(),
+            size: (is_reg && !wronly_append).then(|| md.size()),
+            mode: Some(md.mode()),
+            ..Default::default()
+        };
         if is_reg && !wronly_append {
             // O_PATH fds cannot be read: reopen for the build-id.
             if let Ok(rf) = File::open(link) {
                 if let Some(b) = super::elf::build_id(&rf) {
-                    reg["build_id"] = json!(b);
+                    reg.build_id = b;
                 }
             }
         }
-        self.entries
-            .push(json!({"type": "REG", "id": id, "reg": reg}));
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Reg as i32,
+            id,
+            reg: Some(reg),
+            ..Default::default()
+        });
         Ok((id, f))
     }
 
@@ -336,10 +362,18 @@ impl Files {
         // Shared anonymous memory has no seals of its own: it is sealed against everything.
         let seals = nix::fcntl::fcntl(f.as_fd(), nix::fcntl::FcntlArg::F_GET_SEALS)
             .unwrap_or(libc::F_SEAL_SEAL);
-        self.memfd_inodes.push(json!({
-            "name": name, "uid": md.uid(), "gid": md.gid(), "size": md.size(),
-            "shmid": md.ino(), "seals": seals, "inode_id": inode_id, "mode": md.mode(),
-        }));
+        self.memfd_inodes.push(pb::MemfdInodeEntry {
+            name: name.to_string(),
+            uid: md.uid(),
+            gid: md.gid(),
+            size: md.size(),
+            shmid: field_u32(pid, "memfd inode", md.ino())?,
+            // The seals are flag bits (F_SEAL_*).
+            seals: seals as u32,
+            inode_id: inode_id.into(),
+            mode: Some(md.mode()),
+            hugetlb_flag: None,
+        });
         self.shmem.push(Shmem {
             shmid: md.ino(),
             path: link.clone(),
@@ -358,10 +392,18 @@ impl Files {
     ) -> Result<u32> {
         let inode_id = self.memfd_inode(pid, link, name)?;
         let id = self.new_id();
-        self.entries
-            .push(json!({"type": "MEMFD", "id": id, "memfd": {
-                "id": id, "flags": flags, "pos": pos, "fown": fown(), "inode_id": inode_id,
-            }}));
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Memfd as i32,
+            id,
+            memfd: Some(pb::MemfdFileEntry {
+                id,
+                flags,
+                pos,
+                fown: pb::FownEntry::default(),
+                inode_id,
+            }),
+            ..Default::default()
+        });
         Ok(id)
     }
 
@@ -424,18 +466,34 @@ impl Files {
             }
         }
         let id = self.ghosts.len() as u32 + 1;
-        let mut header = json!({
-            "uid": md.uid(), "gid": md.gid(), "mode": md.mode(), "dev": kdev(md.dev()), "ino": md.ino(),
-            "atim": {"tv_sec": md.atime(), "tv_usec": md.atime_nsec() / 1000},
-            "mtim": {"tv_sec": md.mtime(), "tv_usec": md.mtime_nsec() / 1000},
-        });
-        if is_reg {
-            header["chunks"] = json!(true);
-            header["size"] = json!(md.size());
-        }
+        let time = |sec: i64, nsec: i64| -> Result<pb::Timeval> {
+            Ok(pb::Timeval {
+                tv_sec: u64::try_from(sec).map_err(|_| {
+                    DumpError::new(
+                        "files",
+                        pid,
+                        Some(libc::EOVERFLOW),
+                        format!("{}: time {sec} before 1970", link.display()),
+                    )
+                })?,
+                tv_usec: nsec.unsigned_abs() / 1000,
+            })
+        };
+        let mut header = pb::GhostFileEntry {
+            uid: md.uid(),
+            gid: md.gid(),
+            mode: md.mode(),
+            dev: Some(field_u32(pid, "device", kdev(md.dev()))?),
+            ino: Some(md.ino()),
+            atim: Some(time(md.atime(), md.atime_nsec())?),
+            mtim: Some(time(md.mtime(), md.mtime_nsec())?),
+            chunks: is_reg.then_some(true),
+            size: is_reg.then(|| md.size()),
+            ..Default::default()
+        };
         if kind.is_char_device() || kind.is_block_device() {
             // The glibc encoding, as CRIU writes it and as mknod(2) takes it back.
-            header["rdev"] = json!(md.rdev() as u32);
+            header.rdev = Some(md.rdev() as u32);
         }
         if kind.is_symlink() {
             let target = nix::fcntl::readlinkat(node, "").map_err(|e| {
@@ -446,10 +504,13 @@ impl Files {
                     format!("read the target of unlinked symlink {}", link.display()),
                 )
             })?;
-            header["symlnk_target"] = json!(target.to_string_lossy());
+            header.symlnk_target = Some(target.to_string_lossy().into_owned());
         }
-        self.remaps
-            .push(json!({"orig_id": orig_id, "remap_id": id, "remap_type": "GHOST"}));
+        self.remaps.push(pb::RemapFilePathEntry {
+            orig_id,
+            remap_id: id,
+            remap_type: Some(pb::RemapType::Ghost as i32),
+        });
         self.ghosts.push(Ghost {
             id,
             header,
@@ -499,34 +560,39 @@ impl Files {
             .ino();
         let regf_id = self.reg_ghost(pid, &format!("fd {fd}"), link, name, deleted, flags, pos)?;
         let id = self.new_id();
-        self.entries.push(json!({"type": "FIFO", "id": id, "fifo": {
-            "id": id, "pipe_id": ino, "regf_id": regf_id,
-        }}));
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Fifo as i32,
+            id,
+            fifo: Some(pb::FifoEntry {
+                id,
+                pipe_id: field_u32(pid, "fifo inode", ino)?,
+                regf_id: Some(regf_id),
+            }),
+            ..Default::default()
+        });
         if self.pipes_seen.insert(ino) {
             let (size, data) =
                 peek_pipe(link).map_err(step_io(pid, format!("peek fifo {fd} {name}")))?;
-            self.fifo_data.push((
-                json!({"pipe_id": ino, "bytes": data.len(), "size": size}),
-                data,
-            ));
+            self.fifo_data
+                .push((pipe_data(pid, ino, &data, size)?, data));
         }
         Ok(id)
     }
 
     /// Puts `fown` into the entry `id` (of a kind that has one; a FIFO's is in its path entry).
-    fn set_fown(&mut self, id: u32, fown: Value) {
-        let Some(e) = self.entries.iter_mut().rev().find(|e| e["id"] == id) else {
+    fn set_fown(&mut self, id: u32, fown: pb::FownEntry) {
+        let Some(e) = self.entries.iter_mut().rev().find(|e| e.id == id) else {
             return;
         };
-        let regf = e["fifo"]["regf_id"].as_u64();
-        if let Some(r) = regf {
-            return self.set_fown(r as u32, fown);
+        if let Some(r) = e.fifo.as_ref().and_then(|f| f.regf_id) {
+            return self.set_fown(r, fown);
         }
-        for member in ["reg", "pipe", "memfd"] {
-            if e.get(member).is_some() {
-                e[member]["fown"] = fown;
-                return;
-            }
+        if let Some(reg) = &mut e.reg {
+            reg.fown = fown;
+        } else if let Some(pipe) = &mut e.pipe {
+            pipe.fown = fown;
+        } else if let Some(memfd) = &mut e.memfd {
+            memfd.fown = fown;
         }
     }
 
@@ -599,9 +665,14 @@ impl Files {
                 "EOF" => 0,
                 end => end.parse::<i64>().map_err(|_| bad())? - start + 1,
             };
-            self.file_locks.push(json!({
-                "flag": flag, "type": ty, "pid": pid, "fd": fd, "start": start, "len": len,
-            }));
+            self.file_locks.push(pb::FileLockEntry {
+                flag,
+                r#type: ty as u32,
+                pid,
+                fd,
+                start,
+                len,
+            });
         }
         Ok(())
     }
@@ -642,18 +713,24 @@ impl Files {
 
     fn pipe(&mut self, pid: i32, fd: i32, ino: u64, flags: u32) -> Result<u32> {
         let id = self.new_id();
-        self.entries.push(json!({"type": "PIPE", "id": id, "pipe": {
-            "id": id, "pipe_id": ino, "flags": flags, "fown": fown(),
-        }}));
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Pipe as i32,
+            id,
+            pipe: Some(pb::PipeEntry {
+                id,
+                pipe_id: field_u32(pid, "pipe inode", ino)?,
+                flags,
+                fown: pb::FownEntry::default(),
+            }),
+            ..Default::default()
+        });
         if self.pipes_seen.insert(ino) {
             let link = proc::path(pid, &format!("fd/{fd}"));
             let (size, data) =
                 peek_pipe(&link).map_err(step_io(pid, format!("peek pipe {}", link.display())))?;
             // Like CRIU, also for an empty pipe: the entry carries its buffer size.
-            self.pipes_data.push((
-                json!({"pipe_id": ino, "bytes": data.len(), "size": size}),
-                data,
-            ));
+            self.pipes_data
+                .push((pipe_data(pid, ino, &data, size)?, data));
         }
         Ok(id)
     }
@@ -906,8 +983,15 @@ pub fn data_chunks(path: &PathBuf, size: u64) -> std::io::Result<Vec<(u64, Vec<u
 }
 
 /// The `fdinfo-N.img` entry of one fd.
-pub fn fdinfo_entry(e: &FdEntry) -> Value {
-    json!({"id": e.id, "flags": if e.cloexec { 1 } else { 0 }, "type": e.kind, "fd": e.fd})
+pub fn fdinfo_entry(e: &FdEntry) -> pb::FdinfoEntry {
+    pb::FdinfoEntry {
+        id: e.id,
+        flags: u32::from(e.cloexec),
+        r#type: pb::FdTypes::from_str_name(e.kind).map_or(0, |t| t as i32),
+        // Descriptor numbers are never negative.
+        fd: e.fd.unsigned_abs(),
+        xattr_security_selinux: None,
+    }
 }
 
 #[cfg(test)]
@@ -979,16 +1063,21 @@ mod tests {
             kinds,
             ["EVENTFD", "EVENTPOLL", "TIMERFD", "SIGNALFD", "INOTIFY"]
         );
-        assert_eq!(files.entries[0]["efd"]["counter"], 7);
-        assert_eq!(files.entries[1]["epfd"]["tfd"][0]["data"], 42);
-        assert_eq!(files.entries[2]["tfd"]["isec"], 1);
+        let e = &files.entries;
+        assert_eq!(e[0].efd.as_ref().map(|x| x.counter), Some(7));
+        assert_eq!(e[1].epfd.as_ref().map(|x| x.tfd[0].data), Some(42));
+        assert_eq!(e[2].tfd.as_ref().map(|x| x.isec), Some(1));
         assert_eq!(
-            files.entries[3]["sgfd"]["sigmask"],
-            1u64 << (libc::SIGUSR1 - 1)
+            e[3].sgfd.as_ref().map(|x| x.sigmask),
+            Some(1u64 << (libc::SIGUSR1 - 1))
         );
-        assert_eq!(files.entries[4]["ify"]["wd"][0]["mask"], libc::IN_CREATE);
-        for e in &files.entries {
-            crate::dump::images_out::encode("file_entry", e).unwrap_or_else(|x| panic!("{e}: {x}"));
+        assert_eq!(
+            e[4].ify.as_ref().map(|x| x.wd[0].mask),
+            Some(libc::IN_CREATE)
+        );
+        // Every kind name is a type of fdinfo entries.
+        for fd in [efd.as_fd().as_raw_fd(), ino.as_fd().as_raw_fd()] {
+            assert_ne!(fdinfo_entry(&files.fd(me, fd).unwrap()).r#type, 0);
         }
     }
 
@@ -1006,7 +1095,7 @@ mod tests {
         assert_eq!(e.kind, "REG");
         assert!(e.cloexec);
         assert_eq!(files.ghosts.len(), 1);
-        assert_eq!(files.remaps[0]["orig_id"], e.id);
+        assert_eq!(files.remaps[0].orig_id, e.id);
         let chunks = data_chunks(&files.ghosts[0].path, files.ghosts[0].size).unwrap();
         assert_eq!(chunks.iter().map(|c| c.1.len()).sum::<usize>(), 5000);
         // The same open file seen twice keeps one id.

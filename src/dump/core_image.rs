@@ -289,5 +289,5 @@ pub fn zombie_core(comm: &str, exit_code: i32) -> pb::CoreEntry {
 
 /// The bytes of `core-TID.img` holding `entry`.
 pub fn core_file(entry: &pb::CoreEntry) -> Vec<u8> {
-    images_out::typed_file_bytes(images_out::CORE, entry)
+    images_out::file_bytes(images_out::CORE, entry)
 }

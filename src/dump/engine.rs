@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde_json::Value;
+use stasis_images::pb;
 
 use super::collect_files::{self, Files};
 use super::core_image::{self, Creds, ProcessFacts, ThreadFacts};
@@ -28,6 +28,7 @@ use super::options::DumpOptions;
 use super::page_writers::{DeferredSource, PageWriters};
 use super::pages;
 use super::profile::Profile;
+use super::seccomp::ThreadSeccomp;
 use super::tree::{self, Process};
 use crate::action_scripts::Action;
 use crate::pages::Target;
@@ -49,9 +50,9 @@ pub struct DumpReport {
 /// already).
 struct Collected {
     pid: i32,
-    fdinfo: Vec<Value>,
-    fs: Value,
-    ids: Value,
+    fdinfo: Vec<pb::FdinfoEntry>,
+    fs: pb::FsEntry,
+    ids: pb::TaskKobjIdsEntry,
     /// The `fdinfo-<id>.img` this task writes (None: its table is its parent's).
     fdinfo_id: Option<u32>,
 }
@@ -169,11 +170,10 @@ fn read_cgroups_each(pid: i32, tids: &[i32]) -> Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
-/// The typed thread_core fields of the extras: seccomp mode/filter and cgroup set.
-fn apply_extras(tc: &mut stasis_images::pb::ThreadCoreEntry, seccomp: Option<Value>, cg_set: u32) {
+/// The thread_core fields of the extras: seccomp mode/filter and cgroup set.
+fn apply_extras(tc: &mut pb::ThreadCoreEntry, seccomp: Option<ThreadSeccomp>, cg_set: u32) {
     if let Some(f) = seccomp {
-        tc.seccomp_mode = f["seccomp_mode"].as_i64().map(|m| m as i32);
-        tc.seccomp_filter = f["seccomp_filter"].as_u64().map(|x| x as u32);
+        f.apply(tc);
     }
     tc.cg_set = Some(cg_set);
 }
@@ -184,20 +184,36 @@ struct CoreJob {
     probe: super::probe::ThreadProbe,
     /// The process part, for the leader.
     process: Option<(ProcessFacts, super::probe::ProcessProbe)>,
-    seccomp: Option<Value>,
+    seccomp: Option<ThreadSeccomp>,
     cg_set: u32,
 }
 
-fn collect_process(
+/// The cgroup files of every thread of a process (raw text; see [`read_cgroups_parallel`]).
+type CgroupTexts = Vec<Arc<Vec<u8>>>;
+
+/// Reads `/proc` for what the collection of one process needs in the background while its
+/// threads are probed (each read once, taken by the step that needs it).
+struct Background {
+    /// smaps, the slowest /proc file (the kernel walks every VMA's page tables).
+    smaps:
+        Option<std::thread::JoinHandle<std::result::Result<Vec<proc::maps::Vma>, proc::ProcError>>>,
+    /// `/proc/PID/task/TID/cgroup` of every thread.
+    cgroups: Option<std::thread::JoinHandle<Result<CgroupTexts>>>,
+    /// The leader's seccomp state, read before the parasite runs in it.
+    leader_seccomp: Option<ThreadSeccomp>,
+    exe_file_id: u32,
+    auxv: Vec<u64>,
+}
+
+/// The per-process facts of `p` from /proc (and its group stop from the freezer), with its
+/// `status` file.
+fn process_facts(
     p: &Process,
     frozen: &mut dyn FrozenTree,
-    cx: &mut Ctx<'_>,
-) -> Result<Collected> {
+    pids: &PidMap,
+) -> Result<(ProcessFacts, proc::status::Status)> {
     let pid = p.pid;
-    let vpid = cx.pids.v(pid);
     let pe = |x| DumpError::proc("collect-task", pid, x);
-    fault::check("collect-task", pid)?;
-    let t0 = cx.prof.now_us();
     let status = proc::status::read(pid).map_err(pe)?;
     let pf = ProcessFacts {
         state: if p.stat.state == 'T' || frozen.group_stopped(pid) {
@@ -217,173 +233,255 @@ fn collect_process(
             let mut timers = proc::timers::read(pid).map_err(pe)?;
             for t in &mut timers {
                 if t.notify & libc::SIGEV_THREAD_ID != 0 {
-                    t.notify_pid = cx.pids.inside("a timer's thread", pid, t.notify_pid)?;
+                    t.notify_pid = pids.inside("a timer's thread", pid, t.notify_pid)?;
                 }
             }
             timers
         },
         seccomp_mode: status.seccomp().map_err(pe)?,
     };
-    // smaps is the slowest /proc file (the kernel walks every VMA's page tables): read it
-    // in the background while the threads are probed; the parasite's area is taken out.
-    let mut smaps = Some(std::thread::spawn(move || proc::maps::read_smaps(pid)));
+    Ok((pf, status))
+}
+
+/// Starts the background reads of `p` and reads what must come before the parasite runs.
+fn start_background(p: &Process, cx: &mut Ctx<'_>, seccomp_mode: u32) -> Result<Background> {
+    let pid = p.pid;
+    // smaps in the background while the threads are probed; the parasite's area is taken
+    // out later.
+    let smaps = Some(std::thread::spawn(move || proc::maps::read_smaps(pid)));
     let exe_file_id = cx.files.exe(pid)?;
     let auxv = proc::misc::read_auxv(pid).map_err(|x| DumpError::proc("mm", pid, x))?;
     // Cgroup sets of every thread: /proc files read in the background; the leader's seccomp
     // filters now (PTRACE_SECCOMP_GET_FILTER needs it stopped, and the parasite will run in
     // it); the other threads' seccomp modes come with their state.
     let tids = p.threads.clone();
-    let mut cgroups_raw = Some(std::thread::spawn(move || {
+    let cgroups = Some(std::thread::spawn(move || {
         read_cgroups_parallel(pid, &tids)
     }));
-    let leader_seccomp = cx.extras.seccomp.thread(pid, pid, pf.seccomp_mode)?;
-    frozen.with_process(pid, &p.threads, &mut |acc| {
-        let pprobe = acc.process()?;
-        fault::check("core", pid)?;
-        let t1 = cx.prof.now_us();
-        let tprobes = acc.threads()?;
-        cx.prof
-            .record(&format!("threads {pid}"), "threads", pid, t1);
-        let t1 = cx.prof.now_us();
-        let raw = cgroups_raw
-            .take()
-            .ok_or_else(|| DumpError::new("cgroup", pid, None, "cgroups read twice"))?
-            .join()
-            .map_err(|_| DumpError::new("cgroup", pid, None, "cgroup reader panicked"))??;
-        cx.prof
-            .record(&format!("cgroup-join {pid}"), "cores", pid, t1);
-        let mut leader_part = Some((pf.clone(), pprobe.clone()));
-        let mut leader_seccomp = Some(leader_seccomp.clone());
-        let mut sets: std::collections::HashMap<Arc<Vec<u8>>, u32> = Default::default();
-        let mut last_set: Option<(Arc<Vec<u8>>, u32)> = None;
-        // Per thread: the cheap bookkeeping here, the core image built and written by the
-        // image writers (handed over in chunks).
-        let mut cores = Vec::with_capacity(tprobes.len());
-        for ((&tid, mut tp), text) in p.threads.iter().zip(tprobes).zip(raw) {
-            let t = cx.prof.now_us();
-            let facts = match tp.facts.take() {
-                Some(f) => f,
-                None => thread_facts_from_proc(pid, tid)?,
-            };
-            let seccomp = match leader_seccomp.take() {
-                Some(f) if tid == pid => f,
-                other => {
-                    leader_seccomp = other;
-                    let mode = match tp.seccomp_mode {
-                        Some(m) => m,
-                        None => proc::status::read_thread(pid, tid)
-                            .and_then(|s| s.seccomp())
-                            .map_err(|e| DumpError::proc("seccomp", pid, e))?,
-                    };
-                    cx.extras.seccomp.thread(pid, tid, mode)?
-                }
-            };
-            let cg_set = match last_set.as_ref() {
-                // Nearly every thread shares the previous one's text (the same copy).
-                Some((prev, id)) if Arc::ptr_eq(prev, &text) => *id,
-                _ => match sets.get(&text) {
-                    Some(&id) => id,
-                    None => {
-                        let path = proc::path(pid, &format!("task/{tid}/cgroup"));
-                        let members = crate::cgroup::parse(&path, &String::from_utf8_lossy(&text))
-                            .map_err(|e| DumpError::new("cgroup", pid, e.errno(), e.to_string()))?;
-                        let id = cx.extras.cgroups.task_members(members);
-                        sets.insert(Arc::clone(&text), id);
-                        id
-                    }
-                },
-            };
-            last_set = Some((text, cg_set));
-            // The leader's blocked mask as its thread state says (PTRACE_GETSIGMASK, the
-            // parasite): /proc shows the temporary mask of a sigsuspend/ppoll/pselect it
-            // sits in, which must not become its own mask after the restore.
-            let process = if tid == pid {
-                leader_part.take().map(|(mut f, p)| {
-                    f.blk_sigset = facts.blk_sigset;
-                    (f, p)
-                })
-            } else {
-                None
-            };
-            let core = CoreJob {
-                facts,
-                probe: tp,
-                process,
-                seccomp,
-                cg_set,
-            };
-            cores.push((format!("core-{}.img", cx.pids.v(tid)), core));
-            cx.prof.record(&format!("thread {tid}"), "thread", tid, t);
+    let leader_seccomp = cx.extras.seccomp.thread(pid, pid, seccomp_mode)?;
+    Ok(Background {
+        smaps,
+        cgroups,
+        leader_seccomp,
+        exe_file_id,
+        auxv,
+    })
+}
+
+/// The seccomp state of thread `tid`: the leader's was read before the parasite ran; the
+/// others' mode comes with their probe (or /proc).
+fn thread_seccomp(
+    pid: i32,
+    tid: i32,
+    tp: &super::probe::ThreadProbe,
+    leader: &mut Option<Option<ThreadSeccomp>>,
+    cx: &mut Ctx<'_>,
+) -> Result<Option<ThreadSeccomp>> {
+    if tid == pid {
+        if let Some(f) = leader.take() {
+            return Ok(f);
         }
-        cx.dir.spool_each(cores, |c: CoreJob| {
-            let process = c.process.as_ref().map(|(f, p)| (f, p));
-            let mut entry = core_image::core_entry(&c.facts, &c.probe, process);
-            if let Some(tc) = entry.thread_core.as_mut() {
-                apply_extras(tc, c.seccomp, c.cg_set);
-            }
-            Ok(core_image::core_file(&entry))
-        });
-        cx.prof.record(&format!("cores {pid}"), "cores", pid, t1);
+    }
+    let mode = match tp.seccomp_mode {
+        Some(m) => m,
+        None => proc::status::read_thread(pid, tid)
+            .and_then(|s| s.seccomp())
+            .map_err(|e| DumpError::proc("seccomp", pid, e))?,
+    };
+    cx.extras.seccomp.thread(pid, tid, mode)
+}
 
-        fault::check("mm", pid)?;
-        let t2 = cx.prof.now_us();
-        let hidden = acc.hidden_areas();
-        let maps: Vec<proc::maps::Vma> = smaps
-            .take()
-            .ok_or_else(|| DumpError::new("mm", pid, None, "smaps read twice"))?
-            .join()
-            .map_err(|_| DumpError::new("mm", pid, None, "smaps reader panicked"))?
-            .map_err(|x| DumpError::proc("mm", pid, x))?
-            .into_iter()
-            .filter(|v| !hidden.iter().any(|&(s, e)| v.start < e && s < v.end))
-            .collect();
-        cx.prof.record(&format!("maps {pid}"), "mm", pid, t2);
-        let t2 = cx.prof.now_us();
-        let vmas = mm::vmas(pid, &maps, cx.files)?;
-        let mut readable: Vec<(u64, u64)> = maps
-            .iter()
-            .filter(|v| v.read)
-            .map(|v| (v.start, v.end))
-            .collect();
-        readable.sort_unstable();
-        let mm_fields = MmFields {
-            stat: p.stat.clone(),
-            brk: if pprobe.brk != 0 {
-                pprobe.brk
-            } else {
-                mm::brk_from_maps(&maps, p.stat.start_brk)
+/// Cgroup set ids by the text of a thread's cgroup file (threads nearly always share one).
+#[derive(Default)]
+struct CgSetCache {
+    sets: std::collections::HashMap<Arc<Vec<u8>>, u32>,
+    last: Option<(Arc<Vec<u8>>, u32)>,
+}
+
+impl CgSetCache {
+    /// The set id of thread `tid`, whose cgroup file reads `text`.
+    fn set_of(&mut self, pid: i32, tid: i32, text: Arc<Vec<u8>>, cx: &mut Ctx<'_>) -> Result<u32> {
+        let id = match self.last.as_ref() {
+            // Nearly every thread shares the previous one's text (the same copy).
+            Some((prev, id)) if Arc::ptr_eq(prev, &text) => *id,
+            _ => match self.sets.get(&text) {
+                Some(&id) => id,
+                None => {
+                    let path = proc::path(pid, &format!("task/{tid}/cgroup"));
+                    let members = crate::cgroup::parse(&path, &String::from_utf8_lossy(&text))
+                        .map_err(|e| DumpError::new("cgroup", pid, e.errno(), e.to_string()))?;
+                    let id = cx.extras.cgroups.task_members(members);
+                    self.sets.insert(Arc::clone(&text), id);
+                    id
+                }
             },
-            auxv: auxv.clone(),
-            exe_file_id,
-            // 0 is a value (PR_SET_DUMPABLE 0), not "unknown".
-            dumpable: pprobe.dumpable,
-            thp_disabled: pprobe.thp_disabled,
-            mlockall: pprobe.mlockall,
         };
-        cx.prof.record(&format!("mm {pid}"), "mm", pid, t2);
+        self.last = Some((text, id));
+        Ok(id)
+    }
+}
 
-        fault::check("pages", pid)?;
-        let t3 = cx.prof.now_us();
-        let runs = pages::plan(pid, &vmas, &mut cx.stats.pages, cx.lazy)?;
-        // Page source: only what changed since the parent image, when there is one.
-        let runs = cx.tracking.source(acc, pid, &vmas, runs)?;
-        cx.dir.spool(&format!("mm-{vpid}.img"), move || {
-            Ok(mm::mm_file(&mm::mm_entry(&mm_fields, &vmas)))
-        });
-        let mut src = DeferredSource {
-            probe: acc,
-            readable: &readable,
-            writers: &mut *cx.writers,
-            pid,
-            unpinnable: false,
+/// Probes every thread of `p` and hands their core images to the image writers.
+fn spool_cores(
+    p: &Process,
+    acc: &mut dyn super::probe::ProcessAccess,
+    cx: &mut Ctx<'_>,
+    pf: &ProcessFacts,
+    pprobe: &super::probe::ProcessProbe,
+    bg: &mut Background,
+) -> Result<()> {
+    let pid = p.pid;
+    let t1 = cx.prof.now_us();
+    let tprobes = acc.threads()?;
+    cx.prof
+        .record(&format!("threads {pid}"), "threads", pid, t1);
+    let t1 = cx.prof.now_us();
+    let raw = bg
+        .cgroups
+        .take()
+        .ok_or_else(|| DumpError::new("cgroup", pid, None, "cgroups read twice"))?
+        .join()
+        .map_err(|_| DumpError::new("cgroup", pid, None, "cgroup reader panicked"))??;
+    cx.prof
+        .record(&format!("cgroup-join {pid}"), "cores", pid, t1);
+    let mut leader_part = Some((pf.clone(), pprobe.clone()));
+    let mut leader_seccomp = Some(bg.leader_seccomp);
+    let mut cg_sets = CgSetCache::default();
+    // Per thread: the cheap bookkeeping here, the core image built and written by the
+    // image writers (handed over in chunks).
+    let mut cores = Vec::with_capacity(tprobes.len());
+    for ((&tid, mut tp), text) in p.threads.iter().zip(tprobes).zip(raw) {
+        let t = cx.prof.now_us();
+        let facts = match tp.facts.take() {
+            Some(f) => f,
+            None => thread_facts_from_proc(pid, tid)?,
         };
-        pages::send(cx.sink, Target::Process(vpid as u64), &runs, &mut src, pid)?;
-        pages::count_written(&runs, &mut cx.stats.pages);
-        cx.prof.record(&format!("pages {pid}"), "pages", pid, t3);
-        Ok(())
-    })?;
-    cx.prof.record(&format!("task {pid}"), "task", pid, t0);
+        let seccomp = thread_seccomp(pid, tid, &tp, &mut leader_seccomp, cx)?;
+        let cg_set = cg_sets.set_of(pid, tid, text, cx)?;
+        // The leader's blocked mask as its thread state says (PTRACE_GETSIGMASK, the
+        // parasite): /proc shows the temporary mask of a sigsuspend/ppoll/pselect it
+        // sits in, which must not become its own mask after the restore.
+        let process = if tid == pid {
+            leader_part.take().map(|(mut f, p)| {
+                f.blk_sigset = facts.blk_sigset;
+                (f, p)
+            })
+        } else {
+            None
+        };
+        let core = CoreJob {
+            facts,
+            probe: tp,
+            process,
+            seccomp,
+            cg_set,
+        };
+        cores.push((format!("core-{}.img", cx.pids.v(tid)), core));
+        cx.prof.record(&format!("thread {tid}"), "thread", tid, t);
+    }
+    cx.dir.spool_each(cores, |c: CoreJob| {
+        let process = c.process.as_ref().map(|(f, p)| (f, p));
+        let mut entry = core_image::core_entry(&c.facts, &c.probe, process);
+        if let Some(tc) = entry.thread_core.as_mut() {
+            apply_extras(tc, c.seccomp, c.cg_set);
+        }
+        Ok(core_image::core_file(&entry))
+    });
+    cx.prof.record(&format!("cores {pid}"), "cores", pid, t1);
+    Ok(())
+}
 
+/// The memory of one process: its VMAs (the probe's own areas left out), the readable
+/// ranges, and the fields of its mm image.
+struct MmCollected {
+    vmas: Vec<mm::VmaOut>,
+    readable: Vec<(u64, u64)>,
+    fields: MmFields,
+}
+
+/// Collects the memory layout of `p` (smaps from the background read).
+fn collect_mm(
+    p: &Process,
+    acc: &mut dyn super::probe::ProcessAccess,
+    cx: &mut Ctx<'_>,
+    pprobe: &super::probe::ProcessProbe,
+    bg: &mut Background,
+) -> Result<MmCollected> {
+    let pid = p.pid;
+    let t2 = cx.prof.now_us();
+    let hidden = acc.hidden_areas();
+    let maps: Vec<proc::maps::Vma> = bg
+        .smaps
+        .take()
+        .ok_or_else(|| DumpError::new("mm", pid, None, "smaps read twice"))?
+        .join()
+        .map_err(|_| DumpError::new("mm", pid, None, "smaps reader panicked"))?
+        .map_err(|x| DumpError::proc("mm", pid, x))?
+        .into_iter()
+        .filter(|v| !hidden.iter().any(|&(s, e)| v.start < e && s < v.end))
+        .collect();
+    cx.prof.record(&format!("maps {pid}"), "mm", pid, t2);
+    let t2 = cx.prof.now_us();
+    let vmas = mm::vmas(pid, &maps, cx.files)?;
+    let readable = mm::readable_ranges(&maps);
+    let fields = MmFields {
+        stat: p.stat.clone(),
+        brk: if pprobe.brk != 0 {
+            pprobe.brk
+        } else {
+            mm::brk_from_maps(&maps, p.stat.start_brk)
+        },
+        auxv: bg.auxv.clone(),
+        exe_file_id: bg.exe_file_id,
+        // 0 is a value (PR_SET_DUMPABLE 0), not "unknown".
+        dumpable: pprobe.dumpable,
+        thp_disabled: pprobe.thp_disabled,
+        mlockall: pprobe.mlockall,
+    };
+    cx.prof.record(&format!("mm {pid}"), "mm", pid, t2);
+    Ok(MmCollected {
+        vmas,
+        readable,
+        fields,
+    })
+}
+
+/// Spools the mm image of process `pid` and sends its pages (only those changed since the
+/// parent image, when there is one) to the page sink.
+fn dump_memory(
+    pid: i32,
+    acc: &mut dyn super::probe::ProcessAccess,
+    cx: &mut Ctx<'_>,
+    m: MmCollected,
+) -> Result<()> {
+    let t3 = cx.prof.now_us();
+    let runs = pages::plan(pid, &m.vmas, &mut cx.stats.pages, cx.lazy)?;
+    let runs = cx.tracking.source(acc, pid, &m.vmas, runs)?;
+    let (fields, vmas) = (m.fields, m.vmas);
+    let vpid = cx.pids.v(pid);
+    cx.dir.spool(&format!("mm-{vpid}.img"), move || {
+        Ok(mm::mm_file(&mm::mm_entry(&fields, &vmas)))
+    });
+    let mut src = DeferredSource {
+        probe: acc,
+        readable: &m.readable,
+        writers: &mut *cx.writers,
+        pid,
+        unpinnable: false,
+    };
+    pages::send(cx.sink, Target::Process(vpid as u64), &runs, &mut src, pid)?;
+    pages::count_written(&runs, &mut cx.stats.pages);
+    cx.prof.record(&format!("pages {pid}"), "pages", pid, t3);
+    Ok(())
+}
+
+/// The descriptors (unless its table is its parent's), cwd, root and ids of process `p`.
+fn collect_files_and_ids(
+    p: &Process,
+    cx: &mut Ctx<'_>,
+    status: &proc::status::Status,
+) -> Result<Collected> {
+    let pid = p.pid;
     fault::check("files", pid)?;
     let t3 = cx.prof.now_us();
     let obj = cx.ids.object();
@@ -399,14 +497,17 @@ fn collect_process(
     }
     let cwd = cx.files.fs_dir(pid, "cwd")?;
     let root = cx.files.fs_dir(pid, "root")?;
-    let fs = misc_images::fs_entry(cwd, root, status.umask().map_err(pe)?);
+    let umask = status
+        .umask()
+        .map_err(|x| DumpError::proc("collect-task", pid, x))?;
+    let fs = misc_images::fs_entry(cwd, root, umask);
     cx.prof.record(&format!("files {pid}"), "files", pid, t3);
 
-    let ns = proc::ns::read(pid).map_err(pe)?;
+    let ns = proc::ns::read(pid).map_err(|x| DumpError::proc("collect-task", pid, x))?;
     let files_id = shared_table.unwrap_or(obj);
     let ids_entry = cx.ids.ids_entry(&ns, [obj, files_id, obj, obj]);
     Ok(Collected {
-        pid: vpid,
+        pid: cx.pids.v(pid),
         fdinfo,
         fs,
         ids: ids_entry,
@@ -415,12 +516,37 @@ fn collect_process(
     })
 }
 
+/// Collects one live process: its cores, mm and pages while the probe holds it, then its
+/// files and ids.
+fn collect_process(
+    p: &Process,
+    frozen: &mut dyn FrozenTree,
+    cx: &mut Ctx<'_>,
+) -> Result<Collected> {
+    let pid = p.pid;
+    fault::check("collect-task", pid)?;
+    let t0 = cx.prof.now_us();
+    let (pf, status) = process_facts(p, frozen, cx.pids)?;
+    let mut bg = start_background(p, cx, pf.seccomp_mode)?;
+    frozen.with_process(pid, &p.threads, &mut |acc| {
+        let pprobe = acc.process()?;
+        fault::check("core", pid)?;
+        spool_cores(p, acc, cx, &pf, &pprobe, &mut bg)?;
+        fault::check("mm", pid)?;
+        let m = collect_mm(p, acc, cx, &pprobe, &mut bg)?;
+        fault::check("pages", pid)?;
+        dump_memory(pid, acc, cx, m)
+    })?;
+    cx.prof.record(&format!("task {pid}"), "task", pid, t0);
+    collect_files_and_ids(p, cx, &status)
+}
+
 /// Everything collected from the frozen tree, ready to be written.
 struct Collection {
     tree: Vec<Process>,
     collected: Vec<Collected>,
     files: Files,
-    root_ids: Value,
+    root_ids: pb::TaskKobjIdsEntry,
     extras: super::extras::Extras,
     /// Clone flags of the namespaces the tree owns.
     owned_ns: u64,
@@ -428,6 +554,13 @@ struct Collection {
     mounts: Option<super::mounts::MountTree>,
 }
 
+/// The error of writing an image of process `pid`.
+fn img(pid: i32) -> impl Fn(out::ImageError) -> DumpError {
+    move |e| DumpError::image("images", pid, e)
+}
+
+/// Writes every image: the tree's, then (after the last pages) the files', the extras' and
+/// the inventory.
 fn write_images(
     dir: &mut ImageDir,
     opts: &DumpOptions,
@@ -436,30 +569,57 @@ fn write_images(
     stats: &mut DumpStats,
     prof: &mut Profile,
 ) -> Result<()> {
-    let (tree, collected, files) = (&c.tree, &c.collected, &c.files);
-    let root_ids = c.root_ids.clone();
     let root = opts.pid;
     fault::check("images", root)?;
-    let img = |pid: i32| move |e| DumpError::image("images", pid, e);
-    let pstree = tree
+    let pstree = c
+        .tree
         .iter()
         .map(|p| tree::pstree_entry(p, &c.pids))
         .collect::<Result<Vec<_>>>()?;
     dir.write_all("pstree.img", out::PSTREE, &pstree)
         .map_err(img(root))?;
-    if let Some(first) = collected.first() {
-        namespaces::write(dir, root, c.owned_ns, &kobj_ids(&first.ids))?;
+    if let Some(first) = c.collected.first() {
+        namespaces::write(dir, root, c.owned_ns, &first.ids)?;
     }
     if let Some(m) = &c.mounts {
         m.write(dir)?;
     }
     let t_mem = prof.now_us();
-    for shm in &files.shmem {
+    for shm in &c.files.shmem {
         pages::write_shmem(sink, root, shm, &mut stats.pages)?;
     }
+    write_task_images(dir, &c.tree, &c.collected, &c.pids)?;
+    // The last pagemap, then the end of the stream (a page server answers once all is
+    // written): only then may the tree be killed.
+    let sent = sink
+        .finish()
+        .map_err(|e| DumpError::new("pages", root, e.errno(), e.to_string()))?;
+    dir.adopt(&sent.files, sent.bytes);
+    stats.memwrite_time = prof.now_us() - t_mem;
+    stats.page_pipes = sent.pagemaps;
+    write_file_images(dir, &c.files, root)?;
+    c.extras.write(dir, root)?;
+    let inventory = inventory(opts, c);
+    // A time namespace of the tree's own has its clocks in timens-ID.img (CRIU's way).
+    if c.owned_ns & namespaces::CLONE_NEWTIME == 0 {
+        dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
+            .map_err(img(root))?;
+    }
+    dir.write_all("inventory.img", out::INVENTORY, &[inventory])
+        .map_err(img(root))?;
+    Ok(())
+}
+
+/// The per-task images: zombies' cores, and the fdinfo, fs and ids of every live process.
+fn write_task_images(
+    dir: &mut ImageDir,
+    tree: &[Process],
+    collected: &[Collected],
+    pids: &PidMap,
+) -> Result<()> {
     for p in tree.iter().filter(|p| p.zombie) {
         let entry = core_image::zombie_core(&p.stat.comm, p.exit_code);
-        dir.spool(&format!("core-{}.img", c.pids.v(p.pid)), move || {
+        dir.spool(&format!("core-{}.img", pids.v(p.pid)), move || {
             Ok(core_image::core_file(&entry))
         });
     }
@@ -482,14 +642,12 @@ fn write_images(
         )
         .map_err(img(pid))?;
     }
-    // The last pagemap, then the end of the stream (a page server answers once all is
-    // written): only then may the tree be killed.
-    let sent = sink
-        .finish()
-        .map_err(|e| DumpError::new("pages", root, e.errno(), e.to_string()))?;
-    dir.adopt(&sent.files, sent.bytes);
-    stats.memwrite_time = prof.now_us() - t_mem;
-    stats.page_pipes = sent.pagemaps;
+    Ok(())
+}
+
+/// The images of the tree's files: files.img, memfd, remap-fpath, ghost files, file locks,
+/// pipe and FIFO data, and the side images of the shared fd kinds.
+fn write_file_images(dir: &mut ImageDir, files: &Files, root: i32) -> Result<()> {
     dir.write_all("files.img", out::FILES, &files.entries)
         .map_err(img(root))?;
     if !files.memfd_inodes.is_empty() {
@@ -501,30 +659,7 @@ fn write_images(
             .map_err(img(root))?;
     }
     for g in &files.ghosts {
-        let mut f = dir
-            .create(&format!("ghost-file-{}.img", g.id), out::GHOST_FILE)
-            .map_err(img(root))?;
-        f.entry(&g.header).map_err(img(root))?;
-        // Only a regular file has data (size 0 otherwise): a device node, a symlink or a
-        // directory is never opened for reading here.
-        let chunks = if g.size == 0 {
-            Vec::new()
-        } else {
-            collect_files::data_chunks(&g.path, g.size).map_err(|e| {
-                DumpError::io(
-                    "images",
-                    root,
-                    &format!("read ghost {}", g.path.display()),
-                    e,
-                )
-            })?
-        };
-        for (off, data) in chunks {
-            let chunk = serde_json::json!({"len": data.len(), "off": off});
-            f.entry_with_payload(&chunk, &data).map_err(img(root))?;
-        }
-        let n = f.finish().map_err(img(root))?;
-        dir.add_bytes(n);
+        write_ghost(dir, g, root)?;
     }
     if !files.file_locks.is_empty() {
         dir.write_all("filelocks.img", out::FILE_LOCKS, &files.file_locks)
@@ -548,53 +683,62 @@ fn write_images(
         .kinds
         .extra
         .write_dir(dir.path())
-        .map_err(|e| DumpError::new("images", root, e.errno(), e.to_string()))?;
-    c.extras.write(dir, root)?;
+        .map_err(|e| DumpError::new("images", root, e.errno(), e.to_string()))
+}
+
+/// `ghost-file-<id>.img`: the header, then the file's data in chunks (holes skipped).
+fn write_ghost(dir: &mut ImageDir, g: &collect_files::Ghost, root: i32) -> Result<()> {
+    let mut f = dir
+        .create(&format!("ghost-file-{}.img", g.id), out::GHOST_FILE)
+        .map_err(img(root))?;
+    f.entry(&g.header).map_err(img(root))?;
+    // Only a regular file has data (size 0 otherwise): a device node, a symlink or a
+    // directory is never opened for reading here.
+    let chunks = if g.size == 0 {
+        Vec::new()
+    } else {
+        collect_files::data_chunks(&g.path, g.size).map_err(|e| {
+            DumpError::io(
+                "images",
+                root,
+                &format!("read ghost {}", g.path.display()),
+                e,
+            )
+        })?
+    };
+    for (off, data) in chunks {
+        let chunk = pb::GhostChunkEntry {
+            len: data.len() as u64,
+            off,
+        };
+        f.entry_with_payload(&chunk, &data).map_err(img(root))?;
+    }
+    let n = f.finish().map_err(img(root))?;
+    dir.add_bytes(n);
+    Ok(())
+}
+
+/// The `inventory_entry` of this dump.
+fn inventory(opts: &DumpOptions, c: &Collection) -> pb::InventoryEntry {
     let mut inventory = tcp_close_mark(
-        misc_images::inventory(root_ids, c.extras.root_cg_set()),
+        misc_images::inventory(c.root_ids, c.extras.root_cg_set()),
         opts.tcp_close,
     );
     if opts.track_mem {
         // A later incremental dump tells its processes from newer ones with the same pid.
-        inventory["dump_uptime"] = super::dirty::uptime_us().into();
+        inventory.dump_uptime = Some(super::dirty::uptime_us());
     }
     if opts.pack.active() {
         // Packed pages: CRIU must refuse this directory rather than look for pages-N.img.
-        inventory["img_version"] = crate::pages::pack::INVENTORY_MARK.into();
+        inventory.img_version = crate::pages::pack::INVENTORY_MARK;
     }
-    // A time namespace of the tree's own has its clocks in timens-ID.img (CRIU's way).
-    if c.owned_ns & namespaces::CLONE_NEWTIME == 0 {
-        dir.write_all("timens-0.img", out::TIMENS, &[misc_images::timens()])
-            .map_err(img(root))?;
-    }
-    dir.write_all("inventory.img", out::INVENTORY, &[inventory])
-        .map_err(img(root))?;
-    Ok(())
-}
-
-/// The typed `task_kobj_ids_entry` of an `ids-P.img` entry.
-fn kobj_ids(v: &Value) -> stasis_images::pb::TaskKobjIdsEntry {
-    let g = |k: &str| v[k].as_u64().map(|x| x as u32);
-    stasis_images::pb::TaskKobjIdsEntry {
-        vm_id: g("vm_id").unwrap_or(0),
-        files_id: g("files_id").unwrap_or(0),
-        fs_id: g("fs_id").unwrap_or(0),
-        sighand_id: g("sighand_id").unwrap_or(0),
-        pid_ns_id: g("pid_ns_id"),
-        net_ns_id: g("net_ns_id"),
-        ipc_ns_id: g("ipc_ns_id"),
-        uts_ns_id: g("uts_ns_id"),
-        mnt_ns_id: g("mnt_ns_id"),
-        user_ns_id: g("user_ns_id"),
-        cgroup_ns_id: g("cgroup_ns_id"),
-        time_ns_id: g("time_ns_id"),
-    }
+    inventory
 }
 
 /// CRIU marks `inventory.img` of a `--tcp-close` dump: its restore needs `--tcp-close` too.
-fn tcp_close_mark(mut inventory: serde_json::Value, tcp_close: bool) -> serde_json::Value {
+fn tcp_close_mark(mut inventory: pb::InventoryEntry, tcp_close: bool) -> pb::InventoryEntry {
     if tcp_close {
-        inventory["tcp_close"] = serde_json::Value::Bool(true);
+        inventory.tcp_close = Some(true);
     }
     inventory
 }
@@ -810,14 +954,12 @@ fn dump_frozen(
     let me = std::process::id() as i32;
     let my_ns = proc::ns::read(me).map_err(|e| DumpError::proc("collect-tree", me, e))?;
     let root_ids = ids.ids_entry(&my_ns, [1; 4]);
-    files.net_ns_id = root_ids["net_ns_id"].as_u64().map(|x| x as u32);
+    files.net_ns_id = root_ids.net_ns_id;
     // Sockets of a network namespace of the tree's own are looked up from inside it.
     let _netns = if owned_ns & namespaces::CLONE_NEWNET != 0 {
         let tree_ns =
             proc::ns::read(opts.pid).map_err(|e| DumpError::proc("collect-tree", opts.pid, e))?;
-        files.net_ns_id = ids.ids_entry(&tree_ns, [1; 4])["net_ns_id"]
-            .as_u64()
-            .map(|x| x as u32);
+        files.net_ns_id = ids.ids_entry(&tree_ns, [1; 4]).net_ns_id;
         Some(namespaces::NetnsVisit::enter(opts.pid)?)
     } else {
         None
@@ -856,10 +998,9 @@ fn dump_frozen(
     // The root's own mount namespace: its tree, classified while the tasks are frozen.
     let mounts = match (own_mnt_ns, collected.first()) {
         (Some(_), Some(c)) => {
-            let ns_id = c.ids["mnt_ns_id"].as_u64().unwrap_or(0) as u32;
+            let ns_id = c.ids.mnt_ns_id.unwrap_or(0);
             let m = super::mounts::collect(opts.pid, ns_id, &opts.mounts)?;
-            let pids: Vec<i32> = tree.iter().filter(|p| !p.zombie).map(|p| p.pid).collect();
-            super::mounts::check_files(&pids, &m)?;
+            super::mounts::check_files(&alive, &m)?;
             if owned_ns & namespaces::CLONE_NEWPID != 0 {
                 if let Some((p, _)) = m.mounts.iter().find(|(p, _)| p.fstype == "proc") {
                     return Err(DumpError::new(

@@ -1,10 +1,8 @@
 //! Writing image files: the only place in the dump engine that knows the on-disk framing.
 //!
-//! Entries are built as JSON-like trees keyed by the proto field names (the same keys crit
-//! shows), then encoded with the message descriptors of the images crate
-//! (`stasis_images::DESCRIPTOR_SET`) through prost-reflect. This keeps the collectors
-//! independent of generated struct layouts and lets the tests compare entries with crit's JSON
-//! of CRIU's own images key by key.
+//! Entries are the images crate's typed messages ([`stasis_images::pb`]), framed by its
+//! writer ([`stasis_images::framing::ImageWriter`]), which also checks every raw payload
+//! against the size its entry announces.
 //!
 //! ```text
 //!  IMG:  u32 0x54564319 | u32 image magic | { u32 len | entry bytes [| raw payload] }*
@@ -21,11 +19,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use prost::Message as _;
-use prost_reflect::{
-    DescriptorPool, DynamicMessage, Kind, MessageDescriptor, ReflectMessage, Value as PValue,
-};
-use serde_json::Value;
+use prost::Message;
 
 pub use stasis_images::magic::ImageKind;
 
@@ -50,12 +44,6 @@ pub const CGROUP: ImageKind = ImageKind::Cgroup;
 pub const TIMENS: ImageKind = ImageKind::Timens;
 pub const STATS: ImageKind = ImageKind::Stats;
 
-/// The message (without the `criu.` package) of entry `index` of a file of `kind`.
-fn message_of(kind: ImageKind, index: usize) -> &'static str {
-    let full = kind.info().message_for(index).unwrap_or("?");
-    full.strip_prefix("criu.").unwrap_or(full)
-}
-
 /// Errors of image writing.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -64,12 +52,6 @@ pub enum ImageError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
-    },
-    #[error("encode {message} for {path}: {why}")]
-    Encode {
-        message: String,
-        path: PathBuf,
-        why: String,
     },
     #[error(transparent)]
     Write(#[from] stasis_images::error::ImageError),
@@ -83,114 +65,9 @@ impl ImageError {
             ImageError::Write(stasis_images::error::ImageError::Io { source, .. }) => {
                 source.raw_os_error()
             }
-            ImageError::Encode { .. } | ImageError::Write(_) => None,
+            ImageError::Write(_) => None,
         }
     }
-}
-
-fn pool() -> Result<&'static DescriptorPool, String> {
-    static POOL: std::sync::OnceLock<Result<DescriptorPool, String>> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(stasis_images::DESCRIPTOR_SET).map_err(|e| e.to_string())
-    })
-    .as_ref()
-    .map_err(|e| e.clone())
-}
-
-/// The descriptor of message `name` (package `criu`).
-pub fn descriptor(name: &str) -> Result<MessageDescriptor, String> {
-    pool()?
-        .get_message_by_name(&format!("criu.{name}"))
-        .ok_or_else(|| format!("message criu.{name} is not defined by the images crate"))
-}
-
-/// A JSON integer as i128 (holds every protobuf integer type; ranges are checked when it is
-/// stored into a field).
-fn int(v: &Value) -> Option<i128> {
-    v.as_i64()
-        .map(i128::from)
-        .or_else(|| v.as_u64().map(i128::from))
-}
-
-/// An integer of a field of type `T`, or an error naming the field: never truncated.
-fn fits<T: TryFrom<i128>>(v: &Value, bad: impl Fn() -> String) -> Result<T, String> {
-    int(v).and_then(|x| T::try_from(x).ok()).ok_or_else(bad)
-}
-
-fn scalar(kind: &Kind, v: &Value, field: &str) -> Result<PValue, String> {
-    let bad = || format!("field {field}: value {v} does not fit {kind:?}");
-    Ok(match kind {
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => PValue::I32(fits(v, bad)?),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => PValue::I64(fits(v, bad)?),
-        Kind::Uint32 | Kind::Fixed32 => PValue::U32(fits(v, bad)?),
-        Kind::Uint64 | Kind::Fixed64 => PValue::U64(fits(v, bad)?),
-        Kind::Bool => PValue::Bool(v.as_bool().ok_or_else(bad)?),
-        Kind::Float => PValue::F32(v.as_f64().ok_or_else(bad)? as f32),
-        Kind::Double => PValue::F64(v.as_f64().ok_or_else(bad)?),
-        Kind::String => PValue::String(v.as_str().ok_or_else(bad)?.to_string()),
-        Kind::Bytes => match v {
-            Value::Array(a) => PValue::Bytes(
-                a.iter()
-                    .map(|b| fits::<u8>(b, || format!("field {field}: byte {b} is not 0..=255")))
-                    .collect::<Result<Vec<u8>, _>>()?
-                    .into(),
-            ),
-            Value::String(s) => {
-                use base64::Engine as _;
-                PValue::Bytes(
-                    base64::engine::general_purpose::STANDARD
-                        .decode(s)
-                        .map_err(|e| format!("field {field}: {e}"))?
-                        .into(),
-                )
-            }
-            _ => return Err(bad()),
-        },
-        Kind::Enum(e) => match v {
-            Value::String(s) => {
-                PValue::EnumNumber(e.get_value_by_name(s).ok_or_else(bad)?.number())
-            }
-            _ => PValue::EnumNumber(fits(v, bad)?),
-        },
-        Kind::Message(m) => PValue::Message(to_dynamic(m, v)?),
-    })
-}
-
-/// Builds a dynamic message of type `desc` from a tree keyed by field names.
-pub fn to_dynamic(desc: &MessageDescriptor, v: &Value) -> Result<DynamicMessage, String> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| format!("{}: expected an object", desc.name()))?;
-    let mut msg = DynamicMessage::new(desc.clone());
-    for (k, val) in obj {
-        let field = desc
-            .get_field_by_name(k)
-            .ok_or_else(|| format!("{}: no field {k}", desc.name()))?;
-        let kind = field.kind();
-        let pv = if field.is_list() {
-            let arr = val
-                .as_array()
-                .ok_or_else(|| format!("{}.{k}: expected an array", desc.name()))?;
-            PValue::List(
-                arr.iter()
-                    .map(|x| scalar(&kind, x, k))
-                    .collect::<Result<_, _>>()?,
-            )
-        } else {
-            scalar(&kind, val, k)?
-        };
-        msg.try_set_field(&field, pv)
-            .map_err(|e| format!("{}.{k}: {e}", desc.name()))?;
-    }
-    Ok(msg)
-}
-
-/// Encodes one entry of message `name`.
-pub fn encode(name: &str, v: &Value) -> Result<Vec<u8>, String> {
-    let d = descriptor(name)?;
-    let m = to_dynamic(&d, v)?;
-    debug_assert_eq!(m.descriptor().name(), name);
-    Ok(m.encode_to_vec())
 }
 
 /// Work for a writer thread: builds and writes one or more files, returns the bytes
@@ -269,26 +146,9 @@ impl Drop for Spool {
     }
 }
 
-/// The bytes of a whole image file of `kind` with `entries` (for [`ImageDir::spool`]),
-/// framed by the images crate's writer.
-pub fn file_bytes(kind: ImageKind, entries: &[Value]) -> Result<Vec<u8>, ImageError> {
-    let name = stasis_images::error::FileName(None);
-    let mut w = stasis_images::framing::ImageWriter::new(Vec::new(), kind, name)?;
-    for (i, e) in entries.iter().enumerate() {
-        let message = message_of(kind, i);
-        let bytes = encode(message, e).map_err(|why| ImageError::Encode {
-            message: message.to_string(),
-            path: PathBuf::new(),
-            why,
-        })?;
-        w.write_entry(&bytes, None)?;
-    }
-    Ok(w.finish()?)
-}
-
-/// The bytes of a one-entry image file of `kind` holding `entry`, a typed (prost) message:
-/// for the images built as `pb` structs (core, mm).
-pub fn typed_file_bytes<M: prost::Message>(kind: ImageKind, entry: &M) -> Vec<u8> {
+/// The bytes of a one-entry image file of `kind` holding `entry` (for [`ImageDir::spool`]:
+/// core, mm).
+pub fn file_bytes<M: Message>(kind: ImageKind, entry: &M) -> Vec<u8> {
     stasis_images::framing::encode_entries(kind, std::slice::from_ref(entry))
 }
 
@@ -424,18 +284,16 @@ impl ImageDir {
         Ok(ImageFile {
             path,
             w,
-            kind,
-            index: 0,
             bytes: stasis_images::framing::head_bytes(kind).len() as u64,
         })
     }
 
     /// Writes a whole image with the given entries.
-    pub fn write_all(
+    pub fn write_all<M: Message>(
         &mut self,
         name: &str,
         kind: ImageKind,
-        entries: &[Value],
+        entries: &[M],
     ) -> Result<(), ImageError> {
         let mut f = self.create(name, kind)?;
         for e in entries {
@@ -487,32 +345,28 @@ impl ImageDir {
 pub struct ImageFile {
     path: PathBuf,
     w: stasis_images::framing::ImageWriter<BufWriter<File>>,
-    kind: ImageKind,
-    index: usize,
     bytes: u64,
 }
 
 impl ImageFile {
     /// Appends the next entry (its message is the kind's for that position: e.g. a ghost
     /// file's header, then its chunks).
-    pub fn entry(&mut self, v: &Value) -> Result<(), ImageError> {
-        self.write(v, None)
+    pub fn entry<M: Message>(&mut self, entry: &M) -> Result<(), ImageError> {
+        self.write(entry, None)
     }
 
     /// Appends the next entry with the raw payload it announces (ghost chunk data, pipe data).
-    pub fn entry_with_payload(&mut self, v: &Value, data: &[u8]) -> Result<(), ImageError> {
-        self.write(v, Some(data))
+    pub fn entry_with_payload<M: Message>(
+        &mut self,
+        entry: &M,
+        data: &[u8],
+    ) -> Result<(), ImageError> {
+        self.write(entry, Some(data))
     }
 
-    fn write(&mut self, v: &Value, extra: Option<&[u8]>) -> Result<(), ImageError> {
-        let message = message_of(self.kind, self.index);
-        let bytes = encode(message, v).map_err(|why| ImageError::Encode {
-            message: message.to_string(),
-            path: self.path.clone(),
-            why,
-        })?;
+    fn write<M: Message>(&mut self, entry: &M, extra: Option<&[u8]>) -> Result<(), ImageError> {
+        let bytes = entry.encode_to_vec();
         self.w.write_entry(&bytes, extra)?;
-        self.index += 1;
         self.bytes += 4 + bytes.len() as u64 + extra.map_or(0, |x| x.len() as u64);
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::{json, Value};
+use stasis_images::pb;
 
 use crate::proc::ns::NsIds;
 
@@ -46,47 +46,23 @@ impl IdAllocator {
     }
 
     /// The `task_kobj_ids_entry` with the namespace ids and object ids `obj`.
-    pub fn ids_entry(&mut self, ns: &NsIds, obj: [u32; 4]) -> Value {
-        let mut v =
-            json!({"vm_id": obj[0], "files_id": obj[1], "fs_id": obj[2], "sighand_id": obj[3]});
-        // CRIU numbers namespaces in this order.
-        let order: [(&'static str, Option<u64>, &str); 8] = [
-            ("pid", ns.pid, "pid_ns_id"),
-            ("net", ns.net, "net_ns_id"),
-            ("ipc", ns.ipc, "ipc_ns_id"),
-            ("uts", ns.uts, "uts_ns_id"),
-            ("time", ns.time, "time_ns_id"),
-            ("mnt", ns.mnt, "mnt_ns_id"),
-            ("user", ns.user, "user_ns_id"),
-            ("cgroup", ns.cgroup, "cgroup_ns_id"),
-        ];
-        for (kind, ino, key) in order {
-            if let Some(id) = self.ns_id(kind, ino) {
-                v[key] = json!(id);
-            }
+    pub fn ids_entry(&mut self, ns: &NsIds, obj: [u32; 4]) -> pb::TaskKobjIdsEntry {
+        // CRIU numbers namespaces in this order (a struct literal's fields are evaluated in
+        // the order written).
+        pb::TaskKobjIdsEntry {
+            vm_id: obj[0],
+            files_id: obj[1],
+            fs_id: obj[2],
+            sighand_id: obj[3],
+            pid_ns_id: self.ns_id("pid", ns.pid),
+            net_ns_id: self.ns_id("net", ns.net),
+            ipc_ns_id: self.ns_id("ipc", ns.ipc),
+            uts_ns_id: self.ns_id("uts", ns.uts),
+            time_ns_id: self.ns_id("time", ns.time),
+            mnt_ns_id: self.ns_id("mnt", ns.mnt),
+            user_ns_id: self.ns_id("user", ns.user),
+            cgroup_ns_id: self.ns_id("cgroup", ns.cgroup),
         }
-        // Field order as crit shows it.
-        let keys = [
-            "vm_id",
-            "files_id",
-            "fs_id",
-            "sighand_id",
-            "pid_ns_id",
-            "net_ns_id",
-            "ipc_ns_id",
-            "uts_ns_id",
-            "mnt_ns_id",
-            "user_ns_id",
-            "cgroup_ns_id",
-            "time_ns_id",
-        ];
-        let mut o = serde_json::Map::new();
-        for k in keys {
-            if let Some(x) = v.get(k) {
-                o.insert(k.to_string(), x.clone());
-            }
-        }
-        Value::Object(o)
     }
 }
 
@@ -117,28 +93,46 @@ pub fn run_id() -> String {
 }
 
 /// The `inventory_entry`.
-pub fn inventory(root_ids: Value, root_cg_set: u32) -> Value {
-    json!({
-        "img_version": IMG_VERSION, "fdinfo_per_id": true, "root_ids": root_ids,
-        "ns_per_id": true, "root_cg_set": root_cg_set, "lsmtype": 0, "network_lock_method": 0,
-        "plugins_entry": {}, "dump_criu_run_id": run_id(),
-    })
+pub fn inventory(root_ids: pb::TaskKobjIdsEntry, root_cg_set: u32) -> pb::InventoryEntry {
+    pb::InventoryEntry {
+        img_version: IMG_VERSION,
+        fdinfo_per_id: Some(true),
+        root_ids: Some(root_ids),
+        ns_per_id: Some(true),
+        root_cg_set: Some(root_cg_set),
+        lsmtype: Some(0),
+        network_lock_method: Some(0),
+        plugins_entry: Some(pb::PluginsEntry::default()),
+        dump_criu_run_id: Some(run_id()),
+        ..Default::default()
+    }
 }
 
 /// The `fs_entry`.
-pub fn fs_entry(cwd_id: u32, root_id: u32, umask: u32) -> Value {
-    json!({"cwd_id": cwd_id, "root_id": root_id, "umask": umask})
+pub fn fs_entry(cwd_id: u32, root_id: u32, umask: u32) -> pb::FsEntry {
+    pb::FsEntry {
+        cwd_id,
+        root_id,
+        umask: Some(umask),
+    }
 }
 
 /// The `timens_entry`: the host's monotonic and boottime clocks now.
-pub fn timens() -> Value {
+pub fn timens() -> pb::TimensEntry {
     use nix::time::{clock_gettime, ClockId};
+    // Both clocks count from boot: never negative.
     let ts = |c| {
         clock_gettime(c)
-            .map(|t| json!({"tv_sec": t.tv_sec(), "tv_nsec": t.tv_nsec()}))
-            .unwrap_or_else(|_| json!({"tv_sec": 0, "tv_nsec": 0}))
+            .map(|t| pb::Timespec {
+                tv_sec: t.tv_sec().unsigned_abs(),
+                tv_nsec: t.tv_nsec().unsigned_abs(),
+            })
+            .unwrap_or_default()
     };
-    json!({"monotonic": ts(ClockId::CLOCK_MONOTONIC), "boottime": ts(ClockId::CLOCK_BOOTTIME)})
+    pb::TimensEntry {
+        monotonic: ts(ClockId::CLOCK_MONOTONIC),
+        boottime: ts(ClockId::CLOCK_BOOTTIME),
+    }
 }
 
 /// Times and counters of one dump for `stats-dump` (microseconds).
@@ -154,17 +148,32 @@ pub struct DumpStats {
     pub parent_pages: u64,
 }
 
+/// A time for a 32-bit field of `stats-dump` (microseconds: 71 minutes at most), saturated.
+fn stat_time(us: u64) -> u32 {
+    u32::try_from(us).unwrap_or(u32::MAX)
+}
+
 /// The `stats_entry`.
-pub fn stats(s: &DumpStats) -> Value {
-    json!({"dump": {
-        "freezing_time": s.freezing_time, "frozen_time": s.frozen_time,
-        "memdump_time": s.memdump_time, "memwrite_time": s.memwrite_time,
-        "pages_scanned": s.pages.pages_scanned, "pages_skipped_parent": s.parent_pages,
-        "pages_written": s.pages.pages_written, "irmap_resolve": 0, "pages_lazy": s.pages.pages_lazy,
-        "page_pipes": s.page_pipes, "page_pipe_bufs": s.page_pipes,
-        "shpages_scanned": s.pages.shpages_scanned, "shpages_skipped_parent": 0,
-        "shpages_written": s.pages.shpages_written,
-    }})
+pub fn stats(s: &DumpStats) -> pb::StatsEntry {
+    pb::StatsEntry {
+        dump: Some(pb::DumpStatsEntry {
+            freezing_time: stat_time(s.freezing_time),
+            frozen_time: stat_time(s.frozen_time),
+            memdump_time: stat_time(s.memdump_time),
+            memwrite_time: stat_time(s.memwrite_time),
+            pages_scanned: s.pages.pages_scanned,
+            pages_skipped_parent: s.parent_pages,
+            pages_written: s.pages.pages_written,
+            irmap_resolve: Some(0),
+            pages_lazy: s.pages.pages_lazy,
+            page_pipes: Some(s.page_pipes),
+            page_pipe_bufs: Some(s.page_pipes),
+            shpages_scanned: Some(s.pages.shpages_scanned),
+            shpages_skipped_parent: Some(0),
+            shpages_written: Some(s.pages.shpages_written),
+        }),
+        restore: None,
+    }
 }
 
 #[cfg(test)]
@@ -177,10 +186,10 @@ mod tests {
         let ns = crate::proc::ns::read(std::process::id() as i32).unwrap();
         let o = [a.object(), a.object(), a.object(), a.object()];
         let e = a.ids_entry(&ns, o);
-        assert_eq!(e["vm_id"], 2);
-        assert_eq!(e["pid_ns_id"], 1);
-        assert_eq!(e["net_ns_id"], 2);
-        assert_eq!(e["mnt_ns_id"], 6);
+        assert_eq!(e.vm_id, 2);
+        assert_eq!(e.pid_ns_id, Some(1));
+        assert_eq!(e.net_ns_id, Some(2));
+        assert_eq!(e.mnt_ns_id, Some(6));
         let e2 = a.ids_entry(&ns, o);
         assert_eq!(e, e2);
     }

@@ -13,9 +13,8 @@
 //! ```
 //!
 //! Entries are built as the typed messages of the images crate (`pb::VmaEntry`,
-//! `pb::MmEntry`) and encoded by prost ([`mm_file`]): a process may have tens of thousands of
-//! VMAs, too many for the generic JSON path of [`super::images_out`]. The bytes are the same
-//! (a test encodes one process both ways).
+//! `pb::MmEntry`) and framed by the images crate's writer ([`mm_file`]); a test reads the
+//! image of this process back through the images crate.
 
 use stasis_images::pb;
 
@@ -283,10 +282,21 @@ pub fn mm_entry(m: &MmFields, vmas: &[VmaOut]) -> pb::MmEntry {
 
 /// The bytes of `mm-PID.img` holding `entry`.
 pub fn mm_file(entry: &pb::MmEntry) -> Vec<u8> {
-    images_out::typed_file_bytes(images_out::MM, entry)
+    images_out::file_bytes(images_out::MM, entry)
 }
 
 /// The heap end when the task could not be asked for `brk(0)`: the end of `[heap]`, or
+/// The readable ranges of `maps`, in address order (what a page copy may read).
+pub fn readable_ranges(maps: &[Vma]) -> Vec<(u64, u64)> {
+    let mut readable: Vec<(u64, u64)> = maps
+        .iter()
+        .filter(|v| v.read)
+        .map(|v| (v.start, v.end))
+        .collect();
+    readable.sort_unstable();
+    readable
+}
+
 /// `start_brk` if there is no heap VMA.
 pub fn brk_from_maps(maps: &[Vma], start_brk: u64) -> u64 {
     maps.iter()
@@ -298,48 +308,14 @@ pub fn brk_from_maps(maps: &[Vma], start_brk: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{json, Value};
 
-    /// A VMA entry as the JSON tree this module built before the entries were typed: the
-    /// oracle of the typed encoding, written through the generic image writer.
-    fn vma_json(e: &pb::VmaEntry) -> Value {
-        let mut v = json!({
-            "start": e.start, "end": e.end, "pgoff": e.pgoff, "shmid": e.shmid,
-            "prot": e.prot, "flags": e.flags, "status": e.status, "fd": -1,
-        });
-        if let Some(m) = e.madv {
-            v["madv"] = json!(m);
-        }
-        if let Some(f) = e.fdflags {
-            v["fdflags"] = json!(f);
-        }
-        v
-    }
-
-    /// The `mm_entry` as the JSON tree built before (see [`vma_json`]).
-    fn mm_json(m: &MmFields, vmas: &[VmaOut]) -> Value {
-        let s = &m.stat;
-        json!({
-            "mm_start_code": s.start_code, "mm_end_code": s.end_code,
-            "mm_start_data": s.start_data, "mm_end_data": s.end_data,
-            "mm_start_stack": s.start_stack, "mm_start_brk": s.start_brk, "mm_brk": m.brk,
-            "mm_arg_start": s.arg_start, "mm_arg_end": s.arg_end,
-            "mm_env_start": s.env_start, "mm_env_end": s.env_end,
-            "exe_file_id": m.exe_file_id,
-            "mm_saved_auxv": m.auxv.iter().take(AUXV_WORDS_MAX).collect::<Vec<_>>(),
-            "vmas": vmas.iter().map(|v| vma_json(&v.entry)).collect::<Vec<_>>(),
-            "dumpable": m.dumpable,
-            "thp_disabled": m.thp_disabled,
-        })
-    }
-
-    /// Asserts that the typed file and the JSON-encoded file of the same input are the same
-    /// bytes.
-    fn same_bytes(m: &MmFields, vmas: &[VmaOut]) {
-        let typed = mm_file(&mm_entry(m, vmas));
-        let json = images_out::file_bytes(images_out::MM, &[mm_json(m, vmas)]).expect("encode");
-        assert_eq!(typed.len(), json.len());
-        assert!(typed == json, "typed and JSON-encoded mm images differ");
+    /// Asserts that the image file of the input reads back, through the images crate's
+    /// reader and schema check, as the entry it was built from.
+    fn reads_back(m: &MmFields, vmas: &[VmaOut]) {
+        let entry = mm_entry(m, vmas);
+        let img = stasis_images::framing::Image::parse(&mm_file(&entry)).expect("parse");
+        img.check_messages().expect("schema");
+        assert_eq!(img.single::<pb::MmEntry>().expect("one mm entry"), entry);
     }
 
     /// A private anonymous mapping of `pages` pages with `advice` applied (unmapped on drop).
@@ -377,7 +353,7 @@ mod tests {
     }
 
     #[test]
-    fn typed_mm_image_of_this_process_is_the_json_encoding() {
+    fn mm_image_of_this_process_reads_back() {
         let _dontdump = Mapping::new(4, 0, &[libc::MADV_DONTDUMP, libc::MADV_RANDOM]);
         let _hugepage = Mapping::new(8, libc::MAP_NORESERVE, &[libc::MADV_NOHUGEPAGE]);
         let _down = Mapping::new(2, libc::MAP_GROWSDOWN, &[]);
@@ -409,9 +385,9 @@ mod tests {
             thp_disabled: false,
             mlockall: 0,
         };
-        same_bytes(&m, &vmas);
+        reads_back(&m, &vmas);
         (m.dumpable, m.thp_disabled) = (0, true);
-        same_bytes(&m, &vmas);
+        reads_back(&m, &vmas);
     }
 
     /// CRIU 4.2's restore rejects more than `AT_VECTOR_SIZE` (44) auxv words; this kernel
@@ -451,7 +427,7 @@ mod tests {
     }
 
     #[test]
-    fn typed_mm_image_of_special_vmas_is_the_json_encoding() {
+    fn mm_image_of_special_vmas_reads_back() {
         let maps = [
             anon(0x1000, 0x3000, "[heap]", &["rd", "wr", "hg"]),
             anon(0x5000, 0x6000, "", &["rd", "wr", "lo", "dc", "wf", "mg"]),
@@ -478,7 +454,7 @@ mod tests {
             dumpable: 2,
             ..Default::default()
         };
-        same_bytes(&m, &vmas);
-        same_bytes(&MmFields::default(), &[]);
+        reads_back(&m, &vmas);
+        reads_back(&MmFields::default(), &[]);
     }
 }

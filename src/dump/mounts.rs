@@ -23,7 +23,7 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use stasis_images::pb;
 
 use super::error::{DumpError, Result};
 use super::images_out::ImageDir;
@@ -443,7 +443,7 @@ pub fn check_files(pids: &[i32], tree: &MountTree) -> Result<()> {
 }
 
 /// One `mnt_entry`.
-pub fn entry(m: &Mount, how: &How) -> Value {
+pub fn entry(m: &Mount, how: &How) -> pb::MntEntry {
     let (sb, options) = sb_flags(m);
     let mut source = m.source.clone();
     let ext_key = match how {
@@ -454,24 +454,22 @@ pub fn entry(m: &Mount, how: &How) -> Value {
         }
         _ => None,
     };
-    let mut v = json!({
-        "fstype": fstype_code(&m.fstype),
-        "mnt_id": m.mnt_id,
-        "root_dev": kdev(m),
-        "parent_mnt_id": m.parent_id,
-        "flags": mnt_flags(m),
-        "root": m.root,
-        "mountpoint": m.mountpoint,
-        "source": source,
-        "options": options,
-        "shared_id": group_id(m, "shared:"),
-        "master_id": group_id(m, "master:"),
-        "sb_flags": sb,
-    });
-    if let Some(k) = ext_key {
-        v["ext_key"] = json!(k);
+    pb::MntEntry {
+        fstype: fstype_code(&m.fstype),
+        mnt_id: m.mnt_id.unsigned_abs(),
+        root_dev: kdev(m),
+        parent_mnt_id: m.parent_id.unsigned_abs(),
+        flags: mnt_flags(m),
+        root: m.root.clone(),
+        mountpoint: m.mountpoint.clone(),
+        source,
+        options,
+        shared_id: Some(group_id(m, "shared:")),
+        master_id: Some(group_id(m, "master:")),
+        sb_flags: Some(sb),
+        ext_key,
+        ..Default::default()
     }
-    v
 }
 
 /// The tmpfs image name of a superblock.
@@ -484,7 +482,7 @@ impl MountTree {
     pub fn write(&self, dir: &mut ImageDir) -> Result<()> {
         let pid = self.pid;
         let img = |e| DumpError::image("mounts", pid, e);
-        let entries: Vec<Value> = self.mounts.iter().map(|(m, h)| entry(m, h)).collect();
+        let entries: Vec<pb::MntEntry> = self.mounts.iter().map(|(m, h)| entry(m, h)).collect();
         dir.write_all(
             &format!("mountpoints-{}.img", self.ns_id),
             stasis_images::magic::ImageKind::Mnts,
@@ -562,9 +560,9 @@ mod tests {
         assert_eq!(mnt_flags(&t), (libc::MS_NOSUID | libc::MS_RELATIME) as u32);
         assert_eq!(sb_flags(&t), (0, "size=1024k,mode=755".to_string()));
         let e = entry(&t, &How::Tmpfs);
-        assert_eq!(e["fstype"], 5);
-        assert_eq!(e["root_dev"], 50);
-        assert!(e.get("ext_key").is_none());
+        assert_eq!(e.fstype, 5);
+        assert_eq!(e.root_dev, 50);
+        assert!(e.ext_key.is_none());
         let r = m("41 30 8:1 /x /y ro shared:3 - ext4 /dev/sda1 ro\n");
         assert_eq!(
             mnt_flags(&r),
@@ -572,9 +570,9 @@ mod tests {
         );
         assert_eq!(kdev(&r), (8 << 20) | 1);
         let e = entry(&r, &How::Auto("/srv/x".into()));
-        assert_eq!(e["ext_key"], AUTODETECTED);
-        assert_eq!(e["source"], "/srv/x");
-        assert_eq!(e["shared_id"], 3);
+        assert_eq!(e.ext_key.as_deref(), Some(AUTODETECTED));
+        assert_eq!(e.source, "/srv/x");
+        assert_eq!(e.shared_id, Some(3));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use stasis_images::magic::ImageKind;
 use stasis_images::pb;
 
 use super::error::{DumpError, Result};
-use super::images_out::{typed_file_bytes, ImageDir};
+use super::images_out::{file_bytes, ImageDir};
 use super::tree::Process;
 
 /// Clone flags of the namespace kinds (`<linux/sched.h>`).
@@ -505,19 +505,19 @@ pub fn write(dir: &mut ImageDir, root: i32, owned: u64, ids: &pb::TaskKobjIdsEnt
     if let Some(e) = state.0 {
         let n = id(ids.uts_ns_id, "uts")?;
         dir.spool(&format!("utsns-{n}.img"), move || {
-            Ok(typed_file_bytes(ImageKind::Utsns, &e))
+            Ok(file_bytes(ImageKind::Utsns, &e))
         });
     }
     if let Some(e) = state.1 {
         let n = id(ids.ipc_ns_id, "ipc")?;
         dir.spool(&format!("ipcns-var-{n}.img"), move || {
-            Ok(typed_file_bytes(ImageKind::IpcVar, &e))
+            Ok(file_bytes(ImageKind::IpcVar, &e))
         });
     }
     if let Some((netns, devs)) = state.2 {
         let n = id(ids.net_ns_id, "net")?;
         dir.spool(&format!("netns-{n}.img"), move || {
-            Ok(typed_file_bytes(ImageKind::Netns, &netns))
+            Ok(file_bytes(ImageKind::Netns, &netns))
         });
         dir.spool(&format!("netdev-{n}.img"), move || {
             Ok(stasis_images::framing::encode_entries(
@@ -530,7 +530,7 @@ pub fn write(dir: &mut ImageDir, root: i32, owned: u64, ids: &pb::TaskKobjIdsEnt
         let n = id(ids.time_ns_id, "time")?;
         let e = time_state(root)?;
         dir.spool(&format!("timens-{n}.img"), move || {
-            Ok(typed_file_bytes(ImageKind::Timens, &e))
+            Ok(file_bytes(ImageKind::Timens, &e))
         });
     }
     Ok(())
@@ -584,31 +584,26 @@ pub fn files_in_pidns(
             "a terminal in a tree with its own pid namespace is not dumped yet",
         ));
     }
-    fn walk(v: &mut serde_json::Value, pids: &PidMap, root: i32) -> Result<()> {
-        match v {
-            serde_json::Value::Object(m) => {
-                for (k, x) in m.iter_mut() {
-                    if k == "fown" {
-                        if let Some(p) = x.get("pid").and_then(|p| p.as_i64()) {
-                            let inner = pids.inside("a file's owner", root, p as i32)?;
-                            x["pid"] = inner.into();
-                        }
-                    } else {
-                        walk(x, pids, root)?;
-                    }
-                }
-            }
-            serde_json::Value::Array(a) => {
-                for x in a {
-                    walk(x, pids, root)?;
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
     for e in &mut files.entries {
-        walk(e, pids, root)?;
+        for fown in fowns(e) {
+            fown.pid = pids.inside("a file's owner", root, fown.pid as i32)? as u32;
+        }
     }
     Ok(())
+}
+
+/// The owners (`fown`) an entry holds, of whichever kind it is.
+fn fowns(e: &mut stasis_images::pb::FileEntry) -> Vec<&mut stasis_images::pb::FownEntry> {
+    let mut out = Vec::new();
+    macro_rules! take {
+        ($($f:ident),*) => {
+            $(if let Some(x) = e.$f.as_mut() {
+                out.push(&mut x.fown);
+            })*
+        };
+    }
+    take!(
+        reg, isk, psk, nlsk, efd, epfd, sgfd, tfd, ify, ffy, ext, usk, pipe, tty, memfd, bpf, pidfd
+    );
+    out
 }

@@ -20,7 +20,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use serde_json::json;
+use stasis_images::pb;
 
 use super::error::{DumpError, Result};
 use super::freeze::Backend;
@@ -127,9 +127,12 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<PreDumpRepor
     dir.write_all(
         "inventory.img",
         out::INVENTORY,
-        &[json!({"img_version": misc_images::IMG_VERSION,
-                 "dump_uptime": dirty::uptime_us(),
-                 "pre_dump_mode": opts.pre_dump_mode.image_value()})],
+        &[pb::InventoryEntry {
+            img_version: misc_images::IMG_VERSION,
+            dump_uptime: Some(dirty::uptime_us()),
+            pre_dump_mode: Some(opts.pre_dump_mode.image_value()),
+            ..Default::default()
+        }],
     )
     .map_err(img)?;
     dir.write_all("stats-dump", out::STATS, &[misc_images::stats(&stats)])
@@ -169,12 +172,7 @@ fn collect(
             let pinned = match opts.pre_dump_mode {
                 PreDumpMode::Read => None,
                 PreDumpMode::Splice => {
-                    let mut readable: Vec<(u64, u64)> = maps
-                        .iter()
-                        .filter(|v| v.read)
-                        .map(|v| (v.start, v.end))
-                        .collect();
-                    readable.sort_unstable();
+                    let readable = mm::readable_ranges(&maps);
                     let pieces: Vec<(u64, u64, bool)> = runs
                         .iter()
                         .filter(|r| r.flags & pages::PE_PRESENT != 0)

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::{json, Value};
+use stasis_images::pb;
 
 use super::error::{DumpError, Result};
 use crate::sys::seccomp as sys;
@@ -23,6 +23,24 @@ use crate::sys::seccomp as sys;
 /// `SECCOMP_MODE_STRICT`, `SECCOMP_MODE_FILTER`.
 pub const MODE_STRICT: u32 = 1;
 pub const MODE_FILTER: u32 = 2;
+
+/// The seccomp fields of one thread's `thread_core`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadSeccomp {
+    /// [`MODE_STRICT`] or [`MODE_FILTER`].
+    pub mode: u32,
+    /// Index of its newest filter in `seccomp.img` (filter mode).
+    pub filter: Option<u32>,
+}
+
+impl ThreadSeccomp {
+    /// Sets the fields in `tc`.
+    pub fn apply(self, tc: &mut pb::ThreadCoreEntry) {
+        // The modes are 1 and 2.
+        tc.seccomp_mode = Some(self.mode as i32);
+        tc.seccomp_filter = self.filter;
+    }
+}
 
 /// All filters seen so far, in image order.
 #[derive(Debug, Default)]
@@ -58,10 +76,13 @@ impl Filters {
 
     /// The seccomp fields of thread `tid` of `pid` in seccomp mode `mode` (from its
     /// /proc status), to merge into its `thread_core`: none for mode 0.
-    pub fn thread(&mut self, pid: i32, tid: i32, mode: u32) -> Result<Option<Value>> {
+    pub fn thread(&mut self, pid: i32, tid: i32, mode: u32) -> Result<Option<ThreadSeccomp>> {
         match mode {
             0 => Ok(None),
-            MODE_STRICT => Ok(Some(json!({"seccomp_mode": MODE_STRICT}))),
+            MODE_STRICT => Ok(Some(ThreadSeccomp {
+                mode: MODE_STRICT,
+                filter: None,
+            })),
             MODE_FILTER => {
                 let chain = sys::filters(tid).map_err(|e| {
                     let errno = e.errno().map(|x| x as i32);
@@ -81,6 +102,17 @@ impl Filters {
                         format!("thread {tid}: PTRACE_SECCOMP_GET_FILTER: {why}"),
                     )
                 })?;
+                if let Some(f) = chain.iter().find(|f| u32::try_from(f.flags).is_err()) {
+                    return Err(DumpError::new(
+                        "seccomp",
+                        pid,
+                        Some(libc::EINVAL),
+                        format!(
+                            "thread {tid}: filter flags {:#x} do not fit the image",
+                            f.flags
+                        ),
+                    ));
+                }
                 let newest = self.add_chain(&chain).ok_or_else(|| {
                     DumpError::new(
                         "seccomp",
@@ -89,9 +121,10 @@ impl Filters {
                         format!("thread {tid} is in seccomp filter mode but has no filter"),
                     )
                 })?;
-                Ok(Some(
-                    json!({"seccomp_mode": MODE_FILTER, "seccomp_filter": newest}),
-                ))
+                Ok(Some(ThreadSeccomp {
+                    mode: MODE_FILTER,
+                    filter: Some(newest),
+                }))
             }
             m => Err(DumpError::new(
                 "seccomp",
@@ -103,25 +136,19 @@ impl Filters {
     }
 
     /// The `seccomp_entry` (empty when no thread has filters, as CRIU writes it).
-    pub fn entry(&self) -> Value {
-        if self.entries.is_empty() {
-            return json!({});
+    pub fn entry(&self) -> pb::SeccompEntry {
+        pb::SeccompEntry {
+            seccomp_filters: self
+                .entries
+                .iter()
+                .map(|(prog, flags, prev)| pb::SeccompFilter {
+                    filter: prog.clone(),
+                    prev: *prev,
+                    // Checked to fit by `thread`.
+                    flags: (*flags != 0).then(|| u32::try_from(*flags).unwrap_or(u32::MAX)),
+                })
+                .collect(),
         }
-        let list: Vec<Value> = self
-            .entries
-            .iter()
-            .map(|(prog, flags, prev)| {
-                let mut v = json!({"filter": prog});
-                if let Some(p) = prev {
-                    v["prev"] = json!(p);
-                }
-                if *flags != 0 {
-                    v["flags"] = json!(flags);
-                }
-                v
-            })
-            .collect();
-        json!({ "seccomp_filters": list })
     }
 }
 
@@ -145,14 +172,12 @@ mod tests {
         assert_eq!(t.add_chain(&[f(1), f(2)]), Some(1));
         // Same program after a different filter is another entry.
         assert_eq!(t.add_chain(&[f(9), f(2)]), Some(4));
-        let e = t.entry();
-        let l = e["seccomp_filters"].as_array().unwrap();
+        let l = t.entry().seccomp_filters;
         assert_eq!(l.len(), 5);
-        assert!(l[0].get("prev").is_none());
-        assert_eq!(l[2]["prev"], 1);
-        assert_eq!(l[4]["prev"], 3);
-        crate::dump::images_out::encode("seccomp_entry", &e).unwrap();
-        assert_eq!(Filters::new().entry(), json!({}));
+        assert_eq!(l[0].prev, None);
+        assert_eq!(l[2].prev, Some(1));
+        assert_eq!(l[4].prev, Some(3));
+        assert_eq!(Filters::new().entry(), pb::SeccompEntry::default());
         assert_eq!(t.add_chain(&[]), None);
     }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 
-use serde_json::{json, Value};
+use stasis_images::pb;
 
 use super::error::{DumpError, Result};
 use crate::proc;
@@ -271,14 +271,19 @@ pub fn check_file_locks(tree: &[Process]) -> Result<()> {
 }
 
 /// The pstree.img entry of one process, its pids as its pid namespace numbers them.
-pub fn pstree_entry(p: &Process, pids: &super::namespaces::PidMap) -> Result<Value> {
-    Ok(json!({
-        "pid": pids.v(p.pid),
-        "ppid": pids.v(p.ppid),
-        "pgid": pids.inside("process group", p.pid, p.pgid)?,
-        "sid": pids.inside("session", p.pid, p.sid)?,
-        "threads": p.threads.iter().map(|&t| pids.v(t)).collect::<Vec<_>>(),
-    }))
+pub fn pstree_entry(p: &Process, pids: &super::namespaces::PidMap) -> Result<pb::PstreeEntry> {
+    // Ids read from /proc are never negative: `unsigned_abs` is the same number.
+    Ok(pb::PstreeEntry {
+        pid: pids.v(p.pid).unsigned_abs(),
+        ppid: pids.v(p.ppid).unsigned_abs(),
+        pgid: pids.inside("process group", p.pid, p.pgid)?.unsigned_abs(),
+        sid: pids.inside("session", p.pid, p.sid)?.unsigned_abs(),
+        threads: p
+            .threads
+            .iter()
+            .map(|&t| pids.v(t).unsigned_abs())
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -349,7 +354,7 @@ mod tests {
             .iter()
             .all(|c| c.ppid == pid && c.threads == vec![c.pid]));
         let e = pstree_entry(&t[1], &Default::default()).unwrap();
-        assert_eq!(e["ppid"], pid);
+        assert_eq!(e.ppid, pid as u32);
     }
 
     #[test]

@@ -14,8 +14,7 @@
 //!        entry = files::dump_fd(&DumpFd { pid, fd: N, file, link, fdinfo, id }, &mut state)?
 //!        files.img  <- entry                (file_entry {type, id, <kind member>})
 //!        fdinfo-*.img <- {id, flags FD_CLOEXEC, type: entry.type, fd: N}
-//!    (or all of the above at once: files::task::dump_task_fd(pid, N, next_id, &mut state),
-//!     and files::task::entry_json(&entry) for a JSON-tree image writer)
+//!    (or all of the above at once: files::task::dump_task_fd(pid, N, next_id, &mut state))
 //!  after the last task:  files::finish_dump(&mut state, next_id)?  (unix peers, --ext-unix-sk;
 //!                        returns entries to add to / replace in files.img)
 //!                        state.extra.write_dir(images_dir)?   (sk-queues, tcp-stream-*, tty-*)

@@ -1,5 +1,4 @@
-//! Glue for the engines: dump an fd of another task by number, and turn entries into the
-//! JSON trees the dump engine's image writer encodes (field names, numbers, byte arrays).
+//! Glue for the dump engine: dump an fd of another task by number.
 //!
 //! ```text
 //!  dump_task_fd(pid, fd, next_id, state)
@@ -11,9 +10,6 @@
 
 use std::os::fd::AsFd;
 
-use prost::Message;
-use prost_reflect::{DynamicMessage, ReflectMessage, Value as PValue};
-use serde_json::{json, Value};
 use stasis_images::pb;
 
 use super::error::{sys, At, Result};
@@ -53,49 +49,4 @@ pub fn dump_task_fd(
     };
     let e = (kind.dump)(&d, st)?;
     Ok(Some((e, kind.fd_type.as_str_name())))
-}
-
-fn value_json(v: &PValue) -> Value {
-    match v {
-        PValue::Bool(b) => json!(b),
-        PValue::I32(x) => json!(x),
-        PValue::I64(x) => json!(x),
-        PValue::U32(x) => json!(x),
-        PValue::U64(x) => json!(x),
-        PValue::F32(x) => json!(x),
-        PValue::F64(x) => json!(x),
-        PValue::String(s) => json!(s),
-        PValue::Bytes(b) => json!(b.to_vec()),
-        PValue::EnumNumber(n) => json!(n),
-        PValue::Message(m) => message_json(m),
-        PValue::List(l) => Value::Array(l.iter().map(value_json).collect()),
-        PValue::Map(_) => Value::Null,
-    }
-}
-
-fn message_json(m: &DynamicMessage) -> Value {
-    let mut obj = serde_json::Map::new();
-    for (f, v) in m.fields() {
-        obj.insert(f.name().to_string(), value_json(v));
-    }
-    Value::Object(obj)
-}
-
-/// A message as a JSON tree keyed by proto field names, set fields only (enums as numbers,
-/// bytes as arrays): the form the dump engine's `images_out::encode` takes.
-pub fn to_json<M: Message>(msg: &M, message: &str) -> Result<Value> {
-    let pool = prost_reflect::DescriptorPool::decode(stasis_images::DESCRIPTOR_SET)
-        .map_err(|e| super::error::image("file", At::Id(0), format!("descriptor set: {e}")))?;
-    let desc = pool
-        .get_message_by_name(&format!("criu.{message}"))
-        .ok_or_else(|| super::error::image("file", At::Id(0), format!("no message {message}")))?;
-    let m = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
-        .map_err(|e| super::error::image("file", At::Id(0), format!("{message}: {e}")))?;
-    debug_assert_eq!(m.descriptor().name(), message);
-    Ok(message_json(&m))
-}
-
-/// A files.img entry as JSON (see [`to_json`]).
-pub fn entry_json(e: &pb::FileEntry) -> Result<Value> {
-    to_json(e, "file_entry")
 }

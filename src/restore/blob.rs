@@ -119,7 +119,7 @@ pub fn enter(
     // death signal must not outlive the restore (with -d the restorer exits right away).
     crate::sys::process::set_pdeathsig(0).map_err(|e| ("clear pdeathsig", e))?;
     // The root and cwd last: what comes before reads /proc (the blob closes their fds).
-    match super::blob_args::enter_after(&spec, || super::tree::enter_fs(plan, t, opened)) {
+    match super::blob_args::enter_after(&spec, || super::task_fs::enter_fs(plan, t, opened)) {
         Err(super::blob_args::EnterError::Last(step, e)) => Err((step, e)),
         Err(_) => Err(("enter the restorer blob", Errno::EINVAL)),
     }

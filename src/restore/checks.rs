@@ -16,7 +16,7 @@ use std::path::Path;
 
 use super::error::RestoreError;
 use super::img::{self, msg};
-use super::plan::{vma_status, Pages, Plan, TaskPlan, PAGE};
+use super::model::{vma_status, Pages, Plan, TaskPlan, PAGE};
 
 /// The end of the x86-64 user address space with 5-level page tables (with 4 levels it is
 /// lower; the kernel refuses mappings past it, which the restore then reports).

@@ -17,8 +17,8 @@
 use std::os::fd::{BorrowedFd, RawFd};
 
 use super::error::RestoreError;
+use super::model::Plan;
 use super::open_files::Opened;
-use super::plan::Plan;
 
 /// One `--inherit-fd`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,239 +7,12 @@ use std::path::{Path, PathBuf};
 use super::error::RestoreError;
 use super::img::{self, msg, ImageFile};
 
-/// `task_state` of a live task in `core.tc`.
-pub const TASK_ALIVE: u32 = 1;
-/// `task_state` of a zombie.
-pub const TASK_DEAD: u32 = 2;
-/// `task_state` of a stopped task.
-pub const TASK_STOPPED: u32 = 3;
-
-/// VMA status bits (CRIU's `VMA_*`).
-pub(crate) mod vma_status {
-    #[cfg(test)]
-    /// Usable area.
-    pub const REGULAR: u32 = 1 << 0;
-    /// `[vsyscall]`.
-    pub const VSYSCALL: u32 = 1 << 2;
-    /// `[vdso]`.
-    pub const VDSO: u32 = 1 << 3;
-    #[cfg(test)]
-    /// The heap.
-    pub const HEAP: u32 = 1 << 5;
-    /// Private file mapping.
-    pub const FILE_PRIVATE: u32 = 1 << 6;
-    /// Shared file mapping.
-    pub const FILE_SHARED: u32 = 1 << 7;
-    /// Shared anonymous mapping.
-    pub const ANON_SHARED: u32 = 1 << 8;
-    /// Private anonymous mapping.
-    pub const ANON_PRIVATE: u32 = 1 << 9;
-    /// SysV shm.
-    pub const SYSVIPC: u32 = 1 << 10;
-    /// A socket mapping.
-    pub const SOCKET: u32 = 1 << 11;
-    /// `[vvar]`.
-    pub const VVAR: u32 = 1 << 12;
-    /// AIO ring.
-    pub const AIORING: u32 = 1 << 13;
-    /// Unsupported area marker.
-    pub const UNSUPP: u32 = 1 << 31;
-}
-
-/// Pagemap entry flags.
-pub(crate) mod pe {
-    /// Data lives in the parent image.
-    pub const PARENT: u32 = 1;
-    /// Lazy (still present in the pages image).
-    pub const LAZY: u32 = 2;
-    /// Data is in this pages image.
-    pub const PRESENT: u32 = 4;
-}
-
-/// Page size of the images (x86-64).
-pub use crate::images::pagemap::PAGE_SIZE as PAGE;
-
-/// One run of pages to write: `nr` pages at `vaddr`, from byte `offset` of `pages-<id>.img`.
-#[derive(Debug, Clone, Copy)]
-pub struct PageRun {
-    /// Index of its entry in the pagemap image (for messages).
-    pub entry: usize,
-    /// First address (for shmem: byte offset in the object).
-    pub vaddr: u64,
-    /// Number of pages.
-    pub nr: u64,
-    /// Offset in the pages file.
-    pub offset: u64,
-    /// The entry has `PE_LAZY`: a post-copy restore leaves these pages to the lazy-pages
-    /// daemon.
-    pub lazy: bool,
-}
-
-/// A pagemap with its pages file.
-///
-/// In a chain of incremental dumps (`PE_PARENT` entries), the page data lies in several
-/// `pages-N.img` files, one per image directory: they are seen as one virtual file, their
-/// concatenation in [`Pages::layers`] order, and [`PageRun::offset`] is an offset in it (a
-/// run never spans two layers).
-#[derive(Debug, Clone, Default)]
-pub struct Pages {
-    /// `pages-<id>.img` of the image directory itself.
-    pub file: PathBuf,
-    /// Runs with data.
-    pub runs: Vec<PageRun>,
-    /// The files of the chain with the virtual offset of their first byte; empty: only
-    /// `file`, at 0.
-    pub layers: Vec<Layer>,
-    /// Pages of `PE_LAZY` entries without data (`dump --lazy-pages`): only a post-copy
-    /// restore can get them.
-    pub lazy_only: u64,
-}
-
-/// One pages file of a chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Layer {
-    /// The file.
-    pub file: PathBuf,
-    /// Virtual offset of its first byte.
-    pub base: u64,
-}
-
-impl Pages {
-    /// Every file the runs read, with its virtual base.
-    pub fn layers(&self) -> Vec<Layer> {
-        if self.layers.is_empty() {
-            vec![Layer {
-                file: self.file.clone(),
-                base: 0,
-            }]
-        } else {
-            self.layers.clone()
-        }
-    }
-}
-
-/// One thread's image.
-#[derive(Debug, Clone)]
-pub struct ThreadPlan {
-    /// TID.
-    pub tid: i32,
-    /// Its core image.
-    pub core: msg::CoreEntry,
-    /// The blob's arguments converted from it (at load: a bad core fails before any task
-    /// exists, and the forked task does not convert again).
-    pub spec: super::blob_args::ThreadSpec,
-}
-
-/// One task of the tree.
-#[derive(Debug, Clone)]
-pub struct TaskPlan {
-    /// PID.
-    pub pid: i32,
-    /// Parent PID in the images (0: the root).
-    pub ppid: i32,
-    /// Process group.
-    pub pgid: i32,
-    /// Session.
-    pub sid: i32,
-    /// `task_state` of the main thread.
-    pub state: u32,
-    /// Exit code (zombies).
-    pub exit_code: u32,
-    /// `tc.comm` (a zombie's name; live threads have theirs in their cores).
-    pub comm: String,
-    /// `tc.oom_score_adj`, when recorded.
-    pub oom_score_adj: Option<i32>,
-    /// `tc.loginuid`, when recorded.
-    pub loginuid: Option<u32>,
-    /// Threads, main thread first (empty for zombies).
-    pub threads: Vec<ThreadPlan>,
-    /// Memory layout (live tasks).
-    pub mm: Option<msg::MmEntry>,
-    /// Private pages.
-    pub pages: Pages,
-    /// Descriptors.
-    pub fds: Vec<msg::FdinfoEntry>,
-    /// cwd, root, umask.
-    pub fs: Option<msg::FsEntry>,
-    /// Children PIDs in image order.
-    pub children: Vec<i32>,
-    /// `ids.vm_id` (tasks sharing an mm are refused).
-    pub vm_id: Option<u32>,
-    /// `ids.files_id`: a child with its parent's shares its descriptor table
-    /// (`CLONE_FILES`, see `restore::shared_fdt`).
-    pub files_id: Option<u32>,
-}
-
-/// A deleted file to recreate: its entry and data chunks (offset, bytes).
-pub type Ghost = (msg::GhostFileEntry, Vec<(u64, Vec<u8>)>);
-
-/// Everything read from the image directory.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    /// The image directory.
-    pub dir: PathBuf,
-    /// Tasks in pstree order; `tasks[0]` is the root.
-    pub tasks: Vec<TaskPlan>,
-    /// files.img by id.
-    pub files: BTreeMap<u32, msg::FileEntry>,
-    /// memfd inodes by inode id.
-    pub memfd_inodes: BTreeMap<u64, (msg::MemfdInodeEntry, Pages)>,
-    /// Pipe data by pipe_id: (pipe size, bytes).
-    pub pipe_data: HashMap<u32, (u32, Vec<u8>)>,
-    /// FIFO data by pipe_id: (pipe size, bytes).
-    pub fifo_data: HashMap<u32, (u32, Vec<u8>)>,
-    /// seccomp.img (filters referenced by the threads' cores), if present.
-    pub seccomp: Option<stasis_images::pb::SeccompEntry>,
-    /// `--shell-job`: the root's session and group (if not its own) are the caller's.
-    pub shell_job: bool,
-    /// Ghost files by the orig file id: (entry, data chunks (offset, bytes)).
-    pub ghosts: HashMap<u32, Ghost>,
-    /// `filelocks.img`: locks each task takes again through its fds once they are in place.
-    pub file_locks: Vec<stasis_images::pb::FileLockEntry>,
-    /// Where the images' absolute paths are resolved (`--root`, `/` by default).
-    pub root: PathBuf,
-    /// Per task, per VMA: the parent's VMA it inherits copy-on-write (`restore::cow`).
-    pub cow: Vec<Vec<Option<usize>>>,
-    /// The namespaces the tree owns (read by [`prepare`]).
-    pub ns: super::namespaces::Namespaces,
-}
-
-impl Plan {
-    /// Index of the task with `pid`.
-    pub fn index(&self, pid: i32) -> Option<usize> {
-        self.tasks.iter().position(|t| t.pid == pid)
-    }
-
-    /// Whether task `t` shares its parent's descriptor table (`CLONE_FILES`).
-    pub fn shares_parent_fds(&self, t: &TaskPlan) -> bool {
-        t.files_id.is_some()
-            && t.ppid != 0
-            && self
-                .tasks
-                .iter()
-                .find(|p| p.pid == t.ppid)
-                .is_some_and(|p| p.files_id == t.files_id)
-    }
-
-    /// Whether a child of task `idx` inherits one of its VMAs copy-on-write ([`Plan::cow`]).
-    pub fn inherits_from(&self, idx: usize) -> bool {
-        self.tasks[idx].children.iter().any(|&c| {
-            self.index(c)
-                .and_then(|ci| self.cow.get(ci))
-                .is_some_and(|l| l.iter().any(Option::is_some))
-        })
-    }
-
-    /// Every PID and TID the restore will create.
-    pub fn all_ids(&self) -> Vec<i32> {
-        let mut ids = Vec::new();
-        for t in &self.tasks {
-            ids.push(t.pid);
-            ids.extend(t.threads.iter().skip(1).map(|th| th.tid));
-        }
-        ids
-    }
-}
+// The plan's types live in `model` (the checks use them too); re-exported where they were.
+pub(crate) use super::model::{pe, vma_status};
+pub use super::model::{
+    Ghost, Layer, PageRun, Pages, Plan, TaskPlan, ThreadPlan, PAGE, TASK_ALIVE, TASK_DEAD,
+    TASK_STOPPED,
+};
 
 fn bad(path: &Path, index: usize, what: impl Into<String>) -> RestoreError {
     RestoreError::Image {
@@ -475,8 +248,50 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
         });
     }
     super::checks::inventory(dir)?;
+    let (pstree, entries) = read_pstree(dir)?;
+    let seccomp = match ImageFile::open_opt(dir, "seccomp.img")? {
+        Some(mut f) => f.next_msg::<stasis_images::pb::SeccompEntry>()?,
+        None => None,
+    };
+    let mut tasks = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        tasks.push(load_task(dir, &pstree, i, e, seccomp.as_ref())?);
+    }
+    link_children(&mut tasks, &pstree)?;
+    let files = read_files(dir)?;
+    let memfd_inodes = read_memfd_inodes(dir)?;
+    let pipe_data = read_pipe_data(dir, "pipes-data.img")?;
+    let fifo_data = read_pipe_data(dir, "fifo-data.img")?;
+    let ghosts = read_ghosts(dir)?;
+    let file_locks = match ImageFile::open_opt(dir, "filelocks.img")? {
+        Some(mut f) => f.all()?,
+        None => Vec::new(),
+    };
+    let mut plan = Plan {
+        cow: Vec::new(),
+        file_locks,
+        seccomp,
+        shell_job: false,
+        fifo_data,
+        dir: dir.to_path_buf(),
+        tasks,
+        files,
+        memfd_inodes,
+        pipe_data,
+        ghosts,
+        root: PathBuf::from("/"),
+        ns: Default::default(),
+    };
+    check_references(&plan)?;
+    super::checks::file_paths(&plan)?;
+    plan.cow = super::cow::links(&plan);
+    Ok(plan)
+}
+
+/// `pstree.img`: its path and entries, checked as read (a file of bad entries fails at the
+/// first, before more are kept).
+fn read_pstree(dir: &Path) -> Result<(PathBuf, Vec<msg::PstreeEntry>), RestoreError> {
     let mut pst = ImageFile::open(dir, "pstree.img")?;
-    // Checked as read: a file of bad entries fails at the first, before more are kept.
     let mut seen = std::collections::HashSet::new();
     let entries: Vec<msg::PstreeEntry> = pst.all_checked(|_, e: &msg::PstreeEntry| {
         if e.pid == 0 || i32::try_from(e.pid).is_err() {
@@ -490,109 +305,137 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
     if entries.is_empty() {
         return Err(bad(&pst.path, 0, "no tasks"));
     }
-    let seccomp = match ImageFile::open_opt(dir, "seccomp.img")? {
-        Some(mut f) => f.next_msg::<stasis_images::pb::SeccompEntry>()?,
-        None => None,
+    Ok((pst.path, entries))
+}
+
+/// Task `i` of pstree.img (`e`), from its core image, and for a live task its threads, ids,
+/// mm, pages, fs and fdinfo images.
+fn load_task(
+    dir: &Path,
+    pstree: &Path,
+    i: usize,
+    e: &msg::PstreeEntry,
+    seccomp: Option<&stasis_images::pb::SeccompEntry>,
+) -> Result<TaskPlan, RestoreError> {
+    let pid = i32::try_from(e.pid).map_err(|_| bad(pstree, i, "pid out of range"))?;
+    if pid <= 0 {
+        return Err(bad(pstree, i, "pid 0"));
+    }
+    if i == 0 && e.ppid != 0 {
+        return Err(bad(pstree, i, "root has a parent"));
+    }
+    let core_name = format!("core-{pid}.img");
+    let core: msg::CoreEntry = img::one(dir, &core_name)?;
+    let tc = core
+        .tc
+        .clone()
+        .ok_or_else(|| bad(&dir.join(&core_name), 0, "no task core (tc)"))?;
+    if core.mtype != 1 {
+        return Err(RestoreError::Unsupported(format!(
+            "{core_name}: architecture {}",
+            core.mtype
+        )));
+    }
+    let mut t = TaskPlan {
+        pid,
+        ppid: e.ppid as i32,
+        pgid: e.pgid as i32,
+        sid: e.sid as i32,
+        state: tc.task_state,
+        exit_code: tc.exit_code,
+        comm: tc.comm.clone(),
+        oom_score_adj: tc.oom_score_adj,
+        loginuid: tc.loginuid,
+        threads: Vec::new(),
+        mm: None,
+        pages: Pages::default(),
+        fds: Vec::new(),
+        fs: None,
+        children: Vec::new(),
+        vm_id: None,
+        files_id: None,
     };
-    let mut tasks = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        let pid = i32::try_from(e.pid).map_err(|_| bad(&pst.path, i, "pid out of range"))?;
-        if pid <= 0 {
-            return Err(bad(&pst.path, i, "pid 0"));
-        }
-        if i == 0 && e.ppid != 0 {
-            return Err(bad(&pst.path, i, "root has a parent"));
-        }
-        let core_name = format!("core-{pid}.img");
-        let core: msg::CoreEntry = img::one(dir, &core_name)?;
-        let tc = core
-            .tc
-            .clone()
-            .ok_or_else(|| bad(&dir.join(&core_name), 0, "no task core (tc)"))?;
-        if core.mtype != 1 {
+    match tc.task_state {
+        TASK_DEAD => {}
+        TASK_ALIVE | TASK_STOPPED => load_live_task(dir, pstree, i, e, &core, seccomp, &mut t)?,
+        s => {
             return Err(RestoreError::Unsupported(format!(
-                "{core_name}: architecture {}",
-                core.mtype
+                "{core_name}: task state {s}"
             )));
         }
-        let mut t = TaskPlan {
-            pid,
-            ppid: e.ppid as i32,
-            pgid: e.pgid as i32,
-            sid: e.sid as i32,
-            state: tc.task_state,
-            exit_code: tc.exit_code,
-            comm: tc.comm.clone(),
-            oom_score_adj: tc.oom_score_adj,
-            loginuid: tc.loginuid,
-            threads: Vec::new(),
-            mm: None,
-            pages: Pages::default(),
-            fds: Vec::new(),
-            fs: None,
-            children: Vec::new(),
-            vm_id: None,
-            files_id: None,
-        };
-        match tc.task_state {
-            TASK_DEAD => {}
-            TASK_ALIVE | TASK_STOPPED => {
-                if e.threads.first().copied() != Some(e.pid) {
-                    return Err(bad(&pst.path, i, "main thread is not the first thread"));
-                }
-                let mut tids = Vec::with_capacity(e.threads.len());
-                for (k, &tid) in e.threads.iter().enumerate() {
-                    let tid = i32::try_from(tid)
-                        .ok()
-                        .filter(|&t| t > 0)
-                        .ok_or_else(|| bad(&pst.path, i, format!("thread {k}: bad tid")))?;
-                    tids.push(tid);
-                }
-                t.threads = load_threads(dir, &tids, &core, seccomp.as_ref())?;
-                let ids = match ImageFile::open_opt(dir, &format!("ids-{pid}.img"))? {
-                    Some(mut f) => f.next_msg::<msg::TaskKobjIds>()?,
-                    None => None,
-                };
-                let ids = ids.or(core.ids).ok_or_else(|| {
-                    bad(
-                        &dir.join(format!("ids-{pid}.img")),
-                        0,
-                        "no ids (neither ids image nor core.ids)",
-                    )
-                })?;
-                t.vm_id = Some(ids.vm_id);
-                t.files_id = Some(ids.files_id);
-                let mm: msg::MmEntry = img::one(dir, &format!("mm-{pid}.img"))?;
-                super::checks::vmas(&dir.join(format!("mm-{pid}.img")), &mm)?;
-                let pagemap = format!("pagemap-{pid}.img");
-                t.pages = read_chain_pages(dir, &pagemap)?;
-                super::checks::runs_in_vmas(&dir.join(&pagemap), &t.pages, &mm)?;
-                t.mm = Some(mm);
-                t.fs = Some(img::one(dir, &format!("fs-{pid}.img"))?);
-                t.fds = ImageFile::open(dir, &format!("fdinfo-{}.img", ids.files_id))?.all()?;
-            }
-            s => {
-                return Err(RestoreError::Unsupported(format!(
-                    "{core_name}: task state {s}"
-                )));
-            }
-        }
-        tasks.push(t);
     }
-    // Parent links.
+    Ok(t)
+}
+
+/// The images of live task `t` (entry `i` of pstree.img): threads, ids, mm, pages, fs and
+/// descriptors.
+fn load_live_task(
+    dir: &Path,
+    pstree: &Path,
+    i: usize,
+    e: &msg::PstreeEntry,
+    core: &msg::CoreEntry,
+    seccomp: Option<&stasis_images::pb::SeccompEntry>,
+    t: &mut TaskPlan,
+) -> Result<(), RestoreError> {
+    let pid = t.pid;
+    if e.threads.first().copied() != Some(e.pid) {
+        return Err(bad(pstree, i, "main thread is not the first thread"));
+    }
+    let mut tids = Vec::with_capacity(e.threads.len());
+    for (k, &tid) in e.threads.iter().enumerate() {
+        let tid = i32::try_from(tid)
+            .ok()
+            .filter(|&t| t > 0)
+            .ok_or_else(|| bad(pstree, i, format!("thread {k}: bad tid")))?;
+        tids.push(tid);
+    }
+    t.threads = load_threads(dir, &tids, core, seccomp)?;
+    let ids = match ImageFile::open_opt(dir, &format!("ids-{pid}.img"))? {
+        Some(mut f) => f.next_msg::<msg::TaskKobjIds>()?,
+        None => None,
+    };
+    let ids = ids.or(core.ids).ok_or_else(|| {
+        bad(
+            &dir.join(format!("ids-{pid}.img")),
+            0,
+            "no ids (neither ids image nor core.ids)",
+        )
+    })?;
+    t.vm_id = Some(ids.vm_id);
+    t.files_id = Some(ids.files_id);
+    let mm: msg::MmEntry = img::one(dir, &format!("mm-{pid}.img"))?;
+    super::checks::vmas(&dir.join(format!("mm-{pid}.img")), &mm)?;
+    let pagemap = format!("pagemap-{pid}.img");
+    t.pages = read_chain_pages(dir, &pagemap)?;
+    super::checks::runs_in_vmas(&dir.join(&pagemap), &t.pages, &mm)?;
+    t.mm = Some(mm);
+    t.fs = Some(img::one(dir, &format!("fs-{pid}.img"))?);
+    t.fds = ImageFile::open(dir, &format!("fdinfo-{}.img", ids.files_id))?.all()?;
+    Ok(())
+}
+
+/// Fills every task's children from the parent links (a parent is listed before its
+/// children).
+fn link_children(tasks: &mut [TaskPlan], pstree: &Path) -> Result<(), RestoreError> {
     let pids: Vec<i32> = tasks.iter().map(|t| t.pid).collect();
     for i in 1..tasks.len() {
         let ppid = tasks[i].ppid;
         let pi = pids
             .iter()
             .position(|&p| p == ppid)
-            .ok_or_else(|| bad(&pst.path, i, format!("parent {ppid} is not in the tree")))?;
+            .ok_or_else(|| bad(pstree, i, format!("parent {ppid} is not in the tree")))?;
         if pi >= i {
-            return Err(bad(&pst.path, i, "parent listed after child"));
+            return Err(bad(pstree, i, "parent listed after child"));
         }
         let pid = tasks[i].pid;
         tasks[pi].children.push(pid);
     }
+    Ok(())
+}
+
+/// `files.img` by id.
+fn read_files(dir: &Path) -> Result<BTreeMap<u32, msg::FileEntry>, RestoreError> {
     let mut files = BTreeMap::new();
     if let Some(mut f) = ImageFile::open_opt(dir, "files.img")? {
         for e in f.all::<msg::FileEntry>()? {
@@ -606,6 +449,14 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             files.insert(e.id, e);
         }
     }
+    Ok(files)
+}
+
+/// `memfd.img` by inode id, with each inode's pages.
+#[allow(clippy::type_complexity)]
+fn read_memfd_inodes(
+    dir: &Path,
+) -> Result<BTreeMap<u64, (msg::MemfdInodeEntry, Pages)>, RestoreError> {
     let mut memfd_inodes = BTreeMap::new();
     if let Some(mut f) = ImageFile::open_opt(dir, "memfd.img")? {
         for e in f.all::<msg::MemfdInodeEntry>()? {
@@ -618,8 +469,12 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             memfd_inodes.insert(e.inode_id, (e, pages));
         }
     }
-    let pipe_data = read_pipe_data(dir, "pipes-data.img")?;
-    let fifo_data = read_pipe_data(dir, "fifo-data.img")?;
+    Ok(memfd_inodes)
+}
+
+/// Ghost files by the id of the file they stand for (`remap-fpath.img` and
+/// `ghost-file-N.img`).
+fn read_ghosts(dir: &Path) -> Result<HashMap<u32, Ghost>, RestoreError> {
     let mut ghosts = HashMap::new();
     if let Some(mut f) = ImageFile::open_opt(dir, "remap-fpath.img")? {
         for (i, e) in f.all::<msg::RemapFilePathEntry>()?.into_iter().enumerate() {
@@ -649,29 +504,7 @@ pub fn load(dir: &Path) -> Result<Plan, RestoreError> {
             ghosts.insert(e.orig_id, (head, chunks));
         }
     }
-    let file_locks = match ImageFile::open_opt(dir, "filelocks.img")? {
-        Some(mut f) => f.all()?,
-        None => Vec::new(),
-    };
-    let mut plan = Plan {
-        cow: Vec::new(),
-        file_locks,
-        seccomp,
-        shell_job: false,
-        fifo_data,
-        dir: dir.to_path_buf(),
-        tasks,
-        files,
-        memfd_inodes,
-        pipe_data,
-        ghosts,
-        root: PathBuf::from("/"),
-        ns: Default::default(),
-    };
-    check_references(&plan)?;
-    super::checks::file_paths(&plan)?;
-    plan.cow = super::cow::links(&plan);
-    Ok(plan)
+    Ok(ghosts)
 }
 
 /// Everything checked before a restore creates anything: [`load`], then what depends on

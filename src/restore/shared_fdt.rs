@@ -40,7 +40,7 @@ use nix::errno::Errno;
 
 use super::blob_args::abi::StatusRecord;
 use super::error::RestoreError;
-use super::plan::{Plan, TaskPlan};
+use super::model::{Plan, TaskPlan};
 use crate::sys::fds::{close_raw, dup_above, read_raw, write_raw};
 
 type StepErr = (&'static str, Errno);

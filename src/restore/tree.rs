@@ -30,6 +30,7 @@ use super::memory::TaskMemory;
 use super::open_files::{keep_only, Opened};
 use super::plan::{Plan, TASK_DEAD};
 use super::shared_fdt::Group;
+use super::task_fs::fs_dirs;
 use crate::sys::clone3::{fork_with_pid, Forked};
 use crate::sys::fds::{dup2_raw, write_raw};
 use crate::sys::process::{exit_like, exit_now, set_pdeathsig};
@@ -383,44 +384,6 @@ fn set_loginuid(uid: u32) -> Result<(), (&'static str, Errno)> {
         let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
         ("set loginuid (a set one needs CAP_AUDIT_CONTROL)", errno)
     })
-}
-
-/// The parked descriptors of a task's root and cwd (see [`Opened::fs_dirs`]).
-fn fs_dirs(opened: &Opened, t: &super::plan::TaskPlan) -> Option<(Option<RawFd>, Option<RawFd>)> {
-    t.fs.as_ref().map(|fs| {
-        let dir = |id: u32| opened.fs_dirs.get(&id).copied();
-        (dir(fs.root_id), dir(fs.cwd_id))
-    })
-}
-
-/// Enters the task's root and cwd, by the descriptors the restorer opened (deleted ones were
-/// recreated for the moment). Done last before the blob: everything before needs /proc,
-/// which a new root may not have.
-pub fn enter_fs(
-    plan: &Plan,
-    t: &super::plan::TaskPlan,
-    opened: &Opened,
-) -> Result<(), (&'static str, Errno)> {
-    let (Some(fs), Some((root, cwd))) = (&t.fs, fs_dirs(opened, t)) else {
-        return Ok(());
-    };
-    if let Some(root) = root {
-        let is_slash = plan
-            .files
-            .get(&fs.root_id)
-            .and_then(|f| f.reg.as_ref())
-            .is_some_and(|r| r.name == "/")
-            && plan.root == std::path::Path::new("/");
-        if !is_slash {
-            nix::unistd::fchdir(crate::sys::fds::borrow(root))
-                .map_err(|e| ("enter the root", e))?;
-            nix::unistd::chroot(".").map_err(|e| ("chroot", e))?;
-        }
-    }
-    if let Some(cwd) = cwd {
-        nix::unistd::fchdir(crate::sys::fds::borrow(cwd)).map_err(|e| ("chdir", e))?;
-    }
-    Ok(())
 }
 
 /// Joins a process group led by another task (waits, until the restore's deadline, for the

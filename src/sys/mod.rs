@@ -57,8 +57,6 @@ pub mod ptrace;
 pub mod regs;
 pub mod remote;
 pub(crate) mod restorer;
-#[cfg(test)]
-mod restorer_tests;
 pub(crate) mod seccomp;
 pub mod sigframe;
 pub mod sock_diag;
