@@ -312,10 +312,10 @@ mod tests {
         assert!(inheritable(&anon, &anon));
         assert!(!inheritable(&anon, &vma(0x1000, 0x6000, vs::ANON_PRIVATE)));
         assert!(!inheritable(&anon, &vma(0x1000, 0x5000, vs::FILE_PRIVATE)));
-        let mut dontfork = anon.clone();
+        let mut dontfork = anon;
         dontfork.madv = Some(1 << MADV_DONTFORK);
         assert!(!inheritable(&anon, &dontfork));
-        let mut wipe = anon.clone();
+        let mut wipe = anon;
         wipe.madv = Some(1 << MADV_WIPEONFORK);
         assert!(!inheritable(&anon, &wipe));
         let shared = vma(0x1000, 0x5000, vs::ANON_SHARED);
@@ -323,7 +323,7 @@ mod tests {
         let mut file = vma(0x1000, 0x5000, vs::FILE_PRIVATE);
         file.flags = libc::MAP_PRIVATE as u32;
         file.shmid = 7;
-        let mut other = file.clone();
+        let mut other = file;
         other.pgoff = 0x1000;
         assert!(inheritable(&file, &file));
         assert!(!inheritable(&file, &other));
