@@ -108,6 +108,10 @@ pub struct CriuArgs {
     /// An inherited socket to the page server (dump: connected; page-server: accepted)
     #[arg(long = "ps-socket", value_name = "FD")]
     pub ps_socket: Option<i32>,
+    /// Page-server TLS: `--tls`, `--tls-cacert`, `--tls-cacrl`, `--tls-cert`, `--tls-key`,
+    /// `--tls-no-cn-verify`
+    #[command(flatten)]
+    pub tls: super::tls_args::TlsArgs,
     /// Incremental dumps (dump, pre-dump): `--track-mem`, `--prev-images-dir`,
     /// `--pre-dump-mode`
     #[command(flatten)]

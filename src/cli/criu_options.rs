@@ -75,7 +75,6 @@ use Status::{Ignored, NotBuilt, Partial, Supported};
 const MNTNS: &str = "concerns mount namespaces, which stasis neither dumps nor restores \
                      (a tree in another mount namespace is refused at dump)";
 const NETNS: &str = "concerns network namespaces, which stasis neither dumps nor restores";
-const PAGE_SERVER: &str = "not built yet (TLS for the page server)";
 
 /// CRIU 4.2's options (criu/config.c `long_opts` and `short_opts`), in its order.
 pub const OPTIONS: &[CriuOpt] = &[
@@ -148,12 +147,12 @@ pub const OPTIONS: &[CriuOpt] = &[
     b("stream", None, NotBuilt("not built yet (criu-image-streamer)")),
     o("config", None, Req, Supported),
     o("no-default-config", None, N, Supported),
-    o("tls-cacert", None, Req, NotBuilt(PAGE_SERVER)),
-    o("tls-cacrl", None, Req, NotBuilt(PAGE_SERVER)),
-    o("tls-cert", None, Req, NotBuilt(PAGE_SERVER)),
-    o("tls-key", None, Req, NotBuilt(PAGE_SERVER)),
-    b("tls", None, NotBuilt(PAGE_SERVER)),
-    o("tls-no-cn-verify", None, N, NotBuilt(PAGE_SERVER)),
+    o("tls-cacert", None, Req, Supported),
+    o("tls-cacrl", None, Req, Supported),
+    o("tls-cert", None, Req, Supported),
+    o("tls-key", None, Req, Supported),
+    b("tls", None, Supported),
+    o("tls-no-cn-verify", None, N, Supported),
     o("cgroup-yard", None, Req, Ignored("stasis uses the mounted cgroup hierarchies, it mounts no yard")),
     o("pre-dump-mode", None, Req, Supported),
     o("file-validation", None, Req, Supported),
@@ -327,8 +326,8 @@ mod tests {
         assert!(e.starts_with("--stream: not built yet"), "{e}");
         assert!(refuse_not_built(&os(&["-t", "1", "--lazy-pages"])).is_ok());
         assert!(refuse_not_built(&os(&["-D", "--port", "-t", "1"])).is_ok());
-        let e = refuse_not_built(&os(&["--no-tls"])).unwrap_err();
-        assert!(e.starts_with("--no-tls:"), "{e}");
+        let e = refuse_not_built(&os(&["--no-stream"])).unwrap_err();
+        assert!(e.starts_with("--no-stream:"), "{e}");
         let e = refuse_not_built(&os(&["-Jnet:/x"])).unwrap_err();
         assert!(e.starts_with("-J:"), "{e}");
         assert!(refuse_not_built(&os(&["--", "--stream"])).is_ok());

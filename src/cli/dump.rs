@@ -138,6 +138,7 @@ pub fn page_options(
             address,
             port: c.port.unwrap_or(0),
             ps_socket: c.ps_socket,
+            tls: c.tls.options(),
         })
     } else {
         None
@@ -185,6 +186,7 @@ impl DumpArgs {
         Ok(Some(dump::lazy::LazyServe {
             address: c.address.clone(),
             port,
+            tls: c.tls.options(),
         }))
     }
 

@@ -649,7 +649,9 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
         // Post-copy: the images are complete; the lazy pages go from the frozen tree to the
         // restored one before the tree may die (CRIU's cr_lazy_mem_dump).
         if let Some(l) = lazy_listener {
-            super::lazy::serve(l, &opts.images_dir, opts.pid)?;
+            if let Some(serve) = &opts.lazy_pages {
+                super::lazy::serve(l, serve, &opts.images_dir, opts.pid)?;
+            }
         }
         Ok(r)
     });

@@ -80,6 +80,8 @@ pub struct PageServerAddr {
     pub port: u16,
     /// A connected socket inherited from the caller, used instead of connecting.
     pub ps_socket: Option<i32>,
+    /// `--tls`: the session runs over TLS (see [`crate::pages::tls`]).
+    pub tls: Option<crate::pages::tls::TlsOptions>,
 }
 
 /// How a pre-dump copies the pages it found (CRIU's `--pre-dump-mode`).
