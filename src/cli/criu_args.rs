@@ -39,6 +39,13 @@ pub struct CriuArgs {
     /// repeatable; default: all)
     #[arg(long = "cgroup-dump-controller", value_name = "NAME")]
     pub cgroup_dump_controller: Vec<String>,
+    /// Dump: controller properties to record, in CRIU's format (`"cpu":\n - "strategy":
+    /// "replace"\n - "properties": ["cpu.shares"]`)
+    #[arg(long = "cgroup-props", value_name = "TEXT")]
+    pub cgroup_props: Option<String>,
+    /// Dump: the same, read from FILE (applied after --cgroup-props)
+    #[arg(long = "cgroup-props-file", value_name = "FILE")]
+    pub cgroup_props_file: Option<PathBuf>,
     /// Restore: return once the tree runs instead of waiting for the root task
     #[arg(short = 'd', long = "restore-detached", visible_alias = "daemon")]
     pub restore_detached: bool,

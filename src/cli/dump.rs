@@ -207,6 +207,10 @@ impl DumpArgs {
             leave_running: c.leave_running || c.leave_stopped,
             leave_stopped: c.leave_stopped,
             cgroup_dump_controllers: c.cgroup_dump_controller.clone(),
+            cgroup_props: crate::cgroup::props::Props::from_options(
+                c.cgroup_props.as_deref(),
+                c.cgroup_props_file.as_deref(),
+            )?,
             shell_job: c.shell_job,
             ext_unix_sk: c.ext_unix_sk.is_some(),
             file_locks: c.file_locks,

@@ -760,6 +760,7 @@ fn dump_frozen(
         .cgroups
         .dump_only(&opts.cgroup_dump_controllers)
         .map_err(|e| DumpError::new("cgroup", opts.pid, e.errno(), e.to_string()))?;
+    extras.cgroups.with_props(opts.cgroup_props.clone());
     let mut dir = ImageDir::new(&opts.images_dir);
     let t = prof.now_us();
     let mut collected = Vec::new();

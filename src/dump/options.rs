@@ -18,6 +18,8 @@ pub struct DumpOptions {
     pub leave_stopped: bool,
     /// `--cgroup-dump-controller`: the cgroup hierarchies recorded (empty: all).
     pub cgroup_dump_controllers: Vec<String>,
+    /// `--cgroup-props`, `--cgroup-props-file`: the controller properties recorded.
+    pub cgroup_props: crate::cgroup::props::Props,
     /// The tree is a job of a shell: its tty/session may be outside (`-j/--shell-job`).
     pub shell_job: bool,
     /// Allow unix sockets whose peer is outside the tree (`--ext-unix-sk`).
