@@ -178,7 +178,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         ext_unix_sk: opts.ext_unix_sk,
         shell_job: opts.shell_job,
         tcp_close: opts.tcp_close,
-        other_root: plan.root != std::path::Path::new("/"),
     };
     let mut opened = open_files::open_all(&plan, kinds_opts, &opts.inherit_fds)?;
     if let Some(s) = &lazy_sock {
