@@ -52,6 +52,10 @@ pub struct CriuArgs {
     /// Restore (with -d): make the root task a sibling of stasis, a child of its caller
     #[arg(short = 'S', long = "restore-sibling")]
     pub restore_sibling: bool,
+    /// Restore: join an existing namespace, NS:PID|PATH (net, uts, ipc, time, mnt, cgroup);
+    /// repeatable
+    #[arg(short = 'J', long = "join-ns", value_name = "NS:PID|PATH")]
+    pub join_ns: Vec<String>,
     /// Root of the tree's file system: only `/` (the default) is accepted yet
     #[arg(short = 'r', long = "root", value_name = "PATH")]
     pub root: Option<PathBuf>,

@@ -41,4 +41,6 @@ pub struct RestoreOptions {
     /// `--inherit-fd fd[N]:RES`: the caller's descriptors standing for resources of the
     /// images (see [`super::inherit`]).
     pub inherit_fds: Vec<super::inherit::InheritFd>,
+    /// `--join-ns`: namespaces the tree joins (see [`super::join_ns`]).
+    pub join_ns: Vec<super::join_ns::JoinNs>,
 }
