@@ -109,40 +109,33 @@ fn untrusted_page_server_fails_the_dump_and_target_runs() {
         let w = launch("fx-mem", 37160, &[]);
         let peer = "page server 127.0.0.1:";
 
-        // A server whose certificate another CA signed.
         let stranger = other.leaf("stranger", &["127.0.0.1"], 3);
-        let e = refused_dump(
-            w.pid,
-            &tls_args(&other.cert, &stranger),
-            &tls_args(&ca.cert, &cli),
-        );
-        assert!(e.contains(peer) && e.contains("UnknownIssuer"), "{e}");
-        assert!(
-            all_running(&w),
-            "the target does not run after the refused dump"
-        );
-
-        // A server certificate for another address.
         let elsewhere = ca.leaf("elsewhere", &["10.9.9.9"], 4);
-        let e = refused_dump(
-            w.pid,
-            &tls_args(&ca.cert, &elsewhere),
-            &tls_args(&ca.cert, &cli),
-        );
-        assert!(e.contains(peer) && e.contains("not valid for name"), "{e}");
-        assert!(
-            all_running(&w),
-            "the target does not run after the refused dump"
-        );
-
-        // A dump without TLS to a TLS server: the server refuses, the dump fails.
         let srv = ca.leaf("server", &["127.0.0.1"], 5);
-        let e = refused_dump(w.pid, &tls_args(&ca.cert, &srv), &[]);
-        assert!(e.contains(peer), "{e}");
-        assert!(
-            all_running(&w),
-            "the target does not run after the refused dump"
-        );
+        let cases = [
+            // A server whose certificate another CA signed.
+            (
+                tls_args(&other.cert, &stranger),
+                tls_args(&ca.cert, &cli),
+                "UnknownIssuer",
+            ),
+            // A server certificate for another address.
+            (
+                tls_args(&ca.cert, &elsewhere),
+                tls_args(&ca.cert, &cli),
+                "not valid for name",
+            ),
+            // A dump without TLS to a TLS server: the server refuses, the dump fails.
+            (tls_args(&ca.cert, &srv), vec![], ""),
+        ];
+        for (server_tls, dump_tls, why) in cases {
+            let e = refused_dump(w.pid, &server_tls, &dump_tls);
+            assert!(e.contains(peer) && e.contains(why), "{e}");
+            assert!(
+                all_running(&w),
+                "the target does not run after the refused dump"
+            );
+        }
         verify_then_kill(&w, &[], "fx-mem after refused TLS dumps");
     })
 }
