@@ -309,18 +309,46 @@ impl Write for Conn {
 }
 
 impl Drop for Conn {
-    /// Sends close_notify (best effort: the session is over either way).
+    /// Ends a TLS session as gnutls_bye(SHUT_RDWR) does: close_notify sent, then the peer's
+    /// read (for at most [`BYE_WAIT`]), so that the socket closes with nothing unread (a
+    /// close with unread data resets the connection, which CRIU's page server, waiting for
+    /// end of file after its own close_notify, reports as an error). Best effort: the
+    /// session is over either way.
     fn drop(&mut self) {
         match self {
             Conn::Plain(_) => {}
             Conn::Client(s) => {
                 s.conn.send_close_notify();
-                let _ = s.flush();
+                if s.flush().is_ok() && read_timeout(&s.sock) {
+                    drain(s.as_mut());
+                }
             }
             Conn::Server(s) => {
                 s.conn.send_close_notify();
-                let _ = s.flush();
+                if s.flush().is_ok() && read_timeout(&s.sock) {
+                    drain(s.as_mut());
+                }
             }
+        }
+    }
+}
+
+/// How long a closing session waits for the peer's close_notify.
+const BYE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Bounds the reads of a closing session by [`BYE_WAIT`].
+fn read_timeout(sock: &File) -> bool {
+    let tv = nix::sys::time::TimeVal::new(BYE_WAIT.as_secs() as _, 0);
+    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv).is_ok()
+}
+
+/// Reads what the peer still sends until its close_notify or end of file.
+fn drain(r: &mut dyn Read) {
+    let mut buf = [0u8; 4096];
+    for _ in 0..64 {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
     }
 }
