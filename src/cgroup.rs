@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Controller directory trees are the subtrees under every path a dumped set uses, with
-//! the properties CRIU records (limits of the known controllers, plus the global files);
+//! the properties CRIU records (limits of the known controllers as [`props`] lists them, plus
+//! the global files);
 //! `cgroup.procs` and `tasks` keep only their permissions.
 //!
 //! Restore ([`restore_tasks`]) is CRIU's soft mode: each task moves into its set's paths; a
@@ -26,6 +27,7 @@
 //! cgroups' own membership files, so the dump reads one /proc file per thread only for the
 //! others.
 
+pub mod props;
 pub(crate) mod threads;
 
 use std::collections::BTreeMap;
@@ -149,76 +151,6 @@ pub fn mountpoint_of<'m>(mounts: &'m BTreeMap<String, PathBuf>, name: &str) -> O
         .map(|(_, v)| v.as_path())
 }
 
-/// Properties CRIU records per controller (those the kernel has are kept).
-fn known_props(controller: &str) -> &'static [&'static str] {
-    match controller {
-        "cpu" => &[
-            "cpu.shares",
-            "cpu.cfs_period_us",
-            "cpu.cfs_quota_us",
-            "cpu.rt_period_us",
-            "cpu.rt_runtime_us",
-        ],
-        "memory" => &[
-            "memory.limit_in_bytes",
-            "memory.memsw.limit_in_bytes",
-            "memory.swappiness",
-            "memory.soft_limit_in_bytes",
-            "memory.move_charge_at_immigrate",
-            "memory.oom_control",
-            "memory.use_hierarchy",
-            "memory.kmem.limit_in_bytes",
-            "memory.kmem.tcp.limit_in_bytes",
-        ],
-        "cpuset" => &[
-            "cpuset.cpus",
-            "cpuset.mems",
-            "cpuset.memory_migrate",
-            "cpuset.cpu_exclusive",
-            "cpuset.mem_exclusive",
-            "cpuset.mem_hardwall",
-            "cpuset.memory_spread_page",
-            "cpuset.memory_spread_slab",
-            "cpuset.sched_load_balance",
-            "cpuset.sched_relax_domain_level",
-        ],
-        "blkio" => &["blkio.weight"],
-        "freezer" => &[],
-        "perf_event" => &[],
-        "net_cls" => &["net_cls.classid"],
-        "net_prio" => &["net_prio.ifpriomap"],
-        "pids" => &["pids.max"],
-        "devices" => &["devices.list"],
-        // The unified hierarchy: CRIU's v2 globals (but cgroup.freeze: the dump itself may
-        // freeze the cgroup) and the limits of the v2 controllers where they exist.
-        "" => &[
-            "cgroup.subtree_control",
-            "cgroup.max.descendants",
-            "cgroup.max.depth",
-            "cgroup.type",
-            "cpu.weight",
-            "cpu.max",
-            "cpuset.cpus",
-            "cpuset.mems",
-            "io.weight",
-            "memory.min",
-            "memory.low",
-            "memory.high",
-            "memory.max",
-            "memory.swap.max",
-            "pids.max",
-        ],
-        _ => &[],
-    }
-}
-
-const GLOBAL_PROPS: &[&str] = &[
-    "cgroup.clone_children",
-    "notify_on_release",
-    "cgroup.procs",
-    "tasks",
-];
-
 fn perms(md: &std::fs::Metadata) -> Option<pb::CgroupPerms> {
     Some(pb::CgroupPerms {
         mode: md.mode(),
@@ -262,6 +194,7 @@ fn dir_entry(
     dir: &Path,
     name: String,
     cnames: &[String],
+    table: &props::Props,
     budget: &mut usize,
     top: &Path,
 ) -> Result<pb::CgroupDirEntry, CgroupError> {
@@ -278,8 +211,14 @@ fn dir_entry(
     };
     let md = std::fs::metadata(dir).map_err(io)?;
     let mut props: Vec<pb::CgroupPropEntry> = Vec::new();
+    let global = if cnames.iter().all(|c| c.is_empty()) {
+        props::GLOBAL_V2
+    } else {
+        props::GLOBAL_V1
+    };
     for c in cnames {
-        for p in known_props(c).iter().chain(GLOBAL_PROPS) {
+        let names = table.of(c).iter().map(String::as_str);
+        for p in names.chain(global.iter().copied()) {
             if let Some(v) = read_prop(dir, p) {
                 if !props.iter().any(|x| x.name == v.name) {
                     props.push(v);
@@ -297,7 +236,7 @@ fn dir_entry(
     kids.sort();
     let mut children = Vec::new();
     for (n, p) in kids {
-        children.push(dir_entry(&p, n, cnames, budget, top)?);
+        children.push(dir_entry(&p, n, cnames, table, budget, top)?);
     }
     Ok(pb::CgroupDirEntry {
         dir_name: name,
@@ -320,6 +259,8 @@ pub struct CgSets {
     /// /proc/PID/cgroup spells it: `cpu,cpuacct`, `name=systemd`, empty for v2) is listed;
     /// empty: every hierarchy.
     only: Vec<String>,
+    /// The properties recorded per controller (`--cgroup-props`, `--cgroup-props-file`).
+    props: props::Props,
 }
 
 impl CgSets {
@@ -328,6 +269,11 @@ impl CgSets {
         let mut s = CgSets::default();
         s.own = s.id_of(read_task("self")?);
         Ok(s)
+    }
+
+    /// Records the properties of `table` (CRIU's `--cgroup-props`, `--cgroup-props-file`).
+    pub fn with_props(&mut self, table: props::Props) {
+        self.props = table;
     }
 
     /// Keeps only the hierarchies of `controllers` (CRIU's `--cgroup-dump-controller`, each
@@ -420,7 +366,14 @@ impl CgSets {
                         let full = mp.join(c.path.trim_start_matches('/'));
                         let mut budget = MAX_DIRS;
                         let name = c.path.trim_start_matches('/').to_string();
-                        dirs.push(dir_entry(&full, name, &cnames, &mut budget, &full)?);
+                        dirs.push(dir_entry(
+                            &full,
+                            name,
+                            &cnames,
+                            &self.props,
+                            &mut budget,
+                            &full,
+                        )?);
                         done.push(c.path.clone());
                     }
                 }

@@ -179,11 +179,12 @@ fn copy_images(from: &Path, to: &Path) {
     }
 }
 
-/// In a fresh pid namespace: the daemon (pages from 127.0.0.1:PORT), the restore, the
-/// verdict, the daemon's end.
+/// In a fresh pid namespace: the daemon (pages from 127.0.0.1:PORT, further arguments its
+/// own), the restore, the verdict, the daemon's end.
 const NS_SCRIPT: &str = r#"set -u
 stasis=$1 dir=$2 port=$3 result=$4
-"$stasis" lazy-pages -D "$dir" -o lazy.log -v4 --page-server --address 127.0.0.1 --port "$port" </dev/null >/dev/null 2>"$dir/lazy.err" &
+shift 4
+"$stasis" lazy-pages -D "$dir" -o lazy.log -v4 --page-server --address 127.0.0.1 --port "$port" "$@" </dev/null >/dev/null 2>"$dir/lazy.err" &
 daemon=$!
 i=0; while [ ! -S "$dir/lazy-pages.socket" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done
 "$stasis" restore -D "$dir" -d --lazy-pages -v4 -o restore.log --pidfile "$dir/root.pid" </dev/null || { echo "restore failed"; exit 3; }
@@ -197,7 +198,13 @@ echo "daemon: $?"
 
 #[test]
 fn remote_from_a_lazy_dump_over_loopback() {
-    remote_round_trip("lazy-remote", 38140, None, None);
+    remote_round_trip("lazy-remote", 38140, None, None, false);
+}
+
+/// The same with `--tls` on both sides (a CA and certificate made by the test).
+#[test]
+fn remote_from_a_lazy_dump_over_tls() {
+    remote_round_trip("lazy-tls", 38300, None, None, true);
 }
 
 /// STASIS_CRIU=/path/to/criu (CRIU 4.2), or None after saying SKIPPED on the test output.
@@ -220,7 +227,7 @@ fn stasis_lazy_dump_to_criu_restore() {
     let Some(c) = criu("stasis_lazy_dump_to_criu_restore") else {
         return;
     };
-    remote_round_trip("lazy-to-criu", 38260, None, Some(c));
+    remote_round_trip("lazy-to-criu", 38260, None, Some(c), false);
 }
 
 /// `criu dump --lazy-pages` serves stasis's daemon and restore.
@@ -233,7 +240,7 @@ fn criu_lazy_dump_to_stasis_restore() {
     let Some(c) = criu("criu_lazy_dump_to_stasis_restore") else {
         return;
     };
-    remote_round_trip("lazy-criu", 38220, Some(c), None);
+    remote_round_trip("lazy-criu", 38220, Some(c), None, false);
 }
 
 /// Dumps the workload with `--lazy-pages` on loopback (stasis, or the CRIU binary `criu`),
@@ -241,17 +248,36 @@ fn criu_lazy_dump_to_stasis_restore() {
 /// pages from the dump, has the workload verify itself, and checks that the dump ends with its
 /// tree killed.
 /// `restorer`: the CRIU binary whose `lazy-pages` and `restore` take the images instead of
-/// stasis.
+/// stasis. `tls`: the dump and the daemon talk `--tls`.
 fn remote_round_trip(
     name: &'static str,
     base: i32,
     criu: Option<PathBuf>,
     restorer: Option<PathBuf>,
+    tls: bool,
 ) {
     let _lock = restore_lock();
     with_round_trip_deadline(300, cgroup_path(name, base), move |_restored| {
         let w = launch_lazy(name, base);
         let tmp = tempfile::tempdir().unwrap();
+        let tls: Vec<String> = if tls {
+            let ca = common::pki::Ca::new(tmp.path(), "ca");
+            let me = ca.leaf("peer", &["127.0.0.1"], 1);
+            let p = |p: &Path| p.display().to_string();
+            [
+                "--tls",
+                "--tls-cacert",
+                &p(&ca.cert),
+                "--tls-cert",
+                &p(&me.cert),
+            ]
+            .into_iter()
+            .chain(["--tls-key", &p(&me.key)])
+            .map(String::from)
+            .collect()
+        } else {
+            vec![]
+        };
         let src = tmp.path().join("src");
         let dst = tmp.path().join("dst");
         std::fs::create_dir_all(&src).unwrap();
@@ -265,6 +291,7 @@ fn remote_round_trip(
             .args(["--address", "127.0.0.1", "--port", &port.to_string()])
             .args(["-o", "dump.log", "-v4", "-D"])
             .arg(&src)
+            .args(&tls)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -307,6 +334,7 @@ fn remote_round_trip(
             .arg(&dst)
             .arg(port.to_string())
             .arg(&w.result)
+            .args(&tls)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -337,6 +365,12 @@ fn remote_round_trip(
             "lazy pages transfer finished"
         };
         assert!(log(&src, "dump.log").contains(done), "{logs}");
+        if !tls.is_empty() {
+            assert!(
+                log(&src, "dump.log").contains("tls: handshake with"),
+                "{logs}"
+            );
+        }
         // The dumped tree is killed once the transfer is over.
         wait_gone(&[w.pid], 10, "the dumped tree after the transfer");
     });

@@ -1,5 +1,6 @@
 //! The page-server protocol against CRIU 4.2 over loopback, both ways:
-//! `stasis dump` → `criu page-server` and `criu dump` → `stasis page-server`, the images then
+//! `stasis dump` → `criu page-server` and `criu dump` → `stasis page-server` (plain and over
+//! `--tls` with a CA and certificate made by the test), the images then
 //! restored by stasis and verified by the workload itself.
 //!
 //! Runs when `STASIS_CRIU` names a CRIU 4.2 binary; otherwise each test says SKIPPED on the
@@ -15,6 +16,7 @@ use std::time::Duration;
 use common::dump::*;
 use common::lock::restore_lock;
 use common::page_server;
+use common::pki::Ca;
 
 fn criu(test: &str) -> Option<PathBuf> {
     match std::env::var_os("STASIS_CRIU") {
@@ -40,24 +42,54 @@ fn pages_files(dir: &Path) -> Vec<String> {
     v
 }
 
+/// `--tls` options for a CRIU/stasis pair: a CA and one certificate for 127.0.0.1, made in
+/// `dir` (both sides may use the same certificate: mutual authentication only needs the CA).
+fn tls_pair(dir: &Path) -> Vec<String> {
+    let ca = Ca::new(dir, "ca");
+    let me = ca.leaf("peer", &["127.0.0.1"], 1);
+    vec![
+        "--tls".into(),
+        "--tls-cacert".into(),
+        ca.cert.display().to_string(),
+        "--tls-cert".into(),
+        me.cert.display().to_string(),
+        "--tls-key".into(),
+        me.key.display().to_string(),
+    ]
+}
+
 #[test]
 fn stasis_dump_to_criu_page_server() {
-    let Some(criu) = criu("stasis_dump_to_criu_page_server") else {
+    stasis_dump_to_criu("stasis_dump_to_criu_page_server", 33340, false);
+}
+
+#[test]
+fn stasis_dump_to_criu_page_server_tls() {
+    stasis_dump_to_criu("stasis_dump_to_criu_page_server_tls", 37220, true);
+}
+
+fn stasis_dump_to_criu(test: &str, base: i32, tls: bool) {
+    let Some(criu) = criu(test) else {
         return;
     };
     let _lock = restore_lock();
-    with_round_trip_deadline(120, cgroup_path("fx-mem", 33340), move |restored| {
-        let w = launch("fx-mem", 33340, &[]);
+    with_round_trip_deadline(120, cgroup_path("fx-mem", base), move |restored| {
+        let pki = tempfile::tempdir().unwrap();
+        let tls: Vec<String> = if tls { tls_pair(pki.path()) } else { vec![] };
+        let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+        let w = launch("fx-mem", base, &[]);
         let dump_dir = tempfile::tempdir().unwrap();
         let ps_dir = tempfile::tempdir().unwrap();
-        let server = page_server::start(&criu, ps_dir.path(), &[]);
+        let server = page_server::start(&criu, ps_dir.path(), &tls);
         let port = server.port.to_string();
-        stasis_dump(
-            w.pid,
-            dump_dir.path(),
-            &["--page-server", "--address", "127.0.0.1", "--port", &port],
-        );
+        let mut args = vec!["--page-server", "--address", "127.0.0.1", "--port", &port];
+        args.extend_from_slice(&tls);
+        stasis_dump(w.pid, dump_dir.path(), &args);
         server.wait_ok(ps_dir.path());
+        if !tls.is_empty() {
+            let log = std::fs::read_to_string(ps_dir.path().join("page-server.log")).unwrap();
+            assert!(log.contains("TLS handshake completed"), "{log}");
+        }
         let pages = pages_files(ps_dir.path());
         assert!(pages.contains(&"pages-65537.img".to_string()), "{pages:?}");
         assert!(page_server::merge(ps_dir.path(), dump_dir.path()) >= 4);
@@ -76,16 +108,23 @@ fn criu_dump_to_stasis(
     base: i32,
     server_extra: Vec<String>,
     restore_extra: Vec<String>,
+    tls: bool,
 ) {
     let Some(criu) = criu(test) else {
         return;
     };
     let _lock = restore_lock();
     with_round_trip_deadline(120, cgroup_path("fx-mem", base), move |restored| {
+        let pki = tempfile::tempdir().unwrap();
+        let tls: Vec<String> = if tls { tls_pair(pki.path()) } else { vec![] };
         let w = launch("fx-mem", base, &[]);
         let dump_dir = tempfile::tempdir().unwrap();
         let ps_dir = tempfile::tempdir().unwrap();
-        let extra: Vec<&str> = server_extra.iter().map(String::as_str).collect();
+        let extra: Vec<&str> = server_extra
+            .iter()
+            .chain(&tls)
+            .map(String::as_str)
+            .collect();
         let stasis = PathBuf::from(env!("CARGO_BIN_EXE_stasis"));
         let server = page_server::start(&stasis, ps_dir.path(), &extra);
         let out = Command::new(&criu)
@@ -94,6 +133,7 @@ fn criu_dump_to_stasis(
             .args(["--page-server", "--address", "127.0.0.1"])
             .args(["--port", &server.port.to_string()])
             .args(["-o", "dump.log", "-v4"])
+            .args(&tls)
             .output()
             .unwrap();
         assert!(
@@ -103,6 +143,10 @@ fn criu_dump_to_stasis(
             std::fs::read_to_string(dump_dir.path().join("dump.log")).unwrap_or_default()
         );
         server.wait_ok(ps_dir.path());
+        if !tls.is_empty() {
+            let log = std::fs::read_to_string(dump_dir.path().join("dump.log")).unwrap();
+            assert!(log.contains("TLS handshake completed"), "{log}");
+        }
         assert!(page_server::merge(ps_dir.path(), dump_dir.path()) >= 4);
         let pids = pids_of(dump_dir.path());
         *restored.lock().unwrap() = pids.clone();
@@ -116,7 +160,24 @@ fn criu_dump_to_stasis(
 
 #[test]
 fn criu_dump_to_stasis_page_server() {
-    criu_dump_to_stasis("criu_dump_to_stasis_page_server", 33400, vec![], vec![]);
+    criu_dump_to_stasis(
+        "criu_dump_to_stasis_page_server",
+        33400,
+        vec![],
+        vec![],
+        false,
+    );
+}
+
+#[test]
+fn criu_dump_to_stasis_page_server_tls() {
+    criu_dump_to_stasis(
+        "criu_dump_to_stasis_page_server_tls",
+        37280,
+        vec![],
+        vec![],
+        true,
+    );
 }
 
 #[test]
@@ -134,6 +195,7 @@ fn criu_dump_to_stasis_page_server_packed() {
             k.clone(),
         ],
         vec!["--encrypt-key".into(), k],
+        false,
     );
     let _ = std::fs::remove_file(&keys);
 }

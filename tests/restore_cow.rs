@@ -17,7 +17,7 @@ use common::cow::{self, CowTree, AREA_KB};
 use common::dump::*;
 use common::lock::restore_lock;
 
-const BASE: i32 = 37100;
+const BASE: i32 = 37700;
 
 #[test]
 fn forked_workers_share_their_parents_pages_again() {

@@ -39,12 +39,23 @@ pub struct CriuArgs {
     /// repeatable; default: all)
     #[arg(long = "cgroup-dump-controller", value_name = "NAME")]
     pub cgroup_dump_controller: Vec<String>,
+    /// Dump: controller properties to record, in CRIU's format (`"cpu":\n - "strategy":
+    /// "replace"\n - "properties": ["cpu.shares"]`)
+    #[arg(long = "cgroup-props", value_name = "TEXT")]
+    pub cgroup_props: Option<String>,
+    /// Dump: the same, read from FILE (applied after --cgroup-props)
+    #[arg(long = "cgroup-props-file", value_name = "FILE")]
+    pub cgroup_props_file: Option<PathBuf>,
     /// Restore: return once the tree runs instead of waiting for the root task
     #[arg(short = 'd', long = "restore-detached", visible_alias = "daemon")]
     pub restore_detached: bool,
     /// Restore (with -d): make the root task a sibling of stasis, a child of its caller
     #[arg(short = 'S', long = "restore-sibling")]
     pub restore_sibling: bool,
+    /// Restore: join an existing namespace, NS:PID|PATH (net, uts, ipc, time, mnt, cgroup);
+    /// repeatable
+    #[arg(short = 'J', long = "join-ns", value_name = "NS:PID|PATH")]
+    pub join_ns: Vec<String>,
     /// Root of the tree's file system: only `/` (the default) is accepted yet
     #[arg(short = 'r', long = "root", value_name = "PATH")]
     pub root: Option<PathBuf>,
@@ -108,6 +119,10 @@ pub struct CriuArgs {
     /// An inherited socket to the page server (dump: connected; page-server: accepted)
     #[arg(long = "ps-socket", value_name = "FD")]
     pub ps_socket: Option<i32>,
+    /// Page-server TLS: `--tls`, `--tls-cacert`, `--tls-cacrl`, `--tls-cert`, `--tls-key`,
+    /// `--tls-no-cn-verify`
+    #[command(flatten)]
+    pub tls: super::tls_args::TlsArgs,
     /// Incremental dumps (dump, pre-dump): `--track-mem`, `--prev-images-dir`,
     /// `--pre-dump-mode`
     #[command(flatten)]

@@ -76,7 +76,6 @@ const MNTNS: &str = "a mount namespace's options stasis does not take (its mount
                      dumped and restored, see --ext-mount-map)";
 const NETNS: &str =
     "concerns network namespaces beyond their loopback, which stasis neither dumps nor restores";
-const PAGE_SERVER: &str = "not built yet (TLS for the page server)";
 
 /// CRIU 4.2's options (criu/config.c `long_opts` and `short_opts`), in its order.
 pub const OPTIONS: &[CriuOpt] = &[
@@ -89,7 +88,7 @@ pub const OPTIONS: &[CriuOpt] = &[
     o("images-dir", Some('D'), Req, Supported),
     o("work-dir", Some('W'), Req, Supported),
     o("log-file", Some('o'), Req, Supported),
-    o("join-ns", Some('J'), Req, NotBuilt("not built yet (restoring into existing namespaces)")),
+    o("join-ns", Some('J'), Req, Partial("restore: net, uts, ipc, time, mnt, cgroup joined by the root task before it forks the tree; `pid` refused as CRIU does, `user` refused: not built yet")),
     o("root", Some('r'), Req, Partial("restore: the images' paths are resolved under it (never leaving it); a tree with its own mount namespace gets it as the root mount (bound, not recursively), required as in CRIU; dump: accepted, no effect (as CRIU)")),
     o("ext-unix-sk", Some('x'), Opt, Partial("accepted without a value; `=INODE` (one socket) is refused: not built yet")),
     o("help", Some('h'), N, Supported),
@@ -135,8 +134,8 @@ pub const OPTIONS: &[CriuOpt] = &[
     b("extra", None, Supported),
     b("experimental", None, Supported),
     o("all", None, N, Supported),
-    o("cgroup-props", None, Req, NotBuilt("not built yet (the dump records a fixed set of cgroup properties)")),
-    o("cgroup-props-file", None, Req, NotBuilt("not built yet (the dump records a fixed set of cgroup properties)")),
+    o("cgroup-props", None, Req, Supported),
+    o("cgroup-props-file", None, Req, Supported),
     o("cgroup-dump-controller", None, Req, Supported),
     b("skip-in-flight", None, Supported),
     b("deprecated", None, Ignored("stasis has no deprecated features to enable")),
@@ -149,12 +148,12 @@ pub const OPTIONS: &[CriuOpt] = &[
     b("stream", None, NotBuilt("not built yet (criu-image-streamer)")),
     o("config", None, Req, Supported),
     o("no-default-config", None, N, Supported),
-    o("tls-cacert", None, Req, NotBuilt(PAGE_SERVER)),
-    o("tls-cacrl", None, Req, NotBuilt(PAGE_SERVER)),
-    o("tls-cert", None, Req, NotBuilt(PAGE_SERVER)),
-    o("tls-key", None, Req, NotBuilt(PAGE_SERVER)),
-    b("tls", None, NotBuilt(PAGE_SERVER)),
-    o("tls-no-cn-verify", None, N, NotBuilt(PAGE_SERVER)),
+    o("tls-cacert", None, Req, Supported),
+    o("tls-cacrl", None, Req, Supported),
+    o("tls-cert", None, Req, Supported),
+    o("tls-key", None, Req, Supported),
+    b("tls", None, Supported),
+    o("tls-no-cn-verify", None, N, Supported),
     o("cgroup-yard", None, Req, Ignored("stasis uses the mounted cgroup hierarchies, it mounts no yard")),
     o("pre-dump-mode", None, Req, Supported),
     o("file-validation", None, Req, Supported),
@@ -328,10 +327,8 @@ mod tests {
         assert!(e.starts_with("--stream: not built yet"), "{e}");
         assert!(refuse_not_built(&os(&["-t", "1", "--lazy-pages"])).is_ok());
         assert!(refuse_not_built(&os(&["-D", "--port", "-t", "1"])).is_ok());
-        let e = refuse_not_built(&os(&["--no-tls"])).unwrap_err();
-        assert!(e.starts_with("--no-tls:"), "{e}");
-        let e = refuse_not_built(&os(&["-Jnet:/x"])).unwrap_err();
-        assert!(e.starts_with("-J:"), "{e}");
+        let e = refuse_not_built(&os(&["--no-stream"])).unwrap_err();
+        assert!(e.starts_with("--no-stream:"), "{e}");
         assert!(refuse_not_built(&os(&["--", "--stream"])).is_ok());
     }
 

@@ -138,6 +138,7 @@ pub fn page_options(
             address,
             port: c.port.unwrap_or(0),
             ps_socket: c.ps_socket,
+            tls: c.tls.options(),
         })
     } else {
         None
@@ -185,6 +186,7 @@ impl DumpArgs {
         Ok(Some(dump::lazy::LazyServe {
             address: c.address.clone(),
             port,
+            tls: c.tls.options(),
         }))
     }
 
@@ -205,6 +207,10 @@ impl DumpArgs {
             leave_running: c.leave_running || c.leave_stopped,
             leave_stopped: c.leave_stopped,
             cgroup_dump_controllers: c.cgroup_dump_controller.clone(),
+            cgroup_props: crate::cgroup::props::Props::from_options(
+                c.cgroup_props.as_deref(),
+                c.cgroup_props_file.as_deref(),
+            )?,
             shell_job: c.shell_job,
             external_ttys: c.external_ttys(),
             ext_unix_sk: c.ext_unix_sk.is_some(),

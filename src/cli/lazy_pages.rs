@@ -77,6 +77,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
     let mut source = Deferred {
         dir: images_dir.clone(),
         page_server,
+        tls: c.tls.options(),
         inner: None,
     };
     match lazy::run(listener, &images_dir, &mut source) {
@@ -101,6 +102,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
 struct Deferred {
     dir: std::path::PathBuf,
     page_server: Option<(String, u16)>,
+    tls: Option<crate::pages::tls::TlsOptions>,
     inner: Option<Box<dyn LazySource>>,
 }
 
@@ -108,7 +110,12 @@ impl Deferred {
     fn open(&mut self) -> crate::pages::Result<&mut Box<dyn LazySource>> {
         if self.inner.is_none() {
             let s: Box<dyn LazySource> = match &self.page_server {
-                Some((a, p)) => Box::new(RemotePages::connect(a, *p, CONNECT_WAIT)?),
+                Some((a, p)) => Box::new(RemotePages::connect(
+                    a,
+                    *p,
+                    self.tls.as_ref(),
+                    CONNECT_WAIT,
+                )?),
                 None => Box::new(LocalPages::new(&self.dir)),
             };
             self.inner = Some(s);

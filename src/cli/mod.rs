@@ -28,6 +28,7 @@ pub(crate) mod page_server;
 pub(crate) mod predump;
 pub(crate) mod restore;
 pub mod swrk;
+pub(crate) mod tls_args;
 
 /// A verb of the command line.
 struct Verb {

@@ -6,7 +6,8 @@
 //!  prepare -D (parent link of --prev-images-dir) ─► listen ADDR:PORT (or take --ps-socket FD)
 //!  ─► [--daemon: fork; the parent writes --pidfile and exits 0]
 //!  ─► --status-fd: one '\0' byte, then closed (ready: connections are accepted)
-//!  ─► accept one connection ─► serve the session ─► exit 0 (1 on any error)
+//!  ─► accept one connection ─► [--tls: TLS handshake] ─► serve the session ─► exit 0
+//!  (1 on any error)
 //! ```
 
 use std::ffi::OsString;
@@ -121,7 +122,13 @@ pub fn run(args: Vec<OsString>) -> i32 {
         },
         (None, None) => return fail("no socket"),
     };
-    match server::serve(sock, &peer, &o, from_ps_socket) {
+    let address = a.common.criu.address.as_deref();
+    let tls = a.common.criu.tls.options();
+    let conn = match crate::pages::tls::server(sock, tls.as_ref(), address, &peer) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match server::serve(conn, &peer, &o, from_ps_socket) {
         Ok(r) => {
             tracing::info!(
                 "page server: {} pagemaps, {} entries, {} pages, {} bytes written",

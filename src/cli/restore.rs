@@ -65,7 +65,13 @@ impl RestoreArgs {
                 .filter_map(|s| crate::restore::inherit::InheritFd::parse(s).ok())
                 .collect(),
             mounts: crate::restore::mounts::MountMap::from_args(&c.external, &c.ext_mount_map),
+            join_ns: c
+                .join_ns
+                .iter()
+                .map(|s| crate::restore::join_ns::JoinNs::parse(s))
+                .collect::<Result<_, _>>()?,
         };
+        crate::restore::join_ns::check(&opts.join_ns)?;
         crate::cpuinfo::option_caps(&c.cpu_cap.clone().map(Some))
             .and_then(|caps| crate::cpuinfo::check_dir(&opts.images_dir, caps))
             .map_err(|e| e.to_string())?;

@@ -837,7 +837,9 @@ pub fn run(opts: &DumpOptions, backend: &mut dyn Backend) -> Result<DumpReport> 
         // Post-copy: the images are complete; the lazy pages go from the frozen tree to the
         // restored one before the tree may die (CRIU's cr_lazy_mem_dump).
         if let Some(l) = lazy_listener {
-            super::lazy::serve(l, &opts.images_dir, opts.pid)?;
+            if let Some(serve) = &opts.lazy_pages {
+                super::lazy::serve(l, serve, &opts.images_dir, opts.pid)?;
+            }
         }
         Ok(r)
     });
@@ -969,6 +971,7 @@ fn dump_frozen(
         .cgroups
         .dump_only(&opts.cgroup_dump_controllers)
         .map_err(|e| DumpError::new("cgroup", opts.pid, e.errno(), e.to_string()))?;
+    extras.cgroups.with_props(opts.cgroup_props.clone());
     let mut dir = ImageDir::new(&opts.images_dir);
     let t = prof.now_us();
     let mut collected = Vec::new();

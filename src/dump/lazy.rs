@@ -28,6 +28,8 @@ pub struct LazyServe {
     /// None: every IPv4 address, as CRIU.
     pub address: Option<String>,
     pub port: u16,
+    /// `--tls`: the session runs over TLS (see [`crate::pages::tls`]).
+    pub tls: Option<crate::pages::tls::TlsOptions>,
 }
 
 /// Binds the lazy page server's port.
@@ -77,7 +79,7 @@ impl LazySource for FrozenMemory {
 }
 
 /// Serves the lazy pages of the dump in `dir` to one lazy-pages daemon.
-pub fn serve(listener: TcpListener, dir: &Path, pid: i32) -> Result<()> {
+pub fn serve(listener: TcpListener, l: &LazyServe, dir: &Path, pid: i32) -> Result<()> {
     let err = |e: String| DumpError::new("lazy-pages", pid, None, e);
     let addr = listener
         .local_addr()
@@ -89,8 +91,11 @@ pub fn serve(listener: TcpListener, dir: &Path, pid: i32) -> Result<()> {
         .map_err(|e| err(format!("accept on {addr}: {e}")))?;
     // Answers are latency-bound (a restored thread waits for each fault's pages).
     let _ = sock.set_nodelay(true);
+    let peer = peer.to_string();
+    let conn = crate::pages::tls::server(sock.into(), l.tls.as_ref(), l.address.as_deref(), &peer)
+        .map_err(|e| err(e.to_string()))?;
     let mut src = FrozenMemory::new(dir);
-    let r = crate::pages::server::serve_lazy(sock.into(), &peer.to_string(), &mut src, false)
+    let r = crate::pages::server::serve_lazy(conn, &peer, &mut src, false)
         .map_err(|e| err(e.to_string()))?;
     tracing::info!(
         "lazy pages transfer finished: {} pages in {} requests",

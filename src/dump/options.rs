@@ -18,6 +18,8 @@ pub struct DumpOptions {
     pub leave_stopped: bool,
     /// `--cgroup-dump-controller`: the cgroup hierarchies recorded (empty: all).
     pub cgroup_dump_controllers: Vec<String>,
+    /// `--cgroup-props`, `--cgroup-props-file`: the controller properties recorded.
+    pub cgroup_props: crate::cgroup::props::Props,
     /// The tree is a job of a shell: its tty/session may be outside (`-j/--shell-job`).
     pub shell_job: bool,
     /// Terminals outside the dump, as (rdev, dev) (`--external tty[RDEV:DEV]`, hex): recorded
@@ -85,6 +87,8 @@ pub struct PageServerAddr {
     pub port: u16,
     /// A connected socket inherited from the caller, used instead of connecting.
     pub ps_socket: Option<i32>,
+    /// `--tls`: the session runs over TLS (see [`crate::pages::tls`]).
+    pub tls: Option<crate::pages::tls::TlsOptions>,
 }
 
 /// How a pre-dump copies the pages it found (CRIU's `--pre-dump-mode`).

@@ -34,9 +34,12 @@ pub fn open_sink(opts: &DumpOptions) -> Result<Box<dyn PageSink>> {
                         format!("--ps-socket {fd}"),
                     )
                 })?;
-                Ok(recorded(Box::new(PageServerSink::over_socket(sock)), opts))
+                let addr = Some(ps.address.as_str()).filter(|a| !a.is_empty());
+                PageServerSink::over_socket(sock, ps.tls.as_ref(), addr)
+                    .map(|s| recorded(Box::new(s), opts))
+                    .map_err(|e| err(e.to_string()))
             }
-            None => PageServerSink::connect(&ps.address, ps.port)
+            None => PageServerSink::connect(&ps.address, ps.port, ps.tls.as_ref())
                 .map(|s| recorded(Box::new(s), opts))
                 .map_err(|e| err(e.to_string())),
         },

@@ -91,9 +91,6 @@ pub struct RestoreOptions {
     pub shell_job: bool,
     /// `--tcp-close`: established connections are restored closed.
     pub tcp_close: bool,
-    /// `--root` is another directory than `/`: sockets bound to a path name are refused
-    /// (see `unix`).
-    pub other_root: bool,
 }
 
 /// One fd to dump. `file` is the task's descriptor, duplicated into the dumper.

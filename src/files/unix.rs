@@ -383,28 +383,20 @@ fn bind_name(
     if u.name.is_empty() {
         return Ok(());
     }
+    // A path name is made and looked up under --root ([`so::in_root`]); its file is reached
+    // from here by its host path.
     let path = path_of(u);
-    if let (Some(p), true) = (&path, ctx.opts.other_root) {
-        // The restorer binds before the tree is chrooted into --root: the socket file would
-        // be made outside the root, and binding at the root-prefixed host path would change
-        // the address getsockname(2) returns. Abstract and unnamed sockets are not affected.
-        return Err(unsupported(
-            KIND,
-            at,
-            format!("socket bound to {p}: binding a path name under --root is not built yet"),
-        ));
-    }
-    if let Some(p) = &path {
+    let host = path
+        .as_deref()
+        .map(|p| crate::restore::root::host_path(&ctx.root, p));
+    if let Some(p) = &host {
         // The dead task's socket file is still there: a new bind needs the name free.
         if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()) {
             let _ = std::fs::remove_file(p);
         }
     }
-    // An unlinked name, maybe with its directories removed too: made for the bind, and kept
-    // until every socket is restored (peers connect to it, queued datagrams are sent to it);
-    // the context removes them (innermost first).
-    if let (Some(p), Some(true)) = (&path, u.deleted) {
-        let missing: Vec<&std::path::Path> = std::path::Path::new(p)
+    if let (Some(p), Some(true)) = (&host, u.deleted) {
+        let missing: Vec<&std::path::Path> = p
             .ancestors()
             .skip(1)
             .take_while(|a| !a.as_os_str().is_empty() && std::fs::symlink_metadata(a).is_err())
@@ -415,15 +407,17 @@ fn bind_name(
             }
         }
     }
-    so::bind(fd, &sockaddr(u)).map_err(sys(
+    let addr = sockaddr(u);
+    so::in_root(&ctx.root, || so::bind(fd, &addr)).map_err(sys(
         KIND,
         at,
         format!("bind {:?}", String::from_utf8_lossy(&u.name)),
     ))?;
-    if let (Some(p), Some(true)) = (&path, u.deleted) {
-        ctx.remove_later.push(p.into());
+    if let (Some(p), Some(true)) = (&host, u.deleted) {
+        ctx.remove_later.push(p.clone());
     }
-    if let Some(p) = path.as_ref().filter(|_| u.deleted != Some(true)) {
+    if let Some(host) = host.as_ref().filter(|_| u.deleted != Some(true)) {
+        let p = host.display();
         if let Some(perm) = &u.file_perms {
             let c = |e: std::io::Error| {
                 sys(KIND, at, format!("chmod/chown {p}"))(Errno::from_raw(
@@ -431,11 +425,11 @@ fn bind_name(
                 ))
             };
             std::fs::set_permissions(
-                p,
+                host,
                 std::os::unix::fs::PermissionsExt::from_mode(perm.mode & 0o7777),
             )
             .map_err(c)?;
-            std::os::unix::fs::chown(p, Some(perm.uid), Some(perm.gid)).map_err(|e| {
+            std::os::unix::fs::chown(host, Some(perm.uid), Some(perm.gid)).map_err(|e| {
                 sys(KIND, at, format!("chown {p}"))(Errno::from_raw(
                     e.raw_os_error().unwrap_or(libc::EIO),
                 ))
@@ -491,7 +485,12 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
             }
             let tmp =
                 so::socket(libc::AF_UNIX, sock_type(u), 0).map_err(sys(KIND, at, "socket"))?;
-            so::connect(&tmp, &sockaddr(u)).map_err(sys(KIND, at, "connect to requeue"))?;
+            let addr = sockaddr(u);
+            so::in_root(&ctx.root, || so::connect(&tmp, &addr)).map_err(sys(
+                KIND,
+                at,
+                "connect to requeue",
+            ))?;
             scm::fill(KIND, at, tmp.as_fd(), mine, ctx)?;
         }
         fd
@@ -520,7 +519,8 @@ pub fn restore(e: &pb::FileEntry, ctx: &mut RestoreCtx<'_>, _: Targets<'_>) -> R
         }
         let fd = so::socket(libc::AF_UNIX, sock_type(u), 0).map_err(sys(KIND, at, "socket"))?;
         bind_name(at, fd.as_fd(), u, ctx)?;
-        so::connect(&fd, &sockaddr(&p)).map_err(sys(
+        let addr = sockaddr(&p);
+        so::in_root(&ctx.root, || so::connect(&fd, &addr)).map_err(sys(
             KIND,
             at,
             format!("connect to {:?}", String::from_utf8_lossy(&p.name)),

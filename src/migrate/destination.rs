@@ -183,7 +183,7 @@ pub fn receive_on(stream: TcpStream, peer: &str, o: &ReceiveOptions) -> Result<R
                         })?;
                 // Nothing of the session can be buffered ahead in `r`: the source sends no
                 // frame before the session's last answer.
-                let rep = server::serve(sock, peer, &so, true)
+                let rep = server::serve(sock.into(), peer, &so, true)
                     .map_err(|e| MigrateError::Pages(e.to_string()))?;
                 tracing::info!(
                     "iteration {index} ({dir}): {} pages, {} bytes written",

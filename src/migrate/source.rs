@@ -173,6 +173,8 @@ fn begin_iteration(
             address: link.peer.clone(),
             port: 0,
             ps_socket: Some(link.page_socket()?),
+            // The migration's own stream: the key proof, not TLS, guards it.
+            tls: None,
         }),
         ..Default::default()
     })

@@ -2,19 +2,19 @@
 //! to `criu page-server` or `stasis page-server` (see [`super::proto`] for the wire format).
 //!
 //! ```text
-//!  connect (TCP, or the socket of --ps-socket FD)
+//!  connect (TCP, or the socket of --ps-socket FD); --tls: TLS handshake ([`super::tls`])
 //!  open(t)     ─► OPEN2 dst_id(t)        ◄─ u8 has_parent
 //!  entry(r)    ─► ADD_F flags nr vaddr   (+ pages(bytes) ─► raw page bytes, PE_PRESENT only)
 //!  finish()    ─► CLOSE | FORCE_CLOSE    ◄─ i32 status (0: all written)
 //! ```
 
-use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 
 use super::error::{PagesError, Result};
 use super::proto::{self, Header};
+use super::tls::{self, Conn, TlsOptions};
 use super::{PageSink, Run, SinkReport, Target};
 
 /// Connects to a page server at `address:port` (TCP_NODELAY: commands are small).
@@ -48,36 +48,52 @@ pub fn connect_tcp(address: &str, port: u16) -> Result<OwnedFd> {
 /// Sends a dump's pages to a page server.
 pub struct PageServerSink {
     peer: String,
-    w: BufWriter<File>,
+    w: BufWriter<Conn>,
     /// Socket inherited through --ps-socket: end with FORCE_CLOSE.
     inherited: bool,
     dst_id: Option<u64>,
     /// Page bytes still owed to the last present entry.
     owed: u64,
+    /// Page bytes already sent for the last present entry.
+    given: u64,
+    /// TLS: nothing is buffered, writes are framed as CRIU reads them (see [`Conn::is_tls`]).
+    framed: bool,
     report: SinkReport,
     finished: bool,
 }
 
 impl PageServerSink {
-    /// Connects to `address:port`.
-    pub fn connect(address: &str, port: u16) -> Result<PageServerSink> {
+    /// Connects to `address:port` (over TLS with `tls`).
+    pub fn connect(address: &str, port: u16, tls: Option<&TlsOptions>) -> Result<PageServerSink> {
+        let peer = format!("{address}:{port}");
         let s = connect_tcp(address, port)?;
-        Ok(Self::over(s, format!("{address}:{port}"), false))
+        let c = tls::client(s, tls, Some(address), &peer)?;
+        Ok(Self::over(c, peer, false))
     }
 
-    /// Uses a connected socket (`--ps-socket FD`); the session ends with FORCE_CLOSE, as the
-    /// socket may outlive it.
-    pub fn over_socket(fd: OwnedFd) -> PageServerSink {
-        Self::over(fd, "(--ps-socket)".into(), true)
+    /// Uses a connected socket (`--ps-socket FD`, over TLS with `tls`, the server's name
+    /// checked against `address` if given); the session ends with FORCE_CLOSE, as the socket
+    /// may outlive it.
+    pub fn over_socket(
+        fd: OwnedFd,
+        tls: Option<&TlsOptions>,
+        address: Option<&str>,
+    ) -> Result<PageServerSink> {
+        let peer = "(--ps-socket)";
+        let c = tls::client(fd, tls, address, peer)?;
+        Ok(Self::over(c, peer.into(), true))
     }
 
-    fn over(fd: OwnedFd, peer: String, inherited: bool) -> PageServerSink {
+    /// Uses an established connection; `inherited`: end with FORCE_CLOSE.
+    pub fn over(conn: Conn, peer: String, inherited: bool) -> PageServerSink {
         PageServerSink {
             peer,
-            w: BufWriter::with_capacity(1 << 20, File::from(fd)),
+            framed: conn.is_tls(),
+            w: BufWriter::with_capacity(1 << 20, conn),
             inherited,
             dst_id: None,
             owed: 0,
+            given: 0,
             report: SinkReport::default(),
             finished: false,
         }
@@ -91,8 +107,12 @@ impl PageServerSink {
     }
 
     fn send(&mut self, h: Header) -> Result<()> {
-        self.w
-            .write_all(&h.encode())
+        let w: &mut dyn Write = if self.framed {
+            self.w.get_mut()
+        } else {
+            &mut self.w
+        };
+        w.write_all(&h.encode())
             .map_err(|e| self.wire(format!("send command {:#x}: {e}", h.command())))?;
         self.report.bytes += proto::HEADER_LEN as u64;
         Ok(())
@@ -158,6 +178,7 @@ impl PageSink for PageServerSink {
             dst_id,
         ))?;
         self.owed = run.data_len();
+        self.given = 0;
         Ok(())
     }
 
@@ -169,9 +190,21 @@ impl PageSink for PageServerSink {
                 self.owed
             )));
         }
-        self.w
-            .write_all(data)
-            .map_err(|e| self.wire(format!("send pages: {e}")))?;
+        let sent = if self.framed {
+            let mut rest = data;
+            let mut r = Ok(());
+            while !rest.is_empty() && r.is_ok() {
+                let room = tls::RECORD - (self.given as usize % tls::RECORD);
+                let (now, later) = rest.split_at(room.min(rest.len()));
+                r = self.w.get_mut().write_all(now);
+                self.given += now.len() as u64;
+                rest = later;
+            }
+            r
+        } else {
+            self.w.write_all(data)
+        };
+        sent.map_err(|e| self.wire(format!("send pages: {e}")))?;
         self.owed -= data.len() as u64;
         self.report.bytes += data.len() as u64;
         Ok(())

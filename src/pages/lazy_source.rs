@@ -4,7 +4,8 @@
 //! ```text
 //!  LocalPages    pagemap-PID.img + pages-N.img of an image directory (lazy-pages daemon
 //!                without --page-server; `page-server --lazy-pages`)
-//!  RemotePages   a page server, CRIU's PS_IOV_GET (lazy-pages daemon with --page-server):
+//!  RemotePages   a page server, CRIU's PS_IOV_GET (lazy-pages daemon with --page-server;
+//!                over TLS with --tls, see super::tls):
 //!                  ─► GET nr vaddr dst_id=PID
 //!                  ◄─ ADD_F(PE_PRESENT) n<=nr vaddr dst_id + n*4096 bytes
 //!                  ─► CLOSE  ◄─ i32 0                       (at the end)
@@ -16,7 +17,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -24,6 +24,7 @@ use stasis_images::pagemap::{PageRun, Pagemap};
 
 use super::error::{PagesError, Result};
 use super::proto::{self, Header};
+use super::tls::{self, Conn, TlsOptions};
 use super::{PAGE_SIZE, PE_PRESENT};
 
 /// A source of lazy pages.
@@ -96,29 +97,35 @@ impl LazySource for LocalPages {
 /// Pages asked from a page server with `PS_IOV_GET` (a `dump --lazy-pages`, or CRIU's).
 pub struct RemotePages {
     peer: String,
-    sock: File,
+    sock: Conn,
     closed: bool,
 }
 
 impl RemotePages {
-    /// Connects to `address:port`, retrying for up to `wait` while nobody listens (the dump
-    /// may still be writing its images).
-    pub fn connect(address: &str, port: u16, wait: std::time::Duration) -> Result<RemotePages> {
+    /// Connects to `address:port` (over TLS with `tls`), retrying for up to `wait` while
+    /// nobody listens (the dump may still be writing its images).
+    pub fn connect(
+        address: &str,
+        port: u16,
+        tls: Option<&TlsOptions>,
+        wait: std::time::Duration,
+    ) -> Result<RemotePages> {
         let until = std::time::Instant::now() + wait;
+        let peer = format!("{address}:{port}");
         loop {
             match super::client::connect_tcp(address, port) {
-                Ok(s) => return Ok(Self::over(s, format!("{address}:{port}"))),
+                Ok(s) => return Ok(Self::over(tls::client(s, tls, Some(address), &peer)?, peer)),
                 Err(e) if std::time::Instant::now() >= until => return Err(e),
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
             }
         }
     }
 
-    /// Uses a connected socket.
-    pub fn over(sock: OwnedFd, peer: String) -> RemotePages {
+    /// Uses an established connection.
+    pub fn over(sock: Conn, peer: String) -> RemotePages {
         RemotePages {
             peer,
-            sock: File::from(sock),
+            sock,
             closed: false,
         }
     }
@@ -138,6 +145,7 @@ impl LazySource for RemotePages {
         let h = Header::new(proto::PS_IOV_GET, 0, nr, vaddr, pid as u64);
         self.sock
             .write_all(&h.encode())
+            .and_then(|()| self.sock.flush())
             .map_err(|e| self.wire(format!("send PS_IOV_GET: {e}")))?;
         let mut b = [0u8; proto::HEADER_LEN];
         self.sock.read_exact(&mut b).map_err(|e| {
@@ -173,6 +181,7 @@ impl LazySource for RemotePages {
         self.closed = true;
         self.sock
             .write_all(&Header::new(proto::PS_IOV_CLOSE, 0, 0, 0, 0).encode())
+            .and_then(|()| self.sock.flush())
             .map_err(|e| self.wire(format!("send PS_IOV_CLOSE: {e}")))?;
         let mut st = [0u8; 4];
         self.sock

@@ -33,6 +33,7 @@ pub(crate) mod proto;
 pub mod record;
 pub(crate) mod server;
 pub(crate) mod sink;
+pub mod tls;
 
 use std::fs::File;
 

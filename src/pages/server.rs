@@ -16,11 +16,12 @@
 //! answer to CLOSE the server waits for the peer to close first (no TIME_WAIT on its side),
 //! except on a socket given with `--ps-socket`. Pages ids start at 0x10001, like CRIU's page
 //! server, so that a dump and a page server can share one directory.
+//! The connection is a [`Conn`]: the accepted socket, or a TLS session over it (`--tls`,
+//! see [`super::tls`]).
 
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::net::TcpListener;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use super::error::{PagesError, Result};
@@ -28,6 +29,7 @@ use super::lazy_source::LazySource;
 use super::pack::PackParams;
 use super::proto::{self, Header, Target};
 use super::sink::{self, LocalSink};
+use super::tls::Conn;
 use super::{PageSink, Run, SinkReport, PAGE_SIZE, PE_PARENT, PE_PRESENT};
 
 /// First pages id of a page server's files (CRIU's `up_page_ids_base`).
@@ -99,7 +101,7 @@ pub struct ServeReport {
 
 struct Session<'a> {
     peer: String,
-    r: BufReader<File>,
+    r: BufReader<Conn>,
     dir: &'a Path,
     sink: LocalSink,
     open: Option<u64>,
@@ -115,9 +117,9 @@ impl Session<'_> {
     }
 
     fn reply(&mut self, b: &[u8]) -> Result<()> {
-        self.r
-            .get_mut()
-            .write_all(b)
+        let w = self.r.get_mut();
+        w.write_all(b)
+            .and_then(|()| w.flush())
             .map_err(|e| self.wire(format!("send answer: {e}")))
     }
 
@@ -182,12 +184,12 @@ impl Session<'_> {
     }
 }
 
-/// Serves one session on connected socket `sock` (`peer` names it in errors);
-/// `inherited`: the socket came from `--ps-socket` (no wait for the peer to close).
-pub fn serve(sock: OwnedFd, peer: &str, o: &ServerOptions, inherited: bool) -> Result<ServeReport> {
+/// Serves one session on connection `sock` (`peer` names it in errors); `inherited`: the
+/// socket came from `--ps-socket` (no wait for the peer to close).
+pub fn serve(sock: Conn, peer: &str, o: &ServerOptions, inherited: bool) -> Result<ServeReport> {
     let mut s = Session {
         peer: peer.to_string(),
-        r: BufReader::with_capacity(1 << 20, File::from(sock)),
+        r: BufReader::with_capacity(1 << 20, sock),
         dir: &o.images_dir,
         sink: LocalSink::new(&o.images_dir, FIRST_PAGES_ID, o.pack.clone()),
         open: None,
@@ -235,7 +237,7 @@ pub fn serve(sock: OwnedFd, peer: &str, o: &ServerOptions, inherited: bool) -> R
 }
 
 /// Lets the peer close first (no TIME_WAIT on the server's side).
-fn wait_peer_close(f: &mut File, peer: &str) -> Result<()> {
+fn wait_peer_close(f: &mut Conn, peer: &str) -> Result<()> {
     let mut c = [0u8; 1];
     match f.read(&mut c) {
         Ok(0) => {}
@@ -292,19 +294,13 @@ pub struct LazyReport {
 /// sent (at most those asked) and the pages. A page the source does not have ends the session
 /// with an error, as CRIU's does.
 pub fn serve_lazy(
-    sock: OwnedFd,
+    sock: Conn,
     peer: &str,
     source: &mut dyn LazySource,
     inherited: bool,
 ) -> Result<LazyReport> {
-    let mut f = File::from(sock);
-    let mut r = BufReader::with_capacity(
-        1 << 16,
-        f.try_clone().map_err(|e| PagesError::Wire {
-            peer: peer.into(),
-            what: format!("dup: {e}"),
-        })?,
-    );
+    // Requests and answers alternate: what the reader holds is never past a request.
+    let mut r = BufReader::with_capacity(1 << 16, sock);
     let wire = |what: String| PagesError::Wire {
         peer: peer.into(),
         what,
@@ -329,13 +325,17 @@ pub fn serve_lazy(
                 let n = source.get(pid, h.vaddr, &mut buf[hl..hl + (nr * PAGE_SIZE) as usize])?;
                 let a = Header::new(proto::PS_IOV_ADD_F, PE_PRESENT, n, h.vaddr, h.dst_id);
                 buf[..hl].copy_from_slice(&a.encode());
+                let f = r.get_mut();
                 f.write_all(&buf[..hl + (n * PAGE_SIZE) as usize])
+                    .and_then(|()| f.flush())
                     .map_err(|e| wire(format!("send pages: {e}")))?;
                 report.requests += 1;
                 report.pages += n;
             }
             proto::PS_IOV_CLOSE | proto::PS_IOV_FORCE_CLOSE => {
+                let f = r.get_mut();
                 f.write_all(&0i32.to_le_bytes())
+                    .and_then(|()| f.flush())
                     .map_err(|e| wire(format!("send answer: {e}")))?;
                 break;
             }
@@ -347,7 +347,7 @@ pub fn serve_lazy(
         }
     }
     if !inherited {
-        wait_peer_close(&mut f, peer)?;
+        wait_peer_close(r.get_mut(), peer)?;
     }
     tracing::info!(
         "lazy pages: {} pages served in {} requests",
@@ -362,6 +362,7 @@ mod tests {
     use super::*;
     use crate::pages::client::PageServerSink;
     use stasis_images::pagemap::Pagemap;
+    use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixStream;
 
     fn session(
@@ -375,8 +376,8 @@ mod tests {
             pack,
         };
         let (a, b) = UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || serve(OwnedFd::from(b), "test", &o, true));
-        let mut c = PageServerSink::over_socket(OwnedFd::from(a));
+        let t = std::thread::spawn(move || serve(Conn::from(OwnedFd::from(b)), "test", &o, true));
+        let mut c = PageServerSink::over_socket(OwnedFd::from(a), None, None).unwrap();
         f(&mut c);
         drop(c);
         (dir, t.join().unwrap())
@@ -495,6 +496,7 @@ mod tests {
 mod parent_tests {
     use super::*;
     use crate::pages::client::PageServerSink;
+    use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixStream;
 
     /// `--prev-images-dir` becomes the `parent` link; OPEN2 and PARENT answer whether the
@@ -518,8 +520,8 @@ mod parent_tests {
             PathBuf::from("../prev")
         );
         let (a, b) = UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || serve(OwnedFd::from(b), "test", &o, true));
-        let mut c = PageServerSink::over_socket(OwnedFd::from(a));
+        let t = std::thread::spawn(move || serve(Conn::from(OwnedFd::from(b)), "test", &o, true));
+        let mut c = PageServerSink::over_socket(OwnedFd::from(a), None, None).unwrap();
         assert!(c.parent_has(Target::Process(7)).unwrap());
         assert!(!c.parent_has(Target::Process(8)).unwrap());
         assert!(c.open(Target::Process(7)).unwrap());
@@ -539,6 +541,7 @@ mod parent_tests {
 mod lazy_tests {
     use super::*;
     use crate::pages::lazy_source::RemotePages;
+    use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixStream;
 
     /// Pages of task 7 only, at most 3 per request, each filled with its page number.
@@ -561,8 +564,10 @@ mod lazy_tests {
     #[test]
     fn get_answers_fewer_pages_and_close_ends() {
         let (a, b) = UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || serve_lazy(OwnedFd::from(b), "test", &mut Fake, true));
-        let mut c = RemotePages::over(OwnedFd::from(a), "test".into());
+        let t = std::thread::spawn(move || {
+            serve_lazy(Conn::from(OwnedFd::from(b)), "test", &mut Fake, true)
+        });
+        let mut c = RemotePages::over(Conn::from(OwnedFd::from(a)), "test".into());
         let mut buf = vec![0u8; 8 * PAGE_SIZE as usize];
         assert_eq!(c.get(7, 0x5000, &mut buf).unwrap(), 3);
         assert!(buf[..4096].iter().all(|&x| x == 5));
@@ -577,8 +582,10 @@ mod lazy_tests {
     #[test]
     fn a_page_the_source_lacks_ends_the_session() {
         let (a, b) = UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || serve_lazy(OwnedFd::from(b), "test", &mut Fake, true));
-        let mut c = RemotePages::over(OwnedFd::from(a), "test".into());
+        let t = std::thread::spawn(move || {
+            serve_lazy(Conn::from(OwnedFd::from(b)), "test", &mut Fake, true)
+        });
+        let mut c = RemotePages::over(Conn::from(OwnedFd::from(a)), "test".into());
         let mut buf = vec![0u8; 4096];
         let e = c.get(8, 0x1000, &mut buf).unwrap_err().to_string();
         assert!(e.contains("no answer to PS_IOV_GET of task 8"), "{e}");

@@ -26,6 +26,7 @@ pub mod fuzzing;
 pub(crate) mod img;
 pub mod inherit;
 pub(crate) mod ip_dump;
+pub mod join_ns;
 pub mod lazy;
 pub(crate) mod memory;
 pub(crate) mod model;
@@ -202,7 +203,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         ext_unix_sk: opts.ext_unix_sk,
         shell_job: opts.shell_job,
         tcp_close: opts.tcp_close,
-        other_root: plan.root != std::path::Path::new("/"),
     };
     // The tree's uts/ipc/net/time namespaces, entered before any socket is made.
     let entered = namespaces::enter(&plan.ns)?;
@@ -216,11 +216,20 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys0("pipe", e))?;
     let (status_r, status_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys0("pipe", e))?;
+    // --join-ns: the root task enters these namespaces before anything else.
+    let mut join_ns = [None; join_ns::MAX];
+    for (slot, j) in join_ns.iter_mut().zip(&opts.join_ns) {
+        let fd = j.open().map_err(|e| {
+            RestoreError::sys(format!("open --join-ns {}:{}", j.kind, j.path), 0, e)
+        })?;
+        *slot = Some((opened.park(fd)?, j.flag.bits()));
+    }
     let ctl = tree::Ctl {
         ready_w: opened.park(ready_w)?,
         hold_r: opened.park(hold_r)?,
         status_w: opened.park(status_w)?,
         deadline,
+        join_ns,
     };
     let mut guard = TreeGuard {
         root: None,

@@ -44,4 +44,6 @@ pub struct RestoreOptions {
     /// `--external mnt[KEY]:PATH`, `--ext-mount-map`: the external mounts of a dumped mount
     /// namespace.
     pub mounts: super::mounts::MountMap,
+    /// `--join-ns`: namespaces the tree joins (see [`super::join_ns`]).
+    pub join_ns: Vec<super::join_ns::JoinNs>,
 }

@@ -49,6 +49,9 @@ pub struct Ctl {
     pub status_w: RawFd,
     /// The restore's bound (`--timeout`): waits in the tasks give up then.
     pub deadline: std::time::Instant,
+    /// `--join-ns`: parked namespace descriptors and their CLONE_NEW* flag, entered by the
+    /// root task ([`super::join_ns`]).
+    pub join_ns: [Option<(RawFd, libc::c_int)>; super::join_ns::MAX],
 }
 
 /// Encodes a record.
@@ -130,6 +133,14 @@ fn run_task(
         None => tree_ctl,
     };
     set_pdeathsig(libc::SIGKILL).map_err(|e| ("set pdeathsig", e))?;
+    if idx == 0 {
+        for &(fd, flag) in ctl.join_ns.iter().flatten() {
+            // SAFETY: `fd` is a parked descriptor of a namespace file, open in this task.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            nix::sched::setns(fd, nix::sched::CloneFlags::from_bits_retain(flag))
+                .map_err(|e| ("setns (--join-ns)", e))?;
+        }
+    }
     if t.state == TASK_DEAD {
         // Its name, as `ps` shows the zombie (not the restorer's).
         if let Ok(name) = std::ffi::CString::new(t.comm.as_bytes()) {

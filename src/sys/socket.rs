@@ -211,6 +211,30 @@ pub fn bind(fd: impl AsFd, addr: &[u8]) -> Result<(), Errno> {
     check(r.into()).map(drop)
 }
 
+/// Runs `op` (a `bind` or `connect` by path name) as if chrooted into `root`: on a thread of
+/// its own that unshares its file-system context (CLONE_FS) and chroots, so that a unix
+/// socket's name is created and looked up under `root` while the kernel keeps the name as
+/// given (what `getsockname` returns stays the image's path). The process and its other
+/// threads keep their root. `root` `/`: `op` runs here.
+pub fn in_root(
+    root: &std::path::Path,
+    op: impl FnOnce() -> Result<(), Errno> + Send,
+) -> Result<(), Errno> {
+    if root == std::path::Path::new("/") {
+        return op();
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
+            nix::unistd::chroot(root)?;
+            nix::unistd::chdir("/")?;
+            op()
+        })
+        .join()
+        .unwrap_or(Err(Errno::EIO))
+    })
+}
+
 /// `connect(fd, addr)` with raw sockaddr bytes.
 pub fn connect(fd: impl AsFd, addr: &[u8]) -> Result<(), Errno> {
     // SAFETY: `addr` is readable for its length; the kernel validates the contents.

@@ -8,6 +8,7 @@
 //! fixtures  where the CRIU 4.2 fixtures are (also used by the images crate's tests)
 //! lock      the cross-process lock of tests that restore or use fixed PIDs
 //! page_server  page servers on loopback (stasis or CRIU), their files merged into a dump
+//! pki       a throw-away CA, certificates and CRLs (page-server TLS)
 //! log       the engine's `tracing` log kept in memory
 //! deadline  running a test body under a timeout (a stuck body fails the test)
 //! workload  the compiled C workloads of the ptrace/parasite tests, with a watchdog
@@ -29,6 +30,7 @@ pub mod lock;
 pub mod log;
 pub mod page_server;
 pub mod pids;
+pub mod pki;
 pub mod restore;
 pub mod synth;
 pub mod workload;
