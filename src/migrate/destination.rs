@@ -12,7 +12,6 @@
 //! The restore runs in this (single-threaded) process; the restored root is its child and
 //! is left running when the command exits.
 
-use std::io::BufReader;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -83,10 +82,13 @@ pub fn receive_on(stream: TcpStream, peer: &str, o: &ReceiveOptions) -> Result<R
         peer: peer.into(),
         what: format!("dup: {e}"),
     })?;
-    let mut r = BufReader::new(stream.try_clone().map_err(|e| MigrateError::Connect {
+    // Frames are read unbuffered: a page session follows a frame at once on the same
+    // stream, and its first command must not sit in a read-ahead buffer the page server
+    // never sees (`control::read_frame` reads exactly one frame).
+    let mut r = stream.try_clone().map_err(|e| MigrateError::Connect {
         peer: peer.into(),
         what: format!("dup: {e}"),
-    })?);
+    })?;
     let ctl = |source| MigrateError::Control {
         peer: peer.to_string(),
         source,

@@ -12,7 +12,7 @@
 //! ```
 //! Local images (what is not pages) live in a scratch directory removed at the end.
 
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, IntoRawFd};
 use std::path::{Path, PathBuf};
@@ -71,7 +71,8 @@ pub struct MigrateReport {
 struct Link {
     peer: String,
     stream: TcpStream,
-    reader: BufReader<TcpStream>,
+    /// Unbuffered: page-session answers are read from the same stream (see the destination).
+    reader: TcpStream,
 }
 
 impl Link {
@@ -89,8 +90,7 @@ impl Link {
             match TcpStream::connect_timeout(&a, Duration::from_secs(10)) {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
-                    let reader =
-                        BufReader::new(s.try_clone().map_err(|e| err(format!("dup: {e}")))?);
+                    let reader = s.try_clone().map_err(|e| err(format!("dup: {e}")))?;
                     return Ok(Link {
                         peer: to.to_string(),
                         stream: s,

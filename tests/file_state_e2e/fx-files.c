@@ -682,7 +682,7 @@ static void scm_check(void) {
     CHECK(readn(sc_pair[1], rest, 5) == 5 && !memcmp(rest, "after", 5), "the data after the message");
 }
 
-/* ---- kinds refused by name: the controlling terminal, pidfds, fanotify ---- */
+/* ---- the controlling terminal (a pty slave) and a descriptor of /dev/tty ---- */
 static int k_fd;
 static void devtty_setup(void) {
     int pm = posix_openpt(O_RDWR | O_NOCTTY);
