@@ -169,7 +169,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     )?;
     // The root's own mount namespace, rebuilt before any file is checked or opened: from
     // here the restorer (and the tasks it forks) are in it, and paths resolve in its tree.
-    let mnt_ns = match mounts::own_ns(view.dir(), plan.tasks[0].pid)? {
+    let mnt_ns = match plan.ns.mnt {
         Some(id) => {
             let ns = mounts::build(view.dir(), id, opts.root.as_deref(), &opts.mounts)?;
             plan.root = ns.root();

@@ -29,7 +29,7 @@ use nix::mount::MsFlags;
 use super::error::RestoreError;
 use super::img;
 use crate::dump::mounts::{cut, AUTODETECTED};
-use stasis_images::pb::{InventoryEntry, MntEntry, TaskKobjIdsEntry};
+use stasis_images::pb::MntEntry;
 
 /// `--root`, `--external mnt[KEY]:PATH`, `--ext-mount-map KEY:PATH|auto`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -115,22 +115,6 @@ fn image_err(dir: &Path, name: &str, index: usize, what: String) -> RestoreError
 
 fn sys(step: String, e: Errno) -> RestoreError {
     RestoreError::sys(step, 0, e)
-}
-
-/// The mount namespace id of the root task when it differs from the dumper's.
-pub fn own_ns(dir: &Path, root_pid: i32) -> Result<Option<u32>, RestoreError> {
-    let inv: InventoryEntry = img::one(dir, "inventory.img")?;
-    let ids: Option<TaskKobjIdsEntry> =
-        match img::ImageFile::open_opt(dir, &format!("ids-{root_pid}.img"))? {
-            Some(mut f) => f.next_msg()?,
-            None => None,
-        };
-    let theirs = ids.and_then(|i| i.mnt_ns_id);
-    let ours = inv.root_ids.and_then(|i| i.mnt_ns_id);
-    Ok(match (theirs, ours) {
-        (Some(t), Some(o)) if t != o => Some(t),
-        _ => None,
-    })
 }
 
 /// How one entry is rebuilt (the dump's classification, read back from the entry).

@@ -37,6 +37,8 @@ pub struct Namespaces {
     pub ipc: Option<pb::IpcVarEntry>,
     pub net: Option<(pb::NetnsEntry, Vec<pb::NetDeviceEntry>)>,
     pub time: Option<pb::TimensEntry>,
+    /// The id of the mount namespace the root owns: rebuilt by `super::mounts`, not cloned.
+    pub mnt: Option<u32>,
 }
 
 fn unsupported(what: String) -> RestoreError {
@@ -94,6 +96,7 @@ pub fn plan(plan: &Plan) -> Result<Namespaces, RestoreError> {
         }
         if flag == CLONE_NEWNS {
             // Rebuilt by `super::mounts` (see below for proc in a new pid namespace).
+            ns.mnt = theirs;
             continue;
         }
         if flag == CLONE_NEWUSER {
@@ -126,11 +129,7 @@ pub fn plan(plan: &Plan) -> Result<Namespaces, RestoreError> {
     }
     // A proc mount is made by the restorer, in its own pid namespace: in a tree that owns a
     // pid namespace it would show the restorer's pids.
-    if let (Some(id), true) = (
-        ids.mnt_ns_id
-            .filter(|_| ids.mnt_ns_id != root_ids.mnt_ns_id),
-        ns.mask & CLONE_NEWPID != 0,
-    ) {
+    if let Some(id) = ns.mnt.filter(|_| ns.mask & CLONE_NEWPID != 0) {
         let name = format!("mountpoints-{id}.img");
         if let Some(mut f) = ImageFile::open_opt(dir, &name)? {
             let mounts: Vec<pb::MntEntry> = f.all()?;
